@@ -1,0 +1,5 @@
+import sys
+
+from meshpeer.lab.cli import main
+
+sys.exit(main())

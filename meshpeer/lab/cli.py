@@ -1,0 +1,206 @@
+"""scripts/lab: up, status, exec, matrix, down."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import yaml
+
+from meshpeer.lab import build, ovs, state, teardown
+from meshpeer.lab.matrix import matrix, render
+from meshpeer.lab.plan import LabPlan, make_plan
+from meshpeer.lab.sh import LabError
+from meshpeer.lab.topology import Topology, TopologyError, parse
+
+DEFAULT_LAB = "mp"
+
+
+def load_topology(path: str) -> Topology:
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except OSError as exc:
+        raise TopologyError([f"{path}: {exc.strerror}"]) from exc
+    except yaml.YAMLError as exc:
+        raise TopologyError([f"{path}: not valid YAML: {exc}"]) from exc
+    return parse(raw)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    topo = load_topology(args.topology)  # validate before touching anything
+    teardown.down(args.lab)
+    plan = make_plan(topo, args.lab, state.free_index(args.lab))
+    try:
+        elapsed = build.up(plan)
+    except BaseException:
+        if not args.keep_failed:
+            print(f"[lab {args.lab}] up failed: removing what was created", file=sys.stderr)
+            teardown.down(args.lab)
+        raise
+    print(f"[lab {args.lab}] up in {elapsed:.2f}s: {len(plan.hosts)} hosts, {len(plan.vms)} VMs")
+    return 0
+
+
+def require_plan(lab: str) -> LabPlan:
+    plan = state.load(lab)
+    if plan is None:
+        raise LabError(f"lab {lab!r} is not up (no {state.state_path(lab)})")
+    return plan
+
+
+def status(plan: LabPlan) -> dict[str, Any]:
+    raw = state.load_raw(plan.lab) or {}
+    return {
+        "lab": plan.lab,
+        "phase": raw.get("phase", "unknown"),
+        "state_dir": plan.state_dir,
+        "mgmt": {"subnet": plan.mgmt_subnet, "root_ip": plan.root_mgmt_ip},
+        "underlay": {"subnet": plan.underlay_subnet, "fabric_netns": plan.fabric_netns},
+        "vnis": plan.vnis,
+        "controllers": [
+            {
+                "name": c.name,
+                "netns": c.netns,
+                "mgmt_ip": c.mgmt_ip,
+                "rest_url": None,  # filled in once controllers run (issue 3)
+                "api_token": None,
+            }
+            for c in plan.controllers
+        ],
+        "hosts": [
+            {
+                "name": h.name,
+                "netns": h.netns,
+                "mgmt_ip": h.mgmt_ip,
+                "underlay_ip": h.underlay_ip,
+                "underlay_mac": h.underlay_mac,
+                "br_int_dpid": h.br_int_dpid,
+                "of_target": h.of_target,
+                "rundir": h.rundir,
+                "ovs_running": len(ovs.pids(h)) == len(ovs.DAEMONS),
+                "vms": [v.name for v in plan.vms_on(h.name)],
+            }
+            for h in plan.hosts
+        ],
+        "vms": [
+            {
+                "name": v.name,
+                "vpc": v.vpc,
+                "kind": v.kind,
+                "host": v.host,
+                "netns": v.netns,
+                "ip": v.ip,
+                "prefixlen": v.prefixlen,
+                "gateway": v.gateway,
+                "mac": v.mac,
+                "vni": v.vni,
+                "ofport": v.ofport,
+                "host_port": v.host_port,
+            }
+            for v in plan.vms
+        ],
+    }
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    st = status(require_plan(args.lab))
+    if args.json:
+        print(json.dumps(st, indent=2))
+        return 0
+    print(f"lab {st['lab']} ({st['phase']}), management {st['mgmt']['subnet']}, "
+          f"underlay {st['underlay']['subnet']}")  # fmt: skip
+    for c in st["controllers"]:
+        print(f"  controller {c['name']:<8} netns {c['netns']:<12} mgmt {c['mgmt_ip']}")
+    for h in st["hosts"]:
+        ok = "running" if h["ovs_running"] else "DOWN"
+        print(f"  host {h['name']:<8} netns {h['netns']:<12} mgmt {h['mgmt_ip']:<16} "
+              f"underlay {h['underlay_ip']:<16} ovs {ok}")  # fmt: skip
+    for v in st["vms"]:
+        print(f"  {v['kind']} {v['name']:<8} on {v['host']:<6} vpc {v['vpc']:<8} "
+              f"{v['ip']}/{v['prefixlen']} gw {v['gateway']} mac {v['mac']} vni {v['vni']}")  # fmt: skip
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    plan = require_plan(args.lab)
+    ns = plan.netns_of(args.name)
+    if ns is None:
+        raise LabError(f"no host, VM or controller named {args.name!r} in lab {args.lab!r}")
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        raise LabError("exec needs a command after --")
+    env = dict(os.environ)
+    if any(h.name == args.name for h in plan.hosts):
+        env.update(ovs.env(plan.host(args.name)))  # so plain ovs-vsctl/ovs-ofctl work there
+    os.execvpe("ip", ["ip", "netns", "exec", ns, *cmd], env)
+    return 127  # not reached
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    plan = require_plan(args.lab)
+    pairs = matrix(plan)
+    if args.json:
+        print(json.dumps({"pairs": [
+            {"src": p.src, "dst": p.dst, "reachable": p.reachable, **({"note": p.note} if p.note else {})}
+            for p in pairs
+        ]}, indent=1))  # fmt: skip
+    else:
+        print(render(plan, pairs))
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    import time
+
+    t0 = time.monotonic()
+    done = teardown.down(args.lab)
+    print(f"[lab {args.lab}] down in {time.monotonic() - t0:.2f}s: "
+          f"{done['namespaces']} namespaces removed")  # fmt: skip
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lab", description="meshpeer lab: OVS hosts in namespaces")
+    p.add_argument("--lab", default=os.environ.get("MESHPEER_LAB", DEFAULT_LAB),
+                   help="lab name, prefix of every namespace (default: $MESHPEER_LAB or mp)")  # fmt: skip
+    sub = p.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="validate a topology and build the lab (runs 'down' first)")
+    up.add_argument("topology")
+    up.add_argument("--keep-failed", action="store_true", help="leave a failed lab for debugging")
+    up.set_defaults(fn=cmd_up)
+    st = sub.add_parser("status", help="hosts, VMs, controllers and addresses")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(fn=cmd_status)
+    ex = sub.add_parser("exec", help="run a command in a VM's, host's or controller's namespace")
+    ex.add_argument("name")
+    ex.add_argument("cmd", nargs=argparse.REMAINDER)
+    ex.set_defaults(fn=cmd_exec)
+    mx = sub.add_parser("matrix", help="ping every ordered VM pair once")
+    mx.add_argument("--json", action="store_true")
+    mx.set_defaults(fn=cmd_matrix)
+    dn = sub.add_parser("down", help="remove everything the lab created")
+    dn.set_defaults(fn=cmd_down)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        rc: int = args.fn(args)
+        return rc
+    except TopologyError as exc:
+        print(f"{args.topology}: invalid topology:", file=sys.stderr)
+        for e in exc.errors:
+            print(f"  {e}", file=sys.stderr)
+        return 2
+    except (LabError, ValueError, RuntimeError) as exc:
+        print(f"lab: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""One Open vSwitch per lab host: its own ovsdb-server and userspace ovs-vswitchd.
+
+Every daemon gets its own run/log/db/sysconf directory and explicit pidfile and unixctl
+paths, so several hosts (and several labs) never share a socket. The whole bridge layout
+is written to the database before ovs-vswitchd starts, so the switch comes up complete in
+one step instead of reconfiguring once per command.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from meshpeer.lab.plan import GENEVE_OFPORT, HostPlan, VmPlan
+from meshpeer.lab.procs import alive, read_pidfile, terminate
+from meshpeer.lab.sh import LabError, run
+
+SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
+DAEMONS = ("ovs-vswitchd", "ovsdb-server")
+OF_PROTOCOLS = "OpenFlow13,OpenFlow14,OpenFlow15"
+
+
+def env(host: HostPlan) -> dict[str, str]:
+    d = host.rundir
+    return {"OVS_RUNDIR": d, "OVS_LOGDIR": d, "OVS_DBDIR": d, "OVS_SYSCONFDIR": d}
+
+
+def db(host: HostPlan) -> str:
+    return f"unix:{host.rundir}/db.sock"
+
+
+def ctl(host: HostPlan, daemon: str = "ovs-vswitchd") -> str:
+    """Absolute unixctl path: ovs-appctl -t with a bare name would look in the wrong rundir."""
+    return f"{host.rundir}/{daemon}.ctl"
+
+
+def bridge_mgmt(host: HostPlan, bridge: str = "br-int") -> str:
+    return f"unix:{host.rundir}/{bridge}.mgmt"
+
+
+def vsctl(host: HostPlan, *args: str, timeout: float = 10.0) -> str:
+    return run(
+        ["ovs-vsctl", f"--db={db(host)}", "--timeout=10", *args],
+        env=env(host),
+        timeout=timeout,
+    ).stdout
+
+
+def appctl(host: HostPlan, *args: str, daemon: str = "ovs-vswitchd") -> str:
+    return run(["ovs-appctl", "-t", ctl(host, daemon), *args], env=env(host)).stdout
+
+
+def ofctl(host: HostPlan, *args: str, bridge: str = "br-int", stdin: str | None = None) -> str:
+    """ovs-ofctl against a bridge's management socket (humans and tests only)."""
+    cmd, rest = args[0], args[1:]
+    return run(
+        ["ovs-ofctl", "-O", "OpenFlow15", cmd, bridge_mgmt(host, bridge), *rest],
+        env=env(host),
+        stdin=stdin,
+    ).stdout
+
+
+def bridge_layout(host: HostPlan, vms: list[VmPlan]) -> list[str]:
+    """ovs-vsctl arguments for br-int, br-phy, the Geneve port and the VM ports (one txn)."""
+    args = [
+        "--", "init",
+        # Userspace TSO breaks tunnels in OVS 3.1: keep it off explicitly.
+        "--", "set", "Open_vSwitch", ".", "other_config:userspace-tso-enable=false",
+        "--", "add-br", "br-int",
+        "--", "set", "bridge", "br-int", "datapath_type=netdev", "fail_mode=secure",
+        f"other-config:datapath-id={host.br_int_dpid}", f"protocols={OF_PROTOCOLS}",
+        # Passive listener from the first moment: the OHC connects out to it, so the
+        # bridge never goes from 0 to 1 controller (which would flush its flows).
+        "--", "set-controller", "br-int", host.of_target,
+        "--", "add-br", "br-phy",
+        "--", "set", "bridge", "br-phy", "datapath_type=netdev",
+        f"other-config:datapath-id={host.br_phy_dpid}",
+        f"other-config:hwaddr={host.underlay_mac}",
+        "--", "add-port", "br-phy", "ul0",
+        "--", "add-port", "br-int", "geneve0",
+        "--", "set", "interface", "geneve0", "type=geneve",
+        "options:remote_ip=flow", "options:key=flow", f"ofport_request={GENEVE_OFPORT}",
+    ]  # fmt: skip
+    for vm in vms:
+        args += [
+            "--", "add-port", "br-int", vm.host_port,
+            "--", "set", "interface", vm.host_port, f"ofport_request={vm.ofport}",
+            f"external_ids:iface-id={vm.name}", f"external_ids:vpc={vm.vpc}",
+            f"external_ids:attached-mac={vm.mac}",
+        ]  # fmt: skip
+    return args
+
+
+def start(host: HostPlan, vms: list[VmPlan]) -> None:
+    """Create the database, write the layout, then start ovs-vswitchd on it."""
+    d = host.rundir
+    os.makedirs(d, exist_ok=True)
+    e = env(host)
+    run(["ovsdb-tool", "create", f"{d}/conf.db", SCHEMA], env=e)
+    common = ["--detach", "--no-chdir", "-vconsole:off", "-vfile:info"]
+    run(
+        [
+            "ovsdb-server", f"{d}/conf.db", f"--remote=punix:{d}/db.sock",
+            f"--pidfile={d}/ovsdb-server.pid", f"--unixctl={ctl(host, 'ovsdb-server')}",
+            f"--log-file={d}/ovsdb-server.log", *common,
+        ],
+        netns=host.netns,
+        env=e,
+    )  # fmt: skip
+    run(["ovs-vsctl", f"--db={db(host)}", "--no-wait", *bridge_layout(host, vms)], env=e)
+    run(
+        [
+            "ovs-vswitchd", db(host), "--disable-system",
+            f"--pidfile={d}/ovs-vswitchd.pid", f"--unixctl={ctl(host)}",
+            f"--log-file={d}/ovs-vswitchd.log", *common,
+        ],
+        netns=host.netns,
+        env=e,
+    )  # fmt: skip
+    wait_ready(host, [vm.host_port for vm in vms])
+
+
+def wait_ready(host: HostPlan, ports: list[str], timeout: float = 10.0) -> None:
+    """Wait until br-phy exists in the kernel and every port has its OpenFlow number."""
+    names = ["geneve0", *ports]
+    query = [x for n in names for x in ("--", "get", "Interface", n, "ofport")]
+    deadline = time.monotonic() + timeout
+    got: list[str] = []
+    while time.monotonic() < deadline:
+        if run(["ip", "-n", host.netns, "link", "show", "br-phy"], check=False).returncode == 0:
+            got = vsctl(host, *query).split()
+            if len(got) == len(names) and all(o.isdigit() and int(o) > 0 for o in got):
+                return
+        time.sleep(0.02)
+    raise LabError(
+        f"{host.name}: OVS not ready after {timeout}s (ofports {dict(zip(names, got, strict=False))})"
+    )
+
+
+def pids(host: HostPlan) -> list[int]:
+    found = (read_pidfile(f"{host.rundir}/{d}.pid") for d in DAEMONS)
+    return [p for p in found if p is not None and alive(p)]
+
+
+def stop(host: HostPlan) -> list[int]:
+    """Stop both daemons by pid; returns pids that refused to die."""
+    return terminate(pids(host))

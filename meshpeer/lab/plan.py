@@ -1,0 +1,212 @@
+"""Lab layout: every name, address, MAC and port number, computed before anything runs.
+
+Pure: (topology, lab name, lab index) -> LabPlan. The builder executes a plan and the
+teardown and status commands read the same plan back from the lab's state file, so
+naming lives in one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from meshpeer.lab.topology import Address, Topology, gateway, subnet_of
+
+LAB_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,5}$")
+MAX_LAB_INDEX = 99  # keeps 169.254.<i>.0/24 and 169.254.<100+i>.0/24 clear of 169.254.169.254
+STATE_ROOT = "/run/meshpeer"
+GENEVE_OFPORT = 1
+FIRST_VM_OFPORT = 10
+OF_LISTEN_PORT = 6653
+REST_PORT = 8080
+FIRST_VNI = 1001
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    name: str
+    index: int
+    netns: str
+    rundir: str
+    mgmt_ip: str
+    underlay_ip: str
+    underlay_mac: str
+    br_int_dpid: str
+    br_phy_dpid: str
+    of_target: str  # passive OpenFlow listener on br-int, host-local
+
+
+@dataclass(frozen=True)
+class VmPlan:
+    name: str
+    vpc: str
+    kind: str
+    host: str
+    netns: str
+    ip: str
+    prefixlen: int
+    gateway: str
+    mac: str
+    vni: int
+    host_port: str  # veth end inside the host namespace, attached to br-int
+    ofport: int
+
+
+@dataclass(frozen=True)
+class ControllerPlan:
+    name: str
+    netns: str
+    mgmt_ip: str
+    rest_port: int
+
+
+@dataclass(frozen=True)
+class LabPlan:
+    lab: str
+    index: int
+    state_dir: str
+    fabric_netns: str
+    mgmt_subnet: str
+    root_mgmt_ip: str
+    root_mgmt_if: str
+    underlay_subnet: str
+    vnis: dict[str, int]
+    hosts: tuple[HostPlan, ...]
+    vms: tuple[VmPlan, ...]
+    controllers: tuple[ControllerPlan, ...]
+
+    @property
+    def prefix(self) -> str:
+        """Every namespace of this lab starts with it, so 'down' can always find them."""
+        return f"{self.lab}-"
+
+    def host(self, name: str) -> HostPlan:
+        return next(h for h in self.hosts if h.name == name)
+
+    def vms_on(self, host: str) -> list[VmPlan]:
+        return [v for v in self.vms if v.host == host]
+
+    def named(self) -> list[HostPlan | VmPlan | ControllerPlan]:
+        return [*self.controllers, *self.hosts, *self.vms]
+
+    def netns_of(self, name: str) -> str | None:
+        found = next((x.netns for x in self.named() if x.name == name), None)
+        return self.fabric_netns if name == "fabric" else found
+
+    def all_netns(self) -> list[str]:
+        return [self.fabric_netns] + [x.netns for x in self.named()]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> LabPlan:
+        return LabPlan(
+            **{
+                **d,
+                "hosts": tuple(HostPlan(**h) for h in d["hosts"]),
+                "vms": tuple(VmPlan(**v) for v in d["vms"]),
+                "controllers": tuple(ControllerPlan(**c) for c in d["controllers"]),
+            }
+        )
+
+
+def derived_mac(*parts: str) -> str:
+    """A stable, locally administered unicast MAC from names (no registry needed)."""
+    digest = hashlib.sha256("/".join(parts).encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+
+
+def assign_vnis(topo: Topology) -> dict[str, int]:
+    """Explicit VNIs win; the rest count up from FIRST_VNI, skipping taken ones."""
+    taken = {v.vni for v in topo.vpcs if v.vni is not None}
+    out: dict[str, int] = {}
+    nxt = FIRST_VNI
+    for v in topo.vpcs:
+        if v.vni is not None:
+            out[v.name] = v.vni
+            continue
+        while nxt in taken:
+            nxt += 1
+        out[v.name] = nxt
+        taken.add(nxt)
+    return out
+
+
+def make_plan(topo: Topology, lab: str, index: int) -> LabPlan:
+    if not LAB_NAME_RE.match(lab):
+        raise ValueError(f"bad lab name {lab!r}: want [a-z][a-z0-9]*, at most 6 characters")
+    if not 1 <= index <= MAX_LAB_INDEX:
+        raise ValueError(f"lab index {index} out of range 1..{MAX_LAB_INDEX}")
+    if len(topo.hosts) > 200 or len(topo.controllers) > 40:
+        raise ValueError("a lab holds at most 200 hosts and 40 controllers")
+    mgmt = ipaddress.ip_network(f"169.254.{index}.0/24")
+    underlay = ipaddress.ip_network(f"169.254.{100 + index}.0/24")
+    state_dir = f"{STATE_ROOT}/{lab}"
+    hosts = tuple(
+        HostPlan(
+            name=h.name,
+            index=k,
+            netns=f"{lab}-{h.name}",
+            rundir=f"{state_dir}/{h.name}",
+            mgmt_ip=str(mgmt.network_address + 50 + k),
+            underlay_ip=str(underlay.network_address + 10 + k),
+            underlay_mac=f"02:6d:70:{index:02x}:{(k >> 8) & 0xFF:02x}:{k & 0xFF:02x}",
+            br_int_dpid=f"6d70{index:04x}{k:04x}0001",
+            br_phy_dpid=f"6d70{index:04x}{k:04x}0002",
+            of_target=f"ptcp:{OF_LISTEN_PORT}:127.0.0.1",
+        )
+        for k, h in enumerate(topo.hosts, start=1)
+    )
+    vnis = assign_vnis(topo)
+    vms: list[VmPlan] = []
+    next_port: dict[str, int] = {}
+    for e in topo.endpoints:
+        if not e.namespaced or e.host is None:
+            continue
+        vpc = topo.vpc(e.vpc)
+        subnet = subnet_of(vpc, e.ip)
+        assert subnet is not None  # guaranteed by topology validation
+        port = next_port.get(e.host, FIRST_VM_OFPORT)
+        next_port[e.host] = port + 1
+        vms.append(
+            VmPlan(
+                name=e.name,
+                vpc=e.vpc,
+                kind=e.kind,
+                host=e.host,
+                netns=f"{lab}-{e.name}",
+                ip=str(e.ip),
+                prefixlen=subnet.prefixlen,
+                gateway=str(gateway(subnet)),
+                mac=e.mac or derived_mac(e.vpc, str(e.ip)),
+                vni=vnis[e.vpc],
+                host_port=f"v-{e.name}",
+                ofport=port,
+            )
+        )
+    controllers = tuple(
+        ControllerPlan(c.name, f"{lab}-{c.name}", str(mgmt.network_address + 10 + k), REST_PORT)
+        for k, c in enumerate(topo.controllers)
+    )
+    return LabPlan(
+        lab=lab,
+        index=index,
+        state_dir=state_dir,
+        fabric_netns=f"{lab}-fabric",
+        mgmt_subnet=str(mgmt),
+        root_mgmt_ip=str(mgmt.network_address + 1),
+        root_mgmt_if=f"{lab}-mgmt",
+        underlay_subnet=str(underlay),
+        vnis=vnis,
+        hosts=hosts,
+        vms=tuple(vms),
+        controllers=controllers,
+    )
+
+
+def family(ip: str | Address) -> int:
+    return ipaddress.ip_address(ip).version

@@ -1,0 +1,50 @@
+"""Process liveness and termination by pid: the lab ends only what it started."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterable
+
+
+def alive(pid: int) -> bool:
+    """True while the process runs. A zombie counts as gone.
+
+    Daemons started with --detach are reparented to the namespace's init; if that init
+    does not reap, a killed daemon lingers in state Z forever, holding no resources.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    # Field 3 follows the parenthesised command name, which may itself contain spaces.
+    state = stat.rsplit(")", 1)[1].split()[0]
+    return state not in ("Z", "X")
+
+
+def read_pidfile(path: str) -> int | None:
+    try:
+        with open(path, encoding="ascii") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def terminate(pids: Iterable[int], timeout: float = 2.0) -> list[int]:
+    """SIGTERM, wait, then SIGKILL what is left; returns pids that still would not die."""
+    pending = {p for p in pids if alive(p)}
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 1.0)):
+        for p in pending:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, sig)
+        deadline = time.monotonic() + wait
+        while pending and time.monotonic() < deadline:
+            pending = {p for p in pending if alive(p)}
+            if pending:
+                time.sleep(0.01)
+        if not pending:
+            break
+    return sorted(pending)

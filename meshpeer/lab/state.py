@@ -1,0 +1,57 @@
+"""The lab's state file: written before anything is created, so 'down' can always clean up."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Any
+
+from meshpeer.lab.plan import MAX_LAB_INDEX, STATE_ROOT, LabPlan
+
+
+def state_dir(lab: str) -> str:
+    return f"{STATE_ROOT}/{lab}"
+
+
+def state_path(lab: str) -> str:
+    return f"{state_dir(lab)}/state.json"
+
+
+def save(plan: LabPlan, phase: str, extra: dict[str, Any] | None = None) -> None:
+    os.makedirs(plan.state_dir, exist_ok=True)
+    tmp = state_path(plan.lab) + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"phase": phase, "plan": plan.to_json(), **(extra or {})}, f, indent=1)
+    os.replace(tmp, state_path(plan.lab))
+
+
+def load_raw(lab: str) -> dict[str, Any] | None:
+    try:
+        with open(state_path(lab), encoding="utf-8") as f:
+            data: dict[str, Any] = json.load(f)
+            return data
+    except (OSError, ValueError):
+        return None
+
+
+def load(lab: str) -> LabPlan | None:
+    raw = load_raw(lab)
+    return LabPlan.from_json(raw["plan"]) if raw else None
+
+
+def free_index(lab: str) -> int:
+    """Lowest index not held by another lab, so several labs can run side by side."""
+    used = set()
+    for path in glob.glob(f"{STATE_ROOT}/*/state.json"):
+        if path == state_path(lab):
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                used.add(int(json.load(f)["plan"]["index"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    for i in range(1, MAX_LAB_INDEX + 1):
+        if i not in used:
+            return i
+    raise RuntimeError(f"all {MAX_LAB_INDEX} lab slots are in use")

@@ -1,0 +1,45 @@
+"""'lab down': remove everything a lab created, whether or not 'up' finished."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+
+from meshpeer.lab import state
+from meshpeer.lab.procs import alive, read_pidfile, terminate
+from meshpeer.lab.sh import LabError, ip_batch, run
+
+
+def lab_netns(lab: str) -> list[str]:
+    out = run(["ip", "netns", "list"]).stdout
+    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    return [n for n in names if n.startswith(f"{lab}-")]
+
+
+def lab_pids(lab: str, namespaces: list[str]) -> set[int]:
+    """Daemons from the lab's pidfiles, plus anything still running in its namespaces."""
+    pids = set()
+    for path in glob.glob(f"{state.state_dir(lab)}/**/*.pid", recursive=True):
+        pid = read_pidfile(path)
+        if pid is not None and alive(pid):
+            pids.add(pid)
+    for ns in namespaces:
+        res = run(["ip", "netns", "pids", ns], check=False)
+        pids.update(int(p) for p in res.stdout.split() if p.isdigit())
+    pids.discard(os.getpid())
+    return pids
+
+
+def down(lab: str) -> dict[str, int]:
+    """Idempotent. Returns counts of what was removed."""
+    namespaces = lab_netns(lab)
+    stuck = terminate(lab_pids(lab, namespaces))
+    if stuck:
+        raise LabError(f"processes would not exit: {stuck}")
+    ip_batch([f"netns del {ns}" for ns in namespaces])
+    root_if = f"{lab}-mgmt"
+    if run(["ip", "link", "show", root_if], check=False).returncode == 0:
+        run(["ip", "link", "del", root_if])
+    shutil.rmtree(state.state_dir(lab), ignore_errors=True)
+    return {"namespaces": len(namespaces)}

@@ -1,0 +1,426 @@
+"""Topology files: parse and validate before anything is created.
+
+The keys are a contract shared with later issues and external test files. Validation is
+pure and collects every error with its path (``endpoints[3].host: unknown host 'hv9'``)
+so a user fixes a file in one pass instead of one error per run.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+from policies.export import PolicyError, parse_export_policy
+
+T = TypeVar("T")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+ENDPOINT_KINDS = ("vm", "ilb", "router", "vpn", "interconnect")
+# Kinds that get a network namespace with a real interface in the lab.
+NAMESPACED_KINDS = frozenset({"vm", "router", "vpn", "interconnect"})
+# Names end up in netns and interface names (15 chars max), so keep them short and plain.
+NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
+RESERVED_NAMES = frozenset({"fabric", "mgmt", "root"})
+VNI_MAX = (1 << 24) - 1
+
+
+class TopologyError(Exception):
+    """All problems found in one topology file."""
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = list(errors)
+
+
+@dataclass(frozen=True)
+class Controller:
+    name: str
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+
+
+@dataclass(frozen=True)
+class Vpc:
+    name: str
+    controller: str
+    subnets: tuple[Network, ...]
+    vni: int | None = None
+
+
+@dataclass(frozen=True)
+class Backend:
+    endpoint: str
+    weight: int
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    vpc: str
+    ip: Address
+    kind: str = "vm"
+    host: str | None = None
+    mac: str | None = None
+    backends: tuple[Backend, ...] = ()
+
+    @property
+    def namespaced(self) -> bool:
+        return self.kind in NAMESPACED_KINDS
+
+
+@dataclass(frozen=True)
+class Peering:
+    vpc: str
+    peer: str
+    # Raw export policy; ``policies`` owns its meaning and validation.
+    export: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Topology:
+    controllers: tuple[Controller, ...]
+    hosts: tuple[Host, ...]
+    vpcs: tuple[Vpc, ...]
+    endpoints: tuple[Endpoint, ...]
+    peerings: tuple[Peering, ...] = ()
+
+    def vpc(self, name: str) -> Vpc:
+        return next(v for v in self.vpcs if v.name == name)
+
+    def endpoints_on(self, host: str) -> list[Endpoint]:
+        return [e for e in self.endpoints if e.host == host]
+
+
+@dataclass
+class _Checker:
+    """Accumulates errors; every ``want_*`` returns a usable value or None."""
+
+    errors: list[str] = field(default_factory=list)
+
+    def err(self, path: str, msg: str) -> None:
+        self.errors.append(f"{path}: {msg}")
+
+    def mapping(
+        self, raw: object, path: str, required: Sequence[str], optional: Sequence[str]
+    ) -> Mapping[str, Any] | None:
+        if not isinstance(raw, Mapping):
+            self.err(path, f"expected a mapping, got {type(raw).__name__}")
+            return None
+        ok = True
+        for key in raw:
+            if key not in required and key not in optional:
+                self.err(f"{path}.{key}", "unknown key")
+                ok = False
+        for key in required:
+            if key not in raw:
+                self.err(f"{path}.{key}", "required key missing")
+                ok = False
+        return raw if ok else None
+
+    def items(self, raw: object, path: str) -> list[tuple[str, object]]:
+        if raw is None:
+            return []
+        if not isinstance(raw, list):
+            self.err(path, f"expected a list, got {type(raw).__name__}")
+            return []
+        return [(f"{path}[{i}]", item) for i, item in enumerate(raw)]
+
+    def name(self, raw: object, path: str) -> str | None:
+        if not isinstance(raw, str) or not NAME_RE.match(raw):
+            self.err(path, f"bad name {raw!r}: want [a-z][a-z0-9]*, at most 12 characters")
+            return None
+        return raw
+
+    def network(self, raw: object, path: str) -> Network | None:
+        if not isinstance(raw, str):
+            self.err(path, f"bad CIDR {raw!r}: expected a string")
+            return None
+        try:
+            return ipaddress.ip_network(raw, strict=True)
+        except ValueError as exc:
+            self.err(path, f"bad CIDR {raw!r}: {exc}")
+            return None
+
+    def address(self, raw: object, path: str) -> Address | None:
+        try:
+            return ipaddress.ip_address(raw) if isinstance(raw, str) else None
+        except ValueError:
+            pass
+        self.err(path, f"bad IP address {raw!r}")
+        return None
+
+    def ref(self, raw: object, path: str, what: str, known: Mapping[str, object]) -> str | None:
+        if not isinstance(raw, str) or raw not in known:
+            self.err(path, f"unknown {what} {raw!r}")
+            return None
+        return raw
+
+
+def gateway(subnet: Network) -> Address:
+    """The subnet's gateway is its first host address (as in GCP and OVN)."""
+    return subnet.network_address + 1
+
+
+def subnet_of(vpc: Vpc, ip: Address) -> Network | None:
+    return next((s for s in vpc.subnets if s.version == ip.version and ip in s), None)
+
+
+MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+
+
+def parse(raw: object) -> Topology:
+    """Validate a loaded topology document; raise TopologyError listing every problem."""
+    c = _Checker()
+    top = c.mapping(raw, "topology", ["hosts", "vpcs"], ["controllers", "endpoints", "peerings"])
+    if top is None:
+        raise TopologyError(c.errors)
+
+    names: dict[str, str] = {}  # every name shares one namespace: netns names derive from it
+
+    def unique(name: str | None, path: str) -> str | None:
+        if name is None:
+            return None
+        if name in RESERVED_NAMES:
+            c.err(path, f"name {name!r} is reserved by the lab")
+            return None
+        if name in names:
+            c.err(path, f"duplicate name {name!r} (first used at {names[name]})")
+            return None
+        names[name] = path
+        return name
+
+    controllers = _parse_list(c, top.get("controllers"), "controllers", unique, _controller)
+    hosts = _parse_list(c, top.get("hosts"), "hosts", unique, _host)
+    ctl_names = {x.name: x for x in controllers}
+    vpcs = _parse_list(c, top.get("vpcs"), "vpcs", unique, lambda c, m, p: _vpc(c, m, p, ctl_names))
+    _check_vnis(c, vpcs)
+    vpc_by = {v.name: v for v in vpcs}
+    host_by = {h.name: h for h in hosts}
+    endpoints = _parse_list(
+        c,
+        top.get("endpoints"),
+        "endpoints",
+        unique,
+        lambda c, m, p: _endpoint(c, m, p, vpc_by, host_by),
+    )
+    _check_endpoint_ips(c, endpoints)
+    _check_backends(c, endpoints, top.get("endpoints"))
+    peerings = _parse_peerings(c, top.get("peerings"), vpc_by)
+    if c.errors:
+        raise TopologyError(c.errors)
+    return Topology(
+        tuple(controllers), tuple(hosts), tuple(vpcs), tuple(endpoints), tuple(peerings)
+    )
+
+
+def _parse_list(
+    c: _Checker,
+    raw: object,
+    path: str,
+    unique: Callable[[str | None, str], str | None],
+    build: Callable[[_Checker, Mapping[str, Any], str], T | None],
+) -> list[T]:
+    out: list[T] = []
+    for p, item in c.items(raw, path):
+        before = len(c.errors)
+        m = c.mapping(item, p, ["name"], _OPTIONAL_KEYS[path])
+        if m is None:
+            continue
+        name = unique(c.name(m["name"], f"{p}.name"), f"{p}.name")
+        obj = build(c, m, p)
+        if obj is not None and name is not None and len(c.errors) == before:
+            out.append(obj)
+    return out
+
+
+_OPTIONAL_KEYS: dict[str, list[str]] = {
+    "controllers": [],
+    "hosts": [],
+    "vpcs": ["controller", "subnets", "vni"],
+    "endpoints": ["vpc", "host", "ip", "kind", "mac", "backends"],
+}
+
+
+def _controller(c: _Checker, m: Mapping[str, Any], p: str) -> Controller:
+    return Controller(m["name"])
+
+
+def _host(c: _Checker, m: Mapping[str, Any], p: str) -> Host:
+    return Host(m["name"])
+
+
+def _vpc(
+    c: _Checker, m: Mapping[str, Any], p: str, controllers: Mapping[str, Controller]
+) -> Vpc | None:
+    ctl = m.get("controller")
+    if ctl is not None or controllers:
+        ctl = c.ref(ctl, f"{p}.controller", "controller", controllers)
+    subnets: list[Network] = []
+    raw_subnets = m.get("subnets")
+    if not isinstance(raw_subnets, list) or not raw_subnets:
+        c.err(f"{p}.subnets", "expected a non-empty list of CIDRs")
+    for sp, s in c.items(raw_subnets if isinstance(raw_subnets, list) else [], f"{p}.subnets"):
+        net = c.network(s, sp)
+        if net is None:
+            continue
+        if net.num_addresses < 4:
+            c.err(sp, f"subnet {net} too small: need room for a gateway and endpoints")
+            continue
+        clash = next((o for o in subnets if o.version == net.version and _overlap(o, net)), None)
+        if clash is not None:
+            c.err(sp, f"subnet {net} overlaps {clash} in the same VPC")
+            continue
+        subnets.append(net)
+    vni = m.get("vni")
+    if vni is not None and (
+        not isinstance(vni, int) or isinstance(vni, bool) or not 1 <= vni <= VNI_MAX
+    ):
+        c.err(f"{p}.vni", f"bad VNI {vni!r}: want an integer 1..{VNI_MAX}")
+        return None
+    return Vpc(m["name"], ctl or "", tuple(subnets), vni)
+
+
+def _int_in(v: object, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _overlap(a: Network, b: Network) -> bool:
+    return a.network_address in b or b.network_address in a
+
+
+def _check_vnis(c: _Checker, vpcs: Sequence[Vpc]) -> None:
+    seen: dict[int, str] = {}
+    for i, v in enumerate(vpcs):
+        if v.vni is None:
+            continue
+        if v.vni in seen:
+            c.err(f"vpcs[{i}].vni", f"VNI {v.vni} already used by VPC {seen[v.vni]!r}")
+        seen[v.vni] = v.name
+
+
+def _endpoint(
+    c: _Checker,
+    m: Mapping[str, Any],
+    p: str,
+    vpcs: Mapping[str, Vpc],
+    hosts: Mapping[str, Host],
+) -> Endpoint | None:
+    kind = m.get("kind", "vm")
+    if kind not in ENDPOINT_KINDS:
+        c.err(f"{p}.kind", f"unknown kind {kind!r}: want one of {', '.join(ENDPOINT_KINDS)}")
+        return None
+    vpc_name = c.ref(m.get("vpc"), f"{p}.vpc", "VPC", vpcs)
+    if "ip" not in m:
+        c.err(f"{p}.ip", "required key missing")
+    ip = c.address(m.get("ip"), f"{p}.ip") if "ip" in m else None
+    host: str | None = None
+    if kind == "ilb":
+        if "host" in m:
+            c.err(f"{p}.host", "an ILB is a VIP and has no host")
+    else:
+        host = c.ref(m.get("host"), f"{p}.host", "host", hosts)
+        if "backends" in m:
+            c.err(f"{p}.backends", "only an ILB has backends")
+    mac = m.get("mac")
+    if mac is not None and (not isinstance(mac, str) or not MAC_RE.match(mac.lower())):
+        c.err(f"{p}.mac", f"bad MAC {mac!r}")
+        mac = None
+    elif mac is not None and int(mac[:2], 16) & 1:
+        c.err(f"{p}.mac", f"MAC {mac!r} is multicast")
+        mac = None
+    if vpc_name is None or ip is None:
+        return None
+    vpc = vpcs[vpc_name]
+    subnet = subnet_of(vpc, ip)
+    if subnet is None:
+        nets = ", ".join(str(s) for s in vpc.subnets)
+        c.err(f"{p}.ip", f"{ip} is outside VPC {vpc_name!r} subnets ({nets})")
+        return None
+    reserved = {subnet.network_address, gateway(subnet)}
+    if subnet.version == 4:
+        reserved.add(subnet.broadcast_address)
+    if ip in reserved:
+        c.err(f"{p}.ip", f"{ip} is reserved in {subnet} (network, gateway or broadcast)")
+        return None
+    return Endpoint(m["name"], vpc_name, ip, kind, host, mac.lower() if mac else None)
+
+
+def _check_endpoint_ips(c: _Checker, endpoints: Sequence[Endpoint]) -> None:
+    seen: dict[tuple[str, Address], str] = {}
+    for i, e in enumerate(endpoints):
+        key = (e.vpc, e.ip)
+        if key in seen:
+            c.err(f"endpoints[{i}].ip", f"{e.ip} already used by {seen[key]!r} in VPC {e.vpc!r}")
+        seen[key] = e.name
+
+
+def _check_backends(c: _Checker, endpoints: list[Endpoint], raw: object) -> None:
+    """Attach ILB backends once every endpoint is known (backends may be in any VPC)."""
+    if not isinstance(raw, list):
+        return
+    by_name = {e.name: e for e in endpoints}
+    for i, item in enumerate(raw):
+        if (
+            not isinstance(item, Mapping)
+            or item.get("kind") != "ilb"
+            or item.get("name") not in by_name
+        ):
+            continue
+        p = f"endpoints[{i}].backends"
+        backends: list[Backend] = []
+        for bp, b in c.items(item.get("backends"), p):
+            bm = c.mapping(b, bp, ["endpoint"], ["weight"])
+            if bm is None:
+                continue
+            target = c.ref(bm["endpoint"], f"{bp}.endpoint", "endpoint", by_name)
+            weight = bm.get("weight", 1)
+            if not _int_in(weight, 1, 65535):
+                c.err(f"{bp}.weight", f"bad weight {weight!r}: want an integer 1..65535")
+                continue
+            if target is not None and not by_name[target].namespaced:
+                c.err(f"{bp}.endpoint", f"{target!r} is not a backend-capable endpoint")
+                continue
+            if target is not None:
+                backends.append(Backend(target, weight))
+        idx = endpoints.index(by_name[item["name"]])
+        ilb = endpoints[idx]
+        endpoints[idx] = replace(ilb, backends=tuple(backends))
+
+
+def _parse_peerings(c: _Checker, raw: object, vpcs: Mapping[str, Vpc]) -> list[Peering]:
+    out: list[Peering] = []
+    seen: set[tuple[str, str]] = set()
+    for p, item in c.items(raw, "peerings"):
+        m = c.mapping(item, p, ["vpc", "peer"], ["export"])
+        if m is None:
+            continue
+        vpc = c.ref(m["vpc"], f"{p}.vpc", "VPC", vpcs)
+        peer = c.ref(m["peer"], f"{p}.peer", "VPC", vpcs)
+        export = m.get("export")
+        if export is not None:
+            _check_export(c, export, f"{p}.export")
+        if vpc is None or peer is None:
+            continue
+        if vpc == peer:
+            c.err(f"{p}.peer", f"VPC {vpc!r} cannot peer with itself")
+        elif (vpc, peer) in seen:
+            c.err(p, f"duplicate peering {vpc!r} -> {peer!r}")
+        else:
+            seen.add((vpc, peer))
+            out.append(Peering(vpc, peer, export if isinstance(export, Mapping) else None))
+    return out
+
+
+def _check_export(c: _Checker, raw: object, path: str) -> None:
+    try:
+        parse_export_policy(raw, path)
+    except PolicyError as exc:
+        c.err(exc.field, exc.detail)

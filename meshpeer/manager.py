@@ -1,0 +1,71 @@
+"""meshpeer-manager: a ryu-manager-style launcher for os-ken apps on the eventlet hub.
+
+os-ken 4.x ships no manager command. Stock ryu-manager does not start on Python 3.11
+(see docs/decisions.md), so this is the one entry point for controllers and OHCs:
+
+    meshpeer-manager ryu_apps.controller --config-file ctl1.conf [oslo.config flags]
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import warnings
+
+# The hub type is read when os_ken.lib.hub is first imported, and eventlet must patch the
+# stdlib before anything else opens a socket; native mode in os-ken 4.2.2 silently ends
+# an app's event loop when a handler raises.
+os.environ.setdefault("OSKEN_HUB_TYPE", "eventlet")
+
+warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+import eventlet  # noqa: E402
+
+eventlet.monkey_patch()
+
+from os_ken import cfg, log  # noqa: E402
+from os_ken.base.app_manager import AppManager  # noqa: E402
+from os_ken.lib import hub  # noqa: E402
+
+CONF = cfg.CONF
+CONF.register_cli_opts(
+    [
+        cfg.MultiStrOpt("app", positional=True, default=[], help="os-ken app modules to run"),
+        cfg.StrOpt("pid-file", default=None, help="write the process id to this file"),
+    ]
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        CONF(args=args, prog="meshpeer-manager", project="meshpeer", version="meshpeer 0.1.0")
+    except cfg.ConfigFilesNotFoundError as exc:
+        print(f"meshpeer-manager: {exc}", file=sys.stderr)
+        return 2
+    log.init_log()
+    if not CONF.app:
+        print("meshpeer-manager: name at least one app module", file=sys.stderr)
+        return 2
+    if CONF.pid_file:
+        with open(CONF.pid_file, "w", encoding="ascii") as f:
+            f.write(f"{os.getpid()}\n")
+    manager = AppManager.get_instance()
+    manager.load_apps(CONF.app)
+    services = manager.instantiate_apps(**manager.create_contexts())
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        hub.joinall(services)
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        manager.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

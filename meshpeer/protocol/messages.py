@@ -1,0 +1,168 @@
+"""Subscription protocol messages and the subscribe request (pure, no I/O).
+
+Messages are plain frozen dataclasses. They do not validate themselves: trusted code builds them,
+and untrusted bytes become messages only through :mod:`meshpeer.protocol.codec`, which validates
+every field. The one untrusted input parsed here is the subscribe request (URL query + header).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+JsonObject = dict[str, Any]
+"""One published object: a JSON object (what the service says about one id)."""
+
+MAX_VERSION = 2**63 - 1
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""VPC, host, policy-id, error-code and key names: 1-128 chars, no '/', no whitespace."""
+OBJECT_ID_RE = re.compile(r"[!-~]{1,256}")
+"""Object ids: 1-256 printable ASCII chars without spaces (IPs, CIDRs, uuids)."""
+GRANT_RE = re.compile(r"[A-Za-z0-9._-]{1,2048}")
+
+
+class ProtocolError(ValueError):
+    """Untrusted input broke the protocol; ``field`` names what, ``detail`` says how."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"{field}: {detail}")
+        self.field = field
+        self.detail = detail
+
+
+class ServiceName(StrEnum):
+    """The five services of the patent's FIG. 4 (the wire value is the string)."""
+
+    ENDPOINT = "endpoint"  # meta-service: what is on host H (key: host name)
+    PEERING = "peering"  # peers of VPC V, policy ids, peer controller URL, grants (key: VPC)
+    DESTINATION = "destination"  # endpoint IP -> MAC, VNI, host underlay IP (key: VPC)
+    FORWARDING = "forwarding"  # routes and next hops (key: VPC)
+    LOADBALANCER = "loadbalancer"  # VIP -> backends, weights, health (key: VPC)
+
+
+class CloseReason(StrEnum):
+    """Well-known ``Close.reason`` values (the field is a free string for forward use)."""
+
+    PEERING_GONE = "peering-gone"  # peering deleted or no longer ACTIVE: drop the state
+    GRANT_EXPIRED = "grant-expired"  # re-subscribe with a fresh grant
+    SHUTDOWN = "shutdown"  # publisher going away: keep state, resume later with since
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The full state of one service key at ``version``."""
+
+    service: ServiceName
+    key: str
+    version: int
+    objects: dict[str, JsonObject]
+
+
+@dataclass(frozen=True)
+class Delta:
+    """The change from ``version - 1`` to ``version``: upsert these ids, delete those."""
+
+    service: ServiceName
+    key: str
+    version: int
+    upserts: dict[str, JsonObject]
+    deletes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Liveness: the stream is at ``version``; ``now`` is the publisher's clock (informational)."""
+
+    version: int
+    now: float
+
+
+@dataclass(frozen=True)
+class Close:
+    """The publisher ends the stream; see :class:`CloseReason`."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class ErrorMsg:
+    """An error after the stream started (before it, HTTP status codes are used)."""
+
+    code: str
+    detail: str
+
+
+Message = Snapshot | Delta | Heartbeat | Close | ErrorMsg
+
+
+@dataclass(frozen=True)
+class SubscribeRequest:
+    """A validated ``GET /v1/subscribe`` request."""
+
+    service: ServiceName
+    key: str
+    since: int | None
+    grant: str | None
+    policy: str | None = None
+    host: str | None = None
+
+
+_QUERY_FIELDS = frozenset({"service", "key", "since", "policy", "host"})
+
+
+def check_name(field: str, value: object) -> str:
+    """Return ``value`` if it is a valid name (see :data:`NAME_RE`), else raise ProtocolError."""
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
+        raise ProtocolError(field, "must be 1-128 chars of [A-Za-z0-9._-], starting alphanumeric")
+    return value
+
+
+def parse_since(value: str) -> int:
+    """Parse a decimal version (no sign, no spaces, no leading zeros) into an int."""
+    if not re.fullmatch(r"0|[1-9][0-9]{0,18}", value) or int(value) > MAX_VERSION:
+        raise ProtocolError("since", "must be a decimal integer in [0, 2**63)")
+    return int(value)
+
+
+def parse_subscribe_request(
+    query: Mapping[str, str], authorization: str | None = None
+) -> SubscribeRequest:
+    """Validate the query of ``GET /v1/subscribe`` and the ``Authorization`` header.
+
+    ``query`` may be a multi-dict (webob ``request.GET``): a repeated parameter is rejected.
+    The grant is taken only from ``Authorization: Bearer <grant>``, never from the URL (URLs are
+    logged). A grant requires ``policy`` and ``host`` so its scope can be checked.
+    """
+    seen: dict[str, str] = {}
+    for name, value in query.items():
+        if name not in _QUERY_FIELDS:
+            raise ProtocolError(name[:64], "unknown query parameter")
+        if name in seen:
+            raise ProtocolError(name, "repeated query parameter")
+        if not isinstance(value, str):
+            raise ProtocolError(name, "must be a string")
+        seen[name] = value
+    if "service" not in seen:
+        raise ProtocolError("service", "missing")
+    try:
+        service = ServiceName(seen["service"])
+    except ValueError:
+        raise ProtocolError("service", f"must be one of {[s.value for s in ServiceName]}") from None
+    if "key" not in seen:
+        raise ProtocolError("key", "missing")
+    key = check_name("key", seen["key"])
+    since = parse_since(seen["since"]) if "since" in seen else None
+    policy = check_name("policy", seen["policy"]) if "policy" in seen else None
+    host = check_name("host", seen["host"]) if "host" in seen else None
+    grant = None
+    if authorization is not None:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not GRANT_RE.fullmatch(token):
+            raise ProtocolError("authorization", "must be 'Bearer <grant>'")
+        grant = token
+        if policy is None or host is None:
+            raise ProtocolError("policy" if policy is None else "host", "required with a grant")
+    return SubscribeRequest(service, key, since, grant, policy, host)

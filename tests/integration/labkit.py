@@ -1,0 +1,110 @@
+"""Helpers for tests on a real lab: run the CLI, reach into namespaces, dump on failure."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from meshpeer.lab import ovs, state
+from meshpeer.lab.handflows import vm_named
+from meshpeer.lab.plan import HostPlan, LabPlan, VmPlan
+from meshpeer.lab.sh import run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOPOLOGIES = os.path.join(ROOT, "tests", "integration", "topologies")
+_names = itertools.count()
+
+
+def missing_requirements() -> str | None:
+    """Why lab tests cannot run here, or None when they can."""
+    if os.geteuid() != 0:
+        return "lab tests need root (network namespaces, OVS daemons)"
+    for tool in ("ovs-vswitchd", "ovsdb-server", "ovs-vsctl", "ip", "ethtool", "tcpdump", "iperf3"):
+        if shutil.which(tool) is None:
+            return f"lab tests need {tool} (run scripts/bootstrap)"
+    probe = f"mpprobe{os.getpid()}"
+    if subprocess.run(["ip", "netns", "add", probe], capture_output=True).returncode != 0:
+        return "cannot create network namespaces here"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+def new_lab_name() -> str:
+    """Unique per test process, short enough for interface names."""
+    return f"i{os.getpid() % 1000}{next(_names)}"[:6]
+
+
+def lab_cli(lab: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "meshpeer.lab", "--lab", lab, *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} -> {res.returncode}\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+@dataclass
+class Lab:
+    name: str
+    plan: LabPlan
+
+    def host(self, name: str) -> HostPlan:
+        return self.plan.host(name)
+
+    def vm(self, name: str) -> VmPlan:
+        return vm_named(self.plan, name)
+
+    def sh(self, name: str, *cmd: str, check: bool = True, timeout: float = 30) -> str:
+        ns = self.plan.netns_of(name)
+        assert ns is not None, name
+        return run(cmd, netns=ns, check=check, timeout=timeout).stdout
+
+    def ping(self, src: str, dst: str, count: int = 1, size: int = 56, df: bool = False) -> bool:
+        args = ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "1", "-s", str(size)]
+        if df:
+            args += ["-M", "do"]
+        res = run([*args, self.vm(dst).ip], netns=self.vm(src).netns, check=False, timeout=30)
+        return res.returncode == 0
+
+    def add_flows(self, host: str, flows: Sequence[str]) -> None:
+        """Hand-written test flows (ovs-ofctl text is for tests and humans only)."""
+        ovs.ofctl(self.host(host), "add-flows", "-", stdin="\n".join(flows) + "\n")
+
+    def flows(self, host: str) -> str:
+        return ovs.ofctl(self.host(host), "dump-flows", "--no-stats")
+
+    def clear_flows(self) -> None:
+        for h in self.plan.hosts:
+            ovs.ofctl(h, "del-flows")
+
+    def diagnostics(self) -> str:
+        out = [f"==== lab {self.name} diagnostics"]
+        for h in self.plan.hosts:
+            for what, fn in (
+                ("flows", lambda h=h: ovs.ofctl(h, "dump-flows")),
+                ("ports", lambda h=h: ovs.ofctl(h, "dump-ports-desc")),
+                ("tnl/neigh", lambda h=h: ovs.appctl(h, "tnl/neigh/show")),
+            ):
+                try:
+                    out.append(f"--- {h.name} {what}\n{fn()}")
+                except Exception as exc:  # diagnostics must never mask the real failure
+                    out.append(f"--- {h.name} {what}: {exc}")
+            log = f"{h.rundir}/ovs-vswitchd.log"
+            if os.path.exists(log):
+                with open(log, encoding="utf-8", errors="replace") as f:
+                    out.append(
+                        f"--- {h.name} ovs-vswitchd.log (tail)\n" + "".join(f.readlines()[-30:])
+                    )
+        return "\n".join(out)
+
+
+def bring_up(topology: str) -> Lab:
+    name = new_lab_name()
+    lab_cli(name, "up", os.path.join(TOPOLOGIES, topology))
+    plan = state.load(name)
+    assert plan is not None
+    return Lab(name, plan)

@@ -1,0 +1,59 @@
+"""An os-ken app started by meshpeer-manager attaches to br-int without flushing it.
+
+Adding or removing an active controller on a bridge flushes its flows. The lab gives
+br-int a passive listener from birth and the app connects out to it, so connecting,
+disconnecting and reconnecting leave the installed flows alone.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from meshpeer.lab.procs import terminate
+from meshpeer.lab.sh import netns_cmd
+from tests.integration.labkit import ROOT, Lab
+
+FLOW = "table=0,priority=7,in_port=10,actions=drop"
+
+
+def start_probe(lab: Lab, log: str) -> subprocess.Popen[bytes]:
+    h = lab.host("hv1")
+    cmd = [
+        sys.executable, "-m", "meshpeer.manager", "tests.integration.apps.probe",
+        "--ofp-switch-address-list", "127.0.0.1:6653",
+        "--ofp-listen-host", "127.0.0.1", "--ofp-tcp-listen-port", "6654",
+        "--log-file", log,
+    ]  # fmt: skip
+    return subprocess.Popen(netns_cmd(h.netns, cmd), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+
+
+def wait_for(path: str, needle: str, count: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                if f.read().count(needle) >= count:
+                    return
+        time.sleep(0.1)
+    with open(path, encoding="utf-8") as f:
+        raise AssertionError(f"{needle!r} x{count} not in {path}:\n{f.read()}")
+
+
+def test_connect_and_reconnect_keep_flows(lab: Lab, tmp_path: object) -> None:
+    lab.clear_flows()
+    lab.add_flows("hv1", [FLOW])
+    log = os.path.join(str(tmp_path), "probe.log")
+    dpid = f"dpid={lab.host('hv1').br_int_dpid}"
+    for attempt in (1, 2):
+        proc = start_probe(lab, log)
+        try:
+            wait_for(log, f"PROBE connected {dpid}", attempt)
+            assert "in_port=10 actions=drop" in lab.flows("hv1")
+        finally:
+            terminate([proc.pid])
+            proc.wait()
+        assert "in_port=10 actions=drop" in lab.flows("hv1")

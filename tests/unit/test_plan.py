@@ -1,0 +1,90 @@
+"""Lab plan: names, addresses and numbers are unique, stable and survive the state file."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+
+import pytest
+import yaml
+
+from meshpeer.lab.plan import LabPlan, derived_mac, make_plan
+from meshpeer.lab.topology import parse
+from tests.unit.test_topology import SAMPLE
+
+
+def plan(lab: str = "mp", index: int = 3) -> LabPlan:
+    return make_plan(parse(yaml.safe_load(SAMPLE)), lab, index)
+
+
+def test_every_namespace_carries_the_lab_prefix_and_is_unique() -> None:
+    p = plan("t7")
+    names = p.all_netns()
+    assert len(names) == len(set(names)) == 1 + 2 + 3 + 3
+    assert all(n.startswith("t7-") for n in names)
+
+
+def test_addresses_are_link_local_and_per_lab() -> None:
+    p, q = plan(index=3), plan(index=4)
+    for pl in (p, q):
+        for ip in (
+            [pl.root_mgmt_ip] + [h.mgmt_ip for h in pl.hosts] + [h.underlay_ip for h in pl.hosts]
+        ):
+            assert ipaddress.ip_address(ip) in ipaddress.ip_network("169.254.0.0/16")
+        for h in pl.hosts:
+            assert ipaddress.ip_address(h.mgmt_ip) in ipaddress.ip_network(pl.mgmt_subnet)
+    assert p.mgmt_subnet != q.mgmt_subnet and p.underlay_subnet != q.underlay_subnet
+
+
+def test_switch_identities_are_distinct() -> None:
+    p = plan()
+    dpids = [h.br_int_dpid for h in p.hosts] + [h.br_phy_dpid for h in p.hosts]
+    assert len(set(dpids)) == len(dpids) and all(len(d) == 16 for d in dpids)
+    macs = [h.underlay_mac for h in p.hosts]
+    assert len(set(macs)) == len(macs)
+    assert len({h.mgmt_ip for h in p.hosts} | {c.mgmt_ip for c in p.controllers}) == 5
+
+
+def test_vm_ports_gateways_and_vnis() -> None:
+    p = plan()
+    b1 = next(v for v in p.vms if v.name == "b1")
+    assert (b1.host_port, b1.ofport, b1.gateway, b1.prefixlen) == ("v-b1", 10, "10.1.0.1", 24)
+    r6 = next(v for v in p.vms if v.name == "r6")
+    assert (r6.gateway, r6.prefixlen) == ("fd00:2::1", 64)
+    assert p.vnis == {"blue": 1001, "red": 1002}
+    assert b1.vni == 1001 and r6.vni == 1002
+    assert all(len(v.host_port) <= 15 for v in p.vms)
+
+
+def test_explicit_vni_is_kept_and_skipped_by_allocation() -> None:
+    doc = yaml.safe_load(SAMPLE)
+    doc["vpcs"][1]["vni"] = 1001
+    p = make_plan(parse(doc), "mp", 1)
+    assert p.vnis == {"blue": 1002, "red": 1001}
+
+
+def test_derived_mac_is_stable_unicast_and_local() -> None:
+    mac = derived_mac("blue", "10.1.0.11")
+    assert mac == derived_mac("blue", "10.1.0.11") != derived_mac("red", "10.1.0.11")
+    first = int(mac.split(":")[0], 16)
+    assert first & 1 == 0 and first & 2 == 2
+
+
+def test_plan_round_trips_through_json() -> None:
+    p = plan()
+    assert LabPlan.from_json(json.loads(json.dumps(p.to_json()))) == p
+
+
+def test_netns_lookup() -> None:
+    p = plan("ab")
+    assert p.netns_of("hv2") == "ab-hv2"
+    assert p.netns_of("b1") == "ab-b1"
+    assert p.netns_of("ctl1") == "ab-ctl1"
+    assert p.netns_of("fabric") == "ab-fabric"
+    assert p.netns_of("nope") is None
+
+
+@pytest.mark.parametrize(("lab", "index"), [("Bad", 1), ("toolongname", 1), ("mp", 0), ("mp", 100)])
+def test_bad_lab_name_or_index(lab: str, index: int) -> None:
+    with pytest.raises(ValueError):
+        plan(lab, index)
