@@ -41,6 +41,9 @@ class ServiceName(StrEnum):
     DESTINATION = "destination"  # endpoint IP -> MAC, VNI, host underlay IP (key: VPC)
     FORWARDING = "forwarding"  # routes and next hops (key: VPC)
     LOADBALANCER = "loadbalancer"  # VIP -> backends, weights, health (key: VPC)
+    # Between controller shards: a VPC's configured peerings, their export policy ids and
+    # what each exports, so the peer shard can tell ACTIVE from INACTIVE (key: VPC).
+    FEDERATION = "federation"
 
 
 class CloseReason(StrEnum):

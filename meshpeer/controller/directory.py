@@ -1,0 +1,116 @@
+"""The shard directory: which controller owns which VPC, where it listens, shared keys.
+
+Every shard reads the same file (a later issue moves it into etcd). VNI ranges are disjoint
+per shard, so VNIs are unique across shards without coordination.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+VNI_MAX = (1 << 24) - 1
+_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+
+
+class DirectoryError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Shard:
+    name: str
+    url: str  # REST base URL, e.g. http://169.254.1.10:8080
+    vni_range: tuple[int, int]
+    vpcs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Directory:
+    shards: Mapping[str, Shard]
+    grant_keys: Mapping[str, bytes]  # key id -> HMAC key shared by every shard
+    federation_token: str  # shards authenticate to each other with it
+
+    def owner_of(self, vpc: str) -> str | None:
+        return next((s.name for s in self.shards.values() if vpc in s.vpcs), None)
+
+    def url_of(self, vpc: str) -> str | None:
+        owner = self.owner_of(vpc)
+        return self.shards[owner].url if owner else None
+
+    @property
+    def signing_key_id(self) -> str:
+        """The newest key mints; every listed key still verifies (rotation)."""
+        return sorted(self.grant_keys)[-1]
+
+
+def parse_directory(raw: object) -> Directory:
+    """Validate a loaded directory document; raise DirectoryError naming the field."""
+    if not isinstance(raw, Mapping):
+        raise DirectoryError("directory: expected a mapping")
+    unknown = set(raw) - {"shards", "grant_keys", "federation_token"}
+    if unknown:
+        raise DirectoryError(f"directory.{sorted(unknown)[0]}: unknown key")
+    shards_raw = raw.get("shards")
+    if not isinstance(shards_raw, Mapping) or not shards_raw:
+        raise DirectoryError("shards: expected a non-empty mapping of shard name to settings")
+    shards: dict[str, Shard] = {}
+    owners: dict[str, str] = {}
+    ranges: list[tuple[int, int, str]] = []
+    for name, s in shards_raw.items():
+        shards[name] = shard = _shard(name, s)
+        for vpc in shard.vpcs:
+            if vpc in owners:
+                raise DirectoryError(
+                    f"shards.{name}.vpcs: VPC {vpc!r} already owned by {owners[vpc]!r}"
+                )
+            owners[vpc] = name
+        ranges.append((*shard.vni_range, name))
+    ranges.sort()
+    for (_, hi, a), (lo, _, b) in itertools.pairwise(ranges):
+        if lo <= hi:
+            raise DirectoryError(f"shards.{b}.vni_range: overlaps the range of shard {a!r}")
+    keys_raw = raw.get("grant_keys")
+    if not isinstance(keys_raw, Mapping) or not keys_raw:
+        raise DirectoryError("grant_keys: expected a mapping of key id to hex key")
+    keys: dict[str, bytes] = {}
+    for kid, hexkey in keys_raw.items():
+        try:
+            keys[str(kid)] = bytes.fromhex(str(hexkey))
+        except ValueError as exc:
+            raise DirectoryError(f"grant_keys.{kid}: not hex") from exc
+        if len(keys[str(kid)]) < 32:
+            raise DirectoryError(f"grant_keys.{kid}: at least 32 bytes (64 hex digits)")
+    token = raw.get("federation_token")
+    if not isinstance(token, str) or len(token) < 16:
+        raise DirectoryError("federation_token: a string of at least 16 characters")
+    return Directory(shards, keys, token)
+
+
+def _shard(name: object, s: Any) -> Shard:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise DirectoryError(f"shards.{name}: bad shard name")
+    p = f"shards.{name}"
+    if not isinstance(s, Mapping):
+        raise DirectoryError(f"{p}: expected a mapping")
+    unknown = set(s) - {"url", "vni_range", "vpcs"}
+    if unknown:
+        raise DirectoryError(f"{p}.{sorted(unknown)[0]}: unknown key")
+    url = s.get("url")
+    if not isinstance(url, str) or not url.startswith("http://"):
+        raise DirectoryError(f"{p}.url: expected http://HOST:PORT")
+    vr = s.get("vni_range")
+    if (
+        not isinstance(vr, list)
+        or len(vr) != 2
+        or not all(isinstance(x, int) and not isinstance(x, bool) for x in vr)
+        or not 1 <= vr[0] <= vr[1] <= VNI_MAX
+    ):
+        raise DirectoryError(f"{p}.vni_range: expected [low, high] within 1..{VNI_MAX}")
+    vpcs = s.get("vpcs", [])
+    if not isinstance(vpcs, list) or not all(isinstance(v, str) and _NAME.match(v) for v in vpcs):
+        raise DirectoryError(f"{p}.vpcs: expected a list of VPC names")
+    return Shard(name, url.rstrip("/"), (vr[0], vr[1]), tuple(vpcs))

@@ -1,0 +1,300 @@
+"""Semantic validation of intent changes: pure functions from (intent, request) to a change.
+
+Each function either returns what to write or raises IntentError naming the field, so a
+rejected request leaves the store untouched. Structural checks (types, unknown fields, CIDR
+syntax) happen earlier, at the REST edge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from meshpeer.controller.directory import Directory
+from meshpeer.controller.model import (
+    NEXT_HOP_KINDS,
+    Address,
+    Backend,
+    Endpoint,
+    Host,
+    Intent,
+    Network,
+    Peering,
+    Route,
+    Subnet,
+    Vpc,
+    derived_mac,
+    reserved,
+)
+from policies.export import ExportPolicy
+from policies.overlap import find_overlaps
+
+
+class IntentError(Exception):
+    """A rejected change. ``status`` is the HTTP status the REST layer answers with."""
+
+    def __init__(self, status: int, field: str | None, detail: str) -> None:
+        super().__init__(f"{field}: {detail}" if field else detail)
+        self.status = status
+        self.field = field
+        self.detail = detail
+
+
+def not_found(field: str | None, detail: str) -> IntentError:
+    return IntentError(404, field, detail)
+
+
+def conflict(field: str | None, detail: str) -> IntentError:
+    return IntentError(409, field, detail)
+
+
+def bad(field: str | None, detail: str) -> IntentError:
+    return IntentError(400, field, detail)
+
+
+def need_vpc(intent: Intent, vpc: str) -> Vpc:
+    found = intent.vpcs.get(vpc)
+    if found is None:
+        raise not_found("vpc", f"no VPC {vpc!r} on this shard")
+    return found
+
+
+# --- VPCs and subnets -------------------------------------------------------------------
+
+
+def new_vpc(
+    intent: Intent,
+    directory: Directory,
+    shard: str,
+    name: str,
+    subnets: Sequence[Subnet],
+    vni: int | None,
+) -> Vpc:
+    if name in intent.vpcs:
+        raise conflict("name", f"VPC {name!r} already exists")
+    owner = directory.owner_of(name)
+    if owner != shard:
+        where = f"shard {owner!r}" if owner else "no shard"
+        raise conflict(
+            "name", f"VPC {name!r} is assigned to {where} in the shard directory, not {shard!r}"
+        )
+    lo, hi = directory.shards[shard].vni_range
+    used = {v.vni for v in intent.vpcs.values()}
+    if vni is None:
+        vni = next((n for n in range(lo, hi + 1) if n not in used), None)
+        if vni is None:
+            raise conflict("vni", f"no free VNI left in this shard's range {lo}-{hi}")
+    elif not lo <= vni <= hi:
+        raise conflict("vni", f"VNI {vni} is outside this shard's range {lo}-{hi}")
+    elif vni in used:
+        other = next(v.name for v in intent.vpcs.values() if v.vni == vni)
+        raise conflict("vni", f"VNI {vni} is already used by VPC {other!r}")
+    vpc = Vpc(name, vni)
+    for i, s in enumerate(subnets):
+        vpc = add_subnet(intent, vpc, s, {}, field=f"subnets[{i}]")
+    return vpc
+
+
+def add_subnet(
+    intent: Intent,
+    vpc: Vpc,
+    subnet: Subnet,
+    peer_ranges: Mapping[str, Sequence[Network]],
+    field: str = "cidr",
+) -> Vpc:
+    """A subnet may not overlap its VPC's other subnets, nor any peer's ranges."""
+    if any(s.name == subnet.name for s in vpc.subnets):
+        raise conflict(
+            f"{field}.name" if field != "cidr" else "name",
+            f"subnet {subnet.name!r} already exists in VPC {vpc.name!r}",
+        )
+    if subnet.cidr.num_addresses < 4:
+        raise bad(
+            field, f"subnet {subnet.cidr} is too small: it needs room for a gateway and endpoints"
+        )
+    for ov in find_overlaps([subnet.cidr], [s.cidr for s in vpc.subnets]):
+        raise conflict(
+            field, f"{ov.local} {ov.relation} {ov.peer}, already a subnet of VPC {vpc.name!r}"
+        )
+    _check_peer_overlap([subnet.cidr], peer_ranges, field)
+    return replace(vpc, subnets=(*vpc.subnets, subnet))
+
+
+def _check_peer_overlap(
+    local: Sequence[Network], peer_ranges: Mapping[str, Sequence[Network]], field: str
+) -> None:
+    for peer, ranges in sorted(peer_ranges.items()):
+        for ov in find_overlaps(local, ranges):
+            raise conflict(
+                field,
+                f"{ov.local} {ov.relation} {ov.peer} of peer VPC {peer!r}: peered VPCs may not overlap",
+            )
+
+
+def remove_subnet(intent: Intent, vpc: Vpc, name: str) -> Vpc:
+    subnet = next((s for s in vpc.subnets if s.name == name), None)
+    if subnet is None:
+        raise not_found("subnet", f"no subnet {name!r} in VPC {vpc.name!r}")
+    users = [e.name for e in intent.endpoints_of(vpc.name) if e.ip in subnet.cidr]
+    if users:
+        raise conflict("subnet", f"subnet {name!r} still has endpoints: {', '.join(users)}")
+    return replace(vpc, subnets=tuple(s for s in vpc.subnets if s.name != name))
+
+
+def check_vpc_delete(intent: Intent, name: str) -> Vpc:
+    vpc = need_vpc(intent, name)
+    live = {
+        "peerings": [p.name for p in intent.peerings_of(name)],
+        "endpoints": [e.name for e in intent.endpoints_of(name)],
+        "routes": [r.name for r in intent.routes_of(name)],
+    }
+    held = [f"{k}: {', '.join(v)}" for k, v in live.items() if v]
+    if held:
+        raise conflict("vpc", f"VPC {name!r} still has {'; '.join(held)}; delete them first")
+    return vpc
+
+
+# --- endpoints -------------------------------------------------------------------------
+
+
+def new_endpoint(
+    intent: Intent,
+    vpc_name: str,
+    name: str,
+    kind: str,
+    ip: Address,
+    mac: str | None,
+    host: str | None,
+    backends: Sequence[Backend],
+) -> Endpoint:
+    vpc = need_vpc(intent, vpc_name)
+    if (vpc_name, name) in intent.endpoints:
+        raise conflict("name", f"endpoint {name!r} already exists in VPC {vpc_name!r}")
+    subnet = vpc.subnet_for(ip)
+    if subnet is None:
+        nets = ", ".join(str(s.cidr) for s in vpc.subnets) or "none"
+        raise bad("ip", f"{ip} is outside every subnet of VPC {vpc_name!r} ({nets})")
+    if ip in reserved(subnet.cidr):
+        raise bad("ip", f"{ip} is reserved in {subnet.cidr} (network, gateway or broadcast)")
+    clash = next((e for e in intent.endpoints_of(vpc_name) if e.ip == ip), None)
+    if clash is not None:
+        raise conflict("ip", f"{ip} is already used by endpoint {clash.name!r}")
+    if kind == "ilb":
+        if host is not None:
+            raise bad("host", "an ILB is a virtual IP and has no host")
+        if not backends:
+            raise bad("backends", "an ILB needs at least one backend")
+        for i, b in enumerate(backends):
+            target = intent.endpoints.get((vpc_name, b.endpoint))
+            if target is None:
+                raise bad(
+                    f"backends[{i}].endpoint", f"no endpoint {b.endpoint!r} in VPC {vpc_name!r}"
+                )
+            if target.kind == "ilb":
+                raise bad(f"backends[{i}].endpoint", f"{b.endpoint!r} is an ILB, not a backend")
+        if len({b.endpoint for b in backends}) != len(backends):
+            raise bad("backends", "a backend is listed twice")
+    else:
+        if host is None:
+            raise bad("host", f"a {kind} endpoint needs a host")
+        if backends:
+            raise bad("backends", "only an ILB has backends")
+    mac = mac.lower() if mac else derived_mac(vpc_name, ip)
+    same_mac = next((e for e in intent.endpoints_of(vpc_name) if e.mac == mac), None)
+    if same_mac is not None:
+        raise conflict("mac", f"MAC {mac} is already used by endpoint {same_mac.name!r}")
+    return Endpoint(vpc_name, name, kind, ip, mac, host, tuple(backends))
+
+
+def check_endpoint_delete(intent: Intent, vpc: str, name: str) -> Endpoint:
+    need_vpc(intent, vpc)
+    ep = intent.endpoints.get((vpc, name))
+    if ep is None:
+        raise not_found("endpoint", f"no endpoint {name!r} in VPC {vpc!r}")
+    ilbs = [e.name for e in intent.endpoints_of(vpc) if any(b.endpoint == name for b in e.backends)]
+    if ilbs:
+        raise conflict("endpoint", f"{name!r} is a backend of ILB {', '.join(ilbs)}")
+    routes = [r.name for r in intent.routes_of(vpc) if r.next_hop == ep.ip]
+    if routes:
+        raise conflict("endpoint", f"{name!r} is the next hop of route {', '.join(routes)}")
+    return ep
+
+
+# --- peerings and routes --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PeerFacts:
+    """What this shard knows of a peer VPC (from its own store or from federation)."""
+
+    exists: bool
+    ranges: tuple[Network, ...] = ()
+
+
+def new_peering(
+    intent: Intent,
+    directory: Directory,
+    vpc_name: str,
+    name: str,
+    peer_vpc: str,
+    export: ExportPolicy,
+    import_custom_routes: bool,
+    peer: PeerFacts | None,
+) -> Peering:
+    """``peer`` is None when the peer's shard could not be asked: accepted, INACTIVE for now."""
+    vpc = need_vpc(intent, vpc_name)
+    if (vpc_name, name) in intent.peerings:
+        raise conflict("name", f"peering {name!r} already exists in VPC {vpc_name!r}")
+    if peer_vpc == vpc_name:
+        raise bad("peer_vpc", f"VPC {vpc_name!r} cannot peer with itself")
+    if directory.owner_of(peer_vpc) is None:
+        raise not_found("peer_vpc", f"VPC {peer_vpc!r} is not in the shard directory")
+    other = next((p for p in intent.peerings_of(vpc_name) if p.peer_vpc == peer_vpc), None)
+    if other is not None:
+        raise conflict(
+            "peer_vpc", f"VPC {vpc_name!r} already peers with {peer_vpc!r} (peering {other.name!r})"
+        )
+    if peer is not None:
+        if not peer.exists:
+            raise not_found("peer_vpc", f"VPC {peer_vpc!r} does not exist on its shard")
+        _check_peer_overlap([s.cidr for s in vpc.subnets], {peer_vpc: peer.ranges}, "peer_vpc")
+    return Peering(vpc_name, name, peer_vpc, export, import_custom_routes)
+
+
+def check_peering(intent: Intent, vpc: str, name: str) -> Peering:
+    need_vpc(intent, vpc)
+    found = intent.peerings.get((vpc, name))
+    if found is None:
+        raise not_found("peering", f"no peering {name!r} in VPC {vpc!r}")
+    return found
+
+
+def new_route(
+    intent: Intent, vpc_name: str, name: str, prefix: Network, next_hop: Address, priority: int
+) -> Route:
+    vpc = need_vpc(intent, vpc_name)
+    if (vpc_name, name) in intent.routes:
+        raise conflict("name", f"route {name!r} already exists in VPC {vpc_name!r}")
+    if prefix.version != next_hop.version:
+        raise bad("next_hop", f"next hop {next_hop} is not of the same IP family as {prefix}")
+    hop = next((e for e in intent.endpoints_of(vpc_name) if e.ip == next_hop), None)
+    if hop is None:
+        raise bad("next_hop", f"{next_hop} is not an endpoint of VPC {vpc_name!r}")
+    if hop.kind not in NEXT_HOP_KINDS:
+        raise bad("next_hop", f"{hop.name!r} is an {hop.kind} and cannot be a next hop")
+    for s in vpc.subnets:
+        if prefix.version == s.cidr.version and prefix.subnet_of(s.cidr):  # type: ignore[arg-type]
+            raise conflict("prefix", f"{prefix} is inside subnet {s.cidr}: subnet routes win")
+    return Route(vpc_name, name, prefix, next_hop, priority)
+
+
+def check_route(intent: Intent, vpc: str, name: str) -> Route:
+    need_vpc(intent, vpc)
+    found = intent.routes.get((vpc, name))
+    if found is None:
+        raise not_found("route", f"no route {name!r} in VPC {vpc!r}")
+    return found
+
+
+def new_host(name: str, underlay_ip: Address) -> Host:
+    return Host(name, underlay_ip)

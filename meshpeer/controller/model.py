@@ -1,0 +1,263 @@
+"""The controller's resources: typed, immutable, and convertible to and from JSON bodies.
+
+The same JSON form is stored (meshpeer.store) and served (REST), so a restarted controller
+serves exactly what it had.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from policies.export import ExportPolicy, parse_export_policy
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+JsonObject = dict[str, Any]
+
+ENDPOINT_KINDS = ("vm", "ilb", "router", "vpn", "interconnect")
+# Kinds that can be a route's next hop: they forward traffic for prefixes beyond themselves.
+NEXT_HOP_KINDS = frozenset({"vm", "router", "vpn", "interconnect"})
+
+
+def derived_mac(vpc: str, ip: Address) -> str:
+    """Stable, locally administered unicast MAC for an endpoint given none (as in the lab)."""
+    digest = hashlib.sha256(f"{vpc}/{ip}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+
+
+def gateway(subnet: Network) -> Address:
+    """A subnet's gateway is its first host address (as in GCP and OVN)."""
+    return subnet.network_address + 1
+
+
+def reserved(subnet: Network) -> set[Address]:
+    out: set[Address] = {subnet.network_address, gateway(subnet)}
+    if isinstance(subnet, ipaddress.IPv4Network):
+        out.add(subnet.broadcast_address)
+    return out
+
+
+@dataclass(frozen=True)
+class Subnet:
+    name: str
+    cidr: Network
+
+    def to_json(self) -> JsonObject:
+        return {"name": self.name, "cidr": str(self.cidr), "gateway": str(gateway(self.cidr))}
+
+    @staticmethod
+    def from_json(d: Mapping[str, Any]) -> Subnet:
+        return Subnet(d["name"], ipaddress.ip_network(d["cidr"]))
+
+
+@dataclass(frozen=True)
+class Vpc:
+    name: str
+    vni: int
+    subnets: tuple[Subnet, ...] = ()
+
+    def subnet_for(self, ip: Address) -> Subnet | None:
+        return next(
+            (s for s in self.subnets if s.cidr.version == ip.version and ip in s.cidr), None
+        )
+
+    def to_json(self) -> JsonObject:
+        return {"name": self.name, "vni": self.vni, "subnets": [s.to_json() for s in self.subnets]}
+
+    @staticmethod
+    def from_json(d: Mapping[str, Any]) -> Vpc:
+        return Vpc(d["name"], d["vni"], tuple(Subnet.from_json(s) for s in d["subnets"]))
+
+
+@dataclass(frozen=True)
+class Backend:
+    endpoint: str
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    vpc: str
+    name: str
+    kind: str
+    ip: Address
+    mac: str
+    host: str | None = None  # None for an ILB: a VIP lives on no host
+    backends: tuple[Backend, ...] = ()
+
+    def to_json(self) -> JsonObject:
+        d: JsonObject = {
+            "name": self.name,
+            "vpc": self.vpc,
+            "kind": self.kind,
+            "ip": str(self.ip),
+            "mac": self.mac,
+            "host": self.host,
+        }
+        if self.kind == "ilb":
+            d["backends"] = [{"endpoint": b.endpoint, "weight": b.weight} for b in self.backends]
+        return d
+
+    @staticmethod
+    def from_json(d: Mapping[str, Any]) -> Endpoint:
+        return Endpoint(
+            vpc=d["vpc"],
+            name=d["name"],
+            kind=d["kind"],
+            ip=ipaddress.ip_address(d["ip"]),
+            mac=d["mac"],
+            host=d.get("host"),
+            backends=tuple(Backend(b["endpoint"], b["weight"]) for b in d.get("backends", ())),
+        )
+
+
+@dataclass(frozen=True)
+class Peering:
+    """One side of a peering: this VPC's wish to peer, and what it exports to the peer."""
+
+    vpc: str
+    name: str
+    peer_vpc: str
+    export: ExportPolicy = field(default_factory=ExportPolicy)
+    import_custom_routes: bool = False
+
+    def to_json(self) -> JsonObject:
+        return {
+            "name": self.name,
+            "vpc": self.vpc,
+            "peer_vpc": self.peer_vpc,
+            "export": self.export.as_config(),
+            "export_policy_id": self.export.policy_id,
+            "import_custom_routes": self.import_custom_routes,
+        }
+
+    @staticmethod
+    def from_json(d: Mapping[str, Any]) -> Peering:
+        return Peering(
+            vpc=d["vpc"],
+            name=d["name"],
+            peer_vpc=d["peer_vpc"],
+            export=parse_export_policy(d.get("export"), "export"),
+            import_custom_routes=d.get("import_custom_routes", False),
+        )
+
+
+@dataclass(frozen=True)
+class Route:
+    """A static (custom) route: prefix via an endpoint of the VPC (router, VPN, ...)."""
+
+    vpc: str
+    name: str
+    prefix: Network
+    next_hop: Address
+    priority: int = 1000
+
+    def to_json(self) -> JsonObject:
+        return {
+            "name": self.name,
+            "vpc": self.vpc,
+            "prefix": str(self.prefix),
+            "next_hop": str(self.next_hop),
+            "priority": self.priority,
+        }
+
+    @staticmethod
+    def from_json(d: Mapping[str, Any]) -> Route:
+        return Route(
+            d["vpc"],
+            d["name"],
+            ipaddress.ip_network(d["prefix"]),
+            ipaddress.ip_address(d["next_hop"]),
+            d["priority"],
+        )
+
+
+@dataclass(frozen=True)
+class Host:
+    """A hypervisor known to this shard: where its endpoints' packets are tunnelled to."""
+
+    name: str
+    underlay_ip: Address
+
+    def to_json(self) -> JsonObject:
+        return {"name": self.name, "underlay_ip": str(self.underlay_ip)}
+
+    @staticmethod
+    def from_json(d: Mapping[str, Any]) -> Host:
+        return Host(d["name"], ipaddress.ip_address(d["underlay_ip"]))
+
+
+Resource = Vpc | Endpoint | Peering | Route | Host
+KINDS: dict[str, Any] = {
+    "vpc": Vpc,
+    "endpoint": Endpoint,
+    "peering": Peering,
+    "route": Route,
+    "host": Host,
+}
+
+
+def store_key(res: Resource) -> tuple[str, str]:
+    """(kind, key) under which a resource is stored."""
+    if isinstance(res, Vpc):
+        return "vpc", res.name
+    if isinstance(res, Host):
+        return "host", res.name
+    kind = {Endpoint: "endpoint", Peering: "peering", Route: "route"}[type(res)]
+    return kind, f"{res.vpc}/{res.name}"
+
+
+_ATTR = {
+    "vpc": "vpcs",
+    "endpoint": "endpoints",
+    "peering": "peerings",
+    "route": "routes",
+    "host": "hosts",
+}
+
+
+@dataclass
+class Intent:
+    """Everything one shard holds, keyed like the store.
+
+    Decision functions only read it and return changes; the controller shell applies
+    committed changes with ``put``/``drop`` (in place: copying 20k endpoints per write
+    would make every write O(n)).
+    """
+
+    vpcs: dict[str, Vpc] = field(default_factory=dict)
+    endpoints: dict[tuple[str, str], Endpoint] = field(default_factory=dict)
+    peerings: dict[tuple[str, str], Peering] = field(default_factory=dict)
+    routes: dict[tuple[str, str], Route] = field(default_factory=dict)
+    hosts: dict[str, Host] = field(default_factory=dict)
+
+    def endpoints_of(self, vpc: str) -> list[Endpoint]:
+        return [e for (v, _), e in sorted(self.endpoints.items()) if v == vpc]
+
+    def peerings_of(self, vpc: str) -> list[Peering]:
+        return [p for (v, _), p in sorted(self.peerings.items()) if v == vpc]
+
+    def routes_of(self, vpc: str) -> list[Route]:
+        return [r for (v, _), r in sorted(self.routes.items()) if v == vpc]
+
+    def put(self, res: Resource) -> None:
+        kind, key = store_key(res)
+        getattr(self, _ATTR[kind])[_map_key(kind, key)] = res
+
+    def drop(self, kind: str, key: str) -> None:
+        getattr(self, _ATTR[kind]).pop(_map_key(kind, key), None)
+
+    @staticmethod
+    def from_records(bodies: Mapping[tuple[str, str], Mapping[str, Any]]) -> Intent:
+        intent = Intent()
+        for (kind, _key), body in bodies.items():
+            intent.put(KINDS[kind].from_json(body))
+        return intent
+
+
+def _map_key(kind: str, key: str) -> Any:
+    return key if kind in ("vpc", "host") else tuple(key.split("/", 1))

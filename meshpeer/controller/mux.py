@@ -1,0 +1,229 @@
+"""Peering multiplexer (FIG. 9): one set of services per unique export policy, not per peer.
+
+``desired_streams`` is the whole publication of a shard as a pure function of its intent and
+peering states: every stream id with the full object set it should carry. The publisher diffs
+it against what it published and sends deltas. 100 peers sharing 3 policies yield 3 sets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from meshpeer.controller.directory import Directory
+from meshpeer.controller.model import Endpoint, Intent, JsonObject, gateway
+from meshpeer.controller.peering import Status
+from meshpeer.protocol import ServiceName
+from meshpeer.protocol.grants import Grant, mint
+from policies.export import ExportPolicy
+
+# Streams a VPC's own hosts read carry no policy: they see everything of their VPC.
+OWN = None
+PEER_SERVICES = (ServiceName.DESTINATION, ServiceName.FORWARDING, ServiceName.LOADBALANCER)
+
+
+class StreamId(NamedTuple):
+    service: ServiceName
+    key: str  # VPC name (host name for the endpoint meta-service)
+    policy: str | None = None
+    host: str | None = None
+
+
+@dataclass(frozen=True)
+class Publication:
+    streams: dict[StreamId, dict[str, JsonObject]]
+    # (vpc, policy_id) -> the peerings served by that one service set
+    service_sets: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+
+    def counts(self) -> JsonObject:
+        peerings = sum(len(v) for v in self.service_sets.values())
+        return {
+            "service_sets": len(self.service_sets),
+            "services_published": len(self.service_sets) * len(PEER_SERVICES),
+            "active_peerings": peerings,
+        }
+
+
+def active_policies(
+    intent: Intent, states: Mapping[tuple[str, str], Status]
+) -> dict[tuple[str, str], tuple[ExportPolicy, list[str]]]:
+    """(vpc, policy_id) -> (policy, peerings using it), for ACTIVE peerings only."""
+    out: dict[tuple[str, str], tuple[ExportPolicy, list[str]]] = {}
+    for key, p in sorted(intent.peerings.items()):
+        st = states.get(key)
+        if st is None or not st.active:
+            continue
+        entry = out.setdefault((p.vpc, p.export.policy_id), (p.export, []))
+        entry[1].append(p.name)
+    return out
+
+
+@dataclass(frozen=True)
+class GrantSettings:
+    """How peering streams mint grants: shared keys and a lifetime bucket."""
+
+    directory: Directory
+    ttl: float = 3600.0
+
+
+def desired_streams(
+    intent: Intent,
+    states: Mapping[tuple[str, str], Status],
+    grants: GrantSettings,
+    now: float,
+) -> Publication:
+    streams: dict[StreamId, dict[str, JsonObject]] = {}
+    for vpc in intent.vpcs:
+        for service in PEER_SERVICES:
+            streams[StreamId(service, vpc, OWN)] = service_objects(intent, service, vpc, None)
+    policies = active_policies(intent, states)
+    for (vpc, pid), (policy, _) in policies.items():
+        for service in PEER_SERVICES:
+            streams[StreamId(service, vpc, pid)] = service_objects(intent, service, vpc, policy)
+    placed = sorted({(e.vpc, e.host) for e in intent.endpoints.values() if e.host})
+    for host in sorted({h for _, h in placed}):
+        streams[StreamId(ServiceName.ENDPOINT, host)] = endpoint_objects(intent, host)
+    for vpc, host in placed:
+        sid = StreamId(ServiceName.PEERING, vpc, None, host)
+        streams[sid] = peering_objects(intent, states, grants, vpc, host, now)
+    sets = {k: names for k, (_, names) in policies.items()}
+    return Publication(streams, sets)
+
+
+def service_objects(
+    intent: Intent, service: ServiceName, vpc: str, policy: ExportPolicy | None
+) -> dict[str, JsonObject]:
+    if service == ServiceName.DESTINATION:
+        return destinations(intent, vpc, policy)
+    if service == ServiceName.FORWARDING:
+        return forwarding(intent, vpc, policy)
+    return load_balancers(intent, vpc, policy)
+
+
+def _host_ip(intent: Intent, e: Endpoint) -> str | None:
+    host = intent.hosts.get(e.host) if e.host else None
+    return str(host.underlay_ip) if host else None
+
+
+def _visible(e: Endpoint, policy: ExportPolicy | None) -> bool:
+    return policy is None or policy.exports_ip(e.ip)
+
+
+def destination(intent: Intent, e: Endpoint) -> JsonObject:
+    return {
+        "ip": str(e.ip),
+        "mac": e.mac,
+        "vni": intent.vpcs[e.vpc].vni,
+        "kind": e.kind,
+        "host": e.host,
+        "host_ip": _host_ip(intent, e),
+    }
+
+
+def destinations(intent: Intent, vpc: str, policy: ExportPolicy | None) -> dict[str, JsonObject]:
+    """Endpoint IP -> MAC, VNI, host underlay IP: only what the policy exports."""
+    return {
+        e.name: destination(intent, e)
+        for e in intent.endpoints_of(vpc)
+        if e.kind != "ilb" and _visible(e, policy)
+    }
+
+
+def forwarding(intent: Intent, vpc_name: str, policy: ExportPolicy | None) -> dict[str, JsonObject]:
+    """Subnet routes (clipped to the policy) and custom routes (only if it exports them)."""
+    vpc = intent.vpcs[vpc_name]
+    out: dict[str, JsonObject] = {}
+    for s in vpc.subnets:
+        parts = [s.cidr] if policy is None else policy.exported_subnets([s.cidr])
+        for part in parts:
+            out[f"subnet:{part}"] = {
+                "prefix": str(part),
+                "kind": "subnet",
+                "vni": vpc.vni,
+                "gateway": str(gateway(s.cidr)),
+            }
+    by_ip = {e.ip: e for e in intent.endpoints_of(vpc_name)}
+    for r in intent.routes_of(vpc_name):
+        if policy is not None and not policy.exports_route(r.prefix, is_custom=True):
+            continue
+        hop = by_ip.get(r.next_hop)
+        out[f"static:{r.name}"] = {
+            "prefix": str(r.prefix),
+            "kind": "static",
+            "vni": vpc.vni,
+            "priority": r.priority,
+            "next_hop": destination(intent, hop) if hop else None,
+        }
+    return out
+
+
+def load_balancers(intent: Intent, vpc: str, policy: ExportPolicy | None) -> dict[str, JsonObject]:
+    """VIP -> weighted backends, for every ILB whose VIP the policy exports."""
+    out: dict[str, JsonObject] = {}
+    for e in intent.endpoints_of(vpc):
+        if e.kind != "ilb" or not _visible(e, policy):
+            continue
+        backends = []
+        for b in e.backends:
+            be = intent.endpoints.get((vpc, b.endpoint))
+            if be is not None:
+                backends.append({"endpoint": b.endpoint, "weight": b.weight, "healthy": True,
+                                 **destination(intent, be)})  # fmt: skip
+        out[e.name] = {"vip": str(e.ip), "mac": e.mac, "vni": intent.vpcs[vpc].vni,
+                       "backends": backends}  # fmt: skip
+    return out
+
+
+def endpoint_objects(intent: Intent, host: str) -> dict[str, JsonObject]:
+    """Endpoint meta-service: what this shard has on one host, with what the port needs."""
+    out: dict[str, JsonObject] = {}
+    for (vpc_name, name), e in sorted(intent.endpoints.items()):
+        if e.host != host:
+            continue
+        vpc = intent.vpcs[vpc_name]
+        subnet = vpc.subnet_for(e.ip)
+        out[f"{vpc_name}.{name}"] = {
+            "vpc": vpc_name,
+            "name": name,
+            "kind": e.kind,
+            "ip": str(e.ip),
+            "mac": e.mac,
+            "vni": vpc.vni,
+            "prefix": str(subnet.cidr) if subnet else None,
+            "gateway": str(gateway(subnet.cidr)) if subnet else None,
+        }
+    return out
+
+
+def peering_objects(
+    intent: Intent,
+    states: Mapping[tuple[str, str], Status],
+    grants: GrantSettings,
+    vpc: str,
+    host: str,
+    now: float,
+) -> dict[str, JsonObject]:
+    """Peering service for one host: which peers to follow, where, and a grant to do so.
+
+    Expiry is rounded to whole ``ttl`` buckets (valid for at least one ttl), so the stream
+    changes once per bucket rather than at every recomputation.
+    """
+    d = grants.directory
+    expires = (int(now // grants.ttl) + 2) * grants.ttl
+    out: dict[str, JsonObject] = {}
+    for p in intent.peerings_of(vpc):
+        st = states.get((vpc, p.name))
+        if st is None or not st.active or st.peer_policy_id is None:
+            continue
+        grant = Grant(vpc, p.peer_vpc, st.peer_policy_id, host, expires, d.signing_key_id)
+        out[p.peer_vpc] = {
+            "peering": p.name,
+            "peer_vpc": p.peer_vpc,
+            "peer_vni": st.peer_vni,
+            "policy_id": st.peer_policy_id,
+            "controller": d.url_of(p.peer_vpc),
+            "grant": mint(grant, d.grant_keys),
+            "expires_at": expires,
+        }
+    return out

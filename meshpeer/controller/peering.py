@@ -1,0 +1,115 @@
+"""Peering manager: what a VPC tells peer shards, and whether each peering is ACTIVE.
+
+A peering is ACTIVE only while both sides have configured it (each side is its own
+resource, possibly on another shard) and their ranges do not overlap. Each shard publishes a
+*federation view* of its VPCs; a shard decides a peering's state from the peer VPC's view,
+whether that view was computed locally or replicated from the peer's shard. Peering is not
+transitive: only a VPC's own peerings are ever consulted.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from meshpeer.controller.model import Intent, JsonObject, Network, Peering, Vpc
+from policies.overlap import find_overlaps
+
+ACTIVE = "ACTIVE"
+INACTIVE = "INACTIVE"
+VPC_OBJ = "vpc"
+PEERING_PREFIX = "peering/"
+
+View = Mapping[str, Mapping[str, Any]]  # object id -> object, as in a service stream
+
+
+def federation_view(intent: Intent, shard: str, vpc_name: str) -> dict[str, JsonObject]:
+    """What VPC ``vpc_name`` tells other shards: its ranges and each side it configured."""
+    vpc = intent.vpcs.get(vpc_name)
+    if vpc is None:
+        return {}
+    out: dict[str, JsonObject] = {
+        VPC_OBJ: {
+            "name": vpc.name,
+            "vni": vpc.vni,
+            "shard": shard,
+            "subnets": [str(s.cidr) for s in vpc.subnets],
+        }
+    }
+    for p in intent.peerings_of(vpc_name):
+        out[PEERING_PREFIX + p.peer_vpc] = exported_to_peer(intent, vpc, p)
+    return out
+
+
+def exported_to_peer(intent: Intent, vpc: Vpc, p: Peering) -> JsonObject:
+    policy = p.export
+    subnets = policy.exported_subnets(s.cidr for s in vpc.subnets)
+    custom = [
+        {"prefix": str(r.prefix), "priority": r.priority, "next_hop": str(r.next_hop)}
+        for r in intent.routes_of(vpc.name)
+        if policy.exports_route(r.prefix, is_custom=True)
+    ]
+    return {
+        "name": p.name,
+        "peer_vpc": p.peer_vpc,
+        "policy_id": policy.policy_id,
+        "exported_subnets": [str(s) for s in subnets],
+        "custom_routes": custom,
+    }
+
+
+@dataclass(frozen=True)
+class Status:
+    state: str
+    details: str
+    peer_policy_id: str | None = None  # the peer's export policy toward us, when ACTIVE
+    peer_vni: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state == ACTIVE
+
+
+def peer_ranges(view: View | None) -> tuple[Network, ...]:
+    if not view or VPC_OBJ not in view:
+        return ()
+    return tuple(ipaddress.ip_network(c) for c in view[VPC_OBJ]["subnets"])
+
+
+def status(vpc: Vpc, p: Peering, peer_view: View | None, peer_shard: str | None) -> Status:
+    """The state of one side, from the peer VPC's (possibly replicated) federation view."""
+    if peer_view is None:
+        where = f"shard {peer_shard!r}" if peer_shard else "its shard"
+        return Status(INACTIVE, f"waiting for VPC {p.peer_vpc!r} on {where}: not heard from yet")
+    if VPC_OBJ not in peer_view:
+        return Status(INACTIVE, f"peer VPC {p.peer_vpc!r} does not exist")
+    back = peer_view.get(PEERING_PREFIX + vpc.name)
+    if back is None:
+        return Status(
+            INACTIVE, f"peer VPC {p.peer_vpc!r} has not configured a peering to {vpc.name!r}"
+        )
+    overlaps = find_overlaps([s.cidr for s in vpc.subnets], peer_ranges(peer_view))
+    if overlaps:
+        ov = overlaps[0]
+        return Status(INACTIVE, f"{ov.local} {ov.relation} {ov.peer} of peer VPC {p.peer_vpc!r}")
+    return Status(
+        ACTIVE,
+        f"both sides configured: {vpc.name!r} <-> {p.peer_vpc!r}",
+        peer_policy_id=str(back["policy_id"]),
+        peer_vni=int(peer_view[VPC_OBJ]["vni"]),
+    )
+
+
+def statuses(
+    intent: Intent,
+    views: Mapping[str, View],
+    owner_of: Mapping[str, str | None],
+) -> dict[tuple[str, str], Status]:
+    """Every local peering's status. ``views`` holds the federation view of each known VPC."""
+    out: dict[tuple[str, str], Status] = {}
+    for key, p in intent.peerings.items():
+        vpc = intent.vpcs[p.vpc]
+        out[key] = status(vpc, p, views.get(p.peer_vpc), owner_of.get(p.peer_vpc))
+    return out

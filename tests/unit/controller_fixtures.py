@@ -1,0 +1,62 @@
+"""Small builders for controller unit tests."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from meshpeer.controller import intent as ops
+from meshpeer.controller.directory import Directory, parse_directory
+from meshpeer.controller.model import Backend, Host, Intent, Subnet
+from meshpeer.controller.peering import View, federation_view
+from policies.export import ExportPolicy, parse_export_policy
+
+KEY = "ab" * 32
+
+
+def directory(**vpcs_by_shard: list[str]) -> Directory:
+    shards = vpcs_by_shard or {"ctl1": ["blue", "green"], "ctl2": ["red"]}
+    return parse_directory(
+        {
+            "shards": {
+                name: {
+                    "url": f"http://169.254.9.{i + 10}:8080",
+                    "vni_range": [1000 * (i + 1), 1000 * (i + 1) + 999],
+                    "vpcs": vpcs,
+                }
+                for i, (name, vpcs) in enumerate(sorted(shards.items()))
+            },
+            "grant_keys": {"k1": KEY},
+            "federation_token": "f" * 20,
+        }
+    )
+
+
+def subnets(*cidrs: str) -> list[Subnet]:
+    return [Subnet(f"s{i}", ipaddress.ip_network(c)) for i, c in enumerate(cidrs)]
+
+
+def add_vpc(intent: Intent, d: Directory, shard: str, name: str, *cidrs: str) -> None:
+    intent.put(ops.new_vpc(intent, d, shard, name, subnets(*cidrs), None))
+
+
+def add_vm(intent: Intent, vpc: str, name: str, ip: str, host: str = "hv1") -> None:
+    intent.put(ops.new_endpoint(intent, vpc, name, "vm", ipaddress.ip_address(ip), None, host, []))
+    if host not in intent.hosts:
+        n = len(intent.hosts) + 1
+        intent.put(Host(host, ipaddress.ip_address(f"169.254.101.{10 + n}")))
+
+
+def add_ilb(intent: Intent, vpc: str, name: str, ip: str, backends: dict[str, int]) -> None:
+    bs = [Backend(b, w) for b, w in backends.items()]
+    intent.put(ops.new_endpoint(intent, vpc, name, "ilb", ipaddress.ip_address(ip), None, None, bs))
+
+
+def peer(
+    intent: Intent, d: Directory, vpc: str, other: str, export: dict[str, object] | None = None
+) -> None:
+    policy: ExportPolicy = parse_export_policy(export, "export")
+    intent.put(ops.new_peering(intent, d, vpc, f"to-{other}", other, policy, False, None))
+
+
+def views(intent: Intent, shard_of: dict[str, str]) -> dict[str, View]:
+    return {v: federation_view(intent, shard_of.get(v, "ctl1"), v) for v in intent.vpcs}

@@ -1,0 +1,149 @@
+"""Semantic checks on intent changes: each bad request names its field and status."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from meshpeer.controller import intent as ops
+from meshpeer.controller.intent import IntentError, PeerFacts
+from meshpeer.controller.model import Backend, Intent, Subnet
+from policies.export import ExportPolicy
+from tests.unit.controller_fixtures import add_ilb, add_vm, add_vpc, directory, peer, subnets
+
+D = directory()
+
+
+def world() -> Intent:
+    i = Intent()
+    add_vpc(i, D, "ctl1", "blue", "10.1.0.0/24", "fd00:1::/64")
+    add_vpc(i, D, "ctl1", "green", "10.3.0.0/24")
+    add_vm(i, "blue", "b1", "10.1.0.11")
+    return i
+
+
+def rejects(status: int, field: str, fn: object, *args: object) -> str:
+    with pytest.raises(IntentError) as info:
+        fn(*args)  # type: ignore[operator]
+    assert (info.value.status, info.value.field) == (status, field), info.value
+    return info.value.detail
+
+
+def ip(s: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(s)
+
+
+def test_vni_allocated_in_shard_range_and_unique() -> None:
+    i = world()
+    assert (i.vpcs["blue"].vni, i.vpcs["green"].vni) == (1000, 1001)
+    rejects(409, "vni", ops.new_vpc, i, directory(ctl1=["pink"]), "ctl1", "pink", [], 1000)
+    rejects(409, "vni", ops.new_vpc, i, directory(ctl1=["pink"]), "ctl1", "pink", [], 5000)
+
+
+def test_vpc_must_belong_to_this_shard() -> None:
+    detail = rejects(409, "name", ops.new_vpc, Intent(), D, "ctl1", "red", [], None)
+    assert "assigned to shard 'ctl2'" in detail
+    rejects(409, "name", ops.new_vpc, Intent(), D, "ctl1", "nowhere", [], None)
+    rejects(409, "name", ops.new_vpc, world(), D, "ctl1", "blue", [], None)
+
+
+def test_subnet_overlap_within_vpc() -> None:
+    detail = rejects(
+        409, "subnets[1]", ops.new_vpc, Intent(), D, "ctl1", "blue",
+        subnets("10.1.0.0/16", "10.1.4.0/24"), None,
+    )  # fmt: skip
+    assert "10.1.4.0/24 fits inside 10.1.0.0/16" in detail
+    i = world()
+    new = Subnet("x", ipaddress.ip_network("10.1.0.0/25"))
+    rejects(409, "cidr", ops.add_subnet, i, i.vpcs["blue"], new, {})
+
+
+def test_subnet_overlapping_a_peer_names_both_ranges() -> None:
+    i = world()
+    new = Subnet("x", ipaddress.ip_network("10.2.0.0/16"))
+    detail = rejects(
+        409,
+        "cidr",
+        ops.add_subnet,
+        i,
+        i.vpcs["blue"],
+        new,
+        {"red": [ipaddress.ip_network("10.2.0.0/24")]},
+    )
+    assert "10.2.0.0/16 contains 10.2.0.0/24 of peer VPC 'red'" in detail
+
+
+def test_endpoint_checks() -> None:
+    i = world()
+    new = ops.new_endpoint
+    rejects(404, "vpc", new, i, "nope", "x", "vm", ip("10.1.0.5"), None, "hv1", [])
+    rejects(409, "name", new, i, "blue", "b1", "vm", ip("10.1.0.5"), None, "hv1", [])
+    assert "outside every subnet" in rejects(
+        400, "ip", new, i, "blue", "x", "vm", ip("10.9.0.5"), None, "hv1", []
+    )
+    rejects(400, "ip", new, i, "blue", "x", "vm", ip("10.1.0.1"), None, "hv1", [])
+    rejects(400, "ip", new, i, "blue", "x", "vm", ip("10.1.0.255"), None, "hv1", [])
+    rejects(409, "ip", new, i, "blue", "x", "vm", ip("10.1.0.11"), None, "hv1", [])
+    rejects(400, "host", new, i, "blue", "x", "vm", ip("10.1.0.5"), None, None, [])
+    rejects(400, "host", new, i, "blue", "x", "ilb", ip("10.1.0.5"), None, "hv1", [Backend("b1")])
+    rejects(400, "backends", new, i, "blue", "x", "ilb", ip("10.1.0.5"), None, None, [])
+    rejects(
+        400,
+        "backends[0].endpoint",
+        new,
+        i,
+        "blue",
+        "x",
+        "ilb",
+        ip("10.1.0.5"),
+        None,
+        None,
+        [Backend("zz")],
+    )
+    mac = i.endpoints[("blue", "b1")].mac
+    rejects(409, "mac", new, i, "blue", "x", "vm", ip("10.1.0.5"), mac, "hv1", [])
+    v6 = new(i, "blue", "b6", "vm", ip("fd00:1::5"), None, "hv2", [])
+    assert v6.mac != mac and int(v6.mac[:2], 16) & 3 == 2
+
+
+def test_delete_guards() -> None:
+    i = world()
+    add_ilb(i, "blue", "lb", "10.1.0.100", {"b1": 1})
+    peer(i, D, "blue", "green")
+    assert "peerings: to-green" in rejects(409, "vpc", ops.check_vpc_delete, i, "blue")
+    assert "backend of ILB lb" in rejects(
+        409, "endpoint", ops.check_endpoint_delete, i, "blue", "b1"
+    )
+    rejects(404, "endpoint", ops.check_endpoint_delete, i, "blue", "zz")
+    assert "still has endpoints" in rejects(
+        409, "subnet", ops.remove_subnet, i, i.vpcs["blue"], "s0"
+    )
+    assert ops.remove_subnet(i, i.vpcs["blue"], "s1").subnets == (i.vpcs["blue"].subnets[0],)
+
+
+def test_peering_checks() -> None:
+    i = world()
+    new = ops.new_peering
+    pol = ExportPolicy()
+    rejects(400, "peer_vpc", new, i, D, "blue", "p", "blue", pol, False, None)
+    rejects(404, "peer_vpc", new, i, D, "blue", "p", "mars", pol, False, None)
+    rejects(404, "peer_vpc", new, i, D, "blue", "p", "red", pol, False, PeerFacts(False))
+    overlap = PeerFacts(True, (ipaddress.ip_network("10.1.0.0/16"),))
+    detail = rejects(409, "peer_vpc", new, i, D, "blue", "p", "red", pol, False, overlap)
+    assert "10.1.0.0/24 fits inside 10.1.0.0/16 of peer VPC 'red'" in detail
+    made = new(i, D, "blue", "p", "red", pol, False, None)  # peer shard unreachable: accepted
+    i.put(made)
+    rejects(409, "name", new, i, D, "blue", "p", "green", pol, False, None)
+    rejects(409, "peer_vpc", new, i, D, "blue", "q", "red", pol, False, None)
+
+
+def test_route_checks() -> None:
+    i = world()
+    new = ops.new_route
+    net = ipaddress.ip_network
+    r = new(i, "blue", "r1", net("192.168.0.0/16"), ip("10.1.0.11"), 100)
+    assert r.priority == 100
+    rejects(400, "next_hop", new, i, "blue", "r2", net("192.168.0.0/16"), ip("10.1.0.99"), 1)
+    rejects(400, "next_hop", new, i, "blue", "r2", net("fd10::/64"), ip("10.1.0.11"), 1)
+    rejects(409, "prefix", new, i, "blue", "r2", net("10.1.0.0/25"), ip("10.1.0.11"), 1)

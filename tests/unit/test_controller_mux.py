@@ -1,0 +1,128 @@
+"""Peering manager and multiplexer: ACTIVE needs both sides; one service set per policy."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from meshpeer.controller.model import Intent
+from meshpeer.controller.mux import GrantSettings, StreamId, desired_streams
+from meshpeer.controller.peering import ACTIVE, INACTIVE, statuses
+from meshpeer.protocol import ServiceName
+from meshpeer.protocol.grants import verify
+from tests.unit.controller_fixtures import add_ilb, add_vm, add_vpc, directory, peer, views
+
+D = directory(ctl1=["blue", "red", "green"] + [f"p{i}" for i in range(100)])
+G = GrantSettings(D, ttl=600)
+OWNER = dict.fromkeys(D.shards["ctl1"].vpcs, "ctl1")
+
+
+def world() -> Intent:
+    i = Intent()
+    add_vpc(i, D, "ctl1", "blue", "10.1.0.0/24")
+    add_vpc(i, D, "ctl1", "red", "10.2.0.0/24", "fd00:2::/64")
+    add_vpc(i, D, "ctl1", "green", "10.3.0.0/24")
+    add_vm(i, "blue", "b1", "10.1.0.11", "hv1")
+    add_vm(i, "red", "r1", "10.2.0.11", "hv2")
+    add_vm(i, "red", "r2", "10.2.0.200", "hv3")
+    add_vm(i, "red", "r6", "fd00:2::11", "hv3")
+    add_vm(i, "green", "g1", "10.3.0.11", "hv1")
+    return i
+
+
+def state_of(i: Intent) -> dict[tuple[str, str], str]:
+    return {k: s.state for k, s in statuses(i, views(i, OWNER), OWNER).items()}
+
+
+def test_active_only_when_both_sides_configured() -> None:
+    i = world()
+    peer(i, D, "blue", "red")
+    st = statuses(i, views(i, OWNER), OWNER)[("blue", "to-red")]
+    assert st.state == INACTIVE and "has not configured a peering to 'blue'" in st.details
+    peer(i, D, "red", "blue", {"ranges": ["10.2.0.0/25"]})
+    assert state_of(i) == {("blue", "to-red"): ACTIVE, ("red", "to-blue"): ACTIVE}
+    i.drop("peering", "red/to-blue")
+    assert state_of(i) == {("blue", "to-red"): INACTIVE}
+
+
+def test_unknown_peer_view_is_inactive_and_says_why() -> None:
+    i = world()
+    peer(i, D, "blue", "red")
+    st = statuses(i, {}, {"red": "ctl2"})[("blue", "to-red")]
+    assert st.state == INACTIVE and "shard 'ctl2'" in st.details
+
+
+def test_not_transitive() -> None:
+    i = world()
+    for a, b in (("blue", "red"), ("red", "blue"), ("red", "green"), ("green", "red")):
+        peer(i, D, a, b)
+    pub = desired_streams(i, statuses(i, views(i, OWNER), OWNER), G, now=0.0)
+    peers_of_blue = pub.streams[StreamId(ServiceName.PEERING, "blue", None, "hv1")]
+    assert set(peers_of_blue) == {"red"}  # green is reachable from red, never from blue
+
+
+def test_policy_filters_destinations_forwarding_and_ilbs() -> None:
+    i = world()
+    add_ilb(i, "red", "lbin", "10.2.0.100", {"r1": 3, "r2": 1})
+    add_ilb(i, "red", "lbout", "10.2.0.150", {"r1": 1})
+    peer(i, D, "blue", "red")
+    peer(i, D, "red", "blue", {"ranges": ["10.2.0.0/25"]})
+    st = statuses(i, views(i, OWNER), OWNER)
+    pub = desired_streams(i, st, G, now=0.0)
+    pid = st[("blue", "to-red")].peer_policy_id
+    assert pid == i.peerings[("red", "to-blue")].export.policy_id
+    dest = pub.streams[StreamId(ServiceName.DESTINATION, "red", pid)]
+    assert set(dest) == {"r1"}  # r2 (.200) and the IPv6 r6 are outside 10.2.0.0/25
+    assert dest["r1"]["vni"] == i.vpcs["red"].vni and dest["r1"]["host_ip"]
+    fwd = pub.streams[StreamId(ServiceName.FORWARDING, "red", pid)]
+    assert [o["prefix"] for o in fwd.values()] == ["10.2.0.0/25"]
+    lbs = pub.streams[StreamId(ServiceName.LOADBALANCER, "red", pid)]
+    assert set(lbs) == {"lbin"}
+    assert {b["endpoint"]: b["weight"] for b in lbs["lbin"]["backends"]} == {"r1": 3, "r2": 1}
+    own = pub.streams[StreamId(ServiceName.DESTINATION, "red", None)]
+    assert set(own) == {"r1", "r2", "r6"}
+
+
+def test_hundred_peers_three_policies_three_service_sets() -> None:
+    i = world()
+    exports = [None, {"ranges": ["10.1.0.0/25"]}, {"private_only": True, "ranges": ["10.1.0.0/26"]}]
+    for n in range(100):
+        name = f"p{n}"
+        add_vpc(i, D, "ctl1", name, f"10.{100 + n // 200}.{n % 200}.0/24")
+        peer(i, D, "blue", name, exports[n % 3])
+        peer(i, D, name, "blue")
+    st = statuses(i, views(i, OWNER), OWNER)
+    pub = desired_streams(i, st, G, now=0.0)
+    blue_sets = {k: v for k, v in pub.service_sets.items() if k[0] == "blue"}
+    assert len(blue_sets) == 3
+    assert sorted(len(v) for v in blue_sets.values()) == [33, 33, 34]
+    blue_peer_streams = [s for s in pub.streams if s.key == "blue" and s.policy is not None]
+    assert len(blue_peer_streams) == 3 * 3  # destination, forwarding, load balancer per policy
+
+
+def test_peering_stream_grants_verify_for_that_host_only() -> None:
+    i = world()
+    peer(i, D, "blue", "red")
+    peer(i, D, "red", "blue")
+    st = statuses(i, views(i, OWNER), OWNER)
+    pub = desired_streams(i, st, G, now=1000.0)
+    entry = pub.streams[StreamId(ServiceName.PEERING, "blue", None, "hv1")]["red"]
+    assert entry["controller"] == D.url_of("red") and entry["peer_vni"] == i.vpcs["red"].vni
+    g = verify(
+        entry["grant"],
+        D.grant_keys,
+        1000.0,
+        target_vpc="red",
+        policy_id=entry["policy_id"],
+        host="hv1",
+    )
+    assert g.subscriber_vpc == "blue" and g.expires_at >= 1000.0 + 600
+    again = desired_streams(i, st, G, now=1100.0)
+    assert again.streams == pub.streams  # same ttl bucket: no churn
+
+
+def test_endpoint_meta_service_lists_what_is_on_a_host() -> None:
+    pub = desired_streams(world(), {}, G, now=0.0)
+    hv1 = pub.streams[StreamId(ServiceName.ENDPOINT, "hv1")]
+    assert {o["name"] for o in hv1.values()} == {"b1", "g1"}
+    assert hv1["blue.b1"]["gateway"] == "10.1.0.1" and hv1["blue.b1"]["prefix"] == "10.1.0.0/24"
+    assert ipaddress.ip_address(hv1["blue.b1"]["ip"]) in ipaddress.ip_network("10.1.0.0/24")
