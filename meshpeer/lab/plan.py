@@ -77,6 +77,9 @@ class LabPlan:
     hosts: tuple[HostPlan, ...]
     vms: tuple[VmPlan, ...]
     controllers: tuple[ControllerPlan, ...]
+    api_token: str = ""  # REST bearer token of every controller in the lab
+    grant_key: str = ""  # hex HMAC key the shards share for subscription grants
+    federation_token: str = ""  # shards authenticate to each other with it
 
     @property
     def prefix(self) -> str:
@@ -136,7 +139,15 @@ def assign_vnis(topo: Topology) -> dict[str, int]:
     return out
 
 
-def make_plan(topo: Topology, lab: str, index: int) -> LabPlan:
+@dataclass(frozen=True)
+class Secrets:
+    api_token: str
+    grant_key: str
+    federation_token: str
+
+
+def make_plan(topo: Topology, lab: str, index: int, secrets: Secrets | None = None) -> LabPlan:
+    """``secrets`` come from the caller (random in the CLI): planning stays deterministic."""
     if not LAB_NAME_RE.match(lab):
         raise ValueError(f"bad lab name {lab!r}: want [a-z][a-z0-9]*, at most 6 characters")
     if not 1 <= index <= MAX_LAB_INDEX:
@@ -205,8 +216,17 @@ def make_plan(topo: Topology, lab: str, index: int) -> LabPlan:
         hosts=hosts,
         vms=tuple(vms),
         controllers=controllers,
+        api_token=secrets.api_token if secrets else "",
+        grant_key=secrets.grant_key if secrets else "",
+        federation_token=secrets.federation_token if secrets else "",
     )
 
 
 def family(ip: str | Address) -> int:
     return ipaddress.ip_address(ip).version
+
+
+def new_secrets() -> Secrets:
+    import secrets
+
+    return Secrets(secrets.token_hex(16), secrets.token_hex(32), secrets.token_hex(16))

@@ -136,8 +136,9 @@ def parse_subscribe_request(
     """Validate the query of ``GET /v1/subscribe`` and the ``Authorization`` header.
 
     ``query`` may be a multi-dict (webob ``request.GET``): a repeated parameter is rejected.
-    The grant is taken only from ``Authorization: Bearer <grant>``, never from the URL (URLs are
-    logged). A grant requires ``policy`` and ``host`` so its scope can be checked.
+    The credential is taken only from ``Authorization: Bearer <token>``, never from the URL (URLs
+    are logged). A peer stream (one with a ``policy``) needs a grant whose scope names a host, so
+    ``policy`` requires ``host``; own-shard and federation streams carry the shard's token.
     """
     seen: dict[str, str] = {}
     for name, value in query.items():
@@ -166,6 +167,6 @@ def parse_subscribe_request(
         if scheme.lower() != "bearer" or not GRANT_RE.fullmatch(token):
             raise ProtocolError("authorization", "must be 'Bearer <grant>'")
         grant = token
-        if policy is None or host is None:
-            raise ProtocolError("policy" if policy is None else "host", "required with a grant")
+    if policy is not None and host is None:
+        raise ProtocolError("host", "required with a policy (the grant's scope names the host)")
     return SubscribeRequest(service, key, since, grant, policy, host)

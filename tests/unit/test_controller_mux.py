@@ -126,3 +126,45 @@ def test_endpoint_meta_service_lists_what_is_on_a_host() -> None:
     assert {o["name"] for o in hv1.values()} == {"b1", "g1"}
     assert hv1["blue.b1"]["gateway"] == "10.1.0.1" and hv1["blue.b1"]["prefix"] == "10.1.0.0/24"
     assert ipaddress.ip_address(hv1["blue.b1"]["ip"]) in ipaddress.ip_network("10.1.0.0/24")
+
+
+def test_effective_routes_with_origins_and_reasons() -> None:
+    from meshpeer.controller import intent as ops
+    from meshpeer.controller.routing import effective_routes
+
+    i = world()
+    i.put(
+        ops.new_route(
+            i,
+            "red",
+            "onprem",
+            ipaddress.ip_network("192.168.0.0/16"),
+            ipaddress.ip_address("10.2.0.11"),
+            100,
+        )
+    )
+    i.put(
+        ops.new_route(
+            i,
+            "blue",
+            "onprem",
+            ipaddress.ip_network("192.168.0.0/16"),
+            ipaddress.ip_address("10.1.0.11"),
+            100,
+        )
+    )
+    peer(i, D, "blue", "red")
+    peer(i, D, "red", "blue", {"custom_routes": True})
+    vs = views(i, OWNER)
+    st = statuses(i, vs, OWNER)
+    routes = {(r["prefix"], r["origin"]): r for r in effective_routes(i, "blue", st, vs)}
+    assert routes[("10.1.0.0/24", "local")]["installed"]
+    assert routes[("10.2.0.0/24", "peer:red")]["imported"] is True
+    assert routes[("fd00:2::/64", "peer:red")]["imported"] is True
+    onprem = routes[("192.168.0.0/16", "peer:red")]
+    assert onprem["imported"] is False and "import_custom_routes" in onprem["reason"]
+    blue_peering = i.peerings[("blue", "to-red")]
+    i.put(type(blue_peering)(blue_peering.vpc, blue_peering.name, "red", blue_peering.export, True))
+    routes = {(r["prefix"], r["origin"]): r for r in effective_routes(i, "blue", st, vs)}
+    onprem = routes[("192.168.0.0/16", "peer:red")]
+    assert onprem["imported"] is False and "local route to the same prefix wins" in onprem["reason"]

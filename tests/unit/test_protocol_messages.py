@@ -93,10 +93,9 @@ def test_rejects_bad_authorization(authorization: str) -> None:
     assert info.value.field == "authorization"
 
 
-@pytest.mark.parametrize(("missing", "field"), [("policy", "policy"), ("host", "host")])
-def test_grant_requires_policy_and_host(missing: str, field: str) -> None:
-    query = {"service": "destination", "key": "red", "policy": "p", "host": "h"}
-    del query[missing]
+def test_policy_requires_host_and_a_token_alone_is_a_shard_credential() -> None:
     with pytest.raises(ProtocolError) as info:
-        parse_subscribe_request(query, f"Bearer {GRANT}")
-    assert info.value.field == field
+        parse_subscribe_request({"service": "destination", "key": "red", "policy": "p"}, f"Bearer {GRANT}")
+    assert info.value.field == "host"
+    own = parse_subscribe_request({"service": "endpoint", "key": "hv1"}, "Bearer shard-token")
+    assert (own.grant, own.policy, own.host) == ("shard-token", None, None)

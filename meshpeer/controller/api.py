@@ -1,0 +1,664 @@
+"""The controller's REST API (/v1): the route table, body schemas and thin handlers.
+
+Handlers translate: path and body in, a call to the intent checks and ShardState out. The
+OpenAPI document at /v1/openapi.json is generated from this same table.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from webob import Response
+
+from meshpeer.controller import intent as ops
+from meshpeer.controller.intent import IntentError, PeerFacts
+from meshpeer.controller.model import Backend, JsonObject, Subnet
+from meshpeer.controller.peering import INACTIVE, VPC_OBJ, peer_ranges
+from meshpeer.controller.shard import Delete, ShardState
+from meshpeer.protocol import ServiceName
+from meshpeer.protocol.grants import GrantError, verify
+from meshpeer.protocol.messages import ProtocolError, parse_subscribe_request
+from meshpeer.rest.errors import ApiError, bad_request, not_found
+from meshpeer.rest.router import RequestCtx, Route
+from meshpeer.rest.schema import Arr, Bool, Int, Obj, Str
+from meshpeer.streaming.publisher import ndjson_response
+from policies.export import PolicyError, parse_export_policy
+
+NAME = Str(format="name")
+SUBNET_IN = Obj({"cidr": Str(format="cidr")}, {"name": NAME}, name="SubnetCreate")
+VPC_IN = Obj(
+    {"name": NAME}, {"subnets": Arr(SUBNET_IN), "vni": Int(1, (1 << 24) - 1)}, name="VpcCreate"
+)
+BACKEND = Obj({"endpoint": NAME}, {"weight": Int(1, 65535)}, name="Backend")
+ENDPOINT_IN = Obj(
+    {"name": NAME, "ip": Str(format="ip")},
+    {
+        "kind": Str(enum=("vm", "ilb", "router", "vpn", "interconnect")),
+        "mac": Str(format="mac"),
+        "host": NAME,
+        "backends": Arr(BACKEND, max_items=256),
+    },
+    name="EndpointCreate",
+)
+EXPORT = Obj(
+    {},
+    {
+        "ranges": Arr(Str(format="cidr"), max_items=256),
+        "private_only": Bool(),
+        "ipv6_only": Bool(),
+        "custom_routes": Bool(),
+    },
+    name="ExportPolicy",
+    description="What this VPC shows the peer; every restriction narrows it (docs/policies.md)",
+)
+PEERING_IN = Obj(
+    {"name": NAME, "peer_vpc": NAME},
+    {"export": EXPORT, "import_custom_routes": Bool()},
+    name="PeeringCreate",
+)
+ROUTE_IN = Obj(
+    {"name": NAME, "prefix": Str(format="cidr"), "next_hop": Str(format="ip")},
+    {"priority": Int(0, 65535)},
+    name="RouteCreate",
+)
+HOST_IN = Obj({"underlay_ip": Str(format="ip")}, {}, name="HostRegister")
+VPC_P = {"vpc": NAME}
+ITEM_P = {"vpc": NAME, "name": NAME}
+
+Fetch = Callable[[str], "dict[str, Any] | None"]
+
+
+class ControllerApi:
+    """Handlers bound to one shard. ``fetch_view`` asks a remote shard for a VPC's view."""
+
+    def __init__(
+        self,
+        shard: ShardState,
+        api_token: str,
+        fetch_view: Fetch,
+        heartbeat_interval: float = 5.0,
+    ) -> None:
+        self.shard = shard
+        self.api_token = api_token
+        self.fetch_view = fetch_view
+        self.heartbeat_interval = heartbeat_interval
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _with_version(self, kind: str, key: str, body: JsonObject) -> JsonObject:
+        return {**body, "version": self.shard.version_of(kind, key)}
+
+    def _intent(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except IntentError as exc:
+            raise ApiError(exc.status, _code(exc.status), exc.field, exc.detail) from exc
+
+    def _vpc(self, name: str) -> Any:
+        return self._intent(ops.need_vpc, self.shard.intent, name)
+
+    # --- VPCs and subnets ------------------------------------------------------------------
+
+    def list_vpcs(self, ctx: RequestCtx) -> tuple[int, object]:
+        vpcs = sorted(self.shard.intent.vpcs.values(), key=lambda v: v.name)
+        return 200, {"vpcs": [self._with_version("vpc", v.name, v.to_json()) for v in vpcs]}
+
+    def create_vpc(self, ctx: RequestCtx) -> tuple[int, object]:
+        b = ctx.body
+        subnets = [
+            Subnet(s.get("name", f"s{i}"), ipaddress.ip_network(s["cidr"]))
+            for i, s in enumerate(b.get("subnets", []))
+        ]
+        vpc = self._intent(
+            ops.new_vpc,
+            self.shard.intent,
+            self.shard.directory,
+            self.shard.name,
+            b["name"],
+            subnets,
+            b.get("vni"),
+        )
+        self.shard.commit([vpc])
+        return 201, self._with_version("vpc", vpc.name, vpc.to_json())
+
+    def get_vpc(self, ctx: RequestCtx) -> tuple[int, object]:
+        vpc = self._vpc(ctx.params["vpc"])
+        return 200, self._with_version("vpc", vpc.name, vpc.to_json())
+
+    def delete_vpc(self, ctx: RequestCtx) -> tuple[int, object]:
+        vpc = self._intent(ops.check_vpc_delete, self.shard.intent, ctx.params["vpc"])
+        version = self.shard.commit(deletes=[Delete("vpc", vpc.name)])
+        return 200, {"deleted": vpc.name, "version": version}
+
+    def list_subnets(self, ctx: RequestCtx) -> tuple[int, object]:
+        return 200, {"subnets": [s.to_json() for s in self._vpc(ctx.params["vpc"]).subnets]}
+
+    def create_subnet(self, ctx: RequestCtx) -> tuple[int, object]:
+        vpc = self._vpc(ctx.params["vpc"])
+        name = ctx.body.get("name", f"s{len(vpc.subnets)}")
+        subnet = Subnet(name, ipaddress.ip_network(ctx.body["cidr"]))
+        peers = self._peer_ranges(vpc.name)
+        updated = self._intent(ops.add_subnet, self.shard.intent, vpc, subnet, peers)
+        version = self.shard.commit([updated])
+        return 201, {**subnet.to_json(), "version": version}
+
+    def get_subnet(self, ctx: RequestCtx) -> tuple[int, object]:
+        vpc = self._vpc(ctx.params["vpc"])
+        found = next((s for s in vpc.subnets if s.name == ctx.params["name"]), None)
+        if found is None:
+            raise not_found("subnet", f"no subnet {ctx.params['name']!r} in VPC {vpc.name!r}")
+        return 200, found.to_json()
+
+    def delete_subnet(self, ctx: RequestCtx) -> tuple[int, object]:
+        vpc = self._vpc(ctx.params["vpc"])
+        updated = self._intent(ops.remove_subnet, self.shard.intent, vpc, ctx.params["name"])
+        version = self.shard.commit([updated])
+        return 200, {"deleted": ctx.params["name"], "version": version}
+
+    def _peer_ranges(self, vpc: str) -> dict[str, list[Any]]:
+        views = self.shard.views()
+        return {
+            p.peer_vpc: list(peer_ranges(views.get(p.peer_vpc)))
+            for p in self.shard.intent.peerings_of(vpc)
+        }
+
+    # --- endpoints ----------------------------------------------------------------------
+
+    def list_endpoints(self, ctx: RequestCtx) -> tuple[int, object]:
+        vpc = self._vpc(ctx.params["vpc"]).name
+        eps = self.shard.intent.endpoints_of(vpc)
+        return 200, {
+            "endpoints": [
+                self._with_version("endpoint", f"{vpc}/{e.name}", e.to_json()) for e in eps
+            ]
+        }
+
+    def create_endpoint(self, ctx: RequestCtx) -> tuple[int, object]:
+        b = ctx.body
+        backends = [Backend(x["endpoint"], x.get("weight", 1)) for x in b.get("backends", [])]
+        ep = self._intent(
+            ops.new_endpoint,
+            self.shard.intent,
+            ctx.params["vpc"],
+            b["name"],
+            b.get("kind", "vm"),
+            ipaddress.ip_address(b["ip"]),
+            b.get("mac"),
+            b.get("host"),
+            backends,
+        )
+        self.shard.commit([ep])
+        return 201, self._with_version("endpoint", f"{ep.vpc}/{ep.name}", ep.to_json())
+
+    def get_endpoint(self, ctx: RequestCtx) -> tuple[int, object]:
+        vpc = self._vpc(ctx.params["vpc"]).name
+        ep = self.shard.intent.endpoints.get((vpc, ctx.params["name"]))
+        if ep is None:
+            raise not_found("endpoint", f"no endpoint {ctx.params['name']!r} in VPC {vpc!r}")
+        return 200, self._with_version("endpoint", f"{vpc}/{ep.name}", ep.to_json())
+
+    def delete_endpoint(self, ctx: RequestCtx) -> tuple[int, object]:
+        ep = self._intent(
+            ops.check_endpoint_delete, self.shard.intent, ctx.params["vpc"], ctx.params["name"]
+        )
+        version = self.shard.commit(deletes=[Delete("endpoint", f"{ep.vpc}/{ep.name}")])
+        return 200, {"deleted": ep.name, "version": version}
+
+    # --- peerings -------------------------------------------------------------------------
+
+    def _peering_json(self, vpc: str, name: str) -> JsonObject:
+        p = self.shard.intent.peerings[(vpc, name)]
+        st = self.shard.peering_status(vpc, name)
+        body = self._with_version("peering", f"{vpc}/{name}", p.to_json())
+        body["state"] = st.state if st else INACTIVE
+        body["state_details"] = st.details if st else "not evaluated yet"
+        body["peer_export_policy_id"] = st.peer_policy_id if st else None
+        return body
+
+    def list_peerings(self, ctx: RequestCtx) -> tuple[int, object]:
+        vpc = self._vpc(ctx.params["vpc"]).name
+        return 200, {
+            "peerings": [
+                self._peering_json(vpc, p.name) for p in self.shard.intent.peerings_of(vpc)
+            ]
+        }
+
+    def _peer_facts(self, peer_vpc: str) -> PeerFacts | None:
+        """Facts about the peer VPC: local, replicated, or asked of its shard right now."""
+        view = self.shard.views().get(peer_vpc)
+        owner = self.shard.directory.owner_of(peer_vpc)
+        if view is None and owner is not None and owner != self.shard.name:
+            view = self.fetch_view(peer_vpc)
+        elif view is None and owner == self.shard.name:
+            return PeerFacts(False)
+        if view is None:
+            return None
+        return PeerFacts(VPC_OBJ in view, peer_ranges(view))
+
+    def create_peering(self, ctx: RequestCtx) -> tuple[int, object]:
+        b = ctx.body
+        vpc = self._vpc(ctx.params["vpc"]).name
+        try:
+            export = parse_export_policy(b.get("export"), "export")
+        except PolicyError as exc:
+            raise bad_request(exc.field, exc.detail) from exc
+        facts = self._peer_facts(b["peer_vpc"]) if b["peer_vpc"] != vpc else None
+        p = self._intent(
+            ops.new_peering,
+            self.shard.intent,
+            self.shard.directory,
+            vpc,
+            b["name"],
+            b["peer_vpc"],
+            export,
+            b.get("import_custom_routes", False),
+            facts,
+        )
+        self.shard.commit([p])
+        return 201, self._peering_json(vpc, p.name)
+
+    def update_peering(self, ctx: RequestCtx) -> tuple[int, object]:
+        p = self._intent(
+            ops.check_peering, self.shard.intent, ctx.params["vpc"], ctx.params["name"]
+        )
+        b = ctx.body
+        try:
+            export = parse_export_policy(b["export"], "export") if "export" in b else p.export
+        except PolicyError as exc:
+            raise bad_request(exc.field, exc.detail) from exc
+        updated = replace(
+            p,
+            export=export,
+            import_custom_routes=b.get("import_custom_routes", p.import_custom_routes),
+        )
+        self.shard.commit([updated])
+        return 200, self._peering_json(p.vpc, p.name)
+
+    def get_peering(self, ctx: RequestCtx) -> tuple[int, object]:
+        p = self._intent(
+            ops.check_peering, self.shard.intent, ctx.params["vpc"], ctx.params["name"]
+        )
+        return 200, self._peering_json(p.vpc, p.name)
+
+    def delete_peering(self, ctx: RequestCtx) -> tuple[int, object]:
+        p = self._intent(
+            ops.check_peering, self.shard.intent, ctx.params["vpc"], ctx.params["name"]
+        )
+        version = self.shard.commit(deletes=[Delete("peering", f"{p.vpc}/{p.name}")])
+        return 200, {"deleted": p.name, "version": version}
+
+    # --- routes -----------------------------------------------------------------------------
+
+    def list_routes(self, ctx: RequestCtx) -> tuple[int, object]:
+        vpc = self._vpc(ctx.params["vpc"]).name
+        rs = self.shard.intent.routes_of(vpc)
+        return 200, {
+            "routes": [self._with_version("route", f"{vpc}/{r.name}", r.to_json()) for r in rs]
+        }
+
+    def create_route(self, ctx: RequestCtx) -> tuple[int, object]:
+        b = ctx.body
+        r = self._intent(
+            ops.new_route,
+            self.shard.intent,
+            ctx.params["vpc"],
+            b["name"],
+            ipaddress.ip_network(b["prefix"]),
+            ipaddress.ip_address(b["next_hop"]),
+            b.get("priority", 1000),
+        )
+        self.shard.commit([r])
+        return 201, self._with_version("route", f"{r.vpc}/{r.name}", r.to_json())
+
+    def get_route(self, ctx: RequestCtx) -> tuple[int, object]:
+        r = self._intent(ops.check_route, self.shard.intent, ctx.params["vpc"], ctx.params["name"])
+        return 200, self._with_version("route", f"{r.vpc}/{r.name}", r.to_json())
+
+    def delete_route(self, ctx: RequestCtx) -> tuple[int, object]:
+        r = self._intent(ops.check_route, self.shard.intent, ctx.params["vpc"], ctx.params["name"])
+        version = self.shard.commit(deletes=[Delete("route", f"{r.vpc}/{r.name}")])
+        return 200, {"deleted": r.name, "version": version}
+
+    def effective_routes(self, ctx: RequestCtx) -> tuple[int, object]:
+        vpc = self._vpc(ctx.params["vpc"]).name
+        return 200, {"vpc": vpc, "routes": self.shard.effective_routes(vpc)}
+
+    # --- hosts, multiplexer, health -----------------------------------------------------------
+
+    def put_host(self, ctx: RequestCtx) -> tuple[int, object]:
+        host = ops.new_host(ctx.params["name"], ipaddress.ip_address(ctx.body["underlay_ip"]))
+        if self.shard.intent.hosts.get(host.name) != host:
+            self.shard.commit([host])
+        return 200, self._with_version("host", host.name, host.to_json())
+
+    def get_host(self, ctx: RequestCtx) -> tuple[int, object]:
+        host = self.shard.intent.hosts.get(ctx.params["name"])
+        if host is None:
+            raise not_found("host", f"no host {ctx.params['name']!r}")
+        return 200, self._with_version("host", host.name, host.to_json())
+
+    def list_hosts(self, ctx: RequestCtx) -> tuple[int, object]:
+        hosts = sorted(self.shard.intent.hosts.values(), key=lambda h: h.name)
+        return 200, {"hosts": [self._with_version("host", h.name, h.to_json()) for h in hosts]}
+
+    def multiplexer(self, ctx: RequestCtx) -> tuple[int, object]:
+        return 200, {"shard": self.shard.name, **self.shard.counts()}
+
+    def healthz(self, ctx: RequestCtx) -> tuple[int, object]:
+        return 200, {"status": "ok", "shard": self.shard.name, "version": self.shard.store.version}
+
+    # --- federation and subscriptions ---------------------------------------------------
+
+    def _bearer(self, ctx: RequestCtx) -> str:
+        auth = ctx.request.headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(401, "unauthorized", None, "missing bearer token")
+        return str(token).strip()
+
+    def _is(self, token: str, secret: str) -> bool:
+        return hmac.compare_digest(token.encode(), secret.encode())
+
+    def federation_view(self, ctx: RequestCtx) -> tuple[int, object]:
+        token = self._bearer(ctx)
+        if not (
+            self._is(token, self.shard.directory.federation_token)
+            or self._is(token, self.api_token)
+        ):
+            raise ApiError(401, "unauthorized", None, "bad federation token")
+        vpc = ctx.params["vpc"]
+        if self.shard.directory.owner_of(vpc) != self.shard.name:
+            raise not_found("vpc", f"VPC {vpc!r} is not owned by shard {self.shard.name!r}")
+        return 200, {"vpc": vpc, "view": self.shard.views().get(vpc, {})}
+
+    def subscribe(self, ctx: RequestCtx) -> Response:
+        try:
+            req = parse_subscribe_request(ctx.request.GET, ctx.request.headers.get("Authorization"))
+        except ProtocolError as exc:
+            raise bad_request(exc.field, exc.detail) from exc
+        token = req.grant or ""
+        expires_at: float | None = None
+        if req.policy is not None:
+            expires_at = self._check_grant(token, req.key, req.policy, req.host)
+        elif req.service == ServiceName.FEDERATION:
+            if not (
+                self._is(token, self.shard.directory.federation_token)
+                or self._is(token, self.api_token)
+            ):
+                raise ApiError(
+                    401,
+                    "unauthorized",
+                    "Authorization",
+                    "federation streams need the federation token",
+                )
+        elif not self._is(token, self.api_token):
+            raise ApiError(
+                401, "unauthorized", "Authorization", "own-shard streams need the API token"
+            )
+        # Peer streams are shared by every subscriber of one policy (the multiplexer's point);
+        # the host only scopes the grant. The peering service is per host.
+        sid = (req.service, req.key, req.policy, None if req.policy else req.host)
+        if sid not in self.shard.hub:
+            raise not_found(
+                "key",
+                f"no {req.service} stream for {req.key!r}"
+                + (f" under policy {req.policy}" if req.policy else ""),
+            )
+        wall_to_mono = None
+        if expires_at is not None:
+            wall_to_mono = self.shard.hub.clock() + (expires_at - self.shard.clock())
+        writer = self.shard.hub.wsgi_stream(
+            sid, req.since, self.heartbeat_interval, expires_at=wall_to_mono
+        )
+        resp: Response = ndjson_response(writer, ctx.request.environ)
+        return resp
+
+    def _check_grant(self, token: str, vpc: str, policy: str, host: str | None) -> float:
+        """A peer host's grant: valid signature and scope, and the peering ACTIVE right now."""
+        if host is None:
+            raise bad_request("host", "a peer subscription names its host")
+        try:
+            grant = verify(
+                token,
+                self.shard.directory.grant_keys,
+                self.shard.clock(),
+                target_vpc=vpc,
+                policy_id=policy,
+                host=host,
+            )
+        except GrantError as exc:
+            raise ApiError(
+                403, "forbidden", "Authorization", f"grant rejected: {exc.detail}"
+            ) from exc
+        for p in self.shard.intent.peerings_of(vpc):
+            st = self.shard.peering_status(vpc, p.name)
+            if (
+                p.peer_vpc == grant.subscriber_vpc
+                and st is not None
+                and st.active
+                and p.export.policy_id == policy
+            ):
+                return grant.expires_at
+        raise ApiError(
+            403,
+            "forbidden",
+            "policy",
+            f"VPC {vpc!r} has no ACTIVE peering exporting {policy} to {grant.subscriber_vpc!r}",
+        )
+
+    # --- the table ----------------------------------------------------------------------
+
+    def routes(self) -> list[Route]:
+        c, e403 = frozenset({409}), frozenset({403})
+        return [
+            Route("GET", "/healthz", self.healthz, auth=False, summary="Liveness; no token needed"),
+            Route("GET", "/v1/vpcs", self.list_vpcs, summary="List VPCs of this shard"),
+            Route(
+                "POST",
+                "/v1/vpcs",
+                self.create_vpc,
+                body=VPC_IN,
+                status=201,
+                summary="Create a VPC (VNI allocated from the shard's range)",
+            ),
+            Route("GET", "/v1/vpcs/{vpc}", self.get_vpc, params=VPC_P, summary="Get a VPC"),
+            Route(
+                "DELETE",
+                "/v1/vpcs/{vpc}",
+                self.delete_vpc,
+                params=VPC_P,
+                summary="Delete a VPC with no peerings, endpoints or routes",
+            ),
+            Route(
+                "GET",
+                "/v1/vpcs/{vpc}/subnets",
+                self.list_subnets,
+                params=VPC_P,
+                summary="List subnets",
+            ),
+            Route(
+                "POST",
+                "/v1/vpcs/{vpc}/subnets",
+                self.create_subnet,
+                body=SUBNET_IN,
+                params=VPC_P,
+                status=201,
+                summary="Add a subnet",
+            ),
+            Route(
+                "GET",
+                "/v1/vpcs/{vpc}/subnets/{name}",
+                self.get_subnet,
+                params=ITEM_P,
+                summary="Get a subnet",
+            ),
+            Route(
+                "DELETE",
+                "/v1/vpcs/{vpc}/subnets/{name}",
+                self.delete_subnet,
+                params=ITEM_P,
+                summary="Delete an empty subnet",
+            ),
+            Route(
+                "GET",
+                "/v1/vpcs/{vpc}/endpoints",
+                self.list_endpoints,
+                params=VPC_P,
+                summary="List endpoints",
+            ),
+            Route(
+                "POST",
+                "/v1/vpcs/{vpc}/endpoints",
+                self.create_endpoint,
+                body=ENDPOINT_IN,
+                params=VPC_P,
+                status=201,
+                summary="Create an endpoint",
+            ),
+            Route(
+                "GET",
+                "/v1/vpcs/{vpc}/endpoints/{name}",
+                self.get_endpoint,
+                params=ITEM_P,
+                summary="Get an endpoint",
+            ),
+            Route(
+                "DELETE",
+                "/v1/vpcs/{vpc}/endpoints/{name}",
+                self.delete_endpoint,
+                params=ITEM_P,
+                summary="Delete an endpoint",
+            ),
+            Route(
+                "GET",
+                "/v1/vpcs/{vpc}/peerings",
+                self.list_peerings,
+                params=VPC_P,
+                summary="List peerings with their state",
+            ),
+            Route(
+                "POST",
+                "/v1/vpcs/{vpc}/peerings",
+                self.create_peering,
+                body=PEERING_IN,
+                params=VPC_P,
+                status=201,
+                summary="Configure this VPC's side of a peering",
+            ),
+            Route(
+                "GET",
+                "/v1/vpcs/{vpc}/peerings/{name}",
+                self.get_peering,
+                params=ITEM_P,
+                summary="Get a peering: state (ACTIVE/INACTIVE) and why",
+            ),
+            Route(
+                "PUT",
+                "/v1/vpcs/{vpc}/peerings/{name}",
+                self.update_peering,
+                body=Obj(
+                    {}, {"export": EXPORT, "import_custom_routes": Bool()}, name="PeeringUpdate"
+                ),
+                params=ITEM_P,
+                summary="Change a peering's export policy or route import",
+            ),
+            Route(
+                "DELETE",
+                "/v1/vpcs/{vpc}/peerings/{name}",
+                self.delete_peering,
+                params=ITEM_P,
+                summary="Delete this VPC's side of a peering",
+            ),
+            Route(
+                "GET",
+                "/v1/vpcs/{vpc}/routes",
+                self.list_routes,
+                params=VPC_P,
+                summary="List static routes",
+            ),
+            Route(
+                "POST",
+                "/v1/vpcs/{vpc}/routes",
+                self.create_route,
+                body=ROUTE_IN,
+                params=VPC_P,
+                status=201,
+                summary="Create a static route via an endpoint",
+            ),
+            Route(
+                "GET",
+                "/v1/vpcs/{vpc}/routes/effective",
+                self.effective_routes,
+                params=VPC_P,
+                summary="Every route the VPC sees, with origin and import decision",
+            ),
+            Route(
+                "GET",
+                "/v1/vpcs/{vpc}/routes/{name}",
+                self.get_route,
+                params=ITEM_P,
+                summary="Get a static route",
+            ),
+            Route(
+                "DELETE",
+                "/v1/vpcs/{vpc}/routes/{name}",
+                self.delete_route,
+                params=ITEM_P,
+                summary="Delete a static route",
+            ),
+            Route("GET", "/v1/hosts", self.list_hosts, summary="List registered hosts"),
+            Route(
+                "GET",
+                "/v1/hosts/{name}",
+                self.get_host,
+                params={"name": NAME},
+                summary="Get a host",
+            ),
+            Route(
+                "PUT",
+                "/v1/hosts/{name}",
+                self.put_host,
+                body=HOST_IN,
+                params={"name": NAME},
+                summary="Register a host and its underlay IP",
+            ),
+            Route(
+                "GET",
+                "/v1/multiplexer",
+                self.multiplexer,
+                summary="Service sets published, peerings and subscribers per service",
+            ),
+            Route(
+                "GET",
+                "/v1/federation/vpcs/{vpc}",
+                self.federation_view,
+                auth=False,
+                params=VPC_P,
+                errors=frozenset({401}),
+                summary="A VPC's federation view, for peer shards (federation token)",
+            ),
+            Route(
+                "GET",
+                "/v1/subscribe",
+                self.subscribe,
+                auth=False,
+                errors=e403 | c | frozenset({401, 404}),
+                query={
+                    "service": Str(enum=tuple(s.value for s in ServiceName)),
+                    "key": Str(),
+                    "policy": Str(),
+                    "host": Str(),
+                    "since": Int(0),
+                },
+                media_type="application/x-ndjson",
+                summary="Subscribe to a service stream: NDJSON snapshot then deltas (docs/protocol.md)",
+            ),
+        ]
+
+
+def _code(status: int) -> str:
+    return {400: "bad_request", 404: "not_found", 409: "conflict"}.get(status, "error")

@@ -1,0 +1,74 @@
+"""Federation between shards: follow the views of remote peer VPCs, and ask for one now.
+
+A shard needs the federation view of every remote VPC that one of its VPCs peers with. It
+keeps one stream per such VPC (resumable, fail static: the last view stays while the peer
+shard is unreachable), and starts or stops streams as local peerings come and go.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from meshpeer.client import ApiFailure, Client
+from meshpeer.controller.shard import ShardState
+from meshpeer.protocol import ServiceName
+from meshpeer.protocol.stream import ReplicaState
+from meshpeer.streaming.subscriber import StreamClient
+
+log = logging.getLogger(__name__)
+
+
+class Federation:
+    def __init__(self, shard: ShardState, timeout: float = 2.0) -> None:
+        self.shard = shard
+        self.timeout = timeout
+        self.clients: dict[str, StreamClient] = {}
+        shard.listeners.append(self.sync)
+
+    def sync(self) -> None:
+        """Start a stream for each newly needed remote VPC; stop those no longer needed."""
+        wanted = self.shard.remote_peer_vpcs()
+        for vpc in sorted(wanted - set(self.clients)):
+            url = self.shard.directory.url_of(vpc)
+            if url is None:
+                continue
+            client = StreamClient(
+                url,
+                ServiceName.FEDERATION,
+                vpc,
+                auth=self.shard.directory.federation_token,
+                on_change=self._on_change(vpc),
+                heartbeat_timeout=15.0,
+            )
+            self.clients[vpc] = client
+            client.start()
+            log.info("federation: following VPC %s at %s", vpc, url)
+        for vpc in sorted(set(self.clients) - wanted):
+            self.clients.pop(vpc).stop()
+            self.shard.remote_views.pop(vpc, None)
+            log.info("federation: stopped following VPC %s", vpc)
+
+    def _on_change(self, vpc: str) -> Any:
+        def apply(replica: ReplicaState, _msg: object) -> None:
+            self.shard.set_remote_view(vpc, dict(replica.objects))
+
+        return apply
+
+    def fetch_view(self, vpc: str) -> dict[str, Any] | None:
+        """Ask the owning shard for a VPC's view now (peering-time overlap checks)."""
+        url = self.shard.directory.url_of(vpc)
+        if url is None:
+            return None
+        client = Client(url, self.shard.directory.federation_token, timeout=self.timeout)
+        try:
+            view: dict[str, Any] = client.get(f"/v1/federation/vpcs/{vpc}")["view"]
+            return view
+        except (OSError, ApiFailure, KeyError, ValueError) as exc:
+            log.warning("federation: could not fetch VPC %s from %s: %s", vpc, url, exc)
+            return None
+
+    def stop(self) -> None:
+        for client in self.clients.values():
+            client.stop()
+        self.clients.clear()

@@ -1,0 +1,153 @@
+"""One controller shard's state and its publication: the shell around the pure core.
+
+Writes go store first (one transaction, one version), then into the in-memory intent, then
+the pure core recomputes what the shard publishes (peering states, service sets, federation
+views) and the stream hub sends only the differences. Remote shards' federation views
+arrive through ``set_remote_view``; the os-ken app owns the clients that feed it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from meshpeer.controller.directory import Directory
+from meshpeer.controller.model import Intent, JsonObject, Resource, store_key
+from meshpeer.controller.mux import GrantSettings, Publication, StreamId, desired_streams
+from meshpeer.controller.peering import Status, View, federation_view, statuses
+from meshpeer.controller.routing import effective_routes
+from meshpeer.protocol import ServiceName
+from meshpeer.store.sqlite import Change, Store
+from meshpeer.streaming.publisher import StreamHub
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Delete:
+    kind: str
+    key: str
+
+
+class ShardState:
+    """Intent + derived state of one shard. Single-threaded (one eventlet hub)."""
+
+    def __init__(
+        self,
+        name: str,
+        directory: Directory,
+        store: Store,
+        hub: StreamHub,
+        clock: Callable[[], float],
+        grant_ttl: float = 3600.0,
+    ) -> None:
+        self.name = name
+        self.directory = directory
+        self.store = store
+        self.hub = hub
+        self.clock = clock
+        self.grants = GrantSettings(directory, grant_ttl)
+        snap = store.load()
+        self.intent = Intent.from_records({k: r.body for k, r in snap.records.items()})
+        self.versions: dict[tuple[str, str], int] = {k: r.version for k, r in snap.records.items()}
+        self.remote_views: dict[str, View] = {}
+        self.states: dict[tuple[str, str], Status] = {}
+        self.publication = Publication({})
+        self.listeners: list[Callable[[], None]] = []  # e.g. federation client sync
+        self.refresh()
+
+    # --- writes -------------------------------------------------------------------------
+
+    def commit(self, puts: Iterable[Resource] = (), deletes: Iterable[Delete] = ()) -> int:
+        """Persist in one transaction, then apply and republish. Returns the store version."""
+        puts, deletes = list(puts), list(deletes)
+        changes = [Change(*store_key(r), r.to_json()) for r in puts]
+        changes += [Change(d.kind, d.key, None) for d in deletes]
+        version = self.store.commit(changes)
+        for r in puts:
+            self.intent.put(r)
+            self.versions[store_key(r)] = version
+        for d in deletes:
+            self.intent.drop(d.kind, d.key)
+            self.versions.pop((d.kind, d.key), None)
+        self.refresh()
+        return version
+
+    def set_remote_view(self, vpc: str, view: View | None) -> None:
+        if view is None:
+            self.remote_views.pop(vpc, None)
+        else:
+            self.remote_views[vpc] = view
+        self.refresh()
+
+    # --- derived state ------------------------------------------------------------------
+
+    def owner_map(self) -> dict[str, str | None]:
+        vpcs = {p.peer_vpc for p in self.intent.peerings.values()} | set(self.intent.vpcs)
+        return {v: self.directory.owner_of(v) for v in vpcs}
+
+    def views(self) -> dict[str, View]:
+        """Federation views of every VPC this shard knows: its own and replicated ones."""
+        own = {v: federation_view(self.intent, self.name, v) for v in self.intent.vpcs}
+        return {**self.remote_views, **own}
+
+    def remote_peer_vpcs(self) -> set[str]:
+        """Peer VPCs owned by other shards, whose federation views this shard must follow."""
+        return {
+            p.peer_vpc
+            for p in self.intent.peerings.values()
+            if self.directory.owner_of(p.peer_vpc) not in (None, self.name)
+        }
+
+    def refresh(self) -> None:
+        views = self.views()
+        self.states = statuses(self.intent, views, self.owner_map())
+        pub = desired_streams(self.intent, self.states, self.grants, self.clock())
+        for vpc in self.intent.vpcs:
+            pub.streams[StreamId(ServiceName.FEDERATION, vpc)] = views[vpc]  # type: ignore[assignment]
+        for sid, objects in pub.streams.items():
+            self.hub.publish(sid, objects)
+        for old in self.hub.stream_ids():
+            if StreamId(*old) not in pub.streams:
+                self.hub.close_stream(old, "gone")
+        self.publication = pub
+        for listener in self.listeners:
+            try:
+                listener()
+            except Exception:  # a committed write must not be reported as failed
+                log.exception("shard %s: listener %r failed", self.name, listener)
+
+    # --- reads for the REST API ----------------------------------------------------------
+
+    def version_of(self, kind: str, key: str) -> int | None:
+        return self.versions.get((kind, key))
+
+    def peering_status(self, vpc: str, name: str) -> Status | None:
+        return self.states.get((vpc, name))
+
+    def effective_routes(self, vpc: str) -> list[JsonObject]:
+        return effective_routes(self.intent, vpc, self.states, self.views())
+
+    def counts(self) -> dict[str, Any]:
+        stats = self.hub.stats()
+        per_service = {
+            f"{sid.service}/{sid.key}/{sid.policy or 'own'}"
+            + (f"/{sid.host}" if sid.host else ""): st.subscribers
+            for sid, st in sorted(stats.items(), key=lambda kv: tuple(str(x) for x in kv[0]))
+        }
+        return {
+            **self.publication.counts(),
+            "peerings": len(self.intent.peerings),
+            "streams": len(stats),
+            "subscribers": per_service,
+            "service_sets_by_vpc": _sets_by_vpc(self.publication.service_sets),
+        }
+
+
+def _sets_by_vpc(sets: Mapping[tuple[str, str], list[str]]) -> dict[str, dict[str, list[str]]]:
+    out: dict[str, dict[str, list[str]]] = {}
+    for (vpc, pid), names in sorted(sets.items()):
+        out.setdefault(vpc, {})[pid] = names
+    return out

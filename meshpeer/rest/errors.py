@@ -1,0 +1,78 @@
+"""API errors: one exception type, rendered as ``{"error", "field", "detail"}`` with its status.
+
+Handlers and validators raise :class:`ApiError`; the router turns it into the JSON response.
+``error`` is a short machine code, ``field`` names the offending input (a body path such as
+``subnets[1].cidr``, a path parameter, a query parameter) or is ``None``, ``detail`` is for humans.
+"""
+
+from __future__ import annotations
+
+ERROR_CODES: dict[int, str] = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    500: "internal",
+}
+
+
+class ApiError(Exception):
+    """An error answer: HTTP ``status`` plus the JSON body fields (and optional extra headers)."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        field: str | None,
+        detail: str,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        super().__init__(status, error, field, detail)
+        self.status = status
+        self.error = error
+        self.field = field
+        self.detail = detail
+        self.headers = headers
+
+    def body(self) -> dict[str, str | None]:
+        return {"error": self.error, "field": self.field, "detail": self.detail}
+
+    def __str__(self) -> str:
+        where = f" [{self.field}]" if self.field else ""
+        return f"{self.status} {self.error}{where}: {self.detail}"
+
+
+def bad_request(field: str | None, detail: str) -> ApiError:
+    return ApiError(400, "bad_request", field, detail)
+
+
+def not_found(field: str | None, detail: str) -> ApiError:
+    return ApiError(404, "not_found", field, detail)
+
+
+def conflict(field: str | None, detail: str) -> ApiError:
+    return ApiError(409, "conflict", field, detail)
+
+
+def unauthorized(detail: str) -> ApiError:
+    return ApiError(401, "unauthorized", None, detail, (("WWW-Authenticate", "Bearer"),))
+
+
+def method_not_allowed(method: str, allow: list[str]) -> ApiError:
+    detail = f"{method} is not allowed here; allowed: {', '.join(allow)}"
+    return ApiError(405, "method_not_allowed", None, detail, (("Allow", ", ".join(allow)),))
+
+
+def unsupported_media_type(detail: str) -> ApiError:
+    return ApiError(415, "unsupported_media_type", None, detail)
+
+
+def payload_too_large(limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", None, f"request body exceeds {limit} bytes")
+
+
+def internal(detail: str = "internal error; see the controller log") -> ApiError:
+    return ApiError(500, "internal", None, detail)

@@ -1,0 +1,315 @@
+"""Route table and the WSGI app that serves it: matching, auth, JSON parsing, validation, errors.
+
+Routes are declared once (:class:`Route`); :class:`Api` serves them and the OpenAPI document built
+from the same table. Handlers are thin shims: they get a :class:`RequestCtx` whose body and query
+are already validated, call the core, and return ``(status, json_body)`` or a webob ``Response``
+(for streaming). They signal failures by raising :class:`~meshpeer.rest.errors.ApiError`.
+
+Order of checks: path (404) -> method (405) -> bearer token (401) -> path params, query, body
+(413, 415, 400) -> handler. Unknown paths answer 404 without auth: the route table is public
+anyway (the OpenAPI document is), so this reveals nothing, and a request body is never parsed
+before the caller has been authenticated.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+from webob import Request, Response
+
+from meshpeer.rest import errors
+from meshpeer.rest.errors import ApiError, bad_request
+from meshpeer.rest.openapi import build_openapi
+from meshpeer.rest.schema import Bool, Int, Schema, Str, validate
+
+log = logging.getLogger(__name__)
+
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_PARAM = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+
+
+@dataclass(frozen=True)
+class RequestCtx:
+    """What a handler sees: path params, validated query and body, and the webob request."""
+
+    params: dict[str, str]
+    query: dict[str, Any]
+    body: Any
+    request: Request
+
+
+Handler = Callable[[RequestCtx], "tuple[int, object] | Response"]
+
+
+@dataclass(frozen=True)
+class Route:
+    """One operation: ``method`` + ``path`` template (``/v1/vpcs/{vpc}``), schemas and handler.
+
+    ``query`` maps optional query parameters to scalar schemas (Str, Int, Bool); ``params`` may
+    give a path parameter a stricter :class:`Str` (default: any non-empty segment). ``errors``
+    lists error statuses the handler raises beyond the defaults (see :meth:`error_statuses`).
+    ``media_type`` documents non-JSON (e.g. streamed NDJSON) success bodies.
+    """
+
+    method: str
+    path: str
+    handler: Handler
+    body: Schema | None = None
+    response: Schema | None = None
+    summary: str = ""
+    auth: bool = True
+    query: Mapping[str, Schema] = field(default_factory=dict)
+    params: Mapping[str, Str] = field(default_factory=dict)
+    status: int = 200
+    errors: frozenset[int] = frozenset()
+    media_type: str = "application/json"
+
+    def __post_init__(self) -> None:
+        if self.method != self.method.upper() or not self.path.startswith("/"):
+            raise ValueError(f"bad route {self.method} {self.path}")
+        if not self.auth and self.method != "GET":
+            raise ValueError(f"{self.method} {self.path}: only GET routes may skip auth")
+        for name, schema in self.query.items():
+            if not isinstance(schema, Str | Int | Bool):
+                raise ValueError(f"{self.path}: query parameter {name} must be Str, Int or Bool")
+        unknown = set(self.params) - set(self.param_names)
+        if unknown:
+            raise ValueError(f"{self.path}: params {sorted(unknown)} are not in the path")
+
+    @property
+    def param_names(self) -> list[str]:
+        return _PARAM.findall(self.path)
+
+    def error_statuses(self) -> list[int]:
+        """Every error status this operation can answer (and the OpenAPI document lists)."""
+        found = {400, 500} | set(self.errors)
+        if self.auth:
+            found.add(401)
+        if self.param_names:
+            found.add(404)
+        if self.method in MUTATING:
+            found.add(409)
+        if self.body is not None:
+            found |= {413, 415}
+        return sorted(found)
+
+
+def _compile(template: str) -> re.Pattern[str]:
+    parts = _PARAM.split(template)  # literal, name, literal, name, ..., literal
+    pattern = "".join(
+        f"(?P<{part}>[^/]+)" if i % 2 else re.escape(part) for i, part in enumerate(parts)
+    )
+    if "{" in pattern or "}" in pattern:
+        raise ValueError(f"bad path template {template!r}")
+    return re.compile(pattern)
+
+
+class Api:
+    """The WSGI app for a route table, plus ``GET <prefix>/openapi.json`` generated from it.
+
+    ``debug`` (tests) also checks every handler answer against the document: the success status,
+    the response schema and the error statuses; a mismatch becomes a 500 naming it.
+    """
+
+    def __init__(
+        self,
+        routes: Sequence[Route],
+        token: str,
+        *,
+        title: str = "meshpeer",
+        version: str = "1.0.0",
+        openapi_path: str = "/v1/openapi.json",
+        debug: bool = False,
+        max_body: int = 1 << 20,
+    ) -> None:
+        if not token:
+            raise ValueError("an empty API token would disable authentication")
+        self._token = token.encode()
+        self.debug = debug
+        self.max_body = max_body
+        doc_route = Route(
+            "GET",
+            openapi_path,
+            self._openapi,
+            summary="This API's OpenAPI 3.1 document",
+            auth=False,  # describes the API, holds no state; clients fetch it to learn auth.
+            response=None,
+        )
+        self.routes: tuple[Route, ...] = (*routes, doc_route)
+        seen: set[tuple[str, str]] = set()
+        for route in self.routes:
+            if (route.method, route.path) in seen:
+                raise ValueError(f"duplicate route {route.method} {route.path}")
+            seen.add((route.method, route.path))
+        # Literal paths win over templates: fewer parameters first, then declaration order.
+        ordered = sorted(self.routes, key=lambda r: len(r.param_names))
+        self._table = [(_compile(r.path), r) for r in ordered]
+        self.document = build_openapi(self.routes, title, version)
+
+    def _openapi(self, ctx: RequestCtx) -> tuple[int, object]:
+        return 200, self.document
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        response = self.handle(Request(environ))
+        result: Iterable[bytes] = response(environ, start_response)
+        return result
+
+    def handle(self, request: Request) -> Response:
+        try:
+            route, params = self._match(request)
+            ctx = self._prepare(route, params, request)
+        except ApiError as exc:
+            return _error_response(exc)
+        try:
+            result = route.handler(ctx)
+            if isinstance(result, Response):
+                return result
+            return self._reply(route, result)
+        except ApiError as exc:
+            if self.debug and exc.status not in route.error_statuses():
+                return self._internal(route, f"handler raised undocumented status {exc.status}")
+            return _error_response(exc)
+        except Exception:
+            log.exception("unhandled error in %s %s", route.method, route.path)
+            return _error_response(errors.internal())
+
+    def _match(self, request: Request) -> tuple[Route, dict[str, str]]:
+        path: str = request.path_info
+        allowed: list[str] = []
+        for pattern, route in self._table:
+            found = pattern.fullmatch(path)
+            if found is None:
+                continue
+            if route.method == request.method:
+                return route, found.groupdict()
+            allowed.append(route.method)
+        if allowed:
+            raise errors.method_not_allowed(request.method, sorted(set(allowed)))
+        raise errors.not_found(None, f"no such path: {path}")
+
+    def _prepare(self, route: Route, params: dict[str, str], request: Request) -> RequestCtx:
+        if route.auth:
+            self._authenticate(request)
+        for name, schema in route.params.items():
+            params[name] = validate(schema, params[name], name)
+        query = _parse_query(route, request)
+        raw = self._read_body(request)
+        if route.body is None:
+            if raw:
+                raise bad_request(None, f"{route.method} {route.path} takes no request body")
+            return RequestCtx(params, query, None, request)
+        if not raw:
+            raise bad_request(None, "a JSON request body is required")
+        if request.content_type != "application/json":
+            got = request.content_type or "none"
+            raise errors.unsupported_media_type(f"Content-Type must be application/json, not {got}")
+        return RequestCtx(params, query, validate(route.body, _parse_json(raw)), request)
+
+    def _authenticate(self, request: Request) -> None:
+        header: str = request.headers.get("Authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            raise errors.unauthorized("missing bearer token")
+        if not hmac.compare_digest(presented.strip().encode(), self._token):
+            raise errors.unauthorized("invalid bearer token")
+
+    def _read_body(self, request: Request) -> bytes:
+        length = request.content_length
+        if length is not None and length > self.max_body:
+            raise errors.payload_too_large(self.max_body)
+        if not request.is_body_readable:
+            return b""
+        raw: bytes = request.body_file.read(self.max_body + 1)
+        if len(raw) > self.max_body:
+            raise errors.payload_too_large(self.max_body)
+        return raw
+
+    def _reply(self, route: Route, result: tuple[int, object]) -> Response:
+        status, body = result
+        if self.debug:
+            if status != route.status:
+                return self._internal(
+                    route, f"handler answered {status}, documented {route.status}"
+                )
+            if route.response is not None:
+                try:
+                    validate(route.response, body)
+                except ApiError as exc:
+                    return self._internal(route, f"response breaks its schema: {exc}")
+        if status == HTTPStatus.NO_CONTENT:
+            return Response(status=status, content_type=None)
+        return _json_response(status, body)
+
+    def _internal(self, route: Route, detail: str) -> Response:
+        log.error("%s %s: %s", route.method, route.path, detail)
+        return _error_response(errors.internal(detail))
+
+
+def _parse_query(route: Route, request: Request) -> dict[str, Any]:
+    query: dict[str, Any] = {}
+    for name, text in request.GET.items():
+        schema = route.query.get(name)
+        if schema is None:
+            raise bad_request(name, "unknown query parameter")
+        if name in query:
+            raise bad_request(name, "query parameter given more than once")
+        query[name] = validate(schema, _coerce(schema, name, text), name)
+    return query
+
+
+def _coerce(schema: Schema, name: str, text: str) -> object:
+    if isinstance(schema, Int):
+        if not re.fullmatch(r"-?[0-9]+", text):
+            raise bad_request(name, f"expected an integer, got {text!r}")
+        return int(text)
+    if isinstance(schema, Bool):
+        if text not in ("true", "false"):
+            raise bad_request(name, f"expected true or false, got {text!r}")
+        return text == "true"
+    return text
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _parse_json(raw: bytes) -> Any:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad_request(None, "request body is not UTF-8") from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    except ValueError as exc:  # JSONDecodeError is a ValueError, as are the hooks' errors
+        raise bad_request(None, f"malformed JSON: {exc}") from None
+
+
+def _json_response(status: int, body: object) -> Response:
+    payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    response = Response(status=status, content_type="application/json", charset="utf-8")
+    response.body = payload.encode()
+    response.cache_control = "no-store"
+    return response
+
+
+def _error_response(exc: ApiError) -> Response:
+    response = _json_response(exc.status, exc.body())
+    for name, value in exc.headers:
+        response.headers[name] = value
+    return response

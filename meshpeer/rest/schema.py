@@ -1,0 +1,243 @@
+"""A tiny declarative JSON-schema subset: validates request bodies and emits OpenAPI schemas.
+
+One schema object serves both purposes, so the published document cannot drift from the checks.
+
+- :class:`Obj` always means ``additionalProperties: false``: an unknown field is a 400 naming it.
+- :class:`Str` formats ``cidr`` (strict: host bits set is an error), ``ip`` (IPv4 or IPv6, no
+  zone index), ``mac`` and ``name``; or an ``enum``.
+- :class:`Int` rejects booleans and floats; :class:`Arr` bounds its length; :class:`Nullable`
+  admits ``null``.
+
+Only syntax lives here. Semantic rules (an IP inside its subnet, overlapping CIDRs, references to
+other objects) belong to the controller core, which sees the whole intent.
+
+:func:`validate` returns the value with ``ip``/``cidr``/``mac`` strings in canonical text
+(``2001:DB8::1`` becomes ``2001:db8::1``, MACs lower-case), so the core compares like with like.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from meshpeer.rest.errors import bad_request
+
+Format = Literal["cidr", "ip", "mac", "name"]
+
+# Unanchored; matched with re.fullmatch (``$`` would accept a trailing newline).
+PATTERNS: dict[str, str] = {
+    "name": r"[a-z][a-z0-9-]{0,62}",
+    "mac": r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}",
+}
+
+
+@dataclass(frozen=True)
+class Str:
+    format: Format | None = None
+    enum: tuple[str, ...] | None = None
+    min_length: int = 0
+    max_length: int | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Int:
+    minimum: int | None = None
+    maximum: int | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Bool:
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Arr:
+    items: Schema
+    min_items: int = 0
+    max_items: int | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Obj:
+    """A JSON object; ``name`` makes it a shared component (``#/components/schemas/<name>``)."""
+
+    required: Mapping[str, Schema] = field(default_factory=dict)
+    optional: Mapping[str, Schema] = field(default_factory=dict)
+    name: str | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        both = set(self.required) & set(self.optional)
+        if both:
+            raise ValueError(f"fields both required and optional: {sorted(both)}")
+
+
+@dataclass(frozen=True)
+class Nullable:
+    inner: Schema
+
+
+Schema = Str | Int | Bool | Arr | Obj | Nullable
+
+
+def json_type(value: object) -> str:
+    """The JSON type name of a decoded value, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def validate(schema: Schema, value: Any, path: str = "") -> Any:
+    """Check ``value`` against ``schema``; return it (normalised) or raise a 400 naming the field."""
+    where = path or None
+    if isinstance(schema, Nullable):
+        return None if value is None else validate(schema.inner, value, path)
+    expected = {Str: "string", Int: "integer", Bool: "boolean", Arr: "array", Obj: "object"}
+    if json_type(value) != expected[type(schema)]:
+        raise bad_request(where, f"expected {expected[type(schema)]}, got {json_type(value)}")
+    if isinstance(schema, Str):
+        return _validate_str(schema, value, where)
+    if isinstance(schema, Int):
+        if schema.minimum is not None and value < schema.minimum:
+            raise bad_request(where, f"must be >= {schema.minimum}, got {value}")
+        if schema.maximum is not None and value > schema.maximum:
+            raise bad_request(where, f"must be <= {schema.maximum}, got {value}")
+        return value
+    if isinstance(schema, Bool):
+        return value
+    if isinstance(schema, Arr):
+        if len(value) < schema.min_items:
+            raise bad_request(where, f"needs at least {schema.min_items} item(s), got {len(value)}")
+        if schema.max_items is not None and len(value) > schema.max_items:
+            raise bad_request(where, f"takes at most {schema.max_items} item(s), got {len(value)}")
+        return [validate(schema.items, item, f"{path}[{i}]") for i, item in enumerate(value)]
+    return _validate_obj(schema, value, path)
+
+
+def _validate_obj(schema: Obj, value: dict[str, Any], path: str) -> dict[str, Any]:
+    for key in value:
+        if key not in schema.required and key not in schema.optional:
+            raise bad_request(_join(path, key), "unknown field")
+    for key in schema.required:
+        if key not in value:
+            raise bad_request(_join(path, key), "required field is missing")
+    props = {**schema.required, **schema.optional}
+    return {key: validate(props[key], item, _join(path, key)) for key, item in value.items()}
+
+
+def _validate_str(schema: Str, value: str, where: str | None) -> str:
+    if len(value) < schema.min_length:
+        raise bad_request(where, f"must be at least {schema.min_length} character(s) long")
+    if schema.max_length is not None and len(value) > schema.max_length:
+        raise bad_request(where, f"must be at most {schema.max_length} character(s) long")
+    if schema.enum is not None and value not in schema.enum:
+        raise bad_request(where, f"must be one of {', '.join(schema.enum)}; got {value!r}")
+    if schema.format is None:
+        return value
+    if schema.format in PATTERNS:
+        if not re.fullmatch(PATTERNS[schema.format], value):
+            raise bad_request(where, f"{value!r} is not a valid {schema.format}")
+        return value.lower()
+    if "%" in value:
+        raise bad_request(where, f"{value!r}: IPv6 zone indexes are not allowed")
+    if schema.format == "ip":
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise bad_request(where, f"{value!r} is not a valid IPv4 or IPv6 address") from None
+    return _canonical_cidr(value, where)
+
+
+def _canonical_cidr(value: str, where: str | None) -> str:
+    if "/" not in value:
+        raise bad_request(where, f"{value!r} is not a CIDR: prefix length missing")
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError as exc:
+        try:
+            loose = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise bad_request(where, f"{value!r} is not a valid CIDR: {exc}") from None
+        raise bad_request(where, f"{value!r} has host bits set; did you mean {loose}?") from None
+
+
+def to_json_schema(schema: Schema, components: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON Schema (OpenAPI 3.1 dialect) of ``schema``.
+
+    With ``components``, named :class:`Obj` schemas are stored there and replaced by a ``$ref``;
+    two different schemas under one name raise ``ValueError``.
+    """
+    if isinstance(schema, Nullable):
+        return {"anyOf": [to_json_schema(schema.inner, components), {"type": "null"}]}
+    out: dict[str, Any]
+    if isinstance(schema, Str):
+        out = {"type": "string"}
+        if schema.format is not None:
+            out["format"] = schema.format
+            if schema.format in PATTERNS:
+                out["pattern"] = f"^{PATTERNS[schema.format]}$"
+        if schema.enum is not None:
+            out["enum"] = list(schema.enum)
+        if schema.min_length:
+            out["minLength"] = schema.min_length
+        if schema.max_length is not None:
+            out["maxLength"] = schema.max_length
+    elif isinstance(schema, Int):
+        out = {"type": "integer"}
+        if schema.minimum is not None:
+            out["minimum"] = schema.minimum
+        if schema.maximum is not None:
+            out["maximum"] = schema.maximum
+    elif isinstance(schema, Bool):
+        out = {"type": "boolean"}
+    elif isinstance(schema, Arr):
+        out = {"type": "array", "items": to_json_schema(schema.items, components)}
+        if schema.min_items:
+            out["minItems"] = schema.min_items
+        if schema.max_items is not None:
+            out["maxItems"] = schema.max_items
+    else:
+        return _obj_json_schema(schema, components)
+    if schema.description:
+        out["description"] = schema.description
+    return out
+
+
+def _obj_json_schema(schema: Obj, components: dict[str, Any] | None) -> dict[str, Any]:
+    props = {**schema.required, **schema.optional}
+    out: dict[str, Any] = {
+        "type": "object",
+        "properties": {k: to_json_schema(v, components) for k, v in props.items()},
+        "additionalProperties": False,
+    }
+    if schema.required:
+        out["required"] = list(schema.required)
+    if schema.description:
+        out["description"] = schema.description
+    if components is None or schema.name is None:
+        return out
+    if components.setdefault(schema.name, out) != out:
+        raise ValueError(f"two different schemas are both named {schema.name!r}")
+    return {"$ref": f"#/components/schemas/{schema.name}"}

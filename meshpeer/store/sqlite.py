@@ -1,0 +1,306 @@
+"""The controller shard's intent store: SQLite in WAL mode, one transaction per change set.
+
+Generic over resources: a resource is ``(kind, key)`` plus a JSON object body; what kinds mean
+belongs to the controller's model layer. Every commit bumps the store version by exactly one and
+stamps what it wrote with it, so a restarted controller serves the same bodies at the same
+versions. Public methods are each one short transaction with no yield inside, so green threads
+sharing the connection (eventlet, one OS thread) never interleave within one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from meshpeer.store.migrations import MIGRATIONS, SCHEMA_VERSION
+
+Synchronous = Literal["NORMAL", "FULL"]
+Op = Literal["put", "delete"]
+ResourceId = tuple[str, str]
+
+DEFAULT_LOG_RETENTION = 10_000
+BUSY_TIMEOUT_S = 5.0
+
+
+class StoreError(Exception):
+    """Base of the store's own errors."""
+
+
+class SchemaTooNew(StoreError):
+    """The file was written by newer code; opening it here could corrupt it."""
+
+    def __init__(self, path: str, found: int) -> None:
+        super().__init__(
+            f"{path}: schema version {found} is newer than this code knows ({SCHEMA_VERSION})"
+        )
+        self.found = found
+
+
+class Conflict(StoreError):
+    """``commit(expect_version=...)`` found the store had moved on."""
+
+    def __init__(self, expected: int, actual: int) -> None:
+        super().__init__(f"store is at version {actual}, expected {expected}")
+        self.expected = expected
+        self.actual = actual
+
+
+class NotFound(StoreError):
+    """A delete named a resource that does not exist (a silent no-op would still log it)."""
+
+    def __init__(self, kind: str, key: str) -> None:
+        super().__init__(f"no {kind} {key!r}")
+        self.kind = kind
+        self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """Write ``body`` at ``(kind, key)``; ``body=None`` deletes it."""
+
+    kind: str
+    key: str
+    body: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    kind: str
+    key: str
+    body: dict[str, Any]
+    version: int  # store version of the commit that last wrote it
+    created_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    version: int
+    kind: str
+    key: str
+    op: Op
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    records: dict[ResourceId, Record]
+    version: int
+    meta: dict[str, str]
+
+
+def canonical_json(body: Mapping[str, Any]) -> str:
+    """Sorted keys, no spaces, no NaN; refuses what would not load back equal (tuples, int keys)."""
+    if not isinstance(body, Mapping):
+        raise TypeError(f"body must be a JSON object, not {type(body).__name__}")
+    text = json.dumps(
+        body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+    if json.loads(text) != body:
+        raise ValueError("body does not survive a JSON round trip (tuple or non-str key?)")
+    return text
+
+
+def _encode(changes: Sequence[Change]) -> list[tuple[str, str, str | None]]:
+    """Validate and serialise before the transaction starts: bad input never takes the lock."""
+    if not changes:
+        raise ValueError("empty change set: a version must mean a change")
+    rows: list[tuple[str, str, str | None]] = []
+    seen: set[ResourceId] = set()
+    for c in changes:
+        if not (isinstance(c.kind, str) and c.kind and isinstance(c.key, str) and c.key):
+            raise ValueError(f"kind and key must be non-empty strings: {c.kind!r}, {c.key!r}")
+        if (c.kind, c.key) in seen:
+            raise ValueError(f"{c.kind} {c.key!r} appears twice in one change set")
+        seen.add((c.kind, c.key))
+        rows.append((c.kind, c.key, None if c.body is None else canonical_json(c.body)))
+    return rows
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[None]:
+    """IMMEDIATE takes the write lock up front: no busy-upgrade failure halfway through."""
+    conn.execute(f"BEGIN {mode}")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:  # SQLite rolls back by itself on some errors (e.g. disk full)
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _migrate(conn: sqlite3.Connection, path: str) -> None:
+    """Apply each missing step in its own transaction; re-read the version under the lock."""
+    while True:
+        with _transaction(conn):
+            found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if found > SCHEMA_VERSION:
+                raise SchemaTooNew(path, found)
+            if found == SCHEMA_VERSION:
+                return
+            MIGRATIONS[found](conn)
+            conn.execute(f"PRAGMA user_version = {found + 1}")
+
+
+class Store:
+    """Open with :meth:`open`; see the module docstring and docs/store.md."""
+
+    def __init__(self, conn: sqlite3.Connection, log_retention: int) -> None:
+        self._conn = conn
+        self._retention = log_retention
+        self._lock = threading.Lock()  # only matters if real threads share the store
+
+    @classmethod
+    def open(
+        cls,
+        path: str,
+        *,
+        synchronous: Synchronous = "FULL",
+        log_retention: int = DEFAULT_LOG_RETENTION,
+    ) -> Store:
+        """Create or open the store at ``path`` and migrate it to the current schema.
+
+        ``FULL`` (default) syncs the WAL at every commit, so an acknowledged version survives
+        power loss; ``NORMAL`` survives only a process crash (see docs/store.md for numbers).
+        """
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
+        if log_retention < 1:
+            raise ValueError("log_retention must be at least 1")
+        conn = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        try:
+            mode = str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+            if mode.lower() != "wal":
+                raise StoreError(f"{path}: journal_mode is {mode!r}, not wal (need a file)")
+            conn.execute(f"PRAGMA synchronous={synchronous}")
+            conn.execute("PRAGMA foreign_keys=ON")
+            _migrate(conn, path)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, log_retention)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def version(self) -> int:
+        """Version of the last commit; 0 for a new store."""
+        with self._lock:
+            return int(self._conn.execute("SELECT version FROM head").fetchone()[0])
+
+    @property
+    def incarnation(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT incarnation FROM head").fetchone()[0])
+
+    def _head(self) -> tuple[int, int]:
+        version, floor = self._conn.execute("SELECT version, log_floor FROM head").fetchone()
+        return int(version), int(floor)
+
+    def load(self) -> Snapshot:
+        """Every resource, the version and meta, read in one consistent transaction."""
+        with self._lock, _transaction(self._conn, "DEFERRED"):
+            version = int(self._conn.execute("SELECT version FROM head").fetchone()[0])
+            rows = self._conn.execute(
+                "SELECT kind, key, body, version, created_version FROM resources"
+            ).fetchall()
+            meta = dict(self._conn.execute("SELECT name, value FROM meta").fetchall())
+        records = {(k, n): Record(k, n, json.loads(b), v, c) for k, n, b, v, c in rows}
+        return Snapshot(records, version, meta)
+
+    def commit(self, changes: Sequence[Change], *, expect_version: int | None = None) -> int:
+        """Apply ``changes`` as one transaction at version + 1 and return that version.
+
+        All or nothing: on any error (bad body, :class:`Conflict`, :class:`NotFound`, SQLite)
+        nothing is written and the version is unchanged.
+        """
+        rows = _encode(changes)
+        conn = self._conn
+        with self._lock, _transaction(conn):
+            current, floor = self._head()
+            if expect_version is not None and expect_version != current:
+                raise Conflict(expect_version, current)
+            new = current + 1
+            log: list[tuple[int, str, str, Op]] = []
+            for kind, key, text in rows:
+                if text is None:
+                    cur = conn.execute(
+                        "DELETE FROM resources WHERE kind = ? AND key = ?", (kind, key)
+                    )
+                    if cur.rowcount != 1:
+                        raise NotFound(kind, key)
+                    log.append((new, kind, key, "delete"))
+                else:
+                    conn.execute(
+                        "INSERT INTO resources (kind, key, body, version, created_version)"
+                        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, key)"
+                        " DO UPDATE SET body = excluded.body, version = excluded.version",
+                        (kind, key, text, new, new),
+                    )
+                    log.append((new, kind, key, "put"))
+            conn.executemany(
+                "INSERT INTO changes (version, kind, key, op) VALUES (?, ?, ?, ?)", log
+            )
+            new_floor = max(floor, new - self._retention)
+            if new_floor > floor:
+                conn.execute("DELETE FROM changes WHERE version <= ?", (new_floor,))
+            conn.execute("UPDATE head SET version = ?, log_floor = ?", (new, new_floor))
+        return new
+
+    def changes_since(self, version: int) -> list[LogEntry] | None:
+        """What each commit after ``version`` touched, oldest first.
+
+        None when the log cannot answer: ``version`` is older than it holds, or newer than the
+        store (a caller from another store's history). Either way the caller needs a snapshot.
+        """
+        with self._lock, _transaction(self._conn, "DEFERRED"):
+            current, floor = self._head()
+            if not floor <= version <= current:
+                return None
+            rows = self._conn.execute(
+                "SELECT version, kind, key, op FROM changes WHERE version > ?"
+                " ORDER BY version, kind, key",
+                (version,),
+            ).fetchall()
+        return [LogEntry(v, k, n, op) for v, k, n, op in rows]
+
+    def get_meta(self, name: str) -> str | None:
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, name: str, value: str | None) -> None:
+        """Set (or, with None, delete) a meta entry. Meta is not intent: no version bump."""
+        if value is not None and not isinstance(value, str):
+            raise TypeError("meta values are strings; encode anything else")
+        with self._lock, _transaction(self._conn):
+            if value is None:
+                self._conn.execute("DELETE FROM meta WHERE name = ?", (name,))
+            else:
+                self._conn.execute(
+                    "INSERT INTO meta (name, value) VALUES (?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    (name, value),
+                )
+
+    def next_incarnation(self) -> int:
+        """Persistently bump and return the incarnation (once per controller start)."""
+        with self._lock, _transaction(self._conn):
+            row = self._conn.execute(
+                "UPDATE head SET incarnation = incarnation + 1 RETURNING incarnation"
+            ).fetchone()
+        return int(row[0])

@@ -1,0 +1,388 @@
+"""Publisher side of the subscription stream: one hub of service logs, one writer per subscriber.
+
+The controller core calls :meth:`StreamHub.publish` with the full desired object set of a stream;
+the hub diffs it against the stream's :class:`~meshpeer.protocol.stream.ServiceLog`, applies the
+change as the next contiguous version and pushes the delta to every attached subscriber's
+bounded :class:`~meshpeer.protocol.stream.SubscriberQueue`, waking its writer. A writer is the
+WSGI ``app_iter`` returned by :meth:`StreamHub.wsgi_stream`: it runs in the eventlet WSGI
+server's green thread of that connection, drains the queue, yields NDJSON bytes and sends
+heartbeats when idle. A slow socket blocks only its own writer; its queue overflows into one
+fresh snapshot (see ``docs/protocol.md``, "Slow subscribers").
+
+Everything here runs on one eventlet hub (green threads of one OS thread); the hub is not
+thread-safe. Time comes from the injected ``clock`` (monotonic seconds).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import eventlet.event
+
+from meshpeer.protocol.codec import encode
+from meshpeer.protocol.messages import (
+    OBJECT_ID_RE,
+    Close,
+    CloseReason,
+    Delta,
+    ErrorMsg,
+    Heartbeat,
+    JsonObject,
+    Message,
+    ServiceName,
+    Snapshot,
+    SubscribeRequest,
+)
+from meshpeer.protocol.stream import (
+    DEFAULT_HISTORY,
+    ServiceLog,
+    SubscriberQueue,
+    heartbeat_due,
+)
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+NDJSON = "application/x-ndjson"
+DEFAULT_HEARTBEAT_INTERVAL = 5.0
+DEFAULT_QUEUE_MAXLEN = 256
+"""Messages a subscriber may lag behind before its backlog is replaced by one snapshot."""
+
+
+class StreamId(NamedTuple):
+    """One published stream. A plain ``(service, key, policy, host)`` tuple compares equal."""
+
+    service: ServiceName
+    key: str
+    policy: str | None = None
+    host: str | None = None
+
+    @classmethod
+    def of(cls, request: SubscribeRequest) -> StreamId:
+        """The stream a validated subscribe request asks for."""
+        return cls(request.service, request.key, request.policy, request.host)
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """Counters of one stream (what the controller exposes)."""
+
+    version: int
+    objects: int
+    subscribers: int
+    messages_sent: int
+    bytes_sent: int
+    snapshots_sent: int
+    overflows: int
+    """Times a subscriber queue of this stream overflowed into a snapshot."""
+
+
+class _Outbox:
+    """One attached subscriber: its bounded queue and the wake-up of its writer."""
+
+    def __init__(self, maxlen: int) -> None:
+        self.queue = SubscriberQueue(maxlen)
+        self._waiter: Any = None  # eventlet.event.Event while the writer sleeps
+
+    def wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.ready():
+            waiter.send(None)
+
+    def sleep(self, timeout: float) -> None:
+        """Block this green thread until :meth:`wake` or ``timeout`` seconds pass."""
+        self._waiter = eventlet.event.Event()
+        try:
+            self._waiter.wait(max(timeout, 0.0))
+        finally:
+            self._waiter = None
+
+
+class _Stream:
+    def __init__(self, sid: StreamId, service_log: ServiceLog) -> None:
+        self.id = sid
+        self.log = service_log
+        self.outboxes: set[_Outbox] = set()
+        self.messages_sent = 0
+        self.bytes_sent = 0
+        self.snapshots_sent = 0
+        self.retired_overflows = 0  # overflows of detached subscribers
+        self._snapshot_cache: tuple[int, bytes] | None = None
+
+    def encode(self, msg: Message) -> bytes:
+        """Encode ``msg``; a snapshot is encoded once per version and shared by subscribers."""
+        if not isinstance(msg, Snapshot):
+            return encode(msg)
+        cached = self._snapshot_cache
+        if cached is not None and cached[0] == msg.version:
+            return cached[1]
+        data = encode(msg)
+        self._snapshot_cache = (msg.version, data)
+        return data
+
+    def drop_cache(self) -> None:
+        self._snapshot_cache = None
+
+    def stats(self) -> StreamStats:
+        return StreamStats(
+            version=self.log.version,
+            objects=len(self.log.objects),
+            subscribers=len(self.outboxes),
+            messages_sent=self.messages_sent,
+            bytes_sent=self.bytes_sent,
+            snapshots_sent=self.snapshots_sent,
+            overflows=self.retired_overflows + sum(o.queue.overflows for o in self.outboxes),
+        )
+
+
+class StreamWriter(Iterator[bytes]):
+    """The WSGI ``app_iter`` of one subscription; :meth:`close` detaches it.
+
+    It is attached from construction, not from first iteration, so that publishes between the
+    subscribe request and the first write are queued; ``close()`` (which every WSGI server
+    calls, iterated or not) or the end of iteration detaches it.
+    """
+
+    def __init__(
+        self,
+        hub: StreamHub,
+        stream: _Stream,
+        outbox: _Outbox,
+        heartbeat_interval: float,
+        clock: Clock,
+        expires_at: float | None,
+        expiry_reason: str,
+    ) -> None:
+        self._hub = hub
+        self._stream = stream
+        self._outbox = outbox
+        self._interval = heartbeat_interval
+        self._clock = clock
+        self._expires_at = expires_at
+        self._expiry_reason = expiry_reason
+        self._gen = self._run()
+
+    def __iter__(self) -> StreamWriter:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._gen)
+
+    def close(self) -> None:
+        self._gen.close()  # raises GeneratorExit at the pending yield, if started
+        self._hub._detach(self._stream, self._outbox)
+
+    def _run(self) -> Generator[bytes, None, None]:
+        stream, queue, clock = self._stream, self._outbox.queue, self._clock
+        last_sent = clock()
+        try:
+            while True:
+                msgs = queue.drain(stream.log)
+                if msgs:
+                    data, final = self._encode(msgs)
+                    yield data  # the server writes it; a slow socket blocks only us
+                    last_sent = clock()
+                    if final:
+                        return
+                    continue
+                now = clock()
+                if self._expires_at is not None and now >= self._expires_at:
+                    queue.push(Close(self._expiry_reason))
+                elif heartbeat_due(last_sent, now, self._interval):
+                    queue.push(Heartbeat(stream.log.version, now))
+                else:
+                    deadline = last_sent + self._interval
+                    if self._expires_at is not None:
+                        deadline = min(deadline, self._expires_at)
+                    self._outbox.sleep(deadline - now)
+        finally:
+            self._hub._detach(stream, self._outbox)
+
+    def _encode(self, msgs: list[Message]) -> tuple[bytes, bool]:
+        stream = self._stream
+        try:
+            parts = [stream.encode(m) for m in msgs]
+        except (TypeError, ValueError):  # a published body that is not JSON: a caller bug
+            log.exception("stream %s: cannot encode a message", stream.id)
+            msgs = [ErrorMsg("internal", "publisher failed to encode a message")]
+            parts = [encode(msgs[0])]
+        data = b"".join(parts)
+        stream.messages_sent += len(msgs)
+        stream.bytes_sent += len(data)
+        stream.snapshots_sent += sum(isinstance(m, Snapshot) for m in msgs)
+        return data, isinstance(msgs[-1], Close | ErrorMsg)
+
+
+class StreamHub:
+    """Service logs by :class:`StreamId` and the subscribers attached to each.
+
+    ``base_version`` is where a new log starts; the controller passes ``incarnation << 32`` so
+    every version after a restart exceeds every version sent before it. A stream that is
+    forgotten and published again in the same incarnation starts above the highest version
+    this hub has used, for the same reason.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_version: int = 0,
+        history: int = DEFAULT_HISTORY,
+        queue_maxlen: int = DEFAULT_QUEUE_MAXLEN,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if base_version < 0 or queue_maxlen < 1:
+            raise ValueError("base_version must be >= 0 and queue_maxlen >= 1")
+        self.history = history
+        self.queue_maxlen = queue_maxlen
+        self.clock = clock
+        self._floor = base_version
+        self._streams: dict[StreamId, _Stream] = {}
+
+    # --- publishing ------------------------------------------------------------------------
+
+    def publish(
+        self, stream_id: tuple[Any, ...], objects: Mapping[str, JsonObject]
+    ) -> Delta | None:
+        """Make ``objects`` the stream's state; return the delta pushed to subscribers.
+
+        Creates the stream on first publish, at the base version with ``objects`` as its state
+        (nobody can be attached yet, so ``None`` is returned). Afterwards returns ``None`` when
+        nothing changed. Object bodies are shared with the log, not copied: do not mutate them
+        after publishing. Raises ValueError on an invalid object id or a non-dict body.
+        """
+        sid = StreamId(*stream_id)
+        stream = self._streams.get(sid)
+        current: Mapping[str, JsonObject] = {} if stream is None else stream.log.objects
+        upserts = {oid: obj for oid, obj in objects.items() if current.get(oid) != obj}
+        for oid, obj in upserts.items():
+            if not isinstance(oid, str) or not OBJECT_ID_RE.fullmatch(oid):
+                raise ValueError(f"{sid}: bad object id {str(oid)[:64]!r}")
+            if not isinstance(obj, dict):
+                raise ValueError(f"{sid}: object {oid!r} is not a dict")
+        if stream is None:
+            service_log = ServiceLog(
+                sid.service, sid.key, version=self._floor, objects=objects, history=self.history
+            )
+            self._streams[sid] = _Stream(sid, service_log)
+            return None
+        deletes = [oid for oid in current if oid not in objects]
+        if not upserts and not deletes:
+            return None
+        delta = stream.log.apply(stream.log.version + 1, upserts, deletes)
+        stream.drop_cache()
+        for outbox in stream.outboxes:
+            outbox.queue.push(delta)
+            outbox.wake()
+        return delta
+
+    def close_stream(self, stream_id: tuple[Any, ...], reason: str, *, forget: bool = True) -> bool:
+        """Push ``Close(reason)`` to the stream's subscribers; return False if it is unknown.
+
+        With ``forget`` (default) the log is dropped too (e.g. peering deleted); without it the
+        log stays and subscribers may come back with ``since`` (e.g. ``shutdown``).
+        """
+        sid = StreamId(*stream_id)
+        stream = self._streams.get(sid)
+        if stream is None:
+            return False
+        for outbox in stream.outboxes:
+            outbox.queue.push(Close(reason))
+            outbox.wake()
+        if forget:
+            del self._streams[sid]
+            self._floor = max(self._floor, stream.log.version + 1)
+        return True
+
+    def close_where(
+        self, predicate: Callable[[StreamId], bool], reason: str, *, forget: bool = True
+    ) -> int:
+        """:meth:`close_stream` every stream whose id satisfies ``predicate``; return how many."""
+        chosen = [sid for sid in self._streams if predicate(sid)]
+        for sid in chosen:
+            self.close_stream(sid, reason, forget=forget)
+        return len(chosen)
+
+    # --- subscribing -----------------------------------------------------------------------
+
+    def wsgi_stream(
+        self,
+        stream_id: tuple[Any, ...],
+        since: int | None,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        clock: Clock | None = None,
+        *,
+        expires_at: float | None = None,
+        expiry_reason: str = CloseReason.GRANT_EXPIRED.value,
+    ) -> StreamWriter:
+        """Attach a subscriber; return its ``app_iter`` (raises KeyError for an unknown stream).
+
+        The first write is immediate: the resume result for ``since`` (the missing deltas or a
+        snapshot), or a heartbeat when the subscriber is already current, so the response
+        starts at once. Then queued messages as they come, a heartbeat after
+        ``heartbeat_interval`` idle seconds, and the end after a Close or error. At
+        ``expires_at`` (on ``clock``, e.g. the grant's expiry converted to it) the writer sends
+        ``Close(expiry_reason)``. Serve it with :func:`ndjson_response` (eventlet would
+        otherwise buffer small writes).
+        """
+        if heartbeat_interval <= 0:
+            raise ValueError("heartbeat_interval must be > 0")
+        clock = clock or self.clock
+        stream = self._streams[StreamId(*stream_id)]
+        outbox = _Outbox(self.queue_maxlen)
+        resume = stream.log.resume(since)
+        for msg in resume:  # more than maxlen deltas turn into one snapshot
+            outbox.queue.push(msg)
+        if not resume:
+            outbox.queue.push(Heartbeat(stream.log.version, clock()))
+        stream.outboxes.add(outbox)
+        return StreamWriter(
+            self, stream, outbox, heartbeat_interval, clock, expires_at, expiry_reason
+        )
+
+    def _detach(self, stream: _Stream, outbox: _Outbox) -> None:
+        if outbox in stream.outboxes:
+            stream.outboxes.discard(outbox)
+            stream.retired_overflows += outbox.queue.overflows
+
+    # --- introspection ---------------------------------------------------------------------
+
+    def __contains__(self, stream_id: object) -> bool:
+        return stream_id in self._streams
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def stream_ids(self) -> list[StreamId]:
+        return list(self._streams)
+
+    def objects(self, stream_id: tuple[Any, ...]) -> Mapping[str, JsonObject]:
+        """Read-only view of a stream's current objects (KeyError if unknown)."""
+        return self._streams[StreamId(*stream_id)].log.objects
+
+    def version(self, stream_id: tuple[Any, ...]) -> int:
+        """A stream's current version (KeyError if unknown)."""
+        return self._streams[StreamId(*stream_id)].log.version
+
+    def stats(self) -> dict[StreamId, StreamStats]:
+        """Counters of every stream."""
+        return {sid: stream.stats() for sid, stream in self._streams.items()}
+
+
+def ndjson_response(app_iter: StreamWriter, environ: dict[str, Any]) -> Any:
+    """A webob Response streaming ``app_iter`` (chunked NDJSON, not cached).
+
+    Sets ``eventlet.minimum_write_chunk_size`` to 0 in ``environ``: eventlet's WSGI server
+    otherwise holds back writes until 4 KiB accumulate, which would delay deltas and
+    heartbeats.
+    """
+    import webob  # the controller's REST layer; imported here so the hub itself needs no webob
+
+    environ["eventlet.minimum_write_chunk_size"] = 0
+    response = webob.Response(app_iter=app_iter, content_type=NDJSON, charset=None)
+    response.headers["Cache-Control"] = "no-store"
+    return response

@@ -1,0 +1,549 @@
+"""Subscriber side of the subscription stream: one green thread per (service, key) stream.
+
+:class:`StreamClient` opens ``GET {url_base}/v1/subscribe?...`` over an eventlet green socket,
+decodes the chunked NDJSON body with :class:`~meshpeer.protocol.codec.Decoder`, applies every
+message to a :class:`~meshpeer.protocol.stream.ReplicaState` and calls ``on_change`` after each
+applied snapshot or delta. It reconnects with ``since`` after errors, EOF or a silent peer, and
+keeps the last state meanwhile (fail static).
+
+Why a raw green socket and not ``eventlet.green.http.client``: a read timeout on the file
+object behind ``http.client`` poisons it (``SocketIO`` refuses every later read), so liveness
+could only be "one blocking read of ``heartbeat_timeout`` seconds" rather than the protocol's
+``peer_dead(last_heard, now, timeout)`` on an injected clock; eventlet's green ``http.client``
+is also a frozen vendored copy. The response we accept is narrow (one GET, ``Connection:
+close``, status line, headers, then a chunked, length-delimited or close-delimited body), so
+the HTTP part is a small sans-I/O head parser and :class:`ChunkedDecoder`. Plain ``http://``
+only: TLS between shards would wrap the socket with ``eventlet.green.ssl`` here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlencode, urlsplit
+
+import eventlet
+import eventlet.event
+from eventlet.green import socket as green_socket
+
+from meshpeer.protocol.codec import DEFAULT_MAX_LINE, Decoder
+from meshpeer.protocol.messages import (
+    GRANT_RE,
+    Close,
+    CloseReason,
+    Delta,
+    ErrorMsg,
+    Heartbeat,
+    Message,
+    ProtocolError,
+    ServiceName,
+    Snapshot,
+    check_name,
+)
+from meshpeer.protocol.stream import Outcome, ReplicaState, peer_dead
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+OnChange = Callable[[ReplicaState, Message], None]
+
+MAX_HEAD = 64 * 1024
+MAX_ERROR_BODY = 64 * 1024
+RECV_SIZE = 256 * 1024
+SLOW_STATUSES = frozenset({400, 403, 404})
+"""Statuses that need a config change (no peering, unknown VPC, bad request) to go away:
+retried at the slowest backoff. 401 may be fixed by :meth:`StreamClient.set_auth`."""
+DEFAULT_RETRY_CLOSE = frozenset({CloseReason.SHUTDOWN.value, CloseReason.GRANT_EXPIRED.value})
+
+
+class TransportError(Exception):
+    """The HTTP exchange failed (malformed response, timeout before the stream started)."""
+
+
+# --- sans-I/O HTTP response parsing ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResponseHead:
+    status: int
+    reason: str
+    headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
+
+
+def parse_head(raw: bytes) -> ResponseHead:
+    """Parse a response status line and headers (``raw`` without the blank line)."""
+    try:
+        text = raw.decode("latin-1")
+    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
+        raise TransportError("undecodable response head") from None
+    lines = text.split("\r\n")
+    match = re.fullmatch(r"HTTP/1\.[01] ([0-9]{3})(?: (.*))?", lines[0])
+    if match is None:
+        raise TransportError(f"bad status line {lines[0][:80]!r}")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            raise TransportError(f"bad header line {line[:80]!r}")
+        name, value = name.lower(), value.strip()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return ResponseHead(int(match.group(1)), match.group(2) or "", headers)
+
+
+class Body(Protocol):
+    """Turns the bytes after the response head into body bytes."""
+
+    @property
+    def done(self) -> bool: ...
+
+    def feed(self, data: bytes) -> bytes: ...
+
+
+class ChunkedDecoder:
+    """Sans-I/O decoder of an HTTP/1.1 chunked body (extensions and trailers are ignored)."""
+
+    MAX_LINE = 4096
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._state = "size"  # size -> data -> data-end -> size ... -> trailer -> done
+        self._left = 0
+
+    @property
+    def done(self) -> bool:
+        return self._state == "done"
+
+    def _line(self) -> bytes | None:
+        end = self._buf.find(b"\r\n")
+        if end < 0:
+            if len(self._buf) > self.MAX_LINE:
+                raise TransportError("chunk size or trailer line too long")
+            return None
+        line = bytes(self._buf[:end])
+        del self._buf[: end + 2]
+        return line
+
+    def feed(self, data: bytes) -> bytes:
+        """Buffer ``data``; return the body bytes it completes (possibly empty)."""
+        self._buf += data
+        out = bytearray()
+        while self._buf and self._state != "done":
+            if self._state == "size":
+                line = self._line()
+                if line is None:
+                    break
+                size = line.split(b";", 1)[0].strip()
+                if not re.fullmatch(rb"[0-9A-Fa-f]{1,15}", size):
+                    raise TransportError(f"bad chunk size {line[:32]!r}")
+                self._left = int(size, 16)
+                self._state = "data" if self._left else "trailer"
+            elif self._state == "data":
+                take = min(self._left, len(self._buf))
+                out += self._buf[:take]
+                del self._buf[:take]
+                self._left -= take
+                if not self._left:
+                    self._state = "data-end"
+            elif self._state == "data-end":
+                if len(self._buf) < 2:
+                    break
+                if self._buf[:2] != b"\r\n":
+                    raise TransportError("chunk not followed by CRLF")
+                del self._buf[:2]
+                self._state = "size"
+            else:  # trailer: header lines until an empty one
+                line = self._line()
+                if line is None:
+                    break
+                if not line:
+                    self._state = "done"
+        return bytes(out)
+
+
+class LengthBody:
+    """A body of ``Content-Length`` bytes."""
+
+    def __init__(self, length: int) -> None:
+        self._left = length
+
+    @property
+    def done(self) -> bool:
+        return self._left == 0
+
+    def feed(self, data: bytes) -> bytes:
+        out = data[: self._left]
+        self._left -= len(out)
+        return out
+
+
+class UntilCloseBody:
+    """A body delimited by the server closing the connection."""
+
+    done = False
+
+    def feed(self, data: bytes) -> bytes:
+        return data
+
+
+def body_for(head: ResponseHead) -> Body:
+    """The body framing the response head announces."""
+    codings = head.headers.get("transfer-encoding")
+    if codings is not None:
+        if codings.rsplit(",", 1)[-1].strip().lower() != "chunked":
+            raise TransportError(f"unsupported transfer-encoding {codings!r}")
+        return ChunkedDecoder()
+    length = head.headers.get("content-length")
+    if length is not None:
+        if not re.fullmatch(r"[0-9]{1,18}", length):
+            raise TransportError(f"bad content-length {length[:32]!r}")
+        return LengthBody(int(length))
+    return UntilCloseBody()
+
+
+# --- the client -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _End:
+    """How a session ended: the error to record (None: clean), and what to do next."""
+
+    error: str | None = None
+    stop: bool = False
+    slow: bool = False
+
+
+class StreamClient:
+    """Keeps a :class:`ReplicaState` of one stream up to date, in its own green thread.
+
+    ``on_change(replica, msg)`` runs after each applied snapshot or delta; ``on_close(reason)``
+    when the publisher sends Close. A Close whose reason is in ``retry_close_reasons``
+    (default: ``shutdown``, ``grant-expired``) is followed by a reconnect with ``since``; any
+    other reason (``peering-gone``) ends the thread with ``closed_reason`` set. On RESYNC the
+    next request asks for a snapshot (no ``since``): a gap on an in-order TCP stream means the
+    publisher or its incarnation is not what we think, so ``since`` is not trusted.
+    Reconnects wait ``backoff`` (min, max) seconds, doubling per failed attempt, jittered to
+    50-100%; HTTP 400/403/404 wait the max.
+    """
+
+    def __init__(
+        self,
+        url_base: str,
+        service: ServiceName,
+        key: str,
+        *,
+        policy: str | None = None,
+        host: str | None = None,
+        auth: str | None = None,
+        on_change: OnChange | None = None,
+        on_close: Callable[[str], None] | None = None,
+        heartbeat_timeout: float = 15.0,
+        backoff: tuple[float, float] = (0.1, 2.0),
+        retry_close_reasons: Collection[str] = DEFAULT_RETRY_CLOSE,
+        replica: ReplicaState | None = None,
+        max_line: int = DEFAULT_MAX_LINE,
+        clock: Clock = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        url = urlsplit(url_base)
+        if url.scheme != "http" or not url.hostname or url.query or url.fragment:
+            raise ValueError(f"url_base must be http://host[:port][/prefix], not {url_base!r}")
+        if not 0 < backoff[0] <= backoff[1]:
+            raise ValueError("backoff must be (min, max) with 0 < min <= max")
+        if heartbeat_timeout <= 0:
+            raise ValueError("heartbeat_timeout must be > 0")
+        self.service = ServiceName(service)
+        self.key = check_name("key", key)
+        self.policy = None if policy is None else check_name("policy", policy)
+        self.host = None if host is None else check_name("host", host)
+        self._address = (url.hostname, url.port or 80)
+        self._netloc = url.netloc
+        self._path = url.path.rstrip("/") + "/v1/subscribe"
+        self._pause_event: Any = None
+        self.auth: str | None = None
+        self.set_auth(auth)
+        self.on_change = on_change
+        self.on_close = on_close
+        self.heartbeat_timeout = heartbeat_timeout
+        self.backoff = backoff
+        self.retry_close_reasons = frozenset(retry_close_reasons)
+        self.replica = replica if replica is not None else ReplicaState(self.service, self.key)
+        self.max_line = max_line
+        self._clock = clock
+        self._rng = rng or random.Random()
+        # Counters and status (read them any time).
+        self.connected = False
+        self.reconnects = 0
+        self.bytes_received = 0  # NDJSON bytes (after de-chunking), like the hub's bytes_sent
+        self.messages_received = 0
+        self.objects_received = 0  # snapshot objects + delta upserts + delta deletes
+        self.snapshots_received = 0
+        self.deltas_received = 0
+        self.heartbeats_received = 0
+        self.resyncs = 0
+        self.last_error: str | None = None
+        self.last_status: int | None = None
+        self.closed_reason: str | None = None
+        # Green thread state.
+        self._want_snapshot = False
+        self._healthy = False
+        self._stopping = False
+        self._thread: Any = None
+        self._finished: Any = None
+
+    # --- control ---------------------------------------------------------------------------
+
+    @property
+    def version(self) -> int | None:
+        """The last version fully applied (None before the first snapshot)."""
+        return self.replica.version
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and not self._thread.dead
+
+    def start(self) -> None:
+        """Start (or restart after :meth:`stop`) the green thread; resumes with ``since``."""
+        if self.running:
+            return
+        self._stopping = False
+        self._finished = eventlet.event.Event()
+        self._thread = eventlet.spawn(self._run, self._finished)
+
+    def stop(self) -> None:
+        """Stop the green thread (keeps the replica). Safe to call from ``on_change``."""
+        self._stopping = True
+        self._wake()
+        thread = self._thread
+        if thread is not None and thread is not eventlet.getcurrent() and not thread.dead:
+            thread.kill()
+            if not self._finished.ready():  # killed before it ever ran
+                self._finished.send(None)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the green thread ends (e.g. after a Close); True if it has."""
+        if self._finished is None:
+            return True
+        self._finished.wait(timeout)
+        return bool(self._finished.ready())
+
+    def set_auth(self, auth: str | None) -> None:
+        """Use ``auth`` (a grant, or a shard token for own-shard and federation streams) from the
+        next request on; cuts a pending backoff short."""
+        if auth is not None and not GRANT_RE.fullmatch(auth):
+            raise ValueError("auth must be a grant token ([A-Za-z0-9._-], at most 2048 chars)")
+        if self.policy is not None and self.host is None:
+            raise ValueError("a peer stream (policy) needs a host: the grant's scope names it")
+        self.auth = auth
+        self._wake()
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        event = self._pause_event
+        if event is not None and not event.ready():
+            event.send(None)
+
+    def _pause(self, seconds: float) -> None:
+        self._pause_event = eventlet.event.Event()
+        try:
+            self._pause_event.wait(seconds)
+        finally:
+            self._pause_event = None
+
+    def _delay(self, failures: int, slow: bool) -> float:
+        low, high = self.backoff
+        base = high if slow else min(high, low * 2 ** min(failures, 30))
+        return self._rng.uniform(base / 2, base)
+
+    def _run(self, finished: Any) -> None:
+        failures = 0
+        first = True
+        try:
+            while not self._stopping:
+                if not first:
+                    self.reconnects += 1
+                first = False
+                self._healthy = False
+                try:
+                    end = self._session()
+                except ProtocolError as exc:
+                    end = _End(f"protocol error: {exc}")
+                except TransportError as exc:
+                    end = _End(f"http: {exc}")
+                except OSError as exc:  # refused, reset, connect timeout, DNS
+                    end = _End(f"{type(exc).__name__}: {exc}")
+                finally:
+                    self.connected = False
+                if end.error is not None:
+                    self.last_error = end.error
+                    log.info("%s/%s: stream ended: %s", self.service, self.key, end.error)
+                if end.stop or self._stopping:
+                    break
+                failures = 0 if self._healthy else failures + 1
+                self._pause(self._delay(failures, end.slow))
+        finally:
+            self.connected = False
+            finished.send(None)
+
+    def _request(self) -> bytes:
+        params = {"service": self.service.value, "key": self.key}
+        if self.policy is not None:
+            params["policy"] = self.policy
+        if self.host is not None:
+            params["host"] = self.host
+        since = None if self._want_snapshot else self.replica.since
+        if since is not None:
+            params["since"] = str(since)
+        lines = [
+            f"GET {self._path}?{urlencode(params)} HTTP/1.1",
+            f"Host: {self._netloc}",
+            "Accept: application/x-ndjson",
+            "Connection: close",
+            "User-Agent: meshpeer-streaming/1",
+        ]
+        if self.auth is not None:
+            lines.append(f"Authorization: Bearer {self.auth}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+
+    def _recv(self, sock: Any, timeout: float) -> bytes | None:
+        """Up to RECV_SIZE bytes, b"" at EOF, None if ``timeout`` passed first."""
+        sock.settimeout(max(timeout, 0.001))
+        try:
+            data: bytes = sock.recv(RECV_SIZE)
+        except TimeoutError:
+            return None
+        return data
+
+    def _session(self) -> _End:
+        sock = green_socket.create_connection(self._address, timeout=self.heartbeat_timeout)
+        try:
+            sock.sendall(self._request())
+            deadline = self._clock() + self.heartbeat_timeout
+            buf = bytearray()
+            while (end := buf.find(b"\r\n\r\n")) < 0:
+                if len(buf) > MAX_HEAD:
+                    raise TransportError("response head too large")
+                data = self._recv(sock, deadline - self._clock())
+                if data is None:
+                    raise TransportError("timed out waiting for the response")
+                if not data:
+                    raise TransportError("connection closed before the response")
+                buf += data
+            head = parse_head(bytes(buf[:end]))
+            body = body_for(head)
+            rest = bytes(buf[end + 4 :])
+            self.last_status = head.status
+            if head.status != 200:
+                return self._http_error(sock, head, body, rest, deadline)
+            ctype = head.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+            if ctype != "application/x-ndjson":
+                raise TransportError(f"unexpected content-type {ctype[:64]!r}")
+            self.connected = True
+            return self._read_stream(sock, body, rest)
+        finally:
+            sock.close()
+
+    def _http_error(
+        self, sock: Any, head: ResponseHead, body: Body, data: bytes, deadline: float
+    ) -> _End:
+        text = bytearray()
+        while True:
+            text += body.feed(data)
+            if body.done or len(text) >= MAX_ERROR_BODY:
+                break
+            received = self._recv(sock, deadline - self._clock())
+            if not received:  # timeout or EOF: report what we have
+                break
+            data = received
+        detail = head.reason
+        try:
+            doc = json.loads(bytes(text[:MAX_ERROR_BODY]))
+            if isinstance(doc, dict):
+                detail = " ".join(
+                    str(doc[f])[:256] for f in ("error", "field", "detail") if doc.get(f)
+                )
+        except ValueError:
+            pass
+        return _End(f"HTTP {head.status}: {detail}", slow=head.status in SLOW_STATUSES)
+
+    def _read_stream(self, sock: Any, body: Body, data: bytes) -> _End:
+        decoder = Decoder(self.max_line)
+        last_heard = self._clock()
+        while True:
+            if data:
+                # Any bytes count as life, not only whole lines: a large snapshot on a slow link
+                # must not look like a dead peer.
+                last_heard = self._clock()
+                payload = body.feed(data)
+                self.bytes_received += len(payload)
+                for msg in decoder.feed(payload):
+                    end = self._handle(msg)
+                    if end is not None:
+                        return end
+                    if self._stopping:
+                        return _End(stop=True)
+                decoder.feed(b"")  # raises now if a bad line followed the good ones
+            if body.done:
+                decoder.eof()
+                return _End("server ended the response")
+            now = self._clock()
+            if peer_dead(last_heard, now, self.heartbeat_timeout):
+                return _End(f"nothing heard for {self.heartbeat_timeout}s")
+            received = self._recv(sock, last_heard + self.heartbeat_timeout - now + 0.001)
+            if received is None:
+                data = b""
+                continue
+            if not received:
+                decoder.eof()  # raises on a partial line
+                if isinstance(body, ChunkedDecoder):
+                    return _End("connection closed inside the response")
+                return _End("server closed the connection")
+            data = received
+
+    def _handle(self, msg: Message) -> _End | None:
+        self.messages_received += 1
+        if isinstance(msg, Snapshot | Delta | Heartbeat):
+            outcome = self.replica.apply(msg)  # ProtocolError for another service/key
+            self._healthy = True
+            if isinstance(msg, Snapshot):
+                self.snapshots_received += 1
+                self.objects_received += len(msg.objects)
+            elif isinstance(msg, Delta):
+                self.deltas_received += 1
+                self.objects_received += len(msg.upserts) + len(msg.deletes)
+            else:
+                self.heartbeats_received += 1
+            if outcome is Outcome.RESYNC:
+                self.resyncs += 1
+                self._want_snapshot = True
+                got = getattr(msg, "version", None)
+                return _End(f"resync: got version {got} at {self.replica.version}")
+            if outcome is Outcome.APPLIED:
+                self._want_snapshot = False
+                assert not isinstance(msg, Heartbeat)
+                self._notify(msg)
+            return None
+        if isinstance(msg, Close):
+            self.closed_reason = msg.reason
+            if self.on_close is not None:
+                try:
+                    self.on_close(msg.reason)
+                except Exception:
+                    log.exception("%s/%s: on_close failed", self.service, self.key)
+            return _End(stop=msg.reason not in self.retry_close_reasons)
+        assert isinstance(msg, ErrorMsg)
+        return _End(f"server error {msg.code}: {msg.detail}")
+
+    def _notify(self, msg: Snapshot | Delta) -> None:
+        if self.on_change is None:
+            return
+        try:
+            self.on_change(self.replica, msg)
+        except Exception:  # the consumer's bug must not kill the stream
+            log.exception("%s/%s: on_change failed", self.service, self.key)

@@ -1,0 +1,89 @@
+"""The controller shard as an os-ken app: a shim that wires config, store, core and servers.
+
+meshpeer-manager ryu_apps.controller --config-file ctl1.conf
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import yaml
+from os_ken import cfg
+from os_ken.base import app_manager
+from os_ken.lib import hub
+
+from meshpeer.controller.api import ControllerApi
+from meshpeer.controller.directory import parse_directory
+from meshpeer.controller.federation import Federation
+from meshpeer.controller.shard import ShardState
+from meshpeer.rest.router import Api
+from meshpeer.rest.server import serve
+from meshpeer.store.sqlite import Store
+from meshpeer.streaming.publisher import StreamHub
+
+log = logging.getLogger(__name__)
+
+OPTS = [
+    cfg.StrOpt("shard", help="this shard's name in the directory"),
+    cfg.StrOpt("listen_host", default="127.0.0.1"),
+    cfg.IntOpt("listen_port", default=8080),
+    cfg.StrOpt("store_path", help="SQLite file holding this shard's intent"),
+    cfg.StrOpt("api_token", secret=True, help="bearer token for the REST API"),
+    cfg.StrOpt("directory_file", help="YAML shard directory shared by every shard"),
+    cfg.FloatOpt("heartbeat_interval", default=5.0),
+    cfg.FloatOpt("grant_ttl", default=3600.0, help="seconds a minted grant stays valid (at least)"),
+    cfg.FloatOpt("tick_interval", default=30.0, help="how often grants are re-minted"),
+]
+cfg.CONF.register_opts(OPTS, group="controller")
+
+
+class Controller(app_manager.OSKenApp):  # type: ignore[misc]
+    """Shim: every decision is in meshpeer.controller; this only starts and stops things."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        conf = self.CONF.controller
+        for opt in ("shard", "store_path", "api_token", "directory_file"):
+            if not getattr(conf, opt):
+                raise SystemExit(f"controller: [controller] {opt} is required in the config file")
+        with open(conf.directory_file, encoding="utf-8") as f:
+            directory = parse_directory(yaml.safe_load(f))
+        self.store = Store.open(conf.store_path)
+        incarnation = self.store.next_incarnation()
+        stream_hub = StreamHub(base_version=incarnation << 32)
+        self.shard = ShardState(
+            conf.shard, directory, self.store, stream_hub, time.time, conf.grant_ttl
+        )
+        self.federation = Federation(self.shard)
+        self.api = ControllerApi(
+            self.shard, conf.api_token, self.federation.fetch_view, conf.heartbeat_interval
+        )
+        self.conf = conf
+        log.info(
+            "shard %s: store version %d, incarnation %d",
+            conf.shard,
+            self.store.version,
+            incarnation,
+        )
+
+    def start(self) -> Any:
+        super().start()
+        app = Api(self.api.routes(), self.conf.api_token, title="meshpeer controller")
+        server, port = serve(app, self.conf.listen_host, self.conf.listen_port)
+        log.info("shard %s: REST API on http://%s:%d", self.conf.shard, self.conf.listen_host, port)
+        self.federation.sync()
+        self.threads.append(hub.spawn(self._tick))
+        return server
+
+    def _tick(self) -> None:
+        """Re-mint grants as their lifetime buckets roll over (refresh is a no-op otherwise)."""
+        while True:
+            hub.sleep(self.conf.tick_interval)
+            self.shard.refresh()
+
+    def close(self) -> None:
+        self.federation.stop()
+        self.store.close()
+        super().close()

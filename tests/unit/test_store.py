@@ -1,0 +1,419 @@
+"""The intent store on real SQLite files: versions, atomicity, restart, schema migration."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from meshpeer.store import (
+    SCHEMA_VERSION,
+    Change,
+    Conflict,
+    LogEntry,
+    NotFound,
+    SchemaTooNew,
+    Store,
+    StoreError,
+)
+from meshpeer.store.migrations import MIGRATIONS
+
+
+def _open(path: Path, **kw: Any) -> Store:
+    # NORMAL keeps the suite fast; it is as durable as FULL against a process exit.
+    return Store.open(str(path), synchronous="NORMAL", **kw)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "intent.db"
+
+
+def _bodies(store: Store) -> dict[tuple[str, str], tuple[dict[str, Any], int, int]]:
+    snap = store.load()
+    return {k: (r.body, r.version, r.created_version) for k, r in snap.records.items()}
+
+
+def test_new_store_is_empty_at_version_zero(db: Path) -> None:
+    with _open(db) as s:
+        snap = s.load()
+        assert (s.version, snap.version, snap.records, snap.meta) == (0, 0, {}, {})
+        assert s.changes_since(0) == []
+
+
+def test_each_commit_is_one_version_and_stamps_what_it_wrote(db: Path) -> None:
+    with _open(db) as s:
+        assert s.commit([Change("vpc", "blue", {"cidr": "10.0.0.0/16"})]) == 1
+        v2 = s.commit(
+            [Change("endpoint", "blue/b1", {"ip": "10.0.0.5"}), Change("vpc", "red", {"n": 1})]
+        )
+        assert v2 == 2
+        assert s.commit([Change("vpc", "blue", {"cidr": "10.1.0.0/16"})]) == 3
+        assert s.version == 3
+        assert _bodies(s) == {
+            ("vpc", "blue"): ({"cidr": "10.1.0.0/16"}, 3, 1),
+            ("endpoint", "blue/b1"): ({"ip": "10.0.0.5"}, 2, 2),
+            ("vpc", "red"): ({"n": 1}, 2, 2),
+        }
+        assert s.commit([Change("vpc", "red", None)]) == 4
+        assert ("vpc", "red") not in s.load().records
+
+
+def test_recreated_resource_gets_a_new_created_version(db: Path) -> None:
+    with _open(db) as s:
+        s.commit([Change("vpc", "blue", {})])
+        s.commit([Change("vpc", "blue", None)])
+        s.commit([Change("vpc", "blue", {"a": 1})])
+        assert s.load().records[("vpc", "blue")].created_version == 3
+
+
+def test_bodies_are_canonical_json_and_load_back_equal(db: Path) -> None:
+    body = {"b": [1, 2.5, None, True], "a": {"z": "ü", "y": {}}}
+    with _open(db) as s:
+        s.commit([Change("vpc", "blue", body)])
+        assert s.load().records[("vpc", "blue")].body == body
+    raw = sqlite3.connect(db).execute("SELECT body FROM resources").fetchone()[0]
+    assert raw == '{"a":{"y":{},"z":"ü"},"b":[1,2.5,null,true]}'
+
+
+@pytest.mark.parametrize(
+    "changes, error",
+    [
+        ([], ValueError),
+        ([Change("vpc", "x", {"when": object()})], TypeError),
+        ([Change("vpc", "x", {"nan": float("nan")})], ValueError),
+        # Would load back unequal: as a list, and with key "1".
+        ([Change("vpc", "x", {"t": (1, 2)})], ValueError),
+        ([Change("vpc", "x", {1: "a"})], ValueError),  # type: ignore[dict-item]
+        ([Change("vpc", "x", [1])], TypeError),  # type: ignore[arg-type]
+        ([Change("vpc", "", {})], ValueError),
+        ([Change("vpc", "x", {}), Change("vpc", "x", None)], ValueError),
+        # Fails inside the transaction, after the first write has been executed.
+        ([Change("vpc", "new", {"a": 1}), Change("vpc", "missing", None)], NotFound),
+    ],
+)
+def test_failed_commit_writes_nothing(db: Path, changes: list[Change], error: type) -> None:
+    with _open(db) as s:
+        s.commit([Change("vpc", "blue", {"a": 1})])
+        before = (s.load(), s.changes_since(0))
+        with pytest.raises(error):
+            s.commit(changes)
+        assert (s.load(), s.changes_since(0)) == before
+        assert s.commit([Change("vpc", "blue", {"a": 2})]) == 2  # still usable
+
+
+def test_expect_version_detects_a_store_that_moved_on(db: Path) -> None:
+    with _open(db) as s:
+        s.commit([Change("vpc", "blue", {})])
+        with pytest.raises(Conflict) as exc:
+            s.commit([Change("vpc", "red", {})], expect_version=0)
+        assert (exc.value.expected, exc.value.actual) == (0, 1)
+        assert s.version == 1 and ("vpc", "red") not in s.load().records
+        assert s.commit([Change("vpc", "red", {})], expect_version=1) == 2
+
+
+def test_restart_serves_the_same_state_at_the_same_versions(db: Path) -> None:
+    with _open(db) as s:
+        for i in range(5):
+            s.commit([Change("endpoint", f"blue/b{i}", {"i": i})])
+        s.commit([Change("endpoint", "blue/b0", None), Change("vpc", "blue", {"x": 1})])
+        s.set_meta("shard", "eu-1")
+        before, log = s.load(), s.changes_since(0)
+    with Store.open(str(db)) as s:  # default synchronous, too
+        assert s.load() == before
+        assert s.changes_since(0) == log
+        assert s.commit([Change("vpc", "red", {})]) == before.version + 1
+
+
+def test_a_killed_process_loses_nothing_it_committed(db: Path) -> None:
+    """No close(), no checkpoint: the commits live only in the WAL when the process dies."""
+    script = (
+        "import os, sys\n"
+        "from meshpeer.store import Change, Store\n"
+        "s = Store.open(sys.argv[1])\n"
+        "s.next_incarnation()\n"
+        "for i in range(20): s.commit([Change('vpc', f'v{i}', {'i': i})])\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(db)], check=True, timeout=60)
+    assert Path(f"{db}-wal").stat().st_size > 0
+    with _open(db) as s:
+        assert (s.version, s.incarnation) == (20, 1)
+        assert _bodies(s)[("vpc", "v19")] == ({"i": 19}, 20, 20)
+
+
+def test_wal_and_pragmas_are_on(db: Path) -> None:
+    with _open(db) as s:
+        conn = s._conn
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    with Store.open(str(db)) as s:
+        assert s._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    # WAL is a property of the file: a plain connection sees it too.
+    assert sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_rejects_bad_options_and_in_memory_databases(db: Path) -> None:
+    with pytest.raises(ValueError):
+        Store.open(str(db), synchronous="OFF")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Store.open(str(db), log_retention=0)
+    with pytest.raises(StoreError, match="wal"):
+        Store.open(":memory:")
+
+
+def test_incarnation_increments_across_reopen(db: Path) -> None:
+    with _open(db) as s:
+        assert s.incarnation == 0
+        assert s.next_incarnation() == 1
+        assert s.next_incarnation() == 2
+        assert s.version == 0  # not a change of intent
+    with _open(db) as s:
+        assert s.incarnation == 2
+        assert s.next_incarnation() == 3
+
+
+def test_meta_set_get_delete_without_version_bump(db: Path) -> None:
+    with _open(db) as s:
+        assert s.get_meta("shard") is None
+        s.set_meta("shard", "a")
+        s.set_meta("shard", "b")
+        assert s.get_meta("shard") == "b"
+        assert s.load().meta == {"shard": "b"}
+        s.set_meta("shard", None)
+        assert s.get_meta("shard") is None
+        assert s.version == 0
+        with pytest.raises(TypeError):
+            s.set_meta("n", 1)  # type: ignore[arg-type]
+
+
+def test_changes_since_and_bounded_log(db: Path) -> None:
+    with _open(db, log_retention=3) as s:
+        s.commit([Change("vpc", "b", {}), Change("vpc", "a", {})])
+        s.commit([Change("vpc", "a", None)])
+        assert s.changes_since(0) == [
+            LogEntry(1, "vpc", "a", "put"),
+            LogEntry(1, "vpc", "b", "put"),
+            LogEntry(2, "vpc", "a", "delete"),
+        ]
+        assert s.changes_since(1) == [LogEntry(2, "vpc", "a", "delete")]
+        assert s.changes_since(2) == []
+        assert s.changes_since(3) is None  # from the future: not this store's history
+        for i in range(3):
+            s.commit([Change("vpc", f"c{i}", {})])  # versions 3, 4, 5: keeps 3..5
+        assert s.changes_since(1) is None
+        assert [e.version for e in s.changes_since(2) or []] == [3, 4, 5]
+        rows = s._conn.execute("SELECT COUNT(*) FROM changes").fetchone()[0]
+        assert rows == 3
+
+
+def test_two_handles_on_one_file_keep_versions_contiguous(db: Path) -> None:
+    a, b = _open(db), _open(db)
+    try:
+        assert a.commit([Change("vpc", "x", {})]) == 1
+        assert b.commit([Change("vpc", "y", {})]) == 2
+        assert a.commit([Change("vpc", "z", {})]) == 3
+        assert a.load() == b.load()
+    finally:
+        a.close()
+        b.close()
+
+
+# --- schema -----------------------------------------------------------------------------------
+
+
+def _write_v1(path: Path) -> None:
+    """A schema-1 file as the first release wrote it, spelled out here so it cannot drift."""
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        PRAGMA journal_mode=WAL;
+        CREATE TABLE head (id INTEGER PRIMARY KEY CHECK (id = 1),
+                           version INTEGER NOT NULL, incarnation INTEGER NOT NULL);
+        INSERT INTO head VALUES (1, 7, 4);
+        CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+        INSERT INTO meta VALUES ('shard', 'eu-1');
+        CREATE TABLE resources (kind TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL,
+                                version INTEGER NOT NULL, PRIMARY KEY (kind, key)) WITHOUT ROWID;
+        INSERT INTO resources VALUES ('vpc', 'blue', '{"cidr":"10.0.0.0/16"}', 2);
+        INSERT INTO resources VALUES ('endpoint', 'blue/b1', '{"ip":"10.0.0.5"}', 7);
+        PRAGMA user_version = 1;
+        """
+    )
+    conn.close()
+
+
+def test_migrates_a_v1_file_keeping_data_and_versions(db: Path) -> None:
+    _write_v1(db)
+    with _open(db) as s:
+        assert s._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert (s.version, s.incarnation, s.get_meta("shard")) == (7, 4, "eu-1")
+        assert _bodies(s) == {
+            ("vpc", "blue"): ({"cidr": "10.0.0.0/16"}, 2, 2),
+            ("endpoint", "blue/b1"): ({"ip": "10.0.0.5"}, 7, 7),
+        }
+        assert s.changes_since(7) == []
+        assert s.changes_since(6) is None  # v1 kept no log
+        assert s.commit([Change("vpc", "blue", {"cidr": "10.1.0.0/16"})]) == 8
+        assert s.changes_since(7) == [LogEntry(8, "vpc", "blue", "put")]
+        assert s.load().records[("vpc", "blue")].created_version == 2
+        assert s.next_incarnation() == 5
+    with _open(db) as s:  # and the migrated file reopens as is
+        assert s.version == 8
+
+
+def test_refuses_a_schema_newer_than_the_code(db: Path) -> None:
+    with _open(db) as s:
+        s.commit([Change("vpc", "blue", {})])
+    conn = sqlite3.connect(db)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(SchemaTooNew, match="newer than this code"):
+        _open(db)
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT version FROM head").fetchone()[0] == 1  # untouched
+
+
+def test_a_failed_migration_step_leaves_the_file_at_the_old_schema(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write_v1(db)
+
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("ALTER TABLE resources ADD COLUMN created_version INTEGER")
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("meshpeer.store.sqlite.MIGRATIONS", (MIGRATIONS[0], broken))
+    with pytest.raises(RuntimeError):
+        _open(db)
+    monkeypatch.undo()
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    cols = [r[1] for r in conn.execute("PRAGMA table_info(resources)")]
+    assert "created_version" not in cols
+    conn.close()
+    with _open(db) as s:
+        assert s.version == 7
+
+
+# --- the store against a dict model ----------------------------------------------------------
+
+KINDS = st.sampled_from(["vpc", "endpoint"])
+KEYS = st.sampled_from(["a", "b", "c", "d"])
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=6,
+)
+BODIES = st.dictionaries(st.text(max_size=4), JSON, max_size=3)
+RETENTION = 4
+
+
+class StoreVsModel(RuleBasedStateMachine):
+    """Random commits, failed commits and reopens; the store must always equal the model."""
+
+    counter = itertools.count()
+    base: Path
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.path = self.base / f"m{next(self.counter)}.db"
+        self.store = _open(self.path, log_retention=RETENTION)
+        self.version = 0
+        self.model: dict[tuple[str, str], tuple[dict[str, Any], int, int]] = {}
+        self.log: list[LogEntry] = []
+
+    @rule(data=st.data())
+    def commit(self, data: st.DataObject) -> None:
+        ids = data.draw(st.lists(st.tuples(KINDS, KEYS), min_size=1, max_size=4, unique=True))
+        changes = []
+        for rid in ids:
+            delete = rid in self.model and data.draw(st.booleans())
+            changes.append(Change(*rid, None if delete else data.draw(BODIES)))
+        expect = data.draw(st.sampled_from([None, self.version]))
+        self.version += 1
+        assert self.store.commit(changes, expect_version=expect) == self.version
+        for c in changes:
+            rid = (c.kind, c.key)
+            if c.body is None:
+                del self.model[rid]
+            else:
+                created = self.model[rid][2] if rid in self.model else self.version
+                self.model[rid] = (json.loads(json.dumps(c.body)), self.version, created)
+            self.log.append(
+                LogEntry(self.version, c.kind, c.key, "delete" if c.body is None else "put")
+            )
+
+    @rule(rid=st.tuples(KINDS, KEYS), body=BODIES, stale=st.booleans())
+    def failed_commit(self, rid: tuple[str, str], body: dict[str, Any], stale: bool) -> None:
+        if stale and self.version > 0:
+            with pytest.raises(Conflict):
+                self.store.commit([Change(*rid, body)], expect_version=self.version - 1)
+        elif rid in self.model:
+            with pytest.raises(TypeError):
+                self.store.commit([Change(*rid, {"x": {1, 2}})])
+        else:
+            with pytest.raises(NotFound):
+                self.store.commit([Change("vpc", "fresh", body), Change(*rid, None)])
+
+    @rule()
+    def reopen(self) -> None:
+        self.store.close()
+        self.store = _open(self.path, log_retention=RETENTION)
+
+    @precondition(lambda self: self.version > 0)
+    @rule(data=st.data())
+    def changes_since(self, data: st.DataObject) -> None:
+        since = data.draw(st.integers(0, self.version + 1))
+        floor = max(0, self.version - RETENTION)
+        expected = (
+            None
+            if not floor <= since <= self.version
+            else sorted(
+                (e for e in self.log if e.version > since),
+                key=lambda e: (e.version, e.kind, e.key),
+            )
+        )
+        assert self.store.changes_since(since) == expected
+
+    @invariant()
+    def matches_model(self) -> None:
+        assert self.store.version == self.version
+        assert _bodies(self.store) == self.model
+
+    def teardown(self) -> None:
+        self.store.close()
+
+
+def test_store_matches_a_dict_model(tmp_path: Path) -> None:
+    StoreVsModel.base = tmp_path
+    run_state_machine_as_test(
+        StoreVsModel,
+        settings=settings(
+            max_examples=40,
+            stateful_step_count=25,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )

@@ -1,0 +1,603 @@
+"""Streaming transport over loopback: a real eventlet WSGI server and green clients in-process.
+
+No ``eventlet.monkey_patch()``: the server (``eventlet.listen`` + ``eventlet.wsgi``) and the
+client (``eventlet.green.socket``) are green by construction, and the test body runs in the main
+greenlet, yielding to the hub with ``eventlet.sleep``. Nothing here patches the stdlib, so the
+other test modules of the pytest process are unaffected.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import eventlet
+import eventlet.wsgi
+import pytest
+import webob
+from eventlet.green import socket as green_socket
+
+from meshpeer.protocol import (
+    Decoder,
+    Delta,
+    ErrorMsg,
+    Heartbeat,
+    Message,
+    ProtocolError,
+    ReplicaState,
+    ServiceName,
+    Snapshot,
+    encode,
+    parse_subscribe_request,
+)
+from meshpeer.streaming import StreamClient, StreamHub, StreamId, ndjson_response
+from meshpeer.streaming.subscriber import (
+    ChunkedDecoder,
+    TransportError,
+    body_for,
+    parse_head,
+)
+
+DEST = ServiceName.DESTINATION
+SID = StreamId(DEST, "red")
+PEER_SID = StreamId(DEST, "red", "p-1", "host-1")  # a peer's stream: grants need policy + host
+SERVER_LOG = logging.getLogger("test-streaming-wsgi")
+FAST = (0.01, 0.05)  # client backoff for tests
+
+
+def ep(n: int, pad: int = 0) -> dict[str, Any]:
+    body: dict[str, Any] = {"mac": f"02:00:00:00:{n // 256:02x}:{n % 256:02x}", "vni": 7}
+    if pad:
+        body["pad"] = "x" * pad
+    return body
+
+
+def objs(*ns: int) -> dict[str, dict[str, Any]]:
+    return {f"10.0.{n // 256}.{n % 256}": ep(n) for n in ns}
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 3.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or pred}")
+        eventlet.sleep(0.005)
+
+
+# --- in-process server --------------------------------------------------------------------
+
+
+def json_error(start_response: Any, status: str, code: str, detail: str = "") -> list[bytes]:
+    body = json.dumps({"error": code, "field": "", "detail": detail}).encode()
+    start_response(status, [("Content-Type", "application/json")])
+    return [body]
+
+
+def make_app(
+    hub: StreamHub,
+    *,
+    heartbeat: float = 5.0,
+    token: str | None = None,
+    expiry: dict[str, float] | None = None,
+) -> Callable[..., Any]:
+    """The controller's route, reduced: parse, (check the grant), attach to the hub."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        req = webob.Request(environ)
+        if req.path != "/v1/subscribe":
+            return json_error(start_response, "404 Not Found", "no-route")
+        try:
+            sub = parse_subscribe_request(req.GET, req.headers.get("Authorization"))
+        except ProtocolError as exc:
+            return json_error(start_response, "400 Bad Request", "bad-request", str(exc))
+        if token is not None and sub.grant != token:
+            return json_error(start_response, "401 Unauthorized", "bad-signature")
+        lifetime = (expiry or {}).get(sub.grant or "")
+        expires_at = None if lifetime is None else hub.clock() + lifetime
+        try:
+            writer = hub.wsgi_stream(StreamId.of(sub), sub.since, heartbeat, expires_at=expires_at)
+        except KeyError:
+            return json_error(start_response, "404 Not Found", "unknown-key")
+        return ndjson_response(writer, environ)(environ, start_response)
+
+    return app
+
+
+class Server:
+    def __init__(self, app: Callable[..., Any], port: int = 0, sndbuf: int | None = None) -> None:
+        self.sock = eventlet.listen(("127.0.0.1", port))
+        if sndbuf is not None:  # inherited by accepted sockets
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        self.port: int = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.pool = eventlet.GreenPool()
+        self.thread = eventlet.spawn(
+            eventlet.wsgi.server,
+            self.sock,
+            app,
+            custom_pool=self.pool,
+            log=SERVER_LOG,
+            log_output=False,
+        )
+
+    def stop(self) -> None:
+        """Hard stop: drop every connection (like a crashed controller)."""
+        for gt in list(self.pool.coroutines_running):
+            gt.kill()
+        self.thread.kill()
+        self.sock.close()
+
+
+class RawServer:
+    """A hand-written HTTP server: answers each GET with ``reply`` and then stays silent."""
+
+    def __init__(self, reply: bytes) -> None:
+        self.sock = eventlet.listen(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.reply = reply
+        self.requests: list[str] = []
+        self.conns: list[Any] = []
+        self.thread = eventlet.spawn(self._serve)
+
+    def _serve(self) -> None:
+        while True:
+            conn, _ = self.sock.accept()
+            self.conns.append(conn)
+            eventlet.spawn(self._handle, conn)
+
+    def _handle(self, conn: Any) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(4096)
+        self.requests.append(data.split(b"\r\n")[0].decode())
+        conn.sendall(self.reply)
+
+    def stop(self) -> None:
+        self.thread.kill()
+        for conn in self.conns:
+            conn.close()
+        self.sock.close()
+
+
+class Stoppable:
+    def __init__(self, stop: Callable[[], None]) -> None:
+        self.stop = stop
+
+
+def chunked_reply(*lines: bytes) -> bytes:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+    return head + b"".join(b"%x\r\n%s\r\n" % (len(line), line) for line in lines)
+
+
+@pytest.fixture
+def cleanup() -> Iterator[list[Any]]:
+    """Things with a stop() method, stopped after the test (clients first)."""
+    items: list[Any] = []
+    yield items
+    for item in reversed(items):
+        item.stop()
+    eventlet.sleep(0)
+
+
+def serve(cleanup: list[Any], hub: StreamHub, port: int = 0, **kw: Any) -> Server:
+    sndbuf = kw.pop("sndbuf", None)
+    server = Server(make_app(hub, **kw), port=port, sndbuf=sndbuf)
+    cleanup.append(server)
+    return server
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int]] = []
+        self.closes: list[str] = []
+
+    def on_change(self, replica: ReplicaState, msg: Message) -> None:
+        assert isinstance(msg, Snapshot | Delta)
+        self.seen.append((type(msg).__name__, msg.version))
+
+    def on_close(self, reason: str) -> None:
+        self.closes.append(reason)
+
+
+def client(cleanup: list[Any], url: str, rec: Recorder | None = None, **kw: Any) -> StreamClient:
+    kw.setdefault("backoff", FAST)
+    kw.setdefault("heartbeat_timeout", 2.0)
+    if rec is not None:
+        kw.setdefault("on_change", rec.on_change)
+        kw.setdefault("on_close", rec.on_close)
+    c = StreamClient(url, DEST, "red", **kw)
+    cleanup.insert(0, c)
+    c.start()
+    return c
+
+
+def raw_get(port: int, query: str, count: int, timeout: float = 2.0) -> tuple[Any, list[Message]]:
+    """GET /v1/subscribe?query with a bare socket; return the head and the first messages."""
+    sock = green_socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        sock.sendall(f"GET /v1/subscribe?{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += sock.recv(65536)
+        raw_head, _, rest = buf.partition(b"\r\n\r\n")
+        head = parse_head(raw_head)
+        body, decoder = body_for(head), Decoder()
+        msgs: list[Message] = decoder.feed(body.feed(rest))
+        while len(msgs) < count:
+            data = sock.recv(65536)
+            assert data, "server closed early"
+            msgs += decoder.feed(body.feed(data))
+        return head, msgs
+    finally:
+        sock.close()
+
+
+# --- hub alone ------------------------------------------------------------------------------
+
+
+def test_publish_diffs_full_sets_into_contiguous_deltas() -> None:
+    hub = StreamHub(base_version=5 << 32)
+    assert hub.publish(SID, objs(1, 2)) is None  # created at the base version
+    assert hub.version(SID) == 5 << 32
+    assert hub.publish(SID, objs(1, 2)) is None  # nothing changed
+    delta = hub.publish(SID, {**objs(1, 3), "10.0.0.1": {"moved": True}})
+    assert delta == Delta(
+        DEST, "red", (5 << 32) + 1, {"10.0.0.1": {"moved": True}, **objs(3)}, ("10.0.0.2",)
+    )
+    assert dict(hub.objects(SID)) == {**objs(3), "10.0.0.1": {"moved": True}}
+    with pytest.raises(ValueError, match="bad object id"):
+        hub.publish(SID, {"has space": {}})
+    with pytest.raises(ValueError, match="not a dict"):
+        hub.publish(SID, {"a": [1]})  # type: ignore[dict-item]
+    assert hub.version(SID) == (5 << 32) + 1
+
+
+def test_unknown_stream_raises_and_forgotten_stream_restarts_higher() -> None:
+    hub = StreamHub()
+    with pytest.raises(KeyError):
+        hub.wsgi_stream(SID, None, 1.0)
+    hub.publish(SID, objs(1))
+    hub.publish(SID, objs(2))
+    assert hub.close_stream(SID, "peering-gone")
+    assert not hub.close_stream(SID, "peering-gone")
+    assert SID not in hub and len(hub) == 0
+    hub.publish(SID, objs(9))
+    assert hub.version(SID) == 2  # above the forgotten incarnation's 1: an old since never matches
+
+
+def test_writer_resume_and_overflowing_resume_become_snapshot() -> None:
+    hub = StreamHub(queue_maxlen=2)
+    hub.publish(SID, objs())
+    for n in range(1, 6):
+        hub.publish(SID, objs(*range(1, n + 1)))
+    few = hub.wsgi_stream(SID, 3, 1.0)
+    assert Decoder().feed(next(few)) == [
+        Delta(DEST, "red", 4, objs(4), ()),
+        Delta(DEST, "red", 5, objs(5), ()),
+    ]
+    many = hub.wsgi_stream(SID, 1, 1.0)  # 4 deltas > maxlen 2
+    assert Decoder().feed(next(many)) == [Snapshot(DEST, "red", 5, objs(1, 2, 3, 4, 5))]
+    assert hub.stats()[SID].subscribers == 2
+    few.close()
+    many.close()
+    stats = hub.stats()[SID]
+    assert (stats.subscribers, stats.messages_sent, stats.snapshots_sent) == (0, 3, 1)
+    assert stats.overflows == 1
+
+
+def test_writer_heartbeats_when_idle_and_unencodable_body_ends_with_error() -> None:
+    hub = StreamHub()
+    hub.publish(SID, objs(1))
+    writer = hub.wsgi_stream(SID, None, 0.02)
+    assert Decoder().feed(next(writer)) == [Snapshot(DEST, "red", 0, objs(1))]
+    (beat,) = Decoder().feed(next(writer))  # blocks (green) for ~one interval
+    assert isinstance(beat, Heartbeat) and beat.version == 0
+    hub.publish(SID, {"bad": {"not json": {1, 2}}})
+    (err,) = Decoder().feed(next(writer))
+    assert isinstance(err, ErrorMsg) and err.code == "internal"
+    with pytest.raises(StopIteration):
+        next(writer)
+    assert hub.stats()[SID].subscribers == 0
+
+
+# --- HTTP wire ---------------------------------------------------------------------------------
+
+
+def test_wire_headers_and_since(cleanup: list[Any]) -> None:
+    hub = StreamHub(base_version=100)
+    hub.publish(SID, objs(1))
+    hub.publish(SID, objs(1, 2))
+    hub.publish(SID, objs(1, 2, 3))
+    server = serve(cleanup, hub)
+    head, msgs = raw_get(server.port, "service=destination&key=red", 1)
+    assert head.status == 200
+    assert head.headers["content-type"] == "application/x-ndjson"
+    assert head.headers["transfer-encoding"] == "chunked"
+    assert head.headers["cache-control"] == "no-store"
+    assert msgs == [Snapshot(DEST, "red", 102, objs(1, 2, 3))]
+    _, msgs = raw_get(server.port, "service=destination&key=red&since=101", 1)
+    assert msgs == [Delta(DEST, "red", 102, objs(3), ())]  # only the missing one
+    started = time.monotonic()
+    _, msgs = raw_get(server.port, "service=destination&key=red&since=102", 1)
+    assert isinstance(msgs[0], Heartbeat) and msgs[0].version == 102  # current: at once
+    assert time.monotonic() - started < 1.0
+
+
+# --- client against the hub -------------------------------------------------------------------
+
+
+def test_snapshot_then_deltas_in_order_and_counters(cleanup: list[Any]) -> None:
+    hub = StreamHub()
+    hub.publish(SID, objs(1, 2))
+    server = serve(cleanup, hub)
+    rec = Recorder()
+    c = client(cleanup, server.url, rec)
+    wait_until(lambda: c.version == 0)
+    assert c.connected
+    hub.publish(SID, objs(1, 2, 3))
+    hub.publish(SID, objs(2, 3))  # two publishes before the writer runs: queued in order
+    eventlet.sleep(0.01)
+    hub.publish(SID, {**objs(2, 3), "10.0.0.2": {"moved": 1}})
+    wait_until(lambda: c.version == 3)
+    assert rec.seen == [("Snapshot", 0), ("Delta", 1), ("Delta", 2), ("Delta", 3)]
+    assert dict(c.replica.objects) == dict(hub.objects(SID))
+    assert (c.snapshots_received, c.deltas_received, c.reconnects) == (1, 3, 0)
+    assert c.objects_received == 2 + 1 + 1 + 1
+    stats = hub.stats()[SID]
+    assert stats.subscribers == 1 and stats.messages_sent == 4
+    assert c.bytes_received == stats.bytes_sent
+    assert c.last_error is None and c.last_status == 200
+
+
+def test_resume_with_since_gets_only_missing_deltas(cleanup: list[Any]) -> None:
+    hub = StreamHub()
+    hub.publish(SID, objs(1))
+    server = serve(cleanup, hub, heartbeat=0.05)
+    rec = Recorder()
+    c = client(cleanup, server.url, rec)
+    wait_until(lambda: c.version == 0)
+    c.stop()
+    assert not c.running and not c.connected
+    hub.publish(SID, objs(1, 2))
+    hub.publish(SID, objs(1, 2, 3))
+    c.start()
+    wait_until(lambda: c.version == 2)
+    assert rec.seen == [("Snapshot", 0), ("Delta", 1), ("Delta", 2)]
+    assert dict(c.replica.objects) == objs(1, 2, 3)
+    wait_until(lambda: hub.stats()[SID].subscribers == 1)  # the stopped one was detached
+
+
+def test_since_older_than_history_gets_snapshot(cleanup: list[Any]) -> None:
+    hub = StreamHub(history=2)
+    hub.publish(SID, objs(1))
+    server = serve(cleanup, hub)
+    rec = Recorder()
+    c = client(cleanup, server.url, rec)
+    wait_until(lambda: c.version == 0)
+    c.stop()
+    for n in range(2, 7):
+        hub.publish(SID, objs(*range(1, n + 1)))
+    c.start()
+    wait_until(lambda: c.version == 5)
+    assert rec.seen == [("Snapshot", 0), ("Snapshot", 5)]
+    assert dict(c.replica.objects) == objs(1, 2, 3, 4, 5, 6)
+
+
+@pytest.mark.parametrize("new_base", [2 << 32, 0], ids=["higher-base", "lower-than-since"])
+def test_server_restart_client_keeps_state_then_converges(
+    cleanup: list[Any], new_base: int
+) -> None:
+    hub = StreamHub(base_version=1 << 32)
+    hub.publish(SID, objs(1))
+    hub.publish(SID, objs(1, 2))
+    server = serve(cleanup, hub)
+    rec = Recorder()
+    c = client(cleanup, server.url, rec)
+    wait_until(lambda: c.version == (1 << 32) + 1)
+    server.stop()  # crash: connections dropped, port closed
+    wait_until(lambda: not c.connected and c.last_error is not None)
+    assert dict(c.replica.objects) == objs(1, 2)  # fail static
+    eventlet.sleep(0.1)  # a few refused reconnects
+    assert c.reconnects >= 1
+    hub2 = StreamHub(base_version=new_base)
+    hub2.publish(SID, objs(2, 3))  # changed while down
+    serve(cleanup, hub2, port=server.port)
+    wait_until(lambda: c.version == new_base, what="converged on the new incarnation")
+    assert dict(c.replica.objects) == objs(2, 3)
+    assert rec.seen[-1] == ("Snapshot", new_base)
+    assert c.connected
+
+
+def test_heartbeats_keep_idle_stream_alive(cleanup: list[Any]) -> None:
+    hub = StreamHub()
+    hub.publish(SID, objs(1))
+    server = serve(cleanup, hub, heartbeat=0.03)
+    c = client(cleanup, server.url, heartbeat_timeout=0.2)
+    wait_until(lambda: c.version == 0)
+    eventlet.sleep(0.6)
+    assert c.connected and c.reconnects == 0 and c.last_error is None
+    assert c.heartbeats_received >= 8
+
+
+def test_silent_server_is_detected_dead_and_state_kept(cleanup: list[Any]) -> None:
+    raw = RawServer(chunked_reply(encode(Snapshot(DEST, "red", 7, objs(1)))))
+    cleanup.append(raw)
+    c = client(cleanup, raw.url, heartbeat_timeout=0.15)
+    wait_until(lambda: len(raw.requests) >= 2, what="a reconnect")
+    assert "nothing heard" in (c.last_error or "")
+    assert c.version == 7 and dict(c.replica.objects) == objs(1)
+    assert "since" not in raw.requests[0]
+    assert "since=7" in raw.requests[1]
+
+
+def test_protocol_error_drops_connection_and_resumes(cleanup: list[Any]) -> None:
+    snap = encode(Snapshot(DEST, "red", 3, objs(1)))
+    raw = RawServer(chunked_reply(snap, b'{"type":"nonsense"}\n'))
+    cleanup.append(raw)
+    c = client(cleanup, raw.url)
+    wait_until(lambda: len(raw.requests) >= 2)
+    assert (c.last_error or "").startswith("protocol error")
+    assert c.version == 3 and "since=3" in raw.requests[1]
+
+
+def test_slow_subscriber_overflows_to_snapshot_without_stalling_fast(cleanup: list[Any]) -> None:
+    hub = StreamHub(queue_maxlen=16)
+    hub.publish(SID, objs())
+    server = serve(cleanup, hub, sndbuf=4096)
+    fast = client(cleanup, server.url)
+    slow = green_socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: small window
+    slow.connect(("127.0.0.1", server.port))
+    slow.settimeout(3.0)
+    cleanup.append(Stoppable(slow.close))
+    slow.sendall(b"GET /v1/subscribe?service=destination&key=red HTTP/1.1\r\nHost: x\r\n\r\n")
+    wait_until(lambda: fast.version == 0 and hub.stats()[SID].subscribers == 2)
+    total = 100
+    for n in range(1, total + 1):
+        hub.publish(SID, {f"10.1.0.{n}": ep(n, pad=2000) for n in range(1, n + 1)})
+        eventlet.sleep(0.001)
+    wait_until(lambda: fast.version == total, what="the fast subscriber")
+    assert (fast.snapshots_received, fast.deltas_received) == (1, total)  # never overflowed
+    assert hub.stats()[SID].overflows >= 1  # the slow one did
+    # Now the slow one reads: it ends at the current version via a fresh snapshot.
+    replica, decoder, body, buf = ReplicaState(DEST, "red"), Decoder(), None, b""
+    kinds: list[tuple[str, int]] = []
+    deadline = time.monotonic() + 3
+    while replica.version != total and time.monotonic() < deadline:
+        buf += slow.recv(1 << 20)
+        if body is None:
+            if b"\r\n\r\n" not in buf:
+                continue
+            raw_head, _, buf = buf.partition(b"\r\n\r\n")
+            body = body_for(parse_head(raw_head))
+        for msg in decoder.feed(body.feed(buf)):
+            assert isinstance(msg, Snapshot | Delta | Heartbeat)
+            kinds.append((type(msg).__name__, getattr(msg, "version", -1)))
+            replica.apply(msg)
+        buf = b""
+    assert replica.version == total and dict(replica.objects) == dict(hub.objects(SID))
+    assert kinds[0] == ("Snapshot", 0)
+    assert any(kind == "Snapshot" and version > 0 for kind, version in kinds[1:])
+    assert len(kinds) < total / 2
+
+
+def test_close_stream_delivers_reason_and_client_stops(cleanup: list[Any]) -> None:
+    hub = StreamHub()
+    hub.publish(SID, objs(1))
+    server = serve(cleanup, hub)
+    rec = Recorder()
+    c = client(cleanup, server.url, rec)
+    wait_until(lambda: c.version == 0)
+    assert hub.close_stream(SID, "peering-gone")
+    assert c.wait(2.0)
+    assert c.closed_reason == "peering-gone" and rec.closes == ["peering-gone"]
+    assert not c.running and not c.connected and c.reconnects == 0
+    assert len(hub) == 0 and c.last_error is None
+
+
+def test_close_shutdown_reconnects_with_since(cleanup: list[Any]) -> None:
+    hub = StreamHub()
+    hub.publish(SID, objs(1))
+    server = serve(cleanup, hub)
+    rec = Recorder()
+    c = client(cleanup, server.url, rec)
+    wait_until(lambda: c.version == 0)
+    assert hub.close_where(lambda sid: sid.key == "red", "shutdown", forget=False) == 1
+    wait_until(lambda: c.reconnects == 1 and c.connected)
+    wait_until(lambda: hub.stats()[SID].subscribers == 1)
+    assert rec.closes == ["shutdown"] and c.running
+    assert c.snapshots_received == 1  # resumed: since == current -> heartbeat only
+    hub.publish(SID, objs(1, 2))
+    wait_until(lambda: c.version == 1)
+
+
+def test_client_disconnect_detaches_subscriber(cleanup: list[Any]) -> None:
+    hub = StreamHub()
+    hub.publish(SID, objs(1))
+    server = serve(cleanup, hub, heartbeat=0.02)
+    c = client(cleanup, server.url)
+    wait_until(lambda: c.version == 0 and hub.stats()[SID].subscribers == 1)
+    c.stop()
+    wait_until(lambda: hub.stats()[SID].subscribers == 0, what="detach on a failed write")
+
+
+def test_http_errors_recorded_and_retried(cleanup: list[Any]) -> None:
+    hub = StreamHub()
+    server = serve(cleanup, hub, token="good-token")
+    c = client(cleanup, server.url, auth="wrong-token", policy="p-1", host="host-1")
+    wait_until(lambda: c.last_status == 401)
+    assert (c.last_error or "").startswith("HTTP 401: bad-signature")
+    assert not c.connected
+    c.set_auth("good-token")
+    wait_until(lambda: c.last_status == 404)  # the stream does not exist yet
+    assert (c.last_error or "").startswith("HTTP 404: unknown-key")
+    hub.publish(PEER_SID, objs(1))
+    wait_until(lambda: c.version == 0)
+    assert c.connected and c.reconnects >= 2
+
+
+def test_grant_expiry_closes_and_client_resumes(cleanup: list[Any]) -> None:
+    hub = StreamHub()
+    hub.publish(PEER_SID, objs(1))
+    server = serve(cleanup, hub, expiry={"short": 0.1})
+    rec = Recorder()
+    c = client(cleanup, server.url, rec, auth="short", policy="p-1", host="host-1")
+    wait_until(lambda: rec.closes == ["grant-expired"])
+    c.set_auth("long")
+    wait_until(lambda: c.reconnects >= 1 and c.connected)
+    closes = len(rec.closes)
+    eventlet.sleep(0.3)
+    assert len(rec.closes) == closes and c.running
+    assert c.snapshots_received == 1  # every reconnect resumed with since
+
+
+# --- sans-I/O HTTP pieces ---------------------------------------------------------------------
+
+
+def test_chunked_decoder_any_split_extensions_trailers() -> None:
+    wire = b"5;ext=1\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\nX-Trailer: y\r\n\r\n"
+    dec = ChunkedDecoder()
+    out = b"".join(dec.feed(wire[i : i + 1]) for i in range(len(wire)))
+    assert out == b"hello 0123456789" and dec.done
+    for bad in (b"zz\r\n", b"5\r\nhelloXX", b"1" * 5000):
+        with pytest.raises(TransportError):
+            ChunkedDecoder().feed(bad)
+
+
+def test_parse_head_and_body_framing() -> None:
+    head = parse_head(b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\nX-A: 1\r\nx-a: 2")
+    assert (head.status, head.reason, head.headers["x-a"]) == (404, "Not Found", "1, 2")
+    body = body_for(head)
+    assert body.feed(b"abcdef") == b"abc" and body.done
+    for bad in (b"HTTP/2 200", b"HTTP/1.1 200 OK\r\nno colon"):
+        with pytest.raises(TransportError):
+            parse_head(bad)
+    with pytest.raises(TransportError):
+        body_for(parse_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip"))
+
+
+def test_client_rejects_bad_config() -> None:
+    with pytest.raises(ValueError):
+        StreamClient("https://x", DEST, "red")
+    with pytest.raises(ValueError):
+        StreamClient("http://x", DEST, "red", auth="bad token")
+    with pytest.raises(ValueError):
+        StreamClient("http://x", DEST, "-bad")
+    with pytest.raises(ValueError, match="needs a host"):
+        StreamClient("http://x", DEST, "red", policy="p-1", auth="token")
+    StreamClient("http://x", DEST, "red", auth="shard-token")  # own-shard stream: a token alone
+
+
+def test_stop_from_on_change_ends_the_thread(cleanup: list[Any]) -> None:
+    hub = StreamHub()
+    hub.publish(SID, objs(1))
+    server = serve(cleanup, hub)
+    holder: list[StreamClient] = []
+    c = client(cleanup, server.url, on_change=lambda replica, msg: holder[0].stop())
+    holder.append(c)
+    assert c.wait(2.0)
+    assert c.version == 0 and not c.running and not c.connected and c.last_error is None
