@@ -13,9 +13,8 @@ import platform
 import statistics
 import time
 
-from meshpeer.lab import build, state, teardown
+from meshpeer.lab import build, teardown
 from meshpeer.lab.cli import load_topology
-from meshpeer.lab.plan import make_plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,10 +28,9 @@ def main() -> None:
     topo = load_topology(args.topology)
     ups, downs = [], []
     for _ in range(args.runs):
-        teardown.down(args.lab)
-        plan = make_plan(topo, args.lab, state.free_index(args.lab))
         try:
-            ups.append(build.up(plan, progress=lambda _line: None))
+            plan, elapsed = build.fresh(topo, args.lab, progress=lambda _line: None)
+            ups.append(elapsed)
         finally:
             t0 = time.monotonic()
             teardown.down(args.lab)

@@ -55,13 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     services = manager.instantiate_apps(**manager.create_contexts())
 
     def stop(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
+        # Raising from a signal handler does not reach a green thread parked in the hub, so
+        # close the apps here and leave at once. Committed intent is already on disk.
+        try:
+            manager.close()
+        finally:
+            os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         hub.joinall(services)
-    except (KeyboardInterrupt, SystemExit):
-        pass
     finally:
         manager.close()
     return 0

@@ -19,6 +19,7 @@ from meshpeer.controller.mux import GrantSettings, Publication, StreamId, desire
 from meshpeer.controller.peering import Status, View, federation_view, statuses
 from meshpeer.controller.routing import effective_routes
 from meshpeer.protocol import ServiceName
+from meshpeer.protocol.messages import CloseReason
 from meshpeer.store.sqlite import Change, Store
 from meshpeer.streaming.publisher import StreamHub
 
@@ -111,7 +112,9 @@ class ShardState:
             self.hub.publish(sid, objects)
         for old in self.hub.stream_ids():
             if StreamId(*old) not in pub.streams:
-                self.hub.close_stream(old, "gone")
+                # A peer stream ends when no ACTIVE peering uses its policy any more.
+                reason = CloseReason.PEERING_GONE if old.policy else "gone"
+                self.hub.close_stream(old, reason)
         self.publication = pub
         for listener in self.listeners:
             try:

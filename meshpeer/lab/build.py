@@ -12,9 +12,10 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from meshpeer.lab import ovs, state
-from meshpeer.lab.plan import HostPlan, LabPlan, VmPlan
+from meshpeer.lab import controllers, ovs, state, teardown
+from meshpeer.lab.plan import HostPlan, LabPlan, VmPlan, make_plan
 from meshpeer.lab.sh import ip_batch, run
+from meshpeer.lab.topology import Topology
 
 T = TypeVar("T")
 VM_MTU = 1400  # Geneve adds 50 bytes on a 1500-byte underlay; bigger packets vanish silently
@@ -31,7 +32,22 @@ def parallel(fn: Callable[[T], object], items: Iterable[T]) -> None:
             fut.result()
 
 
-def up(plan: LabPlan, progress: Progress = print) -> float:
+def fresh(
+    topo: Topology, lab: str, progress: Progress = print, keep_failed: bool = False
+) -> tuple[LabPlan, float]:
+    """Replace lab ``lab`` with a new one built from ``topo``; clean up if building fails."""
+    teardown.down(lab)
+    plan = make_plan(topo, lab, state.free_index(lab), controllers.new_secrets())
+    try:
+        return plan, up(plan, topo, progress)
+    except BaseException:
+        if not keep_failed:
+            progress(f"[lab {lab}] up failed: removing what was created")
+            teardown.down(lab)
+        raise
+
+
+def up(plan: LabPlan, topo: Topology, progress: Progress = print) -> float:
     """Build the lab; returns the elapsed seconds. The caller cleans up on failure."""
     start = time.monotonic()
     state.save(plan, "creating")
@@ -46,6 +62,9 @@ def up(plan: LabPlan, progress: Progress = print) -> float:
     stage("addresses", lambda: _addresses(plan))
     stage("ovs", lambda: _switches(plan))
     stage("underlay", lambda: _underlay(plan))
+    if plan.controllers:
+        stage("controllers", lambda: _controllers(plan, topo))
+        stage("intent", lambda: f"{controllers.apply_intent(plan, topo)} REST calls")
     state.save(plan, "up")
     return time.monotonic() - start
 
@@ -154,3 +173,11 @@ def _underlay(plan: LabPlan) -> str:
 
     parallel(one, plan.hosts)
     return f"{len(plan.hosts)} VTEPs on {plan.underlay_subnet}"
+
+
+def _controllers(plan: LabPlan, topo: Topology) -> str:
+    controllers.write_configs(plan, topo)
+    for c in plan.controllers:
+        controllers.start(plan, c)
+    parallel(lambda c: controllers.wait_healthy(plan, c), plan.controllers)
+    return f"{len(plan.controllers)} shards on {plan.mgmt_subnet}"

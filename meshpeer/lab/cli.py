@@ -10,9 +10,9 @@ from typing import Any
 
 import yaml
 
-from meshpeer.lab import build, ovs, state, teardown
+from meshpeer.lab import build, controllers, ovs, state, teardown
 from meshpeer.lab.matrix import matrix, render
-from meshpeer.lab.plan import LabPlan, make_plan
+from meshpeer.lab.plan import LabPlan
 from meshpeer.lab.sh import LabError
 from meshpeer.lab.topology import Topology, TopologyError, parse
 
@@ -32,16 +32,9 @@ def load_topology(path: str) -> Topology:
 
 def cmd_up(args: argparse.Namespace) -> int:
     topo = load_topology(args.topology)  # validate before touching anything
-    teardown.down(args.lab)
-    plan = make_plan(topo, args.lab, state.free_index(args.lab))
-    try:
-        elapsed = build.up(plan)
-    except BaseException:
-        if not args.keep_failed:
-            print(f"[lab {args.lab}] up failed: removing what was created", file=sys.stderr)
-            teardown.down(args.lab)
-        raise
-    print(f"[lab {args.lab}] up in {elapsed:.2f}s: {len(plan.hosts)} hosts, {len(plan.vms)} VMs")
+    plan, elapsed = build.fresh(topo, args.lab, keep_failed=args.keep_failed)
+    print(f"[lab {args.lab}] up in {elapsed:.2f}s: {len(plan.hosts)} hosts, {len(plan.vms)} VMs, "
+          f"{len(plan.controllers)} controllers")  # fmt: skip
     return 0
 
 
@@ -66,8 +59,9 @@ def status(plan: LabPlan) -> dict[str, Any]:
                 "name": c.name,
                 "netns": c.netns,
                 "mgmt_ip": c.mgmt_ip,
-                "rest_url": None,  # filled in once controllers run (issue 3)
-                "api_token": None,
+                "rest_url": controllers.url(c),
+                "api_token": plan.api_token,
+                "running": controllers.running(plan, c),
             }
             for c in plan.controllers
         ],
@@ -114,7 +108,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"lab {st['lab']} ({st['phase']}), management {st['mgmt']['subnet']}, "
           f"underlay {st['underlay']['subnet']}")  # fmt: skip
     for c in st["controllers"]:
-        print(f"  controller {c['name']:<8} netns {c['netns']:<12} mgmt {c['mgmt_ip']}")
+        ok = "running" if c["running"] else "DOWN"
+        print(f"  controller {c['name']:<8} netns {c['netns']:<12} REST {c['rest_url']:<26} {ok}")
     for h in st["hosts"]:
         ok = "running" if h["ovs_running"] else "DOWN"
         print(f"  host {h['name']:<8} netns {h['netns']:<12} mgmt {h['mgmt_ip']:<16} "

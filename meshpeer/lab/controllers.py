@@ -7,6 +7,7 @@ management network; the root namespace reaches its REST API through the manageme
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -15,12 +16,16 @@ from typing import Any
 import yaml
 
 from meshpeer.client import ApiFailure, Client
-from meshpeer.lab.plan import ControllerPlan, LabPlan
+from meshpeer.lab.plan import ControllerPlan, LabPlan, Secrets, vni_block
+from meshpeer.lab.procs import alive, read_pidfile
 from meshpeer.lab.sh import LabError, netns_cmd
 from meshpeer.lab.topology import Topology
 
-VNI_BLOCK = 10000  # each shard allocates VNIs from its own block: unique without coordination
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def new_secrets() -> Secrets:
+    return Secrets(secrets.token_hex(16), secrets.token_hex(32), secrets.token_hex(16))
 
 
 def url(c: ControllerPlan) -> str:
@@ -34,10 +39,9 @@ def rundir(plan: LabPlan, c: ControllerPlan) -> str:
 def directory_doc(plan: LabPlan, topo: Topology) -> dict[str, Any]:
     shards = {}
     for k, c in enumerate(plan.controllers):
-        lo = VNI_BLOCK * (k + 1)
         shards[c.name] = {
             "url": url(c),
-            "vni_range": [lo, lo + VNI_BLOCK - 1],
+            "vni_range": list(vni_block(k)),
             "vpcs": [v.name for v in topo.vpcs if v.controller == c.name],
         }
     return {
@@ -128,7 +132,10 @@ def apply_intent(plan: LabPlan, topo: Topology) -> int:
                 cl.put(f"/v1/hosts/{h.name}", {"underlay_ip": h.underlay_ip})
                 calls += 1
         for v in topo.vpcs:
-            body: dict[str, Any] = {"name": v.name, "subnets": [str(s) for s in v.subnets]}
+            body: dict[str, Any] = {
+                "name": v.name,
+                "subnets": [{"cidr": str(s)} for s in v.subnets],
+            }
             if v.vni is not None:
                 body["vni"] = v.vni
             client_for(plan, v.controller).post("/v1/vpcs", body)
@@ -156,3 +163,8 @@ def apply_intent(plan: LabPlan, topo: Topology) -> int:
     except ApiFailure as exc:
         raise LabError(f"applying the topology's intent failed: {exc}") from exc
     return calls
+
+
+def running(plan: LabPlan, c: ControllerPlan) -> bool:
+    pid = read_pidfile(f"{rundir(plan, c)}/controller.pid")
+    return pid is not None and alive(pid)

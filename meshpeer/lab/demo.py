@@ -9,10 +9,10 @@ import argparse
 import sys
 import time
 
-from meshpeer.lab import build, cli, ovs, state, teardown
+from meshpeer.lab import build, cli, ovs, teardown
 from meshpeer.lab.handflows import tunnel_flows
 from meshpeer.lab.matrix import matrix, ping, render
-from meshpeer.lab.plan import LabPlan, VmPlan, family, make_plan
+from meshpeer.lab.plan import LabPlan, VmPlan, family
 
 
 class Demo:
@@ -77,10 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     demo = Demo()
     stage(1, f"lab up {args.topology}")
     topo = cli.load_topology(args.topology)
-    teardown.down(args.lab)
-    plan = make_plan(topo, args.lab, state.free_index(args.lab))
+    plan, elapsed = build.fresh(topo, args.lab)
     try:
-        elapsed = build.up(plan)
         demo.check(f"lab up in {elapsed:.2f}s", True)
         run_demo(plan, demo)
     finally:

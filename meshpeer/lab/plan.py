@@ -23,6 +23,7 @@ FIRST_VM_OFPORT = 10
 OF_LISTEN_PORT = 6653
 REST_PORT = 8080
 FIRST_VNI = 1001
+VNI_BLOCK = 10000
 
 
 @dataclass(frozen=True)
@@ -123,15 +124,22 @@ def derived_mac(*parts: str) -> str:
     return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
 
 
+def vni_block(controller_index: int) -> tuple[int, int]:
+    """Shard k (0-based) allocates VNIs from its own block, so VNIs are unique across shards."""
+    lo = VNI_BLOCK * (controller_index + 1)
+    return lo, lo + VNI_BLOCK - 1
+
+
 def assign_vnis(topo: Topology) -> dict[str, int]:
-    """Explicit VNIs win; the rest count up from FIRST_VNI, skipping taken ones."""
+    """Explicit VNIs win; the rest count up from their shard's block (or FIRST_VNI)."""
     taken = {v.vni for v in topo.vpcs if v.vni is not None}
+    ctl_index = {c.name: k for k, c in enumerate(topo.controllers)}
     out: dict[str, int] = {}
-    nxt = FIRST_VNI
     for v in topo.vpcs:
         if v.vni is not None:
             out[v.name] = v.vni
             continue
+        nxt = vni_block(ctl_index[v.controller])[0] if v.controller in ctl_index else FIRST_VNI
         while nxt in taken:
             nxt += 1
         out[v.name] = nxt
@@ -224,9 +232,3 @@ def make_plan(topo: Topology, lab: str, index: int, secrets: Secrets | None = No
 
 def family(ip: str | Address) -> int:
     return ipaddress.ip_address(ip).version
-
-
-def new_secrets() -> Secrets:
-    import secrets
-
-    return Secrets(secrets.token_hex(16), secrets.token_hex(32), secrets.token_hex(16))

@@ -51,16 +51,19 @@ def test_vm_ports_gateways_and_vnis() -> None:
     assert (b1.host_port, b1.ofport, b1.gateway, b1.prefixlen) == ("v-b1", 10, "10.1.0.1", 24)
     r6 = next(v for v in p.vms if v.name == "r6")
     assert (r6.gateway, r6.prefixlen) == ("fd00:2::1", 64)
-    assert p.vnis == {"blue": 1001, "red": 1002}
-    assert b1.vni == 1001 and r6.vni == 1002
+    assert p.vnis == {"blue": 10000, "red": 20000}  # each from its controller's block
+    assert b1.vni == 10000 and r6.vni == 20000
     assert all(len(v.host_port) <= 15 for v in p.vms)
 
 
 def test_explicit_vni_is_kept_and_skipped_by_allocation() -> None:
     doc = yaml.safe_load(SAMPLE)
-    doc["vpcs"][1]["vni"] = 1001
+    doc["vpcs"][1]["vni"] = 10000
+    for v in doc["vpcs"]:
+        v.pop("controller")
+    doc.pop("controllers")
     p = make_plan(parse(doc), "mp", 1)
-    assert p.vnis == {"blue": 1002, "red": 1001}
+    assert p.vnis == {"blue": 1001, "red": 10000}
 
 
 def test_derived_mac_is_stable_unicast_and_local() -> None:

@@ -95,7 +95,9 @@ def test_rejects_bad_authorization(authorization: str) -> None:
 
 def test_policy_requires_host_and_a_token_alone_is_a_shard_credential() -> None:
     with pytest.raises(ProtocolError) as info:
-        parse_subscribe_request({"service": "destination", "key": "red", "policy": "p"}, f"Bearer {GRANT}")
+        parse_subscribe_request(
+            {"service": "destination", "key": "red", "policy": "p"}, f"Bearer {GRANT}"
+        )
     assert info.value.field == "host"
     own = parse_subscribe_request({"service": "endpoint", "key": "hv1"}, "Bearer shard-token")
     assert (own.grant, own.policy, own.host) == ("shard-token", None, None)
