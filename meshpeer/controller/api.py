@@ -20,7 +20,7 @@ from meshpeer.controller.model import Backend, JsonObject, Subnet
 from meshpeer.controller.peering import INACTIVE, VPC_OBJ, peer_ranges
 from meshpeer.controller.shard import Delete, ShardState
 from meshpeer.protocol import ServiceName
-from meshpeer.protocol.grants import GrantError, verify
+from meshpeer.protocol.grants import GrantError, Rejection, verify
 from meshpeer.protocol.messages import ProtocolError, parse_subscribe_request
 from meshpeer.rest.errors import ApiError, bad_request, not_found
 from meshpeer.rest.router import RequestCtx, Route
@@ -382,8 +382,9 @@ class ControllerApi:
             raise bad_request(exc.field, exc.detail) from exc
         token = req.grant or ""
         expires_at: float | None = None
+        tag: str | None = None
         if req.policy is not None:
-            expires_at = self._check_grant(token, req.key, req.policy, req.host)
+            expires_at, tag = self._check_grant(token, req.key, req.policy, req.host)
         elif req.service == ServiceName.FEDERATION:
             if not (
                 self._is(token, self.shard.directory.federation_token)
@@ -412,12 +413,14 @@ class ControllerApi:
         if expires_at is not None:
             wall_to_mono = self.shard.hub.clock() + (expires_at - self.shard.clock())
         writer = self.shard.hub.wsgi_stream(
-            sid, req.since, self.heartbeat_interval, expires_at=wall_to_mono
+            sid, req.since, self.heartbeat_interval, expires_at=wall_to_mono, tag=tag
         )
         resp: Response = ndjson_response(writer, ctx.request.environ)
         return resp
 
-    def _check_grant(self, token: str, vpc: str, policy: str, host: str | None) -> float:
+    def _check_grant(
+        self, token: str, vpc: str, policy: str, host: str | None
+    ) -> tuple[float, str]:
         """A peer host's grant: valid signature and scope, and the peering ACTIVE right now."""
         if host is None:
             raise bad_request("host", "a peer subscription names its host")
@@ -431,9 +434,11 @@ class ControllerApi:
                 host=host,
             )
         except GrantError as exc:
-            raise ApiError(
-                403, "forbidden", "Authorization", f"grant rejected: {exc.detail}"
-            ) from exc
+            # A bad or expired credential is 401; a good grant for something else is 403.
+            status = 403 if exc.reason == Rejection.WRONG_SCOPE else 401
+            code = "forbidden" if status == 403 else "unauthorized"
+            detail = f"grant rejected ({exc.reason}): {exc.detail}"
+            raise ApiError(status, code, "Authorization", detail) from exc
         for p in self.shard.intent.peerings_of(vpc):
             st = self.shard.peering_status(vpc, p.name)
             if (
@@ -442,7 +447,7 @@ class ControllerApi:
                 and st.active
                 and p.export.policy_id == policy
             ):
-                return grant.expires_at
+                return grant.expires_at, grant.subscriber_vpc
         raise ApiError(
             403,
             "forbidden",

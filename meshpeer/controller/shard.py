@@ -104,7 +104,18 @@ class ShardState:
 
     def refresh(self) -> None:
         views = self.views()
+        before = self.active_peers()
         self.states = statuses(self.intent, views, self.owner_map())
+        for vpc, peer_vpc, pid in before - self.active_peers():
+            sid = StreamId(ServiceName.DESTINATION, vpc, pid)  # each peer service of the set
+            for service in (
+                ServiceName.DESTINATION,
+                ServiceName.FORWARDING,
+                ServiceName.LOADBALANCER,
+            ):
+                self.hub.close_subscribers(
+                    sid._replace(service=service), peer_vpc, CloseReason.PEERING_GONE
+                )
         pub = desired_streams(self.intent, self.states, self.grants, self.clock())
         for vpc in self.intent.vpcs:
             pub.streams[StreamId(ServiceName.FEDERATION, vpc)] = views[vpc]  # type: ignore[assignment]
@@ -121,6 +132,14 @@ class ShardState:
                 listener()
             except Exception:  # a committed write must not be reported as failed
                 log.exception("shard %s: listener %r failed", self.name, listener)
+
+    def active_peers(self) -> set[tuple[str, str, str]]:
+        """(vpc, peer VPC, export policy id) of every ACTIVE peering."""
+        return {
+            (p.vpc, p.peer_vpc, p.export.policy_id)
+            for key, p in self.intent.peerings.items()
+            if (st := self.states.get(key)) is not None and st.active
+        }
 
     # --- reads for the REST API ----------------------------------------------------------
 

@@ -85,8 +85,9 @@ class StreamStats:
 class _Outbox:
     """One attached subscriber: its bounded queue and the wake-up of its writer."""
 
-    def __init__(self, maxlen: int) -> None:
+    def __init__(self, maxlen: int, tag: str | None = None) -> None:
         self.queue = SubscriberQueue(maxlen)
+        self.tag = tag  # who subscribed (e.g. the grant's VPC), for closing some subscribers
         self._waiter: Any = None  # eventlet.event.Event while the writer sleeps
 
     def wake(self) -> None:
@@ -307,6 +308,21 @@ class StreamHub:
             self.close_stream(sid, reason, forget=forget)
         return len(chosen)
 
+    def close_subscribers(self, stream_id: tuple[Any, ...], tag: str, reason: str) -> int:
+        """Close only the subscribers attached with ``tag``; the stream stays for the others.
+
+        A peer stream is shared by every peer whose peering uses the same export policy; when
+        one of those peerings ends, only that peer's subscribers must go.
+        """
+        stream = self._streams.get(StreamId(*stream_id))
+        if stream is None:
+            return 0
+        chosen = [o for o in stream.outboxes if o.tag == tag]
+        for outbox in chosen:
+            outbox.queue.push(Close(reason))
+            outbox.wake()
+        return len(chosen)
+
     # --- subscribing -----------------------------------------------------------------------
 
     def wsgi_stream(
@@ -318,6 +334,7 @@ class StreamHub:
         *,
         expires_at: float | None = None,
         expiry_reason: str = CloseReason.GRANT_EXPIRED.value,
+        tag: str | None = None,
     ) -> StreamWriter:
         """Attach a subscriber; return its ``app_iter`` (raises KeyError for an unknown stream).
 
@@ -333,7 +350,7 @@ class StreamHub:
             raise ValueError("heartbeat_interval must be > 0")
         clock = clock or self.clock
         stream = self._streams[StreamId(*stream_id)]
-        outbox = _Outbox(self.queue_maxlen)
+        outbox = _Outbox(self.queue_maxlen, tag)
         resume = stream.log.resume(since)
         for msg in resume:  # more than maxlen deltas turn into one snapshot
             outbox.queue.push(msg)
