@@ -1,0 +1,353 @@
+"""Real controller shards on loopback for API tests: directory, configs, processes, HTTP helpers.
+
+A :class:`Cluster` writes one shard directory and one config file per controller under a
+temporary directory, starts each controller as ``python -m meshpeer.manager
+ryu_apps.controller`` (no root, no namespaces: it only listens on 127.0.0.1), waits for
+``GET /healthz`` and stops every process by its pid. A controller can be restarted in place
+(same config, same store) with :meth:`Ctl.restart`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from meshpeer.client import Client
+
+ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+# Which VPC names each shard owns, and its VNI range. Tests pick names from these lists.
+DEFAULT_LAYOUT: dict[str, tuple[tuple[int, int], tuple[str, ...]]] = {
+    "ctl1": ((1000, 1999), ("blue", "green", "amber", "teal", "cyan", "lime")),
+    "ctl2": ((2000, 2999), ("red", "pink", "rose", "ruby", "plum")),
+}
+
+
+def free_port() -> int:
+    """A port the kernel just handed out for 127.0.0.1 (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def tail(path: Path, size: int = 4000) -> str:
+    if not path.exists():
+        return ""
+    data = path.read_bytes()[-size:]
+    return data.decode("utf-8", errors="replace")
+
+
+def wait_for(pred: Callable[[], T], timeout: float = 5.0, step: float = 0.02, what: str = "") -> T:
+    """Poll ``pred`` until it returns something truthy; return that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or pred}")
+        time.sleep(step)
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any
+    headers: dict[str, str]
+
+    def error(self) -> tuple[str | None, str | None, str]:
+        """(error, field, detail) of an error body."""
+        assert isinstance(self.body, dict), self.body
+        assert set(self.body) == {"error", "field", "detail"}, self.body
+        return self.body["error"], self.body["field"], self.body["detail"]
+
+
+@dataclass
+class Ctl:
+    """One controller process: its config, store, log, and (while running) its Popen."""
+
+    name: str
+    port: int
+    workdir: Path
+    token: str
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def conf(self) -> Path:
+        return self.workdir / f"{self.name}.conf"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    @property
+    def out(self) -> Path:
+        return self.workdir / f"{self.name}.out"
+
+    @property
+    def store(self) -> Path:
+        return self.workdir / f"{self.name}.db"
+
+    def write_conf(self, directory_file: Path, heartbeat: float) -> None:
+        self.conf.write_text(
+            "\n".join(
+                [
+                    "[controller]",
+                    f"shard = {self.name}",
+                    "listen_host = 127.0.0.1",
+                    f"listen_port = {self.port}",
+                    f"store_path = {self.store}",
+                    f"api_token = {self.token}",
+                    f"directory_file = {directory_file}",
+                    f"heartbeat_interval = {heartbeat}",
+                    "",
+                ]
+            ),
+            encoding="utf-8",
+        )
+
+    # --- process ------------------------------------------------------------------------
+
+    def spawn(self) -> None:
+        assert self.proc is None, f"{self.name} is already running"
+        cmd = [
+            sys.executable, "-m", "meshpeer.manager", "ryu_apps.controller",
+            "--config-file", str(self.conf), "--log-file", str(self.log),
+        ]  # fmt: skip
+        with self.out.open("ab") as out:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=out)
+        self.starts += 1
+
+    def wait_healthy(self, timeout: float = 20.0) -> None:
+        probe = Client(self.url, None, timeout=1.0)
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"controller {self.name} exited with {self.proc.returncode}\n{self.tails()}"
+                )
+            try:
+                status, _ = probe.request("GET", "/healthz")
+                if status == 200:
+                    return
+                last = status
+            except OSError as exc:
+                last = exc
+            time.sleep(0.03)
+        raise AssertionError(f"{self.name} not healthy after {timeout}s ({last})\n{self.tails()}")
+
+    def start(self) -> None:
+        self.spawn()
+        self.wait_healthy()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM by pid, then SIGKILL if it lingers. Idempotent."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def tails(self) -> str:
+        return (
+            f"--- {self.log} (tail) ---\n{tail(self.log)}\n"
+            f"--- {self.out} (tail) ---\n{tail(self.out)}"
+        )
+
+    # --- HTTP ---------------------------------------------------------------------------
+
+    def raw(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        token: str | None = "",
+    ) -> Reply:
+        """One request with full control; ``token=""`` means this API's token, None none."""
+        hdrs = dict(headers or {})
+        tok = self.token if token == "" else token
+        if tok is not None and "Authorization" not in hdrs:
+            hdrs["Authorization"] = f"Bearer {tok}"
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request(method, path, body=body, headers=hdrs)
+            resp = conn.getresponse()
+            data = resp.read()
+            got = {k.lower(): v for k, v in resp.getheaders()}
+        finally:
+            conn.close()
+        parsed: Any = None
+        if data:
+            try:
+                parsed = json.loads(data)
+            except ValueError:
+                parsed = data
+        return Reply(resp.status, parsed, got)
+
+    def req(self, method: str, path: str, body: Any = None, token: str | None = "") -> Reply:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        return self.raw(method, path, data, headers, token)
+
+    def ok(self, method: str, path: str, body: Any = None, status: int | None = None) -> Any:
+        """A request that must succeed (2xx, or exactly ``status``); returns the JSON body."""
+        r = self.req(method, path, body)
+        if status is not None:
+            assert r.status == status, f"{method} {path} -> {r.status} {r.body}"
+        else:
+            assert 200 <= r.status < 300, f"{method} {path} -> {r.status} {r.body}"
+        return r.body
+
+    def get(self, path: str) -> Any:
+        return self.ok("GET", path)
+
+    def post(self, path: str, body: Any) -> Any:
+        return self.ok("POST", path, body, 201)
+
+    def put(self, path: str, body: Any) -> Any:
+        return self.ok("PUT", path, body, 200)
+
+    def delete(self, path: str) -> Any:
+        return self.ok("DELETE", path, None, 200)
+
+    def version(self) -> int:
+        v: int = self.get("/healthz")["version"]
+        return v
+
+    # --- intent shortcuts ---------------------------------------------------------------
+
+    def vpc(self, name: str, *cidrs: str, vni: int | None = None) -> Any:
+        body: dict[str, Any] = {"name": name, "subnets": [{"cidr": c} for c in cidrs]}
+        if vni is not None:
+            body["vni"] = vni
+        return self.post("/v1/vpcs", body)
+
+    def vm(self, vpc: str, name: str, ip: str, host: str = "hv1") -> Any:
+        return self.post(f"/v1/vpcs/{vpc}/endpoints", {"name": name, "ip": ip, "host": host})
+
+    def peer(self, vpc: str, peer_vpc: str, name: str | None = None, **extra: Any) -> Any:
+        body = {"name": name or f"to-{peer_vpc}", "peer_vpc": peer_vpc, **extra}
+        return self.post(f"/v1/vpcs/{vpc}/peerings", body)
+
+    def peering(self, vpc: str, name: str) -> Any:
+        return self.get(f"/v1/vpcs/{vpc}/peerings/{name}")
+
+    def wait_state(self, vpc: str, name: str, state: str, timeout: float = 5.0) -> Any:
+        def check() -> Any:
+            p = self.peering(vpc, name)
+            return p if p["state"] == state else None
+
+        return wait_for(check, timeout, what=f"{self.name} {vpc}/{name} {state}")
+
+
+@dataclass
+class Cluster:
+    """Controllers sharing one directory; stopped (by pid) by :meth:`stop_all`."""
+
+    workdir: Path
+    token: str
+    federation_token: str
+    grant_key: str
+    layout: Mapping[str, tuple[tuple[int, int], Sequence[str]]]
+    heartbeat: float = 0.5
+    ctls: dict[str, Ctl] = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls,
+        workdir: Path,
+        layout: Mapping[str, tuple[tuple[int, int], Sequence[str]]] | None = None,
+        heartbeat: float = 0.5,
+    ) -> Cluster:
+        workdir.mkdir(parents=True, exist_ok=True)
+        c = cls(
+            workdir,
+            token="api-" + secrets.token_hex(16),
+            federation_token="fed-" + secrets.token_hex(16),
+            grant_key=secrets.token_hex(32),
+            layout=dict(layout or DEFAULT_LAYOUT),
+            heartbeat=heartbeat,
+        )
+        for name in c.layout:
+            c.ctls[name] = Ctl(name, free_port(), workdir, c.token)
+        c.write()
+        return c
+
+    @property
+    def directory_file(self) -> Path:
+        return self.workdir / "directory.yaml"
+
+    def directory_doc(self) -> dict[str, Any]:
+        return {
+            "shards": {
+                name: {
+                    "url": self.ctls[name].url,
+                    "vni_range": list(vni_range),
+                    "vpcs": list(vpcs),
+                }
+                for name, (vni_range, vpcs) in self.layout.items()
+            },
+            "grant_keys": {"k1": self.grant_key},
+            "federation_token": self.federation_token,
+        }
+
+    def write(self) -> None:
+        self.directory_file.write_text(yaml.safe_dump(self.directory_doc()), encoding="utf-8")
+        for ctl in self.ctls.values():
+            ctl.write_conf(self.directory_file, self.heartbeat)
+
+    def __getitem__(self, name: str) -> Ctl:
+        return self.ctls[name]
+
+    def __iter__(self) -> Iterator[Ctl]:
+        return iter(self.ctls.values())
+
+    def start_all(self) -> None:
+        for ctl in self:  # spawn all first: their imports overlap
+            ctl.spawn()
+        for ctl in self:
+            ctl.wait_healthy()
+
+    def stop_all(self) -> None:
+        errors: list[BaseException] = []
+        for ctl in self:
+            try:
+                ctl.stop()
+            except BaseException as exc:  # stop the others all the same
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def tails(self) -> str:
+        return "\n".join(ctl.tails() for ctl in self)
+
