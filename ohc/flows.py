@@ -1,0 +1,244 @@
+"""Typed OpenFlow flows and groups: what the compiler produces and the syncer diffs.
+
+Small frozen dataclasses, hashable and comparable, so desired and installed state are plain
+sets. Never built from strings; ``to_osken`` turns them into os-ken parser objects at the
+edge, ``text`` renders them for humans in failure messages and docs.
+
+Match values use os-ken's native forms: ints for ports, registers, tunnel ids and eth types;
+strings for MAC and IP addresses; a (value, mask) pair for a masked match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+MatchValue = int | str | tuple[int, int] | tuple[str, str]
+
+
+@dataclass(frozen=True, order=True)
+class Match:
+    """An OXM match as a sorted tuple of (field, value) pairs (os-ken field names)."""
+
+    fields: tuple[tuple[str, MatchValue], ...] = ()
+
+    @staticmethod
+    def of(**kw: MatchValue) -> Match:
+        return Match(tuple(sorted(kw.items())))
+
+    def get(self, name: str) -> MatchValue | None:
+        return dict(self.fields).get(name)
+
+    def names(self) -> set[str]:
+        return {k for k, _ in self.fields}
+
+    def as_dict(self) -> dict[str, MatchValue]:
+        return dict(self.fields)
+
+
+# --- actions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class Output:
+    port: int
+
+
+@dataclass(frozen=True, order=True)
+class SetField:
+    name: str
+    value: int | str
+
+
+@dataclass(frozen=True, order=True)
+class ToGroup:
+    group_id: int
+
+
+@dataclass(frozen=True, order=True)
+class DecTtl:
+    pass
+
+
+Action = Output | SetField | ToGroup | DecTtl
+
+
+# --- instructions --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class Apply:
+    actions: tuple[Action, ...]
+
+
+@dataclass(frozen=True, order=True)
+class Goto:
+    table: int
+
+
+@dataclass(frozen=True, order=True)
+class WriteMetadata:
+    value: int
+    mask: int = (1 << 64) - 1
+
+
+Instruction = Apply | Goto | WriteMetadata
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One flow entry. Identity (what OpenFlow replaces on ADD) is (table, priority, match)."""
+
+    table: int
+    priority: int
+    match: Match
+    instructions: tuple[Instruction, ...]
+    cookie: int = 0
+
+    @property
+    def key(self) -> tuple[int, int, Match]:
+        return self.table, self.priority, self.match
+
+    def text(self) -> str:
+        m = ",".join(f"{k}={_value_text(v)}" for k, v in self.match.fields)
+        ins = ",".join(_instruction_text(i) for i in self.instructions) or "drop"
+        return f"cookie={self.cookie:#x},table={self.table},priority={self.priority},{m} {ins}".replace(
+            ",,", ","
+        )
+
+
+GroupType = Literal["all", "select", "indirect"]
+
+
+@dataclass(frozen=True, order=True)
+class Bucket:
+    actions: tuple[Action, ...]
+    weight: int = 0  # only select groups use weights
+
+
+@dataclass(frozen=True)
+class Group:
+    group_id: int
+    type: GroupType
+    buckets: tuple[Bucket, ...] = field(default_factory=tuple)
+
+    def text(self) -> str:
+        bs = ";".join(
+            f"w={b.weight}:" + ",".join(_action_text(a) for a in b.actions) for b in self.buckets
+        )
+        return f"group_id={self.group_id},type={self.type},buckets={bs}"
+
+
+# --- rendering for humans -------------------------------------------------------------------
+
+
+def _value_text(v: MatchValue) -> str:
+    if isinstance(v, tuple):
+        return f"{v[0]}/{v[1]}"
+    return hex(v) if isinstance(v, int) and v > 9 else str(v)
+
+
+def _action_text(a: Action) -> str:
+    if isinstance(a, Output):
+        return f"output:{a.port}"
+    if isinstance(a, SetField):
+        return f"set_field:{a.value}->{a.name}"
+    if isinstance(a, ToGroup):
+        return f"group:{a.group_id}"
+    return "dec_ttl"
+
+
+def _instruction_text(i: Instruction) -> str:
+    if isinstance(i, Apply):
+        return "actions=" + (",".join(_action_text(a) for a in i.actions) or "drop")
+    if isinstance(i, Goto):
+        return f"goto_table:{i.table}"
+    return f"write_metadata:{i.value:#x}/{i.mask:#x}"
+
+
+# --- os-ken conversion (the edge) ----------------------------------------------------------
+
+
+def match_to_osken(parser: Any, match: Match) -> Any:
+    return parser.OFPMatch(**match.as_dict())
+
+
+def actions_to_osken(parser: Any, actions: tuple[Action, ...]) -> list[Any]:
+    out: list[Any] = []
+    for a in actions:
+        if isinstance(a, Output):
+            out.append(parser.OFPActionOutput(a.port))
+        elif isinstance(a, SetField):
+            out.append(parser.OFPActionSetField(**{a.name: a.value}))
+        elif isinstance(a, ToGroup):
+            out.append(parser.OFPActionGroup(a.group_id))
+        else:
+            out.append(parser.OFPActionDecNwTtl())
+    return out
+
+
+def instructions_to_osken(
+    ofp: Any, parser: Any, instructions: tuple[Instruction, ...]
+) -> list[Any]:
+    out: list[Any] = []
+    for i in instructions:
+        if isinstance(i, Apply):
+            out.append(
+                parser.OFPInstructionActions(
+                    ofp.OFPIT_APPLY_ACTIONS, actions_to_osken(parser, i.actions)
+                )
+            )
+        elif isinstance(i, Goto):
+            out.append(parser.OFPInstructionGotoTable(i.table))
+        else:
+            out.append(parser.OFPInstructionWriteMetadata(i.value, i.mask))
+    return out
+
+
+GROUP_TYPES: Mapping[str, str] = {
+    "all": "OFPGT_ALL",
+    "select": "OFPGT_SELECT",
+    "indirect": "OFPGT_INDIRECT",
+}
+
+
+def flow_mod(datapath: Any, flow: Flow, command: str = "add") -> Any:
+    """An OFPFlowMod adding, modifying (strict) or deleting (strict) exactly this flow."""
+    ofp, parser = datapath.ofproto, datapath.ofproto_parser
+    cmd = {
+        "add": ofp.OFPFC_ADD,
+        "modify": ofp.OFPFC_MODIFY_STRICT,
+        "delete": ofp.OFPFC_DELETE_STRICT,
+    }[command]
+    return parser.OFPFlowMod(
+        datapath,
+        cookie=flow.cookie,
+        table_id=flow.table,
+        command=cmd,
+        priority=flow.priority,
+        match=match_to_osken(parser, flow.match),
+        instructions=[]
+        if command == "delete"
+        else instructions_to_osken(ofp, parser, flow.instructions),
+        out_port=ofp.OFPP_ANY,
+        out_group=ofp.OFPG_ANY,
+    )
+
+
+def group_mod(datapath: Any, group: Group, command: str = "add") -> Any:
+    ofp, parser = datapath.ofproto, datapath.ofproto_parser
+    cmd = {"add": ofp.OFPGC_ADD, "modify": ofp.OFPGC_MODIFY, "delete": ofp.OFPGC_DELETE}[command]
+    buckets = [
+        parser.OFPBucket(
+            weight=b.weight,
+            watch_port=ofp.OFPP_ANY,
+            watch_group=ofp.OFPG_ANY,
+            actions=actions_to_osken(parser, b.actions),
+        )
+        for b in group.buckets
+    ]
+    gtype = getattr(ofp, GROUP_TYPES[group.type])
+    return parser.OFPGroupMod(
+        datapath, cmd, gtype, group.group_id, [] if command == "delete" else buckets
+    )
