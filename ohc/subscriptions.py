@@ -1,0 +1,77 @@
+"""Which streams an OHC follows: a pure function of what it has already received.
+
+The OHC always follows its shards' endpoint meta-service for its host. For every VPC with an
+endpoint on this host it follows that VPC's own services and its peering service; for every
+ACTIVE peer listed there it follows the peer VPC's destination, forwarding and load-balancer
+services directly at the peer's shard, under the peer's export policy, with the grant its own
+shard minted. Nothing else: a VPC peered only with other VPCs, or a peer of a VPC with no
+endpoint here, is never asked for (the patent's limited connectivity information).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from meshpeer.protocol import ServiceName
+
+PEER_SERVICES = (ServiceName.DESTINATION, ServiceName.FORWARDING, ServiceName.LOADBALANCER)
+
+
+@dataclass(frozen=True, order=True)
+class Sub:
+    """One stream to follow. ``auth`` is not part of its identity: a re-minted grant is the
+    same subscription with a fresh credential."""
+
+    url: str
+    service: ServiceName
+    key: str
+    policy: str | None = None
+    host: str | None = None
+
+    @property
+    def is_peer(self) -> bool:
+        return self.policy is not None
+
+
+Objects = Mapping[str, Mapping[str, Any]]
+
+
+def local_vpcs(endpoint_streams: Iterable[Objects]) -> set[str]:
+    """VPCs with at least one endpoint on this host, from every shard's endpoint stream."""
+    return {str(o["vpc"]) for objs in endpoint_streams for o in objs.values() if "vpc" in o}
+
+
+def wanted(
+    host: str,
+    shard_urls: Iterable[str],
+    vpc_url: Mapping[str, str],
+    endpoint_streams: Iterable[Objects],
+    peering_streams: Mapping[str, Objects],
+    api_token: str,
+) -> dict[Sub, str]:
+    """Every stream to follow, with the credential to present.
+
+    ``vpc_url`` maps a VPC to its owning shard's URL (the shard directory);
+    ``peering_streams`` maps a local VPC to the objects of its peering stream so far.
+    """
+    out: dict[Sub, str] = {}
+    for url in sorted(set(shard_urls)):
+        out[Sub(url, ServiceName.ENDPOINT, host)] = api_token
+    for vpc in sorted(local_vpcs(endpoint_streams)):
+        own = vpc_url.get(vpc)
+        if own is None:
+            continue
+        out[Sub(own, ServiceName.PEERING, vpc, None, host)] = api_token
+        for service in PEER_SERVICES:
+            out[Sub(own, service, vpc)] = api_token
+        for peer in (peering_streams.get(vpc) or {}).values():
+            try:
+                peer_url, peer_vpc = str(peer["controller"]), str(peer["peer_vpc"])
+                policy, grant = str(peer["policy_id"]), str(peer["grant"])
+            except KeyError:
+                continue  # malformed entry from the wire: ignore it, keep the rest
+            for service in PEER_SERVICES:
+                out[Sub(peer_url, service, peer_vpc, policy, host)] = grant
+    return out

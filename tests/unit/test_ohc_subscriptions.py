@@ -1,0 +1,49 @@
+"""An OHC follows only what its local endpoints need (limited connectivity information)."""
+
+from __future__ import annotations
+
+from meshpeer.protocol import ServiceName
+from ohc.subscriptions import Sub, wanted
+
+CTL1, CTL2 = "http://ctl1:8080", "http://ctl2:8080"
+URLS = {"blue": CTL1, "green": CTL1, "red": CTL2}
+
+
+def ep(vpc: str, name: str) -> dict[str, object]:
+    return {"vpc": vpc, "name": name}
+
+
+def peer(vpc: str, url: str, policy: str, grant: str) -> dict[str, object]:
+    return {"peer_vpc": vpc, "controller": url, "policy_id": policy, "grant": grant}
+
+
+def test_only_local_vpcs_and_their_active_peers() -> None:
+    endpoints = [{"blue.b1": ep("blue", "b1")}, {}]
+    peerings = {
+        "blue": {"red": peer("red", CTL2, "p-1", "g-blue-red")},
+        "green": {"red": peer("red", CTL2, "p-9", "g-green-red")},  # no green endpoint here
+    }
+    subs = wanted("hv1", [CTL1, CTL2], URLS, endpoints, peerings, "tok")
+    assert subs[Sub(CTL2, ServiceName.DESTINATION, "red", "p-1", "hv1")] == "g-blue-red"
+    assert {s.key for s in subs if s.is_peer} == {"red"}
+    assert all(s.policy != "p-9" for s in subs)  # green's peer is never asked for
+    assert {(s.service, s.key) for s in subs if not s.is_peer} == {
+        (ServiceName.ENDPOINT, "hv1"),
+        (ServiceName.PEERING, "blue"),
+        (ServiceName.DESTINATION, "blue"),
+        (ServiceName.FORWARDING, "blue"),
+        (ServiceName.LOADBALANCER, "blue"),
+    }
+    assert sum(1 for s in subs if s.service == ServiceName.ENDPOINT) == 2  # one per shard
+
+
+def test_last_endpoint_gone_drops_the_vpc_and_its_peers() -> None:
+    peerings = {"blue": {"red": peer("red", CTL2, "p-1", "g")}}
+    subs = wanted("hv1", [CTL1, CTL2], URLS, [{}], peerings, "tok")
+    assert {s.service for s in subs} == {ServiceName.ENDPOINT}
+
+
+def test_malformed_peer_entry_is_ignored() -> None:
+    peerings = {"blue": {"red": {"peer_vpc": "red"}, "pink": peer("pink", CTL2, "p-2", "g")}}
+    subs = wanted("hv1", [CTL1], URLS, [{"x": ep("blue", "b1")}], peerings, "tok")
+    assert {s.key for s in subs if s.is_peer} == {"pink"}
