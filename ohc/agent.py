@@ -1,0 +1,139 @@
+"""The OHC's subscribers (FIG. 4): follow exactly the streams ``subscriptions.wanted`` names.
+
+Each stream is a resumable StreamClient; its latest objects are kept here. Whenever one
+changes, the wanted set is recomputed (new peers appear in a peering stream, the last local
+endpoint of a VPC goes away, a grant is re-minted) and clients are started, stopped or given
+a fresh credential. ``on_update`` then tells the app to recompile its flows. A stream whose
+shard is unreachable keeps its last objects: fail static.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from meshpeer.protocol import ServiceName
+from meshpeer.protocol.stream import ReplicaState
+from ohc.subscriptions import Sub, wanted
+
+log = logging.getLogger(__name__)
+
+
+class Client(Protocol):
+    bytes_received: int
+    objects_received: int
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def set_auth(self, auth: str | None) -> None: ...
+
+
+ClientFactory = Callable[[Sub, str, Callable[[ReplicaState, Any], None]], Client]
+
+
+class Agent:
+    def __init__(
+        self,
+        host: str,
+        shard_urls: list[str],
+        vpc_url: Callable[[str], str | None],
+        api_token: str,
+        make_client: ClientFactory,
+        on_update: Callable[[], None],
+    ) -> None:
+        self.host = host
+        self.shard_urls = shard_urls
+        self.vpc_url = vpc_url
+        self.api_token = api_token
+        self.make_client = make_client
+        self.on_update = on_update
+        self.clients: dict[Sub, Client] = {}
+        self.auth: dict[Sub, str] = {}
+        self.objects: dict[Sub, dict[str, Any]] = {}
+        self.closed_bytes = 0  # bytes received by clients since stopped (for the totals)
+        self.closed_objects = 0
+
+    def start(self) -> None:
+        self.resync()
+
+    def stop(self) -> None:
+        for sub in list(self.clients):
+            self._drop(sub)
+
+    def streams(self, service: ServiceName) -> dict[Sub, dict[str, Any]]:
+        return {s: o for s, o in self.objects.items() if s.service == service}
+
+    def resync(self) -> None:
+        """Start, stop or re-credential clients so that exactly the wanted streams run."""
+        peering = {s.key: o for s, o in self.streams(ServiceName.PEERING).items()}
+        urls: dict[str, str] = {}
+        for objs in self.streams(ServiceName.ENDPOINT).values():
+            for o in objs.values():
+                url = self.vpc_url(str(o.get("vpc")))
+                if url is not None:
+                    urls[str(o["vpc"])] = url
+        want = wanted(
+            self.host,
+            self.shard_urls,
+            urls,
+            self.streams(ServiceName.ENDPOINT).values(),
+            peering,
+            self.api_token,
+        )
+        for sub in sorted(set(self.clients) - set(want)):
+            self._drop(sub)
+        for sub, auth in sorted(want.items()):
+            if sub not in self.clients:
+                self.auth[sub] = auth
+                self.clients[sub] = client = self.make_client(sub, auth, self._changed(sub))
+                client.start()
+                log.info("ohc %s: following %s", self.host, _describe(sub))
+            elif self.auth.get(sub) != auth:
+                self.auth[sub] = auth
+                self.clients[sub].set_auth(auth)
+
+    def _drop(self, sub: Sub) -> None:
+        client = self.clients.pop(sub)
+        client.stop()
+        self.closed_bytes += client.bytes_received
+        self.closed_objects += client.objects_received
+        self.auth.pop(sub, None)
+        self.objects.pop(sub, None)
+        log.info("ohc %s: stopped following %s", self.host, _describe(sub))
+
+    def _changed(self, sub: Sub) -> Callable[[ReplicaState, Any], None]:
+        def apply(replica: ReplicaState, _msg: Any) -> None:
+            if sub not in self.clients:
+                return  # a late message from a stream just dropped
+            self.objects[sub] = dict(replica.objects)
+            if sub.service in (ServiceName.ENDPOINT, ServiceName.PEERING):
+                self.resync()
+            self.on_update()
+
+        return apply
+
+    def received(self) -> dict[str, Any]:
+        """What this host was sent: bytes and objects, in total and per stream."""
+        per = {
+            _describe(s): {"bytes": c.bytes_received, "objects": c.objects_received}
+            for s, c in sorted(self.clients.items())
+        }
+        return {
+            "bytes": self.closed_bytes + sum(c.bytes_received for c in self.clients.values()),
+            "objects": self.closed_objects + sum(c.objects_received for c in self.clients.values()),
+            "streams": per,
+        }
+
+    def vpcs_known(self) -> Mapping[str, set[str]]:
+        """For tests and status: VPC -> services this host holds objects of."""
+        out: dict[str, set[str]] = {}
+        for s in self.objects:
+            if s.service != ServiceName.ENDPOINT:
+                out.setdefault(s.key, set()).add(str(s.service))
+        return out
+
+
+def _describe(sub: Sub) -> str:
+    pol = f"@{sub.policy}" if sub.policy else ""
+    return f"{sub.service}/{sub.key}{pol} at {sub.url}"
