@@ -81,9 +81,9 @@ class Agent:
             peering,
             self.api_token,
         )
-        for sub in sorted(set(self.clients) - set(want)):
+        for sub in sorted(set(self.clients) - set(want), key=Sub.sort_key):
             self._drop(sub)
-        for sub, auth in sorted(want.items()):
+        for sub, auth in sorted(want.items(), key=lambda kv: kv[0].sort_key()):
             if sub not in self.clients:
                 self.auth[sub] = auth
                 self.clients[sub] = client = self.make_client(sub, auth, self._changed(sub))
@@ -117,7 +117,7 @@ class Agent:
         """What this host was sent: bytes and objects, in total and per stream."""
         per = {
             _describe(s): {"bytes": c.bytes_received, "objects": c.objects_received}
-            for s, c in sorted(self.clients.items())
+            for s, c in sorted(self.clients.items(), key=lambda kv: kv[0].sort_key())
         }
         return {
             "bytes": self.closed_bytes + sum(c.bytes_received for c in self.clients.values()),

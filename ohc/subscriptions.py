@@ -19,7 +19,7 @@ from meshpeer.protocol import ServiceName
 PEER_SERVICES = (ServiceName.DESTINATION, ServiceName.FORWARDING, ServiceName.LOADBALANCER)
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Sub:
     """One stream to follow. ``auth`` is not part of its identity: a re-minted grant is the
     same subscription with a fresh credential."""
@@ -33,6 +33,9 @@ class Sub:
     @property
     def is_peer(self) -> bool:
         return self.policy is not None
+
+    def sort_key(self) -> tuple[str, str, str, str, str]:
+        return (self.url, self.service, self.key, self.policy or "", self.host or "")
 
 
 Objects = Mapping[str, Mapping[str, Any]]

@@ -82,7 +82,7 @@ def desired_streams(
         for service in PEER_SERVICES:
             streams[StreamId(service, vpc, pid)] = service_objects(intent, service, vpc, policy)
     placed = sorted({(e.vpc, e.host) for e in intent.endpoints.values() if e.host})
-    for host in sorted({h for _, h in placed}):
+    for host in sorted({h for _, h in placed} | set(intent.hosts)):
         streams[StreamId(ServiceName.ENDPOINT, host)] = endpoint_objects(intent, host)
     for vpc, host in placed:
         sid = StreamId(ServiceName.PEERING, vpc, None, host)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from meshpeer.lab import controllers, ovs, state, teardown
+from meshpeer.lab import controllers, ohcs, ovs, state, teardown
 from meshpeer.lab.plan import HostPlan, LabPlan, VmPlan, make_plan
 from meshpeer.lab.sh import ip_batch, run
 from meshpeer.lab.topology import Topology
@@ -64,6 +64,7 @@ def up(plan: LabPlan, topo: Topology, progress: Progress = print) -> float:
     stage("underlay", lambda: _underlay(plan))
     if plan.controllers:
         stage("controllers", lambda: _controllers(plan, topo))
+        stage("ohcs", lambda: _ohcs(plan))
         stage("intent", lambda: f"{controllers.apply_intent(plan, topo)} REST calls")
     state.save(plan, "up")
     return time.monotonic() - start
@@ -181,3 +182,9 @@ def _controllers(plan: LabPlan, topo: Topology) -> str:
         controllers.start(plan, c)
     parallel(lambda c: controllers.wait_healthy(plan, c), plan.controllers)
     return f"{len(plan.controllers)} shards on {plan.mgmt_subnet}"
+
+
+def _ohcs(plan: LabPlan) -> str:
+    for h in plan.hosts:
+        ohcs.start(plan, h)
+    return f"{len(plan.hosts)} on-host controllers"

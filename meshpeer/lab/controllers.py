@@ -122,15 +122,13 @@ def client_for(plan: LabPlan, name: str) -> Client:
 
 
 def apply_intent(plan: LabPlan, topo: Topology) -> int:
-    """Create the topology's VPCs, hosts, endpoints and peerings through the REST API."""
+    """Create the topology's VPCs, endpoints and peerings through the REST API.
+
+    Hosts are not created here: each host's OHC registers itself with every shard.
+    """
     calls = 0
     owner = {v.name: v.controller for v in topo.vpcs}
     try:
-        for c in plan.controllers:
-            cl = client_for(plan, c.name)
-            for h in plan.hosts:
-                cl.put(f"/v1/hosts/{h.name}", {"underlay_ip": h.underlay_ip})
-                calls += 1
         for v in topo.vpcs:
             body: dict[str, Any] = {
                 "name": v.name,

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +32,24 @@ T = TypeVar("T")
 
 # Which VPC names each shard owns, and its VNI range. Tests pick names from these lists.
 DEFAULT_LAYOUT: dict[str, tuple[tuple[int, int], tuple[str, ...]]] = {
-    "ctl1": ((1000, 1999), ("blue", "green", "amber", "teal", "cyan", "lime")),
-    "ctl2": ((2000, 2999), ("red", "pink", "rose", "ruby", "plum")),
+    "ctl1": (
+        (1000, 1999),
+        (
+            "blue",
+            "green",
+            "amber",
+            "teal",
+            "cyan",
+            "lime",
+            "navy",
+            "gold",
+            "sand",
+            "mint",
+            "jade",
+            "onyx",
+        ),
+    ),
+    "ctl2": ((2000, 2999), ("red", "pink", "rose", "ruby", "plum", "wine", "coral", "sage")),
 }
 
 
@@ -161,27 +178,40 @@ class Ctl:
         self.spawn()
         self.wait_healthy()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM by pid, then SIGKILL if it lingers. Idempotent."""
+    def stop(self, grace: float = 1.0) -> None:
+        """SIGTERM by pid, SIGKILL if it is still there after ``grace`` seconds. Idempotent.
+
+        The grace is short: SIGTERM does not always end a controller yet (see
+        test_sigterm_stops_a_busy_controller_promptly), and the store is durable per commit.
+        """
+        self.signal_stop()
+        self.reap(time.monotonic() + grace)
+
+    def signal_stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def reap(self, deadline: float) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout)
+            proc.wait(max(deadline - time.monotonic(), 0.01))
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait(timeout)
+            proc.wait(10)
 
     def restart(self) -> None:
         self.stop()
         self.start()
 
     def tails(self) -> str:
-        return (
-            f"--- {self.log} (tail) ---\n{tail(self.log)}\n"
-            f"--- {self.out} (tail) ---\n{tail(self.out)}"
-        )
+        """The log's tail, and stdout/stderr's when it says more (e.g. a startup traceback)."""
+        log, out = tail(self.log), tail(self.out)
+        text = f"--- {self.log} (tail) ---\n{log}"
+        if out.strip() and out.strip() not in log:
+            text += f"\n--- {self.out} (tail) ---\n{out}"
+        return text
 
     # --- HTTP ---------------------------------------------------------------------------
 
@@ -288,11 +318,12 @@ class Cluster:
         workdir: Path,
         layout: Mapping[str, tuple[tuple[int, int], Sequence[str]]] | None = None,
         heartbeat: float = 0.5,
+        token: str | None = None,
     ) -> Cluster:
         workdir.mkdir(parents=True, exist_ok=True)
         c = cls(
             workdir,
-            token="api-" + secrets.token_hex(16),
+            token=token or "api-" + secrets.token_hex(16),
             federation_token="fed-" + secrets.token_hex(16),
             grant_key=secrets.token_hex(32),
             layout=dict(layout or DEFAULT_LAYOUT),
@@ -338,12 +369,19 @@ class Cluster:
         for ctl in self:
             ctl.wait_healthy()
 
-    def stop_all(self) -> None:
+    def stop_all(self, grace: float = 1.0) -> None:
+        """Stop every controller by pid (SIGTERM to all, then SIGKILL what is left)."""
         errors: list[BaseException] = []
         for ctl in self:
             try:
-                ctl.stop()
+                ctl.signal_stop()
             except BaseException as exc:  # stop the others all the same
+                errors.append(exc)
+        deadline = time.monotonic() + grace
+        for ctl in self:
+            try:
+                ctl.reap(deadline)
+            except BaseException as exc:
                 errors.append(exc)
         if errors:
             raise errors[0]
@@ -351,3 +389,91 @@ class Cluster:
     def tails(self) -> str:
         return "\n".join(ctl.tails() for ctl in self)
 
+
+# --- state snapshots ------------------------------------------------------------------------
+
+
+def state_of(ctl: Ctl) -> dict[str, Any]:
+    """Everything a shard serves about its intent (with versions), for before/after checks."""
+    out: dict[str, Any] = {
+        "healthz": ctl.get("/healthz"),
+        "vpcs": ctl.get("/v1/vpcs"),
+        "hosts": ctl.get("/v1/hosts"),
+    }
+    for vpc in out["vpcs"]["vpcs"]:
+        name = vpc["name"]
+        for part in ("subnets", "endpoints", "peerings", "routes", "routes/effective"):
+            out[f"{name}/{part}"] = ctl.get(f"/v1/vpcs/{name}/{part}")
+    return out
+
+
+# --- subscription streams -------------------------------------------------------------------
+
+
+class Stream:
+    """A blocking NDJSON subscription (``GET /v1/subscribe``) read line by line."""
+
+    def __init__(self, ctl: Ctl, query: Mapping[str, str | int], token: str | None) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", ctl.port, timeout=10)
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        path = "/v1/subscribe?" + urllib.parse.urlencode({k: str(v) for k, v in query.items()})
+        self.conn.request("GET", path, headers=headers)
+        self.resp = self.conn.getresponse()
+        self.status = self.resp.status
+        self.content_type = self.resp.getheader("Content-Type", "")
+        self.body: Any = None
+        self.heartbeats = 0
+        if self.status != 200:
+            raw = self.resp.read()
+            self.body = json.loads(raw) if raw else None
+            self.close()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def read(self, timeout: float = 5.0) -> dict[str, Any] | None:
+        """The next message, heartbeat or not; None at the end of the stream."""
+        sock = self.conn.sock
+        if sock is not None:
+            sock.settimeout(timeout)
+        line = self.resp.readline()
+        if not line:
+            return None
+        assert line.endswith(b"\n"), line
+        msg: dict[str, Any] = json.loads(line)
+        return msg
+
+    def next(self, timeout: float = 5.0) -> dict[str, Any]:
+        """The next message that is not a heartbeat (fails on end of stream or timeout)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no message within {timeout}s")
+            msg = self.read(left)
+            assert msg is not None, "stream ended"
+            if msg["type"] != "heartbeat":
+                return msg
+            self.heartbeats += 1
+
+    def quiet(self, duration: float) -> int:
+        """Read for ``duration`` seconds expecting only heartbeats; return the last version."""
+        deadline = time.monotonic() + duration
+        version = -1
+        while time.monotonic() < deadline:
+            msg = self.read(max(deadline - time.monotonic(), 0.05) + 1.0)
+            assert msg is not None, "stream ended"
+            assert msg["type"] == "heartbeat", f"expected only heartbeats, got {msg}"
+            self.heartbeats += 1
+            version = msg["version"]
+        return version
+
+
+def stream(ctl: Ctl, token: str | None, service: str, key: str, **extra: str | int) -> Stream:
+    return Stream(ctl, {"service": service, "key": key, **extra}, token)

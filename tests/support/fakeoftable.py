@@ -256,7 +256,13 @@ class FakeOFTable:
             check_prereqs(
                 flow.match, (a.field for a in instr.actions if a.kind == "set_field"), where
             )
+        ip_match = {f.value for f in flow.match if f.name == "eth_type" and f.mask is None}
         for action in flow.actions():
+            if action.kind in ("dec_ttl", "set_ttl") and not ip_match & {0x0800, 0x86DD}:
+                raise FakeOFError(
+                    "OFPBAC_MATCH_INCONSISTENT",
+                    f"{where}: {action.kind} needs an IP eth_type match",
+                )
             if action.kind == "group" and action.arg not in self._groups:
                 raise FakeOFError(
                     "OFPBAC_BAD_OUT_GROUP", f"{where}: group {action.arg} does not exist"

@@ -1,0 +1,59 @@
+"""On-host controllers in the lab: one per host, inside the host's namespace beside OVS.
+
+The OHC is the OpenFlow controller of its br-int only: it connects out to the bridge's
+passive listener on 127.0.0.1 (so connecting never flushes flows) and reaches the
+controller shards over the management network.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from meshpeer.lab import ovs
+from meshpeer.lab.controllers import ROOT
+from meshpeer.lab.plan import OF_LISTEN_PORT, HostPlan, LabPlan
+from meshpeer.lab.procs import alive, read_pidfile
+from meshpeer.lab.sh import netns_cmd
+
+OHC_APP = "ohc.app"
+
+
+def config_text(plan: LabPlan, h: HostPlan) -> str:
+    return "\n".join(
+        [
+            "[ohc]",
+            f"host = {h.name}",
+            f"underlay_ip = {h.underlay_ip}",
+            f"api_token = {plan.api_token}",
+            f"directory_file = {plan.state_dir}/directory.yaml",
+            f"ovsdb = {ovs.db(h)}",
+            f"status_file = {h.rundir}/ohc.status.json",
+            "",
+        ]
+    )
+
+
+def start(plan: LabPlan, h: HostPlan) -> int:
+    conf = f"{h.rundir}/ohc.conf"
+    with open(conf, "w", encoding="utf-8") as f:
+        f.write(config_text(plan, h))
+    cmd = [
+        sys.executable, "-m", "meshpeer.manager", OHC_APP,
+        "--config-file", conf,
+        "--pid-file", f"{h.rundir}/ohc.pid",
+        "--log-file", f"{h.rundir}/ohc.log",
+        "--ofp-switch-address-list", f"127.0.0.1:{OF_LISTEN_PORT}",
+        "--ofp-listen-host", "127.0.0.1",
+        "--ofp-tcp-listen-port", str(OF_LISTEN_PORT + 1),
+    ]  # fmt: skip
+    with open(f"{h.rundir}/ohc.out", "ab") as out:
+        proc = subprocess.Popen(
+            netns_cmd(h.netns, cmd), cwd=ROOT, stdout=out, stderr=out, start_new_session=True
+        )
+    return proc.pid
+
+
+def running(h: HostPlan) -> bool:
+    pid = read_pidfile(f"{h.rundir}/ohc.pid")
+    return pid is not None and alive(pid)

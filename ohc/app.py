@@ -1,0 +1,274 @@
+"""The on-host controller as an os-ken app: a shim around the agent, compiler and syncer.
+
+    meshpeer-manager ohc.app --config-file hv1.conf \\
+        --ofp-switch-address-list 127.0.0.1:6653 --ofp-tcp-listen-port 6654
+
+Handlers only translate: OpenFlow replies go to the waiting green thread, connects and
+stream updates become sync triggers. One worker thread compiles the host's view and syncs
+br-int: on (re)connect it reads what is installed and sends the difference in one bundle
+(never a flush); afterwards only deltas, against its model of the switch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+from typing import Any, ClassVar
+
+import eventlet.queue
+import yaml
+from os_ken import cfg
+from os_ken.base import app_manager
+from os_ken.controller import ofp_event
+from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+from os_ken.lib import hub
+from os_ken.ofproto import ofproto_v1_3
+
+from meshpeer.client import Client
+from meshpeer.controller.directory import parse_directory
+from meshpeer.protocol import ServiceName
+from meshpeer.streaming.subscriber import StreamClient
+from ohc import ofio
+from ohc.agent import Agent
+from ohc.compiler import compile_host
+from ohc.model import HostView, StreamObjects
+from ohc.subscriptions import Sub
+from ohc.syncer import SwitchState, with_canary
+
+log = logging.getLogger(__name__)
+
+OPTS = [
+    cfg.StrOpt("host", help="this host's name"),
+    cfg.StrOpt("underlay_ip", help="this host's underlay (VTEP) address"),
+    cfg.StrOpt("api_token", secret=True, help="token for this host's own shards"),
+    cfg.StrOpt("directory_file", help="the shard directory"),
+    cfg.StrOpt("ovsdb", help="OVSDB of the local switch, e.g. unix:/run/.../db.sock"),
+    cfg.StrOpt("bridge", default="br-int"),
+    cfg.StrOpt("status_file", default=None, help="where to write a JSON status after each sync"),
+    cfg.FloatOpt("canary_interval", default=2.0, help="seconds between OVS-restart checks"),
+]
+cfg.CONF.register_opts(OPTS, group="ohc")
+
+REPLY_EVENTS = [
+    ofp_event.EventOFPErrorMsg,
+    ofp_event.EventOFPBarrierReply,
+    ofp_event.EventONFBundleCtrlMsg,
+    ofp_event.EventOFPFlowStatsReply,
+    ofp_event.EventOFPGroupDescStatsReply,
+]
+OWN_SERVICES = {
+    ServiceName.DESTINATION: "destinations",
+    ServiceName.FORWARDING: "forwarding",
+    ServiceName.LOADBALANCER: "load_balancers",
+}
+
+
+def read_ofports(ovsdb: str) -> dict[tuple[str, str], int]:
+    """(vpc, endpoint) -> ofport, from the Interface rows' external_ids (iface-id, vpc)."""
+    out = subprocess.run(
+        ["ovs-vsctl", f"--db={ovsdb}", "--format=json", "--columns=ofport,external_ids",
+         "list", "Interface"],
+        capture_output=True, text=True, check=True, timeout=10,
+    ).stdout  # fmt: skip
+    ports: dict[tuple[str, str], int] = {}
+    for ofport, ext in json.loads(out)["data"]:
+        ids = dict(ext[1]) if isinstance(ext, list) and ext[0] == "map" else {}
+        if isinstance(ofport, int) and ofport > 0 and "iface-id" in ids and "vpc" in ids:
+            ports[(ids["vpc"], ids["iface-id"])] = ofport
+    return ports
+
+
+class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
+    OFP_VERSIONS: ClassVar[list[int]] = [ofproto_v1_3.OFP_VERSION]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        conf = self.CONF.ohc
+        for opt in ("host", "underlay_ip", "api_token", "directory_file", "ovsdb"):
+            if not getattr(conf, opt):
+                raise SystemExit(f"ohc: [ohc] {opt} is required in the config file")
+        self.conf = conf
+        with open(conf.directory_file, encoding="utf-8") as f:
+            self.directory = parse_directory(yaml.safe_load(f))
+        urls = sorted(s.url for s in self.directory.shards.values())
+        self.agent = Agent(
+            conf.host, urls, self.directory.url_of, conf.api_token, self._client, self._update
+        )
+        self.replies = ofio.Replies()
+        self.datapath: Any = None
+        self.installed: SwitchState | None = None  # our model of the switch; None: read it back
+        self.ofports: dict[tuple[str, str], int] = {}
+        self.bundle_id = 0
+        self.busy = False
+        self.syncs = 0
+        self.last: dict[str, Any] = {}
+        self.triggers: eventlet.queue.LightQueue = eventlet.queue.LightQueue()
+
+    def start(self) -> Any:
+        thread = super().start()
+        self.threads.append(hub.spawn(self._register))
+        self.threads.append(hub.spawn(self._worker))
+        self.threads.append(hub.spawn(self._canary))
+        self.agent.start()
+        return thread
+
+    def close(self) -> None:
+        self.agent.stop()
+        super().close()
+
+    # --- subscriptions -------------------------------------------------------------------
+
+    def _client(self, sub: Sub, auth: str, on_change: Any) -> StreamClient:
+        return StreamClient(
+            sub.url,
+            sub.service,
+            sub.key,
+            policy=sub.policy,
+            host=sub.host,
+            auth=auth,
+            on_change=on_change,
+        )
+
+    def _update(self) -> None:
+        self.triggers.put("update")
+
+    def _register(self) -> None:
+        """Tell every shard where this host's tunnel endpoint is; retry until each answers."""
+        pending = {s.name: s.url for s in self.directory.shards.values()}
+        delay = 0.2
+        while pending:
+            for name, url in sorted(pending.items()):
+                try:
+                    Client(url, self.conf.api_token, timeout=2.0).put(
+                        f"/v1/hosts/{self.conf.host}", {"underlay_ip": self.conf.underlay_ip}
+                    )
+                    del pending[name]
+                except Exception as exc:
+                    log.info(
+                        "ohc %s: registering with %s failed (%s); retrying",
+                        self.conf.host,
+                        name,
+                        exc,
+                    )
+            hub.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    # --- OpenFlow: handlers only translate ---------------------------------------------------
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])  # type: ignore[untyped-decorator]
+    def state_change(self, ev: Any) -> None:
+        if ev.state == MAIN_DISPATCHER:
+            self.datapath = ev.datapath
+            self.installed = None
+            self.triggers.put("connect")
+        elif ev.datapath is self.datapath:
+            self.replies.abort(ev.datapath)
+            self.datapath = None
+
+    @set_ev_cls(REPLY_EVENTS, MAIN_DISPATCHER)  # type: ignore[untyped-decorator]
+    def reply(self, ev: Any) -> None:
+        if not self.replies.dispatch(ev.msg) and isinstance(ev, ofp_event.EventOFPErrorMsg):
+            log.warning("ohc %s: unexpected OpenFlow error %s", self.conf.host, ev.msg)
+
+    @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)  # type: ignore[untyped-decorator]
+    def port_status(self, ev: Any) -> None:
+        self.triggers.put("ports")
+
+    # --- the worker ------------------------------------------------------------------------
+
+    def _canary(self) -> None:
+        """An OVS restart loses every flow: find out (canary flow gone) and resync fully."""
+        while True:
+            hub.sleep(self.conf.canary_interval)
+            dp = self.datapath
+            if dp is None or self.busy or self.installed is None or not self.triggers.empty():
+                continue
+            try:
+                if not ofio.has_canary(self.replies, dp, 5):
+                    self.triggers.put("canary-missing")
+            except Exception:
+                log.exception("ohc %s: canary check failed", self.conf.host)
+
+    def _worker(self) -> None:
+        while True:
+            reasons = {self.triggers.get()}
+            hub.sleep(0.01)  # coalesce a burst of stream updates into one sync
+            while not self.triggers.empty():
+                reasons.add(self.triggers.get())
+            dp = self.datapath
+            if dp is None:
+                continue
+            self.busy = True
+            try:
+                self._sync(dp, reasons)
+            except Exception:
+                log.exception("ohc %s: sync failed", self.conf.host)
+                self.installed = None
+            finally:
+                self.busy = False
+
+    def view(self) -> tuple[HostView, tuple[Any, ...]]:
+        endpoints: dict[str, Any] = {}
+        own: dict[str, dict[str, Any]] = {}
+        peerings: dict[str, Any] = {}
+        peer: dict[tuple[str, str], dict[str, Any]] = {}
+        for sub, objs in self.agent.objects.items():
+            if sub.service == ServiceName.ENDPOINT:
+                endpoints.update(objs)
+            elif sub.service == ServiceName.PEERING:
+                peerings[sub.key] = objs
+            elif sub.policy is None:
+                own.setdefault(sub.key, {})[OWN_SERVICES[sub.service]] = objs
+            else:
+                peer.setdefault((sub.key, sub.policy), {})[OWN_SERVICES[sub.service]] = objs
+        return HostView.from_service_objects(
+            self.conf.underlay_ip,
+            endpoints,
+            self.ofports,
+            {k: StreamObjects(**v) for k, v in own.items()},
+            peerings,
+            {k: StreamObjects(**v) for k, v in peer.items()},
+        )
+
+    def _sync(self, dp: Any, reasons: set[str]) -> None:
+        if reasons & {"connect", "ports"} or not self.ofports:
+            self.ofports = read_ofports(self.conf.ovsdb)
+        if "canary-missing" in reasons:
+            self.installed = None  # the switch lost its flows: read it back and resync fully
+        view, skipped = self.view()
+        desired = with_canary(ofio.canonical_state(compile_host(view)))
+        self.bundle_id += 1
+        result = ofio.sync(self.replies, dp, desired, self.bundle_id, self.installed)
+        self.installed = result.installed
+        self.syncs += 1
+        self.last = {
+            "n": self.syncs,
+            "reasons": sorted(reasons),
+            "at": time.time(),
+            "counts": dict(result.plan.counts),
+            "flows": len(result.installed.flows),
+            "groups": len(result.installed.groups),
+            "total_s": round(result.total_s, 4),
+            "skipped": [str(s) for s in skipped][:20],
+        }
+        if not result.plan.empty:
+            log.info("ohc %s: sync %s", self.conf.host, json.dumps(self.last))
+        self._write_status()
+
+    def _write_status(self) -> None:
+        if not self.conf.status_file:
+            return
+        status = {
+            "host": self.conf.host,
+            "last_sync": self.last,
+            "received": self.agent.received(),
+            "vpcs_known": {k: sorted(v) for k, v in self.agent.vpcs_known().items()},
+            "ports": {f"{v}/{n}": p for (v, n), p in sorted(self.ofports.items())},
+        }
+        tmp = self.conf.status_file + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(status, f, indent=1)
+        os.replace(tmp, self.conf.status_file)

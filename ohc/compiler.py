@@ -1,0 +1,594 @@
+"""The OHC's flow compiler: ``compile_host(view) -> DesiredState``, pure and deterministic.
+
+No I/O, no clock, no counters: the same HostView always gives the same flows and groups
+(group ids are hashes of the ILB's identity), so an incrementally maintained view compiles to
+exactly what a view rebuilt from scratch compiles to. The flow syncer diffs the result against
+what the switch holds.
+
+Every flow passes ``pipeline.check_flow`` as it is built and carries a cookie naming the object
+it exists for (``ohc.cookies``). The tables and a packet walk are in ``docs/pipeline.md``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ohc.cookies import Kind, cookie, object_hash
+from ohc.flows import (
+    Action,
+    Apply,
+    Bucket,
+    DecTtl,
+    Flow,
+    Goto,
+    Group,
+    Instruction,
+    Match,
+    MatchValue,
+    Output,
+    SetField,
+    ToGroup,
+    WriteMetadata,
+)
+from ohc.model import (
+    Address,
+    Destination,
+    HostView,
+    LoadBalancer,
+    LocalPort,
+    Network,
+    PeerView,
+    RouteEntry,
+    VpcServices,
+)
+from ohc.pipeline import (
+    ALL_METADATA,
+    ARP_REPLY,
+    ARP_REPLY_TABLE,
+    ARP_REQUEST,
+    ARP_TARGET,
+    CLASSIFY,
+    CONTEXT_MASK,
+    ETH_ARP,
+    ETH_IPV4,
+    ETH_IPV6,
+    L3_LOOKUP,
+    OFPP_IN_PORT,
+    PIPELINE,
+    PORT_MASK,
+    PORT_SHIFT,
+    ROUTED,
+    ROUTED_HOP,
+    TUNNEL_DELIVER,
+    TUNNEL_DST,
+    TUNNEL_PORT,
+    TUNNEL_SRC,
+    VPC_MASK,
+    check_flow,
+)
+from policies.routes import Route, resolve_routes
+
+# Priorities. L3_LOOKUP: exact own addresses beat exact peer addresses beat any prefix route;
+# routes are longest-prefix first (100 + prefix length, at most 228).
+PRIO_OWN = 1000
+PRIO_PEER = 900
+PRIO_ROUTE = 100
+PRIO_SELF_ARP = 200
+PRIO_VIP_DELIVER = 1010  # a VIP by backend MAC, above exact addresses
+PRIO_DEFAULT = 100
+PRIO_BRIDGED = 10
+PRIO_MISS = 0
+
+MAX_GROUP_ID = 0x7FFF_FFFF
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """The flows and groups a host should hold. ``notes`` explain what was left out and why."""
+
+    flows: frozenset[Flow]
+    groups: frozenset[Group]
+    notes: tuple[str, ...] = ()
+
+    def text(self) -> str:
+        groups = sorted(g.text() for g in self.groups)
+        flows = sorted(self.flows, key=lambda f: (f.table, -f.priority, f.text()))
+        return "\n".join([*groups, *(f.text() for f in flows)])
+
+
+def gateway_mac(vni: int) -> str:
+    """The fixed MAC of every subnet gateway of the VPC with this VNI (locally administered)."""
+    return "02:6d:70:" + ":".join(f"{(vni >> s) & 0xFF:02x}" for s in (16, 8, 0))
+
+
+def group_id_of(owner: str) -> int:
+    """The preferred group id of an ILB in one VPC context (a hash; see ``_assign_groups``)."""
+    return (object_hash(owner) & MAX_GROUP_ID) or 1
+
+
+# --- match helpers -------------------------------------------------------------------------
+
+
+def _eth_type(ip: Address | Network) -> int:
+    return ETH_IPV4 if ip.version == 4 else ETH_IPV6
+
+
+def _ip_field(ip: Address | Network, direction: str) -> str:
+    return f"ipv{ip.version}_{direction}"
+
+
+def _prefix_value(net: Network) -> MatchValue | None:
+    """A masked match value; exact for a host prefix, None (no field at all) for /0."""
+    if net.prefixlen == 0:
+        return None
+    if net.prefixlen == net.max_prefixlen:
+        return str(net.network_address)
+    return str(net.network_address), str(net.netmask)
+
+
+def _ip_match(direction: str, where: Address | Network) -> dict[str, MatchValue]:
+    """eth_type plus ipvN_src/dst for an address or a prefix."""
+    out: dict[str, MatchValue] = {"eth_type": _eth_type(where)}
+    if isinstance(where, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        value = _prefix_value(where)
+        if value is not None:
+            out[_ip_field(where, direction)] = value
+    else:
+        out[_ip_field(where, direction)] = str(where)
+    return out
+
+
+def _vpc(vni: int) -> tuple[int, int]:
+    """metadata match: this VPC context, routed or not."""
+    return vni, VPC_MASK
+
+
+def _routed(vni: int) -> tuple[int, int]:
+    """metadata match: this VPC context, and only packets sent to the gateway MAC."""
+    return vni | ROUTED, CONTEXT_MASK
+
+
+def _route_priority(net: Network) -> int:
+    return PRIO_ROUTE + net.prefixlen
+
+
+# --- the collector -------------------------------------------------------------------------
+
+
+class _Out:
+    """Flows and groups being built. The first flow for a (table, priority, match) wins."""
+
+    def __init__(self) -> None:
+        self.flows: dict[tuple[int, int, Match], Flow] = {}
+        self.groups: dict[int, Group] = {}
+        self.notes: list[str] = []
+
+    def add(
+        self,
+        table: int,
+        priority: int,
+        match: dict[str, MatchValue],
+        instructions: Iterable[Instruction],
+        owner: tuple[Kind, str],
+    ) -> None:
+        flow = check_flow(
+            Flow(table, priority, Match.of(**match), tuple(instructions), cookie(*owner)),
+            PIPELINE,
+        )
+        have = self.flows.get(flow.key)
+        if have is None:
+            self.flows[flow.key] = flow
+        elif have.instructions != flow.instructions:
+            self.notes.append(f"{owner[0].name} {owner[1]}: conflicts with {have.text()}")
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+# --- compiling ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    """One local VPC being compiled, with what it needs from the rest of the host."""
+
+    view: HostView
+    vpc: str
+    vni: int
+    own: VpcServices
+    peers: tuple[PeerView, ...]
+    ports: tuple[LocalPort, ...]  # this VPC's local ports
+    local: dict[tuple[str, Address], LocalPort]  # (vpc, ip) -> local port, every VPC
+    subnets: tuple[Network, ...]  # this VPC's own subnets (routes and ports)
+
+
+def compile_host(view: HostView) -> DesiredState:
+    """Every flow and group this host's ``br-int`` should hold for ``view``."""
+    out = _Out()
+    _infra_flows(out)
+    local = {(p.vpc, p.ip): p for p in view.local_ports}
+    vni_of = view.vpc_vni()
+    groups = _assign_groups(view, vni_of)
+    for vpc in sorted(vni_of):
+        own = view.own_of(vpc) or VpcServices(vpc, vni_of[vpc])
+        ports = tuple(p for p in view.local_ports if p.vpc == vpc)
+        subnets = {r.prefix for r in own.routes if r.kind == "subnet"}
+        subnets |= {p.prefix for p in ports if p.prefix is not None}
+        ctx = _Ctx(
+            view,
+            vpc,
+            vni_of[vpc],
+            own,
+            view.peers_of(vpc),
+            ports,
+            local,
+            tuple(sorted(subnets, key=lambda n: (n.version, str(n)))),
+        )
+        _vpc_flows(out, ctx)
+        for p in ports:  # local ports first: they win over stream copies of themselves
+            _port_flows(out, ctx, p)
+        for d in own.destinations:
+            _dest_flows(out, ctx, d, None)
+        for lb in own.load_balancers:
+            _lb_flows(out, ctx, lb, None, groups)
+        for peer in ctx.peers:
+            for d in peer.services.destinations:
+                _dest_flows(out, ctx, d, peer)
+            for lb in peer.services.load_balancers:
+                _lb_flows(out, ctx, lb, peer, groups)
+        _route_flows(out, ctx)
+    return DesiredState(
+        frozenset(out.flows.values()), frozenset(out.groups.values()), tuple(out.notes)
+    )
+
+
+def _infra_flows(out: _Out) -> None:
+    for table in PIPELINE.values():
+        out.add(table.id, PRIO_MISS, {}, (), (Kind.INFRA, f"miss/{table.name}"))
+    out.add(ROUTED_HOP, PRIO_BRIDGED, {}, (Goto(L3_LOOKUP),), (Kind.INFRA, "bridged"))
+
+
+def _vpc_flows(out: _Out, ctx: _Ctx) -> None:
+    """Tunnel classification, the routed hop and the gateway ARP answers of one VPC."""
+    owner = (Kind.VPC, ctx.vpc)
+    gw = gateway_mac(ctx.vni)
+    out.add(
+        CLASSIFY,
+        PRIO_OWN,
+        {"in_port": TUNNEL_PORT, "tunnel_id": ctx.vni},
+        (WriteMetadata(ctx.vni, ALL_METADATA), Goto(TUNNEL_DST)),
+        owner,
+    )
+    for eth_type in (ETH_IPV4, ETH_IPV6):  # dec_ttl needs an IP match (OVS: MATCH_INCONSISTENT)
+        out.add(
+            ROUTED_HOP,
+            PRIO_DEFAULT,
+            {"metadata": _vpc(ctx.vni), "eth_dst": gw, "eth_type": eth_type},
+            (
+                Apply((DecTtl(), SetField("eth_src", gw))),
+                WriteMetadata(ROUTED, ROUTED),
+                Goto(L3_LOOKUP),
+            ),
+            owner,
+        )
+    gateways = {r.gateway for r in ctx.own.routes if r.kind == "subnet" and r.gateway}
+    gateways |= {p.gateway for p in ctx.ports if p.gateway is not None}
+    for ip in sorted(gateways, key=lambda a: (a.version, int(a))):
+        _arp_flows(out, ctx, ip, gw, owner)
+
+
+def _arp_flows(out: _Out, ctx: _Ctx, ip: Address, mac: str, owner: tuple[Kind, str]) -> None:
+    """First half of the ARP reply: make the request a reply from (ip, mac)."""
+    if ip.version != 4:
+        return  # IPv6 neighbour discovery is not answered yet (docs/pipeline.md)
+    out.add(
+        ARP_TARGET,
+        PRIO_DEFAULT,
+        {
+            "metadata": _vpc(ctx.vni),
+            "eth_type": ETH_ARP,
+            "arp_op": ARP_REQUEST,
+            "arp_tpa": str(ip),
+        },
+        (
+            Apply(
+                (
+                    SetField("eth_src", mac),
+                    SetField("arp_op", ARP_REPLY),
+                    SetField("arp_sha", mac),
+                    SetField("arp_spa", str(ip)),
+                )
+            ),
+            Goto(ARP_REPLY_TABLE),
+        ),
+        owner,
+    )
+
+
+def _classify_ip(
+    out: _Out,
+    ctx: _Ctx,
+    p: LocalPort,
+    source: Address | Network,
+    priority: int,
+    owner: tuple[Kind, str],
+) -> None:
+    """Anti-spoofing: packets from port ``p`` with its MAC and this source enter the VPC."""
+    out.add(
+        CLASSIFY,
+        priority,
+        {"in_port": p.ofport, "eth_src": p.mac, **_ip_match("src", source)},
+        (WriteMetadata(ctx.vni, ALL_METADATA), Goto(ROUTED_HOP)),
+        owner,
+    )
+
+
+def _tunnel_dst(
+    out: _Out,
+    ctx: _Ctx,
+    p: LocalPort,
+    dst: Address | Network,
+    priority: int,
+    owner: tuple[Kind, str],
+    by_mac: bool = False,
+) -> None:
+    """Tunnel ingress: packets of this VPC for ``dst`` are for port ``p`` (source checked next)."""
+    match: dict[str, MatchValue] = {"metadata": _vpc(ctx.vni), **_ip_match("dst", dst)}
+    if by_mac:
+        match["eth_dst"] = p.mac
+    out.add(
+        TUNNEL_DST,
+        priority,
+        match,
+        (WriteMetadata(p.ofport << PORT_SHIFT, PORT_MASK), Goto(TUNNEL_SRC)),
+        owner,
+    )
+
+
+def _port_flows(out: _Out, ctx: _Ctx, p: LocalPort) -> None:
+    owner = (Kind.PORT, f"{p.vpc}/{p.name}")
+    _classify_ip(out, ctx, p, p.ip, PRIO_OWN, owner)
+    if p.ip.version == 4:
+        out.add(
+            CLASSIFY,
+            PRIO_OWN,
+            {
+                "in_port": p.ofport,
+                "eth_src": p.mac,
+                "eth_type": ETH_ARP,
+                "arp_spa": str(p.ip),
+                "arp_sha": p.mac,
+            },
+            (WriteMetadata(ctx.vni, ALL_METADATA), Goto(ARP_TARGET)),
+            owner,
+        )
+        # Never answer a port about its own address (gratuitous ARP, duplicate checks).
+        out.add(
+            ARP_TARGET,
+            PRIO_SELF_ARP,
+            {
+                "metadata": _vpc(ctx.vni),
+                "in_port": p.ofport,
+                "eth_type": ETH_ARP,
+                "arp_op": ARP_REQUEST,
+                "arp_tpa": str(p.ip),
+            },
+            (),
+            owner,
+        )
+        out.add(
+            ARP_REPLY_TABLE,
+            PRIO_DEFAULT,
+            {"in_port": p.ofport, "eth_type": ETH_ARP},
+            (
+                Apply(
+                    (
+                        SetField("eth_dst", p.mac),
+                        SetField("arp_tha", p.mac),
+                        SetField("arp_tpa", str(p.ip)),
+                        Output(OFPP_IN_PORT),
+                    )
+                ),
+            ),
+            owner,
+        )
+        _arp_flows(out, ctx, p.ip, p.mac, owner)
+    out.add(
+        L3_LOOKUP,
+        PRIO_OWN,
+        {"metadata": _vpc(ctx.vni), **_ip_match("dst", p.ip)},
+        (Apply((SetField("eth_dst", p.mac), Output(p.ofport))),),
+        owner,
+    )
+    _tunnel_dst(out, ctx, p, p.ip, PRIO_OWN, owner)
+    out.add(
+        TUNNEL_DELIVER,
+        PRIO_DEFAULT,
+        {"metadata": (ctx.vni | p.ofport << PORT_SHIFT, VPC_MASK | PORT_MASK)},
+        (Apply((Output(p.ofport),)),),
+        owner,
+    )
+
+
+def _forward(ctx: _Ctx, d: Destination) -> tuple[Action, ...] | None:
+    """Actions that take a packet to ``d``: its local port, or Geneve to its host with its VNI."""
+    port = ctx.local.get((d.vpc, d.ip))
+    if port is not None:
+        return SetField("eth_dst", port.mac), Output(port.ofport)
+    if d.host_ip == ctx.view.local_underlay_ip:
+        return None  # said to be on this host, but not attached here: nowhere to send it
+    return (
+        SetField("eth_dst", d.mac),
+        SetField("tunnel_id", d.vni),
+        SetField("tun_ipv4_dst", str(d.host_ip)),
+        Output(TUNNEL_PORT),
+    )
+
+
+def _is_remote(ctx: _Ctx, d: Destination) -> bool:
+    return d.host_ip != ctx.view.local_underlay_ip
+
+
+def _inside_own_subnet(ctx: _Ctx, ip: Address) -> bool:
+    return any(ip.version == n.version and ip in n for n in ctx.subnets)
+
+
+def _source_ok(
+    out: _Out,
+    ctx: _Ctx,
+    source: Address | Network,
+    host_ip: ipaddress.IPv4Address,
+    priority: int,
+    owner: tuple[Kind, str],
+) -> None:
+    """Tunnel ingress: accept ``source`` for this VPC when it comes from ``host_ip``."""
+    out.add(
+        TUNNEL_SRC,
+        priority,
+        {"metadata": _vpc(ctx.vni), **_ip_match("src", source), "tun_ipv4_src": str(host_ip)},
+        (Goto(TUNNEL_DELIVER),),
+        owner,
+    )
+
+
+def _peer_owner(kind: Kind, name: str, peer: PeerView) -> tuple[Kind, str]:
+    return kind, f"{peer.peer_vpc}/{name}@{peer.policy_id}"
+
+
+def _dest_flows(out: _Out, ctx: _Ctx, d: Destination, peer: PeerView | None) -> None:
+    if peer is None:
+        owner, priority, meta = (Kind.DEST, f"{d.vpc}/{d.name}"), PRIO_OWN, _vpc(ctx.vni)
+    else:
+        if _inside_own_subnet(ctx, d.ip):
+            out.note(
+                f"{ctx.vpc}: peer destination {d.vpc}/{d.name} {d.ip} is inside a local subnet"
+            )
+            return
+        owner, priority = _peer_owner(Kind.PEER_DEST, d.name, peer), PRIO_PEER
+        meta = _routed(ctx.vni)
+    actions = _forward(ctx, d)
+    if actions is None:
+        out.note(f"{ctx.vpc}: {owner[1]} claims this host but has no local port")
+        return
+    out.add(
+        L3_LOOKUP, priority, {"metadata": meta, **_ip_match("dst", d.ip)}, (Apply(actions),), owner
+    )
+    if peer is None:
+        _arp_flows(out, ctx, d.ip, d.mac, owner)
+    if _is_remote(ctx, d):
+        _source_ok(out, ctx, d.ip, d.host_ip, priority, owner)
+
+
+def _lb_owner(ctx: _Ctx, lb: LoadBalancer, peer: PeerView | None) -> str:
+    """An ILB's identity in one VPC context: its group id and cookie derive from it."""
+    where = "" if peer is None else f"@{peer.policy_id}"
+    return f"{ctx.vpc}|{lb.vpc}/{lb.name}{where}"
+
+
+def _assign_groups(view: HostView, vni_of: dict[str, int]) -> dict[str, int]:
+    """Group id per ILB identity: its hash, probing past a (rare) collision in sorted order."""
+    owners: list[str] = []
+    for vpc in sorted(vni_of):
+        own = view.own_of(vpc)
+        for lb in own.load_balancers if own else ():
+            owners.append(f"{vpc}|{lb.vpc}/{lb.name}")
+        for peer in view.peers_of(vpc):
+            for lb in peer.services.load_balancers:
+                owners.append(f"{vpc}|{lb.vpc}/{lb.name}@{peer.policy_id}")
+    ids: dict[str, int] = {}
+    used: set[int] = set()
+    for owner in sorted(owners):
+        gid = group_id_of(owner)
+        while gid in used:
+            gid = gid % MAX_GROUP_ID + 1
+        ids[owner] = gid
+        used.add(gid)
+    return ids
+
+
+def _lb_flows(
+    out: _Out, ctx: _Ctx, lb: LoadBalancer, peer: PeerView | None, groups: dict[str, int]
+) -> None:
+    name = _lb_owner(ctx, lb, peer)
+    if peer is None:
+        owner, priority, meta = (Kind.LB, name), PRIO_OWN, _vpc(ctx.vni)
+    else:
+        if _inside_own_subnet(ctx, lb.vip):
+            out.note(f"{ctx.vpc}: peer VIP {lb.vpc}/{lb.name} {lb.vip} is inside a local subnet")
+            return
+        owner, priority, meta = (Kind.PEER_LB, name), PRIO_PEER, _routed(ctx.vni)
+    buckets = []
+    for dest, weight in lb.backends:
+        actions = _forward(ctx, dest)
+        if actions is None:
+            out.note(f"{ctx.vpc}: backend {dest.vpc}/{dest.name} of {name} has no local port")
+            continue
+        buckets.append(Bucket(actions, weight))
+        if _is_remote(ctx, dest):  # direct server return: replies come from the VIP
+            _source_ok(out, ctx, lb.vip, dest.host_ip, priority, owner)
+        elif peer is None:
+            port = ctx.local[(dest.vpc, dest.ip)]
+            _classify_ip(out, ctx, port, lb.vip, PRIO_OWN, owner)
+            _tunnel_dst(out, ctx, port, lb.vip, PRIO_VIP_DELIVER, owner, by_mac=True)
+    if not buckets:
+        return
+    gid = groups[name]
+    out.groups[gid] = Group(gid, "select", tuple(buckets))
+    out.add(
+        L3_LOOKUP,
+        priority,
+        {"metadata": meta, **_ip_match("dst", lb.vip)},
+        (Apply((ToGroup(gid),)),),
+        owner,
+    )
+    if peer is None:
+        _arp_flows(out, ctx, lb.vip, lb.mac, owner)
+
+
+def _route_flows(out: _Out, ctx: _Ctx) -> None:
+    """The VPC's effective route table (policies.routes rules) as prefix flows."""
+    entries: dict[tuple[Route, bool], tuple[RouteEntry, PeerView | None]] = {}
+
+    def usable(r: RouteEntry) -> bool:
+        return r.kind == "subnet" or r.next_hop is not None
+
+    def as_route(r: RouteEntry) -> Route:
+        hop = "" if r.next_hop is None else str(r.next_hop.ip)
+        return Route(r.prefix, r.kind, r.vpc, hop, r.priority)
+
+    for r in ctx.own.routes:
+        if usable(r):
+            entries.setdefault((as_route(r), False), (r, None))
+    for peer in ctx.peers:
+        for r in peer.services.routes:
+            if usable(r):
+                entries.setdefault((as_route(r), True), (r, peer))
+    decisions = resolve_routes([rt for rt, p in entries if not p], [rt for rt, p in entries if p])
+    for dec in decisions:
+        if not dec.installed:
+            continue
+        entry, via = entries[(dec.route, dec.from_peer)]
+        if via is None:
+            owner, meta = (Kind.ROUTE, f"{entry.vpc}/{entry.name}"), _vpc(ctx.vni)
+        else:
+            owner = _peer_owner(Kind.PEER_ROUTE, entry.name, via)
+            meta = _routed(ctx.vni)
+        match = {"metadata": meta, **_ip_match("dst", entry.prefix)}
+        priority = _route_priority(entry.prefix)
+        if entry.next_hop is None:  # a subnet: only its known addresses are reachable
+            out.add(L3_LOOKUP, priority, match, (), owner)
+            continue
+        actions = _forward(ctx, entry.next_hop)
+        if actions is None:
+            out.note(f"{ctx.vpc}: next hop of route {owner[1]} has no local port")
+            continue
+        out.add(L3_LOOKUP, priority, match, (Apply(actions),), owner)
+        hop = entry.next_hop
+        if _is_remote(ctx, hop):
+            _source_ok(out, ctx, entry.prefix, hop.host_ip, priority, owner)
+        elif via is None:
+            port = ctx.local[(hop.vpc, hop.ip)]
+            _classify_ip(out, ctx, port, entry.prefix, priority, owner)
+            _tunnel_dst(out, ctx, port, entry.prefix, priority, owner)

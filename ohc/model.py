@@ -1,0 +1,461 @@
+"""The flow compiler's input: what one host knows, as frozen, validated values.
+
+Everything here is built from the JSON objects the OHC receives on its subscriptions (the
+shapes written by ``meshpeer/controller/mux.py``): the endpoint meta-service for this host,
+each local VPC's own destination/forwarding/load-balancer services, its peering service, and
+the peer VPCs' services under the peer's export policy. A subscription is untrusted input (a
+peer controller is another administrative domain): an object with a bad IP, MAC, VNI or
+shape is skipped and reported as a ``Skipped``; the rest of the view is still built.
+
+Beyond shape, ``HostView.from_service_objects`` checks what a peer may claim: a peer's objects
+must carry the peer's VNI (from our own controller's peering object), and a peer VNI may not
+be the VNI of another local VPC. Otherwise a peer could make this host send (or accept)
+packets on a VNI the peering never granted.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ohc.pipeline import FIRST_VM_PORT, MAX_PORT
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+JsonObject = Mapping[str, Any]
+ServiceObjects = Mapping[str, JsonObject]  # object key -> object, as a stream holds them
+RouteKind = Literal["subnet", "static"]
+
+MAX_VNI = (1 << 24) - 1
+MAX_WEIGHT = 0xFFFF  # OpenFlow bucket weight is 16 bits
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+class BadObject(ValueError):
+    """A subscription object that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True, order=True)
+class Skipped:
+    """One object left out of a HostView, and why (for the OHC's log and status)."""
+
+    service: str
+    key: str
+    reason: str
+
+
+# --- field validation ---------------------------------------------------------------------
+
+
+def _str(obj: JsonObject, name: str) -> str:
+    value = obj.get(name)
+    if not isinstance(value, str) or not value:
+        raise BadObject(f"{name}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def parse_ip(value: object, what: str = "ip") -> Address:
+    if not isinstance(value, str):
+        raise BadObject(f"{what}: expected an address string, got {value!r}")
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError as e:
+        raise BadObject(f"{what}: {e}") from None
+    if ip.is_unspecified or ip.is_multicast or ip.is_loopback:
+        raise BadObject(f"{what}: {ip} cannot be an endpoint address")
+    if isinstance(ip, ipaddress.IPv4Address) and ip == ipaddress.IPv4Address("255.255.255.255"):
+        raise BadObject(f"{what}: broadcast address")
+    return ip
+
+
+def parse_underlay_ip(value: object, what: str = "host_ip") -> ipaddress.IPv4Address:
+    ip = parse_ip(value, what)
+    if not isinstance(ip, ipaddress.IPv4Address):
+        raise BadObject(f"{what}: the underlay is IPv4 (tun_ipv4_dst), got {ip}")
+    return ip
+
+
+def parse_mac(value: object, what: str = "mac") -> str:
+    if not isinstance(value, str) or not _MAC_RE.match(value.lower()):
+        raise BadObject(f"{what}: expected aa:bb:cc:dd:ee:ff, got {value!r}")
+    mac = value.lower()
+    if int(mac[:2], 16) & 1:
+        raise BadObject(f"{what}: {mac} is a multicast/broadcast MAC")
+    if mac == "00:00:00:00:00:00":
+        raise BadObject(f"{what}: the zero MAC")
+    return mac
+
+
+def parse_vni(value: object, what: str = "vni") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_VNI:
+        raise BadObject(f"{what}: expected an integer in 1..{MAX_VNI}, got {value!r}")
+    return value
+
+
+def parse_prefix(value: object, what: str = "prefix") -> Network:
+    if not isinstance(value, str):
+        raise BadObject(f"{what}: expected a CIDR string, got {value!r}")
+    try:
+        return ipaddress.ip_network(value, strict=True)
+    except ValueError as e:
+        raise BadObject(f"{what}: {e}") from None
+
+
+def _int(value: object, what: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise BadObject(f"{what}: expected an integer in {lo}..{hi}, got {value!r}")
+    return value
+
+
+def ip_key(ip: Address) -> tuple[int, int]:
+    """Sort key for mixed IPv4/IPv6 addresses."""
+    return ip.version, int(ip)
+
+
+# --- values ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocalPort:
+    """An endpoint of this host, attached to ``br-int`` at ``ofport``."""
+
+    vpc: str
+    name: str
+    ip: Address
+    mac: str
+    vni: int
+    ofport: int
+    prefix: Network | None
+    gateway: Address | None
+
+    @staticmethod
+    def from_service_objects(obj: JsonObject, ofport: object) -> LocalPort:
+        """From one endpoint meta-service object and the ofport OVS gave its interface."""
+        ip = parse_ip(obj.get("ip"))
+        prefix = None if obj.get("prefix") is None else parse_prefix(obj.get("prefix"))
+        gateway = None if obj.get("gateway") is None else parse_ip(obj.get("gateway"), "gateway")
+        if prefix is not None and (ip.version != prefix.version or ip not in prefix):
+            raise BadObject(f"ip {ip} is not inside its prefix {prefix}")
+        if gateway is not None and (prefix is None or gateway not in prefix or gateway == ip):
+            raise BadObject(f"gateway {gateway} is not a gateway of {prefix} for {ip}")
+        return LocalPort(
+            vpc=_str(obj, "vpc"),
+            name=_str(obj, "name"),
+            ip=ip,
+            mac=parse_mac(obj.get("mac")),
+            vni=parse_vni(obj.get("vni")),
+            ofport=_int(ofport, "ofport", FIRST_VM_PORT, MAX_PORT),
+            prefix=prefix,
+            gateway=gateway,
+        )
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where an address of a VPC lives: its MAC, its VPC's VNI and its host's underlay IP."""
+
+    vpc: str
+    name: str
+    ip: Address
+    mac: str
+    vni: int
+    host_ip: ipaddress.IPv4Address
+
+    @staticmethod
+    def from_service_objects(vpc: str, name: str, obj: JsonObject) -> Destination:
+        """From a destination-service object (also a route's next hop or an ILB backend)."""
+        if obj.get("host_ip") is None:
+            raise BadObject("not placed on a host (host_ip is null)")
+        return Destination(
+            vpc=vpc,
+            name=name,
+            ip=parse_ip(obj.get("ip")),
+            mac=parse_mac(obj.get("mac")),
+            vni=parse_vni(obj.get("vni")),
+            host_ip=parse_underlay_ip(obj.get("host_ip")),
+        )
+
+
+@dataclass(frozen=True)
+class RouteEntry:
+    """A subnet route (``next_hop`` None) or a static route via an endpoint of the VPC."""
+
+    vpc: str
+    prefix: Network
+    kind: RouteKind
+    next_hop: Destination | None
+    priority: int
+    name: str = ""
+    gateway: Address | None = None  # subnet routes: the subnet's gateway address
+
+    @staticmethod
+    def from_service_objects(vpc: str, key: str, obj: JsonObject) -> RouteEntry:
+        """From a forwarding-service object; a static route's next hop may be null (unusable)."""
+        prefix = parse_prefix(obj.get("prefix"))
+        kind = obj.get("kind")
+        if kind == "subnet":
+            gw = obj.get("gateway")
+            gateway = None if gw is None else parse_ip(gw, "gateway")
+            if gateway is not None and gateway not in prefix:
+                raise BadObject(f"gateway {gateway} outside {prefix}")
+            return RouteEntry(vpc, prefix, "subnet", None, 0, key, gateway)
+        if kind != "static":
+            raise BadObject(f"kind: expected 'subnet' or 'static', got {kind!r}")
+        priority = _int(obj.get("priority", 1000), "priority", 0, 65535)
+        hop = obj.get("next_hop")
+        next_hop = None
+        if hop is not None:
+            if not isinstance(hop, Mapping):
+                raise BadObject(f"next_hop: expected an object, got {hop!r}")
+            try:
+                next_hop = Destination.from_service_objects(vpc, f"{key}:next_hop", hop)
+            except BadObject as e:
+                raise BadObject(f"next_hop: {e}") from None
+            if next_hop.ip.version != prefix.version:
+                raise BadObject(f"next_hop {next_hop.ip} is not of the prefix's IP version")
+        return RouteEntry(vpc, prefix, "static", next_hop, priority, key)
+
+
+@dataclass(frozen=True)
+class LoadBalancer:
+    """An internal load balancer: a VIP spread over weighted backends (healthy, weight > 0)."""
+
+    vpc: str
+    name: str
+    vip: Address
+    mac: str
+    vni: int
+    backends: tuple[tuple[Destination, int], ...]
+
+    @staticmethod
+    def from_service_objects(
+        vpc: str, name: str, obj: JsonObject, skipped: list[Skipped] | None = None
+    ) -> LoadBalancer:
+        """From a load-balancer object; a bad backend is left out (and reported)."""
+        vip = parse_ip(obj.get("vip"), "vip")
+        vni = parse_vni(obj.get("vni"))
+        raw = obj.get("backends", [])
+        if not isinstance(raw, list):
+            raise BadObject(f"backends: expected a list, got {raw!r}")
+        backends: dict[str, tuple[Destination, int]] = {}
+        for i, b in enumerate(raw):
+            where = f"{vpc}/{name}/backends[{i}]"
+            try:
+                if not isinstance(b, Mapping):
+                    raise BadObject(f"expected an object, got {b!r}")
+                bname = _str(b, "endpoint")
+                weight = _int(b.get("weight", 1), "weight", 0, MAX_WEIGHT)
+                if b.get("healthy", True) is not True or weight == 0:
+                    continue
+                dest = Destination.from_service_objects(vpc, bname, b)
+                if dest.vni != vni:
+                    raise BadObject(f"vni {dest.vni} is not the load balancer's {vni}")
+                if dest.ip.version != vip.version:
+                    raise BadObject(f"{dest.ip} is not of the VIP's IP version")
+                if bname in backends:
+                    raise BadObject(f"backend {bname} listed twice")
+                backends[bname] = (dest, weight)
+            except BadObject as e:
+                if skipped is not None:
+                    skipped.append(Skipped("loadbalancer", where, str(e)))
+        ordered = tuple(backends[k] for k in sorted(backends))
+        return LoadBalancer(vpc, name, vip, parse_mac(obj.get("mac")), vni, ordered)
+
+
+@dataclass(frozen=True)
+class StreamObjects:
+    """The objects of one VPC's destination, forwarding and load-balancer streams (raw JSON)."""
+
+    destinations: ServiceObjects = field(default_factory=dict)
+    forwarding: ServiceObjects = field(default_factory=dict)
+    load_balancers: ServiceObjects = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VpcServices:
+    """What one VPC's service set said (all of it for an own VPC; the exported part for a peer)."""
+
+    vpc: str
+    vni: int
+    destinations: tuple[Destination, ...] = ()
+    routes: tuple[RouteEntry, ...] = ()
+    load_balancers: tuple[LoadBalancer, ...] = ()
+
+    @staticmethod
+    def from_service_objects(
+        vpc: str, vni: int, objects: StreamObjects, skipped: list[Skipped]
+    ) -> VpcServices:
+        """Validate every object; objects not carrying ``vni`` are skipped (a VPC has one VNI)."""
+        dests: dict[Address, Destination] = {}
+        for key in sorted(objects.destinations):
+            try:
+                d = Destination.from_service_objects(vpc, key, _obj(objects.destinations[key]))
+                _same_vni(d.vni, vni)
+                if d.ip in dests:
+                    raise BadObject(f"ip {d.ip} already belongs to {dests[d.ip].name}")
+                dests[d.ip] = d
+            except BadObject as e:
+                skipped.append(Skipped("destination", f"{vpc}/{key}", str(e)))
+        routes: list[RouteEntry] = []
+        for key in sorted(objects.forwarding):
+            try:
+                obj = _obj(objects.forwarding[key])
+                _same_vni(parse_vni(obj.get("vni")), vni)
+                r = RouteEntry.from_service_objects(vpc, key, obj)
+                if r.next_hop is not None:
+                    _same_vni(r.next_hop.vni, vni)
+                routes.append(r)
+            except BadObject as e:
+                skipped.append(Skipped("forwarding", f"{vpc}/{key}", str(e)))
+        lbs: dict[Address, LoadBalancer] = {}
+        for key in sorted(objects.load_balancers):
+            try:
+                lb = LoadBalancer.from_service_objects(
+                    vpc, key, _obj(objects.load_balancers[key]), skipped
+                )
+                _same_vni(lb.vni, vni)
+                if lb.vip in dests or lb.vip in lbs:
+                    raise BadObject(f"vip {lb.vip} is already in use")
+                lbs[lb.vip] = lb
+            except BadObject as e:
+                skipped.append(Skipped("loadbalancer", f"{vpc}/{key}", str(e)))
+        return VpcServices(
+            vpc,
+            vni,
+            tuple(sorted(dests.values(), key=lambda d: ip_key(d.ip))),
+            tuple(sorted(routes, key=lambda r: (r.prefix.version, str(r.prefix), r.name))),
+            tuple(sorted(lbs.values(), key=lambda lb: ip_key(lb.vip))),
+        )
+
+
+@dataclass(frozen=True)
+class PeerView:
+    """A peer VPC this host follows for local VPC ``vpc``, and what the peer exports to it."""
+
+    vpc: str
+    peer_vpc: str
+    peer_vni: int
+    policy_id: str
+    services: VpcServices
+
+
+@dataclass(frozen=True)
+class HostView:
+    """Everything the compiler needs about one host, sorted so that equal views compare equal."""
+
+    local_underlay_ip: ipaddress.IPv4Address
+    local_ports: tuple[LocalPort, ...] = ()
+    own: tuple[VpcServices, ...] = ()  # one per local VPC
+    peers: tuple[PeerView, ...] = ()  # one per (local VPC, ACTIVE peer VPC)
+
+    def vpc_vni(self) -> dict[str, int]:
+        return {p.vpc: p.vni for p in self.local_ports}
+
+    def own_of(self, vpc: str) -> VpcServices | None:
+        return next((s for s in self.own if s.vpc == vpc), None)
+
+    def peers_of(self, vpc: str) -> tuple[PeerView, ...]:
+        return tuple(p for p in self.peers if p.vpc == vpc)
+
+    @staticmethod
+    def from_service_objects(
+        local_underlay_ip: str,
+        endpoints: ServiceObjects,
+        ofports: Mapping[tuple[str, str], int],
+        own: Mapping[str, StreamObjects],
+        peerings: Mapping[str, ServiceObjects],
+        peer_services: Mapping[tuple[str, str], StreamObjects],
+    ) -> tuple[HostView, tuple[Skipped, ...]]:
+        """Build the view of one host.
+
+        ``endpoints``: the endpoint meta-service objects for this host (all shards merged);
+        ``ofports``: (vpc, endpoint name) -> ofport, as learned from OVS (endpoints without one
+        are not attached yet and are left out); ``own``: local VPC -> its own streams;
+        ``peerings``: local VPC -> its peering-service objects; ``peer_services``:
+        (peer VPC, policy id) -> the peer's streams under that policy (one subscription serves
+        every local VPC the peer exports to under the same policy).
+        """
+        skipped: list[Skipped] = []
+        ports = _local_ports(endpoints, ofports, skipped)
+        vni_of = {p.vpc: p.vni for p in ports}
+        owners = {vni: vpc for vpc, vni in vni_of.items()}
+        owns = tuple(
+            VpcServices.from_service_objects(vpc, vni, own.get(vpc, StreamObjects()), skipped)
+            for vpc, vni in sorted(vni_of.items())
+        )
+        peers: list[PeerView] = []
+        for vpc in sorted(vni_of):
+            objs = peerings.get(vpc, {})
+            for key in sorted(objs):
+                try:
+                    obj = _obj(objs[key])
+                    peer_vpc, policy = _str(obj, "peer_vpc"), _str(obj, "policy_id")
+                    peer_vni = parse_vni(obj.get("peer_vni"), "peer_vni")
+                    if peer_vpc == vpc:
+                        raise BadObject("a VPC cannot peer with itself")
+                    if owners.get(peer_vni, peer_vpc) != peer_vpc:
+                        raise BadObject(
+                            f"peer_vni {peer_vni} belongs to local VPC {owners[peer_vni]}"
+                        )
+                    if peer_vpc in vni_of and vni_of[peer_vpc] != peer_vni:
+                        raise BadObject(
+                            f"peer_vni {peer_vni} is not {peer_vpc}'s VNI {vni_of[peer_vpc]}"
+                        )
+                    if any(p.vpc == vpc and p.peer_vpc == peer_vpc for p in peers):
+                        raise BadObject(f"{vpc} already follows {peer_vpc}")
+                except BadObject as e:
+                    skipped.append(Skipped("peering", f"{vpc}/{key}", str(e)))
+                    continue
+                streams = peer_services.get((peer_vpc, policy), StreamObjects())
+                services = VpcServices.from_service_objects(peer_vpc, peer_vni, streams, skipped)
+                peers.append(PeerView(vpc, peer_vpc, peer_vni, policy, services))
+        view = HostView(
+            parse_underlay_ip(local_underlay_ip, "local_underlay_ip"), ports, owns, tuple(peers)
+        )
+        return view, tuple(sorted(set(skipped)))
+
+
+def _obj(value: object) -> JsonObject:
+    if not isinstance(value, Mapping):
+        raise BadObject(f"expected an object, got {type(value).__name__}")
+    return value
+
+
+def _same_vni(got: int, want: int) -> None:
+    if got != want:
+        raise BadObject(f"vni {got} is not the VPC's VNI {want}")
+
+
+def _local_ports(
+    endpoints: ServiceObjects, ofports: Mapping[tuple[str, str], int], skipped: list[Skipped]
+) -> tuple[LocalPort, ...]:
+    """Valid, attached local ports; a VPC's VNI is that of its first port (by name)."""
+    ports: list[LocalPort] = []
+    vni_of: dict[str, int] = {}
+    used_ports: set[int] = set()
+    used_ips: set[tuple[str, Address]] = set()
+    for key in sorted(endpoints):
+        try:
+            obj = _obj(endpoints[key])
+            vpc, name = _str(obj, "vpc"), _str(obj, "name")
+            ofport = ofports.get((vpc, name))
+            if ofport is None:
+                raise BadObject("no OpenFlow port yet (interface not attached)")
+            p = LocalPort.from_service_objects(obj, ofport)
+            if vni_of.get(p.vpc, p.vni) != p.vni:
+                raise BadObject(f"vni {p.vni} differs from {p.vpc}'s VNI {vni_of[p.vpc]}")
+            if any(v == p.vni and k != p.vpc for k, v in vni_of.items()):
+                raise BadObject(f"vni {p.vni} is another local VPC's")
+            if p.ofport in used_ports or (p.vpc, p.ip) in used_ips:
+                raise BadObject(f"ofport {p.ofport} or ip {p.ip} already in use on this host")
+        except BadObject as e:
+            skipped.append(Skipped("endpoint", key, str(e)))
+            continue
+        vni_of.setdefault(p.vpc, p.vni)
+        used_ports.add(p.ofport)
+        used_ips.add((p.vpc, p.ip))
+        ports.append(p)
+    return tuple(sorted(ports, key=lambda p: (p.vpc, p.name)))

@@ -1,0 +1,609 @@
+"""The flow syncer's os-ken edge: read flows and groups back, send a plan as one bundle.
+
+Thin by design; every decision is in ``ohc.syncer``. This module only
+
+* converts os-ken stats (``OFPFlowStats``, ``OFPGroupDescStats``) into ``ohc.flows`` values,
+  exactly inverting ``ohc.flows.flow_mod``/``group_mod`` after ``canonical_flow`` (the form
+  OVS reports a flow in: instructions in execution order, no empty apply-actions, masks
+  applied, full masks dropped, lower-case MACs, compressed IPv6);
+* turns a ``SyncPlan`` into messages and sends them as ONE OpenFlow 1.3 ONF bundle
+  (``ONFBundleCtrlMsg``/``ONFBundleAddMsg``, flags ATOMIC|ORDERED), waiting for the commit
+  reply or an error (which rolls the whole bundle back);
+* matches replies and errors to waiting callers by xid (``Replies``).
+
+Why the OF1.3 ONF bundle and not OF1.4's native one: the OHC speaks OpenFlow 1.3 only (the
+pipeline, select-group behaviour and ``tests/support/fakeoftable.py`` are 1.3), OVS accepts the
+ONF extension on a 1.3 connection with the same atomic semantics, and the fake switch applies
+exactly the messages sent here (``FakeOFTable.apply_bundle``). OF1.4 would be ~10% faster on
+commits of 10k flows (ARCHITECTURE.md) but would need a second OpenFlow version on the channel.
+
+Blocking helpers (``read_installed``, ``send_plan``, ``resync``) wait on eventlet events set by
+the app's reply handlers, so they MUST run in their own green thread (``hub.spawn``), never
+inside an os-ken event handler of the app that dispatches the replies: that handler would
+block the very event loop that delivers the reply. See docs/flowsync.md.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import eventlet
+import eventlet.event
+
+from ohc.flows import (
+    Action,
+    Apply,
+    Bucket,
+    DecTtl,
+    Flow,
+    Goto,
+    Group,
+    GroupType,
+    Instruction,
+    Match,
+    MatchValue,
+    Output,
+    SetField,
+    ToGroup,
+    WriteMetadata,
+    flow_mod,
+    group_mod,
+)
+from ohc.syncer import CANARY, FlowState, SwitchState, SyncPlan, plan
+
+ALL_COOKIE_BITS = (1 << 64) - 1
+UNREPRESENTABLE = "x-unrepresentable"  # SetField name marking an action ohc.flows cannot express
+DEFAULT_TIMEOUT = 30.0
+
+
+class OFError(Exception):
+    """The switch answered with an OpenFlow error (or never answered)."""
+
+    def __init__(self, detail: str, errors: Sequence[Any] = ()) -> None:
+        super().__init__(detail)
+        self.errors = list(errors)
+
+
+class BundleError(OFError):
+    """A bundle was refused; the switch rolled all of it back."""
+
+
+# --- canonical form ------------------------------------------------------------------------------
+
+_MAC_FIELDS = frozenset({"eth_src", "eth_dst", "arp_sha", "arp_tha", "ipv6_nd_sll", "ipv6_nd_tll"})
+_IP_FIELDS = frozenset(
+    {"ipv4_src", "ipv4_dst", "arp_spa", "arp_tpa", "ipv6_src", "ipv6_dst", "ipv6_nd_target"}
+)
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+_WIDTH = {
+    "metadata": 64,
+    "tunnel_id": 64,
+    "eth_type": 16,
+    "vlan_vid": 13,
+    "ip_proto": 8,
+    "tcp_src": 16,
+    "tcp_dst": 16,
+    "udp_src": 16,
+    "udp_dst": 16,
+}
+_INSTRUCTION_RANK = {Apply: 0, WriteMetadata: 1, Goto: 2}  # OpenFlow 1.3 execution order
+
+
+def _is_mac(name: str, value: str) -> bool:
+    if name in _MAC_FIELDS:
+        return True
+    return name not in _IP_FIELDS and _MAC_RE.match(value) is not None
+
+
+def _text_value(name: str, value: str) -> int:
+    if _is_mac(name, value):
+        return int(value.replace(":", ""), 16)
+    return int(ipaddress.ip_address(value))
+
+
+def _canon_text(name: str, value: str) -> str:
+    if _is_mac(name, value):
+        return value.lower()
+    return str(ipaddress.ip_address(value))
+
+
+def _full_mask(name: str, value: str | int) -> int:
+    if isinstance(value, str):
+        if _is_mac(name, value):
+            return (1 << 48) - 1
+        return (1 << ipaddress.ip_address(value).max_prefixlen) - 1
+    return (1 << _WIDTH.get(name, 32)) - 1
+
+
+def canonical_value(name: str, value: MatchValue) -> MatchValue | None:
+    """A match value as OVS reports it back; None when the field matches everything."""
+    if not isinstance(value, tuple):
+        return _canon_text(name, value) if isinstance(value, str) else value
+    raw, mask = value
+    if isinstance(raw, str):
+        assert isinstance(mask, str)
+        v, m = _text_value(name, raw), _text_value(name, mask)
+        full = _full_mask(name, raw)
+        if m == 0:
+            return None
+        if m == full:
+            return _canon_text(name, raw)
+        width = 48 if full == (1 << 48) - 1 else None
+        return (_render(name, v & m, width), _render(name, m, width))
+    assert isinstance(mask, int)
+    if mask == 0:
+        return None
+    if mask == _full_mask(name, raw):
+        return raw
+    return (raw & mask, mask)
+
+
+def _render(name: str, value: int, mac_width: int | None) -> str:
+    if mac_width is not None:
+        raw = f"{value:012x}"
+        return ":".join(raw[i : i + 2] for i in range(0, 12, 2))
+    if name in ("ipv6_src", "ipv6_dst", "ipv6_nd_target"):
+        return str(ipaddress.IPv6Address(value))
+    return str(ipaddress.IPv4Address(value))
+
+
+def canonical_match(match: Match) -> Match:
+    fields: list[tuple[str, MatchValue]] = []
+    for name, value in match.fields:
+        canon = canonical_value(name, value)
+        if canon is not None:
+            fields.append((name, canon))
+    return Match(tuple(sorted(fields)))
+
+
+def _canonical_action(a: Action) -> Action:
+    if isinstance(a, SetField) and isinstance(a.value, str) and a.name != UNREPRESENTABLE:
+        return SetField(a.name, _canon_text(a.name, a.value))
+    return a
+
+
+def canonical_instructions(instructions: Iterable[Instruction]) -> tuple[Instruction, ...]:
+    out: list[Instruction] = []
+    for i in instructions:
+        if isinstance(i, Apply):
+            if i.actions:
+                out.append(Apply(tuple(_canonical_action(a) for a in i.actions)))
+        elif isinstance(i, WriteMetadata):
+            out.append(WriteMetadata(i.value & i.mask, i.mask))
+        else:
+            out.append(i)
+    return tuple(sorted(out, key=lambda i: _INSTRUCTION_RANK[type(i)]))
+
+
+def canonical_flow(flow: Flow) -> Flow:
+    """The flow as a switch reports it back: compare canonical desired with read-back installed."""
+    return Flow(
+        flow.table,
+        flow.priority,
+        canonical_match(flow.match),
+        canonical_instructions(flow.instructions),
+        flow.cookie,
+    )
+
+
+def canonical_group(group: Group) -> Group:
+    buckets = tuple(
+        Bucket(tuple(_canonical_action(a) for a in b.actions), b.weight) for b in group.buckets
+    )
+    return Group(group.group_id, group.type, buckets)
+
+
+def canonical_state(state: FlowState) -> SwitchState:
+    return SwitchState(
+        frozenset(canonical_flow(f) for f in state.flows),
+        frozenset(canonical_group(g) for g in state.groups),
+    )
+
+
+# --- os-ken -> ohc.flows ------------------------------------------------------------------------
+
+
+def match_from_osken(match: Any) -> Match:
+    fields: list[tuple[str, MatchValue]] = []
+    for name, value in match.items():
+        fields.append((str(name), tuple(value) if isinstance(value, tuple | list) else value))
+    return Match(tuple(sorted(fields)))
+
+
+def action_from_osken(parser: Any, action: Any) -> Action:
+    if isinstance(action, parser.OFPActionOutput):
+        return Output(int(action.port))
+    if isinstance(action, parser.OFPActionSetField):
+        return SetField(str(action.key), action.value)
+    if isinstance(action, parser.OFPActionGroup):
+        return ToGroup(int(action.group_id))
+    if isinstance(action, parser.OFPActionDecNwTtl):
+        return DecTtl()
+    # Installed by someone else: keep it visibly different from anything desired, so the
+    # plan replaces or deletes the flow instead of believing it is in sync.
+    return SetField(UNREPRESENTABLE, type(action).__name__)
+
+
+def actions_from_osken(parser: Any, actions: Iterable[Any]) -> tuple[Action, ...]:
+    return tuple(action_from_osken(parser, a) for a in actions)
+
+
+def instructions_from_osken(
+    ofp: Any, parser: Any, instructions: Iterable[Any]
+) -> tuple[Instruction, ...]:
+    out: list[Instruction] = []
+    for i in instructions:
+        if isinstance(i, parser.OFPInstructionActions) and i.type == ofp.OFPIT_APPLY_ACTIONS:
+            out.append(Apply(actions_from_osken(parser, i.actions)))
+        elif isinstance(i, parser.OFPInstructionGotoTable):
+            out.append(Goto(int(i.table_id)))
+        elif isinstance(i, parser.OFPInstructionWriteMetadata):
+            out.append(WriteMetadata(int(i.metadata), int(i.metadata_mask)))
+        else:
+            out.append(Apply((SetField(UNREPRESENTABLE, type(i).__name__),)))
+    return tuple(out)
+
+
+def flow_from_stats(datapath: Any, stats: Any) -> Flow:
+    """One ``OFPFlowStats`` entry (or a parsed ``OFPFlowMod``) as an ``ohc.flows.Flow``."""
+    ofp, parser = datapath.ofproto, datapath.ofproto_parser
+    return Flow(
+        int(stats.table_id),
+        int(stats.priority),
+        match_from_osken(stats.match),
+        instructions_from_osken(ofp, parser, stats.instructions or ()),
+        int(stats.cookie),
+    )
+
+
+_GROUP_TYPE_NAMES: dict[str, GroupType] = {
+    "OFPGT_ALL": "all",
+    "OFPGT_SELECT": "select",
+    "OFPGT_INDIRECT": "indirect",
+}
+
+
+def group_from_desc(datapath: Any, stats: Any) -> Group:
+    """One ``OFPGroupDescStats`` entry (or a parsed ``OFPGroupMod``) as an ``ohc.flows.Group``.
+
+    Fast-failover groups (never desired) read as ``all`` with an unrepresentable action, so
+    the plan replaces or deletes them.
+    """
+    ofp, parser = datapath.ofproto, datapath.ofproto_parser
+    gtype: GroupType | None = None
+    for const, name in _GROUP_TYPE_NAMES.items():
+        if int(stats.type) == getattr(ofp, const):
+            gtype = name
+    buckets = tuple(
+        Bucket(actions_from_osken(parser, b.actions), int(b.weight)) for b in stats.buckets or ()
+    )
+    if gtype is None:
+        return Group(
+            int(stats.group_id), "all", (Bucket((SetField(UNREPRESENTABLE, "group-type"),)),)
+        )
+    return Group(int(stats.group_id), gtype, buckets)
+
+
+# --- plan -> messages ---------------------------------------------------------------------------
+
+
+def plan_messages(datapath: Any, the_plan: SyncPlan) -> list[Any]:
+    """FlowMods and GroupMods in plan order (what goes inside the bundle).
+
+    A modify whose cookie changes is sent as ADD, which replaces the flow atomically: an
+    OpenFlow 1.3 MODIFY keeps the old cookie. Deletes are strict and carry the installed
+    cookie with a full cookie mask, so they remove only the flow they were planned for.
+    """
+    ofp = datapath.ofproto
+    msgs: list[Any] = [group_mod(datapath, g, "add") for g in the_plan.group_adds]
+    msgs += [group_mod(datapath, g, "modify") for g in the_plan.group_modifies]
+    msgs += [flow_mod(datapath, f, "add") for f in the_plan.flow_adds]
+    msgs += [
+        flow_mod(datapath, c.new, "add" if c.cookie_changed else "modify")
+        for c in the_plan.flow_modifies
+    ]
+    for f in the_plan.flow_deletes:
+        msg = flow_mod(datapath, f, "delete")
+        msg.cookie_mask = ALL_COOKIE_BITS
+        msgs.append(msg)
+    for g in the_plan.group_deletes:
+        msg = group_mod(datapath, g, "delete")
+        msg.type = ofp.OFPGT_ALL  # OVS ignores the type of a delete; keep it valid
+        msgs.append(msg)
+    return msgs
+
+
+def bundle_flags(ofp: Any) -> int:
+    return int(ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED)
+
+
+def bundle_messages(datapath: Any, the_plan: SyncPlan, bundle_id: int) -> list[Any]:
+    """OPEN, one ADD per plan message, COMMIT: the whole plan as one ONF (OF1.3) bundle."""
+    ofp, parser = datapath.ofproto, datapath.ofproto_parser
+    flags = bundle_flags(ofp)
+    ctrl = parser.ONFBundleCtrlMsg
+    return [
+        ctrl(datapath, bundle_id, ofp.ONF_BCT_OPEN_REQUEST, flags, []),
+        *(
+            parser.ONFBundleAddMsg(datapath, bundle_id, flags, m, [])
+            for m in plan_messages(datapath, the_plan)
+        ),
+        ctrl(datapath, bundle_id, ofp.ONF_BCT_COMMIT_REQUEST, flags, []),
+    ]
+
+
+# --- replies ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Call:
+    final_xid: int
+    done: eventlet.event.Event = field(default_factory=eventlet.event.Event)
+    replies: list[Any] = field(default_factory=list)
+    errors: list[Any] = field(default_factory=list)
+    xids: set[int] = field(default_factory=set)
+    sent: dict[int, Any] = field(default_factory=dict)  # xid -> message, for error reports
+
+    def finish(self) -> None:
+        if not self.done.ready():
+            self.done.send(None)
+
+
+class Replies:
+    """Routes replies and errors to the green thread waiting for them, by (datapath, xid).
+
+    The app forwards ``EventOFPErrorMsg``, ``EventOFPBarrierReply``, ``EventONFBundleCtrlMsg``,
+    ``EventOFPFlowStatsReply`` and ``EventOFPGroupDescStatsReply`` messages to ``dispatch``,
+    and calls ``abort(datapath)`` when a switch disconnects.
+    """
+
+    def __init__(self) -> None:
+        self._calls: dict[tuple[int, int], _Call] = {}
+
+    def dispatch(self, msg: Any) -> bool:
+        """Deliver one message; False when nobody waits for it."""
+        call = self._calls.get((id(msg.datapath), int(msg.xid)))
+        if call is None:
+            return False
+        if isinstance(msg, msg.datapath.ofproto_parser.OFPErrorMsg):
+            call.errors.append(msg)
+            if int(msg.xid) == call.final_xid:
+                call.finish()
+            return True
+        call.replies.append(msg)
+        more = getattr(msg, "flags", 0) & getattr(msg.datapath.ofproto, "OFPMPF_REPLY_MORE", 0)
+        is_multipart = isinstance(msg, msg.datapath.ofproto_parser.OFPMultipartReply)
+        if int(msg.xid) == call.final_xid and not (is_multipart and more):
+            call.finish()
+        return True
+
+    def abort(self, datapath: Any) -> None:
+        for (dp, _), call in list(self._calls.items()):
+            if dp == id(datapath):
+                call.finish()
+
+    def call(
+        self,
+        datapath: Any,
+        msgs: Sequence[Any],
+        timeout: float = DEFAULT_TIMEOUT,
+        watch: Iterable[int] = (),
+    ) -> _Call:
+        """Send ``msgs`` in order and wait until the last one is answered (or times out).
+
+        Errors for any of the messages, and for the earlier xids in ``watch``, are collected
+        in the returned call's ``errors``.
+        """
+        call = _Call(final_xid=-1, xids=set(watch))
+        for m in msgs:
+            if m.xid is None:
+                datapath.set_xid(m)
+            call.xids.add(int(m.xid))
+            call.sent[int(m.xid)] = m
+        call.final_xid = int(msgs[-1].xid)
+        keys = [(id(datapath), x) for x in call.xids]
+        for k in keys:
+            self._calls[k] = call
+        try:
+            for m in msgs:
+                if datapath.send_msg(m) is False:
+                    raise OFError("switch connection is closed")
+            with eventlet.Timeout(timeout, False):
+                call.done.wait()
+            if not call.done.ready():
+                raise OFError(f"no reply from the switch within {timeout} s", call.errors)
+            return call
+        finally:
+            for k in keys:
+                self._calls.pop(k, None)
+
+
+_ERROR_CODE_PREFIX = {
+    "OFPET_BAD_REQUEST": "OFPBRC_",
+    "OFPET_BAD_ACTION": "OFPBAC_",
+    "OFPET_BAD_INSTRUCTION": "OFPBIC_",
+    "OFPET_BAD_MATCH": "OFPBMC_",
+    "OFPET_FLOW_MOD_FAILED": "OFPFMFC_",
+    "OFPET_GROUP_MOD_FAILED": "OFPGMFC_",
+    "OFPET_TABLE_MOD_FAILED": "OFPTMFC_",
+}
+
+
+def error_text(datapath: Any, err: Any) -> str:
+    """An OFPErrorMsg as e.g. 'OFPET_BAD_INSTRUCTION/OFPBIC_BAD_TABLE_ID (xid 7)'."""
+    ofp = datapath.ofproto
+    etype = next(
+        (n for n in _ERROR_CODE_PREFIX if getattr(ofp, n, None) == err.type),
+        f"type {err.type}",
+    )
+    prefix = _ERROR_CODE_PREFIX.get(etype)
+    code = next(
+        (n for n in dir(ofp) if prefix and n.startswith(prefix) and getattr(ofp, n) == err.code),
+        f"code {err.code}",
+    )
+    if int(err.type) == 0xFFFF:  # experimenter error, e.g. an ONF bundle failure
+        etype, code = "OFPET_EXPERIMENTER", f"exp_type {getattr(err, 'exp_type', '?')}"
+    return f"{etype}/{code} (xid {err.xid})"
+
+
+# --- reading and sending ------------------------------------------------------------------------
+
+
+def flow_stats_request(
+    datapath: Any, table_id: int | None = None, cookie: int = 0, cookie_mask: int = 0
+) -> Any:
+    ofp, parser = datapath.ofproto, datapath.ofproto_parser
+    return parser.OFPFlowStatsRequest(
+        datapath,
+        0,
+        ofp.OFPTT_ALL if table_id is None else table_id,
+        ofp.OFPP_ANY,
+        ofp.OFPG_ANY,
+        cookie,
+        cookie_mask,
+        parser.OFPMatch(),
+    )
+
+
+def group_desc_request(datapath: Any) -> Any:
+    return datapath.ofproto_parser.OFPGroupDescStatsRequest(datapath, 0)
+
+
+def _multipart(replies: Replies, datapath: Any, request: Any, timeout: float) -> list[Any]:
+    call = replies.call(datapath, [request], timeout)
+    if call.errors:
+        raise OFError(
+            f"{type(request).__name__}: {error_text(datapath, call.errors[0])}", call.errors
+        )
+    return [entry for reply in call.replies for entry in reply.body]
+
+
+def read_flows(
+    replies: Replies, datapath: Any, timeout: float = DEFAULT_TIMEOUT
+) -> frozenset[Flow]:
+    stats = _multipart(replies, datapath, flow_stats_request(datapath), timeout)
+    return frozenset(flow_from_stats(datapath, s) for s in stats)
+
+
+def read_groups(
+    replies: Replies, datapath: Any, timeout: float = DEFAULT_TIMEOUT
+) -> frozenset[Group]:
+    stats = _multipart(replies, datapath, group_desc_request(datapath), timeout)
+    return frozenset(group_from_desc(datapath, s) for s in stats)
+
+
+def read_installed(
+    replies: Replies, datapath: Any, timeout: float = DEFAULT_TIMEOUT
+) -> SwitchState:
+    """Every flow and group on the switch (multipart replies collected)."""
+    groups = read_groups(replies, datapath, timeout)
+    return SwitchState(read_flows(replies, datapath, timeout), groups)
+
+
+def has_canary(replies: Replies, datapath: Any, timeout: float = DEFAULT_TIMEOUT) -> bool:
+    """Is the canary flow still installed? Its absence means the switch lost its flows."""
+    req = flow_stats_request(datapath, CANARY.table, CANARY.cookie, ALL_COOKIE_BITS)
+    stats = _multipart(replies, datapath, req, timeout)
+    return any(flow_from_stats(datapath, s) == CANARY for s in stats)
+
+
+def send_plan(
+    replies: Replies,
+    datapath: Any,
+    the_plan: SyncPlan,
+    bundle_id: int,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> None:
+    """Apply ``the_plan`` atomically as one bundle; raise BundleError if the switch refused it.
+
+    OPEN and every ADD are sent, then a barrier (outside the bundle): OVS checks each added
+    message as it arrives (bad tables, bad matches), so their errors are all in before the
+    barrier reply. On any error the bundle is discarded; otherwise COMMIT is sent and its
+    reply awaited. Errors found at commit (e.g. output to a missing group) roll back the
+    whole bundle in the switch. An empty plan sends nothing.
+    """
+    if the_plan.empty:
+        return
+    ofp, parser = datapath.ofproto, datapath.ofproto_parser
+    msgs = bundle_messages(datapath, the_plan, bundle_id)
+    what: dict[int, tuple[str, Flow | Group | None]] = {}  # rendered only for error reports
+    for m, step in zip(msgs[1:-1], the_plan.steps(), strict=True):
+        what[datapath.set_xid(m)] = step
+    what[datapath.set_xid(msgs[0])] = ("bundle open", None)
+    what[datapath.set_xid(msgs[-1])] = ("bundle commit", None)
+    call = replies.call(datapath, [*msgs[:-1], parser.OFPBarrierRequest(datapath)], timeout)
+    flags = bundle_flags(ofp)
+    if call.errors:
+        discard = parser.ONFBundleCtrlMsg(
+            datapath, bundle_id, ofp.ONF_BCT_DISCARD_REQUEST, flags, []
+        )
+        replies.call(datapath, [discard], timeout)
+        raise BundleError(
+            f"bundle {bundle_id} refused: {_errors_text(datapath, call.errors, what)}",
+            call.errors,
+        )
+    # A failure found at commit is reported for the failing message's xid, then the commit's.
+    commit = replies.call(datapath, [msgs[-1]], timeout, watch=call.xids)
+    if commit.errors:
+        raise BundleError(
+            f"bundle {bundle_id} commit failed: {_errors_text(datapath, commit.errors, what)}",
+            commit.errors,
+        )
+
+
+def _errors_text(
+    datapath: Any, errors: Sequence[Any], what: dict[int, tuple[str, Flow | Group | None]]
+) -> str:
+    def culprit(xid: int) -> str:
+        kind, obj = what.get(xid, ("?", None))
+        return kind if obj is None else f"{kind} {obj.text()}"
+
+    return "; ".join(f"{error_text(datapath, e)} for {culprit(int(e.xid))}" for e in errors)
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """One sync: the plan sent, the installed state after it, and where the time went."""
+
+    plan: SyncPlan
+    installed: SwitchState
+    read_s: float
+    plan_s: float
+    send_s: float
+    canary_was_present: bool | None = None
+
+    @property
+    def total_s(self) -> float:
+        return self.read_s + self.plan_s + self.send_s
+
+
+def sync(
+    replies: Replies,
+    datapath: Any,
+    desired: FlowState,
+    bundle_id: int,
+    installed: FlowState | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> SyncResult:
+    """Read installed (unless given: the incremental path), diff, send one bundle.
+
+    ``desired`` must be canonical (``canonical_state``) and include ``CANARY``
+    (``ohc.syncer.with_canary``). Raises BundleError when the switch refuses the plan;
+    the switch then holds exactly what it held before.
+    """
+    t0 = time.monotonic()
+    canary: bool | None = None
+    if installed is None:
+        installed = read_installed(replies, datapath, timeout)
+        canary = CANARY in installed.flows
+    t1 = time.monotonic()
+    the_plan = plan(desired, installed)
+    t2 = time.monotonic()
+    send_plan(replies, datapath, the_plan, bundle_id, timeout)
+    t3 = time.monotonic()
+    return SyncResult(the_plan, the_plan.apply_to(installed), t1 - t0, t2 - t1, t3 - t2, canary)

@@ -1,0 +1,245 @@
+"""The OHC's OpenFlow pipeline on ``br-int``: every table declared once.
+
+A table says which match fields its flows may use, which tables its flows may go to, and what
+happens on a miss (always drop: nothing floods, nothing is learned). ``check_flow`` rejects a
+flow that breaks its table's declaration with ``PipelineError``; the compiler calls it on every
+flow it builds, so such a bug fails at build time (and in unit tests), never on a switch.
+
+Metadata layout (64 bits, written by the pipeline itself, never by a VM):
+
+==========  =====================================================================
+bits 0-23   VPC context: the VNI of the local VPC the packet belongs to
+bit 24      ROUTED: the VM sent the packet to its gateway MAC (set by ROUTED_HOP)
+bits 32-63  the local ofport a tunnel packet is to be delivered to (TUNNEL_DST)
+==========  =====================================================================
+
+``docs/pipeline.md`` documents every table; ``markdown_table()`` renders the registry, and a
+unit test requires the document to contain that rendering, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal
+
+from ohc.flows import Apply, Flow, Goto, SetField, WriteMetadata
+
+# --- ports and metadata ----------------------------------------------------------------------
+
+TUNNEL_PORT = 1  # the flow-based Geneve port (remote_ip=flow key=flow)
+FIRST_VM_PORT = 10  # VM ports are ofport 10 and up
+MAX_PORT = 0xFEFF  # OFPP_MAX: higher numbers are reserved ports
+OFPP_IN_PORT = 0xFFFFFFF8  # output back out of the port the packet came in on
+
+VPC_MASK = 0x00FF_FFFF
+ROUTED = 1 << 24
+CONTEXT_MASK = VPC_MASK | ROUTED
+PORT_SHIFT = 32
+PORT_MASK = 0xFFFF_FFFF << PORT_SHIFT
+ALL_METADATA = (1 << 64) - 1
+
+ETH_IPV4 = 0x0800
+ETH_ARP = 0x0806
+ETH_IPV6 = 0x86DD
+ARP_REQUEST = 1
+ARP_REPLY = 2
+
+
+class PipelineError(Exception):
+    """A flow that does not fit the declared pipeline: a compiler bug."""
+
+
+@dataclass(frozen=True)
+class Table:
+    id: int
+    name: str
+    matches: frozenset[str]
+    next_tables: frozenset[int]
+    miss: Literal["drop"] = "drop"
+    purpose: str = ""
+    writer: str = ""  # the compiler function that writes the table's flows
+
+
+def _t(
+    id: int, name: str, matches: Iterable[str], nxt: Iterable[int], purpose: str, writer: str
+) -> Table:
+    return Table(id, name, frozenset(matches), frozenset(nxt), "drop", purpose, writer)
+
+
+CLASSIFY = 0
+ARP_TARGET = 10
+ARP_REPLY_TABLE = 11
+ROUTED_HOP = 20
+L3_LOOKUP = 30
+TUNNEL_DST = 40
+TUNNEL_SRC = 41
+TUNNEL_DELIVER = 42
+
+TABLES: tuple[Table, ...] = (
+    _t(
+        CLASSIFY,
+        "classify",
+        (
+            "in_port",
+            "eth_src",
+            "eth_type",
+            "ipv4_src",
+            "ipv6_src",
+            "arp_spa",
+            "arp_sha",
+            "tunnel_id",
+        ),
+        (ARP_TARGET, ROUTED_HOP, TUNNEL_DST),
+        "VM port: anti-spoofing (in_port + eth_src + IP/ARP source) and VPC context into "
+        "metadata. Tunnel port: a local VPC's VNI into metadata.",
+        "compiler._vpc_flows, _port_flows, _classify_ip (VIPs, route prefixes)",
+    ),
+    _t(
+        ARP_TARGET,
+        "arp_target",
+        ("metadata", "in_port", "eth_type", "arp_op", "arp_tpa"),
+        (ARP_REPLY_TABLE,),
+        "ARP request for a gateway or known address of the VPC: turn it into a reply *from* "
+        "the target (eth_src, arp_op, arp_sha, arp_spa).",
+        "compiler._arp_flows; _port_flows (never about itself)",
+    ),
+    _t(
+        ARP_REPLY_TABLE,
+        "arp_reply",
+        ("in_port", "eth_type"),
+        (),
+        "Finish the reply *to* the requester (eth_dst, arp_tha, arp_tpa are the requesting "
+        "port's own, known constants) and send it out IN_PORT.",
+        "compiler._port_flows",
+    ),
+    _t(
+        ROUTED_HOP,
+        "routed_hop",
+        ("metadata", "eth_dst", "eth_type"),
+        (L3_LOOKUP,),
+        "Packets to the VPC's gateway MAC are routed: dec_ttl, eth_src := gateway MAC, set "
+        "ROUTED. Others go on unchanged (same-subnet traffic).",
+        "compiler._vpc_flows",
+    ),
+    _t(
+        L3_LOOKUP,
+        "l3_lookup",
+        ("metadata", "eth_type", "ipv4_dst", "ipv6_dst"),
+        (),
+        "Per VPC context: own destinations (local port, or Geneve with the own VNI), peer "
+        "destinations (routed only; Geneve with the peer's VNI), ILB VIPs (select group), "
+        "static routes by longest prefix; subnet routes without a destination drop.",
+        "compiler._port_flows, _dest_flows, _lb_flows, _route_flows",
+    ),
+    _t(
+        TUNNEL_DST,
+        "tunnel_dst",
+        ("metadata", "eth_type", "ipv4_dst", "ipv6_dst", "eth_dst"),
+        (TUNNEL_SRC,),
+        "Tunnel packet for a local endpoint of the VNI's VPC (or a VIP it backs, by eth_dst): "
+        "its ofport into metadata.",
+        "compiler._tunnel_dst (ports, VIP backends, route next hops)",
+    ),
+    _t(
+        TUNNEL_SRC,
+        "tunnel_src",
+        ("metadata", "eth_type", "ipv4_src", "ipv6_src", "tun_ipv4_src"),
+        (TUNNEL_DELIVER,),
+        "Source check: the source IP (from the host that owns it) is a destination, VIP or "
+        "route prefix this OHC received for the VPC or for a peer it follows.",
+        "compiler._source_ok (destinations, VIPs, route prefixes)",
+    ),
+    _t(
+        TUNNEL_DELIVER,
+        "tunnel_deliver",
+        ("metadata",),
+        (),
+        "Output to the ofport chosen by tunnel_dst.",
+        "compiler._port_flows",
+    ),
+)
+
+PIPELINE: Mapping[int, Table] = MappingProxyType({t.id: t for t in TABLES})
+
+# OXM prerequisites of the fields this pipeline uses (OpenFlow 1.3 section 7.2.3.8).
+_PREREQS: Mapping[str, tuple[str, frozenset[int]]] = MappingProxyType(
+    {
+        "ipv4_src": ("eth_type", frozenset({ETH_IPV4})),
+        "ipv4_dst": ("eth_type", frozenset({ETH_IPV4})),
+        "ipv6_src": ("eth_type", frozenset({ETH_IPV6})),
+        "ipv6_dst": ("eth_type", frozenset({ETH_IPV6})),
+        "arp_op": ("eth_type", frozenset({ETH_ARP})),
+        "arp_spa": ("eth_type", frozenset({ETH_ARP})),
+        "arp_tpa": ("eth_type", frozenset({ETH_ARP})),
+        "arp_sha": ("eth_type", frozenset({ETH_ARP})),
+        "arp_tha": ("eth_type", frozenset({ETH_ARP})),
+    }
+)
+
+
+def check_flow(flow: Flow, tables: Mapping[int, Table] = PIPELINE) -> Flow:
+    """Return ``flow`` if it fits its table's declaration, else raise ``PipelineError``."""
+    table = tables.get(flow.table)
+    if table is None:
+        raise PipelineError(f"{flow.text()}: table {flow.table} is not declared")
+    extra = flow.match.names() - table.matches
+    if extra:
+        raise PipelineError(
+            f"{flow.text()}: table {table.name} does not declare match field(s) {sorted(extra)}"
+        )
+    fields = flow.match.as_dict()
+    set_names = [
+        a.name
+        for i in flow.instructions
+        if isinstance(i, Apply)
+        for a in i.actions
+        if isinstance(a, SetField)
+    ]
+    for name in [*fields, *set_names]:
+        need = _PREREQS.get(name)
+        if need is not None and fields.get(need[0]) not in need[1]:
+            raise PipelineError(f"{flow.text()}: {name} needs {need[0]} in the match")
+    gotos = [i.table for i in flow.instructions if isinstance(i, Goto)]
+    if len(gotos) > 1:
+        raise PipelineError(f"{flow.text()}: more than one goto")
+    for nxt in gotos:
+        if nxt not in table.next_tables:
+            raise PipelineError(f"{flow.text()}: table {table.name} may not go to table {nxt}")
+    if sum(isinstance(i, WriteMetadata) for i in flow.instructions) > 1:
+        raise PipelineError(f"{flow.text()}: more than one write_metadata")
+    return flow
+
+
+def check_registry(tables: Iterable[Table] = TABLES) -> None:
+    """The registry itself: unique ids and names, next tables declared and later (OpenFlow)."""
+    seen: dict[int, Table] = {}
+    names: set[str] = set()
+    for t in tables:
+        if t.id in seen or t.name in names:
+            raise PipelineError(f"table {t.id} {t.name}: declared twice")
+        seen[t.id] = t
+        names.add(t.name)
+    for t in seen.values():
+        for nxt in t.next_tables:
+            if nxt not in seen or nxt <= t.id:
+                raise PipelineError(f"table {t.name}: next table {nxt} is undeclared or earlier")
+
+
+def markdown_table(tables: Iterable[Table] = TABLES) -> str:
+    """The registry as the markdown table in docs/pipeline.md."""
+    rows = [
+        "| id | name | matches | next | miss | purpose | written by |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for t in tables:
+        matches = ", ".join(f"`{m}`" for m in sorted(t.matches))
+        nxt = ", ".join(str(n) for n in sorted(t.next_tables)) or "-"
+        rows.append(
+            f"| {t.id} | `{t.name}` | {matches} | {nxt} | {t.miss} | {t.purpose} | `{t.writer}` |"
+        )
+    return "\n".join(rows)
+
+
+check_registry()

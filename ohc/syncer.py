@@ -1,0 +1,243 @@
+"""The flow syncer's pure core: diff desired against installed switch state into one ordered plan.
+
+OVN's ``ofctrl.c`` in miniature. The caller gives two states (flows and groups, as
+``ohc.flows`` values): what the compiler wants (``desired``) and what the switch holds
+(``installed``, read back from it on every (re)connect). ``plan`` returns the difference as
+ordered steps that one OpenFlow bundle applies atomically (``ohc.ofio.send_plan``):
+
+1. group adds            (before any flow that outputs to them)
+2. group modifies
+3. flow adds             (keys, i.e. (table, priority, match), not installed)
+4. flow modifies         (same key, other instructions or cookie)
+5. flow deletes (strict) (installed keys not desired)
+6. group deletes         (last: no remaining flow references them)
+
+Nothing is ever flushed, and flows whose key and content already match are not touched, so
+their counters and ``duration`` survive a controller restart. ``SyncPlan.apply_to`` models the
+result on a state, which is what the invariant tests use: after any sequence of plans the
+modelled installed state equals the latest desired state (OVN's CHECK_FLOWS_AFTER_RECOMPUTE).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from ohc.flows import Apply, Flow, Group, Match, ToGroup
+
+FlowKey = tuple[int, int, Match]
+StepKind = Literal[
+    "group_add", "group_modify", "flow_add", "flow_modify", "flow_delete", "group_delete"
+]
+STEP_KINDS: tuple[StepKind, ...] = (
+    "group_add",
+    "group_modify",
+    "flow_add",
+    "flow_modify",
+    "flow_delete",
+    "group_delete",
+)
+
+
+class FlowState(Protocol):
+    """Anything with a set of flows and a set of groups (desired or installed)."""
+
+    @property
+    def flows(self) -> frozenset[Flow]: ...
+
+    @property
+    def groups(self) -> frozenset[Group]: ...
+
+
+@dataclass(frozen=True)
+class SwitchState:
+    """A plain FlowState: a switch's (or the compiler's) flows and groups."""
+
+    flows: frozenset[Flow] = frozenset()
+    groups: frozenset[Group] = frozenset()
+
+    @staticmethod
+    def of(flows: Iterable[Flow] = (), groups: Iterable[Group] = ()) -> SwitchState:
+        return SwitchState(frozenset(flows), frozenset(groups))
+
+
+class PlanError(ValueError):
+    """A state that cannot be synced (two flows share a key), or a plan that does not fit."""
+
+
+@dataclass(frozen=True)
+class FlowChange:
+    """A flow whose key is installed but whose instructions or cookie differ."""
+
+    old: Flow
+    new: Flow
+
+    @property
+    def cookie_changed(self) -> bool:
+        """OpenFlow's MODIFY keeps the cookie: a cookie change must be sent as ADD (replace)."""
+        return self.old.cookie != self.new.cookie
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    """The ordered difference between two states; fields are in the order they must be sent."""
+
+    group_adds: tuple[Group, ...] = ()
+    group_modifies: tuple[Group, ...] = ()
+    flow_adds: tuple[Flow, ...] = ()
+    flow_modifies: tuple[FlowChange, ...] = ()
+    flow_deletes: tuple[Flow, ...] = ()
+    group_deletes: tuple[Group, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return len(self) == 0
+
+    def __len__(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def counts(self) -> Mapping[StepKind, int]:
+        return {
+            "group_add": len(self.group_adds),
+            "group_modify": len(self.group_modifies),
+            "flow_add": len(self.flow_adds),
+            "flow_modify": len(self.flow_modifies),
+            "flow_delete": len(self.flow_deletes),
+            "group_delete": len(self.group_deletes),
+        }
+
+    def steps(self) -> Iterator[tuple[StepKind, Flow | Group]]:
+        """Every step in send order; a modify yields the new flow."""
+        yield from (("group_add", g) for g in self.group_adds)
+        yield from (("group_modify", g) for g in self.group_modifies)
+        yield from (("flow_add", f) for f in self.flow_adds)
+        yield from (("flow_modify", c.new) for c in self.flow_modifies)
+        yield from (("flow_delete", f) for f in self.flow_deletes)
+        yield from (("group_delete", g) for g in self.group_deletes)
+
+    def apply_to(self, installed: FlowState) -> SwitchState:
+        """The state a switch holding ``installed`` is left in after this plan commits.
+
+        Strict: a step that does not fit ``installed`` (adding what exists, changing or
+        deleting what does not) raises PlanError, so the model catches planning bugs that a
+        forgiving switch would hide.
+        """
+        groups = {g.group_id: g for g in installed.groups}
+        for g in self.group_adds:
+            if g.group_id in groups:
+                raise PlanError(f"group add of existing group {g.group_id}")
+            groups[g.group_id] = g
+        for g in self.group_modifies:
+            if g.group_id not in groups:
+                raise PlanError(f"group modify of missing group {g.group_id}")
+            groups[g.group_id] = g
+        flows = flows_by_key(installed.flows)
+        for f in self.flow_adds:
+            if f.key in flows:
+                raise PlanError(f"flow add of an installed key: {f.text()}")
+            flows[f.key] = f
+        for c in self.flow_modifies:
+            if flows.get(c.old.key) != c.old or c.new.key != c.old.key:
+                raise PlanError(f"flow modify does not fit: {c.old.text()} -> {c.new.text()}")
+            flows[c.new.key] = c.new
+        for f in self.flow_deletes:
+            if flows.pop(f.key, None) is None:
+                raise PlanError(f"flow delete of a missing key: {f.text()}")
+        for g in self.group_deletes:
+            if groups.pop(g.group_id, None) is None:
+                raise PlanError(f"group delete of missing group {g.group_id}")
+        return SwitchState(frozenset(flows.values()), frozenset(groups.values()))
+
+    def summary(self) -> str:
+        return ", ".join(f"{n} {k}" for k, n in self.counts.items() if n) or "nothing to do"
+
+
+def flows_by_key(flows: Iterable[Flow]) -> dict[FlowKey, Flow]:
+    """Flows indexed by (table, priority, match); two flows with one key is a PlanError."""
+    out: dict[FlowKey, Flow] = {}
+    for f in flows:
+        other = out.setdefault(f.key, f)
+        if other is not f and other != f:
+            raise PlanError(f"two flows share a key:\n  {other.text()}\n  {f.text()}")
+    return out
+
+
+def _flow_order(f: Flow) -> tuple[int, int, str]:
+    # Match values mix ints, strings and (value, mask) pairs: sort on their repr.
+    return f.table, -f.priority, repr(f.match.fields)
+
+
+def plan(desired: FlowState, installed: FlowState) -> SyncPlan:
+    """The steps that turn ``installed`` into ``desired``; empty when they are equal."""
+    want_groups = {g.group_id: g for g in desired.groups}
+    have_groups = {g.group_id: g for g in installed.groups}
+    if len(want_groups) != len(desired.groups):
+        raise PlanError("two desired groups share a group id")
+    want = flows_by_key(desired.flows)
+    have = flows_by_key(installed.flows)
+    changes = [FlowChange(have[k], f) for k, f in want.items() if k in have and have[k] != f]
+    return SyncPlan(
+        group_adds=_groups_sorted(g for i, g in want_groups.items() if i not in have_groups),
+        group_modifies=_groups_sorted(
+            g for i, g in want_groups.items() if i in have_groups and have_groups[i] != g
+        ),
+        flow_adds=tuple(sorted((f for k, f in want.items() if k not in have), key=_flow_order)),
+        flow_modifies=tuple(sorted(changes, key=lambda c: _flow_order(c.new))),
+        flow_deletes=tuple(sorted((f for k, f in have.items() if k not in want), key=_flow_order)),
+        group_deletes=_groups_sorted(g for i, g in have_groups.items() if i not in want_groups),
+    )
+
+
+def _groups_sorted(groups: Iterable[Group]) -> tuple[Group, ...]:
+    return tuple(sorted(groups, key=lambda g: g.group_id))
+
+
+def group_references(flows: Iterable[Flow]) -> frozenset[int]:
+    """Group ids the flows output to (a desired state must define every one of them)."""
+    return frozenset(
+        a.group_id
+        for f in flows
+        for i in f.instructions
+        if isinstance(i, Apply)
+        for a in i.actions
+        if isinstance(a, ToGroup)
+    )
+
+
+def missing_groups(state: FlowState) -> frozenset[int]:
+    """Groups referenced by the state's flows but not defined in it (OVS would reject them)."""
+    return group_references(state.flows) - {g.group_id for g in state.groups}
+
+
+# --- the canary (Neutron's setup_canary_table) ----------------------------------------------------
+
+CANARY_TABLE = 253  # the last table OVS lets controllers write (254 is its read-only internal one)
+CANARY_COOKIE = 0x6D70_6361_6E61_7279  # "mpcanary"
+CANARY = Flow(CANARY_TABLE, 0, Match(), (), CANARY_COOKIE)
+
+
+def with_canary(state: FlowState) -> SwitchState:
+    """``state`` plus the canary flow: a switch that lost the canary lost everything."""
+    return SwitchState(state.flows | {CANARY}, state.groups)
+
+
+__all__ = [
+    "CANARY",
+    "CANARY_COOKIE",
+    "CANARY_TABLE",
+    "STEP_KINDS",
+    "FlowChange",
+    "FlowKey",
+    "FlowState",
+    "PlanError",
+    "StepKind",
+    "SwitchState",
+    "SyncPlan",
+    "flows_by_key",
+    "group_references",
+    "missing_groups",
+    "plan",
+    "with_canary",
+]

@@ -1,0 +1,246 @@
+"""/v1/openapi.json against the route table and against the running controller.
+
+The document must list exactly the controller's operations, be the one the table generates,
+and every request schema in it must reject unknown fields, at every nesting level, both on
+paper (``additionalProperties: false``) and over HTTP (a 400 naming the field's path).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any, cast
+
+import pytest
+
+from meshpeer.controller.api import ControllerApi
+from meshpeer.rest.router import Api
+from tests.api.ctlkit import Cluster, Ctl
+from tests.api.test_api_errors import CASES
+
+# The route table, written out: a route added or dropped must show up here on purpose.
+EXPECTED = {
+    ("GET", "/healthz"),
+    ("GET", "/v1/openapi.json"),
+    ("GET", "/v1/vpcs"),
+    ("POST", "/v1/vpcs"),
+    ("GET", "/v1/vpcs/{vpc}"),
+    ("DELETE", "/v1/vpcs/{vpc}"),
+    ("GET", "/v1/vpcs/{vpc}/subnets"),
+    ("POST", "/v1/vpcs/{vpc}/subnets"),
+    ("GET", "/v1/vpcs/{vpc}/subnets/{name}"),
+    ("DELETE", "/v1/vpcs/{vpc}/subnets/{name}"),
+    ("GET", "/v1/vpcs/{vpc}/endpoints"),
+    ("POST", "/v1/vpcs/{vpc}/endpoints"),
+    ("GET", "/v1/vpcs/{vpc}/endpoints/{name}"),
+    ("DELETE", "/v1/vpcs/{vpc}/endpoints/{name}"),
+    ("GET", "/v1/vpcs/{vpc}/peerings"),
+    ("POST", "/v1/vpcs/{vpc}/peerings"),
+    ("GET", "/v1/vpcs/{vpc}/peerings/{name}"),
+    ("PUT", "/v1/vpcs/{vpc}/peerings/{name}"),
+    ("DELETE", "/v1/vpcs/{vpc}/peerings/{name}"),
+    ("GET", "/v1/vpcs/{vpc}/routes"),
+    ("POST", "/v1/vpcs/{vpc}/routes"),
+    ("GET", "/v1/vpcs/{vpc}/routes/effective"),
+    ("GET", "/v1/vpcs/{vpc}/routes/{name}"),
+    ("DELETE", "/v1/vpcs/{vpc}/routes/{name}"),
+    ("GET", "/v1/hosts"),
+    ("GET", "/v1/hosts/{name}"),
+    ("PUT", "/v1/hosts/{name}"),
+    ("GET", "/v1/multiplexer"),
+    ("GET", "/v1/federation/vpcs/{vpc}"),
+    ("GET", "/v1/subscribe"),
+}
+NO_AUTH = {
+    ("GET", "/healthz"),
+    ("GET", "/v1/openapi.json"),
+    ("GET", "/v1/federation/vpcs/{vpc}"),  # federation token, checked by the handler
+    ("GET", "/v1/subscribe"),  # API token or grant, checked by the handler
+}
+
+
+def table_api() -> Api:
+    """The controller's route table without a shard: routes() only binds handlers."""
+    api = ControllerApi(cast(Any, None), "unused", lambda vpc: None)
+    return Api(api.routes(), "unused", title="meshpeer controller")
+
+
+@pytest.fixture(scope="module")
+def ctl(module_cluster: Cluster) -> Iterator[Ctl]:
+    c = module_cluster["ctl1"]
+    c.vpc("blue", "10.1.0.0/16")
+    c.vm("blue", "b1", "10.1.0.5")
+    yield c
+
+
+@pytest.fixture(scope="module")
+def doc(ctl: Ctl) -> dict[str, Any]:
+    r = ctl.raw("GET", "/v1/openapi.json", token=None)
+    assert r.status == 200
+    assert r.headers["content-type"].startswith("application/json")
+    assert isinstance(r.body, dict)
+    return r.body
+
+
+def ops(doc: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(m.upper(), p): op for p, item in doc["paths"].items() for m, op in item.items()}
+
+
+def test_document_lists_exactly_the_route_table(doc: dict[str, Any]) -> None:
+    served = set(ops(doc))
+    table = {(r.method, r.path) for r in table_api().routes}
+    assert served == table
+    assert served == EXPECTED
+    assert doc["openapi"].startswith("3.1")
+
+
+def test_served_document_is_the_one_the_table_generates(doc: dict[str, Any]) -> None:
+    assert doc == json.loads(json.dumps(table_api().document))
+
+
+def test_security_is_documented_per_route(doc: dict[str, Any]) -> None:
+    assert doc["security"] == [{"bearer": []}]
+    for key, op in ops(doc).items():
+        assert ("security" in op and op["security"] == []) == (key in NO_AUTH), key
+        if key not in NO_AUTH:
+            assert "401" in op["responses"], key
+    assert "403" in ops(doc)[("GET", "/v1/subscribe")]["responses"]
+    assert "401" in ops(doc)[("GET", "/v1/federation/vpcs/{vpc}")]["responses"]
+
+
+def template_of(doc: dict[str, Any], path: str) -> str | None:
+    """The documented path a concrete path routes to (literal segments win, as in the router)."""
+    path = path.split("?")[0]
+    matches = [
+        t
+        for t in doc["paths"]
+        if re.fullmatch(re.sub(r"\\\{[a-z_]+\\\}", "[^/]+", re.escape(t)), path)
+    ]
+    return min(matches, key=lambda t: t.count("{"), default=None)
+
+
+def test_every_status_the_api_answers_is_documented(doc: dict[str, Any]) -> None:
+    """Each error the error-case table provokes is listed for its operation."""
+    table = ops(doc)
+    checked = 0
+    for case in CASES:
+        template = template_of(doc, case.path)
+        if template is None or case.status == 405:
+            continue  # unknown path; wrong method (no operation to document it on)
+        op = table[(case.method, template)]
+        assert str(case.status) in op["responses"], (case.id, case.method, template)
+        checked += 1
+    assert checked > 50
+
+
+# --- request schemas reject unknown fields ------------------------------------------------------
+
+
+def resolve(doc: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        name = schema["$ref"].removeprefix("#/components/schemas/")
+        schema = doc["components"]["schemas"][name]
+    return schema
+
+
+def object_paths(doc: dict[str, Any], schema: dict[str, Any], path: str = "") -> Iterator[str]:
+    """The path of every object a body may contain ("" for the body itself)."""
+    schema = resolve(doc, schema)
+    if schema.get("type") == "object":
+        yield path
+        for name, sub in schema["properties"].items():
+            yield from object_paths(doc, sub, f"{path}.{name}" if path else name)
+    elif schema.get("type") == "array":
+        yield from object_paths(doc, schema["items"], f"{path}[0]")
+
+
+def all_objects(doc: dict[str, Any], schema: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    schema = resolve(doc, schema)
+    if schema.get("type") == "object":
+        yield schema
+        for sub in schema["properties"].values():
+            yield from all_objects(doc, sub)
+    elif schema.get("type") == "array":
+        yield from all_objects(doc, schema["items"])
+    for alt in schema.get("anyOf", []):
+        yield from all_objects(doc, alt)
+
+
+EXAMPLES = {"cidr": "10.77.0.0/24", "ip": "10.77.0.5", "mac": "02:00:00:00:00:01", "name": "zz"}
+
+
+def example(doc: dict[str, Any], schema: dict[str, Any]) -> Any:
+    """A value of ``schema`` with every optional property filled in (syntax only)."""
+    schema = resolve(doc, schema)
+    kind = schema.get("type")
+    if kind == "object":
+        return {k: example(doc, v) for k, v in schema["properties"].items()}
+    if kind == "array":
+        return [example(doc, schema["items"])]
+    if kind == "integer":
+        return schema.get("minimum", 1)
+    if kind == "boolean":
+        return False
+    if "enum" in schema:
+        return schema["enum"][0]
+    return EXAMPLES.get(schema.get("format", ""), "x")
+
+
+def plant(body: Any, path: str, key: str) -> None:
+    """Add ``key`` to the object at ``path`` (as produced by :func:`object_paths`)."""
+    target = body
+    for part in re.findall(r"[a-z_]+|\[0\]", path):
+        target = target[0] if part == "[0]" else target[part]
+    target[key] = 1
+
+
+def bodies(doc: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    out = []
+    for (method, path), op in sorted(ops(doc).items()):
+        if "requestBody" in op:
+            out.append((method, path, op["requestBody"]["content"]["application/json"]["schema"]))
+    return out
+
+
+def test_every_request_schema_forbids_additional_properties(doc: dict[str, Any]) -> None:
+    found = bodies(doc)
+    assert {(m, p) for m, p, _ in found} == {
+        ("POST", "/v1/vpcs"),
+        ("POST", "/v1/vpcs/{vpc}/subnets"),
+        ("POST", "/v1/vpcs/{vpc}/endpoints"),
+        ("POST", "/v1/vpcs/{vpc}/peerings"),
+        ("PUT", "/v1/vpcs/{vpc}/peerings/{name}"),
+        ("POST", "/v1/vpcs/{vpc}/routes"),
+        ("PUT", "/v1/hosts/{name}"),
+    }
+    for method, path, schema in found:
+        objects = list(all_objects(doc, schema))
+        assert objects, (method, path)
+        for obj in objects:
+            assert obj.get("additionalProperties") is False, (method, path, obj)
+    for name, schema in doc["components"]["schemas"].items():
+        if schema.get("type") == "object":
+            assert schema.get("additionalProperties") is False, name
+
+
+def test_every_request_schema_rejects_unknown_fields_over_http(
+    ctl: Ctl, doc: dict[str, Any]
+) -> None:
+    before = ctl.get("/healthz")["version"]
+    sample = {"{vpc}": "blue", "{name}": "hv1"}
+    tried = []
+    for method, template, schema in bodies(doc):
+        url = template
+        for k, v in sample.items():
+            url = url.replace(k, v)
+        for where in object_paths(doc, schema):
+            body = example(doc, schema)
+            plant(body, where, "bogus")
+            r = ctl.req(method, url, body)
+            want = f"{where}.bogus" if where else "bogus"
+            assert r.status == 400, (method, template, where, r.body)
+            assert r.error()[:2] == ("bad_request", want), (method, template, r.body)
+            tried.append(want)
+    assert {"subnets[0].bogus", "backends[0].bogus", "export.bogus"} <= set(tried)
+    assert ctl.get("/healthz")["version"] == before
