@@ -65,7 +65,9 @@ def up(plan: LabPlan, topo: Topology, progress: Progress = print) -> float:
     if plan.controllers:
         stage("controllers", lambda: _controllers(plan, topo))
         stage("ohcs", lambda: _ohcs(plan))
+        t_intent = time.time()
         stage("intent", lambda: f"{controllers.apply_intent(plan, topo)} REST calls")
+        stage("programmed", lambda: f"every OHC synced ({ohcs.wait_settled(plan, t_intent):.2f}s)")
     state.save(plan, "up")
     return time.monotonic() - start
 

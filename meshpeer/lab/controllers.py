@@ -19,7 +19,7 @@ from meshpeer.client import ApiFailure, Client
 from meshpeer.lab.plan import ControllerPlan, LabPlan, Secrets, vni_block
 from meshpeer.lab.procs import alive, read_pidfile
 from meshpeer.lab.sh import LabError, netns_cmd
-from meshpeer.lab.topology import Topology
+from meshpeer.lab.topology import Endpoint, Topology
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -121,6 +121,20 @@ def client_for(plan: LabPlan, name: str) -> Client:
     return Client(url(c), plan.api_token)
 
 
+def endpoint_body(plan: LabPlan, e: Endpoint) -> dict[str, Any]:
+    """The REST body creating a topology endpoint (with the MAC its lab VM really has)."""
+    body: dict[str, Any] = {"name": e.name, "kind": e.kind, "ip": str(e.ip)}
+    vm = next((x for x in plan.vms if x.name == e.name), None)
+    mac = vm.mac if vm else e.mac
+    if mac:
+        body["mac"] = mac
+    if e.host:
+        body["host"] = e.host
+    if e.backends:
+        body["backends"] = [{"endpoint": b.endpoint, "weight": b.weight} for b in e.backends]
+    return body
+
+
 def apply_intent(plan: LabPlan, topo: Topology) -> int:
     """Create the topology's VPCs, endpoints and peerings through the REST API.
 
@@ -139,19 +153,10 @@ def apply_intent(plan: LabPlan, topo: Topology) -> int:
             client_for(plan, v.controller).post("/v1/vpcs", body)
             calls += 1
         for e in topo.endpoints:
-            body = {"name": e.name, "kind": e.kind, "ip": str(e.ip)}
-            vm = next((x for x in plan.vms if x.name == e.name), None)
-            body["mac"] = vm.mac if vm else e.mac
-            if e.host:
-                body["host"] = e.host
-            if e.backends:
-                body["backends"] = [
-                    {"endpoint": b.endpoint, "weight": b.weight} for b in e.backends
-                ]
-            if body["mac"] is None:
-                del body["mac"]
-            client_for(plan, owner[e.vpc]).post(f"/v1/vpcs/{e.vpc}/endpoints", body)
-            calls += 1
+            if not e.defer:
+                path = f"/v1/vpcs/{e.vpc}/endpoints"
+                client_for(plan, owner[e.vpc]).post(path, endpoint_body(plan, e))
+                calls += 1
         for p in topo.peerings:
             body = {"name": f"{p.vpc}-{p.peer}", "peer_vpc": p.peer}
             if p.export is not None:

@@ -7,14 +7,17 @@ controller shards over the management network.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
+from typing import Any
 
 from meshpeer.lab import ovs
 from meshpeer.lab.controllers import ROOT
 from meshpeer.lab.plan import OF_LISTEN_PORT, HostPlan, LabPlan
 from meshpeer.lab.procs import alive, read_pidfile
-from meshpeer.lab.sh import netns_cmd
+from meshpeer.lab.sh import LabError, netns_cmd
 
 OHC_APP = "ohc.app"
 
@@ -57,3 +60,35 @@ def start(plan: LabPlan, h: HostPlan) -> int:
 def running(h: HostPlan) -> bool:
     pid = read_pidfile(f"{h.rundir}/ohc.pid")
     return pid is not None and alive(pid)
+
+
+def status(h: HostPlan) -> dict[str, Any] | None:
+    try:
+        with open(f"{h.rundir}/ohc.status.json", encoding="utf-8") as f:
+            data: dict[str, Any] = json.load(f)
+            return data
+    except (OSError, ValueError):
+        return None
+
+
+def wait_settled(plan: LabPlan, since: float, quiet: float = 0.5, timeout: float = 20.0) -> float:
+    """Wait until every OHC has synced after ``since`` with all its ports, then stayed quiet.
+
+    A heuristic until applied versions are reported to the shards: good enough for the lab
+    to hand over a programmed data plane. Returns the seconds waited.
+    """
+    start = time.time()
+    while time.time() - start < timeout:
+        ready = True
+        for h in plan.hosts:
+            st = status(h) or {}
+            last = st.get("last_sync") or {}
+            # Deferred VMs have no port until they are created through the REST API.
+            want = {f"{v.vpc}/{v.name}" for v in plan.vms_on(h.name) if not v.defer}
+            at = last.get("at", 0)
+            if at < since or not want <= set(st.get("ports", {})) or time.time() - at < quiet:
+                ready = False
+        if ready:
+            return time.time() - start
+        time.sleep(0.05)
+    raise LabError(f"on-host controllers did not settle within {timeout}s")

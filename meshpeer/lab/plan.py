@@ -54,6 +54,7 @@ class VmPlan:
     vni: int
     host_port: str  # veth end inside the host namespace, attached to br-int
     ofport: int
+    defer: bool = False  # created at its controller later, not by 'lab up'
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,7 @@ def make_plan(topo: Topology, lab: str, index: int, secrets: Secrets | None = No
                 vni=vnis[e.vpc],
                 host_port=f"v-{e.name}",
                 ofport=port,
+                defer=e.defer,
             )
         )
     controllers = tuple(

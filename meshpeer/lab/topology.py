@@ -70,6 +70,9 @@ class Endpoint:
     host: str | None = None
     mac: str | None = None
     backends: tuple[Backend, ...] = ()
+    # Plumbed in the lab but not created at its controller by 'lab up': tests and the demo
+    # create it later through the REST API (e.g. to time programming latency).
+    defer: bool = False
 
     @property
     def namespaced(self) -> bool:
@@ -245,7 +248,7 @@ _OPTIONAL_KEYS: dict[str, list[str]] = {
     "controllers": [],
     "hosts": [],
     "vpcs": ["controller", "subnets", "vni"],
-    "endpoints": ["vpc", "host", "ip", "kind", "mac", "backends"],
+    "endpoints": ["vpc", "host", "ip", "kind", "mac", "backends", "defer"],
 }
 
 
@@ -350,7 +353,11 @@ def _endpoint(
     if ip in reserved:
         c.err(f"{p}.ip", f"{ip} is reserved in {subnet} (network, gateway or broadcast)")
         return None
-    return Endpoint(m["name"], vpc_name, ip, kind, host, mac.lower() if mac else None)
+    defer = m.get("defer", False)
+    if not isinstance(defer, bool):
+        c.err(f"{p}.defer", f"expected true or false, got {defer!r}")
+        return None
+    return Endpoint(m["name"], vpc_name, ip, kind, host, mac.lower() if mac else None, (), defer)
 
 
 def _check_endpoint_ips(c: _Checker, endpoints: Sequence[Endpoint]) -> None:

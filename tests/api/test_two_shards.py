@@ -267,6 +267,13 @@ def test_peer_streams_snapshot_delta_resume_and_close(
     )
     assert g.subscriber_vpc == "blue" and g.expires_at == peer["expires_at"]
     red_grant = peer["grant"]
+    # green is not peered with red: a grant naming green (signed with the real key) is refused,
+    # and blue's grant does not open red's own (unfiltered) streams.
+    forged = grant(shards, "green", "red", red_policy, "hv1")
+    with stream(c2, forged, "destination", "red", policy=red_policy, host="hv1") as s:
+        assert "no ACTIVE peering" in refused(s, 403)
+    with stream(c2, red_grant, "destination", "red") as s:
+        refused(s, 401)
 
     # red's destination service through red's export policy: only what it admits.
     with stream(c2, red_grant, "destination", "red", policy=red_policy, host="hv1") as s:
