@@ -61,6 +61,7 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
             self.shard, conf.api_token, self.federation.fetch_view, conf.heartbeat_interval
         )
         self.conf = conf
+        self.ticker: Any = None
         log.info(
             "shard %s: store version %d, incarnation %d",
             conf.shard,
@@ -74,7 +75,7 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
         server, port = serve(app, self.conf.listen_host, self.conf.listen_port)
         log.info("shard %s: REST API on http://%s:%d", self.conf.shard, self.conf.listen_host, port)
         self.federation.sync()
-        self.threads.append(hub.spawn(self._tick))
+        self.ticker = hub.spawn(self._tick)
         return server
 
     def _tick(self) -> None:
@@ -84,6 +85,8 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
             self.shard.refresh()
 
     def close(self) -> None:
+        if self.ticker is not None:
+            hub.kill(self.ticker)
         self.federation.stop()
         self.store.close()
         super().close()

@@ -22,7 +22,7 @@ from meshpeer.controller.shard import Delete, ShardState
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.grants import GrantError, Rejection, verify
 from meshpeer.protocol.messages import ProtocolError, parse_subscribe_request
-from meshpeer.rest.errors import ApiError, bad_request, not_found
+from meshpeer.rest.errors import ApiError, bad_request, not_found, unauthorized
 from meshpeer.rest.router import RequestCtx, Route
 from meshpeer.rest.schema import Arr, Bool, Int, Obj, Str
 from meshpeer.streaming.publisher import ndjson_response
@@ -357,7 +357,7 @@ class ControllerApi:
         auth = ctx.request.headers.get("Authorization", "")
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise ApiError(401, "unauthorized", None, "missing bearer token")
+            raise unauthorized("missing bearer token")
         return str(token).strip()
 
     def _is(self, token: str, secret: str) -> bool:
@@ -369,7 +369,7 @@ class ControllerApi:
             self._is(token, self.shard.directory.federation_token)
             or self._is(token, self.api_token)
         ):
-            raise ApiError(401, "unauthorized", None, "bad federation token")
+            raise unauthorized("bad federation token")
         vpc = ctx.params["vpc"]
         if self.shard.directory.owner_of(vpc) != self.shard.name:
             raise not_found("vpc", f"VPC {vpc!r} is not owned by shard {self.shard.name!r}")
@@ -390,16 +390,9 @@ class ControllerApi:
                 self._is(token, self.shard.directory.federation_token)
                 or self._is(token, self.api_token)
             ):
-                raise ApiError(
-                    401,
-                    "unauthorized",
-                    "Authorization",
-                    "federation streams need the federation token",
-                )
+                raise unauthorized("federation streams need the federation token")
         elif not self._is(token, self.api_token):
-            raise ApiError(
-                401, "unauthorized", "Authorization", "own-shard streams need the API token"
-            )
+            raise unauthorized("own-shard streams need the API token")
         # Peer streams are shared by every subscriber of one policy (the multiplexer's point);
         # the host only scopes the grant. The peering service is per host.
         sid = (req.service, req.key, req.policy, None if req.policy else req.host)
@@ -438,7 +431,8 @@ class ControllerApi:
             status = 403 if exc.reason == Rejection.WRONG_SCOPE else 401
             code = "forbidden" if status == 403 else "unauthorized"
             detail = f"grant rejected ({exc.reason}): {exc.detail}"
-            raise ApiError(status, code, "Authorization", detail) from exc
+            auth = (("WWW-Authenticate", 'Bearer error="invalid_token"'),) if status == 401 else ()
+            raise ApiError(status, code, "Authorization", detail, auth) from exc
         for p in self.shard.intent.peerings_of(vpc):
             st = self.shard.peering_status(vpc, p.name)
             if (

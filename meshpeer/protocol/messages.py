@@ -22,6 +22,8 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 OBJECT_ID_RE = re.compile(r"[!-~]{1,256}")
 """Object ids: 1-256 printable ASCII chars without spaces (IPs, CIDRs, uuids)."""
 GRANT_RE = re.compile(r"[A-Za-z0-9._-]{1,2048}")
+# Any bearer credential (grant, API or federation token): printable ASCII, no spaces.
+TOKEN_RE = re.compile(r"[!-~]{1,4096}")
 
 
 class ProtocolError(ValueError):
@@ -161,12 +163,14 @@ def parse_subscribe_request(
     since = parse_since(seen["since"]) if "since" in seen else None
     policy = check_name("policy", seen["policy"]) if "policy" in seen else None
     host = check_name("host", seen["host"]) if "host" in seen else None
+    # Anything but a well-formed bearer token counts as no credential: the server then
+    # answers 401 like every other route, not 400.
     grant = None
     if authorization is not None:
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not GRANT_RE.fullmatch(token):
-            raise ProtocolError("authorization", "must be 'Bearer <grant>'")
-        grant = token
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() == "bearer" and TOKEN_RE.fullmatch(token):
+            grant = token
     if policy is not None and host is None:
         raise ProtocolError("host", "required with a policy (the grant's scope names the host)")
     return SubscribeRequest(service, key, since, grant, policy, host)

@@ -529,9 +529,6 @@ def bad_schemes(token: str) -> dict[str, dict[str, str]]:
     }
 
 
-SUBSCRIBE = ("GET", "/v1/subscribe")
-
-
 def test_every_route_but_health_and_openapi_needs_the_token(world: Cluster) -> None:
     ctl = world["ctl1"]
     ops = operations(ctl)
@@ -545,8 +542,7 @@ def test_every_route_but_health_and_openapi_needs_the_token(world: Cluster) -> N
             assert r.status == 200, (method, path, r.body)
             continue
         variants = bad_tokens(world.token)
-        if (method, path) != SUBSCRIBE:  # see the xfail below
-            variants.update(bad_schemes(world.token))
+        variants.update(bad_schemes(world.token))
         for why, headers in variants.items():
             r = ctl.raw(method, url, data, {**JSON, **headers}, token=None)
             assert r.status == 401, (method, path, why, r.status, r.body)
@@ -554,11 +550,6 @@ def test_every_route_but_health_and_openapi_needs_the_token(world: Cluster) -> N
     assert snapshot(world, "ctl1") == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="protocol/messages.py parse_subscribe_request: a non-Bearer or empty Authorization "
-    "header is a 400 ProtocolError on /v1/subscribe, where every other route answers 401",
-)
 def test_subscribe_answers_other_schemes_with_401(world: Cluster) -> None:
     ctl = world["ctl1"]
     for why, headers in bad_schemes(world.token).items():
@@ -580,12 +571,6 @@ def test_the_token_is_not_checked_against_other_secrets(world: Cluster) -> None:
     assert r.status == 200  # the scheme is case-insensitive
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api.py: subscribe(), _check_grant() and federation_view() raise ApiError(401) "
-    "without the WWW-Authenticate header every 401 must carry (RFC 7235 3.1; "
-    "docs/protocol.md: 'WWW-Authenticate: Bearer error=\"invalid_token\"')",
-)
 def test_every_401_carries_www_authenticate(world: Cluster) -> None:
     ctl = world["ctl1"]
     answers: list[tuple[str, Reply]] = []
@@ -603,12 +588,6 @@ def test_every_401_carries_www_authenticate(world: Cluster) -> None:
     assert not missing, f"401 without WWW-Authenticate: {missing}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="protocol/messages.py parse_subscribe_request: the bearer token must match GRANT_RE "
-    "([A-Za-z0-9._-]), so with an api_token holding other characters (e.g. base64 '+/=') "
-    "every own-shard subscription is a 400, while the REST API accepts the token",
-)
 def test_api_token_with_base64_characters_opens_own_streams(
     make_cluster: Callable[..., Cluster],
 ) -> None:

@@ -14,8 +14,6 @@ import threading
 import time
 from typing import Any
 
-import pytest
-
 from tests.api.ctlkit import Cluster, Ctl, state_of, stream, wait_for
 
 
@@ -154,12 +152,6 @@ def _hammer(ctl: Ctl, stop: threading.Event) -> None:
             time.sleep(0.01)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ryu_apps/controller.py start(): the _tick green thread (self.threads.append("
-    "hub.spawn(self._tick))) never ends, and OSKenApp.stop() joins self.threads, so the "
-    "manager's SIGTERM handler blocks in manager.close() and never reaches os._exit",
-)
 def test_sigterm_stops_a_busy_controller_promptly(cluster: Cluster) -> None:
     """SIGTERM while requests are being served: the handler runs in a request's green thread."""
     ctl = cluster["ctl1"]
