@@ -17,8 +17,8 @@ class Pair:
     note: str = ""
 
 
-def ping(src: VmPlan, dst_ip: str, count: int = 1, timeout_s: int = 1) -> bool:
-    cmd = ["ping", "-n", "-q", "-c", str(count), "-W", str(timeout_s)]
+def ping(src: VmPlan, dst_ip: str, count: int = 1, timeout_s: float = 1) -> bool:
+    cmd = ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", f"{timeout_s:g}"]
     if family(dst_ip) == 6:
         cmd.append("-6")
     res = run([*cmd, dst_ip], netns=src.netns, check=False, timeout=count * timeout_s + 5)

@@ -1,0 +1,73 @@
+"""Observing the lab's data plane: Geneve captures on the fabric, and reachability over time."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from meshpeer.lab.matrix import ping
+from meshpeer.lab.plan import LabPlan, VmPlan
+from meshpeer.lab.sh import netns_cmd
+
+GENEVE_RE = re.compile(
+    r"IP (\d+\.\d+\.\d+\.\d+)\.\d+ > (\d+\.\d+\.\d+\.\d+)\.6081: Geneve.*?vni (0x[0-9a-f]+)"
+)
+
+
+@dataclass(frozen=True)
+class GenevePacket:
+    src: str
+    dst: str
+    vni: int
+
+
+def capture_geneve(
+    plan: LabPlan, host: str, during: Callable[[], object], count: int = 4
+) -> list[GenevePacket]:
+    """Geneve packets seen on a host's underlay link (in the fabric) while ``during`` runs."""
+    proc = subprocess.Popen(
+        netns_cmd(
+            plan.fabric_netns,
+            ["tcpdump", "-l", "-nn", "-i", f"u-{host}", "-c", str(count), "udp", "port", "6081"],
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        while "listening on" not in proc.stderr.readline():
+            if proc.poll() is not None:
+                raise RuntimeError("tcpdump exited before capturing")
+        during()
+        out, _ = proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return [GenevePacket(m[1], m[2], int(m[3], 16)) for m in GENEVE_RE.finditer(out)]
+
+
+def until(check: Callable[[], bool], timeout: float, interval: float = 0.02) -> float | None:
+    """Seconds until ``check()`` holds, or None if it never did within ``timeout``."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if check():
+            return time.monotonic() - start
+        time.sleep(interval)
+    return None
+
+
+def answers(src: VmPlan, dst_ip: str) -> Callable[[], bool]:
+    """A quick one-packet reachability check (200 ms wait) for polling."""
+
+    def check() -> bool:
+        return ping(src, dst_ip, count=1, timeout_s=0.2)
+
+    return check
