@@ -51,6 +51,7 @@ class Agent:
         self.clients: dict[Sub, Client] = {}
         self.auth: dict[Sub, str] = {}
         self.objects: dict[Sub, dict[str, Any]] = {}
+        self.versions: dict[Sub, int] = {}  # stream version of the objects held
         self.closed_bytes = 0  # bytes received by clients since stopped (for the totals)
         self.closed_objects = 0
 
@@ -100,6 +101,7 @@ class Agent:
         self.closed_objects += client.objects_received
         self.auth.pop(sub, None)
         self.objects.pop(sub, None)
+        self.versions.pop(sub, None)
         log.info("ohc %s: stopped following %s", self.host, _describe(sub))
 
     def _changed(self, sub: Sub) -> Callable[[ReplicaState, Any], None]:
@@ -107,6 +109,8 @@ class Agent:
             if sub not in self.clients:
                 return  # a late message from a stream just dropped
             self.objects[sub] = dict(replica.objects)
+            if replica.version is not None:
+                self.versions[sub] = replica.version
             if sub.service in (ServiceName.ENDPOINT, ServiceName.PEERING):
                 self.resync()
             self.on_update()

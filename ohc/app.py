@@ -30,6 +30,7 @@ from os_ken.ofproto import ofproto_v1_3
 from meshpeer.client import Client
 from meshpeer.controller.directory import parse_directory
 from meshpeer.protocol import ServiceName
+from meshpeer.protocol.messages import stream_name
 from meshpeer.streaming.subscriber import StreamClient
 from ohc import ofio
 from ohc.agent import Agent
@@ -238,11 +239,13 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             self.ofports = read_ofports(self.conf.ovsdb)
         if "canary-missing" in reasons:
             self.installed = None  # the switch lost its flows: read it back and resync fully
+        versions = dict(self.agent.versions)  # what this view is built from
         view, skipped = self.view()
         desired = with_canary(ofio.canonical_state(compile_host(view)))
         self.bundle_id += 1
         result = ofio.sync(self.replies, dp, desired, self.bundle_id, self.installed)
         self.installed = result.installed
+        hub.spawn(self._report, versions)
         self.syncs += 1
         self.last = {
             "n": self.syncs,
@@ -257,6 +260,21 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         if not result.plan.empty:
             log.info("ohc %s: sync %s", self.conf.host, json.dumps(self.last))
         self._write_status()
+
+    def _report(self, versions: dict[Sub, int]) -> None:
+        """Tell each shard which of its stream versions this switch now holds, so that
+        `?wait=programmed` can answer. Best effort: a lost report only delays that answer."""
+        by_url: dict[str, list[dict[str, Any]]] = {}
+        for sub, version in versions.items():
+            name = stream_name(sub.service, sub.key, sub.policy, sub.host)
+            by_url.setdefault(sub.url, []).append({"stream": name, "version": version})
+        for url, streams in sorted(by_url.items()):
+            try:
+                Client(url, self.conf.api_token, timeout=2.0).put(
+                    f"/v1/hosts/{self.conf.host}/applied", {"streams": streams}
+                )
+            except Exception as exc:
+                log.info("ohc %s: applied report to %s failed: %s", self.conf.host, url, exc)
 
     def _write_status(self) -> None:
         if not self.conf.status_file:

@@ -68,7 +68,8 @@ def wanted(
             continue
         out[Sub(own, ServiceName.PEERING, vpc, None, host)] = api_token
         for service in PEER_SERVICES:
-            out[Sub(own, service, vpc)] = api_token
+            # The host names who follows the stream, so the shard can tell when it is applied.
+            out[Sub(own, service, vpc, None, host)] = api_token
         for peer in (peering_streams.get(vpc) or {}).values():
             try:
                 peer_url, peer_vpc = str(peer["controller"]), str(peer["peer_vpc"])

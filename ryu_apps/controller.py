@@ -58,7 +58,11 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
         )
         self.federation = Federation(self.shard)
         self.api = ControllerApi(
-            self.shard, conf.api_token, self.federation.fetch_view, conf.heartbeat_interval
+            self.shard,
+            conf.api_token,
+            self.federation.fetch_view,
+            conf.heartbeat_interval,
+            sleep=hub.sleep,
         )
         self.conf = conf
         self.ticker: Any = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -24,7 +25,7 @@ from meshpeer.protocol.grants import GrantError, Rejection, verify
 from meshpeer.protocol.messages import ProtocolError, parse_subscribe_request
 from meshpeer.rest.errors import ApiError, bad_request, not_found, unauthorized
 from meshpeer.rest.router import RequestCtx, Route
-from meshpeer.rest.schema import Arr, Bool, Int, Obj, Str
+from meshpeer.rest.schema import Arr, Bool, Int, Obj, Schema, Str
 from meshpeer.streaming.publisher import ndjson_response
 from policies.export import PolicyError, parse_export_policy
 
@@ -65,6 +66,13 @@ ROUTE_IN = Obj(
     {"priority": Int(0, 65535)},
     name="RouteCreate",
 )
+WAIT_Q: dict[str, Schema] = {"wait": Str(enum=("programmed",)), "timeout": Int(0, 60)}
+APPLIED_IN = Obj(
+    {"streams": Arr(Obj({"stream": Str(), "version": Int(0)}, {}, name="AppliedStream"))},
+    {},
+    name="AppliedReport",
+    description="Stream versions an OHC has programmed into its switch",
+)
 HOST_IN = Obj({"underlay_ip": Str(format="ip")}, {}, name="HostRegister")
 VPC_P = {"vpc": NAME}
 ITEM_P = {"vpc": NAME, "name": NAME}
@@ -81,11 +89,13 @@ class ControllerApi:
         api_token: str,
         fetch_view: Fetch,
         heartbeat_interval: float = 5.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.shard = shard
         self.api_token = api_token
         self.fetch_view = fetch_view
         self.heartbeat_interval = heartbeat_interval
+        self.sleep = sleep  # the eventlet hub's sleep in the app: waiting must not block it
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -97,6 +107,17 @@ class ControllerApi:
             return fn(*args)
         except IntentError as exc:
             raise ApiError(exc.status, _code(exc.status), exc.field, exc.detail) from exc
+
+    def _programmed(self, ctx: RequestCtx, kind: str, key: str, body: JsonObject) -> JsonObject:
+        """With ?wait=programmed, hold the answer until every host that follows a changed
+        stream reports applying it, or ``timeout`` seconds pass; say which hosts are pending."""
+        pending = self.shard.pending_hosts(kind, key)
+        if ctx.query.get("wait") == "programmed":
+            deadline = time.monotonic() + ctx.query.get("timeout", 10)
+            while pending and time.monotonic() < deadline:
+                self.sleep(0.01)
+                pending = self.shard.pending_hosts(kind, key)
+        return {**body, "programmed": not pending, "pending_hosts": pending}
 
     def _vpc(self, name: str) -> Any:
         return self._intent(ops.need_vpc, self.shard.intent, name)
@@ -192,21 +213,26 @@ class ControllerApi:
             backends,
         )
         self.shard.commit([ep])
-        return 201, self._with_version("endpoint", f"{ep.vpc}/{ep.name}", ep.to_json())
+        key = f"{ep.vpc}/{ep.name}"
+        body = self._with_version("endpoint", key, ep.to_json())
+        return 201, self._programmed(ctx, "endpoint", key, body)
 
     def get_endpoint(self, ctx: RequestCtx) -> tuple[int, object]:
         vpc = self._vpc(ctx.params["vpc"]).name
         ep = self.shard.intent.endpoints.get((vpc, ctx.params["name"]))
         if ep is None:
             raise not_found("endpoint", f"no endpoint {ctx.params['name']!r} in VPC {vpc!r}")
-        return 200, self._with_version("endpoint", f"{vpc}/{ep.name}", ep.to_json())
+        key = f"{vpc}/{ep.name}"
+        body = self._with_version("endpoint", key, ep.to_json())
+        return 200, self._programmed(ctx, "endpoint", key, body)
 
     def delete_endpoint(self, ctx: RequestCtx) -> tuple[int, object]:
         ep = self._intent(
             ops.check_endpoint_delete, self.shard.intent, ctx.params["vpc"], ctx.params["name"]
         )
-        version = self.shard.commit(deletes=[Delete("endpoint", f"{ep.vpc}/{ep.name}")])
-        return 200, {"deleted": ep.name, "version": version}
+        key = f"{ep.vpc}/{ep.name}"
+        version = self.shard.commit(deletes=[Delete("endpoint", key)])
+        return 200, self._programmed(ctx, "endpoint", key, {"deleted": ep.name, "version": version})
 
     # --- peerings -------------------------------------------------------------------------
 
@@ -259,7 +285,9 @@ class ControllerApi:
             facts,
         )
         self.shard.commit([p])
-        return 201, self._peering_json(vpc, p.name)
+        return 201, self._programmed(
+            ctx, "peering", f"{vpc}/{p.name}", self._peering_json(vpc, p.name)
+        )
 
     def update_peering(self, ctx: RequestCtx) -> tuple[int, object]:
         p = self._intent(
@@ -288,8 +316,9 @@ class ControllerApi:
         p = self._intent(
             ops.check_peering, self.shard.intent, ctx.params["vpc"], ctx.params["name"]
         )
-        version = self.shard.commit(deletes=[Delete("peering", f"{p.vpc}/{p.name}")])
-        return 200, {"deleted": p.name, "version": version}
+        key = f"{p.vpc}/{p.name}"
+        version = self.shard.commit(deletes=[Delete("peering", key)])
+        return 200, self._programmed(ctx, "peering", key, {"deleted": p.name, "version": version})
 
     # --- routes -----------------------------------------------------------------------------
 
@@ -345,6 +374,11 @@ class ControllerApi:
         hosts = sorted(self.shard.intent.hosts.values(), key=lambda h: h.name)
         return 200, {"hosts": [self._with_version("host", h.name, h.to_json()) for h in hosts]}
 
+    def put_applied(self, ctx: RequestCtx) -> tuple[int, object]:
+        host = ctx.params["name"]
+        self.shard.report_applied(host, {s["stream"]: s["version"] for s in ctx.body["streams"]})
+        return 200, {"host": host, "streams": len(ctx.body["streams"])}
+
     def multiplexer(self, ctx: RequestCtx) -> tuple[int, object]:
         return 200, {"shard": self.shard.name, **self.shard.counts()}
 
@@ -393,9 +427,15 @@ class ControllerApi:
                 raise unauthorized("federation streams need the federation token")
         elif not self._is(token, self.api_token):
             raise unauthorized("own-shard streams need the API token")
-        # Peer streams are shared by every subscriber of one policy (the multiplexer's point);
-        # the host only scopes the grant. The peering service is per host.
-        sid = (req.service, req.key, req.policy, None if req.policy else req.host)
+        # Streams are shared by every subscriber (for peers: of one policy, the multiplexer's
+        # point); the host scopes a grant and names who must apply. The peering service alone
+        # is per host (it carries that host's grants).
+        sid = (
+            req.service,
+            req.key,
+            req.policy,
+            req.host if req.service == ServiceName.PEERING else None,
+        )
         if sid not in self.shard.hub:
             raise not_found(
                 "key",
@@ -406,7 +446,7 @@ class ControllerApi:
         if expires_at is not None:
             wall_to_mono = self.shard.hub.clock() + (expires_at - self.shard.clock())
         writer = self.shard.hub.wsgi_stream(
-            sid, req.since, self.heartbeat_interval, expires_at=wall_to_mono, tag=tag
+            sid, req.since, self.heartbeat_interval, expires_at=wall_to_mono, tag=tag, host=req.host
         )
         resp: Response = ndjson_response(writer, ctx.request.environ)
         return resp
@@ -513,6 +553,7 @@ class ControllerApi:
                 "POST",
                 "/v1/vpcs/{vpc}/endpoints",
                 self.create_endpoint,
+                query=WAIT_Q,
                 body=ENDPOINT_IN,
                 params=VPC_P,
                 status=201,
@@ -522,6 +563,7 @@ class ControllerApi:
                 "GET",
                 "/v1/vpcs/{vpc}/endpoints/{name}",
                 self.get_endpoint,
+                query=WAIT_Q,
                 params=ITEM_P,
                 summary="Get an endpoint",
             ),
@@ -529,6 +571,7 @@ class ControllerApi:
                 "DELETE",
                 "/v1/vpcs/{vpc}/endpoints/{name}",
                 self.delete_endpoint,
+                query=WAIT_Q,
                 params=ITEM_P,
                 summary="Delete an endpoint",
             ),
@@ -543,6 +586,7 @@ class ControllerApi:
                 "POST",
                 "/v1/vpcs/{vpc}/peerings",
                 self.create_peering,
+                query=WAIT_Q,
                 body=PEERING_IN,
                 params=VPC_P,
                 status=201,
@@ -569,6 +613,7 @@ class ControllerApi:
                 "DELETE",
                 "/v1/vpcs/{vpc}/peerings/{name}",
                 self.delete_peering,
+                query=WAIT_Q,
                 params=ITEM_P,
                 summary="Delete this VPC's side of a peering",
             ),
@@ -624,6 +669,14 @@ class ControllerApi:
                 body=HOST_IN,
                 params={"name": NAME},
                 summary="Register a host and its underlay IP",
+            ),
+            Route(
+                "PUT",
+                "/v1/hosts/{name}/applied",
+                self.put_applied,
+                body=APPLIED_IN,
+                params={"name": NAME},
+                summary="An OHC reports the stream versions its switch holds (for ?wait=programmed)",
             ),
             Route(
                 "GET",

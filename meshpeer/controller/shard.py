@@ -19,7 +19,7 @@ from meshpeer.controller.mux import GrantSettings, Publication, StreamId, desire
 from meshpeer.controller.peering import Status, View, federation_view, statuses
 from meshpeer.controller.routing import effective_routes
 from meshpeer.protocol import ServiceName
-from meshpeer.protocol.messages import CloseReason
+from meshpeer.protocol.messages import CloseReason, stream_name
 from meshpeer.store.sqlite import Change, Store
 from meshpeer.streaming.publisher import StreamHub
 
@@ -57,6 +57,10 @@ class ShardState:
         self.states: dict[tuple[str, str], Status] = {}
         self.publication = Publication({})
         self.listeners: list[Callable[[], None]] = []  # e.g. federation client sync
+        # Soft state for "is it programmed?": what each host reported applying, per stream,
+        # and the stream versions each resource's last write produced.
+        self.applied: dict[str, dict[str, int]] = {}
+        self.targets: dict[tuple[str, str], dict[StreamId, int]] = {}
         self.refresh()
 
     # --- writes -------------------------------------------------------------------------
@@ -73,7 +77,9 @@ class ShardState:
         for d in deletes:
             self.intent.drop(d.kind, d.key)
             self.versions.pop((d.kind, d.key), None)
-        self.refresh()
+        produced = self.refresh()
+        for key in [store_key(r) for r in puts] + [(d.kind, d.key) for d in deletes]:
+            self.targets[key] = produced
         return version
 
     def set_remote_view(self, vpc: str, view: View | None) -> None:
@@ -102,7 +108,8 @@ class ShardState:
             if self.directory.owner_of(p.peer_vpc) not in (None, self.name)
         }
 
-    def refresh(self) -> None:
+    def refresh(self) -> dict[StreamId, int]:
+        """Recompute and publish; returns the stream versions this refresh produced."""
         views = self.views()
         before = self.active_peers()
         self.states = statuses(self.intent, views, self.owner_map())
@@ -119,8 +126,11 @@ class ShardState:
         pub = desired_streams(self.intent, self.states, self.grants, self.clock())
         for vpc in self.intent.vpcs:
             pub.streams[StreamId(ServiceName.FEDERATION, vpc)] = views[vpc]  # type: ignore[assignment]
+        produced: dict[StreamId, int] = {}
         for sid, objects in pub.streams.items():
-            self.hub.publish(sid, objects)
+            delta = self.hub.publish(sid, objects)
+            if delta is not None:
+                produced[sid] = delta.version
         for old in self.hub.stream_ids():
             if StreamId(*old) not in pub.streams:
                 # A peer stream ends when no ACTIVE peering uses its policy any more.
@@ -132,6 +142,7 @@ class ShardState:
                 listener()
             except Exception:  # a committed write must not be reported as failed
                 log.exception("shard %s: listener %r failed", self.name, listener)
+        return produced
 
     def active_peers(self) -> set[tuple[str, str, str]]:
         """(vpc, peer VPC, export policy id) of every ACTIVE peering."""
@@ -140,6 +151,22 @@ class ShardState:
             for key, p in self.intent.peerings.items()
             if (st := self.states.get(key)) is not None and st.active
         }
+
+    # --- programmed? ------------------------------------------------------------------------
+
+    def report_applied(self, host: str, streams: dict[str, int]) -> None:
+        """An OHC says which stream versions its switch now holds."""
+        self.applied.setdefault(host, {}).update(streams)
+
+    def pending_hosts(self, kind: str, key: str) -> list[str]:
+        """Hosts subscribed to a stream that a resource's last write changed, but which have
+        not reported applying that version yet (OVN's --wait=hv, per resource)."""
+        pending: set[str] = set()
+        for sid, version in self.targets.get((kind, key), {}).items():
+            for host in self.hub.subscriber_hosts(sid):
+                if self.applied.get(host, {}).get(stream_name(*sid), -1) < version:
+                    pending.add(host)
+        return sorted(pending)
 
     # --- reads for the REST API ----------------------------------------------------------
 

@@ -174,3 +174,13 @@ def parse_subscribe_request(
     if policy is not None and host is None:
         raise ProtocolError("host", "required with a policy (the grant's scope names the host)")
     return SubscribeRequest(service, key, since, grant, policy, host)
+
+
+def stream_name(service: str, key: str, policy: str | None, host: str | None) -> str:
+    """A stream's name in applied-version reports: ``service/key/policy/host``.
+
+    Every subscriber of a stream reads the same log, so the subscribing host is part of the
+    name only for the ``peering`` service, which is published per host.
+    """
+    own_host = host if service == ServiceName.PEERING else None
+    return f"{service}/{key}/{policy or ''}/{own_host or ''}"

@@ -85,9 +85,10 @@ class StreamStats:
 class _Outbox:
     """One attached subscriber: its bounded queue and the wake-up of its writer."""
 
-    def __init__(self, maxlen: int, tag: str | None = None) -> None:
+    def __init__(self, maxlen: int, tag: str | None = None, host: str | None = None) -> None:
         self.queue = SubscriberQueue(maxlen)
         self.tag = tag  # who subscribed (e.g. the grant's VPC), for closing some subscribers
+        self.host = host  # the subscribing host, whose applied versions say "programmed"
         self._waiter: Any = None  # eventlet.event.Event while the writer sleeps
 
     def wake(self) -> None:
@@ -335,6 +336,7 @@ class StreamHub:
         expires_at: float | None = None,
         expiry_reason: str = CloseReason.GRANT_EXPIRED.value,
         tag: str | None = None,
+        host: str | None = None,
     ) -> StreamWriter:
         """Attach a subscriber; return its ``app_iter`` (raises KeyError for an unknown stream).
 
@@ -350,7 +352,7 @@ class StreamHub:
             raise ValueError("heartbeat_interval must be > 0")
         clock = clock or self.clock
         stream = self._streams[StreamId(*stream_id)]
-        outbox = _Outbox(self.queue_maxlen, tag)
+        outbox = _Outbox(self.queue_maxlen, tag, host)
         resume = stream.log.resume(since)
         for msg in resume:  # more than maxlen deltas turn into one snapshot
             outbox.queue.push(msg)
@@ -373,6 +375,11 @@ class StreamHub:
 
     def __len__(self) -> int:
         return len(self._streams)
+
+    def subscriber_hosts(self, stream_id: tuple[Any, ...]) -> set[str]:
+        """Hosts attached to a stream right now (subscribers that named their host)."""
+        stream = self._streams.get(StreamId(*stream_id))
+        return {o.host for o in stream.outboxes if o.host} if stream else set()
 
     def stream_ids(self) -> list[StreamId]:
         return list(self._streams)

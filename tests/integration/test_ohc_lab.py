@@ -1,0 +1,312 @@
+"""The on-host controllers program br-int from the controllers' streams: real packets (issue 4).
+
+On tests/integration/topologies/mesh.yaml (blue <-> red across shards, red <-> green with green
+exporting 10.3.0.0/25 only, blue - green not peered, r3 deferred): the reachability matrix,
+TCP, Geneve on the wire, a peering deleted and re-added and an endpoint added and removed
+under traffic. On limited.yaml: a host with only blue endpoints learns nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from meshpeer.client import Client
+from meshpeer.lab import controllers, ohcs, ovs
+from meshpeer.lab.cli import load_topology
+from meshpeer.lab.expect import expect
+from meshpeer.lab.sh import netns_cmd
+from meshpeer.lab.topology import Endpoint, Topology
+from tests.integration.labkit import TOPOLOGIES, Lab, bring_up, lab_cli
+from tests.integration.traffic import Capture, Pinger
+
+MESH = "mesh.yaml"
+LIMITED = "limited.yaml"
+PEERING = {"name": "blue-red", "peer_vpc": "red"}
+
+
+def topology(name: str) -> Topology:
+    return load_topology(os.path.join(TOPOLOGIES, name))
+
+
+def endpoint(topo: Topology, name: str) -> Endpoint:
+    return next(e for e in topo.endpoints if e.name == name)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    """mesh.yaml. Named ``lab`` so that conftest dumps flows when a test fails."""
+    the_lab = bring_up(MESH)
+    try:
+        yield the_lab
+    finally:
+        lab_cli(the_lab.name, "down")
+
+
+@pytest.fixture(scope="module")
+def limited() -> Iterator[Lab]:
+    the_lab = bring_up(LIMITED)
+    try:
+        yield the_lab
+    finally:
+        lab_cli(the_lab.name, "down")
+
+
+def client(lab: Lab, ctl: str) -> Client:
+    return controllers.client_for(lab.plan, ctl)
+
+
+def check_matrix(lab: Lab, topo: Topology) -> None:
+    """`scripts/lab matrix --json` equals meshpeer.lab.expect for every ordered pair."""
+    pairs = json.loads(lab_cli(lab.name, "matrix", "--json").stdout)["pairs"]
+    got = {(p["src"], p["dst"]): p["reachable"] for p in pairs}
+    live = [e for e in topo.endpoints if not e.defer]
+    wrong = []
+    for a in live:
+        for b in live:
+            if a.name == b.name:
+                continue
+            want = expect(topo, a, b)
+            if got[(a.name, b.name)] != want.reachable:
+                wrong.append(f"{a.name} -> {b.name}: got {got[(a.name, b.name)]}, want {want}")
+    assert not wrong, "\n".join(wrong)
+    assert len(got) == len(topo.endpoints) * (len(topo.endpoints) - 1)
+    # A deferred endpoint is plumbed but unknown to its controller: nobody reaches it.
+    deferred = {e.name for e in topo.endpoints if e.defer}
+    assert not [k for k, ok in got.items() if ok and deferred & set(k)], got
+    print(f"\n[{lab.name}] matrix: {sum(got.values())}/{len(got)} ordered pairs reachable")
+
+
+# --- mesh.yaml -----------------------------------------------------------------------------------
+
+
+def test_matrix_equals_expectation(lab: Lab) -> None:
+    check_matrix(lab, topology(MESH))
+
+
+def iperf(lab: Lab, client_vm: str, server_vm: str) -> float:
+    server = lab.vm(server_vm)
+    srv = subprocess.Popen(
+        netns_cmd(server.netns, ["iperf3", "-s", "-1", "-B", server.ip]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 5
+        while "5201" not in lab.sh(server_vm, "ss", "-ltn") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        out = lab.sh(client_vm, "iperf3", "-J", "-t", "1", "-c", server.ip, timeout=30)
+        bps: float = json.loads(out)["end"]["sum_received"]["bits_per_second"]
+        return bps
+    finally:
+        srv.kill()
+        srv.wait()
+
+
+@pytest.mark.parametrize(("client_vm", "server_vm"), [("b1", "r1"), ("r1", "b1")])
+def test_tcp_across_the_cross_shard_peering(lab: Lab, client_vm: str, server_vm: str) -> None:
+    bps = iperf(lab, client_vm, server_vm)
+    print(f"\niperf3 {client_vm} -> {server_vm}: {bps / 1e6:.0f} Mbit/s")
+    assert bps > 10e6
+
+
+def test_geneve_goes_host_to_host_with_the_destination_vni(lab: Lab) -> None:
+    """b1 (hv1, blue) -> r1 (hv2, red): straight from hv1's VTEP to hv2's, nothing via hv3.
+
+    The sender uses the destination's VNI: red's for the request, blue's for the reply.
+    """
+    hv1, hv2 = lab.host("hv1").underlay_ip, lab.host("hv2").underlay_ip
+    blue, red = lab.plan.vnis["blue"], lab.plan.vnis["red"]
+    with Capture(lab.plan, "hv1") as on_hv1, Capture(lab.plan, "hv3") as on_hv3:
+        assert lab.ping("b1", "r1", count=3)
+        seen, raw = on_hv1.stop()
+        via_hv3, raw3 = on_hv3.stop()
+    assert not via_hv3, f"Geneve through hv3 (a proxy?):\n{raw3}"
+    requests = [p for p in seen if p.icmp == "request"]
+    replies = [p for p in seen if p.icmp == "reply"]
+    assert len(requests) == 3 and len(replies) == 3, raw
+    assert len(seen) == 6, raw  # nothing else crossed hv1's underlay link
+    for p in requests:
+        assert (p.src, p.dst, p.vni) == (hv1, hv2, red), raw
+        assert (p.inner_src, p.inner_dst) == (lab.vm("b1").ip, lab.vm("r1").ip), raw
+    for p in replies:
+        assert (p.src, p.dst, p.vni) == (hv2, hv1, blue), raw
+        assert (p.inner_src, p.inner_dst) == (lab.vm("r1").ip, lab.vm("b1").ip), raw
+
+
+@pytest.mark.parametrize(
+    ("src", "dst", "why"),
+    [("b1", "g1", "not peered"), ("g1", "b1", "not peered"), ("r1", "g2", "hidden by policy")],
+)
+def test_not_peered_and_policy_hidden_do_not_pass(lab: Lab, src: str, dst: str, why: str) -> None:
+    topo = topology(MESH)
+    assert expect(topo, endpoint(topo, src), endpoint(topo, dst)).why == why
+    assert not lab.ping(src, dst, count=2)
+    assert lab.ping("r1", "g1")  # the path next to it works
+
+
+def test_deleting_a_peering_cuts_traffic_and_re_adding_restores_it(lab: Lab) -> None:
+    blue = client(lab, "ctl1")
+    with Pinger(lab.vm("b1"), lab.vm("r1").ip, count=1500) as pinger:
+        assert pinger.wait_reply_after(pinger.started, 5) is not None, "b1 -> r1 before the cut"
+        time.sleep(0.5)
+        t_sent = time.time()
+        blue.delete("/v1/vpcs/blue/peerings/blue-red")
+        t_del = time.time()
+        time.sleep(3.5)
+        late = pinger.replies_after(t_del + 3)
+        last = pinger.last_reply()
+        assert last is not None
+        cut = last - t_del
+        print(
+            f"\npeering cut: last reply {cut * 1000:+.0f} ms after DELETE returned "
+            f"({(last - t_sent) * 1000:.0f} ms after it was sent; DELETE took "
+            f"{(t_del - t_sent) * 1000:.0f} ms)"
+        )
+        assert not late, f"{len(late)} replies more than 3 s after the DELETE"
+        assert cut < 5
+
+        t_sent = time.time()
+        blue.post("/v1/vpcs/blue/peerings", PEERING)
+        t_post = time.time()
+        first = pinger.wait_reply_after(t_sent, 10)
+        result = pinger.stop()
+    assert first is not None, "traffic did not come back within 10 s of re-adding the peering"
+    print(
+        f"peering restore: first reply {(first - t_post) * 1000:.0f} ms after POST returned "
+        f"({(first - t_sent) * 1000:.0f} ms after it was sent); "
+        f"pinger {result.sent} sent, {result.received} received"
+    )
+    state = blue.get("/v1/vpcs/blue/peerings/blue-red")["state"]
+    assert state == "ACTIVE"
+    assert lab.ping("b1", "r1", count=3)
+
+
+def test_endpoint_added_and_removed_under_traffic(lab: Lab) -> None:
+    """r3 (deferred) is created, reached from b1, deleted; b1 -> r1 runs unharmed throughout."""
+    red = client(lab, "ctl2")
+    r3 = endpoint(topology(MESH), "r3")
+    with (
+        Pinger(lab.vm("b1"), lab.vm("r1").ip, count=3000) as steady,
+        Pinger(lab.vm("b1"), lab.vm("r3").ip, count=3000) as probe,
+    ):
+        assert steady.wait_reply_after(steady.started, 5) is not None
+        time.sleep(0.3)
+        assert not probe.replies(), "r3 answered before it was created"
+
+        t_sent = time.time()
+        red.post("/v1/vpcs/red/endpoints", controllers.endpoint_body(lab.plan, r3))
+        t_post = time.time()
+        first = probe.wait_reply_after(t_sent, 10)
+        assert first is not None, "b1 -> r3 did not work within 10 s of creating r3"
+        print(
+            f"\nendpoint programming latency: first b1 -> r3 reply "
+            f"{(first - t_post) * 1000:.0f} ms after POST returned "
+            f"({(first - t_sent) * 1000:.0f} ms after it was sent)"
+        )
+        assert lab.ping("r3", "b1") and lab.ping("r3", "r1")
+        time.sleep(0.3)
+
+        t_sent = time.time()
+        red.delete("/v1/vpcs/red/endpoints/r3")
+        t_del = time.time()
+        time.sleep(2)
+        last = probe.last_reply()
+        assert last is not None
+        assert not probe.replies_after(t_del + 1.5), "r3 still answered 1.5 s after its DELETE"
+        print(f"endpoint removal: last b1 -> r3 reply {(last - t_del) * 1000:+.0f} ms after DELETE")
+        assert not lab.ping("b1", "r3", count=2)
+        time.sleep(0.2)
+        steady_result = steady.stop()
+        probe.stop()
+    print(
+        f"b1 -> r1 at 100 pps meanwhile: {steady_result.sent} sent, "
+        f"{steady_result.lost} lost {steady_result.missing()}"
+    )
+    assert steady_result.sent > 300
+    assert steady_result.lost <= 2
+
+
+# --- limited.yaml --------------------------------------------------------------------------------
+
+STREAM_RE = re.compile(r"^(\w+)/([a-z0-9]+)(?:@(\S+))? at (\S+)$")
+
+
+def streams(status: dict[str, Any]) -> list[tuple[str, str, str | None, str]]:
+    """(service, key, policy, url) of every stream the OHC follows, from its status file."""
+    out = []
+    for name in status["received"]["streams"]:
+        m = STREAM_RE.match(name)
+        assert m, name
+        out.append((m[1], m[2], m[3], m[4]))
+    return out
+
+
+def test_limited_matrix_equals_expectation(limited: Lab) -> None:
+    check_matrix(limited, topology(LIMITED))
+
+
+def test_a_blue_only_host_learns_only_blue_and_what_red_exports_to_blue(limited: Lab) -> None:
+    lab = limited
+    topo = topology(LIMITED)
+    ctl2 = client(lab, "ctl2")
+    to_blue = ctl2.get("/v1/vpcs/red/peerings/red-blue")["export_policy_id"]
+    to_green = ctl2.get("/v1/vpcs/red/peerings/red-green")["export_policy_id"]
+    assert to_blue != to_green  # red exports differently to blue: two service sets
+
+    status = {h.name: ohcs.status(h) for h in lab.plan.hosts}
+    print(f"\n[{lab.name}] received per host (limited.yaml):")
+    for name, st in status.items():
+        assert st is not None, name
+        rx = st["received"]
+        print(
+            f"  {name}: {rx['bytes']} bytes, {rx['objects']} objects, "
+            f"{len(rx['streams'])} streams, vpcs_known {sorted(st['vpcs_known'])}"
+        )
+    hv1 = status["hv1"]
+    assert hv1 is not None
+    for name, rx in hv1["received"]["streams"].items():
+        print(f"    hv1 {name}: {rx['bytes']} bytes, {rx['objects']} objects")
+
+    assert {v.vpc for v in lab.plan.vms_on("hv1")} == {"blue"}
+    assert set(hv1["ports"]) == {"blue/b1", "blue/b2"}
+    assert set(hv1["vpcs_known"]) == {"blue", "red"}, hv1["vpcs_known"]
+    assert set(hv1["vpcs_known"]["red"]) == {"destination", "forwarding", "loadbalancer"}
+    for service, key, policy, _url in streams(hv1):
+        if service == "endpoint":
+            assert key == "hv1"
+        elif key == "blue":
+            assert policy is None
+        else:
+            # Only red's export *to blue*; no green, no yellow, not red's export to green.
+            assert (key, policy) == ("red", to_blue), (service, key, policy)
+    assert ("destination", "red", to_blue) in {s[:3] for s in streams(hv1)}
+    # Others do follow what hv1 must not: the limit is per host, not global.
+    assert ("destination", "red", to_green) in {s[:3] for s in streams(status["hv2"])}  # type: ignore[index]
+    assert hv1["received"]["bytes"] < min(
+        status[h]["received"]["bytes"]  # type: ignore[index]
+        for h in ("hv2", "hv3")
+    )
+
+    # What red sent hv1 excludes r9 (hidden by red's export to blue): no flow mentions it,
+    # nor anything of green or yellow, while r1 (exported) is there.
+    flows = ovs.ofctl(lab.host("hv1"), "dump-flows", "--no-stats")
+    assert lab.vm("r1").ip in flows
+    for e in topo.endpoints:
+        if e.vpc in ("green", "yellow") or e.name == "r9":
+            assert f"={e.ip}" not in flows and f"={e.ip}/" not in flows, (e.name, flows)
+    for vpc in ("green", "yellow"):
+        vni = hex(lab.plan.vnis[vpc])
+        assert f"tun_id={vni}," not in flows and f"{vni}->tun_id" not in flows, (vpc, flows)
+        assert f"metadata={vni}/" not in flows, (vpc, flows)
+    for subnet in ("10.3.0.", "10.4.0."):
+        assert subnet not in flows, flows
+    # r9 is known where it should be: hv2 hosts green's g1, and green sees all of red.
+    assert lab.vm("r9").ip in ovs.ofctl(lab.host("hv2"), "dump-flows", "--no-stats")
