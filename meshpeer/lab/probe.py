@@ -64,10 +64,10 @@ def until(check: Callable[[], bool], timeout: float, interval: float = 0.02) -> 
     return None
 
 
-def answers(src: VmPlan, dst_ip: str) -> Callable[[], bool]:
-    """A quick one-packet reachability check (200 ms wait) for polling."""
+def answers(src: VmPlan, dst_ip: str, wait: float = 0.2) -> Callable[[], bool]:
+    """A one-packet reachability check (waiting ``wait`` seconds for the reply), for polling."""
 
     def check() -> bool:
-        return ping(src, dst_ip, count=1, timeout_s=0.2)
+        return ping(src, dst_ip, count=1, timeout_s=wait)
 
     return check
