@@ -235,21 +235,51 @@ class Intent:
     routes: dict[tuple[str, str], Route] = field(default_factory=dict)
     hosts: dict[str, Host] = field(default_factory=dict)
 
+    # Secondary indexes, maintained by put/drop: per-VPC and per-host reads stay proportional
+    # to what they return (a shard may hold 20k endpoints over 100 VPCs).
+    _by_vpc: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict, repr=False)
+    _by_host: dict[str, dict[tuple[str, str], Endpoint]] = field(default_factory=dict, repr=False)
+
+    def _of(self, attr: str, vpc: str) -> list[Any]:
+        items = self._by_vpc.get(attr, {}).get(vpc, {})
+        return [items[name] for name in sorted(items)]
+
     def endpoints_of(self, vpc: str) -> list[Endpoint]:
-        return [e for (v, _), e in sorted(self.endpoints.items()) if v == vpc]
+        return self._of("endpoints", vpc)
 
     def peerings_of(self, vpc: str) -> list[Peering]:
-        return [p for (v, _), p in sorted(self.peerings.items()) if v == vpc]
+        return self._of("peerings", vpc)
 
     def routes_of(self, vpc: str) -> list[Route]:
-        return [r for (v, _), r in sorted(self.routes.items()) if v == vpc]
+        return self._of("routes", vpc)
+
+    def endpoints_on(self, host: str) -> list[Endpoint]:
+        on = self._by_host.get(host, {})
+        return [on[k] for k in sorted(on)]
+
+    def placements(self) -> set[tuple[str, str]]:
+        """(vpc, host) of every endpoint that has a host."""
+        return {(vpc, host) for host, eps in self._by_host.items() for vpc, _ in eps}
 
     def put(self, res: Resource) -> None:
         kind, key = store_key(res)
-        getattr(self, _ATTR[kind])[_map_key(kind, key)] = res
+        self.drop(kind, key)
+        attr = _ATTR[kind]
+        getattr(self, attr)[_map_key(kind, key)] = res
+        if isinstance(res, Endpoint | Peering | Route):
+            self._by_vpc.setdefault(attr, {}).setdefault(res.vpc, {})[res.name] = res
+        if isinstance(res, Endpoint) and res.host:
+            self._by_host.setdefault(res.host, {})[(res.vpc, res.name)] = res
 
     def drop(self, kind: str, key: str) -> None:
-        getattr(self, _ATTR[kind]).pop(_map_key(kind, key), None)
+        attr = _ATTR[kind]
+        old = getattr(self, attr).pop(_map_key(kind, key), None)
+        if isinstance(old, Endpoint | Peering | Route):
+            self._by_vpc.get(attr, {}).get(old.vpc, {}).pop(old.name, None)
+        if isinstance(old, Endpoint) and old.host:
+            self._by_host.get(old.host, {}).pop((old.vpc, old.name), None)
+            if not self._by_host.get(old.host):
+                self._by_host.pop(old.host, None)
 
     @staticmethod
     def from_records(bodies: Mapping[tuple[str, str], Mapping[str, Any]]) -> Intent:

@@ -67,26 +67,55 @@ class GrantSettings:
     ttl: float = 3600.0
 
 
+@dataclass(frozen=True)
+class Scope:
+    """Which part of the publication to compute: VPC-keyed streams of ``vpcs`` and endpoint
+    streams of ``hosts``; None means all. A write touches only its own VPC and hosts, so the
+    shard recomputes in proportion to the change, not to everything it holds."""
+
+    vpcs: frozenset[str] | None = None
+    hosts: frozenset[str] | None = None
+
+    def has_vpc(self, vpc: str) -> bool:
+        return self.vpcs is None or vpc in self.vpcs
+
+    def has_host(self, host: str) -> bool:
+        return self.hosts is None or host in self.hosts
+
+    def covers(self, sid: StreamId) -> bool:
+        if sid.service == ServiceName.ENDPOINT:
+            return self.has_host(sid.key)
+        return sid.service != ServiceName.FEDERATION and self.has_vpc(sid.key)
+
+
+ALL = Scope()
+
+
 def desired_streams(
     intent: Intent,
     states: Mapping[tuple[str, str], Status],
     grants: GrantSettings,
     now: float,
+    scope: Scope = ALL,
 ) -> Publication:
+    """Every stream in ``scope`` with the objects it should carry."""
     streams: dict[StreamId, dict[str, JsonObject]] = {}
     for vpc in intent.vpcs:
-        for service in PEER_SERVICES:
-            streams[StreamId(service, vpc, OWN)] = service_objects(intent, service, vpc, None)
-    policies = active_policies(intent, states)
+        if scope.has_vpc(vpc):
+            for service in PEER_SERVICES:
+                streams[StreamId(service, vpc, OWN)] = service_objects(intent, service, vpc, None)
+    policies = {k: v for k, v in active_policies(intent, states).items() if scope.has_vpc(k[0])}
     for (vpc, pid), (policy, _) in policies.items():
         for service in PEER_SERVICES:
             streams[StreamId(service, vpc, pid)] = service_objects(intent, service, vpc, policy)
-    placed = sorted({(e.vpc, e.host) for e in intent.endpoints.values() if e.host})
+    placed = sorted(intent.placements())
     for host in sorted({h for _, h in placed} | set(intent.hosts)):
-        streams[StreamId(ServiceName.ENDPOINT, host)] = endpoint_objects(intent, host)
+        if scope.has_host(host):
+            streams[StreamId(ServiceName.ENDPOINT, host)] = endpoint_objects(intent, host)
     for vpc, host in placed:
-        sid = StreamId(ServiceName.PEERING, vpc, None, host)
-        streams[sid] = peering_objects(intent, states, grants, vpc, host, now)
+        if scope.has_vpc(vpc):
+            sid = StreamId(ServiceName.PEERING, vpc, None, host)
+            streams[sid] = peering_objects(intent, states, grants, vpc, host, now)
     sets = {k: names for k, (_, names) in policies.items()}
     return Publication(streams, sets)
 
@@ -178,9 +207,8 @@ def load_balancers(intent: Intent, vpc: str, policy: ExportPolicy | None) -> dic
 def endpoint_objects(intent: Intent, host: str) -> dict[str, JsonObject]:
     """Endpoint meta-service: what this shard has on one host, with what the port needs."""
     out: dict[str, JsonObject] = {}
-    for (vpc_name, name), e in sorted(intent.endpoints.items()):
-        if e.host != host:
-            continue
+    for e in intent.endpoints_on(host):
+        vpc_name, name = e.vpc, e.name
         vpc = intent.vpcs[vpc_name]
         subnet = vpc.subnet_for(e.ip)
         out[f"{vpc_name}.{name}"] = {

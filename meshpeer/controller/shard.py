@@ -14,8 +14,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshpeer.controller.directory import Directory
-from meshpeer.controller.model import Intent, JsonObject, Resource, store_key
-from meshpeer.controller.mux import GrantSettings, Publication, StreamId, desired_streams
+from meshpeer.controller.model import Endpoint, Host, Intent, JsonObject, Resource, Vpc, store_key
+from meshpeer.controller.mux import (
+    ALL,
+    PEER_SERVICES,
+    GrantSettings,
+    Publication,
+    Scope,
+    StreamId,
+    desired_streams,
+)
 from meshpeer.controller.peering import Status, View, federation_view, statuses
 from meshpeer.controller.routing import effective_routes
 from meshpeer.protocol import ServiceName
@@ -55,7 +63,7 @@ class ShardState:
         self.versions: dict[tuple[str, str], int] = {k: r.version for k, r in snap.records.items()}
         self.remote_views: dict[str, View] = {}
         self.states: dict[tuple[str, str], Status] = {}
-        self.publication = Publication({})
+        self.service_sets: dict[tuple[str, str], list[str]] = {}
         self.listeners: list[Callable[[], None]] = []  # e.g. federation client sync
         # Soft state for "is it programmed?": what each host reported applying, per stream,
         # and the stream versions each resource's last write produced.
@@ -71,23 +79,50 @@ class ShardState:
         changes = [Change(*store_key(r), r.to_json()) for r in puts]
         changes += [Change(d.kind, d.key, None) for d in deletes]
         version = self.store.commit(changes)
+        old = [self.lookup(d.kind, d.key) for d in deletes]
         for r in puts:
+            old.append(self.lookup(*store_key(r)))
             self.intent.put(r)
             self.versions[store_key(r)] = version
         for d in deletes:
             self.intent.drop(d.kind, d.key)
             self.versions.pop((d.kind, d.key), None)
-        produced = self.refresh()
+        produced = self.refresh(self.scope_of([*puts, *(o for o in old if o is not None)]))
         for key in [store_key(r) for r in puts] + [(d.kind, d.key) for d in deletes]:
             self.targets[key] = produced
         return version
+
+    def lookup(self, kind: str, key: str) -> Resource | None:
+        if kind in ("vpc", "host"):
+            found: Resource | None = getattr(self.intent, kind + "s").get(key)
+            return found
+        vpc, _, name = key.partition("/")
+        attr = {"endpoint": "endpoints", "peering": "peerings", "route": "routes"}[kind]
+        return getattr(self.intent, attr).get((vpc, name))  # type: ignore[no-any-return]
+
+    def scope_of(self, resources: Iterable[Resource]) -> Scope:
+        """The VPCs and hosts whose streams a change to these resources can alter."""
+        vpcs: set[str] = set()
+        hosts: set[str] = set()
+        for r in resources:
+            if isinstance(r, Vpc):
+                vpcs.add(r.name)
+            elif isinstance(r, Host):  # its underlay IP is in every destination on it
+                hosts.add(r.name)
+                vpcs |= {e.vpc for e in self.intent.endpoints_on(r.name)}
+            else:
+                vpcs.add(r.vpc)
+                if isinstance(r, Endpoint) and r.host:
+                    hosts.add(r.host)
+        return Scope(frozenset(vpcs), frozenset(hosts))
 
     def set_remote_view(self, vpc: str, view: View | None) -> None:
         if view is None:
             self.remote_views.pop(vpc, None)
         else:
             self.remote_views[vpc] = view
-        self.refresh()
+        peers = {p.vpc for p in self.intent.peerings.values() if p.peer_vpc == vpc}
+        self.refresh(Scope(frozenset(peers), frozenset()))
 
     # --- derived state ------------------------------------------------------------------
 
@@ -108,35 +143,41 @@ class ShardState:
             if self.directory.owner_of(p.peer_vpc) not in (None, self.name)
         }
 
-    def refresh(self) -> dict[StreamId, int]:
-        """Recompute and publish; returns the stream versions this refresh produced."""
+    def refresh(self, scope: Scope = ALL) -> dict[StreamId, int]:
+        """Recompute and publish what ``scope`` covers (plus the VPCs whose peering state
+        changed); returns the stream versions this refresh produced."""
         views = self.views()
+        before_states = self.states
         before = self.active_peers()
         self.states = statuses(self.intent, views, self.owner_map())
+        changed = {k[0] for k in set(before_states) | set(self.states)
+                   if before_states.get(k) != self.states.get(k)}  # fmt: skip
+        if scope.vpcs is not None and changed - scope.vpcs:
+            scope = Scope(scope.vpcs | changed, scope.hosts)
         for vpc, peer_vpc, pid in before - self.active_peers():
-            sid = StreamId(ServiceName.DESTINATION, vpc, pid)  # each peer service of the set
-            for service in (
-                ServiceName.DESTINATION,
-                ServiceName.FORWARDING,
-                ServiceName.LOADBALANCER,
-            ):
-                self.hub.close_subscribers(
-                    sid._replace(service=service), peer_vpc, CloseReason.PEERING_GONE
-                )
-        pub = desired_streams(self.intent, self.states, self.grants, self.clock())
-        for vpc in self.intent.vpcs:
-            pub.streams[StreamId(ServiceName.FEDERATION, vpc)] = views[vpc]  # type: ignore[assignment]
+            for service in PEER_SERVICES:  # only that peer's subscribers of a shared stream
+                sid = StreamId(service, vpc, pid)
+                self.hub.close_subscribers(sid, peer_vpc, CloseReason.PEERING_GONE)
+        pub = desired_streams(self.intent, self.states, self.grants, self.clock(), scope)
+        for vpc in self.intent.vpcs:  # small (ranges and peerings, no endpoints): always
+            pub.streams[StreamId(ServiceName.FEDERATION, vpc)] = {
+                k: dict(v) for k, v in views[vpc].items()
+            }
         produced: dict[StreamId, int] = {}
         for sid, objects in pub.streams.items():
             delta = self.hub.publish(sid, objects)
             if delta is not None:
                 produced[sid] = delta.version
         for old in self.hub.stream_ids():
-            if StreamId(*old) not in pub.streams:
+            sid = StreamId(*old)
+            gone_vpc = sid.service == ServiceName.FEDERATION and sid.key not in self.intent.vpcs
+            if (scope.covers(sid) and sid not in pub.streams) or gone_vpc:
                 # A peer stream ends when no ACTIVE peering uses its policy any more.
-                reason = CloseReason.PEERING_GONE if old.policy else "gone"
+                reason = CloseReason.PEERING_GONE if sid.policy else "gone"
                 self.hub.close_stream(old, reason)
-        self.publication = pub
+        for key in [k for k in self.service_sets if scope.has_vpc(k[0])]:
+            del self.service_sets[key]
+        self.service_sets.update(pub.service_sets)
         for listener in self.listeners:
             try:
                 listener()
@@ -187,11 +228,11 @@ class ShardState:
             for sid, st in sorted(stats.items(), key=lambda kv: tuple(str(x) for x in kv[0]))
         }
         return {
-            **self.publication.counts(),
+            **Publication({}, self.service_sets).counts(),
             "peerings": len(self.intent.peerings),
             "streams": len(stats),
             "subscribers": per_service,
-            "service_sets_by_vpc": _sets_by_vpc(self.publication.service_sets),
+            "service_sets_by_vpc": _sets_by_vpc(self.service_sets),
         }
 
 

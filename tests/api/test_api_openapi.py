@@ -48,6 +48,7 @@ EXPECTED = {
     ("GET", "/v1/hosts"),
     ("GET", "/v1/hosts/{name}"),
     ("PUT", "/v1/hosts/{name}"),
+    ("PUT", "/v1/hosts/{name}/applied"),
     ("GET", "/v1/multiplexer"),
     ("GET", "/v1/federation/vpcs/{vpc}"),
     ("GET", "/v1/subscribe"),
@@ -213,6 +214,7 @@ def test_every_request_schema_forbids_additional_properties(doc: dict[str, Any])
         ("PUT", "/v1/vpcs/{vpc}/peerings/{name}"),
         ("POST", "/v1/vpcs/{vpc}/routes"),
         ("PUT", "/v1/hosts/{name}"),
+        ("PUT", "/v1/hosts/{name}/applied"),
     }
     for method, path, schema in found:
         objects = list(all_objects(doc, schema))

@@ -261,17 +261,19 @@ def test_a_blue_only_host_learns_only_blue_and_what_red_exports_to_blue(limited:
     to_green = ctl2.get("/v1/vpcs/red/peerings/red-green")["export_policy_id"]
     assert to_blue != to_green  # red exports differently to blue: two service sets
 
-    status = {h.name: ohcs.status(h) for h in lab.plan.hosts}
+    status: dict[str, dict[str, Any]] = {}
+    for h in lab.plan.hosts:
+        st = ohcs.status(h)
+        assert st is not None, h.name
+        status[h.name] = st
     print(f"\n[{lab.name}] received per host (limited.yaml):")
     for name, st in status.items():
-        assert st is not None, name
         rx = st["received"]
         print(
             f"  {name}: {rx['bytes']} bytes, {rx['objects']} objects, "
             f"{len(rx['streams'])} streams, vpcs_known {sorted(st['vpcs_known'])}"
         )
     hv1 = status["hv1"]
-    assert hv1 is not None
     for name, rx in hv1["received"]["streams"].items():
         print(f"    hv1 {name}: {rx['bytes']} bytes, {rx['objects']} objects")
 
@@ -289,11 +291,8 @@ def test_a_blue_only_host_learns_only_blue_and_what_red_exports_to_blue(limited:
             assert (key, policy) == ("red", to_blue), (service, key, policy)
     assert ("destination", "red", to_blue) in {s[:3] for s in streams(hv1)}
     # Others do follow what hv1 must not: the limit is per host, not global.
-    assert ("destination", "red", to_green) in {s[:3] for s in streams(status["hv2"])}  # type: ignore[index]
-    assert hv1["received"]["bytes"] < min(
-        status[h]["received"]["bytes"]  # type: ignore[index]
-        for h in ("hv2", "hv3")
-    )
+    assert ("destination", "red", to_green) in {s[:3] for s in streams(status["hv2"])}
+    assert hv1["received"]["bytes"] < min(status[h]["received"]["bytes"] for h in ("hv2", "hv3"))
 
     # What red sent hv1 excludes r9 (hidden by red's export to blue): no flow mentions it,
     # nor anything of green or yellow, while r1 (exported) is there.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -95,6 +96,12 @@ def r3_latency(lab: Lab) -> float:
         first = probe.wait_reply_after(t_sent, 15)
         probe.stop()
     red.delete("/v1/vpcs/red/endpoints/r3")
+    # Settle before the next test: every OHC has removed r3's flows.
+    deadline = time.monotonic() + 10
+    ip = re.compile("=" + re.escape(lab.vm("r3").ip) + r"(?![0-9])")
+    while any(ip.search(ovs.ofctl(h, "dump-flows")) for h in lab.plan.hosts):
+        assert time.monotonic() < deadline, "r3's flows were not removed"
+        time.sleep(0.05)
     assert first is not None, "a change made after the restart did not reach the data plane"
     return first - t_sent
 
@@ -109,8 +116,9 @@ def test_ohc_restart_loses_nothing_and_sends_no_changes(lab: Lab) -> None:
         time.sleep(1)
         t_kill = time.time()
         assert terminate([old]) == []
+        t_dead = time.time()  # any status written from now on is the new process's
         ohcs.start(lab.plan, hv1)
-        status = wait_status_after(hv1, t_kill)
+        status = wait_status_after(hv1, t_dead)
         t_synced = time.time()
         result = pinger.wait()
     report("OHC restart (hv1), b1 -> r1 at 100 pps", result)
@@ -125,7 +133,7 @@ def test_ohc_restart_loses_nothing_and_sends_no_changes(lab: Lab) -> None:
     assert result.sent == RATE_COUNT
     assert result.lost == 0
     assert changes(syncs) == 0, syncs
-    assert status["last_sync"]["flows"] == len(before) + 0, (status, len(before))
+    assert status["last_sync"]["flows"] == len(before), (status, len(before))
     assert status["received"]["objects"] > 0
     # Nothing was re-added: every flow is older than the restart.
     after = flow_ages(hv1)
@@ -187,3 +195,44 @@ def test_ovs_restart_is_reprogrammed(lab: Lab) -> None:
     assert "connect" in status["last_sync"]["reasons"] or status["last_sync"]["n"] > 1
     assert len(flow_ages(hv2)) == flows
     assert lab.ping("b1", "r1", count=3)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ohc/app.py syncs br-int on connect with whatever streams have arrived: after a "
+    "restart, the flows of a stream whose shard is unreachable are deleted (not fail static)",
+)
+def test_ohc_restart_while_the_peer_shard_is_unreachable_keeps_the_peer_flows(lab: Lab) -> None:
+    """hv1's OHC restarts while ctl2 (red's shard, the peer's) does not answer.
+
+    br-int still holds every flow for red; the new OHC cannot know red's objects yet, so it
+    must leave those flows alone until red's streams deliver, as a running OHC keeps a
+    stream's last objects while its shard is away. Today the first sync deletes them.
+    """
+    hv1 = lab.host("hv1")
+    ctl2 = next(x for x in lab.plan.controllers if x.name == "ctl2")
+    cpid = read_pidfile(f"{controllers.rundir(lab.plan, ctl2)}/controller.pid")
+    old = read_pidfile(f"{hv1.rundir}/ohc.pid")
+    assert cpid is not None and old is not None
+    offset = log_size(hv1)
+    with Pinger(lab.vm("b1"), lab.vm("r1").ip, count=RATE_COUNT) as pinger:
+        time.sleep(0.5)
+        os.kill(cpid, signal.SIGSTOP)
+        try:
+            t_kill = time.time()
+            assert terminate([old]) == []
+            ohcs.start(lab.plan, hv1)
+            wait_status_after(hv1, t_kill)
+            time.sleep(0.5)
+        finally:
+            os.kill(cpid, signal.SIGCONT)
+        result = pinger.wait()
+    report("OHC restart (hv1) while ctl2 is stopped, b1 -> r1 at 100 pps", result)
+    syncs = logged_syncs(hv1, offset)
+    print(f"  syncs with changes: {[(s['reasons'], s['counts']) for s in syncs]}")
+    back = time.monotonic() + 15
+    while not lab.ping("b1", "r1") and time.monotonic() < back:
+        pass
+    assert lab.ping("b1", "r1"), "b1 -> r1 did not recover once ctl2 answered again"
+    assert result.lost == 0
+    assert all(s["counts"]["flow_delete"] == 0 for s in syncs), syncs

@@ -45,7 +45,7 @@ def test_one_stream_per_policy_and_closing_only_the_departed_peer(tmp_path: path
     pid = ExportPolicy().policy_id
     sid = StreamId(ServiceName.DESTINATION, "red", pid)
     assert sid in s.hub and set(s.hub.objects(sid)) == {"r1"}
-    assert s.publication.service_sets[("red", pid)] == ["to-blue", "to-green"]
+    assert s.service_sets[("red", pid)] == ["to-blue", "to-green"]
     blue = s.hub.wsgi_stream(sid, None, tag="blue")
     green = s.hub.wsgi_stream(sid, None, tag="green")
     try:
@@ -83,3 +83,70 @@ def test_restart_serves_the_same_intent_and_versions(tmp_path: pathlib.Path) -> 
     assert {k: v.state for k, v in again.states.items()} == states
     first = min(v for sid in again.hub.stream_ids() for v in [again.hub.version(sid)])
     assert first >= 2 << 32  # stream versions after a restart exceed any sent before
+
+
+def published(s: ShardState) -> dict[Any, dict[str, Any]]:
+    return {
+        tuple(sid): dict(s.hub.objects(sid))
+        for sid in s.hub.stream_ids()
+        if sid.service != ServiceName.FEDERATION
+    }
+
+
+def full_recompute(s: ShardState) -> dict[Any, dict[str, Any]]:
+    from meshpeer.controller.mux import desired_streams
+
+    pub = desired_streams(s.intent, s.states, s.grants, s.clock())
+    return {tuple(sid): objs for sid, objs in pub.streams.items()}
+
+
+def test_scoped_refresh_equals_a_full_recompute(tmp_path: pathlib.Path) -> None:
+    """Each write recomputes only its VPCs and hosts; the result must equal recomputing all."""
+    s = shard(tmp_path)
+    build(s)
+    assert published(s) == full_recompute(s)
+    ip = ipaddress.ip_address
+    steps = [
+        lambda: s.commit(
+            [ops.new_endpoint(s.intent, "blue", "b1", "vm", ip("10.1.0.11"), None, "hv1", [])]
+        ),
+        lambda: s.commit([Host("hv1", ip("169.254.101.11"))]),
+        lambda: s.commit([Host("hv2", ip("169.254.101.99"))]),  # a host moves: destinations change
+        lambda: s.commit(
+            [ops.new_endpoint(s.intent, "red", "r2", "vm", ip("10.2.0.12"), None, "hv1", [])]
+        ),
+        lambda: s.commit(deletes=[Delete("peering", "red/to-blue")]),  # blue-red goes INACTIVE
+        lambda: s.commit(deletes=[Delete("endpoint", "red/r1")]),
+        lambda: s.commit(deletes=[Delete("endpoint", "blue/b1")]),  # hv1 keeps only r2
+        lambda: s.commit(
+            [ops.new_peering(s.intent, D, "red", "to-blue", "blue", ExportPolicy(), False, None)]
+        ),
+    ]
+    for step in steps:
+        step()
+        assert published(s) == full_recompute(s)
+
+
+def test_programmed_once_every_subscribed_host_reports_the_version(tmp_path: pathlib.Path) -> None:
+    from meshpeer.protocol.messages import stream_name
+
+    s = shard(tmp_path)
+    build(s)
+    sid = StreamId(ServiceName.DESTINATION, "red", None)
+    hv1 = s.hub.wsgi_stream(sid, None, host="hv1")
+    hv3 = s.hub.wsgi_stream(sid, None, host="hv3")
+    try:
+        ep = ops.new_endpoint(
+            s.intent, "red", "r9", "vm", ipaddress.ip_address("10.2.0.99"), None, "hv2", []
+        )
+        s.commit([ep])
+        assert s.pending_hosts("endpoint", "red/r9") == ["hv1", "hv3"]
+        version = s.hub.version(sid)
+        s.report_applied("hv1", {stream_name(*sid): version})
+        s.report_applied("hv3", {stream_name(*sid): version - 1})  # behind: still pending
+        assert s.pending_hosts("endpoint", "red/r9") == ["hv3"]
+        s.report_applied("hv3", {stream_name(*sid): version})
+        assert s.pending_hosts("endpoint", "red/r9") == []
+    finally:
+        hv1.close()
+        hv3.close()

@@ -1,0 +1,1 @@
+"""Helpers of benchmarks/scale_sim.py: scenario generation, controllers, simulated hosts."""
