@@ -14,6 +14,7 @@ import glob
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import threading
@@ -64,6 +65,12 @@ def lab(topology: str, name: str, quiet: bool = False) -> Iterator[Lab]:
         plan, up_s = build.fresh(topo, name, progress=progress)
         yield Lab(name, plan, topo, up_s)
     finally:
+        keep = os.environ.get("MESHPEER_BENCH_LOGS")  # copy the lab's logs there first
+        if keep:
+            for path in glob.glob(f"/run/meshpeer/{name}/**/*.log", recursive=True):
+                rel = os.path.relpath(path, f"/run/meshpeer/{name}").replace("/", "_")
+                os.makedirs(keep, exist_ok=True)
+                shutil.copy(path, os.path.join(keep, rel))
         t1 = time.monotonic()
         teardown.down(name)
         if not quiet:
@@ -234,3 +241,24 @@ def print_machine(m: dict[str, Any], load: dict[str, float] | None = None) -> No
     print(line)
     if m["other_labs"]:
         print(f"other labs running on this machine: {', '.join(m['other_labs'])}")
+
+
+# --- controller shards -----------------------------------------------------------------------
+
+
+def controller_pid(plan: LabPlan, name: str) -> int | None:
+    pid = read_pidfile(f"{plan.state_dir}/{name}/controller.pid")
+    return pid if pid is not None and alive(pid) else None
+
+
+def stop_controller(plan: LabPlan, name: str) -> None:
+    """End one shard process by the pid in its pidfile."""
+    pid = controller_pid(plan, name)
+    if pid is not None and terminate([pid]):
+        raise RuntimeError(f"controller {name} (pid {pid}) would not exit")
+
+
+def start_controller(plan: LabPlan, name: str) -> None:
+    c = next(x for x in plan.controllers if x.name == name)
+    controllers.start(plan, c)
+    controllers.wait_healthy(plan, c, timeout=120)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from meshpeer.protocol import ServiceName
+from meshpeer.protocol.messages import CloseReason
 from meshpeer.protocol.stream import ReplicaState
 from ohc.subscriptions import Sub, wanted
 
@@ -29,7 +30,11 @@ class Client(Protocol):
     def set_auth(self, auth: str | None) -> None: ...
 
 
-ClientFactory = Callable[[Sub, str, Callable[[ReplicaState, Any], None]], Client]
+ClientFactory = Callable[
+    [Sub, str, Callable[[ReplicaState, Any], None], Callable[[str], None]], Client
+]
+# Close reasons after which a client reconnects by itself (see meshpeer.streaming.subscriber).
+SELF_RETRYING = frozenset({CloseReason.SHUTDOWN.value, CloseReason.GRANT_EXPIRED.value})
 
 
 class Agent:
@@ -87,7 +92,8 @@ class Agent:
         for sub, auth in sorted(want.items(), key=lambda kv: kv[0].sort_key()):
             if sub not in self.clients:
                 self.auth[sub] = auth
-                self.clients[sub] = client = self.make_client(sub, auth, self._changed(sub))
+                client = self.make_client(sub, auth, self._changed(sub), self._closed(sub))
+                self.clients[sub] = client
                 client.start()
                 log.info("ohc %s: following %s", self.host, _describe(sub))
             elif self.auth.get(sub) != auth:
@@ -103,6 +109,28 @@ class Agent:
         self.objects.pop(sub, None)
         self.versions.pop(sub, None)
         log.info("ohc %s: stopped following %s", self.host, _describe(sub))
+
+    def _closed(self, sub: Sub) -> Callable[[str], None]:
+        """A stream the server closed for good (e.g. ``peering-gone`` for the peering whose
+        grant opened it) ends its client. If the stream is still wanted, say because another
+        local VPC follows the same shared peer stream, a new client starts with the current
+        grant; the old objects stay until its snapshot arrives (fail static)."""
+
+        def closed(reason: str) -> None:
+            client = self.clients.get(sub)
+            if client is None or reason in SELF_RETRYING:
+                return
+            del self.clients[sub]
+            self.closed_bytes += client.bytes_received
+            self.closed_objects += client.objects_received
+            self.auth.pop(sub, None)
+            self.resync()
+            if sub not in self.clients:
+                self.objects.pop(sub, None)
+                self.versions.pop(sub, None)
+            self.on_update()
+
+        return closed
 
     def _changed(self, sub: Sub) -> Callable[[ReplicaState, Any], None]:
         def apply(replica: ReplicaState, _msg: Any) -> None:
@@ -128,6 +156,11 @@ class Agent:
             "objects": self.closed_objects + sum(c.objects_received for c in self.clients.values()),
             "streams": per,
         }
+
+    def complete(self) -> bool:
+        """Has every followed stream delivered its first snapshot? Until then the view is
+        partial, and flows for the missing streams must not be removed (fail static)."""
+        return all(sub in self.objects for sub in self.clients)
 
     def vpcs_known(self) -> Mapping[str, set[str]]:
         """For tests and status: VPC -> services this host holds objects of."""

@@ -122,7 +122,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
 
     # --- subscriptions -------------------------------------------------------------------
 
-    def _client(self, sub: Sub, auth: str, on_change: Any) -> StreamClient:
+    def _client(self, sub: Sub, auth: str, on_change: Any, on_close: Any) -> StreamClient:
         return StreamClient(
             sub.url,
             sub.service,
@@ -131,6 +131,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             host=sub.host,
             auth=auth,
             on_change=on_change,
+            on_close=on_close,
         )
 
     def _update(self) -> None:
@@ -243,13 +244,19 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         view, skipped = self.view()
         desired = with_canary(ofio.canonical_state(compile_host(view)))
         self.bundle_id += 1
-        result = ofio.sync(self.replies, dp, desired, self.bundle_id, self.installed)
+        # While a followed stream has not delivered yet (a shard unreachable after a restart),
+        # add and change flows but delete none: the switch's flows are the last known state.
+        complete = self.agent.complete()
+        result = ofio.sync(
+            self.replies, dp, desired, self.bundle_id, self.installed, keep_extra=not complete
+        )
         self.installed = result.installed
         hub.spawn(self._report, versions)
         self.syncs += 1
         self.last = {
             "n": self.syncs,
             "reasons": sorted(reasons),
+            "complete": complete,
             "at": time.time(),
             "counts": dict(result.plan.counts),
             "flows": len(result.installed.flows),

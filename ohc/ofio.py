@@ -589,11 +589,13 @@ def sync(
     bundle_id: int,
     installed: FlowState | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    keep_extra: bool = False,
 ) -> SyncResult:
     """Read installed (unless given: the incremental path), diff, send one bundle.
 
     ``desired`` must be canonical (``canonical_state``) and include ``CANARY``
-    (``ohc.syncer.with_canary``). Raises BundleError when the switch refuses the plan;
+    (``ohc.syncer.with_canary``). ``keep_extra`` leaves installed flows and groups that are
+    not desired in place. Raises BundleError when the switch refuses the plan;
     the switch then holds exactly what it held before.
     """
     t0 = time.monotonic()
@@ -603,6 +605,8 @@ def sync(
         canary = CANARY in installed.flows
     t1 = time.monotonic()
     the_plan = plan(desired, installed)
+    if keep_extra:  # fail static: only add and change; stale flows go at the next full sync
+        the_plan = the_plan.without_deletes()
     t2 = time.monotonic()
     send_plan(replies, datapath, the_plan, bundle_id, timeout)
     t3 = time.monotonic()

@@ -20,6 +20,7 @@ modelled installed state equals the latest desired state (OVN's CHECK_FLOWS_AFTE
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -93,6 +94,10 @@ class SyncPlan:
     @property
     def empty(self) -> bool:
         return len(self) == 0
+
+    def without_deletes(self) -> SyncPlan:
+        """The same plan minus flow and group deletes (adds and modifies only)."""
+        return dataclasses.replace(self, flow_deletes=(), group_deletes=())
 
     def __len__(self) -> int:
         return sum(self.counts.values())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import cProfile
 import io
+import os
 import pstats
 import tempfile
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 import yaml
 
+import meshpeer
 from meshpeer.controller import intent as ops
 from meshpeer.controller.directory import parse_directory
 from meshpeer.controller.model import Intent, store_key
@@ -82,6 +84,7 @@ def measure(cluster: Cluster, writes: int = 10, profiled: int = 3, top: int = 12
     buf = io.StringIO()
     st = pstats.Stats(prof, stream=buf)
     st.sort_stats("tottime").print_stats(top)
+    base = Path(meshpeer.__file__).parent.parent
     rows = []
     for (file, line, func), (_cc, nc, tt, ct, _callers) in sorted(
         st.stats.items(),  # type: ignore[attr-defined]
@@ -90,7 +93,7 @@ def measure(cluster: Cluster, writes: int = 10, profiled: int = 3, top: int = 12
         if "meshpeer" in file or "policies" in file:
             rows.append(
                 {
-                    "function": f"{Path(file).relative_to(Path(file).parents[2])}:{line}:{func}",
+                    "function": f"{os.path.relpath(file, base)}:{line}:{func}",
                     "calls_per_write": nc / profiled,
                     "cum_ms_per_write": ct / profiled * 1e3,
                     "own_ms_per_write": tt / profiled * 1e3,

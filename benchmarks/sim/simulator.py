@@ -23,7 +23,6 @@ import eventlet
 eventlet.monkey_patch()
 
 import json  # noqa: E402
-import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
@@ -138,7 +137,8 @@ class Sim:
                 self.watched.add((vpc, ep))
             return {"watching": len(self.watched)}
         if name == "arrivals":
-            return {"arrivals": {f"{v}/{e}": hs for (v, e), hs in self.arrivals.items()}}
+            keys = [tuple(i.split("/", 1)) for i in cmd.get("ids", [])] or list(self.arrivals)
+            return {"arrivals": {f"{v}/{e}": self.arrivals.get((v, e), {}) for v, e in keys}}
         if name == "received":
             return {"received": self.received()}
         if name == "stop":
@@ -161,8 +161,9 @@ def main() -> int:
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
             cmd = json.loads(line)
-            reply = sim.handle(cmd)
-            os.write(1, (json.dumps(reply) + "\n").encode())
+            out = (json.dumps(sim.handle(cmd)) + "\n").encode()
+            while out:
+                out = out[green_os.write(1, out) :]
             if cmd.get("cmd") == "stop":
                 return 0
 

@@ -152,43 +152,6 @@ def test_not_peered_and_policy_hidden_do_not_pass(lab: Lab, src: str, dst: str, 
     assert lab.ping("r1", "g1")  # the path next to it works
 
 
-def test_deleting_a_peering_cuts_traffic_and_re_adding_restores_it(lab: Lab) -> None:
-    blue = client(lab, "ctl1")
-    with Pinger(lab.vm("b1"), lab.vm("r1").ip, count=1500) as pinger:
-        assert pinger.wait_reply_after(pinger.started, 5) is not None, "b1 -> r1 before the cut"
-        time.sleep(0.5)
-        t_sent = time.time()
-        blue.delete("/v1/vpcs/blue/peerings/blue-red")
-        t_del = time.time()
-        time.sleep(3.5)
-        late = pinger.replies_after(t_del + 3)
-        last = pinger.last_reply()
-        assert last is not None
-        cut = last - t_del
-        print(
-            f"\npeering cut: last reply {cut * 1000:+.0f} ms after DELETE returned "
-            f"({(last - t_sent) * 1000:.0f} ms after it was sent; DELETE took "
-            f"{(t_del - t_sent) * 1000:.0f} ms)"
-        )
-        assert not late, f"{len(late)} replies more than 3 s after the DELETE"
-        assert cut < 5
-
-        t_sent = time.time()
-        blue.post("/v1/vpcs/blue/peerings", PEERING)
-        t_post = time.time()
-        first = pinger.wait_reply_after(t_sent, 10)
-        result = pinger.stop()
-    assert first is not None, "traffic did not come back within 10 s of re-adding the peering"
-    print(
-        f"peering restore: first reply {(first - t_post) * 1000:.0f} ms after POST returned "
-        f"({(first - t_sent) * 1000:.0f} ms after it was sent); "
-        f"pinger {result.sent} sent, {result.received} received"
-    )
-    state = blue.get("/v1/vpcs/blue/peerings/blue-red")["state"]
-    assert state == "ACTIVE"
-    assert lab.ping("b1", "r1", count=3)
-
-
 def test_endpoint_added_and_removed_under_traffic(lab: Lab) -> None:
     """r3 (deferred) is created, reached from b1, deleted; b1 -> r1 runs unharmed throughout."""
     red = client(lab, "ctl2")
@@ -232,6 +195,84 @@ def test_endpoint_added_and_removed_under_traffic(lab: Lab) -> None:
     )
     assert steady_result.sent > 300
     assert steady_result.lost <= 2
+
+
+def test_deleting_a_peering_cuts_traffic_and_re_adding_restores_it(lab: Lab) -> None:
+    blue = client(lab, "ctl1")
+    with Pinger(lab.vm("b1"), lab.vm("r1").ip, count=1500) as pinger:
+        assert pinger.wait_reply_after(pinger.started, 5) is not None, "b1 -> r1 before the cut"
+        time.sleep(0.5)
+        t_sent = time.time()
+        blue.delete("/v1/vpcs/blue/peerings/blue-red")
+        t_del = time.time()
+        time.sleep(3.5)
+        late = pinger.replies_after(t_del + 3)
+        last = pinger.last_reply()
+        assert last is not None
+        cut = last - t_del
+        print(
+            f"\npeering cut: last reply {cut * 1000:+.0f} ms after DELETE returned "
+            f"({(last - t_sent) * 1000:.0f} ms after it was sent; DELETE took "
+            f"{(t_del - t_sent) * 1000:.0f} ms)"
+        )
+        assert not late, f"{len(late)} replies more than 3 s after the DELETE"
+        assert cut < 5
+
+        t_sent = time.time()
+        blue.post("/v1/vpcs/blue/peerings", PEERING)
+        t_post = time.time()
+        first = pinger.wait_reply_after(t_sent, 10)
+        result = pinger.stop()
+    assert first is not None, "traffic did not come back within 10 s of re-adding the peering"
+    print(
+        f"peering restore: first reply {(first - t_post) * 1000:.0f} ms after POST returned "
+        f"({(first - t_sent) * 1000:.0f} ms after it was sent); "
+        f"pinger {result.sent} sent, {result.received} received"
+    )
+    state = blue.get("/v1/vpcs/blue/peerings/blue-red")["state"]
+    assert state == "ACTIVE"
+    assert lab.ping("b1", "r1", count=3)
+
+
+def test_peer_changes_still_arrive_after_a_peering_sharing_the_stream_was_cycled(lab: Lab) -> None:
+    """hv1 holds b1 (blue) and g2 (green); red exports the same policy to both, so hv1 follows
+    ONE red@policy stream for both peerings, opened with one of their grants. Cycle each
+    peering once (delete, re-add: whichever grant opened the stream, one deletion closes it),
+    then create r3: hv1 must still learn it and b1 -> r3 must work.
+    """
+    ctl1, red = client(lab, "ctl1"), client(lab, "ctl2")
+    topo = topology(MESH)
+    green_red = next(p for p in topo.peerings if (p.vpc, p.peer) == ("green", "red"))
+    bodies = {
+        "blue": PEERING,
+        "green": {"name": "green-red", "peer_vpc": "red", "export": dict(green_red.export or {})},
+    }
+    policy = red.get("/v1/vpcs/red/peerings/red-blue")["export_policy_id"]
+    assert policy == red.get("/v1/vpcs/red/peerings/red-green")["export_policy_id"]
+    for vpc, body in bodies.items():
+        ctl1.delete(f"/v1/vpcs/{vpc}/peerings/{body['name']}")
+        time.sleep(0.5)
+        ctl1.post(f"/v1/vpcs/{vpc}/peerings", body)
+        deadline = time.monotonic() + 10
+        while not (lab.ping("b1", "r1") and lab.ping("r1", "g1")):
+            assert time.monotonic() < deadline, f"{vpc}-red did not come back"
+    r3 = endpoint(topo, "r3")
+    with Pinger(lab.vm("b1"), lab.vm("r3").ip, count=3000) as probe:
+        t_sent = time.time()
+        red.post("/v1/vpcs/red/endpoints", controllers.endpoint_body(lab.plan, r3))
+        try:
+            first = probe.wait_reply_after(t_sent, 10)
+            probe.stop()
+            others = lab.ping("r1", "r3")  # hv2 and hv3 learnt r3: the shard published it
+        finally:
+            red.delete("/v1/vpcs/red/endpoints/r3")
+    st = ohcs.status(lab.host("hv1")) or {}
+    red_streams = {
+        k: v for k, v in st.get("received", {}).get("streams", {}).items() if "red@" in k
+    }
+    print(f"\nhv1 red streams after the cycles: {red_streams}")
+    assert others
+    assert first is not None, "hv1 never learnt r3: its red stream is dead"
 
 
 # --- limited.yaml --------------------------------------------------------------------------------

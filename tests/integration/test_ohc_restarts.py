@@ -197,11 +197,6 @@ def test_ovs_restart_is_reprogrammed(lab: Lab) -> None:
     assert lab.ping("b1", "r1", count=3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ohc/app.py syncs br-int on connect with whatever streams have arrived: after a "
-    "restart, the flows of a stream whose shard is unreachable are deleted (not fail static)",
-)
 def test_ohc_restart_while_the_peer_shard_is_unreachable_keeps_the_peer_flows(lab: Lab) -> None:
     """hv1's OHC restarts while ctl2 (red's shard, the peer's) does not answer.
 

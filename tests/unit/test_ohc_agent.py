@@ -14,8 +14,8 @@ CTL1, CTL2 = "http://ctl1", "http://ctl2"
 
 
 class FakeClient:
-    def __init__(self, sub: Sub, auth: str, on_change: Any) -> None:
-        self.sub, self.auth, self.on_change = sub, auth, on_change
+    def __init__(self, sub: Sub, auth: str, on_change: Any, on_close: Any) -> None:
+        self.sub, self.auth, self.on_change, self.on_close = sub, auth, on_change, on_close
         self.running = False
         self.bytes_received = self.objects_received = 0
 
@@ -41,8 +41,8 @@ def make() -> tuple[Agent, dict[Sub, FakeClient], list[int]]:
     made: dict[Sub, FakeClient] = {}
     updates: list[int] = []
 
-    def factory(sub: Sub, auth: str, cb: Any) -> FakeClient:
-        made[sub] = FakeClient(sub, auth, cb)
+    def factory(sub: Sub, auth: str, cb: Any, closed: Any) -> FakeClient:
+        made[sub] = FakeClient(sub, auth, cb, closed)
         return made[sub]
 
     urls = {"blue": CTL1, "red": CTL2}
@@ -79,3 +79,31 @@ def test_follow_peers_then_drop_everything_when_the_last_endpoint_goes() -> None
     assert running(agent) == {("endpoint", "hv1", None)}
     assert not made[red].running and agent.received()["objects"] == 4  # totals kept
     assert len(updates) == 5
+
+
+def test_a_shared_stream_closed_for_one_peering_restarts_for_the_other() -> None:
+    """hv1 has blue and green endpoints; red exports one policy to both, so one stream."""
+    agent, made, _ = make()
+    agent.start()
+    made[Sub(CTL1, ServiceName.ENDPOINT, "hv1")].deliver(
+        {"blue.b1": {"vpc": "blue", "name": "b1"}, "green.g1": {"vpc": "green", "name": "g1"}}
+    )
+    agent.vpc_url = {"blue": CTL1, "green": CTL1, "red": CTL2}.get
+    agent.resync()
+    for vpc, grant in (("blue", "g-blue"), ("green", "g-green")):
+        made[Sub(CTL1, ServiceName.PEERING, vpc, None, "hv1")].deliver(
+            {"red": {"peer_vpc": "red", "controller": CTL2, "policy_id": "p-1", "grant": grant}}
+        )
+    red = Sub(CTL2, ServiceName.DESTINATION, "red", "p-1", "hv1")
+    first = made[red]
+    first.deliver({"r1": {"ip": "10.2.0.11"}})
+    made[Sub(CTL1, ServiceName.PEERING, "green", None, "hv1")].deliver({})  # green unpeers
+    first.on_close("peering-gone")  # the server closed the connection opened with its grant
+    assert agent.clients[red] is not first and made[red].running
+    assert made[red].auth == "g-blue"  # restarted with the peering that still wants it
+    assert agent.objects[red] == {"r1": {"ip": "10.2.0.11"}}  # kept until the new snapshot
+    made[red].deliver({"r1": {"ip": "10.2.0.11"}})
+    for c in agent.clients.values():
+        if c.sub not in agent.objects:
+            c.deliver({})  # type: ignore[attr-defined]
+    assert agent.complete()
