@@ -29,6 +29,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -493,6 +494,8 @@ def run(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any]:
         if sims is not None:
             sims.stop()
         cluster.stop()
+    if not args.keep:  # kept (with logs) when the run failed, since this is not reached then
+        shutil.rmtree(workdir, ignore_errors=True)
     result["run_s"] = time.monotonic() - t_run
     return result
 
@@ -605,6 +608,7 @@ def main() -> None:
     p.add_argument("--inproc-writes", type=int, default=10)
     p.add_argument("--no-inproc", action="store_true", help="skip the in-process cost profile")
     p.add_argument("--inproc-only", action="store_true", help="only the in-process cost profile")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs, stores)")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = p.parse_args()

@@ -127,6 +127,7 @@ def _vm_lines(vm: VmPlan) -> list[str]:
         f"addr add {vm.ip}/{vm.prefixlen} dev eth0{nodad}",
         "link set eth0 up",
         f"route add default via {vm.gateway} dev eth0",
+        *(f"addr add {vip}/{128 if ':' in vip else 32} dev lo" for vip in vm.vips),
     ]
 
 
@@ -138,6 +139,9 @@ def _vm_sysctl(vm: VmPlan) -> None:
         script.append("sysctl -qw net.ipv6.conf.eth0.accept_ra=0")
     else:  # no IPv6 chatter (router solicitations, MLD) from IPv4-only VMs
         script.append("sysctl -qw net.ipv6.conf.all.disable_ipv6=1")
+    if vm.vips:  # an ILB backend (direct server return), configured as for LVS-DR: ARP
+        # only for eth0's own address, so the switch's anti-spoofing accepts its requests.
+        script.append("sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2")
     run(["sh", "-ec", " && ".join(script)], netns=vm.netns)
 
 

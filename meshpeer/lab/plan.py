@@ -55,6 +55,9 @@ class VmPlan:
     host_port: str  # veth end inside the host namespace, attached to br-int
     ofport: int
     defer: bool = False  # created at its controller later, not by 'lab up'
+    # ILB VIPs this VM is a backend of: the ILB is direct server return, so the backend
+    # accepts packets for the VIP (configured on its loopback) and answers from it.
+    vips: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ class LabPlan:
             **{
                 **d,
                 "hosts": tuple(HostPlan(**h) for h in d["hosts"]),
-                "vms": tuple(VmPlan(**v) for v in d["vms"]),
+                "vms": tuple(VmPlan(**{**v, "vips": tuple(v.get("vips", ()))}) for v in d["vms"]),
                 "controllers": tuple(ControllerPlan(**c) for c in d["controllers"]),
             }
         )
@@ -182,6 +185,10 @@ def make_plan(topo: Topology, lab: str, index: int, secrets: Secrets | None = No
         for k, h in enumerate(topo.hosts, start=1)
     )
     vnis = assign_vnis(topo)
+    vips: dict[str, list[str]] = {}
+    for ilb in topo.endpoints:
+        for b in ilb.backends:
+            vips.setdefault(b.endpoint, []).append(str(ilb.ip))
     vms: list[VmPlan] = []
     next_port: dict[str, int] = {}
     for e in topo.endpoints:
@@ -207,6 +214,7 @@ def make_plan(topo: Topology, lab: str, index: int, secrets: Secrets | None = No
                 host_port=f"v-{e.name}",
                 ofport=port,
                 defer=e.defer,
+                vips=tuple(vips.get(e.name, ())),
             )
         )
     controllers = tuple(
