@@ -1,4 +1,5 @@
-"""Shared pytest wiring: remember each phase's report so fixtures can act on failures."""
+"""Shared pytest wiring: lab tests skip (saying why) without root/OVS, and dump the lab's
+flows and logs when they fail; each phase's report is kept so fixtures can see failures."""
 
 from __future__ import annotations
 
@@ -7,9 +8,35 @@ from typing import Any
 
 import pytest
 
+from tests.integration.labkit import missing_requirements
+
+LAB_DIRS = ("tests/integration", "tests/e2e")
+_WHY = missing_requirements()
+
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Generator[None, Any, Any]:
     rep = yield
     setattr(item, f"rep_{rep.when}", rep)
     return rep
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = str(item.fspath)
+        if any(d in path for d in LAB_DIRS):
+            item.add_marker(pytest.mark.e2e if "tests/e2e" in path else pytest.mark.integration)
+            if _WHY:
+                item.add_marker(pytest.mark.skip(reason=_WHY))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"lab tests: {'SKIPPED: ' + _WHY if _WHY else 'enabled (root, netns, OVS present)'}"
+
+
+@pytest.fixture(autouse=True)
+def _dump_on_failure(request: pytest.FixtureRequest) -> Generator[None, None, None]:
+    yield
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed and "lab" in request.fixturenames:
+        print(request.getfixturevalue("lab").diagnostics())

@@ -17,6 +17,7 @@ from meshpeer.lab.sh import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOPOLOGIES = os.path.join(ROOT, "tests", "integration", "topologies")
+E2E_TOPOLOGIES = os.path.join(ROOT, "tests", "e2e", "topologies")
 _names = itertools.count()
 
 
@@ -102,9 +103,10 @@ class Lab:
         return "\n".join(out)
 
 
-def bring_up(topology: str) -> Lab:
+def bring_up(topology: str, directory: str = TOPOLOGIES) -> Lab:
+    """A new lab from ``directory/topology``, under a name no other test uses."""
     name = new_lab_name()
-    lab_cli(name, "up", os.path.join(TOPOLOGIES, topology))
+    lab_cli(name, "up", os.path.join(directory, topology))
     plan = state.load(name)
     assert plan is not None
     return Lab(name, plan)

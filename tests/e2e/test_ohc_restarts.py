@@ -1,6 +1,6 @@
 """100 packets/s through an OHC restart and a controller restart: 0 lost (issue 4).
 
-On tests/integration/topologies/mesh.yaml, b1 (hv1, blue, shard ctl1) pings r1 (hv2, red,
+On tests/e2e/topologies/mesh.yaml, b1 (hv1, blue, shard ctl1) pings r1 (hv2, red,
 shard ctl2) across hosts and shards while one process is killed by pid and started again.
 The OHC reads back what br-int holds and sends only the difference (nothing); the switches
 keep forwarding while a controller is away (fail static). An OVS restart loses every flow;
@@ -23,9 +23,10 @@ from meshpeer.lab import controllers, ohcs, ovs
 from meshpeer.lab.cli import load_topology
 from meshpeer.lab.plan import HostPlan
 from meshpeer.lab.procs import alive, read_pidfile, terminate
-from tests.integration.labkit import TOPOLOGIES, Lab, bring_up, lab_cli
+from tests.e2e.traffic import Pinger, PingResult
+from tests.integration.labkit import E2E_TOPOLOGIES as TOPOLOGIES
+from tests.integration.labkit import Lab, bring_up, lab_cli
 from tests.integration.test_ohc_syncer import restart_vswitchd
-from tests.integration.traffic import Pinger, PingResult
 
 RATE_COUNT = 400  # 4 s at 100 packets/s
 SYNC_LINE = re.compile(r"ohc \w+: sync (\{.*\})$")
@@ -34,7 +35,7 @@ SYNC_LINE = re.compile(r"ohc \w+: sync (\{.*\})$")
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     """mesh.yaml. Named ``lab`` so that conftest dumps flows when a test fails."""
-    the_lab = bring_up("mesh.yaml")
+    the_lab = bring_up("mesh.yaml", TOPOLOGIES)
     try:
         yield the_lab
     finally:

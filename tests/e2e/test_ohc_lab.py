@@ -1,6 +1,6 @@
 """The on-host controllers program br-int from the controllers' streams: real packets (issue 4).
 
-On tests/integration/topologies/mesh.yaml (blue <-> red across shards, red <-> green with green
+On tests/e2e/topologies/mesh.yaml (blue <-> red across shards, red <-> green with green
 exporting 10.3.0.0/25 only, blue - green not peered, r3 deferred): the reachability matrix,
 TCP, Geneve on the wire, a peering deleted and re-added and an endpoint added and removed
 under traffic. On limited.yaml: a host with only blue endpoints learns nothing else.
@@ -24,8 +24,9 @@ from meshpeer.lab.cli import load_topology
 from meshpeer.lab.expect import expect
 from meshpeer.lab.sh import netns_cmd
 from meshpeer.lab.topology import Endpoint, Topology
-from tests.integration.labkit import TOPOLOGIES, Lab, bring_up, lab_cli
-from tests.integration.traffic import Capture, Pinger
+from tests.e2e.traffic import Capture, Pinger
+from tests.integration.labkit import E2E_TOPOLOGIES as TOPOLOGIES
+from tests.integration.labkit import Lab, bring_up, lab_cli
 
 MESH = "mesh.yaml"
 LIMITED = "limited.yaml"
@@ -43,7 +44,7 @@ def endpoint(topo: Topology, name: str) -> Endpoint:
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     """mesh.yaml. Named ``lab`` so that conftest dumps flows when a test fails."""
-    the_lab = bring_up(MESH)
+    the_lab = bring_up(MESH, TOPOLOGIES)
     try:
         yield the_lab
     finally:
@@ -52,7 +53,7 @@ def lab() -> Iterator[Lab]:
 
 @pytest.fixture(scope="module")
 def limited() -> Iterator[Lab]:
-    the_lab = bring_up(LIMITED)
+    the_lab = bring_up(LIMITED, TOPOLOGIES)
     try:
         yield the_lab
     finally:
