@@ -30,6 +30,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -462,8 +463,9 @@ def run(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any]:
         after_load = cluster.stats()
         result["full_state"] = full_state(cluster)
         log(f"full state: {result['full_state']}; starting simulated hosts")
-        sims = Sims(cluster, procs, args.heartbeat * 3)
+        sims = Sims(cluster, procs, args.sim_heartbeat_timeout or args.heartbeat * 3)
         result["sim_procs"] = procs
+        result["sim_heartbeat_timeout"] = args.sim_heartbeat_timeout or args.heartbeat * 3
         result["convergence"] = converge(sims, sc, args.converge_timeout)
         c = result["convergence"]
         log(f"  converged {c['hosts_converged']}/{c['hosts']} hosts in {c['converge_s']:.1f} s")
@@ -473,8 +475,8 @@ def run(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any]:
         after_idle = cluster.stats()
         result["received"] = received(sims, result["full_state"])
         result["multiplexer"] = multiplexer(cluster)
-        if c["timed_out"]:
-            log("  not converged: skipping the fan-out phase")
+        if c["timed_out"] or args.creates == 0:
+            log("  not converged (or --creates 0): no fan-out phase")
         else:
             log(f"fan-out: {args.creates} creates")
             result["fanout"] = fanout(cluster, sims, args.creates, args.fanout_timeout)
@@ -601,6 +603,8 @@ def main() -> None:
     p.add_argument("--wsgi-max", type=int, default=65536,
                    help="connections per controller (0: eventlet's 1024, see sim/ctl_main.py)")  # fmt: skip
     p.add_argument("--heartbeat", type=float, default=5.0)
+    p.add_argument("--sim-heartbeat-timeout", type=float, default=0.0,
+                   help="simulated OHCs' liveness timeout (0: 3 x heartbeat, as an OHC)")  # fmt: skip
     p.add_argument("--sim-procs", type=int, default=0, help="simulator processes (0: by fd budget)")
     p.add_argument("--converge-timeout", type=float, default=300.0)
     p.add_argument("--fanout-timeout", type=float, default=30.0)
@@ -612,6 +616,8 @@ def main() -> None:
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = p.parse_args()
+    # SIGTERM (e.g. from timeout(1)) unwinds through the finally blocks that stop the processes.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.preset == "all":
         steps = list(PRESETS.values())
     elif args.preset:

@@ -61,7 +61,7 @@ class Sim:
                 eventlet.sleep(0)
 
     def _factory(self, host: str) -> Any:
-        def make(sub: Sub, auth: str, on_change: Any) -> StreamClient:
+        def make(sub: Sub, auth: str, on_change: Any, on_close: Any = None) -> StreamClient:
             def changed(replica: ReplicaState, msg: Any) -> None:
                 if self.watched and sub.service == ServiceName.DESTINATION:
                     self._seen(host, sub.key, msg)
@@ -75,6 +75,7 @@ class Sim:
                 host=sub.host,
                 auth=auth,
                 on_change=changed,
+                on_close=on_close,
                 heartbeat_timeout=self.heartbeat_timeout,
             )
 
