@@ -9,6 +9,7 @@ os-ken 4.x ships no manager command. Stock ryu-manager does not start on Python 
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import sys
 import warnings
@@ -44,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"meshpeer-manager: {exc}", file=sys.stderr)
         return 2
     log.init_log()
+    # A shard holds one connection per subscription: allow as many files as the hard limit.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if not CONF.app:
         print("meshpeer-manager: name at least one app module", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ export exactly the same things share one published service, however they were wr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -85,9 +86,11 @@ class ExportPolicy:
             "custom_routes": self.custom_routes,
         }
 
-    @property
+    @functools.cached_property
     def policy_id(self) -> str:
-        """'p-' + 16 hex of sha256(canonical JSON): equal iff the policies export the same."""
+        """'p-' + 16 hex of sha256(canonical JSON): equal iff the policies export the same.
+
+        Cached: the multiplexer asks for it for every peering on every write."""
         blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
         return "p-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -239,6 +239,7 @@ class Intent:
     # to what they return (a shard may hold 20k endpoints over 100 VPCs).
     _by_vpc: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict, repr=False)
     _by_host: dict[str, dict[tuple[str, str], Endpoint]] = field(default_factory=dict, repr=False)
+    _placed: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)  # -> count
 
     def _of(self, attr: str, vpc: str) -> list[Any]:
         items = self._by_vpc.get(attr, {}).get(vpc, {})
@@ -259,7 +260,7 @@ class Intent:
 
     def placements(self) -> set[tuple[str, str]]:
         """(vpc, host) of every endpoint that has a host."""
-        return {(vpc, host) for host, eps in self._by_host.items() for vpc, _ in eps}
+        return set(self._placed)
 
     def put(self, res: Resource) -> None:
         kind, key = store_key(res)
@@ -270,6 +271,8 @@ class Intent:
             self._by_vpc.setdefault(attr, {}).setdefault(res.vpc, {})[res.name] = res
         if isinstance(res, Endpoint) and res.host:
             self._by_host.setdefault(res.host, {})[(res.vpc, res.name)] = res
+            place = (res.vpc, res.host)
+            self._placed[place] = self._placed.get(place, 0) + 1
 
     def drop(self, kind: str, key: str) -> None:
         attr = _ATTR[kind]
@@ -278,6 +281,10 @@ class Intent:
             self._by_vpc.get(attr, {}).get(old.vpc, {}).pop(old.name, None)
         if isinstance(old, Endpoint) and old.host:
             self._by_host.get(old.host, {}).pop((old.vpc, old.name), None)
+            place = (old.vpc, old.host)
+            self._placed[place] -= 1
+            if not self._placed[place]:
+                del self._placed[place]
             if not self._by_host.get(old.host):
                 self._by_host.pop(old.host, None)
 

@@ -106,10 +106,20 @@ def statuses(
     intent: Intent,
     views: Mapping[str, View],
     owner_of: Mapping[str, str | None],
+    previous: Mapping[tuple[str, str], Status] | None = None,
+    vpcs: frozenset[str] | None = None,
 ) -> dict[tuple[str, str], Status]:
-    """Every local peering's status. ``views`` holds the federation view of each known VPC."""
+    """Every local peering's status. ``views`` holds the federation view of each known VPC.
+
+    With ``previous`` and ``vpcs``, only peerings of or towards those VPCs are re-evaluated;
+    the others keep their previous status (a write changes its own VPC's view only).
+    """
     out: dict[tuple[str, str], Status] = {}
     for key, p in intent.peerings.items():
+        old = previous.get(key) if previous is not None and vpcs is not None else None
+        if old is not None and vpcs is not None and p.vpc not in vpcs and p.peer_vpc not in vpcs:
+            out[key] = old
+            continue
         vpc = intent.vpcs[p.vpc]
         out[key] = status(vpc, p, views.get(p.peer_vpc), owner_of.get(p.peer_vpc))
     return out

@@ -62,6 +62,7 @@ class ShardState:
         self.intent = Intent.from_records({k: r.body for k, r in snap.records.items()})
         self.versions: dict[tuple[str, str], int] = {k: r.version for k, r in snap.records.items()}
         self.remote_views: dict[str, View] = {}
+        self.own_views: dict[str, dict[str, JsonObject]] = {}
         self.states: dict[tuple[str, str], Status] = {}
         self.service_sets: dict[tuple[str, str], list[str]] = {}
         self.listeners: list[Callable[[], None]] = []  # e.g. federation client sync
@@ -132,8 +133,17 @@ class ShardState:
 
     def views(self) -> dict[str, View]:
         """Federation views of every VPC this shard knows: its own and replicated ones."""
-        own = {v: federation_view(self.intent, self.name, v) for v in self.intent.vpcs}
-        return {**self.remote_views, **own}
+        return {**self.remote_views, **self.own_views}
+
+    def _update_own_views(self, scope: Scope) -> None:
+        """A VPC's view depends on its subnets, peerings and routes only: recompute those in
+        scope (every write's scope holds the VPCs it touched)."""
+        for vpc in list(self.own_views):
+            if vpc not in self.intent.vpcs:
+                del self.own_views[vpc]
+        for vpc in self.intent.vpcs:
+            if scope.has_vpc(vpc) or vpc not in self.own_views:
+                self.own_views[vpc] = federation_view(self.intent, self.name, vpc)
 
     def remote_peer_vpcs(self) -> set[str]:
         """Peer VPCs owned by other shards, whose federation views this shard must follow."""
@@ -146,10 +156,11 @@ class ShardState:
     def refresh(self, scope: Scope = ALL) -> dict[StreamId, int]:
         """Recompute and publish what ``scope`` covers (plus the VPCs whose peering state
         changed); returns the stream versions this refresh produced."""
+        self._update_own_views(scope)
         views = self.views()
         before_states = self.states
         before = self.active_peers()
-        self.states = statuses(self.intent, views, self.owner_map())
+        self.states = statuses(self.intent, views, self.owner_map(), before_states, scope.vpcs)
         changed = {k[0] for k in set(before_states) | set(self.states)
                    if before_states.get(k) != self.states.get(k)}  # fmt: skip
         if scope.vpcs is not None and changed - scope.vpcs:

@@ -33,8 +33,13 @@ class _QuietLog:
         _wsgi_log.debug(msg.rstrip(), *args)
 
 
-def serve(app: Any, host: str, port: int, *, backlog: int = 128) -> tuple[Any, int]:
+def serve(
+    app: Any, host: str, port: int, *, backlog: int = 1024, max_size: int = 65536
+) -> tuple[Any, int]:
     """Listen on ``host:port`` (0 = ephemeral) and serve ``app`` in a green thread.
+
+    ``max_size`` bounds concurrent connections (green threads). Every subscription holds
+    one for good, so eventlet's default of 1024 would cap a shard at 1024 subscribers.
 
     Returns ``(green thread, bound port)``. ``thread.kill()`` stops accepting, closes idle
     connections, waits for in-flight requests and closes the socket.
@@ -49,5 +54,6 @@ def serve(app: Any, host: str, port: int, *, backlog: int = 128) -> tuple[Any, i
         log_output=True,
         debug=False,
         minimum_chunk_size=0,
+        max_size=max_size,
     )
     return thread, bound
