@@ -23,6 +23,8 @@ from meshpeer.controller.mux import (
     Scope,
     StreamId,
     desired_streams,
+    destination,
+    endpoint_objects,
 )
 from meshpeer.controller.peering import Status, View, federation_view, statuses
 from meshpeer.controller.routing import effective_routes
@@ -30,6 +32,7 @@ from meshpeer.protocol import ServiceName
 from meshpeer.protocol.messages import CloseReason, stream_name
 from meshpeer.store.sqlite import Change, Store
 from meshpeer.streaming.publisher import StreamHub
+from policies.export import ExportPolicy
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,9 @@ class ShardState:
         changes += [Change(d.kind, d.key, None) for d in deletes]
         version = self.store.commit(changes)
         old = [self.lookup(d.kind, d.key) for d in deletes]
+        gone = [o for o in old if isinstance(o, Endpoint)]
+        fast = self._endpoints_only(puts, old) and all(o is not None for o in old)
+        placed_before = self.intent.placements()
         for r in puts:
             old.append(self.lookup(*store_key(r)))
             self.intent.put(r)
@@ -88,10 +94,54 @@ class ShardState:
         for d in deletes:
             self.intent.drop(d.kind, d.key)
             self.versions.pop((d.kind, d.key), None)
-        produced = self.refresh(self.scope_of([*puts, *(o for o in old if o is not None)]))
+        fast = fast and not any(o is not None for o in old[len(deletes) :])  # all puts new
+        changed = [r for r in puts if isinstance(r, Endpoint)] + gone
+        places = {(e.vpc, e.host) for e in changed}
+        fast = fast and places <= placed_before and places <= self.intent.placements()
+        produced = self._patch_endpoints(puts, gone) if fast else None
+        if produced is None:
+            produced = self.refresh(self.scope_of([*puts, *(o for o in old if o is not None)]))
         for key in [store_key(r) for r in puts] + [(d.kind, d.key) for d in deletes]:
             self.targets[key] = produced
         return version
+
+    # --- the endpoint fast path ------------------------------------------------------------
+    # Adding or removing a VM in a VPC that already has endpoints on that host changes only
+    # that endpoint's destination objects and its host's endpoint stream. Recomputing the
+    # VPC's services would cost O(VPC size) per write; patching costs O(1).
+
+    def _endpoints_only(self, puts: list[Resource], old: list[Resource | None]) -> bool:
+        return all(isinstance(r, Endpoint) and r.kind != "ilb" for r in [*puts, *old])
+
+    def _patch_endpoints(
+        self, puts: list[Resource], gone: list[Endpoint]
+    ) -> dict[StreamId, int] | None:
+        added = [r for r in puts if isinstance(r, Endpoint)]
+        produced: dict[StreamId, int] = {}
+        for vpc in sorted({e.vpc for e in [*added, *gone]}):
+            policies: dict[str | None, ExportPolicy | None] = {None: None}
+            for p in self.intent.peerings_of(vpc):
+                st = self.states.get((vpc, p.name))
+                if st is not None and st.active:
+                    policies[p.export.policy_id] = p.export
+            for pid, policy in policies.items():
+                sid = StreamId(ServiceName.DESTINATION, vpc, pid)
+                if sid not in self.hub:
+                    return None  # not published yet: take the full path
+                ups = {
+                    e.name: destination(self.intent, e)
+                    for e in added
+                    if e.vpc == vpc and (policy is None or policy.exports_ip(e.ip))
+                }
+                delta = self.hub.patch(sid, ups, [e.name for e in gone if e.vpc == vpc])
+                if delta is not None:
+                    produced[sid] = delta.version
+        for host in sorted({e.host for e in [*added, *gone] if e.host}):
+            sid = StreamId(ServiceName.ENDPOINT, host)
+            delta = self.hub.publish(sid, endpoint_objects(self.intent, host))
+            if delta is not None:
+                produced[sid] = delta.version
+        return produced
 
     def lookup(self, kind: str, key: str) -> Resource | None:
         if kind in ("vpc", "host"):

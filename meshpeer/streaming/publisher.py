@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -273,6 +273,32 @@ class StreamHub:
             self._streams[sid] = _Stream(sid, service_log)
             return None
         deletes = [oid for oid in current if oid not in objects]
+        return self._push(stream, upserts, deletes)
+
+    def patch(
+        self,
+        stream_id: tuple[Any, ...],
+        upserts: Mapping[str, JsonObject],
+        deletes: Iterable[str] = (),
+    ) -> Delta | None:
+        """Change only the named objects of an existing stream (KeyError if unknown).
+
+        The cost is proportional to the change, not to the stream: the controller uses it
+        when a write can only touch a few objects of a large stream (one endpoint of a VPC).
+        """
+        stream = self._streams[StreamId(*stream_id)]
+        current = stream.log.objects
+        ups = {oid: obj for oid, obj in upserts.items() if current.get(oid) != obj}
+        for oid, obj in ups.items():
+            if not isinstance(oid, str) or not OBJECT_ID_RE.fullmatch(oid):
+                raise ValueError(f"{stream.id}: bad object id {str(oid)[:64]!r}")
+            if not isinstance(obj, dict):
+                raise ValueError(f"{stream.id}: object {oid!r} is not a dict")
+        return self._push(stream, ups, [oid for oid in deletes if oid in current])
+
+    def _push(
+        self, stream: _Stream, upserts: dict[str, JsonObject], deletes: list[str]
+    ) -> Delta | None:
         if not upserts and not deletes:
             return None
         delta = stream.log.apply(stream.log.version + 1, upserts, deletes)

@@ -111,6 +111,14 @@ def test_scoped_refresh_equals_a_full_recompute(tmp_path: pathlib.Path) -> None:
             [ops.new_endpoint(s.intent, "blue", "b1", "vm", ip("10.1.0.11"), None, "hv1", [])]
         ),
         lambda: s.commit([Host("hv1", ip("169.254.101.11"))]),
+        # red already has r1 on hv2: the endpoint fast path patches the streams in place
+        lambda: s.commit(
+            [ops.new_endpoint(s.intent, "red", "r3", "vm", ip("10.2.0.13"), None, "hv2", [])]
+        ),
+        lambda: s.commit(
+            [ops.new_endpoint(s.intent, "red", "r4", "vm", ip("10.2.0.14"), None, "hv2", [])]
+        ),
+        lambda: s.commit(deletes=[Delete("endpoint", "red/r3")]),
         lambda: s.commit([Host("hv2", ip("169.254.101.99"))]),  # a host moves: destinations change
         lambda: s.commit(
             [ops.new_endpoint(s.intent, "red", "r2", "vm", ip("10.2.0.12"), None, "hv1", [])]
