@@ -176,7 +176,7 @@ def new_endpoint(
         raise bad("ip", f"{ip} is outside every subnet of VPC {vpc_name!r} ({nets})")
     if ip in reserved(subnet.cidr):
         raise bad("ip", f"{ip} is reserved in {subnet.cidr} (network, gateway or broadcast)")
-    clash = next((e for e in intent.endpoints_of(vpc_name) if e.ip == ip), None)
+    clash = intent.endpoint_with(vpc_name, ip)
     if clash is not None:
         raise conflict("ip", f"{ip} is already used by endpoint {clash.name!r}")
     if kind == "ilb":
@@ -200,7 +200,7 @@ def new_endpoint(
         if backends:
             raise bad("backends", "only an ILB has backends")
     mac = mac.lower() if mac else derived_mac(vpc_name, ip)
-    same_mac = next((e for e in intent.endpoints_of(vpc_name) if e.mac == mac), None)
+    same_mac = intent.endpoint_with(vpc_name, mac)
     if same_mac is not None:
         raise conflict("mac", f"MAC {mac} is already used by endpoint {same_mac.name!r}")
     return Endpoint(vpc_name, name, kind, ip, mac, host, tuple(backends))

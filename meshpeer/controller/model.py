@@ -240,6 +240,7 @@ class Intent:
     _by_vpc: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict, repr=False)
     _by_host: dict[str, dict[tuple[str, str], Endpoint]] = field(default_factory=dict, repr=False)
     _placed: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)  # -> count
+    _addr: dict[tuple[str, object], Endpoint] = field(default_factory=dict, repr=False)
 
     def _of(self, attr: str, vpc: str) -> list[Any]:
         items = self._by_vpc.get(attr, {}).get(vpc, {})
@@ -253,6 +254,10 @@ class Intent:
 
     def routes_of(self, vpc: str) -> list[Route]:
         return self._of("routes", vpc)
+
+    def endpoint_with(self, vpc: str, ip_or_mac: Address | str) -> Endpoint | None:
+        """The endpoint of ``vpc`` holding this IP address or MAC, if any (O(1))."""
+        return self._addr.get((vpc, ip_or_mac))
 
     def endpoints_on(self, host: str) -> list[Endpoint]:
         on = self._by_host.get(host, {})
@@ -269,6 +274,8 @@ class Intent:
         getattr(self, attr)[_map_key(kind, key)] = res
         if isinstance(res, Endpoint | Peering | Route):
             self._by_vpc.setdefault(attr, {}).setdefault(res.vpc, {})[res.name] = res
+        if isinstance(res, Endpoint):
+            self._addr[(res.vpc, res.ip)] = self._addr[(res.vpc, res.mac)] = res
         if isinstance(res, Endpoint) and res.host:
             self._by_host.setdefault(res.host, {})[(res.vpc, res.name)] = res
             place = (res.vpc, res.host)
@@ -279,6 +286,9 @@ class Intent:
         old = getattr(self, attr).pop(_map_key(kind, key), None)
         if isinstance(old, Endpoint | Peering | Route):
             self._by_vpc.get(attr, {}).get(old.vpc, {}).pop(old.name, None)
+        if isinstance(old, Endpoint):
+            self._addr.pop((old.vpc, old.ip), None)
+            self._addr.pop((old.vpc, old.mac), None)
         if isinstance(old, Endpoint) and old.host:
             self._by_host.get(old.host, {}).pop((old.vpc, old.name), None)
             place = (old.vpc, old.host)

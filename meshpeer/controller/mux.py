@@ -206,22 +206,26 @@ def load_balancers(intent: Intent, vpc: str, policy: ExportPolicy | None) -> dic
 
 def endpoint_objects(intent: Intent, host: str) -> dict[str, JsonObject]:
     """Endpoint meta-service: what this shard has on one host, with what the port needs."""
-    out: dict[str, JsonObject] = {}
-    for e in intent.endpoints_on(host):
-        vpc_name, name = e.vpc, e.name
-        vpc = intent.vpcs[vpc_name]
-        subnet = vpc.subnet_for(e.ip)
-        out[f"{vpc_name}.{name}"] = {
-            "vpc": vpc_name,
-            "name": name,
-            "kind": e.kind,
-            "ip": str(e.ip),
-            "mac": e.mac,
-            "vni": vpc.vni,
-            "prefix": str(subnet.cidr) if subnet else None,
-            "gateway": str(gateway(subnet.cidr)) if subnet else None,
-        }
-    return out
+    return {endpoint_id(e): endpoint_object(intent, e) for e in intent.endpoints_on(host)}
+
+
+def endpoint_id(e: Endpoint) -> str:
+    return f"{e.vpc}.{e.name}"
+
+
+def endpoint_object(intent: Intent, e: Endpoint) -> JsonObject:
+    vpc = intent.vpcs[e.vpc]
+    subnet = vpc.subnet_for(e.ip)
+    return {
+        "vpc": e.vpc,
+        "name": e.name,
+        "kind": e.kind,
+        "ip": str(e.ip),
+        "mac": e.mac,
+        "vni": vpc.vni,
+        "prefix": str(subnet.cidr) if subnet else None,
+        "gateway": str(gateway(subnet.cidr)) if subnet else None,
+    }
 
 
 def peering_objects(

@@ -24,7 +24,8 @@ from meshpeer.controller.mux import (
     StreamId,
     desired_streams,
     destination,
-    endpoint_objects,
+    endpoint_id,
+    endpoint_object,
 )
 from meshpeer.controller.peering import Status, View, federation_view, statuses
 from meshpeer.controller.routing import effective_routes
@@ -138,7 +139,10 @@ class ShardState:
                     produced[sid] = delta.version
         for host in sorted({e.host for e in [*added, *gone] if e.host}):
             sid = StreamId(ServiceName.ENDPOINT, host)
-            delta = self.hub.publish(sid, endpoint_objects(self.intent, host))
+            if sid not in self.hub:
+                return None
+            ups = {endpoint_id(e): endpoint_object(self.intent, e) for e in added if e.host == host}
+            delta = self.hub.patch(sid, ups, [endpoint_id(e) for e in gone if e.host == host])
             if delta is not None:
                 produced[sid] = delta.version
         return produced

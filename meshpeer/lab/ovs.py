@@ -72,6 +72,9 @@ def bridge_layout(host: HostPlan, vms: list[VmPlan]) -> list[str]:
         # Passive listener from the first moment: the OHC connects out to it, so the
         # bridge never goes from 0 to 1 controller (which would flush its flows).
         "--", "set-controller", "br-int", host.of_target,
+        # A large recompile may keep the OHC from answering echoes for seconds: do not drop
+        # it for that (the default probe is 5 s); a dead OHC still leaves the flows in place.
+        "--", "set", "controller", "br-int", "inactivity_probe=30000",
         "--", "add-br", "br-phy",
         "--", "set", "bridge", "br-phy", "datapath_type=netdev",
         f"other-config:datapath-id={host.br_phy_dpid}",
