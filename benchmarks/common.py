@@ -119,6 +119,18 @@ def rss_mib(pid: int | None) -> float | None:
     return None
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds a process has used so far."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+
+
 def dump_flows(h: HostPlan) -> str:
     return ovs.ofctl(h, "dump-flows", "--no-stats")
 
@@ -186,7 +198,11 @@ class LoadSampler:
 
     def result(self) -> dict[str, float]:
         xs = self.samples or [loadavg()[0]]
-        return {"min": min(xs), "mean": round(statistics.fmean(xs), 2), "max": max(xs)}
+        return {
+            "min": round(min(xs), 2),
+            "mean": round(statistics.fmean(xs), 2),
+            "max": round(max(xs), 2),
+        }
 
 
 def _first_line(cmd: list[str]) -> str:

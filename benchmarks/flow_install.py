@@ -165,10 +165,29 @@ def clear_switch(h: HostPlan) -> None:
     ovs.ofctl(h, "del-groups")
 
 
+LOG_EVENTS = {  # (file in the host's rundir, text): counted during each install
+    "ovs_probe_disconnects": ("ovs-vswitchd.log", "no response to inactivity probe"),
+    "ohc_sync_failed": ("ohc.log", "sync failed"),
+    "ohc_stream_silent": ("ohc.log", "nothing heard for"),
+}
+
+
+def log_marks(h: HostPlan) -> dict[str, int]:
+    out = {}
+    for key, (name, text) in LOG_EVENTS.items():
+        try:
+            with open(f"{h.rundir}/{name}", encoding="utf-8", errors="replace") as f:
+                out[key] = sum(text in line for line in f)
+        except OSError:
+            out[key] = 0
+    return out
+
+
 def time_install(
     lab: common.Lab, h: HostPlan, expected: int, quiet: float, timeout: float
 ) -> dict[str, Any]:
     """Start the OHC; seconds until a sync holds ``expected`` flows, then until it is quiet."""
+    before = log_marks(h)
     t0 = time.time()
     common.start_ohc(lab.plan, h)
     timeline: list[tuple[float, int, int]] = []  # (seconds, sync n, flows) per new sync
@@ -189,6 +208,8 @@ def time_install(
         if installed_at is not None and time.time() - last_change >= quiet:
             break
         time.sleep(0.05)
+    cpu_s = common.cpu_seconds(common.ohc_pid(h))
+    after = log_marks(h)
     st = common.ohc_status(h)
     last = st.get("last_sync") or {}
     pid = common.ohc_pid(h)
@@ -203,11 +224,19 @@ def time_install(
         "last_sync_counts": last.get("counts"),
         "syncs": last.get("n"),
         "timeline": timeline,
+        "converged": installed_at is not None,
+        "waited_s": round(time.time() - t0, 1),
+        "ohc_cpu_s": cpu_s,
+        "log_events": {k: after[k] - before[k] for k in after},
         "rss_mib": round(common.rss_mib(pid) or 0.0, 1),
         "rss_peak_mib": round(rss_peak, 1),
         "received_bytes": received.get("bytes"),
         "received_objects": received.get("objects"),
     }
+
+
+def num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
 
 
 def main() -> None:
@@ -219,7 +248,7 @@ def main() -> None:
     )
     p.add_argument("--no-seed", action="store_true", help="stop where REST creation stopped")
     p.add_argument("--quiet", type=float, default=3.0, help="seconds without a sync = settled")
-    p.add_argument("--timeout", type=float, default=900, help="max seconds to wait for install")
+    p.add_argument("--timeout", type=float, default=240, help="max seconds to wait for install")
     p.add_argument("--lab", default="bflow")
     p.add_argument("--json", default=None, help="result file (default benchmarks/results/...)")
     args = p.parse_args()
@@ -262,8 +291,12 @@ def main() -> None:
             print(f"  installed {cold['flows_on_switch']} flows in {cold['installed_s']}s, "
                   f"RSS {cold['rss_mib']} MiB; restart with everything installed", flush=True)  # fmt: skip
             common.stop_ohc(hv1)
-            warm = time_install(lab, hv1, expected, args.quiet, args.timeout)
-            print(f"  restart settled, installed at {warm['installed_s']}s", flush=True)
+            warm: dict[str, Any] | None = None
+            if cold["converged"]:
+                warm = time_install(lab, hv1, expected, args.quiet, args.timeout)
+                print(f"  restart settled, installed at {warm['installed_s']}s", flush=True)
+            else:
+                print(f"  NOT installed within {args.timeout:.0f}s: {cold['log_events']}")
             rows.append(
                 {
                     "size": n,
@@ -282,8 +315,8 @@ def main() -> None:
                     "load_1min": round(common.loadavg()[0], 2),
                 }
             )
-            if args.no_seed and creator.exhausted:
-                break
+            if (args.no_seed and creator.exhausted) or not cold["converged"]:
+                break  # a bigger size will not do better
 
     projected = {str(n): creator.projected_s(n) for n in sizes}
     result = {
@@ -307,18 +340,23 @@ def main() -> None:
     print()
     print("flow install on hv1: N peer endpoints learnt at once (OHC start -> flows installed)")
     print(
-        f"{'peers':>7} {'via REST':>8} {'flows':>7} {'install s':>9} {'sync s':>6} {'restart s':>9}"
-        f" {'RSS MiB':>7} {'recv MB':>7} {'objects':>7} {'ctl2 MiB':>8}"
+        f"{'peers':>7} {'via REST':>8} {'flows':>7} {'install s':>9} {'sync s':>6}"
+        f" {'OHC cpu s':>9} {'restart s':>9} {'RSS MiB':>7} {'recv MB':>7} {'objects':>7}"
+        f" {'probe drops':>11} {'ctl2 MiB':>8}"
     )
     for r in rows:
-        c, w = r["cold"], r["warm_restart"]
+        c, w = r["cold"], r["warm_restart"] or {}
         print(
             f"{r['endpoints']:>7} {r['by_rest_total']:>8} {c['flows_on_switch']:>7}"
-            f" {c['installed_s'] or -1:>9.2f} {c['install_sync_s'] or -1:>6.2f}"
-            f" {w['installed_s'] or -1:>9.2f}"
+            f" {num(c['installed_s']):>9} {num(c['install_sync_s']):>6}"
+            f" {num(c['ohc_cpu_s']):>9} {num(w.get('installed_s')):>9}"
             f" {c['rss_peak_mib']:>7.0f} {(c['received_bytes'] or 0) / 1e6:>7.1f}"
-            f" {c['received_objects'] or 0:>7} {r['ctl2_rss_mib']:>8.0f}"
+            f" {c['received_objects'] or 0:>7} {c['log_events']['ovs_probe_disconnects']:>11}"
+            f" {r['ctl2_rss_mib']:>8.0f}"
         )
+    print("install s: OHC start -> a sync holds every flow ('-': not within the timeout);")
+    print("sync s: the OHC's own time for that sync (read back, plan, send; not compile);")
+    print("probe drops: OVS dropped the OHC's OpenFlow connection (no echo reply for 5 s).")
     print(f"REST creation: {creator.by_rest} endpoints in {creator.seconds:.0f}s "
           f"({args.workers} concurrent calls); progress (endpoints, s): {creator.samples}")  # fmt: skip
     for n, s in projected.items():
