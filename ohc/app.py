@@ -31,9 +31,9 @@ from meshpeer.client import Client
 from meshpeer.controller.directory import parse_directory
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.messages import stream_name
-from meshpeer.streaming.subscriber import StreamClient
 from ohc import ofio
 from ohc.agent import Agent
+from ohc.clients import stream_client
 from ohc.compiler import compile_host
 from ohc.model import HostView, StreamObjects
 from ohc.subscriptions import Sub
@@ -96,7 +96,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             self.directory = parse_directory(yaml.safe_load(f))
         urls = sorted(s.url for s in self.directory.shards.values())
         self.agent = Agent(
-            conf.host, urls, self.directory.url_of, conf.api_token, self._client, self._update
+            conf.host, urls, self.directory.url_of, conf.api_token, stream_client, self._update
         )
         self.replies = ofio.Replies()
         self.datapath: Any = None
@@ -121,18 +121,6 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         super().close()
 
     # --- subscriptions -------------------------------------------------------------------
-
-    def _client(self, sub: Sub, auth: str, on_change: Any, on_close: Any) -> StreamClient:
-        return StreamClient(
-            sub.url,
-            sub.service,
-            sub.key,
-            policy=sub.policy,
-            host=sub.host,
-            auth=auth,
-            on_change=on_change,
-            on_close=on_close,
-        )
 
     def _update(self) -> None:
         self.triggers.put("update")

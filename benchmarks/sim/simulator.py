@@ -36,6 +36,7 @@ from meshpeer.protocol.messages import Delta, Snapshot  # noqa: E402
 from meshpeer.protocol.stream import ReplicaState  # noqa: E402
 from meshpeer.streaming.subscriber import StreamClient  # noqa: E402
 from ohc.agent import Agent  # noqa: E402
+from ohc.clients import stream_client  # noqa: E402
 from ohc.subscriptions import Sub  # noqa: E402
 
 
@@ -67,17 +68,7 @@ class Sim:
                     self._seen(host, sub.key, msg)
                 on_change(replica, msg)
 
-            return StreamClient(
-                sub.url,
-                sub.service,
-                sub.key,
-                policy=sub.policy,
-                host=sub.host,
-                auth=auth,
-                on_change=changed,
-                on_close=on_close,
-                heartbeat_timeout=self.heartbeat_timeout,
-            )
+            return stream_client(sub, auth, changed, on_close, self.heartbeat_timeout)
 
         return make
 

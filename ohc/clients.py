@@ -1,0 +1,24 @@
+"""The stream client an OHC (or a simulated host) uses for one subscription."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshpeer.streaming.subscriber import StreamClient
+from ohc.subscriptions import Sub
+
+
+def stream_client(
+    sub: Sub, auth: str, on_change: Any, on_close: Any, heartbeat_timeout: float = 15.0
+) -> StreamClient:
+    return StreamClient(
+        sub.url,
+        sub.service,
+        sub.key,
+        policy=sub.policy,
+        host=sub.host,
+        auth=auth,
+        on_change=on_change,
+        on_close=on_close,
+        heartbeat_timeout=heartbeat_timeout,
+    )
