@@ -267,6 +267,11 @@ class Intent:
         """(vpc, host) of every endpoint that has a host."""
         return set(self._placed)
 
+    def get(self, kind: str, key: str) -> Resource | None:
+        """The resource stored as (kind, key), if any."""
+        found: Resource | None = getattr(self, _ATTR[kind]).get(_map_key(kind, key))
+        return found
+
     def put(self, res: Resource) -> None:
         kind, key = store_key(res)
         self.drop(kind, key)

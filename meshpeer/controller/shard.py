@@ -84,12 +84,12 @@ class ShardState:
         changes = [Change(*store_key(r), r.to_json()) for r in puts]
         changes += [Change(d.kind, d.key, None) for d in deletes]
         version = self.store.commit(changes)
-        old = [self.lookup(d.kind, d.key) for d in deletes]
+        old = [self.intent.get(d.kind, d.key) for d in deletes]
         gone = [o for o in old if isinstance(o, Endpoint)]
         fast = self._endpoints_only(puts, old) and all(o is not None for o in old)
         placed_before = self.intent.placements()
         for r in puts:
-            old.append(self.lookup(*store_key(r)))
+            old.append(self.intent.get(*store_key(r)))
             self.intent.put(r)
             self.versions[store_key(r)] = version
         for d in deletes:
@@ -146,14 +146,6 @@ class ShardState:
             if delta is not None:
                 produced[sid] = delta.version
         return produced
-
-    def lookup(self, kind: str, key: str) -> Resource | None:
-        if kind in ("vpc", "host"):
-            found: Resource | None = getattr(self.intent, kind + "s").get(key)
-            return found
-        vpc, _, name = key.partition("/")
-        attr = {"endpoint": "endpoints", "peering": "peerings", "route": "routes"}[kind]
-        return getattr(self.intent, attr).get((vpc, name))  # type: ignore[no-any-return]
 
     def scope_of(self, resources: Iterable[Resource]) -> Scope:
         """The VPCs and hosts whose streams a change to these resources can alter."""

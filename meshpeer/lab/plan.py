@@ -7,13 +7,13 @@ naming lives in one place.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from meshpeer.lab.topology import Address, Topology, gateway, subnet_of
+from meshpeer.controller.model import derived_mac, gateway
+from meshpeer.lab.topology import Address, Topology, subnet_of
 
 LAB_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,5}$")
 MAX_LAB_INDEX = 99  # keeps 169.254.<i>.0/24 and 169.254.<100+i>.0/24 clear of 169.254.169.254
@@ -122,12 +122,6 @@ class LabPlan:
         )
 
 
-def derived_mac(*parts: str) -> str:
-    """A stable, locally administered unicast MAC from names (no registry needed)."""
-    digest = hashlib.sha256("/".join(parts).encode()).digest()
-    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
-
-
 def vni_block(controller_index: int) -> tuple[int, int]:
     """Shard k (0-based) allocates VNIs from its own block, so VNIs are unique across shards."""
     lo = VNI_BLOCK * (controller_index + 1)
@@ -209,7 +203,7 @@ def make_plan(topo: Topology, lab: str, index: int, secrets: Secrets | None = No
                 ip=str(e.ip),
                 prefixlen=subnet.prefixlen,
                 gateway=str(gateway(subnet)),
-                mac=e.mac or derived_mac(e.vpc, str(e.ip)),
+                mac=e.mac or derived_mac(e.vpc, e.ip),  # the controller derives the same
                 vni=vnis[e.vpc],
                 host_port=f"v-{e.name}",
                 ofport=port,

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
+from meshpeer.controller.model import reserved
 from policies.export import PolicyError, parse_export_policy
 
 T = TypeVar("T")
@@ -165,11 +166,6 @@ class _Checker:
             self.err(path, f"unknown {what} {raw!r}")
             return None
         return raw
-
-
-def gateway(subnet: Network) -> Address:
-    """The subnet's gateway is its first host address (as in GCP and OVN)."""
-    return subnet.network_address + 1
 
 
 def subnet_of(vpc: Vpc, ip: Address) -> Network | None:
@@ -347,10 +343,7 @@ def _endpoint(
         nets = ", ".join(str(s) for s in vpc.subnets)
         c.err(f"{p}.ip", f"{ip} is outside VPC {vpc_name!r} subnets ({nets})")
         return None
-    reserved = {subnet.network_address, gateway(subnet)}
-    if subnet.version == 4:
-        reserved.add(subnet.broadcast_address)
-    if ip in reserved:
+    if ip in reserved(subnet):
         c.err(f"{p}.ip", f"{ip} is reserved in {subnet} (network, gateway or broadcast)")
         return None
     defer = m.get("defer", False)

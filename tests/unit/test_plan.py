@@ -8,7 +8,8 @@ import json
 import pytest
 import yaml
 
-from meshpeer.lab.plan import LabPlan, derived_mac, make_plan
+from meshpeer.controller.model import derived_mac
+from meshpeer.lab.plan import LabPlan, make_plan
 from meshpeer.lab.topology import parse
 from tests.unit.test_topology import SAMPLE
 
@@ -67,8 +68,9 @@ def test_explicit_vni_is_kept_and_skipped_by_allocation() -> None:
 
 
 def test_derived_mac_is_stable_unicast_and_local() -> None:
-    mac = derived_mac("blue", "10.1.0.11")
-    assert mac == derived_mac("blue", "10.1.0.11") != derived_mac("red", "10.1.0.11")
+    ip = ipaddress.ip_address("10.1.0.11")
+    mac = derived_mac("blue", ip)
+    assert mac == derived_mac("blue", ip) != derived_mac("red", ip)
     first = int(mac.split(":")[0], 16)
     assert first & 1 == 0 and first & 2 == 2
 
