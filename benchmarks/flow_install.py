@@ -14,7 +14,11 @@ Lab: 2 shards, hv1 with one blue VM, blue (ctl1) peered with red (ctl2), red a /
    (the flows hv1 holds for blue alone, plus 2 per red endpoint: an L3 lookup and a tunnel
    source check) and then no further sync for --quiet seconds. The flow count is checked on
    the switch with `ovs-ofctl dump-aggregate`;
-4. restart the OHC once more with every flow already installed (nothing to change) and time
+4. with the OHC running and all N installed, create --updates more red endpoints one at a
+   time with ``?wait=programmed`` (the call returns once hv1's switch holds the new flows) and
+   time each: the cost of one update when the host already holds N peer endpoints, with the
+   OHC's own compile time for that sync (it reuses what did not change, ohc/compiler.py);
+5. restart the OHC once more with every flow already installed (nothing to change) and time
    that too (read-back and diff only).
 
 hv2's OHC stays stopped: it would program the same N endpoints (they are red's own) and
@@ -235,6 +239,30 @@ def time_install(
     }
 
 
+def time_updates(lab: common.Lab, h: HostPlan, creator: Creator, count: int) -> dict[str, Any]:
+    """Create ``count`` more red endpoints one by one, each with ?wait=programmed."""
+    client = lab.client("red", timeout=120)
+    walls: list[float] = []
+    compiles: list[float] = []
+    syncs: list[float] = []
+    for _ in range(count):
+        i = creator.created
+        t0 = time.monotonic()
+        client.post("/v1/vpcs/red/endpoints?wait=programmed&timeout=60", endpoint(i))
+        walls.append(time.monotonic() - t0)
+        creator.created += 1
+        last = common.ohc_status(h).get("last_sync") or {}
+        compiles.append(float(last.get("compile_s") or 0.0))
+        syncs.append(float(last.get("total_s") or 0.0))
+    return {
+        "count": count,
+        "rest_to_programmed_s": common.summary(walls),
+        "ohc_compile_s": common.summary(compiles),
+        "ohc_sync_s": common.summary(syncs),
+        "units": (common.ohc_status(h).get("last_sync") or {}).get("units"),
+    }
+
+
 def num(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
@@ -248,6 +276,7 @@ def main() -> None:
     )
     p.add_argument("--no-seed", action="store_true", help="stop where REST creation stopped")
     p.add_argument("--quiet", type=float, default=3.0, help="seconds without a sync = settled")
+    p.add_argument("--updates", type=int, default=10, help="single creates timed after install")
     p.add_argument("--timeout", type=float, default=240, help="max seconds to wait for install")
     p.add_argument("--lab", default="bflow")
     p.add_argument("--json", default=None, help="result file (default benchmarks/results/...)")
@@ -289,7 +318,15 @@ def main() -> None:
             print(f"  red holds {creator.created}; start hv1's OHC", flush=True)
             cold = time_install(lab, hv1, expected, args.quiet, args.timeout)
             print(f"  installed {cold['flows_on_switch']} flows in {cold['installed_s']}s, "
-                  f"RSS {cold['rss_mib']} MiB; restart with everything installed", flush=True)  # fmt: skip
+                  f"RSS {cold['rss_mib']} MiB", flush=True)  # fmt: skip
+            updates: dict[str, Any] | None = None
+            if cold["converged"] and args.updates:
+                updates = time_updates(lab, hv1, creator, args.updates)
+                print(f"  {args.updates} more endpoints, one at a time: REST -> programmed p50 "
+                      f"{updates['rest_to_programmed_s']['p50']:.3f}s, OHC compile p50 "
+                      f"{updates['ohc_compile_s']['p50']:.3f}s", flush=True)  # fmt: skip
+                expected = base + FLOWS_PER_PEER_ENDPOINT * creator.created
+            print("  restart with everything installed", flush=True)
             common.stop_ohc(hv1)
             warm: dict[str, Any] | None = None
             if cold["converged"]:
@@ -308,6 +345,7 @@ def main() -> None:
                     "create_s": round(secs, 2),
                     "create_rate_per_s": None if rate is None else round(rate, 2),
                     "cold": cold,
+                    "updates": updates,
                     "warm_restart": warm,
                     "ctl2_rss_mib": round(
                         common.rss_mib(common.controller_pid(lab.plan, "ctl2")) or 0.0, 1
@@ -341,21 +379,26 @@ def main() -> None:
     print("flow install on hv1: N peer endpoints learnt at once (OHC start -> flows installed)")
     print(
         f"{'peers':>7} {'via REST':>8} {'flows':>7} {'install s':>9} {'sync s':>6}"
-        f" {'OHC cpu s':>9} {'restart s':>9} {'RSS MiB':>7} {'recv MB':>7} {'objects':>7}"
-        f" {'probe drops':>11} {'ctl2 MiB':>8}"
+        f" {'OHC cpu s':>9} {'update s':>8} {'compile s':>9} {'restart s':>9} {'RSS MiB':>7}"
+        f" {'recv MB':>7} {'objects':>7} {'probe drops':>11} {'ctl2 MiB':>8}"
     )
     for r in rows:
         c, w = r["cold"], r["warm_restart"] or {}
+        u = r["updates"] or {}
         print(
             f"{r['endpoints']:>7} {r['by_rest_total']:>8} {c['flows_on_switch']:>7}"
             f" {num(c['installed_s']):>9} {num(c['install_sync_s']):>6}"
-            f" {num(c['ohc_cpu_s']):>9} {num(w.get('installed_s')):>9}"
+            f" {num(c['ohc_cpu_s']):>9}"
+            f" {num(u.get('rest_to_programmed_s', {}).get('p50')):>8}"
+            f" {num(u.get('ohc_compile_s', {}).get('p50')):>9} {num(w.get('installed_s')):>9}"
             f" {c['rss_peak_mib']:>7.0f} {(c['received_bytes'] or 0) / 1e6:>7.1f}"
             f" {c['received_objects'] or 0:>7} {c['log_events']['ovs_probe_disconnects']:>11}"
             f" {r['ctl2_rss_mib']:>8.0f}"
         )
     print("install s: OHC start -> a sync holds every flow ('-': not within the timeout);")
     print("sync s: the OHC's own time for that sync (read back, plan, send; not compile);")
+    print("update s: p50 of one more endpoint, REST call -> hv1 programmed (?wait=programmed);")
+    print("compile s: p50 of the OHC's view + compile + canonical form for those updates;")
     print("probe drops: OVS dropped the OHC's OpenFlow connection (no echo reply for 5 s).")
     print(f"REST creation: {creator.by_rest} endpoints in {creator.seconds:.0f}s "
           f"({args.workers} concurrent calls); progress (endpoints, s): {creator.samples}")  # fmt: skip

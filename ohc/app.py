@@ -11,6 +11,7 @@ br-int: on (re)connect it reads what is installed and sends the difference in on
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import time
 from typing import Any, ClassVar
 
 import eventlet.queue
+import eventlet.tpool
 import yaml
 from os_ken import cfg
 from os_ken.base import app_manager
@@ -34,8 +36,10 @@ from meshpeer.protocol.messages import stream_name
 from ohc import ofio
 from ohc.agent import Agent
 from ohc.clients import stream_client
-from ohc.compiler import compile_host
-from ohc.model import HostView, StreamObjects
+from ohc.compiler import IncrementalCompiler
+from ohc.flows import Flow
+from ohc.memo import Memo
+from ohc.model import BadObject, Destination, HostView, Skipped, StreamObjects
 from ohc.subscriptions import Sub
 from ohc.syncer import SwitchState, with_canary
 
@@ -52,6 +56,8 @@ OPTS = [
     cfg.FloatOpt("canary_interval", default=2.0, help="seconds between OVS-restart checks"),
 ]
 cfg.CONF.register_opts(OPTS, group="ohc")
+
+FULL_GC_INTERVAL = 600.0  # seconds between full garbage collections (see _freeze_heap)
 
 REPLY_EVENTS = [
     ofp_event.EventOFPErrorMsg,
@@ -107,6 +113,11 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         self.syncs = 0
         self.last: dict[str, Any] = {}
         self.triggers: eventlet.queue.LightQueue = eventlet.queue.LightQueue()
+        # What the last sync parsed, compiled and canonicalized; reused while unchanged.
+        self.parsed: Memo[Destination | BadObject] = Memo()
+        self.compiler = IncrementalCompiler()
+        self.canonical: Memo[Flow] = Memo()
+        self.full_gc_at = time.monotonic()
 
     def start(self) -> Any:
         thread = super().start()
@@ -200,12 +211,13 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             finally:
                 self.busy = False
 
-    def view(self) -> tuple[HostView, tuple[Any, ...]]:
+    def view(self, objects: dict[Sub, dict[str, Any]]) -> tuple[HostView, tuple[Skipped, ...]]:
+        """The host's view of ``objects`` (the agent's replicas), parsed with ``self.parsed``."""
         endpoints: dict[str, Any] = {}
         own: dict[str, dict[str, Any]] = {}
         peerings: dict[str, Any] = {}
         peer: dict[tuple[str, str], dict[str, Any]] = {}
-        for sub, objs in self.agent.objects.items():
+        for sub, objs in objects.items():
             if sub.service == ServiceName.ENDPOINT:
                 endpoints.update(objs)
             elif sub.service == ServiceName.PEERING:
@@ -214,14 +226,26 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
                 own.setdefault(sub.key, {})[OWN_SERVICES[sub.service]] = objs
             else:
                 peer.setdefault((sub.key, sub.policy), {})[OWN_SERVICES[sub.service]] = objs
-        return HostView.from_service_objects(
+        result = HostView.from_service_objects(
             self.conf.underlay_ip,
             endpoints,
             self.ofports,
             {k: StreamObjects(**v) for k, v in own.items()},
             peerings,
             {k: StreamObjects(**v) for k, v in peer.items()},
+            self.parsed,
         )
+        self.parsed.end_round()
+        return result
+
+    def desired(
+        self, objects: dict[Sub, dict[str, Any]]
+    ) -> tuple[SwitchState, tuple[Skipped, ...]]:
+        """View, compile, canonicalize: pure work, seconds at 50k peer endpoints, so it runs in
+        a native thread (``_sync``) while the hub keeps answering OVS's echo requests and the
+        subscriptions' heartbeats. Only the worker calls it, one sync at a time."""
+        view, skipped = self.view(objects)
+        return with_canary(ofio.canonical_state(self.compiler(view), self.canonical)), skipped
 
     def _sync(self, dp: Any, reasons: set[str]) -> None:
         if reasons & {"connect", "ports"} or not self.ofports:
@@ -229,18 +253,28 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         if "canary-missing" in reasons:
             self.installed = None  # the switch lost its flows: read it back and resync fully
         versions = dict(self.agent.versions)  # what this view is built from
-        view, skipped = self.view()
-        desired = with_canary(ofio.canonical_state(compile_host(view)))
+        # The agent replaces a stream's objects dict on every change and never mutates one,
+        # so a copy of the outer mapping is a consistent snapshot for the native thread.
+        t0 = time.monotonic()
+        desired, skipped = eventlet.tpool.execute(self.desired, dict(self.agent.objects))
+        compile_s = time.monotonic() - t0
         self.bundle_id += 1
         # While a followed stream has not delivered yet (a shard unreachable after a restart),
         # add and change flows but delete none: the switch's flows are the last known state.
         complete = self.agent.complete()
         result = ofio.sync(
-            self.replies, dp, desired, self.bundle_id, self.installed, keep_extra=not complete
+            self.replies,
+            dp,
+            desired,
+            self.bundle_id,
+            self.installed,
+            keep_extra=not complete,
+            offload=eventlet.tpool.execute,
         )
         self.installed = result.installed
         hub.spawn(self._report, versions)
         self.syncs += 1
+        reused, compiled = self.compiler.last_round
         self.last = {
             "n": self.syncs,
             "reasons": sorted(reasons),
@@ -249,12 +283,31 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             "counts": dict(result.plan.counts),
             "flows": len(result.installed.flows),
             "groups": len(result.installed.groups),
+            "compile_s": round(compile_s, 4),
+            "units": {"reused": reused, "compiled": compiled},
             "total_s": round(result.total_s, 4),
             "skipped": [str(s) for s in skipped][:20],
         }
         if not result.plan.empty:
             log.info("ohc %s: sync %s", self.conf.host, json.dumps(self.last))
         self._write_status()
+        self._freeze_heap()
+
+    def _freeze_heap(self) -> None:
+        """Keep the cyclic GC off the long-lived state. At 50k peer endpoints the OHC holds
+        millions of small objects (flows, memos), and CPython's full collections rescanned all
+        of them during syncs: 2-3 s pauses, measured. The state is acyclic (freed by refcount),
+        so after each sync it is frozen out of the collector's sight; young cyclic garbage is
+        collected first, and a full collection every FULL_GC_INTERVAL bounds what a freeze
+        could hold on to."""
+        now = time.monotonic()
+        if now - self.full_gc_at >= FULL_GC_INTERVAL:
+            gc.unfreeze()
+            gc.collect()
+            self.full_gc_at = now
+        else:
+            gc.collect(1)
+        gc.freeze()
 
     def _report(self, versions: dict[Sub, int]) -> None:
         """Tell each shard which of its stream versions this switch now holds, so that

@@ -22,6 +22,14 @@ class Match:
     """An OXM match as a sorted tuple of (field, value) pairs (os-ken field names)."""
 
     fields: tuple[tuple[str, MatchValue], ...] = ()
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Computed once: desired and installed states are sets of 100k flows, diffed per sync.
+        object.__setattr__(self, "_hash", hash(self.fields))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @staticmethod
     def of(**kw: MatchValue) -> Match:
@@ -95,6 +103,14 @@ class Flow:
     match: Match
     instructions: tuple[Instruction, ...]
     cookie: int = 0
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        key = (self.table, self.priority, self.match, self.instructions, self.cookie)
+        object.__setattr__(self, "_hash", hash(key))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def key(self) -> tuple[int, int, Match]:
@@ -160,8 +176,20 @@ def _instruction_text(i: Instruction) -> str:
 # --- os-ken conversion (the edge) ----------------------------------------------------------
 
 
-def match_to_osken(parser: Any, match: Match) -> Any:
-    return parser.OFPMatch(**match.as_dict())
+def match_to_osken(parser: Any, match: Match, canonical: bool = False) -> Any:
+    """An ``OFPMatch``. A ``canonical`` match (``ohc.ofio.canonical_match``: masks applied,
+    full masks dropped, the forms os-ken parses back) is already what os-ken would normalize
+    it to, so it skips that step (two thirds of building a FlowMod) and only gets os-ken's
+    field order: by OXM number, which puts prerequisites such as eth_type first."""
+    if not canonical:
+        return parser.OFPMatch(**match.as_dict())
+    ofp = parser.ofproto
+    fields = sorted(match.fields, key=lambda nv: _oxm_order(ofp.oxm_from_user_header(nv[0])))
+    return parser.OFPMatch(_ordered_fields=list(fields))
+
+
+def _oxm_order(num: int | tuple[int, int]) -> int:
+    return num[0] if isinstance(num, tuple) else num
 
 
 def actions_to_osken(parser: Any, actions: tuple[Action, ...]) -> list[Any]:
@@ -203,8 +231,10 @@ GROUP_TYPES: Mapping[str, str] = {
 }
 
 
-def flow_mod(datapath: Any, flow: Flow, command: str = "add") -> Any:
-    """An OFPFlowMod adding, modifying (strict) or deleting (strict) exactly this flow."""
+def flow_mod(datapath: Any, flow: Flow, command: str = "add", canonical: bool = False) -> Any:
+    """An OFPFlowMod adding, modifying (strict) or deleting (strict) exactly this flow.
+
+    ``canonical``: the flow is in ``ohc.ofio.canonical_flow`` form (see ``match_to_osken``)."""
     ofp, parser = datapath.ofproto, datapath.ofproto_parser
     cmd = {
         "add": ofp.OFPFC_ADD,
@@ -217,7 +247,7 @@ def flow_mod(datapath: Any, flow: Flow, command: str = "add") -> Any:
         table_id=flow.table,
         command=cmd,
         priority=flow.priority,
-        match=match_to_osken(parser, flow.match),
+        match=match_to_osken(parser, flow.match, canonical),
         instructions=[]
         if command == "delete"
         else instructions_to_osken(ofp, parser, flow.instructions),

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ohc.memo import Memo
 from ohc.pipeline import FIRST_VM_PORT, MAX_PORT
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -163,6 +164,15 @@ class Destination:
     mac: str
     vni: int
     host_ip: ipaddress.IPv4Address
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Hashed once: it keys the incremental compiler's memo (ipaddress hashes are slow).
+        key = (self.vpc, self.name, self.ip, self.mac, self.vni, self.host_ip)
+        object.__setattr__(self, "_hash", hash(key))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @staticmethod
     def from_service_objects(vpc: str, name: str, obj: JsonObject) -> Destination:
@@ -286,13 +296,21 @@ class VpcServices:
 
     @staticmethod
     def from_service_objects(
-        vpc: str, vni: int, objects: StreamObjects, skipped: list[Skipped]
+        vpc: str,
+        vni: int,
+        objects: StreamObjects,
+        skipped: list[Skipped],
+        parsed: Memo[Destination | BadObject] | None = None,
     ) -> VpcServices:
-        """Validate every object; objects not carrying ``vni`` are skipped (a VPC has one VNI)."""
+        """Validate every object; objects not carrying ``vni`` are skipped (a VPC has one VNI).
+
+        ``parsed`` memoizes destinations by the identity of their JSON object: a stream
+        replica replaces an object on change and keeps it otherwise (``_parse_destination``).
+        """
         dests: dict[Address, Destination] = {}
         for key in sorted(objects.destinations):
             try:
-                d = Destination.from_service_objects(vpc, key, _obj(objects.destinations[key]))
+                d = _parse_destination(vpc, key, objects.destinations[key], parsed)
                 _same_vni(d.vni, vni)
                 if d.ip in dests:
                     raise BadObject(f"ip {d.ip} already belongs to {dests[d.ip].name}")
@@ -368,6 +386,7 @@ class HostView:
         own: Mapping[str, StreamObjects],
         peerings: Mapping[str, ServiceObjects],
         peer_services: Mapping[tuple[str, str], StreamObjects],
+        parsed: Memo[Destination | BadObject] | None = None,
     ) -> tuple[HostView, tuple[Skipped, ...]]:
         """Build the view of one host.
 
@@ -376,14 +395,18 @@ class HostView:
         are not attached yet and are left out); ``own``: local VPC -> its own streams;
         ``peerings``: local VPC -> its peering-service objects; ``peer_services``:
         (peer VPC, policy id) -> the peer's streams under that policy (one subscription serves
-        every local VPC the peer exports to under the same policy).
+        every local VPC the peer exports to under the same policy); ``parsed``: destinations
+        parsed by the previous call, reused (``VpcServices.from_service_objects``); the caller
+        ends its rounds.
         """
         skipped: list[Skipped] = []
         ports = _local_ports(endpoints, ofports, skipped)
         vni_of = {p.vpc: p.vni for p in ports}
         owners = {vni: vpc for vpc, vni in vni_of.items()}
         owns = tuple(
-            VpcServices.from_service_objects(vpc, vni, own.get(vpc, StreamObjects()), skipped)
+            VpcServices.from_service_objects(
+                vpc, vni, own.get(vpc, StreamObjects()), skipped, parsed
+            )
             for vpc, vni in sorted(vni_of.items())
         )
         peers: list[PeerView] = []
@@ -410,12 +433,31 @@ class HostView:
                     skipped.append(Skipped("peering", f"{vpc}/{key}", str(e)))
                     continue
                 streams = peer_services.get((peer_vpc, policy), StreamObjects())
-                services = VpcServices.from_service_objects(peer_vpc, peer_vni, streams, skipped)
+                services = VpcServices.from_service_objects(
+                    peer_vpc, peer_vni, streams, skipped, parsed
+                )
                 peers.append(PeerView(vpc, peer_vpc, peer_vni, policy, services))
         view = HostView(
             parse_underlay_ip(local_underlay_ip, "local_underlay_ip"), ports, owns, tuple(peers)
         )
         return view, tuple(sorted(set(skipped)))
+
+
+def _parse_destination(
+    vpc: str, key: str, value: object, parsed: Memo[Destination | BadObject] | None
+) -> Destination:
+    def parse() -> Destination | BadObject:
+        try:
+            return Destination.from_service_objects(vpc, key, _obj(value))
+        except BadObject as e:
+            return e
+
+    # The memo keeps ``value`` alive alongside its result, so no other object can have its
+    # id while the entry exists; a changed object is a new object, hence a new key.
+    result = parse() if parsed is None else parsed.get((vpc, key, id(value)), parse)
+    if isinstance(result, BadObject):
+        raise BadObject(str(result))  # a fresh exception: re-raising one would grow its traceback
+    return result
 
 
 def _obj(value: object) -> JsonObject:

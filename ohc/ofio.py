@@ -25,10 +25,11 @@ block the very event loop that delivers the reply. See docs/flowsync.md.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,11 +55,21 @@ from ohc.flows import (
     flow_mod,
     group_mod,
 )
+from ohc.memo import Memo
 from ohc.syncer import CANARY, FlowState, SwitchState, SyncPlan, plan
 
 ALL_COOKIE_BITS = (1 << 64) - 1
 UNREPRESENTABLE = "x-unrepresentable"  # SetField name marking an action ohc.flows cannot express
 DEFAULT_TIMEOUT = 30.0
+
+# Runs a CPU-heavy pure step: ``offload(fn, *args)`` returns ``fn(*args)``. The OHC passes
+# ``eventlet.tpool.execute`` so that converting, planning and building 100k flow mods runs in
+# a native thread while the hub keeps answering the switch (echo) and the subscriptions.
+Offload = Callable[..., Any]
+
+
+def inline(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
 
 
 class OFError(Exception):
@@ -198,11 +209,15 @@ def canonical_group(group: Group) -> Group:
     return Group(group.group_id, group.type, buckets)
 
 
-def canonical_state(state: FlowState) -> SwitchState:
-    return SwitchState(
-        frozenset(canonical_flow(f) for f in state.flows),
-        frozenset(canonical_group(g) for g in state.groups),
-    )
+def canonical_state(state: FlowState, memo: Memo[Flow] | None = None) -> SwitchState:
+    """``state`` in canonical form. With a ``memo`` (flows are hashable values), a flow
+    canonicalized by the memo's previous round is looked up instead of rebuilt."""
+    if memo is None:
+        flows = frozenset(canonical_flow(f) for f in state.flows)
+    else:
+        flows = frozenset(memo.get(f, functools.partial(canonical_flow, f)) for f in state.flows)
+        memo.end_round()
+    return SwitchState(flows, frozenset(canonical_group(g) for g in state.groups))
 
 
 # --- os-ken -> ohc.flows ------------------------------------------------------------------------
@@ -293,7 +308,9 @@ def group_from_desc(datapath: Any, stats: Any) -> Group:
 
 
 def plan_messages(datapath: Any, the_plan: SyncPlan) -> list[Any]:
-    """FlowMods and GroupMods in plan order (what goes inside the bundle).
+    """FlowMods and GroupMods in plan order (what goes inside the bundle). Plans are made
+    of canonical flows (``sync`` requires a canonical desired state), so their matches skip
+    os-ken's normalization.
 
     A modify whose cookie changes is sent as ADD, which replaces the flow atomically: an
     OpenFlow 1.3 MODIFY keeps the old cookie. Deletes are strict and carry the installed
@@ -302,13 +319,13 @@ def plan_messages(datapath: Any, the_plan: SyncPlan) -> list[Any]:
     ofp = datapath.ofproto
     msgs: list[Any] = [group_mod(datapath, g, "add") for g in the_plan.group_adds]
     msgs += [group_mod(datapath, g, "modify") for g in the_plan.group_modifies]
-    msgs += [flow_mod(datapath, f, "add") for f in the_plan.flow_adds]
+    msgs += [flow_mod(datapath, f, "add", canonical=True) for f in the_plan.flow_adds]
     msgs += [
-        flow_mod(datapath, c.new, "add" if c.cookie_changed else "modify")
+        flow_mod(datapath, c.new, "add" if c.cookie_changed else "modify", canonical=True)
         for c in the_plan.flow_modifies
     ]
     for f in the_plan.flow_deletes:
-        msg = flow_mod(datapath, f, "delete")
+        msg = flow_mod(datapath, f, "delete", canonical=True)
         msg.cookie_mask = ALL_COOKIE_BITS
         msgs.append(msg)
     for g in the_plan.group_deletes:
@@ -484,9 +501,14 @@ def _multipart(replies: Replies, datapath: Any, request: Any, timeout: float) ->
 
 
 def read_flows(
-    replies: Replies, datapath: Any, timeout: float = DEFAULT_TIMEOUT
+    replies: Replies, datapath: Any, timeout: float = DEFAULT_TIMEOUT, offload: Offload = inline
 ) -> frozenset[Flow]:
     stats = _multipart(replies, datapath, flow_stats_request(datapath), timeout)
+    result: frozenset[Flow] = offload(_flows_from_stats, datapath, stats)
+    return result
+
+
+def _flows_from_stats(datapath: Any, stats: list[Any]) -> frozenset[Flow]:
     return frozenset(flow_from_stats(datapath, s) for s in stats)
 
 
@@ -498,11 +520,11 @@ def read_groups(
 
 
 def read_installed(
-    replies: Replies, datapath: Any, timeout: float = DEFAULT_TIMEOUT
+    replies: Replies, datapath: Any, timeout: float = DEFAULT_TIMEOUT, offload: Offload = inline
 ) -> SwitchState:
     """Every flow and group on the switch (multipart replies collected)."""
     groups = read_groups(replies, datapath, timeout)
-    return SwitchState(read_flows(replies, datapath, timeout), groups)
+    return SwitchState(read_flows(replies, datapath, timeout, offload), groups)
 
 
 def has_canary(replies: Replies, datapath: Any, timeout: float = DEFAULT_TIMEOUT) -> bool:
@@ -518,6 +540,7 @@ def send_plan(
     the_plan: SyncPlan,
     bundle_id: int,
     timeout: float = DEFAULT_TIMEOUT,
+    offload: Offload = inline,
 ) -> None:
     """Apply ``the_plan`` atomically as one bundle; raise BundleError if the switch refused it.
 
@@ -530,7 +553,7 @@ def send_plan(
     if the_plan.empty:
         return
     ofp, parser = datapath.ofproto, datapath.ofproto_parser
-    msgs = bundle_messages(datapath, the_plan, bundle_id)
+    msgs: list[Any] = offload(bundle_messages, datapath, the_plan, bundle_id)
     what: dict[int, tuple[str, Flow | Group | None]] = {}  # rendered only for error reports
     for m, step in zip(msgs[1:-1], the_plan.steps(), strict=True):
         what[datapath.set_xid(m)] = step
@@ -590,24 +613,27 @@ def sync(
     installed: FlowState | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     keep_extra: bool = False,
+    offload: Offload = inline,
 ) -> SyncResult:
     """Read installed (unless given: the incremental path), diff, send one bundle.
 
     ``desired`` must be canonical (``canonical_state``) and include ``CANARY``
     (``ohc.syncer.with_canary``). ``keep_extra`` leaves installed flows and groups that are
-    not desired in place. Raises BundleError when the switch refuses the plan;
-    the switch then holds exactly what it held before.
+    not desired in place. ``offload`` runs the CPU-heavy pure steps (see ``Offload``).
+    Raises BundleError when the switch refuses the plan; the switch then holds exactly what
+    it held before.
     """
     t0 = time.monotonic()
     canary: bool | None = None
     if installed is None:
-        installed = read_installed(replies, datapath, timeout)
+        installed = read_installed(replies, datapath, timeout, offload)
         canary = CANARY in installed.flows
     t1 = time.monotonic()
-    the_plan = plan(desired, installed)
+    the_plan: SyncPlan = offload(plan, desired, installed)
     if keep_extra:  # fail static: only add and change; stale flows go at the next full sync
         the_plan = the_plan.without_deletes()
     t2 = time.monotonic()
-    send_plan(replies, datapath, the_plan, bundle_id, timeout)
+    send_plan(replies, datapath, the_plan, bundle_id, timeout, offload)
     t3 = time.monotonic()
-    return SyncResult(the_plan, the_plan.apply_to(installed), t1 - t0, t2 - t1, t3 - t2, canary)
+    after: SwitchState = offload(the_plan.apply_to, installed)
+    return SyncResult(the_plan, after, t1 - t0, t2 - t1, t3 - t2, canary)

@@ -21,6 +21,7 @@ modelled installed state equals the latest desired state (OVN's CHECK_FLOWS_AFTE
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -61,6 +62,15 @@ class SwitchState:
     @staticmethod
     def of(flows: Iterable[Flow] = (), groups: Iterable[Group] = ()) -> SwitchState:
         return SwitchState(frozenset(flows), frozenset(groups))
+
+    @functools.cached_property
+    def by_key(self) -> Mapping[FlowKey, Flow]:
+        """The flows by key, built once: plans against an installed state look keys up here."""
+        return flows_by_key(self.flows)
+
+
+def _by_key(state: FlowState) -> Mapping[FlowKey, Flow]:
+    return state.by_key if isinstance(state, SwitchState) else flows_by_key(state.flows)
 
 
 class PlanError(ValueError):
@@ -138,7 +148,7 @@ class SyncPlan:
             if g.group_id not in groups:
                 raise PlanError(f"group modify of missing group {g.group_id}")
             groups[g.group_id] = g
-        flows = flows_by_key(installed.flows)
+        flows = dict(_by_key(installed))
         for f in self.flow_adds:
             if f.key in flows:
                 raise PlanError(f"flow add of an installed key: {f.text()}")
@@ -153,7 +163,11 @@ class SyncPlan:
         for g in self.group_deletes:
             if groups.pop(g.group_id, None) is None:
                 raise PlanError(f"group delete of missing group {g.group_id}")
-        return SwitchState(frozenset(flows.values()), frozenset(groups.values()))
+        if not (self.flow_adds or self.flow_modifies or self.flow_deletes):
+            flow_set = installed.flows  # unchanged: keep the set (and its cached index)
+        else:
+            flow_set = frozenset(flows.values())
+        return SwitchState(flow_set, frozenset(groups.values()))
 
     def summary(self) -> str:
         return ", ".join(f"{n} {k}" for k, n in self.counts.items() if n) or "nothing to do"
@@ -175,14 +189,22 @@ def _flow_order(f: Flow) -> tuple[int, int, str]:
 
 
 def plan(desired: FlowState, installed: FlowState) -> SyncPlan:
-    """The steps that turn ``installed`` into ``desired``; empty when they are equal."""
+    """The steps that turn ``installed`` into ``desired``; empty when they are equal.
+
+    Works on the two set differences, so a sync that changes k of N flows costs O(k) dict
+    work after two C-level set differences (flows cache their hash), not O(N) indexing.
+    """
     want_groups = {g.group_id: g for g in desired.groups}
     have_groups = {g.group_id: g for g in installed.groups}
     if len(want_groups) != len(desired.groups):
         raise PlanError("two desired groups share a group id")
-    want = flows_by_key(desired.flows)
-    have = flows_by_key(installed.flows)
-    changes = [FlowChange(have[k], f) for k, f in want.items() if k in have and have[k] != f]
+    want = flows_by_key(desired.flows - installed.flows)
+    have = flows_by_key(installed.flows - desired.flows)
+    installed_keys = _by_key(installed)
+    for k, f in want.items():
+        if k not in have and k in installed_keys:  # the installed flow there is desired too
+            raise PlanError(f"two flows share a key:\n  {installed_keys[k].text()}\n  {f.text()}")
+    changes = [FlowChange(have[k], f) for k, f in want.items() if k in have]
     return SyncPlan(
         group_adds=_groups_sorted(g for i, g in want_groups.items() if i not in have_groups),
         group_modifies=_groups_sorted(

@@ -17,6 +17,7 @@ blue <-> red are peered; red exports only 10.2.0.0/25 to blue, blue exports ever
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import random
 from collections.abc import Iterable
@@ -36,9 +37,11 @@ from meshpeer.controller.mux import GrantSettings, Publication, StreamId, desire
 from meshpeer.controller.peering import statuses
 from meshpeer.protocol import ServiceName
 from ohc import cookies
-from ohc.compiler import DesiredState, compile_host, gateway_mac
+from ohc.compiler import DesiredState, IncrementalCompiler, compile_host, gateway_mac
 from ohc.flows import Flow, flow_mod, group_mod
-from ohc.model import HostView, Skipped, StreamObjects
+from ohc.memo import Memo
+from ohc.model import BadObject, Destination, HostView, Skipped, StreamObjects
+from ohc.ofio import canonical_state
 from ohc.pipeline import PIPELINE, TUNNEL_PORT, check_flow
 from tests.support import FakeOFTable, TraceResult
 from tests.support.fakeoftable import Output
@@ -102,7 +105,9 @@ def streams_of(pub: Publication, vpc: str, policy: str | None) -> StreamObjects:
     )
 
 
-def host_view(i: Intent, pub: Publication, host: str) -> tuple[HostView, tuple[Skipped, ...]]:
+def host_view(
+    i: Intent, pub: Publication, host: str, parsed: Memo[Destination | BadObject] | None = None
+) -> tuple[HostView, tuple[Skipped, ...]]:
     """What an OHC on ``host`` builds from the streams it follows (ohc.subscriptions)."""
     endpoints = pub.streams.get(StreamId(ServiceName.ENDPOINT, host), {})
     local = sorted({o["vpc"] for o in endpoints.values()})
@@ -117,6 +122,7 @@ def host_view(i: Intent, pub: Publication, host: str) -> tuple[HostView, tuple[S
         {v: streams_of(pub, v, None) for v in local},
         peerings,
         {k: streams_of(pub, *k) for k in peer_keys},
+        parsed,
     )
 
 
@@ -663,20 +669,45 @@ OPS = st.lists(
 )
 
 
+def like_a_replica(old: Publication, new: Publication) -> Publication:
+    """``new`` with every object equal to the one ``old`` had under the same key replaced by
+    that old object: a stream replica keeps unchanged objects and replaces changed ones."""
+    streams = {
+        sid: {k: old.streams.get(sid, {}).get(k, o) if old.streams.get(sid, {}).get(k) == o
+              else o for k, o in objs.items()}
+        for sid, objs in new.streams.items()
+    }  # fmt: skip
+    return dataclasses.replace(new, streams=streams)
+
+
 @settings(max_examples=40, deadline=None)
 @given(OPS)
 def test_incremental_updates_equal_a_full_recompute(ops_seq: list[tuple[str, int]]) -> None:
+    """Three ways to the same flows: a full compile per update synced as deltas, the OHC's
+    memoized path (parse memo, IncrementalCompiler, canonical memo) on replica-like streams,
+    and a full compile of the final intent rebuilt from scratch in another order."""
     i = base_intent()
     pub = publish(i)
     states = {h: compile_host(host_view(i, pub, h)[0]) for h in HOSTS}
     tables = {h: load(s) for h, s in states.items()}
+    parsed = {h: Memo[Destination | BadObject]() for h in HOSTS}
+    compilers = {h: IncrementalCompiler() for h in HOSTS}
+    canonical = {h: Memo[Flow]() for h in HOSTS}
+    replica = pub
     for op in ops_seq:
         apply_op(i, op)
         pub = publish(i)
+        replica = like_a_replica(replica, pub)
         for h in HOSTS:
-            new = compile_host(host_view(i, pub, h)[0])
+            view = host_view(i, pub, h)[0]
+            new = compile_host(view)
             sync(tables[h], states[h], new)
             states[h] = new
+            memo_view = host_view(i, replica, h, parsed[h])[0]
+            parsed[h].end_round()
+            assert memo_view == view
+            assert compilers[h](memo_view) == new
+            assert canonical_state(new, canonical[h]) == canonical_state(new)
     fresh = Intent.from_records(_records(i))  # rebuilt from scratch, in another order
     pub = publish(fresh)
     for h in HOSTS:
@@ -685,6 +716,25 @@ def test_incremental_updates_equal_a_full_recompute(ops_seq: list[tuple[str, int
         expect = load(full)
         assert tables[h].flows() == expect.flows(), h
         assert tables[h].groups() == expect.groups(), h
+
+
+def test_the_memoized_path_reuses_what_did_not_change() -> None:
+    """After one red endpoint is added, only it is parsed and compiled again. hv1 gets it
+    twice: on red's own stream (red's r4 lives on hv1) and on red's export to blue."""
+    i = full_intent()
+    pub = publish(i)
+    parsed, compiler = Memo[Destination | BadObject](), IncrementalCompiler()
+    compiler(host_view(i, pub, "hv1", parsed)[0])
+    first = parsed.end_round()
+    assert first[0] == 0 and first[1] > 0
+    add_vm(i, "red", "r5", "10.2.0.15", "hv3")
+    replica = like_a_replica(pub, publish(i))
+    view = host_view(i, replica, "hv1", parsed)[0]
+    hits, misses = parsed.end_round()
+    assert (hits, misses) == (first[1], 2)
+    assert compiler(view) == compile_host(view)
+    reused, compiled = compiler.last_round
+    assert compiled == 2 and reused > 0
 
 
 def _records(i: Intent) -> dict[tuple[str, str], dict[str, Any]]:
@@ -700,3 +750,19 @@ def _records(i: Intent) -> dict[tuple[str, str], dict[str, Any]]:
         for n, r in enumerate(reversed(list(getattr(i, attr).values()))):
             out[(kind, str(n))] = r.to_json()
     return out
+
+
+def test_canonical_flow_mods_are_the_bytes_os_ken_would_send(lab: Lab) -> None:
+    """flow_mod(canonical=True) skips os-ken's match normalization: same wire bytes."""
+
+    def wire(msg: Any) -> bytes:
+        msg.set_xid(7)
+        msg.serialize()
+        return bytes(msg.buf)
+
+    flows = {f for state in lab.states.values() for f in canonical_state(state).flows}
+    assert len(flows) > 100
+    for f in flows:
+        for command in ("add", "modify", "delete"):
+            fast = wire(flow_mod(DP, f, command, canonical=True))
+            assert fast == wire(flow_mod(DP, f, command)), f.text()
