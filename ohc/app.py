@@ -285,6 +285,9 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             "groups": len(result.installed.groups),
             "compile_s": round(compile_s, 4),
             "units": {"reused": reused, "compiled": compiled},
+            "read_s": round(result.read_s, 4),
+            "plan_s": round(result.plan_s, 4),
+            "send_s": round(result.send_s, 4),
             "total_s": round(result.total_s, 4),
             "skipped": [str(s) for s in skipped][:20],
         }

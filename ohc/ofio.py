@@ -410,11 +410,13 @@ class Replies:
         msgs: Sequence[Any],
         timeout: float = DEFAULT_TIMEOUT,
         watch: Iterable[int] = (),
+        serialized: bool = False,
     ) -> _Call:
         """Send ``msgs`` in order and wait until the last one is answered (or times out).
 
         Errors for any of the messages, and for the earlier xids in ``watch``, are collected
-        in the returned call's ``errors``.
+        in the returned call's ``errors``. ``serialized``: every message already has its xid
+        and its bytes (``msg.buf``); send those as they are.
         """
         call = _Call(final_xid=-1, xids=set(watch))
         for m in msgs:
@@ -428,7 +430,8 @@ class Replies:
             self._calls[k] = call
         try:
             for m in msgs:
-                if datapath.send_msg(m) is False:
+                sent = datapath.send(m.buf) if serialized else datapath.send_msg(m)
+                if sent is False:
                     raise OFError("switch connection is closed")
             with eventlet.Timeout(timeout, False):
                 call.done.wait()
@@ -559,7 +562,11 @@ def send_plan(
         what[datapath.set_xid(m)] = step
     what[datapath.set_xid(msgs[0])] = ("bundle open", None)
     what[datapath.set_xid(msgs[-1])] = ("bundle commit", None)
-    call = replies.call(datapath, [*msgs[:-1], parser.OFPBarrierRequest(datapath)], timeout)
+    barrier = parser.OFPBarrierRequest(datapath)
+    datapath.set_xid(barrier)
+    first = [*msgs[:-1], barrier]
+    offload(_serialize, first)  # 100k messages: seconds of os-ken packing, off the hub
+    call = replies.call(datapath, first, timeout, serialized=True)
     flags = bundle_flags(ofp)
     if call.errors:
         discard = parser.ONFBundleCtrlMsg(
@@ -577,6 +584,11 @@ def send_plan(
             f"bundle {bundle_id} commit failed: {_errors_text(datapath, commit.errors, what)}",
             commit.errors,
         )
+
+
+def _serialize(msgs: Iterable[Any]) -> None:
+    for m in msgs:
+        m.serialize()
 
 
 def _errors_text(

@@ -379,6 +379,7 @@ class FakeSwitch(StubDatapath):
         self.table = FakeOFTable()
         self.bundle: list[Any] = []
         self.sent: list[str] = []
+        self.numbered: dict[int, Any] = {}
 
     def _answer(self, msg: Any) -> None:
         msg.datapath = self
@@ -388,6 +389,19 @@ class FakeSwitch(StubDatapath):
         err = parser.OFPErrorMsg(self, type_=type_, code=code)
         err.xid = xid
         self._answer(err)
+
+    def set_xid(self, msg: Any) -> int:
+        xid = super().set_xid(msg)
+        self.numbered[xid] = msg
+        return xid
+
+    def send(self, buf: bytes) -> bool:
+        """Pre-serialized bytes (as os-ken's Datapath.send): the message numbered with the
+        xid in their header, which must have serialized to exactly these bytes."""
+        (xid,) = struct.unpack_from("!I", buf, 4)
+        msg = self.numbered[xid]
+        assert bytes(msg.buf) == bytes(buf) and msg.xid == xid
+        return self.send_msg(msg)
 
     def send_msg(self, msg: Any) -> bool:
         self.sent.append(type(msg).__name__)
