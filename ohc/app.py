@@ -33,13 +33,15 @@ from meshpeer.client import Client
 from meshpeer.controller.directory import parse_directory
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.messages import stream_name
-from ohc import ofio
+from ohc import nd, ofio
 from ohc.agent import Agent
 from ohc.clients import stream_client
 from ohc.compiler import IncrementalCompiler
+from ohc.cookies import Kind, kind_of
 from ohc.flows import Flow
 from ohc.memo import Memo
 from ohc.model import BadObject, Destination, HostView, Skipped, StreamObjects
+from ohc.pipeline import ND_TARGET
 from ohc.subscriptions import Sub
 from ohc.syncer import SwitchState, with_canary
 
@@ -163,6 +165,12 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
     def state_change(self, ev: Any) -> None:
         if ev.state == MAIN_DISPATCHER:
             self.datapath = ev.datapath
+            # OVS sends no packet-ins to a connection accepted on a passive (ptcp) target
+            # until it sets a nonzero miss_send_len; the ND responder needs them.
+            ofp, parser = ev.datapath.ofproto, ev.datapath.ofproto_parser
+            ev.datapath.send_msg(
+                parser.OFPSetConfig(ev.datapath, ofp.OFPC_FRAG_NORMAL, ofp.OFPCML_MAX)
+            )
             self.installed = None
             self.triggers.put("connect")
         elif ev.datapath is self.datapath:
@@ -173,6 +181,21 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
     def reply(self, ev: Any) -> None:
         if not self.replies.dispatch(ev.msg) and isinstance(ev, ofp_event.EventOFPErrorMsg):
             log.warning("ohc %s: unexpected OpenFlow error %s", self.conf.host, ev.msg)
+
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)  # type: ignore[untyped-decorator]
+    def packet_in(self, ev: Any) -> None:
+        """The IPv6 neighbour responder: only nd_target flows send packets here; the flow set
+        eth_dst to the answer's MAC, and its cookie kind says if the target is a gateway."""
+        msg = ev.msg
+        if msg.table_id != ND_TARGET:
+            return
+        reply = nd.advertisement(bytes(msg.data), router=kind_of(msg.cookie) == Kind.VPC)
+        if reply is None:
+            return
+        dp = msg.datapath
+        ofp, parser = dp.ofproto, dp.ofproto_parser
+        out = [parser.OFPActionOutput(msg.match["in_port"])]
+        dp.send_msg(parser.OFPPacketOut(dp, ofp.OFP_NO_BUFFER, ofp.OFPP_CONTROLLER, out, reply))
 
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)  # type: ignore[untyped-decorator]
     def port_status(self, ev: Any) -> None:

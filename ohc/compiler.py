@@ -55,7 +55,11 @@ from ohc.pipeline import (
     ETH_ARP,
     ETH_IPV4,
     ETH_IPV6,
+    IPPROTO_ICMPV6,
     L3_LOOKUP,
+    ND_SOLICIT,
+    ND_TARGET,
+    OFPP_CONTROLLER,
     OFPP_IN_PORT,
     PIPELINE,
     PORT_MASK,
@@ -77,6 +81,7 @@ PRIO_OWN = 1000
 PRIO_PEER = 900
 PRIO_ROUTE = 100
 PRIO_SELF_ARP = 200
+PRIO_ND = PRIO_OWN + 1  # a port's neighbour solicitations, above its IPv6 anti-spoofing flow
 PRIO_VIP_DELIVER = 1010  # a VIP by backend MAC, above exact addresses
 PRIO_DEFAULT = 100
 PRIO_BRIDGED = 10
@@ -371,9 +376,11 @@ def _vpc_flows(out: _Out, ctx: _Ctx) -> None:
 
 
 def _arp_flows(out: _Out, ctx: _Ctx, ip: Address, mac: str, owner: tuple[Kind, str]) -> None:
-    """First half of the ARP reply: make the request a reply from (ip, mac)."""
+    """Answer "who has ``ip``?" with ``mac``: ARP for IPv4, neighbour discovery for IPv6."""
     if ip.version != 4:
-        return  # IPv6 neighbour discovery is not answered yet (docs/pipeline.md)
+        _nd_flows(out, ctx, ip, mac, owner)
+        return
+    # First half of the ARP reply: make the request a reply from (ip, mac).
     out.add(
         ARP_TARGET,
         PRIO_DEFAULT,
@@ -394,6 +401,31 @@ def _arp_flows(out: _Out, ctx: _Ctx, ip: Address, mac: str, owner: tuple[Kind, s
             ),
             Goto(ARP_REPLY_TABLE),
         ),
+        owner,
+    )
+
+
+def _nd_match(ctx: _Ctx, target: Address) -> dict[str, MatchValue]:
+    return {
+        "metadata": _vpc(ctx.vni),
+        "eth_type": ETH_IPV6,
+        "ip_proto": IPPROTO_ICMPV6,
+        "icmpv6_type": ND_SOLICIT,
+        "ipv6_nd_target": str(target),
+    }
+
+
+def _nd_flows(out: _Out, ctx: _Ctx, ip: Address, mac: str, owner: tuple[Kind, str]) -> None:
+    """A solicitation for ``ip`` goes to the OHC with the answer's MAC in eth_dst.
+
+    OpenFlow cannot turn a solicitation into an advertisement (the option changes type and
+    the ICMPv6 flags are not OXM fields), so, as OVN does, the OHC builds the answer
+    (``ohc.nd``); the flow supplies the MAC and its cookie says whether it is a router."""
+    out.add(
+        ND_TARGET,
+        PRIO_DEFAULT,
+        _nd_match(ctx, ip),
+        (Apply((SetField("eth_dst", mac), Output(OFPP_CONTROLLER))),),
         owner,
     )
 
@@ -485,7 +517,22 @@ def _port_flows(out: _Out, ctx: _Ctx, p: LocalPort) -> None:
             ),
             owner,
         )
-        _arp_flows(out, ctx, p.ip, p.mac, owner)
+    else:
+        out.add(
+            CLASSIFY,
+            PRIO_ND,
+            {
+                "in_port": p.ofport,
+                "eth_src": p.mac,
+                **_ip_match("src", p.ip),
+                "ip_proto": IPPROTO_ICMPV6,
+                "icmpv6_type": ND_SOLICIT,
+            },
+            (WriteMetadata(ctx.vni, ALL_METADATA), Goto(ND_TARGET)),
+            owner,
+        )
+        out.add(ND_TARGET, PRIO_SELF_ARP, {**_nd_match(ctx, p.ip), "in_port": p.ofport}, (), owner)
+    _arp_flows(out, ctx, p.ip, p.mac, owner)
     out.add(
         L3_LOOKUP,
         PRIO_OWN,

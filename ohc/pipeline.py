@@ -32,6 +32,7 @@ TUNNEL_PORT = 1  # the flow-based Geneve port (remote_ip=flow key=flow)
 FIRST_VM_PORT = 10  # VM ports are ofport 10 and up
 MAX_PORT = 0xFEFF  # OFPP_MAX: higher numbers are reserved ports
 OFPP_IN_PORT = 0xFFFFFFF8  # output back out of the port the packet came in on
+OFPP_CONTROLLER = 0xFFFFFFFD  # packet-in to the OHC (the IPv6 neighbour responder)
 
 VPC_MASK = 0x00FF_FFFF
 ROUTED = 1 << 24
@@ -45,6 +46,8 @@ ETH_ARP = 0x0806
 ETH_IPV6 = 0x86DD
 ARP_REQUEST = 1
 ARP_REPLY = 2
+IPPROTO_ICMPV6 = 58
+ND_SOLICIT = 135  # ICMPv6 neighbour solicitation
 
 
 class PipelineError(Exception):
@@ -71,6 +74,7 @@ def _t(
 CLASSIFY = 0
 ARP_TARGET = 10
 ARP_REPLY_TABLE = 11
+ND_TARGET = 12
 ROUTED_HOP = 20
 L3_LOOKUP = 30
 TUNNEL_DST = 40
@@ -87,13 +91,16 @@ TABLES: tuple[Table, ...] = (
             "eth_type",
             "ipv4_src",
             "ipv6_src",
+            "ip_proto",
+            "icmpv6_type",
             "arp_spa",
             "arp_sha",
             "tunnel_id",
         ),
-        (ARP_TARGET, ROUTED_HOP, TUNNEL_DST),
+        (ARP_TARGET, ND_TARGET, ROUTED_HOP, TUNNEL_DST),
         "VM port: anti-spoofing (in_port + eth_src + IP/ARP source) and VPC context into "
-        "metadata. Tunnel port: a local VPC's VNI into metadata.",
+        "metadata; ARP and IPv6 neighbour solicitations go to their responders. Tunnel port: a "
+        "local VPC's VNI into metadata.",
         "compiler._vpc_flows, _port_flows, _classify_ip (VIPs, route prefixes)",
     ),
     _t(
@@ -113,6 +120,16 @@ TABLES: tuple[Table, ...] = (
         "Finish the reply *to* the requester (eth_dst, arp_tha, arp_tpa are the requesting "
         "port's own, known constants) and send it out IN_PORT.",
         "compiler._port_flows",
+    ),
+    _t(
+        ND_TARGET,
+        "nd_target",
+        ("metadata", "in_port", "eth_type", "ip_proto", "icmpv6_type", "ipv6_nd_target"),
+        (),
+        "IPv6 neighbour solicitation for a gateway or known address of the VPC: eth_dst := "
+        "the target's MAC, then to the OHC, which answers with an advertisement (ohc/nd.py; "
+        "router flag for gateways, by the flow's cookie kind).",
+        "compiler._nd_flows; _port_flows (never about itself)",
     ),
     _t(
         ROUTED_HOP,
@@ -175,6 +192,9 @@ _PREREQS: Mapping[str, tuple[str, frozenset[int]]] = MappingProxyType(
         "arp_tpa": ("eth_type", frozenset({ETH_ARP})),
         "arp_sha": ("eth_type", frozenset({ETH_ARP})),
         "arp_tha": ("eth_type", frozenset({ETH_ARP})),
+        "ip_proto": ("eth_type", frozenset({ETH_IPV4, ETH_IPV6})),
+        "icmpv6_type": ("ip_proto", frozenset({IPPROTO_ICMPV6})),
+        "ipv6_nd_target": ("icmpv6_type", frozenset({ND_SOLICIT})),
     }
 )
 

@@ -72,9 +72,12 @@ def bridge_layout(host: HostPlan, vms: list[VmPlan]) -> list[str]:
         # Passive listener from the first moment: the OHC connects out to it, so the
         # bridge never goes from 0 to 1 controller (which would flush its flows).
         "--", "set-controller", "br-int", host.of_target,
-        # A large recompile may keep the OHC from answering echoes for seconds: do not drop
-        # it for that (the default probe is 5 s); a dead OHC still leaves the flows in place.
+        # A busy OHC (a first sync of 100k flows) must not be dropped for a late echo reply
+        # (the default probe is 5 s); a dead OHC still leaves the flows in place. Packet-ins
+        # (IPv6 neighbour solicitations for the OHC to answer) are capped at OVS's minimum
+        # rate limit, so a VM cannot flood its host's OHC.
         "--", "set", "controller", "br-int", "inactivity_probe=30000",
+        "controller_rate_limit=100", "controller_burst_limit=25",
         "--", "add-br", "br-phy",
         "--", "set", "bridge", "br-phy", "datapath_type=netdev",
         f"other-config:datapath-id={host.br_phy_dpid}",

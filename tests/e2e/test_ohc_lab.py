@@ -26,7 +26,7 @@ from meshpeer.lab.sh import netns_cmd
 from meshpeer.lab.topology import Endpoint, Topology
 from tests.e2e.traffic import Capture, Pinger
 from tests.integration.labkit import E2E_TOPOLOGIES as TOPOLOGIES
-from tests.integration.labkit import Lab, bring_up, lab_cli
+from tests.integration.labkit import Lab, bring_up, check_matrix, lab_cli
 
 MESH = "mesh.yaml"
 LIMITED = "limited.yaml"
@@ -62,27 +62,6 @@ def limited() -> Iterator[Lab]:
 
 def client(lab: Lab, ctl: str) -> Client:
     return controllers.client_for(lab.plan, ctl)
-
-
-def check_matrix(lab: Lab, topo: Topology) -> None:
-    """`scripts/lab matrix --json` equals meshpeer.lab.expect for every ordered pair."""
-    pairs = json.loads(lab_cli(lab.name, "matrix", "--json").stdout)["pairs"]
-    got = {(p["src"], p["dst"]): p["reachable"] for p in pairs}
-    live = [e for e in topo.endpoints if not e.defer]
-    wrong = []
-    for a in live:
-        for b in live:
-            if a.name == b.name:
-                continue
-            want = expect(topo, a, b)
-            if got[(a.name, b.name)] != want.reachable:
-                wrong.append(f"{a.name} -> {b.name}: got {got[(a.name, b.name)]}, want {want}")
-    assert not wrong, "\n".join(wrong)
-    assert len(got) == len(topo.endpoints) * (len(topo.endpoints) - 1)
-    # A deferred endpoint is plumbed but unknown to its controller: nobody reaches it.
-    deferred = {e.name for e in topo.endpoints if e.defer}
-    assert not [k for k, ok in got.items() if ok and deferred & set(k)], got
-    print(f"\n[{lab.name}] matrix: {sum(got.values())}/{len(got)} ordered pairs reachable")
 
 
 # --- mesh.yaml -----------------------------------------------------------------------------------

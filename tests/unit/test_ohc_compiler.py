@@ -766,3 +766,44 @@ def test_canonical_flow_mods_are_the_bytes_os_ken_would_send(lab: Lab) -> None:
         for command in ("add", "modify", "delete"):
             fast = wire(flow_mod(DP, f, command, canonical=True))
             assert fast == wire(flow_mod(DP, f, command)), f.text()
+
+
+def test_ipv6_neighbour_solicitations_go_to_the_ohc_with_the_answer_mac() -> None:
+    """Gateway and own addresses are answered (via the OHC: ohc/nd.py), with the router flag
+    only for the gateway; a port's own address, unknown and peer addresses are not."""
+    i = Intent()
+    add_vpc(i, D, "ctl1", "blue", "fd00:1::/64")
+    add_vpc(i, D, "ctl1", "red", "fd00:2::/64")
+    add_vm(i, "blue", "b1", "fd00:1::11", "hv1")
+    add_vm(i, "blue", "b3", "fd00:1::13", "hv2")
+    add_vm(i, "red", "r1", "fd00:2::11", "hv2")
+    peer(i, D, "blue", "red")
+    peer(i, D, "red", "blue")
+    v6 = build_lab(i)
+    host, port, ip, mac = v6.vm("blue", "b1")
+    ns = {
+        "eth_src": mac,
+        "eth_dst": "33:33:ff:00:00:01",
+        "eth_type": 0x86DD,
+        "ipv6_src": ip,
+        "ipv6_dst": "ff02::1:ff00:1",
+        "ip_proto": 58,
+        "icmpv6_type": 135,
+        "ip_ttl": 255,
+    }
+    table = v6.tables[host]
+
+    def solicit(target: str, **over: object) -> TraceResult:
+        return table.trace(ns | {"ipv6_nd_target": target} | over, in_port=port)
+
+    gw = solicit("fd00:1::1")
+    assert gw.is_output("controller", eth_dst=gateway_mac(v6.vni("blue")))
+    assert cookies.kind_of(gw.flows[-1].cookie) == cookies.Kind.VPC  # the router flag
+    b3 = solicit("fd00:1::13")
+    assert b3.is_output("controller", eth_dst=v6.mac("blue", "b3"))
+    assert cookies.kind_of(b3.flows[-1].cookie) == cookies.Kind.DEST
+    assert solicit(ip).dropped  # never about itself
+    assert solicit("fd00:1::99").dropped  # unknown
+    assert solicit("fd00:2::11").dropped  # a peer's address: reached via the gateway
+    assert solicit("fd00:1::1", ipv6_src="fd00:1::98").dropped  # spoofed source
+    assert solicit("fd00:1::1", ipv6_src="::").dropped  # duplicate address detection
