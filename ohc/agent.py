@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from meshpeer.protocol import ServiceName
-from meshpeer.protocol.messages import CloseReason
+from meshpeer.protocol.messages import CloseReason, stream_name
 from meshpeer.protocol.stream import ReplicaState
 from ohc.subscriptions import Sub, wanted
 
@@ -144,6 +144,26 @@ class Agent:
             self.on_update()
 
         return apply
+
+    def applied_reports(self, versions: Mapping[Sub, int]) -> dict[str, list[dict[str, Any]]]:
+        """The body of each shard's applied-version report, by shard URL.
+
+        Own shards (``shard_urls``) take the API token. Any other shard is a peer's: each of
+        its streams carries the grant it was subscribed with (its only credential there);
+        streams without one are left out."""
+        by_url: dict[str, list[dict[str, Any]]] = {}
+        for sub, version in sorted(versions.items(), key=lambda kv: kv[0].sort_key()):
+            entry: dict[str, Any] = {
+                "stream": stream_name(sub.service, sub.key, sub.policy, sub.host),
+                "version": version,
+            }
+            if sub.url not in self.shard_urls:
+                grant = self.auth.get(sub)
+                if sub.policy is None or grant is None:
+                    continue
+                entry["grant"] = grant
+            by_url.setdefault(sub.url, []).append(entry)
+        return by_url
 
     def received(self) -> dict[str, Any]:
         """What this host was sent: bytes and objects, in total and per stream."""

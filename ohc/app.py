@@ -32,7 +32,6 @@ from os_ken.ofproto import ofproto_v1_3
 from meshpeer.client import Client
 from meshpeer.controller.directory import parse_directory
 from meshpeer.protocol import ServiceName
-from meshpeer.protocol.messages import stream_name
 from ohc import nd, ofio
 from ohc.agent import Agent
 from ohc.clients import stream_client
@@ -337,14 +336,17 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
 
     def _report(self, versions: dict[Sub, int]) -> None:
         """Tell each shard which of its stream versions this switch now holds, so that
-        `?wait=programmed` can answer. Best effort: a lost report only delays that answer."""
-        by_url: dict[str, list[dict[str, Any]]] = {}
-        for sub, version in versions.items():
-            name = stream_name(sub.service, sub.key, sub.policy, sub.host)
-            by_url.setdefault(sub.url, []).append({"stream": name, "version": version})
+        `?wait=programmed` can answer. Best effort: a lost report only delays that answer.
+
+        Own shards get the API token. A peer's shard gets no token of ours (another
+        administrative domain): each of its streams is reported with the grant it was
+        subscribed with, which scopes the report to this host and that stream."""
+        own = set(self.agent.shard_urls)
+        by_url = self.agent.applied_reports(versions)
         for url, streams in sorted(by_url.items()):
+            token = self.conf.api_token if url in own else None
             try:
-                Client(url, self.conf.api_token, timeout=2.0).put(
+                Client(url, token, timeout=2.0).put(
                     f"/v1/hosts/{self.conf.host}/applied", {"streams": streams}
                 )
             except Exception as exc:

@@ -22,7 +22,11 @@ from meshpeer.controller.peering import INACTIVE, VPC_OBJ, peer_ranges
 from meshpeer.controller.shard import Delete, ShardState
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.grants import GrantError, Rejection, verify
-from meshpeer.protocol.messages import ProtocolError, parse_subscribe_request
+from meshpeer.protocol.messages import (
+    ProtocolError,
+    parse_stream_name,
+    parse_subscribe_request,
+)
 from meshpeer.rest.errors import ApiError, bad_request, not_found, unauthorized
 from meshpeer.rest.router import RequestCtx, Route
 from meshpeer.rest.schema import Arr, Bool, Int, Obj, Schema, Str
@@ -68,7 +72,15 @@ ROUTE_IN = Obj(
 )
 WAIT_Q: dict[str, Schema] = {"wait": Str(enum=("programmed",)), "timeout": Int(0, 60)}
 APPLIED_IN = Obj(
-    {"streams": Arr(Obj({"stream": Str(), "version": Int(0)}, {}, name="AppliedStream"))},
+    {
+        "streams": Arr(
+            Obj(
+                {"stream": Str(), "version": Int(0)},
+                {"grant": Str()},  # a peer's host: the grant it subscribed with
+                name="AppliedStream",
+            )
+        )
+    },
     {},
     name="AppliedReport",
     description="Stream versions an OHC has programmed into its switch",
@@ -375,9 +387,40 @@ class ControllerApi:
         return 200, {"hosts": [self._with_version("host", h.name, h.to_json()) for h in hosts]}
 
     def put_applied(self, ctx: RequestCtx) -> tuple[int, object]:
+        """Own hosts report with the API token. A peer's host has no token for this shard (it
+        belongs to another administrative domain): it may report only the peer streams it
+        holds a grant for, each with that grant. All checked before anything is recorded."""
         host = ctx.params["name"]
-        self.shard.report_applied(host, {s["stream"]: s["version"] for s in ctx.body["streams"]})
-        return 200, {"host": host, "streams": len(ctx.body["streams"])}
+        streams = ctx.body["streams"]
+        if not self._has_api_token(ctx):
+            for i, s in enumerate(streams):
+                self._check_applied_grant(s, host, f"streams[{i}]")
+        self.shard.report_applied(host, {s["stream"]: s["version"] for s in streams})
+        return 200, {"host": host, "streams": len(streams)}
+
+    def _has_api_token(self, ctx: RequestCtx) -> bool:
+        scheme, _, token = ctx.request.headers.get("Authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and self._is(token.strip(), self.api_token)
+
+    def _check_applied_grant(self, s: JsonObject, host: str, where: str) -> None:
+        try:
+            _, vpc, policy, _ = parse_stream_name(s["stream"])
+        except ProtocolError as exc:
+            raise bad_request(f"{where}.stream", exc.detail) from exc
+        if policy is None or "grant" not in s:
+            raise ApiError(
+                401,
+                "unauthorized",
+                f"{where}.grant",
+                "without the API token, only peer streams may be reported, each with its grant",
+                (("WWW-Authenticate", "Bearer"),),
+            )
+        try:
+            self._check_grant(s["grant"], vpc, policy, host)
+        except ApiError as exc:
+            raise ApiError(
+                exc.status, exc.error, f"{where}.grant", exc.detail, exc.headers
+            ) from exc
 
     def multiplexer(self, ctx: RequestCtx) -> tuple[int, object]:
         return 200, {"shard": self.shard.name, **self.shard.counts()}
@@ -676,7 +719,11 @@ class ControllerApi:
                 self.put_applied,
                 body=APPLIED_IN,
                 params={"name": NAME},
-                summary="An OHC reports the stream versions its switch holds (for ?wait=programmed)",
+                auth=False,
+                handler_auth=True,
+                errors=e403,
+                summary="An OHC reports the stream versions its switch holds (for ?wait=programmed):"
+                " the API token, or a peer host's grant per stream",
             ),
             Route(
                 "GET",

@@ -184,3 +184,21 @@ def stream_name(service: str, key: str, policy: str | None, host: str | None) ->
     """
     own_host = host if service == ServiceName.PEERING else None
     return f"{service}/{key}/{policy or ''}/{own_host or ''}"
+
+
+def parse_stream_name(name: str) -> tuple[ServiceName, str, str | None, str | None]:
+    """The inverse of :func:`stream_name`: (service, key, policy, host); ProtocolError if
+    ``name`` is not one."""
+    parts = name.split("/")
+    if len(parts) != 4:
+        raise ProtocolError("stream", "must be service/key/policy/host")
+    service, key, policy, host = parts
+    try:
+        svc = ServiceName(service)
+    except ValueError:
+        raise ProtocolError("stream", f"unknown service {service!r}") from None
+    check_name("stream", key)
+    for part in (policy, host):
+        if part:
+            check_name("stream", part)
+    return svc, key, policy or None, host or None

@@ -3,7 +3,8 @@
 Each :class:`~meshpeer.rest.router.Route` becomes one operation: path and query parameters,
 request body schema, the declared success status and every error status the route can answer
 (see ``Route.error_statuses``), each error referencing the shared ``Error`` schema. Bearer auth is
-the document-wide default; routes declared with ``auth=False`` override it with ``security: []``.
+the document-wide default; routes declared with ``auth=False`` override it with ``security: []``,
+and ``handler_auth`` routes (bearer, or a credential the handler checks) with ``[{bearer}, {}]``.
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ def _operation(route: Route, components: dict[str, Any], error_ref: Any) -> dict
         }
         for code in route.error_statuses()
     }
-    if not route.auth:
+    if route.handler_auth:
+        op["security"] = [{"bearer": []}, {}]  # the API token, or credentials in the body
+    elif not route.auth:
         op["security"] = []
     return op

@@ -65,6 +65,9 @@ class Route:
     response: Schema | None = None
     summary: str = ""
     auth: bool = True
+    # With auth=False on a mutating route: the handler authenticates itself (it accepts the
+    # API token or another credential). Explicit, so no write is left open by mistake.
+    handler_auth: bool = False
     query: Mapping[str, Schema] = field(default_factory=dict)
     params: Mapping[str, Str] = field(default_factory=dict)
     status: int = 200
@@ -74,8 +77,11 @@ class Route:
     def __post_init__(self) -> None:
         if self.method != self.method.upper() or not self.path.startswith("/"):
             raise ValueError(f"bad route {self.method} {self.path}")
-        if not self.auth and self.method != "GET":
-            raise ValueError(f"{self.method} {self.path}: only GET routes may skip auth")
+        if not self.auth and self.method != "GET" and not self.handler_auth:
+            raise ValueError(
+                f"{self.method} {self.path}: only GET routes may skip auth"
+                " (or set handler_auth: the handler authenticates)"
+            )
         for name, schema in self.query.items():
             if not isinstance(schema, Str | Int | Bool):
                 raise ValueError(f"{self.path}: query parameter {name} must be Str, Int or Bool")
@@ -90,7 +96,7 @@ class Route:
     def error_statuses(self) -> list[int]:
         """Every error status this operation can answer (and the OpenAPI document lists)."""
         found = {400, 500} | set(self.errors)
-        if self.auth:
+        if self.auth or self.handler_auth:
             found.add(401)
         if self.param_names:
             found.add(404)

@@ -47,9 +47,13 @@ DEFAULT_LAYOUT: dict[str, tuple[tuple[int, int], tuple[str, ...]]] = {
             "mint",
             "jade",
             "onyx",
+            "iris",
         ),
     ),
-    "ctl2": ((2000, 2999), ("red", "pink", "rose", "ruby", "plum", "wine", "coral", "sage")),
+    "ctl2": (
+        (2000, 2999),
+        ("red", "pink", "rose", "ruby", "plum", "wine", "coral", "sage", "fern"),
+    ),
 }
 
 

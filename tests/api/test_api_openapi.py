@@ -107,6 +107,9 @@ def test_security_is_documented_per_route(doc: dict[str, Any]) -> None:
         if key not in NO_AUTH:
             assert "401" in op["responses"], key
     assert "403" in ops(doc)[("GET", "/v1/subscribe")]["responses"]
+    applied = ops(doc)[("PUT", "/v1/hosts/{name}/applied")]  # API token, or grants in the body
+    assert applied["security"] == [{"bearer": []}, {}]
+    assert {"401", "403"} <= set(applied["responses"])
     assert "401" in ops(doc)[("GET", "/v1/federation/vpcs/{vpc}")]["responses"]
 
 

@@ -386,6 +386,51 @@ def test_least_knowledge(shards: Cluster) -> None:
                 assert s.body["field"] == "policy", why
 
 
+def test_a_peer_host_reports_applied_versions_with_its_grant_not_a_token(shards: Cluster) -> None:
+    """hv1 (a host of ctl1's iris) follows ctl2's fern and reports to ctl2 what it applied,
+    holding no token for ctl2: each peer stream with its grant, checked like a subscription.
+    A refused report records nothing (all or nothing)."""
+    c1, c2 = shards["ctl1"], shards["ctl2"]
+    c1.vpc("iris", "10.91.0.0/24")
+    c2.vpc("fern", "10.92.0.0/24")
+    c1.vm("iris", "i1", "10.91.0.5", host="hv1")
+    c2.vm("fern", "f1", "10.92.0.5", host="hv2")
+    c1.peer("iris", "fern")
+    pol = c2.peer("fern", "iris")["export_policy_id"]
+    both_active(c1, "iris", c2, "fern")
+    with stream(c1, shards.token, "peering", "iris", host="hv1") as s:
+        real = s.next()["objects"]["fern"]["grant"]
+    name = f"destination/fern/{pol}/"
+
+    def report(*streams: dict[str, Any], host: str = "hv1") -> Any:
+        return c2.req("PUT", f"/v1/hosts/{host}/applied", {"streams": list(streams)}, token=None)
+
+    def create(ep: str, ip: str) -> Any:
+        body = {"name": ep, "ip": ip, "host": "hv2"}
+        return c2.post("/v1/vpcs/fern/endpoints?wait=programmed&timeout=1", body)
+
+    with stream(c2, real, "destination", "fern", policy=pol, host="hv1") as sub:
+        sub.next()  # snapshot: hv1 now follows the stream
+        far = {"stream": name, "version": 2**62, "grant": real}  # above any version to come
+        refusals = {
+            "no grant": ((far | {"grant": None},), "hv1", 401, "streams[0].grant"),
+            "own stream": (({"stream": "destination/fern//", "version": 1},), "hv1", 401, "streams[0].grant"),
+            "tampered": ((far | {"grant": tamper(real)},), "hv1", 401, "streams[0].grant"),
+            "other host": ((far,), "hv2", 403, "streams[0].grant"),
+            "bad name": ((far | {"stream": "destination/fern"},), "hv1", 400, "streams[0].stream"),
+            "one bad of two": ((far, far | {"grant": "x"}), "hv1", 401, "streams[1].grant"),
+        }  # fmt: skip
+        for why, (streams, host, status, field) in refusals.items():
+            body = [{k: v for k, v in st.items() if v is not None} for st in streams]
+            r = report(*body, host=host)
+            assert (r.status, r.body["field"]) == (status, field), (why, r.body)
+        made = create("f2", "10.92.0.6")
+        assert made["pending_hosts"] == ["hv1"], made  # nothing was recorded
+        assert report(far).status == 200  # the grant is enough
+        last = create("f3", "10.92.0.7")
+        assert last["programmed"] is True, (last["pending_hosts"], last)
+
+
 def test_multiplexer_one_service_set_per_unique_policy(shards: Cluster) -> None:
     """coral exports one policy to mint, jade (ctl1) and sage (ctl2), another to onyx (ctl1)."""
     c1, c2 = shards["ctl1"], shards["ctl2"]

@@ -107,3 +107,29 @@ def test_a_shared_stream_closed_for_one_peering_restarts_for_the_other() -> None
         if c.sub not in agent.objects:
             c.deliver({})  # type: ignore[attr-defined]
     assert agent.complete()
+
+
+def test_applied_reports_use_the_grant_at_a_peers_shard_and_the_token_at_its_own() -> None:
+    """hv1's own shard is ctl1; red lives on ctl3, another domain's shard (not in shard_urls)."""
+    made: dict[Sub, FakeClient] = {}
+
+    def factory(sub: Sub, auth: str, cb: Any, closed: Any) -> FakeClient:
+        made[sub] = FakeClient(sub, auth, cb, closed)
+        return made[sub]
+
+    ctl3 = "http://ctl3"
+    agent = Agent("hv1", [CTL1], {"blue": CTL1}.get, "tok", factory, lambda: None)
+    agent.start()
+    made[Sub(CTL1, ServiceName.ENDPOINT, "hv1")].deliver({"blue.b1": {"vpc": "blue", "name": "b1"}})
+    made[Sub(CTL1, ServiceName.PEERING, "blue", None, "hv1")].deliver(
+        {"red": {"peer_vpc": "red", "controller": ctl3, "policy_id": "p-1", "grant": "g1"}}
+    )
+    versions = {sub: 7 for sub in agent.clients}
+    reports = agent.applied_reports(versions)
+    assert set(reports) == {CTL1, ctl3}
+    assert all("grant" not in e for e in reports[CTL1])  # the API token covers these
+    assert {e["stream"] for e in reports[CTL1]} >= {"endpoint/hv1//", "peering/blue//hv1"}
+    assert reports[ctl3] == [
+        {"stream": f"{svc}/red/p-1/", "version": 7, "grant": "g1"}
+        for svc in ("destination", "forwarding", "loadbalancer")
+    ]

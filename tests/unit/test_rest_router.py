@@ -389,6 +389,7 @@ def test_route_table_mistakes_fail_at_startup() -> None:
         Api([], "")
     with pytest.raises(ValueError, match="only GET routes may skip auth"):
         Route("POST", "/a", h, auth=False)
+    assert 401 in Route("PUT", "/a", h, auth=False, handler_auth=True).error_statuses()
     with pytest.raises(ValueError, match="not in the path"):
         Route("GET", "/a/{b}", h, params={"c": Str()})
     with pytest.raises(ValueError, match="Str, Int or Bool"):
