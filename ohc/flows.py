@@ -176,20 +176,8 @@ def _instruction_text(i: Instruction) -> str:
 # --- os-ken conversion (the edge) ----------------------------------------------------------
 
 
-def match_to_osken(parser: Any, match: Match, canonical: bool = False) -> Any:
-    """An ``OFPMatch``. A ``canonical`` match (``ohc.ofio.canonical_match``: masks applied,
-    full masks dropped, the forms os-ken parses back) is already what os-ken would normalize
-    it to, so it skips that step (two thirds of building a FlowMod) and only gets os-ken's
-    field order: by OXM number, which puts prerequisites such as eth_type first."""
-    if not canonical:
-        return parser.OFPMatch(**match.as_dict())
-    ofp = parser.ofproto
-    fields = sorted(match.fields, key=lambda nv: _oxm_order(ofp.oxm_from_user_header(nv[0])))
-    return parser.OFPMatch(_ordered_fields=list(fields))
-
-
-def _oxm_order(num: int | tuple[int, int]) -> int:
-    return num[0] if isinstance(num, tuple) else num
+def match_to_osken(parser: Any, match: Match) -> Any:
+    return parser.OFPMatch(**match.as_dict())
 
 
 def actions_to_osken(parser: Any, actions: tuple[Action, ...]) -> list[Any]:
@@ -231,10 +219,9 @@ GROUP_TYPES: Mapping[str, str] = {
 }
 
 
-def flow_mod(datapath: Any, flow: Flow, command: str = "add", canonical: bool = False) -> Any:
-    """An OFPFlowMod adding, modifying (strict) or deleting (strict) exactly this flow.
-
-    ``canonical``: the flow is in ``ohc.ofio.canonical_flow`` form (see ``match_to_osken``)."""
+def flow_mod(datapath: Any, flow: Flow, command: str = "add") -> Any:
+    """An OFPFlowMod adding, modifying (strict) or deleting (strict) exactly this flow
+    (tests and tools; the OHC's syncer packs its FlowMods with ``ohc.wire``)."""
     ofp, parser = datapath.ofproto, datapath.ofproto_parser
     cmd = {
         "add": ofp.OFPFC_ADD,
@@ -247,7 +234,7 @@ def flow_mod(datapath: Any, flow: Flow, command: str = "add", canonical: bool = 
         table_id=flow.table,
         command=cmd,
         priority=flow.priority,
-        match=match_to_osken(parser, flow.match, canonical),
+        match=match_to_osken(parser, flow.match),
         instructions=[]
         if command == "delete"
         else instructions_to_osken(ofp, parser, flow.instructions),

@@ -36,6 +36,7 @@ from typing import Any
 import eventlet
 import eventlet.event
 
+from ohc import wire
 from ohc.flows import (
     Action,
     Apply,
@@ -52,7 +53,6 @@ from ohc.flows import (
     SetField,
     ToGroup,
     WriteMetadata,
-    flow_mod,
     group_mod,
 )
 from ohc.memo import Memo
@@ -311,10 +311,45 @@ def group_from_desc(datapath: Any, stats: Any) -> Group:
 # --- plan -> messages ---------------------------------------------------------------------------
 
 
+@dataclass
+class WireFlowMod:
+    """A FlowMod of a canonical flow, packed by ``ohc.wire`` instead of built as an os-ken
+    object (~100x cheaper). Numbered and serialized like an os-ken message."""
+
+    flow: Flow
+    command: str  # add | modify | delete (strict, by the flow's exact cookie)
+    xid: int | None = None
+    buf: bytes = b""
+
+    def set_xid(self, xid: int) -> None:
+        self.xid = xid
+
+    def serialize(self) -> None:
+        self.buf = wire.flow_mod(self.flow, self.command, self.xid or 0)
+
+
+@dataclass
+class WireBundleAdd:
+    """An ONF bundle add around a ``WireFlowMod`` (the inner message takes the outer xid)."""
+
+    bundle_id: int
+    flags: int
+    message: WireFlowMod
+    xid: int | None = None
+    buf: bytes = b""
+
+    def set_xid(self, xid: int) -> None:
+        self.xid = xid
+
+    def serialize(self) -> None:
+        self.message.set_xid(self.xid or 0)
+        self.message.serialize()
+        self.buf = wire.bundle_add(self.bundle_id, self.flags, self.message.buf)
+
+
 def plan_messages(datapath: Any, the_plan: SyncPlan) -> list[Any]:
-    """FlowMods and GroupMods in plan order (what goes inside the bundle). Plans are made
-    of canonical flows (``sync`` requires a canonical desired state), so their matches skip
-    os-ken's normalization.
+    """GroupMods (os-ken) and FlowMods (``WireFlowMod``) in plan order: what goes inside the
+    bundle. Plans are made of canonical flows (``sync`` requires a canonical desired state).
 
     A modify whose cookie changes is sent as ADD, which replaces the flow atomically: an
     OpenFlow 1.3 MODIFY keeps the old cookie. Deletes are strict and carry the installed
@@ -323,15 +358,11 @@ def plan_messages(datapath: Any, the_plan: SyncPlan) -> list[Any]:
     ofp = datapath.ofproto
     msgs: list[Any] = [group_mod(datapath, g, "add") for g in the_plan.group_adds]
     msgs += [group_mod(datapath, g, "modify") for g in the_plan.group_modifies]
-    msgs += [flow_mod(datapath, f, "add", canonical=True) for f in the_plan.flow_adds]
+    msgs += [WireFlowMod(f, "add") for f in the_plan.flow_adds]
     msgs += [
-        flow_mod(datapath, c.new, "add" if c.cookie_changed else "modify", canonical=True)
-        for c in the_plan.flow_modifies
+        WireFlowMod(c.new, "add" if c.cookie_changed else "modify") for c in the_plan.flow_modifies
     ]
-    for f in the_plan.flow_deletes:
-        msg = flow_mod(datapath, f, "delete", canonical=True)
-        msg.cookie_mask = ALL_COOKIE_BITS
-        msgs.append(msg)
+    msgs += [WireFlowMod(f, "delete") for f in the_plan.flow_deletes]
     for g in the_plan.group_deletes:
         msg = group_mod(datapath, g, "delete")
         msg.type = ofp.OFPGT_ALL  # OVS ignores the type of a delete; keep it valid
@@ -348,12 +379,15 @@ def bundle_messages(datapath: Any, the_plan: SyncPlan, bundle_id: int) -> list[A
     ofp, parser = datapath.ofproto, datapath.ofproto_parser
     flags = bundle_flags(ofp)
     ctrl = parser.ONFBundleCtrlMsg
+    adds = [
+        WireBundleAdd(bundle_id, flags, m)
+        if isinstance(m, WireFlowMod)
+        else parser.ONFBundleAddMsg(datapath, bundle_id, flags, m, [])
+        for m in plan_messages(datapath, the_plan)
+    ]
     return [
         ctrl(datapath, bundle_id, ofp.ONF_BCT_OPEN_REQUEST, flags, []),
-        *(
-            parser.ONFBundleAddMsg(datapath, bundle_id, flags, m, [])
-            for m in plan_messages(datapath, the_plan)
-        ),
+        *adds,
         ctrl(datapath, bundle_id, ofp.ONF_BCT_COMMIT_REQUEST, flags, []),
     ]
 

@@ -19,12 +19,16 @@ which messages were sent. Behaviour follows Open vSwitch where OpenFlow leaves r
 from __future__ import annotations
 
 import copy
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
 from typing import Any
 
+from os_ken.ofproto import ofproto_parser
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
+from os_ken.ofproto.ofproto_common import ONF_EXPERIMENTER_ID
 
 from tests.support.ofmodel import (
     Action,
@@ -153,6 +157,38 @@ class _Trace:
     select_hash: int | None
 
 
+_DP = SimpleNamespace(ofproto=ofp, ofproto_parser=parser)
+
+
+def decode_wire(msg: Any) -> Any:
+    """A message the OHC packs itself (``ohc.ofio.WireFlowMod``/``WireBundleAdd``: anything
+    with ``serialize`` and ``buf`` that is not an os-ken message) as os-ken parses its bytes:
+    the fake switch applies what would be on the wire. Other messages are returned as they are.
+    """
+    if isinstance(msg, parser.MsgBase) or not hasattr(msg, "buf"):
+        return msg
+    if msg.xid is None:
+        msg.set_xid(1)
+    msg.serialize()
+    return parse_wire(bytes(msg.buf))
+
+
+def parse_wire(buf: bytes) -> Any:
+    """An OpenFlow 1.3 FlowMod, or an ONF bundle add of one, from its bytes (os-ken's parser)."""
+    version, msg_type, length, xid = ofproto_parser.header(buf)
+    if msg_type != ofp.OFPT_EXPERIMENTER:
+        return ofproto_parser.msg(_DP, version, msg_type, length, xid, buf)
+    experimenter, exp_type, bundle_id, flags = struct.unpack_from("!IIIxxH", buf, 8)
+    if (experimenter, exp_type) != (ONF_EXPERIMENTER_ID, ofp.ONF_ET_BUNDLE_ADD_MESSAGE):
+        raise FakeOFUnsupported(f"experimenter message {experimenter:#x}/{exp_type}")
+    inner = parse_wire(buf[24:length])
+    if inner.xid != xid:
+        raise FakeOFError("OFPBFC_BAD_ID", "a bundled message must carry the bundle add's xid")
+    outer = parser.ONFBundleAddMsg(_DP, bundle_id, flags, inner, [])
+    outer.xid = xid
+    return outer
+
+
 class FakeOFTable:
     """Flow tables and a group table of one OpenFlow 1.3 switch, as OVS would hold them."""
 
@@ -167,6 +203,7 @@ class FakeOFTable:
 
     def apply(self, msg: Any) -> None:
         """Apply one os-ken message; on FakeOFError the table is unchanged."""
+        msg = decode_wire(msg)
         if isinstance(msg, parser.OFPFlowMod):
             self._flow_mod(msg)
         elif isinstance(msg, parser.OFPGroupMod):
@@ -192,6 +229,7 @@ class FakeOFTable:
         saved_groups = dict(self._groups)
         try:
             for msg in msgs:
+                msg = decode_wire(msg)
                 if isinstance(msg, parser.ONFBundleCtrlMsg):
                     continue
                 inner = msg.message if isinstance(msg, parser.ONFBundleAddMsg) else msg

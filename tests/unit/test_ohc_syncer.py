@@ -41,7 +41,7 @@ from ohc.syncer import (
     plan,
     with_canary,
 )
-from tests.support.fakeoftable import FakeOFError, FakeOFTable
+from tests.support.fakeoftable import FakeOFError, FakeOFTable, decode_wire, parse_wire
 
 
 class StubDatapath:
@@ -118,7 +118,7 @@ def test_a_cookie_only_change_is_a_modify_sent_as_add() -> None:
     p = plan(state(recookied), state(F_IP))
     assert p.counts["flow_modify"] == 1 and len(p) == 1
     assert p.flow_modifies[0].cookie_changed
-    (msg,) = ofio.plan_messages(DP, p)
+    (msg,) = map(decode_wire, ofio.plan_messages(DP, p))
     assert msg.command == ofp.OFPFC_ADD and msg.cookie == 0x99  # MODIFY would keep 0x12
     table = FakeOFTable()
     table.apply_bundle(ofio.bundle_messages(DP, plan(state(F_IP), state()), 1))
@@ -129,7 +129,7 @@ def test_a_cookie_only_change_is_a_modify_sent_as_add() -> None:
 def test_instruction_changes_are_sent_as_modify_strict_and_deletes_are_strict_by_cookie() -> None:
     changed = Flow(F_IP.table, F_IP.priority, F_IP.match, (), F_IP.cookie)
     p = plan(state(changed), state(F_IP, F_IN1))
-    modify, delete = ofio.plan_messages(DP, p)
+    modify, delete = map(decode_wire, ofio.plan_messages(DP, p))
     assert modify.command == ofp.OFPFC_MODIFY_STRICT
     assert delete.command == ofp.OFPFC_DELETE_STRICT
     assert (delete.cookie, delete.cookie_mask) == (F_IN1.cookie, ofio.ALL_COOKIE_BITS)
@@ -401,6 +401,8 @@ class FakeSwitch(StubDatapath):
         (xid,) = struct.unpack_from("!I", buf, 4)
         msg = self.numbered[xid]
         assert bytes(msg.buf) == bytes(buf) and msg.xid == xid
+        if not isinstance(msg, parser.MsgBase):  # packed by ohc.wire: what the bytes say
+            msg = parse_wire(bytes(buf))
         return self.send_msg(msg)
 
     def send_msg(self, msg: Any) -> bool:

@@ -1,0 +1,178 @@
+"""OpenFlow 1.3 wire bytes of a canonical ``ohc.flows.Flow``, without os-ken objects.
+
+A first sync at 50k peer endpoints sends 100k FlowMods. Building and serializing them as os-ken
+objects cost ~290 us each (~30 s of CPU); packing them here, in a bundle add, ~40 us. The
+bytes are exactly what os-ken would send (tested for every flow the compiler makes and for
+random ones); group mods and bundle control stay os-ken messages (a handful per sync).
+
+Only canonical flows (``ohc.ofio.canonical_flow``): masks applied, full masks dropped. The
+match fields are those ``ohc.pipeline`` declares, in os-ken's order (by OXM number), and the
+actions those ``ohc.flows`` has. Anything else raises ``ValueError``: a compiler bug.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Literal
+
+from ohc.flows import (
+    Action,
+    Apply,
+    DecTtl,
+    Flow,
+    Goto,
+    Instruction,
+    MatchValue,
+    Output,
+    SetField,
+    ToGroup,
+    WriteMetadata,
+)
+
+Kind = Literal["int", "mac", "ipv4", "ipv6"]
+
+OFP_VERSION = 4
+OFPT_EXPERIMENTER = 4
+OFPT_FLOW_MOD = 14
+ONF_EXPERIMENTER_ID = 0x4F4E4600
+ONF_ET_BUNDLE_ADD_MESSAGE = 2301
+OFPFC = MappingProxyType({"add": 0, "modify": 2, "delete": 4})  # modify and delete: strict
+OFP_NO_BUFFER = 0xFFFFFFFF
+OFPP_ANY = 0xFFFFFFFF
+OFPG_ANY = 0xFFFFFFFF
+OFPCML_MAX = 0xFFE5  # os-ken's default max_len for output actions
+ALL_COOKIE_BITS = (1 << 64) - 1
+
+BASIC, NXM1 = 0x8000, 0x0001
+# name -> (OXM class, field, size in bytes, value kind)
+FIELDS: Mapping[str, tuple[int, int, int, Kind]] = MappingProxyType(
+    {
+        "in_port": (BASIC, 0, 4, "int"),
+        "metadata": (BASIC, 2, 8, "int"),
+        "eth_dst": (BASIC, 3, 6, "mac"),
+        "eth_src": (BASIC, 4, 6, "mac"),
+        "eth_type": (BASIC, 5, 2, "int"),
+        "ip_proto": (BASIC, 10, 1, "int"),
+        "ipv4_src": (BASIC, 11, 4, "ipv4"),
+        "ipv4_dst": (BASIC, 12, 4, "ipv4"),
+        "arp_op": (BASIC, 21, 2, "int"),
+        "arp_spa": (BASIC, 22, 4, "ipv4"),
+        "arp_tpa": (BASIC, 23, 4, "ipv4"),
+        "arp_sha": (BASIC, 24, 6, "mac"),
+        "arp_tha": (BASIC, 25, 6, "mac"),
+        "ipv6_src": (BASIC, 26, 16, "ipv6"),
+        "ipv6_dst": (BASIC, 27, 16, "ipv6"),
+        "icmpv6_type": (BASIC, 29, 1, "int"),
+        "ipv6_nd_target": (BASIC, 31, 16, "ipv6"),
+        "tunnel_id": (BASIC, 38, 8, "int"),
+        "tun_ipv4_src": (NXM1, 31, 4, "ipv4"),
+        "tun_ipv4_dst": (NXM1, 32, 4, "ipv4"),
+    }
+)
+
+_HEADER = struct.Struct("!BBHI")
+_FLOW_MOD = struct.Struct("!QQBBHHHIIIH2x")
+_BUNDLE_ADD = struct.Struct("!IIIxxH")  # experimenter, exp_type, bundle id, pad, flags
+
+
+def _field(name: str) -> tuple[int, int, int, Kind]:
+    try:
+        return FIELDS[name]
+    except KeyError:
+        raise ValueError(f"OXM field {name!r} is not encoded by ohc.wire") from None
+
+
+def _value(kind: Kind, size: int, value: int | str) -> bytes:
+    if kind == "int":
+        if not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {value!r}")
+        return value.to_bytes(size, "big")
+    if not isinstance(value, str):
+        raise ValueError(f"expected an address, got {value!r}")
+    if kind == "mac":
+        return bytes.fromhex(value.replace(":", ""))
+    try:
+        return socket.inet_pton(socket.AF_INET if kind == "ipv4" else socket.AF_INET6, value)
+    except OSError:
+        raise ValueError(f"expected an {kind} address, got {value!r}") from None
+
+
+def _oxm(name: str, value: MatchValue | int | str) -> bytes:
+    cls, fld, size, kind = _field(name)
+    if isinstance(value, tuple):
+        body = _value(kind, size, value[0]) + _value(kind, size, value[1])
+        return struct.pack("!I", cls << 16 | fld << 9 | 1 << 8 | 2 * size) + body
+    return struct.pack("!I", cls << 16 | fld << 9 | size) + _value(kind, size, value)
+
+
+def _pad8(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % 8)
+
+
+def _match(fields: tuple[tuple[str, MatchValue], ...]) -> bytes:
+    ordered = sorted(fields, key=lambda nv: _field(nv[0])[0] << 7 | _field(nv[0])[1])
+    oxms = b"".join(_oxm(n, v) for n, v in ordered)
+    return _pad8(struct.pack("!HH", 1, 4 + len(oxms)) + oxms)  # OFPMT_OXM
+
+
+def _action(a: Action) -> bytes:
+    if isinstance(a, Output):
+        return struct.pack("!HHIH6x", 0, 16, a.port, OFPCML_MAX)
+    if isinstance(a, ToGroup):
+        return struct.pack("!HHI", 22, 8, a.group_id)
+    if isinstance(a, DecTtl):
+        return struct.pack("!HH4x", 24, 8)
+    if isinstance(a, SetField):
+        oxm = _oxm(a.name, a.value)
+        return _pad8(struct.pack("!HH", 25, _padded_len(4 + len(oxm))) + oxm)
+    raise ValueError(f"action {a!r} is not encoded by ohc.wire")
+
+
+def _padded_len(n: int) -> int:
+    return n + (-n % 8)
+
+
+def _instruction(i: Instruction) -> bytes:
+    if isinstance(i, Goto):
+        return struct.pack("!HHB3x", 1, 8, i.table)
+    if isinstance(i, WriteMetadata):
+        return struct.pack("!HH4xQQ", 2, 24, i.value, i.mask)
+    if isinstance(i, Apply):
+        actions = b"".join(_action(a) for a in i.actions)
+        return struct.pack("!HH4x", 4, 8 + len(actions)) + actions
+    raise ValueError(f"instruction {i!r} is not encoded by ohc.wire")
+
+
+def flow_mod(flow: Flow, command: str, xid: int) -> bytes:
+    """The FlowMod that adds, strictly modifies or strictly deletes ``flow`` (as
+    ``ohc.flows.flow_mod`` plus ``ohc.ofio.plan_messages``: a delete carries no instructions and
+    matches the cookie exactly)."""
+    delete = command == "delete"
+    body = _FLOW_MOD.pack(
+        flow.cookie,
+        ALL_COOKIE_BITS if delete else 0,
+        flow.table,
+        OFPFC[command],
+        0,
+        0,
+        flow.priority,
+        OFP_NO_BUFFER,
+        OFPP_ANY,
+        OFPG_ANY,
+        0,
+    )
+    instructions = b"" if delete else b"".join(_instruction(i) for i in flow.instructions)
+    rest = body + _match(flow.match.fields) + instructions
+    return _HEADER.pack(OFP_VERSION, OFPT_FLOW_MOD, _HEADER.size + len(rest), xid) + rest
+
+
+def bundle_add(bundle_id: int, flags: int, inner: bytes) -> bytes:
+    """An ONF bundle add (OpenFlow 1.3 extension) carrying ``inner``, with inner's xid."""
+    (xid,) = struct.unpack_from("!I", inner, 4)
+    body = _BUNDLE_ADD.pack(ONF_EXPERIMENTER_ID, ONF_ET_BUNDLE_ADD_MESSAGE, bundle_id, flags)
+    return _HEADER.pack(OFP_VERSION, OFPT_EXPERIMENTER, 8 + len(body) + len(inner), xid) + (
+        body + inner
+    )
