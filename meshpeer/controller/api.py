@@ -393,6 +393,8 @@ class ControllerApi:
         host = ctx.params["name"]
         streams = ctx.body["streams"]
         if not self._has_api_token(ctx):
+            if not streams:
+                raise unauthorized("without the API token, report peer streams with their grants")
             for i, s in enumerate(streams):
                 self._check_applied_grant(s, host, f"streams[{i}]")
         self.shard.report_applied(host, {s["stream"]: s["version"] for s in streams})

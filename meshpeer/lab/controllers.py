@@ -16,6 +16,8 @@ from typing import Any
 import yaml
 
 from meshpeer.client import ApiFailure, Client
+from meshpeer.controller import config
+from meshpeer.controller.config import ShardConfig, ShardEntry
 from meshpeer.lab.plan import ControllerPlan, LabPlan, Secrets, vni_block
 from meshpeer.lab.procs import alive, read_pidfile
 from meshpeer.lab.sh import LabError, netns_cmd
@@ -37,34 +39,24 @@ def rundir(plan: LabPlan, c: ControllerPlan) -> str:
 
 
 def directory_doc(plan: LabPlan, topo: Topology) -> dict[str, Any]:
-    shards = {}
-    for k, c in enumerate(plan.controllers):
-        shards[c.name] = {
-            "url": url(c),
-            "vni_range": list(vni_block(k)),
-            "vpcs": [v.name for v in topo.vpcs if v.controller == c.name],
-        }
-    return {
-        "shards": shards,
-        "grant_keys": {"k1": plan.grant_key},
-        "federation_token": plan.federation_token,
+    shards = {
+        c.name: ShardEntry(
+            url(c), vni_block(k), [v.name for v in topo.vpcs if v.controller == c.name]
+        )
+        for k, c in enumerate(plan.controllers)
     }
+    return config.directory_doc(shards, plan.grant_key, plan.federation_token)
 
 
 def config_text(plan: LabPlan, c: ControllerPlan) -> str:
-    d = rundir(plan, c)
-    return "\n".join(
-        [
-            "[controller]",
-            f"shard = {c.name}",
-            f"listen_host = {c.mgmt_ip}",
-            f"listen_port = {c.rest_port}",
-            f"store_path = {d}/store.db",
-            f"api_token = {plan.api_token}",
-            f"directory_file = {plan.state_dir}/directory.yaml",
-            "",
-        ]
-    )
+    return ShardConfig(
+        shard=c.name,
+        listen_host=c.mgmt_ip,
+        listen_port=c.rest_port,
+        store_path=f"{rundir(plan, c)}/store.db",
+        api_token=plan.api_token,
+        directory_file=f"{plan.state_dir}/directory.yaml",
+    ).text()
 
 
 def write_configs(plan: LabPlan, topo: Topology) -> None:

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import yaml
 
 from meshpeer.client import Client
+from meshpeer.controller.config import ShardConfig, ShardEntry, directory_doc
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -129,22 +130,11 @@ class Ctl:
         return self.workdir / f"{self.name}.db"
 
     def write_conf(self, directory_file: Path, heartbeat: float) -> None:
-        self.conf.write_text(
-            "\n".join(
-                [
-                    "[controller]",
-                    f"shard = {self.name}",
-                    "listen_host = 127.0.0.1",
-                    f"listen_port = {self.port}",
-                    f"store_path = {self.store}",
-                    f"api_token = {self.token}",
-                    f"directory_file = {directory_file}",
-                    f"heartbeat_interval = {heartbeat}",
-                    "",
-                ]
-            ),
-            encoding="utf-8",
-        )
+        conf = ShardConfig(
+            self.name, "127.0.0.1", self.port, str(self.store), self.token, str(directory_file),
+            heartbeat,
+        )  # fmt: skip
+        self.conf.write_text(conf.text(), encoding="utf-8")
 
     # --- process ------------------------------------------------------------------------
 
@@ -343,18 +333,11 @@ class Cluster:
         return self.workdir / "directory.yaml"
 
     def directory_doc(self) -> dict[str, Any]:
-        return {
-            "shards": {
-                name: {
-                    "url": self.ctls[name].url,
-                    "vni_range": list(vni_range),
-                    "vpcs": list(vpcs),
-                }
-                for name, (vni_range, vpcs) in self.layout.items()
-            },
-            "grant_keys": {"k1": self.grant_key},
-            "federation_token": self.federation_token,
+        shards = {
+            name: ShardEntry(self.ctls[name].url, vni_range, vpcs)
+            for name, (vni_range, vpcs) in self.layout.items()
         }
+        return directory_doc(shards, self.grant_key, self.federation_token)
 
     def write(self) -> None:
         self.directory_file.write_text(yaml.safe_dump(self.directory_doc()), encoding="utf-8")

@@ -1,0 +1,62 @@
+"""The two files a controller shard starts from: its config section and the shard directory.
+
+One writer for every launcher (the lab, the API tests' loopback shards, the scale
+simulation); ``ryu_apps/controller.py`` declares the options, ``meshpeer.controller.directory``
+parses the directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    """The ``[controller]`` section of one shard's oslo config file."""
+
+    shard: str
+    listen_host: str
+    listen_port: int
+    store_path: str
+    api_token: str
+    directory_file: str
+    heartbeat_interval: float | None = None  # None: the app's default
+
+    def text(self) -> str:
+        lines = [
+            "[controller]",
+            f"shard = {self.shard}",
+            f"listen_host = {self.listen_host}",
+            f"listen_port = {self.listen_port}",
+            f"store_path = {self.store_path}",
+            f"api_token = {self.api_token}",
+            f"directory_file = {self.directory_file}",
+        ]
+        if self.heartbeat_interval is not None:
+            lines.append(f"heartbeat_interval = {self.heartbeat_interval}")
+        return "\n".join([*lines, ""])
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One shard in the directory: where its REST API is, its VNI block, the VPCs it owns."""
+
+    url: str
+    vni_range: tuple[int, int]
+    vpcs: Sequence[str]
+
+
+def directory_doc(
+    shards: Mapping[str, ShardEntry], grant_key_hex: str, federation_token: str
+) -> dict[str, Any]:
+    """The shard directory every shard reads (YAML), with one grant key, id ``k1``."""
+    return {
+        "shards": {
+            name: {"url": e.url, "vni_range": list(e.vni_range), "vpcs": list(e.vpcs)}
+            for name, e in shards.items()
+        },
+        "grant_keys": {"k1": grant_key_hex},
+        "federation_token": federation_token,
+    }
