@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from meshpeer.lab.sh import netns_cmd
-from tests.integration.labkit import E2E_TOPOLOGIES, Lab, bring_up, lab_cli
+from tests.integration.labkit import E2E_TOPOLOGIES, Lab, running
 
 TOPOLOGY = "ilb.yaml"
 VIP = "10.2.0.100"
@@ -84,11 +84,8 @@ class Server:
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     """ilb.yaml. Named ``lab`` so that conftest dumps flows when a test fails."""
-    the_lab = bring_up(TOPOLOGY, E2E_TOPOLOGIES)
-    try:
+    with running(TOPOLOGY, E2E_TOPOLOGIES) as the_lab:
         yield the_lab
-    finally:
-        lab_cli(the_lab.name, "down")
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 from meshpeer.lab import controllers
 from meshpeer.lab.cli import load_topology
 from ohc.compiler import gateway_mac
-from tests.integration.labkit import E2E_TOPOLOGIES, Lab, bring_up, check_matrix, lab_cli
+from tests.integration.labkit import E2E_TOPOLOGIES, Lab, check_matrix, running
 
 TOPOLOGY = "ipv6.yaml"
 
@@ -23,11 +23,8 @@ TOPOLOGY = "ipv6.yaml"
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     """ipv6.yaml. Named ``lab`` so that conftest dumps flows when a test fails."""
-    the_lab = bring_up(TOPOLOGY, E2E_TOPOLOGIES)
-    try:
+    with running(TOPOLOGY, E2E_TOPOLOGIES) as the_lab:
         yield the_lab
-    finally:
-        lab_cli(the_lab.name, "down")
 
 
 def neighbours(lab: Lab, vm: str) -> dict[str, str]:

@@ -26,7 +26,7 @@ from meshpeer.lab.sh import netns_cmd
 from meshpeer.lab.topology import Endpoint, Topology
 from tests.e2e.traffic import Capture, Pinger
 from tests.integration.labkit import E2E_TOPOLOGIES as TOPOLOGIES
-from tests.integration.labkit import Lab, bring_up, check_matrix, lab_cli
+from tests.integration.labkit import Lab, check_matrix, running
 
 MESH = "mesh.yaml"
 LIMITED = "limited.yaml"
@@ -44,20 +44,14 @@ def endpoint(topo: Topology, name: str) -> Endpoint:
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     """mesh.yaml. Named ``lab`` so that conftest dumps flows when a test fails."""
-    the_lab = bring_up(MESH, TOPOLOGIES)
-    try:
+    with running(MESH, TOPOLOGIES) as the_lab:
         yield the_lab
-    finally:
-        lab_cli(the_lab.name, "down")
 
 
 @pytest.fixture(scope="module")
 def limited() -> Iterator[Lab]:
-    the_lab = bring_up(LIMITED, TOPOLOGIES)
-    try:
+    with running(LIMITED, TOPOLOGIES) as the_lab:
         yield the_lab
-    finally:
-        lab_cli(the_lab.name, "down")
 
 
 def client(lab: Lab, ctl: str) -> Client:

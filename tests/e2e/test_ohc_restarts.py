@@ -25,7 +25,7 @@ from meshpeer.lab.plan import HostPlan
 from meshpeer.lab.procs import alive, read_pidfile, terminate
 from tests.e2e.traffic import Pinger, PingResult
 from tests.integration.labkit import E2E_TOPOLOGIES as TOPOLOGIES
-from tests.integration.labkit import Lab, bring_up, lab_cli
+from tests.integration.labkit import Lab, running
 from tests.integration.test_ohc_syncer import restart_vswitchd
 
 RATE_COUNT = 400  # 4 s at 100 packets/s
@@ -35,11 +35,8 @@ SYNC_LINE = re.compile(r"ohc \w+: sync (\{.*\})$")
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     """mesh.yaml. Named ``lab`` so that conftest dumps flows when a test fails."""
-    the_lab = bring_up("mesh.yaml", TOPOLOGIES)
-    try:
+    with running("mesh.yaml", TOPOLOGIES) as the_lab:
         yield the_lab
-    finally:
-        lab_cli(the_lab.name, "down")
 
 
 def log_size(h: HostPlan) -> int:

@@ -22,7 +22,7 @@ from meshpeer.lab.cli import load_topology
 from meshpeer.lab.expect import HIDDEN, NOT_PEERED, PEERED, expect
 from meshpeer.lab.topology import Topology
 from tests.e2e.traffic import Pinger
-from tests.integration.labkit import E2E_TOPOLOGIES, Lab, bring_up, lab_cli
+from tests.integration.labkit import E2E_TOPOLOGIES, Lab, lab_cli, running
 
 TOPOLOGY = "policies.yaml"
 
@@ -34,11 +34,8 @@ def topology() -> Topology:
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     """policies.yaml. Named ``lab`` so that conftest dumps flows when a test fails."""
-    the_lab = bring_up(TOPOLOGY, E2E_TOPOLOGIES)
-    try:
+    with running(TOPOLOGY, E2E_TOPOLOGIES) as the_lab:
         yield the_lab
-    finally:
-        lab_cli(the_lab.name, "down")
 
 
 def client(lab: Lab, ctl: str) -> Client:

@@ -6,14 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.labkit import Lab, bring_up, lab_cli
+from tests.integration.labkit import Lab, running
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     """The module's lab, from tests/integration/topologies/plumbing.yaml."""
-    the_lab = bring_up("plumbing.yaml")
-    try:
+    with running("plumbing.yaml") as the_lab:
         yield the_lab
-    finally:
-        lab_cli(the_lab.name, "down")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from meshpeer.lab import ovs, state
@@ -104,6 +105,16 @@ class Lab:
                         f"--- {h.name} ovs-vswitchd.log (tail)\n" + "".join(f.readlines()[-30:])
                     )
         return "\n".join(out)
+
+
+@contextlib.contextmanager
+def running(topology: str, directory: str = TOPOLOGIES) -> Iterator[Lab]:
+    """A lab from ``directory/topology`` for the duration of a with block; always torn down."""
+    lab = bring_up(topology, directory)
+    try:
+        yield lab
+    finally:
+        lab_cli(lab.name, "down")
 
 
 def bring_up(topology: str, directory: str = TOPOLOGIES) -> Lab:

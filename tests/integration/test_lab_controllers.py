@@ -10,16 +10,13 @@ import pytest
 from meshpeer.client import Client
 from meshpeer.lab import controllers
 from meshpeer.lab.procs import alive, read_pidfile
-from tests.integration.labkit import Lab, bring_up, lab_cli
+from tests.integration.labkit import Lab, bring_up, lab_cli, running
 
 
 @pytest.fixture(scope="module")
 def shards() -> Iterator[Lab]:
-    lab = bring_up("shards.yaml")
-    try:
+    with running("shards.yaml") as lab:
         yield lab
-    finally:
-        lab_cli(lab.name, "down")
 
 
 def client(lab: Lab, name: str) -> Client:
