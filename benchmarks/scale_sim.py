@@ -226,7 +226,9 @@ def full_state(cluster: Cluster) -> dict[str, Any]:
 class Sims:
     """Simulator subprocesses; hosts are split so each stays under the fd budget."""
 
-    def __init__(self, cluster: Cluster, procs: int, heartbeat_timeout: float) -> None:
+    def __init__(
+        self, cluster: Cluster, procs: int, heartbeat_timeout: float, max_connecting: int
+    ) -> None:
         sc = cluster.scenario
         self.procs: list[subprocess.Popen[bytes]] = []
         self.pids: list[int] = []
@@ -246,6 +248,7 @@ class Sims:
                         "directory_file": str(cluster.directory_file),
                         "api_token": cluster.token,
                         "heartbeat_timeout": heartbeat_timeout,
+                        "max_connecting": max_connecting,
                     }
                 )
             )
@@ -463,8 +466,11 @@ def run(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any]:
         after_load = cluster.stats()
         result["full_state"] = full_state(cluster)
         log(f"full state: {result['full_state']}; starting simulated hosts")
-        sims = Sims(cluster, procs, args.sim_heartbeat_timeout or args.heartbeat * 3)
+        sims = Sims(
+            cluster, procs, args.sim_heartbeat_timeout or args.heartbeat * 3, args.sim_connecting
+        )
         result["sim_procs"] = procs
+        result["sim_max_connecting"] = args.sim_connecting
         result["sim_heartbeat_timeout"] = args.sim_heartbeat_timeout or args.heartbeat * 3
         result["convergence"] = converge(sims, sc, args.converge_timeout)
         c = result["convergence"]
@@ -605,6 +611,8 @@ def main() -> None:
     p.add_argument("--heartbeat", type=float, default=5.0)
     p.add_argument("--sim-heartbeat-timeout", type=float, default=0.0,
                    help="simulated OHCs' liveness timeout (0: 3 x heartbeat, as an OHC)")  # fmt: skip
+    p.add_argument("--sim-connecting", type=int, default=64,
+                   help="connection attempts in flight per simulator process (0: unbounded)")  # fmt: skip
     p.add_argument("--sim-procs", type=int, default=0, help="simulator processes (0: by fd budget)")
     p.add_argument("--converge-timeout", type=float, default=300.0)
     p.add_argument("--fanout-timeout", type=float, default=30.0)

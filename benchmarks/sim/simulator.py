@@ -29,6 +29,7 @@ from typing import Any  # noqa: E402
 
 import yaml  # noqa: E402
 from eventlet.green import os as green_os  # noqa: E402
+from eventlet.semaphore import Semaphore  # noqa: E402
 
 from meshpeer.controller.directory import parse_directory  # noqa: E402
 from meshpeer.protocol import ServiceName  # noqa: E402
@@ -36,7 +37,6 @@ from meshpeer.protocol.messages import Delta, Snapshot  # noqa: E402
 from meshpeer.protocol.stream import ReplicaState  # noqa: E402
 from meshpeer.streaming.subscriber import StreamClient  # noqa: E402
 from ohc.agent import Agent  # noqa: E402
-from ohc.clients import stream_client  # noqa: E402
 from ohc.subscriptions import Sub  # noqa: E402
 
 
@@ -48,6 +48,10 @@ class Sim:
         self.urls = sorted(s.url for s in self.directory.shards.values())
         self.hosts: list[str] = conf["hosts"]
         self.heartbeat_timeout = float(conf.get("heartbeat_timeout", 15.0))
+        # Connection attempts in flight in this process (connect until first message): all
+        # hosts start at once here, while real hosts each have their own CPU. 0: unbounded.
+        connecting = int(conf.get("max_connecting", 0))
+        self.gate = Semaphore(connecting) if connecting > 0 else None
         self.agents: dict[str, Agent] = {}
         self.watched: set[tuple[str, str]] = set()  # (vpc, endpoint name)
         self.arrivals: dict[tuple[str, str], dict[str, float]] = {}
@@ -68,7 +72,19 @@ class Sim:
                     self._seen(host, sub.key, msg)
                 on_change(replica, msg)
 
-            return stream_client(sub, auth, changed, on_close, self.heartbeat_timeout)
+            # As ohc.clients.stream_client, plus the process-wide admission gate.
+            return StreamClient(
+                sub.url,
+                sub.service,
+                sub.key,
+                policy=sub.policy,
+                host=sub.host,
+                auth=auth,
+                on_change=changed,
+                on_close=on_close,
+                heartbeat_timeout=self.heartbeat_timeout,
+                gate=self.gate,
+            )
 
         return make
 

@@ -115,9 +115,22 @@ class _Stream:
         self.snapshots_sent = 0
         self.retired_overflows = 0  # overflows of detached subscribers
         self._snapshot_cache: tuple[int, bytes] | None = None
+        self._heartbeat_cache: tuple[int, int, bytes] | None = None  # (version, second, bytes)
 
     def encode(self, msg: Message) -> bytes:
-        """Encode ``msg``; a snapshot is encoded once per version and shared by subscribers."""
+        """Encode ``msg``; a snapshot is encoded once per version and shared by subscribers.
+
+        A heartbeat is shared too, per version and whole second of its (informational) ``now``:
+        with thousands of idle subscribers on a stream, most heartbeats are identical.
+        """
+        if isinstance(msg, Heartbeat):
+            second = int(msg.now)
+            hb = self._heartbeat_cache
+            if hb is not None and hb[0] == msg.version and hb[1] == second:
+                return hb[2]
+            data = encode(msg)
+            self._heartbeat_cache = (msg.version, second, data)
+            return data
         if not isinstance(msg, Snapshot):
             return encode(msg)
         cached = self._snapshot_cache

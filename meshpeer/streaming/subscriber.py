@@ -62,6 +62,14 @@ retried at the slowest backoff. 401 may be fixed by :meth:`StreamClient.set_auth
 DEFAULT_RETRY_CLOSE = frozenset({CloseReason.SHUTDOWN.value, CloseReason.GRANT_EXPIRED.value})
 
 
+class Gate(Protocol):
+    """Admission for connection attempts (e.g. ``eventlet.semaphore.Semaphore``)."""
+
+    def acquire(self, blocking: bool = True) -> bool: ...
+
+    def release(self) -> None: ...
+
+
 class TransportError(Exception):
     """The HTTP exchange failed (malformed response, timeout before the stream started)."""
 
@@ -228,7 +236,10 @@ class StreamClient:
     next request asks for a snapshot (no ``since``): a gap on an in-order TCP stream means the
     publisher or its incarnation is not what we think, so ``since`` is not trusted.
     Reconnects wait ``backoff`` (min, max) seconds, doubling per failed attempt, jittered to
-    50-100%; HTTP 400/403/404 wait the max.
+    50-100%; HTTP 400/403/404 wait the max. An optional ``gate`` (a semaphore shared by many
+    clients) bounds how many of them are connecting at once: a client holds it from
+    ``connect`` until its first message (or the end of that attempt), so a process that
+    starts or reconnects thousands of streams does not flood the publisher's listen queue.
     """
 
     def __init__(
@@ -249,6 +260,7 @@ class StreamClient:
         max_line: int = DEFAULT_MAX_LINE,
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
+        gate: Gate | None = None,
     ) -> None:
         url = urlsplit(url_base)
         if url.scheme != "http" or not url.hostname or url.query or url.fragment:
@@ -276,6 +288,8 @@ class StreamClient:
         self.max_line = max_line
         self._clock = clock
         self._rng = rng or random.Random()
+        self._gate = gate
+        self._gated = False  # holding the gate: from connect until the first message
         # Counters and status (read them any time).
         self.connected = False
         self.reconnects = 0
@@ -420,7 +434,22 @@ class StreamClient:
             return None
         return data
 
+    def _release_gate(self) -> None:
+        if self._gated:
+            self._gated = False
+            assert self._gate is not None
+            self._gate.release()
+
     def _session(self) -> _End:
+        if self._gate is not None:
+            self._gate.acquire()
+            self._gated = True
+        try:
+            return self._connected_session()
+        finally:
+            self._release_gate()
+
+    def _connected_session(self) -> _End:
         sock = green_socket.create_connection(self._address, timeout=self.heartbeat_timeout)
         try:
             sock.sendall(self._request())
@@ -508,6 +537,7 @@ class StreamClient:
 
     def _handle(self, msg: Message) -> _End | None:
         self.messages_received += 1
+        self._release_gate()  # the stream has started: let the next connection in
         if isinstance(msg, Snapshot | Delta | Heartbeat):
             outcome = self.replica.apply(msg)  # ProtocolError for another service/key
             self._healthy = True

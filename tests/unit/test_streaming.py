@@ -304,6 +304,24 @@ def test_writer_heartbeats_when_idle_and_unencodable_body_ends_with_error() -> N
     assert hub.stats()[SID].subscribers == 0
 
 
+def test_heartbeats_are_encoded_once_per_version_and_second() -> None:
+    now = [100.2]
+    hub = StreamHub(clock=lambda: now[0])
+    hub.publish(SID, objs(1))
+    # Subscribers that are already current get a heartbeat as their first write.
+    a, b = hub.wsgi_stream(SID, 0, 5.0), hub.wsgi_stream(SID, 0, 5.0)
+    first, second = next(a), next(b)
+    assert first is second  # the same bytes object: encoded once
+    assert Decoder().feed(first) == [Heartbeat(0, 100.2)]
+    now[0] = 100.9  # same second: still shared (``now`` is informational)
+    assert hub.wsgi_stream(SID, 0, 5.0).__next__() is first
+    now[0] = 101.1  # next second: a fresh heartbeat
+    assert Decoder().feed(next(hub.wsgi_stream(SID, 0, 5.0))) == [Heartbeat(0, 101.1)]
+    hub.publish(SID, objs(1, 2))  # new version: the heartbeat carries it
+    (beat,) = Decoder().feed(next(hub.wsgi_stream(SID, 1, 5.0)))
+    assert beat == Heartbeat(1, 101.1)
+
+
 # --- HTTP wire ---------------------------------------------------------------------------------
 
 
@@ -601,3 +619,28 @@ def test_stop_from_on_change_ends_the_thread(cleanup: list[Any]) -> None:
     holder.append(c)
     assert c.wait(2.0)
     assert c.version == 0 and not c.running and not c.connected and c.last_error is None
+
+
+def test_gate_admits_one_connection_until_its_first_message(cleanup: list[Any]) -> None:
+    from eventlet.semaphore import Semaphore
+
+    hub = StreamHub()
+    hub.publish(SID, objs(1))
+    server = serve(cleanup, hub)
+    head_only = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+    silent = RawServer(head_only)  # answers, then never sends a message
+    cleanup.append(silent)
+    gate = Semaphore(1)
+    stuck = client(cleanup, silent.url, heartbeat_timeout=0.3, backoff=(0.2, 0.2), gate=gate)
+    wait_until(lambda: len(silent.requests) == 1, what="the first connection")
+    waiting = client(cleanup, server.url, gate=gate)
+    eventlet.sleep(0.15)  # the stuck client still holds the gate: no connection attempt yet
+    assert waiting.version is None and waiting.last_status is None
+    assert hub.stats()[SID].subscribers == 0
+    wait_until(lambda: waiting.version == 0, what="admission after the timeout")
+    assert "nothing heard" in (stuck.last_error or "")
+    stuck.stop()
+    # Streaming clients do not hold the gate: another one gets in at once.
+    other = client(cleanup, server.url, gate=gate)
+    wait_until(lambda: other.version == 0, timeout=0.5, what="a second admission")
+    assert gate.balance == 1 and hub.stats()[SID].subscribers == 2
