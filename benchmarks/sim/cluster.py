@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from meshpeer.client import Client
+from meshpeer.controller.config import ShardConfig, ShardEntry, directory_doc
 from meshpeer.controller.model import Endpoint, Host, Peering, Subnet, Vpc, derived_mac, store_key
 from meshpeer.store.sqlite import Change, Store
 from policies.export import parse_export_policy
@@ -114,32 +115,20 @@ class Cluster:
 
     def write(self) -> None:
         sc = self.scenario
-        doc = {
-            "shards": {
-                name: {
-                    "url": ctl.url,
-                    "vni_range": list(self.vni_range(name)),
-                    "vpcs": [v for v in sc.vpcs if sc.shard_of[v] == name],
-                }
-                for name, ctl in self.ctls.items()
-            },
-            "grant_keys": {"k1": self.grant_key},
-            "federation_token": self.fed_token,
+        shards = {
+            name: ShardEntry(
+                ctl.url, self.vni_range(name), [v for v in sc.vpcs if sc.shard_of[v] == name]
+            )
+            for name, ctl in self.ctls.items()
         }
+        doc = directory_doc(shards, self.grant_key, self.fed_token)
         self.directory_file.write_text(yaml.safe_dump(doc), encoding="utf-8")
         for ctl in self.ctls.values():
-            lines = [
-                "[controller]",
-                f"shard = {ctl.name}",
-                "listen_host = 127.0.0.1",
-                f"listen_port = {ctl.port}",
-                f"store_path = {ctl.store}",
-                f"api_token = {self.token}",
-                f"directory_file = {self.directory_file}",
-                f"heartbeat_interval = {self.heartbeat}",
-                "",
-            ]
-            ctl.conf.write_text("\n".join(lines), encoding="utf-8")
+            conf = ShardConfig(
+                ctl.name, "127.0.0.1", ctl.port, str(ctl.store), self.token,
+                str(self.directory_file), self.heartbeat,
+            )  # fmt: skip
+            ctl.conf.write_text(conf.text(), encoding="utf-8")
 
     # --- store preload -------------------------------------------------------------------
 
