@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshpeer.streaming.subscriber import StreamClient
+from meshpeer.streaming.subscriber import Gate, StreamClient
 from ohc.subscriptions import Sub
 
 
 def stream_client(
-    sub: Sub, auth: str, on_change: Any, on_close: Any, heartbeat_timeout: float = 15.0
+    sub: Sub,
+    auth: str,
+    on_change: Any,
+    on_close: Any,
+    heartbeat_timeout: float = 15.0,
+    gate: Gate | None = None,
 ) -> StreamClient:
+    """``gate``: shared by the clients of a process that starts many streams at once (the
+    scale simulation), to bound its connection attempts in flight."""
     return StreamClient(
         sub.url,
         sub.service,
@@ -21,4 +28,5 @@ def stream_client(
         on_change=on_change,
         on_close=on_close,
         heartbeat_timeout=heartbeat_timeout,
+        gate=gate,
     )

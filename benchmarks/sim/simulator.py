@@ -37,6 +37,7 @@ from meshpeer.protocol.messages import Delta, Snapshot  # noqa: E402
 from meshpeer.protocol.stream import ReplicaState  # noqa: E402
 from meshpeer.streaming.subscriber import StreamClient  # noqa: E402
 from ohc.agent import Agent  # noqa: E402
+from ohc.clients import stream_client  # noqa: E402
 from ohc.subscriptions import Sub  # noqa: E402
 
 
@@ -72,18 +73,8 @@ class Sim:
                     self._seen(host, sub.key, msg)
                 on_change(replica, msg)
 
-            # As ohc.clients.stream_client, plus the process-wide admission gate.
-            return StreamClient(
-                sub.url,
-                sub.service,
-                sub.key,
-                policy=sub.policy,
-                host=sub.host,
-                auth=auth,
-                on_change=changed,
-                on_close=on_close,
-                heartbeat_timeout=self.heartbeat_timeout,
-                gate=self.gate,
+            return stream_client(
+                sub, auth, changed, on_close, self.heartbeat_timeout, gate=self.gate
             )
 
         return make
