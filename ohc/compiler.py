@@ -245,13 +245,14 @@ def compile_host(view: HostView) -> DesiredState:
 
 class IncrementalCompiler:
     """``compile_host`` that reuses, from its previous call, the flows of every destination
-    whose inputs are unchanged.
+        whose inputs are unchanged.
 
-    Destinations are the bulk of a large view (one per peer endpoint) and almost all of them
-    are the same from one update to the next. Each is compiled as a unit whose result (flows
-    put and notes, in order) is memoized under everything it depends on (``_Units.key``) and
-    replayed into the collector in the same order as a full compile, so the result always
-    equals ``compile_host(view)`` (tested).
+        Destinations are the bulk of a large view (one per peer endpoint) and almost all of them
+        are the same from one update to the next. Each is compiled as a unit whose result (flows
+        put and notes, in order) is memoized under everything it depends on (its ``_Units.context``,
+    the destination and its local port, if any) and
+        replayed into the collector in the same order as a full compile, so the result always
+        equals ``compile_host(view)`` (tested).
     """
 
     def __init__(self) -> None:
@@ -418,8 +419,8 @@ def _nd_match(ctx: _Ctx, target: Address) -> dict[str, MatchValue]:
 def _nd_flows(out: _Out, ctx: _Ctx, ip: Address, mac: str, owner: tuple[Kind, str]) -> None:
     """A solicitation for ``ip`` goes to the OHC with the answer's MAC in eth_dst.
 
-    OpenFlow cannot turn a solicitation into an advertisement (the option changes type and
-    the ICMPv6 flags are not OXM fields), so, as OVN does, the OHC builds the answer
+    OpenFlow 1.3's OXM fields cannot turn a solicitation into an advertisement (the option
+    changes type; the flags are no standard field), so, as OVN does, the OHC builds the answer
     (``ohc.nd``); the flow supplies the MAC and its cookie says whether it is a router."""
     out.add(
         ND_TARGET,

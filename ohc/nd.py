@@ -4,8 +4,9 @@ Pure (bytes in, bytes out) on os-ken's packet library. The ``nd_target`` flow (s
 docs/pipeline.md) sends a neighbour solicitation for a known address of the VPC to the OHC
 with eth_dst rewritten to the target's MAC, so nothing here needs the OHC's state: the answer
 says "``target`` is at ``eth_dst``" to the asker, from the target. ARP is answered in the
-switch; neighbour discovery cannot be, because OpenFlow can neither change the option type
-(source to target link-layer address) nor set the advertisement's flags.
+switch; neighbour discovery is not, because OpenFlow 1.3's OXM fields can neither change the
+option type (source to target link-layer address) nor set the advertisement's flags (OVS has
+extension fields for both, which os-ken does not encode).
 """
 
 from __future__ import annotations
