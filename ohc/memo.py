@@ -10,7 +10,7 @@ result depends on: a hit returns the stored result without calling ``make``.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 V = TypeVar("V")
 
@@ -23,11 +23,13 @@ class Memo(Generic[V]):
         self.misses = 0
 
     def get(self, key: Hashable, make: Callable[[], V]) -> V:
-        if key in self._current:
-            return self._current[key]
-        if key in self._previous:
-            value = self._previous[key]
+        # The common case first: a hit from the previous round, moved into this one.
+        found = self._previous.pop(key, _MISSING)
+        if found is not _MISSING:
             self.hits += 1
+            value = cast(V, found)
+        elif key in self._current:
+            return self._current[key]
         else:
             value = make()
             self.misses += 1
@@ -37,7 +39,7 @@ class Memo(Generic[V]):
     def end_round(self) -> tuple[int, int]:
         """Drop what this round did not use and start the next; returns the round's
         (hits, misses)."""
-        self._previous, self._current = self._current, {}
+        self._previous, self._current = self._current, {}  # what is left in previous: unused
         counts = self.hits, self.misses
         self.hits = self.misses = 0
         return counts
@@ -45,3 +47,6 @@ class Memo(Generic[V]):
     def __len__(self) -> int:
         """Entries kept from the last finished round."""
         return len(self._previous)
+
+
+_MISSING = object()  # a sentinel no key maps to

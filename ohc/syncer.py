@@ -21,9 +21,8 @@ modelled installed state equals the latest desired state (OVN's CHECK_FLOWS_AFTE
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from ohc.flows import Apply, Flow, Group, Match, ToGroup
@@ -58,15 +57,20 @@ class SwitchState:
 
     flows: frozenset[Flow] = frozenset()
     groups: frozenset[Group] = frozenset()
+    # flows by key, when already known (``SyncPlan.apply_to`` hands its own on); else built once
+    _index: Mapping[FlowKey, Flow] | None = field(default=None, compare=False, repr=False)
 
     @staticmethod
     def of(flows: Iterable[Flow] = (), groups: Iterable[Group] = ()) -> SwitchState:
         return SwitchState(frozenset(flows), frozenset(groups))
 
-    @functools.cached_property
+    @property
     def by_key(self) -> Mapping[FlowKey, Flow]:
-        """The flows by key, built once: plans against an installed state look keys up here."""
-        return flows_by_key(self.flows)
+        """The flows by key: plans against an installed state look keys up here."""
+        if self._index is None:
+            object.__setattr__(self, "_index", flows_by_key(self.flows))
+        assert self._index is not None
+        return self._index
 
 
 def _by_key(state: FlowState) -> Mapping[FlowKey, Flow]:
@@ -164,10 +168,10 @@ class SyncPlan:
             if groups.pop(g.group_id, None) is None:
                 raise PlanError(f"group delete of missing group {g.group_id}")
         if not (self.flow_adds or self.flow_modifies or self.flow_deletes):
-            flow_set = installed.flows  # unchanged: keep the set (and its cached index)
+            flow_set = installed.flows  # unchanged: keep the set
         else:
             flow_set = frozenset(flows.values())
-        return SwitchState(flow_set, frozenset(groups.values()))
+        return SwitchState(flow_set, frozenset(groups.values()), flows)  # flows: not shared
 
     def summary(self) -> str:
         return ", ".join(f"{n} {k}" for k, n in self.counts.items() if n) or "nothing to do"
