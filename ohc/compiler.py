@@ -235,6 +235,7 @@ class _Ctx:
     peers: tuple[PeerView, ...]
     ports: tuple[LocalPort, ...]  # this VPC's local ports
     local: dict[tuple[str, Address], LocalPort]  # (vpc, ip) -> local port, every VPC
+    local_vpcs: frozenset[str]  # the VPCs in ``local``: most lookups can skip hashing an IP
     subnets: tuple[Network, ...]  # this VPC's own subnets (routes and ports)
 
 
@@ -304,6 +305,7 @@ def _compile(view: HostView, units: _Units | None) -> DesiredState:
     out = _Out()
     _infra_flows(out)
     local = {(p.vpc, p.ip): p for p in view.local_ports}
+    local_vpcs = frozenset(vpc for vpc, _ in local)
     vni_of = view.vpc_vni()
     groups = _assign_groups(view, vni_of)
     for vpc in sorted(vni_of):
@@ -319,6 +321,7 @@ def _compile(view: HostView, units: _Units | None) -> DesiredState:
             view.peers_of(vpc),
             ports,
             local,
+            local_vpcs,
             tuple(sorted(subnets, key=lambda n: (n.version, str(n)))),
         )
         _vpc_flows(out, ctx)
@@ -553,7 +556,7 @@ def _port_flows(out: _Out, ctx: _Ctx, p: LocalPort) -> None:
 
 def _forward(ctx: _Ctx, d: Destination) -> tuple[Action, ...] | None:
     """Actions that take a packet to ``d``: its local port, or Geneve to its host with its VNI."""
-    port = ctx.local.get((d.vpc, d.ip))
+    port = _local_port(ctx, d)
     if port is not None:
         return SetField("eth_dst", port.mac), Output(port.ofport)
     if d.host_ip == ctx.view.local_underlay_ip:
@@ -564,6 +567,10 @@ def _forward(ctx: _Ctx, d: Destination) -> tuple[Action, ...] | None:
         SetField("tun_ipv4_dst", str(d.host_ip)),
         Output(TUNNEL_PORT),
     )
+
+
+def _local_port(ctx: _Ctx, d: Destination) -> LocalPort | None:
+    return ctx.local.get((d.vpc, d.ip)) if d.vpc in ctx.local_vpcs else None
 
 
 def _is_remote(ctx: _Ctx, d: Destination) -> bool:
@@ -613,7 +620,7 @@ def _dest_unit(
         _dest_flows(recorder, ctx, d, peer)
         return tuple(recorder.events)
 
-    key = (context, ctx.local.get((d.vpc, d.ip)), d)
+    key = (context, _local_port(ctx, d), d)
     _replay(out, units.results.get(key, compile_unit))
 
 

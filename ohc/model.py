@@ -307,14 +307,15 @@ class VpcServices:
         ``parsed`` memoizes destinations by the identity of their JSON object: a stream
         replica replaces an object on change and keeps it otherwise (``_parse_destination``).
         """
-        dests: dict[Address, Destination] = {}
+        dests: dict[tuple[int, int], Destination] = {}  # by ip_key: cheaper than ipaddress hashes
         for key in sorted(objects.destinations):
             try:
                 d = _parse_destination(vpc, key, objects.destinations[key], parsed)
                 _same_vni(d.vni, vni)
-                if d.ip in dests:
-                    raise BadObject(f"ip {d.ip} already belongs to {dests[d.ip].name}")
-                dests[d.ip] = d
+                k = ip_key(d.ip)
+                if k in dests:
+                    raise BadObject(f"ip {d.ip} already belongs to {dests[k].name}")
+                dests[k] = d
             except BadObject as e:
                 skipped.append(Skipped("destination", f"{vpc}/{key}", str(e)))
         routes: list[RouteEntry] = []
@@ -335,7 +336,7 @@ class VpcServices:
                     vpc, key, _obj(objects.load_balancers[key]), skipped
                 )
                 _same_vni(lb.vni, vni)
-                if lb.vip in dests or lb.vip in lbs:
+                if ip_key(lb.vip) in dests or lb.vip in lbs:
                     raise BadObject(f"vip {lb.vip} is already in use")
                 lbs[lb.vip] = lb
             except BadObject as e:
@@ -343,7 +344,7 @@ class VpcServices:
         return VpcServices(
             vpc,
             vni,
-            tuple(sorted(dests.values(), key=lambda d: ip_key(d.ip))),
+            tuple(d for _, d in sorted(dests.items(), key=lambda kd: kd[0])),
             tuple(sorted(routes, key=lambda r: (r.prefix.version, str(r.prefix), r.name))),
             tuple(sorted(lbs.values(), key=lambda lb: ip_key(lb.vip))),
         )
