@@ -274,16 +274,22 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             self.ofports = read_ofports(self.conf.ovsdb)
         if "canary-missing" in reasons:
             self.installed = None  # the switch lost its flows: read it back and resync fully
-        versions = dict(self.agent.versions)  # what this view is built from
+        # One snapshot, taken without yielding: the objects the view is built from, their
+        # versions (for the applied reports) and whether every followed stream had delivered.
         # The agent replaces a stream's objects dict on every change and never mutates one,
-        # so a copy of the outer mapping is a consistent snapshot for the native thread.
+        # so a copy of the outer mapping is consistent for the native thread. ``complete``
+        # must describe these objects, not the agent's state after the seconds the compile
+        # may take: streams that arrive meanwhile are not in this view, and deleting their
+        # flows because they are missing from it would cut the traffic they carry.
+        versions = dict(self.agent.versions)
+        objects = dict(self.agent.objects)
+        complete = self.agent.complete()
         t0 = time.monotonic()
-        desired, skipped = eventlet.tpool.execute(self.desired, dict(self.agent.objects))
+        desired, skipped = eventlet.tpool.execute(self.desired, objects)
         compile_s = time.monotonic() - t0
         self.bundle_id += 1
         # While a followed stream has not delivered yet (a shard unreachable after a restart),
         # add and change flows but delete none: the switch's flows are the last known state.
-        complete = self.agent.complete()
         result = ofio.sync(
             self.replies,
             dp,
