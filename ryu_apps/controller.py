@@ -39,6 +39,20 @@ OPTS = [
 cfg.CONF.register_opts(OPTS, group="controller")
 
 
+class HubSignal:
+    """``AppliedSignal`` on the eventlet hub: each report wakes every current waiter."""
+
+    def __init__(self) -> None:
+        self._event = hub.Event()
+
+    def event(self) -> Any:
+        return self._event
+
+    def notify(self) -> None:
+        event, self._event = self._event, hub.Event()
+        event.set()
+
+
 class Controller(app_manager.OSKenApp):  # type: ignore[misc]
     """Shim: every decision is in meshpeer.controller; this only starts and stops things."""
 
@@ -62,7 +76,7 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
             conf.api_token,
             self.federation.fetch_view,
             conf.heartbeat_interval,
-            sleep=hub.sleep,
+            applied=HubSignal(),
         )
         self.conf = conf
         self.ticker: Any = None

@@ -11,7 +11,7 @@ import ipaddress
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from webob import Response
 
@@ -92,8 +92,37 @@ ITEM_P = {"vpc": NAME, "name": NAME}
 Fetch = Callable[[str], "dict[str, Any] | None"]
 
 
+class Waitable(Protocol):
+    def wait(self, timeout: float) -> object: ...
+
+
+class AppliedSignal(Protocol):
+    """Wakes the requests waiting for ``?wait=programmed`` when an OHC reports. ``event()``
+    is taken before checking, so a report between the check and the wait is not missed."""
+
+    def event(self) -> Waitable: ...
+
+    def notify(self) -> None: ...
+
+
+class PollingSignal:
+    """Without an event loop (tools, tests): waiters simply look again every 10 ms."""
+
+    def event(self) -> Waitable:
+        return self
+
+    def wait(self, timeout: float) -> object:
+        time.sleep(min(timeout, 0.01))
+        return None
+
+    def notify(self) -> None:
+        pass
+
+
 class ControllerApi:
-    """Handlers bound to one shard. ``fetch_view`` asks a remote shard for a VPC's view."""
+    """Handlers bound to one shard. ``fetch_view`` asks a remote shard for a VPC's view;
+    ``applied`` wakes ``?wait=programmed`` waiters (the app passes one on its hub: waiting
+    must not block it)."""
 
     def __init__(
         self,
@@ -101,13 +130,13 @@ class ControllerApi:
         api_token: str,
         fetch_view: Fetch,
         heartbeat_interval: float = 5.0,
-        sleep: Callable[[float], None] = time.sleep,
+        applied: AppliedSignal | None = None,
     ) -> None:
         self.shard = shard
         self.api_token = api_token
         self.fetch_view = fetch_view
         self.heartbeat_interval = heartbeat_interval
-        self.sleep = sleep  # the eventlet hub's sleep in the app: waiting must not block it
+        self.applied = applied or PollingSignal()
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -123,13 +152,14 @@ class ControllerApi:
     def _programmed(self, ctx: RequestCtx, kind: str, key: str, body: JsonObject) -> JsonObject:
         """With ?wait=programmed, hold the answer until every host that follows a changed
         stream reports applying it, or ``timeout`` seconds pass; say which hosts are pending."""
-        pending = self.shard.pending_hosts(kind, key)
-        if ctx.query.get("wait") == "programmed":
-            deadline = time.monotonic() + ctx.query.get("timeout", 10)
-            while pending and time.monotonic() < deadline:
-                self.sleep(0.01)
-                pending = self.shard.pending_hosts(kind, key)
-        return {**body, "programmed": not pending, "pending_hosts": pending}
+        deadline = time.monotonic() + ctx.query.get("timeout", 10)
+        while True:
+            event = self.applied.event()
+            pending = self.shard.pending_hosts(kind, key)
+            left = deadline - time.monotonic()
+            if not pending or ctx.query.get("wait") != "programmed" or left <= 0:
+                return {**body, "programmed": not pending, "pending_hosts": pending}
+            event.wait(left)
 
     def _vpc(self, name: str) -> Any:
         return self._intent(ops.need_vpc, self.shard.intent, name)
@@ -398,6 +428,7 @@ class ControllerApi:
             for i, s in enumerate(streams):
                 self._check_applied_grant(s, host, f"streams[{i}]")
         self.shard.report_applied(host, {s["stream"]: s["version"] for s in streams})
+        self.applied.notify()
         return 200, {"host": host, "streams": len(streams)}
 
     def _has_api_token(self, ctx: RequestCtx) -> bool:
