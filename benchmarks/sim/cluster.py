@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from meshpeer.client import Client
-from meshpeer.controller.config import ShardConfig, ShardEntry, directory_doc
+from meshpeer.controller.config import LocalShard, ShardEntry, directory_doc
 from meshpeer.controller.model import Endpoint, Host, Peering, Subnet, Vpc, derived_mac, store_key
 from meshpeer.store.sqlite import Change, Store
 from policies.export import parse_export_policy
@@ -57,28 +57,8 @@ def proc_stat(pid: int) -> dict[str, float]:
 
 
 @dataclass
-class Ctl:
-    name: str
-    port: int
-    workdir: Path
-    token: str
+class Ctl(LocalShard):
     proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def conf(self) -> Path:
-        return self.workdir / f"{self.name}.conf"
-
-    @property
-    def store(self) -> Path:
-        return self.workdir / f"{self.name}.db"
-
-    @property
-    def log(self) -> Path:
-        return self.workdir / f"{self.name}.log"
 
     def client(self, timeout: float = 600.0) -> Client:
         return Client(self.url, self.token, timeout=timeout)
@@ -124,10 +104,7 @@ class Cluster:
         doc = directory_doc(shards, self.grant_key, self.fed_token)
         self.directory_file.write_text(yaml.safe_dump(doc), encoding="utf-8")
         for ctl in self.ctls.values():
-            conf = ShardConfig(
-                ctl.name, "127.0.0.1", ctl.port, str(ctl.store), self.token,
-                str(self.directory_file), self.heartbeat,
-            )  # fmt: skip
+            conf = ctl.config(self.directory_file, self.heartbeat)
             ctl.conf.write_text(conf.text(), encoding="utf-8")
 
     # --- store preload -------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -60,3 +61,40 @@ def directory_doc(
         "grant_keys": {"k1": grant_key_hex},
         "federation_token": federation_token,
     }
+
+
+@dataclass
+class LocalShard:
+    """A shard process on 127.0.0.1 whose files all live in ``workdir`` (the API tests'
+    loopback shards and the scale simulation's): where each file is, and its config."""
+
+    name: str
+    port: int
+    workdir: Path
+    token: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def conf(self) -> Path:
+        return self.workdir / f"{self.name}.conf"
+
+    @property
+    def store(self) -> Path:
+        return self.workdir / f"{self.name}.db"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    @property
+    def out(self) -> Path:
+        return self.workdir / f"{self.name}.out"
+
+    def config(self, directory_file: Path, heartbeat: float | None = None) -> ShardConfig:
+        return ShardConfig(
+            self.name, "127.0.0.1", self.port, str(self.store), self.token,
+            str(directory_file), heartbeat,
+        )  # fmt: skip

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import yaml
 
 from meshpeer.client import Client
-from meshpeer.controller.config import ShardConfig, ShardEntry, directory_doc
+from meshpeer.controller.config import LocalShard, ShardEntry, directory_doc
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -99,42 +99,14 @@ class Reply:
 
 
 @dataclass
-class Ctl:
+class Ctl(LocalShard):
     """One controller process: its config, store, log, and (while running) its Popen."""
 
-    name: str
-    port: int
-    workdir: Path
-    token: str
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def conf(self) -> Path:
-        return self.workdir / f"{self.name}.conf"
-
-    @property
-    def log(self) -> Path:
-        return self.workdir / f"{self.name}.log"
-
-    @property
-    def out(self) -> Path:
-        return self.workdir / f"{self.name}.out"
-
-    @property
-    def store(self) -> Path:
-        return self.workdir / f"{self.name}.db"
-
     def write_conf(self, directory_file: Path, heartbeat: float) -> None:
-        conf = ShardConfig(
-            self.name, "127.0.0.1", self.port, str(self.store), self.token, str(directory_file),
-            heartbeat,
-        )  # fmt: skip
-        self.conf.write_text(conf.text(), encoding="utf-8")
+        self.conf.write_text(self.config(directory_file, heartbeat).text(), encoding="utf-8")
 
     # --- process ------------------------------------------------------------------------
 
