@@ -347,10 +347,8 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         Own shards get the API token. A peer's shard gets no token of ours (another
         administrative domain): each of its streams is reported with the grant it was
         subscribed with, which scopes the report to this host and that stream."""
-        own = set(self.agent.shard_urls)
-        by_url = self.agent.applied_reports(versions)
-        for url, streams in sorted(by_url.items()):
-            token = self.conf.api_token if url in own else None
+        for url, streams in sorted(self.agent.applied_reports(versions).items()):
+            token = self.conf.api_token if url in self.agent.shard_urls else None
             try:
                 Client(url, token, timeout=2.0).put(
                     f"/v1/hosts/{self.conf.host}/applied", {"streams": streams}

@@ -432,8 +432,8 @@ class ControllerApi:
         return 200, {"host": host, "streams": len(streams)}
 
     def _has_api_token(self, ctx: RequestCtx) -> bool:
-        scheme, _, token = ctx.request.headers.get("Authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and self._is(token.strip(), self.api_token)
+        token = _bearer_token(ctx)
+        return token is not None and self._is(token, self.api_token)
 
     def _check_applied_grant(self, s: JsonObject, host: str, where: str) -> None:
         try:
@@ -464,11 +464,10 @@ class ControllerApi:
     # --- federation and subscriptions ---------------------------------------------------
 
     def _bearer(self, ctx: RequestCtx) -> str:
-        auth = ctx.request.headers.get("Authorization", "")
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        token = _bearer_token(ctx)
+        if token is None:
             raise unauthorized("missing bearer token")
-        return str(token).strip()
+        return token
 
     def _is(self, token: str, secret: str) -> bool:
         return hmac.compare_digest(token.encode(), secret.encode())
@@ -790,6 +789,11 @@ class ControllerApi:
                 summary="Subscribe to a service stream: NDJSON snapshot then deltas (docs/protocol.md)",
             ),
         ]
+
+
+def _bearer_token(ctx: RequestCtx) -> str | None:
+    scheme, _, token = ctx.request.headers.get("Authorization", "").partition(" ")
+    return str(token).strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 def _code(status: int) -> str:
