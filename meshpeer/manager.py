@@ -8,6 +8,7 @@ os-ken 4.x ships no manager command. Stock ryu-manager does not start on Python 
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import signal
@@ -20,6 +21,8 @@ import warnings
 os.environ.setdefault("OSKEN_HUB_TYPE", "eventlet")
 
 warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+# dnspython (imported by eventlet) touches cryptography's DSA classes at import time.
+warnings.filterwarnings("ignore", message=r"DSA is deprecated")
 import eventlet  # noqa: E402
 
 eventlet.monkey_patch()
@@ -28,7 +31,10 @@ from os_ken import cfg, log  # noqa: E402
 from os_ken.base.app_manager import AppManager  # noqa: E402
 from os_ken.lib import hub  # noqa: E402
 
+from meshpeer import __version__  # noqa: E402
+
 CONF = cfg.CONF
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CONF.register_cli_opts(
     [
         cfg.MultiStrOpt("app", positional=True, default=[], help="os-ken app modules to run"),
@@ -40,11 +46,20 @@ CONF.register_cli_opts(
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
-        CONF(args=args, prog="meshpeer-manager", project="meshpeer", version="meshpeer 0.1.0")
+        CONF(
+            args=args,
+            prog="meshpeer-manager",
+            project="meshpeer",
+            version=f"meshpeer {__version__}",
+        )
     except cfg.ConfigFilesNotFoundError as exc:
         print(f"meshpeer-manager: {exc}", file=sys.stderr)
         return 2
+    if CONF.log_file:
+        CONF.set_override("use_stderr", False)  # the log file alone: no twin on stderr
     log.init_log()
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
     # A shard holds one connection per subscription: allow as many files as the hard limit.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:

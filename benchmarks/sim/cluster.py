@@ -24,6 +24,7 @@ import yaml
 from meshpeer.client import Client
 from meshpeer.controller.config import LocalShard, ShardEntry, directory_doc
 from meshpeer.controller.model import Endpoint, Host, Peering, Subnet, Vpc, derived_mac, store_key
+from meshpeer.lab.procs import spawn_manager
 from meshpeer.store.sqlite import Change, Store
 from policies.export import parse_export_policy
 
@@ -149,13 +150,12 @@ class Cluster:
         for ctl in self.ctls.values():
             cmd = [
                 sys.executable, str(ROOT / "benchmarks" / "sim" / "ctl_main.py"),
-                "ryu_apps.controller", "--config-file", str(ctl.conf), "--log-file", str(ctl.log),
+                "ryu_apps.controller", "--config-file", str(ctl.conf),
             ]  # fmt: skip
             e = dict(env)
             if profile_dir is not None:
                 e["MESHPEER_BENCH_PROFILE"] = str(profile_dir / f"{ctl.name}.prof")
-            with (self.workdir / f"{ctl.name}.out").open("ab") as out:
-                ctl.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=out, env=e)
+            ctl.proc = spawn_manager(cmd, ctl.log, cwd=ROOT, env=e)
         for ctl in self.ctls.values():
             self._wait_healthy(ctl)
 

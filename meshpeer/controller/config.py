@@ -89,10 +89,6 @@ class LocalShard:
     def log(self) -> Path:
         return self.workdir / f"{self.name}.log"
 
-    @property
-    def out(self) -> Path:
-        return self.workdir / f"{self.name}.out"
-
     def config(self, directory_file: Path, heartbeat: float | None = None) -> ShardConfig:
         return ShardConfig(
             self.name, "127.0.0.1", self.port, str(self.store), self.token,

@@ -67,9 +67,14 @@ def up(plan: LabPlan, topo: Topology, progress: Progress = print) -> float:
         stage("ohcs", lambda: _ohcs(plan))
         t_intent = time.time()
         stage("intent", lambda: f"{controllers.apply_intent(plan, topo)} REST calls")
-        stage("programmed", lambda: f"every OHC synced ({ohcs.wait_settled(plan, t_intent):.2f}s)")
+        stage("programmed", lambda: _programmed(plan, t_intent))
     state.save(plan, "up")
     return time.monotonic() - start
+
+
+def _programmed(plan: LabPlan, since: float) -> str:
+    ohcs.wait_settled(plan, since)
+    return "every OHC synced"
 
 
 def _namespaces(plan: LabPlan) -> str:

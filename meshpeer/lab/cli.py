@@ -10,13 +10,32 @@ from typing import Any
 
 import yaml
 
+from meshpeer import __version__
 from meshpeer.lab import build, controllers, ovs, state, teardown
 from meshpeer.lab.matrix import matrix, render
-from meshpeer.lab.plan import LabPlan
+from meshpeer.lab.plan import LAB_NAME_RULE, LabPlan, valid_lab_name
 from meshpeer.lab.sh import LabError
 from meshpeer.lab.topology import Topology, TopologyError, parse
 
 DEFAULT_LAB = "mp"
+
+
+def lab_name(value: str) -> str:
+    """argparse type for ``--lab``: a bad name is one line naming the rule, not a traceback."""
+    if not valid_lab_name(value):
+        raise argparse.ArgumentTypeError(f"bad lab name {value!r}: {LAB_NAME_RULE}")
+    return value
+
+
+def add_common_options(p: argparse.ArgumentParser) -> None:
+    """``--lab NAME`` and ``--version``, shared by scripts/lab and scripts/demo."""
+    p.add_argument("--version", action="version", version=f"meshpeer {__version__}")
+    p.add_argument(
+        "--lab",
+        type=lab_name,
+        default=os.environ.get("MESHPEER_LAB", DEFAULT_LAB),
+        help=f"lab name, prefix of every namespace; {LAB_NAME_RULE} (default: $MESHPEER_LAB or mp)",
+    )
 
 
 def load_topology(path: str) -> Topology:
@@ -130,7 +149,9 @@ def cmd_exec(args: argparse.Namespace) -> int:
         raise LabError("exec needs a command after --")
     env = dict(os.environ)
     if any(h.name == args.name for h in plan.hosts):
-        env.update(ovs.env(plan.host(args.name)))  # so plain ovs-vsctl/ovs-ofctl work there
+        host = plan.host(args.name)
+        env.update(ovs.env(host))  # so plain ovs-vsctl/ovs-ofctl work there
+        cmd = ovs.appctl_targeted(host, cmd)
     os.execvpe("ip", ["ip", "netns", "exec", ns, *cmd], env)
     return 127  # not reached
 
@@ -155,13 +176,14 @@ def cmd_down(args: argparse.Namespace) -> int:
     done = teardown.down(args.lab)
     print(f"[lab {args.lab}] down in {time.monotonic() - t0:.2f}s: "
           f"{done['namespaces']} namespaces removed")  # fmt: skip
+    if done["logs"]:
+        print(f"[lab {args.lab}] {done['logs']} logs kept in {state.logs_dir(args.lab)}/")
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lab", description="meshpeer lab: OVS hosts in namespaces")
-    p.add_argument("--lab", default=os.environ.get("MESHPEER_LAB", DEFAULT_LAB),
-                   help="lab name, prefix of every namespace (default: $MESHPEER_LAB or mp)")  # fmt: skip
+    add_common_options(p)
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="validate a topology and build the lab (runs 'down' first)")
     up.add_argument("topology")

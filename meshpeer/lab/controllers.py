@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
 import sys
 import time
 from typing import Any
@@ -19,7 +18,7 @@ from meshpeer.client import ApiFailure, Client
 from meshpeer.controller import config
 from meshpeer.controller.config import ShardConfig, ShardEntry
 from meshpeer.lab.plan import ControllerPlan, LabPlan, Secrets, vni_block
-from meshpeer.lab.procs import alive, read_pidfile
+from meshpeer.lab.procs import alive, read_pidfile, spawn_manager
 from meshpeer.lab.sh import LabError, netns_cmd
 from meshpeer.lab.topology import Endpoint, Topology
 
@@ -75,13 +74,9 @@ def start(plan: LabPlan, c: ControllerPlan) -> int:
         sys.executable, "-m", "meshpeer.manager", "ryu_apps.controller",
         "--config-file", f"{d}/{c.name}.conf",
         "--pid-file", f"{d}/controller.pid",
-        "--log-file", f"{d}/controller.log",
     ]  # fmt: skip
-    with open(f"{d}/controller.out", "ab") as out:
-        proc = subprocess.Popen(
-            netns_cmd(c.netns, cmd), cwd=ROOT, stdout=out, stderr=out, start_new_session=True
-        )
-    return proc.pid
+    log = f"{d}/controller.log"
+    return spawn_manager(netns_cmd(c.netns, cmd), log, cwd=ROOT, start_new_session=True).pid
 
 
 def wait_healthy(plan: LabPlan, c: ControllerPlan, timeout: float = 20.0) -> None:
@@ -97,7 +92,7 @@ def wait_healthy(plan: LabPlan, c: ControllerPlan, timeout: float = 20.0) -> Non
         except OSError as exc:
             last = exc
         time.sleep(0.05)
-    tail = read_tail(f"{rundir(plan, c)}/controller.out")
+    tail = read_tail(f"{rundir(plan, c)}/controller.log")
     raise LabError(f"controller {c.name} not healthy after {timeout}s ({last})\n{tail}")
 
 

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from meshpeer.client import Client
-from meshpeer.lab import build, cli, controllers, teardown
+from meshpeer.lab import build, cli, controllers, state, teardown
 from meshpeer.lab.expect import expect
 from meshpeer.lab.matrix import matrix
 from meshpeer.lab.plan import LabPlan, VmPlan
@@ -176,7 +176,7 @@ def peering_delete(d: Demo) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="demo", description="the meshpeer peering demo")
     p.add_argument("--topology", default="topologies/demo.yaml")
-    p.add_argument("--lab", default=cli.DEFAULT_LAB)
+    cli.add_common_options(p)
     p.add_argument("--keep", action="store_true", help="leave the lab running afterwards")
     args = p.parse_args(argv)
     topo = cli.load_topology(args.topology)
@@ -201,13 +201,15 @@ def main(argv: list[str] | None = None) -> int:
                 demo.check(f"{step.__name__} ran ({type(exc).__name__}: {exc})", False)
     finally:
         if args.keep:
-            print(f"\nlab {args.lab!r} left running. Try: scripts/lab status | scripts/lab matrix | "
-                  "scripts/lab exec b1 -- ping 10.2.0.11 | scripts/lab exec hv1 -- ovs-ofctl "
-                  "-O OpenFlow13 dump-flows br-int | scripts/lab down")  # fmt: skip
+            lab = f"scripts/lab --lab {args.lab}"
+            print(f"\nlab {args.lab!r} left running. Try: {lab} status | {lab} matrix | "
+                  f"{lab} exec b1 -- ping 10.2.0.11 | {lab} exec hv1 -- ovs-ofctl "
+                  f"-O OpenFlow13 dump-flows br-int | {lab} down")  # fmt: skip
         else:
             t0 = time.monotonic()
             teardown.down(args.lab)
-            print(f"\n[demo] lab down in {time.monotonic() - t0:.2f}s (use --keep to leave it up)")
+            print(f"\n[demo] lab down in {time.monotonic() - t0:.2f}s (use --keep to leave it up); "
+                  f"logs kept in {state.logs_dir(args.lab)}/")  # fmt: skip
     if demo.failures:
         print(f"\ndemo: {len(demo.failures)} observation(s) did not match:", file=sys.stderr)
         for f in demo.failures:

@@ -8,7 +8,6 @@ controller shards over the management network.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from meshpeer.lab import ovs
 from meshpeer.lab.controllers import ROOT
 from meshpeer.lab.plan import OF_LISTEN_PORT, HostPlan, LabPlan
-from meshpeer.lab.procs import alive, read_pidfile
+from meshpeer.lab.procs import alive, read_pidfile, spawn_manager
 from meshpeer.lab.sh import LabError, netns_cmd
 
 OHC_APP = "ohc.app"
@@ -45,16 +44,12 @@ def start(plan: LabPlan, h: HostPlan) -> int:
         sys.executable, "-m", "meshpeer.manager", OHC_APP,
         "--config-file", conf,
         "--pid-file", f"{h.rundir}/ohc.pid",
-        "--log-file", f"{h.rundir}/ohc.log",
         "--ofp-switch-address-list", f"127.0.0.1:{OF_LISTEN_PORT}",
         "--ofp-listen-host", "127.0.0.1",
         "--ofp-tcp-listen-port", str(OF_LISTEN_PORT + 1),
     ]  # fmt: skip
-    with open(f"{h.rundir}/ohc.out", "ab") as out:
-        proc = subprocess.Popen(
-            netns_cmd(h.netns, cmd), cwd=ROOT, stdout=out, stderr=out, start_new_session=True
-        )
-    return proc.pid
+    log = f"{h.rundir}/ohc.log"
+    return spawn_manager(netns_cmd(h.netns, cmd), log, cwd=ROOT, start_new_session=True).pid
 
 
 def running(h: HostPlan) -> bool:

@@ -34,6 +34,16 @@ def ctl(host: HostPlan, daemon: str = "ovs-vswitchd") -> str:
     return f"{host.rundir}/{daemon}.ctl"
 
 
+def appctl_targeted(host: HostPlan, cmd: list[str]) -> list[str]:
+    """``ovs-appctl ARGS`` without a target gets ``-t`` the host's ovs-vswitchd socket: with
+    an explicit ``--unixctl`` path, ovs-appctl's own lookup (pidfile -> NAME.PID.ctl) misses it."""
+    if cmd[:1] != ["ovs-appctl"] or any(
+        a in ("-t", "--target") or a.startswith("--target=") for a in cmd
+    ):
+        return cmd
+    return ["ovs-appctl", "-t", ctl(host), *cmd[1:]]
+
+
 def bridge_mgmt(host: HostPlan, bridge: str = "br-int") -> str:
     return f"unix:{host.rundir}/{bridge}.mgmt"
 

@@ -16,6 +16,8 @@ from meshpeer.controller.model import derived_mac, gateway
 from meshpeer.lab.topology import Address, Topology, subnet_of
 
 LAB_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,5}$")
+# Interface names are the lab name plus a suffix, and Linux allows 15 characters.
+LAB_NAME_RULE = "a lowercase letter, then letters or digits, at most 6 characters"
 MAX_LAB_INDEX = 99  # keeps 169.254.<i>.0/24 and 169.254.<100+i>.0/24 clear of 169.254.169.254
 STATE_ROOT = "/run/meshpeer"
 GENEVE_OFPORT = 1
@@ -152,10 +154,14 @@ class Secrets:
     federation_token: str
 
 
+def valid_lab_name(lab: str) -> bool:
+    return LAB_NAME_RE.match(lab) is not None
+
+
 def make_plan(topo: Topology, lab: str, index: int, secrets: Secrets | None = None) -> LabPlan:
     """``secrets`` come from the caller (random in the CLI): planning stays deterministic."""
-    if not LAB_NAME_RE.match(lab):
-        raise ValueError(f"bad lab name {lab!r}: want [a-z][a-z0-9]*, at most 6 characters")
+    if not valid_lab_name(lab):
+        raise ValueError(f"bad lab name {lab!r}: {LAB_NAME_RULE}")
     if not 1 <= index <= MAX_LAB_INDEX:
         raise ValueError(f"lab index {index} out of range 1..{MAX_LAB_INDEX}")
     if len(topo.hosts) > 200 or len(topo.controllers) > 40:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
 
 
 def alive(pid: int) -> bool:
@@ -48,3 +51,13 @@ def terminate(pids: Iterable[int], timeout: float = 2.0) -> list[int]:
         if not pending:
             break
     return sorted(pending)
+
+
+def spawn_manager(cmd: Sequence[str], log: str | Path, **popen: Any) -> subprocess.Popen[bytes]:
+    """Start a ``meshpeer-manager`` command that logs to ``log`` and only there.
+
+    The manager writes its log records to the file (``--log-file``, no stderr copy), and the
+    process's own stdout and stderr (a traceback before logging starts, a crash) are appended
+    to the same file: one file per process, nothing to cross-check against a twin."""
+    with open(log, "ab") as out:
+        return subprocess.Popen([*cmd, "--log-file", str(log)], stdout=out, stderr=out, **popen)

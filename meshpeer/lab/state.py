@@ -9,9 +9,16 @@ from typing import Any
 
 from meshpeer.lab.plan import MAX_LAB_INDEX, STATE_ROOT, LabPlan
 
+LOGS_ROOT = "/var/log/meshpeer"
+
 
 def state_dir(lab: str) -> str:
     return f"{STATE_ROOT}/{lab}"
+
+
+def logs_dir(lab: str) -> str:
+    """Where 'down' keeps the logs of the lab's last run (see teardown.keep_logs)."""
+    return f"{LOGS_ROOT}/{lab}"
 
 
 def state_path(lab: str) -> str:

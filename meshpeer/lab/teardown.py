@@ -41,5 +41,27 @@ def down(lab: str) -> dict[str, int]:
     root_if = f"{lab}-mgmt"
     if run(["ip", "link", "show", root_if], check=False).returncode == 0:
         run(["ip", "link", "del", root_if])
+    logs = keep_logs(lab)
     shutil.rmtree(state.state_dir(lab), ignore_errors=True)
-    return {"namespaces": len(namespaces)}
+    return {"namespaces": len(namespaces), "logs": logs}
+
+
+def keep_logs(lab: str) -> int:
+    """Move the lab's logs and OHC status files to ``state.logs_dir(lab)``, replacing those of
+    the lab's previous run, so that a failure can still be read after 'down'. Returns how many
+    files were kept (0 leaves an older run's logs alone)."""
+    src = state.state_dir(lab)
+    files = [
+        p
+        for pattern in ("**/*.log", "**/*.status.json")
+        for p in glob.glob(f"{src}/{pattern}", recursive=True)
+    ]
+    if not files:
+        return 0
+    dst = state.logs_dir(lab)
+    shutil.rmtree(dst, ignore_errors=True)
+    for path in files:
+        target = os.path.join(dst, os.path.relpath(path, src))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.move(path, target)
+    return len(files)

@@ -24,6 +24,7 @@ from typing import Any
 
 from webob import Request, Response
 
+from meshpeer import __version__
 from meshpeer.rest import errors
 from meshpeer.rest.errors import ApiError, bad_request
 from meshpeer.rest.openapi import build_openapi
@@ -130,7 +131,7 @@ class Api:
         token: str,
         *,
         title: str = "meshpeer",
-        version: str = "1.0.0",
+        version: str = __version__,
         openapi_path: str = "/v1/openapi.json",
         debug: bool = False,
         max_body: int = 1 << 20,

@@ -27,6 +27,7 @@ import yaml
 
 from meshpeer.client import Client
 from meshpeer.controller.config import LocalShard, ShardEntry, directory_doc
+from meshpeer.lab.procs import spawn_manager
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -114,10 +115,9 @@ class Ctl(LocalShard):
         assert self.proc is None, f"{self.name} is already running"
         cmd = [
             sys.executable, "-m", "meshpeer.manager", "ryu_apps.controller",
-            "--config-file", str(self.conf), "--log-file", str(self.log),
+            "--config-file", str(self.conf),
         ]  # fmt: skip
-        with self.out.open("ab") as out:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=out)
+        self.proc = spawn_manager(cmd, self.log, cwd=ROOT)
         self.starts += 1
 
     def wait_healthy(self, timeout: float = 20.0) -> None:
@@ -172,12 +172,8 @@ class Ctl(LocalShard):
         self.start()
 
     def tails(self) -> str:
-        """The log's tail, and stdout/stderr's when it says more (e.g. a startup traceback)."""
-        log, out = tail(self.log), tail(self.out)
-        text = f"--- {self.log} (tail) ---\n{log}"
-        if out.strip() and out.strip() not in log:
-            text += f"\n--- {self.out} (tail) ---\n{out}"
-        return text
+        """The log's tail (log records, and any startup traceback: one file per process)."""
+        return f"--- {self.log} (tail) ---\n{tail(self.log)}"
 
     # --- HTTP ---------------------------------------------------------------------------
 

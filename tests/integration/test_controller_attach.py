@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from meshpeer.lab.procs import terminate
+from meshpeer.lab.procs import spawn_manager, terminate
 from meshpeer.lab.sh import netns_cmd
 from tests.integration.labkit import ROOT, Lab
 
@@ -25,10 +25,8 @@ def start_probe(lab: Lab, log: str) -> subprocess.Popen[bytes]:
         sys.executable, "-m", "meshpeer.manager", "tests.integration.apps.probe",
         "--ofp-switch-address-list", "127.0.0.1:6653",
         "--ofp-listen-host", "127.0.0.1", "--ofp-tcp-listen-port", "6654",
-        "--log-file", log,
     ]  # fmt: skip
-    return subprocess.Popen(netns_cmd(h.netns, cmd), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    return spawn_manager(netns_cmd(h.netns, cmd), log, cwd=ROOT)
 
 
 def wait_for(path: str, needle: str, count: int, timeout: float = 20) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 
 import pytest
 
@@ -70,6 +71,9 @@ def test_each_host_has_its_own_daemons_and_rundir(lab: Lab) -> None:
 def test_exec_runs_in_the_namespace_with_ovs_env(lab: Lab) -> None:
     out = lab_cli(lab.name, "exec", "hv2", "--", "ovs-vsctl", "list-ports", "br-int").stdout
     assert "v-a3" in out.split()
+    # ovs-appctl without -t reaches this host's ovs-vswitchd (its own rundir and socket)
+    out = lab_cli(lab.name, "exec", "hv2", "--", "ovs-appctl", "dpif/show").stdout
+    assert "br-int:" in out
     out = lab_cli(lab.name, "exec", "a1", "--", "ip", "-brief", "addr", "show", "eth0").stdout
     assert "10.1.0.11/24" in out
     res = lab_cli(lab.name, "exec", "nope", "--", "true", check=False)
@@ -90,7 +94,15 @@ def test_up_twice_then_down_leaves_nothing() -> None:
     assert "down in" in out
     assert leftovers(first.name) == []
     assert not any(alive(p) for p in pids)
-    lab_cli(first.name, "down")  # idempotent
+    # the last run's logs outlive it, where 'down' said
+    kept = state.logs_dir(first.name)
+    try:
+        assert f"logs kept in {kept}/" in out
+        assert os.path.getsize(f"{kept}/hv1/ovs-vswitchd.log") > 0
+        lab_cli(first.name, "down")  # idempotent, and keeps the logs it has nothing to replace
+        assert os.path.exists(f"{kept}/hv1/ovs-vswitchd.log")
+    finally:
+        shutil.rmtree(kept, ignore_errors=True)
 
 
 def test_failed_up_cleans_up(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,7 +21,7 @@ import pytest
 
 from meshpeer.lab import ovs
 from meshpeer.lab.plan import HostPlan
-from meshpeer.lab.procs import read_pidfile, terminate
+from meshpeer.lab.procs import read_pidfile, spawn_manager, terminate
 from meshpeer.lab.sh import netns_cmd, run
 from ohc.flows import (
     Apply,
@@ -150,7 +150,6 @@ class Harness:
             sys.executable, "-m", "meshpeer.manager", "tests.integration.apps.syncer_app",
             "--ofp-switch-address-list", "127.0.0.1:6653",
             "--ofp-listen-host", "127.0.0.1", "--ofp-tcp-listen-port", "6654",
-            "--log-file", log,
         ]  # fmt: skip
         env = {
             **os.environ,
@@ -158,13 +157,7 @@ class Harness:
             "MESHPEER_SYNC_STATUS": status,
             "MESHPEER_SYNC_POLL": "0.2",
         }
-        proc = subprocess.Popen(
-            netns_cmd(self.host.netns, cmd),
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = spawn_manager(netns_cmd(self.host.netns, cmd), log, cwd=ROOT, env=env)
         app = App(proc, status, log)
         self.apps.append(app)
         return app

@@ -1,12 +1,16 @@
-"""'lab up' validates the whole file before it creates anything."""
+"""The lab's command line: 'lab up' validates the whole file before it creates anything; a bad
+``--lab`` is one line; ``exec`` makes plain OVS tools find the host's daemons."""
 
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Callable
 
 import pytest
 
-from meshpeer.lab import cli
+from meshpeer.lab import cli, demo, ovs
+from meshpeer.lab.plan import make_plan
+from meshpeer.lab.topology import parse
 
 
 def test_invalid_topology_exits_nonzero_listing_every_error(
@@ -40,3 +44,30 @@ def test_unreadable_topology(
         path.write_text(content)
     assert cli.main(["up", str(path)]) == 2
     assert needle in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("main", [cli.main, demo.main])
+@pytest.mark.parametrize("name", ["newuser", "Blue", "1ab", "a-b"])
+def test_a_bad_lab_name_is_one_line_naming_the_rule(
+    main: Callable[[list[str]], int], name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--lab", name, "status"] if main is cli.main else ["--lab", name]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"bad lab name {name!r}: a lowercase letter, then letters or digits, at most 6" in err
+    assert "Traceback" not in err
+
+
+def test_appctl_in_a_host_gets_the_hosts_socket() -> None:
+    topo = {"hosts": [{"name": "hv1"}], "vpcs": [{"name": "blue", "subnets": ["10.1.0.0/24"]}]}
+    host = make_plan(parse(topo), "tz", 1).hosts[0]
+    assert ovs.appctl_targeted(host, ["ovs-appctl", "dpif/show"]) == [
+        "ovs-appctl", "-t", ovs.ctl(host), "dpif/show",
+    ]  # fmt: skip
+    for explicit in (["ovs-appctl", "-t", "/x.ctl", "version"], ["ovs-appctl", "--target=/x.ctl"]):
+        assert ovs.appctl_targeted(host, explicit) == explicit
+    assert ovs.appctl_targeted(host, ["ovs-ofctl", "show", "br-int"]) == [
+        "ovs-ofctl", "show", "br-int",
+    ]  # fmt: skip
