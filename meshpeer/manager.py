@@ -31,7 +31,7 @@ from os_ken import cfg, log  # noqa: E402
 from os_ken.base.app_manager import AppManager  # noqa: E402
 from os_ken.lib import hub  # noqa: E402
 
-from meshpeer import __version__  # noqa: E402
+from meshpeer import __version__, options  # noqa: E402
 
 CONF = cfg.CONF
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -41,6 +41,29 @@ CONF.register_cli_opts(
         cfg.StrOpt("pid-file", default=None, help="write the process id to this file"),
     ]
 )
+OSLO_TYPES = {str: cfg.StrOpt, int: cfg.IntOpt, float: cfg.FloatOpt, bool: cfg.BoolOpt}
+# os-ken's own option groups for apps meshpeer never runs: kept out of --help.
+UNUSED_OS_KEN_GROUPS = ("zapi", "bgp-app", "test-switch")
+
+
+def register_options() -> None:
+    """meshpeer's options (meshpeer.options), registered before the command line is parsed so
+    that --help lists them and each can also be given there (``--ohc-host hv1``)."""
+    for group in UNUSED_OS_KEN_GROUPS:
+        # oslo.config has no public way to list a group's options.
+        opts = [info["opt"] for info in CONF._groups[group]._opts.values()]
+        CONF.unregister_opts(opts, group=group)
+    for section in options.SECTIONS:
+        CONF.register_cli_opts(
+            [
+                OSLO_TYPES[o.kind](o.name, default=o.default, secret=o.secret, help=o.help)
+                for o in section.options
+            ],
+            group=section.name,
+        )
+
+
+register_options()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,8 @@
     meshpeer-manager ohc.app --config-file hv1.conf \\
         --ofp-switch-address-list 127.0.0.1:6653 --ofp-tcp-listen-port 6654
 
+Options: meshpeer.options.OHC (docs/configuration.md).
+
 Handlers only translate: OpenFlow replies go to the waiting green thread, connects and
 stream updates become sync triggers. One worker thread compiles the host's view and syncs
 br-int: on (re)connect it reads what is installed and sends the difference in one bundle
@@ -22,13 +24,13 @@ from typing import Any, ClassVar
 import eventlet.queue
 import eventlet.tpool
 import yaml
-from os_ken import cfg
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
 from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3
 
+from meshpeer import options
 from meshpeer.client import Client
 from meshpeer.controller.directory import parse_directory
 from meshpeer.protocol import ServiceName
@@ -46,17 +48,6 @@ from ohc.syncer import SwitchState, with_canary
 
 log = logging.getLogger(__name__)
 
-OPTS = [
-    cfg.StrOpt("host", help="this host's name"),
-    cfg.StrOpt("underlay_ip", help="this host's underlay (VTEP) address"),
-    cfg.StrOpt("api_token", secret=True, help="token for this host's own shards"),
-    cfg.StrOpt("directory_file", help="the shard directory"),
-    cfg.StrOpt("ovsdb", help="OVSDB of the local switch, e.g. unix:/run/.../db.sock"),
-    cfg.StrOpt("bridge", default="br-int"),
-    cfg.StrOpt("status_file", default=None, help="where to write a JSON status after each sync"),
-    cfg.FloatOpt("canary_interval", default=2.0, help="seconds between OVS-restart checks"),
-]
-cfg.CONF.register_opts(OPTS, group="ohc")
 
 FULL_GC_INTERVAL = 600.0  # seconds between full garbage collections (see _freeze_heap)
 
@@ -95,9 +86,8 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         conf = self.CONF.ohc
-        for opt in ("host", "underlay_ip", "api_token", "directory_file", "ovsdb"):
-            if not getattr(conf, opt):
-                raise SystemExit(f"ohc: [ohc] {opt} is required in the config file")
+        for opt in options.missing(options.OHC, conf):
+            raise SystemExit(f"ohc: [ohc] {opt} is required in the config file")
         self.conf = conf
         with open(conf.directory_file, encoding="utf-8") as f:
             self.directory = parse_directory(yaml.safe_load(f))

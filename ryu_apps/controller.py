@@ -1,6 +1,8 @@
 """The controller shard as an os-ken app: a shim that wires config, store, core and servers.
 
 meshpeer-manager ryu_apps.controller --config-file ctl1.conf
+
+Options: meshpeer.options.CONTROLLER (docs/configuration.md).
 """
 
 from __future__ import annotations
@@ -10,10 +12,10 @@ import time
 from typing import Any
 
 import yaml
-from os_ken import cfg
 from os_ken.base import app_manager
 from os_ken.lib import hub
 
+from meshpeer import options
 from meshpeer.controller.api import ControllerApi
 from meshpeer.controller.directory import parse_directory
 from meshpeer.controller.federation import Federation
@@ -24,19 +26,6 @@ from meshpeer.store.sqlite import Store
 from meshpeer.streaming.publisher import StreamHub
 
 log = logging.getLogger(__name__)
-
-OPTS = [
-    cfg.StrOpt("shard", help="this shard's name in the directory"),
-    cfg.StrOpt("listen_host", default="127.0.0.1"),
-    cfg.IntOpt("listen_port", default=8080),
-    cfg.StrOpt("store_path", help="SQLite file holding this shard's intent"),
-    cfg.StrOpt("api_token", secret=True, help="bearer token for the REST API"),
-    cfg.StrOpt("directory_file", help="YAML shard directory shared by every shard"),
-    cfg.FloatOpt("heartbeat_interval", default=5.0),
-    cfg.FloatOpt("grant_ttl", default=3600.0, help="seconds a minted grant stays valid (at least)"),
-    cfg.FloatOpt("tick_interval", default=30.0, help="how often grants are re-minted"),
-]
-cfg.CONF.register_opts(OPTS, group="controller")
 
 
 class HubSignal:
@@ -59,9 +48,8 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         conf = self.CONF.controller
-        for opt in ("shard", "store_path", "api_token", "directory_file"):
-            if not getattr(conf, opt):
-                raise SystemExit(f"controller: [controller] {opt} is required in the config file")
+        for opt in options.missing(options.CONTROLLER, conf):
+            raise SystemExit(f"controller: [controller] {opt} is required in the config file")
         with open(conf.directory_file, encoding="utf-8") as f:
             directory = parse_directory(yaml.safe_load(f))
         self.store = Store.open(conf.store_path)

@@ -1,16 +1,19 @@
 """The two files a controller shard starts from: its config section and the shard directory.
 
 One writer for every launcher (the lab, the API tests' loopback shards, the scale
-simulation); ``ryu_apps/controller.py`` declares the options, ``meshpeer.controller.directory``
+simulation); ``meshpeer.options`` declares the options, ``meshpeer.controller.directory``
 parses the directory.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from meshpeer import options
 
 
 @dataclass(frozen=True)
@@ -26,18 +29,7 @@ class ShardConfig:
     heartbeat_interval: float | None = None  # None: the app's default
 
     def text(self) -> str:
-        lines = [
-            "[controller]",
-            f"shard = {self.shard}",
-            f"listen_host = {self.listen_host}",
-            f"listen_port = {self.listen_port}",
-            f"store_path = {self.store_path}",
-            f"api_token = {self.api_token}",
-            f"directory_file = {self.directory_file}",
-        ]
-        if self.heartbeat_interval is not None:
-            lines.append(f"heartbeat_interval = {self.heartbeat_interval}")
-        return "\n".join([*lines, ""])
+        return options.config_text(options.CONTROLLER, dataclasses.asdict(self))
 
 
 @dataclass(frozen=True)

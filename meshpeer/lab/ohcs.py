@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any
 
+from meshpeer import options
 from meshpeer.lab import ovs
 from meshpeer.lab.controllers import ROOT
 from meshpeer.lab.plan import OF_LISTEN_PORT, HostPlan, LabPlan
@@ -22,18 +23,15 @@ OHC_APP = "ohc.app"
 
 
 def config_text(plan: LabPlan, h: HostPlan) -> str:
-    return "\n".join(
-        [
-            "[ohc]",
-            f"host = {h.name}",
-            f"underlay_ip = {h.underlay_ip}",
-            f"api_token = {plan.api_token}",
-            f"directory_file = {plan.state_dir}/directory.yaml",
-            f"ovsdb = {ovs.db(h)}",
-            f"status_file = {h.rundir}/ohc.status.json",
-            "",
-        ]
-    )
+    values = {
+        "host": h.name,
+        "underlay_ip": h.underlay_ip,
+        "api_token": plan.api_token,
+        "directory_file": f"{plan.state_dir}/directory.yaml",
+        "ovsdb": ovs.db(h),
+        "status_file": f"{h.rundir}/ohc.status.json",
+    }
+    return options.config_text(options.OHC, values)
 
 
 def start(plan: LabPlan, h: HostPlan) -> int:

@@ -1,0 +1,124 @@
+"""Every option of meshpeer's two processes, declared once.
+
+The controller shard (``ryu_apps.controller``, section ``[controller]``) and the on-host
+controller (``ohc.app``, section ``[ohc]``) read their options from an oslo config file (or the
+same names on the command line, e.g. ``--ohc-host hv1``). From these declarations come: what
+``meshpeer-manager`` registers (so ``--help`` lists them), the config files the lab and the tests
+write (:func:`config_text`), the apps' required-option check (:func:`missing`) and
+docs/configuration.md (:func:`markdown`, checked by a unit test so the doc cannot drift).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+Value = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    kind: type[str] | type[int] | type[float] | type[bool]
+    help: str
+    default: Value | None = None
+    required: bool = False
+    secret: bool = False
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    what: str
+    options: tuple[Option, ...]
+
+    def option(self, name: str) -> Option | None:
+        return next((o for o in self.options if o.name == name), None)
+
+
+CONTROLLER = Section(
+    "controller",
+    "a controller shard: `meshpeer-manager ryu_apps.controller --config-file ctl1.conf`",
+    (
+        Option("shard", str, "this shard's name in the shard directory", required=True),
+        Option("listen_host", str, "address the REST API listens on", "127.0.0.1"),
+        Option("listen_port", int, "port the REST API listens on", 8080),
+        Option("store_path", str, "SQLite file holding this shard's intent", required=True),
+        Option("api_token", str, "bearer token of the REST API", required=True, secret=True),
+        Option("directory_file", str, "YAML shard directory shared by every shard", required=True),
+        Option("heartbeat_interval", float, "seconds between heartbeats on each stream", 5.0),
+        Option("grant_ttl", float, "seconds a minted grant stays valid (at least)", 3600.0),
+        Option("tick_interval", float, "seconds between re-mints of grants", 30.0),
+    ),
+)
+
+OHC = Section(
+    "ohc",
+    "an on-host controller: `meshpeer-manager ohc.app --config-file hv1.conf "
+    "--ofp-switch-address-list 127.0.0.1:6653`",
+    (
+        Option("host", str, "this host's name", required=True),
+        Option("underlay_ip", str, "this host's underlay (tunnel endpoint) address", required=True),
+        Option("api_token", str, "token for this host's own shards", required=True, secret=True),
+        Option("directory_file", str, "the shard directory (YAML)", required=True),
+        Option(
+            "ovsdb", str, "OVSDB of the local switch, e.g. unix:/run/.../db.sock", required=True
+        ),
+        Option("status_file", str, "where to write a JSON status after each sync (none: no file)"),
+        Option("canary_interval", float, "seconds between checks for an OVS restart", 2.0),
+    ),
+)
+
+SECTIONS = (CONTROLLER, OHC)
+
+
+def missing(section: Section, values: Mapping[str, object]) -> list[str]:
+    """The required options of ``section`` that ``values`` leaves empty."""
+    return [o.name for o in section.options if o.required and not values.get(o.name)]
+
+
+def config_text(section: Section, values: Mapping[str, Value | None]) -> str:
+    """One section of a config file. Unknown names, wrong types and missing required options
+    are refused here, by the writer, rather than at the process's start; None leaves an option
+    to its default."""
+    errors = [f"{section.name}.{k}: unknown option" for k in values if section.option(k) is None]
+    for name, value in values.items():
+        opt = section.option(name)
+        if opt is not None and value is not None and not _fits(opt, value):
+            errors.append(f"{section.name}.{name}: want {opt.kind.__name__}, got {value!r}")
+    errors += [f"{section.name}.{n}: required" for n in missing(section, values)]
+    if errors:
+        raise ValueError("; ".join(errors))
+    lines = [f"[{section.name}]"]
+    lines += [f"{k} = {_text(v)}" for k, v in values.items() if v is not None]
+    return "\n".join([*lines, ""])
+
+
+def markdown() -> str:
+    """docs/configuration.md's option tables."""
+    out: list[str] = []
+    for s in SECTIONS:
+        out += [f"### `[{s.name}]`: {s.what}", ""]
+        out += ["| option | type | default | what |", "|---|---|---|---|"]
+        for o in s.options:
+            default = "required" if o.required else ("-" if o.default is None else f"`{o.default}`")
+            what = o.help + (" (secret: never logged)" if o.secret else "")
+            out.append(f"| `{o.name}` | {o.kind.__name__} | {default} | {what} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _fits(opt: Option, value: Value) -> bool:
+    if opt.kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if opt.kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, opt.kind)
+
+
+def _text(value: Value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")
