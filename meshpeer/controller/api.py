@@ -188,6 +188,14 @@ class ControllerApi:
         self.shard.commit([vpc])
         return 201, self._with_version("vpc", vpc.name, vpc.to_json())
 
+    def placement(self, ctx: RequestCtx) -> tuple[int, object]:
+        """Which shard owns (or would own) a VPC name: where to create and manage it."""
+        name = ctx.params["vpc"]
+        d = self.shard.directory
+        owner = d.owner_of(name)
+        pinned = name in d.shards[owner].vpcs
+        return 200, {"vpc": name, "shard": owner, "url": d.shards[owner].url, "pinned": pinned}
+
     def get_vpc(self, ctx: RequestCtx) -> tuple[int, object]:
         vpc = self._vpc(ctx.params["vpc"])
         return 200, self._with_version("vpc", vpc.name, vpc.to_json())
@@ -299,7 +307,7 @@ class ControllerApi:
         """Facts about the peer VPC: local, replicated, or asked of its shard right now."""
         view = self.shard.views().get(peer_vpc)
         owner = self.shard.directory.owner_of(peer_vpc)
-        if view is None and owner is not None and owner != self.shard.name:
+        if view is None and owner != self.shard.name:
             view = self.fetch_view(peer_vpc)
         elif view is None and owner == self.shard.name:
             return PeerFacts(False)
@@ -580,6 +588,13 @@ class ControllerApi:
                 summary="Create a VPC (VNI allocated from the shard's range)",
             ),
             Route("GET", "/v1/vpcs/{vpc}", self.get_vpc, params=VPC_P, summary="Get a VPC"),
+            Route(
+                "GET",
+                "/v1/placement/{vpc}",
+                self.placement,
+                params=VPC_P,
+                summary="Which shard owns a VPC name (pinned in the directory, else by hash)",
+            ),
             Route(
                 "DELETE",
                 "/v1/vpcs/{vpc}",

@@ -1,11 +1,14 @@
 """The shard directory: which controller owns which VPC, where it listens, shared keys.
 
-Every shard reads the same file (a later issue moves it into etcd). VNI ranges are disjoint
-per shard, so VNIs are unique across shards without coordination.
+Every shard and OHC reads the same file (a later issue moves it into etcd). A VPC's owner is
+pinned in the file or else follows from a rendezvous hash of its name (``owner_of``), so new
+VPCs need no edit. VNI ranges are disjoint per shard, so VNIs are unique across shards
+without coordination.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
 from collections.abc import Mapping
@@ -34,17 +37,26 @@ class Directory:
     grant_keys: Mapping[str, bytes]  # key id -> HMAC key shared by every shard
     federation_token: str  # shards authenticate to each other with it
 
-    def owner_of(self, vpc: str) -> str | None:
-        return next((s.name for s in self.shards.values() if vpc in s.vpcs), None)
+    def owner_of(self, vpc: str) -> str:
+        """The shard that owns ``vpc``: the one that pins it (lists it under ``vpcs``), else
+        the highest rendezvous hash of (shard, VPC). Every shard and host computes the same
+        answer from the same directory, so a VPC is created through the API alone, at its
+        owner, with no file edit; adding a shard moves only the unpinned VPCs it now wins."""
+        pinned = next((s.name for s in self.shards.values() if vpc in s.vpcs), None)
+        return pinned or max(self.shards, key=lambda shard: (_score(shard, vpc), shard))
 
-    def url_of(self, vpc: str) -> str | None:
-        owner = self.owner_of(vpc)
-        return self.shards[owner].url if owner else None
+    def url_of(self, vpc: str) -> str:
+        return self.shards[self.owner_of(vpc)].url
 
     @property
     def signing_key_id(self) -> str:
         """The newest key mints; every listed key still verifies (rotation)."""
         return sorted(self.grant_keys)[-1]
+
+
+def _score(shard: str, vpc: str) -> int:
+    digest = hashlib.blake2b(f"{shard}\0{vpc}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
 
 
 def parse_directory(raw: object) -> Directory:

@@ -31,8 +31,6 @@ class Federation:
         wanted = self.shard.remote_peer_vpcs()
         for vpc in sorted(wanted - set(self.clients)):
             url = self.shard.directory.url_of(vpc)
-            if url is None:
-                continue
             client = StreamClient(
                 url,
                 ServiceName.FEDERATION,
@@ -58,8 +56,6 @@ class Federation:
     def fetch_view(self, vpc: str) -> dict[str, Any] | None:
         """Ask the owning shard for a VPC's view now (peering-time overlap checks)."""
         url = self.shard.directory.url_of(vpc)
-        if url is None:
-            return None
         client = Client(url, self.shard.directory.federation_token, timeout=self.timeout)
         try:
             view: dict[str, Any] = client.get(f"/v1/federation/vpcs/{vpc}")["view"]

@@ -74,9 +74,10 @@ def new_vpc(
         raise conflict("name", f"VPC {name!r} already exists")
     owner = directory.owner_of(name)
     if owner != shard:
-        where = f"shard {owner!r}" if owner else "no shard"
         raise conflict(
-            "name", f"VPC {name!r} is assigned to {where} in the shard directory, not {shard!r}"
+            "name",
+            f"VPC {name!r} belongs to shard {owner!r} ({directory.shards[owner].url}), "
+            f"not {shard!r}: create it there (GET /v1/placement/{name} on any shard says where)",
         )
     lo, hi = directory.shards[shard].vni_range
     used = {v.vni for v in intent.vpcs.values()}
@@ -247,8 +248,6 @@ def new_peering(
         raise conflict("name", f"peering {name!r} already exists in VPC {vpc_name!r}")
     if peer_vpc == vpc_name:
         raise bad("peer_vpc", f"VPC {vpc_name!r} cannot peer with itself")
-    if directory.owner_of(peer_vpc) is None:
-        raise not_found("peer_vpc", f"VPC {peer_vpc!r} is not in the shard directory")
     other = next((p for p in intent.peerings_of(vpc_name) if p.peer_vpc == peer_vpc), None)
     if other is not None:
         raise conflict(

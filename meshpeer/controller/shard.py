@@ -173,7 +173,7 @@ class ShardState:
 
     # --- derived state ------------------------------------------------------------------
 
-    def owner_map(self) -> dict[str, str | None]:
+    def owner_map(self) -> dict[str, str]:
         vpcs = {p.peer_vpc for p in self.intent.peerings.values()} | set(self.intent.vpcs)
         return {v: self.directory.owner_of(v) for v in vpcs}
 
@@ -196,7 +196,7 @@ class ShardState:
         return {
             p.peer_vpc
             for p in self.intent.peerings.values()
-            if self.directory.owner_of(p.peer_vpc) not in (None, self.name)
+            if self.directory.owner_of(p.peer_vpc) != self.name
         }
 
     def refresh(self, scope: Scope = ALL) -> dict[StreamId, int]:

@@ -292,7 +292,8 @@ CASES = [
     ),
     Case("vpc-of-ctl2", "POST", "/v1/vpcs", {"name": "red"}, 409, "name", ("ctl2",)),
     Case("vpc-of-ctl1", "POST", "/v1/vpcs", {"name": "amber"}, 409, "name", ("ctl1",), "ctl2"),
-    Case("vpc-of-nobody", "POST", "/v1/vpcs", {"name": "nowhere"}, 409, "name", ("no shard",)),
+    # unpinned: owned by the rendezvous hash of the shard names and the VPC name ("nowhere": ctl2)
+    Case("vpc-hashed-elsewhere", "POST", "/v1/vpcs", {"name": "nowhere"}, 409, "name", ("ctl2",)),
     # --- peerings ------------------------------------------------------------------------
     Case(
         "overlap-same-shard",
@@ -342,7 +343,7 @@ CASES = [
         {"name": "x", "peer_vpc": "nowhere"},
         404,
         "peer_vpc",
-        ("not in the shard directory",),
+        ("'nowhere' does not exist",),
     ),
     Case(
         "peer-not-created-same-shard",

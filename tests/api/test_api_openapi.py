@@ -27,6 +27,7 @@ EXPECTED = {
     ("POST", "/v1/vpcs"),
     ("GET", "/v1/vpcs/{vpc}"),
     ("DELETE", "/v1/vpcs/{vpc}"),
+    ("GET", "/v1/placement/{vpc}"),
     ("GET", "/v1/vpcs/{vpc}/subnets"),
     ("POST", "/v1/vpcs/{vpc}/subnets"),
     ("GET", "/v1/vpcs/{vpc}/subnets/{name}"),

@@ -499,3 +499,37 @@ def test_multiplexer_one_service_set_per_unique_policy(shards: Cluster) -> None:
     finally:
         for s in subs.values():
             s.close()
+
+
+# --- VPCs placed by the API alone ---------------------------------------------------------------
+
+
+def test_a_new_vpc_is_placed_by_hash_created_peered_and_its_name_freed(shards: Cluster) -> None:
+    """No directory edit, no restart: every shard names the same owner for an unpinned VPC,
+    the owner creates it, the other refuses naming the owner, and peering works across."""
+    c1, c2 = shards["ctl1"], shards["ctl2"]
+    by = {"ctl1": c1, "ctl2": c2}
+    names = ["indigo", "violet"]  # by the hash of the two shard names: one on each shard
+    where = {n: c1.get(f"/v1/placement/{n}") for n in names}
+    assert {n: c2.get(f"/v1/placement/{n}") for n in names} == where
+    assert {w["shard"] for w in where.values()} == {"ctl1", "ctl2"}
+    assert all(not w["pinned"] and w["url"] == by[w["shard"]].url for w in where.values())
+    owner = {n: by[where[n]["shard"]] for n in names}
+    other = {n: by[{"ctl1": "ctl2", "ctl2": "ctl1"}[where[n]["shard"]]] for n in names}
+    r = other["indigo"].req("POST", "/v1/vpcs", {"name": "indigo"})
+    assert r.status == 409 and r.body["field"] == "name"
+    assert (
+        where["indigo"]["shard"] in r.body["detail"] and where["indigo"]["url"] in r.body["detail"]
+    )
+    assert other["indigo"].req("GET", "/v1/vpcs/indigo").status == 404  # nothing was made
+    owner["indigo"].vpc("indigo", "10.61.0.0/24")
+    owner["violet"].vpc("violet", "10.62.0.0/24")
+    owner["indigo"].peer("indigo", "violet")
+    owner["violet"].peer("violet", "indigo")
+    both_active(owner["indigo"], "indigo", owner["violet"], "violet")
+    # deleting frees the name: the same name can be created again, at the same owner
+    owner["indigo"].delete("/v1/vpcs/indigo/peerings/to-violet")
+    owner["violet"].delete("/v1/vpcs/violet/peerings/to-indigo")
+    owner["indigo"].delete("/v1/vpcs/indigo")
+    assert owner["indigo"].req("GET", "/v1/vpcs/indigo").status == 404
+    assert owner["indigo"].vpc("indigo", "10.63.0.0/24")["name"] == "indigo"

@@ -43,9 +43,29 @@ def test_vni_allocated_in_shard_range_and_unique() -> None:
 
 def test_vpc_must_belong_to_this_shard() -> None:
     detail = rejects(409, "name", ops.new_vpc, Intent(), D, "ctl1", "red", [], None)
-    assert "assigned to shard 'ctl2'" in detail
-    rejects(409, "name", ops.new_vpc, Intent(), D, "ctl1", "nowhere", [], None)
+    assert "belongs to shard 'ctl2' (http://169.254.9.11:8080), not 'ctl1'" in detail
     rejects(409, "name", ops.new_vpc, world(), D, "ctl1", "blue", [], None)
+    # an unpinned name is created at the shard its hash picks, and refused elsewhere
+    other = {"ctl1": "ctl2", "ctl2": "ctl1"}
+    for name in ("purple", "teal", "amber"):
+        owner = D.owner_of(name)
+        assert ops.new_vpc(Intent(), D, owner, name, [], None).name == name
+        rejects(409, "name", ops.new_vpc, Intent(), D, other[owner], name, [], None)
+
+
+def test_owner_is_the_pin_else_the_same_hash_everywhere() -> None:
+    d = directory(ctl1=["blue"], ctl2=[], ctl3=[])
+    names = [f"v{i}" for i in range(300)]
+    owners = {n: d.owner_of(n) for n in names}
+    assert d.owner_of("blue") == "ctl1"
+    assert owners == {n: directory(ctl3=[], ctl1=["blue"], ctl2=[]).owner_of(n) for n in names}
+    counts = {s: list(owners.values()).count(s) for s in ("ctl1", "ctl2", "ctl3")}
+    assert all(60 <= c <= 140 for c in counts.values()), counts  # spread, not all on one
+    # pinning a name moves only that name; a fourth shard takes only names it now wins
+    assert directory(ctl1=["blue"], ctl2=["v0"], ctl3=[]).owner_of("v0") == "ctl2"
+    d4 = directory(ctl1=["blue"], ctl2=[], ctl3=[], ctl4=[])
+    moved = [n for n in names if d4.owner_of(n) != owners[n]]
+    assert moved and all(d4.owner_of(n) == "ctl4" for n in moved)
 
 
 def test_subnet_overlap_within_vpc() -> None:
@@ -127,7 +147,7 @@ def test_peering_checks() -> None:
     new = ops.new_peering
     pol = ExportPolicy()
     rejects(400, "peer_vpc", new, i, D, "blue", "p", "blue", pol, False, None)
-    rejects(404, "peer_vpc", new, i, D, "blue", "p", "mars", pol, False, None)
+    rejects(404, "peer_vpc", new, i, D, "blue", "p", "mars", pol, False, PeerFacts(False))
     rejects(404, "peer_vpc", new, i, D, "blue", "p", "red", pol, False, PeerFacts(False))
     overlap = PeerFacts(True, (ipaddress.ip_network("10.1.0.0/16"),))
     detail = rejects(409, "peer_vpc", new, i, D, "blue", "p", "red", pol, False, overlap)
