@@ -125,7 +125,7 @@ def _mgmt_lines(plan: LabPlan, ip: str) -> list[str]:
     return [f"addr add {ip}/{prefix} dev mgmt0", "link set mgmt0 up"]
 
 
-def _vm_lines(vm: VmPlan) -> list[str]:
+def vm_lines(vm: VmPlan) -> list[str]:
     nodad = " nodad" if ":" in vm.ip else ""
     return [
         "link set lo up",
@@ -136,7 +136,7 @@ def _vm_lines(vm: VmPlan) -> list[str]:
     ]
 
 
-def _vm_sysctl(vm: VmPlan) -> None:
+def vm_sysctl(vm: VmPlan) -> None:
     """TCP across the userspace datapath needs tx checksum offload off on the VM side."""
     v6 = ":" in vm.ip
     script = ["ethtool -K eth0 tx off >/dev/null"]
@@ -159,9 +159,9 @@ def _addresses(plan: LabPlan) -> str:
     ]  # fmt: skip
     jobs += [(h.netns, _host_lines(plan, h)) for h in plan.hosts]
     jobs += [(c.netns, ["link set lo up", *_mgmt_lines(plan, c.mgmt_ip)]) for c in plan.controllers]
-    jobs += [(vm.netns, _vm_lines(vm)) for vm in plan.vms]
+    jobs += [(vm.netns, vm_lines(vm)) for vm in plan.vms]
     parallel(lambda job: ip_batch(job[1], netns=job[0]), jobs)
-    parallel(_vm_sysctl, plan.vms)
+    parallel(vm_sysctl, plan.vms)
     return f"{len(jobs)} namespaces configured"
 
 

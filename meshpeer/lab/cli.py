@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from meshpeer import __version__
-from meshpeer.lab import build, controllers, ovs, state, teardown
+from meshpeer.lab import attach, build, controllers, ovs, state, teardown
 from meshpeer.lab.matrix import matrix, render
 from meshpeer.lab.plan import LAB_NAME_RULE, LabPlan, valid_lab_name
 from meshpeer.lab.sh import LabError
@@ -142,6 +142,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_exec(args: argparse.Namespace) -> int:
     plan = require_plan(args.lab)
     ns = plan.netns_of(args.name)
+    if ns is None and f"{args.lab}-{args.name}" in teardown.lab_netns(args.lab):
+        ns = f"{args.lab}-{args.name}"  # a VM plugged in by 'attach'
     if ns is None:
         raise LabError(f"no host, VM or controller named {args.name!r} in lab {args.lab!r}")
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
@@ -154,6 +156,13 @@ def cmd_exec(args: argparse.Namespace) -> int:
         cmd = ovs.appctl_targeted(host, cmd)
     os.execvpe("ip", ["ip", "netns", "exec", ns, *cmd], env)
     return 127  # not reached
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    vm = attach.attach(require_plan(args.lab), args.name, args.host, args.vpc, args.ip, args.mac)
+    print(f"[lab {args.lab}] {vm.name}: {vm.ip}/{vm.prefixlen} mac {vm.mac} in {vm.netns}, "
+          f"port {vm.host_port} on {vm.host}'s br-int (iface-id={vm.name}, vpc={vm.vpc})")  # fmt: skip
+    return 0
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
@@ -199,6 +208,15 @@ def parser() -> argparse.ArgumentParser:
     mx = sub.add_parser("matrix", help="ping every ordered VM pair once")
     mx.add_argument("--json", action="store_true")
     mx.set_defaults(fn=cmd_matrix)
+    at = sub.add_parser(
+        "attach", help="plug a VM into a host's br-int for an endpoint made over the REST API"
+    )
+    at.add_argument("name", help="the endpoint's name (external_ids:iface-id)")
+    at.add_argument("--host", required=True)
+    at.add_argument("--vpc", required=True)
+    at.add_argument("--ip", required=True, help="ADDRESS/PREFIXLEN, e.g. 10.5.0.11/24")
+    at.add_argument("--mac", help="default: derived from (VPC, IP), as the controller does")
+    at.set_defaults(fn=cmd_attach)
     dn = sub.add_parser("down", help="remove everything the lab created")
     dn.set_defaults(fn=cmd_down)
     return p
