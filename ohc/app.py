@@ -34,6 +34,7 @@ from meshpeer import options
 from meshpeer.client import Client
 from meshpeer.controller.directory import parse_directory
 from meshpeer.protocol import ServiceName
+from meshpeer.protocol.messages import stream_name
 from ohc import nd, ofio
 from ohc.agent import Agent
 from ohc.clients import stream_client
@@ -78,6 +79,17 @@ def read_ofports(ovsdb: str) -> dict[tuple[str, str], int]:
         if isinstance(ofport, int) and ofport > 0 and "iface-id" in ids and "vpc" in ids:
             ports[(ids["vpc"], ids["iface-id"])] = ofport
     return ports
+
+
+def applied_versions(versions: dict[Sub, int]) -> dict[str, dict[str, int]]:
+    """Shard URL -> stream name -> the version a sync put on the switch: what the applied
+    reports tell each shard, for the status file (tests and operators wait on it)."""
+    out: dict[str, dict[str, int]] = {}
+    for sub, version in sorted(versions.items(), key=lambda kv: kv[0].sort_key()):
+        out.setdefault(sub.url, {})[stream_name(sub.service, sub.key, sub.policy, sub.host)] = (
+            version
+        )
+    return out
 
 
 class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
@@ -308,6 +320,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             "send_s": round(result.send_s, 4),
             "total_s": round(result.total_s, 4),
             "skipped": [str(s) for s in skipped][:20],
+            "applied": applied_versions(versions),
         }
         if not result.plan.empty:
             log.info("ohc %s: sync %s", self.conf.host, json.dumps(self.last))

@@ -14,8 +14,9 @@ Thin by design; every decision is in ``ohc.syncer``. This module only
 Why the OF1.3 ONF bundle and not OF1.4's native one: the OHC speaks OpenFlow 1.3 only (the
 pipeline, select-group behaviour and ``tests/support/fakeoftable.py`` are 1.3), OVS accepts the
 ONF extension on a 1.3 connection with the same atomic semantics, and the fake switch applies
-exactly the messages sent here (``FakeOFTable.apply_bundle``). OF1.4 would be ~10% faster on
-commits of 10k flows (ARCHITECTURE.md) but would need a second OpenFlow version on the channel.
+exactly the messages sent here (``FakeOFTable.apply_bundle``). For the switch both bundle kinds
+cost the same (docs/lab.md, "The switch's own speed"); an OF1.4 bundle would need a second
+OpenFlow version on the channel.
 
 Blocking helpers (``read_installed``, ``send_plan``, ``resync``) wait on eventlet events set by
 the app's reply handlers, so they MUST run in their own green thread (``hub.spawn``), never

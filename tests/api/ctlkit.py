@@ -18,19 +18,19 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
 from meshpeer.client import Client
 from meshpeer.controller.config import LocalShard, ShardEntry, directory_doc
 from meshpeer.lab.procs import spawn_manager
+from tests.support.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-T = TypeVar("T")
 
 # Which VPC names each shard owns, and its VNI range. Tests pick names from these lists.
 DEFAULT_LAYOUT: dict[str, tuple[tuple[int, int], tuple[str, ...]]] = {
@@ -72,18 +72,6 @@ def tail(path: Path, size: int = 4000) -> str:
         return ""
     data = path.read_bytes()[-size:]
     return data.decode("utf-8", errors="replace")
-
-
-def wait_for(pred: Callable[[], T], timeout: float = 5.0, step: float = 0.02, what: str = "") -> T:
-    """Poll ``pred`` until it returns something truthy; return that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or pred}")
-        time.sleep(step)
 
 
 @dataclass
@@ -254,7 +242,7 @@ class Ctl(LocalShard):
     def peering(self, vpc: str, name: str) -> Any:
         return self.get(f"/v1/vpcs/{vpc}/peerings/{name}")
 
-    def wait_state(self, vpc: str, name: str, state: str, timeout: float = 5.0) -> Any:
+    def wait_state(self, vpc: str, name: str, state: str, timeout: float = 30.0) -> Any:
         def check() -> Any:
             p = self.peering(vpc, name)
             return p if p["state"] == state else None
@@ -417,12 +405,17 @@ class Stream:
                 return msg
             self.heartbeats += 1
 
-    def quiet(self, duration: float) -> int:
-        """Read for ``duration`` seconds expecting only heartbeats; return the last version."""
-        deadline = time.monotonic() + duration
+    def quiet(self, duration: float, timeout: float = 30.0) -> int:
+        """Read for at least ``duration`` seconds expecting only heartbeats, and on until a
+        heartbeat has arrived after that (within ``timeout``): return its version. On a slow
+        machine the window stretches; it never ends without a heartbeat to report."""
+        start = time.monotonic()
         version = -1
-        while time.monotonic() < deadline:
-            msg = self.read(max(deadline - time.monotonic(), 0.05) + 1.0)
+        while version < 0 or time.monotonic() - start < duration:
+            left = start + timeout - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no heartbeat within {timeout}s")
+            msg = self.read(left)
             assert msg is not None, "stream ended"
             assert msg["type"] == "heartbeat", f"expected only heartbeats, got {msg}"
             self.heartbeats += 1

@@ -27,7 +27,9 @@ def doc_lines(text: str) -> list[str]:
     lines: list[str] = []
     for block in re.findall(r"^```sh\n(.*?)^```", text, flags=re.M | re.S):
         joined = block.replace("\\\n", " ")
-        lines += [ln for ln in joined.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        lines += [
+            ln for ln in joined.splitlines() if ln.strip() and not ln.lstrip().startswith("#")
+        ]
     return lines
 
 
@@ -45,8 +47,8 @@ def as_checked(n: int, line: str) -> str:
     if want is None:
         return f"{cmd} || {{ echo {show}: failed >&2; exit 1; }}"
     return (
-        f"out=$({cmd}) || {{ echo {show}: failed >&2; exit 1; }}; echo \"$out\"; "
-        f"grep -qF -- {shlex.quote(want)} <<<\"$out\" || "
+        f'out=$({cmd}) || {{ echo {show}: failed >&2; exit 1; }}; echo "$out"; '
+        f'grep -qF -- {shlex.quote(want)} <<<"$out" || '
         f"{{ echo {show}: output lacks {shlex.quote(want)} >&2; exit 1; }}"
     )
 

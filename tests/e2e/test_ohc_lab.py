@@ -8,10 +8,8 @@ under traffic. On limited.yaml: a host with only blue endpoints learns nothing e
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,11 +20,11 @@ from meshpeer.client import Client
 from meshpeer.lab import controllers, ohcs, ovs
 from meshpeer.lab.cli import load_topology
 from meshpeer.lab.expect import expect
-from meshpeer.lab.sh import netns_cmd
 from meshpeer.lab.topology import Endpoint, Topology
 from tests.e2e.traffic import Capture, Pinger
 from tests.integration.labkit import E2E_TOPOLOGIES as TOPOLOGIES
 from tests.integration.labkit import Lab, check_matrix, running
+from tests.support.wait import wait_for
 
 MESH = "mesh.yaml"
 LIMITED = "limited.yaml"
@@ -65,30 +63,12 @@ def test_matrix_equals_expectation(lab: Lab) -> None:
     check_matrix(lab, topology(MESH))
 
 
-def iperf(lab: Lab, client_vm: str, server_vm: str) -> float:
-    server = lab.vm(server_vm)
-    srv = subprocess.Popen(
-        netns_cmd(server.netns, ["iperf3", "-s", "-1", "-B", server.ip]),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 5
-        while "5201" not in lab.sh(server_vm, "ss", "-ltn") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        out = lab.sh(client_vm, "iperf3", "-J", "-t", "1", "-c", server.ip, timeout=30)
-        bps: float = json.loads(out)["end"]["sum_received"]["bits_per_second"]
-        return bps
-    finally:
-        srv.kill()
-        srv.wait()
-
-
 @pytest.mark.parametrize(("client_vm", "server_vm"), [("b1", "r1"), ("r1", "b1")])
 def test_tcp_across_the_cross_shard_peering(lab: Lab, client_vm: str, server_vm: str) -> None:
-    bps = iperf(lab, client_vm, server_vm)
-    print(f"\niperf3 {client_vm} -> {server_vm}: {bps / 1e6:.0f} Mbit/s")
-    assert bps > 10e6
+    nbytes = 4 << 20
+    received, bps = lab.tcp_transfer(client_vm, server_vm, nbytes)
+    print(f"\nTCP {client_vm} -> {server_vm}: {received} bytes at {bps / 1e6:.0f} Mbit/s")
+    assert received >= nbytes
 
 
 def test_geneve_goes_host_to_host_with_the_destination_vni(lab: Lab) -> None:
@@ -100,7 +80,7 @@ def test_geneve_goes_host_to_host_with_the_destination_vni(lab: Lab) -> None:
     blue, red = lab.plan.vnis["blue"], lab.plan.vnis["red"]
     with Capture(lab.plan, "hv1") as on_hv1, Capture(lab.plan, "hv3") as on_hv3:
         assert lab.ping("b1", "r1", count=3)
-        seen, raw = on_hv1.stop()
+        seen, raw = on_hv1.stop(expect=6)
         via_hv3, raw3 = on_hv3.stop()
     assert not via_hv3, f"Geneve through hv3 (a proxy?):\n{raw3}"
     requests = [p for p in seen if p.icmp == "request"]
@@ -127,77 +107,80 @@ def test_not_peered_and_policy_hidden_do_not_pass(lab: Lab, src: str, dst: str, 
 
 
 def test_endpoint_added_and_removed_under_traffic(lab: Lab) -> None:
-    """r3 (deferred) is created, reached from b1, deleted; b1 -> r1 runs unharmed throughout."""
+    """r3 (deferred) is created, reached from b1, deleted; b1 -> r1 runs unharmed throughout.
+
+    Each step waits for what it needs (replies, r3's flows gone from every host); the
+    latencies are printed, and how many pings went out meanwhile is the machine's business.
+    """
     red = client(lab, "ctl2")
     r3 = endpoint(topology(MESH), "r3")
     with (
-        Pinger(lab.vm("b1"), lab.vm("r1").ip, count=3000) as steady,
-        Pinger(lab.vm("b1"), lab.vm("r3").ip, count=3000) as probe,
+        Pinger(lab.vm("b1"), lab.vm("r1").ip, count=100000) as steady,
+        Pinger(lab.vm("b1"), lab.vm("r3").ip, count=100000) as probe,
     ):
-        assert steady.wait_reply_after(steady.started, 5) is not None
-        time.sleep(0.3)
+        assert steady.wait_reply_after(steady.started, 30) is not None, "b1 -> r1 at the start"
+        wait_for(lambda: probe.unanswered() >= 3, 30, what="b1 -> r3 requests sent")
         assert not probe.replies(), "r3 answered before it was created"
 
         t_sent = time.time()
         red.post("/v1/vpcs/red/endpoints", controllers.endpoint_body(lab.plan, r3))
         t_post = time.time()
-        first = probe.wait_reply_after(t_sent, 10)
-        assert first is not None, "b1 -> r3 did not work within 10 s of creating r3"
+        first = probe.wait_reply_after(t_sent, 30)
+        assert first is not None, "b1 -> r3 did not work within 30 s of creating r3"
         print(
             f"\nendpoint programming latency: first b1 -> r3 reply "
             f"{(first - t_post) * 1000:.0f} ms after POST returned "
             f"({(first - t_sent) * 1000:.0f} ms after it was sent)"
         )
         assert lab.ping("r3", "b1") and lab.ping("r3", "r1")
-        time.sleep(0.3)
 
-        t_sent = time.time()
         red.delete("/v1/vpcs/red/endpoints/r3")
         t_del = time.time()
-        time.sleep(2)
+        wait_for(
+            lambda: not lab.hosts_with_flows_for(lab.vm("r3").ip), 30, what="r3's flows removed"
+        )
+        t_gone = time.time()
         last = probe.last_reply()
         assert last is not None
-        assert not probe.replies_after(t_del + 1.5), "r3 still answered 1.5 s after its DELETE"
-        print(f"endpoint removal: last b1 -> r3 reply {(last - t_del) * 1000:+.0f} ms after DELETE")
+        print(
+            f"endpoint removal: r3's flows gone from every host {(t_gone - t_del) * 1000:.0f} ms "
+            f"after DELETE returned; last b1 -> r3 reply {(last - t_del) * 1000:+.0f} ms"
+        )
         assert not lab.ping("b1", "r3", count=2)
-        time.sleep(0.2)
+        steady_t = time.time()
+        assert steady.wait_reply_after(steady_t, 30) is not None, "b1 -> r1 after the removal"
         steady_result = steady.stop()
         probe.stop()
     print(
-        f"b1 -> r1 at 100 pps meanwhile: {steady_result.sent} sent, "
-        f"{steady_result.lost} lost {steady_result.missing()}"
+        f"b1 -> r1 at up to 100 pps meanwhile: {steady_result.sent} sent, "
+        f"{steady_result.lost} lost, gaps {steady_result.gaps()}"
     )
-    assert steady_result.sent > 300
-    assert steady_result.lost <= 2
+    assert not steady_result.gaps(), "b1 -> r1 lost packets while r3 came and went"
 
 
 def test_deleting_a_peering_cuts_traffic_and_re_adding_restores_it(lab: Lab) -> None:
     blue = client(lab, "ctl1")
-    with Pinger(lab.vm("b1"), lab.vm("r1").ip, count=1500) as pinger:
-        assert pinger.wait_reply_after(pinger.started, 5) is not None, "b1 -> r1 before the cut"
-        time.sleep(0.5)
+    with Pinger(lab.vm("b1"), lab.vm("r1").ip, count=100000) as pinger:
+        assert pinger.wait_reply_after(pinger.started, 30) is not None, "b1 -> r1 before the cut"
         t_sent = time.time()
         blue.delete("/v1/vpcs/blue/peerings/blue-red")
         t_del = time.time()
-        time.sleep(3.5)
-        late = pinger.replies_after(t_del + 3)
+        wait_for(lambda: not lab.ping("b1", "r1", count=2), 30, what="b1 -> r1 cut")
         last = pinger.last_reply()
         assert last is not None
-        cut = last - t_del
         print(
-            f"\npeering cut: last reply {cut * 1000:+.0f} ms after DELETE returned "
+            f"\npeering cut: last reply {(last - t_del) * 1000:+.0f} ms after DELETE returned "
             f"({(last - t_sent) * 1000:.0f} ms after it was sent; DELETE took "
             f"{(t_del - t_sent) * 1000:.0f} ms)"
         )
-        assert not late, f"{len(late)} replies more than 3 s after the DELETE"
-        assert cut < 5
+        assert not lab.ping("r1", "b1", count=2), "cut one way only"
 
         t_sent = time.time()
         blue.post("/v1/vpcs/blue/peerings", PEERING)
         t_post = time.time()
-        first = pinger.wait_reply_after(t_sent, 10)
+        first = pinger.wait_reply_after(t_sent, 30)
         result = pinger.stop()
-    assert first is not None, "traffic did not come back within 10 s of re-adding the peering"
+    assert first is not None, "traffic did not come back within 30 s of re-adding the peering"
     print(
         f"peering restore: first reply {(first - t_post) * 1000:.0f} ms after POST returned "
         f"({(first - t_sent) * 1000:.0f} ms after it was sent); "
@@ -223,19 +206,21 @@ def test_peer_changes_still_arrive_after_a_peering_sharing_the_stream_was_cycled
     }
     policy = red.get("/v1/vpcs/red/peerings/red-blue")["export_policy_id"]
     assert policy == red.get("/v1/vpcs/red/peerings/red-green")["export_policy_id"]
+    peer_of = {"blue": ("b1", "r1"), "green": ("r1", "g1")}
     for vpc, body in bodies.items():
         ctl1.delete(f"/v1/vpcs/{vpc}/peerings/{body['name']}")
-        time.sleep(0.5)
+        src, dst = peer_of[vpc]
+        wait_for(
+            lambda src=src, dst=dst: not lab.ping(src, dst, count=2), 30, what=f"{vpc}-red cut"
+        )
         ctl1.post(f"/v1/vpcs/{vpc}/peerings", body)
-        deadline = time.monotonic() + 10
-        while not (lab.ping("b1", "r1") and lab.ping("r1", "g1")):
-            assert time.monotonic() < deadline, f"{vpc}-red did not come back"
+        wait_for(lambda: lab.ping("b1", "r1") and lab.ping("r1", "g1"), 30, what=f"{vpc}-red back")
     r3 = endpoint(topo, "r3")
-    with Pinger(lab.vm("b1"), lab.vm("r3").ip, count=3000) as probe:
+    with Pinger(lab.vm("b1"), lab.vm("r3").ip, count=100000) as probe:
         t_sent = time.time()
         red.post("/v1/vpcs/red/endpoints", controllers.endpoint_body(lab.plan, r3))
         try:
-            first = probe.wait_reply_after(t_sent, 10)
+            first = probe.wait_reply_after(t_sent, 30)
             probe.stop()
             others = lab.ping("r1", "r3")  # hv2 and hv3 learnt r3: the shard published it
         finally:

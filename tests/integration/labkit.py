@@ -6,9 +6,11 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -16,12 +18,13 @@ from meshpeer.lab import ovs, state
 from meshpeer.lab.expect import expect
 from meshpeer.lab.handflows import vm_named
 from meshpeer.lab.plan import HostPlan, LabPlan, VmPlan
-from meshpeer.lab.sh import run
+from meshpeer.lab.sh import netns_cmd, run
 from meshpeer.lab.topology import Topology
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOPOLOGIES = os.path.join(ROOT, "tests", "integration", "topologies")
 E2E_TOPOLOGIES = os.path.join(ROOT, "tests", "e2e", "topologies")
+TCP_BYTES = os.path.join(ROOT, "tests", "integration", "tcp_bytes.py")
 _names = itertools.count()
 
 
@@ -74,6 +77,34 @@ class Lab:
             args += ["-M", "do"]
         res = run([*args, self.vm(dst).ip], netns=self.vm(src).netns, check=False, timeout=30)
         return res.returncode == 0
+
+    def tcp_transfer(self, client: str, server: str, nbytes: int = 4 << 20) -> tuple[int, float]:
+        """Send ``nbytes`` over TCP from ``client`` to ``server``: (bytes the server received,
+        the rate in bit/s). The rate depends on the machine: print it, assert the bytes."""
+        srv = self.vm(server)
+        sink = subprocess.Popen(
+            netns_cmd(srv.netns, [sys.executable, TCP_BYTES, "sink", srv.ip, "5201"]),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert sink.stdout is not None
+            assert sink.stdout.readline().strip() == "listening", "the TCP sink did not start"
+            t0 = time.monotonic()
+            self.sh(
+                client, sys.executable, TCP_BYTES, "send", srv.ip, "5201", str(nbytes), timeout=120
+            )
+            received = int(sink.communicate(timeout=60)[0].strip() or 0)
+            return received, received * 8 / (time.monotonic() - t0)
+        finally:
+            if sink.poll() is None:
+                sink.kill()
+                sink.wait()
+
+    def hosts_with_flows_for(self, ip: str) -> list[str]:
+        """Hosts whose br-int still holds a flow that matches on or sets ``ip``."""
+        pattern = re.compile("=" + re.escape(ip) + r"(?![0-9])")
+        return [h.name for h in self.plan.hosts if pattern.search(ovs.ofctl(h, "dump-flows"))]
 
     def add_flows(self, host: str, flows: Sequence[str]) -> None:
         """Hand-written test flows (ovs-ofctl text is for tests and humans only)."""

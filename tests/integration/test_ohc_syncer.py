@@ -108,7 +108,7 @@ class App:
         with open(self.status, encoding="utf-8") as f:
             return list(json.load(f)["syncs"])
 
-    def wait_syncs(self, n: int, timeout: float = 20) -> list[dict[str, Any]]:
+    def wait_syncs(self, n: int, timeout: float = 60) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             got = self.syncs()
@@ -293,8 +293,8 @@ def test_restart_after_a_change_sends_only_the_delta_and_keeps_counters(harness:
     # a1 asks for a2's MAC: its ARP request hits the untouched flow (and is dropped).
     h.lab.sh("a1", "ping", "-c", "1", "-W", "0.3", h.lab.vm("a2").ip, check=False)
     app.stop()
-    t0 = time.monotonic()
     duration0, packets0 = flow_stats(h, "priority=5,arp,in_port=10")
+    t0 = time.monotonic()  # after the first reading
     assert packets0 > 0
 
     after, expected = changed(before)
@@ -310,9 +310,12 @@ def test_restart_after_a_change_sends_only_the_delta_and_keeps_counters(harness:
     )
     assert "weight:3" not in h.groups()  # both weights now 1 (which OVS does not print)
 
+    t1 = time.monotonic()  # before the second reading
     duration1, packets1 = flow_stats(h, "priority=5,arp,in_port=10")
     assert packets1 >= packets0, "the untouched flow's counters were reset"
-    assert duration1 >= duration0 + (time.monotonic() - t0) - 0.2, (duration0, duration1)
+    # The flow aged at least as much as the time between the readings, however slow they were
+    # (a re-added flow would be younger by the 0.5 s pause): OVS keeps time in milliseconds.
+    assert duration1 >= duration0 + (t1 - t0) - 0.05, (duration0, duration1, t1 - t0)
 
 
 @pytest.mark.parametrize(
@@ -372,9 +375,6 @@ def test_lost_flows_are_detected_by_the_canary_and_resynced(harness: Harness) ->
 
     # OVS restarts: the connection drops, the OHC reconnects, finds no canary, resyncs.
     restart_vswitchd(h.host)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and len(app.syncs()) < 3:
-        time.sleep(0.05)
     sync = app.wait_syncs(3)[-1]
     assert sync["ok"] and sync["reason"] == "connect", sync
     assert sync["canary_was_present"] is False, sync

@@ -41,6 +41,7 @@ from meshpeer.streaming.subscriber import (
     body_for,
     parse_head,
 )
+from tests.support.wait import wait_for
 
 DEST = ServiceName.DESTINATION
 SID = StreamId(DEST, "red")
@@ -60,12 +61,9 @@ def objs(*ns: int) -> dict[str, dict[str, Any]]:
     return {f"10.0.{n // 256}.{n % 256}": ep(n) for n in ns}
 
 
-def wait_until(pred: Callable[[], bool], timeout: float = 3.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or pred}")
-        eventlet.sleep(0.005)
+def wait_until(pred: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    """``wait_for`` on the hub: the test body is a green thread, so it yields while it waits."""
+    wait_for(pred, timeout, step=0.005, what=what, sleep=eventlet.sleep)
 
 
 # --- in-process server --------------------------------------------------------------------
@@ -215,7 +213,7 @@ def client(cleanup: list[Any], url: str, rec: Recorder | None = None, **kw: Any)
     return c
 
 
-def raw_get(port: int, query: str, count: int, timeout: float = 2.0) -> tuple[Any, list[Message]]:
+def raw_get(port: int, query: str, count: int, timeout: float = 30.0) -> tuple[Any, list[Message]]:
     """GET /v1/subscribe?query with a bare socket; return the head and the first messages."""
     sock = green_socket.create_connection(("127.0.0.1", port), timeout=timeout)
     try:
@@ -330,7 +328,8 @@ def test_wire_headers_and_since(cleanup: list[Any]) -> None:
     hub.publish(SID, objs(1))
     hub.publish(SID, objs(1, 2))
     hub.publish(SID, objs(1, 2, 3))
-    server = serve(cleanup, hub)
+    # An hour between heartbeats: a current subscriber's heartbeat can only come "at once".
+    server = serve(cleanup, hub, heartbeat=3600.0)
     head, msgs = raw_get(server.port, "service=destination&key=red", 1)
     assert head.status == 200
     assert head.headers["content-type"] == "application/x-ndjson"
@@ -339,10 +338,8 @@ def test_wire_headers_and_since(cleanup: list[Any]) -> None:
     assert msgs == [Snapshot(DEST, "red", 102, objs(1, 2, 3))]
     _, msgs = raw_get(server.port, "service=destination&key=red&since=101", 1)
     assert msgs == [Delta(DEST, "red", 102, objs(3), ())]  # only the missing one
-    started = time.monotonic()
     _, msgs = raw_get(server.port, "service=destination&key=red&since=102", 1)
     assert isinstance(msgs[0], Heartbeat) and msgs[0].version == 102  # current: at once
-    assert time.monotonic() - started < 1.0
 
 
 # --- client against the hub -------------------------------------------------------------------
@@ -419,8 +416,7 @@ def test_server_restart_client_keeps_state_then_converges(
     server.stop()  # crash: connections dropped, port closed
     wait_until(lambda: not c.connected and c.last_error is not None)
     assert dict(c.replica.objects) == objs(1, 2)  # fail static
-    eventlet.sleep(0.1)  # a few refused reconnects
-    assert c.reconnects >= 1
+    wait_until(lambda: c.reconnects >= 1, what="a refused reconnect")
     hub2 = StreamHub(base_version=new_base)
     hub2.publish(SID, objs(2, 3))  # changed while down
     serve(cleanup, hub2, port=server.port)
@@ -431,14 +427,19 @@ def test_server_restart_client_keeps_state_then_converges(
 
 
 def test_heartbeats_keep_idle_stream_alive(cleanup: list[Any]) -> None:
+    """The client's clock is driven by the test: 10 x 0.6 s pass on it, 6 times its 1 s
+    heartbeat timeout, and each heartbeat that arrives meanwhile keeps the stream alive."""
     hub = StreamHub()
     hub.publish(SID, objs(1))
     server = serve(cleanup, hub, heartbeat=0.03)
-    c = client(cleanup, server.url, heartbeat_timeout=0.2)
+    now = [0.0]
+    c = client(cleanup, server.url, heartbeat_timeout=1.0, clock=lambda: now[0])
     wait_until(lambda: c.version == 0)
-    eventlet.sleep(0.6)
+    for _ in range(10):
+        beats = c.heartbeats_received
+        now[0] += 0.6
+        wait_until(lambda beats=beats: c.heartbeats_received > beats, what="a heartbeat")
     assert c.connected and c.reconnects == 0 and c.last_error is None
-    assert c.heartbeats_received >= 8
 
 
 def test_silent_server_is_detected_dead_and_state_kept(cleanup: list[Any]) -> None:
@@ -470,7 +471,7 @@ def test_slow_subscriber_overflows_to_snapshot_without_stalling_fast(cleanup: li
     slow = green_socket.socket()
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: small window
     slow.connect(("127.0.0.1", server.port))
-    slow.settimeout(3.0)
+    slow.settimeout(30.0)
     cleanup.append(Stoppable(slow.close))
     slow.sendall(b"GET /v1/subscribe?service=destination&key=red HTTP/1.1\r\nHost: x\r\n\r\n")
     wait_until(lambda: fast.version == 0 and hub.stats()[SID].subscribers == 2)
@@ -484,7 +485,7 @@ def test_slow_subscriber_overflows_to_snapshot_without_stalling_fast(cleanup: li
     # Now the slow one reads: it ends at the current version via a fresh snapshot.
     replica, decoder, body, buf = ReplicaState(DEST, "red"), Decoder(), None, b""
     kinds: list[tuple[str, int]] = []
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 30
     while replica.version != total and time.monotonic() < deadline:
         buf += slow.recv(1 << 20)
         if body is None:
@@ -559,18 +560,28 @@ def test_http_errors_recorded_and_retried(cleanup: list[Any]) -> None:
 
 
 def test_grant_expiry_closes_and_client_resumes(cleanup: list[Any]) -> None:
-    hub = StreamHub()
+    """The hub's clock is driven by the test; the client's backoff is long, so it reconnects
+    only when ``set_auth`` cuts the backoff short, with the new grant."""
+    now = [1000.0]
+    hub = StreamHub(clock=lambda: now[0])
     hub.publish(PEER_SID, objs(1))
-    server = serve(cleanup, hub, expiry={"short": 0.1})
+    server = serve(cleanup, hub, expiry={"short": 10.0})
     rec = Recorder()
-    c = client(cleanup, server.url, rec, auth="short", policy="p-1", host="host-1")
+    c = client(
+        cleanup, server.url, rec, auth="short", policy="p-1", host="host-1",
+        backoff=(60.0, 60.0), heartbeat_timeout=60.0,
+    )  # fmt: skip
+    wait_until(lambda: c.version == 0)
+    now[0] += 11.0  # past the short grant's expiry
     wait_until(lambda: rec.closes == ["grant-expired"])
-    c.set_auth("long")
-    wait_until(lambda: c.reconnects >= 1 and c.connected)
-    closes = len(rec.closes)
-    eventlet.sleep(0.3)
-    assert len(rec.closes) == closes and c.running
-    assert c.snapshots_received == 1  # every reconnect resumed with since
+    c.set_auth("long")  # never expires
+    wait_until(lambda: c.reconnects == 1 and c.connected)
+    now[0] += 3600.0
+    hub.publish(PEER_SID, objs(1, 2))
+    hub.publish(PEER_SID, objs(1, 2, 3))
+    wait_until(lambda: c.version == 2, what="two deltas on the long grant's connection")
+    assert rec.closes == ["grant-expired"] and c.reconnects == 1 and c.running
+    assert c.snapshots_received == 1  # the reconnect resumed with since
 
 
 # --- sans-I/O HTTP pieces ---------------------------------------------------------------------
@@ -631,16 +642,22 @@ def test_gate_admits_one_connection_until_its_first_message(cleanup: list[Any]) 
     silent = RawServer(head_only)  # answers, then never sends a message
     cleanup.append(silent)
     gate = Semaphore(1)
-    stuck = client(cleanup, silent.url, heartbeat_timeout=0.3, backoff=(0.2, 0.2), gate=gate)
+    now = [0.0]  # the stuck client's clock, driven by the test: it times out when told to
+    stuck = client(
+        cleanup, silent.url, heartbeat_timeout=1.0, backoff=(60.0, 60.0), gate=gate,
+        clock=lambda: now[0],
+    )  # fmt: skip
     wait_until(lambda: len(silent.requests) == 1, what="the first connection")
     waiting = client(cleanup, server.url, gate=gate)
-    eventlet.sleep(0.15)  # the stuck client still holds the gate: no connection attempt yet
+    eventlet.sleep(0.05)  # a chance to misbehave; the stuck client cannot time out meanwhile
     assert waiting.version is None and waiting.last_status is None
     assert hub.stats()[SID].subscribers == 0
+    now[0] += 1.5
     wait_until(lambda: waiting.version == 0, what="admission after the timeout")
     assert "nothing heard" in (stuck.last_error or "")
-    stuck.stop()
-    # Streaming clients do not hold the gate: another one gets in at once.
+    # The admitted client streams without holding the gate (the stuck one waits in its long
+    # backoff): the gate is free, and another client gets in.
+    assert gate.balance == 1
     other = client(cleanup, server.url, gate=gate)
-    wait_until(lambda: other.version == 0, timeout=0.5, what="a second admission")
+    wait_until(lambda: other.version == 0, what="a second admission")
     assert gate.balance == 1 and hub.stats()[SID].subscribers == 2
