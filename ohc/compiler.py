@@ -73,7 +73,14 @@ from ohc.pipeline import (
     VPC_MASK,
     check_flow,
 )
-from policies.routes import Route, resolve_routes
+from policies.routes import (
+    Lookup,
+    PeerRoutes,
+    Route,
+    RouteDecision,
+    decide_routes,
+    installed_routes,
+)
 
 # Priorities. L3_LOOKUP: exact own addresses beat exact peer addresses beat any prefix route;
 # routes are longest-prefix first (100 + prefix length, at most 228).
@@ -237,6 +244,57 @@ class _Ctx:
     local: dict[tuple[str, Address], LocalPort]  # (vpc, ip) -> local port, every VPC
     local_vpcs: frozenset[str]  # the VPCs in ``local``: most lookups can skip hashing an IP
     subnets: tuple[Network, ...]  # this VPC's own subnets (routes and ports)
+    routes: _Routes  # the VPC's route decisions (policies.routes.decide_routes)
+
+    def reaches(self, peer: PeerView, ip: Address) -> bool:
+        """Does the effective table send ``ip`` to ``peer``? Only when its longest installed
+        prefix is the peer's subnet route (not a local or other peer's route that won)."""
+        found = self.routes.reach.get(peer.peer_vpc, _NOWHERE).find(ip)
+        return found is not None and found.kind == "subnet" and found.origin == peer.peer_vpc
+
+
+_NOT_ROUTED = "its effective route is not the peer's subnet route"
+_Entries = dict[tuple[Route, bool], tuple[RouteEntry, PeerView | None]]
+_NOWHERE = Lookup(())
+
+
+@dataclass(frozen=True)
+class _Routes:
+    """One VPC's route decisions, the routes they are about, and per peer VPC the installed
+    routes that decide which of the peer's addresses it is sent (``_Ctx.reaches``)."""
+
+    decisions: tuple[RouteDecision, ...]
+    entries: _Entries  # (route, from a peer) -> the route as received, and from which peer
+    reach: dict[str, Lookup]
+
+
+def _decide(own: VpcServices, peers: Iterable[PeerView]) -> _Routes:
+    """``policies.routes.decide_routes`` over the routes this host was sent (the peer's service
+    set is shared by every peer under one policy: the local peering's flag filters)."""
+    entries: _Entries = {}
+
+    def taken(routes: Iterable[RouteEntry], via: PeerView | None) -> tuple[Route, ...]:
+        """The usable routes (a static route needs its next hop), each remembered once."""
+        kept: list[Route] = []
+        for r in routes:
+            hop = "" if r.next_hop is None else str(r.next_hop.ip)
+            route = Route(r.prefix, r.kind, r.vpc, hop, r.priority)
+            key = (route, via is not None)
+            if (r.kind == "subnet" or r.next_hop is not None) and key not in entries:
+                entries[key] = (r, via)
+                kept.append(route)
+        return tuple(kept)
+
+    local = taken(own.routes, None)
+    peers = tuple(peers)
+    imports = [PeerRoutes(taken(p.services.routes, p), p.import_custom_routes) for p in peers]
+    decisions = decide_routes(local, imports)
+    table = Lookup(installed_routes(decisions))
+    reach = {
+        p.peer_vpc: table.around(r.prefix for r in p.services.routes if r.kind == "subnet")
+        for p in peers
+    }
+    return _Routes(decisions, entries, reach)
 
 
 def compile_host(view: HostView) -> DesiredState:
@@ -293,7 +351,8 @@ class _Units:
         keep in step with it and the helpers it calls."""
         parts: tuple[Hashable, ...] = (ctx.vpc, ctx.vni, ctx.view.local_underlay_ip)
         if peer is not None:
-            parts += (peer.peer_vpc, peer.policy_id, ctx.subnets)
+            reach = ctx.routes.reach.get(peer.peer_vpc)
+            parts += (peer.peer_vpc, peer.policy_id, ctx.subnets, reach)
         return self.contexts.get(parts, lambda: _UnitContext(parts))
 
     def end_round(self) -> tuple[int, int]:
@@ -323,6 +382,7 @@ def _compile(view: HostView, units: _Units | None) -> DesiredState:
             local,
             local_vpcs,
             tuple(sorted(subnets, key=lambda n: (n.version, str(n)))),
+            _decide(own, view.peers_of(vpc)),
         )
         _vpc_flows(out, ctx)
         for p in ports:  # local ports first: they win over stream copies of themselves
@@ -633,6 +693,9 @@ def _dest_flows(out: _Out, ctx: _Ctx, d: Destination, peer: PeerView | None) -> 
                 f"{ctx.vpc}: peer destination {d.vpc}/{d.name} {d.ip} is inside a local subnet"
             )
             return
+        if not ctx.reaches(peer, d.ip):
+            out.note(f"{ctx.vpc}: peer destination {d.vpc}/{d.name} {d.ip}: {_NOT_ROUTED}")
+            return
         owner, priority = _peer_owner(Kind.PEER_DEST, d.name, peer), PRIO_PEER
         meta = _routed(ctx.vni)
     actions = _forward(ctx, d)
@@ -685,6 +748,9 @@ def _lb_flows(
         if _inside_own_subnet(ctx, lb.vip):
             out.note(f"{ctx.vpc}: peer VIP {lb.vpc}/{lb.name} {lb.vip} is inside a local subnet")
             return
+        if not ctx.reaches(peer, lb.vip):
+            out.note(f"{ctx.vpc}: peer VIP {lb.vpc}/{lb.name} {lb.vip}: {_NOT_ROUTED}")
+            return
         owner, priority, meta = (Kind.PEER_LB, name), PRIO_PEER, _routed(ctx.vni)
     buckets = []
     for dest, weight in lb.backends:
@@ -715,28 +781,11 @@ def _lb_flows(
 
 
 def _route_flows(out: _Out, ctx: _Ctx) -> None:
-    """The VPC's effective route table (policies.routes rules) as prefix flows."""
-    entries: dict[tuple[Route, bool], tuple[RouteEntry, PeerView | None]] = {}
-
-    def usable(r: RouteEntry) -> bool:
-        return r.kind == "subnet" or r.next_hop is not None
-
-    def as_route(r: RouteEntry) -> Route:
-        hop = "" if r.next_hop is None else str(r.next_hop.ip)
-        return Route(r.prefix, r.kind, r.vpc, hop, r.priority)
-
-    for r in ctx.own.routes:
-        if usable(r):
-            entries.setdefault((as_route(r), False), (r, None))
-    for peer in ctx.peers:
-        for r in peer.services.routes:
-            if usable(r):
-                entries.setdefault((as_route(r), True), (r, peer))
-    decisions = resolve_routes([rt for rt, p in entries if not p], [rt for rt, p in entries if p])
-    for dec in decisions:
+    """The VPC's effective route table (``_decide``) as prefix flows."""
+    for dec in ctx.routes.decisions:
         if not dec.installed:
             continue
-        entry, via = entries[(dec.route, dec.from_peer)]
+        entry, via = ctx.routes.entries[(dec.route, dec.from_peer)]
         if via is None:
             owner, meta = (Kind.ROUTE, f"{entry.vpc}/{entry.name}"), _vpc(ctx.vni)
         else:

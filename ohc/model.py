@@ -5,7 +5,8 @@ shapes written by ``meshpeer/controller/mux.py``): the endpoint meta-service for
 each local VPC's own destination/forwarding/load-balancer services, its peering service, and
 the peer VPCs' services under the peer's export policy. A subscription is untrusted input (a
 peer controller is another administrative domain): an object with a bad IP, MAC, VNI or
-shape is skipped and reported as a ``Skipped``; the rest of the view is still built.
+shape is skipped and reported as a ``Skipped``; the rest of the view is still built. Peering
+objects are parsed by the type their writer uses (``meshpeer.protocol.peering.PeeringObject``).
 
 Beyond shape, ``HostView.from_service_objects`` checks what a peer may claim: a peer's objects
 must carry the peer's VNI (from our own controller's peering object), and a peer VNI may not
@@ -21,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from meshpeer.protocol.messages import ProtocolError
+from meshpeer.protocol.peering import MAX_VNI, PeeringObject
 from ohc.memo import Memo
 from ohc.pipeline import FIRST_VM_PORT, MAX_PORT
 
@@ -30,7 +33,6 @@ JsonObject = Mapping[str, Any]
 ServiceObjects = Mapping[str, JsonObject]  # object key -> object, as a stream holds them
 RouteKind = Literal["subnet", "static"]
 
-MAX_VNI = (1 << 24) - 1
 MAX_WEIGHT = 0xFFFF  # OpenFlow bucket weight is 16 bits
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
@@ -359,6 +361,7 @@ class PeerView:
     peer_vni: int
     policy_id: str
     services: VpcServices
+    import_custom_routes: bool = False  # the local peering's flag (policies.routes rule 0)
 
 
 @dataclass(frozen=True)
@@ -415,9 +418,8 @@ class HostView:
             objs = peerings.get(vpc, {})
             for key in sorted(objs):
                 try:
-                    obj = _obj(objs[key])
-                    peer_vpc, policy = _str(obj, "peer_vpc"), _str(obj, "policy_id")
-                    peer_vni = parse_vni(obj.get("peer_vni"), "peer_vni")
+                    po = PeeringObject.parse(objs[key])
+                    peer_vpc, peer_vni = po.peer_vpc, po.peer_vni
                     if peer_vpc == vpc:
                         raise BadObject("a VPC cannot peer with itself")
                     if owners.get(peer_vni, peer_vpc) != peer_vpc:
@@ -430,14 +432,18 @@ class HostView:
                         )
                     if any(p.vpc == vpc and p.peer_vpc == peer_vpc for p in peers):
                         raise BadObject(f"{vpc} already follows {peer_vpc}")
-                except BadObject as e:
+                except (BadObject, ProtocolError) as e:
                     skipped.append(Skipped("peering", f"{vpc}/{key}", str(e)))
                     continue
-                streams = peer_services.get((peer_vpc, policy), StreamObjects())
+                streams = peer_services.get((peer_vpc, po.policy_id), StreamObjects())
                 services = VpcServices.from_service_objects(
                     peer_vpc, peer_vni, streams, skipped, parsed
                 )
-                peers.append(PeerView(vpc, peer_vpc, peer_vni, policy, services))
+                peers.append(
+                    PeerView(
+                        vpc, peer_vpc, peer_vni, po.policy_id, services, po.import_custom_routes
+                    )
+                )
         view = HostView(
             parse_underlay_ip(local_underlay_ip, "local_underlay_ip"), ports, owns, tuple(peers)
         )

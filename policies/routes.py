@@ -1,7 +1,13 @@
 """Route conflict rules (the source's FIG. 7, claim 20): one effective route table per VPC.
 
-Pre-defined, deterministic rules, applied in order:
+``decide_routes`` is THE route decision: the API's effective routes
+(``meshpeer/controller/routing.py``) and every host's flow compiler (``ohc/compiler.py``) call it
+with the same inputs (the VPC's own routes; per ACTIVE peer, what the peer exports and the local
+peering's ``import_custom_routes``), so what the API says is installed is what the switch
+forwards. Pre-defined, deterministic rules, applied in order:
 
+0. A peer's custom (static/dynamic) route is imported only when the local peering sets
+   ``import_custom_routes`` (`not-imported`); a peer's subnet routes always are.
 1. An imported route whose prefix matches or fits inside a local subnet route is not imported
    (`inside-local-subnet`): local traffic must never be taken to a peer.
 2. Routes with different prefixes coexist; longest-prefix match decides at forwarding time.
@@ -17,13 +23,16 @@ no ECMP: equal-cost routes to one prefix still give one winner.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
 from typing import Literal, TypeAlias
 
-from policies.overlap import Network, network_key, relation
+from policies.overlap import Network, intersect, network_key, relation
 
 RouteKind: TypeAlias = Literal["subnet", "static", "dynamic"]
-Reason: TypeAlias = Literal["inside-local-subnet", "local-preferred", "lower-preference"]
+Reason: TypeAlias = Literal[
+    "not-imported", "inside-local-subnet", "local-preferred", "lower-preference"
+]
 _KIND_RANK: dict[RouteKind, int] = {"subnet": 0, "static": 1, "dynamic": 2}
 _INSIDE = ("matches", "fits inside")
 
@@ -87,6 +96,66 @@ def resolve_routes(local: Iterable[Route], imported: Iterable[Route]) -> tuple[R
     return tuple(decisions)
 
 
+@dataclass(frozen=True)
+class PeerRoutes:
+    """What one ACTIVE peer exports to the VPC, and whether the VPC imports its custom routes."""
+
+    routes: tuple[Route, ...]
+    import_custom_routes: bool = False
+
+
+def decide_routes(local: Iterable[Route], peers: Iterable[PeerRoutes]) -> tuple[RouteDecision, ...]:
+    """Rule 0, then ``resolve_routes``: the decisions for the routes taken in, then those for
+    the custom routes left out (`not-imported`), each part in ``resolve_routes``' order."""
+    taken: list[Route] = []
+    refused: set[Route] = set()
+    for peer in peers:
+        for route in peer.routes:
+            if route.kind == "subnet" or peer.import_custom_routes:
+                taken.append(route)
+            else:
+                refused.add(route)
+    left_out = tuple(
+        RouteDecision(r, True, False, "not-imported")
+        for r in sorted(refused, key=lambda r: (network_key(r.prefix), _rank(r, True)))
+    )
+    return resolve_routes(local, taken) + left_out
+
+
 def installed_routes(decisions: Iterable[RouteDecision]) -> tuple[Route, ...]:
     """The effective route table: the installed routes, in decision order."""
     return tuple(d.route for d in decisions if d.installed)
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """Longest-prefix match over installed routes: where the effective table sends an address.
+
+    A subnet route's addresses are its VPC's endpoints: a host forwards to a peer's endpoint only
+    when the peer's subnet route is what ``find`` returns for its address (``ohc/compiler.py``),
+    so a peer route that lost a conflict, or an address outside what the peer exports, is
+    not reached through that peer."""
+
+    routes: tuple[Route, ...]  # longest prefix first
+    _keys: tuple[tuple[int, int, int], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        ordered = tuple(sorted(self.routes, key=lambda r: -r.prefix.prefixlen))
+        object.__setattr__(self, "routes", ordered)
+        keys = tuple(
+            (r.prefix.version, int(r.prefix.network_address), int(r.prefix.netmask))
+            for r in ordered
+        )
+        object.__setattr__(self, "_keys", keys)
+
+    def find(self, ip: IPv4Address | IPv6Address) -> Route | None:
+        version, n = ip.version, int(ip)
+        for (v, net, mask), route in zip(self._keys, self.routes, strict=True):
+            if v == version and n & mask == net:
+                return route
+        return None
+
+    def around(self, prefixes: Iterable[Network]) -> Lookup:
+        """The routes that overlap ``prefixes``: enough to look up an address inside them."""
+        nets = tuple(prefixes)
+        return Lookup(tuple(r for r in self.routes if any(intersect(r.prefix, n) for n in nets)))

@@ -354,7 +354,9 @@ class ControllerApi:
             import_custom_routes=b.get("import_custom_routes", p.import_custom_routes),
         )
         self.shard.commit([updated])
-        return 200, self._peering_json(p.vpc, p.name)
+        return 200, self._programmed(
+            ctx, "peering", f"{p.vpc}/{p.name}", self._peering_json(p.vpc, p.name)
+        )
 
     def get_peering(self, ctx: RequestCtx) -> tuple[int, object]:
         p = self._intent(
@@ -693,6 +695,7 @@ class ControllerApi:
                 "PUT",
                 "/v1/vpcs/{vpc}/peerings/{name}",
                 self.update_peering,
+                query=WAIT_Q,
                 body=Obj(
                     {}, {"export": EXPORT, "import_custom_routes": Bool()}, name="PeeringUpdate"
                 ),

@@ -16,6 +16,7 @@ from meshpeer.controller.model import Endpoint, Intent, JsonObject, gateway
 from meshpeer.controller.peering import Status
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.grants import Grant, mint
+from meshpeer.protocol.peering import PeeringObject
 from policies.export import ExportPolicy
 
 # Streams a VPC's own hosts read carry no policy: they see everything of their VPC.
@@ -236,7 +237,8 @@ def peering_objects(
     host: str,
     now: float,
 ) -> dict[str, JsonObject]:
-    """Peering service for one host: which peers to follow, where, and a grant to do so.
+    """Peering service for one host: which peers to follow, where, a grant to do so, and what
+    the local side imports (``meshpeer.protocol.peering.PeeringObject``, the OHC's parser too).
 
     Expiry is rounded to whole ``ttl`` buckets (valid for at least one ttl), so the stream
     changes once per bucket rather than at every recomputation.
@@ -246,16 +248,20 @@ def peering_objects(
     out: dict[str, JsonObject] = {}
     for p in intent.peerings_of(vpc):
         st = states.get((vpc, p.name))
-        if st is None or not st.active or st.peer_policy_id is None:
+        url = d.url_of(p.peer_vpc)
+        if st is None or not st.active or st.peer_policy_id is None or st.peer_vni is None:
+            continue
+        if url is None:  # not in the shard directory (any more): nowhere to follow it
             continue
         grant = Grant(vpc, p.peer_vpc, st.peer_policy_id, host, expires, d.signing_key_id)
-        out[p.peer_vpc] = {
-            "peering": p.name,
-            "peer_vpc": p.peer_vpc,
-            "peer_vni": st.peer_vni,
-            "policy_id": st.peer_policy_id,
-            "controller": d.url_of(p.peer_vpc),
-            "grant": mint(grant, d.grant_keys),
-            "expires_at": expires,
-        }
+        out[p.peer_vpc] = PeeringObject(
+            peering=p.name,
+            peer_vpc=p.peer_vpc,
+            peer_vni=st.peer_vni,
+            policy_id=st.peer_policy_id,
+            controller=url,
+            grant=mint(grant, d.grant_keys),
+            expires_at=expires,
+            import_custom_routes=p.import_custom_routes,
+        ).to_json()
     return out

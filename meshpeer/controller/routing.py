@@ -1,7 +1,8 @@
 """Route manager: a VPC's effective routes, with imported peer routes and conflict rules.
 
 Local subnet and static routes, plus what each ACTIVE peer exports to this VPC (from the
-peer's federation view), resolved by the pre-defined rules of ``policies.routes`` (FIG. 7).
+peer's federation view), decided by ``policies.routes.decide_routes`` (FIG. 7): the same
+function every host's flow compiler calls with the same inputs, read from its streams.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from collections.abc import Mapping
 
 from meshpeer.controller.model import Intent, JsonObject
 from meshpeer.controller.peering import PEERING_PREFIX, Status, View
-from policies.routes import Route, RouteDecision, resolve_routes
+from policies.routes import PeerRoutes, Route, RouteDecision, decide_routes
 
 REASONS = {
+    "not-imported": "custom route not imported: peering {peering!r} has import_custom_routes false",
     "inside-local-subnet": "matches or fits inside a local subnet route",
     "local-preferred": "a local route to the same prefix wins",
     "lower-preference": "another route to the same prefix is preferred",
@@ -32,34 +34,35 @@ def effective_routes(
         Route(r.prefix, "static", vpc_name, str(r.next_hop), r.priority)
         for r in intent.routes_of(vpc_name)
     ]
-    imported: list[Route] = []
-    skipped: list[JsonObject] = []
+    peers: list[PeerRoutes] = []
+    peering_of: dict[str, str] = {}  # peer VPC -> the local peering's name
     for p in intent.peerings_of(vpc_name):
         st = states.get((vpc_name, p.name))
         back = (views.get(p.peer_vpc) or {}).get(PEERING_PREFIX + vpc_name)
         if st is None or not st.active or back is None:
             continue
-        for cidr in back["exported_subnets"]:
-            imported.append(Route(ipaddress.ip_network(cidr), "subnet", p.peer_vpc))
-        for r in back["custom_routes"]:
-            route = Route(
+        peering_of[p.peer_vpc] = p.name
+        routes = [
+            Route(ipaddress.ip_network(c), "subnet", p.peer_vpc) for c in back["exported_subnets"]
+        ]
+        routes += [
+            Route(
                 ipaddress.ip_network(r["prefix"]),
                 "static",
                 p.peer_vpc,
                 r["next_hop"],
                 r["priority"],
             )
-            if p.import_custom_routes:
-                imported.append(route)
-            else:
-                reason = (
-                    f"custom route not imported: peering {p.name!r} has import_custom_routes false"
-                )
-                skipped.append(_render(RouteDecision(route, True, False), reason))
-    decided = [
-        _render(d, REASONS[d.reason] if d.reason else None) for d in resolve_routes(local, imported)
+            for r in back["custom_routes"]
+        ]
+        peers.append(PeerRoutes(tuple(routes), p.import_custom_routes))
+    return [
+        _render(
+            d,
+            REASONS[d.reason].format(peering=peering_of.get(d.route.origin)) if d.reason else None,
+        )
+        for d in decide_routes(local, peers)
     ]
-    return decided + skipped
 
 
 def _render(d: RouteDecision, reason: str | None) -> JsonObject:

@@ -39,8 +39,10 @@ def add_vpc(intent: Intent, d: Directory, shard: str, name: str, *cidrs: str) ->
     intent.put(ops.new_vpc(intent, d, shard, name, subnets(*cidrs), None))
 
 
-def add_vm(intent: Intent, vpc: str, name: str, ip: str, host: str = "hv1") -> None:
-    intent.put(ops.new_endpoint(intent, vpc, name, "vm", ipaddress.ip_address(ip), None, host, []))
+def add_vm(
+    intent: Intent, vpc: str, name: str, ip: str, host: str = "hv1", kind: str = "vm"
+) -> None:
+    intent.put(ops.new_endpoint(intent, vpc, name, kind, ipaddress.ip_address(ip), None, host, []))
     if host not in intent.hosts:
         n = len(intent.hosts) + 1
         intent.put(Host(host, ipaddress.ip_address(f"169.254.101.{10 + n}")))
@@ -52,10 +54,17 @@ def add_ilb(intent: Intent, vpc: str, name: str, ip: str, backends: dict[str, in
 
 
 def peer(
-    intent: Intent, d: Directory, vpc: str, other: str, export: dict[str, object] | None = None
+    intent: Intent,
+    d: Directory,
+    vpc: str,
+    other: str,
+    export: dict[str, object] | None = None,
+    import_custom_routes: bool = False,
+    name: str | None = None,
 ) -> None:
     policy: ExportPolicy = parse_export_policy(export, "export")
-    intent.put(ops.new_peering(intent, d, vpc, f"to-{other}", other, policy, False, None))
+    name = name or f"to-{other}"
+    intent.put(ops.new_peering(intent, d, vpc, name, other, policy, import_custom_routes, None))
 
 
 def views(intent: Intent, shard_of: dict[str, str]) -> dict[str, View]:

@@ -92,8 +92,9 @@ def add_route(i: Intent, vpc: str, name: str, prefix: str, hop: str) -> None:
     i.put(ops.new_route(i, vpc, name, net, nh, 1000))
 
 
-def publish(i: Intent) -> Publication:
-    return desired_streams(i, statuses(i, views(i, OWNER), OWNER), G, now=0.0)
+def publish(i: Intent, grants: GrantSettings = G, owner: dict[str, str] = OWNER) -> Publication:
+    """What the shards (``owner``: VPC -> shard) publish for ``i``, as one publication."""
+    return desired_streams(i, statuses(i, views(i, owner), owner), grants, now=0.0)
 
 
 def streams_of(pub: Publication, vpc: str, policy: str | None) -> StreamObjects:
@@ -106,7 +107,11 @@ def streams_of(pub: Publication, vpc: str, policy: str | None) -> StreamObjects:
 
 
 def host_view(
-    i: Intent, pub: Publication, host: str, parsed: Memo[Destination | BadObject] | None = None
+    i: Intent,
+    pub: Publication,
+    host: str,
+    parsed: Memo[Destination | BadObject] | None = None,
+    ofports: dict[tuple[str, str], int] = OFPORT,
 ) -> tuple[HostView, tuple[Skipped, ...]]:
     """What an OHC on ``host`` builds from the streams it follows (ohc.subscriptions)."""
     endpoints = pub.streams.get(StreamId(ServiceName.ENDPOINT, host), {})
@@ -118,7 +123,7 @@ def host_view(
     return HostView.from_service_objects(
         str(i.hosts[host].underlay_ip),
         endpoints,
-        OFPORT,
+        ofports,
         {v: streams_of(pub, v, None) for v in local},
         peerings,
         {k: streams_of(pub, *k) for k in peer_keys},

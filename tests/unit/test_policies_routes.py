@@ -9,7 +9,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from policies.overlap import Network, subnet_of
-from policies.routes import Route, RouteDecision, RouteKind, installed_routes, resolve_routes
+from policies.routes import (
+    Lookup,
+    PeerRoutes,
+    Route,
+    RouteDecision,
+    RouteKind,
+    decide_routes,
+    installed_routes,
+    resolve_routes,
+)
 
 
 def r(prefix: str, kind: RouteKind, origin: str, priority: int = 1000, hop: str = "") -> Route:
@@ -86,6 +95,31 @@ def test_different_prefixes_and_families_coexist() -> None:
     out = resolve_routes(routes, imported)
     assert all(d.installed for d in out)
     assert [d.route.prefix.version for d in out] == [4, 4, 4, 6, 6]
+
+
+def test_a_peers_custom_routes_are_imported_only_with_the_flag() -> None:
+    local = [r("10.1.0.0/24", "subnet", "plum")]
+    subnet = r("10.128.0.0/24", "subnet", "teak")
+    onprem = r("10.129.0.0/24", "static", "teak", hop="10.128.0.10")
+    out = decide_routes(local, [PeerRoutes((subnet, onprem), import_custom_routes=False)])
+    assert installed_routes(out) == (local[0], subnet)
+    d = decision(out, onprem)
+    assert (d.installed, d.imported, d.reason, d.winner) == (False, False, "not-imported", None)
+    out = decide_routes(local, [PeerRoutes((subnet, onprem), import_custom_routes=True)])
+    assert installed_routes(out) == (local[0], subnet, onprem)
+    assert decide_routes(local, []) == resolve_routes(local, [])
+
+
+def test_lookup_is_longest_prefix_first() -> None:
+    wide = r("10.0.0.0/8", "static", "blue", hop="a")
+    narrow = r("10.2.0.0/24", "subnet", "red")
+    table = Lookup((wide, narrow))
+    assert table.find(ip_address("10.2.0.7")) == narrow
+    assert table.find(ip_address("10.3.0.7")) == wide
+    assert table.find(ip_address("11.0.0.1")) is None
+    assert table.find(ip_address("fd00::1")) is None
+    assert table.around([ip_network("10.2.0.0/25")]) == Lookup((wide, narrow))
+    assert table.around([ip_network("10.3.0.0/24")]) == Lookup((wide,))
 
 
 # --- properties --------------------------------------------------------------------------------

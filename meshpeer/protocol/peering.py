@@ -1,0 +1,105 @@
+"""The objects of the ``peering`` service: one wire contract for its writer and its readers.
+
+The shard writes them (``meshpeer/controller/mux.py``: ``PeeringObject(...).to_json()``); the OHC
+reads them (``ohc/model.py`` for the flow compiler, ``ohc/subscriptions.py`` for what to follow)
+with ``PeeringObject.parse``, which validates every field of what is untrusted input on the OHC
+side. One object per ACTIVE peering of a VPC, keyed by the peer VPC's name (docs/protocol.md).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from meshpeer.protocol.messages import GRANT_RE, JsonObject, ProtocolError, check_name
+
+MAX_VNI = (1 << 24) - 1  # Geneve VNIs are 24 bits
+MAX_URL = 2048
+
+
+@dataclass(frozen=True)
+class PeeringObject:
+    """Which peer a host of VPC ``vpc`` follows, where, with which grant, and what it imports.
+
+    ``import_custom_routes`` is the local side's flag: the peer's service set is shared by every
+    peer under one export policy, so the peer's stream cannot say it; the host applies it with
+    ``policies.routes.decide_routes``, the same decision the API's effective routes make.
+    """
+
+    peering: str  # the local peering's name
+    peer_vpc: str
+    peer_vni: int
+    policy_id: str  # the peer's export policy toward this VPC: the service set to follow
+    controller: str  # the peer VPC's shard URL
+    grant: str
+    expires_at: float
+    import_custom_routes: bool = False
+
+    def to_json(self) -> JsonObject:
+        return {
+            "peering": self.peering,
+            "peer_vpc": self.peer_vpc,
+            "peer_vni": self.peer_vni,
+            "policy_id": self.policy_id,
+            "controller": self.controller,
+            "grant": self.grant,
+            "expires_at": self.expires_at,
+            "import_custom_routes": self.import_custom_routes,
+        }
+
+    @staticmethod
+    def parse(obj: object) -> PeeringObject:
+        """Validate one object from the wire; raises ProtocolError naming the bad field.
+
+        A missing ``import_custom_routes`` (a shard older than the field) is false: import
+        nothing rather than what the user did not ask for."""
+        if not isinstance(obj, Mapping):
+            raise ProtocolError("peering", f"expected an object, got {type(obj).__name__}")
+        return PeeringObject(
+            peering=check_name("peering", obj.get("peering")),
+            peer_vpc=check_name("peer_vpc", obj.get("peer_vpc")),
+            peer_vni=_vni(obj.get("peer_vni")),
+            policy_id=check_name("policy_id", obj.get("policy_id")),
+            controller=_url(obj.get("controller")),
+            grant=_grant(obj.get("grant")),
+            expires_at=_time(obj.get("expires_at")),
+            import_custom_routes=_bool(obj, "import_custom_routes"),
+        )
+
+
+def _vni(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_VNI:
+        raise ProtocolError("peer_vni", f"expected an integer in 1..{MAX_VNI}, got {value!r}")
+    return value
+
+
+def _url(value: object) -> str:
+    if (
+        not isinstance(value, str)
+        or not value.startswith(("http://", "https://"))
+        or len(value) > MAX_URL
+        or any(c.isspace() for c in value)
+    ):
+        raise ProtocolError("controller", f"expected an http(s) URL, got {value!r}")
+    return value
+
+
+def _grant(value: object) -> str:
+    if not isinstance(value, str) or not GRANT_RE.fullmatch(value):
+        raise ProtocolError("grant", "expected a grant token")
+    return value
+
+
+def _time(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ProtocolError("expires_at", f"expected a number of seconds, got {value!r}")
+    return float(value)
+
+
+def _bool(obj: Mapping[str, Any], name: str) -> bool:
+    value = obj.get(name, False)
+    if not isinstance(value, bool):
+        raise ProtocolError(name, f"expected true or false, got {value!r}")
+    return value
