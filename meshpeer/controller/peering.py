@@ -36,6 +36,9 @@ def federation_view(intent: Intent, shard: str, vpc_name: str) -> dict[str, Json
             "vni": vpc.vni,
             "shard": shard,
             "subnets": [str(s.cidr) for s in vpc.subnets],
+            # Who must program a new peering with this VPC (?wait=programmed on the peer's
+            # shard); the peer's hosts learn these names anyway from its destinations.
+            "hosts": intent.hosts_of(vpc_name),
         }
     }
     for p in intent.peerings_of(vpc_name):
@@ -70,6 +73,13 @@ class Status:
     @property
     def active(self) -> bool:
         return self.state == ACTIVE
+
+
+def view_hosts(view: View | None) -> list[str]:
+    """The hosts a VPC's federation view says hold its endpoints."""
+    if not view or VPC_OBJ not in view:
+        return []
+    return [str(h) for h in view[VPC_OBJ].get("hosts", [])]
 
 
 def peer_ranges(view: View | None) -> tuple[Network, ...]:

@@ -26,6 +26,7 @@ from meshpeer.controller.mux import (
     destination,
     endpoint_id,
     endpoint_object,
+    must_apply,
 )
 from meshpeer.controller.peering import Status, View, federation_view, statuses
 from meshpeer.controller.routing import effective_routes
@@ -36,6 +37,8 @@ from meshpeer.streaming.publisher import StreamHub
 from policies.export import ExportPolicy
 
 log = logging.getLogger(__name__)
+
+UNPUBLISHED = 1 << 63  # the version a host must hold of a stream not published: never reached
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,8 @@ class ShardState:
         # and the stream versions each resource's last write produced.
         self.applied: dict[str, dict[str, int]] = {}
         self.targets: dict[tuple[str, str], dict[StreamId, int]] = {}
+        # ... and the hosts that must hold a stream's version whether they follow it or not.
+        self.required: dict[tuple[str, str], dict[StreamId, tuple[int, frozenset[str]]]] = {}
         self.refresh()
 
     # --- writes -------------------------------------------------------------------------
@@ -104,6 +109,13 @@ class ShardState:
             produced = self.refresh(self.scope_of([*puts, *(o for o in old if o is not None)]))
         for key in [store_key(r) for r in puts] + [(d.kind, d.key) for d in deletes]:
             self.targets[key] = produced
+        written = [(r, False) for r in puts] + [(o, True) for o in old[: len(deletes)] if o]
+        for r, deleted in written:
+            must = must_apply(self.intent, self.states, self.views(), r, deleted)
+            self.required[store_key(r)] = {
+                sid: (self.hub.version(sid) if sid in self.hub else UNPUBLISHED, hosts)
+                for sid, hosts in must.items()
+            }
         return version
 
     # --- the endpoint fast path ------------------------------------------------------------
@@ -257,13 +269,18 @@ class ShardState:
         self.applied.setdefault(host, {}).update(streams)
 
     def pending_hosts(self, kind: str, key: str) -> list[str]:
-        """Hosts subscribed to a stream that a resource's last write changed, but which have
-        not reported applying that version yet (OVN's --wait=hv, per resource)."""
+        """Hosts that must act on a resource's last write and have not reported applying it
+        yet (OVN's --wait=hv, per resource): every host subscribed to a stream the write
+        changed, and the hosts ``mux.must_apply`` names whether they follow it yet or not."""
+        must: list[tuple[StreamId, int, Iterable[str]]] = [
+            (sid, version, self.hub.subscriber_hosts(sid))
+            for sid, version in self.targets.get((kind, key), {}).items()
+        ]
+        must += [(sid, v, hosts) for sid, (v, hosts) in self.required.get((kind, key), {}).items()]
         pending: set[str] = set()
-        for sid, version in self.targets.get((kind, key), {}).items():
-            for host in self.hub.subscriber_hosts(sid):
-                if self.applied.get(host, {}).get(stream_name(*sid), -1) < version:
-                    pending.add(host)
+        for sid, version, hosts in must:
+            name = stream_name(*sid)
+            pending.update(h for h in hosts if self.applied.get(h, {}).get(name, -1) < version)
         return sorted(pending)
 
     # --- reads for the REST API ----------------------------------------------------------
