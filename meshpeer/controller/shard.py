@@ -111,12 +111,18 @@ class ShardState:
             self.targets[key] = produced
         written = [(r, False) for r in puts] + [(o, True) for o in old[: len(deletes)] if o]
         for r, deleted in written:
-            must = must_apply(self.intent, self.states, self.views(), r, deleted)
-            self.required[store_key(r)] = {
-                sid: (self.hub.version(sid) if sid in self.hub else UNPUBLISHED, hosts)
-                for sid, hosts in must.items()
-            }
+            self.required[store_key(r)] = self._must_apply(r, deleted)
         return version
+
+    def _must_apply(
+        self, written: Resource, deleted: bool
+    ) -> dict[StreamId, tuple[int, frozenset[str]]]:
+        """``mux.must_apply`` with the stream versions the hosts must hold, as of now."""
+        must = must_apply(self.intent, self.states, self.views(), written, deleted)
+        return {
+            sid: (self.hub.version(sid) if sid in self.hub else UNPUBLISHED, hosts)
+            for sid, hosts in must.items()
+        }
 
     # --- the endpoint fast path ------------------------------------------------------------
     # Adding or removing a VM in a VPC that already has endpoints on that host changes only
@@ -271,12 +277,18 @@ class ShardState:
     def pending_hosts(self, kind: str, key: str) -> list[str]:
         """Hosts that must act on a resource's last write and have not reported applying it
         yet (OVN's --wait=hv, per resource): every host subscribed to a stream the write
-        changed, and the hosts ``mux.must_apply`` names whether they follow it yet or not."""
+        changed, and the hosts ``mux.must_apply`` names whether they follow it yet or not
+        (after a restart, for a resource not written since: its streams' versions now, which
+        the hosts report again as they resubscribe)."""
         must: list[tuple[StreamId, int, Iterable[str]]] = [
             (sid, version, self.hub.subscriber_hosts(sid))
             for sid, version in self.targets.get((kind, key), {}).items()
         ]
-        must += [(sid, v, hosts) for sid, (v, hosts) in self.required.get((kind, key), {}).items()]
+        required = self.required.get((kind, key))
+        if required is None:  # not written since this shard started: as of now
+            found = self.intent.get(kind, key)
+            required = self._must_apply(found, False) if found is not None else {}
+        must += [(sid, v, hosts) for sid, (v, hosts) in required.items()]
         pending: set[str] = set()
         for sid, version, hosts in must:
             name = stream_name(*sid)
