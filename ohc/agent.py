@@ -251,6 +251,8 @@ class Agent:
             log.warning(
                 "ohc %s: %s refused (%s): its state dropped", self.host, _describe(sub), why
             )
+        if sub.service in (ServiceName.ENDPOINT, ServiceName.PEERING):
+            self.resync()  # what it listed is no longer wanted (inside a resync: once more)
 
     def _closed(self, sub: Sub, serial: int) -> Callable[[str], None]:
         """A stream the server closed. ``shutdown``/``grant-expired``: the client reconnects
@@ -339,6 +341,13 @@ class Agent:
         the view is partial, and flows for the missing streams must not be removed (fail
         static). A refused stream is not missing: its shard answered, and the answer is no."""
         return all(sub in self.objects or sub in self.refused for sub in self.clients)
+
+    def refusals(self) -> dict[str, str]:
+        """For status: followed streams whose shard refused them, and how."""
+        return {
+            _describe(s): why
+            for s, why in sorted(self.refused.items(), key=lambda kv: kv[0].sort_key())
+        }
 
     def vpcs_known(self) -> Mapping[str, set[str]]:
         """For tests and status: VPC -> services this host holds objects of."""

@@ -363,6 +363,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             "host": self.conf.host,
             "last_sync": self.last,
             "received": self.agent.received(),
+            "refused": self.agent.refusals(),
             "vpcs_known": {k: sorted(v) for k, v in self.agent.vpcs_known().items()},
             "ports": {f"{v}/{n}": p for (v, n), p in sorted(self.ofports.items())},
         }

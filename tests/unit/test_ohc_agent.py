@@ -323,3 +323,15 @@ def test_a_peering_version_is_applied_only_once_its_peers_services_are_in() -> N
     versions = dict.fromkeys(agent.objects, 6)
     held = applied_versions(versions, agent.objects)
     assert BLUE_PEERING not in held and held[RED_PEERING] == 6
+
+
+def test_a_refused_peering_stream_takes_the_peers_it_listed_with_it() -> None:
+    """Blue's own shard refuses hv1's peering stream (say 404: blue has no endpoint here any
+    more, and the endpoint stream has not said so yet): what it listed is not followed."""
+    agent, made = blue_and_red_peered_on_one_host()
+    made[BLUE_PEERING].answer(404)
+    assert not any(s in agent.clients for s in peer_subs(CTL2, "red", "p-red"))
+    assert not any(s in agent.objects for s in peer_subs(CTL2, "red", "p-red"))
+    assert all(s in agent.objects for s in peer_subs(CTL1, "blue", "p-blue"))  # red's peers
+    assert agent.complete()
+    assert agent.refusals() == {f"peering/blue at {CTL1}": "HTTP 404"}
