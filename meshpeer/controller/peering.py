@@ -75,6 +75,14 @@ class Status:
         return self.state == ACTIVE
 
 
+def without_hosts(view: View | None) -> dict[str, Any] | None:
+    """A view without its host list: all that peering states and publications depend on."""
+    if view is None or VPC_OBJ not in view:
+        return None if view is None else dict(view)
+    vpc = {k: v for k, v in view[VPC_OBJ].items() if k != "hosts"}
+    return {**view, VPC_OBJ: vpc}
+
+
 def view_hosts(view: View | None) -> list[str]:
     """The hosts a VPC's federation view says hold its endpoints."""
     if not view or VPC_OBJ not in view:

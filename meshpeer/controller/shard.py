@@ -28,7 +28,7 @@ from meshpeer.controller.mux import (
     endpoint_object,
     must_apply,
 )
-from meshpeer.controller.peering import Status, View, federation_view, statuses
+from meshpeer.controller.peering import Status, View, federation_view, statuses, without_hosts
 from meshpeer.controller.routing import effective_routes
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.messages import CloseReason, stream_name
@@ -182,10 +182,13 @@ class ShardState:
         return Scope(frozenset(vpcs), frozenset(hosts))
 
     def set_remote_view(self, vpc: str, view: View | None) -> None:
+        old = self.remote_views.get(vpc)
         if view is None:
             self.remote_views.pop(vpc, None)
         else:
             self.remote_views[vpc] = view
+        if old is not None and without_hosts(old) == without_hosts(view):
+            return  # only its hosts changed: no state or stream depends on them
         peers = {p.vpc for p in self.intent.peerings.values() if p.peer_vpc == vpc}
         self.refresh(Scope(frozenset(peers), frozenset()))
 
