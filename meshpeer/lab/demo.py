@@ -3,8 +3,8 @@
 Two controller shards, three hosts, three VPCs (topologies/demo.yaml). It shows the peering
 states and effective routes, the reachability matrix against what peering and policy allow,
 Geneve on the wire going straight from host to host with the peer's VNI, how long a new VM
-takes to become reachable from a peered VPC, and how fast traffic stops when one side
-deletes its peering. The exit code is 0 only if every observation matched its expectation.
+takes to become reachable from a peered VPC, and how fast traffic stops between every pair of
+the two VPCs (b2 and r1 share hv2) when one side deletes its peering. The exit code is 0 only if every observation matched its expectation.
 """
 
 from __future__ import annotations
