@@ -14,7 +14,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshpeer.controller.directory import Directory
-from meshpeer.controller.model import Endpoint, Host, Intent, JsonObject, Resource, Vpc, store_key
+from meshpeer.controller.model import (
+    Endpoint,
+    Host,
+    Intent,
+    JsonObject,
+    Peering,
+    Resource,
+    Vpc,
+    store_key,
+)
 from meshpeer.controller.mux import (
     ALL,
     PEER_SERVICES,
@@ -118,7 +127,8 @@ class ShardState:
         self, written: Resource, deleted: bool
     ) -> dict[StreamId, tuple[int, frozenset[str]]]:
         """``mux.must_apply`` with the stream versions the hosts must hold, as of now."""
-        must = must_apply(self.intent, self.states, self.views(), written, deleted)
+        views = self.views() if isinstance(written, Peering) else {}  # endpoints need none
+        must = must_apply(self.intent, self.states, views, written, deleted)
         return {
             sid: (self.hub.version(sid) if sid in self.hub else UNPUBLISHED, hosts)
             for sid, hosts in must.items()
