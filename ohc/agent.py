@@ -3,20 +3,31 @@
 Each stream is a resumable StreamClient; its latest objects are kept here. Whenever one
 changes, the wanted set is recomputed (new peers appear in a peering stream, the last local
 endpoint of a VPC goes away, a grant is re-minted) and clients are started, stopped or given
-a fresh credential. ``on_update`` then tells the app to recompile its flows. A stream whose
-shard is unreachable keeps its last objects: fail static.
+a fresh credential. ``on_update`` then tells the app to recompile its flows.
+
+How a stream ends decides what happens to its objects (``ending``, pure): a shard that cannot
+be reached (connect error, timeout, 5xx, a silent peer) leaves them in place: fail static. A
+shard that answers no (a refusal: 401/403/404/410 or another 4xx before the stream starts, or a
+``Close`` other than ``shutdown``/``grant-expired``) has revoked them: they are dropped at
+once, and the refused stream no longer counts towards ``complete``.
+
+Callbacks come from the clients' green threads, and stopping a client yields to the hub, so
+a callback can run while ``resync`` is half done. ``resync`` therefore never nests: a call
+made while one runs only asks it to go round once more, and ``_drop`` may be called twice.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Mapping
+from enum import Enum
 from typing import Any, Protocol
 
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.messages import CloseReason, stream_name
 from meshpeer.protocol.stream import ReplicaState
-from ohc.subscriptions import Sub, wanted
+from ohc.subscriptions import PEER_SERVICES, Sub, wanted
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +35,7 @@ log = logging.getLogger(__name__)
 class Client(Protocol):
     bytes_received: int
     objects_received: int
+    used_auth: str | None  # the credential of its latest request
 
     def start(self) -> None: ...
     def stop(self) -> None: ...
@@ -31,10 +43,70 @@ class Client(Protocol):
 
 
 ClientFactory = Callable[
-    [Sub, str, Callable[[ReplicaState, Any], None], Callable[[str], None]], Client
+    [
+        Sub,
+        str,
+        Callable[[ReplicaState, Any], None],
+        Callable[[str], None],
+        Callable[[int], None],
+    ],
+    Client,
 ]
+
+
+class Ending(Enum):
+    """What the end of a stream (or a failed attempt to open it) means for its objects."""
+
+    REFUSED = "refused"  # the shard answered no: drop the objects now
+    UNREACHABLE = "unreachable"  # no answer: keep the objects (fail static) while retrying
+    RECONNECT = "reconnect"  # the publisher asked for a reconnect: keep the objects
+
+
 # Close reasons after which a client reconnects by itself (see meshpeer.streaming.subscriber).
 SELF_RETRYING = frozenset({CloseReason.SHUTDOWN.value, CloseReason.GRANT_EXPIRED.value})
+# 4xx answers that are not about the request's right to the stream: try again later.
+TRANSIENT_4XX = frozenset({408, 429})
+
+
+def ending(*, status: int | None = None, close: str | None = None) -> Ending:
+    """Classify an HTTP status answered to a subscription, or a Close reason.
+
+    A refusal is any 4xx but 408 and 429: 401 (grant missing, expired, badly signed), 403
+    (grant for something else, or no ACTIVE peering exporting that policy to us), 404 (no such
+    stream: the VPC or the policy's service set is gone), 400 and the rest (a request this
+    shard will never serve). Every Close except ``shutdown`` and ``grant-expired`` is one too
+    (``peering-gone``: the peering ended). 5xx, 408, 429 and anything else are unreachable.
+    """
+    if close is not None:
+        return Ending.RECONNECT if close in SELF_RETRYING else Ending.REFUSED
+    if status is not None and 400 <= status < 500 and status not in TRANSIENT_4XX:
+        return Ending.REFUSED
+    return Ending.UNREACHABLE
+
+
+def applied_versions(
+    versions: Mapping[Sub, int], objects: Mapping[Sub, Mapping[str, Any]]
+) -> dict[Sub, int]:
+    """The stream versions a switch synced from ``objects`` can be said to hold.
+
+    A peering stream's version is held back until every peer it lists has delivered its
+    services (``versions`` has them): a shard that reads "applied peering version n" as
+    "the peering is programmed here" must not hear it while the peer's destinations are
+    still on their way (or refused, while the peer's shard has not seen the peering yet).
+    """
+    out = dict(versions)
+    for sub in versions:
+        if sub.service != ServiceName.PEERING:
+            continue
+        for peer in (objects.get(sub) or {}).values():
+            try:
+                url, vpc, policy = str(peer["controller"]), str(peer["peer_vpc"]), peer["policy_id"]
+            except KeyError:
+                continue  # malformed: subscriptions.wanted ignores it too
+            if any(Sub(url, s, vpc, str(policy), sub.host) not in versions for s in PEER_SERVICES):
+                del out[sub]
+                break
+    return out
 
 
 class Agent:
@@ -57,8 +129,17 @@ class Agent:
         self.auth: dict[Sub, str] = {}
         self.objects: dict[Sub, dict[str, Any]] = {}
         self.versions: dict[Sub, int] = {}  # stream version of the objects held
+        self.refused: dict[Sub, str] = {}  # followed streams whose shard said no, and how
         self.closed_bytes = 0  # bytes received by clients since stopped (for the totals)
         self.closed_objects = 0
+        # Which client a callback belongs to: a stream restarted after a Close gets a new
+        # serial, so a late callback of the old client changes nothing.
+        self._serial: dict[Sub, int] = {}
+        self._serials = itertools.count(1)
+        self._resyncing = False
+        self._again = False
+        # Streams the server closed for good: the credential it refused, and why.
+        self._closed_with: dict[Sub, tuple[str | None, str]] = {}
 
     def start(self) -> None:
         self.resync()
@@ -71,7 +152,23 @@ class Agent:
         return {s: o for s, o in self.objects.items() if s.service == service}
 
     def resync(self) -> None:
-        """Start, stop or re-credential clients so that exactly the wanted streams run."""
+        """Start, stop or re-credential clients so that exactly the wanted streams run.
+
+        Not re-entrant: stopping a client yields, and a callback that then asks for a resync
+        only marks it to run once more when the current one is done."""
+        if self._resyncing:
+            self._again = True
+            return
+        self._resyncing = True
+        try:
+            self._again = True
+            while self._again:
+                self._again = False
+                self._resync_once()
+        finally:
+            self._resyncing = False
+
+    def _resync_once(self) -> None:
         peering = {s.key: o for s, o in self.streams(ServiceName.PEERING).items()}
         urls: dict[str, str] = {}
         for objs in self.streams(ServiceName.ENDPOINT).values():
@@ -87,55 +184,113 @@ class Agent:
             peering,
             self.api_token,
         )
+        # Objects of a stream no client follows (its client ended) are never kept.
+        for sub in sorted(set(self.objects) - set(want), key=Sub.sort_key):
+            self._forget(sub)
+        for sub in set(self._closed_with) - set(want):
+            del self._closed_with[sub]
         for sub in sorted(set(self.clients) - set(want), key=Sub.sort_key):
             self._drop(sub)
         for sub, auth in sorted(want.items(), key=lambda kv: kv[0].sort_key()):
             if sub not in self.clients:
-                self.auth[sub] = auth
-                client = self.make_client(sub, auth, self._changed(sub), self._closed(sub))
-                self.clients[sub] = client
-                client.start()
-                log.info("ohc %s: following %s", self.host, _describe(sub))
+                self._follow(sub, auth)
             elif self.auth.get(sub) != auth:
                 self.auth[sub] = auth
                 self.clients[sub].set_auth(auth)
 
+    def _follow(self, sub: Sub, auth: str) -> None:
+        """Start a client. After a Close for good, a restart with the refused credential
+        (our own shard has not told us yet that the peering ended) refuses the objects now;
+        with another credential (another local VPC's peering shares the stream) they stay
+        until its snapshot."""
+        refused_auth, why = self._closed_with.pop(sub, (None, ""))
+        if why and refused_auth == auth:
+            self._refuse(sub, why)
+        serial = next(self._serials)
+        self._serial[sub] = serial
+        self.auth[sub] = auth
+        client = self.make_client(
+            sub,
+            auth,
+            self._changed(sub, serial),
+            self._closed(sub, serial),
+            self._http_error(sub, serial),
+        )
+        self.clients[sub] = client
+        log.info("ohc %s: following %s", self.host, _describe(sub))
+        client.start()
+
+    def _current(self, sub: Sub, serial: int) -> bool:
+        return self._serial.get(sub) == serial and sub in self.clients
+
     def _drop(self, sub: Sub) -> None:
-        client = self.clients.pop(sub)
-        client.stop()
+        """Stop following ``sub`` and forget its objects. Idempotent."""
+        client = self.clients.pop(sub, None)
+        self._serial.pop(sub, None)
+        self._forget(sub)
+        self.auth.pop(sub, None)
+        if client is None:
+            return
         self.closed_bytes += client.bytes_received
         self.closed_objects += client.objects_received
-        self.auth.pop(sub, None)
+        log.info("ohc %s: stopped following %s", self.host, _describe(sub))
+        client.stop()  # may yield to other green threads: the bookkeeping is done
+
+    def _forget(self, sub: Sub) -> None:
         self.objects.pop(sub, None)
         self.versions.pop(sub, None)
-        log.info("ohc %s: stopped following %s", self.host, _describe(sub))
+        self.refused.pop(sub, None)
 
-    def _closed(self, sub: Sub) -> Callable[[str], None]:
-        """A stream the server closed for good (e.g. ``peering-gone`` for the peering whose
-        grant opened it) ends its client. If the stream is still wanted, say because another
-        local VPC follows the same shared peer stream, a new client starts with the current
-        grant; the old objects stay until its snapshot arrives (fail static)."""
+    def _refuse(self, sub: Sub, why: str) -> None:
+        """The shard revoked this stream: its objects go now, not when it is unfollowed."""
+        had = sub in self.objects
+        self.objects.pop(sub, None)
+        self.versions.pop(sub, None)
+        self.refused[sub] = why
+        if had:
+            log.warning(
+                "ohc %s: %s refused (%s): its state dropped", self.host, _describe(sub), why
+            )
+        if sub.service in (ServiceName.ENDPOINT, ServiceName.PEERING):
+            self.resync()  # what it listed is no longer wanted (inside a resync: once more)
+
+    def _closed(self, sub: Sub, serial: int) -> Callable[[str], None]:
+        """A stream the server closed. ``shutdown``/``grant-expired``: the client reconnects
+        by itself. Any other reason (``peering-gone``) ends the client; the stream's objects
+        go with it unless it is still wanted (see ``_follow``)."""
 
         def closed(reason: str) -> None:
-            client = self.clients.get(sub)
-            if client is None or reason in SELF_RETRYING:
+            if not self._current(sub, serial) or ending(close=reason) is Ending.RECONNECT:
                 return
-            del self.clients[sub]
+            client = self.clients.pop(sub)
+            self._serial.pop(sub, None)
+            self.auth.pop(sub, None)
             self.closed_bytes += client.bytes_received
             self.closed_objects += client.objects_received
-            self.auth.pop(sub, None)
-            self.resync()
-            if sub not in self.clients:
-                self.objects.pop(sub, None)
-                self.versions.pop(sub, None)
+            self._closed_with[sub] = (client.used_auth, f"closed: {reason}")
+            self.resync()  # restarts the stream if still wanted (now, or after a running one)
             self.on_update()
 
         return closed
 
-    def _changed(self, sub: Sub) -> Callable[[ReplicaState, Any], None]:
+    def _http_error(self, sub: Sub, serial: int) -> Callable[[int], None]:
+        """The shard answered a (re)subscription with ``status``; the client keeps retrying."""
+
+        def failed(status: int) -> None:
+            if not self._current(sub, serial) or ending(status=status) is not Ending.REFUSED:
+                return
+            if self.clients[sub].used_auth != self.auth.get(sub):
+                return  # the old credential was refused; the new one is tried next
+            self._refuse(sub, f"HTTP {status}")
+            self.on_update()
+
+        return failed
+
+    def _changed(self, sub: Sub, serial: int) -> Callable[[ReplicaState, Any], None]:
         def apply(replica: ReplicaState, _msg: Any) -> None:
-            if sub not in self.clients:
+            if not self._current(sub, serial):
                 return  # a late message from a stream just dropped
+            self.refused.pop(sub, None)
             self.objects[sub] = dict(replica.objects)
             if replica.version is not None:
                 self.versions[sub] = replica.version
@@ -145,14 +300,18 @@ class Agent:
 
         return apply
 
-    def applied_reports(self, versions: Mapping[Sub, int]) -> dict[str, list[dict[str, Any]]]:
-        """The body of each shard's applied-version report, by shard URL.
+    def applied_reports(
+        self, versions: Mapping[Sub, int], objects: Mapping[Sub, Mapping[str, Any]]
+    ) -> dict[str, list[dict[str, Any]]]:
+        """The body of each shard's applied-version report, by shard URL, for a sync of
+        ``objects`` at ``versions`` (peering streams held back as ``applied_versions`` says).
 
         Own shards (``shard_urls``) take the API token. Any other shard is a peer's: each of
         its streams carries the grant it was subscribed with (its only credential there);
         streams without one are left out."""
         by_url: dict[str, list[dict[str, Any]]] = {}
-        for sub, version in sorted(versions.items(), key=lambda kv: kv[0].sort_key()):
+        held = applied_versions(versions, objects)
+        for sub, version in sorted(held.items(), key=lambda kv: kv[0].sort_key()):
             entry: dict[str, Any] = {
                 "stream": stream_name(sub.service, sub.key, sub.policy, sub.host),
                 "version": version,
@@ -178,9 +337,17 @@ class Agent:
         }
 
     def complete(self) -> bool:
-        """Has every followed stream delivered its first snapshot? Until then the view is
-        partial, and flows for the missing streams must not be removed (fail static)."""
-        return all(sub in self.objects for sub in self.clients)
+        """Has every followed stream delivered its first snapshot or been refused? Until then
+        the view is partial, and flows for the missing streams must not be removed (fail
+        static). A refused stream is not missing: its shard answered, and the answer is no."""
+        return all(sub in self.objects or sub in self.refused for sub in self.clients)
+
+    def refusals(self) -> dict[str, str]:
+        """For status: followed streams whose shard refused them, and how."""
+        return {
+            _describe(s): why
+            for s, why in sorted(self.refused.items(), key=lambda kv: kv[0].sort_key())
+        }
 
     def vpcs_known(self) -> Mapping[str, set[str]]:
         """For tests and status: VPC -> services this host holds objects of."""

@@ -302,7 +302,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             offload=eventlet.tpool.execute,
         )
         self.installed = result.installed
-        hub.spawn(self._report, versions)
+        hub.spawn(self._report, versions, objects)
         self.syncs += 1
         reused, compiled = self.compiler.last_round
         self.last = {
@@ -343,14 +343,14 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             gc.collect(1)
         gc.freeze()
 
-    def _report(self, versions: dict[Sub, int]) -> None:
+    def _report(self, versions: dict[Sub, int], objects: dict[Sub, dict[str, Any]]) -> None:
         """Tell each shard which of its stream versions this switch now holds, so that
         `?wait=programmed` can answer. Best effort: a lost report only delays that answer.
 
         Own shards get the API token. A peer's shard gets no token of ours (another
         administrative domain): each of its streams is reported with the grant it was
         subscribed with, which scopes the report to this host and that stream."""
-        for url, streams in sorted(self.agent.applied_reports(versions).items()):
+        for url, streams in sorted(self.agent.applied_reports(versions, objects).items()):
             token = self.conf.api_token if url in self.agent.shard_urls else None
             try:
                 Client(url, token, timeout=2.0).put(
@@ -366,6 +366,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             "host": self.conf.host,
             "last_sync": self.last,
             "received": self.agent.received(),
+            "refused": self.agent.refusals(),
             "vpcs_known": {k: sorted(v) for k, v in self.agent.vpcs_known().items()},
             "ports": {f"{v}/{n}": p for (v, n), p in sorted(self.ofports.items())},
         }

@@ -13,6 +13,7 @@ def stream_client(
     auth: str,
     on_change: Any,
     on_close: Any,
+    on_http_error: Any = None,
     heartbeat_timeout: float = 15.0,
     gate: Gate | None = None,
 ) -> StreamClient:
@@ -27,6 +28,7 @@ def stream_client(
         auth=auth,
         on_change=on_change,
         on_close=on_close,
+        on_http_error=on_http_error,
         heartbeat_timeout=heartbeat_timeout,
         gate=gate,
     )

@@ -67,14 +67,14 @@ class Sim:
                 eventlet.sleep(0)
 
     def _factory(self, host: str) -> Any:
-        def make(sub: Sub, auth: str, on_change: Any, on_close: Any = None) -> StreamClient:
+        def make(sub: Sub, auth: str, on_change: Any, on_close: Any, on_error: Any) -> StreamClient:
             def changed(replica: ReplicaState, msg: Any) -> None:
                 if self.watched and sub.service == ServiceName.DESTINATION:
                     self._seen(host, sub.key, msg)
                 on_change(replica, msg)
 
             return stream_client(
-                sub, auth, changed, on_close, self.heartbeat_timeout, gate=self.gate
+                sub, auth, changed, on_close, on_error, self.heartbeat_timeout, gate=self.gate
             )
 
         return make

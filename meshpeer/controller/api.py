@@ -18,7 +18,7 @@ from webob import Response
 from meshpeer.controller import intent as ops
 from meshpeer.controller.intent import IntentError, PeerFacts
 from meshpeer.controller.model import Backend, JsonObject, Subnet
-from meshpeer.controller.peering import INACTIVE, VPC_OBJ, peer_ranges
+from meshpeer.controller.peering import ACTIVE, INACTIVE, VPC_OBJ, peer_ranges
 from meshpeer.controller.shard import Delete, ShardState
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.grants import GrantError, Rejection, verify
@@ -70,7 +70,19 @@ ROUTE_IN = Obj(
     {"priority": Int(0, 65535)},
     name="RouteCreate",
 )
-WAIT_Q: dict[str, Schema] = {"wait": Str(enum=("programmed",)), "timeout": Int(0, 60)}
+WAIT_Q: dict[str, Schema] = {
+    "wait": Str(
+        enum=("programmed",),
+        description="Hold the answer (up to `timeout` s, default 10) until every host that must"
+        " act on the write has applied it; the answer says `programmed` and `pending_hosts`."
+        " `programmed: true` only when no host is pending: the hosts following a stream the"
+        " write changed, the endpoint's own host (even one that never registered: it stays"
+        " pending until it boots and applies it), and for an ACTIVE peering every host of both"
+        " VPCs (the peer's destinations on this VPC's hosts, and the way back). An INACTIVE"
+        " peering has nothing programmed: `programmed: false`, no wait (docs/protocol.md).",
+    ),
+    "timeout": Int(0, 60),
+}
 APPLIED_IN = Obj(
     {
         "streams": Arr(
@@ -303,12 +315,15 @@ class ControllerApi:
             ]
         }
 
-    def _peer_facts(self, peer_vpc: str) -> PeerFacts | None:
-        """Facts about the peer VPC: local, replicated, or asked of its shard right now."""
+    def _peer_facts(self, peer_vpc: str, fetched: dict[str, Any]) -> PeerFacts | None:
+        """Facts about the peer VPC: local, replicated, or asked of its shard right now (a
+        view asked for is put in ``fetched``)."""
         view = self.shard.views().get(peer_vpc)
         owner = self.shard.directory.owner_of(peer_vpc)
         if view is None and owner != self.shard.name:
             view = self.fetch_view(peer_vpc)
+            if view is not None:
+                fetched[peer_vpc] = view
         elif view is None and owner == self.shard.name:
             return PeerFacts(False)
         if view is None:
@@ -322,7 +337,8 @@ class ControllerApi:
             export = parse_export_policy(b.get("export"), "export")
         except PolicyError as exc:
             raise bad_request(exc.field, exc.detail) from exc
-        facts = self._peer_facts(b["peer_vpc"]) if b["peer_vpc"] != vpc else None
+        fetched: dict[str, Any] = {}
+        facts = self._peer_facts(b["peer_vpc"], fetched) if b["peer_vpc"] != vpc else None
         p = self._intent(
             ops.new_peering,
             self.shard.intent,
@@ -334,10 +350,20 @@ class ControllerApi:
             b.get("import_custom_routes", False),
             facts,
         )
+        # The peer's view just fetched decides the state now (ACTIVE at once when the peer
+        # has configured its side), not when the federation stream first delivers it.
+        for peer_vpc, view in fetched.items():
+            self.shard.remote_views.setdefault(peer_vpc, view)
         self.shard.commit([p])
-        return 201, self._programmed(
-            ctx, "peering", f"{vpc}/{p.name}", self._peering_json(vpc, p.name)
-        )
+        return 201, self._peering_programmed(ctx, vpc, p.name)
+
+    def _peering_programmed(self, ctx: RequestCtx, vpc: str, name: str) -> JsonObject:
+        """An INACTIVE peering has nothing programmed for it: ``programmed`` is false at once
+        (its ``state_details`` say why); an ACTIVE one waits like any write."""
+        body = self._peering_json(vpc, name)
+        if body["state"] != ACTIVE:
+            return {**body, "programmed": False, "pending_hosts": []}
+        return self._programmed(ctx, "peering", f"{vpc}/{name}", body)
 
     def update_peering(self, ctx: RequestCtx) -> tuple[int, object]:
         p = self._intent(
@@ -354,15 +380,13 @@ class ControllerApi:
             import_custom_routes=b.get("import_custom_routes", p.import_custom_routes),
         )
         self.shard.commit([updated])
-        return 200, self._programmed(
-            ctx, "peering", f"{p.vpc}/{p.name}", self._peering_json(p.vpc, p.name)
-        )
+        return 200, self._peering_programmed(ctx, p.vpc, p.name)
 
     def get_peering(self, ctx: RequestCtx) -> tuple[int, object]:
         p = self._intent(
             ops.check_peering, self.shard.intent, ctx.params["vpc"], ctx.params["name"]
         )
-        return 200, self._peering_json(p.vpc, p.name)
+        return 200, self._peering_programmed(ctx, p.vpc, p.name)
 
     def delete_peering(self, ctx: RequestCtx) -> tuple[int, object]:
         p = self._intent(
@@ -559,14 +583,21 @@ class ControllerApi:
             auth = (("WWW-Authenticate", 'Bearer error="invalid_token"'),) if status == 401 else ()
             raise ApiError(status, code, "Authorization", detail, auth) from exc
         for p in self.shard.intent.peerings_of(vpc):
+            if p.peer_vpc != grant.subscriber_vpc or p.export.policy_id != policy:
+                continue
             st = self.shard.peering_status(vpc, p.name)
-            if (
-                p.peer_vpc == grant.subscriber_vpc
-                and st is not None
-                and st.active
-                and p.export.policy_id == policy
-            ):
+            if st is not None and st.active:
                 return grant.expires_at, grant.subscriber_vpc
+            if p.peer_vpc not in self.shard.views():
+                # Not heard from the peer's shard yet (this shard just started): neither yes
+                # nor no. A refusal would make the peer's hosts drop their flows at once.
+                raise ApiError(
+                    503,
+                    "unavailable",
+                    "policy",
+                    f"VPC {p.peer_vpc!r} not heard from yet: the peering's state is unknown",
+                    (("Retry-After", "1"),),
+                )
         raise ApiError(
             403,
             "forbidden",
@@ -577,7 +608,7 @@ class ControllerApi:
     # --- the table ----------------------------------------------------------------------
 
     def routes(self) -> list[Route]:
-        c, e403 = frozenset({409}), frozenset({403})
+        c, e403, e503 = frozenset({409}), frozenset({403}), frozenset({503})
         return [
             Route("GET", "/healthz", self.healthz, auth=False, summary="Liveness; no token needed"),
             Route("GET", "/v1/vpcs", self.list_vpcs, summary="List VPCs of this shard"),
@@ -688,6 +719,7 @@ class ControllerApi:
                 "GET",
                 "/v1/vpcs/{vpc}/peerings/{name}",
                 self.get_peering,
+                query=WAIT_Q,
                 params=ITEM_P,
                 summary="Get a peering: state (ACTIVE/INACTIVE) and why",
             ),
@@ -771,7 +803,7 @@ class ControllerApi:
                 params={"name": NAME},
                 auth=False,
                 handler_auth=True,
-                errors=e403,
+                errors=e403 | e503,
                 summary="An OHC reports the stream versions its switch holds (for ?wait=programmed):"
                 " the API token, or a peer host's grant per stream",
             ),
@@ -795,7 +827,7 @@ class ControllerApi:
                 "/v1/subscribe",
                 self.subscribe,
                 auth=False,
-                errors=e403 | c | frozenset({401, 404}),
+                errors=e403 | e503 | c | frozenset({401, 404}),
                 query={
                     "service": Str(enum=tuple(s.value for s in ServiceName)),
                     "key": Str(),

@@ -267,6 +267,10 @@ class Intent:
         """(vpc, host) of every endpoint that has a host."""
         return set(self._placed)
 
+    def hosts_of(self, vpc: str) -> list[str]:
+        """Hosts holding at least one endpoint of ``vpc``."""
+        return sorted(h for v, h in self._placed if v == vpc)
+
     def get(self, kind: str, key: str) -> Resource | None:
         """The resource stored as (kind, key), if any."""
         found: Resource | None = getattr(self, _ATTR[kind]).get(_map_key(kind, key))

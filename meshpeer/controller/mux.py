@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from meshpeer.controller.directory import Directory
-from meshpeer.controller.model import Endpoint, Intent, JsonObject, gateway
-from meshpeer.controller.peering import Status
+from meshpeer.controller.model import Endpoint, Intent, JsonObject, Peering, Resource, gateway
+from meshpeer.controller.peering import Status, View, view_hosts
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.grants import Grant, mint
 from meshpeer.protocol.peering import PeeringObject
@@ -264,4 +264,44 @@ def peering_objects(
             expires_at=expires,
             import_custom_routes=p.import_custom_routes,
         ).to_json()
+    return out
+
+
+def must_apply(
+    intent: Intent,
+    states: Mapping[tuple[str, str], Status],
+    views: Mapping[str, View],
+    written: Resource,
+    deleted: bool,
+) -> dict[StreamId, frozenset[str]]:
+    """Hosts that must hold a stream's current version before a write is programmed, whether
+    or not they follow the stream yet (``?wait=programmed``; subscribers of a stream the write
+    changed must apply it too). ``written`` is the resource put, or the one deleted.
+
+    - An endpoint: its host, through its endpoint stream, even before the host ever
+      registered; for a delete, only a registered host (one that never was has nothing to
+      remove).
+    - A peering: every host of the VPC, through its peering stream (an OHC reports that only
+      once the peer's services listed there have arrived, so "applied" means the peer's
+      destinations are on the switch). If the peering is ACTIVE, also every host of the peer
+      VPC, through the VPC's services under its export policy: the way back. Those hosts come
+      from this shard's intent, or from the peer VPC's federation view.
+    """
+    if isinstance(written, Endpoint):
+        host = written.host
+        if host and (not deleted or host in intent.hosts):
+            return {StreamId(ServiceName.ENDPOINT, host): frozenset({host})}
+        return {}
+    if not isinstance(written, Peering):
+        return {}
+    p = written
+    out = {
+        StreamId(ServiceName.PEERING, p.vpc, OWN, h): frozenset({h}) for h in intent.hosts_of(p.vpc)
+    }
+    st = states.get((p.vpc, p.name))
+    if not deleted and st is not None and st.active:
+        local = p.peer_vpc in intent.vpcs
+        peer_hosts = intent.hosts_of(p.peer_vpc) if local else view_hosts(views.get(p.peer_vpc))
+        for service in PEER_SERVICES:
+            out[StreamId(service, p.vpc, p.export.policy_id)] = frozenset(peer_hosts)
     return out

@@ -36,6 +36,9 @@ def federation_view(intent: Intent, shard: str, vpc_name: str) -> dict[str, Json
             "vni": vpc.vni,
             "shard": shard,
             "subnets": [str(s.cidr) for s in vpc.subnets],
+            # Who must program a new peering with this VPC (?wait=programmed on the peer's
+            # shard); the peer's hosts learn these names anyway from its destinations.
+            "hosts": intent.hosts_of(vpc_name),
         }
     }
     for p in intent.peerings_of(vpc_name):
@@ -70,6 +73,21 @@ class Status:
     @property
     def active(self) -> bool:
         return self.state == ACTIVE
+
+
+def without_hosts(view: View | None) -> dict[str, Any] | None:
+    """A view without its host list: all that peering states and publications depend on."""
+    if view is None or VPC_OBJ not in view:
+        return None if view is None else dict(view)
+    vpc = {k: v for k, v in view[VPC_OBJ].items() if k != "hosts"}
+    return {**view, VPC_OBJ: vpc}
+
+
+def view_hosts(view: View | None) -> list[str]:
+    """The hosts a VPC's federation view says hold its endpoints."""
+    if not view or VPC_OBJ not in view:
+        return []
+    return [str(h) for h in view[VPC_OBJ].get("hosts", [])]
 
 
 def peer_ranges(view: View | None) -> tuple[Network, ...]:

@@ -14,7 +14,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshpeer.controller.directory import Directory
-from meshpeer.controller.model import Endpoint, Host, Intent, JsonObject, Resource, Vpc, store_key
+from meshpeer.controller.model import (
+    Endpoint,
+    Host,
+    Intent,
+    JsonObject,
+    Peering,
+    Resource,
+    Vpc,
+    store_key,
+)
 from meshpeer.controller.mux import (
     ALL,
     PEER_SERVICES,
@@ -26,8 +35,9 @@ from meshpeer.controller.mux import (
     destination,
     endpoint_id,
     endpoint_object,
+    must_apply,
 )
-from meshpeer.controller.peering import Status, View, federation_view, statuses
+from meshpeer.controller.peering import Status, View, federation_view, statuses, without_hosts
 from meshpeer.controller.routing import effective_routes
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.messages import CloseReason, stream_name
@@ -36,6 +46,8 @@ from meshpeer.streaming.publisher import StreamHub
 from policies.export import ExportPolicy
 
 log = logging.getLogger(__name__)
+
+UNPUBLISHED = 1 << 63  # the version a host must hold of a stream not published: never reached
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,8 @@ class ShardState:
         # and the stream versions each resource's last write produced.
         self.applied: dict[str, dict[str, int]] = {}
         self.targets: dict[tuple[str, str], dict[StreamId, int]] = {}
+        # ... and the hosts that must hold a stream's version whether they follow it or not.
+        self.required: dict[tuple[str, str], dict[StreamId, tuple[int, frozenset[str]]]] = {}
         self.refresh()
 
     # --- writes -------------------------------------------------------------------------
@@ -104,7 +118,21 @@ class ShardState:
             produced = self.refresh(self.scope_of([*puts, *(o for o in old if o is not None)]))
         for key in [store_key(r) for r in puts] + [(d.kind, d.key) for d in deletes]:
             self.targets[key] = produced
+        written = [(r, False) for r in puts] + [(o, True) for o in old[: len(deletes)] if o]
+        for r, deleted in written:
+            self.required[store_key(r)] = self._must_apply(r, deleted)
         return version
+
+    def _must_apply(
+        self, written: Resource, deleted: bool
+    ) -> dict[StreamId, tuple[int, frozenset[str]]]:
+        """``mux.must_apply`` with the stream versions the hosts must hold, as of now."""
+        views = self.views() if isinstance(written, Peering) else {}  # endpoints need none
+        must = must_apply(self.intent, self.states, views, written, deleted)
+        return {
+            sid: (self.hub.version(sid) if sid in self.hub else UNPUBLISHED, hosts)
+            for sid, hosts in must.items()
+        }
 
     # --- the endpoint fast path ------------------------------------------------------------
     # Adding or removing a VM in a VPC that already has endpoints on that host changes only
@@ -164,10 +192,13 @@ class ShardState:
         return Scope(frozenset(vpcs), frozenset(hosts))
 
     def set_remote_view(self, vpc: str, view: View | None) -> None:
+        old = self.remote_views.get(vpc)
         if view is None:
             self.remote_views.pop(vpc, None)
         else:
             self.remote_views[vpc] = view
+        if old is not None and without_hosts(old) == without_hosts(view):
+            return  # only its hosts changed: no state or stream depends on them
         peers = {p.vpc for p in self.intent.peerings.values() if p.peer_vpc == vpc}
         self.refresh(Scope(frozenset(peers), frozenset()))
 
@@ -257,13 +288,24 @@ class ShardState:
         self.applied.setdefault(host, {}).update(streams)
 
     def pending_hosts(self, kind: str, key: str) -> list[str]:
-        """Hosts subscribed to a stream that a resource's last write changed, but which have
-        not reported applying that version yet (OVN's --wait=hv, per resource)."""
+        """Hosts that must act on a resource's last write and have not reported applying it
+        yet (OVN's --wait=hv, per resource): every host subscribed to a stream the write
+        changed, and the hosts ``mux.must_apply`` names whether they follow it yet or not
+        (after a restart, for a resource not written since: its streams' versions now, which
+        the hosts report again as they resubscribe)."""
+        must: list[tuple[StreamId, int, Iterable[str]]] = [
+            (sid, version, self.hub.subscriber_hosts(sid))
+            for sid, version in self.targets.get((kind, key), {}).items()
+        ]
+        required = self.required.get((kind, key))
+        if required is None:  # not written since this shard started: as of now
+            found = self.intent.get(kind, key)
+            required = self._must_apply(found, False) if found is not None else {}
+        must += [(sid, v, hosts) for sid, (v, hosts) in required.items()]
         pending: set[str] = set()
-        for sid, version in self.targets.get((kind, key), {}).items():
-            for host in self.hub.subscriber_hosts(sid):
-                if self.applied.get(host, {}).get(stream_name(*sid), -1) < version:
-                    pending.add(host)
+        for sid, version, hosts in must:
+            name = stream_name(*sid)
+            pending.update(h for h in hosts if self.applied.get(h, {}).get(name, -1) < version)
         return sorted(pending)
 
     # --- reads for the REST API ----------------------------------------------------------

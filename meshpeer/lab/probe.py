@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from meshpeer.lab.matrix import ping
@@ -71,3 +72,24 @@ def answers(src: VmPlan, dst_ip: str, wait: float = 0.2) -> Callable[[], bool]:
         return ping(src, dst_ip, count=1, timeout_s=wait)
 
     return check
+
+
+Pairs = list[tuple[VmPlan, VmPlan]]
+
+
+def vpc_pairs(plan: LabPlan, vpc_a: str, vpc_b: str, skip: Collection[str] = ()) -> Pairs:
+    """Every ordered pair of VMs between two VPCs, both ways (``skip``: VM names left out,
+    e.g. deferred VMs not created yet)."""
+    vms = [v for v in plan.vms if v.name not in skip]
+    return [(a, b) for a in vms for b in vms if {a.vpc, b.vpc} == {vpc_a, vpc_b} and a.vpc != b.vpc]
+
+
+def answering(pairs: Pairs, wait: float = 0.2) -> list[str]:
+    """The pairs (``"a->b"``) whose one-packet ping was answered, all probed at once."""
+
+    def probe(p: tuple[VmPlan, VmPlan]) -> bool:
+        return answers(p[0], p[1].ip, wait)()
+
+    with ThreadPoolExecutor(max_workers=max(1, len(pairs))) as pool:
+        got = list(pool.map(probe, pairs))
+    return [f"{a.name}->{b.name}" for (a, b), ok in zip(pairs, got, strict=True) if ok]

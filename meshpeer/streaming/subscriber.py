@@ -56,9 +56,11 @@ OnChange = Callable[[ReplicaState, Message], None]
 MAX_HEAD = 64 * 1024
 MAX_ERROR_BODY = 64 * 1024
 RECV_SIZE = 256 * 1024
-SLOW_STATUSES = frozenset({400, 403, 404})
-"""Statuses that need a config change (no peering, unknown VPC, bad request) to go away:
-retried at the slowest backoff. 401 may be fixed by :meth:`StreamClient.set_auth`."""
+SLOW_STATUSES = frozenset({400})
+"""Statuses no retry of the same request can change (a malformed request): retried at the
+slowest backoff. 401/403/404 follow the normal backoff: a peering that has just become ACTIVE
+on the subscriber's shard may not be ACTIVE on the peer's shard for a few milliseconds more,
+and :meth:`StreamClient.set_auth` cuts a wait short when a new grant arrives."""
 DEFAULT_RETRY_CLOSE = frozenset({CloseReason.SHUTDOWN.value, CloseReason.GRANT_EXPIRED.value})
 
 
@@ -230,13 +232,14 @@ class StreamClient:
     """Keeps a :class:`ReplicaState` of one stream up to date, in its own green thread.
 
     ``on_change(replica, msg)`` runs after each applied snapshot or delta; ``on_close(reason)``
-    when the publisher sends Close. A Close whose reason is in ``retry_close_reasons``
+    when the publisher sends Close; ``on_http_error(status)`` after each answer other than 200
+    (the client retries it; the consumer decides what the status means). A Close whose reason is in ``retry_close_reasons``
     (default: ``shutdown``, ``grant-expired``) is followed by a reconnect with ``since``; any
     other reason (``peering-gone``) ends the thread with ``closed_reason`` set. On RESYNC the
     next request asks for a snapshot (no ``since``): a gap on an in-order TCP stream means the
     publisher or its incarnation is not what we think, so ``since`` is not trusted.
     Reconnects wait ``backoff`` (min, max) seconds, doubling per failed attempt, jittered to
-    50-100%; HTTP 400/403/404 wait the max. An optional ``gate`` (a semaphore shared by many
+    50-100%; HTTP 400 waits the max. An optional ``gate`` (a semaphore shared by many
     clients) bounds how many of them are connecting at once: a client holds it from
     ``connect`` until its first message (or the end of that attempt), so a process that
     starts or reconnects thousands of streams does not flood the publisher's listen queue.
@@ -253,6 +256,7 @@ class StreamClient:
         auth: str | None = None,
         on_change: OnChange | None = None,
         on_close: Callable[[str], None] | None = None,
+        on_http_error: Callable[[int], None] | None = None,
         heartbeat_timeout: float = 15.0,
         backoff: tuple[float, float] = (0.1, 2.0),
         retry_close_reasons: Collection[str] = DEFAULT_RETRY_CLOSE,
@@ -279,8 +283,10 @@ class StreamClient:
         self._pause_event: Any = None
         self.auth: str | None = None
         self.set_auth(auth)
+        self.used_auth: str | None = None  # the credential of the latest request
         self.on_change = on_change
         self.on_close = on_close
+        self.on_http_error = on_http_error
         self.heartbeat_timeout = heartbeat_timeout
         self.backoff = backoff
         self.retry_close_reasons = frozenset(retry_close_reasons)
@@ -421,6 +427,7 @@ class StreamClient:
             "Connection: close",
             "User-Agent: meshpeer-streaming/1",
         ]
+        self.used_auth = self.auth
         if self.auth is not None:
             lines.append(f"Authorization: Bearer {self.auth}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
@@ -469,7 +476,9 @@ class StreamClient:
             rest = bytes(buf[end + 4 :])
             self.last_status = head.status
             if head.status != 200:
-                return self._http_error(sock, head, body, rest, deadline)
+                failed = self._http_error(sock, head, body, rest, deadline)
+                self._callback(self.on_http_error, head.status)
+                return failed
             ctype = head.headers.get("content-type", "").split(";", 1)[0].strip().lower()
             if ctype != "application/x-ndjson":
                 raise TransportError(f"unexpected content-type {ctype[:64]!r}")
@@ -561,19 +570,19 @@ class StreamClient:
             return None
         if isinstance(msg, Close):
             self.closed_reason = msg.reason
-            if self.on_close is not None:
-                try:
-                    self.on_close(msg.reason)
-                except Exception:
-                    log.exception("%s/%s: on_close failed", self.service, self.key)
+            self._callback(self.on_close, msg.reason)
             return _End(stop=msg.reason not in self.retry_close_reasons)
         assert isinstance(msg, ErrorMsg)
         return _End(f"server error {msg.code}: {msg.detail}")
 
     def _notify(self, msg: Snapshot | Delta) -> None:
-        if self.on_change is None:
+        if self.on_change is not None:
+            self._callback(self.on_change, self.replica, msg)
+
+    def _callback(self, fn: Callable[..., None] | None, *args: Any) -> None:
+        if fn is None:
             return
         try:
-            self.on_change(self.replica, msg)
+            fn(*args)
         except Exception:  # the consumer's bug must not kill the stream
-            log.exception("%s/%s: on_change failed", self.service, self.key)
+            log.exception("%s/%s: callback %r failed", self.service, self.key, fn)

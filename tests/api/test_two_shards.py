@@ -425,6 +425,9 @@ def test_a_peer_host_reports_applied_versions_with_its_grant_not_a_token(shards:
             body = [{k: v for k, v in st.items() if v is not None} for st in streams]
             r = report(*body, host=host)
             assert (r.status, r.body["field"]) == (status, field), (why, r.body)
+        # hv2 holds the new endpoints: it reports with the token (it is ctl2's own host).
+        own = {"streams": [{"stream": "endpoint/hv2//", "version": far["version"]}]}
+        assert c2.req("PUT", "/v1/hosts/hv2/applied", own).status == 200
         made = create("f2", "10.92.0.6")
         assert made["pending_hosts"] == ["hv1"], made  # nothing was recorded
         assert report(far).status == 200  # the grant is enough

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 
+from meshpeer.controller import intent as ops
 from meshpeer.controller.model import Intent
-from meshpeer.controller.mux import GrantSettings, StreamId, desired_streams
-from meshpeer.controller.peering import ACTIVE, INACTIVE, statuses
+from meshpeer.controller.mux import GrantSettings, StreamId, desired_streams, must_apply
+from meshpeer.controller.peering import ACTIVE, INACTIVE, federation_view, statuses
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.grants import verify
 from tests.unit.controller_fixtures import add_ilb, add_vm, add_vpc, directory, peer, views
@@ -168,3 +169,33 @@ def test_effective_routes_with_origins_and_reasons() -> None:
     routes = {(r["prefix"], r["origin"]): r for r in effective_routes(i, "blue", st, vs)}
     onprem = routes[("192.168.0.0/16", "peer:red")]
     assert onprem["imported"] is False and "local route to the same prefix wins" in onprem["reason"]
+
+
+def test_who_must_apply_a_write_before_it_is_programmed() -> None:
+    """An endpoint: its own host (registered or not). An ACTIVE peering blue -> red: blue's
+    hosts through their peering stream and red's hosts through blue's services under blue's
+    policy (the way back); an INACTIVE one or a deleted one: blue's hosts only."""
+    i = world()
+    r7 = ops.new_endpoint(i, "red", "r7", "vm", ipaddress.ip_address("10.2.0.77"), None, "hv7", [])
+    i.put(r7)
+    vs = views(i, OWNER)
+    assert must_apply(i, {}, vs, r7, deleted=False) == {
+        StreamId(ServiceName.ENDPOINT, "hv7"): frozenset({"hv7"})
+    }
+    assert must_apply(i, {}, vs, r7, deleted=True) == {}  # hv7 never registered
+    peer(i, D, "blue", "red")
+    blue_red = i.peerings[("blue", "to-red")]
+    own = {StreamId(ServiceName.PEERING, "blue", None, "hv1"): frozenset({"hv1"})}
+    states = statuses(i, views(i, OWNER), OWNER)
+    assert must_apply(i, states, vs, blue_red, deleted=False) == own  # INACTIVE
+    peer(i, D, "red", "blue")
+    vs = views(i, OWNER)
+    states = statuses(i, vs, OWNER)
+    back = {
+        StreamId(s, "blue", blue_red.export.policy_id): frozenset({"hv2", "hv3", "hv7"})
+        for s in (ServiceName.DESTINATION, ServiceName.FORWARDING, ServiceName.LOADBALANCER)
+    }
+    assert must_apply(i, states, vs, blue_red, deleted=False) == own | back
+    assert must_apply(i, states, vs, blue_red, deleted=True) == own
+    # A shard that does not own red reads red's hosts from red's federation view.
+    assert federation_view(i, "ctl2", "red")["vpc"]["hosts"] == ["hv2", "hv3", "hv7"]

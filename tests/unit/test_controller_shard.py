@@ -148,8 +148,11 @@ def test_programmed_once_every_subscribed_host_reports_the_version(tmp_path: pat
             s.intent, "red", "r9", "vm", ipaddress.ip_address("10.2.0.99"), None, "hv2", []
         )
         s.commit([ep])
-        assert s.pending_hosts("endpoint", "red/r9") == ["hv1", "hv3"]
+        # hv2 follows nothing here, but r9 is on it: it must act too.
+        assert s.pending_hosts("endpoint", "red/r9") == ["hv1", "hv2", "hv3"]
         version = s.hub.version(sid)
+        on_hv2 = StreamId(ServiceName.ENDPOINT, "hv2")
+        s.report_applied("hv2", {stream_name(*on_hv2): s.hub.version(on_hv2)})
         s.report_applied("hv1", {stream_name(*sid): version})
         s.report_applied("hv3", {stream_name(*sid): version - 1})  # behind: still pending
         assert s.pending_hosts("endpoint", "red/r9") == ["hv3"]

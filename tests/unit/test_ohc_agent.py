@@ -1,29 +1,51 @@
-"""The OHC agent starts and stops stream clients as the streams it follows change."""
+"""The OHC agent starts and stops stream clients as the streams it follows change; a shard's
+refusal drops what it sent at once; callbacks that arrive while a resync runs are safe."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.messages import Snapshot
 from meshpeer.protocol.stream import ReplicaState
-from ohc.agent import Agent
-from ohc.subscriptions import Sub
+from ohc.agent import Agent, Ending, applied_versions, ending
+from ohc.subscriptions import PEER_SERVICES, Sub
 
 CTL1, CTL2 = "http://ctl1", "http://ctl2"
 
 
 class FakeClient:
-    def __init__(self, sub: Sub, auth: str, on_change: Any, on_close: Any) -> None:
+    """Calls back synchronously, like a StreamClient's green thread would. ``on_stop`` runs
+    inside ``stop``: stopping a real client yields to the hub, and other clients' callbacks
+    (a Close, a delta) run right there, in the middle of the agent's resync."""
+
+    def __init__(
+        self, sub: Sub, auth: str, on_change: Any, on_close: Any, on_http_error: Any = None
+    ) -> None:
         self.sub, self.auth, self.on_change, self.on_close = sub, auth, on_change, on_close
+        self.on_http_error = on_http_error
         self.running = False
+        self.used_auth: str | None = None
         self.bytes_received = self.objects_received = 0
+        self.on_stop: list[Callable[[], None]] = []
 
     def start(self) -> None:
         self.running = True
+        self.used_auth = self.auth
 
     def stop(self) -> None:
         self.running = False
+        hooks, self.on_stop = self.on_stop, []
+        for hook in hooks:
+            hook()
+
+    def answer(self, status: int) -> None:
+        """The shard answered the client's (re)connect with an HTTP error."""
+        self.used_auth = self.auth
+        self.on_http_error(status)
 
     def set_auth(self, auth: str | None) -> None:
         self.auth = auth or ""
@@ -41,8 +63,8 @@ def make() -> tuple[Agent, dict[Sub, FakeClient], list[int]]:
     made: dict[Sub, FakeClient] = {}
     updates: list[int] = []
 
-    def factory(sub: Sub, auth: str, cb: Any, closed: Any) -> FakeClient:
-        made[sub] = FakeClient(sub, auth, cb, closed)
+    def factory(sub: Sub, auth: str, cb: Any, closed: Any, failed: Any) -> FakeClient:
+        made[sub] = FakeClient(sub, auth, cb, closed, failed)
         return made[sub]
 
     urls = {"blue": CTL1, "red": CTL2}
@@ -96,6 +118,8 @@ def test_a_shared_stream_closed_for_one_peering_restarts_for_the_other() -> None
         )
     red = Sub(CTL2, ServiceName.DESTINATION, "red", "p-1", "hv1")
     first = made[red]
+    assert first.auth == "g-green"
+    first.used_auth = first.auth  # it (re)connected with green's grant
     first.deliver({"r1": {"ip": "10.2.0.11"}})
     made[Sub(CTL1, ServiceName.PEERING, "green", None, "hv1")].deliver({})  # green unpeers
     first.on_close("peering-gone")  # the server closed the connection opened with its grant
@@ -113,8 +137,8 @@ def test_applied_reports_use_the_grant_at_a_peers_shard_and_the_token_at_its_own
     """hv1's own shard is ctl1; red lives on ctl3, another domain's shard (not in shard_urls)."""
     made: dict[Sub, FakeClient] = {}
 
-    def factory(sub: Sub, auth: str, cb: Any, closed: Any) -> FakeClient:
-        made[sub] = FakeClient(sub, auth, cb, closed)
+    def factory(sub: Sub, auth: str, cb: Any, closed: Any, failed: Any) -> FakeClient:
+        made[sub] = FakeClient(sub, auth, cb, closed, failed)
         return made[sub]
 
     ctl3 = "http://ctl3"
@@ -125,7 +149,7 @@ def test_applied_reports_use_the_grant_at_a_peers_shard_and_the_token_at_its_own
         {"red": {"peer_vpc": "red", "controller": ctl3, "policy_id": "p-1", "grant": "g1"}}
     )
     versions = {sub: 7 for sub in agent.clients}
-    reports = agent.applied_reports(versions)
+    reports = agent.applied_reports(versions, agent.objects)
     assert set(reports) == {CTL1, ctl3}
     assert all("grant" not in e for e in reports[CTL1])  # the API token covers these
     assert {e["stream"] for e in reports[CTL1]} >= {"endpoint/hv1//", "peering/blue//hv1"}
@@ -133,3 +157,181 @@ def test_applied_reports_use_the_grant_at_a_peers_shard_and_the_token_at_its_own
         {"stream": f"{svc}/red/p-1/", "version": 7, "grant": "g1"}
         for svc in ("destination", "forwarding", "loadbalancer")
     ]
+
+
+# --- refusals and re-entrant callbacks (issue 21, part 2) -----------------------------------
+
+BLUE_PEERING = Sub(CTL1, ServiceName.PEERING, "blue", None, "hv1")
+RED_PEERING = Sub(CTL2, ServiceName.PEERING, "red", None, "hv1")
+
+
+def peer_subs(url: str, vpc: str, policy: str) -> list[Sub]:
+    return [Sub(url, s, vpc, policy, "hv1") for s in PEER_SERVICES]
+
+
+def peer(vpc: str, url: str, policy: str, grant: str) -> dict[str, Any]:
+    return {vpc: {"peer_vpc": vpc, "controller": url, "policy_id": policy, "grant": grant}}
+
+
+def blue_and_red_peered_on_one_host() -> tuple[Agent, dict[Sub, FakeClient]]:
+    """hv1 holds b2 (blue, on ctl1) and r1 (red, on ctl2), and blue peers with red: hv1
+    follows red's services at ctl2 for blue and blue's at ctl1 for red, and has them all."""
+    agent, made, _ = make()
+    agent.start()
+    made[Sub(CTL1, ServiceName.ENDPOINT, "hv1")].deliver({"blue.b2": {"vpc": "blue"}})
+    made[Sub(CTL2, ServiceName.ENDPOINT, "hv1")].deliver({"red.r1": {"vpc": "red"}})
+    made[BLUE_PEERING].deliver(peer("red", CTL2, "p-red", "g-blue"))
+    made[RED_PEERING].deliver(peer("blue", CTL1, "p-blue", "g-red"))
+    for c in list(agent.clients.values()):
+        if c.sub not in agent.objects:
+            c.deliver({f"{c.sub.key}-obj": {"ip": "10.0.0.1"}})  # type: ignore[attr-defined]
+    assert agent.complete()
+    return agent, made
+
+
+def peer_objects(agent: Agent) -> set[Sub]:
+    return {s for s in agent.objects if s.policy is not None}
+
+
+def test_closes_arriving_while_a_resync_drops_streams_leave_no_peer_state() -> None:
+    """The lab's race: blue deletes blue-red. hv1's OHC reads blue's peering stream (red
+    gone) and drops red's streams; stopping the first one yields, and the Closes
+    (peering-gone) of blue's streams, sent to hv1 for red, arrive right then. Today the
+    inner resync drops streams the outer one is about to drop (KeyError in _drop), the outer
+    resync dies half way, and streams and objects are left behind (flows kept)."""
+    agent, made = blue_and_red_peered_on_one_host()
+    failures: list[BaseException] = []
+
+    def close_blue_streams() -> None:
+        for sub in peer_subs(CTL1, "blue", "p-blue"):
+            try:  # a StreamClient logs what its callback raises and goes on
+                made[sub].on_close("peering-gone")
+            except Exception as exc:
+                failures.append(exc)
+
+    made[peer_subs(CTL2, "red", "p-red")[0]].on_stop.append(close_blue_streams)
+    made[BLUE_PEERING].deliver({})  # blue's side is gone
+    assert failures == []
+    assert not any(s in agent.clients for s in peer_subs(CTL2, "red", "p-red"))
+    assert peer_objects(agent) == set(), "peer state kept after the peering was deleted"
+    assert agent.complete()
+    made[RED_PEERING].deliver({})  # red's side goes INACTIVE
+    assert peer_objects(agent) == set() and not any(s.policy for s in agent.clients)
+    assert agent.complete()
+
+
+def test_a_resync_asked_for_during_a_resync_runs_after_it() -> None:
+    """A callback that resyncs from inside a stop (re-entrant) neither nests nor is lost:
+    the outer resync goes round again and the new wanted set wins."""
+    agent, made = blue_and_red_peered_on_one_host()
+    red_dest = peer_subs(CTL2, "red", "p-red")[0]
+    # While red's first stream stops, red's peering stream drops blue too (delivered by
+    # another green thread): that resync must wait for the one running.
+    made[red_dest].on_stop.append(lambda: made[RED_PEERING].deliver({}))
+    made[BLUE_PEERING].deliver({})
+    assert peer_objects(agent) == set() and not any(s.policy for s in agent.clients)
+    assert all(not made[s].running for s in peer_subs(CTL1, "blue", "p-blue"))
+    assert agent.complete()
+
+
+def test_drop_is_idempotent() -> None:
+    agent, made = blue_and_red_peered_on_one_host()
+    sub = peer_subs(CTL2, "red", "p-red")[0]
+    agent._drop(sub)
+    agent._drop(sub)
+    assert sub not in agent.clients and sub not in agent.objects and not made[sub].running
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_a_refused_resubscription_drops_that_peers_state_at_once(status: int) -> None:
+    """Red's stream of blue's destinations reconnects and blue's shard says no (the grant or
+    the peering is gone) before red's peering stream has caught up: the state goes now, and
+    the stream does not hold the host's view incomplete (which would keep every flow)."""
+    agent, made = blue_and_red_peered_on_one_host()
+    blue_dest = peer_subs(CTL1, "blue", "p-blue")[0]
+    made[blue_dest].answer(status)
+    assert blue_dest not in agent.objects and blue_dest in agent.clients
+    assert agent.complete(), "a refused stream must not count as missing"
+    made[blue_dest].deliver({"b2": {"ip": "10.1.0.12"}})  # the shard serves it again
+    assert agent.objects[blue_dest] and blue_dest not in agent.refused
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 408, 429])
+def test_an_unreachable_or_busy_shard_keeps_the_last_state(status: int) -> None:
+    agent, made = blue_and_red_peered_on_one_host()
+    blue_dest = peer_subs(CTL1, "blue", "p-blue")[0]
+    made[blue_dest].answer(status)
+    assert agent.objects[blue_dest], "fail static: an unreachable shard's state is kept"
+
+
+def test_peering_gone_drops_the_state_even_while_the_stream_is_still_wanted() -> None:
+    """The Close comes before red's own peering stream says blue is gone: the stream is
+    still wanted with the same grant, so a new client starts, but the objects go now."""
+    agent, made = blue_and_red_peered_on_one_host()
+    subs = peer_subs(CTL1, "blue", "p-blue")
+    old = made[subs[0]]
+    for sub in subs:
+        made[sub].on_close("peering-gone")
+    assert all(s in agent.clients for s in subs) and agent.clients[subs[0]] is not old
+    assert not any(s in agent.objects for s in subs), "revoked state kept (fail static)"
+    assert agent.complete()
+    old.on_change(ReplicaState(ServiceName.DESTINATION, "blue"), None)  # late: ignored
+    assert subs[0] not in agent.objects
+
+
+@pytest.mark.parametrize("reason", ["shutdown", "grant-expired"])
+def test_a_close_that_asks_for_a_reconnect_keeps_the_state(reason: str) -> None:
+    agent, made = blue_and_red_peered_on_one_host()
+    sub = peer_subs(CTL1, "blue", "p-blue")[0]
+    client = made[sub]
+    client.on_close(reason)
+    assert agent.clients[sub] is client and agent.objects[sub]
+
+
+@pytest.mark.parametrize(
+    ("status", "close", "want"),
+    [
+        (400, None, Ending.REFUSED),
+        (401, None, Ending.REFUSED),
+        (403, None, Ending.REFUSED),
+        (404, None, Ending.REFUSED),
+        (410, None, Ending.REFUSED),
+        (408, None, Ending.UNREACHABLE),
+        (429, None, Ending.UNREACHABLE),
+        (500, None, Ending.UNREACHABLE),
+        (503, None, Ending.UNREACHABLE),
+        (None, None, Ending.UNREACHABLE),
+        (None, "peering-gone", Ending.REFUSED),
+        (None, "gone", Ending.REFUSED),
+        (None, "shutdown", Ending.RECONNECT),
+        (None, "grant-expired", Ending.RECONNECT),
+    ],
+)
+def test_what_an_ending_means(status: int | None, close: str | None, want: Ending) -> None:
+    assert ending(status=status, close=close) is want
+
+
+def test_a_peering_version_is_applied_only_once_its_peers_services_are_in() -> None:
+    """A shard reads "applied peering/blue/hv1 at n" as "blue's peerings are programmed on
+    hv1"; while red's services have not arrived (or red's shard refuses them for now), it
+    must not hear that."""
+    agent, made = blue_and_red_peered_on_one_host()
+    versions = dict.fromkeys(agent.objects, 5)
+    assert applied_versions(versions, agent.objects)[BLUE_PEERING] == 5
+    red_dest = peer_subs(CTL2, "red", "p-red")[0]
+    made[red_dest].answer(403)
+    versions = dict.fromkeys(agent.objects, 6)
+    held = applied_versions(versions, agent.objects)
+    assert BLUE_PEERING not in held and held[RED_PEERING] == 6
+
+
+def test_a_refused_peering_stream_takes_the_peers_it_listed_with_it() -> None:
+    """Blue's own shard refuses hv1's peering stream (say 404: blue has no endpoint here any
+    more, and the endpoint stream has not said so yet): what it listed is not followed."""
+    agent, made = blue_and_red_peered_on_one_host()
+    made[BLUE_PEERING].answer(404)
+    assert not any(s in agent.clients for s in peer_subs(CTL2, "red", "p-red"))
+    assert not any(s in agent.objects for s in peer_subs(CTL2, "red", "p-red"))
+    assert all(s in agent.objects for s in peer_subs(CTL1, "blue", "p-blue"))  # red's peers
+    assert agent.complete()
+    assert agent.refusals() == {f"peering/blue at {CTL1}": "HTTP 404"}

@@ -547,16 +547,26 @@ def test_client_disconnect_detaches_subscriber(cleanup: list[Any]) -> None:
 def test_http_errors_recorded_and_retried(cleanup: list[Any]) -> None:
     hub = StreamHub()
     server = serve(cleanup, hub, token="good-token")
-    c = client(cleanup, server.url, auth="wrong-token", policy="p-1", host="host-1")
+    statuses: list[int] = []
+    c = client(
+        cleanup,
+        server.url,
+        auth="wrong-token",
+        policy="p-1",
+        host="host-1",
+        on_http_error=statuses.append,
+    )
     wait_until(lambda: c.last_status == 401)
     assert (c.last_error or "").startswith("HTTP 401: bad-signature")
-    assert not c.connected
+    assert not c.connected and c.used_auth == "wrong-token"
     c.set_auth("good-token")
     wait_until(lambda: c.last_status == 404)  # the stream does not exist yet
     assert (c.last_error or "").startswith("HTTP 404: unknown-key")
+    assert c.used_auth == "good-token"
     hub.publish(PEER_SID, objs(1))
     wait_until(lambda: c.version == 0)
     assert c.connected and c.reconnects >= 2
+    assert statuses[0] == 401 and 404 in statuses and set(statuses) == {401, 404}
 
 
 def test_grant_expiry_closes_and_client_resumes(cleanup: list[Any]) -> None:
