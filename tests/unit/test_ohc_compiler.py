@@ -106,9 +106,15 @@ def streams_of(pub: Publication, vpc: str, policy: str | None) -> StreamObjects:
 
 
 def host_view(
-    i: Intent, pub: Publication, host: str, parsed: Memo[Destination | BadObject] | None = None
+    i: Intent,
+    pub: Publication,
+    host: str,
+    parsed: Memo[Destination | BadObject] | None = None,
+    ofports: dict[tuple[str, str], int] = OFPORT,
+    tunnel_port: int | None = TUNNEL_PORT,
 ) -> tuple[HostView, tuple[Skipped, ...]]:
-    """What an OHC on ``host`` builds from the streams it follows (ohc.subscriptions)."""
+    """What an OHC on ``host`` builds from the streams it follows (ohc.subscriptions), with
+    its ports numbered ``ofports`` and its tunnel at ``tunnel_port``."""
     endpoints = pub.streams.get(StreamId(ServiceName.ENDPOINT, host), {})
     local = sorted({o["vpc"] for o in endpoints.values()})
     peerings = {v: pub.streams.get(StreamId(ServiceName.PEERING, v, None, host), {}) for v in local}
@@ -118,11 +124,12 @@ def host_view(
     return HostView.from_service_objects(
         str(i.hosts[host].underlay_ip),
         endpoints,
-        OFPORT,
+        ofports,
         {v: streams_of(pub, v, None) for v in local},
         peerings,
         {k: streams_of(pub, *k) for k in peer_keys},
         parsed,
+        tunnel_port,
     )
 
 
