@@ -296,9 +296,9 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         complete = self.agent.complete()
         t0 = time.monotonic()
         desired, skipped = eventlet.tpool.execute(self.desired, objects)
+        compile_s = time.monotonic() - t0
         skipped = self.ports.skipped + skipped
         self._log_skips(skipped)
-        compile_s = time.monotonic() - t0
         self.bundle_id += 1
         # While a followed stream has not delivered yet (a shard unreachable after a restart),
         # add and change flows but delete none: the switch's flows are the last known state.
