@@ -35,7 +35,7 @@ from meshpeer.client import Client
 from meshpeer.controller.directory import parse_directory
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.messages import stream_name
-from ohc import nd, ofio
+from ohc import nd, ofio, ports
 from ohc.agent import Agent
 from ohc.clients import stream_client
 from ohc.compiler import IncrementalCompiler
@@ -44,6 +44,7 @@ from ohc.flows import Flow
 from ohc.memo import Memo
 from ohc.model import BadObject, Destination, HostView, Skipped, StreamObjects
 from ohc.pipeline import ND_TARGET
+from ohc.ports import SwitchPorts
 from ohc.subscriptions import Sub
 from ohc.syncer import SwitchState, with_canary
 
@@ -66,19 +67,14 @@ OWN_SERVICES = {
 }
 
 
-def read_ofports(ovsdb: str) -> dict[tuple[str, str], int]:
-    """(vpc, endpoint) -> ofport, from the Interface rows' external_ids (iface-id, vpc)."""
+def read_ports(ovsdb: str) -> SwitchPorts:
+    """VM ports, the tunnel port and skipped interfaces, from OVSDB's Interface table."""
     out = subprocess.run(
-        ["ovs-vsctl", f"--db={ovsdb}", "--format=json", "--columns=ofport,external_ids",
+        ["ovs-vsctl", f"--db={ovsdb}", "--format=json", f"--columns={','.join(ports.COLUMNS)}",
          "list", "Interface"],
         capture_output=True, text=True, check=True, timeout=10,
     ).stdout  # fmt: skip
-    ports: dict[tuple[str, str], int] = {}
-    for ofport, ext in json.loads(out)["data"]:
-        ids = dict(ext[1]) if isinstance(ext, list) and ext[0] == "map" else {}
-        if isinstance(ofport, int) and ofport > 0 and "iface-id" in ids and "vpc" in ids:
-            ports[(ids["vpc"], ids["iface-id"])] = ofport
-    return ports
+    return ports.classify(ports.parse_rows(json.loads(out)))
 
 
 def applied_versions(versions: dict[Sub, int]) -> dict[str, dict[str, int]]:
@@ -110,7 +106,8 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         self.replies = ofio.Replies()
         self.datapath: Any = None
         self.installed: SwitchState | None = None  # our model of the switch; None: read it back
-        self.ofports: dict[tuple[str, str], int] = {}
+        self.ports = SwitchPorts({}, None, ())
+        self.logged_skips: frozenset[Skipped] = frozenset()  # logged once, while they last
         self.bundle_id = 0
         self.busy = False
         self.syncs = 0
@@ -253,11 +250,12 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         result = HostView.from_service_objects(
             self.conf.underlay_ip,
             endpoints,
-            self.ofports,
+            self.ports.vms,
             {k: StreamObjects(**v) for k, v in own.items()},
             peerings,
             {k: StreamObjects(**v) for k, v in peer.items()},
             self.parsed,
+            self.ports.tunnel,
         )
         self.parsed.end_round()
         return result
@@ -272,8 +270,8 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         return with_canary(ofio.canonical_state(self.compiler(view), self.canonical)), skipped
 
     def _sync(self, dp: Any, reasons: set[str]) -> None:
-        if reasons & {"connect", "ports"} or not self.ofports:
-            self.ofports = read_ofports(self.conf.ovsdb)
+        if reasons & {"connect", "ports"} or not self.ports.vms:
+            self.ports = read_ports(self.conf.ovsdb)
         if "canary-missing" in reasons:
             self.installed = None  # the switch lost its flows: read it back and resync fully
         # One snapshot, taken without yielding: the objects the view is built from, their
@@ -289,6 +287,8 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         t0 = time.monotonic()
         desired, skipped = eventlet.tpool.execute(self.desired, objects)
         compile_s = time.monotonic() - t0
+        skipped = self.ports.skipped + skipped
+        self._log_skips(skipped)
         self.bundle_id += 1
         # While a followed stream has not delivered yet (a shard unreachable after a restart),
         # add and change flows but delete none: the switch's flows are the last known state.
@@ -326,6 +326,11 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             log.info("ohc %s: sync %s", self.conf.host, json.dumps(self.last))
         self._write_status()
         self._freeze_heap()
+
+    def _log_skips(self, skipped: tuple[Skipped, ...]) -> None:
+        new, self.logged_skips = ports.new_skips(skipped, self.logged_skips)
+        for level, s in new:
+            log.log(level, "ohc %s: skipped %s %s: %s", self.conf.host, s.service, s.key, s.reason)
 
     def _freeze_heap(self) -> None:
         """Keep the cyclic GC off the long-lived state. At 50k peer endpoints the OHC holds
@@ -368,7 +373,8 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             "received": self.agent.received(),
             "refused": self.agent.refusals(),
             "vpcs_known": {k: sorted(v) for k, v in self.agent.vpcs_known().items()},
-            "ports": {f"{v}/{n}": p for (v, n), p in sorted(self.ofports.items())},
+            "ports": {f"{v}/{n}": p for (v, n), p in sorted(self.ports.vms.items())},
+            "tunnel_port": self.ports.tunnel,
         }
         tmp = self.conf.status_file + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:

@@ -68,7 +68,6 @@ from ohc.pipeline import (
     ROUTED_HOP,
     TUNNEL_DELIVER,
     TUNNEL_DST,
-    TUNNEL_PORT,
     TUNNEL_SRC,
     VPC_MASK,
     check_flow,
@@ -349,7 +348,12 @@ class _Units:
     def context(self, ctx: _Ctx, peer: PeerView | None) -> _UnitContext:
         """Everything ``_dest_flows`` reads besides the destination and its local port:
         keep in step with it and the helpers it calls."""
-        parts: tuple[Hashable, ...] = (ctx.vpc, ctx.vni, ctx.view.local_underlay_ip)
+        parts: tuple[Hashable, ...] = (
+            ctx.vpc,
+            ctx.vni,
+            ctx.view.local_underlay_ip,
+            ctx.view.tunnel_port,
+        )
         if peer is not None:
             reach = ctx.routes.reach.get(peer.peer_vpc)
             parts += (peer.peer_vpc, peer.policy_id, ctx.subnets, reach)
@@ -414,13 +418,16 @@ def _vpc_flows(out: _Out, ctx: _Ctx) -> None:
     """Tunnel classification, the routed hop and the gateway ARP answers of one VPC."""
     owner = (Kind.VPC, ctx.vpc)
     gw = gateway_mac(ctx.vni)
-    out.add(
-        CLASSIFY,
-        PRIO_OWN,
-        {"in_port": TUNNEL_PORT, "tunnel_id": ctx.vni},
-        (WriteMetadata(ctx.vni, ALL_METADATA), Goto(TUNNEL_DST)),
-        owner,
-    )
+    if ctx.view.tunnel_port is None:
+        out.note(f"{ctx.vpc}: br-int has no tunnel port: nothing to or from other hosts")
+    else:
+        out.add(
+            CLASSIFY,
+            PRIO_OWN,
+            {"in_port": ctx.view.tunnel_port, "tunnel_id": ctx.vni},
+            (WriteMetadata(ctx.vni, ALL_METADATA), Goto(TUNNEL_DST)),
+            owner,
+        )
     for eth_type in (ETH_IPV4, ETH_IPV6):  # dec_ttl needs an IP match (OVS: MATCH_INCONSISTENT)
         out.add(
             ROUTED_HOP,
@@ -619,13 +626,13 @@ def _forward(ctx: _Ctx, d: Destination) -> tuple[Action, ...] | None:
     port = _local_port(ctx, d)
     if port is not None:
         return SetField("eth_dst", port.mac), Output(port.ofport)
-    if d.host_ip == ctx.view.local_underlay_ip:
-        return None  # said to be on this host, but not attached here: nowhere to send it
+    if d.host_ip == ctx.view.local_underlay_ip or ctx.view.tunnel_port is None:
+        return None  # said to be on this host but not attached here, or no tunnel: nowhere
     return (
         SetField("eth_dst", d.mac),
         SetField("tunnel_id", d.vni),
         SetField("tun_ipv4_dst", str(d.host_ip)),
-        Output(TUNNEL_PORT),
+        Output(ctx.view.tunnel_port),
     )
 
 

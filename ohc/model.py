@@ -25,7 +25,7 @@ from typing import Any, Literal
 from meshpeer.protocol.messages import ProtocolError
 from meshpeer.protocol.peering import MAX_VNI, PeeringObject
 from ohc.memo import Memo
-from ohc.pipeline import FIRST_VM_PORT, MAX_PORT
+from ohc.pipeline import MAX_PORT, TUNNEL_PORT
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -150,7 +150,7 @@ class LocalPort:
             ip=ip,
             mac=parse_mac(obj.get("mac")),
             vni=parse_vni(obj.get("vni")),
-            ofport=_int(ofport, "ofport", FIRST_VM_PORT, MAX_PORT),
+            ofport=_int(ofport, "ofport", 1, MAX_PORT),
             prefix=prefix,
             gateway=gateway,
         )
@@ -372,6 +372,9 @@ class HostView:
     local_ports: tuple[LocalPort, ...] = ()
     own: tuple[VpcServices, ...] = ()  # one per local VPC
     peers: tuple[PeerView, ...] = ()  # one per (local VPC, ACTIVE peer VPC)
+    # The flow-based Geneve port's ofport, as OVSDB says (ohc/ports.py); None: br-int has none,
+    # so remote destinations are unreachable from here. TUNNEL_PORT for views without a switch.
+    tunnel_port: int | None = TUNNEL_PORT
 
     def vpc_vni(self) -> dict[str, int]:
         return {p.vpc: p.vni for p in self.local_ports}
@@ -391,12 +394,14 @@ class HostView:
         peerings: Mapping[str, ServiceObjects],
         peer_services: Mapping[tuple[str, str], StreamObjects],
         parsed: Memo[Destination | BadObject] | None = None,
+        tunnel_port: int | None = TUNNEL_PORT,
     ) -> tuple[HostView, tuple[Skipped, ...]]:
         """Build the view of one host.
 
         ``endpoints``: the endpoint meta-service objects for this host (all shards merged);
         ``ofports``: (vpc, endpoint name) -> ofport, as learned from OVS (endpoints without one
-        are not attached yet and are left out); ``own``: local VPC -> its own streams;
+        are not attached yet and are left out; any ofport but the tunnel's, ``tunnel_port``,
+        also read from OVS: ``ohc/ports.py``); ``own``: local VPC -> its own streams;
         ``peerings``: local VPC -> its peering-service objects; ``peer_services``:
         (peer VPC, policy id) -> the peer's streams under that policy (one subscription serves
         every local VPC the peer exports to under the same policy); ``parsed``: destinations
@@ -404,7 +409,7 @@ class HostView:
         ends its rounds.
         """
         skipped: list[Skipped] = []
-        ports = _local_ports(endpoints, ofports, skipped)
+        ports = _local_ports(endpoints, ofports, tunnel_port, skipped)
         vni_of = {p.vpc: p.vni for p in ports}
         owners = {vni: vpc for vpc, vni in vni_of.items()}
         owns = tuple(
@@ -445,7 +450,11 @@ class HostView:
                     )
                 )
         view = HostView(
-            parse_underlay_ip(local_underlay_ip, "local_underlay_ip"), ports, owns, tuple(peers)
+            parse_underlay_ip(local_underlay_ip, "local_underlay_ip"),
+            ports,
+            owns,
+            tuple(peers),
+            tunnel_port,
         )
         return view, tuple(sorted(set(skipped)))
 
@@ -479,7 +488,10 @@ def _same_vni(got: int, want: int) -> None:
 
 
 def _local_ports(
-    endpoints: ServiceObjects, ofports: Mapping[tuple[str, str], int], skipped: list[Skipped]
+    endpoints: ServiceObjects,
+    ofports: Mapping[tuple[str, str], int],
+    tunnel_port: int | None,
+    skipped: list[Skipped],
 ) -> tuple[LocalPort, ...]:
     """Valid, attached local ports; a VPC's VNI is that of its first port (by name)."""
     ports: list[LocalPort] = []
@@ -494,6 +506,8 @@ def _local_ports(
             if ofport is None:
                 raise BadObject("no OpenFlow port yet (interface not attached)")
             p = LocalPort.from_service_objects(obj, ofport)
+            if p.ofport == tunnel_port:
+                raise BadObject(f"ofport {p.ofport} is the tunnel port's")
             if vni_of.get(p.vpc, p.vni) != p.vni:
                 raise BadObject(f"vni {p.vni} differs from {p.vpc}'s VNI {vni_of[p.vpc]}")
             if any(v == p.vni and k != p.vpc for k, v in vni_of.items()):

@@ -28,8 +28,10 @@ from ohc.flows import Apply, Flow, Goto, SetField, WriteMetadata
 
 # --- ports and metadata ----------------------------------------------------------------------
 
-TUNNEL_PORT = 1  # the flow-based Geneve port (remote_ip=flow key=flow)
-FIRST_VM_PORT = 10  # VM ports are ofport 10 and up
+# The flow-based Geneve port (remote_ip=flow key=flow) where the lab pins it (ofport_request=1).
+# The OHC does not rely on it: it reads the tunnel's and the VMs' ofports from OVSDB
+# (ohc/ports.py, HostView.tunnel_port); views built without a switch (tests) default to it.
+TUNNEL_PORT = 1
 MAX_PORT = 0xFEFF  # OFPP_MAX: higher numbers are reserved ports
 OFPP_IN_PORT = 0xFFFFFFF8  # output back out of the port the packet came in on
 OFPP_CONTROLLER = 0xFFFFFFFD  # packet-in to the OHC (the IPv6 neighbour responder)

@@ -317,7 +317,7 @@ def test_peer_streams_snapshot_delta_resume_and_close(
         close = s.next(ACTIVE_TIMEOUT)
         took = time.monotonic() - start
         assert close == {"type": "close", "reason": "peering-gone"}
-        assert s.read(2.0) is None  # and the connection ends
+        assert s.read(30.0) is None  # and the connection ends
     record_property("close_latency_ms", round(took * 1000, 1))
     with capsys.disabled():
         print(f"\n[two shards] peering deleted -> peer stream closed in {took * 1000:.0f} ms")

@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 from meshpeer.lab.procs import spawn_manager, terminate
 from meshpeer.lab.sh import netns_cmd
 from tests.integration.labkit import ROOT, Lab
+from tests.support.wait import wait_for
 
 FLOW = "table=0,priority=7,in_port=10,actions=drop"
 
@@ -29,16 +29,16 @@ def start_probe(lab: Lab, log: str) -> subprocess.Popen[bytes]:
     return spawn_manager(netns_cmd(h.netns, cmd), log, cwd=ROOT)
 
 
-def wait_for(path: str, needle: str, count: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                if f.read().count(needle) >= count:
-                    return
-        time.sleep(0.1)
-    with open(path, encoding="utf-8") as f:
-        raise AssertionError(f"{needle!r} x{count} not in {path}:\n{f.read()}")
+def logged(path: str, needle: str, count: int, timeout: float = 30) -> None:
+    """Wait until ``needle`` occurs ``count`` times in the file at ``path``."""
+
+    def text() -> str:
+        if not os.path.exists(path):
+            return ""
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+
+    wait_for(lambda: text().count(needle) >= count, timeout, 0.1, f"{needle!r} x{count} in {path}")
 
 
 def test_connect_and_reconnect_keep_flows(lab: Lab, tmp_path: object) -> None:
@@ -49,7 +49,7 @@ def test_connect_and_reconnect_keep_flows(lab: Lab, tmp_path: object) -> None:
     for attempt in (1, 2):
         proc = start_probe(lab, log)
         try:
-            wait_for(log, f"PROBE connected {dpid}", attempt)
+            logged(log, f"PROBE connected {dpid}", attempt)
             assert "in_port=10 actions=drop" in lab.flows("hv1")
         finally:
             terminate([proc.pid])

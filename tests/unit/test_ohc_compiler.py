@@ -112,8 +112,10 @@ def host_view(
     host: str,
     parsed: Memo[Destination | BadObject] | None = None,
     ofports: dict[tuple[str, str], int] = OFPORT,
+    tunnel_port: int | None = TUNNEL_PORT,
 ) -> tuple[HostView, tuple[Skipped, ...]]:
-    """What an OHC on ``host`` builds from the streams it follows (ohc.subscriptions)."""
+    """What an OHC on ``host`` builds from the streams it follows (ohc.subscriptions), with
+    its ports numbered ``ofports`` and its tunnel at ``tunnel_port``."""
     endpoints = pub.streams.get(StreamId(ServiceName.ENDPOINT, host), {})
     local = sorted({o["vpc"] for o in endpoints.values()})
     peerings = {v: pub.streams.get(StreamId(ServiceName.PEERING, v, None, host), {}) for v in local}
@@ -128,6 +130,7 @@ def host_view(
         peerings,
         {k: streams_of(pub, *k) for k in peer_keys},
         parsed,
+        tunnel_port,
     )
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 from meshpeer.lab.procs import alive, read_pidfile, terminate
+from tests.support.wait import wait_for
 
 
 def test_zombie_counts_as_gone() -> None:
@@ -15,9 +15,7 @@ def test_zombie_counts_as_gone() -> None:
     if pid == 0:
         os._exit(0)
     try:
-        deadline = time.monotonic() + 5
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: not alive(pid), 30, 0.01, "the child to exit")
         with open(f"/proc/{pid}/stat", encoding="ascii") as f:
             assert f.read().rsplit(")", 1)[1].split()[0] == "Z"  # still there, unreaped
         assert not alive(pid)

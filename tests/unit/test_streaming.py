@@ -203,7 +203,7 @@ class Recorder:
 
 def client(cleanup: list[Any], url: str, rec: Recorder | None = None, **kw: Any) -> StreamClient:
     kw.setdefault("backoff", FAST)
-    kw.setdefault("heartbeat_timeout", 2.0)
+    kw.setdefault("heartbeat_timeout", 30.0)  # servers here beat every 5 s: no false deaths
     if rec is not None:
         kw.setdefault("on_change", rec.on_change)
         kw.setdefault("on_close", rec.on_close)
@@ -575,7 +575,9 @@ def test_grant_expiry_closes_and_client_resumes(cleanup: list[Any]) -> None:
     now = [1000.0]
     hub = StreamHub(clock=lambda: now[0])
     hub.publish(PEER_SID, objs(1))
-    server = serve(cleanup, hub, expiry={"short": 10.0})
+    # Beats every 0.05 s of its clock: the writer wakes that often (real time) to look at the
+    # clock, so an expiry is seen soon after the test moves the clock past it.
+    server = serve(cleanup, hub, heartbeat=0.05, expiry={"short": 10.0})
     rec = Recorder()
     c = client(
         cleanup, server.url, rec, auth="short", policy="p-1", host="host-1",
@@ -654,7 +656,7 @@ def test_gate_admits_one_connection_until_its_first_message(cleanup: list[Any]) 
     gate = Semaphore(1)
     now = [0.0]  # the stuck client's clock, driven by the test: it times out when told to
     stuck = client(
-        cleanup, silent.url, heartbeat_timeout=1.0, backoff=(60.0, 60.0), gate=gate,
+        cleanup, silent.url, heartbeat_timeout=0.2, backoff=(60.0, 60.0), gate=gate,
         clock=lambda: now[0],
     )  # fmt: skip
     wait_until(lambda: len(silent.requests) == 1, what="the first connection")
@@ -662,7 +664,7 @@ def test_gate_admits_one_connection_until_its_first_message(cleanup: list[Any]) 
     eventlet.sleep(0.05)  # a chance to misbehave; the stuck client cannot time out meanwhile
     assert waiting.version is None and waiting.last_status is None
     assert hub.stats()[SID].subscribers == 0
-    now[0] += 1.5
+    now[0] += 0.5
     wait_until(lambda: waiting.version == 0, what="admission after the timeout")
     assert "nothing heard" in (stuck.last_error or "")
     # The admitted client streams without holding the gate (the stuck one waits in its long
