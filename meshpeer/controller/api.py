@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from webob import Response
 
 from meshpeer.controller import intent as ops
+from meshpeer.controller import responses as out
 from meshpeer.controller.intent import IntentError, PeerFacts
 from meshpeer.controller.model import Backend, JsonObject, Subnet
 from meshpeer.controller.peering import INACTIVE, VPC_OBJ, peer_ranges
@@ -23,6 +24,8 @@ from meshpeer.controller.shard import Delete, ShardState
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.grants import GrantError, Rejection, verify
 from meshpeer.protocol.messages import (
+    MAX_VERSION,
+    NAME_RE,
     ProtocolError,
     parse_stream_name,
     parse_subscribe_request,
@@ -51,12 +54,7 @@ ENDPOINT_IN = Obj(
 )
 EXPORT = Obj(
     {},
-    {
-        "ranges": Arr(Str(format="cidr"), max_items=256),
-        "private_only": Bool(),
-        "ipv6_only": Bool(),
-        "custom_routes": Bool(),
-    },
+    out.EXPORT_FIELDS,
     name="ExportPolicy",
     description="What this VPC shows the peer; every restriction narrows it (docs/policies.md)",
 )
@@ -65,20 +63,33 @@ PEERING_IN = Obj(
     {"export": EXPORT, "import_custom_routes": Bool()},
     name="PeeringCreate",
 )
+# "effective" is taken by GET /v1/vpcs/{vpc}/routes/effective.
 ROUTE_IN = Obj(
-    {"name": NAME, "prefix": Str(format="cidr"), "next_hop": Str(format="ip")},
+    {
+        "name": Str(format="name", reserved=("effective",)),
+        "prefix": Str(format="cidr"),
+        "next_hop": Str(format="ip"),
+    },
     {"priority": Int(0, 65535)},
     name="RouteCreate",
 )
 WAIT_Q: dict[str, Schema] = {"wait": Str(enum=("programmed",)), "timeout": Int(0, 60)}
+_PART = NAME_RE.pattern
+STREAM_NAME = Str(
+    pattern=f"({'|'.join(s.value for s in ServiceName)})/{_PART}/({_PART})?/({_PART})?",
+    description="service/key/policy/host, as in docs/protocol.md",
+)
+MAX_APPLIED = 16384  # the 1 MiB body limit holds about this many
 APPLIED_IN = Obj(
     {
         "streams": Arr(
             Obj(
-                {"stream": Str(), "version": Int(0)},
+                {"stream": STREAM_NAME, "version": Int(0, MAX_VERSION)},
                 {"grant": Str()},  # a peer's host: the grant it subscribed with
                 name="AppliedStream",
-            )
+            ),
+            max_items=MAX_APPLIED,
+            description="only streams this shard publishes are kept, one version per stream",
         )
     },
     {},
@@ -422,6 +433,8 @@ class ControllerApi:
         holds a grant for, each with that grant. All checked before anything is recorded."""
         host = ctx.params["name"]
         streams = ctx.body["streams"]
+        if self._has_api_token(ctx) and host not in self.shard.intent.hosts:
+            raise not_found("name", f"no host {host!r}: register it with PUT /v1/hosts/{host}")
         if not self._has_api_token(ctx):
             if not streams:
                 raise unauthorized("without the API token, report peer streams with their grants")
@@ -569,21 +582,43 @@ class ControllerApi:
     def routes(self) -> list[Route]:
         c, e403 = frozenset({409}), frozenset({403})
         return [
-            Route("GET", "/healthz", self.healthz, auth=False, summary="Liveness; no token needed"),
-            Route("GET", "/v1/vpcs", self.list_vpcs, summary="List VPCs of this shard"),
+            Route(
+                "GET",
+                "/healthz",
+                self.healthz,
+                response=out.HEALTH,
+                auth=False,
+                summary="Liveness; no token needed",
+            ),
+            Route(
+                "GET",
+                "/v1/vpcs",
+                self.list_vpcs,
+                response=out.VPCS,
+                summary="List VPCs of this shard",
+            ),
             Route(
                 "POST",
                 "/v1/vpcs",
                 self.create_vpc,
+                response=out.VPC,
                 body=VPC_IN,
                 status=201,
                 summary="Create a VPC (VNI allocated from the shard's range)",
             ),
-            Route("GET", "/v1/vpcs/{vpc}", self.get_vpc, params=VPC_P, summary="Get a VPC"),
+            Route(
+                "GET",
+                "/v1/vpcs/{vpc}",
+                self.get_vpc,
+                response=out.VPC,
+                params=VPC_P,
+                summary="Get a VPC",
+            ),
             Route(
                 "DELETE",
                 "/v1/vpcs/{vpc}",
                 self.delete_vpc,
+                response=out.DELETED,
                 params=VPC_P,
                 summary="Delete a VPC with no peerings, endpoints or routes",
             ),
@@ -591,6 +626,7 @@ class ControllerApi:
                 "GET",
                 "/v1/vpcs/{vpc}/subnets",
                 self.list_subnets,
+                response=out.SUBNETS,
                 params=VPC_P,
                 summary="List subnets",
             ),
@@ -598,6 +634,7 @@ class ControllerApi:
                 "POST",
                 "/v1/vpcs/{vpc}/subnets",
                 self.create_subnet,
+                response=out.SUBNET_CREATED,
                 body=SUBNET_IN,
                 params=VPC_P,
                 status=201,
@@ -607,6 +644,7 @@ class ControllerApi:
                 "GET",
                 "/v1/vpcs/{vpc}/subnets/{name}",
                 self.get_subnet,
+                response=out.SUBNET,
                 params=ITEM_P,
                 summary="Get a subnet",
             ),
@@ -614,6 +652,7 @@ class ControllerApi:
                 "DELETE",
                 "/v1/vpcs/{vpc}/subnets/{name}",
                 self.delete_subnet,
+                response=out.DELETED,
                 params=ITEM_P,
                 summary="Delete an empty subnet",
             ),
@@ -621,6 +660,7 @@ class ControllerApi:
                 "GET",
                 "/v1/vpcs/{vpc}/endpoints",
                 self.list_endpoints,
+                response=out.ENDPOINTS,
                 params=VPC_P,
                 summary="List endpoints",
             ),
@@ -628,6 +668,7 @@ class ControllerApi:
                 "POST",
                 "/v1/vpcs/{vpc}/endpoints",
                 self.create_endpoint,
+                response=out.ENDPOINT_PROGRAMMED,
                 query=WAIT_Q,
                 body=ENDPOINT_IN,
                 params=VPC_P,
@@ -638,6 +679,7 @@ class ControllerApi:
                 "GET",
                 "/v1/vpcs/{vpc}/endpoints/{name}",
                 self.get_endpoint,
+                response=out.ENDPOINT_PROGRAMMED,
                 query=WAIT_Q,
                 params=ITEM_P,
                 summary="Get an endpoint",
@@ -646,6 +688,7 @@ class ControllerApi:
                 "DELETE",
                 "/v1/vpcs/{vpc}/endpoints/{name}",
                 self.delete_endpoint,
+                response=out.DELETED_PROGRAMMED,
                 query=WAIT_Q,
                 params=ITEM_P,
                 summary="Delete an endpoint",
@@ -654,6 +697,7 @@ class ControllerApi:
                 "GET",
                 "/v1/vpcs/{vpc}/peerings",
                 self.list_peerings,
+                response=out.PEERINGS,
                 params=VPC_P,
                 summary="List peerings with their state",
             ),
@@ -661,6 +705,7 @@ class ControllerApi:
                 "POST",
                 "/v1/vpcs/{vpc}/peerings",
                 self.create_peering,
+                response=out.PEERING_PROGRAMMED,
                 query=WAIT_Q,
                 body=PEERING_IN,
                 params=VPC_P,
@@ -671,6 +716,7 @@ class ControllerApi:
                 "GET",
                 "/v1/vpcs/{vpc}/peerings/{name}",
                 self.get_peering,
+                response=out.PEERING,
                 params=ITEM_P,
                 summary="Get a peering: state (ACTIVE/INACTIVE) and why",
             ),
@@ -678,6 +724,7 @@ class ControllerApi:
                 "PUT",
                 "/v1/vpcs/{vpc}/peerings/{name}",
                 self.update_peering,
+                response=out.PEERING,
                 body=Obj(
                     {}, {"export": EXPORT, "import_custom_routes": Bool()}, name="PeeringUpdate"
                 ),
@@ -688,6 +735,7 @@ class ControllerApi:
                 "DELETE",
                 "/v1/vpcs/{vpc}/peerings/{name}",
                 self.delete_peering,
+                response=out.DELETED_PROGRAMMED,
                 query=WAIT_Q,
                 params=ITEM_P,
                 summary="Delete this VPC's side of a peering",
@@ -696,6 +744,7 @@ class ControllerApi:
                 "GET",
                 "/v1/vpcs/{vpc}/routes",
                 self.list_routes,
+                response=out.ROUTES,
                 params=VPC_P,
                 summary="List static routes",
             ),
@@ -703,6 +752,7 @@ class ControllerApi:
                 "POST",
                 "/v1/vpcs/{vpc}/routes",
                 self.create_route,
+                response=out.ROUTE,
                 body=ROUTE_IN,
                 params=VPC_P,
                 status=201,
@@ -712,6 +762,7 @@ class ControllerApi:
                 "GET",
                 "/v1/vpcs/{vpc}/routes/effective",
                 self.effective_routes,
+                response=out.EFFECTIVE_ROUTES,
                 params=VPC_P,
                 summary="Every route the VPC sees, with origin and import decision",
             ),
@@ -719,6 +770,7 @@ class ControllerApi:
                 "GET",
                 "/v1/vpcs/{vpc}/routes/{name}",
                 self.get_route,
+                response=out.ROUTE,
                 params=ITEM_P,
                 summary="Get a static route",
             ),
@@ -726,14 +778,22 @@ class ControllerApi:
                 "DELETE",
                 "/v1/vpcs/{vpc}/routes/{name}",
                 self.delete_route,
+                response=out.DELETED,
                 params=ITEM_P,
                 summary="Delete a static route",
             ),
-            Route("GET", "/v1/hosts", self.list_hosts, summary="List registered hosts"),
+            Route(
+                "GET",
+                "/v1/hosts",
+                self.list_hosts,
+                response=out.HOSTS,
+                summary="List registered hosts",
+            ),
             Route(
                 "GET",
                 "/v1/hosts/{name}",
                 self.get_host,
+                response=out.HOST,
                 params={"name": NAME},
                 summary="Get a host",
             ),
@@ -741,6 +801,7 @@ class ControllerApi:
                 "PUT",
                 "/v1/hosts/{name}",
                 self.put_host,
+                response=out.HOST,
                 body=HOST_IN,
                 params={"name": NAME},
                 summary="Register a host and its underlay IP",
@@ -749,6 +810,7 @@ class ControllerApi:
                 "PUT",
                 "/v1/hosts/{name}/applied",
                 self.put_applied,
+                response=out.APPLIED,
                 body=APPLIED_IN,
                 params={"name": NAME},
                 auth=False,
@@ -761,12 +823,14 @@ class ControllerApi:
                 "GET",
                 "/v1/multiplexer",
                 self.multiplexer,
+                response=out.MULTIPLEXER,
                 summary="Service sets published, peerings and subscribers per service",
             ),
             Route(
                 "GET",
                 "/v1/federation/vpcs/{vpc}",
                 self.federation_view,
+                response=out.FEDERATION_VIEW,
                 auth=False,
                 params=VPC_P,
                 errors=frozenset({401}),
@@ -776,15 +840,20 @@ class ControllerApi:
                 "GET",
                 "/v1/subscribe",
                 self.subscribe,
+                response=out.STREAM_MESSAGE,
                 auth=False,
                 errors=e403 | c | frozenset({401, 404}),
                 query={
                     "service": Str(enum=tuple(s.value for s in ServiceName)),
-                    "key": Str(),
-                    "policy": Str(),
-                    "host": Str(),
-                    "since": Int(0),
+                    "key": out.PROTOCOL_NAME,
+                    "policy": Str(
+                        pattern=NAME_RE.pattern,
+                        description="a peer stream's export policy id; needs host",
+                    ),
+                    "host": Str(pattern=NAME_RE.pattern, description="the subscribing host"),
+                    "since": Int(0, MAX_VERSION),
                 },
+                required_query=frozenset({"service", "key"}),
                 media_type="application/x-ndjson",
                 summary="Subscribe to a service stream: NDJSON snapshot then deltas (docs/protocol.md)",
             ),
