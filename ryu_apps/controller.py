@@ -35,6 +35,11 @@ OPTS = [
     cfg.FloatOpt("heartbeat_interval", default=5.0),
     cfg.FloatOpt("grant_ttl", default=3600.0, help="seconds a minted grant stays valid (at least)"),
     cfg.FloatOpt("tick_interval", default=30.0, help="how often grants are re-minted"),
+    cfg.BoolOpt(
+        "check_answers",
+        default=False,
+        help="tests: check every REST answer against the OpenAPI document (a mismatch is a 500)",
+    ),
 ]
 cfg.CONF.register_opts(OPTS, group="controller")
 
@@ -89,7 +94,12 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
 
     def start(self) -> Any:
         super().start()
-        app = Api(self.api.routes(), self.conf.api_token, title="meshpeer controller")
+        app = Api(
+            self.api.routes(),
+            self.conf.api_token,
+            title="meshpeer controller",
+            debug=self.conf.check_answers,
+        )
         server, port = serve(app, self.conf.listen_host, self.conf.listen_port)
         log.info("shard %s: REST API on http://%s:%d", self.conf.shard, self.conf.listen_host, port)
         self.federation.sync()

@@ -24,6 +24,7 @@ class ShardConfig:
     api_token: str
     directory_file: str
     heartbeat_interval: float | None = None  # None: the app's default
+    check_answers: bool = False  # tests: every REST answer checked against the document
 
     def text(self) -> str:
         lines = [
@@ -37,6 +38,8 @@ class ShardConfig:
         ]
         if self.heartbeat_interval is not None:
             lines.append(f"heartbeat_interval = {self.heartbeat_interval}")
+        if self.check_answers:
+            lines.append("check_answers = true")
         return "\n".join([*lines, ""])
 
 
