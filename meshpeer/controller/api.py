@@ -79,13 +79,13 @@ STREAM_NAME = Str(
     pattern=f"({'|'.join(s.value for s in ServiceName)})/{_PART}/({_PART})?/({_PART})?",
     description="service/key/policy/host, as in docs/protocol.md",
 )
-MAX_APPLIED = 16384  # the 1 MiB body limit holds about this many
+MAX_APPLIED = 4096  # an OHC reports a few streams per VPC it serves
 APPLIED_IN = Obj(
     {
         "streams": Arr(
             Obj(
                 {"stream": STREAM_NAME, "version": Int(0, MAX_VERSION)},
-                {"grant": Str()},  # a peer's host: the grant it subscribed with
+                {"grant": Str(max_length=4096)},  # a peer's host: the grant it subscribed with
                 name="AppliedStream",
             ),
             max_items=MAX_APPLIED,
@@ -851,7 +851,7 @@ class ControllerApi:
                         description="a peer stream's export policy id; needs host",
                     ),
                     "host": Str(pattern=NAME_RE.pattern, description="the subscribing host"),
-                    "since": Int(0, MAX_VERSION),
+                    "since": Int(0, MAX_VERSION, description="decimal, no sign, no leading zeros"),
                 },
                 required_query=frozenset({"service", "key"}),
                 media_type="application/x-ndjson",
