@@ -49,6 +49,12 @@ CONTROLLER = Section(
         Option("heartbeat_interval", float, "seconds between heartbeats on each stream", 5.0),
         Option("grant_ttl", float, "seconds a minted grant stays valid (at least)", 3600.0),
         Option("tick_interval", float, "seconds between re-mints of grants", 30.0),
+        Option(
+            "check_answers",
+            bool,
+            "tests: check every REST answer against the OpenAPI document (a mismatch is a 500)",
+            False,
+        ),
     ),
 )
 

@@ -77,7 +77,12 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
 
     def start(self) -> Any:
         super().start()
-        app = Api(self.api.routes(), self.conf.api_token, title="meshpeer controller")
+        app = Api(
+            self.api.routes(),
+            self.conf.api_token,
+            title="meshpeer controller",
+            debug=self.conf.check_answers,
+        )
         server, port = serve(app, self.conf.listen_host, self.conf.listen_port)
         log.info("shard %s: REST API on http://%s:%d", self.conf.shard, self.conf.listen_host, port)
         self.federation.sync()

@@ -15,7 +15,9 @@ from typing import Any, Protocol
 
 from webob import Response
 
+from meshpeer import __version__
 from meshpeer.controller import intent as ops
+from meshpeer.controller import responses as out
 from meshpeer.controller.intent import IntentError, PeerFacts
 from meshpeer.controller.model import Backend, JsonObject, Subnet
 from meshpeer.controller.peering import ACTIVE, INACTIVE, VPC_OBJ, peer_ranges
@@ -23,6 +25,8 @@ from meshpeer.controller.shard import Delete, ShardState
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.grants import GrantError, Rejection, verify
 from meshpeer.protocol.messages import (
+    MAX_VERSION,
+    NAME_RE,
     ProtocolError,
     parse_stream_name,
     parse_subscribe_request,
@@ -51,12 +55,7 @@ ENDPOINT_IN = Obj(
 )
 EXPORT = Obj(
     {},
-    {
-        "ranges": Arr(Str(format="cidr"), max_items=256),
-        "private_only": Bool(),
-        "ipv6_only": Bool(),
-        "custom_routes": Bool(),
-    },
+    out.EXPORT_FIELDS,
     name="ExportPolicy",
     description="What this VPC shows the peer; every restriction narrows it (docs/policies.md)",
 )
@@ -65,8 +64,13 @@ PEERING_IN = Obj(
     {"export": EXPORT, "import_custom_routes": Bool()},
     name="PeeringCreate",
 )
+# "effective" is taken by GET /v1/vpcs/{vpc}/routes/effective.
 ROUTE_IN = Obj(
-    {"name": NAME, "prefix": Str(format="cidr"), "next_hop": Str(format="ip")},
+    {
+        "name": Str(format="name", reserved=("effective",)),
+        "prefix": Str(format="cidr"),
+        "next_hop": Str(format="ip"),
+    },
     {"priority": Int(0, 65535)},
     name="RouteCreate",
 )
@@ -83,14 +87,22 @@ WAIT_Q: dict[str, Schema] = {
     ),
     "timeout": Int(0, 60),
 }
+_PART = NAME_RE.pattern
+STREAM_NAME = Str(
+    pattern=f"({'|'.join(s.value for s in ServiceName)})/{_PART}/({_PART})?/({_PART})?",
+    description="service/key/policy/host, as in docs/protocol.md",
+)
+MAX_APPLIED = 4096  # an OHC reports a few streams per VPC it serves
 APPLIED_IN = Obj(
     {
         "streams": Arr(
             Obj(
-                {"stream": Str(), "version": Int(0)},
-                {"grant": Str()},  # a peer's host: the grant it subscribed with
+                {"stream": STREAM_NAME, "version": Int(0, MAX_VERSION)},
+                {"grant": Str(max_length=4096)},  # a peer's host: the grant it subscribed with
                 name="AppliedStream",
-            )
+            ),
+            max_items=MAX_APPLIED,
+            description="only streams this shard publishes are kept, one version per stream",
         )
     },
     {},
@@ -456,6 +468,8 @@ class ControllerApi:
         holds a grant for, each with that grant. All checked before anything is recorded."""
         host = ctx.params["name"]
         streams = ctx.body["streams"]
+        if self._has_api_token(ctx) and host not in self.shard.intent.hosts:
+            raise not_found("name", f"no host {host!r}: register it with PUT /v1/hosts/{host}")
         if not self._has_api_token(ctx):
             if not streams:
                 raise unauthorized("without the API token, report peer streams with their grants")
@@ -493,7 +507,14 @@ class ControllerApi:
         return 200, {"shard": self.shard.name, **self.shard.counts()}
 
     def healthz(self, ctx: RequestCtx) -> tuple[int, object]:
-        return 200, {"status": "ok", "shard": self.shard.name, "version": self.shard.store.version}
+        version = self.shard.store.version
+        return 200, {
+            "status": "ok",
+            "shard": self.shard.name,
+            "version": version,
+            "store_version": version,
+            "software_version": __version__,
+        }
 
     # --- federation and subscriptions ---------------------------------------------------
 
@@ -610,21 +631,43 @@ class ControllerApi:
     def routes(self) -> list[Route]:
         c, e403, e503 = frozenset({409}), frozenset({403}), frozenset({503})
         return [
-            Route("GET", "/healthz", self.healthz, auth=False, summary="Liveness; no token needed"),
-            Route("GET", "/v1/vpcs", self.list_vpcs, summary="List VPCs of this shard"),
+            Route(
+                "GET",
+                "/healthz",
+                self.healthz,
+                response=out.HEALTH,
+                auth=False,
+                summary="Liveness; no token needed",
+            ),
+            Route(
+                "GET",
+                "/v1/vpcs",
+                self.list_vpcs,
+                response=out.VPCS,
+                summary="List VPCs of this shard",
+            ),
             Route(
                 "POST",
                 "/v1/vpcs",
                 self.create_vpc,
+                response=out.VPC,
                 body=VPC_IN,
                 status=201,
                 summary="Create a VPC (VNI allocated from the shard's range)",
             ),
-            Route("GET", "/v1/vpcs/{vpc}", self.get_vpc, params=VPC_P, summary="Get a VPC"),
+            Route(
+                "GET",
+                "/v1/vpcs/{vpc}",
+                self.get_vpc,
+                response=out.VPC,
+                params=VPC_P,
+                summary="Get a VPC",
+            ),
             Route(
                 "GET",
                 "/v1/placement/{vpc}",
                 self.placement,
+                response=out.PLACEMENT,
                 params=VPC_P,
                 summary="Which shard owns a VPC name (pinned in the directory, else by hash)",
             ),
@@ -632,6 +675,7 @@ class ControllerApi:
                 "DELETE",
                 "/v1/vpcs/{vpc}",
                 self.delete_vpc,
+                response=out.DELETED,
                 params=VPC_P,
                 summary="Delete a VPC with no peerings, endpoints or routes",
             ),
@@ -639,6 +683,7 @@ class ControllerApi:
                 "GET",
                 "/v1/vpcs/{vpc}/subnets",
                 self.list_subnets,
+                response=out.SUBNETS,
                 params=VPC_P,
                 summary="List subnets",
             ),
@@ -646,6 +691,7 @@ class ControllerApi:
                 "POST",
                 "/v1/vpcs/{vpc}/subnets",
                 self.create_subnet,
+                response=out.SUBNET_CREATED,
                 body=SUBNET_IN,
                 params=VPC_P,
                 status=201,
@@ -655,6 +701,7 @@ class ControllerApi:
                 "GET",
                 "/v1/vpcs/{vpc}/subnets/{name}",
                 self.get_subnet,
+                response=out.SUBNET,
                 params=ITEM_P,
                 summary="Get a subnet",
             ),
@@ -662,6 +709,7 @@ class ControllerApi:
                 "DELETE",
                 "/v1/vpcs/{vpc}/subnets/{name}",
                 self.delete_subnet,
+                response=out.DELETED,
                 params=ITEM_P,
                 summary="Delete an empty subnet",
             ),
@@ -669,6 +717,7 @@ class ControllerApi:
                 "GET",
                 "/v1/vpcs/{vpc}/endpoints",
                 self.list_endpoints,
+                response=out.ENDPOINTS,
                 params=VPC_P,
                 summary="List endpoints",
             ),
@@ -676,6 +725,7 @@ class ControllerApi:
                 "POST",
                 "/v1/vpcs/{vpc}/endpoints",
                 self.create_endpoint,
+                response=out.ENDPOINT_PROGRAMMED,
                 query=WAIT_Q,
                 body=ENDPOINT_IN,
                 params=VPC_P,
@@ -686,6 +736,7 @@ class ControllerApi:
                 "GET",
                 "/v1/vpcs/{vpc}/endpoints/{name}",
                 self.get_endpoint,
+                response=out.ENDPOINT_PROGRAMMED,
                 query=WAIT_Q,
                 params=ITEM_P,
                 summary="Get an endpoint",
@@ -694,6 +745,7 @@ class ControllerApi:
                 "DELETE",
                 "/v1/vpcs/{vpc}/endpoints/{name}",
                 self.delete_endpoint,
+                response=out.DELETED_PROGRAMMED,
                 query=WAIT_Q,
                 params=ITEM_P,
                 summary="Delete an endpoint",
@@ -702,6 +754,7 @@ class ControllerApi:
                 "GET",
                 "/v1/vpcs/{vpc}/peerings",
                 self.list_peerings,
+                response=out.PEERINGS,
                 params=VPC_P,
                 summary="List peerings with their state",
             ),
@@ -709,6 +762,7 @@ class ControllerApi:
                 "POST",
                 "/v1/vpcs/{vpc}/peerings",
                 self.create_peering,
+                response=out.PEERING_PROGRAMMED,
                 query=WAIT_Q,
                 body=PEERING_IN,
                 params=VPC_P,
@@ -720,6 +774,7 @@ class ControllerApi:
                 "/v1/vpcs/{vpc}/peerings/{name}",
                 self.get_peering,
                 query=WAIT_Q,
+                response=out.PEERING_PROGRAMMED,
                 params=ITEM_P,
                 summary="Get a peering: state (ACTIVE/INACTIVE) and why",
             ),
@@ -728,6 +783,7 @@ class ControllerApi:
                 "/v1/vpcs/{vpc}/peerings/{name}",
                 self.update_peering,
                 query=WAIT_Q,
+                response=out.PEERING_PROGRAMMED,
                 body=Obj(
                     {}, {"export": EXPORT, "import_custom_routes": Bool()}, name="PeeringUpdate"
                 ),
@@ -738,6 +794,7 @@ class ControllerApi:
                 "DELETE",
                 "/v1/vpcs/{vpc}/peerings/{name}",
                 self.delete_peering,
+                response=out.DELETED_PROGRAMMED,
                 query=WAIT_Q,
                 params=ITEM_P,
                 summary="Delete this VPC's side of a peering",
@@ -746,6 +803,7 @@ class ControllerApi:
                 "GET",
                 "/v1/vpcs/{vpc}/routes",
                 self.list_routes,
+                response=out.ROUTES,
                 params=VPC_P,
                 summary="List static routes",
             ),
@@ -753,6 +811,7 @@ class ControllerApi:
                 "POST",
                 "/v1/vpcs/{vpc}/routes",
                 self.create_route,
+                response=out.ROUTE,
                 body=ROUTE_IN,
                 params=VPC_P,
                 status=201,
@@ -762,6 +821,7 @@ class ControllerApi:
                 "GET",
                 "/v1/vpcs/{vpc}/routes/effective",
                 self.effective_routes,
+                response=out.EFFECTIVE_ROUTES,
                 params=VPC_P,
                 summary="Every route the VPC sees, with origin and import decision",
             ),
@@ -769,6 +829,7 @@ class ControllerApi:
                 "GET",
                 "/v1/vpcs/{vpc}/routes/{name}",
                 self.get_route,
+                response=out.ROUTE,
                 params=ITEM_P,
                 summary="Get a static route",
             ),
@@ -776,14 +837,22 @@ class ControllerApi:
                 "DELETE",
                 "/v1/vpcs/{vpc}/routes/{name}",
                 self.delete_route,
+                response=out.DELETED,
                 params=ITEM_P,
                 summary="Delete a static route",
             ),
-            Route("GET", "/v1/hosts", self.list_hosts, summary="List registered hosts"),
+            Route(
+                "GET",
+                "/v1/hosts",
+                self.list_hosts,
+                response=out.HOSTS,
+                summary="List registered hosts",
+            ),
             Route(
                 "GET",
                 "/v1/hosts/{name}",
                 self.get_host,
+                response=out.HOST,
                 params={"name": NAME},
                 summary="Get a host",
             ),
@@ -791,6 +860,7 @@ class ControllerApi:
                 "PUT",
                 "/v1/hosts/{name}",
                 self.put_host,
+                response=out.HOST,
                 body=HOST_IN,
                 params={"name": NAME},
                 summary="Register a host and its underlay IP",
@@ -799,6 +869,7 @@ class ControllerApi:
                 "PUT",
                 "/v1/hosts/{name}/applied",
                 self.put_applied,
+                response=out.APPLIED,
                 body=APPLIED_IN,
                 params={"name": NAME},
                 auth=False,
@@ -811,12 +882,14 @@ class ControllerApi:
                 "GET",
                 "/v1/multiplexer",
                 self.multiplexer,
+                response=out.MULTIPLEXER,
                 summary="Service sets published, peerings and subscribers per service",
             ),
             Route(
                 "GET",
                 "/v1/federation/vpcs/{vpc}",
                 self.federation_view,
+                response=out.FEDERATION_VIEW,
                 auth=False,
                 params=VPC_P,
                 errors=frozenset({401}),
@@ -826,15 +899,20 @@ class ControllerApi:
                 "GET",
                 "/v1/subscribe",
                 self.subscribe,
+                response=out.STREAM_MESSAGE,
                 auth=False,
                 errors=e403 | e503 | c | frozenset({401, 404}),
                 query={
                     "service": Str(enum=tuple(s.value for s in ServiceName)),
-                    "key": Str(),
-                    "policy": Str(),
-                    "host": Str(),
-                    "since": Int(0),
+                    "key": out.PROTOCOL_NAME,
+                    "policy": Str(
+                        pattern=NAME_RE.pattern,
+                        description="a peer stream's export policy id; needs host",
+                    ),
+                    "host": Str(pattern=NAME_RE.pattern, description="the subscribing host"),
+                    "since": Int(0, MAX_VERSION, description="decimal, no sign, no leading zeros"),
                 },
+                required_query=frozenset({"service", "key"}),
                 media_type="application/x-ndjson",
                 summary="Subscribe to a service stream: NDJSON snapshot then deltas (docs/protocol.md)",
             ),

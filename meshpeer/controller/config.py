@@ -27,6 +27,7 @@ class ShardConfig:
     api_token: str
     directory_file: str
     heartbeat_interval: float | None = None  # None: the app's default
+    check_answers: bool = False  # tests: every REST answer checked against the document
 
     def text(self) -> str:
         return options.config_text(options.CONTROLLER, dataclasses.asdict(self))

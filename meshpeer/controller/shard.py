@@ -40,7 +40,12 @@ from meshpeer.controller.mux import (
 from meshpeer.controller.peering import Status, View, federation_view, statuses, without_hosts
 from meshpeer.controller.routing import effective_routes
 from meshpeer.protocol import ServiceName
-from meshpeer.protocol.messages import CloseReason, stream_name
+from meshpeer.protocol.messages import (
+    CloseReason,
+    ProtocolError,
+    parse_stream_name,
+    stream_name,
+)
 from meshpeer.store.sqlite import Change, Store
 from meshpeer.streaming.publisher import StreamHub
 from policies.export import ExportPolicy
@@ -284,8 +289,21 @@ class ShardState:
     # --- programmed? ------------------------------------------------------------------------
 
     def report_applied(self, host: str, streams: dict[str, int]) -> None:
-        """An OHC says which stream versions its switch now holds."""
-        self.applied.setdefault(host, {}).update(streams)
+        """An OHC says which stream versions its switch now holds. Only streams this shard
+        publishes are kept, and the host's entries for streams since removed are dropped, so
+        what is held is bounded by (reporting hosts) x (published streams)."""
+        held = self.applied.get(host, {}) | streams
+        kept = {name: v for name, v in held.items() if self._publishes(name)}
+        if kept:
+            self.applied[host] = kept
+        else:
+            self.applied.pop(host, None)
+
+    def _publishes(self, name: str) -> bool:
+        try:
+            return StreamId(*parse_stream_name(name)) in self.hub
+        except ProtocolError:
+            return False
 
     def pending_hosts(self, kind: str, key: str) -> list[str]:
         """Hosts that must act on a resource's last write and have not reported applying it

@@ -13,15 +13,17 @@ the OpenAPI document served at ``/v1/openapi.json``.
 from meshpeer.rest.errors import ApiError, bad_request, conflict, not_found
 from meshpeer.rest.openapi import build_openapi
 from meshpeer.rest.router import Api, Handler, RequestCtx, Route
-from meshpeer.rest.schema import Arr, Bool, Int, Nullable, Obj, Schema, Str, validate
+from meshpeer.rest.schema import Arr, Bool, Free, Int, Map, Nullable, Obj, Schema, Str, validate
 
 __all__ = [
     "Api",
     "ApiError",
     "Arr",
     "Bool",
+    "Free",
     "Handler",
     "Int",
+    "Map",
     "Nullable",
     "Obj",
     "RequestCtx",

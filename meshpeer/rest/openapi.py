@@ -2,7 +2,8 @@
 
 Each :class:`~meshpeer.rest.router.Route` becomes one operation: path and query parameters,
 request body schema, the declared success status and every error status the route can answer
-(see ``Route.error_statuses``), each error referencing the shared ``Error`` schema. Bearer auth is
+(see ``Route.error_statuses``), each error referencing the shared ``Error`` schema; a create's
+201 answer links to the operations on what it created (see ``_links``). Bearer auth is
 the document-wide default; routes declared with ``auth=False`` override it with ``security: []``,
 and ``handler_auth`` routes (bearer, or a credential the handler checks) with ``[{bearer}, {}]``.
 """
@@ -46,6 +47,11 @@ def build_openapi(routes: Sequence[Route], title: str, version: str) -> dict[str
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(
             route, components, error_ref
         )
+    for route in routes:
+        links = _links(route, routes)
+        if links:
+            response = paths[route.path][route.method.lower()]["responses"][str(route.status)]
+            response["links"] = links
     return {
         "openapi": OPENAPI_VERSION,
         "info": {"title": title, "version": version},
@@ -56,6 +62,25 @@ def build_openapi(routes: Sequence[Route], title: str, version: str) -> dict[str
         },
         "security": [{"bearer": []}],
     }
+
+
+def _links(create: Route, routes: Sequence[Route]) -> dict[str, Any]:
+    """Links from a create (``POST <collection>`` answering 201 with the object's ``name``) to
+    every operation under ``<collection>/{param}``: the new object's name fills ``param``, the
+    create's own path parameters are passed on. Clients (and schemathesis' stateful phase)
+    follow them from a created object to what can be done with it."""
+    if create.method != "POST" or create.status != HTTPStatus.CREATED:
+        return {}
+    prefix = create.path + "/{"
+    links: dict[str, Any] = {}
+    for route in routes:
+        if not route.path.startswith(prefix):
+            continue
+        new_param = route.param_names[len(create.param_names)]
+        parameters = {f"path.{p}": f"$request.path.{p}" for p in create.param_names}
+        parameters[f"path.{new_param}"] = "$response.body#/name"
+        links[operation_id(route)] = {"operationId": operation_id(route), "parameters": parameters}
+    return links
 
 
 def _operation(route: Route, components: dict[str, Any], error_ref: Any) -> dict[str, Any]:
@@ -70,7 +95,12 @@ def _operation(route: Route, components: dict[str, Any], error_ref: Any) -> dict
         for name in route.param_names
     ]
     parameters += [
-        {"name": name, "in": "query", "required": False, "schema": to_json_schema(schema)}
+        {
+            "name": name,
+            "in": "query",
+            "required": name in route.required_query,
+            "schema": to_json_schema(schema),
+        }
         for name, schema in route.query.items()
     ]
     if parameters:

@@ -5,7 +5,9 @@ from the same table. Handlers are thin shims: they get a :class:`RequestCtx` who
 are already validated, call the core, and return ``(status, json_body)`` or a webob ``Response``
 (for streaming). They signal failures by raising :class:`~meshpeer.rest.errors.ApiError`.
 
-Order of checks: path (404) -> method (405) -> bearer token (401) -> path params, query, body
+A path names one resource: the matching template with the fewest parameters (so
+``/routes/effective`` is never ``/routes/{name}``, whatever the method). Order of checks:
+path (404) -> method (405) -> bearer token (401) -> path params, query, body
 (413, 415, 400) -> handler. Unknown paths answer 404 without auth: the route table is public
 anyway (the OpenAPI document is), so this reveals nothing, and a request body is never parsed
 before the caller has been authenticated.
@@ -28,7 +30,7 @@ from meshpeer import __version__
 from meshpeer.rest import errors
 from meshpeer.rest.errors import ApiError, bad_request
 from meshpeer.rest.openapi import build_openapi
-from meshpeer.rest.schema import Bool, Int, Schema, Str, validate
+from meshpeer.rest.schema import Bool, Free, Int, Schema, Str, validate
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,10 @@ Handler = Callable[[RequestCtx], "tuple[int, object] | Response"]
 class Route:
     """One operation: ``method`` + ``path`` template (``/v1/vpcs/{vpc}``), schemas and handler.
 
-    ``query`` maps optional query parameters to scalar schemas (Str, Int, Bool); ``params`` may
-    give a path parameter a stricter :class:`Str` (default: any non-empty segment). ``errors``
+    ``query`` maps query parameters to scalar schemas (Str, Int, Bool), optional unless named
+    in ``required_query``; ``params`` may give a path parameter a stricter :class:`Str`
+    (default: any non-empty segment). ``response`` is the success body's schema (published,
+    and checked against every answer in ``debug``). ``errors``
     lists error statuses the handler raises beyond the defaults (see :meth:`error_statuses`).
     ``media_type`` documents non-JSON (e.g. streamed NDJSON) success bodies.
     """
@@ -70,6 +74,7 @@ class Route:
     # API token or another credential). Explicit, so no write is left open by mistake.
     handler_auth: bool = False
     query: Mapping[str, Schema] = field(default_factory=dict)
+    required_query: frozenset[str] = frozenset()
     params: Mapping[str, Str] = field(default_factory=dict)
     status: int = 200
     errors: frozenset[int] = frozenset()
@@ -86,6 +91,8 @@ class Route:
         for name, schema in self.query.items():
             if not isinstance(schema, Str | Int | Bool):
                 raise ValueError(f"{self.path}: query parameter {name} must be Str, Int or Bool")
+        if not self.required_query <= set(self.query):
+            raise ValueError(f"{self.path}: required query parameters must be in query")
         unknown = set(self.params) - set(self.param_names)
         if unknown:
             raise ValueError(f"{self.path}: params {sorted(unknown)} are not in the path")
@@ -147,7 +154,7 @@ class Api:
             self._openapi,
             summary="This API's OpenAPI 3.1 document",
             auth=False,  # describes the API, holds no state; clients fetch it to learn auth.
-            response=None,
+            response=Free(description="an OpenAPI 3.1 document"),
         )
         self.routes: tuple[Route, ...] = (*routes, doc_route)
         seen: set[tuple[str, str]] = set()
@@ -190,10 +197,12 @@ class Api:
     def _match(self, request: Request) -> tuple[Route, dict[str, str]]:
         path: str = request.path_info
         allowed: list[str] = []
+        resource: str | None = None  # the one template this path names: literals win
         for pattern, route in self._table:
             found = pattern.fullmatch(path)
-            if found is None:
+            if found is None or resource not in (None, route.path):
                 continue
+            resource = route.path
             if route.method == request.method:
                 return route, found.groupdict()
             allowed.append(route.method)
@@ -268,6 +277,8 @@ def _parse_query(route: Route, request: Request) -> dict[str, Any]:
         if name in query:
             raise bad_request(name, "query parameter given more than once")
         query[name] = validate(schema, _coerce(schema, name, text), name)
+    for name in sorted(route.required_query - set(query)):
+        raise bad_request(name, "required query parameter is missing")
     return query
 
 

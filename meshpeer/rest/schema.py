@@ -23,28 +23,63 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from meshpeer.rest.errors import bad_request
+from meshpeer.rest.errors import ApiError, bad_request
 
 Format = Literal["cidr", "ip", "mac", "name"]
 
-# Unanchored; matched with re.fullmatch (``$`` would accept a trailing newline).
+
+def _ip_patterns() -> tuple[str, str]:
+    """IPv4 (dotted quad, no leading zeros) and IPv6 (RFC 4291 text, RFC 3986 grammar)."""
+    octet = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+    v4 = rf"{octet}(\.{octet}){{3}}"
+    h16 = "[0-9a-fA-F]{1,4}"
+    ls32 = f"({h16}:{h16}|{v4})"
+    forms = [f"({h16}:){{6}}{ls32}", f"::({h16}:){{5}}{ls32}"]
+    for before, after in ((0, 4), (1, 3), (2, 2), (3, 1), (4, 0)):
+        head = f"{h16}" if before == 0 else f"(({h16}:){{0,{before}}}{h16})"
+        forms.append(f"({head})?::({h16}:){{{after}}}{ls32}" if after else f"({head})?::{ls32}")
+    forms.append(f"(({h16}:){{0,5}}{h16})?::{h16}")
+    forms.append(f"(({h16}:){{0,6}}{h16})?::")
+    return v4, "(" + "|".join(forms) + ")"
+
+
+IPV4, IPV6 = _ip_patterns()
+
+# Unanchored; matched with re.fullmatch (``$`` would accept a trailing newline). Written in the
+# common subset of Python and ECMA-262 regexes, so the published document means the same.
+# ``ip``/``cidr`` are checked against these first, then parsed; a CIDR's host bits must also be
+# zero, which no pattern says (the format's description does).
 PATTERNS: dict[str, str] = {
     "name": r"[a-z][a-z0-9-]{0,62}",
     "mac": r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}",
+    "ip": f"({IPV4}|{IPV6})",
+    "cidr": f"({IPV4}/(3[0-2]|[12]?[0-9])|{IPV6}/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))",
+}
+FORMAT_NOTES: dict[str, str] = {
+    "cidr": "an IPv4 or IPv6 network; host bits must be zero (10.1.0.0/16, not 10.1.0.1/16)",
+    "ip": "an IPv4 or IPv6 address, no zone index",
 }
 
 
 @dataclass(frozen=True)
 class Str:
+    """A string: a ``format``, an ``enum``, or a ``pattern`` (unanchored, matched whole), and
+    ``reserved`` values it may not take (published as ``not: {enum: [...]}``)."""
+
     format: Format | None = None
     enum: tuple[str, ...] | None = None
     min_length: int = 0
     max_length: int | None = None
     description: str = ""
+    pattern: str | None = None
+    reserved: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Int:
+    """An integer. As in JSON Schema, a number with a zero fraction (``5.0``) is one; it is
+    normalised to ``5``."""
+
     minimum: int | None = None
     maximum: int | None = None
     description: str = ""
@@ -79,11 +114,42 @@ class Obj:
 
 
 @dataclass(frozen=True)
+class Map:
+    """A JSON object used as a dictionary: any keys, every value of ``values``."""
+
+    values: Schema
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Free:
+    """Any JSON object (a document this API passes through, e.g. a federation view)."""
+
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Num:
+    """Any JSON number (integer or not)."""
+
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """Exactly one of ``options`` (published as ``oneOf``); options must exclude each other,
+    e.g. by an ``enum`` discriminator field."""
+
+    options: tuple[Schema, ...]
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class Nullable:
     inner: Schema
 
 
-Schema = Str | Int | Bool | Arr | Obj | Nullable
+Schema = Str | Int | Num | Bool | Arr | Obj | Map | Free | OneOf | Nullable
 
 
 def json_type(value: object) -> str:
@@ -114,11 +180,31 @@ def validate(schema: Schema, value: Any, path: str = "") -> Any:
     where = path or None
     if isinstance(schema, Nullable):
         return None if value is None else validate(schema.inner, value, path)
-    expected = {Str: "string", Int: "integer", Bool: "boolean", Arr: "array", Obj: "object"}
+    if isinstance(schema, OneOf):
+        return _validate_one_of(schema, value, path)
+    if isinstance(schema, Num):
+        if json_type(value) not in ("integer", "number"):
+            raise bad_request(where, f"expected number, got {json_type(value)}")
+        return value
+    expected = {
+        Str: "string",
+        Int: "integer",
+        Bool: "boolean",
+        Arr: "array",
+        Obj: "object",
+        Map: "object",
+        Free: "object",
+    }
+    if isinstance(schema, Int) and isinstance(value, float) and value.is_integer():
+        value = int(value)
     if json_type(value) != expected[type(schema)]:
         raise bad_request(where, f"expected {expected[type(schema)]}, got {json_type(value)}")
     if isinstance(schema, Str):
         return _validate_str(schema, value, where)
+    if isinstance(schema, Map):
+        return {k: validate(schema.values, v, _join(path, k)) for k, v in value.items()}
+    if isinstance(schema, Free):
+        return value
     if isinstance(schema, Int):
         if schema.minimum is not None and value < schema.minimum:
             raise bad_request(where, f"must be >= {schema.minimum}, got {value}")
@@ -134,6 +220,18 @@ def validate(schema: Schema, value: Any, path: str = "") -> Any:
             raise bad_request(where, f"takes at most {schema.max_items} item(s), got {len(value)}")
         return [validate(schema.items, item, f"{path}[{i}]") for i, item in enumerate(value)]
     return _validate_obj(schema, value, path)
+
+
+def _validate_one_of(schema: OneOf, value: Any, path: str) -> Any:
+    passed = []
+    for option in schema.options:
+        try:
+            passed.append(validate(option, value, path))
+        except ApiError:
+            continue
+    if len(passed) != 1:
+        raise bad_request(path or None, f"matches {len(passed)} of the alternatives, not one")
+    return passed[0]
 
 
 def _validate_obj(schema: Obj, value: dict[str, Any], path: str) -> dict[str, Any]:
@@ -154,9 +252,13 @@ def _validate_str(schema: Str, value: str, where: str | None) -> str:
         raise bad_request(where, f"must be at most {schema.max_length} character(s) long")
     if schema.enum is not None and value not in schema.enum:
         raise bad_request(where, f"must be one of {', '.join(schema.enum)}; got {value!r}")
+    if value in schema.reserved:
+        raise bad_request(where, f"{value!r} is reserved; choose another name")
+    if schema.pattern is not None and not re.fullmatch(schema.pattern, value):
+        raise bad_request(where, f"{value!r} does not match {schema.pattern}")
     if schema.format is None:
         return value
-    if schema.format in PATTERNS:
+    if schema.format in ("name", "mac"):
         if not re.fullmatch(PATTERNS[schema.format], value):
             raise bad_request(where, f"{value!r} is not a valid {schema.format}")
         return value.lower()
@@ -164,6 +266,8 @@ def _validate_str(schema: Str, value: str, where: str | None) -> str:
         raise bad_request(where, f"{value!r}: IPv6 zone indexes are not allowed")
     if schema.format == "ip":
         try:
+            if not re.fullmatch(PATTERNS["ip"], value):
+                raise ValueError(value)
             return str(ipaddress.ip_address(value))
         except ValueError:
             raise bad_request(where, f"{value!r} is not a valid IPv4 or IPv6 address") from None
@@ -173,6 +277,8 @@ def _validate_str(schema: Str, value: str, where: str | None) -> str:
 def _canonical_cidr(value: str, where: str | None) -> str:
     if "/" not in value:
         raise bad_request(where, f"{value!r} is not a CIDR: prefix length missing")
+    if not re.fullmatch(PATTERNS["cidr"], value):
+        raise bad_request(where, f"{value!r} is not a valid CIDR")
     try:
         return str(ipaddress.ip_network(value, strict=True))
     except ValueError as exc:
@@ -192,14 +298,21 @@ def to_json_schema(schema: Schema, components: dict[str, Any] | None = None) -> 
     if isinstance(schema, Nullable):
         return {"anyOf": [to_json_schema(schema.inner, components), {"type": "null"}]}
     out: dict[str, Any]
-    if isinstance(schema, Str):
+    if isinstance(schema, OneOf):
+        out = {"oneOf": [to_json_schema(option, components) for option in schema.options]}
+    elif isinstance(schema, Num):
+        out = {"type": "number"}
+    elif isinstance(schema, Str):
         out = {"type": "string"}
         if schema.format is not None:
             out["format"] = schema.format
-            if schema.format in PATTERNS:
-                out["pattern"] = f"^{PATTERNS[schema.format]}$"
+            out["pattern"] = f"^{PATTERNS[schema.format]}$"
+        elif schema.pattern is not None:
+            out["pattern"] = f"^{schema.pattern}$"
         if schema.enum is not None:
             out["enum"] = list(schema.enum)
+        if schema.reserved:
+            out["not"] = {"enum": list(schema.reserved)}
         if schema.min_length:
             out["minLength"] = schema.min_length
         if schema.max_length is not None:
@@ -212,6 +325,10 @@ def to_json_schema(schema: Schema, components: dict[str, Any] | None = None) -> 
             out["maximum"] = schema.maximum
     elif isinstance(schema, Bool):
         out = {"type": "boolean"}
+    elif isinstance(schema, Map):
+        out = {"type": "object", "additionalProperties": to_json_schema(schema.values, components)}
+    elif isinstance(schema, Free):
+        out = {"type": "object"}
     elif isinstance(schema, Arr):
         out = {"type": "array", "items": to_json_schema(schema.items, components)}
         if schema.min_items:
@@ -220,8 +337,11 @@ def to_json_schema(schema: Schema, components: dict[str, Any] | None = None) -> 
             out["maxItems"] = schema.max_items
     else:
         return _obj_json_schema(schema, components)
-    if schema.description:
-        out["description"] = schema.description
+    description = schema.description
+    if isinstance(schema, Str) and schema.format in FORMAT_NOTES:
+        description = "; ".join(filter(None, [description, FORMAT_NOTES[schema.format]]))
+    if description:
+        out["description"] = description
     return out
 
 

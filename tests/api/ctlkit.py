@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,8 @@ class Ctl(LocalShard):
     starts: int = 0
 
     def write_conf(self, directory_file: Path, heartbeat: float) -> None:
-        self.conf.write_text(self.config(directory_file, heartbeat).text(), encoding="utf-8")
+        config = replace(self.config(directory_file, heartbeat), check_answers=True)
+        self.conf.write_text(config.text(), encoding="utf-8")
 
     # --- process ------------------------------------------------------------------------
 

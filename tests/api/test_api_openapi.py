@@ -250,3 +250,134 @@ def test_every_request_schema_rejects_unknown_fields_over_http(
             tried.append(want)
     assert {"subnets[0].bogus", "backends[0].bogus", "export.bogus"} <= set(tried)
     assert ctl.get("/healthz")["version"] == before
+
+
+# --- issue 21 part 5: the document describes the API exactly ---------------------------------
+
+
+def test_every_success_answer_has_a_schema(doc: dict[str, Any]) -> None:
+    for key, op in ops(doc).items():
+        for status, response in op["responses"].items():
+            if status.startswith("2"):
+                for media in response["content"].values():
+                    assert media["schema"], key
+
+
+def test_real_answers_of_every_route_match_the_document(
+    module_cluster: Cluster, ctl: Ctl, doc: dict[str, Any]
+) -> None:
+    import jsonschema_rs
+
+    table = ops(doc)
+    checked: set[tuple[str, str]] = set()
+
+    def call(method: str, path: str, body: Any = None, token: str | None = "") -> Any:
+        r = ctl.req(method, path, body, token=token)
+        template = template_of(doc, path)
+        assert template is not None, path
+        response = table[(method, template)]["responses"][str(r.status)]
+        schema = response["content"]["application/json"]["schema"]
+        jsonschema_rs.Draft202012Validator({**schema, "components": doc["components"]}).validate(
+            r.body
+        )
+        if r.status < 300:
+            checked.add((method, template))
+        return r.body
+
+    module_cluster["ctl2"].vpc("pink", "10.9.0.0/16")
+    call("PUT", "/v1/hosts/hv9", {"underlay_ip": "192.0.2.9"})
+    call("POST", "/v1/vpcs", {"name": "jade", "subnets": [{"cidr": "10.7.0.0/24"}]})
+    call("POST", "/v1/vpcs/jade/subnets", {"name": "v6", "cidr": "fd00:7::/64"})
+    call("POST", "/v1/vpcs/jade/endpoints", {"name": "r1", "ip": "10.7.0.5", "host": "hv9"})
+    call("POST", "/v1/vpcs/jade/endpoints", {"name": "vip", "ip": "10.7.0.6", "kind": "ilb",
+                                            "backends": [{"endpoint": "r1"}]})  # fmt: skip
+    route = {"name": "r", "prefix": "10.99.0.0/24", "next_hop": "10.7.0.5"}
+    call("POST", "/v1/vpcs/jade/endpoints", {"name": "gw", "ip": "10.7.0.7", "kind": "router",
+                                            "host": "hv9"})  # fmt: skip
+    call("POST", "/v1/vpcs/jade/routes", {**route, "next_hop": "10.7.0.7"})
+    call("POST", "/v1/vpcs/jade/peerings", {"name": "p", "peer_vpc": "pink"})
+    module_cluster["ctl2"].peer("pink", "jade", "p")
+    ctl.wait_state("jade", "p", "ACTIVE")
+    call("PUT", "/v1/vpcs/jade/peerings/p", {"import_custom_routes": True})
+    for path in ("", "/subnets", "/subnets/v6", "/endpoints", "/endpoints/r1", "/endpoints/vip",
+                 "/peerings", "/peerings/p", "/routes", "/routes/r", "/routes/effective"):  # fmt: skip
+        call("GET", f"/v1/vpcs/jade{path}")
+    for path in ("/healthz", "/v1/vpcs", "/v1/hosts", "/v1/hosts/hv9", "/v1/multiplexer",
+                 "/v1/placement/jade", "/v1/placement/anything"):  # fmt: skip
+        call("GET", path)
+    call("GET", "/v1/federation/vpcs/jade")
+    call(
+        "PUT",
+        "/v1/hosts/hv9/applied",
+        {"streams": [{"stream": "destination/jade//", "version": 1}]},
+    )
+    call("GET", "/v1/openapi.json", token=None)
+    call("DELETE", "/v1/vpcs/jade/peerings/p")
+    call("DELETE", "/v1/vpcs/jade/routes/r")
+    for name in ("vip", "r1", "gw"):
+        call("DELETE", f"/v1/vpcs/jade/endpoints/{name}")
+    call("DELETE", "/v1/vpcs/jade/subnets/v6")
+    call("DELETE", "/v1/vpcs/jade")
+    call("GET", "/v1/vpcs/jade")  # an error answer, validated against the Error schema
+    module_cluster["ctl2"].delete("/v1/vpcs/pink/peerings/p")
+    module_cluster["ctl2"].delete("/v1/vpcs/pink")
+    assert set(table) - checked == {("GET", "/v1/subscribe")}  # test_api_schemathesis.py
+
+
+def test_ip_and_cidr_have_patterns(doc: dict[str, Any]) -> None:
+    route = doc["components"]["schemas"]["RouteCreate"]["properties"]
+    assert route["prefix"]["format"] == "cidr" and route["prefix"]["pattern"].startswith("^")
+    assert route["next_hop"]["format"] == "ip" and route["next_hop"]["pattern"].startswith("^")
+
+
+def test_an_integral_number_is_accepted_where_an_integer_is(ctl: Ctl) -> None:
+    """JSON Schema's integer admits 5.0, so the server must too (it stores 5)."""
+    created = ctl.post("/v1/vpcs", {"name": "onyx", "vni": 1500.0})
+    assert created["vni"] == 1500 and ctl.get("/v1/vpcs/onyx")["vni"] == 1500
+    r = ctl.req("POST", "/v1/vpcs", {"name": "iris", "vni": 1500.5})
+    assert r.status == 400 and r.error()[1] == "vni"
+    ctl.delete("/v1/vpcs/onyx")
+
+
+def test_subscribe_documents_required_parameters_and_limits(doc: dict[str, Any]) -> None:
+    params = {p["name"]: p for p in ops(doc)[("GET", "/v1/subscribe")]["parameters"]}
+    assert params["service"]["required"] and params["key"]["required"]
+    for name in ("key", "policy", "host"):
+        pattern = params[name]["schema"]["pattern"]
+        assert re.fullmatch(pattern.strip("^$"), "a" * 128)
+        assert not re.fullmatch(pattern.strip("^$"), "a" * 129)
+    applied = doc["components"]["schemas"]["AppliedReport"]["properties"]["streams"]
+    assert applied["maxItems"] > 0
+    stream = doc["components"]["schemas"]["AppliedStream"]["properties"]["stream"]["pattern"]
+    assert re.fullmatch(stream.strip("^$"), "destination/blue//")
+    assert not re.fullmatch(stream.strip("^$"), "nonsense")
+
+
+def test_a_route_cannot_be_named_effective(ctl: Ctl, doc: dict[str, Any]) -> None:
+    before = ctl.get("/healthz")["version"]
+    ctl.put("/v1/hosts/hv1", {"underlay_ip": "192.0.2.1"})
+    ctl.post("/v1/vpcs/blue/endpoints", {"name": "gw", "ip": "10.1.0.9", "kind": "router",
+                                         "host": "hv1"})  # fmt: skip
+    mid = ctl.get("/healthz")["version"]
+    body = {"name": "effective", "prefix": "10.99.0.0/24", "next_hop": "10.1.0.9"}
+    r = ctl.req("POST", "/v1/vpcs/blue/routes", body)
+    assert r.status == 400 and r.error()[:2] == ("bad_request", "name"), r.body
+    assert ctl.get("/healthz")["version"] == mid
+    name = doc["components"]["schemas"]["RouteCreate"]["properties"]["name"]
+    assert name["not"] == {"enum": ["effective"]}
+    # /routes/effective is one resource: DELETE there is not a route delete.
+    r = ctl.req("DELETE", "/v1/vpcs/blue/routes/effective")
+    assert r.status == 405 and r.headers["allow"] == "GET"
+    ctl.delete("/v1/vpcs/blue/endpoints/gw")
+    assert before <= mid
+
+
+def test_applied_reports_name_a_known_host_and_well_formed_streams(ctl: Ctl) -> None:
+    ctl.put("/v1/hosts/hv1", {"underlay_ip": "192.0.2.1"})
+    good = {"streams": [{"stream": "destination/blue//", "version": 1}]}
+    r = ctl.req("PUT", "/v1/hosts/hv-unknown/applied", good)
+    assert r.status == 404 and r.error()[:2] == ("not_found", "name"), r.body
+    bad = {"streams": [{"stream": "no/such/stream/name/at/all", "version": 1}]}
+    r = ctl.req("PUT", "/v1/hosts/hv1/applied", bad)
+    assert r.status == 400 and r.error()[:2] == ("bad_request", "streams[0].stream"), r.body
+    assert ctl.put("/v1/hosts/hv1/applied", good) == {"host": "hv1", "streams": 1}

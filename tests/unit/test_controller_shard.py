@@ -161,3 +161,22 @@ def test_programmed_once_every_subscribed_host_reports_the_version(tmp_path: pat
     finally:
         hv1.close()
         hv3.close()
+
+
+def test_applied_reports_keep_only_published_streams(tmp_path: pathlib.Path) -> None:
+    """Memory held for applied reports is bounded by the streams the shard publishes."""
+    from meshpeer.protocol.messages import stream_name
+
+    s = shard(tmp_path)
+    build(s)
+    pid = ExportPolicy().policy_id
+    published = stream_name(ServiceName.DESTINATION, "red", pid, None)
+    junk = {f"destination/nosuch{i}//": 1 for i in range(100)} | {"not a stream": 1}
+    s.report_applied("hv2", {published: 5, **junk})
+    assert s.applied == {"hv2": {published: 5}}
+    s.report_applied("hv9", junk)
+    assert "hv9" not in s.applied
+    s.commit(deletes=[Delete("peering", "blue/to-red"), Delete("peering", "green/to-red")])
+    assert StreamId(ServiceName.DESTINATION, "red", pid) not in s.hub
+    s.report_applied("hv2", {})  # the next report drops what is no longer published
+    assert "hv2" not in s.applied

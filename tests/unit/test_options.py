@@ -26,7 +26,7 @@ def test_a_shard_config_round_trips_through_the_declared_names() -> None:
     assert written == {
         "shard": "c1", "listen_host": "127.0.0.1", "listen_port": "8081",
         "store_path": "/s.db", "api_token": "tok", "directory_file": "/d.yaml",
-        "heartbeat_interval": "1.5",
+        "heartbeat_interval": "1.5", "check_answers": "false",
     }  # fmt: skip
     assert all(options.CONTROLLER.option(k) is not None for k in written)
 

@@ -265,7 +265,7 @@ def test_unknown_field_names_its_path(api: Api) -> None:
     [
         ({"enabled": "yes"}, "enabled", "expected boolean, got string"),
         ({"vlan": True}, "vlan", "expected integer, got boolean"),
-        ({"vlan": 1.0}, "vlan", "expected integer, got number"),
+        ({"vlan": 1.5}, "vlan", "expected integer, got number"),
         ({"vlan": 5000}, "vlan", "<= 4094"),
         ({"name": "Web"}, "name", "not a valid name"),
         ({"kind": "green"}, "kind", "one of red, blue"),
@@ -411,3 +411,15 @@ def test_literal_paths_win_over_templates() -> None:
     api = Api([Route("GET", "/a/{x}", templ), Route("GET", "/a/new", fixed)], TOKEN)
     assert call(api, "GET", "/a/new").json == "fixed"
     assert call(api, "GET", "/a/old").json == "old"
+
+
+def test_a_literal_path_is_one_resource_for_every_method() -> None:
+    """DELETE /a/new must not fall through to DELETE /a/{x}: /a/new is its own resource."""
+
+    def ok(ctx: RequestCtx) -> tuple[int, object]:
+        return 200, "ok"
+
+    api = Api([Route("GET", "/a/new", ok), Route("DELETE", "/a/{x}", ok)], TOKEN)
+    r = call(api, "DELETE", "/a/new")
+    assert r.status_int == 405 and r.headers["Allow"] == "GET"
+    assert call(api, "DELETE", "/a/old").json == "ok"

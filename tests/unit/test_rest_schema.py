@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshpeer.rest import ApiError, Arr, Bool, Int, Nullable, Obj, Str, validate
-from meshpeer.rest.schema import to_json_schema
+from meshpeer.rest import ApiError, Arr, Bool, Free, Int, Map, Nullable, Obj, Str, validate
+from meshpeer.rest.schema import PATTERNS, Num, OneOf, to_json_schema
 
 
 def rejects(schema: Any, value: object) -> tuple[str | None, str]:
@@ -125,4 +125,66 @@ def test_json_schema_emission() -> None:
     }
     assert components["Subnet"]["additionalProperties"] is False
     # Without a component store, named objects are inlined.
-    assert to_json_schema(inner)["properties"]["cidr"] == {"type": "string", "format": "cidr"}
+    cidr = to_json_schema(inner)["properties"]["cidr"]
+    assert (cidr["type"], cidr["format"]) == ("string", "cidr")
+    assert cidr["pattern"] == f"^{PATTERNS['cidr']}$" and "host bits" in cidr["description"]
+
+
+# --- the published document and the checks agree ----------------------------------------------
+
+
+@given(st.from_regex(f"^{PATTERNS['ip']}$", fullmatch=True))
+def test_every_string_the_ip_pattern_allows_is_an_address(text: str) -> None:
+    assert validate(Str(format="ip"), text) == str(ipaddress.ip_address(text))
+
+
+@given(st.ip_addresses().map(str) | st.ip_addresses(v=6).map(lambda a: a.exploded.upper()))
+def test_the_ip_pattern_allows_every_address(text: str) -> None:
+    validate(Str(format="ip"), text)
+
+
+@given(st.from_regex(f"^{PATTERNS['cidr']}$", fullmatch=True))
+def test_every_string_the_cidr_pattern_allows_parses_or_has_host_bits(text: str) -> None:
+    network = ipaddress.ip_network(text, strict=False)
+    if str(network.network_address) == str(ipaddress.ip_address(text.split("/")[0])):
+        assert validate(Str(format="cidr"), text) == str(network)
+    else:
+        assert "host bits set" in rejects(Str(format="cidr"), text)[1]
+
+
+@pytest.mark.parametrize("text", ["01.2.3.4", "1.2.3", "1:2:3:4:5:6:7:8::", "::1%eth0", "1.2.3.4 "])
+def test_what_the_ip_pattern_refuses_the_server_refuses(text: str) -> None:
+    rejects(Str(format="ip"), text)
+
+
+def test_an_integral_number_is_an_integer_as_in_json_schema() -> None:
+    # JSON Schema counts 5.0 as an integer; so does the server (normalised to 5).
+    assert validate(Int(0, 10), 5.0) == 5 and type(validate(Int(0, 10), 5.0)) is int
+    assert rejects(Int(0, 10), 5.5) == (None, "expected integer, got number")
+    assert rejects(Int(0, 10), 11.0)[1] == "must be <= 10, got 11"
+
+
+def test_reserved_values_and_patterns_are_checked_and_published() -> None:
+    name = Str(format="name", reserved=("effective",))
+    assert rejects(name, "effective")[1] == "'effective' is reserved; choose another name"
+    assert to_json_schema(name)["not"] == {"enum": ["effective"]}
+    key = Str(pattern="[a-z]{1,3}")
+    assert validate(key, "abc") == "abc"
+    rejects(key, "abcd")
+    assert to_json_schema(key)["pattern"] == "^[a-z]{1,3}$"
+
+
+def test_maps_free_objects_numbers_and_one_of() -> None:
+    counts = Map(Int(0))
+    assert validate(counts, {"a": 1}) == {"a": 1}
+    assert rejects(counts, {"a": -1})[0] == "a"
+    assert validate(Free(), {"x": [1]}) == {"x": [1]}
+    assert validate(Num(), 0.5) == 0.5
+    msg = OneOf((Obj({"t": Str(enum=("a",))}), Obj({"t": Str(enum=("b",)), "n": Num()})))
+    assert validate(msg, {"t": "b", "n": 1}) == {"t": "b", "n": 1}
+    assert rejects(msg, {"t": "b"})[1] == "matches 0 of the alternatives, not one"
+    assert to_json_schema(counts) == {
+        "type": "object",
+        "additionalProperties": {"type": "integer", "minimum": 0},
+    }
+    assert [o["properties"]["t"]["enum"] for o in to_json_schema(msg)["oneOf"]] == [["a"], ["b"]]

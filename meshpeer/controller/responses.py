@@ -1,0 +1,203 @@
+"""Schemas of the controller API's success bodies (published in /v1/openapi.json).
+
+Each mirrors one builder: a model's ``to_json`` (controller/model.py), a handler's envelope
+(controller/api.py), the stream codec (protocol/codec.py). Every field is required unless the
+builder leaves it out, and objects allow no other field, so a builder that adds, drops or
+retypes a field breaks tests/api/test_api_openapi.py (every route's real answers validated
+against this document) and the schemathesis run (response-schema conformance).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from meshpeer.controller.peering import ACTIVE, INACTIVE
+from meshpeer.protocol import ServiceName
+from meshpeer.protocol.messages import MAX_VERSION, NAME_RE
+from meshpeer.rest.schema import Arr, Bool, Free, Int, Map, Nullable, Num, Obj, OneOf, Schema, Str
+
+NAME = Str(format="name")
+IP = Str(format="ip")
+CIDR = Str(format="cidr")
+VERSION = Int(0, MAX_VERSION, description="the store version of this object's last write")
+OBJ_VERSION = Nullable(VERSION)
+PROTOCOL_NAME = Str(pattern=NAME_RE.pattern, description="1-128 chars of [A-Za-z0-9._-]")
+
+PROGRAMMED: Mapping[str, Schema] = {
+    "programmed": Bool(description="every host that must apply this write has reported it"),
+    "pending_hosts": Arr(NAME, description="hosts that have not reported applying it yet"),
+}
+
+
+def _with(base: Obj, name: str, extra: Mapping[str, Schema], description: str = "") -> Obj:
+    """``base`` plus ``extra`` required fields, as another named schema."""
+    return Obj({**base.required, **extra}, base.optional, name=name, description=description)
+
+
+SUBNET = Obj({"name": NAME, "cidr": CIDR, "gateway": IP}, name="Subnet")
+SUBNET_CREATED = _with(SUBNET, "SubnetCreated", {"version": VERSION})
+VPC = Obj(
+    {"name": NAME, "vni": Int(1, (1 << 24) - 1), "subnets": Arr(SUBNET), "version": OBJ_VERSION},
+    name="Vpc",
+)
+VPCS = Obj({"vpcs": Arr(VPC)}, name="VpcList")
+SUBNETS = Obj({"subnets": Arr(SUBNET)}, name="SubnetList")
+
+DELETED = Obj({"deleted": NAME, "version": VERSION}, name="Deleted")
+DELETED_PROGRAMMED = _with(DELETED, "DeletedProgrammed", PROGRAMMED)
+
+ENDPOINT = Obj(
+    {
+        "name": NAME,
+        "vpc": NAME,
+        "kind": Str(enum=("vm", "ilb", "router", "vpn", "interconnect")),
+        "ip": IP,
+        "mac": Nullable(Str(format="mac")),
+        "host": Nullable(NAME),
+        "version": OBJ_VERSION,
+    },
+    {"backends": Arr(Obj({"endpoint": NAME, "weight": Int(1, 65535)}, name="BackendView"))},
+    name="Endpoint",
+    description="backends: ILBs only",
+)
+ENDPOINT_PROGRAMMED = _with(ENDPOINT, "EndpointProgrammed", PROGRAMMED)
+ENDPOINTS = Obj({"endpoints": Arr(ENDPOINT)}, name="EndpointList")
+
+# An export policy's fields: all optional in a request (controller/api.py), all in an answer.
+EXPORT_FIELDS: Mapping[str, Schema] = {
+    "ranges": Arr(CIDR, max_items=256),
+    "private_only": Bool(),
+    "ipv6_only": Bool(),
+    "custom_routes": Bool(),
+}
+EXPORT_CONFIG = Obj(
+    EXPORT_FIELDS,
+    name="ExportPolicyConfig",
+    description="The export policy as stored (normalised)",
+)
+PEERING = Obj(
+    {
+        "name": NAME,
+        "vpc": NAME,
+        "peer_vpc": NAME,
+        "export": EXPORT_CONFIG,
+        "export_policy_id": PROTOCOL_NAME,
+        "import_custom_routes": Bool(),
+        "version": OBJ_VERSION,
+        "state": Str(enum=(ACTIVE, INACTIVE)),
+        "state_details": Str(),
+        "peer_export_policy_id": Nullable(PROTOCOL_NAME),
+    },
+    name="Peering",
+)
+PEERING_PROGRAMMED = _with(PEERING, "PeeringProgrammed", PROGRAMMED)
+PEERINGS = Obj({"peerings": Arr(PEERING)}, name="PeeringList")
+
+ROUTE = Obj(
+    {
+        "name": NAME,
+        "vpc": NAME,
+        "prefix": CIDR,
+        "next_hop": IP,
+        "priority": Int(0, 65535),
+        "version": OBJ_VERSION,
+    },
+    name="Route",
+)
+ROUTES = Obj({"routes": Arr(ROUTE)}, name="RouteList")
+EFFECTIVE_ROUTE = Obj(
+    {
+        "prefix": CIDR,
+        "kind": Str(enum=("subnet", "static")),
+        "origin": Str(description="local, or peer:<vpc>"),
+        "next_hop": Nullable(IP),
+        "priority": Nullable(Int(0, 65535)),
+        "installed": Bool(),
+    },
+    {"imported": Bool(description="peer routes only"), "reason": Str()},
+    name="EffectiveRoute",
+)
+EFFECTIVE_ROUTES = Obj({"vpc": NAME, "routes": Arr(EFFECTIVE_ROUTE)}, name="EffectiveRoutes")
+
+HOST = Obj({"name": NAME, "underlay_ip": IP, "version": OBJ_VERSION}, name="Host")
+HOSTS = Obj({"hosts": Arr(HOST)}, name="HostList")
+APPLIED = Obj(
+    {"host": NAME, "streams": Int(0, description="streams in the report")},
+    name="AppliedAck",
+)
+
+COUNT = Int(0)
+MULTIPLEXER = Obj(
+    {
+        "shard": PROTOCOL_NAME,
+        "service_sets": COUNT,
+        "services_published": COUNT,
+        "active_peerings": COUNT,
+        "peerings": COUNT,
+        "streams": COUNT,
+        "subscribers": Map(COUNT, description="service/key/policy[/host] -> subscribers"),
+        "service_sets_by_vpc": Map(
+            Map(Arr(Str())), description="vpc -> export policy id -> peerings sharing it"
+        ),
+    },
+    name="Multiplexer",
+)
+HEALTH = Obj(
+    {
+        "status": Str(enum=("ok",)),
+        "shard": PROTOCOL_NAME,
+        "version": Int(0, MAX_VERSION, description="the intent store's version (= store_version)"),
+        "store_version": Int(0, MAX_VERSION, description="the intent store's version"),
+        "software_version": Str(description="meshpeer's version, as `--version` says"),
+    },
+    name="Health",
+)
+PLACEMENT = Obj(
+    {
+        "vpc": NAME,
+        "shard": PROTOCOL_NAME,
+        "url": Str(description="the owning shard's REST base URL"),
+        "pinned": Bool(description="listed under the shard in the directory (else: by hash)"),
+    },
+    name="Placement",
+)
+FEDERATION_VIEW = Obj(
+    {"vpc": NAME, "view": Map(Free(), description="object id -> object (docs/protocol.md)")},
+    name="FederationView",
+)
+
+_SERVICE = Str(enum=tuple(s.value for s in ServiceName))
+_OBJECTS = Map(Free(), description="object id -> object")
+STREAM_MESSAGE = OneOf(
+    (
+        Obj(
+            {
+                "type": Str(enum=("snapshot",)),
+                "service": _SERVICE,
+                "key": PROTOCOL_NAME,
+                "version": VERSION,
+                "objects": _OBJECTS,
+            },
+            name="Snapshot",
+        ),
+        Obj(
+            {
+                "type": Str(enum=("delta",)),
+                "service": _SERVICE,
+                "key": PROTOCOL_NAME,
+                "version": VERSION,
+                "upserts": _OBJECTS,
+                "deletes": Arr(Str()),
+            },
+            name="Delta",
+        ),
+        Obj(
+            {"type": Str(enum=("heartbeat",)), "version": VERSION, "now": Num()},
+            name="Heartbeat",
+        ),
+        Obj({"type": Str(enum=("close",)), "reason": Str()}, name="Close"),
+        Obj({"type": Str(enum=("error",)), "code": Str(), "detail": Str()}, name="StreamError"),
+    ),
+    description="One NDJSON line of a subscription: a snapshot first, then deltas and"
+    " heartbeats (docs/protocol.md)",
+)
