@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshpeer.protocol import ServiceName
+from meshpeer.protocol.messages import ProtocolError
+from meshpeer.protocol.peering import PeeringObject
 
 PEER_SERVICES = (ServiceName.DESTINATION, ServiceName.FORWARDING, ServiceName.LOADBALANCER)
 
@@ -70,12 +72,11 @@ def wanted(
         for service in PEER_SERVICES:
             # The host names who follows the stream, so the shard can tell when it is applied.
             out[Sub(own, service, vpc, None, host)] = api_token
-        for peer in (peering_streams.get(vpc) or {}).values():
+        for raw in (peering_streams.get(vpc) or {}).values():
             try:
-                peer_url, peer_vpc = str(peer["controller"]), str(peer["peer_vpc"])
-                policy, grant = str(peer["policy_id"]), str(peer["grant"])
-            except KeyError:
-                continue  # malformed entry from the wire: ignore it, keep the rest
+                peer = PeeringObject.parse(raw)
+            except ProtocolError:
+                continue  # malformed entry from the wire: skipped (and reported by ohc.model)
             for service in PEER_SERVICES:
-                out[Sub(peer_url, service, peer_vpc, policy, host)] = grant
+                out[Sub(peer.controller, service, peer.peer_vpc, peer.policy_id, host)] = peer.grant
     return out

@@ -58,7 +58,10 @@ def test_an_endpoint_on_a_host_that_never_registered_is_pending_on_it(shards: Cl
         f"/v1/vpcs/amber/endpoints?{NOW}", {"name": "a7", "ip": "10.61.0.7", "host": "hv7"}
     )
     assert (made["programmed"], made["pending_hosts"]) == (False, ["hv7"]), made
-    applied(c1, "hv7", "endpoint/hv7//")  # hv7 boots and applies its endpoint stream
+    # hv7 boots: its OHC registers (a shard takes no report from an unknown host), then
+    # applies its endpoint stream
+    c1.put("/v1/hosts/hv7", {"underlay_ip": "192.0.2.7"})
+    applied(c1, "hv7", "endpoint/hv7//")
     got = c1.get(f"/v1/vpcs/amber/endpoints/a7?{NOW}")
     assert (got["programmed"], got["pending_hosts"]) == (True, []), got
 

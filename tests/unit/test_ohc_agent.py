@@ -13,6 +13,7 @@ from meshpeer.protocol.messages import Snapshot
 from meshpeer.protocol.stream import ReplicaState
 from ohc.agent import Agent, Ending, applied_versions, ending
 from ohc.subscriptions import PEER_SERVICES, Sub
+from tests.support.peering import peering_object
 
 CTL1, CTL2 = "http://ctl1", "http://ctl2"
 
@@ -86,14 +87,10 @@ def test_follow_peers_then_drop_everything_when_the_last_endpoint_goes() -> None
         agent
     )
     peering = made[Sub(CTL1, ServiceName.PEERING, "blue", None, "hv1")]
-    peering.deliver(
-        {"red": {"peer_vpc": "red", "controller": CTL2, "policy_id": "p-1", "grant": "g1"}}
-    )
+    peering.deliver({"red": peering_object("red", CTL2, "p-1", "g1")})
     red = Sub(CTL2, ServiceName.DESTINATION, "red", "p-1", "hv1")
     assert red in agent.clients and made[red].auth == "g1" and made[red].running
-    peering.deliver(
-        {"red": {"peer_vpc": "red", "controller": CTL2, "policy_id": "p-1", "grant": "g2"}}
-    )
+    peering.deliver({"red": peering_object("red", CTL2, "p-1", "g2")})
     assert made[red].auth == "g2" and agent.clients[red] is made[red]  # same stream, new grant
     made[red].deliver({"r1": {"ip": "10.2.0.11"}})
     assert agent.received()["objects"] == 4
@@ -114,7 +111,7 @@ def test_a_shared_stream_closed_for_one_peering_restarts_for_the_other() -> None
     agent.resync()
     for vpc, grant in (("blue", "g-blue"), ("green", "g-green")):
         made[Sub(CTL1, ServiceName.PEERING, vpc, None, "hv1")].deliver(
-            {"red": {"peer_vpc": "red", "controller": CTL2, "policy_id": "p-1", "grant": grant}}
+            {"red": peering_object("red", CTL2, "p-1", grant)}
         )
     red = Sub(CTL2, ServiceName.DESTINATION, "red", "p-1", "hv1")
     first = made[red]
@@ -146,7 +143,7 @@ def test_applied_reports_use_the_grant_at_a_peers_shard_and_the_token_at_its_own
     agent.start()
     made[Sub(CTL1, ServiceName.ENDPOINT, "hv1")].deliver({"blue.b1": {"vpc": "blue", "name": "b1"}})
     made[Sub(CTL1, ServiceName.PEERING, "blue", None, "hv1")].deliver(
-        {"red": {"peer_vpc": "red", "controller": ctl3, "policy_id": "p-1", "grant": "g1"}}
+        {"red": peering_object("red", ctl3, "p-1", "g1")}
     )
     versions = {sub: 7 for sub in agent.clients}
     reports = agent.applied_reports(versions, agent.objects)
@@ -170,7 +167,7 @@ def peer_subs(url: str, vpc: str, policy: str) -> list[Sub]:
 
 
 def peer(vpc: str, url: str, policy: str, grant: str) -> dict[str, Any]:
-    return {vpc: {"peer_vpc": vpc, "controller": url, "policy_id": policy, "grant": grant}}
+    return {vpc: peering_object(vpc, url, policy, grant)}
 
 
 def blue_and_red_peered_on_one_host() -> tuple[Agent, dict[Sub, FakeClient]]:

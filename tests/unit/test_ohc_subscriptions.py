@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from meshpeer.protocol import ServiceName
 from ohc.subscriptions import Sub, wanted
+from tests.support.peering import peering_object
 
 CTL1, CTL2 = "http://ctl1:8080", "http://ctl2:8080"
 URLS = {"blue": CTL1, "green": CTL1, "red": CTL2}
@@ -13,8 +14,7 @@ def ep(vpc: str, name: str) -> dict[str, object]:
     return {"vpc": vpc, "name": name}
 
 
-def peer(vpc: str, url: str, policy: str, grant: str) -> dict[str, object]:
-    return {"peer_vpc": vpc, "controller": url, "policy_id": policy, "grant": grant}
+peer = peering_object
 
 
 def test_only_local_vpcs_and_their_active_peers() -> None:
