@@ -349,6 +349,27 @@ class Agent:
             for s, why in sorted(self.refused.items(), key=lambda kv: kv[0].sort_key())
         }
 
+    def stream_states(self) -> list[dict[str, Any]]:
+        """For the host status report: every followed stream, where, and how it stands:
+        ``delivered`` (its objects are held, at ``version``), ``waiting`` (no snapshot yet: its
+        flows are kept as they were, fail static) or ``refused`` (its shard said no: ``detail``)."""
+        out = []
+        for sub in sorted(self.clients, key=Sub.sort_key):
+            if sub in self.refused:
+                state, detail = "refused", self.refused[sub]
+            else:
+                state, detail = ("delivered" if sub in self.objects else "waiting"), None
+            out.append(
+                {
+                    "stream": stream_name(sub.service, sub.key, sub.policy, sub.host),
+                    "shard": sub.url,
+                    "state": state,
+                    "version": self.versions.get(sub),
+                    "detail": detail,
+                }
+            )
+        return out
+
     def vpcs_known(self) -> Mapping[str, set[str]]:
         """For tests and status: VPC -> services this host holds objects of."""
         out: dict[str, set[str]] = {}

@@ -35,7 +35,7 @@ from meshpeer.client import Client
 from meshpeer.controller.directory import parse_directory
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.messages import stream_name
-from ohc import nd, ofio, ports
+from ohc import nd, ofio, ports, status
 from ohc.agent import Agent
 from ohc.clients import stream_client
 from ohc.compiler import IncrementalCompiler
@@ -112,6 +112,8 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         self.busy = False
         self.syncs = 0
         self.last: dict[str, Any] = {}
+        self.skipped: tuple[Skipped, ...] = ()  # what the last sync left out, and why
+        self.last_error: dict[str, Any] | None = None  # {"at", "what"}: for the status report
         self.triggers: eventlet.queue.LightQueue = eventlet.queue.LightQueue()
         # What the last sync parsed, compiled and canonicalized; reused while unchanged.
         self.parsed: Memo[Destination | BadObject] = Memo()
@@ -148,12 +150,9 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
                     )
                     del pending[name]
                 except Exception as exc:
-                    log.info(
-                        "ohc %s: registering with %s failed (%s); retrying",
-                        self.conf.host,
-                        name,
-                        exc,
-                    )
+                    self._error(f"registering with {name} failed: {exc}")
+                    log.info("ohc %s: registering with %s failed (%s); retrying",
+                             self.conf.host, name, exc)  # fmt: skip
             hub.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -226,11 +225,16 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             self.busy = True
             try:
                 self._sync(dp, reasons)
-            except Exception:
+            except Exception as exc:
                 log.exception("ohc %s: sync failed", self.conf.host)
+                self._error(f"sync failed: {type(exc).__name__}: {exc}")
                 self.installed = None
             finally:
                 self.busy = False
+            hub.spawn(self._report_status)
+
+    def _error(self, what: str) -> None:
+        self.last_error = {"at": time.time(), "what": what}
 
     def view(self, objects: dict[Sub, dict[str, Any]]) -> tuple[HostView, tuple[Skipped, ...]]:
         """The host's view of ``objects`` (the agent's replicas), parsed with ``self.parsed``."""
@@ -289,6 +293,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         compile_s = time.monotonic() - t0
         skipped = self.ports.skipped + skipped
         self._log_skips(skipped)
+        self.skipped = skipped
         self.bundle_id += 1
         # While a followed stream has not delivered yet (a shard unreachable after a restart),
         # add and change flows but delete none: the switch's flows are the last known state.
@@ -362,12 +367,25 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
                     f"/v1/hosts/{self.conf.host}/applied", {"streams": streams}
                 )
             except Exception as exc:
+                self._error(f"applied report to {url} failed: {exc}")
                 log.info("ohc %s: applied report to %s failed: %s", self.conf.host, url, exc)
+
+    def _report_status(self) -> None:
+        """Tell the host's own shards how it stands (GET /v1/hosts/{name}), after each sync
+        attempt. Best effort, API token; the next attempt sends a fresh one."""
+        body = status.report(self.agent.stream_states(), self.skipped, self.last_error, self.last)
+        for url in self.agent.shard_urls:
+            try:
+                Client(url, self.conf.api_token, timeout=2.0).put(
+                    f"/v1/hosts/{self.conf.host}/status", body
+                )
+            except Exception as exc:
+                log.info("ohc %s: status report to %s failed: %s", self.conf.host, url, exc)
 
     def _write_status(self) -> None:
         if not self.conf.status_file:
             return
-        status = {
+        doc = {
             "host": self.conf.host,
             "last_sync": self.last,
             "received": self.agent.received(),
@@ -378,5 +396,5 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         }
         tmp = self.conf.status_file + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(status, f, indent=1)
+            json.dump(doc, f, indent=1)
         os.replace(tmp, self.conf.status_file)

@@ -453,10 +453,25 @@ class ControllerApi:
         return 200, self._with_version("host", host.name, host.to_json())
 
     def get_host(self, ctx: RequestCtx) -> tuple[int, object]:
-        host = self.shard.intent.hosts.get(ctx.params["name"])
+        host = self._host(ctx.params["name"], field="host")  # "host": as it always said
+        return 200, {
+            **self._with_version("host", host.name, host.to_json()),
+            "status": self.shard.host_status.get(host.name),
+            "applied": dict(sorted(self.shard.applied.get(host.name, {}).items())),
+        }
+
+    def put_host_status(self, ctx: RequestCtx) -> tuple[int, object]:
+        """A host's own OHC says how it stands (own shards only: the API token). Soft state,
+        one report per registered host, kept until the next."""
+        host = self._host(ctx.params["name"])
+        self.shard.host_status[host.name] = {**ctx.body, "reported_at": time.time()}
+        return 200, {"host": host.name}
+
+    def _host(self, name: str, field: str = "name") -> Any:
+        host = self.shard.intent.hosts.get(name)
         if host is None:
-            raise not_found("host", f"no host {ctx.params['name']!r}")
-        return 200, self._with_version("host", host.name, host.to_json())
+            raise not_found(field, f"no host {name!r}: register it with PUT /v1/hosts/{name}")
+        return host
 
     def list_hosts(self, ctx: RequestCtx) -> tuple[int, object]:
         hosts = sorted(self.shard.intent.hosts.values(), key=lambda h: h.name)
@@ -468,8 +483,8 @@ class ControllerApi:
         holds a grant for, each with that grant. All checked before anything is recorded."""
         host = ctx.params["name"]
         streams = ctx.body["streams"]
-        if self._has_api_token(ctx) and host not in self.shard.intent.hosts:
-            raise not_found("name", f"no host {host!r}: register it with PUT /v1/hosts/{host}")
+        if self._has_api_token(ctx):
+            self._host(host)  # an own host registers before it reports
         if not self._has_api_token(ctx):
             if not streams:
                 raise unauthorized("without the API token, report peer streams with their grants")
@@ -852,7 +867,7 @@ class ControllerApi:
                 "GET",
                 "/v1/hosts/{name}",
                 self.get_host,
-                response=out.HOST,
+                response=out.HOST_DETAIL,
                 params={"name": NAME},
                 summary="Get a host",
             ),
@@ -864,6 +879,15 @@ class ControllerApi:
                 body=HOST_IN,
                 params={"name": NAME},
                 summary="Register a host and its underlay IP",
+            ),
+            Route(
+                "PUT",
+                "/v1/hosts/{name}/status",
+                self.put_host_status,
+                response=out.HOST_STATUS_ACK,
+                body=out.HOST_STATUS,
+                params={"name": NAME},
+                summary="A host's OHC reports its health: streams, fail-static, skipped, last error",
             ),
             Route(
                 "PUT",

@@ -13,7 +13,13 @@ from collections.abc import Mapping
 
 from meshpeer.controller.peering import ACTIVE, INACTIVE
 from meshpeer.protocol import ServiceName
-from meshpeer.protocol.messages import MAX_VERSION, NAME_RE
+from meshpeer.protocol.messages import (
+    MAX_STATUS_SKIPPED,
+    MAX_STATUS_STREAMS,
+    MAX_STATUS_TEXT,
+    MAX_VERSION,
+    NAME_RE,
+)
 from meshpeer.rest.schema import Arr, Bool, Free, Int, Map, Nullable, Num, Obj, OneOf, Schema, Str
 
 NAME = Str(format="name")
@@ -120,6 +126,72 @@ EFFECTIVE_ROUTE = Obj(
 EFFECTIVE_ROUTES = Obj({"vpc": NAME, "routes": Arr(EFFECTIVE_ROUTE)}, name="EffectiveRoutes")
 
 HOST = Obj({"name": NAME, "underlay_ip": IP, "version": OBJ_VERSION}, name="Host")
+_TEXT = Str(max_length=MAX_STATUS_TEXT)
+_TIME = Num(description="seconds since the Unix epoch")
+STREAM_STATE = Obj(
+    {
+        "stream": Str(max_length=600, description="service/key/policy/host (docs/protocol.md)"),
+        "shard": Str(max_length=2048, description="the URL of the shard that serves it"),
+        "state": Str(
+            enum=("delivered", "waiting", "refused"),
+            description="delivered: its objects are held; waiting: no snapshot yet, its flows"
+            " are kept as they were (fail static); refused: its shard said no (detail)",
+        ),
+        "version": Nullable(Int(0, MAX_VERSION)),
+        "detail": Nullable(_TEXT),
+    },
+    name="StreamState",
+)
+SKIP = Obj(
+    {"what": Str(max_length=64), "name": Str(max_length=600), "reason": _TEXT},
+    name="Skip",
+    description="a port, endpoint or stream object the host did not program, and why",
+)
+HOST_STATUS = Obj(
+    {
+        "complete": Bool(description="every followed stream delivered or was refused"),
+        "fail_static": Bool(
+            description="some followed stream has not delivered yet: the host keeps the flows"
+            " it had for it and deletes none (docs/flowsync.md)"
+        ),
+        "streams": Arr(STREAM_STATE, max_items=MAX_STATUS_STREAMS),
+        "skipped": Arr(SKIP, max_items=MAX_STATUS_SKIPPED),
+        "last_error": Nullable(
+            Obj(
+                {"at": _TIME, "what": _TEXT},
+                name="HostError",
+                description="the OHC's last failure (a sync, a report, a registration) and when",
+            )
+        ),
+        "syncs": Int(0),
+        "flows": Int(0),
+        "groups": Int(0),
+        "last_sync_at": Nullable(_TIME),
+    },
+    name="HostStatus",
+    description="what the host's OHC last reported about itself (PUT /v1/hosts/{name}/status)",
+)
+HOST_STATUS_ACK = Obj({"host": NAME}, name="HostStatusAck")
+HOST_DETAIL = _with(
+    HOST,
+    "HostDetail",
+    {
+        "status": Nullable(
+            _with(
+                HOST_STATUS,
+                "HostStatusReported",
+                {"reported_at": _TIME},
+                "the OHC's last status report, as this shard received it at reported_at"
+                " (null until the OHC reports, after its first sync)",
+            )
+        ),
+        "applied": Map(
+            Int(0, MAX_VERSION),
+            description="stream name -> the version the host's switch holds, for this shard's"
+            " streams (from its applied reports)",
+        ),
+    },
+)
 HOSTS = Obj({"hosts": Arr(HOST)}, name="HostList")
 APPLIED = Obj(
     {"host": NAME, "streams": Int(0, description="streams in the report")},

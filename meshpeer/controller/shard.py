@@ -90,6 +90,8 @@ class ShardState:
         # Soft state for "is it programmed?": what each host reported applying, per stream,
         # and the stream versions each resource's last write produced.
         self.applied: dict[str, dict[str, int]] = {}
+        # host -> its OHC's last status report (GET /v1/hosts/{name}); soft state, one per host
+        self.host_status: dict[str, dict[str, Any]] = {}
         self.targets: dict[tuple[str, str], dict[StreamId, int]] = {}
         # ... and the hosts that must hold a stream's version whether they follow it or not.
         self.required: dict[tuple[str, str], dict[StreamId, tuple[int, frozenset[str]]]] = {}

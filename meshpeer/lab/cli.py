@@ -6,16 +6,19 @@ import argparse
 import json
 import os
 import sys
+import time
 from typing import Any
 
 import yaml
 
 from meshpeer import __version__
+from meshpeer.client import Client
 from meshpeer.lab import attach, build, controllers, ovs, state, teardown
 from meshpeer.lab.matrix import matrix, render
 from meshpeer.lab.plan import LAB_NAME_RULE, LabPlan, valid_lab_name
 from meshpeer.lab.sh import LabError
 from meshpeer.lab.topology import Topology, TopologyError, parse
+from ohc import status as ohc_status
 
 DEFAULT_LAB = "mp"
 
@@ -96,6 +99,7 @@ def status(plan: LabPlan) -> dict[str, Any]:
                 "rundir": h.rundir,
                 "ovs_running": len(ovs.pids(h)) == len(ovs.DAEMONS),
                 "vms": [v.name for v in plan.vms_on(h.name)],
+                "status_report": host_report(plan, h.name),
             }
             for h in plan.hosts
         ],
@@ -119,6 +123,18 @@ def status(plan: LabPlan) -> dict[str, Any]:
     }
 
 
+def host_report(plan: LabPlan, host: str) -> dict[str, Any] | None:
+    """The host's last status report (GET /v1/hosts/{name} at the first running shard)."""
+    for c in plan.controllers:
+        try:
+            client = Client(controllers.url(c), plan.api_token, timeout=2.0)
+            report: dict[str, Any] | None = client.get(f"/v1/hosts/{host}")["status"]
+            return report
+        except Exception:
+            continue  # that shard is down, or the host has not registered yet
+    return None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     st = status(require_plan(args.lab))
     if args.json:
@@ -133,6 +149,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         ok = "running" if h["ovs_running"] else "DOWN"
         print(f"  host {h['name']:<8} netns {h['netns']:<12} mgmt {h['mgmt_ip']:<16} "
               f"underlay {h['underlay_ip']:<16} ovs {ok}")  # fmt: skip
+        if st["controllers"]:
+            print(f"       health   {ohc_status.one_line(h['status_report'], time.time())}")
     for v in st["vms"]:
         print(f"  {v['kind']} {v['name']:<8} on {v['host']:<6} vpc {v['vpc']:<8} "
               f"{v['ip']}/{v['prefixlen']} gw {v['gateway']} mac {v['mac']} vni {v['vni']}")  # fmt: skip
@@ -179,8 +197,6 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    import time
-
     t0 = time.monotonic()
     done = teardown.down(args.lab)
     print(f"[lab {args.lab}] down in {time.monotonic() - t0:.2f}s: "

@@ -17,6 +17,10 @@ JsonObject = dict[str, Any]
 """One published object: a JSON object (what the service says about one id)."""
 
 MAX_VERSION = 2**63 - 1
+# A host status report (PUT /v1/hosts/{name}/status) lists at most this many of each.
+MAX_STATUS_STREAMS = 4096
+MAX_STATUS_SKIPPED = 256
+MAX_STATUS_TEXT = 1000
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 """VPC, host, policy-id, error-code and key names: 1-128 chars, no '/', no whitespace."""
 OBJECT_ID_RE = re.compile(r"[!-~]{1,256}")

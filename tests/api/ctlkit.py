@@ -426,3 +426,19 @@ class Stream:
 
 def stream(ctl: Ctl, token: str | None, service: str, key: str, **extra: str | int) -> Stream:
     return Stream(ctl, {"service": service, "key": key, **extra}, token)
+
+
+# A host status report (PUT /v1/hosts/{name}/status) as an OHC sends it.
+HOST_STATUS = {
+    "complete": False,
+    "fail_static": True,
+    "streams": [
+        {"stream": "endpoint/hv9//", "shard": "http://x", "state": "delivered", "version": 3,
+         "detail": None},
+        {"stream": "destination/pink/p-1/", "shard": "http://y", "state": "waiting",
+         "version": None, "detail": None},
+    ],
+    "skipped": [{"what": "port", "name": "tap9", "reason": "no vpc"}],
+    "last_error": {"at": 1.5e9, "what": "sync failed: boom"},
+    "syncs": 2, "flows": 40, "groups": 0, "last_sync_at": 1.5e9,
+}  # fmt: skip

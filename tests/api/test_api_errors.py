@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.api.ctlkit import Cluster, Ctl, Reply, state_of, stream
+from tests.api.ctlkit import HOST_STATUS, Cluster, Ctl, Reply, state_of, stream
 
 JSON = {"Content-Type": "application/json"}
 
@@ -604,3 +604,17 @@ def test_api_token_with_base64_characters_opens_own_streams(
     with stream(ctl, token, "destination", "blue") as s:
         assert s.status == 200, s.body
         assert s.next()["type"] == "snapshot"
+
+
+def test_a_host_status_report_is_kept_for_registered_hosts_only(world: Cluster) -> None:
+    """PUT /v1/hosts/{name}/status: the API token, a registered host, a valid body; GET shows
+    the last one, stamped with when this shard received it."""
+    c1 = world["ctl1"]
+    assert c1.req("PUT", "/v1/hosts/nohost/status", HOST_STATUS).status == 404
+    assert c1.req("PUT", "/v1/hosts/hv1/status", HOST_STATUS, token=None).status == 401
+    bad = c1.req("PUT", "/v1/hosts/hv1/status", {**HOST_STATUS, "syncs": -1})
+    assert (bad.status, bad.body["field"]) == (400, "syncs"), bad.body
+    c1.put("/v1/hosts/hv1/status", HOST_STATUS)
+    got = c1.get("/v1/hosts/hv1")
+    assert {k: v for k, v in got["status"].items() if k != "reported_at"} == HOST_STATUS
+    assert got["status"]["reported_at"] > 1.5e9

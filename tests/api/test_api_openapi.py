@@ -16,7 +16,7 @@ import pytest
 
 from meshpeer.controller.api import ControllerApi
 from meshpeer.rest.router import Api
-from tests.api.ctlkit import Cluster, Ctl
+from tests.api.ctlkit import HOST_STATUS, Cluster, Ctl
 from tests.api.test_api_errors import CASES
 
 # The route table, written out: a route added or dropped must show up here on purpose.
@@ -50,6 +50,7 @@ EXPECTED = {
     ("GET", "/v1/hosts/{name}"),
     ("PUT", "/v1/hosts/{name}"),
     ("PUT", "/v1/hosts/{name}/applied"),
+    ("PUT", "/v1/hosts/{name}/status"),
     ("GET", "/v1/multiplexer"),
     ("GET", "/v1/federation/vpcs/{vpc}"),
     ("GET", "/v1/subscribe"),
@@ -178,7 +179,11 @@ EXAMPLES = {"cidr": "10.77.0.0/24", "ip": "10.77.0.5", "mac": "02:00:00:00:00:01
 def example(doc: dict[str, Any], schema: dict[str, Any]) -> Any:
     """A value of ``schema`` with every optional property filled in (syntax only)."""
     schema = resolve(doc, schema)
+    if "anyOf" in schema:  # nullable: the non-null option
+        return example(doc, schema["anyOf"][0])
     kind = schema.get("type")
+    if kind == "number":
+        return 1.5
     if kind == "object":
         return {k: example(doc, v) for k, v in schema["properties"].items()}
     if kind == "array":
@@ -219,6 +224,7 @@ def test_every_request_schema_forbids_additional_properties(doc: dict[str, Any])
         ("POST", "/v1/vpcs/{vpc}/routes"),
         ("PUT", "/v1/hosts/{name}"),
         ("PUT", "/v1/hosts/{name}/applied"),
+        ("PUT", "/v1/hosts/{name}/status"),
     }
     for method, path, schema in found:
         objects = list(all_objects(doc, schema))
@@ -286,6 +292,8 @@ def test_real_answers_of_every_route_match_the_document(
 
     module_cluster["ctl2"].vpc("pink", "10.9.0.0/16")
     call("PUT", "/v1/hosts/hv9", {"underlay_ip": "192.0.2.9"})
+    call("GET", "/v1/hosts/hv9")  # no status report yet: null
+    call("PUT", "/v1/hosts/hv9/status", HOST_STATUS)
     call("POST", "/v1/vpcs", {"name": "jade", "subnets": [{"cidr": "10.7.0.0/24"}]})
     call("POST", "/v1/vpcs/jade/subnets", {"name": "v6", "cidr": "fd00:7::/64"})
     call("POST", "/v1/vpcs/jade/endpoints", {"name": "r1", "ip": "10.7.0.5", "host": "hv9"})

@@ -95,6 +95,23 @@ def test_a_vm_attached_with_plain_ovs_vsctl_reaches_its_peer(lab: Lab, vm: str) 
     wait_for(lambda: any(f"key='{BAD_TAP}'" in s for s in skipped(lab)), 30, what="the skip")
     (reason,) = [s for s in skipped(lab) if f"key='{BAD_TAP}'" in s]
     assert "without external_ids:vpc" in reason, reason
+    # ... and where an operator looks: the host's status at its shard (GET /v1/hosts/hv1)
+    reported = wait_for(
+        lambda: [
+            k
+            for k in (blue.get("/v1/hosts/hv1")["status"] or {}).get("skipped", [])
+            if k["name"] == BAD_TAP
+        ],
+        30,
+        what="the skip in GET /v1/hosts/hv1",
+    )
+    assert reported == [
+        {
+            "what": "port",
+            "name": BAD_TAP,
+            "reason": "external_ids:iface-id=b8 without external_ids:vpc",
+        }
+    ]
 
     # The VM, attached as docs/attach.md says, then created through the REST API.
     ovs.vsctl(hv1, "add-port", "br-int", TAP, "--", "set", "interface", TAP,

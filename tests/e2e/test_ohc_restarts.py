@@ -235,6 +235,16 @@ def test_ovs_restart_is_reprogrammed(lab: Lab) -> None:
     assert lab.ping("b1", "r1", count=3)
 
 
+def fail_static_at(lab: Lab, host: str, url: str) -> dict[str, Any] | None:
+    """``host``'s status report at ctl1 (GET /v1/hosts/{name}) when it says fail static with
+    a stream of ``url`` waiting; None otherwise."""
+    st = controllers.client_for(lab.plan, "ctl1").get(f"/v1/hosts/{host}")["status"]
+    waiting = st is not None and any(
+        s["state"] == "waiting" and s["shard"] == url for s in st["streams"]
+    )
+    return st if waiting and st["fail_static"] else None
+
+
 def test_ohc_restart_while_the_peer_shard_is_unreachable_keeps_the_peer_flows(lab: Lab) -> None:
     """hv1's OHC restarts while ctl2 (red's shard, the peer's) does not answer.
 
@@ -268,9 +278,13 @@ def test_ohc_restart_while_the_peer_shard_is_unreachable_keeps_the_peer_flows(la
             ohcs.start(lab.plan, hv1)
             wait_for(synced_without_red, 60, what="hv1 synced while ctl2 cannot answer")
             wait_replies(pinger, "b1 -> r1 while ctl2 is stopped")
+            # what an operator sees at hv1's other shard: fail static, waiting for ctl2
+            st = wait_for(lambda: fail_static_at(lab, "hv1", red), 60, what="hv1 says fail static")
+            assert st["complete"] is False
         finally:
             os.kill(cpid, signal.SIGCONT)
         wait_applied(hv1, t_kill, held)
+        wait_for(lambda: fail_static_at(lab, "hv1", red) is None, 60, what="hv1 complete once more")
         wait_replies(pinger, "b1 -> r1 once ctl2 answered again")
         result = pinger.stop()
     report("OHC restart (hv1) while ctl2 is stopped, b1 -> r1 at up to 100 pps", result)
