@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import pytest
 
+from meshpeer import __version__
 from meshpeer.controller.api import ControllerApi
 from meshpeer.rest.router import Api
 from tests.api.ctlkit import HOST_STATUS, Cluster, Ctl
@@ -96,6 +97,7 @@ def test_document_lists_exactly_the_route_table(doc: dict[str, Any]) -> None:
     assert served == table
     assert served == EXPECTED
     assert doc["openapi"].startswith("3.1")
+    assert doc["info"]["version"] == __version__  # one version: the package's
 
 
 def test_served_document_is_the_one_the_table_generates(doc: dict[str, Any]) -> None:
