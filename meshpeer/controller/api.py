@@ -27,6 +27,7 @@ from meshpeer.protocol.messages import (
     parse_stream_name,
     parse_subscribe_request,
 )
+from meshpeer.protocol.peering import INBOUND
 from meshpeer.rest.errors import ApiError, bad_request, not_found, unauthorized
 from meshpeer.rest.router import RequestCtx, Route
 from meshpeer.rest.schema import Arr, Bool, Int, Obj, Schema, Str
@@ -60,9 +61,14 @@ EXPORT = Obj(
     name="ExportPolicy",
     description="What this VPC shows the peer; every restriction narrows it (docs/policies.md)",
 )
+INBOUND_IN = Str(
+    enum=INBOUND,
+    description="What this side lets in from the peer: `all` (default), or `replies`: only"
+    " answers to connections this VPC's endpoints opened (docs/policies.md, One-way peering)",
+)
 PEERING_IN = Obj(
     {"name": NAME, "peer_vpc": NAME},
-    {"export": EXPORT, "import_custom_routes": Bool()},
+    {"export": EXPORT, "import_custom_routes": Bool(), "inbound": INBOUND_IN},
     name="PeeringCreate",
 )
 ROUTE_IN = Obj(
@@ -349,6 +355,7 @@ class ControllerApi:
             export,
             b.get("import_custom_routes", False),
             facts,
+            b.get("inbound", "all"),
         )
         # The peer's view just fetched decides the state now (ACTIVE at once when the peer
         # has configured its side), not when the federation stream first delivers it.
@@ -378,6 +385,7 @@ class ControllerApi:
             p,
             export=export,
             import_custom_routes=b.get("import_custom_routes", p.import_custom_routes),
+            inbound=b.get("inbound", p.inbound),
         )
         self.shard.commit([updated])
         return 200, self._peering_programmed(ctx, p.vpc, p.name)
@@ -729,10 +737,12 @@ class ControllerApi:
                 self.update_peering,
                 query=WAIT_Q,
                 body=Obj(
-                    {}, {"export": EXPORT, "import_custom_routes": Bool()}, name="PeeringUpdate"
+                    {},
+                    {"export": EXPORT, "import_custom_routes": Bool(), "inbound": INBOUND_IN},
+                    name="PeeringUpdate",
                 ),
                 params=ITEM_P,
-                summary="Change a peering's export policy or route import",
+                summary="Change a peering's export policy, route import or inbound",
             ),
             Route(
                 "DELETE",
