@@ -15,10 +15,14 @@ from typing import Any
 import pytest
 
 from meshpeer.protocol.peering import Inbound
+from ohc import wire
 from ohc.compiler import IncrementalCompiler, compile_host
+from ohc.ofio import canonical_state, flow_from_stats
 from ohc.pipeline import INBOUND_CT, TUNNEL_PORT
+from tests.support.fakeoftable import parse_wire
 from tests.unit.controller_fixtures import add_ilb, peer
 from tests.unit.test_ohc_compiler import (
+    DP,
     OFPORT,
     D,
     Lab,
@@ -26,7 +30,9 @@ from tests.unit.test_ohc_compiler import (
     build_lab,
     host_view,
     only,
+    osken_bytes,
     publish,
+    wire_bytes,
 )
 
 TCP, UDP, ICMP = 6, 17, 1
@@ -165,3 +171,22 @@ def test_the_memoized_compiler_follows_a_flip_of_either_side() -> None:
         view_replies = host_view(replies.intent, publish(replies.intent), host)[0]
         for view in (view_all, view_replies, view_all):
             assert compiler(view).flows == compile_host(view).flows
+
+
+def test_ct_flows_pack_like_os_ken_and_read_back_equal(lab: Lab) -> None:
+    """Every flow with a ct action or a ct match: ohc.wire's bytes are os-ken's, and what a
+    switch would report back (os-ken's parse of those bytes) canonicalises to the desired flow,
+    so a sync after a restart changes nothing (tests/e2e/test_one_way_e2e.py, on OVS)."""
+    flows = {
+        f
+        for state in lab.states.values()
+        for f in canonical_state(state).flows
+        if "ct(" in f.text() or f.match.get("ct_zone") is not None
+    }
+    texts = " ".join(f.text() for f in flows)
+    assert "ct(commit,zone=in_port[0..15])" in texts and "ct(zone=metadata[32..47]" in texts
+    assert "ct(zone=" in texts and any(f.match.get("ct_zone") is not None for f in flows)
+    for f in flows:
+        assert wire_bytes(f, "add") == osken_bytes(f, "add"), f.text()
+        parsed = parse_wire(wire.flow_mod(f, "add", 1))
+        assert flow_from_stats(DP, parsed) == f, f.text()
