@@ -20,6 +20,7 @@ from ohc.flows import (
     Action,
     Apply,
     Bucket,
+    Conntrack,
     DecTtl,
     Flow,
     Goto,
@@ -52,9 +53,14 @@ from ohc.pipeline import (
     ARP_TARGET,
     CLASSIFY,
     CONTEXT_MASK,
+    CT_EST,
+    CT_INV,
+    CT_REL,
+    CT_TRK,
     ETH_ARP,
     ETH_IPV4,
     ETH_IPV6,
+    INBOUND_CT,
     IPPROTO_ICMPV6,
     L3_LOOKUP,
     ND_SOLICIT,
@@ -244,6 +250,15 @@ class _Ctx:
     local_vpcs: frozenset[str]  # the VPCs in ``local``: most lookups can skip hashing an IP
     subnets: tuple[Network, ...]  # this VPC's own subnets (routes and ports)
     routes: _Routes  # the VPC's route decisions (policies.routes.decide_routes)
+    replies_only: frozenset[tuple[str, str]]  # (local VPC, peer VPC): its side says "replies"
+
+    def one_way(self, peer: PeerView) -> bool:
+        """Does this VPC let in only replies from ``peer``? Then what it sends there is
+        committed, and what comes from there is checked, in the local port's zone."""
+        return (self.vpc, peer.peer_vpc) in self.replies_only
+
+    def takes_replies_only(self) -> bool:
+        return any(vpc == self.vpc for vpc, _ in self.replies_only)
 
     def reaches(self, peer: PeerView, ip: Address) -> bool:
         """Does the effective table send ``ip`` to ``peer``? Only when its longest installed
@@ -357,6 +372,8 @@ class _Units:
         if peer is not None:
             reach = ctx.routes.reach.get(peer.peer_vpc)
             parts += (peer.peer_vpc, peer.policy_id, ctx.subnets, reach)
+            # one-way either side: commit toward the peer; a ct check at its local ports
+            parts += (ctx.one_way(peer), (peer.peer_vpc, ctx.vpc) in ctx.replies_only)
         return self.contexts.get(parts, lambda: _UnitContext(parts))
 
     def end_round(self) -> tuple[int, int]:
@@ -371,6 +388,7 @@ def _compile(view: HostView, units: _Units | None) -> DesiredState:
     local_vpcs = frozenset(vpc for vpc, _ in local)
     vni_of = view.vpc_vni()
     groups = _assign_groups(view, vni_of)
+    replies_only = frozenset((p.vpc, p.peer_vpc) for p in view.peers if p.inbound == "replies")
     for vpc in sorted(vni_of):
         own = view.own_of(vpc) or VpcServices(vpc, vni_of[vpc])
         ports = tuple(p for p in view.local_ports if p.vpc == vpc)
@@ -387,6 +405,7 @@ def _compile(view: HostView, units: _Units | None) -> DesiredState:
             local_vpcs,
             tuple(sorted(subnets, key=lambda n: (n.version, str(n)))),
             _decide(own, view.peers_of(vpc)),
+            replies_only,
         )
         _vpc_flows(out, ctx)
         for p in ports:  # local ports first: they win over stream copies of themselves
@@ -619,12 +638,31 @@ def _port_flows(out: _Out, ctx: _Ctx, p: LocalPort) -> None:
         (Apply((Output(p.ofport),)),),
         owner,
     )
+    if ctx.takes_replies_only():
+        for state in (CT_EST, CT_REL):  # a connection the port opened, or an error about one
+            out.add(
+                INBOUND_CT,
+                PRIO_DEFAULT,
+                {"ct_zone": p.ofport, "ct_state": (CT_TRK | state, CT_TRK | state | CT_INV)},
+                (Apply((Output(p.ofport),)),),
+                owner,
+            )
+
+
+# ct zones are the local ports' ofports (<= 0xFEFF): the sending port's for a commit, and
+# the receiving port's for a check, which tunnel_dst put in metadata bits 32-47.
+COMMIT_IN_SENDER_ZONE = Conntrack(commit=True, zone_field="in_port")
+CHECK_IN_RECEIVER_ZONE = Conntrack(zone_field="metadata", zone_start=PORT_SHIFT, table=INBOUND_CT)
 
 
 def _forward(ctx: _Ctx, d: Destination) -> tuple[Action, ...] | None:
-    """Actions that take a packet to ``d``: its local port, or Geneve to its host with its VNI."""
+    """Actions that take a packet to ``d``: its local port, or Geneve to its host with its VNI.
+    A local port whose VPC lets in only replies from this one gets it through conntrack."""
     port = _local_port(ctx, d)
     if port is not None:
+        if d.vpc != ctx.vpc and (d.vpc, ctx.vpc) in ctx.replies_only:
+            check = Conntrack(zone=port.ofport, table=INBOUND_CT)
+            return SetField("eth_dst", port.mac), check
         return SetField("eth_dst", port.mac), Output(port.ofport)
     if d.host_ip == ctx.view.local_underlay_ip or ctx.view.tunnel_port is None:
         return None  # said to be on this host but not attached here, or no tunnel: nowhere
@@ -655,15 +693,26 @@ def _source_ok(
     host_ip: ipaddress.IPv4Address,
     priority: int,
     owner: tuple[Kind, str],
+    peer: PeerView | None = None,
 ) -> None:
-    """Tunnel ingress: accept ``source`` for this VPC when it comes from ``host_ip``."""
+    """Tunnel ingress: accept ``source`` for this VPC when it comes from ``host_ip``; from a
+    peer the VPC lets in only replies from, only as far as conntrack says (table 43)."""
+    one_way = peer is not None and ctx.one_way(peer)
     out.add(
         TUNNEL_SRC,
         priority,
         {"metadata": _vpc(ctx.vni), **_ip_match("src", source), "tun_ipv4_src": str(host_ip)},
-        (Goto(TUNNEL_DELIVER),),
+        (Apply((CHECK_IN_RECEIVER_ZONE,)),) if one_way else (Goto(TUNNEL_DELIVER),),
         owner,
     )
+
+
+def _toward(ctx: _Ctx, peer: PeerView | None, actions: tuple[Action, ...]) -> Apply:
+    """Actions toward ``peer``: committed first (in the sender's zone) if this VPC lets in only
+    replies from it, so that the answers find their connection."""
+    if peer is not None and ctx.one_way(peer):
+        return Apply((COMMIT_IN_SENDER_ZONE, *actions))
+    return Apply(actions)
 
 
 def _peer_owner(kind: Kind, name: str, peer: PeerView) -> tuple[Kind, str]:
@@ -709,13 +758,12 @@ def _dest_flows(out: _Out, ctx: _Ctx, d: Destination, peer: PeerView | None) -> 
     if actions is None:
         out.note(f"{ctx.vpc}: {owner[1]} claims this host but has no local port")
         return
-    out.add(
-        L3_LOOKUP, priority, {"metadata": meta, **_ip_match("dst", d.ip)}, (Apply(actions),), owner
-    )
+    match = {"metadata": meta, **_ip_match("dst", d.ip)}
+    out.add(L3_LOOKUP, priority, match, (_toward(ctx, peer, actions),), owner)
     if peer is None:
         _arp_flows(out, ctx, d.ip, d.mac, owner)
     if _is_remote(ctx, d):
-        _source_ok(out, ctx, d.ip, d.host_ip, priority, owner)
+        _source_ok(out, ctx, d.ip, d.host_ip, priority, owner, peer)
 
 
 def _lb_owner(ctx: _Ctx, lb: LoadBalancer, peer: PeerView | None) -> str:
@@ -767,7 +815,7 @@ def _lb_flows(
             continue
         buckets.append(Bucket(actions, weight))
         if _is_remote(ctx, dest):  # direct server return: replies come from the VIP
-            _source_ok(out, ctx, lb.vip, dest.host_ip, priority, owner)
+            _source_ok(out, ctx, lb.vip, dest.host_ip, priority, owner, peer)
         elif peer is None:
             port = ctx.local[(dest.vpc, dest.ip)]
             _classify_ip(out, ctx, port, lb.vip, PRIO_OWN, owner)
@@ -780,7 +828,7 @@ def _lb_flows(
         L3_LOOKUP,
         priority,
         {"metadata": meta, **_ip_match("dst", lb.vip)},
-        (Apply((ToGroup(gid),)),),
+        (_toward(ctx, peer, (ToGroup(gid),)),),
         owner,
     )
     if peer is None:
@@ -807,10 +855,10 @@ def _route_flows(out: _Out, ctx: _Ctx) -> None:
         if actions is None:
             out.note(f"{ctx.vpc}: next hop of route {owner[1]} has no local port")
             continue
-        out.add(L3_LOOKUP, priority, match, (Apply(actions),), owner)
+        out.add(L3_LOOKUP, priority, match, (_toward(ctx, via, actions),), owner)
         hop = entry.next_hop
         if _is_remote(ctx, hop):
-            _source_ok(out, ctx, entry.prefix, hop.host_ip, priority, owner)
+            _source_ok(out, ctx, entry.prefix, hop.host_ip, priority, owner, via)
         elif via is None:
             port = ctx.local[(hop.vpc, hop.ip)]
             _classify_ip(out, ctx, port, entry.prefix, priority, owner)

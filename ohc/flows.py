@@ -69,7 +69,33 @@ class DecTtl:
     pass
 
 
-Action = Output | SetField | ToGroup | DecTtl
+CT_NO_TABLE = 0xFF  # NX_CT_RECIRC_NONE: a ct action that resumes nowhere
+CT_COMMIT = 1  # NX_CT_F_COMMIT
+
+
+@dataclass(frozen=True, order=True)
+class Conntrack:
+    """``ct(...)``, the Nicira connection-tracking action (os-ken ``NXActionCT``).
+
+    The zone is ``zone``, or, when ``zone_field`` names a field, its 16 bits from
+    ``zone_start``: ``in_port`` bits 0-15 is the sending port; ``metadata`` bits 32-47 the
+    port a tunnel packet is for. With a ``table`` the tracked copy resumes there with
+    ``ct_state`` and ``ct_zone`` set and the action list ends for the untracked original (the
+    pipeline puts nothing after it); without one (``CT_NO_TABLE``, with ``commit``) the
+    connection is committed and the packet goes on with the next action."""
+
+    commit: bool = False
+    zone: int = 0
+    zone_field: str = ""
+    zone_start: int = 0
+    table: int = CT_NO_TABLE
+
+    def zone_ofs_nbits(self) -> int:
+        """The action's 16-bit zone word: the immediate zone, or the field's bit range."""
+        return self.zone_start << 6 | 15 if self.zone_field else self.zone
+
+
+Action = Output | SetField | ToGroup | DecTtl | Conntrack
 
 
 # --- instructions --------------------------------------------------------------------------
@@ -162,7 +188,20 @@ def _action_text(a: Action) -> str:
         return f"set_field:{a.value}->{a.name}"
     if isinstance(a, ToGroup):
         return f"group:{a.group_id}"
+    if isinstance(a, Conntrack):
+        return _ct_text(a)
     return "dec_ttl"
+
+
+def _ct_text(a: Conntrack) -> str:
+    args = ["commit"] if a.commit else []
+    if a.zone_field:
+        args.append(f"zone={a.zone_field}[{a.zone_start}..{a.zone_start + 15}]")
+    else:
+        args.append(f"zone={a.zone}")
+    if a.table != CT_NO_TABLE:
+        args.append(f"table={a.table}")
+    return f"ct({','.join(args)})"
 
 
 def _instruction_text(i: Instruction) -> str:
@@ -189,6 +228,17 @@ def actions_to_osken(parser: Any, actions: tuple[Action, ...]) -> list[Any]:
             out.append(parser.OFPActionSetField(**{a.name: a.value}))
         elif isinstance(a, ToGroup):
             out.append(parser.OFPActionGroup(a.group_id))
+        elif isinstance(a, Conntrack):
+            out.append(
+                parser.NXActionCT(
+                    CT_COMMIT if a.commit else 0,
+                    a.zone_field,
+                    a.zone_ofs_nbits(),
+                    a.table,
+                    0,
+                    [],
+                )
+            )
         else:
             out.append(parser.OFPActionDecNwTtl())
     return out

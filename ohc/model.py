@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from meshpeer.protocol.messages import ProtocolError
-from meshpeer.protocol.peering import MAX_VNI, PeeringObject
+from meshpeer.protocol.peering import MAX_VNI, Inbound, PeeringObject
 from ohc.memo import Memo
 from ohc.pipeline import MAX_PORT, TUNNEL_PORT
 
@@ -362,6 +362,7 @@ class PeerView:
     policy_id: str
     services: VpcServices
     import_custom_routes: bool = False  # the local peering's flag (policies.routes rule 0)
+    inbound: Inbound = "all"  # the local side's: "replies" lets in only answers (conntrack)
 
 
 @dataclass(frozen=True)
@@ -446,7 +447,13 @@ class HostView:
                 )
                 peers.append(
                     PeerView(
-                        vpc, peer_vpc, peer_vni, po.policy_id, services, po.import_custom_routes
+                        vpc,
+                        peer_vpc,
+                        peer_vni,
+                        po.policy_id,
+                        services,
+                        po.import_custom_routes,
+                        po.inbound,
                     )
                 )
         view = HostView(

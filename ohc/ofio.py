@@ -39,9 +39,11 @@ import eventlet.event
 
 from ohc import wire
 from ohc.flows import (
+    CT_COMMIT,
     Action,
     Apply,
     Bucket,
+    Conntrack,
     DecTtl,
     Flow,
     Goto,
@@ -102,6 +104,7 @@ _WIDTH = {
     "tcp_dst": 16,
     "udp_src": 16,
     "udp_dst": 16,
+    "ct_zone": 16,
 }
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # no leading zeros
 _CANONICAL_V4_RE = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
@@ -244,9 +247,31 @@ def action_from_osken(parser: Any, action: Any) -> Action:
         return ToGroup(int(action.group_id))
     if isinstance(action, parser.OFPActionDecNwTtl):
         return DecTtl()
+    if isinstance(action, parser.NXActionCT) and _plain_ct(action):
+        return _conntrack_from_osken(action)
     # Installed by someone else: keep it visibly different from anything desired, so the
     # plan replaces or deletes the flow instead of believing it is in sync.
     return SetField(UNREPRESENTABLE, type(action).__name__)
+
+
+def _plain_ct(action: Any) -> bool:
+    """A ct action ``Conntrack`` can say: no nested actions, no ALG, a 16-bit zone source."""
+    sixteen_bits = not action.zone_src or int(action.zone_ofs_nbits) & 0x3F == 15
+    return not action.actions and not action.alg and sixteen_bits
+
+
+def _conntrack_from_osken(action: Any) -> Conntrack:
+    """A ct action as ``ohc.flows.Conntrack``: a zone from a field reads back as the field's
+    OXM name and ofs_nbits (OVS reports it as it was sent), an immediate zone as its value."""
+    source = str(action.zone_src or "")
+    ofs_nbits = int(action.zone_ofs_nbits)
+    return Conntrack(
+        commit=bool(int(action.flags) & CT_COMMIT),
+        zone=0 if source else ofs_nbits,
+        zone_field=source,
+        zone_start=ofs_nbits >> 6 if source else 0,
+        table=int(action.recirc_table),
+    )
 
 
 def actions_from_osken(parser: Any, actions: Iterable[Any]) -> tuple[Action, ...]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
-from ohc.flows import Apply, Flow, Goto, SetField, WriteMetadata
+from ohc.flows import CT_NO_TABLE, Apply, Conntrack, Flow, Goto, SetField, WriteMetadata
 
 # --- ports and metadata ----------------------------------------------------------------------
 
@@ -82,6 +82,16 @@ L3_LOOKUP = 30
 TUNNEL_DST = 40
 TUNNEL_SRC = 41
 TUNNEL_DELIVER = 42
+INBOUND_CT = 43
+
+# ct_state bits (OVS): a tracked packet of a connection seen before, or related to one (an
+# ICMP error about it); never one conntrack found invalid.
+CT_NEW = 0x01
+CT_EST = 0x02
+CT_REL = 0x04
+CT_RPL = 0x08
+CT_INV = 0x10
+CT_TRK = 0x20
 
 TABLES: tuple[Table, ...] = (
     _t(
@@ -146,10 +156,12 @@ TABLES: tuple[Table, ...] = (
         L3_LOOKUP,
         "l3_lookup",
         ("metadata", "eth_type", "ipv4_dst", "ipv6_dst"),
-        (),
+        (INBOUND_CT,),
         "Per VPC context: own destinations (local port, or Geneve with the own VNI), peer "
         "destinations (routed only; Geneve with the peer's VNI), ILB VIPs (select group), "
-        "static routes by longest prefix; subnet routes without a destination drop.",
+        "static routes by longest prefix; subnet routes without a destination drop. Toward a "
+        "peer this VPC takes only replies from: ct commit in the sending port's zone first; to "
+        "a local port whose VPC takes only replies from this one: ct(table=43) instead of output.",
         "compiler._port_flows, _dest_flows, _lb_flows, _route_flows",
     ),
     _t(
@@ -165,9 +177,10 @@ TABLES: tuple[Table, ...] = (
         TUNNEL_SRC,
         "tunnel_src",
         ("metadata", "eth_type", "ipv4_src", "ipv6_src", "tun_ipv4_src"),
-        (TUNNEL_DELIVER,),
+        (TUNNEL_DELIVER, INBOUND_CT),
         "Source check: the source IP (from the host that owns it) is a destination, VIP or "
-        "route prefix this OHC received for the VPC or for a peer it follows.",
+        "route prefix this OHC received for the VPC or for a peer it follows. From a peer the "
+        "VPC takes only replies from: ct(table=43) in the zone of the port it is for.",
         "compiler._source_ok (destinations, VIPs, route prefixes)",
     ),
     _t(
@@ -176,6 +189,16 @@ TABLES: tuple[Table, ...] = (
         ("metadata",),
         (),
         "Output to the ofport chosen by tunnel_dst.",
+        "compiler._port_flows",
+    ),
+    _t(
+        INBOUND_CT,
+        "inbound_ct",
+        ("ct_state", "ct_zone"),
+        (),
+        "Reached only by ct(table=43), in the zone of a local port whose VPC takes only replies "
+        "from a peer (zone = its ofport): a packet of a connection the port opened (+est, or "
+        "+rel: an ICMP error about one) goes out to it; a new or invalid one misses and drops.",
         "compiler._port_flows",
     ),
 )
@@ -223,10 +246,20 @@ def check_flow(flow: Flow, tables: Mapping[int, Table] = PIPELINE) -> Flow:
         need = _PREREQS.get(name)
         if need is not None and fields.get(need[0]) not in need[1]:
             raise PipelineError(f"{flow.text()}: {name} needs {need[0]} in the match")
+    cts = [
+        a
+        for i in flow.instructions
+        if isinstance(i, Apply)
+        for a in i.actions
+        if isinstance(a, Conntrack)
+    ]
+    if cts and fields.get("eth_type") not in (ETH_IPV4, ETH_IPV6):
+        raise PipelineError(f"{flow.text()}: ct needs an IP eth_type in the match")
     gotos = [i.table for i in flow.instructions if isinstance(i, Goto)]
     if len(gotos) > 1:
         raise PipelineError(f"{flow.text()}: more than one goto")
-    for nxt in gotos:
+    resumes = [a.table for a in cts if a.table != CT_NO_TABLE]
+    for nxt in [*gotos, *resumes]:
         if nxt not in table.next_tables:
             raise PipelineError(f"{flow.text()}: table {table.name} may not go to table {nxt}")
     if sum(isinstance(i, WriteMetadata) for i in flow.instructions) > 1:

@@ -19,8 +19,10 @@ from types import MappingProxyType
 from typing import Literal
 
 from ohc.flows import (
+    CT_COMMIT,
     Action,
     Apply,
+    Conntrack,
     DecTtl,
     Flow,
     Goto,
@@ -70,12 +72,19 @@ FIELDS: Mapping[str, tuple[int, int, int, Kind]] = MappingProxyType(
         "tunnel_id": (BASIC, 38, 8, "int"),
         "tun_ipv4_src": (NXM1, 31, 4, "ipv4"),
         "tun_ipv4_dst": (NXM1, 32, 4, "ipv4"),
+        "ct_state": (NXM1, 105, 4, "int"),
+        "ct_zone": (NXM1, 106, 2, "int"),
     }
 )
 
 _HEADER = struct.Struct("!BBHI")
 _FLOW_MOD = struct.Struct("!QQBBHHHIIIH2x")
 _BUNDLE_ADD = struct.Struct("!IIIxxH")  # experimenter, exp_type, bundle id, pad, flags
+NX_EXPERIMENTER_ID = 0x00002320
+NXAST_CT = 35
+# OFPAT_EXPERIMENTER, length, Nicira, NXAST_CT; flags, zone source header, zone (or the
+# source's ofs_nbits), resume table, pad, alg (os-ken NXActionCT without nested actions)
+_NX_CT = struct.Struct("!HHIHH4sHB3xH")
 
 
 def _field(name: str) -> tuple[int, int, int, Kind]:
@@ -128,6 +137,23 @@ def _action(a: Action) -> bytes:
     if isinstance(a, SetField):
         oxm = _oxm(a.name, a.value)
         return _pad8(struct.pack("!HH", 25, _padded_len(4 + len(oxm))) + oxm)
+    if isinstance(a, Conntrack):
+        source = b"\0" * 4
+        if a.zone_field:
+            cls, fld, size, _ = _field(a.zone_field)
+            source = struct.pack("!I", cls << 16 | fld << 9 | size)
+        flags = CT_COMMIT if a.commit else 0
+        return _NX_CT.pack(
+            0xFFFF,
+            _NX_CT.size,
+            NX_EXPERIMENTER_ID,
+            NXAST_CT,
+            flags,
+            source,
+            a.zone_ofs_nbits(),
+            a.table,
+            0,
+        )
     raise ValueError(f"action {a!r} is not encoded by ohc.wire")
 
 

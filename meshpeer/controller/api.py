@@ -31,6 +31,7 @@ from meshpeer.protocol.messages import (
     parse_stream_name,
     parse_subscribe_request,
 )
+from meshpeer.protocol.peering import INBOUND
 from meshpeer.rest.errors import ApiError, bad_request, not_found, unauthorized
 from meshpeer.rest.router import RequestCtx, Route
 from meshpeer.rest.schema import Arr, Bool, Int, Obj, Schema, Str
@@ -59,9 +60,14 @@ EXPORT = Obj(
     name="ExportPolicy",
     description="What this VPC shows the peer; every restriction narrows it (docs/policies.md)",
 )
+INBOUND_IN = Str(
+    enum=INBOUND,
+    description="What this side lets in from the peer: `all` (default), or `replies`: only"
+    " answers to connections this VPC's endpoints opened (docs/policies.md, One-way peering)",
+)
 PEERING_IN = Obj(
     {"name": NAME, "peer_vpc": NAME},
-    {"export": EXPORT, "import_custom_routes": Bool()},
+    {"export": EXPORT, "import_custom_routes": Bool(), "inbound": INBOUND_IN},
     name="PeeringCreate",
 )
 # "effective" is taken by GET /v1/vpcs/{vpc}/routes/effective.
@@ -361,6 +367,7 @@ class ControllerApi:
             export,
             b.get("import_custom_routes", False),
             facts,
+            b.get("inbound", "all"),
         )
         # The peer's view just fetched decides the state now (ACTIVE at once when the peer
         # has configured its side), not when the federation stream first delivers it.
@@ -390,6 +397,7 @@ class ControllerApi:
             p,
             export=export,
             import_custom_routes=b.get("import_custom_routes", p.import_custom_routes),
+            inbound=b.get("inbound", p.inbound),
         )
         self.shard.commit([updated])
         return 200, self._peering_programmed(ctx, p.vpc, p.name)
@@ -800,10 +808,12 @@ class ControllerApi:
                 query=WAIT_Q,
                 response=out.PEERING_PROGRAMMED,
                 body=Obj(
-                    {}, {"export": EXPORT, "import_custom_routes": Bool()}, name="PeeringUpdate"
+                    {},
+                    {"export": EXPORT, "import_custom_routes": Bool(), "inbound": INBOUND_IN},
+                    name="PeeringUpdate",
                 ),
                 params=ITEM_P,
-                summary="Change a peering's export policy or route import",
+                summary="Change a peering's export policy, route import or inbound",
             ),
             Route(
                 "DELETE",

@@ -26,6 +26,7 @@ from meshpeer.controller.model import (
     derived_mac,
     reserved,
 )
+from meshpeer.protocol.peering import Inbound
 from policies.export import ExportPolicy
 from policies.overlap import find_overlaps
 
@@ -241,6 +242,7 @@ def new_peering(
     export: ExportPolicy,
     import_custom_routes: bool,
     peer: PeerFacts | None,
+    inbound: Inbound = "all",
 ) -> Peering:
     """``peer`` is None when the peer's shard could not be asked: accepted, INACTIVE for now."""
     vpc = need_vpc(intent, vpc_name)
@@ -257,7 +259,7 @@ def new_peering(
         if not peer.exists:
             raise not_found("peer_vpc", f"VPC {peer_vpc!r} does not exist on its shard")
         _check_peer_overlap([s.cidr for s in vpc.subnets], {peer_vpc: peer.ranges}, "peer_vpc")
-    return Peering(vpc_name, name, peer_vpc, export, import_custom_routes)
+    return Peering(vpc_name, name, peer_vpc, export, import_custom_routes, inbound)
 
 
 def check_peering(intent: Intent, vpc: str, name: str) -> Peering:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshpeer.protocol.peering import Inbound
 from policies.export import ExportPolicy, parse_export_policy
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -124,6 +125,9 @@ class Peering:
     peer_vpc: str
     export: ExportPolicy = field(default_factory=ExportPolicy)
     import_custom_routes: bool = False
+    # What this side lets in from the peer: "all", or only "replies" to connections its own
+    # endpoints opened (conntrack on this VPC's hosts; docs/policies.md, "One-way peering").
+    inbound: Inbound = "all"
 
     def to_json(self) -> JsonObject:
         return {
@@ -133,6 +137,7 @@ class Peering:
             "export": self.export.as_config(),
             "export_policy_id": self.export.policy_id,
             "import_custom_routes": self.import_custom_routes,
+            "inbound": self.inbound,
         }
 
     @staticmethod
@@ -143,6 +148,7 @@ class Peering:
             peer_vpc=d["peer_vpc"],
             export=parse_export_policy(d.get("export"), "export"),
             import_custom_routes=d.get("import_custom_routes", False),
+            inbound=d.get("inbound", "all"),
         )
 
 

@@ -263,6 +263,7 @@ def peering_objects(
             grant=mint(grant, d.grant_keys),
             expires_at=expires,
             import_custom_routes=p.import_custom_routes,
+            inbound=p.inbound,
         ).to_json()
     return out
 

@@ -148,6 +148,8 @@ def apply_intent(plan: LabPlan, topo: Topology) -> int:
             body = {"name": f"{p.vpc}-{p.peer}", "peer_vpc": p.peer}
             if p.export is not None:
                 body["export"] = dict(p.export)
+            if p.inbound != "all":
+                body["inbound"] = p.inbound
             client_for(plan, owner[p.vpc]).post(f"/v1/vpcs/{p.vpc}/peerings", body)
             calls += 1
     except ApiFailure as exc:

@@ -2,7 +2,9 @@
 
 A ping from A to B needs both directions: B must be visible to A's VPC (own VPC, or B's VPC
 peers A's, both sides configured, and B's side exports B's address to A's VPC) and A to B's
-VPC likewise, for the reply.
+VPC likewise, for the reply. And B's side must let A's VPC in (``inbound: all``): a side with
+``inbound: replies`` admits only answers to what its own endpoints opened, so a ping from B to
+A passes where a ping from A to B does not (docs/policies.md, "One-way peering").
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ PEERED = "peered"
 HIDDEN = "hidden by policy"
 NOT_PEERED = "not peered"
 FAMILY = "address family differs"
+REPLIES_ONLY = "peer lets in replies only"
 
 
 @dataclass(frozen=True)
@@ -44,4 +47,6 @@ def expect(topo: Topology, a: Endpoint, b: Endpoint) -> Expectation:
         return Expectation(False, NOT_PEERED)
     if not there.exports_ip(b.ip) or not back.exports_ip(a.ip):
         return Expectation(False, HIDDEN)
+    if any(p.vpc == b.vpc and p.peer == a.vpc and p.inbound == "replies" for p in topo.peerings):
+        return Expectation(False, REPLIES_ONLY)
     return Expectation(True, PEERED)

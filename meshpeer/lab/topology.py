@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from meshpeer.controller.model import reserved
+from meshpeer.protocol.peering import INBOUND, Inbound
 from policies.export import PolicyError, parse_export_policy
 
 T = TypeVar("T")
@@ -86,6 +87,8 @@ class Peering:
     peer: str
     # Raw export policy; ``policies`` owns its meaning and validation.
     export: Mapping[str, Any] | None = None
+    # What vpc's side lets in from peer: "all", or only "replies" to vpc's own connections.
+    inbound: Inbound = "all"
 
 
 @dataclass(frozen=True)
@@ -399,7 +402,7 @@ def _parse_peerings(c: _Checker, raw: object, vpcs: Mapping[str, Vpc]) -> list[P
     out: list[Peering] = []
     seen: set[tuple[str, str]] = set()
     for p, item in c.items(raw, "peerings"):
-        m = c.mapping(item, p, ["vpc", "peer"], ["export"])
+        m = c.mapping(item, p, ["vpc", "peer"], ["export", "inbound"])
         if m is None:
             continue
         vpc = c.ref(m["vpc"], f"{p}.vpc", "VPC", vpcs)
@@ -407,7 +410,10 @@ def _parse_peerings(c: _Checker, raw: object, vpcs: Mapping[str, Vpc]) -> list[P
         export = m.get("export")
         if export is not None:
             _check_export(c, export, f"{p}.export")
-        if vpc is None or peer is None:
+        inbound = next((i for i in INBOUND if i == m.get("inbound", "all")), None)
+        if inbound is None:
+            c.err(f"{p}.inbound", f"expected one of {', '.join(INBOUND)}, got {m['inbound']!r}")
+        if vpc is None or peer is None or inbound is None:
             continue
         if vpc == peer:
             c.err(f"{p}.peer", f"VPC {vpc!r} cannot peer with itself")
@@ -415,7 +421,7 @@ def _parse_peerings(c: _Checker, raw: object, vpcs: Mapping[str, Vpc]) -> list[P
             c.err(p, f"duplicate peering {vpc!r} -> {peer!r}")
         else:
             seen.add((vpc, peer))
-            out.append(Peering(vpc, peer, export if isinstance(export, Mapping) else None))
+            out.append(Peering(vpc, peer, export if isinstance(export, Mapping) else None, inbound))
     return out
 
 

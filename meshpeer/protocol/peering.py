@@ -11,12 +11,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from meshpeer.protocol.messages import GRANT_RE, JsonObject, ProtocolError, check_name
 
 MAX_VNI = (1 << 24) - 1  # Geneve VNIs are 24 bits
 MAX_URL = 2048
+# What one side of a peering lets in from the peer: everything, or only replies to
+# connections its own endpoints opened (docs/policies.md, "One-way peering").
+Inbound = Literal["all", "replies"]
+INBOUND: tuple[Inbound, ...] = get_args(Inbound)
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class PeeringObject:
     grant: str
     expires_at: float
     import_custom_routes: bool = False
+    inbound: Inbound = "all"  # the local side's setting: what this VPC's hosts let in
 
     def to_json(self) -> JsonObject:
         return {
@@ -47,6 +52,7 @@ class PeeringObject:
             "grant": self.grant,
             "expires_at": self.expires_at,
             "import_custom_routes": self.import_custom_routes,
+            "inbound": self.inbound,
         }
 
     @staticmethod
@@ -54,7 +60,8 @@ class PeeringObject:
         """Validate one object from the wire; raises ProtocolError naming the bad field.
 
         A missing ``import_custom_routes`` (a shard older than the field) is false: import
-        nothing rather than what the user did not ask for."""
+        nothing rather than what the user did not ask for. A missing ``inbound`` is ``all``,
+        what every peering was before the field existed."""
         if not isinstance(obj, Mapping):
             raise ProtocolError("peering", f"expected an object, got {type(obj).__name__}")
         return PeeringObject(
@@ -66,6 +73,7 @@ class PeeringObject:
             grant=_grant(obj.get("grant")),
             expires_at=_time(obj.get("expires_at")),
             import_custom_routes=_bool(obj, "import_custom_routes"),
+            inbound=_inbound(obj.get("inbound", "all")),
         )
 
 
@@ -96,6 +104,13 @@ def _time(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ProtocolError("expires_at", f"expected a number of seconds, got {value!r}")
     return float(value)
+
+
+def _inbound(value: object) -> Inbound:
+    for choice in INBOUND:
+        if value == choice and isinstance(value, str):
+            return choice
+    raise ProtocolError("inbound", f"expected one of {', '.join(INBOUND)}, got {value!r}")
 
 
 def _bool(obj: Mapping[str, Any], name: str) -> bool:

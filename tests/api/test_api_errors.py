@@ -142,6 +142,15 @@ CASES = [
         {"export": {"ranges": [], "bogus": 1}},
         field="export.bogus",
     ),
+    Case(
+        "bad-inbound",
+        "POST",
+        PEER,
+        {"name": "to-green", "peer_vpc": "green", "inbound": "some"},
+        field="inbound",
+        detail=("all", "replies"),
+    ),
+    Case("bad-inbound-put", "PUT", f"{PEER}/to-red", {"inbound": True}, field="inbound"),
     Case("unknown-host", "PUT", "/v1/hosts/hv2", {"underlay_ip": "192.0.2.2", "x": 1}, field="x"),
     Case(
         "unknown-route",

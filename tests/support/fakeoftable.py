@@ -14,6 +14,14 @@ which messages were sent. Behaviour follows Open vSwitch where OpenFlow leaves r
   message changes nothing.
 * Output to the packet's own in_port is skipped (OVS needs OFPP_IN_PORT for that); the trace
   notes it.
+* ``ct`` (os-ken ``NXActionCT``, no nested actions) is modelled with a connection table per
+  switch, keyed by zone and (eth_type, ip_proto, addresses, tcp/udp ports): a packet whose
+  tuple was committed in the zone is ``+trk+est``, its reverse ``+trk+est+rpl``, anything else
+  ``+trk+new``. ``commit`` adds a new one. With ``table=N`` the tracked copy resumes in table N
+  with ``ct_state``/``ct_zone`` set; the original goes on untracked with the rest of the
+  action list, as in OVS. Traces therefore change the connection table (a reply traced after
+  its request is ``+est``); ``forget_connections()`` empties it. A ct action needs an IP
+  eth_type in the match (OFPBAC_MATCH_INCONSISTENT).
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from os_ken.ofproto.ofproto_common import ONF_EXPERIMENTER_ID
 
 from tests.support.ofmodel import (
+    CT_COMMIT,
+    CT_NO_TABLE,
     Action,
     FakeOFError,
     FakeOFUnsupported,
@@ -69,6 +79,7 @@ _SPECIAL_OUT = {
 # Execution order of the action set (OpenFlow 1.3 section 5.10); output runs last.
 _SET_ORDER = ("pop_vlan", "push_vlan", "dec_ttl", "set_ttl", "set_field", "group", "output")
 _MAX_DEPTH = 64  # nested groups / goto hops before the trace gives up (OVS: resubmit limit)
+CT_NEW, CT_EST, CT_RPL, CT_TRK = 0x01, 0x02, 0x08, 0x20
 
 
 @dataclass(frozen=True)
@@ -198,6 +209,14 @@ class FakeOFTable:
         self.num_tables = num_tables
         self._tables: list[dict[tuple[int, Match], Flow]] = [{} for _ in range(num_tables)]
         self._groups: dict[int, Group] = {}
+        self._connections: set[tuple[int, tuple[int | None, ...]]] = set()  # (zone, tuple)
+
+    def forget_connections(self) -> None:
+        """Empty the connection tracker (as ``ovs-appctl dpctl/flush-conntrack``)."""
+        self._connections.clear()
+
+    def connections(self) -> int:
+        return len(self._connections)
 
     # --- applying messages ---------------------------------------------------------------------
 
@@ -301,6 +320,10 @@ class FakeOFTable:
                     "OFPBAC_MATCH_INCONSISTENT",
                     f"{where}: {action.kind} needs an IP eth_type match",
                 )
+            if action.kind == "ct" and not ip_match & {0x0800, 0x86DD}:
+                raise FakeOFError(
+                    "OFPBAC_MATCH_INCONSISTENT", f"{where}: ct needs an IP eth_type match"
+                )
             if action.kind == "group" and action.arg not in self._groups:
                 raise FakeOFError(
                     "OFPBAC_BAD_OUT_GROUP", f"{where}: group {action.arg} does not exist"
@@ -380,7 +403,7 @@ class FakeOFTable:
         state = {name: to_int(name, value) for name, value in packet.items()}
         state["in_port"] = in_port
         ctx = _Trace(TraceResult(), in_port, select_bucket, select_hash)
-        self._pipeline(ctx, state)
+        self._pipeline(ctx, state, 0, 0)
         return ctx.result
 
     def _lookup(self, ctx: _Trace, table_id: int, state: dict[str, int]) -> Flow | None:
@@ -393,10 +416,10 @@ class FakeOFTable:
             ctx.result.notes.append(f"table {table_id}: {len(ties)} flows tie at {best.priority}")
         return best
 
-    def _pipeline(self, ctx: _Trace, state: dict[str, int]) -> None:
+    def _pipeline(self, ctx: _Trace, state: dict[str, int], start: int, depth: int) -> None:
         result = ctx.result
         action_set: dict[tuple[str, str], Action] = {}
-        table_id: int | None = 0
+        table_id: int | None = start
         while table_id is not None:
             result.tables.append(table_id)
             flow = self._lookup(ctx, table_id, state)
@@ -407,7 +430,8 @@ class FakeOFTable:
             table_id = None
             for instr in flow.instructions:
                 if instr.kind == "apply_actions":
-                    if not self._run_actions(ctx, instr.actions, state, flow.table_id, (), 0):
+                    run = self._run_actions(ctx, instr.actions, state, flow.table_id, (), depth)
+                    if not run:
                         return
                 elif instr.kind == "clear_actions":
                     action_set.clear()
@@ -422,7 +446,7 @@ class FakeOFTable:
         ordered = sorted(action_set.values(), key=lambda a: _SET_ORDER.index(a.kind))
         if any(a.kind == "group" for a in ordered):
             ordered = [a for a in ordered if a.kind != "output"]  # group wins over output
-        self._run_actions(ctx, ordered, state, result.tables[-1], (), 0)
+        self._run_actions(ctx, ordered, state, result.tables[-1], (), depth)
 
     def _run_actions(
         self,
@@ -466,7 +490,31 @@ class FakeOFTable:
                 state.pop("vlan_vid", None)
             elif action.kind == "group":
                 self._run_group(ctx, action.arg, state, table_id, choices, depth + 1)
+            elif action.kind == "ct":
+                self._conntrack(ctx, action, state, depth + 1)
         return True
+
+    def _conntrack(self, ctx: _Trace, action: Action, state: dict[str, int], depth: int) -> None:
+        """Look the packet up (and commit it); resume a tracked copy in the action's table.
+        The original goes on untracked (its ct fields cleared), as OVS's xlate does."""
+        if depth > _MAX_DEPTH:
+            raise FakeOFError("TRACE_TOO_DEEP", f"ct: more than {_MAX_DEPTH} recirculations")
+        zone = action.ct_zone(state)
+        key = _ct_tuple(state)
+        if (zone, key) in self._connections:
+            ct_state = CT_TRK | CT_EST
+        elif (zone, _ct_tuple(state, reverse=True)) in self._connections:
+            ct_state = CT_TRK | CT_EST | CT_RPL
+        else:
+            ct_state = CT_TRK | CT_NEW
+            if action.flags & CT_COMMIT:
+                self._connections.add((zone, key))
+        ctx.result.notes.append(f"{action}: zone {zone}, ct_state {ct_state:#x}")
+        if action.arg != CT_NO_TABLE:
+            tracked = {**state, "ct_state": ct_state, "ct_zone": zone}
+            self._pipeline(ctx, tracked, action.arg, depth)
+        state.pop("ct_state", None)
+        state.pop("ct_zone", None)
 
     def _run_group(
         self,
@@ -524,6 +572,20 @@ def _choose_bucket(ctx: _Trace, group_id: int, weights: tuple[tuple[int, int], .
                 return index
             point -= weight
     return None
+
+
+def _ct_tuple(state: Mapping[str, int], reverse: bool = False) -> tuple[int | None, ...]:
+    """What conntrack keys a connection by: eth_type, ip_proto, addresses, tcp/udp ports."""
+    v6 = state.get("eth_type") == 0x86DD
+    proto = state.get("ip_proto")
+    src = state.get("ipv6_src" if v6 else "ipv4_src")
+    dst = state.get("ipv6_dst" if v6 else "ipv4_dst")
+    l4 = {6: "tcp", 17: "udp"}.get(proto or 0)
+    sport = state.get(f"{l4}_src") if l4 else None
+    dport = state.get(f"{l4}_dst") if l4 else None
+    if reverse:
+        src, dst, sport, dport = dst, src, dport, sport
+    return (state.get("eth_type"), proto, src, dst, sport, dport)
 
 
 def _packet_matches(flow: Flow, state: dict[str, int]) -> bool:

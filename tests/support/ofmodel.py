@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,13 +40,14 @@ _WIDTHS = {
     "icmpv6_code": 8,
     "icmpv4_type": 8,
     "icmpv4_code": 8,
+    "ct_zone": 16,
 }
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 # Fields that read as 0 when a packet does not carry them (OVS metadata, registers, tunnel
 # metadata, and vlan_vid == OFPVID_NONE for untagged packets).
 _ZERO_DEFAULT = re.compile(
-    r"^(reg\d+|xreg\d+|metadata|tunnel_id|tun_ipv4_src|tun_ipv4_dst|vlan_vid)$"
+    r"^(reg\d+|xreg\d+|metadata|tunnel_id|tun_ipv4_src|tun_ipv4_dst|vlan_vid|ct_state|ct_zone)$"
 )
 
 # OXM prerequisites (OpenFlow 1.3 section 7.2.3.8); OVS rejects a flow that lacks them with
@@ -176,13 +177,31 @@ class MatchField:
 Match = tuple[MatchField, ...]  # sorted by name, at most one entry per field
 
 
+CT_NO_TABLE = 0xFF  # NX_CT_RECIRC_NONE
+CT_COMMIT = 1  # NX_CT_F_COMMIT
+
+
 @dataclass(frozen=True)
 class Action:
-    kind: str  # output, set_field, group, dec_ttl, set_ttl, push_vlan, pop_vlan
-    arg: int = 0  # port, group id, value, ttl or ethertype
-    field: str = ""  # set_field only
+    kind: str  # output, set_field, group, dec_ttl, set_ttl, push_vlan, pop_vlan, ct
+    arg: int = 0  # port, group id, value, ttl, ethertype or ct's resume table
+    field: str = ""  # set_field; ct: the zone's source field ("" for an immediate zone)
+    zone: int = 0  # ct only: the immediate zone, or the source field's ofs_nbits
+    flags: int = 0  # ct only: NX_CT_F_*
+
+    def ct_zone(self, packet: Mapping[str, int]) -> int:
+        """The zone this ct action uses for ``packet``."""
+        if not self.field:
+            return self.zone
+        start, nbits = self.zone >> 6, (self.zone & 0x3F) + 1
+        return (packet.get(self.field, 0) >> start) & ((1 << nbits) - 1)
 
     def __str__(self) -> str:
+        if self.kind == "ct":  # as ovs-ofctl prints it, but with os-ken's field names
+            start, bits = self.zone >> 6, (self.zone & 0x3F) + 1
+            zone = f"{self.field}[{start}..{start + bits - 1}]" if self.field else str(self.zone)
+            table = "" if self.arg == CT_NO_TABLE else f",table={self.arg}"
+            return f"ct({'commit,' if self.flags & CT_COMMIT else ''}zone={zone}{table})"
         if self.kind == "output":
             return f"output:{port_name(self.arg)}"
         if self.kind == "set_field":
@@ -353,6 +372,15 @@ def action_from_osken(action: Any) -> Action:
         return Action("push_vlan", int(action.ethertype))
     if isinstance(action, parser.OFPActionPopVlan):
         return Action("pop_vlan")
+    if isinstance(action, parser.NXActionCT) and not action.actions and not action.alg:
+        zone_src = str(action.zone_src or "")
+        return Action(
+            "ct",
+            int(action.recirc_table),
+            field=zone_src,
+            zone=int(action.zone_ofs_nbits),
+            flags=int(action.flags),
+        )
     raise FakeOFUnsupported(f"action {type(action).__name__} is not modelled by FakeOFTable")
 
 

@@ -8,6 +8,7 @@ from meshpeer.controller import intent as ops
 from meshpeer.controller.directory import Directory, parse_directory
 from meshpeer.controller.model import Backend, Host, Intent, Subnet
 from meshpeer.controller.peering import View, federation_view
+from meshpeer.protocol.peering import Inbound
 from policies.export import ExportPolicy, parse_export_policy
 
 KEY = "ab" * 32
@@ -61,10 +62,13 @@ def peer(
     export: dict[str, object] | None = None,
     import_custom_routes: bool = False,
     name: str | None = None,
+    inbound: Inbound = "all",
 ) -> None:
     policy: ExportPolicy = parse_export_policy(export, "export")
     name = name or f"to-{other}"
-    intent.put(ops.new_peering(intent, d, vpc, name, other, policy, import_custom_routes, None))
+    intent.put(
+        ops.new_peering(intent, d, vpc, name, other, policy, import_custom_routes, None, inbound)
+    )
 
 
 def views(intent: Intent, shard_of: dict[str, str]) -> dict[str, View]:

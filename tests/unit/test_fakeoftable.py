@@ -521,3 +521,40 @@ def test_l2_tunnel_pipeline_sends_to_tunnel_with_vni_and_remote_ip() -> None:
     (sent,) = result.outputs_to(TUNNEL_PORT)
     assert sent["ipv4_dst"] == "10.0.1.5"
     assert table.trace(IP_PKT, in_port=2).dropped, str(table)
+
+
+# --- conntrack ----------------------------------------------------------------------------------
+
+
+def ct(zone: int = 0, table: int = 0xFF, commit: bool = False, src: str = "", ofs: int = 0) -> Any:
+    zone_word = ofs << 6 | 15 if src else zone
+    return parser.NXActionCT(1 if commit else 0, src, zone_word, table, 0, [])
+
+
+def test_ct_tracks_connections_per_zone_and_resumes_the_tracked_copy() -> None:
+    """Port 1 -> 2 is committed in zone 1 (from in_port) and goes on untracked; what comes
+    back from 2 is checked in zone 1 and resumes in table 5: est passes, new misses."""
+    est = (0x22, 0x32)  # +trk+est-inv
+    t = table_with(
+        flow({"in_port": 1, "eth_type": IPV4}, ct(commit=True, src="in_port"), out(2)),
+        flow({"in_port": 2, "eth_type": IPV4}, ct(zone=1, table=5)),
+        flow({"ct_state": est, "ct_zone": 1}, out(1), table=5),
+    )
+    a_to_b = {"eth_type": IPV4, "ipv4_src": "10.0.0.1", "ipv4_dst": "10.0.0.2", "ip_proto": 17}
+    a_to_b |= {"udp_src": 1000, "udp_dst": 53}
+    b_to_a = a_to_b | {"ipv4_src": "10.0.0.2", "ipv4_dst": "10.0.0.1"}
+    b_to_a |= {"udp_src": 53, "udp_dst": 1000}
+    assert t.trace(b_to_a, in_port=2).dropped  # nothing opened yet: +new
+    sent = t.trace(a_to_b, in_port=1)
+    assert sent.ports() == {2} and sent.is_output(2, ct_state=None)  # untracked original
+    assert t.connections() == 1
+    assert t.trace(b_to_a, in_port=2).ports() == {1}  # the reply
+    assert t.trace(b_to_a | {"udp_src": 54}, in_port=2).dropped  # another tuple
+    t.forget_connections()
+    assert t.trace(b_to_a, in_port=2).dropped
+
+
+def test_ct_needs_an_ip_match() -> None:
+    with pytest.raises(FakeOFError) as e:
+        table_with(flow({"in_port": 1}, ct(zone=1, table=5)))
+    assert e.value.code == "OFPBAC_MATCH_INCONSISTENT"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from meshpeer.lab.expect import HIDDEN, NOT_PEERED, OWN, PEERED, expect
+from meshpeer.lab.expect import HIDDEN, NOT_PEERED, OWN, PEERED, REPLIES_ONLY, expect
 from meshpeer.lab.topology import parse
 
 DOC = """
@@ -38,3 +38,19 @@ def test_each_kind_of_cell() -> None:
     assert expect(topo, ep["r1"], ep["g2"]).why == HIDDEN  # green exports only .0/25
     assert expect(topo, ep["b1"], ep["g1"]).why == NOT_PEERED  # not transitive via red
     assert not expect(topo, ep["b1"], ep["g1"]).reachable
+
+
+def test_a_side_that_lets_in_replies_only_is_reached_one_way() -> None:
+    """Blue lets in only replies from red: b1 reaches r1 (its ping is answered), r1 cannot
+    reach b1 (its ping is a new connection into blue)."""
+    doc = yaml.safe_load(DOC)
+    doc["peerings"][0]["inbound"] = "replies"
+    topo = parse(doc)
+    ep = {e.name: e for e in topo.endpoints}
+    assert expect(topo, ep["b1"], ep["r1"]) == expect(
+        parse(yaml.safe_load(DOC)), ep["b1"], ep["r1"]
+    )
+    assert expect(topo, ep["b1"], ep["r1"]).reachable
+    assert expect(topo, ep["r1"], ep["b1"]).why == REPLIES_ONLY
+    assert not expect(topo, ep["r1"], ep["b1"]).reachable
+    assert expect(topo, ep["b1"], ep["b2"]).why == OWN  # its own VPC is not a peer

@@ -656,6 +656,11 @@ def apply_op(i: Intent, op: tuple[str, int]) -> None:
             if (a, n % 3) == ("red", 0):
                 export = {"ranges": ["10.2.0.0/25"]}
             peer(i, D, a, b, export)
+    elif kind == "inbound":  # one side of a peering flips between all and replies
+        a, b = [("blue", "red"), ("red", "blue"), ("green", "red"), ("red", "green")][n % 4]
+        p = i.peerings.get((a, f"to-{b}"))
+        if p is not None:
+            i.put(dataclasses.replace(p, inbound="all" if p.inbound == "replies" else "replies"))
     elif kind == "ilb":
         if ("red", "lbin") in i.endpoints:
             i.drop("endpoint", "red/lbin")
@@ -671,7 +676,7 @@ def apply_op(i: Intent, op: tuple[str, int]) -> None:
 
 
 OPS = st.lists(
-    st.tuples(st.sampled_from(["vm", "peer", "ilb", "route"]), st.integers(0, 11)),
+    st.tuples(st.sampled_from(["vm", "peer", "inbound", "ilb", "route"]), st.integers(0, 11)),
     min_size=1,
     max_size=12,
 )

@@ -13,8 +13,10 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from ohc import wire
 from ohc.flows import (
+    CT_NO_TABLE,
     Action,
     Apply,
+    Conntrack,
     DecTtl,
     Flow,
     Goto,
@@ -48,6 +50,9 @@ def matches(draw: st.DrawFn) -> Match:
     if draw(st.booleans()):
         fields["tunnel_id"] = draw(st.integers(0, (1 << 24) - 1))
         fields["tun_ipv4_src"] = draw(V4)
+    if draw(st.booleans()):
+        fields["ct_state"] = (draw(st.integers(0, 0x3F)), draw(st.integers(1, 0x3F)))
+        fields["ct_zone"] = draw(st.integers(0, 0xFFFF))
     ip = draw(st.sampled_from(["none", "v4", "v6", "nd"]))
     if ip == "v4":
         fields["eth_type"] = 0x0800
@@ -70,6 +75,22 @@ ACTIONS: st.SearchStrategy[Action] = st.one_of(
     MAC.map(lambda m: SetField("eth_dst", m)),
     st.integers(0, (1 << 24) - 1).map(lambda v: SetField("tunnel_id", v)),
     V4.map(lambda a: SetField("tun_ipv4_dst", a)),
+    st.builds(
+        Conntrack,
+        st.booleans(),
+        st.integers(0, 0xFFFF),
+        st.just(""),
+        st.just(0),
+        st.one_of(st.just(CT_NO_TABLE), st.integers(1, 254)),
+    ),
+    st.builds(
+        Conntrack,
+        st.booleans(),
+        st.just(0),
+        st.sampled_from(["in_port", "metadata"]),
+        st.sampled_from([0, 32]),
+        st.one_of(st.just(CT_NO_TABLE), st.integers(1, 254)),
+    ),
 )
 
 

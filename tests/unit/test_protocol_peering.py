@@ -18,6 +18,7 @@ GOOD = PeeringObject(
     grant="mpg1.k1.e30.c2ln",
     expires_at=1200.0,
     import_custom_routes=True,
+    inbound="replies",
 )
 
 
@@ -29,6 +30,11 @@ def test_what_is_written_parses_back_equal() -> None:
 def test_an_object_without_the_import_flag_imports_nothing() -> None:
     old = {k: v for k, v in GOOD.to_json().items() if k != "import_custom_routes"}
     assert PeeringObject.parse(old).import_custom_routes is False
+
+
+def test_an_object_without_inbound_lets_everything_in_as_before() -> None:
+    old = {k: v for k, v in GOOD.to_json().items() if k != "inbound"}
+    assert PeeringObject.parse(old).inbound == "all"
 
 
 @pytest.mark.parametrize(
@@ -49,6 +55,9 @@ def test_an_object_without_the_import_flag_imports_nothing() -> None:
         ("expires_at", float("nan")),
         ("import_custom_routes", "yes"),
         ("import_custom_routes", 1),
+        ("inbound", "some"),
+        ("inbound", None),
+        ("inbound", ["replies"]),
     ],
 )
 def test_a_bad_field_is_refused_by_name(field: str, value: Any) -> None:

@@ -45,6 +45,7 @@ def test_sample_parses_with_defaults() -> None:
     b1 = topo.endpoints[0]
     assert (b1.kind, b1.host, b1.ip) == ("vm", "hv1", ipaddress.ip_address("10.1.0.11"))
     assert topo.peerings[1].export == {"ranges": ["10.2.0.0/25"]}
+    assert [p.inbound for p in topo.peerings] == ["all", "all"]
     assert [e.name for e in topo.endpoints_on("hv2")] == ["r1"]
 
 
@@ -101,6 +102,8 @@ def test_the_issue_example_error_path() -> None:
         (lambda d: d["peerings"].append({"vpc": "red", "peer": "red"}), "peerings[2].peer: VPC"),
         (lambda d: d["peerings"].append({"vpc": "red", "peer": "blue"}), "peerings[2]: duplicate"),
         (lambda d: d["peerings"][0].update(peer="pink"), "peerings[0].peer: unknown VPC 'pink'"),
+        (lambda d: d["peerings"][0].update(inbound="some"), "peerings[0].inbound: expected one"),
+        (lambda d: d["peerings"][1].update(inbound=None), "peerings[1].inbound: expected one"),
         (
             lambda d: d["peerings"][1]["export"].update(ranges=["10.2.0.0/8"]),
             "peerings[1].export.ranges[0]: not a network CIDR",
@@ -164,3 +167,9 @@ def test_ilb_backends_and_weights() -> None:
     bad = copy.deepcopy(doc)
     bad["endpoints"][-1]["host"] = "hv1"
     assert "endpoints[3].host: an ILB is a VIP and has no host" in errors_of(bad)
+
+
+def test_a_side_may_let_in_replies_only() -> None:
+    doc = sample()
+    doc["peerings"][0]["inbound"] = "replies"
+    assert [p.inbound for p in parse(doc).peerings] == ["replies", "all"]
