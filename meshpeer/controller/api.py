@@ -31,7 +31,6 @@ from meshpeer.protocol.messages import (
     parse_stream_name,
     parse_subscribe_request,
 )
-from meshpeer.protocol.peering import INBOUND
 from meshpeer.rest.errors import ApiError, bad_request, not_found, unauthorized
 from meshpeer.rest.router import RequestCtx, Route
 from meshpeer.rest.schema import Arr, Bool, Int, Obj, Schema, Str
@@ -60,14 +59,9 @@ EXPORT = Obj(
     name="ExportPolicy",
     description="What this VPC shows the peer; every restriction narrows it (docs/policies.md)",
 )
-INBOUND_IN = Str(
-    enum=INBOUND,
-    description="What this side lets in from the peer: `all` (default), or `replies`: only"
-    " answers to connections this VPC's endpoints opened (docs/policies.md, One-way peering)",
-)
 PEERING_IN = Obj(
     {"name": NAME, "peer_vpc": NAME},
-    {"export": EXPORT, "import_custom_routes": Bool(), "inbound": INBOUND_IN},
+    {"export": EXPORT, "import_custom_routes": Bool(), "inbound": out.INBOUND},
     name="PeeringCreate",
 )
 # "effective" is taken by GET /v1/vpcs/{vpc}/routes/effective.
@@ -809,7 +803,7 @@ class ControllerApi:
                 response=out.PEERING_PROGRAMMED,
                 body=Obj(
                     {},
-                    {"export": EXPORT, "import_custom_routes": Bool(), "inbound": INBOUND_IN},
+                    {"export": EXPORT, "import_custom_routes": Bool(), "inbound": out.INBOUND},
                     name="PeeringUpdate",
                 ),
                 params=ITEM_P,

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 from meshpeer.controller.peering import ACTIVE, INACTIVE
 from meshpeer.protocol import ServiceName
+from meshpeer.protocol import peering as peering_wire
 from meshpeer.protocol.messages import (
     MAX_STATUS_SKIPPED,
     MAX_STATUS_STREAMS,
@@ -81,6 +82,11 @@ EXPORT_CONFIG = Obj(
     name="ExportPolicyConfig",
     description="The export policy as stored (normalised)",
 )
+INBOUND = Str(
+    enum=peering_wire.INBOUND,
+    description="What this side lets in from the peer: `all` (default), or `replies`: only"
+    " answers to connections this VPC's endpoints opened (docs/policies.md, One-way peering)",
+)
 PEERING = Obj(
     {
         "name": NAME,
@@ -89,6 +95,7 @@ PEERING = Obj(
         "export": EXPORT_CONFIG,
         "export_policy_id": PROTOCOL_NAME,
         "import_custom_routes": Bool(),
+        "inbound": INBOUND,
         "version": OBJ_VERSION,
         "state": Str(enum=(ACTIVE, INACTIVE)),
         "state_details": Str(),
