@@ -25,7 +25,8 @@ from enum import Enum
 from typing import Any, Protocol
 
 from meshpeer.protocol import ServiceName
-from meshpeer.protocol.messages import CloseReason, stream_name
+from meshpeer.protocol.messages import CloseReason, ProtocolError, stream_name
+from meshpeer.protocol.peering import PeeringObject
 from meshpeer.protocol.stream import ReplicaState
 from ohc.subscriptions import PEER_SERVICES, Sub, wanted
 
@@ -98,12 +99,16 @@ def applied_versions(
     for sub in versions:
         if sub.service != ServiceName.PEERING:
             continue
-        for peer in (objects.get(sub) or {}).values():
+        for raw in (objects.get(sub) or {}).values():
             try:
-                url, vpc, policy = str(peer["controller"]), str(peer["peer_vpc"]), peer["policy_id"]
-            except KeyError:
-                continue  # malformed: subscriptions.wanted ignores it too
-            if any(Sub(url, s, vpc, str(policy), sub.host) not in versions for s in PEER_SERVICES):
+                peer = PeeringObject.parse(raw)
+            except ProtocolError:
+                continue  # malformed: subscriptions.wanted skips it too
+            subs = (
+                Sub(peer.controller, s, peer.peer_vpc, peer.policy_id, sub.host)
+                for s in PEER_SERVICES
+            )
+            if any(x not in versions for x in subs):
                 del out[sub]
                 break
     return out

@@ -115,6 +115,10 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         self.skipped: tuple[Skipped, ...] = ()  # what the last sync left out, and why
         self.last_error: dict[str, Any] | None = None  # {"at", "what"}: for the status report
         self.triggers: eventlet.queue.LightQueue = eventlet.queue.LightQueue()
+        # The reporter sends the latest applied versions and status after syncs: one thread,
+        # the newest state only, so a slow or absent shard never piles up senders.
+        self.reports: eventlet.queue.LightQueue = eventlet.queue.LightQueue()
+        self.to_report: tuple[dict[Sub, int], dict[Sub, dict[str, Any]]] | None = None
         # What the last sync parsed, compiled and canonicalized; reused while unchanged.
         self.parsed: Memo[Destination | BadObject] = Memo()
         self.compiler = IncrementalCompiler()
@@ -126,6 +130,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         self.threads.append(hub.spawn(self._register))
         self.threads.append(hub.spawn(self._worker))
         self.threads.append(hub.spawn(self._canary))
+        self.threads.append(hub.spawn(self._reporter))
         self.agent.start()
         return thread
 
@@ -231,7 +236,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
                 self.installed = None
             finally:
                 self.busy = False
-            hub.spawn(self._report_status)
+            self.reports.put("sync")
 
     def _error(self, what: str) -> None:
         self.last_error = {"at": time.time(), "what": what}
@@ -307,7 +312,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             offload=eventlet.tpool.execute,
         )
         self.installed = result.installed
-        hub.spawn(self._report, versions, objects)
+        self.to_report = (versions, objects)
         self.syncs += 1
         reused, compiled = self.compiler.last_round
         self.last = {
@@ -352,6 +357,17 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         else:
             gc.collect(1)
         gc.freeze()
+
+    def _reporter(self) -> None:
+        while True:
+            self.reports.get()
+            while not self.reports.empty():  # a burst of syncs: report the last one once
+                self.reports.get()
+            if self.to_report is not None:
+                versions, objects = self.to_report
+                self.to_report = None
+                self._report(versions, objects)
+            self._report_status()
 
     def _report(self, versions: dict[Sub, int], objects: dict[Sub, dict[str, Any]]) -> None:
         """Tell each shard which of its stream versions this switch now holds, so that

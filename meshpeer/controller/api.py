@@ -354,7 +354,6 @@ class ControllerApi:
         p = self._intent(
             ops.new_peering,
             self.shard.intent,
-            self.shard.directory,
             vpc,
             b["name"],
             b["peer_vpc"],
@@ -366,7 +365,7 @@ class ControllerApi:
         # The peer's view just fetched decides the state now (ACTIVE at once when the peer
         # has configured its side), not when the federation stream first delivers it.
         for peer_vpc, view in fetched.items():
-            self.shard.remote_views.setdefault(peer_vpc, view)
+            self.shard.adopt_fetched_view(peer_vpc, view)
         self.shard.commit([p])
         return 201, self._peering_programmed(ctx, vpc, p.name)
 

@@ -235,7 +235,6 @@ class PeerFacts:
 
 def new_peering(
     intent: Intent,
-    directory: Directory,
     vpc_name: str,
     name: str,
     peer_vpc: str,

@@ -251,8 +251,6 @@ def peering_objects(
         url = d.url_of(p.peer_vpc)
         if st is None or not st.active or st.peer_policy_id is None or st.peer_vni is None:
             continue
-        if url is None:  # not in the shard directory (any more): nowhere to follow it
-            continue
         grant = Grant(vpc, p.peer_vpc, st.peer_policy_id, host, expires, d.signing_key_id)
         out[p.peer_vpc] = PeeringObject(
             peering=p.name,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshpeer.controller.model import Intent, JsonObject, Network, Peering, Vpc
+from meshpeer.protocol.messages import NAME_RE
 from policies.overlap import find_overlaps
 
 ACTIVE = "ACTIVE"
@@ -83,11 +84,19 @@ def without_hosts(view: View | None) -> dict[str, Any] | None:
     return {**view, VPC_OBJ: vpc}
 
 
+MAX_VIEW_HOSTS = 4096
+
+
 def view_hosts(view: View | None) -> list[str]:
-    """The hosts a VPC's federation view says hold its endpoints."""
+    """The hosts a VPC's federation view says hold its endpoints: names only (anything else
+    a peer shard sends is dropped), at most MAX_VIEW_HOSTS, so a bad peer cannot make this
+    shard wait on hosts that do not exist without bound."""
     if not view or VPC_OBJ not in view:
         return []
-    return [str(h) for h in view[VPC_OBJ].get("hosts", [])]
+    hosts = view[VPC_OBJ].get("hosts", [])
+    if not isinstance(hosts, list):
+        return []
+    return [h for h in hosts if isinstance(h, str) and NAME_RE.fullmatch(h)][:MAX_VIEW_HOSTS]
 
 
 def peer_ranges(view: View | None) -> tuple[Network, ...]:

@@ -198,6 +198,12 @@ class ShardState:
                     hosts.add(r.host)
         return Scope(frozenset(vpcs), frozenset(hosts))
 
+    def adopt_fetched_view(self, vpc: str, view: View) -> None:
+        """A peer VPC's view fetched for a peering write, kept until its federation stream
+        delivers (a view the stream already delivered wins). No refresh here: the write's
+        commit that follows recomputes the states it touches."""
+        self.remote_views.setdefault(vpc, view)
+
     def set_remote_view(self, vpc: str, view: View | None) -> None:
         old = self.remote_views.get(vpc)
         if view is None:
@@ -294,7 +300,9 @@ class ShardState:
         """An OHC says which stream versions its switch now holds. Only streams this shard
         publishes are kept, and the host's entries for streams since removed are dropped, so
         what is held is bounded by (reporting hosts) x (published streams)."""
-        held = self.applied.get(host, {}) | streams
+        # Reports travel on separate connections: a late older one must not lower a version.
+        before = self.applied.get(host, {})
+        held = before | {name: max(v, before.get(name, v)) for name, v in streams.items()}
         kept = {name: v for name, v in held.items() if self._publishes(name)}
         if kept:
             self.applied[host] = kept

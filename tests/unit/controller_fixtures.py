@@ -56,7 +56,6 @@ def add_ilb(intent: Intent, vpc: str, name: str, ip: str, backends: dict[str, in
 
 def peer(
     intent: Intent,
-    d: Directory,
     vpc: str,
     other: str,
     export: dict[str, object] | None = None,
@@ -67,7 +66,7 @@ def peer(
     policy: ExportPolicy = parse_export_policy(export, "export")
     name = name or f"to-{other}"
     intent.put(
-        ops.new_peering(intent, d, vpc, name, other, policy, import_custom_routes, None, inbound)
+        ops.new_peering(intent, vpc, name, other, policy, import_custom_routes, None, inbound)
     )
 
 

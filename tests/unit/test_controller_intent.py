@@ -130,7 +130,7 @@ def test_endpoint_checks() -> None:
 def test_delete_guards() -> None:
     i = world()
     add_ilb(i, "blue", "lb", "10.1.0.100", {"b1": 1})
-    peer(i, D, "blue", "green")
+    peer(i, "blue", "green")
     assert "peerings: to-green" in rejects(409, "vpc", ops.check_vpc_delete, i, "blue")
     assert "backend of ILB lb" in rejects(
         409, "endpoint", ops.check_endpoint_delete, i, "blue", "b1"
@@ -146,16 +146,16 @@ def test_peering_checks() -> None:
     i = world()
     new = ops.new_peering
     pol = ExportPolicy()
-    rejects(400, "peer_vpc", new, i, D, "blue", "p", "blue", pol, False, None)
-    rejects(404, "peer_vpc", new, i, D, "blue", "p", "mars", pol, False, PeerFacts(False))
-    rejects(404, "peer_vpc", new, i, D, "blue", "p", "red", pol, False, PeerFacts(False))
+    rejects(400, "peer_vpc", new, i, "blue", "p", "blue", pol, False, None)
+    rejects(404, "peer_vpc", new, i, "blue", "p", "mars", pol, False, PeerFacts(False))
+    rejects(404, "peer_vpc", new, i, "blue", "p", "red", pol, False, PeerFacts(False))
     overlap = PeerFacts(True, (ipaddress.ip_network("10.1.0.0/16"),))
-    detail = rejects(409, "peer_vpc", new, i, D, "blue", "p", "red", pol, False, overlap)
+    detail = rejects(409, "peer_vpc", new, i, "blue", "p", "red", pol, False, overlap)
     assert "10.1.0.0/24 fits inside 10.1.0.0/16 of peer VPC 'red'" in detail
-    made = new(i, D, "blue", "p", "red", pol, False, None)  # peer shard unreachable: accepted
+    made = new(i, "blue", "p", "red", pol, False, None)  # peer shard unreachable: accepted
     i.put(made)
-    rejects(409, "name", new, i, D, "blue", "p", "green", pol, False, None)
-    rejects(409, "peer_vpc", new, i, D, "blue", "q", "red", pol, False, None)
+    rejects(409, "name", new, i, "blue", "p", "green", pol, False, None)
+    rejects(409, "peer_vpc", new, i, "blue", "q", "red", pol, False, None)
 
 
 def test_route_checks() -> None:

@@ -36,10 +36,10 @@ def state_of(i: Intent) -> dict[tuple[str, str], str]:
 
 def test_active_only_when_both_sides_configured() -> None:
     i = world()
-    peer(i, D, "blue", "red")
+    peer(i, "blue", "red")
     st = statuses(i, views(i, OWNER), OWNER)[("blue", "to-red")]
     assert st.state == INACTIVE and "has not configured a peering to 'blue'" in st.details
-    peer(i, D, "red", "blue", {"ranges": ["10.2.0.0/25"]})
+    peer(i, "red", "blue", {"ranges": ["10.2.0.0/25"]})
     assert state_of(i) == {("blue", "to-red"): ACTIVE, ("red", "to-blue"): ACTIVE}
     i.drop("peering", "red/to-blue")
     assert state_of(i) == {("blue", "to-red"): INACTIVE}
@@ -47,7 +47,7 @@ def test_active_only_when_both_sides_configured() -> None:
 
 def test_unknown_peer_view_is_inactive_and_says_why() -> None:
     i = world()
-    peer(i, D, "blue", "red")
+    peer(i, "blue", "red")
     st = statuses(i, {}, {"red": "ctl2"})[("blue", "to-red")]
     assert st.state == INACTIVE and "shard 'ctl2'" in st.details
 
@@ -55,7 +55,7 @@ def test_unknown_peer_view_is_inactive_and_says_why() -> None:
 def test_not_transitive() -> None:
     i = world()
     for a, b in (("blue", "red"), ("red", "blue"), ("red", "green"), ("green", "red")):
-        peer(i, D, a, b)
+        peer(i, a, b)
     pub = desired_streams(i, statuses(i, views(i, OWNER), OWNER), G, now=0.0)
     peers_of_blue = pub.streams[StreamId(ServiceName.PEERING, "blue", None, "hv1")]
     assert set(peers_of_blue) == {"red"}  # green is reachable from red, never from blue
@@ -65,8 +65,8 @@ def test_policy_filters_destinations_forwarding_and_ilbs() -> None:
     i = world()
     add_ilb(i, "red", "lbin", "10.2.0.100", {"r1": 3, "r2": 1})
     add_ilb(i, "red", "lbout", "10.2.0.150", {"r1": 1})
-    peer(i, D, "blue", "red")
-    peer(i, D, "red", "blue", {"ranges": ["10.2.0.0/25"]})
+    peer(i, "blue", "red")
+    peer(i, "red", "blue", {"ranges": ["10.2.0.0/25"]})
     st = statuses(i, views(i, OWNER), OWNER)
     pub = desired_streams(i, st, G, now=0.0)
     pid = st[("blue", "to-red")].peer_policy_id
@@ -89,8 +89,8 @@ def test_hundred_peers_three_policies_three_service_sets() -> None:
     for n in range(100):
         name = f"p{n}"
         add_vpc(i, D, "ctl1", name, f"10.{100 + n // 200}.{n % 200}.0/24")
-        peer(i, D, "blue", name, exports[n % 3])
-        peer(i, D, name, "blue")
+        peer(i, "blue", name, exports[n % 3])
+        peer(i, name, "blue")
     st = statuses(i, views(i, OWNER), OWNER)
     pub = desired_streams(i, st, G, now=0.0)
     blue_sets = {k: v for k, v in pub.service_sets.items() if k[0] == "blue"}
@@ -102,8 +102,8 @@ def test_hundred_peers_three_policies_three_service_sets() -> None:
 
 def test_peering_stream_grants_verify_for_that_host_only() -> None:
     i = world()
-    peer(i, D, "blue", "red")
-    peer(i, D, "red", "blue")
+    peer(i, "blue", "red")
+    peer(i, "red", "blue")
     st = statuses(i, views(i, OWNER), OWNER)
     pub = desired_streams(i, st, G, now=1000.0)
     entry = pub.streams[StreamId(ServiceName.PEERING, "blue", None, "hv1")]["red"]
@@ -154,8 +154,8 @@ def test_effective_routes_with_origins_and_reasons() -> None:
             100,
         )
     )
-    peer(i, D, "blue", "red")
-    peer(i, D, "red", "blue", {"custom_routes": True})
+    peer(i, "blue", "red")
+    peer(i, "red", "blue", {"custom_routes": True})
     vs = views(i, OWNER)
     st = statuses(i, vs, OWNER)
     routes = {(r["prefix"], r["origin"]): r for r in effective_routes(i, "blue", st, vs)}
@@ -183,12 +183,12 @@ def test_who_must_apply_a_write_before_it_is_programmed() -> None:
         StreamId(ServiceName.ENDPOINT, "hv7"): frozenset({"hv7"})
     }
     assert must_apply(i, {}, vs, r7, deleted=True) == {}  # hv7 never registered
-    peer(i, D, "blue", "red")
+    peer(i, "blue", "red")
     blue_red = i.peerings[("blue", "to-red")]
     own = {StreamId(ServiceName.PEERING, "blue", None, "hv1"): frozenset({"hv1"})}
     states = statuses(i, views(i, OWNER), OWNER)
     assert must_apply(i, states, vs, blue_red, deleted=False) == own  # INACTIVE
-    peer(i, D, "red", "blue")
+    peer(i, "red", "blue")
     vs = views(i, OWNER)
     states = statuses(i, vs, OWNER)
     back = {
@@ -199,3 +199,13 @@ def test_who_must_apply_a_write_before_it_is_programmed() -> None:
     assert must_apply(i, states, vs, blue_red, deleted=True) == own
     # A shard that does not own red reads red's hosts from red's federation view.
     assert federation_view(i, "ctl2", "red")["vpc"]["hosts"] == ["hv2", "hv3", "hv7"]
+
+
+def test_a_peer_views_host_list_is_names_only_and_bounded() -> None:
+    from meshpeer.controller.peering import MAX_VIEW_HOSTS, VPC_OBJ, view_hosts
+
+    view = {VPC_OBJ: {"hosts": ["hv1", 7, "bad name", {"x": 1}, "hv2"]}}
+    assert view_hosts(view) == ["hv1", "hv2"]
+    assert view_hosts({VPC_OBJ: {"hosts": "hv1"}}) == []
+    many = {VPC_OBJ: {"hosts": [f"h{i}" for i in range(MAX_VIEW_HOSTS + 10)]}}
+    assert len(view_hosts(many)) == MAX_VIEW_HOSTS

@@ -36,7 +36,7 @@ def build(s: ShardState) -> None:
     )
     s.commit([ep])
     for a, b in (("blue", "red"), ("red", "blue"), ("green", "red"), ("red", "green")):
-        s.commit([ops.new_peering(s.intent, D, a, f"to-{b}", b, ExportPolicy(), False, None)])
+        s.commit([ops.new_peering(s.intent, a, f"to-{b}", b, ExportPolicy(), False, None)])
 
 
 def test_one_stream_per_policy_and_closing_only_the_departed_peer(tmp_path: pathlib.Path) -> None:
@@ -127,7 +127,7 @@ def test_scoped_refresh_equals_a_full_recompute(tmp_path: pathlib.Path) -> None:
         lambda: s.commit(deletes=[Delete("endpoint", "red/r1")]),
         lambda: s.commit(deletes=[Delete("endpoint", "blue/b1")]),  # hv1 keeps only r2
         lambda: s.commit(
-            [ops.new_peering(s.intent, D, "red", "to-blue", "blue", ExportPolicy(), False, None)]
+            [ops.new_peering(s.intent, "red", "to-blue", "blue", ExportPolicy(), False, None)]
         ),
     ]
     for step in steps:
@@ -173,6 +173,8 @@ def test_applied_reports_keep_only_published_streams(tmp_path: pathlib.Path) -> 
     published = stream_name(ServiceName.DESTINATION, "red", pid, None)
     junk = {f"destination/nosuch{i}//": 1 for i in range(100)} | {"not a stream": 1}
     s.report_applied("hv2", {published: 5, **junk})
+    assert s.applied == {"hv2": {published: 5}}
+    s.report_applied("hv2", {published: 3})  # an older report arriving late lowers nothing
     assert s.applied == {"hv2": {published: 5}}
     s.report_applied("hv9", junk)
     assert "hv9" not in s.applied

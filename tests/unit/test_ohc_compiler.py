@@ -82,8 +82,8 @@ def full_intent() -> Intent:
     i = base_intent()
     add_ilb(i, "red", "lbin", "10.2.0.100", {"r1": 3, "r4": 1})
     add_route(i, "blue", "onprem", "192.168.0.0/16", "10.1.0.12")
-    peer(i, D, "blue", "red")
-    peer(i, D, "red", "blue", {"ranges": ["10.2.0.0/25"]})
+    peer(i, "blue", "red")
+    peer(i, "red", "blue", {"ranges": ["10.2.0.0/25"]})
     return i
 
 
@@ -353,8 +353,8 @@ def test_ipv6_destinations_follow_the_same_rules() -> None:
     add_vm(i, "blue", "b1", "fd00:1::11", "hv1")
     add_vm(i, "red", "r1", "fd00:2::11", "hv2")
     add_vm(i, "red", "r2", "fd00:2::ff:11", "hv2")
-    peer(i, D, "blue", "red")
-    peer(i, D, "red", "blue", {"ranges": ["fd00:2::/112"]})
+    peer(i, "blue", "red")
+    peer(i, "red", "blue", {"ranges": ["fd00:2::/112"]})
     v6 = build_lab(i)
     host, port, ip, mac = v6.vm("blue", "b1")
     pkt = {
@@ -655,7 +655,7 @@ def apply_op(i: Intent, op: tuple[str, int]) -> None:
             export: dict[str, object] | None = None
             if (a, n % 3) == ("red", 0):
                 export = {"ranges": ["10.2.0.0/25"]}
-            peer(i, D, a, b, export)
+            peer(i, a, b, export)
     elif kind == "inbound":  # one side of a peering flips between all and replies
         a, b = [("blue", "red"), ("red", "blue"), ("green", "red"), ("red", "green")][n % 4]
         p = i.peerings.get((a, f"to-{b}"))
@@ -804,8 +804,8 @@ def test_ipv6_neighbour_solicitations_go_to_the_ohc_with_the_answer_mac() -> Non
     add_vm(i, "blue", "b1", "fd00:1::11", "hv1")
     add_vm(i, "blue", "b3", "fd00:1::13", "hv2")
     add_vm(i, "red", "r1", "fd00:2::11", "hv2")
-    peer(i, D, "blue", "red")
-    peer(i, D, "red", "blue")
+    peer(i, "blue", "red")
+    peer(i, "red", "blue")
     v6 = build_lab(i)
     host, port, ip, mac = v6.vm("blue", "b1")
     ns = {

@@ -24,7 +24,6 @@ from tests.unit.controller_fixtures import add_ilb, peer
 from tests.unit.test_ohc_compiler import (
     DP,
     OFPORT,
-    D,
     Lab,
     base_intent,
     build_lab,
@@ -46,8 +45,8 @@ FLOWS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 
 def one_way_lab(inbound: Inbound = "replies") -> Lab:
     i = base_intent()
-    peer(i, D, "blue", "red", inbound=inbound)
-    peer(i, D, "red", "blue")
+    peer(i, "blue", "red", inbound=inbound)
+    peer(i, "red", "blue")
     return build_lab(i)
 
 
@@ -130,8 +129,8 @@ def test_inbound_all_is_todays_two_way_peering() -> None:
 def test_a_peer_ilb_is_opened_through_and_answers_from_its_vip() -> None:
     i = base_intent()
     add_ilb(i, "red", "lbin", "10.2.0.100", {"r1": 1})
-    peer(i, D, "blue", "red", inbound="replies")
-    peer(i, D, "red", "blue")
+    peer(i, "blue", "red", inbound="replies")
+    peer(i, "red", "blue")
     lab = build_lab(i)
     b1_port = OFPORT[("blue", "b1")]
     # r1 answers from the VIP (direct server return): only after b1 asked

@@ -192,9 +192,9 @@ def plum_sage_teak(plum_imports: bool = False) -> Intent:
     net, hop = ipaddress.ip_network("10.129.0.0/24"), ipaddress.ip_address("10.128.0.10")
     i.put(ops.new_route(i, "teak", "onprem", net, hop, 1000))
     for other in ("plum", "sage"):
-        peer(i, D, "teak", other, {"custom_routes": True}, name=f"teak-{other}")
-    peer(i, D, "plum", "teak", None, plum_imports, name="plum-teak")
-    peer(i, D, "sage", "teak", None, True, name="sage-teak")
+        peer(i, "teak", other, {"custom_routes": True}, name=f"teak-{other}")
+    peer(i, "plum", "teak", None, plum_imports, name="plum-teak")
+    peer(i, "sage", "teak", None, True, name="sage-teak")
     return i
 
 
@@ -281,7 +281,7 @@ def worlds(draw: st.DrawFn) -> Intent:
             for one in sides:
                 other = b if one == a else a
                 export = {"custom_routes": draw(st.booleans())}
-                peer(i, D, one, other, export, draw(st.booleans()))
+                peer(i, one, other, export, draw(st.booleans()))
     return i
 
 
