@@ -51,6 +51,7 @@ from ohc.syncer import SwitchState, with_canary
 log = logging.getLogger(__name__)
 
 
+PORT_REREAD_DELAY = 1.0  # seconds, while an interface waits for its OpenFlow port number
 FULL_GC_INTERVAL = 600.0  # seconds between full garbage collections (see _freeze_heap)
 
 REPLY_EVENTS = [
@@ -281,6 +282,8 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
     def _sync(self, dp: Any, reasons: set[str]) -> None:
         if reasons & {"connect", "ports"} or not self.ports.vms:
             self.ports = read_ports(self.conf.ovsdb)
+            if self.ports.numbering:
+                hub.spawn_after(PORT_REREAD_DELAY, self.triggers.put, "ports")
         if "canary-missing" in reasons:
             self.installed = None  # the switch lost its flows: read it back and resync fully
         # One snapshot, taken without yielding: the objects the view is built from, their

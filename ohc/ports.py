@@ -53,6 +53,15 @@ class SwitchPorts:
     tunnel: int | None  # the flow-based Geneve port's ofport; None: there is none
     skipped: tuple[Skipped, ...]
 
+    @property
+    def numbering(self) -> bool:
+        """Some interface has no OpenFlow port number yet: OVS writes it to OVSDB after the
+        port status event that made the OHC read, so read again shortly."""
+        return any(s.service == "port" and s.reason.startswith(NOT_YET) for s in self.skipped)
+
+
+NOT_YET = "no OpenFlow port yet"
+
 
 def _cell(value: object) -> object:
     """An OVSDB JSON cell: an empty set is "no value", a one-element set its element."""
@@ -102,7 +111,7 @@ def _no_ofport(row: InterfaceRow) -> str | None:
     detail = f": {row.error}" if row.error else ""
     if row.ofport == -1:
         return f"OVS could not attach it (ofport -1){detail}"
-    return f"no OpenFlow port yet{detail}"
+    return f"{NOT_YET}{detail}"
 
 
 def classify(rows: Iterable[InterfaceRow]) -> SwitchPorts:

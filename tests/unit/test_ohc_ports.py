@@ -177,3 +177,10 @@ def test_skips_are_logged_once_ports_at_warning() -> None:
     assert fixed == []
     back, _ = new_skips((dest, port), logged)
     assert back == [(logging.WARNING, port)]  # came back after it was fixed: said again
+
+
+def test_an_interface_waiting_for_its_number_asks_for_another_read() -> None:
+    waiting = classify([row("tap1", None, "b1", "blue")])
+    assert waiting.numbering  # OVS has not written its ofport yet: the OHC reads again soon
+    assert not classify([row("tap1", 3, "b1", "blue")]).numbering
+    assert not classify([row("tap1", -1, "b1", "blue", error="no such device")]).numbering
