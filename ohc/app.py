@@ -319,6 +319,9 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             "plan_s": round(result.plan_s, 4),
             "send_s": round(result.send_s, 4),
             "total_s": round(result.total_s, 4),
+            # read back from the switch (a full sync): installed flows that were not desired
+            # ones, so parsed one by one (ohc.readback); 0 on a restart with nothing changed
+            "read_unmatched": None if result.canary_was_present is None else result.read_unmatched,
             "skipped": [str(s) for s in skipped][:20],
             "applied": applied_versions(versions),
         }
