@@ -124,6 +124,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         self.full_gc_at = time.monotonic()
         self.read_back_by = 0.0  # monotonic time until which a read-back waits for the streams
         self.deferred: set[str] = set()  # reasons of the syncs deferred meanwhile
+        self.grace_timer: Any = None  # ends a deferral (_defer_read_back)
 
     def start(self) -> Any:
         thread = super().start()
@@ -178,6 +179,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             self.installed = None
             self.read_back_by = time.monotonic() + READ_BACK_GRACE
             self.deferred = set()  # a sync compiles the whole view: no reason is lost
+            self._end_grace()
             self.triggers.put("connect")
         elif ev.datapath is self.datapath:
             self.replies.abort(ev.datapath)
@@ -236,6 +238,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
                 self.deferred = reasons
                 continue
             self.deferred = set()
+            self._end_grace()
             self.busy = True
             try:
                 self._sync(dp, reasons)
@@ -254,9 +257,14 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         wait = self.read_back_by - time.monotonic()
         if self.installed is not None or wait <= 0 or self.agent.complete():
             return False
-        if not self.deferred:  # the first deferral since connecting
-            hub.spawn_after(wait, self.triggers.put, "read-back-grace")
+        if self.grace_timer is None:
+            self.grace_timer = hub.spawn_after(wait, self.triggers.put, "read-back-grace")
         return True
+
+    def _end_grace(self) -> None:
+        if self.grace_timer is not None:
+            hub.kill(self.grace_timer)
+            self.grace_timer = None
 
     def view(self, objects: dict[Sub, dict[str, Any]]) -> tuple[HostView, tuple[Skipped, ...]]:
         """The host's view of ``objects`` (the agent's replicas), parsed with ``self.parsed``."""
