@@ -197,6 +197,7 @@ def time_install(
     timeline: list[tuple[float, int, int]] = []  # (seconds, sync n, flows) per new sync
     installed_at: float | None = None
     install_sync_s: float | None = None  # the OHC's own time for that sync
+    install_sync: dict[str, Any] = {}  # where that sync's time went (the OHC's status)
     last_n, last_change = -1, time.time()
     rss_peak = 0.0
     while time.time() - t0 < timeout:
@@ -209,6 +210,8 @@ def time_install(
             timeline.append((round(at - t0, 3), last["n"], last["flows"]))
             if installed_at is None and last["flows"] >= expected:
                 installed_at, install_sync_s = at, last.get("total_s")
+                parts = ("compile_s", "read_s", "plan_s", "send_s", "read_unmatched", "reasons")
+                install_sync = {k: last.get(k) for k in parts}
         if installed_at is not None and time.time() - last_change >= quiet:
             break
         time.sleep(0.05)
@@ -224,6 +227,7 @@ def time_install(
         "flows_reported": last.get("flows"),
         "flows_on_switch": switch_flows(h),
         "install_sync_s": install_sync_s,
+        "install_sync": install_sync,
         "last_sync_s": last.get("total_s"),
         "last_sync_counts": last.get("counts"),
         "syncs": last.get("n"),

@@ -2,10 +2,12 @@
 
 Thin by design; every decision is in ``ohc.syncer``. This module only
 
-* converts os-ken stats (``OFPFlowStats``, ``OFPGroupDescStats``) into ``ohc.flows`` values,
-  exactly inverting ``ohc.flows.flow_mod``/``group_mod`` after ``canonical_flow`` (the form
-  OVS reports a flow in: instructions in execution order, no empty apply-actions, masks
-  applied, full masks dropped, lower-case MACs, compressed IPv6);
+* reads flows back: an installed flow whose bytes are a desired flow's is that flow
+  (``ohc.readback``: no os-ken object per flow); any other is parsed by os-ken and converted
+  (``OFPFlowStats``, ``OFPGroupDescStats`` into ``ohc.flows`` values), exactly inverting
+  ``ohc.flows.flow_mod``/``group_mod`` after ``canonical_flow`` (the form OVS reports a flow
+  in: instructions in execution order, no empty apply-actions, masks applied, full masks
+  dropped, lower-case MACs, compressed IPv6);
 * turns a ``SyncPlan`` into messages and sends them as ONE OpenFlow 1.3 ONF bundle
   (``ONFBundleCtrlMsg``/``ONFBundleAddMsg``, flags ATOMIC|ORDERED), waiting for the commit
   reply or an error (which rolls the whole bundle back);
@@ -37,7 +39,7 @@ from typing import Any
 import eventlet
 import eventlet.event
 
-from ohc import wire
+from ohc import readback, wire
 from ohc.flows import (
     CT_COMMIT,
     Action,
@@ -199,8 +201,72 @@ def canonical_instructions(instructions: Iterable[Instruction]) -> tuple[Instruc
     return tuple(sorted(out, key=lambda i: _INSTRUCTION_RANK[type(i)]))
 
 
+def _is_canonical_text(name: str, value: str) -> bool:
+    if _is_mac(name, value):
+        return value == value.lower()
+    if _CANONICAL_V4_RE.fullmatch(value):
+        return True
+    try:
+        return ":" in value and str(ipaddress.IPv6Address(value)) == value
+    except ValueError:
+        return False
+
+
+def _is_canonical_match(match: Match) -> bool:
+    previous = ""
+    for name, value in match.fields:
+        if name <= previous:
+            return False
+        previous = name
+        if isinstance(value, str):
+            if not _is_canonical_text(name, value):
+                return False
+        elif isinstance(value, tuple):
+            raw, mask = value
+            if not (
+                isinstance(raw, int)
+                and isinstance(mask, int)
+                and 0 < mask < _full_mask(name, raw)
+                and raw & mask == raw
+            ):
+                return False
+    return True
+
+
+def _is_canonical_action(a: Action) -> bool:
+    if isinstance(a, SetField) and isinstance(a.value, str) and a.name != UNREPRESENTABLE:
+        return _is_canonical_text(a.name, a.value)
+    return True
+
+
+def _is_canonical_instructions(instructions: tuple[Instruction, ...]) -> bool:
+    rank = -1
+    for i in instructions:
+        r = _INSTRUCTION_RANK[type(i)]
+        if r < rank:
+            return False
+        rank = r
+        if isinstance(i, Apply):
+            if not i.actions:
+                return False
+            if not all(_is_canonical_action(a) for a in i.actions):
+                return False
+        elif isinstance(i, WriteMetadata) and i.value & i.mask != i.value:
+            return False
+    return True
+
+
 def canonical_flow(flow: Flow) -> Flow:
-    """The flow as a switch reports it back: compare canonical desired with read-back installed."""
+    """The flow as a switch reports it back: compare canonical desired with read-back installed.
+
+    A flow already in that form (what the compiler makes, almost always) is returned itself:
+    checking costs a fraction of rebuilding, and no second copy of the flow is kept."""
+    if _is_canonical_match(flow.match) and _is_canonical_instructions(flow.instructions):
+        return flow
+    return _rebuilt_canonical(flow)
+
+
+def _rebuilt_canonical(flow: Flow) -> Flow:
     return Flow(
         flow.table,
         flow.priority,
@@ -542,6 +608,7 @@ def flow_stats_request(
     datapath: Any, table_id: int | None = None, cookie: int = 0, cookie_mask: int = 0
 ) -> Any:
     ofp, parser = datapath.ofproto, datapath.ofproto_parser
+    readback.install()  # the reply's entries arrive as bytes (ohc.readback)
     return parser.OFPFlowStatsRequest(
         datapath,
         0,
@@ -567,16 +634,40 @@ def _multipart(replies: Replies, datapath: Any, request: Any, timeout: float) ->
     return [entry for reply in call.replies for entry in reply.body]
 
 
+@dataclass(frozen=True)
+class ReadFlows:
+    """Flows read back from a switch; ``unmatched`` of them were not known flows."""
+
+    flows: frozenset[Flow]
+    unmatched: int  # entries that were not a known flow: parsed by os-ken, converted
+
+
 def read_flows(
-    replies: Replies, datapath: Any, timeout: float = DEFAULT_TIMEOUT, offload: Offload = inline
-) -> frozenset[Flow]:
+    replies: Replies,
+    datapath: Any,
+    timeout: float = DEFAULT_TIMEOUT,
+    offload: Offload = inline,
+    known: Iterable[Flow] = (),
+) -> ReadFlows:
+    """Every installed flow. An installed flow equal to one of the canonical ``known`` flows
+    (the desired ones) is read as that very object, without parsing it (``ohc.readback``);
+    the others (``ReadFlows.unmatched`` of them) are parsed and converted exactly."""
     stats = _multipart(replies, datapath, flow_stats_request(datapath), timeout)
-    result: frozenset[Flow] = offload(_flows_from_stats, datapath, stats)
+    result: ReadFlows = offload(flows_from_stats, datapath, stats, known)
     return result
 
 
-def _flows_from_stats(datapath: Any, stats: list[Any]) -> frozenset[Flow]:
-    return frozenset(flow_from_stats(datapath, s) for s in stats)
+def flows_from_stats(datapath: Any, stats: list[Any], known: Iterable[Flow] = ()) -> ReadFlows:
+    """Flow-stats reply bodies (``readback.RawFlowStats`` or os-ken's ``OFPFlowStats``) as
+    flows: an entry equal to a ``known`` flow is that flow; the others are converted."""
+    raw = [s for s in stats if isinstance(s, readback.RawFlowStats)]
+    found, unknown = readback.match(known, raw) if raw else ([], [])
+    parsed = [s for s in stats if not isinstance(s, readback.RawFlowStats)]
+    parsed += [reply.osken(off) for reply, off in unknown]
+    # Canonical, as the desired flows are: os-ken renders e.g. ::1:0 as ::0.1.0.0, and a key
+    # that differs only in its rendering would be planned as an add plus a delete.
+    flows = frozenset(found).union(canonical_flow(flow_from_stats(datapath, s)) for s in parsed)
+    return ReadFlows(flows, len(parsed))
 
 
 def read_groups(
@@ -587,18 +678,24 @@ def read_groups(
 
 
 def read_installed(
-    replies: Replies, datapath: Any, timeout: float = DEFAULT_TIMEOUT, offload: Offload = inline
-) -> SwitchState:
-    """Every flow and group on the switch (multipart replies collected)."""
+    replies: Replies,
+    datapath: Any,
+    timeout: float = DEFAULT_TIMEOUT,
+    offload: Offload = inline,
+    known: Iterable[Flow] = (),
+) -> tuple[SwitchState, int]:
+    """Every flow and group on the switch (multipart replies collected), and how many flows
+    were not ``known`` ones (see ``read_flows``)."""
     groups = read_groups(replies, datapath, timeout)
-    return SwitchState(read_flows(replies, datapath, timeout, offload), groups)
+    read = read_flows(replies, datapath, timeout, offload, known)
+    return SwitchState(read.flows, groups), read.unmatched
 
 
 def has_canary(replies: Replies, datapath: Any, timeout: float = DEFAULT_TIMEOUT) -> bool:
     """Is the canary flow still installed? Its absence means the switch lost its flows."""
     req = flow_stats_request(datapath, CANARY.table, CANARY.cookie, ALL_COOKIE_BITS)
     stats = _multipart(replies, datapath, req, timeout)
-    return any(flow_from_stats(datapath, s) == CANARY for s in stats)
+    return CANARY in flows_from_stats(datapath, stats, (CANARY,)).flows
 
 
 def send_plan(
@@ -675,6 +772,7 @@ class SyncResult:
     plan_s: float
     send_s: float
     canary_was_present: bool | None = None
+    read_unmatched: int = 0  # installed flows read back that were not desired ones (parsed)
 
     @property
     def total_s(self) -> float:
@@ -701,8 +799,9 @@ def sync(
     """
     t0 = time.monotonic()
     canary: bool | None = None
+    unmatched = 0
     if installed is None:
-        installed = read_installed(replies, datapath, timeout, offload)
+        installed, unmatched = read_installed(replies, datapath, timeout, offload, desired.flows)
         canary = CANARY in installed.flows
     t1 = time.monotonic()
     the_plan: SyncPlan = offload(plan, desired, installed)
@@ -712,4 +811,4 @@ def sync(
     send_plan(replies, datapath, the_plan, bundle_id, timeout, offload)
     t3 = time.monotonic()
     after: SwitchState = offload(the_plan.apply_to, installed)
-    return SyncResult(the_plan, after, t1 - t0, t2 - t1, t3 - t2, canary)
+    return SyncResult(the_plan, after, t1 - t0, t2 - t1, t3 - t2, canary, unmatched)

@@ -204,7 +204,7 @@ def plan(desired: FlowState, installed: FlowState) -> SyncPlan:
         raise PlanError("two desired groups share a group id")
     want = flows_by_key(desired.flows - installed.flows)
     have = flows_by_key(installed.flows - desired.flows)
-    installed_keys = _by_key(installed)
+    installed_keys = _by_key(installed) if want else {}  # indexing 100k flows: ~0.3 s
     for k, f in want.items():
         if k not in have and k in installed_keys:  # the installed flow there is desired too
             raise PlanError(f"two flows share a key:\n  {installed_keys[k].text()}\n  {f.text()}")

@@ -157,6 +157,10 @@ def test_ohc_restart_loses_nothing_and_sends_no_changes(lab: Lab) -> None:
     assert not result.gaps(), result.missing()
     assert changes(syncs) == 0, syncs
     assert status["last_sync"]["flows"] == len(before), (status, len(before))
+    # The complete sync read the switch back (its first sync): every installed flow was
+    # recognised as a desired one from its bytes (ohc.readback), none had to be parsed.
+    assert "connect" in status["last_sync"]["reasons"], status["last_sync"]
+    assert status["last_sync"]["read_unmatched"] == 0, status["last_sync"]
     assert status["received"]["objects"] > 0
     # Nothing was re-added: every flow is older than the restart.
     after = flow_ages(hv1)

@@ -4,6 +4,7 @@ the os-ken round trip of ohc.flows values, and the bundle protocol of ``send_pla
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 from typing import Any
 
@@ -42,6 +43,7 @@ from ohc.syncer import (
     with_canary,
 )
 from tests.support.fakeoftable import FakeOFError, FakeOFTable, decode_wire, parse_wire
+from tests.unit.test_ohc_wire import flows as wire_flows
 
 
 class StubDatapath:
@@ -309,6 +311,56 @@ def test_canonical_form() -> None:
     for flow in ROUND_TRIP:
         once = ofio.canonical_flow(flow)
         assert ofio.canonical_flow(once) == once
+
+
+@st.composite
+def perturbed_flows(draw: st.DrawFn) -> Flow:
+    """Canonical flows, then put out of canonical form in the ways the compiler or a caller
+    could: upper-case MACs, full and zero masks, value bits outside the mask, long IPv6 text,
+    instructions out of execution order, empty apply-actions."""
+    f = draw(wire_flows())
+    fields = dict(f.match.fields)
+    for name, value in list(fields.items()):
+        how = draw(st.sampled_from(["keep", "keep", "upper", "full", "zero", "outside", "long"]))
+        if how == "upper" and isinstance(value, str) and ":" in value:
+            fields[name] = value.upper()
+        elif how == "full" and not isinstance(value, tuple):
+            full = "ff:ff:ff:ff:ff:ff" if name in ("eth_src", "eth_dst") else None
+            if isinstance(value, int):
+                fields[name] = (value, ofio._full_mask(name, value))
+            elif full is not None:
+                fields[name] = (value, full)
+        elif how == "zero" and isinstance(value, tuple) and isinstance(value[1], int):
+            fields[name] = (value[0], 0)
+        elif how == "outside" and isinstance(value, tuple) and isinstance(value[1], int):
+            fields[name] = (value[0] | ~value[1] & 0xFF, value[1])
+        elif how == "long" and isinstance(value, str) and value.count(":") > 1 and "::" in value:
+            fields[name] = str(ipaddress.IPv6Address(value).exploded)
+    ins = list(f.instructions)
+    if draw(st.booleans()):
+        ins.reverse()
+    if draw(st.booleans()):
+        ins.append(Apply(()))
+    ins = [
+        WriteMetadata(i.value | 1, i.mask) if isinstance(i, WriteMetadata) and draw(st.booleans())
+        else i
+        for i in ins
+    ]  # fmt: skip
+    return Flow(f.table, f.priority, Match(tuple(sorted(fields.items()))), tuple(ins), f.cookie)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(wire_flows(), perturbed_flows()))
+def test_a_flow_already_canonical_is_returned_itself_and_others_are_rebuilt(f: Flow) -> None:
+    """canonical_flow's shortcut (return the flow itself) agrees with rebuilding it."""
+    canon = ofio.canonical_flow(f)
+    assert canon == ofio._rebuilt_canonical(f)
+    assert ofio.canonical_flow(canon) == canon
+    if canon == f and not any(isinstance(v, tuple) and isinstance(v[0], str) for _, v in
+                              f.match.fields):  # fmt: skip
+        assert canon is f  # masked addresses are always rebuilt (rare: subnet routes)
+    for flow in ROUND_TRIP:
+        assert ofio.canonical_flow(flow) == ofio._rebuilt_canonical(flow)
 
 
 def _reparse(msg: Any) -> Any:
