@@ -159,7 +159,11 @@ def seed_store(lab: common.Lab, start: int, n: int) -> float:
 
 
 def switch_flows(h: HostPlan) -> int:
-    out = ovs.ofctl(h, "dump-aggregate")
+    return switch_flows_on(h, "br-int")
+
+
+def switch_flows_on(h: HostPlan, bridge: str) -> int:
+    out = ovs.ofctl(h, "dump-aggregate", bridge=bridge)
     m = re.search(r"flow_count=(\d+)", out)
     return int(m.group(1)) if m else -1
 
@@ -167,6 +171,40 @@ def switch_flows(h: HostPlan) -> int:
 def clear_switch(h: HostPlan) -> None:
     ovs.ofctl(h, "del-flows")
     ovs.ofctl(h, "del-groups")
+
+
+BENCH_BRIDGE = "br-bench"
+
+
+def bundle_baseline(h: HostPlan) -> dict[str, Any]:
+    """The switch's own speed for the same state: br-int's flows and groups, dumped as text,
+    put into an empty scratch bridge of the same switch with ``ovs-ofctl --bundle add-flows``
+    (what issue 10 calls the limit to aim at). Wall time of that one command, text parsing
+    included; groups go in first, untimed, since flows point at them."""
+    flows = [
+        ln.strip()
+        for ln in ovs.ofctl(h, "dump-flows", "--no-stats").splitlines()
+        if ln.strip() and not ln.startswith(("NXST", "OFPST"))
+    ]
+    groups = [
+        ln.strip() for ln in ovs.ofctl(h, "dump-groups").splitlines()
+        if ln.strip().startswith("group_id=")
+    ]  # fmt: skip
+    ovs.vsctl(h, "--may-exist", "add-br", BENCH_BRIDGE, "--", "set", "bridge", BENCH_BRIDGE,
+              "datapath_type=netdev", "fail_mode=secure", f"protocols={ovs.OF_PROTOCOLS}",
+              "other-config:datapath-id=00000000000000bb")  # fmt: skip
+    try:
+        if groups:
+            ovs.ofctl(h, "add-groups", "-", bridge=BENCH_BRIDGE, stdin="\n".join(groups) + "\n")
+        t0 = time.monotonic()
+        ovs.ofctl(
+            h, "add-flows", "-", "--bundle", bridge=BENCH_BRIDGE, stdin="\n".join(flows) + "\n"
+        )
+        took = time.monotonic() - t0
+        held = switch_flows_on(h, BENCH_BRIDGE)
+    finally:
+        ovs.vsctl(h, "--if-exists", "del-br", BENCH_BRIDGE)
+    return {"bundle_s": round(took, 3), "bundle_flows": held, "bundle_groups": len(groups)}
 
 
 LOG_EVENTS = {  # (file in the host's rundir, text): counted during each install
@@ -272,6 +310,10 @@ def time_updates(lab: common.Lab, h: HostPlan, creator: Creator, count: int) -> 
     }
 
 
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else round(a / b, 1)
+
+
 def num(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
@@ -328,6 +370,11 @@ def main() -> None:
             cold = time_install(lab, hv1, expected, args.quiet, args.timeout)
             print(f"  installed {cold['flows_on_switch']} flows in {cold['installed_s']}s, "
                   f"RSS {cold['rss_mib']} MiB", flush=True)  # fmt: skip
+            baseline: dict[str, Any] = {}
+            if cold["converged"]:
+                baseline = bundle_baseline(hv1)
+                print(f"  ovs-ofctl --bundle add-flows of the same {baseline['bundle_flows']} "
+                      f"flows: {baseline['bundle_s']}s", flush=True)  # fmt: skip
             updates: dict[str, Any] | None = None
             if cold["converged"] and args.updates:
                 updates = time_updates(lab, hv1, creator, args.updates)
@@ -354,6 +401,10 @@ def main() -> None:
                     "create_s": round(secs, 2),
                     "create_rate_per_s": None if rate is None else round(rate, 2),
                     "cold": cold,
+                    # the switch's own speed for the same flows, and the OHC's install over it
+                    "bundle_s": baseline.get("bundle_s"),
+                    "bundle_ratio": ratio(cold["installed_s"], baseline.get("bundle_s")),
+                    "bundle": baseline or None,
                     "updates": updates,
                     "warm_restart": warm,
                     "ctl2_rss_mib": round(
@@ -388,6 +439,7 @@ def main() -> None:
     print("flow install on hv1: N peer endpoints learnt at once (OHC start -> flows installed)")
     print(
         f"{'peers':>7} {'via REST':>8} {'flows':>7} {'install s':>9} {'sync s':>6}"
+        f" {'bundle s':>8} {'x bundle':>8}"
         f" {'OHC cpu s':>9} {'update s':>8} {'compile s':>9} {'restart s':>9} {'RSS MiB':>7}"
         f" {'recv MB':>7} {'objects':>7} {'probe drops':>11} {'ctl2 MiB':>8}"
     )
@@ -397,6 +449,7 @@ def main() -> None:
         print(
             f"{r['endpoints']:>7} {r['by_rest_total']:>8} {c['flows_on_switch']:>7}"
             f" {num(c['installed_s']):>9} {num(c['install_sync_s']):>6}"
+            f" {num(r['bundle_s']):>8} {num(r['bundle_ratio']):>8}"
             f" {num(c['ohc_cpu_s']):>9}"
             f" {num(u.get('rest_to_programmed_s', {}).get('p50')):>8}"
             f" {num(u.get('ohc_compile_s', {}).get('p50')):>9} {num(w.get('installed_s')):>9}"
@@ -406,6 +459,8 @@ def main() -> None:
         )
     print("install s: OHC start -> a sync holds every flow ('-': not within the timeout);")
     print("sync s: the OHC's own time for that sync (read back, plan, send; not compile);")
+    print("bundle s: ovs-ofctl --bundle add-flows of the same flows into an empty bridge of the")
+    print("  same switch; x bundle: install s / bundle s (issue 10's target: <= 5);")
     print("update s: p50 of one more endpoint, REST call -> hv1 programmed (?wait=programmed);")
     print("compile s: p50 of the OHC's view + compile + canonical form for those updates;")
     print("probe drops: OVS dropped the OHC's OpenFlow connection (no echo reply for 5 s).")
