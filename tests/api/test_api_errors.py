@@ -79,6 +79,7 @@ CODES = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    414: "uri_too_long",
     415: "unsupported_media_type",
 }
 
@@ -97,6 +98,18 @@ CASES = [
     Case("json-nan", "POST", "/v1/vpcs", b'{"name":"amber","vni":NaN}', detail=("NaN",)),
     Case("json-not-utf8", "POST", EP, b'{"name":"\xff"}', detail=("UTF-8",)),
     Case("json-array", "POST", "/v1/vpcs", b"[]", detail=("expected object",)),
+    # Issue 17: 1,000 levels deep was an empty text/plain 500, on a path that needs no token.
+    Case(
+        "json-deep-applied",
+        "PUT",
+        "/v1/hosts/hv1/applied",
+        b'{"streams":' + b"[" * 1000 + b"]" * 1000 + b"}",
+        detail=("nested deeper than 32",),
+        headers={**JSON, "Authorization": ""},
+    ),
+    Case("json-deep-vpc", "POST", "/v1/vpcs", b'{"name":' + b"{" * 40 + b"}" * 40 + b"}"),
+    Case("url-too-long", "GET", "/v1/vpcs/" + "a" * 100_000, status=414, detail=("8192",)),
+    Case("path-not-utf8", "GET", "/v1/vpcs/%ff", detail=("not UTF-8",)),
     Case("json-empty", "POST", "/v1/vpcs", b"", detail=("required",)),
     Case("body-on-get", "GET", "/v1/vpcs", b"{}", detail=("takes no request body",)),
     Case("missing-field", "POST", "/v1/vpcs", {}, field="name", detail=("missing",)),
