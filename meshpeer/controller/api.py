@@ -38,7 +38,13 @@ from meshpeer.streaming.publisher import ndjson_response
 from policies.export import PolicyError, parse_export_policy
 
 NAME = Str(format="name")
-SUBNET_IN = Obj({"cidr": Str(format="cidr")}, {"name": NAME}, name="SubnetCreate")
+SUBNET_CIDR = Str(
+    format="cidr",
+    description="at least 4 addresses; not a /0 (a default route), and overlapping no"
+    " unspecified, loopback, multicast or broadcast address (0.0.0.0, 127.0.0.0/8, 224.0.0.0/4,"
+    " 255.255.255.255, ::, ::1, ff00::/8), which no host programs for an endpoint",
+)
+SUBNET_IN = Obj({"cidr": SUBNET_CIDR}, {"name": NAME}, name="SubnetCreate")
 VPC_IN = Obj(
     {"name": NAME}, {"subnets": Arr(SUBNET_IN), "vni": Int(1, (1 << 24) - 1)}, name="VpcCreate"
 )

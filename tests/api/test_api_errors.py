@@ -220,6 +220,27 @@ CASES = [
         field="next_hop",
     ),
     Case("mac-bad", "POST", EP, vm("b9", "10.1.0.9", mac="02:00:00:00:00"), field="mac"),
+    # Issue 17: what no OHC programs was a 201 (ohc/model.py skipped it afterwards).
+    Case("mac-broadcast", "POST", EP, vm("b9", "10.1.0.9", mac="ff:ff:ff:ff:ff:ff"), field="mac"),
+    Case("mac-multicast", "POST", EP, vm("b9", "10.1.0.9", mac="01:00:5e:00:00:01"), field="mac"),
+    Case("mac-zero", "POST", EP, vm("b9", "10.1.0.9", mac="00:00:00:00:00:00"), field="mac"),
+    Case("subnet-default-v6", "POST", "/v1/vpcs/blue/subnets", {"cidr": "::/0"}, field="cidr"),
+    Case(
+        "subnet-default-v4",
+        "POST",
+        "/v1/vpcs",
+        {"name": "amber", "subnets": [{"cidr": "0.0.0.0/0"}]},
+        field="subnets[0]",
+        detail=("default route",),
+    ),
+    Case(
+        "subnet-multicast",
+        "POST",
+        "/v1/vpcs/blue/subnets",
+        {"cidr": "ff02::/64"},
+        field="cidr",
+        detail=("multicast",),
+    ),
     Case(
         "ip-outside",
         "POST",
