@@ -8,11 +8,14 @@ are already validated, call the core, and return ``(status, json_body)`` or a we
 A path names one resource: the matching template with the fewest parameters (so
 ``/routes/effective`` is never ``/routes/{name}``, whatever the method). Order of checks:
 path (404) -> method (405) -> bearer token (401) -> path params, query, body
-(413, 415, 400) -> handler. Any other exception, wherever it is raised (matching, parsing the
-body, the handler, the answer's encoding), is a JSON 500 whose detail gives a request id that
-the traceback in the log also carries; a 5xx is always a bug. Unknown paths answer 404 without auth: the route table is public
+(413, 415, 400) -> handler. Unknown paths answer 404 without auth: the route table is public
 anyway (the OpenAPI document is), so this reveals nothing, and a request body is never parsed
 before the caller has been authenticated.
+
+Any other exception, wherever it is raised (matching, parsing the request, the handler, encoding
+the answer), is a JSON 500 whose detail gives a request id (also in ``X-Request-Id``) that the
+log line with its traceback carries too: a 5xx is always a bug. JSON nested deeper than
+``MAX_DEPTH`` is refused before parsing (the parser and the validators recurse).
 """
 
 from __future__ import annotations
