@@ -79,6 +79,7 @@ CODES = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    413: "payload_too_large",
     414: "uri_too_long",
     415: "unsupported_media_type",
 }
@@ -113,6 +114,14 @@ CASES = [
         "/v1/vpcs",
         b'{"name":' + b"[" * 40 + b"]" * 40 + b"}",
         detail=("nested deeper",),
+    ),
+    Case(
+        "body-too-large",
+        "POST",
+        "/v1/vpcs",
+        b'{"name": "' + b"a" * (1 << 20) + b'"}',
+        status=413,
+        detail=("1048576",),
     ),
     Case("url-too-long", "GET", "/v1/vpcs/" + "a" * 100_000, status=414, detail=("8192",)),
     Case("path-not-utf8", "GET", "/v1/vpcs/%ff", detail=("not UTF-8",)),
