@@ -37,13 +37,12 @@ from meshpeer import __version__
 from meshpeer.rest import errors
 from meshpeer.rest.errors import ApiError, bad_request
 from meshpeer.rest.openapi import build_openapi
-from meshpeer.rest.schema import Bool, Free, Int, Schema, Str, validate
+from meshpeer.rest.schema import MAX_DEPTH, Bool, Free, Int, Schema, Str, validate
 
 log = logging.getLogger(__name__)
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _PARAM = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
-MAX_DEPTH = 32  # JSON nesting; the deepest request body the API takes is about 6
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
 _NESTING = {"[": 1, "{": 1, "]": -1, "}": -1}

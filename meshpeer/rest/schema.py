@@ -26,6 +26,7 @@ from typing import Any, Literal
 from meshpeer.rest.errors import ApiError, bad_request
 
 Format = Literal["cidr", "ip", "mac", "name"]
+MAX_DEPTH = 32  # JSON nesting of a request body; the deepest the API takes is about 6
 
 
 def _ip_patterns() -> tuple[str, str]:

@@ -27,7 +27,7 @@ from meshpeer.rest import (
     not_found,
 )
 from meshpeer.rest import router as router_module
-from meshpeer.rest.router import MAX_DEPTH
+from meshpeer.rest.schema import MAX_DEPTH
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
