@@ -38,7 +38,13 @@ from meshpeer.streaming.publisher import ndjson_response
 from policies.export import PolicyError, parse_export_policy
 
 NAME = Str(format="name")
-SUBNET_IN = Obj({"cidr": Str(format="cidr")}, {"name": NAME}, name="SubnetCreate")
+SUBNET_CIDR = Str(
+    format="cidr",
+    description="at least 4 addresses; not a /0 (a default route), and overlapping no"
+    " unspecified, loopback, multicast or broadcast address (0.0.0.0, 127.0.0.0/8, 224.0.0.0/4,"
+    " 255.255.255.255, ::, ::1, ff00::/8), which no host programs for an endpoint",
+)
+SUBNET_IN = Obj({"cidr": SUBNET_CIDR}, {"name": NAME}, name="SubnetCreate")
 VPC_IN = Obj(
     {"name": NAME}, {"subnets": Arr(SUBNET_IN), "vni": Int(1, (1 << 24) - 1)}, name="VpcCreate"
 )
@@ -102,7 +108,9 @@ APPLIED_IN = Obj(
                 name="AppliedStream",
             ),
             max_items=MAX_APPLIED,
-            description="only streams this shard publishes are kept, one version per stream",
+            description="the reporting host's own streams (not another host's endpoint or"
+            " peering stream: 400); only streams this shard publishes are kept, one version per"
+            " stream",
         )
     },
     {},
@@ -141,6 +149,18 @@ class PollingSignal:
 
     def notify(self) -> None:
         pass
+
+
+def _check_own_stream(name: str, host: str, where: str) -> None:
+    """A host reports only streams it follows itself: another host's endpoint stream (keyed by
+    that host) or peering stream (per host) is refused."""
+    try:
+        service, key, _, for_host = parse_stream_name(name)
+    except ProtocolError as exc:
+        raise bad_request(where, exc.detail) from exc
+    owner = key if service is ServiceName.ENDPOINT else for_host
+    if owner is not None and owner != host:
+        raise bad_request(where, f"{name!r} is host {owner!r}'s stream; {host!r} reports its own")
 
 
 class ControllerApi:
@@ -484,6 +504,8 @@ class ControllerApi:
         holds a grant for, each with that grant. All checked before anything is recorded."""
         host = ctx.params["name"]
         streams = ctx.body["streams"]
+        for i, s in enumerate(streams):
+            _check_own_stream(s["stream"], host, f"streams[{i}].stream")
         if self._has_api_token(ctx):
             self._host(host)  # an own host registers before it reports
         if not self._has_api_token(ctx):

@@ -7,6 +7,7 @@ syntax) happen earlier, at the REST edge.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -29,6 +30,21 @@ from meshpeer.controller.model import (
 from meshpeer.protocol.peering import Inbound
 from policies.export import ExportPolicy
 from policies.overlap import find_overlaps
+
+# Addresses an OHC never programs for an endpoint (ohc/model.py parse_ip skips them): a subnet
+# may not overlap any, so every address it hands out is one a host can use.
+NOT_UNICAST: tuple[tuple[Network, str], ...] = tuple(
+    (ipaddress.ip_network(net), why)
+    for net, why in (
+        ("0.0.0.0/32", "unspecified"),
+        ("127.0.0.0/8", "loopback"),
+        ("224.0.0.0/4", "multicast"),
+        ("255.255.255.255/32", "broadcast"),
+        ("::/128", "unspecified"),
+        ("::1/128", "loopback"),
+        ("ff00::/8", "multicast"),
+    )
+)
 
 
 class IntentError(Exception):
@@ -104,7 +120,8 @@ def add_subnet(
     peer_ranges: Mapping[str, Sequence[Network]],
     field: str = "cidr",
 ) -> Vpc:
-    """A subnet may not overlap its VPC's other subnets, nor any peer's ranges."""
+    """A subnet may not overlap its VPC's other subnets, nor any peer's ranges, nor an address
+    no host can program (NOT_UNICAST); a /0 is a default route, not a subnet."""
     if any(s.name == subnet.name for s in vpc.subnets):
         raise conflict(
             f"{field}.name" if field != "cidr" else "name",
@@ -114,6 +131,13 @@ def add_subnet(
         raise bad(
             field, f"subnet {subnet.cidr} is too small: it needs room for a gateway and endpoints"
         )
+    if subnet.cidr.prefixlen == 0:
+        raise bad(field, f"{subnet.cidr} is a default route, not a subnet")
+    for net, why in NOT_UNICAST:
+        if net.version == subnet.cidr.version and net.overlaps(subnet.cidr):
+            raise bad(
+                field, f"subnet {subnet.cidr} overlaps {net} ({why}), which no host can program"
+            )
     for ov in find_overlaps([subnet.cidr], [s.cidr for s in vpc.subnets]):
         raise conflict(
             field, f"{ov.local} {ov.relation} {ov.peer}, already a subnet of VPC {vpc.name!r}"

@@ -14,6 +14,7 @@ ERROR_CODES: dict[int, str] = {
     405: "method_not_allowed",
     409: "conflict",
     413: "payload_too_large",
+    414: "uri_too_long",
     415: "unsupported_media_type",
     500: "internal",
 }
@@ -72,6 +73,10 @@ def unsupported_media_type(detail: str) -> ApiError:
 
 def payload_too_large(limit: int) -> ApiError:
     return ApiError(413, "payload_too_large", None, f"request body exceeds {limit} bytes")
+
+
+def uri_too_long(limit: int) -> ApiError:
+    return ApiError(414, "uri_too_long", None, f"request line (method, URL) exceeds {limit} bytes")
 
 
 def internal(detail: str = "internal error; see the controller log") -> ApiError:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from meshpeer.rest.schema import Nullable, Obj, Str, to_json_schema
+from meshpeer.rest.schema import MAX_DEPTH, Nullable, Obj, Str, to_json_schema
 
 if TYPE_CHECKING:
     from meshpeer.rest.router import Route
@@ -29,7 +29,8 @@ ERROR_SCHEMA = Obj(
         "detail": Str(description="human-readable explanation"),
     },
     name="Error",
-    description="Every non-2xx answer has this body.",
+    description="Every non-2xx answer has this body. A 500 is a bug: its detail names a request"
+    " id (also in the X-Request-Id header) under which the server logged the traceback.",
 )
 
 
@@ -107,6 +108,7 @@ def _operation(route: Route, components: dict[str, Any], error_ref: Any) -> dict
         op["parameters"] = parameters
     if route.body is not None:
         op["requestBody"] = {
+            "description": f"JSON nested at most {MAX_DEPTH} levels deep (else 400)",
             "required": True,
             "content": {"application/json": {"schema": to_json_schema(route.body, components)}},
         }

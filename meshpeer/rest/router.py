@@ -11,6 +11,11 @@ path (404) -> method (405) -> bearer token (401) -> path params, query, body
 (413, 415, 400) -> handler. Unknown paths answer 404 without auth: the route table is public
 anyway (the OpenAPI document is), so this reveals nothing, and a request body is never parsed
 before the caller has been authenticated.
+
+Any other exception, wherever it is raised (matching, parsing the request, the handler, encoding
+the answer), is a JSON 500 whose detail gives a request id (also in ``X-Request-Id``) that the
+log line with its traceback carries too: a 5xx is always a bug. JSON nested deeper than
+``MAX_DEPTH`` is refused before parsing (the parser and the validators recurse).
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ import hmac
 import json
 import logging
 import re
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from itertools import accumulate
 from typing import Any
 
 from webob import Request, Response
@@ -30,12 +37,15 @@ from meshpeer import __version__
 from meshpeer.rest import errors
 from meshpeer.rest.errors import ApiError, bad_request
 from meshpeer.rest.openapi import build_openapi
-from meshpeer.rest.schema import Bool, Free, Int, Schema, Str, validate
+from meshpeer.rest.schema import MAX_DEPTH, Bool, Free, Int, Schema, Str, validate
 
 log = logging.getLogger(__name__)
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _PARAM = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+_NESTING = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
 @dataclass(frozen=True)
@@ -103,7 +113,7 @@ class Route:
 
     def error_statuses(self) -> list[int]:
         """Every error status this operation can answer (and the OpenAPI document lists)."""
-        found = {400, 500} | set(self.errors)
+        found = {400, 414, 500} | set(self.errors)  # 414: the server refuses long URLs
         if self.auth or self.handler_auth:
             found.add(401)
         if self.param_names:
@@ -181,6 +191,8 @@ class Api:
             ctx = self._prepare(route, params, request)
         except ApiError as exc:
             return _error_response(exc)
+        except Exception:
+            return _internal_error(f"{request.method} {request.environ.get('PATH_INFO', '')}")
         try:
             result = route.handler(ctx)
             if isinstance(result, Response):
@@ -191,11 +203,13 @@ class Api:
                 return self._internal(route, f"handler raised undocumented status {exc.status}")
             return _error_response(exc)
         except Exception:
-            log.exception("unhandled error in %s %s", route.method, route.path)
-            return _error_response(errors.internal())
+            return _internal_error(f"{route.method} {route.path}")
 
     def _match(self, request: Request) -> tuple[Route, dict[str, str]]:
-        path: str = request.path_info
+        try:
+            path: str = request.path_info
+        except UnicodeDecodeError:
+            raise bad_request(None, "the path is not UTF-8 once percent-decoded") from None
         allowed: list[str] = []
         resource: str | None = None  # the one template this path names: literals win
         for pattern, route in self._table:
@@ -264,13 +278,16 @@ class Api:
         return _json_response(status, body)
 
     def _internal(self, route: Route, detail: str) -> Response:
-        log.error("%s %s: %s", route.method, route.path, detail)
-        return _error_response(errors.internal(detail))
+        return _internal_error(f"{route.method} {route.path}", detail)
 
 
 def _parse_query(route: Route, request: Request) -> dict[str, Any]:
     query: dict[str, Any] = {}
-    for name, text in request.GET.items():
+    try:
+        given = list(request.GET.items())
+    except UnicodeDecodeError:
+        raise bad_request(None, "the query string is not UTF-8 once percent-decoded") from None
+    for name, text in given:
         schema = route.query.get(name)
         if schema is None:
             raise bad_request(name, "unknown query parameter")
@@ -307,15 +324,38 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _check_depth(text: str) -> None:
+    """Refuse JSON nested deeper than MAX_DEPTH before parsing it: the parser and the
+    validators recurse, and a deep enough document would exhaust the stack."""
+    brackets = _NOT_BRACKETS.sub("", _JSON_STRING.sub("", text))
+    if max(accumulate(map(_NESTING.__getitem__, brackets)), default=0) > MAX_DEPTH:
+        raise bad_request(None, f"JSON nested deeper than {MAX_DEPTH} levels")
+
+
 def _parse_json(raw: bytes) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise bad_request(None, "request body is not UTF-8") from None
+    _check_depth(text)
     try:
         return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
     except ValueError as exc:  # JSONDecodeError is a ValueError, as are the hooks' errors
         raise bad_request(None, f"malformed JSON: {exc}") from None
+
+
+def _internal_error(where: str, problem: str | None = None) -> Response:
+    """A JSON 500 naming a fresh request id. Without ``problem``, called while an exception is
+    handled: the log line carries its traceback and the same id."""
+    request_id = uuid.uuid4().hex[:16]
+    if problem is None:
+        log.exception("request %s: unhandled error in %s", request_id, where)
+    else:
+        log.error("request %s: %s: %s", request_id, where, problem)
+    detail = f"{problem or 'internal error'}; see the controller log, request id {request_id}"
+    response = _error_response(errors.internal(detail))
+    response.headers["X-Request-Id"] = request_id
+    return response
 
 
 def _json_response(status: int, body: object) -> Response:

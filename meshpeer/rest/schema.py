@@ -4,7 +4,7 @@ One schema object serves both purposes, so the published document cannot drift f
 
 - :class:`Obj` always means ``additionalProperties: false``: an unknown field is a 400 naming it.
 - :class:`Str` formats ``cidr`` (strict: host bits set is an error), ``ip`` (IPv4 or IPv6, no
-  zone index), ``mac`` and ``name``; or an ``enum``.
+  zone index), ``mac`` (unicast, not all zeros) and ``name``; or an ``enum``.
 - :class:`Int` rejects booleans and floats; :class:`Arr` bounds its length; :class:`Nullable`
   admits ``null``.
 
@@ -26,6 +26,7 @@ from typing import Any, Literal
 from meshpeer.rest.errors import ApiError, bad_request
 
 Format = Literal["cidr", "ip", "mac", "name"]
+MAX_DEPTH = 32  # JSON nesting of a request body; the deepest the API takes is about 6
 
 
 def _ip_patterns() -> tuple[str, str]:
@@ -48,17 +49,22 @@ IPV4, IPV6 = _ip_patterns()
 # Unanchored; matched with re.fullmatch (``$`` would accept a trailing newline). Written in the
 # common subset of Python and ECMA-262 regexes, so the published document means the same.
 # ``ip``/``cidr`` are checked against these first, then parsed; a CIDR's host bits must also be
-# zero, which no pattern says (the format's description does).
+# zero, which no pattern says (the format's description does). ``mac`` is a unicast MAC, as an
+# OHC programs only those: the first octet's lowest bit clear (multicast and broadcast have it
+# set), and not all zeros (which the description says).
 PATTERNS: dict[str, str] = {
     "name": r"[a-z][a-z0-9-]{0,62}",
-    "mac": r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}",
+    "mac": r"[0-9a-fA-F][02468aceACE](:[0-9a-fA-F]{2}){5}",
     "ip": f"({IPV4}|{IPV6})",
     "cidr": f"({IPV4}/(3[0-2]|[12]?[0-9])|{IPV6}/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))",
 }
 FORMAT_NOTES: dict[str, str] = {
     "cidr": "an IPv4 or IPv6 network; host bits must be zero (10.1.0.0/16, not 10.1.0.1/16)",
     "ip": "an IPv4 or IPv6 address, no zone index",
+    "mac": "a unicast MAC (first octet even: no multicast or broadcast), not 00:00:00:00:00:00",
 }
+ANY_MAC = r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}"
+ZERO_MAC = "00:00:00:00:00:00"
 
 
 @dataclass(frozen=True)
@@ -258,7 +264,9 @@ def _validate_str(schema: Str, value: str, where: str | None) -> str:
         raise bad_request(where, f"{value!r} does not match {schema.pattern}")
     if schema.format is None:
         return value
-    if schema.format in ("name", "mac"):
+    if schema.format == "mac":
+        return _unicast_mac(value, where)
+    if schema.format == "name":
         if not re.fullmatch(PATTERNS[schema.format], value):
             raise bad_request(where, f"{value!r} is not a valid {schema.format}")
         return value.lower()
@@ -272,6 +280,18 @@ def _validate_str(schema: Str, value: str, where: str | None) -> str:
         except ValueError:
             raise bad_request(where, f"{value!r} is not a valid IPv4 or IPv6 address") from None
     return _canonical_cidr(value, where)
+
+
+def _unicast_mac(value: str, where: str | None) -> str:
+    if not re.fullmatch(ANY_MAC, value):
+        raise bad_request(where, f"{value!r} is not a valid mac")
+    if not re.fullmatch(PATTERNS["mac"], value):
+        raise bad_request(
+            where, f"{value!r} is a multicast or broadcast MAC; a unicast MAC is needed"
+        )
+    if value == ZERO_MAC:
+        raise bad_request(where, f"{value!r} is the zero MAC; a unicast MAC is needed")
+    return value.lower()
 
 
 def _canonical_cidr(value: str, where: str | None) -> str:

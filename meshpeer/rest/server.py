@@ -4,10 +4,15 @@ Streaming: ``minimum_chunk_size=0`` makes eventlet write and flush each ``app_it
 own HTTP/1.1 chunk as soon as it is yielded (its default buffers 4 KiB first, which would hold
 back subscription deltas). ``debug=False``: eventlet never sends a traceback to a client.
 eventlet's own access and error lines go to the ``meshpeer.rest.wsgi`` logger at DEBUG.
+
+A request line (method, URL, version) longer than ``MAX_REQUEST_LINE`` never reaches the app:
+eventlet answers 414 itself, with the JSON ``{error, field, detail}`` body every other refusal has
+(its own is empty).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import traceback
@@ -15,6 +20,10 @@ from typing import Any
 
 import eventlet
 import eventlet.wsgi
+
+from meshpeer.rest.errors import uri_too_long
+
+MAX_REQUEST_LINE = 8192
 
 _wsgi_log = logging.getLogger("meshpeer.rest.wsgi")
 
@@ -61,6 +70,15 @@ def _quiet_tracebacks() -> None:
         eventlet.wsgi.traceback = _CheapTraceback()
 
 
+def _json_414() -> bytes:
+    body = json.dumps(uri_too_long(MAX_REQUEST_LINE).body(), separators=(",", ":")).encode()
+    head = (
+        "HTTP/1.0 414 Request URI Too Long\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
 def serve(
     app: Any, host: str, port: int, *, backlog: int = 1024, max_size: int = 65536
 ) -> tuple[Any, int]:
@@ -73,6 +91,7 @@ def serve(
     connections, waits for in-flight requests and closes the socket.
     """
     _quiet_tracebacks()
+    eventlet.wsgi.RESPONSE_414 = _json_414()  # read by eventlet at each refusal
     sock = eventlet.listen((host, port), backlog=backlog)
     bound: int = sock.getsockname()[1]
     thread = eventlet.spawn(
@@ -84,5 +103,6 @@ def serve(
         debug=False,
         minimum_chunk_size=0,
         max_size=max_size,
+        url_length_limit=MAX_REQUEST_LINE,
     )
     return thread, bound

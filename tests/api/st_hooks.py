@@ -26,7 +26,7 @@ from meshpeer.rest.router import Api, RequestCtx
 
 TOKEN = "replay-token"
 # Rules the document states in a description only (no JSON Schema keyword can say them).
-IN_WORDS = ("has host bits set",)
+IN_WORDS = ("has host bits set", "is the zero MAC")
 
 
 CIDRS = st.one_of(

@@ -79,6 +79,32 @@ def test_subnet_overlap_within_vpc() -> None:
     rejects(409, "cidr", ops.add_subnet, i, i.vpcs["blue"], new, {})
 
 
+@pytest.mark.parametrize(
+    ("cidr", "words"),
+    [
+        ("0.0.0.0/0", "a default route"),
+        ("::/0", "a default route"),
+        ("127.0.0.0/24", "overlaps 127.0.0.0/8 (loopback)"),
+        ("64.0.0.0/2", "overlaps 127.0.0.0/8 (loopback)"),
+        ("0.0.0.0/8", "overlaps 0.0.0.0/32 (unspecified)"),
+        ("224.0.0.0/24", "overlaps 224.0.0.0/4 (multicast)"),
+        ("255.255.255.0/24", "overlaps 255.255.255.255/32 (broadcast)"),
+        ("ff02::/64", "overlaps ff00::/8 (multicast)"),
+        ("::/64", "overlaps ::/128 (unspecified)"),
+    ],
+)
+def test_a_subnet_holds_only_addresses_an_ohc_programs(cidr: str, words: str) -> None:
+    """ohc/model.py parse_ip skips unspecified, loopback, multicast and broadcast addresses,
+    and a /0 subnet would be a default route: refused, whether added or given at create."""
+    i = world()
+    new = Subnet("x", ipaddress.ip_network(cidr))
+    assert words in rejects(400, "cidr", ops.add_subnet, i, i.vpcs["green"], new, {})
+    detail = rejects(
+        400, "subnets[0]", ops.new_vpc, Intent(), D, "ctl1", "blue", subnets(cidr), None
+    )
+    assert words in detail
+
+
 def test_subnet_overlapping_a_peer_names_both_ranges() -> None:
     i = world()
     new = Subnet("x", ipaddress.ip_network("10.2.0.0/16"))

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import pathlib
 from typing import Any
 
+import pytest
+from webob import Request
+
 from meshpeer.controller import intent as ops
+from meshpeer.controller.api import ControllerApi
 from meshpeer.controller.model import Host
 from meshpeer.controller.mux import StreamId
 from meshpeer.controller.shard import Delete, ShardState
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.messages import Close
+from meshpeer.rest import Api
 from meshpeer.store.sqlite import Store
 from meshpeer.streaming.publisher import StreamHub
 from policies.export import ExportPolicy
@@ -182,3 +188,50 @@ def test_applied_reports_keep_only_published_streams(tmp_path: pathlib.Path) -> 
     assert StreamId(ServiceName.DESTINATION, "red", pid) not in s.hub
     s.report_applied("hv2", {})  # the next report drops what is no longer published
     assert "hv2" not in s.applied
+
+
+def report(api: Api, host: str, streams: list[dict[str, Any]], token: str | None) -> Any:
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+    request = Request.blank(
+        f"/v1/hosts/{host}/applied",
+        method="PUT",
+        headers={**auth, "Content-Type": "application/json"},
+        body=json.dumps({"streams": streams}).encode(),
+    )
+    return request.get_response(api)
+
+
+@pytest.mark.parametrize(
+    ("host", "stream", "version", "token", "status", "field"),
+    [
+        # Issue 17: another host's streams were kept as this host's.
+        ("hv2", "endpoint/hv1//", 1, "t", 400, "streams[0].stream"),
+        ("hv2", "peering/red//hv1", 1, "t", 400, "streams[0].stream"),
+        ("hv2", "peering/red//hv1", 1, None, 400, "streams[0].stream"),
+        # Bounded since issue 21, with the token or without.
+        ("hv2", "destination/red//", 2**70, "t", 400, "streams[0].version"),
+        ("hv2", "destination/red//", 2**70, None, 400, "streams[0].version"),
+        ("hv2", "../../etc", 1, "t", 400, "streams[0].stream"),
+        ("hv2", "../../etc", 1, None, 400, "streams[0].stream"),
+        ("hv9", "destination/red//", 1, "t", 404, "name"),
+        ("hv9", "destination/red//", 1, None, 401, "streams[0].grant"),
+    ],
+)
+def test_an_applied_report_names_a_known_host_and_its_own_streams(
+    tmp_path: pathlib.Path,
+    host: str,
+    stream: str,
+    version: int,
+    token: str | None,
+    status: int,
+    field: str,
+) -> None:
+    s = shard(tmp_path)
+    build(s)
+    s.commit([Host("hv1", ipaddress.ip_address("169.254.101.11"))])
+    api = Api(ControllerApi(s, "t", lambda vpc: None).routes(), "t")
+    answer = report(api, host, [{"stream": stream, "version": version}], token)
+    assert (answer.status_int, answer.json["field"]) == (status, field), answer.json
+    assert s.applied == {}
+    own = [{"stream": "endpoint/hv2//", "version": 1}, {"stream": "peering/red//hv2", "version": 1}]
+    assert report(api, "hv2", own, "t").status_int == 200

@@ -19,10 +19,12 @@ import pytest
 from webob import Response
 
 from meshpeer.rest import Api, RequestCtx, Route
+from meshpeer.rest.server import MAX_REQUEST_LINE
 from tests.unit.test_rest_router import GOOD, TOKEN, item_routes
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +106,30 @@ def test_internal_error_has_no_traceback(port: int) -> None:
     response, body = request(port, "GET", "/v1/boom")
     assert response.status == 500 and body["error"] == "internal"
     assert "secret internals" not in json.dumps(body)
+
+
+def test_deep_json_is_a_json_400_over_http(port: int) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    deep = b"[" * 1000 + b"]" * 1000
+    conn.request("POST", "/v1/items", body=deep, headers={**AUTH, **JSON})
+    response = conn.getresponse()
+    assert response.status == 400 and response.getheader("Content-Type") == "application/json"
+    body = json.loads(response.read())
+    assert body["error"] == "bad_request" and "nested deeper" in body["detail"]
+    conn.close()
+
+
+def test_long_url_is_a_json_414(port: int) -> None:
+    response, body = request(port, "GET", "/v1/items/" + "a" * 100_000)
+    assert response.status == 414 and response.getheader("Content-Type") == "application/json"
+    assert body == {
+        "error": "uri_too_long",
+        "field": None,
+        "detail": f"request line (method, URL) exceeds {MAX_REQUEST_LINE} bytes",
+    }
+    # Below the limit the app answers as usual.
+    response, body = request(port, "GET", "/v1/items/" + "a" * 7000)
+    assert response.status == 400 and body["field"] == "name"
 
 
 def test_openapi_document_is_served_and_matches_the_table(port: int) -> None:

@@ -8,7 +8,7 @@ from webob import Request
 
 from meshpeer.rest import Api, Route
 from meshpeer.rest.openapi import operation_id
-from meshpeer.rest.schema import to_json_schema
+from meshpeer.rest.schema import MAX_DEPTH, to_json_schema
 from tests.unit.test_rest_router import ITEM, ITEM_CREATE, SUBNET, make_api
 
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -130,11 +130,13 @@ def test_error_statuses_follow_the_route_shape() -> None:
         for path, item in doc["paths"].items()
         for method, op in item.items()
     }
-    assert codes["/v1/items", "post"] == ["201", "400", "401", "409", "413", "415", "500"]
-    assert codes["/v1/items/{name}", "get"] == ["200", "400", "401", "404", "500"]
-    assert codes["/v1/items/{name}", "delete"] == ["204", "400", "401", "404", "409", "500"]
+    assert codes["/v1/items", "post"] == ["201", "400", "401", "409", "413", "414", "415", "500"]
+    assert codes["/v1/items/{name}", "get"] == ["200", "400", "401", "404", "414", "500"]
+    assert codes["/v1/items/{name}", "delete"] == ["204", "400", "401", "404", "409", "414", "500"]
     delete = doc["paths"]["/v1/items/{name}"]["delete"]["responses"]["204"]
     assert "content" not in delete
+    body = doc["paths"]["/v1/items"]["post"]["requestBody"]
+    assert body["description"] == f"JSON nested at most {MAX_DEPTH} levels deep (else 400)"
 
 
 def test_served_document_equals_the_generated_one() -> None:

@@ -26,6 +26,8 @@ from meshpeer.rest import (
     conflict,
     not_found,
 )
+from meshpeer.rest import router as router_module
+from meshpeer.rest.schema import MAX_DEPTH
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -254,6 +256,36 @@ def test_duplicate_keys_nan_and_bad_utf8_are_rejected(api: Api, raw: bytes) -> N
     assert_error(call(api, "POST", "/v1/items", raw=raw), 400, "bad_request", None)
 
 
+@pytest.mark.parametrize("opening", [b"[", b'{"a":'])
+def test_deep_json_is_400_not_a_crash(api: Api, opening: bytes) -> None:
+    closing = b"]" if opening == b"[" else b"}"
+    raw = opening * 1000 + b"1" + closing * 1000
+    detail = assert_error(call(api, "POST", "/v1/items", raw=raw), 400, "bad_request", None)
+    assert detail == f"JSON nested deeper than {MAX_DEPTH} levels"
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting(api: Api) -> None:
+    name = '[{\\\\\\"' * 20  # brackets, an escaped backslash, an escaped quote: one string
+    raw = f'{{"name": "{name}", "cidr": "10.0.0.0/16"}}'.encode()
+    assert_error(call(api, "POST", "/v1/items", raw=raw), 400, "bad_request", "name")
+    at_limit = b"[" * (MAX_DEPTH - 1) + b"]" * (MAX_DEPTH - 1)
+    raw = b'{"name": "web", "cidr": "10.0.0.0/16", "subnets": %s}' % at_limit
+    assert assert_error(call(api, "POST", "/v1/items", raw=raw), 400, "bad_request", "subnets[0]")
+
+
+@pytest.mark.parametrize(
+    ("path", "detail"),
+    [
+        ("/v1/items/%ff", "the path is not UTF-8"),
+        ("/v1/items?limit=%ff", "the query string is not UTF-8"),
+        ("/v1/items?%fe=1", "the query string is not UTF-8"),
+    ],
+)
+def test_undecodable_path_or_query_is_400(api: Api, path: str, detail: str) -> None:
+    request = Request.blank(path, headers=AUTH)
+    assert detail in assert_error(request.get_response(api), 400, "bad_request", None)
+
+
 def test_unknown_field_names_its_path(api: Api) -> None:
     body = {**GOOD, "subnets": [{"cidr": "10.0.1.0/24"}, {"cidr": "10.0.2.0/24", "vni": 5}]}
     response = call(api, "POST", "/v1/items", body)
@@ -349,9 +381,29 @@ def test_handler_exception_is_500_json_and_logged(
 ) -> None:
     with caplog.at_level(logging.ERROR, logger="meshpeer.rest.router"):
         response = call(api, "GET", "/v1/boom")
-    assert_error(response, 500, "internal", None)
+    detail = assert_error(response, 500, "internal", None)
     assert b"secret internals" not in response.body and b"Traceback" not in response.body
-    assert "secret internals" in caplog.text
+    request_id = response.headers["X-Request-Id"]
+    assert detail.endswith(f"request id {request_id}")
+    (record,) = caplog.records
+    assert request_id in record.getMessage() and "GET /v1/boom" in record.getMessage()
+    assert record.exc_info is not None and "secret internals" in caplog.text  # the traceback
+
+
+def test_an_error_while_reading_the_request_is_500_json_and_logged(
+    api: Api, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_parser(raw: bytes) -> object:
+        raise RecursionError("parser blew up")
+
+    monkeypatch.setattr(router_module, "_parse_json", broken_parser)
+    with caplog.at_level(logging.ERROR, logger="meshpeer.rest.router"):
+        response = call(api, "POST", "/v1/items", GOOD)
+    detail = assert_error(response, 500, "internal", None)
+    assert response.headers["X-Request-Id"] in detail and b"blew up" not in response.body
+    (record,) = caplog.records
+    assert response.headers["X-Request-Id"] in record.getMessage()
+    assert record.exc_info is not None and "parser blew up" in caplog.text
 
 
 def test_streaming_response_passes_through(api: Api) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any
 
 import pytest
@@ -74,6 +75,28 @@ def test_bad_names(value: str) -> None:
 @pytest.mark.parametrize("value", ["02:ab:cd:00:00", "02-ab-cd-00-00-01", "02:ab:cd:00:00:01\n"])
 def test_bad_macs(value: str) -> None:
     rejects(Str(format="mac"), value)
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("ff:ff:ff:ff:ff:ff", "multicast or broadcast"),
+        ("01:00:5e:00:00:01", "multicast or broadcast"),  # IPv4 multicast
+        ("33:33:00:00:00:01", "multicast or broadcast"),  # IPv6 multicast
+        ("03:AB:cd:00:00:01", "multicast or broadcast"),
+        ("00:00:00:00:00:00", "the zero MAC"),
+    ],
+)
+def test_only_unicast_macs_which_an_ohc_programs(value: str, words: str) -> None:
+    """ohc/model.py parse_mac skips these; the API refuses them (issue 17)."""
+    assert words in rejects(Str(format="mac"), value)[1]
+
+
+def test_the_mac_pattern_is_unicast_and_the_zero_mac_is_in_words() -> None:
+    published = to_json_schema(Str(format="mac"))
+    assert re.fullmatch(published["pattern"][1:-1], "02:00:00:00:00:01")
+    assert not re.fullmatch(published["pattern"][1:-1], "ff:ff:ff:ff:ff:ff")
+    assert "00:00:00:00:00:00" in published["description"]
 
 
 def test_scalars_do_not_coerce() -> None:
