@@ -33,16 +33,15 @@ from os_ken.ofproto import ofproto_v1_3
 from meshpeer import options
 from meshpeer.client import Client
 from meshpeer.controller.directory import parse_directory
-from meshpeer.protocol import ServiceName
 from meshpeer.protocol.messages import stream_name
-from ohc import nd, ofio, ports, status
+from ohc import host, nd, ofio, ports, status
 from ohc.agent import Agent
 from ohc.clients import stream_client
 from ohc.compiler import IncrementalCompiler
 from ohc.cookies import Kind, kind_of
 from ohc.flows import Flow
 from ohc.memo import Memo
-from ohc.model import BadObject, Destination, HostView, Skipped, StreamObjects
+from ohc.model import BadObject, Destination, HostView, Skipped
 from ohc.pipeline import ND_TARGET
 from ohc.ports import SwitchPorts
 from ohc.subscriptions import Sub
@@ -62,11 +61,6 @@ REPLY_EVENTS = [
     ofp_event.EventOFPFlowStatsReply,
     ofp_event.EventOFPGroupDescStatsReply,
 ]
-OWN_SERVICES = {
-    ServiceName.DESTINATION: "destinations",
-    ServiceName.FORWARDING: "forwarding",
-    ServiceName.LOADBALANCER: "load_balancers",
-}
 
 
 def read_ports(ovsdb: str) -> SwitchPorts:
@@ -275,28 +269,8 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
 
     def view(self, objects: dict[Sub, dict[str, Any]]) -> tuple[HostView, tuple[Skipped, ...]]:
         """The host's view of ``objects`` (the agent's replicas), parsed with ``self.parsed``."""
-        endpoints: dict[str, Any] = {}
-        own: dict[str, dict[str, Any]] = {}
-        peerings: dict[str, Any] = {}
-        peer: dict[tuple[str, str], dict[str, Any]] = {}
-        for sub, objs in objects.items():
-            if sub.service == ServiceName.ENDPOINT:
-                endpoints.update(objs)
-            elif sub.service == ServiceName.PEERING:
-                peerings[sub.key] = objs
-            elif sub.policy is None:
-                own.setdefault(sub.key, {})[OWN_SERVICES[sub.service]] = objs
-            else:
-                peer.setdefault((sub.key, sub.policy), {})[OWN_SERVICES[sub.service]] = objs
-        result = HostView.from_service_objects(
-            self.conf.underlay_ip,
-            endpoints,
-            self.ports.vms,
-            {k: StreamObjects(**v) for k, v in own.items()},
-            peerings,
-            {k: StreamObjects(**v) for k, v in peer.items()},
-            self.parsed,
-            self.ports.tunnel,
+        result = host.host_view(
+            self.conf.underlay_ip, objects, self.ports.vms, self.ports.tunnel, self.parsed
         )
         self.parsed.end_round()
         return result

@@ -37,12 +37,14 @@ from meshpeer.controller.mux import GrantSettings, Publication, StreamId, desire
 from meshpeer.controller.peering import statuses
 from meshpeer.protocol import ServiceName
 from ohc import cookies, wire
+from ohc import host as ohc_host
 from ohc.compiler import DesiredState, IncrementalCompiler, compile_host, gateway_mac
 from ohc.flows import Flow, flow_mod, group_mod
 from ohc.memo import Memo
-from ohc.model import BadObject, Destination, HostView, Skipped, StreamObjects
+from ohc.model import BadObject, Destination, HostView, Skipped
 from ohc.ofio import canonical_state
 from ohc.pipeline import PIPELINE, TUNNEL_PORT, check_flow
+from ohc.subscriptions import PEER_SERVICES, Sub
 from tests.support import FakeOFTable, TraceResult
 from tests.support.fakeoftable import Output
 from tests.unit.controller_fixtures import add_ilb, add_vm, add_vpc, directory, peer, views
@@ -66,6 +68,7 @@ VMS = (
     ("green", "g1", "10.3.0.11", "hv1"),
 )
 OFPORT = {(vpc, name): 10 + i for i, (vpc, name, _, _) in enumerate(VMS)}
+SHARD = "http://ctl1"  # the shard URL in the Subs of followed(): the view ignores it
 
 
 def base_intent() -> Intent:
@@ -97,15 +100,6 @@ def publish(i: Intent, grants: GrantSettings = G, owner: dict[str, str] = OWNER)
     return desired_streams(i, statuses(i, views(i, owner), owner), grants, now=0.0)
 
 
-def streams_of(pub: Publication, vpc: str, policy: str | None) -> StreamObjects:
-    def get(service: ServiceName) -> dict[str, Any]:
-        return pub.streams.get(StreamId(service, vpc, policy), {})
-
-    return StreamObjects(
-        get(ServiceName.DESTINATION), get(ServiceName.FORWARDING), get(ServiceName.LOADBALANCER)
-    )
-
-
 def host_view(
     i: Intent,
     pub: Publication,
@@ -114,24 +108,32 @@ def host_view(
     ofports: dict[tuple[str, str], int] = OFPORT,
     tunnel_port: int | None = TUNNEL_PORT,
 ) -> tuple[HostView, tuple[Skipped, ...]]:
-    """What an OHC on ``host`` builds from the streams it follows (ohc.subscriptions), with
-    its ports numbered ``ofports`` and its tunnel at ``tunnel_port``."""
-    endpoints = pub.streams.get(StreamId(ServiceName.ENDPOINT, host), {})
-    local = sorted({o["vpc"] for o in endpoints.values()})
-    peerings = {v: pub.streams.get(StreamId(ServiceName.PEERING, v, None, host), {}) for v in local}
-    peer_keys = {
-        (o["peer_vpc"], o["policy_id"]) for objs in peerings.values() for o in objs.values()
-    }
-    return HostView.from_service_objects(
-        str(i.hosts[host].underlay_ip),
-        endpoints,
-        ofports,
-        {v: streams_of(pub, v, None) for v in local},
-        peerings,
-        {k: streams_of(pub, *k) for k in peer_keys},
-        parsed,
-        tunnel_port,
+    """What an OHC on ``host`` builds (ohc.host, as the app does) from the streams it follows
+    (ohc.subscriptions), with its ports numbered ``ofports`` and its tunnel at ``tunnel_port``."""
+    return ohc_host.host_view(
+        str(i.hosts[host].underlay_ip), followed(pub, host), ofports, tunnel_port, parsed
     )
+
+
+def followed(pub: Publication, host: str) -> dict[Sub, dict[str, Any]]:
+    """The objects of the streams an OHC on ``host`` follows, keyed as its agent keys them."""
+
+    def sub(sid: StreamId) -> Sub:
+        return Sub(SHARD, sid.service, sid.key, sid.policy, host)
+
+    endpoints = StreamId(ServiceName.ENDPOINT, host)
+    out = {sub(endpoints): pub.streams.get(endpoints, {})}
+    for vpc in sorted({o["vpc"] for o in out[sub(endpoints)].values()}):
+        peerings = StreamId(ServiceName.PEERING, vpc, None, host)
+        out[sub(peerings)] = pub.streams.get(peerings, {})
+        keys = [(vpc, None)] + [
+            (o["peer_vpc"], o["policy_id"]) for o in out[sub(peerings)].values()
+        ]
+        for key, policy in keys:
+            for service in PEER_SERVICES:
+                sid = StreamId(service, key, policy)
+                out[sub(sid)] = pub.streams.get(sid, {})
+    return out
 
 
 def load(state: DesiredState) -> FakeOFTable:

@@ -1,0 +1,59 @@
+"""The host step, pure: the stream objects an OHC holds -> the view its compiler takes.
+
+The app (``ohc/app.py``) calls it with its agent's replicas; the unit tests call it with what
+the shards publish (tests/unit/test_ohc_compiler.py ``host_view``), so both build the compiler's
+input the same way. Streams are keyed by ``Sub`` (ohc/subscriptions.py): the host's endpoint
+stream, each local VPC's peering and own services, and each followed peer's services under its
+export policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from meshpeer.protocol import ServiceName
+from ohc.memo import Memo
+from ohc.model import BadObject, Destination, HostView, Skipped, StreamObjects
+from ohc.subscriptions import Sub
+
+# The StreamObjects field each VPC-scoped service fills.
+SERVICE_FIELDS = {
+    ServiceName.DESTINATION: "destinations",
+    ServiceName.FORWARDING: "forwarding",
+    ServiceName.LOADBALANCER: "load_balancers",
+}
+
+
+def host_view(
+    underlay_ip: str,
+    objects: Mapping[Sub, Mapping[str, Any]],
+    ofports: Mapping[tuple[str, str], int],
+    tunnel_port: int | None,
+    parsed: Memo[Destination | BadObject] | None = None,
+) -> tuple[HostView, tuple[Skipped, ...]]:
+    """The view of a host whose switch numbers its VM ports ``ofports`` (VPC, endpoint name)
+    and its tunnel ``tunnel_port``, from the objects of the streams it follows."""
+    endpoints: dict[str, Any] = {}
+    own: dict[str, dict[str, Any]] = {}
+    peerings: dict[str, Any] = {}
+    peer: dict[tuple[str, str], dict[str, Any]] = {}
+    for sub, objs in objects.items():
+        if sub.service == ServiceName.ENDPOINT:
+            endpoints.update(objs)
+        elif sub.service == ServiceName.PEERING:
+            peerings[sub.key] = objs
+        elif sub.policy is None:
+            own.setdefault(sub.key, {})[SERVICE_FIELDS[sub.service]] = objs
+        else:
+            peer.setdefault((sub.key, sub.policy), {})[SERVICE_FIELDS[sub.service]] = objs
+    return HostView.from_service_objects(
+        underlay_ip,
+        endpoints,
+        ofports,
+        {k: StreamObjects(**v) for k, v in own.items()},
+        peerings,
+        {k: StreamObjects(**v) for k, v in peer.items()},
+        parsed,
+        tunnel_port,
+    )
