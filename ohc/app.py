@@ -34,7 +34,7 @@ from meshpeer import options
 from meshpeer.client import Client
 from meshpeer.controller.directory import parse_directory
 from meshpeer.protocol.messages import stream_name
-from ohc import host, nd, ofio, ports, status
+from ohc import canonical, host, nd, ofio, ports, status
 from ohc.agent import Agent
 from ohc.clients import stream_client
 from ohc.compiler import IncrementalCompiler
@@ -282,7 +282,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         a native thread (``_sync``) while the hub keeps answering OVS's echo requests and the
         subscriptions' heartbeats. Only the worker calls it, one sync at a time."""
         view, skipped = self.view(objects)
-        return with_canary(ofio.canonical_state(self.compiler(view), self.canonical)), skipped
+        return with_canary(canonical.canonical_state(self.compiler(view), self.canonical)), skipped
 
     def _sync(self, dp: Any, reasons: set[str]) -> None:
         if reasons & {"connect", "ports"} or not self.ports.vms:

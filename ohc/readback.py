@@ -130,7 +130,7 @@ def match(
 ) -> tuple[list[Flow], list[tuple[RawFlowStats, int]]]:
     """The known flows the replies' entries are, and the entries that are none of them.
 
-    ``known`` must be canonical (``ohc.ofio.canonical_flow``); a known flow that ``ohc.wire``
+    ``known`` must be canonical (``ohc.canonical.canonical_flow``); a known flow that ``ohc.wire``
     cannot pack simply matches nothing."""
     by_key: dict[bytes, Flow] = {}
     for f in known:

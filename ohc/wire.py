@@ -5,7 +5,7 @@ objects cost ~290 us each (~30 s of CPU); packing them here, in a bundle add, ~4
 bytes are exactly what os-ken would send (tested for every flow the compiler makes and for
 random ones); group mods and bundle control stay os-ken messages (a handful per sync).
 
-Only canonical flows (``ohc.ofio.canonical_flow``): masks applied, full masks dropped. The
+Only canonical flows (``ohc.canonical.canonical_flow``): masks applied, full masks dropped. The
 match fields are those ``ohc.pipeline`` declares, in os-ken's order (by OXM number), and the
 actions those ``ohc.flows`` has. Anything else raises ``ValueError``: a compiler bug.
 """

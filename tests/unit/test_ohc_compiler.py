@@ -38,11 +38,11 @@ from meshpeer.controller.peering import statuses
 from meshpeer.protocol import ServiceName
 from ohc import cookies, wire
 from ohc import host as ohc_host
+from ohc.canonical import canonical_state
 from ohc.compiler import DesiredState, IncrementalCompiler, compile_host, gateway_mac
 from ohc.flows import Flow, flow_mod, group_mod
 from ohc.memo import Memo
 from ohc.model import BadObject, Destination, HostView, Skipped
-from ohc.ofio import canonical_state
 from ohc.pipeline import PIPELINE, TUNNEL_PORT, check_flow
 from ohc.subscriptions import PEER_SERVICES, Sub
 from tests.support import FakeOFTable, TraceResult

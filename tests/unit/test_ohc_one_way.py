@@ -16,8 +16,9 @@ import pytest
 
 from meshpeer.protocol.peering import Inbound
 from ohc import wire
+from ohc.canonical import canonical_state
 from ohc.compiler import IncrementalCompiler, compile_host
-from ohc.ofio import canonical_state, flow_from_stats
+from ohc.ofio import flow_from_stats
 from ohc.pipeline import INBOUND_CT, TUNNEL_PORT
 from tests.support.fakeoftable import parse_wire
 from tests.unit.controller_fixtures import add_ilb, peer

@@ -22,8 +22,8 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from meshpeer.controller.model import Intent
 from ohc import ofio, readback
+from ohc.canonical import UNREPRESENTABLE, canonical_flow, canonical_state
 from ohc.flows import Apply, Flow, Match, Output, SetField, flow_mod, group_mod
-from ohc.ofio import canonical_state
 from ohc.syncer import CANARY, FlowChange, SwitchState, SyncPlan, plan, with_canary
 from tests.unit.controller_fixtures import add_vm, add_vpc
 from tests.unit.test_ohc_compiler import D, build_lab, full_intent
@@ -102,7 +102,7 @@ def exact(stats: list[Any]) -> frozenset[Flow]:
     """The previous path: every entry parsed by os-ken and converted, then put in canonical
     form (os-ken renders some IPv6 addresses differently, e.g. ::1:0 as ::0.1.0.0)."""
     return frozenset(
-        ofio.canonical_flow(ofio.flow_from_stats(DP, raw.osken(off)))
+        canonical_flow(ofio.flow_from_stats(DP, raw.osken(off)))
         for raw in stats
         for off in raw.entries()
     )
@@ -190,7 +190,7 @@ def test_a_foreign_action_is_parsed_and_replaced() -> None:
     fast, slow, unmatched = reconcile(SwitchState.of([desired]), stats)
     assert fast == slow and unmatched == 1
     assert [c.old.instructions for c in fast.flow_modifies] == [
-        (Apply((SetField(ofio.UNREPRESENTABLE, "OFPActionPopVlan"), Output(2))),)
+        (Apply((SetField(UNREPRESENTABLE, "OFPActionPopVlan"), Output(2))),)
     ]
 
 

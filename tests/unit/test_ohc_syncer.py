@@ -15,7 +15,7 @@ from os_ken.ofproto import ofproto_parser as generic_parser
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from ohc import ofio
+from ohc import canonical, ofio
 from ohc.flows import (
     Apply,
     Bucket,
@@ -291,7 +291,7 @@ ROUND_TRIP = [
 
 
 def test_canonical_form() -> None:
-    f = ofio.canonical_flow(ROUND_TRIP[5])
+    f = canonical.canonical_flow(ROUND_TRIP[5])
     assert f.match.as_dict() == {
         "eth_src": ("02:aa:00:00:00:00", "ff:ff:00:00:00:00"),
         "eth_type": 0x86DD,
@@ -305,12 +305,12 @@ def test_canonical_form() -> None:
         WriteMetadata(0x23, 0xFF),
         Goto(9),
     )
-    g = ofio.canonical_flow(ROUND_TRIP[6])
+    g = canonical.canonical_flow(ROUND_TRIP[6])
     assert g.match.as_dict() == {"eth_type": 0x0800, "ipv4_src": "10.1.2.3"}  # full/zero masks
     assert [type(i) for i in g.instructions] == [Apply]  # the empty apply-actions is gone
     for flow in ROUND_TRIP:
-        once = ofio.canonical_flow(flow)
-        assert ofio.canonical_flow(once) == once
+        once = canonical.canonical_flow(flow)
+        assert canonical.canonical_flow(once) == once
 
 
 @st.composite
@@ -327,7 +327,7 @@ def perturbed_flows(draw: st.DrawFn) -> Flow:
         elif how == "full" and not isinstance(value, tuple):
             full = "ff:ff:ff:ff:ff:ff" if name in ("eth_src", "eth_dst") else None
             if isinstance(value, int):
-                fields[name] = (value, ofio._full_mask(name, value))
+                fields[name] = (value, canonical._full_mask(name, value))
             elif full is not None:
                 fields[name] = (value, full)
         elif how == "zero" and isinstance(value, tuple) and isinstance(value[1], int):
@@ -353,14 +353,14 @@ def perturbed_flows(draw: st.DrawFn) -> Flow:
 @given(st.one_of(wire_flows(), perturbed_flows()))
 def test_a_flow_already_canonical_is_returned_itself_and_others_are_rebuilt(f: Flow) -> None:
     """canonical_flow's shortcut (return the flow itself) agrees with rebuilding it."""
-    canon = ofio.canonical_flow(f)
-    assert canon == ofio._rebuilt_canonical(f)
-    assert ofio.canonical_flow(canon) == canon
+    canon = canonical.canonical_flow(f)
+    assert canon == canonical._rebuilt_canonical(f)
+    assert canonical.canonical_flow(canon) == canon
     if canon == f and not any(isinstance(v, tuple) and isinstance(v[0], str) for _, v in
                               f.match.fields):  # fmt: skip
         assert canon is f  # masked addresses are always rebuilt (rare: subnet routes)
     for flow in ROUND_TRIP:
-        assert ofio.canonical_flow(flow) == ofio._rebuilt_canonical(flow)
+        assert canonical.canonical_flow(flow) == canonical._rebuilt_canonical(flow)
 
 
 def _reparse(msg: Any) -> Any:
@@ -372,7 +372,7 @@ def _reparse(msg: Any) -> Any:
 
 @pytest.mark.parametrize("flow", ROUND_TRIP, ids=range(len(ROUND_TRIP)))
 def test_flow_round_trip_through_os_ken_bytes(flow: Flow) -> None:
-    parsed = _reparse(flow_mod(DP, ofio.canonical_flow(flow)))
+    parsed = _reparse(flow_mod(DP, canonical.canonical_flow(flow)))
     assert isinstance(parsed, parser.OFPFlowMod)
     stats = parser.OFPFlowStats(
         table_id=parsed.table_id,
@@ -381,7 +381,7 @@ def test_flow_round_trip_through_os_ken_bytes(flow: Flow) -> None:
         match=parsed.match,
         instructions=parsed.instructions,
     )
-    assert ofio.flow_from_stats(DP, stats) == ofio.canonical_flow(flow)
+    assert ofio.flow_from_stats(DP, stats) == canonical.canonical_flow(flow)
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from ohc import wire
+from ohc.canonical import canonical_flow
 from ohc.flows import (
     CT_NO_TABLE,
     Action,
@@ -29,7 +30,6 @@ from ohc.flows import (
     WriteMetadata,
     flow_mod,
 )
-from ohc.ofio import canonical_flow
 
 DP = SimpleNamespace(ofproto=ofp, ofproto_parser=parser)
 U64 = st.integers(0, (1 << 64) - 1)

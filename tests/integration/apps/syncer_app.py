@@ -31,6 +31,7 @@ from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3
 
 from ohc import ofio
+from ohc.canonical import canonical_state
 from ohc.flows import (
     Action,
     Apply,
@@ -227,7 +228,7 @@ class SyncerApp(app_manager.OSKenApp):  # type: ignore[misc]
     def _sync(self, dp: Any, reason: str) -> None:
         mtime = os.stat(self.desired_path).st_mtime
         with open(self.desired_path, encoding="utf-8") as f:
-            desired = with_canary(ofio.canonical_state(decode_state(f.read())))
+            desired = with_canary(canonical_state(decode_state(f.read())))
         self.desired_mtime = mtime
         if reason == "canary-missing":
             self.installed = None  # the switch lost its flows: full resync from a fresh read
