@@ -25,10 +25,10 @@ from enum import Enum
 from typing import Any, Protocol
 
 from meshpeer.protocol import ServiceName
-from meshpeer.protocol.messages import CloseReason, ProtocolError, stream_name
+from meshpeer.protocol.messages import PEER_SERVICES, CloseReason, ProtocolError, stream_name
 from meshpeer.protocol.peering import PeeringObject
 from meshpeer.protocol.stream import ReplicaState
-from ohc.subscriptions import PEER_SERVICES, Sub, wanted
+from ohc.subscriptions import Sub, wanted
 
 log = logging.getLogger(__name__)
 

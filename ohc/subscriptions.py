@@ -15,10 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshpeer.protocol import ServiceName
-from meshpeer.protocol.messages import ProtocolError
+from meshpeer.protocol.messages import PEER_SERVICES, ProtocolError
 from meshpeer.protocol.peering import PeeringObject
-
-PEER_SERVICES = (ServiceName.DESTINATION, ServiceName.FORWARDING, ServiceName.LOADBALANCER)
 
 
 @dataclass(frozen=True)

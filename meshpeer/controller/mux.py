@@ -9,26 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from meshpeer.controller.directory import Directory
 from meshpeer.controller.model import Endpoint, Intent, JsonObject, Peering, Resource, gateway
 from meshpeer.controller.peering import Status, View, view_hosts
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.grants import Grant, mint
+from meshpeer.protocol.messages import PEER_SERVICES, StreamId
 from meshpeer.protocol.peering import PeeringObject
 from policies.export import ExportPolicy
 
 # Streams a VPC's own hosts read carry no policy: they see everything of their VPC.
 OWN = None
-PEER_SERVICES = (ServiceName.DESTINATION, ServiceName.FORWARDING, ServiceName.LOADBALANCER)
-
-
-class StreamId(NamedTuple):
-    service: ServiceName
-    key: str  # VPC name (host name for the endpoint meta-service)
-    policy: str | None = None
-    host: str | None = None
 
 
 @dataclass(frozen=True)

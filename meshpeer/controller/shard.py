@@ -26,11 +26,9 @@ from meshpeer.controller.model import (
 )
 from meshpeer.controller.mux import (
     ALL,
-    PEER_SERVICES,
     GrantSettings,
     Publication,
     Scope,
-    StreamId,
     desired_streams,
     destination,
     endpoint_id,
@@ -41,8 +39,10 @@ from meshpeer.controller.peering import Status, View, federation_view, statuses,
 from meshpeer.controller.routing import effective_routes
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.messages import (
+    PEER_SERVICES,
     CloseReason,
     ProtocolError,
+    StreamId,
     parse_stream_name,
     stream_name,
 )

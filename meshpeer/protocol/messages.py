@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 JsonObject = dict[str, Any]
 """One published object: a JSON object (what the service says about one id)."""
@@ -117,6 +117,26 @@ class SubscribeRequest:
     grant: str | None
     policy: str | None = None
     host: str | None = None
+
+
+# The services a VPC publishes per export policy, which a peer's hosts follow (FIG. 4).
+PEER_SERVICES = (ServiceName.DESTINATION, ServiceName.FORWARDING, ServiceName.LOADBALANCER)
+
+
+class StreamId(NamedTuple):
+    """One published stream: the publisher's key and the multiplexer's. ``key`` is a VPC
+    name (a host name for the endpoint meta-service); a plain ``(service, key, policy, host)``
+    tuple compares equal."""
+
+    service: ServiceName
+    key: str
+    policy: str | None = None
+    host: str | None = None
+
+    @classmethod
+    def of(cls, request: SubscribeRequest) -> StreamId:
+        """The stream a validated subscribe request asks for."""
+        return cls(request.service, request.key, request.policy, request.host)
 
 
 _QUERY_FIELDS = frozenset({"service", "key", "since", "policy", "host"})

@@ -6,9 +6,9 @@
   replica, reconnecting with ``since``.
 """
 
+from meshpeer.protocol.messages import StreamId
 from meshpeer.streaming.publisher import (
     StreamHub,
-    StreamId,
     StreamStats,
     StreamWriter,
     ndjson_response,

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import eventlet.event
 
@@ -33,9 +33,8 @@ from meshpeer.protocol.messages import (
     Heartbeat,
     JsonObject,
     Message,
-    ServiceName,
     Snapshot,
-    SubscribeRequest,
+    StreamId,
 )
 from meshpeer.protocol.stream import (
     DEFAULT_HISTORY,
@@ -52,20 +51,6 @@ NDJSON = "application/x-ndjson"
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
 DEFAULT_QUEUE_MAXLEN = 256
 """Messages a subscriber may lag behind before its backlog is replaced by one snapshot."""
-
-
-class StreamId(NamedTuple):
-    """One published stream. A plain ``(service, key, policy, host)`` tuple compares equal."""
-
-    service: ServiceName
-    key: str
-    policy: str | None = None
-    host: str | None = None
-
-    @classmethod
-    def of(cls, request: SubscribeRequest) -> StreamId:
-        """The stream a validated subscribe request asks for."""
-        return cls(request.service, request.key, request.policy, request.host)
 
 
 @dataclass(frozen=True)

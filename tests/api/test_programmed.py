@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from meshpeer.controller.mux import PEER_SERVICES
+from meshpeer.protocol.messages import PEER_SERVICES
 from tests.api.ctlkit import Cluster, Ctl, stream
 
 FAR = 2**62  # above any version a shard will publish in a test

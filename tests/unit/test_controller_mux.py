@@ -6,10 +6,11 @@ import ipaddress
 
 from meshpeer.controller import intent as ops
 from meshpeer.controller.model import Intent
-from meshpeer.controller.mux import GrantSettings, StreamId, desired_streams, must_apply
+from meshpeer.controller.mux import GrantSettings, desired_streams, must_apply
 from meshpeer.controller.peering import ACTIVE, INACTIVE, federation_view, statuses
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.grants import verify
+from meshpeer.protocol.messages import StreamId
 from tests.unit.controller_fixtures import add_ilb, add_vm, add_vpc, directory, peer, views
 
 D = directory(ctl1=["blue", "red", "green"] + [f"p{i}" for i in range(100)])

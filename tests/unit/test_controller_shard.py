@@ -13,10 +13,9 @@ from webob import Request
 from meshpeer.controller import intent as ops
 from meshpeer.controller.api import ControllerApi
 from meshpeer.controller.model import Host
-from meshpeer.controller.mux import StreamId
 from meshpeer.controller.shard import Delete, ShardState
 from meshpeer.protocol import ServiceName
-from meshpeer.protocol.messages import Close
+from meshpeer.protocol.messages import Close, StreamId
 from meshpeer.rest import Api
 from meshpeer.store.sqlite import Store
 from meshpeer.streaming.publisher import StreamHub

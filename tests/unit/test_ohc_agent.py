@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from meshpeer.protocol import ServiceName
-from meshpeer.protocol.messages import Snapshot
+from meshpeer.protocol.messages import PEER_SERVICES, Snapshot
 from meshpeer.protocol.stream import ReplicaState
 from ohc.agent import Agent, Ending, applied_versions, ending
-from ohc.subscriptions import PEER_SERVICES, Sub
+from ohc.subscriptions import Sub
 from tests.support.peering import peering_object
 
 CTL1, CTL2 = "http://ctl1", "http://ctl2"

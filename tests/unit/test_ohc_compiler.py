@@ -33,9 +33,10 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from meshpeer.controller import intent as ops
 from meshpeer.controller.model import Intent
-from meshpeer.controller.mux import GrantSettings, Publication, StreamId, desired_streams
+from meshpeer.controller.mux import GrantSettings, Publication, desired_streams
 from meshpeer.controller.peering import statuses
 from meshpeer.protocol import ServiceName
+from meshpeer.protocol.messages import PEER_SERVICES, StreamId
 from ohc import cookies, wire
 from ohc import host as ohc_host
 from ohc.canonical import canonical_state
@@ -44,7 +45,7 @@ from ohc.flows import Flow, flow_mod, group_mod
 from ohc.memo import Memo
 from ohc.model import BadObject, Destination, HostView, Skipped
 from ohc.pipeline import PIPELINE, TUNNEL_PORT, check_flow
-from ohc.subscriptions import PEER_SERVICES, Sub
+from ohc.subscriptions import Sub
 from tests.support import FakeOFTable, TraceResult
 from tests.support.fakeoftable import Output
 from tests.unit.controller_fixtures import add_ilb, add_vm, add_vpc, directory, peer, views

@@ -18,10 +18,11 @@ from hypothesis import strategies as st
 
 from meshpeer.controller import intent as ops
 from meshpeer.controller.model import Endpoint, Intent
-from meshpeer.controller.mux import GrantSettings, Publication, StreamId
+from meshpeer.controller.mux import GrantSettings, Publication
 from meshpeer.controller.peering import statuses
 from meshpeer.controller.routing import effective_routes
 from meshpeer.protocol import ServiceName
+from meshpeer.protocol.messages import StreamId
 from ohc.compiler import compile_host, gateway_mac
 from ohc.pipeline import TUNNEL_PORT
 from tests.support import FakeOFTable, TraceResult
