@@ -73,9 +73,10 @@ def read_ports(ovsdb: str) -> SwitchPorts:
     return ports.classify(ports.parse_rows(json.loads(out)))
 
 
-def applied_versions(versions: dict[Sub, int]) -> dict[str, dict[str, int]]:
-    """Shard URL -> stream name -> the version a sync put on the switch: what the applied
-    reports tell each shard, for the status file (tests and operators wait on it)."""
+def synced_versions(versions: dict[Sub, int]) -> dict[str, dict[str, int]]:
+    """Shard URL -> stream name -> the version a sync put on the switch, for the status file
+    (tests and operators wait on it). The applied reports to the shards may say less: they
+    hold a peering stream back until its peers' services are in (``agent.applied_versions``)."""
     out: dict[str, dict[str, int]] = {}
     for sub, version in sorted(versions.items(), key=lambda kv: kv[0].sort_key()):
         out.setdefault(sub.url, {})[stream_name(sub.service, sub.key, sub.policy, sub.host)] = (
@@ -341,7 +342,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             # ones, so parsed one by one (ohc.readback); 0 on a restart with nothing changed
             "read_unmatched": None if result.canary_was_present is None else result.read_unmatched,
             "skipped": [str(s) for s in skipped][:20],
-            "applied": applied_versions(versions),
+            "applied": synced_versions(versions),
         }
         if not result.plan.empty:
             log.info("ohc %s: sync %s", self.conf.host, json.dumps(self.last))
