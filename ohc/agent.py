@@ -25,9 +25,16 @@ from enum import Enum
 from typing import Any, Protocol
 
 from meshpeer.protocol import ServiceName
-from meshpeer.protocol.messages import PEER_SERVICES, CloseReason, ProtocolError, stream_name
+from meshpeer.protocol.messages import (
+    PEER_SERVICES,
+    CloseReason,
+    Delta,
+    ProtocolError,
+    stream_name,
+)
 from meshpeer.protocol.peering import PeeringObject
 from meshpeer.protocol.stream import ReplicaState
+from ohc.engine import DELETED, StreamChange
 from ohc.subscriptions import Sub, wanted
 
 log = logging.getLogger(__name__)
@@ -132,7 +139,10 @@ class Agent:
         self.on_update = on_update
         self.clients: dict[Sub, Client] = {}
         self.auth: dict[Sub, str] = {}
-        self.objects: dict[Sub, dict[str, Any]] = {}
+        self.objects: dict[Sub, Mapping[str, Any]] = {}  # each replica's objects (read-only)
+        # What changed since ``take_changes`` last ran: object keys, or None for the whole
+        # stream (a snapshot, or the stream gone). The flow engine works from these.
+        self.changed: dict[Sub, set[str] | None] = {}
         self.versions: dict[Sub, int] = {}  # stream version of the objects held
         self.refused: dict[Sub, str] = {}  # followed streams whose shard said no, and how
         self.closed_bytes = 0  # bytes received by clients since stopped (for the totals)
@@ -153,7 +163,7 @@ class Agent:
         for sub in list(self.clients):
             self._drop(sub)
 
-    def streams(self, service: ServiceName) -> dict[Sub, dict[str, Any]]:
+    def streams(self, service: ServiceName) -> dict[Sub, Mapping[str, Any]]:
         return {s: o for s, o in self.objects.items() if s.service == service}
 
     def resync(self) -> None:
@@ -242,14 +252,16 @@ class Agent:
         client.stop()  # may yield to other green threads: the bookkeeping is done
 
     def _forget(self, sub: Sub) -> None:
-        self.objects.pop(sub, None)
+        if self.objects.pop(sub, None) is not None:
+            self.changed[sub] = None
         self.versions.pop(sub, None)
         self.refused.pop(sub, None)
 
     def _refuse(self, sub: Sub, why: str) -> None:
         """The shard revoked this stream: its objects go now, not when it is unfollowed."""
         had = sub in self.objects
-        self.objects.pop(sub, None)
+        if self.objects.pop(sub, None) is not None:
+            self.changed[sub] = None
         self.versions.pop(sub, None)
         self.refused[sub] = why
         if had:
@@ -292,11 +304,18 @@ class Agent:
         return failed
 
     def _changed(self, sub: Sub, serial: int) -> Callable[[ReplicaState, Any], None]:
-        def apply(replica: ReplicaState, _msg: Any) -> None:
+        def apply(replica: ReplicaState, msg: Any) -> None:
             if not self._current(sub, serial):
                 return  # a late message from a stream just dropped
             self.refused.pop(sub, None)
-            self.objects[sub] = dict(replica.objects)
+            self.objects[sub] = replica.objects
+            keys = self.changed.get(sub, set())
+            if isinstance(msg, Delta) and keys is not None and sub in self.versions:
+                keys.update(msg.upserts)
+                keys.update(msg.deletes)
+                self.changed[sub] = keys
+            else:
+                self.changed[sub] = None
             if replica.version is not None:
                 self.versions[sub] = replica.version
             if sub.service in (ServiceName.ENDPOINT, ServiceName.PEERING):
@@ -304,6 +323,24 @@ class Agent:
             self.on_update()
 
         return apply
+
+    def take_changes(self, everything: bool = False) -> dict[Sub, StreamChange]:
+        """What changed since the last call, for ``FlowEngine.update``: the changed objects of
+        each stream (copied: the native thread that compiles them must not see the replicas
+        change meanwhile), a whole stream after a snapshot, None for a stream gone.
+        ``everything``: every stream whole (an engine starting afresh)."""
+        subs = {s: None for s in self.objects} if everything else self.changed
+        out: dict[Sub, StreamChange] = {}
+        for sub, keys in subs.items():
+            objs = self.objects.get(sub)
+            if objs is None:
+                out[sub] = StreamChange(None)
+            elif keys is None:
+                out[sub] = StreamChange(dict(objs))
+            else:
+                out[sub] = StreamChange({k: objs.get(k, DELETED) for k in keys}, partial=True)
+        self.changed = {}
+        return out
 
     def applied_reports(
         self, versions: Mapping[Sub, int], objects: Mapping[Sub, Mapping[str, Any]]

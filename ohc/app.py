@@ -19,6 +19,7 @@ import logging
 import os
 import subprocess
 import time
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import eventlet.queue
@@ -33,19 +34,18 @@ from os_ken.ofproto import ofproto_v1_3
 from meshpeer import options
 from meshpeer.client import Client
 from meshpeer.controller.directory import parse_directory
+from meshpeer.protocol import ServiceName
 from meshpeer.protocol.messages import stream_name
-from ohc import canonical, host, nd, ofio, ports, status
+from ohc import nd, ofio, ports, status
 from ohc.agent import Agent
 from ohc.clients import stream_client
-from ohc.compiler import IncrementalCompiler
 from ohc.cookies import Kind, kind_of
-from ohc.flows import Flow
-from ohc.memo import Memo
-from ohc.model import BadObject, Destination, HostView, Skipped
+from ohc.engine import FlowEngine, StreamChange, Update
+from ohc.model import Skipped
 from ohc.pipeline import ND_TARGET
 from ohc.ports import SwitchPorts
 from ohc.subscriptions import Sub
-from ohc.syncer import SwitchState, with_canary
+from ohc.syncer import SwitchModel, SyncPlan, plan, plan_keys
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,10 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         )
         self.replies = ofio.Replies()
         self.datapath: Any = None
-        self.installed: SwitchState | None = None  # our model of the switch; None: read it back
+        self.installed: SwitchModel | None = None  # our model of the switch; None: read it back
+        # A sync that could not delete (a followed stream had not delivered) left flows the
+        # model knows but the engine does not want: the next complete sync diffs them all.
+        self.stale = False
         self.ports = SwitchPorts({}, None, ())
         self.logged_skips: frozenset[Skipped] = frozenset()  # logged once, while they last
         self.bundle_id = 0
@@ -115,11 +118,9 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         # The reporter sends the latest applied versions and status after syncs: one thread,
         # the newest state only, so a slow or absent shard never piles up senders.
         self.reports: eventlet.queue.LightQueue = eventlet.queue.LightQueue()
-        self.to_report: tuple[dict[Sub, int], dict[Sub, dict[str, Any]]] | None = None
-        # What the last sync parsed, compiled and canonicalized; reused while unchanged.
-        self.parsed: Memo[Destination | BadObject] = Memo()
-        self.compiler = IncrementalCompiler()
-        self.canonical: Memo[Flow] = Memo()
+        self.to_report: tuple[dict[Sub, int], dict[Sub, Mapping[str, Any]]] | None = None
+        # The desired flows, kept up to date from the agent's stream changes (ohc/engine.py).
+        self.engine = FlowEngine(conf.underlay_ip)
         self.full_gc_at = time.monotonic()
         self.read_back_by = 0.0  # monotonic time until which a read-back waits for the streams
         self.deferred: set[str] = set()  # reasons of the syncs deferred meanwhile
@@ -268,22 +269,17 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             hub.kill(self.grace_timer)
             self.grace_timer = None
 
-    def view(self, objects: dict[Sub, dict[str, Any]]) -> tuple[HostView, tuple[Skipped, ...]]:
-        """The host's view of ``objects`` (the agent's replicas), parsed with ``self.parsed``."""
-        result = host.host_view(
-            self.conf.underlay_ip, objects, self.ports.vms, self.ports.tunnel, self.parsed
-        )
-        self.parsed.end_round()
-        return result
-
-    def desired(
-        self, objects: dict[Sub, dict[str, Any]]
-    ) -> tuple[SwitchState, tuple[Skipped, ...]]:
-        """View, compile, canonicalize: pure work, seconds at 50k peer endpoints, so it runs in
-        a native thread (``_sync``) while the hub keeps answering OVS's echo requests and the
-        subscriptions' heartbeats. Only the worker calls it, one sync at a time."""
-        view, skipped = self.view(objects)
-        return with_canary(canonical.canonical_state(self.compiler(view), self.canonical)), skipped
+    def _compile(self, changes: dict[Sub, StreamChange]) -> Update:
+        """The engine's update: pure work, O(change) for a delta but seconds for a first
+        snapshot of 50k peer endpoints, so it runs in a native thread (``_sync``) while the
+        hub keeps answering OVS's echo requests and the subscriptions' heartbeats. The cyclic
+        GC is paused meanwhile: the engine allocates millions of acyclic objects, and
+        collections rescanning them tripled a cold compile (measured, docs/decisions.md)."""
+        gc.disable()
+        try:
+            return self.engine.update(changes, dict(self.ports.vms), self.ports.tunnel)
+        finally:
+            gc.enable()
 
     def _sync(self, dp: Any, reasons: set[str]) -> None:
         if reasons & {"connect", "ports"} or not self.ports.vms:
@@ -292,62 +288,97 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
                 hub.spawn_after(PORT_REREAD_DELAY, self.triggers.put, "ports")
         if "canary-missing" in reasons:
             self.installed = None  # the switch lost its flows: read it back and resync fully
-        # One snapshot, taken without yielding: the objects the view is built from, their
-        # versions (for the applied reports) and whether every followed stream had delivered.
-        # The agent replaces a stream's objects dict on every change and never mutates one,
-        # so a copy of the outer mapping is consistent for the native thread. ``complete``
-        # must describe these objects, not the agent's state after the seconds the compile
-        # may take: streams that arrive meanwhile are not in this view, and deleting their
-        # flows because they are missing from it would cut the traffic they carry.
+        # One snapshot, taken without yielding: what changed in the streams, their versions
+        # (for the applied reports) and whether every followed stream had delivered. The
+        # changes are copies, so streams that change while the engine compiles are in the
+        # next sync, not half in this one; ``complete`` describes these changes, not the
+        # agent's state seconds later: deleting flows of streams that arrived meanwhile
+        # because they are missing here would cut the traffic they carry.
         versions = dict(self.agent.versions)
-        objects = dict(self.agent.objects)
+        peerings: dict[Sub, Mapping[str, Any]] = {
+            s: dict(o) for s, o in self.agent.streams(ServiceName.PEERING).items()
+        }
         complete = self.agent.complete()
+        changes = self.agent.take_changes()
         t0 = time.monotonic()
-        desired, skipped = eventlet.tpool.execute(self.desired, objects)
+        try:
+            update = eventlet.tpool.execute(self._compile, changes)
+        except Exception:
+            # A half-applied update leaves the engine unknown: start it afresh from every
+            # stream, and read the switch back.
+            self.engine = FlowEngine(self.conf.underlay_ip)
+            self.installed = None
+            update = eventlet.tpool.execute(self._compile, self.agent.take_changes(everything=True))
         compile_s = time.monotonic() - t0
-        skipped = self.ports.skipped + skipped
+        skipped = self.ports.skipped + self.engine.skipped()
         self._log_skips(skipped)
         self.skipped = skipped
         self.bundle_id += 1
         # While a followed stream has not delivered yet (a shard unreachable after a restart),
         # add and change flows but delete none: the switch's flows are the last known state.
-        result = ofio.sync(
-            self.replies,
-            dp,
-            desired,
-            self.bundle_id,
-            self.installed,
-            keep_extra=not complete,
-            offload=eventlet.tpool.execute,
-        )
-        self.installed = result.installed
-        self.to_report = (versions, objects)
+        read_s = 0.0
+        unmatched: int | None = None
+        t1 = time.monotonic()
+        if self.installed is None:
+            result = ofio.sync(
+                self.replies,
+                dp,
+                self.engine.state(),
+                self.bundle_id,
+                None,
+                keep_extra=not complete,
+                offload=eventlet.tpool.execute,
+            )
+            self.installed = SwitchModel.of(result.installed)
+            the_plan, read_s, unmatched = result.plan, result.read_s, result.read_unmatched
+            self.stale = not complete
+        else:
+            the_plan = self._plan(update, complete)
+            ofio.send_plan(
+                self.replies, dp, the_plan, self.bundle_id, offload=eventlet.tpool.execute
+            )
+            self.installed.apply(the_plan)
+        total_s = time.monotonic() - t1
+        self.to_report = (versions, peerings)
         self.syncs += 1
-        reused, compiled = self.compiler.last_round
         self.last = {
             "n": self.syncs,
             "reasons": sorted(reasons),
             "complete": complete,
             "at": time.time(),
-            "counts": dict(result.plan.counts),
-            "flows": len(result.installed.flows),
-            "groups": len(result.installed.groups),
+            "counts": dict(the_plan.counts),
+            "flows": len(self.installed.flows),
+            "groups": len(self.installed.groups),
             "compile_s": round(compile_s, 4),
-            "units": {"reused": reused, "compiled": compiled},
-            "read_s": round(result.read_s, 4),
-            "plan_s": round(result.plan_s, 4),
-            "send_s": round(result.send_s, 4),
-            "total_s": round(result.total_s, 4),
+            # units the engine compiled (ohc/engine.py); rebuilt: the VPC contexts were
+            "units": {"compiled": update.units, "rebuilt": update.skeleton},
+            "read_s": round(read_s, 4),
+            "total_s": round(total_s, 4),
             # read back from the switch (a full sync): installed flows that were not desired
             # ones, so parsed one by one (ohc.readback); 0 on a restart with nothing changed
-            "read_unmatched": None if result.canary_was_present is None else result.read_unmatched,
+            "read_unmatched": unmatched,
             "skipped": [str(s) for s in skipped][:20],
             "applied": synced_versions(versions),
         }
-        if not result.plan.empty:
+        if not the_plan.empty:
             log.info("ohc %s: sync %s", self.conf.host, json.dumps(self.last))
         self._write_status()
         self._freeze_heap()
+
+    def _plan(self, update: Update, complete: bool) -> SyncPlan:
+        """The steps for what the engine says changed; a full diff against the model after
+        syncs that could not delete. Incomplete: no deletes (fail static), diffed later."""
+        assert self.installed is not None
+        if self.stale and complete:
+            self.stale = False
+            return plan(self.engine.state(), self.installed.state())
+        the_plan = plan_keys(
+            self.engine.flow, self.engine.groups, self.installed, update.flow_keys, update.group_ids
+        )
+        if complete or not (the_plan.flow_deletes or the_plan.group_deletes):
+            return the_plan
+        self.stale = True
+        return the_plan.without_deletes()
 
     def _log_skips(self, skipped: tuple[Skipped, ...]) -> None:
         new, self.logged_skips = ports.new_skips(skipped, self.logged_skips)
@@ -381,7 +412,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
                 self._report(versions, objects)
             self._report_status()
 
-    def _report(self, versions: dict[Sub, int], objects: dict[Sub, dict[str, Any]]) -> None:
+    def _report(self, versions: dict[Sub, int], objects: dict[Sub, Mapping[str, Any]]) -> None:
         """Tell each shard which of its stream versions this switch now holds, so that
         `?wait=programmed` can answer. Best effort: a lost report only delays that answer.
 

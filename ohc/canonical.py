@@ -28,6 +28,7 @@ from ohc.flows import (
     WriteMetadata,
 )
 from ohc.memo import Memo
+from ohc.model import DOTTED_QUAD
 from ohc.syncer import FlowState, SwitchState
 
 UNREPRESENTABLE = "x-unrepresentable"  # SetField name marking an action ohc.flows cannot express
@@ -49,8 +50,6 @@ _WIDTH = {
     "udp_dst": 16,
     "ct_zone": 16,
 }
-_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # no leading zeros
-_CANONICAL_V4_RE = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 _INSTRUCTION_RANK = {Apply: 0, WriteMetadata: 1, Goto: 2}  # OpenFlow 1.3 execution order
 
 
@@ -69,7 +68,7 @@ def _text_value(name: str, value: str) -> int:
 def _canon_text(name: str, value: str) -> str:
     if _is_mac(name, value):
         return value.lower()
-    if _CANONICAL_V4_RE.fullmatch(value):
+    if DOTTED_QUAD.fullmatch(value):
         return value  # already as str(IPv4Address) prints it; parsing costs ~30 us
     return str(ipaddress.ip_address(value))
 
@@ -145,7 +144,7 @@ def canonical_instructions(instructions: Iterable[Instruction]) -> tuple[Instruc
 def _is_canonical_text(name: str, value: str) -> bool:
     if _is_mac(name, value):
         return value == value.lower()
-    if _CANONICAL_V4_RE.fullmatch(value):
+    if DOTTED_QUAD.fullmatch(value):
         return True
     try:
         return ":" in value and str(ipaddress.IPv6Address(value)) == value

@@ -251,6 +251,11 @@ class _Ctx:
     subnets: tuple[Network, ...]  # this VPC's own subnets (routes and ports)
     routes: _Routes  # the VPC's route decisions (policies.routes.decide_routes)
     replies_only: frozenset[tuple[str, str]]  # (local VPC, peer VPC): its side says "replies"
+    subnet_keys: tuple[tuple[int, int, int], ...] = ()  # ``subnets`` as (version, net, mask)
+
+    def __post_init__(self) -> None:
+        keys = tuple((n.version, int(n.network_address), int(n.netmask)) for n in self.subnets)
+        object.__setattr__(self, "subnet_keys", keys)
 
     def one_way(self, peer: PeerView) -> bool:
         """Does this VPC let in only replies from ``peer``? Then what it sends there is
@@ -361,19 +366,7 @@ class _Units:
         self.contexts: Memo[_UnitContext] = Memo()
 
     def context(self, ctx: _Ctx, peer: PeerView | None) -> _UnitContext:
-        """Everything ``_dest_flows`` reads besides the destination and its local port:
-        keep in step with it and the helpers it calls."""
-        parts: tuple[Hashable, ...] = (
-            ctx.vpc,
-            ctx.vni,
-            ctx.view.local_underlay_ip,
-            ctx.view.tunnel_port,
-        )
-        if peer is not None:
-            reach = ctx.routes.reach.get(peer.peer_vpc)
-            parts += (peer.peer_vpc, peer.policy_id, ctx.subnets, reach)
-            # one-way either side: commit toward the peer; a ct check at its local ports
-            parts += (ctx.one_way(peer), (peer.peer_vpc, ctx.vpc) in ctx.replies_only)
+        parts = dest_context(ctx, peer)
         return self.contexts.get(parts, lambda: _UnitContext(parts))
 
     def end_round(self) -> tuple[int, int]:
@@ -381,39 +374,66 @@ class _Units:
         return self.results.end_round()
 
 
-def _compile(view: HostView, units: _Units | None) -> DesiredState:
-    out = _Out()
-    _infra_flows(out)
+def contexts(view: HostView) -> tuple[_Ctx, ...]:
+    """One ``_Ctx`` per local VPC, in compile order (sorted by name). Reads no destinations:
+    the engine (``ohc.engine``) builds them from a view whose services hold none."""
     local = {(p.vpc, p.ip): p for p in view.local_ports}
     local_vpcs = frozenset(vpc for vpc, _ in local)
     vni_of = view.vpc_vni()
-    groups = _assign_groups(view, vni_of)
     replies_only = frozenset((p.vpc, p.peer_vpc) for p in view.peers if p.inbound == "replies")
+    out = []
     for vpc in sorted(vni_of):
         own = view.own_of(vpc) or VpcServices(vpc, vni_of[vpc])
         ports = tuple(p for p in view.local_ports if p.vpc == vpc)
         subnets = {r.prefix for r in own.routes if r.kind == "subnet"}
         subnets |= {p.prefix for p in ports if p.prefix is not None}
-        ctx = _Ctx(
-            view,
-            vpc,
-            vni_of[vpc],
-            own,
-            view.peers_of(vpc),
-            ports,
-            local,
-            local_vpcs,
-            tuple(sorted(subnets, key=lambda n: (n.version, str(n)))),
-            _decide(own, view.peers_of(vpc)),
-            replies_only,
+        out.append(
+            _Ctx(
+                view,
+                vpc,
+                vni_of[vpc],
+                own,
+                view.peers_of(vpc),
+                ports,
+                local,
+                local_vpcs,
+                tuple(sorted(subnets, key=lambda n: (n.version, str(n)))),
+                _decide(own, view.peers_of(vpc)),
+                replies_only,
+            )
         )
+    return tuple(out)
+
+
+def dest_context(ctx: _Ctx, peer: PeerView | None) -> tuple[Hashable, ...]:
+    """Everything ``_dest_flows`` reads besides the destination and its local port (own
+    destinations: ``peer`` None): keep in step with it and the helpers it calls."""
+    parts: tuple[Hashable, ...] = (
+        ctx.vpc,
+        ctx.vni,
+        ctx.view.local_underlay_ip,
+        ctx.view.tunnel_port,
+    )
+    if peer is not None:
+        reach = ctx.routes.reach.get(peer.peer_vpc)
+        parts += (peer.peer_vpc, peer.policy_id, ctx.subnets, reach)
+        # one-way either side: commit toward the peer; a ct check at its local ports
+        parts += (ctx.one_way(peer), (peer.peer_vpc, ctx.vpc) in ctx.replies_only)
+    return parts
+
+
+def _compile(view: HostView, units: _Units | None) -> DesiredState:
+    out = _Out()
+    _infra_flows(out)
+    groups = _assign_groups(view, view.vpc_vni())
+    for ctx in contexts(view):
         _vpc_flows(out, ctx)
-        for p in ports:  # local ports first: they win over stream copies of themselves
+        for p in ctx.ports:  # local ports first: they win over stream copies of themselves
             _port_flows(out, ctx, p)
         context = None if units is None else units.context(ctx, None)
-        for d in own.destinations:
+        for d in ctx.own.destinations:
             _dest_unit(out, ctx, d, None, units, context)
-        for lb in own.load_balancers:
+        for lb in ctx.own.load_balancers:
             _lb_flows(out, ctx, lb, None, groups)
         for peer in ctx.peers:
             context = None if units is None else units.context(ctx, peer)
@@ -683,7 +703,8 @@ def _is_remote(ctx: _Ctx, d: Destination) -> bool:
 
 
 def _inside_own_subnet(ctx: _Ctx, ip: Address) -> bool:
-    return any(ip.version == n.version and ip in n for n in ctx.subnets)
+    version, n = ip.version, int(ip)
+    return any(v == version and n & mask == net for v, net, mask in ctx.subnet_keys)
 
 
 def _source_ok(

@@ -14,7 +14,7 @@ from typing import Any
 
 from meshpeer.protocol import ServiceName
 from ohc.memo import Memo
-from ohc.model import BadObject, Destination, HostView, Skipped, StreamObjects
+from ohc.model import BadObject, Destination, HostView, Skipped, StreamObjects, TakenIps
 from ohc.subscriptions import Sub
 
 # The StreamObjects field each VPC-scoped service fills.
@@ -31,9 +31,11 @@ def host_view(
     ofports: Mapping[tuple[str, str], int],
     tunnel_port: int | None,
     parsed: Memo[Destination | BadObject] | None = None,
+    taken: TakenIps | None = None,
 ) -> tuple[HostView, tuple[Skipped, ...]]:
     """The view of a host whose switch numbers its VM ports ``ofports`` (VPC, endpoint name)
-    and its tunnel ``tunnel_port``, from the objects of the streams it follows."""
+    and its tunnel ``tunnel_port``, from the objects of the streams it follows (``taken``:
+    see ``HostView.from_service_objects``)."""
     endpoints: dict[str, Any] = {}
     own: dict[str, dict[str, Any]] = {}
     peerings: dict[str, Any] = {}
@@ -56,4 +58,5 @@ def host_view(
         {k: StreamObjects(**v) for k, v in peer.items()},
         parsed,
         tunnel_port,
+        taken,
     )

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+import socket
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -31,6 +32,8 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 JsonObject = Mapping[str, Any]
 ServiceObjects = Mapping[str, JsonObject]  # object key -> object, as a stream holds them
+# (VPC, export policy or None for its own services, VNI) -> ip_keys of destinations kept apart
+TakenIps = Callable[[str, str | None, int], Container[tuple[int, int]]]
 RouteKind = Literal["subnet", "static"]
 
 MAX_WEIGHT = 0xFFFF  # OpenFlow bucket weight is 16 bits
@@ -60,16 +63,38 @@ def _str(obj: JsonObject, name: str) -> str:
     return value
 
 
+class TextIPv4(ipaddress.IPv4Address):
+    """An IPv4 address that keeps the canonical text it was parsed from.
+
+    Each destination's addresses are rendered into its flows' matches and actions; at 50k
+    destinations ``str(IPv4Address)`` alone took ~1 s of a cold compile (measured), and
+    parsing a dotted quad through ``ipaddress`` another ~1 s. Equal, hashed and ordered as
+    the plain address."""
+
+    __slots__ = ("_text",)
+
+    def __init__(self, text: str) -> None:  # text: a DOTTED_QUAD
+        self._ip = int.from_bytes(socket.inet_aton(text), "big")
+        self._text = text
+
+    def __str__(self) -> str:
+        return self._text
+
+
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # no leading zeros
+DOTTED_QUAD = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")  # IPv4 text as str() prints it
+
+
 def parse_ip(value: object, what: str = "ip") -> Address:
     if not isinstance(value, str):
         raise BadObject(f"{what}: expected an address string, got {value!r}")
     try:
-        ip = ipaddress.ip_address(value)
+        ip = TextIPv4(value) if DOTTED_QUAD.fullmatch(value) else ipaddress.ip_address(value)
     except ValueError as e:
         raise BadObject(f"{what}: {e}") from None
     if ip.is_unspecified or ip.is_multicast or ip.is_loopback:
         raise BadObject(f"{what}: {ip} cannot be an endpoint address")
-    if isinstance(ip, ipaddress.IPv4Address) and ip == ipaddress.IPv4Address("255.255.255.255"):
+    if ip.version == 4 and int(ip) == 0xFFFF_FFFF:
         raise BadObject(f"{what}: broadcast address")
     return ip
 
@@ -303,11 +328,14 @@ class VpcServices:
         objects: StreamObjects,
         skipped: list[Skipped],
         parsed: Memo[Destination | BadObject] | None = None,
+        taken: Container[tuple[int, int]] = (),
     ) -> VpcServices:
         """Validate every object; objects not carrying ``vni`` are skipped (a VPC has one VNI).
 
         ``parsed`` memoizes destinations by the identity of their JSON object: a stream
         replica replaces an object on change and keeps it otherwise (``_parse_destination``).
+        ``taken``: the ``ip_key`` of valid destinations kept elsewhere (``ohc.engine`` passes
+        no destinations here and keeps them itself); a VIP may not be one of them either.
         """
         dests: dict[tuple[int, int], Destination] = {}  # by ip_key: cheaper than ipaddress hashes
         for key in sorted(objects.destinations):
@@ -338,7 +366,7 @@ class VpcServices:
                     vpc, key, _obj(objects.load_balancers[key]), skipped
                 )
                 _same_vni(lb.vni, vni)
-                if ip_key(lb.vip) in dests or lb.vip in lbs:
+                if ip_key(lb.vip) in dests or ip_key(lb.vip) in taken or lb.vip in lbs:
                     raise BadObject(f"vip {lb.vip} is already in use")
                 lbs[lb.vip] = lb
             except BadObject as e:
@@ -396,6 +424,7 @@ class HostView:
         peer_services: Mapping[tuple[str, str], StreamObjects],
         parsed: Memo[Destination | BadObject] | None = None,
         tunnel_port: int | None = TUNNEL_PORT,
+        taken: TakenIps | None = None,
     ) -> tuple[HostView, tuple[Skipped, ...]]:
         """Build the view of one host.
 
@@ -407,7 +436,8 @@ class HostView:
         (peer VPC, policy id) -> the peer's streams under that policy (one subscription serves
         every local VPC the peer exports to under the same policy); ``parsed``: destinations
         parsed by the previous call, reused (``VpcServices.from_service_objects``); the caller
-        ends its rounds.
+        ends its rounds; ``taken``: (VPC, policy or None, VNI) -> the addresses of destinations
+        the caller keeps apart from the view (``VpcServices.from_service_objects``).
         """
         skipped: list[Skipped] = []
         ports = _local_ports(endpoints, ofports, tunnel_port, skipped)
@@ -415,7 +445,12 @@ class HostView:
         owners = {vni: vpc for vpc, vni in vni_of.items()}
         owns = tuple(
             VpcServices.from_service_objects(
-                vpc, vni, own.get(vpc, StreamObjects()), skipped, parsed
+                vpc,
+                vni,
+                own.get(vpc, StreamObjects()),
+                skipped,
+                parsed,
+                () if taken is None else taken(vpc, None, vni),
             )
             for vpc, vni in sorted(vni_of.items())
         )
@@ -443,7 +478,12 @@ class HostView:
                     continue
                 streams = peer_services.get((peer_vpc, po.policy_id), StreamObjects())
                 services = VpcServices.from_service_objects(
-                    peer_vpc, peer_vni, streams, skipped, parsed
+                    peer_vpc,
+                    peer_vni,
+                    streams,
+                    skipped,
+                    parsed,
+                    () if taken is None else taken(peer_vpc, po.policy_id, peer_vni),
                 )
                 peers.append(
                     PeerView(

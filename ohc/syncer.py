@@ -21,7 +21,7 @@ modelled installed state equals the latest desired state (OVN's CHECK_FLOWS_AFTE
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -143,38 +143,99 @@ class SyncPlan:
         deleting what does not) raises PlanError, so the model catches planning bugs that a
         forgiving switch would hide.
         """
-        groups = {g.group_id: g for g in installed.groups}
-        for g in self.group_adds:
-            if g.group_id in groups:
-                raise PlanError(f"group add of existing group {g.group_id}")
-            groups[g.group_id] = g
-        for g in self.group_modifies:
-            if g.group_id not in groups:
-                raise PlanError(f"group modify of missing group {g.group_id}")
-            groups[g.group_id] = g
-        flows = dict(_by_key(installed))
-        for f in self.flow_adds:
-            if f.key in flows:
-                raise PlanError(f"flow add of an installed key: {f.text()}")
-            flows[f.key] = f
-        for c in self.flow_modifies:
-            if flows.get(c.old.key) != c.old or c.new.key != c.old.key:
-                raise PlanError(f"flow modify does not fit: {c.old.text()} -> {c.new.text()}")
-            flows[c.new.key] = c.new
-        for f in self.flow_deletes:
-            if flows.pop(f.key, None) is None:
-                raise PlanError(f"flow delete of a missing key: {f.text()}")
-        for g in self.group_deletes:
-            if groups.pop(g.group_id, None) is None:
-                raise PlanError(f"group delete of missing group {g.group_id}")
         if not (self.flow_adds or self.flow_modifies or self.flow_deletes):
-            flow_set = installed.flows  # unchanged: keep the set
-        else:
-            flow_set = frozenset(flows.values())
-        return SwitchState(flow_set, frozenset(groups.values()), flows)  # flows: not shared
+            model = SwitchModel({}, {g.group_id: g for g in installed.groups})
+            model.apply(self)
+            return SwitchState(installed.flows, frozenset(model.groups.values()))
+        model = SwitchModel.of(installed)  # a copy: ``installed`` is left as it was
+        model.apply(self)
+        return SwitchState(
+            frozenset(model.flows.values()), frozenset(model.groups.values()), model.flows
+        )
 
     def summary(self) -> str:
         return ", ".join(f"{n} {k}" for k, n in self.counts.items() if n) or "nothing to do"
+
+
+class SwitchModel:
+    """What the OHC believes the switch holds, changed in place by each committed plan, so
+    that a sync of k changes costs O(k) however many flows are installed."""
+
+    def __init__(self, flows: dict[FlowKey, Flow], groups: dict[int, Group]) -> None:
+        self.flows = flows
+        self.groups = groups
+
+    @staticmethod
+    def of(state: FlowState) -> SwitchModel:
+        return SwitchModel(dict(_by_key(state)), {g.group_id: g for g in state.groups})
+
+    def state(self) -> SwitchState:
+        flows = dict(self.flows)  # the index handed on must not change with the model
+        return SwitchState(frozenset(flows.values()), frozenset(self.groups.values()), flows)
+
+    def apply(self, the_plan: SyncPlan) -> None:
+        """Strict, as ``SyncPlan.apply_to``: a step that does not fit raises PlanError (and
+        leaves the model half changed: the caller reads the switch back)."""
+        groups, flows = self.groups, self.flows
+        for g in the_plan.group_adds:
+            if g.group_id in groups:
+                raise PlanError(f"group add of existing group {g.group_id}")
+            groups[g.group_id] = g
+        for g in the_plan.group_modifies:
+            if g.group_id not in groups:
+                raise PlanError(f"group modify of missing group {g.group_id}")
+            groups[g.group_id] = g
+        for f in the_plan.flow_adds:
+            if f.key in flows:
+                raise PlanError(f"flow add of an installed key: {f.text()}")
+            flows[f.key] = f
+        for c in the_plan.flow_modifies:
+            if flows.get(c.old.key) != c.old or c.new.key != c.old.key:
+                raise PlanError(f"flow modify does not fit: {c.old.text()} -> {c.new.text()}")
+            flows[c.new.key] = c.new
+        for f in the_plan.flow_deletes:
+            if flows.pop(f.key, None) is None:
+                raise PlanError(f"flow delete of a missing key: {f.text()}")
+        for g in the_plan.group_deletes:
+            if groups.pop(g.group_id, None) is None:
+                raise PlanError(f"group delete of missing group {g.group_id}")
+
+
+def plan_keys(
+    flow: Callable[[FlowKey], Flow | None],
+    groups: Mapping[int, Group],
+    model: SwitchModel,
+    keys: Iterable[FlowKey],
+    group_ids: Iterable[int],
+) -> SyncPlan:
+    """``plan`` restricted to ``keys`` and ``group_ids``, the only ones that may differ (the
+    incremental engine says which): O(changes), not O(installed). ``flow`` gives the desired
+    flow of a key (None: not desired)."""
+    adds: list[Flow] = []
+    changes: list[FlowChange] = []
+    deletes: list[Flow] = []
+    for k in keys:
+        want, have = flow(k), model.flows.get(k)
+        if want == have:
+            continue
+        if have is None:
+            assert want is not None
+            adds.append(want)
+        elif want is None:
+            deletes.append(have)
+        else:
+            changes.append(FlowChange(have, want))
+    wanted = [(groups.get(i), model.groups.get(i)) for i in set(group_ids)]
+    return SyncPlan(
+        group_adds=_groups_sorted(w for w, h in wanted if w is not None and h is None),
+        group_modifies=_groups_sorted(
+            w for w, h in wanted if w is not None and h is not None and w != h
+        ),
+        flow_adds=tuple(sorted(adds, key=_flow_order)),
+        flow_modifies=tuple(sorted(changes, key=lambda c: _flow_order(c.new))),
+        flow_deletes=tuple(sorted(deletes, key=_flow_order)),
+        group_deletes=_groups_sorted(h for w, h in wanted if w is None and h is not None),
+    )
 
 
 def flows_by_key(flows: Iterable[Flow]) -> dict[FlowKey, Flow]:
@@ -264,11 +325,13 @@ __all__ = [
     "FlowState",
     "PlanError",
     "StepKind",
+    "SwitchModel",
     "SwitchState",
     "SyncPlan",
     "flows_by_key",
     "group_references",
     "missing_groups",
     "plan",
+    "plan_keys",
     "with_canary",
 ]
