@@ -132,3 +132,59 @@ def test_one_more_peer_destination_compiles_one_unit() -> None:
     # blue: to r5 and its source check; red: the same and the ARP answer for r5
     assert len(update.flow_keys) == 5
     assert engine.state().flows == reference(i, second, "hv1", OFPORT, TUNNEL_PORT)[0].flows
+
+
+# What a peer shard may send is untrusted: destinations that share an address, take a load
+# balancer's VIP, carry another VNI or are malformed. The engine must decide as the full
+# compile does (the first key in sorted order wins an address; a VIP a destination holds is
+# skipped), however the objects arrive.
+ADDRESSES = ("10.2.0.11", "10.2.0.12", "10.2.0.100", "10.2.0.14", "10.1.0.11", "10.2.0.300")
+RAW_EDITS = st.lists(
+    st.tuples(
+        st.sampled_from(["destination", "destination", "loadbalancer"]),
+        st.sampled_from([None, "policy"]),  # red's own stream, or its export to blue
+        st.sampled_from(["r1", "r2", "r3", "x1", "x2", "lbin"]),
+        st.one_of(st.none(), st.tuples(st.sampled_from(ADDRESSES), st.sampled_from([1001, 1000]))),
+    ),
+    min_size=1,
+    max_size=10,
+)
+
+
+def _raw(service: str, key: str, ip: str, vni: int) -> dict[str, Any]:
+    where = {"ip": ip, "mac": "02:00:00:00:00:07", "vni": vni, "host_ip": "169.254.101.12"}
+    if service == "destination":
+        return where
+    backend = {"endpoint": "r1", "weight": 1, "healthy": True, **where, "ip": "10.2.0.11"}
+    return {"vip": ip, "mac": "02:00:00:00:00:08", "vni": vni, "backends": [backend]}
+
+
+@settings(max_examples=80, deadline=None)
+@given(RAW_EDITS)
+def test_untrusted_objects_are_decided_as_the_full_compile_decides(
+    edits: list[tuple[str, str | None, str, tuple[str, int] | None]],
+) -> None:
+    i = full_intent()
+    streams = followed(publish(i), "hv1")
+    engine = FlowEngine(str(i.hosts["hv1"].underlay_ip))
+    engine.update(changes({}, streams, True), OFPORT, TUNNEL_PORT)
+    policy = next(s.policy for s in streams if s.key == "red" and s.policy)
+    for service, which, key, value in edits:
+        sub = next(
+            s
+            for s in streams
+            if (s.service, s.key, s.policy) == (service, "red", policy if which else None)
+        )
+        objs = dict(streams[sub])
+        if value is None:
+            objs.pop(key, None)
+        else:
+            objs[key] = _raw(service, key, *value)
+        new = {**streams, sub: objs}
+        engine.update(changes(streams, new, False), OFPORT, TUNNEL_PORT)
+        streams = new
+        want, skipped = reference(i, streams, "hv1", OFPORT, TUNNEL_PORT)
+        got = engine.state()
+        assert got.flows == want.flows
+        assert got.groups == want.groups
+        assert engine.skipped() == skipped
