@@ -9,7 +9,6 @@ in that form (memoized per flow); ``ohc.ofio`` puts what it reads back from the 
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -27,7 +26,6 @@ from ohc.flows import (
     SetField,
     WriteMetadata,
 )
-from ohc.memo import Memo
 from ohc.model import DOTTED_QUAD
 from ohc.syncer import FlowState, SwitchState
 
@@ -223,12 +221,7 @@ def canonical_group(group: Group) -> Group:
     return Group(group.group_id, group.type, buckets)
 
 
-def canonical_state(state: FlowState, memo: Memo[Flow] | None = None) -> SwitchState:
-    """``state`` in canonical form. With a ``memo`` (flows are hashable values), a flow
-    canonicalized by the memo's previous round is looked up instead of rebuilt."""
-    if memo is None:
-        flows = frozenset(canonical_flow(f) for f in state.flows)
-    else:
-        flows = frozenset(memo.get(f, functools.partial(canonical_flow, f)) for f in state.flows)
-        memo.end_round()
+def canonical_state(state: FlowState) -> SwitchState:
+    """``state`` in canonical form."""
+    flows = frozenset(canonical_flow(f) for f in state.flows)
     return SwitchState(flows, frozenset(canonical_group(g) for g in state.groups))

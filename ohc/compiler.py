@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Hashable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ohc.cookies import Kind, cookie, object_hash
 from ohc.flows import (
@@ -33,7 +33,6 @@ from ohc.flows import (
     ToGroup,
     WriteMetadata,
 )
-from ohc.memo import Memo
 from ohc.model import (
     Address,
     Destination,
@@ -212,7 +211,7 @@ _Event = tuple[Flow, tuple[Kind, str]] | str  # a flow put, or a note
 
 
 class _Recorder(_Out):
-    """Records what one unit of compilation puts and notes, to replay later in order."""
+    """Records what one unit of compilation puts and notes, in order (``ohc.engine``)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -223,14 +222,6 @@ class _Recorder(_Out):
 
     def note(self, text: str) -> None:
         self.events.append(text)
-
-
-def _replay(out: _Out, events: Iterable[_Event]) -> None:
-    for e in events:
-        if isinstance(e, str):
-            out.note(e)
-        else:
-            out.put(*e)
 
 
 # --- compiling ----------------------------------------------------------------------------
@@ -318,60 +309,7 @@ def _decide(own: VpcServices, peers: Iterable[PeerView]) -> _Routes:
 
 def compile_host(view: HostView) -> DesiredState:
     """Every flow and group this host's ``br-int`` should hold for ``view``."""
-    return _compile(view, None)
-
-
-class IncrementalCompiler:
-    """``compile_host`` that reuses, from its previous call, the flows of every destination
-        whose inputs are unchanged.
-
-        Destinations are the bulk of a large view (one per peer endpoint) and almost all of them
-        are the same from one update to the next. Each is compiled as a unit whose result (flows
-        put and notes, in order) is memoized under everything it depends on (its ``_Units.context``,
-    the destination and its local port, if any) and
-        replayed into the collector in the same order as a full compile, so the result always
-        equals ``compile_host(view)`` (tested).
-    """
-
-    def __init__(self) -> None:
-        self._units = _Units()
-        self.last_round = (0, 0)  # (units reused, units compiled) by the last call
-
-    def __call__(self, view: HostView) -> DesiredState:
-        state = _compile(view, self._units)
-        self.last_round = self._units.end_round()
-        return state
-
-
-@dataclass(frozen=True)
-class _UnitContext:
-    """What every destination unit of one (local VPC, peer or own) shares, hashed once."""
-
-    parts: tuple[Hashable, ...]
-    _hash: int = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash(self.parts))
-
-    def __hash__(self) -> int:
-        return self._hash
-
-
-class _Units:
-    """The memo of destination units. Contexts are interned, and destinations come from the
-    OHC's parse memo, so a hit compares by identity instead of field by field."""
-
-    def __init__(self) -> None:
-        self.results: Memo[tuple[_Event, ...]] = Memo()
-        self.contexts: Memo[_UnitContext] = Memo()
-
-    def context(self, ctx: _Ctx, peer: PeerView | None) -> _UnitContext:
-        parts = dest_context(ctx, peer)
-        return self.contexts.get(parts, lambda: _UnitContext(parts))
-
-    def end_round(self) -> tuple[int, int]:
-        self.contexts.end_round()
-        return self.results.end_round()
+    return _compile(view)
 
 
 def contexts(view: HostView) -> tuple[_Ctx, ...]:
@@ -422,7 +360,7 @@ def dest_context(ctx: _Ctx, peer: PeerView | None) -> tuple[Hashable, ...]:
     return parts
 
 
-def _compile(view: HostView, units: _Units | None) -> DesiredState:
+def _compile(view: HostView) -> DesiredState:
     out = _Out()
     _infra_flows(out)
     groups = _assign_groups(view, view.vpc_vni())
@@ -430,15 +368,13 @@ def _compile(view: HostView, units: _Units | None) -> DesiredState:
         _vpc_flows(out, ctx)
         for p in ctx.ports:  # local ports first: they win over stream copies of themselves
             _port_flows(out, ctx, p)
-        context = None if units is None else units.context(ctx, None)
         for d in ctx.own.destinations:
-            _dest_unit(out, ctx, d, None, units, context)
+            _dest_flows(out, ctx, d, None)
         for lb in ctx.own.load_balancers:
             _lb_flows(out, ctx, lb, None, groups)
         for peer in ctx.peers:
-            context = None if units is None else units.context(ctx, peer)
             for d in peer.services.destinations:
-                _dest_unit(out, ctx, d, peer, units, context)
+                _dest_flows(out, ctx, d, peer)
             for lb in peer.services.load_balancers:
                 _lb_flows(out, ctx, lb, peer, groups)
         _route_flows(out, ctx)
@@ -738,27 +674,6 @@ def _toward(ctx: _Ctx, peer: PeerView | None, actions: tuple[Action, ...]) -> Ap
 
 def _peer_owner(kind: Kind, name: str, peer: PeerView) -> tuple[Kind, str]:
     return kind, f"{peer.peer_vpc}/{name}@{peer.policy_id}"
-
-
-def _dest_unit(
-    out: _Out,
-    ctx: _Ctx,
-    d: Destination,
-    peer: PeerView | None,
-    units: _Units | None,
-    context: _UnitContext | None,
-) -> None:
-    if units is None or context is None:
-        _dest_flows(out, ctx, d, peer)
-        return
-
-    def compile_unit() -> tuple[_Event, ...]:
-        recorder = _Recorder()
-        _dest_flows(recorder, ctx, d, peer)
-        return tuple(recorder.events)
-
-    key = (context, _local_port(ctx, d), d)
-    _replay(out, units.results.get(key, compile_unit))
 
 
 def _dest_flows(out: _Out, ctx: _Ctx, d: Destination, peer: PeerView | None) -> None:

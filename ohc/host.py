@@ -13,8 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from meshpeer.protocol import ServiceName
-from ohc.memo import Memo
-from ohc.model import BadObject, Destination, HostView, Skipped, StreamObjects, TakenIps
+from ohc.model import HostView, Skipped, StreamObjects, TakenIps
 from ohc.subscriptions import Sub
 
 # The StreamObjects field each VPC-scoped service fills.
@@ -30,7 +29,6 @@ def host_view(
     objects: Mapping[Sub, Mapping[str, Any]],
     ofports: Mapping[tuple[str, str], int],
     tunnel_port: int | None,
-    parsed: Memo[Destination | BadObject] | None = None,
     taken: TakenIps | None = None,
 ) -> tuple[HostView, tuple[Skipped, ...]]:
     """The view of a host whose switch numbers its VM ports ``ofports`` (VPC, endpoint name)
@@ -56,7 +54,6 @@ def host_view(
         {k: StreamObjects(**v) for k, v in own.items()},
         peerings,
         {k: StreamObjects(**v) for k, v in peer.items()},
-        parsed,
         tunnel_port,
         taken,
     )

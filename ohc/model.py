@@ -25,7 +25,6 @@ from typing import Any, Literal
 
 from meshpeer.protocol.messages import ProtocolError
 from meshpeer.protocol.peering import MAX_VNI, Inbound, PeeringObject
-from ohc.memo import Memo
 from ohc.pipeline import MAX_PORT, TUNNEL_PORT
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -327,20 +326,17 @@ class VpcServices:
         vni: int,
         objects: StreamObjects,
         skipped: list[Skipped],
-        parsed: Memo[Destination | BadObject] | None = None,
         taken: Container[tuple[int, int]] = (),
     ) -> VpcServices:
         """Validate every object; objects not carrying ``vni`` are skipped (a VPC has one VNI).
 
-        ``parsed`` memoizes destinations by the identity of their JSON object: a stream
-        replica replaces an object on change and keeps it otherwise (``_parse_destination``).
         ``taken``: the ``ip_key`` of valid destinations kept elsewhere (``ohc.engine`` passes
         no destinations here and keeps them itself); a VIP may not be one of them either.
         """
         dests: dict[tuple[int, int], Destination] = {}  # by ip_key: cheaper than ipaddress hashes
         for key in sorted(objects.destinations):
             try:
-                d = _parse_destination(vpc, key, objects.destinations[key], parsed)
+                d = Destination.from_service_objects(vpc, key, _obj(objects.destinations[key]))
                 _same_vni(d.vni, vni)
                 k = ip_key(d.ip)
                 if k in dests:
@@ -422,7 +418,6 @@ class HostView:
         own: Mapping[str, StreamObjects],
         peerings: Mapping[str, ServiceObjects],
         peer_services: Mapping[tuple[str, str], StreamObjects],
-        parsed: Memo[Destination | BadObject] | None = None,
         tunnel_port: int | None = TUNNEL_PORT,
         taken: TakenIps | None = None,
     ) -> tuple[HostView, tuple[Skipped, ...]]:
@@ -434,9 +429,7 @@ class HostView:
         also read from OVS: ``ohc/ports.py``); ``own``: local VPC -> its own streams;
         ``peerings``: local VPC -> its peering-service objects; ``peer_services``:
         (peer VPC, policy id) -> the peer's streams under that policy (one subscription serves
-        every local VPC the peer exports to under the same policy); ``parsed``: destinations
-        parsed by the previous call, reused (``VpcServices.from_service_objects``); the caller
-        ends its rounds; ``taken``: (VPC, policy or None, VNI) -> the addresses of destinations
+        every local VPC the peer exports to under the same policy); ``taken``: (VPC, policy or None, VNI) -> the addresses of destinations
         the caller keeps apart from the view (``VpcServices.from_service_objects``).
         """
         skipped: list[Skipped] = []
@@ -449,7 +442,6 @@ class HostView:
                 vni,
                 own.get(vpc, StreamObjects()),
                 skipped,
-                parsed,
                 () if taken is None else taken(vpc, None, vni),
             )
             for vpc, vni in sorted(vni_of.items())
@@ -482,7 +474,6 @@ class HostView:
                     peer_vni,
                     streams,
                     skipped,
-                    parsed,
                     () if taken is None else taken(peer_vpc, po.policy_id, peer_vni),
                 )
                 peers.append(
@@ -504,23 +495,6 @@ class HostView:
             tunnel_port,
         )
         return view, tuple(sorted(set(skipped)))
-
-
-def _parse_destination(
-    vpc: str, key: str, value: object, parsed: Memo[Destination | BadObject] | None
-) -> Destination:
-    def parse() -> Destination | BadObject:
-        try:
-            return Destination.from_service_objects(vpc, key, _obj(value))
-        except BadObject as e:
-            return e
-
-    # The memo keeps ``value`` alive alongside its result, so no other object can have its
-    # id while the entry exists; a changed object is a new object, hence a new key.
-    result = parse() if parsed is None else parsed.get((vpc, key, id(value)), parse)
-    if isinstance(result, BadObject):
-        raise BadObject(str(result))  # a fresh exception: re-raising one would grow its traceback
-    return result
 
 
 def _obj(value: object) -> JsonObject:

@@ -19,23 +19,20 @@ from meshpeer.controller.model import Intent
 from ohc import host as ohc_host
 from ohc.canonical import canonical_state
 from ohc.compiler import compile_host
-from ohc.engine import DELETED, FlowEngine, StreamChange
+from ohc.engine import FlowEngine
 from ohc.pipeline import TUNNEL_PORT
-from ohc.subscriptions import Sub
 from ohc.syncer import SwitchState, with_canary
+from tests.support.changes import Streams, changes
 from tests.unit.controller_fixtures import add_vm
 from tests.unit.test_ohc_compiler import (
     HOSTS,
     OFPORT,
-    OPS,
     apply_op,
     base_intent,
     followed,
     full_intent,
     publish,
 )
-
-Streams = dict[Sub, dict[str, Any]]
 
 
 def reference(
@@ -45,23 +42,6 @@ def reference(
     state = compile_host(view)
     assert canonical_state(state).flows == state.flows  # the compiler emits canonical flows
     return with_canary(canonical_state(state)), skipped
-
-
-def changes(old: Streams, new: Streams, snapshot: bool) -> dict[Sub, StreamChange]:
-    """What a replica would deliver to get from ``old`` to ``new``: deltas, or snapshots."""
-    out: dict[Sub, StreamChange] = {}
-    for sub in old.keys() - new.keys():
-        out[sub] = StreamChange(None)
-    for sub, objs in new.items():
-        before = old.get(sub)
-        if before is None or snapshot:
-            out[sub] = StreamChange(dict(objs))
-            continue
-        delta = {k: objs.get(k, DELETED) for k in before.keys() | objs.keys()}
-        delta = {k: v for k, v in delta.items() if before.get(k, DELETED) != v}
-        if delta:
-            out[sub] = StreamChange(delta, partial=True)
-    return out
 
 
 STEPS = st.lists(

@@ -17,9 +17,12 @@ import pytest
 from meshpeer.protocol.peering import Inbound
 from ohc import wire
 from ohc.canonical import canonical_state
-from ohc.compiler import IncrementalCompiler, compile_host
+from ohc.compiler import compile_host
+from ohc.engine import FlowEngine
 from ohc.ofio import flow_from_stats
 from ohc.pipeline import INBOUND_CT, TUNNEL_PORT
+from ohc.syncer import with_canary
+from tests.support.changes import Streams, changes
 from tests.support.fakeoftable import parse_wire
 from tests.unit.controller_fixtures import add_ilb, peer
 from tests.unit.test_ohc_compiler import (
@@ -28,6 +31,7 @@ from tests.unit.test_ohc_compiler import (
     Lab,
     base_intent,
     build_lab,
+    followed,
     host_view,
     only,
     osken_bytes,
@@ -161,16 +165,19 @@ def test_the_peer_side_setting_reaches_only_the_hosts_that_need_it() -> None:
     assert compile_host(flipped).flows == both.states["hv1"].flows
 
 
-def test_the_memoized_compiler_follows_a_flip_of_either_side() -> None:
-    """Destination units are memoized under their context: flipping a side must recompile
-    them (commits toward the peer, the check before a local port of the other side)."""
+def test_the_engine_follows_a_flip_of_either_side() -> None:
+    """Destination units depend on their context: flipping a side must recompile them
+    (commits toward the peer, the check before a local port of the other side)."""
     both, replies = one_way_lab("all"), one_way_lab("replies")
     for host in ("hv1", "hv2"):
-        compiler = IncrementalCompiler()
-        view_all = host_view(both.intent, publish(both.intent), host)[0]
-        view_replies = host_view(replies.intent, publish(replies.intent), host)[0]
-        for view in (view_all, view_replies, view_all):
-            assert compiler(view).flows == compile_host(view).flows
+        engine = FlowEngine(str(both.intent.hosts[host].underlay_ip))
+        held: Streams = {}
+        for lab in (both, replies, both):
+            streams = followed(publish(lab.intent), host)
+            engine.update(changes(held, streams, False), OFPORT, TUNNEL_PORT)
+            held = streams
+            view = host_view(lab.intent, publish(lab.intent), host)[0]
+            assert engine.state().flows == with_canary(compile_host(view)).flows
 
 
 def test_ct_flows_pack_like_os_ken_and_read_back_equal(lab: Lab) -> None:

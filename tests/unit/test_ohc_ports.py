@@ -102,7 +102,7 @@ def test_what_is_skipped_says_why() -> None:
 def view(host: str, ofports: dict[tuple[str, str], int], tunnel: int | None) -> tuple[HostView, tuple[Skipped, ...]]:  # fmt: skip
     """``host``'s view of full_intent(), its ports numbered as given."""
     i = full_intent()
-    return host_view(i, publish(i), host, None, ofports, tunnel)
+    return host_view(i, publish(i), host, ofports, tunnel)
 
 
 # As OVS numbers ports added with a plain `ovs-vsctl add-port` (no ofport_request): hv1's VMs

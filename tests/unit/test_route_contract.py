@@ -49,9 +49,7 @@ class World:
         placed = sorted((e for e in i.endpoints.values() if e.host), key=_ep_key)
         ofports = {(e.vpc, e.name): 10 + n for n, e in enumerate(placed)}
         pub = publish(i, G, OWNER)
-        tables = {
-            h: load(compile_host(host_view(i, pub, h, None, ofports)[0])) for h in sorted(i.hosts)
-        }
+        tables = {h: load(compile_host(host_view(i, pub, h, ofports)[0])) for h in sorted(i.hosts)}
         return World(i, ofports, tables)
 
     def effective(self, vpc: str) -> list[dict[str, Any]]:
@@ -232,7 +230,7 @@ def test_a_bad_peering_object_is_skipped_with_its_reason() -> None:
     sid = StreamId(ServiceName.PEERING, "plum", None, "hv2")
     bad = {k: o | {"import_custom_routes": "yes"} for k, o in pub.streams[sid].items()}
     streams = pub.streams | {sid: bad}
-    view, skipped = host_view(i, Publication(streams), "hv2", None, World.build(i).ofports)
+    view, skipped = host_view(i, Publication(streams), "hv2", World.build(i).ofports)
     assert not view.peers_of("plum")
     assert [(s.service, s.key) for s in skipped] == [("peering", "plum/teak")]
     assert "import_custom_routes" in skipped[0].reason
