@@ -318,7 +318,6 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         # add and change flows but delete none: the switch's flows are the last known state.
         read_s = 0.0
         unmatched: int | None = None
-        t1 = time.monotonic()
         if self.installed is None:
             result = ofio.sync(
                 self.replies,
@@ -331,14 +330,17 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             )
             self.installed = SwitchModel.of(result.installed)
             the_plan, read_s, unmatched = result.plan, result.read_s, result.read_unmatched
+            plan_s, send_s = result.plan_s, result.send_s
             self.stale = not complete
         else:
+            t1 = time.monotonic()
             the_plan = self._plan(update, complete)
+            t2 = time.monotonic()
             ofio.send_plan(
                 self.replies, dp, the_plan, self.bundle_id, offload=eventlet.tpool.execute
             )
             self.installed.apply(the_plan)
-        total_s = time.monotonic() - t1
+            plan_s, send_s = t2 - t1, time.monotonic() - t2
         self.to_report = (versions, peerings)
         self.syncs += 1
         self.last = {
@@ -353,7 +355,9 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             # units the engine compiled (ohc/engine.py); rebuilt: the VPC contexts were
             "units": {"compiled": update.units, "rebuilt": update.skeleton},
             "read_s": round(read_s, 4),
-            "total_s": round(total_s, 4),
+            "plan_s": round(plan_s, 4),
+            "send_s": round(send_s, 4),
+            "total_s": round(read_s + plan_s + send_s, 4),
             # read back from the switch (a full sync): installed flows that were not desired
             # ones, so parsed one by one (ohc.readback); 0 on a restart with nothing changed
             "read_unmatched": unmatched,
