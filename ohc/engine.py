@@ -34,6 +34,7 @@ from typing import Any
 from meshpeer.protocol import ServiceName
 from ohc import host
 from ohc.compiler import (
+    SharedPairs,
     _assign_groups,
     _Ctx,
     _dest_flows,
@@ -64,7 +65,8 @@ Rank = tuple[Any, ...]  # a flow's place in compile order: the first emitted win
 IndexKey = tuple[str, str | None, int]  # (VPC, export policy or None, VNI)
 RoleKey = tuple[str, str | None]  # (local VPC, peer VPC or None for its own destinations)
 UnitId = tuple[Hashable, ...]
-Candidates = list[tuple[Rank, Flow]]
+Candidate = tuple[Rank, int, Flow]  # (its unit's rank, its place in the unit, the flow)
+Candidates = list[Candidate]
 
 DELETED: Any = object()  # in a partial StreamChange: the object was deleted
 
@@ -186,23 +188,24 @@ class FlowEngine:
         self.view_skipped: tuple[Skipped, ...] = ()
         self.units: dict[UnitId, Candidates] = {}
         self.unit_groups: dict[UnitId, dict[int, Group]] = {}
-        self.table: dict[FlowKey, tuple[Rank, Flow]] = {}  # the winner of each key
+        self.table: dict[FlowKey, Candidate] = {}  # the winner of each key
         self.more: dict[FlowKey, Candidates] = {}  # every candidate, for contested keys only
         self.groups: dict[int, Group] = {}
         self._keys: set[FlowKey] = set()
         self._gids: set[int] = set()
         self._compiled = 0
-        self._set_unit(("infra",), _events((0,), _infra_flows), {})
+        self.shared: SharedPairs = {}  # match pairs many flows hold (compiler._Out)
+        self._set_unit(("infra",), self._events((0,), _infra_flows), {})
 
     # --- reading -----------------------------------------------------------------------
 
     def flow(self, key: FlowKey) -> Flow | None:
         have = self.table.get(key)
-        return None if have is None else have[1]
+        return None if have is None else have[2]
 
     def state(self) -> SwitchState:
         """Every desired flow (with the canary) and group: what a full sync diffs against."""
-        flows = frozenset(f for _, f in self.table.values()) | {CANARY}
+        flows = frozenset(c[2] for c in self.table.values()) | {CANARY}
         return SwitchState(flows, frozenset(self.groups.values()))
 
     def skipped(self) -> tuple[Skipped, ...]:
@@ -338,16 +341,18 @@ class FlowEngine:
         vpc = ctx.vpc
         out: Candidates = []
         got: dict[int, Group] = {}
-        out += _events((1, vpc, 0), _vpc_flows, ctx)
+        out += self._events((1, vpc, 0), _vpc_flows, ctx)
         for p in ctx.ports:
-            out += _events((1, vpc, 1, p.name), _port_flows, ctx, p)
+            out += self._events((1, vpc, 1, p.name), _port_flows, ctx, p)
         for lb in ctx.own.load_balancers:
-            out += _events((1, vpc, 3, ip_key(lb.vip)), _lb_flows, ctx, lb, None, groups, got=got)
+            out += self._events(
+                (1, vpc, 3, ip_key(lb.vip)), _lb_flows, ctx, lb, None, groups, got=got
+            )
         for pos, peer in enumerate(ctx.peers):
             for lb in peer.services.load_balancers:
                 rank = (1, vpc, 4, pos, 1, ip_key(lb.vip))
-                out += _events(rank, _lb_flows, ctx, lb, peer, groups, got=got)
-        out += _events((1, vpc, 5), _route_flows, ctx)
+                out += self._events(rank, _lb_flows, ctx, lb, peer, groups, got=got)
+        out += self._events((1, vpc, 5), _route_flows, ctx)
         self._set_unit(("ctx", vpc), out, got)
 
     def _compile_dest(self, rk: RoleKey, role: _Role, k: IpKey) -> None:
@@ -358,8 +363,13 @@ class FlowEngine:
             self._set_unit(("dest", *rk, k), [], {})
             return
         units.add(k)
-        events = _events((*role.rank, k), _dest_flows, role.ctx, d, role.peer)
+        events = self._events((*role.rank, k), _dest_flows, role.ctx, d, role.peer)
         self._set_unit(("dest", *rk, k), events, {})
+
+    def _events(
+        self, rank: Rank, fn: Any, *args: Any, got: dict[int, Group] | None = None
+    ) -> Candidates:
+        return _events(rank, fn, *args, got=got, shared=self.shared)
 
     # --- the table ---------------------------------------------------------------------
 
@@ -389,8 +399,8 @@ class FlowEngine:
         if groups:
             self.unit_groups[uid] = groups
 
-    def _claim(self, cand: tuple[Rank, Flow]) -> None:
-        key = cand[1].key
+    def _claim(self, cand: Candidate) -> None:
+        key = cand[2].key
         have = self.table.get(key)
         if have is None:
             self.table[key] = cand
@@ -398,26 +408,25 @@ class FlowEngine:
             return
         more = self.more.setdefault(key, [have])
         more.append(cand)
-        if cand[0] < have[0]:
+        if cand[:2] < have[:2]:
             self.table[key] = cand
-            if cand[1] != have[1]:
+            if cand[2] != have[2]:
                 self._keys.add(key)
 
-    def _withdraw(self, cand: tuple[Rank, Flow]) -> None:
-        key = cand[1].key
+    def _withdraw(self, cand: Candidate) -> None:
+        key = cand[2].key
         more = self.more.get(key)
         if more is None:
             del self.table[key]
             self._keys.add(key)
             return
         more.remove(cand)
-        best = min(more, key=lambda c: c[0])
+        best = min(more, key=lambda c: c[:2])
         if len(more) == 1:
             del self.more[key]
-        have = self.table[key]
-        if have is cand or have == cand:
+        if self.table[key] == cand:
             self.table[key] = best
-            if best[1] != cand[1]:
+            if best[2] != cand[2]:
                 self._keys.add(key)
 
 
@@ -440,11 +449,13 @@ def _claimed_vips(
     return out
 
 
-def _events(rank: Rank, fn: Any, *args: Any, got: dict[int, Group] | None = None) -> Candidates:
-    """Run one compiler step into a recorder: its flows, each ranked by ``rank`` plus its
+def _events(
+    rank: Rank, fn: Any, *args: Any, got: dict[int, Group] | None = None, shared: SharedPairs
+) -> Candidates:
+    """Run one compiler step into a recorder: its flows, each ranked by ``rank`` and its
     place in the step (the first flow of a key within a step wins, as in a full compile);
     its groups go into ``got``. Notes are the reference compiler's; the engine drops them."""
-    rec = _Recorder()
+    rec = _Recorder(shared)
     fn(rec, *args)
     out: Candidates = []
     seen: set[FlowKey] = set()
@@ -454,7 +465,7 @@ def _events(rank: Rank, fn: Any, *args: Any, got: dict[int, Group] | None = None
         flow = e[0]
         if flow.key not in seen:
             seen.add(flow.key)
-            out.append(((*rank, n), flow))
+            out.append((rank, n, flow))
     if got is not None:
         got.update(rec.groups)
     return out

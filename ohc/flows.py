@@ -17,7 +17,7 @@ from typing import Any, Literal
 MatchValue = int | str | tuple[int, int] | tuple[str, str]
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Match:
     """An OXM match as a sorted tuple of (field, value) pairs (os-ken field names)."""
 
@@ -48,23 +48,23 @@ class Match:
 # --- actions ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Output:
     port: int
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class SetField:
     name: str
     value: int | str
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class ToGroup:
     group_id: int
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class DecTtl:
     pass
 
@@ -73,7 +73,7 @@ CT_NO_TABLE = 0xFF  # NX_CT_RECIRC_NONE: a ct action that resumes nowhere
 CT_COMMIT = 1  # NX_CT_F_COMMIT
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Conntrack:
     """``ct(...)``, the Nicira connection-tracking action (os-ken ``NXActionCT``).
 
@@ -101,17 +101,17 @@ Action = Output | SetField | ToGroup | DecTtl | Conntrack
 # --- instructions --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Apply:
     actions: tuple[Action, ...]
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Goto:
     table: int
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class WriteMetadata:
     value: int
     mask: int = (1 << 64) - 1
@@ -120,7 +120,7 @@ class WriteMetadata:
 Instruction = Apply | Goto | WriteMetadata
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Flow:
     """One flow entry. Identity (what OpenFlow replaces on ADD) is (table, priority, match)."""
 
@@ -153,13 +153,13 @@ class Flow:
 GroupType = Literal["all", "select", "indirect"]
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Bucket:
     actions: tuple[Action, ...]
     weight: int = 0  # only select groups use weights
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Group:
     group_id: int
     type: GroupType

@@ -180,7 +180,7 @@ class LocalPort:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Destination:
     """Where an address of a VPC lives: its MAC, its VPC's VNI and its host's underlay IP."""
 
