@@ -106,6 +106,14 @@ def _current(state_dir: str, key: str) -> dict[str, Any] | None:
     return next((p for p in processes(state_dir) if f"{p['kind']}.{p['name']}" == key), None)
 
 
+def _recorded_pid(state_dir: str, key: str) -> int | None:
+    """The pid the supervisor last recorded for ``key`` (None once it reaped the process)."""
+    st = status(state_dir) or {}
+    return next(
+        (p.get("pid") for p in st.get("processes", []) if f"{p['kind']}.{p['name']}" == key), None
+    )
+
+
 def _poke(state_dir: str) -> None:
     pid = daemon_pid(state_dir)
     if pid is None:
@@ -143,6 +151,16 @@ def release(plan: LabPlan, kind: str, name: str) -> None:
     if spec is None:
         raise LabError(f"{kind} {name} is not supervised in lab {plan.lab}")
     write_json(path, {**spec.to_json(), "wanted": False})
-    now = _current(d, spec.key)
-    if now is not None and now["pid"] is not None and terminate([now["pid"]]):
-        raise LabError(f"{kind} {name} (pid {now['pid']}) would not exit")
+    pid = _recorded_pid(d, spec.key)
+    if pid is None:
+        return
+    if terminate([pid]):
+        raise LabError(f"{kind} {name} (pid {pid}) would not exit")
+    # Until the supervisor has seen the exit (as wanted: false), a start right after this
+    # would make that exit look like a crash, and a crash restarts warm.
+    _poke(d)
+    deadline = time.monotonic() + READY_TIMEOUT
+    while _recorded_pid(d, spec.key) == pid:
+        if time.monotonic() > deadline:
+            raise LabError(f"the supervisor did not see {kind} {name} (pid {pid}) exit")
+        time.sleep(0.01)

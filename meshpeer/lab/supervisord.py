@@ -91,7 +91,9 @@ class Supervisor:
             mtime = os.stat(self.dir).st_mtime_ns
         except FileNotFoundError:
             return
-        if mtime == self.specs_mtime:
+        # A directory's mtime has the kernel's coarse clock: a spec written in the same tick
+        # as the last look leaves it unchanged. Look again while it changed within a second.
+        if mtime == self.specs_mtime and time.time_ns() - mtime > 1_000_000_000:
             return
         self.specs_mtime = mtime
         for name in sorted(os.listdir(self.dir)):
