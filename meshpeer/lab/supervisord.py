@@ -121,7 +121,8 @@ class Supervisor:
         child.seen = exited(child.seen, now, child.spec.wanted)
         child.last_exit = {"pid": child.proc.pid, "code": code, "at": now}
         what = "crashed, restarting" if child.spec.wanted else "stopped by the lab"
-        log.warning(
+        log.log(
+            logging.WARNING if child.spec.wanted else logging.INFO,
             "%s %s (pid %d) exited with code %s: %s",
             child.spec.kind, child.spec.name, child.proc.pid, code, what,
         )  # fmt: skip
