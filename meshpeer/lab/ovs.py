@@ -3,7 +3,9 @@
 Every daemon gets its own run/log/db/sysconf directory and explicit pidfile and unixctl
 paths, so several hosts (and several labs) never share a socket. The whole bridge layout
 is written to the database before ovs-vswitchd starts, so the switch comes up complete in
-one step instead of reconfiguring once per command.
+one step instead of reconfiguring once per command. Both daemons run in the foreground as
+children of the lab's supervisor, which restarts them; a crashed ovs-vswitchd comes back warm
+(``warm_restart_begin``/``warm_restart_finish``, from the copy ``save_flows`` keeps).
 """
 
 from __future__ import annotations
