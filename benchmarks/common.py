@@ -27,7 +27,7 @@ from meshpeer.client import Client
 from meshpeer.lab import build, controllers, ohcs, ovs, teardown
 from meshpeer.lab.cli import load_topology
 from meshpeer.lab.plan import HostPlan, LabPlan
-from meshpeer.lab.procs import alive, read_pidfile, terminate
+from meshpeer.lab.procs import alive, read_pidfile
 from meshpeer.lab.topology import Topology
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,11 +90,10 @@ def ohc_pid(h: HostPlan) -> int | None:
     return pid if pid is not None and alive(pid) else None
 
 
-def stop_ohc(h: HostPlan) -> None:
-    """End one host's OHC by the pid in its pidfile (flows stay: fail_mode=secure)."""
-    pid = ohc_pid(h)
-    if pid is not None and terminate([pid]):
-        raise RuntimeError(f"OHC of {h.name} (pid {pid}) would not exit")
+def stop_ohc(plan: LabPlan, h: HostPlan) -> None:
+    """Stop one host's OHC through the lab (flows stay: fail_mode=secure): its supervisor
+    does not restart it."""
+    ohcs.stop(plan, h)
 
 
 def start_ohc(plan: LabPlan, h: HostPlan) -> None:
@@ -268,10 +267,8 @@ def controller_pid(plan: LabPlan, name: str) -> int | None:
 
 
 def stop_controller(plan: LabPlan, name: str) -> None:
-    """End one shard process by the pid in its pidfile."""
-    pid = controller_pid(plan, name)
-    if pid is not None and terminate([pid]):
-        raise RuntimeError(f"controller {name} (pid {pid}) would not exit")
+    """Stop one shard process through the lab: its supervisor does not restart it."""
+    controllers.stop(plan, next(x for x in plan.controllers if x.name == name))
 
 
 def start_controller(plan: LabPlan, name: str) -> None:

@@ -340,13 +340,13 @@ def main() -> None:
     topo = common.topology("flowinstall.yaml")
     with common.LoadSampler() as load, common.lab(topo, args.lab) as lab:
         hv1, hv2 = lab.host("hv1"), lab.host("hv2")
-        common.stop_ohc(hv2)
+        common.stop_ohc(lab.plan, hv2)
         base = (common.ohc_status(hv1).get("last_sync") or {}).get("flows", 0)
         print(f"hv1 holds {base} flows with no red endpoints; hv2's OHC stopped")
         creator = Creator(lab.client("red", timeout=120), args.workers, args.create_budget)
         for n in sizes:
             print(f"size {n}: stop hv1's OHC, clear br-int, create red endpoints ...", flush=True)
-            common.stop_ohc(hv1)
+            common.stop_ohc(lab.plan, hv1)
             clear_switch(hv1)
             rest_before = creator.by_rest
             made, secs = creator.up_to(n) if not creator.exhausted else (0, 0.0)
@@ -383,7 +383,7 @@ def main() -> None:
                       f"{updates['ohc_compile_s']['p50']:.3f}s", flush=True)  # fmt: skip
                 expected = base + FLOWS_PER_PEER_ENDPOINT * creator.created
             print("  restart with everything installed", flush=True)
-            common.stop_ohc(hv1)
+            common.stop_ohc(lab.plan, hv1)
             warm: dict[str, Any] | None = None
             if cold["converged"]:
                 warm = time_install(lab, hv1, expected, args.quiet, args.timeout)

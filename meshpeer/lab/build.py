@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from meshpeer.lab import controllers, ohcs, ovs, state, teardown
+from meshpeer.lab import controllers, ohcs, ovs, state, supervisor, teardown
 from meshpeer.lab.plan import HostPlan, LabPlan, VmPlan, make_plan
 from meshpeer.lab.sh import ip_batch, run
 from meshpeer.lab.topology import Topology
@@ -60,6 +60,7 @@ def up(plan: LabPlan, topo: Topology, progress: Progress = print) -> float:
     stage("netns", lambda: _namespaces(plan))
     stage("links", lambda: _links(plan))
     stage("addresses", lambda: _addresses(plan))
+    stage("supervisor", lambda: f"pid {supervisor.start_daemon(plan)}")
     stage("ovs", lambda: _switches(plan))
     stage("underlay", lambda: _underlay(plan))
     if plan.controllers:
@@ -166,7 +167,7 @@ def _addresses(plan: LabPlan) -> str:
 
 
 def _switches(plan: LabPlan) -> str:
-    parallel(lambda h: ovs.start(h, plan.vms_on(h.name)), plan.hosts)
+    parallel(lambda h: ovs.start(plan, h), plan.hosts)
     return f"{len(plan.hosts)} switches, {len(plan.vms)} VM ports"
 
 
@@ -177,11 +178,7 @@ def _underlay(plan: LabPlan) -> str:
         ip_batch(
             [f"addr add {h.underlay_ip}/{prefix} dev br-phy", "link set br-phy up"], netns=h.netns
         )
-        # Pre-seed the tunnel neighbour cache: otherwise the first packet to each remote
-        # host is dropped while OVS resolves the remote VTEP's MAC.
-        for other in plan.hosts:
-            if other.name != h.name:
-                ovs.appctl(h, "tnl/neigh/set", "br-phy", other.underlay_ip, other.underlay_mac)
+        ovs.set_tunnel_neighbours(plan, h)
 
     parallel(one, plan.hosts)
     return f"{len(plan.hosts)} VTEPs on {plan.underlay_subnet}"

@@ -13,7 +13,7 @@ import yaml
 
 from meshpeer import __version__
 from meshpeer.client import Client
-from meshpeer.lab import attach, build, controllers, ovs, state, teardown
+from meshpeer.lab import attach, build, controllers, ovs, state, supervisor, teardown
 from meshpeer.lab.matrix import matrix, render
 from meshpeer.lab.plan import LAB_NAME_RULE, LabPlan, valid_lab_name
 from meshpeer.lab.sh import LabError
@@ -103,6 +103,10 @@ def status(plan: LabPlan) -> dict[str, Any]:
             }
             for h in plan.hosts
         ],
+        "supervisor": {"pid": supervisor.daemon_pid(plan.state_dir)},
+        # Every process the lab started, as its supervisor runs it: name (host or controller),
+        # kind (shard, ohc, ovsdb-server, ovs-vswitchd), pid, restarts after a crash.
+        "processes": supervisor.processes(plan.state_dir),
         "vms": [
             {
                 "name": v.name,
@@ -151,6 +155,11 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"underlay {h['underlay_ip']:<16} ovs {ok}")  # fmt: skip
         if st["controllers"]:
             print(f"       health   {ohc_status.one_line(h['status_report'], time.time())}")
+    sup = st["supervisor"]["pid"]
+    print(f"  supervisor pid {sup}" if sup else "  supervisor DOWN: nothing restarts a process")
+    for p in st["processes"]:
+        ok = f"pid {p['pid']}" if p["running"] else ("stopped" if not p["wanted"] else "DOWN")
+        print(f"    {p['kind']:<13} {p['name']:<8} {ok:<10} restarts {p['restarts']}")
     for v in st["vms"]:
         print(f"  {v['kind']} {v['name']:<8} on {v['host']:<6} vpc {v['vpc']:<8} "
               f"{v['ip']}/{v['prefixlen']} gw {v['gateway']} mac {v['mac']} vni {v['vni']}")  # fmt: skip

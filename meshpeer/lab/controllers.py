@@ -17,12 +17,14 @@ import yaml
 from meshpeer.client import ApiFailure, Client
 from meshpeer.controller import config
 from meshpeer.controller.config import ShardConfig, ShardEntry
+from meshpeer.lab import supervisor
 from meshpeer.lab.plan import ControllerPlan, LabPlan, Secrets, vni_block
-from meshpeer.lab.procs import alive, read_pidfile, spawn_manager
+from meshpeer.lab.procs import ROOT, alive, manager_cmd, read_pidfile
 from meshpeer.lab.sh import LabError, netns_cmd
+from meshpeer.lab.supervision import Spec
 from meshpeer.lab.topology import Endpoint, Topology
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+KIND = "shard"
 
 
 def new_secrets() -> Secrets:
@@ -68,7 +70,8 @@ def write_configs(plan: LabPlan, topo: Topology) -> None:
 
 
 def start(plan: LabPlan, c: ControllerPlan) -> int:
-    """Start one controller in its namespace; returns its pid (also in its pidfile)."""
+    """Start one controller in its namespace, supervised; returns its pid (also in its
+    pidfile). Idempotent while it runs."""
     d = rundir(plan, c)
     cmd = [
         sys.executable, "-m", "meshpeer.manager", "ryu_apps.controller",
@@ -76,7 +79,13 @@ def start(plan: LabPlan, c: ControllerPlan) -> int:
         "--pid-file", f"{d}/controller.pid",
     ]  # fmt: skip
     log = f"{d}/controller.log"
-    return spawn_manager(netns_cmd(c.netns, cmd), log, cwd=ROOT, start_new_session=True).pid
+    spec = Spec(c.name, KIND, tuple(manager_cmd(netns_cmd(c.netns, cmd), log)), log, cwd=ROOT)
+    return supervisor.supervise(plan, spec)
+
+
+def stop(plan: LabPlan, c: ControllerPlan) -> None:
+    """Stop one controller on purpose: the supervisor does not restart it."""
+    supervisor.release(plan, KIND, c.name)
 
 
 def wait_healthy(plan: LabPlan, c: ControllerPlan, timeout: float = 20.0) -> None:

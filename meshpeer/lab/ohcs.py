@@ -13,13 +13,14 @@ import time
 from typing import Any
 
 from meshpeer import options
-from meshpeer.lab import ovs
-from meshpeer.lab.controllers import ROOT
+from meshpeer.lab import ovs, supervisor
 from meshpeer.lab.plan import OF_LISTEN_PORT, HostPlan, LabPlan
-from meshpeer.lab.procs import alive, read_pidfile, spawn_manager
+from meshpeer.lab.procs import ROOT, alive, manager_cmd, read_pidfile
 from meshpeer.lab.sh import LabError, netns_cmd
+from meshpeer.lab.supervision import Spec
 
 OHC_APP = "ohc.app"
+KIND = "ohc"
 
 
 def config_text(plan: LabPlan, h: HostPlan) -> str:
@@ -35,6 +36,7 @@ def config_text(plan: LabPlan, h: HostPlan) -> str:
 
 
 def start(plan: LabPlan, h: HostPlan) -> int:
+    """Start the host's OHC, supervised; returns its pid. Idempotent while it runs."""
     conf = f"{h.rundir}/ohc.conf"
     with open(conf, "w", encoding="utf-8") as f:
         f.write(config_text(plan, h))
@@ -47,7 +49,13 @@ def start(plan: LabPlan, h: HostPlan) -> int:
         "--ofp-tcp-listen-port", str(OF_LISTEN_PORT + 1),
     ]  # fmt: skip
     log = f"{h.rundir}/ohc.log"
-    return spawn_manager(netns_cmd(h.netns, cmd), log, cwd=ROOT, start_new_session=True).pid
+    spec = Spec(h.name, KIND, tuple(manager_cmd(netns_cmd(h.netns, cmd), log)), log, cwd=ROOT)
+    return supervisor.supervise(plan, spec)
+
+
+def stop(plan: LabPlan, h: HostPlan) -> None:
+    """Stop one host's OHC on purpose (its flows stay): the supervisor does not restart it."""
+    supervisor.release(plan, KIND, h.name)
 
 
 def running(h: HostPlan) -> bool:

@@ -3,17 +3,22 @@
 Every daemon gets its own run/log/db/sysconf directory and explicit pidfile and unixctl
 paths, so several hosts (and several labs) never share a socket. The whole bridge layout
 is written to the database before ovs-vswitchd starts, so the switch comes up complete in
-one step instead of reconfiguring once per command.
+one step instead of reconfiguring once per command. Both daemons run in the foreground as
+children of the lab's supervisor, which restarts them; a crashed ovs-vswitchd comes back warm
+(``warm_restart_begin``/``warm_restart_finish``, from the copy ``save_flows`` keeps).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import time
 
-from meshpeer.lab.plan import GENEVE_OFPORT, HostPlan, VmPlan
-from meshpeer.lab.procs import alive, read_pidfile, terminate
-from meshpeer.lab.sh import LabError, run
+from meshpeer.lab import supervisor
+from meshpeer.lab.plan import GENEVE_OFPORT, HostPlan, LabPlan, VmPlan
+from meshpeer.lab.procs import alive, read_pidfile
+from meshpeer.lab.sh import LabError, netns_cmd, run
+from meshpeer.lab.supervision import Spec
 
 SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 DAEMONS = ("ovs-vswitchd", "ovsdb-server")
@@ -107,33 +112,117 @@ def bridge_layout(host: HostPlan, vms: list[VmPlan]) -> list[str]:
     return args
 
 
-def start(host: HostPlan, vms: list[VmPlan]) -> None:
-    """Create the database, write the layout, then start ovs-vswitchd on it."""
+DAEMON_ARGS = ["--no-chdir", "-vconsole:off", "-vfile:info"]  # in the foreground: supervised
+
+
+def daemon_spec(host: HostPlan, daemon: str, args: list[str]) -> Spec:
+    """One OVS daemon of ``host`` as the lab's supervisor runs it (and runs it again)."""
+    d = host.rundir
+    cmd = [
+        daemon, *args, f"--pidfile={d}/{daemon}.pid", f"--unixctl={ctl(host, daemon)}",
+        f"--log-file={d}/{daemon}.log", *DAEMON_ARGS,
+    ]  # fmt: skip
+    return Spec(
+        name=host.name,
+        kind=daemon,
+        cmd=tuple(netns_cmd(host.netns, cmd)),
+        output=f"{d}/{daemon}.log",
+        env=tuple(sorted(env(host).items())),
+    )
+
+
+def ovsdb_spec(host: HostPlan) -> Spec:
+    d = host.rundir
+    return daemon_spec(host, "ovsdb-server", [f"{d}/conf.db", f"--remote=punix:{d}/db.sock"])
+
+
+def vswitchd_spec(host: HostPlan) -> Spec:
+    return daemon_spec(host, "ovs-vswitchd", [db(host), "--disable-system"])
+
+
+def start(plan: LabPlan, host: HostPlan) -> None:
+    """Create the database, write the layout, then start ovs-vswitchd on it (supervised)."""
     d = host.rundir
     os.makedirs(d, exist_ok=True)
-    e = env(host)
-    run(["ovsdb-tool", "create", f"{d}/conf.db", SCHEMA], env=e)
-    common = ["--detach", "--no-chdir", "-vconsole:off", "-vfile:info"]
-    run(
-        [
-            "ovsdb-server", f"{d}/conf.db", f"--remote=punix:{d}/db.sock",
-            f"--pidfile={d}/ovsdb-server.pid", f"--unixctl={ctl(host, 'ovsdb-server')}",
-            f"--log-file={d}/ovsdb-server.log", *common,
-        ],
-        netns=host.netns,
-        env=e,
-    )  # fmt: skip
-    run(["ovs-vsctl", f"--db={db(host)}", "--no-wait", *bridge_layout(host, vms)], env=e)
-    run(
-        [
-            "ovs-vswitchd", db(host), "--disable-system",
-            f"--pidfile={d}/ovs-vswitchd.pid", f"--unixctl={ctl(host)}",
-            f"--log-file={d}/ovs-vswitchd.log", *common,
-        ],
-        netns=host.netns,
-        env=e,
-    )  # fmt: skip
+    run(["ovsdb-tool", "create", f"{d}/conf.db", SCHEMA], env=env(host))
+    supervisor.supervise(plan, ovsdb_spec(host))
+    wait_socket(f"{d}/db.sock")
+    vms = plan.vms_on(host.name)
+    run(["ovs-vsctl", f"--db={db(host)}", "--no-wait", *bridge_layout(host, vms)], env=env(host))
+    start_vswitchd(plan, host)
     wait_ready(host, [vm.host_port for vm in vms])
+
+
+def start_vswitchd(plan: LabPlan, host: HostPlan) -> int:
+    """A cold start (or start again after ``stop_vswitchd``): no flows until its OHC syncs."""
+    return supervisor.supervise(plan, vswitchd_spec(host))
+
+
+def stop_vswitchd(plan: LabPlan, host: HostPlan) -> None:
+    """Stop ovs-vswitchd on purpose (ovsdb-server stays): the supervisor leaves it down."""
+    supervisor.release(plan, "ovs-vswitchd", host.name)
+
+
+def wait_socket(path: str, timeout: float = 10.0) -> None:
+    """Until a daemon accepts connections on its unix socket."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            try:
+                s.connect(path)
+                return
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    raise LabError(f"nothing accepts connections on {path} ({exc})") from exc
+        time.sleep(0.005)
+
+
+def set_tunnel_neighbours(plan: LabPlan, host: HostPlan) -> None:
+    """Seed the tunnel neighbour cache with every other host's VTEP: otherwise the first packet
+    to each remote host is dropped while OVS resolves the remote VTEP's MAC."""
+    for other in plan.hosts:
+        if other.name != host.name:
+            appctl(host, "tnl/neigh/set", "br-phy", other.underlay_ip, other.underlay_mac)
+
+
+# --- warm restart: what ovs-ctl's restart does with ovs-save, for a daemon that died ------------
+
+
+def saved_flows_path(host: HostPlan) -> str:
+    return f"{host.rundir}/br-int.saved"
+
+
+def save_flows(host: HostPlan) -> None:
+    """Keep br-int's groups and flows as one ``ovs-ofctl bundle`` file (see ovs-save)."""
+    groups = ofctl(host, "dump-groups")
+    flows = ofctl(host, "dump-flows", "--no-stats", "--no-names")
+    lines = [f"group add {ln.strip()}" for ln in groups.splitlines() if ln.startswith(" ")]
+    lines += [f"flow add {ln.strip()}" for ln in flows.splitlines() if ln.startswith(" ")]
+    tmp = saved_flows_path(host) + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("".join(f"{ln}\n" for ln in lines))
+    os.replace(tmp, saved_flows_path(host))
+
+
+def warm_restart_begin(host: HostPlan) -> None:
+    """Before ovs-vswitchd starts again: it must not forward (nor connect to its controller)
+    until its flows are back."""
+    vsctl(host, "--no-wait", "set", "Open_vSwitch", ".", "other_config:flow-restore-wait=true")
+
+
+def warm_restart_finish(plan: LabPlan, host: HostPlan) -> None:
+    """Once the new ovs-vswitchd runs: tunnel neighbours, then groups and flows in one bundle,
+    then forwarding. flow-restore-wait is cleared whatever fails: a switch that never
+    forwards is worse than one that waits for its OHC's resync."""
+    try:
+        wait_socket(bridge_mgmt(host).removeprefix("unix:"))
+        wait_socket(ctl(host))
+        set_tunnel_neighbours(plan, host)
+        if os.path.exists(saved_flows_path(host)):
+            ofctl(host, "bundle", saved_flows_path(host))
+    finally:
+        vsctl(host, "--no-wait", "--if-exists", "remove", "Open_vSwitch", ".", "other_config",
+              "flow-restore-wait=true")  # fmt: skip
 
 
 def wait_ready(host: HostPlan, ports: list[str], timeout: float = 10.0) -> None:
@@ -156,8 +245,3 @@ def wait_ready(host: HostPlan, ports: list[str], timeout: float = 10.0) -> None:
 def pids(host: HostPlan) -> list[int]:
     found = (read_pidfile(f"{host.rundir}/{d}.pid") for d in DAEMONS)
     return [p for p in found if p is not None and alive(p)]
-
-
-def stop(host: HostPlan) -> list[int]:
-    """Stop both daemons by pid; returns pids that refused to die."""
-    return terminate(pids(host))

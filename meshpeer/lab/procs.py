@@ -11,6 +11,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 def alive(pid: int) -> bool:
     """True while the process runs. A zombie counts as gone.
@@ -53,11 +55,16 @@ def terminate(pids: Iterable[int], timeout: float = 2.0) -> list[int]:
     return sorted(pending)
 
 
-def spawn_manager(cmd: Sequence[str], log: str | Path, **popen: Any) -> subprocess.Popen[bytes]:
-    """Start a ``meshpeer-manager`` command that logs to ``log`` and only there.
+def manager_cmd(cmd: Sequence[str], log: str | Path) -> list[str]:
+    """A ``meshpeer-manager`` command that logs to ``log`` and only there.
 
     The manager writes its log records to the file (``--log-file``, no stderr copy), and the
-    process's own stdout and stderr (a traceback before logging starts, a crash) are appended
-    to the same file: one file per process, nothing to cross-check against a twin."""
+    process's own stdout and stderr (a traceback before logging starts, a crash) are to be
+    appended to the same file: one file per process, nothing to cross-check against a twin."""
+    return [*cmd, "--log-file", str(log)]
+
+
+def spawn_manager(cmd: Sequence[str], log: str | Path, **popen: Any) -> subprocess.Popen[bytes]:
+    """Start a ``manager_cmd`` with its stdout and stderr appended to its log."""
     with open(log, "ab") as out:
-        return subprocess.Popen([*cmd, "--log-file", str(log)], stdout=out, stderr=out, **popen)
+        return subprocess.Popen(manager_cmd(cmd, log), stdout=out, stderr=out, **popen)

@@ -25,21 +25,30 @@ def state_path(lab: str) -> str:
     return f"{state_dir(lab)}/state.json"
 
 
-def save(plan: LabPlan, phase: str, extra: dict[str, Any] | None = None) -> None:
-    os.makedirs(plan.state_dir, exist_ok=True)
-    tmp = state_path(plan.lab) + ".tmp"
+def write_json(path: str, doc: dict[str, Any]) -> None:
+    """Whole or not at all: readers never see half a file (also with several writers)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"phase": phase, "plan": plan.to_json(), **(extra or {})}, f, indent=1)
-    os.replace(tmp, state_path(plan.lab))
+        json.dump(doc, f, indent=1)
+    os.replace(tmp, path)
 
 
-def load_raw(lab: str) -> dict[str, Any] | None:
+def read_json(path: str) -> dict[str, Any] | None:
     try:
-        with open(state_path(lab), encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             data: dict[str, Any] = json.load(f)
             return data
     except (OSError, ValueError):
         return None
+
+
+def save(plan: LabPlan, phase: str, extra: dict[str, Any] | None = None) -> None:
+    os.makedirs(plan.state_dir, exist_ok=True)
+    write_json(state_path(plan.lab), {"phase": phase, "plan": plan.to_json(), **(extra or {})})
+
+
+def load_raw(lab: str) -> dict[str, Any] | None:
+    return read_json(state_path(lab))
 
 
 def load(lab: str) -> LabPlan | None:

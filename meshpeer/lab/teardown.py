@@ -6,7 +6,7 @@ import glob
 import os
 import shutil
 
-from meshpeer.lab import state
+from meshpeer.lab import state, supervisor
 from meshpeer.lab.procs import alive, read_pidfile, terminate
 from meshpeer.lab.sh import LabError, ip_batch, run
 
@@ -33,6 +33,10 @@ def lab_pids(lab: str, namespaces: list[str]) -> set[int]:
 
 def down(lab: str) -> dict[str, int]:
     """Idempotent. Returns counts of what was removed."""
+    # The supervisor first: it ends its children, and must not restart what is ended below.
+    stuck = supervisor.stop_daemon(state.state_dir(lab))
+    if stuck:
+        raise LabError(f"the lab's supervisor would not exit: {stuck}")
     namespaces = lab_netns(lab)
     stuck = terminate(lab_pids(lab, namespaces))
     if stuck:

@@ -3,8 +3,8 @@
 On tests/e2e/topologies/mesh.yaml, b1 (hv1, blue, shard ctl1) pings r1 (hv2, red,
 shard ctl2) across hosts and shards while one process is killed by pid and started again.
 The OHC reads back what br-int holds and sends only the difference (nothing); the switches
-keep forwarding while a controller is away (fail static). An OVS restart loses every flow;
-there the OHC must notice and reprogram, and the loss is measured, not required to be 0.
+keep forwarding while a controller is away (fail static). A crashed ovs-vswitchd loses every
+flow; its supervisor restarts it and restores them before it forwards (issue 17).
 
 Each test waits for conditions, not times: the OHC's status file says which stream versions
 its last sync put on the switch (what it reports as applied) and whether every followed
@@ -27,11 +27,11 @@ import pytest
 from meshpeer.lab import controllers, ohcs, ovs
 from meshpeer.lab.cli import load_topology
 from meshpeer.lab.plan import HostPlan
-from meshpeer.lab.procs import alive, read_pidfile, terminate
+from meshpeer.lab.procs import alive, read_pidfile
+from meshpeer.lab.sh import run
 from tests.e2e.traffic import Pinger, PingResult
 from tests.integration.labkit import E2E_TOPOLOGIES as TOPOLOGIES
-from tests.integration.labkit import Lab, running
-from tests.integration.test_ohc_syncer import restart_vswitchd
+from tests.integration.labkit import Lab, lab_cli, running
 from tests.support.wait import wait_for
 
 PINGS = 100000  # more than any test sends: each stops its pinger when it has what it needs
@@ -138,7 +138,7 @@ def test_ohc_restart_loses_nothing_and_sends_no_changes(lab: Lab) -> None:
     with Pinger(lab.vm("b1"), lab.vm("r1").ip, count=PINGS) as pinger:
         wait_replies(pinger, "b1 -> r1 before the restart")
         t_kill = time.time()
-        assert terminate([old]) == []
+        ohcs.stop(lab.plan, hv1)
         t_dead = time.time()  # any status written from now on is the new process's
         ohcs.start(lab.plan, hv1)
         status = wait_applied(hv1, t_dead, held)
@@ -187,7 +187,7 @@ def test_controller_restart_loses_nothing_and_changes_still_propagate(lab: Lab, 
     with Pinger(lab.vm("b1"), lab.vm("r1").ip, count=PINGS) as pinger:
         wait_replies(pinger, "b1 -> r1 before the restart")
         t_kill = time.time()
-        assert terminate([old]) == []
+        controllers.stop(lab.plan, c)
         controllers.start(lab.plan, c)
         controllers.wait_healthy(lab.plan, c)
         t_up = time.time()
@@ -212,31 +212,81 @@ def test_controller_restart_loses_nothing_and_changes_still_propagate(lab: Lab, 
     print(f"  after the restart: r3 created on ctl2, b1 -> r3 answered after {latency:.3f}s")
 
 
-def test_ovs_restart_is_reprogrammed(lab: Lab) -> None:
-    """ovs-vswitchd restarts without its flows: the OHC reconnects and installs everything.
+def supervised_pid(lab: Lab, kind: str, name: str) -> int | None:
+    """The pid `scripts/lab status --json` gives for a supervised process (None: not running)."""
+    procs = json.loads(lab_cli(lab.name, "status", "--json").stdout)["processes"]
+    found = [p for p in procs if p["kind"] == kind and p["name"] == name]
+    assert len(found) == 1, procs
+    return found[0]["pid"] if found[0]["running"] else None
 
-    Loss is expected until then; it is measured, and traffic must come back by itself.
+
+def kill_9_vswitchd(lab: Lab, h: HostPlan) -> float:
+    """kill -9 of the host's ovs-vswitchd; returns the wall time once its supervisor started a
+    new one and that one forwards again (flow-restore-wait cleared)."""
+    old = supervised_pid(lab, "ovs-vswitchd", h.name)
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    wait_for(
+        lambda: supervised_pid(lab, "ovs-vswitchd", h.name) not in (None, old),
+        30,
+        what=f"{h.name}: a new ovs-vswitchd",
+    )
+    wait_for(
+        lambda: "flow-restore-wait" not in ovs.vsctl(h, "get", "Open_vSwitch", ".", "other_config"),
+        30,
+        what=f"{h.name}: flow-restore-wait cleared",
+    )
+    return time.time()
+
+
+def answers_once(lab: Lab, src: str, dst: str) -> bool:
+    """One echo request, one chance (a generous 5 s for the reply): the first packet passes."""
+    res = run(["ping", "-n", "-q", "-c", "1", "-W", "5", lab.vm(dst).ip],
+              netns=lab.vm(src).netns, check=False)  # fmt: skip
+    return res.returncode == 0
+
+
+# From hv2's VMs to every VM they reach on another host: hv1 (b1) and hv3 (r2, g1).
+FROM_HV2 = [("b2", "b1"), ("r1", "b1"), ("b2", "r2"), ("r1", "r2"), ("r1", "g1")]
+
+
+def test_ovs_vswitchd_kill_9_restores_flows_and_tunnel_neighbours(lab: Lab) -> None:
+    """kill -9 of ovs-vswitchd: its supervisor starts it under flow-restore-wait, restores the
+    tunnel neighbours, groups and flows, then lets it forward (issue 17).
+
+    The first packet from the host to each remote host passes (a missing tunnel neighbour
+    drops it), the OHC finds every flow as it wants it, and across a second kill no request
+    is lost once the restart completed. How long the datapath is away is measured by
+    benchmarks/ovs_restart.py, not asserted here.
     """
     hv2 = lab.host("hv2")
-    flows = len(flow_ages(hv2))
+    before = set(flow_ages(hv2))
     held = applied(hv2)
+    offset = log_size(hv2)
+    t_kill = time.time()
+    kill_9_vswitchd(lab, hv2)
+    first = {pair: answers_once(lab, *pair) for pair in FROM_HV2}
+    assert all(first.values()), first
+    status = wait_applied(hv2, t_kill, held)
+    assert set(flow_ages(hv2)) == before
+    syncs = logged_syncs(hv2, offset)
+    print(f"\nOVS restart (hv2): OHC resync {status['last_sync']['reasons']}, "
+          f"{len(syncs)} syncs with changes")  # fmt: skip
+    assert changes(syncs) == 0, syncs  # the restored flows were exactly the OHC's
+
     with Pinger(lab.vm("b1"), lab.vm("r1").ip, count=PINGS) as pinger:
-        wait_replies(pinger, "b1 -> r1 before the restart")
+        wait_replies(pinger, "b1 -> r1 before the second kill")
         t_kill = time.time()
-        restart_vswitchd(hv2)
-        t_up = time.time()
-        back = pinger.wait_reply_after(t_up, 30)
-        status = wait_applied(hv2, t_kill, held)
+        t_done = kill_9_vswitchd(lab, hv2)
+        first_after = pinger.wait_reply_after(t_done, 30)
+        assert first_after is not None, "no reply after the restart completed"
+        wait_applied(hv2, t_kill, held)  # the OHC reconnected and synced: nothing moved
+        wait_replies(pinger, "b1 -> r1 after the OHC's resync")
         result = pinger.stop()
     report("OVS restart (hv2), b1 -> r1 at up to 100 pps", result)
-    assert back is not None, "traffic did not come back after the OVS restart"
-    print(
-        f"  vswitchd back in {t_up - t_kill:.2f}s, traffic back {back - t_kill:.2f}s after the "
-        f"kill; resync {status['last_sync']['reasons']} counts {status['last_sync']['counts']}"
-    )
-    assert "connect" in status["last_sync"]["reasons"] or status["last_sync"]["n"] > 1
-    assert len(flow_ages(hv2)) == flows
-    assert lab.ping("b1", "r1", count=3)
+    seq0 = min(seq for seq, at in result.replies if at >= first_after)
+    lost_after = [s for s in result.gaps() if s > seq0]
+    assert not lost_after, lost_after
 
 
 def fail_static_at(lab: Lab, host: str, url: str) -> dict[str, Any] | None:
@@ -278,7 +328,7 @@ def test_ohc_restart_while_the_peer_shard_is_unreachable_keeps_the_peer_flows(la
         os.kill(cpid, signal.SIGSTOP)
         try:
             t_kill = time.time()
-            assert terminate([old]) == []
+            ohcs.stop(lab.plan, hv1)
             ohcs.start(lab.plan, hv1)
             wait_for(synced_without_red, 60, what="hv1 synced while ctl2 cannot answer")
             wait_replies(pinger, "b1 -> r1 while ctl2 is stopped")

@@ -21,7 +21,7 @@ from meshpeer.client import Client
 from meshpeer.lab import controllers, ohcs
 from meshpeer.lab.cli import load_topology
 from meshpeer.lab.expect import PEERED, REPLIES_ONLY, expect
-from meshpeer.lab.procs import alive, read_pidfile, terminate
+from meshpeer.lab.procs import alive, read_pidfile
 from meshpeer.lab.sh import netns_cmd
 from tests.e2e.test_ohc_restarts import applied, changes, log_size, logged_syncs, wait_applied
 from tests.integration.labkit import E2E_TOPOLOGIES, Lab, check_matrix, running
@@ -127,7 +127,7 @@ def test_a_restarted_ohc_finds_its_ct_flows_as_it_wants_them(lab: Lab) -> None:
     old = read_pidfile(f"{hv1.rundir}/ohc.pid")
     assert old is not None and alive(old)
     held = applied(hv1)
-    assert terminate([old]) == []
+    ohcs.stop(lab.plan, hv1)
     t_dead = time.time()
     ohcs.start(lab.plan, hv1)
     status = wait_applied(hv1, t_dead, held)

@@ -28,7 +28,8 @@ def leftovers(lab: str) -> list[str]:
 
 
 def lab_pids(lab: Lab) -> list[int]:
-    pids = [read_pidfile(p) for p in glob.glob(f"{lab.plan.state_dir}/*/*.pid")]
+    """Every daemon's pid, and the supervisor's (``<state_dir>/supervisor.pid``)."""
+    pids = [read_pidfile(p) for p in glob.glob(f"{lab.plan.state_dir}/**/*.pid", recursive=True)]
     return [p for p in pids if p is not None]
 
 
@@ -44,6 +45,12 @@ def test_status_json_contract(lab: Lab) -> None:
     for h in st["hosts"]:
         assert h["mgmt_ip"].startswith("169.254.") and h["underlay_ip"].startswith("169.254.")
     assert st["controllers"] == []
+    # every process the lab started, as its supervisor runs it
+    assert st["supervisor"]["pid"] is not None and alive(st["supervisor"]["pid"])
+    procs = {(p["kind"], p["name"]): p for p in st["processes"]}
+    assert set(procs) == {(k, h) for k in ovs.DAEMONS for h in ("hv1", "hv2", "hv3")}
+    for p in procs.values():
+        assert p["running"] and p["wanted"] and alive(p["pid"]) and p["restarts"] == 0, p
 
 
 def test_matrix_json_without_flows_is_all_unreachable(lab: Lab) -> None:
@@ -109,8 +116,8 @@ def test_failed_up_cleans_up(monkeypatch: pytest.MonkeyPatch) -> None:
     name = new_lab_name()
     real_start = ovs.start
 
-    def start_then_fail(host: object, vms: object) -> None:
-        real_start(host, vms)  # type: ignore[arg-type]
+    def start_then_fail(plan: object, host: object) -> None:
+        real_start(plan, host)  # type: ignore[arg-type]
         if getattr(host, "name", "") == "hv2":
             raise LabError("injected failure")
 

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from meshpeer.lab import ovs
-from meshpeer.lab.plan import HostPlan
-from meshpeer.lab.procs import read_pidfile, spawn_manager, terminate
-from meshpeer.lab.sh import netns_cmd, run
+from meshpeer.lab.plan import HostPlan, LabPlan
+from meshpeer.lab.procs import spawn_manager, terminate
+from meshpeer.lab.sh import netns_cmd
 from ohc.flows import (
     Apply,
     Bucket,
@@ -201,26 +201,15 @@ def cookies_of(state: SwitchState) -> list[int]:
     return sorted(f.cookie for f in state.flows | {CANARY})
 
 
-def restart_vswitchd(host: HostPlan) -> None:
-    """Stop ovs-vswitchd by pid (ovsdb-server stays) and start it as meshpeer.lab.ovs.start does.
+def restart_vswitchd(plan: LabPlan, host: HostPlan) -> None:
+    """Stop ovs-vswitchd through the lab (ovsdb-server stays) and start it again, cold.
 
     The new daemon has the bridges, ports and controller target from the database but no
-    flows and no groups, like a real OVS restart without flow restore.
+    flows and no groups, like a real OVS restart without flow restore (a deliberate stop and
+    start; the supervisor's restart after a crash restores them: tests/e2e).
     """
-    d = host.rundir
-    pid = read_pidfile(f"{d}/ovs-vswitchd.pid")
-    assert pid is not None
-    assert terminate([pid]) == []
-    common = ["--detach", "--no-chdir", "-vconsole:off", "-vfile:info"]
-    run(
-        [
-            "ovs-vswitchd", ovs.db(host), "--disable-system",
-            f"--pidfile={d}/ovs-vswitchd.pid", f"--unixctl={ovs.ctl(host)}",
-            f"--log-file={d}/ovs-vswitchd.log", *common,
-        ],
-        netns=host.netns,
-        env=ovs.env(host),
-    )  # fmt: skip
+    ovs.stop_vswitchd(plan, host)
+    ovs.start_vswitchd(plan, host)
     ovs.wait_ready(host, [])
 
 
@@ -374,7 +363,7 @@ def test_lost_flows_are_detected_by_the_canary_and_resynced(harness: Harness) ->
     assert cookies_installed(h) == cookies_of(desired)
 
     # OVS restarts: the connection drops, the OHC reconnects, finds no canary, resyncs.
-    restart_vswitchd(h.host)
+    restart_vswitchd(h.lab.plan, h.host)
     sync = app.wait_syncs(3)[-1]
     assert sync["ok"] and sync["reason"] == "connect", sync
     assert sync["canary_was_present"] is False, sync

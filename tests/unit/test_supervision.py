@@ -1,0 +1,67 @@
+"""The supervisor's decisions (meshpeer.lab.supervision): pure, so times are plain numbers."""
+
+from __future__ import annotations
+
+from meshpeer.lab.supervision import (
+    MAX_DELAY,
+    Action,
+    Seen,
+    Spec,
+    decide,
+    exited,
+    restart_delay,
+    started,
+)
+
+
+def test_a_wanted_process_is_started_once_and_left_alone_while_it_runs() -> None:
+    seen = Seen()
+    assert decide(True, seen, 100.0) is Action.START
+    seen = started(seen, 100.0, restart=False)
+    assert decide(True, seen, 500.0) is Action.NONE
+    assert seen.restarts == 0
+
+
+def test_a_crash_while_wanted_is_restarted_at_once_and_counted() -> None:
+    seen = started(Seen(), 100.0, restart=False)
+    seen = exited(seen, 160.0, wanted=True)  # ran a minute: no back-off
+    assert decide(True, seen, 160.0) is Action.RESTART
+    seen = started(seen, 160.0, restart=True)
+    assert seen.restarts == 1 and decide(True, seen, 161.0) is Action.NONE
+
+
+def test_a_stop_by_the_lab_is_never_undone_and_a_later_start_is_cold() -> None:
+    seen = exited(started(Seen(), 100.0, restart=False), 200.0, wanted=False)
+    for now in (200.0, 201.0, 10_000.0):
+        assert decide(False, seen, now) is Action.NONE
+    assert decide(True, seen, 300.0) is Action.START  # the lab starts it again: no restore
+    assert seen.restarts == 0
+
+
+def test_a_process_that_keeps_dying_at_start_backs_off_up_to_a_cap() -> None:
+    seen, now, delays = started(Seen(), 0.0, restart=False), 0.0, []
+    for _ in range(8):
+        now += 0.125  # exact in binary: the comparisons below are exact
+        seen = exited(seen, now, wanted=True)
+        # the first restart at the first moment it is allowed, not before
+        delay = restart_delay(seen.quick_exits)
+        if delay:
+            assert decide(True, seen, now + delay / 2) is Action.NONE
+        assert decide(True, seen, now + delay) is Action.RESTART
+        delays.append(delay)
+        now += delay
+        seen = started(seen, now, restart=True)
+    assert delays[0] == 0.0
+    assert delays == sorted(delays) and delays[-1] == MAX_DELAY
+    # once it ran long enough, the next crash restarts at once again
+    seen = exited(seen, now + 60.0, wanted=True)
+    assert seen.quick_exits == 0 and decide(True, seen, now + 60.0) is Action.RESTART
+
+
+def test_a_spec_round_trips_through_its_file_form() -> None:
+    spec = Spec(
+        "hv1", "ohc", ("ip", "netns", "exec", "x", "true"), "/tmp/o.log", "/", (("A", "1"),)
+    )
+    assert Spec.from_json(spec.to_json()) == spec
+    assert spec.key == "ohc.hv1"
+    assert Spec.from_json({**spec.to_json(), "wanted": False}).wanted is False
