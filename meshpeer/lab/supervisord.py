@@ -34,6 +34,11 @@ from meshpeer.lab.supervision import Action, Seen, Spec, decide, exited, started
 
 log = logging.getLogger("meshpeer.lab.supervisor")
 TICK = 0.05  # longest sleep between two looks (a child's death or a poke wakes it sooner)
+# A copy of br-int is taken once the OHC's status file has not changed for this long: a dump
+# of 100k flows costs OVS and ovs-ofctl about a second of CPU, too much after every sync of a
+# burst. A copy older than the last sync is still safe: the OHC's reconnect sync after a warm
+# restart changes what differs.
+SNAPSHOT_QUIET = 2.0
 
 
 @dataclass
@@ -172,7 +177,8 @@ class Supervisor:
     # --- flow copies for a warm restart --------------------------------------------------------
 
     def _snapshot_flows(self) -> None:
-        """After each sync an OHC reports, keep a copy of its br-int's flows and groups."""
+        """After the syncs an OHC reports (once they are quiet), keep a copy of its br-int's
+        flows and groups."""
         for h in self.plan.hosts:
             child = self.children.get(f"ovs-vswitchd.{h.name}")
             if child is None or child.proc is None or (child.hook and child.hook.is_alive()):
@@ -181,7 +187,7 @@ class Supervisor:
                 mtime = os.stat(f"{h.rundir}/ohc.status.json").st_mtime
             except FileNotFoundError:
                 continue
-            if self.snapshots.get(h.name) == mtime:
+            if self.snapshots.get(h.name) == mtime or time.time() - mtime < SNAPSHOT_QUIET:
                 continue
             try:
                 ovs.save_flows(h)

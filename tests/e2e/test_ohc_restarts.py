@@ -225,6 +225,7 @@ def kill_9_vswitchd(lab: Lab, h: HostPlan) -> float:
     new one and that one forwards again (flow-restore-wait cleared)."""
     old = supervised_pid(lab, "ovs-vswitchd", h.name)
     assert old is not None
+    wait_for(lambda: saved_after_last_sync(h), 30, what=f"{h.name}: a copy of br-int")
     os.kill(old, signal.SIGKILL)
     wait_for(
         lambda: supervised_pid(lab, "ovs-vswitchd", h.name) not in (None, old),
@@ -237,6 +238,16 @@ def kill_9_vswitchd(lab: Lab, h: HostPlan) -> float:
         what=f"{h.name}: flow-restore-wait cleared",
     )
     return time.time()
+
+
+def saved_after_last_sync(h: HostPlan) -> bool:
+    """Has the supervisor copied br-int since the OHC's last sync? (It waits for the syncs
+    to be quiet: meshpeer/lab/supervisord.py SNAPSHOT_QUIET.)"""
+    try:
+        saved = os.stat(ovs.saved_flows_path(h)).st_mtime
+        return saved >= os.stat(f"{h.rundir}/ohc.status.json").st_mtime
+    except FileNotFoundError:
+        return False
 
 
 def answers_once(lab: Lab, src: str, dst: str) -> bool:
