@@ -428,7 +428,7 @@ def run(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any]:
     if load == "auto":
         load = "rest" if sizes.endpoints <= args.rest_max else "store"
     result["load"] = load
-    result["wsgi_max_size"] = args.wsgi_max or "eventlet default (1024)"
+    result["wsgi_max_size"] = args.wsgi_max or "the shard's defaults"
     log(f"{label}: {streams} streams expected over {procs} simulator process(es), load={load}")
     workdir = Path(tempfile.mkdtemp(prefix="scale_sim-"))
     result["workdir"] = str(workdir)
@@ -607,7 +607,7 @@ def main() -> None:
     )
     p.add_argument("--workers", type=int, default=8, help="REST client threads")
     p.add_argument("--wsgi-max", type=int, default=65536,
-                   help="connections per controller (0: eventlet's 1024, see sim/ctl_main.py)")  # fmt: skip
+                   help="connections per controller, in total and from one address (0: the defaults)")  # fmt: skip
     p.add_argument("--heartbeat", type=float, default=5.0)
     p.add_argument("--sim-heartbeat-timeout", type=float, default=0.0,
                    help="simulated OHCs' liveness timeout (0: 3 x heartbeat, as an OHC)")  # fmt: skip

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from meshpeer.rest.admission import Limits
+
 Value = str | int | float | bool
 
 
@@ -36,6 +38,8 @@ class Section:
         return next((o for o in self.options if o.name == name), None)
 
 
+_LIMITS = Limits()  # the defaults of the connection limits and timeouts
+
 CONTROLLER = Section(
     "controller",
     "a controller shard: `meshpeer-manager ryu_apps.controller --config-file ctl1.conf`",
@@ -49,6 +53,39 @@ CONTROLLER = Section(
         Option("heartbeat_interval", float, "seconds between heartbeats on each stream", 5.0),
         Option("grant_ttl", float, "seconds a minted grant stays valid (at least)", 3600.0),
         Option("tick_interval", float, "seconds between re-mints of grants", 30.0),
+        Option(
+            "max_connections",
+            int,
+            "concurrent REST connections in total, capped at the fd limit minus 2048; a new "
+            "connection beyond it closes the oldest idle one, or is answered 503",
+            _LIMITS.max_connections,
+        ),
+        Option(
+            "max_connections_per_client",
+            int,
+            "concurrent REST connections from one client address (an OHC holds one per "
+            "subscription); beyond it: that client's oldest idle one is closed, or 503",
+            _LIMITS.max_connections_per_client,
+        ),
+        Option(
+            "idle_timeout",
+            float,
+            "seconds a REST connection may wait for a request (new or kept alive) before it "
+            "is closed; a streaming response is never idle",
+            _LIMITS.idle_timeout,
+        ),
+        Option(
+            "header_timeout",
+            float,
+            "seconds from a request's first byte to the end of its headers (408, closed)",
+            _LIMITS.header_timeout,
+        ),
+        Option(
+            "body_timeout",
+            float,
+            "seconds from the end of a request's headers to the end of its body (408, closed)",
+            _LIMITS.body_timeout,
+        ),
         Option(
             "check_answers",
             bool,

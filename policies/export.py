@@ -141,6 +141,31 @@ def parse_export_policy(raw: object, path: str) -> ExportPolicy:
         raise PolicyError(_at(path, e.field), e.detail) from None
 
 
+def ranges_outside(
+    raw: object, path: str, subnets: Iterable[Network], routes: Iterable[Network]
+) -> list[PolicyError]:
+    """The ranges of a policy (``raw``, already accepted by :func:`parse_export_policy`) that
+    overlap none of the VPC's ``subnets`` nor, when it exports custom routes, its custom
+    ``routes``: they export nothing now. Accepted all the same (a subnet or route added later
+    may fall in them, and one deleted may leave them empty: refusing would depend on the order
+    of writes); the API answers them as warnings. One (field, detail) each, in request order.
+    """
+    if not isinstance(raw, Mapping):
+        return []
+    ranges = _parse_ranges(raw.get("ranges", []), _at(path, "ranges"))
+    with_routes = raw.get("custom_routes") is True
+    targets = [*subnets, *(routes if with_routes else ())]
+    what = "subnet or custom route" if with_routes else "subnet"
+    return [
+        PolicyError(
+            f"{_at(path, 'ranges')}[{i}]",
+            f"{r} overlaps no {what} of this VPC: it exports nothing now",
+        )
+        for i, r in enumerate(ranges)
+        if not any(intersect(r, t) for t in targets)
+    ]
+
+
 def _parse_bool(raw: Mapping[object, object], key: str, path: str) -> bool:
     value = raw.get(key, False)
     if not isinstance(value, bool):

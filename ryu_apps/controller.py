@@ -7,7 +7,9 @@ Options: meshpeer.options.CONTROLLER (docs/configuration.md).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import resource
 import time
 from typing import Any
 
@@ -20,6 +22,7 @@ from meshpeer.controller.api import ControllerApi
 from meshpeer.controller.directory import parse_directory
 from meshpeer.controller.federation import Federation
 from meshpeer.controller.shard import ShardState
+from meshpeer.rest.admission import Limits
 from meshpeer.rest.router import Api
 from meshpeer.rest.server import serve
 from meshpeer.store.sqlite import Store
@@ -83,8 +86,17 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
             title="meshpeer controller",
             debug=self.conf.check_answers,
         )
-        server, port = serve(app, self.conf.listen_host, self.conf.listen_port)
-        log.info("shard %s: REST API on http://%s:%d", self.conf.shard, self.conf.listen_host, port)
+        fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # raised by meshpeer.manager
+        limits = Limits(**{f.name: getattr(self.conf, f.name) for f in dataclasses.fields(Limits)})
+        server, port = serve(app, self.conf.listen_host, self.conf.listen_port, limits=limits)
+        log.info(
+            "shard %s: REST API on http://%s:%d (%s; fd limit %d)",
+            self.conf.shard,
+            self.conf.listen_host,
+            port,
+            limits,
+            fd_limit,
+        )
         self.federation.sync()
         self.ticker = hub.spawn(self._tick)
         return server

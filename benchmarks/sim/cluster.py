@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,10 @@ class Cluster:
         self.directory_file.write_text(yaml.safe_dump(doc), encoding="utf-8")
         for ctl in self.ctls.values():
             conf = ctl.config(self.directory_file, self.heartbeat)
+            if self.wsgi_max > 0:  # every simulated host connects from 127.0.0.1
+                conf = replace(
+                    conf, max_connections=self.wsgi_max, max_connections_per_client=self.wsgi_max
+                )
             ctl.conf.write_text(conf.text(), encoding="utf-8")
 
     # --- store preload -------------------------------------------------------------------
@@ -145,7 +149,7 @@ class Cluster:
     # --- processes -----------------------------------------------------------------------
 
     def start(self, profile_dir: Path | None = None) -> None:
-        env = dict(os.environ, MESHPEER_BENCH_WSGI_MAX=str(self.wsgi_max))
+        env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(":")
         for ctl in self.ctls.values():
             cmd = [

@@ -1,9 +1,8 @@
-"""Start a controller like ``python -m meshpeer.manager``, with two benchmark-only knobs.
+"""Start a controller like ``python -m meshpeer.manager``, with a benchmark-only knob.
 
-- ``MESHPEER_BENCH_WSGI_MAX``: eventlet's WSGI server serves at most
-  ``eventlet.wsgi.DEFAULT_MAX_SIMULTANEOUS_REQUESTS`` (1024) connections at once, and every
-  subscription holds one for good; ``meshpeer/rest/server.py`` does not pass ``max_size``. This
-  raises the default before the server starts (0 keeps eventlet's).
+(The connection limits are the shard's ``max_connections`` and ``max_connections_per_client``
+options, which ``cluster.py`` writes from ``--wsgi-max``.)
+
 - ``MESHPEER_BENCH_PROFILE``: run under cProfile and write the stats there on SIGUSR1.
 """
 
@@ -15,13 +14,8 @@ import sys
 
 import meshpeer.manager as manager  # monkey-patches the stdlib for eventlet first
 
-import eventlet.wsgi  # isort: skip
-
 
 def main() -> int:
-    wsgi_max = int(os.environ.get("MESHPEER_BENCH_WSGI_MAX", "0"))
-    if wsgi_max > 0:
-        eventlet.wsgi.DEFAULT_MAX_SIMULTANEOUS_REQUESTS = wsgi_max
     path = os.environ.get("MESHPEER_BENCH_PROFILE")
     if not path:
         return manager.main(sys.argv[1:])

@@ -35,7 +35,7 @@ from meshpeer.rest.errors import ApiError, bad_request, not_found, unauthorized
 from meshpeer.rest.router import RequestCtx, Route
 from meshpeer.rest.schema import Arr, Bool, Int, Obj, Schema, Str
 from meshpeer.streaming.publisher import ndjson_response
-from policies.export import PolicyError, parse_export_policy
+from policies.export import PolicyError, parse_export_policy, ranges_outside
 
 NAME = Str(format="name")
 SUBNET_CIDR = Str(
@@ -387,7 +387,16 @@ class ControllerApi:
         for peer_vpc, view in fetched.items():
             self.shard.adopt_fetched_view(peer_vpc, view)
         self.shard.commit([p])
-        return 201, self._peering_programmed(ctx, vpc, p.name)
+        warnings = self._export_warnings(vpc, b.get("export"))
+        return 201, {**self._peering_programmed(ctx, vpc, p.name), "warnings": warnings}
+
+    def _export_warnings(self, vpc: str, raw: object) -> list[JsonObject]:
+        """Export ranges in a request that overlap nothing of ``vpc``: accepted, warned."""
+        intent = self.shard.intent
+        subnets = (s.cidr for s in intent.vpcs[vpc].subnets)
+        routes = (r.prefix for r in intent.routes_of(vpc))
+        found = ranges_outside(raw, "export", subnets, routes)
+        return [{"field": w.field, "detail": w.detail} for w in found]
 
     def _peering_programmed(self, ctx: RequestCtx, vpc: str, name: str) -> JsonObject:
         """An INACTIVE peering has nothing programmed for it: ``programmed`` is false at once
@@ -413,7 +422,8 @@ class ControllerApi:
             inbound=b.get("inbound", p.inbound),
         )
         self.shard.commit([updated])
-        return 200, self._peering_programmed(ctx, p.vpc, p.name)
+        warnings = self._export_warnings(p.vpc, b["export"]) if "export" in b else []
+        return 200, {**self._peering_programmed(ctx, p.vpc, p.name), "warnings": warnings}
 
     def get_peering(self, ctx: RequestCtx) -> tuple[int, object]:
         p = self._intent(
@@ -800,7 +810,7 @@ class ControllerApi:
                 "POST",
                 "/v1/vpcs/{vpc}/peerings",
                 self.create_peering,
-                response=out.PEERING_PROGRAMMED,
+                response=out.PEERING_WRITTEN,
                 query=WAIT_Q,
                 body=PEERING_IN,
                 params=VPC_P,
@@ -821,7 +831,7 @@ class ControllerApi:
                 "/v1/vpcs/{vpc}/peerings/{name}",
                 self.update_peering,
                 query=WAIT_Q,
-                response=out.PEERING_PROGRAMMED,
+                response=out.PEERING_WRITTEN,
                 body=Obj(
                     {},
                     {"export": EXPORT, "import_custom_routes": Bool(), "inbound": out.INBOUND},

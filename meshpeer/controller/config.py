@@ -27,6 +27,12 @@ class ShardConfig:
     api_token: str
     directory_file: str
     heartbeat_interval: float | None = None  # None: the app's default
+    # REST connection limits and timeouts (meshpeer.rest.admission.Limits); None: the default.
+    max_connections: int | None = None
+    max_connections_per_client: int | None = None
+    idle_timeout: float | None = None
+    header_timeout: float | None = None
+    body_timeout: float | None = None
     check_answers: bool = False  # tests: every REST answer checked against the document
 
     def text(self) -> str:

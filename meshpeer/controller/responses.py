@@ -104,6 +104,18 @@ PEERING = Obj(
     name="Peering",
 )
 PEERING_PROGRAMMED = _with(PEERING, "PeeringProgrammed", PROGRAMMED)
+WARNING = Obj(
+    {"field": Str(), "detail": Str()},
+    name="Warning",
+    description="accepted, but likely not what was meant; field names the input as in errors",
+)
+PEERING_WRITTEN = _with(
+    PEERING_PROGRAMMED,
+    "PeeringWritten",
+    {"warnings": Arr(WARNING)},
+    description="warnings: each export range that overlaps no subnet of the VPC (nor, with"
+    " custom_routes, a custom route): it exports nothing now (docs/policies.md)",
+)
 PEERINGS = Obj({"peerings": Arr(PEERING)}, name="PeeringList")
 
 ROUTE = Obj(

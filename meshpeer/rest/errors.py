@@ -12,11 +12,15 @@ ERROR_CODES: dict[int, str] = {
     401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     413: "payload_too_large",
     414: "uri_too_long",
     415: "unsupported_media_type",
+    431: "headers_too_large",
     500: "internal",
+    503: "unavailable",
+    505: "http_version_not_supported",
 }
 
 
@@ -81,3 +85,19 @@ def uri_too_long(limit: int) -> ApiError:
 
 def internal(detail: str = "internal error; see the controller log") -> ApiError:
     return ApiError(500, "internal", None, detail)
+
+
+def error_for(status: int, detail: str) -> ApiError:
+    """An error with the standard code for ``status`` (``bad_request`` for an unlisted 4xx,
+    ``internal`` for an unlisted 5xx) and no field: for refusals made before any route is
+    known (the HTTP server's own)."""
+    default = "internal" if status >= 500 else "bad_request"
+    return ApiError(status, ERROR_CODES.get(status, default), None, detail)
+
+
+def request_timeout(what: str, limit: float) -> ApiError:
+    return ApiError(408, "request_timeout", None, f"{what} not received within {limit:g} s")
+
+
+def unavailable(detail: str) -> ApiError:
+    return ApiError(503, "unavailable", None, detail, (("Retry-After", "1"),))

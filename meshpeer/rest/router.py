@@ -113,7 +113,10 @@ class Route:
 
     def error_statuses(self) -> list[int]:
         """Every error status this operation can answer (and the OpenAPI document lists)."""
-        found = {400, 414, 500} | set(self.errors)  # 414: the server refuses long URLs
+        # The HTTP server answers these before any route sees the request (meshpeer.rest.server):
+        # 408 (headers or body too slow), 414 (request line too long), 431 (headers too
+        # large), 503 (shed at the connection limit).
+        found = {400, 408, 414, 431, 500, 503} | set(self.errors)
         if self.auth or self.handler_auth:
             found.add(401)
         if self.param_names:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import resource
 import secrets
 import signal
 import socket
@@ -93,9 +94,14 @@ class Ctl(LocalShard):
 
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    nofile: tuple[int, int] | None = None  # RLIMIT_NOFILE (soft, hard) to start with
 
-    def write_conf(self, directory_file: Path, heartbeat: float) -> None:
+    def write_conf(
+        self, directory_file: Path, heartbeat: float, options: Mapping[str, Any] | None = None
+    ) -> None:
+        """``options``: more ``[controller]`` options (ShardConfig fields)."""
         config = replace(self.config(directory_file, heartbeat), check_answers=True)
+        config = replace(config, **dict(options or {}))
         self.conf.write_text(config.text(), encoding="utf-8")
 
     # --- process ------------------------------------------------------------------------
@@ -106,7 +112,13 @@ class Ctl(LocalShard):
             sys.executable, "-m", "meshpeer.manager", "ryu_apps.controller",
             "--config-file", str(self.conf),
         ]  # fmt: skip
-        self.proc = spawn_manager(cmd, self.log, cwd=ROOT)
+        nofile = self.nofile
+
+        def limit_fds() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
+        self.proc = spawn_manager(cmd, self.log, cwd=ROOT, preexec_fn=limit_fds)
         self.starts += 1
 
     def wait_healthy(self, timeout: float = 20.0) -> None:
@@ -261,6 +273,7 @@ class Cluster:
     grant_key: str
     layout: Mapping[str, tuple[tuple[int, int], Sequence[str]]]
     heartbeat: float = 0.5
+    options: Mapping[str, Any] = field(default_factory=dict)  # more [controller] options
     ctls: dict[str, Ctl] = field(default_factory=dict)
 
     @classmethod
@@ -270,7 +283,11 @@ class Cluster:
         layout: Mapping[str, tuple[tuple[int, int], Sequence[str]]] | None = None,
         heartbeat: float = 0.5,
         token: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        nofile: tuple[int, int] | None = None,
     ) -> Cluster:
+        """``options``: more ``[controller]`` options for every shard; ``nofile``: the
+        RLIMIT_NOFILE (soft, hard) each shard process starts with."""
         workdir.mkdir(parents=True, exist_ok=True)
         c = cls(
             workdir,
@@ -279,9 +296,10 @@ class Cluster:
             grant_key=secrets.token_hex(32),
             layout=dict(layout or DEFAULT_LAYOUT),
             heartbeat=heartbeat,
+            options=dict(options or {}),
         )
         for name in c.layout:
-            c.ctls[name] = Ctl(name, free_port(), workdir, c.token)
+            c.ctls[name] = Ctl(name, free_port(), workdir, c.token, nofile=nofile)
         c.write()
         return c
 
@@ -299,7 +317,7 @@ class Cluster:
     def write(self) -> None:
         self.directory_file.write_text(yaml.safe_dump(self.directory_doc()), encoding="utf-8")
         for ctl in self.ctls.values():
-            ctl.write_conf(self.directory_file, self.heartbeat)
+            ctl.write_conf(self.directory_file, self.heartbeat, self.options)
 
     def __getitem__(self, name: str) -> Ctl:
         return self.ctls[name]

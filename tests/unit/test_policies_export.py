@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given, reject
 from hypothesis import strategies as st
 
-from policies.export import Address, ExportPolicy, PolicyError, parse_export_policy
+from policies.export import (
+    Address,
+    ExportPolicy,
+    PolicyError,
+    parse_export_policy,
+    ranges_outside,
+)
 from policies.overlap import Network, subnet_of
 
 
@@ -272,3 +278,32 @@ def test_exports_ip_iff_in_exported_subnet(
 def test_prefix_exported_iff_every_address_is(p: ExportPolicy, prefix: Network) -> None:
     if prefix.num_addresses <= 64:
         assert p.exports_prefix(prefix) is all(p.exports_ip(ip) for ip in prefix)
+
+
+# --- ranges that export nothing of the VPC (issue 17: accepted, warned) ------------------------
+
+
+def test_ranges_outside_the_vpc_are_named_by_request_index() -> None:
+    subnets = nets("10.1.0.0/24", "fd00:1::/64")
+    routes = nets("192.168.50.0/24")
+    raw = {
+        "ranges": ["10.9.0.0/16", "10.0.0.0/8", "10.1.0.128/25", "192.168.50.0/24", "fd00:2::/48"]
+    }
+    found = ranges_outside(raw, "export", subnets, routes)
+    assert [(w.field, str(w.detail)) for w in found] == [
+        ("export.ranges[0]", "10.9.0.0/16 overlaps no subnet of this VPC: it exports nothing now"),
+        (
+            "export.ranges[3]",
+            "192.168.50.0/24 overlaps no subnet of this VPC: it exports nothing now",
+        ),
+        ("export.ranges[4]", "fd00:2::/48 overlaps no subnet of this VPC: it exports nothing now"),
+    ]
+    # With custom routes exported, a range over a custom route exports that route.
+    with_routes = {**raw, "custom_routes": True}
+    fields = [w.field for w in ranges_outside(with_routes, "export", subnets, routes)]
+    assert fields == ["export.ranges[0]", "export.ranges[4]"]
+
+
+def test_no_ranges_no_warnings() -> None:
+    for raw in (None, {}, {"ranges": []}, {"private_only": True}):
+        assert ranges_outside(raw, "export", nets("10.1.0.0/24"), ()) == []

@@ -1,11 +1,15 @@
-"""meshpeer.rest.server: eventlet's per-exception traceback is cheap unless DEBUG is on."""
+"""meshpeer.rest.server: cheap tracebacks unless DEBUG is on; an accept loop that survives errors."""
 
 from __future__ import annotations
 
+import errno
 import logging
+from typing import Any
 
+import eventlet
 import eventlet.wsgi
 import pytest
+from eventlet.green import socket as green_socket
 
 from meshpeer.rest import server
 
@@ -32,3 +36,46 @@ def test_serve_installs_one_line_tracebacks_unless_debug(caplog: pytest.LogCaptu
         assert eventlet.wsgi.traceback.print_exc is not None
     finally:
         thread.kill()
+
+
+class _FlakyListener:
+    """A listening socket whose first ``failures`` accepts fail with EMFILE."""
+
+    def __init__(self, inner: Any, failures: int) -> None:
+        self.inner = inner
+        self.failures = failures
+
+    def accept(self) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return self.inner.accept()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _hello(env: Any, start: Any) -> list[bytes]:
+    start("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello"]
+
+
+def test_accept_errors_are_logged_and_the_server_keeps_accepting(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 17: eventlet's own accept loop ended for good, silently, on EMFILE."""
+    listener = _FlakyListener(eventlet.listen(("127.0.0.1", 0)), failures=3)
+    thread = server.serve_on(listener, _hello)
+    try:
+        with eventlet.Timeout(30):
+            client = green_socket.create_connection(listener.getsockname())
+            client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while data := client.recv(4096):
+                answer += data
+            client.close()
+    finally:
+        thread.kill()
+    assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"hello")
+    failed = [r for r in caplog.records if "accept failed" in r.getMessage()]
+    assert len(failed) == 3 and all("Too many open files" in r.getMessage() for r in failed)
