@@ -239,12 +239,14 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             self._end_grace()
             self.busy = True
             try:
+                gc.disable()  # see _freeze_heap
                 self._sync(dp, reasons)
             except Exception as exc:
                 log.exception("ohc %s: sync failed", self.conf.host)
                 self._error(f"sync failed: {type(exc).__name__}: {exc}")
                 self.installed = None
             finally:
+                gc.enable()
                 self.busy = False
             self.reports.put("sync")
 
@@ -272,14 +274,8 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
     def _compile(self, changes: dict[Sub, StreamChange]) -> Update:
         """The engine's update: pure work, O(change) for a delta but seconds for a first
         snapshot of 50k peer endpoints, so it runs in a native thread (``_sync``) while the
-        hub keeps answering OVS's echo requests and the subscriptions' heartbeats. The cyclic
-        GC is paused meanwhile: the engine allocates millions of acyclic objects, and
-        collections rescanning them tripled a cold compile (measured, docs/decisions.md)."""
-        gc.disable()
-        try:
-            return self.engine.update(changes, dict(self.ports.vms), self.ports.tunnel)
-        finally:
-            gc.enable()
+        hub keeps answering OVS's echo requests and the subscriptions' heartbeats."""
+        return self.engine.update(changes, dict(self.ports.vms), self.ports.tunnel)
 
     def _sync(self, dp: Any, reasons: set[str]) -> None:
         if reasons & {"connect", "ports"} or not self.ports.vms:
@@ -395,7 +391,9 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         of them during syncs: 2-3 s pauses, measured. The state is acyclic (freed by refcount),
         so after each sync it is frozen out of the collector's sight; young cyclic garbage is
         collected first, and a full collection every FULL_GC_INTERVAL bounds what a freeze
-        could hold on to."""
+        could hold on to. During a sync the collector is off (``_worker``): a first sync at 50k
+        allocates millions of acyclic objects (the engine's units, the plan, the bundle), and
+        collections rescanning them tripled its compile (measured, docs/decisions.md)."""
         now = time.monotonic()
         if now - self.full_gc_at >= FULL_GC_INTERVAL:
             gc.unfreeze()

@@ -188,6 +188,8 @@ class _Out:
         # object each, kept by the caller across builds (the engine: ~25 MiB less at 50k
         # peer endpoints). Addresses are each a destination's own and not kept here.
         self.shared = shared
+        self._owner: tuple[Kind, str] | None = None
+        self._cookie = 0
 
     def add(
         self,
@@ -201,8 +203,10 @@ class _Out:
         if self.shared is not None:
             keep = self.shared
             pairs = [p if p[0] in _OWN_VALUES else keep.setdefault(p, p) for p in pairs]
+        if owner != self._owner:  # a unit's flows share their owner: hash it once
+            self._owner, self._cookie = owner, cookie(*owner)
         flow = check_flow(
-            Flow(table, priority, Match(tuple(pairs)), tuple(instructions), cookie(*owner)),
+            Flow(table, priority, Match(tuple(pairs)), tuple(instructions), self._cookie),
             PIPELINE,
         )
         self.put(flow, owner)

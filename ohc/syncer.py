@@ -248,9 +248,10 @@ def flows_by_key(flows: Iterable[Flow]) -> dict[FlowKey, Flow]:
     return out
 
 
-def _flow_order(f: Flow) -> tuple[int, int, str]:
-    # Match values mix ints, strings and (value, mask) pairs: sort on their repr.
-    return f.table, -f.priority, repr(f.match.fields)
+def _flow_order(f: Flow) -> tuple[int, int]:
+    # By table and priority only: the order inside a bundle does not matter to OVS, and a
+    # total order (on the match's repr) cost 0.3 s of a 100k-flow first sync (measured).
+    return f.table, -f.priority
 
 
 def plan(desired: FlowState, installed: FlowState) -> SyncPlan:

@@ -77,6 +77,13 @@ FIELDS: Mapping[str, tuple[int, int, int, Kind]] = MappingProxyType(
     }
 )
 
+# OXM order (os-ken's: by class, then field) and each field's header, exact and masked
+_ORDER = MappingProxyType({n: cls << 7 | fld for n, (cls, fld, _, _) in FIELDS.items()})
+_OXM_HEADER = MappingProxyType(
+    {n: (cls << 16 | fld << 9 | size, cls << 16 | fld << 9 | 1 << 8 | 2 * size)
+     for n, (cls, fld, size, _) in FIELDS.items()}
+)  # fmt: skip
+_U32 = struct.Struct("!I")
 _HEADER = struct.Struct("!BBHI")
 _FLOW_MOD = struct.Struct("!QQBBHHHIIIH2x")
 _BUNDLE_ADD = struct.Struct("!IIIxxH")  # experimenter, exp_type, bundle id, pad, flags
@@ -95,6 +102,11 @@ def _field(name: str) -> tuple[int, int, int, Kind]:
 
 
 def _value(kind: Kind, size: int, value: int | str) -> bytes:
+    if kind == "ipv4" and isinstance(value, str):
+        try:
+            return socket.inet_pton(socket.AF_INET, value)
+        except OSError:
+            raise ValueError(f"expected an ipv4 address, got {value!r}") from None
     if kind == "int":
         if not isinstance(value, int):
             raise ValueError(f"expected an integer, got {value!r}")
@@ -110,11 +122,12 @@ def _value(kind: Kind, size: int, value: int | str) -> bytes:
 
 
 def _oxm(name: str, value: MatchValue | int | str) -> bytes:
-    cls, fld, size, kind = _field(name)
+    _, _, size, kind = _field(name)
+    exact, masked = _OXM_HEADER[name]
     if isinstance(value, tuple):
         body = _value(kind, size, value[0]) + _value(kind, size, value[1])
-        return struct.pack("!I", cls << 16 | fld << 9 | 1 << 8 | 2 * size) + body
-    return struct.pack("!I", cls << 16 | fld << 9 | size) + _value(kind, size, value)
+        return _U32.pack(masked) + body
+    return _U32.pack(exact) + _value(kind, size, value)
 
 
 def _pad8(data: bytes) -> bytes:
@@ -122,7 +135,9 @@ def _pad8(data: bytes) -> bytes:
 
 
 def _match(fields: tuple[tuple[str, MatchValue], ...]) -> bytes:
-    ordered = sorted(fields, key=lambda nv: _field(nv[0])[0] << 7 | _field(nv[0])[1])
+    for n, _ in fields:
+        _field(n)  # a field ohc.wire cannot encode: say which
+    ordered = sorted(fields, key=lambda nv: _ORDER[nv[0]])
     oxms = b"".join(_oxm(n, v) for n, v in ordered)
     return _pad8(struct.pack("!HH", 1, 4 + len(oxms)) + oxms)  # OFPMT_OXM
 
