@@ -16,7 +16,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import os
 import subprocess
 import time
 from collections.abc import Mapping
@@ -32,20 +31,17 @@ from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3
 
 from meshpeer import options
-from meshpeer.client import Client
 from meshpeer.controller.directory import parse_directory
 from meshpeer.protocol import ServiceName
-from meshpeer.protocol.messages import stream_name
-from ohc import nd, ofio, ports, status
+from ohc import nd, ofio, ports, reporting, status
 from ohc.agent import Agent
 from ohc.clients import stream_client
 from ohc.cookies import Kind, kind_of
-from ohc.engine import FlowEngine, StreamChange, Update
 from ohc.model import Skipped
 from ohc.pipeline import ND_TARGET
 from ohc.ports import SwitchPorts
+from ohc.session import SwitchSession
 from ohc.subscriptions import Sub
-from ohc.syncer import SwitchModel, SyncPlan, plan, plan_keys
 
 log = logging.getLogger(__name__)
 
@@ -73,18 +69,6 @@ def read_ports(ovsdb: str) -> SwitchPorts:
     return ports.classify(ports.parse_rows(json.loads(out)))
 
 
-def synced_versions(versions: dict[Sub, int]) -> dict[str, dict[str, int]]:
-    """Shard URL -> stream name -> the version a sync put on the switch, for the status file
-    (tests and operators wait on it). The applied reports to the shards may say less: they
-    hold a peering stream back until its peers' services are in (``agent.applied_versions``)."""
-    out: dict[str, dict[str, int]] = {}
-    for sub, version in sorted(versions.items(), key=lambda kv: kv[0].sort_key()):
-        out.setdefault(sub.url, {})[stream_name(sub.service, sub.key, sub.policy, sub.host)] = (
-            version
-        )
-    return out
-
-
 class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
     OFP_VERSIONS: ClassVar[list[int]] = [ofproto_v1_3.OFP_VERSION]
 
@@ -100,15 +84,11 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         self.agent = Agent(
             conf.host, urls, self.directory.url_of, conf.api_token, stream_client, self._update
         )
+        self.reporter = reporting.Reporter(conf.host, conf.underlay_ip, conf.api_token, self.agent)
         self.replies = ofio.Replies()
         self.datapath: Any = None
-        self.installed: SwitchModel | None = None  # our model of the switch; None: read it back
-        # A sync that could not delete (a followed stream had not delivered) left flows the
-        # model knows but the engine does not want: the next complete sync diffs them all.
-        self.stale = False
         self.ports = SwitchPorts({}, None, ())
         self.logged_skips: frozenset[Skipped] = frozenset()  # logged once, while they last
-        self.bundle_id = 0
         self.busy = False
         self.syncs = 0
         self.last: dict[str, Any] = {}
@@ -119,8 +99,9 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         # the newest state only, so a slow or absent shard never piles up senders.
         self.reports: eventlet.queue.LightQueue = eventlet.queue.LightQueue()
         self.to_report: tuple[dict[Sub, int], dict[Sub, Mapping[str, Any]]] | None = None
-        # The desired flows, kept up to date from the agent's stream changes (ohc/engine.py).
-        self.engine = FlowEngine(conf.underlay_ip)
+        # What the switch should hold (kept up to date from the agent's stream changes) and
+        # what it holds (ohc/session.py).
+        self.session = SwitchSession(conf.underlay_ip)
         self.full_gc_at = time.monotonic()
         self.read_back_by = 0.0  # monotonic time until which a read-back waits for the streams
         self.deferred: set[str] = set()  # reasons of the syncs deferred meanwhile
@@ -151,9 +132,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         while pending:
             for name, url in sorted(pending.items()):
                 try:
-                    Client(url, self.conf.api_token, timeout=2.0).put(
-                        f"/v1/hosts/{self.conf.host}", {"underlay_ip": self.conf.underlay_ip}
-                    )
+                    self.reporter.register(url)
                     del pending[name]
                 except Exception as exc:
                     self._error(f"registering with {name} failed: {exc}")
@@ -174,7 +153,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             ev.datapath.send_msg(
                 parser.OFPSetConfig(ev.datapath, ofp.OFPC_FRAG_NORMAL, ofp.OFPCML_MAX)
             )
-            self.installed = None
+            self.session.installed = None
             self.read_back_by = time.monotonic() + READ_BACK_GRACE
             self.deferred = set()  # a sync compiles the whole view: no reason is lost
             self._end_grace()
@@ -214,7 +193,12 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         while True:
             hub.sleep(self.conf.canary_interval)
             dp = self.datapath
-            if dp is None or self.busy or self.installed is None or not self.triggers.empty():
+            if (
+                dp is None
+                or self.busy
+                or self.session.installed is None
+                or not self.triggers.empty()
+            ):
                 continue
             try:
                 if not ofio.has_canary(self.replies, dp, 5):
@@ -244,7 +228,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             except Exception as exc:
                 log.exception("ohc %s: sync failed", self.conf.host)
                 self._error(f"sync failed: {type(exc).__name__}: {exc}")
-                self.installed = None
+                self.session.installed = None
             finally:
                 gc.enable()
                 self.busy = False
@@ -260,7 +244,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         endpoints, a restart's read-back before the peer's stream arrived took 11 s instead of
         ~1.5 s. The stream's arrival triggers the next sync; a timer ends the wait."""
         wait = self.read_back_by - time.monotonic()
-        if self.installed is not None or wait <= 0 or self.agent.complete():
+        if self.session.installed is not None or wait <= 0 or self.agent.complete():
             return False
         if self.grace_timer is None:
             self.grace_timer = hub.spawn_after(wait, self.triggers.put, "read-back-grace")
@@ -271,19 +255,13 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             hub.kill(self.grace_timer)
             self.grace_timer = None
 
-    def _compile(self, changes: dict[Sub, StreamChange]) -> Update:
-        """The engine's update: pure work, O(change) for a delta but seconds for a first
-        snapshot of 50k peer endpoints, so it runs in a native thread (``_sync``) while the
-        hub keeps answering OVS's echo requests and the subscriptions' heartbeats."""
-        return self.engine.update(changes, dict(self.ports.vms), self.ports.tunnel)
-
     def _sync(self, dp: Any, reasons: set[str]) -> None:
         if reasons & {"connect", "ports"} or not self.ports.vms:
             self.ports = read_ports(self.conf.ovsdb)
             if self.ports.numbering:
                 hub.spawn_after(PORT_REREAD_DELAY, self.triggers.put, "ports")
         if "canary-missing" in reasons:
-            self.installed = None  # the switch lost its flows: read it back and resync fully
+            self.session.installed = None  # the switch lost its flows: read back, resync
         # One snapshot, taken without yielding: what changed in the streams, their versions
         # (for the applied reports) and whether every followed stream had delivered. The
         # changes are copies, so streams that change while the engine compiles are in the
@@ -296,47 +274,22 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         }
         complete = self.agent.complete()
         changes = self.agent.take_changes()
+        vms, tunnel = dict(self.ports.vms), self.ports.tunnel
         t0 = time.monotonic()
         try:
-            update = eventlet.tpool.execute(self._compile, changes)
+            update = eventlet.tpool.execute(self.session.compile, changes, vms, tunnel)
         except Exception:
-            # A half-applied update leaves the engine unknown: start it afresh from every
-            # stream, and read the switch back.
-            self.engine = FlowEngine(self.conf.underlay_ip)
-            self.installed = None
-            update = eventlet.tpool.execute(self._compile, self.agent.take_changes(everything=True))
+            log.exception("ohc %s: engine update failed: starting it afresh", self.conf.host)
+            self.session.restart()
+            everything = self.agent.take_changes(everything=True)
+            update = eventlet.tpool.execute(self.session.compile, everything, vms, tunnel)
         compile_s = time.monotonic() - t0
-        skipped = self.ports.skipped + self.engine.skipped()
+        skipped = self.ports.skipped + self.session.engine.skipped()
         self._log_skips(skipped)
         self.skipped = skipped
-        self.bundle_id += 1
-        # While a followed stream has not delivered yet (a shard unreachable after a restart),
-        # add and change flows but delete none: the switch's flows are the last known state.
-        read_s = 0.0
-        unmatched: int | None = None
-        if self.installed is None:
-            result = ofio.sync(
-                self.replies,
-                dp,
-                self.engine.state(),
-                self.bundle_id,
-                None,
-                keep_extra=not complete,
-                offload=eventlet.tpool.execute,
-            )
-            self.installed = SwitchModel.of(result.installed)
-            the_plan, read_s, unmatched = result.plan, result.read_s, result.read_unmatched
-            plan_s, send_s = result.plan_s, result.send_s
-            self.stale = not complete
-        else:
-            t1 = time.monotonic()
-            the_plan = self._plan(update, complete)
-            t2 = time.monotonic()
-            ofio.send_plan(
-                self.replies, dp, the_plan, self.bundle_id, offload=eventlet.tpool.execute
-            )
-            self.installed.apply(the_plan)
-            plan_s, send_s = t2 - t1, time.monotonic() - t2
+        synced = self.session.sync(self.replies, dp, update, complete, eventlet.tpool.execute)
+        installed = self.session.installed
+        assert installed is not None
         self.to_report = (versions, peerings)
         self.syncs += 1
         self.last = {
@@ -344,41 +297,26 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             "reasons": sorted(reasons),
             "complete": complete,
             "at": time.time(),
-            "counts": dict(the_plan.counts),
-            "flows": len(self.installed.flows),
-            "groups": len(self.installed.groups),
+            "counts": dict(synced.plan.counts),
+            "flows": len(installed.flows),
+            "groups": len(installed.groups),
             "compile_s": round(compile_s, 4),
             # units the engine compiled (ohc/engine.py); rebuilt: the VPC contexts were
             "units": {"compiled": update.units, "rebuilt": update.skeleton},
-            "read_s": round(read_s, 4),
-            "plan_s": round(plan_s, 4),
-            "send_s": round(send_s, 4),
-            "total_s": round(read_s + plan_s + send_s, 4),
+            "read_s": round(synced.read_s, 4),
+            "plan_s": round(synced.plan_s, 4),
+            "send_s": round(synced.send_s, 4),
+            "total_s": round(synced.read_s + synced.plan_s + synced.send_s, 4),
             # read back from the switch (a full sync): installed flows that were not desired
             # ones, so parsed one by one (ohc.readback); 0 on a restart with nothing changed
-            "read_unmatched": unmatched,
+            "read_unmatched": synced.read_unmatched,
             "skipped": [str(s) for s in skipped][:20],
-            "applied": synced_versions(versions),
+            "applied": reporting.synced_versions(versions),
         }
-        if not the_plan.empty:
+        if not synced.plan.empty:
             log.info("ohc %s: sync %s", self.conf.host, json.dumps(self.last))
         self._write_status()
         self._freeze_heap()
-
-    def _plan(self, update: Update, complete: bool) -> SyncPlan:
-        """The steps for what the engine says changed; a full diff against the model after
-        syncs that could not delete. Incomplete: no deletes (fail static), diffed later."""
-        assert self.installed is not None
-        if self.stale and complete:
-            self.stale = False
-            return plan(self.engine.state(), self.installed.state())
-        the_plan = plan_keys(
-            self.engine.flow, self.engine.groups, self.installed, update.flow_keys, update.group_ids
-        )
-        if complete or not (the_plan.flow_deletes or the_plan.group_deletes):
-            return the_plan
-        self.stale = True
-        return the_plan.without_deletes()
 
     def _log_skips(self, skipped: tuple[Skipped, ...]) -> None:
         new, self.logged_skips = ports.new_skips(skipped, self.logged_skips)
@@ -415,33 +353,16 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             self._report_status()
 
     def _report(self, versions: dict[Sub, int], objects: dict[Sub, Mapping[str, Any]]) -> None:
-        """Tell each shard which of its stream versions this switch now holds, so that
-        `?wait=programmed` can answer. Best effort: a lost report only delays that answer.
-
-        Own shards get the API token. A peer's shard gets no token of ours (another
-        administrative domain): each of its streams is reported with the grant it was
-        subscribed with, which scopes the report to this host and that stream."""
-        for url, streams in sorted(self.agent.applied_reports(versions, objects).items()):
-            token = self.conf.api_token if url in self.agent.shard_urls else None
-            try:
-                Client(url, token, timeout=2.0).put(
-                    f"/v1/hosts/{self.conf.host}/applied", {"streams": streams}
-                )
-            except Exception as exc:
-                self._error(f"applied report to {url} failed: {exc}")
-                log.info("ohc %s: applied report to %s failed: %s", self.conf.host, url, exc)
+        """Applied versions to every shard, for `?wait=programmed`; a lost report only delays
+        that answer."""
+        for failure in self.reporter.applied(versions, objects):
+            self._error(failure)
 
     def _report_status(self) -> None:
-        """Tell the host's own shards how it stands (GET /v1/hosts/{name}), after each sync
-        attempt. Best effort, API token; the next attempt sends a fresh one."""
-        body = status.report(self.agent.stream_states(), self.skipped, self.last_error, self.last)
-        for url in self.agent.shard_urls:
-            try:
-                Client(url, self.conf.api_token, timeout=2.0).put(
-                    f"/v1/hosts/{self.conf.host}/status", body
-                )
-            except Exception as exc:
-                log.info("ohc %s: status report to %s failed: %s", self.conf.host, url, exc)
+        """How the host stands, after each sync attempt (GET /v1/hosts/{name})."""
+        self.reporter.status(
+            status.report(self.agent.stream_states(), self.skipped, self.last_error, self.last)
+        )
 
     def _write_status(self) -> None:
         if not self.conf.status_file:
@@ -455,7 +376,4 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             "ports": {f"{v}/{n}": p for (v, n), p in sorted(self.ports.vms.items())},
             "tunnel_port": self.ports.tunnel,
         }
-        tmp = self.conf.status_file + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1)
-        os.replace(tmp, self.conf.status_file)
+        reporting.write_status_file(self.conf.status_file, doc)

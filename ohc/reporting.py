@@ -1,0 +1,85 @@
+"""What an OHC tells its shards and writes for its operators; best effort, never in a sync.
+
+- registration: where this host's tunnel endpoint is (``PUT /v1/hosts/{name}``);
+- applied reports: which stream versions the switch holds, for ``?wait=programmed`` (own
+  shards with the API token; a peer's shard with the grant of each stream, its only
+  credential there);
+- status reports: how the host stands (``PUT /v1/hosts/{name}/status``, docs/api.md);
+- the status file (tests and operators wait on ``last_sync.applied``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from meshpeer.client import Client
+from meshpeer.protocol.messages import stream_name
+from ohc.agent import Agent
+from ohc.subscriptions import Sub
+
+log = logging.getLogger(__name__)
+TIMEOUT = 2.0  # seconds per report: a slow shard delays only the next report
+
+
+def synced_versions(versions: Mapping[Sub, int]) -> dict[str, dict[str, int]]:
+    """Shard URL -> stream name -> the version a sync put on the switch, for the status file.
+    The applied reports to the shards may say less: they hold a peering stream back until its
+    peers' services are in (``agent.applied_versions``)."""
+    out: dict[str, dict[str, int]] = {}
+    for sub, version in sorted(versions.items(), key=lambda kv: kv[0].sort_key()):
+        out.setdefault(sub.url, {})[stream_name(sub.service, sub.key, sub.policy, sub.host)] = (
+            version
+        )
+    return out
+
+
+class Reporter:
+    def __init__(self, host: str, underlay_ip: str, api_token: str, agent: Agent) -> None:
+        self.host = host
+        self.underlay_ip = underlay_ip
+        self.api_token = api_token
+        self.agent = agent
+
+    def register(self, url: str) -> None:
+        """Tell one shard where this host's tunnel endpoint is; raises if it did not answer."""
+        Client(url, self.api_token, timeout=TIMEOUT).put(
+            f"/v1/hosts/{self.host}", {"underlay_ip": self.underlay_ip}
+        )
+
+    def applied(
+        self, versions: Mapping[Sub, int], objects: Mapping[Sub, Mapping[str, Any]]
+    ) -> list[str]:
+        """Report to each shard which of its stream versions the switch holds; the failures."""
+        failed = []
+        for url, streams in sorted(self.agent.applied_reports(versions, objects).items()):
+            token = self.api_token if url in self.agent.shard_urls else None
+            try:
+                Client(url, token, timeout=TIMEOUT).put(
+                    f"/v1/hosts/{self.host}/applied", {"streams": streams}
+                )
+            except Exception as exc:
+                failed.append(f"applied report to {url} failed: {exc}")
+                log.info("ohc %s: applied report to %s failed: %s", self.host, url, exc)
+        return failed
+
+    def status(self, body: Mapping[str, Any]) -> None:
+        """Tell the host's own shards how it stands (API token)."""
+        for url in self.agent.shard_urls:
+            try:
+                Client(url, self.api_token, timeout=TIMEOUT).put(
+                    f"/v1/hosts/{self.host}/status", body
+                )
+            except Exception as exc:
+                log.info("ohc %s: status report to %s failed: %s", self.host, url, exc)
+
+
+def write_status_file(path: str, doc: Mapping[str, Any]) -> None:
+    """Replace the status file at once (readers never see half of it)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1)
+    os.replace(tmp, path)
