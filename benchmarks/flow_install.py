@@ -17,7 +17,8 @@ Lab: 2 shards, hv1 with one blue VM, blue (ctl1) peered with red (ctl2), red a /
 4. with the OHC running and all N installed, create --updates more red endpoints one at a
    time with ``?wait=programmed`` (the call returns once hv1's switch holds the new flows) and
    time each: the cost of one update when the host already holds N peer endpoints, with the
-   OHC's own compile time for that sync (it reuses what did not change, ohc/compiler.py);
+   OHC's own compile time for that sync (the engine compiles only the units the change owns,
+   ohc/engine.py);
 5. restart the OHC once more with every flow already installed (nothing to change) and time
    that too (read-back and diff only).
 
@@ -462,7 +463,7 @@ def main() -> None:
     print("bundle s: ovs-ofctl --bundle add-flows of the same flows into an empty bridge of the")
     print("  same switch; x bundle: install s / bundle s (issue 10's target: <= 5);")
     print("update s: p50 of one more endpoint, REST call -> hv1 programmed (?wait=programmed);")
-    print("compile s: p50 of the OHC's view + compile + canonical form for those updates;")
+    print("compile s: p50 of the OHC engine's update (the changed units) for those updates;")
     print("probe drops: OVS dropped the OHC's OpenFlow connection (no echo reply for 5 s).")
     print(f"REST creation: {creator.by_rest} endpoints in {creator.seconds:.0f}s "
           f"({args.workers} concurrent calls); progress (endpoints, s): {creator.samples}")  # fmt: skip
