@@ -7,8 +7,15 @@ from collections.abc import Generator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.integration.labkit import missing_requirements
+
+# Property tests check behaviour, never speed: on a busy 2-core CI box an example may take
+# longer than hypothesis's 200 ms deadline, or data generation look "too slow". Both are
+# timing checks, so they are off for every test (a test's own settings still apply on top).
+settings.register_profile("meshpeer", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("meshpeer")
 
 LAB_DIRS = ("tests/integration", "tests/e2e")
 _WHY = missing_requirements()
