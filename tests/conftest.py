@@ -10,7 +10,7 @@ import pytest
 
 from tests.integration.labkit import missing_requirements
 
-LAB_DIRS = ("tests/integration", "tests/e2e")
+LAB_DIRS = {"tests/integration": "integration", "tests/e2e": "e2e", "tests/chaos": "chaos"}
 _WHY = missing_requirements()
 
 
@@ -24,8 +24,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Generator[None, A
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         path = str(item.fspath)
-        if any(d in path for d in LAB_DIRS):
-            item.add_marker(pytest.mark.e2e if "tests/e2e" in path else pytest.mark.integration)
+        kind = next((k for d, k in LAB_DIRS.items() if d in path), None)
+        if kind is not None:
+            item.add_marker(getattr(pytest.mark, kind))
             if _WHY:
                 item.add_marker(pytest.mark.skip(reason=_WHY))
 
