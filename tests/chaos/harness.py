@@ -130,22 +130,8 @@ class Writer:
         return {e["name"]: e["ip"] for e in eps if _is_written(e["name"])}
 
     def lost(self, present: dict[str, str]) -> list[Write]:
-        """Acknowledged writes the shard does not show: the last acknowledged write of a name
-        decides whether it must be there, unless a later write of it got no answer (it may
-        or may not have happened). A refused write (an answer, not 2xx) changed nothing."""
-        last: dict[str, Write] = {}
-        unsure: set[str] = set()
-        for w in self.writes:
-            if w.acked:
-                last[w.name] = w
-                unsure.discard(w.name)
-            elif w.status is None:
-                unsure.add(w.name)
-        return [
-            w
-            for name, w in last.items()
-            if name not in unsure and (name in present) != (w.op == "create")
-        ]
+        with self._lock:
+            return acked_lost(self.writes, set(present))
 
     def programmed(self, names: list[str]) -> bool:
         """Every host that must act on these endpoints' last writes has applied them."""
@@ -167,6 +153,26 @@ class Writer:
         """Addresses of every create that may have happened (acknowledged or unanswered)."""
         with self._lock:
             return {w.ip for w in self.writes if w.op == "create" and not _refused(w)}
+
+
+def acked_lost(writes: list[Write], present: set[str]) -> list[Write]:
+    """Acknowledged writes that ``present`` (the names the shard shows) contradicts: the last
+    acknowledged write of a name decides whether it must be there, unless a later write of it
+    got no answer (it may or may not have happened). A refused write (an answer, not 2xx)
+    changed nothing."""
+    last: dict[str, Write] = {}
+    unsure: set[str] = set()
+    for w in writes:
+        if w.acked:
+            last[w.name] = w
+            unsure.discard(w.name)
+        elif w.status is None:
+            unsure.add(w.name)
+    return [
+        w
+        for name, w in last.items()
+        if name not in unsure and (name in present) != (w.op == "create")
+    ]
 
 
 def _refused(w: Write) -> bool:
