@@ -17,7 +17,7 @@ from tests.integration.labkit import missing_requirements
 settings.register_profile("meshpeer", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("meshpeer")
 
-LAB_DIRS = ("tests/integration", "tests/e2e")
+LAB_DIRS = {"tests/integration": "integration", "tests/e2e": "e2e", "tests/chaos": "chaos"}
 _WHY = missing_requirements()
 
 
@@ -31,8 +31,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Generator[None, A
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         path = str(item.fspath)
-        if any(d in path for d in LAB_DIRS):
-            item.add_marker(pytest.mark.e2e if "tests/e2e" in path else pytest.mark.integration)
+        kind = next((k for d, k in LAB_DIRS.items() if d in path), None)
+        if kind is not None:
+            item.add_marker(getattr(pytest.mark, kind))
             if _WHY:
                 item.add_marker(pytest.mark.skip(reason=_WHY))
 

@@ -16,6 +16,9 @@ from typing import Any
 QUICK_EXIT = 1.0  # an exit this soon after its start counts towards the back-off
 FIRST_DELAY = 0.25
 MAX_DELAY = 5.0
+# Copies of br-int for a warm restart of ovs-vswitchd (``copy_due``).
+COPY_QUIET = 2.0  # after a burst of syncs, a copy once they paused this long
+COPY_MAX_AGE = 10.0  # under syncs that never pause, a copy at least this often
 
 
 class Action(Enum):
@@ -110,3 +113,22 @@ def decide(wanted: bool, seen: Seen, now: float) -> Action:
     if now - seen.exited_at < restart_delay(seen.quick_exits):
         return Action.NONE
     return Action.RESTART
+
+
+def copy_due(now: float, changed_at: float, copied: float | None, copied_at: float | None) -> bool:
+    """Whether to copy a host's br-int now. ``changed_at``: when its OHC last synced (its
+    status file's mtime); ``copied``: the sync the last copy followed, taken at ``copied_at``
+    (both None before the first copy).
+
+    A dump of 100k flows costs OVS and ovs-ofctl about a CPU second, too much after every
+    sync of a burst: a copy follows a change once the syncs have paused for COPY_QUIET. But
+    syncs that never pause (a steady stream of writes) must not starve it: without a copy, a
+    kill -9 of ovs-vswitchd restores nothing (a cold restart, about a second of loss); with
+    an old one, flows far older than the last sync. So the first change is copied at once and
+    later ones at least every COPY_MAX_AGE. A copy older than the last sync is still safe: the
+    OHC's reconnect sync after the restart changes what differs."""
+    if copied == changed_at:
+        return False
+    if copied_at is None or now - changed_at >= COPY_QUIET:
+        return True
+    return now - copied_at >= COPY_MAX_AGE

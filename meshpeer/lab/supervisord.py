@@ -30,15 +30,10 @@ from typing import Any
 from meshpeer.lab import ovs, state, supervisor
 from meshpeer.lab.plan import HostPlan, LabPlan
 from meshpeer.lab.procs import terminate
-from meshpeer.lab.supervision import Action, Seen, Spec, decide, exited, started
+from meshpeer.lab.supervision import Action, Seen, Spec, copy_due, decide, exited, started
 
 log = logging.getLogger("meshpeer.lab.supervisor")
 TICK = 0.05  # longest sleep between two looks (a child's death or a poke wakes it sooner)
-# A copy of br-int is taken once the OHC's status file has not changed for this long: a dump
-# of 100k flows costs OVS and ovs-ofctl about a second of CPU, too much after every sync of a
-# burst. A copy older than the last sync is still safe: the OHC's reconnect sync after a warm
-# restart changes what differs.
-SNAPSHOT_QUIET = 2.0
 
 
 @dataclass
@@ -58,7 +53,8 @@ class Supervisor:
         self.specs_mtime = -1
         self.stopping = False
         self.dirty = True
-        self.snapshots: dict[str, float] = {}  # host -> mtime of the OHC status file last saved
+        # host -> (mtime of the OHC status file last copied, when that copy was taken)
+        self.snapshots: dict[str, tuple[float, float]] = {}
         rfd, wfd = os.pipe()
         for fd in (rfd, wfd):
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
@@ -187,14 +183,15 @@ class Supervisor:
                 mtime = os.stat(f"{h.rundir}/ohc.status.json").st_mtime
             except FileNotFoundError:
                 continue
-            if self.snapshots.get(h.name) == mtime or time.time() - mtime < SNAPSHOT_QUIET:
+            copied, copied_at = self.snapshots.get(h.name, (None, None))
+            now = time.time()
+            if not copy_due(now, mtime, copied, copied_at):
                 continue
             try:
                 ovs.save_flows(h)
-                self.snapshots[h.name] = mtime
             except Exception as exc:
                 log.warning("%s: cannot save br-int's flows: %s", h.name, exc)
-                self.snapshots[h.name] = mtime
+            self.snapshots[h.name] = (mtime, now)
 
     # --- status and shutdown -------------------------------------------------------------------
 

@@ -242,7 +242,7 @@ def kill_9_vswitchd(lab: Lab, h: HostPlan) -> float:
 
 def saved_after_last_sync(h: HostPlan) -> bool:
     """Has the supervisor copied br-int since the OHC's last sync? (It waits for the syncs
-    to be quiet: meshpeer/lab/supervisord.py SNAPSHOT_QUIET.)"""
+    to be quiet: meshpeer.lab.supervision.copy_due.)"""
     try:
         saved = os.stat(ovs.saved_flows_path(h)).st_mtime
         return saved >= os.stat(f"{h.rundir}/ohc.status.json").st_mtime

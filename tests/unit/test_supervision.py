@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from meshpeer.lab.supervision import (
+    COPY_MAX_AGE,
+    COPY_QUIET,
     MAX_DELAY,
     Action,
     Seen,
     Spec,
+    copy_due,
     decide,
     exited,
     restart_delay,
@@ -65,3 +68,22 @@ def test_a_spec_round_trips_through_its_file_form() -> None:
     assert Spec.from_json(spec.to_json()) == spec
     assert spec.key == "ohc.hv1"
     assert Spec.from_json({**spec.to_json(), "wanted": False}).wanted is False
+
+
+def test_a_br_int_copy_follows_a_burst_of_syncs_once_they_pause() -> None:
+    assert copy_due(100.0, changed_at=100.0, copied=None, copied_at=None)  # the first: at once
+    assert not copy_due(101.0, changed_at=100.5, copied=100.0, copied_at=100.0)  # mid-burst
+    assert copy_due(100.5 + COPY_QUIET, changed_at=100.5, copied=100.0, copied_at=100.0)
+    assert not copy_due(500.0, changed_at=100.5, copied=100.5, copied_at=103.0)  # copied
+
+
+def test_syncs_that_never_pause_still_get_a_copy_every_max_age() -> None:
+    """A steady write load (a sync every half second) used to starve the copy: a kill -9 of
+    ovs-vswitchd then restored nothing (tests/chaos)."""
+    copied, copied_at, taken = 0.0, 0.0, []
+    for k in range(1, 200):
+        now = k * 0.5
+        if copy_due(now, changed_at=now - 0.1, copied=copied, copied_at=copied_at):
+            copied, copied_at = now - 0.1, now
+            taken.append(now)
+    assert taken and all(b - a <= COPY_MAX_AGE for a, b in zip([0.0, *taken], taken, strict=False))
