@@ -724,10 +724,10 @@ def _dest_flows(out: _Out, ctx: _Ctx, d: Destination, peer: PeerView | None) -> 
         _source_ok(out, ctx, d.ip, d.host_ip, priority, owner, peer)
 
 
-def _lb_owner(ctx: _Ctx, lb: LoadBalancer, peer: PeerView | None) -> str:
-    """An ILB's identity in one VPC context: its group id and cookie derive from it."""
+def _lb_owner(vpc: str, lb: LoadBalancer, peer: PeerView | None) -> str:
+    """An ILB's identity in local VPC ``vpc``'s context: its group id and cookie derive from it."""
     where = "" if peer is None else f"@{peer.policy_id}"
-    return f"{ctx.vpc}|{lb.vpc}/{lb.name}{where}"
+    return f"{vpc}|{lb.vpc}/{lb.name}{where}"
 
 
 def _assign_groups(view: HostView, vni_of: dict[str, int]) -> dict[str, int]:
@@ -736,10 +736,10 @@ def _assign_groups(view: HostView, vni_of: dict[str, int]) -> dict[str, int]:
     for vpc in sorted(vni_of):
         own = view.own_of(vpc)
         for lb in own.load_balancers if own else ():
-            owners.append(f"{vpc}|{lb.vpc}/{lb.name}")
+            owners.append(_lb_owner(vpc, lb, None))
         for peer in view.peers_of(vpc):
             for lb in peer.services.load_balancers:
-                owners.append(f"{vpc}|{lb.vpc}/{lb.name}@{peer.policy_id}")
+                owners.append(_lb_owner(vpc, lb, peer))
     ids: dict[str, int] = {}
     used: set[int] = set()
     for owner in sorted(owners):
@@ -754,7 +754,7 @@ def _assign_groups(view: HostView, vni_of: dict[str, int]) -> dict[str, int]:
 def _lb_flows(
     out: _Out, ctx: _Ctx, lb: LoadBalancer, peer: PeerView | None, groups: dict[str, int]
 ) -> None:
-    name = _lb_owner(ctx, lb, peer)
+    name = _lb_owner(ctx.vpc, lb, peer)
     if peer is None:
         owner, priority, meta = (Kind.LB, name), PRIO_OWN, _vpc(ctx.vni)
     else:
