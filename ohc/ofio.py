@@ -31,6 +31,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import eventlet
@@ -331,13 +332,13 @@ class Replies:
         msgs: Sequence[Any],
         timeout: float = DEFAULT_TIMEOUT,
         watch: Iterable[int] = (),
-        serialized: bool = False,
+        serialized: Callable[[Sequence[Any]], None] | None = None,
     ) -> _Call:
         """Send ``msgs`` in order and wait until the last one is answered (or times out).
 
         Errors for any of the messages, and for the earlier xids in ``watch``, are collected
-        in the returned call's ``errors``. ``serialized``: every message already has its xid
-        and its bytes (``msg.buf``); send those as they are.
+        in the returned call's ``errors``. ``serialized``: every message already has its xid;
+        this packs a chunk of them (``msg.buf``), and each chunk is sent as one buffer.
         """
         call = _Call(final_xid=-1, xids=set(watch))
         for m in msgs:
@@ -350,9 +351,15 @@ class Replies:
         for k in keys:
             self._calls[k] = call
         try:
-            for m in msgs:
-                sent = datapath.send(m.buf) if serialized else datapath.send_msg(m)
-                if sent is False:
+            if serialized is None:
+                sends: Iterable[Callable[[], Any]] = (partial(datapath.send_msg, m) for m in msgs)
+            else:
+                sends = (
+                    partial(_pack_and_send, datapath, msgs[i : i + SEND_CHUNK], serialized)
+                    for i in range(0, len(msgs), SEND_CHUNK)
+                )
+            for send in sends:
+                if send() is False:
                     raise OFError("switch connection is closed")
             with eventlet.Timeout(timeout, False):
                 call.done.wait()
@@ -517,8 +524,12 @@ def send_plan(
     barrier = parser.OFPBarrierRequest(datapath)
     datapath.set_xid(barrier)
     first = [*msgs[:-1], barrier]
-    offload(_serialize, first)  # 100k messages: seconds of os-ken packing, off the hub
-    call = replies.call(datapath, first, timeout, serialized=True)
+    # Packed off the hub a chunk at a time, each sent as soon as it is packed: the switch
+    # takes chunk k (on the other core) while chunk k+1 is packed, and a chunk goes out as one
+    # buffer, not a write per message (100k FlowMods at a first sync of 50k peer endpoints).
+    call = replies.call(
+        datapath, first, timeout, serialized=lambda chunk: offload(_serialize, chunk)
+    )
     flags = bundle_flags(ofp)
     if call.errors:
         discard = parser.ONFBundleCtrlMsg(
@@ -536,6 +547,16 @@ def send_plan(
             f"bundle {bundle_id} commit failed: {_errors_text(datapath, commit.errors, what)}",
             commit.errors,
         )
+
+
+SEND_CHUNK = 2000  # messages packed and sent at a time (~250 KB of FlowMods)
+
+
+def _pack_and_send(
+    datapath: Any, chunk: Sequence[Any], pack: Callable[[Sequence[Any]], None]
+) -> Any:
+    pack(chunk)
+    return datapath.send(b"".join(m.buf for m in chunk))
 
 
 def _serialize(msgs: Iterable[Any]) -> None:

@@ -448,14 +448,22 @@ class FakeSwitch(StubDatapath):
         return xid
 
     def send(self, buf: bytes) -> bool:
-        """Pre-serialized bytes (as os-ken's Datapath.send): the message numbered with the
-        xid in their header, which must have serialized to exactly these bytes."""
-        (xid,) = struct.unpack_from("!I", buf, 4)
-        msg = self.numbered[xid]
-        assert bytes(msg.buf) == bytes(buf) and msg.xid == xid
-        if not isinstance(msg, parser.MsgBase):  # packed by ohc.wire: what the bytes say
-            msg = parse_wire(bytes(buf))
-        return self.send_msg(msg)
+        """Pre-serialized bytes (as os-ken's Datapath.send): one or more messages back to
+        back, as a TCP stream carries them; each is the message numbered with the xid in its
+        header, which must have serialized to exactly its bytes."""
+        off = 0
+        while off < len(buf):
+            (length,) = struct.unpack_from("!H", buf, off + 2)
+            one = bytes(buf[off : off + length])
+            off += length
+            (xid,) = struct.unpack_from("!I", one, 4)
+            msg = self.numbered[xid]
+            assert bytes(msg.buf) == one and msg.xid == xid
+            if not isinstance(msg, parser.MsgBase):  # packed by ohc.wire: what the bytes say
+                msg = parse_wire(one)
+            self.send_msg(msg)
+        assert off == len(buf), "a message cut in two"
+        return True
 
     def send_msg(self, msg: Any) -> bool:
         self.sent.append(type(msg).__name__)
@@ -490,7 +498,12 @@ def _fails_alone(table: FakeOFTable, msg: Any) -> bool:
     return False
 
 
-def test_send_plan_commits_one_bundle_after_a_barrier() -> None:
+@pytest.mark.parametrize("chunk", [ofio.SEND_CHUNK, 2, 1])
+def test_send_plan_commits_one_bundle_after_a_barrier(
+    chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same messages in the same order however many go in one buffer."""
+    monkeypatch.setattr(ofio, "SEND_CHUNK", chunk)
     replies = ofio.Replies()
     switch = FakeSwitch(replies)
     desired = state(G1, F_IN1, F_IP, F_GRP)
