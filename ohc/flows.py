@@ -130,17 +130,21 @@ class Flow:
     instructions: tuple[Instruction, ...]
     cookie: int = 0
     _hash: int = field(init=False, repr=False, compare=False)
+    _key: tuple[int, int, Match] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         key = (self.table, self.priority, self.match, self.instructions, self.cookie)
         object.__setattr__(self, "_hash", hash(key))
+        # One key tuple per flow, shared by every index of it (the engine's table, the model
+        # of the switch, plans): at 100k flows each index built its own (~6 MiB each).
+        object.__setattr__(self, "_key", (self.table, self.priority, self.match))
 
     def __hash__(self) -> int:
         return self._hash
 
     @property
     def key(self) -> tuple[int, int, Match]:
-        return self.table, self.priority, self.match
+        return self._key
 
     def text(self) -> str:
         m = ",".join(f"{k}={_value_text(v)}" for k, v in self.match.fields)

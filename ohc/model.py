@@ -110,9 +110,10 @@ def parse_underlay_ip(value: object, what: str = "host_ip") -> ipaddress.IPv4Add
 
 
 def parse_mac(value: object, what: str = "mac") -> str:
-    if not isinstance(value, str) or not _MAC_RE.match(value.lower()):
+    lower = value.lower() if isinstance(value, str) else ""
+    if not _MAC_RE.match(lower):
         raise BadObject(f"{what}: expected aa:bb:cc:dd:ee:ff, got {value!r}")
-    mac = value.lower()
+    mac = value if lower == value else lower  # keep the received string: one copy, not two
     if int(mac[:2], 16) & 1:
         raise BadObject(f"{what}: {mac} is a multicast/broadcast MAC")
     if mac == "00:00:00:00:00:00":
