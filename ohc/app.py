@@ -37,6 +37,7 @@ from ohc import nd, ofio, ports, reporting, status
 from ohc.agent import Agent
 from ohc.clients import stream_client
 from ohc.cookies import Kind, kind_of
+from ohc.engine import FlowEngine
 from ohc.model import Skipped
 from ohc.pipeline import ND_TARGET
 from ohc.ports import SwitchPorts
@@ -101,7 +102,8 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         self.to_report: tuple[dict[Sub, int], dict[Sub, Mapping[str, Any]]] | None = None
         # What the switch should hold (kept up to date from the agent's stream changes) and
         # what it holds (ohc/session.py).
-        self.session = SwitchSession(conf.underlay_ip)
+        self.engine = FlowEngine(conf.underlay_ip)
+        self.session = SwitchSession(self.engine)
         self.full_gc_at = time.monotonic()
         self.read_back_by = 0.0  # monotonic time until which a read-back waits for the streams
         self.deferred: set[str] = set()  # reasons of the syncs deferred meanwhile
@@ -277,14 +279,17 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         vms, tunnel = dict(self.ports.vms), self.ports.tunnel
         t0 = time.monotonic()
         try:
-            update = eventlet.tpool.execute(self.session.compile, changes, vms, tunnel)
+            update = eventlet.tpool.execute(self.engine.update, changes, vms, tunnel)
         except Exception:
+            # Half an update leaves the engine unknown: a fresh one fed every stream whole,
+            # and a read-back of the switch.
             log.exception("ohc %s: engine update failed: starting it afresh", self.conf.host)
-            self.session.restart()
+            self.engine = FlowEngine(self.conf.underlay_ip)
+            self.session = SwitchSession(self.engine)
             everything = self.agent.take_changes(everything=True)
-            update = eventlet.tpool.execute(self.session.compile, everything, vms, tunnel)
+            update = eventlet.tpool.execute(self.engine.update, everything, vms, tunnel)
         compile_s = time.monotonic() - t0
-        skipped = self.ports.skipped + self.session.engine.skipped()
+        skipped = self.ports.skipped + self.engine.skipped()
         self._log_skips(skipped)
         self.skipped = skipped
         synced = self.session.sync(self.replies, dp, update, complete, eventlet.tpool.execute)

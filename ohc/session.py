@@ -10,7 +10,9 @@ module decides what a sync sends:
   nothing (fail static), and remember that the model holds flows the engine may not want; the
   next complete sync diffs everything against the model once.
 
-``next_plan`` is pure (engine and model in, plan out); ``sync`` adds the I/O through ``ofio``.
+``next_plan`` is pure (desired and model in, plan out); ``sync`` adds the I/O through ``ofio``.
+What is desired is any ``Desired``: the OHC's ``FlowEngine``, or a fixed state that a test app
+loads from a file (tests/integration/apps/syncer_app.py), so both sync the same way.
 """
 
 from __future__ import annotations
@@ -18,12 +20,23 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ohc import ofio
-from ohc.engine import FlowEngine, StreamChange, Update
-from ohc.subscriptions import Sub
-from ohc.syncer import SwitchModel, SyncPlan, plan, plan_keys
+from ohc.engine import Update
+from ohc.flows import Flow, Group
+from ohc.syncer import FlowKey, SwitchModel, SwitchState, SyncPlan, plan, plan_keys
+
+
+class Desired(Protocol):
+    """What a switch should hold: every flow and group at once, or one flow by key."""
+
+    @property
+    def groups(self) -> Mapping[int, Group]: ...
+
+    def state(self) -> SwitchState: ...
+
+    def flow(self, key: FlowKey) -> Flow | None: ...
 
 
 @dataclass(frozen=True)
@@ -35,40 +48,28 @@ class Synced:
     plan_s: float
     send_s: float
     read_unmatched: int | None  # a read-back's installed flows that were not desired ones
+    canary_was_present: bool | None = None  # after a read-back: False if the switch lost all
 
 
 class SwitchSession:
-    def __init__(self, underlay_ip: str) -> None:
-        self.underlay_ip = underlay_ip
-        self.engine = FlowEngine(underlay_ip)
+    def __init__(self, desired: Desired) -> None:
+        self.desired = desired
         self.installed: SwitchModel | None = None  # None: read the switch back next time
-        self.stale = False  # the model may hold flows the engine does not want (fail static)
+        self.stale = False  # the model may hold flows not desired (fail static)
         self.bundle_id = 0
-
-    def compile(
-        self,
-        changes: Mapping[Sub, StreamChange],
-        ofports: Mapping[tuple[str, str], int],
-        tunnel_port: int | None,
-    ) -> Update:
-        """The engine's update: O(change) for a delta, seconds for a first snapshot of 50k
-        peer endpoints (the app runs it in a native thread)."""
-        return self.engine.update(changes, ofports, tunnel_port)
-
-    def restart(self) -> None:
-        """After an update failed half way: a fresh engine (the caller feeds it every stream
-        whole) and a read-back of the switch."""
-        self.engine = FlowEngine(self.underlay_ip)
-        self.installed = None
 
     def next_plan(self, update: Update, complete: bool) -> SyncPlan:
         """The steps for what ``update`` changed, against the model (which must exist)."""
         assert self.installed is not None
         if self.stale and complete:
             self.stale = False
-            return plan(self.engine.state(), self.installed.state())
+            return plan(self.desired.state(), self.installed.state())
         the_plan = plan_keys(
-            self.engine.flow, self.engine.groups, self.installed, update.flow_keys, update.group_ids
+            self.desired.flow,
+            self.desired.groups,
+            self.installed,
+            update.flow_keys,
+            update.group_ids,
         )
         if complete or not (the_plan.flow_deletes or the_plan.group_deletes):
             return the_plan
@@ -91,7 +92,7 @@ class SwitchSession:
                 result = ofio.sync(
                     replies,
                     datapath,
-                    self.engine.state(),
+                    self.desired.state(),
                     self.bundle_id,
                     None,
                     keep_extra=not complete,
@@ -100,7 +101,12 @@ class SwitchSession:
                 self.installed = SwitchModel.of(result.installed)
                 self.stale = not complete
                 return Synced(
-                    result.plan, result.read_s, result.plan_s, result.send_s, result.read_unmatched
+                    result.plan,
+                    result.read_s,
+                    result.plan_s,
+                    result.send_s,
+                    result.read_unmatched,
+                    result.canary_was_present,
                 )
             t0 = time.monotonic()
             the_plan = self.next_plan(update, complete)

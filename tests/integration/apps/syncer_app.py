@@ -5,7 +5,8 @@ takes its settings from the environment):
 
 * ``MESHPEER_SYNC_DESIRED``: the desired state, JSON as written by ``encode_state``. The app
   re-reads it when its mtime changes and applies only the delta (the incremental path: the
-  diff is against the app's model of what it installed, nothing is read back).
+  keys that changed, against the app's model of what it installed; nothing is read back). It
+  syncs through the OHC's own ``ohc.session.SwitchSession``, with this file as what is desired.
 * ``MESHPEER_SYNC_STATUS``: where the app writes its status (JSON, replaced atomically):
   every sync with its reason, plan counts, error and timings.
 * ``MESHPEER_SYNC_POLL``: seconds between canary checks and file checks (default 0.5).
@@ -32,6 +33,7 @@ from os_ken.ofproto import ofproto_v1_3
 
 from ohc import ofio
 from ohc.canonical import canonical_state
+from ohc.engine import Update
 from ohc.flows import (
     Action,
     Apply,
@@ -48,7 +50,8 @@ from ohc.flows import (
     ToGroup,
     WriteMetadata,
 )
-from ohc.syncer import SwitchState, with_canary
+from ohc.session import SwitchSession
+from ohc.syncer import FlowKey, SwitchState, with_canary
 
 # --- JSON form of ohc.flows values (tests only) ---------------------------------------------
 
@@ -161,6 +164,31 @@ REPLY_EVENTS = [
 ]
 
 
+class FileDesired:
+    """A desired state loaded whole (``ohc.session.Desired``); ``load`` says what changed."""
+
+    def __init__(self) -> None:
+        self._state = SwitchState()
+        self.groups: dict[int, Group] = {}
+
+    def state(self) -> SwitchState:
+        return self._state
+
+    def flow(self, key: FlowKey) -> Flow | None:
+        return self._state.by_key.get(key)
+
+    def load(self, state: SwitchState) -> Update:
+        old, self._state = self._state, state
+        before, after = old.by_key, state.by_key
+        keys = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+        groups = {g.group_id: g for g in state.groups}
+        gids = {
+            i for i in self.groups.keys() | groups.keys() if self.groups.get(i) != groups.get(i)
+        }
+        self.groups = groups
+        return Update(frozenset(keys), frozenset(gids), 0, False)
+
+
 class SyncerApp(app_manager.OSKenApp):  # type: ignore[misc]
     OFP_VERSIONS: ClassVar[list[int]] = [ofproto_v1_3.OFP_VERSION]
 
@@ -171,9 +199,9 @@ class SyncerApp(app_manager.OSKenApp):  # type: ignore[misc]
         self.poll = float(os.environ.get("MESHPEER_SYNC_POLL", "0.5"))
         self.replies = ofio.Replies()
         self.datapath: Any = None
-        self.installed: SwitchState | None = None  # our model of the switch; None: read it
+        self.desired = FileDesired()
+        self.session = SwitchSession(self.desired)
         self.desired_mtime = 0.0
-        self.bundle_id = 0
         self.busy = False
         self.syncs: list[dict[str, Any]] = []
         self.triggers: eventlet.queue.LightQueue = eventlet.queue.LightQueue()
@@ -186,7 +214,7 @@ class SyncerApp(app_manager.OSKenApp):  # type: ignore[misc]
     def state_change(self, ev: Any) -> None:
         if ev.state == MAIN_DISPATCHER:
             self.datapath = ev.datapath
-            self.installed = None
+            self.session.installed = None
             self.triggers.put("connect")
         elif ev.datapath is self.datapath:
             self.replies.abort(ev.datapath)
@@ -206,7 +234,9 @@ class SyncerApp(app_manager.OSKenApp):  # type: ignore[misc]
             try:
                 if os.stat(self.desired_path).st_mtime != self.desired_mtime:
                     self.triggers.put("update")
-                elif self.installed is not None and not ofio.has_canary(self.replies, dp, 5):
+                elif self.session.installed is not None and not ofio.has_canary(
+                    self.replies, dp, 5
+                ):
                     self.triggers.put("canary-missing")
             except Exception:
                 self.logger.exception("SYNCER poll failed")
@@ -228,32 +258,31 @@ class SyncerApp(app_manager.OSKenApp):  # type: ignore[misc]
     def _sync(self, dp: Any, reason: str) -> None:
         mtime = os.stat(self.desired_path).st_mtime
         with open(self.desired_path, encoding="utf-8") as f:
-            desired = with_canary(canonical_state(decode_state(f.read())))
+            update = self.desired.load(with_canary(canonical_state(decode_state(f.read()))))
         self.desired_mtime = mtime
         if reason == "canary-missing":
-            self.installed = None  # the switch lost its flows: full resync from a fresh read
-        self.bundle_id += 1
+            self.session.installed = None  # the switch lost its flows: full resync, read back
         record: dict[str, Any] = {"n": len(self.syncs) + 1, "reason": reason, "at": time.time()}
         started = time.monotonic()
         try:
-            result = ofio.sync(self.replies, dp, desired, self.bundle_id, self.installed)
-        except ofio.OFError as exc:
-            self.installed = None  # unsure what is installed: read it back next time
+            synced = self.session.sync(self.replies, dp, update, complete=True)
+        except ofio.OFError as exc:  # the session dropped its model: read back next time
             record.update(ok=False, error=str(exc), total_s=time.monotonic() - started)
         else:
-            self.installed = result.installed
+            installed = self.session.installed
+            assert installed is not None
             record.update(
                 ok=True,
                 error=None,
-                counts=dict(result.plan.counts),
-                steps=[f"{kind} {obj.text()}" for kind, obj in result.plan.steps()][:20],
-                canary_was_present=result.canary_was_present,
-                read_s=result.read_s,
-                plan_s=result.plan_s,
-                send_s=result.send_s,
-                total_s=result.total_s,
-                installed_flows=len(result.installed.flows),
-                installed_groups=len(result.installed.groups),
+                counts=dict(synced.plan.counts),
+                steps=[f"{kind} {obj.text()}" for kind, obj in synced.plan.steps()][:20],
+                canary_was_present=synced.canary_was_present,
+                read_s=synced.read_s,
+                plan_s=synced.plan_s,
+                send_s=synced.send_s,
+                total_s=synced.read_s + synced.plan_s + synced.send_s,
+                installed_flows=len(installed.flows),
+                installed_groups=len(installed.groups),
             )
         self.logger.info("SYNCER sync %s", json.dumps(record))
         self.syncs.append(record)
