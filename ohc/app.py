@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 PORT_REREAD_DELAY = 1.0  # seconds, while an interface waits for its OpenFlow port number
 FULL_GC_INTERVAL = 600.0  # seconds between full garbage collections (see _freeze_heap)
+RETRY_DELAY = 1.0  # seconds before a failed sync is tried again (from a read-back)
 READ_BACK_GRACE = 10.0  # seconds a read-back waits for every followed stream (_defer_read_back)
 
 REPLY_EVENTS = [
@@ -104,6 +105,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         # what it holds (ohc/session.py).
         self.engine = FlowEngine(conf.underlay_ip)
         self.session = SwitchSession(self.engine)
+        self.engine_failed = False  # an update raised: start the engine afresh next sync
         self.full_gc_at = time.monotonic()
         self.read_back_by = 0.0  # monotonic time until which a read-back waits for the streams
         self.deferred: set[str] = set()  # reasons of the syncs deferred meanwhile
@@ -231,6 +233,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
                 log.exception("ohc %s: sync failed", self.conf.host)
                 self._error(f"sync failed: {type(exc).__name__}: {exc}")
                 self.session.installed = None
+                hub.spawn_after(RETRY_DELAY, self.triggers.put, "retry")
             finally:
                 gc.enable()
                 self.busy = False
@@ -275,19 +278,17 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             s: dict(o) for s, o in self.agent.streams(ServiceName.PEERING).items()
         }
         complete = self.agent.complete()
-        changes = self.agent.take_changes()
-        vms, tunnel = dict(self.ports.vms), self.ports.tunnel
-        t0 = time.monotonic()
-        try:
-            update = eventlet.tpool.execute(self.engine.update, changes, vms, tunnel)
-        except Exception:
-            # Half an update leaves the engine unknown: a fresh one fed every stream whole,
-            # and a read-back of the switch.
-            log.exception("ohc %s: engine update failed: starting it afresh", self.conf.host)
+        if self.engine_failed:
+            # Half an update leaves the engine unknown: a fresh one fed every stream whole
+            # (until an update succeeds, however many tries), and a read-back of the switch.
             self.engine = FlowEngine(self.conf.underlay_ip)
             self.session = SwitchSession(self.engine)
-            everything = self.agent.take_changes(everything=True)
-            update = eventlet.tpool.execute(self.engine.update, everything, vms, tunnel)
+        changes = self.agent.take_changes(everything=self.engine_failed)
+        vms, tunnel = dict(self.ports.vms), self.ports.tunnel
+        t0 = time.monotonic()
+        self.engine_failed = True
+        update = eventlet.tpool.execute(self.engine.update, changes, vms, tunnel)
+        self.engine_failed = False
         compile_s = time.monotonic() - t0
         skipped = self.ports.skipped + self.engine.skipped()
         self._log_skips(skipped)

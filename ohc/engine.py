@@ -69,6 +69,7 @@ Candidate = tuple[Rank, int, Flow]  # (its unit's rank, its place in the unit, t
 Candidates = list[Candidate]
 
 DELETED: Any = object()  # in a partial StreamChange: the object was deleted
+MAX_SHARED = 100_000  # shared match pairs kept before the table starts afresh
 
 
 @dataclass(frozen=True)
@@ -242,7 +243,8 @@ class FlowEngine:
             rebuild = True  # a destination took or freed a load balancer's VIP
         redo: dict[RoleKey, set[IpKey]] = {}
         if rebuild:
-            redo = self._rebuild()
+            redo = self._rebuild()  # the only step whose units have groups
+            self._merge_groups()
         for rk, role in self.roles.items():
             ips = touched.get(role.index)
             if ips and redo.get(rk) is not _ALL:
@@ -295,6 +297,8 @@ class FlowEngine:
         ``DestIndex``es); recompile each context unit; return the destination units to
         recompile: all of a role whose context changed, else those whose local port did."""
         assert self.ofports is not None
+        if len(self.shared) > MAX_SHARED:  # pairs of ports and hosts long gone: start afresh
+            self.shared = {}
         small = {s: o for s, o in self.streams.items() if s.service != ServiceName.DESTINATION}
         view, self.view_skipped = host.host_view(
             self.underlay_ip,
@@ -388,16 +392,21 @@ class FlowEngine:
                     self._claim(cand)
         if new:
             self.units[uid] = new
-        old_groups = self.unit_groups.pop(uid, {})
-        for gid in old_groups.keys() | groups.keys():
-            if old_groups.get(gid) != groups.get(gid):
-                self._gids.add(gid)
-                if gid in groups:
-                    self.groups[gid] = groups[gid]
-                else:
-                    self.groups.pop(gid, None)
+        self.unit_groups.pop(uid, None)
         if groups:
             self.unit_groups[uid] = groups
+
+    def _merge_groups(self) -> None:
+        """``groups`` from every unit's, once all of them are compiled: an id can move from one
+        VPC's load balancer to another's (hash probing, ``compiler._assign_groups``), and a
+        unit giving it up must not delete what the unit taking it put there."""
+        merged: dict[int, Group] = {}
+        for groups in self.unit_groups.values():
+            merged.update(groups)
+        for gid in merged.keys() | self.groups.keys():
+            if merged.get(gid) != self.groups.get(gid):
+                self._gids.add(gid)
+        self.groups = merged
 
     def _claim(self, cand: Candidate) -> None:
         key = cand[2].key

@@ -72,12 +72,19 @@ class TextIPv4(ipaddress.IPv4Address):
 
     __slots__ = ("_text",)
 
-    def __init__(self, text: str) -> None:  # text: a DOTTED_QUAD
-        self._ip = int.from_bytes(socket.inet_aton(text), "big")
-        self._text = text
+    def __init__(self, address: str | int) -> None:  # text: a DOTTED_QUAD
+        if isinstance(address, str):
+            self._ip = int.from_bytes(socket.inet_aton(address), "big")
+            self._text = address
+        else:  # ``ip + 1`` and friends build their result from an int
+            super().__init__(address)
+            self._text = super().__str__()
 
     def __str__(self) -> str:
         return self._text
+
+    def __reduce__(self) -> tuple[type[TextIPv4], tuple[str]]:
+        return TextIPv4, (self._text,)
 
 
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # no leading zeros
@@ -111,7 +118,7 @@ def parse_underlay_ip(value: object, what: str = "host_ip") -> ipaddress.IPv4Add
 
 def parse_mac(value: object, what: str = "mac") -> str:
     lower = value.lower() if isinstance(value, str) else ""
-    if not _MAC_RE.match(lower):
+    if not _MAC_RE.fullmatch(lower):
         raise BadObject(f"{what}: expected aa:bb:cc:dd:ee:ff, got {value!r}")
     mac = value if lower == value else lower  # keep the received string: one copy, not two
     if int(mac[:2], 16) & 1:

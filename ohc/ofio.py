@@ -527,15 +527,21 @@ def send_plan(
     # Packed off the hub a chunk at a time, each sent as soon as it is packed: the switch
     # takes chunk k (on the other core) while chunk k+1 is packed, and a chunk goes out as one
     # buffer, not a write per message (100k FlowMods at a first sync of 50k peer endpoints).
-    call = replies.call(
-        datapath, first, timeout, serialized=lambda chunk: offload(_serialize, chunk)
-    )
     flags = bundle_flags(ofp)
-    if call.errors:
-        discard = parser.ONFBundleCtrlMsg(
-            datapath, bundle_id, ofp.ONF_BCT_DISCARD_REQUEST, flags, []
+
+    def discard() -> None:
+        msg = parser.ONFBundleCtrlMsg(datapath, bundle_id, ofp.ONF_BCT_DISCARD_REQUEST, flags, [])
+        replies.call(datapath, [msg], timeout)
+
+    try:
+        call = replies.call(
+            datapath, first, timeout, serialized=lambda chunk: offload(_serialize, chunk)
         )
-        replies.call(datapath, [discard], timeout)
+    except ValueError:  # a chunk that cannot be packed, after earlier ones were sent
+        discard()
+        raise
+    if call.errors:
+        discard()
         raise BundleError(
             f"bundle {bundle_id} refused: {_errors_text(datapath, call.errors, what)}",
             call.errors,

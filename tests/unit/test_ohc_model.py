@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import ipaddress
+import pickle
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ohc.model import BadObject, TextIPv4, parse_ip
+from ohc.model import BadObject, TextIPv4, parse_ip, parse_mac
 
 
 def _endpoint_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -38,3 +40,21 @@ def test_other_spellings_take_the_slow_path_or_fail() -> None:
         except BadObject:
             continue
         raise AssertionError(f"{bad!r} accepted")
+
+
+def test_a_text_address_copies_pickles_and_counts_like_an_address() -> None:
+    ip = parse_ip("10.1.2.3")
+    assert isinstance(ip, TextIPv4)
+    for other in (copy.copy(ip), copy.deepcopy(ip), pickle.loads(pickle.dumps(ip))):
+        assert other == ip and str(other) == "10.1.2.3" and isinstance(other, TextIPv4)
+    assert str(ip + 1) == "10.1.2.4" and str(ip - 3) == "10.1.2.0"
+
+
+def test_a_mac_with_anything_after_it_is_refused() -> None:
+    for bad in ("02:00:00:00:00:01\n", "02:00:00:00:00:01 ", "02:00:00:00:00:0100"):
+        try:
+            parse_mac(bad)
+        except BadObject:
+            continue
+        raise AssertionError(f"{bad!r} accepted")
+    assert parse_mac("02:AB:00:00:00:01") == "02:ab:00:00:00:01"

@@ -473,6 +473,11 @@ class FakeSwitch(StubDatapath):
             reply = parser.OFPBarrierReply(self)
             reply.xid = msg.xid
             self._answer(reply)
+        elif isinstance(msg, parser.ONFBundleCtrlMsg) and msg.type == ofp.ONF_BCT_DISCARD_REQUEST:
+            self.bundle = []
+            reply = parser.ONFBundleCtrlMsg(self, msg.bundle_id, ofp.ONF_BCT_DISCARD_REPLY, 0, [])
+            reply.xid = msg.xid
+            self._answer(reply)
         elif isinstance(msg, parser.ONFBundleCtrlMsg) and msg.type == ofp.ONF_BCT_COMMIT_REQUEST:
             try:
                 self.table.apply_bundle(self.bundle)
@@ -517,6 +522,22 @@ def test_send_plan_commits_one_bundle_after_a_barrier(
     assert len(switch.table.flows()) == 3 and len(switch.table.groups()) == 1
     ofio.send_plan(replies, switch, plan(desired, desired), 6)  # empty: nothing sent
     assert len(switch.sent) == 7
+
+
+def test_a_chunk_that_cannot_be_packed_discards_the_bundle_already_begun(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Chunks are packed as they go out: when a later one cannot be (a field ohc.wire does not
+    encode), the bundle the switch holds the first chunks of is discarded, not left open."""
+    monkeypatch.setattr(ofio, "SEND_CHUNK", 1)
+    replies = ofio.Replies()
+    switch = FakeSwitch(replies)
+    odd = Flow(F_IP.table, 7, Match.of(not_a_field=1), (), 9)
+    with pytest.raises(ValueError, match="not_a_field"):
+        ofio.send_plan(replies, switch, plan(state(F_IN1, odd), state()), 3)
+    assert switch.sent[0] == "ONFBundleCtrlMsg" and switch.sent[-1] == "ONFBundleCtrlMsg"
+    assert "ONFBundleAddMsg" in switch.sent and switch.bundle == []
+    assert not switch.table.flows()  # nothing committed
 
 
 def test_send_plan_raises_when_the_commit_fails_and_the_switch_is_unchanged() -> None:
