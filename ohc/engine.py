@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+import itertools
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -206,7 +207,7 @@ class FlowEngine:
 
     def state(self) -> SwitchState:
         """Every desired flow (with the canary) and group: what a full sync diffs against."""
-        flows = frozenset(c[2] for c in self.table.values()) | {CANARY}
+        flows = frozenset(itertools.chain((c[2] for c in self.table.values()), (CANARY,)))
         return SwitchState(flows, frozenset(self.groups.values()))
 
     def skipped(self) -> tuple[Skipped, ...]:
