@@ -121,7 +121,7 @@ def gateway_mac(vni: int) -> str:
 
 
 def group_id_of(owner: str) -> int:
-    """The preferred group id of an ILB in one VPC context (a hash; see ``_assign_groups``)."""
+    """The preferred group id of an ILB in one VPC context (a hash; see ``assign_groups``)."""
     return (object_hash(owner) & MAX_GROUP_ID) or 1
 
 
@@ -229,7 +229,7 @@ _OWN_VALUES = frozenset(  # match fields whose values are mostly one object's ow
 _Event = tuple[Flow, tuple[Kind, str]] | str  # a flow put, or a note
 
 
-class _Recorder(_Out):
+class Recorder(_Out):
     """Records what one unit of compilation puts and notes, in order (``ohc.engine``)."""
 
     def __init__(self, shared: SharedPairs | None = None) -> None:
@@ -247,7 +247,7 @@ class _Recorder(_Out):
 
 
 @dataclass(frozen=True)
-class _Ctx:
+class Ctx:
     """One local VPC being compiled, with what it needs from the rest of the host."""
 
     view: HostView
@@ -290,7 +290,7 @@ _NOWHERE = Lookup(())
 @dataclass(frozen=True)
 class _Routes:
     """One VPC's route decisions, the routes they are about, and per peer VPC the installed
-    routes that decide which of the peer's addresses it is sent (``_Ctx.reaches``)."""
+    routes that decide which of the peer's addresses it is sent (``Ctx.reaches``)."""
 
     decisions: tuple[RouteDecision, ...]
     entries: _Entries  # (route, from a peer) -> the route as received, and from which peer
@@ -331,8 +331,8 @@ def compile_host(view: HostView) -> DesiredState:
     return _compile(view)
 
 
-def contexts(view: HostView) -> tuple[_Ctx, ...]:
-    """One ``_Ctx`` per local VPC, in compile order (sorted by name). Reads no destinations:
+def contexts(view: HostView) -> tuple[Ctx, ...]:
+    """One ``Ctx`` per local VPC, in compile order (sorted by name). Reads no destinations:
     the engine (``ohc.engine``) builds them from a view whose services hold none."""
     local = {(p.vpc, p.ip): p for p in view.local_ports}
     local_vpcs = frozenset(vpc for vpc, _ in local)
@@ -345,7 +345,7 @@ def contexts(view: HostView) -> tuple[_Ctx, ...]:
         subnets = {r.prefix for r in own.routes if r.kind == "subnet"}
         subnets |= {p.prefix for p in ports if p.prefix is not None}
         out.append(
-            _Ctx(
+            Ctx(
                 view,
                 vpc,
                 vni_of[vpc],
@@ -362,8 +362,8 @@ def contexts(view: HostView) -> tuple[_Ctx, ...]:
     return tuple(out)
 
 
-def dest_context(ctx: _Ctx, peer: PeerView | None) -> tuple[Hashable, ...]:
-    """Everything ``_dest_flows`` reads besides the destination and its local port (own
+def dest_context(ctx: Ctx, peer: PeerView | None) -> tuple[Hashable, ...]:
+    """Everything ``dest_flows`` reads besides the destination and its local port (own
     destinations: ``peer`` None): keep in step with it and the helpers it calls."""
     parts: tuple[Hashable, ...] = (
         ctx.vpc,
@@ -381,34 +381,34 @@ def dest_context(ctx: _Ctx, peer: PeerView | None) -> tuple[Hashable, ...]:
 
 def _compile(view: HostView) -> DesiredState:
     out = _Out()
-    _infra_flows(out)
-    groups = _assign_groups(view, view.vpc_vni())
+    infra_flows(out)
+    groups = assign_groups(view, view.vpc_vni())
     for ctx in contexts(view):
-        _vpc_flows(out, ctx)
+        vpc_flows(out, ctx)
         for p in ctx.ports:  # local ports first: they win over stream copies of themselves
-            _port_flows(out, ctx, p)
+            port_flows(out, ctx, p)
         for d in ctx.own.destinations:
-            _dest_flows(out, ctx, d, None)
+            dest_flows(out, ctx, d, None)
         for lb in ctx.own.load_balancers:
-            _lb_flows(out, ctx, lb, None, groups)
+            lb_flows(out, ctx, lb, None, groups)
         for peer in ctx.peers:
             for d in peer.services.destinations:
-                _dest_flows(out, ctx, d, peer)
+                dest_flows(out, ctx, d, peer)
             for lb in peer.services.load_balancers:
-                _lb_flows(out, ctx, lb, peer, groups)
-        _route_flows(out, ctx)
+                lb_flows(out, ctx, lb, peer, groups)
+        route_flows(out, ctx)
     return DesiredState(
         frozenset(out.flows.values()), frozenset(out.groups.values()), tuple(out.notes)
     )
 
 
-def _infra_flows(out: _Out) -> None:
+def infra_flows(out: _Out) -> None:
     for table in PIPELINE.values():
         out.add(table.id, PRIO_MISS, {}, (), (Kind.INFRA, f"miss/{table.name}"))
     out.add(ROUTED_HOP, PRIO_BRIDGED, {}, (Goto(L3_LOOKUP),), (Kind.INFRA, "bridged"))
 
 
-def _vpc_flows(out: _Out, ctx: _Ctx) -> None:
+def vpc_flows(out: _Out, ctx: Ctx) -> None:
     """Tunnel classification, the routed hop and the gateway ARP answers of one VPC."""
     owner = (Kind.VPC, ctx.vpc)
     gw = gateway_mac(ctx.vni)
@@ -440,7 +440,7 @@ def _vpc_flows(out: _Out, ctx: _Ctx) -> None:
         _arp_flows(out, ctx, ip, gw, owner)
 
 
-def _arp_flows(out: _Out, ctx: _Ctx, ip: Address, mac: str, owner: tuple[Kind, str]) -> None:
+def _arp_flows(out: _Out, ctx: Ctx, ip: Address, mac: str, owner: tuple[Kind, str]) -> None:
     """Answer "who has ``ip``?" with ``mac``: ARP for IPv4, neighbour discovery for IPv6."""
     if ip.version != 4:
         _nd_flows(out, ctx, ip, mac, owner)
@@ -470,7 +470,7 @@ def _arp_flows(out: _Out, ctx: _Ctx, ip: Address, mac: str, owner: tuple[Kind, s
     )
 
 
-def _nd_match(ctx: _Ctx, target: Address) -> dict[str, MatchValue]:
+def _nd_match(ctx: Ctx, target: Address) -> dict[str, MatchValue]:
     return {
         "metadata": _vpc(ctx.vni),
         "eth_type": ETH_IPV6,
@@ -480,7 +480,7 @@ def _nd_match(ctx: _Ctx, target: Address) -> dict[str, MatchValue]:
     }
 
 
-def _nd_flows(out: _Out, ctx: _Ctx, ip: Address, mac: str, owner: tuple[Kind, str]) -> None:
+def _nd_flows(out: _Out, ctx: Ctx, ip: Address, mac: str, owner: tuple[Kind, str]) -> None:
     """A solicitation for ``ip`` goes to the OHC with the answer's MAC in eth_dst.
 
     OpenFlow 1.3's OXM fields cannot turn a solicitation into an advertisement (the option
@@ -497,7 +497,7 @@ def _nd_flows(out: _Out, ctx: _Ctx, ip: Address, mac: str, owner: tuple[Kind, st
 
 def _classify_ip(
     out: _Out,
-    ctx: _Ctx,
+    ctx: Ctx,
     p: LocalPort,
     source: Address | Network,
     priority: int,
@@ -515,7 +515,7 @@ def _classify_ip(
 
 def _tunnel_dst(
     out: _Out,
-    ctx: _Ctx,
+    ctx: Ctx,
     p: LocalPort,
     dst: Address | Network,
     priority: int,
@@ -535,7 +535,7 @@ def _tunnel_dst(
     )
 
 
-def _port_flows(out: _Out, ctx: _Ctx, p: LocalPort) -> None:
+def port_flows(out: _Out, ctx: Ctx, p: LocalPort) -> None:
     owner = (Kind.PORT, f"{p.vpc}/{p.name}")
     _classify_ip(out, ctx, p, p.ip, PRIO_OWN, owner)
     if p.ip.version == 4:
@@ -633,7 +633,7 @@ _CHECK_IN_RECEIVER_ZONE = (Apply((CHECK_IN_RECEIVER_ZONE,)),)
 _TO_TUNNEL_DELIVER = (Goto(TUNNEL_DELIVER),)
 
 
-def _forward(ctx: _Ctx, d: Destination) -> tuple[Action, ...] | None:
+def _forward(ctx: Ctx, d: Destination) -> tuple[Action, ...] | None:
     """Actions that take a packet to ``d``: its local port, or Geneve to its host with its VNI.
     A local port whose VPC lets in only replies from this one gets it through conntrack."""
     port = _local_port(ctx, d)
@@ -652,22 +652,22 @@ def _forward(ctx: _Ctx, d: Destination) -> tuple[Action, ...] | None:
     )
 
 
-def _local_port(ctx: _Ctx, d: Destination) -> LocalPort | None:
+def _local_port(ctx: Ctx, d: Destination) -> LocalPort | None:
     return ctx.local.get((d.vpc, d.ip)) if d.vpc in ctx.local_vpcs else None
 
 
-def _is_remote(ctx: _Ctx, d: Destination) -> bool:
+def _is_remote(ctx: Ctx, d: Destination) -> bool:
     return d.host_ip != ctx.view.local_underlay_ip
 
 
-def _inside_own_subnet(ctx: _Ctx, ip: Address) -> bool:
+def _inside_own_subnet(ctx: Ctx, ip: Address) -> bool:
     version, n = ip.version, int(ip)
     return any(v == version and n & mask == net for v, net, mask in ctx.subnet_keys)
 
 
 def _source_ok(
     out: _Out,
-    ctx: _Ctx,
+    ctx: Ctx,
     source: Address | Network,
     host_ip: ipaddress.IPv4Address,
     priority: int,
@@ -686,7 +686,7 @@ def _source_ok(
     )
 
 
-def _toward(ctx: _Ctx, peer: PeerView | None, actions: tuple[Action, ...]) -> Apply:
+def _toward(ctx: Ctx, peer: PeerView | None, actions: tuple[Action, ...]) -> Apply:
     """Actions toward ``peer``: committed first (in the sender's zone) if this VPC lets in only
     replies from it, so that the answers find their connection."""
     if peer is not None and ctx.one_way(peer):
@@ -698,7 +698,7 @@ def _peer_owner(kind: Kind, name: str, peer: PeerView) -> tuple[Kind, str]:
     return kind, f"{peer.peer_vpc}/{name}@{peer.policy_id}"
 
 
-def _dest_flows(out: _Out, ctx: _Ctx, d: Destination, peer: PeerView | None) -> None:
+def dest_flows(out: _Out, ctx: Ctx, d: Destination, peer: PeerView | None) -> None:
     if peer is None:
         owner, priority, meta = (Kind.DEST, f"{d.vpc}/{d.name}"), PRIO_OWN, _vpc(ctx.vni)
     else:
@@ -730,7 +730,7 @@ def _lb_owner(vpc: str, lb: LoadBalancer, peer: PeerView | None) -> str:
     return f"{vpc}|{lb.vpc}/{lb.name}{where}"
 
 
-def _assign_groups(view: HostView, vni_of: dict[str, int]) -> dict[str, int]:
+def assign_groups(view: HostView, vni_of: dict[str, int]) -> dict[str, int]:
     """Group id per ILB identity: its hash, probing past a (rare) collision in sorted order."""
     owners: list[str] = []
     for vpc in sorted(vni_of):
@@ -751,8 +751,8 @@ def _assign_groups(view: HostView, vni_of: dict[str, int]) -> dict[str, int]:
     return ids
 
 
-def _lb_flows(
-    out: _Out, ctx: _Ctx, lb: LoadBalancer, peer: PeerView | None, groups: dict[str, int]
+def lb_flows(
+    out: _Out, ctx: Ctx, lb: LoadBalancer, peer: PeerView | None, groups: dict[str, int]
 ) -> None:
     name = _lb_owner(ctx.vpc, lb, peer)
     if peer is None:
@@ -793,7 +793,7 @@ def _lb_flows(
         _arp_flows(out, ctx, lb.vip, lb.mac, owner)
 
 
-def _route_flows(out: _Out, ctx: _Ctx) -> None:
+def route_flows(out: _Out, ctx: Ctx) -> None:
     """The VPC's effective route table (``_decide``) as prefix flows."""
     for dec in ctx.routes.decisions:
         if not dec.installed:

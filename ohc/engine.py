@@ -35,18 +35,18 @@ from typing import Any
 from meshpeer.protocol import ServiceName
 from ohc import host
 from ohc.compiler import (
+    Ctx,
+    Recorder,
     SharedPairs,
-    _assign_groups,
-    _Ctx,
-    _dest_flows,
-    _infra_flows,
-    _lb_flows,
-    _port_flows,
-    _Recorder,
-    _route_flows,
-    _vpc_flows,
+    assign_groups,
     contexts,
     dest_context,
+    dest_flows,
+    infra_flows,
+    lb_flows,
+    port_flows,
+    route_flows,
+    vpc_flows,
 )
 from ohc.flows import Flow, Group
 from ohc.model import (
@@ -160,7 +160,7 @@ class DestIndex:
 class _Role:
     """One set of destination units: a local VPC's own destinations, or one peer's."""
 
-    ctx: _Ctx
+    ctx: Ctx
     peer: PeerView | None
     index: IndexKey
     rank: Rank
@@ -197,7 +197,7 @@ class FlowEngine:
         self._gids: set[int] = set()
         self._compiled = 0
         self.shared: SharedPairs = {}  # match pairs many flows hold (compiler._Out)
-        self._set_unit(("infra",), self._events((0,), _infra_flows), {})
+        self._set_unit(("infra",), self._events((0,), infra_flows), {})
 
     # --- reading -----------------------------------------------------------------------
 
@@ -308,7 +308,7 @@ class FlowEngine:
             self.tunnel_port,
             taken=lambda vpc, policy, vni: self._index(vpc, policy, vni).claims,
         )
-        groups = _assign_groups(view, view.vpc_vni())
+        groups = assign_groups(view, view.vpc_vni())
         roles: dict[RoleKey, _Role] = {}
         ctx_units = set()
         for ctx in contexts(view):
@@ -341,23 +341,23 @@ class FlowEngine:
             del self.indexes[ik]
         return redo
 
-    def _compile_ctx(self, ctx: _Ctx, groups: dict[str, int]) -> None:
+    def _compile_ctx(self, ctx: Ctx, groups: dict[str, int]) -> None:
         """One VPC's flows besides its destinations, in compile order (``compiler._compile``)."""
         vpc = ctx.vpc
         out: Candidates = []
         got: dict[int, Group] = {}
-        out += self._events((1, vpc, 0), _vpc_flows, ctx)
+        out += self._events((1, vpc, 0), vpc_flows, ctx)
         for p in ctx.ports:
-            out += self._events((1, vpc, 1, p.name), _port_flows, ctx, p)
+            out += self._events((1, vpc, 1, p.name), port_flows, ctx, p)
         for lb in ctx.own.load_balancers:
             out += self._events(
-                (1, vpc, 3, ip_key(lb.vip)), _lb_flows, ctx, lb, None, groups, got=got
+                (1, vpc, 3, ip_key(lb.vip)), lb_flows, ctx, lb, None, groups, got=got
             )
         for pos, peer in enumerate(ctx.peers):
             for lb in peer.services.load_balancers:
                 rank = (1, vpc, 4, pos, 1, ip_key(lb.vip))
-                out += self._events(rank, _lb_flows, ctx, lb, peer, groups, got=got)
-        out += self._events((1, vpc, 5), _route_flows, ctx)
+                out += self._events(rank, lb_flows, ctx, lb, peer, groups, got=got)
+        out += self._events((1, vpc, 5), route_flows, ctx)
         self._set_unit(("ctx", vpc), out, got)
 
     def _compile_dest(self, rk: RoleKey, role: _Role, k: IpKey) -> None:
@@ -368,7 +368,7 @@ class FlowEngine:
             self._set_unit(("dest", *rk, k), [], {})
             return
         units.add(k)
-        events = self._events((*role.rank, k), _dest_flows, role.ctx, d, role.peer)
+        events = self._events((*role.rank, k), dest_flows, role.ctx, d, role.peer)
         self._set_unit(("dest", *rk, k), events, {})
 
     def _events(
@@ -399,7 +399,7 @@ class FlowEngine:
 
     def _merge_groups(self) -> None:
         """``groups`` from every unit's, once all of them are compiled: an id can move from one
-        VPC's load balancer to another's (hash probing, ``compiler._assign_groups``), and a
+        VPC's load balancer to another's (hash probing, ``compiler.assign_groups``), and a
         unit giving it up must not delete what the unit taking it put there."""
         merged: dict[int, Group] = {}
         for groups in self.unit_groups.values():
@@ -465,7 +465,7 @@ def _events(
     """Run one compiler step into a recorder: its flows, each ranked by ``rank`` and its
     place in the step (the first flow of a key within a step wins, as in a full compile);
     its groups go into ``got``. Notes are the reference compiler's; the engine drops them."""
-    rec = _Recorder(shared)
+    rec = Recorder(shared)
     fn(rec, *args)
     out: Candidates = []
     seen: set[FlowKey] = set()

@@ -113,7 +113,7 @@ TABLES: tuple[Table, ...] = (
         "VM port: anti-spoofing (in_port + eth_src + IP/ARP source) and VPC context into "
         "metadata; ARP and IPv6 neighbour solicitations go to their responders. Tunnel port: a "
         "local VPC's VNI into metadata.",
-        "compiler._vpc_flows, _port_flows, _classify_ip (VIPs, route prefixes)",
+        "compiler.vpc_flows, port_flows, _classify_ip (VIPs, route prefixes)",
     ),
     _t(
         ARP_TARGET,
@@ -122,7 +122,7 @@ TABLES: tuple[Table, ...] = (
         (ARP_REPLY_TABLE,),
         "ARP request for a gateway or known address of the VPC: turn it into a reply *from* "
         "the target (eth_src, arp_op, arp_sha, arp_spa).",
-        "compiler._arp_flows; _port_flows (never about itself)",
+        "compiler._arp_flows; port_flows (never about itself)",
     ),
     _t(
         ARP_REPLY_TABLE,
@@ -131,7 +131,7 @@ TABLES: tuple[Table, ...] = (
         (),
         "Finish the reply *to* the requester (eth_dst, arp_tha, arp_tpa are the requesting "
         "port's own, known constants) and send it out IN_PORT.",
-        "compiler._port_flows",
+        "compiler.port_flows",
     ),
     _t(
         ND_TARGET,
@@ -141,7 +141,7 @@ TABLES: tuple[Table, ...] = (
         "IPv6 neighbour solicitation for a gateway or known address of the VPC: eth_dst := "
         "the target's MAC, then to the OHC, which answers with an advertisement (ohc/nd.py; "
         "router flag for gateways, by the flow's cookie kind).",
-        "compiler._nd_flows; _port_flows (never about itself)",
+        "compiler._nd_flows; port_flows (never about itself)",
     ),
     _t(
         ROUTED_HOP,
@@ -150,7 +150,7 @@ TABLES: tuple[Table, ...] = (
         (L3_LOOKUP,),
         "Packets to the VPC's gateway MAC are routed: dec_ttl, eth_src := gateway MAC, set "
         "ROUTED. Others go on unchanged (same-subnet traffic).",
-        "compiler._vpc_flows",
+        "compiler.vpc_flows",
     ),
     _t(
         L3_LOOKUP,
@@ -162,7 +162,7 @@ TABLES: tuple[Table, ...] = (
         "static routes by longest prefix; subnet routes without a destination drop. Toward a "
         "peer this VPC takes only replies from: ct commit in the sending port's zone first; to "
         "a local port whose VPC takes only replies from this one: ct(table=43) instead of output.",
-        "compiler._port_flows, _dest_flows, _lb_flows, _route_flows",
+        "compiler.port_flows, dest_flows, lb_flows, route_flows",
     ),
     _t(
         TUNNEL_DST,
@@ -189,7 +189,7 @@ TABLES: tuple[Table, ...] = (
         ("metadata",),
         (),
         "Output to the ofport chosen by tunnel_dst.",
-        "compiler._port_flows",
+        "compiler.port_flows",
     ),
     _t(
         INBOUND_CT,
@@ -199,7 +199,7 @@ TABLES: tuple[Table, ...] = (
         "Reached only by ct(table=43), in the zone of a local port whose VPC takes only replies "
         "from a peer (zone = its ofport): a packet of a connection the port opened (+est, or "
         "+rel: an ICMP error about one) goes out to it; a new or invalid one misses and drops.",
-        "compiler._port_flows",
+        "compiler.port_flows",
     ),
 )
 
