@@ -25,6 +25,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 """VPC, host, policy-id, error-code and key names: 1-128 chars, no '/', no whitespace."""
 OBJECT_ID_RE = re.compile(r"[!-~]{1,256}")
 """Object ids: 1-256 printable ASCII chars without spaces (IPs, CIDRs, uuids)."""
+GRANT_HEADER = "Meshpeer-Grant"  # a peer stream's grant; Authorization says who presents it
 GRANT_RE = re.compile(r"[A-Za-z0-9._-]{1,2048}")
 # Any bearer credential (grant, API or federation token): printable ASCII, no spaces.
 TOKEN_RE = re.compile(r"[!-~]{1,4096}")
