@@ -88,7 +88,11 @@ def test_a_host_acts_for_itself_only() -> None:
     assert authorize(HV1, Action.SUBSCRIBE, Resource(host="hv1"))  # its endpoint stream
     unrelated = Resource(host="hv1", vpc="red", vpc_hosts=frozenset({"hv2"}))
     refused = authorize(HV1, Action.SUBSCRIBE, unrelated)
-    assert isinstance(refused, Decision) and not refused.allowed and "no endpoint on host 'hv1'" in refused.reason
+    assert (
+        isinstance(refused, Decision)
+        and not refused.allowed
+        and "no endpoint on host 'hv1'" in refused.reason
+    )
     replayed = Resource(host="hv1", grant_host="hv2")
     assert not authorize(HV1, Action.SUBSCRIBE_PEER, replayed)
 
