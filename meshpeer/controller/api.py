@@ -1007,7 +1007,8 @@ class ControllerApi:
                 },
                 required_query=frozenset({"service", "key"}),
                 media_type="application/x-ndjson",
-                summary="Subscribe to a service stream: NDJSON snapshot then deltas (docs/protocol.md)",
+                summary="Subscribe to a service stream: NDJSON snapshot then deltas; a peer"
+                " stream's grant in the Meshpeer-Grant header (docs/protocol.md)",
             ),
         ]
 

@@ -358,7 +358,7 @@ class StreamClient:
         return bool(self._finished.ready())
 
     def set_auth(self, auth: str | None) -> None:
-        """Use ``auth`` (a grant, or a shard token for own-shard and federation streams) from the
+        """Use ``auth`` (a peer stream's grant, else the bearer credential) from the
         next request on; cuts a pending backoff short."""
         if auth is not None and not GRANT_RE.fullmatch(auth):
             raise ValueError("auth must be a grant token ([A-Za-z0-9._-], at most 2048 chars)")
