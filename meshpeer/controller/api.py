@@ -22,7 +22,6 @@ from meshpeer.controller.auth import (
     Credentials,
     Identity,
     Resource,
-    Role,
     authorize,
     route_action,
 )
@@ -160,19 +159,17 @@ class PollingSignal:
         pass
 
 
-def _check_own_stream(name: str, host: str, where: str) -> None:
+def _check_own_stream(name: str, host: str, where: str) -> str | None:
     """A host reports only streams it follows itself: another host's endpoint stream (keyed by
-    that host) or peering stream (per host) is refused."""
+    that host) or peering stream (per host) is refused. Returns the stream's policy."""
     try:
-        service, key, _, for_host = parse_stream_name(name)
+        service, key, policy, for_host = parse_stream_name(name)
     except ProtocolError as exc:
         raise bad_request(where, exc.detail) from exc
     owner = key if service is ServiceName.ENDPOINT else for_host
     if owner is not None and owner != host:
         raise bad_request(where, f"{name!r} is host {owner!r}'s stream; {host!r} reports its own")
-
-
-IDENTITY = "meshpeer.identity"  # where the guard leaves the caller, in the WSGI environ
+    return policy
 
 
 class ControllerApi:
@@ -214,9 +211,7 @@ class ControllerApi:
     def guard(self, route: Route, params: Mapping[str, str], request: Request) -> None:
         """The router's check for every authenticated route."""
         action, resource = route_action(route.method, route.path, params)
-        identity = self._identity(request)
-        self._allow(identity, action, resource)
-        request.environ[IDENTITY] = identity
+        self._allow(self._identity(request), action, resource)
 
     def _identity(self, request: Request) -> Identity:
         header = request.headers.get("Authorization")
@@ -562,22 +557,21 @@ class ControllerApi:
         return 200, {"hosts": [self._with_version("host", h.name, h.to_json()) for h in hosts]}
 
     def put_applied(self, ctx: RequestCtx) -> tuple[int, object]:
-        """A host reports for itself, with its own credential (the admin token: for any host).
-        A peer stream (one with a policy) comes with the grant the host follows it with,
-        checked like a subscription; an own stream needs the host registered here. All
-        checked before anything is recorded."""
+        """A host reports for itself (the guard checked its credential). A peer stream (one
+        with a policy) comes with the grant the host follows it with, checked like a
+        subscription, whoever reports; a report of own streams (or of none) names a host
+        registered here. All checked before anything is recorded."""
         host = ctx.params["name"]
-        identity: Identity = ctx.request.environ[IDENTITY]  # the guard let it report
         streams = ctx.body["streams"]
-        for i, s in enumerate(streams):
+        policies = [
             _check_own_stream(s["stream"], host, f"streams[{i}].stream")
-        own = [s for s in streams if parse_stream_name(s["stream"])[2] is None]
-        if own or identity.role is Role.ADMIN:
+            for i, s in enumerate(streams)
+        ]
+        if not streams or None in policies:
             self._host(host)  # an own host registers before it reports
-        if identity.role is not Role.ADMIN:
-            for i, s in enumerate(streams):
-                if parse_stream_name(s["stream"])[2] is not None:
-                    self._check_applied_grant(s, host, f"streams[{i}]")
+        for i, (s, policy) in enumerate(zip(streams, policies, strict=True)):
+            if policy is not None:
+                self._check_applied_grant(s, host, f"streams[{i}]")
         self.shard.report_applied(host, {s["stream"]: s["version"] for s in streams})
         self.applied.notify()
         return 200, {"host": host, "streams": len(streams)}
