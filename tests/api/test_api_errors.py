@@ -596,7 +596,7 @@ def test_every_route_but_health_and_openapi_needs_the_token(world: Cluster) -> N
     for method, path in ops:
         url = concrete(path)
         data = b'{"name": "amber"}' if method in ("POST", "PUT") else None
-        if path == "/v1/hosts/{name}/applied":  # takes grants instead: a well-formed body
+        if path == "/v1/hosts/{name}/applied":  # a well-formed body: only the credential fails
             data = b'{"streams": []}'
         if (method, path) in PUBLIC:
             r = ctl.raw(method, url, data, {}, token=None)
@@ -644,7 +644,7 @@ def test_every_401_carries_www_authenticate(world: Cluster) -> None:
         if (method, path) in PUBLIC:
             continue
         data = b'{"name": "amber"}' if method in ("POST", "PUT") else None
-        if path == "/v1/hosts/{name}/applied":  # takes grants instead: a well-formed body
+        if path == "/v1/hosts/{name}/applied":  # a well-formed body: only the credential fails
             data = b'{"streams": []}'
         answers.append((path, ctl.raw(method, concrete(path), data, dict(JSON), token=None)))
     policy = world["ctl2"].get("/v1/vpcs/red/peerings/to-blue")["export_policy_id"]
