@@ -48,7 +48,24 @@ CONTROLLER = Section(
         Option("listen_host", str, "address the REST API listens on", "127.0.0.1"),
         Option("listen_port", int, "port the REST API listens on", 8080),
         Option("store_path", str, "SQLite file holding this shard's intent", required=True),
-        Option("api_token", str, "bearer token of the REST API", required=True, secret=True),
+        Option(
+            "api_token",
+            str,
+            "operator admin token of the REST API (everything but federation)",
+            required=True,
+            secret=True,
+        ),
+        Option(
+            "readonly_token",
+            str,
+            "operator read-only token: GETs and own-shard streams only (none: no such token)",
+            secret=True,
+        ),
+        Option(
+            "revoked_hosts",
+            str,
+            "comma-separated host names whose credentials are refused (docs/security.md)",
+        ),
         Option("directory_file", str, "YAML shard directory shared by every shard", required=True),
         Option("heartbeat_interval", float, "seconds between heartbeats on each stream", 5.0),
         Option("grant_ttl", float, "seconds a minted grant stays valid (at least)", 3600.0),
@@ -102,8 +119,14 @@ OHC = Section(
     (
         Option("host", str, "this host's name", required=True),
         Option("underlay_ip", str, "this host's underlay (tunnel endpoint) address", required=True),
-        Option("api_token", str, "token for this host's own shards", required=True, secret=True),
-        Option("directory_file", str, "the shard directory (YAML)", required=True),
+        Option(
+            "api_token",
+            str,
+            "this host's own credential (`mph1.<host>...`, docs/security.md)",
+            required=True,
+            secret=True,
+        ),
+        Option("directory_file", str, "the shard directory (YAML), without secrets", required=True),
         Option(
             "ovsdb", str, "OVSDB of the local switch, e.g. unix:/run/.../db.sock", required=True
         ),

@@ -348,9 +348,10 @@ class Agent:
         """The body of each shard's applied-version report, by shard URL, for a sync of
         ``objects`` at ``versions`` (peering streams held back as ``applied_versions`` says).
 
-        Own shards (``shard_urls``) take the API token. Any other shard is a peer's: each of
-        its streams carries the grant it was subscribed with (its only credential there);
-        streams without one are left out."""
+        Every report goes with the host's own credential. A peer stream (one with a policy)
+        carries the grant it was subscribed with, at any shard (the shard checks that the
+        grant names this host); one without a grant is left out, and so is an own-shard
+        stream at a shard not in ``shard_urls``."""
         by_url: dict[str, list[dict[str, Any]]] = {}
         held = applied_versions(versions, objects)
         for sub, version in sorted(held.items(), key=lambda kv: kv[0].sort_key()):
@@ -358,11 +359,13 @@ class Agent:
                 "stream": stream_name(sub.service, sub.key, sub.policy, sub.host),
                 "version": version,
             }
-            if sub.url not in self.shard_urls:
+            if sub.policy is not None:
                 grant = self.auth.get(sub)
-                if sub.policy is None or grant is None:
+                if grant is None:
                     continue
                 entry["grant"] = grant
+            elif sub.url not in self.shard_urls:
+                continue
             by_url.setdefault(sub.url, []).append(entry)
         return by_url
 

@@ -13,6 +13,7 @@ br-int: on (re)connect it reads what is installed and sends the difference in on
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import logging
@@ -31,7 +32,7 @@ from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3
 
 from meshpeer import options
-from meshpeer.controller.directory import parse_directory
+from meshpeer.controller.directory import SECRETS, parse_directory
 from meshpeer.protocol import ServiceName
 from ohc import nd, ofio, ports, reporting, status
 from ohc.agent import Agent
@@ -81,10 +82,19 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             raise SystemExit(f"ohc: [ohc] {opt} is required in the config file")
         self.conf = conf
         with open(conf.directory_file, encoding="utf-8") as f:
-            self.directory = parse_directory(yaml.safe_load(f))
+            raw = yaml.safe_load(f)
+        held = [k for k in SECRETS if isinstance(raw, dict) and k in raw]
+        if held:
+            log.warning("ohc %s: the directory holds shard secrets %s: ignored", conf.host, held)
+        self.directory = parse_directory(raw, secrets=False)
         urls = sorted(s.url for s in self.directory.shards.values())
         self.agent = Agent(
-            conf.host, urls, self.directory.url_of, conf.api_token, stream_client, self._update
+            conf.host,
+            urls,
+            self.directory.url_of,
+            conf.api_token,
+            functools.partial(stream_client, credential=conf.api_token),
+            self._update,
         )
         self.reporter = reporting.Reporter(conf.host, conf.underlay_ip, conf.api_token, self.agent)
         self.replies = ofio.Replies()

@@ -16,9 +16,11 @@ def stream_client(
     on_http_error: Any = None,
     heartbeat_timeout: float = 15.0,
     gate: Gate | None = None,
+    credential: str | None = None,
 ) -> StreamClient:
     """``gate``: shared by the clients of a process that starts many streams at once (the
-    scale simulation), to bound its connection attempts in flight."""
+    scale simulation), to bound its connection attempts in flight. ``credential``: the host's
+    own, presented with a peer stream's grant (``auth``) so the grant is checked against it."""
     return StreamClient(
         sub.url,
         sub.service,
@@ -26,6 +28,7 @@ def stream_client(
         policy=sub.policy,
         host=sub.host,
         auth=auth,
+        credential=credential,
         on_change=on_change,
         on_close=on_close,
         on_http_error=on_http_error,

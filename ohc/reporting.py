@@ -1,9 +1,8 @@
 """What an OHC tells its shards and writes for its operators; best effort, never in a sync.
 
 - registration: where this host's tunnel endpoint is (``PUT /v1/hosts/{name}``);
-- applied reports: which stream versions the switch holds, for ``?wait=programmed`` (own
-  shards with the API token; a peer's shard with the grant of each stream, its only
-  credential there);
+- applied reports: which stream versions the switch holds, for ``?wait=programmed`` (with
+  the host's credential; to a peer's shard, each stream also with its grant);
 - status reports: how the host stands (``PUT /v1/hosts/{name}/status``, docs/api.md);
 - the status file (tests and operators wait on ``last_sync.applied``).
 """
@@ -60,14 +59,13 @@ class Reporter:
         reports = self.agent.applied_reports(versions, objects)
 
         def send(url: str) -> str | None:
-            token = self.api_token if url in self.agent.shard_urls else None
             path = f"/v1/hosts/{self.host}/applied"
-            return self._put(url, token, path, {"streams": reports[url]}, "applied report")
+            return self._put(url, self.api_token, path, {"streams": reports[url]}, "applied report")
 
         return [f for f in _each(sorted(reports), send) if f is not None]
 
     def status(self, body: Mapping[str, Any]) -> None:
-        """Tell the host's own shards how it stands (API token)."""
+        """Tell the host's own shards how it stands (the host's credential)."""
         path = f"/v1/hosts/{self.host}/status"
         _each(
             self.agent.shard_urls,

@@ -68,6 +68,10 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
             self.federation.fetch_view,
             conf.heartbeat_interval,
             applied=HubSignal(),
+            readonly_token=conf.readonly_token or None,
+            revoked_hosts=frozenset(
+                h.strip() for h in (conf.revoked_hosts or "").split(",") if h.strip()
+            ),
         )
         self.conf = conf
         self.ticker: Any = None
@@ -82,7 +86,7 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
         super().start()
         app = Api(
             self.api.routes(),
-            self.conf.api_token,
+            self.api.guard,
             title="meshpeer controller",
             debug=self.conf.check_answers,
         )

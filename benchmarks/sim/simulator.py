@@ -73,8 +73,17 @@ class Sim:
                     self._seen(host, sub.key, msg)
                 on_change(replica, msg)
 
+            # One process plays every host: it presents the operator's token (which may
+            # follow any stream) and each peer stream's grant beside it (docs/security.md).
             return stream_client(
-                sub, auth, changed, on_close, on_error, self.heartbeat_timeout, gate=self.gate
+                sub,
+                auth,
+                changed,
+                on_close,
+                on_error,
+                self.heartbeat_timeout,
+                gate=self.gate,
+                credential=self.token,
             )
 
         return make

@@ -6,18 +6,25 @@ OpenAPI document at /v1/openapi.json is generated from this same table.
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, Protocol
 
-from webob import Response
+from webob import Request, Response
 
 from meshpeer import __version__
 from meshpeer.controller import intent as ops
 from meshpeer.controller import responses as out
+from meshpeer.controller.auth import (
+    Action,
+    Credentials,
+    Identity,
+    Resource,
+    authorize,
+    route_action,
+)
 from meshpeer.controller.intent import IntentError, PeerFacts
 from meshpeer.controller.model import Backend, JsonObject, Subnet
 from meshpeer.controller.peering import ACTIVE, INACTIVE, VPC_OBJ, peer_ranges
@@ -25,13 +32,14 @@ from meshpeer.controller.shard import Delete, ShardState
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.grants import GrantError, Rejection, verify
 from meshpeer.protocol.messages import (
+    GRANT_HEADER,
     MAX_VERSION,
     NAME_RE,
     ProtocolError,
     parse_stream_name,
     parse_subscribe_request,
 )
-from meshpeer.rest.errors import ApiError, bad_request, not_found, unauthorized
+from meshpeer.rest.errors import ApiError, bad_request, forbidden, not_found, unauthorized
 from meshpeer.rest.router import RequestCtx, Route
 from meshpeer.rest.schema import Arr, Bool, Int, Obj, Schema, Str
 from meshpeer.streaming.publisher import ndjson_response
@@ -151,16 +159,17 @@ class PollingSignal:
         pass
 
 
-def _check_own_stream(name: str, host: str, where: str) -> None:
+def _check_own_stream(name: str, host: str, where: str) -> str | None:
     """A host reports only streams it follows itself: another host's endpoint stream (keyed by
-    that host) or peering stream (per host) is refused."""
+    that host) or peering stream (per host) is refused. Returns the stream's policy."""
     try:
-        service, key, _, for_host = parse_stream_name(name)
+        service, key, policy, for_host = parse_stream_name(name)
     except ProtocolError as exc:
         raise bad_request(where, exc.detail) from exc
     owner = key if service is ServiceName.ENDPOINT else for_host
     if owner is not None and owner != host:
         raise bad_request(where, f"{name!r} is host {owner!r}'s stream; {host!r} reports its own")
+    return policy
 
 
 class ControllerApi:
@@ -175,12 +184,51 @@ class ControllerApi:
         fetch_view: Fetch,
         heartbeat_interval: float = 5.0,
         applied: AppliedSignal | None = None,
+        readonly_token: str | None = None,
+        revoked_hosts: frozenset[str] = frozenset(),
     ) -> None:
         self.shard = shard
         self.api_token = api_token
         self.fetch_view = fetch_view
         self.heartbeat_interval = heartbeat_interval
         self.applied = applied or PollingSignal()
+        self.readonly_token = readonly_token
+        self.revoked_hosts = revoked_hosts
+
+    # --- who is calling (meshpeer.controller.auth decides) -------------------------------
+
+    def credentials(self) -> Credentials:
+        d = self.shard.directory
+        return Credentials(
+            self.api_token,
+            self.readonly_token,
+            d.host_keys,
+            d.federation_token,
+            frozenset(d.shards),
+            self.revoked_hosts,
+        )
+
+    def guard(self, route: Route, params: Mapping[str, str], request: Request) -> None:
+        """The router's check for every authenticated route."""
+        action, resource = route_action(route.method, route.path, params)
+        self._allow(self._identity(request), action, resource)
+
+    def _identity(self, request: Request) -> Identity:
+        header = request.headers.get("Authorization")
+        identity = self.credentials().identify(header)
+        if identity is None:
+            raise unauthorized("invalid bearer token" if header else "missing bearer token")
+        return identity
+
+    def _allow(
+        self, identity: Identity, action: Action, resource: Resource, field: str | None = None
+    ) -> None:
+        decision = authorize(identity, action, resource)
+        if not decision:
+            raise forbidden(field, decision.reason)
+
+    def _vpc_hosts(self, vpc: str) -> frozenset[str]:
+        return frozenset(e.host for e in self.shard.intent.endpoints_of(vpc) if e.host)
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -492,7 +540,7 @@ class ControllerApi:
         }
 
     def put_host_status(self, ctx: RequestCtx) -> tuple[int, object]:
-        """A host's own OHC says how it stands (own shards only: the API token). Soft state,
+        """A host's own OHC says how it stands (its own credential). Soft state,
         one report per registered host, kept until the next."""
         host = self._host(ctx.params["name"])
         self.shard.host_status[host.name] = {**ctx.body, "reported_at": time.time()}
@@ -509,27 +557,24 @@ class ControllerApi:
         return 200, {"hosts": [self._with_version("host", h.name, h.to_json()) for h in hosts]}
 
     def put_applied(self, ctx: RequestCtx) -> tuple[int, object]:
-        """Own hosts report with the API token. A peer's host has no token for this shard (it
-        belongs to another administrative domain): it may report only the peer streams it
-        holds a grant for, each with that grant. All checked before anything is recorded."""
+        """A host reports for itself (the guard checked its credential). A peer stream (one
+        with a policy) comes with the grant the host follows it with, checked like a
+        subscription, whoever reports; a report of own streams (or of none) names a host
+        registered here. All checked before anything is recorded."""
         host = ctx.params["name"]
         streams = ctx.body["streams"]
-        for i, s in enumerate(streams):
+        policies = [
             _check_own_stream(s["stream"], host, f"streams[{i}].stream")
-        if self._has_api_token(ctx):
+            for i, s in enumerate(streams)
+        ]
+        if not streams or None in policies:
             self._host(host)  # an own host registers before it reports
-        if not self._has_api_token(ctx):
-            if not streams:
-                raise unauthorized("without the API token, report peer streams with their grants")
-            for i, s in enumerate(streams):
+        for i, (s, policy) in enumerate(zip(streams, policies, strict=True)):
+            if policy is not None:
                 self._check_applied_grant(s, host, f"streams[{i}]")
         self.shard.report_applied(host, {s["stream"]: s["version"] for s in streams})
         self.applied.notify()
         return 200, {"host": host, "streams": len(streams)}
-
-    def _has_api_token(self, ctx: RequestCtx) -> bool:
-        token = _bearer_token(ctx)
-        return token is not None and self._is(token, self.api_token)
 
     def _check_applied_grant(self, s: JsonObject, host: str, where: str) -> None:
         try:
@@ -541,7 +586,7 @@ class ControllerApi:
                 401,
                 "unauthorized",
                 f"{where}.grant",
-                "without the API token, only peer streams may be reported, each with its grant",
+                "a host reports each peer stream with the grant it follows it with",
                 (("WWW-Authenticate", "Bearer"),),
             )
         try:
@@ -566,22 +611,7 @@ class ControllerApi:
 
     # --- federation and subscriptions ---------------------------------------------------
 
-    def _bearer(self, ctx: RequestCtx) -> str:
-        token = _bearer_token(ctx)
-        if token is None:
-            raise unauthorized("missing bearer token")
-        return token
-
-    def _is(self, token: str, secret: str) -> bool:
-        return hmac.compare_digest(token.encode(), secret.encode())
-
     def federation_view(self, ctx: RequestCtx) -> tuple[int, object]:
-        token = self._bearer(ctx)
-        if not (
-            self._is(token, self.shard.directory.federation_token)
-            or self._is(token, self.api_token)
-        ):
-            raise unauthorized("bad federation token")
         vpc = ctx.params["vpc"]
         if self.shard.directory.owner_of(vpc) != self.shard.name:
             raise not_found("vpc", f"VPC {vpc!r} is not owned by shard {self.shard.name!r}")
@@ -592,19 +622,21 @@ class ControllerApi:
             req = parse_subscribe_request(ctx.request.GET, ctx.request.headers.get("Authorization"))
         except ProtocolError as exc:
             raise bad_request(exc.field, exc.detail) from exc
-        token = req.grant or ""
+        identity = self._identity(ctx.request)
         expires_at: float | None = None
         tag: str | None = None
         if req.policy is not None:
-            expires_at, tag = self._check_grant(token, req.key, req.policy, req.host)
+            # The grant names a host; the caller must be that host (or an admin).
+            grant = ctx.request.headers.get(GRANT_HEADER, "").strip()
+            self._allow(identity, Action.SUBSCRIBE_PEER, Resource(req.host, grant_host=req.host))
+            expires_at, tag = self._check_grant(grant, req.key, req.policy, req.host)
         elif req.service == ServiceName.FEDERATION:
-            if not (
-                self._is(token, self.shard.directory.federation_token)
-                or self._is(token, self.api_token)
-            ):
-                raise unauthorized("federation streams need the federation token")
-        elif not self._is(token, self.api_token):
-            raise unauthorized("own-shard streams need the API token")
+            self._allow(identity, Action.FEDERATE, Resource())
+        elif req.service == ServiceName.ENDPOINT:
+            self._allow(identity, Action.SUBSCRIBE, Resource(req.key), "key")
+        else:
+            vpc = Resource(req.host, req.key, self._vpc_hosts(req.key))
+            self._allow(identity, Action.SUBSCRIBE, vpc, "key")
         # Streams are shared by every subscriber (for peers: of one policy, the multiplexer's
         # point); the host scopes a grant and names who must apply. The peering service alone
         # is per host (it carries that host's grants).
@@ -931,11 +963,9 @@ class ControllerApi:
                 response=out.APPLIED,
                 body=APPLIED_IN,
                 params={"name": NAME},
-                auth=False,
-                handler_auth=True,
                 errors=e403 | e503,
                 summary="An OHC reports the stream versions its switch holds (for ?wait=programmed):"
-                " the API token, or a peer host's grant per stream",
+                " the host's own credential, and a grant per peer stream",
             ),
             Route(
                 "GET",
@@ -949,10 +979,8 @@ class ControllerApi:
                 "/v1/federation/vpcs/{vpc}",
                 self.federation_view,
                 response=out.FEDERATION_VIEW,
-                auth=False,
                 params=VPC_P,
-                errors=frozenset({401}),
-                summary="A VPC's federation view, for peer shards (federation token)",
+                summary="A VPC's federation view, for peer shards (a shard credential)",
             ),
             Route(
                 "GET",
@@ -973,14 +1001,10 @@ class ControllerApi:
                 },
                 required_query=frozenset({"service", "key"}),
                 media_type="application/x-ndjson",
-                summary="Subscribe to a service stream: NDJSON snapshot then deltas (docs/protocol.md)",
+                summary="Subscribe to a service stream: NDJSON snapshot then deltas; a peer"
+                " stream's grant in the Meshpeer-Grant header (docs/protocol.md)",
             ),
         ]
-
-
-def _bearer_token(ctx: RequestCtx) -> str | None:
-    scheme, _, token = ctx.request.headers.get("Authorization", "").partition(" ")
-    return str(token).strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 def _code(status: int) -> str:

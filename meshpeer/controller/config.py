@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from meshpeer import options
+from meshpeer.controller import auth
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class ShardConfig:
     api_token: str
     directory_file: str
     heartbeat_interval: float | None = None  # None: the app's default
+    readonly_token: str | None = None
+    revoked_hosts: str | None = None  # comma-separated
     # REST connection limits and timeouts (meshpeer.rest.admission.Limits); None: the default.
     max_connections: int | None = None
     max_connections_per_client: int | None = None
@@ -49,10 +52,15 @@ class ShardEntry:
 
 
 def directory_doc(
-    shards: Mapping[str, ShardEntry], grant_key_hex: str, federation_token: str
+    shards: Mapping[str, ShardEntry],
+    grant_key_hex: str,
+    federation_token: str,
+    host_key_hex: str | None = None,
 ) -> dict[str, Any]:
-    """The shard directory every shard reads (YAML), with one grant key, id ``k1``."""
-    return {
+    """The shard directory every shard reads (YAML), with one grant key, id ``k1``, and one
+    host key, id ``h1`` (host credentials: :func:`host_credential`). Hosts get it without
+    the secrets (``meshpeer.controller.directory.public_doc``)."""
+    doc: dict[str, Any] = {
         "shards": {
             name: {"url": e.url, "vni_range": list(e.vni_range), "vpcs": list(e.vpcs)}
             for name, e in shards.items()
@@ -60,6 +68,17 @@ def directory_doc(
         "grant_keys": {"k1": grant_key_hex},
         "federation_token": federation_token,
     }
+    if host_key_hex:
+        doc["host_keys"] = {HOST_KEY_ID: host_key_hex}
+    return doc
+
+
+HOST_KEY_ID = "h1"
+
+
+def host_credential(host: str, host_key_hex: str) -> str:
+    """The credential of ``host`` under the directory's host key (see :func:`directory_doc`)."""
+    return auth.host_token(host, HOST_KEY_ID, bytes.fromhex(host_key_hex))
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """The shard directory: which controller owns which VPC, where it listens, shared keys.
 
-Every shard and OHC reads the same file (a later issue moves it into etcd). A VPC's owner is
+Every shard reads the same file (a later issue moves it into etcd); hosts read the same
+directory without its secrets (``grant_keys``, ``host_keys``, ``federation_token``: they
+never leave the shards, docs/security.md). A VPC's owner is
 pinned in the file or else follows from a rendezvous hash of its name (``owner_of``), so new
 VPCs need no edit. VNI ranges are disjoint per shard, so VNIs are unique across shards
 without coordination.
@@ -8,6 +10,7 @@ without coordination.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import re
@@ -35,7 +38,8 @@ class Shard:
 class Directory:
     shards: Mapping[str, Shard]
     grant_keys: Mapping[str, bytes]  # key id -> HMAC key shared by every shard
-    federation_token: str  # shards authenticate to each other with it
+    federation_token: str  # shards derive their federation credentials from it
+    host_keys: Mapping[str, bytes] = dataclasses.field(default_factory=dict)  # host credentials
 
     def owner_of(self, vpc: str) -> str:
         """The shard that owns ``vpc``: the one that pins it (lists it under ``vpcs``), else
@@ -59,11 +63,16 @@ def _score(shard: str, vpc: str) -> int:
     return int.from_bytes(digest, "big")
 
 
-def parse_directory(raw: object) -> Directory:
-    """Validate a loaded directory document; raise DirectoryError naming the field."""
+SECRETS = ("grant_keys", "host_keys", "federation_token")
+
+
+def parse_directory(raw: object, *, secrets: bool = True) -> Directory:
+    """Validate a loaded directory document; raise DirectoryError naming the field.
+
+    ``secrets=False`` (a host's copy): :data:`SECRETS` are neither needed nor kept."""
     if not isinstance(raw, Mapping):
         raise DirectoryError("directory: expected a mapping")
-    unknown = set(raw) - {"shards", "grant_keys", "federation_token"}
+    unknown = set(raw) - {"shards", *SECRETS}
     if unknown:
         raise DirectoryError(f"directory.{sorted(unknown)[0]}: unknown key")
     shards_raw = raw.get("shards")
@@ -85,21 +94,33 @@ def parse_directory(raw: object) -> Directory:
     for (_, hi, a), (lo, _, b) in itertools.pairwise(ranges):
         if lo <= hi:
             raise DirectoryError(f"shards.{b}.vni_range: overlaps the range of shard {a!r}")
-    keys_raw = raw.get("grant_keys")
+    if not secrets:
+        return Directory(shards, {}, "")
+    keys = _keys(raw.get("grant_keys"), "grant_keys")
+    host_keys = _keys(raw["host_keys"], "host_keys") if "host_keys" in raw else {}
+    token = raw.get("federation_token")
+    if not isinstance(token, str) or len(token) < 16:
+        raise DirectoryError("federation_token: a string of at least 16 characters")
+    return Directory(shards, keys, token, host_keys)
+
+
+def public_doc(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A directory document without its secrets: the copy hosts get."""
+    return {k: v for k, v in raw.items() if k not in SECRETS}
+
+
+def _keys(keys_raw: object, field: str) -> dict[str, bytes]:
     if not isinstance(keys_raw, Mapping) or not keys_raw:
-        raise DirectoryError("grant_keys: expected a mapping of key id to hex key")
+        raise DirectoryError(f"{field}: expected a mapping of key id to hex key")
     keys: dict[str, bytes] = {}
     for kid, hexkey in keys_raw.items():
         try:
             keys[str(kid)] = bytes.fromhex(str(hexkey))
         except ValueError as exc:
-            raise DirectoryError(f"grant_keys.{kid}: not hex") from exc
+            raise DirectoryError(f"{field}.{kid}: not hex") from exc
         if len(keys[str(kid)]) < 32:
-            raise DirectoryError(f"grant_keys.{kid}: at least 32 bytes (64 hex digits)")
-    token = raw.get("federation_token")
-    if not isinstance(token, str) or len(token) < 16:
-        raise DirectoryError("federation_token: a string of at least 16 characters")
-    return Directory(shards, keys, token)
+            raise DirectoryError(f"{field}.{kid}: at least 32 bytes (64 hex digits)")
+    return keys
 
 
 def _shard(name: object, s: Any) -> Shard:

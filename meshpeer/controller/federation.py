@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from meshpeer.client import ApiFailure, Client
+from meshpeer.controller.auth import shard_token
 from meshpeer.controller.shard import ShardState
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.stream import ReplicaState
@@ -24,6 +25,8 @@ class Federation:
         self.shard = shard
         self.timeout = timeout
         self.clients: dict[str, StreamClient] = {}
+        # This shard's own federation credential (meshpeer.controller.auth).
+        self.credential = shard_token(shard.name, shard.directory.federation_token)
         shard.listeners.append(self.sync)
 
     def sync(self) -> None:
@@ -35,7 +38,7 @@ class Federation:
                 url,
                 ServiceName.FEDERATION,
                 vpc,
-                auth=self.shard.directory.federation_token,
+                auth=self.credential,
                 on_change=self._on_change(vpc),
                 heartbeat_timeout=15.0,
             )
@@ -56,7 +59,7 @@ class Federation:
     def fetch_view(self, vpc: str) -> dict[str, Any] | None:
         """Ask the owning shard for a VPC's view now (peering-time overlap checks)."""
         url = self.shard.directory.url_of(vpc)
-        client = Client(url, self.shard.directory.federation_token, timeout=self.timeout)
+        client = Client(url, self.credential, timeout=self.timeout)
         try:
             view: dict[str, Any] = client.get(f"/v1/federation/vpcs/{vpc}")["view"]
             return view

@@ -83,6 +83,7 @@ def status(plan: LabPlan) -> dict[str, Any]:
                 "mgmt_ip": c.mgmt_ip,
                 "rest_url": controllers.url(c),
                 "api_token": plan.api_token,
+                "readonly_token": plan.readonly_token,
                 "running": controllers.running(plan, c),
             }
             for c in plan.controllers

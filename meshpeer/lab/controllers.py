@@ -17,9 +17,10 @@ import yaml
 from meshpeer.client import ApiFailure, Client
 from meshpeer.controller import config
 from meshpeer.controller.config import ShardConfig, ShardEntry
+from meshpeer.controller.directory import public_doc
 from meshpeer.lab import supervisor
 from meshpeer.lab.plan import ControllerPlan, LabPlan, Secrets, vni_block
-from meshpeer.lab.procs import ROOT, alive, manager_cmd, read_pidfile
+from meshpeer.lab.procs import ROOT, alive, manager_cmd, read_pidfile, write_secret
 from meshpeer.lab.sh import LabError, netns_cmd
 from meshpeer.lab.supervision import Spec
 from meshpeer.lab.topology import Endpoint, Topology
@@ -28,7 +29,13 @@ KIND = "shard"
 
 
 def new_secrets() -> Secrets:
-    return Secrets(secrets.token_hex(16), secrets.token_hex(32), secrets.token_hex(16))
+    return Secrets(
+        secrets.token_hex(16),
+        secrets.token_hex(32),
+        secrets.token_hex(16),
+        secrets.token_hex(32),
+        secrets.token_hex(16),
+    )
 
 
 def url(c: ControllerPlan) -> str:
@@ -46,7 +53,7 @@ def directory_doc(plan: LabPlan, topo: Topology) -> dict[str, Any]:
         )
         for k, c in enumerate(plan.controllers)
     }
-    return config.directory_doc(shards, plan.grant_key, plan.federation_token)
+    return config.directory_doc(shards, plan.grant_key, plan.federation_token, plan.host_key)
 
 
 def config_text(plan: LabPlan, c: ControllerPlan) -> str:
@@ -56,17 +63,20 @@ def config_text(plan: LabPlan, c: ControllerPlan) -> str:
         listen_port=c.rest_port,
         store_path=f"{rundir(plan, c)}/store.db",
         api_token=plan.api_token,
-        directory_file=f"{plan.state_dir}/directory.yaml",
+        directory_file=plan.directory_file,
+        readonly_token=plan.readonly_token or None,
     ).text()
 
 
 def write_configs(plan: LabPlan, topo: Topology) -> None:
-    with open(f"{plan.state_dir}/directory.yaml", "w", encoding="utf-8") as f:
-        yaml.safe_dump(directory_doc(plan, topo), f, sort_keys=True)
+    """The directories and the shards' config files; those with a secret are 0600."""
+    doc = directory_doc(plan, topo)
+    write_secret(plan.directory_file, yaml.safe_dump(doc, sort_keys=True))
+    with open(plan.hosts_directory_file, "w", encoding="utf-8") as f:
+        yaml.safe_dump(public_doc(doc), f, sort_keys=True)
     for c in plan.controllers:
         os.makedirs(rundir(plan, c), exist_ok=True)
-        with open(f"{rundir(plan, c)}/{c.name}.conf", "w", encoding="utf-8") as f:
-            f.write(config_text(plan, c))
+        write_secret(f"{rundir(plan, c)}/{c.name}.conf", config_text(plan, c))
 
 
 def start(plan: LabPlan, c: ControllerPlan) -> int:

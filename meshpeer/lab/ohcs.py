@@ -13,9 +13,10 @@ import time
 from typing import Any
 
 from meshpeer import options
+from meshpeer.controller.config import host_credential
 from meshpeer.lab import ovs, supervisor
 from meshpeer.lab.plan import OF_LISTEN_PORT, HostPlan, LabPlan
-from meshpeer.lab.procs import ROOT, alive, manager_cmd, read_pidfile
+from meshpeer.lab.procs import ROOT, alive, manager_cmd, read_pidfile, write_secret
 from meshpeer.lab.sh import LabError, netns_cmd
 from meshpeer.lab.supervision import Spec
 
@@ -27,19 +28,23 @@ def config_text(plan: LabPlan, h: HostPlan) -> str:
     values = {
         "host": h.name,
         "underlay_ip": h.underlay_ip,
-        "api_token": plan.api_token,
-        "directory_file": f"{plan.state_dir}/directory.yaml",
+        "api_token": credential(plan, h.name),
+        "directory_file": plan.hosts_directory_file,
         "ovsdb": ovs.db(h),
         "status_file": f"{h.rundir}/ohc.status.json",
     }
     return options.config_text(options.OHC, values)
 
 
+def credential(plan: LabPlan, host: str) -> str:
+    """The host's own credential: its OHC's, nobody else's (docs/security.md)."""
+    return host_credential(host, plan.host_key)
+
+
 def start(plan: LabPlan, h: HostPlan) -> int:
     """Start the host's OHC, supervised; returns its pid. Idempotent while it runs."""
     conf = f"{h.rundir}/ohc.conf"
-    with open(conf, "w", encoding="utf-8") as f:
-        f.write(config_text(plan, h))
+    write_secret(conf, config_text(plan, h))  # it holds the host's credential: 0600
     cmd = [
         sys.executable, "-m", "meshpeer.manager", OHC_APP,
         "--config-file", conf,

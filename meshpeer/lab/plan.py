@@ -84,14 +84,26 @@ class LabPlan:
     hosts: tuple[HostPlan, ...]
     vms: tuple[VmPlan, ...]
     controllers: tuple[ControllerPlan, ...]
-    api_token: str = ""  # REST bearer token of every controller in the lab
+    api_token: str = ""  # operator admin token of every controller in the lab
     grant_key: str = ""  # hex HMAC key the shards share for subscription grants
-    federation_token: str = ""  # shards authenticate to each other with it
+    federation_token: str = ""  # shards derive their federation credentials from it
+    host_key: str = ""  # hex HMAC key host credentials are derived from (shards only)
+    readonly_token: str = ""  # operator read-only token
 
     @property
     def prefix(self) -> str:
         """Every namespace of this lab starts with it, so 'down' can always find them."""
         return f"{self.lab}-"
+
+    @property
+    def directory_file(self) -> str:
+        """The shards' directory: grant and host keys, the federation secret (0600)."""
+        return f"{self.state_dir}/directory.yaml"
+
+    @property
+    def hosts_directory_file(self) -> str:
+        """The directory hosts read: the same without a secret (docs/security.md)."""
+        return f"{self.state_dir}/hosts-directory.yaml"
 
     def host(self, name: str) -> HostPlan:
         return next(h for h in self.hosts if h.name == name)
@@ -152,6 +164,8 @@ class Secrets:
     api_token: str
     grant_key: str
     federation_token: str
+    host_key: str = ""
+    readonly_token: str = ""
 
 
 def valid_lab_name(lab: str) -> bool:
@@ -237,6 +251,8 @@ def make_plan(topo: Topology, lab: str, index: int, secrets: Secrets | None = No
         api_token=secrets.api_token if secrets else "",
         grant_key=secrets.grant_key if secrets else "",
         federation_token=secrets.federation_token if secrets else "",
+        host_key=secrets.host_key if secrets else "",
+        readonly_token=secrets.readonly_token if secrets else "",
     )
 
 

@@ -68,3 +68,11 @@ def spawn_manager(cmd: Sequence[str], log: str | Path, **popen: Any) -> subproce
     """Start a ``manager_cmd`` with its stdout and stderr appended to its log."""
     with open(log, "ab") as out:
         return subprocess.Popen(manager_cmd(cmd, log), stdout=out, stderr=out, **popen)
+
+
+def write_secret(path: str | Path, text: str) -> None:
+    """Write a file only its owner may read (0600 from its creation, also when replaced)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)

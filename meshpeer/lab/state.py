@@ -26,9 +26,10 @@ def state_path(lab: str) -> str:
 
 
 def write_json(path: str, doc: dict[str, Any]) -> None:
-    """Whole or not at all: readers never see half a file (also with several writers)."""
+    """Whole or not at all: readers never see half a file (also with several writers).
+    Owner-only (0600): the lab's state holds its secrets."""
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         json.dump(doc, f, indent=1)
     os.replace(tmp, path)
 

@@ -25,8 +25,9 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 """VPC, host, policy-id, error-code and key names: 1-128 chars, no '/', no whitespace."""
 OBJECT_ID_RE = re.compile(r"[!-~]{1,256}")
 """Object ids: 1-256 printable ASCII chars without spaces (IPs, CIDRs, uuids)."""
+GRANT_HEADER = "Meshpeer-Grant"  # a peer stream's grant; Authorization says who presents it
 GRANT_RE = re.compile(r"[A-Za-z0-9._-]{1,2048}")
-# Any bearer credential (grant, API or federation token): printable ASCII, no spaces.
+# Any bearer credential (operator token, host or shard credential, grant): printable ASCII.
 TOKEN_RE = re.compile(r"[!-~]{1,4096}")
 
 
@@ -164,7 +165,8 @@ def parse_subscribe_request(
     ``query`` may be a multi-dict (webob ``request.GET``): a repeated parameter is rejected.
     The credential is taken only from ``Authorization: Bearer <token>``, never from the URL (URLs
     are logged). A peer stream (one with a ``policy``) needs a grant whose scope names a host, so
-    ``policy`` requires ``host``; own-shard and federation streams carry the shard's token.
+    ``policy`` requires ``host``. ``grant`` here is the bearer token, whatever it is: the caller's
+    credential (a peer stream's grant travels in the ``Meshpeer-Grant`` header, docs/protocol.md).
     """
     seen: dict[str, str] = {}
     for name, value in query.items():

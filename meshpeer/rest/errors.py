@@ -66,6 +66,10 @@ def unauthorized(detail: str) -> ApiError:
     return ApiError(401, "unauthorized", None, detail, (("WWW-Authenticate", "Bearer"),))
 
 
+def forbidden(field: str | None, detail: str) -> ApiError:
+    return ApiError(403, "forbidden", field, detail)
+
+
 def method_not_allowed(method: str, allow: list[str]) -> ApiError:
     detail = f"{method} is not allowed here; allowed: {', '.join(allow)}"
     return ApiError(405, "method_not_allowed", None, detail, (("Allow", ", ".join(allow)),))

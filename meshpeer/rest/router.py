@@ -7,7 +7,7 @@ are already validated, call the core, and return ``(status, json_body)`` or a we
 
 A path names one resource: the matching template with the fewest parameters (so
 ``/routes/effective`` is never ``/routes/{name}``, whatever the method). Order of checks:
-path (404) -> method (405) -> bearer token (401) -> path params, query, body
+path (404) -> method (405) -> credential (401) and right (403, the guard) -> path params, query, body
 (413, 415, 400) -> handler. Unknown paths answer 404 without auth: the route table is public
 anyway (the OpenAPI document is), so this reveals nothing, and a request body is never parsed
 before the caller has been authenticated.
@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from itertools import accumulate
-from typing import Any
+from typing import Any, Protocol
 
 from webob import Request, Response
 
@@ -118,7 +118,7 @@ class Route:
         # large), 503 (shed at the connection limit).
         found = {400, 408, 414, 431, 500, 503} | set(self.errors)
         if self.auth or self.handler_auth:
-            found.add(401)
+            found |= {401, 403}
         if self.param_names:
             found.add(404)
         if self.method in MUTATING:
@@ -138,6 +138,28 @@ def _compile(template: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
+class Guard(Protocol):
+    """Authenticates (401) and authorises (403) a request for an authenticated route, before
+    its parameters are validated; raises ApiError."""
+
+    def __call__(self, route: Route, params: Mapping[str, str], request: Request) -> None: ...
+
+
+class TokenGuard:
+    """One bearer token opens every route."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token.encode()
+
+    def __call__(self, route: Route, params: Mapping[str, str], request: Request) -> None:
+        header: str = request.headers.get("Authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            raise errors.unauthorized("missing bearer token")
+        if not hmac.compare_digest(presented.strip().encode(), self._token):
+            raise errors.unauthorized("invalid bearer token")
+
+
 class Api:
     """The WSGI app for a route table, plus ``GET <prefix>/openapi.json`` generated from it.
 
@@ -148,7 +170,7 @@ class Api:
     def __init__(
         self,
         routes: Sequence[Route],
-        token: str,
+        token: str | Guard,
         *,
         title: str = "meshpeer",
         version: str = __version__,
@@ -158,7 +180,7 @@ class Api:
     ) -> None:
         if not token:
             raise ValueError("an empty API token would disable authentication")
-        self._token = token.encode()
+        self._guard: Guard = TokenGuard(token) if isinstance(token, str) else token
         self.debug = debug
         self.max_body = max_body
         doc_route = Route(
@@ -229,7 +251,7 @@ class Api:
 
     def _prepare(self, route: Route, params: dict[str, str], request: Request) -> RequestCtx:
         if route.auth:
-            self._authenticate(request)
+            self._guard(route, params, request)
         for name, schema in route.params.items():
             params[name] = validate(schema, params[name], name)
         query = _parse_query(route, request)
@@ -244,14 +266,6 @@ class Api:
             got = request.content_type or "none"
             raise errors.unsupported_media_type(f"Content-Type must be application/json, not {got}")
         return RequestCtx(params, query, validate(route.body, _parse_json(raw)), request)
-
-    def _authenticate(self, request: Request) -> None:
-        header: str = request.headers.get("Authorization", "")
-        scheme, _, presented = header.partition(" ")
-        if scheme.lower() != "bearer" or not presented.strip():
-            raise errors.unauthorized("missing bearer token")
-        if not hmac.compare_digest(presented.strip().encode(), self._token):
-            raise errors.unauthorized("invalid bearer token")
 
     def _read_body(self, request: Request) -> bytes:
         length = request.content_length

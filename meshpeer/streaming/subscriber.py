@@ -34,6 +34,7 @@ from eventlet.green import socket as green_socket
 
 from meshpeer.protocol.codec import DEFAULT_MAX_LINE, Decoder
 from meshpeer.protocol.messages import (
+    GRANT_HEADER,
     GRANT_RE,
     Close,
     CloseReason,
@@ -254,6 +255,7 @@ class StreamClient:
         policy: str | None = None,
         host: str | None = None,
         auth: str | None = None,
+        credential: str | None = None,
         on_change: OnChange | None = None,
         on_close: Callable[[str], None] | None = None,
         on_http_error: Callable[[int], None] | None = None,
@@ -284,6 +286,9 @@ class StreamClient:
         self.auth: str | None = None
         self.set_auth(auth)
         self.used_auth: str | None = None  # the credential of the latest request
+        # Who is asking (a host's credential): sent as the bearer token, and then a peer
+        # stream's grant goes in the Meshpeer-Grant header (docs/protocol.md).
+        self.credential = credential
         self.on_change = on_change
         self.on_close = on_close
         self.on_http_error = on_http_error
@@ -353,7 +358,7 @@ class StreamClient:
         return bool(self._finished.ready())
 
     def set_auth(self, auth: str | None) -> None:
-        """Use ``auth`` (a grant, or a shard token for own-shard and federation streams) from the
+        """Use ``auth`` (a peer stream's grant, else the bearer credential) from the
         next request on; cuts a pending backoff short."""
         if auth is not None and not GRANT_RE.fullmatch(auth):
             raise ValueError("auth must be a grant token ([A-Za-z0-9._-], at most 2048 chars)")
@@ -428,7 +433,10 @@ class StreamClient:
             "User-Agent: meshpeer-streaming/1",
         ]
         self.used_auth = self.auth
-        if self.auth is not None:
+        if self.credential is not None and self.policy is not None and self.auth is not None:
+            lines.append(f"{GRANT_HEADER}: {self.auth}")
+            lines.append(f"Authorization: Bearer {self.credential}")
+        elif self.auth is not None:
             lines.append(f"Authorization: Bearer {self.auth}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
 

@@ -27,8 +27,10 @@ from typing import Any
 import yaml
 
 from meshpeer.client import Client
-from meshpeer.controller.config import LocalShard, ShardEntry, directory_doc
+from meshpeer.controller.auth import shard_token
+from meshpeer.controller.config import LocalShard, ShardEntry, directory_doc, host_credential
 from meshpeer.lab.procs import spawn_manager
+from meshpeer.protocol.messages import GRANT_HEADER
 from tests.support.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,6 +95,7 @@ class Ctl(LocalShard):
     """One controller process: its config, store, log, and (while running) its Popen."""
 
     proc: subprocess.Popen[bytes] | None = None
+    host_key: str = ""  # hex: the directory's host key (host credentials)
     starts: int = 0
     nofile: tuple[int, int] | None = None  # RLIMIT_NOFILE (soft, hard) to start with
 
@@ -175,6 +178,10 @@ class Ctl(LocalShard):
     def tails(self) -> str:
         """The log's tail (log records, and any startup traceback: one file per process)."""
         return f"--- {self.log} (tail) ---\n{tail(self.log)}"
+
+    def host_token(self, host: str) -> str:
+        """The credential of ``host`` (what its OHC holds)."""
+        return host_credential(host, self.host_key)
 
     # --- HTTP ---------------------------------------------------------------------------
 
@@ -271,6 +278,7 @@ class Cluster:
     token: str
     federation_token: str
     grant_key: str
+    host_key: str
     layout: Mapping[str, tuple[tuple[int, int], Sequence[str]]]
     heartbeat: float = 0.5
     options: Mapping[str, Any] = field(default_factory=dict)  # more [controller] options
@@ -294,12 +302,15 @@ class Cluster:
             token=token or "api-" + secrets.token_hex(16),
             federation_token="fed-" + secrets.token_hex(16),
             grant_key=secrets.token_hex(32),
+            host_key=secrets.token_hex(32),
             layout=dict(layout or DEFAULT_LAYOUT),
             heartbeat=heartbeat,
             options=dict(options or {}),
         )
         for name in c.layout:
-            c.ctls[name] = Ctl(name, free_port(), workdir, c.token, nofile=nofile)
+            c.ctls[name] = Ctl(
+                name, free_port(), workdir, c.token, host_key=c.host_key, nofile=nofile
+            )
         c.write()
         return c
 
@@ -312,7 +323,14 @@ class Cluster:
             name: ShardEntry(self.ctls[name].url, vni_range, vpcs)
             for name, (vni_range, vpcs) in self.layout.items()
         }
-        return directory_doc(shards, self.grant_key, self.federation_token)
+        return directory_doc(shards, self.grant_key, self.federation_token, self.host_key)
+
+    def host_token(self, host: str) -> str:
+        return host_credential(host, self.host_key)
+
+    def shard_token(self, shard: str) -> str:
+        """What shard ``shard`` presents for federation."""
+        return shard_token(shard, self.federation_token)
 
     def write(self) -> None:
         self.directory_file.write_text(yaml.safe_dump(self.directory_doc()), encoding="utf-8")
@@ -375,9 +393,23 @@ def state_of(ctl: Ctl) -> dict[str, Any]:
 class Stream:
     """A blocking NDJSON subscription (``GET /v1/subscribe``) read line by line."""
 
-    def __init__(self, ctl: Ctl, query: Mapping[str, str | int], token: str | None) -> None:
+    def __init__(
+        self,
+        ctl: Ctl,
+        query: Mapping[str, str | int],
+        token: str | None,
+        credential: str | None = "",
+    ) -> None:
+        """A peer stream (``policy`` in the query) takes ``token`` as its grant, presented by
+        ``credential`` ("": the credential of the host the query names; None: the grant alone,
+        as the bearer token). Any other stream presents ``token`` as the bearer token."""
         self.conn = http.client.HTTPConnection("127.0.0.1", ctl.port, timeout=10)
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        if "policy" in query and credential is not None:
+            who = ctl.host_token(str(query.get("host", ""))) if credential == "" else credential
+            headers = {"Authorization": f"Bearer {who}"}
+            if token is not None:
+                headers[GRANT_HEADER] = token
         path = "/v1/subscribe?" + urllib.parse.urlencode({k: str(v) for k, v in query.items()})
         self.conn.request("GET", path, headers=headers)
         self.resp = self.conn.getresponse()
@@ -442,8 +474,15 @@ class Stream:
         return version
 
 
-def stream(ctl: Ctl, token: str | None, service: str, key: str, **extra: str | int) -> Stream:
-    return Stream(ctl, {"service": service, "key": key, **extra}, token)
+def stream(
+    ctl: Ctl,
+    token: str | None,
+    service: str,
+    key: str,
+    credential: str | None = "",
+    **extra: str | int,
+) -> Stream:
+    return Stream(ctl, {"service": service, "key": key, **extra}, token, credential)
 
 
 # A host status report (PUT /v1/hosts/{name}/status) as an OHC sends it.

@@ -99,14 +99,14 @@ CASES = [
     Case("json-nan", "POST", "/v1/vpcs", b'{"name":"amber","vni":NaN}', detail=("NaN",)),
     Case("json-not-utf8", "POST", EP, b'{"name":"\xff"}', detail=("UTF-8",)),
     Case("json-array", "POST", "/v1/vpcs", b"[]", detail=("expected object",)),
-    # Issue 17: 1,000 levels deep was an empty text/plain 500, on a path that needs no token.
+    # Issue 17: 1,000 levels deep was an empty text/plain 500 (then on a path that needed no
+    # token; since issue 16 every report comes with its host's credential).
     Case(
         "json-deep-applied",
         "PUT",
         "/v1/hosts/hv1/applied",
         b'{"streams":' + b"[" * 1000 + b"]" * 1000 + b"}",
         detail=("nested deeper than 32",),
-        headers={**JSON, "Authorization": ""},
     ),
     Case(
         "json-deep-vpc",
@@ -596,7 +596,7 @@ def test_every_route_but_health_and_openapi_needs_the_token(world: Cluster) -> N
     for method, path in ops:
         url = concrete(path)
         data = b'{"name": "amber"}' if method in ("POST", "PUT") else None
-        if path == "/v1/hosts/{name}/applied":  # takes grants instead: a well-formed body
+        if path == "/v1/hosts/{name}/applied":  # a well-formed body: only the credential fails
             data = b'{"streams": []}'
         if (method, path) in PUBLIC:
             r = ctl.raw(method, url, data, {}, token=None)
@@ -618,16 +618,21 @@ def test_subscribe_answers_other_schemes_with_401(world: Cluster) -> None:
         assert r.status == 401, (why, r.status, r.body)
 
 
-def test_the_token_is_not_checked_against_other_secrets(world: Cluster) -> None:
-    """The federation token opens federation views only; the API token opens everything."""
+def test_each_credential_opens_its_own_share(world: Cluster) -> None:
+    """A shard's credential opens federation views only; the API token (the operator's)
+    everything else; the federation secret itself is no credential (issue 16)."""
     ctl = world["ctl1"]
-    r = ctl.raw("GET", "/v1/vpcs", token=world.federation_token)
-    assert r.status == 401
-    r = ctl.raw("GET", "/v1/federation/vpcs/blue", token=world.federation_token)
+    shard = world.shard_token("ctl2")
+    r = ctl.raw("GET", "/v1/vpcs", token=shard)
+    assert r.status == 403
+    r = ctl.raw("GET", "/v1/federation/vpcs/blue", token=shard)
     assert r.status == 200 and r.body["vpc"] == "blue"
     assert r.body["view"]["vpc"]["subnets"] == ["10.1.0.0/16"]
-    r = ctl.raw("GET", "/v1/federation/vpcs/red", token=world.federation_token)
+    r = ctl.raw("GET", "/v1/federation/vpcs/red", token=shard)
     assert r.status == 404  # not owned here: ask ctl2
+    assert ctl.raw("GET", "/v1/federation/vpcs/blue", token=world.federation_token).status == 401
+    assert ctl.raw("GET", "/v1/federation/vpcs/blue").status == 403  # an operator, no shard
+    assert ctl.raw("GET", "/v1/federation/vpcs/blue", token=world.host_token("hv1")).status == 403
     r = ctl.raw("GET", "/v1/vpcs", headers={"Authorization": f"bearer {world.token}"}, token=None)
     assert r.status == 200  # the scheme is case-insensitive
 
@@ -639,7 +644,7 @@ def test_every_401_carries_www_authenticate(world: Cluster) -> None:
         if (method, path) in PUBLIC:
             continue
         data = b'{"name": "amber"}' if method in ("POST", "PUT") else None
-        if path == "/v1/hosts/{name}/applied":  # takes grants instead: a well-formed body
+        if path == "/v1/hosts/{name}/applied":  # a well-formed body: only the credential fails
             data = b'{"streams": []}'
         answers.append((path, ctl.raw(method, concrete(path), data, dict(JSON), token=None)))
     policy = world["ctl2"].get("/v1/vpcs/red/peerings/to-blue")["export_policy_id"]

@@ -88,10 +88,17 @@ OWN_STREAMS = [
 
 @pytest.mark.parametrize(("service", "key", "extra"), OWN_STREAMS, ids=lambda v: str(v))
 def test_every_service_streams_lines_the_document_describes(
-    ctl: Ctl, doc: dict[str, Any], service: str, key: str, extra: dict[str, str]
+    ctl: Ctl,
+    module_cluster: Cluster,
+    doc: dict[str, Any],
+    service: str,
+    key: str,
+    extra: dict[str, str],
 ) -> None:
     message = stream_message(doc)
-    status, lines = read_lines(ctl, {"service": service, "key": key, **extra}, ctl.token)
+    # Federation takes a shard's credential only (docs/security.md); the rest the operator's.
+    token = module_cluster.shard_token("ctl2") if service == "federation" else ctl.token
+    status, lines = read_lines(ctl, {"service": service, "key": key, **extra}, token)
     assert status == 200, lines
     assert [m["type"] for m in lines] == ["snapshot", "heartbeat", "heartbeat"]
     for line in lines:

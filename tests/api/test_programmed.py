@@ -38,13 +38,17 @@ def current(ctl: Ctl, token: str, service: str, key: str) -> int:
 def applied(
     ctl: Ctl, host: str, *streams: str, grant: str | None = None, version: int = FAR
 ) -> None:
-    """``host`` reports holding ``streams`` (a peer host with its grant, else the token)."""
+    """``host`` reports holding ``streams`` (with its own credential, and a peer stream with
+    its grant; else with the operator's token)."""
     entries: list[dict[str, Any]] = [{"stream": s, "version": version} for s in streams]
     if grant is not None:
         for e in entries:
             e["grant"] = grant
     reply = ctl.req(
-        "PUT", f"/v1/hosts/{host}/applied", {"streams": entries}, token=None if grant else ""
+        "PUT",
+        f"/v1/hosts/{host}/applied",
+        {"streams": entries},
+        token=ctl.host_token(host) if grant else "",
     )
     assert reply.status == 200, reply.body
 

@@ -385,12 +385,24 @@ def test_least_knowledge(shards: Cluster) -> None:
             refused(s, status)
             if why in ("not peered", "policy not exported to navy", "unknown vpc"):
                 assert s.body["field"] == "policy", why
+    # Issue 16: a grant is checked against who presents it, not only against its text.
+    query = {"service": "destination", "key": "plum", "policy": pol, "host": "hv1"}
+    with Stream(c2, query, real, credential=None) as s:  # the grant alone (all it took)
+        refused(s, 401)
+    with Stream(c2, query, real, credential=shards.host_token("hv2")) as s:  # replayed by hv2
+        assert "acts only for itself" in refused(s, 403)
+    with Stream(c2, {**query, "host": "hv2"}, real, credential=shards.host_token("hv2")) as s:
+        assert "wrong-scope" in refused(s, 403)  # hv2 as itself: the grant names hv1
+    with Stream(c2, query, real, credential=shards.host_token("hv1")) as s:
+        assert s.next()["type"] == "snapshot"  # hv1 itself
 
 
-def test_a_peer_host_reports_applied_versions_with_its_grant_not_a_token(shards: Cluster) -> None:
-    """hv1 (a host of ctl1's iris) follows ctl2's fern and reports to ctl2 what it applied,
-    holding no token for ctl2: each peer stream with its grant, checked like a subscription.
-    A refused report records nothing (all or nothing)."""
+def test_a_peer_host_reports_applied_versions_with_its_credential_and_grant(
+    shards: Cluster,
+) -> None:
+    """hv1 (a host of ctl1's iris) follows ctl2's fern and reports to ctl2 what it applied:
+    with its own credential, each peer stream with its grant, checked like a subscription
+    (the grant must name the reporting host). A refused report records nothing."""
     c1, c2 = shards["ctl1"], shards["ctl2"]
     c1.vpc("iris", "10.91.0.0/24")
     c2.vpc("fern", "10.92.0.0/24")
@@ -403,8 +415,9 @@ def test_a_peer_host_reports_applied_versions_with_its_grant_not_a_token(shards:
         real = s.next()["objects"]["fern"]["grant"]
     name = f"destination/fern/{pol}/"
 
-    def report(*streams: dict[str, Any], host: str = "hv1") -> Any:
-        return c2.req("PUT", f"/v1/hosts/{host}/applied", {"streams": list(streams)}, token=None)
+    def report(*streams: dict[str, Any], host: str = "hv1", who: str | None = "hv1") -> Any:
+        token = None if who is None else shards.host_token(who)
+        return c2.req("PUT", f"/v1/hosts/{host}/applied", {"streams": list(streams)}, token)
 
     def create(ep: str, ip: str) -> Any:
         body = {"name": ep, "ip": ip, "host": "hv2"}
@@ -414,23 +427,25 @@ def test_a_peer_host_reports_applied_versions_with_its_grant_not_a_token(shards:
         sub.next()  # snapshot: hv1 now follows the stream
         far = {"stream": name, "version": 2**62, "grant": real}  # above any version to come
         refusals = {
-            "no grant": ((far | {"grant": None},), "hv1", 401, "streams[0].grant"),
-            "own stream": (({"stream": "destination/fern//", "version": 1},), "hv1", 401, "streams[0].grant"),
-            "tampered": ((far | {"grant": tamper(real)},), "hv1", 401, "streams[0].grant"),
-            "other host": ((far,), "hv2", 403, "streams[0].grant"),
-            "bad name": ((far | {"stream": "destination/fern"},), "hv1", 400, "streams[0].stream"),
-            "one bad of two": ((far, far | {"grant": "x"}), "hv1", 401, "streams[1].grant"),
+            "no grant": ((far | {"grant": None},), "hv1", "hv1", 401, "streams[0].grant"),
+            "tampered": ((far | {"grant": tamper(real)},), "hv1", "hv1", 401, "streams[0].grant"),
+            # Issue 16: the grant alone was enough; a host reports for itself only.
+            "no credential": ((far,), "hv1", None, 401, None),
+            "for another host": ((far,), "hv2", "hv1", 403, None),
+            "hv1's grant replayed by hv2": ((far,), "hv2", "hv2", 403, "streams[0].grant"),
+            "bad name": ((far | {"stream": "destination/fern"},), "hv1", "hv1", 400, "streams[0].stream"),
+            "one bad of two": ((far, far | {"grant": "x"}), "hv1", "hv1", 401, "streams[1].grant"),
         }  # fmt: skip
-        for why, (streams, host, status, field) in refusals.items():
+        for why, (streams, host, who, status, field) in refusals.items():
             body = [{k: v for k, v in st.items() if v is not None} for st in streams]
-            r = report(*body, host=host)
+            r = report(*body, host=host, who=who)
             assert (r.status, r.body["field"]) == (status, field), (why, r.body)
-        # hv2 holds the new endpoints: it reports with the token (it is ctl2's own host).
+        # hv2 holds the new endpoints: it reports its own stream (the operator's token here).
         own = {"streams": [{"stream": "endpoint/hv2//", "version": far["version"]}]}
         assert c2.req("PUT", "/v1/hosts/hv2/applied", own).status == 200
         made = create("f2", "10.92.0.6")
         assert made["pending_hosts"] == ["hv1"], made  # nothing was recorded
-        assert report(far).status == 200  # the grant is enough
+        assert report(far).status == 200  # hv1's credential and its grant
         last = create("f3", "10.92.0.7")
         assert last["programmed"] is True, (last["pending_hosts"], last)
 

@@ -148,12 +148,32 @@ def test_applied_reports_use_the_grant_at_a_peers_shard_and_the_token_at_its_own
     versions = {sub: 7 for sub in agent.clients}
     reports = agent.applied_reports(versions, agent.objects)
     assert set(reports) == {CTL1, ctl3}
-    assert all("grant" not in e for e in reports[CTL1])  # the API token covers these
+    assert all("grant" not in e for e in reports[CTL1])  # own streams: the host's credential
     assert {e["stream"] for e in reports[CTL1]} >= {"endpoint/hv1//", "peering/blue//hv1"}
     assert reports[ctl3] == [
         {"stream": f"{svc}/red/p-1/", "version": 7, "grant": "g1"}
         for svc in ("destination", "forwarding", "loadbalancer")
     ]
+
+
+def test_a_peer_stream_is_reported_with_its_grant_at_an_own_shard_too() -> None:
+    """Issue 16: a shard takes a host's report of a peer stream only with the grant naming
+    that host, also when the shard is one of the host's own (red on ctl2, in shard_urls)."""
+    made: dict[Sub, FakeClient] = {}
+
+    def factory(sub: Sub, auth: str, cb: Any, closed: Any, failed: Any) -> FakeClient:
+        made[sub] = FakeClient(sub, auth, cb, closed, failed)
+        return made[sub]
+
+    agent = Agent("hv1", [CTL1, CTL2], {"blue": CTL1}.get, "tok", factory, lambda: None)
+    agent.start()
+    made[Sub(CTL1, ServiceName.ENDPOINT, "hv1")].deliver({"blue.b1": {"vpc": "blue", "name": "b1"}})
+    made[Sub(CTL1, ServiceName.PEERING, "blue", None, "hv1")].deliver(
+        {"red": peering_object("red", CTL2, "p-1", "g1")}
+    )
+    reports = agent.applied_reports({sub: 7 for sub in agent.clients}, agent.objects)
+    peer_entries = [e for e in reports[CTL2] if e["stream"].endswith("/red/p-1/")]
+    assert len(peer_entries) == 3 and all(e["grant"] == "g1" for e in peer_entries)
 
 
 # --- refusals and re-entrant callbacks (issue 21, part 2) -----------------------------------

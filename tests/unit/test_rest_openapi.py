@@ -131,13 +131,13 @@ def test_error_statuses_follow_the_route_shape() -> None:
         for method, op in item.items()
     }
     assert codes["/v1/items", "post"] == [
-        "201", "400", "401", "408", "409", "413", "414", "415", "431", "500", "503"
+        "201", "400", "401", "403", "408", "409", "413", "414", "415", "431", "500", "503"
     ]  # fmt: skip
     assert codes["/v1/items/{name}", "get"] == [
-        "200", "400", "401", "404", "408", "414", "431", "500", "503"
+        "200", "400", "401", "403", "404", "408", "414", "431", "500", "503"
     ]  # fmt: skip
     assert codes["/v1/items/{name}", "delete"] == [
-        "204", "400", "401", "404", "408", "409", "414", "431", "500", "503"
+        "204", "400", "401", "403", "404", "408", "409", "414", "431", "500", "503"
     ]  # fmt: skip
     delete = doc["paths"]["/v1/items/{name}"]["delete"]["responses"]["204"]
     assert "content" not in delete

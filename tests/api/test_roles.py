@@ -1,0 +1,109 @@
+"""Credentials by role (issue 16): each opens its own share of a real shard and nothing more.
+
+The operator's admin token opens everything but federation; the read-only token GETs (and
+own-shard streams); a host's credential its own registration, reports and streams, and the
+streams of the VPCs with an endpoint on it; a shard's credential federation only. Host
+credentials rotate (two host keys valid at once) and can be revoked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import yaml
+
+from meshpeer.controller.auth import host_token
+from tests.api.ctlkit import HOST_STATUS, Cluster, stream
+
+READER = "reader-" + "r" * 24
+LAYOUT = {"ctl1": ((1, 999), ("blue", "green"))}
+
+
+def test_the_read_only_operator_reads_and_writes_nothing(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = make_cluster(layout=LAYOUT, options={"readonly_token": READER})
+    ctl = cluster["ctl1"]
+    ctl.vpc("blue", "10.1.0.0/24")
+    ctl.vm("blue", "b1", "10.1.0.5", host="hv1")
+    before = ctl.get("/v1/vpcs/blue/endpoints")
+    for path in ("/v1/vpcs", "/v1/vpcs/blue", "/v1/vpcs/blue/endpoints", "/v1/hosts"):
+        assert ctl.req("GET", path, token=READER).status == 200, path
+    writes = [
+        ("POST", "/v1/vpcs", {"name": "green"}),
+        ("POST", "/v1/vpcs/blue/endpoints", {"name": "b2", "ip": "10.1.0.6"}),
+        ("DELETE", "/v1/vpcs/blue/endpoints/b1", None),
+        ("PUT", "/v1/hosts/hv1", {"underlay_ip": "192.0.2.1"}),
+        ("PUT", "/v1/hosts/hv1/applied", {"streams": []}),
+    ]
+    for method, path, body in writes:
+        r = ctl.req(method, path, body, token=READER)
+        assert (r.status, r.error()[0]) == (403, "forbidden"), (method, path, r.body)
+        assert "read-only" in r.error()[2]
+    assert ctl.get("/v1/vpcs/blue/endpoints") == before
+    assert ctl.req("GET", "/v1/federation/vpcs/blue", token=READER).status == 403
+    with stream(ctl, READER, "destination", "blue") as s:
+        assert s.next()["type"] == "snapshot"
+
+
+def test_a_host_credential_opens_its_own_share_only(cluster: Cluster) -> None:
+    c1 = cluster["ctl1"]
+    c1.vpc("blue", "10.1.0.0/24")
+    c1.vpc("green", "10.3.0.0/24")
+    c1.vm("blue", "b1", "10.1.0.5", host="hv1")
+    c1.vm("green", "g1", "10.3.0.5", host="hv2")
+    hv1 = cluster.host_token("hv1")
+
+    def status(method: str, path: str, body: object = None) -> int:
+        return c1.req(method, path, body, token=hv1).status
+
+    assert status("PUT", "/v1/hosts/hv1", {"underlay_ip": "192.0.2.1"}) == 200
+    assert status("PUT", "/v1/hosts/hv1/status", HOST_STATUS) == 200
+    assert status("PUT", "/v1/hosts/hv1/applied", {"streams": []}) == 200
+    c1.put("/v1/hosts/hv2", {"underlay_ip": "192.0.2.2"})
+    assert status("PUT", "/v1/hosts/hv2", {"underlay_ip": "192.0.2.1"}) == 403
+    assert c1.get("/v1/hosts/hv2")["underlay_ip"] == "192.0.2.2"  # not taken over
+    assert status("PUT", "/v1/hosts/hv2/status", HOST_STATUS) == 403
+    assert status("PUT", "/v1/hosts/hv2/applied", {"streams": []}) == 403
+    for method, path in (
+        ("GET", "/v1/vpcs"),
+        ("GET", "/v1/hosts/hv2"),
+        ("DELETE", "/v1/vpcs/blue"),
+    ):
+        assert status(method, path) == 403, path
+    assert status("GET", "/v1/federation/vpcs/blue") == 403
+
+    def opens(token: str | None, service: str, key: str, **extra: str) -> int:
+        with stream(c1, token, service, key, **extra) as s:
+            return s.status
+
+    assert opens(hv1, "endpoint", "hv1") == 200
+    assert opens(hv1, "endpoint", "hv2") == 403
+    assert opens(hv1, "destination", "blue", host="hv1") == 200
+    assert opens(hv1, "peering", "blue", host="hv1") == 200
+    assert opens(hv1, "destination", "green", host="hv1") == 403  # g1 is on hv2, not hv1
+    assert opens(hv1, "peering", "green", host="hv2") == 403  # posing as hv2
+    assert opens(hv1, "destination", "blue") == 403  # a host names itself
+    assert opens(hv1, "federation", "blue") == 403
+
+
+def test_host_keys_rotate_and_hosts_are_revoked(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster(layout=LAYOUT, options={"revoked_hosts": "hv3, hv4"})
+    ctl = cluster["ctl1"]
+    ctl.stop()
+    doc = yaml.safe_load(cluster.directory_file.read_text(encoding="utf-8"))
+    new_key = "cd" * 32
+    doc["host_keys"]["h2"] = new_key  # the new key beside the old one
+    cluster.directory_file.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    ctl.start()
+    body = {"underlay_ip": "192.0.2.1"}
+    old, new = cluster.host_token("hv1"), host_token("hv1", "h2", bytes.fromhex(new_key))
+    assert ctl.req("PUT", "/v1/hosts/hv1", body, token=old).status == 200
+    assert ctl.req("PUT", "/v1/hosts/hv1", body, token=new).status == 200
+    revoked = ctl.req("PUT", "/v1/hosts/hv3", body, token=cluster.host_token("hv3"))
+    assert revoked.status == 401, revoked.body
+    del doc["host_keys"]["h1"]  # rotation done: the old key goes
+    cluster.directory_file.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    ctl.restart()
+    assert ctl.req("PUT", "/v1/hosts/hv1", body, token=old).status == 401
+    assert ctl.req("PUT", "/v1/hosts/hv1", body, token=new).status == 200
