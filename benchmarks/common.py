@@ -49,7 +49,7 @@ class Lab:
         """A REST client for the shard owning ``vpc``."""
         owner = next(v.controller for v in self.topo.vpcs if v.name == vpc)
         c = next(x for x in self.plan.controllers if x.name == owner)
-        return Client(controllers.url(c), self.plan.api_token, timeout=timeout)
+        return controllers.client(self.plan, c, self.plan.api_token, timeout=timeout)
 
     def host(self, name: str) -> HostPlan:
         return self.plan.host(name)

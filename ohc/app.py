@@ -13,6 +13,7 @@ br-int: on (re)connect it reads what is installed and sends the difference in on
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import logging
@@ -81,10 +82,13 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         with open(conf.directory_file, encoding="utf-8") as f:
             self.directory = parse_directory(yaml.safe_load(f))
         urls = sorted(s.url for s in self.directory.shards.values())
+        clients = functools.partial(stream_client, ca_file=conf.ca_file)
         self.agent = Agent(
-            conf.host, urls, self.directory.url_of, conf.api_token, stream_client, self._update
+            conf.host, urls, self.directory.url_of, conf.api_token, clients, self._update
         )
-        self.reporter = reporting.Reporter(conf.host, conf.underlay_ip, conf.api_token, self.agent)
+        self.reporter = reporting.Reporter(
+            conf.host, conf.underlay_ip, conf.api_token, self.agent, conf.ca_file
+        )
         self.replies = ofio.Replies()
         self.datapath: Any = None
         self.ports = SwitchPorts({}, None, ())

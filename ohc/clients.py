@@ -16,9 +16,11 @@ def stream_client(
     on_http_error: Any = None,
     heartbeat_timeout: float = 15.0,
     gate: Gate | None = None,
+    ca_file: str | None = None,
 ) -> StreamClient:
     """``gate``: shared by the clients of a process that starts many streams at once (the
-    scale simulation), to bound its connection attempts in flight."""
+    scale simulation), to bound its connection attempts in flight. ``ca_file``: verifies the
+    shards' certificates (https:// URLs)."""
     return StreamClient(
         sub.url,
         sub.service,
@@ -31,4 +33,5 @@ def stream_client(
         on_http_error=on_http_error,
         heartbeat_timeout=heartbeat_timeout,
         gate=gate,
+        ca_file=ca_file,
     )

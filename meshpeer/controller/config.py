@@ -34,6 +34,10 @@ class ShardConfig:
     header_timeout: float | None = None
     body_timeout: float | None = None
     check_answers: bool = False  # tests: every REST answer checked against the document
+    # HTTPS: this shard's certificate and key; the CA that verifies the other shards.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    ca_file: str | None = None
 
     def text(self) -> str:
         return options.config_text(options.CONTROLLER, dataclasses.asdict(self))

@@ -31,6 +31,7 @@ def config_text(plan: LabPlan, h: HostPlan) -> str:
         "directory_file": f"{plan.state_dir}/directory.yaml",
         "ovsdb": ovs.db(h),
         "status_file": f"{h.rundir}/ohc.status.json",
+        "ca_file": plan.ca_file,
     }
     return options.config_text(options.OHC, values)
 

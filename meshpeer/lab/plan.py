@@ -87,11 +87,22 @@ class LabPlan:
     api_token: str = ""  # REST bearer token of every controller in the lab
     grant_key: str = ""  # hex HMAC key the shards share for subscription grants
     federation_token: str = ""  # shards authenticate to each other with it
+    tls: bool = True  # shards serve HTTPS with certificates from the lab's CA ('--plain-http')
 
     @property
     def prefix(self) -> str:
         """Every namespace of this lab starts with it, so 'down' can always find them."""
         return f"{self.lab}-"
+
+    @property
+    def ca_file(self) -> str | None:
+        """The lab CA's certificate, which every client of a shard verifies it with (None:
+        plain HTTP)."""
+        return f"{self.pki_dir}/ca.pem" if self.tls else None
+
+    @property
+    def pki_dir(self) -> str:
+        return f"{self.state_dir}/pki"
 
     def host(self, name: str) -> HostPlan:
         return next(h for h in self.hosts if h.name == name)
@@ -158,8 +169,11 @@ def valid_lab_name(lab: str) -> bool:
     return LAB_NAME_RE.match(lab) is not None
 
 
-def make_plan(topo: Topology, lab: str, index: int, secrets: Secrets | None = None) -> LabPlan:
-    """``secrets`` come from the caller (random in the CLI): planning stays deterministic."""
+def make_plan(
+    topo: Topology, lab: str, index: int, secrets: Secrets | None = None, tls: bool = True
+) -> LabPlan:
+    """``secrets`` come from the caller (random in the CLI): planning stays deterministic.
+    ``tls``: the shards serve HTTPS (False: plain HTTP, ``lab up --plain-http``)."""
     if not valid_lab_name(lab):
         raise ValueError(f"bad lab name {lab!r}: {LAB_NAME_RULE}")
     if not 1 <= index <= MAX_LAB_INDEX:
@@ -237,6 +251,7 @@ def make_plan(topo: Topology, lab: str, index: int, secrets: Secrets | None = No
         api_token=secrets.api_token if secrets else "",
         grant_key=secrets.grant_key if secrets else "",
         federation_token=secrets.federation_token if secrets else "",
+        tls=tls,
     )
 
 
