@@ -62,6 +62,7 @@ from meshpeer.rest.errors import ApiError
 MAX_REQUEST_LINE = 8192
 SHED_LINGER_MAX = 256  # shed connections waiting for their client to read the 503, at most
 SHED_LOG_INTERVAL = 5.0  # seconds between "shedding" warnings
+REFUSE_LINGER = 1.0  # seconds a refused request's connection reads what is still coming
 
 log = logging.getLogger(__name__)
 _wsgi_log = logging.getLogger("meshpeer.rest.wsgi")
@@ -241,6 +242,7 @@ class _Protocol(eventlet.wsgi.HttpProtocol):  # type: ignore[misc]
 
     server: _Server
     _header_timer: Any = None
+    _refused = False  # answered by the HTTP layer, closing with the request maybe unread
 
     def _read_request_line(self) -> bytes:
         conn: _Conn = self.conn_state[3]
@@ -281,6 +283,28 @@ class _Protocol(eventlet.wsgi.HttpProtocol):  # type: ignore[misc]
             self.refuse(errors.request_timeout("request line and headers", limit))
         finally:
             self._stop_header_timer()
+        too_long = len(getattr(self, "raw_requestline", b"")) >= self.server.url_length_limit
+        if self.close_connection and (self._refused or too_long):
+            self._linger()
+
+    def _linger(self) -> None:
+        """Close gently after a refusal: shut our side, then read and drop what the client
+        still sends, for at most REFUSE_LINGER seconds. Closed at once with unread input, the
+        connection is reset, and a client still sending the rest of its request (over TLS, a
+        100 KB URL does not fit the socket buffers) fails before it reads the answer. Over TLS
+        our side stays open (shutting it would end the TLS layer under the reads): the client
+        closes once it has the answer."""
+        sock = self.connection
+        try:
+            self.wfile.flush()
+            if not isinstance(sock, ssl.SSLSocket):
+                sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(REFUSE_LINGER)
+            with eventlet.Timeout(REFUSE_LINGER, False):
+                while sock.recv(65536):
+                    pass
+        except OSError:
+            pass
 
     def parse_request(self) -> bool:
         try:
@@ -324,6 +348,7 @@ class _Protocol(eventlet.wsgi.HttpProtocol):  # type: ignore[misc]
     def refuse(self, exc: ApiError) -> None:
         """Answer ``exc`` as JSON and close the connection."""
         self.close_connection = 1
+        self._refused = True
         try:
             self.connection.settimeout(self.server.limits.header_timeout)
             self.wfile.write(error_bytes(exc))

@@ -1,7 +1,8 @@
 """Real controller shards on loopback for API tests: directory, configs, processes, HTTP helpers.
 
 A :class:`Cluster` writes one shard directory and one config file per controller under a
-temporary directory, starts each controller as ``python -m meshpeer.manager
+temporary directory (and, with ``tls`` (the default), a CA and a certificate per shard for
+127.0.0.1: the shards serve HTTPS and every helper here verifies them), starts each controller as ``python -m meshpeer.manager
 ryu_apps.controller`` (no root, no namespaces: it only listens on 127.0.0.1), waits for
 ``GET /healthz`` and stops every process by its pid. A controller can be restarted in place
 (same config, same store) with :meth:`Ctl.restart`.
@@ -26,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from meshpeer import pki, tls
 from meshpeer.client import Client
 from meshpeer.controller.config import LocalShard, ShardEntry, directory_doc
 from meshpeer.lab.procs import spawn_manager
@@ -122,7 +124,7 @@ class Ctl(LocalShard):
         self.starts += 1
 
     def wait_healthy(self, timeout: float = 20.0) -> None:
-        probe = Client(self.url, None, timeout=1.0)
+        probe = Client(self.url, None, timeout=1.0, ca_file=self.ca_file)
         deadline = time.monotonic() + timeout
         last: object = None
         while time.monotonic() < deadline:
@@ -178,6 +180,19 @@ class Ctl(LocalShard):
 
     # --- HTTP ---------------------------------------------------------------------------
 
+    def connection(self, timeout: float = 10.0) -> http.client.HTTPConnection:
+        """A new connection to this shard: HTTPS verified by the cluster's CA, or plain."""
+        if self.tls:
+            context = tls.client_context(self.ca_file)
+            return http.client.HTTPSConnection(
+                "127.0.0.1", self.port, timeout=timeout, context=context
+            )
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def client(self, token: str | None = "", timeout: float = 10.0) -> Client:
+        """A meshpeer Client of this shard; ``token=""``: this API's token."""
+        return Client(self.url, self.token if token == "" else token, timeout, self.ca_file)
+
     def raw(
         self,
         method: str,
@@ -191,7 +206,7 @@ class Ctl(LocalShard):
         tok = self.token if token == "" else token
         if tok is not None and "Authorization" not in hdrs:
             hdrs["Authorization"] = f"Bearer {tok}"
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        conn = self.connection()
         try:
             conn.request(method, path, body=body, headers=hdrs)
             resp = conn.getresponse()
@@ -285,9 +300,11 @@ class Cluster:
         token: str | None = None,
         options: Mapping[str, Any] | None = None,
         nofile: tuple[int, int] | None = None,
+        tls: bool = True,
     ) -> Cluster:
         """``options``: more ``[controller]`` options for every shard; ``nofile``: the
-        RLIMIT_NOFILE (soft, hard) each shard process starts with."""
+        RLIMIT_NOFILE (soft, hard) each shard process starts with; ``tls``: HTTPS with a CA
+        made here (False: plain HTTP)."""
         workdir.mkdir(parents=True, exist_ok=True)
         c = cls(
             workdir,
@@ -299,7 +316,11 @@ class Cluster:
             options=dict(options or {}),
         )
         for name in c.layout:
-            c.ctls[name] = Ctl(name, free_port(), workdir, c.token, nofile=nofile)
+            c.ctls[name] = Ctl(name, free_port(), workdir, c.token, tls, nofile=nofile)
+        if tls:
+            ca = pki.make_ca(str(workdir / "pki"), "meshpeer API tests CA")
+            for ctl in c:
+                pki.issue_server(ca, str(ctl.tls_prefix), ctl.name, ["127.0.0.1", "localhost"])
         c.write()
         return c
 
@@ -376,7 +397,7 @@ class Stream:
     """A blocking NDJSON subscription (``GET /v1/subscribe``) read line by line."""
 
     def __init__(self, ctl: Ctl, query: Mapping[str, str | int], token: str | None) -> None:
-        self.conn = http.client.HTTPConnection("127.0.0.1", ctl.port, timeout=10)
+        self.conn = ctl.connection()
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         path = "/v1/subscribe?" + urllib.parse.urlencode({k: str(v) for k, v in query.items()})
         self.conn.request("GET", path, headers=headers)
