@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import functools
 import ssl
+from typing import Any
 from urllib.parse import SplitResult, urlsplit
-
-from eventlet.green import ssl as green_ssl
 
 SCHEMES = {"http": 80, "https": 443}
 MIN_VERSION = ssl.TLSVersion.TLSv1_2
@@ -34,7 +33,7 @@ def default_port(parts: SplitResult) -> int:
 def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     """A shard's server side: its certificate chain and key, TLS 1.2 at least, green (the
     REST server runs on the eventlet hub)."""
-    ctx: ssl.SSLContext = green_ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx: ssl.SSLContext = _green_context_class()(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = MIN_VERSION
     ctx.load_cert_chain(cert_file, key_file)
     return ctx
@@ -46,7 +45,7 @@ def client_context(ca_file: str | None, green: bool = False) -> ssl.SSLContext:
     system's trust store) and checks its name or IP. ``green``: for raw eventlet sockets
     (the stream client); a monkey-patched process's ``ssl`` is already green. Cached: a CA
     file is loaded once per process."""
-    kind = green_ssl.SSLContext if green else ssl.SSLContext
+    kind = _green_context_class() if green else ssl.SSLContext
     ctx = kind(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname
     ctx.minimum_version = MIN_VERSION
     if ca_file:
@@ -54,3 +53,11 @@ def client_context(ca_file: str | None, green: bool = False) -> ssl.SSLContext:
     else:
         ctx.load_default_certs()
     return ctx
+
+
+def _green_context_class() -> Any:
+    """eventlet's SSLContext, imported only by the processes that run on its hub (the lab's
+    and the demo's command lines, plain stdlib clients, do not load eventlet)."""
+    from eventlet.green import ssl as green_ssl
+
+    return green_ssl.SSLContext
