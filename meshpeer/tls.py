@@ -36,6 +36,7 @@ def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     ctx: ssl.SSLContext = _green_context_class()(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = MIN_VERSION
     ctx.load_cert_chain(cert_file, key_file)
+    ctx.num_tickets = 0
     return ctx
 
 
