@@ -49,20 +49,21 @@ class Lab:
         """A REST client for the shard owning ``vpc``."""
         owner = next(v.controller for v in self.topo.vpcs if v.name == vpc)
         c = next(x for x in self.plan.controllers if x.name == owner)
-        return Client(controllers.url(c), self.plan.api_token, timeout=timeout)
+        return controllers.client(self.plan, c, self.plan.api_token, timeout=timeout)
 
     def host(self, name: str) -> HostPlan:
         return self.plan.host(name)
 
 
 @contextlib.contextmanager
-def lab(topology: str, name: str, quiet: bool = False) -> Iterator[Lab]:
-    """`lab up` from a topology file, and always `lab down` afterwards (also on failure)."""
+def lab(topology: str, name: str, quiet: bool = False, tls: bool = True) -> Iterator[Lab]:
+    """`lab up` from a topology file, and always `lab down` afterwards (also on failure).
+    ``tls=False``: the shards serve plain HTTP (`lab up --plain-http`)."""
     topo = load_topology(topology)
     progress = (lambda _line: None) if quiet else (lambda line: print(f"  {line}", flush=True))
     t0 = time.monotonic()
     try:
-        plan, up_s = build.fresh(topo, name, progress=progress)
+        plan, up_s = build.fresh(topo, name, progress=progress, tls=tls)
         yield Lab(name, plan, topo, up_s)
     finally:
         keep = os.environ.get("MESHPEER_BENCH_LOGS")  # copy the lab's logs there first

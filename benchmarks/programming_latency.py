@@ -15,7 +15,7 @@ other), read with `ovs-ofctl dump-flows` on the three hosts at once; every blue 
 (b3 and r1 share hv2, the others cross hosts) is then probed and must not answer. Blue then
 re-creates it with `?wait=programmed`, and the first packet of every pair must be answered.
 
-    .venv/bin/python benchmarks/programming_latency.py [--count 200] [--cycles 50] [--json PATH]
+    .venv/bin/python benchmarks/programming_latency.py [--count 200] [--cycles 50] [--json PATH] [--plain-http]
 
 Prints a table and writes benchmarks/results/programming_latency.json. Needs root and OVS.
 """
@@ -113,6 +113,7 @@ def main() -> None:
     p.add_argument("--timeout", type=int, default=10, help="?timeout= of each call (seconds)")
     p.add_argument("--cycles", type=int, default=50, help="peering delete/re-create cycles")
     p.add_argument("--lab", default="bplat")
+    p.add_argument("--plain-http", action="store_true", help="shards on plain HTTP, not TLS")
     p.add_argument("--json", default=None, help="result file (default benchmarks/results/...)")
     args = p.parse_args()
 
@@ -122,7 +123,11 @@ def main() -> None:
     programmed: list[bool] = []
     pending: dict[str, int] = {}
     verified: list[dict[str, Any]] = []
-    with common.LoadSampler() as load, common.lab(common.topology("peered.yaml"), args.lab) as lab:
+    topology = common.topology("peered.yaml")
+    with (
+        common.LoadSampler() as load,
+        common.lab(topology, args.lab, tls=not args.plain_http) as lab,
+    ):
         red = lab.client("red", timeout=args.timeout + 20)
         hv1 = lab.host("hv1")
         path = f"/v1/vpcs/red/endpoints?wait=programmed&timeout={args.timeout}"
@@ -170,6 +175,7 @@ def main() -> None:
         "hv1_flows_at_end": (hv1_status.get("last_sync") or {}).get("flows"),
         "revocation": revocation,
         "machine": m,
+        "transport": "http" if args.plain_http else "https",
         "load_1min_during_run": load.result(),
         "wall_s": round(time.monotonic() - t_start, 1),
         "when": common.now_utc(),

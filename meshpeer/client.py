@@ -1,11 +1,15 @@
-"""A small synchronous JSON client for the controller's REST API (lab, demo, tests)."""
+"""A small synchronous JSON client for the controller's REST API (lab, demo, tests).
+
+``https://`` URLs verify the shard's certificate against ``ca_file`` (None: the system's trust
+store) and its name or IP (:func:`meshpeer.tls.client_context`)."""
 
 from __future__ import annotations
 
 import http.client
 import json
-import urllib.parse
 from typing import Any
+
+from meshpeer import tls
 
 
 class ApiFailure(Exception):
@@ -18,15 +22,31 @@ class ApiFailure(Exception):
 
 
 class Client:
-    def __init__(self, base_url: str, token: str | None, timeout: float = 10.0) -> None:
-        url = urllib.parse.urlsplit(base_url)
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        timeout: float = 10.0,
+        ca_file: str | None = None,
+    ) -> None:
+        url = tls.split_url(base_url)
         self.host = url.hostname or "127.0.0.1"
-        self.port = url.port or 80
+        self.port = tls.default_port(url)
         self.token = token
         self.timeout = timeout
+        self.secure = url.scheme == "https"
+        self.ca_file = ca_file
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.secure:
+            context = tls.client_context(self.ca_file)
+            return http.client.HTTPSConnection(
+                self.host, self.port, timeout=self.timeout, context=context
+            )
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        conn = self._connection()
         headers = {"Accept": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"

@@ -104,6 +104,19 @@ CONTROLLER = Section(
             _LIMITS.body_timeout,
         ),
         Option(
+            "tls_cert_file",
+            str,
+            "PEM certificate (chain) of the REST API; with `tls_key_file` the shard serves "
+            "HTTPS only (none: plain HTTP)",
+        ),
+        Option("tls_key_file", str, "PEM private key of `tls_cert_file` (keep it mode 0600)"),
+        Option(
+            "ca_file",
+            str,
+            "PEM CA certificates that verify the other shards' certificates (federation over "
+            "https://; none: the system's trust store)",
+        ),
+        Option(
             "check_answers",
             bool,
             "tests: check every REST answer against the OpenAPI document (a mismatch is a 500)",
@@ -127,6 +140,12 @@ OHC = Section(
             secret=True,
         ),
         Option("directory_file", str, "the shard directory (YAML), without secrets", required=True),
+        Option(
+            "ca_file",
+            str,
+            "PEM CA certificates that verify the shards' certificates (https:// URLs in the "
+            "directory; none: the system's trust store)",
+        ),
         Option(
             "ovsdb", str, "OVSDB of the local switch, e.g. unix:/run/.../db.sock", required=True
         ),

@@ -93,10 +93,12 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             urls,
             self.directory.url_of,
             conf.api_token,
-            functools.partial(stream_client, credential=conf.api_token),
+            functools.partial(stream_client, credential=conf.api_token, ca_file=conf.ca_file),
             self._update,
         )
-        self.reporter = reporting.Reporter(conf.host, conf.underlay_ip, conf.api_token, self.agent)
+        self.reporter = reporting.Reporter(
+            conf.host, conf.underlay_ip, conf.api_token, self.agent, conf.ca_file
+        )
         self.replies = ofio.Replies()
         self.datapath: Any = None
         self.ports = SwitchPorts({}, None, ())

@@ -17,10 +17,12 @@ def stream_client(
     heartbeat_timeout: float = 15.0,
     gate: Gate | None = None,
     credential: str | None = None,
+    ca_file: str | None = None,
 ) -> StreamClient:
     """``gate``: shared by the clients of a process that starts many streams at once (the
     scale simulation), to bound its connection attempts in flight. ``credential``: the host's
-    own, presented with a peer stream's grant (``auth``) so the grant is checked against it."""
+    own, presented with a peer stream's grant (``auth``) so the grant is checked against it.
+    ``ca_file``: verifies the shards' certificates (https:// URLs)."""
     return StreamClient(
         sub.url,
         sub.service,
@@ -34,4 +36,5 @@ def stream_client(
         on_http_error=on_http_error,
         heartbeat_timeout=heartbeat_timeout,
         gate=gate,
+        ca_file=ca_file,
     )

@@ -40,15 +40,24 @@ def synced_versions(versions: Mapping[Sub, int]) -> dict[str, dict[str, int]]:
 
 
 class Reporter:
-    def __init__(self, host: str, underlay_ip: str, api_token: str, agent: Agent) -> None:
+    def __init__(
+        self,
+        host: str,
+        underlay_ip: str,
+        api_token: str,
+        agent: Agent,
+        ca_file: str | None = None,
+    ) -> None:
+        """``ca_file``: verifies the shards' certificates (https:// URLs)."""
         self.host = host
         self.underlay_ip = underlay_ip
         self.api_token = api_token
         self.agent = agent
+        self.ca_file = ca_file
 
     def register(self, url: str) -> None:
         """Tell one shard where this host's tunnel endpoint is; raises if it did not answer."""
-        Client(url, self.api_token, timeout=TIMEOUT).put(
+        Client(url, self.api_token, timeout=TIMEOUT, ca_file=self.ca_file).put(
             f"/v1/hosts/{self.host}", {"underlay_ip": self.underlay_ip}
         )
 
@@ -76,7 +85,7 @@ class Reporter:
         self, url: str, token: str | None, path: str, body: Mapping[str, Any], what: str
     ) -> str | None:
         try:
-            Client(url, token, timeout=TIMEOUT).put(path, body)
+            Client(url, token, timeout=TIMEOUT, ca_file=self.ca_file).put(path, body)
             return None
         except Exception as exc:
             log.info("ohc %s: %s to %s failed: %s", self.host, what, url, exc)

@@ -17,7 +17,7 @@ import yaml
 from os_ken.base import app_manager
 from os_ken.lib import hub
 
-from meshpeer import options
+from meshpeer import options, tls
 from meshpeer.controller.api import ControllerApi
 from meshpeer.controller.directory import parse_directory
 from meshpeer.controller.federation import Federation
@@ -61,7 +61,9 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
         self.shard = ShardState(
             conf.shard, directory, self.store, stream_hub, time.time, conf.grant_ttl
         )
-        self.federation = Federation(self.shard)
+        if bool(conf.tls_cert_file) != bool(conf.tls_key_file):
+            raise SystemExit("controller: [controller] tls_cert_file and tls_key_file go together")
+        self.federation = Federation(self.shard, ca_file=conf.ca_file)
         self.api = ControllerApi(
             self.shard,
             conf.api_token,
@@ -92,10 +94,15 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
         )
         fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # raised by meshpeer.manager
         limits = Limits(**{f.name: getattr(self.conf, f.name) for f in dataclasses.fields(Limits)})
-        server, port = serve(app, self.conf.listen_host, self.conf.listen_port, limits=limits)
+        secure = None
+        if self.conf.tls_cert_file:
+            secure = tls.server_context(self.conf.tls_cert_file, self.conf.tls_key_file)
+        host, want_port = self.conf.listen_host, self.conf.listen_port
+        server, port = serve(app, host, want_port, limits=limits, tls=secure)
         log.info(
-            "shard %s: REST API on http://%s:%d (%s; fd limit %d)",
+            "shard %s: REST API on %s://%s:%d (%s; fd limit %d)",
             self.conf.shard,
+            "https" if secure else "http",
             self.conf.listen_host,
             port,
             limits,

@@ -37,6 +37,10 @@ class ShardConfig:
     header_timeout: float | None = None
     body_timeout: float | None = None
     check_answers: bool = False  # tests: every REST answer checked against the document
+    # HTTPS: this shard's certificate and key; the CA that verifies the other shards.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    ca_file: str | None = None
 
     def text(self) -> str:
         return options.config_text(options.CONTROLLER, dataclasses.asdict(self))
@@ -90,10 +94,21 @@ class LocalShard:
     port: int
     workdir: Path
     token: str
+    tls: bool = False  # HTTPS with {name}.pem/.key, signed by the CA in workdir/pki
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self) -> str | None:
+        """The CA every shard of ``workdir`` is verified with (None: plain HTTP)."""
+        return str(self.workdir / "pki" / "ca.pem") if self.tls else None
+
+    @property
+    def tls_prefix(self) -> Path:
+        """The shard's certificate and key are this path + ``.pem`` and ``.key``."""
+        return self.workdir / f"{self.name}-tls"
 
     @property
     def conf(self) -> Path:
@@ -108,7 +123,15 @@ class LocalShard:
         return self.workdir / f"{self.name}.log"
 
     def config(self, directory_file: Path, heartbeat: float | None = None) -> ShardConfig:
-        return ShardConfig(
+        config = ShardConfig(
             self.name, "127.0.0.1", self.port, str(self.store), self.token,
             str(directory_file), heartbeat,
         )  # fmt: skip
+        if not self.tls:
+            return config
+        return dataclasses.replace(
+            config,
+            tls_cert_file=f"{self.tls_prefix}.pem",
+            tls_key_file=f"{self.tls_prefix}.key",
+            ca_file=self.ca_file,
+        )

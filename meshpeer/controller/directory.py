@@ -29,7 +29,7 @@ class DirectoryError(ValueError):
 @dataclass(frozen=True)
 class Shard:
     name: str
-    url: str  # REST base URL, e.g. http://169.254.1.10:8080
+    url: str  # REST base URL, e.g. https://169.254.1.10:8080
     vni_range: tuple[int, int]
     vpcs: tuple[str, ...]
 
@@ -133,8 +133,8 @@ def _shard(name: object, s: Any) -> Shard:
     if unknown:
         raise DirectoryError(f"{p}.{sorted(unknown)[0]}: unknown key")
     url = s.get("url")
-    if not isinstance(url, str) or not url.startswith("http://"):
-        raise DirectoryError(f"{p}.url: expected http://HOST:PORT")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise DirectoryError(f"{p}.url: expected https://HOST:PORT (or http://)")
     vr = s.get("vni_range")
     if (
         not isinstance(vr, list)

@@ -21,9 +21,11 @@ log = logging.getLogger(__name__)
 
 
 class Federation:
-    def __init__(self, shard: ShardState, timeout: float = 2.0) -> None:
+    def __init__(self, shard: ShardState, timeout: float = 2.0, ca_file: str | None = None) -> None:
+        """``ca_file`` verifies the other shards' certificates (https:// directory URLs)."""
         self.shard = shard
         self.timeout = timeout
+        self.ca_file = ca_file
         self.clients: dict[str, StreamClient] = {}
         # This shard's own federation credential (meshpeer.controller.auth).
         self.credential = shard_token(shard.name, shard.directory.federation_token)
@@ -41,6 +43,7 @@ class Federation:
                 auth=self.credential,
                 on_change=self._on_change(vpc),
                 heartbeat_timeout=15.0,
+                ca_file=self.ca_file,
             )
             self.clients[vpc] = client
             client.start()
@@ -59,7 +62,7 @@ class Federation:
     def fetch_view(self, vpc: str) -> dict[str, Any] | None:
         """Ask the owning shard for a VPC's view now (peering-time overlap checks)."""
         url = self.shard.directory.url_of(vpc)
-        client = Client(url, self.credential, timeout=self.timeout)
+        client = Client(url, self.credential, timeout=self.timeout, ca_file=self.ca_file)
         try:
             view: dict[str, Any] = client.get(f"/v1/federation/vpcs/{vpc}")["view"]
             return view

@@ -33,11 +33,16 @@ def parallel(fn: Callable[[T], object], items: Iterable[T]) -> None:
 
 
 def fresh(
-    topo: Topology, lab: str, progress: Progress = print, keep_failed: bool = False
+    topo: Topology,
+    lab: str,
+    progress: Progress = print,
+    keep_failed: bool = False,
+    tls: bool = True,
 ) -> tuple[LabPlan, float]:
-    """Replace lab ``lab`` with a new one built from ``topo``; clean up if building fails."""
+    """Replace lab ``lab`` with a new one built from ``topo``; clean up if building fails.
+    ``tls``: shards serve HTTPS with certificates from a CA made for this lab."""
     teardown.down(lab)
-    plan = make_plan(topo, lab, state.free_index(lab), controllers.new_secrets())
+    plan = make_plan(topo, lab, state.free_index(lab), controllers.new_secrets(), tls)
     try:
         return plan, up(plan, topo, progress)
     except BaseException:

@@ -12,7 +12,6 @@ from typing import Any
 import yaml
 
 from meshpeer import __version__
-from meshpeer.client import Client
 from meshpeer.lab import attach, build, controllers, ovs, state, supervisor, teardown
 from meshpeer.lab.matrix import matrix, render
 from meshpeer.lab.plan import LAB_NAME_RULE, LabPlan, valid_lab_name
@@ -54,7 +53,9 @@ def load_topology(path: str) -> Topology:
 
 def cmd_up(args: argparse.Namespace) -> int:
     topo = load_topology(args.topology)  # validate before touching anything
-    plan, elapsed = build.fresh(topo, args.lab, keep_failed=args.keep_failed)
+    plan, elapsed = build.fresh(
+        topo, args.lab, keep_failed=args.keep_failed, tls=not args.plain_http
+    )
     print(f"[lab {args.lab}] up in {elapsed:.2f}s: {len(plan.hosts)} hosts, {len(plan.vms)} VMs, "
           f"{len(plan.controllers)} controllers")  # fmt: skip
     return 0
@@ -76,12 +77,15 @@ def status(plan: LabPlan) -> dict[str, Any]:
         "mgmt": {"subnet": plan.mgmt_subnet, "root_ip": plan.root_mgmt_ip},
         "underlay": {"subnet": plan.underlay_subnet, "fabric_netns": plan.fabric_netns},
         "vnis": plan.vnis,
+        # TLS: the shards' REST URLs are https:// and verify with this CA (None: plain HTTP).
+        "tls": plan.tls,
+        "ca_file": plan.ca_file,
         "controllers": [
             {
                 "name": c.name,
                 "netns": c.netns,
                 "mgmt_ip": c.mgmt_ip,
-                "rest_url": controllers.url(c),
+                "rest_url": controllers.url(plan, c),
                 "api_token": plan.api_token,
                 "readonly_token": plan.readonly_token,
                 "running": controllers.running(plan, c),
@@ -132,7 +136,7 @@ def host_report(plan: LabPlan, host: str) -> dict[str, Any] | None:
     """The host's last status report (GET /v1/hosts/{name} at the first running shard)."""
     for c in plan.controllers:
         try:
-            client = Client(controllers.url(c), plan.api_token, timeout=2.0)
+            client = controllers.client(plan, c, plan.api_token, timeout=2.0)
             report: dict[str, Any] | None = client.get(f"/v1/hosts/{host}")["status"]
             return report
         except Exception:
@@ -223,6 +227,11 @@ def parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="validate a topology and build the lab (runs 'down' first)")
     up.add_argument("topology")
     up.add_argument("--keep-failed", action="store_true", help="leave a failed lab for debugging")
+    up.add_argument(
+        "--plain-http",
+        action="store_true",
+        help="shards serve plain HTTP, no TLS (default: HTTPS with a CA made for the lab)",
+    )
     up.set_defaults(fn=cmd_up)
     st = sub.add_parser("status", help="hosts, VMs, controllers and addresses")
     st.add_argument("--json", action="store_true")

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from meshpeer import pki
 from meshpeer.client import ApiFailure, Client
 from meshpeer.controller import config
 from meshpeer.controller.config import ShardConfig, ShardEntry
@@ -38,8 +39,27 @@ def new_secrets() -> Secrets:
     )
 
 
-def url(c: ControllerPlan) -> str:
-    return f"http://{c.mgmt_ip}:{c.rest_port}"
+def url(plan: LabPlan, c: ControllerPlan) -> str:
+    return f"{'https' if plan.tls else 'http'}://{c.mgmt_ip}:{c.rest_port}"
+
+
+def client(plan: LabPlan, c: ControllerPlan, token: str | None, timeout: float = 10.0) -> Client:
+    """A REST client of controller ``c`` that verifies it against the lab's CA."""
+    return Client(url(plan, c), token, timeout, ca_file=plan.ca_file)
+
+
+def tls_files(plan: LabPlan, c: ControllerPlan) -> pki.KeyPair:
+    """Controller ``c``'s server certificate and key."""
+    return pki.KeyPair(f"{rundir(plan, c)}/tls.pem", f"{rundir(plan, c)}/tls.key")
+
+
+def write_pki(plan: LabPlan) -> None:
+    """A new CA for this lab, and a certificate per controller for its management IP and
+    name (the CA's key stays in the lab's state directory, mode 0600)."""
+    ca = pki.make_ca(plan.pki_dir, f"meshpeer lab {plan.lab} CA")
+    for c in plan.controllers:
+        prefix = tls_files(plan, c).cert_file.removesuffix(".pem")
+        pki.issue_server(ca, prefix, c.name, [c.mgmt_ip, c.name])
 
 
 def rundir(plan: LabPlan, c: ControllerPlan) -> str:
@@ -49,7 +69,7 @@ def rundir(plan: LabPlan, c: ControllerPlan) -> str:
 def directory_doc(plan: LabPlan, topo: Topology) -> dict[str, Any]:
     shards = {
         c.name: ShardEntry(
-            url(c), vni_block(k), [v.name for v in topo.vpcs if v.controller == c.name]
+            url(plan, c), vni_block(k), [v.name for v in topo.vpcs if v.controller == c.name]
         )
         for k, c in enumerate(plan.controllers)
     }
@@ -57,6 +77,7 @@ def directory_doc(plan: LabPlan, topo: Topology) -> dict[str, Any]:
 
 
 def config_text(plan: LabPlan, c: ControllerPlan) -> str:
+    files = tls_files(plan, c) if plan.tls else None
     return ShardConfig(
         shard=c.name,
         listen_host=c.mgmt_ip,
@@ -65,6 +86,9 @@ def config_text(plan: LabPlan, c: ControllerPlan) -> str:
         api_token=plan.api_token,
         directory_file=plan.directory_file,
         readonly_token=plan.readonly_token or None,
+        tls_cert_file=files.cert_file if files else None,
+        tls_key_file=files.key_file if files else None,
+        ca_file=plan.ca_file,
     ).text()
 
 
@@ -77,6 +101,8 @@ def write_configs(plan: LabPlan, topo: Topology) -> None:
     for c in plan.controllers:
         os.makedirs(rundir(plan, c), exist_ok=True)
         write_secret(f"{rundir(plan, c)}/{c.name}.conf", config_text(plan, c))
+    if plan.tls:
+        write_pki(plan)
 
 
 def start(plan: LabPlan, c: ControllerPlan) -> int:
@@ -99,12 +125,12 @@ def stop(plan: LabPlan, c: ControllerPlan) -> None:
 
 
 def wait_healthy(plan: LabPlan, c: ControllerPlan, timeout: float = 20.0) -> None:
-    client = Client(url(c), None, timeout=1.0)
+    probe = client(plan, c, None, timeout=1.0)
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
         try:
-            status, _ = client.request("GET", "/healthz")
+            status, _ = probe.request("GET", "/healthz")
             if status == 200:
                 return
             last = status
@@ -124,7 +150,7 @@ def read_tail(path: str, size: int = 2000) -> str:
 
 def client_for(plan: LabPlan, name: str) -> Client:
     c = next(x for x in plan.controllers if x.name == name)
-    return Client(url(c), plan.api_token)
+    return client(plan, c, plan.api_token)
 
 
 def endpoint_body(plan: LabPlan, e: Endpoint) -> dict[str, Any]:

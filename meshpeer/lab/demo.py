@@ -45,6 +45,21 @@ class Demo:
         return next(e for e in self.topo.endpoints if e.name == name)
 
 
+def https_only(plan: LabPlan) -> bool:
+    """Every shard answers over HTTPS verified against the lab's CA, and not over plain HTTP."""
+    for c in plan.controllers:
+        if controllers.client(plan, c, None).request("GET", "/healthz")[0] != 200:
+            return False
+        try:
+            Client(f"http://{c.mgmt_ip}:{c.rest_port}", None, timeout=5.0).request(
+                "GET", "/healthz"
+            )
+            return False
+        except OSError:
+            pass  # the shard closed the connection: a plain request is not a TLS handshake
+    return True
+
+
 def stage(n: int, title: str) -> None:
     print(f"\n[demo {n}] {title}")
 
@@ -186,15 +201,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--topology", default="topologies/demo.yaml")
     cli.add_common_options(p)
     p.add_argument("--keep", action="store_true", help="leave the lab running afterwards")
+    p.add_argument("--plain-http", action="store_true", help="shards serve plain HTTP (no TLS)")
     args = p.parse_args(argv)
     topo = cli.load_topology(args.topology)
     print(f"[demo 0] lab up {args.topology}")
-    plan, elapsed = build.fresh(topo, args.lab)
+    plan, elapsed = build.fresh(topo, args.lab, tls=not args.plain_http)
     demo = Demo(plan, topo)
     try:
         demo.check(
             f"lab up in {elapsed:.2f}s, data plane programmed by the on-host controllers", True
         )
+        if plan.tls:
+            demo.check(f"shards answer HTTPS only, verified by the lab CA {plan.ca_file}",
+                       https_only(plan))  # fmt: skip
         steps: list[Any] = [
             peerings_and_routes,
             reachability,

@@ -32,6 +32,7 @@ def config_text(plan: LabPlan, h: HostPlan) -> str:
         "directory_file": plan.hosts_directory_file,
         "ovsdb": ovs.db(h),
         "status_file": f"{h.rundir}/ohc.status.json",
+        "ca_file": plan.ca_file,
     }
     return options.config_text(options.OHC, values)
 

@@ -89,6 +89,7 @@ class LabPlan:
     federation_token: str = ""  # shards derive their federation credentials from it
     host_key: str = ""  # hex HMAC key host credentials are derived from (shards only)
     readonly_token: str = ""  # operator read-only token
+    tls: bool = True  # shards serve HTTPS with certificates from the lab's CA ('--plain-http')
 
     @property
     def prefix(self) -> str:
@@ -104,6 +105,16 @@ class LabPlan:
     def hosts_directory_file(self) -> str:
         """The directory hosts read: the same without a secret (docs/security.md)."""
         return f"{self.state_dir}/hosts-directory.yaml"
+
+    @property
+    def ca_file(self) -> str | None:
+        """The lab CA's certificate, which every client of a shard verifies it with (None:
+        plain HTTP)."""
+        return f"{self.pki_dir}/ca.pem" if self.tls else None
+
+    @property
+    def pki_dir(self) -> str:
+        return f"{self.state_dir}/pki"
 
     def host(self, name: str) -> HostPlan:
         return next(h for h in self.hosts if h.name == name)
@@ -172,8 +183,11 @@ def valid_lab_name(lab: str) -> bool:
     return LAB_NAME_RE.match(lab) is not None
 
 
-def make_plan(topo: Topology, lab: str, index: int, secrets: Secrets | None = None) -> LabPlan:
-    """``secrets`` come from the caller (random in the CLI): planning stays deterministic."""
+def make_plan(
+    topo: Topology, lab: str, index: int, secrets: Secrets | None = None, tls: bool = True
+) -> LabPlan:
+    """``secrets`` come from the caller (random in the CLI): planning stays deterministic.
+    ``tls``: the shards serve HTTPS (False: plain HTTP, ``lab up --plain-http``)."""
     if not valid_lab_name(lab):
         raise ValueError(f"bad lab name {lab!r}: {LAB_NAME_RULE}")
     if not 1 <= index <= MAX_LAB_INDEX:
@@ -253,6 +267,7 @@ def make_plan(topo: Topology, lab: str, index: int, secrets: Secrets | None = No
         federation_token=secrets.federation_token if secrets else "",
         host_key=secrets.host_key if secrets else "",
         readonly_token=secrets.readonly_token if secrets else "",
+        tls=tls,
     )
 
 

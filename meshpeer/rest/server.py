@@ -21,6 +21,12 @@ Connections (docs/reliability.md, "Connections"): the accept loop is ours, not
   ``MAX_REQUEST_LINE``, a header line or header block too large, a malformed request line,
   bad framing headers) is answered with the same JSON ``{error, field, detail}`` body as every
   other refusal (eventlet's and the stdlib's are empty, plain text or HTML).
+
+TLS (docs/security.md, "Transport"): with an ``ssl`` context, each admitted connection does
+its handshake in its own green thread, within ``header_timeout`` like a request's headers (a
+client that stalls the handshake holds its connection no longer than one that stalls its
+headers), before eventlet's HTTP handler sees it. A shed connection gets its 503 after a
+handshake bounded like its linger; past ``SHED_LINGER_MAX`` lingering ones it is just closed.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import json
 import logging
 import resource
 import socket
+import ssl
 import sys
 import time
 import traceback
@@ -55,6 +62,7 @@ from meshpeer.rest.errors import ApiError
 MAX_REQUEST_LINE = 8192
 SHED_LINGER_MAX = 256  # shed connections waiting for their client to read the 503, at most
 SHED_LOG_INTERVAL = 5.0  # seconds between "shedding" warnings
+REFUSE_LINGER = 1.0  # seconds a refused request's connection reads what is still coming
 
 log = logging.getLogger(__name__)
 _wsgi_log = logging.getLogger("meshpeer.rest.wsgi")
@@ -234,6 +242,7 @@ class _Protocol(eventlet.wsgi.HttpProtocol):  # type: ignore[misc]
 
     server: _Server
     _header_timer: Any = None
+    _refused = False  # answered by the HTTP layer, closing with the request maybe unread
 
     def _read_request_line(self) -> bytes:
         conn: _Conn = self.conn_state[3]
@@ -274,6 +283,28 @@ class _Protocol(eventlet.wsgi.HttpProtocol):  # type: ignore[misc]
             self.refuse(errors.request_timeout("request line and headers", limit))
         finally:
             self._stop_header_timer()
+        too_long = len(getattr(self, "raw_requestline", b"")) >= self.server.url_length_limit
+        if self.close_connection and (self._refused or too_long):
+            self._linger()
+
+    def _linger(self) -> None:
+        """Close gently after a refusal: shut our side, then read and drop what the client
+        still sends, for at most REFUSE_LINGER seconds. Closed at once with unread input, the
+        connection is reset, and a client still sending the rest of its request (over TLS, a
+        100 KB URL does not fit the socket buffers) fails before it reads the answer. Over TLS
+        our side stays open (shutting it would end the TLS layer under the reads): the client
+        closes once it has the answer."""
+        sock = self.connection
+        try:
+            self.wfile.flush()
+            if not isinstance(sock, ssl.SSLSocket):
+                sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(REFUSE_LINGER)
+            with eventlet.Timeout(REFUSE_LINGER, False):
+                while sock.recv(65536):
+                    pass
+        except OSError:
+            pass
 
     def parse_request(self) -> bool:
         try:
@@ -317,6 +348,7 @@ class _Protocol(eventlet.wsgi.HttpProtocol):  # type: ignore[misc]
     def refuse(self, exc: ApiError) -> None:
         """Answer ``exc`` as JSON and close the connection."""
         self.close_connection = 1
+        self._refused = True
         try:
             self.connection.settimeout(self.server.limits.header_timeout)
             self.wfile.write(error_bytes(exc))
@@ -328,7 +360,9 @@ class _Protocol(eventlet.wsgi.HttpProtocol):  # type: ignore[misc]
 class _Server(eventlet.wsgi.Server):  # type: ignore[misc]
     """eventlet's server state plus our limits, connection table and accept loop."""
 
-    def __init__(self, listener: Any, app: Any, limits: Limits, cap: int) -> None:
+    def __init__(
+        self, listener: Any, app: Any, limits: Limits, cap: int, tls: ssl.SSLContext | None
+    ) -> None:
         super().__init__(
             listener,
             listener.getsockname(),
@@ -343,6 +377,7 @@ class _Server(eventlet.wsgi.Server):  # type: ignore[misc]
         )
         self.limits = limits
         self.cap = cap
+        self.tls = tls
         self.table = ConnectionTable()
         self.pool = eventlet.GreenPool(cap + 64)  # + room for evicted ones still closing
         self.shedding = 0
@@ -351,8 +386,20 @@ class _Server(eventlet.wsgi.Server):  # type: ignore[misc]
         self._shed_logged = 0
         self._shed_log_at = 0.0
 
+    def get_environ(self) -> dict[str, Any]:
+        env: dict[str, Any] = super().get_environ()
+        if self.tls is not None:
+            env["wsgi.url_scheme"], env["HTTPS"] = "https", "on"
+        return env
+
     def process_request(self, conn_state: list[Any]) -> None:
         try:
+            if self.tls is not None:
+                # The TLS socket takes over the file descriptor: _closed closes it, eviction
+                # shuts it down.
+                conn_state[1] = conn_state[3].sock = self.secure(conn_state[1])
+                if not self.handshake(conn_state[1], conn_state[3].client):
+                    return
             super().process_request(conn_state)
         except Exception:
             log.warning("REST API: a connection from %s failed", conn_state[0], exc_info=True)
@@ -407,6 +454,26 @@ class _Server(eventlet.wsgi.Server):  # type: ignore[misc]
         state = [addr, sock, eventlet.wsgi.STATE_IDLE, conn]
         self.pool.spawn(self.process_request, state).link(self._closed, state)
 
+    def secure(self, sock: Any) -> Any:
+        """``sock`` wrapped in TLS, handshake not yet done."""
+        assert self.tls is not None
+        return self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+
+    def handshake(self, secure: Any, client: str, limit: float | None = None) -> bool:
+        """Whether the TLS handshake on ``secure`` was done within ``limit`` seconds (default:
+        the header timeout); if not (late, plain HTTP, unknown CA, reset) the caller closes."""
+        limit = self.limits.header_timeout if limit is None else limit
+        try:
+            with eventlet.Timeout(limit, _Late()):
+                secure.do_handshake()
+        except _Late:
+            _wsgi_log.debug("closing a connection from %s: TLS handshake too slow", client)
+            return False
+        except OSError as exc:  # ssl.SSLError is one
+            _wsgi_log.debug("TLS handshake with %s failed: %s", client, exc)
+            return False
+        return True
+
     def _closed(self, _thread: Any, state: list[Any]) -> None:
         self.table.remove(state[3])
         state[2] = eventlet.wsgi.STATE_CLOSE
@@ -428,11 +495,12 @@ class _Server(eventlet.wsgi.Server):  # type: ignore[misc]
             self._shed_log_at, self._shed_logged = now, self.shed_total
         data = error_bytes(exc)
         if self.shedding >= SHED_LINGER_MAX:
-            try:
-                sock.settimeout(0)
-                sock.send(data)
-            except OSError:
-                pass
+            if self.tls is None:  # over TLS there is no room for a handshake: just close
+                try:
+                    sock.settimeout(0)
+                    sock.send(data)
+                except OSError:
+                    pass
             sock.close()
             return
         self.shedding += 1
@@ -440,6 +508,10 @@ class _Server(eventlet.wsgi.Server):  # type: ignore[misc]
 
     def _linger(self, sock: Any, data: bytes) -> None:
         try:
+            if self.tls is not None:
+                sock = self.secure(sock)
+                if not self.handshake(sock, "a shed client", limit=1.0):
+                    return
             sock.settimeout(1.0)
             sock.sendall(data)
             sock.shutdown(socket.SHUT_WR)
@@ -479,6 +551,7 @@ def serve(
     limits: Limits | None = None,
     backlog: int = 1024,
     fd_limit: int | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[Any, int]:
     """Listen on ``host:port`` (0 = ephemeral) and serve ``app`` in a green thread.
 
@@ -486,16 +559,22 @@ def serve(
     """
     sock = eventlet.listen((host, port), backlog=backlog)
     bound: int = sock.getsockname()[1]
-    return serve_on(sock, app, limits=limits, fd_limit=fd_limit), bound
+    return serve_on(sock, app, limits=limits, fd_limit=fd_limit, tls=tls), bound
 
 
 def serve_on(
-    listener: Any, app: Any, *, limits: Limits | None = None, fd_limit: int | None = None
+    listener: Any,
+    app: Any,
+    *,
+    limits: Limits | None = None,
+    fd_limit: int | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> Any:
     """Serve ``app`` on a listening socket in a green thread; return the thread.
 
     ``limits``: connection limits and timeouts (default: :class:`Limits`' defaults). The total
     limit is capped below ``fd_limit`` (default: this process's soft RLIMIT_NOFILE).
+    ``tls``: serve HTTPS with this (green) server context (:func:`meshpeer.tls.server_context`).
     ``thread.kill()`` stops accepting, closes idle connections, waits for in-flight requests
     and closes the socket.
     """
@@ -504,4 +583,4 @@ def serve_on(
     if fd_limit is None:
         fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     cap = connection_cap(limits.max_connections, fd_limit)
-    return eventlet.spawn(_Server(listener, app, limits, cap).run)
+    return eventlet.spawn(_Server(listener, app, limits, cap, tls).run)

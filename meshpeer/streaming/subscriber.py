@@ -12,8 +12,10 @@ could only be "one blocking read of ``heartbeat_timeout`` seconds" rather than t
 ``peer_dead(last_heard, now, timeout)`` on an injected clock; eventlet's green ``http.client``
 is also a frozen vendored copy. The response we accept is narrow (one GET, ``Connection:
 close``, status line, headers, then a chunked, length-delimited or close-delimited body), so
-the HTTP part is a small sans-I/O head parser and :class:`ChunkedDecoder`. Plain ``http://``
-only: TLS between shards would wrap the socket with ``eventlet.green.ssl`` here.
+the HTTP part is a small sans-I/O head parser and :class:`ChunkedDecoder`. ``https://``
+wraps the socket with a green TLS context that verifies the publisher's certificate against
+``ca_file`` and its name or IP (:func:`meshpeer.tls.client_context`); the handshake is bounded
+by ``heartbeat_timeout`` like the connect.
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import eventlet
 import eventlet.event
 from eventlet.green import socket as green_socket
 
+from meshpeer import tls
 from meshpeer.protocol.codec import DEFAULT_MAX_LINE, Decoder
 from meshpeer.protocol.messages import (
     GRANT_HEADER,
@@ -267,10 +270,9 @@ class StreamClient:
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
         gate: Gate | None = None,
+        ca_file: str | None = None,
     ) -> None:
-        url = urlsplit(url_base)
-        if url.scheme != "http" or not url.hostname or url.query or url.fragment:
-            raise ValueError(f"url_base must be http://host[:port][/prefix], not {url_base!r}")
+        url = tls.split_url(url_base)
         if not 0 < backoff[0] <= backoff[1]:
             raise ValueError("backoff must be (min, max) with 0 < min <= max")
         if heartbeat_timeout <= 0:
@@ -279,7 +281,8 @@ class StreamClient:
         self.key = check_name("key", key)
         self.policy = None if policy is None else check_name("policy", policy)
         self.host = None if host is None else check_name("host", host)
-        self._address = (url.hostname, url.port or 80)
+        self._address = (url.hostname, tls.default_port(url))
+        self._tls = tls.client_context(ca_file, green=True) if url.scheme == "https" else None
         self._netloc = url.netloc
         self._path = url.path.rstrip("/") + "/v1/subscribe"
         self._pause_event: Any = None
@@ -467,6 +470,8 @@ class StreamClient:
     def _connected_session(self) -> _End:
         sock = green_socket.create_connection(self._address, timeout=self.heartbeat_timeout)
         try:
+            if self._tls is not None:  # the handshake is bounded by the socket's timeout
+                sock = self._tls.wrap_socket(sock, server_hostname=self._address[0])
             sock.sendall(self._request())
             deadline = self._clock() + self.heartbeat_timeout
             buf = bytearray()

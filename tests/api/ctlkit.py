@@ -1,7 +1,8 @@
 """Real controller shards on loopback for API tests: directory, configs, processes, HTTP helpers.
 
 A :class:`Cluster` writes one shard directory and one config file per controller under a
-temporary directory, starts each controller as ``python -m meshpeer.manager
+temporary directory (and, with ``tls`` (the default), a CA and a certificate per shard for
+127.0.0.1: the shards serve HTTPS and every helper here verifies them), starts each controller as ``python -m meshpeer.manager
 ryu_apps.controller`` (no root, no namespaces: it only listens on 127.0.0.1), waits for
 ``GET /healthz`` and stops every process by its pid. A controller can be restarted in place
 (same config, same store) with :meth:`Ctl.restart`.
@@ -26,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from meshpeer import pki, tls
 from meshpeer.client import Client
 from meshpeer.controller.auth import shard_token
 from meshpeer.controller.config import LocalShard, ShardEntry, directory_doc, host_credential
@@ -125,7 +127,7 @@ class Ctl(LocalShard):
         self.starts += 1
 
     def wait_healthy(self, timeout: float = 20.0) -> None:
-        probe = Client(self.url, None, timeout=1.0)
+        probe = Client(self.url, None, timeout=1.0, ca_file=self.ca_file)
         deadline = time.monotonic() + timeout
         last: object = None
         while time.monotonic() < deadline:
@@ -185,6 +187,19 @@ class Ctl(LocalShard):
 
     # --- HTTP ---------------------------------------------------------------------------
 
+    def connection(self, timeout: float = 10.0) -> http.client.HTTPConnection:
+        """A new connection to this shard: HTTPS verified by the cluster's CA, or plain."""
+        if self.tls:
+            context = tls.client_context(self.ca_file)
+            return http.client.HTTPSConnection(
+                "127.0.0.1", self.port, timeout=timeout, context=context
+            )
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def client(self, token: str | None = "", timeout: float = 10.0) -> Client:
+        """A meshpeer Client of this shard; ``token=""``: this API's token."""
+        return Client(self.url, self.token if token == "" else token, timeout, self.ca_file)
+
     def raw(
         self,
         method: str,
@@ -198,7 +213,7 @@ class Ctl(LocalShard):
         tok = self.token if token == "" else token
         if tok is not None and "Authorization" not in hdrs:
             hdrs["Authorization"] = f"Bearer {tok}"
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        conn = self.connection()
         try:
             conn.request(method, path, body=body, headers=hdrs)
             resp = conn.getresponse()
@@ -293,9 +308,11 @@ class Cluster:
         token: str | None = None,
         options: Mapping[str, Any] | None = None,
         nofile: tuple[int, int] | None = None,
+        tls: bool = True,
     ) -> Cluster:
         """``options``: more ``[controller]`` options for every shard; ``nofile``: the
-        RLIMIT_NOFILE (soft, hard) each shard process starts with."""
+        RLIMIT_NOFILE (soft, hard) each shard process starts with; ``tls``: HTTPS with a CA
+        made here (False: plain HTTP)."""
         workdir.mkdir(parents=True, exist_ok=True)
         c = cls(
             workdir,
@@ -309,8 +326,12 @@ class Cluster:
         )
         for name in c.layout:
             c.ctls[name] = Ctl(
-                name, free_port(), workdir, c.token, host_key=c.host_key, nofile=nofile
+                name, free_port(), workdir, c.token, tls, host_key=c.host_key, nofile=nofile
             )
+        if tls:
+            ca = pki.make_ca(str(workdir / "pki"), "meshpeer API tests CA")
+            for ctl in c:
+                pki.issue_server(ca, str(ctl.tls_prefix), ctl.name, ["127.0.0.1", "localhost"])
         c.write()
         return c
 
@@ -403,7 +424,7 @@ class Stream:
         """A peer stream (``policy`` in the query) takes ``token`` as its grant, presented by
         ``credential`` ("": the credential of the host the query names; None: the grant alone,
         as the bearer token). Any other stream presents ``token`` as the bearer token."""
-        self.conn = http.client.HTTPConnection("127.0.0.1", ctl.port, timeout=10)
+        self.conn = ctl.connection()
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         if "policy" in query and credential is not None:
             who = ctl.host_token(str(query.get("host", ""))) if credential == "" else credential

@@ -146,7 +146,7 @@ def _hammer(ctl: Ctl, stop: threading.Event, served: list[int]) -> None:
     the answers in ``served``."""
     while not stop.is_set():
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", ctl.port, timeout=1)
+            conn = ctl.connection(timeout=1)
             conn.request("GET", "/v1/openapi.json")
             conn.getresponse().read()
             conn.close()

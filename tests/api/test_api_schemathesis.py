@@ -11,7 +11,6 @@ against the document's ``StreamMessage`` schema.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import subprocess
@@ -61,7 +60,7 @@ def stream_message(doc: dict[str, Any]) -> Any:
 
 def read_lines(ctl: Ctl, query: dict[str, Any], token: str | None) -> tuple[int, list[Any]]:
     """Status and the first ``LINES`` lines of a subscription (an error body: one line)."""
-    conn = http.client.HTTPConnection("127.0.0.1", ctl.port, timeout=5)
+    conn = ctl.connection(timeout=5)
     try:
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         path = "/v1/subscribe?" + urllib.parse.urlencode(query)
@@ -165,6 +164,7 @@ def test_schemathesis_finds_nothing(ctl: Ctl) -> None:
         "--request-timeout", "10",
         "--workers", "1",
         "--no-color",
+        *(["--tls-verify", ctl.ca_file] if ctl.ca_file else []),
     ]  # fmt: skip
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.api.st_hooks", "PYTHONPATH": str(ROOT)}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

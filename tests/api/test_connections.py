@@ -1,5 +1,9 @@
 """Connection handling of a real shard (issue 17): timeouts, limits, shedding, fd exhaustion.
 
+Over plain HTTP (``tls=False``): these tests hold hundreds of raw sockets and speak HTTP on
+them byte by byte. The same limits over TLS, and the TLS handshake's own deadline, are in
+tests/unit/test_rest_tls.py.
+
 The shards here run with short timeouts and small limits (``[controller]`` options) so that each
 test takes seconds. Tests wait for what they expect (a close, an answer) with generous
 deadlines; no test asserts how long anything took.
@@ -33,7 +37,7 @@ DEADLINE = 30.0  # for each close or answer we wait for; far above every timeout
 
 @pytest.fixture(scope="module")
 def ctl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ctl]:
-    cluster = Cluster.create(tmp_path_factory.mktemp("conn"), ONE_SHARD, options=SHORT)
+    cluster = Cluster.create(tmp_path_factory.mktemp("conn"), ONE_SHARD, options=SHORT, tls=False)
     cluster.start_all()
     try:
         cluster["ctl1"].vpc("blue", "10.1.0.0/24")  # for subscriptions to stream
@@ -247,7 +251,7 @@ def soft_nofile(pid: int) -> int:
 @pytest.fixture
 def lone_shard(make_cluster: Callable[..., Cluster]) -> Callable[..., Ctl]:
     def make(**kw: Any) -> Ctl:
-        return make_cluster(layout=ONE_SHARD, **kw)["ctl1"]
+        return make_cluster(layout=ONE_SHARD, tls=False, **kw)["ctl1"]
 
     return make
 

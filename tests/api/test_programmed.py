@@ -15,6 +15,7 @@ import pytest
 
 from meshpeer.protocol.messages import PEER_SERVICES
 from tests.api.ctlkit import Cluster, Ctl, stream
+from tests.support.wait import wait_for
 
 FAR = 2**62  # above any version a shard will publish in a test
 NOW = "wait=programmed&timeout=0"  # look once, do not wait
@@ -127,8 +128,15 @@ def test_an_active_peering_waits_for_the_hosts_of_both_vpcs(shards: Cluster) -> 
 
     applied(c2, "hv2", "peering/red//hv2")
     assert now()["pending_hosts"] == ["hv1"]
-    with stream(c1, shards.token, "peering", "blue", host="hv1") as s:
-        grant = s.next()["objects"]["red"]["grant"]  # what hv1 subscribes to red with
+
+    def red_grant() -> str | None:
+        """What hv1 subscribes to red with, once ctl1 has heard of red's side (federation:
+        asynchronous, so the first snapshot may not have it yet)."""
+        with stream(c1, shards.token, "peering", "blue", host="hv1") as s:
+            red = s.next()["objects"].get("red")
+            return None if red is None else str(red["grant"])
+
+    grant = wait_for(red_grant, 30.0, what="ctl1 to hear of red's side of the peering")
     policy = p["export_policy_id"]
     applied(c2, "hv1", f"destination/red/{policy}/", grant=grant)
     assert now()["pending_hosts"] == ["hv1"]  # forwarding and load balancers too

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshpeer.client import ApiFailure, Client
+from meshpeer.client import ApiFailure
 from meshpeer.lab import controllers, ohcs, ovs
 from tests.e2e.traffic import Pinger, PingResult
 from tests.integration.labkit import Lab
@@ -68,7 +68,7 @@ class Writer:
         shard, block = WRITE_VPCS[vpc]
         self.vpc, self.shard, self.hosts = vpc, shard, hosts
         self.net = ipaddress.ip_network(block)
-        self.client = Client(controllers.url(_controller(lab, shard)), lab.plan.api_token, 5.0)
+        self.client = controllers.client(lab.plan, _controller(lab, shard), lab.plan.api_token, 5.0)
         self.writes: list[Write] = []
         self.alive: dict[str, Write] = {}  # host -> the acknowledged create still standing
         self._stop = threading.Event()

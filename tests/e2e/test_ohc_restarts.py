@@ -174,7 +174,7 @@ def test_controller_restart_loses_nothing_and_changes_still_propagate(lab: Lab, 
     c = next(x for x in lab.plan.controllers if x.name == ctl)
     pidfile = f"{controllers.rundir(lab.plan, c)}/controller.pid"
     offsets = {h.name: log_size(h) for h in lab.plan.hosts}
-    url = controllers.url(c)
+    url = controllers.url(lab.plan, c)
     # The restarted controller publishes a new incarnation: every stream of it that a host
     # holds comes back at a higher version. Until each host applied those, it is not resynced.
     newer = {
@@ -324,7 +324,7 @@ def test_ohc_restart_while_the_peer_shard_is_unreachable_keeps_the_peer_flows(la
     assert cpid is not None and old is not None
     offset = log_size(hv1)
     held = applied(hv1)
-    red = controllers.url(ctl2)
+    red = controllers.url(lab.plan, ctl2)
     assert held.get(red), held  # hv1 follows red's streams on ctl2
 
     def synced_without_red() -> bool:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import ssl
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from meshpeer import pki, tls
 from meshpeer.client import Client
 from meshpeer.lab import controllers
 from meshpeer.lab.procs import alive, read_pidfile
@@ -28,8 +33,44 @@ def test_status_lists_running_controllers_with_rest_url_and_token(shards: Lab) -
     ctl = {c["name"]: c for c in st["controllers"]}
     assert set(ctl) == {"ctl1", "ctl2"}
     for c in ctl.values():
-        assert c["running"] and c["rest_url"].startswith("http://169.254.")
-        assert Client(c["rest_url"], c["api_token"]).get("/v1/vpcs")["vpcs"]
+        assert c["running"] and c["rest_url"].startswith("https://169.254.")
+        client = Client(c["rest_url"], c["api_token"], ca_file=st["ca_file"])
+        assert client.get("/v1/vpcs")["vpcs"]
+    assert st["tls"] is True and os.path.exists(st["ca_file"])
+
+
+def test_a_tls_shard_does_not_answer_plain_http(shards: Lab) -> None:
+    for c in shards.plan.controllers:
+        with pytest.raises(OSError):  # the shard closes: a request is not a TLS handshake
+            Client(f"http://{c.mgmt_ip}:{c.rest_port}", None, timeout=10).request("GET", "/healthz")
+        https = controllers.client(shards.plan, c, None, timeout=10)
+        assert https.request("GET", "/healthz")[0] == 200
+
+
+def test_a_client_with_another_ca_refuses_the_shard(shards: Lab, tmp_path: Path) -> None:
+    other = pki.make_ca(str(tmp_path), "not the lab's CA")
+    c = shards.plan.controllers[0]
+    client = Client(controllers.url(shards.plan, c), None, timeout=10, ca_file=other.cert_file)
+    with pytest.raises(ssl.SSLCertVerificationError, match="unable to get local issuer"):
+        client.request("GET", "/healthz")
+
+
+def test_a_certificate_for_another_name_is_refused(shards: Lab) -> None:
+    """ctl1's certificate is valid (the lab CA signed it) but names ctl1: a client that
+    wants ctl2 and reaches ctl1's address refuses it."""
+    ctl1, ctl2 = shards.plan.controllers[:2]
+    context = tls.client_context(shards.plan.ca_file)
+    address = (ctl1.mgmt_ip, ctl1.rest_port)
+    with (
+        socket.create_connection(address, timeout=10) as sock,
+        pytest.raises(ssl.SSLCertVerificationError, match="mismatch"),
+    ):
+        context.wrap_socket(sock, server_hostname=ctl2.mgmt_ip)
+    with (
+        socket.create_connection(address, timeout=10) as sock,
+        context.wrap_socket(sock, server_hostname=ctl1.mgmt_ip) as secure,
+    ):
+        assert secure.version() in {"TLSv1.2", "TLSv1.3"}
 
 
 def test_topology_intent_is_applied_on_the_owning_shard(shards: Lab) -> None:

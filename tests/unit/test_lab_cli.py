@@ -71,3 +71,19 @@ def test_appctl_in_a_host_gets_the_hosts_socket() -> None:
     assert ovs.appctl_targeted(host, ["ovs-ofctl", "show", "br-int"]) == [
         "ovs-ofctl", "show", "br-int",
     ]  # fmt: skip
+
+
+def test_up_takes_plain_http_as_an_explicit_choice(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[bool] = []
+
+    def fresh(topo: object, lab: str, keep_failed: bool = False, tls: bool = True) -> object:
+        seen.append(tls)
+        raise cli.LabError("stop here")
+
+    monkeypatch.setattr(cli.build, "fresh", fresh)
+    good = pathlib.Path(__file__).resolve().parents[2] / "topologies" / "demo.yaml"
+    assert cli.main(["--lab", "tz", "up", str(good)]) == 1
+    assert cli.main(["--lab", "tz", "up", "--plain-http", str(good)]) == 1
+    assert seen == [True, False]

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from meshpeer.controller.model import derived_mac
-from meshpeer.lab.plan import LabPlan, make_plan
+from meshpeer.lab.plan import LabPlan, Secrets, make_plan
 from meshpeer.lab.topology import parse
 from tests.unit.test_topology import SAMPLE
 
@@ -93,3 +93,24 @@ def test_netns_lookup() -> None:
 def test_bad_lab_name_or_index(lab: str, index: int) -> None:
     with pytest.raises(ValueError):
         plan(lab, index)
+
+
+def test_tls_is_on_by_default_and_plain_http_survives_the_state_file() -> None:
+    """'lab up' serves HTTPS verified by the lab's CA unless '--plain-http' said otherwise; the
+    choice is in the state file, so status, tests and benchmarks see the same URLs."""
+    from meshpeer.lab import controllers, ohcs
+
+    topo, keys = parse(yaml.safe_load(SAMPLE)), Secrets("a" * 32, "b" * 64, "c" * 32)
+    on = make_plan(topo, "mp", 3, keys)
+    c = on.controllers[0]
+    assert on.tls and on.ca_file == f"{on.state_dir}/pki/ca.pem"
+    assert controllers.url(on, c) == f"https://{c.mgmt_ip}:{c.rest_port}"
+    conf = controllers.config_text(on, c)
+    assert f"ca_file = {on.ca_file}" in conf and "tls_cert_file = " in conf
+    assert f"ca_file = {on.ca_file}" in ohcs.config_text(on, on.hosts[0])
+    off = make_plan(topo, "mp", 3, keys, tls=False)
+    back = LabPlan.from_json(json.loads(json.dumps(off.to_json())))
+    assert back == off and back.ca_file is None
+    assert controllers.url(back, c) == f"http://{c.mgmt_ip}:{c.rest_port}"
+    conf = controllers.config_text(back, c)
+    assert "tls_cert_file" not in conf and "ca_file" not in conf

@@ -623,7 +623,7 @@ def test_parse_head_and_body_framing() -> None:
 
 def test_client_rejects_bad_config() -> None:
     with pytest.raises(ValueError):
-        StreamClient("https://x", DEST, "red")
+        StreamClient("ftp://x", DEST, "red")
     with pytest.raises(ValueError):
         StreamClient("http://x", DEST, "red", auth="bad token")
     with pytest.raises(ValueError):

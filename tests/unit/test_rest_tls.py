@@ -1,0 +1,129 @@
+"""meshpeer.rest.server over TLS: HTTPS only, verified by CA and name, handshakes bounded by
+the header timeout, idle TLS connections still evicted (docs/security.md, "Transport")."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from typing import Any
+
+import eventlet
+import pytest
+from eventlet.green import socket as green_socket
+
+from meshpeer import pki, tls
+from meshpeer.rest import server
+from meshpeer.rest.admission import Limits
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def _hello(env: Any, start: Any) -> list[bytes]:
+    start("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    return [b"hello"]
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pki.KeyPair]:
+    d = tmp_path_factory.mktemp("pki")
+    ca = pki.make_ca(str(d / "ca"), "test CA")
+    return {
+        "ca": ca,
+        "server": pki.issue_server(ca, str(d / "s1"), "s1", ["127.0.0.1", "s1.example"]),
+        "other": pki.make_ca(str(d / "other"), "another CA"),
+    }
+
+
+@pytest.fixture
+def https(certs: dict[str, pki.KeyPair]) -> Iterator[int]:
+    """An HTTPS server: header timeout 0.5 s, idle timeout 600 s, 2 connections a client."""
+    pair = certs["server"]
+    listener = eventlet.listen(("127.0.0.1", 0))
+    context = tls.server_context(pair.cert_file, pair.key_file)
+    thread = server.serve_on(
+        listener,
+        _hello,
+        limits=Limits(header_timeout=0.5, idle_timeout=600.0, max_connections_per_client=2),
+        tls=context,
+    )
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        thread.kill()
+
+
+def _secure(port: int, ca_file: str, name: str = "127.0.0.1") -> Any:
+    sock = green_socket.create_connection(("127.0.0.1", port), timeout=30)
+    return tls.client_context(ca_file, green=True).wrap_socket(sock, server_hostname=name)
+
+
+def _answer(sock: Any) -> bytes:
+    sock.sendall(REQUEST)
+    data = b""
+    while not data.endswith(b"hello"):
+        got = sock.recv(4096)
+        assert got, data
+        data += got
+    return data
+
+
+def _closed_by_server(sock: Any) -> bool:
+    """Whether the server closes ``sock`` (within a generous 30 s)."""
+    with eventlet.Timeout(30, False):
+        try:
+            while sock.recv(4096):
+                pass
+        except OSError:
+            pass  # reset: closed too
+        return True
+    return False
+
+
+def test_https_answers_and_plain_http_is_refused(https: int, certs: dict[str, pki.KeyPair]) -> None:
+    port = https
+    secure = _secure(port, certs["ca"].cert_file)
+    assert _answer(secure).startswith(b"HTTP/1.1 200 OK")
+    secure.close()
+    plain = green_socket.create_connection(("127.0.0.1", port), timeout=30)
+    plain.sendall(REQUEST)
+    data = b""
+    with eventlet.Timeout(30):
+        try:
+            while got := plain.recv(4096):
+                data += got
+        except OSError:
+            pass
+    assert b"HTTP/1.1" not in data  # no answer in clear: closed (TLS alert bytes at most)
+
+
+def test_a_client_refuses_another_ca_and_another_name(
+    https: int, certs: dict[str, pki.KeyPair]
+) -> None:
+    port = https
+    with pytest.raises(ssl.SSLCertVerificationError, match="unable to get local issuer"):
+        _secure(port, certs["other"].cert_file)
+    with pytest.raises(ssl.SSLCertVerificationError, match="mismatch"):
+        _secure(port, certs["ca"].cert_file, name="s2.example")
+    assert _answer(_secure(port, certs["ca"].cert_file, name="s1.example")).endswith(b"hello")
+
+
+@pytest.mark.parametrize("sent", [b"", b"\x16\x03\x01\x02\x00\x01"], ids=["nothing", "a byte"])
+def test_a_stalled_handshake_is_closed_by_the_header_timeout(https: int, sent: bytes) -> None:
+    """idle_timeout is 600 s: only the header timeout (0.5 s) can close this connection."""
+    port = https
+    sock = green_socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock.sendall(sent)  # nothing, or the start of a ClientHello, then silence
+    assert _closed_by_server(sock)
+
+
+def test_an_idle_tls_connection_is_evicted_for_a_new_one(
+    https: int, certs: dict[str, pki.KeyPair]
+) -> None:
+    """Two connections per client: a third closes the oldest idle one (also over TLS)."""
+    port = https
+    first, second = (_secure(port, certs["ca"].cert_file) for _ in range(2))
+    for sock in (first, second):
+        _answer(sock)  # both handshaken, answered, now idle (kept alive)
+    third = _secure(port, certs["ca"].cert_file)
+    assert _answer(third).startswith(b"HTTP/1.1 200 OK")
+    assert _closed_by_server(first)
