@@ -633,6 +633,8 @@ class ControllerApi:
         elif req.service == ServiceName.FEDERATION:
             self._allow(identity, Action.FEDERATE, Resource())
         elif req.service == ServiceName.ENDPOINT:
+            if req.host not in (None, req.key):  # it names who must apply its writes
+                raise bad_request("host", "an endpoint stream is its own host's: host = key")
             self._allow(identity, Action.SUBSCRIBE, Resource(req.key), "key")
         else:
             vpc = Resource(req.host, req.key, self._vpc_hosts(req.key))

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from meshpeer.protocol.grants import KEY_ID_RE
+
 VNI_MAX = (1 << 24) - 1
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
@@ -114,6 +116,8 @@ def _keys(keys_raw: object, field: str) -> dict[str, bytes]:
         raise DirectoryError(f"{field}: expected a mapping of key id to hex key")
     keys: dict[str, bytes] = {}
     for kid, hexkey in keys_raw.items():
+        if not KEY_ID_RE.fullmatch(str(kid)):  # a credential splits on "." (auth.identify)
+            raise DirectoryError(f"{field}.{kid}: a key id is 1-64 of A-Z a-z 0-9 _ -")
         try:
             keys[str(kid)] = bytes.fromhex(str(hexkey))
         except ValueError as exc:

@@ -79,6 +79,9 @@ def test_a_host_credential_opens_its_own_share_only(cluster: Cluster) -> None:
 
     assert opens(hv1, "endpoint", "hv1") == 200
     assert opens(hv1, "endpoint", "hv2") == 403
+    # hv1's own stream, but naming hv2 as who must apply its writes: ?wait=programmed on
+    # hv1's endpoints would then wait for hv2 forever (a security review found it a 200)
+    assert opens(hv1, "endpoint", "hv1", host="hv2") == 400
     assert opens(hv1, "destination", "blue", host="hv1") == 200
     assert opens(hv1, "peering", "blue", host="hv1") == 200
     assert opens(hv1, "destination", "green", host="hv1") == 403  # g1 is on hv2, not hv1

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from meshpeer import tls
 from meshpeer.lab import controllers
 from meshpeer.lab.state import state_path
 from tests.api.ctlkit import HOST_STATUS
@@ -62,7 +63,16 @@ def host_files(lab: Lab, host: str) -> HostFiles:
 
 
 def url_of(lab: Lab, shard: str) -> str:
-    return controllers.url(next(c for c in lab.plan.controllers if c.name == shard))
+    return controllers.url(lab.plan, next(c for c in lab.plan.controllers if c.name == shard))
+
+
+def connect(lab: Lab, shard: str) -> http.client.HTTPConnection:
+    """A connection to ``shard``: HTTPS verified by the lab's CA, as every client's."""
+    u = urllib.parse.urlsplit(url_of(lab, shard))
+    if u.scheme == "https":
+        context = tls.client_context(lab.plan.ca_file)
+        return http.client.HTTPSConnection(u.hostname or "", u.port, timeout=10, context=context)
+    return http.client.HTTPConnection(u.hostname or "", u.port, timeout=10)
 
 
 def call(
@@ -76,8 +86,7 @@ def call(
 ) -> tuple[int, Any]:
     """One request; a stream's answer is not read past its status (the status is the
     verdict: 200 means the stream was opened)."""
-    u = urllib.parse.urlsplit(url_of(lab, shard))
-    conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=10)
+    conn = connect(lab, shard)
     hdrs = dict(headers or {})
     if token is not None:
         hdrs["Authorization"] = f"Bearer {token}"
@@ -172,8 +181,7 @@ def test_a_grant_opens_streams_for_the_host_it_names_only(lab: Lab) -> None:
     # hv1's grant to follow red, as ctl1 hands it to hv1 (read here as the operator).
     policy = call(lab, "ctl2", "GET", "/v1/vpcs/red/peerings/red-blue", admin)[1]
     policy_id = policy["export_policy_id"]
-    u = urllib.parse.urlsplit(url_of(lab, "ctl1"))
-    conn = http.client.HTTPConnection(u.hostname or "", u.port, timeout=10)
+    conn = connect(lab, "ctl1")
     conn.request(
         "GET",
         subscribe(service="peering", key="blue", host="hv1"),

@@ -16,6 +16,7 @@ from meshpeer.controller.auth import (
     route_action,
     shard_token,
 )
+from meshpeer.controller.directory import DirectoryError, parse_directory
 
 KEY = bytes(range(32))
 NEW_KEY = bytes(range(1, 33))
@@ -107,3 +108,16 @@ def test_routes_map_to_actions() -> None:
     assert route_action("GET", "/v1/hosts/{name}", {"name": "hv2"})[0] is Action.READ
     assert route_action("PUT", "/v1/vpcs/{vpc}/peerings/{name}", {})[0] is Action.WRITE
     assert route_action("GET", "/v1/federation/vpcs/{vpc}", {})[0] is Action.FEDERATE
+
+
+def test_a_host_key_id_is_one_credential_field() -> None:
+    """Host credentials split on "." (``identify``): a key id with one would lock every host
+    out once keys rotate to it; the directory refuses it (a security review found it taken)."""
+    raw = {
+        "shards": {"ctl1": {"url": "http://127.0.0.1:1", "vni_range": [1000, 1999], "vpcs": []}},
+        "grant_keys": {"k1": "00" * 32},
+        "federation_token": "f" * 32,
+        "host_keys": {"2026.1": "11" * 32},
+    }
+    with pytest.raises(DirectoryError, match=r"host_keys\.2026\.1"):
+        parse_directory(raw)
