@@ -232,9 +232,17 @@ def test_idle_connections_make_room_for_a_new_one(ctl: Ctl) -> None:
 def test_the_http_layer_refuses_with_the_json_error_body(
     ctl: Ctl, request_bytes: bytes, status: int, error: str
 ) -> None:
-    with connect(ctl) as s:
-        s.sendall(request_bytes)
-        assert_error(parse(read_to_eof(s)), status, error)
+    # The shard may still count the cases before against this client's limit (3 here) for a
+    # moment after closing them: a 503 then says "retry later", and the case does.
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        with connect(ctl) as s:
+            s.sendall(request_bytes)
+            answer = parse(read_to_eof(s))
+        if answer[0] != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert_error(answer, status, error)
 
 
 # --- file descriptors ---------------------------------------------------------------------
