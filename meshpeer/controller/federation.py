@@ -50,7 +50,7 @@ class Federation:
             log.info("federation: following VPC %s at %s", vpc, url)
         for vpc in sorted(set(self.clients) - wanted):
             self.clients.pop(vpc).stop()
-            self.shard.remote_views.pop(vpc, None)
+            self.shard.forget_remote_view(vpc)
             log.info("federation: stopped following VPC %s", vpc)
 
     def _on_change(self, vpc: str) -> Any:

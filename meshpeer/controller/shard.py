@@ -3,11 +3,15 @@
 Writes go store first (one transaction, one version), then into the in-memory intent, then
 the pure core recomputes what the shard publishes (peering states, service sets, federation
 views) and the stream hub sends only the differences. Remote shards' federation views
-arrive through ``set_remote_view``; the os-ken app owns the clients that feed it.
+arrive through ``set_remote_view``; the os-ken app owns the clients that feed it. The last
+view of each remote VPC is kept in the store's meta (not intent: no version bump), so that a
+restarted shard keeps its peerings ACTIVE while it waits for the peer shard to answer: fail
+static across its own restarts too, not only across the peer's.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -46,13 +50,33 @@ from meshpeer.protocol.messages import (
     parse_stream_name,
     stream_name,
 )
-from meshpeer.store.sqlite import Change, Store
+from meshpeer.store.sqlite import Change, Store, canonical_json
 from meshpeer.streaming.publisher import StreamHub
 from policies.export import ExportPolicy
 
 log = logging.getLogger(__name__)
 
 UNPUBLISHED = 1 << 63  # the version a host must hold of a stream not published: never reached
+REMOTE_VIEW = "remote_view/"  # store meta name prefix: the last federation view of a remote VPC
+
+
+def restored_views(meta: Mapping[str, str], wanted: Iterable[str]) -> dict[str, View]:
+    """The remote views a previous run kept, for the VPCs still followed. A value that does
+    not parse as a view is dropped (logged): the federation stream brings the view anyway."""
+    views: dict[str, View] = {}
+    for vpc in wanted:
+        text = meta.get(REMOTE_VIEW + vpc)
+        if text is None:
+            continue
+        try:
+            view = json.loads(text)
+        except ValueError:
+            view = None
+        if isinstance(view, dict) and all(isinstance(o, dict) for o in view.values()):
+            views[vpc] = view
+        else:
+            log.warning("store meta %s%s is not a federation view: ignored", REMOTE_VIEW, vpc)
+    return views
 
 
 @dataclass(frozen=True)
@@ -82,7 +106,10 @@ class ShardState:
         snap = store.load()
         self.intent = Intent.from_records({k: r.body for k, r in snap.records.items()})
         self.versions: dict[tuple[str, str], int] = {k: r.version for k, r in snap.records.items()}
-        self.remote_views: dict[str, View] = {}
+        self.remote_views: dict[str, View] = restored_views(snap.meta, self.remote_peer_vpcs())
+        for name in snap.meta:  # views of VPCs no peering names any more
+            if name.startswith(REMOTE_VIEW) and name[len(REMOTE_VIEW) :] not in self.remote_views:
+                store.set_meta(name, None)
         self.own_views: dict[str, dict[str, JsonObject]] = {}
         self.states: dict[tuple[str, str], Status] = {}
         self.service_sets: dict[tuple[str, str], list[str]] = {}
@@ -201,8 +228,11 @@ class ShardState:
     def adopt_fetched_view(self, vpc: str, view: View) -> None:
         """A peer VPC's view fetched for a peering write, kept until its federation stream
         delivers (a view the stream already delivered wins). No refresh here: the write's
-        commit that follows recomputes the states it touches."""
-        self.remote_views.setdefault(vpc, view)
+        commit that follows recomputes the states it touches. Kept in the store too: the
+        stream may then deliver the same view, which ``set_remote_view`` does not write."""
+        if vpc not in self.remote_views:
+            self.remote_views[vpc] = view
+            self.store.set_meta(REMOTE_VIEW + vpc, canonical_json(view))
 
     def set_remote_view(self, vpc: str, view: View | None) -> None:
         old = self.remote_views.get(vpc)
@@ -210,10 +240,17 @@ class ShardState:
             self.remote_views.pop(vpc, None)
         else:
             self.remote_views[vpc] = view
+        if old != view:
+            self.store.set_meta(REMOTE_VIEW + vpc, None if view is None else canonical_json(view))
         if old is not None and without_hosts(old) == without_hosts(view):
             return  # only its hosts changed: no state or stream depends on them
         peers = {p.vpc for p in self.intent.peerings.values() if p.peer_vpc == vpc}
         self.refresh(Scope(frozenset(peers), frozenset()))
+
+    def forget_remote_view(self, vpc: str) -> None:
+        """No local peering names ``vpc`` any more: drop its view, kept one included."""
+        self.remote_views.pop(vpc, None)
+        self.store.set_meta(REMOTE_VIEW + vpc, None)
 
     # --- derived state ------------------------------------------------------------------
 

@@ -80,15 +80,20 @@ def applied(h: HostPlan) -> dict[str, dict[str, int]]:
 
 
 def wait_applied(
-    h: HostPlan, after: float, at_least: dict[str, dict[str, int]], timeout: float = 60
+    h: HostPlan,
+    after: float,
+    at_least: dict[str, dict[str, int]],
+    timeout: float = 60,
+    complete: bool = True,
 ) -> dict[str, Any]:
     """The OHC's status once a sync after ``after`` was complete (every followed stream had
-    delivered) and applied at least the ``at_least`` versions; fails after ``timeout``."""
+    delivered; not asked with ``complete=False``) and applied at least the ``at_least``
+    versions; fails after ``timeout``."""
 
     def done() -> dict[str, Any] | None:
         st = ohcs.status(h) or {}
         last = st.get("last_sync", {})
-        if last.get("at", 0) <= after or not last.get("complete"):
+        if last.get("at", 0) <= after or (complete and not last.get("complete")):
             return None
         got = last.get("applied", {})
         for url, streams in at_least.items():
@@ -357,3 +362,41 @@ def test_ohc_restart_while_the_peer_shard_is_unreachable_keeps_the_peer_flows(la
     print(f"  syncs with changes: {[(s['reasons'], s['counts']) for s in syncs]}")
     assert not result.gaps(), result.missing()
     assert all(s["counts"]["flow_delete"] == 0 for s in syncs), syncs
+
+
+def test_shard_restart_while_its_peer_shard_is_stopped_keeps_the_peering(lab: Lab) -> None:
+    """ctl2 (red's shard) restarts while ctl1 (blue's, its federation peer) does not answer.
+
+    The restarted ctl2 cannot hear blue's view from ctl1; it must not tell its hosts that the
+    peering is gone meanwhile (it keeps the last view it had: fail static across its own
+    restart). Nothing is lost and no host deletes a flow."""
+    ctl1, ctl2 = lab.plan.controllers
+    cpid = read_pidfile(f"{controllers.rundir(lab.plan, ctl1)}/controller.pid")
+    assert cpid is not None
+    url = controllers.url(lab.plan, ctl2)
+    newer = {
+        h.name: {url: {n: v + 1 for n, v in applied(h).get(url, {}).items()}}
+        for h in lab.plan.hosts
+    }
+    offsets = {h.name: log_size(h) for h in lab.plan.hosts}
+    with Pinger(lab.vm("b1"), lab.vm("r1").ip, count=PINGS) as pinger:
+        wait_replies(pinger, "b1 -> r1 before the restart")
+        os.kill(cpid, signal.SIGSTOP)
+        try:
+            t_kill = time.time()
+            controllers.stop(lab.plan, ctl2)
+            controllers.start(lab.plan, ctl2)
+            controllers.wait_healthy(lab.plan, ctl2)
+            for h in lab.plan.hosts:  # every host took the restarted ctl2's streams
+                if newer[h.name][url]:
+                    wait_applied(h, t_kill, newer[h.name], complete=False)
+            wait_replies(pinger, "b1 -> r1 while ctl1 is stopped")
+        finally:
+            os.kill(cpid, signal.SIGCONT)
+        wait_replies(pinger, "b1 -> r1 once ctl1 answered again")
+        result = pinger.stop()
+    report("ctl2 restart while ctl1 is stopped, b1 -> r1 at up to 100 pps", result)
+    assert not result.gaps(), result.missing()
+    for h in lab.plan.hosts:
+        syncs = logged_syncs(h, offsets[h.name])
+        assert all(s["counts"]["flow_delete"] == 0 for s in syncs), (h.name, syncs)

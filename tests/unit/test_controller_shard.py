@@ -235,3 +235,53 @@ def test_an_applied_report_names_a_known_host_and_its_own_streams(
     assert s.applied == {}
     own = [{"stream": "endpoint/hv2//", "version": 1}, {"stream": "peering/red//hv2", "version": 1}]
     assert report(api, "hv2", own, "t").status_int == 200
+
+
+def test_a_restarted_shard_keeps_remote_peerings_active_before_the_peer_answers(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Fail static across this shard's own restart: the peer's last view comes from the store,
+    so hosts are never told to drop a peering while the federation stream reconnects (a kill -9
+    of a shard once lost pings this way)."""
+    d = directory(ctl1=["blue"], ctl2=["red"])
+
+    def ctl(name: str) -> ShardState:
+        store = Store.open(str(tmp_path / f"{name}.db"), synchronous="NORMAL")
+        hub = StreamHub(base_version=store.next_incarnation() << 32)
+        return ShardState(name, d, store, hub, lambda: 1000.0)
+
+    ctl1, ctl2 = ctl("ctl1"), ctl("ctl2")
+    ctl1.commit([ops.new_vpc(ctl1.intent, d, "ctl1", "blue", subnets("10.1.0.0/24"), None)])
+    ctl2.commit([ops.new_vpc(ctl2.intent, d, "ctl2", "red", subnets("10.2.0.0/24"), None)])
+    ctl2.commit([ops.new_peering(ctl2.intent, "red", "p", "blue", ExportPolicy(), False, None)])
+    # As the REST API does: fetch the peer's view, then write the peering; the federation
+    # stream then delivers the very same view.
+    ctl1.adopt_fetched_view("red", dict(ctl2.own_views["red"]))
+    ctl1.commit([ops.new_peering(ctl1.intent, "blue", "p", "red", ExportPolicy(), False, None)])
+    ctl1.set_remote_view("red", dict(ctl2.own_views["red"]))
+    assert ctl1.states[("blue", "p")].active
+    active = set(ctl1.active_peers())
+    ctl1.store.close()
+
+    again = ctl("ctl1")  # no federation stream has delivered anything yet
+    assert again.states[("blue", "p")].active, again.states
+    assert again.active_peers() == active
+    pid = ExportPolicy().policy_id
+    assert StreamId(ServiceName.DESTINATION, "blue", pid) in again.hub
+    # The peering gone while the shard was down: its kept view goes too.
+    again.commit(deletes=[Delete("peering", "blue/p")])
+    again.forget_remote_view("red")
+    again.store.close()
+    third = ctl("ctl1")
+    assert third.remote_views == {} and third.store.load().meta == {}
+    third.store.close()
+
+
+def test_a_kept_view_that_does_not_parse_is_dropped(tmp_path: pathlib.Path) -> None:
+    s = shard(tmp_path)
+    s.store.set_meta("remote_view/red", "[1, 2")
+    s.store.set_meta("remote_view/gone", json.dumps({"vpc": {}}))
+    s.store.close()
+    again = shard(tmp_path)  # red is owned by ctl1 here: not a remote VPC, nothing restored
+    assert again.remote_views == {} and again.store.load().meta == {}
+    again.store.close()
