@@ -1,11 +1,13 @@
 """A peer shard answers a peer subscription with yes (200), no (403: a refusal, the host drops
-that state at once) or "cannot tell yet" (503: it has not heard the subscriber VPC's view since
-it started; the host keeps its flows). Issue 21, part 2: a restart must not look like a
-revocation, now that refusals drop state.
+that state at once) or "cannot tell yet" (503: it has never heard the subscriber VPC's view;
+the host keeps its flows). Issue 21, part 2: a restart must not look like a revocation, now
+that refusals drop state; and a restarted shard keeps the peer's last view (its store's meta),
+so while the peer's shard is away it still says yes.
 """
 
 from __future__ import annotations
 
+from meshpeer.store import Store
 from tests.api.ctlkit import Cluster, Stream, stream, wait_for
 
 
@@ -30,8 +32,14 @@ def test_a_restarted_shard_that_has_not_heard_the_peer_says_unavailable_not_forb
             return sub.status
 
     assert status() == 200
-    c1.stop()  # blue's shard is away while red's restarts: red cannot know blue's side
+    c1.stop()  # blue's shard is away while red's restarts: red keeps blue's last view
     c2.restart()
+    assert status() == 200
+    c2.stop()  # a store without it (written before views were kept): red cannot tell
+    with Store.open(str(c2.store)) as store:
+        assert store.get_meta("remote_view/blue") is not None
+        store.set_meta("remote_view/blue", None)
+    c2.start()
     with Stream(c2, query, grant) as sub:
         assert sub.status == 503, sub.body
         assert sub.body["field"] == "policy" and "not heard" in sub.body["detail"]
