@@ -19,10 +19,12 @@ import warnings
 # stdlib before anything else opens a socket; native mode in os-ken 4.2.2 silently ends
 # an app's event loop when a handler raises.
 os.environ.setdefault("OSKEN_HUB_TYPE", "eventlet")
+# eventlet's green DNS resolver imports dnspython and, through it, cryptography: 16 MiB of
+# every process, for names that meshpeer does not resolve (shard URLs are addresses in the
+# lab; a name elsewhere is resolved by libc, blocking the hub for that lookup only).
+os.environ.setdefault("EVENTLET_NO_GREENDNS", "yes")
 
 warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
-# dnspython (imported by eventlet) touches cryptography's DSA classes at import time.
-warnings.filterwarnings("ignore", message=r"DSA is deprecated")
 import eventlet  # noqa: E402
 
 eventlet.monkey_patch()

@@ -13,6 +13,8 @@ br-int: on (re)connect it reads what is installed and sends the difference in on
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import gc
 import json
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 
 PORT_REREAD_DELAY = 1.0  # seconds, while an interface waits for its OpenFlow port number
 FULL_GC_INTERVAL = 600.0  # seconds between full garbage collections (see _freeze_heap)
+TRIM_AFTER_CHANGES = 10_000  # a sync that sent this many changes gives its free heap back
 RETRY_DELAY = 1.0  # seconds before a failed sync is tried again (from a read-back)
 READ_BACK_GRACE = 10.0  # seconds a read-back waits for every followed stream (_defer_read_back)
 
@@ -335,6 +338,8 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             log.info("ohc %s: sync %s", self.conf.host, json.dumps(self.last))
         self._write_status()
         self._freeze_heap()
+        if sum(synced.plan.counts.values()) >= TRIM_AFTER_CHANGES:
+            release_free_heap()
 
     def _log_skips(self, skipped: tuple[Skipped, ...]) -> None:
         new, self.logged_skips = ports.new_skips(skipped, self.logged_skips)
@@ -395,3 +400,14 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             "tunnel_port": self.ports.tunnel,
         }
         reporting.write_status_file(self.conf.status_file, doc)
+
+
+def release_free_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc ``malloc_trim``). A big sync
+    (the first at 50k peer endpoints: the plan, the packed bundle, the engine's scratch)
+    leaves tens of MiB free but mapped, counted in the OHC's RSS until the next big sync
+    reuses it: measured in docs/benchmarks.md. No-op where libc has no malloc_trim."""
+    name = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    if trim is not None:
+        trim(0)

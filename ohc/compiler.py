@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from ohc.cookies import Kind, cookie, object_hash
 from ohc.flows import (
@@ -222,7 +223,8 @@ class _Out:
         self.notes.append(text)
 
 
-SharedPairs = dict[tuple[str, MatchValue], tuple[str, MatchValue]]
+# Match pairs and tunnel actions many flows hold: the caller keeps one of each across builds.
+SharedPairs = dict[Hashable, Any]
 _OWN_VALUES = frozenset(  # match fields whose values are mostly one object's own
     {"ipv4_src", "ipv4_dst", "ipv6_src", "ipv6_dst", "arp_tpa", "arp_spa", "ipv6_nd_target"}
 )
@@ -716,6 +718,9 @@ def dest_flows(out: _Out, ctx: Ctx, d: Destination, peer: PeerView | None) -> No
     if actions is None:
         out.note(f"{ctx.vpc}: {owner[1]} claims this host but has no local port")
         return
+    if out.shared is not None:  # the tunnel actions are the host's, not the destination's
+        keep = out.shared
+        actions = (actions[0], *(keep.setdefault(a, a) for a in actions[1:]))
     match = {"metadata": meta, **_ip_match("dst", d.ip)}
     out.add(L3_LOOKUP, priority, match, (_toward(ctx, peer, actions),), owner)
     if peer is None:

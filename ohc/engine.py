@@ -106,6 +106,7 @@ class DestIndex:
         self.errors: dict[str, str] = {}  # invalid ones: why
         self.claims: dict[IpKey, list[str]] = {}  # address -> keys claiming it, sorted
         self.contested: set[IpKey] = set()  # addresses more than one key claims
+        self.hosts: dict[str, ipaddress.IPv4Address] = {}  # shared underlay addresses
 
     def set(self, key: str, raw: Any) -> tuple[IpKey, ...]:
         """Put (or, with DELETED, remove) one object; returns the addresses whose winner may
@@ -127,7 +128,7 @@ class DestIndex:
         try:
             if not isinstance(raw, Mapping):
                 raise BadObject(f"expected an object, got {type(raw).__name__}")
-            d = Destination.from_service_objects(self.vpc, key, raw)
+            d = Destination.from_service_objects(self.vpc, key, raw, self.hosts)
             if d.vni != self.vni:
                 raise BadObject(f"vni {d.vni} is not the VPC's VNI {self.vni}")
         except BadObject as e:
