@@ -319,7 +319,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             "complete": complete,
             "at": time.time(),
             "counts": dict(synced.plan.counts),
-            "flows": len(installed.flows),
+            "flows": installed.count,
             "groups": len(installed.groups),
             "compile_s": round(compile_s, 4),
             # units the engine compiled (ohc/engine.py); rebuilt: the VPC contexts were

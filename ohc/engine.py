@@ -93,6 +93,9 @@ class Update:
     group_ids: frozenset[int]
     units: int  # units compiled
     skeleton: bool  # the VPC contexts were rebuilt (something but a destination changed)
+    # the flow each changed key had before (None: none): a model of the switch kept relative
+    # to the engine's table takes them (``syncer.SwitchModel.absorb``)
+    old: Mapping[FlowKey, Flow | None]
 
 
 class DestIndex:
@@ -195,6 +198,7 @@ class FlowEngine:
         self.more: dict[FlowKey, Candidates] = {}  # every candidate, for contested keys only
         self.groups: dict[int, Group] = {}
         self._keys: set[FlowKey] = set()
+        self._old: dict[FlowKey, Flow | None] = {}
         self._gids: set[int] = set()
         self._compiled = 0
         self.shared: SharedPairs = {}  # match pairs many flows hold (compiler._Out)
@@ -204,7 +208,9 @@ class FlowEngine:
 
     def flow(self, key: FlowKey) -> Flow | None:
         have = self.table.get(key)
-        return None if have is None else have[2]
+        if have is None:
+            return CANARY if key == CANARY.key else None  # as ``state`` has it
+        return have[2]
 
     def state(self) -> SwitchState:
         """Every desired flow (with the canary) and group: what a full sync diffs against."""
@@ -226,7 +232,7 @@ class FlowEngine:
         ofports: Mapping[tuple[str, str], int],
         tunnel_port: int | None,
     ) -> Update:
-        self._keys, self._gids, self._compiled = set(), set(), 0
+        self._keys, self._gids, self._old, self._compiled = set(), set(), {}, 0
         rebuild = self.ofports != ofports or self.tunnel_port != tunnel_port or not self.roles
         self.ofports, self.tunnel_port = dict(ofports), tunnel_port
         touched: dict[IndexKey, set[IpKey]] = {}
@@ -257,7 +263,8 @@ class FlowEngine:
                 ips = set(self.indexes[role.index].claims) | self.role_units.get(rk, set())
             for ip in ips:
                 self._compile_dest(rk, role, ip)
-        return Update(frozenset(self._keys), frozenset(self._gids), self._compiled, rebuild)
+        changed = frozenset(self._keys)
+        return Update(changed, frozenset(self._gids), self._compiled, rebuild, self._old)
 
     def _apply(self, sub: Sub, change: StreamChange) -> Iterable[str]:
         """Take ``change`` into the engine's copy of the stream; the keys it changed."""
@@ -410,26 +417,31 @@ class FlowEngine:
                 self._gids.add(gid)
         self.groups = merged
 
+    def _changed(self, key: FlowKey, old: Flow | None) -> None:
+        """The winning flow of ``key`` changed; ``old`` is the one it had (None: none)."""
+        self._keys.add(key)
+        self._old.setdefault(key, old)  # the first one: what it had when the update began
+
     def _claim(self, cand: Candidate) -> None:
         key = cand[2].key
         have = self.table.get(key)
         if have is None:
             self.table[key] = cand
-            self._keys.add(key)
+            self._changed(key, None)
             return
         more = self.more.setdefault(key, [have])
         more.append(cand)
         if cand[:2] < have[:2]:
             self.table[key] = cand
             if cand[2] != have[2]:
-                self._keys.add(key)
+                self._changed(key, have[2])
 
     def _withdraw(self, cand: Candidate) -> None:
         key = cand[2].key
         more = self.more.get(key)
         if more is None:
             del self.table[key]
-            self._keys.add(key)
+            self._changed(key, cand[2])
             return
         more.remove(cand)
         best = min(more, key=lambda c: c[:2])
@@ -438,7 +450,7 @@ class FlowEngine:
         if self.table[key] == cand:
             self.table[key] = best
             if best[2] != cand[2]:
-                self._keys.add(key)
+                self._changed(key, cand[2])
 
 
 _ALL: Any = object()  # in a redo map: every unit of the role

@@ -89,16 +89,17 @@ class SwitchSession:
         self.bundle_id += 1
         try:
             if self.installed is None:
+                wanted = self.desired.state()
                 result = ofio.sync(
                     replies,
                     datapath,
-                    self.desired.state(),
+                    wanted,
                     self.bundle_id,
                     None,
                     keep_extra=not complete,
                     offload=offload,
                 )
-                self.installed = SwitchModel.of(result.installed)
+                self.installed = SwitchModel.relative(self.desired, wanted, result.installed)
                 self.stale = not complete
                 return Synced(
                     result.plan,
@@ -109,6 +110,7 @@ class SwitchSession:
                     result.canary_was_present,
                 )
             t0 = time.monotonic()
+            self.installed.absorb(update.old)
             the_plan = self.next_plan(update, complete)
             t1 = time.monotonic()
             ofio.send_plan(replies, datapath, the_plan, self.bundle_id, offload=offload)

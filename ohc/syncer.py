@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from ohc.flows import Apply, Flow, Group, Match, ToGroup
 
@@ -149,34 +149,99 @@ class SyncPlan:
             return SwitchState(installed.flows, frozenset(model.groups.values()))
         model = SwitchModel.of(installed)  # a copy: ``installed`` is left as it was
         model.apply(self)
-        return SwitchState(
-            frozenset(model.flows.values()), frozenset(model.groups.values()), model.flows
-        )
+        return model.state()
 
     def summary(self) -> str:
         return ", ".join(f"{n} {k}" for k, n in self.counts.items() if n) or "nothing to do"
 
 
+class Base(Protocol):
+    """A desired state a model can be kept relative to (``ohc.session.Desired``)."""
+
+    def state(self) -> SwitchState: ...
+
+    def flow(self, key: FlowKey) -> Flow | None: ...
+
+
+_SAME: Any = object()  # in a relative model: the switch holds what the base wants
+
+
 class SwitchModel:
     """What the OHC believes the switch holds, changed in place by each committed plan, so
-    that a sync of k changes costs O(k) however many flows are installed."""
+    that a sync of k changes costs O(k) however many flows are installed.
 
-    def __init__(self, flows: dict[FlowKey, Flow], groups: dict[int, Group]) -> None:
+    Plain (no ``base``): ``flows`` is every installed flow by key. Relative to a ``base``
+    (the desired state the switch is synced to): ``flows`` holds only the keys where the
+    switch differs from it (None: no flow there). After a sync that sent everything it is
+    empty and the model costs nothing per flow (a full copy beside the engine's table was
+    10 MiB at 50k peer endpoints). The base changes under it: before each plan, ``absorb``
+    takes the flows that the base's changed keys had before the change."""
+
+    def __init__(
+        self,
+        flows: dict[FlowKey, Flow | None],
+        groups: dict[int, Group],
+        base: Base | None = None,
+        count: int | None = None,
+    ) -> None:
         self.flows = flows
         self.groups = groups
+        self.base = base
+        self.count = len(flows) if count is None else count  # flows on the switch
 
     @staticmethod
     def of(state: FlowState) -> SwitchModel:
         return SwitchModel(dict(_by_key(state)), {g.group_id: g for g in state.groups})
 
+    @staticmethod
+    def relative(base: Base, wanted: FlowState, installed: FlowState) -> SwitchModel:
+        """``installed``, kept relative to ``base`` whose state is ``wanted``."""
+        differs: dict[FlowKey, Flow | None] = {f.key: None for f in wanted.flows - installed.flows}
+        differs.update((f.key, f) for f in installed.flows - wanted.flows)
+        groups = {g.group_id: g for g in installed.groups}
+        return SwitchModel(differs, groups, base, len(installed.flows))
+
+    def flow(self, key: FlowKey) -> Flow | None:
+        """The flow the switch holds at ``key``."""
+        if self.base is None:
+            return self.flows.get(key)
+        have = self.flows.get(key, _SAME)
+        return self.base.flow(key) if have is _SAME else have
+
+    def absorb(self, old: Mapping[FlowKey, Flow | None]) -> None:
+        """The base changed: ``old`` has the flow each changed key had before."""
+        if self.base is not None:
+            for key, flow in old.items():
+                self.flows.setdefault(key, flow)
+
     def state(self) -> SwitchState:
-        flows = dict(self.flows)  # the index handed on must not change with the model
+        if self.base is None:
+            flows = {k: f for k, f in self.flows.items() if f is not None}
+        else:
+            flows = dict(self.base.state().by_key)
+            for k, f in self.flows.items():
+                if f is None:
+                    flows.pop(k, None)
+                else:
+                    flows[k] = f
+        # a new index: the one handed on must not change with the model
         return SwitchState(frozenset(flows.values()), frozenset(self.groups.values()), flows)
+
+    def _put(self, key: FlowKey, flow: Flow | None) -> None:
+        if self.base is None:
+            if flow is None:
+                del self.flows[key]
+            else:
+                self.flows[key] = flow
+        elif self.base.flow(key) == flow:
+            self.flows.pop(key, None)
+        else:
+            self.flows[key] = flow
 
     def apply(self, the_plan: SyncPlan) -> None:
         """Strict, as ``SyncPlan.apply_to``: a step that does not fit raises PlanError (and
         leaves the model half changed: the caller reads the switch back)."""
-        groups, flows = self.groups, self.flows
+        groups = self.groups
         for g in the_plan.group_adds:
             if g.group_id in groups:
                 raise PlanError(f"group add of existing group {g.group_id}")
@@ -186,16 +251,19 @@ class SwitchModel:
                 raise PlanError(f"group modify of missing group {g.group_id}")
             groups[g.group_id] = g
         for f in the_plan.flow_adds:
-            if f.key in flows:
+            if self.flow(f.key) is not None:
                 raise PlanError(f"flow add of an installed key: {f.text()}")
-            flows[f.key] = f
+            self._put(f.key, f)
+            self.count += 1
         for c in the_plan.flow_modifies:
-            if flows.get(c.old.key) != c.old or c.new.key != c.old.key:
+            if self.flow(c.old.key) != c.old or c.new.key != c.old.key:
                 raise PlanError(f"flow modify does not fit: {c.old.text()} -> {c.new.text()}")
-            flows[c.new.key] = c.new
+            self._put(c.new.key, c.new)
         for f in the_plan.flow_deletes:
-            if flows.pop(f.key, None) is None:
+            if self.flow(f.key) is None:
                 raise PlanError(f"flow delete of a missing key: {f.text()}")
+            self._put(f.key, None)
+            self.count -= 1
         for g in the_plan.group_deletes:
             if groups.pop(g.group_id, None) is None:
                 raise PlanError(f"group delete of missing group {g.group_id}")
@@ -215,7 +283,7 @@ def plan_keys(
     changes: list[FlowChange] = []
     deletes: list[Flow] = []
     for k in keys:
-        want, have = flow(k), model.flows.get(k)
+        want, have = flow(k), model.flow(k)
         if want == have:
             continue
         if have is None:

@@ -22,7 +22,7 @@ from ohc.canonical import canonical_state
 from ohc.compiler import compile_host
 from ohc.engine import FlowEngine
 from ohc.pipeline import TUNNEL_PORT
-from ohc.syncer import SwitchState, with_canary
+from ohc.syncer import SwitchModel, SwitchState, plan_keys, with_canary
 from tests.support.changes import Streams, changes
 from tests.unit.controller_fixtures import add_vm
 from tests.unit.test_ohc_compiler import (
@@ -88,6 +88,8 @@ def engine_equals_full_compile(steps: list[tuple[str, int, str]]) -> None:
     engines = {h: FlowEngine(str(i.hosts[h].underlay_ip)) for h in HOSTS}
     held: dict[str, Streams] = {h: {} for h in HOSTS}
     before = {h: e.state() for h, e in engines.items()}
+    # a model of each switch kept relative to its engine, synced by plan_keys (ohc/session.py)
+    models = {h: SwitchModel.relative(e, before[h], before[h]) for h, e in engines.items()}
     for kind, n, how in [("vm", 0, "snapshot"), *steps]:
         apply_op(i, (kind, n))
         pub = publish(i)
@@ -112,6 +114,11 @@ def engine_equals_full_compile(steps: list[tuple[str, int, str]]) -> None:
             assert {k for k in old_f.keys() | new_f.keys() if old_f.get(k) != new_f.get(k)} <= (
                 update.flow_keys
             ), h
+            assert dict(update.old) == {k: old_f.get(k) for k in update.flow_keys}, h
+            model, e = models[h], engines[h]
+            model.absorb(update.old)
+            model.apply(plan_keys(e.flow, e.groups, model, update.flow_keys, update.group_ids))
+            assert model.state() == got and model.count == len(got.flows), h
             old_g = {g.group_id: g for g in before[h].groups}
             new_g = {g.group_id: g for g in got.groups}
             assert {k for k in old_g.keys() | new_g.keys() if old_g.get(k) != new_g.get(k)} <= (

@@ -186,7 +186,7 @@ class FileDesired:
             i for i in self.groups.keys() | groups.keys() if self.groups.get(i) != groups.get(i)
         }
         self.groups = groups
-        return Update(frozenset(keys), frozenset(gids), 0, False)
+        return Update(frozenset(keys), frozenset(gids), 0, False, {k: before.get(k) for k in keys})
 
 
 class SyncerApp(app_manager.OSKenApp):  # type: ignore[misc]
@@ -281,7 +281,7 @@ class SyncerApp(app_manager.OSKenApp):  # type: ignore[misc]
                 plan_s=synced.plan_s,
                 send_s=synced.send_s,
                 total_s=synced.read_s + synced.plan_s + synced.send_s,
-                installed_flows=len(installed.flows),
+                installed_flows=installed.count,
                 installed_groups=len(installed.groups),
             )
         self.logger.info("SYNCER sync %s", json.dumps(record))
