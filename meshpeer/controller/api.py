@@ -22,6 +22,7 @@ from meshpeer.controller.auth import (
     Credentials,
     Identity,
     Resource,
+    Role,
     authorize,
     route_action,
 )
@@ -657,8 +658,15 @@ class ControllerApi:
         wall_to_mono = None
         if expires_at is not None:
             wall_to_mono = self.shard.hub.clock() + (expires_at - self.shard.clock())
+        holder = identity.name if identity.role is Role.HOST else None  # closed if it leaves
         writer = self.shard.hub.wsgi_stream(
-            sid, req.since, self.heartbeat_interval, expires_at=wall_to_mono, tag=tag, host=req.host
+            sid,
+            req.since,
+            self.heartbeat_interval,
+            expires_at=wall_to_mono,
+            tag=tag,
+            host=req.host,
+            holder=holder,
         )
         resp: Response = ndjson_response(writer, ctx.request.environ)
         return resp
@@ -685,6 +693,11 @@ class ControllerApi:
             detail = f"grant rejected ({exc.reason}): {exc.detail}"
             auth = (("WWW-Authenticate", 'Bearer error="invalid_token"'),) if status == 401 else ()
             raise ApiError(status, code, "Authorization", detail, auth) from exc
+        mine = self.shard.directory.owner_of(grant.subscriber_vpc) == self.shard.name
+        if mine and not self.shard.intent.placed(grant.subscriber_vpc, host):
+            # The grant outlives the host's last endpoint in its VPC (a peer shard has no
+            # such check: it closes the stream when the VPC's view drops the host).
+            raise forbidden("host", f"VPC {grant.subscriber_vpc!r} has no endpoint on {host!r}")
         for p in self.shard.intent.peerings_of(vpc):
             if p.peer_vpc != grant.subscriber_vpc or p.export.policy_id != policy:
                 continue
