@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -186,7 +186,8 @@ class ControllerApi:
         heartbeat_interval: float = 5.0,
         applied: AppliedSignal | None = None,
         readonly_token: str | None = None,
-        revoked_hosts: frozenset[str] = frozenset(),
+        api_tokens: Sequence[str] = (),
+        readonly_tokens: Sequence[str] = (),
     ) -> None:
         self.shard = shard
         self.api_token = api_token
@@ -194,7 +195,8 @@ class ControllerApi:
         self.heartbeat_interval = heartbeat_interval
         self.applied = applied or PollingSignal()
         self.readonly_token = readonly_token
-        self.revoked_hosts = revoked_hosts
+        self.api_tokens = tuple(api_tokens)  # valid beside api_token (rotation)
+        self.readonly_tokens = tuple(readonly_tokens)
 
     # --- who is calling (meshpeer.controller.auth decides) -------------------------------
 
@@ -206,7 +208,9 @@ class ControllerApi:
             d.host_keys,
             d.federation_token,
             frozenset(d.shards),
-            self.revoked_hosts,
+            self.shard.revoked_hosts,
+            self.api_tokens,
+            self.readonly_tokens,
         )
 
     def guard(self, route: Route, params: Mapping[str, str], request: Request) -> None:

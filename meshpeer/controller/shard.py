@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from meshpeer.controller.directory import Directory
+from meshpeer.controller.directory import Directory, credentials_update
 from meshpeer.controller.model import (
     Endpoint,
     Host,
@@ -104,13 +104,15 @@ class ShardState:
         hub: StreamHub,
         clock: Callable[[], float],
         grant_ttl: float = 3600.0,
+        revoked_hosts: frozenset[str] = frozenset(),
     ) -> None:
         self.name = name
         self.directory = directory
         self.store = store
         self.hub = hub
         self.clock = clock
-        self.grants = GrantSettings(directory, grant_ttl)
+        self.revoked_here = revoked_hosts  # this shard's option, beside the directory's list
+        self.grants = GrantSettings(directory, grant_ttl, self.revoked_hosts)
         snap = store.load()
         self.intent = Intent.from_records({k: r.body for k, r in snap.records.items()})
         self.versions: dict[tuple[str, str], int] = {k: r.version for k, r in snap.records.items()}
@@ -225,6 +227,28 @@ class ShardState:
             if delta is not None:
                 produced[sid] = delta.version
         return produced
+
+    # --- credentials ---------------------------------------------------------------------
+
+    @property
+    def revoked_hosts(self) -> frozenset[str]:
+        """Hosts whose credentials every request is refused: the directory's, and this
+        shard's own option (kept: contracts are not renamed)."""
+        return self.directory.revoked_hosts | self.revoked_here
+
+    def adopt_directory(self, loaded: Directory) -> list[str]:
+        """A changed directory file: take its host keys and revoked hosts now; return the
+        fields that differ and need a restart. A newly revoked host's open subscriptions are
+        closed (``host-revoked``) and its peering streams mint no more grants."""
+        before = self.revoked_hosts
+        self.directory, ignored = credentials_update(self.directory, loaded)
+        self.grants = replace(self.grants, directory=self.directory, revoked=self.revoked_hosts)
+        for host in sorted(self.revoked_hosts - before):
+            closed = self.hub.close_held(host, CloseReason.HOST_REVOKED)
+            log.warning("host %s revoked: %d subscriptions closed", host, closed)
+        if self.revoked_hosts != before:
+            self.refresh()  # peering streams: grants for revoked hosts go, restored ones come
+        return ignored
 
     # --- a host leaves a VPC --------------------------------------------------------------
 

@@ -394,3 +394,48 @@ def test_a_host_that_leaves_a_peer_shards_vpc_loses_that_peers_streams(
 def _api(s: ShardState) -> tuple[Any, Any]:
     handlers = ControllerApi(s, "t", lambda vpc: None, heartbeat_interval=0.05)
     return handlers.routes(), handlers.guard
+
+
+def test_a_host_revoked_in_the_directory_loses_its_streams_and_grants(
+    tmp_path: pathlib.Path,
+) -> None:
+    """``revoked_hosts`` was a per-shard option while host keys are shared, and the host's
+    own shard kept minting grants for it. Now the directory names it for every shard; a
+    running shard takes it from a changed file: it closes the host's open subscriptions and
+    stops minting grants for it."""
+    store = Store.open(str(tmp_path / "s.db"), synchronous="NORMAL")
+    d = dataclasses.replace(D, host_keys={"h1": HOST_KEY})
+    s = ShardState("ctl1", d, store, StreamHub(base_version=1 << 32), lambda: 1000.0)
+    build(s)
+    api = Api(*_api(s))
+    for host, name, ip in (("hv1", "b1", "10.1.0.11"), ("hv3", "b3", "10.1.0.13")):
+        ip_ = ipaddress.ip_address(ip)
+        s.commit([ops.new_endpoint(s.intent, "blue", name, "vm", ip_, None, host, [])])
+    on_hv1 = StreamId(ServiceName.PEERING, "blue", None, "hv1")
+    assert "red" in s.hub.objects(on_hv1)
+    hv1, hv3 = follow(api, "hv1", "destination", "blue"), follow(api, "hv3", "destination", "blue")
+    try:
+        assert isinstance(next_message(hv1), Snapshot) and isinstance(next_message(hv3), Snapshot)
+        ignored = s.adopt_directory(dataclasses.replace(d, revoked_hosts=frozenset({"hv1"})))
+        assert ignored == []
+        assert next_message(hv1) == Close("host-revoked")
+        assert isinstance(next_message(hv3), Heartbeat)
+        assert s.hub.objects(on_hv1) == {}  # no grant minted for it any more
+        assert follow(api, "hv1", "destination", "blue").status_int == 401
+        s.adopt_directory(d)  # taken back: served again
+        assert "red" in s.hub.objects(on_hv1)
+        assert follow(api, "hv1", "destination", "blue").status_int == 200
+    finally:
+        hv1.app_iter.close()
+        hv3.app_iter.close()
+
+
+def test_a_shard_mints_no_grant_for_a_host_revoked_at_start(tmp_path: pathlib.Path) -> None:
+    store = Store.open(str(tmp_path / "s.db"), synchronous="NORMAL")
+    d = dataclasses.replace(D, revoked_hosts=frozenset({"hv1"}))
+    s = ShardState("ctl1", d, store, StreamHub(base_version=1 << 32), lambda: 1000.0)
+    build(s)
+    ip = ipaddress.ip_address("10.1.0.11")
+    s.commit([ops.new_endpoint(s.intent, "blue", "b1", "vm", ip, None, "hv1", [])])
+    assert s.hub.objects(StreamId(ServiceName.PEERING, "blue", None, "hv1")) == {}
+    assert "blue" in s.hub.objects(StreamId(ServiceName.PEERING, "red", None, "hv2"))
