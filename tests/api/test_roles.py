@@ -197,3 +197,35 @@ def test_operator_tokens_rotate_without_refusing_a_client(
     assert ctl.req("GET", "/v1/vpcs/blue", token=reader2).status == 200
     assert ctl.req("GET", "/v1/vpcs/blue", token=cluster.token).status == 401
     assert ctl.req("GET", "/v1/vpcs/blue", token=READER).status == 401
+
+
+def test_a_host_evacuated_from_a_vpc_loses_its_streams_at_both_shards(cluster: Cluster) -> None:
+    """A review found a host kept following a VPC after its last endpoint there was deleted
+    (checked at subscribe time only). Now blue's shard closes hv1's blue streams at the delete,
+    and red's shard (another process) closes hv1's stream of red opened with its grant for
+    blue, when blue's federation view drops hv1. hv2, still in blue, keeps its streams."""
+    c1, c2 = cluster["ctl1"], cluster["ctl2"]
+    c1.vpc("blue", "10.1.0.0/24")
+    c2.vpc("red", "10.2.0.0/24")
+    c1.vm("blue", "b1", "10.1.0.5", host="hv1")
+    c1.vm("blue", "b2", "10.1.0.6", host="hv2")
+    c2.vm("red", "r1", "10.2.0.5", host="hv9")
+    c1.peer("blue", "red")
+    c2.peer("red", "blue")
+    c1.wait_state("blue", "to-red", "ACTIVE")
+    with stream(c1, cluster.token, "peering", "blue", host="hv1") as s:
+        red = s.next()["objects"]["red"]
+    policy = {"policy": red["policy_id"], "host": "hv1"}
+    hv1, hv2 = cluster.host_token("hv1"), cluster.host_token("hv2")
+    with (
+        stream(c1, hv1, "destination", "blue", host="hv1") as own,
+        stream(c2, red["grant"], "destination", "red", **policy) as peer,
+        stream(c1, hv2, "destination", "blue", host="hv2") as other,
+    ):
+        assert own.next()["type"] == peer.next()["type"] == other.next()["type"] == "snapshot"
+        c1.delete("/v1/vpcs/blue/endpoints/b1")
+        assert own.next(timeout=30) == {"type": "close", "reason": "host-left"}
+        assert peer.next(timeout=30) == {"type": "close", "reason": "host-left"}
+        assert other.next()["deletes"] == ["b1"]
+    with stream(c1, hv1, "destination", "blue", host="hv1") as again:
+        assert again.status == 403, again.body
