@@ -13,7 +13,7 @@ from collections.abc import Callable
 import yaml
 
 from meshpeer.controller.auth import host_token
-from tests.api.ctlkit import HOST_STATUS, Cluster, stream
+from tests.api.ctlkit import HOST_STATUS, Cluster, Ctl, stream
 
 READER = "reader-" + "r" * 24
 LAYOUT = {"ctl1": ((1, 999), ("blue", "green"))}
@@ -131,6 +131,21 @@ def test_a_shard_mints_no_grant_for_a_revoked_host(make_cluster: Callable[..., C
         assert s.next()["objects"] == {}
 
 
+def blue_and_red(cluster: Cluster, blue: tuple[str, ...], red: tuple[str, ...]) -> tuple[Ctl, Ctl]:
+    """blue (ctl1) and red (ctl2), peered ACTIVE, with one VM on each host named."""
+    c1, c2 = cluster["ctl1"], cluster["ctl2"]
+    c1.vpc("blue", "10.1.0.0/24")
+    c2.vpc("red", "10.2.0.0/24")
+    for i, host in enumerate(blue, 1):
+        c1.vm("blue", f"b{i}", f"10.1.0.{4 + i}", host=host)
+    for i, host in enumerate(red, 1):
+        c2.vm("red", f"r{i}", f"10.2.0.{4 + i}", host=host)
+    c1.peer("blue", "red")
+    c2.peer("red", "blue")
+    c1.wait_state("blue", "to-red", "ACTIVE")
+    return c1, c2
+
+
 def test_a_host_revoked_in_the_directory_is_refused_by_every_shard_at_once(
     make_cluster: Callable[..., Cluster],
 ) -> None:
@@ -138,15 +153,7 @@ def test_a_host_revoked_in_the_directory_is_refused_by_every_shard_at_once(
     host's open streams close (``host-revoked``), every shard refuses its credential, its
     shard takes back the grants it minted for it; other hosts go on."""
     cluster = make_cluster(options={"directory_check_interval": 0.2})
-    c1, c2 = cluster["ctl1"], cluster["ctl2"]
-    c1.vpc("blue", "10.1.0.0/24")
-    c2.vpc("red", "10.2.0.0/24")
-    c1.vm("blue", "b1", "10.1.0.5", host="hv1")
-    c2.vm("red", "r1", "10.2.0.5", host="hv1")
-    c2.vm("red", "r2", "10.2.0.6", host="hv2")
-    c1.peer("blue", "red")
-    c2.peer("red", "blue")
-    c1.wait_state("blue", "to-red", "ACTIVE")
+    c1, c2 = blue_and_red(cluster, blue=("hv1",), red=("hv1", "hv2"))
     hv1, hv2 = cluster.host_token("hv1"), cluster.host_token("hv2")
     body = {"underlay_ip": "192.0.2.1"}
     for ctl in (c1, c2):
@@ -204,15 +211,7 @@ def test_a_host_evacuated_from_a_vpc_loses_its_streams_at_both_shards(cluster: C
     (checked at subscribe time only). Now blue's shard closes hv1's blue streams at the delete,
     and red's shard (another process) closes hv1's stream of red opened with its grant for
     blue, when blue's federation view drops hv1. hv2, still in blue, keeps its streams."""
-    c1, c2 = cluster["ctl1"], cluster["ctl2"]
-    c1.vpc("blue", "10.1.0.0/24")
-    c2.vpc("red", "10.2.0.0/24")
-    c1.vm("blue", "b1", "10.1.0.5", host="hv1")
-    c1.vm("blue", "b2", "10.1.0.6", host="hv2")
-    c2.vm("red", "r1", "10.2.0.5", host="hv9")
-    c1.peer("blue", "red")
-    c2.peer("red", "blue")
-    c1.wait_state("blue", "to-red", "ACTIVE")
+    c1, c2 = blue_and_red(cluster, blue=("hv1", "hv2"), red=("hv9",))
     with stream(c1, cluster.token, "peering", "blue", host="hv1") as s:
         red = s.next()["objects"]["red"]
     policy = {"policy": red["policy_id"], "host": "hv1"}
