@@ -62,11 +62,32 @@ CONTROLLER = Section(
             secret=True,
         ),
         Option(
+            "api_tokens",
+            str,
+            "more operator admin tokens, comma-separated, each valid like `api_token` (rotation "
+            "without downtime: add the new one, move the clients, drop the old one)",
+            secret=True,
+        ),
+        Option(
+            "readonly_tokens",
+            str,
+            "more operator read-only tokens, comma-separated, each valid like `readonly_token`",
+            secret=True,
+        ),
+        Option(
             "revoked_hosts",
             str,
-            "comma-separated host names whose credentials are refused (docs/security.md)",
+            "comma-separated host names this shard refuses; the directory's `revoked_hosts` "
+            "is refused by every shard and taken without a restart (docs/security.md)",
         ),
         Option("directory_file", str, "YAML shard directory shared by every shard", required=True),
+        Option(
+            "directory_check_interval",
+            float,
+            "seconds between looks at `directory_file`: a change to its `host_keys` or "
+            "`revoked_hosts` is taken without a restart (0: never; the rest needs a restart)",
+            2.0,
+        ),
         Option("heartbeat_interval", float, "seconds between heartbeats on each stream", 5.0),
         Option("grant_ttl", float, "seconds a minted grant stays valid (at least)", 3600.0),
         Option("tick_interval", float, "seconds between re-mints of grants", 30.0),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import resource
 import time
 from typing import Any
@@ -19,7 +20,7 @@ from os_ken.lib import hub
 
 from meshpeer import options, tls
 from meshpeer.controller.api import ControllerApi
-from meshpeer.controller.directory import parse_directory
+from meshpeer.controller.directory import Directory, parse_directory
 from meshpeer.controller.federation import Federation
 from meshpeer.controller.shard import ShardState
 from meshpeer.rest.admission import Limits
@@ -53,13 +54,14 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
         conf = self.CONF.controller
         for opt in options.missing(options.CONTROLLER, conf):
             raise SystemExit(f"controller: [controller] {opt} is required in the config file")
-        with open(conf.directory_file, encoding="utf-8") as f:
-            directory = parse_directory(yaml.safe_load(f))
+        self.directory_stamp = _stamp(conf.directory_file)
+        directory = _read_directory(conf.directory_file)
         self.store = Store.open(conf.store_path)
         incarnation = self.store.next_incarnation()
         stream_hub = StreamHub(base_version=incarnation << 32)
+        revoked = frozenset(_items(conf.revoked_hosts))
         self.shard = ShardState(
-            conf.shard, directory, self.store, stream_hub, time.time, conf.grant_ttl
+            conf.shard, directory, self.store, stream_hub, time.time, conf.grant_ttl, revoked
         )
         if bool(conf.tls_cert_file) != bool(conf.tls_key_file):
             raise SystemExit("controller: [controller] tls_cert_file and tls_key_file go together")
@@ -71,12 +73,12 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
             conf.heartbeat_interval,
             applied=HubSignal(),
             readonly_token=conf.readonly_token or None,
-            revoked_hosts=frozenset(
-                h.strip() for h in (conf.revoked_hosts or "").split(",") if h.strip()
-            ),
+            api_tokens=_items(conf.api_tokens),
+            readonly_tokens=_items(conf.readonly_tokens),
         )
         self.conf = conf
         self.ticker: Any = None
+        self.watcher: Any = None
         log.info(
             "shard %s: store version %d, incarnation %d",
             conf.shard,
@@ -110,6 +112,8 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
         )
         self.federation.sync()
         self.ticker = hub.spawn(self._tick)
+        if self.conf.directory_check_interval > 0:
+            self.watcher = hub.spawn(self._watch_directory)
         return server
 
     def _tick(self) -> None:
@@ -118,9 +122,58 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
             hub.sleep(self.conf.tick_interval)
             self.shard.refresh()
 
+    def _watch_directory(self) -> None:
+        """Take a changed directory file's host keys and revoked hosts (the shard decides
+        what it takes: ``ShardState.adopt_directory``); a file that does not parse is
+        refused whole and the running directory stays."""
+        path = self.conf.directory_file
+        while True:
+            hub.sleep(self.conf.directory_check_interval)
+            stamp = _stamp(path)
+            if stamp == self.directory_stamp:
+                continue
+            self.directory_stamp = stamp
+            try:
+                loaded = _read_directory(path)
+            except (OSError, ValueError, yaml.YAMLError) as exc:
+                log.error("shard %s: directory %s not taken: %s", self.conf.shard, path, exc)
+                continue
+            ignored = self.shard.adopt_directory(loaded)
+            log.info(
+                "shard %s: directory %s: host keys and revoked hosts taken", self.conf.shard, path
+            )
+            if ignored:
+                log.warning(
+                    "shard %s: directory %s changes %s: restart the shard to take them",
+                    self.conf.shard,
+                    path,
+                    ", ".join(ignored),
+                )
+
     def close(self) -> None:
+        if self.watcher is not None:
+            hub.kill(self.watcher)
         if self.ticker is not None:
             hub.kill(self.ticker)
         self.federation.stop()
         self.store.close()
         super().close()
+
+
+def _read_directory(path: str) -> Directory:
+    with open(path, encoding="utf-8") as f:
+        return parse_directory(yaml.safe_load(f))
+
+
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    """What says the directory file changed: its inode, size and modification time."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _items(text: str | None) -> list[str]:
+    """A comma-separated option's items (blanks dropped)."""
+    return [item.strip() for item in (text or "").split(",") if item.strip()]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -22,6 +22,7 @@ from meshpeer.controller.auth import (
     Credentials,
     Identity,
     Resource,
+    Role,
     authorize,
     route_action,
 )
@@ -185,7 +186,8 @@ class ControllerApi:
         heartbeat_interval: float = 5.0,
         applied: AppliedSignal | None = None,
         readonly_token: str | None = None,
-        revoked_hosts: frozenset[str] = frozenset(),
+        api_tokens: Sequence[str] = (),
+        readonly_tokens: Sequence[str] = (),
     ) -> None:
         self.shard = shard
         self.api_token = api_token
@@ -193,7 +195,8 @@ class ControllerApi:
         self.heartbeat_interval = heartbeat_interval
         self.applied = applied or PollingSignal()
         self.readonly_token = readonly_token
-        self.revoked_hosts = revoked_hosts
+        self.api_tokens = tuple(api_tokens)  # valid beside api_token (rotation)
+        self.readonly_tokens = tuple(readonly_tokens)
 
     # --- who is calling (meshpeer.controller.auth decides) -------------------------------
 
@@ -205,7 +208,9 @@ class ControllerApi:
             d.host_keys,
             d.federation_token,
             frozenset(d.shards),
-            self.revoked_hosts,
+            self.shard.revoked_hosts,
+            self.api_tokens,
+            self.readonly_tokens,
         )
 
     def guard(self, route: Route, params: Mapping[str, str], request: Request) -> None:
@@ -657,8 +662,15 @@ class ControllerApi:
         wall_to_mono = None
         if expires_at is not None:
             wall_to_mono = self.shard.hub.clock() + (expires_at - self.shard.clock())
+        holder = identity.name if identity.role is Role.HOST else None  # closed if it leaves
         writer = self.shard.hub.wsgi_stream(
-            sid, req.since, self.heartbeat_interval, expires_at=wall_to_mono, tag=tag, host=req.host
+            sid,
+            req.since,
+            self.heartbeat_interval,
+            expires_at=wall_to_mono,
+            tag=tag,
+            host=req.host,
+            holder=holder,
         )
         resp: Response = ndjson_response(writer, ctx.request.environ)
         return resp
@@ -685,6 +697,11 @@ class ControllerApi:
             detail = f"grant rejected ({exc.reason}): {exc.detail}"
             auth = (("WWW-Authenticate", 'Bearer error="invalid_token"'),) if status == 401 else ()
             raise ApiError(status, code, "Authorization", detail, auth) from exc
+        mine = self.shard.directory.owner_of(grant.subscriber_vpc) == self.shard.name
+        if mine and not self.shard.intent.placed(grant.subscriber_vpc, host):
+            # The grant outlives the host's last endpoint in its VPC (a peer shard has no
+            # such check: it closes the stream when the VPC's view drops the host).
+            raise forbidden("host", f"VPC {grant.subscriber_vpc!r} has no endpoint on {host!r}")
         for p in self.shard.intent.peerings_of(vpc):
             if p.peer_vpc != grant.subscriber_vpc or p.export.policy_id != policy:
                 continue

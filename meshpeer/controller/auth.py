@@ -2,8 +2,10 @@
 
 Four kinds of caller, each with its own credential (docs/security.md):
 
-- an operator with the admin token (``api_token``): everything but federation;
-- an operator with the read-only token (``readonly_token``): reads only;
+- an operator with an admin token (``api_token``, or one of ``api_tokens``): everything
+  but federation;
+- an operator with a read-only token (``readonly_token``, or one of ``readonly_tokens``):
+  reads only;
 - a host (its OHC): ``mph1.<host>.<key id>.<mac>``, the MAC of its name under a host key
   that only shards hold (``host_keys`` in the shard directory); it may register and report
   only itself and follow only its own streams and those of the VPCs with endpoints on it; a
@@ -133,11 +135,21 @@ def _same(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
 
 
+def _one_of(token: str, valid: Collection[str]) -> bool:
+    """``token`` is one of ``valid`` (an empty one is no token). Every one is compared, in
+    constant time each: the answer's timing does not say which one matched."""
+    found = False
+    for candidate in valid:
+        found |= bool(candidate) and _same(token, candidate)
+    return found
+
+
 @dataclass(frozen=True)
 class Credentials:
     """Every credential a shard accepts. Several host keys may be live at once (rotation:
     add the new key, hand out new tokens, then drop the old key); ``revoked_hosts`` are
-    refused whatever key signed them."""
+    refused whatever key signed them. Operator tokens rotate the same way: ``admin_tokens``
+    and ``readonly_tokens`` are valid beside ``admin_token`` and ``readonly_token``."""
 
     admin_token: str
     readonly_token: str | None
@@ -145,15 +157,17 @@ class Credentials:
     federation_secret: str
     shards: Collection[str]
     revoked_hosts: Collection[str] = frozenset()
+    admin_tokens: Collection[str] = ()
+    readonly_tokens: Collection[str] = ()
 
     def identify(self, authorization: str | None) -> Identity | None:
         """The caller an ``Authorization: Bearer`` header names, or None (not a credential)."""
         token = bearer(authorization)
         if token is None:
             return None
-        if _same(token, self.admin_token):
+        if _one_of(token, [self.admin_token, *self.admin_tokens]):
             return Identity(Role.ADMIN, "operator")
-        if self.readonly_token and _same(token, self.readonly_token):
+        if _one_of(token, [self.readonly_token or "", *self.readonly_tokens]):
             return Identity(Role.READER, "operator")
         parts = token.split(".")
         if parts[0] == HOST_PREFIX and len(parts) == 4:

@@ -29,7 +29,10 @@ class ShardConfig:
     directory_file: str
     heartbeat_interval: float | None = None  # None: the app's default
     readonly_token: str | None = None
+    api_tokens: str | None = None  # comma-separated, valid beside api_token (rotation)
+    readonly_tokens: str | None = None  # comma-separated, valid beside readonly_token
     revoked_hosts: str | None = None  # comma-separated
+    directory_check_interval: float | None = None  # None: the app's default
     # REST connection limits and timeouts (meshpeer.rest.admission.Limits); None: the default.
     max_connections: int | None = None
     max_connections_per_client: int | None = None

@@ -2,7 +2,9 @@
 
 Every shard reads the same file (a later issue moves it into etcd); hosts read the same
 directory without its secrets (``grant_keys``, ``host_keys``, ``federation_token``: they
-never leave the shards, docs/security.md). A VPC's owner is
+never leave the shards, docs/security.md) and without the shards' list of revoked hosts
+(``revoked_hosts``). A shard takes a changed file's host keys and revoked hosts while it
+runs (:func:`credentials_update`); the rest needs a restart. A VPC's owner is
 pinned in the file or else follows from a rendezvous hash of its name (``owner_of``), so new
 VPCs need no edit. VNI ranges are disjoint per shard, so VNIs are unique across shards
 without coordination.
@@ -42,6 +44,7 @@ class Directory:
     grant_keys: Mapping[str, bytes]  # key id -> HMAC key shared by every shard
     federation_token: str  # shards derive their federation credentials from it
     host_keys: Mapping[str, bytes] = dataclasses.field(default_factory=dict)  # host credentials
+    revoked_hosts: frozenset[str] = frozenset()  # refused by every shard, whatever the key
 
     def owner_of(self, vpc: str) -> str:
         """The shard that owns ``vpc``: the one that pins it (lists it under ``vpcs``), else
@@ -66,15 +69,16 @@ def _score(shard: str, vpc: str) -> int:
 
 
 SECRETS = ("grant_keys", "host_keys", "federation_token")
+SHARD_ONLY = (*SECRETS, "revoked_hosts")  # what hosts' copies leave out
 
 
 def parse_directory(raw: object, *, secrets: bool = True) -> Directory:
     """Validate a loaded directory document; raise DirectoryError naming the field.
 
-    ``secrets=False`` (a host's copy): :data:`SECRETS` are neither needed nor kept."""
+    ``secrets=False`` (a host's copy): :data:`SHARD_ONLY` keys are neither needed nor kept."""
     if not isinstance(raw, Mapping):
         raise DirectoryError("directory: expected a mapping")
-    unknown = set(raw) - {"shards", *SECRETS}
+    unknown = set(raw) - {"shards", *SHARD_ONLY}
     if unknown:
         raise DirectoryError(f"directory.{sorted(unknown)[0]}: unknown key")
     shards_raw = raw.get("shards")
@@ -103,12 +107,36 @@ def parse_directory(raw: object, *, secrets: bool = True) -> Directory:
     token = raw.get("federation_token")
     if not isinstance(token, str) or len(token) < 16:
         raise DirectoryError("federation_token: a string of at least 16 characters")
-    return Directory(shards, keys, token, host_keys)
+    return Directory(shards, keys, token, host_keys, _revoked(raw.get("revoked_hosts", [])))
+
+
+def _revoked(raw: object) -> frozenset[str]:
+    if not isinstance(raw, list) or not all(isinstance(h, str) and _NAME.match(h) for h in raw):
+        raise DirectoryError("revoked_hosts: expected a list of host names")
+    return frozenset(raw)
 
 
 def public_doc(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """A directory document without its secrets: the copy hosts get."""
-    return {k: v for k, v in raw.items() if k not in SECRETS}
+    """A directory document without its secrets and revocations: the copy hosts get."""
+    return {k: v for k, v in raw.items() if k not in SHARD_ONLY}
+
+
+RELOADED = ("host_keys", "revoked_hosts")  # what a running shard takes from a changed file
+
+
+def credentials_update(running: Directory, loaded: Directory) -> tuple[Directory, list[str]]:
+    """``running`` with ``loaded``'s host keys and revoked hosts, and the other fields that
+    differ (those need a restart: VPC owners, URLs and grant keys must change at every shard
+    together)."""
+    updated = dataclasses.replace(
+        running, host_keys=loaded.host_keys, revoked_hosts=loaded.revoked_hosts
+    )
+    ignored = [
+        f.name
+        for f in dataclasses.fields(Directory)
+        if f.name not in RELOADED and getattr(running, f.name) != getattr(loaded, f.name)
+    ]
+    return updated, ignored
 
 
 def _keys(keys_raw: object, field: str) -> dict[str, bytes]:

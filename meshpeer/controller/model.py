@@ -273,6 +273,10 @@ class Intent:
         """(vpc, host) of every endpoint that has a host."""
         return set(self._placed)
 
+    def placed(self, vpc: str, host: str | None) -> bool:
+        """Does ``host`` hold at least one endpoint of ``vpc``? (O(1))"""
+        return (vpc, host) in self._placed
+
     def hosts_of(self, vpc: str) -> list[str]:
         """Hosts holding at least one endpoint of ``vpc``."""
         return sorted(h for v, h in self._placed if v == vpc)

@@ -54,10 +54,12 @@ def active_policies(
 
 @dataclass(frozen=True)
 class GrantSettings:
-    """How peering streams mint grants: shared keys and a lifetime bucket."""
+    """How peering streams mint grants: shared keys, a lifetime bucket, and the revoked hosts
+    (minted nothing)."""
 
     directory: Directory
     ttl: float = 3600.0
+    revoked: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,8 @@ def peering_objects(
     d = grants.directory
     expires = (int(now // grants.ttl) + 2) * grants.ttl
     out: dict[str, JsonObject] = {}
+    if host in grants.revoked:
+        return out
     for p in intent.peerings_of(vpc):
         st = states.get((vpc, p.name))
         url = d.url_of(p.peer_vpc)

@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from meshpeer.controller.directory import Directory
+from meshpeer.controller.directory import Directory, credentials_update
 from meshpeer.controller.model import (
     Endpoint,
     Host,
@@ -39,7 +39,15 @@ from meshpeer.controller.mux import (
     endpoint_object,
     must_apply,
 )
-from meshpeer.controller.peering import Status, View, federation_view, statuses, without_hosts
+from meshpeer.controller.peering import (
+    MAX_VIEW_HOSTS,
+    Status,
+    View,
+    federation_view,
+    statuses,
+    view_hosts,
+    without_hosts,
+)
 from meshpeer.controller.routing import effective_routes
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.messages import (
@@ -96,13 +104,15 @@ class ShardState:
         hub: StreamHub,
         clock: Callable[[], float],
         grant_ttl: float = 3600.0,
+        revoked_hosts: frozenset[str] = frozenset(),
     ) -> None:
         self.name = name
         self.directory = directory
         self.store = store
         self.hub = hub
         self.clock = clock
-        self.grants = GrantSettings(directory, grant_ttl)
+        self.revoked_here = revoked_hosts  # this shard's option, beside the directory's list
+        self.grants = GrantSettings(directory, grant_ttl, self.revoked_hosts)
         snap = store.load()
         self.intent = Intent.from_records({k: r.body for k, r in snap.records.items()})
         self.versions: dict[tuple[str, str], int] = {k: r.version for k, r in snap.records.items()}
@@ -133,23 +143,32 @@ class ShardState:
         changes += [Change(d.kind, d.key, None) for d in deletes]
         version = self.store.commit(changes)
         old = [self.intent.get(d.kind, d.key) for d in deletes]
+        replaced = [self.intent.get(*store_key(r)) for r in puts]
         gone = [o for o in old if isinstance(o, Endpoint)]
-        fast = self._endpoints_only(puts, old) and all(o is not None for o in old)
-        placed_before = self.intent.placements()
+        changed = [r for r in puts if isinstance(r, Endpoint)] + gone
+        places = {(e.vpc, e.host) for e in changed}
+        # (vpc, host) pairs this write can empty: only those are looked at (O(1) per write).
+        moved = {(o.vpc, o.host) for o in replaced if isinstance(o, Endpoint)}
+        held = {(v, h) for v, h in places | moved if h and self.intent.placed(v, h)}
+        fast = (
+            self._endpoints_only(puts, old)
+            and all(o is not None for o in old)
+            and not any(o is not None for o in replaced)  # all puts new
+            and places <= held
+        )
         for r in puts:
-            old.append(self.intent.get(*store_key(r)))
             self.intent.put(r)
             self.versions[store_key(r)] = version
         for d in deletes:
             self.intent.drop(d.kind, d.key)
             self.versions.pop((d.kind, d.key), None)
-        fast = fast and not any(o is not None for o in old[len(deletes) :])  # all puts new
-        changed = [r for r in puts if isinstance(r, Endpoint)] + gone
-        places = {(e.vpc, e.host) for e in changed}
-        fast = fast and places <= placed_before and places <= self.intent.placements()
+        old += replaced
+        fast = fast and all(self.intent.placed(*p) for p in places)
         produced = self._patch_endpoints(puts, gone) if fast else None
         if produced is None:
             produced = self.refresh(self.scope_of([*puts, *(o for o in old if o is not None)]))
+        for vpc, host in sorted(p for p in held if not self.intent.placed(*p)):
+            self._host_left(vpc, [host])
         for key in [store_key(r) for r in puts] + [(d.kind, d.key) for d in deletes]:
             self.targets[key] = produced
         written = [(r, False) for r in puts] + [(o, True) for o in old[: len(deletes)] if o]
@@ -209,6 +228,50 @@ class ShardState:
                 produced[sid] = delta.version
         return produced
 
+    # --- credentials ---------------------------------------------------------------------
+
+    @property
+    def revoked_hosts(self) -> frozenset[str]:
+        """Hosts whose credentials every request is refused: the directory's, and this
+        shard's own option (kept: contracts are not renamed)."""
+        return self.directory.revoked_hosts | self.revoked_here
+
+    def adopt_directory(self, loaded: Directory) -> list[str]:
+        """A changed directory file: take its host keys and revoked hosts now; return the
+        fields that differ and need a restart. A newly revoked host's open subscriptions are
+        closed (``host-revoked``) and its peering streams mint no more grants."""
+        before = self.revoked_hosts
+        self.directory, ignored = credentials_update(self.directory, loaded)
+        self.grants = replace(self.grants, directory=self.directory, revoked=self.revoked_hosts)
+        for host in sorted(self.revoked_hosts - before):
+            closed = self.hub.close_held(host, CloseReason.HOST_REVOKED)
+            log.warning("host %s revoked: %d subscriptions closed", host, closed)
+        if self.revoked_hosts != before:
+            self.refresh()  # peering streams: grants for revoked hosts go, restored ones come
+        return ignored
+
+    # --- a host leaves a VPC --------------------------------------------------------------
+
+    def _host_left(self, vpc: str, hosts: Iterable[str]) -> None:
+        """``hosts`` hold no endpoint of ``vpc`` any more: close what their own credentials
+        follow here for it (a subscription is checked when it is made; this is the other
+        half): ``vpc``'s own services if it is this shard's, and the services of its peers
+        here that they follow with a grant for ``vpc`` (the peering stream that lists those
+        grants is gone with the host's last endpoint). For a VPC of another shard, its
+        federation view's host list says who left (``set_remote_view``)."""
+        streams = [StreamId(s, vpc, None) for s in PEER_SERVICES]
+        peers = [
+            StreamId(s, p.vpc, p.export.policy_id)
+            for p in self.intent.peerings.values()
+            if p.peer_vpc == vpc
+            for s in PEER_SERVICES
+        ]
+        for host in hosts:
+            closed = self.hub.close_held(host, CloseReason.HOST_LEFT, streams)
+            closed += self.hub.close_held(host, CloseReason.HOST_LEFT, peers, tag=vpc)
+            if closed:
+                log.info("host %s left VPC %s: %d subscriptions closed", host, vpc, closed)
+
     def scope_of(self, resources: Iterable[Resource]) -> Scope:
         """The VPCs and hosts whose streams a change to these resources can alter."""
         vpcs: set[str] = set()
@@ -242,6 +305,9 @@ class ShardState:
             self.remote_views[vpc] = view
         if old != view:
             self.store.set_meta(REMOTE_VIEW + vpc, None if view is None else canonical_json(view))
+        now_hosts = view_hosts(view)
+        if old is not None and view is not None and len(now_hosts) < MAX_VIEW_HOSTS:
+            self._host_left(vpc, sorted(set(view_hosts(old)) - set(now_hosts)))
         if old is not None and without_hosts(old) == without_hosts(view):
             return  # only its hosts changed: no state or stream depends on them
         peers = {p.vpc for p in self.intent.peerings.values() if p.peer_vpc == vpc}

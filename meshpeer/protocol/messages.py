@@ -59,6 +59,8 @@ class CloseReason(StrEnum):
     PEERING_GONE = "peering-gone"  # peering deleted or no longer ACTIVE: drop the state
     GRANT_EXPIRED = "grant-expired"  # re-subscribe with a fresh grant
     SHUTDOWN = "shutdown"  # publisher going away: keep state, resume later with since
+    HOST_LEFT = "host-left"  # the host has no endpoint left in the VPC: drop the state
+    HOST_REVOKED = "host-revoked"  # the host's credential is revoked: drop the state
 
 
 @dataclass(frozen=True)

@@ -70,10 +70,17 @@ class StreamStats:
 class _Outbox:
     """One attached subscriber: its bounded queue and the wake-up of its writer."""
 
-    def __init__(self, maxlen: int, tag: str | None = None, host: str | None = None) -> None:
+    def __init__(
+        self,
+        maxlen: int,
+        tag: str | None = None,
+        host: str | None = None,
+        holder: str | None = None,
+    ) -> None:
         self.queue = SubscriberQueue(maxlen)
         self.tag = tag  # who subscribed (e.g. the grant's VPC), for closing some subscribers
         self.host = host  # the subscribing host, whose applied versions say "programmed"
+        self.holder = holder  # the host whose own credential opened it (None: an operator)
         self._waiter: Any = None  # eventlet.event.Event while the writer sleeps
 
     def wake(self) -> None:
@@ -316,9 +323,7 @@ class StreamHub:
         stream = self._streams.get(sid)
         if stream is None:
             return False
-        for outbox in stream.outboxes:
-            outbox.queue.push(Close(reason))
-            outbox.wake()
+        _close(stream.outboxes, reason)
         if forget:
             del self._streams[sid]
             self._floor = max(self._floor, stream.log.version + 1)
@@ -342,11 +347,28 @@ class StreamHub:
         stream = self._streams.get(StreamId(*stream_id))
         if stream is None:
             return 0
-        chosen = [o for o in stream.outboxes if o.tag == tag]
-        for outbox in chosen:
-            outbox.queue.push(Close(reason))
-            outbox.wake()
-        return len(chosen)
+        return _close([o for o in stream.outboxes if o.tag == tag], reason)
+
+    def close_held(
+        self,
+        holder: str,
+        reason: str,
+        stream_ids: Iterable[tuple[Any, ...]] | None = None,
+        tag: str | None = None,
+    ) -> int:
+        """Close the subscribers that host ``holder``'s credential opened, on ``stream_ids``
+        (None: every stream), with ``tag`` only if one is given; the streams stay for the
+        others. Returns how many were closed.
+
+        A host leaving a VPC loses the VPC's streams it follows; a revoked host loses all.
+        """
+        if stream_ids is None:
+            streams = list(self._streams.values())
+        else:
+            found = (self._streams.get(StreamId(*sid)) for sid in stream_ids)
+            streams = [s for s in found if s is not None]
+        held = (o for s in streams for o in s.outboxes if o.holder == holder)
+        return _close([o for o in held if tag is None or o.tag == tag], reason)
 
     # --- subscribing -----------------------------------------------------------------------
 
@@ -361,6 +383,7 @@ class StreamHub:
         expiry_reason: str = CloseReason.GRANT_EXPIRED.value,
         tag: str | None = None,
         host: str | None = None,
+        holder: str | None = None,
     ) -> StreamWriter:
         """Attach a subscriber; return its ``app_iter`` (raises KeyError for an unknown stream).
 
@@ -369,14 +392,15 @@ class StreamHub:
         starts at once. Then queued messages as they come, a heartbeat after
         ``heartbeat_interval`` idle seconds, and the end after a Close or error. At
         ``expires_at`` (on ``clock``, e.g. the grant's expiry converted to it) the writer sends
-        ``Close(expiry_reason)``. Serve it with :func:`ndjson_response` (eventlet would
+        ``Close(expiry_reason)``. ``holder``: the host whose own credential subscribes
+        (:meth:`close_held`). Serve it with :func:`ndjson_response` (eventlet would
         otherwise buffer small writes).
         """
         if heartbeat_interval <= 0:
             raise ValueError("heartbeat_interval must be > 0")
         clock = clock or self.clock
         stream = self._streams[StreamId(*stream_id)]
-        outbox = _Outbox(self.queue_maxlen, tag, host)
+        outbox = _Outbox(self.queue_maxlen, tag, host, holder)
         resume = stream.log.resume(since)
         for msg in resume:  # more than maxlen deltas turn into one snapshot
             outbox.queue.push(msg)
@@ -419,6 +443,16 @@ class StreamHub:
     def stats(self) -> dict[StreamId, StreamStats]:
         """Counters of every stream."""
         return {sid: stream.stats() for sid, stream in self._streams.items()}
+
+
+def _close(outboxes: Iterable[_Outbox], reason: str) -> int:
+    """Queue ``Close(reason)`` for each subscriber and wake its writer; return how many."""
+    closed = 0
+    for outbox in outboxes:
+        outbox.queue.push(Close(reason))
+        outbox.wake()
+        closed += 1
+    return closed
 
 
 def ndjson_response(app_iter: StreamWriter, environ: dict[str, Any]) -> Any:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import yaml
 
 from meshpeer.controller.auth import host_token
-from tests.api.ctlkit import HOST_STATUS, Cluster, stream
+from tests.api.ctlkit import HOST_STATUS, Cluster, Ctl, stream
 
 READER = "reader-" + "r" * 24
 LAYOUT = {"ctl1": ((1, 999), ("blue", "green"))}
@@ -110,3 +110,121 @@ def test_host_keys_rotate_and_hosts_are_revoked(make_cluster: Callable[..., Clus
     ctl.restart()
     assert ctl.req("PUT", "/v1/hosts/hv1", body, token=old).status == 401
     assert ctl.req("PUT", "/v1/hosts/hv1", body, token=new).status == 200
+
+
+def test_a_shard_mints_no_grant_for_a_revoked_host(make_cluster: Callable[..., Cluster]) -> None:
+    """A review found the host's own shard minting grants into a revoked host's peering
+    stream: its credential was refused, but the grants it held went on opening the peers'
+    streams at a shard that had not revoked it."""
+    cluster = make_cluster(layout=LAYOUT, options={"revoked_hosts": "hv1"})
+    ctl = cluster["ctl1"]
+    ctl.vpc("blue", "10.1.0.0/24")
+    ctl.vpc("green", "10.3.0.0/24")
+    ctl.vm("blue", "b1", "10.1.0.5", host="hv1")
+    ctl.vm("green", "g1", "10.3.0.5", host="hv2")
+    ctl.peer("blue", "green")
+    ctl.peer("green", "blue")
+    ctl.wait_state("blue", "to-green", "ACTIVE")
+    with stream(ctl, cluster.token, "peering", "green", host="hv2") as s:
+        assert set(s.next()["objects"]) == {"blue"}  # hv2 is not revoked
+    with stream(ctl, cluster.token, "peering", "blue", host="hv1") as s:
+        assert s.next()["objects"] == {}
+
+
+def blue_and_red(cluster: Cluster, blue: tuple[str, ...], red: tuple[str, ...]) -> tuple[Ctl, Ctl]:
+    """blue (ctl1) and red (ctl2), peered ACTIVE, with one VM on each host named."""
+    c1, c2 = cluster["ctl1"], cluster["ctl2"]
+    c1.vpc("blue", "10.1.0.0/24")
+    c2.vpc("red", "10.2.0.0/24")
+    for i, host in enumerate(blue, 1):
+        c1.vm("blue", f"b{i}", f"10.1.0.{4 + i}", host=host)
+    for i, host in enumerate(red, 1):
+        c2.vm("red", f"r{i}", f"10.2.0.{4 + i}", host=host)
+    c1.peer("blue", "red")
+    c2.peer("red", "blue")
+    c1.wait_state("blue", "to-red", "ACTIVE")
+    return c1, c2
+
+
+def test_a_host_revoked_in_the_directory_is_refused_by_every_shard_at_once(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """``revoked_hosts`` in the shards' directory, taken by running shards (no restart): the
+    host's open streams close (``host-revoked``), every shard refuses its credential, its
+    shard takes back the grants it minted for it; other hosts go on."""
+    cluster = make_cluster(options={"directory_check_interval": 0.2})
+    c1, c2 = blue_and_red(cluster, blue=("hv1",), red=("hv1", "hv2"))
+    hv1, hv2 = cluster.host_token("hv1"), cluster.host_token("hv2")
+    body = {"underlay_ip": "192.0.2.1"}
+    for ctl in (c1, c2):
+        assert ctl.req("PUT", "/v1/hosts/hv1", body, token=hv1).status == 200
+    with (
+        stream(c2, hv1, "destination", "red", host="hv1") as own,
+        stream(c2, hv2, "destination", "red", host="hv2") as other,
+        stream(c1, cluster.token, "peering", "blue", host="hv1") as grants,
+    ):
+        assert own.next()["type"] == other.next()["type"] == "snapshot"
+        assert set(grants.next()["objects"]) == {"red"}
+        doc = yaml.safe_load(cluster.directory_file.read_text(encoding="utf-8"))
+        doc["revoked_hosts"] = ["hv1"]
+        cluster.directory_file.write_text(yaml.safe_dump(doc), encoding="utf-8")
+        assert own.next(timeout=30) == {"type": "close", "reason": "host-revoked"}
+        assert grants.next(timeout=30)["deletes"] == ["red"]
+        for ctl in (c1, c2):
+            refused = ctl.req("PUT", "/v1/hosts/hv1", body, token=hv1)
+            assert refused.status == 401, (ctl.name, refused.body)
+        assert other.quiet(0.5) >= 0  # hv2's stream goes on
+    assert c2.req("PUT", "/v1/hosts/hv2", body, token=hv2).status == 200
+
+
+def test_operator_tokens_rotate_without_refusing_a_client(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """Rotation without downtime: the new admin and read-only tokens are valid beside the
+    old ones (``api_tokens``, ``readonly_tokens``); the old ones go once clients moved."""
+    admin2, reader2 = "admin2-" + "a" * 24, "reader2-" + "r" * 24
+    cluster = make_cluster(
+        layout=LAYOUT,
+        options={"readonly_token": READER, "api_tokens": admin2, "readonly_tokens": reader2},
+    )
+    ctl = cluster["ctl1"]
+    for token, vpc in ((cluster.token, "blue"), (admin2, "green")):
+        assert ctl.req("POST", "/v1/vpcs", {"name": vpc}, token=token).status == 201
+    for token in (READER, reader2):
+        assert ctl.req("GET", "/v1/vpcs/blue", token=token).status == 200
+        assert ctl.req("DELETE", "/v1/vpcs/blue", token=token).status == 403
+    ctl.stop()  # rotation done: the new tokens become the only ones
+    conf = ctl.conf.read_text(encoding="utf-8").splitlines()
+    kept = [ln for ln in conf if not ln.startswith(("api_tokens", "readonly_tokens"))]
+    kept = [f"api_token = {admin2}" if ln.startswith("api_token ") else ln for ln in kept]
+    kept = [f"readonly_token = {reader2}" if ln.startswith("readonly_token") else ln for ln in kept]
+    ctl.conf.write_text("\n".join([*kept, ""]), encoding="utf-8")
+    ctl.start()
+    assert ctl.req("GET", "/v1/vpcs/blue", token=admin2).status == 200
+    assert ctl.req("GET", "/v1/vpcs/blue", token=reader2).status == 200
+    assert ctl.req("GET", "/v1/vpcs/blue", token=cluster.token).status == 401
+    assert ctl.req("GET", "/v1/vpcs/blue", token=READER).status == 401
+
+
+def test_a_host_evacuated_from_a_vpc_loses_its_streams_at_both_shards(cluster: Cluster) -> None:
+    """A review found a host kept following a VPC after its last endpoint there was deleted
+    (checked at subscribe time only). Now blue's shard closes hv1's blue streams at the delete,
+    and red's shard (another process) closes hv1's stream of red opened with its grant for
+    blue, when blue's federation view drops hv1. hv2, still in blue, keeps its streams."""
+    c1, c2 = blue_and_red(cluster, blue=("hv1", "hv2"), red=("hv9",))
+    with stream(c1, cluster.token, "peering", "blue", host="hv1") as s:
+        red = s.next()["objects"]["red"]
+    policy = {"policy": red["policy_id"], "host": "hv1"}
+    hv1, hv2 = cluster.host_token("hv1"), cluster.host_token("hv2")
+    with (
+        stream(c1, hv1, "destination", "blue", host="hv1") as own,
+        stream(c2, red["grant"], "destination", "red", **policy) as peer,
+        stream(c1, hv2, "destination", "blue", host="hv2") as other,
+    ):
+        assert own.next()["type"] == peer.next()["type"] == other.next()["type"] == "snapshot"
+        c1.delete("/v1/vpcs/blue/endpoints/b1")
+        assert own.next(timeout=30) == {"type": "close", "reason": "host-left"}
+        assert peer.next(timeout=30) == {"type": "close", "reason": "host-left"}
+        assert other.next()["deletes"] == ["b1"]
+    with stream(c1, hv1, "destination", "blue", host="hv1") as again:
+        assert again.status == 403, again.body

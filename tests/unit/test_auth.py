@@ -16,7 +16,12 @@ from meshpeer.controller.auth import (
     route_action,
     shard_token,
 )
-from meshpeer.controller.directory import DirectoryError, parse_directory
+from meshpeer.controller.directory import (
+    DirectoryError,
+    credentials_update,
+    parse_directory,
+    public_doc,
+)
 
 KEY = bytes(range(32))
 NEW_KEY = bytes(range(1, 33))
@@ -121,3 +126,60 @@ def test_a_host_key_id_is_one_credential_field() -> None:
     }
     with pytest.raises(DirectoryError, match=r"host_keys\.2026\.1"):
         parse_directory(raw)
+
+
+def _doc(**extra: object) -> dict[str, object]:
+    return {
+        "shards": {"ctl1": {"url": "http://127.0.0.1:1", "vni_range": [1000, 1999], "vpcs": []}},
+        "grant_keys": {"k1": "00" * 32},
+        "federation_token": "f" * 32,
+        "host_keys": {"h1": "11" * 32},
+        **extra,
+    }
+
+
+def test_revoked_hosts_live_in_the_shards_directory_only() -> None:
+    """One list for every shard (host keys are shared: a per-shard list let the other shards
+    accept a host revoked at one); hosts' copies do not carry it."""
+    d = parse_directory(_doc(revoked_hosts=["hv3"]))
+    assert d.revoked_hosts == frozenset({"hv3"})
+    assert parse_directory(_doc()).revoked_hosts == frozenset()
+    for bad in ("hv3", ["hv3", 7], ["Not A Host"]):
+        with pytest.raises(DirectoryError, match=r"^revoked_hosts:"):
+            parse_directory(_doc(revoked_hosts=bad))
+    assert "revoked_hosts" not in public_doc(_doc(revoked_hosts=["hv3"]))
+    host_copy = parse_directory(public_doc(_doc(revoked_hosts=["hv3"])), secrets=False)
+    assert host_copy.revoked_hosts == frozenset()
+
+
+def test_a_running_shard_takes_host_keys_and_revocations_only() -> None:
+    running = parse_directory(_doc())
+    loaded = parse_directory(
+        _doc(revoked_hosts=["hv3"], host_keys={"h2": "22" * 32}, federation_token="g" * 32)
+    )
+    updated, ignored = credentials_update(running, loaded)
+    assert updated.revoked_hosts == {"hv3"} and set(updated.host_keys) == {"h2"}
+    assert updated.federation_token == running.federation_token
+    assert ignored == ["federation_token"]
+
+
+def test_operator_tokens_rotate_with_several_valid_at_once() -> None:
+    """The admin and read-only tokens had one value each: changing one cut every client
+    still holding the old one. Now a list is valid beside each; an empty one opens nothing."""
+    creds = Credentials(
+        "admin-old", "reader-old", {}, FED, {"ctl1"},
+        admin_tokens=("admin-new", ""), readonly_tokens=("reader-new",),
+    )  # fmt: skip
+    admin, reader = Identity(Role.ADMIN, "operator"), Identity(Role.READER, "operator")
+    for token, who in (
+        ("admin-old", admin),
+        ("admin-new", admin),
+        ("reader-old", reader),
+        ("reader-new", reader),
+    ):
+        assert creds.identify(bearer(token)) == who, token
+    for token in ("admin-newer", "reader", "admin-old,admin-new"):
+        assert creds.identify(bearer(token)) is None, token
+    no_reader = Credentials("admin-old", None, {}, FED, {"ctl1"}, readonly_tokens=("",))
+    assert no_reader.identify(bearer("admin-old")) == admin
+    assert no_reader.identify("Bearer  ") is None

@@ -2,25 +2,38 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import pathlib
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from webob import Request
 
 from meshpeer.controller import intent as ops
 from meshpeer.controller.api import ControllerApi
-from meshpeer.controller.model import Host
+from meshpeer.controller.auth import host_token
+from meshpeer.controller.model import Host, Intent
+from meshpeer.controller.peering import federation_view
 from meshpeer.controller.shard import Delete, ShardState
 from meshpeer.protocol import ServiceName
-from meshpeer.protocol.messages import Close, StreamId
+from meshpeer.protocol.codec import Decoder
+from meshpeer.protocol.messages import (
+    GRANT_HEADER,
+    Close,
+    Delta,
+    Heartbeat,
+    Message,
+    Snapshot,
+    StreamId,
+)
 from meshpeer.rest import Api
 from meshpeer.store.sqlite import Store
 from meshpeer.streaming.publisher import StreamHub
 from policies.export import ExportPolicy
-from tests.unit.controller_fixtures import directory, subnets
+from tests.unit.controller_fixtures import add_vm, add_vpc, directory, peer, subnets
 
 D = directory(ctl1=["blue", "green", "red"])
 
@@ -285,3 +298,144 @@ def test_a_kept_view_that_does_not_parse_is_dropped(tmp_path: pathlib.Path) -> N
     again = shard(tmp_path)  # red is owned by ctl1 here: not a remote VPC, nothing restored
     assert again.remote_views == {} and again.store.load().meta == {}
     again.store.close()
+
+
+HOST_KEY = bytes(range(32))
+
+
+def follow(api: Api, host: str, service: str, key: str, grant: str | None = None) -> Any:
+    """``host`` subscribes with its own credential (and a grant for a peer's stream)."""
+    query = {"service": service, "key": key, "host": host}
+    headers = {"Authorization": f"Bearer {host_token(host, 'h1', HOST_KEY)}"}
+    if grant is not None:
+        query["policy"] = ExportPolicy().policy_id
+        headers[GRANT_HEADER] = grant
+    return Request.blank("/v1/subscribe?" + urlencode(query), headers=headers).get_response(api)
+
+
+def next_message(answer: Any) -> Message:
+    """The stream's next message (a heartbeat after 50 ms idle, if nothing else comes)."""
+    (message,) = Decoder().feed(next(answer.app_iter))
+    return message
+
+
+def test_a_host_that_leaves_a_vpc_loses_its_streams_of_it(tmp_path: pathlib.Path) -> None:
+    """Found by a security review: a subscription was checked when it was made only, so a
+    host evacuated from a VPC went on following the VPC's destinations (and, with the grant
+    it was given for the VPC, its peers'). Its last endpoint there gone (or moved to another
+    host), its own-credential streams of the VPC close; other hosts' stay open."""
+    store = Store.open(str(tmp_path / "s.db"), synchronous="NORMAL")
+    d = dataclasses.replace(D, host_keys={"h1": HOST_KEY})
+    s = ShardState("ctl1", d, store, StreamHub(base_version=1 << 32), lambda: 1000.0)
+    build(s)
+    api = Api(*_api(s))
+    for host, name, ip in (("hv1", "b1", "10.1.0.11"), ("hv1", "b2", "10.1.0.12"),
+                           ("hv3", "b3", "10.1.0.13")):  # fmt: skip
+        s.commit([ops.new_endpoint(s.intent, "blue", name, "vm", ipaddress.ip_address(ip),
+                                   None, host, [])])  # fmt: skip
+    grant = s.hub.objects(StreamId(ServiceName.PEERING, "blue", None, "hv1"))["red"]["grant"]
+    assert isinstance(grant, str)
+    own = follow(api, "hv1", "destination", "blue")
+    peer = follow(api, "hv1", "destination", "red", grant)
+    other = follow(api, "hv3", "destination", "blue")
+    answers = (own, peer, other)
+    try:
+        assert [a.status_int for a in answers] == [200, 200, 200]
+        for a in answers:
+            assert isinstance(next_message(a), Snapshot)
+        s.commit(deletes=[Delete("endpoint", "blue/b1")])  # hv1 still holds b2
+        assert [type(next_message(a)) for a in answers] == [Delta, Heartbeat, Delta]
+        s.commit(deletes=[Delete("endpoint", "blue/b2")])  # hv1's last one in blue
+        assert next_message(own) == Close("host-left")
+        assert next_message(peer) == Close("host-left")
+        assert isinstance(next_message(other), Delta)
+        # Its grant has not expired, but it serves no host outside the VPC any more.
+        again = follow(api, "hv1", "destination", "red", grant)
+        assert again.status_int == 403 and "no endpoint" in again.json["detail"], again.json
+        assert follow(api, "hv1", "destination", "blue").status_int == 403
+        # Moved to another host: the host it left loses the VPC too.
+        b3 = s.intent.endpoints[("blue", "b3")]
+        s.commit([dataclasses.replace(b3, host="hv4")])
+        assert next_message(other) == Close("host-left")
+    finally:
+        for a in answers:
+            a.app_iter.close()
+
+
+def test_a_host_that_leaves_a_peer_shards_vpc_loses_that_peers_streams(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The peer VPC's shard learns who left from the VPC's federation view (its host list)."""
+    d = directory(ctl1=["blue"], ctl2=["red"])
+    store = Store.open(str(tmp_path / "ctl2.db"), synchronous="NORMAL")
+    ctl2 = ShardState("ctl2", d, store, StreamHub(base_version=1 << 32), lambda: 1000.0)
+    ctl2.commit([ops.new_vpc(ctl2.intent, d, "ctl2", "red", subnets("10.2.0.0/24"), None)])
+    ctl2.commit([ops.new_peering(ctl2.intent, "red", "p", "blue", ExportPolicy(), False, None)])
+    blue = Intent()
+    add_vpc(blue, d, "ctl1", "blue", "10.1.0.0/24")
+    peer(blue, "blue", "red")
+    add_vm(blue, "blue", "b1", "10.1.0.11", "hv1")
+    add_vm(blue, "blue", "b2", "10.1.0.12", "hv3")
+    ctl2.set_remote_view("blue", federation_view(blue, "ctl1", "blue"))
+    sid = StreamId(ServiceName.DESTINATION, "red", ExportPolicy().policy_id)
+    hv1 = ctl2.hub.wsgi_stream(sid, None, tag="blue", host="hv1", holder="hv1")
+    hv3 = ctl2.hub.wsgi_stream(sid, None, tag="blue", host="hv3", holder="hv3")
+    try:
+        blue.drop("endpoint", "blue/b1")
+        ctl2.set_remote_view("blue", federation_view(blue, "ctl1", "blue"))
+        log = ctl2.hub._streams[sid].log
+        assert Close("host-left") in hv1._outbox.queue.drain(log)
+        assert not any(isinstance(m, Close) for m in hv3._outbox.queue.drain(log))
+    finally:
+        hv1.close()
+        hv3.close()
+
+
+def _api(s: ShardState) -> tuple[Any, Any]:
+    handlers = ControllerApi(s, "t", lambda vpc: None, heartbeat_interval=0.05)
+    return handlers.routes(), handlers.guard
+
+
+def test_a_host_revoked_in_the_directory_loses_its_streams_and_grants(
+    tmp_path: pathlib.Path,
+) -> None:
+    """``revoked_hosts`` was a per-shard option while host keys are shared, and the host's
+    own shard kept minting grants for it. Now the directory names it for every shard; a
+    running shard takes it from a changed file: it closes the host's open subscriptions and
+    stops minting grants for it."""
+    store = Store.open(str(tmp_path / "s.db"), synchronous="NORMAL")
+    d = dataclasses.replace(D, host_keys={"h1": HOST_KEY})
+    s = ShardState("ctl1", d, store, StreamHub(base_version=1 << 32), lambda: 1000.0)
+    build(s)
+    api = Api(*_api(s))
+    for host, name, ip in (("hv1", "b1", "10.1.0.11"), ("hv3", "b3", "10.1.0.13")):
+        ip_ = ipaddress.ip_address(ip)
+        s.commit([ops.new_endpoint(s.intent, "blue", name, "vm", ip_, None, host, [])])
+    on_hv1 = StreamId(ServiceName.PEERING, "blue", None, "hv1")
+    assert "red" in s.hub.objects(on_hv1)
+    hv1, hv3 = follow(api, "hv1", "destination", "blue"), follow(api, "hv3", "destination", "blue")
+    try:
+        assert isinstance(next_message(hv1), Snapshot) and isinstance(next_message(hv3), Snapshot)
+        ignored = s.adopt_directory(dataclasses.replace(d, revoked_hosts=frozenset({"hv1"})))
+        assert ignored == []
+        assert next_message(hv1) == Close("host-revoked")
+        assert isinstance(next_message(hv3), Heartbeat)
+        assert s.hub.objects(on_hv1) == {}  # no grant minted for it any more
+        assert follow(api, "hv1", "destination", "blue").status_int == 401
+        s.adopt_directory(d)  # taken back: served again
+        assert "red" in s.hub.objects(on_hv1)
+        assert follow(api, "hv1", "destination", "blue").status_int == 200
+    finally:
+        hv1.app_iter.close()
+        hv3.app_iter.close()
+
+
+def test_a_shard_mints_no_grant_for_a_host_revoked_at_start(tmp_path: pathlib.Path) -> None:
+    store = Store.open(str(tmp_path / "s.db"), synchronous="NORMAL")
+    d = dataclasses.replace(D, revoked_hosts=frozenset({"hv1"}))
+    s = ShardState("ctl1", d, store, StreamHub(base_version=1 << 32), lambda: 1000.0)
+    build(s)
+    ip = ipaddress.ip_address("10.1.0.11")
+    s.commit([ops.new_endpoint(s.intent, "blue", "b1", "vm", ip, None, "hv1", [])])
+    assert s.hub.objects(StreamId(ServiceName.PEERING, "blue", None, "hv1")) == {}
+    assert "blue" in s.hub.objects(StreamId(ServiceName.PEERING, "red", None, "hv2"))
