@@ -17,9 +17,10 @@ from meshpeer.controller.shard import Delete, ShardState
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.messages import Close, StreamId
 from meshpeer.rest import Api
-from meshpeer.store.sqlite import Store
+from meshpeer.store.sqlite import Change, Store
 from meshpeer.streaming.publisher import StreamHub
 from policies.export import ExportPolicy
+from policies.routes import DEFAULT_PREFERENCE
 from tests.unit.controller_fixtures import directory, subnets
 
 D = directory(ctl1=["blue", "green", "red"])
@@ -285,3 +286,17 @@ def test_a_kept_view_that_does_not_parse_is_dropped(tmp_path: pathlib.Path) -> N
     again = shard(tmp_path)  # red is owned by ctl1 here: not a remote VPC, nothing restored
     assert again.remote_views == {} and again.store.load().meta == {}
     again.store.close()
+
+
+def test_a_peering_stored_before_preference_loads_at_the_default(tmp_path: pathlib.Path) -> None:
+    """A record the code wrote before the field existed: the same behaviour as then."""
+    s = shard(tmp_path)
+    build(s)
+    body = s.intent.peerings[("red", "to-blue")].to_json()
+    del body["preference"]
+    s.store.commit([Change("peering", "red/to-blue", body)])
+    s.store.close()
+    again = shard(tmp_path)
+    assert again.intent.peerings[("red", "to-blue")].preference == DEFAULT_PREFERENCE
+    objs = again.hub.objects(StreamId(ServiceName.PEERING, "red", None, "hv2"))
+    assert objs["blue"]["preference"] == DEFAULT_PREFERENCE
