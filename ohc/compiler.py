@@ -318,7 +318,9 @@ def _decide(own: VpcServices, peers: Iterable[PeerView]) -> _Routes:
 
     local = taken(own.routes, None)
     peers = tuple(peers)
-    imports = [PeerRoutes(taken(p.services.routes, p), p.import_custom_routes) for p in peers]
+    imports = [
+        PeerRoutes(taken(p.services.routes, p), p.import_custom_routes, p.preference) for p in peers
+    ]
     decisions = decide_routes(local, imports)
     table = Lookup(installed_routes(decisions))
     reach = {

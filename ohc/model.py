@@ -26,6 +26,7 @@ from typing import Any, Literal
 from meshpeer.protocol.messages import ProtocolError
 from meshpeer.protocol.peering import MAX_VNI, Inbound, PeeringObject
 from ohc.pipeline import MAX_PORT, TUNNEL_PORT
+from policies.routes import DEFAULT_PREFERENCE
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_SHARED_HOSTS = 4096  # underlay addresses one DestIndex shares among its destinations
@@ -401,6 +402,7 @@ class PeerView:
     services: VpcServices
     import_custom_routes: bool = False  # the local peering's flag (policies.routes rule 0)
     inbound: Inbound = "all"  # the local side's: "replies" lets in only answers (conntrack)
+    preference: int = DEFAULT_PREFERENCE  # the local side's (policies.routes rule 3)
 
 
 @dataclass(frozen=True)
@@ -499,6 +501,7 @@ class HostView:
                         services,
                         po.import_custom_routes,
                         po.inbound,
+                        po.preference,
                     )
                 )
         view = HostView(

@@ -45,6 +45,7 @@ from meshpeer.rest.router import RequestCtx, Route
 from meshpeer.rest.schema import Arr, Bool, Int, Obj, Schema, Str
 from meshpeer.streaming.publisher import ndjson_response
 from policies.export import PolicyError, parse_export_policy, ranges_outside
+from policies.routes import DEFAULT_PREFERENCE
 
 NAME = Str(format="name")
 SUBNET_CIDR = Str(
@@ -74,9 +75,16 @@ EXPORT = Obj(
     name="ExportPolicy",
     description="What this VPC shows the peer; every restriction narrows it (docs/policies.md)",
 )
+# What either write of a peering side may set (all optional on create and update).
+PEERING_SETTINGS: dict[str, Schema] = {
+    "export": EXPORT,
+    "import_custom_routes": Bool(),
+    "inbound": out.INBOUND,
+    "preference": out.PREFERENCE,
+}
 PEERING_IN = Obj(
     {"name": NAME, "peer_vpc": NAME},
-    {"export": EXPORT, "import_custom_routes": Bool(), "inbound": out.INBOUND},
+    PEERING_SETTINGS,
     name="PeeringCreate",
 )
 # "effective" is taken by GET /v1/vpcs/{vpc}/routes/effective.
@@ -434,6 +442,7 @@ class ControllerApi:
             b.get("import_custom_routes", False),
             facts,
             b.get("inbound", "all"),
+            b.get("preference", DEFAULT_PREFERENCE),
         )
         # The peer's view just fetched decides the state now (ACTIVE at once when the peer
         # has configured its side), not when the federation stream first delivers it.
@@ -473,6 +482,7 @@ class ControllerApi:
             export=export,
             import_custom_routes=b.get("import_custom_routes", p.import_custom_routes),
             inbound=b.get("inbound", p.inbound),
+            preference=b.get("preference", p.preference),
         )
         self.shard.commit([updated])
         warnings = self._export_warnings(p.vpc, b["export"]) if "export" in b else []
@@ -885,11 +895,11 @@ class ControllerApi:
                 response=out.PEERING_WRITTEN,
                 body=Obj(
                     {},
-                    {"export": EXPORT, "import_custom_routes": Bool(), "inbound": out.INBOUND},
+                    PEERING_SETTINGS,
                     name="PeeringUpdate",
                 ),
                 params=ITEM_P,
-                summary="Change a peering's export policy, route import or inbound",
+                summary="Change a peering's export policy, route import, inbound or preference",
             ),
             Route(
                 "DELETE",

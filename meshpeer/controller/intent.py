@@ -30,6 +30,7 @@ from meshpeer.controller.model import (
 from meshpeer.protocol.peering import Inbound
 from policies.export import ExportPolicy
 from policies.overlap import find_overlaps
+from policies.routes import DEFAULT_PREFERENCE
 
 # Addresses an OHC never programs for an endpoint (ohc/model.py parse_ip skips them): a subnet
 # may not overlap any, so every address it hands out is one a host can use.
@@ -266,6 +267,7 @@ def new_peering(
     import_custom_routes: bool,
     peer: PeerFacts | None,
     inbound: Inbound = "all",
+    preference: int = DEFAULT_PREFERENCE,
 ) -> Peering:
     """``peer`` is None when the peer's shard could not be asked: accepted, INACTIVE for now."""
     vpc = need_vpc(intent, vpc_name)
@@ -282,7 +284,7 @@ def new_peering(
         if not peer.exists:
             raise not_found("peer_vpc", f"VPC {peer_vpc!r} does not exist on its shard")
         _check_peer_overlap([s.cidr for s in vpc.subnets], {peer_vpc: peer.ranges}, "peer_vpc")
-    return Peering(vpc_name, name, peer_vpc, export, import_custom_routes, inbound)
+    return Peering(vpc_name, name, peer_vpc, export, import_custom_routes, inbound, preference)
 
 
 def check_peering(intent: Intent, vpc: str, name: str) -> Peering:

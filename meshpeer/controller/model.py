@@ -14,6 +14,7 @@ from typing import Any
 
 from meshpeer.protocol.peering import Inbound
 from policies.export import ExportPolicy, parse_export_policy
+from policies.routes import DEFAULT_PREFERENCE
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -128,6 +129,9 @@ class Peering:
     # What this side lets in from the peer: "all", or only "replies" to connections its own
     # endpoints opened (conntrack on this VPC's hosts; docs/policies.md, "One-way peering").
     inbound: Inbound = "all"
+    # How much this side prefers the peer's routes over other peers' to the same prefix:
+    # higher wins (policies/routes.py, rule 3; docs/routing.md).
+    preference: int = DEFAULT_PREFERENCE
 
     def to_json(self) -> JsonObject:
         return {
@@ -138,10 +142,12 @@ class Peering:
             "export_policy_id": self.export.policy_id,
             "import_custom_routes": self.import_custom_routes,
             "inbound": self.inbound,
+            "preference": self.preference,
         }
 
     @staticmethod
     def from_json(d: Mapping[str, Any]) -> Peering:
+        """A record written before ``preference`` existed loads at the default."""
         return Peering(
             vpc=d["vpc"],
             name=d["name"],
@@ -149,6 +155,7 @@ class Peering:
             export=parse_export_policy(d.get("export"), "export"),
             import_custom_routes=d.get("import_custom_routes", False),
             inbound=d.get("inbound", "all"),
+            preference=d.get("preference", DEFAULT_PREFERENCE),
         )
 
 

@@ -258,6 +258,7 @@ def peering_objects(
             expires_at=expires,
             import_custom_routes=p.import_custom_routes,
             inbound=p.inbound,
+            preference=p.preference,
         ).to_json()
     return out
 

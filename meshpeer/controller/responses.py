@@ -10,6 +10,7 @@ against this document) and the schemathesis run (response-schema conformance).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import get_args
 
 from meshpeer.controller.peering import ACTIVE, INACTIVE
 from meshpeer.protocol import ServiceName
@@ -22,6 +23,7 @@ from meshpeer.protocol.messages import (
     NAME_RE,
 )
 from meshpeer.rest.schema import Arr, Bool, Free, Int, Map, Nullable, Num, Obj, OneOf, Schema, Str
+from policies import routes
 
 NAME = Str(format="name")
 IP = Str(format="ip")
@@ -87,6 +89,12 @@ INBOUND = Str(
     description="What this side lets in from the peer: `all` (default), or `replies`: only"
     " answers to connections this VPC's endpoints opened (docs/policies.md, One-way peering)",
 )
+PREFERENCE = Int(
+    routes.MIN_PREFERENCE,
+    routes.MAX_PREFERENCE,
+    description="How much this side prefers the peer's routes over other peers' routes to the"
+    f" same prefix: higher wins (default {routes.DEFAULT_PREFERENCE}; docs/routing.md)",
+)
 PEERING = Obj(
     {
         "name": NAME,
@@ -96,6 +104,7 @@ PEERING = Obj(
         "export_policy_id": PROTOCOL_NAME,
         "import_custom_routes": Bool(),
         "inbound": INBOUND,
+        "preference": PREFERENCE,
         "version": OBJ_VERSION,
         "state": Str(enum=(ACTIVE, INACTIVE)),
         "state_details": Str(),
@@ -130,16 +139,44 @@ ROUTE = Obj(
     name="Route",
 )
 ROUTES = Obj({"routes": Arr(ROUTE)}, name="RouteList")
+_ROUTE_FIELDS: Mapping[str, Schema] = {
+    "prefix": CIDR,
+    "kind": Str(enum=("subnet", "static")),
+    "origin": Str(description="local, or peer:<vpc>"),
+    "next_hop": Nullable(IP),
+    "priority": Nullable(Int(0, 65535)),
+}
+_PEER_PREFERENCE = Int(
+    routes.MIN_PREFERENCE,
+    routes.MAX_PREFERENCE,
+    description="peer routes only: the preference of the local peering side that imports it",
+)
+RULE = Str(
+    enum=get_args(routes.Reason),
+    description="the filter or conflict rule that left the route out (docs/routing.md)",
+)
+ROUTE_WINNER = Obj(
+    _ROUTE_FIELDS,
+    {"preference": _PEER_PREFERENCE},
+    name="RouteWinner",
+    description="the installed route this one lost to",
+)
+ROUTE_LOSER = Obj(
+    {**_ROUTE_FIELDS, "rule": RULE},
+    {"preference": _PEER_PREFERENCE},
+    name="RouteLoser",
+    description="a route to the same prefix that lost to this one, and by which rule",
+)
 EFFECTIVE_ROUTE = Obj(
+    {**_ROUTE_FIELDS, "installed": Bool()},
     {
-        "prefix": CIDR,
-        "kind": Str(enum=("subnet", "static")),
-        "origin": Str(description="local, or peer:<vpc>"),
-        "next_hop": Nullable(IP),
-        "priority": Nullable(Int(0, 65535)),
-        "installed": Bool(),
+        "imported": Bool(description="peer routes only"),
+        "preference": _PEER_PREFERENCE,
+        "reason": Str(description="why the route is not installed: its rule, in words"),
+        "rule": RULE,
+        "winner": ROUTE_WINNER,
+        "losers": Arr(ROUTE_LOSER, description="installed routes: the routes they beat"),
     },
-    {"imported": Bool(description="peer routes only"), "reason": Str()},
     name="EffectiveRoute",
 )
 EFFECTIVE_ROUTES = Obj({"vpc": NAME, "routes": Arr(EFFECTIVE_ROUTE)}, name="EffectiveRoutes")

@@ -14,11 +14,18 @@ from meshpeer.controller.model import Intent, JsonObject
 from meshpeer.controller.peering import PEERING_PREFIX, Status, View
 from policies.routes import PeerRoutes, Route, RouteDecision, decide_routes
 
+# Each reason in words; ``{mine}``/``{theirs}``: the loser's and the winner's preference.
 REASONS = {
     "not-imported": "custom route not imported: peering {peering!r} has import_custom_routes false",
     "inside-local-subnet": "matches or fits inside a local subnet route",
     "local-preferred": "a local route to the same prefix wins",
-    "lower-preference": "another route to the same prefix is preferred",
+    "peering-preference": "a peer's route with a higher peering preference wins"
+    " ({theirs} > {mine})",
+    "priority": "a route with a better priority wins (a subnet route before a custom one,"
+    " then the lower priority value, then static before dynamic)",
+    "lower-peer-id": "the route of the peer with the lower id (VPC name) wins",
+    "lower-next-hop": "the route with the lower next hop wins",
+    "routing-policy": "the routing policy (policies/routes.py routing_policy) chose another route",
 }
 
 
@@ -55,30 +62,52 @@ def effective_routes(
             )
             for r in back["custom_routes"]
         ]
-        peers.append(PeerRoutes(tuple(routes), p.import_custom_routes))
-    return [
-        _render(
-            d,
-            REASONS[d.reason].format(peering=peering_of.get(d.route.origin)) if d.reason else None,
-        )
-        for d in decide_routes(local, peers)
-    ]
+        peers.append(PeerRoutes(tuple(routes), p.import_custom_routes, p.preference))
+    decisions = decide_routes(local, peers)
+    losers: dict[Route, list[JsonObject]] = {}  # winner -> the routes it beat
+    for d in decisions:
+        if d.winner is not None and d.reason != "inside-local-subnet":
+            lost = {**_route(d.route, d.from_peer, d.preference), "rule": d.reason}
+            losers.setdefault(d.winner, []).append(lost)
+    return [_render(d, peering_of.get(d.route.origin), losers.get(d.route)) for d in decisions]
 
 
-def _render(d: RouteDecision, reason: str | None) -> JsonObject:
-    r = d.route
+def _route(r: Route, from_peer: bool, preference: int | None) -> JsonObject:
+    """One route as the API shows it: the effective table's fields, and for a peer's route
+    the importing side's preference."""
     out: JsonObject = {
         "prefix": str(r.prefix),
         "kind": r.kind,
-        "origin": f"peer:{r.origin}" if d.from_peer else "local",
+        "origin": f"peer:{r.origin}" if from_peer else "local",
         "next_hop": r.next_hop or None,
         "priority": r.priority if r.kind != "subnet" else None,
+    }
+    if from_peer:
+        out["preference"] = preference
+    return out
+
+
+def _render(d: RouteDecision, peering: str | None, beat: list[JsonObject] | None) -> JsonObject:
+    """One decision: the route, whether installed, and the rule that decided: a loser names
+    the rule (``rule``, ``reason`` in words) and its ``winner``; a winner lists its ``losers``."""
+    out: JsonObject = {
+        **_route(d.route, d.from_peer, d.preference),
         "installed": d.installed,
     }
     if d.from_peer:
         out["imported"] = d.imported
-    if reason:
-        out["reason"] = reason + (
-            f" ({d.winner.prefix} from {d.winner.origin})" if d.winner else ""
+    if d.reason is not None:
+        text = REASONS[d.reason].format(
+            peering=peering, mine=d.preference, theirs=d.winner_preference
         )
+        out["rule"] = d.reason
+        out["reason"] = f"{d.reason}: {text}"
+    if d.winner is not None:
+        w = d.winner
+        winner = _route(w, d.winner_from_peer, d.winner_preference)
+        via = f" via {w.next_hop}" if w.next_hop else ""
+        out["winner"] = winner
+        out["reason"] = f"{out['reason']} ({w.prefix} from {winner['origin']}{via})"
+    if beat:
+        out["losers"] = beat
     return out

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from meshpeer.controller.model import reserved
 from meshpeer.protocol.peering import INBOUND, Inbound
 from policies.export import PolicyError, parse_export_policy
+from policies.routes import MAX_PREFERENCE, MIN_PREFERENCE
 
 T = TypeVar("T")
 
@@ -89,6 +90,10 @@ class Peering:
     export: Mapping[str, Any] | None = None
     # What vpc's side lets in from peer: "all", or only "replies" to vpc's own connections.
     inbound: Inbound = "all"
+    # vpc's side: does it import peer's custom routes, and how much it prefers them over other
+    # peers' routes to the same prefix (higher wins; None: the controller's default).
+    import_custom_routes: bool = False
+    preference: int | None = None
 
 
 @dataclass(frozen=True)
@@ -402,7 +407,10 @@ def _parse_peerings(c: _Checker, raw: object, vpcs: Mapping[str, Vpc]) -> list[P
     out: list[Peering] = []
     seen: set[tuple[str, str]] = set()
     for p, item in c.items(raw, "peerings"):
-        m = c.mapping(item, p, ["vpc", "peer"], ["export", "inbound"])
+        before = len(c.errors)
+        m = c.mapping(
+            item, p, ["vpc", "peer"], ["export", "inbound", "import_custom_routes", "preference"]
+        )
         if m is None:
             continue
         vpc = c.ref(m["vpc"], f"{p}.vpc", "VPC", vpcs)
@@ -413,15 +421,26 @@ def _parse_peerings(c: _Checker, raw: object, vpcs: Mapping[str, Vpc]) -> list[P
         inbound = next((i for i in INBOUND if i == m.get("inbound", "all")), None)
         if inbound is None:
             c.err(f"{p}.inbound", f"expected one of {', '.join(INBOUND)}, got {m['inbound']!r}")
-        if vpc is None or peer is None or inbound is None:
-            continue
+        imports = m.get("import_custom_routes", False)
+        if not isinstance(imports, bool):
+            c.err(f"{p}.import_custom_routes", f"expected true or false, got {imports!r}")
+        preference = m.get("preference")
+        if preference is not None and not _int_in(preference, MIN_PREFERENCE, MAX_PREFERENCE):
+            c.err(
+                f"{p}.preference",
+                f"bad preference {preference!r}: want an integer"
+                f" {MIN_PREFERENCE}..{MAX_PREFERENCE}",
+            )
+        if len(c.errors) > before or vpc is None or peer is None or inbound is None:
+            continue  # the file is refused anyway: no duplicate checks
         if vpc == peer:
             c.err(f"{p}.peer", f"VPC {vpc!r} cannot peer with itself")
         elif (vpc, peer) in seen:
             c.err(p, f"duplicate peering {vpc!r} -> {peer!r}")
         else:
             seen.add((vpc, peer))
-            out.append(Peering(vpc, peer, export if isinstance(export, Mapping) else None, inbound))
+            raw_export = export if isinstance(export, Mapping) else None
+            out.append(Peering(vpc, peer, raw_export, inbound, imports, preference))
     return out
 
 

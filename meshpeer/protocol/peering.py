@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from meshpeer.protocol.messages import GRANT_RE, JsonObject, ProtocolError, check_name
+from policies.routes import DEFAULT_PREFERENCE, MAX_PREFERENCE, MIN_PREFERENCE
 
 MAX_VNI = (1 << 24) - 1  # Geneve VNIs are 24 bits
 MAX_URL = 2048
@@ -27,9 +28,10 @@ INBOUND: tuple[Inbound, ...] = get_args(Inbound)
 class PeeringObject:
     """Which peer a host of VPC ``vpc`` follows, where, with which grant, and what it imports.
 
-    ``import_custom_routes`` is the local side's flag: the peer's service set is shared by every
-    peer under one export policy, so the peer's stream cannot say it; the host applies it with
-    ``policies.routes.decide_routes``, the same decision the API's effective routes make.
+    ``import_custom_routes`` and ``preference`` are the local side's settings: the peer's
+    service set is shared by every peer under one export policy, so the peer's stream cannot
+    say them; the host applies them with ``policies.routes.decide_routes``, the same decision
+    the API's effective routes make.
     """
 
     peering: str  # the local peering's name
@@ -41,6 +43,7 @@ class PeeringObject:
     expires_at: float
     import_custom_routes: bool = False
     inbound: Inbound = "all"  # the local side's setting: what this VPC's hosts let in
+    preference: int = DEFAULT_PREFERENCE  # the local side's: higher wins a route conflict
 
     def to_json(self) -> JsonObject:
         return {
@@ -53,6 +56,7 @@ class PeeringObject:
             "expires_at": self.expires_at,
             "import_custom_routes": self.import_custom_routes,
             "inbound": self.inbound,
+            "preference": self.preference,
         }
 
     @staticmethod
@@ -61,7 +65,8 @@ class PeeringObject:
 
         A missing ``import_custom_routes`` (a shard older than the field) is false: import
         nothing rather than what the user did not ask for. A missing ``inbound`` is ``all``,
-        what every peering was before the field existed."""
+        and a missing ``preference`` is ``DEFAULT_PREFERENCE``: what every peering was before
+        the field existed."""
         if not isinstance(obj, Mapping):
             raise ProtocolError("peering", f"expected an object, got {type(obj).__name__}")
         return PeeringObject(
@@ -74,6 +79,7 @@ class PeeringObject:
             expires_at=_time(obj.get("expires_at")),
             import_custom_routes=_bool(obj, "import_custom_routes"),
             inbound=_inbound(obj.get("inbound", "all")),
+            preference=_preference(obj.get("preference", DEFAULT_PREFERENCE)),
         )
 
 
@@ -104,6 +110,19 @@ def _time(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ProtocolError("expires_at", f"expected a number of seconds, got {value!r}")
     return float(value)
+
+
+def _preference(value: object) -> int:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not MIN_PREFERENCE <= value <= MAX_PREFERENCE
+    ):
+        raise ProtocolError(
+            "preference",
+            f"expected an integer in {MIN_PREFERENCE}..{MAX_PREFERENCE}, got {value!r}",
+        )
+    return value
 
 
 def _inbound(value: object) -> Inbound:

@@ -179,6 +179,16 @@ CASES = [
         detail=("all", "replies"),
     ),
     Case("bad-inbound-put", "PUT", f"{PEER}/to-red", {"inbound": True}, field="inbound"),
+    Case(
+        "bad-preference",
+        "POST",
+        PEER,
+        {"name": "to-green", "peer_vpc": "green", "preference": -1},
+        field="preference",
+    ),
+    Case("big-preference-put", "PUT", f"{PEER}/to-red", {"preference": 65536}, field="preference"),
+    Case("text-preference-put", "PUT", f"{PEER}/to-red", {"preference": "100"}, field="preference"),
+    Case("bool-preference-put", "PUT", f"{PEER}/to-red", {"preference": True}, field="preference"),
     Case("unknown-host", "PUT", "/v1/hosts/hv2", {"underlay_ip": "192.0.2.2", "x": 1}, field="x"),
     Case(
         "unknown-route",

@@ -145,6 +145,7 @@ def test_effective_routes_import_what_the_peer_exports(shards: Cluster) -> None:
         "priority": None,
         "installed": True,
         "imported": True,
+        "preference": 100,  # lime's side's default
     }
     custom = got["192.168.50.0/24"]
     assert custom["origin"] == "peer:ruby" and custom["kind"] == "static"

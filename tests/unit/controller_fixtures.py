@@ -10,6 +10,7 @@ from meshpeer.controller.model import Backend, Host, Intent, Subnet
 from meshpeer.controller.peering import View, federation_view
 from meshpeer.protocol.peering import Inbound
 from policies.export import ExportPolicy, parse_export_policy
+from policies.routes import DEFAULT_PREFERENCE
 
 KEY = "ab" * 32
 
@@ -62,11 +63,14 @@ def peer(
     import_custom_routes: bool = False,
     name: str | None = None,
     inbound: Inbound = "all",
+    preference: int = DEFAULT_PREFERENCE,
 ) -> None:
     policy: ExportPolicy = parse_export_policy(export, "export")
     name = name or f"to-{other}"
     intent.put(
-        ops.new_peering(intent, vpc, name, other, policy, import_custom_routes, None, inbound)
+        ops.new_peering(
+            intent, vpc, name, other, policy, import_custom_routes, None, inbound, preference
+        )
     )
 
 

@@ -30,9 +30,10 @@ from meshpeer.protocol.messages import (
     StreamId,
 )
 from meshpeer.rest import Api
-from meshpeer.store.sqlite import Store
+from meshpeer.store.sqlite import Change, Store
 from meshpeer.streaming.publisher import StreamHub
 from policies.export import ExportPolicy
+from policies.routes import DEFAULT_PREFERENCE
 from tests.unit.controller_fixtures import add_vm, add_vpc, directory, peer, subnets
 
 D = directory(ctl1=["blue", "green", "red"])
@@ -439,3 +440,17 @@ def test_a_shard_mints_no_grant_for_a_host_revoked_at_start(tmp_path: pathlib.Pa
     s.commit([ops.new_endpoint(s.intent, "blue", "b1", "vm", ip, None, "hv1", [])])
     assert s.hub.objects(StreamId(ServiceName.PEERING, "blue", None, "hv1")) == {}
     assert "blue" in s.hub.objects(StreamId(ServiceName.PEERING, "red", None, "hv2"))
+
+
+def test_a_peering_stored_before_preference_loads_at_the_default(tmp_path: pathlib.Path) -> None:
+    """A record the code wrote before the field existed: the same behaviour as then."""
+    s = shard(tmp_path)
+    build(s)
+    body = s.intent.peerings[("red", "to-blue")].to_json()
+    del body["preference"]
+    s.store.commit([Change("peering", "red/to-blue", body)])
+    s.store.close()
+    again = shard(tmp_path)
+    assert again.intent.peerings[("red", "to-blue")].preference == DEFAULT_PREFERENCE
+    objs = again.hub.objects(StreamId(ServiceName.PEERING, "red", None, "hv2"))
+    assert objs["blue"]["preference"] == DEFAULT_PREFERENCE

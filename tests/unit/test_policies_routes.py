@@ -1,7 +1,9 @@
-"""Route conflict rules: local wins, nothing imported lands inside a local subnet, determinism."""
+"""Route conflict rules: local wins, nothing imported lands inside a local subnet, then the
+peering preference, priority, peer id, next hop and the routing-policy hook; determinism."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 
 import pytest
@@ -10,6 +12,9 @@ from hypothesis import strategies as st
 
 from policies.overlap import Network, subnet_of
 from policies.routes import (
+    DEFAULT_PREFERENCE,
+    RULE_OF_RANK,
+    Candidate,
     Lookup,
     PeerRoutes,
     Route,
@@ -18,6 +23,7 @@ from policies.routes import (
     decide_routes,
     installed_routes,
     resolve_routes,
+    routing_policy,
 )
 
 
@@ -71,7 +77,8 @@ def test_between_imported_routes_priority_then_origin_name() -> None:
     subnet = r("2001:db8::/32", "subnet", "zebra")
     out = resolve_routes([], [a, b, c])
     assert installed_routes(out) == (c,)
-    assert {decision(out, x).reason for x in (a, b)} == {"lower-preference"}
+    assert (decision(out, a).reason, decision(out, a).winner) == ("priority", c)
+    assert (decision(out, b).reason, decision(out, b).winner) == ("lower-peer-id", c)
     assert installed_routes(resolve_routes([], [a, b, c, subnet])) == (subnet,)
 
 
@@ -120,6 +127,104 @@ def test_lookup_is_longest_prefix_first() -> None:
     assert table.find(ip_address("fd00::1")) is None
     assert table.around([ip_network("10.2.0.0/25")]) == Lookup((wide, narrow))
     assert table.around([ip_network("10.3.0.0/24")]) == Lookup((wide,))
+
+
+def peers(*sides: tuple[int, Route]) -> list[PeerRoutes]:
+    """One peer per route, importing its custom routes, at the given preference."""
+    return [PeerRoutes((route,), True, pref) for pref, route in sides]
+
+
+def test_the_higher_peering_preference_wins_over_priority_and_peer_id() -> None:
+    cheap = r("192.168.10.0/24", "static", "amber", priority=10, hop="10.1.0.5")
+    subnet = r("192.168.10.0/24", "subnet", "beech")
+    preferred = r("192.168.10.0/24", "dynamic", "zinc", priority=5000, hop="10.3.0.5")
+    out = decide_routes([], peers((100, cheap), (100, subnet), (200, preferred)))
+    assert installed_routes(out) == (preferred,)
+    for loser in (cheap, subnet):
+        d = decision(out, loser)
+        assert (d.reason, d.winner, d.preference) == ("peering-preference", preferred, 100)
+        assert (d.winner_from_peer, d.winner_preference) == (True, 200)
+    assert decision(out, preferred).preference == 200
+
+
+def test_at_equal_preference_today_s_rules_decide() -> None:
+    """The default preference changes nothing: every peer at 100 is what resolve_routes did."""
+    a = r("10.9.0.0/24", "static", "teak", priority=100, hop="10.128.0.10")
+    b = r("10.9.0.0/24", "static", "vine", priority=100, hop="10.132.0.10")
+    c = r("10.9.0.0/24", "static", "alder", priority=1000, hop="10.133.0.10")
+    out = decide_routes([], [PeerRoutes((x,), True) for x in (a, b, c)])
+    assert out == resolve_routes([], [a, b, c])
+    assert installed_routes(out) == (a,)
+    assert (decision(out, b).reason, decision(out, c).reason) == ("lower-peer-id", "priority")
+    assert PeerRoutes(()).preference == DEFAULT_PREFERENCE
+
+
+def test_a_local_route_beats_a_peer_at_any_preference() -> None:
+    local = r("10.9.0.0/24", "static", "sage", priority=65535, hop="10.131.0.10")
+    peer_subnet = r("10.9.0.0/24", "subnet", "teak")
+    out = decide_routes([local], peers((65535, peer_subnet)))
+    d = decision(out, peer_subnet)
+    assert (d.reason, d.winner, d.winner_from_peer, d.winner_preference) == (
+        "local-preferred",
+        local,
+        False,
+        None,
+    )
+
+
+def test_subnet_then_priority_then_static_before_dynamic_is_one_rule() -> None:
+    subnet = r("10.9.0.0/24", "subnet", "teak")
+    static = r("10.9.0.0/24", "static", "alder", priority=0, hop="x")
+    dynamic = r("10.9.0.0/24", "dynamic", "alder", priority=0, hop="x")
+    out = decide_routes([], peers((100, subnet), (100, static), (100, dynamic)))
+    assert installed_routes(out) == (subnet,)
+    assert {decision(out, x).reason for x in (static, dynamic)} == {"priority"}
+    out = decide_routes([], peers((100, static), (100, dynamic)))
+    assert decision(out, dynamic).reason == "priority"
+
+
+def test_within_one_vpc_the_lower_next_hop_wins() -> None:
+    a = r("10.9.0.0/24", "static", "sage", hop="10.131.0.10")
+    b = r("10.9.0.0/24", "static", "sage", hop="10.131.0.20")
+    out = decide_routes([b, a], [])
+    assert installed_routes(out) == (a,)
+    assert (decision(out, b).reason, decision(out, b).winner) == ("lower-next-hop", a)
+    out = decide_routes([], peers((100, b), (100, a)))
+    assert (decision(out, b).reason, decision(out, b).winner) == ("lower-next-hop", a)
+
+
+def last_one(prefix: Network, ranked: Sequence[Candidate]) -> Candidate:
+    return ranked[-1]
+
+
+def test_the_routing_policy_hook_picks_among_the_winner_s_side() -> None:
+    teak = r("10.9.0.0/24", "static", "teak", hop="10.128.0.10")
+    vine = r("10.9.0.0/24", "static", "vine", hop="10.132.0.10")
+    wren = r("10.9.0.0/24", "static", "wren", priority=2000, hop="10.134.0.10")
+    sides = peers((100, teak), (100, vine), (100, wren))
+    assert decide_routes([], sides) == decide_routes([], sides, routing_policy)
+    out = decide_routes([], sides, last_one)
+    assert installed_routes(out) == (wren,)
+    for loser in (teak, vine):  # the rules put them above wren: the hook decided
+        assert (decision(out, loser).reason, decision(out, loser).winner) == (
+            "routing-policy",
+            wren,
+        )
+    # a local route: the hook sees only the local side, local still beats peer
+    local = r("10.9.0.0/24", "static", "sage", hop="10.131.0.10")
+    out = decide_routes([local], sides, last_one)
+    assert installed_routes(out) == (local,)
+    assert {decision(out, x).reason for x in (teak, vine, wren)} == {"local-preferred"}
+
+
+def test_a_routing_policy_must_pick_a_candidate() -> None:
+    teak = r("10.9.0.0/24", "static", "teak", hop="10.128.0.10")
+
+    def elsewhere(prefix: Network, ranked: Sequence[Candidate]) -> Candidate:
+        return Candidate(r("10.9.0.0/24", "static", "nowhere"), True, 100)
+
+    with pytest.raises(ValueError, match="not a candidate"):
+        decide_routes([], peers((100, teak)), elsewhere)
 
 
 # --- properties --------------------------------------------------------------------------------
@@ -178,3 +283,73 @@ def test_effective_table_invariants(local: list[Route], imported: list[Route]) -
             y.kind == "subnet" and y.prefix == x.prefix and y != x for y in local
         ):
             assert x in table
+
+
+# Every peer with a random preference (and import flag); local routes on their own.
+peer_sides = st.lists(
+    st.tuples(
+        st.lists(routes(ALL), max_size=4),
+        st.booleans(),
+        st.sampled_from([0, DEFAULT_PREFERENCE, 200]),
+    ),
+    max_size=4,
+)
+
+
+def by_origin(sides: list[tuple[list[Route], bool, int]]) -> list[PeerRoutes]:
+    """One PeerRoutes per origin VPC, as the callers build them (a peer's routes are its own)."""
+    out: dict[str, PeerRoutes] = {}
+    for n, (rs, imports, pref) in enumerate(sides):
+        for x in rs:
+            origin = f"p{n}{x.origin}"
+            y = Route(x.prefix, x.kind, origin, x.next_hop, x.priority)
+            old = out.get(origin, PeerRoutes((), imports, pref))
+            out[origin] = PeerRoutes((*old.routes, y), old.import_custom_routes, old.preference)
+    return list(out.values())
+
+
+def by_hop(prefix: Network, ranked: Sequence[Candidate]) -> Candidate:
+    """A deployment's policy: the last next hop by text, whatever the rules said."""
+    return max(ranked, key=lambda c: (c.route.next_hop, c.rank()))
+
+
+@given(local_routes, peer_sides, st.data(), st.sampled_from([None, by_hop]))
+def test_decisions_do_not_depend_on_input_order(
+    local: list[Route],
+    sides: list[tuple[list[Route], bool, int]],
+    data: st.DataObject,
+    policy: object,
+) -> None:
+    hook = by_hop if policy is by_hop else None
+    imports = by_origin(sides)
+    expected = decide_routes(local, imports, hook)
+    shuffled = [
+        PeerRoutes(tuple(data.draw(st.permutations(p.routes))), p.import_custom_routes,
+                   p.preference)
+        for p in data.draw(st.permutations(imports))
+    ]  # fmt: skip
+    assert decide_routes(data.draw(st.permutations(local + local)), shuffled, hook) == expected
+
+
+@given(local_routes, peer_sides)
+def test_each_loser_names_its_winner_and_the_rule_that_decided(
+    local: list[Route], sides: list[tuple[list[Route], bool, int]]
+) -> None:
+    out = decide_routes(local, by_origin(sides))
+    installed = {d.route.prefix: d for d in out if d.installed}
+    for d in out:
+        if d.installed or d.reason in ("not-imported", "inside-local-subnet"):
+            continue
+        assert d.winner is not None and d.reason in RULE_OF_RANK
+        w = installed[d.route.prefix]  # the winner is the installed route of the prefix
+        assert (w.route, w.from_peer, w.preference) == (
+            d.winner,
+            d.winner_from_peer,
+            d.winner_preference,
+        )
+        lose = Candidate(d.route, d.from_peer, d.preference).rank()
+        win = Candidate(w.route, w.from_peer, w.preference).rank()
+        first = RULE_OF_RANK.index(d.reason)
+        last = len(RULE_OF_RANK) - RULE_OF_RANK[::-1].index(d.reason)
+        assert lose[:first] == win[:first]  # tied on every earlier rule
+        assert lose[first:last] > win[first:last]  # worse on this one

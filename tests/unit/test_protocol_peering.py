@@ -8,6 +8,7 @@ import pytest
 
 from meshpeer.protocol import ProtocolError
 from meshpeer.protocol.peering import PeeringObject
+from policies.routes import DEFAULT_PREFERENCE
 
 GOOD = PeeringObject(
     peering="plum-teak",
@@ -19,6 +20,7 @@ GOOD = PeeringObject(
     expires_at=1200.0,
     import_custom_routes=True,
     inbound="replies",
+    preference=250,
 )
 
 
@@ -35,6 +37,11 @@ def test_an_object_without_the_import_flag_imports_nothing() -> None:
 def test_an_object_without_inbound_lets_everything_in_as_before() -> None:
     old = {k: v for k, v in GOOD.to_json().items() if k != "inbound"}
     assert PeeringObject.parse(old).inbound == "all"
+
+
+def test_an_object_without_preference_has_the_default_as_before() -> None:
+    old = {k: v for k, v in GOOD.to_json().items() if k != "preference"}
+    assert PeeringObject.parse(old).preference == DEFAULT_PREFERENCE
 
 
 @pytest.mark.parametrize(
@@ -58,6 +65,12 @@ def test_an_object_without_inbound_lets_everything_in_as_before() -> None:
         ("inbound", "some"),
         ("inbound", None),
         ("inbound", ["replies"]),
+        ("preference", -1),
+        ("preference", 65536),
+        ("preference", True),
+        ("preference", "100"),
+        ("preference", 1.5),
+        ("preference", None),
     ],
 )
 def test_a_bad_field_is_refused_by_name(field: str, value: Any) -> None:

@@ -25,6 +25,7 @@ from meshpeer.protocol import ServiceName
 from meshpeer.protocol.messages import StreamId
 from ohc.compiler import compile_host, gateway_mac
 from ohc.pipeline import TUNNEL_PORT
+from policies.routes import DEFAULT_PREFERENCE
 from tests.support import FakeOFTable, TraceResult
 from tests.unit.controller_fixtures import add_vm, add_vpc, directory, peer, views
 from tests.unit.test_ohc_compiler import host_view, load, publish
@@ -236,6 +237,52 @@ def test_a_bad_peering_object_is_skipped_with_its_reason() -> None:
     assert "import_custom_routes" in skipped[0].reason
 
 
+# --- two peers export the same prefix: the peering preference, then the lower peer id -----
+
+
+def two_routers(teak: int, vine: int) -> Intent:
+    """teak and vine (c1) each route 10.129.0.0/24 via their router and export it to
+    sage (c2), which imports both at the given preferences."""
+    i = Intent()
+    add_vpc(i, D, "c1", "teak", "10.128.0.0/24")
+    add_vpc(i, D, "c1", "vine", "10.132.0.0/24")
+    add_vpc(i, D, "c2", "sage", "10.131.0.0/24")
+    add_vm(i, "teak", "router", "10.128.0.10", "hv1", kind="router")
+    add_vm(i, "vine", "router", "10.132.0.10", "hv2", kind="router")
+    add_vm(i, "sage", "s1", "10.131.0.11", "hv3")
+    net = ipaddress.ip_network("10.129.0.0/24")
+    for vpc, hop, pref in (("teak", "10.128.0.10", teak), ("vine", "10.132.0.10", vine)):
+        i.put(ops.new_route(i, vpc, "onprem", net, ipaddress.ip_address(hop), 1000))
+        peer(i, vpc, "sage", {"custom_routes": True}, name=f"{vpc}-sage")
+        peer(i, "sage", vpc, None, True, name=f"sage-{vpc}", preference=pref)
+    return i
+
+
+def test_two_peers_one_prefix_the_preferred_peer_gets_the_traffic() -> None:
+    for teak, vine, rule, winner in (
+        (100, 200, "peering-preference", "vine"),
+        (100, 50, "peering-preference", "teak"),
+        (100, 100, "lower-peer-id", "teak"),
+    ):
+        w = World.build(two_routers(teak, vine))
+        s1 = w.intent.endpoints[("sage", "s1")]
+        routes = [r for r in w.effective("sage") if r["prefix"] == "10.129.0.0/24"]
+        (won,) = [r for r in routes if r["installed"]]
+        (lost,) = [r for r in routes if not r["installed"]]
+        assert won["origin"] == f"peer:{winner}", routes
+        assert lost["rule"] == rule and lost["reason"].startswith(rule), lost
+        assert lost["winner"]["origin"] == won["origin"]
+        assert won["losers"] == [
+            {k: lost[k] for k in ("prefix", "kind", "origin", "next_hop", "priority", "preference")}
+            | {"rule": rule}
+        ]
+        assert w.reaches(s1, "10.129.0.5") == w.intent.endpoints[(winner, "router")]
+        hosts = {"teak": "hv1", "vine": "hv2"}
+        for vpc, host in hosts.items():  # replies are taken only from the winner's host
+            assert w.accepts(s1, "10.129.0.5", host) == (vpc == winner)
+        check_world(w)
+
+
 # --- the invariant over random worlds ---------------------------------------------------------
 
 VPCS = ("plum", "sage", "teak", "vine")
@@ -280,7 +327,8 @@ def worlds(draw: st.DrawFn) -> Intent:
             for one in sides:
                 other = b if one == a else a
                 export = {"custom_routes": draw(st.booleans())}
-                peer(i, one, other, export, draw(st.booleans()))
+                preference = draw(st.sampled_from([50, DEFAULT_PREFERENCE, 200]))
+                peer(i, one, other, export, draw(st.booleans()), preference=preference)
     return i
 
 

@@ -113,6 +113,14 @@ def test_the_issue_example_error_path() -> None:
             "peerings[1].export.private_only: must be true or false",
         ),
         (lambda d: d["peerings"][1]["export"].update(all=True), "peerings[1].export.all: unknown"),
+        (
+            lambda d: d["peerings"][0].update(import_custom_routes="yes"),
+            "peerings[0].import_custom_routes: expected true or false",
+        ),
+        (lambda d: d["peerings"][0].update(preference=-1), "peerings[0].preference: bad"),
+        (lambda d: d["peerings"][0].update(preference=65536), "peerings[0].preference: bad"),
+        (lambda d: d["peerings"][0].update(preference=True), "peerings[0].preference: bad"),
+        (lambda d: d["peerings"][0].update(preference="high"), "peerings[0].preference: bad"),
     ],
 )
 def test_each_error_names_its_field(mutate: Any, expected: str) -> None:
@@ -173,3 +181,14 @@ def test_a_side_may_let_in_replies_only() -> None:
     doc = sample()
     doc["peerings"][0]["inbound"] = "replies"
     assert [p.inbound for p in parse(doc).peerings] == ["replies", "all"]
+
+
+def test_a_side_imports_custom_routes_at_a_preference() -> None:
+    """The contract's keys (issue 12): ``import_custom_routes`` and ``preference``."""
+    doc = sample()
+    doc["peerings"][1] = yaml.safe_load(
+        "{vpc: red, peer: blue, import_custom_routes: true, preference: 100}"
+    )
+    blue, red = parse(doc).peerings
+    assert (blue.import_custom_routes, blue.preference) == (False, None)
+    assert (red.import_custom_routes, red.preference) == (True, 100)
