@@ -12,22 +12,43 @@ import logging
 import os
 import resource
 import signal
+import socket
 import sys
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 # The hub type is read when os_ken.lib.hub is first imported, and eventlet must patch the
 # stdlib before anything else opens a socket; native mode in os-ken 4.2.2 silently ends
 # an app's event loop when a handler raises.
 os.environ.setdefault("OSKEN_HUB_TYPE", "eventlet")
 # eventlet's green DNS resolver imports dnspython and, through it, cryptography: 16 MiB of
-# every process, for names that meshpeer does not resolve (shard URLs are addresses in the
-# lab; a name elsewhere is resolved by libc, blocking the hub for that lookup only).
+# every process. Without it libc resolves names, in a worker thread (``resolve_off_hub``).
 os.environ.setdefault("EVENTLET_NO_GREENDNS", "yes")
 
 warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
 import eventlet  # noqa: E402
+import eventlet.green.socket  # noqa: E402
+import eventlet.tpool  # noqa: E402
 
 eventlet.monkey_patch()
+
+
+def resolve_off_hub(blocking: Callable[..., Any]) -> Callable[..., Any]:
+    """``blocking`` (libc's getaddrinfo) run in eventlet's thread pool: a slow or dead DNS
+    server then stalls only the connection that asked, not the hub (OpenFlow echoes,
+    heartbeats, the REST API). Addresses resolve at once either way (the lab's URLs are
+    addresses)."""
+
+    def getaddrinfo(*args: Any, **kwargs: Any) -> Any:
+        return eventlet.tpool.execute(blocking, *args, **kwargs)
+
+    return getaddrinfo
+
+
+if os.environ["EVENTLET_NO_GREENDNS"].lower() in ("yes", "1", "true"):
+    # green create_connection looks its getaddrinfo up in eventlet.green.socket
+    socket.getaddrinfo = eventlet.green.socket.getaddrinfo = resolve_off_hub(socket.getaddrinfo)
 
 from os_ken import cfg, log  # noqa: E402
 from os_ken.base.app_manager import AppManager  # noqa: E402

@@ -210,9 +210,17 @@ class SwitchModel:
 
     def absorb(self, old: Mapping[FlowKey, Flow | None]) -> None:
         """The base changed: ``old`` has the flow each changed key had before."""
-        if self.base is not None:
+        base = self.base
+        if base is not None:
             for key, flow in old.items():
-                self.flows.setdefault(key, flow)
+                have = self.flows.get(key, flow)  # installed: its entry, else what base had
+                # no entry where the switch holds what the base now wants (a flow that only
+                # moved within its unit, a key changed back): the model stays as small as
+                # the difference
+                if have == base.flow(key):
+                    self.flows.pop(key, None)
+                else:
+                    self.flows[key] = have
 
     def state(self) -> SwitchState:
         if self.base is None:

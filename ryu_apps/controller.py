@@ -138,7 +138,12 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
             except (OSError, ValueError, yaml.YAMLError) as exc:
                 log.error("shard %s: directory %s not taken: %s", self.conf.shard, path, exc)
                 continue
-            ignored = self.shard.adopt_directory(loaded)
+            try:
+                ignored = self.shard.adopt_directory(loaded)
+            except Exception:  # the watcher must outlive one bad reload: try again next tick
+                log.exception("shard %s: taking directory %s failed", self.conf.shard, path)
+                self.directory_stamp = None
+                continue
             log.info(
                 "shard %s: directory %s: host keys and revoked hosts taken", self.conf.shard, path
             )

@@ -707,10 +707,14 @@ class ControllerApi:
             detail = f"grant rejected ({exc.reason}): {exc.detail}"
             auth = (("WWW-Authenticate", 'Bearer error="invalid_token"'),) if status == 401 else ()
             raise ApiError(status, code, "Authorization", detail, auth) from exc
-        mine = self.shard.directory.owner_of(grant.subscriber_vpc) == self.shard.name
-        if mine and not self.shard.intent.placed(grant.subscriber_vpc, host):
-            # The grant outlives the host's last endpoint in its VPC (a peer shard has no
-            # such check: it closes the stream when the VPC's view drops the host).
+        # The grant outlives the host's last endpoint in its VPC: the VPC's shard knows its
+        # endpoints, a peer shard the hosts the VPC's last federation view lists (a host that
+        # just joined and is not listed yet is refused and tries again within a second).
+        if self.shard.directory.owner_of(grant.subscriber_vpc) == self.shard.name:
+            placed = self.shard.intent.placed(grant.subscriber_vpc, host)
+        else:
+            placed = self.shard.listed_in_view(grant.subscriber_vpc, host) is not False
+        if not placed:
             raise forbidden("host", f"VPC {grant.subscriber_vpc!r} has no endpoint on {host!r}")
         for p in self.shard.intent.peerings_of(vpc):
             if p.peer_vpc != grant.subscriber_vpc or p.export.policy_id != policy:

@@ -121,6 +121,7 @@ class ShardState:
             if name.startswith(REMOTE_VIEW) and name[len(REMOTE_VIEW) :] not in self.remote_views:
                 store.set_meta(name, None)
         self.own_views: dict[str, dict[str, JsonObject]] = {}
+        self._view_hosts: dict[str, tuple[View, frozenset[str] | None]] = {}
         self.states: dict[tuple[str, str], Status] = {}
         self.service_sets: dict[tuple[str, str], list[str]] = {}
         self.listeners: list[Callable[[], None]] = []  # e.g. federation client sync
@@ -316,7 +317,22 @@ class ShardState:
     def forget_remote_view(self, vpc: str) -> None:
         """No local peering names ``vpc`` any more: drop its view, kept one included."""
         self.remote_views.pop(vpc, None)
+        self._view_hosts.pop(vpc, None)
         self.store.set_meta(REMOTE_VIEW + vpc, None)
+
+    def listed_in_view(self, vpc: str, host: str) -> bool | None:
+        """Does remote VPC ``vpc``'s last view list ``host`` among its hosts? None: no view
+        yet, or its host list was cut at MAX_VIEW_HOSTS (it cannot say). The set is built
+        once per view, not per subscription."""
+        view = self.remote_views.get(vpc)
+        if view is None:
+            return None
+        have = self._view_hosts.get(vpc)
+        if have is None or have[0] is not view:
+            hosts = view_hosts(view)
+            have = (view, None if len(hosts) >= MAX_VIEW_HOSTS else frozenset(hosts))
+            self._view_hosts[vpc] = have
+        return None if have[1] is None else host in have[1]
 
     # --- derived state ------------------------------------------------------------------
 

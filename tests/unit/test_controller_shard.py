@@ -20,6 +20,7 @@ from meshpeer.controller.peering import federation_view
 from meshpeer.controller.shard import Delete, ShardState
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.codec import Decoder
+from meshpeer.protocol.grants import Grant, mint
 from meshpeer.protocol.messages import (
     GRANT_HEADER,
     Close,
@@ -366,8 +367,10 @@ def test_a_host_that_leaves_a_vpc_loses_its_streams_of_it(tmp_path: pathlib.Path
 def test_a_host_that_leaves_a_peer_shards_vpc_loses_that_peers_streams(
     tmp_path: pathlib.Path,
 ) -> None:
-    """The peer VPC's shard learns who left from the VPC's federation view (its host list)."""
-    d = directory(ctl1=["blue"], ctl2=["red"])
+    """The peer VPC's shard learns who left from the VPC's federation view (its host list):
+    it closes the host's streams, and (found by a review) refuses the grant the host still
+    holds, which would otherwise open them again until it expires."""
+    d = dataclasses.replace(directory(ctl1=["blue"], ctl2=["red"]), host_keys={"h1": HOST_KEY})
     store = Store.open(str(tmp_path / "ctl2.db"), synchronous="NORMAL")
     ctl2 = ShardState("ctl2", d, store, StreamHub(base_version=1 << 32), lambda: 1000.0)
     ctl2.commit([ops.new_vpc(ctl2.intent, d, "ctl2", "red", subnets("10.2.0.0/24"), None)])
@@ -387,6 +390,14 @@ def test_a_host_that_leaves_a_peer_shards_vpc_loses_that_peers_streams(
         log = ctl2.hub._streams[sid].log
         assert Close("host-left") in hv1._outbox.queue.drain(log)
         assert not any(isinstance(m, Close) for m in hv3._outbox.queue.drain(log))
+        api = Api(*_api(ctl2))
+        policy = ExportPolicy().policy_id
+        for host, status in (("hv1", 403), ("hv3", 200)):
+            grant = mint(Grant("blue", "red", policy, host, 5000.0, "k1"), d.grant_keys)
+            answer = follow(api, host, "destination", "red", grant)
+            assert answer.status_int == status, (host, answer.status)  # no body: a stream
+            if status == 200:
+                answer.app_iter.close()  # the stream
     finally:
         hv1.close()
         hv3.close()

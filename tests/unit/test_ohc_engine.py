@@ -119,6 +119,7 @@ def engine_equals_full_compile(steps: list[tuple[str, int, str]]) -> None:
             model.absorb(update.old)
             model.apply(plan_keys(e.flow, e.groups, model, update.flow_keys, update.group_ids))
             assert model.state() == got and model.count == len(got.flows), h
+            assert model.flows == {}, h  # synced whole: the relative model holds nothing
             old_g = {g.group_id: g for g in before[h].groups}
             new_g = {g.group_id: g for g in got.groups}
             assert {k for k in old_g.keys() | new_g.keys() if old_g.get(k) != new_g.get(k)} <= (
