@@ -22,6 +22,9 @@ JsonObject = dict[str, Any]
 ENDPOINT_KINDS = ("vm", "ilb", "router", "vpn", "interconnect")
 # Kinds that can be a route's next hop: they forward traffic for prefixes beyond themselves.
 NEXT_HOP_KINDS = frozenset({"vm", "router", "vpn", "interconnect"})
+# Kinds that can hold a BGP session to an on-prem router (as a cloud router's interface).
+BGP_KINDS = frozenset({"router", "vpn", "interconnect"})
+DEFAULT_ASN = 64512  # a VPC's BGP AS number when it is created without one (a private ASN)
 
 
 def derived_mac(vpc: str, ip: Address) -> str:
@@ -60,6 +63,7 @@ class Vpc:
     name: str
     vni: int
     subnets: tuple[Subnet, ...] = ()
+    asn: int = DEFAULT_ASN  # its BGP AS number toward on-prem routers (docs/routing.md)
 
     def subnet_for(self, ip: Address) -> Subnet | None:
         return next(
@@ -67,11 +71,42 @@ class Vpc:
         )
 
     def to_json(self) -> JsonObject:
-        return {"name": self.name, "vni": self.vni, "subnets": [s.to_json() for s in self.subnets]}
+        return {
+            "name": self.name,
+            "vni": self.vni,
+            "subnets": [s.to_json() for s in self.subnets],
+            "asn": self.asn,
+        }
 
     @staticmethod
     def from_json(d: Mapping[str, Any]) -> Vpc:
-        return Vpc(d["name"], d["vni"], tuple(Subnet.from_json(s) for s in d["subnets"]))
+        subnets = tuple(Subnet.from_json(s) for s in d["subnets"])
+        return Vpc(d["name"], d["vni"], subnets, d.get("asn", DEFAULT_ASN))
+
+
+@dataclass(frozen=True)
+class BgpPeer:
+    """An endpoint's BGP session to an on-prem router: the router's AS number and address,
+    and the shard's own address on the link (both link-local IPv4, as a cloud router's)."""
+
+    peer_asn: int
+    peer_ip: ipaddress.IPv4Address
+    local_ip: ipaddress.IPv4Address
+
+    def to_json(self) -> JsonObject:
+        return {
+            "peer_asn": self.peer_asn,
+            "peer_ip": str(self.peer_ip),
+            "local_ip": str(self.local_ip),
+        }
+
+    @staticmethod
+    def from_json(d: Mapping[str, Any]) -> BgpPeer:
+        return BgpPeer(
+            d["peer_asn"],
+            ipaddress.IPv4Address(d["peer_ip"]),
+            ipaddress.IPv4Address(d["local_ip"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -89,6 +124,7 @@ class Endpoint:
     mac: str
     host: str | None = None  # None for an ILB: a VIP lives on no host
     backends: tuple[Backend, ...] = ()
+    bgp: BgpPeer | None = None  # router, vpn and interconnect endpoints only
 
     def to_json(self) -> JsonObject:
         d: JsonObject = {
@@ -101,6 +137,8 @@ class Endpoint:
         }
         if self.kind == "ilb":
             d["backends"] = [{"endpoint": b.endpoint, "weight": b.weight} for b in self.backends]
+        if self.bgp is not None:
+            d["bgp"] = self.bgp.to_json()
         return d
 
     @staticmethod
@@ -113,6 +151,7 @@ class Endpoint:
             mac=d["mac"],
             host=d.get("host"),
             backends=tuple(Backend(b["endpoint"], b["weight"]) for b in d.get("backends", ())),
+            bgp=BgpPeer.from_json(d["bgp"]) if d.get("bgp") else None,
         )
 
 

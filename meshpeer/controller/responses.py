@@ -44,7 +44,13 @@ def _with(base: Obj, name: str, extra: Mapping[str, Schema], description: str = 
 SUBNET = Obj({"name": NAME, "cidr": CIDR, "gateway": IP}, name="Subnet")
 SUBNET_CREATED = _with(SUBNET, "SubnetCreated", {"version": VERSION})
 VPC = Obj(
-    {"name": NAME, "vni": Int(1, (1 << 24) - 1), "subnets": Arr(SUBNET), "version": OBJ_VERSION},
+    {
+        "name": NAME,
+        "vni": Int(1, (1 << 24) - 1),
+        "subnets": Arr(SUBNET),
+        "asn": Int(1, 65535, description="BGP AS number toward on-prem routers"),
+        "version": OBJ_VERSION,
+    },
     name="Vpc",
 )
 VPCS = Obj({"vpcs": Arr(VPC)}, name="VpcList")
@@ -63,9 +69,16 @@ ENDPOINT = Obj(
         "host": Nullable(NAME),
         "version": OBJ_VERSION,
     },
-    {"backends": Arr(Obj({"endpoint": NAME, "weight": Int(1, 65535)}, name="BackendView"))},
+    {
+        "backends": Arr(Obj({"endpoint": NAME, "weight": Int(1, 65535)}, name="BackendView")),
+        "bgp": Obj(
+            {"peer_asn": Int(1, 65535), "peer_ip": IP, "local_ip": IP},
+            name="BgpPeerView",
+            description="its BGP session to an on-prem router (docs/routing.md)",
+        ),
+    },
     name="Endpoint",
-    description="backends: ILBs only",
+    description="backends: ILBs only; bgp: router, vpn and interconnect endpoints with a session",
 )
 ENDPOINT_PROGRAMMED = _with(ENDPOINT, "EndpointProgrammed", PROGRAMMED)
 ENDPOINTS = Obj({"endpoints": Arr(ENDPOINT)}, name="EndpointList")
@@ -133,7 +146,7 @@ ROUTES = Obj({"routes": Arr(ROUTE)}, name="RouteList")
 EFFECTIVE_ROUTE = Obj(
     {
         "prefix": CIDR,
-        "kind": Str(enum=("subnet", "static")),
+        "kind": Str(enum=("subnet", "static", "dynamic")),
         "origin": Str(description="local, or peer:<vpc>"),
         "next_hop": Nullable(IP),
         "priority": Nullable(Int(0, 65535)),
