@@ -8,6 +8,7 @@ Options: meshpeer.options.CONTROLLER (docs/configuration.md).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import resource
 import time
@@ -22,6 +23,7 @@ from meshpeer.controller.api import ControllerApi
 from meshpeer.controller.directory import parse_directory
 from meshpeer.controller.federation import Federation
 from meshpeer.controller.shard import ShardState
+from meshpeer.controller.speaker import Speaker
 from meshpeer.rest.admission import Limits
 from meshpeer.rest.router import Api
 from meshpeer.rest.server import serve
@@ -75,6 +77,10 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
                 h.strip() for h in (conf.revoked_hosts or "").split(",") if h.strip()
             ),
         )
+        self.speaker = Speaker(
+            self.shard, conf.bgp_asn, _router_id(conf), conf.bgp_listen_host, conf.bgp_port
+        )
+        self.shard.listeners.append(self.speaker.sync)
         self.conf = conf
         self.ticker: Any = None
         log.info(
@@ -109,6 +115,7 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
             fd_limit,
         )
         self.federation.sync()
+        self.speaker.sync()  # the sessions the store's intent wants (none: no speaker)
         self.ticker = hub.spawn(self._tick)
         return server
 
@@ -124,3 +131,14 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
         self.federation.stop()
         self.store.close()
         super().close()
+
+
+def _router_id(conf: Any) -> str | None:
+    """The configured BGP router id, else the REST address if IPv4 (None: the speaker takes
+    its first session's local address)."""
+    if conf.bgp_router_id:
+        return str(conf.bgp_router_id)
+    try:
+        return str(ipaddress.IPv4Address(conf.listen_host))
+    except ValueError:
+        return None

@@ -286,6 +286,7 @@ class Intent:
     _by_host: dict[str, dict[tuple[str, str], Endpoint]] = field(default_factory=dict, repr=False)
     _placed: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)  # -> count
     _addr: dict[tuple[str, object], Endpoint] = field(default_factory=dict, repr=False)
+    _bgp: dict[tuple[str, str], Endpoint] = field(default_factory=dict, repr=False)
 
     def _of(self, attr: str, vpc: str) -> list[Any]:
         items = self._by_vpc.get(attr, {}).get(vpc, {})
@@ -303,6 +304,10 @@ class Intent:
     def endpoint_with(self, vpc: str, ip_or_mac: Address | str) -> Endpoint | None:
         """The endpoint of ``vpc`` holding this IP address or MAC, if any (O(1))."""
         return self._addr.get((vpc, ip_or_mac))
+
+    def bgp_endpoints(self) -> list[Endpoint]:
+        """Endpoints holding a BGP session, by (VPC, name)."""
+        return [self._bgp[k] for k in sorted(self._bgp)]
 
     def endpoints_on(self, host: str) -> list[Endpoint]:
         on = self._by_host.get(host, {})
@@ -330,6 +335,8 @@ class Intent:
             self._by_vpc.setdefault(attr, {}).setdefault(res.vpc, {})[res.name] = res
         if isinstance(res, Endpoint):
             self._addr[(res.vpc, res.ip)] = self._addr[(res.vpc, res.mac)] = res
+            if res.bgp is not None:
+                self._bgp[(res.vpc, res.name)] = res
         if isinstance(res, Endpoint) and res.host:
             self._by_host.setdefault(res.host, {})[(res.vpc, res.name)] = res
             place = (res.vpc, res.host)
@@ -343,6 +350,7 @@ class Intent:
         if isinstance(old, Endpoint):
             self._addr.pop((old.vpc, old.ip), None)
             self._addr.pop((old.vpc, old.mac), None)
+            self._bgp.pop((old.vpc, old.name), None)
         if isinstance(old, Endpoint) and old.host:
             self._by_host.get(old.host, {}).pop((old.vpc, old.name), None)
             place = (old.vpc, old.host)

@@ -1,0 +1,182 @@
+"""BGP toward on-prem routers, the pure part: sessions wanted, routes learned, routes announced.
+
+A shard runs one BGP speaker (``meshpeer.controller.speaker``, a thin shim over os-ken's).
+Everything it decides is here, as functions of the intent and of what the speaker reported:
+
+- ``sessions``: one session per endpoint with a ``bgp`` peer (router, vpn, interconnect), keyed
+  by the router's address, with the VPC's AS number and what the VPC announces on it: each of
+  its IPv4 subnets, next hop the gateway of the endpoint's subnet (the router reaches it on
+  that segment), and nothing else (no transit between routers or VPCs).
+- ``Learned`` / ``learn`` / ``forget_peer``: the routes each router announced (its
+  adjacency-RIB-in, per router address), updated from the speaker's events.
+- ``dynamic_routes``: the VPC's ``dynamic`` routes: every IPv4 prefix a live session's router
+  announced, next hop the session's endpoint (not the BGP next hop, which is the router's
+  link address), priority the route's MED (1000 without one, as a static route).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from meshpeer.controller.model import Endpoint, Intent, gateway
+
+DEFAULT_PRIORITY = 1000  # a learned route without a MED ranks as a static route does
+MAX_PRIORITY = 65535
+
+
+@dataclass(frozen=True)
+class Session:
+    """A BGP session the speaker should hold: to ``peer_ip`` for ``endpoint`` of ``vpc``."""
+
+    peer_ip: str
+    peer_asn: int
+    local_ip: str
+    local_asn: int
+    vpc: str
+    endpoint: str
+    next_hop: str  # the endpoint's IP: where traffic to what it learns goes
+    announce: tuple[str, ...]  # the VPC's prefixes, each announced ...
+    announce_next_hop: str  # ... with this next hop (the gateway on the endpoint's segment)
+
+
+def session_of(intent: Intent, e: Endpoint) -> Session | None:
+    if e.bgp is None:
+        return None
+    vpc = intent.vpcs[e.vpc]
+    segment = vpc.subnet_for(e.ip)
+    if segment is None or segment.cidr.version != 4:
+        return None
+    v4 = sorted(str(s.cidr) for s in vpc.subnets if s.cidr.version == 4)
+    return Session(
+        peer_ip=str(e.bgp.peer_ip),
+        peer_asn=e.bgp.peer_asn,
+        local_ip=str(e.bgp.local_ip),
+        local_asn=vpc.asn,
+        vpc=e.vpc,
+        endpoint=e.name,
+        next_hop=str(e.ip),
+        announce=tuple(v4),
+        announce_next_hop=str(gateway(segment.cidr)),
+    )
+
+
+def sessions(intent: Intent) -> dict[str, Session]:
+    """Every session wanted by this shard's intent, by router address."""
+    out: dict[str, Session] = {}
+    for e in intent.bgp_endpoints():
+        s = session_of(intent, e)
+        if s is not None:
+            out[s.peer_ip] = s
+    return out
+
+
+def announcements(wanted: Mapping[str, Session]) -> tuple[dict[str, str], list[str]]:
+    """The prefixes the speaker originates, each with its next hop, and the conflicts left out.
+
+    The speaker has one table for the whole shard: two VPCs announcing the same prefix with
+    different next hops cannot both be served; the first VPC by name keeps it (and the other
+    is reported, once per prefix)."""
+    out: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    conflicts: list[str] = []
+    for s in sorted(wanted.values(), key=lambda s: (s.vpc, s.endpoint)):
+        for p in s.announce:
+            if p not in out:
+                out[p], owner[p] = s.announce_next_hop, s.vpc
+            elif out[p] != s.announce_next_hop and owner[p] != s.vpc:
+                conflicts.append(
+                    f"{p}: announced for VPC {owner[p]!r}, not also for {s.vpc!r}"
+                    f" (one table per shard)"
+                )
+    return out, sorted(set(conflicts))
+
+
+@dataclass(frozen=True)
+class Learned:
+    """One route a router announced."""
+
+    prefix: str
+    med: int | None = None
+
+
+# router address -> prefix -> route: each router's adjacency-RIB-in as the speaker reported it
+LearnedTable = Mapping[str, Mapping[str, Learned]]
+
+
+def learn(
+    table: LearnedTable, peer_ip: str, prefix: str, withdraw: bool, med: int | None = None
+) -> dict[str, dict[str, Learned]]:
+    """The table after one announcement or withdrawal from ``peer_ip``."""
+    out = {k: dict(v) for k, v in table.items()}
+    routes = out.setdefault(peer_ip, {})
+    if withdraw:
+        routes.pop(prefix, None)
+    else:
+        routes[prefix] = Learned(prefix, med)
+    if not routes:
+        del out[peer_ip]
+    return out
+
+
+def forget_peer(table: LearnedTable, peer_ip: str) -> dict[str, dict[str, Learned]]:
+    """The table without anything ``peer_ip`` announced (its session went down)."""
+    return {k: dict(v) for k, v in table.items() if k != peer_ip}
+
+
+@dataclass(frozen=True)
+class DynamicRoute:
+    """A route of ``vpc`` learned over BGP: ``prefix`` via endpoint ``endpoint``."""
+
+    vpc: str
+    prefix: str
+    endpoint: str
+    next_hop: str  # the endpoint's IP
+    peer_ip: str  # the router that announced it
+    priority: int = DEFAULT_PRIORITY
+
+    @property
+    def name(self) -> str:
+        """Its object id in the VPC's forwarding stream."""
+        return f"dynamic:{self.prefix}:{self.endpoint}"
+
+
+def dynamic_routes(
+    wanted: Mapping[str, Session], table: LearnedTable
+) -> dict[str, tuple[DynamicRoute, ...]]:
+    """Each VPC's dynamic routes, from the routes its sessions' routers announced. A route
+    from an address no session is wanted for any more is dropped; so is one that is not a
+    valid IPv4 prefix, or 0.0.0.0/0 (a default route from on-prem would take the VPC's
+    internet-bound traffic: not accepted here)."""
+    out: dict[str, list[DynamicRoute]] = {}
+    for peer_ip in sorted(table):
+        s = wanted.get(peer_ip)
+        if s is None:
+            continue
+        for prefix in sorted(table[peer_ip]):
+            net = _ipv4_prefix(prefix)
+            if net is None or net.prefixlen == 0:
+                continue
+            med = table[peer_ip][prefix].med
+            priority = DEFAULT_PRIORITY if med is None else min(med, MAX_PRIORITY)
+            out.setdefault(s.vpc, []).append(
+                DynamicRoute(s.vpc, str(net), s.endpoint, s.next_hop, peer_ip, priority)
+            )
+    return {vpc: tuple(routes) for vpc, routes in out.items()}
+
+
+def changed_vpcs(
+    before: Mapping[str, Iterable[DynamicRoute]], after: Mapping[str, Iterable[DynamicRoute]]
+) -> frozenset[str]:
+    return frozenset(
+        v for v in set(before) | set(after) if tuple(before.get(v, ())) != tuple(after.get(v, ()))
+    )
+
+
+def _ipv4_prefix(text: str) -> ipaddress.IPv4Network | None:
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        return None
+    return net if isinstance(net, ipaddress.IPv4Network) else None
