@@ -115,7 +115,7 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
             fd_limit,
         )
         self.federation.sync()
-        self.speaker.sync()  # the sessions the store's intent wants (none: no speaker)
+        self.speaker.start()
         self.ticker = hub.spawn(self._tick)
         return server
 

@@ -9,6 +9,10 @@ Everything it decides is here, as functions of the intent and of what the speake
   that segment), and nothing else (no transit between routers or VPCs).
 - ``Learned`` / ``learn`` / ``forget_peer``: the routes each router announced (its
   adjacency-RIB-in, per router address), updated from the speaker's events.
+- ``to_text`` / ``restored`` / ``sweep``: the table is kept in the store (meta, not intent), so a
+  restarted shard starts from what it had learned, every route *stale* (still published: the
+  hosts keep forwarding) until its router announces it again; what is still stale after a
+  grace time is dropped (as BGP graceful restart's stale-path timer).
 - ``dynamic_routes``: the VPC's ``dynamic`` routes: every IPv4 prefix a live session's router
   announced, next hop the session's endpoint (not the BGP next hop, which is the router's
   link address), priority the route's MED (1000 without one, as a static route).
@@ -17,6 +21,7 @@ Everything it decides is here, as functions of the intent and of what the speake
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -99,6 +104,7 @@ class Learned:
 
     prefix: str
     med: int | None = None
+    stale: bool = False  # restored after a restart, not announced again yet
 
 
 # router address -> prefix -> route: each router's adjacency-RIB-in as the speaker reported it
@@ -123,6 +129,41 @@ def learn(
 def forget_peer(table: LearnedTable, peer_ip: str) -> dict[str, dict[str, Learned]]:
     """The table without anything ``peer_ip`` announced (its session went down)."""
     return {k: dict(v) for k, v in table.items() if k != peer_ip}
+
+
+def to_text(table: LearnedTable) -> str:
+    """The table as the store keeps it (canonical JSON: equal tables, equal text)."""
+    doc = {
+        ip: {p: r.med for p, r in sorted(routes.items())} for ip, routes in sorted(table.items())
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+
+def restored(text: str | None) -> dict[str, dict[str, Learned]]:
+    """A kept table, every route stale; anything that does not parse is dropped (the routers
+    announce it again anyway)."""
+    try:
+        doc = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    out: dict[str, dict[str, Learned]] = {}
+    for ip, routes in doc.items():
+        if not isinstance(routes, dict):
+            continue
+        out[ip] = {
+            p: Learned(p, med if isinstance(med, int) else None, stale=True)
+            for p, med in routes.items()
+            if isinstance(p, str)
+        }
+    return {ip: routes for ip, routes in out.items() if routes}
+
+
+def sweep(table: LearnedTable) -> dict[str, dict[str, Learned]]:
+    """The table without the routes still stale (not announced again since the restart)."""
+    out = {ip: {p: r for p, r in routes.items() if not r.stale} for ip, routes in table.items()}
+    return {ip: routes for ip, routes in out.items() if routes}
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 UNPUBLISHED = 1 << 63  # the version a host must hold of a stream not published: never reached
 REMOTE_VIEW = "remote_view/"  # store meta name prefix: the last federation view of a remote VPC
+BGP_LEARNED = "bgp_learned"  # store meta: the routes the on-prem routers announced (bgp.to_text)
 
 
 def restored_views(meta: Mapping[str, str], wanted: Iterable[str]) -> dict[str, View]:
@@ -123,10 +124,11 @@ class ShardState:
         self.targets: dict[tuple[str, str], dict[StreamId, int]] = {}
         # ... and the hosts that must hold a stream's version whether they follow it or not.
         self.required: dict[tuple[str, str], dict[StreamId, tuple[int, frozenset[str]]]] = {}
-        # Soft state from the BGP speaker (meshpeer.controller.speaker): what each on-prem
-        # router announced, and the VPCs' dynamic routes made of it (docs/routing.md). Lost on
-        # a restart and learned again from the routers; the hosts keep forwarding meanwhile.
-        self.learned: bgp.LearnedTable = {}
+        # From the BGP speaker (meshpeer.controller.speaker): what each on-prem router
+        # announced, and the VPCs' dynamic routes made of it (docs/routing.md). Kept in the
+        # store's meta, so a restarted shard publishes them (stale) until the routers announce
+        # them again: its hosts keep forwarding (fail static across the shard's restart).
+        self.learned: bgp.LearnedTable = bgp.restored(snap.meta.get(BGP_LEARNED))
         self.dynamic: dict[str, tuple[bgp.DynamicRoute, ...]] = {}
         self.refresh()
 
@@ -347,6 +349,8 @@ class ShardState:
 
     def set_learned(self, table: bgp.LearnedTable) -> None:
         """The speaker's news: republish the VPCs whose dynamic routes it changed."""
+        if bgp.to_text(table) != bgp.to_text(self.learned):
+            self.store.set_meta(BGP_LEARNED, bgp.to_text(table) if table else None)
         self.learned = table
         self.refresh(Scope(frozenset(), frozenset()))
 

@@ -26,6 +26,7 @@ import ipaddress
 import logging
 from typing import Any
 
+from os_ken.lib import hub
 from os_ken.services.protocols.bgp.bgpspeaker import BGPSpeaker
 from os_ken.services.protocols.bgp.info_base.base import PrefixFilter
 from os_ken.services.protocols.bgp.info_base.ipv4 import Ipv4Path
@@ -36,6 +37,10 @@ from meshpeer.controller.shard import ShardState
 log = logging.getLogger(__name__)
 
 MED = 100  # sent on every announcement: without one, a route refresh resets the session
+# After a restart, how long a route learned before it stays without its router announcing it
+# again (the routers' sessions come back within a few seconds; BIRD's connect retry is 2 s in
+# the lab, 120 s by default, hence a margin).
+STALE_TIME = 60.0
 MED_ATTR = 4  # BGP_ATTR_TYPE_MULTI_EXIT_DISC
 
 
@@ -54,6 +59,19 @@ class Speaker:
         self.held: dict[str, bgp.Session] = {}
         self.announced: dict[str, str] = {}  # prefix -> next hop
         self.conflicts: list[str] = []
+
+    def start(self) -> None:
+        """The sessions the store's intent wants (none: no speaker yet), and the end of the
+        grace time of the routes kept from before a restart."""
+        self.sync()
+        if any(r.stale for routes in self.shard.learned.values() for r in routes.values()):
+            hub.spawn_after(STALE_TIME, self.sweep)
+
+    def sweep(self) -> None:
+        swept = bgp.sweep(self.shard.learned)
+        if swept != self.shard.learned:
+            log.info("bgp: dropping routes not announced again since the restart")
+            self.shard.set_learned(swept)
 
     # --- intent -> speaker -------------------------------------------------------------------
 

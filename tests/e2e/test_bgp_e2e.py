@@ -10,10 +10,13 @@ Each os-ken 4.2.2 workaround the speaker uses (meshpeer/controller/speaker.py) h
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -21,6 +24,7 @@ import pytest
 from meshpeer.client import Client
 from meshpeer.lab import controllers, onprem
 from meshpeer.lab.plan import OnpremPlan
+from meshpeer.lab.procs import read_pidfile
 from meshpeer.lab.sh import netns_cmd, run
 from tests.integration.labkit import E2E_TOPOLOGIES, Lab, running
 
@@ -36,7 +40,7 @@ def lab() -> Iterator[Lab]:
     supervised process) by pid, also when a test failed."""
     with running(TOPOLOGY, E2E_TOPOLOGIES) as the_lab:
         for r in the_lab.plan.onprem:
-            wait_for(lambda r=r: established(r), f"{r.name}'s BGP session")
+            wait_for(partial(established, r), f"{r.name}'s BGP session")
         yield the_lab
 
 
@@ -143,10 +147,12 @@ def probe(lab: Lab, src: str, dst: str = D1) -> subprocess.Popen[str]:
     )
 
 
-def replies(p: subprocess.Popen[str]) -> list[float]:
+def replies(p: subprocess.Popen[str]) -> dict[int, float]:
+    """icmp_seq -> receive time of every reply the probe got."""
     p.terminate()
     out, _ = p.communicate(timeout=10)
-    return [float(m.group(1)) for m in re.finditer(r"^\[(\d+\.\d+)\] \d+ bytes from", out, re.M)]
+    found = re.finditer(r"^\[(\d+\.\d+)\] \d+ bytes from .*icmp_seq=(\d+)", out, re.M)
+    return {int(m.group(2)): float(m.group(1)) for m in found}
 
 
 def test_withdraw_stops_traffic_and_announce_brings_it_back(lab: Lab) -> None:
@@ -162,7 +168,7 @@ def test_withdraw_stops_traffic_and_announce_brings_it_back(lab: Lab) -> None:
         onprem.announce(dc1, [])
         wait_for(lambda: not effective(lab, "blue"), "the withdrawal reaches blue")
         wait_for(lambda: not reaches(lab, "b1"), "b1's traffic to d1 stops")
-        got = replies(p)
+        got = replies(p).values()
         stops.append(max(t for t in got if t < t0 + DEADLINE) - t0)
 
         p = probe(lab, "b1")
@@ -170,7 +176,7 @@ def test_withdraw_stops_traffic_and_announce_brings_it_back(lab: Lab) -> None:
         onprem.announce(dc1, [PREFIX])
         wait_for(lambda: effective(lab, "blue"), "the announcement reaches blue")
         wait_for(lambda: reaches(lab, "b1"), "b1 reaches d1 again")
-        got = replies(p)
+        got = replies(p).values()
         firsts.append(min(t for t in got if t > t0) - t0)
     print(f"\nwithdraw -> last reply: {', '.join(f'{s * 1000:.0f}' for s in stops)} ms; "
           f"announce -> first reply: {', '.join(f'{s * 1000:.0f}' for s in firsts)} ms")  # fmt: skip
@@ -232,3 +238,34 @@ def test_bad_bgp_bodies_are_refused_naming_the_field(lab: Lab) -> None:
     assert (status, body["field"]) == (409, "bgp.peer_ip"), body  # dc1's address is v1's
     status, body = c.request("POST", "/v1/vpcs", {"name": "teal", "asn": 0})
     assert (status, body["field"]) == (400, "asn"), body
+
+
+def shard_pid(lab: Lab) -> int | None:
+    ctl1 = next(c for c in lab.plan.controllers if c.name == "ctl1")
+    return read_pidfile(f"{controllers.rundir(lab.plan, ctl1)}/controller.pid")
+
+
+def test_a_shard_restart_keeps_forwarding_and_relearns(lab: Lab) -> None:
+    """kill -9 of ctl1 (its supervisor restarts it): the hosts keep the route meanwhile (fail
+    static), the shard comes back with the routes it had learned (kept in its store, stale
+    until the router announces them again), so b1's traffic to d1 never stops."""
+    dc1 = router(lab, "dc1")
+    ctl1 = next(c for c in lab.plan.controllers if c.name == "ctl1")
+    wait_for(lambda: reaches(lab, "b1"), "b1 reaches d1")
+    _, since = protocol(dc1)
+    pid = shard_pid(lab)
+    assert pid is not None
+    p = probe(lab, "b1")
+    wait_for(lambda: reaches(lab, "b1"), "the probe runs")
+    t0 = time.time()
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: controllers.running(lab.plan, ctl1) and shard_pid(lab) != pid, "restart")
+    controllers.wait_healthy(lab.plan, ctl1)
+    wait_for(lambda: established(dc1) and protocol(dc1)[1] != since, "dc1's new session")
+    wait_for(lambda: effective(lab, "blue"), "blue's dynamic route, after the restart")
+    wait_for(lambda: reaches(lab, "b1"), "b1 reaches d1 after the restart")
+    got = replies(p)
+    lost = sorted(set(range(min(got), max(got))) - set(got))
+    took = max(got.values()) - t0
+    print(f"\nshard restart: {len(got)} replies over {took:.1f}s, lost icmp_seq {lost}")
+    assert lost == [], f"b1's traffic to d1 stopped during the shard's restart: lost {lost}"

@@ -188,3 +188,21 @@ def test_the_bgp_peer_and_asn_survive_the_store_form() -> None:
     assert [e.name for e in i.bgp_endpoints()] == ["v1"]
     i.drop("endpoint", "blue/v1")
     assert i.bgp_endpoints() == []
+
+
+def test_a_restarted_shard_keeps_its_learned_routes_stale_until_announced_again() -> None:
+    wanted = bgp.sessions(world())
+    table = bgp.learn({}, "169.254.250.2", ONPREM, withdraw=False)
+    table = bgp.learn(table, "169.254.250.2", "172.16.0.0/16", withdraw=False, med=50)
+    kept = bgp.restored(bgp.to_text(table))
+    assert {p: (r.med, r.stale) for p, r in kept["169.254.250.2"].items()} == {
+        ONPREM: (None, True),
+        "172.16.0.0/16": (50, True),
+    }
+    # still published while stale: the hosts keep forwarding
+    assert bgp.dynamic_routes(wanted, kept) == bgp.dynamic_routes(wanted, table)
+    again = bgp.learn(kept, "169.254.250.2", ONPREM, withdraw=False)  # the router is back
+    swept = bgp.sweep(again)
+    assert [d.prefix for d in bgp.dynamic_routes(wanted, swept)["blue"]] == [ONPREM]
+    assert bgp.sweep(kept) == {}
+    assert bgp.restored("not json") == bgp.restored('{"x": 1}') == bgp.restored(None) == {}
