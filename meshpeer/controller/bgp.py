@@ -5,8 +5,10 @@ Everything it decides is here, as functions of the intent and of what the speake
 
 - ``sessions``: one session per endpoint with a ``bgp`` peer (router, vpn, interconnect), keyed
   by the router's address, with the VPC's AS number and what the VPC announces on it: each of
-  its IPv4 subnets, next hop the gateway of the endpoint's subnet (the router reaches it on
-  that segment), and nothing else (no transit between routers or VPCs).
+  its IPv4 subnets, and the subnets each ACTIVE peer exports to it if the peer's side imports
+  the VPC's custom routes (so that replies from on-prem find their way back), next hop the
+  gateway of the endpoint's subnet (the router reaches it on that segment), and nothing else
+  (no transit between routers or VPCs).
 - ``Learned`` / ``learn`` / ``forget_peer``: the routes each router announced (its
   adjacency-RIB-in, per router address), updated from the speaker's events.
 - ``to_text`` / ``restored`` / ``sweep``: the table is kept in the store (meta, not intent), so a
@@ -26,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from meshpeer.controller.model import Endpoint, Intent, gateway
+from meshpeer.controller.peering import PEERING_PREFIX, Status, View
 
 DEFAULT_PRIORITY = 1000  # a learned route without a MED ranks as a static route does
 MAX_PRIORITY = 65535
@@ -46,14 +49,35 @@ class Session:
     announce_next_hop: str  # ... with this next hop (the gateway on the endpoint's segment)
 
 
-def session_of(intent: Intent, e: Endpoint) -> Session | None:
+def peer_prefixes(
+    intent: Intent, vpc: str, states: Mapping[tuple[str, str], Status], views: Mapping[str, View]
+) -> list[str]:
+    """What ``vpc``'s ACTIVE peers export to it, from each peer whose side imports ``vpc``'s
+    custom routes (its federation view says so)."""
+    out: list[str] = []
+    for p in intent.peerings_of(vpc):
+        st = states.get((vpc, p.name))
+        back = (views.get(p.peer_vpc) or {}).get(PEERING_PREFIX + vpc)
+        if st is not None and st.active and back is not None and back.get("import_custom_routes"):
+            out += [str(c) for c in back.get("exported_subnets", ())]
+    return out
+
+
+def session_of(
+    intent: Intent,
+    e: Endpoint,
+    states: Mapping[tuple[str, str], Status],
+    views: Mapping[str, View],
+) -> Session | None:
     if e.bgp is None:
         return None
     vpc = intent.vpcs[e.vpc]
     segment = vpc.subnet_for(e.ip)
     if segment is None or segment.cidr.version != 4:
         return None
-    v4 = sorted(str(s.cidr) for s in vpc.subnets if s.cidr.version == 4)
+    own = [str(s.cidr) for s in vpc.subnets]
+    nets = {_ipv4_prefix(p) for p in own + peer_prefixes(intent, e.vpc, states, views)}
+    v4 = sorted(str(n) for n in nets if n is not None)
     return Session(
         peer_ip=str(e.bgp.peer_ip),
         peer_asn=e.bgp.peer_asn,
@@ -67,11 +91,16 @@ def session_of(intent: Intent, e: Endpoint) -> Session | None:
     )
 
 
-def sessions(intent: Intent) -> dict[str, Session]:
-    """Every session wanted by this shard's intent, by router address."""
+def sessions(
+    intent: Intent,
+    states: Mapping[tuple[str, str], Status] | None = None,
+    views: Mapping[str, View] | None = None,
+) -> dict[str, Session]:
+    """Every session wanted by this shard's intent, by router address (``states`` and
+    ``views``: the peerings' states and the peers' federation views)."""
     out: dict[str, Session] = {}
     for e in intent.bgp_endpoints():
-        s = session_of(intent, e)
+        s = session_of(intent, e, states or {}, views or {})
         if s is not None:
             out[s.peer_ip] = s
     return out

@@ -12,12 +12,14 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from meshpeer.controller.bgp import DynamicRoute
 from meshpeer.controller.model import Intent, JsonObject, Network, Peering, Vpc
 from meshpeer.protocol.messages import NAME_RE
 from policies.overlap import find_overlaps
+
+if TYPE_CHECKING:  # bgp reads peering states and views: a runtime import would be circular
+    from meshpeer.controller.bgp import DynamicRoute
 
 ACTIVE = "ACTIVE"
 INACTIVE = "INACTIVE"
@@ -73,6 +75,8 @@ def exported_to_peer(
         "policy_id": policy.policy_id,
         "exported_subnets": [str(s) for s in subnets],
         "custom_routes": custom,
+        # the peer's on-prem routers must learn these subnets then (docs/routing.md)
+        "import_custom_routes": p.import_custom_routes,
     }
 
 

@@ -345,7 +345,7 @@ class ShardState:
 
     def bgp_sessions(self) -> dict[str, bgp.Session]:
         """The BGP sessions this shard's intent wants, by router address."""
-        return bgp.sessions(self.intent)
+        return bgp.sessions(self.intent, self.states, self.views())
 
     def set_learned(self, table: bgp.LearnedTable) -> None:
         """The speaker's news: republish the VPCs whose dynamic routes it changed."""

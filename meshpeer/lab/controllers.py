@@ -204,6 +204,8 @@ def apply_intent(plan: LabPlan, topo: Topology) -> int:
                 body["export"] = dict(p.export)
             if p.inbound != "all":
                 body["inbound"] = p.inbound
+            if p.import_custom_routes:
+                body["import_custom_routes"] = True
             client_for(plan, owner[p.vpc]).post(f"/v1/vpcs/{p.vpc}/peerings", body)
             calls += 1
     except ApiFailure as exc:

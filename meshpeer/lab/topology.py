@@ -111,6 +111,7 @@ class Peering:
     export: Mapping[str, Any] | None = None
     # What vpc's side lets in from peer: "all", or only "replies" to vpc's own connections.
     inbound: Inbound = "all"
+    import_custom_routes: bool = False  # vpc takes the peer's static and dynamic routes
 
 
 @dataclass(frozen=True)
@@ -442,7 +443,7 @@ def _parse_peerings(c: _Checker, raw: object, vpcs: Mapping[str, Vpc]) -> list[P
     out: list[Peering] = []
     seen: set[tuple[str, str]] = set()
     for p, item in c.items(raw, "peerings"):
-        m = c.mapping(item, p, ["vpc", "peer"], ["export", "inbound"])
+        m = c.mapping(item, p, ["vpc", "peer"], ["export", "inbound", "import_custom_routes"])
         if m is None:
             continue
         vpc = c.ref(m["vpc"], f"{p}.vpc", "VPC", vpcs)
@@ -453,7 +454,10 @@ def _parse_peerings(c: _Checker, raw: object, vpcs: Mapping[str, Vpc]) -> list[P
         inbound = next((i for i in INBOUND if i == m.get("inbound", "all")), None)
         if inbound is None:
             c.err(f"{p}.inbound", f"expected one of {', '.join(INBOUND)}, got {m['inbound']!r}")
-        if vpc is None or peer is None or inbound is None:
+        imports = m.get("import_custom_routes", False)
+        if not isinstance(imports, bool):
+            c.err(f"{p}.import_custom_routes", f"expected true or false, got {imports!r}")
+        if vpc is None or peer is None or inbound is None or not isinstance(imports, bool):
             continue
         if vpc == peer:
             c.err(f"{p}.peer", f"VPC {vpc!r} cannot peer with itself")
@@ -461,7 +465,8 @@ def _parse_peerings(c: _Checker, raw: object, vpcs: Mapping[str, Vpc]) -> list[P
             c.err(p, f"duplicate peering {vpc!r} -> {peer!r}")
         else:
             seen.add((vpc, peer))
-            out.append(Peering(vpc, peer, export if isinstance(export, Mapping) else None, inbound))
+            policy = export if isinstance(export, Mapping) else None
+            out.append(Peering(vpc, peer, policy, inbound, imports))
     return out
 
 

@@ -5,6 +5,9 @@ AS 65001), which announces 192.168.10.0/24 where d1 lives; green's v3 in front o
 65002, 192.168.20.0/24). Both sessions are held by ctl1's one BGP speaker. b1 (blue, hv2) must
 reach d1 through v1 once dc1 announces the prefix, and stop when dc1 withdraws it; dc1 must
 learn blue's subnet (next hop blue's gateway) and nothing of green's, dc2 nothing of blue's.
+red (ctl2) peers blue and imports its custom routes: the dynamic route travels in blue's
+federation view and forwarding service, r1 (hv3) sends to d1 straight to hv1, and dc1 learns
+red's subnet too.
 Each os-ken 4.2.2 workaround the speaker uses (meshpeer/controller/speaker.py) has a test here.
 """
 
@@ -111,8 +114,11 @@ def test_sessions_and_what_each_router_learns(lab: Lab) -> None:
     wait_for(lambda: "10.3.0.0/24" in bird_routes(dc2), "dc2 learns green's subnet")
     blue = bird_routes(dc1)
     print(f"\ndc1 learned:\n{onprem.birdc(dc1, 'show', 'route', 'protocol', 'vpc')}")
-    assert set(blue) == {"10.1.0.0/24"}, blue
+    wait_for(lambda: "10.2.0.0/24" in bird_routes(dc1), "dc1 learns red's subnet")
+    blue = bird_routes(dc1)
+    assert set(blue) == {"10.1.0.0/24", "10.2.0.0/24"}, blue  # red imports blue's routes
     assert "BGP.next_hop: 10.1.0.1" in blue["10.1.0.0/24"]
+    assert "BGP.next_hop: 10.1.0.1" in blue["10.2.0.0/24"]
     assert "BGP.as_path: 64512" in blue["10.1.0.0/24"]
     green = bird_routes(dc2)
     assert set(green) == {"10.3.0.0/24"}, green  # not 192.168.10.0/24, not 10.1.0.0/24
@@ -136,7 +142,21 @@ def test_a_learned_prefix_is_a_dynamic_route_and_b1_reaches_d1(lab: Lab) -> None
     wait_for(lambda: reaches(lab, "b1"), "b1 reaches d1 through v1 and dc1")
     assert reaches(lab, "d1", lab.vm("b1").ip)  # and back: dc1 forwards to blue's subnet
     assert not reaches(lab, "g1")  # green learned nothing from dc1
-    assert not reaches(lab, "r1")  # red peers blue but imports no custom routes
+
+
+def test_a_peer_importing_custom_routes_reaches_d1_straight_to_the_vpn_host(lab: Lab) -> None:
+    """red (ctl2) imports blue's custom routes: its effective routes show the dynamic route
+    from blue, and r1's host tunnels packets for the prefix to hv1 itself (no proxy)."""
+    wait_for(lambda: effective(lab, "red", "ctl2"), "red imports " + PREFIX)
+    (route,) = effective(lab, "red", "ctl2")
+    assert (route["kind"], route["origin"], route["next_hop"], route["installed"]) == (
+        "dynamic", "peer:blue", lab.vm("v1").ip, True,
+    )  # fmt: skip
+    wait_for(lambda: reaches(lab, "r1"), "r1 reaches d1")
+    assert reaches(lab, "d1", lab.vm("r1").ip)
+    hv1 = lab.host("hv1").underlay_ip
+    routed = [f for f in lab.flows("hv3").splitlines() if "nw_dst=192.168.10.0/24" in f]
+    assert routed and all(f"set_field:{hv1}->tun_dst" in f for f in routed), routed
 
 
 def probe(lab: Lab, src: str, dst: str = D1) -> subprocess.Popen[str]:
@@ -157,7 +177,8 @@ def replies(p: subprocess.Popen[str]) -> dict[int, float]:
 
 def test_withdraw_stops_traffic_and_announce_brings_it_back(lab: Lab) -> None:
     """dc1 drops the prefix from its config (birdc configure): the route leaves the table and
-    b1's packets stop; announcing it again brings them back. Timed from the configure."""
+    b1's packets stop, and red's (the peer's) too; announcing it again brings them back. Timed
+    from the configure (a probe every 20 ms: the numbers have that resolution)."""
     dc1 = router(lab, "dc1")
     wait_for(lambda: reaches(lab, "b1"), "b1 reaches d1")
     stops, firsts = [], []
@@ -178,6 +199,12 @@ def test_withdraw_stops_traffic_and_announce_brings_it_back(lab: Lab) -> None:
         wait_for(lambda: reaches(lab, "b1"), "b1 reaches d1 again")
         got = replies(p).values()
         firsts.append(min(t for t in got if t > t0) - t0)
+    onprem.announce(dc1, [])  # withdrawn everywhere: red (another shard) too
+    wait_for(lambda: not effective(lab, "red", "ctl2"), "the withdrawal reaches red")
+    assert not effective(lab, "blue")
+    wait_for(lambda: not reaches(lab, "r1"), "r1's traffic to d1 stops")
+    onprem.announce(dc1, [PREFIX])
+    wait_for(lambda: reaches(lab, "r1") and reaches(lab, "b1"), "both reach d1 again")
     print(f"\nwithdraw -> last reply: {', '.join(f'{s * 1000:.0f}' for s in stops)} ms; "
           f"announce -> first reply: {', '.join(f'{s * 1000:.0f}' for s in firsts)} ms")  # fmt: skip
     (route,) = effective(lab, "blue")

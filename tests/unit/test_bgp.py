@@ -15,14 +15,14 @@ from meshpeer.controller import intent as ops
 from meshpeer.controller.intent import IntentError
 from meshpeer.controller.model import BgpPeer, Endpoint, Intent
 from meshpeer.controller.mux import desired_streams
-from meshpeer.controller.peering import statuses
+from meshpeer.controller.peering import federation_view, statuses
 from meshpeer.controller.routing import effective_routes
 from ohc.compiler import compile_host, gateway_mac
 from ohc.pipeline import TUNNEL_PORT
-from tests.unit.controller_fixtures import add_vm, add_vpc, directory, views
+from tests.unit.controller_fixtures import add_vm, add_vpc, directory, peer, views
 from tests.unit.test_ohc_compiler import G, host_view, load
 
-D = directory(ctl1=["blue", "green"])
+D = directory(ctl1=["blue", "green", "red", "aqua"])
 OWNER = {"blue": "ctl1", "green": "ctl1"}
 ONPREM = "192.168.10.0/24"
 PEER = BgpPeer(
@@ -206,3 +206,69 @@ def test_a_restarted_shard_keeps_its_learned_routes_stale_until_announced_again(
     assert [d.prefix for d in bgp.dynamic_routes(wanted, swept)["blue"]] == [ONPREM]
     assert bgp.sweep(kept) == {}
     assert bgp.restored("not json") == bgp.restored('{"x": 1}') == bgp.restored(None) == {}
+
+
+def peered(imports: bool) -> Intent:
+    """world() plus red (r1 on hv3), peered with blue: blue exports its custom routes, red
+    imports them if ``imports``."""
+    i = world()
+    add_vpc(i, D, "ctl1", "red", "10.2.0.0/24")
+    add_vm(i, "red", "r1", "10.2.0.11", "hv3")
+    peer(i, "blue", "red", {"custom_routes": True})
+    peer(i, "red", "blue", import_custom_routes=imports)
+    return i
+
+
+def published(i: Intent, table: bgp.LearnedTable) -> tuple[Any, Any, Any]:
+    """(federation views, peering states, dynamic routes) as a shard holding ``i`` has them."""
+    owner = dict.fromkeys(i.vpcs, "ctl1")
+    dynamic = bgp.dynamic_routes(bgp.sessions(i), table)
+    vs = {v: federation_view(i, "ctl1", v, dynamic.get(v, ())) for v in i.vpcs}
+    return vs, statuses(i, vs, owner), dynamic
+
+
+def test_a_peer_importing_custom_routes_takes_the_dynamic_route_straight_to_its_host() -> None:
+    i = peered(imports=True)
+    table = bgp.learn({}, "169.254.250.2", ONPREM, withdraw=False)
+    vs, st, dynamic = published(i, table)
+    (exported,) = vs["blue"]["peering/red"]["custom_routes"]
+    assert exported == {
+        "prefix": ONPREM,
+        "priority": 1000,
+        "next_hop": "10.1.0.5",
+        "kind": "dynamic",
+    }
+    (route,) = [r for r in effective_routes(i, "red", st, vs) if r["prefix"] == ONPREM]
+    assert (route["kind"], route["origin"], route["next_hop"], route["installed"]) == (
+        "dynamic", "peer:blue", "10.1.0.5", True,
+    )  # fmt: skip
+    # red's host sends to v1's host with blue's VNI, no hop in between
+    pub = desired_streams(i, st, G, 0.0, dynamic=dynamic)
+    ofports = {**OFPORTS, ("red", "r1"): 13}
+    r1, v1 = i.endpoints[("red", "r1")], i.endpoints[("blue", "v1")]
+    switch = load(compile_host(host_view(i, pub, "hv3", ofports)[0]))
+    pkt = {
+        "eth_src": r1.mac,
+        "eth_dst": gateway_mac(i.vpcs["red"].vni),
+        "eth_type": 0x0800,
+        "ipv4_src": str(r1.ip),
+        "ipv4_dst": "192.168.10.10",
+        "ip_proto": 6,
+        "ip_ttl": 64,
+    }
+    (out,) = switch.trace(pkt, in_port=13).outputs
+    assert (out.port, out.packet["tun_ipv4_dst"]) == (TUNNEL_PORT, str(i.hosts["hv1"].underlay_ip))
+    assert (out.packet["tunnel_id"], out.packet["eth_dst"]) == (i.vpcs["blue"].vni, v1.mac)
+    # and blue's router learns red's subnet, so that replies find their way back
+    (s,) = bgp.sessions(i, st, vs).values()
+    assert s.announce == ("10.1.0.0/24", "10.1.1.0/24", "10.2.0.0/24")
+
+
+def test_a_peer_not_importing_sees_the_route_refused_and_is_not_announced() -> None:
+    i = peered(imports=False)
+    table = bgp.learn({}, "169.254.250.2", ONPREM, withdraw=False)
+    vs, st, _ = published(i, table)
+    (route,) = [r for r in effective_routes(i, "red", st, vs) if r["prefix"] == ONPREM]
+    assert (route["installed"], route["imported"]) == (False, False)
+    (s,) = bgp.sessions(i, st, vs).values()
+    assert s.announce == ("10.1.0.0/24", "10.1.1.0/24")
