@@ -345,6 +345,8 @@ class ShardState:
 
     def bgp_sessions(self) -> dict[str, bgp.Session]:
         """The BGP sessions this shard's intent wants, by router address."""
+        if not self.intent.bgp_endpoints():
+            return {}  # most shards: no views to merge on every refresh
         return bgp.sessions(self.intent, self.states, self.views())
 
     def set_learned(self, table: bgp.LearnedTable) -> None:

@@ -25,11 +25,11 @@ from typing import Any
 import pytest
 
 from meshpeer.client import Client
-from meshpeer.lab import controllers, onprem
+from meshpeer.lab import controllers, onprem, supervisor, teardown
 from meshpeer.lab.plan import OnpremPlan
-from meshpeer.lab.procs import read_pidfile
+from meshpeer.lab.procs import alive, read_pidfile
 from meshpeer.lab.sh import netns_cmd, run
-from tests.integration.labkit import E2E_TOPOLOGIES, Lab, running
+from tests.integration.labkit import E2E_TOPOLOGIES, Lab, bring_up, lab_cli, running
 
 TOPOLOGY = "bgp.yaml"
 PREFIX = "192.168.10.0/24"
@@ -296,3 +296,17 @@ def test_a_shard_restart_keeps_forwarding_and_relearns(lab: Lab) -> None:
     took = max(got.values()) - t0
     print(f"\nshard restart: {len(got)} replies over {took:.1f}s, lost icmp_seq {lost}")
     assert lost == [], f"b1's traffic to d1 stopped during the shard's restart: lost {lost}"
+
+
+def test_down_ends_bird_and_removes_every_namespace() -> None:
+    """A lab of its own: 'down' ends each BIRD by pid (a supervised process) and deletes the
+    routers' and on-prem hosts' namespaces with the rest."""
+    other = bring_up(TOPOLOGY, E2E_TOPOLOGIES)
+    try:
+        birds = [p for p in supervisor.processes(other.plan.state_dir) if p["kind"] == "bird"]
+        assert sorted(p["name"] for p in birds if p["running"]) == ["dc1", "dc2"], birds
+        pids = [int(p["pid"]) for p in birds]
+    finally:
+        lab_cli(other.name, "down")
+    assert not [pid for pid in pids if alive(pid)]
+    assert teardown.lab_netns(other.name) == []
