@@ -556,6 +556,10 @@ class ControllerApi:
         version = self.shard.commit(deletes=[Delete("route", f"{r.vpc}/{r.name}")])
         return 200, {"deleted": r.name, "version": version}
 
+    def bgp_status(self, ctx: RequestCtx) -> tuple[int, object]:
+        vpc = self._vpc(ctx.params["vpc"])
+        return 200, {"vpc": vpc.name, "asn": vpc.asn, "sessions": self.shard.bgp_status(vpc.name)}
+
     def effective_routes(self, ctx: RequestCtx) -> tuple[int, object]:
         vpc = self._vpc(ctx.params["vpc"]).name
         return 200, {"vpc": vpc, "routes": self.shard.effective_routes(vpc)}
@@ -962,6 +966,14 @@ class ControllerApi:
                 response=out.EFFECTIVE_ROUTES,
                 params=VPC_P,
                 summary="Every route the VPC sees, with origin and import decision",
+            ),
+            Route(
+                "GET",
+                "/v1/vpcs/{vpc}/bgp",
+                self.bgp_status,
+                response=out.BGP_STATUS,
+                params=VPC_P,
+                summary="The VPC's BGP sessions: up or not, announced, learned (docs/routing.md)",
             ),
             Route(
                 "GET",

@@ -236,6 +236,36 @@ def dynamic_routes(
     return {vpc: tuple(routes) for vpc, routes in out.items()}
 
 
+def status(
+    vpc: str,
+    wanted: Mapping[str, Session],
+    table: LearnedTable,
+    established: Iterable[str],
+) -> list[dict[str, object]]:
+    """``GET /v1/vpcs/{vpc}/bgp``: the VPC's sessions, whether each is up, what it announces
+    and what its router announced (``stale``: kept from before a restart, not announced
+    again yet)."""
+    up = set(established)
+    return [
+        {
+            "endpoint": s.endpoint,
+            "peer_ip": s.peer_ip,
+            "peer_asn": s.peer_asn,
+            "local_ip": s.local_ip,
+            "local_asn": s.local_asn,
+            "established": ip in up,
+            "announced": list(s.announce),
+            "announced_next_hop": s.announce_next_hop,
+            "learned": [
+                {"prefix": r.prefix, "med": r.med, "stale": r.stale}
+                for _, r in sorted(table.get(ip, {}).items())
+            ],
+        }
+        for ip, s in sorted(wanted.items())
+        if s.vpc == vpc
+    ]
+
+
 def changed_vpcs(
     before: Mapping[str, Iterable[DynamicRoute]], after: Mapping[str, Iterable[DynamicRoute]]
 ) -> frozenset[str]:

@@ -155,6 +155,38 @@ EFFECTIVE_ROUTE = Obj(
     {"imported": Bool(description="peer routes only"), "reason": Str()},
     name="EffectiveRoute",
 )
+BGP_STATUS = Obj(
+    {
+        "vpc": NAME,
+        "asn": Int(1, 65535),
+        "sessions": Arr(
+            Obj(
+                {
+                    "endpoint": NAME,
+                    "peer_ip": IP,
+                    "peer_asn": Int(1, 65535),
+                    "local_ip": IP,
+                    "local_asn": Int(1, 65535),
+                    "established": Bool(),
+                    "announced": Arr(CIDR),
+                    "announced_next_hop": IP,
+                    "learned": Arr(
+                        Obj(
+                            {
+                                "prefix": Str(),
+                                "med": Nullable(Int(0, (1 << 32) - 1)),
+                                "stale": Bool(description="kept from before a restart"),
+                            },
+                            name="BgpLearnedRoute",
+                        )
+                    ),
+                },
+                name="BgpSession",
+            )
+        ),
+    },
+    name="BgpStatus",
+)
 EFFECTIVE_ROUTES = Obj({"vpc": NAME, "routes": Arr(EFFECTIVE_ROUTE)}, name="EffectiveRoutes")
 
 HOST = Obj({"name": NAME, "underlay_ip": IP, "version": OBJ_VERSION}, name="Host")

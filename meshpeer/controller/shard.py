@@ -129,6 +129,7 @@ class ShardState:
         # store's meta, so a restarted shard publishes them (stale) until the routers announce
         # them again: its hosts keep forwarding (fail static across the shard's restart).
         self.learned: bgp.LearnedTable = bgp.restored(snap.meta.get(BGP_LEARNED))
+        self.bgp_established: set[str] = set()  # router addresses with a session up
         self.dynamic: dict[str, tuple[bgp.DynamicRoute, ...]] = {}
         self.refresh()
 
@@ -355,6 +356,9 @@ class ShardState:
             self.store.set_meta(BGP_LEARNED, bgp.to_text(table) if table else None)
         self.learned = table
         self.refresh(Scope(frozenset(), frozenset()))
+
+    def bgp_status(self, vpc: str) -> list[JsonObject]:
+        return bgp.status(vpc, self.bgp_sessions(), self.learned, self.bgp_established)
 
     def active_peers(self) -> set[tuple[str, str, str]]:
         """(vpc, peer VPC, export policy id) of every ACTIVE peering."""

@@ -44,6 +44,15 @@ STALE_TIME = 60.0
 MED_ATTR = 4  # BGP_ATTR_TYPE_MULTI_EXIT_DISC
 
 
+class _BGPSpeaker(BGPSpeaker):  # type: ignore[misc]
+    """os-ken's speaker, telling its peer-up handler the router's address: 4.2.2 passes its
+    BGP identifier instead (the router id, which need not be the session's address)."""
+
+    def _notify_peer_up(self, peer: Any) -> None:
+        if self._peer_up_handler:
+            self._peer_up_handler(peer.ip_address, peer.remote_as)
+
+
 class Speaker:
     """Holds the shard's BGP sessions as its intent wants them (a shard listener)."""
 
@@ -90,6 +99,7 @@ class Speaker:
             log.info("bgp: session to %s removed", ip)
             self.speaker.neighbor_del(ip)
             del self.held[ip]
+            self.shard.bgp_established.discard(ip)
         for prefix, hop in sorted(self.announced.items()):
             if announce.get(prefix) != hop:
                 self.speaker.prefix_del(prefix)
@@ -111,7 +121,7 @@ class Speaker:
         router_id = self.router_id or min(wanted.values(), key=lambda s: s.peer_ip).local_ip
         log.info("bgp: speaker AS %d, router id %s, on %s:%d", self.asn, router_id,
                  self.listen, self.port)  # fmt: skip
-        return BGPSpeaker(
+        return _BGPSpeaker(
             as_number=self.asn,
             router_id=router_id,
             bgp_server_hosts=(self.listen,),
@@ -156,12 +166,13 @@ class Speaker:
 
     def _on_down(self, peer_ip: str, peer_as: int) -> None:
         log.info("bgp: session to %s AS %s down", peer_ip, peer_as)
+        self.shard.bgp_established.discard(peer_ip)
         if peer_ip in self.shard.learned:
             self.shard.set_learned(bgp.forget_peer(self.shard.learned, peer_ip))
 
-    def _on_up(self, router_id: str, peer_as: int) -> None:
-        # os-ken passes the router's BGP identifier here, not its address
-        log.info("bgp: session up with router id %s AS %s", router_id, peer_as)
+    def _on_up(self, peer_ip: str, peer_as: int) -> None:
+        log.info("bgp: session to %s AS %s up", peer_ip, peer_as)
+        self.shard.bgp_established.add(peer_ip)
 
 
 def out_filters(s: bgp.Session) -> list[PrefixFilter]:

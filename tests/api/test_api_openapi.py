@@ -39,6 +39,7 @@ EXPECTED = {
     ("DELETE", "/v1/vpcs/{vpc}/endpoints/{name}"),
     ("PUT", "/v1/vpcs/{vpc}/endpoints/{name}/bgp"),
     ("DELETE", "/v1/vpcs/{vpc}/endpoints/{name}/bgp"),
+    ("GET", "/v1/vpcs/{vpc}/bgp"),
     ("GET", "/v1/vpcs/{vpc}/peerings"),
     ("POST", "/v1/vpcs/{vpc}/peerings"),
     ("GET", "/v1/vpcs/{vpc}/peerings/{name}"),
@@ -311,6 +312,7 @@ def test_real_answers_of_every_route_match_the_document(
     call("PUT", "/v1/vpcs/jade/endpoints/gw/bgp", bgp)  # the shard's BGP speaker starts
     call("PUT", "/v1/vpcs/jade/endpoints/r1/bgp", bgp)  # a vm holds no session: 400
     call("GET", "/v1/vpcs/jade/endpoints/gw")
+    assert call("GET", "/v1/vpcs/jade/bgp")["sessions"][0]["established"] is False
     call("DELETE", "/v1/vpcs/jade/endpoints/gw/bgp")
     call("POST", "/v1/vpcs/jade/peerings", {"name": "p", "peer_vpc": "pink"})
     module_cluster["ctl2"].peer("pink", "jade", "p")

@@ -272,3 +272,12 @@ def test_a_peer_not_importing_sees_the_route_refused_and_is_not_announced() -> N
     assert (route["installed"], route["imported"]) == (False, False)
     (s,) = bgp.sessions(i, st, vs).values()
     assert s.announce == ("10.1.0.0/24", "10.1.1.0/24")
+
+
+def test_the_bgp_status_of_a_vpc() -> None:
+    i = world()
+    table = bgp.learn({}, "169.254.250.2", ONPREM, withdraw=False, med=7)
+    (s,) = bgp.status("blue", bgp.sessions(i), table, {"169.254.250.2"})
+    assert (s["endpoint"], s["established"], s["announced_next_hop"]) == ("v1", True, "10.1.0.1")
+    assert s["learned"] == [{"prefix": ONPREM, "med": 7, "stale": False}]
+    assert bgp.status("green", bgp.sessions(i), table, ()) == []
