@@ -140,19 +140,36 @@ class Learned:
 LearnedTable = Mapping[str, Mapping[str, Learned]]
 
 
+@dataclass(frozen=True)
+class Update:
+    """One announcement (or withdrawal) of ``prefix`` by the router at ``peer_ip``."""
+
+    peer_ip: str
+    prefix: str
+    withdraw: bool
+    med: int | None = None
+
+
+def apply(table: LearnedTable, updates: Iterable[Update]) -> dict[str, dict[str, Learned]]:
+    """The table after ``updates``, in order (one copy of the table for the whole batch: a
+    router's full table arrives as thousands of updates)."""
+    out = {k: dict(v) for k, v in table.items()}
+    for u in updates:
+        routes = out.setdefault(u.peer_ip, {})
+        if u.withdraw:
+            routes.pop(u.prefix, None)
+        else:
+            routes[u.prefix] = Learned(u.prefix, u.med)
+        if not routes:
+            del out[u.peer_ip]
+    return out
+
+
 def learn(
     table: LearnedTable, peer_ip: str, prefix: str, withdraw: bool, med: int | None = None
 ) -> dict[str, dict[str, Learned]]:
     """The table after one announcement or withdrawal from ``peer_ip``."""
-    out = {k: dict(v) for k, v in table.items()}
-    routes = out.setdefault(peer_ip, {})
-    if withdraw:
-        routes.pop(prefix, None)
-    else:
-        routes[prefix] = Learned(prefix, med)
-    if not routes:
-        del out[peer_ip]
-    return out
+    return apply(table, [Update(peer_ip, prefix, withdraw, med)])
 
 
 def forget_peer(table: LearnedTable, peer_ip: str) -> dict[str, dict[str, Learned]]:

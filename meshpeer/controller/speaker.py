@@ -68,6 +68,7 @@ class Speaker:
         self.held: dict[str, bgp.Session] = {}
         self.announced: dict[str, str] = {}  # prefix -> next hop
         self.conflicts: list[str] = []
+        self.pending: list[bgp.Update] = []  # route events not yet handed to the shard
 
     def start(self) -> None:
         """The sessions the store's intent wants (none: no speaker yet), and the end of the
@@ -159,14 +160,25 @@ class Speaker:
             return
         med_attr = ev.path.get_pattr(MED_ATTR)
         med = None if med_attr is None else int(med_attr.value)
-        log.info("bgp: %s from %s AS %s%s", "withdraw" if ev.is_withdraw else "announce",
-                 peer_ip, peer_as, f" {ev.prefix}" if ev.prefix else "")  # fmt: skip
-        table = bgp.learn(self.shard.learned, peer_ip, ev.prefix, ev.is_withdraw, med)
-        self.shard.set_learned(table)
+        log.debug("bgp: %s from %s AS %s %s", "withdraw" if ev.is_withdraw else "announce",
+                  peer_ip, peer_as, ev.prefix)  # fmt: skip
+        if not self.pending:  # the first of a burst: hand the whole burst over at once
+            hub.spawn_after(0, self._flush)
+        self.pending.append(bgp.Update(peer_ip, ev.prefix, ev.is_withdraw, med))
+
+    def _flush(self) -> None:
+        """One table change, one store write and one republication per burst of route events
+        (os-ken reports one event per prefix: a router's full table is thousands)."""
+        updates, self.pending = self.pending, []
+        wanted = [u for u in updates if u.peer_ip in self.held]
+        log.info("bgp: %d route updates (%d withdrawals)", len(wanted),
+                 sum(u.withdraw for u in wanted))  # fmt: skip
+        self.shard.set_learned(bgp.apply(self.shard.learned, wanted))
 
     def _on_down(self, peer_ip: str, peer_as: int) -> None:
         log.info("bgp: session to %s AS %s down", peer_ip, peer_as)
         self.shard.bgp_established.discard(peer_ip)
+        self.pending = [u for u in self.pending if u.peer_ip != peer_ip]
         if peer_ip in self.shard.learned:
             self.shard.set_learned(bgp.forget_peer(self.shard.learned, peer_ip))
 

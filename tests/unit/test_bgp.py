@@ -281,3 +281,14 @@ def test_the_bgp_status_of_a_vpc() -> None:
     assert (s["endpoint"], s["established"], s["announced_next_hop"]) == ("v1", True, "10.1.0.1")
     assert s["learned"] == [{"prefix": ONPREM, "med": 7, "stale": False}]
     assert bgp.status("green", bgp.sessions(i), table, ()) == []
+
+
+def test_a_burst_of_updates_is_one_table_change_in_order() -> None:
+    burst = [
+        bgp.Update("169.254.250.2", ONPREM, withdraw=False),
+        bgp.Update("169.254.250.2", "172.16.0.0/16", withdraw=False, med=5),
+        bgp.Update("169.254.250.2", ONPREM, withdraw=True),
+    ]
+    table = bgp.apply({}, burst)
+    assert table == {"169.254.250.2": {"172.16.0.0/16": bgp.Learned("172.16.0.0/16", 5)}}
+    assert bgp.apply(table, [bgp.Update("169.254.250.2", "172.16.0.0/16", True)]) == {}
