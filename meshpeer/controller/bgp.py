@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from meshpeer.controller.model import Endpoint, Intent, gateway
 from meshpeer.controller.peering import PEERING_PREFIX, Status, View
+from policies.overlap import subnet_of
 
 DEFAULT_PRIORITY = 1000  # a learned route without a MED ranks as a static route does
 MAX_PRIORITY = 65535
@@ -47,6 +48,7 @@ class Session:
     next_hop: str  # the endpoint's IP: where traffic to what it learns goes
     announce: tuple[str, ...]  # the VPC's prefixes, each announced ...
     announce_next_hop: str  # ... with this next hop (the gateway on the endpoint's segment)
+    own: tuple[str, ...] = ()  # the VPC's own subnets: a learned route inside one is refused
 
 
 def peer_prefixes(
@@ -88,6 +90,7 @@ def session_of(
         next_hop=str(e.ip),
         announce=tuple(v4),
         announce_next_hop=str(gateway(segment.cidr)),
+        own=tuple(sorted(own)),
     )
 
 
@@ -229,13 +232,22 @@ class DynamicRoute:
         return f"dynamic:{self.prefix}:{self.endpoint}"
 
 
+def accepted(s: Session, prefix: str) -> bool:
+    """Is a prefix the router announced a route of the VPC? Not if it is no valid IPv4
+    prefix, or 0.0.0.0/0 (a default route from on-prem would take the VPC's other traffic:
+    not accepted here), or if it matches or fits inside one of the VPC's own subnets (on-prem
+    must not take the VPC's own addresses, as a cloud router ignores such routes)."""
+    net = _ipv4_prefix(prefix)
+    if net is None or net.prefixlen == 0:
+        return False
+    return not any(subnet_of(net, ipaddress.ip_network(own)) for own in s.own)
+
+
 def dynamic_routes(
     wanted: Mapping[str, Session], table: LearnedTable
 ) -> dict[str, tuple[DynamicRoute, ...]]:
-    """Each VPC's dynamic routes, from the routes its sessions' routers announced. A route
-    from an address no session is wanted for any more is dropped; so is one that is not a
-    valid IPv4 prefix, or 0.0.0.0/0 (a default route from on-prem would take the VPC's
-    internet-bound traffic: not accepted here)."""
+    """Each VPC's dynamic routes, from the routes its sessions' routers announced and
+    ``accepted``. A route from an address no session is wanted for any more is dropped."""
     out: dict[str, list[DynamicRoute]] = {}
     for peer_ip in sorted(table):
         s = wanted.get(peer_ip)
@@ -243,7 +255,7 @@ def dynamic_routes(
             continue
         for prefix in sorted(table[peer_ip]):
             net = _ipv4_prefix(prefix)
-            if net is None or net.prefixlen == 0:
+            if net is None or not accepted(s, prefix):
                 continue
             med = table[peer_ip][prefix].med
             priority = DEFAULT_PRIORITY if med is None else min(med, MAX_PRIORITY)
@@ -274,8 +286,8 @@ def status(
             "announced": list(s.announce),
             "announced_next_hop": s.announce_next_hop,
             "learned": [
-                {"prefix": r.prefix, "med": r.med, "stale": r.stale}
-                for _, r in sorted(table.get(ip, {}).items())
+                {"prefix": r.prefix, "med": r.med, "stale": r.stale, "accepted": accepted(s, p)}
+                for p, r in sorted(table.get(ip, {}).items())
             ],
         }
         for ip, s in sorted(wanted.items())

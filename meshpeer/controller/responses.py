@@ -176,6 +176,10 @@ BGP_STATUS = Obj(
                                 "prefix": Str(),
                                 "med": Nullable(Int(0, (1 << 32) - 1)),
                                 "stale": Bool(description="kept from before a restart"),
+                                "accepted": Bool(
+                                    description="a route of the VPC: not 0.0.0.0/0, not inside"
+                                    " one of its subnets"
+                                ),
                             },
                             name="BgpLearnedRoute",
                         )

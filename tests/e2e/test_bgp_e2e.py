@@ -143,7 +143,7 @@ def test_a_learned_prefix_is_a_dynamic_route_and_b1_reaches_d1(lab: Lab) -> None
     assert (session["endpoint"], session["established"], session["announced_next_hop"]) == (
         "v1", True, "10.1.0.1",
     )  # fmt: skip
-    assert session["learned"] == [{"prefix": PREFIX, "med": None, "stale": False}]
+    assert session["learned"] == [{"prefix": PREFIX, "med": None, "stale": False, "accepted": True}]
     wait_for(lambda: reaches(lab, "b1"), "b1 reaches d1 through v1 and dc1")
     assert reaches(lab, "d1", lab.vm("b1").ip)  # and back: dc1 forwards to blue's subnet
     assert not reaches(lab, "g1")  # green learned nothing from dc1

@@ -58,6 +58,8 @@ def test_learned_routes_become_dynamic_routes_via_the_endpoint() -> None:
     table = bgp.learn({}, "169.254.250.2", ONPREM, withdraw=False)
     table = bgp.learn(table, "169.254.250.2", "172.16.0.0/16", withdraw=False, med=50)
     table = bgp.learn(table, "169.254.250.2", "0.0.0.0/0", withdraw=False)  # refused
+    table = bgp.learn(table, "169.254.250.2", "10.1.1.128/25", withdraw=False)  # inside blue's
+    table = bgp.learn(table, "169.254.250.2", "10.1.0.0/24", withdraw=False)  # blue's own
     table = bgp.learn(table, "169.254.250.9", "10.9.0.0/16", withdraw=False)  # no such session
     (blue,) = bgp.dynamic_routes(wanted, table).values()
     assert [(d.prefix, d.next_hop, d.endpoint, d.priority) for d in blue] == [
@@ -279,8 +281,13 @@ def test_the_bgp_status_of_a_vpc() -> None:
     table = bgp.learn({}, "169.254.250.2", ONPREM, withdraw=False, med=7)
     (s,) = bgp.status("blue", bgp.sessions(i), table, {"169.254.250.2"})
     assert (s["endpoint"], s["established"], s["announced_next_hop"]) == ("v1", True, "10.1.0.1")
-    assert s["learned"] == [{"prefix": ONPREM, "med": 7, "stale": False}]
+    assert s["learned"] == [{"prefix": ONPREM, "med": 7, "stale": False, "accepted": True}]
     assert bgp.status("green", bgp.sessions(i), table, ()) == []
+    inside = bgp.learn(table, "169.254.250.2", "10.1.0.128/25", withdraw=False)
+    (s,) = bgp.status("blue", bgp.sessions(i), inside, ())
+    assert [(r["prefix"], r["accepted"]) for r in s["learned"]] == [
+        ("10.1.0.128/25", False), (ONPREM, True),
+    ]  # fmt: skip
 
 
 def test_a_burst_of_updates_is_one_table_change_in_order() -> None:
