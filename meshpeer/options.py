@@ -92,6 +92,26 @@ CONTROLLER = Section(
         Option("grant_ttl", float, "seconds a minted grant stays valid (at least)", 3600.0),
         Option("tick_interval", float, "seconds between re-mints of grants", 30.0),
         Option(
+            "bgp_port",
+            int,
+            "TCP port of the shard's BGP speaker, started with the first endpoint that has a"
+            " `bgp` session (docs/routing.md)",
+            179,
+        ),
+        Option("bgp_listen_host", str, "address the BGP speaker listens on", "0.0.0.0"),
+        Option(
+            "bgp_router_id",
+            str,
+            "the BGP speaker's router id, an IPv4 address (none: listen_host if IPv4, else the"
+            " first session's local_ip)",
+        ),
+        Option(
+            "bgp_asn",
+            int,
+            "the speaker's own AS number; each session speaks with its VPC's `asn`",
+            64512,
+        ),
+        Option(
             "max_connections",
             int,
             "concurrent REST connections in total, capped at the fd limit minus 2048; a new "

@@ -35,7 +35,7 @@ JsonObject = Mapping[str, Any]
 ServiceObjects = Mapping[str, JsonObject]  # object key -> object, as a stream holds them
 # (VPC, export policy or None for its own services, VNI) -> ip_keys of destinations kept apart
 TakenIps = Callable[[str, str | None, int], Container[tuple[int, int]]]
-RouteKind = Literal["subnet", "static"]
+RouteKind = Literal["subnet", "static", "dynamic"]
 
 MAX_WEIGHT = 0xFFFF  # OpenFlow bucket weight is 16 bits
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -253,8 +253,8 @@ class RouteEntry:
             if gateway is not None and gateway not in prefix:
                 raise BadObject(f"gateway {gateway} outside {prefix}")
             return RouteEntry(vpc, prefix, "subnet", None, 0, key, gateway)
-        if kind != "static":
-            raise BadObject(f"kind: expected 'subnet' or 'static', got {kind!r}")
+        if kind != "static" and kind != "dynamic":  # dynamic: learned over BGP, same shape
+            raise BadObject(f"kind: expected 'subnet', 'static' or 'dynamic', got {kind!r}")
         priority = _int(obj.get("priority", 1000), "priority", 0, 65535)
         hop = obj.get("next_hop")
         next_hop = None
@@ -267,7 +267,7 @@ class RouteEntry:
                 raise BadObject(f"next_hop: {e}") from None
             if next_hop.ip.version != prefix.version:
                 raise BadObject(f"next_hop {next_hop.ip} is not of the prefix's IP version")
-        return RouteEntry(vpc, prefix, "static", next_hop, priority, key)
+        return RouteEntry(vpc, prefix, kind, next_hop, priority, key)
 
 
 @dataclass(frozen=True)

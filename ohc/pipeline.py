@@ -159,7 +159,8 @@ TABLES: tuple[Table, ...] = (
         (INBOUND_CT,),
         "Per VPC context: own destinations (local port, or Geneve with the own VNI), peer "
         "destinations (routed only; Geneve with the peer's VNI), ILB VIPs (select group), "
-        "static routes by longest prefix; subnet routes without a destination drop. Toward a "
+        "static and dynamic (BGP-learned, docs/routing.md) routes by longest prefix; subnet "
+        "routes without a destination drop. Toward a "
         "peer this VPC takes only replies from: ct commit in the sending port's zone first; to "
         "a local port whose VPC takes only replies from this one: ct(table=43) instead of output.",
         "compiler.port_flows, dest_flows, lb_flows, route_flows",

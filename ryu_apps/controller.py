@@ -8,6 +8,7 @@ Options: meshpeer.options.CONTROLLER (docs/configuration.md).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 import resource
@@ -23,6 +24,7 @@ from meshpeer.controller.api import ControllerApi
 from meshpeer.controller.directory import Directory, parse_directory
 from meshpeer.controller.federation import Federation
 from meshpeer.controller.shard import ShardState
+from meshpeer.controller.speaker import Speaker
 from meshpeer.rest.admission import Limits
 from meshpeer.rest.router import Api
 from meshpeer.rest.server import serve
@@ -76,6 +78,10 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
             api_tokens=_items(conf.api_tokens),
             readonly_tokens=_items(conf.readonly_tokens),
         )
+        self.speaker = Speaker(
+            self.shard, conf.bgp_asn, _router_id(conf), conf.bgp_listen_host, conf.bgp_port
+        )
+        self.shard.listeners.append(self.speaker.sync)
         self.conf = conf
         self.ticker: Any = None
         self.watcher: Any = None
@@ -111,6 +117,7 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
             fd_limit,
         )
         self.federation.sync()
+        self.speaker.start()
         self.ticker = hub.spawn(self._tick)
         if self.conf.directory_check_interval > 0:
             self.watcher = hub.spawn(self._watch_directory)
@@ -182,3 +189,14 @@ def _stamp(path: str) -> tuple[int, int, int] | None:
 def _items(text: str | None) -> list[str]:
     """A comma-separated option's items (blanks dropped)."""
     return [item.strip() for item in (text or "").split(",") if item.strip()]
+
+
+def _router_id(conf: Any) -> str | None:
+    """The configured BGP router id, else the REST address if IPv4 (None: the speaker takes
+    its first session's local address)."""
+    if conf.bgp_router_id:
+        return str(conf.bgp_router_id)
+    try:
+        return str(ipaddress.IPv4Address(conf.listen_host))
+    except ValueError:
+        return None

@@ -27,7 +27,7 @@ from meshpeer.controller.auth import (
     route_action,
 )
 from meshpeer.controller.intent import IntentError, PeerFacts
-from meshpeer.controller.model import Backend, JsonObject, Subnet
+from meshpeer.controller.model import Backend, BgpPeer, JsonObject, Subnet
 from meshpeer.controller.peering import ACTIVE, INACTIVE, VPC_OBJ, peer_ranges
 from meshpeer.controller.shard import Delete, ShardState
 from meshpeer.protocol import ServiceName
@@ -56,7 +56,24 @@ SUBNET_CIDR = Str(
 )
 SUBNET_IN = Obj({"cidr": SUBNET_CIDR}, {"name": NAME}, name="SubnetCreate")
 VPC_IN = Obj(
-    {"name": NAME}, {"subnets": Arr(SUBNET_IN), "vni": Int(1, (1 << 24) - 1)}, name="VpcCreate"
+    {"name": NAME},
+    {
+        "subnets": Arr(SUBNET_IN),
+        "vni": Int(1, (1 << 24) - 1),
+        "asn": Int(1, 65535, description="BGP AS number toward on-prem routers (default 64512)"),
+    },
+    name="VpcCreate",
+)
+BGP_IN = Obj(
+    {
+        "peer_asn": Int(1, 65535, description="the on-prem router's AS number (eBGP)"),
+        "peer_ip": Str(format="ip", description="the router's link-local IPv4 address"),
+        "local_ip": Str(format="ip", description="the shard's link-local IPv4 address"),
+    },
+    {},
+    name="BgpPeer",
+    description="A BGP session to an on-prem router (router, vpn, interconnect endpoints;"
+    " docs/routing.md)",
 )
 BACKEND = Obj({"endpoint": NAME}, {"weight": Int(1, 65535)}, name="Backend")
 ENDPOINT_IN = Obj(
@@ -66,6 +83,7 @@ ENDPOINT_IN = Obj(
         "mac": Str(format="mac"),
         "host": NAME,
         "backends": Arr(BACKEND, max_items=256),
+        "bgp": BGP_IN,
     },
     name="EndpointCreate",
 )
@@ -289,6 +307,7 @@ class ControllerApi:
             b["name"],
             subnets,
             b.get("vni"),
+            b.get("asn"),
         )
         self.shard.commit([vpc])
         return 201, self._with_version("vpc", vpc.name, vpc.to_json())
@@ -366,6 +385,7 @@ class ControllerApi:
             b.get("mac"),
             b.get("host"),
             backends,
+            _bgp_peer(b.get("bgp")),
         )
         self.shard.commit([ep])
         key = f"{ep.vpc}/{ep.name}"
@@ -380,6 +400,23 @@ class ControllerApi:
         key = f"{vpc}/{ep.name}"
         body = self._with_version("endpoint", key, ep.to_json())
         return 200, self._programmed(ctx, "endpoint", key, body)
+
+    def put_endpoint_bgp(self, ctx: RequestCtx) -> tuple[int, object]:
+        return self._write_bgp(ctx, _bgp_peer(ctx.body))
+
+    def delete_endpoint_bgp(self, ctx: RequestCtx) -> tuple[int, object]:
+        return self._write_bgp(ctx, None)
+
+    def _write_bgp(self, ctx: RequestCtx, bgp: BgpPeer | None) -> tuple[int, object]:
+        vpc = self._vpc(ctx.params["vpc"]).name
+        ep = self.shard.intent.endpoints.get((vpc, ctx.params["name"]))
+        if ep is None:
+            raise not_found("endpoint", f"no endpoint {ctx.params['name']!r} in VPC {vpc!r}")
+        updated = self._intent(ops.set_bgp, self.shard.intent, ep, bgp)
+        if updated != ep:
+            self.shard.commit([updated])
+        key = f"{vpc}/{ep.name}"
+        return 200, self._with_version("endpoint", key, updated.to_json())
 
     def delete_endpoint(self, ctx: RequestCtx) -> tuple[int, object]:
         ep = self._intent(
@@ -533,6 +570,10 @@ class ControllerApi:
         r = self._intent(ops.check_route, self.shard.intent, ctx.params["vpc"], ctx.params["name"])
         version = self.shard.commit(deletes=[Delete("route", f"{r.vpc}/{r.name}")])
         return 200, {"deleted": r.name, "version": version}
+
+    def bgp_status(self, ctx: RequestCtx) -> tuple[int, object]:
+        vpc = self._vpc(ctx.params["vpc"])
+        return 200, {"vpc": vpc.name, "asn": vpc.asn, "sessions": self.shard.bgp_status(vpc.name)}
 
     def effective_routes(self, ctx: RequestCtx) -> tuple[int, object]:
         vpc = self._vpc(ctx.params["vpc"]).name
@@ -855,6 +896,23 @@ class ControllerApi:
                 summary="Get an endpoint",
             ),
             Route(
+                "PUT",
+                "/v1/vpcs/{vpc}/endpoints/{name}/bgp",
+                self.put_endpoint_bgp,
+                response=out.ENDPOINT,
+                body=BGP_IN,
+                params=ITEM_P,
+                summary="Set the endpoint's BGP session to an on-prem router (docs/routing.md)",
+            ),
+            Route(
+                "DELETE",
+                "/v1/vpcs/{vpc}/endpoints/{name}/bgp",
+                self.delete_endpoint_bgp,
+                response=out.ENDPOINT,
+                params=ITEM_P,
+                summary="Remove the endpoint's BGP session: its learned routes go with it",
+            ),
+            Route(
                 "DELETE",
                 "/v1/vpcs/{vpc}/endpoints/{name}",
                 self.delete_endpoint,
@@ -939,6 +997,14 @@ class ControllerApi:
                 response=out.EFFECTIVE_ROUTES,
                 params=VPC_P,
                 summary="Every route the VPC sees, with origin and import decision",
+            ),
+            Route(
+                "GET",
+                "/v1/vpcs/{vpc}/bgp",
+                self.bgp_status,
+                response=out.BGP_STATUS,
+                params=VPC_P,
+                summary="The VPC's BGP sessions: up or not, announced, learned (docs/routing.md)",
             ),
             Route(
                 "GET",
@@ -1038,6 +1104,19 @@ class ControllerApi:
                 " stream's grant in the Meshpeer-Grant header (docs/protocol.md)",
             ),
         ]
+
+
+def _bgp_peer(raw: Mapping[str, Any] | None) -> BgpPeer | None:
+    """A validated ``BgpPeer`` body (the schema checked types); an IPv6 address is a 400."""
+    if raw is None:
+        return None
+    ips = {}
+    for field in ("peer_ip", "local_ip"):
+        ip = ipaddress.ip_address(raw[field])
+        if not isinstance(ip, ipaddress.IPv4Address):
+            raise bad_request(f"bgp.{field}", f"{ip}: BGP sessions are IPv4 only")
+        ips[field] = ip
+    return BgpPeer(raw["peer_asn"], ips["peer_ip"], ips["local_ip"])
 
 
 def _code(status: int) -> str:

@@ -13,9 +13,12 @@ from dataclasses import dataclass, replace
 
 from meshpeer.controller.directory import Directory
 from meshpeer.controller.model import (
+    BGP_KINDS,
+    DEFAULT_ASN,
     NEXT_HOP_KINDS,
     Address,
     Backend,
+    BgpPeer,
     Endpoint,
     Host,
     Intent,
@@ -87,6 +90,7 @@ def new_vpc(
     name: str,
     subnets: Sequence[Subnet],
     vni: int | None,
+    asn: int | None = None,
 ) -> Vpc:
     if name in intent.vpcs:
         raise conflict("name", f"VPC {name!r} already exists")
@@ -108,7 +112,7 @@ def new_vpc(
     elif vni in used:
         other = next(v.name for v in intent.vpcs.values() if v.vni == vni)
         raise conflict("vni", f"VNI {vni} is already used by VPC {other!r}")
-    vpc = Vpc(name, vni)
+    vpc = Vpc(name, vni, asn=DEFAULT_ASN if asn is None else asn)
     for i, s in enumerate(subnets):
         vpc = add_subnet(intent, vpc, s, {}, field=f"subnets[{i}]")
     return vpc
@@ -193,6 +197,7 @@ def new_endpoint(
     mac: str | None,
     host: str | None,
     backends: Sequence[Backend],
+    bgp: BgpPeer | None = None,
 ) -> Endpoint:
     vpc = need_vpc(intent, vpc_name)
     if (vpc_name, name) in intent.endpoints:
@@ -230,7 +235,41 @@ def new_endpoint(
     same_mac = intent.endpoint_with(vpc_name, mac)
     if same_mac is not None:
         raise conflict("mac", f"MAC {mac} is already used by endpoint {same_mac.name!r}")
-    return Endpoint(vpc_name, name, kind, ip, mac, host, tuple(backends))
+    ep = Endpoint(vpc_name, name, kind, ip, mac, host, tuple(backends))
+    return ep if bgp is None else set_bgp(intent, ep, bgp)
+
+
+LINK_LOCAL = ipaddress.IPv4Network("169.254.0.0/16")
+
+
+def set_bgp(intent: Intent, ep: Endpoint, bgp: BgpPeer | None) -> Endpoint:
+    """The endpoint with its BGP session set (None: removed). eBGP over link-local IPv4:
+    the shard's one BGP speaker tells its sessions apart by the router's address, so a
+    router address is used by one endpoint of this shard at most (docs/routing.md)."""
+    if bgp is None:
+        return replace(ep, bgp=None)
+    if ep.kind not in BGP_KINDS:
+        kinds = ", ".join(sorted(BGP_KINDS))
+        raise bad("bgp", f"a {ep.kind} endpoint holds no BGP session: only {kinds} do")
+    if ep.ip.version != 4:
+        raise bad("bgp", "BGP sessions are IPv4 only: the endpoint has an IPv6 address")
+    for field, ip in (("bgp.peer_ip", bgp.peer_ip), ("bgp.local_ip", bgp.local_ip)):
+        if ip not in LINK_LOCAL or ip in (LINK_LOCAL.network_address, LINK_LOCAL[-1]):
+            raise bad(field, f"{ip} is not a link-local unicast address (169.254.0.0/16)")
+    if bgp.peer_ip == bgp.local_ip:
+        raise bad("bgp.local_ip", "the shard's address and the router's must differ")
+    asn = intent.vpcs[ep.vpc].asn
+    if bgp.peer_asn == asn:
+        raise bad("bgp.peer_asn", f"{asn} is the VPC's own AS number: only eBGP is supported")
+    for other in intent.endpoints.values():
+        if other.bgp is None or (other.vpc, other.name) == (ep.vpc, ep.name):
+            continue
+        if other.bgp.peer_ip == bgp.peer_ip:
+            raise conflict(
+                "bgp.peer_ip",
+                f"{bgp.peer_ip} is already the router of endpoint {other.vpc}/{other.name}",
+            )
+    return replace(ep, bgp=bgp)
 
 
 def check_endpoint_delete(intent: Intent, vpc: str, name: str) -> Endpoint:

@@ -23,6 +23,9 @@ JsonObject = dict[str, Any]
 ENDPOINT_KINDS = ("vm", "ilb", "router", "vpn", "interconnect")
 # Kinds that can be a route's next hop: they forward traffic for prefixes beyond themselves.
 NEXT_HOP_KINDS = frozenset({"vm", "router", "vpn", "interconnect"})
+# Kinds that can hold a BGP session to an on-prem router (as a cloud router's interface).
+BGP_KINDS = frozenset({"router", "vpn", "interconnect"})
+DEFAULT_ASN = 64512  # a VPC's BGP AS number when it is created without one (a private ASN)
 
 
 def derived_mac(vpc: str, ip: Address) -> str:
@@ -61,6 +64,7 @@ class Vpc:
     name: str
     vni: int
     subnets: tuple[Subnet, ...] = ()
+    asn: int = DEFAULT_ASN  # its BGP AS number toward on-prem routers (docs/routing.md)
 
     def subnet_for(self, ip: Address) -> Subnet | None:
         return next(
@@ -68,11 +72,42 @@ class Vpc:
         )
 
     def to_json(self) -> JsonObject:
-        return {"name": self.name, "vni": self.vni, "subnets": [s.to_json() for s in self.subnets]}
+        return {
+            "name": self.name,
+            "vni": self.vni,
+            "subnets": [s.to_json() for s in self.subnets],
+            "asn": self.asn,
+        }
 
     @staticmethod
     def from_json(d: Mapping[str, Any]) -> Vpc:
-        return Vpc(d["name"], d["vni"], tuple(Subnet.from_json(s) for s in d["subnets"]))
+        subnets = tuple(Subnet.from_json(s) for s in d["subnets"])
+        return Vpc(d["name"], d["vni"], subnets, d.get("asn", DEFAULT_ASN))
+
+
+@dataclass(frozen=True)
+class BgpPeer:
+    """An endpoint's BGP session to an on-prem router: the router's AS number and address,
+    and the shard's own address on the link (both link-local IPv4, as a cloud router's)."""
+
+    peer_asn: int
+    peer_ip: ipaddress.IPv4Address
+    local_ip: ipaddress.IPv4Address
+
+    def to_json(self) -> JsonObject:
+        return {
+            "peer_asn": self.peer_asn,
+            "peer_ip": str(self.peer_ip),
+            "local_ip": str(self.local_ip),
+        }
+
+    @staticmethod
+    def from_json(d: Mapping[str, Any]) -> BgpPeer:
+        return BgpPeer(
+            d["peer_asn"],
+            ipaddress.IPv4Address(d["peer_ip"]),
+            ipaddress.IPv4Address(d["local_ip"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -90,6 +125,7 @@ class Endpoint:
     mac: str
     host: str | None = None  # None for an ILB: a VIP lives on no host
     backends: tuple[Backend, ...] = ()
+    bgp: BgpPeer | None = None  # router, vpn and interconnect endpoints only
 
     def to_json(self) -> JsonObject:
         d: JsonObject = {
@@ -102,6 +138,8 @@ class Endpoint:
         }
         if self.kind == "ilb":
             d["backends"] = [{"endpoint": b.endpoint, "weight": b.weight} for b in self.backends]
+        if self.bgp is not None:
+            d["bgp"] = self.bgp.to_json()
         return d
 
     @staticmethod
@@ -114,6 +152,7 @@ class Endpoint:
             mac=d["mac"],
             host=d.get("host"),
             backends=tuple(Backend(b["endpoint"], b["weight"]) for b in d.get("backends", ())),
+            bgp=BgpPeer.from_json(d["bgp"]) if d.get("bgp") else None,
         )
 
 
@@ -254,6 +293,7 @@ class Intent:
     _by_host: dict[str, dict[tuple[str, str], Endpoint]] = field(default_factory=dict, repr=False)
     _placed: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)  # -> count
     _addr: dict[tuple[str, object], Endpoint] = field(default_factory=dict, repr=False)
+    _bgp: dict[tuple[str, str], Endpoint] = field(default_factory=dict, repr=False)
 
     def _of(self, attr: str, vpc: str) -> list[Any]:
         items = self._by_vpc.get(attr, {}).get(vpc, {})
@@ -271,6 +311,10 @@ class Intent:
     def endpoint_with(self, vpc: str, ip_or_mac: Address | str) -> Endpoint | None:
         """The endpoint of ``vpc`` holding this IP address or MAC, if any (O(1))."""
         return self._addr.get((vpc, ip_or_mac))
+
+    def bgp_endpoints(self) -> list[Endpoint]:
+        """Endpoints holding a BGP session, by (VPC, name)."""
+        return [self._bgp[k] for k in sorted(self._bgp)]
 
     def endpoints_on(self, host: str) -> list[Endpoint]:
         on = self._by_host.get(host, {})
@@ -302,6 +346,8 @@ class Intent:
             self._by_vpc.setdefault(attr, {}).setdefault(res.vpc, {})[res.name] = res
         if isinstance(res, Endpoint):
             self._addr[(res.vpc, res.ip)] = self._addr[(res.vpc, res.mac)] = res
+            if res.bgp is not None:
+                self._bgp[(res.vpc, res.name)] = res
         if isinstance(res, Endpoint) and res.host:
             self._by_host.setdefault(res.host, {})[(res.vpc, res.name)] = res
             place = (res.vpc, res.host)
@@ -315,6 +361,7 @@ class Intent:
         if isinstance(old, Endpoint):
             self._addr.pop((old.vpc, old.ip), None)
             self._addr.pop((old.vpc, old.mac), None)
+            self._bgp.pop((old.vpc, old.name), None)
         if isinstance(old, Endpoint) and old.host:
             self._by_host.get(old.host, {}).pop((old.vpc, old.name), None)
             place = (old.vpc, old.host)

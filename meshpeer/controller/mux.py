@@ -7,9 +7,11 @@ it against what it published and sends deltas. 100 peers sharing 3 policies yiel
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import ipaddress
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from meshpeer.controller.bgp import DynamicRoute
 from meshpeer.controller.directory import Directory
 from meshpeer.controller.model import Endpoint, Intent, JsonObject, Peering, Resource, gateway
 from meshpeer.controller.peering import Status, View, view_hosts
@@ -92,17 +94,22 @@ def desired_streams(
     grants: GrantSettings,
     now: float,
     scope: Scope = ALL,
+    dynamic: Mapping[str, Sequence[DynamicRoute]] | None = None,
 ) -> Publication:
-    """Every stream in ``scope`` with the objects it should carry."""
+    """Every stream in ``scope`` with the objects it should carry. ``dynamic``: each VPC's
+    routes learned over BGP (``meshpeer.controller.bgp``), soft state of the shard."""
     streams: dict[StreamId, dict[str, JsonObject]] = {}
+    learned = dynamic or {}
     for vpc in intent.vpcs:
         if scope.has_vpc(vpc):
             for service in PEER_SERVICES:
-                streams[StreamId(service, vpc, OWN)] = service_objects(intent, service, vpc, None)
+                objs = service_objects(intent, service, vpc, None, learned.get(vpc, ()))
+                streams[StreamId(service, vpc, OWN)] = objs
     policies = {k: v for k, v in active_policies(intent, states).items() if scope.has_vpc(k[0])}
     for (vpc, pid), (policy, _) in policies.items():
         for service in PEER_SERVICES:
-            streams[StreamId(service, vpc, pid)] = service_objects(intent, service, vpc, policy)
+            objs = service_objects(intent, service, vpc, policy, learned.get(vpc, ()))
+            streams[StreamId(service, vpc, pid)] = objs
     placed = sorted(intent.placements())
     for host in sorted({h for _, h in placed} | set(intent.hosts)):
         if scope.has_host(host):
@@ -116,12 +123,16 @@ def desired_streams(
 
 
 def service_objects(
-    intent: Intent, service: ServiceName, vpc: str, policy: ExportPolicy | None
+    intent: Intent,
+    service: ServiceName,
+    vpc: str,
+    policy: ExportPolicy | None,
+    dynamic: Sequence[DynamicRoute] = (),
 ) -> dict[str, JsonObject]:
     if service == ServiceName.DESTINATION:
         return destinations(intent, vpc, policy)
     if service == ServiceName.FORWARDING:
-        return forwarding(intent, vpc, policy)
+        return forwarding(intent, vpc, policy, dynamic)
     return load_balancers(intent, vpc, policy)
 
 
@@ -154,8 +165,14 @@ def destinations(intent: Intent, vpc: str, policy: ExportPolicy | None) -> dict[
     }
 
 
-def forwarding(intent: Intent, vpc_name: str, policy: ExportPolicy | None) -> dict[str, JsonObject]:
-    """Subnet routes (clipped to the policy) and custom routes (only if it exports them)."""
+def forwarding(
+    intent: Intent,
+    vpc_name: str,
+    policy: ExportPolicy | None,
+    dynamic: Sequence[DynamicRoute] = (),
+) -> dict[str, JsonObject]:
+    """Subnet routes (clipped to the policy) and custom routes, static and ``dynamic`` (learned
+    over BGP), only if it exports them."""
     vpc = intent.vpcs[vpc_name]
     out: dict[str, JsonObject] = {}
     for s in vpc.subnets:
@@ -178,6 +195,18 @@ def forwarding(intent: Intent, vpc_name: str, policy: ExportPolicy | None) -> di
             "vni": vpc.vni,
             "priority": r.priority,
             "next_hop": destination(intent, hop) if hop else None,
+        }
+    for d in dynamic:
+        net = ipaddress.ip_network(d.prefix)
+        if policy is not None and not policy.exports_route(net, is_custom=True):
+            continue
+        via = intent.endpoints.get((vpc_name, d.endpoint))
+        out[d.name] = {
+            "prefix": d.prefix,
+            "kind": "dynamic",
+            "vni": vpc.vni,
+            "priority": d.priority,
+            "next_hop": destination(intent, via) if via else None,
         }
     return out
 

@@ -10,13 +10,16 @@ transitive: only a VPC's own peerings are ever consulted.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshpeer.controller.model import Intent, JsonObject, Network, Peering, Vpc
 from meshpeer.protocol.messages import NAME_RE
 from policies.overlap import find_overlaps
+
+if TYPE_CHECKING:  # bgp reads peering states and views: a runtime import would be circular
+    from meshpeer.controller.bgp import DynamicRoute
 
 ACTIVE = "ACTIVE"
 INACTIVE = "INACTIVE"
@@ -26,8 +29,11 @@ PEERING_PREFIX = "peering/"
 View = Mapping[str, Mapping[str, Any]]  # object id -> object, as in a service stream
 
 
-def federation_view(intent: Intent, shard: str, vpc_name: str) -> dict[str, JsonObject]:
-    """What VPC ``vpc_name`` tells other shards: its ranges and each side it configured."""
+def federation_view(
+    intent: Intent, shard: str, vpc_name: str, dynamic: Sequence[DynamicRoute] = ()
+) -> dict[str, JsonObject]:
+    """What VPC ``vpc_name`` tells other shards: its ranges and each side it configured
+    (``dynamic``: its routes learned over BGP, exported as custom routes)."""
     vpc = intent.vpcs.get(vpc_name)
     if vpc is None:
         return {}
@@ -43,17 +49,25 @@ def federation_view(intent: Intent, shard: str, vpc_name: str) -> dict[str, Json
         }
     }
     for p in intent.peerings_of(vpc_name):
-        out[PEERING_PREFIX + p.peer_vpc] = exported_to_peer(intent, vpc, p)
+        out[PEERING_PREFIX + p.peer_vpc] = exported_to_peer(intent, vpc, p, dynamic)
     return out
 
 
-def exported_to_peer(intent: Intent, vpc: Vpc, p: Peering) -> JsonObject:
+def exported_to_peer(
+    intent: Intent, vpc: Vpc, p: Peering, dynamic: Sequence[DynamicRoute] = ()
+) -> JsonObject:
+    """A peering side as the peer sees it. A custom route without ``kind`` is static."""
     policy = p.export
     subnets = policy.exported_subnets(s.cidr for s in vpc.subnets)
-    custom = [
+    custom: list[JsonObject] = [
         {"prefix": str(r.prefix), "priority": r.priority, "next_hop": str(r.next_hop)}
         for r in intent.routes_of(vpc.name)
         if policy.exports_route(r.prefix, is_custom=True)
+    ]
+    custom += [
+        {"prefix": d.prefix, "priority": d.priority, "next_hop": d.next_hop, "kind": "dynamic"}
+        for d in dynamic
+        if policy.exports_route(ipaddress.ip_network(d.prefix), is_custom=True)
     ]
     return {
         "name": p.name,
@@ -61,6 +75,8 @@ def exported_to_peer(intent: Intent, vpc: Vpc, p: Peering) -> JsonObject:
         "policy_id": policy.policy_id,
         "exported_subnets": [str(s) for s in subnets],
         "custom_routes": custom,
+        # the peer's on-prem routers must learn these subnets then (docs/routing.md)
+        "import_custom_routes": p.import_custom_routes,
     }
 
 

@@ -46,7 +46,13 @@ def _with(base: Obj, name: str, extra: Mapping[str, Schema], description: str = 
 SUBNET = Obj({"name": NAME, "cidr": CIDR, "gateway": IP}, name="Subnet")
 SUBNET_CREATED = _with(SUBNET, "SubnetCreated", {"version": VERSION})
 VPC = Obj(
-    {"name": NAME, "vni": Int(1, (1 << 24) - 1), "subnets": Arr(SUBNET), "version": OBJ_VERSION},
+    {
+        "name": NAME,
+        "vni": Int(1, (1 << 24) - 1),
+        "subnets": Arr(SUBNET),
+        "asn": Int(1, 65535, description="BGP AS number toward on-prem routers"),
+        "version": OBJ_VERSION,
+    },
     name="Vpc",
 )
 VPCS = Obj({"vpcs": Arr(VPC)}, name="VpcList")
@@ -65,9 +71,16 @@ ENDPOINT = Obj(
         "host": Nullable(NAME),
         "version": OBJ_VERSION,
     },
-    {"backends": Arr(Obj({"endpoint": NAME, "weight": Int(1, 65535)}, name="BackendView"))},
+    {
+        "backends": Arr(Obj({"endpoint": NAME, "weight": Int(1, 65535)}, name="BackendView")),
+        "bgp": Obj(
+            {"peer_asn": Int(1, 65535), "peer_ip": IP, "local_ip": IP},
+            name="BgpPeerView",
+            description="its BGP session to an on-prem router (docs/routing.md)",
+        ),
+    },
     name="Endpoint",
-    description="backends: ILBs only",
+    description="backends: ILBs only; bgp: router, vpn and interconnect endpoints with a session",
 )
 ENDPOINT_PROGRAMMED = _with(ENDPOINT, "EndpointProgrammed", PROGRAMMED)
 ENDPOINTS = Obj({"endpoints": Arr(ENDPOINT)}, name="EndpointList")
@@ -141,7 +154,7 @@ ROUTE = Obj(
 ROUTES = Obj({"routes": Arr(ROUTE)}, name="RouteList")
 _ROUTE_FIELDS: Mapping[str, Schema] = {
     "prefix": CIDR,
-    "kind": Str(enum=("subnet", "static")),
+    "kind": Str(enum=("subnet", "static", "dynamic")),
     "origin": Str(description="local, or peer:<vpc>"),
     "next_hop": Nullable(IP),
     "priority": Nullable(Int(0, 65535)),
@@ -178,6 +191,42 @@ EFFECTIVE_ROUTE = Obj(
         "losers": Arr(ROUTE_LOSER, description="installed routes: the routes they beat"),
     },
     name="EffectiveRoute",
+)
+BGP_STATUS = Obj(
+    {
+        "vpc": NAME,
+        "asn": Int(1, 65535),
+        "sessions": Arr(
+            Obj(
+                {
+                    "endpoint": NAME,
+                    "peer_ip": IP,
+                    "peer_asn": Int(1, 65535),
+                    "local_ip": IP,
+                    "local_asn": Int(1, 65535),
+                    "established": Bool(),
+                    "announced": Arr(CIDR),
+                    "announced_next_hop": IP,
+                    "learned": Arr(
+                        Obj(
+                            {
+                                "prefix": Str(),
+                                "med": Nullable(Int(0, (1 << 32) - 1)),
+                                "stale": Bool(description="kept from before a restart"),
+                                "accepted": Bool(
+                                    description="a route of the VPC: not 0.0.0.0/0, not inside"
+                                    " one of its subnets"
+                                ),
+                            },
+                            name="BgpLearnedRoute",
+                        )
+                    ),
+                },
+                name="BgpSession",
+            )
+        ),
+    },
+    name="BgpStatus",
 )
 EFFECTIVE_ROUTES = Obj({"vpc": NAME, "routes": Arr(EFFECTIVE_ROUTE)}, name="EffectiveRoutes")
 

@@ -8,8 +8,9 @@ function every host's flow compiler calls with the same inputs, read from its st
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
+from meshpeer.controller.bgp import DynamicRoute
 from meshpeer.controller.model import Intent, JsonObject
 from meshpeer.controller.peering import PEERING_PREFIX, Status, View
 from policies.routes import PeerRoutes, Route, RouteDecision, decide_routes
@@ -34,12 +35,18 @@ def effective_routes(
     vpc_name: str,
     states: Mapping[tuple[str, str], Status],
     views: Mapping[str, View],
+    dynamic: Sequence[DynamicRoute] = (),
 ) -> list[JsonObject]:
+    """``dynamic``: the VPC's routes learned over BGP (next hop: the endpoint's IP)."""
     vpc = intent.vpcs[vpc_name]
     local = [Route(s.cidr, "subnet", vpc_name) for s in vpc.subnets]
     local += [
         Route(r.prefix, "static", vpc_name, str(r.next_hop), r.priority)
         for r in intent.routes_of(vpc_name)
+    ]
+    local += [
+        Route(ipaddress.ip_network(d.prefix), "dynamic", vpc_name, d.next_hop, d.priority)
+        for d in dynamic
     ]
     peers: list[PeerRoutes] = []
     peering_of: dict[str, str] = {}  # peer VPC -> the local peering's name
@@ -55,7 +62,7 @@ def effective_routes(
         routes += [
             Route(
                 ipaddress.ip_network(r["prefix"]),
-                "static",
+                "dynamic" if r.get("kind") == "dynamic" else "static",
                 p.peer_vpc,
                 r["next_hop"],
                 r["priority"],

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from meshpeer.controller import bgp
 from meshpeer.controller.directory import Directory, credentials_update
 from meshpeer.controller.model import (
     Endpoint,
@@ -66,6 +67,7 @@ log = logging.getLogger(__name__)
 
 UNPUBLISHED = 1 << 63  # the version a host must hold of a stream not published: never reached
 REMOTE_VIEW = "remote_view/"  # store meta name prefix: the last federation view of a remote VPC
+BGP_LEARNED = "bgp_learned"  # store meta: the routes the on-prem routers announced (bgp.to_text)
 
 
 def restored_views(meta: Mapping[str, str], wanted: Iterable[str]) -> dict[str, View]:
@@ -133,6 +135,13 @@ class ShardState:
         self.targets: dict[tuple[str, str], dict[StreamId, int]] = {}
         # ... and the hosts that must hold a stream's version whether they follow it or not.
         self.required: dict[tuple[str, str], dict[StreamId, tuple[int, frozenset[str]]]] = {}
+        # From the BGP speaker (meshpeer.controller.speaker): what each on-prem router
+        # announced, and the VPCs' dynamic routes made of it (docs/routing.md). Kept in the
+        # store's meta, so a restarted shard publishes them (stale) until the routers announce
+        # them again: its hosts keep forwarding (fail static across the shard's restart).
+        self.learned: bgp.LearnedTable = bgp.restored(snap.meta.get(BGP_LEARNED))
+        self.bgp_established: set[str] = set()  # router addresses with a session up
+        self.dynamic: dict[str, tuple[bgp.DynamicRoute, ...]] = {}
         self.refresh()
 
     # --- writes -------------------------------------------------------------------------
@@ -194,7 +203,11 @@ class ShardState:
     # VPC's services would cost O(VPC size) per write; patching costs O(1).
 
     def _endpoints_only(self, puts: list[Resource], old: list[Resource | None]) -> bool:
-        return all(isinstance(r, Endpoint) and r.kind != "ilb" for r in [*puts, *old])
+        """Only plain endpoints: an ILB, or one holding a BGP session (its learned routes are
+        in the forwarding streams), takes the full path."""
+        return all(
+            isinstance(r, Endpoint) and r.kind != "ilb" and r.bgp is None for r in [*puts, *old]
+        )
 
     def _patch_endpoints(
         self, puts: list[Resource], gone: list[Endpoint]
@@ -352,7 +365,8 @@ class ShardState:
                 del self.own_views[vpc]
         for vpc in self.intent.vpcs:
             if scope.has_vpc(vpc) or vpc not in self.own_views:
-                self.own_views[vpc] = federation_view(self.intent, self.name, vpc)
+                dynamic = self.dynamic.get(vpc, ())
+                self.own_views[vpc] = federation_view(self.intent, self.name, vpc, dynamic)
 
     def remote_peer_vpcs(self) -> set[str]:
         """Peer VPCs owned by other shards, whose federation views this shard must follow."""
@@ -365,6 +379,11 @@ class ShardState:
     def refresh(self, scope: Scope = ALL) -> dict[StreamId, int]:
         """Recompute and publish what ``scope`` covers (plus the VPCs whose peering state
         changed); returns the stream versions this refresh produced."""
+        dynamic = bgp.dynamic_routes(self.bgp_sessions(), self.learned)
+        learned = bgp.changed_vpcs(self.dynamic, dynamic)
+        self.dynamic = dynamic
+        if scope.vpcs is not None and learned - scope.vpcs:
+            scope = Scope(scope.vpcs | learned, scope.hosts)
         self._update_own_views(scope)
         views = self.views()
         before_states = self.states
@@ -378,7 +397,9 @@ class ShardState:
             for service in PEER_SERVICES:  # only that peer's subscribers of a shared stream
                 sid = StreamId(service, vpc, pid)
                 self.hub.close_subscribers(sid, peer_vpc, CloseReason.PEERING_GONE)
-        pub = desired_streams(self.intent, self.states, self.grants, self.clock(), scope)
+        pub = desired_streams(
+            self.intent, self.states, self.grants, self.clock(), scope, self.dynamic
+        )
         for vpc in self.intent.vpcs:  # small (ranges and peerings, no endpoints): always
             pub.streams[StreamId(ServiceName.FEDERATION, vpc)] = {
                 k: dict(v) for k, v in views[vpc].items()
@@ -404,6 +425,22 @@ class ShardState:
             except Exception:  # a committed write must not be reported as failed
                 log.exception("shard %s: listener %r failed", self.name, listener)
         return produced
+
+    def bgp_sessions(self) -> dict[str, bgp.Session]:
+        """The BGP sessions this shard's intent wants, by router address."""
+        if not self.intent.bgp_endpoints():
+            return {}  # most shards: no views to merge on every refresh
+        return bgp.sessions(self.intent, self.states, self.views())
+
+    def set_learned(self, table: bgp.LearnedTable) -> None:
+        """The speaker's news: republish the VPCs whose dynamic routes it changed."""
+        if bgp.to_text(table) != bgp.to_text(self.learned):
+            self.store.set_meta(BGP_LEARNED, bgp.to_text(table) if table else None)
+        self.learned = table
+        self.refresh(Scope(frozenset(), frozenset()))
+
+    def bgp_status(self, vpc: str) -> list[JsonObject]:
+        return bgp.status(vpc, self.bgp_sessions(), self.learned, self.bgp_established)
 
     def active_peers(self) -> set[tuple[str, str, str]]:
         """(vpc, peer VPC, export policy id) of every ACTIVE peering."""
@@ -464,7 +501,8 @@ class ShardState:
         return self.states.get((vpc, name))
 
     def effective_routes(self, vpc: str) -> list[JsonObject]:
-        return effective_routes(self.intent, vpc, self.states, self.views())
+        dynamic = self.dynamic.get(vpc, ())
+        return effective_routes(self.intent, vpc, self.states, self.views(), dynamic)
 
     def counts(self) -> dict[str, Any]:
         stats = self.hub.stats()

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from meshpeer.lab import controllers, ohcs, ovs, state, supervisor, teardown
+from meshpeer.lab import controllers, ohcs, onprem, ovs, state, supervisor, teardown
 from meshpeer.lab.plan import HostPlan, LabPlan, VmPlan, make_plan
 from meshpeer.lab.sh import ip_batch, run
 from meshpeer.lab.topology import Topology
@@ -68,6 +68,8 @@ def up(plan: LabPlan, topo: Topology, progress: Progress = print) -> float:
     stage("supervisor", lambda: f"pid {supervisor.start_daemon(plan)}")
     stage("ovs", lambda: _switches(plan))
     stage("underlay", lambda: _underlay(plan))
+    if plan.onprem:
+        stage("onprem", lambda: _onprem(plan))
     if plan.controllers:
         stage("controllers", lambda: _controllers(plan, topo))
         stage("ohcs", lambda: _ohcs(plan))
@@ -103,6 +105,7 @@ def _links(plan: LabPlan) -> str:
             f"link add eth0 netns {vm.netns} address {vm.mac} mtu {VM_MTU} type veth"
             f" peer name {vm.host_port} netns {host_ns} mtu {VM_MTU}"
         )
+    lines += onprem.link_lines(plan)
     ip_batch(lines)
     return f"{len(lines)} veth pairs"
 
@@ -166,8 +169,14 @@ def _addresses(plan: LabPlan) -> str:
     jobs += [(h.netns, _host_lines(plan, h)) for h in plan.hosts]
     jobs += [(c.netns, ["link set lo up", *_mgmt_lines(plan, c.mgmt_ip)]) for c in plan.controllers]
     jobs += [(vm.netns, vm_lines(vm)) for vm in plan.vms]
+    jobs += [(r.controller_netns, onprem.shard_lines(r)) for r in plan.onprem]
+    jobs += [(h.netns, onprem.host_lines(h)) for h in plan.onprem_hosts]
     parallel(lambda job: ip_batch(job[1], netns=job[0]), jobs)
+    # after the VM stage: a router's namespace also holds its endpoint's eth0 (and its lo)
+    parallel(lambda r: ip_batch(onprem.router_lines(plan, r), netns=r.netns), plan.onprem)
     parallel(vm_sysctl, plan.vms)
+    parallel(onprem.router_sysctl, plan.onprem)
+    parallel(onprem.host_sysctl, plan.onprem_hosts)
     return f"{len(jobs)} namespaces configured"
 
 
@@ -187,6 +196,13 @@ def _underlay(plan: LabPlan) -> str:
 
     parallel(one, plan.hosts)
     return f"{len(plan.hosts)} VTEPs on {plan.underlay_subnet}"
+
+
+def _onprem(plan: LabPlan) -> str:
+    for r in plan.onprem:
+        onprem.write_config(r)
+        onprem.start(plan, r)
+    return f"{len(plan.onprem)} BIRD routers, {len(plan.onprem_hosts)} on-prem hosts"
 
 
 def _controllers(plan: LabPlan, topo: Topology) -> str:

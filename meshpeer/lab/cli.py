@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from meshpeer import __version__
-from meshpeer.lab import attach, build, controllers, ovs, state, supervisor, teardown
+from meshpeer.lab import attach, build, controllers, onprem, ovs, state, supervisor, teardown
 from meshpeer.lab.matrix import matrix, render
 from meshpeer.lab.plan import LAB_NAME_RULE, LabPlan, valid_lab_name
 from meshpeer.lab.sh import LabError
@@ -129,6 +129,27 @@ def status(plan: LabPlan) -> dict[str, Any]:
             }
             for v in plan.vms
         ],
+        # On-prem routers (BIRD) and the hosts behind them (docs/lab.md, "On-prem routers").
+        "onprem": [
+            {
+                "name": r.name,
+                "netns": r.netns,
+                "asn": r.asn,
+                "attach": r.attach,
+                "vpc": r.vpc,
+                "controller": r.controller,
+                "router_ip": r.router_ip,
+                "shard_ip": r.shard_ip,
+                "prefixes": list(r.prefixes),
+                "bird_socket": r.socket,
+                "hosts": [
+                    {"name": h.name, "netns": h.netns, "ip": h.ip, "gateway": h.gateway}
+                    for h in plan.onprem_hosts
+                    if h.router == r.name
+                ],
+            }
+            for r in plan.onprem
+        ],
     }
 
 
@@ -168,6 +189,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     for v in st["vms"]:
         print(f"  {v['kind']} {v['name']:<8} on {v['host']:<6} vpc {v['vpc']:<8} "
               f"{v['ip']}/{v['prefixlen']} gw {v['gateway']} mac {v['mac']} vni {v['vni']}")  # fmt: skip
+    for r in st["onprem"]:
+        hosts = ", ".join(f"{h['name']} {h['ip']}" for h in r["hosts"])
+        print(f"  onprem {r['name']:<8} AS {r['asn']} behind {r['attach']} ({r['vpc']}), "
+              f"BGP {r['router_ip']} <-> {r['controller']} {r['shard_ip']}, "
+              f"prefixes {' '.join(r['prefixes'])}; hosts {hosts or 'none'}")  # fmt: skip
     return 0
 
 
@@ -186,6 +212,9 @@ def cmd_exec(args: argparse.Namespace) -> int:
         host = plan.host(args.name)
         env.update(ovs.env(host))  # so plain ovs-vsctl/ovs-ofctl work there
         cmd = ovs.appctl_targeted(host, cmd)
+    router = plan.router(args.name) or next((r for r in plan.onprem if r.attach == args.name), None)
+    if router is not None:  # plain birdc talks to this router's BIRD
+        cmd = onprem.birdc_targeted(router, cmd)
     os.execvpe("ip", ["ip", "netns", "exec", ns, *cmd], env)
     return 127  # not reached
 

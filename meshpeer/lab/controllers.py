@@ -164,6 +164,13 @@ def endpoint_body(plan: LabPlan, e: Endpoint) -> dict[str, Any]:
         body["host"] = e.host
     if e.backends:
         body["backends"] = [{"endpoint": b.endpoint, "weight": b.weight} for b in e.backends]
+    router = next((r for r in plan.onprem if r.attach == e.name), None)
+    if router is not None:  # its session to the on-prem router, over their link (lab/onprem.py)
+        body["bgp"] = {
+            "peer_asn": router.asn,
+            "peer_ip": router.router_ip,
+            "local_ip": router.shard_ip,
+        }
     return body
 
 
@@ -182,6 +189,8 @@ def apply_intent(plan: LabPlan, topo: Topology) -> int:
             }
             if v.vni is not None:
                 body["vni"] = v.vni
+            if v.asn is not None:
+                body["asn"] = v.asn
             client_for(plan, v.controller).post("/v1/vpcs", body)
             calls += 1
         for e in topo.endpoints:

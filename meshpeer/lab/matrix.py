@@ -1,12 +1,14 @@
-"""Reachability matrix: ping every ordered VM pair once, in parallel."""
+"""Reachability matrix: ping every ordered pair of VMs and on-prem hosts once, in parallel."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from meshpeer.lab.plan import LabPlan, VmPlan, family
+from meshpeer.lab.plan import LabPlan, OnpremHostPlan, VmPlan, family
 from meshpeer.lab.sh import run
+
+Pingable = VmPlan | OnpremHostPlan
 
 
 @dataclass(frozen=True)
@@ -17,7 +19,7 @@ class Pair:
     note: str = ""
 
 
-def ping(src: VmPlan, dst_ip: str, count: int = 1, timeout_s: float = 1) -> bool:
+def ping(src: Pingable, dst_ip: str, count: int = 1, timeout_s: float = 1) -> bool:
     cmd = ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", f"{timeout_s:g}"]
     if family(dst_ip) == 6:
         cmd.append("-6")
@@ -26,12 +28,14 @@ def ping(src: VmPlan, dst_ip: str, count: int = 1, timeout_s: float = 1) -> bool
 
 
 def matrix(plan: LabPlan, skip_deferred: bool = False) -> list[Pair]:
-    """Ping every ordered pair once. ``skip_deferred`` leaves out VMs not yet created at
-    their controller: probing them early leaves failed ARP entries that slow them later."""
-    vms = [v for v in plan.vms if not (skip_deferred and v.defer)]
+    """Ping every ordered pair once: VMs, and the hosts behind on-prem routers. ``skip_deferred``
+    leaves out VMs not yet created at their controller: probing them early leaves failed ARP
+    entries that slow them later."""
+    vms: list[Pingable] = [v for v in plan.vms if not (skip_deferred and v.defer)]
+    vms += plan.onprem_hosts
     pairs = [(a, b) for a in vms for b in vms if a.name != b.name]
 
-    def probe(p: tuple[VmPlan, VmPlan]) -> Pair:
+    def probe(p: tuple[Pingable, Pingable]) -> Pair:
         a, b = p
         if family(a.ip) != family(b.ip):
             return Pair(a.name, b.name, False, "address family differs")
@@ -44,7 +48,7 @@ def matrix(plan: LabPlan, skip_deferred: bool = False) -> list[Pair]:
 def render(plan: LabPlan, pairs: list[Pair]) -> str:
     """Rows are sources, columns destinations; 'ok' reachable, '.' not, '-' self."""
     got = {(p.src, p.dst): p.reachable for p in pairs}
-    names = [v.name for v in plan.vms]
+    names = [v.name for v in plan.vms] + [h.name for h in plan.onprem_hosts]
     width = max([len(n) for n in names] + [4])
     lines = [" " * width + " " + " ".join(n.rjust(width) for n in names)]
     for a in names:

@@ -26,6 +26,11 @@ OF_LISTEN_PORT = 6653
 REST_PORT = 8080
 FIRST_VNI = 1001
 VNI_BLOCK = 10000
+# BGP links between a shard's namespace and its on-prem routers: a /30 each, private to the
+# pair of namespaces (no bridge), so every lab can use the same block.
+BGP_LINKS = ipaddress.ip_network("169.254.250.0/24")
+MAX_ONPREM = BGP_LINKS.num_addresses // 4
+DEFAULT_ASN = 64512  # a VPC's AS number when the topology gives none (as the controller)
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,64 @@ class ControllerPlan:
 
 
 @dataclass(frozen=True)
+class OnpremHostPlan:
+    """A host on an on-prem router's LAN: a namespace with eth0, the router its gateway."""
+
+    name: str
+    router: str
+    netns: str
+    ip: str
+    prefixlen: int
+    gateway: str
+    lan: str  # the router's bridge for this LAN
+    router_port: str  # the veth end inside the router's namespace, on ``lan``
+
+
+@dataclass(frozen=True)
+class OnpremPlan:
+    """An on-prem router: BIRD in its own namespace, which also holds the attached endpoint's
+    eth0 (the endpoint's IP, on a port of its host's br-int like a VM), a BGP link to the
+    shard of the endpoint's VPC, and a bridge per announced prefix."""
+
+    name: str
+    netns: str
+    asn: int
+    attach: str  # the endpoint
+    vpc: str
+    vpc_asn: int
+    controller: str
+    controller_netns: str
+    shard_if: str  # the BGP link's end in the shard's namespace
+    router_if: str  # ... and in the router's
+    shard_ip: str  # link-local, /30
+    router_ip: str
+    rundir: str  # bird.conf, prefixes.conf, bird.ctl, bird.pid, bird.log
+    prefixes: tuple[str, ...]
+    lans: tuple[tuple[str, str], ...]  # (bridge, gateway/len), one per prefix
+
+    @property
+    def conf(self) -> str:
+        return f"{self.rundir}/bird.conf"
+
+    @property
+    def prefixes_file(self) -> str:
+        """The static routes BIRD announces: rewrite it and ``birdc configure``."""
+        return f"{self.rundir}/prefixes.conf"
+
+    @property
+    def socket(self) -> str:
+        return f"{self.rundir}/bird.ctl"
+
+    @property
+    def pidfile(self) -> str:
+        return f"{self.rundir}/bird.pid"
+
+    @property
+    def log(self) -> str:
+        return f"{self.rundir}/bird.log"
+
+
+@dataclass(frozen=True)
 class LabPlan:
     lab: str
     index: int
@@ -84,6 +147,8 @@ class LabPlan:
     hosts: tuple[HostPlan, ...]
     vms: tuple[VmPlan, ...]
     controllers: tuple[ControllerPlan, ...]
+    onprem: tuple[OnpremPlan, ...] = ()
+    onprem_hosts: tuple[OnpremHostPlan, ...] = ()
     api_token: str = ""  # operator admin token of every controller in the lab
     grant_key: str = ""  # hex HMAC key the shards share for subscription grants
     federation_token: str = ""  # shards derive their federation credentials from it
@@ -122,15 +187,19 @@ class LabPlan:
     def vms_on(self, host: str) -> list[VmPlan]:
         return [v for v in self.vms if v.host == host]
 
-    def named(self) -> list[HostPlan | VmPlan | ControllerPlan]:
-        return [*self.controllers, *self.hosts, *self.vms]
+    def router(self, name: str) -> OnpremPlan | None:
+        return next((r for r in self.onprem if r.name == name), None)
+
+    def named(self) -> list[HostPlan | VmPlan | ControllerPlan | OnpremPlan | OnpremHostPlan]:
+        return [*self.controllers, *self.hosts, *self.vms, *self.onprem, *self.onprem_hosts]
 
     def netns_of(self, name: str) -> str | None:
         found = next((x.netns for x in self.named() if x.name == name), None)
         return self.fabric_netns if name == "fabric" else found
 
     def all_netns(self) -> list[str]:
-        return [self.fabric_netns] + [x.netns for x in self.named()]
+        """Each once: an endpoint an on-prem router attaches to lives in the router's."""
+        return list(dict.fromkeys([self.fabric_netns] + [x.netns for x in self.named()]))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -143,6 +212,17 @@ class LabPlan:
                 "hosts": tuple(HostPlan(**h) for h in d["hosts"]),
                 "vms": tuple(VmPlan(**{**v, "vips": tuple(v.get("vips", ()))}) for v in d["vms"]),
                 "controllers": tuple(ControllerPlan(**c) for c in d["controllers"]),
+                "onprem": tuple(
+                    OnpremPlan(
+                        **{
+                            **r,
+                            "prefixes": tuple(r["prefixes"]),
+                            "lans": tuple(tuple(x) for x in r["lans"]),
+                        }
+                    )
+                    for r in d.get("onprem", ())
+                ),
+                "onprem_hosts": tuple(OnpremHostPlan(**h) for h in d.get("onprem_hosts", ())),
             }
         )
 
@@ -217,6 +297,7 @@ def make_plan(
     for ilb in topo.endpoints:
         for b in ilb.backends:
             vips.setdefault(b.endpoint, []).append(str(ilb.ip))
+    router_of = {r.attach: r.name for r in topo.onprem}
     vms: list[VmPlan] = []
     next_port: dict[str, int] = {}
     for e in topo.endpoints:
@@ -233,7 +314,7 @@ def make_plan(
                 vpc=e.vpc,
                 kind=e.kind,
                 host=e.host,
-                netns=f"{lab}-{e.name}",
+                netns=f"{lab}-{router_of.get(e.name, e.name)}",
                 ip=str(e.ip),
                 prefixlen=subnet.prefixlen,
                 gateway=str(gateway(subnet)),
@@ -249,6 +330,7 @@ def make_plan(
         ControllerPlan(c.name, f"{lab}-{c.name}", str(mgmt.network_address + 10 + k), REST_PORT)
         for k, c in enumerate(topo.controllers)
     )
+    onprem, onprem_hosts = _onprem_plans(topo, lab, state_dir)
     return LabPlan(
         lab=lab,
         index=index,
@@ -262,6 +344,8 @@ def make_plan(
         hosts=hosts,
         vms=tuple(vms),
         controllers=controllers,
+        onprem=onprem,
+        onprem_hosts=onprem_hosts,
         api_token=secrets.api_token if secrets else "",
         grant_key=secrets.grant_key if secrets else "",
         federation_token=secrets.federation_token if secrets else "",
@@ -269,6 +353,55 @@ def make_plan(
         readonly_token=secrets.readonly_token if secrets else "",
         tls=tls,
     )
+
+
+def _onprem_plans(
+    topo: Topology, lab: str, state_dir: str
+) -> tuple[tuple[OnpremPlan, ...], tuple[OnpremHostPlan, ...]]:
+    if len(topo.onprem) > MAX_ONPREM:
+        raise ValueError(f"a lab holds at most {MAX_ONPREM} on-prem routers")
+    routers: list[OnpremPlan] = []
+    hosts: list[OnpremHostPlan] = []
+    endpoints = {e.name: e for e in topo.endpoints}
+    for k, r in enumerate(topo.onprem):
+        e = endpoints[r.attach]
+        vpc = topo.vpc(e.vpc)
+        link = BGP_LINKS.network_address + 4 * k
+        lans = tuple((f"lan{j}", f"{gateway(p)}/{p.prefixlen}") for j, p in enumerate(r.prefixes))
+        routers.append(
+            OnpremPlan(
+                name=r.name,
+                netns=f"{lab}-{r.name}",
+                asn=r.asn,
+                attach=r.attach,
+                vpc=e.vpc,
+                vpc_asn=vpc.asn or DEFAULT_ASN,
+                controller=vpc.controller,
+                controller_netns=f"{lab}-{vpc.controller}",
+                shard_if=f"b-{r.name}",
+                router_if="bgp0",
+                shard_ip=str(link + 1),
+                router_ip=str(link + 2),
+                rundir=f"{state_dir}/{r.name}",
+                prefixes=tuple(str(p) for p in r.prefixes),
+                lans=lans,
+            )
+        )
+        for h in r.hosts:
+            j = next(j for j, p in enumerate(r.prefixes) if h.ip in p)
+            hosts.append(
+                OnpremHostPlan(
+                    name=h.name,
+                    router=r.name,
+                    netns=f"{lab}-{h.name}",
+                    ip=str(h.ip),
+                    prefixlen=r.prefixes[j].prefixlen,
+                    gateway=str(gateway(r.prefixes[j])),
+                    lan=f"lan{j}",
+                    router_port=f"h-{h.name}",
+                )
+            )
+    return tuple(routers), tuple(hosts)
 
 
 def family(ip: str | Address) -> int:

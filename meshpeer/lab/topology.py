@@ -30,6 +30,9 @@ NAMESPACED_KINDS = frozenset({"vm", "router", "vpn", "interconnect"})
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 RESERVED_NAMES = frozenset({"fabric", "mgmt", "root"})
 VNI_MAX = (1 << 24) - 1
+ASN_MAX = 65535  # os-ken 4.2.2's BGP speaker takes 2-byte AS numbers only
+# Endpoint kinds an on-prem router can sit behind (its BGP session is the endpoint's).
+ONPREM_ATTACH_KINDS = frozenset({"vpn", "interconnect", "router"})
 
 
 class TopologyError(Exception):
@@ -56,6 +59,25 @@ class Vpc:
     controller: str
     subnets: tuple[Network, ...]
     vni: int | None = None
+    asn: int | None = None  # the VPC's BGP AS number toward its on-prem routers
+
+
+@dataclass(frozen=True)
+class OnpremHost:
+    name: str
+    ip: ipaddress.IPv4Address
+
+
+@dataclass(frozen=True)
+class Onprem:
+    """An on-prem router (BIRD in its own namespace) behind a VPC endpoint, with a LAN per
+    prefix it announces over BGP and a host namespace on each LAN (docs/lab.md, "On-prem")."""
+
+    name: str
+    asn: int
+    attach: str  # the endpoint (vpn, interconnect or router) whose IP the router holds
+    prefixes: tuple[ipaddress.IPv4Network, ...]
+    hosts: tuple[OnpremHost, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -90,7 +112,7 @@ class Peering:
     export: Mapping[str, Any] | None = None
     # What vpc's side lets in from peer: "all", or only "replies" to vpc's own connections.
     inbound: Inbound = "all"
-    # vpc's side: does it import peer's custom routes, and how much it prefers them over other
+    # vpc's side: does it import peer's custom (static and dynamic) routes, and how much it prefers them over other
     # peers' routes to the same prefix (higher wins; None: the controller's default).
     import_custom_routes: bool = False
     preference: int | None = None
@@ -103,6 +125,7 @@ class Topology:
     vpcs: tuple[Vpc, ...]
     endpoints: tuple[Endpoint, ...]
     peerings: tuple[Peering, ...] = ()
+    onprem: tuple[Onprem, ...] = ()
 
     def vpc(self, name: str) -> Vpc:
         return next(v for v in self.vpcs if v.name == name)
@@ -186,7 +209,9 @@ MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 def parse(raw: object) -> Topology:
     """Validate a loaded topology document; raise TopologyError listing every problem."""
     c = _Checker()
-    top = c.mapping(raw, "topology", ["hosts", "vpcs"], ["controllers", "endpoints", "peerings"])
+    top = c.mapping(
+        raw, "topology", ["hosts", "vpcs"], ["controllers", "endpoints", "peerings", "onprem"]
+    )
     if top is None:
         raise TopologyError(c.errors)
 
@@ -221,10 +246,20 @@ def parse(raw: object) -> Topology:
     _check_endpoint_ips(c, endpoints)
     _check_backends(c, endpoints, top.get("endpoints"))
     peerings = _parse_peerings(c, top.get("peerings"), vpc_by)
+    ep_by = {e.name: e for e in endpoints}
+    onprem = _parse_list(
+        c, top.get("onprem"), "onprem", unique, lambda c, m, p: _onprem(c, m, p, ep_by, vpc_by)
+    )
+    _check_onprem(c, onprem, unique)
     if c.errors:
         raise TopologyError(c.errors)
     return Topology(
-        tuple(controllers), tuple(hosts), tuple(vpcs), tuple(endpoints), tuple(peerings)
+        tuple(controllers),
+        tuple(hosts),
+        tuple(vpcs),
+        tuple(endpoints),
+        tuple(peerings),
+        tuple(onprem),
     )
 
 
@@ -251,8 +286,9 @@ def _parse_list(
 _OPTIONAL_KEYS: dict[str, list[str]] = {
     "controllers": [],
     "hosts": [],
-    "vpcs": ["controller", "subnets", "vni"],
+    "vpcs": ["controller", "subnets", "vni", "asn"],
     "endpoints": ["vpc", "host", "ip", "kind", "mac", "backends", "defer"],
+    "onprem": ["asn", "attach", "prefixes", "hosts"],
 }
 
 
@@ -292,7 +328,11 @@ def _vpc(
     ):
         c.err(f"{p}.vni", f"bad VNI {vni!r}: want an integer 1..{VNI_MAX}")
         return None
-    return Vpc(m["name"], ctl or "", tuple(subnets), vni)
+    asn = m.get("asn")
+    if asn is not None and not _int_in(asn, 1, ASN_MAX):
+        c.err(f"{p}.asn", f"bad AS number {asn!r}: want an integer 1..{ASN_MAX}")
+        return None
+    return Vpc(m["name"], ctl or "", tuple(subnets), vni, asn)
 
 
 def _int_in(v: object, lo: int, hi: int) -> bool:
@@ -449,3 +489,72 @@ def _check_export(c: _Checker, raw: object, path: str) -> None:
         parse_export_policy(raw, path)
     except PolicyError as exc:
         c.err(exc.field, exc.detail)
+
+
+def _onprem(
+    c: _Checker,
+    m: Mapping[str, Any],
+    p: str,
+    endpoints: Mapping[str, Endpoint],
+    vpcs: Mapping[str, Vpc],
+) -> Onprem | None:
+    before = len(c.errors)
+    asn = m.get("asn")
+    if not _int_in(asn, 1, ASN_MAX):
+        c.err(f"{p}.asn", f"bad AS number {asn!r}: want an integer 1..{ASN_MAX}")
+    attach = c.ref(m.get("attach"), f"{p}.attach", "endpoint", endpoints)
+    if attach is not None:
+        e = endpoints[attach]
+        if e.kind not in ONPREM_ATTACH_KINDS:
+            kinds = ", ".join(sorted(ONPREM_ATTACH_KINDS))
+            c.err(f"{p}.attach", f"{attach!r} is a {e.kind}: an on-prem router attaches to {kinds}")
+        elif e.ip.version != 4:
+            c.err(f"{p}.attach", f"{attach!r} has an IPv6 address: BGP here is IPv4 only")
+        elif not vpcs[e.vpc].controller:
+            c.err(f"{p}.attach", f"VPC {e.vpc!r} has no controller to hold the BGP session")
+    prefixes: list[ipaddress.IPv4Network] = []
+    raw = m.get("prefixes")
+    if not isinstance(raw, list) or not raw:
+        c.err(f"{p}.prefixes", "expected a non-empty list of IPv4 CIDRs")
+    for pp, x in c.items(raw if isinstance(raw, list) else [], f"{p}.prefixes"):
+        net = c.network(x, pp)
+        if net is None:
+            continue
+        if not isinstance(net, ipaddress.IPv4Network) or net.num_addresses < 4:
+            c.err(pp, f"{net}: want an IPv4 prefix of at least 4 addresses (a LAN)")
+        elif any(_overlap(net, o) for o in prefixes):
+            c.err(pp, f"{net} overlaps another prefix of this router")
+        else:
+            prefixes.append(net)
+    hosts: list[OnpremHost] = []
+    for hp, h in c.items(m.get("hosts"), f"{p}.hosts"):
+        hm = c.mapping(h, hp, ["name", "ip"], [])
+        if hm is None:
+            continue
+        name = c.name(hm["name"], f"{hp}.name")
+        ip = c.address(hm["ip"], f"{hp}.ip")
+        if name is None or ip is None:
+            continue
+        lan = next((n for n in prefixes if ip in n), None)
+        if not isinstance(ip, ipaddress.IPv4Address) or lan is None:
+            c.err(f"{hp}.ip", f"{ip} is in none of the router's prefixes")
+        elif ip in reserved(lan):
+            c.err(f"{hp}.ip", f"{ip} is reserved in {lan} (network, gateway or broadcast)")
+        else:
+            hosts.append(OnpremHost(name, ip))
+    if len(c.errors) != before or attach is None or not isinstance(asn, int):
+        return None
+    return Onprem(m["name"], asn, attach, tuple(prefixes), tuple(hosts))
+
+
+def _check_onprem(
+    c: _Checker, onprem: Sequence[Onprem], unique: Callable[[str | None, str], str | None]
+) -> None:
+    """On-prem host names share the lab's one namespace of names; one router per endpoint."""
+    attached: dict[str, str] = {}
+    for i, r in enumerate(onprem):
+        if r.attach in attached:
+            c.err(f"onprem[{i}].attach", f"{r.attach!r} already has router {attached[r.attach]!r}")
+        attached[r.attach] = r.name
+        for k, h in enumerate(r.hosts):
+            unique(h.name, f"onprem[{i}].hosts[{k}].name")

@@ -37,6 +37,9 @@ EXPECTED = {
     ("POST", "/v1/vpcs/{vpc}/endpoints"),
     ("GET", "/v1/vpcs/{vpc}/endpoints/{name}"),
     ("DELETE", "/v1/vpcs/{vpc}/endpoints/{name}"),
+    ("PUT", "/v1/vpcs/{vpc}/endpoints/{name}/bgp"),
+    ("DELETE", "/v1/vpcs/{vpc}/endpoints/{name}/bgp"),
+    ("GET", "/v1/vpcs/{vpc}/bgp"),
     ("GET", "/v1/vpcs/{vpc}/peerings"),
     ("POST", "/v1/vpcs/{vpc}/peerings"),
     ("GET", "/v1/vpcs/{vpc}/peerings/{name}"),
@@ -220,6 +223,7 @@ def test_every_request_schema_forbids_additional_properties(doc: dict[str, Any])
         ("POST", "/v1/vpcs"),
         ("POST", "/v1/vpcs/{vpc}/subnets"),
         ("POST", "/v1/vpcs/{vpc}/endpoints"),
+        ("PUT", "/v1/vpcs/{vpc}/endpoints/{name}/bgp"),
         ("POST", "/v1/vpcs/{vpc}/peerings"),
         ("PUT", "/v1/vpcs/{vpc}/peerings/{name}"),
         ("POST", "/v1/vpcs/{vpc}/routes"),
@@ -304,6 +308,12 @@ def test_real_answers_of_every_route_match_the_document(
     call("POST", "/v1/vpcs/jade/endpoints", {"name": "gw", "ip": "10.7.0.7", "kind": "router",
                                             "host": "hv9"})  # fmt: skip
     call("POST", "/v1/vpcs/jade/routes", {**route, "next_hop": "10.7.0.7"})
+    bgp = {"peer_asn": 65001, "peer_ip": "169.254.77.2", "local_ip": "169.254.77.1"}
+    call("PUT", "/v1/vpcs/jade/endpoints/gw/bgp", bgp)  # the shard's BGP speaker starts
+    call("PUT", "/v1/vpcs/jade/endpoints/r1/bgp", bgp)  # a vm holds no session: 400
+    call("GET", "/v1/vpcs/jade/endpoints/gw")
+    assert call("GET", "/v1/vpcs/jade/bgp")["sessions"][0]["established"] is False
+    call("DELETE", "/v1/vpcs/jade/endpoints/gw/bgp")
     call("POST", "/v1/vpcs/jade/peerings", {"name": "p", "peer_vpc": "pink"})
     module_cluster["ctl2"].peer("pink", "jade", "p")
     ctl.wait_state("jade", "p", "ACTIVE")

@@ -1,0 +1,311 @@
+"""BGP toward on-prem routers, the pure part: sessions wanted, routes learned, routes announced.
+
+A shard runs one BGP speaker (``meshpeer.controller.speaker``, a thin shim over os-ken's).
+Everything it decides is here, as functions of the intent and of what the speaker reported:
+
+- ``sessions``: one session per endpoint with a ``bgp`` peer (router, vpn, interconnect), keyed
+  by the router's address, with the VPC's AS number and what the VPC announces on it: each of
+  its IPv4 subnets, and the subnets each ACTIVE peer exports to it if the peer's side imports
+  the VPC's custom routes (so that replies from on-prem find their way back), next hop the
+  gateway of the endpoint's subnet (the router reaches it on that segment), and nothing else
+  (no transit between routers or VPCs).
+- ``Learned`` / ``learn`` / ``forget_peer``: the routes each router announced (its
+  adjacency-RIB-in, per router address), updated from the speaker's events.
+- ``to_text`` / ``restored`` / ``sweep``: the table is kept in the store (meta, not intent), so a
+  restarted shard starts from what it had learned, every route *stale* (still published: the
+  hosts keep forwarding) until its router announces it again; what is still stale after a
+  grace time is dropped (as BGP graceful restart's stale-path timer).
+- ``dynamic_routes``: the VPC's ``dynamic`` routes: every IPv4 prefix a live session's router
+  announced, next hop the session's endpoint (not the BGP next hop, which is the router's
+  link address), priority the route's MED (1000 without one, as a static route).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from meshpeer.controller.model import Endpoint, Intent, gateway
+from meshpeer.controller.peering import PEERING_PREFIX, Status, View
+from policies.overlap import subnet_of
+
+DEFAULT_PRIORITY = 1000  # a learned route without a MED ranks as a static route does
+MAX_PRIORITY = 65535
+
+
+@dataclass(frozen=True)
+class Session:
+    """A BGP session the speaker should hold: to ``peer_ip`` for ``endpoint`` of ``vpc``."""
+
+    peer_ip: str
+    peer_asn: int
+    local_ip: str
+    local_asn: int
+    vpc: str
+    endpoint: str
+    next_hop: str  # the endpoint's IP: where traffic to what it learns goes
+    announce: tuple[str, ...]  # the VPC's prefixes, each announced ...
+    announce_next_hop: str  # ... with this next hop (the gateway on the endpoint's segment)
+    own: tuple[str, ...] = ()  # the VPC's own subnets: a learned route inside one is refused
+
+
+def peer_prefixes(
+    intent: Intent, vpc: str, states: Mapping[tuple[str, str], Status], views: Mapping[str, View]
+) -> list[str]:
+    """What ``vpc``'s ACTIVE peers export to it, from each peer whose side imports ``vpc``'s
+    custom routes (its federation view says so)."""
+    out: list[str] = []
+    for p in intent.peerings_of(vpc):
+        st = states.get((vpc, p.name))
+        back = (views.get(p.peer_vpc) or {}).get(PEERING_PREFIX + vpc)
+        if st is not None and st.active and back is not None and back.get("import_custom_routes"):
+            out += [str(c) for c in back.get("exported_subnets", ())]
+    return out
+
+
+def session_of(
+    intent: Intent,
+    e: Endpoint,
+    states: Mapping[tuple[str, str], Status],
+    views: Mapping[str, View],
+) -> Session | None:
+    if e.bgp is None:
+        return None
+    vpc = intent.vpcs[e.vpc]
+    segment = vpc.subnet_for(e.ip)
+    if segment is None or segment.cidr.version != 4:
+        return None
+    own = [str(s.cidr) for s in vpc.subnets]
+    nets = {_ipv4_prefix(p) for p in own + peer_prefixes(intent, e.vpc, states, views)}
+    v4 = sorted(str(n) for n in nets if n is not None)
+    return Session(
+        peer_ip=str(e.bgp.peer_ip),
+        peer_asn=e.bgp.peer_asn,
+        local_ip=str(e.bgp.local_ip),
+        local_asn=vpc.asn,
+        vpc=e.vpc,
+        endpoint=e.name,
+        next_hop=str(e.ip),
+        announce=tuple(v4),
+        announce_next_hop=str(gateway(segment.cidr)),
+        own=tuple(sorted(own)),
+    )
+
+
+def sessions(
+    intent: Intent,
+    states: Mapping[tuple[str, str], Status] | None = None,
+    views: Mapping[str, View] | None = None,
+) -> dict[str, Session]:
+    """Every session wanted by this shard's intent, by router address (``states`` and
+    ``views``: the peerings' states and the peers' federation views)."""
+    out: dict[str, Session] = {}
+    for e in intent.bgp_endpoints():
+        s = session_of(intent, e, states or {}, views or {})
+        if s is not None:
+            out[s.peer_ip] = s
+    return out
+
+
+def announcements(wanted: Mapping[str, Session]) -> tuple[dict[str, str], list[str]]:
+    """The prefixes the speaker originates, each with its next hop, and the conflicts left out.
+
+    The speaker has one table for the whole shard: two VPCs announcing the same prefix with
+    different next hops cannot both be served; the first VPC by name keeps it (and the other
+    is reported, once per prefix)."""
+    out: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    conflicts: list[str] = []
+    for s in sorted(wanted.values(), key=lambda s: (s.vpc, s.endpoint)):
+        for p in s.announce:
+            if p not in out:
+                out[p], owner[p] = s.announce_next_hop, s.vpc
+            elif out[p] != s.announce_next_hop and owner[p] != s.vpc:
+                conflicts.append(
+                    f"{p}: announced for VPC {owner[p]!r}, not also for {s.vpc!r}"
+                    f" (one table per shard)"
+                )
+    return out, sorted(set(conflicts))
+
+
+@dataclass(frozen=True)
+class Learned:
+    """One route a router announced."""
+
+    prefix: str
+    med: int | None = None
+    stale: bool = False  # restored after a restart, not announced again yet
+
+
+# router address -> prefix -> route: each router's adjacency-RIB-in as the speaker reported it
+LearnedTable = Mapping[str, Mapping[str, Learned]]
+
+
+@dataclass(frozen=True)
+class Update:
+    """One announcement (or withdrawal) of ``prefix`` by the router at ``peer_ip``."""
+
+    peer_ip: str
+    prefix: str
+    withdraw: bool
+    med: int | None = None
+
+
+def apply(table: LearnedTable, updates: Iterable[Update]) -> dict[str, dict[str, Learned]]:
+    """The table after ``updates``, in order (one copy of the table for the whole batch: a
+    router's full table arrives as thousands of updates)."""
+    out = {k: dict(v) for k, v in table.items()}
+    for u in updates:
+        routes = out.setdefault(u.peer_ip, {})
+        if u.withdraw:
+            routes.pop(u.prefix, None)
+        else:
+            routes[u.prefix] = Learned(u.prefix, u.med)
+        if not routes:
+            del out[u.peer_ip]
+    return out
+
+
+def learn(
+    table: LearnedTable, peer_ip: str, prefix: str, withdraw: bool, med: int | None = None
+) -> dict[str, dict[str, Learned]]:
+    """The table after one announcement or withdrawal from ``peer_ip``."""
+    return apply(table, [Update(peer_ip, prefix, withdraw, med)])
+
+
+def forget_peer(table: LearnedTable, peer_ip: str) -> dict[str, dict[str, Learned]]:
+    """The table without anything ``peer_ip`` announced (its session went down)."""
+    return {k: dict(v) for k, v in table.items() if k != peer_ip}
+
+
+def to_text(table: LearnedTable) -> str:
+    """The table as the store keeps it (canonical JSON: equal tables, equal text)."""
+    doc = {
+        ip: {p: r.med for p, r in sorted(routes.items())} for ip, routes in sorted(table.items())
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+
+def restored(text: str | None) -> dict[str, dict[str, Learned]]:
+    """A kept table, every route stale; anything that does not parse is dropped (the routers
+    announce it again anyway)."""
+    try:
+        doc = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    out: dict[str, dict[str, Learned]] = {}
+    for ip, routes in doc.items():
+        if not isinstance(routes, dict):
+            continue
+        out[ip] = {
+            p: Learned(p, med if isinstance(med, int) else None, stale=True)
+            for p, med in routes.items()
+            if isinstance(p, str)
+        }
+    return {ip: routes for ip, routes in out.items() if routes}
+
+
+def sweep(table: LearnedTable) -> dict[str, dict[str, Learned]]:
+    """The table without the routes still stale (not announced again since the restart)."""
+    out = {ip: {p: r for p, r in routes.items() if not r.stale} for ip, routes in table.items()}
+    return {ip: routes for ip, routes in out.items() if routes}
+
+
+@dataclass(frozen=True)
+class DynamicRoute:
+    """A route of ``vpc`` learned over BGP: ``prefix`` via endpoint ``endpoint``."""
+
+    vpc: str
+    prefix: str
+    endpoint: str
+    next_hop: str  # the endpoint's IP
+    peer_ip: str  # the router that announced it
+    priority: int = DEFAULT_PRIORITY
+
+    @property
+    def name(self) -> str:
+        """Its object id in the VPC's forwarding stream."""
+        return f"dynamic:{self.prefix}:{self.endpoint}"
+
+
+def accepted(s: Session, prefix: str) -> bool:
+    """Is a prefix the router announced a route of the VPC? Not if it is no valid IPv4
+    prefix, or 0.0.0.0/0 (a default route from on-prem would take the VPC's other traffic:
+    not accepted here), or if it matches or fits inside one of the VPC's own subnets (on-prem
+    must not take the VPC's own addresses, as a cloud router ignores such routes)."""
+    net = _ipv4_prefix(prefix)
+    if net is None or net.prefixlen == 0:
+        return False
+    return not any(subnet_of(net, ipaddress.ip_network(own)) for own in s.own)
+
+
+def dynamic_routes(
+    wanted: Mapping[str, Session], table: LearnedTable
+) -> dict[str, tuple[DynamicRoute, ...]]:
+    """Each VPC's dynamic routes, from the routes its sessions' routers announced and
+    ``accepted``. A route from an address no session is wanted for any more is dropped."""
+    out: dict[str, list[DynamicRoute]] = {}
+    for peer_ip in sorted(table):
+        s = wanted.get(peer_ip)
+        if s is None:
+            continue
+        for prefix in sorted(table[peer_ip]):
+            net = _ipv4_prefix(prefix)
+            if net is None or not accepted(s, prefix):
+                continue
+            med = table[peer_ip][prefix].med
+            priority = DEFAULT_PRIORITY if med is None else min(med, MAX_PRIORITY)
+            out.setdefault(s.vpc, []).append(
+                DynamicRoute(s.vpc, str(net), s.endpoint, s.next_hop, peer_ip, priority)
+            )
+    return {vpc: tuple(routes) for vpc, routes in out.items()}
+
+
+def status(
+    vpc: str,
+    wanted: Mapping[str, Session],
+    table: LearnedTable,
+    established: Iterable[str],
+) -> list[dict[str, object]]:
+    """``GET /v1/vpcs/{vpc}/bgp``: the VPC's sessions, whether each is up, what it announces
+    and what its router announced (``stale``: kept from before a restart, not announced
+    again yet)."""
+    up = set(established)
+    return [
+        {
+            "endpoint": s.endpoint,
+            "peer_ip": s.peer_ip,
+            "peer_asn": s.peer_asn,
+            "local_ip": s.local_ip,
+            "local_asn": s.local_asn,
+            "established": ip in up,
+            "announced": list(s.announce),
+            "announced_next_hop": s.announce_next_hop,
+            "learned": [
+                {"prefix": r.prefix, "med": r.med, "stale": r.stale, "accepted": accepted(s, p)}
+                for p, r in sorted(table.get(ip, {}).items())
+            ],
+        }
+        for ip, s in sorted(wanted.items())
+        if s.vpc == vpc
+    ]
+
+
+def changed_vpcs(
+    before: Mapping[str, Iterable[DynamicRoute]], after: Mapping[str, Iterable[DynamicRoute]]
+) -> frozenset[str]:
+    return frozenset(
+        v for v in set(before) | set(after) if tuple(before.get(v, ())) != tuple(after.get(v, ()))
+    )
+
+
+def _ipv4_prefix(text: str) -> ipaddress.IPv4Network | None:
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        return None
+    return net if isinstance(net, ipaddress.IPv4Network) else None
