@@ -33,6 +33,16 @@ from policies.overlap import subnet_of
 
 DEFAULT_PRIORITY = 1000  # a learned route without a MED ranks as a static route does
 MAX_PRIORITY = 65535
+# Routes kept per router: a router that leaks a full internet table (~950k) must not make
+# every host of the VPC compile a flow per prefix; announcements past it are ignored.
+MAX_ROUTES_PER_ROUTER = 10_000
+MIN_PREFIX_LEN = 8  # shorter ones (a default route cut in halves) take a VPC's other traffic
+# Never a destination on-prem: link-local (the BGP links, metadata), loopback, "this
+# network", multicast and reserved.
+SPECIAL = tuple(
+    ipaddress.IPv4Network(n)
+    for n in ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4")
+)
 
 
 @dataclass(frozen=True)
@@ -52,15 +62,21 @@ class Session:
 
 
 def peer_prefixes(
-    intent: Intent, vpc: str, states: Mapping[tuple[str, str], Status], views: Mapping[str, View]
+    intent: Intent,
+    vpc: str,
+    states: Mapping[tuple[str, str], Status],
+    views: Mapping[str, View],
+    importing_only: bool = True,
 ) -> list[str]:
-    """What ``vpc``'s ACTIVE peers export to it, from each peer whose side imports ``vpc``'s
-    custom routes (its federation view says so)."""
+    """What ``vpc``'s ACTIVE peers export to it; with ``importing_only``, from each peer whose
+    side imports ``vpc``'s custom routes (its federation view says so) only."""
     out: list[str] = []
     for p in intent.peerings_of(vpc):
         st = states.get((vpc, p.name))
         back = (views.get(p.peer_vpc) or {}).get(PEERING_PREFIX + vpc)
-        if st is not None and st.active and back is not None and back.get("import_custom_routes"):
+        if st is None or not st.active or back is None:
+            continue
+        if back.get("import_custom_routes") or not importing_only:
             out += [str(c) for c in back.get("exported_subnets", ())]
     return out
 
@@ -161,7 +177,7 @@ def apply(table: LearnedTable, updates: Iterable[Update]) -> dict[str, dict[str,
         routes = out.setdefault(u.peer_ip, {})
         if u.withdraw:
             routes.pop(u.prefix, None)
-        else:
+        elif u.prefix in routes or len(routes) < MAX_ROUTES_PER_ROUTER:
             routes[u.prefix] = Learned(u.prefix, u.med)
         if not routes:
             del out[u.peer_ip]
@@ -232,30 +248,43 @@ class DynamicRoute:
         return f"dynamic:{self.prefix}:{self.endpoint}"
 
 
-def accepted(s: Session, prefix: str) -> bool:
+def accepted(s: Session, prefix: str, peers: Iterable[str] = ()) -> bool:
     """Is a prefix the router announced a route of the VPC? Not if it is no valid IPv4
-    prefix, or 0.0.0.0/0 (a default route from on-prem would take the VPC's other traffic:
-    not accepted here), or if it matches or fits inside one of the VPC's own subnets (on-prem
-    must not take the VPC's own addresses, as a cloud router ignores such routes)."""
+    prefix, shorter than /8 (a default route from on-prem, whole or in halves, would take
+    the VPC's other traffic: not accepted here), in a special range (link-local, loopback,
+    multicast, reserved), or if it matches or fits inside one of the VPC's own subnets or
+    one its ACTIVE peers export (``peers``): on-prem must not take the VPC's or its peers'
+    addresses (a local route beats a peer's; found by a review), as a cloud router ignores
+    such routes."""
     net = _ipv4_prefix(prefix)
-    if net is None or net.prefixlen == 0:
+    if net is None or net.prefixlen < MIN_PREFIX_LEN:
         return False
-    return not any(subnet_of(net, ipaddress.ip_network(own)) for own in s.own)
+    if any(net.overlaps(special) for special in SPECIAL):
+        return False
+    taken = [*s.own, *peers]
+    return not any(
+        isinstance(n := ipaddress.ip_network(t), ipaddress.IPv4Network) and subnet_of(net, n)
+        for t in taken
+    )
 
 
 def dynamic_routes(
-    wanted: Mapping[str, Session], table: LearnedTable
+    wanted: Mapping[str, Session],
+    table: LearnedTable,
+    peers: Mapping[str, Iterable[str]] | None = None,
 ) -> dict[str, tuple[DynamicRoute, ...]]:
     """Each VPC's dynamic routes, from the routes its sessions' routers announced and
-    ``accepted``. A route from an address no session is wanted for any more is dropped."""
+    ``accepted`` (``peers``: per VPC, the subnets its ACTIVE peers export to it). A route
+    from an address no session is wanted for any more is dropped."""
     out: dict[str, list[DynamicRoute]] = {}
     for peer_ip in sorted(table):
         s = wanted.get(peer_ip)
         if s is None:
             continue
+        exported = tuple((peers or {}).get(s.vpc, ()))
         for prefix in sorted(table[peer_ip]):
             net = _ipv4_prefix(prefix)
-            if net is None or not accepted(s, prefix):
+            if net is None or not accepted(s, prefix, exported):
                 continue
             med = table[peer_ip][prefix].med
             priority = DEFAULT_PRIORITY if med is None else min(med, MAX_PRIORITY)
@@ -270,11 +299,13 @@ def status(
     wanted: Mapping[str, Session],
     table: LearnedTable,
     established: Iterable[str],
+    routes: Iterable[DynamicRoute],
 ) -> list[dict[str, object]]:
     """``GET /v1/vpcs/{vpc}/bgp``: the VPC's sessions, whether each is up, what it announces
     and what its router announced (``stale``: kept from before a restart, not announced
-    again yet)."""
+    again yet; ``accepted``: one of the VPC's dynamic ``routes``)."""
     up = set(established)
+    taken = {(r.peer_ip, r.prefix) for r in routes}
     return [
         {
             "endpoint": s.endpoint,
@@ -286,7 +317,12 @@ def status(
             "announced": list(s.announce),
             "announced_next_hop": s.announce_next_hop,
             "learned": [
-                {"prefix": r.prefix, "med": r.med, "stale": r.stale, "accepted": accepted(s, p)}
+                {
+                    "prefix": r.prefix,
+                    "med": r.med,
+                    "stale": r.stale,
+                    "accepted": (ip, str(_ipv4_prefix(p))) in taken,
+                }
                 for p, r in sorted(table.get(ip, {}).items())
             ],
         }

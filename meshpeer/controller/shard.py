@@ -379,7 +379,12 @@ class ShardState:
     def refresh(self, scope: Scope = ALL) -> dict[StreamId, int]:
         """Recompute and publish what ``scope`` covers (plus the VPCs whose peering state
         changed); returns the stream versions this refresh produced."""
-        dynamic = bgp.dynamic_routes(self.bgp_sessions(), self.learned)
+        wanted = self.bgp_sessions()
+        peers = {
+            s.vpc: bgp.peer_prefixes(self.intent, s.vpc, self.states, self.views(), False)
+            for s in wanted.values()
+        }
+        dynamic = bgp.dynamic_routes(wanted, self.learned, peers)
         learned = bgp.changed_vpcs(self.dynamic, dynamic)
         self.dynamic = dynamic
         if scope.vpcs is not None and learned - scope.vpcs:
@@ -440,7 +445,9 @@ class ShardState:
         self.refresh(Scope(frozenset(), frozenset()))
 
     def bgp_status(self, vpc: str) -> list[JsonObject]:
-        return bgp.status(vpc, self.bgp_sessions(), self.learned, self.bgp_established)
+        established = self.bgp_established
+        routes = self.dynamic.get(vpc, ())
+        return bgp.status(vpc, self.bgp_sessions(), self.learned, established, routes)
 
     def active_peers(self) -> set[tuple[str, str, str]]:
         """(vpc, peer VPC, export policy id) of every ACTIVE peering."""

@@ -279,12 +279,17 @@ def test_a_peer_not_importing_sees_the_route_refused_and_is_not_announced() -> N
 def test_the_bgp_status_of_a_vpc() -> None:
     i = world()
     table = bgp.learn({}, "169.254.250.2", ONPREM, withdraw=False, med=7)
-    (s,) = bgp.status("blue", bgp.sessions(i), table, {"169.254.250.2"})
+    wanted = bgp.sessions(i)
+
+    def routes(t: bgp.LearnedTable) -> tuple[bgp.DynamicRoute, ...]:
+        return bgp.dynamic_routes(wanted, t).get("blue", ())
+
+    (s,) = bgp.status("blue", wanted, table, {"169.254.250.2"}, routes(table))
     assert (s["endpoint"], s["established"], s["announced_next_hop"]) == ("v1", True, "10.1.0.1")
     assert s["learned"] == [{"prefix": ONPREM, "med": 7, "stale": False, "accepted": True}]
-    assert bgp.status("green", bgp.sessions(i), table, ()) == []
+    assert bgp.status("green", wanted, table, (), ()) == []
     inside = bgp.learn(table, "169.254.250.2", "10.1.0.128/25", withdraw=False)
-    (s,) = bgp.status("blue", bgp.sessions(i), inside, ())
+    (s,) = bgp.status("blue", wanted, inside, (), routes(inside))
     assert [(r["prefix"], r["accepted"]) for r in s["learned"]] == [
         ("10.1.0.128/25", False), (ONPREM, True),
     ]  # fmt: skip
@@ -299,3 +304,36 @@ def test_a_burst_of_updates_is_one_table_change_in_order() -> None:
     table = bgp.apply({}, burst)
     assert table == {"169.254.250.2": {"172.16.0.0/16": bgp.Learned("172.16.0.0/16", 5)}}
     assert bgp.apply(table, [bgp.Update("169.254.250.2", "172.16.0.0/16", True)]) == {}
+
+
+def test_a_router_cannot_take_a_peers_subnets_special_ranges_or_the_default_in_halves() -> None:
+    """Found by a review: only 0.0.0.0/0 and the VPC's own subnets were refused, so a router
+    announcing a peer VPC's subnet (or a more specific one) won as a local route and took the
+    VPC's traffic to that peer on-prem."""
+    wanted = bgp.sessions(world())
+    announced = [
+        "10.2.0.0/24", "10.2.0.128/25",  # what the peer exports to blue: refused
+        "0.0.0.0/1", "128.0.0.0/1", "169.254.169.254/32", "224.0.0.0/4", "127.0.0.0/8",
+        ONPREM, "10.2.1.0/24",  # on-prem's own, beside the peer's: kept
+    ]  # fmt: skip
+    table = bgp.apply({}, [bgp.Update("169.254.250.2", p, False) for p in announced])
+    peers = {"blue": ["10.2.0.0/24"]}
+    (blue,) = bgp.dynamic_routes(wanted, table, peers).values()
+    assert sorted(d.prefix for d in blue) == ["10.2.1.0/24", ONPREM]
+
+
+def test_a_router_announcing_more_than_the_limit_is_cut_at_it() -> None:
+    limit = bgp.MAX_ROUTES_PER_ROUTER
+    flood = [
+        bgp.Update("169.254.250.2", f"{11 + k // 65536}.{k // 256 % 256}.{k % 256}.0/24", False)
+        for k in range(limit + 50)
+    ]
+    table = bgp.apply({}, flood)
+    assert len(table["169.254.250.2"]) == limit
+    # a withdrawal makes room, and a known prefix is still updated at the limit
+    first, late = flood[0].prefix, flood[-1].prefix
+    table = bgp.apply(table, [bgp.Update("169.254.250.2", first, False, med=5)])
+    assert table["169.254.250.2"][first].med == 5
+    table = bgp.apply(table, [bgp.Update("169.254.250.2", first, True)])
+    table = bgp.apply(table, [bgp.Update("169.254.250.2", late, False)])
+    assert late in table["169.254.250.2"] and len(table["169.254.250.2"]) == limit
