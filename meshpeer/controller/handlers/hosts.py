@@ -1,0 +1,179 @@
+"""Hosts: registration, status and applied-version reports (the OHCs' side)."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+
+from meshpeer.controller import intent as ops
+from meshpeer.controller import responses as out
+from meshpeer.controller.handlers.base import FORBIDDEN, NAME, UNAVAILABLE, Handlers
+from meshpeer.controller.model import JsonObject
+from meshpeer.protocol import ServiceName
+from meshpeer.protocol.messages import (
+    MAX_VERSION,
+    NAME_RE,
+    ProtocolError,
+    parse_stream_name,
+)
+from meshpeer.rest.errors import ApiError, bad_request
+from meshpeer.rest.router import RequestCtx, Route
+from meshpeer.rest.schema import Arr, Int, Obj, Str
+
+_PART = NAME_RE.pattern
+
+STREAM_NAME = Str(
+    pattern=f"({'|'.join(s.value for s in ServiceName)})/{_PART}/({_PART})?/({_PART})?",
+    description="service/key/policy/host, as in docs/protocol.md",
+)
+
+MAX_APPLIED = 4096  # an OHC reports a few streams per VPC it serves
+
+APPLIED_IN = Obj(
+    {
+        "streams": Arr(
+            Obj(
+                {"stream": STREAM_NAME, "version": Int(0, MAX_VERSION)},
+                {"grant": Str(max_length=4096)},  # a peer's host: the grant it subscribed with
+                name="AppliedStream",
+            ),
+            max_items=MAX_APPLIED,
+            description="the reporting host's own streams (not another host's endpoint or"
+            " peering stream: 400); only streams this shard publishes are kept, one version per"
+            " stream",
+        )
+    },
+    {},
+    name="AppliedReport",
+    description="Stream versions an OHC has programmed into its switch",
+)
+
+HOST_IN = Obj({"underlay_ip": Str(format="ip")}, {}, name="HostRegister")
+
+
+class HostHandlers(Handlers):
+    def put_host(self, ctx: RequestCtx) -> tuple[int, object]:
+        host = ops.new_host(ctx.params["name"], ipaddress.ip_address(ctx.body["underlay_ip"]))
+        if self.shard.intent.hosts.get(host.name) != host:
+            self.shard.commit([host])
+        return 200, self._with_version("host", host.name, host.to_json())
+
+    def get_host(self, ctx: RequestCtx) -> tuple[int, object]:
+        host = self._host(ctx.params["name"], field="host")  # "host": as it always said
+        return 200, {
+            **self._with_version("host", host.name, host.to_json()),
+            "status": self.shard.host_status.get(host.name),
+            "applied": dict(sorted(self.shard.applied.get(host.name, {}).items())),
+        }
+
+    def put_host_status(self, ctx: RequestCtx) -> tuple[int, object]:
+        """A host's own OHC says how it stands (its own credential). Soft state,
+        one report per registered host, kept until the next."""
+        host = self._host(ctx.params["name"])
+        self.shard.host_status[host.name] = {**ctx.body, "reported_at": time.time()}
+        return 200, {"host": host.name}
+
+    def list_hosts(self, ctx: RequestCtx) -> tuple[int, object]:
+        hosts = sorted(self.shard.intent.hosts.values(), key=lambda h: h.name)
+        return 200, {"hosts": [self._with_version("host", h.name, h.to_json()) for h in hosts]}
+
+    def put_applied(self, ctx: RequestCtx) -> tuple[int, object]:
+        """A host reports for itself (the guard checked its credential). A peer stream (one
+        with a policy) comes with the grant the host follows it with, checked like a
+        subscription, whoever reports; a report of own streams (or of none) names a host
+        registered here. All checked before anything is recorded."""
+        host = ctx.params["name"]
+        streams = ctx.body["streams"]
+        policies = [
+            _check_own_stream(s["stream"], host, f"streams[{i}].stream")
+            for i, s in enumerate(streams)
+        ]
+        if not streams or None in policies:
+            self._host(host)  # an own host registers before it reports
+        for i, (s, policy) in enumerate(zip(streams, policies, strict=True)):
+            if policy is not None:
+                self._check_applied_grant(s, host, f"streams[{i}]")
+        self.shard.report_applied(host, {s["stream"]: s["version"] for s in streams})
+        self.applied.notify()
+        return 200, {"host": host, "streams": len(streams)}
+
+    def _check_applied_grant(self, s: JsonObject, host: str, where: str) -> None:
+        try:
+            _, vpc, policy, _ = parse_stream_name(s["stream"])
+        except ProtocolError as exc:
+            raise bad_request(f"{where}.stream", exc.detail) from exc
+        if policy is None or "grant" not in s:
+            raise ApiError(
+                401,
+                "unauthorized",
+                f"{where}.grant",
+                "a host reports each peer stream with the grant it follows it with",
+                (("WWW-Authenticate", "Bearer"),),
+            )
+        try:
+            self._check_grant(s["grant"], vpc, policy, host)
+        except ApiError as exc:
+            raise ApiError(
+                exc.status, exc.error, f"{where}.grant", exc.detail, exc.headers
+            ) from exc
+
+    def routes(self) -> list[Route]:
+        return [
+            Route(
+                "GET",
+                "/v1/hosts",
+                self.list_hosts,
+                response=out.HOSTS,
+                summary="List registered hosts",
+            ),
+            Route(
+                "GET",
+                "/v1/hosts/{name}",
+                self.get_host,
+                response=out.HOST_DETAIL,
+                params={"name": NAME},
+                summary="Get a host",
+            ),
+            Route(
+                "PUT",
+                "/v1/hosts/{name}",
+                self.put_host,
+                response=out.HOST,
+                body=HOST_IN,
+                params={"name": NAME},
+                summary="Register a host and its underlay IP",
+            ),
+            Route(
+                "PUT",
+                "/v1/hosts/{name}/status",
+                self.put_host_status,
+                response=out.HOST_STATUS_ACK,
+                body=out.HOST_STATUS,
+                params={"name": NAME},
+                summary="A host's OHC reports its health: streams, fail-static, skipped, last error",
+            ),
+            Route(
+                "PUT",
+                "/v1/hosts/{name}/applied",
+                self.put_applied,
+                response=out.APPLIED,
+                body=APPLIED_IN,
+                params={"name": NAME},
+                errors=FORBIDDEN | UNAVAILABLE,
+                summary="An OHC reports the stream versions its switch holds (for ?wait=programmed):"
+                " the host's own credential, and a grant per peer stream",
+            ),
+        ]
+
+
+def _check_own_stream(name: str, host: str, where: str) -> str | None:
+    """A host reports only streams it follows itself: another host's endpoint stream (keyed by
+    that host) or peering stream (per host) is refused. Returns the stream's policy."""
+    try:
+        service, key, policy, for_host = parse_stream_name(name)
+    except ProtocolError as exc:
+        raise bad_request(where, exc.detail) from exc
+    owner = key if service is ServiceName.ENDPOINT else for_host
+    if owner is not None and owner != host:
+        raise bad_request(where, f"{name!r} is host {owner!r}'s stream; {host!r} reports its own")
+    return policy
