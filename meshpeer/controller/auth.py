@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 HOST_PREFIX = "mph1"
@@ -46,6 +46,8 @@ class Identity:
 
     role: Role
     name: str
+    # a host's: the directory key its credential is made with (not part of who it is)
+    key_id: str | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return f"{self.role} {self.name!r}"
@@ -186,7 +188,8 @@ class Credentials:
         key = self.host_keys.get(key_id)
         if key is None or host in self.revoked_hosts:
             return None
-        return Identity(Role.HOST, host) if _same(token, host_token(host, key_id, key)) else None
+        ok = _same(token, host_token(host, key_id, key))
+        return Identity(Role.HOST, host, key_id) if ok else None
 
 
 def bearer(authorization: str | None) -> str | None:

@@ -253,9 +253,16 @@ class ShardState:
     def adopt_directory(self, loaded: Directory) -> list[str]:
         """A changed directory file: take its host keys and revoked hosts now; return the
         fields that differ and need a restart. A newly revoked host's open subscriptions are
-        closed (``host-revoked``) and its peering streams mint no more grants."""
-        before = self.revoked_hosts
+        closed (``host-revoked``) and its peering streams mint no more grants; so are those
+        opened with a host key the file no longer has, or has with another secret (each new
+        request with it is refused)."""
+        before, keys = self.revoked_hosts, dict(self.directory.host_keys)
         self.directory, ignored = credentials_update(self.directory, loaded)
+        now = self.directory.host_keys
+        dropped = sorted(k for k, secret in keys.items() if now.get(k) != secret)  # or changed
+        if dropped:
+            closed = self.hub.close_keys(dropped, CloseReason.HOST_REVOKED)
+            log.warning("host keys %s removed: %d subscriptions closed", dropped, closed)
         self.grants = replace(self.grants, directory=self.directory, revoked=self.revoked_hosts)
         for host in sorted(self.revoked_hosts - before):
             closed = self.hub.close_held(host, CloseReason.HOST_REVOKED)

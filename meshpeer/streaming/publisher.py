@@ -76,11 +76,13 @@ class _Outbox:
         tag: str | None = None,
         host: str | None = None,
         holder: str | None = None,
+        holder_key: str | None = None,
     ) -> None:
         self.queue = SubscriberQueue(maxlen)
         self.tag = tag  # who subscribed (e.g. the grant's VPC), for closing some subscribers
         self.host = host  # the subscribing host, whose applied versions say "programmed"
         self.holder = holder  # the host whose own credential opened it (None: an operator)
+        self.holder_key = holder_key  # the directory key that credential is made with
         self._waiter: Any = None  # eventlet.event.Event while the writer sleeps
 
     def wake(self) -> None:
@@ -370,6 +372,13 @@ class StreamHub:
         held = (o for s in streams for o in s.outboxes if o.holder == holder)
         return _close([o for o in held if tag is None or o.tag == tag], reason)
 
+    def close_keys(self, key_ids: Iterable[str], reason: str) -> int:
+        """Close every subscriber opened with a host credential made with one of ``key_ids``
+        (keys taken out of the directory). Returns how many were closed."""
+        gone = set(key_ids)
+        held = (o for s in self._streams.values() for o in s.outboxes if o.holder_key in gone)
+        return _close(list(held), reason)
+
     # --- subscribing -----------------------------------------------------------------------
 
     def wsgi_stream(
@@ -384,6 +393,7 @@ class StreamHub:
         tag: str | None = None,
         host: str | None = None,
         holder: str | None = None,
+        holder_key: str | None = None,
     ) -> StreamWriter:
         """Attach a subscriber; return its ``app_iter`` (raises KeyError for an unknown stream).
 
@@ -393,14 +403,15 @@ class StreamHub:
         ``heartbeat_interval`` idle seconds, and the end after a Close or error. At
         ``expires_at`` (on ``clock``, e.g. the grant's expiry converted to it) the writer sends
         ``Close(expiry_reason)``. ``holder``: the host whose own credential subscribes
-        (:meth:`close_held`). Serve it with :func:`ndjson_response` (eventlet would
+        (:meth:`close_held`), ``holder_key`` the directory key it is made with
+        (:meth:`close_keys`). Serve it with :func:`ndjson_response` (eventlet would
         otherwise buffer small writes).
         """
         if heartbeat_interval <= 0:
             raise ValueError("heartbeat_interval must be > 0")
         clock = clock or self.clock
         stream = self._streams[StreamId(*stream_id)]
-        outbox = _Outbox(self.queue_maxlen, tag, host, holder)
+        outbox = _Outbox(self.queue_maxlen, tag, host, holder, holder_key)
         resume = stream.log.resume(since)
         for msg in resume:  # more than maxlen deltas turn into one snapshot
             outbox.queue.push(msg)

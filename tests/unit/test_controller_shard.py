@@ -305,10 +305,13 @@ def test_a_kept_view_that_does_not_parse_is_dropped(tmp_path: pathlib.Path) -> N
 HOST_KEY = bytes(range(32))
 
 
-def follow(api: Api, host: str, service: str, key: str, grant: str | None = None) -> Any:
-    """``host`` subscribes with its own credential (and a grant for a peer's stream)."""
+def follow(
+    api: Api, host: str, service: str, key: str, grant: str | None = None, key_id: str = "h1"
+) -> Any:
+    """``host`` subscribes with its own credential, made with directory key ``key_id`` (and a
+    grant for a peer's stream)."""
     query = {"service": service, "key": key, "host": host}
-    headers = {"Authorization": f"Bearer {host_token(host, 'h1', HOST_KEY)}"}
+    headers = {"Authorization": f"Bearer {host_token(host, key_id, HOST_KEY)}"}
     if grant is not None:
         query["policy"] = ExportPolicy().policy_id
         headers[GRANT_HEADER] = grant
@@ -437,6 +440,34 @@ def test_a_host_revoked_in_the_directory_loses_its_streams_and_grants(
         s.adopt_directory(d)  # taken back: served again
         assert "red" in s.hub.objects(on_hv1)
         assert follow(api, "hv1", "destination", "blue").status_int == 200
+    finally:
+        hv1.app_iter.close()
+        hv3.app_iter.close()
+
+
+def test_a_host_key_taken_out_of_the_directory_closes_what_it_opened(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Found by a review: a key removed from the directory refused the next request made with
+    it, but the streams already opened with it went on. hv1 follows with key h1, hv3 with h2;
+    h1 goes: hv1's stream closes, hv3's stays."""
+    store = Store.open(str(tmp_path / "s.db"), synchronous="NORMAL")
+    d = dataclasses.replace(D, host_keys={"h1": HOST_KEY, "h2": HOST_KEY})
+    s = ShardState("ctl1", d, store, StreamHub(base_version=1 << 32), lambda: 1000.0)
+    build(s)
+    api = Api(*_api(s))
+    for host, name, ip in (("hv1", "b1", "10.1.0.11"), ("hv3", "b3", "10.1.0.13")):
+        ip_ = ipaddress.ip_address(ip)
+        s.commit([ops.new_endpoint(s.intent, "blue", name, "vm", ip_, None, host, [])])
+    hv1 = follow(api, "hv1", "destination", "blue", key_id="h1")
+    hv3 = follow(api, "hv3", "destination", "blue", key_id="h2")
+    try:
+        assert isinstance(next_message(hv1), Snapshot) and isinstance(next_message(hv3), Snapshot)
+        s.adopt_directory(dataclasses.replace(d, host_keys={"h2": HOST_KEY}))
+        assert next_message(hv1) == Close("host-revoked")
+        assert isinstance(next_message(hv3), Heartbeat)
+        assert follow(api, "hv1", "destination", "blue", key_id="h1").status_int == 401
+        assert follow(api, "hv1", "destination", "blue", key_id="h2").status_int == 200
     finally:
         hv1.app_iter.close()
         hv3.app_iter.close()

@@ -83,6 +83,7 @@ class StreamHandlers(Handlers):
             tag=tag,
             host=req.host,
             holder=holder,
+            holder_key=identity.key_id if holder else None,
         )
         resp: Response = ndjson_response(writer, ctx.request.environ)
         return resp
