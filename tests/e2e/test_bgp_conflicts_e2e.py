@@ -8,9 +8,9 @@ dynamic route (``local-preferred`` beats the other's). sage imports both, prefer
 against 100): s1's pings must be tunnelled to hv2 and reach d2. Which one they reached is
 shown three ways: ``ofproto/trace`` of hv3's flow (the Geneve destination it sets), tcpdump on
 both vpn hosts' underlay links (the Geneve packets carrying s1's echo requests and the
-replies, on hv2's link only), and d1's and d2's own ICMP counters. After sage's preference for vine drops to 50 over REST
-(``?wait=programmed``) the traffic moves to hv1 and d1; at equal preferences the lower peer id
-(teak) keeps it, by ``lower-peer-id``.
+replies, on hv2's link only), and d1's and d2's own ICMP counters. After sage's preference for
+vine drops to 50 over REST (``?wait=programmed``) the traffic moves to hv1 and d1; at equal
+preferences the lower peer id (teak) keeps it, by ``lower-peer-id``.
 """
 
 from __future__ import annotations
