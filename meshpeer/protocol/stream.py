@@ -69,7 +69,9 @@ class ServiceLog:
         wanted = set(deletes)
         if not wanted.isdisjoint(upserts):
             raise ValueError("an id is both upserted and deleted")
-        gone = tuple(sorted(wanted.intersection(self._objects)))
+        # over the deletes, not the objects: set.intersection(dict) walks the whole dict, and
+        # a write to a VPC of 30k endpoints paid 1 ms per stream for it (measured)
+        gone = tuple(sorted(k for k in wanted if k in self._objects))
         changed = {oid: obj for oid, obj in upserts.items() if self._objects.get(oid) != obj}
         for oid in gone:
             del self._objects[oid]
