@@ -9,12 +9,16 @@ Everything it decides is here, as functions of the intent and of what the speake
   the VPC's custom routes (so that replies from on-prem find their way back), next hop the
   gateway of the endpoint's subnet (the router reaches it on that segment), and nothing else
   (no transit between routers or VPCs).
-- ``Learned`` / ``learn`` / ``forget_peer``: the routes each router announced (its
-  adjacency-RIB-in, per router address), updated from the speaker's events.
-- ``to_text`` / ``restored`` / ``sweep``: the table is kept in the store (meta, not intent), so a
-  restarted shard starts from what it had learned, every route *stale* (still published: the
-  hosts keep forwarding) until its router announces it again; what is still stale after a
-  grace time is dropped (as BGP graceful restart's stale-path timer).
+- ``Learned`` / ``apply`` / ``forget_peer``: the routes each router announced (its
+  adjacency-RIB-in, per router address), updated from the speaker's events (``Update``,
+  ``Down``, ``Expire``), in order.
+- ``to_text`` / ``restored`` / ``mark_stale`` / ``sweep``: the table is kept in the store (meta,
+  not intent), so a restarted shard starts from what it had learned, every route *stale* (still
+  published: the hosts keep forwarding) until its router announces it again; what is still
+  stale after a grace time is dropped (as BGP graceful restart's stale-path timer). A session
+  the shard resets on purpose (what it announces changed) keeps its routes the same way.
+- ``announcements`` / ``permitted``: what the shard's one speaker originates, and what each
+  session may send of it (the prefixes its VPC won, with its next hop).
 - ``dynamic_routes``: the VPC's ``dynamic`` routes: every IPv4 prefix a live session's router
   announced, next hop the session's endpoint (not the BGP next hop, which is the router's
   link address), priority the route's MED (1000 without one, as a static route).
@@ -25,7 +29,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from meshpeer.controller.model import Endpoint, Intent, gateway
 from meshpeer.controller.peering import PEERING_PREFIX, Status, View
@@ -146,13 +150,21 @@ def announcements(wanted: Mapping[str, Session]) -> tuple[dict[str, str], list[s
     return out, sorted(set(conflicts))
 
 
+def permitted(s: Session, announce: Mapping[str, str]) -> tuple[str, ...]:
+    """What the session's router may be sent of the speaker's table ``announce``: the
+    session's prefixes its VPC won (originated with its next hop), not one another VPC of
+    the shard won in a conflict (its router would be sent the winner's route; found by a
+    review)."""
+    return tuple(p for p in s.announce if announce.get(p) == s.announce_next_hop)
+
+
 @dataclass(frozen=True)
 class Learned:
     """One route a router announced."""
 
     prefix: str
     med: int | None = None
-    stale: bool = False  # restored after a restart, not announced again yet
+    stale: bool = False  # restored after a restart or kept across a reset, not announced again yet
 
 
 # router address -> prefix -> route: each router's adjacency-RIB-in as the speaker reported it
@@ -169,13 +181,36 @@ class Update:
     med: int | None = None
 
 
-def apply(table: LearnedTable, updates: Iterable[Update]) -> dict[str, dict[str, Learned]]:
-    """The table after ``updates``, in order (one copy of the table for the whole batch: a
-    router's full table arrives as thousands of updates)."""
+@dataclass(frozen=True)
+class Down:
+    """The session to ``peer_ip`` went down: what it announced goes with it; its stale routes
+    (kept from before a restart or a deliberate reset) wait for their ``Expire``."""
+
+    peer_ip: str
+
+
+@dataclass(frozen=True)
+class Expire:
+    """The grace time of ``peer_ip``'s stale routes is over: those not announced again go."""
+
+    peer_ip: str
+
+
+Event = Update | Down | Expire
+
+
+def apply(table: LearnedTable, events: Iterable[Event]) -> dict[str, dict[str, Learned]]:
+    """The table after ``events``, in order (one copy of the table for the whole batch: a
+    router's full table arrives as thousands of updates). Applying a batch twice gives the
+    same table: a batch that failed to be stored is applied again as a whole."""
     out = {k: dict(v) for k, v in table.items()}
-    for u in updates:
+    for u in events:
         routes = out.setdefault(u.peer_ip, {})
-        if u.withdraw:
+        if isinstance(u, Down | Expire):
+            keep = {p: r for p, r in routes.items() if r.stale == isinstance(u, Down)}
+            routes.clear()
+            routes.update(keep)
+        elif u.withdraw:
             routes.pop(u.prefix, None)
         elif u.prefix in routes or len(routes) < MAX_ROUTES_PER_ROUTER:
             routes[u.prefix] = Learned(u.prefix, u.med)
@@ -192,7 +227,7 @@ def learn(
 
 
 def forget_peer(table: LearnedTable, peer_ip: str) -> dict[str, dict[str, Learned]]:
-    """The table without anything ``peer_ip`` announced (its session went down)."""
+    """The table without anything ``peer_ip`` announced (its session is no longer wanted)."""
     return {k: dict(v) for k, v in table.items() if k != peer_ip}
 
 
@@ -225,10 +260,18 @@ def restored(text: str | None) -> dict[str, dict[str, Learned]]:
     return {ip: routes for ip, routes in out.items() if routes}
 
 
+def mark_stale(table: LearnedTable, peer_ip: str) -> dict[str, dict[str, Learned]]:
+    """The table with everything ``peer_ip`` announced stale: its session is reset on purpose
+    and its routes stay published until the router announces them again (or they expire)."""
+    return {
+        ip: {p: replace(r, stale=True) if ip == peer_ip else r for p, r in routes.items()}
+        for ip, routes in table.items()
+    }
+
+
 def sweep(table: LearnedTable) -> dict[str, dict[str, Learned]]:
     """The table without the routes still stale (not announced again since the restart)."""
-    out = {ip: {p: r for p, r in routes.items() if not r.stale} for ip, routes in table.items()}
-    return {ip: routes for ip, routes in out.items() if routes}
+    return apply(table, [Expire(ip) for ip in sorted(table)])
 
 
 @dataclass(frozen=True)

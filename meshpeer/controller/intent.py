@@ -16,6 +16,7 @@ from meshpeer.controller.model import (
     BGP_KINDS,
     DEFAULT_ASN,
     NEXT_HOP_KINDS,
+    RESERVED_ASNS,
     Address,
     Backend,
     BgpPeer,
@@ -112,6 +113,8 @@ def new_vpc(
     elif vni in used:
         other = next(v.name for v in intent.vpcs.values() if v.vni == vni)
         raise conflict("vni", f"VNI {vni} is already used by VPC {other!r}")
+    if asn in RESERVED_ASNS:
+        raise bad("asn", f"AS number {asn} is {RESERVED_ASNS[asn]}: not usable by a VPC")
     vpc = Vpc(name, vni, asn=DEFAULT_ASN if asn is None else asn)
     for i, s in enumerate(subnets):
         vpc = add_subnet(intent, vpc, s, {}, field=f"subnets[{i}]")
@@ -245,7 +248,8 @@ LINK_LOCAL = ipaddress.IPv4Network("169.254.0.0/16")
 def set_bgp(intent: Intent, ep: Endpoint, bgp: BgpPeer | None) -> Endpoint:
     """The endpoint with its BGP session set (None: removed). eBGP over link-local IPv4:
     the shard's one BGP speaker tells its sessions apart by the router's address, so a
-    router address is used by one endpoint of this shard at most (docs/routing.md)."""
+    router address is used by one endpoint of this shard at most, and is never the shard's
+    side of another session (docs/routing.md)."""
     if bgp is None:
         return replace(ep, bgp=None)
     if ep.kind not in BGP_KINDS:
@@ -258,6 +262,9 @@ def set_bgp(intent: Intent, ep: Endpoint, bgp: BgpPeer | None) -> Endpoint:
             raise bad(field, f"{ip} is not a link-local unicast address (169.254.0.0/16)")
     if bgp.peer_ip == bgp.local_ip:
         raise bad("bgp.local_ip", "the shard's address and the router's must differ")
+    if bgp.peer_asn in RESERVED_ASNS:
+        why = RESERVED_ASNS[bgp.peer_asn]
+        raise bad("bgp.peer_asn", f"AS number {bgp.peer_asn} is {why}: not usable by a router")
     asn = intent.vpcs[ep.vpc].asn
     if bgp.peer_asn == asn:
         raise bad("bgp.peer_asn", f"{asn} is the VPC's own AS number: only eBGP is supported")
@@ -268,6 +275,18 @@ def set_bgp(intent: Intent, ep: Endpoint, bgp: BgpPeer | None) -> Endpoint:
             raise conflict(
                 "bgp.peer_ip",
                 f"{bgp.peer_ip} is already the router of endpoint {other.vpc}/{other.name}",
+            )
+        if other.bgp.local_ip == bgp.peer_ip:
+            raise conflict(
+                "bgp.peer_ip",
+                f"{bgp.peer_ip} is the shard's address of endpoint {other.vpc}/{other.name}'s"
+                " session: it cannot be a router's",
+            )
+        if other.bgp.peer_ip == bgp.local_ip:
+            raise conflict(
+                "bgp.local_ip",
+                f"{bgp.local_ip} is the router of endpoint {other.vpc}/{other.name}: it cannot"
+                " be the shard's address",
             )
     return replace(ep, bgp=bgp)
 

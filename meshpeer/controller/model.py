@@ -26,6 +26,12 @@ NEXT_HOP_KINDS = frozenset({"vm", "router", "vpn", "interconnect"})
 # Kinds that can hold a BGP session to an on-prem router (as a cloud router's interface).
 BGP_KINDS = frozenset({"router", "vpn", "interconnect"})
 DEFAULT_ASN = 64512  # a VPC's BGP AS number when it is created without one (a private ASN)
+# 2-byte AS numbers no BGP speaker may use as its own or a peer's (a router refuses the OPEN).
+RESERVED_ASNS = {
+    0: "reserved (RFC 7607)",
+    23456: "AS_TRANS, the stand-in for a 4-byte AS number (RFC 6793)",
+    65535: "reserved (RFC 7300)",
+}
 
 
 def derived_mac(vpc: str, ip: Address) -> str:

@@ -13,11 +13,13 @@ The os-ken 4.2.2 bugs this works around (each covered by tests/e2e/test_bgp_e2e.
   a MED to send: every neighbor is added with ``multi_exit_disc=MED``.
 - The speaker is transit by default (it re-announces what one router sent to every other),
   and tightening an out filter on a live session withdraws nothing: each neighbor gets its out
-  filter (its VPC's own prefixes, exactly; then deny) right after ``neighbor_add``, before a
-  session can come up, and a session whose prefixes change is deleted and added again.
+  filter (the prefixes its VPC announces and won, exactly; then deny) right after
+  ``neighbor_add``, before a session can come up, and a session whose prefixes change is
+  deleted and added again (its learned routes kept, stale, until the router announces them
+  again on the new session, or ``STALE_TIME`` passes).
 - ``neighbor_del`` leaves the peer's routes as best paths in the speaker's table: the learned
   routes here are never read from that table, only from the per-neighbor adjacency-RIB-in
-  events, and the neighbor's entries are dropped when it is deleted or goes down.
+  events, and the neighbor's entries are dropped when it is removed or goes down.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ MED = 100  # sent on every announcement: without one, a route refresh resets the
 # again (the routers' sessions come back within a few seconds; BIRD's connect retry is 2 s in
 # the lab, 120 s by default, hence a margin).
 STALE_TIME = 60.0
+RETRY_TIME = 2.0  # a burst the shard failed to take (store locked or full) is handed over again
 MED_ATTR = 4  # BGP_ATTR_TYPE_MULTI_EXIT_DISC
 
 
@@ -68,20 +71,29 @@ class Speaker:
         self.held: dict[str, bgp.Session] = {}
         self.announced: dict[str, str] = {}  # prefix -> next hop
         self.conflicts: list[str] = []
-        self.pending: list[bgp.Update] = []  # route events not yet handed to the shard
+        self.permits: dict[str, tuple[str, ...]] = {}  # router address -> its out filter
+        self.pending: list[bgp.Event] = []  # route events not yet handed to the shard
+        self.grace: dict[str, int] = {}  # router address -> its latest stale grace time
+        self.flush_due = False  # a _flush is scheduled
 
     def start(self) -> None:
         """The sessions the store's intent wants (none: no speaker yet), and the end of the
         grace time of the routes kept from before a restart."""
         self.sync()
-        if any(r.stale for routes in self.shard.learned.values() for r in routes.values()):
-            hub.spawn_after(STALE_TIME, self.sweep)
+        for ip, routes in sorted(self.shard.learned.items()):
+            if any(r.stale for r in routes.values()):
+                self._expire_later(ip)
 
-    def sweep(self) -> None:
-        swept = bgp.sweep(self.shard.learned)
-        if swept != self.shard.learned:
-            log.info("bgp: dropping routes not announced again since the restart")
-            self.shard.set_learned(swept)
+    def _expire_later(self, peer_ip: str) -> None:
+        """In STALE_TIME, drop what is still stale of ``peer_ip``'s routes (unless they were
+        made stale again meanwhile: that grace time ends later)."""
+        self.grace[peer_ip] = self.grace.get(peer_ip, 0) + 1
+        hub.spawn_after(STALE_TIME, self._expire, peer_ip, self.grace[peer_ip])
+
+    def _expire(self, peer_ip: str, grace: int) -> None:
+        if self.grace.get(peer_ip) == grace:
+            log.info("bgp: dropping the routes of %s not announced again in time", peer_ip)
+            self._queue(bgp.Expire(peer_ip))
 
     # --- intent -> speaker -------------------------------------------------------------------
 
@@ -95,12 +107,23 @@ class Speaker:
         for c in sorted(set(conflicts) - set(self.conflicts)):
             log.warning("bgp: %s", c)
         self.conflicts = conflicts
-        dropped = [ip for ip, old in sorted(self.held.items()) if wanted.get(ip) != old]
+        permits = {ip: bgp.permitted(s, announce) for ip, s in wanted.items()}
+        before = dict(self.held)
+        dropped = [
+            ip
+            for ip, old in sorted(self.held.items())
+            if wanted.get(ip) != old or permits.get(ip) != self.permits.get(ip)
+        ]
         for ip in dropped:
-            log.info("bgp: session to %s removed", ip)
+            log.info("bgp: session to %s %s", ip, "reset" if ip in wanted else "removed")
             self.speaker.neighbor_del(ip)
             del self.held[ip]
+            del self.permits[ip]
             self.shard.bgp_established.discard(ip)
+            # what the old session sent and the shard has not taken yet is out of date
+            self.pending = [
+                u for u in self.pending if u.peer_ip != ip or not isinstance(u, bgp.Update)
+            ]
         for prefix, hop in sorted(self.announced.items()):
             if announce.get(prefix) != hop:
                 self.speaker.prefix_del(prefix)
@@ -111,12 +134,20 @@ class Speaker:
                 self.announced[prefix] = hop
         for ip, s in sorted(wanted.items()):
             if self.held.get(ip) != s:
-                self._add_neighbor(s)
+                self._add_neighbor(s, permits[ip])
         table = self.shard.learned
-        for ip in dropped:  # last: this refreshes the shard, which calls sync again (a no-op)
-            table = bgp.forget_peer(table, ip)
-        if table != self.shard.learned:
-            self.shard.set_learned(table)
+        for ip in dropped:
+            if ip not in table:
+                continue
+            if _same_endpoint(wanted.get(ip), before[ip]):
+                # A reset on purpose: the routes stay published, stale, until the router
+                # announces them again on the new session (or their grace time ends).
+                table = bgp.mark_stale(table, ip)
+                self._expire_later(ip)
+            else:
+                table = bgp.forget_peer(table, ip)
+        if table != self.shard.learned:  # last: this refreshes the shard, which calls sync
+            self.shard.set_learned(table)  # again (a no-op)
 
     def _start(self, wanted: dict[str, bgp.Session]) -> Any:
         router_id = self.router_id or min(wanted.values(), key=lambda s: s.peer_ip).local_ip
@@ -132,7 +163,7 @@ class Speaker:
             peer_up_handler=self._on_up,
         )
 
-    def _add_neighbor(self, s: bgp.Session) -> None:
+    def _add_neighbor(self, s: bgp.Session, permit: tuple[str, ...]) -> None:
         log.info("bgp: session %s/%s to %s AS %d (local %s AS %d), announcing %s",
                  s.vpc, s.endpoint, s.peer_ip, s.peer_asn, s.local_ip, s.local_asn,
                  ", ".join(s.announce) or "nothing")  # fmt: skip
@@ -150,10 +181,15 @@ class Speaker:
         )
         # Before the session can come up (no hub switch since neighbor_add): a filter
         # tightened on a live session would withdraw nothing.
-        self.speaker.out_filter_set(s.peer_ip, out_filters(s))
+        self.speaker.out_filter_set(s.peer_ip, out_filters(permit))
         self.held[s.peer_ip] = s
+        self.permits[s.peer_ip] = permit
 
     # --- speaker -> shard (os-ken callbacks, on the hub) -------------------------------------
+    # They only take note and queue: the shard's work (a store write, a refresh, its
+    # listeners) runs in a green thread of its own. os-ken calls them from its FSM's state
+    # change, inside connection_lost, and catches nothing: an exception there would stop it
+    # before it reconnects, and the session would never come back (found by a review).
 
     def _on_route(self, ev: Any, peer_ip: str, peer_as: int) -> None:
         if not isinstance(ev.path, Ipv4Path) or peer_ip not in self.held:
@@ -162,36 +198,60 @@ class Speaker:
         med = None if med_attr is None else int(med_attr.value)
         log.debug("bgp: %s from %s AS %s %s", "withdraw" if ev.is_withdraw else "announce",
                   peer_ip, peer_as, ev.prefix)  # fmt: skip
-        if not self.pending:  # the first of a burst: hand the whole burst over at once
-            hub.spawn_after(0, self._flush)
-        self.pending.append(bgp.Update(peer_ip, ev.prefix, ev.is_withdraw, med))
-
-    def _flush(self) -> None:
-        """One table change, one store write and one republication per burst of route events
-        (os-ken reports one event per prefix: a router's full table is thousands)."""
-        updates, self.pending = self.pending, []
-        wanted = [u for u in updates if u.peer_ip in self.held]
-        log.info("bgp: %d route updates (%d withdrawals)", len(wanted),
-                 sum(u.withdraw for u in wanted))  # fmt: skip
-        self.shard.set_learned(bgp.apply(self.shard.learned, wanted))
+        self._queue(bgp.Update(peer_ip, ev.prefix, ev.is_withdraw, med))
 
     def _on_down(self, peer_ip: str, peer_as: int) -> None:
         log.info("bgp: session to %s AS %s down", peer_ip, peer_as)
         self.shard.bgp_established.discard(peer_ip)
-        self.pending = [u for u in self.pending if u.peer_ip != peer_ip]
-        if peer_ip in self.shard.learned:
-            self.shard.set_learned(bgp.forget_peer(self.shard.learned, peer_ip))
+        self._queue(bgp.Down(peer_ip))
 
     def _on_up(self, peer_ip: str, peer_as: int) -> None:
         log.info("bgp: session to %s AS %s up", peer_ip, peer_as)
         self.shard.bgp_established.add(peer_ip)
 
+    def _queue(self, event: bgp.Event) -> None:
+        self.pending.append(event)
+        self._flush_after(0)  # the first of a burst: hand the whole burst over at once
 
-def out_filters(s: bgp.Session) -> list[PrefixFilter]:
-    """Announce the session's own prefixes, exactly, and nothing else (no transit)."""
+    def _flush_after(self, delay: float) -> None:
+        if not self.flush_due:
+            self.flush_due = True
+            hub.spawn_after(delay, self._flush)
+
+    def _flush(self) -> None:
+        """One table change, one store write and one republication per burst of route events
+        (os-ken reports one event per prefix: a router's full table is thousands). If the
+        shard fails to take them (the store is locked or full), they stay queued, ahead of
+        what came since, and are handed over again in RETRY_TIME."""
+        events = [u for u in self.pending if u.peer_ip in self.held]
+        self.pending = []
+        try:
+            if events:
+                log.info("bgp: %d route events (%d withdrawals)", len(events),
+                         sum(isinstance(u, bgp.Update) and u.withdraw for u in events))  # fmt: skip
+                self.shard.set_learned(bgp.apply(self.shard.learned, events))
+        except Exception:
+            log.exception("bgp: the shard did not take %d route events: again in %.0f s",
+                          len(events), RETRY_TIME)  # fmt: skip
+            self.pending = events + self.pending
+            self.flush_due = False
+            self._flush_after(RETRY_TIME)
+            return
+        self.flush_due = False
+        if self.pending:  # what came in during the write
+            self._flush_after(0)
+
+
+def _same_endpoint(new: bgp.Session | None, old: bgp.Session) -> bool:
+    """Is ``new`` the session ``old`` was, reset on purpose (what it announces changed)?"""
+    return new is not None and (new.vpc, new.endpoint) == (old.vpc, old.endpoint)
+
+
+def out_filters(permit: tuple[str, ...]) -> list[PrefixFilter]:
+    """Announce the ``permit``ted prefixes, exactly, and nothing else (no transit)."""
     exact = [
         PrefixFilter(p, PrefixFilter.POLICY_PERMIT, ge=n, le=n)
-        for p in s.announce
+        for p in permit
         for n in [ipaddress.ip_network(p).prefixlen]
     ]
     return [*exact, PrefixFilter("0.0.0.0/0", PrefixFilter.POLICY_DENY)]

@@ -11,9 +11,9 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
-from meshpeer.controller.model import reserved
+from meshpeer.controller.model import DEFAULT_ASN, RESERVED_ASNS, reserved
 from meshpeer.protocol.peering import INBOUND, Inbound
 from policies.export import PolicyError, parse_export_policy
 from policies.routes import MAX_PREFERENCE, MIN_PREFERENCE
@@ -329,13 +329,23 @@ def _vpc(
         c.err(f"{p}.vni", f"bad VNI {vni!r}: want an integer 1..{VNI_MAX}")
         return None
     asn = m.get("asn")
-    if asn is not None and not _int_in(asn, 1, ASN_MAX):
-        c.err(f"{p}.asn", f"bad AS number {asn!r}: want an integer 1..{ASN_MAX}")
+    if asn is not None and not _asn(c, asn, f"{p}.asn"):
         return None
     return Vpc(m["name"], ctl or "", tuple(subnets), vni, asn)
 
 
-def _int_in(v: object, lo: int, hi: int) -> bool:
+def _asn(c: _Checker, asn: object, path: str) -> bool:
+    """A usable AS number (1..ASN_MAX, not reserved), else an error at ``path``."""
+    if not _int_in(asn, 1, ASN_MAX):
+        c.err(path, f"bad AS number {asn!r}: want an integer 1..{ASN_MAX}")
+        return False
+    if asn in RESERVED_ASNS:
+        c.err(path, f"AS number {asn} is {RESERVED_ASNS[asn]}: not usable")
+        return False
+    return True
+
+
+def _int_in(v: object, lo: int, hi: int) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 
 
@@ -500,11 +510,13 @@ def _onprem(
 ) -> Onprem | None:
     before = len(c.errors)
     asn = m.get("asn")
-    if not _int_in(asn, 1, ASN_MAX):
-        c.err(f"{p}.asn", f"bad AS number {asn!r}: want an integer 1..{ASN_MAX}")
+    good_asn = _asn(c, asn, f"{p}.asn")
     attach = c.ref(m.get("attach"), f"{p}.attach", "endpoint", endpoints)
     if attach is not None:
         e = endpoints[attach]
+        vpc_asn = vpcs[e.vpc].asn or DEFAULT_ASN
+        if good_asn and asn == vpc_asn:
+            c.err(f"{p}.asn", f"{asn} is VPC {e.vpc!r}'s own AS number: only eBGP is supported")
         if e.kind not in ONPREM_ATTACH_KINDS:
             kinds = ", ".join(sorted(ONPREM_ATTACH_KINDS))
             c.err(f"{p}.attach", f"{attach!r} is a {e.kind}: an on-prem router attaches to {kinds}")

@@ -5,21 +5,27 @@ switch (traced through a FakeOFTable), and the REST edge's validation of a ``bgp
 from __future__ import annotations
 
 import ipaddress
+import json
+import pathlib
 from dataclasses import replace
 from typing import Any
 
 import pytest
+from webob import Request
 
 from meshpeer.controller import bgp
 from meshpeer.controller import intent as ops
+from meshpeer.controller.api import ControllerApi
 from meshpeer.controller.intent import IntentError
 from meshpeer.controller.model import BgpPeer, Endpoint, Intent
 from meshpeer.controller.mux import desired_streams
 from meshpeer.controller.peering import federation_view, statuses
 from meshpeer.controller.routing import effective_routes
+from meshpeer.rest import Api
 from ohc.compiler import compile_host, gateway_mac
 from ohc.pipeline import TUNNEL_PORT
 from tests.unit.controller_fixtures import add_vm, add_vpc, directory, peer, views
+from tests.unit.test_bgp_speaker import shard
 from tests.unit.test_ohc_compiler import G, host_view, load
 
 D = directory(ctl1=["blue", "green", "red", "aqua"])
@@ -88,6 +94,11 @@ def test_two_vpcs_announcing_one_prefix_keep_the_first_by_name() -> None:
     assert conflicts == [
         "10.1.1.0/24: announced for VPC 'aqua', not also for 'blue' (one table per shard)"
     ]
+    # each router is sent what its VPC won only (found by a review: blue's got aqua's route)
+    wanted = bgp.sessions(i)
+    blue, aqua = (wanted[ip] for ip in ("169.254.250.2", "169.254.250.6"))
+    assert bgp.permitted(blue, announce) == ("10.1.0.0/24",)
+    assert bgp.permitted(aqua, announce) == ("10.1.1.0/24", "10.1.2.0/24")
 
 
 def effective(i: Intent, vpc: str, table: bgp.LearnedTable) -> list[dict[str, Any]]:
@@ -156,6 +167,10 @@ def test_a_learned_route_forwards_to_the_endpoints_host_and_its_withdrawal_drops
         ),
         (("blue", "v1"), replace(PEER, local_ip=PEER.peer_ip), "bgp.local_ip", 400),
         (("blue", "v1"), replace(PEER, peer_asn=64512), "bgp.peer_asn", 400),  # the VPC's own
+        # reserved AS numbers (found by a review): 0, AS_TRANS, 65535
+        (("blue", "v1"), replace(PEER, peer_asn=0), "bgp.peer_asn", 400),
+        (("blue", "v1"), replace(PEER, peer_asn=23456), "bgp.peer_asn", 400),
+        (("blue", "v1"), replace(PEER, peer_asn=65535), "bgp.peer_asn", 400),
     ],
 )
 def test_a_bad_bgp_peer_names_its_field(
@@ -176,6 +191,55 @@ def test_a_router_address_serves_one_endpoint_of_the_shard() -> None:
     v1 = i.endpoints[("blue", "v1")]
     assert ops.set_bgp(i, v1, PEER) == v1  # its own address again: fine
     assert ops.set_bgp(i, v1, None).bgp is None
+
+
+def test_a_router_address_is_never_the_shards_side_of_another_session() -> None:
+    """Found by a review: a session whose shard address was another session's router (or
+    the reverse) was taken; the speaker would answer for the router's address."""
+    i = world()
+    add_vm(i, "green", "v3", "10.3.0.5", "hv1", kind="interconnect")
+    v3 = i.endpoints[("green", "v3")]
+    mine = ipaddress.IPv4Address("169.254.250.5")
+    for bad_peer, field in (
+        (BgpPeer(65002, mine, PEER.peer_ip), "bgp.local_ip"),  # its shard side: v1's router
+        (BgpPeer(65002, PEER.local_ip, mine), "bgp.peer_ip"),  # its router: v1's shard side
+    ):
+        with pytest.raises(IntentError) as info:
+            ops.set_bgp(i, v3, bad_peer)
+        assert (info.value.field, info.value.status) == (field, 409)
+        assert i.endpoints[("green", "v3")].bgp is None
+    shared = BgpPeer(65002, ipaddress.IPv4Address("169.254.250.6"), PEER.local_ip)
+    assert ops.set_bgp(i, v3, shared).bgp == shared  # one shard address for many: fine
+
+
+@pytest.mark.parametrize("asn", [0, 23456, 65535])
+def test_a_vpc_with_a_reserved_as_number_is_refused(asn: int) -> None:
+    i = world()
+    with pytest.raises(IntentError) as info:
+        ops.new_vpc(i, D, "ctl1", "aqua", [], None, asn)
+    assert (info.value.field, info.value.status) == ("asn", 400)
+    assert "aqua" not in i.vpcs
+
+
+def test_the_rest_edge_answers_a_reserved_as_number_with_a_400_naming_the_field(
+    tmp_path: pathlib.Path,
+) -> None:
+    s = shard(tmp_path)
+    handlers = ControllerApi(s, "t", lambda vpc: None)
+    api = Api(handlers.routes(), handlers.guard)
+
+    def call(method: str, path: str, body: dict[str, Any]) -> Any:
+        headers = {"Authorization": "Bearer t", "Content-Type": "application/json"}
+        req = Request.blank(path, method=method, headers=headers, body=json.dumps(body).encode())
+        return req.get_response(api)
+
+    before = s.intent.endpoints[("blue", "v1")]
+    bad_peer = {"peer_asn": 23456, "peer_ip": "169.254.250.2", "local_ip": "169.254.250.1"}
+    answer = call("PUT", "/v1/vpcs/blue/endpoints/v1/bgp", bad_peer)
+    assert (answer.status_int, answer.json["field"]) == (400, "bgp.peer_asn"), answer.json
+    answer = call("POST", "/v1/vpcs", {"name": "aqua", "asn": 65535})
+    assert (answer.status_int, answer.json["field"]) == (400, "asn"), answer.json
+    assert s.intent.endpoints[("blue", "v1")] == before and "aqua" not in s.intent.vpcs
 
 
 def test_the_bgp_peer_and_asn_survive_the_store_form() -> None:

@@ -75,6 +75,32 @@ def test_a_vpc_asn_out_of_range() -> None:
     assert errors_of(d)[0] == "vpcs[0].asn: bad AS number 70000: want an integer 1..65535"
 
 
+@pytest.mark.parametrize(("vpc_asn", "router_asn"), [(64512, 64512), (None, 64512), (65010, 65010)])
+def test_a_router_in_its_vpcs_own_as_is_refused_with_its_path(
+    vpc_asn: int | None, router_asn: int
+) -> None:
+    """Found by a review: the parser took it and the controller refused the session later,
+    so ``lab up`` failed halfway (the VPC's AS is 64512 when the topology gives none)."""
+    d = doc()
+    d["vpcs"][0].pop("asn")
+    if vpc_asn is not None:
+        d["vpcs"][0]["asn"] = vpc_asn
+    d["onprem"][0]["asn"] = router_asn
+    assert errors_of(d) == [
+        f"onprem[0].asn: {router_asn} is VPC 'blue''s own AS number: only eBGP is supported"
+    ]
+
+
+@pytest.mark.parametrize("asn", [23456, 65535])
+def test_reserved_as_numbers_are_refused_with_their_path(asn: int) -> None:
+    d = doc()
+    d["onprem"][0]["asn"] = asn
+    d["vpcs"][1]["asn"] = asn
+    errors = errors_of(d)
+    assert [e.split(":")[0] for e in errors] == ["vpcs[1].asn", "onprem[0].asn"], errors
+    assert all(f"AS number {asn} is " in e for e in errors)
+
+
 def test_one_router_per_endpoint() -> None:
     d = doc()
     d["onprem"].append({"name": "dc2", "asn": 65002, "attach": "v1", "prefixes": ["10.9.0.0/24"]})

@@ -17,7 +17,11 @@ from meshpeer.rest.schema import Arr, Int, Obj, Str
 
 BGP_IN = Obj(
     {
-        "peer_asn": Int(1, 65535, description="the on-prem router's AS number (eBGP)"),
+        "peer_asn": Int(
+            1,
+            65535,
+            description="the on-prem router's AS number (eBGP; 23456 and 65535 are reserved: 400)",
+        ),
         "peer_ip": Str(format="ip", description="the router's link-local IPv4 address"),
         "local_ip": Str(format="ip", description="the shard's link-local IPv4 address"),
     },

@@ -29,7 +29,12 @@ VPC_IN = Obj(
     {
         "subnets": Arr(SUBNET_IN),
         "vni": Int(1, (1 << 24) - 1),
-        "asn": Int(1, 65535, description="BGP AS number toward on-prem routers (default 64512)"),
+        "asn": Int(
+            1,
+            65535,
+            description="BGP AS number toward on-prem routers (default 64512; 23456 and 65535 are"
+            " reserved: 400)",
+        ),
     },
     name="VpcCreate",
 )
