@@ -75,6 +75,13 @@ CONTROLLER = Section(
             secret=True,
         ),
         Option(
+            "operator_tokens_file",
+            str,
+            "YAML file `{admin: [..], readonly: [..]}` of more operator tokens, valid beside "
+            "the ones above and re-read when it changes (`directory_check_interval`): "
+            "rotation without a restart. A file that does not parse is refused whole",
+        ),
+        Option(
             "revoked_hosts",
             str,
             "comma-separated host names this shard refuses; the directory's `revoked_hosts` "

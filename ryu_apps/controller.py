@@ -21,6 +21,7 @@ from os_ken.lib import hub
 
 from meshpeer import options, tls
 from meshpeer.controller.api import ControllerApi
+from meshpeer.controller.auth import parse_operator_tokens
 from meshpeer.controller.directory import Directory, parse_directory
 from meshpeer.controller.federation import Federation
 from meshpeer.controller.shard import ShardState
@@ -46,6 +47,9 @@ class HubSignal:
     def notify(self) -> None:
         event, self._event = self._event, hub.Event()
         event.set()
+
+
+UNREAD = object()  # a file stamp no file has: read it the first time
 
 
 class Controller(app_manager.OSKenApp):  # type: ignore[misc]
@@ -83,6 +87,9 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
         )
         self.shard.listeners.append(self.speaker.sync)
         self.conf = conf
+        self.tokens_stamp: object = UNREAD
+        if not self._take_operator_tokens():
+            raise SystemExit(f"controller: operator_tokens_file {conf.operator_tokens_file}")
         self.ticker: Any = None
         self.watcher: Any = None
         log.info(
@@ -131,11 +138,12 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
 
     def _watch_directory(self) -> None:
         """Take a changed directory file's host keys and revoked hosts (the shard decides
-        what it takes: ``ShardState.adopt_directory``); a file that does not parse is
-        refused whole and the running directory stays."""
+        what it takes: ``ShardState.adopt_directory``), and a changed operator tokens file; a
+        file that does not parse is refused whole and what runs stays."""
         path = self.conf.directory_file
         while True:
             hub.sleep(self.conf.directory_check_interval)
+            self._take_operator_tokens()
             stamp = _stamp(path)
             if stamp == self.directory_stamp:
                 continue
@@ -161,6 +169,31 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
                     path,
                     ", ".join(ignored),
                 )
+
+    def _take_operator_tokens(self) -> bool:
+        """(Re-)read ``operator_tokens_file`` if it changed since it was last read; False if
+        it could not be taken (logged: at start the shard refuses to run, later the tokens it
+        runs with stay)."""
+        path = self.conf.operator_tokens_file
+        stamp = _stamp(path) if path else None
+        if not path or stamp == self.tokens_stamp:
+            return True
+        self.tokens_stamp = stamp
+        try:
+            with open(path, encoding="utf-8") as f:
+                tokens = parse_operator_tokens(yaml.safe_load(f))
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            log.error("shard %s: operator tokens %s not taken: %s", self.conf.shard, path, exc)
+            return False
+        self.api.access.from_file = tokens
+        log.info(
+            "shard %s: operator tokens %s taken: %d admin, %d read-only",
+            self.conf.shard,
+            path,
+            len(tokens.admin),
+            len(tokens.readonly),
+        )
+        return True
 
     def close(self) -> None:
         if self.watcher is not None:

@@ -208,3 +208,36 @@ def route_action(method: str, path: str, params: Mapping[str, str]) -> tuple[Act
     if path.startswith("/v1/federation/"):
         return Action.FEDERATE, Resource()
     return (Action.READ if method == "GET" else Action.WRITE), Resource()
+
+
+@dataclass(frozen=True)
+class OperatorTokens:
+    """Operator tokens from ``operator_tokens_file``, valid beside the configured ones and
+    re-read when the file changes: rotation without a restart (add, move the clients, drop)."""
+
+    admin: tuple[str, ...] = ()
+    readonly: tuple[str, ...] = ()
+
+
+MIN_TOKEN_CHARS = 16
+
+
+def parse_operator_tokens(doc: object) -> OperatorTokens:
+    """``{admin: [..], readonly: [..]}`` (both optional); ValueError names what is wrong."""
+    if doc is None:
+        return OperatorTokens()
+    if not isinstance(doc, Mapping):
+        raise ValueError("expected a mapping with `admin` and `readonly` lists")
+    unknown = sorted(set(doc) - {"admin", "readonly"})
+    if unknown:
+        raise ValueError(f"unknown keys {unknown}: expected `admin` and `readonly`")
+    out: dict[str, tuple[str, ...]] = {}
+    for role in ("admin", "readonly"):
+        tokens = doc.get(role) or []
+        if not isinstance(tokens, list):
+            raise ValueError(f"{role}: expected a list of tokens")
+        for i, t in enumerate(tokens):
+            if not isinstance(t, str) or len(t) < MIN_TOKEN_CHARS or t != t.strip():
+                raise ValueError(f"{role}[{i}]: a token is a string of {MIN_TOKEN_CHARS}+ chars")
+        out[role] = tuple(tokens)
+    return OperatorTokens(out["admin"], out["readonly"])

@@ -32,6 +32,7 @@ class ShardConfig:
     api_tokens: str | None = None  # comma-separated, valid beside api_token (rotation)
     readonly_tokens: str | None = None  # comma-separated, valid beside readonly_token
     revoked_hosts: str | None = None  # comma-separated
+    operator_tokens_file: str | None = None  # YAML {admin: [..], readonly: [..]}, re-read
     directory_check_interval: float | None = None  # None: the app's default
     # REST connection limits and timeouts (meshpeer.rest.admission.Limits); None: the default.
     max_connections: int | None = None

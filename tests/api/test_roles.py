@@ -9,11 +9,12 @@ credentials rotate (two host keys valid at once) and can be revoked.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import yaml
 
 from meshpeer.controller.auth import host_token
-from tests.api.ctlkit import HOST_STATUS, Cluster, Ctl, stream
+from tests.api.ctlkit import HOST_STATUS, Cluster, Ctl, stream, wait_for
 
 READER = "reader-" + "r" * 24
 LAYOUT = {"ctl1": ((1, 999), ("blue", "green"))}
@@ -228,3 +229,36 @@ def test_a_host_evacuated_from_a_vpc_loses_its_streams_at_both_shards(cluster: C
         assert other.next()["deletes"] == ["b1"]
     with stream(c1, hv1, "destination", "blue", host="hv1") as again:
         assert again.status == 403, again.body
+
+
+def test_operator_tokens_rotate_from_a_file_without_a_restart(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    """``operator_tokens_file`` is re-read when it changes: a new admin token works beside the
+    old one, then the old one goes, and the shard never restarted (same pid). A file that
+    does not parse changes nothing."""
+    old, new = "old-admin-" + "o" * 20, "new-admin-" + "n" * 20
+    tokens = tmp_path / "operator-tokens.yaml"
+    tokens.write_text(yaml.safe_dump({"admin": [old]}), encoding="utf-8")
+    cluster = make_cluster(
+        layout=LAYOUT,
+        options={"operator_tokens_file": str(tokens), "directory_check_interval": 0.1},
+    )
+    ctl = cluster["ctl1"]
+    assert ctl.proc is not None
+    pid = ctl.proc.pid
+
+    def status(token: str) -> int:
+        return ctl.req("GET", "/v1/vpcs", token=token).status
+
+    assert (status(old), status(new)) == (200, 401)
+    tokens.write_text(yaml.safe_dump({"admin": [old, new]}), encoding="utf-8")
+    wait_for(lambda: status(new) == 200, 20.0, what="the new token taken")
+    assert status(old) == 200  # both valid at once: clients move over
+    tokens.write_text(yaml.safe_dump({"admin": [new]}), encoding="utf-8")
+    wait_for(lambda: status(old) == 401, 20.0, what="the old token dropped")
+    tokens.write_text("admin: [short]\n", encoding="utf-8")  # refused whole
+    logged = f"operator tokens {tokens} not taken"
+    wait_for(lambda: logged in ctl.log.read_text(encoding="utf-8"), 20.0, what="the bad file")
+    assert status(new) == 200 and status(cluster.token) == 200
+    assert ctl.proc is not None and ctl.proc.pid == pid

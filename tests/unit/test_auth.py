@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from meshpeer.controller.auth import (
@@ -9,10 +11,12 @@ from meshpeer.controller.auth import (
     Credentials,
     Decision,
     Identity,
+    OperatorTokens,
     Resource,
     Role,
     authorize,
     host_token,
+    parse_operator_tokens,
     route_action,
     shard_token,
 )
@@ -183,3 +187,29 @@ def test_operator_tokens_rotate_with_several_valid_at_once() -> None:
     no_reader = Credentials("admin-old", None, {}, FED, {"ctl1"}, readonly_tokens=("",))
     assert no_reader.identify(bearer("admin-old")) == admin
     assert no_reader.identify("Bearer  ") is None
+
+
+@pytest.mark.parametrize(
+    ("doc", "error"),
+    [
+        ([], "a mapping"),
+        ({"admins": []}, "unknown keys"),
+        ({"admin": "x" * 20}, "admin: expected a list"),
+        ({"admin": ["short"]}, "admin[0]"),
+        ({"readonly": ["y" * 20, " " + "z" * 20]}, "readonly[1]"),
+    ],
+)
+def test_an_operator_tokens_file_that_does_not_parse_is_refused_whole(
+    doc: object, error: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(error)):
+        parse_operator_tokens(doc)
+
+
+def test_operator_tokens_from_a_file_are_valid_beside_the_others() -> None:
+    tokens = parse_operator_tokens({"admin": ["a" * 20], "readonly": ["r" * 20]})
+    assert parse_operator_tokens(None) == OperatorTokens()
+    creds = Credentials("t" * 20, None, {}, "f" * 20, frozenset(), frozenset(), tokens.admin,
+                        tokens.readonly)  # fmt: skip
+    assert creds.identify("Bearer " + "a" * 20) == Identity(Role.ADMIN, "operator")
+    assert creds.identify("Bearer " + "r" * 20) == Identity(Role.READER, "operator")

@@ -14,6 +14,7 @@ from meshpeer.controller.auth import (
     Action,
     Credentials,
     Identity,
+    OperatorTokens,
     Resource,
     authorize,
 )
@@ -92,6 +93,7 @@ class Access:
         self.readonly_token = readonly_token
         self.api_tokens = tuple(api_tokens)  # valid beside api_token (rotation)
         self.readonly_tokens = tuple(readonly_tokens)
+        self.from_file = OperatorTokens()  # operator_tokens_file's, replaced when it changes
 
     def credentials(self) -> Credentials:
         d = self.shard.directory
@@ -102,8 +104,8 @@ class Access:
             d.federation_token,
             frozenset(d.shards),
             self.shard.revoked_hosts,
-            self.api_tokens,
-            self.readonly_tokens,
+            (*self.api_tokens, *self.from_file.admin),
+            (*self.readonly_tokens, *self.from_file.readonly),
         )
 
     def identity(self, request: Request) -> Identity:
