@@ -387,9 +387,10 @@ class ShardState:
         """Recompute and publish what ``scope`` covers (plus the VPCs whose peering state
         changed); returns the stream versions this refresh produced."""
         wanted = self.bgp_sessions()
+        known = self.views() if wanted else {}  # one merge per refresh, none without BGP
         peers = {
-            s.vpc: bgp.peer_prefixes(self.intent, s.vpc, self.states, self.views(), False)
-            for s in wanted.values()
+            vpc: bgp.peer_prefixes(self.intent, vpc, self.states, known, False)
+            for vpc in {s.vpc for s in wanted.values()}
         }
         dynamic = bgp.dynamic_routes(wanted, self.learned, peers)
         learned = bgp.changed_vpcs(self.dynamic, dynamic)

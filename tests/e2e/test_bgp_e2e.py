@@ -30,6 +30,7 @@ from meshpeer.lab.plan import OnpremPlan
 from meshpeer.lab.procs import alive, read_pidfile
 from meshpeer.lab.sh import netns_cmd, run
 from tests.integration.labkit import E2E_TOPOLOGIES, Lab, bring_up, lab_cli, running
+from tests.support import wait as waiting
 
 TOPOLOGY = "bgp.yaml"
 PREFIX = "192.168.10.0/24"
@@ -58,11 +59,8 @@ def client(lab: Lab, ctl: str = "ctl1") -> Client:
 
 
 def wait_for(cond: Callable[[], object], what: str, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.1)
+    """``tests.support.wait.wait_for`` with this file's deadline, polling every 0.1 s."""
+    waiting.wait_for(cond, timeout, 0.1, what)
 
 
 def protocol(r: OnpremPlan) -> tuple[str, str]:

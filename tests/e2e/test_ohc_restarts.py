@@ -79,6 +79,15 @@ def applied(h: HostPlan) -> dict[str, dict[str, int]]:
     return dict(st.get("last_sync", {}).get("applied", {}))
 
 
+def newer_than_held(lab: Lab, url: str) -> dict[str, dict[str, dict[str, int]]]:
+    """Per host, each stream of shard ``url`` it holds, one version on: a restarted shard
+    publishes a new incarnation, so a host has resynced with it once it applied those."""
+    return {
+        h.name: {url: {n: v + 1 for n, v in applied(h).get(url, {}).items()}}
+        for h in lab.plan.hosts
+    }
+
+
 def wait_applied(
     h: HostPlan,
     after: float,
@@ -182,10 +191,7 @@ def test_controller_restart_loses_nothing_and_changes_still_propagate(lab: Lab, 
     url = controllers.url(lab.plan, c)
     # The restarted controller publishes a new incarnation: every stream of it that a host
     # holds comes back at a higher version. Until each host applied those, it is not resynced.
-    newer = {
-        h.name: {url: {n: v + 1 for n, v in applied(h).get(url, {}).items()}}
-        for h in lab.plan.hosts
-    }
+    newer = newer_than_held(lab, url)
     assert any(newer[h][url] for h in newer), newer
     old = read_pidfile(pidfile)
     assert old is not None and alive(old)
@@ -374,10 +380,7 @@ def test_shard_restart_while_its_peer_shard_is_stopped_keeps_the_peering(lab: La
     cpid = read_pidfile(f"{controllers.rundir(lab.plan, ctl1)}/controller.pid")
     assert cpid is not None
     url = controllers.url(lab.plan, ctl2)
-    newer = {
-        h.name: {url: {n: v + 1 for n, v in applied(h).get(url, {}).items()}}
-        for h in lab.plan.hosts
-    }
+    newer = newer_than_held(lab, url)
     offsets = {h.name: log_size(h) for h in lab.plan.hosts}
     with Pinger(lab.vm("b1"), lab.vm("r1").ip, count=PINGS) as pinger:
         wait_replies(pinger, "b1 -> r1 before the restart")

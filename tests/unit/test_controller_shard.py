@@ -329,15 +329,8 @@ def test_a_host_that_leaves_a_vpc_loses_its_streams_of_it(tmp_path: pathlib.Path
     host evacuated from a VPC went on following the VPC's destinations (and, with the grant
     it was given for the VPC, its peers'). Its last endpoint there gone (or moved to another
     host), its own-credential streams of the VPC close; other hosts' stay open."""
-    store = Store.open(str(tmp_path / "s.db"), synchronous="NORMAL")
-    d = dataclasses.replace(D, host_keys={"h1": HOST_KEY})
-    s = ShardState("ctl1", d, store, StreamHub(base_version=1 << 32), lambda: 1000.0)
-    build(s)
-    api = Api(*_api(s))
-    for host, name, ip in (("hv1", "b1", "10.1.0.11"), ("hv1", "b2", "10.1.0.12"),
-                           ("hv3", "b3", "10.1.0.13")):  # fmt: skip
-        s.commit([ops.new_endpoint(s.intent, "blue", name, "vm", ipaddress.ip_address(ip),
-                                   None, host, [])])  # fmt: skip
+    vms = (*BLUE_VMS[:1], ("hv1", "b2", "10.1.0.12"), *BLUE_VMS[1:])
+    s, _, api = blue_on_hosts(tmp_path, vms=vms)
     grant = s.hub.objects(StreamId(ServiceName.PEERING, "blue", None, "hv1"))["red"]["grant"]
     assert isinstance(grant, str)
     own = follow(api, "hv1", "destination", "blue")
@@ -411,6 +404,26 @@ def _api(s: ShardState) -> tuple[Any, Any]:
     return handlers.routes(), handlers.guard
 
 
+BLUE_VMS = (("hv1", "b1", "10.1.0.11"), ("hv3", "b3", "10.1.0.13"))
+
+
+def blue_on_hosts(
+    tmp_path: pathlib.Path,
+    host_keys: tuple[str, ...] = ("h1",),
+    vms: tuple[tuple[str, str, str], ...] = BLUE_VMS,
+) -> tuple[ShardState, Any, Api]:
+    """``build``'s shard with hosts keyed by ``host_keys`` and blue's ``vms`` (host, name,
+    ip): the shard, its directory and its REST API."""
+    store = Store.open(str(tmp_path / "s.db"), synchronous="NORMAL")
+    d = dataclasses.replace(D, host_keys=dict.fromkeys(host_keys, HOST_KEY))
+    s = ShardState("ctl1", d, store, StreamHub(base_version=1 << 32), lambda: 1000.0)
+    build(s)
+    for host, name, ip in vms:
+        ip_ = ipaddress.ip_address(ip)
+        s.commit([ops.new_endpoint(s.intent, "blue", name, "vm", ip_, None, host, [])])
+    return s, d, Api(*_api(s))
+
+
 def test_a_host_revoked_in_the_directory_loses_its_streams_and_grants(
     tmp_path: pathlib.Path,
 ) -> None:
@@ -418,14 +431,7 @@ def test_a_host_revoked_in_the_directory_loses_its_streams_and_grants(
     own shard kept minting grants for it. Now the directory names it for every shard; a
     running shard takes it from a changed file: it closes the host's open subscriptions and
     stops minting grants for it."""
-    store = Store.open(str(tmp_path / "s.db"), synchronous="NORMAL")
-    d = dataclasses.replace(D, host_keys={"h1": HOST_KEY})
-    s = ShardState("ctl1", d, store, StreamHub(base_version=1 << 32), lambda: 1000.0)
-    build(s)
-    api = Api(*_api(s))
-    for host, name, ip in (("hv1", "b1", "10.1.0.11"), ("hv3", "b3", "10.1.0.13")):
-        ip_ = ipaddress.ip_address(ip)
-        s.commit([ops.new_endpoint(s.intent, "blue", name, "vm", ip_, None, host, [])])
+    s, d, api = blue_on_hosts(tmp_path)
     on_hv1 = StreamId(ServiceName.PEERING, "blue", None, "hv1")
     assert "red" in s.hub.objects(on_hv1)
     hv1, hv3 = follow(api, "hv1", "destination", "blue"), follow(api, "hv3", "destination", "blue")
@@ -451,14 +457,7 @@ def test_a_host_key_taken_out_of_the_directory_closes_what_it_opened(
     """Found by a review: a key removed from the directory refused the next request made with
     it, but the streams already opened with it went on. hv1 follows with key h1, hv3 with h2;
     h1 goes: hv1's stream closes, hv3's stays."""
-    store = Store.open(str(tmp_path / "s.db"), synchronous="NORMAL")
-    d = dataclasses.replace(D, host_keys={"h1": HOST_KEY, "h2": HOST_KEY})
-    s = ShardState("ctl1", d, store, StreamHub(base_version=1 << 32), lambda: 1000.0)
-    build(s)
-    api = Api(*_api(s))
-    for host, name, ip in (("hv1", "b1", "10.1.0.11"), ("hv3", "b3", "10.1.0.13")):
-        ip_ = ipaddress.ip_address(ip)
-        s.commit([ops.new_endpoint(s.intent, "blue", name, "vm", ip_, None, host, [])])
+    s, d, api = blue_on_hosts(tmp_path, ("h1", "h2"))
     hv1 = follow(api, "hv1", "destination", "blue", key_id="h1")
     hv3 = follow(api, "hv3", "destination", "blue", key_id="h2")
     try:

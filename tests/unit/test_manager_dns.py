@@ -16,9 +16,11 @@ assert "dns" not in sys.modules, "dnspython was imported"
 import threading
 hub_thread = threading.get_ident()
 seen = []
-def slow(*args, **kwargs):  # a resolver that takes 0.5 s (a DNS server that does not answer)
+def slow(*args, **kwargs):  # a resolver that blocks (a DNS server that does not answer)
     seen.append(threading.get_ident())
-    time.sleep(0.5)
+    start, deadline = len(ticks), time.monotonic() + 60
+    while len(ticks) < start + 3 and time.monotonic() < deadline:  # until the hub ran, or never
+        time.sleep(0.01)
     return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.1", args[1]))]
 ticks = []
 def ticker():
