@@ -7,10 +7,11 @@ produce, split into *units*, each the flows one input owns:
 - ``infra``: the fixed flows (table misses);
 - ``("ctx", vpc)``: one local VPC's own flows (tunnel classifier, gateways, local ports, load
   balancers, routes): small, recompiled whenever anything but a destination changes;
-- ``("dest", vpc, peer, ip)``: the flows one destination address owns in one VPC context
-  (the bulk: one per peer endpoint), recompiled only when that destination changes, its
-  local port changes, or its context (``compiler.dest_context``: routes, peering policy,
-  one-way flags, tunnel port) changes.
+- a destination unit (``_DestUnit``, in ``dest_units`` by VPC context, peer and address): the
+  flows one destination address owns in one VPC context (the bulk: one per peer endpoint),
+  recompiled only when that destination changes, its local port changes, or its context
+  (``compiler.dest_context``: routes, peering policy, one-way flags, tunnel port) changes.
+  Kept compact: one small object per unit, which also holds its flows' keys in the table.
 
 A flow key claimed by several units goes to the one a full compile would have emitted first
 (``Rank``: the compile order), so ``FlowEngine.state()`` equals the canonical full compile of
@@ -107,8 +108,10 @@ class DestIndex:
         self.vni = vni
         self.dests: dict[str, Destination] = {}  # valid ones, by object key
         self.errors: dict[str, str] = {}  # invalid ones: why
-        self.claims: dict[IpKey, list[str]] = {}  # address -> keys claiming it, sorted
-        self.contested: set[IpKey] = set()  # addresses more than one key claims
+        # address -> the key that wins it; every key claiming it, sorted, only where more
+        # than one does (rare: a list per address was 5 MiB at 50k peer endpoints)
+        self.claims: dict[IpKey, str] = {}
+        self.contested: dict[IpKey, list[str]] = {}
         self.hosts: dict[str, ipaddress.IPv4Address] = {}  # shared underlay addresses
 
     def set(self, key: str, raw: Any) -> tuple[IpKey, ...]:
@@ -119,12 +122,7 @@ class DestIndex:
         self.errors.pop(key, None)
         if old is not None:
             k = ip_key(old.ip)
-            keys = self.claims[k]
-            keys.remove(key)
-            if not keys:
-                del self.claims[k]
-            if len(keys) < 2:
-                self.contested.discard(k)
+            self._unclaim(k, key)
             touched = (k,)
         if raw is DELETED:
             return touched
@@ -139,21 +137,37 @@ class DestIndex:
             return touched
         self.dests[key] = d
         k = ip_key(d.ip)
-        keys = self.claims.setdefault(k, [])
-        bisect.insort(keys, key)
-        if len(keys) > 1:
-            self.contested.add(k)
+        self._claim(k, key)
         return (*touched, k) if touched != (k,) else touched
 
+    def _claim(self, k: IpKey, key: str) -> None:
+        first = self.claims.setdefault(k, key)
+        if first == key:
+            return
+        keys = self.contested.get(k)
+        if keys is None:
+            keys = self.contested[k] = [first]
+        bisect.insort(keys, key)
+        self.claims[k] = keys[0]
+
+    def _unclaim(self, k: IpKey, key: str) -> None:
+        keys = self.contested.get(k)
+        if keys is None:
+            del self.claims[k]
+            return
+        keys.remove(key)
+        self.claims[k] = keys[0]
+        if len(keys) < 2:
+            del self.contested[k]
+
     def winner(self, k: IpKey) -> Destination | None:
-        keys = self.claims.get(k)
-        return self.dests[keys[0]] if keys else None
+        key = self.claims.get(k)
+        return None if key is None else self.dests[key]
 
     def skipped(self) -> Iterable[Skipped]:
         for key, why in self.errors.items():
             yield Skipped("destination", f"{self.vpc}/{key}", why)
-        for k in self.contested:
-            keys = self.claims[k]
+        for keys in self.contested.values():
             first = self.dests[keys[0]]
             for key in keys[1:]:
                 why = f"ip {first.ip} already belongs to {first.name}"
@@ -176,6 +190,39 @@ class _Role:
         return self.ctx.vpc if self.peer is None else self.peer.peer_vpc
 
 
+class _DestUnit:
+    """The flows one destination address owns in one role, in compile order.
+
+    One object per peer endpoint, and the holder of its flows' keys in the engine's table:
+    its rank is derived (the role's rank, then the address), not kept in a tuple per flow
+    (a candidate tuple per flow and a rank per unit were ~14 MiB at 50k peer endpoints)."""
+
+    __slots__ = ("base", "flows", "k")
+
+    def __init__(self, base: Rank, k: IpKey, flows: tuple[Flow, ...]) -> None:
+        self.base = base
+        self.k = k
+        self.flows = flows
+
+
+Holder = Candidate | _DestUnit  # who holds a key: a context unit's candidate, or a destination
+
+
+def _flow_of(h: Holder, key: FlowKey) -> Flow:
+    if type(h) is tuple:
+        return h[2]
+    assert isinstance(h, _DestUnit)
+    return next(f for f in h.flows if f.key == key)
+
+
+def _order(h: Holder, key: FlowKey) -> tuple[Rank, int]:
+    """Where ``h``'s flow at ``key`` comes in compile order: the first one wins the key."""
+    if type(h) is tuple:
+        return h[0], h[1]
+    assert isinstance(h, _DestUnit)
+    return (*h.base, h.k), next(n for n, f in enumerate(h.flows) if f.key == key)
+
+
 class FlowEngine:
     """The desired flows and groups of one host, kept up to date unit by unit."""
 
@@ -186,18 +233,17 @@ class FlowEngine:
         self.tunnel_port: int | None = None
         self.indexes: dict[IndexKey, DestIndex] = {}
         self.roles: dict[RoleKey, _Role] = {}
-        self.role_units: dict[RoleKey, set[IpKey]] = {}
+        self.dest_units: dict[RoleKey, dict[IpKey, _DestUnit]] = {}
         self.local: dict[tuple[str, Address], LocalPort] = {}
         # VIPs the load-balancer streams claim, valid or not, per (VPC, policy): a destination
         # taking or freeing one decides whether that load balancer is valid (``_rebuild``)
         self.vips: dict[tuple[str, str | None], set[IpKey]] = {}
         self.view_skipped: tuple[Skipped, ...] = ()
-        self.units: dict[UnitId, Candidates] = {}
+        self.units: dict[UnitId, Candidates] = {}  # infra and the VPC contexts
         self.unit_groups: dict[UnitId, dict[int, Group]] = {}
-        self.table: dict[FlowKey, Candidate] = {}  # the winner of each key
-        self.more: dict[FlowKey, Candidates] = {}  # every candidate, for contested keys only
+        self.table: dict[FlowKey, Holder] = {}  # the winner of each key
+        self.more: dict[FlowKey, list[Holder]] = {}  # every holder, for contested keys only
         self.groups: dict[int, Group] = {}
-        self._keys: set[FlowKey] = set()
         self._old: dict[FlowKey, Flow | None] = {}
         self._gids: set[int] = set()
         self._compiled = 0
@@ -210,12 +256,22 @@ class FlowEngine:
         have = self.table.get(key)
         if have is None:
             return CANARY if key == CANARY.key else None  # as ``state`` has it
-        return have[2]
+        return _flow_of(have, key)
 
     def state(self) -> SwitchState:
         """Every desired flow (with the canary) and group: what a full sync diffs against."""
-        flows = frozenset(itertools.chain((c[2] for c in self.table.values()), (CANARY,)))
+        flows = frozenset(itertools.chain(self._flows(), (CANARY,)))
         return SwitchState(flows, frozenset(self.groups.values()))
+
+    def _flows(self) -> Iterable[Flow]:
+        for h in self.table.values():
+            if type(h) is tuple:
+                yield h[2]
+        for units in self.dest_units.values():
+            for unit in units.values():
+                for f in unit.flows:
+                    if self.table[f.key] is unit:
+                        yield f
 
     def skipped(self) -> tuple[Skipped, ...]:
         """What the view leaves out, and why (as ``host.host_view`` reports it)."""
@@ -232,7 +288,7 @@ class FlowEngine:
         ofports: Mapping[tuple[str, str], int],
         tunnel_port: int | None,
     ) -> Update:
-        self._keys, self._gids, self._old, self._compiled = set(), set(), {}, 0
+        self._gids, self._old, self._compiled = set(), {}, 0
         rebuild = self.ofports != ofports or self.tunnel_port != tunnel_port or not self.roles
         self.ofports, self.tunnel_port = dict(ofports), tunnel_port
         touched: dict[IndexKey, set[IpKey]] = {}
@@ -260,11 +316,15 @@ class FlowEngine:
         for rk, ips in redo.items():
             role = self.roles[rk]
             if ips is _ALL:
-                ips = set(self.indexes[role.index].claims) | self.role_units.get(rk, set())
+                ips = set(self.indexes[role.index].claims) | set(self.dest_units.get(rk, ()))
             for ip in ips:
                 self._compile_dest(rk, role, ip)
-        changed = frozenset(self._keys)
-        return Update(changed, frozenset(self._gids), self._compiled, rebuild, self._old)
+        # a unit compiled again gives back and takes its keys: those that hold what they held
+        # did not change
+        old = {k: f for k, f in self._old.items() if self.flow(k) != f}
+        update = Update(frozenset(old), frozenset(self._gids), self._compiled, rebuild, old)
+        self._gids, self._old = set(), {}  # not kept: 100k keys after a cold install
+        return update
 
     def _apply(self, sub: Sub, change: StreamChange) -> Iterable[str]:
         """Take ``change`` into the engine's copy of the stream; the keys it changed."""
@@ -335,8 +395,8 @@ class FlowEngine:
         moved = {k for k in local.keys() | self.local.keys() if local.get(k) != self.local.get(k)}
         redo: dict[RoleKey, set[IpKey]] = {}
         for rk in set(self.roles) - set(roles):  # a peering or the VPC's last port went
-            for k in self.role_units.pop(rk, set()):
-                self._set_unit(("dest", *rk, k), [], {})
+            for unit in self.dest_units.pop(rk, {}).values():
+                self._set_dest(unit, None)
         for rk, role in roles.items():
             old = self.roles.get(rk)
             if old is None or old.context != role.context or old.index != role.index:
@@ -370,14 +430,30 @@ class FlowEngine:
 
     def _compile_dest(self, rk: RoleKey, role: _Role, k: IpKey) -> None:
         d = self.indexes[role.index].winner(k)
-        units = self.role_units.setdefault(rk, set())
-        if d is None:
-            units.discard(k)
-            self._set_unit(("dest", *rk, k), [], {})
+        units = self.dest_units.setdefault(rk, {})
+        old = units.get(k)
+        flows = (
+            () if d is None else _record(dest_flows, role.ctx, d, role.peer, shared=self.shared)[0]
+        )
+        if old is not None and old.flows == flows and old.base == role.rank:
+            self._compiled += 1
             return
-        units.add(k)
-        events = self._events((*role.rank, k), dest_flows, role.ctx, d, role.peer)
-        self._set_unit(("dest", *rk, k), events, {})
+        new = _DestUnit(role.rank, k, flows) if flows else None
+        if new is None:
+            units.pop(k, None)
+        else:
+            units[k] = new
+        self._set_dest(old, new)
+
+    def _set_dest(self, old: _DestUnit | None, new: _DestUnit | None) -> None:
+        """Replace one destination unit: ``old``'s keys given back, ``new``'s taken."""
+        self._compiled += 1
+        if old is not None:
+            for f in old.flows:
+                self._withdraw(old, f)
+        if new is not None:
+            for f in new.flows:
+                self._claim(new, f)
 
     def _events(
         self, rank: Rank, fn: Any, *args: Any, got: dict[int, Group] | None = None
@@ -387,18 +463,18 @@ class FlowEngine:
     # --- the table ---------------------------------------------------------------------
 
     def _set_unit(self, uid: UnitId, new: Candidates, groups: dict[int, Group]) -> None:
-        """Replace what unit ``uid`` claims; keys whose winner changes go into ``_keys``."""
+        """Replace what unit ``uid`` claims; keys whose winner changes go into ``_old``."""
         self._compiled += 1
         old = self.units.pop(uid, [])
         if old != new:
             kept = set(new)
             for cand in old:
                 if cand not in kept:
-                    self._withdraw(cand)
+                    self._withdraw(cand, cand[2])
             had = set(old)
             for cand in new:
                 if cand not in had:
-                    self._claim(cand)
+                    self._claim(cand, cand[2])
         if new:
             self.units[uid] = new
         self.unit_groups.pop(uid, None)
@@ -419,41 +495,48 @@ class FlowEngine:
 
     def _changed(self, key: FlowKey, old: Flow | None) -> None:
         """The winning flow of ``key`` changed; ``old`` is the one it had (None: none)."""
-        self._keys.add(key)
         self._old.setdefault(key, old)  # the first one: what it had when the update began
 
-    def _claim(self, cand: Candidate) -> None:
-        key = cand[2].key
+    def _claim(self, h: Holder, flow: Flow) -> None:
+        """``h`` puts ``flow`` at its key: it holds the key if it comes first."""
+        key = flow.key
         have = self.table.get(key)
         if have is None:
-            self.table[key] = cand
+            self.table[key] = h
             self._changed(key, None)
             return
         more = self.more.setdefault(key, [have])
-        more.append(cand)
-        if cand[:2] < have[:2]:
-            self.table[key] = cand
-            if cand[2] != have[2]:
-                self._changed(key, have[2])
+        more.append(h)
+        if _order(h, key) < _order(have, key):
+            self.table[key] = h
+            was = _flow_of(have, key)
+            if flow != was:
+                self._changed(key, was)
 
-    def _withdraw(self, cand: Candidate) -> None:
-        key = cand[2].key
+    def _withdraw(self, h: Holder, flow: Flow) -> None:
+        """``h`` gives back ``flow``'s key: the next holder in compile order takes it."""
+        key = flow.key
         more = self.more.get(key)
         if more is None:
             del self.table[key]
-            self._changed(key, cand[2])
+            self._changed(key, flow)
             return
-        more.remove(cand)
-        best = min(more, key=lambda c: c[:2])
+        more.remove(h)  # candidates by value (one per unit and rank), units by identity
+        best = min(more, key=lambda c: _order(c, key))
         if len(more) == 1:
             del self.more[key]
-        if self.table[key] == cand:
+        if _same(self.table[key], h):
             self.table[key] = best
-            if best[2] != cand[2]:
-                self._changed(key, cand[2])
+            now = _flow_of(best, key)
+            if now != flow:
+                self._changed(key, flow)
 
 
 _ALL: Any = object()  # in a redo map: every unit of the role
+
+
+def _same(a: Holder, b: Holder) -> bool:
+    return a is b or (type(a) is tuple and a == b)
 
 
 def _claimed_vips(
@@ -475,20 +558,27 @@ def _claimed_vips(
 def _events(
     rank: Rank, fn: Any, *args: Any, got: dict[int, Group] | None = None, shared: SharedPairs
 ) -> Candidates:
-    """Run one compiler step into a recorder: its flows, each ranked by ``rank`` and its
-    place in the step (the first flow of a key within a step wins, as in a full compile);
-    its groups go into ``got``. Notes are the reference compiler's; the engine drops them."""
+    """Run one compiler step: its flows, each ranked by ``rank`` and its place in the step;
+    its groups go into ``got``."""
+    flows, groups = _record(fn, *args, shared=shared)
+    if got is not None:
+        got.update(groups)
+    return [(rank, n, flow) for n, flow in enumerate(flows)]
+
+
+def _record(fn: Any, *args: Any, shared: SharedPairs) -> tuple[tuple[Flow, ...], dict[int, Group]]:
+    """Run one compiler step into a recorder: its flows in order, the first of each key only
+    (it wins the key within a step, as in a full compile), and its groups. Notes are the
+    reference compiler's; the engine drops them."""
     rec = Recorder(shared)
     fn(rec, *args)
-    out: Candidates = []
+    out: list[Flow] = []
     seen: set[FlowKey] = set()
-    for n, e in enumerate(rec.events):
+    for e in rec.events:
         if isinstance(e, str):
             continue
         flow = e[0]
         if flow.key not in seen:
             seen.add(flow.key)
-            out.append((rank, n, flow))
-    if got is not None:
-        got.update(rec.groups)
-    return out
+            out.append(flow)
+    return tuple(out), rec.groups
