@@ -212,7 +212,10 @@ def _flow_of(h: Holder, key: FlowKey) -> Flow:
     if type(h) is tuple:
         return h[2]
     assert isinstance(h, _DestUnit)
-    return next(f for f in h.flows if f.key == key)
+    for f in h.flows:
+        if f.key == key:
+            return f
+    raise KeyError(key)
 
 
 def _order(h: Holder, key: FlowKey) -> tuple[Rank, int]:
@@ -321,7 +324,12 @@ class FlowEngine:
                 self._compile_dest(rk, role, ip)
         # a unit compiled again gives back and takes its keys: those that hold what they held
         # did not change
-        old = {k: f for k, f in self._old.items() if self.flow(k) != f}
+        table = self.table
+        old = {
+            k: f
+            for k, f in self._old.items()
+            if (k in table if f is None else self.flow(k) != f)  # None: was absent
+        }
         update = Update(frozenset(old), frozenset(self._gids), self._compiled, rebuild, old)
         self._gids, self._old = set(), {}  # not kept: 100k keys after a cold install
         return update
