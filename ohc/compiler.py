@@ -161,6 +161,20 @@ def _ip_match(direction: str, where: Address | Network) -> dict[str, MatchValue]
     return out
 
 
+def _address_match(
+    out: _Out, direction: str, ip: Address, rest: tuple[tuple[str, MatchValue], ...]
+) -> Match:
+    """eth_type, ipvN_src/dst of one address, then ``rest`` (fields named after it, in order):
+    the match ``add`` would sort out of a dict, built directly. One destination's flows are
+    the bulk of a compile, and the dict and the sort were ~15% of it (measured)."""
+    eth = ("eth_type", ETH_IPV4 if ip.version == 4 else ETH_IPV6)
+    own = (_IP_FIELDS[ip.version, direction], str(ip))
+    keep = out.shared
+    if keep is None:
+        return Match((eth, own, *rest))
+    return Match((keep.setdefault(eth, eth), own, *[keep.setdefault(p, p) for p in rest]))
+
+
 def _vpc(vni: int) -> tuple[int, int]:
     """metadata match: this VPC context, routed or not."""
     return vni, VPC_MASK
@@ -204,12 +218,20 @@ class _Out:
         if self.shared is not None:
             keep = self.shared
             pairs = [p if p[0] in _OWN_VALUES else keep.setdefault(p, p) for p in pairs]
+        self.add_match(table, priority, Match(pairs), tuple(instructions), owner)
+
+    def add_match(
+        self,
+        table: int,
+        priority: int,
+        match: Match,
+        instructions: tuple[Instruction, ...],
+        owner: tuple[Kind, str],
+    ) -> None:
+        """``add`` with the match built already (``_address_match``)."""
         if owner != self._owner:  # a unit's flows share their owner: hash it once
             self._owner, self._cookie = owner, cookie(*owner)
-        flow = check_flow(
-            Flow(table, priority, Match(tuple(pairs)), tuple(instructions), self._cookie),
-            PIPELINE,
-        )
+        flow = check_flow(Flow(table, priority, match, instructions, self._cookie), PIPELINE)
         self.put(flow, owner)
 
     def put(self, flow: Flow, owner: tuple[Kind, str]) -> None:
@@ -723,12 +745,16 @@ def dest_flows(out: _Out, ctx: Ctx, d: Destination, peer: PeerView | None) -> No
     if out.shared is not None:  # the tunnel actions are the host's, not the destination's
         keep = out.shared
         actions = (actions[0], *(keep.setdefault(a, a) for a in actions[1:]))
-    match = {"metadata": meta, **_ip_match("dst", d.ip)}
-    out.add(L3_LOOKUP, priority, match, (_toward(ctx, peer, actions),), owner)
+    match = _address_match(out, "dst", d.ip, (("metadata", meta),))
+    out.add_match(L3_LOOKUP, priority, match, (_toward(ctx, peer, actions),), owner)
     if peer is None:
         _arp_flows(out, ctx, d.ip, d.mac, owner)
     if _is_remote(ctx, d):
-        _source_ok(out, ctx, d.ip, d.host_ip, priority, owner, peer)
+        tunnel = (("metadata", _vpc(ctx.vni)), ("tun_ipv4_src", str(d.host_ip)))
+        match = _address_match(out, "src", d.ip, tunnel)
+        one_way = peer is not None and ctx.one_way(peer)
+        ingress = _CHECK_IN_RECEIVER_ZONE if one_way else _TO_TUNNEL_DELIVER
+        out.add_match(TUNNEL_SRC, priority, match, ingress, owner)  # as ``_source_ok``
 
 
 def _lb_owner(vpc: str, lb: LoadBalancer, peer: PeerView | None) -> str:

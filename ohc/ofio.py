@@ -208,8 +208,8 @@ class WireFlowMod:
     def set_xid(self, xid: int) -> None:
         self.xid = xid
 
-    def serialize(self) -> None:
-        self.buf = wire.flow_mod(self.flow, self.command, self.xid or 0)
+    def serialize(self, memo: wire.Memo | None = None) -> None:
+        self.buf = wire.flow_mod(self.flow, self.command, self.xid or 0, memo)
 
 
 @dataclass(slots=True)
@@ -225,9 +225,9 @@ class WireBundleAdd:
     def set_xid(self, xid: int) -> None:
         self.xid = xid
 
-    def serialize(self) -> None:
+    def serialize(self, memo: wire.Memo | None = None) -> None:
         self.message.set_xid(self.xid or 0)
-        inner = wire.flow_mod(self.message.flow, self.message.command, self.xid or 0)
+        inner = wire.flow_mod(self.message.flow, self.message.command, self.xid or 0, memo)
         self.buf = wire.bundle_add(self.bundle_id, self.flags, inner)
 
 
@@ -570,8 +570,12 @@ def _pack_and_send(
 
 
 def _serialize(msgs: Iterable[Any]) -> None:
+    memo: wire.Memo = {}  # a chunk's FlowMods share most of their fields' encodings
     for m in msgs:
-        m.serialize()
+        if isinstance(m, WireBundleAdd | WireFlowMod):
+            m.serialize(memo)
+        else:
+            m.serialize()
 
 
 def _errors_text(
