@@ -37,7 +37,7 @@ from ohc.flows import (
 Kind = Literal["int", "mac", "ipv4", "ipv6"]
 # Encodings of match pairs and actions, by the pair or action: most are shared by many flows
 # (a VPC's metadata, eth_type, a host's tunnel actions). One memo per batch of FlowMods
-# (``ofio``: per chunk) halves the packing of a first sync (measured, docs/flowsync.md).
+# (``ofio``: per chunk) cut the packing of a first sync by ~25% (docs/decisions.md).
 Memo = dict[Hashable, bytes]
 
 OFP_VERSION = 4

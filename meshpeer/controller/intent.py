@@ -242,6 +242,43 @@ def new_endpoint(
     return ep if bgp is None else set_bgp(intent, ep, bgp)
 
 
+@dataclass(frozen=True)
+class NewEndpoint:
+    """One item of a batch create: ``new_endpoint``'s arguments after the VPC."""
+
+    name: str
+    kind: str
+    ip: Address
+    mac: str | None
+    host: str | None
+    backends: tuple[Backend, ...] = ()
+    bgp: BgpPeer | None = None
+
+
+def new_endpoints(intent: Intent, vpc: str, items: Sequence[NewEndpoint]) -> list[Endpoint]:
+    """A batch of new endpoints, each decided as ``new_endpoint`` decides with the ones before
+    it in place: names, addresses, MACs and BGP addresses are unique across the batch too, and
+    an ILB may list earlier ones as backends. All or nothing: a refusal names the item
+    (``endpoints[3].ip``), and the intent is left as it was either way (the batch is put in
+    place to be checked, then taken out; the caller commits it). O(batch)."""
+    made: list[Endpoint] = []
+    try:
+        for i, it in enumerate(items):
+            try:
+                ep = new_endpoint(
+                    intent, vpc, it.name, it.kind, it.ip, it.mac, it.host, it.backends, it.bgp
+                )
+            except IntentError as exc:
+                field = f"endpoints[{i}]" + (f".{exc.field}" if exc.field else "")
+                raise IntentError(exc.status, field, exc.detail) from None
+            intent.put(ep)
+            made.append(ep)
+    finally:
+        for ep in reversed(made):
+            intent.drop("endpoint", f"{ep.vpc}/{ep.name}")
+    return made
+
+
 LINK_LOCAL = ipaddress.IPv4Network("169.254.0.0/16")
 
 
@@ -268,7 +305,7 @@ def set_bgp(intent: Intent, ep: Endpoint, bgp: BgpPeer | None) -> Endpoint:
     asn = intent.vpcs[ep.vpc].asn
     if bgp.peer_asn == asn:
         raise bad("bgp.peer_asn", f"{asn} is the VPC's own AS number: only eBGP is supported")
-    for other in intent.endpoints.values():
+    for other in intent.bgp_endpoints():  # the few with a session, not every endpoint
         if other.bgp is None or (other.vpc, other.name) == (ep.vpc, ep.name):
             continue
         if other.bgp.peer_ip == bgp.peer_ip:

@@ -84,6 +84,9 @@ ENDPOINT = Obj(
 )
 ENDPOINT_PROGRAMMED = _with(ENDPOINT, "EndpointProgrammed", PROGRAMMED)
 ENDPOINTS = Obj({"endpoints": Arr(ENDPOINT)}, name="EndpointList")
+ENDPOINT_BATCH = Obj(
+    {"endpoints": Arr(ENDPOINT), "version": VERSION, **PROGRAMMED}, name="EndpointBatchCreated"
+)
 
 # An export policy's fields: all optional in a request (controller/api.py), all in an answer.
 EXPORT_FIELDS: Mapping[str, Schema] = {

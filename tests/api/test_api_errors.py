@@ -85,6 +85,7 @@ CODES = {
 }
 
 EP = "/v1/vpcs/blue/endpoints"
+BATCH = "/v1/vpcs/blue/endpoints:batchCreate"
 PEER = "/v1/vpcs/blue/peerings"
 
 
@@ -245,6 +246,54 @@ CASES = [
         field="next_hop",
     ),
     Case("mac-bad", "POST", EP, vm("b9", "10.1.0.9", mac="02:00:00:00:00"), field="mac"),
+    # --- batch create: all or nothing, the refused item named -----------------------------
+    Case("batch-empty", "POST", BATCH, {"endpoints": []}, field="endpoints"),
+    Case(
+        "batch-bad-ip",
+        "POST",
+        BATCH,
+        {"endpoints": [vm("b8", "10.1.0.8"), vm("b9", "10.1.0.300")]},
+        field="endpoints[1].ip",
+    ),
+    Case(
+        "batch-name-twice",
+        "POST",
+        BATCH,
+        {"endpoints": [vm("b8", "10.1.0.8"), vm("b8", "10.1.0.9")]},
+        status=409,
+        field="endpoints[1].name",
+    ),
+    Case(
+        "batch-ip-twice",
+        "POST",
+        BATCH,
+        {"endpoints": [vm("b8", "10.1.0.8"), vm("b9", "10.1.0.8")]},
+        status=409,
+        field="endpoints[1].ip",
+    ),
+    Case(
+        "batch-ip-taken",
+        "POST",
+        BATCH,
+        {"endpoints": [vm("b8", "10.1.0.8"), vm("b9", "10.1.0.5")]},
+        status=409,
+        field="endpoints[1].ip",
+    ),
+    Case(
+        "batch-bgp-v6",
+        "POST",
+        BATCH,
+        {
+            "endpoints": [
+                vm("b8", "10.1.0.8"),
+                {
+                    **vm("gw8", "10.1.0.9", kind="router"),
+                    "bgp": {"peer_asn": 65001, "peer_ip": "fe80::1", "local_ip": "169.254.7.1"},
+                },
+            ]
+        },
+        field="endpoints[1].bgp.peer_ip",
+    ),
     # Issue 17: what no OHC programs was a 201 (ohc/model.py skipped it afterwards).
     Case("mac-broadcast", "POST", EP, vm("b9", "10.1.0.9", mac="ff:ff:ff:ff:ff:ff"), field="mac"),
     Case("mac-multicast", "POST", EP, vm("b9", "10.1.0.9", mac="01:00:5e:00:00:01"), field="mac"),

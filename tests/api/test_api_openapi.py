@@ -35,6 +35,7 @@ EXPECTED = {
     ("DELETE", "/v1/vpcs/{vpc}/subnets/{name}"),
     ("GET", "/v1/vpcs/{vpc}/endpoints"),
     ("POST", "/v1/vpcs/{vpc}/endpoints"),
+    ("POST", "/v1/vpcs/{vpc}/endpoints:batchCreate"),
     ("GET", "/v1/vpcs/{vpc}/endpoints/{name}"),
     ("DELETE", "/v1/vpcs/{vpc}/endpoints/{name}"),
     ("PUT", "/v1/vpcs/{vpc}/endpoints/{name}/bgp"),
@@ -223,6 +224,7 @@ def test_every_request_schema_forbids_additional_properties(doc: dict[str, Any])
         ("POST", "/v1/vpcs"),
         ("POST", "/v1/vpcs/{vpc}/subnets"),
         ("POST", "/v1/vpcs/{vpc}/endpoints"),
+        ("POST", "/v1/vpcs/{vpc}/endpoints:batchCreate"),
         ("PUT", "/v1/vpcs/{vpc}/endpoints/{name}/bgp"),
         ("POST", "/v1/vpcs/{vpc}/peerings"),
         ("PUT", "/v1/vpcs/{vpc}/peerings/{name}"),
@@ -304,6 +306,10 @@ def test_real_answers_of_every_route_match_the_document(
     call("POST", "/v1/vpcs/jade/endpoints", {"name": "r1", "ip": "10.7.0.5", "host": "hv9"})
     call("POST", "/v1/vpcs/jade/endpoints", {"name": "vip", "ip": "10.7.0.6", "kind": "ilb",
                                             "backends": [{"endpoint": "r1"}]})  # fmt: skip
+    call("POST", "/v1/vpcs/jade/endpoints:batchCreate", {"endpoints": [
+        {"name": "b1", "ip": "10.7.0.8", "host": "hv9"},
+        {"name": "b2", "ip": "10.7.0.9", "host": "hv9"},
+    ]})  # fmt: skip
     route = {"name": "r", "prefix": "10.99.0.0/24", "next_hop": "10.7.0.5"}
     call("POST", "/v1/vpcs/jade/endpoints", {"name": "gw", "ip": "10.7.0.7", "kind": "router",
                                             "host": "hv9"})  # fmt: skip
@@ -334,7 +340,7 @@ def test_real_answers_of_every_route_match_the_document(
     call("GET", "/v1/openapi.json", token=None)
     call("DELETE", "/v1/vpcs/jade/peerings/p")
     call("DELETE", "/v1/vpcs/jade/routes/r")
-    for name in ("vip", "r1", "gw"):
+    for name in ("vip", "r1", "gw", "b1", "b2"):
         call("DELETE", f"/v1/vpcs/jade/endpoints/{name}")
     call("DELETE", "/v1/vpcs/jade/subnets/v6")
     call("DELETE", "/v1/vpcs/jade")

@@ -143,3 +143,36 @@ def test_an_active_peering_waits_for_the_hosts_of_both_vpcs(shards: Cluster) -> 
     applied(c2, "hv1", *(f"{s}/red/{policy}/" for s in PEER_SERVICES), grant=grant)
     got = now()
     assert (got["programmed"], got["pending_hosts"]) == (True, []), got
+
+
+def test_a_batch_create_is_one_version_and_pending_on_every_host_it_places(
+    shards: Cluster,
+) -> None:
+    """``endpoints:batchCreate``: every endpoint in one transaction and one version (the
+    destination stream shows them all at it); an ILB may list earlier ones as backends; the
+    answer is pending on each host the batch places endpoints on until it applies them."""
+    c1 = shards["ctl1"]
+    c1.vpc("onyx", "10.65.0.0/16")
+    before = c1.version()
+    stream_before = current(c1, shards.token, "destination", "onyx")
+    vms = [
+        {"name": f"v{n}", "ip": f"10.65.{n // 200}.{n % 200 + 10}", "host": f"hv{n % 2 + 1}"}
+        for n in range(400)
+    ]
+    ilb = {"name": "lb", "ip": "10.65.9.9", "kind": "ilb", "backends": [{"endpoint": "v3"}]}
+    made = c1.post(f"/v1/vpcs/onyx/endpoints:batchCreate?{NOW}", {"endpoints": [*vms, ilb]})
+    assert c1.version() == before + 1  # one transaction
+    assert {e["version"] for e in made["endpoints"]} == {made["version"]}
+    assert [e["name"] for e in made["endpoints"]] == [*(v["name"] for v in vms), "lb"]
+    assert (made["programmed"], made["pending_hosts"]) == (False, ["hv1", "hv2"]), made
+    listed = {e["name"]: e for e in c1.get("/v1/vpcs/onyx/endpoints")["endpoints"]}
+    assert len(listed) == 401 and listed["v399"]["ip"] == "10.65.1.209"
+    assert {e["version"] for e in listed.values()} == {made["version"]}
+    with stream(c1, shards.token, "destination", "onyx") as s:
+        snap = s.next()
+    assert snap["version"] == stream_before + 1  # one delta for the whole batch
+    assert {f"v{n}" for n in range(400)} <= set(snap["objects"])
+    for host in ("hv1", "hv2"):
+        applied(c1, host, f"endpoint/{host}//")
+    got = c1.get(f"/v1/vpcs/onyx/endpoints/v0?{NOW}")
+    assert got["programmed"], got

@@ -151,13 +151,17 @@ class Handlers:
         except IntentError as exc:
             raise ApiError(exc.status, _code(exc.status), exc.field, exc.detail) from exc
 
-    def _programmed(self, ctx: RequestCtx, kind: str, key: str, body: JsonObject) -> JsonObject:
+    def _programmed(
+        self, ctx: RequestCtx, kind: str, key: str | Sequence[str], body: JsonObject
+    ) -> JsonObject:
         """With ?wait=programmed, hold the answer until every host that follows a changed
-        stream reports applying it, or ``timeout`` seconds pass; say which hosts are pending."""
+        stream reports applying it, or ``timeout`` seconds pass; say which hosts are pending.
+        ``key``: one resource, or the resources of one batch."""
+        keys = [key] if isinstance(key, str) else key
         deadline = time.monotonic() + ctx.query.get("timeout", 10)
         while True:
             event = self.applied.event()
-            pending = self.shard.pending_hosts(kind, key)
+            pending = sorted({h for k in keys for h in self.shard.pending_hosts(kind, k)})
             left = deadline - time.monotonic()
             if not pending or ctx.query.get("wait") != "programmed" or left <= 0:
                 return {**body, "programmed": not pending, "pending_hosts": pending}

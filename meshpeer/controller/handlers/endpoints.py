@@ -11,7 +11,7 @@ from meshpeer.controller import responses as out
 from meshpeer.controller.handlers.base import ITEM_P, NAME, VPC_P, WAIT_Q, Handlers
 from meshpeer.controller.model import Backend, BgpPeer
 from meshpeer.controller.shard import Delete
-from meshpeer.rest.errors import bad_request, not_found
+from meshpeer.rest.errors import ApiError, bad_request, not_found
 from meshpeer.rest.router import RequestCtx, Route
 from meshpeer.rest.schema import Arr, Int, Obj, Str
 
@@ -46,6 +46,13 @@ ENDPOINT_IN = Obj(
 )
 
 
+MAX_BATCH = 5000  # endpoints per batch create (about 0.6 MiB of JSON: under the body limit)
+ENDPOINTS_IN = Obj(
+    {"endpoints": Arr(ENDPOINT_IN, min_items=1, max_items=MAX_BATCH)},
+    name="EndpointBatchCreate",
+)
+
+
 class EndpointHandlers(Handlers):
     def list_endpoints(self, ctx: RequestCtx) -> tuple[int, object]:
         vpc = self._vpc(ctx.params["vpc"]).name
@@ -57,24 +64,39 @@ class EndpointHandlers(Handlers):
         }
 
     def create_endpoint(self, ctx: RequestCtx) -> tuple[int, object]:
-        b = ctx.body
-        backends = [Backend(x["endpoint"], x.get("weight", 1)) for x in b.get("backends", [])]
+        it = _new(ctx.body)
         ep = self._intent(
             ops.new_endpoint,
             self.shard.intent,
             ctx.params["vpc"],
-            b["name"],
-            b.get("kind", "vm"),
-            ipaddress.ip_address(b["ip"]),
-            b.get("mac"),
-            b.get("host"),
-            backends,
-            _bgp_peer(b.get("bgp")),
+            it.name,
+            it.kind,
+            it.ip,
+            it.mac,
+            it.host,
+            it.backends,
+            it.bgp,
         )
         self.shard.commit([ep])
         key = f"{ep.vpc}/{ep.name}"
         body = self._with_version("endpoint", key, ep.to_json())
         return 201, self._programmed(ctx, "endpoint", key, body)
+
+    def create_endpoints(self, ctx: RequestCtx) -> tuple[int, object]:
+        """Many endpoints in one transaction and one version (bulk imports)."""
+        vpc = self._vpc(ctx.params["vpc"]).name
+        items = []
+        for i, raw in enumerate(ctx.body["endpoints"]):
+            try:
+                items.append(_new(raw))
+            except ApiError as exc:
+                raise bad_request(f"endpoints[{i}].{exc.field}", exc.detail) from None
+        eps = self._intent(ops.new_endpoints, self.shard.intent, vpc, items)
+        version = self.shard.commit(eps)
+        keys = [f"{vpc}/{ep.name}" for ep in eps]
+        views = [{**ep.to_json(), "version": version} for ep in eps]
+        body = {"endpoints": views, "version": version}
+        return 201, self._programmed(ctx, "endpoint", keys, body)
 
     def get_endpoint(self, ctx: RequestCtx) -> tuple[int, object]:
         vpc = self._vpc(ctx.params["vpc"]).name
@@ -132,6 +154,17 @@ class EndpointHandlers(Handlers):
                 summary="Create an endpoint",
             ),
             Route(
+                "POST",
+                "/v1/vpcs/{vpc}/endpoints:batchCreate",
+                self.create_endpoints,
+                response=out.ENDPOINT_BATCH,
+                query=WAIT_Q,
+                body=ENDPOINTS_IN,
+                params=VPC_P,
+                status=201,
+                summary=f"Create up to {MAX_BATCH} endpoints at once: all or none, one version",
+            ),
+            Route(
                 "GET",
                 "/v1/vpcs/{vpc}/endpoints/{name}",
                 self.get_endpoint,
@@ -167,6 +200,19 @@ class EndpointHandlers(Handlers):
                 summary="Delete an endpoint",
             ),
         ]
+
+
+def _new(b: Mapping[str, Any]) -> ops.NewEndpoint:
+    """An endpoint-create body (the schema checked its types) as a batch item."""
+    return ops.NewEndpoint(
+        b["name"],
+        b.get("kind", "vm"),
+        ipaddress.ip_address(b["ip"]),
+        b.get("mac"),
+        b.get("host"),
+        tuple(Backend(x["endpoint"], x.get("weight", 1)) for x in b.get("backends", [])),
+        _bgp_peer(b.get("bgp")),
+    )
 
 
 def _bgp_peer(raw: Mapping[str, Any] | None) -> BgpPeer | None:

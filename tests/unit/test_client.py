@@ -1,0 +1,118 @@
+"""meshpeer.client keeps one connection per thread, and survives the server closing it.
+
+A real HTTP/1.1 server on loopback (stdlib), counting the connections it accepted."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from meshpeer.client import Client
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive unless told otherwise
+    server: _Server
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        self.server.seen.append((self.command, self.path, body))
+        data = json.dumps({"n": len(self.server.seen)}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        if self.server.close_after_each:
+            self.close_connection = True  # closes without saying so (no Connection: close)
+
+    do_GET = do_POST = do_DELETE = _answer
+
+    def log_message(self, *args: Any) -> None:
+        return
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.accepted = 0
+        self.seen: list[tuple[str, str, bytes]] = []
+        self.close_after_each = False
+        self.closed = threading.Semaphore(0)  # released once per connection closed
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        self.accepted += 1
+        return super().get_request()
+
+    def shutdown_request(self, request: Any) -> None:
+        super().shutdown_request(request)
+        self.closed.release()
+
+
+@pytest.fixture
+def server() -> Iterator[_Server]:
+    srv = _Server()
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        t.join(timeout=10)
+
+
+def _client(srv: _Server) -> Client:
+    return Client(f"http://127.0.0.1:{srv.server_address[1]}", "t0ken", timeout=10)
+
+
+def test_requests_of_one_thread_share_one_connection(server: _Server) -> None:
+    c = _client(server)
+    for i in range(5):
+        assert c.post("/v1/x", {"i": i}) == {"n": i + 1}
+    assert c.get("/v1/x") == {"n": 6}
+    assert server.accepted == 1
+    assert [json.loads(b) for _, _, b in server.seen[:5]] == [{"i": i} for i in range(5)]
+    c.close()
+
+
+def test_each_thread_has_its_own_connection(server: _Server) -> None:
+    c = _client(server)
+    done = []
+
+    def work() -> None:
+        for _ in range(3):
+            c.get("/v1/x")
+        done.append(1)
+        c.close()
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(done) == 3
+    assert server.accepted == 3
+    assert len(server.seen) == 9
+
+
+def test_a_connection_the_server_closed_is_replaced_before_a_post(server: _Server) -> None:
+    """The server closes each connection after one answer without saying so (as a shard
+    closes idle ones): the next request, a POST too, gets through once on a new connection."""
+    server.close_after_each = True
+    c = _client(server)
+    for i in range(4):
+        c.post("/v1/x", {"i": i})
+        assert server.closed.acquire(timeout=30)  # it is closed before the next request
+    assert [json.loads(b)["i"] for _, _, b in server.seen] == [0, 1, 2, 3]
+    assert server.accepted == 4
+    c.close()
