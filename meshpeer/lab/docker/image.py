@@ -15,7 +15,6 @@ import hashlib
 import io
 import os
 import shutil
-import tempfile
 import time
 from typing import Any
 
@@ -101,10 +100,10 @@ def ensure(client: Any) -> str:
 def _build_base(client: Any) -> None:
     if shutil.which("debootstrap") is None:
         raise LabError("the docker backend needs debootstrap (run scripts/bootstrap)")
-    os.makedirs(SCRATCH, exist_ok=True)
-    work = tempfile.mkdtemp(dir=SCRATCH)
+    shutil.rmtree(SCRATCH, ignore_errors=True)  # what a build that was killed left
+    os.makedirs(SCRATCH)
     try:
-        rootfs, tarball = f"{work}/rootfs", f"{work}/rootfs.tar"
+        rootfs, tarball = f"{SCRATCH}/rootfs", f"{SCRATCH}/rootfs.tar"
         run(
             ["debootstrap", "--variant=minbase", SUITE, rootfs, MIRROR],
             timeout=600,
@@ -113,7 +112,7 @@ def _build_base(client: Any) -> None:
         repo, _, version = base_tag().partition(":")
         client.api.import_image_from_file(tarball, repository=repo, tag=version)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(SCRATCH, ignore_errors=True)
 
 
 def _remove_stale(client: Any) -> None:
