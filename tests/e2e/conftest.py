@@ -3,7 +3,9 @@
 Each module in ``BOTH_BACKENDS`` is parametrized by ``lab_backend`` (ids ``netns`` and
 ``docker``; ``pytest -k docker`` picks the docker runs), module-scoped so that each backend
 brings its lab up once per module. The labs are started through the CLI, which reads the
-backend from ``MESHPEER_LAB_BACKEND``; the other modules run on the default (netns) only.
+backend from ``MESHPEER_LAB_BACKEND``; the other modules run once, on that variable's backend
+(netns when unset: ``MESHPEER_LAB_BACKEND=docker pytest tests/e2e/test_x.py`` runs any of them
+on docker).
 """
 
 from __future__ import annotations
@@ -39,12 +41,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture(scope="module", autouse=True)
 def lab_backend(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The backend of every lab the module brings up (before its module-scoped lab)."""
-    backend = getattr(request, "param", NETNS)
+    """The backend of every lab the module brings up (set before its module-scoped lab). A
+    module run once keeps ``$MESHPEER_LAB_BACKEND`` as it is (netns when unset)."""
+    if not hasattr(request, "param"):
+        yield os.environ.get("MESHPEER_LAB_BACKEND", NETNS)
+        return
     before = os.environ.get("MESHPEER_LAB_BACKEND")
-    os.environ["MESHPEER_LAB_BACKEND"] = backend
+    os.environ["MESHPEER_LAB_BACKEND"] = request.param
     try:
-        yield backend
+        yield request.param
     finally:
         if before is None:
             os.environ.pop("MESHPEER_LAB_BACKEND", None)

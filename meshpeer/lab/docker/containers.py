@@ -54,6 +54,9 @@ def create(plan: LabPlan) -> str:
     with daemon.locked():
         client = daemon.ensure()
         built = image.ensure(client)
+        # left by an engine that died with the lab up (its 'down' could not reach them)
+        for stale in client.containers.list(all=True, filters={"label": f"{LABEL}={plan.lab}"}):
+            stale.remove(force=True, v=True)
         record: dict[str, Any] = {}
 
         def run_one(h: HostPlan) -> None:
