@@ -203,6 +203,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         ok = "running" if h["ovs_running"] else "DOWN"
         print(f"  host {h['name']:<8} netns {h['netns']:<12} mgmt {h['mgmt_ip']:<16} "
               f"underlay {h['underlay_ip']:<16} ovs {ok}")  # fmt: skip
+        if h["container"]:
+            print(f"       container {h['container']}")
         if st["controllers"]:
             print(f"       health   {ohc_status.one_line(h['status_report'], time.time())}")
     sup = st["supervisor"]["pid"]

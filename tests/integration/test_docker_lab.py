@@ -124,3 +124,25 @@ def test_failed_up_leaves_nothing(where: str, monkeypatch: pytest.MonkeyPatch) -
     finally:
         lab_cli(name, "down")
         shutil.rmtree(state.logs_dir(name), ignore_errors=True)
+
+
+def test_two_docker_labs_share_the_engine_until_the_last_goes_down() -> None:
+    a, b = new_lab_name(), new_lab_name()
+    try:
+        lab_cli(a, "up", PLUMBING)
+        lab_cli(b, "up", PLUMBING)
+        engine = daemon.own_pid()
+        assert engine is not None
+        lab_cli(a, "down")
+        assert daemon.own_pid() == engine, "one lab's down stopped the engine under the other"
+        st = json.loads(lab_cli(b, "status", "--json").stdout)
+        assert all(h["ovs_running"] for h in st["hosts"]), st["hosts"]
+        assert lab_cli(b, "exec", "hv3", "--", "hostname").stdout.strip() == "hv3"
+        assert "container meshpeer-" in lab_cli(b, "status").stdout
+    finally:
+        lab_cli(a, "down")
+        lab_cli(b, "down")
+    assert leftovers(a) == [] and leftovers(b) == []
+    assert docker_leftovers(a) == [] and docker_leftovers(b) == []
+    for name in (a, b):
+        shutil.rmtree(state.logs_dir(name), ignore_errors=True)

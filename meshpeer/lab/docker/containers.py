@@ -54,7 +54,7 @@ def create(plan: LabPlan) -> str:
     with daemon.locked():
         client = daemon.ensure()
         built = image.ensure(client)
-        # left by an engine that died with the lab up (its 'down' could not reach them)
+        # left by this lab's last run in an engine that kept running (the system's)
         for stale in client.containers.list(all=True, filters={"label": f"{LABEL}={plan.lab}"}):
             stale.remove(force=True, v=True)
         record: dict[str, Any] = {}

@@ -108,6 +108,11 @@ def ensure() -> Any:
     while time.monotonic() < deadline:
         client = _client(SOCKET)
         if client is not None:
+            # Nothing runs in an engine that was not running: containers it still holds were
+            # left when it died with labs up (their 'down' could not reach it). Its data-root
+            # is the lab's own, so they are all the lab's.
+            for stale in client.containers.list(all=True):
+                stale.remove(force=True, v=True)
             return client
         if proc.poll() is not None:
             break
