@@ -34,7 +34,8 @@ def host_cmd(plan: LabPlan, host: HostPlan, cmd: list[str]) -> list[str]:
 
 def create(plan: LabPlan) -> str:
     """Create the containers of a docker lab, their network namespaces named as the netns lab
-    names a host's (nothing for a netns lab). Returns what it did, for the progress line."""
+    names a host's ('up' calls it for a docker lab only). Returns what it did, for the progress
+    line."""
     from meshpeer.lab.docker import containers
 
     return containers.create(plan)
