@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from meshpeer.lab import controllers, ohcs, onprem, ovs, state, supervisor, teardown
-from meshpeer.lab.plan import HostPlan, LabPlan, VmPlan, make_plan
+from meshpeer.lab import controllers, hosts, ohcs, onprem, ovs, state, supervisor, teardown
+from meshpeer.lab.plan import DOCKER, NETNS, HostPlan, LabPlan, VmPlan, make_plan
 from meshpeer.lab.sh import ip_batch, run
 from meshpeer.lab.topology import Topology
 
@@ -38,11 +38,13 @@ def fresh(
     progress: Progress = print,
     keep_failed: bool = False,
     tls: bool = True,
+    backend: str = NETNS,
 ) -> tuple[LabPlan, float]:
     """Replace lab ``lab`` with a new one built from ``topo``; clean up if building fails.
-    ``tls``: shards serve HTTPS with certificates from a CA made for this lab."""
+    ``tls``: shards serve HTTPS with certificates from a CA made for this lab. ``backend``:
+    the hosts are namespaces (NETNS) or containers (DOCKER)."""
     teardown.down(lab)
-    plan = make_plan(topo, lab, state.free_index(lab), controllers.new_secrets(), tls)
+    plan = make_plan(topo, lab, state.free_index(lab), controllers.new_secrets(), tls, backend)
     try:
         return plan, up(plan, topo, progress)
     except BaseException:
@@ -62,6 +64,8 @@ def up(plan: LabPlan, topo: Topology, progress: Progress = print) -> float:
         detail = fn()
         progress(f"[lab {plan.lab}] {name:<10} {detail} ({time.monotonic() - t0:.2f}s)")
 
+    if plan.backend == DOCKER:
+        stage("containers", lambda: hosts.create(plan))
     stage("netns", lambda: _namespaces(plan))
     stage("links", lambda: _links(plan))
     stage("addresses", lambda: _addresses(plan))
@@ -86,7 +90,7 @@ def _programmed(plan: LabPlan, since: float) -> str:
 
 
 def _namespaces(plan: LabPlan) -> str:
-    names = plan.all_netns()
+    names = hosts.namespaces_to_add(plan)
     ip_batch([f"netns add {n}" for n in names])
     return f"{len(names)} namespaces"
 

@@ -12,10 +12,20 @@ from typing import Any
 import yaml
 
 from meshpeer import __version__
-from meshpeer.lab import attach, build, controllers, onprem, ovs, state, supervisor, teardown
+from meshpeer.lab import (
+    attach,
+    build,
+    controllers,
+    hosts,
+    onprem,
+    ovs,
+    state,
+    supervisor,
+    teardown,
+)
 from meshpeer.lab.matrix import matrix, render
-from meshpeer.lab.plan import LAB_NAME_RULE, LabPlan, valid_lab_name
-from meshpeer.lab.sh import LabError
+from meshpeer.lab.plan import BACKENDS, LAB_NAME_RULE, NETNS, LabPlan, valid_lab_name
+from meshpeer.lab.sh import LabError, netns_cmd
 from meshpeer.lab.topology import Topology, TopologyError, parse
 from ohc import status as ohc_status
 
@@ -40,6 +50,17 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_backend_option(p: argparse.ArgumentParser) -> None:
+    """``--backend``, shared by 'lab up' and scripts/demo (docs/lab.md)."""
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=os.environ.get("MESHPEER_LAB_BACKEND", NETNS),
+        help="where the hosts live: network namespaces or Docker containers "
+        "(default: $MESHPEER_LAB_BACKEND or netns)",
+    )
+
+
 def load_topology(path: str) -> Topology:
     try:
         with open(path, encoding="utf-8") as f:
@@ -54,10 +75,10 @@ def load_topology(path: str) -> Topology:
 def cmd_up(args: argparse.Namespace) -> int:
     topo = load_topology(args.topology)  # validate before touching anything
     plan, elapsed = build.fresh(
-        topo, args.lab, keep_failed=args.keep_failed, tls=not args.plain_http
+        topo, args.lab, keep_failed=args.keep_failed, tls=not args.plain_http, backend=args.backend
     )
-    print(f"[lab {args.lab}] up in {elapsed:.2f}s: {len(plan.hosts)} hosts, {len(plan.vms)} VMs, "
-          f"{len(plan.controllers)} controllers")  # fmt: skip
+    print(f"[lab {args.lab}] up in {elapsed:.2f}s: {len(plan.hosts)} hosts ({plan.backend}), "
+          f"{len(plan.vms)} VMs, {len(plan.controllers)} controllers")  # fmt: skip
     return 0
 
 
@@ -73,6 +94,7 @@ def status(plan: LabPlan) -> dict[str, Any]:
     return {
         "lab": plan.lab,
         "phase": raw.get("phase", "unknown"),
+        "backend": plan.backend,
         "state_dir": plan.state_dir,
         "mgmt": {"subnet": plan.mgmt_subnet, "root_ip": plan.root_mgmt_ip},
         "underlay": {"subnet": plan.underlay_subnet, "fabric_netns": plan.fabric_netns},
@@ -96,6 +118,8 @@ def status(plan: LabPlan) -> dict[str, Any]:
             {
                 "name": h.name,
                 "netns": h.netns,
+                # docker labs: the host's container (its network namespace is ``netns``)
+                "container": hosts.container_name(plan, h),
                 "mgmt_ip": h.mgmt_ip,
                 "underlay_ip": h.underlay_ip,
                 "underlay_mac": h.underlay_mac,
@@ -170,7 +194,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(st, indent=2))
         return 0
-    print(f"lab {st['lab']} ({st['phase']}), management {st['mgmt']['subnet']}, "
+    print(f"lab {st['lab']} ({st['phase']}, {st['backend']}), management {st['mgmt']['subnet']}, "
           f"underlay {st['underlay']['subnet']}")  # fmt: skip
     for c in st["controllers"]:
         ok = "running" if c["running"] else "DOWN"
@@ -179,6 +203,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         ok = "running" if h["ovs_running"] else "DOWN"
         print(f"  host {h['name']:<8} netns {h['netns']:<12} mgmt {h['mgmt_ip']:<16} "
               f"underlay {h['underlay_ip']:<16} ovs {ok}")  # fmt: skip
+        if h["container"]:
+            print(f"       container {h['container']}")
         if st["controllers"]:
             print(f"       health   {ohc_status.one_line(h['status_report'], time.time())}")
     sup = st["supervisor"]["pid"]
@@ -208,14 +234,18 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if not cmd:
         raise LabError("exec needs a command after --")
     env = dict(os.environ)
-    if any(h.name == args.name for h in plan.hosts):
-        host = plan.host(args.name)
-        env.update(ovs.env(host))  # so plain ovs-vsctl/ovs-ofctl work there
-        cmd = ovs.appctl_targeted(host, cmd)
     router = plan.router(args.name) or next((r for r in plan.onprem if r.attach == args.name), None)
     if router is not None:  # plain birdc talks to this router's BIRD
         cmd = onprem.birdc_targeted(router, cmd)
-    os.execvpe("ip", ["ip", "netns", "exec", ns, *cmd], env)
+    if any(h.name == args.name for h in plan.hosts):
+        host = plan.host(args.name)
+        env.update(ovs.env(host))  # so plain ovs-vsctl/ovs-ofctl work there
+        full = hosts.host_cmd(
+            plan, host, ovs.appctl_targeted(host, cmd)
+        )  # docker: in its container
+    else:
+        full = netns_cmd(ns, cmd)
+    os.execvpe(full[0], full, env)
     return 127  # not reached
 
 
@@ -243,19 +273,22 @@ def cmd_down(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     done = teardown.down(args.lab)
     print(f"[lab {args.lab}] down in {time.monotonic() - t0:.2f}s: "
-          f"{done['namespaces']} namespaces removed")  # fmt: skip
+          f"{done['namespaces']} namespaces, {done['containers']} containers removed")  # fmt: skip
     if done["logs"]:
         print(f"[lab {args.lab}] {done['logs']} logs kept in {state.logs_dir(args.lab)}/")
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lab", description="meshpeer lab: OVS hosts in namespaces")
+    p = argparse.ArgumentParser(
+        prog="lab", description="meshpeer lab: OVS hosts in namespaces or containers"
+    )
     add_common_options(p)
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="validate a topology and build the lab (runs 'down' first)")
     up.add_argument("topology")
     up.add_argument("--keep-failed", action="store_true", help="leave a failed lab for debugging")
+    add_backend_option(up)
     up.add_argument(
         "--plain-http",
         action="store_true",

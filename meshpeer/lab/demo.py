@@ -202,10 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_common_options(p)
     p.add_argument("--keep", action="store_true", help="leave the lab running afterwards")
     p.add_argument("--plain-http", action="store_true", help="shards serve plain HTTP (no TLS)")
+    cli.add_backend_option(p)
     args = p.parse_args(argv)
     topo = cli.load_topology(args.topology)
-    print(f"[demo 0] lab up {args.topology}")
-    plan, elapsed = build.fresh(topo, args.lab, tls=not args.plain_http)
+    print(f"[demo 0] lab up {args.topology} ({args.backend})")
+    plan, elapsed = build.fresh(topo, args.lab, tls=not args.plain_http, backend=args.backend)
     demo = Demo(plan, topo)
     try:
         demo.check(

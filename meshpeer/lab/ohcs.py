@@ -14,10 +14,10 @@ from typing import Any
 
 from meshpeer import options
 from meshpeer.controller.config import host_credential
-from meshpeer.lab import ovs, supervisor
+from meshpeer.lab import hosts, ovs, supervisor
 from meshpeer.lab.plan import OF_LISTEN_PORT, HostPlan, LabPlan
 from meshpeer.lab.procs import ROOT, alive, manager_cmd, read_pidfile, write_secret
-from meshpeer.lab.sh import LabError, netns_cmd
+from meshpeer.lab.sh import LabError
 from meshpeer.lab.supervision import Spec
 
 OHC_APP = "ohc.app"
@@ -55,7 +55,7 @@ def start(plan: LabPlan, h: HostPlan) -> int:
         "--ofp-tcp-listen-port", str(OF_LISTEN_PORT + 1),
     ]  # fmt: skip
     log = f"{h.rundir}/ohc.log"
-    spec = Spec(h.name, KIND, tuple(manager_cmd(netns_cmd(h.netns, cmd), log)), log, cwd=ROOT)
+    spec = Spec(h.name, KIND, tuple(manager_cmd(hosts.host_cmd(plan, h, cmd), log)), log, cwd=ROOT)
     return supervisor.supervise(plan, spec)
 
 

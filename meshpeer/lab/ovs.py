@@ -14,10 +14,10 @@ import os
 import socket
 import time
 
-from meshpeer.lab import supervisor
+from meshpeer.lab import hosts, supervisor
 from meshpeer.lab.plan import GENEVE_OFPORT, HostPlan, LabPlan, VmPlan
 from meshpeer.lab.procs import alive, read_pidfile
-from meshpeer.lab.sh import LabError, netns_cmd, run
+from meshpeer.lab.sh import LabError, run
 from meshpeer.lab.supervision import Spec
 
 SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
@@ -115,7 +115,7 @@ def bridge_layout(host: HostPlan, vms: list[VmPlan]) -> list[str]:
 DAEMON_ARGS = ["--no-chdir", "-vconsole:off", "-vfile:info"]  # in the foreground: supervised
 
 
-def daemon_spec(host: HostPlan, daemon: str, args: list[str]) -> Spec:
+def daemon_spec(plan: LabPlan, host: HostPlan, daemon: str, args: list[str]) -> Spec:
     """One OVS daemon of ``host`` as the lab's supervisor runs it (and runs it again)."""
     d = host.rundir
     cmd = [
@@ -125,19 +125,19 @@ def daemon_spec(host: HostPlan, daemon: str, args: list[str]) -> Spec:
     return Spec(
         name=host.name,
         kind=daemon,
-        cmd=tuple(netns_cmd(host.netns, cmd)),
+        cmd=tuple(hosts.host_cmd(plan, host, cmd)),
         output=f"{d}/{daemon}.log",
         env=tuple(sorted(env(host).items())),
     )
 
 
-def ovsdb_spec(host: HostPlan) -> Spec:
+def ovsdb_spec(plan: LabPlan, host: HostPlan) -> Spec:
     d = host.rundir
-    return daemon_spec(host, "ovsdb-server", [f"{d}/conf.db", f"--remote=punix:{d}/db.sock"])
+    return daemon_spec(plan, host, "ovsdb-server", [f"{d}/conf.db", f"--remote=punix:{d}/db.sock"])
 
 
-def vswitchd_spec(host: HostPlan) -> Spec:
-    return daemon_spec(host, "ovs-vswitchd", [db(host), "--disable-system"])
+def vswitchd_spec(plan: LabPlan, host: HostPlan) -> Spec:
+    return daemon_spec(plan, host, "ovs-vswitchd", [db(host), "--disable-system"])
 
 
 def start(plan: LabPlan, host: HostPlan) -> None:
@@ -145,7 +145,7 @@ def start(plan: LabPlan, host: HostPlan) -> None:
     d = host.rundir
     os.makedirs(d, exist_ok=True)
     run(["ovsdb-tool", "create", f"{d}/conf.db", SCHEMA], env=env(host))
-    supervisor.supervise(plan, ovsdb_spec(host))
+    supervisor.supervise(plan, ovsdb_spec(plan, host))
     wait_socket(f"{d}/db.sock")
     vms = plan.vms_on(host.name)
     run(["ovs-vsctl", f"--db={db(host)}", "--no-wait", *bridge_layout(host, vms)], env=env(host))
@@ -155,7 +155,7 @@ def start(plan: LabPlan, host: HostPlan) -> None:
 
 def start_vswitchd(plan: LabPlan, host: HostPlan) -> int:
     """A cold start (or start again after ``stop_vswitchd``): no flows until its OHC syncs."""
-    return supervisor.supervise(plan, vswitchd_spec(host))
+    return supervisor.supervise(plan, vswitchd_spec(plan, host))
 
 
 def stop_vswitchd(plan: LabPlan, host: HostPlan) -> None:

@@ -31,6 +31,9 @@ VNI_BLOCK = 10000
 BGP_LINKS = ipaddress.ip_network("169.254.250.0/24")
 MAX_ONPREM = BGP_LINKS.num_addresses // 4
 DEFAULT_ASN = 64512  # a VPC's AS number when the topology gives none (as the controller)
+# Where a lab host lives: its own network namespace, or a container (docs/lab.md).
+NETNS, DOCKER = "netns", "docker"
+BACKENDS = (NETNS, DOCKER)
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,7 @@ class LabPlan:
     host_key: str = ""  # hex HMAC key host credentials are derived from (shards only)
     readonly_token: str = ""  # operator read-only token
     tls: bool = True  # shards serve HTTPS with certificates from the lab's CA ('--plain-http')
+    backend: str = NETNS  # NETNS or DOCKER: where the hosts live ('lab up --backend')
 
     @property
     def prefix(self) -> str:
@@ -264,12 +268,21 @@ def valid_lab_name(lab: str) -> bool:
 
 
 def make_plan(
-    topo: Topology, lab: str, index: int, secrets: Secrets | None = None, tls: bool = True
+    topo: Topology,
+    lab: str,
+    index: int,
+    secrets: Secrets | None = None,
+    tls: bool = True,
+    backend: str = NETNS,
 ) -> LabPlan:
     """``secrets`` come from the caller (random in the CLI): planning stays deterministic.
-    ``tls``: the shards serve HTTPS (False: plain HTTP, ``lab up --plain-http``)."""
+    ``tls``: the shards serve HTTPS (False: plain HTTP, ``lab up --plain-http``).
+    ``backend``: the hosts are namespaces (NETNS) or containers (DOCKER); nothing else of
+    the plan depends on it."""
     if not valid_lab_name(lab):
         raise ValueError(f"bad lab name {lab!r}: {LAB_NAME_RULE}")
+    if backend not in BACKENDS:
+        raise ValueError(f"bad lab backend {backend!r}: one of {', '.join(BACKENDS)}")
     if not 1 <= index <= MAX_LAB_INDEX:
         raise ValueError(f"lab index {index} out of range 1..{MAX_LAB_INDEX}")
     if len(topo.hosts) > 200 or len(topo.controllers) > 40:
@@ -352,6 +365,7 @@ def make_plan(
         host_key=secrets.host_key if secrets else "",
         readonly_token=secrets.readonly_token if secrets else "",
         tls=tls,
+        backend=backend,
     )
 
 

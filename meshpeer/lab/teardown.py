@@ -6,7 +6,7 @@ import glob
 import os
 import shutil
 
-from meshpeer.lab import state, supervisor
+from meshpeer.lab import hosts, state, supervisor
 from meshpeer.lab.procs import alive, read_pidfile, terminate
 from meshpeer.lab.sh import LabError, ip_batch, run
 
@@ -37,6 +37,8 @@ def down(lab: str) -> dict[str, int]:
     stuck = supervisor.stop_daemon(state.state_dir(lab))
     if stuck:
         raise LabError(f"the lab's supervisor would not exit: {stuck}")
+    raw = state.load_raw(lab) or {}
+    containers = hosts.remove(lab, raw.get("plan", {}).get("backend"))
     namespaces = lab_netns(lab)
     stuck = terminate(lab_pids(lab, namespaces))
     if stuck:
@@ -47,7 +49,7 @@ def down(lab: str) -> dict[str, int]:
         run(["ip", "link", "del", root_if])
     logs = keep_logs(lab)
     shutil.rmtree(state.state_dir(lab), ignore_errors=True)
-    return {"namespaces": len(namespaces), "logs": logs}
+    return {"namespaces": len(namespaces), "containers": containers, "logs": logs}
 
 
 def keep_logs(lab: str) -> int:

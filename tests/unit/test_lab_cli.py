@@ -78,7 +78,9 @@ def test_up_takes_plain_http_as_an_explicit_choice(
 ) -> None:
     seen: list[bool] = []
 
-    def fresh(topo: object, lab: str, keep_failed: bool = False, tls: bool = True) -> object:
+    def fresh(
+        topo: object, lab: str, keep_failed: bool = False, tls: bool = True, **_: object
+    ) -> object:
         seen.append(tls)
         raise cli.LabError("stop here")
 
@@ -87,3 +89,27 @@ def test_up_takes_plain_http_as_an_explicit_choice(
     assert cli.main(["--lab", "tz", "up", str(good)]) == 1
     assert cli.main(["--lab", "tz", "up", "--plain-http", str(good)]) == 1
     assert seen == [True, False]
+
+
+def test_up_takes_the_backend_from_its_option_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: list[str] = []
+
+    def fresh(topo: object, lab: str, backend: str = "netns", **_: object) -> object:
+        seen.append(backend)
+        raise cli.LabError("stop here")
+
+    monkeypatch.setattr(cli.build, "fresh", fresh)
+    good = str(pathlib.Path(__file__).resolve().parents[2] / "topologies" / "demo.yaml")
+    monkeypatch.delenv("MESHPEER_LAB_BACKEND", raising=False)
+    assert cli.main(["--lab", "tz", "up", good]) == 1
+    assert cli.main(["--lab", "tz", "up", "--backend", "docker", good]) == 1
+    monkeypatch.setenv("MESHPEER_LAB_BACKEND", "docker")
+    assert cli.main(["--lab", "tz", "up", good]) == 1
+    assert cli.main(["--lab", "tz", "up", "--backend", "netns", good]) == 1
+    assert seen == ["netns", "docker", "docker", "netns"]
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--lab", "tz", "up", "--backend", "vbox", good])
+    assert exc.value.code == 2
+    assert "invalid choice: 'vbox'" in capsys.readouterr().err
