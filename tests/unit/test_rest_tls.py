@@ -3,6 +3,7 @@ the header timeout, idle TLS connections still evicted (docs/security.md, "Trans
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from eventlet.green import socket as green_socket
 from meshpeer import pki, tls
 from meshpeer.rest import server
 from meshpeer.rest.admission import Limits
+from tests.support.wait import wait_for
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -185,5 +187,45 @@ def test_a_changed_certificate_serves_new_connections_and_open_ones_go_on(
         os.replace(stray.cert_file, live.cert_file)
         assert cert.reload() is True
         assert _answer(_secure(port, new_ca.cert_file)).endswith(b"hello")
+    finally:
+        thread.kill()
+
+
+def test_a_client_gone_from_a_tls_stream_is_no_failure(
+    https_stream: int, certs: dict[str, pki.KeyPair], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A host that goes away from its stream without a TLS close (a restart, a crash) used
+    to be logged as a failed connection with a traceback (``SSLEOFError`` in the server's
+    last flush), once per stream: it is an ordinary end of a connection."""
+    caplog.set_level(logging.DEBUG, logger=server.__name__)
+    sock = _secure(https_stream, certs["ca"].cert_file)
+    me = str(sock.getsockname())  # the server logs the client's address
+
+    def said(what: str) -> bool:
+        return any(me in r.getMessage() and what in r.getMessage() for r in caplog.records)
+
+    sock.sendall(REQUEST)
+    assert sock.recv(4096)  # the stream's headers or first chunk
+    sock.close()  # no close_notify
+    wait_for(lambda: said("went away"), 30.0, sleep=eventlet.sleep, what="the end")
+    assert not said("failed"), caplog.text
+
+
+@pytest.fixture
+def https_stream(certs: dict[str, pki.KeyPair]) -> Iterator[int]:
+    """An HTTPS server whose one answer is an endless stream of chunks."""
+
+    def endless(env: Any, start: Any) -> Iterator[bytes]:
+        start("200 OK", [("Content-Type", "application/x-ndjson")])
+        while True:
+            yield b"{}\n"
+            eventlet.sleep(0.01)
+
+    pair = certs["server"]
+    listener = eventlet.listen(("127.0.0.1", 0))
+    context = tls.server_context(pair.cert_file, pair.key_file)
+    thread = server.serve_on(listener, endless, tls=context)
+    try:
+        yield listener.getsockname()[1]
     finally:
         thread.kill()
