@@ -15,6 +15,10 @@ runs simulated hosts in eventlet subprocesses (benchmarks/sim/simulator.py: a re
     .venv/bin/python benchmarks/scale_sim.py --hosts 50 --vpcs 10 --endpoints 1000
     .venv/bin/python benchmarks/scale_sim.py --preset medium --json
 
+Everything runs over TLS as in the lab (a CA made for the run, a certificate per shard, each
+shard on its own loopback address, which its clients verify; ``--plain-http``: plain HTTP),
+and each simulated host presents its own host credential, as an OHC does.
+
 Results are merged into benchmarks/results/scale_sim.json under a label (hosts/vpcs/endpoints).
 Numbers only: nothing here asserts a time. See docs/benchmarks_scale.md.
 """
@@ -41,10 +45,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from meshpeer import tls
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sim import refresh_cost
-from sim.cluster import ROOT, Cluster
+from sim.cluster import ROOT, Cluster, Ctl
 from sim.scenario import Ep, Scenario, Sizes, build
 
 PRESETS = {
@@ -192,10 +198,14 @@ def multiplexer(cluster: Cluster) -> dict[str, Any]:
 # --- full state -----------------------------------------------------------------------------
 
 
-def snapshot_size(url: str, token: str, service: str, key: str) -> tuple[int, int]:
+def snapshot_size(ctl: Ctl, token: str, service: str, key: str) -> tuple[int, int]:
     """(bytes, objects) of a stream's first message: the snapshot a new subscriber gets."""
-    u = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port or 80, timeout=60)
+    conn: http.client.HTTPConnection
+    if ctl.tls:
+        context = tls.client_context(ctl.ca_file)
+        conn = http.client.HTTPSConnection(ctl.address, ctl.port, timeout=60, context=context)
+    else:
+        conn = http.client.HTTPConnection(ctl.address, ctl.port, timeout=60)
     try:
         q = urllib.parse.urlencode({"service": service, "key": key})
         conn.request("GET", f"/v1/subscribe?{q}", headers={"Authorization": f"Bearer {token}"})
@@ -212,9 +222,9 @@ def full_state(cluster: Cluster) -> dict[str, Any]:
     sc = cluster.scenario
     nbytes = objects = 0
     for v in sc.vpcs:
-        url = cluster.ctls[sc.shard_of[v]].url
+        ctl = cluster.ctls[sc.shard_of[v]]
         for service in ("destination", "forwarding", "loadbalancer"):
-            b, o = snapshot_size(url, cluster.token, service, v)
+            b, o = snapshot_size(ctl, cluster.token, service, v)
             nbytes += b
             objects += o
     return {"bytes": nbytes, "objects": objects}
@@ -246,7 +256,8 @@ class Sims:
                     {
                         "hosts": hosts,
                         "directory_file": str(cluster.directory_file),
-                        "api_token": cluster.token,
+                        "credentials": {h: cluster.host_token(h) for h in hosts},
+                        "ca_file": cluster.ca_file,
                         "heartbeat_timeout": heartbeat_timeout,
                         "max_connecting": max_connecting,
                     }
@@ -432,7 +443,9 @@ def run(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any]:
     log(f"{label}: {streams} streams expected over {procs} simulator process(es), load={load}")
     workdir = Path(tempfile.mkdtemp(prefix="scale_sim-"))
     result["workdir"] = str(workdir)
-    cluster = Cluster(workdir, sc, args.wsgi_max, heartbeat=args.heartbeat)
+    cluster = Cluster(workdir, sc, args.wsgi_max, heartbeat=args.heartbeat, tls=not args.plain_http)
+    result["tls"] = cluster.tls
+    result["host_credentials"] = "each host its own"
     cluster.write()
     if args.inproc_only or not args.no_inproc:
         log("in-process per-write cost (ShardState.commit with cProfile)")
@@ -621,6 +634,7 @@ def main() -> None:
     p.add_argument("--no-inproc", action="store_true", help="skip the in-process cost profile")
     p.add_argument("--inproc-only", action="store_true", help="only the in-process cost profile")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, stores)")
+    p.add_argument("--plain-http", action="store_true", help="plain HTTP instead of TLS")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = p.parse_args()

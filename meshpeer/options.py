@@ -91,8 +91,9 @@ CONTROLLER = Section(
         Option(
             "directory_check_interval",
             float,
-            "seconds between looks at `directory_file`: a change to its `host_keys` or "
-            "`revoked_hosts` is taken without a restart (0: never; the rest needs a restart)",
+            "seconds between looks at `directory_file` (a change to its `host_keys` or "
+            "`revoked_hosts` is taken without a restart; the rest needs a restart), "
+            "`operator_tokens_file` and `tls_cert_file`/`tls_key_file` (0: never)",
             2.0,
         ),
         Option("heartbeat_interval", float, "seconds between heartbeats on each stream", 5.0),
@@ -155,14 +156,16 @@ CONTROLLER = Section(
             "tls_cert_file",
             str,
             "PEM certificate (chain) of the REST API; with `tls_key_file` the shard serves "
-            "HTTPS only (none: plain HTTP)",
+            "HTTPS only (none: plain HTTP). Loaded again when it or the key changes "
+            "(`directory_check_interval`): new connections get it, open ones keep theirs",
         ),
         Option("tls_key_file", str, "PEM private key of `tls_cert_file` (keep it mode 0600)"),
         Option(
             "ca_file",
             str,
             "PEM CA certificates that verify the other shards' certificates (federation over "
-            "https://; none: the system's trust store)",
+            "https://; none: the system's trust store); re-read by the next connection after "
+            "it changes",
         ),
         Option(
             "check_answers",
@@ -192,7 +195,8 @@ OHC = Section(
             "ca_file",
             str,
             "PEM CA certificates that verify the shards' certificates (https:// URLs in the "
-            "directory; none: the system's trust store)",
+            "directory; none: the system's trust store); re-read by the next connection after "
+            "it changes (old and new CA in one file during a rotation)",
         ),
         Option(
             "ovsdb", str, "OVSDB of the local switch, e.g. unix:/run/.../db.sock", required=True

@@ -5,11 +5,17 @@ A shard serves HTTPS with its own certificate (:func:`server_context`); every cl
 shard (the REST :class:`~meshpeer.client.Client`, the stream clients of OHCs and of the
 federation) verifies that certificate against a CA file and checks the shard's name or IP
 against it (:func:`client_context`). ``http://`` URLs stay plain: the lab's ``--plain-http``.
+
+Both sides take changed files without a restart (docs/security.md, "Rotating certificates"):
+a shard's :class:`ServerCertificate` loads its certificate and key again when they change,
+for the connections that start after; a client re-reads its CA file (which may hold the old
+and the new CA at once) on its next connection after the file changed.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import ssl
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
@@ -40,12 +46,63 @@ def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     return ctx
 
 
-@functools.lru_cache(maxsize=16)
+Stamp = tuple[int, int, int] | None
+
+
+def file_stamp(path: str) -> Stamp:
+    """What says a file changed: its inode, size and modification time (None: not there)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class ServerCertificate:
+    """A shard's server side whose certificate and key can be replaced while it serves.
+
+    The server wraps every connection with :attr:`context`; its SNI callback (run for every
+    ClientHello, with or without a server name) hands the handshake the context made from
+    the files last loaded. So a new connection gets the new certificate, and a connection
+    already up (a subscription stream) keeps the session it has."""
+
+    def __init__(self, cert_file: str, key_file: str) -> None:
+        self.cert_file = cert_file
+        self.key_file = key_file
+        self.stamp = self._stamp()
+        self.current = server_context(cert_file, key_file)
+        self.context = server_context(cert_file, key_file)
+        self.context.sni_callback = self._select
+
+    def _stamp(self) -> tuple[Stamp, Stamp]:
+        return file_stamp(self.cert_file), file_stamp(self.key_file)
+
+    def _select(self, sock: Any, _server_name: str | None, _context: Any) -> None:
+        sock.context = self.current
+
+    def reload(self) -> bool:
+        """Load the files again if either changed since they were last looked at: True when
+        a new certificate was taken. A pair that does not load (a key that does not match its
+        certificate, say, while the two are being replaced) raises ``OSError`` (``ssl.SSLError``
+        is one) and the certificate in use stays; it is tried again when a file changes."""
+        stamp = self._stamp()
+        if stamp == self.stamp:
+            return False
+        self.stamp = stamp
+        self.current = server_context(self.cert_file, self.key_file)
+        return True
+
+
 def client_context(ca_file: str | None, green: bool = False) -> ssl.SSLContext:
     """A client side that verifies the server's certificate against ``ca_file`` (None: the
     system's trust store) and checks its name or IP. ``green``: for raw eventlet sockets
     (the stream client); a monkey-patched process's ``ssl`` is already green. Cached: a CA
-    file is loaded once per process."""
+    file is loaded once per process, and again once it changed (a CA rotation)."""
+    return _client_context(ca_file, green, file_stamp(ca_file) if ca_file else None)
+
+
+@functools.lru_cache(maxsize=16)
+def _client_context(ca_file: str | None, green: bool, _stamp: Stamp) -> ssl.SSLContext:
     kind = _green_context_class() if green else ssl.SSLContext
     ctx = kind(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname
     ctx.minimum_version = MIN_VERSION

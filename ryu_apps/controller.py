@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
-import os
 import resource
 import time
 from typing import Any
@@ -60,7 +59,7 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
         conf = self.CONF.controller
         for opt in options.missing(options.CONTROLLER, conf):
             raise SystemExit(f"controller: [controller] {opt} is required in the config file")
-        self.directory_stamp = _stamp(conf.directory_file)
+        self.directory_stamp = tls.file_stamp(conf.directory_file)
         directory = _read_directory(conf.directory_file)
         self.store = Store.open(conf.store_path)
         incarnation = self.store.next_incarnation()
@@ -90,6 +89,7 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
         self.tokens_stamp: object = UNREAD
         if not self._take_operator_tokens():
             raise SystemExit(f"controller: operator_tokens_file {conf.operator_tokens_file}")
+        self.certificate: tls.ServerCertificate | None = None
         self.ticker: Any = None
         self.watcher: Any = None
         log.info(
@@ -111,7 +111,10 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
         limits = Limits(**{f.name: getattr(self.conf, f.name) for f in dataclasses.fields(Limits)})
         secure = None
         if self.conf.tls_cert_file:
-            secure = tls.server_context(self.conf.tls_cert_file, self.conf.tls_key_file)
+            self.certificate = tls.ServerCertificate(
+                self.conf.tls_cert_file, self.conf.tls_key_file
+            )
+            secure = self.certificate.context
         host, want_port = self.conf.listen_host, self.conf.listen_port
         server, port = serve(app, host, want_port, limits=limits, tls=secure)
         log.info(
@@ -138,13 +141,15 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
 
     def _watch_directory(self) -> None:
         """Take a changed directory file's host keys and revoked hosts (the shard decides
-        what it takes: ``ShardState.adopt_directory``), and a changed operator tokens file; a
-        file that does not parse is refused whole and what runs stays."""
+        what it takes: ``ShardState.adopt_directory``), a changed operator tokens file and a
+        changed certificate and key; a file that does not parse is refused whole and what
+        runs stays."""
         path = self.conf.directory_file
         while True:
             hub.sleep(self.conf.directory_check_interval)
             self._take_operator_tokens()
-            stamp = _stamp(path)
+            self._take_certificate()
+            stamp = tls.file_stamp(path)
             if stamp == self.directory_stamp:
                 continue
             self.directory_stamp = stamp
@@ -170,12 +175,32 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
                     ", ".join(ignored),
                 )
 
+    def _take_certificate(self) -> None:
+        """A changed certificate or key: new connections get it, open ones keep theirs."""
+        if self.certificate is None:
+            return
+        try:
+            if self.certificate.reload():
+                log.info(
+                    "shard %s: certificate %s taken for new connections",
+                    self.conf.shard,
+                    self.conf.tls_cert_file,
+                )
+        except OSError as exc:  # ssl.SSLError is one: say a key that does not match yet
+            log.error(
+                "shard %s: certificate %s and key %s not taken (the one in use stays): %s",
+                self.conf.shard,
+                self.conf.tls_cert_file,
+                self.conf.tls_key_file,
+                exc,
+            )
+
     def _take_operator_tokens(self) -> bool:
         """(Re-)read ``operator_tokens_file`` if it changed since it was last read; False if
         it could not be taken (logged: at start the shard refuses to run, later the tokens it
         runs with stay)."""
         path = self.conf.operator_tokens_file
-        stamp = _stamp(path) if path else None
+        stamp = tls.file_stamp(path) if path else None
         if not path or stamp == self.tokens_stamp:
             return True
         self.tokens_stamp = stamp
@@ -208,15 +233,6 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
 def _read_directory(path: str) -> Directory:
     with open(path, encoding="utf-8") as f:
         return parse_directory(yaml.safe_load(f))
-
-
-def _stamp(path: str) -> tuple[int, int, int] | None:
-    """What says the directory file changed: its inode, size and modification time."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _items(text: str | None) -> list[str]:

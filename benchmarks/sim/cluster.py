@@ -1,8 +1,13 @@
-"""Real controller processes on 127.0.0.1 for the scale simulation (like tests/api/ctlkit.py).
+"""Real controller processes on loopback for the scale simulation (like tests/api/ctlkit.py).
 
 Writes the shard directory and one config per shard, optionally preloads each shard's SQLite
 store with the scenario's intent (the same JSON bodies the REST API would store), starts each
 controller through ``benchmarks/sim/ctl_main.py`` and stops it by pid.
+
+Each shard listens on its own loopback address (127.0.1.N). With ``tls`` (the default, as in
+the lab) a CA made here signs one certificate per shard for its name and that address, every
+shard serves HTTPS, and every client verifies it: a certificate of another shard is refused.
+Hosts are known by their own credentials (the directory's host key), as real OHCs are.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from typing import Any
 
 import yaml
 
+from meshpeer import pki
 from meshpeer.client import Client
-from meshpeer.controller.config import LocalShard, ShardEntry, directory_doc
+from meshpeer.controller.config import LocalShard, ShardEntry, directory_doc, host_credential
 from meshpeer.controller.model import Endpoint, Host, Peering, Subnet, Vpc, derived_mac, store_key
 from meshpeer.lab.procs import spawn_manager
 from meshpeer.store.sqlite import Change, Store
@@ -34,9 +40,9 @@ ROOT = Path(__file__).resolve().parents[2]
 VNI_SPAN = 100_000
 
 
-def free_port() -> int:
+def free_port(address: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((address, 0))
         port: int = s.getsockname()[1]
         return port
 
@@ -62,7 +68,7 @@ class Ctl(LocalShard):
     proc: subprocess.Popen[bytes] | None = None
 
     def client(self, timeout: float = 600.0) -> Client:
-        return Client(self.url, self.token, timeout=timeout)
+        return Client(self.url, self.token, timeout=timeout, ca_file=self.ca_file)
 
     @property
     def pid(self) -> int:
@@ -76,15 +82,31 @@ class Cluster:
     scenario: Scenario
     wsgi_max: int
     heartbeat: float = 5.0
+    tls: bool = True  # HTTPS with a CA made here (False: plain HTTP, --plain-http)
     token: str = field(default_factory=lambda: "api-" + secrets.token_hex(16))
     fed_token: str = field(default_factory=lambda: "fed-" + secrets.token_hex(16))
     grant_key: str = field(default_factory=lambda: secrets.token_hex(32))
+    host_key: str = field(default_factory=lambda: secrets.token_hex(32))
     ctls: dict[str, Ctl] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        for name in self.scenario.shards:
-            self.ctls[name] = Ctl(name, free_port(), self.workdir, self.token)
+        for i, name in enumerate(self.scenario.shards, 1):
+            address = f"127.0.1.{i}"
+            ctl = Ctl(name, free_port(address), self.workdir, self.token, self.tls, address)
+            self.ctls[name] = ctl
+        if self.tls:
+            ca = pki.make_ca(str(self.workdir / "pki"), "meshpeer scale simulation CA")
+            for ctl in self.ctls.values():
+                pki.issue_server(ca, str(ctl.tls_prefix), ctl.name, [ctl.address, ctl.name])
+
+    @property
+    def ca_file(self) -> str | None:
+        return str(self.workdir / "pki" / "ca.pem") if self.tls else None
+
+    def host_token(self, host: str) -> str:
+        """The credential of ``host`` (what its OHC holds)."""
+        return host_credential(host, self.host_key)
 
     @property
     def directory_file(self) -> Path:
@@ -102,7 +124,7 @@ class Cluster:
             )
             for name, ctl in self.ctls.items()
         }
-        doc = directory_doc(shards, self.grant_key, self.fed_token)
+        doc = directory_doc(shards, self.grant_key, self.fed_token, self.host_key)
         self.directory_file.write_text(yaml.safe_dump(doc), encoding="utf-8")
         for ctl in self.ctls.values():
             conf = ctl.config(self.directory_file, self.heartbeat)
@@ -164,7 +186,7 @@ class Cluster:
             self._wait_healthy(ctl)
 
     def _wait_healthy(self, ctl: Ctl, timeout: float = 300.0) -> None:
-        probe = Client(ctl.url, None, timeout=2.0)
+        probe = Client(ctl.url, None, timeout=2.0, ca_file=ctl.ca_file)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert ctl.proc is not None

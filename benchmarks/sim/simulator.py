@@ -45,7 +45,8 @@ class Sim:
     def __init__(self, conf: dict[str, Any]) -> None:
         with open(conf["directory_file"], encoding="utf-8") as f:
             self.directory = parse_directory(yaml.safe_load(f))
-        self.token: str = conf["api_token"]
+        self.credentials: dict[str, str] = conf["credentials"]  # host -> its own credential
+        self.ca_file: str | None = conf.get("ca_file")  # verifies the shards (https://)
         self.urls = sorted(s.url for s in self.directory.shards.values())
         self.hosts: list[str] = conf["hosts"]
         self.heartbeat_timeout = float(conf.get("heartbeat_timeout", 15.0))
@@ -59,7 +60,7 @@ class Sim:
 
     def start(self) -> None:
         for i, host in enumerate(self.hosts):
-            agent = Agent(host, self.urls, self.directory.url_of, self.token,
+            agent = Agent(host, self.urls, self.directory.url_of, self.credentials[host],
                           self._factory(host), lambda: None)  # fmt: skip
             self.agents[host] = agent
             agent.start()
@@ -73,8 +74,8 @@ class Sim:
                     self._seen(host, sub.key, msg)
                 on_change(replica, msg)
 
-            # One process plays every host: it presents the operator's token (which may
-            # follow any stream) and each peer stream's grant beside it (docs/security.md).
+            # Each host presents its own credential, and each peer stream's grant beside it
+            # (docs/security.md), over TLS verified by the CA file, as an OHC does.
             return stream_client(
                 sub,
                 auth,
@@ -83,7 +84,8 @@ class Sim:
                 on_error,
                 self.heartbeat_timeout,
                 gate=self.gate,
-                credential=self.token,
+                credential=self.credentials[host],
+                ca_file=self.ca_file,
             )
 
         return make

@@ -91,18 +91,19 @@ def host_credential(host: str, host_key_hex: str) -> str:
 
 @dataclass
 class LocalShard:
-    """A shard process on 127.0.0.1 whose files all live in ``workdir`` (the API tests'
-    loopback shards and the scale simulation's): where each file is, and its config."""
+    """A shard process on a loopback address whose files all live in ``workdir`` (the API
+    tests' loopback shards and the scale simulation's): where each file is, and its config."""
 
     name: str
     port: int
     workdir: Path
     token: str
     tls: bool = False  # HTTPS with {name}.pem/.key, signed by the CA in workdir/pki
+    address: str = "127.0.0.1"  # where it listens (any of 127.0.0.0/8)
 
     @property
     def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.address}:{self.port}"
 
     @property
     def ca_file(self) -> str | None:
@@ -128,7 +129,7 @@ class LocalShard:
 
     def config(self, directory_file: Path, heartbeat: float | None = None) -> ShardConfig:
         config = ShardConfig(
-            self.name, "127.0.0.1", self.port, str(self.store), self.token,
+            self.name, self.address, self.port, str(self.store), self.token,
             str(directory_file), heartbeat,
         )  # fmt: skip
         if not self.tls:

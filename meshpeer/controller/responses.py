@@ -303,6 +303,13 @@ HOST_DETAIL = _with(
 HOSTS = Obj({"hosts": Arr(HOST)}, name="HostList")
 APPLIED = Obj(
     {"host": NAME, "streams": Int(0, description="streams in the report")},
+    {
+        "ignored": Arr(
+            Obj({"stream": Str(), "reason": Str()}, name="IgnoredStream"),
+            description="peer streams not recorded: followed with a grant for a VPC that has"
+            " no endpoint on the host any more (the rest of the report is recorded)",
+        )
+    },
     name="AppliedAck",
 )
 

@@ -401,6 +401,11 @@ class _Server(eventlet.wsgi.Server):  # type: ignore[misc]
                 if not self.handshake(conn_state[1], conn_state[3].client):
                     return
             super().process_request(conn_state)
+        except (ssl.SSLEOFError, ConnectionError) as exc:
+            # The client went away without a TLS close (a host restarting): not a failure.
+            log.debug(
+                "REST API: the client of a connection from %s went away: %s", conn_state[0], exc
+            )
         except Exception:
             log.warning("REST API: a connection from %s failed", conn_state[0], exc_info=True)
 

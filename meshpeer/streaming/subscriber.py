@@ -282,7 +282,8 @@ class StreamClient:
         self.policy = None if policy is None else check_name("policy", policy)
         self.host = None if host is None else check_name("host", host)
         self._address = (url.hostname, tls.default_port(url))
-        self._tls = tls.client_context(ca_file, green=True) if url.scheme == "https" else None
+        self._secure = url.scheme == "https"
+        self._ca_file = ca_file  # read (again, once it changed) at each connection
         self._netloc = url.netloc
         self._path = url.path.rstrip("/") + "/v1/subscribe"
         self._pause_event: Any = None
@@ -470,8 +471,9 @@ class StreamClient:
     def _connected_session(self) -> _End:
         sock = green_socket.create_connection(self._address, timeout=self.heartbeat_timeout)
         try:
-            if self._tls is not None:  # the handshake is bounded by the socket's timeout
-                sock = self._tls.wrap_socket(sock, server_hostname=self._address[0])
+            if self._secure:  # the handshake is bounded by the socket's timeout
+                context = tls.client_context(self._ca_file, green=True)
+                sock = context.wrap_socket(sock, server_hostname=self._address[0])
             sock.sendall(self._request())
             deadline = self._clock() + self.heartbeat_timeout
             buf = bytearray()

@@ -10,6 +10,7 @@ ryu_apps.controller`` (no root, no namespaces: it only listens on 127.0.0.1), wa
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import resource
@@ -504,6 +505,16 @@ def stream(
     **extra: str | int,
 ) -> Stream:
     return Stream(ctl, {"service": service, "key": key, **extra}, token, credential)
+
+
+def tamper(grant: str, host: str = "hv1", to: str = "hv2") -> str:
+    """``grant`` rewritten to name host ``to`` instead of ``host``, its signature kept."""
+    prefix, kid, payload, sig = grant.split(".")
+    raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    forged = raw.replace(f'"host":"{host}"'.encode(), f'"host":"{to}"'.encode())
+    assert forged != raw
+    p2 = base64.urlsafe_b64encode(forged).rstrip(b"=").decode()
+    return f"{prefix}.{kid}.{p2}.{sig}"
 
 
 # A host status report (PUT /v1/hosts/{name}/status) as an OHC sends it.

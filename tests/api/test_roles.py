@@ -231,6 +231,46 @@ def test_a_host_evacuated_from_a_vpc_loses_its_streams_at_both_shards(cluster: C
         assert again.status == 403, again.body
 
 
+def test_an_applied_report_keeps_its_streams_and_ignores_a_left_vpcs(cluster: Cluster) -> None:
+    """hv1 serves blue (ctl1) and red (ctl2) and follows red's export to blue with its grant.
+    After hv1 leaves blue, its next applied report to ctl2 still lists that peer stream (the
+    OHC had not yet taken the close): the rest of the report is recorded and the left VPC's
+    entry is ignored, and said so. It used to be refused whole (403), hv1's own red stream
+    with it, so a ``?wait=programmed`` write to red waited for hv1 in vain."""
+    c1, c2 = blue_and_red(cluster, blue=("hv1",), red=("hv1",))
+    hv1 = cluster.host_token("hv1")
+    assert c2.req("PUT", "/v1/hosts/hv1", {"underlay_ip": "192.0.2.1"}, token=hv1).status == 200
+    with stream(c1, cluster.token, "peering", "blue", host="hv1") as s:
+        red = s.next()["objects"]["red"]
+    peer_name = f"destination/red/{red['policy_id']}/"
+    with (
+        stream(c2, hv1, "destination", "red", host="hv1") as own,
+        stream(c2, red["grant"], "destination", "red", policy=red["policy_id"], host="hv1") as peer,
+    ):
+        own_version = own.next()["version"]
+        assert peer.next()["type"] == "snapshot"
+        c1.delete("/v1/vpcs/blue/endpoints/b1")
+        assert peer.next(timeout=30) == {"type": "close", "reason": "host-left"}
+        report = {
+            "streams": [
+                {"stream": "destination/red//", "version": own_version},
+                {"stream": peer_name, "version": own_version, "grant": red["grant"]},
+            ]
+        }
+        r = c2.req("PUT", "/v1/hosts/hv1/applied", report, token=hv1)
+        assert r.status == 200, r.body
+        assert r.body["ignored"] == [
+            {"stream": peer_name, "reason": "VPC 'blue' has no endpoint on 'hv1'"}
+        ], r.body
+        applied = c2.get("/v1/hosts/hv1")["applied"]
+        assert applied.get("destination/red//") == own_version, applied
+        assert peer_name not in applied, applied
+        # Another refusal of a grant still refuses the report whole.
+        tampered = {"streams": [report["streams"][0], {**report["streams"][1], "grant": "x"}]}
+        r = c2.req("PUT", "/v1/hosts/hv1/applied", tampered, token=hv1)
+        assert (r.status, r.body["field"]) == (401, "streams[1].grant"), r.body
+
+
 def test_operator_tokens_rotate_from_a_file_without_a_restart(
     make_cluster: Callable[..., Cluster], tmp_path: Path
 ) -> None:

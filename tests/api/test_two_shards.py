@@ -8,7 +8,6 @@ Latencies are printed and recorded as test properties (``--junitxml``).
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 
 from meshpeer.protocol.grants import Grant, mint, verify
-from tests.api.ctlkit import Cluster, Ctl, Stream, stream
+from tests.api.ctlkit import Cluster, Ctl, Stream, stream, tamper
 from tests.support.wait import wait_for
 
 ACTIVE_TIMEOUT = 30.0  # generous: federation polls between shards; a busy machine is slow
@@ -212,16 +211,6 @@ def grant(
     exp = time.time() + 600 if expires is None else expires
     keys = {key_id: bytes.fromhex(key or cluster.grant_key)}
     return mint(Grant(sub, tgt, policy, host, exp, key_id), keys)
-
-
-def tamper(token: str) -> str:
-    """Change the host in the payload, keep the signature."""
-    prefix, kid, payload, sig = token.split(".")
-    raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
-    forged = raw.replace(b'"host":"hv1"', b'"host":"hv2"')
-    assert forged != raw
-    p2 = base64.urlsafe_b64encode(forged).rstrip(b"=").decode()
-    return f"{prefix}.{kid}.{p2}.{sig}"
 
 
 def refused(s: Stream, status: int) -> str:

@@ -13,7 +13,9 @@ import configparser
 import http.client
 import json
 import os
+import secrets
 import stat
+import time
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -25,7 +27,8 @@ import yaml
 from meshpeer import tls
 from meshpeer.lab import controllers
 from meshpeer.lab.state import state_path
-from tests.api.ctlkit import HOST_STATUS
+from meshpeer.protocol.grants import Grant, mint
+from tests.api.ctlkit import HOST_STATUS, tamper
 from tests.integration.labkit import E2E_TOPOLOGIES as TOPOLOGIES
 from tests.integration.labkit import Lab, running
 
@@ -175,12 +178,11 @@ def test_federation_takes_no_host_credential(lab: Lab) -> None:
     assert call(lab, "ctl1", "GET", fed, hv3)[0] == 403
 
 
-def test_a_grant_opens_streams_for_the_host_it_names_only(lab: Lab) -> None:
-    hv1, hv3 = host_files(lab, "hv1").token, host_files(lab, "hv3").token
+def hv1_red_grant(lab: Lab) -> tuple[str, str]:
+    """hv1's grant to follow red (for blue), as ctl1 hands it to hv1 (read here as the
+    operator), and red's export policy id."""
     admin = lab.plan.api_token
-    # hv1's grant to follow red, as ctl1 hands it to hv1 (read here as the operator).
     policy = call(lab, "ctl2", "GET", "/v1/vpcs/red/peerings/red-blue", admin)[1]
-    policy_id = policy["export_policy_id"]
     conn = connect(lab, "ctl1")
     conn.request(
         "GET",
@@ -189,7 +191,12 @@ def test_a_grant_opens_streams_for_the_host_it_names_only(lab: Lab) -> None:
     )
     snapshot = json.loads(conn.getresponse().readline())
     conn.close()
-    grant = snapshot["objects"]["red"]["grant"]
+    return snapshot["objects"]["red"]["grant"], policy["export_policy_id"]
+
+
+def test_a_grant_opens_streams_for_the_host_it_names_only(lab: Lab) -> None:
+    hv1, hv3 = host_files(lab, "hv1").token, host_files(lab, "hv3").token
+    grant, policy_id = hv1_red_grant(lab)
     as_hv1 = subscribe(service="destination", key="red", policy=policy_id, host="hv1")
     as_hv3 = subscribe(service="destination", key="red", policy=policy_id, host="hv3")
     with_grant = {GRANT_HEADER: grant}
@@ -200,3 +207,35 @@ def test_a_grant_opens_streams_for_the_host_it_names_only(lab: Lab) -> None:
     assert call(lab, "ctl2", "GET", as_hv3, hv3, headers=with_grant)[0] == 403
     # hv1 itself, with its own credential and its grant.
     assert call(lab, "ctl2", "GET", as_hv1, hv1, headers=with_grant)[0] == 200
+
+
+def test_an_expired_tampered_self_minted_or_misdirected_grant_opens_nothing(lab: Lab) -> None:
+    """hv3 rewrites hv1's grant to name itself (the signature no longer matches), signs one
+    of its own with a key it made up (it holds none of the shards': see
+    test_a_host_holds_no_shard_secret); hv1 presents a grant past its expiry (minted here with
+    the shards' real key) and its real grant for red at another VPC's stream. Each is refused
+    before a byte of a stream; hv1's real grant still opens red's."""
+    hv1, hv3 = host_files(lab, "hv1").token, host_files(lab, "hv3").token
+    grant, policy_id = hv1_red_grant(lab)
+    with open(f"{lab.plan.state_dir}/directory.yaml", encoding="utf-8") as f:
+        key_id, key = next(iter(yaml.safe_load(f)["grant_keys"].items()))
+    rewritten = tamper(grant, "hv1", "hv3")
+    later = time.time() + 600
+    own_key = {key_id: secrets.token_bytes(32)}
+    self_minted = mint(Grant("blue", "red", policy_id, "hv3", later, key_id), own_key)
+    real_key = {key_id: bytes.fromhex(key)}
+    expired = mint(Grant("blue", "red", policy_id, "hv1", time.time() - 5, key_id), real_key)
+
+    def peer(vpc: str, host: str) -> str:
+        return subscribe(service="destination", key=vpc, policy=policy_id, host=host)
+
+    tries = {
+        "tampered, by hv3": ("ctl2", peer("red", "hv3"), hv3, rewritten, 401),
+        "self-minted, by hv3": ("ctl2", peer("red", "hv3"), hv3, self_minted, 401),
+        "expired, by hv1": ("ctl2", peer("red", "hv1"), hv1, expired, 401),
+        "for red, at green": ("ctl1", peer("green", "hv1"), hv1, grant, 403),
+        "the real one": ("ctl2", peer("red", "hv1"), hv1, grant, 200),
+    }
+    for why, (shard, path, who, presented, want) in tries.items():
+        status, body = call(lab, shard, "GET", path, who, headers={GRANT_HEADER: presented})
+        assert status == want, (why, body)

@@ -3,8 +3,11 @@ the header timeout, idle TLS connections still evicted (docs/security.md, "Trans
 
 from __future__ import annotations
 
+import logging
+import os
 import ssl
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import eventlet
@@ -14,6 +17,7 @@ from eventlet.green import socket as green_socket
 from meshpeer import pki, tls
 from meshpeer.rest import server
 from meshpeer.rest.admission import Limits
+from tests.support.wait import wait_for
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -127,3 +131,101 @@ def test_an_idle_tls_connection_is_evicted_for_a_new_one(
     third = _secure(port, certs["ca"].cert_file)
     assert _answer(third).startswith(b"HTTP/1.1 200 OK")
     assert _closed_by_server(first)
+
+
+def _issuer(sock: Any) -> str:
+    cert = sock.getpeercert()
+    return str(dict(item[0] for item in cert["issuer"])["commonName"])
+
+
+def test_a_changed_certificate_serves_new_connections_and_open_ones_go_on(
+    tmp_path: Path,
+) -> None:
+    """Rotation without a restart: the server's certificate and key are replaced (a new CA's);
+    the next handshakes get the new certificate, a connection made before keeps being
+    answered, a client's CA file that now holds both CAs is re-read by its next connection,
+    and a key that does not match its certificate is refused and the certificate in use
+    stays."""
+    old_ca = pki.make_ca(str(tmp_path / "old"), "old CA")
+    new_ca = pki.make_ca(str(tmp_path / "new"), "new CA")
+    live = pki.issue_server(old_ca, str(tmp_path / "live"), "s1", ["127.0.0.1"])
+    trust = tmp_path / "trust.pem"  # what a host holds: the old CA, then old and new
+    trust.write_bytes(Path(old_ca.cert_file).read_bytes())
+    cert = tls.ServerCertificate(live.cert_file, live.key_file)
+    listener = eventlet.listen(("127.0.0.1", 0))
+    thread = server.serve_on(listener, _hello, limits=Limits(idle_timeout=600.0), tls=cert.context)
+    port = listener.getsockname()[1]
+    try:
+        before = _secure(port, str(trust))
+        assert _answer(before).endswith(b"hello") and _issuer(before) == "old CA"
+        assert cert.reload() is False  # nothing changed
+
+        def replace_with(ca: pki.KeyPair, name: str) -> None:
+            pair = pki.issue_server(ca, str(tmp_path / name), "s1", ["127.0.0.1"])
+            os.replace(pair.key_file, live.key_file)
+            os.replace(pair.cert_file, live.cert_file)
+
+        replace_with(new_ca, "next")
+        assert cert.reload() is True
+        with pytest.raises(ssl.SSLCertVerificationError, match="unable to get local issuer"):
+            _secure(port, str(trust))  # the host does not trust the new CA yet
+        trust.write_bytes(Path(old_ca.cert_file).read_bytes() + Path(new_ca.cert_file).read_bytes())
+        after = _secure(port, str(trust))  # the same path, re-read
+        assert _answer(after).endswith(b"hello") and _issuer(after) == "new CA"
+        assert _answer(before).endswith(b"hello")  # the open connection went on
+        assert _issuer(before) == "old CA"
+        with pytest.raises(ssl.SSLCertVerificationError):
+            _secure(port, old_ca.cert_file)  # the old CA alone no longer opens it
+
+        stray = pki.issue_server(new_ca, str(tmp_path / "stray"), "s1", ["127.0.0.1"])
+        os.replace(stray.key_file, live.key_file)  # a key without its certificate (yet)
+        with pytest.raises(ssl.SSLError):
+            cert.reload()
+        kept = _secure(port, new_ca.cert_file)  # still served: the pair last taken
+        assert _answer(kept).endswith(b"hello")
+        assert cert.reload() is False  # tried again only when a file changes again
+        os.replace(stray.cert_file, live.cert_file)
+        assert cert.reload() is True
+        assert _answer(_secure(port, new_ca.cert_file)).endswith(b"hello")
+    finally:
+        thread.kill()
+
+
+def test_a_client_gone_from_a_tls_stream_is_no_failure(
+    https_stream: int, certs: dict[str, pki.KeyPair], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A host that goes away from its stream without a TLS close (a restart, a crash) used
+    to be logged as a failed connection with a traceback (``SSLEOFError`` in the server's
+    last flush), once per stream: it is an ordinary end of a connection."""
+    caplog.set_level(logging.DEBUG, logger=server.__name__)
+    sock = _secure(https_stream, certs["ca"].cert_file)
+    me = str(sock.getsockname())  # the server logs the client's address
+
+    def said(what: str) -> bool:
+        return any(me in r.getMessage() and what in r.getMessage() for r in caplog.records)
+
+    sock.sendall(REQUEST)
+    assert sock.recv(4096)  # the stream's headers or first chunk
+    sock.close()  # no close_notify
+    wait_for(lambda: said("went away"), 30.0, sleep=eventlet.sleep, what="the end")
+    assert not said("failed"), caplog.text
+
+
+@pytest.fixture
+def https_stream(certs: dict[str, pki.KeyPair]) -> Iterator[int]:
+    """An HTTPS server whose one answer is an endless stream of chunks."""
+
+    def endless(env: Any, start: Any) -> Iterator[bytes]:
+        start("200 OK", [("Content-Type", "application/x-ndjson")])
+        while True:
+            yield b"{}\n"
+            eventlet.sleep(0.01)
+
+    pair = certs["server"]
+    listener = eventlet.listen(("127.0.0.1", 0))
+    context = tls.server_context(pair.cert_file, pair.key_file)
+    thread = server.serve_on(listener, endless, tls=context)
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        thread.kill()

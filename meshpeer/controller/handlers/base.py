@@ -49,6 +49,14 @@ CONFLICT, FORBIDDEN, UNAVAILABLE = frozenset({409}), frozenset({403}), frozenset
 Fetch = Callable[[str], "dict[str, Any] | None"]
 
 
+class HostLeft(ApiError):
+    """A good grant whose VPC has no endpoint on the host that presents it (any more): 403.
+    An applied report ignores such an entry instead of refusing the whole report."""
+
+    def __init__(self, vpc: str, host: str) -> None:
+        super().__init__(403, "forbidden", "host", f"VPC {vpc!r} has no endpoint on {host!r}")
+
+
 class Waitable(Protocol):
     def wait(self, timeout: float) -> object: ...
 
@@ -209,7 +217,7 @@ class Handlers:
         else:
             placed = self.shard.listed_in_view(grant.subscriber_vpc, host) is not False
         if not placed:
-            raise forbidden("host", f"VPC {grant.subscriber_vpc!r} has no endpoint on {host!r}")
+            raise HostLeft(grant.subscriber_vpc, host)
         for p in self.shard.intent.peerings_of(vpc):
             if p.peer_vpc != grant.subscriber_vpc or p.export.policy_id != policy:
                 continue

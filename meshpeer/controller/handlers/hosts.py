@@ -7,7 +7,7 @@ import time
 
 from meshpeer.controller import intent as ops
 from meshpeer.controller import responses as out
-from meshpeer.controller.handlers.base import FORBIDDEN, NAME, UNAVAILABLE, Handlers
+from meshpeer.controller.handlers.base import FORBIDDEN, NAME, UNAVAILABLE, Handlers, HostLeft
 from meshpeer.controller.model import JsonObject
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.messages import (
@@ -81,7 +81,9 @@ class HostHandlers(Handlers):
         """A host reports for itself (the guard checked its credential). A peer stream (one
         with a policy) comes with the grant the host follows it with, checked like a
         subscription, whoever reports; a report of own streams (or of none) names a host
-        registered here. All checked before anything is recorded."""
+        registered here. All checked before anything is recorded. A peer stream followed with
+        a grant for a VPC the host has left since (the OHC has not taken the close yet) is
+        left out and named in ``ignored``; any other refusal refuses the whole report."""
         host = ctx.params["name"]
         streams = ctx.body["streams"]
         policies = [
@@ -90,12 +92,22 @@ class HostHandlers(Handlers):
         ]
         if not streams or None in policies:
             self._host(host)  # an own host registers before it reports
+        ignored = []
         for i, (s, policy) in enumerate(zip(streams, policies, strict=True)):
-            if policy is not None:
+            if policy is None:
+                continue
+            try:
                 self._check_applied_grant(s, host, f"streams[{i}]")
-        self.shard.report_applied(host, {s["stream"]: s["version"] for s in streams})
+            except HostLeft as exc:
+                ignored.append({"stream": s["stream"], "reason": exc.detail})
+        left = {s["stream"] for s in ignored}
+        kept = {s["stream"]: s["version"] for s in streams if s["stream"] not in left}
+        self.shard.report_applied(host, kept)
         self.applied.notify()
-        return 200, {"host": host, "streams": len(streams)}
+        answer: dict[str, object] = {"host": host, "streams": len(streams)}
+        if ignored:
+            answer["ignored"] = ignored
+        return 200, answer
 
     def _check_applied_grant(self, s: JsonObject, host: str, where: str) -> None:
         try:
@@ -112,6 +124,8 @@ class HostHandlers(Handlers):
             )
         try:
             self._check_grant(s["grant"], vpc, policy, host)
+        except HostLeft:
+            raise
         except ApiError as exc:
             raise ApiError(
                 exc.status, exc.error, f"{where}.grant", exc.detail, exc.headers
