@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from meshpeer import __version__
+from meshpeer.cli import config as cli_config
 from meshpeer.lab import attach, build, controllers, onprem, ovs, state, supervisor, teardown
 from meshpeer.lab.matrix import matrix, render
 from meshpeer.lab.plan import LAB_NAME_RULE, LabPlan, valid_lab_name
@@ -58,6 +59,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     print(f"[lab {args.lab}] up in {elapsed:.2f}s: {len(plan.hosts)} hosts, {len(plan.vms)} VMs, "
           f"{len(plan.controllers)} controllers")  # fmt: skip
+    if plan.controllers:
+        print(f"[lab {args.lab}] meshpeer CLI config: {cli_config.save_plan(plan)}")
     return 0
 
 
@@ -242,6 +245,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     done = teardown.down(args.lab)
+    cli_config.forget_lab(cli_config.config_path(os.environ), args.lab)
     print(f"[lab {args.lab}] down in {time.monotonic() - t0:.2f}s: "
           f"{done['namespaces']} namespaces removed")  # fmt: skip
     if done["logs"]:
