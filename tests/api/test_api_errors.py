@@ -564,7 +564,7 @@ SAMPLE = {
     "routes/{name}": "routes/r1",
     "hosts/{name}": "hosts/hv1",
 }
-PUBLIC = {("GET", "/healthz"), ("GET", "/v1/openapi.json")}
+PUBLIC = {("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/v1/openapi.json")}
 
 
 def concrete(path: str) -> str:

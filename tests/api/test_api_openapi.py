@@ -23,6 +23,7 @@ from tests.api.test_api_errors import CASES
 # The route table, written out: a route added or dropped must show up here on purpose.
 EXPECTED = {
     ("GET", "/healthz"),
+    ("GET", "/metrics"),
     ("GET", "/v1/openapi.json"),
     ("GET", "/v1/vpcs"),
     ("POST", "/v1/vpcs"),
@@ -61,6 +62,7 @@ EXPECTED = {
 }
 NO_AUTH = {
     ("GET", "/healthz"),
+    ("GET", "/metrics"),
     ("GET", "/v1/openapi.json"),
     ("GET", "/v1/subscribe"),  # a credential and maybe a grant, checked by the handler
 }
@@ -341,7 +343,9 @@ def test_real_answers_of_every_route_match_the_document(
     call("GET", "/v1/vpcs/jade")  # an error answer, validated against the Error schema
     module_cluster["ctl2"].delete("/v1/vpcs/pink/peerings/p")
     module_cluster["ctl2"].delete("/v1/vpcs/pink")
-    assert set(table) - checked == {("GET", "/v1/subscribe")}  # test_api_schemathesis.py
+    # the stream: test_api_schemathesis.py; the text exposition: test_metrics.py
+    assert set(table) - checked == {("GET", "/v1/subscribe"), ("GET", "/metrics")}
+    assert "text/plain" in table[("GET", "/metrics")]["responses"]["200"]["content"]
 
 
 def test_ip_and_cidr_have_patterns(doc: dict[str, Any]) -> None:
