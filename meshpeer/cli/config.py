@@ -29,6 +29,7 @@ class Target:
     token: str | None
     ca_file: str | None
     name: str | None = None  # the controller's name, when it came from the config file
+    lab: str | None = None  # the lab that wrote that entry (meshpeer why traces its hosts)
 
 
 def config_path(env: Mapping[str, str]) -> str:
@@ -77,7 +78,11 @@ def resolve(
             " (scripts/lab up writes it)"
         )
     return Target(
-        url, token or entry.get("token"), ca_file or entry.get("ca_file"), name if entry else None
+        url,
+        token or entry.get("token"),
+        ca_file or entry.get("ca_file"),
+        name if entry else None,
+        entry.get("lab"),
     )
 
 

@@ -7,7 +7,8 @@
         --ip 10.1.0.9 --host hv1 --wait
 
 Exit status: 0 done; 1 the API refused (its field and detail on stderr); 2 bad usage, no
-shard to talk to or no answer; 3 ``--wait`` ran out with hosts still pending.
+shard to talk to or no answer; 3 ``--wait`` ran out with hosts still pending; 4 ``why`` found
+a blocking step.
 """
 
 from __future__ import annotations
@@ -21,22 +22,46 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from meshpeer import __version__
-from meshpeer.cli import config
+from meshpeer.cli import config, dataplane, why
 from meshpeer.cli import format as fmt
 from meshpeer.client import ApiFailure, Client
+from meshpeer.lab.sh import LabError
 
-EXIT_API, EXIT_USAGE, EXIT_PENDING = 1, 2, 3
+EXIT_API, EXIT_USAGE, EXIT_PENDING, EXIT_BLOCKED = 1, 2, 3, 4
 DEFAULT_WAIT = 30  # seconds ?wait=programmed may hold an answer (the API allows 0..60)
 
 
 class Cli:
     """One invocation: the shard's client, the output mode, and what to print."""
 
-    def __init__(self, args: argparse.Namespace, client: Client, out: Callable[[str], None]):
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        client: Client,
+        out: Callable[[str], None],
+        shell: dataplane.HostShell | None = None,
+    ):
         self.args = args
         self.client = client
         self.out = out
+        self.shell = shell  # the hosts' OVS, for ``why`` (None: no access)
         self.status = 0
+
+    def at(self, vpc: str) -> Client:
+        """A client of the shard that owns ``vpc`` (found by placement; same token and CA)."""
+        url = self.client.get(self.q("placement", vpc))["url"]
+        return Client(url, self.client.token, self.client.timeout, self.client.ca_file)
+
+    def host_at(self, client: Client, host: str | None) -> Any:
+        """A host's detail at a shard; None when it is not registered there."""
+        if not host:
+            return None
+        try:
+            return client.get(self.q("hosts", host))
+        except ApiFailure as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     def q(self, *parts: str) -> str:
         return "/v1/" + "/".join(urllib.parse.quote(p, safe="") for p in parts)
@@ -180,6 +205,91 @@ def given(a: argparse.Namespace, *keys: str) -> dict[str, Any]:
     return {k: getattr(a, k) for k in keys if getattr(a, k) is not None}
 
 
+def endpoint_ref(text: str) -> tuple[str, str]:
+    """argparse type of ``VPC/NAME``."""
+    vpc, sep, name = text.partition("/")
+    if not sep or not vpc or not name or "/" in name:
+        raise argparse.ArgumentTypeError(f"{text!r}: give an endpoint as VPC/NAME")
+    return vpc, name
+
+
+def why_cmd(c: Cli) -> None:
+    """Can SRC reach DST? The intent step by step, then both hosts' pipelines (ofproto/trace)."""
+    a = c.args
+    (svpc, sname), (dvpc, dname) = a.src, a.dst
+    at_src, at_dst = c.at(svpc), c.at(dvpc)
+    src = at_src.get(c.q("vpcs", svpc, "endpoints", sname))
+    dst = at_dst.get(c.q("vpcs", dvpc, "endpoints", dname))
+    facts = why.Facts(
+        src,
+        dst,
+        at_src.get(c.q("vpcs", svpc)),
+        at_dst.get(c.q("vpcs", dvpc)),
+        at_src.get(c.q("vpcs", svpc, "peerings"))["peerings"],
+        at_dst.get(c.q("vpcs", dvpc, "peerings"))["peerings"],
+        at_src.get(c.q("vpcs", svpc, "routes", "effective"))["routes"],
+        c.host_at(at_dst, src.get("host")),
+        c.host_at(at_src, dst.get("host")),
+    )
+    proto = a.proto or ("tcp" if a.port is not None else "icmp")
+    steps = why.intent_steps(facts)
+    traces: dict[str, why.Trace] = {}
+    if src.get("host"):
+        steps += trace_both(c, facts, proto, a.port, traces)
+    reachable, line = why.verdict(steps)
+    where = f"{proto}{'' if a.port is None else f' port {a.port}'}"
+    header = f"why {why.label(src)} -> {why.label(dst)}, {where}"
+    if a.json:
+        doc = {
+            "reachable": reachable,
+            "verdict": line,
+            "steps": [{"name": s.name, "ok": s.ok, "detail": s.detail} for s in steps],
+            "traces": {h: list(t.lines) for h, t in traces.items()},
+        }
+        c.out(json.dumps(doc, indent=2))
+    else:
+        text = why.render(steps, header)
+        if a.verbose:
+            for host, t in traces.items():
+                text += f"\n--- ofproto/trace on {host}\n" + "\n".join(t.lines)
+        c.out(text)
+    if not reachable:
+        c.status = EXIT_BLOCKED
+
+
+def trace_both(
+    c: Cli, f: why.Facts, proto: str, port: int | None, traces: dict[str, why.Trace]
+) -> list[why.Step]:
+    """ofproto/trace SRC's first packet on its host and, where it tunnels to DST's host,
+    there too (``traces`` gets each host's decoded trace)."""
+    src, dst = f.src, f.dst
+    shell, src_host, dst_host = c.shell, src["host"], dst.get("host")
+    if shell is None or c.args.no_trace:
+        return why.trace_steps(src_host, None, dst_host, None, None, None)
+    try:
+        sport = dataplane.endpoint_port(shell, src_host, src["vpc"], src["name"])
+        if sport is None:
+            detail = f"{src['name']} has no port on {src_host} (external_ids, docs/attach.md)"
+            return [why.Step(f"trace {src_host}", False, detail)]
+        flow = why.trace_flow(src, dst, f.src_vpc, sport[0], proto, port)
+        first = traces[src_host] = why.decode_trace(dataplane.trace(shell, src_host, flow))
+        dport = (
+            dataplane.endpoint_port(shell, dst_host, dst["vpc"], dst["name"]) if dst_host else None
+        )
+        underlay = (f.dst_host_at_src or {}).get("underlay_ip")
+        second = None
+        tunnel = dataplane.tunnel_port(shell, dst_host) if dst_host else None
+        if dst_host and tunnel and first.tun_dst == underlay:
+            here = (f.src_host_at_dst or {}).get("underlay_ip", "")
+            arrive = first.arrival(tunnel[0], here)
+            if arrive is not None:
+                second = why.decode_trace(dataplane.trace(shell, dst_host, arrive))
+                traces[dst_host] = second
+        return why.trace_steps(src_host, first, dst_host, underlay, dport and dport[1], second)
+    except (OSError, LookupError, LabError) as exc:
+        return [why.Step(f"trace {src_host}", None, f"not traced: {exc}")]
+
+
 # --- arguments ------------------------------------------------------------------------------
 
 
@@ -309,6 +419,22 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--next-hop", required=True)
     x.add_argument("--priority", type=int)
     cmd(r, "delete", "delete a static route", item_delete("routes", "route"), "vpc", "name")
+
+    x = groups.add_parser(
+        "why", help="can SRC reach DST? intent and data plane, first blocking step"
+    )
+    x.add_argument("src", type=endpoint_ref, metavar="SRC", help="VPC/NAME")
+    x.add_argument("dst", type=endpoint_ref, metavar="DST", help="VPC/NAME")
+    x.add_argument("--port", type=int, help="destination port (default protocol then: tcp)")
+    x.add_argument("--proto", choices=why.PROTOS, help="default: icmp, or tcp with --port")
+    x.add_argument(
+        "--host-exec",
+        metavar="TEMPLATE",
+        help="command prefix reaching a host's OVS, e.g. 'ssh {host} --' (default: the lab's own, for a shard a lab wrote)",
+    )
+    x.add_argument("--no-trace", action="store_true", help="intent only: no ofproto/trace")
+    x.add_argument("--verbose", "-v", action="store_true", help="print each decoded trace")
+    x.set_defaults(fn=why_cmd)
     return p
 
 
@@ -324,7 +450,15 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     timeout = args.timeout + (
         getattr(args, "wait_timeout", 0) if getattr(args, "wait", False) else 0
     )
-    cli = Cli(args, Client(target.url, target.token, timeout, target.ca_file), print)
+    shell: dataplane.HostShell | None = None
+    if getattr(args, "host_exec", None):
+        shell = dataplane.ExecShell(args.host_exec)
+    elif args.fn is why_cmd and target.lab:
+        try:
+            shell = dataplane.LabShell(target.lab)
+        except LookupError:
+            shell = None
+    cli = Cli(args, Client(target.url, target.token, timeout, target.ca_file), print, shell)
     try:
         args.fn(cli)
     except ApiFailure as exc:

@@ -3,7 +3,9 @@ green exporting 10.3.0.0/25 only, blue - green not peered, r3 deferred).
 
 - the ``meshpeer`` CLI with nothing but the config file ``scripts/lab up`` wrote;
 - each OHC's ``/metrics`` on its host's loopback, and the shards' over the lab's HTTPS:
-  values follow an endpoint created with ``--wait`` (docs/metrics.md).
+  values follow an endpoint created with ``--wait`` (docs/metrics.md);
+- ``meshpeer why``: its verdict agrees with ping for reachable and blocked pairs, names the
+  first blocking step, and finds a flow missing from a switch when the intent is fine.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from meshpeer.lab import controllers, ohcs
+from meshpeer.lab import controllers, ohcs, ovs
 from tests.integration.labkit import E2E_TOPOLOGIES, Lab, running
 from tests.support.metrics import Samples, parse, value
 from tests.support.wait import wait_for
@@ -131,3 +134,58 @@ def test_metrics_follow_an_endpoint_programmed_on_its_host(lab: Lab) -> None:
     )
     assert lab.ping("r3", "b1")
     meshpeer("-c", "ctl2", "endpoints", "delete", "red", "r3", "--wait")
+
+
+def why(*pair: str) -> tuple[int, list[str]]:
+    done = meshpeer("-c", "ctl1", "why", *pair, "--port", "80", check=False)
+    assert done.returncode in (0, 4), done.stderr
+    return done.returncode, done.stdout.splitlines()
+
+
+def test_why_agrees_with_ping_and_names_the_first_blocking_step(lab: Lab) -> None:
+    cases = {
+        ("blue/b1", "blue/b2"): None,  # same VPC, across hosts
+        ("blue/b1", "red/r1"): None,  # peered across shards and hosts
+        ("blue/b2", "red/r1"): None,  # peered, on one host
+        ("blue/b1", "green/g1"): "peered",  # peering is not transitive
+        ("red/r1", "green/g2"): "exported",  # green exports 10.3.0.0/25 only
+    }
+    timings = []
+    for (src, dst), blocker in cases.items():
+        t0 = time.monotonic()
+        code, lines = why(src, dst)
+        timings.append(time.monotonic() - t0)
+        text = "\n".join(lines)
+        if blocker is None:
+            assert (code, lines[-1]) == (0, "REACHABLE"), text
+            assert not [x for x in lines if x.lstrip().startswith(("BLOCKED ", "- "))], text
+            # the source host's pipeline delivers it, locally or through DST's host's
+            assert lines[-2].split()[1] == "trace" and "output to port" in lines[-2], text
+        else:
+            assert code == 4, text
+            assert lines[-1].startswith(f"BLOCKED at {blocker}: "), text
+            # the data plane agrees: the source host's pipeline drops it
+            assert "dropped in l3_lookup(30)" in text, text
+        assert lab.ping(src.split("/")[1], dst.split("/")[1]) == (blocker is None), (src, dst)
+    print(f"\nmeshpeer why, 5 pairs: {', '.join(f'{t:.2f}' for t in timings)} s each")
+
+
+def test_why_finds_a_flow_missing_from_a_switch(lab: Lab) -> None:
+    """The intent is fine, hv1's switch is not: a flow deleted behind its OHC's back."""
+    hv1 = lab.host("hv1")
+    assert lab.ping("b1", "r1")
+    ovs.ofctl(hv1, "del-flows", "table=30,ip,nw_dst=10.2.0.11")
+    try:
+        code, lines = why("blue/b1", "red/r1")
+        text = "\n".join(lines)
+        assert code == 4, text
+        assert lines[-1] == (
+            "BLOCKED at trace hv1: classify(0) -> routed_hop(20) -> l3_lookup(30): "
+            "dropped in l3_lookup(30)"
+        ), text
+        intent = [x.split()[0] for x in lines[1:] if "trace" not in x.split()[1:2]][:-1]
+        assert set(intent) == {"ok"}, text  # every intent step passed, programmed included
+        assert not lab.ping("b1", "r1")
+    finally:
+        ovs.ofctl(hv1, "del-flows")  # the canary flow too: the OHC resyncs everything
+        wait_for(lambda: lab.ping("b1", "r1"), 30.0, what="hv1 resynced by its OHC")
