@@ -22,6 +22,7 @@ from meshpeer.controller.handlers.peerings import PeeringHandlers
 from meshpeer.controller.handlers.routes import RouteHandlers
 from meshpeer.controller.handlers.service import ServiceHandlers
 from meshpeer.controller.handlers.streams import StreamHandlers
+from meshpeer.controller.handlers.ui import UiHandlers
 from meshpeer.controller.handlers.vpcs import VpcHandlers
 from meshpeer.controller.shard import ShardState
 from meshpeer.metrics import ShardMetrics
@@ -70,7 +71,7 @@ class ControllerApi:
 
     def routes(self) -> list[Route]:
         health, multiplexer = self.service.routes()
-        table = [health, *MetricsHandlers(self.metrics).routes()]
+        table = [health, *MetricsHandlers(self.metrics).routes(), *UiHandlers().routes()]
         for handlers in self.resources:
             table += handlers.routes()
         return [*table, multiplexer, *self.streams.routes()]
