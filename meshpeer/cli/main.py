@@ -14,6 +14,7 @@ a blocking step.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -22,10 +23,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from meshpeer import __version__
-from meshpeer.cli import config, dataplane, why
+from meshpeer.cli import config, dataplane, policydiff, why
 from meshpeer.cli import format as fmt
 from meshpeer.client import ApiFailure, Client
 from meshpeer.lab.sh import LabError
+from policies.export import PolicyError
 
 EXIT_API, EXIT_USAGE, EXIT_PENDING, EXIT_BLOCKED = 1, 2, 3, 4
 DEFAULT_WAIT = 30  # seconds ?wait=programmed may hold an answer (the API allows 0..60)
@@ -151,16 +153,49 @@ def peerings_list(c: Cli) -> None:
 def peering_settings(a: argparse.Namespace) -> dict[str, Any]:
     """The settings flags given; any export flag sends a whole export policy (it replaces the
     side's policy on update: give every restriction it should keep)."""
-    body: dict[str, Any] = {}
+    export = export_of(a)
+    body = {} if not export and not a.export_all else {"export": export}
+    return {**body, **given(a, "import_custom_routes", "inbound", "preference")}
+
+
+def export_of(a: argparse.Namespace) -> dict[str, Any]:
+    """The export policy the export flags describe ({}: no restriction)."""
     export: dict[str, Any] = {}
     if a.export_range:
         export["ranges"] = a.export_range
     for key in ("private_only", "ipv6_only", "custom_routes"):
         if getattr(a, f"export_{key}"):
             export[key] = True
-    if export or a.export_all:
-        body["export"] = export
-    return {**body, **given(a, "import_custom_routes", "inbound", "preference")}
+    return export
+
+
+def policy_diff(c: Cli) -> None:
+    """What the export flags would expose or hide, were they applied to the side: nothing is
+    written."""
+    a = c.args
+    side = c.client.get(c.q("vpcs", a.vpc, "peerings", a.name))
+    peer_endpoints: list[Any] = []
+    try:
+        peer_endpoints = c.at(side["peer_vpc"]).get(c.q("vpcs", side["peer_vpc"], "endpoints"))[
+            "endpoints"
+        ]
+    except ApiFailure as exc:
+        if exc.status != 404:
+            raise
+    try:
+        found = policydiff.diff(
+            side,
+            export_of(a),
+            c.client.get(c.q("vpcs", a.vpc)),
+            c.client.get(c.q("vpcs", a.vpc, "endpoints"))["endpoints"],
+            c.client.get(c.q("vpcs", a.vpc, "routes"))["routes"],
+            peer_endpoints,
+        )
+    except PolicyError as exc:  # the flags describe no valid policy: the API would say 400
+        print(f"meshpeer: bad export flags: {exc.field}: {exc.detail}", file=sys.stderr)
+        c.status = EXIT_USAGE
+        return
+    c.show(dataclasses.asdict(found) | {"changes": found.changes}, lambda d: found.text())
 
 
 def peerings_create(c: Cli) -> None:
@@ -309,6 +344,23 @@ def _wait_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _peering_flags(p: argparse.ArgumentParser) -> None:
+    _export_flags(p)
+    p.add_argument(
+        "--import-custom-routes",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="take the peer's custom routes",
+    )
+    p.add_argument(
+        "--inbound", choices=("all", "replies"), help="what this side lets in from the peer"
+    )
+    p.add_argument(
+        "--preference", type=int, help="0..65535, higher wins between peers (default 100)"
+    )
+    _wait_flags(p)
+
+
+def _export_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--export-range", action="append", metavar="CIDR", help="export only these ranges (repeat)"
     )
@@ -324,19 +376,6 @@ def _peering_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--export-all", action="store_true", help="send an export policy with no restriction"
     )
-    p.add_argument(
-        "--import-custom-routes",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="take the peer's custom routes",
-    )
-    p.add_argument(
-        "--inbound", choices=("all", "replies"), help="what this side lets in from the peer"
-    )
-    p.add_argument(
-        "--preference", type=int, help="0..65535, higher wins between peers (default 100)"
-    )
-    _wait_flags(p)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -419,6 +458,10 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--next-hop", required=True)
     x.add_argument("--priority", type=int)
     cmd(r, "delete", "delete a static route", item_delete("routes", "route"), "vpc", "name")
+
+    po = verbs("policy", "export policies of peering sides")
+    what = "what the export flags would expose or hide, and on which hosts; writes nothing"
+    _export_flags(cmd(po, "diff", what, policy_diff, "vpc", "name"))
 
     x = groups.add_parser(
         "why", help="can SRC reach DST? intent and data plane, first blocking step"

@@ -179,3 +179,46 @@ def test_the_console_script_reaches_a_shard_with_the_config_alone(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert line_of(done.stdout, "teal")[2] == "10.7.0.0/24"
+
+
+def test_policy_diff_says_what_a_change_would_hide_before_it_is_applied(
+    cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cli = Cli(cluster, tmp_path, capsys)
+    c1, c2 = cluster["ctl1"], cluster["ctl2"]
+    c1.vpc("blue", "10.1.0.0/24")
+    c1.vm("blue", "b1", "10.1.0.11", host="hv1")
+    c1.vm("blue", "b2", "10.1.0.200", host="hv2")
+    c1.post("/v1/vpcs/blue/routes", {"name": "onprem", "prefix": "192.168.5.0/24",
+                                     "next_hop": "10.1.0.11"})  # fmt: skip
+    c2.vpc("red", "10.2.0.0/24")
+    c2.vm("red", "r1", "10.2.0.11", host="hv3")
+    c1.peer("blue", "red")
+    c2.peer("red", "blue")
+    c1.wait_state("blue", "to-red", "ACTIVE")
+    before = (c1.version(), c2.version())
+
+    out = cli.ok("-c", "ctl1", "policy", "diff", "blue", "to-red", "--export-range", "10.1.0.0/25")
+    assert out.splitlines()[1:] == [
+        "  hides    subnet range 10.1.0.128/25",
+        "  hides    endpoint b2 10.1.0.200 (hv2)",
+        "  on the peer's hosts (now): hv3",
+    ]
+    doc = cli.json("-c", "ctl1", "policy", "diff", "blue", "to-red", "--export-custom-routes")
+    assert (doc["exposed"], doc["hidden"]) == (["route onprem 192.168.5.0/24 via 10.1.0.11"], [])
+    assert (c1.version(), c2.version()) == before  # a diff writes nothing
+    code, _, err = cli.run("-c", "ctl1", "policy", "diff", "blue", "to-red",
+                           "--export-range", "10.1.0.0/33")  # fmt: skip
+    assert code == 2 and "bad export flags: export.ranges[0]" in err
+
+    # Applied, the peer sees what the diff said: 10.1.0.0/25, not the whole /24.
+    cli.ok("-c", "ctl1", "peerings", "update", "blue", "to-red", "--export-range", "10.1.0.0/25")
+
+    def peer_sees() -> set[str] | None:
+        routes = c2.get("/v1/vpcs/red/routes/effective")["routes"]
+        seen = {r["prefix"] for r in routes if r["origin"] == "peer:blue"}
+        return seen if seen == {"10.1.0.0/25"} else None
+
+    wait_for(peer_sees, TIMEOUT, what="red sees blue's /25 only")
+    out = cli.ok("-c", "ctl1", "policy", "diff", "blue", "to-red", "--export-range", "10.1.0.0/25")
+    assert out.splitlines()[1] == "same effect: nothing would change"
