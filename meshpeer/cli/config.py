@@ -14,8 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from meshpeer.lab import controllers
-from meshpeer.lab.plan import LabPlan
 from meshpeer.lab.state import read_json, write_json
 
 
@@ -108,14 +106,3 @@ def forget_lab(path: str, lab: str) -> None:
     if doc.get("default") not in doc["controllers"]:
         doc["default"] = next(iter(doc["controllers"]), None)
     write_json(path, doc)
-
-
-def save_plan(plan: LabPlan, env: Mapping[str, str] = os.environ) -> str:
-    """``scripts/lab up``: record the lab's shards (admin token, CA); returns the file."""
-    path = config_path(env)
-    entries = {
-        c.name: {"url": controllers.url(plan, c), "token": plan.api_token, "ca_file": plan.ca_file}
-        for c in plan.controllers
-    }
-    save_lab(path, plan.lab, entries)
-    return path

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-from typing import Protocol
-
-from meshpeer.lab import ovs, state
+from typing import Any, Protocol
 
 
 class HostShell(Protocol):
@@ -18,19 +16,30 @@ class HostShell(Protocol):
 
 
 class LabShell:
-    """The hosts of a lab that is up (its state file names their sockets)."""
+    """The hosts of a lab that is up (its state file names their sockets). The lab's modules
+    load only here: the CLI needs no lab elsewhere."""
 
     def __init__(self, lab: str) -> None:
+        from meshpeer.lab import ovs, state
+        from meshpeer.lab.sh import LabError
+
         plan = state.load(lab)
         if plan is None:
             raise LookupError(f"lab {lab!r} is not up")
-        self.plan = plan
+        self.plan, self.ovs, self.failure = plan, ovs, LabError
+
+    def _run(self, fn: Any, host: str, args: tuple[str, ...]) -> str:
+        try:
+            out: str = fn(self.plan.host(host), *args)
+            return out
+        except self.failure as exc:
+            raise OSError(str(exc)) from exc
 
     def vsctl(self, host: str, *args: str) -> str:
-        return ovs.vsctl(self.plan.host(host), *args)
+        return self._run(self.ovs.vsctl, host, args)
 
     def appctl(self, host: str, *args: str) -> str:
-        return ovs.appctl(self.plan.host(host), *args)
+        return self._run(self.ovs.appctl, host, args)
 
 
 class ExecShell:

@@ -26,7 +26,6 @@ from meshpeer import __version__
 from meshpeer.cli import config, dataplane, policydiff, why
 from meshpeer.cli import format as fmt
 from meshpeer.client import ApiFailure, Client
-from meshpeer.lab.sh import LabError
 from policies.export import PolicyError
 
 EXIT_API, EXIT_USAGE, EXIT_PENDING, EXIT_BLOCKED = 1, 2, 3, 4
@@ -313,15 +312,15 @@ def trace_both(
         )
         underlay = (f.dst_host_at_src or {}).get("underlay_ip")
         second = None
-        tunnel = dataplane.tunnel_port(shell, dst_host) if dst_host else None
-        if dst_host and tunnel and first.tun_dst == underlay:
+        if dst_host and first.outcome == "tunnel" and first.tun_dst == underlay:
+            tunnel = dataplane.tunnel_port(shell, dst_host)
             here = (f.src_host_at_dst or {}).get("underlay_ip", "")
-            arrive = first.arrival(tunnel[0], here)
+            arrive = first.arrival(tunnel[0], here) if tunnel else None
             if arrive is not None:
                 second = why.decode_trace(dataplane.trace(shell, dst_host, arrive))
                 traces[dst_host] = second
         return why.trace_steps(src_host, first, dst_host, underlay, dport and dport[1], second)
-    except (OSError, LookupError, LabError) as exc:
+    except (OSError, LookupError) as exc:
         return [why.Step(f"trace {src_host}", None, f"not traced: {exc}")]
 
 

@@ -59,8 +59,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     print(f"[lab {args.lab}] up in {elapsed:.2f}s: {len(plan.hosts)} hosts, {len(plan.vms)} VMs, "
           f"{len(plan.controllers)} controllers")  # fmt: skip
-    if plan.controllers:
-        print(f"[lab {args.lab}] meshpeer CLI config: {cli_config.save_plan(plan)}")
+    if plan.controllers:  # the operator CLI finds the shards by name (docs/cli.md)
+        path = cli_config.config_path(os.environ)
+        entry = {"token": plan.api_token, "ca_file": plan.ca_file}
+        shards = {c.name: {"url": controllers.url(plan, c), **entry} for c in plan.controllers}
+        cli_config.save_lab(path, plan.lab, shards)
+        print(f"[lab {args.lab}] meshpeer CLI config: {path}")
     return 0
 
 
