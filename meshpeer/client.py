@@ -26,6 +26,8 @@ class ApiFailure(Exception):
 
     def __init__(self, method: str, path: str, status: int, body: Any) -> None:
         super().__init__(f"{method} {path} -> {status}: {body}")
+        self.method = method
+        self.path = path
         self.status = status
         self.body = body
 

@@ -203,6 +203,13 @@ OHC = Section(
         ),
         Option("status_file", str, "where to write a JSON status after each sync (none: no file)"),
         Option("canary_interval", float, "seconds between checks for an OVS restart", 2.0),
+        Option(
+            "metrics_port",
+            int,
+            "port of the OHC's Prometheus `GET /metrics` (docs/metrics.md; 0: not served)",
+            0,
+        ),
+        Option("metrics_host", str, "address `metrics_port` listens on", "127.0.0.1"),
     ),
 )
 

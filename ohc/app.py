@@ -41,6 +41,7 @@ from ohc.agent import Agent
 from ohc.clients import stream_client
 from ohc.cookies import Kind, kind_of
 from ohc.engine import FlowEngine
+from ohc.metrics import OhcMetrics
 from ohc.model import Skipped
 from ohc.pipeline import ND_TARGET
 from ohc.ports import SwitchPorts
@@ -125,6 +126,9 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         self.read_back_by = 0.0  # monotonic time until which a read-back waits for the streams
         self.deferred: set[str] = set()  # reasons of the syncs deferred meanwhile
         self.grace_timer: Any = None  # ends a deferral (_defer_read_back)
+        self.metrics = OhcMetrics(
+            self.agent.stream_states, lambda: self.last.get("applied", {})
+        )  # docs/metrics.md
 
     def start(self) -> Any:
         thread = super().start()
@@ -132,6 +136,10 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         self.threads.append(hub.spawn(self._worker))
         self.threads.append(hub.spawn(self._canary))
         self.threads.append(hub.spawn(self._reporter))
+        if self.conf.metrics_port:
+            self.threads.append(
+                self.metrics.serve(self.conf.metrics_host, self.conf.metrics_port)[0]
+            )
         self.agent.start()
         return thread
 
@@ -142,6 +150,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
     # --- subscriptions -------------------------------------------------------------------
 
     def _update(self) -> None:
+        self.metrics.changed()
         self.triggers.put("update")
 
     def _register(self) -> None:
@@ -243,8 +252,11 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             self.busy = True
             try:
                 gc.disable()  # see _freeze_heap
+                self.metrics.started()
                 self._sync(dp, reasons)
+                self.metrics.synced(self.last)
             except Exception as exc:
+                self.metrics.failed()
                 log.exception("ohc %s: sync failed", self.conf.host)
                 self._error(f"sync failed: {type(exc).__name__}: {exc}")
                 self.session.installed = None

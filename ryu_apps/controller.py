@@ -101,11 +101,13 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
 
     def start(self) -> Any:
         super().start()
-        app = Api(
-            self.api.routes(),
-            self.api.guard,
-            title="meshpeer controller",
-            debug=self.conf.check_answers,
+        app = self.api.metrics.instrument(
+            Api(
+                self.api.routes(),
+                self.api.guard,
+                title="meshpeer controller",
+                debug=self.conf.check_answers,
+            )
         )
         fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # raised by meshpeer.manager
         limits = Limits(**{f.name: getattr(self.conf, f.name) for f in dataclasses.fields(Limits)})

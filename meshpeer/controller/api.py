@@ -17,12 +17,15 @@ from meshpeer.controller.auth import Credentials, route_action
 from meshpeer.controller.handlers.base import Access, AppliedSignal, Fetch, PollingSignal
 from meshpeer.controller.handlers.endpoints import EndpointHandlers
 from meshpeer.controller.handlers.hosts import HostHandlers
+from meshpeer.controller.handlers.metrics import MetricsHandlers
 from meshpeer.controller.handlers.peerings import PeeringHandlers
 from meshpeer.controller.handlers.routes import RouteHandlers
 from meshpeer.controller.handlers.service import ServiceHandlers
 from meshpeer.controller.handlers.streams import StreamHandlers
+from meshpeer.controller.handlers.ui import UiHandlers
 from meshpeer.controller.handlers.vpcs import VpcHandlers
 from meshpeer.controller.shard import ShardState
+from meshpeer.metrics import ShardMetrics
 from meshpeer.rest.router import Route
 
 
@@ -47,6 +50,7 @@ class ControllerApi:
         self.access = Access(shard, api_token, readonly_token, api_tokens, readonly_tokens)
         shared = (shard, self.access, fetch_view, heartbeat_interval, self.applied)
         self.service = ServiceHandlers(*shared)
+        self.metrics = ShardMetrics(shard)
         # in the order of the route table (and of the OpenAPI document)
         self.resources = (
             VpcHandlers(*shared),
@@ -67,7 +71,7 @@ class ControllerApi:
 
     def routes(self) -> list[Route]:
         health, multiplexer = self.service.routes()
-        table = [health]
+        table = [health, *MetricsHandlers(self.metrics).routes(), *UiHandlers().routes()]
         for handlers in self.resources:
             table += handlers.routes()
         return [*table, multiplexer, *self.streams.routes()]

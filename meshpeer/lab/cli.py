@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from meshpeer import __version__
+from meshpeer.cli import config as cli_config
 from meshpeer.lab import (
     attach,
     build,
@@ -79,6 +80,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     print(f"[lab {args.lab}] up in {elapsed:.2f}s: {len(plan.hosts)} hosts ({plan.backend}), "
           f"{len(plan.vms)} VMs, {len(plan.controllers)} controllers")  # fmt: skip
+    if plan.controllers:  # the operator CLI finds the shards by name (docs/cli.md)
+        path = cli_config.config_path(os.environ)
+        entry = {"token": plan.api_token, "ca_file": plan.ca_file}
+        shards = {c.name: {"url": controllers.url(plan, c), **entry} for c in plan.controllers}
+        cli_config.save_lab(path, plan.lab, shards)
+        print(f"[lab {args.lab}] meshpeer CLI config: {path}")
     return 0
 
 
@@ -272,6 +279,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     done = teardown.down(args.lab)
+    cli_config.forget_lab(cli_config.config_path(os.environ), args.lab)
     print(f"[lab {args.lab}] down in {time.monotonic() - t0:.2f}s: "
           f"{done['namespaces']} namespaces, {done['containers']} containers removed")  # fmt: skip
     if done["logs"]:

@@ -22,6 +22,7 @@ from meshpeer.lab.supervision import Spec
 
 OHC_APP = "ohc.app"
 KIND = "ohc"
+METRICS_PORT = 9465  # each OHC's /metrics on 127.0.0.1 in its host's namespace (docs/metrics.md)
 
 
 def config_text(plan: LabPlan, h: HostPlan) -> str:
@@ -33,6 +34,7 @@ def config_text(plan: LabPlan, h: HostPlan) -> str:
         "ovsdb": ovs.db(h),
         "status_file": f"{h.rundir}/ohc.status.json",
         "ca_file": plan.ca_file,
+        "metrics_port": METRICS_PORT,
     }
     return options.config_text(options.OHC, values)
 

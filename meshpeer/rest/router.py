@@ -42,6 +42,7 @@ from meshpeer.rest.schema import MAX_DEPTH, Bool, Free, Int, Schema, Str, valida
 log = logging.getLogger(__name__)
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+ROUTE_ENV = "meshpeer.route"  # the WSGI environ key naming the matched route's template
 _PARAM = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
@@ -213,6 +214,7 @@ class Api:
     def handle(self, request: Request) -> Response:
         try:
             route, params = self._match(request)
+            request.environ[ROUTE_ENV] = route.path  # for the request metrics (meshpeer.metrics)
             ctx = self._prepare(route, params, request)
         except ApiError as exc:
             return _error_response(exc)

@@ -251,6 +251,7 @@ class StreamHub:
         self.clock = clock
         self._floor = base_version
         self._streams: dict[StreamId, _Stream] = {}
+        self.deltas_published = 0  # for the shard's metrics
 
     # --- publishing ------------------------------------------------------------------------
 
@@ -309,6 +310,7 @@ class StreamHub:
         if not upserts and not deletes:
             return None
         delta = stream.log.apply(stream.log.version + 1, upserts, deletes)
+        self.deltas_published += 1
         stream.drop_cache()
         for outbox in stream.outboxes:
             outbox.queue.push(delta)

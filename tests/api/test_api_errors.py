@@ -613,7 +613,14 @@ SAMPLE = {
     "routes/{name}": "routes/r1",
     "hosts/{name}": "hosts/hv1",
 }
-PUBLIC = {("GET", "/healthz"), ("GET", "/v1/openapi.json")}
+PUBLIC = {
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("GET", "/ui"),
+    ("GET", "/ui/app.js"),
+    ("GET", "/ui/style.css"),
+    ("GET", "/v1/openapi.json"),
+}
 
 
 def concrete(path: str) -> str:

@@ -18,12 +18,11 @@ from meshpeer import __version__
 from meshpeer.controller.api import ControllerApi
 from meshpeer.rest.router import Api
 from tests.api.ctlkit import HOST_STATUS, Cluster, Ctl
-from tests.api.test_api_errors import CASES
+from tests.api.test_api_errors import CASES, PUBLIC
 
 # The route table, written out: a route added or dropped must show up here on purpose.
 EXPECTED = {
-    ("GET", "/healthz"),
-    ("GET", "/v1/openapi.json"),
+    *PUBLIC,  # /healthz, /metrics, the page's files, the OpenAPI document
     ("GET", "/v1/vpcs"),
     ("POST", "/v1/vpcs"),
     ("GET", "/v1/vpcs/{vpc}"),
@@ -61,8 +60,7 @@ EXPECTED = {
     ("GET", "/v1/subscribe"),
 }
 NO_AUTH = {
-    ("GET", "/healthz"),
-    ("GET", "/v1/openapi.json"),
+    *PUBLIC,
     ("GET", "/v1/subscribe"),  # a credential and maybe a grant, checked by the handler
 }
 
@@ -347,7 +345,16 @@ def test_real_answers_of_every_route_match_the_document(
     call("GET", "/v1/vpcs/jade")  # an error answer, validated against the Error schema
     module_cluster["ctl2"].delete("/v1/vpcs/pink/peerings/p")
     module_cluster["ctl2"].delete("/v1/vpcs/pink")
-    assert set(table) - checked == {("GET", "/v1/subscribe")}  # test_api_schemathesis.py
+    # the stream: test_api_schemathesis.py; the text exposition: test_metrics.py; the page and
+    # its files: test_ui.py
+    not_json = {
+        ("GET", "/metrics"),
+        ("GET", "/ui"),
+        ("GET", "/ui/app.js"),
+        ("GET", "/ui/style.css"),
+    }
+    assert set(table) - checked == {("GET", "/v1/subscribe"), *not_json}
+    assert "text/plain" in table[("GET", "/metrics")]["responses"]["200"]["content"]
 
 
 def test_ip_and_cidr_have_patterns(doc: dict[str, Any]) -> None:
