@@ -22,9 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
 
 from meshpeer.controller import intent as ops
-from meshpeer.controller.directory import parse_directory
 from meshpeer.controller.model import Host, Subnet
 from meshpeer.controller.shard import ShardState
+from meshpeer.directory import parse_directory
 from meshpeer.store.sqlite import Store
 from meshpeer.streaming.publisher import StreamHub
 from policies.export import ExportPolicy

@@ -34,7 +34,7 @@ from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3
 
 from meshpeer import options
-from meshpeer.controller.directory import SECRETS, parse_directory
+from meshpeer.directory import SECRETS, parse_directory
 from meshpeer.protocol import ServiceName
 from ohc import nd, ofio, ports, reporting, status
 from ohc.agent import Agent

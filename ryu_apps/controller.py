@@ -21,10 +21,10 @@ from os_ken.lib import hub
 from meshpeer import options, tls
 from meshpeer.controller.api import ControllerApi
 from meshpeer.controller.auth import parse_operator_tokens
-from meshpeer.controller.directory import Directory, parse_directory
 from meshpeer.controller.federation import Federation
 from meshpeer.controller.shard import ShardState
 from meshpeer.controller.speaker import Speaker
+from meshpeer.directory import Directory, parse_directory
 from meshpeer.rest.admission import Limits
 from meshpeer.rest.router import Api
 from meshpeer.rest.server import serve

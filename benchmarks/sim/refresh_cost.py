@@ -21,10 +21,10 @@ import yaml
 
 import meshpeer
 from meshpeer.controller import intent as ops
-from meshpeer.controller.directory import parse_directory
 from meshpeer.controller.model import Intent, store_key
 from meshpeer.controller.peering import federation_view
 from meshpeer.controller.shard import ShardState
+from meshpeer.directory import parse_directory
 from meshpeer.protocol import ServiceName
 from meshpeer.store.sqlite import Change, Store
 from meshpeer.streaming.publisher import StreamHub

@@ -31,7 +31,7 @@ import yaml  # noqa: E402
 from eventlet.green import os as green_os  # noqa: E402
 from eventlet.semaphore import Semaphore  # noqa: E402
 
-from meshpeer.controller.directory import parse_directory  # noqa: E402
+from meshpeer.directory import parse_directory  # noqa: E402
 from meshpeer.protocol import ServiceName  # noqa: E402
 from meshpeer.protocol.messages import Delta, Snapshot  # noqa: E402
 from meshpeer.protocol.stream import ReplicaState  # noqa: E402

@@ -1,7 +1,7 @@
 """The two files a controller shard starts from: its config section and the shard directory.
 
 One writer for every launcher (the lab, the API tests' loopback shards, the scale
-simulation); ``meshpeer.options`` declares the options, ``meshpeer.controller.directory``
+simulation); ``meshpeer.options`` declares the options, ``meshpeer.directory``
 parses the directory.
 """
 
@@ -67,7 +67,7 @@ def directory_doc(
 ) -> dict[str, Any]:
     """The shard directory every shard reads (YAML), with one grant key, id ``k1``, and one
     host key, id ``h1`` (host credentials: :func:`host_credential`). Hosts get it without
-    the secrets (``meshpeer.controller.directory.public_doc``)."""
+    the secrets (``meshpeer.directory.public_doc``)."""
     doc: dict[str, Any] = {
         "shards": {
             name: {"url": e.url, "vni_range": list(e.vni_range), "vpcs": list(e.vpcs)}

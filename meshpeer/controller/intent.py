@@ -11,7 +11,6 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from meshpeer.controller.directory import Directory
 from meshpeer.controller.model import (
     BGP_KINDS,
     DEFAULT_ASN,
@@ -31,6 +30,7 @@ from meshpeer.controller.model import (
     derived_mac,
     reserved,
 )
+from meshpeer.directory import Directory
 from meshpeer.protocol.peering import Inbound
 from policies.export import ExportPolicy
 from policies.overlap import find_overlaps

@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from meshpeer.controller.bgp import DynamicRoute
-from meshpeer.controller.directory import Directory
 from meshpeer.controller.model import Endpoint, Intent, JsonObject, Peering, Resource, gateway
 from meshpeer.controller.peering import Status, View, view_hosts
+from meshpeer.directory import Directory
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.grants import Grant, mint
 from meshpeer.protocol.messages import PEER_SERVICES, StreamId

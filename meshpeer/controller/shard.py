@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from meshpeer.controller import bgp
-from meshpeer.controller.directory import Directory, credentials_update
 from meshpeer.controller.model import (
     Endpoint,
     Host,
@@ -50,6 +49,7 @@ from meshpeer.controller.peering import (
     without_hosts,
 )
 from meshpeer.controller.routing import effective_routes
+from meshpeer.directory import Directory, credentials_update
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.messages import (
     PEER_SERVICES,

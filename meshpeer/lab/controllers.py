@@ -18,7 +18,7 @@ from meshpeer import pki
 from meshpeer.client import ApiFailure, Client
 from meshpeer.controller import config
 from meshpeer.controller.config import ShardConfig, ShardEntry
-from meshpeer.controller.directory import public_doc
+from meshpeer.directory import public_doc
 from meshpeer.lab import supervisor
 from meshpeer.lab.plan import ControllerPlan, LabPlan, Secrets, vni_block
 from meshpeer.lab.procs import ROOT, alive, manager_cmd, read_pidfile, write_secret

@@ -5,9 +5,9 @@ from __future__ import annotations
 import ipaddress
 
 from meshpeer.controller import intent as ops
-from meshpeer.controller.directory import Directory, parse_directory
 from meshpeer.controller.model import Backend, Host, Intent, Subnet
 from meshpeer.controller.peering import View, federation_view
+from meshpeer.directory import Directory, parse_directory
 from meshpeer.protocol.peering import Inbound
 from policies.export import ExportPolicy, parse_export_policy
 from policies.routes import DEFAULT_PREFERENCE

@@ -20,7 +20,7 @@ from meshpeer.controller.auth import (
     route_action,
     shard_token,
 )
-from meshpeer.controller.directory import (
+from meshpeer.directory import (
     DirectoryError,
     credentials_update,
     parse_directory,
