@@ -200,6 +200,12 @@ def multiplexer(cluster: Cluster) -> dict[str, Any]:
 
 def snapshot_size(ctl: Ctl, token: str, service: str, key: str) -> tuple[int, int]:
     """(bytes, objects) of a stream's first message: the snapshot a new subscriber gets."""
+    line, objects = snapshot(ctl, token, service, key)
+    return line, len(objects)
+
+
+def snapshot(ctl: Ctl, token: str, service: str, key: str) -> tuple[int, dict[str, Any]]:
+    """A stream's first message: its length in bytes, and its objects."""
     conn: http.client.HTTPConnection
     if ctl.tls:
         context = tls.client_context(ctl.ca_file)
@@ -212,22 +218,49 @@ def snapshot_size(ctl: Ctl, token: str, service: str, key: str) -> tuple[int, in
         resp = conn.getresponse()
         line = resp.readline()
         msg = json.loads(line)
-        return len(line), len(msg.get("objects", {}))
+        return len(line), dict(msg.get("objects", {}))
     finally:
         conn.close()
 
 
-def full_state(cluster: Cluster) -> dict[str, Any]:
-    """Every object of every VPC service (destination, forwarding, loadbalancer), unfiltered."""
+def in_line(key: str, obj: Any) -> int:
+    """Bytes ``"key":{...},`` takes in a snapshot line (the codec's compact, sorted JSON)."""
+    return len(json.dumps({key: obj}, separators=(",", ":"), sort_keys=True)) - 1
+
+
+VPC_SERVICES = ("destination", "forwarding", "loadbalancer")
+
+
+def full_state(cluster: Cluster) -> tuple[dict[str, Any], dict[str, int]]:
+    """Every object of every VPC service (destination, forwarding, loadbalancer), unfiltered;
+    and the bytes each host needs of them (``needed_bytes``)."""
     sc = cluster.scenario
     nbytes = objects = 0
+    dest: dict[tuple[str, str], int] = {}  # (VPC, IP) -> bytes of its destination object
+    rest: dict[str, int] = {}  # VPC -> bytes of its routes and load balancers
     for v in sc.vpcs:
         ctl = cluster.ctls[sc.shard_of[v]]
-        for service in ("destination", "forwarding", "loadbalancer"):
-            b, o = snapshot_size(ctl, cluster.token, service, v)
+        for service in VPC_SERVICES:
+            b, objs = snapshot(ctl, cluster.token, service, v)
             nbytes += b
-            objects += o
-    return {"bytes": nbytes, "objects": objects}
+            objects += len(objs)
+            for k, o in objs.items():
+                if service == "destination":
+                    dest[(v, o["ip"])] = in_line(k, o)
+                else:
+                    rest[v] = rest.get(v, 0) + in_line(k, o)
+    needed = {h: needed_bytes(sc, h, dest, rest) for h in sc.hosts}
+    return {"bytes": nbytes, "objects": objects}, needed
+
+
+def needed_bytes(
+    sc: Scenario, host: str, dest: dict[tuple[str, str], int], rest: dict[str, int]
+) -> int:
+    """The bytes of the objects ``host`` needs (``Scenario.needed``, from the topology), each
+    counted once. A peer's routes and load balancers are counted whole (what its export
+    policy leaves out of them is not modelled: a few objects per VPC)."""
+    dests, vpcs = sc.needed(host)
+    return sum(dest.get(d, 0) for d in dests) + sum(rest.get(v, 0) for v in vpcs)
 
 
 # --- simulators -----------------------------------------------------------------------------
@@ -353,8 +386,14 @@ def converge(sims: Sims, sc: Scenario, timeout: float) -> dict[str, Any]:
         time.sleep(0.5)
 
 
-def received(sims: Sims, full: dict[str, Any]) -> dict[str, Any]:
+def received(sims: Sims, full: dict[str, Any], needed: dict[str, int]) -> dict[str, Any]:
     per = sims.merged({"cmd": "received"}, "received")
+    # what each host received of the VPC services over what it needs of them (the oracle)
+    over = [
+        sum(b for svc, (b, _o) in r["by_service"].items() if svc in VPC_SERVICES)
+        / max(needed[host], 1)
+        for host, r in per.items()
+    ]
     nbytes = [float(r["bytes"]) for r in per.values()]
     objs = [float(r["objects"]) for r in per.values()]
     by_service: dict[str, list[float]] = {}
@@ -371,6 +410,8 @@ def received(sims: Sims, full: dict[str, Any]) -> dict[str, Any]:
         "objects_ratio_max": max(objs) / max(full["objects"], 1),
         "median_bytes_by_service": {k: statistics.median(v) for k, v in sorted(by_service.items())},
         "reconnects": sum(r["reconnects"] for r in per.values()),
+        "bytes_over_needed_median": statistics.median(over),
+        "bytes_over_needed_max": max(over),
     }
 
 
@@ -477,7 +518,7 @@ def run(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any]:
             )
         result["active"] = wait_active(cluster, 120)
         after_load = cluster.stats()
-        result["full_state"] = full_state(cluster)
+        result["full_state"], needed = full_state(cluster)
         log(f"full state: {result['full_state']}; starting simulated hosts")
         sims = Sims(
             cluster, procs, args.sim_heartbeat_timeout or args.heartbeat * 3, args.sim_connecting
@@ -492,7 +533,7 @@ def run(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any]:
         sim_conv = proc_stats(sims.pids)
         time.sleep(args.idle)
         after_idle = cluster.stats()
-        result["received"] = received(sims, result["full_state"])
+        result["received"] = received(sims, result["full_state"], needed)
         result["multiplexer"] = multiplexer(cluster)
         if c["timed_out"] or args.creates == 0:
             log("  not converged (or --creates 0): no fan-out phase")
@@ -576,6 +617,10 @@ def print_result(r: dict[str, Any]) -> None:
             f" objects {o['min']:.0f}/{o['median']:.0f}/{o['max']:.0f};"
             f" full state {full['bytes']} B, {full['objects']} objects;"
             f" ratio median {rc['bytes_ratio_median']:.3f} (bytes) {rc['objects_ratio_median']:.3f} (objects)"
+        )
+        print(
+            f"received / needed (destinations, routes, load balancers; oracle from the topology):"
+            f" median {rc['bytes_over_needed_median']:.2f}, max {rc['bytes_over_needed_max']:.2f}"
         )
     if "multiplexer" in r:
         t = r["multiplexer"]["total"]

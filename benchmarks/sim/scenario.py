@@ -114,6 +114,33 @@ class Scenario:
                 subs |= {(svc, u, pid) for svc in ("destination", "forwarding", "lb")}
         return len(subs)
 
+    @cached_property
+    def _endpoints_of(self) -> dict[str, list[Ep]]:
+        out: dict[str, list[Ep]] = {v: [] for v in self.vpcs}
+        for e in self.endpoints:
+            out[e.vpc].append(e)
+        return out
+
+    def needed(self, host: str) -> tuple[set[tuple[str, str]], set[str]]:
+        """What an OHC on ``host`` needs, from the topology alone (the oracle of "limited
+        information"): (VPC, IP) of every destination (every endpoint of its VPCs, and every
+        endpoint of their peers that the peer exports to them), and the VPCs whose routes
+        and load balancers it needs (its own and their peers)."""
+        dests: set[tuple[str, str]] = set()
+        vpcs: set[str] = set()
+        for v in self.host_vpcs[host]:
+            vpcs.add(v)
+            dests |= {(v, e.ip) for e in self._endpoints_of[v]}
+            for u in self.peers[v]:
+                vpcs.add(u)
+                pol = self.policy(u, v)  # u's export toward v
+                dests |= {
+                    (u, e.ip)
+                    for e in self._endpoints_of[u]
+                    if pol.exports_ip(ipaddress.ip_address(e.ip))
+                }
+        return dests, vpcs
+
     def recipients(self, vpc: str, ip: str) -> set[str]:
         """Hosts that must receive a new endpoint ``ip`` of ``vpc`` in a destination stream."""
         addr = ipaddress.ip_address(ip)
