@@ -14,12 +14,12 @@ from typing import TypeVar
 
 from meshpeer.lab import controllers, hosts, ohcs, onprem, ovs, state, supervisor, teardown
 from meshpeer.lab.plan import DOCKER, NETNS, HostPlan, LabPlan, VmPlan, make_plan
+from meshpeer.lab.progress import Note, Progress, Ticker
 from meshpeer.lab.sh import ip_batch, run
 from meshpeer.lab.topology import Topology
 
 T = TypeVar("T")
 VM_MTU = 1400  # Geneve adds 50 bytes on a 1500-byte underlay; bigger packets vanish silently
-Progress = Callable[[str], None]
 
 
 def parallel(fn: Callable[[T], object], items: Iterable[T]) -> None:
@@ -59,33 +59,34 @@ def up(plan: LabPlan, topo: Topology, progress: Progress = print) -> float:
     start = time.monotonic()
     state.save(plan, "creating")
 
-    def stage(name: str, fn: Callable[[], str]) -> None:
+    def stage(name: str, fn: Callable[[Note], str]) -> None:
         t0 = time.monotonic()
-        detail = fn()
+        with Ticker(progress, f"[lab {plan.lab}] {name:<10}") as ticker:
+            detail = fn(ticker.note)
         progress(f"[lab {plan.lab}] {name:<10} {detail} ({time.monotonic() - t0:.2f}s)")
 
     if plan.backend == DOCKER:
-        stage("containers", lambda: hosts.create(plan))
-    stage("netns", lambda: _namespaces(plan))
-    stage("links", lambda: _links(plan))
-    stage("addresses", lambda: _addresses(plan))
-    stage("supervisor", lambda: f"pid {supervisor.start_daemon(plan)}")
-    stage("ovs", lambda: _switches(plan))
-    stage("underlay", lambda: _underlay(plan))
+        stage("containers", lambda note: hosts.create(plan, note))
+    stage("netns", lambda _: _namespaces(plan))
+    stage("links", lambda _: _links(plan))
+    stage("addresses", lambda _: _addresses(plan))
+    stage("supervisor", lambda _: f"pid {supervisor.start_daemon(plan)}")
+    stage("ovs", lambda _: _switches(plan))
+    stage("underlay", lambda _: _underlay(plan))
     if plan.onprem:
-        stage("onprem", lambda: _onprem(plan))
+        stage("onprem", lambda _: _onprem(plan))
     if plan.controllers:
-        stage("controllers", lambda: _controllers(plan, topo))
-        stage("ohcs", lambda: _ohcs(plan))
+        stage("controllers", lambda _: _controllers(plan, topo))
+        stage("ohcs", lambda _: _ohcs(plan))
         t_intent = time.time()
-        stage("intent", lambda: f"{controllers.apply_intent(plan, topo)} REST calls")
-        stage("programmed", lambda: _programmed(plan, t_intent))
+        stage("intent", lambda note: f"{controllers.apply_intent(plan, topo, note)} REST calls")
+        stage("programmed", lambda note: _programmed(plan, t_intent, note))
     state.save(plan, "up")
     return time.monotonic() - start
 
 
-def _programmed(plan: LabPlan, since: float) -> str:
-    ohcs.wait_settled(plan, since)
+def _programmed(plan: LabPlan, since: float, note: Note) -> str:
+    ohcs.wait_settled(plan, since, note=note)
     return "every OHC synced"
 
 

@@ -22,6 +22,7 @@ from meshpeer.directory import public_doc
 from meshpeer.lab import supervisor
 from meshpeer.lab.plan import ControllerPlan, LabPlan, Secrets, vni_block
 from meshpeer.lab.procs import ROOT, alive, manager_cmd, read_pidfile, write_secret
+from meshpeer.lab.progress import Note, no_note
 from meshpeer.lab.sh import LabError, netns_cmd
 from meshpeer.lab.supervision import Spec
 from meshpeer.lab.topology import Endpoint, Topology
@@ -174,15 +175,17 @@ def endpoint_body(plan: LabPlan, e: Endpoint) -> dict[str, Any]:
     return body
 
 
-def apply_intent(plan: LabPlan, topo: Topology) -> int:
+def apply_intent(plan: LabPlan, topo: Topology, note: Note = no_note) -> int:
     """Create the topology's VPCs, endpoints and peerings through the REST API.
 
-    Hosts are not created here: each host's OHC registers itself with every shard.
-    """
+    Hosts are not created here: each host's OHC registers itself with every shard. ``note``
+    hears how far it got (the lab's progress ticker)."""
     calls = 0
+    total = len(topo.vpcs) + sum(not e.defer for e in topo.endpoints) + len(topo.peerings)
     owner = {v.name: v.controller for v in topo.vpcs}
     try:
         for v in topo.vpcs:
+            note(f"{calls}/{total} REST calls")
             body: dict[str, Any] = {
                 "name": v.name,
                 "subnets": [{"cidr": str(s)} for s in v.subnets],
@@ -195,10 +198,12 @@ def apply_intent(plan: LabPlan, topo: Topology) -> int:
             calls += 1
         for e in topo.endpoints:
             if not e.defer:
+                note(f"{calls}/{total} REST calls")
                 path = f"/v1/vpcs/{e.vpc}/endpoints"
                 client_for(plan, owner[e.vpc]).post(path, endpoint_body(plan, e))
                 calls += 1
         for p in topo.peerings:
+            note(f"{calls}/{total} REST calls")
             body = {"name": f"{p.vpc}-{p.peer}", "peer_vpc": p.peer}
             if p.export is not None:
                 body["export"] = dict(p.export)

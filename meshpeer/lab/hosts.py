@@ -15,6 +15,7 @@ import os
 
 from meshpeer.lab.docker.paths import PIDFILE
 from meshpeer.lab.plan import DOCKER, HostPlan, LabPlan
+from meshpeer.lab.progress import Note, no_note
 from meshpeer.lab.sh import netns_cmd
 
 
@@ -32,13 +33,13 @@ def host_cmd(plan: LabPlan, host: HostPlan, cmd: list[str]) -> list[str]:
     return netns_cmd(host.netns, cmd)
 
 
-def create(plan: LabPlan) -> str:
+def create(plan: LabPlan, note: Note = no_note) -> str:
     """Create the containers of a docker lab, their network namespaces named as the netns lab
     names a host's ('up' calls it for a docker lab only). Returns what it did, for the progress
-    line."""
+    line; ``note`` hears which step it is at."""
     from meshpeer.lab.docker import containers
 
-    return containers.create(plan)
+    return containers.create(plan, note)
 
 
 def namespaces_to_add(plan: LabPlan) -> list[str]:

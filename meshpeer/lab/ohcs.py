@@ -17,6 +17,7 @@ from meshpeer.controller.config import host_credential
 from meshpeer.lab import hosts, ovs, supervisor
 from meshpeer.lab.plan import OF_LISTEN_PORT, HostPlan, LabPlan
 from meshpeer.lab.procs import ROOT, alive, manager_cmd, read_pidfile, write_secret
+from meshpeer.lab.progress import Note, no_note
 from meshpeer.lab.sh import LabError
 from meshpeer.lab.supervision import Spec
 
@@ -80,24 +81,32 @@ def status(h: HostPlan) -> dict[str, Any] | None:
         return None
 
 
-def wait_settled(plan: LabPlan, since: float, quiet: float = 0.5, timeout: float = 20.0) -> float:
+def wait_settled(
+    plan: LabPlan,
+    since: float,
+    quiet: float = 0.5,
+    timeout: float = 20.0,
+    note: Note = no_note,
+) -> float:
     """Wait until every OHC has synced after ``since`` with all its ports, then stayed quiet.
 
     A heuristic until applied versions are reported to the shards: good enough for the lab
-    to hand over a programmed data plane. Returns the seconds waited.
+    to hand over a programmed data plane. Returns the seconds waited. ``note`` hears how
+    many have settled (the lab's progress ticker).
     """
     start = time.time()
     while time.time() - start < timeout:
-        ready = True
+        settled = 0
         for h in plan.hosts:
             st = status(h) or {}
             last = st.get("last_sync") or {}
             # Deferred VMs have no port until they are created through the REST API.
             want = {f"{v.vpc}/{v.name}" for v in plan.vms_on(h.name) if not v.defer}
             at = last.get("at", 0)
-            if at < since or not want <= set(st.get("ports", {})) or time.time() - at < quiet:
-                ready = False
-        if ready:
+            if at >= since and want <= set(st.get("ports", {})) and time.time() - at >= quiet:
+                settled += 1
+        note(f"{settled}/{len(plan.hosts)} OHCs synced")
+        if settled == len(plan.hosts):
             return time.time() - start
         time.sleep(0.05)
     raise LabError(f"on-host controllers did not settle within {timeout}s")

@@ -29,6 +29,7 @@ from meshpeer.lab.docker import daemon, image
 from meshpeer.lab.docker.paths import SYSTEM_SOCKET
 from meshpeer.lab.plan import HostPlan, LabPlan
 from meshpeer.lab.procs import ROOT
+from meshpeer.lab.progress import Note, no_note
 from meshpeer.lab.sh import LabError, ip_batch
 from meshpeer.lab.state import read_json, write_json
 
@@ -48,12 +49,15 @@ def mounts(plan: LabPlan) -> dict[str, dict[str, str]]:
     return {plan.state_dir: {"bind": plan.state_dir, "mode": "rw"}, **ro}
 
 
-def create(plan: LabPlan) -> str:
+def create(plan: LabPlan, note: Note = no_note) -> str:
     """Start the engine if needed, build the image if needed, run one container per host and
-    name its network namespace ``host.netns``. Returns what it did, for the progress line."""
+    name its network namespace ``host.netns``. Returns what it did, for the progress line;
+    ``note`` hears which step it is at (an image build takes ~40 s, once per machine)."""
     with daemon.locked():
+        note("starting the engine")
         client = daemon.ensure()
-        built = image.ensure(client)
+        built = image.ensure(client, note)
+        note("running the containers")
         # left by this lab's last run in an engine that kept running (the system's)
         for stale in client.containers.list(all=True, filters={"label": f"{LABEL}={plan.lab}"}):
             stale.remove(force=True, v=True)

@@ -21,6 +21,7 @@ from typing import Any
 import docker.errors
 
 from meshpeer.lab.docker.paths import SCRATCH
+from meshpeer.lab.progress import Note, no_note
 from meshpeer.lab.sh import LabError, run
 
 SUITE = "bookworm"
@@ -73,14 +74,17 @@ def _exists(client: Any, name: str) -> bool:
         return False
 
 
-def ensure(client: Any) -> str:
-    """The image's tag, built first if the engine does not have it. Returns what it did."""
+def ensure(client: Any, note: Note = no_note) -> str:
+    """The image's tag, built first if the engine does not have it. Returns what it did;
+    ``note`` hears which build step it is at."""
     if _exists(client, tag()):
         return f"{tag()} cached"
     t0 = time.monotonic()
     if not _exists(client, base_tag()):
+        note(f"building the base image {base_tag()} (debootstrap, once per machine)")
         _build_base(client)
     t_base = time.monotonic() - t0
+    note(f"building the hosts' image {tag()} (OVS and tools, once per machine)")
     try:
         client.images.build(
             fileobj=io.BytesIO(build_file().encode()),
