@@ -28,6 +28,8 @@ class ShardConfig:
     api_token: str
     directory_file: str
     heartbeat_interval: float | None = None  # None: the app's default
+    grant_ttl: float | None = None  # None: the app's default
+    tick_interval: float | None = None  # seconds between re-mints of grants; None: the default
     readonly_token: str | None = None
     api_tokens: str | None = None  # comma-separated, valid beside api_token (rotation)
     readonly_tokens: str | None = None  # comma-separated, valid beside readonly_token

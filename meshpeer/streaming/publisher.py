@@ -77,12 +77,14 @@ class _Outbox:
         host: str | None = None,
         holder: str | None = None,
         holder_key: str | None = None,
+        expires_at: float | None = None,
     ) -> None:
         self.queue = SubscriberQueue(maxlen)
         self.tag = tag  # who subscribed (e.g. the grant's VPC), for closing some subscribers
         self.host = host  # the subscribing host, whose applied versions say "programmed"
         self.holder = holder  # the host whose own credential opened it (None: an operator)
         self.holder_key = holder_key  # the directory key that credential is made with
+        self.expires_at = expires_at  # its grant's expiry (hub clock), pushed back by renewals
         self._waiter: Any = None  # eventlet.event.Event while the writer sleeps
 
     def wake(self) -> None:
@@ -164,7 +166,6 @@ class StreamWriter(Iterator[bytes]):
         outbox: _Outbox,
         heartbeat_interval: float,
         clock: Clock,
-        expires_at: float | None,
         expiry_reason: str,
     ) -> None:
         self._hub = hub
@@ -172,7 +173,6 @@ class StreamWriter(Iterator[bytes]):
         self._outbox = outbox
         self._interval = heartbeat_interval
         self._clock = clock
-        self._expires_at = expires_at
         self._expiry_reason = expiry_reason
         self._gen = self._run()
 
@@ -200,14 +200,15 @@ class StreamWriter(Iterator[bytes]):
                         return
                     continue
                 now = clock()
-                if self._expires_at is not None and now >= self._expires_at:
+                expires_at = self._outbox.expires_at
+                if expires_at is not None and now >= expires_at:
                     queue.push(Close(self._expiry_reason))
                 elif heartbeat_due(last_sent, now, self._interval):
                     queue.push(Heartbeat(stream.log.version, now))
                 else:
                     deadline = last_sent + self._interval
-                    if self._expires_at is not None:
-                        deadline = min(deadline, self._expires_at)
+                    if expires_at is not None:
+                        deadline = min(deadline, expires_at)
                     self._outbox.sleep(deadline - now)
         finally:
             self._hub._detach(stream, self._outbox)
@@ -374,6 +375,21 @@ class StreamHub:
         held = (o for s in streams for o in s.outboxes if o.holder == holder)
         return _close([o for o in held if tag is None or o.tag == tag], reason)
 
+    def renew(
+        self, stream_id: tuple[Any, ...], holder: str, tag: str | None, expires_at: float
+    ) -> int:
+        """Host ``holder`` holds a fresher grant for a stream it follows (``tag``: the grant's
+        VPC): its subscribers there now expire at ``expires_at`` (hub clock), if later. No
+        reconnect: a grant rotated before it expires drops no stream. Returns how many."""
+        stream = self._streams.get(StreamId(*stream_id))
+        renewed = 0
+        for o in stream.outboxes if stream else ():
+            held = o.holder == holder and o.tag == tag
+            if held and o.expires_at is not None and expires_at > o.expires_at:
+                o.expires_at = expires_at
+                renewed += 1
+        return renewed
+
     def close_keys(self, key_ids: Iterable[str], reason: str) -> int:
         """Close every subscriber opened with a host credential made with one of ``key_ids``
         (keys taken out of the directory). Returns how many were closed."""
@@ -413,16 +429,14 @@ class StreamHub:
             raise ValueError("heartbeat_interval must be > 0")
         clock = clock or self.clock
         stream = self._streams[StreamId(*stream_id)]
-        outbox = _Outbox(self.queue_maxlen, tag, host, holder, holder_key)
+        outbox = _Outbox(self.queue_maxlen, tag, host, holder, holder_key, expires_at)
         resume = stream.log.resume(since)
         for msg in resume:  # more than maxlen deltas turn into one snapshot
             outbox.queue.push(msg)
         if not resume:
             outbox.queue.push(Heartbeat(stream.log.version, clock()))
         stream.outboxes.add(outbox)
-        return StreamWriter(
-            self, stream, outbox, heartbeat_interval, clock, expires_at, expiry_reason
-        )
+        return StreamWriter(self, stream, outbox, heartbeat_interval, clock, expiry_reason)
 
     def _detach(self, stream: _Stream, outbox: _Outbox) -> None:
         if outbox in stream.outboxes:

@@ -8,8 +8,10 @@ credentials rotate (two host keys valid at once) and can be revoked.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -269,6 +271,38 @@ def test_an_applied_report_keeps_its_streams_and_ignores_a_left_vpcs(cluster: Cl
         tampered = {"streams": [report["streams"][0], {**report["streams"][1], "grant": "x"}]}
         r = c2.req("PUT", "/v1/hosts/hv1/applied", tampered, token=hv1)
         assert (r.status, r.body["field"]) == (401, "streams[1].grant"), r.body
+
+
+def test_a_grant_renewed_in_an_applied_report_keeps_the_peer_stream_open(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """Grants live ``grant_ttl`` (3 s here) and are minted afresh on hv1's peering stream as
+    they age. hv1 follows red's export to blue at ctl2 with its first grant and reports applied
+    with each fresher one, as its OHC does after every sync: the stream stays open past the
+    first grant's expiry, heartbeats only, no Close and no reconnect. Before, it closed with
+    ``grant-expired`` and the OHC had to resubscribe."""
+    cluster = make_cluster(options={"grant_ttl": 3.0, "tick_interval": 0.5})
+    c1, c2 = blue_and_red(cluster, blue=("hv1",), red=("hv2",))
+    hv1 = cluster.host_token("hv1")
+
+    def red_side() -> dict[str, Any]:
+        with stream(c1, cluster.token, "peering", "blue", host="hv1") as s:
+            side: dict[str, Any] = s.next()["objects"]["red"]
+            return side
+
+    first = red_side()
+    name = f"destination/red/{first['policy_id']}/"
+    latest = first
+    with stream(c2, first["grant"], "destination", "red", policy=first["policy_id"], host="hv1") as peer:  # fmt: skip
+        assert peer.next()["type"] == "snapshot"
+        while time.time() < first["expires_at"] + 2:
+            latest = red_side()
+            body = {"streams": [{"stream": name, "version": 1, "grant": latest["grant"]}]}
+            r = c2.req("PUT", "/v1/hosts/hv1/applied", body, token=hv1)
+            assert r.status == 200, r.body
+            msg = peer.read(timeout=10)
+            assert msg is not None and msg["type"] == "heartbeat", msg
+    assert latest["expires_at"] > first["expires_at"]
 
 
 def test_operator_tokens_rotate_from_a_file_without_a_restart(

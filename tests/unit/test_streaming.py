@@ -8,6 +8,7 @@ other test modules of the pytest process are unaffected.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import socket
@@ -594,6 +595,36 @@ def test_grant_expiry_closes_and_client_resumes(cleanup: list[Any]) -> None:
     wait_until(lambda: c.version == 2, what="two deltas on the long grant's connection")
     assert rec.closes == ["grant-expired"] and c.reconnects == 1 and c.running
     assert c.snapshots_received == 1  # the reconnect resumed with since
+
+
+def test_a_renewed_grant_keeps_its_subscription_open_past_the_old_expiry() -> None:
+    """A host that reports a fresher grant (``StreamHub.renew``, from its applied report) keeps
+    its stream: no Close at the old expiry. Only its own subscribers under that grant's VPC
+    are renewed, and only to a later expiry; another host's still ends at its own. The hub's
+    clock moves 1 s per reading, so a heartbeat is always due and no writer ever sleeps."""
+    ticks = itertools.count(1000)
+    hub = StreamHub(clock=lambda: float(next(ticks)))
+    hub.publish(PEER_SID, objs(1))
+
+    def attach(holder: str) -> Any:
+        return hub.wsgi_stream(
+            PEER_SID, None, 0.05, expires_at=1010.0, tag="blue", host=holder, holder=holder
+        )
+
+    def kinds(writer: Any, n: int) -> list[str]:
+        out = []
+        for data in itertools.islice(writer, n):
+            out += [json.loads(line)["type"] for line in data.splitlines()]
+        return out
+
+    mine, theirs = attach("host-1"), attach("host-2")
+    assert hub.renew(PEER_SID, "host-1", "green", 5000.0) == 0  # another VPC's grant
+    assert hub.renew(PEER_SID, "host-1", "blue", 1005.0) == 0  # not later than it had
+    assert hub.renew(PEER_SID, "host-1", "blue", 2000.0) == 1
+    got = kinds(theirs, 50)
+    assert got[0] == "snapshot" and got[-1] == "close" and len(got) < 50  # ended at 1010
+    got = kinds(mine, 50)  # the clock goes well past 1010 meanwhile
+    assert got[0] == "snapshot" and set(got[1:]) == {"heartbeat"} and len(got) == 50
 
 
 # --- sans-I/O HTTP pieces ---------------------------------------------------------------------

@@ -153,6 +153,10 @@ class Handlers:
     def _with_version(self, kind: str, key: str, body: JsonObject) -> JsonObject:
         return {**body, "version": self.shard.version_of(kind, key)}
 
+    def _on_hub_clock(self, wall: float) -> float:
+        """A grant's expiry (Unix seconds) on the stream hub's clock (monotonic)."""
+        return float(self.shard.hub.clock() + (wall - self.shard.clock()))
+
     def _intent(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
             return fn(*args)

@@ -83,7 +83,9 @@ class HostHandlers(Handlers):
         subscription, whoever reports; a report of own streams (or of none) names a host
         registered here. All checked before anything is recorded. A peer stream followed with
         a grant for a VPC the host has left since (the OHC has not taken the close yet) is
-        left out and named in ``ignored``; any other refusal refuses the whole report."""
+        left out and named in ``ignored``; any other refusal refuses the whole report. A
+        fresher grant than the one a peer stream was subscribed with renews the subscription:
+        it expires later, and no stream is dropped when grants rotate."""
         host = ctx.params["name"]
         streams = ctx.body["streams"]
         policies = [
@@ -93,25 +95,31 @@ class HostHandlers(Handlers):
         if not streams or None in policies:
             self._host(host)  # an own host registers before it reports
         ignored = []
+        renewals: list[tuple[tuple[object, ...], str | None, float]] = []
         for i, (s, policy) in enumerate(zip(streams, policies, strict=True)):
             if policy is None:
                 continue
             try:
-                self._check_applied_grant(s, host, f"streams[{i}]")
+                renewals.append(self._check_applied_grant(s, host, f"streams[{i}]"))
             except HostLeft as exc:
                 ignored.append({"stream": s["stream"], "reason": exc.detail})
         left = {s["stream"] for s in ignored}
         kept = {s["stream"]: s["version"] for s in streams if s["stream"] not in left}
         self.shard.report_applied(host, kept)
+        for sid, tag, expires_at in renewals:
+            self.shard.hub.renew(sid, host, tag, self._on_hub_clock(expires_at))
         self.applied.notify()
         answer: dict[str, object] = {"host": host, "streams": len(streams)}
         if ignored:
             answer["ignored"] = ignored
         return 200, answer
 
-    def _check_applied_grant(self, s: JsonObject, host: str, where: str) -> None:
+    def _check_applied_grant(
+        self, s: JsonObject, host: str, where: str
+    ) -> tuple[tuple[object, ...], str | None, float]:
+        """Check a peer stream's grant; returns the stream's id, the grant's tag and expiry."""
         try:
-            _, vpc, policy, _ = parse_stream_name(s["stream"])
+            service, vpc, policy, _ = parse_stream_name(s["stream"])
         except ProtocolError as exc:
             raise bad_request(f"{where}.stream", exc.detail) from exc
         if policy is None or "grant" not in s:
@@ -123,13 +131,14 @@ class HostHandlers(Handlers):
                 (("WWW-Authenticate", "Bearer"),),
             )
         try:
-            self._check_grant(s["grant"], vpc, policy, host)
+            expires_at, tag = self._check_grant(s["grant"], vpc, policy, host)
         except HostLeft:
             raise
         except ApiError as exc:
             raise ApiError(
                 exc.status, exc.error, f"{where}.grant", exc.detail, exc.headers
             ) from exc
+        return (service, vpc, policy, None), tag, expires_at
 
     def routes(self) -> list[Route]:
         return [

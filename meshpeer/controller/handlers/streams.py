@@ -71,15 +71,12 @@ class StreamHandlers(Handlers):
                 f"no {req.service} stream for {req.key!r}"
                 + (f" under policy {req.policy}" if req.policy else ""),
             )
-        wall_to_mono = None
-        if expires_at is not None:
-            wall_to_mono = self.shard.hub.clock() + (expires_at - self.shard.clock())
         holder = identity.name if identity.role is Role.HOST else None  # closed if it leaves
         writer = self.shard.hub.wsgi_stream(
             sid,
             req.since,
             self.heartbeat_interval,
-            expires_at=wall_to_mono,
+            expires_at=None if expires_at is None else self._on_hub_clock(expires_at),
             tag=tag,
             host=req.host,
             holder=holder,
