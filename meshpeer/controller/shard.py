@@ -486,26 +486,38 @@ class ShardState:
         except ProtocolError:
             return False
 
-    def pending_hosts(self, kind: str, key: str) -> list[str]:
-        """Hosts that must act on a resource's last write and have not reported applying it
-        yet (OVN's --wait=hv, per resource): every host subscribed to a stream the write
-        changed, and the hosts ``mux.must_apply`` names whether they follow it yet or not
-        (after a restart, for a resource not written since: its streams' versions now, which
-        the hosts report again as they resubscribe)."""
-        must: list[tuple[StreamId, int, Iterable[str]]] = [
-            (sid, version, self.hub.subscriber_hosts(sid))
-            for sid, version in self.targets.get((kind, key), {}).items()
-        ]
-        required = self.required.get((kind, key))
-        if required is None:  # not written since this shard started: as of now
-            found = self.intent.get(kind, key)
-            required = self._must_apply(found, False) if found is not None else {}
-        must += [(sid, v, hosts) for sid, (v, hosts) in required.items()]
-        pending: set[str] = set()
-        for sid, version, hosts in must:
-            name = stream_name(*sid)
-            pending.update(h for h in hosts if self.applied.get(h, {}).get(name, -1) < version)
-        return sorted(pending)
+    def pending_hosts(self, kind: str, keys: str | Iterable[str]) -> list[str]:
+        """Hosts that must act on the last write of a resource (or of each of ``keys``: a
+        batch) and have not reported applying it yet (OVN's --wait=hv, per resource): every
+        host subscribed to a stream the write changed, and the hosts ``mux.must_apply`` names
+        whether they follow it yet or not (after a restart, for a resource not written since:
+        its streams' versions now, which the hosts report again as they resubscribe). The keys
+        of one batch share their changed streams: each is looked at once (a batch of 5,000 on
+        a shard with 300 subscribed hosts took 3 s of the hub per look, found by a review)."""
+        want: dict[tuple[StreamId, str], int] = {}  # (stream, host) -> version it must hold
+        seen: set[int] = set()  # the targets of one commit, shared by its keys
+
+        def need(sid: StreamId, version: int, hosts: Iterable[str]) -> None:
+            for h in hosts:
+                if want.get((sid, h), -1) < version:
+                    want[(sid, h)] = version
+
+        for key in [keys] if isinstance(keys, str) else keys:
+            targets = self.targets.get((kind, key))
+            if targets is not None and id(targets) not in seen:
+                seen.add(id(targets))
+                for sid, version in targets.items():
+                    need(sid, version, self.hub.subscriber_hosts(sid))
+            required = self.required.get((kind, key))
+            if required is None:  # not written since this shard started: as of now
+                found = self.intent.get(kind, key)
+                required = self._must_apply(found, False) if found is not None else {}
+            for sid, (version, hosts) in required.items():
+                need(sid, version, hosts)
+        names = {sid: stream_name(*sid) for sid, _ in want}
+        return sorted(
+            {h for (sid, h), v in want.items() if self.applied.get(h, {}).get(names[sid], -1) < v}
+        )
 
     # --- reads for the REST API ----------------------------------------------------------
 

@@ -169,11 +169,10 @@ class Handlers:
         """With ?wait=programmed, hold the answer until every host that follows a changed
         stream reports applying it, or ``timeout`` seconds pass; say which hosts are pending.
         ``key``: one resource, or the resources of one batch."""
-        keys = [key] if isinstance(key, str) else key
         deadline = time.monotonic() + ctx.query.get("timeout", 10)
         while True:
             event = self.applied.event()
-            pending = sorted({h for k in keys for h in self.shard.pending_hosts(kind, k)})
+            pending = self.shard.pending_hosts(kind, key)
             left = deadline - time.monotonic()
             if not pending or ctx.query.get("wait") != "programmed" or left <= 0:
                 return {**body, "programmed": not pending, "pending_hosts": pending}
