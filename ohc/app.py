@@ -36,6 +36,7 @@ from os_ken.ofproto import ofproto_v1_3
 from meshpeer import options
 from meshpeer.controller.directory import SECRETS, parse_directory
 from meshpeer.protocol import ServiceName
+from meshpeer.protocol.gateways import HOST_ROLES, choice
 from ohc import nd, ofio, ports, reporting, status
 from ohc.agent import Agent
 from ohc.clients import stream_client
@@ -83,6 +84,8 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         conf = self.CONF.ohc
         for opt in options.missing(options.OHC, conf):
             raise SystemExit(f"ohc: [ohc] {opt} is required in the config file")
+        if choice(conf.role, HOST_ROLES) is None:
+            raise SystemExit(f"ohc: [ohc] role: expected one of {', '.join(HOST_ROLES)}")
         self.conf = conf
         with open(conf.directory_file, encoding="utf-8") as f:
             raw = yaml.safe_load(f)
@@ -100,7 +103,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             self._update,
         )
         self.reporter = reporting.Reporter(
-            conf.host, conf.underlay_ip, conf.api_token, self.agent, conf.ca_file
+            conf.host, conf.underlay_ip, conf.api_token, self.agent, conf.ca_file, conf.role
         )
         self.replies = ofio.Replies()
         self.datapath: Any = None

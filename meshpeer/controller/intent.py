@@ -31,6 +31,7 @@ from meshpeer.controller.model import (
     derived_mac,
     reserved,
 )
+from meshpeer.protocol.gateways import DEFAULT_ROLE, HostRole
 from meshpeer.protocol.peering import Inbound
 from policies.export import ExportPolicy
 from policies.overlap import find_overlaps
@@ -417,5 +418,5 @@ def check_route(intent: Intent, vpc: str, name: str) -> Route:
     return found
 
 
-def new_host(name: str, underlay_ip: Address) -> Host:
-    return Host(name, underlay_ip)
+def new_host(name: str, underlay_ip: Address, role: HostRole = DEFAULT_ROLE) -> Host:
+    return Host(name, underlay_ip, role)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshpeer.protocol.gateways import DEFAULT_ROLE, HostRole
 from meshpeer.protocol.peering import Inbound
 from policies.export import ExportPolicy, parse_export_policy
 from policies.routes import DEFAULT_PREFERENCE
@@ -240,13 +241,16 @@ class Host:
 
     name: str
     underlay_ip: Address
+    # hypervisor: runs endpoints; gateway: forwards between hosts (docs/gateways.md)
+    role: HostRole = DEFAULT_ROLE
 
     def to_json(self) -> JsonObject:
-        return {"name": self.name, "underlay_ip": str(self.underlay_ip)}
+        return {"name": self.name, "underlay_ip": str(self.underlay_ip), "role": self.role}
 
     @staticmethod
     def from_json(d: Mapping[str, Any]) -> Host:
-        return Host(d["name"], ipaddress.ip_address(d["underlay_ip"]))
+        """A record written before ``role`` existed is a hypervisor's."""
+        return Host(d["name"], ipaddress.ip_address(d["underlay_ip"]), d.get("role", DEFAULT_ROLE))
 
 
 Resource = Vpc | Endpoint | Peering | Route | Host

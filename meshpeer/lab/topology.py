@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeGuard, TypeVar
 
 from meshpeer.controller.model import DEFAULT_ASN, RESERVED_ASNS, reserved
+from meshpeer.protocol.gateways import DEFAULT_ROLE, HOST_ROLES, HostRole, choice
 from meshpeer.protocol.peering import INBOUND, Inbound
 from policies.export import PolicyError, parse_export_policy
 from policies.routes import MAX_PREFERENCE, MIN_PREFERENCE
@@ -51,6 +52,7 @@ class Controller:
 @dataclass(frozen=True)
 class Host:
     name: str
+    role: HostRole = DEFAULT_ROLE  # a gateway runs no endpoints (docs/gateways.md)
 
 
 @dataclass(frozen=True)
@@ -285,7 +287,7 @@ def _parse_list(
 
 _OPTIONAL_KEYS: dict[str, list[str]] = {
     "controllers": [],
-    "hosts": [],
+    "hosts": ["role"],
     "vpcs": ["controller", "subnets", "vni", "asn"],
     "endpoints": ["vpc", "host", "ip", "kind", "mac", "backends", "defer"],
     "onprem": ["asn", "attach", "prefixes", "hosts"],
@@ -296,8 +298,12 @@ def _controller(c: _Checker, m: Mapping[str, Any], p: str) -> Controller:
     return Controller(m["name"])
 
 
-def _host(c: _Checker, m: Mapping[str, Any], p: str) -> Host:
-    return Host(m["name"])
+def _host(c: _Checker, m: Mapping[str, Any], p: str) -> Host | None:
+    role = choice(m.get("role", DEFAULT_ROLE), HOST_ROLES)
+    if role is None:
+        c.err(f"{p}.role", f"expected one of {', '.join(HOST_ROLES)}, got {m['role']!r}")
+        return None
+    return Host(m["name"], role)
 
 
 def _vpc(
@@ -384,6 +390,9 @@ def _endpoint(
             c.err(f"{p}.host", "an ILB is a VIP and has no host")
     else:
         host = c.ref(m.get("host"), f"{p}.host", "host", hosts)
+        if host is not None and hosts[host].role == "gateway":
+            c.err(f"{p}.host", f"{host!r} is a gateway host: it runs no endpoints")
+            host = None
         if "backends" in m:
             c.err(f"{p}.backends", "only an ILB has backends")
     mac = m.get("mac")
