@@ -31,7 +31,7 @@ from meshpeer.controller.model import (
     derived_mac,
     reserved,
 )
-from meshpeer.protocol.gateways import DEFAULT_ROLE, HostRole
+from meshpeer.protocol.gateways import DEFAULT_FORWARDING, DEFAULT_ROLE, Forwarding, HostRole
 from meshpeer.protocol.peering import Inbound
 from policies.export import ExportPolicy
 from policies.overlap import find_overlaps
@@ -364,6 +364,7 @@ def new_peering(
     peer: PeerFacts | None,
     inbound: Inbound = "all",
     preference: int = DEFAULT_PREFERENCE,
+    forwarding: Forwarding = DEFAULT_FORWARDING,
 ) -> Peering:
     """``peer`` is None when the peer's shard could not be asked: accepted, INACTIVE for now."""
     vpc = need_vpc(intent, vpc_name)
@@ -380,7 +381,9 @@ def new_peering(
         if not peer.exists:
             raise not_found("peer_vpc", f"VPC {peer_vpc!r} does not exist on its shard")
         _check_peer_overlap([s.cidr for s in vpc.subnets], {peer_vpc: peer.ranges}, "peer_vpc")
-    return Peering(vpc_name, name, peer_vpc, export, import_custom_routes, inbound, preference)
+    return Peering(
+        vpc_name, name, peer_vpc, export, import_custom_routes, inbound, preference, forwarding
+    )
 
 
 def check_peering(intent: Intent, vpc: str, name: str) -> Peering:

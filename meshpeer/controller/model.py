@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshpeer.protocol.gateways import DEFAULT_ROLE, HostRole
+from meshpeer.protocol.gateways import DEFAULT_FORWARDING, DEFAULT_ROLE, Forwarding, HostRole
 from meshpeer.protocol.peering import Inbound
 from policies.export import ExportPolicy, parse_export_policy
 from policies.routes import DEFAULT_PREFERENCE
@@ -178,6 +178,9 @@ class Peering:
     # How much this side prefers the peer's routes over other peers' to the same prefix:
     # higher wins (policies/routes.py, rule 3; docs/routing.md).
     preference: int = DEFAULT_PREFERENCE
+    # How this side's hosts send to the peer: direct, via the gateways, or on-demand
+    # (docs/gateways.md).
+    forwarding: Forwarding = DEFAULT_FORWARDING
 
     def to_json(self) -> JsonObject:
         return {
@@ -189,11 +192,12 @@ class Peering:
             "import_custom_routes": self.import_custom_routes,
             "inbound": self.inbound,
             "preference": self.preference,
+            "forwarding": self.forwarding,
         }
 
     @staticmethod
     def from_json(d: Mapping[str, Any]) -> Peering:
-        """A record written before ``preference`` existed loads at the default."""
+        """A record written before ``preference`` or ``forwarding`` existed loads at the default."""
         return Peering(
             vpc=d["vpc"],
             name=d["name"],
@@ -202,6 +206,7 @@ class Peering:
             import_custom_routes=d.get("import_custom_routes", False),
             inbound=d.get("inbound", "all"),
             preference=d.get("preference", DEFAULT_PREFERENCE),
+            forwarding=d.get("forwarding", DEFAULT_FORWARDING),
         )
 
 

@@ -288,6 +288,7 @@ def peering_objects(
             import_custom_routes=p.import_custom_routes,
             inbound=p.inbound,
             preference=p.preference,
+            forwarding=p.forwarding,
         ).to_json()
     return out
 

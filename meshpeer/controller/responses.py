@@ -128,6 +128,7 @@ PEERING = Obj(
         "import_custom_routes": Bool(),
         "inbound": INBOUND,
         "preference": PREFERENCE,
+        "forwarding": FORWARDING,
         "version": OBJ_VERSION,
         "state": Str(enum=(ACTIVE, INACTIVE)),
         "state_details": Str(),

@@ -14,7 +14,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeGuard, TypeVar
 
 from meshpeer.controller.model import DEFAULT_ASN, RESERVED_ASNS, reserved
-from meshpeer.protocol.gateways import DEFAULT_ROLE, HOST_ROLES, HostRole, choice
+from meshpeer.protocol.gateways import (
+    DEFAULT_FORWARDING,
+    DEFAULT_ROLE,
+    FORWARDING,
+    HOST_ROLES,
+    Forwarding,
+    HostRole,
+    choice,
+)
 from meshpeer.protocol.peering import INBOUND, Inbound
 from policies.export import PolicyError, parse_export_policy
 from policies.routes import MAX_PREFERENCE, MIN_PREFERENCE
@@ -118,6 +126,8 @@ class Peering:
     # peers' routes to the same prefix (higher wins; None: the controller's default).
     import_custom_routes: bool = False
     preference: int | None = None
+    # How vpc's hosts send to peer: direct, through the gateway hosts, or on-demand.
+    forwarding: Forwarding = DEFAULT_FORWARDING
 
 
 @dataclass(frozen=True)
@@ -468,7 +478,10 @@ def _parse_peerings(c: _Checker, raw: object, vpcs: Mapping[str, Vpc]) -> list[P
     for p, item in c.items(raw, "peerings"):
         before = len(c.errors)
         m = c.mapping(
-            item, p, ["vpc", "peer"], ["export", "inbound", "import_custom_routes", "preference"]
+            item,
+            p,
+            ["vpc", "peer"],
+            ["export", "inbound", "import_custom_routes", "preference", "forwarding"],
         )
         if m is None:
             continue
@@ -490,6 +503,12 @@ def _parse_peerings(c: _Checker, raw: object, vpcs: Mapping[str, Vpc]) -> list[P
                 f"bad preference {preference!r}: want an integer"
                 f" {MIN_PREFERENCE}..{MAX_PREFERENCE}",
             )
+        forwarding = choice(m.get("forwarding", DEFAULT_FORWARDING), FORWARDING)
+        if forwarding is None:
+            c.err(
+                f"{p}.forwarding",
+                f"expected one of {', '.join(FORWARDING)}, got {m['forwarding']!r}",
+            )
         if len(c.errors) > before or vpc is None or peer is None or inbound is None:
             continue  # the file is refused anyway: no duplicate checks
         if vpc == peer:
@@ -499,7 +518,8 @@ def _parse_peerings(c: _Checker, raw: object, vpcs: Mapping[str, Vpc]) -> list[P
         else:
             seen.add((vpc, peer))
             raw_export = export if isinstance(export, Mapping) else None
-            out.append(Peering(vpc, peer, raw_export, inbound, imports, preference))
+            fwd = forwarding or DEFAULT_FORWARDING
+            out.append(Peering(vpc, peer, raw_export, inbound, imports, preference, fwd))
     return out
 
 
