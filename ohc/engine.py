@@ -393,6 +393,8 @@ class FlowEngine:
             own: IndexKey = (ctx.vpc, None, ctx.vni)
             roles[(ctx.vpc, None)] = _Role(ctx, None, own, (1, ctx.vpc, 2), dest_context(ctx, None))
             for pos, peer in enumerate(ctx.peers):
+                if peer.via_gateways:  # no flow per peer endpoint (docs/gateways.md)
+                    continue
                 ik: IndexKey = (peer.peer_vpc, peer.policy_id, peer.peer_vni)
                 context = (*dest_context(ctx, peer), pos)
                 rank = (1, ctx.vpc, 4, pos, 0)
@@ -433,7 +435,7 @@ class FlowEngine:
             for lb in peer.services.load_balancers:
                 rank = (1, vpc, 4, pos, 1, ip_key(lb.vip))
                 out += self._events(rank, lb_flows, ctx, lb, peer, groups, got=got)
-        out += self._events((1, vpc, 5), route_flows, ctx)
+        out += self._events((1, vpc, 5), route_flows, ctx, groups, got=got)
         self._set_unit(("ctx", vpc), out, got)
 
     def _compile_dest(self, rk: RoleKey, role: _Role, k: IpKey) -> None:

@@ -16,6 +16,7 @@ from meshpeer.controller.directory import Directory
 from meshpeer.controller.model import Endpoint, Intent, JsonObject, Peering, Resource, gateway
 from meshpeer.controller.peering import Status, View, view_hosts
 from meshpeer.protocol import ServiceName
+from meshpeer.protocol.gateways import GatewayHop
 from meshpeer.protocol.grants import Grant, mint
 from meshpeer.protocol.messages import PEER_SERVICES, StreamId
 from meshpeer.protocol.peering import PeeringObject
@@ -114,10 +115,11 @@ def desired_streams(
     for host in sorted({h for _, h in placed} | set(intent.hosts)):
         if scope.has_host(host):
             streams[StreamId(ServiceName.ENDPOINT, host)] = endpoint_objects(intent, host)
+    hops = gateway_hops(intent)
     for vpc, host in placed:
         if scope.has_vpc(vpc):
             sid = StreamId(ServiceName.PEERING, vpc, None, host)
-            streams[sid] = peering_objects(intent, states, grants, vpc, host, now)
+            streams[sid] = peering_objects(intent, states, grants, vpc, host, now, hops)
     sets = {k: names for k, (_, names) in policies.items()}
     return Publication(streams, sets)
 
@@ -259,9 +261,11 @@ def peering_objects(
     vpc: str,
     host: str,
     now: float,
+    gateways: tuple[GatewayHop, ...] = (),
 ) -> dict[str, JsonObject]:
     """Peering service for one host: which peers to follow, where, a grant to do so, and what
-    the local side imports (``meshpeer.protocol.peering.PeeringObject``, the OHC's parser too).
+    the local side imports (``meshpeer.protocol.peering.PeeringObject``, the OHC's parser too),
+    with the gateway hosts (``gateway_hops``) a side with forwarding gateway sends through.
 
     Expiry is rounded to whole ``ttl`` buckets (valid for at least one ttl), so the stream
     changes once per bucket rather than at every recomputation.
@@ -289,8 +293,21 @@ def peering_objects(
             inbound=p.inbound,
             preference=p.preference,
             forwarding=p.forwarding,
+            gateways=gateways,
         ).to_json()
     return out
+
+
+def gateway_hops(intent: Intent) -> tuple[GatewayHop, ...]:
+    """The registered gateway hosts (docs/gateways.md), sorted. Liveness is, for now, the
+    registration itself; an IPv6 underlay cannot carry the tunnel (tun_ipv4_dst)."""
+    return tuple(
+        sorted(
+            GatewayHop(h.name, str(h.underlay_ip))
+            for h in intent.hosts.values()
+            if h.role == "gateway" and h.underlay_ip.version == 4
+        )
+    )
 
 
 def must_apply(

@@ -8,7 +8,12 @@ peering stream (docs/protocol.md) and ``scripts/lab status --json``; this module
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Literal, TypeVar, get_args
+
+from meshpeer.protocol.messages import JsonObject, ProtocolError, check_name
 
 C = TypeVar("C", bound=str)
 
@@ -32,3 +37,54 @@ def uses_gateways(forwarding: Forwarding) -> bool:
 def choice(value: object, choices: tuple[C, ...]) -> C | None:
     """``value`` if it is one of ``choices`` (a string), else None."""
     return next((c for c in choices if isinstance(value, str) and value == c), None)
+
+
+MAX_GATEWAYS = 64  # gateway hosts one peering object lists (a select group's buckets)
+MAX_GATEWAY_WEIGHT = 0xFFFF  # an OpenFlow bucket weight is 16 bits
+
+
+@dataclass(frozen=True, order=True)
+class GatewayHop:
+    """A live gateway host as the peering stream lists it: its name, its underlay (tunnel
+    endpoint) address and its share of the traffic (a select-group bucket weight)."""
+
+    host: str
+    underlay_ip: str  # IPv4 text, as ``ipaddress`` prints it
+    weight: int = 1
+
+    def to_json(self) -> JsonObject:
+        return {"host": self.host, "underlay_ip": self.underlay_ip, "weight": self.weight}
+
+    @staticmethod
+    def parse(obj: object, where: str) -> GatewayHop:
+        if not isinstance(obj, Mapping):
+            raise ProtocolError(where, f"expected an object, got {type(obj).__name__}")
+        host = check_name(f"{where}.host", obj.get("host"))
+        raw = obj.get("underlay_ip")
+        try:
+            ip = ipaddress.IPv4Address(raw) if isinstance(raw, str) else None
+        except ValueError:
+            ip = None
+        if ip is None or ip.is_unspecified or ip.is_multicast or ip.is_loopback:
+            raise ProtocolError(f"{where}.underlay_ip", f"expected an IPv4 address, got {raw!r}")
+        weight = obj.get("weight", 1)
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, int)
+            or not 1 <= weight <= MAX_GATEWAY_WEIGHT
+        ):
+            raise ProtocolError(
+                f"{where}.weight", f"expected an integer in 1..{MAX_GATEWAY_WEIGHT}, got {weight!r}"
+            )
+        return GatewayHop(host, str(ip), weight)
+
+
+def parse_gateways(value: object) -> tuple[GatewayHop, ...]:
+    """The ``gateways`` list of a peering object: at most MAX_GATEWAYS, one per host and
+    address, sorted (so equal lists compare equal)."""
+    if not isinstance(value, list) or len(value) > MAX_GATEWAYS:
+        raise ProtocolError("gateways", f"expected a list of at most {MAX_GATEWAYS} gateways")
+    hops = [GatewayHop.parse(v, f"gateways[{i}]") for i, v in enumerate(value)]
+    if len({h.host for h in hops}) != len(hops) or len({h.underlay_ip for h in hops}) != len(hops):
+        raise ProtocolError("gateways", "a gateway host or address is listed twice")
+    return tuple(sorted(hops))

@@ -13,7 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from meshpeer.protocol.gateways import DEFAULT_FORWARDING, FORWARDING, Forwarding, choice
+from meshpeer.protocol.gateways import (
+    DEFAULT_FORWARDING,
+    FORWARDING,
+    Forwarding,
+    GatewayHop,
+    choice,
+    parse_gateways,
+)
 from meshpeer.protocol.messages import GRANT_RE, JsonObject, ProtocolError, check_name
 from policies.routes import DEFAULT_PREFERENCE, MAX_PREFERENCE, MIN_PREFERENCE
 
@@ -47,6 +54,9 @@ class PeeringObject:
     preference: int = DEFAULT_PREFERENCE  # the local side's: higher wins a route conflict
     # the local side's: how its hosts send to the peer (docs/gateways.md)
     forwarding: Forwarding = DEFAULT_FORWARDING
+    # the gateway hosts this shard counts live: where a side with forwarding gateway sends,
+    # and from where either side accepts the peer's packets (docs/gateways.md)
+    gateways: tuple[GatewayHop, ...] = ()
 
     def to_json(self) -> JsonObject:
         return {
@@ -61,6 +71,7 @@ class PeeringObject:
             "inbound": self.inbound,
             "preference": self.preference,
             "forwarding": self.forwarding,
+            "gateways": [g.to_json() for g in self.gateways],
         }
 
     @staticmethod
@@ -70,7 +81,7 @@ class PeeringObject:
         A missing ``import_custom_routes`` (a shard older than the field) is false: import
         nothing rather than what the user did not ask for. A missing ``inbound`` is ``all``,
         a missing ``preference`` is ``DEFAULT_PREFERENCE``, and a missing ``forwarding`` is
-        ``direct``: what every peering was before the field existed."""
+        ``direct`` (and missing ``gateways`` none): what every peering was before the field existed."""
         if not isinstance(obj, Mapping):
             raise ProtocolError("peering", f"expected an object, got {type(obj).__name__}")
         return PeeringObject(
@@ -85,6 +96,7 @@ class PeeringObject:
             inbound=_inbound(obj.get("inbound", "all")),
             preference=_preference(obj.get("preference", DEFAULT_PREFERENCE)),
             forwarding=_forwarding(obj.get("forwarding", DEFAULT_FORWARDING)),
+            gateways=parse_gateways(obj.get("gateways", [])),
         )
 
 

@@ -68,3 +68,35 @@ def test_topology_peerings_say_forwarding() -> None:
     assert errors_of(doc) == [
         "peerings[1].forwarding: expected one of direct, gateway, on-demand, got 'nearby'"
     ]
+
+
+def test_a_gateway_registering_is_listed_in_every_hosts_peering_objects(
+    tmp_path: pathlib.Path,
+) -> None:
+    s = shard(tmp_path)
+    build(s)
+    handlers = ControllerApi(s, "t", lambda vpc: None)
+    api = Api(handlers.routes(), handlers.guard)
+    on_hv2 = StreamId(ServiceName.PEERING, "red", None, "hv2")
+    assert PeeringObject.parse(s.hub.objects(on_hv2)["blue"]).gateways == ()
+    assert call(api, "PUT", "/v1/hosts/gw1", {"underlay_ip": "192.0.2.9", "role": "gateway"})
+    hops = PeeringObject.parse(s.hub.objects(on_hv2)["blue"]).gateways
+    assert [(g.host, g.underlay_ip, g.weight) for g in hops] == [("gw1", "192.0.2.9", 1)]
+    call(api, "PUT", "/v1/hosts/gw1", {"underlay_ip": "192.0.2.9", "role": "hypervisor"})
+    assert PeeringObject.parse(s.hub.objects(on_hv2)["blue"]).gateways == ()
+
+
+@pytest.mark.parametrize(
+    ("gateways", "field"),
+    [
+        ("gw1", "gateways"),
+        ([{"host": "gw1", "underlay_ip": "::1"}], "gateways[0].underlay_ip"),
+        ([{"host": "gw1", "underlay_ip": "192.0.2.9", "weight": 0}], "gateways[0].weight"),
+        ([{"host": "gw 1", "underlay_ip": "192.0.2.9"}], "gateways[0].host"),
+        ([{"host": "gw1", "underlay_ip": "192.0.2.9"}] * 2, "gateways"),
+    ],
+)
+def test_a_bad_gateway_list_is_refused_by_name(gateways: object, field: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        PeeringObject.parse({**GOOD.to_json(), "gateways": gateways})
+    assert info.value.field == field
