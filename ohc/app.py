@@ -121,7 +121,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         self.to_report: tuple[dict[Sub, int], dict[Sub, Mapping[str, Any]]] | None = None
         # What the switch should hold (kept up to date from the agent's stream changes) and
         # what it holds (ohc/session.py).
-        self.engine = FlowEngine(conf.underlay_ip)
+        self.engine = FlowEngine(conf.underlay_ip, conf.role)
         self.session = SwitchSession(self.engine)
         self.engine_failed = False  # an update raised: start the engine afresh next sync
         self.full_gc_at = time.monotonic()
@@ -299,7 +299,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         if self.engine_failed:
             # Half an update leaves the engine unknown: a fresh one fed every stream whole
             # (until an update succeeds, however many tries), and a read-back of the switch.
-            self.engine = FlowEngine(self.conf.underlay_ip)
+            self.engine = FlowEngine(self.conf.underlay_ip, self.conf.role)
             self.session = SwitchSession(self.engine)
         changes = self.agent.take_changes(everything=self.engine_failed)
         vms, tunnel = dict(self.ports.vms), self.ports.tunnel

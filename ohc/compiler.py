@@ -425,10 +425,7 @@ def _compile(view: HostView) -> DesiredState:
             for lb in peer.services.load_balancers:
                 lb_flows(out, ctx, lb, peer, groups)
         route_flows(out, ctx, groups)
-    for relay in view.relays:
-        relay_vpc_flows(out, view, relay.vni)
-        for d in relay.destinations:
-            relay_flows(out, view, d)
+    relay_all(out, view)
     return DesiredState(
         frozenset(out.flows.values()), frozenset(out.groups.values()), tuple(out.notes)
     )
@@ -910,6 +907,14 @@ def _peer_subnet_flows(
     out.groups[gid] = Group(gid, "select", buckets)
     actions = (SetField("tunnel_id", peer.peer_vni), ToGroup(gid))
     out.add(L3_LOOKUP, priority, match, (_toward(ctx, peer, actions),), owner)
+
+
+def relay_all(out: _Out, view: HostView) -> None:
+    """A gateway host's flows: every VPC it relays for, and each destination there."""
+    for relay in view.relays:
+        relay_vpc_flows(out, view, relay.vni)
+        for d in relay.destinations:
+            relay_flows(out, view, d)
 
 
 def relay_vpc_flows(out: _Out, view: HostView, vni: int) -> None:

@@ -12,7 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshpeer.protocol.gateways import DEFAULT_FORWARDING, DEFAULT_ROLE, Forwarding, HostRole
+from meshpeer.protocol.gateways import (
+    DEFAULT_FORWARDING,
+    DEFAULT_ROLE,
+    Forwarding,
+    HostRole,
+    uses_gateways,
+)
 from meshpeer.protocol.peering import Inbound
 from policies.export import ExportPolicy, parse_export_policy
 from policies.routes import DEFAULT_PREFERENCE
@@ -346,6 +352,18 @@ class Intent:
     def hosts_of(self, vpc: str) -> list[str]:
         """Hosts holding at least one endpoint of ``vpc``."""
         return sorted(h for v, h in self._placed if v == vpc)
+
+    def gateway_hosts(self) -> list[str]:
+        """The registered gateway hosts (docs/gateways.md)."""
+        return sorted(h.name for h in self.hosts.values() if h.role == "gateway")
+
+    def relay_hosts(self, vpc: str) -> list[str]:
+        """The gateway hosts that relay for ``vpc``: every one, if a side of ``vpc`` sends
+        through the gateways, else none. They follow ``vpc``'s peering stream and, with its
+        grants, those peers' destinations, though ``vpc`` has no endpoint on them."""
+        if any(uses_gateways(p.forwarding) for p in self.peerings_of(vpc)):
+            return self.gateway_hosts()
+        return []
 
     def get(self, kind: str, key: str) -> Resource | None:
         """The resource stored as (kind, key), if any."""

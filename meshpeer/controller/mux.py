@@ -16,7 +16,7 @@ from meshpeer.controller.directory import Directory
 from meshpeer.controller.model import Endpoint, Intent, JsonObject, Peering, Resource, gateway
 from meshpeer.controller.peering import Status, View, view_hosts
 from meshpeer.protocol import ServiceName
-from meshpeer.protocol.gateways import GatewayHop
+from meshpeer.protocol.gateways import GatewayHop, uses_gateways
 from meshpeer.protocol.grants import Grant, mint
 from meshpeer.protocol.messages import PEER_SERVICES, StreamId
 from meshpeer.protocol.peering import PeeringObject
@@ -115,11 +115,16 @@ def desired_streams(
     for host in sorted({h for _, h in placed} | set(intent.hosts)):
         if scope.has_host(host):
             streams[StreamId(ServiceName.ENDPOINT, host)] = endpoint_objects(intent, host)
+            streams[StreamId(ServiceName.ENDPOINT, host)].update(relay_objects(intent, host))
     hops = gateway_hops(intent)
     for vpc, host in placed:
         if scope.has_vpc(vpc):
             sid = StreamId(ServiceName.PEERING, vpc, None, host)
             streams[sid] = peering_objects(intent, states, grants, vpc, host, now, hops)
+    for vpc in intent.vpcs:  # a gateway relaying for vpc: its sides through the gateways
+        for host in intent.relay_hosts(vpc) if scope.has_vpc(vpc) else ():
+            objs = peering_objects(intent, states, grants, vpc, host, now, hops, relayed=True)
+            streams[StreamId(ServiceName.PEERING, vpc, None, host)] = objs
     sets = {k: names for k, (_, names) in policies.items()}
     return Publication(streams, sets)
 
@@ -235,6 +240,20 @@ def endpoint_objects(intent: Intent, host: str) -> dict[str, JsonObject]:
     return {endpoint_id(e): endpoint_object(intent, e) for e in intent.endpoints_on(host)}
 
 
+def relay_objects(intent: Intent, host: str) -> dict[str, JsonObject]:
+    """A gateway host's part of its endpoint stream: one object per VPC it relays for
+    (``Intent.relay_hosts``), so that its OHC follows that VPC's peering stream
+    (docs/gateways.md). No endpoint has a key with ``/``, so none collides."""
+    h = intent.hosts.get(host)
+    if h is None or h.role != "gateway":
+        return {}
+    return {
+        f"relay/{vpc}": {"vpc": vpc, "relay": True}
+        for vpc in sorted(intent.vpcs)
+        if host in intent.relay_hosts(vpc)
+    }
+
+
 def endpoint_id(e: Endpoint) -> str:
     return f"{e.vpc}.{e.name}"
 
@@ -262,10 +281,12 @@ def peering_objects(
     host: str,
     now: float,
     gateways: tuple[GatewayHop, ...] = (),
+    relayed: bool = False,
 ) -> dict[str, JsonObject]:
     """Peering service for one host: which peers to follow, where, a grant to do so, and what
     the local side imports (``meshpeer.protocol.peering.PeeringObject``, the OHC's parser too),
     with the gateway hosts (``gateway_hops``) a side with forwarding gateway sends through.
+    ``relayed``: for a gateway host, only the sides that send through the gateways.
 
     Expiry is rounded to whole ``ttl`` buckets (valid for at least one ttl), so the stream
     changes once per bucket rather than at every recomputation.
@@ -279,6 +300,8 @@ def peering_objects(
         st = states.get((vpc, p.name))
         url = d.url_of(p.peer_vpc)
         if st is None or not st.active or st.peer_policy_id is None or st.peer_vni is None:
+            continue
+        if relayed and not uses_gateways(p.forwarding):
             continue
         grant = Grant(vpc, p.peer_vpc, st.peer_policy_id, host, expires, d.signing_key_id)
         out[p.peer_vpc] = PeeringObject(

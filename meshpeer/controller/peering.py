@@ -45,7 +45,8 @@ def federation_view(
             "subnets": [str(s.cidr) for s in vpc.subnets],
             # Who must program a new peering with this VPC (?wait=programmed on the peer's
             # shard); the peer's hosts learn these names anyway from its destinations.
-            "hosts": intent.hosts_of(vpc_name),
+            # (and the gateways relaying for it: they follow the peer's destinations)
+            "hosts": sorted({*intent.hosts_of(vpc_name), *intent.relay_hosts(vpc_name)}),
         }
     }
     for p in intent.peerings_of(vpc_name):

@@ -309,6 +309,8 @@ class ShardState:
                 vpcs.add(r.vpc)
                 if isinstance(r, Endpoint) and r.host:
                     hosts.add(r.host)
+                if isinstance(r, Peering):  # whom the gateways relay for (their endpoint stream)
+                    hosts.update(self.intent.gateway_hosts())
         return Scope(frozenset(vpcs), frozenset(hosts))
 
     def adopt_fetched_view(self, vpc: str, view: View) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import json
 import pathlib
 from typing import Any
@@ -10,13 +12,13 @@ import pytest
 from webob import Request
 
 from meshpeer.controller.api import ControllerApi
-from meshpeer.controller.model import Peering
+from meshpeer.controller.model import Host, Peering
 from meshpeer.lab.topology import parse
 from meshpeer.protocol import ServiceName
-from meshpeer.protocol.messages import ProtocolError, StreamId
+from meshpeer.protocol.messages import ProtocolError, Snapshot, StreamId
 from meshpeer.protocol.peering import PeeringObject
 from meshpeer.rest import Api
-from tests.unit.test_controller_shard import build, shard
+from tests.unit.test_controller_shard import blue_on_hosts, build, follow, next_message, shard
 from tests.unit.test_protocol_peering import GOOD
 from tests.unit.test_topology import errors_of, sample
 
@@ -100,3 +102,30 @@ def test_a_bad_gateway_list_is_refused_by_name(gateways: object, field: str) -> 
     with pytest.raises(ProtocolError) as info:
         PeeringObject.parse({**GOOD.to_json(), "gateways": gateways})
     assert info.value.field == field
+
+
+def test_a_gateway_may_follow_only_what_it_relays_for(tmp_path: pathlib.Path) -> None:
+    """Grants scoped to the gateway role: gw1 has no endpoint in blue, yet, once blue's side
+    toward red sends through the gateways, it follows blue's peering stream (which lists only
+    that side) and, with the grant there, red's destinations; never blue's own services."""
+    s, _, api = blue_on_hosts(tmp_path)
+    s.commit([Host("gw1", ipaddress.ip_address("169.254.101.51"), "gateway")])
+    assert follow(api, "gw1", "peering", "blue").status_int == 403  # blue says direct
+    side = s.intent.peerings[("blue", "to-red")]
+    s.commit([dataclasses.replace(side, forwarding="gateway")])
+    mine = s.hub.objects(StreamId(ServiceName.ENDPOINT, "gw1"))
+    assert mine == {"relay/blue": {"vpc": "blue", "relay": True}}
+    relay = s.hub.objects(StreamId(ServiceName.PEERING, "blue", None, "gw1"))
+    assert set(relay) == {"red"}  # blue's side toward green (if any) is not listed
+    answers = [
+        follow(api, "gw1", "peering", "blue"),
+        follow(api, "gw1", "destination", "red", relay["red"]["grant"]),
+    ]
+    denied = follow(api, "gw1", "destination", "blue")
+    try:
+        assert [a.status_int for a in answers] == [200, 200]
+        assert isinstance(next_message(answers[0]), Snapshot)
+        assert denied.status_int == 403
+    finally:
+        for a in answers:
+            a.app_iter.close()

@@ -14,25 +14,23 @@ import pytest
 
 from meshpeer.controller import intent as ops
 from meshpeer.controller.model import Host, Intent
-from meshpeer.controller.mux import gateway_hops, peering_objects
-from meshpeer.controller.peering import statuses
-from meshpeer.protocol import ServiceName
 from meshpeer.protocol.gateways import Forwarding
-from meshpeer.protocol.messages import StreamId
+from ohc import host as ohc_host
+from ohc.canonical import canonical_state
 from ohc.compiler import compile_host
 from ohc.cookies import Kind, kind_of
-from ohc.model import StreamObjects, relay_view
+from ohc.engine import FlowEngine
 from ohc.pipeline import GATEWAY_RELAY, L3_LOOKUP, TUNNEL_PORT
+from ohc.syncer import with_canary
 from policies.export import ExportPolicy
+from tests.support.changes import changes
 from tests.support.fakeoftable import Output
-from tests.unit.controller_fixtures import views
 from tests.unit.test_ohc_compiler import (
     HOSTS,
     OFPORT,
-    OWNER,
-    G,
     Lab,
     base_intent,
+    followed,
     host_view,
     load,
     only,
@@ -58,22 +56,13 @@ def gateway_lab(
     i = gateway_intent(blue, red, gateways)
     pub = publish(i)
     vs = {h: host_view(i, pub, h)[0] for h in HOSTS}
-    states = statuses(i, views(i, OWNER), OWNER)
     for gw in gateways:  # what a gateway follows: the sides that send through it
-        peerings = {
-            vpc: peering_objects(i, states, G, vpc, gw, 0.0, gateway_hops(i)) for vpc in i.vpcs
-        }
-        services = {
-            (o["peer_vpc"], o["policy_id"]): StreamObjects(
-                destinations=pub.streams[
-                    StreamId(ServiceName.DESTINATION, o["peer_vpc"], o["policy_id"])
-                ]
-            )
-            for objs in peerings.values()
-            for o in objs.values()
-        }
-        vs[gw], skipped = relay_view(GATEWAYS[gw], peerings, services)
+        streams = followed(pub, gw)
+        vs[gw], skipped = ohc_host.gateway_view(GATEWAYS[gw], streams, TUNNEL_PORT)
         assert skipped == ()
+        engine = FlowEngine(GATEWAYS[gw], "gateway")
+        engine.update(changes({}, streams, True), {}, TUNNEL_PORT)
+        assert engine.state() == with_canary(canonical_state(compile_host(vs[gw])))
     compiled = {h: compile_host(v) for h, v in vs.items()}
     return Lab(i, vs, compiled, {h: load(s) for h, s in compiled.items()})
 
