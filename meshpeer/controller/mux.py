@@ -14,9 +14,15 @@ from dataclasses import dataclass, field
 from meshpeer.controller.bgp import DynamicRoute
 from meshpeer.controller.directory import Directory
 from meshpeer.controller.model import Endpoint, Intent, JsonObject, Peering, Resource, gateway
-from meshpeer.controller.peering import Status, View, view_hosts
+from meshpeer.controller.peering import PEERING_PREFIX, Status, View, view_hosts
 from meshpeer.protocol import ServiceName
-from meshpeer.protocol.gateways import GatewayHop, uses_gateways
+from meshpeer.protocol.gateways import (
+    DEFAULT_FORWARDING,
+    FORWARDING,
+    GatewayHop,
+    choice,
+    uses_gateways,
+)
 from meshpeer.protocol.grants import Grant, mint
 from meshpeer.protocol.messages import PEER_SERVICES, StreamId
 from meshpeer.protocol.peering import PeeringObject
@@ -366,8 +372,31 @@ def must_apply(
     }
     st = states.get((p.vpc, p.name))
     if not deleted and st is not None and st.active:
-        local = p.peer_vpc in intent.vpcs
-        peer_hosts = intent.hosts_of(p.peer_vpc) if local else view_hosts(views.get(p.peer_vpc))
+        hypervisors, relays, via = _peer_side(intent, views, p)
         for service in PEER_SERVICES:
-            out[StreamId(service, p.vpc, p.export.policy_id)] = frozenset(peer_hosts)
+            # the peer's side through the gateways: its gateways hold our destinations, its
+            # hypervisors the rest (docs/gateways.md)
+            hosts = relays if via and service == ServiceName.DESTINATION else hypervisors
+            out[StreamId(service, p.vpc, p.export.policy_id)] = frozenset(hosts)
     return out
+
+
+def _peer_side(
+    intent: Intent, views: Mapping[str, View], p: Peering
+) -> tuple[list[str], list[str], bool]:
+    """The peer VPC's hypervisors and relaying gateways, and whether its side toward
+    ``p.vpc`` sends through the gateways: from this shard's intent, or the peer's view."""
+    if p.peer_vpc in intent.vpcs:
+        back = next((q for q in intent.peerings_of(p.peer_vpc) if q.peer_vpc == p.vpc), None)
+        relays = intent.relay_hosts(p.peer_vpc)
+        return (
+            intent.hosts_of(p.peer_vpc),
+            relays,
+            back is not None and uses_gateways(back.forwarding),
+        )
+    view = views.get(p.peer_vpc)
+    relays = view_hosts(view, "relay_hosts")
+    hypervisors = [h for h in view_hosts(view) if h not in relays]
+    side = (view or {}).get(PEERING_PREFIX + p.vpc) or {}
+    forwarding = choice(side.get("forwarding", DEFAULT_FORWARDING), FORWARDING)
+    return hypervisors, relays, forwarding is not None and uses_gateways(forwarding)

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from meshpeer.lab import ovs
-from meshpeer.lab.cli import status
+from meshpeer.lab import controllers, ovs
+from meshpeer.lab.cli import load_topology, status
 from meshpeer.lab.plan import NETNS
 from ohc.compiler import gateway_mac
 from tests.e2e.traffic import Capture
@@ -125,3 +125,25 @@ def test_own_vpc_traffic_stays_direct(lab: Lab) -> None:
     )
     trace = ovs.appctl(lab.host("hv1"), "ofproto/trace", "br-int", flow)
     assert re.findall(r"set_field:([0-9.]+)->tun_dst", trace) == [ip(lab, "hv2")], trace
+
+
+def test_writes_are_programmed_and_a_new_peer_endpoint_needs_no_change_on_hv1(lab: Lab) -> None:
+    """?wait=programmed waits for the hosts that follow each stream: red's side written, the
+    gateways hold red's destinations and blue's hypervisors red's other services. r2, created
+    behind the gateways, answers b1 while hv1's flows stay exactly as they were."""
+    blue_ctl, red_ctl = (controllers.client_for(lab.plan, c) for c in ("ctl1", "ctl2"))
+    wait_for(lambda: lab.ping("b1", "r1"), DEADLINE, what="b1 pings r1")
+    got = red_ctl.put("/v1/vpcs/red/peerings/red-blue?wait=programmed", {"preference": 150})
+    assert (got["programmed"], got["pending_hosts"]) == (True, []), got
+    got = blue_ctl.put("/v1/vpcs/blue/peerings/blue-red?wait=programmed", {"preference": 150})
+    assert (got["programmed"], got["pending_hosts"]) == (True, []), got
+    before = sorted(lab.flows("hv1").splitlines())
+    r2 = next(e for e in load_topology(os.path.join(E2E_TOPOLOGIES, TOPOLOGY)).endpoints
+              if e.name == "r2")  # fmt: skip
+    got = red_ctl.post(
+        "/v1/vpcs/red/endpoints?wait=programmed", controllers.endpoint_body(lab.plan, r2)
+    )
+    assert (got["programmed"], got["pending_hosts"]) == (True, []), got
+    wait_for(lambda: lab.ping("b1", "r2"), DEADLINE, what="b1 pings r2 through the gateways")
+    assert sorted(lab.flows("hv1").splitlines()) == before  # nothing new on b1's host
+    assert "hv1" not in lab.hosts_with_flows_for(lab.vm("r2").ip)

@@ -13,6 +13,8 @@ from webob import Request
 
 from meshpeer.controller.api import ControllerApi
 from meshpeer.controller.model import Host, Peering
+from meshpeer.controller.mux import must_apply
+from meshpeer.controller.peering import federation_view, view_hosts
 from meshpeer.lab.topology import parse
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.messages import ProtocolError, Snapshot, StreamId
@@ -129,3 +131,37 @@ def test_a_gateway_may_follow_only_what_it_relays_for(tmp_path: pathlib.Path) ->
     finally:
         for a in answers:
             a.app_iter.close()
+
+
+def test_who_must_apply_a_peering_write_when_the_peer_side_uses_gateways(
+    tmp_path: pathlib.Path,
+) -> None:
+    """?wait=programmed on red's side: blue's side sends through the gateways, so red's
+    destinations must reach blue's gateways (not blue's hypervisors, which do not follow
+    them) and red's other services blue's hypervisors."""
+    s, _, _ = blue_on_hosts(tmp_path)  # blue: b1 on hv1, b3 on hv3
+    s.commit([Host("gw1", ipaddress.ip_address("169.254.101.51"), "gateway")])
+    side = s.intent.peerings[("blue", "to-red")]
+    red = s.intent.peerings[("red", "to-blue")]
+    pid = red.export.policy_id
+
+    def must() -> dict[str, set[str]]:
+        views = s.views()
+        got = must_apply(s.intent, s.states, views, red, False)
+        return {sid.service.value: set(h) for sid, h in got.items() if sid.policy == pid}
+
+    assert must() == {
+        "destination": {"hv1", "hv3"},
+        "forwarding": {"hv1", "hv3"},
+        "loadbalancer": {"hv1", "hv3"},
+    }
+    s.commit([dataclasses.replace(side, forwarding="gateway")])
+    assert must() == {
+        "destination": {"gw1"},
+        "forwarding": {"hv1", "hv3"},
+        "loadbalancer": {"hv1", "hv3"},
+    }
+    view = federation_view(s.intent, "ctl1", "blue")
+    assert view["vpc"]["relay_hosts"] == ["gw1"]
+    assert view["peering/red"]["forwarding"] == "gateway"
+    assert view_hosts(view, "relay_hosts") == ["gw1"]
