@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshpeer.protocol import ServiceName
-from meshpeer.protocol.gateways import uses_gateways
+from meshpeer.protocol.gateways import relayed_vpc, uses_gateways
 from meshpeer.protocol.messages import PEER_SERVICES, ProtocolError
 from meshpeer.protocol.peering import PeeringObject
 
@@ -51,7 +51,7 @@ def local_vpcs(endpoint_streams: Iterable[Objects]) -> set[str]:
         str(o["vpc"])
         for objs in endpoint_streams
         for o in objs.values()
-        if "vpc" in o and o.get("relay") is not True
+        if "vpc" in o and o.get("relay") is not True  # relay objects: ``relayed_vpcs``
     }
 
 
@@ -103,9 +103,5 @@ def wanted(
 
 def relayed_vpcs(endpoint_streams: Iterable[Objects]) -> set[str]:
     """VPCs a gateway host relays for: the shard lists them in its endpoint stream."""
-    return {
-        str(o["vpc"])
-        for objs in endpoint_streams
-        for o in objs.values()
-        if o.get("relay") is True and "vpc" in o
-    }
+    found = (relayed_vpc(o) for objs in endpoint_streams for o in objs.values())
+    return {vpc for vpc in found if vpc is not None}

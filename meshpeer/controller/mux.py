@@ -19,8 +19,10 @@ from meshpeer.protocol import ServiceName
 from meshpeer.protocol.gateways import (
     DEFAULT_FORWARDING,
     FORWARDING,
+    RELAY_KEY,
     GatewayHop,
     choice,
+    relay_object,
     uses_gateways,
 )
 from meshpeer.protocol.grants import Grant, mint
@@ -249,12 +251,12 @@ def endpoint_objects(intent: Intent, host: str) -> dict[str, JsonObject]:
 def relay_objects(intent: Intent, host: str) -> dict[str, JsonObject]:
     """A gateway host's part of its endpoint stream: one object per VPC it relays for
     (``Intent.relay_hosts``), so that its OHC follows that VPC's peering stream
-    (docs/gateways.md). No endpoint has a key with ``/``, so none collides."""
+    (docs/gateways.md)."""
     h = intent.hosts.get(host)
     if h is None or h.role != "gateway":
         return {}
     return {
-        f"relay/{vpc}": {"vpc": vpc, "relay": True}
+        RELAY_KEY + vpc: relay_object(vpc)
         for vpc in sorted(intent.vpcs)
         if host in intent.relay_hosts(vpc)
     }

@@ -88,3 +88,22 @@ def parse_gateways(value: object) -> tuple[GatewayHop, ...]:
     if len({h.host for h in hops}) != len(hops) or len({h.underlay_ip for h in hops}) != len(hops):
         raise ProtocolError("gateways", "a gateway host or address is listed twice")
     return tuple(sorted(hops))
+
+
+RELAY_KEY = "relay/"  # + VPC: the key of a relay object (no endpoint key has a "/")
+
+
+def relay_object(vpc: str) -> JsonObject:
+    """The object a shard puts in a gateway's endpoint stream for a VPC it relays for: its
+    OHC then follows that VPC's peering stream (docs/gateways.md)."""
+    return {"vpc": vpc, "relay": True}
+
+
+def relayed_vpc(obj: Mapping[str, object]) -> str | None:
+    """The VPC a relay object names; None for anything else (an endpoint, a bad object)."""
+    if obj.get("relay") is not True:
+        return None
+    try:
+        return check_name("vpc", obj.get("vpc"))
+    except ProtocolError:
+        return None
