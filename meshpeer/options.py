@@ -184,6 +184,13 @@ OHC = Section(
         Option("host", str, "this host's name", required=True),
         Option("underlay_ip", str, "this host's underlay (tunnel endpoint) address", required=True),
         Option(
+            "role",
+            str,
+            "hypervisor (runs endpoints) or gateway (forwards between hosts, docs/gateways.md):"
+            " registered with every shard",
+            "hypervisor",
+        ),
+        Option(
             "api_token",
             str,
             "this host's own credential (`mph1.<host>...`, docs/security.md)",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from enum import Enum
 from typing import Any, Protocol
 
@@ -93,7 +93,9 @@ def ending(*, status: int | None = None, close: str | None = None) -> Ending:
 
 
 def applied_versions(
-    versions: Mapping[Sub, int], objects: Mapping[Sub, Mapping[str, Any]]
+    versions: Mapping[Sub, int],
+    objects: Mapping[Sub, Mapping[str, Any]],
+    followed: Container[Sub] | None = None,
 ) -> dict[Sub, int]:
     """The stream versions a switch synced from ``objects`` can be said to hold.
 
@@ -101,6 +103,9 @@ def applied_versions(
     services (``versions`` has them): a shard that reads "applied peering version n" as
     "the peering is programmed here" must not hear it while the peer's destinations are
     still on their way (or refused, while the peer's shard has not seen the peering yet).
+    ``followed``: the streams the host follows (None: all); a peer service it does not follow
+    (a side through the gateways needs no peer destinations, a gateway only them) is not
+    waited for.
     """
     out = dict(versions)
     for sub in versions:
@@ -115,7 +120,7 @@ def applied_versions(
                 Sub(peer.controller, s, peer.peer_vpc, peer.policy_id, sub.host)
                 for s in PEER_SERVICES
             )
-            if any(x not in versions for x in subs):
+            if any(x not in versions for x in subs if followed is None or x in followed):
                 del out[sub]
                 break
     return out
@@ -353,7 +358,7 @@ class Agent:
         grant names this host); one without a grant is left out, and so is an own-shard
         stream at a shard not in ``shard_urls``."""
         by_url: dict[str, list[dict[str, Any]]] = {}
-        held = applied_versions(versions, objects)
+        held = applied_versions(versions, objects, self.clients)
         for sub, version in sorted(held.items(), key=lambda kv: kv[0].sort_key()):
             entry: dict[str, Any] = {
                 "stream": stream_name(sub.service, sub.key, sub.policy, sub.host),

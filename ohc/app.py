@@ -36,6 +36,7 @@ from os_ken.ofproto import ofproto_v1_3
 from meshpeer import options
 from meshpeer.directory import SECRETS, parse_directory
 from meshpeer.protocol import ServiceName
+from meshpeer.protocol.gateways import HOST_ROLES, choice
 from ohc import nd, ofio, ports, reporting, status
 from ohc.agent import Agent
 from ohc.clients import stream_client
@@ -84,6 +85,8 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         conf = self.CONF.ohc
         for opt in options.missing(options.OHC, conf):
             raise SystemExit(f"ohc: [ohc] {opt} is required in the config file")
+        if choice(conf.role, HOST_ROLES) is None:
+            raise SystemExit(f"ohc: [ohc] role: expected one of {', '.join(HOST_ROLES)}")
         self.conf = conf
         with open(conf.directory_file, encoding="utf-8") as f:
             raw = yaml.safe_load(f)
@@ -101,7 +104,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             self._update,
         )
         self.reporter = reporting.Reporter(
-            conf.host, conf.underlay_ip, conf.api_token, self.agent, conf.ca_file
+            conf.host, conf.underlay_ip, conf.api_token, self.agent, conf.ca_file, conf.role
         )
         self.replies = ofio.Replies()
         self.datapath: Any = None
@@ -119,7 +122,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         self.to_report: tuple[dict[Sub, int], dict[Sub, Mapping[str, Any]]] | None = None
         # What the switch should hold (kept up to date from the agent's stream changes) and
         # what it holds (ohc/session.py).
-        self.engine = FlowEngine(conf.underlay_ip)
+        self.engine = FlowEngine(conf.underlay_ip, conf.role)
         self.session = SwitchSession(self.engine)
         self.engine_failed = False  # an update raised: start the engine afresh next sync
         self.full_gc_at = time.monotonic()
@@ -308,7 +311,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         if self.engine_failed:
             # Half an update leaves the engine unknown: a fresh one fed every stream whole
             # (until an update succeeds, however many tries), and a read-back of the switch.
-            self.engine = FlowEngine(self.conf.underlay_ip)
+            self.engine = FlowEngine(self.conf.underlay_ip, self.conf.role)
             self.session = SwitchSession(self.engine)
         changes = self.agent.take_changes(everything=self.engine_failed)
         vms, tunnel = dict(self.ports.vms), self.ports.tunnel

@@ -60,6 +60,7 @@ from ohc.pipeline import (
     ETH_ARP,
     ETH_IPV4,
     ETH_IPV6,
+    GATEWAY_RELAY,
     INBOUND_CT,
     IPPROTO_ICMPV6,
     L3_LOOKUP,
@@ -402,6 +403,7 @@ def dest_context(ctx: Ctx, peer: PeerView | None) -> tuple[Hashable, ...]:
         parts += (peer.peer_vpc, peer.policy_id, ctx.subnets, reach)
         # one-way either side: commit toward the peer; a ct check at its local ports
         parts += (ctx.one_way(peer), (peer.peer_vpc, ctx.vpc) in ctx.replies_only)
+        parts += (peer.via_gateways,)
     return parts
 
 
@@ -422,7 +424,8 @@ def _compile(view: HostView) -> DesiredState:
                 dest_flows(out, ctx, d, peer)
             for lb in peer.services.load_balancers:
                 lb_flows(out, ctx, lb, peer, groups)
-        route_flows(out, ctx)
+        route_flows(out, ctx, groups)
+    relay_all(out, view)
     return DesiredState(
         frozenset(out.flows.values()), frozenset(out.groups.values()), tuple(out.notes)
     )
@@ -695,18 +698,22 @@ def _source_ok(
     out: _Out,
     ctx: Ctx,
     source: Address | Network,
-    host_ip: ipaddress.IPv4Address,
+    host_ip: ipaddress.IPv4Address | None,
     priority: int,
     owner: tuple[Kind, str],
     peer: PeerView | None = None,
 ) -> None:
-    """Tunnel ingress: accept ``source`` for this VPC when it comes from ``host_ip``; from a
-    peer the VPC lets in only replies from, only as far as conntrack says (table 43)."""
+    """Tunnel ingress: accept ``source`` for this VPC when it comes from ``host_ip`` (None:
+    from any host); from a peer the VPC lets in only replies from, only as far as conntrack
+    says (table 43)."""
     one_way = peer is not None and ctx.one_way(peer)
+    match: dict[str, MatchValue] = {"metadata": _vpc(ctx.vni), **_ip_match("src", source)}
+    if host_ip is not None:
+        match["tun_ipv4_src"] = str(host_ip)
     out.add(
         TUNNEL_SRC,
         priority,
-        {"metadata": _vpc(ctx.vni), **_ip_match("src", source), "tun_ipv4_src": str(host_ip)},
+        match,
         _CHECK_IN_RECEIVER_ZONE if one_way else _TO_TUNNEL_DELIVER,
         owner,
     )
@@ -728,6 +735,8 @@ def dest_flows(out: _Out, ctx: Ctx, d: Destination, peer: PeerView | None) -> No
     if peer is None:
         owner, priority, meta = (Kind.DEST, f"{d.vpc}/{d.name}"), PRIO_OWN, _vpc(ctx.vni)
     else:
+        if peer.via_gateways:  # the gateways hold the peer's endpoints, not this host
+            return
         if _inside_own_subnet(ctx, d.ip):
             out.note(
                 f"{ctx.vpc}: peer destination {d.vpc}/{d.name} {d.ip} is inside a local subnet"
@@ -763,6 +772,11 @@ def _lb_owner(vpc: str, lb: LoadBalancer, peer: PeerView | None) -> str:
     return f"{vpc}|{lb.vpc}/{lb.name}{where}"
 
 
+def _gateways_owner(vpc: str, peer: PeerView) -> str:
+    """The identity of the select group over the gateways toward ``peer`` in ``vpc``."""
+    return f"{vpc}|gateways@{peer.peer_vpc}"
+
+
 def assign_groups(view: HostView, vni_of: dict[str, int]) -> dict[str, int]:
     """Group id per ILB identity: its hash, probing past a (rare) collision in sorted order."""
     owners: list[str] = []
@@ -773,6 +787,8 @@ def assign_groups(view: HostView, vni_of: dict[str, int]) -> dict[str, int]:
         for peer in view.peers_of(vpc):
             for lb in peer.services.load_balancers:
                 owners.append(_lb_owner(vpc, lb, peer))
+            if peer.via_gateways and peer.gateways:
+                owners.append(_gateways_owner(vpc, peer))
     ids: dict[str, int] = {}
     used: set[int] = set()
     for owner in sorted(owners):
@@ -826,7 +842,7 @@ def lb_flows(
         _arp_flows(out, ctx, lb.vip, lb.mac, owner)
 
 
-def route_flows(out: _Out, ctx: Ctx) -> None:
+def route_flows(out: _Out, ctx: Ctx, groups: dict[str, int]) -> None:
     """The VPC's effective route table (``_decide``) as prefix flows."""
     for dec in ctx.routes.decisions:
         if not dec.installed:
@@ -839,6 +855,9 @@ def route_flows(out: _Out, ctx: Ctx) -> None:
             meta = _routed(ctx.vni)
         match = {"metadata": meta, **_ip_match("dst", entry.prefix)}
         priority = _route_priority(entry.prefix)
+        if entry.next_hop is None and via is not None:
+            _peer_subnet_flows(out, ctx, entry.prefix, via, priority, owner, groups)
+            continue
         if entry.next_hop is None:  # a subnet: only its known addresses are reachable
             out.add(L3_LOOKUP, priority, match, (), owner)
             continue
@@ -854,3 +873,81 @@ def route_flows(out: _Out, ctx: Ctx) -> None:
             port = ctx.local[(hop.vpc, hop.ip)]
             _classify_ip(out, ctx, port, entry.prefix, priority, owner)
             _tunnel_dst(out, ctx, port, entry.prefix, priority, owner)
+
+
+def _peer_subnet_flows(
+    out: _Out,
+    ctx: Ctx,
+    prefix: Network,
+    peer: PeerView,
+    priority: int,
+    owner: tuple[Kind, str],
+    groups: dict[str, int],
+) -> None:
+    """A peer's subnet: the peer's packets are accepted from every gateway (the peer's side
+    may send through them); toward the peer, only its known addresses (direct), or, when this
+    side says gateway, the whole subnet through the select group over the gateways, tagged
+    with the peer's VNI. Such a side knows none of the peer's hosts, so it accepts the
+    subnet from any host (replies the peer's hosts send directly; docs/gateways.md)."""
+    for hop in peer.gateways:
+        _source_ok(out, ctx, prefix, ipaddress.IPv4Address(hop.underlay_ip), priority, owner, peer)
+    match = {"metadata": _routed(ctx.vni), **_ip_match("dst", prefix)}
+    gid = groups.get(_gateways_owner(ctx.vpc, peer))
+    if not peer.via_gateways or gid is None or ctx.view.tunnel_port is None:
+        if peer.via_gateways:
+            out.note(f"{ctx.vpc}: {owner[1]}: no gateway (or no tunnel port) to send it to")
+        out.add(L3_LOOKUP, priority, match, (), owner)
+        return
+    _source_ok(out, ctx, prefix, None, priority - 1, owner, peer)
+    tunnel = ctx.view.tunnel_port
+    buckets = tuple(
+        Bucket((SetField("tun_ipv4_dst", hop.underlay_ip), Output(tunnel)), hop.weight)
+        for hop in peer.gateways
+    )
+    out.groups[gid] = Group(gid, "select", buckets)
+    actions = (SetField("tunnel_id", peer.peer_vni), ToGroup(gid))
+    out.add(L3_LOOKUP, priority, match, (_toward(ctx, peer, actions),), owner)
+
+
+def relay_all(out: _Out, view: HostView) -> None:
+    """A gateway host's flows: every VPC it relays for, and each destination there."""
+    for relay in view.relays:
+        relay_vpc_flows(out, view, relay.vni)
+        for d in relay.destinations:
+            relay_flows(out, view, d)
+
+
+def relay_vpc_flows(out: _Out, view: HostView, vni: int) -> None:
+    """A gateway host: tunnel packets with a VNI it relays for go to ``gateway_relay``."""
+    if view.tunnel_port is None:
+        out.note(f"vni {vni}: br-int has no tunnel port: nothing to relay")
+        return
+    out.add(
+        CLASSIFY,
+        PRIO_OWN,
+        {"in_port": view.tunnel_port, "tunnel_id": vni},
+        (Goto(GATEWAY_RELAY),),
+        (Kind.RELAY, f"vni/{vni}"),
+    )
+
+
+def relay_flows(out: _Out, view: HostView, d: Destination) -> None:
+    """A gateway host: a packet for ``d`` (by its VNI and address) goes on to ``d``'s host,
+    back out of the tunnel port, with ``d``'s MAC."""
+    if view.tunnel_port is None:
+        return
+    out.add(
+        GATEWAY_RELAY,
+        PRIO_DEFAULT,
+        {"tunnel_id": d.vni, **_ip_match("dst", d.ip)},
+        (
+            Apply(
+                (
+                    SetField("eth_dst", d.mac),
+                    SetField("tun_ipv4_dst", str(d.host_ip)),
+                    Output(OFPP_IN_PORT),
+                )
+            ),
+        ),
+        (Kind.RELAY, f"{d.vpc}/{d.name}@{d.vni}"),
+    )

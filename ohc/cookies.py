@@ -28,6 +28,7 @@ class Kind(IntEnum):
     PEER_DEST = 0x07  # destination received from a peer under a policy
     PEER_ROUTE = 0x08  # route received from a peer under a policy
     PEER_LB = 0x09  # load balancer received from a peer under a policy
+    RELAY = 0x0A  # a gateway host's: forwarding to one destination of a VPC it relays for
 
 
 def object_hash(owner: str) -> int:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshpeer.protocol import ServiceName
+from meshpeer.protocol.gateways import DEFAULT_ROLE, HostRole
 from ohc import host
 from ohc.compiler import (
     Ctx,
@@ -46,6 +47,7 @@ from ohc.compiler import (
     infra_flows,
     lb_flows,
     port_flows,
+    relay_all,
     route_flows,
     vpc_flows,
 )
@@ -229,8 +231,9 @@ def _order(h: Holder, key: FlowKey) -> tuple[Rank, int]:
 class FlowEngine:
     """The desired flows and groups of one host, kept up to date unit by unit."""
 
-    def __init__(self, underlay_ip: str) -> None:
+    def __init__(self, underlay_ip: str, role: HostRole = DEFAULT_ROLE) -> None:
         self.underlay_ip = underlay_ip
+        self.role = role  # a gateway's flows are its relays (docs/gateways.md)
         self.streams: dict[Sub, dict[str, Any]] = {}
         self.ofports: Mapping[tuple[str, str], int] | None = None
         self.tunnel_port: int | None = None
@@ -294,6 +297,8 @@ class FlowEngine:
         self._gids, self._old, self._compiled = set(), {}, 0
         rebuild = self.ofports != ofports or self.tunnel_port != tunnel_port or not self.roles
         self.ofports, self.tunnel_port = dict(ofports), tunnel_port
+        if self.role == "gateway":
+            return self._relay(changes)
         touched: dict[IndexKey, set[IpKey]] = {}
         for sub, change in changes.items():
             keys = self._apply(sub, change)
@@ -322,8 +327,11 @@ class FlowEngine:
                 ips = set(self.indexes[role.index].claims) | set(self.dest_units.get(rk, ()))
             for ip in ips:
                 self._compile_dest(rk, role, ip)
-        # a unit compiled again gives back and takes its keys: those that hold what they held
-        # did not change
+        return self._finish(rebuild)
+
+    def _finish(self, rebuild: bool) -> Update:
+        """What the update changed. A unit compiled again gives back and takes its keys:
+        those that hold what they held did not change."""
         table = self.table
         old = {
             k: f
@@ -333,6 +341,17 @@ class FlowEngine:
         update = Update(frozenset(old), frozenset(self._gids), self._compiled, rebuild, old)
         self._gids, self._old = set(), {}  # not kept: 100k keys after a cold install
         return update
+
+    def _relay(self, changes: Mapping[Sub, StreamChange]) -> Update:
+        """A gateway host: its relay flows, compiled whole from every stream it follows (not
+        yet per destination: docs/gateways.md, what is left)."""
+        for sub, change in changes.items():
+            self._apply(sub, change)
+        view, self.view_skipped = host.gateway_view(
+            self.underlay_ip, self.streams, self.tunnel_port
+        )
+        self._set_unit(("relay",), self._events((2,), relay_all, view), {})
+        return self._finish(False)
 
     def _apply(self, sub: Sub, change: StreamChange) -> Iterable[str]:
         """Take ``change`` into the engine's copy of the stream; the keys it changed."""
@@ -393,6 +412,8 @@ class FlowEngine:
             own: IndexKey = (ctx.vpc, None, ctx.vni)
             roles[(ctx.vpc, None)] = _Role(ctx, None, own, (1, ctx.vpc, 2), dest_context(ctx, None))
             for pos, peer in enumerate(ctx.peers):
+                if peer.via_gateways:  # no flow per peer endpoint (docs/gateways.md)
+                    continue
                 ik: IndexKey = (peer.peer_vpc, peer.policy_id, peer.peer_vni)
                 context = (*dest_context(ctx, peer), pos)
                 rank = (1, ctx.vpc, 4, pos, 0)
@@ -433,7 +454,7 @@ class FlowEngine:
             for lb in peer.services.load_balancers:
                 rank = (1, vpc, 4, pos, 1, ip_key(lb.vip))
                 out += self._events(rank, lb_flows, ctx, lb, peer, groups, got=got)
-        out += self._events((1, vpc, 5), route_flows, ctx)
+        out += self._events((1, vpc, 5), route_flows, ctx, groups, got=got)
         self._set_unit(("ctx", vpc), out, got)
 
     def _compile_dest(self, rk: RoleKey, role: _Role, k: IpKey) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from meshpeer.protocol import ServiceName
-from ohc.model import HostView, Skipped, StreamObjects, TakenIps
+from ohc.model import HostView, Skipped, StreamObjects, TakenIps, relay_view
 from ohc.subscriptions import Sub
 
 # The StreamObjects field each VPC-scoped service fills.
@@ -57,3 +57,19 @@ def host_view(
         tunnel_port,
         taken,
     )
+
+
+def gateway_view(
+    underlay_ip: str, objects: Mapping[Sub, Mapping[str, Any]], tunnel_port: int | None
+) -> tuple[HostView, tuple[Skipped, ...]]:
+    """The view of a gateway host (``ohc.model.relay_view``) from the streams it follows: the
+    peering stream of each VPC it relays for and those peers' destination streams."""
+    peerings = {
+        sub.key: objs for sub, objs in objects.items() if sub.service == ServiceName.PEERING
+    }
+    dests = {
+        (sub.key, sub.policy): StreamObjects(destinations=objs)
+        for sub, objs in objects.items()
+        if sub.service == ServiceName.DESTINATION and sub.policy is not None
+    }
+    return relay_view(underlay_ip, peerings, dests, tunnel_port)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from meshpeer.protocol.gateways import DEFAULT_FORWARDING, Forwarding, GatewayHop, uses_gateways
 from meshpeer.protocol.messages import ProtocolError
 from meshpeer.protocol.peering import MAX_VNI, Inbound, PeeringObject
 from ohc.pipeline import MAX_PORT, TUNNEL_PORT
@@ -403,6 +404,13 @@ class PeerView:
     import_custom_routes: bool = False  # the local peering's flag (policies.routes rule 0)
     inbound: Inbound = "all"  # the local side's: "replies" lets in only answers (conntrack)
     preference: int = DEFAULT_PREFERENCE  # the local side's (policies.routes rule 3)
+    forwarding: Forwarding = DEFAULT_FORWARDING  # the local side's (docs/gateways.md)
+    gateways: tuple[GatewayHop, ...] = ()  # the live gateway hosts, as the shard lists them
+
+    @property
+    def via_gateways(self) -> bool:
+        """Does this host send to the peer through the gateways (no per-endpoint flows)?"""
+        return uses_gateways(self.forwarding)
 
 
 @dataclass(frozen=True)
@@ -416,6 +424,9 @@ class HostView:
     # The flow-based Geneve port's ofport, as OVSDB says (ohc/ports.py); None: br-int has none,
     # so remote destinations are unreachable from here. TUNNEL_PORT for views without a switch.
     tunnel_port: int | None = TUNNEL_PORT
+    # A gateway host's: the destination sets it forwards to (docs/gateways.md), each with
+    # its VPC's VNI; a hypervisor has none.
+    relays: tuple[VpcServices, ...] = ()
 
     def vpc_vni(self) -> dict[str, int]:
         return {p.vpc: p.vni for p in self.local_ports}
@@ -502,6 +513,8 @@ class HostView:
                         po.import_custom_routes,
                         po.inbound,
                         po.preference,
+                        po.forwarding,
+                        po.gateways,
                     )
                 )
         view = HostView(
@@ -560,3 +573,36 @@ def _local_ports(
         used_ips.add((p.vpc, p.ip))
         ports.append(p)
     return tuple(sorted(ports, key=lambda p: (p.vpc, p.name)))
+
+
+def relay_view(
+    local_underlay_ip: str,
+    peerings: Mapping[str, ServiceObjects],
+    peer_services: Mapping[tuple[str, str], StreamObjects],
+    tunnel_port: int | None = TUNNEL_PORT,
+) -> tuple[HostView, tuple[Skipped, ...]]:
+    """The view of a gateway host (docs/gateways.md): no ports and no VPC of its own; per
+    peering side that sends through the gateways (``peerings``: VPC -> the objects of its
+    peering stream for this gateway), the peer's destinations under the side's policy
+    (``peer_services``, keyed as in ``HostView.from_service_objects``), with the peer's VNI."""
+    skipped: list[Skipped] = []
+    relays: dict[tuple[str, str], VpcServices] = {}
+    for vpc in sorted(peerings):
+        for key in sorted(peerings[vpc]):
+            try:
+                po = PeeringObject.parse(peerings[vpc][key])
+            except ProtocolError as e:
+                skipped.append(Skipped("peering", f"{vpc}/{key}", str(e)))
+                continue
+            k = (po.peer_vpc, po.policy_id)
+            if uses_gateways(po.forwarding) and k not in relays:
+                streams = peer_services.get(k, StreamObjects())
+                relays[k] = VpcServices.from_service_objects(
+                    po.peer_vpc, po.peer_vni, streams, skipped
+                )
+    view = HostView(
+        parse_underlay_ip(local_underlay_ip, "local_underlay_ip"),
+        tunnel_port=tunnel_port,
+        relays=tuple(relays[k] for k in sorted(relays)),
+    )
+    return view, tuple(sorted(set(skipped)))

@@ -83,6 +83,7 @@ TUNNEL_DST = 40
 TUNNEL_SRC = 41
 TUNNEL_DELIVER = 42
 INBOUND_CT = 43
+GATEWAY_RELAY = 45
 
 # ct_state bits (OVS): a tracked packet of a connection seen before, or related to one (an
 # ICMP error about it); never one conntrack found invalid.
@@ -109,11 +110,11 @@ TABLES: tuple[Table, ...] = (
             "arp_sha",
             "tunnel_id",
         ),
-        (ARP_TARGET, ND_TARGET, ROUTED_HOP, TUNNEL_DST),
+        (ARP_TARGET, ND_TARGET, ROUTED_HOP, TUNNEL_DST, GATEWAY_RELAY),
         "VM port: anti-spoofing (in_port + eth_src + IP/ARP source) and VPC context into "
         "metadata; ARP and IPv6 neighbour solicitations go to their responders. Tunnel port: a "
-        "local VPC's VNI into metadata.",
-        "compiler.vpc_flows, port_flows, _classify_ip (VIPs, route prefixes)",
+        "local VPC's VNI into metadata; on a gateway host, a relayed VPC's VNI to gateway_relay.",
+        "compiler.vpc_flows, port_flows, _classify_ip (VIPs, route prefixes), relay_vpc_flows",
     ),
     _t(
         ARP_TARGET,
@@ -160,7 +161,8 @@ TABLES: tuple[Table, ...] = (
         "Per VPC context: own destinations (local port, or Geneve with the own VNI), peer "
         "destinations (routed only; Geneve with the peer's VNI), ILB VIPs (select group), "
         "static and dynamic (BGP-learned, docs/routing.md) routes by longest prefix; subnet "
-        "routes without a destination drop. Toward a "
+        "routes without a destination drop, but a peer's subnet when its side says forwarding "
+        "gateway: tunnel_id := the peer's VNI, then the select group over the gateways. Toward a "
         "peer this VPC takes only replies from: ct commit in the sending port's zone first; to "
         "a local port whose VPC takes only replies from this one: ct(table=43) instead of output.",
         "compiler.port_flows, dest_flows, lb_flows, route_flows",
@@ -180,9 +182,11 @@ TABLES: tuple[Table, ...] = (
         ("metadata", "eth_type", "ipv4_src", "ipv6_src", "tun_ipv4_src"),
         (TUNNEL_DELIVER, INBOUND_CT),
         "Source check: the source IP (from the host that owns it) is a destination, VIP or "
-        "route prefix this OHC received for the VPC or for a peer it follows. From a peer the "
+        "route prefix this OHC received for the VPC or for a peer it follows; a peer's subnet "
+        "also from each gateway host, and from any host when this side sends the peer through "
+        "gateways (it knows none of the peer's hosts). From a peer the "
         "VPC takes only replies from: ct(table=43) in the zone of the port it is for.",
-        "compiler._source_ok (destinations, VIPs, route prefixes)",
+        "compiler._source_ok (destinations, VIPs, route prefixes, gateways)",
     ),
     _t(
         TUNNEL_DELIVER,
@@ -201,6 +205,16 @@ TABLES: tuple[Table, ...] = (
         "from a peer (zone = its ofport): a packet of a connection the port opened (+est, or "
         "+rel: an ICMP error about one) goes out to it; a new or invalid one misses and drops.",
         "compiler.port_flows",
+    ),
+    _t(
+        GATEWAY_RELAY,
+        "gateway_relay",
+        ("tunnel_id", "eth_type", "ipv4_dst", "ipv6_dst"),
+        (),
+        "Gateway hosts only (docs/gateways.md): a tunnel packet for a destination of a VPC the "
+        "gateway relays for, by VNI and address: eth_dst := its MAC, tun_ipv4_dst := its host, "
+        "out the tunnel port it came in on (IN_PORT), the VNI unchanged.",
+        "compiler.relay_flows",
     ),
 )
 

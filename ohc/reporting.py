@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from eventlet.greenpool import GreenPool
 
 from meshpeer.client import Client
+from meshpeer.protocol.gateways import DEFAULT_ROLE
 from meshpeer.protocol.messages import stream_name
 from ohc.agent import Agent
 from ohc.subscriptions import Sub
@@ -47,18 +48,22 @@ class Reporter:
         api_token: str,
         agent: Agent,
         ca_file: str | None = None,
+        role: str = DEFAULT_ROLE,
     ) -> None:
-        """``ca_file``: verifies the shards' certificates (https:// URLs)."""
+        """``ca_file``: verifies the shards' certificates (https:// URLs); ``role``: what the
+        host registers as (hypervisor or gateway, docs/gateways.md)."""
         self.host = host
+        self.role = role
         self.underlay_ip = underlay_ip
         self.api_token = api_token
         self.agent = agent
         self.ca_file = ca_file
 
     def register(self, url: str) -> None:
-        """Tell one shard where this host's tunnel endpoint is; raises if it did not answer."""
+        """Tell one shard where this host's tunnel endpoint is, and its role; raises if it
+        did not answer."""
         Client(url, self.api_token, timeout=TIMEOUT, ca_file=self.ca_file).put(
-            f"/v1/hosts/{self.host}", {"underlay_ip": self.underlay_ip}
+            f"/v1/hosts/{self.host}", {"underlay_ip": self.underlay_ip, "role": self.role}
         )
 
     def applied(

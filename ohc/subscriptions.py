@@ -5,7 +5,10 @@ endpoint on this host it follows that VPC's own services and its peering service
 ACTIVE peer listed there it follows the peer VPC's destination, forwarding and load-balancer
 services directly at the peer's shard, under the peer's export policy, with the grant its own
 shard minted. Nothing else: a VPC peered only with other VPCs, or a peer of a VPC with no
-endpoint here, is never asked for (the patent's limited connectivity information).
+endpoint here, is never asked for (the patent's limited connectivity information). A side
+that sends through the gateways needs no peer destination stream; a gateway host follows, for
+each VPC its shard says it relays for, that VPC's peering stream and the listed peers'
+destination streams only (docs/gateways.md).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshpeer.protocol import ServiceName
+from meshpeer.protocol.gateways import relayed_vpc, uses_gateways
 from meshpeer.protocol.messages import PEER_SERVICES, ProtocolError
 from meshpeer.protocol.peering import PeeringObject
 
@@ -43,7 +47,12 @@ Objects = Mapping[str, Mapping[str, Any]]
 
 def local_vpcs(endpoint_streams: Iterable[Objects]) -> set[str]:
     """VPCs with at least one endpoint on this host, from every shard's endpoint stream."""
-    return {str(o["vpc"]) for objs in endpoint_streams for o in objs.values() if "vpc" in o}
+    return {
+        str(o["vpc"])
+        for objs in endpoint_streams
+        for o in objs.values()
+        if "vpc" in o and o.get("relay") is not True  # relay objects: ``relayed_vpcs``
+    }
 
 
 def wanted(
@@ -62,19 +71,37 @@ def wanted(
     out: dict[Sub, str] = {}
     for url in sorted(set(shard_urls)):
         out[Sub(url, ServiceName.ENDPOINT, host)] = api_token
-    for vpc in sorted(local_vpcs(endpoint_streams)):
+    endpoint_streams = list(endpoint_streams)
+    relayed = relayed_vpcs(endpoint_streams)
+    direct: dict[Sub, str] = {}  # peer destination streams some local side sends to directly
+    for vpc in sorted(local_vpcs(endpoint_streams) | relayed):
         own = vpc_url.get(vpc)
         if own is None:
             continue
         out[Sub(own, ServiceName.PEERING, vpc, None, host)] = api_token
-        for service in PEER_SERVICES:
-            # The host names who follows the stream, so the shard can tell when it is applied.
-            out[Sub(own, service, vpc, None, host)] = api_token
+        if vpc not in relayed:
+            for service in PEER_SERVICES:
+                # The host names who follows the stream, so the shard can tell when it is applied.
+                out[Sub(own, service, vpc, None, host)] = api_token
         for raw in (peering_streams.get(vpc) or {}).values():
             try:
                 peer = PeeringObject.parse(raw)
             except ProtocolError:
                 continue  # malformed entry from the wire: skipped (and reported by ohc.model)
             for service in PEER_SERVICES:
-                out[Sub(peer.controller, service, peer.peer_vpc, peer.policy_id, host)] = peer.grant
+                sub = Sub(peer.controller, service, peer.peer_vpc, peer.policy_id, host)
+                if service != ServiceName.DESTINATION:
+                    if vpc not in relayed:  # a gateway relays by destination only
+                        out[sub] = peer.grant
+                elif vpc in relayed or not uses_gateways(peer.forwarding):
+                    direct[sub] = peer.grant
+    # A side through the gateways needs no peer destination (docs/gateways.md), unless another
+    # local side follows the same service set directly.
+    out.update(direct)
     return out
+
+
+def relayed_vpcs(endpoint_streams: Iterable[Objects]) -> set[str]:
+    """VPCs a gateway host relays for: the shard lists them in its endpoint stream."""
+    found = (relayed_vpc(o) for objs in endpoint_streams for o in objs.values())
+    return {vpc for vpc in found if vpc is not None}

@@ -31,6 +31,7 @@ from meshpeer.controller.model import (
     reserved,
 )
 from meshpeer.directory import Directory
+from meshpeer.protocol.gateways import DEFAULT_FORWARDING, DEFAULT_ROLE, Forwarding, HostRole
 from meshpeer.protocol.peering import Inbound
 from policies.export import ExportPolicy
 from policies.overlap import find_overlaps
@@ -363,6 +364,7 @@ def new_peering(
     peer: PeerFacts | None,
     inbound: Inbound = "all",
     preference: int = DEFAULT_PREFERENCE,
+    forwarding: Forwarding = DEFAULT_FORWARDING,
 ) -> Peering:
     """``peer`` is None when the peer's shard could not be asked: accepted, INACTIVE for now."""
     vpc = need_vpc(intent, vpc_name)
@@ -379,7 +381,9 @@ def new_peering(
         if not peer.exists:
             raise not_found("peer_vpc", f"VPC {peer_vpc!r} does not exist on its shard")
         _check_peer_overlap([s.cidr for s in vpc.subnets], {peer_vpc: peer.ranges}, "peer_vpc")
-    return Peering(vpc_name, name, peer_vpc, export, import_custom_routes, inbound, preference)
+    return Peering(
+        vpc_name, name, peer_vpc, export, import_custom_routes, inbound, preference, forwarding
+    )
 
 
 def check_peering(intent: Intent, vpc: str, name: str) -> Peering:
@@ -417,5 +421,5 @@ def check_route(intent: Intent, vpc: str, name: str) -> Route:
     return found
 
 
-def new_host(name: str, underlay_ip: Address) -> Host:
-    return Host(name, underlay_ip)
+def new_host(name: str, underlay_ip: Address, role: HostRole = DEFAULT_ROLE) -> Host:
+    return Host(name, underlay_ip, role)

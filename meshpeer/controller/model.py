@@ -12,6 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshpeer.protocol.gateways import (
+    DEFAULT_FORWARDING,
+    DEFAULT_ROLE,
+    Forwarding,
+    HostRole,
+    uses_gateways,
+)
 from meshpeer.protocol.peering import Inbound
 from policies.export import ExportPolicy, parse_export_policy
 from policies.routes import DEFAULT_PREFERENCE
@@ -177,6 +184,9 @@ class Peering:
     # How much this side prefers the peer's routes over other peers' to the same prefix:
     # higher wins (policies/routes.py, rule 3; docs/routing.md).
     preference: int = DEFAULT_PREFERENCE
+    # How this side's hosts send to the peer: direct, via the gateways, or on-demand
+    # (docs/gateways.md).
+    forwarding: Forwarding = DEFAULT_FORWARDING
 
     def to_json(self) -> JsonObject:
         return {
@@ -188,11 +198,12 @@ class Peering:
             "import_custom_routes": self.import_custom_routes,
             "inbound": self.inbound,
             "preference": self.preference,
+            "forwarding": self.forwarding,
         }
 
     @staticmethod
     def from_json(d: Mapping[str, Any]) -> Peering:
-        """A record written before ``preference`` existed loads at the default."""
+        """A record written before ``preference`` or ``forwarding`` existed loads at the default."""
         return Peering(
             vpc=d["vpc"],
             name=d["name"],
@@ -201,6 +212,7 @@ class Peering:
             import_custom_routes=d.get("import_custom_routes", False),
             inbound=d.get("inbound", "all"),
             preference=d.get("preference", DEFAULT_PREFERENCE),
+            forwarding=d.get("forwarding", DEFAULT_FORWARDING),
         )
 
 
@@ -240,13 +252,16 @@ class Host:
 
     name: str
     underlay_ip: Address
+    # hypervisor: runs endpoints; gateway: forwards between hosts (docs/gateways.md)
+    role: HostRole = DEFAULT_ROLE
 
     def to_json(self) -> JsonObject:
-        return {"name": self.name, "underlay_ip": str(self.underlay_ip)}
+        return {"name": self.name, "underlay_ip": str(self.underlay_ip), "role": self.role}
 
     @staticmethod
     def from_json(d: Mapping[str, Any]) -> Host:
-        return Host(d["name"], ipaddress.ip_address(d["underlay_ip"]))
+        """A record written before ``role`` existed is a hypervisor's."""
+        return Host(d["name"], ipaddress.ip_address(d["underlay_ip"]), d.get("role", DEFAULT_ROLE))
 
 
 Resource = Vpc | Endpoint | Peering | Route | Host
@@ -337,6 +352,18 @@ class Intent:
     def hosts_of(self, vpc: str) -> list[str]:
         """Hosts holding at least one endpoint of ``vpc``."""
         return sorted(h for v, h in self._placed if v == vpc)
+
+    def gateway_hosts(self) -> list[str]:
+        """The registered gateway hosts (docs/gateways.md)."""
+        return sorted(h.name for h in self.hosts.values() if h.role == "gateway")
+
+    def relay_hosts(self, vpc: str) -> list[str]:
+        """The gateway hosts that relay for ``vpc``: every one, if a side of ``vpc`` sends
+        through the gateways, else none. They follow ``vpc``'s peering stream and, with its
+        grants, those peers' destinations, though ``vpc`` has no endpoint on them."""
+        if any(uses_gateways(p.forwarding) for p in self.peerings_of(vpc)):
+            return self.gateway_hosts()
+        return []
 
     def get(self, kind: str, key: str) -> Resource | None:
         """The resource stored as (kind, key), if any."""

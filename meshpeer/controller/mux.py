@@ -13,9 +13,18 @@ from dataclasses import dataclass, field
 
 from meshpeer.controller.bgp import DynamicRoute
 from meshpeer.controller.model import Endpoint, Intent, JsonObject, Peering, Resource, gateway
-from meshpeer.controller.peering import Status, View, view_hosts
+from meshpeer.controller.peering import PEERING_PREFIX, Status, View, view_hosts
 from meshpeer.directory import Directory
 from meshpeer.protocol import ServiceName
+from meshpeer.protocol.gateways import (
+    DEFAULT_FORWARDING,
+    FORWARDING,
+    RELAY_KEY,
+    GatewayHop,
+    choice,
+    relay_object,
+    uses_gateways,
+)
 from meshpeer.protocol.grants import Grant, mint
 from meshpeer.protocol.messages import PEER_SERVICES, StreamId
 from meshpeer.protocol.peering import PeeringObject
@@ -114,10 +123,16 @@ def desired_streams(
     for host in sorted({h for _, h in placed} | set(intent.hosts)):
         if scope.has_host(host):
             streams[StreamId(ServiceName.ENDPOINT, host)] = endpoint_objects(intent, host)
+            streams[StreamId(ServiceName.ENDPOINT, host)].update(relay_objects(intent, host))
+    hops = gateway_hops(intent)
     for vpc, host in placed:
         if scope.has_vpc(vpc):
             sid = StreamId(ServiceName.PEERING, vpc, None, host)
-            streams[sid] = peering_objects(intent, states, grants, vpc, host, now)
+            streams[sid] = peering_objects(intent, states, grants, vpc, host, now, hops)
+    for vpc in intent.vpcs:  # a gateway relaying for vpc: its sides through the gateways
+        for host in intent.relay_hosts(vpc) if scope.has_vpc(vpc) else ():
+            objs = peering_objects(intent, states, grants, vpc, host, now, hops, relayed=True)
+            streams[StreamId(ServiceName.PEERING, vpc, None, host)] = objs
     sets = {k: names for k, (_, names) in policies.items()}
     return Publication(streams, sets)
 
@@ -233,6 +248,20 @@ def endpoint_objects(intent: Intent, host: str) -> dict[str, JsonObject]:
     return {endpoint_id(e): endpoint_object(intent, e) for e in intent.endpoints_on(host)}
 
 
+def relay_objects(intent: Intent, host: str) -> dict[str, JsonObject]:
+    """A gateway host's part of its endpoint stream: one object per VPC it relays for
+    (``Intent.relay_hosts``), so that its OHC follows that VPC's peering stream
+    (docs/gateways.md)."""
+    h = intent.hosts.get(host)
+    if h is None or h.role != "gateway":
+        return {}
+    return {
+        RELAY_KEY + vpc: relay_object(vpc)
+        for vpc in sorted(intent.vpcs)
+        if host in intent.relay_hosts(vpc)
+    }
+
+
 def endpoint_id(e: Endpoint) -> str:
     return f"{e.vpc}.{e.name}"
 
@@ -259,9 +288,13 @@ def peering_objects(
     vpc: str,
     host: str,
     now: float,
+    gateways: tuple[GatewayHop, ...] = (),
+    relayed: bool = False,
 ) -> dict[str, JsonObject]:
     """Peering service for one host: which peers to follow, where, a grant to do so, and what
-    the local side imports (``meshpeer.protocol.peering.PeeringObject``, the OHC's parser too).
+    the local side imports (``meshpeer.protocol.peering.PeeringObject``, the OHC's parser too),
+    with the gateway hosts (``gateway_hops``) a side with forwarding gateway sends through.
+    ``relayed``: for a gateway host, only the sides that send through the gateways.
 
     Expiry is rounded to whole ``ttl`` buckets (valid for at least one ttl), so the stream
     changes once per bucket rather than at every recomputation.
@@ -276,6 +309,8 @@ def peering_objects(
         url = d.url_of(p.peer_vpc)
         if st is None or not st.active or st.peer_policy_id is None or st.peer_vni is None:
             continue
+        if relayed and not uses_gateways(p.forwarding):
+            continue
         grant = Grant(vpc, p.peer_vpc, st.peer_policy_id, host, expires, d.signing_key_id)
         out[p.peer_vpc] = PeeringObject(
             peering=p.name,
@@ -288,8 +323,22 @@ def peering_objects(
             import_custom_routes=p.import_custom_routes,
             inbound=p.inbound,
             preference=p.preference,
+            forwarding=p.forwarding,
+            gateways=gateways,
         ).to_json()
     return out
+
+
+def gateway_hops(intent: Intent) -> tuple[GatewayHop, ...]:
+    """The registered gateway hosts (docs/gateways.md), sorted. Liveness is, for now, the
+    registration itself; an IPv6 underlay cannot carry the tunnel (tun_ipv4_dst)."""
+    return tuple(
+        sorted(
+            GatewayHop(h.name, str(h.underlay_ip))
+            for h in intent.hosts.values()
+            if h.role == "gateway" and h.underlay_ip.version == 4
+        )
+    )
 
 
 def must_apply(
@@ -325,8 +374,31 @@ def must_apply(
     }
     st = states.get((p.vpc, p.name))
     if not deleted and st is not None and st.active:
-        local = p.peer_vpc in intent.vpcs
-        peer_hosts = intent.hosts_of(p.peer_vpc) if local else view_hosts(views.get(p.peer_vpc))
+        hypervisors, relays, via = _peer_side(intent, views, p)
         for service in PEER_SERVICES:
-            out[StreamId(service, p.vpc, p.export.policy_id)] = frozenset(peer_hosts)
+            # the peer's side through the gateways: its gateways hold our destinations, its
+            # hypervisors the rest (docs/gateways.md)
+            hosts = relays if via and service == ServiceName.DESTINATION else hypervisors
+            out[StreamId(service, p.vpc, p.export.policy_id)] = frozenset(hosts)
     return out
+
+
+def _peer_side(
+    intent: Intent, views: Mapping[str, View], p: Peering
+) -> tuple[list[str], list[str], bool]:
+    """The peer VPC's hypervisors and relaying gateways, and whether its side toward
+    ``p.vpc`` sends through the gateways: from this shard's intent, or the peer's view."""
+    if p.peer_vpc in intent.vpcs:
+        back = next((q for q in intent.peerings_of(p.peer_vpc) if q.peer_vpc == p.vpc), None)
+        relays = intent.relay_hosts(p.peer_vpc)
+        return (
+            intent.hosts_of(p.peer_vpc),
+            relays,
+            back is not None and uses_gateways(back.forwarding),
+        )
+    view = views.get(p.peer_vpc)
+    relays = view_hosts(view, "relay_hosts")
+    hypervisors = [h for h in view_hosts(view) if h not in relays]
+    side = (view or {}).get(PEERING_PREFIX + p.vpc) or {}
+    forwarding = choice(side.get("forwarding", DEFAULT_FORWARDING), FORWARDING)
+    return hypervisors, relays, forwarding is not None and uses_gateways(forwarding)

@@ -45,7 +45,9 @@ def federation_view(
             "subnets": [str(s.cidr) for s in vpc.subnets],
             # Who must program a new peering with this VPC (?wait=programmed on the peer's
             # shard); the peer's hosts learn these names anyway from its destinations.
-            "hosts": intent.hosts_of(vpc_name),
+            # (and the gateways relaying for it: they follow the peer's destinations)
+            "hosts": sorted({*intent.hosts_of(vpc_name), *intent.relay_hosts(vpc_name)}),
+            "relay_hosts": intent.relay_hosts(vpc_name),  # those gateways (docs/gateways.md)
         }
     }
     for p in intent.peerings_of(vpc_name):
@@ -77,6 +79,8 @@ def exported_to_peer(
         "custom_routes": custom,
         # the peer's on-prem routers must learn these subnets then (docs/routing.md)
         "import_custom_routes": p.import_custom_routes,
+        # whose hosts follow which of the peer's streams (?wait=programmed, docs/gateways.md)
+        "forwarding": p.forwarding,
     }
 
 
@@ -96,20 +100,21 @@ def without_hosts(view: View | None) -> dict[str, Any] | None:
     """A view without its host list: all that peering states and publications depend on."""
     if view is None or VPC_OBJ not in view:
         return None if view is None else dict(view)
-    vpc = {k: v for k, v in view[VPC_OBJ].items() if k != "hosts"}
+    vpc = {k: v for k, v in view[VPC_OBJ].items() if k not in ("hosts", "relay_hosts")}
     return {**view, VPC_OBJ: vpc}
 
 
 MAX_VIEW_HOSTS = 4096
 
 
-def view_hosts(view: View | None) -> list[str]:
-    """The hosts a VPC's federation view says hold its endpoints: names only (anything else
-    a peer shard sends is dropped), at most MAX_VIEW_HOSTS, so a bad peer cannot make this
-    shard wait on hosts that do not exist without bound."""
+def view_hosts(view: View | None, field: str = "hosts") -> list[str]:
+    """The hosts a VPC's federation view says hold its endpoints (or, ``relay_hosts``, the
+    gateways relaying for it): names only (anything else a peer shard sends is dropped), at
+    most MAX_VIEW_HOSTS, so a bad peer cannot make this shard wait on hosts that do not exist
+    without bound."""
     if not view or VPC_OBJ not in view:
         return []
-    hosts = view[VPC_OBJ].get("hosts", [])
+    hosts = view[VPC_OBJ].get(field, [])
     if not isinstance(hosts, list):
         return []
     return [h for h in hosts if isinstance(h, str) and NAME_RE.fullmatch(h)][:MAX_VIEW_HOSTS]

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import get_args
 
 from meshpeer.controller.peering import ACTIVE, INACTIVE
-from meshpeer.protocol import ServiceName
+from meshpeer.protocol import ServiceName, gateways
 from meshpeer.protocol import peering as peering_wire
 from meshpeer.protocol.messages import (
     MAX_STATUS_SKIPPED,
@@ -105,6 +105,13 @@ INBOUND = Str(
     description="What this side lets in from the peer: `all` (default), or `replies`: only"
     " answers to connections this VPC's endpoints opened (docs/policies.md, One-way peering)",
 )
+FORWARDING = Str(
+    enum=gateways.FORWARDING,
+    description="How this side's hosts send to the peer: `direct` (default: straight to the"
+    " peer endpoint's host), `gateway` (through the gateway hosts' select group; no per-peer-"
+    "endpoint flows on this side's hosts), `on-demand` (accepted; for now the same as"
+    " `gateway`, docs/gateways.md)",
+)
 PREFERENCE = Int(
     routes.MIN_PREFERENCE,
     routes.MAX_PREFERENCE,
@@ -121,6 +128,7 @@ PEERING = Obj(
         "import_custom_routes": Bool(),
         "inbound": INBOUND,
         "preference": PREFERENCE,
+        "forwarding": FORWARDING,
         "version": OBJ_VERSION,
         "state": Str(enum=(ACTIVE, INACTIVE)),
         "state_details": Str(),
@@ -233,7 +241,15 @@ BGP_STATUS = Obj(
 )
 EFFECTIVE_ROUTES = Obj({"vpc": NAME, "routes": Arr(EFFECTIVE_ROUTE)}, name="EffectiveRoutes")
 
-HOST = Obj({"name": NAME, "underlay_ip": IP, "version": OBJ_VERSION}, name="Host")
+HOST_ROLE = Str(
+    enum=gateways.HOST_ROLES,
+    description="`hypervisor` (default): runs endpoints; `gateway`: runs none and forwards"
+    " Geneve between hosts for peerings whose side says `forwarding: gateway`"
+    " (docs/gateways.md)",
+)
+HOST = Obj(
+    {"name": NAME, "underlay_ip": IP, "role": HOST_ROLE, "version": OBJ_VERSION}, name="Host"
+)
 _TEXT = Str(max_length=MAX_STATUS_TEXT)
 _TIME = Num(description="seconds since the Unix epoch")
 STREAM_STATE = Obj(

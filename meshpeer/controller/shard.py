@@ -303,10 +303,14 @@ class ShardState:
             elif isinstance(r, Host):  # its underlay IP is in every destination on it
                 hosts.add(r.name)
                 vpcs |= {e.vpc for e in self.intent.endpoints_on(r.name)}
+                if r.role == "gateway":  # listed in every peering object (docs/gateways.md)
+                    vpcs |= {p.vpc for p in self.intent.peerings.values()}
             else:
                 vpcs.add(r.vpc)
                 if isinstance(r, Endpoint) and r.host:
                     hosts.add(r.host)
+                if isinstance(r, Peering):  # whom the gateways relay for (their endpoint stream)
+                    hosts.update(self.intent.gateway_hosts())
         return Scope(frozenset(vpcs), frozenset(hosts))
 
     def adopt_fetched_view(self, vpc: str, view: View) -> None:

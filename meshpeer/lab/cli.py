@@ -124,6 +124,7 @@ def status(plan: LabPlan) -> dict[str, Any]:
         "hosts": [
             {
                 "name": h.name,
+                "role": h.role,  # hypervisor or gateway (docs/gateways.md)
                 "netns": h.netns,
                 # docker labs: the host's container (its network namespace is ``netns``)
                 "container": hosts.container_name(plan, h),

@@ -213,6 +213,8 @@ def apply_intent(plan: LabPlan, topo: Topology, note: Note = no_note) -> int:
                 body["import_custom_routes"] = True
             if p.preference is not None:
                 body["preference"] = p.preference
+            if p.forwarding != "direct":
+                body["forwarding"] = p.forwarding
             client_for(plan, owner[p.vpc]).post(f"/v1/vpcs/{p.vpc}/peerings", body)
             calls += 1
     except ApiFailure as exc:

@@ -30,6 +30,7 @@ def config_text(plan: LabPlan, h: HostPlan) -> str:
     values = {
         "host": h.name,
         "underlay_ip": h.underlay_ip,
+        "role": h.role,
         "api_token": credential(plan, h.name),
         "directory_file": plan.hosts_directory_file,
         "ovsdb": ovs.db(h),

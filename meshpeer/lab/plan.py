@@ -14,6 +14,7 @@ from typing import Any
 
 from meshpeer.controller.model import derived_mac, gateway
 from meshpeer.lab.topology import Address, Topology, subnet_of
+from meshpeer.protocol.gateways import DEFAULT_ROLE
 
 LAB_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,5}$")
 # Interface names are the lab name plus a suffix, and Linux allows 15 characters.
@@ -48,6 +49,7 @@ class HostPlan:
     br_int_dpid: str
     br_phy_dpid: str
     of_target: str  # passive OpenFlow listener on br-int, host-local
+    role: str = DEFAULT_ROLE  # hypervisor or gateway (docs/gateways.md)
 
 
 @dataclass(frozen=True)
@@ -302,6 +304,7 @@ def make_plan(
             br_int_dpid=f"6d70{index:04x}{k:04x}0001",
             br_phy_dpid=f"6d70{index:04x}{k:04x}0002",
             of_target=f"ptcp:{OF_LISTEN_PORT}:127.0.0.1",
+            role=h.role,
         )
         for k, h in enumerate(topo.hosts, start=1)
     )

@@ -14,6 +14,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeGuard, TypeVar
 
 from meshpeer.controller.model import DEFAULT_ASN, RESERVED_ASNS, reserved
+from meshpeer.protocol.gateways import (
+    DEFAULT_FORWARDING,
+    DEFAULT_ROLE,
+    FORWARDING,
+    HOST_ROLES,
+    Forwarding,
+    HostRole,
+    choice,
+)
 from meshpeer.protocol.peering import INBOUND, Inbound
 from policies.export import PolicyError, parse_export_policy
 from policies.routes import MAX_PREFERENCE, MIN_PREFERENCE
@@ -51,6 +60,7 @@ class Controller:
 @dataclass(frozen=True)
 class Host:
     name: str
+    role: HostRole = DEFAULT_ROLE  # a gateway runs no endpoints (docs/gateways.md)
 
 
 @dataclass(frozen=True)
@@ -116,6 +126,8 @@ class Peering:
     # peers' routes to the same prefix (higher wins; None: the controller's default).
     import_custom_routes: bool = False
     preference: int | None = None
+    # How vpc's hosts send to peer: direct, through the gateway hosts, or on-demand.
+    forwarding: Forwarding = DEFAULT_FORWARDING
 
 
 @dataclass(frozen=True)
@@ -285,7 +297,7 @@ def _parse_list(
 
 _OPTIONAL_KEYS: dict[str, list[str]] = {
     "controllers": [],
-    "hosts": [],
+    "hosts": ["role"],
     "vpcs": ["controller", "subnets", "vni", "asn"],
     "endpoints": ["vpc", "host", "ip", "kind", "mac", "backends", "defer"],
     "onprem": ["asn", "attach", "prefixes", "hosts"],
@@ -296,8 +308,12 @@ def _controller(c: _Checker, m: Mapping[str, Any], p: str) -> Controller:
     return Controller(m["name"])
 
 
-def _host(c: _Checker, m: Mapping[str, Any], p: str) -> Host:
-    return Host(m["name"])
+def _host(c: _Checker, m: Mapping[str, Any], p: str) -> Host | None:
+    role = choice(m.get("role", DEFAULT_ROLE), HOST_ROLES)
+    if role is None:
+        c.err(f"{p}.role", f"expected one of {', '.join(HOST_ROLES)}, got {m['role']!r}")
+        return None
+    return Host(m["name"], role)
 
 
 def _vpc(
@@ -384,6 +400,9 @@ def _endpoint(
             c.err(f"{p}.host", "an ILB is a VIP and has no host")
     else:
         host = c.ref(m.get("host"), f"{p}.host", "host", hosts)
+        if host is not None and hosts[host].role == "gateway":
+            c.err(f"{p}.host", f"{host!r} is a gateway host: it runs no endpoints")
+            host = None
         if "backends" in m:
             c.err(f"{p}.backends", "only an ILB has backends")
     mac = m.get("mac")
@@ -459,7 +478,10 @@ def _parse_peerings(c: _Checker, raw: object, vpcs: Mapping[str, Vpc]) -> list[P
     for p, item in c.items(raw, "peerings"):
         before = len(c.errors)
         m = c.mapping(
-            item, p, ["vpc", "peer"], ["export", "inbound", "import_custom_routes", "preference"]
+            item,
+            p,
+            ["vpc", "peer"],
+            ["export", "inbound", "import_custom_routes", "preference", "forwarding"],
         )
         if m is None:
             continue
@@ -481,6 +503,12 @@ def _parse_peerings(c: _Checker, raw: object, vpcs: Mapping[str, Vpc]) -> list[P
                 f"bad preference {preference!r}: want an integer"
                 f" {MIN_PREFERENCE}..{MAX_PREFERENCE}",
             )
+        forwarding = choice(m.get("forwarding", DEFAULT_FORWARDING), FORWARDING)
+        if forwarding is None:
+            c.err(
+                f"{p}.forwarding",
+                f"expected one of {', '.join(FORWARDING)}, got {m['forwarding']!r}",
+            )
         if len(c.errors) > before or vpc is None or peer is None or inbound is None:
             continue  # the file is refused anyway: no duplicate checks
         if vpc == peer:
@@ -490,7 +518,8 @@ def _parse_peerings(c: _Checker, raw: object, vpcs: Mapping[str, Vpc]) -> list[P
         else:
             seen.add((vpc, peer))
             raw_export = export if isinstance(export, Mapping) else None
-            out.append(Peering(vpc, peer, raw_export, inbound, imports, preference))
+            fwd = forwarding or DEFAULT_FORWARDING
+            out.append(Peering(vpc, peer, raw_export, inbound, imports, preference, fwd))
     return out
 
 

@@ -13,6 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from meshpeer.protocol.gateways import (
+    DEFAULT_FORWARDING,
+    FORWARDING,
+    Forwarding,
+    GatewayHop,
+    choice,
+    parse_gateways,
+)
 from meshpeer.protocol.messages import GRANT_RE, JsonObject, ProtocolError, check_name
 from policies.routes import DEFAULT_PREFERENCE, MAX_PREFERENCE, MIN_PREFERENCE
 
@@ -44,6 +52,11 @@ class PeeringObject:
     import_custom_routes: bool = False
     inbound: Inbound = "all"  # the local side's setting: what this VPC's hosts let in
     preference: int = DEFAULT_PREFERENCE  # the local side's: higher wins a route conflict
+    # the local side's: how its hosts send to the peer (docs/gateways.md)
+    forwarding: Forwarding = DEFAULT_FORWARDING
+    # the gateway hosts this shard counts live: where a side with forwarding gateway sends,
+    # and from where either side accepts the peer's packets (docs/gateways.md)
+    gateways: tuple[GatewayHop, ...] = ()
 
     def to_json(self) -> JsonObject:
         return {
@@ -57,6 +70,8 @@ class PeeringObject:
             "import_custom_routes": self.import_custom_routes,
             "inbound": self.inbound,
             "preference": self.preference,
+            "forwarding": self.forwarding,
+            "gateways": [g.to_json() for g in self.gateways],
         }
 
     @staticmethod
@@ -65,8 +80,8 @@ class PeeringObject:
 
         A missing ``import_custom_routes`` (a shard older than the field) is false: import
         nothing rather than what the user did not ask for. A missing ``inbound`` is ``all``,
-        and a missing ``preference`` is ``DEFAULT_PREFERENCE``: what every peering was before
-        the field existed."""
+        a missing ``preference`` is ``DEFAULT_PREFERENCE``, and a missing ``forwarding`` is
+        ``direct`` (and missing ``gateways`` none): what every peering was before the field existed."""
         if not isinstance(obj, Mapping):
             raise ProtocolError("peering", f"expected an object, got {type(obj).__name__}")
         return PeeringObject(
@@ -80,6 +95,8 @@ class PeeringObject:
             import_custom_routes=_bool(obj, "import_custom_routes"),
             inbound=_inbound(obj.get("inbound", "all")),
             preference=_preference(obj.get("preference", DEFAULT_PREFERENCE)),
+            forwarding=_forwarding(obj.get("forwarding", DEFAULT_FORWARDING)),
+            gateways=parse_gateways(obj.get("gateways", [])),
         )
 
 
@@ -126,10 +143,17 @@ def _preference(value: object) -> int:
 
 
 def _inbound(value: object) -> Inbound:
-    for choice in INBOUND:
-        if value == choice and isinstance(value, str):
-            return choice
-    raise ProtocolError("inbound", f"expected one of {', '.join(INBOUND)}, got {value!r}")
+    found = choice(value, INBOUND)
+    if found is None:
+        raise ProtocolError("inbound", f"expected one of {', '.join(INBOUND)}, got {value!r}")
+    return found
+
+
+def _forwarding(value: object) -> Forwarding:
+    found = choice(value, FORWARDING)
+    if found is None:
+        raise ProtocolError("forwarding", f"expected one of {', '.join(FORWARDING)}, got {value!r}")
+    return found
 
 
 def _bool(obj: Mapping[str, Any], name: str) -> bool:

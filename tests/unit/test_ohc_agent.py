@@ -342,6 +342,17 @@ def test_a_peering_version_is_applied_only_once_its_peers_services_are_in() -> N
     assert BLUE_PEERING not in held and held[RED_PEERING] == 6
 
 
+def test_a_peer_service_not_followed_is_not_waited_for() -> None:
+    """A side through the gateways follows no peer destinations (and a gateway only them):
+    its peering stream is applied once the services it does follow are in, not never."""
+    agent, _ = blue_and_red_peered_on_one_host()
+    red_dest = peer_subs(CTL2, "red", "p-red")[0]
+    versions = {s: 7 for s in agent.objects if s != red_dest}
+    assert BLUE_PEERING not in applied_versions(versions, agent.objects)
+    followed = set(agent.clients) - {red_dest}
+    assert applied_versions(versions, agent.objects, followed)[BLUE_PEERING] == 7
+
+
 def test_a_refused_peering_stream_takes_the_peers_it_listed_with_it() -> None:
     """Blue's own shard refuses hv1's peering stream (say 404: blue has no endpoint here any
     more, and the endpoint stream has not said so yet): what it listed is not followed."""

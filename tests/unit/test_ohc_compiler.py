@@ -32,10 +32,11 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from meshpeer.controller import intent as ops
-from meshpeer.controller.model import Intent
+from meshpeer.controller.model import Host, Intent
 from meshpeer.controller.mux import GrantSettings, Publication, desired_streams
 from meshpeer.controller.peering import statuses
 from meshpeer.protocol import ServiceName
+from meshpeer.protocol.gateways import Forwarding
 from meshpeer.protocol.messages import PEER_SERVICES, StreamId
 from ohc import cookies, wire
 from ohc import host as ohc_host
@@ -662,6 +663,20 @@ def apply_op(i: Intent, op: tuple[str, int]) -> None:
         p = i.peerings.get((a, f"to-{b}"))
         if p is not None:
             i.put(dataclasses.replace(p, inbound="all" if p.inbound == "replies" else "replies"))
+    elif kind == "forwarding":  # one side flips between direct and through the gateways
+        a, b = [("blue", "red"), ("red", "blue"), ("green", "red"), ("red", "green")][n % 4]
+        p = i.peerings.get((a, f"to-{b}"))
+        if p is not None:
+            fwd: Forwarding = (
+                "direct" if p.forwarding != "direct" else ("gateway", "on-demand")[n % 2]
+            )
+            i.put(dataclasses.replace(p, forwarding=fwd))
+    elif kind == "gateway":  # a gateway host registers, or goes
+        name = ("gw1", "gw2")[n % 2]
+        if name in i.hosts:
+            i.drop("host", name)
+        else:
+            i.put(Host(name, ipaddress.ip_address(f"169.254.101.{51 + n % 2}"), "gateway"))
     elif kind == "ilb":
         if ("red", "lbin") in i.endpoints:
             i.drop("endpoint", "red/lbin")
@@ -676,8 +691,9 @@ def apply_op(i: Intent, op: tuple[str, int]) -> None:
             add_route(i, "blue", "onprem", "192.168.0.0/16", "10.1.0.12")
 
 
+KINDS = ["vm", "peer", "inbound", "ilb", "route", "forwarding", "gateway"]
 OPS = st.lists(
-    st.tuples(st.sampled_from(["vm", "peer", "inbound", "ilb", "route"]), st.integers(0, 11)),
+    st.tuples(st.sampled_from(KINDS), st.integers(0, 11)),
     min_size=1,
     max_size=12,
 )

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 from unittest import mock
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +28,7 @@ from tests.support.changes import Streams, changes
 from tests.unit.controller_fixtures import add_vm
 from tests.unit.test_ohc_compiler import (
     HOSTS,
+    KINDS,
     OFPORT,
     apply_op,
     base_intent,
@@ -47,7 +49,7 @@ def reference(
 
 STEPS = st.lists(
     st.tuples(
-        st.sampled_from(["vm", "peer", "inbound", "ilb", "route"]),
+        st.sampled_from(KINDS),
         st.integers(0, 11),
         st.sampled_from(["delta", "delta", "snapshot", "detach", "no-tunnel"]),
     ),
@@ -80,6 +82,15 @@ def test_a_peering_moves_a_group_id_from_red_to_blue() -> None:
     steps = [("ilb", 0, "delta"), ("peer", 0, "delta"), ("peer", 1, "delta"), ("peer", 1, "delta")]
     with mock.patch("ohc.compiler.group_id_of", return_value=1):
         engine_equals_full_compile(steps)
+
+
+@pytest.mark.parametrize("how", ["delta", "snapshot"])
+def test_a_side_that_flips_to_gateways_and_back(how: str) -> None:
+    """Blue <-> red ACTIVE, a gateway registered: blue's side moves to the gateways (its
+    flows per red endpoint go) and back (they return), a gateway comes and goes meanwhile."""
+    steps = [("peer", 0), ("peer", 1), ("gateway", 0), ("forwarding", 0), ("gateway", 1)]
+    steps += [("forwarding", 1), ("gateway", 0), ("forwarding", 0), ("forwarding", 1)]
+    engine_equals_full_compile([(kind, n, how) for kind, n in steps])
 
 
 def engine_equals_full_compile(steps: list[tuple[str, int, str]]) -> None:

@@ -47,3 +47,30 @@ def test_malformed_peer_entry_is_ignored() -> None:
     peerings = {"blue": {"red": {"peer_vpc": "red"}, "pink": peer("pink", CTL2, "p-2", "g")}}
     subs = wanted("hv1", [CTL1], URLS, [{"x": ep("blue", "b1")}], peerings, "tok")
     assert {s.key for s in subs if s.is_peer} == {"pink"}
+
+
+def test_a_side_through_gateways_follows_no_peer_destinations() -> None:
+    endpoints = [{"blue.b1": ep("blue", "b1"), "green.g1": ep("green", "g1")}]
+    via = peer("red", CTL2, "p-1", "g-blue-red") | {"forwarding": "gateway"}
+    peerings = {"blue": {"red": via}}
+    subs = wanted("hv1", [CTL1], URLS, endpoints, peerings, "tok")
+    assert {s.service for s in subs if s.is_peer} == {
+        ServiceName.FORWARDING,
+        ServiceName.LOADBALANCER,
+    }
+    # green follows the same service set directly: the destinations are needed after all
+    peerings["green"] = {"red": peer("red", CTL2, "p-1", "g-green-red")}
+    subs = wanted("hv1", [CTL1], URLS, endpoints, peerings, "tok")
+    assert Sub(CTL2, ServiceName.DESTINATION, "red", "p-1", "hv1") in subs
+
+
+def test_a_gateway_follows_what_it_relays_for_and_nothing_else() -> None:
+    endpoints = [{"relay/blue": {"vpc": "blue", "relay": True}}]
+    via = peer("red", CTL2, "p-1", "g-blue-red") | {"forwarding": "gateway"}
+    subs = wanted("gw1", [CTL1], URLS, endpoints, {"blue": {"red": via}}, "tok")
+    assert set(subs) == {
+        Sub(CTL1, ServiceName.ENDPOINT, "gw1"),
+        Sub(CTL1, ServiceName.PEERING, "blue", None, "gw1"),
+        Sub(CTL2, ServiceName.DESTINATION, "red", "p-1", "gw1"),
+    }
+    assert subs[Sub(CTL2, ServiceName.DESTINATION, "red", "p-1", "gw1")] == "g-blue-red"

@@ -214,9 +214,11 @@ class Handlers:
             raise ApiError(status, code, "Authorization", detail, auth) from exc
         # The grant outlives the host's last endpoint in its VPC: the VPC's shard knows its
         # endpoints, a peer shard the hosts the VPC's last federation view lists (a host that
-        # just joined and is not listed yet is refused and tries again within a second).
+        # just joined and is not listed yet is refused and tries again within a second). A
+        # gateway relaying for the VPC counts as placed (docs/gateways.md; listed in views).
         if self.shard.directory.owner_of(grant.subscriber_vpc) == self.shard.name:
             placed = self.shard.intent.placed(grant.subscriber_vpc, host)
+            placed = placed or host in self.shard.intent.relay_hosts(grant.subscriber_vpc)
         else:
             placed = self.shard.listed_in_view(grant.subscriber_vpc, host) is not False
         if not placed:

@@ -10,6 +10,7 @@ from meshpeer.controller import responses as out
 from meshpeer.controller.handlers.base import FORBIDDEN, NAME, UNAVAILABLE, Handlers, HostLeft
 from meshpeer.controller.model import JsonObject
 from meshpeer.protocol import ServiceName
+from meshpeer.protocol.gateways import DEFAULT_ROLE
 from meshpeer.protocol.messages import (
     MAX_VERSION,
     NAME_RE,
@@ -48,12 +49,20 @@ APPLIED_IN = Obj(
     description="Stream versions an OHC has programmed into its switch",
 )
 
-HOST_IN = Obj({"underlay_ip": Str(format="ip")}, {}, name="HostRegister")
+HOST_IN = Obj(
+    {"underlay_ip": Str(format="ip")},
+    {"role": out.HOST_ROLE},
+    name="HostRegister",
+)
 
 
 class HostHandlers(Handlers):
     def put_host(self, ctx: RequestCtx) -> tuple[int, object]:
-        host = ops.new_host(ctx.params["name"], ipaddress.ip_address(ctx.body["underlay_ip"]))
+        host = ops.new_host(
+            ctx.params["name"],
+            ipaddress.ip_address(ctx.body["underlay_ip"]),
+            ctx.body.get("role", DEFAULT_ROLE),
+        )
         if self.shard.intent.hosts.get(host.name) != host:
             self.shard.commit([host])
         return 200, self._with_version("host", host.name, host.to_json())
@@ -164,7 +173,7 @@ class HostHandlers(Handlers):
                 response=out.HOST,
                 body=HOST_IN,
                 params={"name": NAME},
-                summary="Register a host and its underlay IP",
+                summary="Register a host, its underlay IP and its role (hypervisor or gateway)",
             ),
             Route(
                 "PUT",

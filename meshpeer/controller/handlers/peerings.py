@@ -1,4 +1,4 @@
-"""Peerings: each side's export policy, inbound rule and route import."""
+"""Peerings: each side's export policy, inbound rule, route import and forwarding."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from meshpeer.controller.intent import PeerFacts
 from meshpeer.controller.model import JsonObject
 from meshpeer.controller.peering import ACTIVE, INACTIVE, VPC_OBJ, peer_ranges
 from meshpeer.controller.shard import Delete
+from meshpeer.protocol.gateways import DEFAULT_FORWARDING
 from meshpeer.rest.errors import bad_request
 from meshpeer.rest.router import RequestCtx, Route
 from meshpeer.rest.schema import Bool, Obj, Schema
@@ -31,6 +32,7 @@ PEERING_SETTINGS: dict[str, Schema] = {
     "import_custom_routes": Bool(),
     "inbound": out.INBOUND,
     "preference": out.PREFERENCE,
+    "forwarding": out.FORWARDING,
 }
 
 PEERING_IN = Obj(
@@ -93,6 +95,7 @@ class PeeringHandlers(Handlers):
             facts,
             b.get("inbound", "all"),
             b.get("preference", DEFAULT_PREFERENCE),
+            b.get("forwarding", DEFAULT_FORWARDING),
         )
         # The peer's view just fetched decides the state now (ACTIVE at once when the peer
         # has configured its side), not when the federation stream first delivers it.
@@ -133,6 +136,7 @@ class PeeringHandlers(Handlers):
             import_custom_routes=b.get("import_custom_routes", p.import_custom_routes),
             inbound=b.get("inbound", p.inbound),
             preference=b.get("preference", p.preference),
+            forwarding=b.get("forwarding", p.forwarding),
         )
         self.shard.commit([updated])
         warnings = self._export_warnings(p.vpc, b["export"]) if "export" in b else []
@@ -194,7 +198,7 @@ class PeeringHandlers(Handlers):
                     name="PeeringUpdate",
                 ),
                 params=ITEM_P,
-                summary="Change a peering's export policy, route import, inbound or preference",
+                summary="Change a peering's export policy, route import, inbound, preference or forwarding",
             ),
             Route(
                 "DELETE",

@@ -54,7 +54,10 @@ class StreamHandlers(Handlers):
                 raise bad_request("host", "an endpoint stream is its own host's: host = key")
             self.access.allow(identity, Action.SUBSCRIBE, Resource(req.key), "key")
         else:
-            vpc = Resource(req.host, req.key, self._vpc_hosts(req.key))
+            hosts = self._vpc_hosts(req.key)
+            if req.service == ServiceName.PEERING:  # a gateway relaying for the VPC
+                hosts |= frozenset(self.shard.intent.relay_hosts(req.key))
+            vpc = Resource(req.host, req.key, hosts)
             self.access.allow(identity, Action.SUBSCRIBE, vpc, "key")
         # Streams are shared by every subscriber (for peers: of one policy, the multiplexer's
         # point); the host scopes a grant and names who must apply. The peering service alone

@@ -1,0 +1,149 @@
+"""Gateway forwarding on a whole lab (issue 14), netns backend only.
+
+On tests/e2e/topologies/gateway.yaml both sides of blue <-> red say ``forwarding: gateway``
+and gw1, gw2 are gateway hosts. b1 (hv1) pings r1 (hv2): tcpdump on the underlay shows each
+echo request go hv1 -> gateway -> hv2 and each reply hv2 -> gateway -> hv1, with the
+destination's VNI; hv1 holds no flow for r1's address (dump-flows), only red's subnet to a
+select group over both gateways (dump-groups), which ``ofproto/trace`` of b1's packet reaches
+(red's VNI, then dp_hash). Blue's own traffic (b1 -> b2) still goes straight between hosts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from meshpeer.lab import controllers, ovs
+from meshpeer.lab.cli import load_topology, status
+from meshpeer.lab.plan import NETNS
+from ohc.compiler import gateway_mac
+from tests.e2e.traffic import Capture
+from tests.integration.labkit import E2E_TOPOLOGIES, Lab, running
+from tests.support.wait import wait_for
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("MESHPEER_LAB_BACKEND", NETNS) != NETNS,
+    reason="gateway e2e runs on the netns backend only (captures on the fabric's host links)",
+)
+
+TOPOLOGY = "gateway.yaml"
+GATEWAYS = ("gw1", "gw2")
+DEADLINE = 60.0
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    """gateway.yaml. Named ``lab`` so that conftest dumps flows when a test fails."""
+    with running(TOPOLOGY, E2E_TOPOLOGIES) as the_lab:
+        yield the_lab
+
+
+def ip(lab: Lab, host: str) -> str:
+    return lab.host(host).underlay_ip
+
+
+def test_status_says_each_hosts_role(lab: Lab) -> None:
+    roles = {h["name"]: h["role"] for h in status(lab.plan)["hosts"]}
+    assert roles == {"hv1": "hypervisor", "hv2": "hypervisor", "gw1": "gateway", "gw2": "gateway"}
+
+
+def test_ping_goes_host_gateway_host_both_ways(lab: Lab) -> None:
+    wait_for(lambda: lab.ping("b1", "r1"), DEADLINE, what="b1 pings r1 through the gateways")
+    b1, r1 = lab.vm("b1"), lab.vm("r1")
+    count = 5
+    with contextlib.ExitStack() as stack:  # each capture armed before the first ping
+        caps = {h: stack.enter_context(Capture(lab.plan, h)) for h in GATEWAYS}
+        lab.sh("b1", "ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "1", r1.ip)
+
+        def seen() -> list[tuple[str, str, int, str | None]]:
+            return [
+                (p.src, p.dst, p.vni, p.icmp)
+                for cap in caps.values()
+                for p in cap.packets()
+                if {p.inner_src, p.inner_dst} == {b1.ip, r1.ip}
+            ]
+
+        # each request and each reply crosses one gateway's link twice (in, then out)
+        wait_for(lambda: len(seen()) >= 4 * count, DEADLINE, what="every packet captured")
+        for cap in caps.values():
+            cap.stop()
+        got = seen()
+    gws = {ip(lab, g) for g in GATEWAYS}
+    hv1, hv2 = ip(lab, "hv1"), ip(lab, "hv2")
+    print(f"\nb1 <-> r1 on the gateways' underlay links (src, dst, vni, icmp): {got}")
+    requests = [x for x in got if x[3] == "request"]
+    replies = [x for x in got if x[3] == "reply"]
+    # each request: in from hv1 and out to hv2 on a gateway, with red's VNI; replies the reverse
+    assert {(s, d) for s, d, _, _ in requests} <= {(hv1, g) for g in gws} | {(g, hv2) for g in gws}
+    assert sum(1 for s, _, _, _ in requests if s == hv1) >= count, got
+    assert sum(1 for _, d, _, _ in requests if d == hv2) >= count, got
+    assert {v for _, _, v, _ in requests} == {r1.vni}, got
+    assert {(s, d) for s, d, _, _ in replies} <= {(hv2, g) for g in gws} | {(g, hv1) for g in gws}
+    assert sum(1 for _, d, _, _ in replies if d == hv1) >= count, got
+    assert {v for _, _, v, _ in replies} == {b1.vni}, got
+
+
+def test_hypervisors_hold_no_flow_per_peer_endpoint(lab: Lab) -> None:
+    b1, r1 = lab.vm("b1"), lab.vm("r1")
+    wait_for(lambda: lab.ping("b1", "r1"), DEADLINE, what="b1 pings r1")
+    assert "hv1" not in lab.hosts_with_flows_for(r1.ip)  # no flow names r1's address
+    # hv2 holds b1 as blue's own destination (b2 is there), never in red's context
+    in_red = [
+        line
+        for line in lab.flows("hv2").splitlines()
+        if re.search(f"={re.escape(b1.ip)}(?![0-9])", line)
+        and re.search(f"metadata=0x1?0*{r1.vni:x}/", line)
+    ]
+    assert in_red == [], in_red
+    assert set(GATEWAYS) <= set(lab.hosts_with_flows_for(r1.ip))  # the gateways relay to it
+    groups = ovs.ofctl(lab.host("hv1"), "dump-groups")
+    tun_dsts = set(re.findall(r"set_field:([0-9.]+)->tun_dst", groups))
+    assert tun_dsts == {ip(lab, g) for g in GATEWAYS}, groups
+    assert "type=select" in groups, groups
+    flow = (
+        f"in_port={b1.host_port},icmp,dl_src={b1.mac},dl_dst={gateway_mac(b1.vni)},"
+        f"nw_src={b1.ip},nw_dst={r1.ip},nw_ttl=64,icmp_type=8"
+    )
+    trace = ovs.appctl(lab.host("hv1"), "ofproto/trace", "br-int", flow)
+    # red's subnet flow: red's VNI, then the select group; the datapath picks the bucket by
+    # dp_hash after a recirculation (the trace stops there: the buckets are in dump-groups)
+    group = re.search(r"group:(\d+)", trace)
+    assert f"set_field:{r1.vni:#x}->tun_id" in trace and group is not None, trace
+    assert f"group_id={group.group(1)},type=select" in groups, groups
+    assert "hash(" in trace.split("Datapath actions:")[-1], trace
+
+
+def test_own_vpc_traffic_stays_direct(lab: Lab) -> None:
+    b1, b2 = lab.vm("b1"), lab.vm("b2")
+    wait_for(lambda: lab.ping("b1", "b2"), DEADLINE, what="b1 pings b2")
+    flow = (
+        f"in_port={b1.host_port},icmp,dl_src={b1.mac},dl_dst={b2.mac},nw_src={b1.ip},nw_dst={b2.ip}"
+    )
+    trace = ovs.appctl(lab.host("hv1"), "ofproto/trace", "br-int", flow)
+    assert re.findall(r"set_field:([0-9.]+)->tun_dst", trace) == [ip(lab, "hv2")], trace
+
+
+def test_writes_are_programmed_and_a_new_peer_endpoint_needs_no_change_on_hv1(lab: Lab) -> None:
+    """?wait=programmed waits for the hosts that follow each stream: red's side written, the
+    gateways hold red's destinations and blue's hypervisors red's other services. r2, created
+    behind the gateways, answers b1 while hv1's flows stay exactly as they were."""
+    blue_ctl, red_ctl = (controllers.client_for(lab.plan, c) for c in ("ctl1", "ctl2"))
+    wait_for(lambda: lab.ping("b1", "r1"), DEADLINE, what="b1 pings r1")
+    got = red_ctl.put("/v1/vpcs/red/peerings/red-blue?wait=programmed", {"preference": 150})
+    assert (got["programmed"], got["pending_hosts"]) == (True, []), got
+    got = blue_ctl.put("/v1/vpcs/blue/peerings/blue-red?wait=programmed", {"preference": 150})
+    assert (got["programmed"], got["pending_hosts"]) == (True, []), got
+    before = sorted(lab.flows("hv1").splitlines())
+    r2 = next(e for e in load_topology(os.path.join(E2E_TOPOLOGIES, TOPOLOGY)).endpoints
+              if e.name == "r2")  # fmt: skip
+    got = red_ctl.post(
+        "/v1/vpcs/red/endpoints?wait=programmed", controllers.endpoint_body(lab.plan, r2)
+    )
+    assert (got["programmed"], got["pending_hosts"]) == (True, []), got
+    wait_for(lambda: lab.ping("b1", "r2"), DEADLINE, what="b1 pings r2 through the gateways")
+    assert sorted(lab.flows("hv1").splitlines()) == before  # nothing new on b1's host
+    assert "hv1" not in lab.hosts_with_flows_for(lab.vm("r2").ip)
