@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import json
 import select
+import ssl
 import threading
 import time
 from typing import Any
@@ -34,8 +35,14 @@ class ApiFailure(Exception):
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 REUSE_FOR = 20.0  # seconds a kept connection may sit idle: well inside the shard's idle timeout
-# what a kept connection the shard closed raises when used
-_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+# what a kept connection the shard closed raises when used (TLS: an EOF without close_notify)
+_STALE = (
+    http.client.RemoteDisconnected,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+    ssl.SSLEOFError,
+)
 
 
 class Client:
@@ -146,8 +153,9 @@ def _open(conn: http.client.HTTPConnection) -> bool:
     sock = conn.sock
     if sock is None:
         return False
+    poller = select.poll()  # not select(): descriptors above 1024 are fine (found by a review)
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
+        poller.register(sock, select.POLLIN)
+        return not poller.poll(0)
     except (OSError, ValueError):
         return False
-    return not readable

@@ -69,6 +69,10 @@ def resolve(
             known = ", ".join(sorted(entries)) or "none"
             raise ConfigError(f"no controller {name!r} in {path} (known: {known})")
         entry = entries[name]
+    if url and entry and url.rstrip("/") != str(entry.get("url", "")).rstrip("/"):
+        # another shard than the entry's: its token and CA are not for that one (they would
+        # go to whatever --url names; found by a review)
+        entry = {}
     url = url or entry.get("url")
     if not url:
         raise ConfigError(

@@ -53,3 +53,17 @@ def test_an_unknown_controller_names_the_known_ones(tmp_path: Path) -> None:
 def test_the_default_path_follows_xdg_and_meshpeer_config() -> None:
     assert config.config_path({"MESHPEER_CONFIG": "/x.json"}) == "/x.json"
     assert config.config_path({"XDG_CONFIG_HOME": "/cfg"}) == "/cfg/meshpeer/cli.json"
+
+
+def test_a_named_controller_lends_its_token_to_its_own_url_only(tmp_path: Path) -> None:
+    """``-c ctl1 --url http://elsewhere``: ctl1's token and CA stay home (they would have gone
+    to whatever --url names; found by a review). The entry's own URL, spelled with a slash,
+    still takes them."""
+    path = str(tmp_path / "cli.json")
+    config.save_lab(path, "mp", {"ctl1": CTL1})
+    t = config.resolve({}, path, "ctl1", "http://lab-test:8080", None, None)
+    assert (t.url, t.token, t.ca_file) == ("http://lab-test:8080", None, None)
+    t = config.resolve({"MESHPEER_CONTROLLER": "ctl1"}, path, None, "http://x:1", None, None)
+    assert t.token is None
+    t = config.resolve({}, path, "ctl1", CTL1["url"] + "/", None, None)
+    assert (t.token, t.ca_file) == ("t1", "/ca.pem")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import resource
 import socket
 import threading
 from collections.abc import Iterator
@@ -116,3 +118,24 @@ def test_a_connection_the_server_closed_is_replaced_before_a_post(server: _Serve
     assert [json.loads(b)["i"] for _, _, b in server.seen] == [0, 1, 2, 3]
     assert server.accepted == 4
     c.close()
+
+
+def test_a_kept_connection_is_reused_above_1024_descriptors(server: _Server) -> None:
+    """A process holding many files (the scale tools) still reuses its connection: the
+    check that it is still open took ``select``, which refuses descriptors from 1024 on, and
+    every request then opened a new connection (found by a review)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 2048:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < 2048")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    held = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
+    try:
+        c = _client(server)
+        for _ in range(5):
+            c.get("/v1/x")
+        assert server.accepted == 1, f"{server.accepted} connections for 5 GETs"
+        c.close()
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
