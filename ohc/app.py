@@ -140,9 +140,13 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         self.threads.append(hub.spawn(self._canary))
         self.threads.append(hub.spawn(self._reporter))
         if self.conf.metrics_port:
-            self.threads.append(
-                self.metrics.serve(self.conf.metrics_host, self.conf.metrics_port)[0]
-            )
+            try:
+                served = self.metrics.serve(self.conf.metrics_host, self.conf.metrics_port)
+                self.threads.append(served[0])
+            except OSError as exc:  # optional: a taken port must not stop the OHC (a review)
+                log.error("ohc %s: no metrics on port %s: %s",
+                          self.conf.host, self.conf.metrics_port, exc)  # fmt: skip
+                self._error(f"metrics port {self.conf.metrics_port}: {exc}")
         self.agent.start()
         return thread
 

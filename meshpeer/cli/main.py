@@ -500,7 +500,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             shell = dataplane.LabShell(target.lab)
         except LookupError:
             shell = None
-    cli = Cli(args, Client(target.url, target.token, timeout, target.ca_file), print, shell)
+    try:
+        client = Client(target.url, target.token, timeout, target.ca_file)
+    except ValueError as exc:  # a URL that does not parse: a usage error, no traceback
+        print(f"meshpeer: {target.url}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    cli = Cli(args, client, print, shell)
     try:
         args.fn(cli)
     except ApiFailure as exc:

@@ -67,3 +67,13 @@ def test_a_named_controller_lends_its_token_to_its_own_url_only(tmp_path: Path) 
     assert t.token is None
     t = config.resolve({}, path, "ctl1", CTL1["url"] + "/", None, None)
     assert (t.token, t.ca_file) == ("t1", "/ca.pem")
+
+
+def test_a_url_that_does_not_parse_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from meshpeer.cli.main import EXIT_USAGE, main
+
+    env = {"MESHPEER_CONFIG": str(tmp_path / "cli.json")}
+    assert main(["--url", "http://[bad", "vpcs", "list"], env) == EXIT_USAGE
+    assert "http://[bad" in capsys.readouterr().err

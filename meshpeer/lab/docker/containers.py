@@ -26,7 +26,6 @@ from typing import Any
 
 from meshpeer.lab import hosts
 from meshpeer.lab.docker import daemon, image
-from meshpeer.lab.docker.paths import SYSTEM_SOCKET
 from meshpeer.lab.plan import HostPlan, LabPlan
 from meshpeer.lab.procs import ROOT
 from meshpeer.lab.progress import Note, no_note
@@ -44,7 +43,7 @@ def record_path(plan: LabPlan) -> str:
 
 def mounts(plan: LabPlan) -> dict[str, dict[str, str]]:
     ro = {ROOT: {"bind": ROOT, "mode": "ro"}}
-    if not sys.base_prefix.startswith("/usr"):  # a Python of its own (pyenv): mount it too
+    if sys.base_prefix != "/usr":  # not Debian's own (pyenv, /usr/local): mount it too
         ro[sys.base_prefix] = {"bind": sys.base_prefix, "mode": "ro"}
     return {plan.state_dir: {"bind": plan.state_dir, "mode": "rw"}, **ro}
 
@@ -106,7 +105,7 @@ def enter_cmd(plan: LabPlan, host: HostPlan, cmd: list[str]) -> list[str]:
 def remove(lab: str) -> int:
     """Remove every container of ``lab`` (running or not), then stop the lab's own engine if
     that left it empty. Returns how many containers were removed."""
-    if daemon.own_pid() is None and not os.path.exists(SYSTEM_SOCKET):
+    if daemon.own_pid() is None and not os.path.exists(daemon.system_socket()):
         return 0  # no engine: no container (and the netns lab pays nothing for this)
     with daemon.locked():
         client = daemon.find()

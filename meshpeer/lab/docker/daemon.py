@@ -66,17 +66,38 @@ def _client(socket: str) -> Any | None:
 
 
 def own_pid() -> int | None:
-    """The pid of the engine the lab started, while it runs."""
+    """The pid of the engine the lab started, while it runs: the pidfile's pid, if that
+    process is a dockerd started with this pidfile. A dockerd killed without removing its
+    pidfile leaves a pid another process may get: that one is never taken for it (found by a
+    review: the lab would have signalled it)."""
     pid = read_pidfile(PIDFILE)
-    return pid if pid is not None and alive(pid) else None
+    return pid if pid is not None and alive(pid) and _is_ours(pid) else None
+
+
+def _is_ours(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    return (
+        bool(argv)
+        and os.path.basename(argv[0]) == b"dockerd"
+        and (f"--pidfile={PIDFILE}".encode() in argv)
+    )
 
 
 def find() -> Any | None:
-    """A client of a running engine: the lab's own first, then the system's."""
+    """A client of a running engine: the lab's own first, then the system's (the one
+    ``DOCKER_HOST`` names, else the default socket)."""
     if own_pid() is not None:
         return _client(SOCKET)
+    return _client(system_socket())
+
+
+def system_socket() -> str:
     host = os.environ.get("DOCKER_HOST", "")
-    return _client(host.removeprefix("unix://") if host.startswith("unix://") else SYSTEM_SOCKET)
+    return host.removeprefix("unix://") if host.startswith("unix://") else SYSTEM_SOCKET
 
 
 def ensure() -> Any:
@@ -117,7 +138,13 @@ def ensure() -> Any:
         if proc.poll() is not None:
             break
         time.sleep(0.05)
-    terminate([proc.pid])
+    if proc.returncode is None:  # still ours: not reaped, so its pid is still its own
+        proc.terminate()
+        try:
+            proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
     _remove_run_dir()
     raise LabError(f"dockerd did not start within {START_TIMEOUT:.0f}s (see {LOG})")
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import docker.errors
 
+from meshpeer.lab.docker import daemon
 from meshpeer.lab.docker.paths import SCRATCH
 from meshpeer.lab.progress import Note, no_note
 from meshpeer.lab.sh import LabError, run
@@ -120,11 +121,17 @@ def _build_base(client: Any) -> None:
 
 
 def _remove_stale(client: Any) -> None:
-    """Older builds of either image (another hash) and dangling layers: the cache holds only
-    what the current code would build."""
+    """Older builds of either image (another hash) and, in the lab's own engine, dangling
+    layers: the cache holds only what the current code would build. An older image another
+    lab's containers still run on stays (and fails nothing); a system engine's other dangling
+    images are not the lab's to prune (both found by a review)."""
     keep = {tag(), base_tag()}
     for image in client.images.list():
         for name in image.tags:
             if name.split(":")[0] in (REPO, BASE_REPO) and name not in keep:
-                client.images.remove(name, noprune=False)
-    client.images.prune(filters={"dangling": True})
+                try:
+                    client.images.remove(name, noprune=False)
+                except docker.errors.APIError:
+                    continue  # in use (409): the next build removes it
+    if daemon.own_pid() is not None:
+        client.images.prune(filters={"dangling": True})
