@@ -102,8 +102,8 @@ def test_failed_up_leaves_nothing(where: str, monkeypatch: pytest.MonkeyPatch) -
     if where == "after the containers":
         real_create = containers.create
 
-        def create_then_fail(plan: object) -> str:
-            real_create(plan)  # type: ignore[arg-type]
+        def create_then_fail(plan: object, *args: object) -> str:
+            real_create(plan, *args)  # type: ignore[arg-type]
             raise LabError("injected failure")
 
         monkeypatch.setattr(containers, "create", create_then_fail)
