@@ -59,7 +59,7 @@ def up(topo: Topology, lab: str, progress: Progress = print) -> LabPlan:
         start_central(plan, c)
         build.parallel(lambda h: start_host(plan, c, h), plan.hosts)
         wait_chassis(c, [h.name for h in plan.hosts])
-        nbctl(c, nb_commands(topo, plan), wait=True)
+        nbctl(c, nb_commands(topo, plan), wait="hv")
         progress(f"[lab {lab}] ovn        {len(plan.hosts)} chassis, NB applied and on every "
                  f"host ({time.monotonic() - t0:.2f}s)")  # fmt: skip
     except BaseException:
@@ -150,8 +150,9 @@ def start_host(plan: LabPlan, c: Central, host: HostPlan) -> None:
     supervisor.supervise(plan, controller_spec(plan, host))
 
 
-def sbctl(c: Central, *args: str) -> str:
-    return run(["ovn-sbctl", f"--db=unix:{c.sb_sock}", f"--timeout={WAIT_S:.0f}", *args]).stdout
+def sbctl(c: Central, *args: str, timeout: float = WAIT_S) -> str:
+    cmd = ["ovn-sbctl", f"--db=unix:{c.sb_sock}", f"--timeout={timeout:.0f}", *args]
+    return run(cmd, timeout=timeout + 5).stdout
 
 
 def wait_chassis(c: Central, names: list[str], timeout: float = WAIT_S) -> None:
@@ -166,10 +167,10 @@ def wait_chassis(c: Central, names: list[str], timeout: float = WAIT_S) -> None:
     raise LabError(f"chassis not registered after {timeout}s: {sorted(set(names) - got)}")
 
 
-def nbctl(c: Central, commands: list[Command], wait: bool = False, timeout: float = WAIT_S) -> str:
-    """One NB transaction; ``wait``: until every chassis has applied it (``--wait=hv``),
-    within ``timeout`` seconds (LabError past it)."""
+def nbctl(c: Central, commands: list[Command], wait: str = "", timeout: float = WAIT_S) -> str:
+    """One NB transaction; ``wait``: "sb" until ovn-northd has put it in the SB, "hv" until
+    every chassis has applied it too, within ``timeout`` seconds (LabError past it)."""
     opts = [f"--db=unix:{c.nb_sock}", f"--timeout={timeout:.0f}"]
     if wait:
-        opts.append("--wait=hv")
+        opts.append(f"--wait={wait}")
     return run(["ovn-nbctl", *opts, *nbctl_args(commands)], timeout=timeout + 5).stdout
