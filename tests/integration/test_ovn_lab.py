@@ -1,0 +1,71 @@
+"""The OVN lab (meshpeer/lab/ovn.py, docs/ovn.md): OVN on the meshpeer lab's own hosts.
+
+Two VPCs peered on OVN (logical routers joined by peer ports and static routes), a VM of each on
+different hosts, and a VM of a third, unpeered VPC: a ping crosses the peering over Geneve, the
+unpeered VM gets no answer, and 'down' leaves no process and no namespace behind."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from meshpeer.lab import ovn, supervisor, teardown, topology
+from meshpeer.lab.procs import alive
+from meshpeer.lab.sh import run
+
+TOPOLOGY = {
+    "hosts": [{"name": "hv1"}, {"name": "hv2"}, {"name": "hv3"}],
+    "vpcs": [
+        {"name": "blue", "subnets": ["10.1.0.0/24"]},
+        {"name": "red", "subnets": ["10.2.0.0/24"]},
+        {"name": "green", "subnets": ["10.3.0.0/24"]},
+    ],
+    "endpoints": [
+        {"name": "b1", "vpc": "blue", "host": "hv1", "ip": "10.1.0.11"},
+        {"name": "r1", "vpc": "red", "host": "hv2", "ip": "10.2.0.11"},
+        {"name": "g1", "vpc": "green", "host": "hv3", "ip": "10.3.0.11"},
+    ],
+    "peerings": [{"vpc": "blue", "peer": "red"}, {"vpc": "red", "peer": "blue"}],
+}
+
+
+def ping(netns: str, ip: str, count: int = 1) -> bool:
+    args = ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "1", ip]
+    return run(args, netns=netns, check=False, timeout=30).returncode == 0
+
+
+def ping_within(netns: str, ip: str, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ping(netns, ip):
+            return True
+    return False
+
+
+def lab_pids(lab: str, state_dir: str) -> set[int]:
+    pids = {p["pid"] for p in supervisor.processes(state_dir) if p["pid"] is not None}
+    return pids | teardown.lab_pids(lab, teardown.lab_netns(lab))
+
+
+def test_ping_across_an_ovn_peering_and_not_to_an_unpeered_vpc() -> None:
+    why = ovn.missing()
+    if why:
+        print(f"skipped: {why}")
+        pytest.skip(why)
+    lab = f"o{os.getpid() % 10000}"
+    plan = ovn.up(topology.parse(TOPOLOGY), lab)
+    try:
+        b1, r1, g1 = (f"{lab}-{n}" for n in ("b1", "r1", "g1"))
+        assert ping_within(b1, "10.2.0.11"), "blue b1 (hv1) -> red r1 (hv2) across the peering"
+        assert ping(r1, "10.1.0.11"), "red r1 -> blue b1, the other way"
+        assert not ping(g1, "10.1.0.11", count=3), "green is not peered with blue"
+        assert not ping(b1, "10.3.0.11", count=3), "blue has no route to green"
+        started = lab_pids(lab, plan.state_dir)
+        assert len(started) >= 3 * 3 + 3, started  # per host 3 daemons, central 3
+    finally:
+        ovn.down(lab)
+    assert [p for p in started if alive(p)] == []
+    assert teardown.lab_netns(lab) == []
+    assert run(["ip", "link", "show", plan.root_mgmt_if], check=False).returncode != 0
