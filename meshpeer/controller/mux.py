@@ -12,7 +12,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from meshpeer.controller.bgp import DynamicRoute
-from meshpeer.controller.model import Endpoint, Intent, JsonObject, Peering, Resource, gateway
+from meshpeer.controller.model import (
+    Endpoint,
+    Intent,
+    JsonObject,
+    Peering,
+    Resource,
+    gateway,
+    ip_text,
+)
 from meshpeer.controller.peering import PEERING_PREFIX, Status, View, view_hosts
 from meshpeer.directory import Directory
 from meshpeer.protocol import ServiceName
@@ -153,7 +161,7 @@ def service_objects(
 
 def _host_ip(intent: Intent, e: Endpoint) -> str | None:
     host = intent.hosts.get(e.host) if e.host else None
-    return str(host.underlay_ip) if host else None
+    return ip_text(host.underlay_ip) if host else None
 
 
 def _visible(e: Endpoint, policy: ExportPolicy | None) -> bool:
@@ -162,7 +170,7 @@ def _visible(e: Endpoint, policy: ExportPolicy | None) -> bool:
 
 def destination(intent: Intent, e: Endpoint) -> JsonObject:
     return {
-        "ip": str(e.ip),
+        "ip": ip_text(e.ip),
         "mac": e.mac,
         "vni": intent.vpcs[e.vpc].vni,
         "kind": e.kind,
@@ -273,11 +281,11 @@ def endpoint_object(intent: Intent, e: Endpoint) -> JsonObject:
         "vpc": e.vpc,
         "name": e.name,
         "kind": e.kind,
-        "ip": str(e.ip),
+        "ip": ip_text(e.ip),
         "mac": e.mac,
         "vni": vpc.vni,
         "prefix": str(subnet.cidr) if subnet else None,
-        "gateway": str(gateway(subnet.cidr)) if subnet else None,
+        "gateway": ip_text(gateway(subnet.cidr)) if subnet else None,
     }
 
 

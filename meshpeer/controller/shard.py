@@ -215,6 +215,8 @@ class ShardState:
         added = [r for r in puts if isinstance(r, Endpoint)]
         produced: dict[StreamId, int] = {}
         for vpc in sorted({e.vpc for e in [*added, *gone]}):
+            # each added endpoint's destination object once, for every policy's stream
+            objs = {e.name: (e, destination(self.intent, e)) for e in added if e.vpc == vpc}
             policies: dict[str | None, ExportPolicy | None] = {None: None}
             for p in self.intent.peerings_of(vpc):
                 st = self.states.get((vpc, p.name))
@@ -225,9 +227,9 @@ class ShardState:
                 if sid not in self.hub:
                     return None  # not published yet: take the full path
                 ups = {
-                    e.name: destination(self.intent, e)
-                    for e in added
-                    if e.vpc == vpc and (policy is None or policy.exports_ip(e.ip))
+                    name: obj
+                    for name, (e, obj) in objs.items()
+                    if policy is None or policy.exports_ip(e.ip)
                 }
                 delta = self.hub.patch(sid, ups, [e.name for e in gone if e.vpc == vpc])
                 if delta is not None:
