@@ -529,6 +529,10 @@ def run(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any]:
         result["convergence"] = converge(sims, sc, args.converge_timeout)
         c = result["convergence"]
         log(f"  converged {c['hosts_converged']}/{c['hosts']} hosts in {c['converge_s']:.1f} s")
+        # issue 11's figures: one HTTP connection per stream today (the simulated hosts', not
+        # counting the shards' federation streams), and the heartbeat they run at
+        result["connections"] = {"total": c["streams_followed"], "per": "stream"}
+        result["heartbeat_s"] = args.heartbeat
         after_conv = cluster.stats()
         sim_conv = proc_stats(sims.pids)
         time.sleep(args.idle)
