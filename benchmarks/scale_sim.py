@@ -198,12 +198,6 @@ def multiplexer(cluster: Cluster) -> dict[str, Any]:
 # --- full state -----------------------------------------------------------------------------
 
 
-def snapshot_size(ctl: Ctl, token: str, service: str, key: str) -> tuple[int, int]:
-    """(bytes, objects) of a stream's first message: the snapshot a new subscriber gets."""
-    line, objects = snapshot(ctl, token, service, key)
-    return line, len(objects)
-
-
 def snapshot(ctl: Ctl, token: str, service: str, key: str) -> tuple[int, dict[str, Any]]:
     """A stream's first message: its length in bytes, and its objects."""
     conn: http.client.HTTPConnection

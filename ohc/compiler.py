@@ -707,16 +707,18 @@ def _source_ok(
     from any host); from a peer the VPC lets in only replies from, only as far as conntrack
     says (table 43)."""
     one_way = peer is not None and ctx.one_way(peer)
+    ingress = _CHECK_IN_RECEIVER_ZONE if one_way else _TO_TUNNEL_DELIVER
+    if isinstance(source, ipaddress.IPv4Address | ipaddress.IPv6Address) and host_ip is not None:
+        # one destination's source check: the bulk of a compile (``_address_match``)
+        tunnel = (("metadata", _vpc(ctx.vni)), ("tun_ipv4_src", str(host_ip)))
+        out.add_match(
+            TUNNEL_SRC, priority, _address_match(out, "src", source, tunnel), ingress, owner
+        )
+        return
     match: dict[str, MatchValue] = {"metadata": _vpc(ctx.vni), **_ip_match("src", source)}
     if host_ip is not None:
         match["tun_ipv4_src"] = str(host_ip)
-    out.add(
-        TUNNEL_SRC,
-        priority,
-        match,
-        _CHECK_IN_RECEIVER_ZONE if one_way else _TO_TUNNEL_DELIVER,
-        owner,
-    )
+    out.add(TUNNEL_SRC, priority, match, ingress, owner)
 
 
 def _toward(ctx: Ctx, peer: PeerView | None, actions: tuple[Action, ...]) -> Apply:
@@ -759,11 +761,7 @@ def dest_flows(out: _Out, ctx: Ctx, d: Destination, peer: PeerView | None) -> No
     if peer is None:
         _arp_flows(out, ctx, d.ip, d.mac, owner)
     if _is_remote(ctx, d):
-        tunnel = (("metadata", _vpc(ctx.vni)), ("tun_ipv4_src", str(d.host_ip)))
-        match = _address_match(out, "src", d.ip, tunnel)
-        one_way = peer is not None and ctx.one_way(peer)
-        ingress = _CHECK_IN_RECEIVER_ZONE if one_way else _TO_TUNNEL_DELIVER
-        out.add_match(TUNNEL_SRC, priority, match, ingress, owner)  # as ``_source_ok``
+        _source_ok(out, ctx, d.ip, d.host_ip, priority, owner, peer)
 
 
 def _lb_owner(vpc: str, lb: LoadBalancer, peer: PeerView | None) -> str:

@@ -210,14 +210,19 @@ class _DestUnit:
 Holder = Candidate | _DestUnit  # who holds a key: a context unit's candidate, or a destination
 
 
+def _place(unit: _DestUnit, key: FlowKey) -> int:
+    """Where the unit's flow at ``key`` is among its flows."""
+    for n, f in enumerate(unit.flows):
+        if f.key == key:
+            return n
+    raise KeyError(key)
+
+
 def _flow_of(h: Holder, key: FlowKey) -> Flow:
     if type(h) is tuple:
         return h[2]
     assert isinstance(h, _DestUnit)
-    for f in h.flows:
-        if f.key == key:
-            return f
-    raise KeyError(key)
+    return h.flows[_place(h, key)]
 
 
 def _order(h: Holder, key: FlowKey) -> tuple[Rank, int]:
@@ -225,7 +230,7 @@ def _order(h: Holder, key: FlowKey) -> tuple[Rank, int]:
     if type(h) is tuple:
         return h[0], h[1]
     assert isinstance(h, _DestUnit)
-    return (*h.base, h.k), next(n for n, f in enumerate(h.flows) if f.key == key)
+    return (*h.base, h.k), _place(h, key)
 
 
 class FlowEngine:

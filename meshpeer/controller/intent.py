@@ -255,6 +255,12 @@ class NewEndpoint:
     backends: tuple[Backend, ...] = ()
     bgp: BgpPeer | None = None
 
+    def check(self, intent: Intent, vpc: str) -> Endpoint:
+        """The endpoint, as ``new_endpoint`` decides it."""
+        return new_endpoint(
+            intent, vpc, self.name, self.kind, self.ip, self.mac, self.host, self.backends, self.bgp
+        )
+
 
 def new_endpoints(intent: Intent, vpc: str, items: Sequence[NewEndpoint]) -> list[Endpoint]:
     """A batch of new endpoints, each decided as ``new_endpoint`` decides with the ones before
@@ -266,9 +272,7 @@ def new_endpoints(intent: Intent, vpc: str, items: Sequence[NewEndpoint]) -> lis
     try:
         for i, it in enumerate(items):
             try:
-                ep = new_endpoint(
-                    intent, vpc, it.name, it.kind, it.ip, it.mac, it.host, it.backends, it.bgp
-                )
+                ep = it.check(intent, vpc)
             except IntentError as exc:
                 field = f"endpoints[{i}]" + (f".{exc.field}" if exc.field else "")
                 raise IntentError(exc.status, field, exc.detail) from None

@@ -64,19 +64,7 @@ class EndpointHandlers(Handlers):
         }
 
     def create_endpoint(self, ctx: RequestCtx) -> tuple[int, object]:
-        it = _new(ctx.body)
-        ep = self._intent(
-            ops.new_endpoint,
-            self.shard.intent,
-            ctx.params["vpc"],
-            it.name,
-            it.kind,
-            it.ip,
-            it.mac,
-            it.host,
-            it.backends,
-            it.bgp,
-        )
+        ep = self._intent(_new(ctx.body).check, self.shard.intent, ctx.params["vpc"])
         self.shard.commit([ep])
         key = f"{ep.vpc}/{ep.name}"
         body = self._with_version("endpoint", key, ep.to_json())
