@@ -236,7 +236,15 @@ def time_install(
             timeline.append((round(at - t0, 3), last["n"], last["flows"]))
             if installed_at is None and last["flows"] >= expected:
                 installed_at, install_sync_s = at, last.get("total_s")
-                parts = ("compile_s", "read_s", "plan_s", "send_s", "read_unmatched", "reasons")
+                parts = (
+                    "compile_s",
+                    "read_s",
+                    "plan_s",
+                    "send_s",
+                    "read_unmatched",
+                    "reasons",
+                    "streamed",
+                )
                 install_sync = {k: last.get(k) for k in parts}
         if installed_at is not None and time.time() - last_change >= quiet:
             break

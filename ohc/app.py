@@ -321,13 +321,24 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         vms, tunnel = dict(self.ports.vms), self.ports.tunnel
         t0 = time.monotonic()
         self.engine_failed = True
-        update = eventlet.tpool.execute(self.engine.update, changes, vms, tunnel)
-        self.engine_failed = False
-        compile_s = time.monotonic() - t0
+        offload = eventlet.tpool.execute
+        if self.engine.fresh and self.session.installed is None:
+            # compiled while the switch takes it (session.first_sync); an error in the sync
+            # leaves the engine unknown too: it starts afresh
+            update, synced = self.session.first_sync(
+                self.replies, dp, self.engine, changes, (vms, tunnel), complete, offload
+            )
+            self.engine_failed = False
+            assert synced.compile_s is not None
+            compile_s = synced.compile_s
+        else:
+            update = offload(self.engine.update, changes, vms, tunnel)
+            self.engine_failed = False
+            compile_s = time.monotonic() - t0
+            synced = self.session.sync(self.replies, dp, update, complete, offload)
         skipped = self.ports.skipped + self.engine.skipped()
         self._log_skips(skipped)
         self.skipped = skipped
-        synced = self.session.sync(self.replies, dp, update, complete, eventlet.tpool.execute)
         installed = self.session.installed
         assert installed is not None
         self.to_report = (versions, peerings)
@@ -347,6 +358,9 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             "plan_s": round(synced.plan_s, 4),
             "send_s": round(synced.send_s, 4),
             "total_s": round(synced.read_s + synced.plan_s + synced.send_s, 4),
+            # the bundle went out as the engine compiled (session.first_sync): compile_s is
+            # part of send_s, not before it
+            "streamed": synced.streamed,
             # read back from the switch (a full sync): installed flows that were not desired
             # ones, so parsed one by one (ohc.readback); 0 on a restart with nothing changed
             "read_unmatched": synced.read_unmatched,

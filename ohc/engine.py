@@ -29,7 +29,7 @@ from __future__ import annotations
 import bisect
 import ipaddress
 import itertools
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -258,6 +258,10 @@ class FlowEngine:
         self._old: dict[FlowKey, Flow | None] = {}
         self._gids: set[int] = set()
         self._compiled = 0
+        self._rebuilt = False  # the update under way rebuilt the VPC contexts
+        self._touched: list[FlowKey] | None = None  # keys changed, while first_update runs
+        self.fresh = True  # no update yet (``first_update``)
+        self.last_update: Update | None = None  # what the last ``first_update`` changed
         self.shared: SharedPairs = {}  # match pairs many flows hold (compiler._Out)
         self._set_unit(("infra",), self._events((0,), infra_flows), {})
 
@@ -299,11 +303,61 @@ class FlowEngine:
         ofports: Mapping[tuple[str, str], int],
         tunnel_port: int | None,
     ) -> Update:
+        """Take ``changes`` (and the switch's ports) in; what that changed."""
+        work = self._prepare(changes, ofports, tunnel_port)
+        for rk, role, ip in work:
+            self._compile_dest(rk, role, ip)
+        return self._finish(self._rebuilt)
+
+    def first_update(
+        self,
+        changes: Mapping[Sub, StreamChange],
+        ofports: Mapping[tuple[str, str], int],
+        tunnel_port: int | None,
+        every: int,
+    ) -> Iterator[list[tuple[FlowKey, Flow | None]]]:
+        """``update`` of a fresh engine, in pieces, so that a first sync can send the flows
+        while the rest compiles (``session.SwitchSession.first_sync``): first every flow the
+        contexts hold (``groups`` is then final), then, every ``every`` destination units,
+        the winners of the keys those units changed (a later piece may give a key sent
+        before another flow: a contested address). ``last_update`` then holds the Update."""
+        if not self.fresh:
+            raise ValueError("first_update needs a fresh engine")
+        self.last_update = None
+        work = self._prepare(changes, ofports, tunnel_port)
+        try:
+            yield [(k, _flow_of(h, k)) for k, h in self.table.items()]
+            self._touched = []
+            for n, (rk, role, ip) in enumerate(work, 1):
+                self._compile_dest(rk, role, ip)
+                if n % every == 0:
+                    yield self._taken()
+            yield self._taken()
+        finally:
+            self._touched = None
+        self.last_update = self._finish(self._rebuilt)
+
+    def _taken(self) -> list[tuple[FlowKey, Flow | None]]:
+        """The keys changed since the last piece, each with its winner (None: it went)."""
+        touched, self._touched = self._touched or [], []
+        return [(k, self.flow(k)) for k in dict.fromkeys(touched)]
+
+    def _prepare(
+        self,
+        changes: Mapping[Sub, StreamChange],
+        ofports: Mapping[tuple[str, str], int],
+        tunnel_port: int | None,
+    ) -> Iterator[tuple[RoleKey, _Role, IpKey]]:
+        """Everything but the destination units, which are left to compile: the caller
+        compiles each (role, address) the returned iterator gives."""
         self._gids, self._old, self._compiled = set(), {}, 0
+        self.fresh = False
         rebuild = self.ofports != ofports or self.tunnel_port != tunnel_port or not self.roles
         self.ofports, self.tunnel_port = dict(ofports), tunnel_port
         if self.role == "gateway":
-            return self._relay(changes)
+            self._relay(changes)
+            self._rebuilt = False
+            return iter(())
         touched: dict[IndexKey, set[IpKey]] = {}
         for sub, change in changes.items():
             keys = self._apply(sub, change)
@@ -326,13 +380,16 @@ class FlowEngine:
             ips = touched.get(role.index)
             if ips and redo.get(rk) is not _ALL:
                 redo.setdefault(rk, set()).update(ips)
+        self._rebuilt = rebuild
+        return self._dest_work(redo)
+
+    def _dest_work(self, redo: dict[RoleKey, set[IpKey]]) -> Iterator[tuple[RoleKey, _Role, IpKey]]:
         for rk, ips in redo.items():
             role = self.roles[rk]
             if ips is _ALL:
                 ips = set(self.indexes[role.index].claims) | set(self.dest_units.get(rk, ()))
             for ip in ips:
-                self._compile_dest(rk, role, ip)
-        return self._finish(rebuild)
+                yield rk, role, ip
 
     def _finish(self, rebuild: bool) -> Update:
         """What the update changed. A unit compiled again gives back and takes its keys:
@@ -347,7 +404,7 @@ class FlowEngine:
         self._gids, self._old = set(), {}  # not kept: 100k keys after a cold install
         return update
 
-    def _relay(self, changes: Mapping[Sub, StreamChange]) -> Update:
+    def _relay(self, changes: Mapping[Sub, StreamChange]) -> None:
         """A gateway host: its relay flows, compiled whole from every stream it follows (not
         yet per destination: docs/gateways.md, what is left)."""
         for sub, change in changes.items():
@@ -356,7 +413,6 @@ class FlowEngine:
             self.underlay_ip, self.streams, self.tunnel_port
         )
         self._set_unit(("relay",), self._events((2,), relay_all, view), {})
-        return self._finish(False)
 
     def _apply(self, sub: Sub, change: StreamChange) -> Iterable[str]:
         """Take ``change`` into the engine's copy of the stream; the keys it changed."""
@@ -530,6 +586,8 @@ class FlowEngine:
     def _changed(self, key: FlowKey, old: Flow | None) -> None:
         """The winning flow of ``key`` changed; ``old`` is the one it had (None: none)."""
         self._old.setdefault(key, old)  # the first one: what it had when the update began
+        if self._touched is not None:
+            self._touched.append(key)
 
     def _claim(self, h: Holder, flow: Flow) -> None:
         """``h`` puts ``flow`` at its key: it holds the key if it comes first."""

@@ -28,11 +28,12 @@ block the very event loop that delivers the reply. See docs/flowsync.md.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import eventlet
 import eventlet.event
@@ -239,40 +240,55 @@ def plan_messages(datapath: Any, the_plan: SyncPlan) -> list[Any]:
     OpenFlow 1.3 MODIFY keeps the old cookie. Deletes are strict and carry the installed
     cookie with a full cookie mask, so they remove only the flow they were planned for.
     """
-    ofp = datapath.ofproto
-    msgs: list[Any] = [group_mod(datapath, g, "add") for g in the_plan.group_adds]
-    msgs += [group_mod(datapath, g, "modify") for g in the_plan.group_modifies]
+    msgs = [inner_message(datapath, g, "add") for g in the_plan.group_adds]
+    msgs += [inner_message(datapath, g, "modify") for g in the_plan.group_modifies]
     msgs += [WireFlowMod(f, "add") for f in the_plan.flow_adds]
     msgs += [
         WireFlowMod(c.new, "add" if c.cookie_changed else "modify") for c in the_plan.flow_modifies
     ]
     msgs += [WireFlowMod(f, "delete") for f in the_plan.flow_deletes]
-    for g in the_plan.group_deletes:
-        msg = group_mod(datapath, g, "delete")
-        msg.type = ofp.OFPGT_ALL  # OVS ignores the type of a delete; keep it valid
-        msgs.append(msg)
+    msgs += [inner_message(datapath, g, "delete") for g in the_plan.group_deletes]
     return msgs
+
+
+Command = Literal["add", "modify", "delete"]
+
+
+def inner_message(datapath: Any, obj: Flow | Group, command: Command) -> Any:
+    """The FlowMod (``WireFlowMod``) or GroupMod (os-ken) that ``command``s ``obj``."""
+    if isinstance(obj, Flow):
+        return WireFlowMod(obj, command)
+    msg = group_mod(datapath, obj, command)
+    if command == "delete":
+        msg.type = datapath.ofproto.OFPGT_ALL  # OVS ignores the type of a delete; keep it valid
+    return msg
 
 
 def bundle_flags(ofp: Any) -> int:
     return int(ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED)
 
 
+def bundle_add(datapath: Any, bundle_id: int, message: Any) -> Any:
+    """``message`` inside bundle ``bundle_id``: packed by ``ohc.wire`` if it is a FlowMod."""
+    flags = bundle_flags(datapath.ofproto)
+    if isinstance(message, WireFlowMod):
+        return WireBundleAdd(bundle_id, flags, message)
+    return datapath.ofproto_parser.ONFBundleAddMsg(datapath, bundle_id, flags, message, [])
+
+
+def bundle_ctrl(datapath: Any, bundle_id: int, kind: int) -> Any:
+    """An ONF bundle control message (open, commit, discard) for ``bundle_id``."""
+    flags = bundle_flags(datapath.ofproto)
+    return datapath.ofproto_parser.ONFBundleCtrlMsg(datapath, bundle_id, kind, flags, [])
+
+
 def bundle_messages(datapath: Any, the_plan: SyncPlan, bundle_id: int) -> list[Any]:
     """OPEN, one ADD per plan message, COMMIT: the whole plan as one ONF (OF1.3) bundle."""
-    ofp, parser = datapath.ofproto, datapath.ofproto_parser
-    flags = bundle_flags(ofp)
-    ctrl = parser.ONFBundleCtrlMsg
-    adds = [
-        WireBundleAdd(bundle_id, flags, m)
-        if isinstance(m, WireFlowMod)
-        else parser.ONFBundleAddMsg(datapath, bundle_id, flags, m, [])
-        for m in plan_messages(datapath, the_plan)
-    ]
+    ofp = datapath.ofproto
     return [
-        ctrl(datapath, bundle_id, ofp.ONF_BCT_OPEN_REQUEST, flags, []),
-        *adds,
-        ctrl(datapath, bundle_id, ofp.ONF_BCT_COMMIT_REQUEST, flags, []),
+        bundle_ctrl(datapath, bundle_id, ofp.ONF_BCT_OPEN_REQUEST),
+        *(bundle_add(datapath, bundle_id, m) for m in plan_messages(datapath, the_plan)),
+        bundle_ctrl(datapath, bundle_id, ofp.ONF_BCT_COMMIT_REQUEST),
     ]
 
 
@@ -326,6 +342,44 @@ class Replies:
             if dp == id(datapath):
                 call.finish()
 
+    def begin(self, datapath: Any, watch: Iterable[int] = ()) -> _Call:
+        """A call whose messages are numbered (``number``) and sent by the caller, maybe over
+        a while; errors for them and for the earlier xids in ``watch`` are collected."""
+        call = _Call(final_xid=-1, xids=set(watch))
+        for x in call.xids:
+            self._calls[(id(datapath), x)] = call
+        return call
+
+    def number(self, call: _Call, datapath: Any, msgs: Iterable[Any]) -> None:
+        """Give each message its xid (unless it has one) and route its answers to ``call``."""
+        for m in msgs:
+            if m.xid is None:
+                datapath.set_xid(m)
+            x = int(m.xid)
+            call.xids.add(x)
+            call.sent[x] = m
+            self._calls[(id(datapath), x)] = call
+
+    def end(self, call: _Call, datapath: Any) -> None:
+        """Forget ``call``: later answers to its messages are nobody's."""
+        for x in call.xids:
+            self._calls.pop((id(datapath), x), None)
+
+    def wait(self, call: _Call, datapath: Any, last: Any, timeout: float) -> None:
+        """Send ``last`` (a message of ``call``) and wait until it is answered."""
+        self.number(call, datapath, [last])
+        call.final_xid = int(last.xid)
+        if datapath.send_msg(last) is False:
+            raise OFError("switch connection is closed")
+        self._await(call, timeout)
+
+    @staticmethod
+    def _await(call: _Call, timeout: float) -> None:
+        with eventlet.Timeout(timeout, False):
+            call.done.wait()
+        if not call.done.ready():
+            raise OFError(f"no reply from the switch within {timeout} s", call.errors)
+
     def call(
         self,
         datapath: Any,
@@ -340,17 +394,10 @@ class Replies:
         in the returned call's ``errors``. ``serialized``: every message already has its xid;
         this packs a chunk of them (``msg.buf``), and each chunk is sent as one buffer.
         """
-        call = _Call(final_xid=-1, xids=set(watch))
-        for m in msgs:
-            if m.xid is None:
-                datapath.set_xid(m)
-            call.xids.add(int(m.xid))
-            call.sent[int(m.xid)] = m
-        call.final_xid = int(msgs[-1].xid)
-        keys = [(id(datapath), x) for x in call.xids]
-        for k in keys:
-            self._calls[k] = call
+        call = self.begin(datapath, watch)
         try:
+            self.number(call, datapath, msgs)
+            call.final_xid = int(msgs[-1].xid)
             if serialized is None:
                 sends: Iterable[Callable[[], Any]] = (partial(datapath.send_msg, m) for m in msgs)
             else:
@@ -361,14 +408,10 @@ class Replies:
             for send in sends:
                 if send() is False:
                     raise OFError("switch connection is closed")
-            with eventlet.Timeout(timeout, False):
-                call.done.wait()
-            if not call.done.ready():
-                raise OFError(f"no reply from the switch within {timeout} s", call.errors)
+            self._await(call, timeout)
             return call
         finally:
-            for k in keys:
-                self._calls.pop(k, None)
+            self.end(call, datapath)
 
 
 _ERROR_CODE_PREFIX = {
@@ -475,6 +518,34 @@ def read_groups(
     return frozenset(group_from_desc(datapath, s) for s in stats)
 
 
+@dataclass(frozen=True)
+class RawInstalled:
+    """What a switch holds, read back but not yet parsed: flow-stats bodies and groups."""
+
+    stats: list[Any]
+    groups: frozenset[Group]
+
+    @property
+    def flow_count(self) -> int:
+        return sum(
+            sum(1 for _ in s.entries()) if isinstance(s, readback.RawFlowStats) else 1
+            for s in self.stats
+        )
+
+    def state(self, datapath: Any, known: Iterable[Flow] = ()) -> tuple[SwitchState, int]:
+        """As flows (see ``read_flows``: ``known`` ones are not parsed), and how many were
+        not ``known``."""
+        read = flows_from_stats(datapath, self.stats, known)
+        return SwitchState(read.flows, self.groups), read.unmatched
+
+
+def read_raw(replies: Replies, datapath: Any, timeout: float = DEFAULT_TIMEOUT) -> RawInstalled:
+    """Every flow and group on the switch (multipart replies collected), flows unparsed."""
+    groups = read_groups(replies, datapath, timeout)
+    stats = _multipart(replies, datapath, flow_stats_request(datapath), timeout)
+    return RawInstalled(stats, groups)
+
+
 def read_installed(
     replies: Replies,
     datapath: Any,
@@ -482,11 +553,11 @@ def read_installed(
     offload: Offload = inline,
     known: Iterable[Flow] = (),
 ) -> tuple[SwitchState, int]:
-    """Every flow and group on the switch (multipart replies collected), and how many flows
-    were not ``known`` ones (see ``read_flows``)."""
-    groups = read_groups(replies, datapath, timeout)
-    read = read_flows(replies, datapath, timeout, offload, known)
-    return SwitchState(read.flows, groups), read.unmatched
+    """Every flow and group on the switch, and how many flows were not ``known`` ones (see
+    ``read_flows``)."""
+    raw = read_raw(replies, datapath, timeout)
+    result: tuple[SwitchState, int] = offload(raw.state, datapath, known)
+    return result
 
 
 def has_canary(replies: Replies, datapath: Any, timeout: float = DEFAULT_TIMEOUT) -> bool:
@@ -514,7 +585,7 @@ def send_plan(
     """
     if the_plan.empty:
         return
-    ofp, parser = datapath.ofproto, datapath.ofproto_parser
+    parser = datapath.ofproto_parser
     msgs: list[Any] = offload(bundle_messages, datapath, the_plan, bundle_id)
     what: dict[int, tuple[str, Flow | Group | None]] = {}  # rendered only for error reports
     for m, step in zip(msgs[1:-1], the_plan.steps(), strict=True):
@@ -527,32 +598,121 @@ def send_plan(
     # Packed off the hub a chunk at a time, each sent as soon as it is packed: the switch
     # takes chunk k (on the other core) while chunk k+1 is packed, and a chunk goes out as one
     # buffer, not a write per message (100k FlowMods at a first sync of 50k peer endpoints).
-    flags = bundle_flags(ofp)
-
-    def discard() -> None:
-        msg = parser.ONFBundleCtrlMsg(datapath, bundle_id, ofp.ONF_BCT_DISCARD_REQUEST, flags, [])
-        replies.call(datapath, [msg], timeout)
-
     try:
         call = replies.call(
             datapath, first, timeout, serialized=lambda chunk: offload(_serialize, chunk)
         )
     except ValueError:  # a chunk that cannot be packed, after earlier ones were sent
-        discard()
+        _discard(replies, datapath, bundle_id, timeout)
         raise
+    _commit(replies, datapath, bundle_id, call, msgs[-1], what, timeout)
+
+
+def _discard(replies: Replies, datapath: Any, bundle_id: int, timeout: float) -> None:
+    msg = bundle_ctrl(datapath, bundle_id, datapath.ofproto.ONF_BCT_DISCARD_REQUEST)
+    replies.call(datapath, [msg], timeout)
+
+
+def _commit(
+    replies: Replies,
+    datapath: Any,
+    bundle_id: int,
+    call: _Call,
+    commit: Any,
+    what: dict[int, tuple[str, Flow | Group | None]],
+    timeout: float,
+) -> None:
+    """``call`` sent the bundle's messages and a barrier, and has its answer: discard the
+    bundle if the switch refused any message, else commit it."""
     if call.errors:
-        discard()
+        _discard(replies, datapath, bundle_id, timeout)
         raise BundleError(
             f"bundle {bundle_id} refused: {_errors_text(datapath, call.errors, what)}",
             call.errors,
         )
     # A failure found at commit is reported for the failing message's xid, then the commit's.
-    commit = replies.call(datapath, [msgs[-1]], timeout, watch=call.xids)
-    if commit.errors:
+    done = replies.call(datapath, [commit], timeout, watch=call.xids)
+    if done.errors:
         raise BundleError(
-            f"bundle {bundle_id} commit failed: {_errors_text(datapath, commit.errors, what)}",
-            commit.errors,
+            f"bundle {bundle_id} commit failed: {_errors_text(datapath, done.errors, what)}",
+            done.errors,
         )
+
+
+class BundleStream:
+    """One bundle sent while it is still being produced (a first sync streams the flows as
+    the engine compiles them: ``session.SwitchSession.first_sync``). OPEN goes out at once;
+    the caller builds messages (``messages``, pure: off the hub), numbers them on the hub
+    (``number``), packs them off it (``pack``) and sends them (``send``); ``commit`` sends
+    a barrier, then COMMIT, or DISCARD if the switch refused anything (as ``send_plan``)."""
+
+    def __init__(
+        self, replies: Replies, datapath: Any, bundle_id: int, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
+        self.replies, self.datapath, self.bundle_id = replies, datapath, bundle_id
+        self.timeout = timeout
+        self.what: dict[int, tuple[str, Flow | Group | None]] = {}
+        self.call = replies.begin(datapath)
+        self.open = True
+        ofp = datapath.ofproto
+        first = bundle_ctrl(datapath, bundle_id, ofp.ONF_BCT_OPEN_REQUEST)
+        replies.number(self.call, datapath, [first])
+        self.what[int(first.xid)] = ("bundle open", None)
+        first.serialize()
+        self._send(first.buf)
+
+    def messages(self, steps: Sequence[tuple[Command, Flow | Group]]) -> list[Any]:
+        return [bundle_add(self.datapath, self.bundle_id, inner_message(self.datapath, o, c))
+                for c, o in steps]  # fmt: skip
+
+    def number(self, msgs: Sequence[Any], steps: Sequence[tuple[Command, Flow | Group]]) -> None:
+        """Give ``msgs`` (made of ``steps``) their xids, on the hub."""
+        self.replies.number(self.call, self.datapath, msgs)
+        for m, (command, obj) in zip(msgs, steps, strict=True):
+            self.what[int(m.xid)] = (
+                f"{'flow' if isinstance(obj, Flow) else 'group'}_{command}",
+                obj,
+            )
+
+    @staticmethod
+    def pack(msgs: Iterable[Any]) -> None:
+        _serialize(msgs)
+
+    def send(self, msgs: Sequence[Any]) -> None:
+        """Numbered and packed messages, as one buffer."""
+        if msgs:
+            self._send(b"".join(m.buf for m in msgs))
+            for m in msgs:
+                m.buf = b""  # sent: only the error report needs the message
+
+    def _send(self, data: bytes) -> None:
+        if self.datapath.send(data) is False:
+            raise OFError("switch connection is closed")
+
+    def commit(self) -> None:
+        """Wait until the switch took every message, then commit (BundleError: refused)."""
+        ofp, parser = self.datapath.ofproto, self.datapath.ofproto_parser
+        try:
+            self.replies.wait(
+                self.call, self.datapath, parser.OFPBarrierRequest(self.datapath), self.timeout
+            )
+        finally:
+            self.replies.end(self.call, self.datapath)
+        self.open = False
+        commit = bundle_ctrl(self.datapath, self.bundle_id, ofp.ONF_BCT_COMMIT_REQUEST)
+        self.datapath.set_xid(commit)
+        self.what[int(commit.xid)] = ("bundle commit", None)
+        _commit(
+            self.replies, self.datapath, self.bundle_id, self.call, commit, self.what, self.timeout
+        )
+
+    def abandon(self) -> None:
+        """Production failed: discard what the switch holds of the bundle (best effort)."""
+        self.replies.end(self.call, self.datapath)
+        if self.open:
+            self.open = False
+            with contextlib.suppress(OFError):  # the connection is gone: so is the bundle
+                _discard(self.replies, self.datapath, self.bundle_id, self.timeout)
 
 
 SEND_CHUNK = 2000  # messages packed and sent at a time (~250 KB of FlowMods)

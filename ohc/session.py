@@ -18,14 +18,24 @@ loads from a file (tests/integration/apps/syncer_app.py), so both sync the same 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ohc import ofio
-from ohc.engine import Update
+from ohc.engine import FlowEngine, Update
 from ohc.flows import Flow, Group
-from ohc.syncer import FlowKey, SwitchModel, SwitchState, SyncPlan, plan, plan_keys
+from ohc.syncer import (
+    CANARY,
+    FlowKey,
+    SwitchModel,
+    SwitchState,
+    SyncPlan,
+    plan,
+    plan_keys,
+)
+
+FIRST_PIECE = 1000  # destination units compiled per piece of a streamed first sync
 
 
 class Desired(Protocol):
@@ -49,6 +59,8 @@ class Synced:
     send_s: float
     read_unmatched: int | None  # a read-back's installed flows that were not desired ones
     canary_was_present: bool | None = None  # after a read-back: False if the switch lost all
+    compile_s: float | None = None  # a first sync's (``first_sync``): the engine's time
+    streamed: bool = False  # the engine compiled while the switch took the bundle (send_s)
 
 
 class SwitchSession:
@@ -119,3 +131,146 @@ class SwitchSession:
         except Exception:
             self.installed = None
             raise
+
+    def first_sync(
+        self,
+        replies: ofio.Replies,
+        datapath: Any,
+        engine: FlowEngine,
+        changes: Mapping[Any, Any],
+        ports: tuple[Mapping[tuple[str, str], int], int | None],
+        complete: bool,
+        offload: Callable[..., Any] = ofio.inline,
+    ) -> tuple[Update, Synced]:
+        """A fresh engine's first update and sync (the OHC's start, or after an error).
+
+        The switch is read back first, unparsed. An empty switch (a new host, an OVS that lost
+        its flows) gets the bundle while the engine compiles (``FlowEngine.first_update``): it
+        takes piece k on the other core while piece k+1 compiles (measured in
+        docs/benchmarks.md). Otherwise the engine compiles whole and the read-back is matched
+        against it (``ofio.sync``: a restart with 100k flows installed parses none)."""
+        assert engine is self.desired
+        self.bundle_id += 1
+        try:
+            t0 = time.monotonic()
+            raw = ofio.read_raw(replies, datapath)
+            pieces = engine.first_update(changes, *ports, FIRST_PIECE)
+            if raw.flow_count or raw.groups:
+                tc = time.monotonic()
+                offload(_drain, pieces)
+                compile_s = time.monotonic() - tc
+                wanted = engine.state()
+                installed, unmatched = offload(raw.state, datapath, wanted.flows)
+                t1 = time.monotonic()
+                result = ofio.sync(
+                    replies, datapath, wanted, self.bundle_id, installed,
+                    keep_extra=not complete, offload=offload,
+                )  # fmt: skip
+                self.installed = SwitchModel.relative(engine, wanted, result.installed)
+                self.stale = not complete
+                synced = Synced(
+                    result.plan, t1 - t0 - compile_s, result.plan_s, result.send_s, unmatched,
+                    CANARY in installed.flows, compile_s,
+                )  # fmt: skip
+            else:
+                t1 = time.monotonic()
+                streamed = self._stream(replies, datapath, engine, pieces, offload)
+                synced = Synced(
+                    streamed.plan(), t1 - t0, 0.0, time.monotonic() - t1, 0, False,
+                    streamed.compile_s, streamed=True,
+                )  # fmt: skip
+            assert engine.last_update is not None
+            return engine.last_update, synced
+        except Exception:
+            self.installed = None
+            raise
+
+    def _stream(
+        self,
+        replies: ofio.Replies,
+        datapath: Any,
+        engine: FlowEngine,
+        pieces: Iterator[list[tuple[FlowKey, Flow | None]]],
+        offload: Callable[..., Any],
+    ) -> _StreamPlan:
+        """Send each piece to the empty switch as it compiles, and commit: the model follows.
+        Nothing is deleted, so this does not wait for every stream (fail static holds)."""
+        stream = ofio.BundleStream(replies, datapath, self.bundle_id)
+        streamed = _StreamPlan(engine)
+        pending: list[Any] = []
+        try:
+            while True:
+                made = offload(streamed.next_messages, stream, pieces, pending)
+                stream.send(pending)
+                if made is None:
+                    break
+                steps, pending = made
+                stream.number(pending, steps)
+            stream.commit()
+        except BaseException:
+            stream.abandon()
+            raise
+        self.installed, self.stale = streamed.model(), False
+        return streamed
+
+
+def _drain(pieces: Iterator[Any]) -> None:
+    for _ in pieces:
+        pass
+
+
+class _StreamPlan:
+    """What a streamed first sync sends to an empty switch, piece by piece; the plan and the
+    model of the switch once it committed."""
+
+    def __init__(self, engine: FlowEngine) -> None:
+        self.engine = engine
+        self.sent: dict[FlowKey, Flow | None] = {}  # what each key sent holds now (None: deleted)
+        self.first = True
+        self.compile_s = 0.0
+
+    def next_messages(
+        self,
+        stream: ofio.BundleStream,
+        pieces: Iterator[list[tuple[FlowKey, Flow | None]]],
+        pending: list[Any],
+    ) -> tuple[list[tuple[ofio.Command, Flow | Group]], list[Any]] | None:
+        """Off the hub: pack the numbered ``pending`` messages, compile the next piece, and
+        return its steps and (unnumbered) messages; None when the engine is done. A key sent
+        before comes back when a later unit won it (a contested address): in an ordered bundle
+        the later message replaces the earlier one."""
+        stream.pack(pending)
+        t0 = time.monotonic()
+        piece = next(pieces, None)
+        self.compile_s += time.monotonic() - t0
+        if piece is None:
+            return None
+        steps: list[tuple[ofio.Command, Flow | Group]] = []
+        if self.first:  # the groups first: flows output to them
+            self.first = False
+            piece.append((CANARY.key, CANARY))
+            steps += [("add", g) for _, g in sorted(self.engine.groups.items())]
+        for key, flow in piece:
+            prev = self.sent.get(key)
+            if flow == prev:
+                continue
+            self.sent[key] = flow
+            if flow is None:
+                assert prev is not None
+                steps.append(("delete", prev))
+            else:
+                same_cookie = prev is not None and prev.cookie == flow.cookie
+                steps.append(("modify" if same_cookie else "add", flow))
+        return steps, stream.messages(steps)
+
+    def plan(self) -> SyncPlan:
+        """What was sent, net, as a plan (the OHC reports its counts)."""
+        return SyncPlan(
+            group_adds=tuple(g for _, g in sorted(self.engine.groups.items())),
+            flow_adds=tuple(f for f in self.sent.values() if f is not None),
+        )
+
+    def model(self) -> SwitchModel:
+        """The switch after the commit, relative to the engine: exactly what it wants."""
+        count = sum(f is not None for f in self.sent.values())
+        return SwitchModel({}, dict(self.engine.groups), self.engine, count)

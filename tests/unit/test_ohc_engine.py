@@ -181,28 +181,37 @@ def _raw(service: str, key: str, ip: str, vni: int) -> dict[str, Any]:
     return {"vip": ip, "mac": "02:00:00:00:00:08", "vni": vni, "backends": [backend]}
 
 
+RawEdit = tuple[str, str | None, str, tuple[str, int] | None]
+
+
+def raw_edit(streams: Streams, edit: RawEdit) -> Streams:
+    """``streams`` with one of red's objects (its own or its export to blue) put or dropped."""
+    service, which, key, value = edit
+    policy = next(s.policy for s in streams if s.key == "red" and s.policy)
+    sub = next(
+        s
+        for s in streams
+        if (s.service, s.key, s.policy) == (service, "red", policy if which else None)
+    )
+    objs = dict(streams[sub])
+    if value is None:
+        objs.pop(key, None)
+    else:
+        objs[key] = _raw(service, key, *value)
+    return {**streams, sub: objs}
+
+
 @settings(max_examples=80, deadline=None)
 @given(RAW_EDITS)
 def test_untrusted_objects_are_decided_as_the_full_compile_decides(
-    edits: list[tuple[str, str | None, str, tuple[str, int] | None]],
+    edits: list[RawEdit],
 ) -> None:
     i = full_intent()
     streams = followed(publish(i), "hv1")
     engine = FlowEngine(str(i.hosts["hv1"].underlay_ip))
     engine.update(changes({}, streams, True), OFPORT, TUNNEL_PORT)
-    policy = next(s.policy for s in streams if s.key == "red" and s.policy)
-    for service, which, key, value in edits:
-        sub = next(
-            s
-            for s in streams
-            if (s.service, s.key, s.policy) == (service, "red", policy if which else None)
-        )
-        objs = dict(streams[sub])
-        if value is None:
-            objs.pop(key, None)
-        else:
-            objs[key] = _raw(service, key, *value)
-        new = {**streams, sub: objs}
+    for edit in edits:
+        new = raw_edit(streams, edit)
         engine.update(changes(streams, new, False), OFPORT, TUNNEL_PORT)
         streams = new
         want, skipped = reference(i, streams, "hv1", OFPORT, TUNNEL_PORT)
