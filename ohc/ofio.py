@@ -228,8 +228,15 @@ class WireBundleAdd:
 
     def serialize(self, memo: wire.Memo | None = None) -> None:
         self.message.set_xid(self.xid or 0)
-        inner = wire.flow_mod(self.message.flow, self.message.command, self.xid or 0, memo)
-        self.buf = wire.bundle_add(self.bundle_id, self.flags, inner)
+        m = self.message
+        self.buf = wire.bundled_flow_mod(
+            self.bundle_id,
+            self.flags,
+            m.flow,
+            m.command,
+            self.xid or 0,
+            {} if memo is None else memo,
+        )
 
 
 def plan_messages(datapath: Any, the_plan: SyncPlan) -> list[Any]:

@@ -126,6 +126,9 @@ def osken_bytes(f: Flow, command: str) -> bytes:
 @given(flows(), st.sampled_from(["add", "modify", "delete"]))
 def test_random_canonical_flows_pack_to_os_kens_bytes(f: Flow, command: str) -> None:
     assert wire.flow_mod(f, command, 0x1234) == osken_bytes(f, command)
+    # in a bundle, in one pass: the same FlowMod inside the same bundle add
+    bundled = wire.bundled_flow_mod(7, 3, f, command, 0x1234, {})
+    assert bundled == wire.bundle_add(7, 3, osken_bytes(f, command))
 
 
 def test_fields_and_actions_it_does_not_know_are_refused() -> None:
