@@ -15,15 +15,22 @@ from __future__ import annotations
 import time
 
 from meshpeer.lab import build, hosts, ovs, supervisor, teardown
-from meshpeer.lab.ovnplan import NB_PORT, Central, Command, central, nb_commands, nbctl_args
+from meshpeer.lab.ovnplan import (
+    NB_PORT,
+    NB_SCHEMA,
+    SB_SCHEMA,
+    Central,
+    Command,
+    central,
+    nb_commands,
+    nbctl_args,
+)
 from meshpeer.lab.plan import HostPlan, LabPlan
 from meshpeer.lab.progress import Progress
 from meshpeer.lab.sh import LabError, ip_batch, netns_cmd, run
 from meshpeer.lab.supervision import Spec
 from meshpeer.lab.topology import Topology
 
-NB_SCHEMA = "/usr/share/ovn/ovn-nb.ovsschema"
-SB_SCHEMA = "/usr/share/ovn/ovn-sb.ovsschema"
 # The SB server's and the hosts' probes: the 5 s defaults drop a busy ovn-controller (a big
 # batch) or a busy server; a dead peer is still found, a minute later.
 PROBE_MS = 60000

@@ -20,6 +20,8 @@ from meshpeer.lab.topology import Topology
 # Transit /30s between peered routers: OVN-internal, never on a wire the lab can see.
 TRANSIT = ipaddress.IPv4Network("100.64.0.0/16")
 NB_PORT = 6641
+NB_SCHEMA = "/usr/share/ovn/ovn-nb.ovsschema"
+SB_SCHEMA = "/usr/share/ovn/ovn-sb.ovsschema"
 SB_PORT = 6642
 CENTRAL = "ovnc"  # the central namespace is "<lab>-ovnc": the lab's prefix, so 'down' finds it
 CENTRAL_HOST_OFFSET = 5  # its management IP: the lab's management subnet + 5

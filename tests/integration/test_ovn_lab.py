@@ -2,7 +2,9 @@
 
 Two VPCs peered on OVN (logical routers joined by peer ports and static routes), a VM of each on
 different hosts, and a VM of a third, unpeered VPC: a ping crosses the peering over Geneve, the
-unpeered VM gets no answer, and 'down' leaves no process and no namespace behind."""
+unpeered VM gets no answer, and 'down' leaves no process and no namespace behind. Through the
+IDL (meshpeer/lab/ovnidl.py): a port deleted with ``wait="hv"`` no longer answers, added back it
+does again, and every chassis reports when it applied each change."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import time
 
 import pytest
 
-from meshpeer.lab import ovn, supervisor, teardown, topology
+from meshpeer.lab import ovn, ovnidl, ovnplan, supervisor, teardown, topology
 from meshpeer.lab.procs import alive
 from meshpeer.lab.sh import run
 
@@ -49,11 +51,15 @@ def lab_pids(lab: str, state_dir: str) -> set[int]:
     return pids | teardown.lab_pids(lab, teardown.lab_netns(lab))
 
 
-def test_ping_across_an_ovn_peering_and_not_to_an_unpeered_vpc() -> None:
+def need_ovn() -> None:
     why = ovn.missing()
     if why:
         print(f"skipped: {why}")
         pytest.skip(why)
+
+
+def test_ping_across_an_ovn_peering_and_not_to_an_unpeered_vpc() -> None:
+    need_ovn()
     lab = f"o{os.getpid() % 10000}"
     plan = ovn.up(topology.parse(TOPOLOGY), lab)
     try:
@@ -69,3 +75,30 @@ def test_ping_across_an_ovn_peering_and_not_to_an_unpeered_vpc() -> None:
     assert [p for p in started if alive(p)] == []
     assert teardown.lab_netns(lab) == []
     assert run(["ip", "link", "show", plan.root_mgmt_if], check=False).returncode != 0
+
+
+def test_idl_delete_and_add_back_a_port_waited_for_on_every_chassis() -> None:
+    need_ovn()
+    lab = f"o{os.getpid() % 10000}"
+    plan = ovn.up(topology.parse(TOPOLOGY), lab)
+    try:
+        c = ovnplan.central(plan)
+        b1 = f"{lab}-b1"
+        assert ping_within(b1, "10.2.0.11"), "the peering works before"
+        r1 = next(v for v in plan.vms if v.name == "r1")
+        with ovnidl.nb(c.nb_sock) as nb, ovnidl.sb(c.sb_sock) as sb:
+            gone = ovnidl.commit(nb, ovnidl.delete_ports("ls-red", {"r1"}, nb), wait="hv")
+            assert "r1" not in {p.name for p in nb.one("Logical_Switch", name="ls-red").ports}
+            assert not ping(b1, "10.2.0.11", count=3), "r1's port is gone on every chassis"
+            back = ovnidl.add_ports("ls-red", [("r1", f"{r1.mac} {r1.ip}")], nb)
+            added = ovnidl.commit(nb, back, wait="hv")
+            assert ping_within(b1, "10.2.0.11"), "r1 answers again once its port is back"
+            for a in (gone, added):
+                assert a.nb_cfg is not None
+                hosts = ovnidl.applied_at(sb, a.nb_cfg, a.wall)
+                assert set(hosts) == {"hv1", "hv2", "hv3"}, hosts
+            syncs, last = ovnidl.sync_hv(nb, budget=60)
+            assert syncs >= 1 and last.nb_cfg is not None and last.nb_cfg > added.nb_cfg
+    finally:
+        ovn.down(lab)
+    assert teardown.lab_netns(lab) == []
