@@ -12,7 +12,8 @@ fresh lab of the same name (the same namespaces, addresses and userspace switche
   meshpeer ``POST /v1/vpcs/red/endpoints?wait=programmed`` (every host following the change,
   hv1 included); OVN an IDL transaction waited for as ``--wait=hv`` does (every chassis, hv1
   included, has applied it); ``add_host_ms``: OVN only, until hv1's
-  ``Chassis_Private.nb_cfg_timestamp`` (its own report, without ovn-northd's round trip);
+  ``Chassis_Private.nb_cfg_timestamp`` (its own report, without ovn-northd's round trip; across
+  zones hv2's, ``host_watched``);
 - ``delete_ms``: those endpoints deleted one by one, each timed the same way;
 - ``tcp_gbps``: iperf3 TCP b1 -> r1 across the peering (a connect and 3 s of data);
 - ``flows_on_host``: flows on hv1's br-int (hv1 holds one VM, b1, of the other VPC), from the
@@ -26,7 +27,9 @@ Peer endpoints have no VM: meshpeer's are endpoints on hv2; OVN's bulk ports are
 registered chassis with no ovn-controller, so hv1 holds tunnel output flows for them as for a
 port on a real host; the timed ports stay unbound (the ``--wait=hv`` figure of the probe in
 issue 22). ``--meshpeer-only`` sizes run meshpeer alone (50k: OVN's cold start and batch
-handling at 10k already take minutes). Numbers are printed, never asserted. Run:
+handling at 10k already take minutes). ``--cross`` sizes put red on a second shard (OVN: a
+second availability zone, hv2 its chassis and gateway, joined to hv1's zone by ovn-ic with a
+transit switch between the routers; JSON ``cross_rows``). Numbers are printed, never asserted. Run:
 ``flock /tmp/meshpeer-lab.lock .venv/bin/python benchmarks/vs_ovn.py``.
 """
 
@@ -74,6 +77,15 @@ TOPOLOGY = {
         {"name": "r1", "vpc": "red", "host": "hv2", "ip": "10.2.0.11"},
     ],
     "peerings": [{"vpc": "blue", "peer": "red"}, {"vpc": "red", "peer": "blue"}],
+}
+# Across shards: red on a second shard; OVN: a second availability zone, joined by ovn-ic.
+CROSS = {
+    **TOPOLOGY,
+    "controllers": [{"name": "ctl1"}, {"name": "ctl2"}],
+    "vpcs": [
+        {"name": "blue", "controller": "ctl1", "subnets": ["10.1.0.0/24"]},
+        {"name": "red", "controller": "ctl2", "subnets": ["10.2.0.0/16"]},
+    ],
 }
 COLD_BUDGET = 180.0
 BATCH_BUDGET = 420.0  # until a batch is on every host (OVN: 230 s at 10k in the first run)
@@ -169,7 +181,7 @@ def run_meshpeer(topo: Topology, size: int, count: int) -> dict[str, Any]:
     m = Measured()
     try:
         plan, _ = build.fresh(topo, LAB, progress=lambda _: None)
-        ctl = plan.controllers[0]
+        ctl = next(c for c in plan.controllers if c.name == topo.vpc("red").controller)
         client = controllers.client(plan, ctl, plan.api_token, timeout=300)
         t0 = time.monotonic()
         for lo in range(0, size, MAX_BATCH):
@@ -223,15 +235,19 @@ def ovn_port(i: int) -> tuple[str, str]:
 def run_ovn(topo: Topology, size: int, count: int) -> dict[str, Any]:
     m = Measured()
     try:
-        plan = ovn.up(dataclasses.replace(topo, controllers=()), LAB, progress=lambda _: None)
-        c = ovnplan.central(plan)
+        plan = ovn.up(topo, LAB, progress=lambda _: None)
+        zone = ovnplan.vpc_zones(topo)["red"]
+        c = ovnplan.central(plan, zone)
+        # whose own report counts: hv1 (b1's host) when it is in red's zone; else red's host
+        watch = "hv1" if ovnplan.host_zones(topo, plan)["hv1"] == zone else "hv2"
         ovn.sbctl(c, "chassis-add", FAKE_CHASSIS, "geneve", underlay_spare(plan))
         with ovnidl.nb(c.nb_sock) as nb, ovnidl.sb(c.sb_sock) as sb:
-            m.bulk, m.extra = ovn_batch(nb, sb, size)
-            m.add_s, host_ms = ovn_timed(nb, sb, size, count, delete=False)
+            m.bulk, m.extra = ovn_batch(nb, sb, size, watch)
+            m.add_s, host_ms = ovn_timed(nb, sb, size, count, watch, delete=False)
             m.extra["add_host_ms"] = ms([x / 1000 for x in host_ms])
-            m.delete_s, host_ms = ovn_timed(nb, sb, size, count, delete=True)
+            m.delete_s, host_ms = ovn_timed(nb, sb, size, count, watch, delete=True)
             m.extra["delete_host_ms"] = ms([x / 1000 for x in host_ms])
+            m.extra["host_watched"] = watch
         m.tcp_gbps = tcp(plan)
         hv1 = plan.host("hv1")
         m.flows_on_host = flows(hv1)
@@ -246,7 +262,9 @@ def run_ovn(topo: Topology, size: int, count: int) -> dict[str, Any]:
         ovn.down(LAB)
 
 
-def ovn_batch(nb: ovnidl.Db, sb: ovnidl.Db, size: int) -> tuple[dict[str, float], dict[str, Any]]:
+def ovn_batch(
+    nb: ovnidl.Db, sb: ovnidl.Db, size: int, watch: str
+) -> tuple[dict[str, float], dict[str, Any]]:
     """``size`` ports in one NB transaction (until ovn-northd has made their bindings), bound in
     one SB transaction, then synced until every chassis has applied them."""
     t0 = t1 = time.monotonic()
@@ -257,24 +275,24 @@ def ovn_batch(nb: ovnidl.Db, sb: ovnidl.Db, size: int) -> tuple[dict[str, float]
         ovnidl.bind(sb, {name for name, _ in ports}, FAKE_CHASSIS, timeout=BATCH_BUDGET)
     t2, wall2 = time.monotonic(), time.time()
     syncs, last = ovnidl.sync_hv(nb, BATCH_BUDGET)
-    hv1_ms = hv1_applied(sb, last)
+    hv1_ms = host_applied(sb, last, watch)
     bulk = {"create": t1 - t0, "bind": t2 - t1, "programmed": time.monotonic() - t2}
     # hv1's own report of the last sync, from the end of the bind (its nb_cfg_timestamp)
     extra = {"syncs": syncs, "programmed_hv1_s": round(hv1_ms / 1000 + last.wall - wall2, 2)}
     return bulk, extra
 
 
-def hv1_applied(sb: ovnidl.Db, a: ovnidl.Applied) -> int:
-    """ms from ``a``'s start until hv1 applied it, by hv1's ``Chassis_Private``."""
+def host_applied(sb: ovnidl.Db, a: ovnidl.Applied, host: str) -> int:
+    """ms from ``a``'s start until ``host`` applied it, by its ``Chassis_Private``."""
     assert a.nb_cfg is not None
-    return ovnidl.applied_at(sb, a.nb_cfg, a.wall)["hv1"]
+    return ovnidl.applied_at(sb, a.nb_cfg, a.wall)[host]
 
 
 def ovn_timed(
-    nb: ovnidl.Db, sb: ovnidl.Db, size: int, count: int, delete: bool
+    nb: ovnidl.Db, sb: ovnidl.Db, size: int, count: int, watch: str, delete: bool
 ) -> tuple[list[float], list[int]]:
     """``count`` ports added (or deleted) one at a time, each waited for as ``--wait=hv``:
-    seconds per change, and ms until hv1's own report."""
+    seconds per change, and ms until ``watch``'s own report."""
     total, host = [], []
     for i in range(size + 1, size + 1 + count):
         name, addresses = ovn_port(i)
@@ -286,7 +304,7 @@ def ovn_timed(
         a = ovnidl.commit(nb, change, "hv", timeout=60)
         assert a.wait_s is not None
         total.append(a.wait_s)
-        host.append(hv1_applied(sb, a))
+        host.append(host_applied(sb, a, watch))
     return total, host
 
 
@@ -329,33 +347,43 @@ def show(name: str, r: dict[str, Any]) -> None:
         print(f"  {'':<9} bulk s {r['bulk_s']}" + (f", {extra}" if extra else ""))
 
 
+def both(topo: Topology, size: int, count: int, what: str) -> dict[str, Any]:
+    """One row: meshpeer, then OVN, at ``size``."""
+    print(f"size {size}{what}: meshpeer ...", flush=True)
+    mp = run_meshpeer(topo, size, count)
+    print(f"size {size}{what}: OVN ...", flush=True)
+    ov = run_ovn(topo, size, count)
+    rt = ratios(mp, ov)
+    for name, r in (("meshpeer", mp), ("ovn", ov), ("ratio", rt)):
+        show(name, r)
+    return {"size": size, "meshpeer": mp, "ovn": ov, "ratio": rt}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="0,1000,5000,10000", help="peer endpoints, comma-separated")
     ap.add_argument("--meshpeer-only", default="", help="sizes for meshpeer alone, e.g. 50000")
+    ap.add_argument("--cross", default="", help="sizes across two shards / zones, e.g. 0,1000")
     ap.add_argument("--count", type=int, default=20, help="timed adds per size (>= 20)")
     ap.add_argument("--out", help="result file (default benchmarks/results/vs_ovn.json)")
     args = ap.parse_args()
     why = ovn.missing()
     if why:
         raise SystemExit(why)
-    topo = topology.parse(TOPOLOGY)
-    sizes = [int(s) for s in args.sizes.split(",") if s]
-    alone = [int(s) for s in args.meshpeer_only.split(",") if s]
+    topo, cross = topology.parse(TOPOLOGY), topology.parse(CROSS)
+    sizes, alone, across = (
+        [int(s) for s in x.split(",") if s] for x in (args.sizes, args.meshpeer_only, args.cross)
+    )
     m = common.machine(LAB)
     common.print_machine(m)
     rows: list[dict[str, Any]] = []
+    cross_rows: list[dict[str, Any]] = []
     t_run = time.monotonic()
     with common.LoadSampler() as load:
         for size in sizes:
-            print(f"size {size}: meshpeer ...", flush=True)
-            mp = run_meshpeer(topo, size, args.count)
-            print(f"size {size}: OVN ...", flush=True)
-            ov = run_ovn(topo, size, args.count)
-            rt = ratios(mp, ov)
-            rows.append({"size": size, "meshpeer": mp, "ovn": ov, "ratio": rt})
-            for name, r in (("meshpeer", mp), ("ovn", ov), ("ratio", rt)):
-                show(name, r)
+            rows.append(both(topo, size, args.count, ""))
+        for size in across:
+            cross_rows.append(both(cross, size, args.count, " across shards / zones"))
         for size in alone:
             print(f"size {size}: meshpeer alone ...", flush=True)
             mp = run_meshpeer(topo, size, args.count)
@@ -371,6 +399,7 @@ def main() -> None:
         "ovn_client": "ovs Python IDL (meshpeer/lab/ovnidl.py)",
         "count": args.count,
         "rows": rows,
+        "cross_rows": cross_rows,
     }
     common.write_json(result, args.out, "vs_ovn.json")
 
