@@ -275,10 +275,10 @@ def ovn_batch(
         ovnidl.bind(sb, {name for name, _ in ports}, FAKE_CHASSIS, timeout=BATCH_BUDGET)
     t2, wall2 = time.monotonic(), time.time()
     syncs, last = ovnidl.sync_hv(nb, BATCH_BUDGET)
-    hv1_ms = host_applied(sb, last, watch)
+    host_ms = host_applied(sb, last, watch)
     bulk = {"create": t1 - t0, "bind": t2 - t1, "programmed": time.monotonic() - t2}
-    # hv1's own report of the last sync, from the end of the bind (its nb_cfg_timestamp)
-    extra = {"syncs": syncs, "programmed_hv1_s": round(hv1_ms / 1000 + last.wall - wall2, 2)}
+    # the watched host's own report of the last sync, from the end of the bind
+    extra = {"syncs": syncs, "programmed_host_s": round(host_ms / 1000 + last.wall - wall2, 2)}
     return bulk, extra
 
 
@@ -342,7 +342,7 @@ def show(name: str, r: dict[str, Any]) -> None:
           f"batch s {r['batch_s']}, TCP Gbit/s {r['tcp_gbps']}"
           + (f", load {r['load']}" if "load" in r else ""))  # fmt: skip
     if "bulk_s" in r:
-        keys = ("syncs", "programmed_hv1_s", "add_host_ms", "delete_host_ms")
+        keys = ("syncs", "programmed_host_s", "add_host_ms", "delete_host_ms")
         extra = {k: r[k] for k in keys if k in r}
         print(f"  {'':<9} bulk s {r['bulk_s']}" + (f", {extra}" if extra else ""))
 
