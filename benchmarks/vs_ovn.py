@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -103,6 +104,12 @@ def endpoint(i: int) -> dict[str, Any]:
     }
 
 
+def on_switch(h: HostPlan, ip: str) -> bool:
+    """Whether ``h``'s br-int holds a flow that matches on or sets ``ip``: the switch's own
+    table as the ground truth behind both systems' waits."""
+    return re.search("=" + re.escape(ip) + "(?![0-9])", common.dump_flows(h)) is not None
+
+
 def flows(h: HostPlan) -> int:
     return sum(1 for ln in common.dump_flows(h).splitlines() if "cookie=" in ln)
 
@@ -129,6 +136,16 @@ class Measured:
     rss: float | None = None
     cold: float | None = None
     load: list[float] = dataclasses.field(default_factory=lambda: [load1()])
+    # after how many timed adds / deletes the watched host's switch agreed with the wait
+    switch_agrees: dict[str, int] = dataclasses.field(
+        default_factory=lambda: {"add": 0, "delete": 0, "of": 0}
+    )
+
+    def agree(self, added: bool, present: bool) -> None:
+        """One timed change checked on the switch: the address present after an add, gone
+        after a delete."""
+        self.switch_agrees["add" if added else "delete"] += present == added
+        self.switch_agrees["of"] += added
 
 
 def row(m: Measured) -> dict[str, Any]:
@@ -143,6 +160,7 @@ def row(m: Measured) -> dict[str, Any]:
         "rss_mib": None if m.rss is None else round(m.rss, 1),
         "cold_s": None if m.cold is None else round(m.cold, 3),
         "load": [*m.load, load1()],
+        "switch_agrees": m.switch_agrees,
         **m.extra,
     }
 
@@ -194,10 +212,12 @@ def run_meshpeer(topo: Topology, size: int, count: int) -> dict[str, Any]:
             if programmed(client, "post", endpoint(nxt - 1)):
                 break
         m.bulk = {"create": t1 - t0, "programmed": time.monotonic() - t1}
-        m.add_s = [timed(client, "post", i) for i in range(nxt, nxt + count)]
-        m.delete_s = [timed(client, "delete", i) for i in range(nxt, nxt + count)]
-        m.tcp_gbps = tcp(plan)
         hv1 = plan.host("hv1")
+        for verb, times in (("post", m.add_s), ("delete", m.delete_s)):
+            for i in range(nxt, nxt + count):
+                times.append(timed(client, verb, i))
+                m.agree(verb == "post", on_switch(hv1, endpoint(i)["ip"]))
+        m.tcp_gbps = tcp(plan)
         m.flows_on_host, m.rss = flows(hv1), common.rss_mib(common.ohc_pid(hv1))
         m.cold = cold_s(
             hv1, lambda: common.stop_ohc(plan, hv1), lambda: common.start_ohc(plan, hv1)
@@ -243,9 +263,10 @@ def run_ovn(topo: Topology, size: int, count: int) -> dict[str, Any]:
         ovn.sbctl(c, "chassis-add", FAKE_CHASSIS, "geneve", underlay_spare(plan))
         with ovnidl.nb(c.nb_sock) as nb, ovnidl.sb(c.sb_sock) as sb:
             m.bulk, m.extra = ovn_batch(nb, sb, size, watch)
-            m.add_s, host_ms = ovn_timed(nb, sb, size, count, watch, delete=False)
+            host = plan.host(watch)
+            m.add_s, host_ms = ovn_timed(nb, sb, size, count, host, m, delete=False)
             m.extra["add_host_ms"] = ms([x / 1000 for x in host_ms])
-            m.delete_s, host_ms = ovn_timed(nb, sb, size, count, watch, delete=True)
+            m.delete_s, host_ms = ovn_timed(nb, sb, size, count, host, m, delete=True)
             m.extra["delete_host_ms"] = ms([x / 1000 for x in host_ms])
             m.extra["host_watched"] = watch
         m.tcp_gbps = tcp(plan)
@@ -289,10 +310,16 @@ def host_applied(sb: ovnidl.Db, a: ovnidl.Applied, host: str) -> int:
 
 
 def ovn_timed(
-    nb: ovnidl.Db, sb: ovnidl.Db, size: int, count: int, watch: str, delete: bool
+    nb: ovnidl.Db,
+    sb: ovnidl.Db,
+    size: int,
+    count: int,
+    watch: HostPlan,
+    m: Measured,
+    delete: bool,
 ) -> tuple[list[float], list[int]]:
     """``count`` ports added (or deleted) one at a time, each waited for as ``--wait=hv``:
-    seconds per change, and ms until ``watch``'s own report."""
+    seconds per change, and ms until ``watch``'s own report; each checked on its switch."""
     total, host = [], []
     for i in range(size + 1, size + 1 + count):
         name, addresses = ovn_port(i)
@@ -304,7 +331,8 @@ def ovn_timed(
         a = ovnidl.commit(nb, change, "hv", timeout=60)
         assert a.wait_s is not None
         total.append(a.wait_s)
-        host.append(host_applied(sb, a, watch))
+        host.append(host_applied(sb, a, watch.name))
+        m.agree(not delete, on_switch(watch, addresses.split()[1]))
     return total, host
 
 
@@ -340,7 +368,8 @@ def show(name: str, r: dict[str, Any]) -> None:
     print(f"  {name:<9} add ms p50 (p99) {q('add_ms')}, delete {q('delete_ms')}, "
           f"flows on hv1 {r['flows_on_host']}, RSS MiB {r['rss_mib']}, cold s {r['cold_s']}, "
           f"batch s {r['batch_s']}, TCP Gbit/s {r['tcp_gbps']}"
-          + (f", load {r['load']}" if "load" in r else ""))  # fmt: skip
+          + (f", load {r['load']}" if "load" in r else "")
+          + (f", switch agrees {r['switch_agrees']}" if "switch_agrees" in r else ""))  # fmt: skip
     if "bulk_s" in r:
         keys = ("syncs", "programmed_host_s", "add_host_ms", "delete_host_ms")
         extra = {k: r[k] for k in keys if k in r}
