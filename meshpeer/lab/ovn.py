@@ -85,7 +85,7 @@ def up(topo: Topology, lab: str, progress: Progress = print) -> LabPlan:
         for z, c in enumerate(cs):
             wait_chassis(c, [h for h, hz in zones.items() if hz == z])
         if n > 1:
-            transit_switches(plan, topo, cs, ic)
+            transit_switches(topo, cs, ic)
         for z, c in enumerate(cs):
             nbctl(c, ovnplan.nb_commands(topo, plan, z), wait="hv")
         progress(f"[lab {lab}] ovn        {len(plan.hosts)} chassis in {n} zone(s), NB applied "
@@ -187,7 +187,7 @@ def start_ic(plan: LabPlan, c: Central, ic: Interconnect) -> None:
     supervisor.supervise(plan, _spec(c, c.netns, "ovn-ic", cmd))
 
 
-def transit_switches(plan: LabPlan, topo: Topology, cs: list[Central], ic: Interconnect) -> None:
+def transit_switches(topo: Topology, cs: list[Central], ic: Interconnect) -> None:
     """One transit switch per peering across zones, in the interconnection NB, until ovn-ic
     has made it a logical switch in every zone (bounded)."""
     names = [ovnplan.transit(a, b) for a, b in ovnplan.cross_pairs(topo)]
