@@ -12,18 +12,32 @@ stops each by pid and removes every namespace and link, also after a failed ``up
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
+from collections.abc import Callable
+from functools import partial
 
-from meshpeer.lab import build, hosts, ovs, supervisor, teardown
-from meshpeer.lab.ovnplan import NB_PORT, Central, Command, central, nb_commands, nbctl_args
+from meshpeer.lab import build, hosts, ovnplan, ovs, supervisor, teardown
+from meshpeer.lab.ovnplan import (
+    IC_NB_PORT,
+    IC_NB_SCHEMA,
+    IC_SB_PORT,
+    IC_SB_SCHEMA,
+    NB_PORT,
+    NB_SCHEMA,
+    SB_SCHEMA,
+    Central,
+    Command,
+    Interconnect,
+    nbctl_args,
+)
 from meshpeer.lab.plan import HostPlan, LabPlan
 from meshpeer.lab.progress import Progress
 from meshpeer.lab.sh import LabError, ip_batch, netns_cmd, run
 from meshpeer.lab.supervision import Spec
 from meshpeer.lab.topology import Topology
 
-NB_SCHEMA = "/usr/share/ovn/ovn-nb.ovsschema"
-SB_SCHEMA = "/usr/share/ovn/ovn-sb.ovsschema"
 # The SB server's and the hosts' probes: the 5 s defaults drop a busy ovn-controller (a big
 # batch) or a busy server; a dead peer is still found, a minute later.
 PROBE_MS = 60000
@@ -41,27 +55,41 @@ def missing() -> str | None:
     """Why OVN cannot run here (None when it can)."""
     import shutil
 
-    for tool in ("ovn-northd", "ovn-controller", "ovn-nbctl", "ovn-sbctl"):
+    for tool in ("ovn-northd", "ovn-controller", "ovn-nbctl", "ovn-sbctl", "ovn-ic"):
         if shutil.which(tool) is None:
             return f"OVN is not installed ({tool} missing; scripts/bootstrap installs it)"
     return None
 
 
 def up(topo: Topology, lab: str, progress: Progress = print) -> LabPlan:
-    """A fresh OVN lab for ``topo`` (which must have no controllers); cleaned up on failure."""
-    if topo.controllers:
-        raise LabError("an OVN lab has no meshpeer controllers: drop 'controllers' from it")
-    plan, _ = build.fresh(topo, lab, progress, tls=False)
+    """A fresh OVN lab for ``topo``; cleaned up on failure. Its controllers run nothing: each
+    one that owns VPCs is an availability zone (its own central databases and ovn-northd, the
+    chassis of its VMs' hosts), zones joined by ``ovn-ic`` (docs/ovn.md)."""
+    plan, _ = build.fresh(dataclasses.replace(topo, controllers=()), lab, progress, tls=False)
     try:
         t0 = time.monotonic()
-        c = central(plan)
-        _central_link(plan, c)
-        start_central(plan, c)
-        build.parallel(lambda h: start_host(plan, c, h), plan.hosts)
-        wait_chassis(c, [h.name for h in plan.hosts])
-        nbctl(c, nb_commands(topo, plan), wait="hv")
-        progress(f"[lab {lab}] ovn        {len(plan.hosts)} chassis, NB applied and on every "
-                 f"host ({time.monotonic() - t0:.2f}s)")  # fmt: skip
+        n = ovnplan.zone_count(topo)
+        zones = ovnplan.host_zones(topo, plan)
+        gws = set(ovnplan.gateways(topo, plan).values()) if n > 1 else set()
+        cs = [ovnplan.central(plan, z) for z in range(n)]
+        build.parallel(lambda e: _offload_off(*e), _host_mgmt_ends(plan))
+        for z, c in enumerate(cs):
+            _central_link(plan, c)
+            start_central(plan, c, ovnplan.zone_name(z) if n > 1 else "")
+        if n > 1:
+            ic = ovnplan.interconnect(plan)
+            start_interconnect(plan, ic)
+            for c in cs:
+                start_ic(plan, c, ic)
+        build.parallel(lambda h: start_host(plan, cs[zones[h.name]], h, h.name in gws), plan.hosts)
+        for z, c in enumerate(cs):
+            wait_chassis(c, [h for h, hz in zones.items() if hz == z])
+        if n > 1:
+            transit_switches(topo, cs, ic)
+        for z, c in enumerate(cs):
+            nbctl(c, ovnplan.nb_commands(topo, plan, z), wait="hv")
+        progress(f"[lab {lab}] ovn        {len(plan.hosts)} chassis in {n} zone(s), NB applied "
+                 f"and on every host ({time.monotonic() - t0:.2f}s)")  # fmt: skip
     except BaseException:
         progress(f"[lab {lab}] ovn up failed: removing what was created")
         down(lab)
@@ -84,46 +112,106 @@ def _central_link(plan: LabPlan, c: Central) -> None:
     ip_batch(["link set lo up", f"addr add {c.ip}/{prefix} dev mgmt0", "link set mgmt0 up"],
              netns=c.netns)  # fmt: skip
     # The SB session over veths: checksum offload off on every veth of the path (docs/ovn.md).
-    ends = [(c.netns, "mgmt0"), (fab, c.fabric_port)]
-    ends += [(h.netns, "mgmt0") for h in plan.hosts] + [(fab, f"m-{h.name}") for h in plan.hosts]
-    build.parallel(lambda e: _offload_off(*e), ends)
+    build.parallel(lambda e: _offload_off(*e), [(c.netns, "mgmt0"), (fab, c.fabric_port)])
+
+
+def _host_mgmt_ends(plan: LabPlan) -> list[tuple[str, str]]:
+    """Both ends of every host's management veth (its ovn-controller's SB session)."""
+    fab = plan.fabric_netns
+    return [(h.netns, "mgmt0") for h in plan.hosts] + [(fab, f"m-{h.name}") for h in plan.hosts]
 
 
 def _offload_off(netns: str, dev: str) -> None:
     run(["ethtool", "-K", dev, "tx", "off", "tso", "off", "gso", "off"], netns=netns)
 
 
-def _spec(netns: str, rundir: str, name: str, kind: str, cmd: list[str]) -> Spec:
-    full = [*cmd, f"--pidfile={rundir}/{kind}.pid", f"--log-file={rundir}/{kind}.log", *DAEMON_ARGS]
+def _spec(c: Central | Interconnect, netns: str, kind: str, cmd: list[str]) -> Spec:
+    d = c.rundir
+    full = [*cmd, f"--pidfile={d}/{kind}.pid", f"--log-file={d}/{kind}.log", *DAEMON_ARGS]
     return Spec(
-        name=name,
+        name=os.path.basename(d),  # ovnc, ovnc1, ..., ovnic: one per zone
         kind=kind,
         cmd=tuple(netns_cmd(netns, full)),
-        output=f"{rundir}/{kind}.log",
-        env=tuple(sorted(ovn_env(rundir).items())),
+        output=f"{d}/{kind}.log",
+        env=tuple(sorted(ovn_env(d).items())),
     )
 
 
-def start_central(plan: LabPlan, c: Central) -> None:
-    """NB and SB ovsdb-servers, then ovn-northd; the SB listens on the management network."""
+def _db_server(
+    plan: LabPlan, c: Central | Interconnect, netns: str, kind: str, schema: str, remotes: list[str]
+) -> None:
+    """One ovsdb-server for a fresh database made from ``schema``, supervised, until it
+    listens on its unix socket (``<rundir>/<kind>.sock``)."""
     d = c.rundir
     run(["mkdir", "-p", d])
-    for db, schema in (("ovnnb_db", NB_SCHEMA), ("ovnsb_db", SB_SCHEMA)):
-        run(["ovsdb-tool", "create", f"{d}/{db}.db", schema])
-    nb = ["ovsdb-server", f"{d}/ovnnb_db.db", f"--remote=punix:{c.nb_sock}",
-          f"--remote=ptcp:{NB_PORT}:{c.ip}", f"--unixctl={d}/ovnnb_db.ctl"]  # fmt: skip
-    sb = ["ovsdb-server", f"{d}/ovnsb_db.db", f"--remote=punix:{c.sb_sock}",
-          "--remote=db:OVN_Southbound,SB_Global,connections", f"--unixctl={d}/ovnsb_db.ctl"]  # fmt: skip
-    supervisor.supervise(plan, _spec(c.netns, d, "central", "ovn-nb", nb))
-    supervisor.supervise(plan, _spec(c.netns, d, "central", "ovn-sb", sb))
-    ovs.wait_socket(c.nb_sock)
-    ovs.wait_socket(c.sb_sock)
+    run(["ovsdb-tool", "create", f"{d}/{kind}.db", schema])
+    cmd = ["ovsdb-server", f"{d}/{kind}.db", f"--remote=punix:{d}/{kind}.sock", *remotes,
+           f"--unixctl={d}/{kind}.ctl"]  # fmt: skip
+    supervisor.supervise(plan, _spec(c, netns, kind, cmd))
+    ovs.wait_socket(f"{d}/{kind}.sock")
+
+
+def start_central(plan: LabPlan, c: Central, zone: str = "") -> None:
+    """NB and SB ovsdb-servers, then ovn-northd; the SB listens on the management network.
+    ``zone``: the availability zone's name (``NB_Global.name``, what ovn-ic knows it by)."""
+    _db_server(plan, c, c.netns, "ovnnb_db", NB_SCHEMA, [f"--remote=ptcp:{NB_PORT}:{c.ip}"])
+    sb_remotes = ["--remote=db:OVN_Southbound,SB_Global,connections"]
+    _db_server(plan, c, c.netns, "ovnsb_db", SB_SCHEMA, sb_remotes)
     run(["ovn-sbctl", f"--db=unix:{c.sb_sock}", f"--timeout={WAIT_S:.0f}",
          "--", "set-connection", c.sb_listen,
          "--", "set", "connection", ".", f"inactivity_probe={PROBE_MS}"])  # fmt: skip
+    if zone:
+        nbctl(c, [("init",), ("set", "NB_Global", ".", f"name={zone}")])
     northd = ["ovn-northd", f"--ovnnb-db=unix:{c.nb_sock}", f"--ovnsb-db=unix:{c.sb_sock}",
-              f"--unixctl={d}/ovn-northd.ctl"]  # fmt: skip
-    supervisor.supervise(plan, _spec(c.netns, d, "central", "ovn-northd", northd))
+              f"--unixctl={c.rundir}/ovn-northd.ctl"]  # fmt: skip
+    supervisor.supervise(plan, _spec(c, c.netns, "ovn-northd", northd))
+
+
+def start_interconnect(plan: LabPlan, ic: Interconnect) -> None:
+    """The interconnection NB and SB, in the first zone's namespace, on the management
+    network."""
+    netns = ovnplan.central(plan, 0).netns
+    for kind, schema, port in (
+        ("ovn_ic_nb_db", IC_NB_SCHEMA, IC_NB_PORT),
+        ("ovn_ic_sb_db", IC_SB_SCHEMA, IC_SB_PORT),
+    ):
+        _db_server(plan, ic, netns, kind, schema, [f"--remote=ptcp:{port}:{ic.ip}"])
+    run(["ovn-ic-nbctl", f"--db=unix:{ic.nb_sock}", f"--timeout={WAIT_S:.0f}", "init"])
+
+
+def start_ic(plan: LabPlan, c: Central, ic: Interconnect) -> None:
+    """Zone ``c``'s ovn-ic: its NB/SB by unix socket, the interconnection databases over TCP."""
+    cmd = ["ovn-ic", f"--ovnnb-db=unix:{c.nb_sock}", f"--ovnsb-db=unix:{c.sb_sock}",
+           f"--ic-nb-db={ic.nb_remote}", f"--ic-sb-db={ic.sb_remote}",
+           f"--unixctl={c.rundir}/ovn-ic.ctl"]  # fmt: skip
+    supervisor.supervise(plan, _spec(c, c.netns, "ovn-ic", cmd))
+
+
+def transit_switches(topo: Topology, cs: list[Central], ic: Interconnect) -> None:
+    """One transit switch per peering across zones, in the interconnection NB, until ovn-ic
+    has made it a logical switch in every zone (bounded)."""
+    names = [ovnplan.transit(a, b) for a, b in ovnplan.cross_pairs(topo)]
+    if not names:
+        return
+    args = [x for ts in names for x in ("--", "ts-add", ts)]
+    run(["ovn-ic-nbctl", f"--db=unix:{ic.nb_sock}", f"--timeout={WAIT_S:.0f}", *args])
+    for c in cs:
+        wait_for(partial(_has_switches, c, set(names)), f"transit switches {names} in {c.netns}")
+
+
+def _has_switches(c: Central, names: set[str]) -> bool:
+    cmd = ["ovn-nbctl", f"--db=unix:{c.nb_sock}", f"--timeout={WAIT_S:.0f}", "--bare",
+           "--columns=name", "list", "Logical_Switch"]  # fmt: skip
+    return names <= set(run(cmd, timeout=WAIT_S + 5).stdout.split())
+
+
+def wait_for(done: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
+    """Until ``done()`` (polled every 0.1 s); LabError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise LabError(f"not {what} after {timeout:.0f}s")
+        time.sleep(0.1)
 
 
 def controller_spec(plan: LabPlan, host: HostPlan) -> Spec:
@@ -139,13 +227,15 @@ def controller_spec(plan: LabPlan, host: HostPlan) -> Spec:
     )
 
 
-def start_host(plan: LabPlan, c: Central, host: HostPlan) -> None:
-    """Make ``host`` a chassis: its identity and tunnel endpoint in OVS, then ovn-controller."""
+def start_host(plan: LabPlan, c: Central, host: HostPlan, gateway: bool = False) -> None:
+    """Make ``host`` a chassis of ``c``'s zone: its identity and tunnel endpoint in OVS, then
+    ovn-controller. ``gateway``: its zone's interconnection gateway (``ovn-is-interconn``)."""
     ovs.vsctl(
         host, "set", "Open_vSwitch", ".",
         f"external_ids:system-id={host.name}", f"external_ids:ovn-remote={c.sb_remote}",
         "external_ids:ovn-encap-type=geneve", f"external_ids:ovn-encap-ip={host.underlay_ip}",
         f"external_ids:ovn-remote-probe-interval={PROBE_MS}", "external_ids:ovn-bridge=br-int",
+        f"external_ids:ovn-is-interconn={str(gateway).lower()}",
     )  # fmt: skip
     supervisor.supervise(plan, controller_spec(plan, host))
 
@@ -157,14 +247,11 @@ def sbctl(c: Central, *args: str, timeout: float = WAIT_S) -> str:
 
 def wait_chassis(c: Central, names: list[str], timeout: float = WAIT_S) -> None:
     """Until every host's ovn-controller has registered its chassis."""
-    deadline = time.monotonic() + timeout
-    got: set[str] = set()
-    while time.monotonic() < deadline:
-        got = set(sbctl(c, "--bare", "--columns=name", "list", "Chassis").split())
-        if got >= set(names):
-            return
-        time.sleep(0.1)
-    raise LabError(f"chassis not registered after {timeout}s: {sorted(set(names) - got)}")
+
+    def registered() -> bool:
+        return set(sbctl(c, "--bare", "--columns=name", "list", "Chassis").split()) >= set(names)
+
+    wait_for(registered, f"chassis {names} registered in {c.netns}", timeout)
 
 
 def nbctl(c: Central, commands: list[Command], wait: str = "", timeout: float = WAIT_S) -> str:

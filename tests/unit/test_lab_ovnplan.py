@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from meshpeer.lab import ovnplan, topology
 from meshpeer.lab.plan import make_plan
 
@@ -66,3 +68,69 @@ def test_router_port_macs_are_unique_unicast_and_local() -> None:
     macs = [c[3] for c in commands() if c[0] == "lrp-add"]
     assert len(set(macs)) == len(macs)
     assert all(int(m.split(":")[0], 16) & 0b11 == 0b10 for m in macs)
+
+
+ZONED_ENDPOINTS = [
+    {"name": "b1", "vpc": "blue", "host": "hv1", "ip": "10.1.0.11"},
+    {"name": "r1", "vpc": "red", "host": "hv2", "ip": "10.2.0.11"},
+    {"name": "g1", "vpc": "green", "host": "hv3", "ip": "10.3.0.11"},
+]
+ZONED = {
+    "controllers": [{"name": "ctl1"}, {"name": "ctl2"}],
+    "hosts": [{"name": "hv1"}, {"name": "hv2"}, {"name": "hv3"}],
+    "vpcs": [
+        {"name": "blue", "controller": "ctl1", "subnets": ["10.1.0.0/24"]},
+        {"name": "red", "controller": "ctl2", "subnets": ["10.2.0.0/24"]},
+        {"name": "green", "controller": "ctl2", "subnets": ["10.3.0.0/24"]},
+    ],
+    "endpoints": ZONED_ENDPOINTS,
+    "peerings": [
+        {"vpc": "blue", "peer": "red"},
+        {"vpc": "red", "peer": "blue"},
+        {"vpc": "red", "peer": "green"},
+        {"vpc": "green", "peer": "red"},
+    ],
+}
+
+
+def zoned() -> tuple[topology.Topology, list[list[ovnplan.Command]]]:
+    topo = topology.parse(ZONED)
+    plan = make_plan(topo, "t", 1)
+    return topo, [ovnplan.nb_commands(topo, plan, z) for z in range(ovnplan.zone_count(topo))]
+
+
+def test_each_shard_is_a_zone_holding_its_vpcs_and_the_hosts_of_their_vms() -> None:
+    topo, (az1, az2) = zoned()
+    plan = make_plan(topo, "t", 1)
+    assert ovnplan.vpc_zones(topo) == {"blue": 0, "red": 1, "green": 1}
+    assert ovnplan.host_zones(topo, plan) == {"hv1": 0, "hv2": 1, "hv3": 1}
+    assert ovnplan.gateways(topo, plan) == {0: "hv1", 1: "hv2"}
+    assert ("ls-add", "ls-blue") in az1 and ("ls-add", "ls-blue") not in az2
+    assert ("lsp-add", "ls-green", "g1") in az2 and ("lsp-add", "ls-green", "g1") not in az1
+    # red-green, inside zone 2: peer router ports, as without zones
+    assert any(c[:3] == ("lrp-add", "lr-red", "lrp-red-to-green") for c in az2)
+    assert ovnplan.cross_pairs(topo) == [("blue", "red")]
+
+
+def test_a_peering_across_zones_is_a_gateway_port_on_the_transit_switch_each_side() -> None:
+    _, (az1, az2) = zoned()
+    for cmds, me, other, ip, via, gw in (
+        (az1, "blue", "red", "100.64.0.1/30", "100.64.0.2", "hv1"),
+        (az2, "red", "blue", "100.64.0.2/30", "100.64.0.1", "hv2"),
+    ):
+        lrp = f"lrp-{me}-to-{other}"
+        add = next(c for c in cmds if c[:3] == ("lrp-add", f"lr-{me}", lrp))
+        assert add[4:] == (ip,), "no peer=: the other router is in the other zone"
+        assert ("lrp-set-gateway-chassis", lrp, gw, "1") in cmds
+        assert ("lsp-add", "ts-blue-red", f"lsp-{me}-to-{other}") in cmds
+        assert ("lsp-set-options", f"lsp-{me}-to-{other}", f"router-port={lrp}") in cmds
+        routes = [c[1:] for c in cmds if c[0] == "lr-route-add" and c[1] == f"lr-{me}"]
+        assert (f"lr-{me}", "10.2.0.0/24" if me == "blue" else "10.1.0.0/24", via) in routes
+
+
+def test_a_host_with_vms_of_two_zones_is_refused() -> None:
+    b2 = {"name": "b2", "vpc": "blue", "host": "hv2", "ip": "10.1.0.12"}
+    raw = {**ZONED, "endpoints": [*ZONED_ENDPOINTS, b2]}
+    topo = topology.parse(raw)
+    with pytest.raises(ValueError, match="hv2"):
+        ovnplan.host_zones(topo, make_plan(topo, "t", 1))
