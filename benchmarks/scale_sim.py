@@ -3,14 +3,17 @@
 Starts ``--shards`` real controller processes on 127.0.0.1, creates the scenario of
 benchmarks/sim/scenario.py (VPCs, peerings with a few export policies, hosts, endpoints), then
 runs simulated hosts in eventlet subprocesses (benchmarks/sim/simulator.py: a real
-``ohc.agent.Agent`` per host on ``StreamClient``, no OVS) and reports:
+``ohc.agent.Agent`` per host on ``ohc.clients.Channels``, one channel per host and shard, no
+OVS) and reports:
 
 - the per-write cost (in process, with cProfile's hot functions, and REST create latency);
 - convergence time of every host, controller CPU and RSS per phase;
 - bytes and objects each host received vs the full state (the "limited information" claim);
 - service sets published vs peerings (``GET /v1/multiplexer``: the multiplexer claim);
 - add-endpoint fan-out latency: REST call start until every host that must receive the new
-  endpoint has it in a destination replica (p50/p99 over ``--creates``).
+  endpoint has it in a destination replica (p50/p99 over ``--creates``);
+- connections the hosts hold (``connections.total``) and the shards' idle CPU with every host
+  connected at ``--heartbeat`` (``keepalive_cpu_core_fraction``).
 
     .venv/bin/python benchmarks/scale_sim.py --hosts 50 --vpcs 10 --endpoints 1000
     .venv/bin/python benchmarks/scale_sim.py --preset medium --json
@@ -409,6 +412,23 @@ def received(sims: Sims, full: dict[str, Any], needed: dict[str, int]) -> dict[s
     }
 
 
+def connections(sims: Sims, sc: Scenario) -> dict[str, Any]:
+    """The simulated hosts' connections now: sockets their processes hold (each one a
+    connection to a shard) and what their channels count."""
+    per = sims.ask({"cmd": "connections"})
+    total = {k: sum(p[k] for p in per) for k in per[0]}
+    reached = len(sc.hosts) * len(sc.shards)  # every host follows every shard's endpoint stream
+    return {
+        "total": total["sockets"],
+        "per": "channel (one per host and shard) + its control connection",
+        "hosts_x_shards": reached,
+        "limit": 2 * reached,
+        "channels": total["channels"],
+        "channel_sockets": total["channel_sockets"],
+        "channel_connects": total["channel_connects"],
+    }
+
+
 def _mmm(v: list[float]) -> dict[str, float]:
     return {"min": min(v), "median": statistics.median(v), "max": max(v)}
 
@@ -523,9 +543,11 @@ def run(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any]:
         result["convergence"] = converge(sims, sc, args.converge_timeout)
         c = result["convergence"]
         log(f"  converged {c['hosts_converged']}/{c['hosts']} hosts in {c['converge_s']:.1f} s")
-        # issue 11's figures: one HTTP connection per stream today (the simulated hosts', not
-        # counting the shards' federation streams), and the heartbeat they run at
-        result["connections"] = {"total": c["streams_followed"], "per": "stream"}
+        # issue 11's figures: the simulated hosts' connections to the shards (every socket
+        # their processes hold, counted by the kernel's fd table: one channel per host and
+        # shard plus its control requests' kept-alive connection), against the target of
+        # 2 x hosts x shards reached; and the heartbeat they run at
+        result["connections"] = connections(sims, sc)
         result["heartbeat_s"] = args.heartbeat
         after_conv = cluster.stats()
         sim_conv = proc_stats(sims.pids)
@@ -544,6 +566,11 @@ def run(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any]:
         sim_end = proc_stats(sims.pids)
         result["controllers"] = phase_table(
             base, after_load, after_conv, after_idle, after_fan, args.idle, result
+        )
+        # Shard CPU while every host is connected and nothing is written: keepalives and the
+        # shard's own timers, so an upper bound on what the keepalives cost (the busiest shard)
+        result["keepalive_cpu_core_fraction"] = max(
+            c["cpu_pct_idle"] / 100 for c in result["controllers"].values()
         )
         result["simulator"] = {
             "cpu_s_converge": sim_conv["cpu_s"],
@@ -626,6 +653,13 @@ def print_result(r: dict[str, Any]) -> None:
             f"multiplexer: {t['service_sets']} service sets, {t['services_published']} peer"
             f" services for {t['active_peerings']} ACTIVE peerings"
             f" (per peering would be {t['services_if_per_peering']})"
+        )
+    if "connections" in r:
+        cn = r["connections"]
+        print(
+            f"connections: {cn['total']} (limit 2 x hosts x shards = {cn.get('limit')}),"
+            f" {cn.get('channels')} channels; heartbeat {r.get('heartbeat_s')} s, shard CPU"
+            f" idle (keepalives) {r.get('keepalive_cpu_core_fraction', 0):.3f} of a core"
         )
     if "fanout" in r:
         f = r["fanout"]

@@ -58,10 +58,14 @@ EXPECTED = {
     ("GET", "/v1/multiplexer"),
     ("GET", "/v1/federation/vpcs/{vpc}"),
     ("GET", "/v1/subscribe"),
+    ("GET", "/v1/channel"),
+    ("POST", "/v1/channels/{channel}"),
 }
 NO_AUTH = {
     *PUBLIC,
     ("GET", "/v1/subscribe"),  # a credential and maybe a grant, checked by the handler
+    ("GET", "/v1/channel"),  # any credential: its subscriptions are checked one by one
+    ("POST", "/v1/channels/{channel}"),  # the channel's own credential, checked by the handler
 }
 
 
