@@ -36,6 +36,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -559,7 +560,10 @@ def run(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any]:
             log("  not converged (or --creates 0): no fan-out phase")
         else:
             log(f"fan-out: {args.creates} creates")
+            spies = profile(args.py_spy, cluster, sims, workdir, "fanout")
             result["fanout"] = fanout(cluster, sims, args.creates, args.fanout_timeout)
+            if spies:
+                result["fanout_profile"] = hot_frames(spies)
             f = result["fanout"]["all_hosts_ms"]
             log(f"  all hosts p50 {f.get('p50', 0):.1f} ms p99 {f.get('p99', 0):.1f} ms")
         after_fan = cluster.stats()
@@ -585,6 +589,56 @@ def run(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
     result["run_s"] = time.monotonic() - t_run
     return result
+
+
+def profile(
+    py_spy: str | None, cluster: Cluster, sims: Sims, workdir: Path, phase: str
+) -> dict[str, tuple[subprocess.Popen[bytes], Path]]:
+    """Start ``py-spy record`` (raw collapsed stacks, not pausing the process) on every shard
+    and simulator process; :func:`hot_frames` stops them and reads what they saw."""
+    if not py_spy:
+        return {}
+    pids = {n: c.pid for n, c in cluster.ctls.items()}
+    pids.update({f"sim{i}": pid for i, pid in enumerate(sims.pids)})
+    out = {}
+    for name, pid in pids.items():
+        path = workdir / f"{phase}-{name}.txt"
+        cmd = [py_spy, "record", "--pid", str(pid), "--format", "raw", "--nonblocking",
+               "--rate", "200", "-o", str(path)]  # fmt: skip
+        out[name] = (
+            subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+            path,
+        )
+    time.sleep(1.0)  # py-spy attaches
+    return out
+
+
+def hot_frames(
+    spies: dict[str, tuple[subprocess.Popen[bytes], Path]], top: int = 12
+) -> dict[str, Any]:
+    """Stop the recorders; per process, the share of samples each function is on the stack
+    of (its own line or below), the top ``top``, and the share spent idle in the hub."""
+    for proc, _ in spies.values():
+        proc.send_signal(signal.SIGINT)
+    out: dict[str, Any] = {}
+    for name, (proc, path) in spies.items():
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if not path.exists():
+            continue
+        total = 0
+        inclusive: dict[str, int] = {}
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            n = int(count)
+            total += n
+            for fn in {re.sub(r":\d+\)$", ")", f) for f in stack.split(";")[1:]}:
+                inclusive[fn] = inclusive.get(fn, 0) + n
+        best = sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]
+        out[name] = {"samples": total, "top": [[fn, round(n / max(total, 1), 3)] for fn, n in best]}
+    return out
 
 
 def phase_table(
@@ -712,6 +766,8 @@ def main() -> None:
     p.add_argument("--inproc-only", action="store_true", help="only the in-process cost profile")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, stores)")
     p.add_argument("--plain-http", action="store_true", help="plain HTTP instead of TLS")
+    p.add_argument("--py-spy", default="", help="py-spy binary: profile shards and simulators"
+                   " during the fan-out (result: fanout_profile, raw stacks in the work dir)")  # fmt: skip
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = p.parse_args()

@@ -16,6 +16,7 @@ from meshpeer.controller.peering import ACTIVE, INACTIVE
 from meshpeer.protocol import ServiceName, gateways
 from meshpeer.protocol import peering as peering_wire
 from meshpeer.protocol.messages import (
+    GRANT_RE,
     MAX_CHANNEL_ENTRIES,
     MAX_STATUS_SKIPPED,
     MAX_STATUS_STREAMS,
@@ -434,9 +435,17 @@ CHANNEL_FRAME = OneOf(
 CHANNEL_CONTROL = Obj(
     optional={
         "subscribe": Arr(
-            Free(
-                description="{sub, service, key, policy?, host?, since?, grant?}: the query of"
-                " /v1/subscribe, `since` an integer, a peer stream's `grant`"
+            Obj(
+                {"sub": _SUB, "service": _SERVICE, "key": PROTOCOL_NAME},
+                {
+                    "policy": PROTOCOL_NAME,
+                    "host": PROTOCOL_NAME,
+                    "since": Int(0, MAX_VERSION),
+                    "grant": Str(pattern=GRANT_RE.pattern),
+                },
+                name="ChannelSubscribe",
+                description="the query of /v1/subscribe (`since` an integer) and a peer"
+                " stream's `grant`",
             ),
             max_items=MAX_CHANNEL_ENTRIES,
         ),
