@@ -26,7 +26,6 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Collection
 from typing import Any
 
 import eventlet
@@ -48,16 +47,13 @@ from meshpeer.protocol.messages import (
     ServiceName,
     Snapshot,
 )
-from meshpeer.protocol.stream import ReplicaState, peer_dead
 from meshpeer.streaming.subscriber import (
-    DEFAULT_RETRY_CLOSE,
     MAX_ERROR_BODY,
     SLOW_STATUSES,
     Clock,
     Follower,
     Gate,
     Gated,
-    OnChange,
     Publisher,
     TransportError,
     body_for,
@@ -66,7 +62,7 @@ from meshpeer.streaming.subscriber import (
     error_detail,
     read_body,
     read_head,
-    recv_within,
+    receive,
 )
 
 log = logging.getLogger(__name__)
@@ -86,26 +82,18 @@ class Subscription(Follower):
         service: ServiceName,
         key: str,
         *,
-        policy: str | None = None,
-        host: str | None = None,
         auth: str | None = None,
-        on_change: OnChange | None = None,
-        on_close: Callable[[str], None] | None = None,
-        on_http_error: Callable[[int], None] | None = None,
-        retry_close_reasons: Collection[str] = DEFAULT_RETRY_CLOSE,
-        replica: ReplicaState | None = None,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            service, key, policy, host, on_change, on_close, on_http_error,
-            retry_close_reasons, replica,
-        )  # fmt: skip
+        """``options``: :class:`Follower`'s (policy, host, callbacks, retry_close_reasons,
+        replica); ``auth`` a peer stream's grant."""
+        super().__init__(service, key, **options)
         self.channel = channel
         self.timer: Any = None  # a pending retry
         self.set_auth(auth)
         self.sub_id: int | None = None  # its id on the channel's current connection
         self.active = False  # started, not stopped or ended
         self.failures = 0
-        self._finished: Any = None
 
     # --- the StreamClient interface --------------------------------------------------------
 
@@ -130,13 +118,6 @@ class Subscription(Follower):
         if self.active:
             self.channel._stop(self)
             self._end()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait until the subscription ends (stopped, or closed for good); True if it has."""
-        if self._finished is None:
-            return True
-        self._finished.wait(timeout)
-        return bool(self._finished.ready())
 
     def set_auth(self, auth: str | None) -> None:
         """Use ``auth`` (a peer stream's grant) from the next subscribe on; cuts a pending
@@ -400,10 +381,7 @@ class Channel(Gated):
                 decoder.feed(b"")  # raises now if a bad line followed the good ones
             if body.done:
                 raise TransportError("server ended the response")
-            now = self._clock()
-            if peer_dead(last_heard, now, self.heartbeat_timeout):
-                raise TransportError(f"nothing heard for {self.heartbeat_timeout}s")
-            received = recv_within(sock, last_heard + self.heartbeat_timeout - now + 0.001)
+            received = receive(sock, last_heard, self.heartbeat_timeout, self._clock)
             if received is None:
                 data = b""
                 continue

@@ -230,6 +230,15 @@ def recv_within(sock: Any, timeout: float) -> bytes | None:
     return data
 
 
+def receive(sock: Any, last_heard: float, timeout: float, clock: Clock) -> bytes | None:
+    """The next bytes of a stream heard from at ``last_heard``: b"" at EOF, None if nothing
+    came yet (ask again); TransportError once nothing was heard for ``timeout`` seconds."""
+    now = clock()
+    if peer_dead(last_heard, now, timeout):
+        raise TransportError(f"nothing heard for {timeout}s")
+    return recv_within(sock, last_heard + timeout - now + 0.001)
+
+
 @dataclass(frozen=True)
 class Publisher:
     """Where a subscriber connects: the publisher's ``url_base`` and the CA file that
@@ -401,13 +410,14 @@ class Follower:
         self,
         service: ServiceName,
         key: str,
-        policy: str | None,
-        host: str | None,
-        on_change: OnChange | None,
-        on_close: Callable[[str], None] | None,
-        on_http_error: Callable[[int], None] | None,
-        retry_close_reasons: Collection[str],
-        replica: ReplicaState | None,
+        *,
+        policy: str | None = None,
+        host: str | None = None,
+        on_change: OnChange | None = None,
+        on_close: Callable[[str], None] | None = None,
+        on_http_error: Callable[[int], None] | None = None,
+        retry_close_reasons: Collection[str] = DEFAULT_RETRY_CLOSE,
+        replica: ReplicaState | None = None,
     ) -> None:
         self.service = ServiceName(service)
         self.key = check_name("key", key)
@@ -434,10 +444,19 @@ class Follower:
         self.last_status: int | None = None
         self.closed_reason: str | None = None
 
+        self._finished: Any = None  # an Event, sent when it ends (stopped, closed for good)
+
     @property
     def version(self) -> int | None:
         """The last version fully applied (None before the first snapshot)."""
         return self.replica.version
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until it ends (stopped, or closed for good); True if it has."""
+        if self._finished is None:
+            return True
+        self._finished.wait(timeout)
+        return bool(self._finished.ready())
 
     def check_auth(self, auth: str | None) -> None:
         if auth is not None and not GRANT_RE.fullmatch(auth):
@@ -525,9 +544,16 @@ class StreamClient(Follower, Gated):
     ) -> None:
         self.publisher = Publisher.of(url_base, ca_file, heartbeat_timeout, backoff)
         super().__init__(
-            service, key, policy, host, on_change, on_close, on_http_error,
-            retry_close_reasons, replica,
-        )  # fmt: skip
+            service,
+            key,
+            policy=policy,
+            host=host,
+            on_change=on_change,
+            on_close=on_close,
+            on_http_error=on_http_error,
+            retry_close_reasons=retry_close_reasons,
+            replica=replica,
+        )
         self._path = self.publisher.base + "/v1/subscribe"
         Gated.__init__(self, gate)
         self.set_auth(auth)
@@ -544,7 +570,6 @@ class StreamClient(Follower, Gated):
         self._healthy = False
         self._stopping = False
         self._thread: Any = None
-        self._finished: Any = None
 
     # --- control ---------------------------------------------------------------------------
 
@@ -569,13 +594,6 @@ class StreamClient(Follower, Gated):
             thread.kill()
             if not self._finished.ready():  # killed before it ever ran
                 self._finished.send(None)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait until the green thread ends (e.g. after a Close); True if it has."""
-        if self._finished is None:
-            return True
-        self._finished.wait(timeout)
-        return bool(self._finished.ready())
 
     def set_auth(self, auth: str | None) -> None:
         """Use ``auth`` (a peer stream's grant, else the bearer credential) from the
@@ -690,10 +708,10 @@ class StreamClient(Follower, Gated):
             if body.done:
                 decoder.eof()
                 return _End("server ended the response")
-            now = self._clock()
-            if peer_dead(last_heard, now, self.heartbeat_timeout):
-                return _End(f"nothing heard for {self.heartbeat_timeout}s")
-            received = recv_within(sock, last_heard + self.heartbeat_timeout - now + 0.001)
+            try:
+                received = receive(sock, last_heard, self.heartbeat_timeout, self._clock)
+            except TransportError as exc:  # silence
+                return _End(str(exc))
             if received is None:
                 data = b""
                 continue
