@@ -3,14 +3,17 @@
 Starts ``--shards`` real controller processes on 127.0.0.1, creates the scenario of
 benchmarks/sim/scenario.py (VPCs, peerings with a few export policies, hosts, endpoints), then
 runs simulated hosts in eventlet subprocesses (benchmarks/sim/simulator.py: a real
-``ohc.agent.Agent`` per host on ``StreamClient``, no OVS) and reports:
+``ohc.agent.Agent`` per host on ``ohc.clients.Channels``, one channel per host and shard, no
+OVS) and reports:
 
 - the per-write cost (in process, with cProfile's hot functions, and REST create latency);
 - convergence time of every host, controller CPU and RSS per phase;
 - bytes and objects each host received vs the full state (the "limited information" claim);
 - service sets published vs peerings (``GET /v1/multiplexer``: the multiplexer claim);
 - add-endpoint fan-out latency: REST call start until every host that must receive the new
-  endpoint has it in a destination replica (p50/p99 over ``--creates``).
+  endpoint has it in a destination replica (p50/p99 over ``--creates``);
+- connections the hosts hold (``connections.total``) and the shards' idle CPU with every host
+  connected at ``--heartbeat`` (``keepalive_cpu_core_fraction``).
 
     .venv/bin/python benchmarks/scale_sim.py --hosts 50 --vpcs 10 --endpoints 1000
     .venv/bin/python benchmarks/scale_sim.py --preset medium --json
@@ -33,6 +36,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -409,6 +413,23 @@ def received(sims: Sims, full: dict[str, Any], needed: dict[str, int]) -> dict[s
     }
 
 
+def connections(sims: Sims, sc: Scenario) -> dict[str, Any]:
+    """The simulated hosts' connections now: sockets their processes hold (each one a
+    connection to a shard) and what their channels count."""
+    per = sims.ask({"cmd": "connections"})
+    total = {k: sum(p[k] for p in per) for k in per[0]}
+    reached = len(sc.hosts) * len(sc.shards)  # every host follows every shard's endpoint stream
+    return {
+        "total": total["sockets"],
+        "per": "channel (one per host and shard) + its control connection",
+        "hosts_x_shards": reached,
+        "limit": 2 * reached,
+        "channels": total["channels"],
+        "channel_sockets": total["channel_sockets"],
+        "channel_connects": total["channel_connects"],
+    }
+
+
 def _mmm(v: list[float]) -> dict[str, float]:
     return {"min": min(v), "median": statistics.median(v), "max": max(v)}
 
@@ -523,9 +544,11 @@ def run(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any]:
         result["convergence"] = converge(sims, sc, args.converge_timeout)
         c = result["convergence"]
         log(f"  converged {c['hosts_converged']}/{c['hosts']} hosts in {c['converge_s']:.1f} s")
-        # issue 11's figures: one HTTP connection per stream today (the simulated hosts', not
-        # counting the shards' federation streams), and the heartbeat they run at
-        result["connections"] = {"total": c["streams_followed"], "per": "stream"}
+        # issue 11's figures: the simulated hosts' connections to the shards (every socket
+        # their processes hold, counted by the kernel's fd table: one channel per host and
+        # shard plus its control requests' kept-alive connection), against the target of
+        # 2 x hosts x shards reached; and the heartbeat they run at
+        result["connections"] = connections(sims, sc)
         result["heartbeat_s"] = args.heartbeat
         after_conv = cluster.stats()
         sim_conv = proc_stats(sims.pids)
@@ -537,13 +560,21 @@ def run(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any]:
             log("  not converged (or --creates 0): no fan-out phase")
         else:
             log(f"fan-out: {args.creates} creates")
+            spies = profile(args.py_spy, cluster, sims, workdir, "fanout")
             result["fanout"] = fanout(cluster, sims, args.creates, args.fanout_timeout)
+            if spies:
+                result["fanout_profile"] = hot_frames(spies)
             f = result["fanout"]["all_hosts_ms"]
             log(f"  all hosts p50 {f.get('p50', 0):.1f} ms p99 {f.get('p99', 0):.1f} ms")
         after_fan = cluster.stats()
         sim_end = proc_stats(sims.pids)
         result["controllers"] = phase_table(
             base, after_load, after_conv, after_idle, after_fan, args.idle, result
+        )
+        # Shard CPU while every host is connected and nothing is written: keepalives and the
+        # shard's own timers, so an upper bound on what the keepalives cost (the busiest shard)
+        result["keepalive_cpu_core_fraction"] = max(
+            c["cpu_pct_idle"] / 100 for c in result["controllers"].values()
         )
         result["simulator"] = {
             "cpu_s_converge": sim_conv["cpu_s"],
@@ -558,6 +589,56 @@ def run(args: argparse.Namespace, sizes: Sizes) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
     result["run_s"] = time.monotonic() - t_run
     return result
+
+
+def profile(
+    py_spy: str | None, cluster: Cluster, sims: Sims, workdir: Path, phase: str
+) -> dict[str, tuple[subprocess.Popen[bytes], Path]]:
+    """Start ``py-spy record`` (raw collapsed stacks, not pausing the process) on every shard
+    and simulator process; :func:`hot_frames` stops them and reads what they saw."""
+    if not py_spy:
+        return {}
+    pids = {n: c.pid for n, c in cluster.ctls.items()}
+    pids.update({f"sim{i}": pid for i, pid in enumerate(sims.pids)})
+    out = {}
+    for name, pid in pids.items():
+        path = workdir / f"{phase}-{name}.txt"
+        cmd = [py_spy, "record", "--pid", str(pid), "--format", "raw", "--nonblocking",
+               "--rate", "200", "-o", str(path)]  # fmt: skip
+        out[name] = (
+            subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+            path,
+        )
+    time.sleep(1.0)  # py-spy attaches
+    return out
+
+
+def hot_frames(
+    spies: dict[str, tuple[subprocess.Popen[bytes], Path]], top: int = 12
+) -> dict[str, Any]:
+    """Stop the recorders; per process, the share of samples each function is on the stack
+    of (its own line or below), the top ``top``, and the share spent idle in the hub."""
+    for proc, _ in spies.values():
+        proc.send_signal(signal.SIGINT)
+    out: dict[str, Any] = {}
+    for name, (proc, path) in spies.items():
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if not path.exists():
+            continue
+        total = 0
+        inclusive: dict[str, int] = {}
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            n = int(count)
+            total += n
+            for fn in {re.sub(r":\d+\)$", ")", f) for f in stack.split(";")[1:]}:
+                inclusive[fn] = inclusive.get(fn, 0) + n
+        best = sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]
+        out[name] = {"samples": total, "top": [[fn, round(n / max(total, 1), 3)] for fn, n in best]}
+    return out
 
 
 def phase_table(
@@ -627,6 +708,13 @@ def print_result(r: dict[str, Any]) -> None:
             f" services for {t['active_peerings']} ACTIVE peerings"
             f" (per peering would be {t['services_if_per_peering']})"
         )
+    if "connections" in r:
+        cn = r["connections"]
+        print(
+            f"connections: {cn['total']} (limit 2 x hosts x shards = {cn.get('limit')}),"
+            f" {cn.get('channels')} channels; heartbeat {r.get('heartbeat_s')} s, shard CPU"
+            f" idle (keepalives) {r.get('keepalive_cpu_core_fraction', 0):.3f} of a core"
+        )
     if "fanout" in r:
         f = r["fanout"]
         a, p, rest = f["all_hosts_ms"], f["per_host_ms"], f["rest_create_ms"]
@@ -678,6 +766,8 @@ def main() -> None:
     p.add_argument("--inproc-only", action="store_true", help="only the in-process cost profile")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, stores)")
     p.add_argument("--plain-http", action="store_true", help="plain HTTP instead of TLS")
+    p.add_argument("--py-spy", default="", help="py-spy binary: profile shards and simulators"
+                   " during the fan-out (result: fanout_profile, raw stacks in the work dir)")  # fmt: skip
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = p.parse_args()

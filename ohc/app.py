@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import functools
 import gc
 import json
 import logging
@@ -39,7 +38,7 @@ from meshpeer.protocol import ServiceName
 from meshpeer.protocol.gateways import HOST_ROLES, choice
 from ohc import nd, ofio, ports, reporting, status
 from ohc.agent import Agent
-from ohc.clients import stream_client
+from ohc.clients import Channels
 from ohc.cookies import Kind, kind_of
 from ohc.engine import FlowEngine
 from ohc.metrics import OhcMetrics
@@ -100,7 +99,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             urls,
             self.directory.url_of,
             conf.api_token,
-            functools.partial(stream_client, credential=conf.api_token, ca_file=conf.ca_file),
+            Channels(conf.api_token, ca_file=conf.ca_file),
             self._update,
         )
         self.reporter = reporting.Reporter(

@@ -1,40 +1,66 @@
-"""The stream client an OHC (or a simulated host) uses for one subscription."""
+"""The stream clients an OHC (or a simulated host) uses: one channel per shard, carrying all
+of the host's subscriptions to that shard (docs/protocol.md, "Channels")."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from meshpeer.streaming.subscriber import Gate, StreamClient
+from meshpeer.streaming.channel import Channel, Subscription
+from meshpeer.streaming.subscriber import Gate
 from ohc.subscriptions import Sub
 
 
-def stream_client(
-    sub: Sub,
-    auth: str,
-    on_change: Any,
-    on_close: Any,
-    on_http_error: Any = None,
-    heartbeat_timeout: float = 15.0,
-    gate: Gate | None = None,
-    credential: str | None = None,
-    ca_file: str | None = None,
-) -> StreamClient:
-    """``gate``: shared by the clients of a process that starts many streams at once (the
-    scale simulation), to bound its connection attempts in flight. ``credential``: the host's
-    own, presented with a peer stream's grant (``auth``) so the grant is checked against it.
-    ``ca_file``: verifies the shards' certificates (https:// URLs)."""
-    return StreamClient(
-        sub.url,
-        sub.service,
-        sub.key,
-        policy=sub.policy,
-        host=sub.host,
-        auth=auth,
-        credential=credential,
-        on_change=on_change,
-        on_close=on_close,
-        on_http_error=on_http_error,
-        heartbeat_timeout=heartbeat_timeout,
-        gate=gate,
-        ca_file=ca_file,
-    )
+class Channels:
+    """A client factory for ``ohc.agent.Agent``: each subscription rides the channel of its
+    shard's URL, opened with the host's own ``credential`` (a peer stream's grant goes with
+    its subscription). ``gate``: shared by the channels of a process that opens many at once
+    (the scale simulation), to bound its connection attempts in flight. ``ca_file``: verifies
+    the shards' certificates (https:// URLs)."""
+
+    def __init__(
+        self,
+        credential: str,
+        *,
+        ca_file: str | None = None,
+        heartbeat_timeout: float = 15.0,
+        gate: Gate | None = None,
+    ) -> None:
+        self.credential = credential
+        self.ca_file = ca_file
+        self.heartbeat_timeout = heartbeat_timeout
+        self.gate = gate
+        self.channels: dict[str, Channel] = {}
+
+    def channel(self, url: str) -> Channel:
+        found = self.channels.get(url)
+        if found is None:
+            found = self.channels[url] = Channel(
+                url,
+                self.credential,
+                heartbeat_timeout=self.heartbeat_timeout,
+                gate=self.gate,
+                ca_file=self.ca_file,
+            )
+        return found
+
+    def __call__(
+        self, sub: Sub, auth: str, on_change: Any, on_close: Any, on_http_error: Any = None
+    ) -> Subscription:
+        return self.channel(sub.url).subscription(
+            sub.service,
+            sub.key,
+            policy=sub.policy,
+            host=sub.host,
+            auth=auth,
+            on_change=on_change,
+            on_close=on_close,
+            on_http_error=on_http_error,
+        )
+
+    def sockets(self) -> int:
+        """Connections open now, over every channel."""
+        return sum(c.sockets() for c in self.channels.values())
+
+    def stop(self) -> None:
+        for channel in self.channels.values():
+            channel.stop()

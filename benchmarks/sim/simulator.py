@@ -1,7 +1,8 @@
 """Simulated hosts: one process, one eventlet green thread per stream, no OVS.
 
-Each simulated host is a real ``ohc.agent.Agent`` with ``StreamClient`` as its client factory
-(as ``ohc/app.py`` does), so it follows exactly the streams a real OHC would. Nothing is
+Each simulated host is a real ``ohc.agent.Agent`` with ``ohc.clients.Channels`` as its client
+factory (as ``ohc/app.py`` does: one channel per shard), so it follows exactly the streams a
+real OHC would, on the connections a real OHC opens. Nothing is
 compiled or programmed. Run by benchmarks/scale_sim.py as
 
     python -m sim.simulator CONFIG.json
@@ -13,6 +14,7 @@ It reads one JSON command per line on stdin and answers one JSON line on stdout:
   a destination stream of that VPC first contains that endpoint name.
 - ``{"cmd": "arrivals"}``: those times, ``{"vpc/name": {host: t}}``.
 - ``{"cmd": "received"}``: per host, ``Agent.received()`` totals (bytes, objects) and per service.
+- ``{"cmd": "connections"}``: sockets open in this process (from /proc) and channels' counters.
 - ``{"cmd": "stop"}``: stop every client and exit.
 """
 
@@ -23,6 +25,7 @@ import eventlet
 eventlet.monkey_patch()
 
 import json  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
@@ -35,9 +38,9 @@ from meshpeer.directory import parse_directory  # noqa: E402
 from meshpeer.protocol import ServiceName  # noqa: E402
 from meshpeer.protocol.messages import Delta, Snapshot  # noqa: E402
 from meshpeer.protocol.stream import ReplicaState  # noqa: E402
-from meshpeer.streaming.subscriber import StreamClient  # noqa: E402
+from meshpeer.streaming.channel import Subscription  # noqa: E402
 from ohc.agent import Agent  # noqa: E402
-from ohc.clients import stream_client  # noqa: E402
+from ohc.clients import Channels  # noqa: E402
 from ohc.subscriptions import Sub  # noqa: E402
 
 
@@ -55,6 +58,7 @@ class Sim:
         connecting = int(conf.get("max_connecting", 0))
         self.gate = Semaphore(connecting) if connecting > 0 else None
         self.agents: dict[str, Agent] = {}
+        self.channels: dict[str, Channels] = {}
         self.watched: set[tuple[str, str]] = set()  # (vpc, endpoint name)
         self.arrivals: dict[tuple[str, str], dict[str, float]] = {}
 
@@ -68,25 +72,23 @@ class Sim:
                 eventlet.sleep(0)
 
     def _factory(self, host: str) -> Any:
-        def make(sub: Sub, auth: str, on_change: Any, on_close: Any, on_error: Any) -> StreamClient:
+        # Each host presents its own credential, and each peer stream's grant with its
+        # subscription (docs/security.md), over TLS verified by the CA file, as an OHC does.
+        channels = Channels(
+            self.credentials[host],
+            ca_file=self.ca_file,
+            heartbeat_timeout=self.heartbeat_timeout,
+            gate=self.gate,
+        )
+        self.channels[host] = channels
+
+        def make(sub: Sub, auth: str, on_change: Any, on_close: Any, on_error: Any) -> Subscription:
             def changed(replica: ReplicaState, msg: Any) -> None:
                 if self.watched and sub.service == ServiceName.DESTINATION:
                     self._seen(host, sub.key, msg)
                 on_change(replica, msg)
 
-            # Each host presents its own credential, and each peer stream's grant beside it
-            # (docs/security.md), over TLS verified by the CA file, as an OHC does.
-            return stream_client(
-                sub,
-                auth,
-                changed,
-                on_close,
-                on_error,
-                self.heartbeat_timeout,
-                gate=self.gate,
-                credential=self.credentials[host],
-                ca_file=self.ca_file,
-            )
+            return channels(sub, auth, changed, on_close, on_error)
 
         return make
 
@@ -137,6 +139,25 @@ class Sim:
             }
         return out
 
+    def connections(self) -> dict[str, Any]:
+        """Sockets this process holds open (every one a connection to a shard), counted by
+        the kernel's file table, and what the channels say they hold."""
+        fds = os.listdir("/proc/self/fd")
+        sockets = 0
+        for fd in fds:
+            try:
+                sockets += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+            except OSError:
+                continue
+        channels = [c for ch in self.channels.values() for c in ch.channels.values()]
+        return {
+            "sockets": sockets,
+            "channel_sockets": sum(c.sockets() for c in channels),
+            "channels": len(channels),
+            "channel_connects": sum(c.connects for c in channels),
+            "keepalives_received": sum(c.keepalives_received for c in channels),
+        }
+
     def handle(self, cmd: dict[str, Any]) -> dict[str, Any]:
         name = cmd.get("cmd")
         if name == "status":
@@ -151,6 +172,8 @@ class Sim:
             return {"arrivals": {f"{v}/{e}": self.arrivals.get((v, e), {}) for v, e in keys}}
         if name == "received":
             return {"received": self.received()}
+        if name == "connections":
+            return self.connections()
         if name == "stop":
             for agent in self.agents.values():
                 agent.stop()

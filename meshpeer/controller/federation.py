@@ -1,8 +1,10 @@
 """Federation between shards: follow the views of remote peer VPCs, and ask for one now.
 
 A shard needs the federation view of every remote VPC that one of its VPCs peers with. It
-keeps one stream per such VPC (resumable, fail static: the last view stays while the peer
-shard is unreachable), and starts or stops streams as local peerings come and go.
+keeps one subscription per such VPC (resumable, fail static: the last view stays while the
+peer shard is unreachable), all of them to one shard on one channel (one connection and one
+keepalive per peer shard, docs/protocol.md "Channels"), and starts or stops subscriptions as
+local peerings come and go.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from meshpeer.controller.auth import shard_token
 from meshpeer.controller.shard import ShardState
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.stream import ReplicaState
-from meshpeer.streaming.subscriber import StreamClient
+from meshpeer.streaming.channel import Channel, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +28,10 @@ class Federation:
         self.shard = shard
         self.timeout = timeout
         self.ca_file = ca_file
-        self.clients: dict[str, StreamClient] = {}
+        self.clients: dict[str, Subscription] = {}
         # This shard's own federation credential (meshpeer.controller.auth).
         self.credential = shard_token(shard.name, shard.directory.federation_token)
+        self.channels: dict[str, Channel] = {}  # by peer shard URL
         shard.listeners.append(self.sync)
 
     def sync(self) -> None:
@@ -36,14 +39,13 @@ class Federation:
         wanted = self.shard.remote_peer_vpcs()
         for vpc in sorted(wanted - set(self.clients)):
             url = self.shard.directory.url_of(vpc)
-            client = StreamClient(
-                url,
-                ServiceName.FEDERATION,
-                vpc,
-                auth=self.credential,
-                on_change=self._on_change(vpc),
-                heartbeat_timeout=15.0,
-                ca_file=self.ca_file,
+            channel = self.channels.get(url)
+            if channel is None:
+                channel = self.channels[url] = Channel(
+                    url, self.credential, heartbeat_timeout=15.0, ca_file=self.ca_file
+                )
+            client = channel.subscription(
+                ServiceName.FEDERATION, vpc, on_change=self._on_change(vpc)
             )
             self.clients[vpc] = client
             client.start()
@@ -74,3 +76,6 @@ class Federation:
         for client in self.clients.values():
             client.stop()
         self.clients.clear()
+        for channel in self.channels.values():
+            channel.stop()
+        self.channels.clear()

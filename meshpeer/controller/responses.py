@@ -16,9 +16,12 @@ from meshpeer.controller.peering import ACTIVE, INACTIVE
 from meshpeer.protocol import ServiceName, gateways
 from meshpeer.protocol import peering as peering_wire
 from meshpeer.protocol.messages import (
+    GRANT_RE,
+    MAX_CHANNEL_ENTRIES,
     MAX_STATUS_SKIPPED,
     MAX_STATUS_STREAMS,
     MAX_STATUS_TEXT,
+    MAX_SUB,
     MAX_VERSION,
     NAME_RE,
 )
@@ -403,4 +406,64 @@ STREAM_MESSAGE = OneOf(
     ),
     description="One NDJSON line of a subscription: a snapshot first, then deltas and"
     " heartbeats (docs/protocol.md)",
+)
+_SUB = Int(0, MAX_SUB, description="the subscription's id on its channel")
+CHANNEL_FRAME = OneOf(
+    (
+        Obj({"type": Str(enum=("keepalive",)), "now": Num()}, name="Keepalive"),
+        Obj(
+            {"sub": _SUB, "type": Str(enum=("snapshot", "delta", "heartbeat", "close", "error"))},
+            {
+                "service": _SERVICE,
+                "key": PROTOCOL_NAME,
+                "version": VERSION,
+                "objects": _OBJECTS,
+                "upserts": _OBJECTS,
+                "deletes": Arr(Str()),
+                "now": Num(),
+                "reason": Str(),
+                "code": Str(),
+                "detail": Str(),
+            },
+            name="ChannelFrame",
+            description="a StreamMessage of subscription `sub`",
+        ),
+    ),
+    description="One NDJSON line of a channel: a keepalive, or a subscription's message with"
+    " its `sub` (docs/protocol.md)",
+)
+CHANNEL_CONTROL = Obj(
+    optional={
+        "subscribe": Arr(
+            Obj(
+                {"sub": _SUB, "service": _SERVICE, "key": PROTOCOL_NAME},
+                {
+                    "policy": PROTOCOL_NAME,
+                    "host": PROTOCOL_NAME,
+                    "since": Int(0, MAX_VERSION),
+                    "grant": Str(pattern=GRANT_RE.pattern),
+                },
+                name="ChannelSubscribe",
+                description="the query of /v1/subscribe (`since` an integer) and a peer"
+                " stream's `grant`",
+            ),
+            max_items=MAX_CHANNEL_ENTRIES,
+        ),
+        "unsubscribe": Arr(_SUB, max_items=MAX_CHANNEL_ENTRIES),
+    },
+    name="ChannelControl",
+)
+CHANNEL_RESULTS = Obj(
+    {
+        "results": Arr(
+            Obj(
+                {"sub": _SUB, "status": Int(200, 599)},
+                {"error": Str(), "field": Nullable(Str()), "detail": Str()},
+                name="ChannelResult",
+                description="200: subscribed, its frames follow on the channel; else the"
+                " status and error body GET /v1/subscribe would have answered",
+            )
+        )
+    },
+    name="ChannelResults",
 )

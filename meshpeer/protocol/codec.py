@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import math
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from meshpeer.protocol.messages import (
     MAX_VERSION,
@@ -18,13 +19,16 @@ from meshpeer.protocol.messages import (
     Close,
     Delta,
     ErrorMsg,
+    Frame,
     Heartbeat,
     JsonObject,
+    Keepalive,
     Message,
     ProtocolError,
     ServiceName,
     Snapshot,
     check_name,
+    check_sub,
 )
 
 DEFAULT_MAX_LINE = 32 * 1024 * 1024
@@ -64,8 +68,29 @@ def to_wire(msg: Message) -> dict[str, Any]:
 
 def encode(msg: Message) -> bytes:
     """One NDJSON line: compact separators, sorted keys, ASCII only, trailing newline."""
-    text = json.dumps(to_wire(msg), separators=(",", ":"), sort_keys=True, allow_nan=False)
+    return encode_json(to_wire(msg))
+
+
+def encode_keepalive(now: float) -> bytes:
+    """A channel's keepalive line."""
+    return encode_json({"type": "keepalive", "now": now})
+
+
+def encode_json(doc: dict[str, Any]) -> bytes:
+    text = json.dumps(doc, separators=(",", ":"), sort_keys=True, allow_nan=False)
     return text.encode("ascii") + b"\n"
+
+
+def sub_prefix(sub: int) -> bytes:
+    """What :func:`frame` puts before a message's members: ``{"sub":N,``."""
+    return b'{"sub":%d,' % sub
+
+
+def frame(prefix: bytes, line: bytes) -> bytes:
+    """A message line (from :func:`encode`) as a frame of the subscription whose
+    :func:`sub_prefix` is ``prefix``: the same object with ``sub`` as its first member. The
+    message is encoded once and shared by every subscriber; only these bytes differ."""
+    return prefix + line[1:]
 
 
 _FIELDS: dict[str, frozenset[str]] = {
@@ -176,10 +201,9 @@ def _no_constants(name: str) -> Any:
     raise ProtocolError("json", f"{name} is not allowed")
 
 
-def decode_line(line: bytes) -> Message:
-    """Decode one line (without its newline)."""
+def _load(line: bytes) -> Any:
     try:
-        doc = json.loads(
+        return json.loads(
             line.decode("utf-8"),
             object_pairs_hook=_no_duplicates,
             parse_constant=_no_constants,
@@ -188,28 +212,57 @@ def decode_line(line: bytes) -> Message:
         raise
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError, int digits
         raise ProtocolError("json", f"malformed line: {str(exc)[:128]}") from None
-    return from_wire(doc)
 
 
-class Decoder:
-    """Incremental NDJSON decoder; feed it bytes in any split, get whole messages back.
+def decode_line(line: bytes) -> Message:
+    """Decode one line (without its newline)."""
+    return from_wire(_load(line))
+
+
+def decode_frame(line: bytes) -> Frame:
+    """Decode one line of a channel (without its newline): a message with its ``sub``, or a
+    keepalive or channel error without one."""
+    doc = _load(line)
+    sub = None
+    if isinstance(doc, dict) and "sub" in doc:
+        sub = check_sub("sub", doc.pop("sub"))
+    if isinstance(doc, dict) and doc.get("type") == "keepalive":
+        if sub is not None or doc.keys() != {"type", "now"}:
+            raise ProtocolError("keepalive", "missing or unknown field")
+        now = doc["now"]
+        if type(now) not in (int, float) or not math.isfinite(now):
+            raise ProtocolError("now", "must be a finite number")
+        return Frame(None, Keepalive(float(now)), len(line) + 1)
+    msg = from_wire(doc)
+    if sub is None and not isinstance(msg, ErrorMsg):
+        raise ProtocolError("sub", f"a {type(msg).__name__.lower()} frame needs a sub")
+    return Frame(sub, msg, len(line) + 1)
+
+
+T = TypeVar("T")
+
+
+class LineDecoder(Generic[T]):
+    """Incremental NDJSON decoder; feed it bytes in any split, get whole lines back as
+    ``parse`` makes them.
 
     A line longer than ``max_line`` bytes is rejected as soon as that many bytes are buffered
     without a newline, so memory stays bounded by ``max_line`` plus one chunk.
     """
 
-    def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
+    def __init__(self, parse: Callable[[bytes], T], max_line: int = DEFAULT_MAX_LINE) -> None:
+        self._parse = parse
         self.max_line = max_line
         self._buf = bytearray()
         self._scanned = 0  # bytes of _buf already known to hold no newline
         self._failed: ProtocolError | None = None
 
-    def feed(self, data: bytes) -> list[Message]:
+    def feed(self, data: bytes) -> list[T]:
         """Buffer ``data``; return every message completed by it, in order."""
         if self._failed is not None:
             raise self._failed
         self._buf += data
-        out: list[Message] = []
+        out: list[T] = []
         try:
             while (end := self._buf.find(b"\n", self._scanned)) >= 0:
                 if end > self.max_line:
@@ -217,7 +270,7 @@ class Decoder:
                 line = bytes(self._buf[:end])
                 del self._buf[: end + 1]
                 self._scanned = 0
-                out.append(decode_line(line))
+                out.append(self._parse(line))
             self._scanned = len(self._buf)
             if self._scanned > self.max_line:
                 raise ProtocolError("line", f"longer than {self.max_line} bytes")
@@ -234,3 +287,17 @@ class Decoder:
             self._failed = ProtocolError("line", "stream ended inside a line")
         if self._failed is not None:
             raise self._failed
+
+
+class Decoder(LineDecoder[Message]):
+    """The decoder of one subscription stream (``GET /v1/subscribe``): messages."""
+
+    def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
+        super().__init__(decode_line, max_line)
+
+
+class FrameDecoder(LineDecoder[Frame]):
+    """The decoder of a channel: frames."""
+
+    def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
+        super().__init__(decode_frame, max_line)

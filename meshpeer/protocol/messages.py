@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -26,6 +26,12 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 OBJECT_ID_RE = re.compile(r"[!-~]{1,256}")
 """Object ids: 1-256 printable ASCII chars without spaces (IPs, CIDRs, uuids)."""
 GRANT_HEADER = "Meshpeer-Grant"  # a peer stream's grant; Authorization says who presents it
+CHANNEL_HEADER = "Meshpeer-Channel"  # the id of a channel, in its stream's response head
+CHANNEL_ID_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+MAX_SUB = 2**31 - 1
+"""Subscription ids on a channel: integers in [0, MAX_SUB], chosen by the subscriber."""
+MAX_CHANNEL_ENTRIES = 4096
+"""Subscribes plus unsubscribes in one channel control request."""
 GRANT_RE = re.compile(r"[A-Za-z0-9._-]{1,2048}")
 # Any bearer credential (operator token, host or shard credential, grant): printable ASCII.
 TOKEN_RE = re.compile(r"[!-~]{1,4096}")
@@ -111,6 +117,24 @@ Message = Snapshot | Delta | Heartbeat | Close | ErrorMsg
 
 
 @dataclass(frozen=True)
+class Keepalive:
+    """A channel's liveness frame: one per connection, not per subscription (``now``: the
+    publisher's clock, informational)."""
+
+    now: float
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One line of a channel: a message of subscription ``sub``, or (``sub`` None) a
+    keepalive or an error of the whole channel. ``size``: the line's bytes with its newline."""
+
+    sub: int | None
+    msg: Message | Keepalive
+    size: int
+
+
+@dataclass(frozen=True)
 class SubscribeRequest:
     """A validated ``GET /v1/subscribe`` request."""
 
@@ -140,6 +164,25 @@ class StreamId(NamedTuple):
     def of(cls, request: SubscribeRequest) -> StreamId:
         """The stream a validated subscribe request asks for."""
         return cls(request.service, request.key, request.policy, request.host)
+
+
+@dataclass(frozen=True)
+class ChannelSubscribe:
+    """One subscription asked for on a channel: ``sub`` names it in the channel's frames;
+    ``grant`` is a peer stream's grant (the channel's credential says who presents it)."""
+
+    sub: int
+    request: SubscribeRequest
+    grant: str | None
+
+
+@dataclass(frozen=True)
+class ChannelControl:
+    """A validated channel control request: subscriptions to add (or replace, same ``sub``)
+    and subscription ids to end."""
+
+    subscribe: tuple[ChannelSubscribe, ...]
+    unsubscribe: tuple[int, ...]
 
 
 _QUERY_FIELDS = frozenset({"service", "key", "since", "policy", "host"})
@@ -230,3 +273,59 @@ def parse_stream_name(name: str) -> tuple[ServiceName, str, str | None, str | No
         if part:
             check_name("stream", part)
     return svc, key, policy or None, host or None
+
+
+_ENTRY_FIELDS = frozenset({"sub", "service", "key", "policy", "host", "since", "grant"})
+
+
+def check_sub(field: str, value: object) -> int:
+    """A subscription id: an integer in [0, MAX_SUB] (booleans are not integers)."""
+    if type(value) is not int or not 0 <= value <= MAX_SUB:
+        raise ProtocolError(field, f"must be an integer in [0, {MAX_SUB}]")
+    return value
+
+
+def parse_channel_subscribe(doc: object, where: str) -> ChannelSubscribe:
+    """Validate one entry of a channel control request's ``subscribe`` list: the fields of
+    ``GET /v1/subscribe``'s query with the same rules (``since`` a JSON integer), ``sub`` and
+    a peer stream's ``grant``. ProtocolError names the field as ``where.field``."""
+    if not isinstance(doc, dict):
+        raise ProtocolError(where, "must be an object")
+    for name in doc:
+        if name not in _ENTRY_FIELDS:
+            raise ProtocolError(f"{where}.{str(name)[:64]}", "unknown field")
+    sub = check_sub(f"{where}.sub", doc.get("sub"))
+    since = doc.get("since")
+    if since is not None and (type(since) is not int or not 0 <= since <= MAX_VERSION):
+        raise ProtocolError(f"{where}.since", "must be an integer in [0, 2**63)")
+    grant = doc.get("grant")
+    if grant is not None and (not isinstance(grant, str) or not GRANT_RE.fullmatch(grant)):
+        raise ProtocolError(f"{where}.grant", "must be a grant token")
+    query = {k: doc[k] for k in ("service", "key", "policy", "host") if k in doc}
+    try:
+        request = parse_subscribe_request(query)
+    except ProtocolError as exc:
+        raise ProtocolError(f"{where}.{exc.field}", exc.detail) from None
+    return ChannelSubscribe(sub, replace(request, since=since), grant)
+
+
+def parse_channel_control(doc: object) -> ChannelControl:
+    """Validate a channel control request body: ``{"subscribe": [entry, ...], "unsubscribe":
+    [sub, ...]}``, both optional, at most MAX_CHANNEL_ENTRIES together, no id twice."""
+    if not isinstance(doc, dict):
+        raise ProtocolError("body", "must be an object")
+    for name in doc:
+        if name not in ("subscribe", "unsubscribe"):
+            raise ProtocolError(str(name)[:64], "unknown field")
+    adds, drops = doc.get("subscribe", []), doc.get("unsubscribe", [])
+    for name, value in (("subscribe", adds), ("unsubscribe", drops)):
+        if not isinstance(value, list):
+            raise ProtocolError(name, "must be a list")
+    if len(adds) + len(drops) > MAX_CHANNEL_ENTRIES:
+        raise ProtocolError("subscribe", f"at most {MAX_CHANNEL_ENTRIES} entries in all")
+    subscribe = tuple(parse_channel_subscribe(d, f"subscribe[{i}]") for i, d in enumerate(adds))
+    unsubscribe = tuple(check_sub(f"unsubscribe[{i}]", d) for i, d in enumerate(drops))
+    ids = [e.sub for e in subscribe] + list(unsubscribe)
+    if len(set(ids)) != len(ids):
+        raise ProtocolError("subscribe", "a subscription id is named twice")
+    return ChannelControl(subscribe, unsubscribe)

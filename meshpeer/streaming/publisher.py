@@ -16,6 +16,7 @@ thread-safe. Time comes from the injected ``clock`` (monotonic seconds).
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Any
 
 import eventlet.event
 
-from meshpeer.protocol.codec import encode
+from meshpeer.protocol.codec import encode, encode_keepalive, frame, sub_prefix
 from meshpeer.protocol.messages import (
     OBJECT_ID_RE,
     Close,
@@ -51,6 +52,8 @@ NDJSON = "application/x-ndjson"
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
 DEFAULT_QUEUE_MAXLEN = 256
 """Messages a subscriber may lag behind before its backlog is replaced by one snapshot."""
+DELTA_CACHE = 8
+"""Encoded deltas kept per stream: every subscriber of a stream shares the bytes of each."""
 
 
 @dataclass(frozen=True)
@@ -67,25 +70,10 @@ class StreamStats:
     """Times a subscriber queue of this stream overflowed into a snapshot."""
 
 
-class _Outbox:
-    """One attached subscriber: its bounded queue and the wake-up of its writer."""
+class _Sleeper:
+    """A writer's green thread that sleeps until woken or a timeout."""
 
-    def __init__(
-        self,
-        maxlen: int,
-        tag: str | None = None,
-        host: str | None = None,
-        holder: str | None = None,
-        holder_key: str | None = None,
-        expires_at: float | None = None,
-    ) -> None:
-        self.queue = SubscriberQueue(maxlen)
-        self.tag = tag  # who subscribed (e.g. the grant's VPC), for closing some subscribers
-        self.host = host  # the subscribing host, whose applied versions say "programmed"
-        self.holder = holder  # the host whose own credential opened it (None: an operator)
-        self.holder_key = holder_key  # the directory key that credential is made with
-        self.expires_at = expires_at  # its grant's expiry (hub clock), pushed back by renewals
-        self._waiter: Any = None  # eventlet.event.Event while the writer sleeps
+    _waiter: Any = None  # eventlet.event.Event while the writer sleeps
 
     def wake(self) -> None:
         waiter = self._waiter
@@ -101,6 +89,41 @@ class _Outbox:
             self._waiter = None
 
 
+class _Outbox(_Sleeper):
+    """One attached subscriber: its bounded queue and the wake-up of its writer (its own, or
+    its channel's)."""
+
+    def __init__(
+        self,
+        maxlen: int,
+        tag: str | None = None,
+        host: str | None = None,
+        holder: str | None = None,
+        holder_key: str | None = None,
+        expires_at: float | None = None,
+        expiry_reason: str = CloseReason.GRANT_EXPIRED.value,
+    ) -> None:
+        self.queue = SubscriberQueue(maxlen)
+        self.tag = tag  # who subscribed (e.g. the grant's VPC), for closing some subscribers
+        self.host = host  # the subscribing host, whose applied versions say "programmed"
+        self.holder = holder  # the host whose own credential opened it (None: an operator)
+        self.holder_key = holder_key  # the directory key that credential is made with
+        self.expires_at = expires_at  # its grant's expiry (hub clock), pushed back by renewals
+        self.expiry_reason = expiry_reason
+        # On a channel: the channel, the subscription's id there and its frames' prefix.
+        self.channel: _Channel | None = None
+        self.sub = 0
+        self.prefix = b""
+        self.stream: _Stream | None = None
+
+    def wake(self) -> None:
+        if self.channel is not None:
+            self.channel.ready[self.sub] = None
+            self.channel.wake()
+        else:
+            super().wake()
+
+
 class _Stream:
     def __init__(self, sid: StreamId, service_log: ServiceLog) -> None:
         self.id = sid
@@ -112,13 +135,22 @@ class _Stream:
         self.retired_overflows = 0  # overflows of detached subscribers
         self._snapshot_cache: tuple[int, bytes] | None = None
         self._heartbeat_cache: tuple[int, int, bytes] | None = None  # (version, second, bytes)
+        self._delta_cache: dict[int, bytes] = {}  # version -> encoded delta (the latest few)
 
     def encode(self, msg: Message) -> bytes:
-        """Encode ``msg``; a snapshot is encoded once per version and shared by subscribers.
+        """Encode ``msg``; a snapshot or a delta is encoded once per version and shared by
+        every subscriber (fan-out writes the same bytes to each).
 
         A heartbeat is shared too, per version and whole second of its (informational) ``now``:
         with thousands of idle subscribers on a stream, most heartbeats are identical.
         """
+        if isinstance(msg, Delta):
+            data = self._delta_cache.get(msg.version)
+            if data is None:
+                data = self._delta_cache[msg.version] = encode(msg)
+                if len(self._delta_cache) > DELTA_CACHE:
+                    del self._delta_cache[next(iter(self._delta_cache))]
+            return data
         if isinstance(msg, Heartbeat):
             second = int(msg.now)
             hb = self._heartbeat_cache
@@ -214,18 +246,121 @@ class StreamWriter(Iterator[bytes]):
             self._hub._detach(stream, self._outbox)
 
     def _encode(self, msgs: list[Message]) -> tuple[bytes, bool]:
-        stream = self._stream
+        parts, final = _encode(self._stream, msgs)
+        return b"".join(parts), final
+
+
+def _encode(stream: _Stream, msgs: list[Message], prefix: bytes = b"") -> tuple[list[bytes], bool]:
+    """The lines of ``msgs`` (each a frame of the subscription with ``prefix`` if one is
+    given), counted in the stream's stats; and whether they end the subscription."""
+    try:
+        parts = [stream.encode(m) for m in msgs]
+    except (TypeError, ValueError):  # a published body that is not JSON: a caller bug
+        log.exception("stream %s: cannot encode a message", stream.id)
+        msgs = [ErrorMsg("internal", "publisher failed to encode a message")]
+        parts = [encode(msgs[0])]
+    if prefix:
+        parts = [frame(prefix, p) for p in parts]
+    stream.messages_sent += len(msgs)
+    stream.bytes_sent += sum(map(len, parts))
+    stream.snapshots_sent += sum(isinstance(m, Snapshot) for m in msgs)
+    return parts, isinstance(msgs[-1], Close | ErrorMsg)
+
+
+class _Channel(_Sleeper):
+    """One multiplexed connection: its subscriptions by id and those with something queued."""
+
+    def __init__(self, cid: str, owner: object, holder: str | None, holder_key: str | None) -> None:
+        self.id = cid
+        self.owner = owner  # who may add and remove its subscriptions (the identity that opened it)
+        self.holder = holder
+        self.holder_key = holder_key
+        self.subs: dict[int, _Outbox] = {}
+        # ids with something queued, in order (a dict: a set that keeps the order)
+        self.ready: dict[int, None] = {}
+
+
+class ChannelWriter(Iterator[bytes]):
+    """The WSGI ``app_iter`` of a channel: every subscription's frames on one connection and
+    one keepalive per ``heartbeat_interval`` idle seconds for all of them. ``close()`` (or the
+    end of iteration) detaches every subscription and forgets the channel."""
+
+    def __init__(
+        self, hub: StreamHub, channel: _Channel, heartbeat_interval: float, clock: Clock
+    ) -> None:
+        self._hub = hub
+        self._channel = channel
+        self._interval = heartbeat_interval
+        self._clock = clock
+        self._gen = self._run()
+
+    @property
+    def channel_id(self) -> str:
+        return self._channel.id
+
+    def __iter__(self) -> ChannelWriter:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._gen)
+
+    def close(self) -> None:
+        self._gen.close()
+        self._hub._close_channel(self._channel)
+
+    def _run(self) -> Generator[bytes, None, None]:
+        channel, clock = self._channel, self._clock
         try:
-            parts = [stream.encode(m) for m in msgs]
-        except (TypeError, ValueError):  # a published body that is not JSON: a caller bug
-            log.exception("stream %s: cannot encode a message", stream.id)
-            msgs = [ErrorMsg("internal", "publisher failed to encode a message")]
-            parts = [encode(msgs[0])]
-        data = b"".join(parts)
-        stream.messages_sent += len(msgs)
-        stream.bytes_sent += len(data)
-        stream.snapshots_sent += sum(isinstance(m, Snapshot) for m in msgs)
-        return data, isinstance(msgs[-1], Close | ErrorMsg)
+            # The first write is immediate: eventlet sends the response head with it.
+            yield encode_keepalive(clock())
+            self._hub.keepalives_sent += 1
+            last_sent = clock()
+            while True:
+                if channel.ready:
+                    parts = self._drain()
+                    if parts:
+                        yield b"".join(parts)
+                        last_sent = clock()
+                    continue
+                now = clock()
+                expiry = min(
+                    (o.expires_at for o in channel.subs.values() if o.expires_at is not None),
+                    default=None,
+                )
+                if expiry is not None and now >= expiry:
+                    for o in list(channel.subs.values()):
+                        if o.expires_at is not None and now >= o.expires_at:
+                            o.expires_at = None  # its Close is on the way
+                            o.queue.push(Close(o.expiry_reason))
+                            o.wake()
+                elif heartbeat_due(last_sent, now, self._interval):
+                    yield encode_keepalive(now)
+                    self._hub.keepalives_sent += 1
+                    last_sent = clock()
+                else:
+                    deadline = last_sent + self._interval
+                    channel.sleep(min(deadline, expiry or deadline) - now)
+        finally:
+            self._hub._close_channel(channel)
+
+    def _drain(self) -> list[bytes]:
+        channel = self._channel
+        parts: list[bytes] = []
+        ready, channel.ready = channel.ready, {}
+        for sub in ready:
+            outbox = channel.subs.get(sub)
+            if outbox is None or outbox.stream is None:
+                continue
+            msgs = outbox.queue.drain(outbox.stream.log)
+            if not msgs:
+                if outbox.queue.closed:  # its end was sent already
+                    self._hub._detach(outbox.stream, outbox)
+                continue
+            lines, final = _encode(outbox.stream, msgs, outbox.prefix)
+            parts += lines
+            if final:  # this subscription ends alone; the channel goes on
+                self._hub._detach(outbox.stream, outbox)
+        return parts
 
 
 class StreamHub:
@@ -252,7 +387,9 @@ class StreamHub:
         self.clock = clock
         self._floor = base_version
         self._streams: dict[StreamId, _Stream] = {}
+        self._channels: dict[str, _Channel] = {}
         self.deltas_published = 0  # for the shard's metrics
+        self.keepalives_sent = 0
 
     # --- publishing ------------------------------------------------------------------------
 
@@ -430,18 +567,99 @@ class StreamHub:
         clock = clock or self.clock
         stream = self._streams[StreamId(*stream_id)]
         outbox = _Outbox(self.queue_maxlen, tag, host, holder, holder_key, expires_at)
+        self._attach(stream, outbox, since, clock())
+        return StreamWriter(self, stream, outbox, heartbeat_interval, clock, expiry_reason)
+
+    def _attach(self, stream: _Stream, outbox: _Outbox, since: int | None, now: float) -> None:
+        """Queue the resume result for ``since`` (a heartbeat when already current: the
+        subscriber checks its version) and attach the subscriber."""
         resume = stream.log.resume(since)
         for msg in resume:  # more than maxlen deltas turn into one snapshot
             outbox.queue.push(msg)
         if not resume:
-            outbox.queue.push(Heartbeat(stream.log.version, clock()))
+            outbox.queue.push(Heartbeat(stream.log.version, now))
+        outbox.stream = stream
         stream.outboxes.add(outbox)
-        return StreamWriter(self, stream, outbox, heartbeat_interval, clock, expiry_reason)
 
     def _detach(self, stream: _Stream, outbox: _Outbox) -> None:
         if outbox in stream.outboxes:
             stream.outboxes.discard(outbox)
             stream.retired_overflows += outbox.queue.overflows
+        channel = outbox.channel
+        if channel is not None and channel.subs.get(outbox.sub) is outbox:
+            del channel.subs[outbox.sub]
+
+    # --- channels: many subscriptions on one connection ----------------------------------------
+
+    def open_channel(
+        self,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        clock: Clock | None = None,
+        *,
+        owner: object = None,
+        holder: str | None = None,
+        holder_key: str | None = None,
+    ) -> ChannelWriter:
+        """A new channel with no subscription yet; return its ``app_iter`` (its id is
+        ``channel_id``, unguessable). ``owner``: who may change its subscriptions
+        (:meth:`channel_owner`); ``holder``, ``holder_key``: as in :meth:`wsgi_stream`, for
+        every subscription it will carry. Serve it with :func:`ndjson_response`."""
+        if heartbeat_interval <= 0:
+            raise ValueError("heartbeat_interval must be > 0")
+        channel = _Channel(secrets.token_urlsafe(18), owner, holder, holder_key)
+        self._channels[channel.id] = channel
+        return ChannelWriter(self, channel, heartbeat_interval, clock or self.clock)
+
+    def channel_owner(self, channel_id: str) -> object:
+        """Who opened channel ``channel_id`` (KeyError if it is not open)."""
+        return self._channels[channel_id].owner
+
+    def channel_subscribe(
+        self,
+        channel_id: str,
+        sub: int,
+        stream_id: tuple[Any, ...],
+        since: int | None,
+        *,
+        expires_at: float | None = None,
+        expiry_reason: str = CloseReason.GRANT_EXPIRED.value,
+        tag: str | None = None,
+        host: str | None = None,
+    ) -> None:
+        """Attach subscription ``sub`` of a channel to a stream, as :meth:`wsgi_stream` does
+        (KeyError for an unknown channel or stream). An id in use is replaced: its old
+        subscription ends without a message."""
+        channel = self._channels[channel_id]
+        stream = self._streams[StreamId(*stream_id)]
+        self.channel_unsubscribe(channel_id, sub)
+        outbox = _Outbox(
+            self.queue_maxlen, tag, host, channel.holder, channel.holder_key, expires_at,
+            expiry_reason,
+        )  # fmt: skip
+        outbox.channel, outbox.sub, outbox.prefix = channel, sub, sub_prefix(sub)
+        channel.subs[sub] = outbox
+        self._attach(stream, outbox, since, self.clock())
+        outbox.wake()
+
+    def channel_unsubscribe(self, channel_id: str, sub: int) -> bool:
+        """End subscription ``sub`` of a channel, without a message; False if there is none."""
+        channel = self._channels.get(channel_id)
+        outbox = None if channel is None else channel.subs.get(sub)
+        if outbox is None or outbox.stream is None:
+            return False
+        self._detach(outbox.stream, outbox)
+        return True
+
+    def _close_channel(self, channel: _Channel) -> None:
+        for outbox in list(channel.subs.values()):
+            if outbox.stream is not None:
+                self._detach(outbox.stream, outbox)
+        channel.subs.clear()
+        self._channels.pop(channel.id, None)
+
+    def channels(self) -> int:
+        """Channels open now."""
+        return len(self._channels)
 
     # --- introspection ---------------------------------------------------------------------
 
@@ -482,7 +700,7 @@ def _close(outboxes: Iterable[_Outbox], reason: str) -> int:
     return closed
 
 
-def ndjson_response(app_iter: StreamWriter, environ: dict[str, Any]) -> Any:
+def ndjson_response(app_iter: StreamWriter | ChannelWriter, environ: dict[str, Any]) -> Any:
     """A webob Response streaming ``app_iter`` (chunked NDJSON, not cached).
 
     Sets ``eventlet.minimum_write_chunk_size`` to 0 in ``environ``: eventlet's WSGI server

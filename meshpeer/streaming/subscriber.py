@@ -27,7 +27,7 @@ import re
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlencode
 
 import eventlet
@@ -220,6 +220,127 @@ def body_for(head: ResponseHead) -> Body:
     return UntilCloseBody()
 
 
+def recv_within(sock: Any, timeout: float) -> bytes | None:
+    """Up to RECV_SIZE bytes, b"" at EOF, None if ``timeout`` passed first."""
+    sock.settimeout(max(timeout, 0.001))
+    try:
+        data: bytes = sock.recv(RECV_SIZE)
+    except TimeoutError:
+        return None
+    return data
+
+
+def receive(sock: Any, last_heard: float, timeout: float, clock: Clock) -> bytes | None:
+    """The next bytes of a stream heard from at ``last_heard``: b"" at EOF, None if nothing
+    came yet (ask again); TransportError once nothing was heard for ``timeout`` seconds."""
+    now = clock()
+    if peer_dead(last_heard, now, timeout):
+        raise TransportError(f"nothing heard for {timeout}s")
+    return recv_within(sock, last_heard + timeout - now + 0.001)
+
+
+@dataclass(frozen=True)
+class Publisher:
+    """Where a subscriber connects: the publisher's ``url_base`` and the CA file that
+    verifies it (``https://``), read again at each connection."""
+
+    address: tuple[str | None, int]
+    secure: bool
+    netloc: str
+    base: str  # the URL's path, without a trailing /
+    ca_file: str | None
+
+    @classmethod
+    def of(
+        cls,
+        url_base: str,
+        ca_file: str | None,
+        heartbeat_timeout: float,
+        backoff: tuple[float, float],
+    ) -> Publisher:
+        """Also checks a subscriber's timing: ``heartbeat_timeout`` > 0 and ``backoff``
+        (min, max) with 0 < min <= max."""
+        url = tls.split_url(url_base)
+        if not 0 < backoff[0] <= backoff[1]:
+            raise ValueError("backoff must be (min, max) with 0 < min <= max")
+        if heartbeat_timeout <= 0:
+            raise ValueError("heartbeat_timeout must be > 0")
+        address = (url.hostname, tls.default_port(url))
+        return cls(address, url.scheme == "https", url.netloc, url.path.rstrip("/"), ca_file)
+
+    def connect(self, timeout: float) -> Any:
+        """A green socket to the publisher, in TLS for https (its certificate checked against
+        ``ca_file``, its name or IP too); connect and handshake bounded by ``timeout``."""
+        sock = green_socket.create_connection(self.address, timeout=timeout)
+        if self.secure:
+            try:
+                context = tls.client_context(self.ca_file, green=True)
+                sock = context.wrap_socket(sock, server_hostname=self.address[0])
+            except BaseException:
+                sock.close()
+                raise
+        return sock
+
+
+def read_head(sock: Any, deadline: float, clock: Clock) -> tuple[ResponseHead, bytes]:
+    """Read a response head by ``deadline``; return it and the bytes after it."""
+    buf = bytearray()
+    while (end := buf.find(b"\r\n\r\n")) < 0:
+        if len(buf) > MAX_HEAD:
+            raise TransportError("response head too large")
+        data = recv_within(sock, deadline - clock())
+        if data is None:
+            raise TransportError("timed out waiting for the response")
+        if not data:
+            raise TransportError("connection closed before the response")
+        buf += data
+    return parse_head(bytes(buf[:end])), bytes(buf[end + 4 :])
+
+
+def check_ndjson(head: ResponseHead) -> None:
+    ctype = head.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if ctype != "application/x-ndjson":
+        raise TransportError(f"unexpected content-type {ctype[:64]!r}")
+
+
+def read_body(
+    sock: Any, body: Body, data: bytes, deadline: float, clock: Clock, limit: int
+) -> bytes:
+    """A whole (error or JSON) body, at most ``limit`` bytes: what came by ``deadline``."""
+    text = bytearray()
+    while True:
+        text += body.feed(data)
+        if body.done or len(text) >= limit:
+            return bytes(text[:limit])
+        received = recv_within(sock, deadline - clock())
+        if not received:  # timeout or EOF: what we have
+            return bytes(text)
+        data = received
+
+
+def error_detail(
+    sock: Any, head: ResponseHead, body: Body, data: bytes, deadline: float, clock: Clock
+) -> str:
+    """The JSON error body's ``error field detail`` (else the reason phrase)."""
+    text = read_body(sock, body, data, deadline, clock, MAX_ERROR_BODY)
+    detail = head.reason
+    try:
+        doc = json.loads(text)
+        if isinstance(doc, dict):
+            detail = " ".join(str(doc[f])[:256] for f in ("error", "field", "detail") if doc.get(f))
+    except ValueError:
+        pass
+    return detail
+
+
+def delay(backoff: tuple[float, float], failures: int, slow: bool, rng: random.Random) -> float:
+    """Seconds before the next attempt: ``backoff`` (min, max) doubling per failure,
+    jittered to 50-100 %; ``slow``: the max."""
+    low, high = backoff
+    base = high if slow else min(high, low * 2 ** min(failures, 30))
+    return rng.uniform(base / 2, base)
+
+
 # --- the client -------------------------------------------------------------------------------
 
 
@@ -232,7 +353,156 @@ class _End:
     slow: bool = False
 
 
-class StreamClient:
+T = TypeVar("T")
+
+
+class Gated:
+    """Connection attempts through an optional shared ``gate``, held from the connect until
+    ``_release_gate`` (the first message), and a backoff pause that ``_wake`` cuts short."""
+
+    def __init__(self, gate: Gate | None) -> None:
+        self._gate = gate
+        self._gated = False  # holding the gate
+        self._pause_event: Any = None
+
+    def _through_gate(self, session: Callable[[], T]) -> T:
+        if self._gate is not None:
+            self._gate.acquire()
+            self._gated = True
+        try:
+            return session()
+        finally:
+            self._release_gate()
+
+    def _release_gate(self) -> None:
+        if self._gated:
+            self._gated = False
+            assert self._gate is not None
+            self._gate.release()
+
+    def _wake(self) -> None:
+        event = self._pause_event
+        if event is not None and not event.ready():
+            event.send(None)
+
+    def _pause(self, seconds: float) -> None:
+        self._pause_event = eventlet.event.Event()
+        try:
+            self._pause_event.wait(seconds)
+        finally:
+            self._pause_event = None
+
+
+class Follower:
+    """One stream's replica, counters and callbacks: what a :class:`StreamClient` (a stream on
+    its own connection) and a channel's ``Subscription`` share.
+
+    ``on_change(replica, msg)`` runs after each applied snapshot or delta; ``on_close(reason)``
+    when the publisher sends Close; ``on_http_error(status)`` after each refusal (the follower
+    retries it; the consumer decides what the status means). A Close whose reason is in
+    ``retry_close_reasons`` (default: ``shutdown``, ``grant-expired``) is followed by a
+    resubscription with ``since``; any other (``peering-gone``) ends it, ``closed_reason`` set.
+    On RESYNC the next request asks for a snapshot (no ``since``): a gap on an in-order TCP
+    stream means the publisher or its incarnation is not what we think.
+    """
+
+    def __init__(
+        self,
+        service: ServiceName,
+        key: str,
+        *,
+        policy: str | None = None,
+        host: str | None = None,
+        on_change: OnChange | None = None,
+        on_close: Callable[[str], None] | None = None,
+        on_http_error: Callable[[int], None] | None = None,
+        retry_close_reasons: Collection[str] = DEFAULT_RETRY_CLOSE,
+        replica: ReplicaState | None = None,
+    ) -> None:
+        self.service = ServiceName(service)
+        self.key = check_name("key", key)
+        self.policy = None if policy is None else check_name("policy", policy)
+        self.host = None if host is None else check_name("host", host)
+        self.on_change = on_change
+        self.on_close = on_close
+        self.on_http_error = on_http_error
+        self.retry_close_reasons = frozenset(retry_close_reasons)
+        self.replica = replica if replica is not None else ReplicaState(self.service, self.key)
+        self.auth: str | None = None
+        self.used_auth: str | None = None  # the credential (or grant) of the latest request
+        self.want_snapshot = False  # ask without since (after a RESYNC)
+        # Counters and status (read them any time).
+        self.reconnects = 0
+        self.bytes_received = 0  # NDJSON bytes (after de-chunking), like the hub's bytes_sent
+        self.messages_received = 0
+        self.objects_received = 0  # snapshot objects + delta upserts + delta deletes
+        self.snapshots_received = 0
+        self.deltas_received = 0
+        self.heartbeats_received = 0
+        self.resyncs = 0
+        self.last_error: str | None = None
+        self.last_status: int | None = None
+        self.closed_reason: str | None = None
+
+        self._finished: Any = None  # an Event, sent when it ends (stopped, closed for good)
+
+    @property
+    def version(self) -> int | None:
+        """The last version fully applied (None before the first snapshot)."""
+        return self.replica.version
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until it ends (stopped, or closed for good); True if it has."""
+        if self._finished is None:
+            return True
+        self._finished.wait(timeout)
+        return bool(self._finished.ready())
+
+    def check_auth(self, auth: str | None) -> None:
+        if auth is not None and not GRANT_RE.fullmatch(auth):
+            raise ValueError("auth must be a grant token ([A-Za-z0-9._-], at most 2048 chars)")
+        if self.policy is not None and self.host is None:
+            raise ValueError("a peer stream (policy) needs a host: the grant's scope names it")
+
+    def apply(self, msg: Snapshot | Delta | Heartbeat) -> str | None:
+        """Apply a message to the replica (ProtocolError for another service or key), count
+        it and call ``on_change`` if it changed the replica. A RESYNC returns why, and the
+        next request asks for a snapshot."""
+        outcome = self.replica.apply(msg)
+        if isinstance(msg, Snapshot):
+            self.snapshots_received += 1
+            self.objects_received += len(msg.objects)
+        elif isinstance(msg, Delta):
+            self.deltas_received += 1
+            self.objects_received += len(msg.upserts) + len(msg.deletes)
+        else:
+            self.heartbeats_received += 1
+        if outcome is Outcome.RESYNC:
+            self.resyncs += 1
+            self.want_snapshot = True
+            return f"resync: got version {msg.version} at {self.replica.version}"
+        if outcome is Outcome.APPLIED:
+            self.want_snapshot = False
+            assert not isinstance(msg, Heartbeat)
+            self.callback(self.on_change, self.replica, msg)
+        return None
+
+    def closed(self, reason: str) -> bool:
+        """The publisher closed the stream; True if it is to be followed again."""
+        self.closed_reason = reason
+        self.callback(self.on_close, reason)
+        return reason in self.retry_close_reasons
+
+    def callback(self, fn: Callable[..., None] | None, *args: Any) -> None:
+        if fn is None:
+            return
+        try:
+            fn(*args)
+        except Exception:  # the consumer's bug must not kill the stream
+            log.exception("%s/%s: callback %r failed", self.service, self.key, fn)
+
+
+class StreamClient(Follower, Gated):
     """Keeps a :class:`ReplicaState` of one stream up to date, in its own green thread.
 
     ``on_change(replica, msg)`` runs after each applied snapshot or delta; ``on_close(reason)``
@@ -272,65 +542,36 @@ class StreamClient:
         gate: Gate | None = None,
         ca_file: str | None = None,
     ) -> None:
-        url = tls.split_url(url_base)
-        if not 0 < backoff[0] <= backoff[1]:
-            raise ValueError("backoff must be (min, max) with 0 < min <= max")
-        if heartbeat_timeout <= 0:
-            raise ValueError("heartbeat_timeout must be > 0")
-        self.service = ServiceName(service)
-        self.key = check_name("key", key)
-        self.policy = None if policy is None else check_name("policy", policy)
-        self.host = None if host is None else check_name("host", host)
-        self._address = (url.hostname, tls.default_port(url))
-        self._secure = url.scheme == "https"
-        self._ca_file = ca_file  # read (again, once it changed) at each connection
-        self._netloc = url.netloc
-        self._path = url.path.rstrip("/") + "/v1/subscribe"
-        self._pause_event: Any = None
-        self.auth: str | None = None
+        self.publisher = Publisher.of(url_base, ca_file, heartbeat_timeout, backoff)
+        super().__init__(
+            service,
+            key,
+            policy=policy,
+            host=host,
+            on_change=on_change,
+            on_close=on_close,
+            on_http_error=on_http_error,
+            retry_close_reasons=retry_close_reasons,
+            replica=replica,
+        )
+        self._path = self.publisher.base + "/v1/subscribe"
+        Gated.__init__(self, gate)
         self.set_auth(auth)
-        self.used_auth: str | None = None  # the credential of the latest request
         # Who is asking (a host's credential): sent as the bearer token, and then a peer
         # stream's grant goes in the Meshpeer-Grant header (docs/protocol.md).
         self.credential = credential
-        self.on_change = on_change
-        self.on_close = on_close
-        self.on_http_error = on_http_error
         self.heartbeat_timeout = heartbeat_timeout
         self.backoff = backoff
-        self.retry_close_reasons = frozenset(retry_close_reasons)
-        self.replica = replica if replica is not None else ReplicaState(self.service, self.key)
         self.max_line = max_line
         self._clock = clock
         self._rng = rng or random.Random()
-        self._gate = gate
-        self._gated = False  # holding the gate: from connect until the first message
-        # Counters and status (read them any time).
         self.connected = False
-        self.reconnects = 0
-        self.bytes_received = 0  # NDJSON bytes (after de-chunking), like the hub's bytes_sent
-        self.messages_received = 0
-        self.objects_received = 0  # snapshot objects + delta upserts + delta deletes
-        self.snapshots_received = 0
-        self.deltas_received = 0
-        self.heartbeats_received = 0
-        self.resyncs = 0
-        self.last_error: str | None = None
-        self.last_status: int | None = None
-        self.closed_reason: str | None = None
         # Green thread state.
-        self._want_snapshot = False
         self._healthy = False
         self._stopping = False
         self._thread: Any = None
-        self._finished: Any = None
 
     # --- control ---------------------------------------------------------------------------
-
-    @property
-    def version(self) -> int | None:
-        """The last version fully applied (None before the first snapshot)."""
-        return self.replica.version
 
     @property
     def running(self) -> bool:
@@ -354,41 +595,17 @@ class StreamClient:
             if not self._finished.ready():  # killed before it ever ran
                 self._finished.send(None)
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait until the green thread ends (e.g. after a Close); True if it has."""
-        if self._finished is None:
-            return True
-        self._finished.wait(timeout)
-        return bool(self._finished.ready())
-
     def set_auth(self, auth: str | None) -> None:
         """Use ``auth`` (a peer stream's grant, else the bearer credential) from the
         next request on; cuts a pending backoff short."""
-        if auth is not None and not GRANT_RE.fullmatch(auth):
-            raise ValueError("auth must be a grant token ([A-Za-z0-9._-], at most 2048 chars)")
-        if self.policy is not None and self.host is None:
-            raise ValueError("a peer stream (policy) needs a host: the grant's scope names it")
+        self.check_auth(auth)
         self.auth = auth
         self._wake()
 
     # --- the loop --------------------------------------------------------------------------
 
-    def _wake(self) -> None:
-        event = self._pause_event
-        if event is not None and not event.ready():
-            event.send(None)
-
-    def _pause(self, seconds: float) -> None:
-        self._pause_event = eventlet.event.Event()
-        try:
-            self._pause_event.wait(seconds)
-        finally:
-            self._pause_event = None
-
     def _delay(self, failures: int, slow: bool) -> float:
-        low, high = self.backoff
-        base = high if slow else min(high, low * 2 ** min(failures, 30))
-        return self._rng.uniform(base / 2, base)
+        return delay(self.backoff, failures, slow, self._rng)
 
     def _run(self, finished: Any) -> None:
         failures = 0
@@ -426,12 +643,12 @@ class StreamClient:
             params["policy"] = self.policy
         if self.host is not None:
             params["host"] = self.host
-        since = None if self._want_snapshot else self.replica.since
+        since = None if self.want_snapshot else self.replica.since
         if since is not None:
             params["since"] = str(since)
         lines = [
             f"GET {self._path}?{urlencode(params)} HTTP/1.1",
-            f"Host: {self._netloc}",
+            f"Host: {self.publisher.netloc}",
             "Accept: application/x-ndjson",
             "Connection: close",
             "User-Agent: meshpeer-streaming/1",
@@ -444,59 +661,22 @@ class StreamClient:
             lines.append(f"Authorization: Bearer {self.auth}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
 
-    def _recv(self, sock: Any, timeout: float) -> bytes | None:
-        """Up to RECV_SIZE bytes, b"" at EOF, None if ``timeout`` passed first."""
-        sock.settimeout(max(timeout, 0.001))
-        try:
-            data: bytes = sock.recv(RECV_SIZE)
-        except TimeoutError:
-            return None
-        return data
-
-    def _release_gate(self) -> None:
-        if self._gated:
-            self._gated = False
-            assert self._gate is not None
-            self._gate.release()
-
     def _session(self) -> _End:
-        if self._gate is not None:
-            self._gate.acquire()
-            self._gated = True
-        try:
-            return self._connected_session()
-        finally:
-            self._release_gate()
+        return self._through_gate(self._connected_session)
 
     def _connected_session(self) -> _End:
-        sock = green_socket.create_connection(self._address, timeout=self.heartbeat_timeout)
+        sock = self.publisher.connect(self.heartbeat_timeout)
         try:
-            if self._secure:  # the handshake is bounded by the socket's timeout
-                context = tls.client_context(self._ca_file, green=True)
-                sock = context.wrap_socket(sock, server_hostname=self._address[0])
             sock.sendall(self._request())
             deadline = self._clock() + self.heartbeat_timeout
-            buf = bytearray()
-            while (end := buf.find(b"\r\n\r\n")) < 0:
-                if len(buf) > MAX_HEAD:
-                    raise TransportError("response head too large")
-                data = self._recv(sock, deadline - self._clock())
-                if data is None:
-                    raise TransportError("timed out waiting for the response")
-                if not data:
-                    raise TransportError("connection closed before the response")
-                buf += data
-            head = parse_head(bytes(buf[:end]))
+            head, rest = read_head(sock, deadline, self._clock)
             body = body_for(head)
-            rest = bytes(buf[end + 4 :])
             self.last_status = head.status
             if head.status != 200:
                 failed = self._http_error(sock, head, body, rest, deadline)
-                self._callback(self.on_http_error, head.status)
+                self.callback(self.on_http_error, head.status)
                 return failed
-            ctype = head.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-            if ctype != "application/x-ndjson":
-                raise TransportError(f"unexpected content-type {ctype[:64]!r}")
+            check_ndjson(head)
             self.connected = True
             return self._read_stream(sock, body, rest)
         finally:
@@ -505,24 +685,7 @@ class StreamClient:
     def _http_error(
         self, sock: Any, head: ResponseHead, body: Body, data: bytes, deadline: float
     ) -> _End:
-        text = bytearray()
-        while True:
-            text += body.feed(data)
-            if body.done or len(text) >= MAX_ERROR_BODY:
-                break
-            received = self._recv(sock, deadline - self._clock())
-            if not received:  # timeout or EOF: report what we have
-                break
-            data = received
-        detail = head.reason
-        try:
-            doc = json.loads(bytes(text[:MAX_ERROR_BODY]))
-            if isinstance(doc, dict):
-                detail = " ".join(
-                    str(doc[f])[:256] for f in ("error", "field", "detail") if doc.get(f)
-                )
-        except ValueError:
-            pass
+        detail = error_detail(sock, head, body, data, deadline, self._clock)
         return _End(f"HTTP {head.status}: {detail}", slow=head.status in SLOW_STATUSES)
 
     def _read_stream(self, sock: Any, body: Body, data: bytes) -> _End:
@@ -545,10 +708,10 @@ class StreamClient:
             if body.done:
                 decoder.eof()
                 return _End("server ended the response")
-            now = self._clock()
-            if peer_dead(last_heard, now, self.heartbeat_timeout):
-                return _End(f"nothing heard for {self.heartbeat_timeout}s")
-            received = self._recv(sock, last_heard + self.heartbeat_timeout - now + 0.001)
+            try:
+                received = receive(sock, last_heard, self.heartbeat_timeout, self._clock)
+            except TransportError as exc:  # silence
+                return _End(str(exc))
             if received is None:
                 data = b""
                 continue
@@ -563,41 +726,10 @@ class StreamClient:
         self.messages_received += 1
         self._release_gate()  # the stream has started: let the next connection in
         if isinstance(msg, Snapshot | Delta | Heartbeat):
-            outcome = self.replica.apply(msg)  # ProtocolError for another service/key
             self._healthy = True
-            if isinstance(msg, Snapshot):
-                self.snapshots_received += 1
-                self.objects_received += len(msg.objects)
-            elif isinstance(msg, Delta):
-                self.deltas_received += 1
-                self.objects_received += len(msg.upserts) + len(msg.deletes)
-            else:
-                self.heartbeats_received += 1
-            if outcome is Outcome.RESYNC:
-                self.resyncs += 1
-                self._want_snapshot = True
-                got = getattr(msg, "version", None)
-                return _End(f"resync: got version {got} at {self.replica.version}")
-            if outcome is Outcome.APPLIED:
-                self._want_snapshot = False
-                assert not isinstance(msg, Heartbeat)
-                self._notify(msg)
-            return None
+            resync = self.apply(msg)
+            return None if resync is None else _End(resync)
         if isinstance(msg, Close):
-            self.closed_reason = msg.reason
-            self._callback(self.on_close, msg.reason)
-            return _End(stop=msg.reason not in self.retry_close_reasons)
+            return _End(stop=not self.closed(msg.reason))
         assert isinstance(msg, ErrorMsg)
         return _End(f"server error {msg.code}: {msg.detail}")
-
-    def _notify(self, msg: Snapshot | Delta) -> None:
-        if self.on_change is not None:
-            self._callback(self.on_change, self.replica, msg)
-
-    def _callback(self, fn: Callable[..., None] | None, *args: Any) -> None:
-        if fn is None:
-            return
-        try:
-            fn(*args)
-        except Exception:  # the consumer's bug must not kill the stream
-            log.exception("%s/%s: callback %r failed", self.service, self.key, fn)

@@ -612,6 +612,7 @@ SAMPLE = {
     "peerings/{name}": "peerings/to-red",
     "routes/{name}": "routes/r1",
     "hosts/{name}": "hosts/hv1",
+    "{channel}": "c" * 24,
 }
 PUBLIC = {
     ("GET", "/healthz"),
@@ -664,6 +665,8 @@ def test_every_route_but_health_and_openapi_needs_the_token(world: Cluster) -> N
         data = b'{"name": "amber"}' if method in ("POST", "PUT") else None
         if path == "/v1/hosts/{name}/applied":  # a well-formed body: only the credential fails
             data = b'{"streams": []}'
+        if path == "/v1/channels/{channel}":  # the same
+            data = b"{}"
         if (method, path) in PUBLIC:
             r = ctl.raw(method, url, data, {}, token=None)
             assert r.status == 200, (method, path, r.body)
@@ -712,6 +715,8 @@ def test_every_401_carries_www_authenticate(world: Cluster) -> None:
         data = b'{"name": "amber"}' if method in ("POST", "PUT") else None
         if path == "/v1/hosts/{name}/applied":  # a well-formed body: only the credential fails
             data = b'{"streams": []}'
+        if path == "/v1/channels/{channel}":  # the same
+            data = b"{}"
         answers.append((path, ctl.raw(method, concrete(path), data, dict(JSON), token=None)))
     policy = world["ctl2"].get("/v1/vpcs/red/peerings/to-blue")["export_policy_id"]
     peer = f"/v1/subscribe?service=destination&key=red&policy={policy}&host=hv1"

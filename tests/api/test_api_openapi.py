@@ -19,6 +19,7 @@ from meshpeer.controller.api import ControllerApi
 from meshpeer.rest.router import Api
 from tests.api.ctlkit import HOST_STATUS, Cluster, Ctl
 from tests.api.test_api_errors import CASES, PUBLIC
+from tests.api.test_channels import ChannelReader
 
 # The route table, written out: a route added or dropped must show up here on purpose.
 EXPECTED = {
@@ -58,10 +59,13 @@ EXPECTED = {
     ("GET", "/v1/multiplexer"),
     ("GET", "/v1/federation/vpcs/{vpc}"),
     ("GET", "/v1/subscribe"),
+    ("GET", "/v1/channel"),
+    ("POST", "/v1/channels/{channel}"),
 }
 NO_AUTH = {
     *PUBLIC,
     ("GET", "/v1/subscribe"),  # a credential and maybe a grant, checked by the handler
+    ("GET", "/v1/channel"),  # any credential: its subscriptions are checked one by one
 }
 
 
@@ -230,6 +234,7 @@ def test_every_request_schema_forbids_additional_properties(doc: dict[str, Any])
         ("PUT", "/v1/hosts/{name}"),
         ("PUT", "/v1/hosts/{name}/applied"),
         ("PUT", "/v1/hosts/{name}/status"),
+        ("POST", "/v1/channels/{channel}"),
     }
     for method, path, schema in found:
         objects = list(all_objects(doc, schema))
@@ -245,7 +250,7 @@ def test_every_request_schema_rejects_unknown_fields_over_http(
     ctl: Ctl, doc: dict[str, Any]
 ) -> None:
     before = ctl.get("/healthz")["version"]
-    sample = {"{vpc}": "blue", "{name}": "hv1"}
+    sample = {"{vpc}": "blue", "{name}": "hv1", "{channel}": "c" * 24}
     tried = []
     for method, template, schema in bodies(doc):
         url = template
@@ -336,6 +341,24 @@ def test_real_answers_of_every_route_match_the_document(
         {"streams": [{"stream": "destination/jade//", "version": 1}]},
     )
     call("GET", "/v1/openapi.json", token=None)
+    channel = ChannelReader(ctl, ctl.token)  # its frames: tests/api/test_channels.py
+    try:
+        subscribe = [{"sub": 1, "service": "destination", "key": "jade"},
+                     {"sub": 2, "service": "destination", "key": "nope"}]  # fmt: skip
+        assert call("POST", f"/v1/channels/{channel.id}", {"subscribe": subscribe}) == {
+            "results": [
+                {"sub": 1, "status": 200},
+                {
+                    "sub": 2,
+                    "status": 404,
+                    "error": "not_found",
+                    "field": "key",
+                    "detail": "no destination stream for 'nope'",
+                },
+            ]
+        }
+    finally:
+        channel.close()
     call("DELETE", "/v1/vpcs/jade/peerings/p")
     call("DELETE", "/v1/vpcs/jade/routes/r")
     for name in ("vip", "r1", "gw", "b1", "b2"):
@@ -345,7 +368,7 @@ def test_real_answers_of_every_route_match_the_document(
     call("GET", "/v1/vpcs/jade")  # an error answer, validated against the Error schema
     module_cluster["ctl2"].delete("/v1/vpcs/pink/peerings/p")
     module_cluster["ctl2"].delete("/v1/vpcs/pink")
-    # the stream: test_api_schemathesis.py; the text exposition: test_metrics.py; the page and
+    # the streams: test_api_schemathesis.py and test_channels.py; the text exposition: test_metrics.py; the page and
     # its files: test_ui.py
     not_json = {
         ("GET", "/metrics"),
@@ -353,7 +376,7 @@ def test_real_answers_of_every_route_match_the_document(
         ("GET", "/ui/app.js"),
         ("GET", "/ui/style.css"),
     }
-    assert set(table) - checked == {("GET", "/v1/subscribe"), *not_json}
+    assert set(table) - checked == {("GET", "/v1/subscribe"), ("GET", "/v1/channel"), *not_json}
     assert "text/plain" in table[("GET", "/metrics")]["responses"]["200"]["content"]
 
 

@@ -13,7 +13,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import eventlet
@@ -170,16 +170,6 @@ class Stoppable:
 def chunked_reply(*lines: bytes) -> bytes:
     head = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
     return head + b"".join(b"%x\r\n%s\r\n" % (len(line), line) for line in lines)
-
-
-@pytest.fixture
-def cleanup() -> Iterator[list[Any]]:
-    """Things with a stop() method, stopped after the test (clients first)."""
-    items: list[Any] = []
-    yield items
-    for item in reversed(items):
-        item.stop()
-    eventlet.sleep(0)
 
 
 def serve(cleanup: list[Any], hub: StreamHub, port: int = 0, **kw: Any) -> Server:

@@ -1,0 +1,391 @@
+"""Channels over loopback: many subscriptions on one connection, each on its own.
+
+A real eventlet WSGI server in-process serves the controller's two channel routes, reduced
+(open a channel; subscribe and unsubscribe, each entry checked on its own: a grant equal to
+``bad`` is refused with 401, as a shard refuses a bad grant), and green clients. As in
+test_streaming.py, nothing patches the stdlib.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import webob
+
+from meshpeer.protocol import ProtocolError, ServiceName, Snapshot
+from meshpeer.protocol.codec import (
+    FrameDecoder,
+    encode,
+    encode_keepalive,
+    frame,
+    sub_prefix,
+)
+from meshpeer.protocol.messages import (
+    CHANNEL_HEADER,
+    Close,
+    Delta,
+    Frame,
+    Heartbeat,
+    Keepalive,
+    parse_channel_control,
+)
+from meshpeer.streaming import StreamHub, StreamId, ndjson_response
+from meshpeer.streaming.channel import Channel, Subscription
+from tests.unit.test_streaming import (
+    FAST,
+    Recorder,
+    Server,
+    json_error,
+    objs,
+    wait_until,
+)
+
+DEST = ServiceName.DESTINATION
+RED, BLUE, GREEN = StreamId(DEST, "red"), StreamId(DEST, "blue"), StreamId(DEST, "green")
+PEER = StreamId(DEST, "peer", "p-1", "hv1")
+
+
+def channel_app(
+    hub: StreamHub, heartbeat: float = 5.0, expiry: dict[str, float] | None = None
+) -> Callable[..., Any]:
+    """The controller's channel routes, reduced: the grant ``bad`` is refused (401) and an
+    unknown stream is 404, each for its own entry; a grant in ``expiry`` expires after that
+    many seconds."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        req = webob.Request(environ)
+        if req.method == "GET" and req.path == "/v1/channel":
+            writer = hub.open_channel(heartbeat, owner=req.headers.get("Authorization"))
+            resp = ndjson_response(writer, environ)
+            resp.headers[CHANNEL_HEADER] = writer.channel_id
+            return resp(environ, start_response)
+        cid = req.path.rpartition("/")[2]
+        try:
+            owner = hub.channel_owner(cid)
+        except KeyError:
+            return json_error(start_response, "404 Not Found", "not_found")
+        if owner != req.headers.get("Authorization"):
+            return json_error(start_response, "403 Forbidden", "forbidden")
+        control = parse_channel_control(json.loads(req.body))
+        for sub in control.unsubscribe:
+            hub.channel_unsubscribe(cid, sub)
+        results = []
+        for entry in control.subscribe:
+            if entry.grant == "bad":
+                results.append({"sub": entry.sub, "status": 401, "error": "unauthorized"})
+                continue
+            lifetime = (expiry or {}).get(entry.grant or "")
+            try:
+                hub.channel_subscribe(
+                    cid,
+                    entry.sub,
+                    StreamId.of(entry.request),
+                    entry.request.since,
+                    expires_at=None if lifetime is None else hub.clock() + lifetime,
+                )
+            except KeyError:
+                results.append({"sub": entry.sub, "status": 404, "error": "not_found"})
+                continue
+            results.append({"sub": entry.sub, "status": 200})
+        body = json.dumps({"results": results}).encode()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [body]
+
+    return app
+
+
+def serve(cleanup: list[Any], hub: StreamHub, port: int = 0, **kw: Any) -> Server:
+    server = Server(channel_app(hub, **kw), port=port)
+    cleanup.append(server)
+    return server
+
+
+class Errors:
+    def __init__(self) -> None:
+        self.statuses: list[int] = []
+
+    def on_http_error(self, status: int) -> None:
+        self.statuses.append(status)
+
+
+def channel(cleanup: list[Any], url: str, **kw: Any) -> Channel:
+    kw.setdefault("backoff", FAST)
+    kw.setdefault("heartbeat_timeout", 30.0)
+    ch = Channel(url, "host-cred", **kw)
+    cleanup.insert(0, ch)
+    return ch
+
+
+def follow(ch: Channel, sid: StreamId, rec: Recorder, **kw: Any) -> Subscription:
+    sub = ch.subscription(
+        sid.service,
+        sid.key,
+        policy=sid.policy,
+        host=sid.host,
+        on_change=rec.on_change,
+        on_close=rec.on_close,
+        **kw,
+    )
+    sub.start()
+    return sub
+
+
+def setup_three(hub: StreamHub) -> None:
+    hub.publish(RED, objs(1))
+    hub.publish(BLUE, objs(2))
+    hub.publish(GREEN, objs(3))
+
+
+# --- codec and request ------------------------------------------------------------------------
+
+
+def test_a_frame_is_the_message_encoded_once_with_its_sub_first() -> None:
+    line = encode(Delta(DEST, "red", 7, objs(1), ("10.0.0.9",)))
+    framed = frame(sub_prefix(42), line)
+    assert framed.startswith(b'{"sub":42,"deletes"')
+    got = FrameDecoder().feed(framed + encode_keepalive(3.5))
+    assert got == [
+        Frame(42, Delta(DEST, "red", 7, objs(1), ("10.0.0.9",)), len(framed)),
+        Frame(None, Keepalive(3.5), len(encode_keepalive(3.5))),
+    ]
+    for bad in (
+        line,  # a delta without its sub
+        b'{"sub":true,' + line[1:],  # a boolean is not an id
+        b'{"sub":-1,' + line[1:],
+        b'{"now":1,"sub":3,"type":"keepalive"}\n',  # a keepalive is the channel's
+        b'{"now":1,"type":"keepalive","x":1}\n',
+    ):
+        with pytest.raises(ProtocolError):
+            FrameDecoder().feed(bad)
+
+
+def test_control_requests_name_the_bad_field() -> None:
+    ok = parse_channel_control(
+        {
+            "subscribe": [
+                {"sub": 1, "service": "destination", "key": "red", "since": 5},
+                {
+                    "sub": 2,
+                    "service": "destination",
+                    "key": "b",
+                    "policy": "p",
+                    "host": "h",
+                    "grant": "mpg1.k.x.y",
+                },
+            ],
+            "unsubscribe": [3],
+        }
+    )
+    assert [e.sub for e in ok.subscribe] == [1, 2] and ok.unsubscribe == (3,)
+    assert ok.subscribe[0].request.since == 5 and ok.subscribe[1].grant == "mpg1.k.x.y"
+    cases = {
+        "subscribe[0].key": {"subscribe": [{"sub": 1, "service": "destination", "key": "-x"}]},
+        "subscribe[0].since": {
+            "subscribe": [{"sub": 1, "service": "destination", "key": "x", "since": "5"}]
+        },
+        "subscribe[0].host": {
+            "subscribe": [{"sub": 1, "service": "destination", "key": "x", "policy": "p"}]
+        },
+        "subscribe[0].sub": {"subscribe": [{"service": "destination", "key": "x"}]},
+        "subscribe[0].oops": {"subscribe": [{"sub": 1, "oops": 1}]},
+        "unsubscribe[1]": {"unsubscribe": [1, 2.5]},
+        "subscribe": {
+            "subscribe": [{"sub": 1, "service": "endpoint", "key": "h"}],
+            "unsubscribe": [1],
+        },
+    }
+    for field, doc in cases.items():
+        with pytest.raises(ProtocolError) as exc:
+            parse_channel_control(doc)
+        assert exc.value.field == field
+
+
+# --- the hub's side -----------------------------------------------------------------------------
+
+
+def test_every_subscriber_of_a_delta_gets_the_same_encoded_bytes() -> None:
+    hub = StreamHub()
+    hub.publish(RED, objs(1))
+    a, b = hub.open_channel(5.0), hub.open_channel(5.0)
+    for n, w in enumerate((a, b)):
+        assert isinstance(FrameDecoder().feed(next(w))[0].msg, Keepalive)
+        hub.channel_subscribe(w.channel_id, n, RED, 0)
+        next(w)  # the heartbeat of a subscriber already current
+    hub.publish(RED, objs(1, 2))
+    fa, fb = next(a), next(b)
+    assert fa[len(sub_prefix(0)) :] == fb[len(sub_prefix(1)) :]
+    stream = hub._streams[RED]
+    delta = stream.log.resume(0)[0]
+    assert stream.encode(delta) is stream.encode(delta)  # encoded once, then shared
+
+
+# --- client and server ---------------------------------------------------------------------------
+
+
+def test_many_subscriptions_share_one_connection_and_each_gets_its_stream(
+    cleanup: list[Any],
+) -> None:
+    hub = StreamHub()
+    setup_three(hub)
+    server = serve(cleanup, hub, heartbeat=0.05)  # a closed connection is seen at a write
+    ch = channel(cleanup, server.url)
+    recs = {sid: Recorder() for sid in (RED, BLUE, GREEN)}
+    subs = {sid: follow(ch, sid, recs[sid]) for sid in recs}
+    wait_until(lambda: all(s.version == 0 for s in subs.values()))
+    assert hub.channels() == 1 and ch.connects == 1
+    assert ch.sockets() <= 2  # the stream and the kept-alive control connection
+    hub.publish(BLUE, objs(2, 4))
+    wait_until(lambda: subs[BLUE].version == 1)
+    assert dict(subs[BLUE].replica.objects) == objs(2, 4)
+    assert recs[RED].seen == [("Snapshot", 0)] and recs[BLUE].seen == [
+        ("Snapshot", 0),
+        ("Delta", 1),
+    ]
+    assert subs[BLUE].bytes_received == hub.stats()[BLUE].bytes_sent  # frames counted per sub
+    subs[GREEN].stop()
+    wait_until(lambda: hub.stats()[GREEN].subscribers == 0, what="unsubscribed")
+    assert hub.stats()[RED].subscribers == 1 and hub.channels() == 1
+    for s in (subs[RED], subs[BLUE]):
+        s.stop()
+    wait_until(lambda: hub.channels() == 0, what="an empty channel hangs up")
+
+
+def test_each_subscription_resumes_since_its_own_version(cleanup: list[Any]) -> None:
+    hub = StreamHub()
+    setup_three(hub)
+    server = serve(cleanup, hub)
+    ch = channel(cleanup, server.url)
+    recs = {sid: Recorder() for sid in (RED, BLUE)}
+    subs = {sid: follow(ch, sid, recs[sid]) for sid in recs}
+    wait_until(lambda: all(s.version == 0 for s in subs.values()))
+    hub.publish(RED, objs(1, 5))
+    wait_until(lambda: subs[RED].version == 1)
+    server.stop()  # the connection drops: both keep their state (fail static)
+    wait_until(lambda: not ch.connected)
+    hub.publish(RED, objs(1, 5, 6))  # red moves on to 2, blue to 1, while nobody listens
+    hub.publish(BLUE, objs(2, 7))
+    serve(cleanup, hub, port=server.port)
+    wait_until(lambda: subs[RED].version == 2 and subs[BLUE].version == 1)
+    # each resumed with its own since: only the deltas it missed, no second snapshot
+    assert recs[RED].seen == [("Snapshot", 0), ("Delta", 1), ("Delta", 2)]
+    assert recs[BLUE].seen == [("Snapshot", 0), ("Delta", 1)]
+    assert ch.connects == 2
+
+
+def test_a_refused_subscription_ends_alone_and_comes_back_with_a_good_grant(
+    cleanup: list[Any],
+) -> None:
+    hub = StreamHub()
+    setup_three(hub)
+    hub.publish(PEER, objs(9))
+    server = serve(cleanup, hub)
+    ch = channel(cleanup, server.url)
+    rec, peer_rec, errors = Recorder(), Recorder(), Errors()
+    red = follow(ch, RED, rec)
+    peer = follow(ch, PEER, peer_rec, auth="bad", on_http_error=errors.on_http_error)
+    wait_until(lambda: red.version == 0 and 401 in errors.statuses)
+    assert peer.version is None and peer.last_status == 401
+    hub.publish(RED, objs(1, 2))  # the other subscription goes on
+    wait_until(lambda: red.version == 1)
+    peer.set_auth("good")  # a fresh grant cuts the retry wait short
+    wait_until(lambda: peer.version == 0)
+    assert ch.connects == 1
+
+
+def test_a_closed_subscription_ends_alone(cleanup: list[Any]) -> None:
+    hub = StreamHub()
+    setup_three(hub)
+    server = serve(cleanup, hub)
+    ch = channel(cleanup, server.url)
+    rec_red, rec_blue = Recorder(), Recorder()
+    red, blue = follow(ch, RED, rec_red), follow(ch, BLUE, rec_blue)
+    wait_until(lambda: red.version == 0 and blue.version == 0)
+    hub.close_stream(BLUE, "peering-gone")
+    assert blue.wait(10)
+    assert rec_blue.closes == ["peering-gone"] and not blue.running
+    hub.publish(RED, objs(1, 2))
+    wait_until(lambda: red.version == 1)
+    assert red.running and ch.connects == 1
+
+
+def test_an_expired_grant_closes_its_subscription_which_resubscribes(
+    cleanup: list[Any],
+) -> None:
+    hub = StreamHub()
+    setup_three(hub)
+    hub.publish(PEER, objs(9))
+    server = serve(cleanup, hub, expiry={"short": 0.05})
+    ch = channel(cleanup, server.url)
+    rec, peer_rec = Recorder(), Recorder()
+    red = follow(ch, RED, rec)
+    peer = follow(ch, PEER, peer_rec, auth="short")
+    wait_until(lambda: peer_rec.closes.count("grant-expired") >= 2, what="expiry, twice")
+    assert peer.running and peer.version == 0
+    hub.publish(RED, objs(1, 2))
+    wait_until(lambda: red.version == 1)
+    assert rec.closes == [] and ch.connects == 1
+
+
+def test_one_keepalive_per_connection_not_per_subscription(cleanup: list[Any]) -> None:
+    hub = StreamHub()
+    setup_three(hub)
+    server = serve(cleanup, hub, heartbeat=0.02)
+    ch = channel(cleanup, server.url)
+    subs = [follow(ch, sid, Recorder()) for sid in (RED, BLUE, GREEN)]
+    wait_until(lambda: all(s.version == 0 for s in subs))
+    start = ch.keepalives_received
+    wait_until(lambda: ch.keepalives_received >= start + 5, what="keepalives")
+    # idle subscriptions hear nothing of their own: the channel's keepalive is the liveness
+    assert all(s.heartbeats_received == 0 for s in subs)
+    assert hub.keepalives_sent >= ch.keepalives_received
+
+
+def test_a_silent_channel_is_reopened_and_resumed(cleanup: list[Any]) -> None:
+    hub = StreamHub()
+    setup_three(hub)
+    server = serve(cleanup, hub, heartbeat=3600.0)  # the shard sends no keepalive
+    ch = channel(cleanup, server.url, heartbeat_timeout=0.2)
+    rec = Recorder()
+    red = follow(ch, RED, rec)
+    wait_until(lambda: red.version == 0)
+    wait_until(lambda: ch.connects >= 2, what="a reconnect after silence")
+    assert "nothing heard" in (ch.last_error or "nothing heard")
+    hub.publish(RED, objs(1, 2))
+    wait_until(lambda: red.version == 1)
+    assert rec.seen[0] == ("Snapshot", 0) and ("Snapshot", 1) not in rec.seen
+
+
+def test_unknown_streams_are_refused_one_by_one(cleanup: list[Any]) -> None:
+    hub = StreamHub()
+    setup_three(hub)
+    server = serve(cleanup, hub)
+    ch = channel(cleanup, server.url)
+    errors = Errors()
+    red = follow(ch, RED, Recorder())
+    gone = follow(ch, StreamId(DEST, "nope"), Recorder(), on_http_error=errors.on_http_error)
+    wait_until(lambda: red.version == 0 and 404 in errors.statuses)
+    assert gone.version is None and gone.running  # it keeps asking, with backoff
+
+
+def test_heartbeat_of_a_current_subscriber_checks_its_version() -> None:
+    hub = StreamHub()
+    hub.publish(RED, objs(1))
+    w = hub.open_channel(5.0)
+    next(w)
+    hub.channel_subscribe(w.channel_id, 3, RED, 0)
+    (f,) = FrameDecoder().feed(next(w))
+    assert f.sub == 3 and isinstance(f.msg, Heartbeat) and f.msg.version == 0
+    hub.channel_subscribe(w.channel_id, 4, RED, None)
+    (f,) = FrameDecoder().feed(next(w))
+    assert f.sub == 4 and f.msg == Snapshot(DEST, "red", 0, objs(1))
+    hub.close_stream(RED, "peering-gone")
+    frames = FrameDecoder().feed(next(w))
+    assert {(f.sub, f.msg) for f in frames} == {
+        (3, Close("peering-gone")),
+        (4, Close("peering-gone")),
+    }
+    w.close()
+    assert hub.channels() == 0
