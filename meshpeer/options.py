@@ -211,6 +211,13 @@ OHC = Section(
         Option("status_file", str, "where to write a JSON status after each sync (none: no file)"),
         Option("canary_interval", float, "seconds between checks for an OVS restart", 2.0),
         Option(
+            "bfd_interval_ms",
+            int,
+            "a hypervisor's BFD transmit and receive interval toward each gateway, in ms: a "
+            "dead gateway leaves the select group after 3 intervals (docs/gateways.md)",
+            100,
+        ),
+        Option(
             "metrics_port",
             int,
             "port of the OHC's Prometheus `GET /metrics` (docs/metrics.md; 0: not served)",

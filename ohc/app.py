@@ -37,7 +37,7 @@ from meshpeer import options
 from meshpeer.directory import SECRETS, parse_directory
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.gateways import HOST_ROLES, choice
-from ohc import nd, ofio, ports, reporting, status
+from ohc import bfd, nd, ofio, ports, reporting, status
 from ohc.agent import Agent
 from ohc.clients import stream_client
 from ohc.cookies import Kind, kind_of
@@ -321,9 +321,12 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         vms, tunnel = dict(self.ports.vms), self.ports.tunnel
         t0 = time.monotonic()
         self.engine_failed = True
-        update = eventlet.tpool.execute(self.engine.update, changes, vms, tunnel)
+        update = eventlet.tpool.execute(
+            self.engine.update, changes, vms, tunnel, dict(self.ports.bfd)
+        )
         self.engine_failed = False
         compile_s = time.monotonic() - t0
+        self._bfd_ports()
         skipped = self.ports.skipped + self.engine.skipped()
         self._log_skips(skipped)
         self.skipped = skipped
@@ -359,6 +362,19 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         self._freeze_heap()
         if sum(synced.plan.counts.values()) >= TRIM_AFTER_CHANGES:
             release_free_heap()
+
+    def _bfd_ports(self) -> None:
+        """One BFD port per gateway the view sends through (ohc/bfd.py); adding one makes OVS
+        send a port status, so the next sync reads its ofport and the buckets watch it."""
+        args = bfd.plan(self.engine.gateways, self.ports.bfd_names, self.conf.bfd_interval_ms)
+        if not args:
+            return
+        try:
+            subprocess.run(["ovs-vsctl", f"--db={self.conf.ovsdb}", "--timeout=10", *args],
+                           capture_output=True, text=True, check=True, timeout=15)  # fmt: skip
+        except (OSError, subprocess.SubprocessError) as exc:
+            self._error(f"BFD ports: {exc}")
+            log.warning("ohc %s: BFD ports not changed: %s", self.conf.host, exc)
 
     def _log_skips(self, skipped: tuple[Skipped, ...]) -> None:
         new, self.logged_skips = ports.new_skips(skipped, self.logged_skips)

@@ -29,6 +29,7 @@ from ohc.flows import (
     Instruction,
     Match,
     MatchValue,
+    Move,
     Output,
     SetField,
     ToGroup,
@@ -51,6 +52,8 @@ from ohc.pipeline import (
     ARP_REPLY_TABLE,
     ARP_REQUEST,
     ARP_TARGET,
+    BFD_UDP_PORT,
+    BFD_VNI,
     CLASSIFY,
     CONTEXT_MASK,
     CT_EST,
@@ -63,6 +66,7 @@ from ohc.pipeline import (
     GATEWAY_RELAY,
     INBOUND_CT,
     IPPROTO_ICMPV6,
+    IPPROTO_UDP,
     L3_LOOKUP,
     ND_SOLICIT,
     ND_TARGET,
@@ -899,7 +903,11 @@ def _peer_subnet_flows(
     _source_ok(out, ctx, prefix, None, priority - 1, owner, peer)
     tunnel = ctx.view.tunnel_port
     buckets = tuple(
-        Bucket((SetField("tun_ipv4_dst", hop.underlay_ip), Output(tunnel)), hop.weight)
+        Bucket(
+            (SetField("tun_ipv4_dst", hop.underlay_ip), Output(tunnel)),
+            hop.weight,
+            ctx.view.watch_port(hop.underlay_ip),
+        )
         for hop in peer.gateways
     )
     out.groups[gid] = Group(gid, "select", buckets)
@@ -908,11 +916,36 @@ def _peer_subnet_flows(
 
 
 def relay_all(out: _Out, view: HostView) -> None:
-    """A gateway host's flows: every VPC it relays for, and each destination there."""
+    """A gateway host's flows: BFD reflection (once it relays for some VPC), every VPC it
+    relays for, and each destination there."""
+    if view.relays:
+        bfd_reflect_flow(out, view)
     for relay in view.relays:
         relay_vpc_flows(out, view, relay.vni)
         for d in relay.destinations:
             relay_flows(out, view, d)
+
+
+def bfd_reflect_flow(out: _Out, view: HostView) -> None:
+    """A gateway host: a hypervisor's BFD control packet (VNI 0, UDP 3784, from the BFD port
+    it keeps toward this gateway) goes straight back to it, unchanged, out of the tunnel port
+    it came in on. The hypervisor's BFD session then sees its own packets come back and is up
+    while this gateway's datapath forwards (docs/gateways.md, liveness)."""
+    if view.tunnel_port is None:
+        return
+    out.add(
+        CLASSIFY,
+        PRIO_OWN,
+        {
+            "in_port": view.tunnel_port,
+            "tunnel_id": BFD_VNI,
+            "eth_type": ETH_IPV4,
+            "ip_proto": IPPROTO_UDP,
+            "udp_dst": BFD_UDP_PORT,
+        },
+        (Apply((Move("tun_ipv4_src", "tun_ipv4_dst"), Output(OFPP_IN_PORT))),),
+        (Kind.RELAY, "bfd"),
+    )
 
 
 def relay_vpc_flows(out: _Out, view: HostView, vni: int) -> None:

@@ -59,6 +59,7 @@ from ohc.model import (
     LocalPort,
     PeerView,
     Skipped,
+    gateway_ips,
     ip_key,
 )
 from ohc.subscriptions import Sub
@@ -242,6 +243,8 @@ class FlowEngine:
         self.streams: dict[Sub, dict[str, Any]] = {}
         self.ofports: Mapping[tuple[str, str], int] | None = None
         self.tunnel_port: int | None = None
+        self.bfd_ports: Mapping[str, int] = {}  # gateway IP -> its BFD port (docs/gateways.md)
+        self.gateways: frozenset[str] = frozenset()  # the gateways the view sends through
         self.indexes: dict[IndexKey, DestIndex] = {}
         self.roles: dict[RoleKey, _Role] = {}
         self.dest_units: dict[RoleKey, dict[IpKey, _DestUnit]] = {}
@@ -298,10 +301,17 @@ class FlowEngine:
         changes: Mapping[Sub, StreamChange],
         ofports: Mapping[tuple[str, str], int],
         tunnel_port: int | None,
+        bfd_ports: Mapping[str, int] | None = None,
     ) -> Update:
         self._gids, self._old, self._compiled = set(), {}, 0
-        rebuild = self.ofports != ofports or self.tunnel_port != tunnel_port or not self.roles
-        self.ofports, self.tunnel_port = dict(ofports), tunnel_port
+        bfd = dict(bfd_ports or {})
+        rebuild = (
+            self.ofports != ofports
+            or self.tunnel_port != tunnel_port
+            or self.bfd_ports != bfd
+            or not self.roles
+        )
+        self.ofports, self.tunnel_port, self.bfd_ports = dict(ofports), tunnel_port, bfd
         if self.role == "gateway":
             return self._relay(changes)
         touched: dict[IndexKey, set[IpKey]] = {}
@@ -407,7 +417,9 @@ class FlowEngine:
             self.ofports,
             self.tunnel_port,
             taken=lambda vpc, policy, vni: self._index(vpc, policy, vni).claims,
+            bfd_ports=self.bfd_ports,
         )
+        self.gateways = gateway_ips(view)
         groups = assign_groups(view, view.vpc_vni())
         roles: dict[RoleKey, _Role] = {}
         ctx_units = set()

@@ -96,7 +96,17 @@ class Conntrack:
         return self.zone_start << 6 | 15 if self.zone_field else self.zone
 
 
-Action = Output | SetField | ToGroup | DecTtl | Conntrack
+@dataclass(frozen=True, order=True, slots=True)
+class Move:
+    """``move:src[]->dst[]`` (Nicira reg_move, os-ken ``NXActionRegMove``): the whole of one
+    field copied into another of the same width (a gateway reflecting a BFD probe copies the
+    tunnel's source address into its destination, docs/gateways.md)."""
+
+    src: str
+    dst: str
+
+
+Action = Output | SetField | ToGroup | DecTtl | Conntrack | Move
 
 
 # --- instructions --------------------------------------------------------------------------
@@ -156,12 +166,16 @@ class Flow:
 
 
 GroupType = Literal["all", "select", "indirect"]
+OFPP_ANY = 0xFFFFFFFF  # a bucket watching no port: always live
 
 
 @dataclass(frozen=True, order=True, slots=True)
 class Bucket:
     actions: tuple[Action, ...]
     weight: int = 0  # only select groups use weights
+    # the port whose liveness the bucket's follows (OVS skips a select bucket whose watched
+    # port is down, e.g. its BFD session: docs/gateways.md); OFPP_ANY: none, always live
+    watch_port: int = OFPP_ANY
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +186,10 @@ class Group:
 
     def text(self) -> str:
         bs = ";".join(
-            f"w={b.weight}:" + ",".join(_action_text(a) for a in b.actions) for b in self.buckets
+            f"w={b.weight}:"
+            + ("" if b.watch_port == OFPP_ANY else f"watch={b.watch_port}:")
+            + ",".join(_action_text(a) for a in b.actions)
+            for b in self.buckets
         )
         return f"group_id={self.group_id},type={self.type},buckets={bs}"
 
@@ -195,6 +212,8 @@ def _action_text(a: Action) -> str:
         return f"group:{a.group_id}"
     if isinstance(a, Conntrack):
         return _ct_text(a)
+    if isinstance(a, Move):
+        return f"move:{a.src}[]->{a.dst}[]"
     return "dec_ttl"
 
 
@@ -244,9 +263,22 @@ def actions_to_osken(parser: Any, actions: tuple[Action, ...]) -> list[Any]:
                     [],
                 )
             )
+        elif isinstance(a, Move):
+            out.append(parser.NXActionRegMove(a.src, a.dst, field_bits(a.src)))
         else:
             out.append(parser.OFPActionDecNwTtl())
     return out
+
+
+# Widths of the fields a ``Move`` may copy (both ends the same width).
+MOVE_BITS: Mapping[str, int] = {"tun_ipv4_src": 32, "tun_ipv4_dst": 32}
+
+
+def field_bits(name: str) -> int:
+    try:
+        return MOVE_BITS[name]
+    except KeyError:
+        raise ValueError(f"move: field {name!r} is not supported") from None
 
 
 def instructions_to_osken(
@@ -304,7 +336,7 @@ def group_mod(datapath: Any, group: Group, command: str = "add") -> Any:
     buckets = [
         parser.OFPBucket(
             weight=b.weight,
-            watch_port=ofp.OFPP_ANY,
+            watch_port=b.watch_port,
             watch_group=ofp.OFPG_ANY,
             actions=actions_to_osken(parser, b.actions),
         )

@@ -9,6 +9,7 @@ export policy.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,10 +31,12 @@ def host_view(
     ofports: Mapping[tuple[str, str], int],
     tunnel_port: int | None,
     taken: TakenIps | None = None,
+    bfd_ports: Mapping[str, int] | None = None,
 ) -> tuple[HostView, tuple[Skipped, ...]]:
-    """The view of a host whose switch numbers its VM ports ``ofports`` (VPC, endpoint name)
-    and its tunnel ``tunnel_port``, from the objects of the streams it follows (``taken``:
-    see ``HostView.from_service_objects``)."""
+    """The view of a host whose switch numbers its VM ports ``ofports`` (VPC, endpoint name),
+    its tunnel ``tunnel_port`` and its BFD ports toward the gateways ``bfd_ports`` (gateway
+    underlay IP -> ofport), from the objects of the streams it follows (``taken``: see
+    ``HostView.from_service_objects``)."""
     endpoints: dict[str, Any] = {}
     own: dict[str, dict[str, Any]] = {}
     peerings: dict[str, Any] = {}
@@ -47,7 +50,7 @@ def host_view(
             own.setdefault(sub.key, {})[SERVICE_FIELDS[sub.service]] = objs
         else:
             peer.setdefault((sub.key, sub.policy), {})[SERVICE_FIELDS[sub.service]] = objs
-    return HostView.from_service_objects(
+    view, skipped = HostView.from_service_objects(
         underlay_ip,
         endpoints,
         ofports,
@@ -57,6 +60,9 @@ def host_view(
         tunnel_port,
         taken,
     )
+    if bfd_ports:
+        view = dataclasses.replace(view, bfd_ports=tuple(sorted(bfd_ports.items())))
+    return view, skipped
 
 
 def gateway_view(

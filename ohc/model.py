@@ -26,6 +26,7 @@ from typing import Any, Literal
 from meshpeer.protocol.gateways import DEFAULT_FORWARDING, Forwarding, GatewayHop, uses_gateways
 from meshpeer.protocol.messages import ProtocolError
 from meshpeer.protocol.peering import MAX_VNI, Inbound, PeeringObject
+from ohc.flows import OFPP_ANY
 from ohc.pipeline import MAX_PORT, TUNNEL_PORT
 from policies.routes import DEFAULT_PREFERENCE
 
@@ -427,6 +428,15 @@ class HostView:
     # A gateway host's: the destination sets it forwards to (docs/gateways.md), each with
     # its VPC's VNI; a hypervisor has none.
     relays: tuple[VpcServices, ...] = ()
+    # A hypervisor's BFD ports toward the gateways, (gateway underlay IP, ofport), sorted
+    # (ohc/ports.py): the select group's bucket for a gateway watches its port, so OVS drops
+    # a gateway whose BFD session is down from the group by itself (docs/gateways.md).
+    bfd_ports: tuple[tuple[str, int], ...] = ()
+
+    def watch_port(self, gateway_ip: str) -> int:
+        """The port a bucket toward ``gateway_ip`` watches; OFPP_ANY (always live) while the
+        gateway has no BFD port yet."""
+        return next((port for ip, port in self.bfd_ports if ip == gateway_ip), OFPP_ANY)
 
     def vpc_vni(self) -> dict[str, int]:
         return {p.vpc: p.vni for p in self.local_ports}
@@ -525,6 +535,13 @@ class HostView:
             tunnel_port,
         )
         return view, tuple(sorted(set(skipped)))
+
+
+def gateway_ips(view: HostView) -> frozenset[str]:
+    """The gateways a hypervisor sends some peer through: the BFD ports it needs."""
+    return frozenset(
+        hop.underlay_ip for peer in view.peers if peer.via_gateways for hop in peer.gateways
+    )
 
 
 def _obj(value: object) -> JsonObject:

@@ -41,6 +41,7 @@ from ohc import readback, wire
 from ohc.canonical import UNREPRESENTABLE, canonical_flow
 from ohc.flows import (
     CT_COMMIT,
+    MOVE_BITS,
     Action,
     Apply,
     Bucket,
@@ -53,6 +54,7 @@ from ohc.flows import (
     Instruction,
     Match,
     MatchValue,
+    Move,
     Output,
     SetField,
     ToGroup,
@@ -107,9 +109,21 @@ def action_from_osken(parser: Any, action: Any) -> Action:
         return DecTtl()
     if isinstance(action, parser.NXActionCT) and _plain_ct(action):
         return _conntrack_from_osken(action)
+    if isinstance(action, parser.NXActionRegMove) and _whole_move(action):
+        return Move(str(action.src_field), str(action.dst_field))
     # Installed by someone else: keep it visibly different from anything desired, so the
     # plan replaces or deletes the flow instead of believing it is in sync.
     return SetField(UNREPRESENTABLE, type(action).__name__)
+
+
+def _whole_move(action: Any) -> bool:
+    """A reg_move ``Move`` can say: a whole supported field into another, from bit 0."""
+    bits = MOVE_BITS.get(str(action.src_field))
+    return (
+        bits is not None
+        and MOVE_BITS.get(str(action.dst_field)) == bits == int(action.n_bits)
+        and int(action.src_ofs) == int(action.dst_ofs) == 0
+    )
 
 
 def _plain_ct(action: Any) -> bool:
@@ -183,7 +197,8 @@ def group_from_desc(datapath: Any, stats: Any) -> Group:
         if int(stats.type) == getattr(ofp, const):
             gtype = name
     buckets = tuple(
-        Bucket(actions_from_osken(parser, b.actions), int(b.weight)) for b in stats.buckets or ()
+        Bucket(actions_from_osken(parser, b.actions), int(b.weight), int(b.watch_port))
+        for b in stats.buckets or ()
     )
     if gtype is None:
         return Group(

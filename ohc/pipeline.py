@@ -49,6 +49,9 @@ ETH_IPV6 = 0x86DD
 ARP_REQUEST = 1
 ARP_REPLY = 2
 IPPROTO_ICMPV6 = 58
+IPPROTO_UDP = 17
+BFD_UDP_PORT = 3784  # BFD control packets (RFC 5881)
+BFD_VNI = 0  # the VNI of BFD probes to gateways: no VPC has it (VNIs are 1..2^24-1)
 ND_SOLICIT = 135  # ICMPv6 neighbour solicitation
 
 
@@ -109,12 +112,16 @@ TABLES: tuple[Table, ...] = (
             "arp_spa",
             "arp_sha",
             "tunnel_id",
+            "udp_dst",
         ),
         (ARP_TARGET, ND_TARGET, ROUTED_HOP, TUNNEL_DST, GATEWAY_RELAY),
         "VM port: anti-spoofing (in_port + eth_src + IP/ARP source) and VPC context into "
         "metadata; ARP and IPv6 neighbour solicitations go to their responders. Tunnel port: a "
-        "local VPC's VNI into metadata; on a gateway host, a relayed VPC's VNI to gateway_relay.",
-        "compiler.vpc_flows, port_flows, _classify_ip (VIPs, route prefixes), relay_vpc_flows",
+        "local VPC's VNI into metadata; on a gateway host, a relayed VPC's VNI to gateway_relay, "
+        "and a hypervisor's BFD probe (VNI 0, UDP 3784) straight back to its sender "
+        "(tun_ipv4_dst := tun_ipv4_src, out IN_PORT: docs/gateways.md, liveness).",
+        "compiler.vpc_flows, port_flows, _classify_ip (VIPs, route prefixes), relay_vpc_flows, "
+        "bfd_reflect_flow",
     ),
     _t(
         ARP_TARGET,
@@ -233,6 +240,7 @@ _PREREQS: Mapping[str, tuple[str, frozenset[int]]] = MappingProxyType(
         "arp_sha": ("eth_type", frozenset({ETH_ARP})),
         "arp_tha": ("eth_type", frozenset({ETH_ARP})),
         "ip_proto": ("eth_type", frozenset({ETH_IPV4, ETH_IPV6})),
+        "udp_dst": ("ip_proto", frozenset({IPPROTO_UDP})),
         "icmpv6_type": ("ip_proto", frozenset({IPPROTO_ICMPV6})),
         "ipv6_nd_target": ("icmpv6_type", frozenset({ND_SOLICIT})),
     }

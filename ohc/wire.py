@@ -28,6 +28,7 @@ from ohc.flows import (
     Goto,
     Instruction,
     MatchValue,
+    Move,
     Output,
     SetField,
     ToGroup,
@@ -64,6 +65,7 @@ FIELDS: Mapping[str, tuple[int, int, int, Kind]] = MappingProxyType(
         "ip_proto": (BASIC, 10, 1, "int"),
         "ipv4_src": (BASIC, 11, 4, "ipv4"),
         "ipv4_dst": (BASIC, 12, 4, "ipv4"),
+        "udp_dst": (BASIC, 16, 2, "int"),
         "arp_op": (BASIC, 21, 2, "int"),
         "arp_spa": (BASIC, 22, 4, "ipv4"),
         "arp_tpa": (BASIC, 23, 4, "ipv4"),
@@ -96,6 +98,10 @@ NXAST_CT = 35
 # OFPAT_EXPERIMENTER, length, Nicira, NXAST_CT; flags, zone source header, zone (or the
 # source's ofs_nbits), resume table, pad, alg (os-ken NXActionCT without nested actions)
 _NX_CT = struct.Struct("!HHIHH4sHB3xH")
+NXAST_REG_MOVE = 6
+# OFPAT_EXPERIMENTER, length, Nicira, NXAST_REG_MOVE; n_bits, src_ofs, dst_ofs, src and dst
+# NXM headers (os-ken NXActionRegMove of two NXM fields)
+_NX_MOVE = struct.Struct("!HHIHHHHII")
 
 
 def _field(name: str) -> tuple[int, int, int, Kind]:
@@ -183,6 +189,12 @@ def _pack_action(a: Action) -> bytes:
             a.zone_ofs_nbits(),
             a.table,
             0,
+        )
+    if isinstance(a, Move):
+        _, _, size, _ = _field(a.src)
+        src, dst = _OXM_HEADER[a.src][0], _OXM_HEADER[a.dst][0]
+        return _NX_MOVE.pack(
+            0xFFFF, _NX_MOVE.size, NX_EXPERIMENTER_ID, NXAST_REG_MOVE, 8 * size, 0, 0, src, dst
         )
     raise ValueError(f"action {a!r} is not encoded by ohc.wire")
 

@@ -12,6 +12,9 @@ which messages were sent. Behaviour follows Open vSwitch where OpenFlow leaves r
 * Deleting a group (or OFPG_ALL) also deletes every flow that references it.
 * Errors OVS would return raise ``FakeOFError`` (``code`` = OpenFlow error name); the failing
   message changes nothing.
+* A select bucket whose ``watch_port`` is in ``down_ports`` (set by a test: a BFD session
+  that went down) is not live: OVS picks among the live buckets only.
+* ``move`` (os-ken ``NXActionRegMove``) of a whole field into another of the same width.
 * Output to the packet's own in_port is skipped (OVS needs OFPP_IN_PORT for that); the trace
   notes it.
 * ``ct`` (os-ken ``NXActionCT``, no nested actions) is modelled with a connection table per
@@ -210,6 +213,7 @@ class FakeOFTable:
         self._tables: list[dict[tuple[int, Match], Flow]] = [{} for _ in range(num_tables)]
         self._groups: dict[int, Group] = {}
         self._connections: set[tuple[int, tuple[int | None, ...]]] = set()  # (zone, tuple)
+        self.down_ports: set[int] = set()  # not live (a select bucket watching one is skipped)
 
     def forget_connections(self) -> None:
         """Empty the connection tracker (as ``ovs-appctl dpctl/flush-conntrack``)."""
@@ -473,6 +477,9 @@ class FakeOFTable:
                 result.outputs.append(Output(port, packet, table_id, choices))
             elif action.kind == "set_field":
                 state[action.field] = action.arg
+            elif action.kind == "move":
+                if action.src in state:
+                    state[action.field] = state[action.src]
             elif action.kind == "dec_ttl":
                 if state.get("eth_type") not in (0x0800, 0x86DD):
                     continue  # not IP: OVS leaves the packet alone
@@ -538,7 +545,10 @@ class FakeOFTable:
         elif group.type in ("indirect", "fast_failover"):
             picked = [(0, choices)] if group.buckets else []  # fake: every port is live
         else:
-            weights = tuple((i, b.weight) for i, b in enumerate(group.buckets))
+            weights = tuple(
+                (i, b.weight if b.watch_port not in self.down_ports else 0)
+                for i, b in enumerate(group.buckets)
+            )
             ctx.result.selects.append(SelectRecord(group_id, weights))
             index = _choose_bucket(ctx, group_id, weights)
             if index is not None:

@@ -188,6 +188,7 @@ class Action:
     field: str = ""  # set_field; ct: the zone's source field ("" for an immediate zone)
     zone: int = 0  # ct only: the immediate zone, or the source field's ofs_nbits
     flags: int = 0  # ct only: NX_CT_F_*
+    src: str = ""  # move only: the field copied into ``field`` (whole fields, from bit 0)
 
     def ct_zone(self, packet: Mapping[str, int]) -> int:
         """The zone this ct action uses for ``packet``."""
@@ -204,6 +205,8 @@ class Action:
             return f"ct({'commit,' if self.flags & CT_COMMIT else ''}zone={zone}{table})"
         if self.kind == "output":
             return f"output:{port_name(self.arg)}"
+        if self.kind == "move":
+            return f"move:{self.src}[]->{self.field}[]"
         if self.kind == "set_field":
             return f"set_field:{render_text(self.field, self.arg)}->{self.field}"
         if self.kind in ("group", "set_ttl"):
@@ -381,6 +384,14 @@ def action_from_osken(action: Any) -> Action:
             zone=int(action.zone_ofs_nbits),
             flags=int(action.flags),
         )
+    if (
+        isinstance(action, parser.NXActionRegMove)
+        and int(action.src_ofs) == int(action.dst_ofs) == 0
+        and field_width(str(action.src_field))
+        == field_width(str(action.dst_field))
+        == int(action.n_bits)
+    ):
+        return Action("move", field=str(action.dst_field), src=str(action.src_field))
     raise FakeOFUnsupported(f"action {type(action).__name__} is not modelled by FakeOFTable")
 
 
