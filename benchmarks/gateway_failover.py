@@ -16,16 +16,14 @@ benchmarks/results/gateway_failover.json. Needs root and OVS.
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
 from typing import Any
 
 import common
+import gateway_bench
 
 from meshpeer.lab.probe import until
 from tests.e2e import gwkit
-from tests.integration.labkit import E2E_TOPOLOGIES
 
 HYPERVISORS = ("hv1", "hv2")
 GATEWAYS = ("gw1", "gw2")
@@ -52,22 +50,15 @@ def one_run(lab: common.Lab) -> dict[str, Any]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", type=int, default=5, help="gateway kills, one after another")
-    p.add_argument("--lab", default="bgwf", help="the lab's name")
-    p.add_argument("--json", help="where to write the results (default: benchmarks/results)")
-    args = p.parse_args()
-    topo = os.path.join(E2E_TOPOLOGIES, "gateway.yaml")
-    m = common.machine(args.lab)
-    runs = []
-    with common.LoadSampler() as load, common.lab(topo, args.lab) as lab:
-        for _ in range(args.runs):
-            runs.append(one_run(lab))
-    print("\ngateway killed under b1 (hv1) -> r1 (hv2) at 100 pps, BFD every 100 ms")
-    print(f"{'killed':7} {'sent':>6} {'lost':>5} {'window':>8} {'detected':>9} {'lost after':>10}")
-    for r in runs:
-        print(f"{r['killed']:7} {r['sent']:6} {r['lost']:5} {r['loss_window_s']:7.3f}s"
-              f" {r['kill_to_sessions_down_s']:8.3f}s {r['lost_after_switch']:10}")  # fmt: skip
+    args, runs, m, load = gateway_bench.run(__doc__ or "", "gateway kills", "bgwf", one_run)
+    columns = [("killed", "killed", ""), ("sent", "sent", ""), ("lost", "lost", "")]
+    columns += [
+        ("window s", "loss_window_s", ".3f"),
+        ("detected s", "kill_to_sessions_down_s", ".3f"),
+    ]
+    columns += [("lost after", "lost_after_switch", "")]
+    title = "gateway killed under b1 (hv1) -> r1 (hv2) at 100 pps, BFD every 100 ms"
+    gateway_bench.table(title, columns, runs)
     windows = [r["loss_window_s"] for r in runs]
     summary = {
         "loss_window_s": common.summary(windows),
@@ -75,21 +66,8 @@ def main() -> None:
         "under_1s": all(w < 1.0 for w in windows),
     }
     print(f"loss window: median {summary['loss_window_median_s']:.3f} s, max {max(windows):.3f} s")
-    common.print_machine(m, load.result())
-    common.write_json(
-        {
-            "benchmark": "gateway_failover",
-            "topology": "tests/e2e/topologies/gateway.yaml",
-            "pps": 100,
-            "bfd_interval_ms": 100,
-            "runs": runs,
-            **summary,
-            "machine": m,
-            "load": load.result(),
-        },
-        args.json,
-        "gateway_failover.json",
-    )
+    result = {"pps": 100, "bfd_interval_ms": 100, "runs": runs, **summary}
+    gateway_bench.write(args, "gateway_failover", result, m, load)
 
 
 if __name__ == "__main__":

@@ -218,6 +218,25 @@ OHC = Section(
             100,
         ),
         Option(
+            "offload_interval",
+            float,
+            "seconds between two readings of the on-demand pair counters (docs/gateways.md)",
+            1.0,
+        ),
+        Option(
+            "offload_pps",
+            float,
+            "an on-demand pair at this rate (packets/s between two readings) or more goes direct",
+            50.0,
+        ),
+        Option(
+            "offload_idle_s",
+            int,
+            "an offloaded pair under 1 packet/s (or not seen) this many seconds goes back to "
+            "the gateways; also the idle timeout of the switch's pair counters",
+            10,
+        ),
+        Option(
             "metrics_port",
             int,
             "port of the OHC's Prometheus `GET /metrics` (docs/metrics.md; 0: not served)",

@@ -37,14 +37,15 @@ from meshpeer import options
 from meshpeer.directory import SECRETS, parse_directory
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.gateways import HOST_ROLES, choice
-from ohc import bfd, nd, ofio, ports, reporting, status
+from ohc import bfd, nd, offload, ofio, ports, reporting, status
 from ohc.agent import Agent
 from ohc.clients import stream_client
 from ohc.cookies import Kind, kind_of
+from ohc.cookies import Kind as CookieKind
 from ohc.engine import FlowEngine
 from ohc.metrics import OhcMetrics
-from ohc.model import Skipped
-from ohc.pipeline import ND_TARGET
+from ohc.model import Offload, Skipped
+from ohc.pipeline import ND_TARGET, OFFLOAD_COUNT
 from ohc.ports import SwitchPorts
 from ohc.session import SwitchSession
 from ohc.subscriptions import Sub
@@ -64,6 +65,7 @@ REPLY_EVENTS = [
     ofp_event.EventONFBundleCtrlMsg,
     ofp_event.EventOFPFlowStatsReply,
     ofp_event.EventOFPGroupDescStatsReply,
+    ofp_event.EventOFPPortDescStatsReply,
 ]
 
 
@@ -109,6 +111,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         self.replies = ofio.Replies()
         self.datapath: Any = None
         self.ports = SwitchPorts({}, None, ())
+        self.live: frozenset[int] = frozenset()  # live ofports (the BFD ports': ohc/bfd.py)
         self.logged_skips: frozenset[Skipped] = frozenset()  # logged once, while they last
         self.busy = False
         self.syncs = 0
@@ -129,6 +132,11 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         self.read_back_by = 0.0  # monotonic time until which a read-back waits for the streams
         self.deferred: set[str] = set()  # reasons of the syncs deferred meanwhile
         self.grace_timer: Any = None  # ends a deferral (_defer_read_back)
+        # on-demand sides (ohc/offload.py): the pairs sent direct, and the counters' readings
+        self.offload_state = offload.State()
+        self.offload_thresholds = offload.Thresholds(
+            conf.offload_pps, idle_s=float(conf.offload_idle_s)
+        )
         self.metrics = OhcMetrics(
             self.agent.stream_states, lambda: self.last.get("applied", {})
         )  # docs/metrics.md
@@ -139,6 +147,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         self.threads.append(hub.spawn(self._worker))
         self.threads.append(hub.spawn(self._canary))
         self.threads.append(hub.spawn(self._reporter))
+        self.threads.append(hub.spawn(self._offload))
         if self.conf.metrics_port:
             try:
                 served = self.metrics.serve(self.conf.metrics_host, self.conf.metrics_port)
@@ -241,6 +250,33 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             except Exception:
                 log.exception("ohc %s: canary check failed", self.conf.host)
 
+    def _offload(self) -> None:
+        """On-demand sides: read the switch's pair counters, decide which pairs go direct or
+        back (ohc/offload.py), and sync when that changed."""
+        while True:
+            hub.sleep(self.conf.offload_interval)
+            dp, sides = self.datapath, self.engine.on_demand
+            if dp is None or (not sides and not self.offload_state.offloaded):
+                continue
+            try:
+                rows = ofio.read_counts(self.replies, dp, OFFLOAD_COUNT, CookieKind.OFFLOAD, 5)
+            except Exception:
+                log.exception("ohc %s: reading the on-demand counters failed", self.conf.host)
+                continue
+            counts = {
+                (*sides[c], str(m["ipv4_dst"])): n
+                for c, m, n in rows
+                if c in sides and "ipv4_dst" in m
+            }
+            got = offload.decide(
+                self.offload_state, counts, time.monotonic(), self.offload_thresholds
+            )
+            self.offload_state = got.state
+            if got.moved or got.returned:
+                log.info("ohc %s: on-demand: direct %s, back to the gateways %s",
+                         self.conf.host, sorted(got.moved), sorted(got.returned))  # fmt: skip
+                self.triggers.put("offload")
+
     def _worker(self) -> None:
         while True:
             reasons = {self.triggers.get()}
@@ -299,6 +335,10 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             self.ports = read_ports(self.conf.ovsdb)
             if self.ports.numbering:
                 hub.spawn_after(PORT_REREAD_DELAY, self.triggers.put, "ports")
+            # BFD ports' liveness (a session coming up or going down sends a port status)
+            self.live = ofio.read_live_ports(self.replies, dp) if self.ports.bfd else frozenset()
+            if self.ports.bfd and not bfd.watched(self.ports.bfd, self.live):
+                hub.spawn_after(PORT_REREAD_DELAY, self.triggers.put, "ports")  # none up yet
         if "canary-missing" in reasons:
             self.session.installed = None  # the switch lost its flows: read back, resync
         # One snapshot, taken without yielding: what changed in the streams, their versions
@@ -321,8 +361,14 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         vms, tunnel = dict(self.ports.vms), self.ports.tunnel
         t0 = time.monotonic()
         self.engine_failed = True
+        on_demand = Offload(offload.by_side(self.offload_state.offloaded), self.conf.offload_idle_s)
         update = eventlet.tpool.execute(
-            self.engine.update, changes, vms, tunnel, dict(self.ports.bfd)
+            self.engine.update,
+            changes,
+            vms,
+            tunnel,
+            bfd.watched(self.ports.bfd, self.live),
+            on_demand,
         )
         self.engine_failed = False
         compile_s = time.monotonic() - t0

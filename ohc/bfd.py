@@ -8,7 +8,11 @@ the BFD packets back (``compiler.bfd_reflect_flow``), so the session is up exact
 gateway's datapath forwards. The select group's bucket toward the gateway watches the port
 (``HostView.watch_port``): OVS skips it while the session is down, without the OHC.
 
-``plan`` says which ports to add and remove; the app runs it with ``ovs-vsctl``.
+``plan`` says which ports to add and remove; the app runs it with ``ovs-vsctl``. ``watched``
+says which BFD ports the buckets watch: all of them once one session is up, none while no
+session is (a hypervisor just started, or its switch restarted: every session starts down,
+and a group whose buckets all watch down ports drops everything; unwatched buckets send to
+every listed gateway, as without BFD).
 """
 
 from __future__ import annotations
@@ -47,3 +51,9 @@ def plan(
     for ip in sorted(have.keys() - wanted):
         args += ["--", "--if-exists", "del-port", bridge, have[ip]]
     return args
+
+
+def watched(bfd_ports: Mapping[str, int], live: Set[int]) -> dict[str, int]:
+    """The BFD ports (gateway IP -> ofport) the select buckets watch, given the switch's live
+    ports: every one if any is live, else none."""
+    return dict(bfd_ports) if any(port in live for port in bfd_ports.values()) else {}

@@ -46,6 +46,7 @@ from ohc.compiler import (
     dest_flows,
     infra_flows,
     lb_flows,
+    offload_cookie,
     port_flows,
     relay_all,
     route_flows,
@@ -57,6 +58,7 @@ from ohc.model import (
     BadObject,
     Destination,
     LocalPort,
+    Offload,
     PeerView,
     Skipped,
     gateway_ips,
@@ -245,6 +247,8 @@ class FlowEngine:
         self.tunnel_port: int | None = None
         self.bfd_ports: Mapping[str, int] = {}  # gateway IP -> its BFD port (docs/gateways.md)
         self.gateways: frozenset[str] = frozenset()  # the gateways the view sends through
+        self.offload = Offload()  # on-demand sides: what goes direct (ohc/offload.py)
+        self.on_demand: dict[int, tuple[str, str]] = {}  # pair-counter cookie -> its side
         self.indexes: dict[IndexKey, DestIndex] = {}
         self.roles: dict[RoleKey, _Role] = {}
         self.dest_units: dict[RoleKey, dict[IpKey, _DestUnit]] = {}
@@ -302,16 +306,20 @@ class FlowEngine:
         ofports: Mapping[tuple[str, str], int],
         tunnel_port: int | None,
         bfd_ports: Mapping[str, int] | None = None,
+        offload: Offload | None = None,
     ) -> Update:
         self._gids, self._old, self._compiled = set(), {}, 0
         bfd = dict(bfd_ports or {})
+        offload = offload or Offload()
         rebuild = (
             self.ofports != ofports
             or self.tunnel_port != tunnel_port
             or self.bfd_ports != bfd
+            or self.offload != offload
             or not self.roles
         )
         self.ofports, self.tunnel_port, self.bfd_ports = dict(ofports), tunnel_port, bfd
+        self.offload = offload
         if self.role == "gateway":
             return self._relay(changes)
         touched: dict[IndexKey, set[IpKey]] = {}
@@ -418,8 +426,14 @@ class FlowEngine:
             self.tunnel_port,
             taken=lambda vpc, policy, vni: self._index(vpc, policy, vni).claims,
             bfd_ports=self.bfd_ports,
+            offload=self.offload,
         )
         self.gateways = gateway_ips(view)
+        self.on_demand = {
+            offload_cookie(p.vpc, p.peer_vpc): (p.vpc, p.peer_vpc)
+            for p in view.peers
+            if p.on_demand
+        }
         groups = assign_groups(view, view.vpc_vni())
         roles: dict[RoleKey, _Role] = {}
         ctx_units = set()
@@ -429,8 +443,8 @@ class FlowEngine:
             own: IndexKey = (ctx.vpc, None, ctx.vni)
             roles[(ctx.vpc, None)] = _Role(ctx, None, own, (1, ctx.vpc, 2), dest_context(ctx, None))
             for pos, peer in enumerate(ctx.peers):
-                if peer.via_gateways:  # no flow per peer endpoint (docs/gateways.md)
-                    continue
+                if peer.via_gateways and not peer.on_demand:
+                    continue  # no flow per peer endpoint (docs/gateways.md)
                 ik: IndexKey = (peer.peer_vpc, peer.policy_id, peer.peer_vni)
                 context = (*dest_context(ctx, peer), pos)
                 rank = (1, ctx.vpc, 4, pos, 0)
@@ -449,6 +463,8 @@ class FlowEngine:
                 redo[rk] = _ALL
             else:
                 redo[rk] = {ip_key(ip) for vpc, ip in moved if vpc == role.source}
+                if role.peer is not None and old.peer is not None:  # on-demand: offloaded
+                    redo[rk].update(map(ip_key, role.peer.offloaded ^ old.peer.offloaded))
         self.roles, self.local, self.vips = roles, local, _claimed_vips(small)
         used = {r.index for r in roles.values()}
         for ik in set(self.indexes) - used:

@@ -106,7 +106,32 @@ class Move:
     dst: str
 
 
-Action = Output | SetField | ToGroup | DecTtl | Conntrack | Move
+@dataclass(frozen=True, order=True, slots=True)
+class Resubmit:
+    """``resubmit(,table)`` (Nicira): look the packet up in ``table``, run that flow's actions,
+    then go on with the rest of this action list (an on-demand host counts each packet of the
+    gateway path in ``offload_count`` this way, docs/gateways.md)."""
+
+    table: int
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Learn:
+    """``learn(...)`` (Nicira): add (or refresh) a flow in ``table`` with this priority,
+    idle timeout and cookie, matching each (field, value) in ``values`` and each field in
+    ``copy`` on the value the current packet has; the learned flow has no actions. An
+    on-demand host learns one such flow per (VPC context, destination) it sends to: its
+    counters are the pair's packet count (docs/gateways.md, on-demand)."""
+
+    table: int
+    priority: int
+    idle_timeout: int
+    cookie: int
+    values: tuple[tuple[str, int], ...]
+    copy: tuple[str, ...]
+
+
+Action = Output | SetField | ToGroup | DecTtl | Conntrack | Move | Resubmit | Learn
 
 
 # --- instructions --------------------------------------------------------------------------
@@ -167,6 +192,7 @@ class Flow:
 
 GroupType = Literal["all", "select", "indirect"]
 OFPP_ANY = 0xFFFFFFFF  # a bucket watching no port: always live
+NX_IN_PORT = 0xFFF8  # resubmit's "the packet's own in_port" (16-bit Nicira form)
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -214,6 +240,14 @@ def _action_text(a: Action) -> str:
         return _ct_text(a)
     if isinstance(a, Move):
         return f"move:{a.src}[]->{a.dst}[]"
+    if isinstance(a, Resubmit):
+        return f"resubmit(,{a.table})"
+    if isinstance(a, Learn):
+        specs = [f"{k}={v:#x}" for k, v in a.values] + [f"{k}" for k in a.copy]
+        return (
+            f"learn(table={a.table},priority={a.priority},idle_timeout={a.idle_timeout},"
+            f"cookie={a.cookie:#x},{','.join(specs)})"
+        )
     return "dec_ttl"
 
 
@@ -265,13 +299,29 @@ def actions_to_osken(parser: Any, actions: tuple[Action, ...]) -> list[Any]:
             )
         elif isinstance(a, Move):
             out.append(parser.NXActionRegMove(a.src, a.dst, field_bits(a.src)))
+        elif isinstance(a, Resubmit):
+            out.append(parser.NXActionResubmitTable(NX_IN_PORT, a.table))
+        elif isinstance(a, Learn):
+            specs = [parser.NXFlowSpecMatch(v, (k, 0), field_bits(k)) for k, v in a.values]
+            specs += [parser.NXFlowSpecMatch((k, 0), (k, 0), field_bits(k)) for k in a.copy]
+            out.append(
+                parser.NXActionLearn(
+                    a.table, specs, a.idle_timeout, 0, a.priority, a.cookie, 0, 0, 0
+                )
+            )
         else:
             out.append(parser.OFPActionDecNwTtl())
     return out
 
 
-# Widths of the fields a ``Move`` may copy (both ends the same width).
-MOVE_BITS: Mapping[str, int] = {"tun_ipv4_src": 32, "tun_ipv4_dst": 32}
+# Widths of the fields a ``Move`` may copy (both ends the same width) or a ``Learn`` match.
+MOVE_BITS: Mapping[str, int] = {
+    "tun_ipv4_src": 32,
+    "tun_ipv4_dst": 32,
+    "metadata": 64,
+    "eth_type": 16,
+    "ipv4_dst": 32,
+}
 
 
 def field_bits(name: str) -> int:

@@ -407,11 +407,27 @@ class PeerView:
     preference: int = DEFAULT_PREFERENCE  # the local side's (policies.routes rule 3)
     forwarding: Forwarding = DEFAULT_FORWARDING  # the local side's (docs/gateways.md)
     gateways: tuple[GatewayHop, ...] = ()  # the live gateway hosts, as the shard lists them
+    # on-demand: the peer's addresses this host sends to directly (ohc/offload.py decides)
+    offloaded: frozenset[Address] = frozenset()
+    offload_idle_s: int = 10  # on-demand: a learned pair's idle timeout ([ohc] offload_idle_s)
 
     @property
     def via_gateways(self) -> bool:
         """Does this host send to the peer through the gateways (no per-endpoint flows)?"""
         return uses_gateways(self.forwarding)
+
+    @property
+    def on_demand(self) -> bool:
+        return self.forwarding == "on-demand"
+
+
+@dataclass(frozen=True)
+class Offload:
+    """What an on-demand host sends directly: per (local VPC, peer VPC), the peer's addresses
+    (``ohc.offload`` decides them), and the idle timeout of the switch's pair counters."""
+
+    pairs: Mapping[tuple[str, str], frozenset[Address]] = field(default_factory=dict)
+    idle_s: int = 10
 
 
 @dataclass(frozen=True)

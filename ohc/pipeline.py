@@ -24,7 +24,17 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
-from ohc.flows import CT_NO_TABLE, Apply, Conntrack, Flow, Goto, SetField, WriteMetadata
+from ohc.flows import (
+    CT_NO_TABLE,
+    Apply,
+    Conntrack,
+    Flow,
+    Goto,
+    Learn,
+    Resubmit,
+    SetField,
+    WriteMetadata,
+)
 
 # --- ports and metadata ----------------------------------------------------------------------
 
@@ -82,6 +92,7 @@ ARP_REPLY_TABLE = 11
 ND_TARGET = 12
 ROUTED_HOP = 20
 L3_LOOKUP = 30
+OFFLOAD_COUNT = 35
 TUNNEL_DST = 40
 TUNNEL_SRC = 41
 TUNNEL_DELIVER = 42
@@ -164,7 +175,7 @@ TABLES: tuple[Table, ...] = (
         L3_LOOKUP,
         "l3_lookup",
         ("metadata", "eth_type", "ipv4_dst", "ipv6_dst"),
-        (INBOUND_CT,),
+        (OFFLOAD_COUNT, INBOUND_CT),
         "Per VPC context: own destinations (local port, or Geneve with the own VNI), peer "
         "destinations (routed only; Geneve with the peer's VNI), ILB VIPs (select group), "
         "static and dynamic (BGP-learned, docs/routing.md) routes by longest prefix; subnet "
@@ -173,6 +184,18 @@ TABLES: tuple[Table, ...] = (
         "peer this VPC takes only replies from: ct commit in the sending port's zone first; to "
         "a local port whose VPC takes only replies from this one: ct(table=43) instead of output.",
         "compiler.port_flows, dest_flows, lb_flows, route_flows",
+    ),
+    _t(
+        OFFLOAD_COUNT,
+        "offload_count",
+        ("metadata", "eth_type", "ipv4_dst"),
+        (),
+        "On-demand sides only (docs/gateways.md): reached by resubmit from a peer's subnet "
+        "flow to the gateways and from a direct flow of an offloaded destination, so it "
+        "counts each (VPC context, destination) pair: a learned flow (no actions, idle "
+        "timeout, the side's cookie) per pair the host sends to; the subnet flow here learns "
+        "it. Nothing is output here: the resubmitting flow goes on.",
+        "compiler.route_flows (on-demand), dest_flows (offloaded)",
     ),
     _t(
         TUNNEL_DST,
@@ -276,6 +299,10 @@ def check_flow(flow: Flow, tables: Mapping[int, Table] = PIPELINE) -> Flow:
                     ct = True
                     if a.table != CT_NO_TABLE:
                         gotos.append(a.table)
+                elif isinstance(a, Resubmit):
+                    gotos.append(a.table)
+                elif isinstance(a, Learn) and a.table not in tables:
+                    raise PipelineError(f"{flow.text()}: learns into undeclared table {a.table}")
         elif isinstance(i, Goto):
             gotos.append(i.table)
             goto_count += 1

@@ -153,3 +153,41 @@ def failover(
         finally:
             revive(plan, gateways[dead])
     return Failover(dead, other, killed_at, switched_at, result, on_dead, on_other)
+
+
+def has_direct_flow(host: HostPlan, ip: str) -> bool:
+    """Does the host's l3_lookup (table 30) hold a flow for exactly ``ip``: the direct path of
+    an offloaded pair (the pair counters in table 35 name it too, so they are not counted)."""
+    pattern = re.compile(rf"table=30,.*nw_dst={re.escape(ip)}[, ]")
+    return any(pattern.search(line) for line in ovs.ofctl(host, "dump-flows").splitlines())
+
+
+@dataclass
+class Offload:
+    """One busy pair moved to the direct path (``offload``)."""
+
+    started_at: float  # the pinger's first reply
+    offloaded_at: float  # the direct flow seen on the source host (by polling: an upper bound)
+    result: PingResult
+    captured: list[Geneve]  # on the source host's link after the direct flow appeared
+
+
+def offload(
+    plan: LabPlan, src_host: HostPlan, src: VmPlan, dst: VmPlan, deadline: float
+) -> Offload:
+    """Ping ``dst`` from ``src`` at 100 pps until the source host holds a direct flow for it,
+    then capture the source host's link until 20 more replies came; stop."""
+    with Pinger(src, dst.ip, count=10**6, interval=0.01) as pinger:
+        first = pinger.wait_reply_after(0, deadline)
+        if first is None:
+            raise AssertionError(f"{src.name} -> {dst.name} gets no reply")
+        wait_for(lambda: has_direct_flow(src_host, dst.ip), deadline, what="the pair offloaded")
+        offloaded_at = time.time()
+        with Capture(plan, src_host.name) as cap:
+            wait_for(
+                lambda: len(pinger.replies_after(offloaded_at)) >= 20, deadline,
+                what="replies after the offload",
+            )  # fmt: skip
+            captured, _ = cap.stop(expect=1)
+        result = pinger.stop()
+    return Offload(first, offloaded_at, result, captured)

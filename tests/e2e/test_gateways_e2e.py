@@ -150,6 +150,38 @@ def test_writes_are_programmed_and_a_new_peer_endpoint_needs_no_change_on_hv1(la
     assert "hv1" not in lab.hosts_with_flows_for(lab.vm("r2").ip)
 
 
+def test_on_demand_moves_a_busy_pair_to_the_direct_path_and_back(lab: Lab) -> None:
+    """Blue's side says on-demand: b1 pings r1 at 100 pps through the gateways; hv1 counts the
+    pair (a learned flow), finds it above [ohc] offload_pps and compiles r1's destination: the
+    requests go hv1 -> hv2 with no gateway (tcpdump on hv1's link), and no ping is lost across
+    the switch. Once b1 stops, the pair goes back to the gateways (offload_idle_s)."""
+    blue_ctl = controllers.client_for(lab.plan, "ctl1")
+    path = "/v1/vpcs/blue/peerings/blue-red?wait=programmed"
+    got = blue_ctl.put(path, {"forwarding": "on-demand"})
+    assert (got["programmed"], got["pending_hosts"]) == (True, []), got
+    b1, r1 = lab.vm("b1"), lab.vm("r1")
+    hv1, hv2 = lab.host("hv1"), lab.host("hv2")
+    try:
+        wait_for(lambda: lab.ping("b1", "r1"), DEADLINE, what="b1 pings r1")
+        assert not gwkit.has_direct_flow(hv1, r1.ip)  # through the gateways to start with
+        run = gwkit.offload(lab.plan, hv1, b1, r1, DEADLINE)
+        requests = [p for p in run.captured if p.icmp == "request" and p.inner_dst == r1.ip]
+        assert requests, run.captured
+        assert {(p.src, p.dst, p.vni) for p in requests} == {
+            (hv1.underlay_ip, hv2.underlay_ip, r1.vni)
+        }
+        assert run.result.gaps() == []  # nothing lost across the switch
+        print(f"\noffloaded {run.offloaded_at - run.started_at:.2f} s after the first reply")
+        wait_for(
+            lambda: not gwkit.has_direct_flow(hv1, r1.ip), DEADLINE,
+            what="the idle pair back to the gateways",
+        )  # fmt: skip
+        wait_for(lambda: lab.ping("b1", "r1"), DEADLINE, what="b1 pings r1 through the gateways")
+    finally:
+        got = blue_ctl.put(path, {"forwarding": "gateway"})
+    assert got["programmed"], got
+
+
 def test_a_dead_gateway_leaves_the_group_and_traffic_stays_on_the_other(lab: Lab) -> None:
     """hv1 and hv2 keep a BFD session to each gateway (its port reflects them back), and each
     bucket of their select groups watches its gateway's session. b1 pings r1 at 100 pps; the

@@ -14,7 +14,7 @@ from ohc.canonical import canonical_state
 from ohc.compiler import compile_host, gateway_mac
 from ohc.engine import FlowEngine
 from ohc.flows import OFPP_ANY
-from ohc.model import gateway_ips
+from ohc.model import HostView, gateway_ips
 from ohc.pipeline import BFD_UDP_PORT, BFD_VNI, TUNNEL_PORT
 from ohc.syncer import with_canary
 from tests.support.changes import changes
@@ -24,9 +24,8 @@ from tests.unit.test_ohc_gateways import GATEWAYS, gateway_intent, gateway_lab, 
 BFD_PORTS = {GATEWAYS["gw1"]: 41, GATEWAYS["gw2"]: 42}
 
 
-def with_bfd_ports(lab: Lab, host: str, bfd_ports: dict[str, int]) -> Lab:
-    """``lab`` with ``host`` compiled again as if its switch had these BFD ports."""
-    view = dataclasses.replace(lab.views[host], bfd_ports=tuple(sorted(bfd_ports.items())))
+def recompiled(lab: Lab, host: str, view: HostView) -> Lab:
+    """``lab`` with ``host`` compiled again from ``view`` (a view a test changed)."""
     state = compile_host(view)
     return dataclasses.replace(
         lab,
@@ -34,6 +33,12 @@ def with_bfd_ports(lab: Lab, host: str, bfd_ports: dict[str, int]) -> Lab:
         states={**lab.states, host: state},
         tables={**lab.tables, host: load(state)},
     )
+
+
+def with_bfd_ports(lab: Lab, host: str, bfd_ports: dict[str, int]) -> Lab:
+    """``lab`` with ``host`` compiled again as if its switch had these BFD ports."""
+    view = dataclasses.replace(lab.views[host], bfd_ports=tuple(sorted(bfd_ports.items())))
+    return recompiled(lab, host, view)
 
 
 def test_each_bucket_watches_its_gateways_bfd_port() -> None:
@@ -171,3 +176,9 @@ def test_ports_reads_bfd_ports_apart_from_the_tunnel_and_vm_ports() -> None:
     assert (got.tunnel, dict(got.vms), got.skipped) == (1, {}, ())
     assert dict(got.bfd) == {"10.0.0.9": 5}
     assert dict(got.bfd_names) == {"10.0.0.9": "mpbfd1", "10.0.0.10": "mpbfd2"}
+
+
+def test_buckets_watch_the_bfd_ports_once_one_session_is_up_and_none_before() -> None:
+    assert bfd.watched(BFD_PORTS, frozenset()) == {}  # all down: send to every gateway
+    assert bfd.watched(BFD_PORTS, frozenset({42, 1})) == BFD_PORTS
+    assert bfd.watched({}, frozenset({42})) == {}
