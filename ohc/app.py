@@ -41,7 +41,6 @@ from ohc import bfd, nd, offload, ofio, ports, reporting, status
 from ohc.agent import Agent
 from ohc.clients import stream_client
 from ohc.cookies import Kind, kind_of
-from ohc.cookies import Kind as CookieKind
 from ohc.engine import FlowEngine
 from ohc.metrics import OhcMetrics
 from ohc.model import Offload, Skipped
@@ -259,7 +258,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             if dp is None or (not sides and not self.offload_state.offloaded):
                 continue
             try:
-                rows = ofio.read_counts(self.replies, dp, OFFLOAD_COUNT, CookieKind.OFFLOAD, 5)
+                rows = ofio.read_counts(self.replies, dp, OFFLOAD_COUNT, Kind.OFFLOAD, 5)
             except Exception:
                 log.exception("ohc %s: reading the on-demand counters failed", self.conf.host)
                 continue
