@@ -134,11 +134,12 @@ def _learn_from_osken(parser: Any, action: Any) -> Learn | None:
     for spec in action.specs:
         if not isinstance(spec, parser.NXFlowSpecMatch) or spec.dst[1] != 0:
             return None
-        name = str(spec.dst[0])
+        # OVS reports a field that has an NXM header by it (os-ken: "<name>_nxm")
+        name = str(spec.dst[0]).removesuffix("_nxm")
         if MOVE_BITS.get(name) != int(spec.n_bits):
             return None
         if isinstance(spec.src, tuple):
-            if tuple(spec.src) != (name, 0):
+            if (str(spec.src[0]).removesuffix("_nxm"), spec.src[1]) != (name, 0):
                 return None
             copy.append(name)
         else:

@@ -422,6 +422,20 @@ def test_group_round_trip_through_os_ken_bytes(group: Group) -> None:
     assert ofio.group_from_desc(DP, stats) == group
 
 
+def test_a_learn_read_back_with_nxm_field_names_is_the_learn_sent() -> None:
+    """OVS reports learn specs by the NXM header of a field that has one (eth_type, ipv4_dst;
+    metadata has none): found by tests/integration/test_ohc_syncer.py, where every restart
+    modified the on-demand learner."""
+    specs = [
+        parser.NXFlowSpecMatch(0x0800, ("eth_type_nxm", 0), 16),
+        parser.NXFlowSpecMatch(("metadata", 0), ("metadata", 0), 64),
+        parser.NXFlowSpecMatch(("ipv4_dst_nxm", 0), ("ipv4_dst_nxm", 0), 32),
+    ]
+    reported = parser.NXActionLearn(35, specs, 10, 0, 100, 0xB1)
+    sent = Learn(35, 100, 10, 0xB1, (("eth_type", 0x0800),), ("metadata", "ipv4_dst"))
+    assert ofio.action_from_osken(parser, reported) == sent
+
+
 def test_foreign_actions_read_as_unrepresentable_so_they_are_replaced() -> None:
     stats = parser.OFPFlowStats(
         table_id=0,
