@@ -59,7 +59,7 @@ def cookie(kind: int, obj: int) -> int:
 
 
 def desired_state(n_routes: int = 200, n_subnets: int = 100) -> SwitchState:
-    """A few hundred flows of every shape ohc.flows has, and one select group."""
+    """A few hundred flows of every shape ohc.flows has, and two select groups."""
     flows = {UNTOUCHED}
     for i in range(n_routes):
         flows.add(
@@ -285,7 +285,7 @@ def changed(state: SwitchState) -> tuple[SwitchState, dict[str, int]]:
         "group_add": 0, "group_modify": 1, "flow_add": 5,
         "flow_modify": 3, "flow_delete": 4, "group_delete": 0,
     }  # fmt: skip
-    return SwitchState.of(flows, [group]), counts
+    return SwitchState.of(flows, [group, WATCHED]), counts
 
 
 def test_restart_after_a_change_sends_only_the_delta_and_keeps_counters(harness: Harness) -> None:
