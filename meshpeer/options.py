@@ -211,6 +211,32 @@ OHC = Section(
         Option("status_file", str, "where to write a JSON status after each sync (none: no file)"),
         Option("canary_interval", float, "seconds between checks for an OVS restart", 2.0),
         Option(
+            "bfd_interval_ms",
+            int,
+            "a hypervisor's BFD transmit and receive interval toward each gateway, in ms: a "
+            "dead gateway leaves the select group after 3 intervals (docs/gateways.md)",
+            100,
+        ),
+        Option(
+            "offload_interval",
+            float,
+            "seconds between two readings of the on-demand pair counters (docs/gateways.md)",
+            1.0,
+        ),
+        Option(
+            "offload_pps",
+            float,
+            "an on-demand pair at this rate (packets/s between two readings) or more goes direct",
+            50.0,
+        ),
+        Option(
+            "offload_idle_s",
+            int,
+            "an offloaded pair under 1 packet/s (or not seen) this many seconds goes back to "
+            "the gateways; also the idle timeout of the switch's pair counters",
+            10,
+        ),
+        Option(
             "metrics_port",
             int,
             "port of the OHC's Prometheus `GET /metrics` (docs/metrics.md; 0: not served)",

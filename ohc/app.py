@@ -36,14 +36,14 @@ from meshpeer import options
 from meshpeer.directory import SECRETS, parse_directory
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.gateways import HOST_ROLES, choice
-from ohc import nd, ofio, ports, reporting, status
+from ohc import bfd, nd, offload, ofio, ports, reporting, status
 from ohc.agent import Agent
 from ohc.clients import Channels
 from ohc.cookies import Kind, kind_of
 from ohc.engine import FlowEngine
 from ohc.metrics import OhcMetrics
-from ohc.model import Skipped
-from ohc.pipeline import ND_TARGET
+from ohc.model import Offload, Skipped
+from ohc.pipeline import ND_TARGET, OFFLOAD_COUNT
 from ohc.ports import SwitchPorts
 from ohc.session import SwitchSession
 from ohc.subscriptions import Sub
@@ -63,6 +63,7 @@ REPLY_EVENTS = [
     ofp_event.EventONFBundleCtrlMsg,
     ofp_event.EventOFPFlowStatsReply,
     ofp_event.EventOFPGroupDescStatsReply,
+    ofp_event.EventOFPPortDescStatsReply,
 ]
 
 
@@ -108,6 +109,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         self.replies = ofio.Replies()
         self.datapath: Any = None
         self.ports = SwitchPorts({}, None, ())
+        self.live: frozenset[int] = frozenset()  # live ofports (the BFD ports': ohc/bfd.py)
         self.logged_skips: frozenset[Skipped] = frozenset()  # logged once, while they last
         self.busy = False
         self.syncs = 0
@@ -128,6 +130,11 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         self.read_back_by = 0.0  # monotonic time until which a read-back waits for the streams
         self.deferred: set[str] = set()  # reasons of the syncs deferred meanwhile
         self.grace_timer: Any = None  # ends a deferral (_defer_read_back)
+        # on-demand sides (ohc/offload.py): the pairs sent direct, and the counters' readings
+        self.offload_state = offload.State()
+        self.offload_thresholds = offload.Thresholds(
+            conf.offload_pps, idle_s=float(conf.offload_idle_s)
+        )
         self.metrics = OhcMetrics(
             self.agent.stream_states, lambda: self.last.get("applied", {})
         )  # docs/metrics.md
@@ -138,6 +145,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         self.threads.append(hub.spawn(self._worker))
         self.threads.append(hub.spawn(self._canary))
         self.threads.append(hub.spawn(self._reporter))
+        self.threads.append(hub.spawn(self._offload))
         if self.conf.metrics_port:
             try:
                 served = self.metrics.serve(self.conf.metrics_host, self.conf.metrics_port)
@@ -240,6 +248,33 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             except Exception:
                 log.exception("ohc %s: canary check failed", self.conf.host)
 
+    def _offload(self) -> None:
+        """On-demand sides: read the switch's pair counters, decide which pairs go direct or
+        back (ohc/offload.py), and sync when that changed."""
+        while True:
+            hub.sleep(self.conf.offload_interval)
+            dp, sides = self.datapath, self.engine.on_demand
+            if dp is None or (not sides and not self.offload_state.offloaded):
+                continue
+            try:
+                rows = ofio.read_counts(self.replies, dp, OFFLOAD_COUNT, Kind.OFFLOAD, 5)
+            except Exception:
+                log.exception("ohc %s: reading the on-demand counters failed", self.conf.host)
+                continue
+            counts = {
+                (*sides[c], str(m["ipv4_dst"])): n
+                for c, m, n in rows
+                if c in sides and "ipv4_dst" in m
+            }
+            got = offload.decide(
+                self.offload_state, counts, time.monotonic(), self.offload_thresholds
+            )
+            self.offload_state = got.state
+            if got.moved or got.returned:
+                log.info("ohc %s: on-demand: direct %s, back to the gateways %s",
+                         self.conf.host, sorted(got.moved), sorted(got.returned))  # fmt: skip
+                self.triggers.put("offload")
+
     def _worker(self) -> None:
         while True:
             reasons = {self.triggers.get()}
@@ -298,6 +333,10 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             self.ports = read_ports(self.conf.ovsdb)
             if self.ports.numbering:
                 hub.spawn_after(PORT_REREAD_DELAY, self.triggers.put, "ports")
+            # BFD ports' liveness (a session coming up or going down sends a port status)
+            self.live = ofio.read_live_ports(self.replies, dp) if self.ports.bfd else frozenset()
+            if self.ports.bfd and not bfd.watched(self.ports.bfd, self.live):
+                hub.spawn_after(PORT_REREAD_DELAY, self.triggers.put, "ports")  # none up yet
         if "canary-missing" in reasons:
             self.session.installed = None  # the switch lost its flows: read back, resync
         # One snapshot, taken without yielding: what changed in the streams, their versions
@@ -320,21 +359,24 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         vms, tunnel = dict(self.ports.vms), self.ports.tunnel
         t0 = time.monotonic()
         self.engine_failed = True
-        offload = eventlet.tpool.execute
+        on_demand = Offload(offload.by_side(self.offload_state.offloaded), self.conf.offload_idle_s)
+        inputs = (vms, tunnel, bfd.watched(self.ports.bfd, self.live), on_demand)
+        off_hub = eventlet.tpool.execute
         if self.engine.fresh and self.session.installed is None:
             # compiled while the switch takes it (session.first_sync); an error in the sync
             # leaves the engine unknown too: it starts afresh
             update, synced = self.session.first_sync(
-                self.replies, dp, self.engine, changes, (vms, tunnel), complete, offload
+                self.replies, dp, self.engine, changes, inputs, complete, off_hub
             )
             self.engine_failed = False
             assert synced.compile_s is not None
             compile_s = synced.compile_s
         else:
-            update = offload(self.engine.update, changes, vms, tunnel)
+            update = off_hub(self.engine.update, changes, *inputs)
             self.engine_failed = False
             compile_s = time.monotonic() - t0
-            synced = self.session.sync(self.replies, dp, update, complete, offload)
+            synced = self.session.sync(self.replies, dp, update, complete, off_hub)
+        self._bfd_ports()
         skipped = self.ports.skipped + self.engine.skipped()
         self._log_skips(skipped)
         self.skipped = skipped
@@ -372,6 +414,19 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         self._freeze_heap()
         if sum(synced.plan.counts.values()) >= TRIM_AFTER_CHANGES:
             release_free_heap()
+
+    def _bfd_ports(self) -> None:
+        """One BFD port per gateway the view sends through (ohc/bfd.py); adding one makes OVS
+        send a port status, so the next sync reads its ofport and the buckets watch it."""
+        args = bfd.plan(self.engine.gateways, self.ports.bfd_names, self.conf.bfd_interval_ms)
+        if not args:
+            return
+        try:
+            subprocess.run(["ovs-vsctl", f"--db={self.conf.ovsdb}", "--timeout=10", *args],
+                           capture_output=True, text=True, check=True, timeout=15)  # fmt: skip
+        except (OSError, subprocess.SubprocessError) as exc:
+            self._error(f"BFD ports: {exc}")
+            log.warning("ohc %s: BFD ports not changed: %s", self.conf.host, exc)
 
     def _log_skips(self, skipped: tuple[Skipped, ...]) -> None:
         new, self.logged_skips = ports.new_skips(skipped, self.logged_skips)

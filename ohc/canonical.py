@@ -216,7 +216,8 @@ def _rebuilt_canonical(flow: Flow) -> Flow:
 
 def canonical_group(group: Group) -> Group:
     buckets = tuple(
-        Bucket(tuple(_canonical_action(a) for a in b.actions), b.weight) for b in group.buckets
+        Bucket(tuple(_canonical_action(a) for a in b.actions), b.weight, b.watch_port)
+        for b in group.buckets
     )
     return Group(group.group_id, group.type, buckets)
 

@@ -27,9 +27,12 @@ from ohc.flows import (
     Goto,
     Group,
     Instruction,
+    Learn,
     Match,
     MatchValue,
+    Move,
     Output,
+    Resubmit,
     SetField,
     ToGroup,
     WriteMetadata,
@@ -51,6 +54,8 @@ from ohc.pipeline import (
     ARP_REPLY_TABLE,
     ARP_REQUEST,
     ARP_TARGET,
+    BFD_UDP_PORT,
+    BFD_VNI,
     CLASSIFY,
     CONTEXT_MASK,
     CT_EST,
@@ -63,9 +68,11 @@ from ohc.pipeline import (
     GATEWAY_RELAY,
     INBOUND_CT,
     IPPROTO_ICMPV6,
+    IPPROTO_UDP,
     L3_LOOKUP,
     ND_SOLICIT,
     ND_TARGET,
+    OFFLOAD_COUNT,
     OFPP_CONTROLLER,
     OFPP_IN_PORT,
     PIPELINE,
@@ -403,7 +410,7 @@ def dest_context(ctx: Ctx, peer: PeerView | None) -> tuple[Hashable, ...]:
         parts += (peer.peer_vpc, peer.policy_id, ctx.subnets, reach)
         # one-way either side: commit toward the peer; a ct check at its local ports
         parts += (ctx.one_way(peer), (peer.peer_vpc, ctx.vpc) in ctx.replies_only)
-        parts += (peer.via_gateways,)
+        parts += (peer.forwarding,)  # offloaded destinations: the engine redoes those
     return parts
 
 
@@ -737,8 +744,8 @@ def dest_flows(out: _Out, ctx: Ctx, d: Destination, peer: PeerView | None) -> No
     if peer is None:
         owner, priority, meta = (Kind.DEST, f"{d.vpc}/{d.name}"), PRIO_OWN, _vpc(ctx.vni)
     else:
-        if peer.via_gateways:  # the gateways hold the peer's endpoints, not this host
-            return
+        if peer.via_gateways and d.ip not in peer.offloaded:
+            return  # the gateways hold the peer's endpoints, not this host (docs/gateways.md)
         if _inside_own_subnet(ctx, d.ip):
             out.note(
                 f"{ctx.vpc}: peer destination {d.vpc}/{d.name} {d.ip} is inside a local subnet"
@@ -753,6 +760,8 @@ def dest_flows(out: _Out, ctx: Ctx, d: Destination, peer: PeerView | None) -> No
     if actions is None:
         out.note(f"{ctx.vpc}: {owner[1]} claims this host but has no local port")
         return
+    if peer is not None and peer.on_demand:  # an offloaded pair is still counted
+        actions = (*actions[:1], RESUBMIT_COUNT, *actions[1:])
     if out.shared is not None:  # the tunnel actions are the host's, not the destination's
         keep = out.shared
         actions = (actions[0], *(keep.setdefault(a, a) for a in actions[1:]))
@@ -899,20 +908,82 @@ def _peer_subnet_flows(
     _source_ok(out, ctx, prefix, None, priority - 1, owner, peer)
     tunnel = ctx.view.tunnel_port
     buckets = tuple(
-        Bucket((SetField("tun_ipv4_dst", hop.underlay_ip), Output(tunnel)), hop.weight)
+        Bucket(
+            (SetField("tun_ipv4_dst", hop.underlay_ip), Output(tunnel)),
+            hop.weight,
+            ctx.view.watch_port(hop.underlay_ip),
+        )
         for hop in peer.gateways
     )
     out.groups[gid] = Group(gid, "select", buckets)
-    actions = (SetField("tunnel_id", peer.peer_vni), ToGroup(gid))
+    actions: tuple[Action, ...] = (SetField("tunnel_id", peer.peer_vni), ToGroup(gid))
+    if peer.on_demand and prefix.version == 4:
+        actions = (RESUBMIT_COUNT, *actions)
+        _offload_learner(out, ctx, peer, prefix, owner)
     out.add(L3_LOOKUP, priority, match, (_toward(ctx, peer, actions),), owner)
 
 
+RESUBMIT_COUNT = Resubmit(OFFLOAD_COUNT)
+# offload_count: a learned pair's flow, above the subnet flow that learns it (the learner
+# would otherwise learn the pair again at each packet, and OVS resets a relearned flow's counters)
+OFFLOAD_PRIORITY = PRIO_DEFAULT
+OFFLOAD_LEARNER_PRIORITY = PRIO_BRIDGED
+
+
+def offload_cookie(vpc: str, peer_vpc: str) -> int:
+    """The cookie of the flows an on-demand side ``vpc`` -> ``peer_vpc`` learns: the OHC
+    reads their counters by it (ohc/offload.py)."""
+    return cookie(Kind.OFFLOAD, f"{vpc}@{peer_vpc}")
+
+
+def _offload_learner(
+    out: _Out, ctx: Ctx, peer: PeerView, prefix: Network, owner: tuple[Kind, str]
+) -> None:
+    """An on-demand side: a packet to the peer's subnet that no learned flow counts yet
+    learns one for its (VPC context, destination), idle for ``peer.offload_idle_s``."""
+    learn = Learn(
+        OFFLOAD_COUNT,
+        OFFLOAD_PRIORITY,
+        peer.offload_idle_s,
+        offload_cookie(ctx.vpc, peer.peer_vpc),
+        (("eth_type", ETH_IPV4),),
+        ("metadata", "ipv4_dst"),
+    )
+    match = {"metadata": _routed(ctx.vni), **_ip_match("dst", prefix)}
+    out.add(OFFLOAD_COUNT, OFFLOAD_LEARNER_PRIORITY, match, (Apply((learn,)),), owner)
+
+
 def relay_all(out: _Out, view: HostView) -> None:
-    """A gateway host's flows: every VPC it relays for, and each destination there."""
+    """A gateway host's flows: BFD reflection (once it relays for some VPC), every VPC it
+    relays for, and each destination there."""
+    if view.relays:
+        bfd_reflect_flow(out, view)
     for relay in view.relays:
         relay_vpc_flows(out, view, relay.vni)
         for d in relay.destinations:
             relay_flows(out, view, d)
+
+
+def bfd_reflect_flow(out: _Out, view: HostView) -> None:
+    """A gateway host: a hypervisor's BFD control packet (VNI 0, UDP 3784, from the BFD port
+    it keeps toward this gateway) goes straight back to it, unchanged, out of the tunnel port
+    it came in on. The hypervisor's BFD session then sees its own packets come back and is up
+    while this gateway's datapath forwards (docs/gateways.md, liveness)."""
+    if view.tunnel_port is None:
+        return
+    out.add(
+        CLASSIFY,
+        PRIO_OWN,
+        {
+            "in_port": view.tunnel_port,
+            "tunnel_id": BFD_VNI,
+            "eth_type": ETH_IPV4,
+            "ip_proto": IPPROTO_UDP,
+            "udp_dst": BFD_UDP_PORT,
+        },
+        (Apply((Move("tun_ipv4_src", "tun_ipv4_dst"), Output(OFPP_IN_PORT))),),
+        (Kind.RELAY, "bfd"),
+    )
 
 
 def relay_vpc_flows(out: _Out, view: HostView, vni: int) -> None:

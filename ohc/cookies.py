@@ -29,6 +29,7 @@ class Kind(IntEnum):
     PEER_ROUTE = 0x08  # route received from a peer under a policy
     PEER_LB = 0x09  # load balancer received from a peer under a policy
     RELAY = 0x0A  # a gateway host's: forwarding to one destination of a VPC it relays for
+    OFFLOAD = 0x0B  # learned by the switch: one (VPC, destination) pair of an on-demand side
 
 
 def object_hash(owner: str) -> int:

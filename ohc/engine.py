@@ -46,6 +46,7 @@ from ohc.compiler import (
     dest_flows,
     infra_flows,
     lb_flows,
+    offload_cookie,
     port_flows,
     relay_all,
     route_flows,
@@ -57,8 +58,10 @@ from ohc.model import (
     BadObject,
     Destination,
     LocalPort,
+    Offload,
     PeerView,
     Skipped,
+    gateway_ips,
     ip_key,
 )
 from ohc.subscriptions import Sub
@@ -242,6 +245,10 @@ class FlowEngine:
         self.streams: dict[Sub, dict[str, Any]] = {}
         self.ofports: Mapping[tuple[str, str], int] | None = None
         self.tunnel_port: int | None = None
+        self.bfd_ports: Mapping[str, int] = {}  # gateway IP -> its BFD port (docs/gateways.md)
+        self.gateways: frozenset[str] = frozenset()  # the gateways the view sends through
+        self.offload = Offload()  # on-demand sides: what goes direct (ohc/offload.py)
+        self.on_demand: dict[int, tuple[str, str]] = {}  # pair-counter cookie -> its side
         self.indexes: dict[IndexKey, DestIndex] = {}
         self.roles: dict[RoleKey, _Role] = {}
         self.dest_units: dict[RoleKey, dict[IpKey, _DestUnit]] = {}
@@ -302,9 +309,12 @@ class FlowEngine:
         changes: Mapping[Sub, StreamChange],
         ofports: Mapping[tuple[str, str], int],
         tunnel_port: int | None,
+        bfd_ports: Mapping[str, int] | None = None,
+        offload: Offload | None = None,
     ) -> Update:
-        """Take ``changes`` (and the switch's ports) in; what that changed."""
-        work = self._prepare(changes, ofports, tunnel_port)
+        """Take ``changes`` (and the switch's ports, BFD ports and offloaded pairs) in; what
+        that changed."""
+        work = self._prepare(changes, ofports, tunnel_port, bfd_ports, offload)
         for rk, role, ip in work:
             self._compile_dest(rk, role, ip)
         return self._finish(self._rebuilt)
@@ -314,6 +324,9 @@ class FlowEngine:
         changes: Mapping[Sub, StreamChange],
         ofports: Mapping[tuple[str, str], int],
         tunnel_port: int | None,
+        bfd_ports: Mapping[str, int] | None = None,
+        offload: Offload | None = None,
+        *,
         every: int,
     ) -> Iterator[list[tuple[FlowKey, Flow | None]]]:
         """``update`` of a fresh engine, in pieces, so that a first sync can send the flows
@@ -324,7 +337,7 @@ class FlowEngine:
         if not self.fresh:
             raise ValueError("first_update needs a fresh engine")
         self.last_update = None
-        work = self._prepare(changes, ofports, tunnel_port)
+        work = self._prepare(changes, ofports, tunnel_port, bfd_ports, offload)
         try:
             yield [(k, _flow_of(h, k)) for k, h in self.table.items()]
             self._touched = []
@@ -347,13 +360,24 @@ class FlowEngine:
         changes: Mapping[Sub, StreamChange],
         ofports: Mapping[tuple[str, str], int],
         tunnel_port: int | None,
+        bfd_ports: Mapping[str, int] | None,
+        offload: Offload | None,
     ) -> Iterator[tuple[RoleKey, _Role, IpKey]]:
         """Everything but the destination units, which are left to compile: the caller
         compiles each (role, address) the returned iterator gives."""
         self._gids, self._old, self._compiled = set(), {}, 0
         self.fresh = False
-        rebuild = self.ofports != ofports or self.tunnel_port != tunnel_port or not self.roles
-        self.ofports, self.tunnel_port = dict(ofports), tunnel_port
+        bfd = dict(bfd_ports or {})
+        offload = offload or Offload()
+        rebuild = (
+            self.ofports != ofports
+            or self.tunnel_port != tunnel_port
+            or self.bfd_ports != bfd
+            or self.offload != offload
+            or not self.roles
+        )
+        self.ofports, self.tunnel_port, self.bfd_ports = dict(ofports), tunnel_port, bfd
+        self.offload = offload
         if self.role == "gateway":
             self._relay(changes)
             self._rebuilt = False
@@ -463,7 +487,15 @@ class FlowEngine:
             self.ofports,
             self.tunnel_port,
             taken=lambda vpc, policy, vni: self._index(vpc, policy, vni).claims,
+            bfd_ports=self.bfd_ports,
+            offload=self.offload,
         )
+        self.gateways = gateway_ips(view)
+        self.on_demand = {
+            offload_cookie(p.vpc, p.peer_vpc): (p.vpc, p.peer_vpc)
+            for p in view.peers
+            if p.on_demand
+        }
         groups = assign_groups(view, view.vpc_vni())
         roles: dict[RoleKey, _Role] = {}
         ctx_units = set()
@@ -473,8 +505,8 @@ class FlowEngine:
             own: IndexKey = (ctx.vpc, None, ctx.vni)
             roles[(ctx.vpc, None)] = _Role(ctx, None, own, (1, ctx.vpc, 2), dest_context(ctx, None))
             for pos, peer in enumerate(ctx.peers):
-                if peer.via_gateways:  # no flow per peer endpoint (docs/gateways.md)
-                    continue
+                if peer.via_gateways and not peer.on_demand:
+                    continue  # no flow per peer endpoint (docs/gateways.md)
                 ik: IndexKey = (peer.peer_vpc, peer.policy_id, peer.peer_vni)
                 context = (*dest_context(ctx, peer), pos)
                 rank = (1, ctx.vpc, 4, pos, 0)
@@ -493,6 +525,8 @@ class FlowEngine:
                 redo[rk] = _ALL
             else:
                 redo[rk] = {ip_key(ip) for vpc, ip in moved if vpc == role.source}
+                if role.peer is not None and old.peer is not None:  # on-demand: offloaded
+                    redo[rk].update(map(ip_key, role.peer.offloaded ^ old.peer.offloaded))
         self.roles, self.local, self.vips = roles, local, _claimed_vips(small)
         used = {r.index for r in roles.values()}
         for ik in set(self.indexes) - used:

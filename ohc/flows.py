@@ -96,7 +96,42 @@ class Conntrack:
         return self.zone_start << 6 | 15 if self.zone_field else self.zone
 
 
-Action = Output | SetField | ToGroup | DecTtl | Conntrack
+@dataclass(frozen=True, order=True, slots=True)
+class Move:
+    """``move:src[]->dst[]`` (Nicira reg_move, os-ken ``NXActionRegMove``): the whole of one
+    field copied into another of the same width (a gateway reflecting a BFD probe copies the
+    tunnel's source address into its destination, docs/gateways.md)."""
+
+    src: str
+    dst: str
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Resubmit:
+    """``resubmit(,table)`` (Nicira): look the packet up in ``table``, run that flow's actions,
+    then go on with the rest of this action list (an on-demand host counts each packet of the
+    gateway path in ``offload_count`` this way, docs/gateways.md)."""
+
+    table: int
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Learn:
+    """``learn(...)`` (Nicira): add (or refresh) a flow in ``table`` with this priority,
+    idle timeout and cookie, matching each (field, value) in ``values`` and each field in
+    ``copy`` on the value the current packet has; the learned flow has no actions. An
+    on-demand host learns one such flow per (VPC context, destination) it sends to: its
+    counters are the pair's packet count (docs/gateways.md, on-demand)."""
+
+    table: int
+    priority: int
+    idle_timeout: int
+    cookie: int
+    values: tuple[tuple[str, int], ...]
+    copy: tuple[str, ...]
+
+
+Action = Output | SetField | ToGroup | DecTtl | Conntrack | Move | Resubmit | Learn
 
 
 # --- instructions --------------------------------------------------------------------------
@@ -156,12 +191,17 @@ class Flow:
 
 
 GroupType = Literal["all", "select", "indirect"]
+OFPP_ANY = 0xFFFFFFFF  # a bucket watching no port: always live
+NX_IN_PORT = 0xFFF8  # resubmit's "the packet's own in_port" (16-bit Nicira form)
 
 
 @dataclass(frozen=True, order=True, slots=True)
 class Bucket:
     actions: tuple[Action, ...]
     weight: int = 0  # only select groups use weights
+    # the port whose liveness the bucket's follows (OVS skips a select bucket whose watched
+    # port is down, e.g. its BFD session: docs/gateways.md); OFPP_ANY: none, always live
+    watch_port: int = OFPP_ANY
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +212,10 @@ class Group:
 
     def text(self) -> str:
         bs = ";".join(
-            f"w={b.weight}:" + ",".join(_action_text(a) for a in b.actions) for b in self.buckets
+            f"w={b.weight}:"
+            + ("" if b.watch_port == OFPP_ANY else f"watch={b.watch_port}:")
+            + ",".join(_action_text(a) for a in b.actions)
+            for b in self.buckets
         )
         return f"group_id={self.group_id},type={self.type},buckets={bs}"
 
@@ -195,6 +238,16 @@ def _action_text(a: Action) -> str:
         return f"group:{a.group_id}"
     if isinstance(a, Conntrack):
         return _ct_text(a)
+    if isinstance(a, Move):
+        return f"move:{a.src}[]->{a.dst}[]"
+    if isinstance(a, Resubmit):
+        return f"resubmit(,{a.table})"
+    if isinstance(a, Learn):
+        specs = [f"{k}={v:#x}" for k, v in a.values] + [f"{k}" for k in a.copy]
+        return (
+            f"learn(table={a.table},priority={a.priority},idle_timeout={a.idle_timeout},"
+            f"cookie={a.cookie:#x},{','.join(specs)})"
+        )
     return "dec_ttl"
 
 
@@ -244,9 +297,38 @@ def actions_to_osken(parser: Any, actions: tuple[Action, ...]) -> list[Any]:
                     [],
                 )
             )
+        elif isinstance(a, Move):
+            out.append(parser.NXActionRegMove(a.src, a.dst, field_bits(a.src)))
+        elif isinstance(a, Resubmit):
+            out.append(parser.NXActionResubmitTable(NX_IN_PORT, a.table))
+        elif isinstance(a, Learn):
+            specs = [parser.NXFlowSpecMatch(v, (k, 0), field_bits(k)) for k, v in a.values]
+            specs += [parser.NXFlowSpecMatch((k, 0), (k, 0), field_bits(k)) for k in a.copy]
+            out.append(
+                parser.NXActionLearn(
+                    a.table, specs, a.idle_timeout, 0, a.priority, a.cookie, 0, 0, 0
+                )
+            )
         else:
             out.append(parser.OFPActionDecNwTtl())
     return out
+
+
+# Widths of the fields a ``Move`` may copy (both ends the same width) or a ``Learn`` match.
+MOVE_BITS: Mapping[str, int] = {
+    "tun_ipv4_src": 32,
+    "tun_ipv4_dst": 32,
+    "metadata": 64,
+    "eth_type": 16,
+    "ipv4_dst": 32,
+}
+
+
+def field_bits(name: str) -> int:
+    try:
+        return MOVE_BITS[name]
+    except KeyError:
+        raise ValueError(f"move: field {name!r} is not supported") from None
 
 
 def instructions_to_osken(
@@ -304,7 +386,7 @@ def group_mod(datapath: Any, group: Group, command: str = "add") -> Any:
     buckets = [
         parser.OFPBucket(
             weight=b.weight,
-            watch_port=ofp.OFPP_ANY,
+            watch_port=b.watch_port,
             watch_group=ofp.OFPG_ANY,
             actions=actions_to_osken(parser, b.actions),
         )

@@ -9,11 +9,12 @@ export policy.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 from meshpeer.protocol import ServiceName
-from ohc.model import HostView, Skipped, StreamObjects, TakenIps, relay_view
+from ohc.model import HostView, Offload, Skipped, StreamObjects, TakenIps, relay_view
 from ohc.subscriptions import Sub
 
 # The StreamObjects field each VPC-scoped service fills.
@@ -30,10 +31,14 @@ def host_view(
     ofports: Mapping[tuple[str, str], int],
     tunnel_port: int | None,
     taken: TakenIps | None = None,
+    bfd_ports: Mapping[str, int] | None = None,
+    offload: Offload | None = None,
 ) -> tuple[HostView, tuple[Skipped, ...]]:
-    """The view of a host whose switch numbers its VM ports ``ofports`` (VPC, endpoint name)
-    and its tunnel ``tunnel_port``, from the objects of the streams it follows (``taken``:
-    see ``HostView.from_service_objects``)."""
+    """The view of a host whose switch numbers its VM ports ``ofports`` (VPC, endpoint name),
+    its tunnel ``tunnel_port`` and its BFD ports toward the gateways ``bfd_ports`` (gateway
+    underlay IP -> ofport), from the objects of the streams it follows (``taken``: see
+    ``HostView.from_service_objects``); ``offload``: the on-demand sides' offloaded
+    addresses and idle timeout (ohc/offload.py)."""
     endpoints: dict[str, Any] = {}
     own: dict[str, dict[str, Any]] = {}
     peerings: dict[str, Any] = {}
@@ -47,7 +52,7 @@ def host_view(
             own.setdefault(sub.key, {})[SERVICE_FIELDS[sub.service]] = objs
         else:
             peer.setdefault((sub.key, sub.policy), {})[SERVICE_FIELDS[sub.service]] = objs
-    return HostView.from_service_objects(
+    view, skipped = HostView.from_service_objects(
         underlay_ip,
         endpoints,
         ofports,
@@ -57,6 +62,21 @@ def host_view(
         tunnel_port,
         taken,
     )
+    if bfd_ports:
+        view = dataclasses.replace(view, bfd_ports=tuple(sorted(bfd_ports.items())))
+    if offload is not None and any(p.on_demand for p in view.peers):
+        peers = tuple(
+            dataclasses.replace(
+                p,
+                offloaded=offload.pairs.get((p.vpc, p.peer_vpc), frozenset()),
+                offload_idle_s=offload.idle_s,
+            )
+            if p.on_demand
+            else p
+            for p in view.peers
+        )
+        view = dataclasses.replace(view, peers=peers)
+    return view, skipped
 
 
 def gateway_view(

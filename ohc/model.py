@@ -26,6 +26,7 @@ from typing import Any, Literal
 from meshpeer.protocol.gateways import DEFAULT_FORWARDING, Forwarding, GatewayHop, uses_gateways
 from meshpeer.protocol.messages import ProtocolError
 from meshpeer.protocol.peering import MAX_VNI, Inbound, PeeringObject
+from ohc.flows import OFPP_ANY
 from ohc.pipeline import MAX_PORT, TUNNEL_PORT
 from policies.routes import DEFAULT_PREFERENCE
 
@@ -406,11 +407,27 @@ class PeerView:
     preference: int = DEFAULT_PREFERENCE  # the local side's (policies.routes rule 3)
     forwarding: Forwarding = DEFAULT_FORWARDING  # the local side's (docs/gateways.md)
     gateways: tuple[GatewayHop, ...] = ()  # the live gateway hosts, as the shard lists them
+    # on-demand: the peer's addresses this host sends to directly (ohc/offload.py decides)
+    offloaded: frozenset[Address] = frozenset()
+    offload_idle_s: int = 10  # on-demand: a learned pair's idle timeout ([ohc] offload_idle_s)
 
     @property
     def via_gateways(self) -> bool:
         """Does this host send to the peer through the gateways (no per-endpoint flows)?"""
         return uses_gateways(self.forwarding)
+
+    @property
+    def on_demand(self) -> bool:
+        return self.forwarding == "on-demand"
+
+
+@dataclass(frozen=True)
+class Offload:
+    """What an on-demand host sends directly: per (local VPC, peer VPC), the peer's addresses
+    (``ohc.offload`` decides them), and the idle timeout of the switch's pair counters."""
+
+    pairs: Mapping[tuple[str, str], frozenset[Address]] = field(default_factory=dict)
+    idle_s: int = 10
 
 
 @dataclass(frozen=True)
@@ -427,6 +444,15 @@ class HostView:
     # A gateway host's: the destination sets it forwards to (docs/gateways.md), each with
     # its VPC's VNI; a hypervisor has none.
     relays: tuple[VpcServices, ...] = ()
+    # A hypervisor's BFD ports toward the gateways, (gateway underlay IP, ofport), sorted
+    # (ohc/ports.py): the select group's bucket for a gateway watches its port, so OVS drops
+    # a gateway whose BFD session is down from the group by itself (docs/gateways.md).
+    bfd_ports: tuple[tuple[str, int], ...] = ()
+
+    def watch_port(self, gateway_ip: str) -> int:
+        """The port a bucket toward ``gateway_ip`` watches; OFPP_ANY (always live) while the
+        gateway has no BFD port yet."""
+        return next((port for ip, port in self.bfd_ports if ip == gateway_ip), OFPP_ANY)
 
     def vpc_vni(self) -> dict[str, int]:
         return {p.vpc: p.vni for p in self.local_ports}
@@ -525,6 +551,13 @@ class HostView:
             tunnel_port,
         )
         return view, tuple(sorted(set(skipped)))
+
+
+def gateway_ips(view: HostView) -> frozenset[str]:
+    """The gateways a hypervisor sends some peer through: the BFD ports it needs."""
+    return frozenset(
+        hop.underlay_ip for peer in view.peers if peer.via_gateways for hop in peer.gateways
+    )
 
 
 def _obj(value: object) -> JsonObject:

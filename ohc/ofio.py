@@ -40,8 +40,11 @@ import eventlet.event
 
 from ohc import readback, wire
 from ohc.canonical import UNREPRESENTABLE, canonical_flow
+from ohc.cookies import Kind, cookie_of_kind, kind_mask, kind_of
 from ohc.flows import (
     CT_COMMIT,
+    MOVE_BITS,
+    NX_IN_PORT,
     Action,
     Apply,
     Bucket,
@@ -52,9 +55,12 @@ from ohc.flows import (
     Group,
     GroupType,
     Instruction,
+    Learn,
     Match,
     MatchValue,
+    Move,
     Output,
+    Resubmit,
     SetField,
     ToGroup,
     WriteMetadata,
@@ -108,9 +114,58 @@ def action_from_osken(parser: Any, action: Any) -> Action:
         return DecTtl()
     if isinstance(action, parser.NXActionCT) and _plain_ct(action):
         return _conntrack_from_osken(action)
+    if isinstance(action, parser.NXActionRegMove) and _whole_move(action):
+        return Move(str(action.src_field), str(action.dst_field))
+    if isinstance(action, parser.NXActionResubmitTable) and int(action.in_port) == NX_IN_PORT:
+        return Resubmit(int(action.table_id))
+    if isinstance(action, parser.NXActionLearn):
+        learn = _learn_from_osken(parser, action)
+        if learn is not None:
+            return learn
     # Installed by someone else: keep it visibly different from anything desired, so the
     # plan replaces or deletes the flow instead of believing it is in sync.
     return SetField(UNREPRESENTABLE, type(action).__name__)
+
+
+def _learn_from_osken(parser: Any, action: Any) -> Learn | None:
+    """A learn action ``Learn`` can say: match specs only, whole supported fields, no hard
+    timeout, flags or fin timeouts; None for anything else."""
+    values: list[tuple[str, int]] = []
+    copy: list[str] = []
+    for spec in action.specs:
+        if not isinstance(spec, parser.NXFlowSpecMatch) or spec.dst[1] != 0:
+            return None
+        # OVS reports a field that has an NXM header by it (os-ken: "<name>_nxm")
+        name = str(spec.dst[0]).removesuffix("_nxm")
+        if MOVE_BITS.get(name) != int(spec.n_bits):
+            return None
+        if isinstance(spec.src, tuple):
+            if (str(spec.src[0]).removesuffix("_nxm"), spec.src[1]) != (name, 0):
+                return None
+            copy.append(name)
+        else:
+            values.append((name, int(spec.src)))
+    extra = (action.hard_timeout, action.flags, action.fin_idle_timeout, action.fin_hard_timeout)
+    if any(int(x) for x in extra):
+        return None
+    return Learn(
+        int(action.table_id),
+        int(action.priority),
+        int(action.idle_timeout),
+        int(action.cookie),
+        tuple(values),
+        tuple(copy),
+    )
+
+
+def _whole_move(action: Any) -> bool:
+    """A reg_move ``Move`` can say: a whole supported field into another, from bit 0."""
+    bits = MOVE_BITS.get(str(action.src_field))
+    return (
+        bits is not None
+        and MOVE_BITS.get(str(action.dst_field)) == bits == int(action.n_bits)
+        and int(action.src_ofs) == int(action.dst_ofs) == 0
+    )
 
 
 def _plain_ct(action: Any) -> bool:
@@ -184,7 +239,8 @@ def group_from_desc(datapath: Any, stats: Any) -> Group:
         if int(stats.type) == getattr(ofp, const):
             gtype = name
     buckets = tuple(
-        Bucket(actions_from_osken(parser, b.actions), int(b.weight)) for b in stats.buckets or ()
+        Bucket(actions_from_osken(parser, b.actions), int(b.weight), int(b.watch_port))
+        for b in stats.buckets or ()
     )
     if gtype is None:
         return Group(
@@ -514,8 +570,24 @@ def flows_from_stats(datapath: Any, stats: list[Any], known: Iterable[Flow] = ()
     parsed += [reply.osken(off) for reply, off in unknown]
     # Canonical, as the desired flows are: os-ken renders e.g. ::1:0 as ::0.1.0.0, and a key
     # that differs only in its rendering would be planned as an add plus a delete.
-    flows = frozenset(found).union(canonical_flow(flow_from_stats(datapath, s)) for s in parsed)
+    flows = frozenset(found).union(
+        canonical_flow(flow) for flow in (flow_from_stats(datapath, s) for s in parsed)
+        if kind_of(flow.cookie) != Kind.OFFLOAD  # the switch's own: not the OHC's to sync
+    )  # fmt: skip
     return ReadFlows(flows, len(parsed))
+
+
+def read_counts(
+    replies: Replies, datapath: Any, table_id: int, kind: Kind, timeout: float = DEFAULT_TIMEOUT
+) -> list[tuple[int, dict[str, Any], int]]:
+    """(cookie, match, packet count) of every flow of ``kind`` in ``table_id``: the on-demand
+    pair counters the switch learned (ohc/offload.py)."""
+    request = flow_stats_request(datapath, table_id, cookie_of_kind(kind), kind_mask())
+    out = []
+    for s in _multipart(replies, datapath, request, timeout):
+        for e in [s.osken(o) for o in s.entries()] if isinstance(s, readback.RawFlowStats) else [s]:
+            out.append((int(e.cookie), dict(e.match.items()), int(e.packet_count)))
+    return out
 
 
 def read_groups(
@@ -551,6 +623,17 @@ def read_raw(replies: Replies, datapath: Any, timeout: float = DEFAULT_TIMEOUT) 
     groups = read_groups(replies, datapath, timeout)
     stats = _multipart(replies, datapath, flow_stats_request(datapath), timeout)
     return RawInstalled(stats, groups)
+
+
+def read_live_ports(
+    replies: Replies, datapath: Any, timeout: float = DEFAULT_TIMEOUT
+) -> frozenset[int]:
+    """The ports the switch says are live (OFPPS_LIVE: for a port with BFD, its session is
+    forwarding)."""
+    ofp, parser = datapath.ofproto, datapath.ofproto_parser
+    request = parser.OFPPortDescStatsRequest(datapath, 0)
+    ports = _multipart(replies, datapath, request, timeout)
+    return frozenset(int(p.port_no) for p in ports if int(p.state) & ofp.OFPPS_LIVE)
 
 
 def read_installed(

@@ -24,7 +24,17 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
-from ohc.flows import CT_NO_TABLE, Apply, Conntrack, Flow, Goto, SetField, WriteMetadata
+from ohc.flows import (
+    CT_NO_TABLE,
+    Apply,
+    Conntrack,
+    Flow,
+    Goto,
+    Learn,
+    Resubmit,
+    SetField,
+    WriteMetadata,
+)
 
 # --- ports and metadata ----------------------------------------------------------------------
 
@@ -49,6 +59,9 @@ ETH_IPV6 = 0x86DD
 ARP_REQUEST = 1
 ARP_REPLY = 2
 IPPROTO_ICMPV6 = 58
+IPPROTO_UDP = 17
+BFD_UDP_PORT = 3784  # BFD control packets (RFC 5881)
+BFD_VNI = 0  # the VNI of BFD probes to gateways: no VPC has it (VNIs are 1..2^24-1)
 ND_SOLICIT = 135  # ICMPv6 neighbour solicitation
 
 
@@ -79,6 +92,7 @@ ARP_REPLY_TABLE = 11
 ND_TARGET = 12
 ROUTED_HOP = 20
 L3_LOOKUP = 30
+OFFLOAD_COUNT = 35
 TUNNEL_DST = 40
 TUNNEL_SRC = 41
 TUNNEL_DELIVER = 42
@@ -109,12 +123,16 @@ TABLES: tuple[Table, ...] = (
             "arp_spa",
             "arp_sha",
             "tunnel_id",
+            "udp_dst",
         ),
         (ARP_TARGET, ND_TARGET, ROUTED_HOP, TUNNEL_DST, GATEWAY_RELAY),
         "VM port: anti-spoofing (in_port + eth_src + IP/ARP source) and VPC context into "
         "metadata; ARP and IPv6 neighbour solicitations go to their responders. Tunnel port: a "
-        "local VPC's VNI into metadata; on a gateway host, a relayed VPC's VNI to gateway_relay.",
-        "compiler.vpc_flows, port_flows, _classify_ip (VIPs, route prefixes), relay_vpc_flows",
+        "local VPC's VNI into metadata; on a gateway host, a relayed VPC's VNI to gateway_relay, "
+        "and a hypervisor's BFD probe (VNI 0, UDP 3784) straight back to its sender "
+        "(tun_ipv4_dst := tun_ipv4_src, out IN_PORT: docs/gateways.md, liveness).",
+        "compiler.vpc_flows, port_flows, _classify_ip (VIPs, route prefixes), relay_vpc_flows, "
+        "bfd_reflect_flow",
     ),
     _t(
         ARP_TARGET,
@@ -157,7 +175,7 @@ TABLES: tuple[Table, ...] = (
         L3_LOOKUP,
         "l3_lookup",
         ("metadata", "eth_type", "ipv4_dst", "ipv6_dst"),
-        (INBOUND_CT,),
+        (OFFLOAD_COUNT, INBOUND_CT),
         "Per VPC context: own destinations (local port, or Geneve with the own VNI), peer "
         "destinations (routed only; Geneve with the peer's VNI), ILB VIPs (select group), "
         "static and dynamic (BGP-learned, docs/routing.md) routes by longest prefix; subnet "
@@ -166,6 +184,18 @@ TABLES: tuple[Table, ...] = (
         "peer this VPC takes only replies from: ct commit in the sending port's zone first; to "
         "a local port whose VPC takes only replies from this one: ct(table=43) instead of output.",
         "compiler.port_flows, dest_flows, lb_flows, route_flows",
+    ),
+    _t(
+        OFFLOAD_COUNT,
+        "offload_count",
+        ("metadata", "eth_type", "ipv4_dst"),
+        (),
+        "On-demand sides only (docs/gateways.md): reached by resubmit from a peer's subnet "
+        "flow to the gateways and from a direct flow of an offloaded destination, so it "
+        "counts each (VPC context, destination) pair: a learned flow (no actions, idle "
+        "timeout, the side's cookie) per pair the host sends to; the subnet flow here learns "
+        "it. Nothing is output here: the resubmitting flow goes on.",
+        "compiler.route_flows (on-demand), dest_flows (offloaded)",
     ),
     _t(
         TUNNEL_DST,
@@ -233,6 +263,7 @@ _PREREQS: Mapping[str, tuple[str, frozenset[int]]] = MappingProxyType(
         "arp_sha": ("eth_type", frozenset({ETH_ARP})),
         "arp_tha": ("eth_type", frozenset({ETH_ARP})),
         "ip_proto": ("eth_type", frozenset({ETH_IPV4, ETH_IPV6})),
+        "udp_dst": ("ip_proto", frozenset({IPPROTO_UDP})),
         "icmpv6_type": ("ip_proto", frozenset({IPPROTO_ICMPV6})),
         "ipv6_nd_target": ("icmpv6_type", frozenset({ND_SOLICIT})),
     }
@@ -268,6 +299,10 @@ def check_flow(flow: Flow, tables: Mapping[int, Table] = PIPELINE) -> Flow:
                     ct = True
                     if a.table != CT_NO_TABLE:
                         gotos.append(a.table)
+                elif isinstance(a, Resubmit):
+                    gotos.append(a.table)
+                elif isinstance(a, Learn) and a.table not in tables:
+                    raise PipelineError(f"{flow.text()}: learns into undeclared table {a.table}")
         elif isinstance(i, Goto):
             gotos.append(i.table)
             goto_count += 1

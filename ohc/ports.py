@@ -8,6 +8,9 @@ in ``ohc/app.py``) and this module decides, from the rows alone:
   OVS gave it;
 * the **VM ports**: interfaces whose ``external_ids`` name an endpoint (``iface-id``, the
   endpoint's name in its VPC, and ``vpc``), at whatever ofport OVS gave them, 1 included;
+* the **BFD ports** toward the gateways (docs/gateways.md): Geneve interfaces the OHC made
+  itself, marked ``external_ids:meshpeer-bfd=<gateway underlay IP>`` (``ohc/bfd.py``), with
+  their ofports;
 * the **skipped** ones, each with its reason: an ``iface-id`` without ``vpc``, a tunnel or patch
   interface that carries an ``iface-id``, an interface OVS has no OpenFlow port for (yet, or
   because it failed: OVS's ``error`` column is in the reason), a second interface for the same
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ohc.model import Skipped
 
@@ -52,6 +55,10 @@ class SwitchPorts:
     vms: Mapping[tuple[str, str], int]  # (vpc, endpoint name) -> ofport
     tunnel: int | None  # the flow-based Geneve port's ofport; None: there is none
     skipped: tuple[Skipped, ...]
+    # BFD ports toward the gateways: gateway underlay IP -> ofport (those OVS numbered), and
+    # -> interface name (every one in OVSDB: what ``ohc.bfd.plan`` adds to or removes)
+    bfd: Mapping[str, int] = field(default_factory=dict)
+    bfd_names: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def numbering(self) -> bool:
@@ -100,6 +107,9 @@ def parse_rows(doc: Mapping[str, object]) -> list[InterfaceRow]:
     return rows
 
 
+BFD_MARK = "meshpeer-bfd"  # external_ids key of a BFD port: the gateway's underlay IP
+
+
 def is_tunnel(row: InterfaceRow) -> bool:
     """The flow-based Geneve port: remote and key chosen per packet by the flows."""
     return row.type == "geneve" and row.options.get("remote_ip") == "flow"
@@ -120,6 +130,8 @@ def classify(rows: Iterable[InterfaceRow]) -> SwitchPorts:
     where: dict[tuple[str, str], str] = {}
     tunnel: tuple[int, str] | None = None
     skipped: list[Skipped] = []
+    bfd: dict[str, int] = {}
+    bfd_names: dict[str, str] = {}
 
     def skip(row: InterfaceRow, reason: str) -> None:
         skipped.append(Skipped("port", row.name, reason))
@@ -132,6 +144,12 @@ def classify(rows: Iterable[InterfaceRow]) -> SwitchPorts:
                 skip(row, f"a second flow-based Geneve port (using {tunnel[1]})")
             else:
                 tunnel = (row.ofport or 0, row.name)
+            continue
+        gateway = row.external_ids.get(BFD_MARK)
+        if gateway is not None and row.type == "geneve":
+            bfd_names[gateway] = row.name
+            if _no_ofport(row) is None:
+                bfd[gateway] = row.ofport or 0
             continue
         if "iface-id" not in row.external_ids:
             continue  # not meant as a VM port (br-int itself, br-phy's ports, ...)
@@ -147,7 +165,8 @@ def classify(rows: Iterable[InterfaceRow]) -> SwitchPorts:
         else:
             vms[(vpc, iface)] = row.ofport or 0
             where[(vpc, iface)] = row.name
-    return SwitchPorts(vms, None if tunnel is None else tunnel[0], tuple(skipped))
+    tunnel_port = None if tunnel is None else tunnel[0]
+    return SwitchPorts(vms, tunnel_port, tuple(skipped), bfd, bfd_names)
 
 
 def new_skips(

@@ -138,11 +138,12 @@ class SwitchSession:
         datapath: Any,
         engine: FlowEngine,
         changes: Mapping[Any, Any],
-        ports: tuple[Mapping[tuple[str, str], int], int | None],
+        inputs: tuple[Any, ...],
         complete: bool,
         offload: Callable[..., Any] = ofio.inline,
     ) -> tuple[Update, Synced]:
-        """A fresh engine's first update and sync (the OHC's start, or after an error).
+        """A fresh engine's first update and sync (the OHC's start, or after an error);
+        ``inputs`` are ``FlowEngine.update``'s after the changes.
 
         The switch is read back first, unparsed. An empty switch (a new host, an OVS that lost
         its flows) gets the bundle while the engine compiles (``FlowEngine.first_update``): it
@@ -154,7 +155,7 @@ class SwitchSession:
         try:
             t0 = time.monotonic()
             raw = ofio.read_raw(replies, datapath)
-            pieces = engine.first_update(changes, *ports, FIRST_PIECE)
+            pieces = engine.first_update(changes, *inputs, every=FIRST_PIECE)
             if raw.flow_count or raw.groups:
                 tc = time.monotonic()
                 offload(_drain, pieces)

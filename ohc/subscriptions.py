@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshpeer.protocol import ServiceName
-from meshpeer.protocol.gateways import relayed_vpc, uses_gateways
+from meshpeer.protocol.gateways import follows_peer_destinations, relayed_vpc
 from meshpeer.protocol.messages import PEER_SERVICES, ProtocolError
 from meshpeer.protocol.peering import PeeringObject
 
@@ -93,7 +93,7 @@ def wanted(
                 if service != ServiceName.DESTINATION:
                     if vpc not in relayed:  # a gateway relays by destination only
                         out[sub] = peer.grant
-                elif vpc in relayed or not uses_gateways(peer.forwarding):
+                elif vpc in relayed or follows_peer_destinations(peer.forwarding):
                     direct[sub] = peer.grant
     # A side through the gateways needs no peer destination (docs/gateways.md), unless another
     # local side follows the same service set directly.

@@ -27,11 +27,15 @@ from ohc.flows import (
     Flow,
     Goto,
     Instruction,
+    Learn,
     MatchValue,
+    Move,
     Output,
+    Resubmit,
     SetField,
     ToGroup,
     WriteMetadata,
+    field_bits,
 )
 
 Kind = Literal["int", "mac", "ipv4", "ipv6"]
@@ -64,6 +68,7 @@ FIELDS: Mapping[str, tuple[int, int, int, Kind]] = MappingProxyType(
         "ip_proto": (BASIC, 10, 1, "int"),
         "ipv4_src": (BASIC, 11, 4, "ipv4"),
         "ipv4_dst": (BASIC, 12, 4, "ipv4"),
+        "udp_dst": (BASIC, 16, 2, "int"),
         "arp_op": (BASIC, 21, 2, "int"),
         "arp_spa": (BASIC, 22, 4, "ipv4"),
         "arp_tpa": (BASIC, 23, 4, "ipv4"),
@@ -101,6 +106,16 @@ NXAST_CT = 35
 # OFPAT_EXPERIMENTER, length, Nicira, NXAST_CT; flags, zone source header, zone (or the
 # source's ofs_nbits), resume table, pad, alg (os-ken NXActionCT without nested actions)
 _NX_CT = struct.Struct("!HHIHH4sHB3xH")
+NXAST_REG_MOVE = 6
+# OFPAT_EXPERIMENTER, length, Nicira, NXAST_REG_MOVE; n_bits, src_ofs, dst_ofs, src and dst
+# NXM headers (os-ken NXActionRegMove of two NXM fields)
+_NX_MOVE = struct.Struct("!HHIHHHHII")
+NXAST_RESUBMIT_TABLE = 14
+_NX_RESUBMIT = struct.Struct("!HHIHHB3x")  # ..., in_port, table
+NXAST_LEARN = 16
+# ..., idle and hard timeout, priority, cookie, flags, table, pad, fin idle and hard timeout;
+# then the flow_mod_specs, zero-padded to 8 bytes
+_NX_LEARN = struct.Struct("!HHIHHHHQHBxHH")
 
 
 def _field(name: str) -> tuple[int, int, int, Kind]:
@@ -194,7 +209,37 @@ def _pack_action(a: Action) -> bytes:
             a.table,
             0,
         )
+    if isinstance(a, Move):
+        _, _, size, _ = _field(a.src)
+        src, dst = _OXM_HEADER[a.src][0], _OXM_HEADER[a.dst][0]
+        return _NX_MOVE.pack(
+            0xFFFF, _NX_MOVE.size, NX_EXPERIMENTER_ID, NXAST_REG_MOVE, 8 * size, 0, 0, src, dst
+        )
+    if isinstance(a, Resubmit):
+        return _NX_RESUBMIT.pack(
+            0xFFFF, _NX_RESUBMIT.size, NX_EXPERIMENTER_ID, NXAST_RESUBMIT_TABLE, 0xFFF8, a.table
+        )
+    if isinstance(a, Learn):
+        return _learn(a)
     raise ValueError(f"action {a!r} is not encoded by ohc.wire")
+
+
+def _learn(a: Learn) -> bytes:
+    specs = b""
+    for name, value in a.values:  # immediate source (1 << 13), match destination
+        bits = field_bits(name)
+        size = (bits + 15) // 16 * 2
+        specs += struct.pack("!H", 1 << 13 | bits) + value.to_bytes(size, "big")
+        specs += _U32.pack(_OXM_HEADER[name][0]) + b"\0\0"
+    for name in a.copy:  # field source, match destination: the packet's own value
+        header = _U32.pack(_OXM_HEADER[name][0]) + b"\0\0"
+        specs += struct.pack("!H", field_bits(name)) + header + header
+    size = _padded_len(_NX_LEARN.size + len(specs))
+    head = _NX_LEARN.pack(
+        0xFFFF, size, NX_EXPERIMENTER_ID, NXAST_LEARN, a.idle_timeout, 0, a.priority, a.cookie,
+        0, a.table, 0, 0,
+    )  # fmt: skip
+    return (head + specs).ljust(size, b"\0")
 
 
 def _padded_len(n: int) -> int:

@@ -23,7 +23,8 @@ DEFAULT_ROLE: HostRole = "hypervisor"
 
 # How one side of a peering sends to the peer: straight to the peer endpoint's host (direct,
 # as before), through the gateway pool (gateway), or through it until a pair carries traffic
-# (on-demand: accepted, and for now the same as gateway; docs/gateways.md).
+# (on-demand: through it, and straight to the peer for the pairs that carry traffic;
+# docs/gateways.md).
 Forwarding = Literal["direct", "gateway", "on-demand"]
 FORWARDING: tuple[Forwarding, ...] = get_args(Forwarding)
 DEFAULT_FORWARDING: Forwarding = "direct"
@@ -32,6 +33,12 @@ DEFAULT_FORWARDING: Forwarding = "direct"
 def uses_gateways(forwarding: Forwarding) -> bool:
     """Does a side with this setting send through the gateways (on-demand starts there)?"""
     return forwarding != "direct"
+
+
+def follows_peer_destinations(forwarding: Forwarding) -> bool:
+    """Does a hypervisor of a side with this setting follow the peer's destination stream?
+    Not through the gateways only; on-demand takes the destinations of its busy pairs."""
+    return forwarding != "gateway"
 
 
 def choice(value: object, choices: tuple[C, ...]) -> C | None:

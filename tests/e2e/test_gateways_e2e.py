@@ -21,6 +21,7 @@ from meshpeer.lab import controllers, ovs
 from meshpeer.lab.cli import load_topology, status
 from meshpeer.lab.plan import NETNS
 from ohc.compiler import gateway_mac
+from tests.e2e import gwkit
 from tests.e2e.traffic import Capture
 from tests.integration.labkit import E2E_TOPOLOGIES, Lab, running
 from tests.support.wait import wait_for
@@ -147,3 +148,66 @@ def test_writes_are_programmed_and_a_new_peer_endpoint_needs_no_change_on_hv1(la
     wait_for(lambda: lab.ping("b1", "r2"), DEADLINE, what="b1 pings r2 through the gateways")
     assert sorted(lab.flows("hv1").splitlines()) == before  # nothing new on b1's host
     assert "hv1" not in lab.hosts_with_flows_for(lab.vm("r2").ip)
+
+
+def test_on_demand_moves_a_busy_pair_to_the_direct_path_and_back(lab: Lab) -> None:
+    """Blue's side says on-demand: b1 pings r1 at 100 pps through the gateways; hv1 counts the
+    pair (a learned flow), finds it above [ohc] offload_pps and compiles r1's destination: the
+    requests go hv1 -> hv2 with no gateway (tcpdump on hv1's link), and no ping is lost across
+    the switch. Once b1 stops, the pair goes back to the gateways (offload_idle_s)."""
+    blue_ctl = controllers.client_for(lab.plan, "ctl1")
+    path = "/v1/vpcs/blue/peerings/blue-red?wait=programmed"
+    got = blue_ctl.put(path, {"forwarding": "on-demand"})
+    assert (got["programmed"], got["pending_hosts"]) == (True, []), got
+    b1, r1 = lab.vm("b1"), lab.vm("r1")
+    hv1, hv2 = lab.host("hv1"), lab.host("hv2")
+    try:
+        wait_for(lambda: lab.ping("b1", "r1"), DEADLINE, what="b1 pings r1")
+        assert not gwkit.has_direct_flow(hv1, r1.ip)  # through the gateways to start with
+        run = gwkit.offload(lab.plan, hv1, b1, r1, DEADLINE)
+        requests = [p for p in run.captured if p.icmp == "request" and p.inner_dst == r1.ip]
+        assert requests, run.captured
+        assert {(p.src, p.dst, p.vni) for p in requests} == {
+            (hv1.underlay_ip, hv2.underlay_ip, r1.vni)
+        }
+        assert run.result.gaps() == []  # nothing lost across the switch
+        print(f"\noffloaded {run.offloaded_at - run.started_at:.2f} s after the first reply")
+        wait_for(
+            lambda: not gwkit.has_direct_flow(hv1, r1.ip), DEADLINE,
+            what="the idle pair back to the gateways",
+        )  # fmt: skip
+        wait_for(lambda: lab.ping("b1", "r1"), DEADLINE, what="b1 pings r1 through the gateways")
+    finally:
+        got = blue_ctl.put(path, {"forwarding": "gateway"})
+    assert got["programmed"], got
+
+
+def test_a_dead_gateway_leaves_the_group_and_traffic_stays_on_the_other(lab: Lab) -> None:
+    """hv1 and hv2 keep a BFD session to each gateway (its port reflects them back), and each
+    bucket of their select groups watches its gateway's session. b1 pings r1 at 100 pps; the
+    gateway carrying it dies (its ovs-vswitchd stopped): both hypervisors' sessions to it go
+    down, no b1 <-> r1 packet goes to it any more, and every ping after that is answered
+    through the other one. Then it comes back and gets its share again."""
+    hvs = [lab.host("hv1"), lab.host("hv2")]
+    gw_ips = {g: ip(lab, g) for g in GATEWAYS}
+    b1, r1 = lab.vm("b1"), lab.vm("r1")
+
+    def all_up() -> bool:
+        return gwkit.all_fast(hvs, gw_ips.values())
+
+    wait_for(all_up, DEADLINE, what="hv1 and hv2 have a BFD session up to each gateway")
+    groups = ovs.ofctl(lab.host("hv1"), "dump-groups")
+    watched = set(re.findall(r"watch_port:(\d+)", groups))
+    assert len(watched) == len(GATEWAYS), groups  # one BFD port per gateway
+    wait_for(lambda: lab.ping("b1", "r1"), DEADLINE, what="b1 pings r1")
+    gws = {g: lab.host(g) for g in GATEWAYS}
+    run = gwkit.failover(lab.plan, hvs, gws, b1, r1, DEADLINE)
+    # after the switch: b1 <-> r1 only on the live gateway, none toward the dead one
+    assert [p for p in run.on_dead if p.vni in (b1.vni, r1.vni)] == [], run.on_dead
+    assert {p.vni for p in run.on_other if p.icmp} == {b1.vni, r1.vni}, run.on_other
+    assert run.lost_after_switch() == []  # nothing lost once the group had switched
+    lost = len(run.result.gaps())
+    print(f"\nkilled {run.dead}: {lost} pings lost, loss window {run.window_s():.3f} s")
+    # back: both sessions up again, and b1 still reaches r1
+    wait_for(all_up, DEADLINE, what=f"the sessions to {run.dead} up again")
+    wait_for(lambda: lab.ping("b1", "r1"), DEADLINE, what="b1 pings r1 after the return")

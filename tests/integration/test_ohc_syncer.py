@@ -30,8 +30,11 @@ from ohc.flows import (
     Flow,
     Goto,
     Group,
+    Learn,
     Match,
+    Move,
     Output,
+    Resubmit,
     SetField,
     ToGroup,
     WriteMetadata,
@@ -43,6 +46,10 @@ from tests.integration.labkit import ROOT, Lab
 HOST = "hv1"
 PORT_A1, PORT_A2 = 10, 11  # a1 and a2's ofports on hv1 (plumbing.yaml)
 GROUP = Group(7, "select", (Bucket((Output(PORT_A1),), 3), Bucket((Output(PORT_A2),), 1)))
+# A bucket watching a port (gateway liveness, docs/gateways.md): the group as read back
+WATCHED = Group(
+    8, "select", (Bucket((Output(PORT_A1),), 1, PORT_A1), Bucket((Output(PORT_A2),), 1))
+)
 # Hit by a1's ARP requests; never changed by any update below, so its counters must survive.
 UNTOUCHED = Flow(0, 5, Match.of(in_port=PORT_A1, eth_type=0x0806), (), cookie=0x0100_0000_0000_0001)
 
@@ -52,7 +59,7 @@ def cookie(kind: int, obj: int) -> int:
 
 
 def desired_state(n_routes: int = 200, n_subnets: int = 100) -> SwitchState:
-    """A few hundred flows of every shape ohc.flows has, and one select group."""
+    """A few hundred flows of every shape ohc.flows has, and two select groups."""
     flows = {UNTOUCHED}
     for i in range(n_routes):
         flows.add(
@@ -92,8 +99,16 @@ def desired_state(n_routes: int = 200, n_subnets: int = 100) -> SwitchState:
         ),
         Flow(0, 80, Match.of(eth_type=0x86DD, ipv6_dst="fd00:0:0:0::1"), (Goto(20),), cookie(6, 1)),
         Flow(20, 0, Match(), (), cookie(7, 0)),
+        # a gateway's BFD reflection and an on-demand host's counting (docs/gateways.md)
+        Flow(0, 70, Match.of(in_port=1, tunnel_id=0, eth_type=0x0800, ip_proto=17, udp_dst=3784),
+             (Apply((Move("tun_ipv4_src", "tun_ipv4_dst"), Output(0xFFFFFFF8))),), cookie(10, 1)),
+        Flow(35, 10, Match.of(eth_type=0x0800, ipv4_dst=("10.2.0.0", "255.255.0.0")),
+             (Apply((Learn(35, 100, 10, cookie(11, 1), (("eth_type", 0x0800),),
+                           ("metadata", "ipv4_dst")),)),), cookie(10, 2)),
+        Flow(10, 40, Match.of(eth_type=0x0800, ipv4_dst=("10.2.0.0", "255.255.0.0")),
+             (Apply((Resubmit(35), ToGroup(8))),), cookie(10, 3)),
     }  # fmt: skip
-    return SwitchState.of(flows, [GROUP])
+    return SwitchState.of(flows, [GROUP, WATCHED])
 
 
 @dataclass
@@ -223,7 +238,7 @@ def test_initial_sync_installs_exactly_the_desired_state_and_a_restart_changes_n
     (sync,) = app.wait_syncs(1)
     assert sync["ok"], sync
     assert sync["counts"] == {
-        "group_add": 1, "group_modify": 0, "flow_add": len(desired.flows) + 1,
+        "group_add": 2, "group_modify": 0, "flow_add": len(desired.flows) + 1,
         "flow_modify": 0, "flow_delete": 0, "group_delete": 0,
     }  # fmt: skip
     assert sync["canary_was_present"] is False
@@ -270,7 +285,7 @@ def changed(state: SwitchState) -> tuple[SwitchState, dict[str, int]]:
         "group_add": 0, "group_modify": 1, "flow_add": 5,
         "flow_modify": 3, "flow_delete": 4, "group_delete": 0,
     }  # fmt: skip
-    return SwitchState.of(flows, [group]), counts
+    return SwitchState.of(flows, [group, WATCHED]), counts
 
 
 def test_restart_after_a_change_sends_only_the_delta_and_keeps_counters(harness: Harness) -> None:
@@ -367,6 +382,6 @@ def test_lost_flows_are_detected_by_the_canary_and_resynced(harness: Harness) ->
     sync = app.wait_syncs(3)[-1]
     assert sync["ok"] and sync["reason"] == "connect", sync
     assert sync["canary_was_present"] is False, sync
-    assert sync["counts"]["group_add"] == 1, sync
+    assert sync["counts"]["group_add"] == 2, sync
     assert cookies_installed(h) == cookies_of(desired)
     assert "group_id=7,type=select" in h.groups()

@@ -12,6 +12,12 @@ which messages were sent. Behaviour follows Open vSwitch where OpenFlow leaves r
 * Deleting a group (or OFPG_ALL) also deletes every flow that references it.
 * Errors OVS would return raise ``FakeOFError`` (``code`` = OpenFlow error name); the failing
   message changes nothing.
+* A select bucket whose ``watch_port`` is in ``down_ports`` (set by a test: a BFD session
+  that went down) is not live: OVS picks among the live buckets only.
+* ``move`` (os-ken ``NXActionRegMove``) of a whole field into another of the same width.
+* ``resubmit(,T)`` looks the packet up in table T and runs that flow (a miss does nothing),
+  then the action list goes on. ``learn`` (match specs only) adds or replaces the flow it
+  describes, without actions, as OVS does (timeouts are not modelled).
 * Output to the packet's own in_port is skipped (OVS needs OFPP_IN_PORT for that); the trace
   notes it.
 * ``ct`` (os-ken ``NXActionCT``, no nested actions) is modelled with a connection table per
@@ -47,6 +53,7 @@ from tests.support.ofmodel import (
     Flow,
     Group,
     Match,
+    MatchField,
     PacketValue,
     check_prereqs,
     group_from_osken,
@@ -210,6 +217,7 @@ class FakeOFTable:
         self._tables: list[dict[tuple[int, Match], Flow]] = [{} for _ in range(num_tables)]
         self._groups: dict[int, Group] = {}
         self._connections: set[tuple[int, tuple[int | None, ...]]] = set()  # (zone, tuple)
+        self.down_ports: set[int] = set()  # not live (a select bucket watching one is skipped)
 
     def forget_connections(self) -> None:
         """Empty the connection tracker (as ``ovs-appctl dpctl/flush-conntrack``)."""
@@ -473,6 +481,21 @@ class FakeOFTable:
                 result.outputs.append(Output(port, packet, table_id, choices))
             elif action.kind == "set_field":
                 state[action.field] = action.arg
+            elif action.kind == "move":
+                if action.src in state:
+                    state[action.field] = state[action.src]
+            elif action.kind == "resubmit":
+                flow = self._lookup(ctx, action.arg, state)
+                result.tables.append(action.arg)
+                if flow is not None:
+                    result.flows.append(flow)
+                    for instr in flow.instructions:
+                        if instr.kind == "apply_actions":
+                            self._run_actions(
+                                ctx, instr.actions, state, action.arg, choices, depth + 1
+                            )
+            elif action.kind == "learn" and action.learn is not None:
+                self._learn(action.arg, action.learn, state)
             elif action.kind == "dec_ttl":
                 if state.get("eth_type") not in (0x0800, 0x86DD):
                     continue  # not IP: OVS leaves the packet alone
@@ -493,6 +516,18 @@ class FakeOFTable:
             elif action.kind == "ct":
                 self._conntrack(ctx, action, state, depth + 1)
         return True
+
+    def _learn(
+        self,
+        table_id: int,
+        spec: tuple[int, int, int, tuple[tuple[str, int], ...], tuple[str, ...]],
+        state: dict[str, int],
+    ) -> None:
+        priority, _idle, cookie, values, copy = spec
+        fields = [MatchField(name, value, None) for name, value in values]
+        fields += [MatchField(name, state.get(name, 0), None) for name in copy]
+        match = tuple(sorted(fields, key=lambda f: f.name))
+        self._tables[table_id][(priority, match)] = Flow(table_id, priority, match, (), cookie)
 
     def _conntrack(self, ctx: _Trace, action: Action, state: dict[str, int], depth: int) -> None:
         """Look the packet up (and commit it); resume a tracked copy in the action's table.
@@ -538,7 +573,10 @@ class FakeOFTable:
         elif group.type in ("indirect", "fast_failover"):
             picked = [(0, choices)] if group.buckets else []  # fake: every port is live
         else:
-            weights = tuple((i, b.weight) for i, b in enumerate(group.buckets))
+            weights = tuple(
+                (i, b.weight if b.watch_port not in self.down_ports else 0)
+                for i, b in enumerate(group.buckets)
+            )
             ctx.result.selects.append(SelectRecord(group_id, weights))
             index = _choose_bucket(ctx, group_id, weights)
             if index is not None:

@@ -188,6 +188,10 @@ class Action:
     field: str = ""  # set_field; ct: the zone's source field ("" for an immediate zone)
     zone: int = 0  # ct only: the immediate zone, or the source field's ofs_nbits
     flags: int = 0  # ct only: NX_CT_F_*
+    src: str = ""  # move only: the field copied into ``field`` (whole fields, from bit 0)
+    # learn only (``arg`` is the table): priority, idle timeout, cookie, the immediate
+    # (field, value) matches and the fields matched on the packet's own value
+    learn: tuple[int, int, int, tuple[tuple[str, int], ...], tuple[str, ...]] | None = None
 
     def ct_zone(self, packet: Mapping[str, int]) -> int:
         """The zone this ct action uses for ``packet``."""
@@ -204,6 +208,12 @@ class Action:
             return f"ct({'commit,' if self.flags & CT_COMMIT else ''}zone={zone}{table})"
         if self.kind == "output":
             return f"output:{port_name(self.arg)}"
+        if self.kind == "move":
+            return f"move:{self.src}[]->{self.field}[]"
+        if self.kind == "resubmit":
+            return f"resubmit(,{self.arg})"
+        if self.kind == "learn":
+            return f"learn(table={self.arg},{self.learn})"
         if self.kind == "set_field":
             return f"set_field:{render_text(self.field, self.arg)}->{self.field}"
         if self.kind in ("group", "set_ttl"):
@@ -381,6 +391,25 @@ def action_from_osken(action: Any) -> Action:
             zone=int(action.zone_ofs_nbits),
             flags=int(action.flags),
         )
+    if (
+        isinstance(action, parser.NXActionRegMove)
+        and int(action.src_ofs) == int(action.dst_ofs) == 0
+        and field_width(str(action.src_field))
+        == field_width(str(action.dst_field))
+        == int(action.n_bits)
+    ):
+        return Action("move", field=str(action.dst_field), src=str(action.src_field))
+    if isinstance(action, parser.NXActionResubmitTable) and int(action.in_port) == 0xFFF8:
+        return Action("resubmit", int(action.table_id))
+    if isinstance(action, parser.NXActionLearn) and all(
+        isinstance(s, parser.NXFlowSpecMatch) and s.dst[1] == 0 for s in action.specs
+    ):
+        values = tuple(
+            (str(s.dst[0]), int(s.src)) for s in action.specs if not isinstance(s.src, tuple)
+        )
+        copy = tuple(str(s.dst[0]) for s in action.specs if isinstance(s.src, tuple))
+        spec = (int(action.priority), int(action.idle_timeout), int(action.cookie), values, copy)
+        return Action("learn", int(action.table_id), learn=spec)
     raise FakeOFUnsupported(f"action {type(action).__name__} is not modelled by FakeOFTable")
 
 

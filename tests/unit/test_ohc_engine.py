@@ -22,6 +22,7 @@ from ohc import host as ohc_host
 from ohc.canonical import canonical_state
 from ohc.compiler import compile_host
 from ohc.engine import FlowEngine
+from ohc.model import Offload
 from ohc.pipeline import TUNNEL_PORT
 from ohc.syncer import SwitchModel, SwitchState, plan_keys, with_canary
 from tests.support.changes import Streams, changes
@@ -39,9 +40,16 @@ from tests.unit.test_ohc_compiler import (
 
 
 def reference(
-    i: Intent, streams: Streams, h: str, ofports: Mapping[tuple[str, str], int], tunnel: int | None
+    i: Intent,
+    streams: Streams,
+    h: str,
+    ofports: Mapping[tuple[str, str], int],
+    tunnel: int | None,
+    offload: Offload | None = None,
 ) -> tuple[SwitchState, tuple[Any, ...]]:
-    view, skipped = ohc_host.host_view(str(i.hosts[h].underlay_ip), streams, ofports, tunnel)
+    view, skipped = ohc_host.host_view(
+        str(i.hosts[h].underlay_ip), streams, ofports, tunnel, offload=offload
+    )
     state = compile_host(view)
     assert canonical_state(state).flows == state.flows  # the compiler emits canonical flows
     return with_canary(canonical_state(state)), skipped
@@ -51,7 +59,7 @@ STEPS = st.lists(
     st.tuples(
         st.sampled_from(KINDS),
         st.integers(0, 11),
-        st.sampled_from(["delta", "delta", "snapshot", "detach", "no-tunnel"]),
+        st.sampled_from(["delta", "delta", "snapshot", "detach", "no-tunnel", "offload"]),
     ),
     min_size=1,
     max_size=12,
@@ -93,6 +101,16 @@ def test_a_side_that_flips_to_gateways_and_back(how: str) -> None:
     engine_equals_full_compile([(kind, n, how) for kind, n in steps])
 
 
+def test_an_on_demand_side_offloads_pairs_and_takes_them_back() -> None:
+    """forwarding flips to on-demand (n odd), pairs go direct and come back, a gateway comes
+    and goes meanwhile: the engine equals the full compile at each step."""
+    steps = [("peer", 0, "delta"), ("peer", 1, "delta"), ("gateway", 0, "delta")]
+    steps += [("forwarding", 1, "delta"), ("vm", 1, "offload"), ("vm", 2, "offload")]
+    steps += [("gateway", 1, "offload"), ("vm", 15, "offload"), ("vm", 0, "offload")]
+    steps += [("forwarding", 1, "snapshot"), ("vm", 7, "offload")]
+    engine_equals_full_compile(steps)
+
+
 def engine_equals_full_compile(steps: list[tuple[str, int, str]]) -> None:
     i = base_intent()
     pub = publish(i)
@@ -101,9 +119,22 @@ def engine_equals_full_compile(steps: list[tuple[str, int, str]]) -> None:
     before = {h: e.state() for h, e in engines.items()}
     # a model of each switch kept relative to its engine, synced by plan_keys (ohc/session.py)
     models = {h: SwitchModel.relative(e, before[h], before[h]) for h, e in engines.items()}
+    offload = Offload()  # on-demand sides: the pairs sent direct (ohc/offload.py decides)
     for kind, n, how in [("vm", 0, "snapshot"), *steps]:
         apply_op(i, (kind, n))
         pub = publish(i)
+        if how == "offload":  # a subset of each VPC's addresses goes direct from the other
+            offload = Offload(
+                {
+                    (vpc, peer): frozenset(
+                        e.ip
+                        for k, e in enumerate(sorted(i.endpoints.values(), key=lambda e: e.name))
+                        if e.vpc == peer and (n >> (k % 4)) & 1
+                    )
+                    for vpc, peer in (("blue", "red"), ("red", "blue"))
+                },
+                idle_s=5 + n % 2,
+            )
         ofports = dict(OFPORT)
         if how == "detach":  # a VM's interface went from br-int
             ofports.pop(sorted(OFPORT)[n % len(OFPORT)])
@@ -111,10 +142,10 @@ def engine_equals_full_compile(steps: list[tuple[str, int, str]]) -> None:
         for h in HOSTS:
             streams = followed(pub, h)
             update = engines[h].update(
-                changes(held[h], streams, how == "snapshot"), ofports, tunnel
+                changes(held[h], streams, how == "snapshot"), ofports, tunnel, offload=offload
             )
             held[h] = streams
-            want, skipped = reference(i, streams, h, ofports, tunnel)
+            want, skipped = reference(i, streams, h, ofports, tunnel, offload)
             got = engines[h].state()
             assert got.flows == want.flows, h
             assert got.groups == want.groups, h

@@ -190,7 +190,9 @@ class Scripted:
         self.groups: dict[int, Any] = {}
         self.last_update: Update | None = None
 
-    def first_update(self, *args: Any) -> Iterator[list[tuple[FlowKey, Flow | None]]]:
+    def first_update(
+        self, *args: Any, **kwargs: Any
+    ) -> Iterator[list[tuple[FlowKey, Flow | None]]]:
         for piece in self.pieces:
             yield list(piece)
         self.last_update = Update(frozenset(), frozenset(), 0, True, {})

@@ -24,8 +24,11 @@ from ohc.flows import (
     Goto,
     Group,
     Instruction,
+    Learn,
     Match,
+    Move,
     Output,
+    Resubmit,
     SetField,
     ToGroup,
     WriteMetadata,
@@ -287,6 +290,21 @@ ROUND_TRIP = [
         ),
         9,
     ),
+    Flow(  # a gateway's BFD reflection, an on-demand host's counting (docs/gateways.md)
+        0,
+        1000,
+        Match.of(in_port=1, tunnel_id=0, eth_type=0x0800, ip_proto=17, udp_dst=3784),
+        (Apply((Move("tun_ipv4_src", "tun_ipv4_dst"), Output(0xFFFFFFF8))),),
+        0x14,
+    ),
+    Flow(
+        35,
+        1,
+        Match.of(eth_type=0x0800, ipv4_dst=("10.2.0.0", "255.255.255.0")),
+        (Apply((Learn(35, 10, 10, 0xB1, (("eth_type", 0x0800),), ("metadata", "ipv4_dst")),)),),
+        0x15,
+    ),
+    Flow(30, 9, Match.of(eth_type=0x0800), (Apply((Resubmit(35), ToGroup(1))),), 0x16),
 ]
 
 
@@ -387,7 +405,8 @@ def test_flow_round_trip_through_os_ken_bytes(flow: Flow) -> None:
 @pytest.mark.parametrize(
     "group",
     [G1, Group(2, "all", (Bucket((Output(1),)), Bucket((DecTtl(), ToGroup(1))))),
-     Group(3, "indirect", (Bucket((SetField("eth_dst", "02:00:00:00:00:09"), Output(4))),))],
+     Group(3, "indirect", (Bucket((SetField("eth_dst", "02:00:00:00:00:09"), Output(4))),)),
+     Group(4, "select", (Bucket((Output(1),), 1, 7), Bucket((Output(1),), 2)))],
 )  # fmt: skip
 def test_group_round_trip_through_os_ken_bytes(group: Group) -> None:
     msg = ofio.plan_messages(DP, plan(state(group), state()))[0]
@@ -401,6 +420,20 @@ def test_group_round_trip_through_os_ken_bytes(group: Group) -> None:
         offset += bucket.len
     stats = parser.OFPGroupDescStats(type_=msg.type, group_id=msg.group_id, buckets=buckets)
     assert ofio.group_from_desc(DP, stats) == group
+
+
+def test_a_learn_read_back_with_nxm_field_names_is_the_learn_sent() -> None:
+    """OVS reports learn specs by the NXM header of a field that has one (eth_type, ipv4_dst;
+    metadata has none): found by tests/integration/test_ohc_syncer.py, where every restart
+    modified the on-demand learner."""
+    specs = [
+        parser.NXFlowSpecMatch(0x0800, ("eth_type_nxm", 0), 16),
+        parser.NXFlowSpecMatch(("metadata", 0), ("metadata", 0), 64),
+        parser.NXFlowSpecMatch(("ipv4_dst_nxm", 0), ("ipv4_dst_nxm", 0), 32),
+    ]
+    reported = parser.NXActionLearn(35, specs, 10, 0, 100, 0xB1)
+    sent = Learn(35, 100, 10, 0xB1, (("eth_type", 0x0800),), ("metadata", "ipv4_dst"))
+    assert ofio.action_from_osken(parser, reported) == sent
 
 
 def test_foreign_actions_read_as_unrepresentable_so_they_are_replaced() -> None:

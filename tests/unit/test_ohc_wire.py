@@ -22,9 +22,12 @@ from ohc.flows import (
     Flow,
     Goto,
     Instruction,
+    Learn,
     Match,
     MatchValue,
+    Move,
     Output,
+    Resubmit,
     SetField,
     ToGroup,
     WriteMetadata,
@@ -53,7 +56,7 @@ def matches(draw: st.DrawFn) -> Match:
     if draw(st.booleans()):
         fields["ct_state"] = (draw(st.integers(0, 0x3F)), draw(st.integers(1, 0x3F)))
         fields["ct_zone"] = draw(st.integers(0, 0xFFFF))
-    ip = draw(st.sampled_from(["none", "v4", "v6", "nd"]))
+    ip = draw(st.sampled_from(["none", "v4", "v6", "nd", "bfd"]))
     if ip == "v4":
         fields["eth_type"] = 0x0800
         plen = draw(st.integers(1, 32))
@@ -62,6 +65,8 @@ def matches(draw: st.DrawFn) -> Match:
     elif ip == "v6":
         fields["eth_type"] = 0x86DD
         fields["ipv6_src"] = draw(V6)
+    elif ip == "bfd":  # a gateway's BFD reflection (compiler.bfd_reflect_flow)
+        fields |= {"eth_type": 0x0800, "ip_proto": 17, "udp_dst": draw(st.integers(0, 0xFFFF))}
     elif ip == "nd":
         fields |= {"eth_type": 0x86DD, "ip_proto": 58, "icmpv6_type": 135}
         fields["ipv6_nd_target"] = draw(V6)
@@ -75,6 +80,17 @@ ACTIONS: st.SearchStrategy[Action] = st.one_of(
     MAC.map(lambda m: SetField("eth_dst", m)),
     st.integers(0, (1 << 24) - 1).map(lambda v: SetField("tunnel_id", v)),
     V4.map(lambda a: SetField("tun_ipv4_dst", a)),
+    st.just(Move("tun_ipv4_src", "tun_ipv4_dst")),
+    st.builds(Resubmit, st.integers(0, 254)),
+    st.builds(
+        Learn,
+        st.integers(0, 254),
+        st.integers(0, 0xFFFF),
+        st.integers(0, 0xFFFF),
+        U64,
+        st.sampled_from([(), (("eth_type", 0x0800),)]),
+        st.sampled_from([(), ("ipv4_dst",), ("metadata", "ipv4_dst")]),
+    ),
     st.builds(
         Conntrack,
         st.booleans(),
@@ -132,7 +148,7 @@ def test_random_canonical_flows_pack_to_os_kens_bytes(f: Flow, command: str) -> 
 
 
 def test_fields_and_actions_it_does_not_know_are_refused() -> None:
-    with pytest.raises(ValueError, match="udp_dst"):
-        wire.flow_mod(Flow(0, 1, Match.of(udp_dst=53), ()), "add", 1)
+    with pytest.raises(ValueError, match="tcp_dst"):
+        wire.flow_mod(Flow(0, 1, Match.of(tcp_dst=53), ()), "add", 1)
     with pytest.raises(ValueError, match="expected an integer"):
         wire.flow_mod(Flow(0, 1, Match.of(in_port="x"), ()), "add", 1)

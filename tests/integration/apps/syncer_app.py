@@ -35,6 +35,7 @@ from ohc import ofio
 from ohc.canonical import canonical_state
 from ohc.engine import Update
 from ohc.flows import (
+    OFPP_ANY,
     Action,
     Apply,
     Bucket,
@@ -43,9 +44,12 @@ from ohc.flows import (
     Goto,
     Group,
     Instruction,
+    Learn,
     Match,
     MatchValue,
+    Move,
     Output,
+    Resubmit,
     SetField,
     ToGroup,
     WriteMetadata,
@@ -63,6 +67,13 @@ def _action_json(a: Action) -> list[Any]:
         return ["set_field", a.name, a.value]
     if isinstance(a, ToGroup):
         return ["group", a.group_id]
+    if isinstance(a, Move):
+        return ["move", a.src, a.dst]
+    if isinstance(a, Resubmit):
+        return ["resubmit", a.table]
+    if isinstance(a, Learn):
+        values = [list(v) for v in a.values]
+        return ["learn", a.table, a.priority, a.idle_timeout, a.cookie, values, list(a.copy)]
     return ["dec_ttl"]
 
 
@@ -76,6 +87,13 @@ def _action(j: list[Any]) -> Action:
         return ToGroup(int(j[1]))
     if kind == "dec_ttl":
         return DecTtl()
+    if kind == "move":
+        return Move(str(j[1]), str(j[2]))
+    if kind == "resubmit":
+        return Resubmit(int(j[1]))
+    if kind == "learn":
+        values = tuple((str(k), int(v)) for k, v in j[5])
+        return Learn(int(j[1]), int(j[2]), int(j[3]), int(j[4]), values, tuple(j[6]))
     raise ValueError(f"unknown action {j!r}")
 
 
@@ -117,7 +135,11 @@ def encode_state(state: SwitchState) -> str:
             "group_id": g.group_id,
             "type": g.type,
             "buckets": [
-                {"weight": b.weight, "actions": [_action_json(a) for a in b.actions]}
+                {
+                    "weight": b.weight,
+                    "watch_port": b.watch_port,
+                    "actions": [_action_json(a) for a in b.actions],
+                }
                 for b in g.buckets
             ],
         }
@@ -143,7 +165,11 @@ def decode_state(text: str) -> SwitchState:
             int(g["group_id"]),
             g["type"],
             tuple(
-                Bucket(tuple(_action(a) for a in b["actions"]), int(b["weight"]))
+                Bucket(
+                    tuple(_action(a) for a in b["actions"]),
+                    int(b["weight"]),
+                    int(b.get("watch_port", OFPP_ANY)),
+                )
                 for b in g["buckets"]
             ),
         )
