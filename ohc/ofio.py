@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
@@ -381,11 +381,12 @@ class Replies:
     """
 
     def __init__(self) -> None:
-        self._calls: dict[tuple[int, int], _Call] = {}
+        # by datapath, then xid: no tuple per message (a first sync numbers 100k of them)
+        self._calls: dict[int, dict[int, _Call]] = {}
 
     def dispatch(self, msg: Any) -> bool:
         """Deliver one message; False when nobody waits for it."""
-        call = self._calls.get((id(msg.datapath), int(msg.xid)))
+        call = self._calls.get(id(msg.datapath), {}).get(int(msg.xid))
         if call is None:
             return False
         if isinstance(msg, msg.datapath.ofproto_parser.OFPErrorMsg):
@@ -401,32 +402,36 @@ class Replies:
         return True
 
     def abort(self, datapath: Any) -> None:
-        for (dp, _), call in list(self._calls.items()):
-            if dp == id(datapath):
-                call.finish()
+        for call in list(self._calls.get(id(datapath), {}).values()):
+            call.finish()
 
     def begin(self, datapath: Any, watch: Iterable[int] = ()) -> _Call:
         """A call whose messages are numbered (``number``) and sent by the caller, maybe over
         a while; errors for them and for the earlier xids in ``watch`` are collected."""
         call = _Call(final_xid=-1, xids=set(watch))
+        calls = self._calls.setdefault(id(datapath), {})
         for x in call.xids:
-            self._calls[(id(datapath), x)] = call
+            calls[x] = call
         return call
 
     def number(self, call: _Call, datapath: Any, msgs: Iterable[Any]) -> None:
         """Give each message its xid (unless it has one) and route its answers to ``call``."""
+        calls = self._calls.setdefault(id(datapath), {})
         for m in msgs:
             if m.xid is None:
                 datapath.set_xid(m)
             x = int(m.xid)
             call.xids.add(x)
             call.sent[x] = m
-            self._calls[(id(datapath), x)] = call
+            calls[x] = call
 
     def end(self, call: _Call, datapath: Any) -> None:
         """Forget ``call``: later answers to its messages are nobody's."""
+        calls = self._calls.get(id(datapath), {})
         for x in call.xids:
-            self._calls.pop((id(datapath), x), None)
+            calls.pop(x, None)
+        if not calls:
+            self._calls.pop(id(datapath), None)
 
     def wait(self, call: _Call, datapath: Any, last: Any, timeout: float) -> None:
         """Send ``last`` (a message of ``call``) and wait until it is answered."""
@@ -717,14 +722,15 @@ def _commit(
     if call.errors:
         _discard(replies, datapath, bundle_id, timeout)
         raise BundleError(
-            f"bundle {bundle_id} refused: {_errors_text(datapath, call.errors, what)}",
+            f"bundle {bundle_id} refused: {_errors_text(datapath, call.errors, what, call.sent)}",
             call.errors,
         )
     # A failure found at commit is reported for the failing message's xid, then the commit's.
     done = replies.call(datapath, [commit], timeout, watch=call.xids)
     if done.errors:
         raise BundleError(
-            f"bundle {bundle_id} commit failed: {_errors_text(datapath, done.errors, what)}",
+            f"bundle {bundle_id} commit failed: "
+            f"{_errors_text(datapath, done.errors, what, call.sent)}",
             done.errors,
         )
 
@@ -756,13 +762,12 @@ class BundleStream:
                 for c, o in steps]  # fmt: skip
 
     def number(self, msgs: Sequence[Any], steps: Sequence[tuple[Command, Flow | Group]]) -> None:
-        """Give ``msgs`` (made of ``steps``) their xids, on the hub."""
+        """Give ``msgs`` (made of ``steps``) their xids, on the hub. An error report names a
+        FlowMod's step from the message itself: no record per flow (100k at a first sync)."""
         self.replies.number(self.call, self.datapath, msgs)
         for m, (command, obj) in zip(msgs, steps, strict=True):
-            self.what[int(m.xid)] = (
-                f"{'flow' if isinstance(obj, Flow) else 'group'}_{command}",
-                obj,
-            )
+            if isinstance(obj, Group):
+                self.what[int(m.xid)] = (f"group_{command}", obj)
 
     @staticmethod
     def pack(msgs: Iterable[Any]) -> None:
@@ -829,9 +834,18 @@ def _serialize(msgs: Iterable[Any]) -> None:
 
 
 def _errors_text(
-    datapath: Any, errors: Sequence[Any], what: dict[int, tuple[str, Flow | Group | None]]
+    datapath: Any,
+    errors: Sequence[Any],
+    what: dict[int, tuple[str, Flow | Group | None]],
+    sent: Mapping[int, Any],
 ) -> str:
+    """The errors, each with the step it refused: from ``what``, else read off the FlowMod
+    ``sent`` with that xid (a streamed bundle keeps no record per flow)."""
+
     def culprit(xid: int) -> str:
+        m = sent.get(xid)
+        if xid not in what and isinstance(m, WireBundleAdd):
+            return f"flow_{m.message.command} {m.message.flow.text()}"
         kind, obj = what.get(xid, ("?", None))
         return kind if obj is None else f"{kind} {obj.text()}"
 
