@@ -47,7 +47,32 @@ CONTROLLER = Section(
         Option("shard", str, "this shard's name in the shard directory", required=True),
         Option("listen_host", str, "address the REST API listens on", "127.0.0.1"),
         Option("listen_port", int, "port the REST API listens on", 8080),
-        Option("store_path", str, "SQLite file holding this shard's intent", required=True),
+        Option(
+            "store",
+            str,
+            "where the intent lives: `sqlite` (the file `store_path`, one machine) or `etcd` "
+            "(the cluster at `etcd_endpoints`: shards on several machines, docs/store.md)",
+            "sqlite",
+        ),
+        Option("store_path", str, "SQLite file holding this shard's intent (`store = sqlite`)"),
+        Option(
+            "etcd_endpoints",
+            str,
+            "comma-separated client URLs of the etcd members (`store = etcd`), tried in turn",
+        ),
+        Option(
+            "etcd_prefix",
+            str,
+            "etcd key prefix of this deployment; the shard's intent is under "
+            "`<prefix>shards/<shard>/store/`",
+            "/meshpeer/",
+        ),
+        Option(
+            "etcd_ca_file",
+            str,
+            "PEM CA certificates that verify https:// `etcd_endpoints` (none: the system's "
+            "trust store)",
+        ),
         Option(
             "api_token",
             str,

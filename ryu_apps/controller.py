@@ -28,7 +28,8 @@ from meshpeer.directory import Directory, parse_directory
 from meshpeer.rest.admission import Limits
 from meshpeer.rest.router import Api
 from meshpeer.rest.server import serve
-from meshpeer.store.sqlite import Store
+from meshpeer.store.backends import open_store
+from meshpeer.store.settings import store_settings
 from meshpeer.streaming.publisher import StreamHub
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,11 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
             raise SystemExit(f"controller: [controller] {opt} is required in the config file")
         self.directory_stamp = tls.file_stamp(conf.directory_file)
         directory = _read_directory(conf.directory_file)
-        self.store = Store.open(conf.store_path)
+        try:
+            settings = store_settings(conf, conf.shard)
+        except ValueError as exc:
+            raise SystemExit(f"controller: {exc}") from None
+        self.store = open_store(settings)
         incarnation = self.store.next_incarnation()
         stream_hub = StreamHub(base_version=incarnation << 32)
         revoked = frozenset(_items(conf.revoked_hosts))

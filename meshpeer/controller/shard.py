@@ -59,7 +59,8 @@ from meshpeer.protocol.messages import (
     parse_stream_name,
     stream_name,
 )
-from meshpeer.store.sqlite import Change, Store, canonical_json
+from meshpeer.store.contract import IntentStore
+from meshpeer.store.sqlite import Change, canonical_json
 from meshpeer.streaming.publisher import StreamHub
 from policies.export import ExportPolicy
 
@@ -102,7 +103,7 @@ class ShardState:
         self,
         name: str,
         directory: Directory,
-        store: Store,
+        store: IntentStore,
         hub: StreamHub,
         clock: Callable[[], float],
         grant_ttl: float = 3600.0,

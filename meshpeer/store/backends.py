@@ -1,0 +1,15 @@
+"""Open the intent store a shard's settings name (the one I/O step after the pure check)."""
+
+from __future__ import annotations
+
+from meshpeer.store.contract import IntentStore
+from meshpeer.store.etcd import EtcdStore
+from meshpeer.store.settings import StoreSettings
+from meshpeer.store.sqlite import Store
+
+
+def open_store(settings: StoreSettings) -> IntentStore:
+    if settings.backend == "etcd":
+        return EtcdStore.open(settings.endpoints, settings.prefix, ca_file=settings.ca_file)
+    assert settings.path is not None  # store_settings checked it
+    return Store.open(settings.path)

@@ -1,0 +1,291 @@
+"""The intent store in etcd (v3, over its JSON gateway ``/v3/``): the SQLite store's contract
+for shards on several machines. Keys and transactions are decided in
+:mod:`meshpeer.store.etcdplan`; this module only sends them (docs/store.md, "etcd store").
+
+An acknowledged commit is one etcd transaction that compared the ``head`` key's revision with
+the one it read, so it is in the cluster's log (a majority's disks) and no other writer can have
+committed the same version. A transaction whose answer is lost (member gone mid-request) is
+resolved by reading the log entry of the version it tried: it carries the attempt's id.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from meshpeer.client import Client
+from meshpeer.store import etcdplan as plan
+from meshpeer.store.sqlite import (
+    DEFAULT_LOG_RETENTION,
+    Change,
+    Conflict,
+    LogEntry,
+    NotFound,
+    Record,
+    Snapshot,
+    StoreError,
+    encode_changes,
+)
+
+Json = dict[str, Any]
+READ_CHUNK = 100  # ranges per read transaction: below etcd's default --max-txn-ops (128)
+_NOT_SENT = (ConnectionRefusedError,)  # the request never reached this member: try another
+_LOST = (OSError, http.client.HTTPException)  # sent, maybe applied, answer lost
+
+
+class Unavailable(StoreError):
+    """No etcd member answered, or the cluster has no quorum: nothing can be written now.
+
+    ``lost``: a write was sent and its answer lost, so it may have applied."""
+
+    def __init__(self, message: str, *, lost: bool = False) -> None:
+        super().__init__(message)
+        self.lost = lost
+
+
+class Rejected(StoreError):
+    """etcd refused the request itself (e.g. more operations than its ``--max-txn-ops``)."""
+
+
+class Gateway:
+    """JSON over HTTP(S) to etcd's gRPC gateway, trying each member's URL in turn."""
+
+    def __init__(
+        self, endpoints: Sequence[str], timeout: float = 5.0, ca_file: str | None = None
+    ) -> None:
+        if not endpoints:
+            raise ValueError("etcd: at least one endpoint URL")
+        self._clients = [Client(url, None, timeout, ca_file) for url in endpoints]
+        self._first = 0  # the member that answered last: asked first next time
+
+    def call(self, path: str, body: Json, *, idempotent: bool) -> Json:
+        """POST ``body`` to ``/v3/<path>``. Reads move on to the next member after any failure;
+        writes only when the request was surely not sent (else :class:`Unavailable` with
+        ``lost=True``: it may have applied)."""
+        errors: list[str] = []
+        n = len(self._clients)
+        for i in range(n):
+            index = (self._first + i) % n
+            client = self._clients[index]
+            try:
+                status, answer = client.request("POST", f"/v3/{path}", body)
+            except _NOT_SENT as exc:
+                errors.append(f"{client.host}:{client.port}: {exc}")
+                continue
+            except _LOST as exc:
+                client.close()
+                errors.append(f"{client.host}:{client.port}: {exc}")
+                if idempotent:
+                    continue
+                raise _unavailable(errors, lost=True) from exc
+            if status == 200:
+                self._first = index
+                return dict(answer or {})
+            message = str((answer or {}).get("message") or answer)
+            errors.append(f"{client.host}:{client.port}: {status} {message}")
+            if status in (503, 504) or (status >= 500 and "leader" in message):
+                if idempotent:
+                    continue
+                raise _unavailable(errors, lost=True)
+            raise Rejected(f"etcd refused /v3/{path}: {message}")
+        raise _unavailable(errors, lost=False)
+
+    def close(self) -> None:
+        for c in self._clients:
+            c.close()
+
+
+def _unavailable(errors: list[str], *, lost: bool) -> Unavailable:
+    return Unavailable("etcd unavailable: " + "; ".join(errors), lost=lost)
+
+
+class EtcdStore:
+    """The :class:`meshpeer.store.Store` surface on etcd; open with :meth:`open`."""
+
+    def __init__(self, gateway: Gateway, prefix: str, log_retention: int) -> None:
+        self._gw = gateway
+        self._prefix = prefix
+        self._retention = log_retention
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(
+        cls,
+        endpoints: Sequence[str],
+        prefix: str,
+        *,
+        log_retention: int = DEFAULT_LOG_RETENTION,
+        timeout: float = 5.0,
+        ca_file: str | None = None,
+    ) -> EtcdStore:
+        """The store under ``prefix`` (``/meshpeer/shards/<shard>/``) of the cluster at
+        ``endpoints``; checks that the cluster answers."""
+        if log_retention < 1:
+            raise ValueError("log_retention must be at least 1")
+        if not prefix.endswith("/"):
+            raise ValueError(f"etcd prefix must end with '/': {prefix!r}")
+        store = cls(Gateway(endpoints, timeout, ca_file), prefix, log_retention)
+        store._head()
+        return store
+
+    def close(self) -> None:
+        self._gw.close()
+
+    def __enter__(self) -> EtcdStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- reads ---------------------------------------------------------------------------
+
+    def _txn(self, ops: list[Json], *, compare: list[Json] | None = None) -> Json:
+        body: Json = {"success": ops}
+        if compare:
+            body["compare"] = compare
+        return self._gw.call("kv/txn", body, idempotent=compare is None)
+
+    def _read(self, ops: list[Json]) -> list[Json]:
+        return list(self._txn(ops).get("responses", []))
+
+    def _head(self) -> plan.Head:
+        (found,) = self._read([plan.range_op(self._prefix + plan.HEAD)])
+        kvs = plan.kvs(found)
+        return plan.Head.parse(kvs[0] if kvs else None)
+
+    @property
+    def version(self) -> int:
+        return self._head().version
+
+    @property
+    def incarnation(self) -> int:
+        (found,) = self._read([plan.range_op(self._prefix + plan.INCARNATION)])
+        kvs = plan.kvs(found)
+        return int(plan.unb64(kvs[0]["value"])) if kvs else 0
+
+    def load(self) -> Snapshot:
+        """Every resource, the version and meta, as of one etcd revision."""
+        p = self._prefix
+        head, res, meta = self._read(
+            [
+                plan.range_op(p + plan.HEAD),
+                plan.range_op(p + plan.RES, prefix=True),
+                plan.range_op(p + plan.META, prefix=True),
+            ]
+        )
+        kvs = plan.kvs(head)
+        version = plan.Head.parse(kvs[0] if kvs else None).version
+        records: dict[tuple[str, str], Record] = {}
+        for kv in plan.kvs(res):
+            kind, key = plan.split_res_key(p, plan.unb64(kv["key"]))
+            body, v, created = plan.parse_record(plan.unb64(kv.get("value", "")))
+            records[(kind, key)] = Record(kind, key, body, v, created)
+        metas = {
+            plan.unb64(kv["key"])[len(p + plan.META) :]: plan.unb64(kv.get("value", ""))
+            for kv in plan.kvs(meta)
+        }
+        return Snapshot(records, version, metas)
+
+    def _stored(
+        self, head: plan.Head, ids: list[tuple[str, str]]
+    ) -> dict[tuple[str, str], plan.Stored]:
+        """The resources ``ids`` that exist, read at ``head``'s revision or later (the commit's
+        compare on ``head`` refuses the transaction if anything was committed since)."""
+        out: dict[tuple[str, str], plan.Stored] = {}
+        for i in range(0, len(ids), READ_CHUNK):
+            chunk = ids[i : i + READ_CHUNK]
+            ops = [plan.range_op(plan.res_key(self._prefix, *rid)) for rid in chunk]
+            for rid, found in zip(chunk, self._read(ops), strict=True):
+                kvs = plan.kvs(found)
+                if kvs:
+                    _, _, created = plan.parse_record(plan.unb64(kvs[0]["value"]))
+                    out[rid] = plan.Stored(created)
+        return out
+
+    # --- writes --------------------------------------------------------------------------
+
+    def commit(self, changes: Sequence[Change], *, expect_version: int | None = None) -> int:
+        """One etcd transaction at version + 1, conditional on ``head`` being as read."""
+        rows = encode_changes(changes)
+        ids = [(kind, key) for kind, key, _ in rows]
+        with self._lock:
+            while True:
+                head = self._head()
+                if expect_version is not None and expect_version != head.version:
+                    raise Conflict(expect_version, head.version)
+                stored = self._stored(head, ids)
+                attempt = uuid.uuid4().hex
+                try:
+                    p = plan.plan_commit(self._prefix, head, rows, stored, self._retention, attempt)
+                except KeyError as exc:
+                    kind, key = exc.args[0]
+                    raise NotFound(kind, key) from None
+                try:
+                    answer = self._gw.call("kv/txn", p.txn, idempotent=False)
+                except Unavailable as exc:
+                    if exc.lost and self._applied(p.version, attempt):
+                        return p.version
+                    raise
+                if answer.get("succeeded"):
+                    return p.version
+                # someone committed since we read head: read again (or Conflict above)
+
+    def _applied(self, version: int, attempt: str) -> bool:
+        """Whether the attempt ``attempt`` at ``version``, whose answer was lost, applied."""
+        (found,) = self._read([plan.range_op(plan.log_key(self._prefix, version))])
+        kvs = plan.kvs(found)
+        entries = plan.parse_log(self._prefix, kvs)
+        if entries:
+            return entries[0][4] == attempt
+        head = self._head()  # an empty log entry cannot be; gone: trimmed, look at head
+        return head.version >= version and head.commit == attempt
+
+    def changes_since(self, version: int) -> list[LogEntry] | None:
+        """As :meth:`meshpeer.store.Store.changes_since`: None when the log cannot answer."""
+        p = self._prefix
+        head_r, log_r = self._read(
+            [
+                plan.range_op(p + plan.HEAD),
+                plan.range_op(
+                    p + plan.LOG, prefix=True, start=plan.log_key(p, max(version + 1, 0))
+                ),
+            ]
+        )
+        kvs = plan.kvs(head_r)
+        head = plan.Head.parse(kvs[0] if kvs else None)
+        if not head.floor <= version <= head.version:
+            return None
+        entries = plan.parse_log(p, plan.kvs(log_r))
+        return [LogEntry(v, kind, key, op) for v, kind, key, op, _ in entries]
+
+    def get_meta(self, name: str) -> str | None:
+        (found,) = self._read([plan.range_op(self._prefix + plan.META + name)])
+        kvs = plan.kvs(found)
+        return plan.unb64(kvs[0].get("value", "")) if kvs else None
+
+    def set_meta(self, name: str, value: str | None) -> None:
+        """Set (or, with None, delete) a meta entry. Not intent: no version bump."""
+        if value is not None and not isinstance(value, str):
+            raise TypeError("meta values are strings; encode anything else")
+        key = self._prefix + plan.META + name
+        op = plan.delete_op(key) if value is None else plan.put_op(key, value)
+        self._gw.call("kv/txn", {"success": [op]}, idempotent=True)  # same outcome twice
+
+    def next_incarnation(self) -> int:
+        """Bump and return the incarnation: compare-and-swap on its revision."""
+        key = self._prefix + plan.INCARNATION
+        with self._lock:
+            while True:
+                (found,) = self._read([plan.range_op(key)])
+                kvs = plan.kvs(found)
+                current = int(plan.unb64(kvs[0]["value"])) if kvs else 0
+                revision = plan.mod_revision(kvs[0]) if kvs else 0
+                answer = self._txn(
+                    [plan.put_op(key, str(current + 1))],
+                    compare=[plan.unchanged(key, revision)],
+                )
+                if answer.get("succeeded"):
+                    return current + 1

@@ -1,0 +1,148 @@
+"""What only the etcd store has to show: many writers, lost answers, a cluster that is gone.
+
+The shared contract (versions, atomicity, restart, log) is tests/unit/test_store.py, run
+against both backends.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from meshpeer.store import Change, Conflict
+from meshpeer.store.etcd import EtcdStore, Unavailable
+from meshpeer.store.settings import store_settings
+from tests.support.etcd import EtcdServer, etcd_server
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def etcd() -> Iterator[EtcdServer]:
+    with etcd_server() as server:
+        yield server
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"/etcd-only/{next(_prefixes)}/"
+
+
+def test_two_writers_never_both_win_a_version(etcd: EtcdServer, prefix: str) -> None:
+    """Writers racing with expect_version: each version is won by exactly one of them; the
+    losers get Conflict. Without expect_version every commit lands, each at its own version."""
+    stores = [EtcdStore.open([etcd.url], prefix) for _ in range(4)]
+    won: list[tuple[int, str]] = []
+    lost: list[str] = []
+    free: list[tuple[int, str]] = []
+
+    def race(i: int, s: EtcdStore) -> None:
+        for n in range(15):
+            name = f"w{i}-{n}"
+            try:
+                won.append((s.commit([Change("vpc", name, {})], expect_version=s.version), name))
+            except Conflict:
+                lost.append(name)
+            free.append((s.commit([Change("endpoint", name, {"n": n})]), name))
+
+    threads = [threading.Thread(target=race, args=(i, s)) for i, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    snap = stores[0].load()
+    versions = [v for v, _ in won + free]
+    assert sorted(versions) == list(range(1, snap.version + 1))  # contiguous, none twice
+    assert len(won) + len(lost) == len(free) == 60
+    for v, name in won:
+        assert snap.records[("vpc", name)].version == v
+    assert not any(("vpc", name) in snap.records for name in lost)
+    for v, name in free:
+        assert snap.records[("endpoint", name)].version == v
+    log = stores[0].changes_since(0) or []
+    assert sorted({e.version for e in log}) == list(range(1, snap.version + 1))
+    for s in stores:
+        s.close()
+
+
+def _lose_answer(store: EtcdStore, *, after_sending: bool) -> None:
+    """The next write transaction's answer is lost: after etcd applied it, or before it
+    reached etcd (the connection cut either way)."""
+    gw = store._gw
+    real = gw.call
+
+    def call(path: str, body: dict[str, Any], *, idempotent: bool) -> dict[str, Any]:
+        if idempotent:
+            return real(path, body, idempotent=True)
+        gw.call = real  # type: ignore[method-assign]
+        if after_sending:
+            real(path, body, idempotent=False)
+        raise Unavailable("connection reset", lost=True)
+
+    gw.call = call  # type: ignore[method-assign]
+
+
+def test_a_write_whose_answer_was_lost_is_resolved_from_the_log(
+    etcd: EtcdServer, prefix: str
+) -> None:
+    with EtcdStore.open([etcd.url], prefix) as s:
+        s.commit([Change("vpc", "a", {})])
+        _lose_answer(s, after_sending=True)
+        assert s.commit([Change("vpc", "b", {})]) == 2  # applied: acknowledged, once
+        _lose_answer(s, after_sending=False)
+        with pytest.raises(Unavailable):  # not applied: the caller is told, nothing written
+            s.commit([Change("vpc", "c", {})])
+        snap = s.load()
+        assert (snap.version, sorted(k for _, k in snap.records)) == (2, ["a", "b"])
+        assert s.commit([Change("vpc", "c", {})]) == 3
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_no_member_answering_is_unavailable_naming_each(etcd: EtcdServer, prefix: str) -> None:
+    dead = f"http://127.0.0.1:{_closed_port()}"
+    with pytest.raises(Unavailable, match=r"etcd unavailable: 127\.0\.0\.1:\d+: .*refused"):
+        EtcdStore.open([dead], prefix)
+    # a dead member before a live one: the store goes on with the live one
+    with EtcdStore.open([dead, etcd.url], prefix) as s:
+        assert s.commit([Change("vpc", "a", {})]) == 1
+
+
+@pytest.mark.parametrize(
+    ("values", "error"),
+    [
+        ({"store": "mysql"}, "controller.store: sqlite or etcd, not 'mysql'"),
+        ({}, "controller.store_path: required with store = sqlite"),
+        ({"store": "etcd"}, "controller.etcd_endpoints: required with store = etcd"),
+        ({"store": "etcd", "etcd_endpoints": "h:2379"}, "controller.etcd_endpoints: 'h:2379'"),
+        (
+            {"store": "etcd", "etcd_endpoints": "http://h:2379", "etcd_prefix": "m"},
+            "controller.etcd_prefix: starts and ends with '/'",
+        ),
+    ],
+)
+def test_store_settings_name_the_field_they_refuse(values: dict[str, str], error: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(error)):
+        store_settings(values, "ctl1")
+
+
+def test_store_settings_default_to_sqlite_and_put_each_shard_under_its_name() -> None:
+    assert store_settings({"store_path": "/s.db"}, "ctl1").path == "/s.db"
+    etcd = store_settings(
+        {"store": "etcd", "etcd_endpoints": " http://a:2379, http://b:2379 "}, "ctl1"
+    )
+    assert (etcd.backend, etcd.endpoints, etcd.prefix) == (
+        "etcd",
+        ("http://a:2379", "http://b:2379"),
+        "/meshpeer/shards/ctl1/store/",
+    )
