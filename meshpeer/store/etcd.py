@@ -11,12 +11,13 @@ resolved by reading the log entry of the version it tried: it carries the attemp
 from __future__ import annotations
 
 import http.client
+import json
 import threading
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from meshpeer.client import Client
+from meshpeer import tls
 from meshpeer.store import etcdplan as plan
 from meshpeer.store.sqlite import (
     DEFAULT_LOG_RETENTION,
@@ -34,6 +35,8 @@ Json = dict[str, Any]
 READ_CHUNK = 100  # ranges per read transaction: below etcd's default --max-txn-ops (128)
 _NOT_SENT = (ConnectionRefusedError,)  # the request never reached this member: try another
 _LOST = (OSError, http.client.HTTPException)  # sent, maybe applied, answer lost
+# what a kept connection the member closed while idle raises at once (nothing was processed)
+_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 
 
 class Unavailable(StoreError):
@@ -50,6 +53,64 @@ class Rejected(StoreError):
     """etcd refused the request itself (e.g. more operations than its ``--max-txn-ops``)."""
 
 
+class Member:
+    """One etcd member's gateway: idle kept connections, each used by one caller at a time
+    (green threads share the process; ``meshpeer.client.Client`` keeps one per OS thread)."""
+
+    def __init__(self, url: str, timeout: float, ca_file: str | None) -> None:
+        parts = tls.split_url(url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = tls.default_port(parts)
+        self.secure = parts.scheme == "https"
+        self.timeout = timeout
+        self.ca_file = ca_file
+        self._idle: list[http.client.HTTPConnection] = []
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if self.secure:
+            ctx = tls.client_context(self.ca_file)
+            return http.client.HTTPSConnection(
+                self.host, self.port, timeout=self.timeout, context=ctx
+            )
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+
+    def post(self, path: str, body: Json) -> tuple[int, Json]:
+        """One request on a kept connection (a new one if none is idle); the connection is
+        kept again only after a whole answer."""
+        data = json.dumps(body).encode()
+        while True:
+            reused = bool(self._idle)
+            conn = self._idle.pop() if reused else self._connect()
+            try:
+                conn.request("POST", path, body=data, headers={"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                raw = resp.read()
+                break
+            except _STALE:
+                conn.close()
+                if not reused:  # a kept connection the member closed while idle: a new one
+                    raise
+            except BaseException:
+                conn.close()
+                raise
+        if resp.will_close:
+            conn.close()
+        else:
+            self._idle.append(conn)
+        try:
+            answer = json.loads(raw) if raw else {}
+        except ValueError:
+            answer = {"message": raw[:200].decode(errors="replace")}
+        return resp.status, answer if isinstance(answer, dict) else {"message": str(answer)}
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
+
+
 class Gateway:
     """JSON over HTTP(S) to etcd's gRPC gateway, trying each member's URL in turn."""
 
@@ -58,7 +119,7 @@ class Gateway:
     ) -> None:
         if not endpoints:
             raise ValueError("etcd: at least one endpoint URL")
-        self._clients = [Client(url, None, timeout, ca_file) for url in endpoints]
+        self.members = [Member(url, timeout, ca_file) for url in endpoints]
         self._first = 0  # the member that answered last: asked first next time
 
     def call(self, path: str, body: Json, *, idempotent: bool) -> Json:
@@ -66,26 +127,25 @@ class Gateway:
         writes only when the request was surely not sent (else :class:`Unavailable` with
         ``lost=True``: it may have applied)."""
         errors: list[str] = []
-        n = len(self._clients)
+        n = len(self.members)
         for i in range(n):
             index = (self._first + i) % n
-            client = self._clients[index]
+            member = self.members[index]
             try:
-                status, answer = client.request("POST", f"/v3/{path}", body)
+                status, answer = member.post(f"/v3/{path}", body)
             except _NOT_SENT as exc:
-                errors.append(f"{client.host}:{client.port}: {exc}")
+                errors.append(f"{member}: {exc}")
                 continue
             except _LOST as exc:
-                client.close()
-                errors.append(f"{client.host}:{client.port}: {exc}")
+                errors.append(f"{member}: {exc!r}")
                 if idempotent:
                     continue
                 raise _unavailable(errors, lost=True) from exc
             if status == 200:
                 self._first = index
-                return dict(answer or {})
-            message = str((answer or {}).get("message") or answer)
-            errors.append(f"{client.host}:{client.port}: {status} {message}")
+                return answer
+            message = str(answer.get("message") or answer.get("error") or answer)
+            errors.append(f"{member}: {status} {message}")
             if status in (503, 504) or (status >= 500 and "leader" in message):
                 if idempotent:
                     continue
@@ -94,8 +154,8 @@ class Gateway:
         raise _unavailable(errors, lost=False)
 
     def close(self) -> None:
-        for c in self._clients:
-            c.close()
+        for m in self.members:
+            m.close()
 
 
 def _unavailable(errors: list[str], *, lost: bool) -> Unavailable:
