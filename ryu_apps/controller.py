@@ -28,7 +28,8 @@ from meshpeer.directory import Directory, parse_directory
 from meshpeer.rest.admission import Limits
 from meshpeer.rest.router import Api
 from meshpeer.rest.server import serve
-from meshpeer.store.backends import open_store
+from meshpeer.store.backends import open_store, ownership
+from meshpeer.store.etcd import follow_claims
 from meshpeer.store.settings import store_settings
 from meshpeer.streaming.publisher import StreamHub
 
@@ -67,12 +68,18 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
         except ValueError as exc:
             raise SystemExit(f"controller: {exc}") from None
         self.store = open_store(settings)
+        self.ownership = ownership(settings)  # etcd: VPC claims, learned by a watch
+        if self.ownership is not None:
+            claims, _ = self.ownership.snapshot()
+            directory = dataclasses.replace(directory, claims=claims, claimed=True)
         incarnation = self.store.next_incarnation()
         stream_hub = StreamHub(base_version=incarnation << 32)
         revoked = frozenset(_items(conf.revoked_hosts))
         self.shard = ShardState(
             conf.shard, directory, self.store, stream_hub, time.time, conf.grant_ttl, revoked
         )
+        self.shard.ownership = self.ownership
+        self.claims_watch: Any = None
         if bool(conf.tls_cert_file) != bool(conf.tls_key_file):
             raise SystemExit("controller: [controller] tls_cert_file and tls_key_file go together")
         self.federation = Federation(self.shard, ca_file=conf.ca_file)
@@ -136,6 +143,10 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
         self.federation.sync()
         self.speaker.start()
         self.ticker = hub.spawn(self._tick)
+        if self.ownership is not None:
+            self.claims_watch = hub.spawn(
+                follow_claims, self.ownership, self.shard.take_claims, hub.sleep
+            )
         if self.conf.directory_check_interval > 0:
             self.watcher = hub.spawn(self._watch_directory)
         return server
@@ -230,8 +241,9 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
     def close(self) -> None:
         if self.watcher is not None:
             hub.kill(self.watcher)
-        if self.ticker is not None:
-            hub.kill(self.ticker)
+        for thread in (self.ticker, self.claims_watch):
+            if thread is not None:
+                hub.kill(thread)
         self.federation.stop()
         self.store.close()
         super().close()

@@ -59,7 +59,7 @@ from meshpeer.protocol.messages import (
     parse_stream_name,
     stream_name,
 )
-from meshpeer.store.contract import IntentStore
+from meshpeer.store.contract import IntentStore, VpcClaims
 from meshpeer.store.sqlite import Change, canonical_json
 from meshpeer.streaming.publisher import StreamHub
 from policies.export import ExportPolicy
@@ -115,6 +115,7 @@ class ShardState:
         self.hub = hub
         self.clock = clock
         self.revoked_here = revoked_hosts  # this shard's option, beside the directory's list
+        self.ownership: VpcClaims | None = None  # store = etcd: VPC claims (set by the app)
         self.grants = GrantSettings(directory, grant_ttl, self.revoked_hosts)
         snap = store.load()
         self.intent = Intent.from_records({k: r.body for k, r in snap.records.items()})
@@ -273,6 +274,24 @@ class ShardState:
         if self.revoked_hosts != before:
             self.refresh()  # peering streams: grants for revoked hosts go, restored ones come
         return ignored
+
+    # --- VPC ownership claimed in etcd (store = etcd; docs/store.md) -----------------------
+
+    def claim_vpc(self, vpc: str) -> str:
+        """Claim ``vpc`` for this shard where claims are kept; returns its owner."""
+        return self.name if self.ownership is None else self.ownership.claim(vpc, self.name)
+
+    def release_vpc(self, vpc: str) -> None:
+        if self.ownership is not None:
+            self.ownership.release(vpc, self.name)
+
+    def take_claims(self, claims: Mapping[str, str]) -> None:
+        """The claims as the watch last saw them: owners (and so peerings' states) follow."""
+        if claims == self.directory.claims:
+            return
+        self.directory = replace(self.directory, claims=dict(claims), claimed=True)
+        self.grants = replace(self.grants, directory=self.directory)
+        self.refresh()
 
     # --- a host leaves a VPC --------------------------------------------------------------
 

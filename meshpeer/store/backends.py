@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from meshpeer.store.contract import IntentStore
-from meshpeer.store.etcd import EtcdStore
+from meshpeer.store.etcd import EtcdStore, Gateway, Ownership
 from meshpeer.store.settings import StoreSettings
 from meshpeer.store.sqlite import Store
 
@@ -13,3 +13,13 @@ def open_store(settings: StoreSettings) -> IntentStore:
         return EtcdStore.open(settings.endpoints, settings.prefix, ca_file=settings.ca_file)
     assert settings.path is not None  # store_settings checked it
     return Store.open(settings.path)
+
+
+def ownership(settings: StoreSettings) -> Ownership | None:
+    """Where this shard claims its VPCs: etcd's ``<prefix>vpcs/`` (None with SQLite: the
+    directory file pins or hashes them)."""
+    if settings.backend != "etcd":
+        return None
+    return Ownership(
+        Gateway(settings.endpoints, ca_file=settings.ca_file), settings.deployment_prefix
+    )

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from meshpeer import tls
@@ -32,6 +33,10 @@ from meshpeer.store.sqlite import (
 )
 
 Json = dict[str, Any]
+log = logging.getLogger(__name__)
+# seconds a watch may be silent: etcd notifies progress only every 10 minutes, so a quiet
+# stream is re-opened (after a fresh snapshot) this often, and a vanished member costs no more
+WATCH_READ_TIMEOUT = 30.0
 READ_CHUNK = 100  # ranges per read transaction: below etcd's default --max-txn-ops (128)
 _NOT_SENT = (ConnectionRefusedError,)  # the request never reached this member: try another
 _LOST = (OSError, http.client.HTTPException)  # sent, maybe applied, answer lost
@@ -69,7 +74,8 @@ class Member:
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def _connect(self) -> http.client.HTTPConnection:
+    def connect(self, timeout: float | None = None) -> http.client.HTTPConnection:
+        timeout = self.timeout if timeout is None else timeout
         if self.secure:
             ctx = tls.client_context(self.ca_file)
             return http.client.HTTPSConnection(
@@ -83,7 +89,7 @@ class Member:
         data = json.dumps(body).encode()
         while True:
             reused = bool(self._idle)
-            conn = self._idle.pop() if reused else self._connect()
+            conn = self._idle.pop() if reused else self.connect()
             try:
                 conn.request("POST", path, body=data, headers={"Content-Type": "application/json"})
                 resp = conn.getresponse()
@@ -152,6 +158,10 @@ class Gateway:
                 raise _unavailable(errors, lost=True)
             raise Rejected(f"etcd refused /v3/{path}: {message}")
         raise _unavailable(errors, lost=False)
+
+    def current(self) -> Member:
+        """The member that answered last."""
+        return self.members[self._first]
 
     def close(self) -> None:
         for m in self.members:
@@ -349,3 +359,104 @@ class EtcdStore:
                 )
                 if answer.get("succeeded"):
                     return current + 1
+
+
+class Ownership:
+    """Which shard owns which VPC, in etcd (``<prefix>vpcs/<vpc>``): claimed by one
+    transaction each, learned by a watch (docs/store.md, "VPC ownership")."""
+
+    def __init__(self, gateway: Gateway, deployment_prefix: str) -> None:
+        self._gw = gateway
+        self.prefix = deployment_prefix
+
+    def claim(self, vpc: str, shard: str) -> str:
+        """Claim ``vpc`` for ``shard``; returns its owner (``shard`` if the claim won, or it
+        already held it). A lost answer is safe to ask again: a claim is idempotent."""
+        while True:
+            txn = plan.claim_txn(self.prefix, vpc, shard)
+            owner = plan.claim_owner(self._gw.call("kv/txn", txn, idempotent=True), shard)
+            if owner is not None:
+                return owner
+
+    def release(self, vpc: str, shard: str) -> None:
+        self._gw.call("kv/txn", plan.release_txn(self.prefix, vpc, shard), idempotent=True)
+
+    def snapshot(self) -> tuple[dict[str, str], int]:
+        """Every claim, and the etcd revision they are as of (watch from the next one)."""
+        answer = self._gw.call(
+            "kv/range",
+            {
+                "key": plan.b64(self.prefix + plan.CLAIMS),
+                "range_end": plan.prefix_end(self.prefix + plan.CLAIMS),
+            },
+            idempotent=True,
+        )
+        kvs = list(answer.get("kvs", []))
+        return plan.claims(self.prefix, kvs), int(answer.get("header", {}).get("revision", 0))
+
+    def watch(self, start_revision: int) -> Iterator[list[plan.WatchEvent]]:
+        """Changes to the claims from ``start_revision`` on, one list per etcd message, until
+        the stream breaks (OSError / HTTPException: take a new snapshot and watch again)."""
+        return watch_prefix(self._gw, self.prefix + plan.CLAIMS, start_revision)
+
+
+def watch_prefix(
+    gateway: Gateway, prefix: str, start_revision: int
+) -> Iterator[list[plan.WatchEvent]]:
+    """etcd's watch over the gateway: one streaming POST to ``/v3/watch`` on a connection of
+    its own, with progress notifications (so a silent member is noticed by the read timeout)."""
+    conn = gateway.current().connect(timeout=WATCH_READ_TIMEOUT)
+    try:
+        request = {
+            "create_request": {
+                "key": plan.b64(prefix),
+                "range_end": plan.prefix_end(prefix),
+                "start_revision": str(start_revision),
+                "progress_notify": True,
+            }
+        }
+        conn.request(
+            "POST",
+            "/v3/watch",
+            body=json.dumps(request).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        resp = conn.getresponse()
+        if resp.status != 200:
+            raise http.client.HTTPException(f"watch: {resp.status} {resp.read()[:200]!r}")
+        while True:
+            line = resp.readline()
+            if not line:
+                raise http.client.HTTPException("watch: the stream ended")
+            message = json.loads(line)
+            if "error" in message:
+                raise http.client.HTTPException(f"watch: {message['error']}")
+            result = message.get("result", {})
+            if result.get("canceled") or result.get("compact_revision"):
+                raise http.client.HTTPException(f"watch: canceled ({result})")
+            events = plan.watch_events(message)
+            if events:
+                yield events
+    finally:
+        conn.close()
+
+
+def follow_claims(
+    ownership: Ownership,
+    take: Callable[[dict[str, str]], None],
+    sleep: Callable[[float], object],
+    retry_s: float = 1.0,
+) -> None:
+    """Hand ``take`` every claim now and after each change, for ever: a snapshot, then the
+    watch from the next revision; a broken watch (member gone, quiet too long, etcd without
+    quorum) starts over with a new snapshot after ``retry_s``."""
+    while True:
+        try:
+            claims, revision = ownership.snapshot()
+            take(claims)
+            for events in ownership.watch(revision + 1):
+                claims = plan.apply_claims(ownership.prefix, claims, events)
+                take(claims)
+        except (OSError, http.client.HTTPException, StoreError, ValueError) as exc:
+            log.info("etcd claims watch: %s; again in %.0f s", exc, retry_s)
+        sleep(retry_s)

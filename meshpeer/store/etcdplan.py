@@ -185,3 +185,74 @@ def parse_log(prefix: str, kvs_: Sequence[Json]) -> list[tuple[int, str, str, Op
         doc = json.loads(unb64(kv["value"]))
         out += [(version, k, n, op, doc["commit"]) for k, n, op in doc["changes"]]
     return out
+
+
+# --- VPC ownership: <deployment prefix>vpcs/<vpc> = the owning shard's name -------------------
+
+CLAIMS = "vpcs/"
+
+
+def claim_key(deployment_prefix: str, vpc: str) -> str:
+    return f"{deployment_prefix}{CLAIMS}{vpc}"
+
+
+def claim_txn(deployment_prefix: str, vpc: str, shard: str) -> Json:
+    """Claim ``vpc`` for ``shard`` if no shard has it; either way the answer says the owner."""
+    key = claim_key(deployment_prefix, vpc)
+    absent = {"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+    return {"compare": [absent], "success": [put_op(key, shard)], "failure": [range_op(key)]}
+
+
+def claim_owner(answer: Json, shard: str) -> str | None:
+    """The owner a :func:`claim_txn` answer reports (``shard`` when the claim won; None if the
+    claim lost to an owner that is gone again: ask again)."""
+    if answer.get("succeeded"):
+        return shard
+    found = kvs(answer.get("responses", [{}])[0])
+    return unb64(found[0].get("value", "")) if found else None
+
+
+def release_txn(deployment_prefix: str, vpc: str, shard: str) -> Json:
+    """Give ``vpc`` up, only if ``shard`` holds it."""
+    key = claim_key(deployment_prefix, vpc)
+    mine = {"key": b64(key), "target": "VALUE", "result": "EQUAL", "value": b64(shard)}
+    return {"compare": [mine], "success": [delete_op(key)]}
+
+
+def claims(deployment_prefix: str, kvs_: Sequence[Json]) -> dict[str, str]:
+    """VPC -> owner from the ``vpcs/`` key-values."""
+    start = len(deployment_prefix) + len(CLAIMS)
+    return {unb64(kv["key"])[start:]: unb64(kv.get("value", "")) for kv in kvs_}
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    key: str
+    value: str | None  # None: deleted
+    revision: int
+
+
+def watch_events(message: Json) -> list[WatchEvent]:
+    """The events of one watch-stream message (``{"result": {"events": [...]}}``); the
+    gateway leaves out ``type`` for a put (protobuf's zero value)."""
+    out = []
+    for ev in message.get("result", {}).get("events", []):
+        kv = ev.get("kv", {})
+        value = None if ev.get("type") == "DELETE" else unb64(kv.get("value", ""))
+        out.append(WatchEvent(unb64(kv["key"]), value, mod_revision(kv)))
+    return out
+
+
+def apply_claims(
+    deployment_prefix: str, current: Mapping[str, str], events: Sequence[WatchEvent]
+) -> dict[str, str]:
+    """``current`` claims after ``events`` on the ``vpcs/`` keys."""
+    out = dict(current)
+    start = len(deployment_prefix) + len(CLAIMS)
+    for ev in events:
+        vpc = ev.key[start:]
+        if ev.value is None:
+            out.pop(vpc, None)
+        else:
+            out[vpc] = ev.value
+    return out

@@ -21,6 +21,7 @@ class StoreSettings:
     endpoints: tuple[str, ...]  # etcd: the members' client URLs
     prefix: str  # etcd: this shard's store is under it
     ca_file: str | None
+    deployment_prefix: str = ""  # etcd: every shard's keys (directory, claims) are under it
 
 
 def shard_prefix(deployment_prefix: str, shard: str) -> str:
@@ -50,6 +51,5 @@ def store_settings(values: Mapping[str, object], shard: str) -> StoreSettings:
             raise ValueError(f"controller.etcd_endpoints: {url!r} is not an http(s):// URL")
     if not (prefix.startswith("/") and prefix.endswith("/")):
         raise ValueError(f"controller.etcd_prefix: starts and ends with '/', not {prefix!r}")
-    return StoreSettings(
-        "etcd", None, endpoints, shard_prefix(prefix, shard), ca if isinstance(ca, str) else None
-    )
+    ca_file = ca if isinstance(ca, str) else None
+    return StoreSettings("etcd", None, endpoints, shard_prefix(prefix, shard), ca_file, prefix)

@@ -6,6 +6,7 @@ against both backends.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 import socket
@@ -16,9 +17,11 @@ from typing import Any
 import pytest
 
 from meshpeer.store import Change, Conflict
-from meshpeer.store.etcd import EtcdStore, Unavailable
+from meshpeer.store import etcdplan as plan
+from meshpeer.store.etcd import EtcdStore, Gateway, Ownership, Unavailable, follow_claims
 from meshpeer.store.settings import store_settings
 from tests.support.etcd import EtcdServer, etcd_server
+from tests.support.wait import wait_for
 
 _prefixes = itertools.count()
 
@@ -146,3 +149,70 @@ def test_store_settings_default_to_sqlite_and_put_each_shard_under_its_name() ->
         ("http://a:2379", "http://b:2379"),
         "/meshpeer/shards/ctl1/store/",
     )
+
+
+# --- VPC ownership claims ------------------------------------------------------------------
+
+
+def test_a_vpc_is_claimed_once_and_every_follower_learns_it(etcd: EtcdServer) -> None:
+    prefix = f"/deploy{next(_prefixes)}/"
+    ctl1 = Ownership(Gateway([etcd.url]), prefix)
+    ctl2 = Ownership(Gateway([etcd.url]), prefix)
+    seen: list[dict[str, str]] = []
+    breaks: list[float] = []  # follow_claims sleeps only after its watch broke
+    done = threading.Event()
+
+    def sleep(seconds: float) -> None:
+        if done.is_set():
+            raise _Done
+        breaks.append(seconds)
+
+    def follow() -> None:
+        with contextlib.suppress(_Done):
+            follow_claims(Ownership(Gateway([etcd.url]), prefix), seen.append, sleep)
+
+    threading.Thread(target=follow, daemon=True).start()
+    assert ctl1.claim("blue", "ctl1") == "ctl1"
+    assert ctl2.claim("blue", "ctl2") == "ctl1"  # the second claim names the owner
+    assert ctl1.claim("blue", "ctl1") == "ctl1"  # a claim is idempotent for its owner
+    ctl2.release("blue", "ctl2")  # not its own: nothing happens
+    assert ctl2.claim("red", "ctl2") == "ctl2"
+    wait_for(lambda: seen and seen[-1] == {"blue": "ctl1", "red": "ctl2"}, what="the watch")
+    ctl1.release("blue", "ctl1")
+    wait_for(lambda: seen[-1] == {"red": "ctl2"}, what="the release, watched")
+    assert ctl2.claim("blue", "ctl2") == "ctl2"
+    assert ctl1.snapshot()[0] == {"blue": "ctl2", "red": "ctl2"}
+    wait_for(lambda: seen[-1] == {"blue": "ctl2", "red": "ctl2"}, what="the new claim, watched")
+    done.set()
+    assert breaks == []  # one snapshot, then every change from the one watch
+
+
+class _Done(Exception):
+    pass
+
+
+def test_claims_follow_watch_events() -> None:
+    events = [
+        plan.WatchEvent("/m/vpcs/blue", "ctl1", 5),
+        plan.WatchEvent("/m/vpcs/red", "ctl2", 6),
+        plan.WatchEvent("/m/vpcs/blue", None, 7),
+    ]
+    assert plan.apply_claims("/m/", {"old": "ctl3"}, events) == {"old": "ctl3", "red": "ctl2"}
+    message = {
+        "result": {
+            "events": [
+                {
+                    "kv": {
+                        "key": plan.b64("/m/vpcs/a"),
+                        "value": plan.b64("c1"),
+                        "mod_revision": "3",
+                    }
+                },
+                {"type": "DELETE", "kv": {"key": plan.b64("/m/vpcs/b"), "mod_revision": "4"}},
+            ]
+        }
+    }
+    assert plan.watch_events(message) == [
+        plan.WatchEvent("/m/vpcs/a", "c1", 3),
+        plan.WatchEvent("/m/vpcs/b", None, 4),
+    ]
