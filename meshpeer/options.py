@@ -68,6 +68,25 @@ CONTROLLER = Section(
             "/meshpeer/",
         ),
         Option(
+            "replica",
+            str,
+            "this process's name among the replicas of its shard (`store = etcd`: one leads, "
+            "the others stand by and answer 503 naming the leader; none: the shard's name)",
+        ),
+        Option(
+            "advertise_url",
+            str,
+            "the URL other shards and hosts reach this replica at when it leads (none: "
+            "http(s)://listen_host:listen_port)",
+        ),
+        Option(
+            "leader_ttl",
+            float,
+            "seconds of the leader's etcd lease: a leader gone (killed, cut off) is replaced "
+            "within about this long",
+            2.0,
+        ),
+        Option(
             "etcd_ca_file",
             str,
             "PEM CA certificates that verify https:// `etcd_endpoints` (none: the system's "

@@ -51,6 +51,9 @@ class ShardConfig:
     store: str | None = None
     etcd_endpoints: str | None = None
     etcd_prefix: str | None = None
+    replica: str | None = None
+    advertise_url: str | None = None
+    leader_ttl: float | None = None
 
     def text(self) -> str:
         return options.config_text(options.CONTROLLER, dataclasses.asdict(self))

@@ -27,6 +27,7 @@ class Federation:
         self.timeout = timeout
         self.ca_file = ca_file
         self.clients: dict[str, StreamClient] = {}
+        self.urls: dict[str, str] = {}  # where each client follows its VPC
         # This shard's own federation credential (meshpeer.controller.auth).
         self.credential = shard_token(shard.name, shard.directory.federation_token)
         shard.listeners.append(self.sync)
@@ -34,8 +35,16 @@ class Federation:
     def sync(self) -> None:
         """Start a stream for each newly needed remote VPC; stop those no longer needed."""
         wanted = self.shard.remote_peer_vpcs()
-        for vpc in sorted(wanted - set(self.clients)):
+        moved = {
+            v for v in set(self.clients) & wanted if self.urls[v] != self.shard.directory.url_of(v)
+        }
+        for vpc in sorted(wanted - set(self.clients) | moved):
             url = self.shard.directory.url_of(vpc)
+            # a VPC whose shard has a new leader (replicas, docs/store.md): its stream goes on
+            # there, resuming with ``since`` from what it has
+            old = self.clients.pop(vpc, None)
+            if old is not None:
+                old.stop()
             client = StreamClient(
                 url,
                 ServiceName.FEDERATION,
@@ -44,8 +53,10 @@ class Federation:
                 on_change=self._on_change(vpc),
                 heartbeat_timeout=15.0,
                 ca_file=self.ca_file,
+                replica=None if old is None else old.replica,
             )
             self.clients[vpc] = client
+            self.urls[vpc] = url
             client.start()
             log.info("federation: following VPC %s at %s", vpc, url)
         for vpc in sorted(set(self.clients) - wanted):

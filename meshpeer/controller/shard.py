@@ -293,6 +293,16 @@ class ShardState:
         self.grants = replace(self.grants, directory=self.directory)
         self.refresh()
 
+    def take_leaders(self, urls: Mapping[str, str]) -> None:
+        """Each shard's current leader's URL (replicas, docs/store.md): federation follows."""
+        shards = {
+            name: replace(s, url=urls.get(name, s.url)) for name, s in self.directory.shards.items()
+        }
+        if shards != self.directory.shards:
+            self.directory = replace(self.directory, shards=shards)
+            self.grants = replace(self.grants, directory=self.directory)
+            self.refresh()
+
     # --- a host leaves a VPC --------------------------------------------------------------
 
     def _host_left(self, vpc: str, hosts: Iterable[str]) -> None:

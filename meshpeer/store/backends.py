@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 from meshpeer.store.contract import IntentStore
-from meshpeer.store.etcd import EtcdStore, Gateway, Ownership
+from meshpeer.store.election import Leader
+from meshpeer.store.etcd import EtcdStore, Gateway, Leadership, Ownership
 from meshpeer.store.settings import StoreSettings
 from meshpeer.store.sqlite import Store
 
@@ -23,3 +26,12 @@ def ownership(settings: StoreSettings) -> Ownership | None:
     return Ownership(
         Gateway(settings.endpoints, ca_file=settings.ca_file), settings.deployment_prefix
     )
+
+
+def leadership(settings: StoreSettings, shard: str, me: Leader, ttl: float) -> Leadership | None:
+    """This replica's side of its shard's election (None with SQLite: one process, no
+    election)."""
+    if settings.backend != "etcd":
+        return None
+    gateway = Gateway(settings.endpoints, timeout=max(1.0, ttl / 2), ca_file=settings.ca_file)
+    return Leadership(gateway, settings.deployment_prefix, shard, me, ttl, time.monotonic)

@@ -16,9 +16,10 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from meshpeer import tls
+from meshpeer.store import election
 from meshpeer.store import etcdplan as plan
 from meshpeer.store.sqlite import (
     DEFAULT_LOG_RETENTION,
@@ -33,6 +34,7 @@ from meshpeer.store.sqlite import (
 )
 
 Json = dict[str, Any]
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 # seconds a watch may be silent: etcd notifies progress only every 10 minutes, so a quiet
 # stream is re-opened (after a fresh snapshot) this often, and a vanished member costs no more
@@ -78,10 +80,8 @@ class Member:
         timeout = self.timeout if timeout is None else timeout
         if self.secure:
             ctx = tls.client_context(self.ca_file)
-            return http.client.HTTPSConnection(
-                self.host, self.port, timeout=self.timeout, context=ctx
-            )
-        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            return http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=ctx)
+        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
     def post(self, path: str, body: Json) -> tuple[int, Json]:
         """One request on a kept connection (a new one if none is idle); the connection is
@@ -399,6 +399,9 @@ class Ownership:
         the stream breaks (OSError / HTTPException: take a new snapshot and watch again)."""
         return watch_prefix(self._gw, self.prefix + plan.CLAIMS, start_revision)
 
+    def apply(self, current: dict[str, str], events: list[plan.WatchEvent]) -> dict[str, str]:
+        return plan.apply_claims(self.prefix, current, events)
+
 
 def watch_prefix(
     gateway: Gateway, prefix: str, start_revision: int
@@ -441,22 +444,145 @@ def watch_prefix(
         conn.close()
 
 
-def follow_claims(
-    ownership: Ownership,
-    take: Callable[[dict[str, str]], None],
+class Followed(Protocol[T]):
+    """Keys followed by :func:`follow`: a snapshot with its revision, then a watch."""
+
+    def snapshot(self) -> tuple[T, int]: ...
+
+    def watch(self, start_revision: int) -> Iterator[list[plan.WatchEvent]]: ...
+
+    def apply(self, current: T, events: list[plan.WatchEvent]) -> T: ...
+
+
+def follow(
+    source: Followed[T],
+    take: Callable[[T], None],
     sleep: Callable[[float], object],
     retry_s: float = 1.0,
 ) -> None:
-    """Hand ``take`` every claim now and after each change, for ever: a snapshot, then the
-    watch from the next revision; a broken watch (member gone, quiet too long, etcd without
-    quorum) starts over with a new snapshot after ``retry_s``."""
+    """Hand ``take`` the state now and after each change, for ever: a snapshot, then the watch
+    from the next revision; a broken watch (member gone, quiet too long, etcd without quorum)
+    starts over with a new snapshot after ``retry_s``."""
     while True:
         try:
-            claims, revision = ownership.snapshot()
-            take(claims)
-            for events in ownership.watch(revision + 1):
-                claims = plan.apply_claims(ownership.prefix, claims, events)
-                take(claims)
-        except (OSError, http.client.HTTPException, StoreError, ValueError) as exc:
-            log.info("etcd claims watch: %s; again in %.0f s", exc, retry_s)
+            state, revision = source.snapshot()
+            take(state)
+            for events in source.watch(revision + 1):
+                state = source.apply(state, events)
+                take(state)
+        except (OSError, http.client.HTTPException, StoreError, ValueError, KeyError) as exc:
+            log.info("etcd watch: %r; again in %.0f s", exc, retry_s)
         sleep(retry_s)
+
+
+def follow_claims(
+    ownership: Ownership, take: Callable[[dict[str, str]], None], sleep: Callable[[float], object]
+) -> None:
+    follow(ownership, take, sleep)
+
+
+class Leadership:
+    """One replica's side of its shard's election (decisions: :mod:`meshpeer.store.election`)."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        deployment_prefix: str,
+        shard: str,
+        me: election.Leader,
+        ttl: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._gw = gateway
+        self.prefix = deployment_prefix
+        self.shard = shard
+        self.me = me
+        self.ttl = ttl
+        self._clock = clock
+        self.leader: election.Leader | None = None  # as last seen
+
+    def _current(self) -> election.Leader | None:
+        key = election.leader_key(self.prefix, self.shard)
+        answer = self._gw.call("kv/range", {"key": plan.b64(key)}, idempotent=True)
+        kvs = list(answer.get("kvs", []))
+        return election.Leader.parse(plan.unb64(kvs[0]["value"])) if kvs else None
+
+    def campaign(self, sleep: Callable[[float], object], poll_s: float = 0.1) -> election.Term:
+        """Wait (as a standby) until this replica leads; returns its term. Sees the leader
+        every ``poll_s`` and campaigns as soon as there is none."""
+        while True:
+            try:
+                self.leader = self._current()
+                if self.leader is None or self.leader == self.me:
+                    term = self._try()
+                    if term is not None:
+                        return term
+            except (StoreError, OSError, http.client.HTTPException) as exc:
+                log.info("shard %s: campaign: %s", self.shard, exc)
+            sleep(poll_s)
+
+    def _try(self) -> election.Term | None:
+        sent = self._clock()
+        grant = self._gw.call(
+            "lease/grant", {"TTL": str(max(1, round(self.ttl)))}, idempotent=False
+        )
+        lease = int(grant["ID"])
+        txn = election.campaign_txn(self.prefix, self.shard, self.me, lease)
+        self.leader = election.campaign_result(
+            self._gw.call("kv/txn", txn, idempotent=True), self.me
+        )
+        if self.leader == self.me:
+            return election.Term(lease, self.ttl, sent)
+        self._revoke(lease)
+        return None
+
+    def keep(self, term: election.Term, sleep: Callable[[float], object]) -> None:
+        """Renew ``term``'s lease until it is lost (returns then: stop leading at once)."""
+        while True:
+            sleep(term.renewal_due(self._clock()))
+            sent = self._clock()
+            try:
+                answer = self._gw.call(
+                    "lease/keepalive", {"ID": str(term.lease_id)}, idempotent=True
+                )
+            except StoreError as exc:
+                log.warning("shard %s: lease renewal failed: %s", self.shard, exc)
+                answer = None
+            if answer is not None:
+                renewed = term.renewed(sent, answer)
+                if renewed is None:
+                    log.error("shard %s: lease %x is gone", self.shard, term.lease_id)
+                    return
+                term = renewed
+            if not term.holds(self._clock()):
+                log.error("shard %s: lease not renewed for %.1f s", self.shard, term.ttl)
+                return
+            if answer is None:
+                sleep(min(0.2, term.ttl / 10))
+
+    def resign(self, term: election.Term) -> None:
+        """Give the lead up now (a clean stop): the key if still ours, then the lease."""
+        txn = election.resign_txn(self.prefix, self.shard, self.me)
+        self._gw.call("kv/txn", txn, idempotent=True)
+        self._revoke(term.lease_id)
+
+    def _revoke(self, lease: int) -> None:
+        self._gw.call("lease/revoke", {"ID": str(lease)}, idempotent=True)
+
+    def snapshot(self) -> tuple[dict[str, election.Leader], int]:
+        """Every shard's leader, and the revision they are as of."""
+        key = self.prefix + election.LEADERS
+        answer = self._gw.call(
+            "kv/range", {"key": plan.b64(key), "range_end": plan.prefix_end(key)}, idempotent=True
+        )
+        kvs = list(answer.get("kvs", []))
+        revision = int(answer.get("header", {}).get("revision", 0))
+        return election.leaders(self.prefix, kvs), revision
+
+    def watch(self, start_revision: int) -> Iterator[list[plan.WatchEvent]]:
+        return watch_prefix(self._gw, self.prefix + election.LEADERS, start_revision)
+
+    def apply(
+        self, current: dict[str, election.Leader], events: list[plan.WatchEvent]
+    ) -> dict[str, election.Leader]:
+        return election.apply_leaders(self.prefix, current, events)

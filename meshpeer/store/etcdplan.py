@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote, unquote
 
 Op = Literal["put", "delete"]
 Json = dict[str, Any]
+V = TypeVar("V")
 
 HEAD = "head"
 INCARNATION = "incarnation"
@@ -243,16 +244,25 @@ def watch_events(message: Json) -> list[WatchEvent]:
     return out
 
 
+def apply_events(
+    key_prefix: str,
+    current: Mapping[str, V],
+    events: Sequence[WatchEvent],
+    parse: Callable[[str], V],
+) -> dict[str, V]:
+    """``current`` (name -> parsed value of ``key_prefix + name``) after ``events``."""
+    out = dict(current)
+    for ev in events:
+        name = ev.key[len(key_prefix) :]
+        if ev.value is None:
+            out.pop(name, None)
+        else:
+            out[name] = parse(ev.value)
+    return out
+
+
 def apply_claims(
     deployment_prefix: str, current: Mapping[str, str], events: Sequence[WatchEvent]
 ) -> dict[str, str]:
     """``current`` claims after ``events`` on the ``vpcs/`` keys."""
-    out = dict(current)
-    start = len(deployment_prefix) + len(CLAIMS)
-    for ev in events:
-        vpc = ev.key[start:]
-        if ev.value is None:
-            out.pop(vpc, None)
-        else:
-            out[vpc] = ev.value
-    return out
+    return apply_events(deployment_prefix + CLAIMS, current, events, str)

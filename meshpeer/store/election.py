@@ -1,0 +1,108 @@
+"""Which replica of a shard leads: decisions on an etcd lease, taking the time as an input.
+
+The leader holds ``<etcd_prefix>leaders/<shard>`` = ``{"replica", "url"}`` on a lease of
+``ttl`` seconds and renews it every ``ttl / 3``; the key goes with the lease. A standby
+campaigns (a create-if-absent transaction) whenever it sees no leader. A leader that has not
+had a renewal acknowledged for ``ttl`` seconds (counted from when it *sent* the last acknowledged
+one: etcd's count started after that) must stop at once: etcd may already have let the lease
+go and a standby may lead. The intent store compares on its own head key as well, so even a
+leader that stopped too late cannot win a version another leader wrote.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from meshpeer.store import etcdplan as plan
+
+Json = dict[str, Any]
+LEADERS = "leaders/"
+
+
+def leader_key(deployment_prefix: str, shard: str) -> str:
+    return f"{deployment_prefix}{LEADERS}{shard}"
+
+
+@dataclass(frozen=True, slots=True)
+class Leader:
+    replica: str
+    url: str
+
+    def value(self) -> str:
+        return plan.canonical({"replica": self.replica, "url": self.url})
+
+    @classmethod
+    def parse(cls, value: str) -> Leader:
+        doc = json.loads(value)
+        return cls(str(doc["replica"]), str(doc["url"]))
+
+
+def campaign_txn(deployment_prefix: str, shard: str, me: Leader, lease_id: int) -> Json:
+    """Lead ``shard`` if nobody does; the answer says who leads either way."""
+    key = leader_key(deployment_prefix, shard)
+    absent = {"key": plan.b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+    put = {
+        "request_put": {"key": plan.b64(key), "value": plan.b64(me.value()), "lease": str(lease_id)}
+    }
+    return {"compare": [absent], "success": [put], "failure": [plan.range_op(key)]}
+
+
+def campaign_result(answer: Json, me: Leader) -> Leader | None:
+    """The leader after a :func:`campaign_txn` (None: it went meanwhile; campaign again)."""
+    if answer.get("succeeded"):
+        return me
+    found = plan.kvs(answer.get("responses", [{}])[0])
+    return Leader.parse(plan.unb64(found[0]["value"])) if found else None
+
+
+def resign_txn(deployment_prefix: str, shard: str, me: Leader) -> Json:
+    """Delete the leader key if it is still ours (a clean stop: the standby need not wait for
+    the lease to run out)."""
+    key = leader_key(deployment_prefix, shard)
+    mine = {
+        "key": plan.b64(key),
+        "target": "VALUE",
+        "result": "EQUAL",
+        "value": plan.b64(me.value()),
+    }
+    return {"compare": [mine], "success": [plan.delete_op(key)]}
+
+
+def leaders(deployment_prefix: str, kvs: list[Json]) -> dict[str, Leader]:
+    """Shard -> its leader, from the ``leaders/`` key-values."""
+    start = len(deployment_prefix) + len(LEADERS)
+    return {plan.unb64(kv["key"])[start:]: Leader.parse(plan.unb64(kv["value"])) for kv in kvs}
+
+
+def apply_leaders(
+    deployment_prefix: str, current: dict[str, Leader], events: list[plan.WatchEvent]
+) -> dict[str, Leader]:
+    return plan.apply_events(deployment_prefix + LEADERS, current, events, Leader.parse)
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    """A leader's hold on its lease: the lease, its TTL, and when the last renewal that etcd
+    acknowledged was sent (monotonic seconds)."""
+
+    lease_id: int
+    ttl: float
+    renewed_sent_at: float
+
+    def renewal_due(self, now: float) -> float:
+        """Seconds until the next renewal should be sent (0: now)."""
+        return max(0.0, self.renewed_sent_at + self.ttl / 3 - now)
+
+    def holds(self, now: float) -> bool:
+        """Whether this replica may still act as the leader at ``now``."""
+        return now < self.renewed_sent_at + self.ttl
+
+    def renewed(self, sent_at: float, answer: Json) -> Term | None:
+        """The term after a keepalive sent at ``sent_at`` answered ``answer`` (None: the lease
+        is gone: etcd answers a lease it no longer has without a TTL)."""
+        ttl = int(answer.get("result", {}).get("TTL", 0))
+        if ttl <= 0:
+            return None
+        return Term(self.lease_id, self.ttl, max(sent_at, self.renewed_sent_at))
