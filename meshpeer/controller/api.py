@@ -10,6 +10,8 @@ this same table.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
 
 from webob import Request
 
@@ -26,7 +28,9 @@ from meshpeer.controller.handlers.ui import UiHandlers
 from meshpeer.controller.handlers.vpcs import VpcHandlers
 from meshpeer.controller.shard import ShardState
 from meshpeer.metrics import ShardMetrics
+from meshpeer.rest.errors import unavailable
 from meshpeer.rest.router import Route
+from meshpeer.store.etcd import Unavailable
 
 
 class ControllerApi:
@@ -74,4 +78,19 @@ class ControllerApi:
         table = [health, *MetricsHandlers(self.metrics).routes(), *UiHandlers().routes()]
         for handlers in self.resources:
             table += handlers.routes()
-        return [*table, multiplexer, *self.streams.routes()]
+        return [_store_down_is_503(r) for r in [*table, multiplexer, *self.streams.routes()]]
+
+
+def _store_down_is_503(route: Route) -> Route:
+    """A write that finds the intent store unavailable (etcd without quorum, docs/store.md):
+    503 saying so, nothing written; reads are served from memory and never get here."""
+    handler = route.handler
+
+    def call(ctx: Any) -> Any:
+        try:
+            return handler(ctx)
+        except Unavailable as exc:
+            outcome = "unknown until etcd answers again" if exc.lost else "nothing was written"
+            raise unavailable(f"the intent store is unavailable ({outcome}): {exc}") from exc
+
+    return replace(route, handler=call)

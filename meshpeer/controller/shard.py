@@ -118,6 +118,7 @@ class ShardState:
         self.ownership: VpcClaims | None = None  # store = etcd: VPC claims (set by the app)
         self.grants = GrantSettings(directory, grant_ttl, self.revoked_hosts)
         snap = store.load()
+        self.store_version = snap.version  # kept here: /healthz answers without the store
         self.intent = Intent.from_records({k: r.body for k, r in snap.records.items()})
         self.versions: dict[tuple[str, str], int] = {k: r.version for k, r in snap.records.items()}
         self.remote_views: dict[str, View] = restored_views(snap.meta, self.remote_peer_vpcs())
@@ -153,7 +154,7 @@ class ShardState:
         puts, deletes = list(puts), list(deletes)
         changes = [Change(*store_key(r), r.to_json()) for r in puts]
         changes += [Change(d.kind, d.key, None) for d in deletes]
-        version = self.store.commit(changes)
+        version = self.store_version = self.store.commit(changes)
         old = [self.intent.get(d.kind, d.key) for d in deletes]
         replaced = [self.intent.get(*store_key(r)) for r in puts]
         gone = [o for o in old if isinstance(o, Endpoint)]

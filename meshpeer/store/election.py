@@ -2,11 +2,11 @@
 
 The leader holds ``<etcd_prefix>leaders/<shard>`` = ``{"replica", "url"}`` on a lease of
 ``ttl`` seconds and renews it every ``ttl / 3``; the key goes with the lease. A standby
-campaigns (a create-if-absent transaction) whenever it sees no leader. A leader that has not
-had a renewal acknowledged for ``ttl`` seconds (counted from when it *sent* the last acknowledged
-one: etcd's count started after that) must stop at once: etcd may already have let the lease
-go and a standby may lead. The intent store compares on its own head key as well, so even a
-leader that stopped too late cannot win a version another leader wrote.
+campaigns (a create-if-absent transaction) whenever it sees no leader. A leader whose renewal
+etcd answers without a TTL (the lease is gone) stops at once: a standby may lead. One that
+cannot reach etcd goes on serving reads: no replica is elected without a quorum, and every
+write needs etcd anyway. The intent store compares on its own head key, so even two replicas
+that both believe they lead cannot both win a version.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ resolved by reading the log entry of the version it tried: it carries the attemp
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -54,6 +55,11 @@ class Unavailable(StoreError):
     def __init__(self, message: str, *, lost: bool = False) -> None:
         super().__init__(message)
         self.lost = lost
+
+
+class Diverged(Unavailable):
+    """A write reported as failed turns out to have applied: whoever holds this store in
+    memory is behind it and must load it again (restart); every later commit refuses."""
 
 
 class Rejected(StoreError):
@@ -180,6 +186,7 @@ class EtcdStore:
         self._prefix = prefix
         self._retention = log_retention
         self._lock = threading.Lock()
+        self._pending: tuple[int, str] | None = None  # (version, attempt) of a lost answer
 
     @classmethod
     def open(
@@ -284,6 +291,7 @@ class EtcdStore:
         with self._lock:
             while True:
                 head = self._head()
+                self._resolve_pending(head)
                 if expect_version is not None and expect_version != head.version:
                     raise Conflict(expect_version, head.version)
                 stored = self._stored(head, ids)
@@ -296,12 +304,32 @@ class EtcdStore:
                 try:
                     answer = self._gw.call("kv/txn", p.txn, idempotent=False)
                 except Unavailable as exc:
-                    if exc.lost and self._applied(p.version, attempt):
-                        return p.version
+                    if not exc.lost:
+                        raise
+                    with contextlib.suppress(Unavailable):
+                        if self._applied(p.version, attempt):
+                            return p.version
+                    # not seen (yet): it may still apply; the next commit finds out
+                    self._pending = (p.version, attempt)
                     raise
                 if answer.get("succeeded"):
+                    self._pending = None  # it won this version: the pending one never will
                     return p.version
                 # someone committed since we read head: read again (or Conflict above)
+
+    def _resolve_pending(self, head: plan.Head) -> None:
+        """A write whose answer was lost and not seen applied: once the store has reached its
+        version, it either holds it (:class:`Diverged`: the caller never learnt it was
+        acknowledged) or never will (the compare on head saw to that)."""
+        if self._pending is None or head.version < self._pending[0]:
+            return
+        version, attempt = self._pending
+        if self._applied(version, attempt):
+            raise Diverged(
+                f"a write whose answer was lost did apply at version {version}: this process's "
+                "view of the store is behind; restart it (a standby takes over meanwhile)"
+            )
+        self._pending = None
 
     def _applied(self, version: int, attempt: str) -> bool:
         """Whether the attempt ``attempt`` at ``version``, whose answer was lost, applied."""
@@ -537,7 +565,12 @@ class Leadership:
         return None
 
     def keep(self, term: election.Term, sleep: Callable[[float], object]) -> None:
-        """Renew ``term``'s lease until it is lost (returns then: stop leading at once)."""
+        """Renew ``term``'s lease until etcd says it is gone (returns then: stop at once).
+
+        While etcd cannot be reached (no quorum, or this replica cut off) the lease cannot be
+        renewed, and it goes on: no replica can be elected without a quorum, and the replica
+        keeps serving reads from memory (writes fail: they need etcd). Once etcd answers
+        again, a lease that ran out meanwhile ends the term."""
         while True:
             sleep(term.renewal_due(self._clock()))
             sent = self._clock()
@@ -546,19 +579,15 @@ class Leadership:
                     "lease/keepalive", {"ID": str(term.lease_id)}, idempotent=True
                 )
             except StoreError as exc:
-                log.warning("shard %s: lease renewal failed: %s", self.shard, exc)
-                answer = None
-            if answer is not None:
-                renewed = term.renewed(sent, answer)
-                if renewed is None:
-                    log.error("shard %s: lease %x is gone", self.shard, term.lease_id)
-                    return
-                term = renewed
-            if not term.holds(self._clock()):
-                log.error("shard %s: lease not renewed for %.1f s", self.shard, term.ttl)
-                return
-            if answer is None:
+                if not term.holds(self._clock()):
+                    log.warning("shard %s: lease not renewed: %s", self.shard, exc)
                 sleep(min(0.2, term.ttl / 10))
+                continue
+            renewed = term.renewed(sent, answer)
+            if renewed is None:
+                log.error("shard %s: lease %x is gone", self.shard, term.lease_id)
+                return
+            term = renewed
 
     def resign(self, term: election.Term) -> None:
         """Give the lead up now (a clean stop): the key if still ours, then the lease."""

@@ -4,6 +4,7 @@ and the other shard follows the new leader's URL (no restart of anyone)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -63,3 +64,69 @@ def test_the_standby_takes_over_at_the_same_versions(
     a.spawn()
     body = wait_for(lambda: standing_by(a), what="a standing by")
     assert body["leader"] == {"replica": "b", "url": b.url}
+
+
+def test_every_acknowledged_write_survives_failovers_once(
+    make_cluster: Callable[..., Cluster], etcd: EtcdServer
+) -> None:
+    """A client writes endpoints to whichever replica leads while the leader is killed three
+    times: every write it got a 201 for is there after, at the version it was given, and no
+    version was given twice."""
+    cluster = make_cluster(
+        tls=False, options={"store": "etcd", "etcd_endpoints": etcd.url, "replica": "a"}
+    )
+    a = cluster["ctl1"]
+    b = cluster.replica("ctl1", "b")
+    b.spawn()
+    wait_for(lambda: standing_by(b), what="b to stand by")
+    a.put("/v1/hosts/hv1", {"underlay_ip": "192.0.2.1"})
+    a.vpc("blue", "10.1.0.0/16")
+    acked: dict[str, int] = {}  # endpoint -> version of its 201
+    refused: list[int] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        n = 0
+        while not stop.is_set():
+            name = f"e{n}"
+            for ctl in (a, b):
+                try:
+                    r = ctl.req(
+                        "POST",
+                        "/v1/vpcs/blue/endpoints",
+                        {"name": name, "ip": f"10.1.{n // 250}.{n % 250 + 2}", "host": "hv1"},
+                    )
+                except OSError:
+                    continue
+                if r.status == 201:
+                    acked[name] = r.body["version"]
+                    n += 1
+                    break
+                if r.status == 409:  # applied, answer lost: present, not acknowledged
+                    n += 1
+                    break
+                refused.append(r.status)
+
+    writer = threading.Thread(target=client)
+    writer.start()
+    try:
+        leader, standby = a, b
+        for _ in range(3):
+            wait_for(lambda: len(acked) >= 20, what="writes to the leader")
+            count = len(acked)
+            assert leader.proc is not None
+            leader.proc.kill()
+            leader.proc.wait(10)
+            leader.proc = None
+            wait_for(lambda: len(acked) > count + 10, timeout=30, what="writes to the new leader")  # noqa: B023
+            leader.spawn()
+            wait_for(lambda: standing_by(leader), what="the old leader to stand by")  # noqa: B023
+            leader, standby = standby, leader
+    finally:
+        stop.set()
+        writer.join()
+    present = {e["name"]: e for e in leader.get("/v1/vpcs/blue/endpoints")["endpoints"]}
+    assert set(acked) <= set(present)
+    assert all(present[name]["version"] == v for name, v in acked.items())
+    assert len(set(acked.values())) == len(acked)  # no version acknowledged twice
+    assert set(refused) <= {503}  # standbys and the takeover: 503, never a 500

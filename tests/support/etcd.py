@@ -44,28 +44,76 @@ def _healthy(url: str) -> bool:
     return status == 200 and isinstance(body, dict) and body.get("health") == "true"
 
 
-@contextmanager
-def etcd_server() -> Iterator[EtcdServer]:
-    if not os.path.exists(etcdmember.ETCD):
-        pytest.skip(f"{etcdmember.ETCD} absent: run scripts/bootstrap (Debian etcd-server)")
-    workdir = tempfile.mkdtemp(prefix="meshpeer-etcd-")
-    member = etcdmember.Member("t1", "127.0.0.1", _free_port(), _free_port())
-    argv = etcdmember.argv(member, [member], f"{workdir}/data", "meshpeer-test")
-    with open(f"{workdir}/etcd.log", "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for(
-            lambda: _healthy(member.client_url) or proc.poll() is not None,
-            timeout=30.0,
-            step=0.05,
-            what="etcd to answer /health",
-        )
-        if proc.poll() is not None:
-            with open(f"{workdir}/etcd.log") as f:
-                raise AssertionError(f"etcd exited {proc.returncode}: {f.read()[-2000:]}")
-        yield EtcdServer(member.client_url, proc.pid, workdir)
-    finally:
+@dataclass
+class EtcdCluster:
+    """Members on 127.0.0.1, each killable (SIGKILL) and startable again on its data dir."""
+
+    members: list[etcdmember.Member]
+    workdir: str
+    procs: dict[str, subprocess.Popen[bytes]]
+
+    @property
+    def urls(self) -> list[str]:
+        return [m.client_url for m in self.members]
+
+    def start(self, name: str) -> None:
+        member = next(m for m in self.members if m.name == name)
+        argv = etcdmember.argv(member, self.members, f"{self.workdir}/{name}", "meshpeer-test")
+        with open(f"{self.workdir}/{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def kill(self, name: str) -> None:
+        proc = self.procs.pop(name)
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+
+    def wait_healthy(self, names: list[str] | None = None) -> None:
+        for m in self.members:
+            if names is not None and m.name not in names:
+                continue
+            proc = self.procs[m.name]
+
+            def up(m: etcdmember.Member = m, proc: subprocess.Popen[bytes] = proc) -> bool:
+                return _healthy(m.client_url) or proc.poll() is not None
+
+            wait_for(
+                up,
+                timeout=30.0,
+                step=0.05,
+                what=f"etcd {m.name} to answer /health",
+            )
+            if proc.poll() is not None:
+                with open(f"{self.workdir}/{m.name}.log") as f:
+                    raise AssertionError(f"etcd exited {proc.returncode}: {f.read()[-2000:]}")
+
+
+@contextmanager
+def etcd_cluster(size: int = 1) -> Iterator[EtcdCluster]:
+    """``size`` etcd members with their own data dirs and loopback ports; killed after."""
+    if not os.path.exists(etcdmember.ETCD):
+        pytest.skip(f"{etcdmember.ETCD} absent: run scripts/bootstrap (Debian etcd-server)")
+    workdir = tempfile.mkdtemp(prefix="meshpeer-etcd-")
+    members = [
+        etcdmember.Member(f"t{i + 1}", "127.0.0.1", _free_port(), _free_port()) for i in range(size)
+    ]
+    cluster = EtcdCluster(members, workdir, {})
+    try:
+        for m in members:
+            cluster.start(m.name)
+        cluster.wait_healthy()
+        yield cluster
+    finally:
+        for name in list(cluster.procs):
+            cluster.kill(name)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def etcd_server() -> Iterator[EtcdServer]:
+    """One member: its URL, pid and data dir."""
+    with etcd_cluster(1) as cluster:
+        (member,) = cluster.members
+        yield EtcdServer(member.client_url, cluster.procs[member.name].pid, cluster.workdir)

@@ -18,7 +18,14 @@ import pytest
 
 from meshpeer.store import Change, Conflict
 from meshpeer.store import etcdplan as plan
-from meshpeer.store.etcd import EtcdStore, Gateway, Ownership, Unavailable, follow_claims
+from meshpeer.store.etcd import (
+    Diverged,
+    EtcdStore,
+    Gateway,
+    Ownership,
+    Unavailable,
+    follow_claims,
+)
 from meshpeer.store.settings import store_settings
 from tests.support.etcd import EtcdServer, etcd_server
 from tests.support.wait import wait_for
@@ -74,11 +81,13 @@ def test_two_writers_never_both_win_a_version(etcd: EtcdServer, prefix: str) -> 
         s.close()
 
 
-def _lose_answer(store: EtcdStore, *, after_sending: bool) -> None:
+def _lose_answer(store: EtcdStore, *, after_sending: bool) -> list[dict[str, Any]]:
     """The next write transaction's answer is lost: after etcd applied it, or before it
-    reached etcd (the connection cut either way)."""
+    reached etcd (the connection cut either way; then the list returned gets the request, for
+    the test to deliver late, as a slow network would)."""
     gw = store._gw
     real = gw.call
+    held: list[dict[str, Any]] = []
 
     def call(path: str, body: dict[str, Any], *, idempotent: bool) -> dict[str, Any]:
         if idempotent:
@@ -86,9 +95,38 @@ def _lose_answer(store: EtcdStore, *, after_sending: bool) -> None:
         gw.call = real  # type: ignore[method-assign]
         if after_sending:
             real(path, body, idempotent=False)
+        else:
+            held.append(body)
         raise Unavailable("connection reset", lost=True)
 
     gw.call = call  # type: ignore[method-assign]
+    return held
+
+
+def test_a_lost_write_that_applies_late_is_never_applied_twice(
+    etcd: EtcdServer, prefix: str
+) -> None:
+    """Lost, not seen applied: the store cannot tell it will not apply yet. Either the next
+    commit wins its version (the late one then fails its compare), or the late one lands first
+    and every later commit refuses (Diverged): the caller's memory lacks an applied write."""
+    with EtcdStore.open([etcd.url], prefix) as s:
+        held = _lose_answer(s, after_sending=False)
+        with pytest.raises(Unavailable):
+            s.commit([Change("vpc", "late", {})])
+        assert s.commit([Change("vpc", "next", {})]) == 1  # wins version 1
+        late = s._gw.call("kv/txn", held[0], idempotent=False)
+        assert not late.get("succeeded")  # compare on head: the late one lost
+        assert sorted(k for _, k in s.load().records) == ["next"]
+
+        held = _lose_answer(s, after_sending=False)
+        with pytest.raises(Unavailable):
+            s.commit([Change("vpc", "late2", {})])
+        assert s._gw.call("kv/txn", held[0], idempotent=False).get("succeeded")  # lands late
+        with pytest.raises(Diverged, match="did apply at version 2"):
+            s.commit([Change("vpc", "after", {})])
+        with pytest.raises(Diverged):  # and stays so: the owner must reload
+            s.commit([Change("vpc", "after", {})])
+        assert sorted(k for _, k in s.load().records) == ["late2", "next"]
 
 
 def test_a_write_whose_answer_was_lost_is_resolved_from_the_log(
