@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from meshpeer.store import Change, Conflict
+from meshpeer.controller import standby
+from meshpeer.store import Change, Conflict, election
 from meshpeer.store import etcdplan as plan
 from meshpeer.store.etcd import (
     Diverged,
@@ -254,3 +255,36 @@ def test_claims_follow_watch_events() -> None:
         plan.WatchEvent("/m/vpcs/a", "c1", 3),
         plan.WatchEvent("/m/vpcs/b", None, 4),
     ]
+
+
+# --- election decisions (pure) ---------------------------------------------------------------
+
+
+def test_a_term_renews_every_third_of_its_ttl_and_holds_for_one_ttl() -> None:
+    term = election.Term(lease_id=7, ttl=3.0, renewed_sent_at=100.0)
+    assert term.renewal_due(100.0) == 1.0 and term.renewal_due(101.5) == 0.0
+    assert term.holds(102.9) and not term.holds(103.0)
+    # etcd counted the TTL from when it got the renewal: from when it was sent is safe
+    renewed = term.renewed(101.0, {"result": {"ID": "7", "TTL": "3"}})
+    assert renewed == election.Term(7, 3.0, 101.0)
+    assert term.renewed(99.0, {"result": {"TTL": "3"}}) == term  # an older answer moves nothing
+    assert term.renewed(101.0, {"result": {"ID": "7"}}) is None  # no TTL: the lease is gone
+
+
+def test_a_campaign_names_the_leader_whoever_won() -> None:
+    me = election.Leader("b", "http://10.0.0.2:8080")
+    other = election.Leader("a", "http://10.0.0.1:8080")
+    txn = election.campaign_txn("/m/", "ctl1", me, 42)
+    assert txn["success"][0]["request_put"]["lease"] == "42"
+    assert plan.unb64(txn["compare"][0]["key"]) == "/m/leaders/ctl1"
+    assert election.campaign_result({"succeeded": True}, me) == me
+    lost = {"responses": [{"response_range": {"kvs": [{"value": plan.b64(other.value())}]}}]}
+    assert election.campaign_result(lost, me) == other
+    assert election.campaign_result({"responses": [{"response_range": {}}]}, me) is None
+
+
+def test_a_standby_answers_503_naming_the_leader() -> None:
+    body = standby.answer("ctl1", "b", election.Leader("a", "http://10.0.0.1:8080"))
+    assert body["error"] == "unavailable" and body["field"] is None
+    assert body["leader"] == {"replica": "a", "url": "http://10.0.0.1:8080"}
+    assert standby.answer("ctl1", "b", None)["detail"].endswith("is a standby; no leader yet")
