@@ -285,7 +285,7 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
             if thread is not None:
                 hub.kill(thread)
         if self.leadership is not None and self.term is not None:
-            self.leadership.resign(self.term)  # the standby need not wait for the lease
+            self.leadership.resign(self.term)  # an orderly close (not SIGTERM: that exits)
         self.federation.stop()
         self.store.close()
         super().close()
