@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from meshpeer.client import Client
+from meshpeer.store import etcdplan as plan
 from tests.api.ctlkit import Cluster, health, standing_by, state_of
 from tests.support.etcd import EtcdServer, etcd_server
 from tests.support.wait import wait_for
@@ -64,6 +66,15 @@ def test_the_standby_takes_over_at_the_same_versions(
     a.spawn()
     body = wait_for(lambda: standing_by(a), what="a standing by")
     assert body["leader"] == {"replica": "b", "url": b.url}
+    # a switch-over: revoking the leader's lease hands the lead over and ends the old leader
+    gateway = Client(etcd.url, None)
+    (kv,) = gateway.post("/v3/kv/range", {"key": plan.b64("/meshpeer/leaders/ctl1")})["kvs"]
+    gateway.post("/v3/lease/revoke", {"ID": kv["lease"]})
+    wait_for(lambda: health(a)[0] == 200, timeout=30, what="a to lead again")
+    assert b.proc is not None
+    assert b.proc.wait(30) == 75  # its next renewal found the lease gone: it stopped
+    b.proc = None
+    assert a.version() == version + 2
 
 
 def test_every_acknowledged_write_survives_failovers_once(
