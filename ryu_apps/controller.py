@@ -33,7 +33,7 @@ from meshpeer.rest.server import serve
 from meshpeer.store import election
 from meshpeer.store.backends import leadership, open_store, ownership
 from meshpeer.store.election import Leader
-from meshpeer.store.etcd import Leadership, follow, follow_claims
+from meshpeer.store.etcd import EtcdStore, Leadership, follow, follow_claims
 from meshpeer.store.settings import store_settings
 from meshpeer.streaming.publisher import StreamHub
 
@@ -75,7 +75,13 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
         me = Leader(conf.replica or conf.shard, conf.advertise_url or _own_url(conf))
         self.leadership = leadership(settings, conf.shard, me, conf.leader_ttl)
         self.term = None if self.leadership is None else self._stand_by(self.leadership)
+        self.keeper: Any = None
+        if self.leadership is not None:  # renewed from the win on, while the shard loads too
+            self.keeper = hub.spawn(self._keep_leading)
         self.store = open_store(settings)
+        if self.leadership is not None and isinstance(self.store, EtcdStore):
+            assert self.term is not None
+            self.store.fence(self.leadership.fence(self.term), self._lost_lead)
         self.ownership = ownership(settings)  # etcd: VPC claims, learned by a watch
         if self.ownership is not None:
             claims, _ = self.ownership.snapshot()
@@ -89,7 +95,6 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
         self.shard.ownership = self.ownership
         self.claims_watch: Any = None
         self.leaders_watch: Any = None
-        self.keeper: Any = None
         if bool(conf.tls_cert_file) != bool(conf.tls_key_file):
             raise SystemExit("controller: [controller] tls_cert_file and tls_key_file go together")
         self.federation = Federation(self.shard, ca_file=conf.ca_file)
@@ -154,7 +159,6 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
         self.speaker.start()
         self.ticker = hub.spawn(self._tick)
         if self.leadership is not None:
-            self.keeper = hub.spawn(self._keep_leading)
             self.leaders_watch = hub.spawn(follow, self.leadership, self._take_leaders, hub.sleep)
         if self.ownership is not None:
             self.claims_watch = hub.spawn(
@@ -184,7 +188,11 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
         supervisor starts this replica again, as a standby."""
         assert self.leadership is not None and self.term is not None
         self.leadership.keep(self.term, hub.sleep)
-        log.error("shard %s: lost the lead: exiting", self.conf.shard)
+        self._lost_lead()
+
+    def _lost_lead(self) -> None:
+        """The lease is gone or a write found another replica's: exit (as a standby next)."""
+        log.error("shard %s: lost the lead: exiting", self.CONF.controller.shard)
         logging.shutdown()
         os._exit(LOST_LEAD_EXIT)
 

@@ -49,12 +49,21 @@ def campaign_txn(deployment_prefix: str, shard: str, me: Leader, lease_id: int) 
     return {"compare": [absent], "success": [put], "failure": [plan.range_op(key)]}
 
 
-def campaign_result(answer: Json, me: Leader) -> Leader | None:
-    """The leader after a :func:`campaign_txn` (None: it went meanwhile; campaign again)."""
+def campaign_result(answer: Json, me: Leader) -> tuple[bool, Leader | None]:
+    """Whether a :func:`campaign_txn` won, and the leader after it (None: it went meanwhile;
+    campaign again). Only a win is ours: a key naming ``me`` that was already there is on
+    another lease (this replica before a restart): it is not ours, it expires with its lease."""
     if answer.get("succeeded"):
-        return me
+        return True, me
     found = plan.kvs(answer.get("responses", [{}])[0])
-    return Leader.parse(plan.unb64(found[0]["value"])) if found else None
+    return False, Leader.parse(plan.unb64(found[0]["value"])) if found else None
+
+
+def fence(deployment_prefix: str, shard: str, lease_id: int) -> Json:
+    """The compare that holds while ``shard``'s leader key is on ``lease_id`` (every write of
+    the leader carries it: a replica that lost the lead cannot write)."""
+    key = leader_key(deployment_prefix, shard)
+    return {"key": plan.b64(key), "target": "LEASE", "result": "EQUAL", "lease": str(lease_id)}
 
 
 def resign_txn(deployment_prefix: str, shard: str, me: Leader) -> Json:

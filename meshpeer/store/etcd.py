@@ -62,6 +62,11 @@ class Diverged(Unavailable):
     memory is behind it and must load it again (restart); every later commit refuses."""
 
 
+class LostLead(Unavailable):
+    """The leader key is no longer on this replica's lease: another replica may lead; this one
+    must not write again (every later commit refuses too) and stops (docs/store.md)."""
+
+
 class Rejected(StoreError):
     """etcd refused the request itself (e.g. more operations than its ``--max-txn-ops``)."""
 
@@ -93,6 +98,7 @@ class Member:
         """One request on a kept connection (a new one if none is idle); the connection is
         kept again only after a whole answer."""
         data = json.dumps(body).encode()
+        sent = False  # a try on a kept connection failed: the member may have got the request
         while True:
             reused = bool(self._idle)
             conn = self._idle.pop() if reused else self.connect()
@@ -105,6 +111,14 @@ class Member:
                 conn.close()
                 if not reused:  # a kept connection the member closed while idle: a new one
                     raise
+                sent = True
+            except _NOT_SENT as exc:
+                conn.close()
+                if sent:  # not this try, but maybe the one before: the answer is lost
+                    raise http.client.HTTPException(
+                        f"{exc!r} after a kept connection broke"
+                    ) from exc
+                raise
             except BaseException:
                 conn.close()
                 raise
@@ -187,6 +201,9 @@ class EtcdStore:
         self._retention = log_retention
         self._lock = threading.Lock()
         self._pending: tuple[int, str] | None = None  # (version, attempt) of a lost answer
+        self._fence: Json | None = None  # a compare every commit carries (leadership)
+        self._on_lost: Callable[[], None] = lambda: None
+        self._lost = False
 
     @classmethod
     def open(
@@ -284,11 +301,31 @@ class EtcdStore:
 
     # --- writes --------------------------------------------------------------------------
 
+    def fence(self, compare: Json, on_lost: Callable[[], None]) -> None:
+        """Every later commit also compares ``compare`` (the leader key on this replica's
+        lease: :func:`meshpeer.store.election.fence`); once it fails, commits raise
+        :class:`LostLead` and ``on_lost`` is called (the replica stops)."""
+        self._fence = compare
+        self._on_lost = on_lost
+
+    def _check_fence(self) -> None:
+        """Raise :class:`LostLead` if the fence no longer holds (or did not before)."""
+        if self._fence is not None and not self._lost:
+            held = self._gw.call(
+                "kv/txn", {"compare": [self._fence], "success": []}, idempotent=True
+            )
+            self._lost = not held.get("succeeded")
+        if self._lost:
+            self._on_lost()
+            raise LostLead("this replica no longer leads its shard: nothing written")
+
     def commit(self, changes: Sequence[Change], *, expect_version: int | None = None) -> int:
         """One etcd transaction at version + 1, conditional on ``head`` being as read."""
         rows = encode_changes(changes)
         ids = [(kind, key) for kind, key, _ in rows]
         with self._lock:
+            if self._lost:
+                self._check_fence()
             while True:
                 head = self._head()
                 self._resolve_pending(head)
@@ -301,8 +338,11 @@ class EtcdStore:
                 except KeyError as exc:
                     kind, key = exc.args[0]
                     raise NotFound(kind, key) from None
+                txn = p.txn
+                if self._fence is not None:
+                    txn = {**txn, "compare": [*txn["compare"], self._fence]}
                 try:
-                    answer = self._gw.call("kv/txn", p.txn, idempotent=False)
+                    answer = self._gw.call("kv/txn", txn, idempotent=False)
                 except Unavailable as exc:
                     if not exc.lost:
                         raise
@@ -315,6 +355,7 @@ class EtcdStore:
                 if answer.get("succeeded"):
                     self._pending = None  # it won this version: the pending one never will
                     return p.version
+                self._check_fence()  # lost the lead: never re-plan on top of the new leader
                 # someone committed since we read head: read again (or Conflict above)
 
     def _resolve_pending(self, head: plan.Head) -> None:
@@ -541,7 +582,7 @@ class Leadership:
         while True:
             try:
                 self.leader = self._current()
-                if self.leader is None or self.leader == self.me:
+                if self.leader is None:  # ours on a stale lease too: wait for it to expire
                     term = self._try()
                     if term is not None:
                         return term
@@ -556,13 +597,17 @@ class Leadership:
         )
         lease = int(grant["ID"])
         txn = election.campaign_txn(self.prefix, self.shard, self.me, lease)
-        self.leader = election.campaign_result(
+        won, self.leader = election.campaign_result(
             self._gw.call("kv/txn", txn, idempotent=True), self.me
         )
-        if self.leader == self.me:
+        if won:
             return election.Term(lease, self.ttl, sent)
         self._revoke(lease)
         return None
+
+    def fence(self, term: election.Term) -> Json:
+        """The compare that holds while ``term`` leads (for :meth:`EtcdStore.fence`)."""
+        return election.fence(self.prefix, self.shard, term.lease_id)
 
     def keep(self, term: election.Term, sleep: Callable[[float], object]) -> None:
         """Renew ``term``'s lease until etcd says it is gone (returns then: stop at once).

@@ -11,6 +11,7 @@ import itertools
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +24,8 @@ from meshpeer.store.etcd import (
     Diverged,
     EtcdStore,
     Gateway,
+    Leadership,
+    LostLead,
     Ownership,
     Unavailable,
     follow_claims,
@@ -160,6 +163,57 @@ def test_no_member_answering_is_unavailable_naming_each(etcd: EtcdServer, prefix
         assert s.commit([Change("vpc", "a", {})]) == 1
 
 
+def _read_request(conn: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(4096)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        body += conn.recv(4096)
+    return body
+
+
+def _member_that_dies_mid_request() -> tuple[str, threading.Thread]:
+    """A member answering one request on a kept connection, then taking the next one and
+    going away (its connection closed unanswered, its port refusing)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        _read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        _read_request(conn)  # got it (maybe applied it), then gone
+        listener.close()
+        conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return url, thread
+
+
+def test_a_write_a_member_may_have_got_is_never_sent_to_another(
+    etcd: EtcdServer, prefix: str
+) -> None:
+    """The kept connection breaks and the member refuses the retry: the write may have been
+    received, so it is a lost answer, not one to send to the next member (twice)."""
+    url, thread = _member_that_dies_mid_request()
+    gw = Gateway([url, etcd.url])
+    assert gw.call("kv/range", {"key": plan.b64(prefix)}, idempotent=True) == {}
+    put = {"success": [plan.put_op(prefix + "once", "1")]}
+    with pytest.raises(Unavailable) as err:
+        gw.call("kv/txn", put, idempotent=False)
+    assert err.value.lost
+    thread.join(timeout=30)
+    found = Gateway([etcd.url]).call(
+        "kv/range", {"key": plan.b64(prefix + "once")}, idempotent=True
+    )
+    assert "kvs" not in found
+
+
 @pytest.mark.parametrize(
     ("values", "error"),
     [
@@ -257,6 +311,51 @@ def test_claims_follow_watch_events() -> None:
     ]
 
 
+# --- election on a real etcd ---------------------------------------------------------------
+
+
+def _leadership(etcd: EtcdServer, prefix: str, me: election.Leader) -> Leadership:
+    return Leadership(Gateway([etcd.url]), prefix, "ctl1", me, 2.0, time.monotonic)
+
+
+def _leader_lease(etcd: EtcdServer, prefix: str) -> int:
+    key = election.leader_key(prefix, "ctl1")
+    answer = Gateway([etcd.url]).call("kv/range", {"key": plan.b64(key)}, idempotent=True)
+    return int(answer["kvs"][0]["lease"])
+
+
+def test_a_leader_restarted_within_its_ttl_waits_for_its_old_lease(
+    etcd: EtcdServer, prefix: str
+) -> None:
+    """The key naming this replica on the dead process's lease is not a win: the restarted
+    replica leads only once it holds the key on its own new lease."""
+    me = election.Leader("a", "http://10.0.0.1:8080")
+    old = _leadership(etcd, prefix, me).campaign(time.sleep)  # then "killed": never renewed
+    term = _leadership(etcd, prefix, me).campaign(time.sleep, poll_s=0.05)
+    assert term.lease_id != old.lease_id
+    assert _leader_lease(etcd, prefix) == term.lease_id
+
+
+def test_a_replica_that_lost_the_lead_cannot_commit(etcd: EtcdServer, prefix: str) -> None:
+    """Every commit compares that the leader key is on this replica's lease: once another
+    replica leads, the old leader's commit writes nothing and says it lost the lead."""
+    a = _leadership(etcd, prefix, election.Leader("a", "http://10.0.0.1:8080"))
+    b = _leadership(etcd, prefix, election.Leader("b", "http://10.0.0.2:8080"))
+    store = EtcdStore.open([etcd.url], prefix + "store/")
+    lost: list[bool] = []
+    term = a.campaign(time.sleep)
+    store.fence(a.fence(term), lambda: lost.append(True))
+    assert store.commit([Change("vpc", "before", {})]) == 1
+    a.resign(term)
+    b_term = b.campaign(time.sleep)
+    assert _leader_lease(etcd, prefix) == b_term.lease_id
+    with pytest.raises(LostLead):
+        store.commit([Change("vpc", "after", {})])
+    assert lost and store.version == 1 and ("vpc", "after") not in store.load().records
+    with pytest.raises(LostLead):  # and it stays refused
+        store.commit([Change("vpc", "later", {})])
+
+
 # --- election decisions (pure) ---------------------------------------------------------------
 
 
@@ -277,10 +376,12 @@ def test_a_campaign_names_the_leader_whoever_won() -> None:
     txn = election.campaign_txn("/m/", "ctl1", me, 42)
     assert txn["success"][0]["request_put"]["lease"] == "42"
     assert plan.unb64(txn["compare"][0]["key"]) == "/m/leaders/ctl1"
-    assert election.campaign_result({"succeeded": True}, me) == me
+    assert election.campaign_result({"succeeded": True}, me) == (True, me)
     lost = {"responses": [{"response_range": {"kvs": [{"value": plan.b64(other.value())}]}}]}
-    assert election.campaign_result(lost, me) == other
-    assert election.campaign_result({"responses": [{"response_range": {}}]}, me) is None
+    assert election.campaign_result(lost, me) == (False, other)
+    assert election.campaign_result({"responses": [{"response_range": {}}]}, me) == (False, None)
+    stale = {"responses": [{"response_range": {"kvs": [{"value": plan.b64(me.value())}]}}]}
+    assert election.campaign_result(stale, me) == (False, me)  # ours before a restart: not won
 
 
 def test_a_standby_answers_503_naming_the_leader() -> None:
