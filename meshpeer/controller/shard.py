@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -96,6 +98,32 @@ class Delete:
     key: str
 
 
+class WriteLock:
+    """One write request at a time, from its checks against the in-memory intent to its apply
+    there: the store's I/O (etcd; a VPC claim) yields to other requests in between, which
+    would otherwise pass the same checks (two creates of one name). Green under eventlet
+    (``meshpeer.manager`` patches ``threading``). :meth:`done` lets go early (before a wait)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        self._lock.acquire()
+        self._owner = threading.get_ident()
+        try:
+            yield
+        finally:
+            self.done()
+
+    def done(self) -> None:
+        """Release it if this thread holds it (else nothing)."""
+        if self._owner == threading.get_ident():
+            self._owner = None
+            self._lock.release()
+
+
 class ShardState:
     """Intent + derived state of one shard. Single-threaded (one eventlet hub)."""
 
@@ -116,6 +144,7 @@ class ShardState:
         self.clock = clock
         self.revoked_here = revoked_hosts  # this shard's option, beside the directory's list
         self.ownership: VpcClaims | None = None  # store = etcd: VPC claims (set by the app)
+        self.writes = WriteLock()  # held by each write request (ControllerApi.routes)
         self.grants = GrantSettings(directory, grant_ttl, self.revoked_hosts)
         snap = store.load()
         self.store_version = snap.version  # kept here: /healthz answers without the store

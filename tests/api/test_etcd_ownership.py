@@ -4,6 +4,7 @@ the owner by a watch (placement and federation follow it)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -51,3 +52,29 @@ def test_the_first_claim_wins_and_every_shard_follows_it(on_etcd: Cluster) -> No
         lambda: c2.get("/v1/placement/zeta")["shard"] == "ctl1",
         what="ctl2 to learn zeta's new owner",
     )
+
+
+def test_concurrent_creates_of_one_vpc_on_one_shard_answer_one_201(on_etcd: Cluster) -> None:
+    """Validation against memory and the commit are one step: etcd I/O between them must not
+    let a second request pass the same check (two 201s for one name)."""
+    c1 = on_etcd["ctl1"]
+    for n in range(8):
+        name = f"race{n}"
+        gate = threading.Barrier(2)
+        statuses: list[int] = []
+
+        def create(
+            cidr: str, name: str = name, gate: threading.Barrier = gate, out: list[int] = statuses
+        ) -> None:
+            gate.wait()
+            body = {"name": name, "subnets": [{"cidr": cidr}]}
+            out.append(c1.req("POST", "/v1/vpcs", body).status)
+
+        threads = [
+            threading.Thread(target=create, args=(f"10.{50 + 2 * n + i}.0.0/24",)) for i in range(2)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(statuses) == [201, 409], (name, statuses)
