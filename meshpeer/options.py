@@ -82,8 +82,8 @@ CONTROLLER = Section(
         Option(
             "leader_ttl",
             float,
-            "seconds of the leader's etcd lease: a leader gone (killed, cut off) is replaced "
-            "within about this long",
+            "seconds of the leader's etcd lease, a whole number >= 1 (etcd's unit): a leader "
+            "gone (killed, cut off) is replaced within about this long",
             2.0,
         ),
         Option(

@@ -68,12 +68,12 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
             raise SystemExit(f"controller: [controller] {opt} is required in the config file")
         self.directory_stamp = tls.file_stamp(conf.directory_file)
         directory = _read_directory(conf.directory_file)
+        me = Leader(conf.replica or conf.shard, conf.advertise_url or _own_url(conf))
         try:
             settings = store_settings(conf, conf.shard)
+            self.leadership = leadership(settings, conf.shard, me, conf.leader_ttl)
         except ValueError as exc:
             raise SystemExit(f"controller: {exc}") from None
-        me = Leader(conf.replica or conf.shard, conf.advertise_url or _own_url(conf))
-        self.leadership = leadership(settings, conf.shard, me, conf.leader_ttl)
         self.term = None if self.leadership is None else self._stand_by(self.leadership)
         self.keeper: Any = None
         if self.leadership is not None:  # renewed from the win on, while the shard loads too

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from meshpeer.store import election
 from meshpeer.store.contract import IntentStore
 from meshpeer.store.election import Leader
 from meshpeer.store.etcd import EtcdStore, Gateway, Leadership, Ownership
@@ -33,5 +34,6 @@ def leadership(settings: StoreSettings, shard: str, me: Leader, ttl: float) -> L
     election)."""
     if settings.backend != "etcd":
         return None
+    ttl = election.lease_ttl(ttl)  # ValueError naming controller.leader_ttl
     gateway = Gateway(settings.endpoints, timeout=max(1.0, ttl / 2), ca_file=settings.ca_file)
     return Leadership(gateway, settings.deployment_prefix, shard, me, ttl, time.monotonic)

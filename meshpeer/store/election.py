@@ -39,6 +39,24 @@ class Leader:
         return cls(str(doc["replica"]), str(doc["url"]))
 
 
+def lease_ttl(value: object) -> int:
+    """The ``leader_ttl`` option as an etcd lease TTL: etcd counts whole seconds, and the
+    leader's own checks (:class:`Term`) must assume the TTL etcd applies, so a fraction is
+    refused rather than rounded. ValueError naming the field."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or value != value  # NaN
+        or value < 1
+        or value != int(value)
+    ):
+        raise ValueError(
+            f"controller.leader_ttl: a whole number of seconds, at least 1 (an etcd lease's "
+            f"TTL), not {value!r}"
+        )
+    return int(value)
+
+
 def campaign_txn(deployment_prefix: str, shard: str, me: Leader, lease_id: int) -> Json:
     """Lead ``shard`` if nobody does; the answer says who leads either way."""
     key = leader_key(deployment_prefix, shard)

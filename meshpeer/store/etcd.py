@@ -566,7 +566,7 @@ class Leadership:
         self.prefix = deployment_prefix
         self.shard = shard
         self.me = me
-        self.ttl = ttl
+        self.ttl = election.lease_ttl(ttl)  # whole seconds: what etcd grants is what Term assumes
         self._clock = clock
         self.leader: election.Leader | None = None  # as last seen
 
@@ -592,9 +592,7 @@ class Leadership:
 
     def _try(self) -> election.Term | None:
         sent = self._clock()
-        grant = self._gw.call(
-            "lease/grant", {"TTL": str(max(1, round(self.ttl)))}, idempotent=False
-        )
+        grant = self._gw.call("lease/grant", {"TTL": str(self.ttl)}, idempotent=False)
         lease = int(grant["ID"])
         txn = election.campaign_txn(self.prefix, self.shard, self.me, lease)
         won, self.leader = election.campaign_result(

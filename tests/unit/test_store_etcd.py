@@ -384,6 +384,18 @@ def test_a_campaign_names_the_leader_whoever_won() -> None:
     assert election.campaign_result(stale, me) == (False, me)  # ours before a restart: not won
 
 
+@pytest.mark.parametrize("ttl", [0, -2.0, 2.5, float("nan"), "2"])
+def test_a_leader_ttl_etcd_cannot_grant_as_such_is_refused_naming_the_field(ttl: Any) -> None:
+    """etcd grants whole seconds: 0 (a busy renewal loop) or 2.5 (a lease etcd ends before the
+    leader's own checks do) is a config error, not a silent round."""
+    with pytest.raises(ValueError, match=r"controller\.leader_ttl: a whole number of seconds"):
+        Leadership(Gateway(["http://127.0.0.1:1"]), "/m/", "ctl1", _ME, ttl, time.monotonic)
+    assert election.lease_ttl(2.0) == 2
+
+
+_ME = election.Leader("a", "http://10.0.0.1:8080")
+
+
 def test_a_standby_answers_503_naming_the_leader() -> None:
     body = standby.answer("ctl1", "b", election.Leader("a", "http://10.0.0.1:8080"))
     assert body["error"] == "unavailable" and body["field"] is None
