@@ -291,6 +291,13 @@ class ShardState:
         opened with a host key the file no longer has, or has with another secret (each new
         request with it is refused)."""
         before, keys = self.revoked_hosts, dict(self.directory.host_keys)
+        if self.directory.claimed:  # etcd: claims and leaders' URLs are etcd's, not the file's
+            running = self.directory.shards
+            shards = {
+                n: replace(s, url=running[n].url) if n in running else s
+                for n, s in loaded.shards.items()
+            }
+            loaded = replace(loaded, claims=self.directory.claims, claimed=True, shards=shards)
         self.directory, ignored = credentials_update(self.directory, loaded)
         now = self.directory.host_keys
         dropped = sorted(k for k, secret in keys.items() if now.get(k) != secret)  # or changed

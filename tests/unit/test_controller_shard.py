@@ -451,6 +451,22 @@ def test_a_host_revoked_in_the_directory_loses_its_streams_and_grants(
         hv3.app_iter.close()
 
 
+def test_a_reload_on_etcd_does_not_call_claims_and_leaders_a_change(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Found by a review: with the etcd store the claims and each shard's leader URL come from
+    etcd, not the file, so every reload of an unchanged file said they "need a restart"."""
+    s, d, _ = blue_on_hosts(tmp_path)
+    s.take_claims({"zeta": s.name})
+    s.take_leaders({s.name: "http://10.9.9.9:8080"})  # another replica of it leads now
+    assert s.adopt_directory(d) == []
+    assert s.directory.claims == {"zeta": s.name}
+    assert s.directory.shards[s.name].url == "http://10.9.9.9:8080"
+    added = dataclasses.replace(d.shards[s.name], name="ctl9", vpcs=())
+    shards = {**d.shards, "ctl9": added}  # a shard added: that does need a restart
+    assert s.adopt_directory(dataclasses.replace(d, shards=shards)) == ["shards"]
+
+
 def test_a_host_key_taken_out_of_the_directory_closes_what_it_opened(
     tmp_path: pathlib.Path,
 ) -> None:
