@@ -93,6 +93,7 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
             conf.shard, directory, self.store, stream_hub, time.time, conf.grant_ttl, revoked
         )
         self.shard.ownership = self.ownership
+        self.shard.reconcile_claims()  # orphans of a failed create or a lost release
         self.claims_watch: Any = None
         self.leaders_watch: Any = None
         if bool(conf.tls_cert_file) != bool(conf.tls_key_file):

@@ -322,6 +322,17 @@ class ShardState:
         if self.ownership is not None:
             self.ownership.release(vpc, self.name)
 
+    def reconcile_claims(self) -> None:
+        """At start, before serving: release this shard's claims on VPCs it does not have (a
+        create whose commit failed after its claim, a release lost after a delete). Only the
+        leader runs it, and no write is in flight yet (docs/store.md)."""
+        if self.ownership is None:
+            return
+        for vpc, owner in sorted(self.directory.claims.items()):
+            if owner == self.name and vpc not in self.intent.vpcs:
+                log.warning("shard %s: claim on VPC %s it does not have: released", self.name, vpc)
+                self.ownership.release(vpc, self.name)
+
     def take_claims(self, claims: Mapping[str, str]) -> None:
         """The claims as the watch last saw them: owners (and so peerings' states) follow."""
         if claims == self.directory.claims:
