@@ -45,14 +45,33 @@ class Directory:
     federation_token: str  # shards derive their federation credentials from it
     host_keys: Mapping[str, bytes] = dataclasses.field(default_factory=dict)  # host credentials
     revoked_hosts: frozenset[str] = frozenset()  # refused by every shard, whatever the key
+    # With the etcd store: VPC -> the shard that claimed it (``<prefix>vpcs/``, learned by a
+    # watch); ``claimed``: a VPC is created where it is claimed, not where its hash points.
+    claims: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    claimed: bool = False
+
+    def pinned_owner(self, vpc: str) -> str | None:
+        return next((s.name for s in self.shards.values() if vpc in s.vpcs), None)
 
     def owner_of(self, vpc: str) -> str:
         """The shard that owns ``vpc``: the one that pins it (lists it under ``vpcs``), else
-        the highest rendezvous hash of (shard, VPC). Every shard and host computes the same
-        answer from the same directory, so a VPC is created through the API alone, at its
-        owner, with no file edit; adding a shard moves only the unpinned VPCs it now wins."""
-        pinned = next((s.name for s in self.shards.values() if vpc in s.vpcs), None)
-        return pinned or max(self.shards, key=lambda shard: (_score(shard, vpc), shard))
+        the one that claimed it in etcd, else the highest rendezvous hash of (shard, VPC).
+        Every shard and host computes the same answer from the same directory, so a VPC is
+        created through the API alone, at its owner, with no file edit; adding a shard moves
+        only the unpinned, unclaimed VPCs it now wins."""
+        owner = self.pinned_owner(vpc) or self.claims.get(vpc)
+        if owner is not None and owner in self.shards:
+            return owner
+        return max(self.shards, key=lambda shard: (_score(shard, vpc), shard))
+
+    def creator_conflict(self, vpc: str, shard: str) -> str | None:
+        """The shard other than ``shard`` that owns ``vpc`` so that ``shard`` may not create it
+        (None: it may). With claims, any shard may create an unpinned, unclaimed VPC (its
+        claim in etcd then decides); without, only the owner."""
+        owner = self.pinned_owner(vpc) or self.claims.get(vpc)
+        if owner is None and not self.claimed:
+            owner = self.owner_of(vpc)
+        return None if owner in (None, shard) else owner
 
     def url_of(self, vpc: str) -> str:
         return self.shards[self.owner_of(vpc)].url

@@ -47,7 +47,51 @@ CONTROLLER = Section(
         Option("shard", str, "this shard's name in the shard directory", required=True),
         Option("listen_host", str, "address the REST API listens on", "127.0.0.1"),
         Option("listen_port", int, "port the REST API listens on", 8080),
-        Option("store_path", str, "SQLite file holding this shard's intent", required=True),
+        Option(
+            "store",
+            str,
+            "where the intent lives: `sqlite` (the file `store_path`, one machine) or `etcd` "
+            "(the cluster at `etcd_endpoints`: shards on several machines, docs/store.md)",
+            "sqlite",
+        ),
+        Option("store_path", str, "SQLite file holding this shard's intent (`store = sqlite`)"),
+        Option(
+            "etcd_endpoints",
+            str,
+            "comma-separated client URLs of the etcd members (`store = etcd`), tried in turn",
+        ),
+        Option(
+            "etcd_prefix",
+            str,
+            "etcd key prefix of this deployment; the shard's intent is under "
+            "`<prefix>shards/<shard>/store/`",
+            "/meshpeer/",
+        ),
+        Option(
+            "replica",
+            str,
+            "this process's name among the replicas of its shard (`store = etcd`: one leads, "
+            "the others stand by and answer 503 naming the leader; none: the shard's name)",
+        ),
+        Option(
+            "advertise_url",
+            str,
+            "the URL other shards and hosts reach this replica at when it leads (none: "
+            "http(s)://listen_host:listen_port)",
+        ),
+        Option(
+            "leader_ttl",
+            float,
+            "seconds of the leader's etcd lease, a whole number >= 1 (etcd's unit): a leader "
+            "gone (killed, cut off) is replaced within about this long",
+            2.0,
+        ),
+        Option(
+            "etcd_ca_file",
+            str,
+            "PEM CA certificates that verify https:// `etcd_endpoints` (none: the system's "
+            "trust store)",
+        ),
         Option(
             "api_token",
             str,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import os
 import resource
 import time
 from typing import Any
@@ -19,6 +20,7 @@ from os_ken.base import app_manager
 from os_ken.lib import hub
 
 from meshpeer import options, tls
+from meshpeer.controller import standby
 from meshpeer.controller.api import ControllerApi
 from meshpeer.controller.auth import parse_operator_tokens
 from meshpeer.controller.federation import Federation
@@ -28,7 +30,11 @@ from meshpeer.directory import Directory, parse_directory
 from meshpeer.rest.admission import Limits
 from meshpeer.rest.router import Api
 from meshpeer.rest.server import serve
-from meshpeer.store.sqlite import Store
+from meshpeer.store import election
+from meshpeer.store.backends import leadership, open_store, ownership
+from meshpeer.store.election import Leader
+from meshpeer.store.etcd import EtcdStore, Leadership, follow, follow_claims
+from meshpeer.store.settings import store_settings
 from meshpeer.streaming.publisher import StreamHub
 
 log = logging.getLogger(__name__)
@@ -48,6 +54,7 @@ class HubSignal:
         event.set()
 
 
+LOST_LEAD_EXIT = 75  # EX_TEMPFAIL: restart me (as a standby)
 UNREAD = object()  # a file stamp no file has: read it the first time
 
 
@@ -61,13 +68,34 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
             raise SystemExit(f"controller: [controller] {opt} is required in the config file")
         self.directory_stamp = tls.file_stamp(conf.directory_file)
         directory = _read_directory(conf.directory_file)
-        self.store = Store.open(conf.store_path)
+        me = Leader(conf.replica or conf.shard, conf.advertise_url or _own_url(conf))
+        try:
+            settings = store_settings(conf, conf.shard)
+            self.leadership = leadership(settings, conf.shard, me, conf.leader_ttl)
+        except ValueError as exc:
+            raise SystemExit(f"controller: {exc}") from None
+        self.term = None if self.leadership is None else self._stand_by(self.leadership)
+        self.keeper: Any = None
+        if self.leadership is not None:  # renewed from the win on, while the shard loads too
+            self.keeper = hub.spawn(self._keep_leading)
+        self.store = open_store(settings)
+        if self.leadership is not None and isinstance(self.store, EtcdStore):
+            assert self.term is not None
+            self.store.fence(self.leadership.fence(self.term), self._lost_lead)
+        self.ownership = ownership(settings)  # etcd: VPC claims, learned by a watch
+        if self.ownership is not None:
+            claims, _ = self.ownership.snapshot()
+            directory = dataclasses.replace(directory, claims=claims, claimed=True)
         incarnation = self.store.next_incarnation()
         stream_hub = StreamHub(base_version=incarnation << 32)
         revoked = frozenset(_items(conf.revoked_hosts))
         self.shard = ShardState(
             conf.shard, directory, self.store, stream_hub, time.time, conf.grant_ttl, revoked
         )
+        self.shard.ownership = self.ownership
+        self.shard.reconcile_claims()  # orphans of a failed create or a lost release
+        self.claims_watch: Any = None
+        self.leaders_watch: Any = None
         if bool(conf.tls_cert_file) != bool(conf.tls_key_file):
             raise SystemExit("controller: [controller] tls_cert_file and tls_key_file go together")
         self.federation = Federation(self.shard, ca_file=conf.ca_file)
@@ -131,9 +159,46 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
         self.federation.sync()
         self.speaker.start()
         self.ticker = hub.spawn(self._tick)
+        if self.leadership is not None:
+            self.leaders_watch = hub.spawn(follow, self.leadership, self._take_leaders, hub.sleep)
+        if self.ownership is not None:
+            self.claims_watch = hub.spawn(
+                follow_claims, self.ownership, self.shard.take_claims, hub.sleep
+            )
         if self.conf.directory_check_interval > 0:
             self.watcher = hub.spawn(self._watch_directory)
         return server
+
+    def _stand_by(self, leadership: Leadership) -> election.Term:
+        """Answer 503 naming the leader until this replica is elected (docs/store.md)."""
+        conf = self.CONF.controller
+        me = leadership.me.replica
+        secure = None
+        if conf.tls_cert_file:
+            secure = tls.ServerCertificate(conf.tls_cert_file, conf.tls_key_file).context
+        app = standby.app(conf.shard, me, lambda: leadership.leader)
+        server, _ = serve(app, conf.listen_host, conf.listen_port, tls=secure)
+        log.info("shard %s: replica %s standing by", conf.shard, me)
+        term = leadership.campaign(hub.sleep)
+        server.kill()
+        log.info("shard %s: replica %s leads (lease %x)", conf.shard, me, term.lease_id)
+        return term
+
+    def _keep_leading(self) -> None:
+        """Renew the lease; once it is lost, stop at once (a standby may lead already): the
+        supervisor starts this replica again, as a standby."""
+        assert self.leadership is not None and self.term is not None
+        self.leadership.keep(self.term, hub.sleep)
+        self._lost_lead()
+
+    def _lost_lead(self) -> None:
+        """The lease is gone or a write found another replica's: exit (as a standby next)."""
+        log.error("shard %s: lost the lead: exiting", self.CONF.controller.shard)
+        logging.shutdown()
+        os._exit(LOST_LEAD_EXIT)
+
+    def _take_leaders(self, leaders: dict[str, Leader]) -> None:
+        self.shard.take_leaders({name: leader.url for name, leader in leaders.items()})
 
     def _tick(self) -> None:
         """Re-mint grants as their lifetime buckets roll over (refresh is a no-op otherwise)."""
@@ -225,8 +290,11 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
     def close(self) -> None:
         if self.watcher is not None:
             hub.kill(self.watcher)
-        if self.ticker is not None:
-            hub.kill(self.ticker)
+        for thread in (self.ticker, self.claims_watch, self.leaders_watch, self.keeper):
+            if thread is not None:
+                hub.kill(thread)
+        if self.leadership is not None and self.term is not None:
+            self.leadership.resign(self.term)  # an orderly close (not SIGTERM: that exits)
         self.federation.stop()
         self.store.close()
         super().close()
@@ -251,3 +319,9 @@ def _router_id(conf: Any) -> str | None:
         return str(ipaddress.IPv4Address(conf.listen_host))
     except ValueError:
         return None
+
+
+def _own_url(conf: Any) -> str:
+    """This replica's URL when no ``advertise_url`` is set."""
+    scheme = "https" if conf.tls_cert_file else "http"
+    return f"{scheme}://{conf.listen_host}:{conf.listen_port}"

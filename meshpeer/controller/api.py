@@ -10,6 +10,8 @@ this same table.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
 
 from webob import Request
 
@@ -24,9 +26,11 @@ from meshpeer.controller.handlers.service import ServiceHandlers
 from meshpeer.controller.handlers.streams import StreamHandlers
 from meshpeer.controller.handlers.ui import UiHandlers
 from meshpeer.controller.handlers.vpcs import VpcHandlers
-from meshpeer.controller.shard import ShardState
+from meshpeer.controller.shard import ShardState, WriteLock
 from meshpeer.metrics import ShardMetrics
+from meshpeer.rest.errors import unavailable
 from meshpeer.rest.router import Route
+from meshpeer.store.etcd import Unavailable
 
 
 class ControllerApi:
@@ -73,5 +77,34 @@ class ControllerApi:
         health, multiplexer = self.service.routes()
         table = [health, *MetricsHandlers(self.metrics).routes(), *UiHandlers().routes()]
         for handlers in self.resources:
-            table += handlers.routes()
-        return [*table, multiplexer, *self.streams.routes()]
+            table += [_one_write_at_a_time(r, self.shard.writes) for r in handlers.routes()]
+        return [_store_down_is_503(r) for r in [*table, multiplexer, *self.streams.routes()]]
+
+
+def _one_write_at_a_time(route: Route, writes: WriteLock) -> Route:
+    """A write to a resource holds ``writes`` from its checks to its apply (or until it waits
+    for hosts: ``?wait=programmed`` lets go first); reads never wait for it."""
+    if route.method in ("GET", "HEAD"):
+        return route
+    handler = route.handler
+
+    def call(ctx: Any) -> Any:
+        with writes.held():
+            return handler(ctx)
+
+    return replace(route, handler=call)
+
+
+def _store_down_is_503(route: Route) -> Route:
+    """A write that finds the intent store unavailable (etcd without quorum, docs/store.md):
+    503 saying so, nothing written; reads are served from memory and never get here."""
+    handler = route.handler
+
+    def call(ctx: Any) -> Any:
+        try:
+            return handler(ctx)
+        except Unavailable as exc:
+            outcome = "unknown until etcd answers again" if exc.lost else "nothing was written"
+            raise unavailable(f"the intent store is unavailable ({outcome}): {exc}") from exc
+
+    return replace(route, handler=call)

@@ -47,6 +47,13 @@ class ShardConfig:
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     ca_file: str | None = None
+    # The intent store (meshpeer.store.settings): None leaves the option to its default.
+    store: str | None = None
+    etcd_endpoints: str | None = None
+    etcd_prefix: str | None = None
+    replica: str | None = None
+    advertise_url: str | None = None
+    leader_ttl: float | None = None
 
     def text(self) -> str:
         return options.config_text(options.CONTROLLER, dataclasses.asdict(self))

@@ -29,6 +29,7 @@ class Federation:
         self.timeout = timeout
         self.ca_file = ca_file
         self.clients: dict[str, Subscription] = {}
+        self.urls: dict[str, str] = {}  # where each subscription follows its VPC
         # This shard's own federation credential (meshpeer.controller.auth).
         self.credential = shard_token(shard.name, shard.directory.federation_token)
         self.channels: dict[str, Channel] = {}  # by peer shard URL
@@ -37,21 +38,34 @@ class Federation:
     def sync(self) -> None:
         """Start a stream for each newly needed remote VPC; stop those no longer needed."""
         wanted = self.shard.remote_peer_vpcs()
-        for vpc in sorted(wanted - set(self.clients)):
+        moved = {
+            v for v in set(self.clients) & wanted if self.urls[v] != self.shard.directory.url_of(v)
+        }
+        for vpc in sorted(wanted - set(self.clients) | moved):
             url = self.shard.directory.url_of(vpc)
+            # a VPC whose shard has a new leader (replicas, docs/store.md): its stream goes on
+            # there, resuming with ``since`` from what it has
+            old = self.clients.pop(vpc, None)
+            if old is not None:
+                old.stop()
             channel = self.channels.get(url)
             if channel is None:
                 channel = self.channels[url] = Channel(
                     url, self.credential, heartbeat_timeout=15.0, ca_file=self.ca_file
                 )
             client = channel.subscription(
-                ServiceName.FEDERATION, vpc, on_change=self._on_change(vpc)
+                ServiceName.FEDERATION,
+                vpc,
+                on_change=self._on_change(vpc),
+                replica=None if old is None else old.replica,
             )
             self.clients[vpc] = client
+            self.urls[vpc] = url
             client.start()
             log.info("federation: following VPC %s at %s", vpc, url)
         for vpc in sorted(set(self.clients) - wanted):
             self.clients.pop(vpc).stop()
+            self.urls.pop(vpc, None)
             self.shard.forget_remote_view(vpc)
             log.info("federation: stopped following VPC %s", vpc)
 

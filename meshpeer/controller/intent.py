@@ -85,6 +85,21 @@ def need_vpc(intent: Intent, vpc: str) -> Vpc:
 # --- VPCs and subnets -------------------------------------------------------------------
 
 
+def owned_elsewhere(directory: Directory, name: str, owner: str, shard: str) -> IntentError:
+    url = directory.shards[owner].url if owner in directory.shards else "not in the directory"
+    return conflict(
+        "name",
+        f"VPC {name!r} belongs to shard {owner!r} ({url}), "
+        f"not {shard!r}: create it there (GET /v1/placement/{name} on any shard says where)",
+    )
+
+
+def check_claim(directory: Directory, name: str, owner: str, shard: str) -> None:
+    """``owner`` is what ``shard``'s claim of VPC ``name`` in etcd answered."""
+    if owner != shard:
+        raise owned_elsewhere(directory, name, owner, shard)
+
+
 def new_vpc(
     intent: Intent,
     directory: Directory,
@@ -96,13 +111,9 @@ def new_vpc(
 ) -> Vpc:
     if name in intent.vpcs:
         raise conflict("name", f"VPC {name!r} already exists")
-    owner = directory.owner_of(name)
-    if owner != shard:
-        raise conflict(
-            "name",
-            f"VPC {name!r} belongs to shard {owner!r} ({directory.shards[owner].url}), "
-            f"not {shard!r}: create it there (GET /v1/placement/{name} on any shard says where)",
-        )
+    owner = directory.creator_conflict(name, shard)
+    if owner is not None:
+        raise owned_elsewhere(directory, name, owner, shard)
     lo, hi = directory.shards[shard].vni_range
     used = {v.vni for v in intent.vpcs.values()}
     if vni is None:

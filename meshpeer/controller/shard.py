@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -59,7 +61,8 @@ from meshpeer.protocol.messages import (
     parse_stream_name,
     stream_name,
 )
-from meshpeer.store.sqlite import Change, Store, canonical_json
+from meshpeer.store.contract import IntentStore, VpcClaims
+from meshpeer.store.sqlite import Change, canonical_json
 from meshpeer.streaming.publisher import StreamHub
 from policies.export import ExportPolicy
 
@@ -95,6 +98,32 @@ class Delete:
     key: str
 
 
+class WriteLock:
+    """One write request at a time, from its checks against the in-memory intent to its apply
+    there: the store's I/O (etcd; a VPC claim) yields to other requests in between, which
+    would otherwise pass the same checks (two creates of one name). Green under eventlet
+    (``meshpeer.manager`` patches ``threading``). :meth:`done` lets go early (before a wait)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        self._lock.acquire()
+        self._owner = threading.get_ident()
+        try:
+            yield
+        finally:
+            self.done()
+
+    def done(self) -> None:
+        """Release it if this thread holds it (else nothing)."""
+        if self._owner == threading.get_ident():
+            self._owner = None
+            self._lock.release()
+
+
 class ShardState:
     """Intent + derived state of one shard. Single-threaded (one eventlet hub)."""
 
@@ -102,7 +131,7 @@ class ShardState:
         self,
         name: str,
         directory: Directory,
-        store: Store,
+        store: IntentStore,
         hub: StreamHub,
         clock: Callable[[], float],
         grant_ttl: float = 3600.0,
@@ -114,8 +143,11 @@ class ShardState:
         self.hub = hub
         self.clock = clock
         self.revoked_here = revoked_hosts  # this shard's option, beside the directory's list
+        self.ownership: VpcClaims | None = None  # store = etcd: VPC claims (set by the app)
+        self.writes = WriteLock()  # held by each write request (ControllerApi.routes)
         self.grants = GrantSettings(directory, grant_ttl, self.revoked_hosts)
         snap = store.load()
+        self.store_version = snap.version  # kept here: /healthz answers without the store
         self.intent = Intent.from_records({k: r.body for k, r in snap.records.items()})
         self.versions: dict[tuple[str, str], int] = {k: r.version for k, r in snap.records.items()}
         self.remote_views: dict[str, View] = restored_views(snap.meta, self.remote_peer_vpcs())
@@ -151,7 +183,7 @@ class ShardState:
         puts, deletes = list(puts), list(deletes)
         changes = [Change(*store_key(r), r.to_json()) for r in puts]
         changes += [Change(d.kind, d.key, None) for d in deletes]
-        version = self.store.commit(changes)
+        version = self.store_version = self.store.commit(changes)
         old = [self.intent.get(d.kind, d.key) for d in deletes]
         replaced = [self.intent.get(*store_key(r)) for r in puts]
         gone = [o for o in old if isinstance(o, Endpoint)]
@@ -259,6 +291,13 @@ class ShardState:
         opened with a host key the file no longer has, or has with another secret (each new
         request with it is refused)."""
         before, keys = self.revoked_hosts, dict(self.directory.host_keys)
+        if self.directory.claimed:  # etcd: claims and leaders' URLs are etcd's, not the file's
+            running = self.directory.shards
+            shards = {
+                n: replace(s, url=running[n].url) if n in running else s
+                for n, s in loaded.shards.items()
+            }
+            loaded = replace(loaded, claims=self.directory.claims, claimed=True, shards=shards)
         self.directory, ignored = credentials_update(self.directory, loaded)
         now = self.directory.host_keys
         dropped = sorted(k for k, secret in keys.items() if now.get(k) != secret)  # or changed
@@ -272,6 +311,45 @@ class ShardState:
         if self.revoked_hosts != before:
             self.refresh()  # peering streams: grants for revoked hosts go, restored ones come
         return ignored
+
+    # --- VPC ownership claimed in etcd (store = etcd; docs/store.md) -----------------------
+
+    def claim_vpc(self, vpc: str) -> str:
+        """Claim ``vpc`` for this shard where claims are kept; returns its owner."""
+        return self.name if self.ownership is None else self.ownership.claim(vpc, self.name)
+
+    def release_vpc(self, vpc: str) -> None:
+        if self.ownership is not None:
+            self.ownership.release(vpc, self.name)
+
+    def reconcile_claims(self) -> None:
+        """At start, before serving: release this shard's claims on VPCs it does not have (a
+        create whose commit failed after its claim, a release lost after a delete). Only the
+        leader runs it, and no write is in flight yet (docs/store.md)."""
+        if self.ownership is None:
+            return
+        for vpc, owner in sorted(self.directory.claims.items()):
+            if owner == self.name and vpc not in self.intent.vpcs:
+                log.warning("shard %s: claim on VPC %s it does not have: released", self.name, vpc)
+                self.ownership.release(vpc, self.name)
+
+    def take_claims(self, claims: Mapping[str, str]) -> None:
+        """The claims as the watch last saw them: owners (and so peerings' states) follow."""
+        if claims == self.directory.claims:
+            return
+        self.directory = replace(self.directory, claims=dict(claims), claimed=True)
+        self.grants = replace(self.grants, directory=self.directory)
+        self.refresh()
+
+    def take_leaders(self, urls: Mapping[str, str]) -> None:
+        """Each shard's current leader's URL (replicas, docs/store.md): federation follows."""
+        shards = {
+            name: replace(s, url=urls.get(name, s.url)) for name, s in self.directory.shards.items()
+        }
+        if shards != self.directory.shards:
+            self.directory = replace(self.directory, shards=shards)
+            self.grants = replace(self.grants, directory=self.directory)
+            self.refresh()
 
     # --- a host leaves a VPC --------------------------------------------------------------
 

@@ -1,5 +1,6 @@
-"""The controller shard's intent store (SQLite, WAL): versioned, transactional, migratable."""
+"""The controller shard's intent store: versioned, transactional; SQLite (WAL, migratable) or etcd."""
 
+from meshpeer.store.contract import IntentStore
 from meshpeer.store.migrations import SCHEMA_VERSION
 from meshpeer.store.sqlite import (
     DEFAULT_LOG_RETENTION,
@@ -20,6 +21,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Change",
     "Conflict",
+    "IntentStore",
     "LogEntry",
     "NotFound",
     "Record",

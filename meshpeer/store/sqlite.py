@@ -104,7 +104,7 @@ def canonical_json(body: Mapping[str, Any]) -> str:
     return text
 
 
-def _encode(changes: Sequence[Change]) -> list[tuple[str, str, str | None]]:
+def encode_changes(changes: Sequence[Change]) -> list[tuple[str, str, str | None]]:
     """Validate and serialise before the transaction starts: bad input never takes the lock."""
     if not changes:
         raise ValueError("empty change set: a version must mean a change")
@@ -228,7 +228,7 @@ class Store:
         All or nothing: on any error (bad body, :class:`Conflict`, :class:`NotFound`, SQLite)
         nothing is written and the version is unchanged.
         """
-        rows = _encode(changes)
+        rows = encode_changes(changes)
         conn = self._conn
         with self._lock, _transaction(conn):
             current, floor = self._head()

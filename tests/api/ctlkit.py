@@ -391,6 +391,34 @@ class Cluster:
     def tails(self) -> str:
         return "\n".join(ctl.tails() for ctl in self)
 
+    def replica(self, name: str, replica: str) -> Ctl:
+        """Another process for shard ``name`` (``store = etcd``: a standby until it leads),
+        with its own port and files in ``workdir/<replica>``; stopped with the others. Plain
+        HTTP: the cluster's certificates name the first replica's port only."""
+        assert not self.ctls[name].tls, "replicas: create the cluster with tls=False"
+        workdir = self.workdir / replica
+        workdir.mkdir(parents=True, exist_ok=True)
+        other = Ctl(name, free_port(), workdir, self.token, False, host_key=self.host_key)
+        options = {**self.options, "replica": replica}
+        other.write_conf(self.directory_file, self.heartbeat, options)
+        self.ctls[f"{name}/{replica}"] = other
+        return other
+
+
+def health(ctl: Ctl) -> tuple[int, Any]:
+    """``GET /healthz``'s status and body (0: nothing listens yet)."""
+    try:
+        r = ctl.req("GET", "/healthz")
+    except OSError:
+        return 0, None
+    return r.status, r.body
+
+
+def standing_by(ctl: Ctl) -> Any:
+    """A standby replica's 503 body once it names a leader (None until then)."""
+    status, body = health(ctl)
+    return body if status == 503 and body["leader"] is not None else None
+
 
 # --- state snapshots ------------------------------------------------------------------------
 

@@ -12,10 +12,25 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
+
 from tests.api.ctlkit import Cluster, Ctl, state_of, stream
+from tests.support.etcd import etcd_server
 from tests.support.wait import wait_for
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Cluster]:
+    """The two shards on SQLite files, or both in one etcd (each under its own prefix)."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("cluster")
+        return
+    with etcd_server() as etcd:
+        make = request.getfixturevalue("make_cluster")
+        yield make(options={"store": "etcd", "etcd_endpoints": etcd.url})
 
 
 def build(c1: Ctl, c2: Ctl) -> None:
@@ -91,7 +106,8 @@ def settled(ctl: Ctl, expected: dict[str, Any]) -> bool:
     return everything(ctl) == expected
 
 
-def test_restart_serves_every_get_unchanged(cluster: Cluster) -> None:
+def test_restart_serves_every_get_unchanged(any_store: Cluster) -> None:
+    cluster = any_store
     c1, c2 = cluster["ctl1"], cluster["ctl2"]
     build(c1, c2)
     before = {ctl.name: everything(ctl) for ctl in cluster}
@@ -122,6 +138,9 @@ def test_restart_serves_every_get_unchanged(cluster: Cluster) -> None:
     assert again["type"] == "snapshot" and again["version"] > snap["version"]
     assert again["objects"] == snap["objects"]
 
+    # The store is the one configured: with etcd no SQLite file was made.
+    on_etcd = cluster.options.get("store") == "etcd"
+    assert all(ctl.store.exists() != on_etcd for ctl in cluster)
     # Deletes survive a restart too.
     c1.delete("/v1/vpcs/blue/peerings/to-red")
     c1.delete("/v1/vpcs/blue/endpoints/lb1")

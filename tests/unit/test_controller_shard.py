@@ -451,6 +451,47 @@ def test_a_host_revoked_in_the_directory_loses_its_streams_and_grants(
         hv3.app_iter.close()
 
 
+def test_a_reload_on_etcd_does_not_call_claims_and_leaders_a_change(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Found by a review: with the etcd store the claims and each shard's leader URL come from
+    etcd, not the file, so every reload of an unchanged file said they "need a restart"."""
+    s, d, _ = blue_on_hosts(tmp_path)
+    s.take_claims({"zeta": s.name})
+    s.take_leaders({s.name: "http://10.9.9.9:8080"})  # another replica of it leads now
+    assert s.adopt_directory(d) == []
+    assert s.directory.claims == {"zeta": s.name}
+    assert s.directory.shards[s.name].url == "http://10.9.9.9:8080"
+    added = dataclasses.replace(d.shards[s.name], name="ctl9", vpcs=())
+    shards = {**d.shards, "ctl9": added}  # a shard added: that does need a restart
+    assert s.adopt_directory(dataclasses.replace(d, shards=shards)) == ["shards"]
+
+
+class RecordedClaims:
+    def __init__(self) -> None:
+        self.released: list[tuple[str, str]] = []
+
+    def claim(self, vpc: str, shard: str) -> str:
+        return shard
+
+    def release(self, vpc: str, shard: str) -> None:
+        self.released.append((vpc, shard))
+
+
+def test_claims_orphaned_by_a_failed_create_or_a_lost_release_are_released_at_start(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Found by a review: a claim whose commit then failed, or whose release after a delete
+    was lost, stayed in etcd for ever. At start a shard releases its claims on VPCs it does
+    not have, and only those."""
+    s, _, _ = blue_on_hosts(tmp_path)
+    claims = RecordedClaims()
+    s.ownership = claims
+    s.take_claims({"ghost": s.name, "blue": s.name, "theirs": "ctl2"})
+    s.reconcile_claims()
+    assert claims.released == [("ghost", s.name)]
+
+
 def test_a_host_key_taken_out_of_the_directory_closes_what_it_opened(
     tmp_path: pathlib.Path,
 ) -> None:

@@ -1,12 +1,21 @@
-"""The intent store on real SQLite files: versions, atomicity, restart, schema migration."""
+"""The intent store contract, on real SQLite files and on a real etcd: versions, atomicity,
+restart; then SQLite's own schema migration.
+
+Tests taking ``backend`` run against both stores (``meshpeer.store.contract.IntentStore``); the
+etcd half starts one etcd for the module (tests/support/etcd.py) and gives each test its own
+key prefix.
+"""
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +30,21 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from meshpeer.client import Client
 from meshpeer.store import (
     SCHEMA_VERSION,
     Change,
     Conflict,
+    IntentStore,
     LogEntry,
     NotFound,
     SchemaTooNew,
     Store,
     StoreError,
 )
+from meshpeer.store.etcd import EtcdStore
 from meshpeer.store.migrations import MIGRATIONS
+from tests.support.etcd import EtcdServer, etcd_server
 
 
 def _open(path: Path, **kw: Any) -> Store:
@@ -44,20 +57,70 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "intent.db"
 
 
-def _bodies(store: Store) -> dict[tuple[str, str], tuple[dict[str, Any], int, int]]:
+@pytest.fixture(scope="module")
+def etcd() -> Iterator[EtcdServer]:
+    with etcd_server() as server:
+        yield server
+
+
+_prefixes = itertools.count()
+
+
+@dataclass
+class Backend:
+    """One store, opened again and again (a restart) with :meth:`open`."""
+
+    name: str
+    open: Callable[..., IntentStore]
+    script_args: list[str]  # how a subprocess opens the same store (see _SCRIPT)
+    raw_body: Callable[[], str]  # the stored text of the only resource
+
+
+def _sqlite_backend(db: Path) -> Backend:
+    def raw() -> str:
+        return str(sqlite3.connect(db).execute("SELECT body FROM resources").fetchone()[0])
+
+    return Backend("sqlite", lambda **kw: _open(db, **kw), ["sqlite", str(db)], raw)
+
+
+def _etcd_backend(server: EtcdServer) -> Backend:
+    prefix = f"/test/{next(_prefixes)}/"
+
+    def raw() -> str:
+        key = base64.b64encode(f"{prefix}res/".encode()).decode()
+        end = base64.b64encode(f"{prefix}res0".encode()).decode()
+        answer = Client(server.url, None).post("/v3/kv/range", {"key": key, "range_end": end})
+        (kv,) = answer["kvs"]
+        value = base64.b64decode(kv["value"]).decode()  # {"body":<text>,"created_version":..
+        return value[len('{"body":') : value.rindex(',"created_version":')]
+
+    def opener(**kw: Any) -> IntentStore:
+        return EtcdStore.open([server.url], prefix, **kw)
+
+    return Backend("etcd", opener, ["etcd", server.url, prefix], raw)
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
+def backend(request: pytest.FixtureRequest, db: Path) -> Backend:
+    if request.param == "sqlite":
+        return _sqlite_backend(db)
+    return _etcd_backend(request.getfixturevalue("etcd"))
+
+
+def _bodies(store: IntentStore) -> dict[tuple[str, str], tuple[dict[str, Any], int, int]]:
     snap = store.load()
     return {k: (r.body, r.version, r.created_version) for k, r in snap.records.items()}
 
 
-def test_new_store_is_empty_at_version_zero(db: Path) -> None:
-    with _open(db) as s:
+def test_new_store_is_empty_at_version_zero(backend: Backend) -> None:
+    with backend.open() as s:
         snap = s.load()
         assert (s.version, snap.version, snap.records, snap.meta) == (0, 0, {}, {})
         assert s.changes_since(0) == []
 
 
-def test_each_commit_is_one_version_and_stamps_what_it_wrote(db: Path) -> None:
-    with _open(db) as s:
+def test_each_commit_is_one_version_and_stamps_what_it_wrote(backend: Backend) -> None:
+    with backend.open() as s:
         assert s.commit([Change("vpc", "blue", {"cidr": "10.0.0.0/16"})]) == 1
         v2 = s.commit(
             [Change("endpoint", "blue/b1", {"ip": "10.0.0.5"}), Change("vpc", "red", {"n": 1})]
@@ -74,21 +137,20 @@ def test_each_commit_is_one_version_and_stamps_what_it_wrote(db: Path) -> None:
         assert ("vpc", "red") not in s.load().records
 
 
-def test_recreated_resource_gets_a_new_created_version(db: Path) -> None:
-    with _open(db) as s:
+def test_recreated_resource_gets_a_new_created_version(backend: Backend) -> None:
+    with backend.open() as s:
         s.commit([Change("vpc", "blue", {})])
         s.commit([Change("vpc", "blue", None)])
         s.commit([Change("vpc", "blue", {"a": 1})])
         assert s.load().records[("vpc", "blue")].created_version == 3
 
 
-def test_bodies_are_canonical_json_and_load_back_equal(db: Path) -> None:
+def test_bodies_are_canonical_json_and_load_back_equal(backend: Backend) -> None:
     body = {"b": [1, 2.5, None, True], "a": {"z": "ü", "y": {}}}
-    with _open(db) as s:
+    with backend.open() as s:
         s.commit([Change("vpc", "blue", body)])
         assert s.load().records[("vpc", "blue")].body == body
-    raw = sqlite3.connect(db).execute("SELECT body FROM resources").fetchone()[0]
-    assert raw == '{"a":{"y":{},"z":"ü"},"b":[1,2.5,null,true]}'
+    assert backend.raw_body() == '{"a":{"y":{},"z":"ü"},"b":[1,2.5,null,true]}'
 
 
 @pytest.mark.parametrize(
@@ -107,8 +169,8 @@ def test_bodies_are_canonical_json_and_load_back_equal(db: Path) -> None:
         ([Change("vpc", "new", {"a": 1}), Change("vpc", "missing", None)], NotFound),
     ],
 )
-def test_failed_commit_writes_nothing(db: Path, changes: list[Change], error: type) -> None:
-    with _open(db) as s:
+def test_failed_commit_writes_nothing(backend: Backend, changes: list[Change], error: type) -> None:
+    with backend.open() as s:
         s.commit([Change("vpc", "blue", {"a": 1})])
         before = (s.load(), s.changes_since(0))
         with pytest.raises(error):
@@ -117,8 +179,8 @@ def test_failed_commit_writes_nothing(db: Path, changes: list[Change], error: ty
         assert s.commit([Change("vpc", "blue", {"a": 2})]) == 2  # still usable
 
 
-def test_expect_version_detects_a_store_that_moved_on(db: Path) -> None:
-    with _open(db) as s:
+def test_expect_version_detects_a_store_that_moved_on(backend: Backend) -> None:
+    with backend.open() as s:
         s.commit([Change("vpc", "blue", {})])
         with pytest.raises(Conflict) as exc:
             s.commit([Change("vpc", "red", {})], expect_version=0)
@@ -127,32 +189,38 @@ def test_expect_version_detects_a_store_that_moved_on(db: Path) -> None:
         assert s.commit([Change("vpc", "red", {})], expect_version=1) == 2
 
 
-def test_restart_serves_the_same_state_at_the_same_versions(db: Path) -> None:
-    with _open(db) as s:
+def test_restart_serves_the_same_state_at_the_same_versions(backend: Backend) -> None:
+    with backend.open() as s:
         for i in range(5):
             s.commit([Change("endpoint", f"blue/b{i}", {"i": i})])
         s.commit([Change("endpoint", "blue/b0", None), Change("vpc", "blue", {"x": 1})])
         s.set_meta("shard", "eu-1")
         before, log = s.load(), s.changes_since(0)
-    with Store.open(str(db)) as s:  # default synchronous, too
+    with backend.open() as s:
         assert s.load() == before
         assert s.changes_since(0) == log
         assert s.commit([Change("vpc", "red", {})]) == before.version + 1
 
 
-def test_a_killed_process_loses_nothing_it_committed(db: Path) -> None:
-    """No close(), no checkpoint: the commits live only in the WAL when the process dies."""
-    script = (
-        "import os, sys\n"
-        "from meshpeer.store import Change, Store\n"
-        "s = Store.open(sys.argv[1])\n"
-        "s.next_incarnation()\n"
-        "for i in range(20): s.commit([Change('vpc', f'v{i}', {'i': i})])\n"
-        "os._exit(0)\n"
-    )
-    subprocess.run([sys.executable, "-c", script, str(db)], check=True, timeout=60)
-    assert Path(f"{db}-wal").stat().st_size > 0
-    with _open(db) as s:
+_SCRIPT = (
+    "import os, sys\n"
+    "from meshpeer.store import Change, Store\n"
+    "from meshpeer.store.etcd import EtcdStore\n"
+    "kind, where = sys.argv[1], sys.argv[2:]\n"
+    "s = Store.open(*where) if kind == 'sqlite' else EtcdStore.open([where[0]], where[1])\n"
+    "s.next_incarnation()\n"
+    "for i in range(20): s.commit([Change('vpc', f'v{i}', {'i': i})])\n"
+    "os._exit(0)\n"
+)
+
+
+def test_a_killed_process_loses_nothing_it_committed(backend: Backend) -> None:
+    """No close(); for SQLite no checkpoint either: the commits live only in the WAL."""
+    cmd = [sys.executable, "-c", _SCRIPT, *backend.script_args]
+    subprocess.run(cmd, check=True, timeout=60)
+    if backend.name == "sqlite":
+        assert Path(f"{backend.script_args[1]}-wal").stat().st_size > 0
+    with backend.open() as s:
         assert (s.version, s.incarnation) == (20, 1)
         assert _bodies(s)[("vpc", "v19")] == ({"i": 19}, 20, 20)
 
@@ -178,19 +246,19 @@ def test_rejects_bad_options_and_in_memory_databases(db: Path) -> None:
         Store.open(":memory:")
 
 
-def test_incarnation_increments_across_reopen(db: Path) -> None:
-    with _open(db) as s:
+def test_incarnation_increments_across_reopen(backend: Backend) -> None:
+    with backend.open() as s:
         assert s.incarnation == 0
         assert s.next_incarnation() == 1
         assert s.next_incarnation() == 2
         assert s.version == 0  # not a change of intent
-    with _open(db) as s:
+    with backend.open() as s:
         assert s.incarnation == 2
         assert s.next_incarnation() == 3
 
 
-def test_meta_set_get_delete_without_version_bump(db: Path) -> None:
-    with _open(db) as s:
+def test_meta_set_get_delete_without_version_bump(backend: Backend) -> None:
+    with backend.open() as s:
         assert s.get_meta("shard") is None
         s.set_meta("shard", "a")
         s.set_meta("shard", "b")
@@ -203,8 +271,8 @@ def test_meta_set_get_delete_without_version_bump(db: Path) -> None:
             s.set_meta("n", 1)  # type: ignore[arg-type]
 
 
-def test_changes_since_and_bounded_log(db: Path) -> None:
-    with _open(db, log_retention=3) as s:
+def test_changes_since_and_bounded_log(backend: Backend) -> None:
+    with backend.open(log_retention=3) as s:
         s.commit([Change("vpc", "b", {}), Change("vpc", "a", {})])
         s.commit([Change("vpc", "a", None)])
         assert s.changes_since(0) == [
@@ -219,12 +287,19 @@ def test_changes_since_and_bounded_log(db: Path) -> None:
             s.commit([Change("vpc", f"c{i}", {})])  # versions 3, 4, 5: keeps 3..5
         assert s.changes_since(1) is None
         assert [e.version for e in s.changes_since(2) or []] == [3, 4, 5]
+        assert s.changes_since(5) == []
+
+
+def test_the_sqlite_log_keeps_only_its_retention(db: Path) -> None:
+    with _open(db, log_retention=3) as s:
+        for i in range(5):
+            s.commit([Change("vpc", f"c{i}", {})])
         rows = s._conn.execute("SELECT COUNT(*) FROM changes").fetchone()[0]
         assert rows == 3
 
 
-def test_two_handles_on_one_file_keep_versions_contiguous(db: Path) -> None:
-    a, b = _open(db), _open(db)
+def test_two_handles_on_one_store_keep_versions_contiguous(backend: Backend) -> None:
+    a, b = backend.open(), backend.open()
     try:
         assert a.commit([Change("vpc", "x", {})]) == 1
         assert b.commit([Change("vpc", "y", {})]) == 2
@@ -333,13 +408,12 @@ RETENTION = 4
 class StoreVsModel(RuleBasedStateMachine):
     """Random commits, failed commits and reopens; the store must always equal the model."""
 
-    counter = itertools.count()
-    base: Path
+    fresh: Callable[[], Backend]  # a new, empty store
 
     def __init__(self) -> None:
         super().__init__()
-        self.path = self.base / f"m{next(self.counter)}.db"
-        self.store = _open(self.path, log_retention=RETENTION)
+        self.backend = self.fresh()
+        self.store = self.backend.open(log_retention=RETENTION)
         self.version = 0
         self.model: dict[tuple[str, str], tuple[dict[str, Any], int, int]] = {}
         self.log: list[LogEntry] = []
@@ -380,7 +454,7 @@ class StoreVsModel(RuleBasedStateMachine):
     @rule()
     def reopen(self) -> None:
         self.store.close()
-        self.store = _open(self.path, log_retention=RETENTION)
+        self.store = self.backend.open(log_retention=RETENTION)
 
     @precondition(lambda self: self.version > 0)
     @rule(data=st.data())
@@ -406,8 +480,13 @@ class StoreVsModel(RuleBasedStateMachine):
         self.store.close()
 
 
-def test_store_matches_a_dict_model(tmp_path: Path) -> None:
-    StoreVsModel.base = tmp_path
+def test_store_matches_a_dict_model(backend: Backend, tmp_path: Path) -> None:
+    if backend.name == "sqlite":
+        files = itertools.count()
+        StoreVsModel.fresh = staticmethod(lambda: _sqlite_backend(tmp_path / f"m{next(files)}.db"))
+    else:
+        server = EtcdServer(backend.script_args[1], 0, "")
+        StoreVsModel.fresh = staticmethod(lambda: _etcd_backend(server))
     run_state_machine_as_test(
         StoreVsModel,
         settings=settings(

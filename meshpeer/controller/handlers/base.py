@@ -169,6 +169,7 @@ class Handlers:
         """With ?wait=programmed, hold the answer until every host that follows a changed
         stream reports applying it, or ``timeout`` seconds pass; say which hosts are pending.
         ``key``: one resource, or the resources of one batch."""
+        self.shard.writes.done()  # applied: other writes may go on while this one waits
         deadline = time.monotonic() + ctx.query.get("timeout", 10)
         while True:
             event = self.applied.event()

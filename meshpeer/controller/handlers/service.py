@@ -10,7 +10,7 @@ from meshpeer.rest.router import RequestCtx, Route
 
 class ServiceHandlers(Handlers):
     def healthz(self, ctx: RequestCtx) -> tuple[int, object]:
-        version = self.shard.store.version
+        version = self.shard.store_version
         return 200, {
             "status": "ok",
             "shard": self.shard.name,

@@ -61,6 +61,8 @@ class VpcHandlers(Handlers):
             b.get("vni"),
             b.get("asn"),
         )
+        owner = self.shard.claim_vpc(vpc.name)
+        self._intent(ops.check_claim, self.shard.directory, vpc.name, owner, self.shard.name)
         self.shard.commit([vpc])
         return 201, self._with_version("vpc", vpc.name, vpc.to_json())
 
@@ -79,6 +81,7 @@ class VpcHandlers(Handlers):
     def delete_vpc(self, ctx: RequestCtx) -> tuple[int, object]:
         vpc = self._intent(ops.check_vpc_delete, self.shard.intent, ctx.params["vpc"])
         version = self.shard.commit(deletes=[Delete("vpc", vpc.name)])
+        self.shard.release_vpc(vpc.name)
         return 200, {"deleted": vpc.name, "version": version}
 
     def list_subnets(self, ctx: RequestCtx) -> tuple[int, object]:

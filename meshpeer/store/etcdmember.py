@@ -1,0 +1,53 @@
+"""How an etcd member is started: its command line, from a few typed settings (no I/O).
+
+One spelling for the unit tests' single-member etcd (``tests/support/etcd.py``), the lab's
+members in their namespaces and docs/deployment.md's units. ``--max-txn-ops`` and
+``--max-request-bytes`` are raised above etcd's defaults (128 operations, 1.5 MiB) because one
+change set is one transaction: a 5 000-endpoint batch create is 5 003 operations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+ETCD = "/usr/bin/etcd"
+MAX_TXN_OPS = 20_000
+MAX_REQUEST_BYTES = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    name: str
+    ip: str
+    client_port: int = 2379
+    peer_port: int = 2380
+
+    @property
+    def client_url(self) -> str:
+        return f"http://{self.ip}:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.ip}:{self.peer_port}"
+
+
+def argv(member: Member, cluster: Sequence[Member], data_dir: str, token: str) -> list[str]:
+    """``etcd`` for ``member`` of a new cluster of ``cluster`` (``token`` keeps two clusters on
+    one network apart). Heartbeat and election timeouts are etcd's defaults (100/1000 ms)."""
+    return [
+        ETCD,
+        "--name", member.name,
+        "--data-dir", data_dir,
+        "--listen-client-urls", member.client_url,
+        "--advertise-client-urls", member.client_url,
+        "--listen-peer-urls", member.peer_url,
+        "--initial-advertise-peer-urls", member.peer_url,
+        "--initial-cluster", ",".join(f"{m.name}={m.peer_url}" for m in cluster),
+        "--initial-cluster-state", "new",
+        "--initial-cluster-token", token,
+        "--max-txn-ops", str(MAX_TXN_OPS),
+        "--max-request-bytes", str(MAX_REQUEST_BYTES),
+        "--logger", "zap",
+        "--log-outputs", "stderr",
+    ]  # fmt: skip

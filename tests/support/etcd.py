@@ -1,0 +1,119 @@
+"""A real single-member etcd for tests: its own data directory and loopback ports, stopped after.
+
+``etcd_server()`` skips the test (with the reason printed by ``-ra``) only when the etcd binary
+is absent (``scripts/bootstrap`` installs it); a server that does not come up is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pytest
+
+from meshpeer.client import Client
+from meshpeer.store import etcdmember
+from tests.support.wait import wait_for
+
+
+@dataclass(frozen=True)
+class EtcdServer:
+    url: str
+    pid: int
+    data_dir: str
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _healthy(url: str) -> bool:
+    try:
+        status, body = Client(url, None, timeout=2.0).request("GET", "/health")
+    except OSError:
+        return False
+    return status == 200 and isinstance(body, dict) and body.get("health") == "true"
+
+
+@dataclass
+class EtcdCluster:
+    """Members on 127.0.0.1, each killable (SIGKILL) and startable again on its data dir."""
+
+    members: list[etcdmember.Member]
+    workdir: str
+    procs: dict[str, subprocess.Popen[bytes]]
+
+    @property
+    def urls(self) -> list[str]:
+        return [m.client_url for m in self.members]
+
+    def start(self, name: str) -> None:
+        member = next(m for m in self.members if m.name == name)
+        argv = etcdmember.argv(member, self.members, f"{self.workdir}/{name}", "meshpeer-test")
+        with open(f"{self.workdir}/{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def kill(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    def wait_healthy(self, names: list[str] | None = None) -> None:
+        for m in self.members:
+            if names is not None and m.name not in names:
+                continue
+            proc = self.procs[m.name]
+
+            def up(m: etcdmember.Member = m, proc: subprocess.Popen[bytes] = proc) -> bool:
+                return _healthy(m.client_url) or proc.poll() is not None
+
+            wait_for(
+                up,
+                timeout=30.0,
+                step=0.05,
+                what=f"etcd {m.name} to answer /health",
+            )
+            if proc.poll() is not None:
+                with open(f"{self.workdir}/{m.name}.log") as f:
+                    raise AssertionError(f"etcd exited {proc.returncode}: {f.read()[-2000:]}")
+
+
+@contextmanager
+def etcd_cluster(size: int = 1) -> Iterator[EtcdCluster]:
+    """``size`` etcd members with their own data dirs and loopback ports; killed after."""
+    if not os.path.exists(etcdmember.ETCD):
+        pytest.skip(f"{etcdmember.ETCD} absent: run scripts/bootstrap (Debian etcd-server)")
+    workdir = tempfile.mkdtemp(prefix="meshpeer-etcd-")
+    members = [
+        etcdmember.Member(f"t{i + 1}", "127.0.0.1", _free_port(), _free_port()) for i in range(size)
+    ]
+    cluster = EtcdCluster(members, workdir, {})
+    try:
+        for m in members:
+            cluster.start(m.name)
+        cluster.wait_healthy()
+        yield cluster
+    finally:
+        for name in list(cluster.procs):
+            cluster.kill(name)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def etcd_server() -> Iterator[EtcdServer]:
+    """One member: its URL, pid and data dir."""
+    with etcd_cluster(1) as cluster:
+        (member,) = cluster.members
+        yield EtcdServer(member.client_url, cluster.procs[member.name].pid, cluster.workdir)
