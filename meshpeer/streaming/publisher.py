@@ -278,6 +278,23 @@ class _Channel(_Sleeper):
         self.subs: dict[int, _Outbox] = {}
         # ids with something queued, in order (a dict: a set that keeps the order)
         self.ready: dict[int, None] = {}
+        # no later than the earliest grant expiry of its subscriptions (renewals only push
+        # expiries back, so it may be early: the sweep then just finds nothing due)
+        self.next_expiry: float | None = None
+
+    def expire(self, now: float) -> None:
+        """Close every subscription whose grant has expired by ``now``; note the next expiry."""
+        pending: list[float] = []
+        for o in list(self.subs.values()):
+            if o.expires_at is None:
+                continue
+            if now >= o.expires_at:
+                o.expires_at = None  # its Close is on the way
+                o.queue.push(Close(o.expiry_reason))
+                o.wake()
+            else:
+                pending.append(o.expires_at)
+        self.next_expiry = min(pending, default=None)
 
 
 class ChannelWriter(Iterator[bytes]):
@@ -316,29 +333,24 @@ class ChannelWriter(Iterator[bytes]):
             self._hub.keepalives_sent += 1
             last_sent = clock()
             while True:
+                # Expiry first, on every turn: a busy channel never finds its ready queue empty.
+                now = clock()
+                expiry = channel.next_expiry
+                if expiry is not None and now >= expiry:
+                    channel.expire(now)
                 if channel.ready:
                     parts = self._drain()
                     if parts:
                         yield b"".join(parts)
                         last_sent = clock()
                     continue
-                now = clock()
-                expiry = min(
-                    (o.expires_at for o in channel.subs.values() if o.expires_at is not None),
-                    default=None,
-                )
-                if expiry is not None and now >= expiry:
-                    for o in list(channel.subs.values()):
-                        if o.expires_at is not None and now >= o.expires_at:
-                            o.expires_at = None  # its Close is on the way
-                            o.queue.push(Close(o.expiry_reason))
-                            o.wake()
-                elif heartbeat_due(last_sent, now, self._interval):
+                if heartbeat_due(last_sent, now, self._interval):
                     yield encode_keepalive(now)
                     self._hub.keepalives_sent += 1
                     last_sent = clock()
                 else:
                     deadline = last_sent + self._interval
+                    expiry = channel.next_expiry
                     channel.sleep(min(deadline, expiry or deadline) - now)
         finally:
             self._hub._close_channel(channel)
@@ -638,6 +650,10 @@ class StreamHub:
         )  # fmt: skip
         outbox.channel, outbox.sub, outbox.prefix = channel, sub, sub_prefix(sub)
         channel.subs[sub] = outbox
+        if expires_at is not None and (
+            channel.next_expiry is None or expires_at < channel.next_expiry
+        ):
+            channel.next_expiry = expires_at
         self._attach(stream, outbox, since, self.clock())
         outbox.wake()
 

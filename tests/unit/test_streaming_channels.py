@@ -389,3 +389,23 @@ def test_heartbeat_of_a_current_subscriber_checks_its_version() -> None:
     }
     w.close()
     assert hub.channels() == 0
+
+
+def test_an_expired_grant_is_closed_on_a_busy_channel() -> None:
+    now = [0.0]
+    hub = StreamHub(clock=lambda: now[0])
+    hub.publish(RED, objs(1))
+    hub.publish(PEER, objs(9))
+    w = hub.open_channel(5.0)
+    next(w)
+    hub.channel_subscribe(w.channel_id, 1, RED, 0)
+    hub.channel_subscribe(w.channel_id, 2, PEER, 0, expires_at=10.0)
+    next(w)  # both heartbeats
+    seen: list[Frame] = []
+    for n in range(2, 6):  # red changes before every write: the ready queue is never empty
+        now[0] = 5.0 * n
+        hub.publish(RED, objs(1, n))
+        seen += FrameDecoder().feed(next(w))
+    closes = [f for f in seen if f.sub == 2 and isinstance(f.msg, Close)]
+    assert [c.msg.reason for c in closes if isinstance(c.msg, Close)] == ["grant-expired"]
+    assert hub.stats()[PEER].subscribers == 0 and hub.stats()[RED].subscribers == 1
