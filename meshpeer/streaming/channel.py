@@ -454,8 +454,11 @@ class Channel(Gated):
                 continue
             batch = self._batch()
             try:
-                self._send(cid, batch)
-                failures = 0
+                refused_drops = self._send(cid, batch)
+                failures = failures + 1 if refused_drops else 0
+                if refused_drops:  # asked again after a backoff, with whatever else is due
+                    eventlet.sleep(delay(self.backoff, failures, False, self._rng))
+                    self._kick()
             except (OSError, TransportError, ValueError) as exc:
                 self._close_ctl()
                 log.info("channel to %s: control request failed: %s", self.url, exc)
@@ -483,7 +486,9 @@ class Channel(Gated):
             self._kick()  # more than one request's worth
         return adds, drops
 
-    def _send(self, cid: str, batch: Batch) -> None:
+    def _send(self, cid: str, batch: Batch) -> bool:
+        """Send one control request; True if the shard refused it with unsubscribes in it
+        (they are queued again: the shard may still hold them)."""
         adds, drops = batch
         doc: dict[str, Any] = {}
         if adds:
@@ -492,10 +497,14 @@ class Channel(Gated):
             doc["unsubscribe"] = drops
         status, reply = self._post(f"/v1/channels/{cid}", json.dumps(doc).encode())
         self.control_requests += 1
-        if status == 404 and self.channel_id == cid:  # the channel is gone: open a new one
-            self._hang_up()
-            return
+        if status == 404:
+            if self.channel_id == cid:  # the channel is gone: open a new one
+                self._hang_up()
+            return False
         if status != 200:
+            restored = bool(drops) and self.channel_id == cid
+            if restored:
+                self._unsub[:0] = drops
             detail = str(reply.get("detail", ""))[:256] if isinstance(reply, dict) else ""
             for sub, entry in adds:
                 if sub.sub_id == entry["sub"]:
@@ -504,7 +513,7 @@ class Channel(Gated):
                     sub.refused(status, detail)
                     if sub.active:
                         self._retry(sub, slow=status in SLOW_STATUSES)
-            return
+            return restored
         results = reply.get("results") if isinstance(reply, dict) else None
         if not isinstance(results, list):
             raise TransportError("control reply without results")
@@ -521,6 +530,7 @@ class Channel(Gated):
             )
             if refused.active:
                 self._retry(refused, slow=code in SLOW_STATUSES)
+        return False
 
     def _post(self, path: str, body: bytes) -> tuple[int, Any]:
         """One request on the kept-alive control connection (a fresh one if the kept one was
