@@ -52,6 +52,9 @@ NDJSON = "application/x-ndjson"
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
 DEFAULT_QUEUE_MAXLEN = 256
 """Messages a subscriber may lag behind before its backlog is replaced by one snapshot."""
+DEFAULT_MAX_CHANNEL_SUBSCRIPTIONS = 1024
+"""Subscriptions one channel may carry (a host follows tens; the shard's memory per connection
+stays bounded, as ``max_connections_per_client`` bounds it for one stream per connection)."""
 DELTA_CACHE = 8
 """Encoded deltas kept per stream: every subscriber of a stream shares the bytes of each."""
 
@@ -267,6 +270,10 @@ def _encode(stream: _Stream, msgs: list[Message], prefix: bytes = b"") -> tuple[
     return parts, isinstance(msgs[-1], Close | ErrorMsg)
 
 
+class ChannelFull(Exception):
+    """A channel already carries as many subscriptions as the hub allows."""
+
+
 class _Channel(_Sleeper):
     """One multiplexed connection: its subscriptions by id and those with something queued."""
 
@@ -391,11 +398,15 @@ class StreamHub:
         history: int = DEFAULT_HISTORY,
         queue_maxlen: int = DEFAULT_QUEUE_MAXLEN,
         clock: Clock = time.monotonic,
+        max_channel_subscriptions: int = DEFAULT_MAX_CHANNEL_SUBSCRIPTIONS,
     ) -> None:
-        if base_version < 0 or queue_maxlen < 1:
-            raise ValueError("base_version must be >= 0 and queue_maxlen >= 1")
+        if base_version < 0 or queue_maxlen < 1 or max_channel_subscriptions < 1:
+            raise ValueError(
+                "base_version must be >= 0, queue_maxlen and max_channel_subscriptions >= 1"
+            )
         self.history = history
         self.queue_maxlen = queue_maxlen
+        self.max_channel_subscriptions = max_channel_subscriptions
         self.clock = clock
         self._floor = base_version
         self._streams: dict[StreamId, _Stream] = {}
@@ -639,10 +650,13 @@ class StreamHub:
         host: str | None = None,
     ) -> None:
         """Attach subscription ``sub`` of a channel to a stream, as :meth:`wsgi_stream` does
-        (KeyError for an unknown channel or stream). An id in use is replaced: its old
-        subscription ends without a message."""
+        (KeyError for an unknown channel or stream; :class:`ChannelFull` for a new id on a
+        channel that carries ``max_channel_subscriptions`` already). An id in use is
+        replaced: its old subscription ends without a message."""
         channel = self._channels[channel_id]
         stream = self._streams[StreamId(*stream_id)]
+        if sub not in channel.subs and len(channel.subs) >= self.max_channel_subscriptions:
+            raise ChannelFull(f"a channel carries at most {self.max_channel_subscriptions}")
         self.channel_unsubscribe(channel_id, sub)
         outbox = _Outbox(
             self.queue_maxlen, tag, host, channel.holder, channel.holder_key, expires_at,

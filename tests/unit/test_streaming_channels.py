@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import io
 import json
+import pathlib
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import webob
+from webob import Request
 
+from meshpeer.controller.api import ControllerApi
 from meshpeer.protocol import ProtocolError, ServiceName, Snapshot
 from meshpeer.protocol.codec import (
     FrameDecoder,
@@ -33,8 +36,10 @@ from meshpeer.protocol.messages import (
     Keepalive,
     parse_channel_control,
 )
+from meshpeer.rest import Api
 from meshpeer.streaming import StreamHub, StreamId, ndjson_response
 from meshpeer.streaming.channel import Channel, Subscription
+from tests.unit.test_controller_shard import shard
 from tests.unit.test_streaming import (
     FAST,
     Recorder,
@@ -437,3 +442,45 @@ def test_unsubscribes_refused_by_the_shard_are_asked_again(cleanup: list[Any]) -
     wait_until(lambda: not refusals, what="the refusal")
     wait_until(lambda: hub.stats()[GREEN].subscribers == 0, what="unsubscribed after all")
     assert hub.stats()[RED].subscribers == 1 and ch.connects == 1
+
+
+def test_a_channel_carries_a_bounded_number_of_subscriptions(tmp_path: pathlib.Path) -> None:
+    s = shard(tmp_path)
+    s.hub.max_channel_subscriptions = 2
+    handlers = ControllerApi(s, "t", lambda vpc: None)
+    api = Api(handlers.routes(), handlers.guard)
+    auth = {"Authorization": "Bearer t", "Content-Type": "application/json"}
+    for hv in ("hv1", "hv2", "hv3"):
+        put = Request.blank(f"/v1/hosts/{hv}", method="PUT", headers=auth)
+        put.body = json.dumps({"underlay_ip": "192.0.2.1"}).encode()
+        assert put.get_response(api).status_int == 200
+    status, headers, app_iter = Request.blank("/v1/channel", headers=auth).call_application(api)
+    assert status.startswith("200")
+    cid = dict(headers)[CHANNEL_HEADER]
+
+    def control(doc: object) -> Any:
+        post = Request.blank(f"/v1/channels/{cid}", method="POST", headers=auth)
+        post.body = json.dumps(doc).encode()
+        return post.get_response(api)
+
+    def ep(sub: int, hv: str) -> dict[str, object]:
+        return {"sub": sub, "service": "endpoint", "key": hv}
+
+    answer = control({"subscribe": [ep(1, "hv1"), ep(2, "hv2"), ep(3, "hv3")]})
+    assert answer.status_int == 200
+    assert [(r["sub"], r["status"], r.get("field")) for r in answer.json["results"]] == [
+        (1, 200, None),
+        (2, 200, None),
+        (3, 429, "subscribe[2]"),  # one too many
+    ]
+    assert answer.json["results"][2]["error"] == "too_many_requests"
+    answer = control({"subscribe": [ep(1, "hv3")]})  # replacing an id in use is not more
+    assert [r["status"] for r in answer.json["results"]] == [200]
+    stats = s.hub.stats()
+    assert [
+        stats[StreamId(ServiceName.ENDPOINT, hv)].subscribers for hv in ("hv1", "hv2", "hv3")
+    ] == [0, 1, 1]
+    answer = control({"unsubscribe": [2], "subscribe": [ep(3, "hv2")]})  # room again
+    assert [r["status"] for r in answer.json["results"]] == [200]
+    app_iter.close()
+    assert s.hub.channels() == 0
