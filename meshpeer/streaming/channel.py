@@ -26,6 +26,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import eventlet
@@ -183,7 +184,9 @@ class Channel(Gated):
     is taken for dead and opened again; every subscription then resumes with its ``since``.
     ``backoff`` (min, max) spaces reconnects and the retries of a refused subscription,
     doubling per failure, jittered; ``gate`` bounds connection attempts in flight across
-    channels (held from connect until the first frame).
+    channels (held from connect until the first frame). When its last subscription ends, the
+    channel hangs up, closes its control connection and calls ``on_empty(self)`` (its owner
+    forgets it: a later subscription to that URL opens a new channel).
     """
 
     def __init__(
@@ -198,8 +201,10 @@ class Channel(Gated):
         rng: random.Random | None = None,
         gate: Gate | None = None,
         ca_file: str | None = None,
+        on_empty: Callable[[Channel], None] | None = None,
     ) -> None:
         self.publisher = Publisher.of(url_base, ca_file, heartbeat_timeout, backoff)
+        self.on_empty = on_empty
         self.url = url_base
         self.credential = credential
         self.heartbeat_timeout = heartbeat_timeout
@@ -263,9 +268,18 @@ class Channel(Gated):
         self._subs.pop(sub, None)
         self._pending.pop(sub, None)
         self._forget_id(sub)
-        if not self._subs:
-            self._hang_up()  # nothing to carry: the reader ends
         self._kick()
+        self._if_empty()
+
+    def _if_empty(self) -> None:
+        """Nothing left to carry: hang up (the reader ends), the control thread ends (kicked:
+        it sees no subscription) and the owner forgets the channel."""
+        if self._subs:
+            return
+        self._hang_up()
+        self._kick()
+        if self.on_empty is not None:
+            self.on_empty(self)
 
     def _want(self, sub: Subscription) -> None:
         """Subscribe ``sub`` on the current connection (or the next one)."""
@@ -420,6 +434,7 @@ class Channel(Gated):
             self._subs.pop(sub, None)
             self._pending.pop(sub, None)
             sub._end()
+            self._if_empty()
 
     def _down(self) -> None:
         """The connection ended: its subscriptions are gone on the shard's side."""
@@ -445,10 +460,18 @@ class Channel(Gated):
     # --- the control requests --------------------------------------------------------------
 
     def _control_loop(self) -> None:
+        try:
+            self._control_requests()
+        finally:
+            self._close_ctl()
+
+    def _control_requests(self) -> None:
         failures = 0
         while True:
             self._work.wait()
             self._work = eventlet.event.Event()
+            if not self._subs:
+                return  # the channel is empty: a new subscription starts a new thread
             cid = self.channel_id
             if cid is None or not (self._pending or self._unsub):
                 continue

@@ -12,6 +12,7 @@ import io
 import json
 import pathlib
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ import webob
 from webob import Request
 
 from meshpeer.controller.api import ControllerApi
+from meshpeer.controller.federation import Federation
 from meshpeer.protocol import ProtocolError, ServiceName, Snapshot
 from meshpeer.protocol.codec import (
     FrameDecoder,
@@ -39,6 +41,8 @@ from meshpeer.protocol.messages import (
 from meshpeer.rest import Api
 from meshpeer.streaming import StreamHub, StreamId, ndjson_response
 from meshpeer.streaming.channel import Channel, Subscription
+from ohc.clients import Channels
+from ohc.subscriptions import Sub
 from tests.unit.test_controller_shard import shard
 from tests.unit.test_streaming import (
     FAST,
@@ -484,3 +488,71 @@ def test_a_channel_carries_a_bounded_number_of_subscriptions(tmp_path: pathlib.P
     assert [r["status"] for r in answer.json["results"]] == [200]
     app_iter.close()
     assert s.hub.channels() == 0
+
+
+def test_a_channel_left_without_subscriptions_closes_and_is_forgotten(
+    cleanup: list[Any],
+) -> None:
+    hub = StreamHub()
+    setup_three(hub)
+    server = serve(cleanup, hub, heartbeat=0.05)
+    factory = Channels("host-cred")
+    cleanup.insert(0, factory)
+    rec_red, rec_blue = Recorder(), Recorder()
+
+    def start(sid: StreamId, rec: Recorder) -> Subscription:
+        sub = factory(Sub(server.url, sid.service, sid.key), "g", rec.on_change, rec.on_close)
+        sub.start()
+        return sub
+
+    red, blue = start(RED, rec_red), start(BLUE, rec_blue)
+    ch = factory.channels[server.url]
+    wait_until(lambda: red.version == 0 and blue.version == 0 and ch.sockets() == 2)
+    red.stop()
+    hub.close_stream(BLUE, "peering-gone")  # the last one ends from the shard's side
+    assert blue.wait(10)
+    wait_until(lambda: ch.sockets() == 0 and hub.channels() == 0, what="both sockets closed")
+    wait_until(lambda: ch._control is None or ch._control.dead, what="the control thread ends")
+    assert factory.channels == {}  # a new subscription opens a new channel
+    green = start(GREEN, Recorder())
+    wait_until(lambda: green.version == 0)
+    assert factory.channels[server.url] is not ch
+
+
+class FederatingShard:
+    """What Federation reads of its shard: the remote VPCs its peerings need, where they are."""
+
+    def __init__(self, url: str) -> None:
+        self.name = "s1"
+        self.directory = SimpleNamespace(federation_token="f" * 32, url_of=lambda vpc: url)
+        self.listeners: list[Any] = []
+        self.wanted: set[str] = set()
+        self.views: dict[str, Any] = {}
+
+    def remote_peer_vpcs(self) -> set[str]:
+        return self.wanted
+
+    def set_remote_view(self, vpc: str, view: Any) -> None:
+        self.views[vpc] = view
+
+    def forget_remote_view(self, vpc: str) -> None:
+        self.views.pop(vpc, None)
+
+
+def test_federation_forgets_the_channel_of_a_shard_it_no_longer_follows(
+    cleanup: list[Any],
+) -> None:
+    hub = StreamHub()
+    hub.publish(StreamId(ServiceName.FEDERATION, "red"), objs(1))
+    server = serve(cleanup, hub, heartbeat=0.05)
+    shard = FederatingShard(server.url)
+    federation = Federation(shard, ca_file=None)  # type: ignore[arg-type]
+    cleanup.insert(0, federation)
+    shard.wanted = {"red"}
+    federation.sync()
+    wait_until(lambda: "red" in shard.views)
+    ch = federation.channels[server.url]
+    shard.wanted = set()  # the last peering with that shard's VPCs is gone
+    federation.sync()
+    assert federation.channels == {}
+    wait_until(lambda: ch.sockets() == 0 and hub.channels() == 0, what="both sockets closed")
