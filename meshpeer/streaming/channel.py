@@ -149,12 +149,17 @@ class Subscription(Follower):
 
     def handle(self, msg: Any, size: int) -> str | None:
         """Apply one frame's message. Returns what the channel must do next: None (go on),
-        ``resubscribe`` (now), ``retry`` (after a backoff) or ``end``."""
+        ``resubscribe`` (now), ``retry`` (after a backoff), ``restart`` (unsubscribe, then
+        subscribe after a backoff) or ``end``."""
         self.bytes_received += size
         self.messages_received += 1
         if isinstance(msg, Snapshot | Delta | Heartbeat):
+            try:
+                self.last_error = self.apply(msg)
+            except ProtocolError as exc:  # another service or key: this subscription's alone
+                self.last_error = f"protocol error: {exc}"
+                return "restart"  # its backoff grows while the shard keeps sending wrong frames
             self.failures = 0
-            self.last_error = self.apply(msg)  # ProtocolError for another service/key
             return None if self.last_error is None else "resubscribe"
         if isinstance(msg, Close):
             return "retry" if self.closed(msg.reason) else "end"
@@ -393,6 +398,9 @@ class Channel(Gated):
                     healthy = True
                     self._dispatch(f)
                 decoder.feed(b"")  # raises now if a bad line followed the good ones
+                # The time our callbacks took (a big snapshot applied) is not the shard's
+                # silence: what it sent meanwhile waits in the socket.
+                last_heard = self._clock()
             if body.done:
                 raise TransportError("server ended the response")
             received = receive(sock, last_heard, self.heartbeat_timeout, self._clock)
@@ -423,6 +431,8 @@ class Channel(Gated):
         if action == "resubscribe":
             self._forget_id(sub)
             self._want(sub)
+        elif action == "restart":
+            self._retry(sub)  # its id is unsubscribed
         elif action == "retry":
             self._by_id.pop(f.sub, None)  # the shard ended it: no unsubscribe
             sub.sub_id = None

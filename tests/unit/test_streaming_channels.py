@@ -15,6 +15,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
+import eventlet
 import pytest
 import webob
 from webob import Request
@@ -556,3 +557,52 @@ def test_federation_forgets_the_channel_of_a_shard_it_no_longer_follows(
     federation.sync()
     assert federation.channels == {}
     wait_until(lambda: ch.sockets() == 0 and hub.channels() == 0, what="both sockets closed")
+
+
+def test_a_slow_on_change_does_not_make_the_channel_look_dead(cleanup: list[Any]) -> None:
+    hub = StreamHub()
+    setup_three(hub)
+    server = serve(cleanup, hub, heartbeat=0.05)
+    ch = channel(cleanup, server.url, heartbeat_timeout=0.3)
+    rec = Recorder()
+
+    def slow(replica: Any, msg: Any) -> None:  # a big snapshot applied to the switch
+        rec.on_change(replica, msg)
+        if isinstance(msg, Delta):
+            eventlet.sleep(0.6)  # longer than heartbeat_timeout; the shard kept talking
+
+    red = ch.subscription(DEST, "red", on_change=slow, on_close=rec.on_close)
+    red.start()
+    wait_until(lambda: red.version == 0)
+    hub.publish(RED, objs(1, 2))
+    wait_until(lambda: red.version == 1)
+    hub.publish(RED, objs(1, 2, 3))
+    wait_until(lambda: red.version == 2)
+    assert ch.connects == 1 and ch.last_error is None
+
+
+def test_a_protocol_error_in_one_subscription_ends_it_not_the_channel(
+    cleanup: list[Any],
+) -> None:
+    hub = StreamHub()
+    setup_three(hub)
+    app = channel_app(hub)
+
+    def lying(environ: dict[str, Any], start_response: Any) -> Any:
+        # a subscription to "liar" is served blue's frames: another key than it asked for
+        if environ["REQUEST_METHOD"] == "POST":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = environ["wsgi.input"].read(length).replace(b'"liar"', b'"blue"')
+            environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(body), str(len(body))
+        return app(environ, start_response)
+
+    server = Server(lying)
+    cleanup.append(server)
+    ch = channel(cleanup, server.url)
+    red, liar = follow(ch, RED, Recorder()), follow(ch, StreamId(DEST, "liar"), Recorder())
+    wait_until(lambda: red.version == 0)
+    wait_until(lambda: (liar.last_error or ch.last_error) is not None, what="the bad frame")
+    hub.publish(RED, objs(1, 2))
+    wait_until(lambda: red.version == 1)
+    assert ch.connects == 1 and ch.last_error is None
+    assert liar.version is None and liar.running and "key" in (liar.last_error or "")
