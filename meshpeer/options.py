@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from meshpeer.rest.admission import Limits
+from meshpeer.streaming.publisher import DEFAULT_MAX_CHANNEL_SUBSCRIPTIONS
 
 Value = str | int | float | bool
 
@@ -176,6 +177,13 @@ CONTROLLER = Section(
             "concurrent REST connections from one client address (an OHC holds one per "
             "subscription); beyond it: that client's oldest idle one is closed, or 503",
             _LIMITS.max_connections_per_client,
+        ),
+        Option(
+            "max_channel_subscriptions",
+            int,
+            "subscriptions one channel (`GET /v1/channel`) may carry; a subscribe entry beyond"
+            " it is answered 429 naming `subscribe[i]` (docs/protocol.md)",
+            DEFAULT_MAX_CHANNEL_SUBSCRIPTIONS,
         ),
         Option(
             "idle_timeout",

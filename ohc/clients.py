@@ -40,8 +40,15 @@ class Channels:
                 heartbeat_timeout=self.heartbeat_timeout,
                 gate=self.gate,
                 ca_file=self.ca_file,
+                on_empty=self._forget,
             )
         return found
+
+    def _forget(self, channel: Channel) -> None:
+        """A channel with no subscription left (every one ended, or moved to a new URL: a
+        new leader) has closed its connections: the next subscription opens a new one."""
+        if self.channels.get(channel.url) is channel:
+            del self.channels[channel.url]
 
     def __call__(
         self, sub: Sub, auth: str, on_change: Any, on_close: Any, on_http_error: Any = None
@@ -62,5 +69,5 @@ class Channels:
         return sum(c.sockets() for c in self.channels.values())
 
     def stop(self) -> None:
-        for channel in self.channels.values():
+        for channel in list(self.channels.values()):  # each forgets itself
             channel.stop()

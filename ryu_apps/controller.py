@@ -87,7 +87,12 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
             claims, _ = self.ownership.snapshot()
             directory = dataclasses.replace(directory, claims=claims, claimed=True)
         incarnation = self.store.next_incarnation()
-        stream_hub = StreamHub(base_version=incarnation << 32)
+        if conf.max_channel_subscriptions < 1:
+            raise SystemExit("controller: [controller] max_channel_subscriptions must be >= 1")
+        stream_hub = StreamHub(
+            base_version=incarnation << 32,
+            max_channel_subscriptions=conf.max_channel_subscriptions,
+        )
         revoked = frozenset(_items(conf.revoked_hosts))
         self.shard = ShardState(
             conf.shard, directory, self.store, stream_hub, time.time, conf.grant_ttl, revoked

@@ -39,6 +39,7 @@ class ShardConfig:
     # REST connection limits and timeouts (meshpeer.rest.admission.Limits); None: the default.
     max_connections: int | None = None
     max_connections_per_client: int | None = None
+    max_channel_subscriptions: int | None = None  # None: the hub's default
     idle_timeout: float | None = None
     header_timeout: float | None = None
     body_timeout: float | None = None

@@ -51,7 +51,11 @@ class Federation:
             channel = self.channels.get(url)
             if channel is None:
                 channel = self.channels[url] = Channel(
-                    url, self.credential, heartbeat_timeout=15.0, ca_file=self.ca_file
+                    url,
+                    self.credential,
+                    heartbeat_timeout=15.0,
+                    ca_file=self.ca_file,
+                    on_empty=self._forget,
                 )
             client = channel.subscription(
                 ServiceName.FEDERATION,
@@ -68,6 +72,12 @@ class Federation:
             self.urls.pop(vpc, None)
             self.shard.forget_remote_view(vpc)
             log.info("federation: stopped following VPC %s", vpc)
+
+    def _forget(self, channel: Channel) -> None:
+        """No VPC of that shard followed any more (peerings gone, or its URL changed): the
+        channel has closed its connections; forget it."""
+        if self.channels.get(channel.url) is channel:
+            del self.channels[channel.url]
 
     def _on_change(self, vpc: str) -> Any:
         def apply(replica: ReplicaState, _msg: object) -> None:
@@ -90,6 +100,6 @@ class Federation:
         for client in self.clients.values():
             client.stop()
         self.clients.clear()
-        for channel in self.channels.values():
+        for channel in list(self.channels.values()):  # each forgets itself
             channel.stop()
         self.channels.clear()

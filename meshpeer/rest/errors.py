@@ -17,6 +17,7 @@ ERROR_CODES: dict[int, str] = {
     413: "payload_too_large",
     414: "uri_too_long",
     415: "unsupported_media_type",
+    429: "too_many_requests",
     431: "headers_too_large",
     500: "internal",
     503: "unavailable",
@@ -68,6 +69,10 @@ def unauthorized(detail: str) -> ApiError:
 
 def forbidden(field: str | None, detail: str) -> ApiError:
     return ApiError(403, "forbidden", field, detail)
+
+
+def too_many(field: str | None, detail: str) -> ApiError:
+    return ApiError(429, "too_many_requests", field, detail)
 
 
 def method_not_allowed(method: str, allow: list[str]) -> ApiError:

@@ -26,6 +26,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import eventlet
@@ -148,12 +149,17 @@ class Subscription(Follower):
 
     def handle(self, msg: Any, size: int) -> str | None:
         """Apply one frame's message. Returns what the channel must do next: None (go on),
-        ``resubscribe`` (now), ``retry`` (after a backoff) or ``end``."""
+        ``resubscribe`` (now), ``retry`` (after a backoff), ``restart`` (unsubscribe, then
+        subscribe after a backoff) or ``end``."""
         self.bytes_received += size
         self.messages_received += 1
         if isinstance(msg, Snapshot | Delta | Heartbeat):
+            try:
+                self.last_error = self.apply(msg)
+            except ProtocolError as exc:  # another service or key: this subscription's alone
+                self.last_error = f"protocol error: {exc}"
+                return "restart"  # its backoff grows while the shard keeps sending wrong frames
             self.failures = 0
-            self.last_error = self.apply(msg)  # ProtocolError for another service/key
             return None if self.last_error is None else "resubscribe"
         if isinstance(msg, Close):
             return "retry" if self.closed(msg.reason) else "end"
@@ -183,7 +189,9 @@ class Channel(Gated):
     is taken for dead and opened again; every subscription then resumes with its ``since``.
     ``backoff`` (min, max) spaces reconnects and the retries of a refused subscription,
     doubling per failure, jittered; ``gate`` bounds connection attempts in flight across
-    channels (held from connect until the first frame).
+    channels (held from connect until the first frame). When its last subscription ends, the
+    channel hangs up, closes its control connection and calls ``on_empty(self)`` (its owner
+    forgets it: a later subscription to that URL opens a new channel).
     """
 
     def __init__(
@@ -198,8 +206,10 @@ class Channel(Gated):
         rng: random.Random | None = None,
         gate: Gate | None = None,
         ca_file: str | None = None,
+        on_empty: Callable[[Channel], None] | None = None,
     ) -> None:
         self.publisher = Publisher.of(url_base, ca_file, heartbeat_timeout, backoff)
+        self.on_empty = on_empty
         self.url = url_base
         self.credential = credential
         self.heartbeat_timeout = heartbeat_timeout
@@ -263,9 +273,18 @@ class Channel(Gated):
         self._subs.pop(sub, None)
         self._pending.pop(sub, None)
         self._forget_id(sub)
-        if not self._subs:
-            self._hang_up()  # nothing to carry: the reader ends
         self._kick()
+        self._if_empty()
+
+    def _if_empty(self) -> None:
+        """Nothing left to carry: hang up (the reader ends), the control thread ends (kicked:
+        it sees no subscription) and the owner forgets the channel."""
+        if self._subs:
+            return
+        self._hang_up()
+        self._kick()
+        if self.on_empty is not None:
+            self.on_empty(self)
 
     def _want(self, sub: Subscription) -> None:
         """Subscribe ``sub`` on the current connection (or the next one)."""
@@ -379,6 +398,9 @@ class Channel(Gated):
                     healthy = True
                     self._dispatch(f)
                 decoder.feed(b"")  # raises now if a bad line followed the good ones
+                # The time our callbacks took (a big snapshot applied) is not the shard's
+                # silence: what it sent meanwhile waits in the socket.
+                last_heard = self._clock()
             if body.done:
                 raise TransportError("server ended the response")
             received = receive(sock, last_heard, self.heartbeat_timeout, self._clock)
@@ -409,6 +431,8 @@ class Channel(Gated):
         if action == "resubscribe":
             self._forget_id(sub)
             self._want(sub)
+        elif action == "restart":
+            self._retry(sub)  # its id is unsubscribed
         elif action == "retry":
             self._by_id.pop(f.sub, None)  # the shard ended it: no unsubscribe
             sub.sub_id = None
@@ -420,6 +444,7 @@ class Channel(Gated):
             self._subs.pop(sub, None)
             self._pending.pop(sub, None)
             sub._end()
+            self._if_empty()
 
     def _down(self) -> None:
         """The connection ended: its subscriptions are gone on the shard's side."""
@@ -445,17 +470,28 @@ class Channel(Gated):
     # --- the control requests --------------------------------------------------------------
 
     def _control_loop(self) -> None:
+        try:
+            self._control_requests()
+        finally:
+            self._close_ctl()
+
+    def _control_requests(self) -> None:
         failures = 0
         while True:
             self._work.wait()
             self._work = eventlet.event.Event()
+            if not self._subs:
+                return  # the channel is empty: a new subscription starts a new thread
             cid = self.channel_id
             if cid is None or not (self._pending or self._unsub):
                 continue
             batch = self._batch()
             try:
-                self._send(cid, batch)
-                failures = 0
+                refused_drops = self._send(cid, batch)
+                failures = failures + 1 if refused_drops else 0
+                if refused_drops:  # asked again after a backoff, with whatever else is due
+                    eventlet.sleep(delay(self.backoff, failures, False, self._rng))
+                    self._kick()
             except (OSError, TransportError, ValueError) as exc:
                 self._close_ctl()
                 log.info("channel to %s: control request failed: %s", self.url, exc)
@@ -483,7 +519,9 @@ class Channel(Gated):
             self._kick()  # more than one request's worth
         return adds, drops
 
-    def _send(self, cid: str, batch: Batch) -> None:
+    def _send(self, cid: str, batch: Batch) -> bool:
+        """Send one control request; True if the shard refused it with unsubscribes in it
+        (they are queued again: the shard may still hold them)."""
         adds, drops = batch
         doc: dict[str, Any] = {}
         if adds:
@@ -492,10 +530,14 @@ class Channel(Gated):
             doc["unsubscribe"] = drops
         status, reply = self._post(f"/v1/channels/{cid}", json.dumps(doc).encode())
         self.control_requests += 1
-        if status == 404 and self.channel_id == cid:  # the channel is gone: open a new one
-            self._hang_up()
-            return
+        if status == 404:
+            if self.channel_id == cid:  # the channel is gone: open a new one
+                self._hang_up()
+            return False
         if status != 200:
+            restored = bool(drops) and self.channel_id == cid
+            if restored:
+                self._unsub[:0] = drops
             detail = str(reply.get("detail", ""))[:256] if isinstance(reply, dict) else ""
             for sub, entry in adds:
                 if sub.sub_id == entry["sub"]:
@@ -504,7 +546,7 @@ class Channel(Gated):
                     sub.refused(status, detail)
                     if sub.active:
                         self._retry(sub, slow=status in SLOW_STATUSES)
-            return
+            return restored
         results = reply.get("results") if isinstance(reply, dict) else None
         if not isinstance(results, list):
             raise TransportError("control reply without results")
@@ -521,6 +563,7 @@ class Channel(Gated):
             )
             if refused.active:
                 self._retry(refused, slow=code in SLOW_STATUSES)
+        return False
 
     def _post(self, path: str, body: bytes) -> tuple[int, Any]:
         """One request on the kept-alive control connection (a fresh one if the kept one was

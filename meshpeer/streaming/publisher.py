@@ -52,6 +52,9 @@ NDJSON = "application/x-ndjson"
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
 DEFAULT_QUEUE_MAXLEN = 256
 """Messages a subscriber may lag behind before its backlog is replaced by one snapshot."""
+DEFAULT_MAX_CHANNEL_SUBSCRIPTIONS = 1024
+"""Subscriptions one channel may carry (a host follows tens; the shard's memory per connection
+stays bounded, as ``max_connections_per_client`` bounds it for one stream per connection)."""
 DELTA_CACHE = 8
 """Encoded deltas kept per stream: every subscriber of a stream shares the bytes of each."""
 
@@ -267,6 +270,10 @@ def _encode(stream: _Stream, msgs: list[Message], prefix: bytes = b"") -> tuple[
     return parts, isinstance(msgs[-1], Close | ErrorMsg)
 
 
+class ChannelFull(Exception):
+    """A channel already carries as many subscriptions as the hub allows."""
+
+
 class _Channel(_Sleeper):
     """One multiplexed connection: its subscriptions by id and those with something queued."""
 
@@ -278,6 +285,23 @@ class _Channel(_Sleeper):
         self.subs: dict[int, _Outbox] = {}
         # ids with something queued, in order (a dict: a set that keeps the order)
         self.ready: dict[int, None] = {}
+        # no later than the earliest grant expiry of its subscriptions (renewals only push
+        # expiries back, so it may be early: the sweep then just finds nothing due)
+        self.next_expiry: float | None = None
+
+    def expire(self, now: float) -> None:
+        """Close every subscription whose grant has expired by ``now``; note the next expiry."""
+        pending: list[float] = []
+        for o in list(self.subs.values()):
+            if o.expires_at is None:
+                continue
+            if now >= o.expires_at:
+                o.expires_at = None  # its Close is on the way
+                o.queue.push(Close(o.expiry_reason))
+                o.wake()
+            else:
+                pending.append(o.expires_at)
+        self.next_expiry = min(pending, default=None)
 
 
 class ChannelWriter(Iterator[bytes]):
@@ -316,29 +340,24 @@ class ChannelWriter(Iterator[bytes]):
             self._hub.keepalives_sent += 1
             last_sent = clock()
             while True:
+                # Expiry first, on every turn: a busy channel never finds its ready queue empty.
+                now = clock()
+                expiry = channel.next_expiry
+                if expiry is not None and now >= expiry:
+                    channel.expire(now)
                 if channel.ready:
                     parts = self._drain()
                     if parts:
                         yield b"".join(parts)
                         last_sent = clock()
                     continue
-                now = clock()
-                expiry = min(
-                    (o.expires_at for o in channel.subs.values() if o.expires_at is not None),
-                    default=None,
-                )
-                if expiry is not None and now >= expiry:
-                    for o in list(channel.subs.values()):
-                        if o.expires_at is not None and now >= o.expires_at:
-                            o.expires_at = None  # its Close is on the way
-                            o.queue.push(Close(o.expiry_reason))
-                            o.wake()
-                elif heartbeat_due(last_sent, now, self._interval):
+                if heartbeat_due(last_sent, now, self._interval):
                     yield encode_keepalive(now)
                     self._hub.keepalives_sent += 1
                     last_sent = clock()
                 else:
                     deadline = last_sent + self._interval
+                    expiry = channel.next_expiry
                     channel.sleep(min(deadline, expiry or deadline) - now)
         finally:
             self._hub._close_channel(channel)
@@ -379,11 +398,15 @@ class StreamHub:
         history: int = DEFAULT_HISTORY,
         queue_maxlen: int = DEFAULT_QUEUE_MAXLEN,
         clock: Clock = time.monotonic,
+        max_channel_subscriptions: int = DEFAULT_MAX_CHANNEL_SUBSCRIPTIONS,
     ) -> None:
-        if base_version < 0 or queue_maxlen < 1:
-            raise ValueError("base_version must be >= 0 and queue_maxlen >= 1")
+        if base_version < 0 or queue_maxlen < 1 or max_channel_subscriptions < 1:
+            raise ValueError(
+                "base_version must be >= 0, queue_maxlen and max_channel_subscriptions >= 1"
+            )
         self.history = history
         self.queue_maxlen = queue_maxlen
+        self.max_channel_subscriptions = max_channel_subscriptions
         self.clock = clock
         self._floor = base_version
         self._streams: dict[StreamId, _Stream] = {}
@@ -627,10 +650,13 @@ class StreamHub:
         host: str | None = None,
     ) -> None:
         """Attach subscription ``sub`` of a channel to a stream, as :meth:`wsgi_stream` does
-        (KeyError for an unknown channel or stream). An id in use is replaced: its old
-        subscription ends without a message."""
+        (KeyError for an unknown channel or stream; :class:`ChannelFull` for a new id on a
+        channel that carries ``max_channel_subscriptions`` already). An id in use is
+        replaced: its old subscription ends without a message."""
         channel = self._channels[channel_id]
         stream = self._streams[StreamId(*stream_id)]
+        if sub not in channel.subs and len(channel.subs) >= self.max_channel_subscriptions:
+            raise ChannelFull(f"a channel carries at most {self.max_channel_subscriptions}")
         self.channel_unsubscribe(channel_id, sub)
         outbox = _Outbox(
             self.queue_maxlen, tag, host, channel.holder, channel.holder_key, expires_at,
@@ -638,6 +664,10 @@ class StreamHub:
         )  # fmt: skip
         outbox.channel, outbox.sub, outbox.prefix = channel, sub, sub_prefix(sub)
         channel.subs[sub] = outbox
+        if expires_at is not None and (
+            channel.next_expiry is None or expires_at < channel.next_expiry
+        ):
+            channel.next_expiry = expires_at
         self._attach(stream, outbox, since, self.clock())
         outbox.wake()
 

@@ -8,13 +8,20 @@ test_streaming.py, nothing patches the stdlib.
 
 from __future__ import annotations
 
+import io
 import json
+import pathlib
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
+import eventlet
 import pytest
 import webob
+from webob import Request
 
+from meshpeer.controller.api import ControllerApi
+from meshpeer.controller.federation import Federation
 from meshpeer.protocol import ProtocolError, ServiceName, Snapshot
 from meshpeer.protocol.codec import (
     FrameDecoder,
@@ -32,8 +39,12 @@ from meshpeer.protocol.messages import (
     Keepalive,
     parse_channel_control,
 )
+from meshpeer.rest import Api
 from meshpeer.streaming import StreamHub, StreamId, ndjson_response
 from meshpeer.streaming.channel import Channel, Subscription
+from ohc.clients import Channels
+from ohc.subscriptions import Sub
+from tests.unit.test_controller_shard import shard
 from tests.unit.test_streaming import (
     FAST,
     Recorder,
@@ -352,7 +363,8 @@ def test_a_silent_channel_is_reopened_and_resumed(cleanup: list[Any]) -> None:
     red = follow(ch, RED, rec)
     wait_until(lambda: red.version == 0)
     wait_until(lambda: ch.connects >= 2, what="a reconnect after silence")
-    assert "nothing heard" in (ch.last_error or "nothing heard")
+    # the reconnect was for the silence (the error stays until a session ends otherwise)
+    assert ch.last_error is not None and "nothing heard for 0.2s" in ch.last_error
     hub.publish(RED, objs(1, 2))
     wait_until(lambda: red.version == 1)
     assert rec.seen[0] == ("Snapshot", 0) and ("Snapshot", 1) not in rec.seen
@@ -389,3 +401,208 @@ def test_heartbeat_of_a_current_subscriber_checks_its_version() -> None:
     }
     w.close()
     assert hub.channels() == 0
+
+
+def test_an_expired_grant_is_closed_on_a_busy_channel() -> None:
+    now = [0.0]
+    hub = StreamHub(clock=lambda: now[0])
+    hub.publish(RED, objs(1))
+    hub.publish(PEER, objs(9))
+    w = hub.open_channel(5.0)
+    next(w)
+    hub.channel_subscribe(w.channel_id, 1, RED, 0)
+    hub.channel_subscribe(w.channel_id, 2, PEER, 0, expires_at=10.0)
+    next(w)  # both heartbeats
+    seen: list[Frame] = []
+    for n in range(2, 6):  # red changes before every write: the ready queue is never empty
+        now[0] = 5.0 * n
+        hub.publish(RED, objs(1, n))
+        seen += FrameDecoder().feed(next(w))
+    closes = [f for f in seen if f.sub == 2 and isinstance(f.msg, Close)]
+    assert [c.msg.reason for c in closes if isinstance(c.msg, Close)] == ["grant-expired"]
+    assert hub.stats()[PEER].subscribers == 0 and hub.stats()[RED].subscribers == 1
+
+
+def test_unsubscribes_refused_by_the_shard_are_asked_again(cleanup: list[Any]) -> None:
+    hub = StreamHub()
+    setup_three(hub)
+    app, refusals = channel_app(hub), [1]
+
+    def refusing(environ: dict[str, Any], start_response: Any) -> Any:
+        # the first control request that drops a subscription is refused (e.g. overloaded)
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        if b"unsubscribe" in body and refusals:
+            refusals.pop()
+            return json_error(start_response, "503 Service Unavailable", "unavailable")
+        return app(environ, start_response)
+
+    server = Server(refusing)
+    cleanup.append(server)
+    ch = channel(cleanup, server.url)
+    red, green = follow(ch, RED, Recorder()), follow(ch, GREEN, Recorder())
+    wait_until(lambda: red.version == 0 and green.version == 0)
+    green.stop()
+    wait_until(lambda: not refusals, what="the refusal")
+    wait_until(lambda: hub.stats()[GREEN].subscribers == 0, what="unsubscribed after all")
+    assert hub.stats()[RED].subscribers == 1 and ch.connects == 1
+
+
+def test_a_channel_carries_a_bounded_number_of_subscriptions(tmp_path: pathlib.Path) -> None:
+    s = shard(tmp_path)
+    s.hub.max_channel_subscriptions = 2
+    handlers = ControllerApi(s, "t", lambda vpc: None)
+    api = Api(handlers.routes(), handlers.guard)
+    auth = {"Authorization": "Bearer t", "Content-Type": "application/json"}
+    for hv in ("hv1", "hv2", "hv3"):
+        put = Request.blank(f"/v1/hosts/{hv}", method="PUT", headers=auth)
+        put.body = json.dumps({"underlay_ip": "192.0.2.1"}).encode()
+        assert put.get_response(api).status_int == 200
+    status, headers, app_iter = Request.blank("/v1/channel", headers=auth).call_application(api)
+    assert status.startswith("200")
+    cid = dict(headers)[CHANNEL_HEADER]
+
+    def control(doc: object) -> Any:
+        post = Request.blank(f"/v1/channels/{cid}", method="POST", headers=auth)
+        post.body = json.dumps(doc).encode()
+        return post.get_response(api)
+
+    def ep(sub: int, hv: str) -> dict[str, object]:
+        return {"sub": sub, "service": "endpoint", "key": hv}
+
+    answer = control({"subscribe": [ep(1, "hv1"), ep(2, "hv2"), ep(3, "hv3")]})
+    assert answer.status_int == 200
+    assert [(r["sub"], r["status"], r.get("field")) for r in answer.json["results"]] == [
+        (1, 200, None),
+        (2, 200, None),
+        (3, 429, "subscribe[2]"),  # one too many
+    ]
+    assert answer.json["results"][2]["error"] == "too_many_requests"
+    answer = control({"subscribe": [ep(1, "hv3")]})  # replacing an id in use is not more
+    assert [r["status"] for r in answer.json["results"]] == [200]
+    stats = s.hub.stats()
+    assert [
+        stats[StreamId(ServiceName.ENDPOINT, hv)].subscribers for hv in ("hv1", "hv2", "hv3")
+    ] == [0, 1, 1]
+    answer = control({"unsubscribe": [2], "subscribe": [ep(3, "hv2")]})  # room again
+    assert [r["status"] for r in answer.json["results"]] == [200]
+    app_iter.close()
+    assert s.hub.channels() == 0
+
+
+def test_a_channel_left_without_subscriptions_closes_and_is_forgotten(
+    cleanup: list[Any],
+) -> None:
+    hub = StreamHub()
+    setup_three(hub)
+    server = serve(cleanup, hub, heartbeat=0.05)
+    factory = Channels("host-cred")
+    cleanup.insert(0, factory)
+    rec_red, rec_blue = Recorder(), Recorder()
+
+    def start(sid: StreamId, rec: Recorder) -> Subscription:
+        sub = factory(Sub(server.url, sid.service, sid.key), "g", rec.on_change, rec.on_close)
+        sub.start()
+        return sub
+
+    red, blue = start(RED, rec_red), start(BLUE, rec_blue)
+    ch = factory.channels[server.url]
+    wait_until(lambda: red.version == 0 and blue.version == 0 and ch.sockets() == 2)
+    red.stop()
+    hub.close_stream(BLUE, "peering-gone")  # the last one ends from the shard's side
+    assert blue.wait(10)
+    wait_until(lambda: ch.sockets() == 0 and hub.channels() == 0, what="both sockets closed")
+    wait_until(lambda: ch._control is None or ch._control.dead, what="the control thread ends")
+    assert factory.channels == {}  # a new subscription opens a new channel
+    green = start(GREEN, Recorder())
+    wait_until(lambda: green.version == 0)
+    assert factory.channels[server.url] is not ch
+
+
+class FederatingShard:
+    """What Federation reads of its shard: the remote VPCs its peerings need, where they are."""
+
+    def __init__(self, url: str) -> None:
+        self.name = "s1"
+        self.directory = SimpleNamespace(federation_token="f" * 32, url_of=lambda vpc: url)
+        self.listeners: list[Any] = []
+        self.wanted: set[str] = set()
+        self.views: dict[str, Any] = {}
+
+    def remote_peer_vpcs(self) -> set[str]:
+        return self.wanted
+
+    def set_remote_view(self, vpc: str, view: Any) -> None:
+        self.views[vpc] = view
+
+    def forget_remote_view(self, vpc: str) -> None:
+        self.views.pop(vpc, None)
+
+
+def test_federation_forgets_the_channel_of_a_shard_it_no_longer_follows(
+    cleanup: list[Any],
+) -> None:
+    hub = StreamHub()
+    hub.publish(StreamId(ServiceName.FEDERATION, "red"), objs(1))
+    server = serve(cleanup, hub, heartbeat=0.05)
+    shard = FederatingShard(server.url)
+    federation = Federation(shard, ca_file=None)  # type: ignore[arg-type]
+    cleanup.insert(0, federation)
+    shard.wanted = {"red"}
+    federation.sync()
+    wait_until(lambda: "red" in shard.views)
+    ch = federation.channels[server.url]
+    shard.wanted = set()  # the last peering with that shard's VPCs is gone
+    federation.sync()
+    assert federation.channels == {}
+    wait_until(lambda: ch.sockets() == 0 and hub.channels() == 0, what="both sockets closed")
+
+
+def test_a_slow_on_change_does_not_make_the_channel_look_dead(cleanup: list[Any]) -> None:
+    hub = StreamHub()
+    setup_three(hub)
+    server = serve(cleanup, hub, heartbeat=0.05)
+    ch = channel(cleanup, server.url, heartbeat_timeout=0.3)
+    rec = Recorder()
+
+    def slow(replica: Any, msg: Any) -> None:  # a big snapshot applied to the switch
+        rec.on_change(replica, msg)
+        if isinstance(msg, Delta):
+            eventlet.sleep(0.6)  # longer than heartbeat_timeout; the shard kept talking
+
+    red = ch.subscription(DEST, "red", on_change=slow, on_close=rec.on_close)
+    red.start()
+    wait_until(lambda: red.version == 0)
+    hub.publish(RED, objs(1, 2))
+    wait_until(lambda: red.version == 1)
+    hub.publish(RED, objs(1, 2, 3))
+    wait_until(lambda: red.version == 2)
+    assert ch.connects == 1 and ch.last_error is None
+
+
+def test_a_protocol_error_in_one_subscription_ends_it_not_the_channel(
+    cleanup: list[Any],
+) -> None:
+    hub = StreamHub()
+    setup_three(hub)
+    app = channel_app(hub)
+
+    def lying(environ: dict[str, Any], start_response: Any) -> Any:
+        # a subscription to "liar" is served blue's frames: another key than it asked for
+        if environ["REQUEST_METHOD"] == "POST":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = environ["wsgi.input"].read(length).replace(b'"liar"', b'"blue"')
+            environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(body), str(len(body))
+        return app(environ, start_response)
+
+    server = Server(lying)
+    cleanup.append(server)
+    ch = channel(cleanup, server.url)
+    red, liar = follow(ch, RED, Recorder()), follow(ch, StreamId(DEST, "liar"), Recorder())
+    wait_until(lambda: red.version == 0)
+    wait_until(lambda: (liar.last_error or ch.last_error) is not None, what="the bad frame")
+    hub.publish(RED, objs(1, 2))
+    wait_until(lambda: red.version == 1)
+    assert ch.connects == 1 and ch.last_error is None
+    assert liar.version is None and liar.running and "key" in (liar.last_error or "")

@@ -27,10 +27,10 @@ from meshpeer.protocol.messages import (
     parse_channel_control,
     parse_subscribe_request,
 )
-from meshpeer.rest.errors import ApiError, bad_request, forbidden, not_found
+from meshpeer.rest.errors import ApiError, bad_request, forbidden, not_found, too_many
 from meshpeer.rest.router import RequestCtx, Route
 from meshpeer.rest.schema import Int, Str
-from meshpeer.streaming.publisher import ndjson_response
+from meshpeer.streaming.publisher import ChannelFull, ndjson_response
 
 
 class StreamHandlers(Handlers):
@@ -96,7 +96,7 @@ class StreamHandlers(Handlers):
         for sub in control.unsubscribe:
             hub.channel_unsubscribe(cid, sub)
         results: list[dict[str, object]] = []
-        for entry in control.subscribe:
+        for i, entry in enumerate(control.subscribe):
             req = entry.request
             try:
                 allowed = self._allowed(identity, req, entry.grant or "")
@@ -111,6 +111,10 @@ class StreamHandlers(Handlers):
                 )
             except ApiError as exc:
                 results.append({"sub": entry.sub, "status": exc.status, **exc.body()})
+                continue
+            except ChannelFull as exc:
+                full = too_many(f"subscribe[{i}]", f"{exc}: unsubscribe some, or open another")
+                results.append({"sub": entry.sub, "status": 429, **full.body()})
                 continue
             except KeyError:  # the channel closed meanwhile (its connection ended)
                 raise not_found("channel", "no such channel (closed): open a new one") from None
