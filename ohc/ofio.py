@@ -610,11 +610,15 @@ class RawInstalled:
     groups: frozenset[Group]
 
     @property
-    def flow_count(self) -> int:
-        return sum(
-            sum(1 for _ in s.entries()) if isinstance(s, readback.RawFlowStats) else 1
+    def empty(self) -> bool:
+        """No flow and no group (stops at the first entry: a restart reads 100k back)."""
+        no_flows = not any(
+            next(iter(s.entries()), None) is not None
+            if isinstance(s, readback.RawFlowStats)
+            else True
             for s in self.stats
         )
+        return no_flows and not self.groups
 
     def state(self, datapath: Any, known: Iterable[Flow] = ()) -> tuple[SwitchState, int]:
         """As flows (see ``read_flows``: ``known`` ones are not parsed), and how many were

@@ -156,7 +156,7 @@ class SwitchSession:
             t0 = time.monotonic()
             raw = ofio.read_raw(replies, datapath)
             pieces = engine.first_update(changes, *inputs, every=FIRST_PIECE)
-            if raw.flow_count or raw.groups:
+            if not raw.empty:
                 tc = time.monotonic()
                 offload(_drain, pieces)
                 compile_s = time.monotonic() - tc
@@ -195,7 +195,7 @@ class SwitchSession:
         offload: Callable[..., Any],
     ) -> _StreamPlan:
         """Send each piece to the empty switch as it compiles, and commit: the model follows.
-        Nothing is deleted, so this does not wait for every stream (fail static holds)."""
+        The switch held nothing, so nothing is deleted and nothing is left stale."""
         stream = ofio.BundleStream(replies, datapath, self.bundle_id)
         streamed = _StreamPlan(engine)
         pending: list[Any] = []

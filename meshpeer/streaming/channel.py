@@ -134,16 +134,9 @@ class Subscription(Follower):
 
     def entry(self, sub_id: int) -> dict[str, Any]:
         """Its entry in a subscribe request, with ``sub_id``."""
-        doc: dict[str, Any] = {"sub": sub_id, "service": self.service.value, "key": self.key}
-        if self.policy is not None:
-            doc["policy"] = self.policy
-            if self.auth is not None:
-                doc["grant"] = self.auth
-        if self.host is not None:
-            doc["host"] = self.host
-        since = None if self.want_snapshot else self.replica.since
-        if since is not None:
-            doc["since"] = since
+        doc: dict[str, Any] = {"sub": sub_id, **self.wanted()}
+        if self.policy is not None and self.auth is not None:
+            doc["grant"] = self.auth
         self.used_auth = self.auth
         return doc
 

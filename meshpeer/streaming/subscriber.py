@@ -501,6 +501,19 @@ class Follower:
         except Exception:  # the consumer's bug must not kill the stream
             log.exception("%s/%s: callback %r failed", self.service, self.key, fn)
 
+    def wanted(self) -> dict[str, Any]:
+        """What a subscription asks for: service, key, policy and host if any, and ``since``
+        unless a snapshot is wanted (a request's parameters, a channel entry's fields)."""
+        doc: dict[str, Any] = {"service": self.service.value, "key": self.key}
+        if self.policy is not None:
+            doc["policy"] = self.policy
+        if self.host is not None:
+            doc["host"] = self.host
+        since = None if self.want_snapshot else self.replica.since
+        if since is not None:
+            doc["since"] = since
+        return doc
+
 
 class StreamClient(Follower, Gated):
     """Keeps a :class:`ReplicaState` of one stream up to date, in its own green thread.
@@ -638,14 +651,7 @@ class StreamClient(Follower, Gated):
             finished.send(None)
 
     def _request(self) -> bytes:
-        params = {"service": self.service.value, "key": self.key}
-        if self.policy is not None:
-            params["policy"] = self.policy
-        if self.host is not None:
-            params["host"] = self.host
-        since = None if self.want_snapshot else self.replica.since
-        if since is not None:
-            params["since"] = str(since)
+        params = {k: str(v) for k, v in self.wanted().items()}
         lines = [
             f"GET {self._path}?{urlencode(params)} HTTP/1.1",
             f"Host: {self.publisher.netloc}",
