@@ -27,6 +27,10 @@ os.environ.setdefault("OSKEN_HUB_TYPE", "eventlet")
 os.environ.setdefault("EVENTLET_NO_GREENDNS", "yes")
 
 warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+from meshpeer import heap  # noqa: E402
+
+heap.cap_arenas()  # before eventlet's thread pool starts (meshpeer/heap.py)
+
 import eventlet  # noqa: E402
 import eventlet.green.socket  # noqa: E402
 import eventlet.tpool  # noqa: E402

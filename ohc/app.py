@@ -13,8 +13,6 @@ br-int: on (re)connect it reads what is installed and sends the difference in on
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import json
 import logging
@@ -34,6 +32,7 @@ from os_ken.ofproto import ofproto_v1_3
 
 from meshpeer import options
 from meshpeer.directory import SECRETS, parse_directory
+from meshpeer.heap import release_free_heap
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.gateways import HOST_ROLES, choice
 from ohc import bfd, nd, offload, ofio, ports, reporting, status
@@ -487,14 +486,3 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             "tunnel_port": self.ports.tunnel,
         }
         reporting.write_status_file(self.conf.status_file, doc)
-
-
-def release_free_heap() -> None:
-    """Give the C heap's free pages back to the system (glibc ``malloc_trim``). A big sync
-    (the first at 50k peer endpoints: the plan, the packed bundle, the engine's scratch)
-    leaves tens of MiB free but mapped, counted in the OHC's RSS until the next big sync
-    reuses it: measured in docs/benchmarks.md. No-op where libc has no malloc_trim."""
-    name = ctypes.util.find_library("c")
-    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-    if trim is not None:
-        trim(0)
