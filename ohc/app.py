@@ -128,6 +128,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         self.full_gc_at = time.monotonic()
         self.read_back_by = 0.0  # monotonic time until which a read-back waits for the streams
         self.deferred: set[str] = set()  # reasons of the syncs deferred meanwhile
+        self.ports_read_for: Any = None  # the datapath whose ports a deferred sync read
         self.grace_timer: Any = None  # ends a deferral (_defer_read_back)
         # on-demand sides (ohc/offload.py): the pairs sent direct, and the counters' readings
         self.offload_state = offload.State()
@@ -285,6 +286,8 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
                 continue
             reasons |= self.deferred
             if self._defer_read_back():
+                if "ports" in reasons or ("connect" in reasons and self.ports_read_for is not dp):
+                    self._read_ports_early(dp, reasons)
                 self.deferred = reasons
                 continue
             self.deferred = set()
@@ -327,15 +330,34 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             hub.kill(self.grace_timer)
             self.grace_timer = None
 
+    def _read_ports_early(self, dp: Any, reasons: set[str]) -> None:
+        """The ports, read while a sync waits for the streams rather than after them (~20 ms
+        of an OHC's start, measured). A failure leaves them to the sync, which reports it."""
+        try:
+            self._read_ports(dp)
+        except Exception as exc:  # ovs-vsctl failed or the switch went away: the sync retries
+            log.warning("ohc %s: ports not read yet: %s", self.conf.host, exc)
+            self.ports_read_for = None
+            return
+        self.ports_read_for = dp
+        reasons.discard("ports")
+
+    def _read_ports(self, dp: Any) -> None:
+        self.ports = read_ports(self.conf.ovsdb)
+        if self.ports.numbering:
+            hub.spawn_after(PORT_REREAD_DELAY, self.triggers.put, "ports")
+        # BFD ports' liveness (a session coming up or going down sends a port status)
+        self.live = ofio.read_live_ports(self.replies, dp) if self.ports.bfd else frozenset()
+        if self.ports.bfd and not bfd.watched(self.ports.bfd, self.live):
+            hub.spawn_after(PORT_REREAD_DELAY, self.triggers.put, "ports")  # none up yet
+
     def _sync(self, dp: Any, reasons: set[str]) -> None:
-        if reasons & {"connect", "ports"} or not self.ports.vms:
-            self.ports = read_ports(self.conf.ovsdb)
-            if self.ports.numbering:
-                hub.spawn_after(PORT_REREAD_DELAY, self.triggers.put, "ports")
-            # BFD ports' liveness (a session coming up or going down sends a port status)
-            self.live = ofio.read_live_ports(self.replies, dp) if self.ports.bfd else frozenset()
-            if self.ports.bfd and not bfd.watched(self.ports.bfd, self.live):
-                hub.spawn_after(PORT_REREAD_DELAY, self.triggers.put, "ports")  # none up yet
+        # read while this sync waited for the streams (_worker); a port status since then
+        # added "ports" again
+        fresh = self.ports_read_for is dp and "ports" not in reasons
+        self.ports_read_for = None
+        if not fresh and (reasons & {"connect", "ports"} or not self.ports.vms):
+            self._read_ports(dp)
         if "canary-missing" in reasons:
             self.session.installed = None  # the switch lost its flows: read back, resync
         # One snapshot, taken without yielding: what changed in the streams, their versions
