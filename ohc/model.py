@@ -5,8 +5,10 @@ shapes written by ``meshpeer/controller/mux.py``): the endpoint meta-service for
 each local VPC's own destination/forwarding/load-balancer services, its peering service, and
 the peer VPCs' services under the peer's export policy. A subscription is untrusted input (a
 peer controller is another administrative domain): an object with a bad IP, MAC, VNI or
-shape is skipped and reported as a ``Skipped``; the rest of the view is still built. Peering
-objects are parsed by the type their writer uses (``meshpeer.protocol.peering.PeeringObject``).
+shape is skipped and reported as a ``Skipped``; the rest of the view is still built. Each
+object is parsed by the type its writer uses (``meshpeer/protocol/objects.py``, and
+``PeeringObject`` for the peering service, which the agent parses once as each arrives:
+``ohc.subscriptions.parsed``); what it means to this host is decided here.
 
 Beyond shape, ``HostView.from_service_objects`` checks what a peer may claim: a peer's objects
 must carry the peer's VNI (from our own controller's peering object), and a peer VNI may not
@@ -41,9 +43,10 @@ from meshpeer.protocol.objects import Network as Network
 from meshpeer.protocol.objects import TextIPv4 as TextIPv4
 from meshpeer.protocol.objects import parse_ip as parse_ip
 from meshpeer.protocol.objects import parse_mac as parse_mac
-from meshpeer.protocol.peering import Inbound, PeeringObject
+from meshpeer.protocol.peering import Inbound
 from ohc.flows import OFPP_ANY
 from ohc.pipeline import MAX_PORT, TUNNEL_PORT
+from ohc.subscriptions import peering_of
 from policies.routes import DEFAULT_PREFERENCE
 
 JsonObject = Mapping[str, Any]
@@ -362,7 +365,7 @@ class HostView:
             objs = peerings.get(vpc, {})
             for key in sorted(objs):
                 try:
-                    po = PeeringObject.parse(objs[key])
+                    po = peering_of(objs[key])
                     peer_vpc, peer_vni = po.peer_vpc, po.peer_vni
                     if peer_vpc == vpc:
                         raise BadObject("peer_vpc", "a VPC cannot peer with itself")
@@ -475,7 +478,7 @@ def relay_view(
     for vpc in sorted(peerings):
         for key in sorted(peerings[vpc]):
             try:
-                po = PeeringObject.parse(peerings[vpc][key])
+                po = peering_of(peerings[vpc][key])
             except ProtocolError as e:
                 skipped.append(Skipped("peering", f"{vpc}/{key}", str(e)))
                 continue
