@@ -46,7 +46,7 @@ from meshpeer.protocol.objects import parse_mac as parse_mac
 from meshpeer.protocol.peering import Inbound
 from ohc.flows import OFPP_ANY
 from ohc.pipeline import MAX_PORT, TUNNEL_PORT
-from ohc.subscriptions import peering_of
+from ohc.subscriptions import HeldPeering, peering_of
 from policies.routes import DEFAULT_PREFERENCE
 
 JsonObject = Mapping[str, Any]
@@ -330,7 +330,7 @@ class HostView:
         endpoints: ServiceObjects,
         ofports: Mapping[tuple[str, str], int],
         own: Mapping[str, StreamObjects],
-        peerings: Mapping[str, ServiceObjects],
+        peerings: Mapping[str, Mapping[str, HeldPeering]],
         peer_services: Mapping[tuple[str, str], StreamObjects],
         tunnel_port: int | None = TUNNEL_PORT,
         taken: TakenIps | None = None,
@@ -465,7 +465,7 @@ def _local_ports(
 
 def relay_view(
     local_underlay_ip: str,
-    peerings: Mapping[str, ServiceObjects],
+    peerings: Mapping[str, Mapping[str, HeldPeering]],
     peer_services: Mapping[tuple[str, str], StreamObjects],
     tunnel_port: int | None = TUNNEL_PORT,
 ) -> tuple[HostView, tuple[Skipped, ...]]:

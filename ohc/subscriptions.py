@@ -65,7 +65,7 @@ def _parse(raw: object) -> PeeringObject | ProtocolError:
     try:
         return PeeringObject.parse(raw)
     except ProtocolError as e:
-        return e.with_traceback(None)  # kept: no frames held
+        return ProtocolError(e.field, e.detail)  # kept without the frames the raised one holds
 
 
 def peering_of(value: HeldPeering) -> PeeringObject:
@@ -92,13 +92,14 @@ def wanted(
     shard_urls: Iterable[str],
     vpc_url: Mapping[str, str],
     endpoint_streams: Iterable[Objects],
-    peering_streams: Mapping[str, Objects],
+    peering_streams: Mapping[str, Mapping[str, HeldPeering]],
     api_token: str,
 ) -> dict[Sub, str]:
     """Every stream to follow, with the credential to present.
 
     ``vpc_url`` maps a VPC to its owning shard's URL (the shard directory);
-    ``peering_streams`` maps a local VPC to the objects of its peering stream so far.
+    ``peering_streams`` maps a local VPC to the objects of its peering stream so far, as
+    ``parsed`` holds them.
     """
     out: dict[Sub, str] = {}
     for url in sorted(set(shard_urls)):
