@@ -32,10 +32,9 @@ from meshpeer.protocol.messages import (
     ProtocolError,
     stream_name,
 )
-from meshpeer.protocol.peering import PeeringObject
 from meshpeer.protocol.stream import ReplicaState
 from ohc.engine import DELETED, StreamChange
-from ohc.subscriptions import Sub, wanted
+from ohc.subscriptions import Sub, parsed, peering_of, wanted
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +110,9 @@ def applied_versions(
     for sub in versions:
         if sub.service != ServiceName.PEERING:
             continue
-        for raw in (objects.get(sub) or {}).values():
+        for held in (objects.get(sub) or {}).values():
             try:
-                peer = PeeringObject.parse(raw)
+                peer = peering_of(held)
             except ProtocolError:
                 continue  # malformed: subscriptions.wanted skips it too
             subs = (
@@ -313,7 +312,11 @@ class Agent:
             if not self._current(sub, serial):
                 return  # a late message from a stream just dropped
             self.refused.pop(sub, None)
-            self.objects[sub] = replica.objects
+            if sub.service == ServiceName.PEERING:  # parsed once here, for every reader
+                touched = [*msg.upserts, *msg.deletes] if isinstance(msg, Delta) else None
+                self.objects[sub] = parsed(replica.objects, self.objects.get(sub), touched)
+            else:
+                self.objects[sub] = replica.objects
             keys = self.changed.get(sub, set())
             if isinstance(msg, Delta) and keys is not None and sub in self.versions:
                 keys.update(msg.upserts)

@@ -43,6 +43,38 @@ class Sub:
 
 
 Objects = Mapping[str, Mapping[str, Any]]
+# A peering stream's object as the OHC holds it: parsed once, as it arrived (``parsed``), the
+# error in place of one that does not parse; or JSON still (tests, tools: parsed where read).
+HeldPeering = PeeringObject | ProtocolError | Mapping[str, Any]
+
+
+def parsed(
+    objects: Mapping[str, Any],
+    held: Mapping[str, HeldPeering] | None = None,
+    changed: Iterable[str] | None = None,
+) -> dict[str, HeldPeering]:
+    """A peering stream's ``objects`` as the OHC keeps them: each parsed once per change.
+    ``held``: what was kept before the keys ``changed`` (by a delta; None: all) came in."""
+    if held is None or changed is None:
+        return {k: _parse(v) for k, v in objects.items()}
+    fresh = set(changed)
+    return {k: held[k] if k in held and k not in fresh else _parse(v) for k, v in objects.items()}
+
+
+def _parse(raw: object) -> PeeringObject | ProtocolError:
+    try:
+        return PeeringObject.parse(raw)
+    except ProtocolError as e:
+        return ProtocolError(e.field, e.detail)  # kept without the frames the raised one holds
+
+
+def peering_of(value: HeldPeering) -> PeeringObject:
+    """The peering object a held value stands for; raises ProtocolError if it has none."""
+    if isinstance(value, PeeringObject):
+        return value
+    if isinstance(value, ProtocolError):
+        raise ProtocolError(value.field, value.detail)
+    return PeeringObject.parse(value)
 
 
 def local_vpcs(endpoint_streams: Iterable[Objects]) -> set[str]:
@@ -60,13 +92,14 @@ def wanted(
     shard_urls: Iterable[str],
     vpc_url: Mapping[str, str],
     endpoint_streams: Iterable[Objects],
-    peering_streams: Mapping[str, Objects],
+    peering_streams: Mapping[str, Mapping[str, HeldPeering]],
     api_token: str,
 ) -> dict[Sub, str]:
     """Every stream to follow, with the credential to present.
 
     ``vpc_url`` maps a VPC to its owning shard's URL (the shard directory);
-    ``peering_streams`` maps a local VPC to the objects of its peering stream so far.
+    ``peering_streams`` maps a local VPC to the objects of its peering stream so far, as
+    ``parsed`` holds them.
     """
     out: dict[Sub, str] = {}
     for url in sorted(set(shard_urls)):
@@ -83,9 +116,9 @@ def wanted(
             for service in PEER_SERVICES:
                 # The host names who follows the stream, so the shard can tell when it is applied.
                 out[Sub(own, service, vpc, None, host)] = api_token
-        for raw in (peering_streams.get(vpc) or {}).values():
+        for held in (peering_streams.get(vpc) or {}).values():
             try:
-                peer = PeeringObject.parse(raw)
+                peer = peering_of(held)
             except ProtocolError:
                 continue  # malformed entry from the wire: skipped (and reported by ohc.model)
             for service in PEER_SERVICES:
