@@ -4,9 +4,10 @@ ctl1 runs replicas ``a`` (leads) and ``b`` (stands by); ctl2 one process; three 
 b1 (hv1, blue, ctl1) pings r1 (hv2, red, ctl2) across hosts and shards at 100 pps while:
 
 - the leader of ctl1 is killed with SIGKILL: no request goes unanswered (the switches keep
-  their flows: fail static), ``b`` leads and ``scripts/lab status --json`` says so, and a write
-  through the new leader is programmed on the hosts (``?wait=programmed``): the OHCs found the
-  new leader by themselves (nobody restarted them) and resumed their streams there;
+  their flows: fail static), ``b`` leads and ``scripts/lab status --json`` says so, every OHC
+  resumes the same streams at the new leader (no flow changes), and a write through the new
+  leader is programmed on the hosts (``?wait=programmed``): the OHCs found the new leader by
+  themselves (nobody restarted them);
 - etcd members are stopped: one changes nothing; with two gone (no quorum) a write is a 503
   JSON error while reads and the data plane go on; with them back, writes work again.
 
@@ -29,7 +30,16 @@ from meshpeer.client import Client
 from meshpeer.lab import controllers, etcd
 from meshpeer.lab.cli import load_topology
 from meshpeer.lab.plan import EtcdMemberPlan
-from tests.e2e.test_ohc_restarts import PINGS, report, wait_replies
+from tests.e2e.test_ohc_restarts import (
+    PINGS,
+    changes,
+    log_size,
+    logged_syncs,
+    newer_than_held,
+    report,
+    wait_applied,
+    wait_replies,
+)
 from tests.e2e.traffic import Pinger
 from tests.integration.labkit import E2E_TOPOLOGIES as TOPOLOGIES
 from tests.integration.labkit import Lab, lab_cli, running
@@ -70,6 +80,11 @@ def test_kill_9_of_the_leader_loses_nothing_and_the_standby_takes_writes(lab: La
     a, b = replica(before, "a"), replica(before, "b")
     assert (a["role"], b["role"]) == ("leader", "standby"), before
     assert before["url"] == a["url"] and a["pid"] is not None
+    # The new leader publishes a new incarnation: every stream of ctl1 a host holds comes back
+    # at a higher version, under the same name (the directory's URL: a's).
+    newer = newer_than_held(lab, a["url"])
+    assert all(newer[h.name][a["url"]] for h in lab.plan.hosts), newer
+    offsets = {h.name: log_size(h) for h in lab.plan.hosts}
     with Pinger(lab.vm("b1"), lab.vm("r1").ip, count=PINGS) as pinger:
         wait_replies(pinger, "b1 -> r1 before the kill")
         t_kill = time.time()
@@ -91,6 +106,11 @@ def test_kill_9_of_the_leader_loses_nothing_and_the_standby_takes_writes(lab: La
             what="a back as a standby",
         )
         assert back
+        for h in lab.plan.hosts:  # each OHC resumed its streams at the new leader
+            wait_applied(h, t_kill, newer[h.name])
+        for h in lab.plan.hosts:  # same intent, same snapshot: no flow changed (fail static)
+            syncs = logged_syncs(h, offsets[h.name])
+            assert changes(syncs) == 0, (h.name, syncs)
         # a write through the new leader, programmed on the hosts that follow blue
         topo = load_topology(os.path.join(TOPOLOGIES, TOPOLOGY))
         b2 = next(e for e in topo.endpoints if e.name == "b2")
