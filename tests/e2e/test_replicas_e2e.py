@@ -138,8 +138,21 @@ def member(lab: Lab, name: str) -> EtcdMemberPlan:
 
 def test_etcd_members_one_down_changes_nothing_two_down_stops_writes_only(lab: Lab) -> None:
     e2, e3 = member(lab, "etcd2"), member(lab, "etcd3")
+    # a plain etcdctl inside a member's namespace reaches that member
+    health = lab_cli(lab.name, "exec", "etcd1", "--", "etcdctl", "endpoint", "health")
+    assert "127.0.0.1:2379 is healthy" in health.stdout + health.stderr
+    keys = lab_cli(
+        lab.name, "exec", "etcd1", "--", "etcdctl", "get", "--prefix", "--keys-only", "/"
+    )
+    assert "/meshpeer/leaders/ctl1" in keys.stdout.split()
     try:
         etcd.stop(lab.plan, e3)
+        members = json.loads(lab_cli(lab.name, "status", "--json").stdout)["etcd"]
+        assert [(m["name"], m["pid"] is None) for m in members] == [
+            ("etcd1", False),
+            ("etcd2", False),
+            ("etcd3", True),
+        ]
         status, body = write(lab, "q1", "10.1.0.31")
         assert status == 201, body
         etcd.stop(lab.plan, e2)  # no quorum
