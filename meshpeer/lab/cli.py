@@ -270,9 +270,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if ns is None and f"{args.lab}-{args.name}" in teardown.lab_netns(args.lab):
         ns = f"{args.lab}-{args.name}"  # a VM plugged in by 'attach'
     if ns is None:
-        raise LabError(
-            f"no host, VM, controller or etcd member named {args.name!r} in lab {args.lab!r}"
-        )
+        raise LabError(f"no host, VM or controller named {args.name!r} in lab {args.lab!r}")
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         raise LabError("exec needs a command after --")
