@@ -94,16 +94,25 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             log.warning("ohc %s: the directory holds shard secrets %s: ignored", conf.host, held)
         self.directory = parse_directory(raw, secrets=False)
         urls = sorted(s.url for s in self.directory.shards.values())
+        # a shard with replicas: its channel and reports find the leader (docs/decisions.md)
+        replicas = self.directory.replica_urls
         self.agent = Agent(
             conf.host,
             urls,
             self.directory.url_of,
             conf.api_token,
-            Channels(conf.api_token, ca_file=conf.ca_file),
+            Channels(conf.api_token, ca_file=conf.ca_file, replicas=replicas),
             self._update,
+            self.directory.canonical_url,
         )
         self.reporter = reporting.Reporter(
-            conf.host, conf.underlay_ip, conf.api_token, self.agent, conf.ca_file, conf.role
+            conf.host,
+            conf.underlay_ip,
+            conf.api_token,
+            self.agent,
+            conf.ca_file,
+            conf.role,
+            replicas,
         )
         self.replies = ofio.Replies()
         self.datapath: Any = None

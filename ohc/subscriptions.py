@@ -13,7 +13,7 @@ destination streams only (docs/gateways.md).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +77,22 @@ def peering_of(value: HeldPeering) -> PeeringObject:
     return PeeringObject.parse(value)
 
 
+def same_url(url: str) -> str:
+    """A URL as it is (no shard with replicas to fold it into)."""
+    return url
+
+
+def peer_subs(
+    peer: PeeringObject, host: str | None, canonical: Callable[[str], str] = same_url
+) -> dict[ServiceName, Sub]:
+    """The peer's streams a peering object lists, at its shard under the name the host knows
+    it by (``canonical``: a peering names where the peer's shard leads now, which moves with
+    its leader; the host follows it under the directory's URL and its channel finds the leader,
+    docs/decisions.md)."""
+    url = canonical(peer.controller)
+    return {s: Sub(url, s, peer.peer_vpc, peer.policy_id, host) for s in PEER_SERVICES}
+
+
 def local_vpcs(endpoint_streams: Iterable[Objects]) -> set[str]:
     """VPCs with at least one endpoint on this host, from every shard's endpoint stream."""
     return {
@@ -94,12 +110,14 @@ def wanted(
     endpoint_streams: Iterable[Objects],
     peering_streams: Mapping[str, Mapping[str, HeldPeering]],
     api_token: str,
+    canonical: Callable[[str], str] = same_url,
 ) -> dict[Sub, str]:
     """Every stream to follow, with the credential to present.
 
     ``vpc_url`` maps a VPC to its owning shard's URL (the shard directory);
     ``peering_streams`` maps a local VPC to the objects of its peering stream so far, as
-    ``parsed`` holds them.
+    ``parsed`` holds them; ``canonical`` a peer shard's URL to the directory's
+    (:func:`peer_subs`).
     """
     out: dict[Sub, str] = {}
     for url in sorted(set(shard_urls)):
@@ -121,8 +139,7 @@ def wanted(
                 peer = peering_of(held)
             except ProtocolError:
                 continue  # malformed entry from the wire: skipped (and reported by ohc.model)
-            for service in PEER_SERVICES:
-                sub = Sub(peer.controller, service, peer.peer_vpc, peer.policy_id, host)
+            for service, sub in peer_subs(peer, host, canonical).items():
                 if service != ServiceName.DESTINATION:
                     if vpc not in relayed:  # a gateway relays by destination only
                         out[sub] = peer.grant
