@@ -13,7 +13,7 @@ import gc
 if __name__ == "__main__":
     # No cyclic collections while the process imports (~100k objects, none of them garbage):
     # 200 collections, ~30 ms of every start (docs/decisions.md). main() freezes what the
-    # imports made and turns the collector back on.
+    # imports made and turns the collector back on before the apps start.
     gc.disable()
 
 import logging
@@ -130,9 +130,11 @@ def main(argv: list[str] | None = None) -> int:
             f.write(f"{os.getpid()}\n")
     manager = AppManager.get_instance()
     manager.load_apps(CONF.app)
-    services = manager.instantiate_apps(**manager.create_contexts())
-    gc.freeze()  # modules, classes and options live as long as the process: out of the GC's way
+    # What the imports made (modules, classes, options) lives as long as the process: out of
+    # the collector's sight. The apps' own state (a shard's store) is collected as usual.
+    gc.freeze()
     gc.enable()
+    services = manager.instantiate_apps(**manager.create_contexts())
 
     def stop(signum: int, _frame: object) -> None:
         # Leave at once. Nothing blocking may run inside a signal handler under eventlet (a
