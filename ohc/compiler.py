@@ -956,12 +956,20 @@ def _offload_learner(
 def relay_all(out: _Out, view: HostView) -> None:
     """A gateway host's flows: BFD reflection (once it relays for some VPC), every VPC it
     relays for, and each destination there."""
+    relay_base(out, view)
+    for relay in view.relays:
+        for d in relay.destinations:
+            relay_flows(out, view, d)
+
+
+def relay_base(out: _Out, view: HostView) -> None:
+    """A gateway host's flows but those per destination (``ohc.engine`` compiles those one
+    by one): BFD reflection and each VNI it relays for. Their keys are not a destination's,
+    so emitting them first is the order ``relay_all`` wins keys in."""
     if view.relays:
         bfd_reflect_flow(out, view)
     for relay in view.relays:
         relay_vpc_flows(out, view, relay.vni)
-        for d in relay.destinations:
-            relay_flows(out, view, d)
 
 
 def bfd_reflect_flow(out: _Out, view: HostView) -> None:

@@ -48,7 +48,8 @@ from ohc.compiler import (
     lb_flows,
     offload_cookie,
     port_flows,
-    relay_all,
+    relay_base,
+    relay_flows,
     route_flows,
     vpc_flows,
 )
@@ -57,12 +58,14 @@ from ohc.model import (
     Address,
     BadObject,
     Destination,
+    HostView,
     LocalPort,
     Offload,
     PeerView,
     Skipped,
     gateway_ips,
     ip_key,
+    relay_sides,
     same_vni,
 )
 from ohc.subscriptions import Sub
@@ -179,18 +182,22 @@ class DestIndex:
 
 @dataclass(frozen=True)
 class _Role:
-    """One set of destination units: a local VPC's own destinations, or one peer's."""
+    """One set of destination units: a local VPC's own destinations, or one peer's; on a
+    gateway host (``relay``: its view), the destinations of one side it relays for."""
 
-    ctx: Ctx
+    ctx: Ctx | None
     peer: PeerView | None
     index: IndexKey
     rank: Rank
     context: tuple[Hashable, ...]  # what its units depend on besides each destination
+    relay: HostView | None = None
 
     @property
     def source(self) -> str:
         """The VPC its destinations belong to."""
-        return self.ctx.vpc if self.peer is None else self.peer.peer_vpc
+        if self.peer is not None:
+            return self.peer.peer_vpc
+        return self.index[0] if self.ctx is None else self.ctx.vpc
 
 
 class _DestUnit:
@@ -376,10 +383,6 @@ class FlowEngine:
         )
         self.ofports, self.tunnel_port, self.bfd_ports = dict(ofports), tunnel_port, bfd
         self.offload = offload
-        if self.role == "gateway":
-            self._relay(changes)
-            self._rebuilt = False
-            return iter(())
         touched: dict[IndexKey, set[IpKey]] = {}
         for sub, change in changes.items():
             keys = self._apply(sub, change)
@@ -395,8 +398,8 @@ class FlowEngine:
         if any(ips & self.vips.get(ik[:2], set()) for ik, ips in touched.items()):
             rebuild = True  # a destination took or freed a load balancer's VIP
         redo: dict[RoleKey, set[IpKey]] = {}
-        if rebuild:
-            redo = self._rebuild()  # the only step whose units have groups
+        if rebuild:  # the only step whose units have groups
+            redo = self._rebuild_relays() if self.role == "gateway" else self._rebuild()
             self._merge_groups()
         for rk, role in self.roles.items():
             ips = touched.get(role.index)
@@ -426,15 +429,20 @@ class FlowEngine:
         self._gids, self._old = set(), {}  # not kept: 100k keys after a cold install
         return update
 
-    def _relay(self, changes: Mapping[Sub, StreamChange]) -> None:
-        """A gateway host: its relay flows, compiled whole from every stream it follows (not
-        yet per destination: docs/gateways.md, what is left)."""
-        for sub, change in changes.items():
-            self._apply(sub, change)
-        view, self.view_skipped = host.gateway_view(
-            self.underlay_ip, self.streams, self.tunnel_port
-        )
-        self._set_unit(("relay",), self._events((2,), relay_all, view), {})
+    def _rebuild_relays(self) -> dict[RoleKey, Any]:
+        """A gateway host (docs/gateways.md): the flows of every VNI it relays for, then one
+        role per side it relays for, whose destinations compile one by one (as ``_rebuild``
+        does for a hypervisor's VPCs): an update costs its own destinations, not the state."""
+        small = {s: o for s, o in self.streams.items() if s.service != ServiceName.DESTINATION}
+        view, self.view_skipped = host.gateway_view(self.underlay_ip, small, self.tunnel_port)
+        self._set_unit(("relay",), self._events((2,), relay_base, view), {})
+        peerings = {s.key: o for s, o in small.items() if s.service == ServiceName.PEERING}
+        roles: dict[RoleKey, _Role] = {}
+        for pos, ((vpc, policy), vni) in enumerate(relay_sides(peerings, []).items()):
+            role = _Role(None, None, (vpc, policy, vni), (3, pos), (pos, self.tunnel_port), view)
+            roles[(f"relay/{vpc}", policy)] = role
+            self._index(vpc, policy, vni)  # built from its stream when first asked for
+        return self._set_roles(roles, set())
 
     def _apply(self, sub: Sub, change: StreamChange) -> Iterable[str]:
         """Take ``change`` into the engine's copy of the stream; the keys it changed."""
@@ -513,7 +521,15 @@ class FlowEngine:
             self._set_unit(uid, [], {})
         local = {(p.vpc, p.ip): p for p in view.local_ports}
         moved = {k for k in local.keys() | self.local.keys() if local.get(k) != self.local.get(k)}
-        redo: dict[RoleKey, set[IpKey]] = {}
+        self.local, self.vips = local, _claimed_vips(small)
+        return self._set_roles(roles, moved)
+
+    def _set_roles(
+        self, roles: dict[RoleKey, _Role], moved: set[tuple[str, Address]]
+    ) -> dict[RoleKey, Any]:
+        """Take ``roles`` in: the destination units to recompile (a role's whole set when its
+        context changed, else those whose local port ``moved``); a role gone takes its units."""
+        redo: dict[RoleKey, Any] = {}
         for rk in set(self.roles) - set(roles):  # a peering or the VPC's last port went
             for unit in self.dest_units.pop(rk, {}).values():
                 self._set_dest(unit, None)
@@ -525,7 +541,7 @@ class FlowEngine:
                 redo[rk] = {ip_key(ip) for vpc, ip in moved if vpc == role.source}
                 if role.peer is not None and old.peer is not None:  # on-demand: offloaded
                     redo[rk].update(map(ip_key, role.peer.offloaded ^ old.peer.offloaded))
-        self.roles, self.local, self.vips = roles, local, _claimed_vips(small)
+        self.roles = roles
         used = {r.index for r in roles.values()}
         for ik in set(self.indexes) - used:
             del self.indexes[ik]
@@ -554,9 +570,12 @@ class FlowEngine:
         d = self.indexes[role.index].winner(k)
         units = self.dest_units.setdefault(rk, {})
         old = units.get(k)
-        flows = (
-            () if d is None else _record(dest_flows, role.ctx, d, role.peer, shared=self.shared)[0]
-        )
+        if d is None:
+            flows: tuple[Flow, ...] = ()
+        elif role.relay is None:
+            flows = _record(dest_flows, role.ctx, d, role.peer, shared=self.shared)[0]
+        else:
+            flows = _record(relay_flows, role.relay, d, shared=self.shared)[0]
         if old is not None and old.flows == flows and old.base == role.rank:
             self._compiled += 1
             return

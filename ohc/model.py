@@ -463,6 +463,25 @@ def _local_ports(
     return tuple(sorted(ports, key=lambda p: (p.vpc, p.name)))
 
 
+def relay_sides(
+    peerings: Mapping[str, Mapping[str, HeldPeering]], skipped: list[Skipped]
+) -> dict[tuple[str, str], int]:
+    """(peer VPC, export policy) -> the peer's VNI of each peering side that sends through
+    the gateways, sorted (the order a gateway relays in); a peering object that does not
+    parse goes into ``skipped``."""
+    sides: dict[tuple[str, str], int] = {}
+    for vpc in sorted(peerings):
+        for key in sorted(peerings[vpc]):
+            try:
+                po = peering_of(peerings[vpc][key])
+            except ProtocolError as e:
+                skipped.append(Skipped("peering", f"{vpc}/{key}", str(e)))
+                continue
+            if uses_gateways(po.forwarding):
+                sides.setdefault((po.peer_vpc, po.policy_id), po.peer_vni)
+    return dict(sorted(sides.items()))
+
+
 def relay_view(
     local_underlay_ip: str,
     peerings: Mapping[str, Mapping[str, HeldPeering]],
@@ -475,19 +494,9 @@ def relay_view(
     (``peer_services``, keyed as in ``HostView.from_service_objects``), with the peer's VNI."""
     skipped: list[Skipped] = []
     relays: dict[tuple[str, str], VpcServices] = {}
-    for vpc in sorted(peerings):
-        for key in sorted(peerings[vpc]):
-            try:
-                po = peering_of(peerings[vpc][key])
-            except ProtocolError as e:
-                skipped.append(Skipped("peering", f"{vpc}/{key}", str(e)))
-                continue
-            k = (po.peer_vpc, po.policy_id)
-            if uses_gateways(po.forwarding) and k not in relays:
-                streams = peer_services.get(k, StreamObjects())
-                relays[k] = VpcServices.from_service_objects(
-                    po.peer_vpc, po.peer_vni, streams, skipped
-                )
+    for (peer_vpc, policy), vni in relay_sides(peerings, skipped).items():
+        streams = peer_services.get((peer_vpc, policy), StreamObjects())
+        relays[peer_vpc, policy] = VpcServices.from_service_objects(peer_vpc, vni, streams, skipped)
     view = HostView(
         parse_underlay_ip(local_underlay_ip, "local_underlay_ip"),
         tunnel_port=tunnel_port,

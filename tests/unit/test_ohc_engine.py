@@ -18,12 +18,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshpeer.controller.model import Intent
+from ohc import compiler as ohc_compiler
+from ohc import engine as ohc_engine
 from ohc import host as ohc_host
 from ohc.canonical import canonical_state
-from ohc.compiler import compile_host
+from ohc.compiler import compile_host, relay_flows
 from ohc.engine import FlowEngine
 from ohc.model import Offload
-from ohc.pipeline import TUNNEL_PORT
+from ohc.pipeline import GATEWAY_RELAY, TUNNEL_PORT
 from ohc.syncer import SwitchModel, SwitchState, plan_keys, with_canary
 from tests.support.changes import Streams, changes
 from tests.unit.controller_fixtures import add_vm
@@ -38,6 +40,9 @@ from tests.unit.test_ohc_compiler import (
     publish,
 )
 
+# the gateway hosts apply_op registers (and drops): an engine each, from the first step
+GATEWAY_IPS = {"gw1": "169.254.101.51", "gw2": "169.254.101.52"}
+
 
 def reference(
     i: Intent,
@@ -47,9 +52,12 @@ def reference(
     tunnel: int | None,
     offload: Offload | None = None,
 ) -> tuple[SwitchState, tuple[Any, ...]]:
-    view, skipped = ohc_host.host_view(
-        str(i.hosts[h].underlay_ip), streams, ofports, tunnel, offload=offload
-    )
+    if h in GATEWAY_IPS:  # a gateway host's relays (docs/gateways.md)
+        view, skipped = ohc_host.gateway_view(GATEWAY_IPS[h], streams, tunnel)
+    else:
+        view, skipped = ohc_host.host_view(
+            str(i.hosts[h].underlay_ip), streams, ofports, tunnel, offload=offload
+        )
     state = compile_host(view)
     assert canonical_state(state).flows == state.flows  # the compiler emits canonical flows
     return with_canary(canonical_state(state)), skipped
@@ -111,11 +119,12 @@ def test_an_on_demand_side_offloads_pairs_and_takes_them_back() -> None:
     engine_equals_full_compile(steps)
 
 
-def engine_equals_full_compile(steps: list[tuple[str, int, str]]) -> None:
-    i = base_intent()
+def engine_equals_full_compile(steps: list[tuple[str, int, str]], i: Intent | None = None) -> None:
+    i = base_intent() if i is None else i
     pub = publish(i)
     engines = {h: FlowEngine(str(i.hosts[h].underlay_ip)) for h in HOSTS}
-    held: dict[str, Streams] = {h: {} for h in HOSTS}
+    engines.update({gw: FlowEngine(ip, "gateway") for gw, ip in GATEWAY_IPS.items()})
+    held: dict[str, Streams] = {h: {} for h in engines}
     before = {h: e.state() for h, e in engines.items()}
     # a model of each switch kept relative to its engine, synced by plan_keys (ohc/session.py)
     models = {h: SwitchModel.relative(e, before[h], before[h]) for h, e in engines.items()}
@@ -139,10 +148,11 @@ def engine_equals_full_compile(steps: list[tuple[str, int, str]]) -> None:
         if how == "detach":  # a VM's interface went from br-int
             ofports.pop(sorted(OFPORT)[n % len(OFPORT)])
         tunnel = None if how == "no-tunnel" else TUNNEL_PORT
-        for h in HOSTS:
+        for h in engines:
             streams = followed(pub, h)
+            ports = {} if h in GATEWAY_IPS else ofports  # a gateway host has no VM
             update = engines[h].update(
-                changes(held[h], streams, how == "snapshot"), ofports, tunnel, offload=offload
+                changes(held[h], streams, how == "snapshot"), ports, tunnel, offload=offload
             )
             held[h] = streams
             want, skipped = reference(i, streams, h, ofports, tunnel, offload)
@@ -185,6 +195,52 @@ def test_one_more_peer_destination_compiles_one_unit() -> None:
     # blue: to r5 and its source check; red: the same and the ARP answer for r5
     assert len(update.flow_keys) == 5
     assert engine.state().flows == reference(i, second, "hv1", OFPORT, TUNNEL_PORT)[0].flows
+
+
+def relaying_intent() -> Intent:
+    """The full world with gw1 registered and blue's and green's sides toward red sent
+    through the gateways: gw1 relays red's endpoints."""
+    i = full_intent()
+    apply_op(i, ("gateway", 0))
+    for n in (0, 2):
+        apply_op(i, ("forwarding", n))
+    return i
+
+
+@settings(max_examples=40, deadline=None)
+@given(STEPS)
+def test_a_gateway_engine_equals_a_full_recompute(steps: list[tuple[str, int, str]]) -> None:
+    """As above, from a world where gw1 relays (random steps from the base world rarely
+    make one): its relay units, compiled one destination at a time, stay the full compile."""
+    engine_equals_full_compile(steps, relaying_intent())
+
+
+def test_one_more_relayed_destination_compiles_one_unit_on_a_gateway(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A gateway host holds every endpoint of the sides it relays for: one more red endpoint
+    recompiles that destination's relay flow only, not the gateway's whole state."""
+    i = relaying_intent()
+    engine = FlowEngine(GATEWAY_IPS["gw1"], "gateway")
+    first = followed(publish(i), "gw1")
+    engine.update(changes({}, first, True), {}, TUNNEL_PORT)
+    relays = [f for f in engine.state().flows if f.table == GATEWAY_RELAY]
+    assert len(relays) >= 3, relays  # red's endpoints, relayed (not a vacuous check)
+    add_vm(i, "red", "r5", "10.2.0.15", "hv3")
+    second = followed(publish(i), "gw1")
+    compiled: list[str] = []
+
+    def counted(out: Any, view: Any, d: Any) -> None:
+        compiled.append(d.name)
+        relay_flows(out, view, d)
+
+    for module in (ohc_engine, ohc_compiler):
+        monkeypatch.setattr(module, "relay_flows", counted, raising=False)
+    update = engine.update(changes(first, second, False), {}, TUNNEL_PORT)
+    assert not update.skeleton
+    assert compiled == ["r5"]  # both sides see red under one policy: one relay unit
+    assert len(update.flow_keys) == 1
+    assert engine.state().flows == reference(i, second, "gw1", {}, TUNNEL_PORT)[0].flows
 
 
 # What a peer shard may send is untrusted: destinations that share an address, take a load
