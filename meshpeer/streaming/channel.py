@@ -208,8 +208,10 @@ class Channel(Gated):
         self.publisher = Publisher.of(url_base, ca_file, heartbeat_timeout, backoff)
         # The shard's replicas (``url_base`` among them): a connection that fails or that a
         # standby refuses (503) moves to the next one; ``url`` stays the channel's name.
-        self.replicas = (url_base, *(u for u in replicas if u != url_base))
+        # Each once (a URL listed twice made the rotation stick to it: review s6, E1).
+        self.replicas = tuple(dict.fromkeys((url_base, *replicas)))
         self.at = url_base
+        self._turn = 0  # self.at's place in self.replicas
         self.on_empty = on_empty
         self.url = url_base
         self.credential = credential
@@ -351,7 +353,8 @@ class Channel(Gated):
         """Connect to the shard's next replica from now on (none: the same URL again)."""
         if len(self.replicas) < 2:
             return
-        self.at = self.replicas[(self.replicas.index(self.at) + 1) % len(self.replicas)]
+        self._turn = (self._turn + 1) % len(self.replicas)
+        self.at = self.replicas[self._turn]
         p = self.publisher
         self.publisher = Publisher.of(self.at, p.ca_file, self.heartbeat_timeout, self.backoff)
         self._close_ctl()

@@ -632,3 +632,31 @@ def test_a_channel_finds_the_shards_new_leader_and_resumes_there(cleanup: list[A
     wait_until(lambda: red.version == 1, what="red resumed at the new leader")
     assert ch.at == other.url and ch.url == leader.url  # still known by the directory's URL
     assert rec.seen == [("Snapshot", 0), ("Delta", 1)]
+
+
+def test_a_replica_listed_twice_does_not_stop_the_rotation(cleanup: list[Any]) -> None:
+    """``replicas: [A, B, B]`` (review s6, E1): both replicas are standbys first, then A
+    leads; the channel must come back to A rather than ask B for ever."""
+    from meshpeer.controller import standby
+
+    hub = StreamHub()
+    setup_three(hub)
+    b_asked: list[str] = []
+    b_app = standby.app("ctl1", "b", lambda: None)
+
+    def b(environ: dict[str, Any], start_response: Any) -> Any:
+        b_asked.append(environ["PATH_INFO"])
+        return b_app(environ, start_response)
+
+    a = Server(standby.app("ctl1", "a", lambda: None))
+    cleanup.append(a)
+    other = Server(b)
+    cleanup.append(other)
+    ch = channel(cleanup, a.url, replicas=[a.url, other.url, other.url])
+    rec = Recorder()
+    red = follow(ch, RED, rec)
+    wait_until(lambda: bool(b_asked), what="the channel went on to B")
+    a.stop()  # A is elected
+    serve(cleanup, hub, port=a.port)
+    wait_until(lambda: red.version == 0, what="red followed at A, the leader")
+    assert ch.at == a.url
