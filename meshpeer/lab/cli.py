@@ -236,7 +236,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  controller {c['name']:<8} netns {c['netns']:<12} REST {c['rest_url']:<26} {ok}")
         if len(c["replicas"]) > 1:
             for r in c["replicas"]:
-                print(f"    replica {r['name']:<4} {r['role']:<8} pid {r['pid']} {r['url']}")
+                role = r["role"] if r["alive"] else "down"
+                print(f"    replica {r['name']:<4} {role:<8} pid {r['pid']} {r['url']}")
     for m in st["etcd"]:
         ok = "healthy" if m["healthy"] else ("DOWN" if m["pid"] is None else "unhealthy")
         print(f"  etcd {m['name']:<8} netns {m['netns']:<12} {m['url']:<26} {ok}")

@@ -87,19 +87,22 @@ def leader_url(plan: LabPlan, c: ControllerPlan) -> str | None:
     found = replicas(c)
     if len(found) == 1:
         return url(plan, c)
-    return next((u for u, role in roles(plan, c) if role == "leader"), None)
+    return next((u for u, role, _ in roles(plan, c) if role == "leader"), None)
 
 
-def roles(plan: LabPlan, c: ControllerPlan) -> list[tuple[str, str]]:
-    """Each replica's URL and role: ``leader`` if it serves (200), else ``standby``."""
+def roles(plan: LabPlan, c: ControllerPlan) -> list[tuple[str, str, bool]]:
+    """Each replica's URL, role and whether it is alive: ``leader`` if it serves (200), else
+    ``standby``; alive if it answered as the leader or as a standby (the 503 naming the
+    leader), not if it did not answer (down, starting) or answered anything else."""
     out = []
     for r in replicas(c):
         u = replica_url(plan, c, r)
         try:
-            status, _ = Client(u, None, 2.0, ca_file=plan.ca_file).request("GET", "/healthz")
-        except OSError:
-            status = 0
-        out.append((u, "leader" if status == 200 else "standby"))
+            status, body = Client(u, None, 2.0, ca_file=plan.ca_file).request("GET", "/healthz")
+        except (OSError, ValueError):  # refused, timed out, not JSON
+            status, body = 0, None
+        standby = status == 503 and isinstance(body, dict) and "leader" in body
+        out.append((u, "leader" if status == 200 else "standby", status == 200 or standby))
     return out
 
 
@@ -331,8 +334,16 @@ def running(plan: LabPlan, c: ControllerPlan) -> bool:
 
 
 def replica_status(plan: LabPlan, c: ControllerPlan) -> list[dict[str, Any]]:
-    """``status --json``'s ``replicas``: name, pid (None: not running), role, url."""
+    """``status --json``'s ``replicas``: name, pid (None: not running), role (``leader`` or
+    ``standby``), url, and alive (False: it answers neither as the leader nor as a standby,
+    whatever its role says; docs/lab.md)."""
     return [
-        {"name": r.replica or c.name, "pid": pid(plan, c, r), "role": role, "url": u}
-        for r, (u, role) in zip(replicas(c), roles(plan, c), strict=True)
+        {
+            "name": r.replica or c.name,
+            "pid": pid(plan, c, r),
+            "role": role,
+            "url": u,
+            "alive": alive_now,
+        }
+        for r, (u, role, alive_now) in zip(replicas(c), roles(plan, c), strict=True)
     ]

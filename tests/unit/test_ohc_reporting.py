@@ -6,12 +6,9 @@ to its leader."""
 from __future__ import annotations
 
 import ast
-import json
 import subprocess
 import sys
 import textwrap
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
@@ -19,6 +16,7 @@ import pytest
 from meshpeer.client import ApiFailure
 from meshpeer.controller import standby
 from ohc.reporting import Reporter
+from tests.support.jsonserver import JsonServer
 
 SCRIPT = textwrap.dedent(
     """
@@ -71,34 +69,14 @@ def test_a_silent_shard_does_not_hold_back_the_others() -> None:
 def test_the_leaders_refusal_is_reported_not_a_standbys_503() -> None:
     """The leader refuses the registration (409); the shard's other replica is a standby
     (503): the failure raised is the leader's (review s6, E3)."""
-
-    def answering(status: int, doc: object) -> ThreadingHTTPServer:
-        class Handler(BaseHTTPRequestHandler):
-            def do_PUT(self) -> None:
-                self.rfile.read(int(self.headers["Content-Length"]))
-                body = json.dumps(doc).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        return server
-
     conflict = {"error": "conflict", "field": "role", "detail": "hv1 is a gateway"}
-    servers = [answering(409, conflict), answering(503, standby.answer("ctl1", "b", None))]
+    servers = [JsonServer(409, conflict), JsonServer(503, standby.answer("ctl1", "b", None))]
     try:
-        urls = [f"http://127.0.0.1:{s.server_address[1]}" for s in servers]
+        urls = [s.url for s in servers]
         reporter = Reporter("hv1", "169.254.0.1", "t", SimpleNamespace(), replicas=lambda u: urls)
         with pytest.raises(ApiFailure) as failed:
             reporter.register(urls[0])
         assert failed.value.status == 409 and failed.value.body == conflict
     finally:
         for s in servers:
-            s.shutdown()
-            s.server_close()
+            s.stop()
