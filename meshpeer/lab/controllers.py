@@ -87,10 +87,15 @@ def leader_url(plan: LabPlan, c: ControllerPlan) -> str | None:
     found = replicas(c)
     if len(found) == 1:
         return url(plan, c)
-    return next((u for u, role, _ in roles(plan, c) if role == "leader"), None)
+    return next((u for u, role in roles(plan, c) if role == "leader"), None)
 
 
-def roles(plan: LabPlan, c: ControllerPlan) -> list[tuple[str, str, bool]]:
+def roles(plan: LabPlan, c: ControllerPlan) -> list[tuple[str, str]]:
+    """Each replica's URL and role: ``leader`` if it serves (200), else ``standby``."""
+    return [(u, role) for u, role, _ in health(plan, c)]
+
+
+def health(plan: LabPlan, c: ControllerPlan) -> list[tuple[str, str, bool]]:
     """Each replica's URL, role and whether it is alive: ``leader`` if it serves (200), else
     ``standby``; alive if it answered as the leader or as a standby (the 503 naming the
     leader), not if it did not answer (down, starting) or answered anything else."""
@@ -345,5 +350,5 @@ def replica_status(plan: LabPlan, c: ControllerPlan) -> list[dict[str, Any]]:
             "url": u,
             "alive": alive_now,
         }
-        for r, (u, role, alive_now) in zip(replicas(c), roles(plan, c), strict=True)
+        for r, (u, role, alive_now) in zip(replicas(c), health(plan, c), strict=True)
     ]
