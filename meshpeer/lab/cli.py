@@ -91,7 +91,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     if plan.controllers:  # the operator CLI finds the shards by name (docs/cli.md)
         path = cli_config.config_path(os.environ)
         entry = {"token": plan.api_token, "ca_file": plan.ca_file}
-        shards = {c.name: {"url": controllers.url(plan, c), **entry} for c in plan.controllers}
+        shards = {
+            c.name: {
+                "url": controllers.url(plan, c),
+                **entry,
+                **({"replicas": controllers.replica_urls(plan, c)} if c.replicas > 1 else {}),
+            }
+            for c in plan.controllers
+        }
         cli_config.save_lab(path, plan.lab, shards)
         print(f"[lab {args.lab}] meshpeer CLI config: {path}")
     return 0

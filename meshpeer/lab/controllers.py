@@ -75,6 +75,10 @@ def replica_url(plan: LabPlan, c: ControllerPlan, r: Replica) -> str:
     return f"{'https' if plan.tls else 'http'}://{c.mgmt_ip}:{r.port}"
 
 
+def replica_urls(plan: LabPlan, c: ControllerPlan) -> list[str]:
+    return [replica_url(plan, c, r) for r in replicas(c)]
+
+
 def url(plan: LabPlan, c: ControllerPlan) -> str:
     """The controller's URL in the shard directory: its first replica's (the hosts follow
     the leader from there: docs/decisions.md)."""
@@ -141,7 +145,7 @@ def directory_doc(plan: LabPlan, topo: Topology) -> dict[str, Any]:
             url(plan, c),
             vni_block(k),
             [v.name for v in topo.vpcs if v.controller == c.name],
-            [replica_url(plan, c, r) for r in replicas(c)] if c.replicas > 1 else [],
+            replica_urls(plan, c) if c.replicas > 1 else [],
         )
         for k, c in enumerate(plan.controllers)
     }
