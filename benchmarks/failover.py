@@ -110,8 +110,9 @@ def lab_failover(plan: LabPlan, c: ControllerPlan, run: int) -> float:
 
     def back() -> bool:
         new = controllers.pid(plan, c, leader)
-        role = dict(controllers.roles(plan, c))[controllers.replica_url(plan, c, leader)]
-        return new not in (None, pid) and role == "standby"
+        url = controllers.replica_url(plan, c, leader)
+        up = [(role, ok) for u, role, ok in controllers.health(plan, c) if u == url]
+        return new not in (None, pid) and up == [("standby", True)]
 
     wait_for(back, 60, 0.1, "the killed replica back as a standby")
     return took

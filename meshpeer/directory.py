@@ -122,8 +122,14 @@ def parse_directory(raw: object, *, secrets: bool = True) -> Directory:
     shards: dict[str, Shard] = {}
     owners: dict[str, str] = {}
     ranges: list[tuple[int, int, str]] = []
+    replica_of: dict[str, str] = {}  # a replica's URL -> its shard
     for name, s in shards_raw.items():
         shards[name] = shard = _shard(name, s)
+        for r in shard.replicas:
+            if replica_of.setdefault(r, name) != name:
+                raise DirectoryError(
+                    f"shards.{name}.replicas: {r} is a replica of shard {replica_of[r]!r} too"
+                )
         for vpc in shard.vpcs:
             if vpc in owners:
                 raise DirectoryError(
@@ -219,6 +225,9 @@ def _shard(name: object, s: Any) -> Shard:
     ):
         raise DirectoryError(f"{p}.replicas: expected a list of https://HOST:PORT (or http://)")
     replicas = [r.rstrip("/") for r in replicas]
+    twice = next((r for i, r in enumerate(replicas) if r in replicas[:i]), None)
+    if twice is not None:  # a channel would rotate between fewer replicas than it thinks
+        raise DirectoryError(f"{p}.replicas: {twice} listed twice")
     if replicas and url.rstrip("/") not in replicas:
         raise DirectoryError(f"{p}.replicas: lists every replica, the shard's url too")
     return Shard(name, url.rstrip("/"), (vr[0], vr[1]), tuple(vpcs), tuple(replicas))

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from eventlet.greenpool import GreenPool
 
-from meshpeer.client import Client
+from meshpeer.client import ApiFailure, Client
 from meshpeer.protocol.gateways import DEFAULT_ROLE
 from meshpeer.protocol.messages import stream_name
 from ohc.agent import Agent
@@ -105,7 +105,8 @@ class Reporter:
 
     def _to_leader(self, url: str, token: str | None, path: str, body: Mapping[str, Any]) -> None:
         """PUT at the shard's replica that answered last, else at each other in turn (a
-        standby answers 503); raises the last failure if none took it."""
+        standby answers 503); raises the last failure if none took it. Any other refusal
+        (403, 409..) is the leader's and is raised at once: the others are standbys."""
         urls = list(self.replicas(url))
         last = self.leading.get(url)
         if last in urls:
@@ -115,6 +116,12 @@ class Reporter:
         for u in urls:
             try:
                 Client(u, token, timeout=TIMEOUT, ca_file=self.ca_file).put(path, body)
+            except ApiFailure as exc:
+                if exc.status != 503:  # the leader's verdict, not a standby's 503 (review s6)
+                    self.leading[url] = u
+                    raise
+                failure = exc
+                continue
             except Exception as exc:
                 failure = exc
                 continue

@@ -28,6 +28,7 @@ class Target:
     ca_file: str | None
     name: str | None = None  # the controller's name, when it came from the config file
     lab: str | None = None  # the lab that wrote that entry (meshpeer why traces its hosts)
+    replicas: tuple[str, ...] = ()  # every replica's URL, for a shard with replicas (issue 15)
 
 
 def config_path(env: Mapping[str, str]) -> str:
@@ -85,11 +86,13 @@ def resolve(
         ca_file or entry.get("ca_file"),
         name if entry else None,
         entry.get("lab"),
+        tuple(str(u) for u in entry.get("replicas") or ()),
     )
 
 
 def save_lab(path: str, lab: str, controllers: Mapping[str, Mapping[str, Any]]) -> None:
-    """Record lab ``lab``'s controllers (name -> url, token, ca_file), replacing any other
+    """Record lab ``lab``'s controllers (name -> url, token, ca_file, and replicas for a shard
+    of several: the CLI goes to the one that leads), replacing any other
     lab's entries of the same names; the first becomes the default."""
     doc = load(path)
     entries = {k: v for k, v in doc["controllers"].items() if v.get("lab") != lab}

@@ -501,7 +501,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         except LookupError:
             shell = None
     try:
-        client = Client(target.url, target.token, timeout, target.ca_file)
+        url = leading(target)
+        client = Client(url, target.token, timeout, target.ca_file)
     except ValueError as exc:  # a URL that does not parse: a usage error, no traceback
         print(f"meshpeer: {target.url}: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -515,9 +516,22 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         )
         return EXIT_API
     except (OSError, ValueError) as exc:
-        print(f"meshpeer: {target.url}: {exc}", file=sys.stderr)
+        print(f"meshpeer: {url}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return cli.status
+
+
+def leading(target: config.Target) -> str:
+    """The replica of the target's shard that leads now (``GET /healthz`` 200: a standby
+    answers 503), else the target's URL (a shard of one process, or none leads)."""
+    for u in target.replicas:
+        try:
+            status, _ = Client(u, None, 2.0, target.ca_file).request("GET", "/healthz")
+        except (OSError, ValueError):  # down, or not a shard's answer
+            continue
+        if status == 200:
+            return u
+    return target.url
 
 
 if __name__ == "__main__":

@@ -91,7 +91,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     if plan.controllers:  # the operator CLI finds the shards by name (docs/cli.md)
         path = cli_config.config_path(os.environ)
         entry = {"token": plan.api_token, "ca_file": plan.ca_file}
-        shards = {c.name: {"url": controllers.url(plan, c), **entry} for c in plan.controllers}
+        shards = {
+            c.name: {
+                "url": controllers.url(plan, c),
+                **entry,
+                **({"replicas": controllers.replica_urls(plan, c)} if c.replicas > 1 else {}),
+            }
+            for c in plan.controllers
+        }
         cli_config.save_lab(path, plan.lab, shards)
         print(f"[lab {args.lab}] meshpeer CLI config: {path}")
     return 0
@@ -236,7 +243,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  controller {c['name']:<8} netns {c['netns']:<12} REST {c['rest_url']:<26} {ok}")
         if len(c["replicas"]) > 1:
             for r in c["replicas"]:
-                print(f"    replica {r['name']:<4} {r['role']:<8} pid {r['pid']} {r['url']}")
+                role = r["role"] if r["alive"] else "down"
+                print(f"    replica {r['name']:<4} {role:<8} pid {r['pid']} {r['url']}")
     for m in st["etcd"]:
         ok = "healthy" if m["healthy"] else ("DOWN" if m["pid"] is None else "unhealthy")
         print(f"  etcd {m['name']:<8} netns {m['netns']:<12} {m['url']:<26} {ok}")

@@ -75,6 +75,10 @@ def replica_url(plan: LabPlan, c: ControllerPlan, r: Replica) -> str:
     return f"{'https' if plan.tls else 'http'}://{c.mgmt_ip}:{r.port}"
 
 
+def replica_urls(plan: LabPlan, c: ControllerPlan) -> list[str]:
+    return [replica_url(plan, c, r) for r in replicas(c)]
+
+
 def url(plan: LabPlan, c: ControllerPlan) -> str:
     """The controller's URL in the shard directory: its first replica's (the hosts follow
     the leader from there: docs/decisions.md)."""
@@ -92,14 +96,22 @@ def leader_url(plan: LabPlan, c: ControllerPlan) -> str | None:
 
 def roles(plan: LabPlan, c: ControllerPlan) -> list[tuple[str, str]]:
     """Each replica's URL and role: ``leader`` if it serves (200), else ``standby``."""
+    return [(u, role) for u, role, _ in health(plan, c)]
+
+
+def health(plan: LabPlan, c: ControllerPlan) -> list[tuple[str, str, bool]]:
+    """Each replica's URL, role and whether it is alive: ``leader`` if it serves (200), else
+    ``standby``; alive if it answered as the leader or as a standby (the 503 naming the
+    leader), not if it did not answer (down, starting) or answered anything else."""
     out = []
     for r in replicas(c):
         u = replica_url(plan, c, r)
         try:
-            status, _ = Client(u, None, 2.0, ca_file=plan.ca_file).request("GET", "/healthz")
-        except OSError:
-            status = 0
-        out.append((u, "leader" if status == 200 else "standby"))
+            status, body = Client(u, None, 2.0, ca_file=plan.ca_file).request("GET", "/healthz")
+        except (OSError, ValueError):  # refused, timed out, not JSON
+            status, body = 0, None
+        standby = status == 503 and isinstance(body, dict) and "leader" in body
+        out.append((u, "leader" if status == 200 else "standby", status == 200 or standby))
     return out
 
 
@@ -133,7 +145,7 @@ def directory_doc(plan: LabPlan, topo: Topology) -> dict[str, Any]:
             url(plan, c),
             vni_block(k),
             [v.name for v in topo.vpcs if v.controller == c.name],
-            [replica_url(plan, c, r) for r in replicas(c)] if c.replicas > 1 else [],
+            replica_urls(plan, c) if c.replicas > 1 else [],
         )
         for k, c in enumerate(plan.controllers)
     }
@@ -331,8 +343,16 @@ def running(plan: LabPlan, c: ControllerPlan) -> bool:
 
 
 def replica_status(plan: LabPlan, c: ControllerPlan) -> list[dict[str, Any]]:
-    """``status --json``'s ``replicas``: name, pid (None: not running), role, url."""
+    """``status --json``'s ``replicas``: name, pid (None: not running), role (``leader`` or
+    ``standby``), url, and alive (False: it answers neither as the leader nor as a standby,
+    whatever its role says; docs/lab.md)."""
     return [
-        {"name": r.replica or c.name, "pid": pid(plan, c, r), "role": role, "url": u}
-        for r, (u, role) in zip(replicas(c), roles(plan, c), strict=True)
+        {
+            "name": r.replica or c.name,
+            "pid": pid(plan, c, r),
+            "role": role,
+            "url": u,
+            "alive": alive_now,
+        }
+        for r, (u, role, alive_now) in zip(replicas(c), health(plan, c), strict=True)
     ]

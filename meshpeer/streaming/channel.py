@@ -69,6 +69,10 @@ from meshpeer.streaming.subscriber import (
 log = logging.getLogger(__name__)
 
 MAX_CONTROL_REPLY = 4 * 1024 * 1024
+# A TCP connect (and TLS handshake) that takes longer: the replica's machine is taken for gone
+# and the next replica is tried (docs/decisions.md). Linux sends a SYN again after 1 s, so two
+# SYNs fit in; a shard of one process is asked again after the backoff.
+CONNECT_TIMEOUT = 3.0
 
 Batch = tuple[list[tuple["Subscription", dict[str, Any]]], list[int]]
 """A control request's subscribes (each subscription with its entry) and unsubscribes."""
@@ -180,6 +184,8 @@ class Channel(Gated):
 
     ``heartbeat_timeout``: silence (no frame, not even a keepalive) after which the connection
     is taken for dead and opened again; every subscription then resumes with its ``since``.
+    ``connect_timeout`` bounds a connect and its TLS handshake (at most ``heartbeat_timeout``):
+    a replica whose machine is gone answers nothing, not even a reset.
     ``backoff`` (min, max) spaces reconnects and the retries of a refused subscription,
     doubling per failure, jittered; ``gate`` bounds connection attempts in flight across
     channels (held from connect until the first frame). When its last subscription ends, the
@@ -196,6 +202,7 @@ class Channel(Gated):
         credential: str | None,
         *,
         heartbeat_timeout: float = 15.0,
+        connect_timeout: float = CONNECT_TIMEOUT,
         backoff: tuple[float, float] = (0.1, 2.0),
         max_line: int = DEFAULT_MAX_LINE,
         clock: Clock = time.monotonic,
@@ -208,12 +215,17 @@ class Channel(Gated):
         self.publisher = Publisher.of(url_base, ca_file, heartbeat_timeout, backoff)
         # The shard's replicas (``url_base`` among them): a connection that fails or that a
         # standby refuses (503) moves to the next one; ``url`` stays the channel's name.
-        self.replicas = (url_base, *(u for u in replicas if u != url_base))
+        # Each once (a URL listed twice made the rotation stick to it: review s6, E1).
+        self.replicas = tuple(dict.fromkeys((url_base, *replicas)))
         self.at = url_base
+        self._turn = 0  # self.at's place in self.replicas
         self.on_empty = on_empty
         self.url = url_base
         self.credential = credential
         self.heartbeat_timeout = heartbeat_timeout
+        if connect_timeout <= 0:
+            raise ValueError("connect_timeout must be > 0")
+        self.connect_timeout = min(connect_timeout, heartbeat_timeout)
         self.backoff = backoff
         self.max_line = max_line
         self._clock = clock
@@ -351,7 +363,8 @@ class Channel(Gated):
         """Connect to the shard's next replica from now on (none: the same URL again)."""
         if len(self.replicas) < 2:
             return
-        self.at = self.replicas[(self.replicas.index(self.at) + 1) % len(self.replicas)]
+        self._turn = (self._turn + 1) % len(self.replicas)
+        self.at = self.replicas[self._turn]
         p = self.publisher
         self.publisher = Publisher.of(self.at, p.ca_file, self.heartbeat_timeout, self.backoff)
         self._close_ctl()
@@ -370,12 +383,19 @@ class Channel(Gated):
             lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body
 
+    def _connect(self) -> Any:
+        """A connection to the current replica, within ``connect_timeout``; what is sent on
+        it then has the heartbeat timeout (a large control request on a slow link)."""
+        sock = self.publisher.connect(self.connect_timeout)
+        sock.settimeout(self.heartbeat_timeout)
+        return sock
+
     def _session(self) -> bool:
         """One connection of the channel; True if any frame came (a healthy session)."""
         return self._through_gate(self._connected_session)
 
     def _connected_session(self) -> bool:
-        sock = self.publisher.connect(self.heartbeat_timeout)
+        sock = self._connect()
         self._sock = sock
         self.connects += 1
         sock.sendall(self._request("GET", "/v1/channel", close=True))
@@ -583,7 +603,7 @@ class Channel(Gated):
         for attempt in (0, 1):
             fresh = self._ctl_sock is None
             if fresh:
-                self._ctl_sock = self.publisher.connect(self.heartbeat_timeout)
+                self._ctl_sock = self._connect()
             sock = self._ctl_sock
             try:
                 sock.sendall(self._request("POST", path, body))

@@ -101,6 +101,7 @@ def test_kill_9_of_the_leader_loses_nothing_and_the_standby_takes_writes(lab: La
             lambda: (
                 (r := replica(ctl_status(lab, "ctl1"), "a"))["pid"] not in (None, a["pid"])
                 and r["role"] == "standby"
+                and r["alive"]
             ),
             timeout=60,
             what="a back as a standby",

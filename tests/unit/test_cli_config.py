@@ -77,3 +77,23 @@ def test_a_url_that_does_not_parse_is_a_usage_error(
     env = {"MESHPEER_CONFIG": str(tmp_path / "cli.json")}
     assert main(["--url", "http://[bad", "vpcs", "list"], env) == EXIT_USAGE
     assert "http://[bad" in capsys.readouterr().err
+
+
+def test_the_cli_goes_to_the_replica_that_leads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``lab up`` names every replica of a shard; after a failover the first is a standby
+    (503) and the CLI goes to the leader (review s6, E4)."""
+    from meshpeer.cli.main import main
+    from meshpeer.controller import standby
+    from tests.support.jsonserver import JsonServer
+
+    servers = [JsonServer(503, standby.answer("ctl1", "a", None)), JsonServer(200, {"vpcs": []})]
+    try:
+        a, b = (s.url for s in servers)
+        path = str(tmp_path / "cli.json")
+        config.save_lab(path, "mp", {"ctl1": {"url": a, "token": "t", "replicas": [a, b]}})
+        assert main(["vpcs", "list"], {"MESHPEER_CONFIG": path}) == 0, capsys.readouterr().err
+    finally:
+        for s in servers:
+            s.stop()

@@ -1,6 +1,7 @@
 """An OHC's reports go to every shard at once (ohc/reporting.py): a shard that does not answer
 must not hold back the report to one that does (issue 17's chaos suite: during a partition,
-`?wait=programmed` at the reachable shard answered seconds late)."""
+`?wait=programmed` at the reachable shard answered seconds late), and one with replicas goes
+to its leader."""
 
 from __future__ import annotations
 
@@ -8,6 +9,14 @@ import ast
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
+
+import pytest
+
+from meshpeer.client import ApiFailure
+from meshpeer.controller import standby
+from ohc.reporting import Reporter
+from tests.support.jsonserver import JsonServer
 
 SCRIPT = textwrap.dedent(
     """
@@ -55,3 +64,19 @@ def test_a_silent_shard_does_not_hold_back_the_others() -> None:
     ).stdout
     events = ast.literal_eval(out.strip().splitlines()[-1])  # the list the script printed
     assert events.index("answering: report received") < events.index("silent: client gave up")
+
+
+def test_the_leaders_refusal_is_reported_not_a_standbys_503() -> None:
+    """The leader refuses the registration (409); the shard's other replica is a standby
+    (503): the failure raised is the leader's (review s6, E3)."""
+    conflict = {"error": "conflict", "field": "role", "detail": "hv1 is a gateway"}
+    servers = [JsonServer(409, conflict), JsonServer(503, standby.answer("ctl1", "b", None))]
+    try:
+        urls = [s.url for s in servers]
+        reporter = Reporter("hv1", "169.254.0.1", "t", SimpleNamespace(), replicas=lambda u: urls)
+        with pytest.raises(ApiFailure) as failed:
+            reporter.register(urls[0])
+        assert failed.value.status == 409 and failed.value.body == conflict
+    finally:
+        for s in servers:
+            s.stop()

@@ -147,3 +147,40 @@ def test_etcd_members_and_replicas_are_planned_and_configured() -> None:
     assert "replicas" not in controllers.directory_doc(p, topo)["shards"]["ctl2"]
     single = controllers.replicas(p.controllers[1])
     assert [(r.name, r.replica) for r in single] == [("ctl2", None)]  # as before replicas
+
+
+def test_status_tells_a_replica_that_does_not_answer_from_a_standby() -> None:
+    """``status --json``'s replicas (docs/lab.md): ``role`` stays leader or standby; ``alive``
+    is false for one that answers neither as the leader nor as a standby (review s6, E5: a
+    down replica read as a standby)."""
+    import dataclasses
+    import socket
+
+    from meshpeer.controller import standby
+    from meshpeer.lab import controllers
+    from tests.support.jsonserver import JsonServer
+
+    raw = yaml.safe_load(SAMPLE)
+    raw["controllers"] = [{"name": "ctl1", "replicas": 3}, *raw["controllers"][1:]]
+    raw["etcd"] = {"members": 3}
+    p = make_plan(parse(raw), "mp", 3, Secrets("a" * 32, "b" * 64, "c" * 32), tls=False)
+    servers: list[JsonServer] = []
+    try:
+        for _ in range(20):  # replica a (leader) and b (standby) on ports p, p + 1; c: none
+            for s in servers:
+                s.stop()
+            servers = [JsonServer(200, {"status": "ok"})]
+            port = servers[0].server_address[1]
+            try:
+                servers.append(JsonServer(503, standby.answer("ctl1", "b", None), port + 1))
+                with socket.socket() as free:  # nothing listens where c would
+                    free.bind(("127.0.0.1", port + 2))
+            except OSError:
+                continue
+            break
+        c = dataclasses.replace(p.controllers[0], mgmt_ip="127.0.0.1", rest_port=port)
+        got = [(r["name"], r["role"], r.get("alive")) for r in controllers.replica_status(p, c)]
+        assert got == [("a", "leader", True), ("b", "standby", True), ("c", "standby", False)]
+    finally:
+        for s in servers:
+            s.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import pathlib
+import socket
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -632,3 +633,96 @@ def test_a_channel_finds_the_shards_new_leader_and_resumes_there(cleanup: list[A
     wait_until(lambda: red.version == 1, what="red resumed at the new leader")
     assert ch.at == other.url and ch.url == leader.url  # still known by the directory's URL
     assert rec.seen == [("Snapshot", 0), ("Delta", 1)]
+
+
+def test_a_replica_listed_twice_does_not_stop_the_rotation(cleanup: list[Any]) -> None:
+    """``replicas: [A, B, B]`` (review s6, E1): both replicas are standbys first, then A
+    leads; the channel must come back to A rather than ask B for ever."""
+    from meshpeer.controller import standby
+
+    hub = StreamHub()
+    setup_three(hub)
+    b_asked: list[str] = []
+    b_app = standby.app("ctl1", "b", lambda: None)
+
+    def b(environ: dict[str, Any], start_response: Any) -> Any:
+        b_asked.append(environ["PATH_INFO"])
+        return b_app(environ, start_response)
+
+    a = Server(standby.app("ctl1", "a", lambda: None))
+    cleanup.append(a)
+    other = Server(b)
+    cleanup.append(other)
+    ch = channel(cleanup, a.url, replicas=[a.url, other.url, other.url])
+    rec = Recorder()
+    red = follow(ch, RED, rec)
+    wait_until(lambda: bool(b_asked), what="the channel went on to B")
+    a.stop()  # A is elected
+    serve(cleanup, hub, port=a.port)
+    wait_until(lambda: red.version == 0, what="red followed at A, the leader")
+    assert ch.at == a.url
+
+
+class Blackhole:
+    """A replica whose machine is gone: a listening socket whose accept queue is full, so
+    Linux drops every new SYN and a connect neither completes nor fails (no RST)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(0)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.fillers: list[socket.socket] = []
+        for _ in range(64):  # fill the queue until a connect hangs (Linux: after one)
+            filler = socket.socket()
+            filler.settimeout(0.2)
+            try:
+                filler.connect(self.sock.getsockname())
+            except TimeoutError:
+                filler.close()
+                return
+            self.fillers.append(filler)
+        raise AssertionError("the accept queue never filled")
+
+    def stop(self) -> None:
+        for s in (*self.fillers, self.sock):
+            s.close()
+
+
+def test_a_silent_leader_is_left_for_the_next_replica(cleanup: list[Any]) -> None:
+    """A leader whose machine went away mid-stream sends nothing (no RST): after the silence
+    the channel's next connection goes to the other replica, not to the silent one."""
+    hub = StreamHub()
+    setup_three(hub)
+    opened: list[str] = []
+
+    def counting(name: str, app: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(environ: dict[str, Any], start_response: Any) -> Any:
+            if environ["REQUEST_METHOD"] == "GET":
+                opened.append(name)
+            return app(environ, start_response)
+
+        return counted
+
+    silent = Server(counting("a", channel_app(hub, heartbeat=3600.0)))  # no keepalive
+    other = Server(counting("b", channel_app(hub, heartbeat=0.05)))
+    cleanup += [silent, other]
+    ch = channel(cleanup, silent.url, replicas=[silent.url, other.url], heartbeat_timeout=0.5)
+    red = follow(ch, RED, Recorder())
+    wait_until(lambda: red.version == 0 and len(opened) >= 2, what="a second connection")
+    assert opened[:2] == ["a", "b"], opened
+
+
+def test_a_replica_that_never_answers_a_connect_is_left_quickly(cleanup: list[Any]) -> None:
+    """A connect to a replica whose machine is gone waits ``CONNECT_TIMEOUT`` (3 s), not the
+    heartbeat timeout (600 s here), before the channel tries the next replica (review s6,
+    E2: a new channel starts at the directory's URL, the old leader's)."""
+    hub = StreamHub()
+    setup_three(hub)
+    gone = Blackhole()
+    cleanup.append(gone)
+    leader = serve(cleanup, hub)
+    ch = channel(cleanup, gone.url, replicas=[gone.url, leader.url], heartbeat_timeout=600.0)
+    red = follow(ch, RED, Recorder())
+    wait_until(lambda: red.version == 0, timeout=60.0, what="red followed at the leader")
+    assert ch.at == leader.url
