@@ -289,6 +289,47 @@ OHC = Section(
             10,
         ),
         Option(
+            "spillover_interval",
+            float,
+            "seconds between two readings of the local backends' load of each ILB with "
+            "spillover backends (docs/gateways.md, overload shift)",
+            1.0,
+        ),
+        Option(
+            "spillover_high_pps",
+            float,
+            "an ILB whose local backends get more than this (packets/s per local backend, as "
+            "this host sends them) shifts a share of its new connections to its spillover "
+            "backends",
+            200.0,
+        ),
+        Option(
+            "spillover_low_pps",
+            float,
+            "an ILB whose demand stayed under this (packets/s per local backend) for "
+            "`spillover_hold_s` shifts its new connections back to the local backends",
+            100.0,
+        ),
+        Option(
+            "spillover_hold_s",
+            float,
+            "seconds the demand must stay under `spillover_low_pps` before the shift back",
+            10.0,
+        ),
+        Option(
+            "spillover_max_share",
+            int,
+            "at most this percentage of an ILB's new connections goes to its spillover backends",
+            80,
+        ),
+        Option(
+            "spillover_affinity_s",
+            int,
+            "idle timeout of the switch's per-connection affinity flows of ILBs with spillover "
+            "backends: a connection idle this long may pick another backend",
+            60,
+        ),
+        Option(
             "metrics_port",
             int,
             "port of the OHC's Prometheus `GET /metrics` (docs/metrics.md; 0: not served)",

@@ -1,0 +1,117 @@
+"""Overload shift (FIG. 8), pure: what share of an ILB's new connections goes to its spillover
+backends in a peered VPC.
+
+An ILB with ``spillover`` backends is compiled with connection affinity (docs/pipeline.md,
+tables 36-38): a connection's first packet picks a backend in the select group and the switch
+learns a flow that pins the rest of the connection to it; each backend has a pin flow in
+``lb_pick`` whose counters are the packets of the pinned connections it serves. The OHC reads
+the local backends' pin counters every ``[ohc] spillover_interval`` seconds and calls
+``decide``:
+
+- the load is the rate of those packets per local backend; while a share ``p`` already goes
+  to the peer, the demand is estimated as ``load / (1 - p)`` (the local backends see the rest);
+- a demand above ``high_pps`` raises the share to what keeps each local backend at
+  ``high_pps`` (rounded up to ``step`` percent, at most ``max_share``); it never lowers it;
+- a demand under ``low_pps`` for ``hold_s`` seconds sets the share back to 0; between the two
+  thresholds the share stays (hysteresis: it does not flap).
+
+The share moves only NEW connections: the pin flows keep every existing one on its backend
+(ohc/compiler.py). No clock, no switch: counters and ``now`` in, the new state out
+(docs/gateways.md, "Overload shift").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+
+from ohc.offload import Reading  # an ILB's counter when last read; quiet_since: demand low
+
+Key = Hashable  # one ILB in one VPC context (the OHC uses its cookie)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    high_pps: float = 200.0  # per local backend: above this, shift a share to the peer
+    low_pps: float = 100.0  # per local backend: under this for hold_s, shift back
+    hold_s: float = 10.0
+    step: int = 10  # the share moves in steps of this many percent
+    max_share: int = 80  # percent: the local backends always keep the rest
+
+
+@dataclass(frozen=True)
+class Load:
+    """The local backends' pin counters of one ILB, summed, and how many local backends."""
+
+    packets: int
+    backends: int
+
+
+@dataclass(frozen=True)
+class State:
+    shares: Mapping[Key, int] = field(default_factory=dict)  # percent, only ILBs above 0
+    readings: Mapping[Key, Reading] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: State
+    changed: frozenset[Key]  # ILBs whose share moved
+
+
+def wanted_share(demand: float, t: Thresholds) -> int:
+    """The share (percent) that keeps each local backend at ``high_pps`` under ``demand``
+    (packets/s per local backend if none went to the peer), in steps, at most ``max_share``."""
+    if demand <= t.high_pps:
+        return 0
+    exact = 100.0 * (1.0 - t.high_pps / demand)
+    return min(t.max_share, max(t.step, math.ceil(exact / t.step) * t.step))
+
+
+def decide(state: State, loads: Mapping[Key, Load], now: float, t: Thresholds) -> Decision:
+    """The next state from the ILBs' loads read at ``now`` (monotonic seconds). An ILB not in
+    ``loads`` (gone, or no local backend left) loses its share."""
+    shares: dict[Key, int] = {}
+    readings: dict[Key, Reading] = {}
+    for key, load in loads.items():
+        share = state.shares.get(key, 0)
+        prev = state.readings.get(key)
+        if prev is None or load.packets < prev.count or now <= prev.at or load.backends < 1:
+            readings[key] = Reading(load.packets, now)  # new or reset counters: a baseline
+            if share:
+                shares[key] = share
+            continue
+        rate = (load.packets - prev.count) / (now - prev.at) / load.backends
+        demand = rate * 100.0 / (100 - share)
+        low_since = None
+        if demand > t.high_pps:
+            share = max(share, wanted_share(demand, t))
+        elif demand < t.low_pps:
+            low_since = prev.at if prev.quiet_since is None else prev.quiet_since
+            if now - low_since >= t.hold_s:
+                share = 0
+        readings[key] = Reading(load.packets, now, low_since)
+        if share:
+            shares[key] = share
+    changed = frozenset(k for k in shares.keys() | state.shares.keys()
+                        if shares.get(k, 0) != state.shares.get(k, 0))  # fmt: skip
+    return Decision(State(shares, readings), changed)
+
+
+def bucket_weights(
+    local: tuple[int, ...], spill: tuple[int, ...], share: int
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Select-group weights that give the spillover backends ``share`` percent of the new
+    connections and the local ones the rest, each side split by its own backends' weights.
+    Share 0: the local weights unchanged and no spillover bucket (empty)."""
+    if share <= 0 or not spill:
+        return local, ()
+    if not local:
+        return (), spill
+    lsum, ssum = sum(local), sum(spill)
+
+    def scaled(ws: tuple[int, ...], total: int, part: int) -> tuple[int, ...]:
+        return tuple(max(1, round(w * part * 100 / total)) for w in ws)
+
+    return scaled(local, lsum, 100 - share), scaled(spill, ssum, share)

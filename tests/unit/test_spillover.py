@@ -1,0 +1,102 @@
+"""The overload shift's pure decision (ohc/spillover.py): share up under load, back after a
+quiet hold, no flapping between the thresholds."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ohc.spillover import Load, State, Thresholds, bucket_weights, decide, wanted_share
+
+T = Thresholds(high_pps=100.0, low_pps=50.0, hold_s=5.0, step=10, max_share=80)
+ILB = "blue|blue/web"
+
+
+def run(state: State, steps: list[tuple[float, int]], backends: int = 2) -> list[int]:
+    """Feed (now, cumulative local packets) readings; the share after each."""
+    out = []
+    for now, packets in steps:
+        state = decide(state, {ILB: Load(packets, backends)}, now, T).state
+        out.append(state.shares.get(ILB, 0))
+    return out
+
+
+def test_the_first_reading_is_a_baseline():
+    got = decide(State(), {ILB: Load(10_000, 2)}, 1.0, T)
+    assert got.state.shares == {} and got.changed == frozenset()
+
+
+def test_overload_raises_the_share_to_keep_each_local_backend_at_the_threshold():
+    # 2 local backends at 400 pps each: 75 % must go elsewhere -> 80 % (steps of 10, capped)
+    assert run(State(), [(0.0, 0), (1.0, 800)]) == [0, 80]
+    # at 150 pps each: 1/3 -> 40 %
+    assert run(State(), [(0.0, 0), (1.0, 300)]) == [0, 40]
+
+
+def test_while_shifted_the_demand_counts_what_went_to_the_peer():
+    # 40 % shifted; the local backends still see 100 pps each: demand 166 -> keep 40 %
+    state = State({ILB: 40}, {})
+    assert run(state, [(0.0, 0), (1.0, 200), (2.0, 400)]) == [40, 40, 40]
+
+
+def test_between_the_thresholds_the_share_stays():
+    state = State({ILB: 30}, {})
+    # local 60 pps each with 30 % away: demand ~86, between 50 and 100: unchanged for ever
+    steps = [(float(s), 120 * s) for s in range(30)]
+    assert set(run(state, steps)) == {30}
+
+
+def test_the_share_goes_back_only_after_the_load_stayed_low_for_hold_s():
+    state = State({ILB: 50}, {})
+    # 10 pps per backend from t=0: low since the first interval; back at t >= 5
+    steps = [(float(s), 20 * s) for s in range(8)]
+    assert run(state, steps) == [50, 50, 50, 50, 50, 0, 0, 0]
+
+
+def test_a_burst_during_the_hold_restarts_it():
+    state = State({ILB: 50}, {})
+    steps = [(0.0, 0), (1.0, 20), (2.0, 40), (3.0, 200), (4.0, 220), (5.0, 240), (8.0, 300)]
+    # t=3: 80 pps x 2 local -> demand 160 > 100 -> wanted 40 < 50: stays 50, hold restarts
+    assert run(state, steps) == [50, 50, 50, 50, 50, 50, 0]
+
+
+def test_reset_counters_are_a_new_baseline_and_keep_the_share():
+    state = State({ILB: 20}, {})
+    assert run(state, [(0.0, 1000), (1.0, 10)]) == [20, 20]
+
+
+def test_an_ilb_gone_loses_its_share():
+    got = decide(State({ILB: 20}, {}), {}, 1.0, T)
+    assert got.state.shares == {} and got.changed == {ILB}
+
+
+@given(st.lists(st.floats(0, 2000), min_size=2, max_size=40))
+def test_the_share_never_moves_down_while_overloaded_nor_up_while_underloaded(rates):
+    state, packets = State(), 0.0
+    prev = 0
+    for i, rate in enumerate(rates):
+        packets += rate * 2
+        state = decide(state, {ILB: Load(int(packets), 2)}, float(i), T).state
+        share = state.shares.get(ILB, 0)
+        assert 0 <= share <= T.max_share and share % T.step == 0
+        demand = rate * 100 / (100 - prev) if i else 0
+        if share < prev:
+            assert demand < T.low_pps  # down only when low (and after the hold)
+        if share > prev:
+            assert demand > T.high_pps
+        prev = share
+
+
+def test_wanted_share():
+    assert wanted_share(100.0, T) == 0
+    assert wanted_share(101.0, T) == 10
+    assert wanted_share(1e9, T) == 80
+
+
+def test_bucket_weights_split_new_connections_by_the_share():
+    local, spill = bucket_weights((3, 1), (1, 1), 40)
+    total = sum(local) + sum(spill)
+    assert abs(sum(spill) / total - 0.40) < 0.01
+    assert local[0] == 3 * local[1]
+    assert bucket_weights((3, 1), (1,), 0) == ((3, 1), ())
+    assert all(w <= 65535 for w in local + spill)
