@@ -274,7 +274,9 @@ class RouteEntry:
 
 @dataclass(frozen=True)
 class LoadBalancer:
-    """An internal load balancer: a VIP spread over weighted backends (healthy, weight > 0)."""
+    """An internal load balancer: a VIP spread over weighted backends (healthy, weight > 0),
+    and the backends in peered VPCs that take a share of its new connections when the local
+    ones are overloaded (``spillover``, each with its own VPC's VNI: docs/gateways.md)."""
 
     vpc: str
     name: str
@@ -282,6 +284,7 @@ class LoadBalancer:
     mac: str
     vni: int
     backends: tuple[tuple[Destination, int], ...]
+    spillover: tuple[tuple[Destination, int], ...] = ()
 
     @staticmethod
     def from_service_objects(
@@ -290,32 +293,50 @@ class LoadBalancer:
         """From a load-balancer object; a bad backend is left out (and reported)."""
         vip = parse_ip(obj.get("vip"), "vip")
         vni = parse_vni(obj.get("vni"))
-        raw = obj.get("backends", [])
-        if not isinstance(raw, list):
-            raise BadObject(f"backends: expected a list, got {raw!r}")
-        backends: dict[str, tuple[Destination, int]] = {}
-        for i, b in enumerate(raw):
-            where = f"{vpc}/{name}/backends[{i}]"
-            try:
-                if not isinstance(b, Mapping):
-                    raise BadObject(f"expected an object, got {b!r}")
-                bname = _str(b, "endpoint")
-                weight = _int(b.get("weight", 1), "weight", 0, MAX_WEIGHT)
-                if b.get("healthy", True) is not True or weight == 0:
-                    continue
-                dest = Destination.from_service_objects(vpc, bname, b)
-                if dest.vni != vni:
-                    raise BadObject(f"vni {dest.vni} is not the load balancer's {vni}")
-                if dest.ip.version != vip.version:
-                    raise BadObject(f"{dest.ip} is not of the VIP's IP version")
-                if bname in backends:
-                    raise BadObject(f"backend {bname} listed twice")
-                backends[bname] = (dest, weight)
-            except BadObject as e:
-                if skipped is not None:
-                    skipped.append(Skipped("loadbalancer", where, str(e)))
-        ordered = tuple(backends[k] for k in sorted(backends))
-        return LoadBalancer(vpc, name, vip, parse_mac(obj.get("mac")), vni, ordered)
+        backends = _backends(obj, "backends", (vpc, name), vip, vni, skipped)
+        spillover = _backends(obj, "spillover", (vpc, name), vip, None, skipped)
+        mac = parse_mac(obj.get("mac"))
+        return LoadBalancer(vpc, name, vip, mac, vni, backends, spillover)
+
+
+def _backends(
+    obj: JsonObject,
+    key: str,
+    lb: tuple[str, str],
+    vip: Address,
+    vni: int | None,
+    skipped: list[Skipped] | None,
+) -> tuple[tuple[Destination, int], ...]:
+    """A load-balancer object's list ``key``, sorted by VPC and name; a bad entry is left out
+    (and reported). ``vni``: the one each must have (None: a spillover backend's is its own
+    VPC's, which must be another than the ILB's)."""
+    raw = obj.get(key, [])
+    if not isinstance(raw, list):
+        raise BadObject(f"{key}: expected a list, got {raw!r}")
+    found: dict[tuple[str, str], tuple[Destination, int]] = {}
+    for i, b in enumerate(raw):
+        try:
+            if not isinstance(b, Mapping):
+                raise BadObject(f"expected an object, got {b!r}")
+            bname = _str(b, "endpoint")
+            bvpc = lb[0] if vni is not None else _str(b, "vpc")
+            weight = _int(b.get("weight", 1), "weight", 0, MAX_WEIGHT)
+            if b.get("healthy", True) is not True or weight == 0:
+                continue
+            dest = Destination.from_service_objects(bvpc, bname, b)
+            if vni is not None and dest.vni != vni:
+                raise BadObject(f"vni {dest.vni} is not the load balancer's {vni}")
+            if vni is None and bvpc == lb[0]:
+                raise BadObject(f"a spillover backend is in a peer VPC, not in {bvpc}")
+            if dest.ip.version != vip.version:
+                raise BadObject(f"{dest.ip} is not of the VIP's IP version")
+            if (bvpc, bname) in found:
+                raise BadObject(f"backend {bname} listed twice")
+            found[(bvpc, bname)] = (dest, weight)
+        except BadObject as e:
+            if skipped is not None:
+                skipped.append(Skipped("loadbalancer", f"{lb[0]}/{lb[1]}/{key}[{i}]", str(e)))
+    return tuple(found[k] for k in sorted(found))
 
 
 @dataclass(frozen=True)
@@ -423,11 +444,16 @@ class PeerView:
 
 @dataclass(frozen=True)
 class Offload:
-    """What an on-demand host sends directly: per (local VPC, peer VPC), the peer's addresses
-    (``ohc.offload`` decides them), and the idle timeout of the switch's pair counters."""
+    """What the host's own traffic decided. On-demand sides: what goes directly, per (local
+    VPC, peer VPC), the peer's addresses (``ohc.offload`` decides them), and the idle timeout
+    of the switch's pair counters. ILBs with spillover backends: the share (percent) of new
+    connections each sends to them, by the ILB's cookie (``ohc.spillover`` decides it), and
+    the idle timeout of the switch's connection-affinity flows."""
 
     pairs: Mapping[tuple[str, str], frozenset[Address]] = field(default_factory=dict)
     idle_s: int = 10
+    spill: Mapping[int, int] = field(default_factory=dict)
+    affinity_s: int = 60
 
 
 @dataclass(frozen=True)
@@ -448,6 +474,14 @@ class HostView:
     # (ohc/ports.py): the select group's bucket for a gateway watches its port, so OVS drops
     # a gateway whose BFD session is down from the group by itself (docs/gateways.md).
     bfd_ports: tuple[tuple[str, int], ...] = ()
+    # ILBs with spillover backends (ohc/spillover.py): (ILB cookie, share in percent) of
+    # those that send a share to them now, sorted; the affinity flows' idle timeout
+    spill: tuple[tuple[int, int], ...] = ()
+    affinity_s: int = 60
+
+    def spill_share(self, lb_cookie: int) -> int:
+        """The percentage of the ILB's new connections that goes to its spillover backends."""
+        return next((share for c, share in self.spill if c == lb_cookie), 0)
 
     def watch_port(self, gateway_ip: str) -> int:
         """The port a bucket toward ``gateway_ip`` watches; OFPP_ANY (always live) while the

@@ -25,6 +25,7 @@ from meshpeer.controller.model import (
     Network,
     Peering,
     Route,
+    Spillover,
     Subnet,
     Vpc,
     derived_mac,
@@ -213,6 +214,7 @@ def new_endpoint(
     host: str | None,
     backends: Sequence[Backend],
     bgp: BgpPeer | None = None,
+    spillover: Sequence[Spillover] = (),
 ) -> Endpoint:
     vpc = need_vpc(intent, vpc_name)
     if (vpc_name, name) in intent.endpoints:
@@ -241,17 +243,43 @@ def new_endpoint(
                 raise bad(f"backends[{i}].endpoint", f"{b.endpoint!r} is an ILB, not a backend")
         if len({b.endpoint for b in backends}) != len(backends):
             raise bad("backends", "a backend is listed twice")
+        check_spillover(intent, vpc_name, spillover)
     else:
         if host is None:
             raise bad("host", f"a {kind} endpoint needs a host")
         if backends:
             raise bad("backends", "only an ILB has backends")
+        if spillover:
+            raise bad("spillover", "only an ILB has spillover backends")
     mac = mac.lower() if mac else derived_mac(vpc_name, ip)
     same_mac = intent.endpoint_with(vpc_name, mac)
     if same_mac is not None:
         raise conflict("mac", f"MAC {mac} is already used by endpoint {same_mac.name!r}")
-    ep = Endpoint(vpc_name, name, kind, ip, mac, host, tuple(backends))
+    ep = Endpoint(vpc_name, name, kind, ip, mac, host, tuple(backends), None, tuple(spillover))
     return ep if bgp is None else set_bgp(intent, ep, bgp)
+
+
+def check_spillover(intent: Intent, vpc: str, spillover: Sequence[Spillover]) -> None:
+    """An ILB's spillover backends: each in a VPC this one peers with (a side of ``vpc``
+    toward it), and, when that VPC is this shard's too, an existing non-ILB endpoint of it.
+    A peer VPC of another shard is resolved by the ILB's shard only if it holds it: its
+    endpoints are not known here (docs/gateways.md, overload shift)."""
+    peers = {p.peer_vpc for p in intent.peerings_of(vpc)}
+    for i, s in enumerate(spillover):
+        if s.vpc == vpc:
+            raise bad(f"spillover[{i}].vpc", "a spillover backend is in a peered VPC, not this one")
+        if s.vpc not in peers:
+            raise bad(f"spillover[{i}].vpc", f"VPC {vpc!r} does not peer with {s.vpc!r}")
+        if s.vpc not in intent.vpcs:
+            raise bad(f"spillover[{i}].vpc", f"VPC {s.vpc!r} is not on this shard")
+        target = intent.endpoints.get((s.vpc, s.endpoint))
+        if target is None or target.kind == "ilb":
+            what = "an ILB" if target else "not an endpoint"
+            raise bad(
+                f"spillover[{i}].endpoint", f"{s.vpc}/{s.endpoint} is {what} of VPC {s.vpc!r}"
+            )
+    if len({(s.vpc, s.endpoint) for s in spillover}) != len(spillover):
+        raise bad("spillover", "a spillover backend is listed twice")
 
 
 @dataclass(frozen=True)
@@ -265,12 +293,14 @@ class NewEndpoint:
     host: str | None
     backends: tuple[Backend, ...] = ()
     bgp: BgpPeer | None = None
+    spillover: tuple[Spillover, ...] = ()
 
     def check(self, intent: Intent, vpc: str) -> Endpoint:
         """The endpoint, as ``new_endpoint`` decides it."""
         return new_endpoint(
-            intent, vpc, self.name, self.kind, self.ip, self.mac, self.host, self.backends, self.bgp
-        )
+            intent, vpc, self.name, self.kind, self.ip, self.mac, self.host, self.backends,
+            self.bgp, self.spillover,
+        )  # fmt: skip
 
 
 def new_endpoints(intent: Intent, vpc: str, items: Sequence[NewEndpoint]) -> list[Endpoint]:

@@ -248,6 +248,20 @@ def load_balancers(intent: Intent, vpc: str, policy: ExportPolicy | None) -> dic
                                  **destination(intent, be)})  # fmt: skip
         out[e.name] = {"vip": str(e.ip), "mac": e.mac, "vni": intent.vpcs[vpc].vni,
                        "backends": backends}  # fmt: skip
+        if e.spillover:
+            out[e.name]["spillover"] = _spillover(intent, e)
+    return out
+
+
+def _spillover(intent: Intent, ilb: Endpoint) -> list[JsonObject]:
+    """An ILB's spillover backends that their VPC still exports to the ILB's (its side toward
+    it, ACTIVE or not: the hosts use a backend only in a peer they follow)."""
+    out = []
+    for s in ilb.spillover:
+        be = intent.endpoints.get((s.vpc, s.endpoint))
+        side = next((p for p in intent.peerings_of(s.vpc) if p.peer_vpc == ilb.vpc), None)
+        if be is not None and side is not None and _visible(be, side.export):
+            out.append({**s.to_json(), "healthy": True, **destination(intent, be)})
     return out
 
 

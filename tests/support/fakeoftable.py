@@ -16,8 +16,9 @@ which messages were sent. Behaviour follows Open vSwitch where OpenFlow leaves r
   that went down) is not live: OVS picks among the live buckets only.
 * ``move`` (os-ken ``NXActionRegMove``) of a whole field into another of the same width.
 * ``resubmit(,T)`` looks the packet up in table T and runs that flow (a miss does nothing),
-  then the action list goes on. ``learn`` (match specs only) adds or replaces the flow it
-  describes, without actions, as OVS does (timeouts are not modelled).
+  then the action list goes on. ``learn`` (match and load specs) adds or replaces the flow it
+  describes, whose actions load the learning packet's values (none without load specs), as
+  OVS does (timeouts are not modelled).
 * Output to the packet's own in_port is skipped (OVS needs OFPP_IN_PORT for that); the trace
   notes it.
 * ``ct`` (os-ken ``NXActionCT``, no nested actions) is modelled with a connection table per
@@ -52,6 +53,7 @@ from tests.support.ofmodel import (
     FakeOFUnsupported,
     Flow,
     Group,
+    Instruction,
     Match,
     MatchField,
     PacketValue,
@@ -520,14 +522,17 @@ class FakeOFTable:
     def _learn(
         self,
         table_id: int,
-        spec: tuple[int, int, int, tuple[tuple[str, int], ...], tuple[str, ...]],
+        spec: tuple[int, int, int, tuple[tuple[str, int], ...], tuple[str, ...], tuple[str, ...]],
         state: dict[str, int],
     ) -> None:
-        priority, _idle, cookie, values, copy = spec
+        priority, _idle, cookie, values, copy, load = spec
         fields = [MatchField(name, value, None) for name, value in values]
         fields += [MatchField(name, state.get(name, 0), None) for name in copy]
         match = tuple(sorted(fields, key=lambda f: f.name))
-        self._tables[table_id][(priority, match)] = Flow(table_id, priority, match, (), cookie)
+        loads = tuple(Action("set_field", state.get(name, 0), field=name) for name in load)
+        instructions = (Instruction("apply_actions", loads),) if loads else ()
+        flow = Flow(table_id, priority, match, instructions, cookie)
+        self._tables[table_id][(priority, match)] = flow
 
     def _conntrack(self, ctx: _Trace, action: Action, state: dict[str, int], depth: int) -> None:
         """Look the packet up (and commit it); resume a tracked copy in the action's table.

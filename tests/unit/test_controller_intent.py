@@ -8,7 +8,7 @@ import pytest
 
 from meshpeer.controller import intent as ops
 from meshpeer.controller.intent import IntentError, PeerFacts
-from meshpeer.controller.model import Backend, Intent, Subnet
+from meshpeer.controller.model import Backend, Endpoint, Intent, Spillover, Subnet
 from policies.export import ExportPolicy
 from tests.unit.controller_fixtures import add_ilb, add_vm, add_vpc, directory, peer, subnets
 
@@ -193,3 +193,26 @@ def test_route_checks() -> None:
     rejects(400, "next_hop", new, i, "blue", "r2", net("192.168.0.0/16"), ip("10.1.0.99"), 1)
     rejects(400, "next_hop", new, i, "blue", "r2", net("fd10::/64"), ip("10.1.0.11"), 1)
     rejects(409, "prefix", new, i, "blue", "r2", net("10.1.0.0/25"), ip("10.1.0.11"), 1)
+
+
+def test_spillover_checks() -> None:
+    """An ILB's spillover backends: in a peered VPC of this shard, existing, no ILB, once."""
+    i = world()
+    add_vm(i, "green", "g1", "10.3.0.11")
+    new, s = ops.new_endpoint, Spillover
+    args = ("blue", "lb", "ilb", ip("10.1.0.100"), None, None, [Backend("b1")], None)
+    detail = rejects(400, "spillover[0].vpc", new, i, *args, [s("green", "g1")])
+    assert "does not peer with 'green'" in detail
+    peer(i, "blue", "green")
+    add_ilb(i, "green", "glb", "10.3.0.100", {"g1": 1})
+    rejects(400, "spillover[0].vpc", new, i, *args, [s("blue", "b1")])
+    rejects(400, "spillover[0].endpoint", new, i, *args, [s("green", "g9")])
+    rejects(400, "spillover[0].endpoint", new, i, *args, [s("green", "glb")])
+    rejects(400, "spillover", new, i, *args, [s("green", "g1"), s("green", "g1", 2)])
+    vm_args = ("blue", "v", "vm", ip("10.1.0.12"), None, "hv1", [], None)
+    rejects(400, "spillover", new, i, *vm_args, [s("green", "g1")])
+    ep = new(i, *args, [s("green", "g1", 3)])
+    assert ep.spillover == (s("green", "g1", 3),)
+    assert Endpoint.from_json(ep.to_json()) == ep  # stored and loaded as it was
+    i.put(ep)
+    assert i.spilling_into("green") == {"blue"} and i.spilling_into("blue") == set()

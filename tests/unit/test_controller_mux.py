@@ -210,3 +210,19 @@ def test_a_peer_views_host_list_is_names_only_and_bounded() -> None:
     assert view_hosts({VPC_OBJ: {"hosts": "hv1"}}) == []
     many = {VPC_OBJ: {"hosts": [f"h{i}" for i in range(MAX_VIEW_HOSTS + 10)]}}
     assert len(view_hosts(many)) == MAX_VIEW_HOSTS
+
+
+def test_an_ilbs_spillover_backends_travel_as_the_peer_exports_them() -> None:
+    """Blue's ILB lists red's r1 and r2; red exports 10.2.0.0/25 to blue: only r1 (.11) is in
+    the load-balancer object, with its own VPC's VNI and host, and an export change of red's
+    side reaches it (a write in red touches blue's streams too)."""
+    i = world()
+    peer(i, "blue", "red")
+    peer(i, "red", "blue", {"ranges": ["10.2.0.0/25"]})
+    add_ilb(i, "blue", "web", "10.1.0.100", {"b1": 1}, {("red", "r1"): 2, ("red", "r2"): 1})
+    pub = desired_streams(i, statuses(i, views(i, OWNER), OWNER), G, now=0.0)
+    web = pub.streams[StreamId(ServiceName.LOADBALANCER, "blue", None)]["web"]
+    (r1,) = web["spillover"]
+    assert (r1["vpc"], r1["endpoint"], r1["weight"]) == ("red", "r1", 2)
+    assert r1["vni"] == i.vpcs["red"].vni and r1["host_ip"] and r1["healthy"] is True
+    assert i.spilling_into("red") == {"blue"}
