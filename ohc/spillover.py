@@ -23,12 +23,12 @@ The share moves only NEW connections: the pin flows keep every existing one on i
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ohc.offload import Reading  # an ILB's counter when last read; quiet_since: demand low
 
-Key = Hashable  # one ILB in one VPC context (the OHC uses its cookie)
+Key = int  # one ILB in its VPC context: its cookie (compiler.lb_cookie)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from ohc.spillover import Load, State, Thresholds, bucket_weights, decide, wanted_share
 
 T = Thresholds(high_pps=100.0, low_pps=50.0, hold_s=5.0, step=10, max_share=80)
-ILB = "blue|blue/web"
+ILB = 0x06_0000_0000_0000_01  # an ILB's cookie
 
 
 def run(state: State, steps: list[tuple[float, int]], backends: int = 2) -> list[int]:
