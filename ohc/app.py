@@ -43,7 +43,7 @@ from ohc.cookies import Kind, kind_of
 from ohc.engine import FlowEngine
 from ohc.metrics import OhcMetrics
 from ohc.model import Offload, Skipped
-from ohc.pipeline import LB_PICK, ND_TARGET, OFFLOAD_COUNT
+from ohc.pipeline import LB_DELIVER, ND_TARGET, OFFLOAD_COUNT
 from ohc.ports import SwitchPorts
 from ohc.session import SwitchSession
 from ohc.subscriptions import Sub
@@ -300,18 +300,18 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
                 self.triggers.put("spillover")
 
     def _spill_loads(self) -> dict[int, spillover.Load] | None:
-        """Per ILB cookie, its local backends' pin counters summed and how many (lb_pick,
+        """Per ILB cookie, its local backends' counters summed and how many (lb_deliver,
         cookie kind LB, one flow per local backend); None: no switch or no answer."""
         if self.datapath is None:
             return None
         try:
-            rows = ofio.read_counts(self.replies, self.datapath, LB_PICK, Kind.LB, 5)
+            rows = ofio.read_counts(self.replies, self.datapath, LB_DELIVER, Kind.LB, 5)
         except Exception:
             log.exception("ohc %s: reading the ILB backends' counters failed", self.conf.host)
             return None
         loads: dict[int, spillover.Load] = {}
         for c, m, n in rows:
-            if "eth_dst" in m:  # a pin flow (the group's flow has no eth_dst)
+            if "eth_dst" in m:  # a backend's flow (the table's miss has no eth_dst)
                 was = loads.get(c, spillover.Load(0, 0))
                 loads[c] = spillover.Load(was.packets + n, was.backends + 1)
         return loads

@@ -72,6 +72,7 @@ from ohc.pipeline import (
     IPPROTO_UDP,
     L3_LOOKUP,
     LB_AFFINITY,
+    LB_DELIVER,
     LB_LEARN,
     LB_PICK,
     ND_SOLICIT,
@@ -109,7 +110,7 @@ PRIO_SELF_ARP = 200
 PRIO_ND = PRIO_OWN + 1  # a port's neighbour solicitations, above its IPv6 anti-spoofing flow
 PRIO_VIP_DELIVER = 1010  # a VIP by backend MAC, above exact addresses
 PRIO_DEFAULT = 100
-PRIO_PIN = 200  # lb_pick: a connection pinned to its backend, above the select group
+PRIO_PIN = 200  # lb_pick: a packet of a pinned connection, above the select group
 PRIO_BRIDGED = 10
 PRIO_MISS = 0
 
@@ -815,7 +816,7 @@ def assign_groups(view: HostView, vni_of: dict[str, int]) -> dict[str, int]:
 
 def lb_cookie(vpc: str, name: str) -> int:
     """The cookie of VPC ``vpc``'s own ILB ``name`` in its context: the OHC reads the load
-    of one with spillover backends by it (lb_pick's pin flows of its local backends) and
+    of one with spillover backends by it (lb_deliver's flows of its local backends) and
     keys the share it decides by it (ohc/spillover.py)."""
     return cookie(Kind.LB, f"{vpc}|{vpc}/{name}")
 
@@ -868,7 +869,7 @@ def lb_flows(
 
 def _spill_lb_flows(out: _Out, ctx: Ctx, lb: LoadBalancer, gid: int) -> None:
     """An own IPv4 ILB with spillover backends: connection affinity (tables lb_affinity,
-    lb_pick, lb_learn), and a share of the new connections (``HostView.spill_share``) to the
+    lb_pick, lb_learn, lb_deliver), and a share of the new connections (``HostView.spill_share``) to the
     spillover backends in the peers this host follows (docs/gateways.md, overload shift)."""
     name = _lb_owner(ctx.vpc, lb, None)
     owner, meta = (Kind.LB, name), _vpc(ctx.vni)
@@ -893,7 +894,8 @@ def _spill_lb_flows(out: _Out, ctx: Ctx, lb: LoadBalancer, gid: int) -> None:
             pinned.add(dest.mac)
             sides[side].append((dest, weight, actions, (kind, name)))
             pin = {**vip, "eth_dst": dest.mac}
-            out.add(LB_PICK, PRIO_PIN, pin, (Apply(actions),), (kind, name))
+            out.add(LB_PICK, PRIO_PIN, pin, (Goto(LB_DELIVER),), (kind, name))
+            out.add(LB_DELIVER, PRIO_DEFAULT, pin, (Apply(actions),), (kind, name))
             if _is_remote(ctx, dest):  # direct server return: replies come from the VIP
                 _source_ok(out, ctx, lb.vip, dest.host_ip, PRIO_OWN, owner)
             elif side == 0:
@@ -903,8 +905,8 @@ def _spill_lb_flows(out: _Out, ctx: Ctx, lb: LoadBalancer, gid: int) -> None:
     local, peer_side = sides
     share = ctx.view.spill_share(lb_cookie(ctx.vpc, lb.name))
     weights = bucket_weights(tuple(b[1] for b in local), tuple(b[1] for b in peer_side), share)
-    buckets = [
-        Bucket((b[2][0], Resubmit(LB_LEARN), *b[2][1:]), w)
+    buckets = [  # an action set in OVS: set_field, then the resubmit (no output beside it)
+        Bucket((SetField("eth_dst", b[0].mac), Resubmit(LB_LEARN)), w)
         for chosen, ws in zip((local, peer_side), weights, strict=True)
         for b, w in zip(chosen, ws, strict=False)
     ]
@@ -929,7 +931,9 @@ def _spill_lb_flows(out: _Out, ctx: Ctx, lb: LoadBalancer, gid: int) -> None:
             ("metadata", "ipv4_src", "ipv4_dst", *ports),
             ("eth_dst",),
         )
-        out.add(LB_LEARN, PRIO_DEFAULT, {**vip, "ip_proto": proto}, (Apply((learn,)),), owner)
+        on = (Apply((learn,)), Goto(LB_DELIVER))
+        out.add(LB_LEARN, PRIO_DEFAULT, {**vip, "ip_proto": proto}, on, owner)
+    out.add(LB_LEARN, PRIO_BRIDGED, vip, (Goto(LB_DELIVER),), owner)  # not pinned (ICMP)
 
 
 def _spill_backend_flows(out: _Out, ctx: Ctx, lb: LoadBalancer, owner: tuple[Kind, str]) -> None:

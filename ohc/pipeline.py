@@ -102,6 +102,7 @@ OFFLOAD_COUNT = 35
 LB_AFFINITY = 36
 LB_PICK = 37
 LB_LEARN = 38
+LB_DELIVER = 39
 TUNNEL_DST = 40
 TUNNEL_SRC = 41
 TUNNEL_DELIVER = 42
@@ -216,28 +217,39 @@ TABLES: tuple[Table, ...] = (
         "resubmit from the VIP's flow; holds only flows the switch learned in lb_learn, one per "
         "TCP/UDP connection (VPC context, addresses, ports; idle timeout), whose action loads "
         "its backend's MAC into eth_dst. A miss (a new connection) changes nothing.",
-        "compiler.lb_learn_flows (the learner)",
+        "compiler.lb_flows (the learner in lb_learn)",
     ),
     _t(
         LB_PICK,
         "lb_pick",
         ("metadata", "eth_type", "ipv4_dst", "eth_dst"),
-        (),
+        (LB_LEARN, LB_DELIVER),
         "ILBs with spillover backends: a packet whose eth_dst lb_affinity set to a backend's MAC "
-        "goes to that backend (a pin flow per backend, local or spillover, whatever the share: "
-        "its counters are the load the OHC reads); any other (a new connection) to the ILB's "
-        "select group, whose buckets resubmit to lb_learn after setting eth_dst.",
+        "goes on to lb_deliver; any other (a new connection) to the ILB's select group, whose "
+        "buckets set eth_dst to their backend's MAC and resubmit to lb_learn (OVS runs a bucket "
+        "as an action set: set_field, then one output, group, resubmit or ct; a learn or a "
+        "resubmit beside an output is dropped).",
         "compiler.lb_flows",
     ),
     _t(
         LB_LEARN,
         "lb_learn",
         ("metadata", "eth_type", "ip_proto", "ipv4_dst"),
-        (),
+        (LB_DELIVER,),
         "ILBs with spillover backends: per VIP and protocol (TCP, UDP), learn the connection's "
-        "flow in lb_affinity (load eth_dst: the backend the bucket chose). Nothing is output "
-        "here: the bucket goes on.",
-        "compiler.lb_learn_flows",
+        "flow in lb_affinity (load eth_dst: the backend the bucket chose); every packet then "
+        "goes on to lb_deliver.",
+        "compiler.lb_flows",
+    ),
+    _t(
+        LB_DELIVER,
+        "lb_deliver",
+        ("metadata", "eth_type", "ipv4_dst", "eth_dst"),
+        (),
+        "ILBs with spillover backends: per backend (local, or spillover whatever the share), by "
+        "its MAC in eth_dst, forward to it as the plain ILB's bucket would. Its counters are the "
+        "packets each backend gets from this host: the load the OHC reads (ohc/spillover.py).",
+        "compiler.lb_flows",
     ),
     _t(
         TUNNEL_DST,

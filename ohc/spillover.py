@@ -2,11 +2,10 @@
 backends in a peered VPC.
 
 An ILB with ``spillover`` backends is compiled with connection affinity (docs/pipeline.md,
-tables 36-38): a connection's first packet picks a backend in the select group and the switch
-learns a flow that pins the rest of the connection to it; each backend has a pin flow in
-``lb_pick`` whose counters are the packets of the pinned connections it serves. The OHC reads
-the local backends' pin counters every ``[ohc] spillover_interval`` seconds and calls
-``decide``:
+tables 36-39): a connection's first packet picks a backend in the select group and the switch
+learns a flow that pins the rest of the connection to it; each backend has a flow in
+``lb_deliver`` whose counters are the packets this host sends it. The OHC reads the local
+backends' counters every ``[ohc] spillover_interval`` seconds and calls ``decide``:
 
 - the load is the rate of those packets per local backend; while a share ``p`` already goes
   to the peer, the demand is estimated as ``load / (1 - p)`` (the local backends see the rest);
@@ -15,7 +14,7 @@ the local backends' pin counters every ``[ohc] spillover_interval`` seconds and 
 - a demand under ``low_pps`` for ``hold_s`` seconds sets the share back to 0; between the two
   thresholds the share stays (hysteresis: it does not flap).
 
-The share moves only NEW connections: the pin flows keep every existing one on its backend
+The share moves only NEW connections: the learned flows keep every existing one on its backend
 (ohc/compiler.py). No clock, no switch: counters and ``now`` in, the new state out
 (docs/gateways.md, "Overload shift").
 """
@@ -42,7 +41,7 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class Load:
-    """The local backends' pin counters of one ILB, summed, and how many local backends."""
+    """The local backends' packet counters of one ILB, summed, and how many local backends."""
 
     packets: int
     backends: int
