@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from meshpeer.lab import ovs
 from meshpeer.lab.sh import netns_cmd
 from tests.e2e.test_ilb_e2e import Server, connect
 from tests.integration.labkit import E2E_TOPOLOGIES, Lab, running
@@ -125,36 +126,38 @@ def batch(lab: Lab, n: int) -> Counter[str]:
     return Counter(answers)
 
 
+def buckets(lab: Lab) -> int:
+    """How many buckets hv1's select group for the ILB has (1: r1 only; 2: b1 has a share)."""
+    groups = ovs.ofctl(lab.host("hv1"), "dump-groups")
+    return max((line.count("bucket=") for line in groups.splitlines()), default=0)
+
+
 def test_load_shifts_new_connections_to_the_peer_and_back(lab: Lab, servers: None) -> None:
+    wait_for("hv1's group for the ILB", lambda: buckets(lab) == 1, 60)
     before = batch(lab, 10)
     assert set(before) == {"r1"}, before  # no load: every connection to the local backend
     load = spawn(lab, "rc", LOAD, VIP, str(UDP_PORT), str(LOAD_PPS))
-    seen: Counter[str] = Counter()
     try:
+        shifted_s = wait_for("b1 in hv1's group under load", lambda: buckets(lab) == 2, 60)
+        during: Counter[str] = Counter()
 
         def peer_serves() -> bool:
-            seen.update(batch(lab, 5))
-            return seen["b1"] > 0
+            during.update(batch(lab, 5))
+            return during["b1"] > 0
 
-        shifted_s = wait_for("a new connection served by b1 (blue)", peer_serves, 60)
-        during = batch(lab, 20)
+        wait_for("a new connection served by b1 (blue)", peer_serves, 60)
     finally:
         load.send_signal(signal.SIGINT)
         out, err = load.communicate(timeout=10)
     stream: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     # the stream is one connection, opened before the shift: it stayed on r1 all along
     assert set(stream["names"]) == {"r1"}, (stream, err)
-    assert during["b1"] > 0, during
-
-    def back_local() -> bool:
-        return set(batch(lab, 10)) == {"r1"}
-
-    back_s = wait_for("10 new connections in a row on r1 again", back_local, 90)
+    back_s = wait_for("b1 out of hv1's group again", lambda: buckets(lab) == 1, 90)
     after = batch(lab, 10)
-    assert set(after) == {"r1"}, after
+    assert set(after) == {"r1"}, after  # new connections back on the local backend
     print(
-        f"\nspillover: before {dict(before)}; with {LOAD_PPS} pps on r1 the peer served a "
-        f"connection after {shifted_s:.1f} s, then {dict(during)}; stream answers "
-        f"{stream['names']} of {stream['sent']} sent; back to r1 {back_s:.1f} s after the "
-        f"load stopped, then {dict(after)}"
+        f"\nspillover: before {dict(before)}; with {LOAD_PPS} pps on r1, b1 in the group after "
+        f"{shifted_s:.1f} s, new connections then {dict(during)}; the stream's answers "
+        f"{stream['names']} of {stream['sent']} sent; b1 out of the group {back_s:.1f} s after "
+        f"the load stopped, then {dict(after)}"
     )
