@@ -254,13 +254,17 @@ def load_balancers(intent: Intent, vpc: str, policy: ExportPolicy | None) -> dic
 
 
 def _spillover(intent: Intent, ilb: Endpoint) -> list[JsonObject]:
-    """An ILB's spillover backends that their VPC still exports to the ILB's (its side toward
-    it, ACTIVE or not: the hosts use a backend only in a peer they follow)."""
+    """An ILB's spillover backends that their VPC exports to the ILB's, in a VPC the ILB's
+    exports the VIP to (its hosts learn the VIP from it: without, they would drop the share
+    sent there). ACTIVE or not: the hosts use a backend only in a peer they follow."""
     out = []
     for s in ilb.spillover:
         be = intent.endpoints.get((s.vpc, s.endpoint))
         side = next((p for p in intent.peerings_of(s.vpc) if p.peer_vpc == ilb.vpc), None)
-        if be is not None and side is not None and _visible(be, side.export):
+        back = next((p for p in intent.peerings_of(ilb.vpc) if p.peer_vpc == s.vpc), None)
+        if be is None or side is None or back is None:
+            continue
+        if _visible(be, side.export) and _visible(ilb, back.export):
             out.append({**s.to_json(), "healthy": True, **destination(intent, be)})
     return out
 

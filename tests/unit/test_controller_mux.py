@@ -226,3 +226,9 @@ def test_an_ilbs_spillover_backends_travel_as_the_peer_exports_them() -> None:
     assert (r1["vpc"], r1["endpoint"], r1["weight"]) == ("red", "r1", 2)
     assert r1["vni"] == i.vpcs["red"].vni and r1["host_ip"] and r1["healthy"] is True
     assert i.spilling_into("red") == {"blue"}
+    # blue no longer exports the VIP to red: red's hosts would not know it, so none is listed
+    i.drop("peering", "blue/to-red")
+    peer(i, "blue", "red", {"ranges": ["10.1.0.128/25"]})
+    pub = desired_streams(i, statuses(i, views(i, OWNER), OWNER), G, now=0.0)
+    web = pub.streams[StreamId(ServiceName.LOADBALANCER, "blue", None)]["web"]
+    assert web["spillover"] == []
