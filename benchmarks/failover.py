@@ -11,11 +11,23 @@ and the version to be the one before + 1. No lab; run it under the lab lock all 
     flock /tmp/meshpeer-lab.lock .venv/bin/python benchmarks/failover.py [--runs 10]
 
 Prints p50/p99 and writes benchmarks/results/failover.json. Target (issue 15): p50 <= 3 s.
+
+``--lab``: the same measure in the lab (tests/e2e/topologies/replicas.yaml: ctl1 with replicas
+``a`` and ``b`` on a 3-member etcd cluster, ctl2, two hosts), with b1 -> r1 (cross-shard)
+pinged at 100 pps through every run. Each run kills ctl1's leader with SIGKILL and times from
+the moment it is gone to the first write a replica acknowledges (the same ``PUT``, tried every
+20 ms on each replica); the lab's supervisor starts the killed one again, and the run waits
+until it stands by. Writes ``failover_lab.json`` (the same fields, plus the pings sent and
+lost while later ones were answered):
+
+    flock /tmp/meshpeer-lab.lock .venv/bin/python benchmarks/failover.py --lab [--runs 10]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import tempfile
 import time
@@ -25,6 +37,10 @@ import common
 
 sys.path.insert(0, common.ROOT)
 
+from meshpeer.client import Client
+from meshpeer.lab import controllers
+from meshpeer.lab.plan import ControllerPlan, LabPlan
+from meshpeer.lab.procs import alive
 from tests.api.ctlkit import Cluster, Ctl, health, standing_by
 from tests.support.etcd import etcd_server
 from tests.support.wait import wait_for
@@ -62,11 +78,95 @@ def one_failover(leader: Ctl, standby: Ctl, run: int) -> float:
     return took
 
 
+def lab_write(plan: LabPlan, c: ControllerPlan, host: str) -> int | None:
+    """The version of a ``PUT /v1/hosts/<host>`` that some replica of ``c`` acknowledged."""
+    for r in controllers.replicas(c):
+        client = Client(controllers.replica_url(plan, c, r), plan.api_token, 2.0, plan.ca_file)
+        try:
+            status, body = client.request("PUT", f"/v1/hosts/{host}", {"underlay_ip": "192.0.2.1"})
+        except OSError:
+            continue
+        if status == 200:
+            return int(body["version"])
+    return None
+
+
+def lab_failover(plan: LabPlan, c: ControllerPlan, run: int) -> float:
+    """Seconds from the lab leader's death to a replica's first acknowledged write."""
+    before = lab_write(plan, c, f"before{run}")
+    assert before is not None, "the leader did not take a write"
+    roles = dict(controllers.roles(plan, c))
+    (leader,) = [
+        r for r in controllers.replicas(c) if roles[controllers.replica_url(plan, c, r)] == "leader"
+    ]
+    pid = controllers.pid(plan, c, leader)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not alive(pid), 30, 0.005, "the leader to be gone")
+    gone = time.monotonic()
+    version = wait_for(lambda: lab_write(plan, c, f"after{run}"), 30, 0.02, "a replica to lead")
+    took = time.monotonic() - gone
+    assert version == before + 1, (before, version)
+
+    def back() -> bool:
+        new = controllers.pid(plan, c, leader)
+        role = dict(controllers.roles(plan, c))[controllers.replica_url(plan, c, leader)]
+        return new not in (None, pid) and role == "standby"
+
+    wait_for(back, 60, 0.1, "the killed replica back as a standby")
+    return took
+
+
+def main_lab(args: argparse.Namespace) -> None:
+    from meshpeer.lab.cli import load_topology
+    from tests.e2e.traffic import Pinger
+    from tests.integration.labkit import E2E_TOPOLOGIES
+
+    topology = os.path.join(E2E_TOPOLOGIES, "replicas.yaml")
+    times: list[float] = []
+    with common.lab(topology, "fobnch") as lab:
+        c = next(x for x in lab.plan.controllers if x.name == "ctl1")
+        b1 = next(v for v in lab.plan.vms if v.name == "b1")
+        r1 = next(v for v in lab.plan.vms if v.name == "r1")
+        with Pinger(b1, r1.ip, count=10**6) as pinger:
+            assert pinger.wait_reply_after(time.time(), 30) is not None, "b1 -> r1"
+            for run in range(args.runs):
+                took = lab_failover(lab.plan, c, run)
+                times.append(took)
+                print(f"run {run + 1}: {took:.2f} s ({controllers.leader_url(lab.plan, c)} leads)")
+            assert pinger.wait_reply_after(time.time(), 30) is not None, "b1 -> r1 after"
+            pings = pinger.stop()
+        topo = load_topology(topology)
+        assert topo.etcd is not None
+        members = topo.etcd.members
+    s = common.summary(times)
+    print(f"lab failover over {len(times)} runs: p50 {s['p50']:.2f} s, p99 {s['p99']:.2f} s "
+          f"(min {s['min']:.2f}, max {s['max']:.2f}); target p50 <= 3 s; b1 -> r1: "
+          f"{pings.sent} sent, {len(pings.gaps())} lost")  # fmt: skip
+    result = {
+        "what": "lab: leader killed (SIGKILL) -> a replica acknowledges a write",
+        "leader_ttl_s": LEADER_TTL,
+        "runs_s": times,
+        "summary_s": s,
+        "target_p50_s": 3.0,
+        "etcd_members": members,
+        "pings_sent": pings.sent,
+        "pings_lost": len(pings.gaps()),
+        "machine": common.machine("fobnch"),
+        "when": common.now_utc(),
+    }
+    common.write_json(result, args.out, "failover_lab.json")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--out", default=None)
+    p.add_argument("--lab", action="store_true", help="in the lab (replicas.yaml), under pings")
     args = p.parse_args()
+    if args.lab:
+        main_lab(args)
+        return
     times: list[float] = []
     with etcd_server() as etcd, tempfile.TemporaryDirectory() as tmp:
         options = {"store": "etcd", "etcd_endpoints": etcd.url, "leader_ttl": LEADER_TTL}

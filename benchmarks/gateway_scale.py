@@ -32,6 +32,8 @@ from collections import Counter
 
 import common
 
+from meshpeer.protocol.objects import destination_json
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sim.scenario import Ep, Scenario, Sizes, build
 
@@ -41,9 +43,9 @@ LEARNED = 1  # an active pair's counter in offload_count
 
 
 def object_bytes(e: Ep) -> int:
-    """A destination object as a stream carries it (key and JSON, meshpeer.controller.mux)."""
-    obj = {"ip": e.ip, "mac": "02:00:0a:00:00:02", "vni": 1001, "kind": "vm", "host": e.host,
-           "host_ip": "192.168.100.1"}  # fmt: skip
+    """A destination object as a stream carries it (key and JSON, meshpeer.protocol.objects)."""
+    ip, host_ip = ipaddress.ip_address(e.ip), ipaddress.ip_address("192.168.100.1")
+    obj = destination_json(ip, "02:00:0a:00:00:02", 1001, host_ip, "vm", e.host)
     return len(json.dumps({e.name: obj}, separators=(",", ":")))
 
 

@@ -7,14 +7,20 @@ fresh lab of the same name (the same namespaces, addresses and userspace switche
 - ``bulk_s`` / ``batch_s``: N more red endpoints on another host at once, until programmed on
   every host: meshpeer batch creates, then ``?wait=programmed``; OVN one NB transaction through
   the IDL (meshpeer/lab/ovnidl.py), one SB transaction binding the ports, then ``--wait=hv``
-  syncs (a fresh one every 30 s, bounded; ``syncs`` says how many);
+  syncs (a fresh one every 30 s, bounded; ``syncs`` says how many); then, for both, until the
+  watched host's br-int holds the batch's last endpoint (``bulk_s.switch_after_wait``);
 - ``add_ms``: ``--count`` (>= 20) more red endpoints one by one, each timed until programmed:
   meshpeer ``POST /v1/vpcs/red/endpoints?wait=programmed`` (every host following the change,
   hv1 included); OVN an IDL transaction waited for as ``--wait=hv`` does (every chassis, hv1
-  included, has applied it); ``add_host_ms``: OVN only, until hv1's
+  included, has applied it); and for both until the watched host's br-int agrees (the
+  switch's table is the ground truth: when it does not yet agree as the wait returns, the
+  time runs on until it does, and ``switch_late`` records it; ``switch_agrees`` counts the
+  changes it already agreed with); ``add_host_ms``: OVN only, until hv1's
   ``Chassis_Private.nb_cfg_timestamp`` (its own report, without ovn-northd's round trip; across
-  zones hv2's, ``host_watched``);
-- ``delete_ms``: those endpoints deleted one by one, each timed the same way;
+  zones hv2's, ``host_watched``); ``controller_log``: OVN only, lines of the watched host's
+  ovn-controller log that explain a late flow (OpenFlow errors, reconnects, long polls);
+- ``delete_ms``: those endpoints deleted one by one, each timed the same way (until the
+  address is in no flow);
 - ``tcp_gbps``: iperf3 TCP b1 -> r1 across the peering (a connect and 3 s of data);
 - ``flows_on_host``: flows on hv1's br-int (hv1 holds one VM, b1, of the other VPC), from the
   switch itself;
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import ipaddress
 import re
 import time
@@ -89,6 +96,8 @@ CROSS = {
     ],
 }
 COLD_BUDGET = 180.0
+SWITCH_BUDGET = 30.0  # after a wait, until the watched switch agrees (rarely more than 0)
+BATCH_SWITCH_BUDGET = 120.0  # the same after a batch (OVN: a reinstall of every flow)
 BATCH_BUDGET = 420.0  # until a batch is on every host (OVN: 230 s at 10k in the first run)
 TCP_S = 3
 FAKE_CHASSIS = "remote0"  # OVN: the chassis the bulk ports are bound to (no ovn-controller)
@@ -108,6 +117,20 @@ def on_switch(h: HostPlan, ip: str) -> bool:
     """Whether ``h``'s br-int holds a flow that matches on or sets ``ip``: the switch's own
     table as the ground truth behind both systems' waits."""
     return re.search("=" + re.escape(ip) + "(?![0-9])", common.dump_flows(h)) is not None
+
+
+def switch_lag(h: HostPlan, ip: str, present: bool, budget: float = SWITCH_BUDGET) -> float | None:
+    """Seconds from now until ``h``'s br-int agrees with a change (``ip`` in a flow after an
+    add, in none after a delete): 0.0 when it already does at the first look (the usual case:
+    one dump), else polled; None if not within ``budget`` seconds."""
+    t0 = time.monotonic()
+    if on_switch(h, ip) == present:
+        return 0.0
+    while time.monotonic() < t0 + budget:
+        time.sleep(0.05)
+        if on_switch(h, ip) == present:
+            return time.monotonic() - t0
+    return None
 
 
 def flows(h: HostPlan) -> int:
@@ -136,16 +159,42 @@ class Measured:
     rss: float | None = None
     cold: float | None = None
     load: list[float] = dataclasses.field(default_factory=lambda: [load1()])
-    # after how many timed adds / deletes the watched host's switch agreed with the wait
+    # after how many timed adds / deletes the watched host's switch already agreed when the
+    # wait returned; the others in switch_late
     switch_agrees: dict[str, int] = dataclasses.field(
         default_factory=lambda: {"add": 0, "delete": 0, "of": 0}
     )
+    switch_late: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
-    def agree(self, added: bool, present: bool) -> None:
-        """One timed change checked on the switch: the address present after an add, gone
-        after a delete."""
-        self.switch_agrees["add" if added else "delete"] += present == added
+    def batch_on_switch(self, h: HostPlan, ip: str) -> None:
+        """The batch's last endpoint (``ip``) checked on ``h``'s switch once its wait returned:
+        the time until the switch holds it is part of the batch's ``programmed`` step
+        (``bulk_s.switch_after_wait``: that part; -1 if not within ``BATCH_SWITCH_BUDGET``)."""
+        lag = switch_lag(h, ip, True, BATCH_SWITCH_BUDGET)
+        self.bulk["switch_after_wait"] = -1.0 if lag is None else lag
+        self.bulk["programmed"] += lag or 0.0
+
+    def timed(
+        self, times: list[float], wait_s: float, h: HostPlan, ip: str, added: bool
+    ) -> dict[str, Any] | None:
+        """One timed change whose wait returned ``wait_s`` after its start, checked on ``h``'s
+        switch (``ip`` in a flow after an add, in none after a delete): its time is the wait's
+        when the switch already agrees, else until the switch does (then also a record in
+        ``switch_late``, returned for the caller's facts; not timed if the switch never agrees
+        within ``SWITCH_BUDGET``)."""
+        lag = switch_lag(h, ip, added)
+        key = "add" if added else "delete"
+        self.switch_agrees[key] += lag == 0.0
         self.switch_agrees["of"] += added
+        if lag == 0.0:
+            times.append(wait_s)
+            return None
+        late = {"change": key, "ip": ip, "wait_ms": round(wait_s * 1000, 1),
+                "switch_after_wait_ms": None if lag is None else round(lag * 1000, 1)}  # fmt: skip
+        self.switch_late.append(late)
+        if lag is not None:
+            times.append(wait_s + lag)
+        return late
 
 
 def row(m: Measured) -> dict[str, Any]:
@@ -161,6 +210,7 @@ def row(m: Measured) -> dict[str, Any]:
         "cold_s": None if m.cold is None else round(m.cold, 3),
         "load": [*m.load, load1()],
         "switch_agrees": m.switch_agrees,
+        "switch_late": m.switch_late,
         **m.extra,
     }
 
@@ -213,10 +263,11 @@ def run_meshpeer(topo: Topology, size: int, count: int) -> dict[str, Any]:
                 break
         m.bulk = {"create": t1 - t0, "programmed": time.monotonic() - t1}
         hv1 = plan.host("hv1")
+        if size:
+            m.batch_on_switch(hv1, endpoint(size - 1)["ip"])
         for verb, times in (("post", m.add_s), ("delete", m.delete_s)):
             for i in range(nxt, nxt + count):
-                times.append(timed(client, verb, i))
-                m.agree(verb == "post", on_switch(hv1, endpoint(i)["ip"]))
+                m.timed(times, timed(client, verb, i), hv1, endpoint(i)["ip"], verb == "post")
         m.tcp_gbps = tcp(plan)
         m.flows_on_host, m.rss = flows(hv1), common.rss_mib(common.ohc_pid(hv1))
         m.cold = cold_s(
@@ -264,11 +315,14 @@ def run_ovn(topo: Topology, size: int, count: int) -> dict[str, Any]:
         with ovnidl.nb(c.nb_sock) as nb, ovnidl.sb(c.sb_sock) as sb:
             m.bulk, m.extra = ovn_batch(nb, sb, size, watch)
             host = plan.host(watch)
+            if size:
+                m.batch_on_switch(host, ovn_port(size - 1)[1].split()[1])
             m.add_s, host_ms = ovn_timed(nb, sb, size, count, host, m, delete=False)
             m.extra["add_host_ms"] = ms([x / 1000 for x in host_ms])
             m.delete_s, host_ms = ovn_timed(nb, sb, size, count, host, m, delete=True)
             m.extra["delete_host_ms"] = ms([x / 1000 for x in host_ms])
             m.extra["host_watched"] = watch
+            m.extra["controller_log"] = log_events(f"{host.rundir}/ovn-controller.log")
         m.tcp_gbps = tcp(plan)
         hv1 = plan.host("hv1")
         m.flows_on_host = flows(hv1)
@@ -318,9 +372,11 @@ def ovn_timed(
     m: Measured,
     delete: bool,
 ) -> tuple[list[float], list[int]]:
-    """``count`` ports added (or deleted) one at a time, each waited for as ``--wait=hv``:
-    seconds per change, and ms until ``watch``'s own report; each checked on its switch."""
-    total, host = [], []
+    """``count`` ports added (or deleted) one at a time, each waited for as ``--wait=hv``, then
+    until ``watch``'s switch agrees (``Measured.timed``): seconds per change, and ms until
+    ``watch``'s own report (``Chassis_Private.nb_cfg_timestamp``)."""
+    total: list[float] = []
+    host: list[int] = []
     for i in range(size + 1, size + 1 + count):
         name, addresses = ovn_port(i)
         change = (
@@ -330,10 +386,33 @@ def ovn_timed(
         )
         a = ovnidl.commit(nb, change, "hv", timeout=60)
         assert a.wait_s is not None
-        total.append(a.wait_s)
+        late = m.timed(total, a.wait_s, watch, addresses.split()[1], not delete)
         host.append(host_applied(sb, a, watch.name))
-        m.agree(not delete, on_switch(watch, addresses.split()[1]))
+        if late is not None:  # did the host say it had applied it before its switch had it?
+            late.update(host_report_ms=host[-1], nb_cfg=a.nb_cfg, started=wall_iso(a.wall))
     return total, host
+
+
+def wall_iso(t: float) -> str:
+    """``time.time()`` as the UTC ISO time ovn-controller's log lines start with."""
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat(timespec="milliseconds")
+
+
+LOG_EVENTS = {  # ovn-controller's own log lines (-vfile:info) that would explain a late flow
+    "openflow_errors": "OpenFlow error",  # ofctrl: an error from the switch, then a reconnect
+    "openflow_connects": "br-int.mgmt: connecting",  # its connections (several at start)
+    "long_polls": "Unreasonably long",
+}
+
+
+def log_events(path: str) -> dict[str, Any]:
+    """How many lines of ``path`` hold each of ``LOG_EVENTS``, and the OpenFlow errors' lines
+    (the first 3, cut at 300 characters)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.read().splitlines()
+    out: dict[str, Any] = {k: sum(v in ln for ln in lines) for k, v in LOG_EVENTS.items()}
+    errors = [ln[:300] for ln in lines if LOG_EVENTS["openflow_errors"] in ln]
+    return {**out, "openflow_error_lines": errors[:3]}
 
 
 def underlay_spare(plan: LabPlan) -> str:
@@ -371,9 +450,11 @@ def show(name: str, r: dict[str, Any]) -> None:
           + (f", load {r['load']}" if "load" in r else "")
           + (f", switch agrees {r['switch_agrees']}" if "switch_agrees" in r else ""))  # fmt: skip
     if "bulk_s" in r:
-        keys = ("syncs", "programmed_host_s", "add_host_ms", "delete_host_ms")
+        keys = ("syncs", "programmed_host_s", "add_host_ms", "delete_host_ms", "controller_log")
         extra = {k: r[k] for k in keys if k in r}
         print(f"  {'':<9} bulk s {r['bulk_s']}" + (f", {extra}" if extra else ""))
+    for late in r.get("switch_late", []):
+        print(f"  {'':<9} switch late: {late}")
 
 
 def both(topo: Topology, size: int, count: int, what: str) -> dict[str, Any]:

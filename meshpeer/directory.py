@@ -36,6 +36,9 @@ class Shard:
     url: str  # REST base URL, e.g. https://169.254.1.10:8080
     vni_range: tuple[int, int]
     vpcs: tuple[str, ...]
+    # Every replica's URL, ``url`` first (empty: one process): a host that loses its shard
+    # tries the others, where one leads and a standby answers 503 (docs/store.md, "Replicas").
+    replicas: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,19 @@ class Directory:
 
     def url_of(self, vpc: str) -> str:
         return self.shards[self.owner_of(vpc)].url
+
+    def replica_urls(self, url: str) -> tuple[str, ...]:
+        """The URLs of the shard that ``url`` is a replica of, the directory's ``url`` first
+        (``(url,)``: a shard of one process, or a URL of no shard here)."""
+        for s in self.shards.values():
+            if url == s.url or url in s.replicas:
+                return (s.url, *(r for r in s.replicas if r != s.url))
+        return (url,)
+
+    def canonical_url(self, url: str) -> str:
+        """The directory's URL of the shard ``url`` is a replica of (a peering names where the
+        peer's shard leads now; a host keeps following it under one name)."""
+        return self.replica_urls(url)[0]
 
     @property
     def signing_key_id(self) -> str:
@@ -180,7 +196,7 @@ def _shard(name: object, s: Any) -> Shard:
     p = f"shards.{name}"
     if not isinstance(s, Mapping):
         raise DirectoryError(f"{p}: expected a mapping")
-    unknown = set(s) - {"url", "vni_range", "vpcs"}
+    unknown = set(s) - {"url", "vni_range", "vpcs", "replicas"}
     if unknown:
         raise DirectoryError(f"{p}.{sorted(unknown)[0]}: unknown key")
     url = s.get("url")
@@ -197,4 +213,12 @@ def _shard(name: object, s: Any) -> Shard:
     vpcs = s.get("vpcs", [])
     if not isinstance(vpcs, list) or not all(isinstance(v, str) and _NAME.match(v) for v in vpcs):
         raise DirectoryError(f"{p}.vpcs: expected a list of VPC names")
-    return Shard(name, url.rstrip("/"), (vr[0], vr[1]), tuple(vpcs))
+    replicas = s.get("replicas", [])
+    if not isinstance(replicas, list) or not all(
+        isinstance(r, str) and r.startswith(("http://", "https://")) for r in replicas
+    ):
+        raise DirectoryError(f"{p}.replicas: expected a list of https://HOST:PORT (or http://)")
+    replicas = [r.rstrip("/") for r in replicas]
+    if replicas and url.rstrip("/") not in replicas:
+        raise DirectoryError(f"{p}.replicas: lists every replica, the shard's url too")
+    return Shard(name, url.rstrip("/"), (vr[0], vr[1]), tuple(vpcs), tuple(replicas))

@@ -26,16 +26,14 @@ from typing import Any, Protocol
 
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.messages import (
-    PEER_SERVICES,
     CloseReason,
     Delta,
     ProtocolError,
     stream_name,
 )
-from meshpeer.protocol.peering import PeeringObject
 from meshpeer.protocol.stream import ReplicaState
 from ohc.engine import DELETED, StreamChange
-from ohc.subscriptions import Sub, wanted
+from ohc.subscriptions import Sub, parsed, peer_subs, peering_of, same_url, wanted
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +94,7 @@ def applied_versions(
     versions: Mapping[Sub, int],
     objects: Mapping[Sub, Mapping[str, Any]],
     followed: Container[Sub] | None = None,
+    canonical: Callable[[str], str] = same_url,
 ) -> dict[Sub, int]:
     """The stream versions a switch synced from ``objects`` can be said to hold.
 
@@ -105,21 +104,18 @@ def applied_versions(
     still on their way (or refused, while the peer's shard has not seen the peering yet).
     ``followed``: the streams the host follows (None: all); a peer service it does not follow
     (a side through the gateways needs no peer destinations, a gateway only them) is not
-    waited for.
+    waited for. ``canonical``: as in :func:`ohc.subscriptions.peer_subs`.
     """
     out = dict(versions)
     for sub in versions:
         if sub.service != ServiceName.PEERING:
             continue
-        for raw in (objects.get(sub) or {}).values():
+        for held in (objects.get(sub) or {}).values():
             try:
-                peer = PeeringObject.parse(raw)
+                peer = peering_of(held)
             except ProtocolError:
                 continue  # malformed: subscriptions.wanted skips it too
-            subs = (
-                Sub(peer.controller, s, peer.peer_vpc, peer.policy_id, sub.host)
-                for s in PEER_SERVICES
-            )
+            subs = peer_subs(peer, sub.host, canonical).values()
             if any(x not in versions for x in subs if followed is None or x in followed):
                 del out[sub]
                 break
@@ -135,8 +131,12 @@ class Agent:
         api_token: str,
         make_client: ClientFactory,
         on_update: Callable[[], None],
+        canonical: Callable[[str], str] = same_url,
     ) -> None:
+        """``canonical``: a shard replica's URL to the directory's URL of its shard (a peer
+        shard's leader moves; its streams stay the same ones)."""
         self.host = host
+        self.canonical = canonical
         self.shard_urls = shard_urls
         self.vpc_url = vpc_url
         self.api_token = api_token
@@ -203,6 +203,7 @@ class Agent:
             self.streams(ServiceName.ENDPOINT).values(),
             peering,
             self.api_token,
+            self.canonical,
         )
         # Objects of a stream no client follows (its client ended) are never kept.
         for sub in sorted(set(self.objects) - set(want), key=Sub.sort_key):
@@ -313,7 +314,11 @@ class Agent:
             if not self._current(sub, serial):
                 return  # a late message from a stream just dropped
             self.refused.pop(sub, None)
-            self.objects[sub] = replica.objects
+            if sub.service == ServiceName.PEERING:  # parsed once here, for every reader
+                touched = [*msg.upserts, *msg.deletes] if isinstance(msg, Delta) else None
+                self.objects[sub] = parsed(replica.objects, self.objects.get(sub), touched)
+            else:
+                self.objects[sub] = replica.objects
             keys = self.changed.get(sub, set())
             if isinstance(msg, Delta) and keys is not None and sub in self.versions:
                 keys.update(msg.upserts)
@@ -358,7 +363,7 @@ class Agent:
         grant names this host); one without a grant is left out, and so is an own-shard
         stream at a shard not in ``shard_urls``."""
         by_url: dict[str, list[dict[str, Any]]] = {}
-        held = applied_versions(versions, objects, self.clients)
+        held = applied_versions(versions, objects, self.clients, self.canonical)
         for sub, version in sorted(held.items(), key=lambda kv: kv[0].sort_key()):
             entry: dict[str, Any] = {
                 "stream": stream_name(sub.service, sub.key, sub.policy, sub.host),

@@ -13,8 +13,6 @@ br-int: on (re)connect it reads what is installed and sends the difference in on
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import json
 import logging
@@ -34,6 +32,7 @@ from os_ken.ofproto import ofproto_v1_3
 
 from meshpeer import options
 from meshpeer.directory import SECRETS, parse_directory
+from meshpeer.heap import release_free_heap
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.gateways import HOST_ROLES, choice
 from ohc import bfd, nd, offload, ofio, ports, reporting, spillover, status
@@ -95,16 +94,25 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             log.warning("ohc %s: the directory holds shard secrets %s: ignored", conf.host, held)
         self.directory = parse_directory(raw, secrets=False)
         urls = sorted(s.url for s in self.directory.shards.values())
+        # a shard with replicas: its channel and reports find the leader (docs/decisions.md)
+        replicas = self.directory.replica_urls
         self.agent = Agent(
             conf.host,
             urls,
             self.directory.url_of,
             conf.api_token,
-            Channels(conf.api_token, ca_file=conf.ca_file),
+            Channels(conf.api_token, ca_file=conf.ca_file, replicas=replicas),
             self._update,
+            self.directory.canonical_url,
         )
         self.reporter = reporting.Reporter(
-            conf.host, conf.underlay_ip, conf.api_token, self.agent, conf.ca_file, conf.role
+            conf.host,
+            conf.underlay_ip,
+            conf.api_token,
+            self.agent,
+            conf.ca_file,
+            conf.role,
+            replicas,
         )
         self.replies = ofio.Replies()
         self.datapath: Any = None
@@ -129,6 +137,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         self.full_gc_at = time.monotonic()
         self.read_back_by = 0.0  # monotonic time until which a read-back waits for the streams
         self.deferred: set[str] = set()  # reasons of the syncs deferred meanwhile
+        self.ports_read_for: Any = None  # the datapath whose ports a deferred sync read
         self.grace_timer: Any = None  # ends a deferral (_defer_read_back)
         # on-demand sides (ohc/offload.py): the pairs sent direct, and the counters' readings
         self.offload_state = offload.State()
@@ -327,6 +336,8 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
                 continue
             reasons |= self.deferred
             if self._defer_read_back():
+                if "ports" in reasons or ("connect" in reasons and self.ports_read_for is not dp):
+                    self._read_ports_early(dp, reasons)
                 self.deferred = reasons
                 continue
             self.deferred = set()
@@ -369,15 +380,34 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             hub.kill(self.grace_timer)
             self.grace_timer = None
 
+    def _read_ports_early(self, dp: Any, reasons: set[str]) -> None:
+        """The ports, read while a sync waits for the streams rather than after them (~20 ms
+        of an OHC's start, measured). A failure leaves them to the sync, which reports it."""
+        try:
+            self._read_ports(dp)
+        except Exception as exc:  # ovs-vsctl failed or the switch went away: the sync retries
+            log.warning("ohc %s: ports not read yet: %s", self.conf.host, exc)
+            self.ports_read_for = None
+            return
+        self.ports_read_for = dp
+        reasons.discard("ports")
+
+    def _read_ports(self, dp: Any) -> None:
+        self.ports = read_ports(self.conf.ovsdb)
+        if self.ports.numbering:
+            hub.spawn_after(PORT_REREAD_DELAY, self.triggers.put, "ports")
+        # BFD ports' liveness (a session coming up or going down sends a port status)
+        self.live = ofio.read_live_ports(self.replies, dp) if self.ports.bfd else frozenset()
+        if self.ports.bfd and not bfd.watched(self.ports.bfd, self.live):
+            hub.spawn_after(PORT_REREAD_DELAY, self.triggers.put, "ports")  # none up yet
+
     def _sync(self, dp: Any, reasons: set[str]) -> None:
-        if reasons & {"connect", "ports"} or not self.ports.vms:
-            self.ports = read_ports(self.conf.ovsdb)
-            if self.ports.numbering:
-                hub.spawn_after(PORT_REREAD_DELAY, self.triggers.put, "ports")
-            # BFD ports' liveness (a session coming up or going down sends a port status)
-            self.live = ofio.read_live_ports(self.replies, dp) if self.ports.bfd else frozenset()
-            if self.ports.bfd and not bfd.watched(self.ports.bfd, self.live):
-                hub.spawn_after(PORT_REREAD_DELAY, self.triggers.put, "ports")  # none up yet
+        # read while this sync waited for the streams (_worker); a port status since then
+        # added "ports" again
+        fresh = self.ports_read_for is dp and "ports" not in reasons
+        self.ports_read_for = None
+        if not fresh and (reasons & {"connect", "ports"} or not self.ports.vms):
+            self._read_ports(dp)
         if "canary-missing" in reasons:
             self.session.installed = None  # the switch lost its flows: read back, resync
         # One snapshot, taken without yielding: what changed in the streams, their versions
@@ -533,14 +563,3 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             "tunnel_port": self.ports.tunnel,
         }
         reporting.write_status_file(self.conf.status_file, doc)
-
-
-def release_free_heap() -> None:
-    """Give the C heap's free pages back to the system (glibc ``malloc_trim``). A big sync
-    (the first at 50k peer endpoints: the plan, the packed bundle, the engine's scratch)
-    leaves tens of MiB free but mapped, counted in the OHC's RSS until the next big sync
-    reuses it: measured in docs/benchmarks.md. No-op where libc has no malloc_trim."""
-    name = ctypes.util.find_library("c")
-    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-    if trim is not None:
-        trim(0)

@@ -13,6 +13,7 @@ import ipaddress
 import re
 from collections.abc import Iterable
 
+from meshpeer.protocol.objects import DOTTED_QUAD
 from ohc.flows import (
     Action,
     Apply,
@@ -26,7 +27,6 @@ from ohc.flows import (
     SetField,
     WriteMetadata,
 )
-from ohc.model import DOTTED_QUAD
 from ohc.syncer import FlowState, SwitchState
 
 UNREPRESENTABLE = "x-unrepresentable"  # SetField name marking an action ohc.flows cannot express

@@ -3,6 +3,7 @@ of the host's subscriptions to that shard (docs/protocol.md, "Channels")."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from meshpeer.streaming.channel import Channel, Subscription
@@ -15,7 +16,8 @@ class Channels:
     shard's URL, opened with the host's own ``credential`` (a peer stream's grant goes with
     its subscription). ``gate``: shared by the channels of a process that opens many at once
     (the scale simulation), to bound its connection attempts in flight. ``ca_file``: verifies
-    the shards' certificates (https:// URLs)."""
+    the shards' certificates (https:// URLs). ``replicas``: a shard's URL to every replica's
+    (``meshpeer.directory.Directory.replica_urls``): its channel finds the leader."""
 
     def __init__(
         self,
@@ -24,8 +26,10 @@ class Channels:
         ca_file: str | None = None,
         heartbeat_timeout: float = 15.0,
         gate: Gate | None = None,
+        replicas: Callable[[str], Sequence[str]] | None = None,
     ) -> None:
         self.credential = credential
+        self.replicas = replicas
         self.ca_file = ca_file
         self.heartbeat_timeout = heartbeat_timeout
         self.gate = gate
@@ -41,6 +45,7 @@ class Channels:
                 gate=self.gate,
                 ca_file=self.ca_file,
                 on_empty=self._forget,
+                replicas=self.replicas(url) if self.replicas else (),
             )
         return found
 

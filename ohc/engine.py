@@ -63,6 +63,7 @@ from ohc.model import (
     Skipped,
     gateway_ips,
     ip_key,
+    same_vni,
 )
 from ohc.subscriptions import Sub
 from ohc.syncer import CANARY, FlowKey, SwitchState
@@ -132,11 +133,8 @@ class DestIndex:
         if raw is DELETED:
             return touched
         try:
-            if not isinstance(raw, Mapping):
-                raise BadObject(f"expected an object, got {type(raw).__name__}")
             d = Destination.from_service_objects(self.vpc, key, raw, self.hosts)
-            if d.vni != self.vni:
-                raise BadObject(f"vni {d.vni} is not the VPC's VNI {self.vni}")
+            same_vni(d.vni, self.vni)
         except BadObject as e:
             self.errors[key] = str(e)
             return touched
@@ -175,7 +173,7 @@ class DestIndex:
         for keys in self.contested.values():
             first = self.dests[keys[0]]
             for key in keys[1:]:
-                why = f"ip {first.ip} already belongs to {first.name}"
+                why = f"ip: {first.ip} already belongs to {first.name}"
                 yield Skipped("destination", f"{self.vpc}/{key}", why)
 
 

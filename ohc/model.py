@@ -5,8 +5,10 @@ shapes written by ``meshpeer/controller/mux.py``): the endpoint meta-service for
 each local VPC's own destination/forwarding/load-balancer services, its peering service, and
 the peer VPCs' services under the peer's export policy. A subscription is untrusted input (a
 peer controller is another administrative domain): an object with a bad IP, MAC, VNI or
-shape is skipped and reported as a ``Skipped``; the rest of the view is still built. Peering
-objects are parsed by the type their writer uses (``meshpeer.protocol.peering.PeeringObject``).
+shape is skipped and reported as a ``Skipped``; the rest of the view is still built. Each
+object is parsed by the type its writer uses (``meshpeer/protocol/objects.py``, and
+``PeeringObject`` for the peering service, which the agent parses once as each arrives:
+``ohc.subscriptions.parsed``); what it means to this host is decided here.
 
 Beyond shape, ``HostView.from_service_objects`` checks what a peer may claim: a peer's objects
 must carry the peer's VNI (from our own controller's peering object), and a peer VNI may not
@@ -17,34 +19,41 @@ packets on a VNI the peering never granted.
 from __future__ import annotations
 
 import ipaddress
-import re
-import socket
 from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from meshpeer.protocol.gateways import DEFAULT_FORWARDING, Forwarding, GatewayHop, uses_gateways
 from meshpeer.protocol.messages import ProtocolError
-from meshpeer.protocol.peering import MAX_VNI, Inbound, PeeringObject
+
+# the field parsers' names, as the compiler, the engine and the tests take them from here
+from meshpeer.protocol.objects import Address as Address
+from meshpeer.protocol.objects import BadObject as BadObject
+from meshpeer.protocol.objects import (
+    DestinationObject,
+    EndpointObject,
+    LoadBalancerObject,
+    RouteKind,
+    RouteObject,
+    destination_fields,
+    parse_int,
+    parse_underlay_ip,
+)
+from meshpeer.protocol.objects import Network as Network
+from meshpeer.protocol.objects import TextIPv4 as TextIPv4
+from meshpeer.protocol.objects import parse_ip as parse_ip
+from meshpeer.protocol.objects import parse_mac as parse_mac
+from meshpeer.protocol.peering import Inbound
 from ohc.flows import OFPP_ANY
 from ohc.pipeline import MAX_PORT, TUNNEL_PORT
+from ohc.subscriptions import HeldPeering, peering_of
 from policies.routes import DEFAULT_PREFERENCE
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-MAX_SHARED_HOSTS = 4096  # underlay addresses one DestIndex shares among its destinations
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 JsonObject = Mapping[str, Any]
 ServiceObjects = Mapping[str, JsonObject]  # object key -> object, as a stream holds them
 # (VPC, export policy or None for its own services, VNI) -> ip_keys of destinations kept apart
+NOWHERE = "null: not placed on a host"
 TakenIps = Callable[[str, str | None, int], Container[tuple[int, int]]]
-RouteKind = Literal["subnet", "static", "dynamic"]
-
-MAX_WEIGHT = 0xFFFF  # OpenFlow bucket weight is 16 bits
-_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-
-
-class BadObject(ValueError):
-    """A subscription object that cannot be used; the message says why."""
 
 
 @dataclass(frozen=True, order=True)
@@ -54,103 +63,6 @@ class Skipped:
     service: str
     key: str
     reason: str
-
-
-# --- field validation ---------------------------------------------------------------------
-
-
-def _str(obj: JsonObject, name: str) -> str:
-    value = obj.get(name)
-    if not isinstance(value, str) or not value:
-        raise BadObject(f"{name}: expected a non-empty string, got {value!r}")
-    return value
-
-
-class TextIPv4(ipaddress.IPv4Address):
-    """An IPv4 address that keeps the canonical text it was parsed from.
-
-    Each destination's addresses are rendered into its flows' matches and actions; at 50k
-    destinations ``str(IPv4Address)`` alone took ~1 s of a cold compile (measured), and
-    parsing a dotted quad through ``ipaddress`` another ~1 s. Equal, hashed and ordered as
-    the plain address."""
-
-    __slots__ = ("_text",)
-
-    def __init__(self, address: str | int) -> None:  # text: a DOTTED_QUAD
-        if isinstance(address, str):
-            self._ip = int.from_bytes(socket.inet_aton(address), "big")
-            self._text = address
-        else:  # ``ip + 1`` and friends build their result from an int
-            super().__init__(address)
-            self._text = super().__str__()
-
-    def __str__(self) -> str:
-        return self._text
-
-    def __reduce__(self) -> tuple[type[TextIPv4], tuple[str]]:
-        return TextIPv4, (self._text,)
-
-
-_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # no leading zeros
-DOTTED_QUAD = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")  # IPv4 text as str() prints it
-
-
-def parse_ip(value: object, what: str = "ip") -> Address:
-    if not isinstance(value, str):
-        raise BadObject(f"{what}: expected an address string, got {value!r}")
-    try:
-        ip = TextIPv4(value) if DOTTED_QUAD.fullmatch(value) else ipaddress.ip_address(value)
-    except ValueError as e:
-        raise BadObject(f"{what}: {e}") from None
-    if ip.version == 4:  # as below, on the integer: 0.0.0.0, 224/4, 127/8 (~3 us less each)
-        n = int(ip)
-        if n == 0 or n >> 28 == 0xE or n >> 24 == 127:
-            raise BadObject(f"{what}: {ip} cannot be an endpoint address")
-        if n == 0xFFFF_FFFF:
-            raise BadObject(f"{what}: broadcast address")
-    elif ip.is_unspecified or ip.is_multicast or ip.is_loopback:
-        raise BadObject(f"{what}: {ip} cannot be an endpoint address")
-    return ip
-
-
-def parse_underlay_ip(value: object, what: str = "host_ip") -> ipaddress.IPv4Address:
-    ip = parse_ip(value, what)
-    if not isinstance(ip, ipaddress.IPv4Address):
-        raise BadObject(f"{what}: the underlay is IPv4 (tun_ipv4_dst), got {ip}")
-    return ip
-
-
-def parse_mac(value: object, what: str = "mac") -> str:
-    lower = value.lower() if isinstance(value, str) else ""
-    if not _MAC_RE.fullmatch(lower):
-        raise BadObject(f"{what}: expected aa:bb:cc:dd:ee:ff, got {value!r}")
-    mac = value if lower == value else lower  # keep the received string: one copy, not two
-    if int(mac[:2], 16) & 1:
-        raise BadObject(f"{what}: {mac} is a multicast/broadcast MAC")
-    if mac == "00:00:00:00:00:00":
-        raise BadObject(f"{what}: the zero MAC")
-    return mac
-
-
-def parse_vni(value: object, what: str = "vni") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_VNI:
-        raise BadObject(f"{what}: expected an integer in 1..{MAX_VNI}, got {value!r}")
-    return value
-
-
-def parse_prefix(value: object, what: str = "prefix") -> Network:
-    if not isinstance(value, str):
-        raise BadObject(f"{what}: expected a CIDR string, got {value!r}")
-    try:
-        return ipaddress.ip_network(value, strict=True)
-    except ValueError as e:
-        raise BadObject(f"{what}: {e}") from None
-
-
-def _int(value: object, what: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise BadObject(f"{what}: expected an integer in {lo}..{hi}, got {value!r}")
-    return value
 
 
 def ip_key(ip: Address) -> tuple[int, int]:
@@ -175,25 +87,10 @@ class LocalPort:
     gateway: Address | None
 
     @staticmethod
-    def from_service_objects(obj: JsonObject, ofport: object) -> LocalPort:
+    def from_service_objects(obj: EndpointObject, ofport: object) -> LocalPort:
         """From one endpoint meta-service object and the ofport OVS gave its interface."""
-        ip = parse_ip(obj.get("ip"))
-        prefix = None if obj.get("prefix") is None else parse_prefix(obj.get("prefix"))
-        gateway = None if obj.get("gateway") is None else parse_ip(obj.get("gateway"), "gateway")
-        if prefix is not None and (ip.version != prefix.version or ip not in prefix):
-            raise BadObject(f"ip {ip} is not inside its prefix {prefix}")
-        if gateway is not None and (prefix is None or gateway not in prefix or gateway == ip):
-            raise BadObject(f"gateway {gateway} is not a gateway of {prefix} for {ip}")
-        return LocalPort(
-            vpc=_str(obj, "vpc"),
-            name=_str(obj, "name"),
-            ip=ip,
-            mac=parse_mac(obj.get("mac")),
-            vni=parse_vni(obj.get("vni")),
-            ofport=_int(ofport, "ofport", 1, MAX_PORT),
-            prefix=prefix,
-            gateway=gateway,
-        )
+        port = parse_int(ofport, "ofport", 1, MAX_PORT)
+        return LocalPort(obj.vpc, obj.name, obj.ip, obj.mac, obj.vni, port, obj.prefix, obj.gateway)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,25 +108,19 @@ class Destination:
     def from_service_objects(
         vpc: str, name: str, obj: JsonObject, hosts: dict[str, ipaddress.IPv4Address] | None = None
     ) -> Destination:
-        """From a destination-service object (also a route's next hop or an ILB backend).
-        ``hosts`` (underlay address text -> parsed) shares one address among the many
-        destinations on one host: 4 MiB at 50k peer endpoints."""
-        raw = obj.get("host_ip")
-        if raw is None:
-            raise BadObject("not placed on a host (host_ip is null)")
-        host_ip = hosts.get(raw) if hosts is not None and type(raw) is str else None
+        """From a destination-service object, as ``DestinationObject.parse`` reads it (its
+        fields only: ``destination_fields``); ``hosts``: shared underlay addresses."""
+        ip, mac, vni, host_ip = destination_fields(obj, hosts)
         if host_ip is None:
-            host_ip = parse_underlay_ip(raw)
-            if hosts is not None and len(hosts) < MAX_SHARED_HOSTS:
-                hosts[str(raw)] = host_ip
-        return Destination(
-            vpc=vpc,
-            name=name,
-            ip=parse_ip(obj.get("ip")),
-            mac=parse_mac(obj.get("mac")),
-            vni=parse_vni(obj.get("vni")),
-            host_ip=host_ip,
-        )
+            raise BadObject("host_ip", NOWHERE)
+        return Destination(vpc, name, ip, mac, vni, host_ip)
+
+    @staticmethod
+    def placed(vpc: str, name: str, d: DestinationObject) -> Destination:
+        """A destination (a route's next hop or an ILB backend), if on a host."""
+        if not isinstance(d.host_ip, ipaddress.IPv4Address):  # parsed: None or IPv4
+            raise BadObject("host_ip", NOWHERE)
+        return Destination(vpc, name, d.ip, d.mac, d.vni, d.host_ip)
 
 
 @dataclass(frozen=True)
@@ -245,31 +136,17 @@ class RouteEntry:
     gateway: Address | None = None  # subnet routes: the subnet's gateway address
 
     @staticmethod
-    def from_service_objects(vpc: str, key: str, obj: JsonObject) -> RouteEntry:
+    def from_service_objects(vpc: str, key: str, r: RouteObject) -> RouteEntry:
         """From a forwarding-service object; a static route's next hop may be null (unusable)."""
-        prefix = parse_prefix(obj.get("prefix"))
-        kind = obj.get("kind")
-        if kind == "subnet":
-            gw = obj.get("gateway")
-            gateway = None if gw is None else parse_ip(gw, "gateway")
-            if gateway is not None and gateway not in prefix:
-                raise BadObject(f"gateway {gateway} outside {prefix}")
-            return RouteEntry(vpc, prefix, "subnet", None, 0, key, gateway)
-        if kind != "static" and kind != "dynamic":  # dynamic: learned over BGP, same shape
-            raise BadObject(f"kind: expected 'subnet', 'static' or 'dynamic', got {kind!r}")
-        priority = _int(obj.get("priority", 1000), "priority", 0, 65535)
-        hop = obj.get("next_hop")
+        if r.kind == "subnet":
+            return RouteEntry(vpc, r.prefix, "subnet", None, 0, key, r.gateway)
         next_hop = None
-        if hop is not None:
-            if not isinstance(hop, Mapping):
-                raise BadObject(f"next_hop: expected an object, got {hop!r}")
+        if r.next_hop is not None:
             try:
-                next_hop = Destination.from_service_objects(vpc, f"{key}:next_hop", hop)
+                next_hop = Destination.placed(vpc, f"{key}:next_hop", r.next_hop)
             except BadObject as e:
-                raise BadObject(f"next_hop: {e}") from None
-            if next_hop.ip.version != prefix.version:
-                raise BadObject(f"next_hop {next_hop.ip} is not of the prefix's IP version")
-        return RouteEntry(vpc, prefix, kind, next_hop, priority, key)
+                raise BadObject(f"next_hop.{e.field}", e.detail) from None
+        return RouteEntry(vpc, r.prefix, r.kind, next_hop, r.priority, key)
 
 
 @dataclass(frozen=True)
@@ -291,52 +168,28 @@ class LoadBalancer:
         vpc: str, name: str, obj: JsonObject, skipped: list[Skipped] | None = None
     ) -> LoadBalancer:
         """From a load-balancer object; a bad backend is left out (and reported)."""
-        vip = parse_ip(obj.get("vip"), "vip")
-        vni = parse_vni(obj.get("vni"))
-        backends = _backends(obj, "backends", (vpc, name), vip, vni, skipped)
-        spillover = _backends(obj, "spillover", (vpc, name), vip, None, skipped)
-        mac = parse_mac(obj.get("mac"))
-        return LoadBalancer(vpc, name, vip, mac, vni, backends, spillover)
 
-
-def _backends(
-    obj: JsonObject,
-    key: str,
-    lb: tuple[str, str],
-    vip: Address,
-    vni: int | None,
-    skipped: list[Skipped] | None,
-) -> tuple[tuple[Destination, int], ...]:
-    """A load-balancer object's list ``key``, sorted by VPC and name; a bad entry is left out
-    (and reported). ``vni``: the one each must have (None: a spillover backend's is its own
-    VPC's, which must be another than the ILB's)."""
-    raw = obj.get(key, [])
-    if not isinstance(raw, list):
-        raise BadObject(f"{key}: expected a list, got {raw!r}")
-    found: dict[tuple[str, str], tuple[Destination, int]] = {}
-    for i, b in enumerate(raw):
-        try:
-            if not isinstance(b, Mapping):
-                raise BadObject(f"expected an object, got {b!r}")
-            bname = _str(b, "endpoint")
-            bvpc = lb[0] if vni is not None else _str(b, "vpc")
-            weight = _int(b.get("weight", 1), "weight", 0, MAX_WEIGHT)
-            if b.get("healthy", True) is not True or weight == 0:
-                continue
-            dest = Destination.from_service_objects(bvpc, bname, b)
-            if vni is not None and dest.vni != vni:
-                raise BadObject(f"vni {dest.vni} is not the load balancer's {vni}")
-            if vni is None and bvpc == lb[0]:
-                raise BadObject(f"a spillover backend is in a peer VPC, not in {bvpc}")
-            if dest.ip.version != vip.version:
-                raise BadObject(f"{dest.ip} is not of the VIP's IP version")
-            if (bvpc, bname) in found:
-                raise BadObject(f"backend {bname} listed twice")
-            found[(bvpc, bname)] = (dest, weight)
-        except BadObject as e:
+        def bad(place: str, e: BadObject) -> None:
             if skipped is not None:
-                skipped.append(Skipped("loadbalancer", f"{lb[0]}/{lb[1]}/{key}[{i}]", str(e)))
-    return tuple(found[k] for k in sorted(found))
+                skipped.append(Skipped("loadbalancer", f"{vpc}/{name}/{place}", str(e)))
+
+        lb = LoadBalancerObject.parse(obj, bad)
+        backends = tuple(
+            (Destination.placed(vpc, b.endpoint, b.destination), b.weight)
+            for b in sorted(lb.backends, key=lambda b: b.endpoint)
+            if b.healthy and b.weight
+        )
+        spillover = []
+        for i, s in enumerate(lb.spillover):
+            if s.vpc == vpc:
+                bad(
+                    f"spillover[{i}]",
+                    BadObject("vpc", f"a spillover backend is in a peer VPC, not in {vpc}"),
+                )
+            elif s.healthy and s.weight:
+                spillover.append((Destination.placed(s.vpc, s.endpoint, s.destination), s.weight))
+        spillover.sort(key=lambda d: (d[0].vpc, d[0].name))
+        return LoadBalancer(vpc, name, lb.vip, lb.mac, lb.vni, backends, tuple(spillover))
 
 
 @dataclass(frozen=True)
@@ -374,22 +227,22 @@ class VpcServices:
         dests: dict[tuple[int, int], Destination] = {}  # by ip_key: cheaper than ipaddress hashes
         for key in sorted(objects.destinations):
             try:
-                d = Destination.from_service_objects(vpc, key, _obj(objects.destinations[key]))
-                _same_vni(d.vni, vni)
+                d = Destination.from_service_objects(vpc, key, objects.destinations[key])
+                same_vni(d.vni, vni)
                 k = ip_key(d.ip)
                 if k in dests:
-                    raise BadObject(f"ip {d.ip} already belongs to {dests[k].name}")
+                    raise BadObject("ip", f"{d.ip} already belongs to {dests[k].name}")
                 dests[k] = d
             except BadObject as e:
                 skipped.append(Skipped("destination", f"{vpc}/{key}", str(e)))
         routes: list[RouteEntry] = []
         for key in sorted(objects.forwarding):
             try:
-                obj = _obj(objects.forwarding[key])
-                _same_vni(parse_vni(obj.get("vni")), vni)
-                r = RouteEntry.from_service_objects(vpc, key, obj)
+                route = RouteObject.parse(objects.forwarding[key])
+                same_vni(route.vni, vni)
+                r = RouteEntry.from_service_objects(vpc, key, route)
                 if r.next_hop is not None:
-                    _same_vni(r.next_hop.vni, vni)
+                    same_vni(r.next_hop.vni, vni)
                 routes.append(r)
             except BadObject as e:
                 skipped.append(Skipped("forwarding", f"{vpc}/{key}", str(e)))
@@ -397,11 +250,11 @@ class VpcServices:
         for key in sorted(objects.load_balancers):
             try:
                 lb = LoadBalancer.from_service_objects(
-                    vpc, key, _obj(objects.load_balancers[key]), skipped
+                    vpc, key, objects.load_balancers[key], skipped
                 )
-                _same_vni(lb.vni, vni)
+                same_vni(lb.vni, vni)
                 if ip_key(lb.vip) in dests or ip_key(lb.vip) in taken or lb.vip in lbs:
-                    raise BadObject(f"vip {lb.vip} is already in use")
+                    raise BadObject("vip", f"{lb.vip} is already in use")
                 lbs[lb.vip] = lb
             except BadObject as e:
                 skipped.append(Skipped("loadbalancer", f"{vpc}/{key}", str(e)))
@@ -503,7 +356,7 @@ class HostView:
         endpoints: ServiceObjects,
         ofports: Mapping[tuple[str, str], int],
         own: Mapping[str, StreamObjects],
-        peerings: Mapping[str, ServiceObjects],
+        peerings: Mapping[str, Mapping[str, HeldPeering]],
         peer_services: Mapping[tuple[str, str], StreamObjects],
         tunnel_port: int | None = TUNNEL_PORT,
         taken: TakenIps | None = None,
@@ -538,21 +391,21 @@ class HostView:
             objs = peerings.get(vpc, {})
             for key in sorted(objs):
                 try:
-                    po = PeeringObject.parse(objs[key])
+                    po = peering_of(objs[key])
                     peer_vpc, peer_vni = po.peer_vpc, po.peer_vni
                     if peer_vpc == vpc:
-                        raise BadObject("a VPC cannot peer with itself")
+                        raise BadObject("peer_vpc", "a VPC cannot peer with itself")
                     if owners.get(peer_vni, peer_vpc) != peer_vpc:
                         raise BadObject(
-                            f"peer_vni {peer_vni} belongs to local VPC {owners[peer_vni]}"
+                            "peer_vni", f"{peer_vni} belongs to local VPC {owners[peer_vni]}"
                         )
                     if peer_vpc in vni_of and vni_of[peer_vpc] != peer_vni:
                         raise BadObject(
-                            f"peer_vni {peer_vni} is not {peer_vpc}'s VNI {vni_of[peer_vpc]}"
+                            "peer_vni", f"{peer_vni} is not {peer_vpc}'s VNI {vni_of[peer_vpc]}"
                         )
                     if any(p.vpc == vpc and p.peer_vpc == peer_vpc for p in peers):
-                        raise BadObject(f"{vpc} already follows {peer_vpc}")
-                except (BadObject, ProtocolError) as e:
+                        raise BadObject("peer_vpc", f"{vpc} already follows {peer_vpc}")
+                except ProtocolError as e:
                     skipped.append(Skipped("peering", f"{vpc}/{key}", str(e)))
                     continue
                 streams = peer_services.get((peer_vpc, po.policy_id), StreamObjects())
@@ -594,15 +447,10 @@ def gateway_ips(view: HostView) -> frozenset[str]:
     )
 
 
-def _obj(value: object) -> JsonObject:
-    if not isinstance(value, Mapping):
-        raise BadObject(f"expected an object, got {type(value).__name__}")
-    return value
-
-
-def _same_vni(got: int, want: int) -> None:
+def same_vni(got: int, want: int) -> None:
+    """An object of a VPC's stream carries the VPC's VNI (a peer's: the peering's)."""
     if got != want:
-        raise BadObject(f"vni {got} is not the VPC's VNI {want}")
+        raise BadObject("vni", f"{got} is not the VPC's VNI {want}")
 
 
 def _local_ports(
@@ -618,20 +466,19 @@ def _local_ports(
     used_ips: set[tuple[str, Address]] = set()
     for key in sorted(endpoints):
         try:
-            obj = _obj(endpoints[key])
-            vpc, name = _str(obj, "vpc"), _str(obj, "name")
-            ofport = ofports.get((vpc, name))
+            obj = EndpointObject.parse(endpoints[key])
+            ofport = ofports.get((obj.vpc, obj.name))
             if ofport is None:
-                raise BadObject("no OpenFlow port yet (interface not attached)")
+                raise BadObject("ofport", "no OpenFlow port yet (interface not attached)")
             p = LocalPort.from_service_objects(obj, ofport)
             if p.ofport == tunnel_port:
-                raise BadObject(f"ofport {p.ofport} is the tunnel port's")
+                raise BadObject("ofport", f"ofport {p.ofport} is the tunnel port's")
             if vni_of.get(p.vpc, p.vni) != p.vni:
-                raise BadObject(f"vni {p.vni} differs from {p.vpc}'s VNI {vni_of[p.vpc]}")
+                raise BadObject("vni", f"{p.vni} differs from {p.vpc}'s VNI {vni_of[p.vpc]}")
             if any(v == p.vni and k != p.vpc for k, v in vni_of.items()):
-                raise BadObject(f"vni {p.vni} is another local VPC's")
+                raise BadObject("vni", f"{p.vni} is another local VPC's")
             if p.ofport in used_ports or (p.vpc, p.ip) in used_ips:
-                raise BadObject(f"ofport {p.ofport} or ip {p.ip} already in use on this host")
+                raise BadObject("ofport", f"{p.ofport} or ip {p.ip} already in use on this host")
         except BadObject as e:
             skipped.append(Skipped("endpoint", key, str(e)))
             continue
@@ -644,7 +491,7 @@ def _local_ports(
 
 def relay_view(
     local_underlay_ip: str,
-    peerings: Mapping[str, ServiceObjects],
+    peerings: Mapping[str, Mapping[str, HeldPeering]],
     peer_services: Mapping[tuple[str, str], StreamObjects],
     tunnel_port: int | None = TUNNEL_PORT,
 ) -> tuple[HostView, tuple[Skipped, ...]]:
@@ -657,7 +504,7 @@ def relay_view(
     for vpc in sorted(peerings):
         for key in sorted(peerings[vpc]):
             try:
-                po = PeeringObject.parse(peerings[vpc][key])
+                po = peering_of(peerings[vpc][key])
             except ProtocolError as e:
                 skipped.append(Skipped("peering", f"{vpc}/{key}", str(e)))
                 continue

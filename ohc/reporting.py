@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from eventlet.greenpool import GreenPool
@@ -49,10 +49,14 @@ class Reporter:
         agent: Agent,
         ca_file: str | None = None,
         role: str = DEFAULT_ROLE,
+        replicas: Callable[[str], Sequence[str]] | None = None,
     ) -> None:
         """``ca_file``: verifies the shards' certificates (https:// URLs); ``role``: what the
-        host registers as (hypervisor or gateway, docs/gateways.md)."""
+        host registers as (hypervisor or gateway, docs/gateways.md); ``replicas``: a shard's
+        URL to every replica's (a report goes to the one that leads)."""
         self.host = host
+        self.replicas = replicas or (lambda url: (url,))
+        self.leading: dict[str, str] = {}  # a shard's URL -> the replica that last answered
         self.role = role
         self.underlay_ip = underlay_ip
         self.api_token = api_token
@@ -62,8 +66,11 @@ class Reporter:
     def register(self, url: str) -> None:
         """Tell one shard where this host's tunnel endpoint is, and its role; raises if it
         did not answer."""
-        Client(url, self.api_token, timeout=TIMEOUT, ca_file=self.ca_file).put(
-            f"/v1/hosts/{self.host}", {"underlay_ip": self.underlay_ip, "role": self.role}
+        self._to_leader(
+            url,
+            self.api_token,
+            f"/v1/hosts/{self.host}",
+            {"underlay_ip": self.underlay_ip, "role": self.role},
         )
 
     def applied(
@@ -90,11 +97,31 @@ class Reporter:
         self, url: str, token: str | None, path: str, body: Mapping[str, Any], what: str
     ) -> str | None:
         try:
-            Client(url, token, timeout=TIMEOUT, ca_file=self.ca_file).put(path, body)
+            self._to_leader(url, token, path, body)
             return None
         except Exception as exc:
             log.info("ohc %s: %s to %s failed: %s", self.host, what, url, exc)
             return f"{what} to {url} failed: {exc}"
+
+    def _to_leader(self, url: str, token: str | None, path: str, body: Mapping[str, Any]) -> None:
+        """PUT at the shard's replica that answered last, else at each other in turn (a
+        standby answers 503); raises the last failure if none took it."""
+        urls = list(self.replicas(url))
+        last = self.leading.get(url)
+        if last in urls:
+            urls.remove(last)
+            urls.insert(0, last)
+        failure: Exception | None = None
+        for u in urls:
+            try:
+                Client(u, token, timeout=TIMEOUT, ca_file=self.ca_file).put(path, body)
+            except Exception as exc:
+                failure = exc
+                continue
+            self.leading[url] = u
+            return
+        assert failure is not None
+        raise failure
 
 
 def _each(urls: Iterable[str], send: Callable[[str], T]) -> list[T]:

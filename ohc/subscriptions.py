@@ -13,7 +13,7 @@ destination streams only (docs/gateways.md).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,54 @@ class Sub:
 
 
 Objects = Mapping[str, Mapping[str, Any]]
+# A peering stream's object as the OHC holds it: parsed once, as it arrived (``parsed``), the
+# error in place of one that does not parse; or JSON still (tests, tools: parsed where read).
+HeldPeering = PeeringObject | ProtocolError | Mapping[str, Any]
+
+
+def parsed(
+    objects: Mapping[str, Any],
+    held: Mapping[str, HeldPeering] | None = None,
+    changed: Iterable[str] | None = None,
+) -> dict[str, HeldPeering]:
+    """A peering stream's ``objects`` as the OHC keeps them: each parsed once per change.
+    ``held``: what was kept before the keys ``changed`` (by a delta; None: all) came in."""
+    if held is None or changed is None:
+        return {k: _parse(v) for k, v in objects.items()}
+    fresh = set(changed)
+    return {k: held[k] if k in held and k not in fresh else _parse(v) for k, v in objects.items()}
+
+
+def _parse(raw: object) -> PeeringObject | ProtocolError:
+    try:
+        return PeeringObject.parse(raw)
+    except ProtocolError as e:
+        return ProtocolError(e.field, e.detail)  # kept without the frames the raised one holds
+
+
+def peering_of(value: HeldPeering) -> PeeringObject:
+    """The peering object a held value stands for; raises ProtocolError if it has none."""
+    if isinstance(value, PeeringObject):
+        return value
+    if isinstance(value, ProtocolError):
+        raise ProtocolError(value.field, value.detail)
+    return PeeringObject.parse(value)
+
+
+def same_url(url: str) -> str:
+    """A URL as it is (no shard with replicas to fold it into)."""
+    return url
+
+
+def peer_subs(
+    peer: PeeringObject, host: str | None, canonical: Callable[[str], str] = same_url
+) -> dict[ServiceName, Sub]:
+    """The peer's streams a peering object lists, at its shard under the name the host knows
+    it by (``canonical``: a peering names where the peer's shard leads now, which moves with
+    its leader; the host follows it under the directory's URL and its channel finds the leader,
+    docs/decisions.md)."""
+    url = canonical(peer.controller)
+    return {s: Sub(url, s, peer.peer_vpc, peer.policy_id, host) for s in PEER_SERVICES}
 
 
 def local_vpcs(endpoint_streams: Iterable[Objects]) -> set[str]:
@@ -60,13 +108,16 @@ def wanted(
     shard_urls: Iterable[str],
     vpc_url: Mapping[str, str],
     endpoint_streams: Iterable[Objects],
-    peering_streams: Mapping[str, Objects],
+    peering_streams: Mapping[str, Mapping[str, HeldPeering]],
     api_token: str,
+    canonical: Callable[[str], str] = same_url,
 ) -> dict[Sub, str]:
     """Every stream to follow, with the credential to present.
 
     ``vpc_url`` maps a VPC to its owning shard's URL (the shard directory);
-    ``peering_streams`` maps a local VPC to the objects of its peering stream so far.
+    ``peering_streams`` maps a local VPC to the objects of its peering stream so far, as
+    ``parsed`` holds them; ``canonical`` a peer shard's URL to the directory's
+    (:func:`peer_subs`).
     """
     out: dict[Sub, str] = {}
     for url in sorted(set(shard_urls)):
@@ -83,13 +134,12 @@ def wanted(
             for service in PEER_SERVICES:
                 # The host names who follows the stream, so the shard can tell when it is applied.
                 out[Sub(own, service, vpc, None, host)] = api_token
-        for raw in (peering_streams.get(vpc) or {}).values():
+        for held in (peering_streams.get(vpc) or {}).values():
             try:
-                peer = PeeringObject.parse(raw)
+                peer = peering_of(held)
             except ProtocolError:
                 continue  # malformed entry from the wire: skipped (and reported by ohc.model)
-            for service in PEER_SERVICES:
-                sub = Sub(peer.controller, service, peer.peer_vpc, peer.policy_id, host)
+            for service, sub in peer_subs(peer, host, canonical).items():
                 if service != ServiceName.DESTINATION:
                     if vpc not in relayed:  # a gateway relays by destination only
                         out[sub] = peer.grant

@@ -67,6 +67,7 @@ class ShardEntry:
     url: str
     vni_range: tuple[int, int]
     vpcs: Sequence[str]
+    replicas: Sequence[str] = ()  # every replica's URL, ``url`` first (none: one process)
 
 
 def directory_doc(
@@ -80,7 +81,12 @@ def directory_doc(
     the secrets (``meshpeer.directory.public_doc``)."""
     doc: dict[str, Any] = {
         "shards": {
-            name: {"url": e.url, "vni_range": list(e.vni_range), "vpcs": list(e.vpcs)}
+            name: {
+                "url": e.url,
+                "vni_range": list(e.vni_range),
+                "vpcs": list(e.vpcs),
+                **({"replicas": list(e.replicas)} if e.replicas else {}),
+            }
             for name, e in shards.items()
         },
         "grant_keys": {"k1": grant_key_hex},

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +19,7 @@ from meshpeer.protocol.gateways import (
     HostRole,
     uses_gateways,
 )
+from meshpeer.protocol.objects import ip_text as ip_text
 from meshpeer.protocol.peering import Inbound
 from policies.export import ExportPolicy, parse_export_policy
 from policies.routes import DEFAULT_PREFERENCE
@@ -40,12 +40,6 @@ RESERVED_ASNS = {
     23456: "AS_TRANS, the stand-in for a 4-byte AS number (RFC 6793)",
     65535: "reserved (RFC 7300)",
 }
-
-
-def ip_text(ip: Address) -> str:
-    """``str(ip)``, rendered in C for IPv4: ``ipaddress`` does it in Python, and a batch create
-    of 5,000 endpoints spent a sixth of its commit there (py-spy on the shard)."""
-    return socket.inet_ntoa(ip.packed) if ip.version == 4 else str(ip)
 
 
 def derived_mac(vpc: str, ip: Address) -> str:

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 
 from meshpeer.controller.bgp import DynamicRoute
 from meshpeer.controller.model import (
+    Address,
     Endpoint,
     Intent,
     JsonObject,
     Peering,
     Resource,
     gateway,
-    ip_text,
 )
 from meshpeer.controller.peering import PEERING_PREFIX, Status, View, view_hosts
 from meshpeer.directory import Directory
@@ -35,6 +35,15 @@ from meshpeer.protocol.gateways import (
 )
 from meshpeer.protocol.grants import Grant, mint
 from meshpeer.protocol.messages import PEER_SERVICES, StreamId
+from meshpeer.protocol.objects import (
+    BackendObject,
+    DestinationObject,
+    LoadBalancerObject,
+    RouteObject,
+    SpilloverObject,
+    destination_json,
+    endpoint_json,
+)
 from meshpeer.protocol.peering import PeeringObject
 from policies.export import ExportPolicy
 
@@ -159,28 +168,30 @@ def service_objects(
     return load_balancers(intent, vpc, policy)
 
 
-def _host_ip(intent: Intent, e: Endpoint) -> str | None:
-    host = intent.hosts.get(e.host) if e.host else None
-    return ip_text(host.underlay_ip) if host else None
-
-
 def _visible(e: Endpoint, policy: ExportPolicy | None) -> bool:
     return policy is None or policy.exports_ip(e.ip)
 
 
+def destination_object(intent: Intent, e: Endpoint) -> DestinationObject:
+    """Where endpoint ``e`` lives, as its VPC's destination stream says."""
+    return DestinationObject(*_placement(intent, e))
+
+
 def destination(intent: Intent, e: Endpoint) -> JsonObject:
-    return {
-        "ip": ip_text(e.ip),
-        "mac": e.mac,
-        "vni": intent.vpcs[e.vpc].vni,
-        "kind": e.kind,
-        "host": e.host,
-        "host_ip": _host_ip(intent, e),
-    }
+    """``destination_object(intent, e).to_json()``, without the object (``destination_json``)."""
+    return destination_json(*_placement(intent, e))
+
+
+def _placement(
+    intent: Intent, e: Endpoint
+) -> tuple[Address, str, int, Address | None, str, str | None]:
+    host = intent.hosts.get(e.host) if e.host else None
+    host_ip = host.underlay_ip if host else None
+    return e.ip, e.mac, intent.vpcs[e.vpc].vni, host_ip, e.kind, e.host
 
 
 def destinations(intent: Intent, vpc: str, policy: ExportPolicy | None) -> dict[str, JsonObject]:
-    """Endpoint IP -> MAC, VNI, host underlay IP: only what the policy exports."""
+    """Endpoint name -> IP, MAC, VNI, host underlay IP: only what the policy exports."""
     return {
         e.name: destination(intent, e)
         for e in intent.endpoints_of(vpc)
@@ -201,36 +212,22 @@ def forwarding(
     for s in vpc.subnets:
         parts = [s.cidr] if policy is None else policy.exported_subnets([s.cidr])
         for part in parts:
-            out[f"subnet:{part}"] = {
-                "prefix": str(part),
-                "kind": "subnet",
-                "vni": vpc.vni,
-                "gateway": str(gateway(s.cidr)),
-            }
+            out[f"subnet:{part}"] = RouteObject(part, "subnet", vpc.vni, gateway(s.cidr)).to_json()
     by_ip = {e.ip: e for e in intent.endpoints_of(vpc_name)}
     for r in intent.routes_of(vpc_name):
         if policy is not None and not policy.exports_route(r.prefix, is_custom=True):
             continue
         hop = by_ip.get(r.next_hop)
-        out[f"static:{r.name}"] = {
-            "prefix": str(r.prefix),
-            "kind": "static",
-            "vni": vpc.vni,
-            "priority": r.priority,
-            "next_hop": destination(intent, hop) if hop else None,
-        }
+        next_hop = destination_object(intent, hop) if hop else None
+        route = RouteObject(r.prefix, "static", vpc.vni, None, r.priority, next_hop)
+        out[f"static:{r.name}"] = route.to_json()
     for d in dynamic:
         net = ipaddress.ip_network(d.prefix)
         if policy is not None and not policy.exports_route(net, is_custom=True):
             continue
         via = intent.endpoints.get((vpc_name, d.endpoint))
-        out[d.name] = {
-            "prefix": d.prefix,
-            "kind": "dynamic",
-            "vni": vpc.vni,
-            "priority": d.priority,
-            "next_hop": destination(intent, via) if via else None,
-        }
+        next_hop = destination_object(intent, via) if via else None
+        out[d.name] = RouteObject(net, "dynamic", vpc.vni, None, d.priority, next_hop).to_json()
     return out
 
 
@@ -240,20 +237,18 @@ def load_balancers(intent: Intent, vpc: str, policy: ExportPolicy | None) -> dic
     for e in intent.endpoints_of(vpc):
         if e.kind != "ilb" or not _visible(e, policy):
             continue
-        backends = []
-        for b in e.backends:
-            be = intent.endpoints.get((vpc, b.endpoint))
-            if be is not None:
-                backends.append({"endpoint": b.endpoint, "weight": b.weight, "healthy": True,
-                                 **destination(intent, be)})  # fmt: skip
-        out[e.name] = {"vip": str(e.ip), "mac": e.mac, "vni": intent.vpcs[vpc].vni,
-                       "backends": backends}  # fmt: skip
-        if e.spillover:
-            out[e.name]["spillover"] = _spillover(intent, e)
+        backends = tuple(
+            BackendObject(b.endpoint, b.weight, destination_object(intent, be))
+            for b in e.backends
+            if (be := intent.endpoints.get((vpc, b.endpoint))) is not None
+        )
+        spillover = _spillover(intent, e) if e.spillover else ()
+        lb = LoadBalancerObject(e.ip, e.mac, intent.vpcs[vpc].vni, backends, spillover)
+        out[e.name] = lb.to_json()
     return out
 
 
-def _spillover(intent: Intent, ilb: Endpoint) -> list[JsonObject]:
+def _spillover(intent: Intent, ilb: Endpoint) -> tuple[SpilloverObject, ...]:
     """An ILB's spillover backends that their VPC exports to the ILB's, in a VPC the ILB's
     exports the VIP to (its hosts learn the VIP from it: without, they would drop the share
     sent there). ACTIVE or not: the hosts use a backend only in a peer they follow."""
@@ -265,8 +260,8 @@ def _spillover(intent: Intent, ilb: Endpoint) -> list[JsonObject]:
         if be is None or side is None or back is None:
             continue
         if _visible(be, side.export) and _visible(ilb, back.export):
-            out.append({**s.to_json(), "healthy": True, **destination(intent, be)})
-    return out
+            out.append(SpilloverObject(s.vpc, s.endpoint, s.weight, destination_object(intent, be)))
+    return tuple(out)
 
 
 def endpoint_objects(intent: Intent, host: str) -> dict[str, JsonObject]:
@@ -295,16 +290,9 @@ def endpoint_id(e: Endpoint) -> str:
 def endpoint_object(intent: Intent, e: Endpoint) -> JsonObject:
     vpc = intent.vpcs[e.vpc]
     subnet = vpc.subnet_for(e.ip)
-    return {
-        "vpc": e.vpc,
-        "name": e.name,
-        "kind": e.kind,
-        "ip": ip_text(e.ip),
-        "mac": e.mac,
-        "vni": vpc.vni,
-        "prefix": str(subnet.cidr) if subnet else None,
-        "gateway": ip_text(gateway(subnet.cidr)) if subnet else None,
-    }
+    prefix = subnet.cidr if subnet else None
+    gw = gateway(prefix) if prefix else None
+    return endpoint_json(e.vpc, e.name, e.ip, e.mac, vpc.vni, prefix, gw, e.kind)
 
 
 def peering_objects(

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from meshpeer.lab import controllers, hosts, ohcs, onprem, ovs, state, supervisor, teardown
+from meshpeer.lab import controllers, etcd, hosts, ohcs, onprem, ovs, state, supervisor, teardown
 from meshpeer.lab.plan import DOCKER, NETNS, HostPlan, LabPlan, VmPlan, make_plan
 from meshpeer.lab.progress import Note, Progress, Ticker
 from meshpeer.lab.sh import ip_batch, run
@@ -75,6 +75,8 @@ def up(plan: LabPlan, topo: Topology, progress: Progress = print) -> float:
     stage("underlay", lambda _: _underlay(plan))
     if plan.onprem:
         stage("onprem", lambda _: _onprem(plan))
+    if plan.etcd:
+        stage("etcd", lambda _: etcd.up(plan))
     if plan.controllers:
         stage("controllers", lambda _: _controllers(plan, topo))
         stage("ohcs", lambda _: _ohcs(plan))
@@ -102,7 +104,7 @@ def _links(plan: LabPlan) -> str:
     for h in plan.hosts:
         lines.append(f"link add ul0 netns {h.netns} type veth peer name u-{h.name} netns {fab}")
         lines.append(f"link add mgmt0 netns {h.netns} type veth peer name m-{h.name} netns {fab}")
-    for c in plan.controllers:
+    for c in plan.mgmt_members():
         lines.append(f"link add mgmt0 netns {c.netns} type veth peer name m-{c.name} netns {fab}")
     for vm in plan.vms:
         host_ns = plan.host(vm.host).netns
@@ -122,7 +124,7 @@ def _fabric_lines(plan: LabPlan) -> list[str]:
     ports = [("mgmt", "m-root")]
     ports += [("fab", f"u-{h.name}") for h in plan.hosts]
     ports += [("mgmt", f"m-{h.name}") for h in plan.hosts]
-    ports += [("mgmt", f"m-{c.name}") for c in plan.controllers]
+    ports += [("mgmt", f"m-{c.name}") for c in plan.mgmt_members()]
     for br, port in ports:
         lines += [f"link set {port} master {br}", f"link set {port} up"]
     return lines
@@ -172,7 +174,9 @@ def _addresses(plan: LabPlan) -> str:
         (plan.fabric_netns, _fabric_lines(plan)),
     ]  # fmt: skip
     jobs += [(h.netns, _host_lines(plan, h)) for h in plan.hosts]
-    jobs += [(c.netns, ["link set lo up", *_mgmt_lines(plan, c.mgmt_ip)]) for c in plan.controllers]
+    jobs += [
+        (c.netns, ["link set lo up", *_mgmt_lines(plan, c.mgmt_ip)]) for c in plan.mgmt_members()
+    ]
     jobs += [(vm.netns, vm_lines(vm)) for vm in plan.vms]
     jobs += [(r.controller_netns, onprem.shard_lines(r)) for r in plan.onprem]
     jobs += [(h.netns, onprem.host_lines(h)) for h in plan.onprem_hosts]
@@ -212,10 +216,14 @@ def _onprem(plan: LabPlan) -> str:
 
 def _controllers(plan: LabPlan, topo: Topology) -> str:
     controllers.write_configs(plan, topo)
+    for c in plan.controllers:  # the first replica first: it leads, where the directory says
+        controllers.start(plan, c, controllers.replicas(c)[0])
+    parallel(lambda c: controllers.wait_serving(plan, c), plan.controllers)
     for c in plan.controllers:
-        controllers.start(plan, c)
+        controllers.start(plan, c)  # the standbys (idempotent for the first)
     parallel(lambda c: controllers.wait_healthy(plan, c), plan.controllers)
-    return f"{len(plan.controllers)} shards on {plan.mgmt_subnet}"
+    standbys = sum(c.replicas - 1 for c in plan.controllers)
+    return f"{len(plan.controllers)} shards ({standbys} standbys) on {plan.mgmt_subnet}"
 
 
 def _ohcs(plan: LabPlan) -> str:

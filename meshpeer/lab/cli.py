@@ -17,6 +17,7 @@ from meshpeer.lab import (
     attach,
     build,
     controllers,
+    etcd,
     hosts,
     onprem,
     ovs,
@@ -25,7 +26,14 @@ from meshpeer.lab import (
     teardown,
 )
 from meshpeer.lab.matrix import matrix, render
-from meshpeer.lab.plan import BACKENDS, LAB_NAME_RULE, NETNS, LabPlan, valid_lab_name
+from meshpeer.lab.plan import (
+    BACKENDS,
+    LAB_NAME_RULE,
+    NETNS,
+    ControllerPlan,
+    LabPlan,
+    valid_lab_name,
+)
 from meshpeer.lab.sh import LabError, netns_cmd
 from meshpeer.lab.topology import Topology, TopologyError, parse
 from ohc import status as ohc_status
@@ -109,17 +117,18 @@ def status(plan: LabPlan) -> dict[str, Any]:
         # TLS: the shards' REST URLs are https:// and verify with this CA (None: plain HTTP).
         "tls": plan.tls,
         "ca_file": plan.ca_file,
-        "controllers": [
+        "controllers": [controller_status(plan, c) for c in plan.controllers],
+        # The etcd members (topology key ``etcd``): pid None while one is stopped.
+        "etcd": [
             {
-                "name": c.name,
-                "netns": c.netns,
-                "mgmt_ip": c.mgmt_ip,
-                "rest_url": controllers.url(plan, c),
-                "api_token": plan.api_token,
-                "readonly_token": plan.readonly_token,
-                "running": controllers.running(plan, c),
+                "name": m.name,
+                "netns": m.netns,
+                "mgmt_ip": m.mgmt_ip,
+                "url": etcd.member(m).client_url,
+                "pid": etcd.pid(plan, m),
+                "healthy": etcd.healthy(m),
             }
-            for c in plan.controllers
+            for m in plan.etcd
         ],
         "hosts": [
             {
@@ -185,6 +194,24 @@ def status(plan: LabPlan) -> dict[str, Any]:
     }
 
 
+def controller_status(plan: LabPlan, c: ControllerPlan) -> dict[str, Any]:
+    """One controller: ``url`` (and ``rest_url``) is where it serves now, its leading
+    replica's (None: no replica leads at the moment); ``replicas`` each process."""
+    replicas = controllers.replica_status(plan, c)
+    leader = next((r["url"] for r in replicas if r["role"] == "leader"), None)
+    return {
+        "name": c.name,
+        "netns": c.netns,
+        "mgmt_ip": c.mgmt_ip,
+        "rest_url": leader or controllers.url(plan, c),
+        "url": leader,
+        "api_token": plan.api_token,
+        "readonly_token": plan.readonly_token,
+        "running": any(r["pid"] is not None for r in replicas),
+        "replicas": replicas,
+    }
+
+
 def host_report(plan: LabPlan, host: str) -> dict[str, Any] | None:
     """The host's last status report (GET /v1/hosts/{name} at the first running shard)."""
     for c in plan.controllers:
@@ -207,6 +234,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     for c in st["controllers"]:
         ok = "running" if c["running"] else "DOWN"
         print(f"  controller {c['name']:<8} netns {c['netns']:<12} REST {c['rest_url']:<26} {ok}")
+        if len(c["replicas"]) > 1:
+            for r in c["replicas"]:
+                print(f"    replica {r['name']:<4} {r['role']:<8} pid {r['pid']} {r['url']}")
+    for m in st["etcd"]:
+        ok = "healthy" if m["healthy"] else ("DOWN" if m["pid"] is None else "unhealthy")
+        print(f"  etcd {m['name']:<8} netns {m['netns']:<12} {m['url']:<26} {ok}")
     for h in st["hosts"]:
         ok = "running" if h["ovs_running"] else "DOWN"
         print(f"  host {h['name']:<8} netns {h['netns']:<12} mgmt {h['mgmt_ip']:<16} "
@@ -245,6 +278,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
     router = plan.router(args.name) or next((r for r in plan.onprem if r.attach == args.name), None)
     if router is not None:  # plain birdc talks to this router's BIRD
         cmd = onprem.birdc_targeted(router, cmd)
+    if any(m.name == args.name for m in plan.etcd):  # plain etcdctl talks to this member
+        env.update(etcd.ETCDCTL_ENV)
     if any(h.name == args.name for h in plan.hosts):
         host = plan.host(args.name)
         env.update(ovs.env(host))  # so plain ovs-vsctl/ovs-ofctl work there
@@ -307,7 +342,9 @@ def parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="hosts, VMs, controllers and addresses")
     st.add_argument("--json", action="store_true")
     st.set_defaults(fn=cmd_status)
-    ex = sub.add_parser("exec", help="run a command in a VM's, host's or controller's namespace")
+    ex = sub.add_parser(
+        "exec", help="run a command in a VM's, host's, controller's or etcd member's namespace"
+    )
     ex.add_argument("name")
     ex.add_argument("cmd", nargs=argparse.REMAINDER)
     ex.set_defaults(fn=cmd_exec)

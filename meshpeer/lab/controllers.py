@@ -2,6 +2,10 @@
 
 Each controller runs `meshpeer-manager ryu_apps.controller` inside its own namespace on the
 management network; the root namespace reaches its REST API through the management veth.
+With the lab's etcd cluster (``etcd:`` in the topology) every shard keeps its intent there,
+and a controller with ``replicas: N`` runs N processes in its namespace, replica ``a`` on
+``rest_port``, ``b`` on ``rest_port + 1``..: one leads, the others answer 503 naming it
+(docs/lab.md, "etcd and replicas").
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import os
 import secrets
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -40,13 +45,68 @@ def new_secrets() -> Secrets:
     )
 
 
+@dataclass(frozen=True)
+class Replica:
+    """One process of a controller: ``replica`` is its name among the shard's replicas (None:
+    a shard of one process, named as before replicas existed)."""
+
+    controller: str
+    replica: str | None
+    port: int
+
+    @property
+    def name(self) -> str:
+        """The supervisor's name for it (``ctl1``, or ``ctl1-a``)."""
+        return self.controller if self.replica is None else f"{self.controller}-{self.replica}"
+
+    @property
+    def suffix(self) -> str:
+        return "" if self.replica is None else f"-{self.replica}"
+
+
+def replicas(c: ControllerPlan) -> list[Replica]:
+    names = c.replica_names()
+    if not names:
+        return [Replica(c.name, None, c.rest_port)]
+    return [Replica(c.name, r, c.rest_port + i) for i, r in enumerate(names)]
+
+
+def replica_url(plan: LabPlan, c: ControllerPlan, r: Replica) -> str:
+    return f"{'https' if plan.tls else 'http'}://{c.mgmt_ip}:{r.port}"
+
+
 def url(plan: LabPlan, c: ControllerPlan) -> str:
-    return f"{'https' if plan.tls else 'http'}://{c.mgmt_ip}:{c.rest_port}"
+    """The controller's URL in the shard directory: its first replica's (the hosts follow
+    the leader from there: docs/decisions.md)."""
+    return replica_url(plan, c, replicas(c)[0])
+
+
+def leader_url(plan: LabPlan, c: ControllerPlan) -> str | None:
+    """The URL of the replica that serves now (``GET /healthz`` 200: standbys answer 503);
+    None while none does. A shard of one process: its URL, whether it is up or not."""
+    found = replicas(c)
+    if len(found) == 1:
+        return url(plan, c)
+    return next((u for u, role in roles(plan, c) if role == "leader"), None)
+
+
+def roles(plan: LabPlan, c: ControllerPlan) -> list[tuple[str, str]]:
+    """Each replica's URL and role: ``leader`` if it serves (200), else ``standby``."""
+    out = []
+    for r in replicas(c):
+        u = replica_url(plan, c, r)
+        try:
+            status, _ = Client(u, None, 2.0, ca_file=plan.ca_file).request("GET", "/healthz")
+        except OSError:
+            status = 0
+        out.append((u, "leader" if status == 200 else "standby"))
+    return out
 
 
 def client(plan: LabPlan, c: ControllerPlan, token: str | None, timeout: float = 10.0) -> Client:
-    """A REST client of controller ``c`` that verifies it against the lab's CA."""
-    return Client(url(plan, c), token, timeout, ca_file=plan.ca_file)
+    """A REST client of controller ``c`` (its leader, with replicas) that verifies it against
+    the lab's CA."""
+    return Client(leader_url(plan, c) or url(plan, c), token, timeout, ca_file=plan.ca_file)
 
 
 def tls_files(plan: LabPlan, c: ControllerPlan) -> pki.KeyPair:
@@ -70,20 +130,29 @@ def rundir(plan: LabPlan, c: ControllerPlan) -> str:
 def directory_doc(plan: LabPlan, topo: Topology) -> dict[str, Any]:
     shards = {
         c.name: ShardEntry(
-            url(plan, c), vni_block(k), [v.name for v in topo.vpcs if v.controller == c.name]
+            url(plan, c),
+            vni_block(k),
+            [v.name for v in topo.vpcs if v.controller == c.name],
+            [replica_url(plan, c, r) for r in replicas(c)] if c.replicas > 1 else [],
         )
         for k, c in enumerate(plan.controllers)
     }
     return config.directory_doc(shards, plan.grant_key, plan.federation_token, plan.host_key)
 
 
-def config_text(plan: LabPlan, c: ControllerPlan) -> str:
+def config_text(plan: LabPlan, c: ControllerPlan, r: Replica | None = None) -> str:
+    r = r or replicas(c)[0]
     files = tls_files(plan, c) if plan.tls else None
+    etcd = bool(plan.etcd)
     return ShardConfig(
         shard=c.name,
         listen_host=c.mgmt_ip,
-        listen_port=c.rest_port,
+        listen_port=r.port,
         store_path=f"{rundir(plan, c)}/store.db",
+        store="etcd" if etcd else None,
+        etcd_endpoints=",".join(plan.etcd_endpoints) if etcd else None,
+        replica=r.replica,
+        advertise_url=replica_url(plan, c, r) if etcd else None,
         api_token=plan.api_token,
         directory_file=plan.directory_file,
         readonly_token=plan.readonly_token or None,
@@ -101,44 +170,72 @@ def write_configs(plan: LabPlan, topo: Topology) -> None:
         yaml.safe_dump(public_doc(doc), f, sort_keys=True)
     for c in plan.controllers:
         os.makedirs(rundir(plan, c), exist_ok=True)
-        write_secret(f"{rundir(plan, c)}/{c.name}.conf", config_text(plan, c))
+        for r in replicas(c):
+            write_secret(conf_path(plan, c, r), config_text(plan, c, r))
     if plan.tls:
         write_pki(plan)
 
 
-def start(plan: LabPlan, c: ControllerPlan) -> int:
-    """Start one controller in its namespace, supervised; returns its pid (also in its
-    pidfile). Idempotent while it runs."""
-    d = rundir(plan, c)
-    cmd = [
-        sys.executable, "-m", "meshpeer.manager", "ryu_apps.controller",
-        "--config-file", f"{d}/{c.name}.conf",
-        "--pid-file", f"{d}/controller.pid",
-    ]  # fmt: skip
-    log = f"{d}/controller.log"
-    spec = Spec(c.name, KIND, tuple(manager_cmd(netns_cmd(c.netns, cmd), log)), log, cwd=ROOT)
-    return supervisor.supervise(plan, spec)
+def conf_path(plan: LabPlan, c: ControllerPlan, r: Replica) -> str:
+    return f"{rundir(plan, c)}/{c.name}{r.suffix}.conf"
+
+
+def pid_path(plan: LabPlan, c: ControllerPlan, r: Replica) -> str:
+    return f"{rundir(plan, c)}/controller{r.suffix}.pid"
+
+
+def log_path(plan: LabPlan, c: ControllerPlan, r: Replica) -> str:
+    return f"{rundir(plan, c)}/controller{r.suffix}.log"
+
+
+def start(plan: LabPlan, c: ControllerPlan, only: Replica | None = None) -> int:
+    """Start a controller's replicas (or ``only`` one) in its namespace, supervised; returns
+    the (last started) pid, also in its pidfile. Idempotent while it runs."""
+    pid = 0
+    for r in [only] if only else replicas(c):
+        cmd = [
+            sys.executable, "-m", "meshpeer.manager", "ryu_apps.controller",
+            "--config-file", conf_path(plan, c, r),
+            "--pid-file", pid_path(plan, c, r),
+        ]  # fmt: skip
+        log = log_path(plan, c, r)
+        argv = tuple(manager_cmd(netns_cmd(c.netns, cmd), log))
+        pid = supervisor.supervise(plan, Spec(r.name, KIND, argv, log, cwd=ROOT))
+    return pid
 
 
 def stop(plan: LabPlan, c: ControllerPlan) -> None:
-    """Stop one controller on purpose: the supervisor does not restart it."""
-    supervisor.release(plan, KIND, c.name)
+    """Stop a controller (each replica) on purpose: the supervisor does not restart it."""
+    for r in replicas(c):
+        supervisor.release(plan, KIND, r.name)
 
 
-def wait_healthy(plan: LabPlan, c: ControllerPlan, timeout: float = 20.0) -> None:
-    probe = client(plan, c, None, timeout=1.0)
+def wait_serving(plan: LabPlan, c: ControllerPlan, timeout: float = 20.0) -> None:
+    """Until the controller's first replica serves (it leads)."""
+    wait_healthy(plan, c, timeout, replicas(c)[:1])
+
+
+def wait_healthy(
+    plan: LabPlan, c: ControllerPlan, timeout: float = 20.0, which: list[Replica] | None = None
+) -> None:
+    """Until the controller serves (with replicas: one leads, and every other answers)."""
+    which = which or replicas(c)
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
-        try:
-            status, _ = probe.request("GET", "/healthz")
-            if status == 200:
-                return
-            last = status
-        except OSError as exc:
-            last = exc
+        answers = []
+        for r in which:
+            probe = Client(replica_url(plan, c, r), None, 1.0, ca_file=plan.ca_file)
+            try:
+                answers.append(probe.request("GET", "/healthz")[0])
+            except OSError as exc:
+                answers.append(0)
+                last = exc
+        if answers.count(200) == 1 and 0 not in answers:
+            return
+        last = answers if 0 not in answers else last
         time.sleep(0.05)
-    tail = read_tail(f"{rundir(plan, c)}/controller.log")
+    tail = "".join(read_tail(log_path(plan, c, r)) for r in which)
     raise LabError(f"controller {c.name} not healthy after {timeout}s ({last})\n{tail}")
 
 
@@ -236,6 +333,20 @@ def apply_intent(plan: LabPlan, topo: Topology, note: Note = no_note) -> int:
     return calls
 
 
+def pid(plan: LabPlan, c: ControllerPlan, r: Replica) -> int | None:
+    """The replica's pid while it runs."""
+    found = read_pidfile(pid_path(plan, c, r))
+    return found if found is not None and alive(found) else None
+
+
 def running(plan: LabPlan, c: ControllerPlan) -> bool:
-    pid = read_pidfile(f"{rundir(plan, c)}/controller.pid")
-    return pid is not None and alive(pid)
+    """Some process of the controller runs."""
+    return any(pid(plan, c, r) is not None for r in replicas(c))
+
+
+def replica_status(plan: LabPlan, c: ControllerPlan) -> list[dict[str, Any]]:
+    """``status --json``'s ``replicas``: name, pid (None: not running), role, url."""
+    return [
+        {"name": r.replica or c.name, "pid": pid(plan, c, r), "role": role, "url": u}
+        for r, (u, role) in zip(replicas(c), roles(plan, c), strict=True)
+    ]

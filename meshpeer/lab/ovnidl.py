@@ -166,15 +166,15 @@ def commit(
 
 def applied_at(sb_db: Db, nb_cfg: int, since_wall: float, timeout: float = 5.0) -> dict[str, int]:
     """Per chassis (its Chassis_Private row), ms from ``since_wall`` (``time.time()``) to its
-    ``nb_cfg_timestamp`` once its ``nb_cfg`` reached ``nb_cfg`` (the SB replica can lag the NB's
-    ``hv_cfg`` a little; bounded)."""
+    ``nb_cfg_timestamp`` (wall-clock ms, an integer) once its ``nb_cfg`` reached ``nb_cfg`` (the
+    SB replica can lag the NB's ``hv_cfg`` a little; bounded), rounded to the nearest ms."""
 
     def caught_up() -> bool:
         return all(r.nb_cfg >= nb_cfg for r in sb_db.rows("Chassis_Private"))
 
     sb_db.run_until(caught_up, timeout, f"every Chassis_Private at nb_cfg {nb_cfg}")
     return {
-        r.name: int(r.nb_cfg_timestamp - since_wall * 1000) for r in sb_db.rows("Chassis_Private")
+        r.name: round(r.nb_cfg_timestamp - since_wall * 1000) for r in sb_db.rows("Chassis_Private")
     }
 
 

@@ -25,6 +25,9 @@ GENEVE_OFPORT = 1
 FIRST_VM_OFPORT = 10
 OF_LISTEN_PORT = 6653
 REST_PORT = 8080
+REPLICA_NAMES = "abc"
+ETCD_CLIENT_PORT = 2379
+FIRST_ETCD_HOST = 2  # members at .2, .3, ..; controllers from .10, hosts from .50
 FIRST_VNI = 1001
 VNI_BLOCK = 10000
 # BGP links between a shard's namespace and its on-prem routers: a /30 each, private to the
@@ -77,7 +80,24 @@ class ControllerPlan:
     name: str
     netns: str
     mgmt_ip: str
-    rest_port: int
+    rest_port: int  # the first replica's; replica i listens on rest_port + i
+    replicas: int = 1  # processes in ``netns``, one leading (the etcd store, docs/lab.md)
+
+    def replica_names(self) -> list[str]:
+        """The replicas' names (``a``, ``b``..); none for a shard of one process."""
+        return [REPLICA_NAMES[i] for i in range(self.replicas)] if self.replicas > 1 else []
+
+
+@dataclass(frozen=True)
+class EtcdMemberPlan:
+    """One etcd member: its own namespace on the management network, listening there and on
+    its namespace's 127.0.0.1 (so a plain ``etcdctl`` inside reaches it), its data under the
+    lab's state directory."""
+
+    name: str
+    netns: str
+    mgmt_ip: str
+    data_dir: str
 
 
 @dataclass(frozen=True)
@@ -161,6 +181,7 @@ class LabPlan:
     readonly_token: str = ""  # operator read-only token
     tls: bool = True  # shards serve HTTPS with certificates from the lab's CA ('--plain-http')
     backend: str = NETNS  # NETNS or DOCKER: where the hosts live ('lab up --backend')
+    etcd: tuple[EtcdMemberPlan, ...] = ()  # none: the shards keep their intent in SQLite
 
     @property
     def prefix(self) -> str:
@@ -196,8 +217,26 @@ class LabPlan:
     def router(self, name: str) -> OnpremPlan | None:
         return next((r for r in self.onprem if r.name == name), None)
 
-    def named(self) -> list[HostPlan | VmPlan | ControllerPlan | OnpremPlan | OnpremHostPlan]:
-        return [*self.controllers, *self.hosts, *self.vms, *self.onprem, *self.onprem_hosts]
+    def mgmt_members(self) -> list[ControllerPlan | EtcdMemberPlan]:
+        """Namespaces with only a management link: the controllers and the etcd members."""
+        return [*self.controllers, *self.etcd]
+
+    @property
+    def etcd_endpoints(self) -> list[str]:
+        """The etcd members' client URLs (the shards' ``etcd_endpoints``)."""
+        return [f"http://{m.mgmt_ip}:{ETCD_CLIENT_PORT}" for m in self.etcd]
+
+    def named(
+        self,
+    ) -> list[HostPlan | VmPlan | ControllerPlan | OnpremPlan | OnpremHostPlan | EtcdMemberPlan]:
+        return [
+            *self.controllers,
+            *self.hosts,
+            *self.vms,
+            *self.onprem,
+            *self.onprem_hosts,
+            *self.etcd,
+        ]
 
     def netns_of(self, name: str) -> str | None:
         found = next((x.netns for x in self.named() if x.name == name), None)
@@ -229,6 +268,7 @@ class LabPlan:
                     for r in d.get("onprem", ())
                 ),
                 "onprem_hosts": tuple(OnpremHostPlan(**h) for h in d.get("onprem_hosts", ())),
+                "etcd": tuple(EtcdMemberPlan(**m) for m in d.get("etcd", ())),
             }
         )
 
@@ -343,8 +383,20 @@ def make_plan(
             )
         )
     controllers = tuple(
-        ControllerPlan(c.name, f"{lab}-{c.name}", str(mgmt.network_address + 10 + k), REST_PORT)
+        ControllerPlan(
+            c.name, f"{lab}-{c.name}", str(mgmt.network_address + 10 + k), REST_PORT, c.replicas
+        )
         for k, c in enumerate(topo.controllers)
+    )
+    members = topo.etcd.members if topo.etcd else 0
+    etcd = tuple(
+        EtcdMemberPlan(
+            f"etcd{k}",
+            f"{lab}-etcd{k}",
+            str(mgmt.network_address + FIRST_ETCD_HOST + k - 1),
+            f"{state_dir}/etcd{k}/data",
+        )
+        for k in range(1, members + 1)
     )
     onprem, onprem_hosts = _onprem_plans(topo, lab, state_dir)
     return LabPlan(
@@ -369,6 +421,7 @@ def make_plan(
         readonly_token=secrets.readonly_token if secrets else "",
         tls=tls,
         backend=backend,
+        etcd=etcd,
     )
 
 

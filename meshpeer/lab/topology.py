@@ -55,6 +55,18 @@ class TopologyError(Exception):
 @dataclass(frozen=True)
 class Controller:
     name: str
+    replicas: int = 1  # processes of this shard, one leading (needs ``etcd``, docs/lab.md)
+
+
+@dataclass(frozen=True)
+class Etcd:
+    """The lab's etcd cluster: ``members`` namespaces ``etcd1``.. (docs/lab.md, "etcd")."""
+
+    members: int = 3
+
+
+MAX_REPLICAS = 3
+ETCD_MEMBERS = (1, 3, 5)  # odd: a quorum survives (members - 1) / 2 of them gone
 
 
 @dataclass(frozen=True)
@@ -139,6 +151,7 @@ class Topology:
     endpoints: tuple[Endpoint, ...]
     peerings: tuple[Peering, ...] = ()
     onprem: tuple[Onprem, ...] = ()
+    etcd: Etcd | None = None  # None: every shard keeps its intent in SQLite
 
     def vpc(self, name: str) -> Vpc:
         return next(v for v in self.vpcs if v.name == name)
@@ -223,7 +236,10 @@ def parse(raw: object) -> Topology:
     """Validate a loaded topology document; raise TopologyError listing every problem."""
     c = _Checker()
     top = c.mapping(
-        raw, "topology", ["hosts", "vpcs"], ["controllers", "endpoints", "peerings", "onprem"]
+        raw,
+        "topology",
+        ["hosts", "vpcs"],
+        ["controllers", "endpoints", "peerings", "onprem", "etcd"],
     )
     if top is None:
         raise TopologyError(c.errors)
@@ -243,6 +259,7 @@ def parse(raw: object) -> Topology:
         return name
 
     controllers = _parse_list(c, top.get("controllers"), "controllers", unique, _controller)
+    etcd = _etcd(c, top.get("etcd"), controllers, unique)
     hosts = _parse_list(c, top.get("hosts"), "hosts", unique, _host)
     ctl_names = {x.name: x for x in controllers}
     vpcs = _parse_list(c, top.get("vpcs"), "vpcs", unique, lambda c, m, p: _vpc(c, m, p, ctl_names))
@@ -273,6 +290,7 @@ def parse(raw: object) -> Topology:
         tuple(endpoints),
         tuple(peerings),
         tuple(onprem),
+        etcd,
     )
 
 
@@ -297,7 +315,7 @@ def _parse_list(
 
 
 _OPTIONAL_KEYS: dict[str, list[str]] = {
-    "controllers": [],
+    "controllers": ["replicas"],
     "hosts": ["role"],
     "vpcs": ["controller", "subnets", "vni", "asn"],
     "endpoints": ["vpc", "host", "ip", "kind", "mac", "backends", "spillover", "defer"],
@@ -305,8 +323,40 @@ _OPTIONAL_KEYS: dict[str, list[str]] = {
 }
 
 
-def _controller(c: _Checker, m: Mapping[str, Any], p: str) -> Controller:
-    return Controller(m["name"])
+def _controller(c: _Checker, m: Mapping[str, Any], p: str) -> Controller | None:
+    replicas = m.get("replicas", 1)
+    if not _int_in(replicas, 1, MAX_REPLICAS):
+        c.err(f"{p}.replicas", f"bad replicas {replicas!r}: want an integer 1..{MAX_REPLICAS}")
+        return None
+    return Controller(m["name"], replicas)
+
+
+def _etcd(
+    c: _Checker,
+    raw: object,
+    controllers: Sequence[Controller],
+    unique: Callable[[str | None, str], str | None],
+) -> Etcd | None:
+    """The ``etcd`` key; replicas need it (they elect their leader there)."""
+    if raw is None:
+        for i, ctl in enumerate(controllers):
+            if ctl.replicas > 1:
+                c.err(f"controllers[{i}].replicas", "replicas need the etcd store: add etcd")
+        return None
+    m = c.mapping(raw, "etcd", [], ["members"])
+    if m is None:
+        return None
+    members = m.get("members", 3)
+    if not _int_in(members, 1, max(ETCD_MEMBERS)) or members not in ETCD_MEMBERS:
+        want = ", ".join(map(str, ETCD_MEMBERS))
+        c.err("etcd.members", f"bad members {members!r}: want one of {want}")
+        return None
+    if not controllers:
+        c.err("etcd", "an etcd cluster needs controllers to use it")
+        return None
+    for k in range(members):  # the members' names share the lab's one namespace of names
+        unique(f"etcd{k + 1}", "etcd.members")
+    return Etcd(members)
 
 
 def _host(c: _Checker, m: Mapping[str, Any], p: str) -> Host | None:

@@ -4,6 +4,8 @@
 - :mod:`.codec`: NDJSON encode / incremental decode with validation of untrusted input.
 - :mod:`.stream`: publisher log and bounded subscriber queue, subscriber replica, heartbeat timing.
 - :mod:`.grants`: minting and verifying subscription grants (HMAC-SHA256, rotating key ids).
+- :mod:`.objects`, :mod:`.peering`: the services' objects, one type each for the shard that
+  writes them and the OHC that parses them.
 
 See ``docs/protocol.md``.
 """

@@ -22,9 +22,9 @@ from meshpeer.protocol.gateways import (
     parse_gateways,
 )
 from meshpeer.protocol.messages import GRANT_RE, JsonObject, ProtocolError, check_name
+from meshpeer.protocol.objects import parse_int, parse_vni
 from policies.routes import DEFAULT_PREFERENCE, MAX_PREFERENCE, MIN_PREFERENCE
 
-MAX_VNI = (1 << 24) - 1  # Geneve VNIs are 24 bits
 MAX_URL = 2048
 # What one side of a peering lets in from the peer: everything, or only replies to
 # connections its own endpoints opened (docs/policies.md, "One-way peering").
@@ -87,23 +87,22 @@ class PeeringObject:
         return PeeringObject(
             peering=check_name("peering", obj.get("peering")),
             peer_vpc=check_name("peer_vpc", obj.get("peer_vpc")),
-            peer_vni=_vni(obj.get("peer_vni")),
+            peer_vni=parse_vni(obj.get("peer_vni"), "peer_vni"),
             policy_id=check_name("policy_id", obj.get("policy_id")),
             controller=_url(obj.get("controller")),
             grant=_grant(obj.get("grant")),
             expires_at=_time(obj.get("expires_at")),
             import_custom_routes=_bool(obj, "import_custom_routes"),
             inbound=_inbound(obj.get("inbound", "all")),
-            preference=_preference(obj.get("preference", DEFAULT_PREFERENCE)),
+            preference=parse_int(
+                obj.get("preference", DEFAULT_PREFERENCE),
+                "preference",
+                MIN_PREFERENCE,
+                MAX_PREFERENCE,
+            ),
             forwarding=_forwarding(obj.get("forwarding", DEFAULT_FORWARDING)),
             gateways=parse_gateways(obj.get("gateways", [])),
         )
-
-
-def _vni(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_VNI:
-        raise ProtocolError("peer_vni", f"expected an integer in 1..{MAX_VNI}, got {value!r}")
-    return value
 
 
 def _url(value: object) -> str:
@@ -127,19 +126,6 @@ def _time(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ProtocolError("expires_at", f"expected a number of seconds, got {value!r}")
     return float(value)
-
-
-def _preference(value: object) -> int:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or not MIN_PREFERENCE <= value <= MAX_PREFERENCE
-    ):
-        raise ProtocolError(
-            "preference",
-            f"expected an integer in {MIN_PREFERENCE}..{MAX_PREFERENCE}, got {value!r}",
-        )
-    return value
 
 
 def _inbound(value: object) -> Inbound:

@@ -576,12 +576,25 @@ class Leadership:
         kvs = list(answer.get("kvs", []))
         return election.Leader.parse(plan.unb64(kvs[0]["value"])) if kvs else None
 
-    def campaign(self, sleep: Callable[[float], object], poll_s: float = 0.1) -> election.Term:
+    def campaign(
+        self, sleep: Callable[[float], object], poll_s: float = 0.1, defer_s: float = 0.5
+    ) -> election.Term:
         """Wait (as a standby) until this replica leads; returns its term. Sees the leader
-        every ``poll_s`` and campaigns as soon as there is none."""
+        every ``poll_s`` and campaigns as soon as there is none. A replica whose first look
+        finds itself named (its process before a crash: restarted by its supervisor) lets
+        ``defer_s`` pass once the key is gone before it campaigns, so a standby that was
+        already waiting takes over (a leader that just crashed may crash again); it still
+        leads if none does."""
+        restarted: bool | None = None  # unknown until the first answer
         while True:
             try:
                 self.leader = self._current()
+                if restarted is None:
+                    restarted = self.leader is not None and self.leader.replica == self.me.replica
+                if self.leader is None and restarted:
+                    restarted = False
+                    sleep(defer_s)
+                    continue
                 if self.leader is None:  # ours on a stale lease too: wait for it to expire
                     term = self._try()
                     if term is not None:

@@ -32,14 +32,23 @@ class Member:
         return f"http://{self.ip}:{self.peer_port}"
 
 
-def argv(member: Member, cluster: Sequence[Member], data_dir: str, token: str) -> list[str]:
+def argv(
+    member: Member,
+    cluster: Sequence[Member],
+    data_dir: str,
+    token: str,
+    also_listen: Sequence[str] = (),
+) -> list[str]:
     """``etcd`` for ``member`` of a new cluster of ``cluster`` (``token`` keeps two clusters on
-    one network apart). Heartbeat and election timeouts are etcd's defaults (100/1000 ms)."""
+    one network apart). Heartbeat and election timeouts are etcd's defaults (100/1000 ms).
+    ``also_listen``: more client URLs it listens on, not advertised (the lab's members also
+    listen on their namespace's 127.0.0.1, where a plain ``etcdctl`` looks)."""
+    listen = ",".join([member.client_url, *also_listen])
     return [
         ETCD,
         "--name", member.name,
         "--data-dir", data_dir,
-        "--listen-client-urls", member.client_url,
+        "--listen-client-urls", listen,
         "--advertise-client-urls", member.client_url,
         "--listen-peer-urls", member.peer_url,
         "--initial-advertise-peer-urls", member.peer_url,

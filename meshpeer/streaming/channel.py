@@ -26,7 +26,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import eventlet
@@ -184,7 +184,10 @@ class Channel(Gated):
     doubling per failure, jittered; ``gate`` bounds connection attempts in flight across
     channels (held from connect until the first frame). When its last subscription ends, the
     channel hangs up, closes its control connection and calls ``on_empty(self)`` (its owner
-    forgets it: a later subscription to that URL opens a new channel).
+    forgets it: a later subscription to that URL opens a new channel). ``replicas``: the URLs
+    of every replica of the shard (docs/store.md, "Replicas"); a connection that fails, or
+    that a standby answers 503, is tried again at the next one, so the channel finds the
+    leader after a failover and every subscription resumes there with its ``since``.
     """
 
     def __init__(
@@ -200,8 +203,13 @@ class Channel(Gated):
         gate: Gate | None = None,
         ca_file: str | None = None,
         on_empty: Callable[[Channel], None] | None = None,
+        replicas: Sequence[str] = (),
     ) -> None:
         self.publisher = Publisher.of(url_base, ca_file, heartbeat_timeout, backoff)
+        # The shard's replicas (``url_base`` among them): a connection that fails or that a
+        # standby refuses (503) moves to the next one; ``url`` stays the channel's name.
+        self.replicas = (url_base, *(u for u in replicas if u != url_base))
+        self.at = url_base
         self.on_empty = on_empty
         self.url = url_base
         self.credential = credential
@@ -331,11 +339,22 @@ class Channel(Gated):
             finally:
                 self._down()
             if self.last_error is not None and self._subs:
-                log.info("channel to %s ended: %s", self.url, self.last_error)
+                log.info("channel to %s ended: %s", self.at, self.last_error)
             if not self._subs:
                 break
+            if not healthy:
+                self._next_replica()
             failures = 0 if healthy else failures + 1
             self._pause(delay(self.backoff, failures, False, self._rng))
+
+    def _next_replica(self) -> None:
+        """Connect to the shard's next replica from now on (none: the same URL again)."""
+        if len(self.replicas) < 2:
+            return
+        self.at = self.replicas[(self.replicas.index(self.at) + 1) % len(self.replicas)]
+        p = self.publisher
+        self.publisher = Publisher.of(self.at, p.ca_file, self.heartbeat_timeout, self.backoff)
+        self._close_ctl()
 
     def _request(self, method: str, path: str, body: bytes = b"", close: bool = False) -> bytes:
         lines = [

@@ -94,8 +94,9 @@ def test_subnet_overlap_within_vpc() -> None:
     ],
 )
 def test_a_subnet_holds_only_addresses_an_ohc_programs(cidr: str, words: str) -> None:
-    """ohc/model.py parse_ip skips unspecified, loopback, multicast and broadcast addresses,
-    and a /0 subnet would be a default route: refused, whether added or given at create."""
+    """The OHC (protocol/objects.py parse_ip) skips unspecified, loopback, multicast and
+    broadcast addresses, and a /0 subnet would be a default route: refused, whether added or
+    given at create."""
     i = world()
     new = Subnet("x", ipaddress.ip_network(cidr))
     assert words in rejects(400, "cidr", ops.add_subnet, i, i.vpcs["green"], new, {})

@@ -134,3 +134,37 @@ def test_a_host_with_vms_of_two_zones_is_refused() -> None:
     topo = topology.parse(raw)
     with pytest.raises(ValueError, match="hv2"):
         ovnplan.host_zones(topo, make_plan(topo, "t", 1))
+
+
+def test_each_zone_has_its_own_central_namespace_address_and_run_directory() -> None:
+    topo = topology.parse(ZONED)
+    plan = make_plan(topo, "t", 1)
+    c0, c1 = ovnplan.central(plan, 0), ovnplan.central(plan, 1)
+    mgmt = plan.mgmt_subnet.split("/")[0].rsplit(".", 1)[0]
+    assert (c0.netns, c0.ip, c0.rundir) == ("t-ovnc", f"{mgmt}.5", f"{plan.state_dir}/ovnc")
+    assert (c1.netns, c1.ip, c1.rundir) == ("t-ovnc1", f"{mgmt}.6", f"{plan.state_dir}/ovnc1")
+    # what ovn-controller dials, what the SB listens on, where the IDL connects
+    assert c1.sb_remote == f"tcp:{mgmt}.6:6642" and c1.sb_listen == f"ptcp:6642:{mgmt}.6"
+    assert c1.nb_sock == f"{plan.state_dir}/ovnc1/ovnnb_db.sock"
+    ic = ovnplan.interconnect(plan)
+    assert (ic.nb_remote, ic.sb_remote) == (f"tcp:{mgmt}.5:6645", f"tcp:{mgmt}.5:6646")
+    with pytest.raises(ValueError, match="at most 5"):
+        ovnplan.central(plan, ovnplan.MAX_ZONES)
+
+
+def test_transit_subnets_are_disjoint_slash_30s_until_the_pool_runs_out() -> None:
+    assert [str(ip) for k in (0, 1) for ip in ovnplan.transit_ips(k)] == [
+        "100.64.0.1", "100.64.0.2", "100.64.0.5", "100.64.0.6",
+    ]  # fmt: skip
+    last = ovnplan.TRANSIT.num_addresses // 4 - 1
+    assert str(ovnplan.transit_ips(last)[1]) == "100.64.255.254"
+    with pytest.raises(ValueError, match="more than 16384 peerings"):
+        ovnplan.transit_ips(last + 1)
+
+
+def test_commands_join_into_one_nbctl_transaction() -> None:
+    cmds = ovnplan.port_commands("red", "p1", "02:00:00:00:00:01", "10.2.1.10")
+    assert ovnplan.nbctl_args(cmds) == [
+        "--", "lsp-add", "ls-red", "p1",
+        "--", "lsp-set-addresses", "p1", "02:00:00:00:00:01 10.2.1.10",
+    ]  # fmt: skip

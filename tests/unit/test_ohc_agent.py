@@ -4,14 +4,18 @@ refusal drops what it sent at once; callbacks that arrive while a resync runs ar
 from __future__ import annotations
 
 from collections.abc import Callable
+from ipaddress import ip_address
 from typing import Any
 
 import pytest
 
 from meshpeer.protocol import ServiceName
-from meshpeer.protocol.messages import PEER_SERVICES, Snapshot
+from meshpeer.protocol.messages import PEER_SERVICES, Delta, Snapshot
+from meshpeer.protocol.objects import EndpointObject
+from meshpeer.protocol.peering import PeeringObject
 from meshpeer.protocol.stream import ReplicaState
 from ohc.agent import Agent, Ending, applied_versions, ending
+from ohc.engine import FlowEngine
 from ohc.subscriptions import Sub
 from tests.support.peering import peering_object
 
@@ -363,3 +367,41 @@ def test_a_refused_peering_stream_takes_the_peers_it_listed_with_it() -> None:
     assert all(s in agent.objects for s in peer_subs(CTL1, "blue", "p-blue"))  # red's peers
     assert agent.complete()
     assert agent.refusals() == {f"peering/blue at {CTL1}": "HTTP 404"}
+
+
+def test_a_peering_object_is_parsed_once_per_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent parses each peering object as it arrives; what to follow, the applied
+    reports and the flow engine's view take it as parsed (they parsed it again, each)."""
+    calls: list[object] = []
+    real = PeeringObject.parse
+
+    def counted(obj: object) -> PeeringObject:
+        calls.append(obj)
+        return real(obj)
+
+    monkeypatch.setattr(PeeringObject, "parse", staticmethod(counted))
+    agent, made, _ = make()
+    agent.start()
+    b1 = EndpointObject("blue", "b1", ip_address("10.1.0.11"), "02:00:00:00:01:0b", 1001)
+    made[Sub(CTL1, ServiceName.ENDPOINT, "hv1")].deliver({"blue.b1": b1.to_json()})
+    replica = ReplicaState(ServiceName.PEERING, "blue")
+    snap = Snapshot(ServiceName.PEERING, "blue", 1, peer("red", CTL2, "p-red", "g1"))
+    replica.apply(snap)
+    made[BLUE_PEERING].on_change(replica, snap)
+    engine = FlowEngine("169.254.0.11")
+    every_reader = [
+        agent.resync,
+        lambda: agent.applied_reports({s: 1 for s in agent.clients}, agent.objects),
+        lambda: engine.update(agent.take_changes(), {("blue", "b1"): 10}, 1),
+    ]
+    for read in every_reader:
+        read()
+    assert len(calls) == 1
+    assert engine.state().flows and not engine.skipped()
+    delta = Delta(ServiceName.PEERING, "blue", 2, peer("green", CTL2, "p-green", "g2"), ())
+    replica.apply(delta)
+    made[BLUE_PEERING].on_change(replica, delta)
+    for read in every_reader:
+        read()
+    assert calls[1:] == [delta.upserts["green"]]  # the new one only
+    assert {peer for _, peer in engine.roles} == {None, "red", "green"}  # both followed

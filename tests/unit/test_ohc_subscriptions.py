@@ -74,3 +74,34 @@ def test_a_gateway_follows_what_it_relays_for_and_nothing_else() -> None:
         Sub(CTL2, ServiceName.DESTINATION, "red", "p-1", "gw1"),
     }
     assert subs[Sub(CTL2, ServiceName.DESTINATION, "red", "p-1", "gw1")] == "g-blue-red"
+
+
+def test_a_peer_shards_streams_keep_their_name_when_its_leader_moves() -> None:
+    """A peering names where the peer's shard leads now (a replica's URL); the host follows
+    the same streams under the directory's URL, so a failover changes no subscription (its
+    objects stay: fail static) and the channel finds the leader (docs/decisions.md)."""
+    from meshpeer.directory import parse_directory
+
+    b = "http://ctl2:8081"
+    directory = parse_directory(
+        {
+            "shards": {
+                "ctl1": {"url": CTL1, "vni_range": [1, 9]},
+                "ctl2": {"url": CTL2, "vni_range": [10, 19], "replicas": [CTL2, b]},
+            }
+        },
+        secrets=False,
+    )
+    assert directory.replica_urls(b) == directory.replica_urls(CTL2) == (CTL2, b)
+    assert directory.replica_urls(CTL1) == (CTL1,) and directory.canonical_url(b) == CTL2
+    endpoints = [{"blue.b1": ep("blue", "b1")}]
+
+    def subs(at: str) -> set[Sub]:
+        peerings = {"blue": {"red": peer("red", at, "p-1", "g-blue-red")}}
+        found = wanted(
+            "hv1", [CTL1, CTL2], URLS, endpoints, peerings, "tok", directory.canonical_url
+        )
+        return set(found)
+
+    assert subs(b) == subs(CTL2)
+    assert Sub(CTL2, ServiceName.DESTINATION, "red", "p-1", "hv1") in subs(b)

@@ -114,3 +114,36 @@ def test_tls_is_on_by_default_and_plain_http_survives_the_state_file() -> None:
     assert controllers.url(back, c) == f"http://{c.mgmt_ip}:{c.rest_port}"
     conf = controllers.config_text(back, c)
     assert "tls_cert_file" not in conf and "ca_file" not in conf
+
+
+def test_etcd_members_and_replicas_are_planned_and_configured() -> None:
+    """``etcd: {members: 3}``: a namespace per member on the management network; a shard of
+    two replicas: one config each, ports 8080 and 8081, the etcd store, and the directory lists
+    both (the hosts find the leader there)."""
+    from meshpeer.lab import controllers
+
+    raw = yaml.safe_load(SAMPLE)
+    raw["controllers"] = [{"name": "ctl1", "replicas": 2}, *raw["controllers"][1:]]
+    raw["etcd"] = {"members": 3}
+    topo, keys = parse(raw), Secrets("a" * 32, "b" * 64, "c" * 32)
+    p = make_plan(topo, "mp", 3, keys)
+    assert [(m.name, m.netns, m.mgmt_ip) for m in p.etcd] == [
+        ("etcd1", "mp-etcd1", "169.254.3.2"),
+        ("etcd2", "mp-etcd2", "169.254.3.3"),
+        ("etcd3", "mp-etcd3", "169.254.3.4"),
+    ]
+    assert p.netns_of("etcd2") == "mp-etcd2" and p.etcd[0].data_dir.startswith(p.state_dir)
+    assert LabPlan.from_json(json.loads(json.dumps(p.to_json()))) == p
+    c = p.controllers[0]
+    a, b = controllers.replicas(c)
+    assert (a.name, b.name, b.port) == ("ctl1-a", "ctl1-b", c.rest_port + 1)
+    conf = controllers.config_text(p, c, b)
+    assert "store = etcd" in conf and "replica = b" in conf
+    assert f"listen_port = {c.rest_port + 1}" in conf
+    assert f"etcd_endpoints = {','.join(p.etcd_endpoints)}" in conf
+    assert f"advertise_url = https://{c.mgmt_ip}:{c.rest_port + 1}" in conf
+    shard = controllers.directory_doc(p, topo)["shards"]["ctl1"]
+    assert shard["replicas"] == [controllers.url(p, c), controllers.replica_url(p, c, b)]
+    assert "replicas" not in controllers.directory_doc(p, topo)["shards"]["ctl2"]
+    single = controllers.replicas(p.controllers[1])
+    assert [(r.name, r.replica) for r in single] == [("ctl2", None)]  # as before replicas

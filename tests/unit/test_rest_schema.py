@@ -88,7 +88,7 @@ def test_bad_macs(value: str) -> None:
     ],
 )
 def test_only_unicast_macs_which_an_ohc_programs(value: str, words: str) -> None:
-    """ohc/model.py parse_mac skips these; the API refuses them (issue 17)."""
+    """The OHC skips these (protocol/objects.py parse_mac); the API refuses them (issue 17)."""
     assert words in rejects(Str(format="mac"), value)[1]
 
 

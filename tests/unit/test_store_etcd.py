@@ -336,6 +336,32 @@ def test_a_leader_restarted_within_its_ttl_waits_for_its_old_lease(
     assert _leader_lease(etcd, prefix) == term.lease_id
 
 
+def test_a_crashed_leader_restarted_lets_the_waiting_standby_lead(
+    etcd: EtcdServer, prefix: str
+) -> None:
+    """A leader killed and restarted at once (its supervisor) and the standby that was waiting
+    both see the old lease run out; the restarted one defers its campaign, the standby leads
+    (the lab's kill -9 test relies on it), and the restarted one stands by."""
+    a = election.Leader("a", "http://10.0.0.1:8080")
+    b = election.Leader("b", "http://10.0.0.2:8080")
+    _leadership(etcd, prefix, a).campaign(time.sleep)  # then "killed": never renewed
+    restarted = _leadership(etcd, prefix, a)
+    waiting = _leadership(etcd, prefix, b)
+    won: list[str] = []
+    threads = [
+        threading.Thread(
+            target=lambda: (restarted.campaign(time.sleep, 0.05, defer_s=5.0), won.append("a"))
+        ),
+        threading.Thread(target=lambda: (waiting.campaign(time.sleep, 0.05), won.append("b"))),
+    ]
+    for t in threads:
+        t.start()
+    threads[1].join(30)
+    assert won == ["b"]
+    threads[0].join(30)  # b never renews: once its lease runs out, the restarted one leads
+    assert won == ["b", "a"]
+
+
 def test_a_replica_that_lost_the_lead_cannot_commit(etcd: EtcdServer, prefix: str) -> None:
     """Every commit compares that the leader key is on this replica's lease: once another
     replica leads, the old leader's commit writes nothing and says it lost the lead."""

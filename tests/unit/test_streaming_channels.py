@@ -606,3 +606,29 @@ def test_a_protocol_error_in_one_subscription_ends_it_not_the_channel(
     wait_until(lambda: red.version == 1)
     assert ch.connects == 1 and ch.last_error is None
     assert liar.version is None and liar.running and "key" in (liar.last_error or "")
+
+
+def test_a_channel_finds_the_shards_new_leader_and_resumes_there(cleanup: list[Any]) -> None:
+    """Replicas (docs/store.md): the leader dies, the old leader's place answers 503 as a
+    standby; the channel tries the shard's other replica, where the new leader serves the same
+    stream, and each subscription resumes there with its since (no second snapshot)."""
+    from meshpeer.controller import standby
+    from meshpeer.store.election import Leader
+
+    hub = StreamHub()
+    setup_three(hub)
+    leader = serve(cleanup, hub)
+    other = Server(lambda env, start: [])  # a port for the second replica; nothing there yet
+    other.stop()
+    ch = channel(cleanup, leader.url, replicas=[leader.url, other.url])
+    rec = Recorder()
+    red = follow(ch, RED, rec)
+    wait_until(lambda: red.version == 0)
+    leader.stop()  # the leader is gone: its URL now answers as a standby naming the new one
+    gone = Server(standby.app("ctl1", "a", lambda: Leader("b", other.url)), port=leader.port)
+    cleanup.append(gone)
+    hub.publish(RED, objs(1, 5))  # the new leader has moved on meanwhile
+    serve(cleanup, hub, port=other.port)
+    wait_until(lambda: red.version == 1, what="red resumed at the new leader")
+    assert ch.at == other.url and ch.url == leader.url  # still known by the directory's URL
+    assert rec.seen == [("Snapshot", 0), ("Delta", 1)]

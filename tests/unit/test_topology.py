@@ -212,3 +212,40 @@ def test_a_side_imports_custom_routes_at_a_preference() -> None:
     blue, red = parse(doc).peerings
     assert (blue.import_custom_routes, blue.preference) == (False, None)
     assert (red.import_custom_routes, red.preference) == (True, 100)
+
+
+REPLICAS = {"controllers": [{"name": "ctl1", "replicas": 2}, {"name": "ctl2"}], "etcd": {}}
+
+
+def test_replicas_and_the_etcd_cluster() -> None:
+    doc = {**sample(), **REPLICAS}
+    topo = parse(doc)
+    assert [(c.name, c.replicas) for c in topo.controllers] == [("ctl1", 2), ("ctl2", 1)]
+    assert topo.etcd is not None and topo.etcd.members == 3
+    assert parse(sample()).etcd is None
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda d: d.pop("etcd"), "controllers[0].replicas: replicas need the etcd store"),
+        (lambda d: d["controllers"][0].update(replicas=0), "controllers[0].replicas: bad replicas"),
+        (lambda d: d["controllers"][0].update(replicas="2"), "controllers[0].replicas: bad"),
+        (lambda d: d["controllers"][0].update(replicas=4), "controllers[0].replicas: bad"),
+        (lambda d: d.update(etcd={"members": 2}), "etcd.members: bad members 2: want one of 1, 3"),
+        (lambda d: d.update(etcd={"members": True}), "etcd.members: bad members True"),
+        (lambda d: d.update(etcd={"nodes": 3}), "etcd.nodes: unknown key"),
+        (lambda d: d.update(etcd=[3]), "etcd: expected a mapping"),
+        (lambda d: d["hosts"].append({"name": "etcd2"}), "duplicate name 'etcd2'"),
+    ],
+)
+def test_replicas_and_etcd_errors_name_their_field(mutate: Any, expected: str) -> None:
+    doc = {**copy.deepcopy(sample()), **copy.deepcopy(REPLICAS)}
+    mutate(doc)
+    assert any(expected in e for e in errors_of(doc)), errors_of(doc)
+
+
+def test_etcd_needs_controllers() -> None:
+    doc = {**sample(), "etcd": {"members": 1}, "controllers": []}
+    doc["vpcs"] = [{k: x for k, x in v.items() if k != "controller"} for v in doc["vpcs"]]
+    assert any(e.startswith("etcd: an etcd cluster needs controllers") for e in errors_of(doc))
