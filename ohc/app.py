@@ -38,7 +38,7 @@ from meshpeer.protocol.gateways import HOST_ROLES, choice
 from ohc import bfd, nd, offload, ofio, ports, reporting, spillover, status
 from ohc.agent import Agent
 from ohc.clients import Channels
-from ohc.cookies import Kind, kind_of
+from ohc.cookies import HASH_MASK, Kind, cookie_of_kind, kind_of
 from ohc.engine import FlowEngine
 from ohc.metrics import OhcMetrics
 from ohc.model import Offload, Skipped
@@ -310,19 +310,27 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
 
     def _spill_loads(self) -> dict[int, spillover.Load] | None:
         """Per ILB cookie, its local backends' counters summed and how many (lb_deliver,
-        cookie kind LB, one flow per local backend); None: no switch or no answer."""
+        cookie kind LB, one flow per local backend), and its spillover backends' summed
+        (kind SPILL, same owner: the demand is measured from both, ohc/spillover.py); None:
+        no switch or no answer."""
         if self.datapath is None:
             return None
         try:
-            rows = ofio.read_counts(self.replies, self.datapath, LB_DELIVER, Kind.LB, 5)
+            local = ofio.read_counts(self.replies, self.datapath, LB_DELIVER, Kind.LB, 5)
+            spill = ofio.read_counts(self.replies, self.datapath, LB_DELIVER, Kind.SPILL, 5)
         except Exception:
             log.exception("ohc %s: reading the ILB backends' counters failed", self.conf.host)
             return None
         loads: dict[int, spillover.Load] = {}
-        for c, m, n in rows:
+        for c, m, n in local:
             if "eth_dst" in m:  # a backend's flow (the table's miss has no eth_dst)
                 was = loads.get(c, spillover.Load(0, 0))
-                loads[c] = spillover.Load(was.packets + n, was.backends + 1)
+                loads[c] = spillover.Load(was.packets + n, was.backends + 1, was.spilled)
+        for c, _, n in spill:
+            lb = cookie_of_kind(Kind.LB) | (c & HASH_MASK)  # its ILB's (same owner)
+            if lb in loads:
+                was = loads[lb]
+                loads[lb] = spillover.Load(was.packets, was.backends, was.spilled + n)
         return loads
 
     def _worker(self) -> None:

@@ -4,13 +4,17 @@ backends in a peered VPC.
 An ILB with ``spillover`` backends is compiled with connection affinity (docs/pipeline.md,
 tables 36-39): a connection's first packet picks a backend in the select group and the switch
 learns a flow that pins the rest of the connection to it; each backend has a flow in
-``lb_deliver`` whose counters are the packets this host sends it. The OHC reads the local
-backends' counters every ``[ohc] spillover_interval`` seconds and calls ``decide``:
+``lb_deliver`` whose counters are the packets this host sends it. The OHC reads those
+counters, of the local backends and of the spillover ones, every ``[ohc] spillover_interval``
+seconds and calls ``decide``:
 
-- the load is the rate of those packets per local backend; while a share ``p`` already goes
-  to the peer, the demand is estimated as ``load / (1 - p)`` (the local backends see the rest);
-- a demand above ``high_pps`` raises the share to what keeps each local backend at
-  ``high_pps`` (rounded up to ``step`` percent, at most ``max_share``); it never lowers it;
+- the demand is the rate of the packets to all of the ILB's backends (local and spillover)
+  per local backend: what each local backend would carry with no share. It is measured, not
+  inferred from the share: connections pinned to their backend and a share not yet on the
+  switch leave it as it is (an estimate ``local / (1 - share)`` ratcheted the share up to its
+  cap under a steady load, docs/decisions.md);
+- a demand above ``high_pps`` sets the share to what keeps each local backend at ``high_pps``
+  (rounded up to ``step`` percent, at most ``max_share``);
 - a demand under ``low_pps`` for ``hold_s`` seconds sets the share back to 0; between the two
   thresholds the share stays (hysteresis: it does not flap).
 
@@ -41,10 +45,12 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class Load:
-    """The local backends' packet counters of one ILB, summed, and how many local backends."""
+    """The packet counters of one ILB's local backends, summed, how many local backends, and
+    its spillover backends' counters, summed."""
 
     packets: int
     backends: int
+    spilled: int = 0
 
 
 @dataclass(frozen=True)
@@ -76,21 +82,21 @@ def decide(state: State, loads: Mapping[Key, Load], now: float, t: Thresholds) -
     for key, load in loads.items():
         share = state.shares.get(key, 0)
         prev = state.readings.get(key)
-        if prev is None or load.packets < prev.count or now <= prev.at or load.backends < 1:
-            readings[key] = Reading(load.packets, now)  # new or reset counters: a baseline
+        total = load.packets + load.spilled
+        if prev is None or total < prev.count or now <= prev.at or load.backends < 1:
+            readings[key] = Reading(total, now)  # new or reset counters: a baseline
             if share:
                 shares[key] = share
             continue
-        rate = (load.packets - prev.count) / (now - prev.at) / load.backends
-        demand = rate * 100.0 / (100 - share)
+        demand = (total - prev.count) / (now - prev.at) / load.backends
         low_since = None
         if demand > t.high_pps:
-            share = max(share, wanted_share(demand, t))
+            share = wanted_share(demand, t)
         elif demand < t.low_pps:
             low_since = prev.at if prev.quiet_since is None else prev.quiet_since
             if now - low_since >= t.hold_s:
                 share = 0
-        readings[key] = Reading(load.packets, now, low_since)
+        readings[key] = Reading(total, now, low_since)
         if share:
             shares[key] = share
     changed = frozenset(k for k in shares.keys() | state.shares.keys()

@@ -33,10 +33,30 @@ def test_overload_raises_the_share_to_keep_each_local_backend_at_the_threshold()
     assert run(State(), [(0.0, 0), (1.0, 300)]) == [0, 40]
 
 
+def test_a_steady_load_pinned_to_the_local_backends_does_not_ratchet_the_share_up():
+    # one pinned stream, 150 pps per local backend, whatever the share (affinity, or the share
+    # not on the switch yet): 1/3 must go elsewhere -> 40 %, and it stays there (review S1)
+    assert run(State(), [(float(s), 300 * s) for s in range(6)]) == [0, 40, 40, 40, 40, 40]
+
+
 def test_while_shifted_the_demand_counts_what_went_to_the_peer():
-    # 40 % shifted; the local backends still see 100 pps each: demand 166 -> keep 40 %
-    state = State({ILB: 40}, {})
-    assert run(state, [(0.0, 0), (1.0, 200), (2.0, 400)]) == [40, 40, 40]
+    # 40 % shifted: the local backends see 100 pps each and the peer 133 pps (its pin flows'
+    # counters): demand (200 + 133) / 2 = 166 per local backend -> keep 40 %
+    state, got = State({ILB: 40}, {}), []
+    for now, local, spilled in [(0.0, 0, 0), (1.0, 200, 133), (2.0, 400, 266)]:
+        state = decide(state, {ILB: Load(local, 2, spilled)}, now, T).state
+        got.append(state.shares.get(ILB, 0))
+    assert got == [40, 40, 40]
+
+
+def test_back_to_0_once_the_whole_load_stays_under_low_pps_even_at_the_cap():
+    # at the cap (80 %), 40 pps per local backend and 10 more to the peer: 45 < low 50
+    state = State({ILB: 80}, {})
+    got = []
+    for s in range(8):
+        state = decide(state, {ILB: Load(80 * s, 2, 10 * s)}, float(s), T).state
+        got.append(state.shares.get(ILB, 0))
+    assert got == [80, 80, 80, 80, 80, 0, 0, 0]
 
 
 def test_between_the_thresholds_the_share_stays():
@@ -56,7 +76,7 @@ def test_the_share_goes_back_only_after_the_load_stayed_low_for_hold_s():
 def test_a_burst_during_the_hold_restarts_it():
     state = State({ILB: 50}, {})
     steps = [(0.0, 0), (1.0, 20), (2.0, 40), (3.0, 200), (4.0, 220), (5.0, 240), (8.0, 300)]
-    # t=3: 80 pps x 2 local -> demand 160 > 100 -> wanted 40 < 50: stays 50, hold restarts
+    # t=3: 80 pps per local backend: not low (between the thresholds): stays 50, hold restarts
     assert run(state, steps) == [50, 50, 50, 50, 50, 50, 0]
 
 
@@ -70,20 +90,24 @@ def test_an_ilb_gone_loses_its_share():
     assert got.state.shares == {} and got.changed == {ILB}
 
 
-@given(st.lists(st.floats(0, 2000), min_size=2, max_size=40))
-def test_the_share_never_moves_down_while_overloaded_nor_up_while_underloaded(rates):
-    state, packets = State(), 0.0
+@given(st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 2000)), min_size=2, max_size=40))
+def test_the_share_follows_the_measured_demand_whatever_the_split(readings):
+    """Each reading: packets/s to the local backends and to the peer, however the switch split
+    them (lag, pinned connections): the share depends on their sum only."""
+    state, local, spilled = State(), 0, 0
     prev = 0
-    for i, rate in enumerate(rates):
-        packets += rate * 2
-        state = decide(state, {ILB: Load(int(packets), 2)}, float(i), T).state
+    for i, (to_local, to_peer) in enumerate(readings):
+        local, spilled = local + to_local * 2, spilled + to_peer * 2
+        state = decide(state, {ILB: Load(local, 2, spilled)}, float(i), T).state
         share = state.shares.get(ILB, 0)
         assert 0 <= share <= T.max_share and share % T.step == 0
-        demand = rate * 100 / (100 - prev) if i else 0
-        if share < prev:
-            assert demand < T.low_pps  # down only when low (and after the hold)
-        if share > prev:
-            assert demand > T.high_pps
+        demand = to_local + to_peer if i else 0  # per local backend
+        if demand > T.high_pps:
+            assert share == wanted_share(demand, T)
+        elif share < prev:
+            assert share == 0 and demand < T.low_pps  # down only when low (and after the hold)
+        else:
+            assert share == prev
         prev = share
 
 
