@@ -937,11 +937,12 @@ def _spill_lb_flows(out: _Out, ctx: Ctx, lb: LoadBalancer, gid: int) -> None:
 
 
 def _spill_backend_flows(out: _Out, ctx: Ctx, lb: LoadBalancer, owner: tuple[Kind, str]) -> None:
-    """A peer's ILB that lists a local port of this VPC as a spillover backend: the port may
-    answer from the VIP, and a tunnel packet for the VIP with its MAC goes to it."""
-    for dest, _ in lb.spillover:
-        port = ctx.local.get((dest.vpc, dest.ip)) if dest.vpc == ctx.vpc else None
-        if port is not None and port.mac == dest.mac and lb.vip.version == 4:
+    """A peer's ILB that lists a local port of this VPC as a spillover backend (by its name:
+    the peer's stream carries no more): the port may answer from the VIP, and a tunnel packet
+    for the VIP with its MAC goes to it."""
+    for vpc, endpoint in lb.spill_names if lb.vip.version == 4 else ():
+        port = next((p for p in ctx.ports if p.name == endpoint), None) if vpc == ctx.vpc else None
+        if port is not None:
             _classify_ip(out, ctx, port, lb.vip, PRIO_OWN, owner)
             _tunnel_dst(out, ctx, port, lb.vip, PRIO_VIP_DELIVER, owner, by_mac=True)
 

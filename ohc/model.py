@@ -161,7 +161,10 @@ class LoadBalancer:
     mac: str
     vni: int
     backends: tuple[tuple[Destination, int], ...]
-    spillover: tuple[tuple[Destination, int], ...] = ()
+    spillover: tuple[tuple[Destination, int], ...] = ()  # the own stream's full entries
+    # (VPC, endpoint) of every healthy spillover backend, full or named only (a peer stream
+    # names them: the hosts of that VPC find their own port by its name)
+    spill_names: tuple[tuple[str, str], ...] = ()
 
     @staticmethod
     def from_service_objects(
@@ -179,17 +182,20 @@ class LoadBalancer:
             for b in sorted(lb.backends, key=lambda b: b.endpoint)
             if b.healthy and b.weight
         )
-        spillover = []
-        for i, s in enumerate(lb.spillover):
+        spillover, names = [], []
+        for s in lb.spillover:
             if s.vpc == vpc:
-                bad(
-                    f"spillover[{i}]",
-                    BadObject("vpc", f"a spillover backend is in a peer VPC, not in {vpc}"),
-                )
+                problem = BadObject("vpc", f"a spillover backend is in a peer VPC, not in {vpc}")
+                bad(f"spillover:{s.vpc}/{s.endpoint}", problem)
             elif s.healthy and s.weight:
-                spillover.append((Destination.placed(s.vpc, s.endpoint, s.destination), s.weight))
+                names.append((s.vpc, s.endpoint))
+                if s.destination is not None:
+                    dest = Destination.placed(s.vpc, s.endpoint, s.destination)
+                    spillover.append((dest, s.weight))
         spillover.sort(key=lambda d: (d[0].vpc, d[0].name))
-        return LoadBalancer(vpc, name, lb.vip, lb.mac, lb.vni, backends, tuple(spillover))
+        return LoadBalancer(
+            vpc, name, lb.vip, lb.mac, lb.vni, backends, tuple(spillover), tuple(sorted(names))
+        )
 
 
 @dataclass(frozen=True)

@@ -232,8 +232,11 @@ def forwarding(
 
 
 def load_balancers(intent: Intent, vpc: str, policy: ExportPolicy | None) -> dict[str, JsonObject]:
-    """VIP -> weighted backends, for every ILB whose VIP the policy exports."""
+    """VIP -> weighted backends, for every ILB whose VIP the policy exports. Spillover
+    backends: in full on the own stream only; a policy's stream (shared by every peer under
+    that policy) names those in a VPC peered under it, and nothing else (docs/protocol.md)."""
     out: dict[str, JsonObject] = {}
+    named: set[str] | None = None  # the VPCs peered under ``policy``
     for e in intent.endpoints_of(vpc):
         if e.kind != "ilb" or not _visible(e, policy):
             continue
@@ -243,6 +246,14 @@ def load_balancers(intent: Intent, vpc: str, policy: ExportPolicy | None) -> dic
             if (be := intent.endpoints.get((vpc, b.endpoint))) is not None
         )
         spillover = _spillover(intent, e) if e.spillover else ()
+        if policy is not None and spillover:
+            if named is None:
+                named = {
+                    p.peer_vpc
+                    for p in intent.peerings_of(vpc)
+                    if p.export.policy_id == policy.policy_id
+                }
+            spillover = tuple(s.named() for s in spillover if s.vpc in named)
         lb = LoadBalancerObject(e.ip, e.mac, intent.vpcs[vpc].vni, backends, spillover)
         out[e.name] = lb.to_json()
     return out

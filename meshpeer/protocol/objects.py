@@ -313,27 +313,41 @@ class SpilloverObject:
     """A spillover backend of a load balancer: an endpoint of a peered VPC (``vpc``, never the
     load balancer's own) that takes a share of its new connections while the local backends
     are overloaded (docs/gateways.md, "Overload shift"); where it lives, with its own VPC's
-    VNI, and its share."""
+    VNI, and its share. ``destination`` None: the entry names the endpoint only (a peer
+    stream's: that VPC's hosts know their own endpoints, and no other VPC learns where it
+    lives); such an entry has weight 1 and is healthy, and is written ``{vpc, endpoint}``."""
 
     vpc: str
     endpoint: str
-    weight: int
-    destination: DestinationObject
+    weight: int = 1
+    destination: DestinationObject | None = None
     healthy: bool = True
 
+    def named(self) -> SpilloverObject:
+        """The entry as a peer stream carries it: the names only."""
+        return SpilloverObject(self.vpc, self.endpoint)
+
     def to_json(self) -> JsonObject:
+        if self.destination is None:
+            return {"vpc": self.vpc, "endpoint": self.endpoint}
         backend = BackendObject(self.endpoint, self.weight, self.destination, self.healthy)
         return {"vpc": self.vpc, **backend.to_json()}
 
     @staticmethod
     def parse(obj: object) -> SpilloverObject:
-        """A ``healthy`` that is not ``true`` is unhealthy (a host sends to none of those)."""
+        """A ``healthy`` that is not ``true`` is unhealthy (a host sends to none of those). An
+        entry with none of ``ip``, ``mac``, ``vni``, ``host_ip`` names the endpoint only."""
         o = _mapping(obj, "spillover")
         vpc = parse_text(o.get("vpc"), "vpc")
+        if all(k not in o for k in _PLACEMENT):
+            return SpilloverObject(vpc, parse_text(o.get("endpoint"), "endpoint"))
         backend = BackendObject.parse(o)
         return SpilloverObject(
             vpc, backend.endpoint, backend.weight, backend.destination, backend.healthy
         )
+
+
+_PLACEMENT = ("ip", "mac", "vni", "host_ip")
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,7 +417,8 @@ class LoadBalancerObject:
         for i, b in enumerate(entries("spillover")):
             try:
                 spill = SpilloverObject.parse(b)
-                check(spill.destination, False)
+                if spill.destination is not None:
+                    check(spill.destination, False)
                 if (spill.vpc, spill.endpoint) in spillover:
                     raise BadObject("endpoint", f"{spill.vpc}/{spill.endpoint} is listed twice")
                 spillover[(spill.vpc, spill.endpoint)] = spill

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 
 from meshpeer.controller import intent as ops
 from meshpeer.controller.model import Intent
@@ -232,3 +233,31 @@ def test_an_ilbs_spillover_backends_travel_as_the_peer_exports_them() -> None:
     pub = desired_streams(i, statuses(i, views(i, OWNER), OWNER), G, now=0.0)
     web = pub.streams[StreamId(ServiceName.LOADBALANCER, "blue", None)]["web"]
     assert web.get("spillover", []) == []
+
+
+def test_a_third_vpcs_hosts_get_no_address_of_a_spillover_backend() -> None:
+    """Blue's ILB spills into red's r1; green peers with blue only. What green's hosts follow
+    of blue (one stream per export policy, shared by every peer under it) has no IP, MAC, VNI
+    or host of r1; red's hosts get r1's name only (they know their own endpoints); blue's own
+    stream keeps the full entry (review S2)."""
+    i = world()
+    for a, b in (("blue", "red"), ("red", "blue"), ("blue", "green"), ("green", "blue")):
+        peer(i, a, b)
+    add_ilb(i, "blue", "web", "10.1.0.100", {"b1": 1}, {("red", "r1"): 2})
+    r1 = i.endpoints[("red", "r1")]
+    pub = desired_streams(i, statuses(i, views(i, OWNER), OWNER), G, now=0.0)
+    own = pub.streams[StreamId(ServiceName.LOADBALANCER, "blue", None)]["web"]
+    assert own["spillover"][0]["mac"] == r1.mac
+    to_green = next(p for p in i.peerings_of("blue") if p.peer_vpc == "green")
+    shared = pub.streams[StreamId(ServiceName.LOADBALANCER, "blue", to_green.export.policy_id)]
+    assert shared["web"]["spillover"] == [{"vpc": "red", "endpoint": "r1"}]
+    # green under a policy of its own (a red peer under none of it): nothing of red at all
+    i.drop("peering", "blue/to-green")
+    peer(i, "blue", "green", {"ranges": ["10.1.0.0/25"]})
+    to_green = next(p for p in i.peerings_of("blue") if p.peer_vpc == "green")
+    pub = desired_streams(i, statuses(i, views(i, OWNER), OWNER), G, now=0.0)
+    alone = pub.streams[StreamId(ServiceName.LOADBALANCER, "blue", to_green.export.policy_id)]
+    assert "spillover" not in alone["web"]
+    for lbs in (shared, alone):
+        text = json.dumps(lbs)
+        assert str(r1.ip) not in text and r1.mac not in text and '"hv2"' not in text

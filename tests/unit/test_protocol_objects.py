@@ -107,7 +107,9 @@ def load_balancers(draw: st.DrawFn) -> LoadBalancerObject:
         )
     )
     spillover = tuple(
-        SpilloverObject(
+        SpilloverObject(vpc, name)  # named only, as a peer stream carries it
+        if draw(st.booleans())
+        else SpilloverObject(
             vpc,
             name,
             draw(st.integers(0, MAX_WEIGHT)),
