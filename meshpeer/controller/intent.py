@@ -243,7 +243,7 @@ def new_endpoint(
                 raise bad(f"backends[{i}].endpoint", f"{b.endpoint!r} is an ILB, not a backend")
         if len({b.endpoint for b in backends}) != len(backends):
             raise bad("backends", "a backend is listed twice")
-        check_spillover(intent, vpc_name, spillover)
+        check_spillover(intent, vpc_name, ip, spillover)
     else:
         if host is None:
             raise bad("host", f"a {kind} endpoint needs a host")
@@ -259,11 +259,13 @@ def new_endpoint(
     return ep if bgp is None else set_bgp(intent, ep, bgp)
 
 
-def check_spillover(intent: Intent, vpc: str, spillover: Sequence[Spillover]) -> None:
-    """An ILB's spillover backends: each in a VPC this one peers with (a side of ``vpc``
-    toward it), and, when that VPC is this shard's too, an existing non-ILB endpoint of it.
-    A peer VPC of another shard is resolved by the ILB's shard only if it holds it: its
-    endpoints are not known here (docs/gateways.md, overload shift)."""
+def check_spillover(intent: Intent, vpc: str, vip: Address, spillover: Sequence[Spillover]) -> None:
+    """An ILB's spillover backends (IPv4 VIPs only): each in a VPC this one peers with and
+    that peers back, an existing non-ILB IPv4 endpoint of it that its side toward this VPC
+    exports (else its hosts would never get it: docs/gateways.md, overload shift). A peer VPC
+    of another shard is refused: its endpoints and sides are not known here."""
+    if spillover and vip.version != 4:
+        raise bad("spillover", f"spillover backends are for IPv4 VIPs only, not {vip}")
     peers = {p.peer_vpc for p in intent.peerings_of(vpc)}
     for i, s in enumerate(spillover):
         if s.vpc == vpc:
@@ -272,12 +274,18 @@ def check_spillover(intent: Intent, vpc: str, spillover: Sequence[Spillover]) ->
             raise bad(f"spillover[{i}].vpc", f"VPC {vpc!r} does not peer with {s.vpc!r}")
         if s.vpc not in intent.vpcs:
             raise bad(f"spillover[{i}].vpc", f"VPC {s.vpc!r} is not on this shard")
+        back = next((p for p in intent.peerings_of(s.vpc) if p.peer_vpc == vpc), None)
+        if back is None:
+            raise bad(f"spillover[{i}].vpc", f"VPC {s.vpc!r} does not peer back with {vpc!r}")
         target = intent.endpoints.get((s.vpc, s.endpoint))
+        where = f"spillover[{i}].endpoint"
         if target is None or target.kind == "ilb":
             what = "an ILB" if target else "not an endpoint"
-            raise bad(
-                f"spillover[{i}].endpoint", f"{s.vpc}/{s.endpoint} is {what} of VPC {s.vpc!r}"
-            )
+            raise bad(where, f"{s.vpc}/{s.endpoint} is {what} of VPC {s.vpc!r}")
+        if target.ip.version != 4:
+            raise bad(where, f"{s.vpc}/{s.endpoint} ({target.ip}) is not of the VIP's IP version")
+        if not back.export.exports_ip(target.ip):
+            raise bad(where, f"{s.vpc}'s side {back.name!r} does not export {target.ip}")
     if len({(s.vpc, s.endpoint) for s in spillover}) != len(spillover):
         raise bad("spillover", "a spillover backend is listed twice")
 
@@ -382,6 +390,14 @@ def check_endpoint_delete(intent: Intent, vpc: str, name: str) -> Endpoint:
     ilbs = [e.name for e in intent.endpoints_of(vpc) if any(b.endpoint == name for b in e.backends)]
     if ilbs:
         raise conflict("endpoint", f"{name!r} is a backend of ILB {', '.join(ilbs)}")
+    spilling = [
+        f"{e.vpc}/{e.name}"
+        for v in sorted(intent.spilling_into(vpc))
+        for e in intent.endpoints_of(v)
+        if any((s.vpc, s.endpoint) == (vpc, name) for s in e.spillover)
+    ]
+    if spilling:
+        raise conflict("endpoint", f"{name!r} is a spillover backend of ILB {', '.join(spilling)}")
     routes = [r.name for r in intent.routes_of(vpc) if r.next_hop == ep.ip]
     if routes:
         raise conflict("endpoint", f"{name!r} is the next hop of route {', '.join(routes)}")

@@ -219,8 +219,10 @@ def test_an_ilbs_spillover_backends_travel_as_the_peer_exports_them() -> None:
     side reaches it (a write in red touches blue's streams too)."""
     i = world()
     peer(i, "blue", "red")
-    peer(i, "red", "blue", {"ranges": ["10.2.0.0/25"]})
+    peer(i, "red", "blue")
     add_ilb(i, "blue", "web", "10.1.0.100", {"b1": 1}, {("red", "r1"): 2, ("red", "r2"): 1})
+    i.drop("peering", "red/to-blue")  # a later change of red's export: r2 left out
+    peer(i, "red", "blue", {"ranges": ["10.2.0.0/25"]})
     pub = desired_streams(i, statuses(i, views(i, OWNER), OWNER), G, now=0.0)
     web = pub.streams[StreamId(ServiceName.LOADBALANCER, "blue", None)]["web"]
     (r1,) = web["spillover"]

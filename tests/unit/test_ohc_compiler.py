@@ -687,10 +687,13 @@ def apply_op(i: Intent, op: tuple[str, int]) -> None:
     elif kind == "spill":  # blue's ILB with spillover backends in red, or none
         if ("blue", "web") in i.endpoints:
             i.drop("endpoint", "blue/web")
-        elif ("blue", "to-red") in i.peerings:
+        elif ("blue", "to-red") in i.peerings and ("red", "to-blue") in i.peerings:
             local = [nm for nm in ("b1", "b3") if ("blue", nm) in i.endpoints]
+            back = i.peerings[("red", "to-blue")].export  # what the API accepts: exported ones
             spill = {
-                ("red", nm): 1 + n % 2 for nm in ("r1", "r3", "r4") if ("red", nm) in i.endpoints
+                ("red", nm): 1 + n % 2
+                for nm in ("r1", "r3", "r4")
+                if ("red", nm) in i.endpoints and back.exports_ip(i.endpoints[("red", nm)].ip)
             }
             if local:
                 add_ilb(i, "blue", "web", "10.1.0.100", dict.fromkeys(local, 1), spill)

@@ -129,8 +129,10 @@ def test_only_the_listed_peer_backends_may_answer_from_the_vip(share: int) -> No
 
 def test_a_spillover_backend_its_vpc_does_not_export_is_left_out() -> None:
     i = base_intent()
-    peer(i, "blue", "red")  # red does not peer back: it exports nothing to blue
+    peer(i, "blue", "red")
+    peer(i, "red", "blue")
     add_ilb(i, "blue", "web", VIP, {"b3": 1}, {("red", "r3"): 1})
+    i.drop("peering", "red/to-blue")  # later, red stops peering back: it exports nothing to blue
     lab = build_lab(i)
     with_share(lab, "hv1", 50)
     sent = connect(lab, 5000)

@@ -37,7 +37,9 @@ SPILLOVER = Obj(
     {"weight": Int(1, 65535)},
     name="Spillover",
     description="an ILB's backend in a VPC its own peers with: it takes a share of the new "
-    "connections while the local backends are overloaded (docs/gateways.md, overload shift)",
+    "connections while the local backends are overloaded (docs/gateways.md, overload shift). "
+    "IPv4 VIPs only; the VPC (of this shard) peers back and its side exports the endpoint, an "
+    "IPv4 endpoint that is not an ILB: else 400 naming spillover[i].vpc or .endpoint",
 )
 
 ENDPOINT_IN = Obj(
@@ -193,7 +195,8 @@ class EndpointHandlers(Handlers):
                 response=out.DELETED_PROGRAMMED,
                 query=WAIT_Q,
                 params=ITEM_P,
-                summary="Delete an endpoint",
+                summary="Delete an endpoint (409 while an ILB lists it as a backend or a "
+                "spillover backend, or a route uses it as next hop)",
             ),
         ]
 
