@@ -292,7 +292,7 @@ OHC = Section(
             "spillover_interval",
             float,
             "seconds between two readings of the local backends' load of each ILB with "
-            "spillover backends (docs/gateways.md, overload shift)",
+            "spillover backends (docs/gateways.md, overload shift); more than 0",
             1.0,
         ),
         Option(
@@ -307,7 +307,8 @@ OHC = Section(
             "spillover_low_pps",
             float,
             "an ILB whose demand stayed under this (packets/s per local backend) for "
-            "`spillover_hold_s` shifts its new connections back to the local backends",
+            "`spillover_hold_s` shifts its new connections back to the local backends; 0 or "
+            "more, under `spillover_high_pps`",
             100.0,
         ),
         Option(
@@ -319,14 +320,15 @@ OHC = Section(
         Option(
             "spillover_max_share",
             int,
-            "at most this percentage of an ILB's new connections goes to its spillover backends",
+            "at most this percentage of an ILB's new connections goes to its spillover backends "
+            "(0..99: the local backends always keep a share)",
             80,
         ),
         Option(
             "spillover_affinity_s",
             int,
             "idle timeout of the switch's per-connection affinity flows of ILBs with spillover "
-            "backends: a connection idle this long may pick another backend",
+            "backends: a connection idle this long may pick another backend; 1 or more",
             60,
         ),
         Option(

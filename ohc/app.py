@@ -146,12 +146,11 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         )
         # ILBs with spillover backends (ohc/spillover.py): the shares and the loads' readings
         self.spill_state = spillover.State()
-        self.spill_thresholds = spillover.Thresholds(
-            conf.spillover_high_pps,
-            conf.spillover_low_pps,
-            conf.spillover_hold_s,
-            max_share=conf.spillover_max_share,
-        )
+        try:
+            spill_conf = {name: getattr(conf, name) for name in spillover.OPTIONS}
+            self.spill_thresholds = spillover.thresholds(spill_conf)
+        except ValueError as e:
+            raise SystemExit(f"ohc: {e}") from None
         self.metrics = OhcMetrics(
             self.agent.stream_states, lambda: self.last.get("applied", {})
         )  # docs/metrics.md
@@ -301,7 +300,12 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             loads = self._spill_loads()
             if loads is None:
                 continue
-            got = spillover.decide(self.spill_state, loads, time.monotonic(), self.spill_thresholds)
+            try:
+                now = time.monotonic()
+                got = spillover.decide(self.spill_state, loads, now, self.spill_thresholds)
+            except Exception:  # one bad reading must not stop the loop (as _offload's)
+                log.exception("ohc %s: the spillover decision failed", self.conf.host)
+                continue
             self.spill_state = got.state
             if got.changed:
                 log.info("ohc %s: spillover shares %s", self.conf.host,

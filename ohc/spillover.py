@@ -65,6 +65,37 @@ class Decision:
     changed: frozenset[Key]  # ILBs whose share moved
 
 
+OPTIONS = (  # the [ohc] options of the overload shift (meshpeer/options.py)
+    "spillover_interval",
+    "spillover_high_pps",
+    "spillover_low_pps",
+    "spillover_hold_s",
+    "spillover_max_share",
+    "spillover_affinity_s",
+)
+
+
+def thresholds(conf: Mapping[str, float]) -> Thresholds:
+    """The thresholds from the ``[ohc]`` options (``OPTIONS``), each checked: ValueError
+    naming the first out of range (a cap of 100 % leaves the local backends nothing, an
+    affinity of 0 s makes every learned flow permanent, an interval of 0 a busy loop)."""
+
+    def need(name: str, ok: bool, expected: str) -> None:
+        if not ok:
+            raise ValueError(f"[ohc] {name}: expected {expected}, got {conf[name]!r}")
+
+    high, low = conf["spillover_high_pps"], conf["spillover_low_pps"]
+    need("spillover_interval", conf["spillover_interval"] > 0, "more than 0 seconds")
+    need("spillover_high_pps", high > 0, "more than 0")
+    need("spillover_low_pps", 0 <= low < high, f"0 or more, under spillover_high_pps ({high})")
+    need("spillover_hold_s", conf["spillover_hold_s"] >= 0, "0 seconds or more")
+    need("spillover_max_share", 0 <= conf["spillover_max_share"] <= 99, "a percentage in 0..99")
+    need("spillover_affinity_s", conf["spillover_affinity_s"] >= 1, "1 second or more")
+    return Thresholds(
+        high, low, conf["spillover_hold_s"], max_share=int(conf["spillover_max_share"])
+    )
+
+
 def wanted_share(demand: float, t: Thresholds) -> int:
     """The share (percent) that keeps each local backend at ``high_pps`` under ``demand``
     (packets/s per local backend if none went to the peer), in steps, at most ``max_share``."""

@@ -3,10 +3,19 @@ quiet hold, no flapping between the thresholds."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ohc.spillover import Load, State, Thresholds, bucket_weights, decide, wanted_share
+from ohc.spillover import (
+    Load,
+    State,
+    Thresholds,
+    bucket_weights,
+    decide,
+    thresholds,
+    wanted_share,
+)
 
 T = Thresholds(high_pps=100.0, low_pps=50.0, hold_s=5.0, step=10, max_share=80)
 ILB = 0x06_0000_0000_0000_01  # an ILB's cookie
@@ -124,3 +133,45 @@ def test_bucket_weights_split_new_connections_by_the_share():
     assert local[0] == 3 * local[1]
     assert bucket_weights((3, 1), (1,), 0) == ((3, 1), ())
     assert all(w <= 65535 for w in local + spill)
+
+
+OK = {
+    "spillover_interval": 1.0,
+    "spillover_high_pps": 200.0,
+    "spillover_low_pps": 100.0,
+    "spillover_hold_s": 10.0,
+    "spillover_max_share": 80,
+    "spillover_affinity_s": 60,
+}
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("spillover_max_share", 100),  # the local backends would keep nothing
+        ("spillover_max_share", -1),
+        ("spillover_affinity_s", 0),  # OVS idle 0: learned flows never expire
+        ("spillover_interval", 0.0),  # a busy loop
+        ("spillover_low_pps", 300.0),  # above high_pps
+        ("spillover_low_pps", -1.0),
+        ("spillover_hold_s", -1.0),
+    ],
+)
+def test_out_of_range_options_are_refused_by_name(option: str, value: float) -> None:
+    """Review S5: checked when the OHC loads its config, with the option's name."""
+    with pytest.raises(ValueError, match=f"\\[ohc\\] {option}"):
+        thresholds(OK | {option: value})
+
+
+def test_the_defaults_are_in_range() -> None:
+    assert thresholds(OK) == Thresholds()
+
+
+@given(st.integers(0, 99), st.lists(st.integers(0, 10**6), min_size=2, max_size=10))
+def test_any_accepted_cap_decides_without_error(cap: int, rates: list[int]) -> None:
+    t = thresholds(OK | {"spillover_max_share": cap})
+    state, packets = State(), 0
+    for i, rate in enumerate(rates):
+        packets += rate
+        state = decide(state, {ILB: Load(packets, 1)}, float(i), t).state
+        assert 0 <= state.shares.get(ILB, 0) <= cap
