@@ -276,6 +276,7 @@ def parse(raw: object) -> Topology:
     _check_endpoint_ips(c, endpoints)
     _check_backends(c, endpoints, top.get("endpoints"))
     peerings = _parse_peerings(c, top.get("peerings"), vpc_by)
+    _check_spillover_peers(c, endpoints, peerings, top.get("endpoints"))
     ep_by = {e.name: e for e in endpoints}
     onprem = _parse_list(
         c, top.get("onprem"), "onprem", unique, lambda c, m, p: _onprem(c, m, p, ep_by, vpc_by)
@@ -529,6 +530,28 @@ def _check_backends(c: _Checker, endpoints: list[Endpoint], raw: object) -> None
             backends=tuple(lists["backends"]),
             spillover=tuple(lists["spillover"]),
         )
+
+
+def _check_spillover_peers(
+    c: _Checker, endpoints: Sequence[Endpoint], peerings: Sequence[Peering], raw: object
+) -> None:
+    """An ILB's spillover backend is in a VPC that peers with the ILB's both ways, as the
+    shard requires (docs/gateways.md): named here rather than by the shard's 400 once the lab
+    is built."""
+    sides = {(p.vpc, p.peer) for p in peerings}
+    by_name = {e.name: e for e in endpoints}
+    items = raw if isinstance(raw, list) else []
+    names = [m.get("name") if isinstance(m, Mapping) else None for m in items]
+    for ilb in endpoints:
+        for j, s in enumerate(ilb.spillover):
+            target = by_name[s.endpoint]
+            if (ilb.vpc, target.vpc) not in sides or (target.vpc, ilb.vpc) not in sides:
+                i = names.index(ilb.name)
+                c.err(
+                    f"endpoints[{i}].spillover[{j}].endpoint",
+                    f"{s.endpoint!r} is in VPC {target.vpc!r}, which does not peer with "
+                    f"{ilb.vpc!r} both ways (peerings)",
+                )
 
 
 def _parse_peerings(c: _Checker, raw: object, vpcs: Mapping[str, Vpc]) -> list[Peering]:

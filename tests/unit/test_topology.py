@@ -195,6 +195,14 @@ def test_ilb_spillover_backends_are_written_as_its_backends() -> None:
     bad = copy.deepcopy(doc)
     bad["endpoints"][0]["spillover"] = [{"endpoint": "r1"}]
     assert "endpoints[0].spillover: only an ILB has spillover" in errors_of(bad)
+    # the shard would refuse it once the lab is built: named before anything is (review S6)
+    for kept in ([], [0], [1]):
+        bad = copy.deepcopy(doc)
+        bad["peerings"] = [bad["peerings"][k] for k in kept]
+        assert any(
+            e.startswith("endpoints[3].spillover[0].endpoint: 'b1' is in VPC 'blue', which")
+            for e in errors_of(bad)
+        ), errors_of(bad)
 
 
 def test_a_side_may_let_in_replies_only() -> None:
