@@ -14,6 +14,7 @@ table and writes benchmarks/results/gateway_spillover.json. Needs root and OVS.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -22,6 +23,7 @@ from typing import Any
 import common
 import gateway_bench
 
+from meshpeer.lab import ovs
 from tests.e2e.test_ilb_e2e import Server
 from tests.e2e.test_spillover_e2e import (
     LOAD,
@@ -46,6 +48,15 @@ def peer_share(lab: labkit.Lab) -> float:
     return round(got["b1"] / sum(got.values()), 3)
 
 
+def group_share(lab: labkit.Lab) -> float:
+    """The share hv1's OHC decided, read off its select group for the ILB: the second
+    bucket's weight (b1's: the local buckets come first) over the sum."""
+    groups = ovs.ofctl(lab.host("hv1"), "dump-groups")
+    line = max(groups.splitlines(), key=lambda g: g.count("bucket="))
+    weights = [int(w) for w in re.findall(r"weight:(\d+)", line)]
+    return round(weights[1] / sum(weights), 3) if len(weights) == 2 else 0.0
+
+
 def one_run(bench: common.Lab) -> dict[str, Any]:
     lab = labkit.Lab(bench.name, bench.plan)
     wait_for("b1 out of hv1's group", lambda: buckets(lab) == 1, 90)
@@ -54,7 +65,10 @@ def one_run(bench: common.Lab) -> dict[str, Any]:
     t0 = time.monotonic()
     try:
         shift_s = wait_for("b1 in hv1's group", lambda: buckets(lab) == 2, 60)
+        time.sleep(2.5)  # two more readings of the stream alone (not a check: a sample point)
+        decided = group_share(lab)
         during = peer_share(lab)
+        decided_after = group_share(lab)  # with the 40 connections' packets in the demand
     finally:
         load.send_signal(signal.SIGINT)
         out, _ = load.communicate(timeout=10)
@@ -66,6 +80,8 @@ def one_run(bench: common.Lab) -> dict[str, Any]:
         "peer_share_before": before,
         "peer_share_during": during,
         "peer_share_after": after,
+        "decided_share": decided,
+        "decided_share_after_batch": decided_after,
         "shift_s": round(shift_s, 1),
         "back_s": round(back_s, 1),
         "stream_pps": round(stream["sent"] / loaded_s),
@@ -94,7 +110,9 @@ def main() -> None:
             proc.wait()
     title = f"rc (hv1) -> ILB, {CONNECTIONS} connections per phase; load: UDP at {LOAD_PPS} pps"
     columns = [("before", "peer_share_before", ".2f"), ("during", "peer_share_during", ".2f")]
-    columns += [("after", "peer_share_after", ".2f"), ("shift s", "shift_s", "")]
+    columns += [("after", "peer_share_after", ".2f"), ("decided", "decided_share", ".2f")]
+    columns += [("decided+batch", "decided_share_after_batch", ".2f")]
+    columns += [("shift s", "shift_s", "")]
     columns += [("back s", "back_s", ""), ("stream pps", "stream_pps", "")]
     columns += [("stream local", "stream_on_local_only", "")]
     gateway_bench.table(title, columns, runs)
