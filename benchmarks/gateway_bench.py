@@ -1,5 +1,6 @@
-"""What benchmarks/gateway_failover.py and gateway_offload.py share: their arguments and a lab
-of tests/e2e/topologies/gateway.yaml with ``--runs`` runs in it."""
+"""What benchmarks/gateway_failover.py, gateway_offload.py and gateway_spillover.py share:
+their arguments and a lab of tests/e2e/topologies/gateway.yaml (or another topology there)
+with ``--runs`` runs in it."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ def run(
     lab_name: str,
     one_run: Callable[[common.Lab], dict[str, Any]],
     setup: Callable[[common.Lab], None] = lambda lab: None,
+    topology: str = "gateway.yaml",
 ) -> tuple[argparse.Namespace, list[dict[str, Any]], dict[str, Any], dict[str, float]]:
     """Parse ``--runs/--lab/--json``; on a fresh lab, ``setup`` then ``one_run`` ``--runs``
     times. Returns the arguments, the runs, the machine and the load during them."""
@@ -30,7 +32,7 @@ def run(
     p.add_argument("--json", help="where to write the results (default: benchmarks/results)")
     args = p.parse_args()
     m = common.machine(args.lab)
-    topo = os.path.join(E2E_TOPOLOGIES, "gateway.yaml")
+    topo = os.path.join(E2E_TOPOLOGIES, topology)
     with common.LoadSampler() as load, common.lab(topo, args.lab) as lab:
         setup(lab)
         runs = [one_run(lab) for _ in range(args.runs)]
@@ -43,10 +45,11 @@ def write(
     result: dict[str, Any],
     machine: dict[str, Any],
     load: dict[str, float],
+    topology: str = TOPOLOGY,
 ) -> None:
     """Print the machine, and write benchmarks/results/<name>.json (or ``--json``)."""
     common.print_machine(machine, load)
-    doc = {"benchmark": name, "topology": TOPOLOGY, **result, "machine": machine, "load": load}
+    doc = {"benchmark": name, "topology": topology, **result, "machine": machine, "load": load}
     common.write_json(doc, args.json, f"{name}.json")
 
 

@@ -289,6 +289,49 @@ OHC = Section(
             10,
         ),
         Option(
+            "spillover_interval",
+            float,
+            "seconds between two readings of the local backends' load of each ILB with "
+            "spillover backends (docs/gateways.md, overload shift); more than 0",
+            1.0,
+        ),
+        Option(
+            "spillover_high_pps",
+            float,
+            "an ILB whose local backends get more than this (packets/s per local backend, as "
+            "this host sends them) shifts a share of its new connections to its spillover "
+            "backends",
+            200.0,
+        ),
+        Option(
+            "spillover_low_pps",
+            float,
+            "an ILB whose demand stayed under this (packets/s per local backend) for "
+            "`spillover_hold_s` shifts its new connections back to the local backends; 0 or "
+            "more, under `spillover_high_pps`",
+            100.0,
+        ),
+        Option(
+            "spillover_hold_s",
+            float,
+            "seconds the demand must stay under `spillover_low_pps` before the shift back",
+            10.0,
+        ),
+        Option(
+            "spillover_max_share",
+            int,
+            "at most this percentage of an ILB's new connections goes to its spillover backends "
+            "(0..99: the local backends always keep a share)",
+            80,
+        ),
+        Option(
+            "spillover_affinity_s",
+            int,
+            "idle timeout of the switch's per-connection affinity flows of ILBs with spillover "
+            "backends: a connection idle this long may pick another backend; 1 or more",
+            60,
+        ),
+        Option(
             "metrics_port",
             int,
             "port of the OHC's Prometheus `GET /metrics` (docs/metrics.md; 0: not served)",

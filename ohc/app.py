@@ -35,14 +35,14 @@ from meshpeer.directory import SECRETS, parse_directory
 from meshpeer.heap import release_free_heap
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.gateways import HOST_ROLES, choice
-from ohc import bfd, nd, offload, ofio, ports, reporting, status
+from ohc import bfd, nd, offload, ofio, ports, reporting, spillover, status
 from ohc.agent import Agent
 from ohc.clients import Channels
-from ohc.cookies import Kind, kind_of
+from ohc.cookies import HASH_MASK, Kind, cookie_of_kind, kind_of
 from ohc.engine import FlowEngine
 from ohc.metrics import OhcMetrics
 from ohc.model import Offload, Skipped
-from ohc.pipeline import ND_TARGET, OFFLOAD_COUNT
+from ohc.pipeline import LB_DELIVER, ND_TARGET, OFFLOAD_COUNT
 from ohc.ports import SwitchPorts
 from ohc.session import SwitchSession
 from ohc.subscriptions import Sub
@@ -144,6 +144,13 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         self.offload_thresholds = offload.Thresholds(
             conf.offload_pps, idle_s=float(conf.offload_idle_s)
         )
+        # ILBs with spillover backends (ohc/spillover.py): the shares and the loads' readings
+        self.spill_state = spillover.State()
+        try:
+            spill_conf = {name: getattr(conf, name) for name in spillover.OPTIONS}
+            self.spill_thresholds = spillover.thresholds(spill_conf)
+        except ValueError as e:
+            raise SystemExit(f"ohc: {e}") from None
         self.metrics = OhcMetrics(
             self.agent.stream_states, lambda: self.last.get("applied", {})
         )  # docs/metrics.md
@@ -155,6 +162,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         self.threads.append(hub.spawn(self._canary))
         self.threads.append(hub.spawn(self._reporter))
         self.threads.append(hub.spawn(self._offload))
+        self.threads.append(hub.spawn(self._spillover))
         if self.conf.metrics_port:
             try:
                 served = self.metrics.serve(self.conf.metrics_host, self.conf.metrics_port)
@@ -284,6 +292,51 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
                          self.conf.host, sorted(got.moved), sorted(got.returned))  # fmt: skip
                 self.triggers.put("offload")
 
+    def _spillover(self) -> None:
+        """ILBs with spillover backends: decide each one's share of new connections for the
+        peer from its local backends' load (ohc/spillover.py), and sync when a share moved."""
+        while True:
+            hub.sleep(self.conf.spillover_interval)
+            loads = self._spill_loads()
+            if loads is None:
+                continue
+            try:
+                now = time.monotonic()
+                got = spillover.decide(self.spill_state, loads, now, self.spill_thresholds)
+            except Exception:  # one bad reading must not stop the loop (as _offload's)
+                log.exception("ohc %s: the spillover decision failed", self.conf.host)
+                continue
+            self.spill_state = got.state
+            if got.changed:
+                log.info("ohc %s: spillover shares %s", self.conf.host,
+                         {f"{c:#x}": got.state.shares.get(c, 0) for c in got.changed})  # fmt: skip
+                self.triggers.put("spillover")
+
+    def _spill_loads(self) -> dict[int, spillover.Load] | None:
+        """Per ILB cookie, its local backends' counters summed and how many (lb_deliver,
+        cookie kind LB, one flow per local backend), and its spillover backends' summed
+        (kind SPILL, same owner: the demand is measured from both, ohc/spillover.py); None:
+        no switch or no answer."""
+        if self.datapath is None:
+            return None
+        try:
+            local = ofio.read_counts(self.replies, self.datapath, LB_DELIVER, Kind.LB, 5)
+            spill = ofio.read_counts(self.replies, self.datapath, LB_DELIVER, Kind.SPILL, 5)
+        except Exception:
+            log.exception("ohc %s: reading the ILB backends' counters failed", self.conf.host)
+            return None
+        loads: dict[int, spillover.Load] = {}
+        for c, m, n in local:
+            if "eth_dst" in m:  # a backend's flow (the table's miss has no eth_dst)
+                was = loads.get(c, spillover.Load(0, 0))
+                loads[c] = spillover.Load(was.packets + n, was.backends + 1, was.spilled)
+        for c, _, n in spill:
+            lb = cookie_of_kind(Kind.LB) | (c & HASH_MASK)  # its ILB's (same owner)
+            if lb in loads:
+                was = loads[lb]
+                loads[lb] = spillover.Load(was.packets, was.backends, was.spilled + n)
+        return loads
+
     def _worker(self) -> None:
         while True:
             reasons = {self.triggers.get()}
@@ -389,7 +442,12 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         vms, tunnel = dict(self.ports.vms), self.ports.tunnel
         t0 = time.monotonic()
         self.engine_failed = True
-        on_demand = Offload(offload.by_side(self.offload_state.offloaded), self.conf.offload_idle_s)
+        on_demand = Offload(
+            offload.by_side(self.offload_state.offloaded),
+            self.conf.offload_idle_s,
+            dict(self.spill_state.shares),
+            self.conf.spillover_affinity_s,
+        )
         inputs = (vms, tunnel, bfd.watched(self.ports.bfd, self.live), on_demand)
         off_hub = eventlet.tpool.execute
         if self.engine.fresh and self.session.installed is None:

@@ -68,8 +68,13 @@ from ohc.pipeline import (
     GATEWAY_RELAY,
     INBOUND_CT,
     IPPROTO_ICMPV6,
+    IPPROTO_TCP,
     IPPROTO_UDP,
     L3_LOOKUP,
+    LB_AFFINITY,
+    LB_DELIVER,
+    LB_LEARN,
+    LB_PICK,
     ND_SOLICIT,
     ND_TARGET,
     OFFLOAD_COUNT,
@@ -86,6 +91,7 @@ from ohc.pipeline import (
     VPC_MASK,
     check_flow,
 )
+from ohc.spillover import bucket_weights
 from policies.routes import (
     Lookup,
     PeerRoutes,
@@ -104,6 +110,7 @@ PRIO_SELF_ARP = 200
 PRIO_ND = PRIO_OWN + 1  # a port's neighbour solicitations, above its IPv6 anti-spoofing flow
 PRIO_VIP_DELIVER = 1010  # a VIP by backend MAC, above exact addresses
 PRIO_DEFAULT = 100
+PRIO_PIN = 200  # lb_pick: a packet of a pinned connection, above the select group
 PRIO_BRIDGED = 10
 PRIO_MISS = 0
 
@@ -807,13 +814,24 @@ def assign_groups(view: HostView, vni_of: dict[str, int]) -> dict[str, int]:
     return ids
 
 
+def lb_cookie(vpc: str, name: str) -> int:
+    """The cookie of VPC ``vpc``'s own ILB ``name`` in its context: the OHC reads the load
+    of one with spillover backends by it (lb_deliver's flows of its local backends) and
+    keys the share it decides by it (ohc/spillover.py)."""
+    return cookie(Kind.LB, f"{vpc}|{vpc}/{name}")
+
+
 def lb_flows(
     out: _Out, ctx: Ctx, lb: LoadBalancer, peer: PeerView | None, groups: dict[str, int]
 ) -> None:
     name = _lb_owner(ctx.vpc, lb, peer)
     if peer is None:
         owner, priority, meta = (Kind.LB, name), PRIO_OWN, _vpc(ctx.vni)
+        if lb.spillover and lb.vip.version == 4:
+            _spill_lb_flows(out, ctx, lb, groups[name])
+            return
     else:
+        _spill_backend_flows(out, ctx, lb, (Kind.PEER_LB, name))
         if _inside_own_subnet(ctx, lb.vip):
             out.note(f"{ctx.vpc}: peer VIP {lb.vpc}/{lb.name} {lb.vip} is inside a local subnet")
             return
@@ -847,6 +865,86 @@ def lb_flows(
     )
     if peer is None:
         _arp_flows(out, ctx, lb.vip, lb.mac, owner)
+
+
+def _spill_lb_flows(out: _Out, ctx: Ctx, lb: LoadBalancer, gid: int) -> None:
+    """An own IPv4 ILB with spillover backends: connection affinity (tables lb_affinity,
+    lb_pick, lb_learn, lb_deliver), and a share of the new connections (``HostView.spill_share``) to the
+    spillover backends in the peers this host follows (docs/gateways.md, overload shift)."""
+    name = _lb_owner(ctx.vpc, lb, None)
+    owner, meta = (Kind.LB, name), _vpc(ctx.vni)
+    vip: dict[str, MatchValue] = {"metadata": meta, "eth_type": ETH_IPV4, "ipv4_dst": str(lb.vip)}
+    spill = []
+    for dest, weight in lb.spillover:
+        peer = next((p for p in ctx.peers if p.peer_vpc == dest.vpc), None)
+        if peer is None or peer.peer_vni != dest.vni or ctx.one_way(peer):
+            out.note(
+                f"{ctx.vpc}: spillover {dest.vpc}/{dest.name} of {name}: not a peer it follows"
+            )
+        else:
+            spill.append((dest, weight))
+    sides: list[list[tuple[Destination, int, tuple[Action, ...], tuple[Kind, str]]]] = [[], []]
+    pinned: set[str] = set()
+    for side, kind, backends in ((0, Kind.LB, lb.backends), (1, Kind.SPILL, tuple(spill))):
+        for dest, weight in backends:
+            actions = _forward(ctx, dest)
+            if actions is None or dest.mac in pinned:
+                out.note(f"{ctx.vpc}: backend {dest.vpc}/{dest.name} of {name}: no way there")
+                continue
+            pinned.add(dest.mac)
+            sides[side].append((dest, weight, actions, (kind, name)))
+            pin = {**vip, "eth_dst": dest.mac}
+            out.add(LB_PICK, PRIO_PIN, pin, (Goto(LB_DELIVER),), (kind, name))
+            out.add(LB_DELIVER, PRIO_DEFAULT, pin, (Apply(actions),), (kind, name))
+            if _is_remote(ctx, dest):  # direct server return: replies come from the VIP
+                _source_ok(out, ctx, lb.vip, dest.host_ip, PRIO_OWN, owner)
+            elif side == 0:
+                port = ctx.local[(dest.vpc, dest.ip)]
+                _classify_ip(out, ctx, port, lb.vip, PRIO_OWN, owner)
+                _tunnel_dst(out, ctx, port, lb.vip, PRIO_VIP_DELIVER, owner, by_mac=True)
+    local, peer_side = sides
+    share = ctx.view.spill_share(lb_cookie(ctx.vpc, lb.name))
+    weights = bucket_weights(tuple(b[1] for b in local), tuple(b[1] for b in peer_side), share)
+    buckets = [  # an action set in OVS: set_field, then the resubmit (no output beside it)
+        Bucket((SetField("eth_dst", b[0].mac), Resubmit(LB_LEARN)), w)
+        for chosen, ws in zip((local, peer_side), weights, strict=True)
+        for b, w in zip(chosen, ws, strict=False)
+    ]
+    if not buckets:
+        return
+    out.groups[gid] = Group(gid, "select", tuple(buckets))
+    out.add(LB_PICK, PRIO_DEFAULT, vip, (Apply((ToGroup(gid),)),), owner)
+    lookup = (Apply((Resubmit(LB_AFFINITY),)), Goto(LB_PICK))
+    out.add(L3_LOOKUP, PRIO_OWN, {"metadata": meta, **_ip_match("dst", lb.vip)}, lookup, owner)
+    _arp_flows(out, ctx, lb.vip, lb.mac, owner)
+    learned = cookie(Kind.AFFINITY, name)
+    for proto, ports in (
+        (IPPROTO_TCP, ("tcp_src", "tcp_dst")),
+        (IPPROTO_UDP, ("udp_src", "udp_dst")),
+    ):
+        learn = Learn(
+            LB_AFFINITY,
+            PRIO_DEFAULT,
+            ctx.view.affinity_s,
+            learned,
+            (("eth_type", ETH_IPV4), ("ip_proto", proto)),
+            ("metadata", "ipv4_src", "ipv4_dst", *ports),
+            ("eth_dst",),
+        )
+        on = (Apply((learn,)), Goto(LB_DELIVER))
+        out.add(LB_LEARN, PRIO_DEFAULT, {**vip, "ip_proto": proto}, on, owner)
+    out.add(LB_LEARN, PRIO_BRIDGED, vip, (Goto(LB_DELIVER),), owner)  # not pinned (ICMP)
+
+
+def _spill_backend_flows(out: _Out, ctx: Ctx, lb: LoadBalancer, owner: tuple[Kind, str]) -> None:
+    """A peer's ILB that lists a local port of this VPC as a spillover backend (by its name:
+    the peer's stream carries no more): the port may answer from the VIP, and a tunnel packet
+    for the VIP with its MAC goes to it."""
+    for vpc, endpoint in lb.spill_names if lb.vip.version == 4 else ():
+        port = next((p for p in ctx.ports if p.name == endpoint), None) if vpc == ctx.vpc else None
+        if port is not None:
+            _classify_ip(out, ctx, port, lb.vip, PRIO_OWN, owner)
+            _tunnel_dst(out, ctx, port, lb.vip, PRIO_VIP_DELIVER, owner, by_mac=True)
 
 
 def route_flows(out: _Out, ctx: Ctx, groups: dict[str, int]) -> None:

@@ -30,6 +30,8 @@ class Kind(IntEnum):
     PEER_LB = 0x09  # load balancer received from a peer under a policy
     RELAY = 0x0A  # a gateway host's: forwarding to one destination of a VPC it relays for
     OFFLOAD = 0x0B  # learned by the switch: one (VPC, destination) pair of an on-demand side
+    SPILL = 0x0C  # an own ILB's pin flow toward one of its spillover backends (peer VPC)
+    AFFINITY = 0x0D  # learned by the switch: one connection of an ILB with spillover backends
 
 
 def object_hash(owner: str) -> int:

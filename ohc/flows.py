@@ -119,9 +119,12 @@ class Resubmit:
 class Learn:
     """``learn(...)`` (Nicira): add (or refresh) a flow in ``table`` with this priority,
     idle timeout and cookie, matching each (field, value) in ``values`` and each field in
-    ``copy`` on the value the current packet has; the learned flow has no actions. An
-    on-demand host learns one such flow per (VPC context, destination) it sends to: its
-    counters are the pair's packet count (docs/gateways.md, on-demand)."""
+    ``copy`` on the value the current packet has; the learned flow's only actions load, for
+    each field in ``load``, the value the current packet has into that field (none: no
+    actions). An on-demand host learns one such flow per (VPC context, destination) it sends
+    to: its counters are the pair's packet count (docs/gateways.md, on-demand). An ILB with
+    spillover backends learns one per connection that loads the backend's MAC into
+    ``eth_dst``: the connection's later packets keep their backend (docs/pipeline.md)."""
 
     table: int
     priority: int
@@ -129,6 +132,7 @@ class Learn:
     cookie: int
     values: tuple[tuple[str, int], ...]
     copy: tuple[str, ...]
+    load: tuple[str, ...] = ()
 
 
 Action = Output | SetField | ToGroup | DecTtl | Conntrack | Move | Resubmit | Learn
@@ -250,6 +254,7 @@ def _action_text(a: Action) -> str:
         return f"resubmit(,{a.table})"
     if isinstance(a, Learn):
         specs = [f"{k}={v:#x}" for k, v in a.values] + [f"{k}" for k in a.copy]
+        specs += [f"load:{k}[]->{k}[]" for k in a.load]
         return (
             f"learn(table={a.table},priority={a.priority},idle_timeout={a.idle_timeout},"
             f"cookie={a.cookie:#x},{','.join(specs)})"
@@ -310,6 +315,7 @@ def actions_to_osken(parser: Any, actions: tuple[Action, ...]) -> list[Any]:
         elif isinstance(a, Learn):
             specs = [parser.NXFlowSpecMatch(v, (k, 0), field_bits(k)) for k, v in a.values]
             specs += [parser.NXFlowSpecMatch((k, 0), (k, 0), field_bits(k)) for k in a.copy]
+            specs += [parser.NXFlowSpecLoad((k, 0), (k, 0), field_bits(k)) for k in a.load]
             out.append(
                 parser.NXActionLearn(
                     a.table, specs, a.idle_timeout, 0, a.priority, a.cookie, 0, 0, 0
@@ -327,6 +333,13 @@ MOVE_BITS: Mapping[str, int] = {
     "metadata": 64,
     "eth_type": 16,
     "ipv4_dst": 32,
+    "ipv4_src": 32,
+    "ip_proto": 8,
+    "tcp_src": 16,
+    "tcp_dst": 16,
+    "udp_src": 16,
+    "udp_dst": 16,
+    "eth_dst": 48,
 }
 
 

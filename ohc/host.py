@@ -64,6 +64,9 @@ def host_view(
     )
     if bfd_ports:
         view = dataclasses.replace(view, bfd_ports=tuple(sorted(bfd_ports.items())))
+    if offload is not None and (offload.spill or offload.affinity_s != view.affinity_s):
+        spill = tuple(sorted(offload.spill.items()))
+        view = dataclasses.replace(view, spill=spill, affinity_s=offload.affinity_s)
     if offload is not None and any(p.on_demand for p in view.peers):
         peers = tuple(
             dataclasses.replace(

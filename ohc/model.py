@@ -151,7 +151,9 @@ class RouteEntry:
 
 @dataclass(frozen=True)
 class LoadBalancer:
-    """An internal load balancer: a VIP spread over weighted backends (healthy, weight > 0)."""
+    """An internal load balancer: a VIP spread over weighted backends (healthy, weight > 0),
+    and the backends in peered VPCs that take a share of its new connections when the local
+    ones are overloaded (``spillover``, each with its own VPC's VNI: docs/gateways.md)."""
 
     vpc: str
     name: str
@@ -159,6 +161,10 @@ class LoadBalancer:
     mac: str
     vni: int
     backends: tuple[tuple[Destination, int], ...]
+    spillover: tuple[tuple[Destination, int], ...] = ()  # the own stream's full entries
+    # (VPC, endpoint) of every healthy spillover backend, full or named only (a peer stream
+    # names them: the hosts of that VPC find their own port by its name)
+    spill_names: tuple[tuple[str, str], ...] = ()
 
     @staticmethod
     def from_service_objects(
@@ -166,9 +172,9 @@ class LoadBalancer:
     ) -> LoadBalancer:
         """From a load-balancer object; a bad backend is left out (and reported)."""
 
-        def bad(i: int, e: BadObject) -> None:
+        def bad(place: str, e: BadObject) -> None:
             if skipped is not None:
-                skipped.append(Skipped("loadbalancer", f"{vpc}/{name}/backends[{i}]", str(e)))
+                skipped.append(Skipped("loadbalancer", f"{vpc}/{name}/{place}", str(e)))
 
         lb = LoadBalancerObject.parse(obj, bad)
         backends = tuple(
@@ -176,7 +182,20 @@ class LoadBalancer:
             for b in sorted(lb.backends, key=lambda b: b.endpoint)
             if b.healthy and b.weight
         )
-        return LoadBalancer(vpc, name, lb.vip, lb.mac, lb.vni, backends)
+        spillover, names = [], []
+        for s in lb.spillover:
+            if s.vpc == vpc:
+                problem = BadObject("vpc", f"a spillover backend is in a peer VPC, not in {vpc}")
+                bad(f"spillover:{s.vpc}/{s.endpoint}", problem)
+            elif s.healthy and s.weight:
+                names.append((s.vpc, s.endpoint))
+                if s.destination is not None:
+                    dest = Destination.placed(s.vpc, s.endpoint, s.destination)
+                    spillover.append((dest, s.weight))
+        spillover.sort(key=lambda d: (d[0].vpc, d[0].name))
+        return LoadBalancer(
+            vpc, name, lb.vip, lb.mac, lb.vni, backends, tuple(spillover), tuple(sorted(names))
+        )
 
 
 @dataclass(frozen=True)
@@ -284,11 +303,16 @@ class PeerView:
 
 @dataclass(frozen=True)
 class Offload:
-    """What an on-demand host sends directly: per (local VPC, peer VPC), the peer's addresses
-    (``ohc.offload`` decides them), and the idle timeout of the switch's pair counters."""
+    """What the host's own traffic decided. On-demand sides: what goes directly, per (local
+    VPC, peer VPC), the peer's addresses (``ohc.offload`` decides them), and the idle timeout
+    of the switch's pair counters. ILBs with spillover backends: the share (percent) of new
+    connections each sends to them, by the ILB's cookie (``ohc.spillover`` decides it), and
+    the idle timeout of the switch's connection-affinity flows."""
 
     pairs: Mapping[tuple[str, str], frozenset[Address]] = field(default_factory=dict)
     idle_s: int = 10
+    spill: Mapping[int, int] = field(default_factory=dict)
+    affinity_s: int = 60
 
 
 @dataclass(frozen=True)
@@ -309,6 +333,14 @@ class HostView:
     # (ohc/ports.py): the select group's bucket for a gateway watches its port, so OVS drops
     # a gateway whose BFD session is down from the group by itself (docs/gateways.md).
     bfd_ports: tuple[tuple[str, int], ...] = ()
+    # ILBs with spillover backends (ohc/spillover.py): (ILB cookie, share in percent) of
+    # those that send a share to them now, sorted; the affinity flows' idle timeout
+    spill: tuple[tuple[int, int], ...] = ()
+    affinity_s: int = 60
+
+    def spill_share(self, lb_cookie: int) -> int:
+        """The percentage of the ILB's new connections that goes to its spillover backends."""
+        return next((share for c, share in self.spill if c == lb_cookie), 0)
 
     def watch_port(self, gateway_ip: str) -> int:
         """The port a bucket toward ``gateway_ip`` watches; OFPP_ANY (always live) while the

@@ -128,12 +128,14 @@ def action_from_osken(parser: Any, action: Any) -> Action:
 
 
 def _learn_from_osken(parser: Any, action: Any) -> Learn | None:
-    """A learn action ``Learn`` can say: match specs only, whole supported fields, no hard
+    """A learn action ``Learn`` can say: match and load specs of whole supported fields, no hard
     timeout, flags or fin timeouts; None for anything else."""
     values: list[tuple[str, int]] = []
     copy: list[str] = []
+    load: list[str] = []
     for spec in action.specs:
-        if not isinstance(spec, parser.NXFlowSpecMatch) or spec.dst[1] != 0:
+        is_load = isinstance(spec, parser.NXFlowSpecLoad)
+        if not (is_load or isinstance(spec, parser.NXFlowSpecMatch)) or spec.dst[1] != 0:
             return None
         # OVS reports a field that has an NXM header by it (os-ken: "<name>_nxm")
         name = str(spec.dst[0]).removesuffix("_nxm")
@@ -142,7 +144,9 @@ def _learn_from_osken(parser: Any, action: Any) -> Learn | None:
         if isinstance(spec.src, tuple):
             if (str(spec.src[0]).removesuffix("_nxm"), spec.src[1]) != (name, 0):
                 return None
-            copy.append(name)
+            (load if is_load else copy).append(name)
+        elif is_load:
+            return None
         else:
             values.append((name, int(spec.src)))
     extra = (action.hard_timeout, action.flags, action.fin_idle_timeout, action.fin_hard_timeout)
@@ -155,6 +159,7 @@ def _learn_from_osken(parser: Any, action: Any) -> Learn | None:
         int(action.cookie),
         tuple(values),
         tuple(copy),
+        tuple(load),
     )
 
 
@@ -577,9 +582,12 @@ def flows_from_stats(datapath: Any, stats: list[Any], known: Iterable[Flow] = ()
     # that differs only in its rendering would be planned as an add plus a delete.
     flows = frozenset(found).union(
         canonical_flow(flow) for flow in (flow_from_stats(datapath, s) for s in parsed)
-        if kind_of(flow.cookie) != Kind.OFFLOAD  # the switch's own: not the OHC's to sync
+        if kind_of(flow.cookie) not in LEARNED  # the switch's own: not the OHC's to sync
     )  # fmt: skip
     return ReadFlows(flows, len(parsed))
+
+
+LEARNED = frozenset({Kind.OFFLOAD, Kind.AFFINITY})  # cookie kinds of the flows a switch learns
 
 
 def read_counts(

@@ -59,6 +59,7 @@ ETH_IPV6 = 0x86DD
 ARP_REQUEST = 1
 ARP_REPLY = 2
 IPPROTO_ICMPV6 = 58
+IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 BFD_UDP_PORT = 3784  # BFD control packets (RFC 5881)
 BFD_VNI = 0  # the VNI of BFD probes to gateways: no VPC has it (VNIs are 1..2^24-1)
@@ -80,6 +81,11 @@ class Table:
     writer: str = ""  # the compiler function that writes the table's flows
 
 
+# what identifies a TCP or UDP connection in a VPC context (lb_affinity's learned flows)
+_CONNECTION = ("metadata", "eth_type", "ip_proto", "ipv4_src", "ipv4_dst", "tcp_src", "tcp_dst",
+               "udp_src", "udp_dst")  # fmt: skip
+
+
 def _t(
     id: int, name: str, matches: Iterable[str], nxt: Iterable[int], purpose: str, writer: str
 ) -> Table:
@@ -93,6 +99,10 @@ ND_TARGET = 12
 ROUTED_HOP = 20
 L3_LOOKUP = 30
 OFFLOAD_COUNT = 35
+LB_AFFINITY = 36
+LB_PICK = 37
+LB_LEARN = 38
+LB_DELIVER = 39
 TUNNEL_DST = 40
 TUNNEL_SRC = 41
 TUNNEL_DELIVER = 42
@@ -175,14 +185,15 @@ TABLES: tuple[Table, ...] = (
         L3_LOOKUP,
         "l3_lookup",
         ("metadata", "eth_type", "ipv4_dst", "ipv6_dst"),
-        (OFFLOAD_COUNT, INBOUND_CT),
+        (OFFLOAD_COUNT, LB_AFFINITY, LB_PICK, INBOUND_CT),
         "Per VPC context: own destinations (local port, or Geneve with the own VNI), peer "
         "destinations (routed only; Geneve with the peer's VNI), ILB VIPs (select group), "
         "static and dynamic (BGP-learned, docs/routing.md) routes by longest prefix; subnet "
         "routes without a destination drop, but a peer's subnet when its side says forwarding "
         "gateway: tunnel_id := the peer's VNI, then the select group over the gateways. Toward a "
         "peer this VPC takes only replies from: ct commit in the sending port's zone first; to "
-        "a local port whose VPC takes only replies from this one: ct(table=43) instead of output.",
+        "a local port whose VPC takes only replies from this one: ct(table=43) instead of output. "
+        "An own VIP with spillover backends: resubmit to lb_affinity, then lb_pick.",
         "compiler.port_flows, dest_flows, lb_flows, route_flows",
     ),
     _t(
@@ -196,6 +207,49 @@ TABLES: tuple[Table, ...] = (
         "timeout, the side's cookie) per pair the host sends to; the subnet flow here learns "
         "it. Nothing is output here: the resubmitting flow goes on.",
         "compiler.route_flows (on-demand), dest_flows (offloaded)",
+    ),
+    _t(
+        LB_AFFINITY,
+        "lb_affinity",
+        _CONNECTION,
+        (),
+        "ILBs with spillover backends only (docs/gateways.md, overload shift): reached by "
+        "resubmit from the VIP's flow; holds only flows the switch learned in lb_learn, one per "
+        "TCP/UDP connection (VPC context, addresses, ports; idle timeout), whose action loads "
+        "its backend's MAC into eth_dst. A miss (a new connection) changes nothing.",
+        "compiler.lb_flows (the learner in lb_learn)",
+    ),
+    _t(
+        LB_PICK,
+        "lb_pick",
+        ("metadata", "eth_type", "ipv4_dst", "eth_dst"),
+        (LB_LEARN, LB_DELIVER),
+        "ILBs with spillover backends: a packet whose eth_dst lb_affinity set to a backend's MAC "
+        "goes on to lb_deliver; any other (a new connection) to the ILB's select group, whose "
+        "buckets set eth_dst to their backend's MAC and resubmit to lb_learn (OVS runs a bucket "
+        "as an action set: set_field, then one output, group, resubmit or ct; a learn or a "
+        "resubmit beside an output is dropped).",
+        "compiler.lb_flows",
+    ),
+    _t(
+        LB_LEARN,
+        "lb_learn",
+        ("metadata", "eth_type", "ip_proto", "ipv4_dst"),
+        (LB_DELIVER,),
+        "ILBs with spillover backends: per VIP and protocol (TCP, UDP), learn the connection's "
+        "flow in lb_affinity (load eth_dst: the backend the bucket chose); every packet then "
+        "goes on to lb_deliver.",
+        "compiler.lb_flows",
+    ),
+    _t(
+        LB_DELIVER,
+        "lb_deliver",
+        ("metadata", "eth_type", "ipv4_dst", "eth_dst"),
+        (),
+        "ILBs with spillover backends: per backend (local, or spillover whatever the share), by "
+        "its MAC in eth_dst, forward to it as the plain ILB's bucket would. Its counters are the "
+        "packets each backend gets from this host: the load the OHC reads (ohc/spillover.py).",
+        "compiler.lb_flows",
     ),
     _t(
         TUNNEL_DST,
@@ -264,6 +318,9 @@ _PREREQS: Mapping[str, tuple[str, frozenset[int]]] = MappingProxyType(
         "arp_tha": ("eth_type", frozenset({ETH_ARP})),
         "ip_proto": ("eth_type", frozenset({ETH_IPV4, ETH_IPV6})),
         "udp_dst": ("ip_proto", frozenset({IPPROTO_UDP})),
+        "udp_src": ("ip_proto", frozenset({IPPROTO_UDP})),
+        "tcp_src": ("ip_proto", frozenset({IPPROTO_TCP})),
+        "tcp_dst": ("ip_proto", frozenset({IPPROTO_TCP})),
         "icmpv6_type": ("ip_proto", frozenset({IPPROTO_ICMPV6})),
         "ipv6_nd_target": ("icmpv6_type", frozenset({ND_SOLICIT})),
     }

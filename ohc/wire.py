@@ -68,6 +68,9 @@ FIELDS: Mapping[str, tuple[int, int, int, Kind]] = MappingProxyType(
         "ip_proto": (BASIC, 10, 1, "int"),
         "ipv4_src": (BASIC, 11, 4, "ipv4"),
         "ipv4_dst": (BASIC, 12, 4, "ipv4"),
+        "tcp_src": (BASIC, 13, 2, "int"),
+        "tcp_dst": (BASIC, 14, 2, "int"),
+        "udp_src": (BASIC, 15, 2, "int"),
         "udp_dst": (BASIC, 16, 2, "int"),
         "arp_op": (BASIC, 21, 2, "int"),
         "arp_spa": (BASIC, 22, 4, "ipv4"),
@@ -234,6 +237,9 @@ def _learn(a: Learn) -> bytes:
     for name in a.copy:  # field source, match destination: the packet's own value
         header = _U32.pack(_OXM_HEADER[name][0]) + b"\0\0"
         specs += struct.pack("!H", field_bits(name)) + header + header
+    for name in a.load:  # field source, load destination (1 << 11): the learned flow's action
+        header = _U32.pack(_OXM_HEADER[name][0]) + b"\0\0"
+        specs += struct.pack("!H", 1 << 11 | field_bits(name)) + header + header
     size = _padded_len(_NX_LEARN.size + len(specs))
     head = _NX_LEARN.pack(
         0xFFFF, size, NX_EXPERIMENTER_ID, NXAST_LEARN, a.idle_timeout, 0, a.priority, a.cookie,

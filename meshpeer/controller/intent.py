@@ -25,6 +25,7 @@ from meshpeer.controller.model import (
     Network,
     Peering,
     Route,
+    Spillover,
     Subnet,
     Vpc,
     derived_mac,
@@ -213,6 +214,7 @@ def new_endpoint(
     host: str | None,
     backends: Sequence[Backend],
     bgp: BgpPeer | None = None,
+    spillover: Sequence[Spillover] = (),
 ) -> Endpoint:
     vpc = need_vpc(intent, vpc_name)
     if (vpc_name, name) in intent.endpoints:
@@ -241,17 +243,51 @@ def new_endpoint(
                 raise bad(f"backends[{i}].endpoint", f"{b.endpoint!r} is an ILB, not a backend")
         if len({b.endpoint for b in backends}) != len(backends):
             raise bad("backends", "a backend is listed twice")
+        check_spillover(intent, vpc_name, ip, spillover)
     else:
         if host is None:
             raise bad("host", f"a {kind} endpoint needs a host")
         if backends:
             raise bad("backends", "only an ILB has backends")
+        if spillover:
+            raise bad("spillover", "only an ILB has spillover backends")
     mac = mac.lower() if mac else derived_mac(vpc_name, ip)
     same_mac = intent.endpoint_with(vpc_name, mac)
     if same_mac is not None:
         raise conflict("mac", f"MAC {mac} is already used by endpoint {same_mac.name!r}")
-    ep = Endpoint(vpc_name, name, kind, ip, mac, host, tuple(backends))
+    ep = Endpoint(vpc_name, name, kind, ip, mac, host, tuple(backends), None, tuple(spillover))
     return ep if bgp is None else set_bgp(intent, ep, bgp)
+
+
+def check_spillover(intent: Intent, vpc: str, vip: Address, spillover: Sequence[Spillover]) -> None:
+    """An ILB's spillover backends (IPv4 VIPs only): each in a VPC this one peers with and
+    that peers back, an existing non-ILB IPv4 endpoint of it that its side toward this VPC
+    exports (else its hosts would never get it: docs/gateways.md, overload shift). A peer VPC
+    of another shard is refused: its endpoints and sides are not known here."""
+    if spillover and vip.version != 4:
+        raise bad("spillover", f"spillover backends are for IPv4 VIPs only, not {vip}")
+    peers = {p.peer_vpc for p in intent.peerings_of(vpc)}
+    for i, s in enumerate(spillover):
+        if s.vpc == vpc:
+            raise bad(f"spillover[{i}].vpc", "a spillover backend is in a peered VPC, not this one")
+        if s.vpc not in peers:
+            raise bad(f"spillover[{i}].vpc", f"VPC {vpc!r} does not peer with {s.vpc!r}")
+        if s.vpc not in intent.vpcs:
+            raise bad(f"spillover[{i}].vpc", f"VPC {s.vpc!r} is not on this shard")
+        back = next((p for p in intent.peerings_of(s.vpc) if p.peer_vpc == vpc), None)
+        if back is None:
+            raise bad(f"spillover[{i}].vpc", f"VPC {s.vpc!r} does not peer back with {vpc!r}")
+        target = intent.endpoints.get((s.vpc, s.endpoint))
+        where = f"spillover[{i}].endpoint"
+        if target is None or target.kind == "ilb":
+            what = "an ILB" if target else "not an endpoint"
+            raise bad(where, f"{s.vpc}/{s.endpoint} is {what} of VPC {s.vpc!r}")
+        if target.ip.version != 4:
+            raise bad(where, f"{s.vpc}/{s.endpoint} ({target.ip}) is not of the VIP's IP version")
+        if not back.export.exports_ip(target.ip):
+            raise bad(where, f"{s.vpc}'s side {back.name!r} does not export {target.ip}")
+    if len({(s.vpc, s.endpoint) for s in spillover}) != len(spillover):
+        raise bad("spillover", "a spillover backend is listed twice")
 
 
 @dataclass(frozen=True)
@@ -265,12 +301,14 @@ class NewEndpoint:
     host: str | None
     backends: tuple[Backend, ...] = ()
     bgp: BgpPeer | None = None
+    spillover: tuple[Spillover, ...] = ()
 
     def check(self, intent: Intent, vpc: str) -> Endpoint:
         """The endpoint, as ``new_endpoint`` decides it."""
         return new_endpoint(
-            intent, vpc, self.name, self.kind, self.ip, self.mac, self.host, self.backends, self.bgp
-        )
+            intent, vpc, self.name, self.kind, self.ip, self.mac, self.host, self.backends,
+            self.bgp, self.spillover,
+        )  # fmt: skip
 
 
 def new_endpoints(intent: Intent, vpc: str, items: Sequence[NewEndpoint]) -> list[Endpoint]:
@@ -352,6 +390,14 @@ def check_endpoint_delete(intent: Intent, vpc: str, name: str) -> Endpoint:
     ilbs = [e.name for e in intent.endpoints_of(vpc) if any(b.endpoint == name for b in e.backends)]
     if ilbs:
         raise conflict("endpoint", f"{name!r} is a backend of ILB {', '.join(ilbs)}")
+    spilling = [
+        f"{e.vpc}/{e.name}"
+        for v in sorted(intent.spilling_into(vpc))
+        for e in intent.endpoints_of(v)
+        if any((s.vpc, s.endpoint) == (vpc, name) for s in e.spillover)
+    ]
+    if spilling:
+        raise conflict("endpoint", f"{name!r} is a spillover backend of ILB {', '.join(spilling)}")
     routes = [r.name for r in intent.routes_of(vpc) if r.next_hop == ep.ip]
     if routes:
         raise conflict("endpoint", f"{name!r} is the next hop of route {', '.join(routes)}")

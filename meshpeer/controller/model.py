@@ -131,6 +131,19 @@ class Backend:
 
 
 @dataclass(frozen=True)
+class Spillover:
+    """A backend of an ILB in a peered VPC: it takes a share of the ILB's new connections
+    while the local backends are overloaded (docs/gateways.md, overload shift)."""
+
+    vpc: str
+    endpoint: str
+    weight: int = 1
+
+    def to_json(self) -> JsonObject:
+        return {"vpc": self.vpc, "endpoint": self.endpoint, "weight": self.weight}
+
+
+@dataclass(frozen=True)
 class Endpoint:
     vpc: str
     name: str
@@ -140,6 +153,7 @@ class Endpoint:
     host: str | None = None  # None for an ILB: a VIP lives on no host
     backends: tuple[Backend, ...] = ()
     bgp: BgpPeer | None = None  # router, vpn and interconnect endpoints only
+    spillover: tuple[Spillover, ...] = ()  # ILBs only: backends in peered VPCs
 
     def to_json(self) -> JsonObject:
         d: JsonObject = {
@@ -152,6 +166,7 @@ class Endpoint:
         }
         if self.kind == "ilb":
             d["backends"] = [{"endpoint": b.endpoint, "weight": b.weight} for b in self.backends]
+            d["spillover"] = [s.to_json() for s in self.spillover]
         if self.bgp is not None:
             d["bgp"] = self.bgp.to_json()
         return d
@@ -167,6 +182,9 @@ class Endpoint:
             host=d.get("host"),
             backends=tuple(Backend(b["endpoint"], b["weight"]) for b in d.get("backends", ())),
             bgp=BgpPeer.from_json(d["bgp"]) if d.get("bgp") else None,
+            spillover=tuple(
+                Spillover(s["vpc"], s["endpoint"], s["weight"]) for s in d.get("spillover", ())
+            ),
         )
 
 
@@ -316,6 +334,7 @@ class Intent:
     _placed: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)  # -> count
     _addr: dict[tuple[str, object], Endpoint] = field(default_factory=dict, repr=False)
     _bgp: dict[tuple[str, str], Endpoint] = field(default_factory=dict, repr=False)
+    _spill: dict[tuple[str, str], Endpoint] = field(default_factory=dict, repr=False)  # ILBs
 
     def _of(self, attr: str, vpc: str) -> list[Any]:
         items = self._by_vpc.get(attr, {}).get(vpc, {})
@@ -326,6 +345,11 @@ class Intent:
 
     def peerings_of(self, vpc: str) -> list[Peering]:
         return self._of("peerings", vpc)
+
+    def spilling_into(self, vpc: str) -> set[str]:
+        """The VPCs with an ILB that has a spillover backend in ``vpc``: its endpoints and
+        export are in their load-balancer objects (docs/gateways.md)."""
+        return {e.vpc for e in self._spill.values() if any(s.vpc == vpc for s in e.spillover)}
 
     def routes_of(self, vpc: str) -> list[Route]:
         return self._of("routes", vpc)
@@ -382,6 +406,8 @@ class Intent:
             self._addr[(res.vpc, res.ip)] = self._addr[(res.vpc, res.mac)] = res
             if res.bgp is not None:
                 self._bgp[(res.vpc, res.name)] = res
+            if res.spillover:
+                self._spill[(res.vpc, res.name)] = res
         if isinstance(res, Endpoint) and res.host:
             self._by_host.setdefault(res.host, {})[(res.vpc, res.name)] = res
             place = (res.vpc, res.host)
@@ -396,6 +422,7 @@ class Intent:
             self._addr.pop((old.vpc, old.ip), None)
             self._addr.pop((old.vpc, old.mac), None)
             self._bgp.pop((old.vpc, old.name), None)
+            self._spill.pop((old.vpc, old.name), None)
         if isinstance(old, Endpoint) and old.host:
             self._by_host.get(old.host, {}).pop((old.vpc, old.name), None)
             place = (old.vpc, old.host)

@@ -40,6 +40,7 @@ from meshpeer.protocol.objects import (
     DestinationObject,
     LoadBalancerObject,
     RouteObject,
+    SpilloverObject,
     destination_json,
     endpoint_json,
 )
@@ -231,8 +232,11 @@ def forwarding(
 
 
 def load_balancers(intent: Intent, vpc: str, policy: ExportPolicy | None) -> dict[str, JsonObject]:
-    """VIP -> weighted backends, for every ILB whose VIP the policy exports."""
+    """VIP -> weighted backends, for every ILB whose VIP the policy exports. Spillover
+    backends: in full on the own stream only; a policy's stream (shared by every peer under
+    that policy) names those in a VPC peered under it, and nothing else (docs/protocol.md)."""
     out: dict[str, JsonObject] = {}
+    named: set[str] | None = None  # the VPCs peered under ``policy``
     for e in intent.endpoints_of(vpc):
         if e.kind != "ilb" or not _visible(e, policy):
             continue
@@ -241,9 +245,34 @@ def load_balancers(intent: Intent, vpc: str, policy: ExportPolicy | None) -> dic
             for b in e.backends
             if (be := intent.endpoints.get((vpc, b.endpoint))) is not None
         )
-        lb = LoadBalancerObject(e.ip, e.mac, intent.vpcs[vpc].vni, backends)
+        spillover = _spillover(intent, e) if e.spillover else ()
+        if policy is not None and spillover:
+            if named is None:
+                named = {
+                    p.peer_vpc
+                    for p in intent.peerings_of(vpc)
+                    if p.export.policy_id == policy.policy_id
+                }
+            spillover = tuple(s.named() for s in spillover if s.vpc in named)
+        lb = LoadBalancerObject(e.ip, e.mac, intent.vpcs[vpc].vni, backends, spillover)
         out[e.name] = lb.to_json()
     return out
+
+
+def _spillover(intent: Intent, ilb: Endpoint) -> tuple[SpilloverObject, ...]:
+    """An ILB's spillover backends that their VPC exports to the ILB's, in a VPC the ILB's
+    exports the VIP to (its hosts learn the VIP from it: without, they would drop the share
+    sent there). ACTIVE or not: the hosts use a backend only in a peer they follow."""
+    out = []
+    for s in ilb.spillover:
+        be = intent.endpoints.get((s.vpc, s.endpoint))
+        side = next((p for p in intent.peerings_of(s.vpc) if p.peer_vpc == ilb.vpc), None)
+        back = next((p for p in intent.peerings_of(ilb.vpc) if p.peer_vpc == s.vpc), None)
+        if be is None or side is None or back is None:
+            continue
+        if _visible(be, side.export) and _visible(ilb, back.export):
+            out.append(SpilloverObject(s.vpc, s.endpoint, s.weight, destination_object(intent, be)))
+    return tuple(out)
 
 
 def endpoint_objects(intent: Intent, host: str) -> dict[str, JsonObject]:

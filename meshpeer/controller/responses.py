@@ -76,6 +76,11 @@ ENDPOINT = Obj(
     },
     {
         "backends": Arr(Obj({"endpoint": NAME, "weight": Int(1, 65535)}, name="BackendView")),
+        "spillover": Arr(
+            Obj({"vpc": NAME, "endpoint": NAME, "weight": Int(1, 65535)}, name="SpilloverView"),
+            description="backends in peered VPCs that take a share of the new connections "
+            "while the local ones are overloaded (docs/gateways.md, overload shift)",
+        ),
         "bgp": Obj(
             {"peer_asn": Int(1, 65535), "peer_ip": IP, "local_ip": IP},
             name="BgpPeerView",
@@ -83,7 +88,8 @@ ENDPOINT = Obj(
         ),
     },
     name="Endpoint",
-    description="backends: ILBs only; bgp: router, vpn and interconnect endpoints with a session",
+    description="backends, spillover: ILBs only; bgp: router, vpn and interconnect endpoints"
+    " with a session",
 )
 ENDPOINT_PROGRAMMED = _with(ENDPOINT, "EndpointProgrammed", PROGRAMMED)
 ENDPOINTS = Obj({"endpoints": Arr(ENDPOINT)}, name="EndpointList")

@@ -387,6 +387,7 @@ class ShardState:
                     vpcs |= {p.vpc for p in self.intent.peerings.values()}
             else:
                 vpcs.add(r.vpc)
+                vpcs |= self.intent.spilling_into(r.vpc)  # their ILBs' spillover objects
                 if isinstance(r, Endpoint) and r.host:
                     hosts.add(r.host)
                 if isinstance(r, Peering):  # whom the gateways relay for (their endpoint stream)

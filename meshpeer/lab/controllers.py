@@ -274,6 +274,12 @@ def endpoint_body(plan: LabPlan, e: Endpoint) -> dict[str, Any]:
         body["host"] = e.host
     if e.backends:
         body["backends"] = [{"endpoint": b.endpoint, "weight": b.weight} for b in e.backends]
+    if e.spillover:  # endpoint names are unique in a topology: the VPC is the endpoint's
+        vpc_of = {x.name: x.vpc for x in plan.vms}
+        body["spillover"] = [
+            {"vpc": vpc_of[b.endpoint], "endpoint": b.endpoint, "weight": b.weight}
+            for b in e.spillover
+        ]
     router = next((r for r in plan.onprem if r.attach == e.name), None)
     if router is not None:  # its session to the on-prem router, over their link (lab/onprem.py)
         body["bgp"] = {
@@ -282,6 +288,15 @@ def endpoint_body(plan: LabPlan, e: Endpoint) -> dict[str, Any]:
             "local_ip": router.shard_ip,
         }
     return body
+
+
+def _create(plan: LabPlan, owner: dict[str, str], e: Endpoint, note: Note, done: str) -> int:
+    """Create topology endpoint ``e`` at its VPC's shard, unless deferred; the calls made."""
+    if e.defer:
+        return 0
+    note(done)
+    client_for(plan, owner[e.vpc]).post(f"/v1/vpcs/{e.vpc}/endpoints", endpoint_body(plan, e))
+    return 1
 
 
 def apply_intent(plan: LabPlan, topo: Topology, note: Note = no_note) -> int:
@@ -305,12 +320,9 @@ def apply_intent(plan: LabPlan, topo: Topology, note: Note = no_note) -> int:
                 body["asn"] = v.asn
             client_for(plan, v.controller).post("/v1/vpcs", body)
             calls += 1
-        for e in topo.endpoints:
-            if not e.defer:
-                note(f"{calls}/{total} REST calls")
-                path = f"/v1/vpcs/{e.vpc}/endpoints"
-                client_for(plan, owner[e.vpc]).post(path, endpoint_body(plan, e))
-                calls += 1
+        # an ILB with spillover backends after the peerings: they must be in a peered VPC
+        for e in [e for e in topo.endpoints if not e.spillover]:
+            calls += _create(plan, owner, e, note, f"{calls}/{total} REST calls")
         for p in topo.peerings:
             note(f"{calls}/{total} REST calls")
             body = {"name": f"{p.vpc}-{p.peer}", "peer_vpc": p.peer}
@@ -326,6 +338,8 @@ def apply_intent(plan: LabPlan, topo: Topology, note: Note = no_note) -> int:
                 body["forwarding"] = p.forwarding
             client_for(plan, owner[p.vpc]).post(f"/v1/vpcs/{p.vpc}/peerings", body)
             calls += 1
+        for e in [e for e in topo.endpoints if e.spillover]:
+            calls += _create(plan, owner, e, note, f"{calls}/{total} REST calls")
     except ApiFailure as exc:
         raise LabError(f"applying the topology's intent failed: {exc}") from exc
     return calls

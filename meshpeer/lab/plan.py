@@ -351,7 +351,7 @@ def make_plan(
     vnis = assign_vnis(topo)
     vips: dict[str, list[str]] = {}
     for ilb in topo.endpoints:
-        for b in ilb.backends:
+        for b in (*ilb.backends, *ilb.spillover):  # a spillover backend answers from it too
             vips.setdefault(b.endpoint, []).append(str(ilb.ip))
     router_of = {r.attach: r.name for r in topo.onprem}
     vms: list[VmPlan] = []

@@ -120,6 +120,7 @@ class Endpoint:
     # Plumbed in the lab but not created at its controller by 'lab up': tests and the demo
     # create it later through the REST API (e.g. to time programming latency).
     defer: bool = False
+    spillover: tuple[Backend, ...] = ()  # ILBs: backends in peered VPCs (docs/gateways.md)
 
     @property
     def namespaced(self) -> bool:
@@ -275,6 +276,7 @@ def parse(raw: object) -> Topology:
     _check_endpoint_ips(c, endpoints)
     _check_backends(c, endpoints, top.get("endpoints"))
     peerings = _parse_peerings(c, top.get("peerings"), vpc_by)
+    _check_spillover_peers(c, endpoints, peerings, top.get("endpoints"))
     ep_by = {e.name: e for e in endpoints}
     onprem = _parse_list(
         c, top.get("onprem"), "onprem", unique, lambda c, m, p: _onprem(c, m, p, ep_by, vpc_by)
@@ -317,7 +319,7 @@ _OPTIONAL_KEYS: dict[str, list[str]] = {
     "controllers": ["replicas"],
     "hosts": ["role"],
     "vpcs": ["controller", "subnets", "vni", "asn"],
-    "endpoints": ["vpc", "host", "ip", "kind", "mac", "backends", "defer"],
+    "endpoints": ["vpc", "host", "ip", "kind", "mac", "backends", "spillover", "defer"],
     "onprem": ["asn", "attach", "prefixes", "hosts"],
 }
 
@@ -453,8 +455,9 @@ def _endpoint(
         if host is not None and hosts[host].role == "gateway":
             c.err(f"{p}.host", f"{host!r} is a gateway host: it runs no endpoints")
             host = None
-        if "backends" in m:
-            c.err(f"{p}.backends", "only an ILB has backends")
+        for key in ("backends", "spillover"):
+            if key in m:
+                c.err(f"{p}.{key}", f"only an ILB has {key}")
     mac = m.get("mac")
     if mac is not None and (not isinstance(mac, str) or not MAC_RE.match(mac.lower())):
         c.err(f"{p}.mac", f"bad MAC {mac!r}")
@@ -501,25 +504,54 @@ def _check_backends(c: _Checker, endpoints: list[Endpoint], raw: object) -> None
             or item.get("name") not in by_name
         ):
             continue
-        p = f"endpoints[{i}].backends"
-        backends: list[Backend] = []
-        for bp, b in c.items(item.get("backends"), p):
-            bm = c.mapping(b, bp, ["endpoint"], ["weight"])
-            if bm is None:
-                continue
-            target = c.ref(bm["endpoint"], f"{bp}.endpoint", "endpoint", by_name)
-            weight = bm.get("weight", 1)
-            if not _int_in(weight, 1, 65535):
-                c.err(f"{bp}.weight", f"bad weight {weight!r}: want an integer 1..65535")
-                continue
-            if target is not None and not by_name[target].namespaced:
-                c.err(f"{bp}.endpoint", f"{target!r} is not a backend-capable endpoint")
-                continue
-            if target is not None:
-                backends.append(Backend(target, weight))
         idx = endpoints.index(by_name[item["name"]])
-        ilb = endpoints[idx]
-        endpoints[idx] = replace(ilb, backends=tuple(backends))
+        lists: dict[str, list[Backend]] = {"backends": [], "spillover": []}
+        for key, backends in lists.items():
+            for bp, b in c.items(item.get(key), f"endpoints[{i}].{key}"):
+                bm = c.mapping(b, bp, ["endpoint"], ["weight"])
+                if bm is None:
+                    continue
+                target = c.ref(bm["endpoint"], f"{bp}.endpoint", "endpoint", by_name)
+                weight = bm.get("weight", 1)
+                if not _int_in(weight, 1, 65535):
+                    c.err(f"{bp}.weight", f"bad weight {weight!r}: want an integer 1..65535")
+                    continue
+                if target is not None and not by_name[target].namespaced:
+                    c.err(f"{bp}.endpoint", f"{target!r} is not a backend-capable endpoint")
+                    continue
+                own = target is not None and by_name[target].vpc == endpoints[idx].vpc
+                if key == "spillover" and own:
+                    c.err(f"{bp}.endpoint", f"{target!r} is in the ILB's VPC: not a peer's")
+                    continue
+                if target is not None:
+                    backends.append(Backend(target, weight))
+        endpoints[idx] = replace(
+            endpoints[idx],
+            backends=tuple(lists["backends"]),
+            spillover=tuple(lists["spillover"]),
+        )
+
+
+def _check_spillover_peers(
+    c: _Checker, endpoints: Sequence[Endpoint], peerings: Sequence[Peering], raw: object
+) -> None:
+    """An ILB's spillover backend is in a VPC that peers with the ILB's both ways, as the
+    shard requires (docs/gateways.md): named here rather than by the shard's 400 once the lab
+    is built."""
+    sides = {(p.vpc, p.peer) for p in peerings}
+    by_name = {e.name: e for e in endpoints}
+    items = raw if isinstance(raw, list) else []
+    names = [m.get("name") if isinstance(m, Mapping) else None for m in items]
+    for ilb in endpoints:
+        for j, s in enumerate(ilb.spillover):
+            target = by_name[s.endpoint]
+            if (ilb.vpc, target.vpc) not in sides or (target.vpc, ilb.vpc) not in sides:
+                i = names.index(ilb.name)
+                c.err(
+                    f"endpoints[{i}].spillover[{j}].endpoint",
+                    f"{s.endpoint!r} is in VPC {target.vpc!r}, which does not peer with "
+                    f"{ilb.vpc!r} both ways (peerings)",
+                )
 
 
 def _parse_peerings(c: _Checker, raw: object, vpcs: Mapping[str, Vpc]) -> list[Peering]:

@@ -309,54 +309,124 @@ class BackendObject:
 
 
 @dataclass(frozen=True, slots=True)
+class SpilloverObject:
+    """A spillover backend of a load balancer: an endpoint of a peered VPC (``vpc``, never the
+    load balancer's own) that takes a share of its new connections while the local backends
+    are overloaded (docs/gateways.md, "Overload shift"); where it lives, with its own VPC's
+    VNI, and its share. ``destination`` None: the entry names the endpoint only (a peer
+    stream's: that VPC's hosts know their own endpoints, and no other VPC learns where it
+    lives); such an entry has weight 1 and is healthy, and is written ``{vpc, endpoint}``."""
+
+    vpc: str
+    endpoint: str
+    weight: int = 1
+    destination: DestinationObject | None = None
+    healthy: bool = True
+
+    def named(self) -> SpilloverObject:
+        """The entry as a peer stream carries it: the names only."""
+        return SpilloverObject(self.vpc, self.endpoint)
+
+    def to_json(self) -> JsonObject:
+        if self.destination is None:
+            return {"vpc": self.vpc, "endpoint": self.endpoint}
+        backend = BackendObject(self.endpoint, self.weight, self.destination, self.healthy)
+        return {"vpc": self.vpc, **backend.to_json()}
+
+    @staticmethod
+    def parse(obj: object) -> SpilloverObject:
+        """A ``healthy`` that is not ``true`` is unhealthy (a host sends to none of those). An
+        entry with none of ``ip``, ``mac``, ``vni``, ``host_ip`` names the endpoint only."""
+        o = _mapping(obj, "spillover")
+        vpc = parse_text(o.get("vpc"), "vpc")
+        if all(k not in o for k in _PLACEMENT):
+            return SpilloverObject(vpc, parse_text(o.get("endpoint"), "endpoint"))
+        backend = BackendObject.parse(o)
+        return SpilloverObject(
+            vpc, backend.endpoint, backend.weight, backend.destination, backend.healthy
+        )
+
+
+_PLACEMENT = ("ip", "mac", "vni", "host_ip")
+
+
+@dataclass(frozen=True, slots=True)
 class LoadBalancerObject:
     """An internal load balancer (keyed by its name): a VIP of the VPC over weighted backends,
-    each an endpoint listed once, of the VIP's VNI and IP version."""
+    each an endpoint listed once, of the VIP's VNI and IP version; and its spillover backends
+    in peered VPCs, each (VPC, endpoint) listed once, of the VIP's IP version, with its own
+    VPC's VNI (absent on the wire when there is none)."""
 
     vip: Address
     mac: str
     vni: int
     backends: tuple[BackendObject, ...] = ()
+    spillover: tuple[SpilloverObject, ...] = ()
 
     def to_json(self) -> JsonObject:
-        return {
+        out: JsonObject = {
             "vip": ip_text(self.vip),
             "mac": self.mac,
             "vni": self.vni,
             "backends": [b.to_json() for b in self.backends],
         }
+        if self.spillover:
+            out["spillover"] = [s.to_json() for s in self.spillover]
+        return out
 
     @staticmethod
     def parse(
-        obj: object, bad_backend: Callable[[int, BadObject], None] | None = None
+        obj: object, bad_backend: Callable[[str, BadObject], None] | None = None
     ) -> LoadBalancerObject:
-        """With ``bad_backend``, a backend that cannot be parsed is left out and handed to it
-        with its place in the list (the rest of the load balancer is still usable); without,
-        it fails the whole object."""
+        """With ``bad_backend``, a backend or spillover entry that cannot be parsed is left out
+        and handed to it with its place (``backends[2]``, ``spillover[0]``: the rest of the
+        load balancer is still usable); without, it fails the whole object."""
         o = _mapping(obj, "loadbalancer")
         vip = parse_ip(o.get("vip"), "vip")
         mac = parse_mac(o.get("mac"))
         vni = parse_vni(o.get("vni"))
-        raw = o.get("backends", [])
-        if not isinstance(raw, list):
-            raise BadObject("backends", f"expected a list, got {raw!r}")
+
+        def entries(key: str) -> list[object]:
+            raw = o.get(key, [])
+            if not isinstance(raw, list):
+                raise BadObject(key, f"expected a list, got {raw!r}")
+            return raw
+
+        def check(d: DestinationObject, own: bool) -> None:
+            if own and d.vni != vni:
+                raise BadObject("vni", f"{d.vni} is not the load balancer's {vni}")
+            if d.ip.version != vip.version:
+                raise BadObject("ip", f"{d.ip} is not of the VIP's IP version")
+
+        def failed(place: str, e: BadObject) -> None:
+            if bad_backend is None:
+                raise BadObject(f"{place}.{e.field}", e.detail) from None
+            bad_backend(place, e)
+
         backends: dict[str, BackendObject] = {}
-        for i, b in enumerate(raw):
+        for i, b in enumerate(entries("backends")):
             try:
                 backend = BackendObject.parse(b)
-                d = backend.destination
-                if d.vni != vni:
-                    raise BadObject("vni", f"{d.vni} is not the load balancer's {vni}")
-                if d.ip.version != vip.version:
-                    raise BadObject("ip", f"{d.ip} is not of the VIP's IP version")
+                check(backend.destination, True)
                 if backend.endpoint in backends:
                     raise BadObject("endpoint", f"{backend.endpoint} is listed twice")
                 backends[backend.endpoint] = backend
             except BadObject as e:
-                if bad_backend is None:
-                    raise BadObject(f"backends[{i}].{e.field}", e.detail) from None
-                bad_backend(i, e)
-        return LoadBalancerObject(vip, mac, vni, tuple(backends.values()))
+                failed(f"backends[{i}]", e)
+        spillover: dict[tuple[str, str], SpilloverObject] = {}
+        for i, b in enumerate(entries("spillover")):
+            try:
+                spill = SpilloverObject.parse(b)
+                if spill.destination is not None:
+                    check(spill.destination, False)
+                if (spill.vpc, spill.endpoint) in spillover:
+                    raise BadObject("endpoint", f"{spill.vpc}/{spill.endpoint} is listed twice")
+                spillover[(spill.vpc, spill.endpoint)] = spill
+            except BadObject as e:
+                failed(f"spillover[{i}]", e)
+        return LoadBalancerObject(
+            vip, mac, vni, tuple(backends.values()), tuple(spillover.values())
+        )
 
 
 @dataclass(frozen=True, slots=True)

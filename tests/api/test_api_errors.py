@@ -52,6 +52,9 @@ def world(module_cluster: Cluster) -> Iterator[Cluster]:
     yield module_cluster
 
 
+ILB2 = {"name": "lb2", "ip": "10.1.0.101", "kind": "ilb", "backends": [{"endpoint": "b1"}]}
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -347,6 +350,51 @@ CASES = [
         EP,
         {"name": "lb2", "ip": "10.1.0.101", "kind": "ilb", "backends": [{"endpoint": "zz"}]},
         field="backends[0].endpoint",
+    ),
+    # --- spillover backends (docs/gateways.md, overload shift) ------------------------------
+    Case(
+        "spillover-not-peered",
+        "POST",
+        EP,
+        {**ILB2, "spillover": [{"vpc": "green", "endpoint": "g1"}]},
+        field="spillover[0].vpc",
+        detail=("does not peer with 'green'",),
+    ),
+    Case(
+        "spillover-other-shard",
+        "POST",
+        EP,
+        {**ILB2, "spillover": [{"vpc": "red", "endpoint": "r1"}]},
+        field="spillover[0].vpc",
+        detail=("not on this shard",),
+    ),
+    Case(
+        "spillover-own-vpc",
+        "POST",
+        EP,
+        {**ILB2, "spillover": [{"vpc": "blue", "endpoint": "b1"}]},
+        field="spillover[0].vpc",
+    ),
+    Case(
+        "spillover-no-endpoint",
+        "POST",
+        EP,
+        {**ILB2, "spillover": [{"vpc": "red"}]},
+        field="spillover[0].endpoint",
+    ),
+    Case(
+        "spillover-bad-weight",
+        "POST",
+        EP,
+        {**ILB2, "spillover": [{"vpc": "red", "endpoint": "r1", "weight": 0}]},
+        field="spillover[0].weight",
+    ),
+    Case(
+        "spillover-on-a-vm",
+        "POST",
+        EP,
+        {**vm("b9", "10.1.0.9"), "spillover": [{"vpc": "red", "endpoint": "r1"}]},
+        field="spillover",
     ),
     # --- duplicates ---------------------------------------------------------------------
     Case("dup-vpc", "POST", "/v1/vpcs", {"name": "blue"}, 409, "name", ("already exists",)),

@@ -12,12 +12,16 @@ which messages were sent. Behaviour follows Open vSwitch where OpenFlow leaves r
 * Deleting a group (or OFPG_ALL) also deletes every flow that references it.
 * Errors OVS would return raise ``FakeOFError`` (``code`` = OpenFlow error name); the failing
   message changes nothing.
+* A bucket's actions run as OVS runs them, as an action set (``as_action_set``): set_field and
+  move, then one of group, output, resubmit or ct; a learn or a resubmit beside an output in a
+  bucket is dropped, as OVS drops it (found by tests/e2e/test_spillover_e2e.py).
 * A select bucket whose ``watch_port`` is in ``down_ports`` (set by a test: a BFD session
   that went down) is not live: OVS picks among the live buckets only.
 * ``move`` (os-ken ``NXActionRegMove``) of a whole field into another of the same width.
-* ``resubmit(,T)`` looks the packet up in table T and runs that flow (a miss does nothing),
-  then the action list goes on. ``learn`` (match specs only) adds or replaces the flow it
-  describes, without actions, as OVS does (timeouts are not modelled).
+* ``resubmit(,T)`` looks the packet up in table T and runs that flow, following its
+  goto_table as OVS does (a miss does nothing), then the action list goes on. ``learn`` (match and load specs) adds or replaces the flow it
+  describes, whose actions load the learning packet's values (none without load specs), as
+  OVS does (timeouts are not modelled).
 * Output to the packet's own in_port is skipped (OVS needs OFPP_IN_PORT for that); the trace
   notes it.
 * ``ct`` (os-ken ``NXActionCT``, no nested actions) is modelled with a connection table per
@@ -52,6 +56,7 @@ from tests.support.ofmodel import (
     FakeOFUnsupported,
     Flow,
     Group,
+    Instruction,
     Match,
     MatchField,
     PacketValue,
@@ -484,16 +489,25 @@ class FakeOFTable:
             elif action.kind == "move":
                 if action.src in state:
                     state[action.field] = state[action.src]
-            elif action.kind == "resubmit":
-                flow = self._lookup(ctx, action.arg, state)
-                result.tables.append(action.arg)
-                if flow is not None:
+            elif action.kind == "resubmit":  # the flow found, and where its gotos lead (OVS)
+                table: int | None = action.arg
+                while table is not None:
+                    flow = self._lookup(ctx, table, state)
+                    result.tables.append(table)
+                    if flow is None:
+                        break
                     result.flows.append(flow)
+                    table = None
                     for instr in flow.instructions:
                         if instr.kind == "apply_actions":
                             self._run_actions(
-                                ctx, instr.actions, state, action.arg, choices, depth + 1
+                                ctx, instr.actions, state, flow.table_id, choices, depth + 1
                             )
+                        elif instr.kind == "write_metadata":
+                            old = state.get("metadata", 0)
+                            state["metadata"] = (old & ~instr.mask) | (instr.value & instr.mask)
+                        elif instr.kind == "goto_table":
+                            table = instr.value
             elif action.kind == "learn" and action.learn is not None:
                 self._learn(action.arg, action.learn, state)
             elif action.kind == "dec_ttl":
@@ -520,14 +534,17 @@ class FakeOFTable:
     def _learn(
         self,
         table_id: int,
-        spec: tuple[int, int, int, tuple[tuple[str, int], ...], tuple[str, ...]],
+        spec: tuple[int, int, int, tuple[tuple[str, int], ...], tuple[str, ...], tuple[str, ...]],
         state: dict[str, int],
     ) -> None:
-        priority, _idle, cookie, values, copy = spec
+        priority, _idle, cookie, values, copy, load = spec
         fields = [MatchField(name, value, None) for name, value in values]
         fields += [MatchField(name, state.get(name, 0), None) for name in copy]
         match = tuple(sorted(fields, key=lambda f: f.name))
-        self._tables[table_id][(priority, match)] = Flow(table_id, priority, match, (), cookie)
+        loads = tuple(Action("set_field", state.get(name, 0), field=name) for name in load)
+        instructions = (Instruction("apply_actions", loads),) if loads else ()
+        flow = Flow(table_id, priority, match, instructions, cookie)
+        self._tables[table_id][(priority, match)] = flow
 
     def _conntrack(self, ctx: _Trace, action: Action, state: dict[str, int], depth: int) -> None:
         """Look the packet up (and commit it); resume a tracked copy in the action's table.
@@ -587,9 +604,27 @@ class FakeOFTable:
             ctx.result.notes.append(f"group {group_id}: no bucket to run -> drop")
         for index, path in picked:
             bucket_state = dict(state)
-            self._run_actions(
-                ctx, group.buckets[index].actions, bucket_state, table_id, path, depth
-            )
+            actions = as_action_set(group.buckets[index].actions)
+            self._run_actions(ctx, actions, bucket_state, table_id, path, depth)
+
+
+# What OVS keeps of a bucket's actions (ofpacts_execute_action_set: a bucket is an OpenFlow
+# action set): the last vlan and TTL actions, the set_field and move actions in order, then the last of the first kind present
+# among group, output, resubmit and ct; nothing else (a learn, or a resubmit next to an output,
+# is dropped silently).
+_ONE_OF = ("pop_vlan", "push_vlan", "dec_ttl", "set_ttl")
+_SET_LIKE = ("set_field", "move")
+_TERMINAL = ("group", "output", "resubmit", "ct")
+
+
+def as_action_set(actions: tuple[Action, ...]) -> tuple[Action, ...]:
+    kept = [last[-1] for k in _ONE_OF if (last := [a for a in actions if a.kind == k])]
+    kept += [a for a in actions if a.kind in _SET_LIKE]
+    for kind in _TERMINAL:
+        last = [a for a in actions if a.kind == kind]
+        if last:
+            return (*kept, last[-1])
+    return ()
 
 
 def _choose_bucket(ctx: _Trace, group_id: int, weights: tuple[tuple[int, int], ...]) -> int | None:

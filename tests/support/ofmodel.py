@@ -190,8 +190,11 @@ class Action:
     flags: int = 0  # ct only: NX_CT_F_*
     src: str = ""  # move only: the field copied into ``field`` (whole fields, from bit 0)
     # learn only (``arg`` is the table): priority, idle timeout, cookie, the immediate
-    # (field, value) matches and the fields matched on the packet's own value
-    learn: tuple[int, int, int, tuple[tuple[str, int], ...], tuple[str, ...]] | None = None
+    # (field, value) matches, the fields matched on the packet's own value and the fields
+    # the learned flow loads with the packet's own value
+    learn: (
+        tuple[int, int, int, tuple[tuple[str, int], ...], tuple[str, ...], tuple[str, ...]] | None
+    ) = None
 
     def ct_zone(self, packet: Mapping[str, int]) -> int:
         """The zone this ct action uses for ``packet``."""
@@ -402,13 +405,21 @@ def action_from_osken(action: Any) -> Action:
     if isinstance(action, parser.NXActionResubmitTable) and int(action.in_port) == 0xFFF8:
         return Action("resubmit", int(action.table_id))
     if isinstance(action, parser.NXActionLearn) and all(
-        isinstance(s, parser.NXFlowSpecMatch) and s.dst[1] == 0 for s in action.specs
+        isinstance(s, parser.NXFlowSpecMatch | parser.NXFlowSpecLoad) and s.dst[1] == 0
+        for s in action.specs
     ):
-        values = tuple(
-            (str(s.dst[0]), int(s.src)) for s in action.specs if not isinstance(s.src, tuple)
+        matches = [s for s in action.specs if isinstance(s, parser.NXFlowSpecMatch)]
+        values = tuple((str(s.dst[0]), int(s.src)) for s in matches if not isinstance(s.src, tuple))
+        copy = tuple(str(s.dst[0]) for s in matches if isinstance(s.src, tuple))
+        load = tuple(str(s.dst[0]) for s in action.specs if isinstance(s, parser.NXFlowSpecLoad))
+        spec = (
+            int(action.priority),
+            int(action.idle_timeout),
+            int(action.cookie),
+            values,
+            copy,
+            load,
         )
-        copy = tuple(str(s.dst[0]) for s in action.specs if isinstance(s.src, tuple))
-        spec = (int(action.priority), int(action.idle_timeout), int(action.cookie), values, copy)
         return Action("learn", int(action.table_id), learn=spec)
     raise FakeOFUnsupported(f"action {type(action).__name__} is not modelled by FakeOFTable")
 

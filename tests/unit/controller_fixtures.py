@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from meshpeer.controller import intent as ops
-from meshpeer.controller.model import Backend, Host, Intent, Subnet
+from meshpeer.controller.model import Backend, Host, Intent, Spillover, Subnet
 from meshpeer.controller.peering import View, federation_view
 from meshpeer.directory import Directory, parse_directory
 from meshpeer.protocol.peering import Inbound
@@ -50,9 +50,18 @@ def add_vm(
         intent.put(Host(host, ipaddress.ip_address(f"169.254.101.{10 + n}")))
 
 
-def add_ilb(intent: Intent, vpc: str, name: str, ip: str, backends: dict[str, int]) -> None:
+def add_ilb(
+    intent: Intent,
+    vpc: str,
+    name: str,
+    ip: str,
+    backends: dict[str, int],
+    spillover: dict[tuple[str, str], int] | None = None,
+) -> None:
     bs = [Backend(b, w) for b, w in backends.items()]
-    intent.put(ops.new_endpoint(intent, vpc, name, "ilb", ipaddress.ip_address(ip), None, None, bs))
+    spill = [Spillover(v, e, w) for (v, e), w in (spillover or {}).items()]
+    vip = ipaddress.ip_address(ip)
+    intent.put(ops.new_endpoint(intent, vpc, name, "ilb", vip, None, None, bs, None, spill))
 
 
 def peer(

@@ -8,7 +8,7 @@ import pytest
 
 from meshpeer.controller import intent as ops
 from meshpeer.controller.intent import IntentError, PeerFacts
-from meshpeer.controller.model import Backend, Intent, Subnet
+from meshpeer.controller.model import Backend, Endpoint, Intent, Spillover, Subnet
 from policies.export import ExportPolicy
 from tests.unit.controller_fixtures import add_ilb, add_vm, add_vpc, directory, peer, subnets
 
@@ -194,3 +194,74 @@ def test_route_checks() -> None:
     rejects(400, "next_hop", new, i, "blue", "r2", net("192.168.0.0/16"), ip("10.1.0.99"), 1)
     rejects(400, "next_hop", new, i, "blue", "r2", net("fd10::/64"), ip("10.1.0.11"), 1)
     rejects(409, "prefix", new, i, "blue", "r2", net("10.1.0.0/25"), ip("10.1.0.11"), 1)
+
+
+def test_spillover_checks() -> None:
+    """An ILB's spillover backends: in a peered VPC of this shard, existing, no ILB, once."""
+    i = world()
+    add_vm(i, "green", "g1", "10.3.0.11")
+    new, s = ops.new_endpoint, Spillover
+    args = ("blue", "lb", "ilb", ip("10.1.0.100"), None, None, [Backend("b1")], None)
+    detail = rejects(400, "spillover[0].vpc", new, i, *args, [s("green", "g1")])
+    assert "does not peer with 'green'" in detail
+    peer(i, "blue", "green")
+    peer(i, "green", "blue")
+    add_ilb(i, "green", "glb", "10.3.0.100", {"g1": 1})
+    rejects(400, "spillover[0].vpc", new, i, *args, [s("blue", "b1")])
+    rejects(400, "spillover[0].endpoint", new, i, *args, [s("green", "g9")])
+    rejects(400, "spillover[0].endpoint", new, i, *args, [s("green", "glb")])
+    rejects(400, "spillover", new, i, *args, [s("green", "g1"), s("green", "g1", 2)])
+    vm_args = ("blue", "v", "vm", ip("10.1.0.12"), None, "hv1", [], None)
+    rejects(400, "spillover", new, i, *vm_args, [s("green", "g1")])
+    ep = new(i, *args, [s("green", "g1", 3)])
+    assert ep.spillover == (s("green", "g1", 3),)
+    assert Endpoint.from_json(ep.to_json()) == ep  # stored and loaded as it was
+    i.put(ep)
+    assert i.spilling_into("green") == {"blue"} and i.spilling_into("blue") == set()
+
+
+def test_a_spillover_backend_must_be_usable_both_ways() -> None:
+    """The backend's VPC peers back and exports the endpoint, else 400 naming the field rather
+    than 201 for a backend the hosts would never get (review S3)."""
+    i = world()
+    add_vm(i, "green", "g1", "10.3.0.11")
+    add_vm(i, "green", "g2", "10.3.0.200")
+    args = ("blue", "lb", "ilb", ip("10.1.0.100"), None, None, [Backend("b1")], None)
+    peer(i, "blue", "green")  # green does not peer back
+    detail = rejects(
+        400, "spillover[0].vpc", ops.new_endpoint, i, *args, [Spillover("green", "g1")]
+    )
+    assert "'green' does not peer back" in detail
+    peer(i, "green", "blue", {"ranges": ["10.3.0.0/25"]})  # g2 (.200) is not exported
+    detail = rejects(
+        400, "spillover[0].endpoint", ops.new_endpoint, i, *args, [Spillover("green", "g2")]
+    )
+    assert "does not export" in detail
+    assert ops.new_endpoint(i, *args, [Spillover("green", "g1")]).spillover
+
+
+def test_an_ipv6_ilb_takes_no_spillover_backend() -> None:
+    """Spillover is IPv4 only (the affinity tables match ipv4): 400 rather than accepted and
+    ignored (review S7)."""
+    i = world()
+    add_vm(i, "blue", "b6", "fd00:1::11")
+    add_vm(i, "green", "g1", "10.3.0.11")
+    peer(i, "blue", "green")
+    peer(i, "green", "blue")
+    args = ("blue", "lb6", "ilb", ip("fd00:1::100"), None, None, [Backend("b6")], None)
+    detail = rejects(400, "spillover", ops.new_endpoint, i, *args, [Spillover("green", "g1")])
+    assert "IPv4" in detail
+
+
+def test_an_endpoint_an_ilb_spills_into_cannot_be_deleted() -> None:
+    """409 naming the ILB, as for a plain backend: no dangling reference that a new endpoint
+    of that name would silently fill (review S4)."""
+    i = world()
+    add_vm(i, "green", "g1", "10.3.0.11")
+    peer(i, "blue", "green")
+    peer(i, "green", "blue")
+    add_ilb(i, "blue", "web", "10.1.0.100", {"b1": 1}, {("green", "g1"): 1})
+    detail = rejects(409, "endpoint", ops.check_endpoint_delete, i, "green", "g1")
+    assert "blue/web" in detail
+    i.drop("endpoint", "blue/web")
+    assert ops.check_endpoint_delete(i, "green", "g1").name == "g1"

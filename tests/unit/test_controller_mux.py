@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 
 from meshpeer.controller import intent as ops
 from meshpeer.controller.model import Intent
@@ -210,3 +211,55 @@ def test_a_peer_views_host_list_is_names_only_and_bounded() -> None:
     assert view_hosts({VPC_OBJ: {"hosts": "hv1"}}) == []
     many = {VPC_OBJ: {"hosts": [f"h{i}" for i in range(MAX_VIEW_HOSTS + 10)]}}
     assert len(view_hosts(many)) == MAX_VIEW_HOSTS
+
+
+def test_an_ilbs_spillover_backends_travel_as_the_peer_exports_them() -> None:
+    """Blue's ILB lists red's r1 and r2; red exports 10.2.0.0/25 to blue: only r1 (.11) is in
+    the load-balancer object, with its own VPC's VNI and host, and an export change of red's
+    side reaches it (a write in red touches blue's streams too)."""
+    i = world()
+    peer(i, "blue", "red")
+    peer(i, "red", "blue")
+    add_ilb(i, "blue", "web", "10.1.0.100", {"b1": 1}, {("red", "r1"): 2, ("red", "r2"): 1})
+    i.drop("peering", "red/to-blue")  # a later change of red's export: r2 left out
+    peer(i, "red", "blue", {"ranges": ["10.2.0.0/25"]})
+    pub = desired_streams(i, statuses(i, views(i, OWNER), OWNER), G, now=0.0)
+    web = pub.streams[StreamId(ServiceName.LOADBALANCER, "blue", None)]["web"]
+    (r1,) = web["spillover"]
+    assert (r1["vpc"], r1["endpoint"], r1["weight"]) == ("red", "r1", 2)
+    assert r1["vni"] == i.vpcs["red"].vni and r1["host_ip"] and r1["healthy"] is True
+    assert i.spilling_into("red") == {"blue"}
+    # blue no longer exports the VIP to red: red's hosts would not know it, so none is listed
+    i.drop("peering", "blue/to-red")
+    peer(i, "blue", "red", {"ranges": ["10.1.0.128/25"]})
+    pub = desired_streams(i, statuses(i, views(i, OWNER), OWNER), G, now=0.0)
+    web = pub.streams[StreamId(ServiceName.LOADBALANCER, "blue", None)]["web"]
+    assert web.get("spillover", []) == []
+
+
+def test_a_third_vpcs_hosts_get_no_address_of_a_spillover_backend() -> None:
+    """Blue's ILB spills into red's r1; green peers with blue only. What green's hosts follow
+    of blue (one stream per export policy, shared by every peer under it) has no IP, MAC, VNI
+    or host of r1; red's hosts get r1's name only (they know their own endpoints); blue's own
+    stream keeps the full entry (review S2)."""
+    i = world()
+    for a, b in (("blue", "red"), ("red", "blue"), ("blue", "green"), ("green", "blue")):
+        peer(i, a, b)
+    add_ilb(i, "blue", "web", "10.1.0.100", {"b1": 1}, {("red", "r1"): 2})
+    r1 = i.endpoints[("red", "r1")]
+    pub = desired_streams(i, statuses(i, views(i, OWNER), OWNER), G, now=0.0)
+    own = pub.streams[StreamId(ServiceName.LOADBALANCER, "blue", None)]["web"]
+    assert own["spillover"][0]["mac"] == r1.mac
+    to_green = next(p for p in i.peerings_of("blue") if p.peer_vpc == "green")
+    shared = pub.streams[StreamId(ServiceName.LOADBALANCER, "blue", to_green.export.policy_id)]
+    assert shared["web"]["spillover"] == [{"vpc": "red", "endpoint": "r1"}]
+    # green under a policy of its own (a red peer under none of it): nothing of red at all
+    i.drop("peering", "blue/to-green")
+    peer(i, "blue", "green", {"ranges": ["10.1.0.0/25"]})
+    to_green = next(p for p in i.peerings_of("blue") if p.peer_vpc == "green")
+    pub = desired_streams(i, statuses(i, views(i, OWNER), OWNER), G, now=0.0)
+    alone = pub.streams[StreamId(ServiceName.LOADBALANCER, "blue", to_green.export.policy_id)]
+    assert "spillover" not in alone["web"]
+    for lbs in (shared, alone):
+        text = json.dumps(lbs)
+        assert str(r1.ip) not in text and r1.mac not in text and '"hv2"' not in text

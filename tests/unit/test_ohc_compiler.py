@@ -684,6 +684,19 @@ def apply_op(i: Intent, op: tuple[str, int]) -> None:
             have = [nm for nm in ("r1", "r3", "r4") if ("red", nm) in i.endpoints]
             if have:
                 add_ilb(i, "red", "lbin", "10.2.0.100", {nm: 1 + k for k, nm in enumerate(have)})
+    elif kind == "spill":  # blue's ILB with spillover backends in red, or none
+        if ("blue", "web") in i.endpoints:
+            i.drop("endpoint", "blue/web")
+        elif ("blue", "to-red") in i.peerings and ("red", "to-blue") in i.peerings:
+            local = [nm for nm in ("b1", "b3") if ("blue", nm) in i.endpoints]
+            back = i.peerings[("red", "to-blue")].export  # what the API accepts: exported ones
+            spill = {
+                ("red", nm): 1 + n % 2
+                for nm in ("r1", "r3", "r4")
+                if ("red", nm) in i.endpoints and back.exports_ip(i.endpoints[("red", nm)].ip)
+            }
+            if local:
+                add_ilb(i, "blue", "web", "10.1.0.100", dict.fromkeys(local, 1), spill)
     elif kind == "route":
         if ("blue", "onprem") in i.routes:
             i.drop("route", "blue/onprem")
@@ -691,7 +704,7 @@ def apply_op(i: Intent, op: tuple[str, int]) -> None:
             add_route(i, "blue", "onprem", "192.168.0.0/16", "10.1.0.12")
 
 
-KINDS = ["vm", "peer", "inbound", "ilb", "route", "forwarding", "gateway"]
+KINDS = ["vm", "peer", "inbound", "ilb", "route", "forwarding", "gateway", "spill"]
 OPS = st.lists(
     st.tuples(st.sampled_from(KINDS), st.integers(0, 11)),
     min_size=1,

@@ -9,6 +9,7 @@ FakeOFTable in tests/unit/test_ohc_compiler.py; here the two compilers are compa
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 from unittest import mock
@@ -22,7 +23,7 @@ from ohc import compiler as ohc_compiler
 from ohc import engine as ohc_engine
 from ohc import host as ohc_host
 from ohc.canonical import canonical_state
-from ohc.compiler import compile_host, relay_flows
+from ohc.compiler import compile_host, lb_cookie, relay_flows
 from ohc.engine import FlowEngine
 from ohc.model import Offload
 from ohc.pipeline import GATEWAY_RELAY, TUNNEL_PORT
@@ -67,7 +68,7 @@ STEPS = st.lists(
     st.tuples(
         st.sampled_from(KINDS),
         st.integers(0, 11),
-        st.sampled_from(["delta", "delta", "snapshot", "detach", "no-tunnel", "offload"]),
+        st.sampled_from(["delta", "delta", "snapshot", "detach", "no-tunnel", "offload", "spill"]),
     ),
     min_size=1,
     max_size=12,
@@ -119,6 +120,17 @@ def test_an_on_demand_side_offloads_pairs_and_takes_them_back() -> None:
     engine_equals_full_compile(steps)
 
 
+def test_an_ilb_with_spillover_backends_shifts_a_share_and_back() -> None:
+    """Blue's ILB lists red's endpoints as spillover backends once blue peers red: its share
+    moves (10 * n % 9 percent), a backend goes and comes, the peering goes: the engine
+    equals the full compile at each step."""
+    steps = [("peer", 0, "delta"), ("peer", 1, "delta"), ("spill", 1, "delta")]
+    steps += [("gateway", 4, "spill"), ("gateway", 4, "spill"), ("vm", 3, "spill")]
+    steps += [("vm", 3, "delta"), ("gateway", 0, "spill"), ("peer", 1, "snapshot")]
+    steps += [("peer", 0, "delta"), ("spill", 1, "spill")]
+    engine_equals_full_compile(steps)
+
+
 def engine_equals_full_compile(steps: list[tuple[str, int, str]], i: Intent | None = None) -> None:
     i = base_intent() if i is None else i
     pub = publish(i)
@@ -144,6 +156,9 @@ def engine_equals_full_compile(steps: list[tuple[str, int, str]], i: Intent | No
                 },
                 idle_s=5 + n % 2,
             )
+        if how == "spill":  # blue's ILB sends a share of its new connections to red
+            share = {lb_cookie("blue", "web"): 10 * (n % 9)}
+            offload = dataclasses.replace(offload, spill=share, affinity_s=30 + n % 2)
         ofports = dict(OFPORT)
         if how == "detach":  # a VM's interface went from br-int
             ofports.pop(sorted(OFPORT)[n % len(OFPORT)])

@@ -56,7 +56,7 @@ def matches(draw: st.DrawFn) -> Match:
     if draw(st.booleans()):
         fields["ct_state"] = (draw(st.integers(0, 0x3F)), draw(st.integers(1, 0x3F)))
         fields["ct_zone"] = draw(st.integers(0, 0xFFFF))
-    ip = draw(st.sampled_from(["none", "v4", "v6", "nd", "bfd"]))
+    ip = draw(st.sampled_from(["none", "v4", "v6", "nd", "bfd", "tcp"]))
     if ip == "v4":
         fields["eth_type"] = 0x0800
         plen = draw(st.integers(1, 32))
@@ -65,6 +65,9 @@ def matches(draw: st.DrawFn) -> Match:
     elif ip == "v6":
         fields["eth_type"] = 0x86DD
         fields["ipv6_src"] = draw(V6)
+    elif ip == "tcp":  # an ILB's pin flow or connection learner (compiler.lb_flows)
+        fields |= {"eth_type": 0x0800, "ip_proto": 6, "tcp_src": draw(st.integers(0, 0xFFFF))}
+        fields["eth_dst"] = draw(MAC)
     elif ip == "bfd":  # a gateway's BFD reflection (compiler.bfd_reflect_flow)
         fields |= {"eth_type": 0x0800, "ip_proto": 17, "udp_dst": draw(st.integers(0, 0xFFFF))}
     elif ip == "nd":
@@ -90,6 +93,16 @@ ACTIONS: st.SearchStrategy[Action] = st.one_of(
         U64,
         st.sampled_from([(), (("eth_type", 0x0800),)]),
         st.sampled_from([(), ("ipv4_dst",), ("metadata", "ipv4_dst")]),
+    ),
+    st.builds(  # an ILB's connection affinity (compiler.lb_learn_flows)
+        Learn,
+        st.integers(0, 254),
+        st.integers(0, 0xFFFF),
+        st.integers(0, 0xFFFF),
+        U64,
+        st.sampled_from([(("eth_type", 0x0800), ("ip_proto", 6)), (("ip_proto", 17),)]),
+        st.sampled_from([("metadata", "ipv4_src", "tcp_src", "tcp_dst"), ("udp_src",)]),
+        st.sampled_from([(), ("eth_dst",)]),
     ),
     st.builds(
         Conntrack,
@@ -148,7 +161,7 @@ def test_random_canonical_flows_pack_to_os_kens_bytes(f: Flow, command: str) -> 
 
 
 def test_fields_and_actions_it_does_not_know_are_refused() -> None:
-    with pytest.raises(ValueError, match="tcp_dst"):
-        wire.flow_mod(Flow(0, 1, Match.of(tcp_dst=53), ()), "add", 1)
+    with pytest.raises(ValueError, match="sctp_dst"):
+        wire.flow_mod(Flow(0, 1, Match.of(sctp_dst=53), ()), "add", 1)
     with pytest.raises(ValueError, match="expected an integer"):
         wire.flow_mod(Flow(0, 1, Match.of(in_port="x"), ()), "add", 1)

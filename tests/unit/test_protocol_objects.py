@@ -27,6 +27,7 @@ from meshpeer.protocol.objects import (
     EndpointObject,
     LoadBalancerObject,
     RouteObject,
+    SpilloverObject,
 )
 from tests.unit.test_ohc_compiler import full_intent, publish
 
@@ -98,7 +99,28 @@ def load_balancers(draw: st.DrawFn) -> LoadBalancerObject:
         )
         for name in names
     )
-    return LoadBalancerObject(vip, draw(macs), vni, backends)
+    peers = draw(
+        st.lists(
+            st.tuples(st.sampled_from(["red", "green"]), st.text(min_size=1, max_size=6)),
+            max_size=3,
+            unique=True,
+        )
+    )
+    spillover = tuple(
+        SpilloverObject(vpc, name)  # named only, as a peer stream carries it
+        if draw(st.booleans())
+        else SpilloverObject(
+            vpc,
+            name,
+            draw(st.integers(0, MAX_WEIGHT)),
+            DestinationObject(
+                draw(ips), draw(macs), draw(vnis), draw(underlay), draw(texts), draw(texts)
+            ),
+            draw(st.booleans()),
+        )
+        for vpc, name in peers
+    )
+    return LoadBalancerObject(vip, draw(macs), vni, backends, spillover)
 
 
 @st.composite
@@ -250,13 +272,39 @@ def _with(obj: dict[str, Any], field: str, value: Any) -> dict[str, Any]:
 
 
 def test_a_load_balancer_keeps_its_good_backends_and_hands_over_the_bad() -> None:
-    bad: list[tuple[int, str]] = []
+    bad: list[tuple[str, str]] = []
     lb = LoadBalancerObject.parse(
         LB | {"backends": [BACKEND | {"weight": -1}, BACKEND | {"endpoint": "r2"}, "x"]},
         lambda i, e: bad.append((i, e.field)),
     )
     assert [b.endpoint for b in lb.backends] == ["r2"]
-    assert bad == [(0, "weight"), (2, "backend")]
+    assert bad == [("backends[0]", "weight"), ("backends[2]", "backend")]
+
+
+SPILL = BACKEND | {"vpc": "blue", "endpoint": "b1", "vni": 1000}
+
+
+@pytest.mark.parametrize(
+    ("entry", "field"),
+    [
+        ({k: v for k, v in SPILL.items() if k != "vpc"}, "spillover[1].vpc"),
+        (SPILL | {"vpc": 3}, "spillover[1].vpc"),
+        (SPILL | {"weight": 70000}, "spillover[1].weight"),
+        (SPILL | {"ip": "fd00::5"}, "spillover[1].ip"),
+        (SPILL | {"host_ip": None}, "spillover[1].host_ip"),
+        (SPILL, "spillover[1].endpoint"),  # listed twice
+        ("x", "spillover[1].spillover"),
+    ],
+)
+def test_a_bad_spillover_entry_is_named_by_its_place(entry: Any, field: str) -> None:
+    obj = LB | {"spillover": [SPILL, entry]}
+    with pytest.raises(BadObject) as e:
+        LoadBalancerObject.parse(obj)
+    assert e.value.field == field
+    bad: list[tuple[str, str]] = []
+    lb = LoadBalancerObject.parse(obj, lambda place, e: bad.append((place, e.field)))
+    assert [(s.vpc, s.endpoint) for s in lb.spillover] == [("blue", "b1")]
+    assert [f"{place}.{f}" for place, f in bad] == [field]
 
 
 def test_informational_fields_that_are_not_text_read_as_absent() -> None:

@@ -177,6 +177,34 @@ def test_ilb_backends_and_weights() -> None:
     assert "endpoints[3].host: an ILB is a VIP and has no host" in errors_of(bad)
 
 
+def test_ilb_spillover_backends_are_written_as_its_backends() -> None:
+    doc = sample()
+    doc["endpoints"].append(
+        yaml.safe_load(
+            "{name: lb1, kind: ilb, vpc: red, ip: 10.2.0.100, backends: [{endpoint: r1}],"
+            " spillover: [{endpoint: b1, weight: 2}]}"
+        )
+    )
+    ilb = parse(doc).endpoints[-1]
+    assert [(b.endpoint, b.weight) for b in ilb.spillover] == [("b1", 2)]
+    bad = copy.deepcopy(doc)
+    bad["endpoints"][-1]["spillover"] = [{"endpoint": "r1"}, {"endpoint": "zz"}]
+    errs = errors_of(bad)
+    assert "endpoints[3].spillover[0].endpoint: 'r1' is in the ILB's VPC: not a peer's" in errs
+    assert "endpoints[3].spillover[1].endpoint: unknown endpoint 'zz'" in errs
+    bad = copy.deepcopy(doc)
+    bad["endpoints"][0]["spillover"] = [{"endpoint": "r1"}]
+    assert "endpoints[0].spillover: only an ILB has spillover" in errors_of(bad)
+    # the shard would refuse it once the lab is built: named before anything is (review S6)
+    for kept in ([], [0], [1]):
+        bad = copy.deepcopy(doc)
+        bad["peerings"] = [bad["peerings"][k] for k in kept]
+        assert any(
+            e.startswith("endpoints[3].spillover[0].endpoint: 'b1' is in VPC 'blue', which")
+            for e in errors_of(bad)
+        ), errors_of(bad)
+
+
 def test_a_side_may_let_in_replies_only() -> None:
     doc = sample()
     doc["peerings"][0]["inbound"] = "replies"

@@ -9,7 +9,7 @@ from typing import Any
 from meshpeer.controller import intent as ops
 from meshpeer.controller import responses as out
 from meshpeer.controller.handlers.base import ITEM_P, NAME, VPC_P, WAIT_Q, Handlers
-from meshpeer.controller.model import Backend, BgpPeer
+from meshpeer.controller.model import Backend, BgpPeer, Spillover
 from meshpeer.controller.shard import Delete
 from meshpeer.rest.errors import ApiError, bad_request, not_found
 from meshpeer.rest.router import RequestCtx, Route
@@ -32,6 +32,15 @@ BGP_IN = Obj(
 )
 
 BACKEND = Obj({"endpoint": NAME}, {"weight": Int(1, 65535)}, name="Backend")
+SPILLOVER = Obj(
+    {"vpc": NAME, "endpoint": NAME},
+    {"weight": Int(1, 65535)},
+    name="Spillover",
+    description="an ILB's backend in a VPC its own peers with: it takes a share of the new "
+    "connections while the local backends are overloaded (docs/gateways.md, overload shift). "
+    "IPv4 VIPs only; the VPC (of this shard) peers back and its side exports the endpoint, an "
+    "IPv4 endpoint that is not an ILB: else 400 naming spillover[i].vpc or .endpoint",
+)
 
 ENDPOINT_IN = Obj(
     {"name": NAME, "ip": Str(format="ip")},
@@ -40,6 +49,7 @@ ENDPOINT_IN = Obj(
         "mac": Str(format="mac"),
         "host": NAME,
         "backends": Arr(BACKEND, max_items=256),
+        "spillover": Arr(SPILLOVER, max_items=256),
         "bgp": BGP_IN,
     },
     name="EndpointCreate",
@@ -185,7 +195,8 @@ class EndpointHandlers(Handlers):
                 response=out.DELETED_PROGRAMMED,
                 query=WAIT_Q,
                 params=ITEM_P,
-                summary="Delete an endpoint",
+                summary="Delete an endpoint (409 while an ILB lists it as a backend or a "
+                "spillover backend, or a route uses it as next hop)",
             ),
         ]
 
@@ -200,6 +211,9 @@ def _new(b: Mapping[str, Any]) -> ops.NewEndpoint:
         b.get("host"),
         tuple(Backend(x["endpoint"], x.get("weight", 1)) for x in b.get("backends", [])),
         _bgp_peer(b.get("bgp")),
+        tuple(
+            Spillover(x["vpc"], x["endpoint"], x.get("weight", 1)) for x in b.get("spillover", [])
+        ),
     )
 
 
