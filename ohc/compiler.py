@@ -881,6 +881,8 @@ def _spill_lb_flows(out: _Out, ctx: Ctx, lb: LoadBalancer, gid: int) -> None:
             out.note(
                 f"{ctx.vpc}: spillover {dest.vpc}/{dest.name} of {name}: not a peer it follows"
             )
+        elif (dest.vpc, ctx.vpc) in ctx.replies_only:  # it takes no new connection from here
+            out.note(f"{ctx.vpc}: spillover {dest.vpc}/{dest.name} of {name}: replies only")
         else:
             spill.append((dest, weight))
     sides: list[list[tuple[Destination, int, tuple[Action, ...], tuple[Kind, str]]]] = [[], []]

@@ -268,8 +268,8 @@ def _spillover(intent: Intent, ilb: Endpoint) -> tuple[SpilloverObject, ...]:
         be = intent.endpoints.get((s.vpc, s.endpoint))
         side = next((p for p in intent.peerings_of(s.vpc) if p.peer_vpc == ilb.vpc), None)
         back = next((p for p in intent.peerings_of(ilb.vpc) if p.peer_vpc == s.vpc), None)
-        if be is None or side is None or back is None:
-            continue
+        if be is None or side is None or back is None or side.inbound == "replies":
+            continue  # a side that lets in only replies takes no new connection from the ILB's
         if _visible(be, side.export) and _visible(ilb, back.export):
             out.append(SpilloverObject(s.vpc, s.endpoint, s.weight, destination_object(intent, be)))
     return tuple(out)

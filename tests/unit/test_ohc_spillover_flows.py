@@ -138,3 +138,17 @@ def test_a_spillover_backend_its_vpc_does_not_export_is_left_out() -> None:
     sent = connect(lab, 5000)
     assert len(sent.selects[0].buckets) == 1 and backend(lab, sent) == "b3", str(sent)
     assert TUNNEL_PORT in sent.ports()
+
+
+def test_a_spillover_backend_whose_vpc_takes_only_replies_is_left_out() -> None:
+    """Red's side toward blue says ``inbound: replies``: red's endpoints take no new
+    connection from blue, so none of blue's ILB's share may go there. r4 is on b1's own host,
+    where sending it one would need ct in lb_deliver (the compile failed on that flow)."""
+    i = base_intent()
+    peer(i, "blue", "red")
+    peer(i, "red", "blue", inbound="replies")
+    add_ilb(i, "blue", "web", VIP, {"b3": 1}, {("red", "r3"): 1, ("red", "r4"): 1})
+    lab = build_lab(i)
+    with_share(lab, "hv1", 50)
+    sent = connect(lab, 5000)
+    assert len(sent.selects[0].buckets) == 1 and backend(lab, sent) == "b3", str(sent)
