@@ -267,6 +267,24 @@ def controller_pid(plan: LabPlan, name: str) -> int | None:
     return pid if pid is not None and alive(pid) else None
 
 
+def wait_shards_quiet(
+    plan: LabPlan, window: float = 0.5, busy: float = 0.05, timeout: float = 20.0
+) -> float:
+    """Wait until every shard process used under ``busy`` CPU seconds in the last ``window``
+    seconds (a batch of creates is still being published and stored for a while after its
+    answer); returns the seconds waited (``timeout`` at most)."""
+    t0 = time.monotonic()
+    pids = [p for c in plan.controllers if (p := controller_pid(plan, c.name)) is not None]
+    before = [cpu_seconds(p) or 0.0 for p in pids]
+    while time.monotonic() - t0 < timeout:
+        time.sleep(window)
+        now = [cpu_seconds(p) or 0.0 for p in pids]
+        if all(b - a < busy for a, b in zip(before, now, strict=True)):
+            break
+        before = now
+    return round(time.monotonic() - t0, 2)
+
+
 def stop_controller(plan: LabPlan, name: str) -> None:
     """Stop one shard process through the lab: its supervisor does not restart it."""
     controllers.stop(plan, next(x for x in plan.controllers if x.name == name))
