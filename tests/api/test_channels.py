@@ -4,6 +4,7 @@ subscriptions to a shard, and each is checked, served and ended on its own."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from meshpeer.protocol.messages import CHANNEL_HEADER
@@ -20,6 +21,7 @@ class ChannelReader:
         self.resp = self.conn.getresponse()
         self.status = self.resp.status
         self.id = self.resp.getheader(CHANNEL_HEADER, "")
+        self.held: list[dict[str, Any]] = []  # frames read while waiting for another sub's
 
     def read(self, timeout: float = 10.0) -> dict[str, Any]:
         sock = self.conn.sock
@@ -31,11 +33,20 @@ class ChannelReader:
         return frame
 
     def next(self, sub: int, timeout: float = 10.0) -> dict[str, Any]:
-        """The next frame of subscription ``sub`` (keepalives and others' frames skipped)."""
-        while True:
-            frame = self.read(timeout)
+        """The next frame of subscription ``sub``, within ``timeout`` seconds. Keepalives are
+        skipped; other subscriptions' frames are kept for their own ``next`` (the shard may
+        close two subscriptions in either order)."""
+        for i, frame in enumerate(self.held):
+            if frame.get("sub") == sub:
+                return self.held.pop(i)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            frame = self.read(left)
             if frame.get("sub") == sub:
                 return frame
+            if "sub" in frame:
+                self.held.append(frame)
+        raise AssertionError(f"no frame of subscription {sub} within {timeout} s: {self.held}")
 
     def close(self) -> None:
         self.conn.close()
