@@ -26,6 +26,7 @@ from meshpeer.lab import ovs
 from meshpeer.lab.sh import netns_cmd
 from tests.e2e.test_ilb_e2e import Server, connect
 from tests.integration.labkit import E2E_TOPOLOGIES, Lab, running
+from tests.support.wait import wait_for
 
 TOPOLOGY = "spillover.yaml"
 VIP = "10.2.0.100"
@@ -109,13 +110,10 @@ def servers(lab: Lab) -> Iterator[None]:
                 p.wait()
 
 
-def wait_for(what: str, cond: Callable[[], bool], deadline_s: float) -> float:
-    """Poll ``cond`` until true; the seconds it took (printed, never asserted)."""
+def timed_wait(what: str, cond: Callable[[], bool], timeout: float) -> float:
+    """``wait_for`` ``cond``; the seconds it took (printed, never asserted)."""
     t0 = time.monotonic()
-    while not cond():
-        if time.monotonic() - t0 > deadline_s:
-            raise AssertionError(f"not within {deadline_s} s: {what}")
-        time.sleep(0.5)
+    wait_for(cond, timeout, step=0.5, what=what)
     return time.monotonic() - t0
 
 
@@ -133,26 +131,26 @@ def buckets(lab: Lab) -> int:
 
 
 def test_load_shifts_new_connections_to_the_peer_and_back(lab: Lab, servers: None) -> None:
-    wait_for("hv1's group for the ILB", lambda: buckets(lab) == 1, 60)
+    timed_wait("hv1's group for the ILB", lambda: buckets(lab) == 1, 60)
     before = batch(lab, 10)
     assert set(before) == {"r1"}, before  # no load: every connection to the local backend
     load = spawn(lab, "rc", LOAD, VIP, str(UDP_PORT), str(LOAD_PPS))
     try:
-        shifted_s = wait_for("b1 in hv1's group under load", lambda: buckets(lab) == 2, 60)
+        shifted_s = timed_wait("b1 in hv1's group under load", lambda: buckets(lab) == 2, 60)
         during: Counter[str] = Counter()
 
         def peer_serves() -> bool:
             during.update(batch(lab, 5))
             return during["b1"] > 0
 
-        wait_for("a new connection served by b1 (blue)", peer_serves, 60)
+        timed_wait("a new connection served by b1 (blue)", peer_serves, 60)
     finally:
         load.send_signal(signal.SIGINT)
         out, err = load.communicate(timeout=10)
     stream: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     # the stream is one connection, opened before the shift: it stayed on r1 all along
     assert set(stream["names"]) == {"r1"}, (stream, err)
-    back_s = wait_for("b1 out of hv1's group again", lambda: buckets(lab) == 1, 90)
+    back_s = timed_wait("b1 out of hv1's group again", lambda: buckets(lab) == 1, 90)
     after = batch(lab, 10)
     assert set(after) == {"r1"}, after  # new connections back on the local backend
     print(
