@@ -382,7 +382,10 @@ class ShardState:
                 vpcs.add(r.name)
             elif isinstance(r, Host):  # its underlay IP is in every destination on it
                 hosts.add(r.name)
-                vpcs |= {e.vpc for e in self.intent.endpoints_on(r.name)}
+                on = {e.vpc for e in self.intent.endpoints_on(r.name)}
+                vpcs |= on
+                for vpc in on:  # and in the spillover entries of ILBs spilling into them
+                    vpcs |= self.intent.spilling_into(vpc)
                 if r.role == "gateway":  # listed in every peering object (docs/gateways.md)
                     vpcs |= {p.vpc for p in self.intent.peerings.values()}
             else:
