@@ -290,6 +290,9 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             if got.moved or got.returned:
                 log.info("ohc %s: on-demand: direct %s, back to the gateways %s",
                          self.conf.host, sorted(got.moved), sorted(got.returned))  # fmt: skip
+                # the busy pairs' peer destinations alone are followed (ohc/subscriptions.py)
+                self.agent.offloaded = offload.by_side(self.offload_state.offloaded)
+                self.agent.resync()
                 self.triggers.put("offload")
 
     def _spillover(self) -> None:

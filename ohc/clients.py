@@ -58,7 +58,7 @@ class Channels:
     def __call__(
         self, sub: Sub, auth: str, on_change: Any, on_close: Any, on_http_error: Any = None
     ) -> Subscription:
-        return self.channel(sub.url).subscription(
+        made = self.channel(sub.url).subscription(
             sub.service,
             sub.key,
             policy=sub.policy,
@@ -68,6 +68,8 @@ class Channels:
             on_close=on_close,
             on_http_error=on_http_error,
         )
+        made.narrow(sub.only)  # before it starts: its first subscribe is narrowed
+        return made
 
     def sockets(self) -> int:
         """Connections open now, over every channel."""

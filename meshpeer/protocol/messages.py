@@ -7,6 +7,7 @@ every field. The one untrusted input parsed here is the subscribe request (URL q
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -144,6 +145,9 @@ class SubscribeRequest:
     grant: str | None
     policy: str | None = None
     host: str | None = None
+    # A peer destination stream narrowed to these addresses (canonical text): an on-demand
+    # host's subscription for its busy pairs only (docs/protocol.md, "Destination filter").
+    only: frozenset[str] | None = None
 
 
 # The services a VPC publishes per export policy, which a peer's hosts follow (FIG. 4).
@@ -185,7 +189,35 @@ class ChannelControl:
     unsubscribe: tuple[int, ...]
 
 
-_QUERY_FIELDS = frozenset({"service", "key", "since", "policy", "host"})
+_QUERY_FIELDS = frozenset({"service", "key", "since", "policy", "host", "dst"})
+MAX_DST = 256  # addresses one destination filter names
+
+
+def parse_dst(value: object, field: str = "dst") -> frozenset[str]:
+    """A destination filter: a list of IP addresses (in a query, one comma-separated string
+    of them), 1..MAX_DST, each in canonical text; ProtocolError naming ``field``."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_DST:
+        raise ProtocolError(field, f"must list 1-{MAX_DST} IP addresses")
+    out: set[str] = set()
+    for item in items:
+        try:
+            ip = ipaddress.ip_address(item) if isinstance(item, str) else None
+        except ValueError:
+            ip = None
+        if ip is None:
+            raise ProtocolError(field, f"{str(item)[:64]!r} is not an IP address")
+        out.add(str(ip))
+    return frozenset(out)
+
+
+def narrowed(
+    request: SubscribeRequest, only: frozenset[str], field: str = "dst"
+) -> SubscribeRequest:
+    """``request`` with a destination filter: a peer destination stream's only."""
+    if request.service != ServiceName.DESTINATION or request.policy is None:
+        raise ProtocolError(field, "narrows a peer destination stream only (with a policy)")
+    return replace(request, only=only)
 
 
 def check_name(field: str, value: object) -> str:
@@ -244,7 +276,8 @@ def parse_subscribe_request(
             grant = token
     if policy is not None and host is None:
         raise ProtocolError("host", "required with a policy (the grant's scope names the host)")
-    return SubscribeRequest(service, key, since, grant, policy, host)
+    request = SubscribeRequest(service, key, since, grant, policy, host)
+    return narrowed(request, parse_dst(seen["dst"])) if "dst" in seen else request
 
 
 def stream_name(service: str, key: str, policy: str | None, host: str | None) -> str:
@@ -275,7 +308,7 @@ def parse_stream_name(name: str) -> tuple[ServiceName, str, str | None, str | No
     return svc, key, policy or None, host or None
 
 
-_ENTRY_FIELDS = frozenset({"sub", "service", "key", "policy", "host", "since", "grant"})
+_ENTRY_FIELDS = frozenset({"sub", "service", "key", "policy", "host", "since", "grant", "dst"})
 
 
 def check_sub(field: str, value: object) -> int:
@@ -306,6 +339,8 @@ def parse_channel_subscribe(doc: object, where: str) -> ChannelSubscribe:
         request = parse_subscribe_request(query)
     except ProtocolError as exc:
         raise ProtocolError(f"{where}.{exc.field}", exc.detail) from None
+    if "dst" in doc:  # a JSON list of addresses here
+        request = narrowed(request, parse_dst(doc["dst"], f"{where}.dst"), f"{where}.dst")
     return ChannelSubscribe(sub, replace(request, since=since), grant)
 
 

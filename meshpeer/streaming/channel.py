@@ -134,6 +134,13 @@ class Subscription(Follower):
             self.timer = None
             self.channel._want(self)
 
+    def set_only(self, only: frozenset[str] | None) -> None:
+        """Narrow the stream to these addresses (``Follower.narrow``); subscribes again at
+        once (a new id: the old one's late frames are dropped) when the filter changed."""
+        if self.narrow(only) and self.active and self.timer is None:
+            self.channel._forget_id(self)
+            self.channel._want(self)
+
     # --- for the channel -------------------------------------------------------------------
 
     def entry(self, sub_id: int) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ipaddress import ip_address
+
 from meshpeer.protocol import ServiceName
 from ohc.subscriptions import Sub, wanted
 from tests.support.peering import peering_object
@@ -105,3 +107,25 @@ def test_a_peer_shards_streams_keep_their_name_when_its_leader_moves() -> None:
 
     assert subs(b) == subs(CTL2)
     assert Sub(CTL2, ServiceName.DESTINATION, "red", "p-1", "hv1") in subs(b)
+
+
+def test_an_on_demand_side_follows_its_busy_pairs_destinations_only() -> None:
+    """docs/gateways.md, on-demand: no peer destination while no pair is busy; then the
+    peer's destination stream narrowed to the busy addresses (one subscription, the same
+    grant), whole again if another local side follows the peer directly."""
+    endpoints = [{"blue.b1": ep("blue", "b1"), "green.g1": ep("green", "g1")}]
+    on_demand = peer("red", CTL2, "p-1", "g-blue-red") | {"forwarding": "on-demand"}
+    peerings = {"blue": {"red": on_demand}}
+    dest = Sub(CTL2, ServiceName.DESTINATION, "red", "p-1", "hv1")
+    subs = wanted("hv1", [CTL1], URLS, endpoints, peerings, "tok")
+    assert dest not in subs and Sub(CTL2, ServiceName.FORWARDING, "red", "p-1", "hv1") in subs
+    busy = {("blue", "red"): {ip_address("10.2.0.5"), ip_address("10.2.0.9")}}
+    subs = wanted("hv1", [CTL1], URLS, endpoints, peerings, "tok", offloaded=busy)
+    assert subs[dest] == "g-blue-red"
+    (got,) = (s for s in subs if s == dest)
+    assert got.only == frozenset({"10.2.0.5", "10.2.0.9"})
+    # another local VPC sends to red directly: the whole stream
+    peerings["green"] = {"red": peer("red", CTL2, "p-1", "g-green-red")}
+    subs = wanted("hv1", [CTL1], URLS, endpoints, peerings, "tok", offloaded=busy)
+    (got,) = (s for s in subs if s == dest)
+    assert got.only is None and subs[dest] == "g-green-red"

@@ -19,6 +19,7 @@ from meshpeer.protocol.messages import (
     CHANNEL_HEADER,
     CHANNEL_ID_RE,
     GRANT_HEADER,
+    MAX_DST,
     MAX_VERSION,
     NAME_RE,
     ProtocolError,
@@ -59,6 +60,7 @@ class StreamHandlers(Handlers):
             host=req.host,
             holder=holder,
             holder_key=identity.key_id if holder else None,
+            only=req.only,
         )
         resp: Response = ndjson_response(writer, ctx.request.environ)
         return resp
@@ -108,6 +110,7 @@ class StreamHandlers(Handlers):
                     expires_at=allowed.expires_at,
                     tag=allowed.tag,
                     host=req.host,
+                    only=req.only,
                 )
             except ApiError as exc:
                 results.append({"sub": entry.sub, "status": exc.status, **exc.body()})
@@ -188,6 +191,12 @@ class StreamHandlers(Handlers):
                     ),
                     "host": Str(pattern=NAME_RE.pattern, description="the subscribing host"),
                     "since": Int(0, MAX_VERSION, description="decimal, no sign, no leading zeros"),
+                    "dst": Str(
+                        max_length=MAX_DST * 40,
+                        description="a peer destination stream narrowed to these IP addresses"
+                        f" (comma-separated, 1-{MAX_DST}): an on-demand host's busy pairs"
+                        " (docs/protocol.md, Destination filter)",
+                    ),
                 },
                 required_query=frozenset({"service", "key"}),
                 media_type="application/x-ndjson",
