@@ -14,6 +14,7 @@ br-int: on (re)connect it reads what is installed and sends the difference in on
 from __future__ import annotations
 
 import gc
+import ipaddress
 import json
 import logging
 import subprocess
@@ -279,9 +280,9 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
                 log.exception("ohc %s: reading the on-demand counters failed", self.conf.host)
                 continue
             counts = {
-                (*sides[c], str(m["ipv4_dst"])): n
+                (*sides[c], str(ipaddress.ip_address(m.get("ipv4_dst") or m["ipv6_dst"]))): n
                 for c, m, n in rows
-                if c in sides and "ipv4_dst" in m
+                if c in sides and ("ipv4_dst" in m or "ipv6_dst" in m)
             }
             got = offload.decide(
                 self.offload_state, counts, time.monotonic(), self.offload_thresholds
