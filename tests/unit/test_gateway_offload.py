@@ -124,7 +124,8 @@ def test_a_gateway_side_keeps_no_counter() -> None:
 
 
 def v6_lab(offload: frozenset[str] = frozenset()) -> Lab:
-    """``v6_intent``'s blue -> red on-demand over gw1; red's side direct. ``offload``: red's addresses hv1 sends to directly."""
+    """``v6_intent``'s blue -> red on-demand over gw1, red's side direct; ``offload``: red's
+    addresses hv1 sends to directly."""
     i = v6_intent()
     i.put(Host("gw1", ipaddress.ip_address(GATEWAYS["gw1"]), "gateway"))
     for vpc, other, fwd in (("blue", "red", "on-demand"), ("red", "blue", "direct")):
