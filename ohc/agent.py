@@ -162,8 +162,9 @@ class Agent:
         # Streams the server closed for good: the credential it refused, and why.
         self._closed_with: dict[Sub, tuple[str | None, str]] = {}
         # On-demand sides (local VPC, peer VPC): the addresses sent to directly, whose peer
-        # destination objects alone are followed (the app sets it, then resyncs).
-        self.offloaded: Mapping[tuple[str, str], Iterable[object]] = {}
+        # destination objects alone are followed, and the grant for them (the app sets it,
+        # then resyncs; ohc/offload.py ``granted``).
+        self.offloaded: Mapping[tuple[str, str], tuple[Iterable[object], str]] = {}
         self.only: dict[Sub, frozenset[str] | None] = {}  # each client's destination filter
 
     def start(self) -> None:

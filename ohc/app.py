@@ -43,6 +43,7 @@ from ohc.cookies import HASH_MASK, Kind, cookie_of_kind, kind_of
 from ohc.engine import FlowEngine
 from ohc.metrics import OhcMetrics
 from ohc.model import Offload, Skipped
+from ohc.offload_grants import OffloadGrants
 from ohc.pipeline import LB_DELIVER, ND_TARGET, OFFLOAD_COUNT
 from ohc.ports import SwitchPorts
 from ohc.session import SwitchSession
@@ -115,6 +116,8 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             conf.role,
             replicas,
         )
+        # an on-demand side's busy pairs: reported to the VPC's shard for a grant for them
+        self.offload_grants = OffloadGrants(conf.host, self.reporter.offload, self.directory.url_of)
         self.replies = ofio.Replies()
         self.datapath: Any = None
         self.ports = SwitchPorts({}, None, ())
@@ -288,13 +291,18 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
                 self.offload_state, counts, time.monotonic(), self.offload_thresholds
             )
             self.offload_state = got.state
-            if got.moved or got.returned:
-                log.info("ohc %s: on-demand: direct %s, back to the gateways %s",
-                         self.conf.host, sorted(got.moved), sorted(got.returned))  # fmt: skip
-                # the busy pairs' peer destinations alone are followed (ohc/subscriptions.py)
-                self.agent.offloaded = offload.by_side(self.offload_state.offloaded)
-                self.agent.resync()
-                self.triggers.put("offload")
+            try:  # a bug here must not end the loop (review gw2, G6)
+                busy = offload.busy_sides(got.state.offloaded)
+                granted = self.offload_grants.update(busy, time.time())  # ohc/offload_grants
+                if got.moved or got.returned or granted:
+                    log.info("ohc %s: on-demand: direct %s, back to the gateways %s",
+                             self.conf.host, sorted(got.moved), sorted(got.returned))  # fmt: skip
+                    # the busy pairs' peer destinations alone are followed (subscriptions.py)
+                    self.agent.offloaded = self.offload_grants.following(busy)
+                    self.agent.resync()
+                    self.triggers.put("offload")
+            except Exception:
+                log.exception("ohc %s: following the busy pairs failed", self.conf.host)
 
     def _spillover(self) -> None:
         """ILBs with spillover backends: decide each one's share of new connections for the

@@ -19,7 +19,7 @@ from typing import Any
 
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.gateways import follows_peer_destinations, relayed_vpc, uses_gateways
-from meshpeer.protocol.messages import PEER_SERVICES, ProtocolError
+from meshpeer.protocol.messages import MAX_DST, PEER_SERVICES, ProtocolError
 from meshpeer.protocol.peering import PeeringObject
 
 
@@ -114,7 +114,7 @@ def wanted(
     peering_streams: Mapping[str, Mapping[str, HeldPeering]],
     api_token: str,
     canonical: Callable[[str], str] = same_url,
-    offloaded: Mapping[tuple[str, str], Iterable[object]] | None = None,
+    offloaded: Mapping[tuple[str, str], tuple[Iterable[object], str]] | None = None,
 ) -> dict[Sub, str]:
     """Every stream to follow, with the credential to present.
 
@@ -122,8 +122,9 @@ def wanted(
     ``peering_streams`` maps a local VPC to the objects of its peering stream so far, as
     ``parsed`` holds them; ``canonical`` a peer shard's URL to the directory's
     (:func:`peer_subs`); ``offloaded`` the addresses each on-demand side (local VPC, peer
-    VPC) sends to directly (ohc/offload.py): its peer destination stream narrowed to them,
-    none while there is none.
+    VPC) sends to directly and its own shard's grant for them (``ohc.offload.granted``): its
+    peer destination stream narrowed to them with that grant, none while there is none (the
+    peering's grant does not let an on-demand host follow the peer's destinations).
     """
     out: dict[Sub, str] = {}
     for url in sorted(set(shard_urls)):
@@ -153,10 +154,11 @@ def wanted(
                 elif vpc in relayed or not uses_gateways(peer.forwarding):
                     direct[sub] = peer.grant
                 elif follows_peer_destinations(peer.forwarding):  # on-demand
-                    busy = (offloaded or {}).get((vpc, peer.peer_vpc), ())
-                    if busy:
-                        addrs, _ = narrow.setdefault(sub, (set(), peer.grant))
-                        addrs.update(map(str, busy))
+                    busy, grant = (offloaded or {}).get((vpc, peer.peer_vpc), ((), ""))
+                    if busy and sub not in narrow:  # a grant is for one local VPC's pairs
+                        # no more than a filter names (review gw2, G1: a longer one was a
+                        # 400 for every subscription of its channel request)
+                        narrow[sub] = (set(sorted(map(str, busy))[:MAX_DST]), grant)
     # A side through the gateways needs no peer destination (docs/gateways.md), an on-demand
     # one those of its busy pairs only, unless another local side follows the same service
     # set directly.

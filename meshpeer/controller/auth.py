@@ -57,7 +57,7 @@ class Action(StrEnum):
     READ = "read"  # a GET of the operator API
     WRITE = "write"  # a POST, PUT or DELETE of the operator API
     REGISTER = "register"  # PUT /v1/hosts/{host}: a host's underlay address
-    REPORT = "report"  # PUT /v1/hosts/{host}/status and /applied
+    REPORT = "report"  # PUT /v1/hosts/{host}/status, /applied and /offload
     SUBSCRIBE = "subscribe"  # an own-shard stream for a host (endpoint, VPC services, peering)
     SUBSCRIBE_PEER = "subscribe-peer"  # a peer VPC's stream, with a grant
     FEDERATE = "federate"  # a federation view or stream
@@ -203,7 +203,11 @@ def route_action(method: str, path: str, params: Mapping[str, str]) -> tuple[Act
     """The action a REST route takes (the stream and federation routes decide their own)."""
     if method == "PUT" and path == "/v1/hosts/{name}":
         return Action.REGISTER, Resource(host=params["name"])
-    if method == "PUT" and path in ("/v1/hosts/{name}/status", "/v1/hosts/{name}/applied"):
+    if method == "PUT" and path in (
+        "/v1/hosts/{name}/status",
+        "/v1/hosts/{name}/applied",
+        "/v1/hosts/{name}/offload",  # an on-demand host's busy pairs (docs/protocol.md)
+    ):
         return Action.REPORT, Resource(host=params["name"])
     if path.startswith("/v1/federation/"):
         return Action.FEDERATE, Resource()

@@ -201,8 +201,8 @@ def parse_dst(value: object, field: str = "dst") -> frozenset[str]:
         raise ProtocolError(field, f"must list 1-{MAX_DST} IP addresses")
     out: set[str] = set()
     for item in items:
-        try:
-            ip = ipaddress.ip_address(item) if isinstance(item, str) else None
+        try:  # no IPv6 zone index, as the REST schema's ``ip`` format (review gw2, G3)
+            ip = ipaddress.ip_address(item) if isinstance(item, str) and "%" not in item else None
         except ValueError:
             ip = None
         if ip is None:

@@ -73,6 +73,8 @@ def test_a_narrowed_subscription_carries_only_its_addresses_at_the_streams_versi
         resumed = ch.next(7)
         assert (resumed["type"], resumed["version"]) == ("delta", last + 1)
         assert set(resumed["upserts"]) == {"r1"}
+        # the refused entries subscribed nothing: no frame of sub 9 came among the others'
+        assert [f for f in ch.held if f.get("sub") == 9] == []
     finally:
         ch.close()
 

@@ -156,7 +156,10 @@ def test_on_demand_moves_a_busy_pair_to_the_direct_path_and_back(lab: Lab) -> No
     requests go hv1 -> hv2 with no gateway (tcpdump on hv1's link), and no ping is lost across
     the switch. Once b1 stops, the pair goes back to the gateways (offload_idle_s). hv1
     follows red's destination stream only while the pair is direct, narrowed to r1
-    (docs/protocol.md, "Destination filter"; what it then receives: tests/api)."""
+    (docs/protocol.md, "Destination filter"; what it then receives: tests/api), with the
+    grant its own shard minted for r1 alone on its report of the busy pair ("Offload
+    grants": red's shard refuses the peering's grant for red's destinations to an on-demand
+    host, so "delivered" below means the scoped grant was taken)."""
     blue_ctl = controllers.client_for(lab.plan, "ctl1")
 
     def follows_red_destinations() -> bool:

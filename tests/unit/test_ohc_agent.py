@@ -422,14 +422,18 @@ def test_an_on_demand_hosts_busy_pairs_narrow_one_subscription_of_the_peers_dest
     made[Sub(CTL1, ServiceName.PEERING, "blue", None, "hv1")].deliver({"red": on_demand})
     red = Sub(CTL2, ServiceName.DESTINATION, "red", "p-1", "hv1")
     assert red not in agent.clients
-    agent.offloaded = {("blue", "red"): {ip_address("10.2.0.11")}}
+    agent.offloaded = {("blue", "red"): ({ip_address("10.2.0.11")}, "g-11")}
     agent.resync()
     client = made[red]
     assert client.running and client.sub.only == frozenset({"10.2.0.11"})
+    assert agent.auth[red] == "g-11"  # the grant minted for the busy pair
     client.deliver({"r1": {"ip": "10.2.0.11"}})
-    agent.offloaded = {("blue", "red"): {ip_address("10.2.0.11"), ip_address("10.2.0.12")}}
+    agent.offloaded = {
+        ("blue", "red"): ({ip_address("10.2.0.11"), ip_address("10.2.0.12")}, "g-12")
+    }
     agent.resync()
     assert agent.clients[red] is client and client.only == frozenset({"10.2.0.11", "10.2.0.12"})
+    assert client.auth == "g-12"
     assert agent.objects[red] == {"r1": {"ip": "10.2.0.11"}}
     agent.offloaded = {}
     agent.resync()

@@ -97,6 +97,7 @@ def channel_app(
                     StreamId.of(entry.request),
                     entry.request.since,
                     expires_at=None if lifetime is None else hub.clock() + lifetime,
+                    only=entry.request.only,  # a destination filter, as the shard's
                 )
             except KeyError:
                 results.append({"sub": entry.sub, "status": 404, "error": "not_found"})

@@ -134,7 +134,9 @@ class StreamHandlers(Handlers):
             self.access.allow(
                 identity, Action.SUBSCRIBE_PEER, Resource(req.host, grant_host=req.host)
             )
-            expires_at, tag = self._check_grant(grant, req.key, req.policy, req.host)
+            expires_at, tag = self._check_grant(
+                grant, req.key, req.policy, req.host, (req.service, req.only)
+            )
         elif req.service == ServiceName.FEDERATION:
             self.access.allow(identity, Action.FEDERATE, Resource())
         elif req.service == ServiceName.ENDPOINT:
