@@ -196,8 +196,9 @@ class StreamHandlers(Handlers):
                     "dst": Str(
                         max_length=MAX_DST * 40,
                         description="a peer destination stream narrowed to these IP addresses"
-                        f" (comma-separated, 1-{MAX_DST}): an on-demand host's busy pairs"
-                        " (docs/protocol.md, Destination filter)",
+                        f" (comma-separated, 1-{MAX_DST}, within the 8 KB request line: a"
+                        " channel for long IPv6 lists): an on-demand host's busy pairs, within"
+                        " its grant's dst (docs/protocol.md, Destination filter)",
                     ),
                 },
                 required_query=frozenset({"service", "key"}),
