@@ -22,6 +22,7 @@ from typing import Any, Protocol, TypeVar
 from meshpeer import tls
 from meshpeer.store import election
 from meshpeer.store import etcdplan as plan
+from meshpeer.store.settings import StoreSettings
 from meshpeer.store.sqlite import (
     DEFAULT_LOG_RETENTION,
     Change,
@@ -452,16 +453,8 @@ class Ownership:
 
     def snapshot(self) -> tuple[dict[str, str], int]:
         """Every claim, and the etcd revision they are as of (watch from the next one)."""
-        answer = self._gw.call(
-            "kv/range",
-            {
-                "key": plan.b64(self.prefix + plan.CLAIMS),
-                "range_end": plan.prefix_end(self.prefix + plan.CLAIMS),
-            },
-            idempotent=True,
-        )
-        kvs = list(answer.get("kvs", []))
-        return plan.claims(self.prefix, kvs), int(answer.get("header", {}).get("revision", 0))
+        kvs, revision = range_prefix(self._gw, self.prefix + plan.CLAIMS)
+        return plan.claims(self.prefix, kvs), revision
 
     def watch(self, start_revision: int) -> Iterator[list[plan.WatchEvent]]:
         """Changes to the claims from ``start_revision`` on, one list per etcd message, until
@@ -470,6 +463,55 @@ class Ownership:
 
     def apply(self, current: dict[str, str], events: list[plan.WatchEvent]) -> dict[str, str]:
         return plan.apply_claims(self.prefix, current, events)
+
+
+class SharedDirectory:
+    """The shard directory's ``shards`` in etcd (``<prefix>directory/shards/<shard>``): seeded
+    from the file, read at start and followed by a watch (docs/store.md, "The directory in
+    etcd"). Texts as stored; ``meshpeer.directory.shared_shards`` checks them."""
+
+    def __init__(self, gateway: Gateway, deployment_prefix: str) -> None:
+        self._gw = gateway
+        self.prefix = deployment_prefix
+
+    def seed(self, entries: dict[str, Json]) -> list[str]:
+        """Put each shard's entry that etcd does not have yet (one create-if-absent
+        transaction each: an entry already there, changed or not, wins); returns the names
+        this call put."""
+        put = []
+        for name, doc in sorted(entries.items()):
+            txn = plan.create_txn(plan.directory_key(self.prefix, name), plan.canonical(doc))
+            if self._gw.call("kv/txn", txn, idempotent=True).get("succeeded"):
+                put.append(name)
+        return put
+
+    def snapshot(self) -> tuple[dict[str, str], int]:
+        kvs, revision = range_prefix(self._gw, self.prefix + plan.DIRECTORY)
+        return plan.directory_texts(self.prefix, kvs), revision
+
+    def watch(self, start_revision: int) -> Iterator[list[plan.WatchEvent]]:
+        return watch_prefix(self._gw, self.prefix + plan.DIRECTORY, start_revision)
+
+    def apply(self, current: dict[str, str], events: list[plan.WatchEvent]) -> dict[str, str]:
+        return plan.apply_directory(self.prefix, current, events)
+
+
+def shared_directory(settings: StoreSettings) -> SharedDirectory | None:
+    """Where a shard on etcd keeps the directory's shards (None with SQLite: the file)."""
+    if settings.backend != "etcd":
+        return None
+    gateway = Gateway(settings.endpoints, ca_file=settings.ca_file)
+    return SharedDirectory(gateway, settings.deployment_prefix)
+
+
+def range_prefix(gateway: Gateway, prefix: str) -> tuple[list[Json], int]:
+    """Every key-value under ``prefix``, and the etcd revision they are as of."""
+    answer = gateway.call(
+        "kv/range",
+        {"key": plan.b64(prefix), "range_end": plan.prefix_end(prefix)},
+        idempotent=True,
+    )
+    return list(answer.get("kvs", [])), int(answer.get("header", {}).get("revision", 0))
 
 
 def watch_prefix(
@@ -584,13 +626,16 @@ class Leadership:
         finds itself named (its process before a crash: restarted by its supervisor) lets
         ``defer_s`` pass once the key is gone before it campaigns, so a standby that was
         already waiting takes over (a leader that just crashed may crash again); it still
-        leads if none does."""
+        leads if none does. Once it has seen another replica lead it is such a waiting
+        standby itself: no deferring."""
         restarted: bool | None = None  # unknown until the first answer
         while True:
             try:
                 self.leader = self._current()
                 if restarted is None:
                     restarted = self.leader is not None and self.leader.replica == self.me.replica
+                elif self.leader is not None and self.leader.replica != self.me.replica:
+                    restarted = False  # another leads now: a waiting standby like any other
                 if self.leader is None and restarted:
                     restarted = False
                     sleep(defer_s)
@@ -656,12 +701,7 @@ class Leadership:
 
     def snapshot(self) -> tuple[dict[str, election.Leader], int]:
         """Every shard's leader, and the revision they are as of."""
-        key = self.prefix + election.LEADERS
-        answer = self._gw.call(
-            "kv/range", {"key": plan.b64(key), "range_end": plan.prefix_end(key)}, idempotent=True
-        )
-        kvs = list(answer.get("kvs", []))
-        revision = int(answer.get("header", {}).get("revision", 0))
+        kvs, revision = range_prefix(self._gw, self.prefix + election.LEADERS)
         return election.leaders(self.prefix, kvs), revision
 
     def watch(self, start_revision: int) -> Iterator[list[plan.WatchEvent]]:

@@ -463,8 +463,10 @@ def test_a_reload_on_etcd_does_not_call_claims_and_leaders_a_change(
     assert s.directory.claims == {"zeta": s.name}
     assert s.directory.shards[s.name].url == "http://10.9.9.9:8080"
     added = dataclasses.replace(d.shards[s.name], name="ctl9", vpcs=())
-    shards = {**d.shards, "ctl9": added}  # a shard added: that does need a restart
-    assert s.adopt_directory(dataclasses.replace(d, shards=shards)) == ["shards"]
+    shards = {**d.shards, "ctl9": added}  # a shard added to the file: etcd's shards decide
+    running = s.directory.shards
+    assert s.adopt_directory(dataclasses.replace(d, shards=shards)) == []
+    assert s.directory.shards == running  # the file only seeds etcd (docs/store.md)
 
 
 class RecordedClaims:
