@@ -94,6 +94,17 @@ CONTROLLER = Section(
             "trust store)",
         ),
         Option(
+            "etcd_cert_file",
+            str,
+            "PEM client certificate (chain) this shard presents to https:// `etcd_endpoints` "
+            "(etcd's `--client-cert-auth`); with `etcd_key_file` (none: no client certificate)",
+        ),
+        Option(
+            "etcd_key_file",
+            str,
+            "PEM private key of `etcd_cert_file`",
+        ),
+        Option(
             "api_token",
             str,
             "operator admin token of the REST API (everything but federation)",

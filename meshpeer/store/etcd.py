@@ -11,9 +11,11 @@ resolved by reading the log entry of the version it tried: it carries the attemp
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import json
 import logging
+import ssl
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -76,13 +78,20 @@ class Member:
     """One etcd member's gateway: idle kept connections, each used by one caller at a time
     (green threads share the process; ``meshpeer.client.Client`` keeps one per OS thread)."""
 
-    def __init__(self, url: str, timeout: float, ca_file: str | None) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float,
+        ca_file: str | None,
+        client_cert: tuple[str, str] | None = None,
+    ) -> None:
         parts = tls.split_url(url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = tls.default_port(parts)
         self.secure = parts.scheme == "https"
         self.timeout = timeout
         self.ca_file = ca_file
+        self.client_cert = client_cert
         self._idle: list[http.client.HTTPConnection] = []
 
     def __str__(self) -> str:
@@ -91,7 +100,7 @@ class Member:
     def connect(self, timeout: float | None = None) -> http.client.HTTPConnection:
         timeout = self.timeout if timeout is None else timeout
         if self.secure:
-            ctx = tls.client_context(self.ca_file)
+            ctx = _context(self.ca_file, self.client_cert)
             return http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=ctx)
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
@@ -138,16 +147,49 @@ class Member:
             self._idle.pop().close()
 
 
+def _context(ca_file: str | None, client_cert: tuple[str, str] | None) -> ssl.SSLContext:
+    """The TLS client side for etcd: the server verified against ``ca_file`` (name or IP
+    checked), and ``client_cert`` (certificate, key) presented if given. Loaded again when a
+    file changed (a rotation), else shared."""
+    if client_cert is None:
+        return tls.client_context(ca_file)
+    stamps = tuple(tls.file_stamp(f) for f in (ca_file, *client_cert) if f)
+    return _cert_context(ca_file, client_cert, stamps)
+
+
+@functools.lru_cache(maxsize=8)
+def _cert_context(
+    ca_file: str | None, client_cert: tuple[str, str], _stamps: tuple[object, ...]
+) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname
+    ctx.minimum_version = tls.MIN_VERSION
+    if ca_file:
+        ctx.load_verify_locations(ca_file)
+    else:
+        ctx.load_default_certs()
+    ctx.load_cert_chain(*client_cert)
+    return ctx
+
+
 class Gateway:
     """JSON over HTTP(S) to etcd's gRPC gateway, trying each member's URL in turn."""
 
     def __init__(
-        self, endpoints: Sequence[str], timeout: float = 5.0, ca_file: str | None = None
+        self,
+        endpoints: Sequence[str],
+        timeout: float = 5.0,
+        ca_file: str | None = None,
+        client_cert: tuple[str, str] | None = None,
     ) -> None:
         if not endpoints:
             raise ValueError("etcd: at least one endpoint URL")
-        self.members = [Member(url, timeout, ca_file) for url in endpoints]
+        self.members = [Member(url, timeout, ca_file, client_cert) for url in endpoints]
         self._first = 0  # the member that answered last: asked first next time
+
+    @classmethod
+    def of(cls, settings: StoreSettings, timeout: float = 5.0) -> Gateway:
+        """The gateway a shard's store settings name (endpoints, CA, client certificate)."""
+        return cls(settings.endpoints, timeout, settings.ca_file, settings.client_cert)
 
     def call(self, path: str, body: Json, *, idempotent: bool) -> Json:
         """POST ``body`` to ``/v3/<path>``. Reads move on to the next member after any failure;
@@ -215,6 +257,7 @@ class EtcdStore:
         log_retention: int = DEFAULT_LOG_RETENTION,
         timeout: float = 5.0,
         ca_file: str | None = None,
+        client_cert: tuple[str, str] | None = None,
     ) -> EtcdStore:
         """The store under ``prefix`` (``/meshpeer/shards/<shard>/``) of the cluster at
         ``endpoints``; checks that the cluster answers."""
@@ -222,7 +265,7 @@ class EtcdStore:
             raise ValueError("log_retention must be at least 1")
         if not prefix.endswith("/"):
             raise ValueError(f"etcd prefix must end with '/': {prefix!r}")
-        store = cls(Gateway(endpoints, timeout, ca_file), prefix, log_retention)
+        store = cls(Gateway(endpoints, timeout, ca_file, client_cert), prefix, log_retention)
         store._head()
         return store
 
@@ -500,8 +543,7 @@ def shared_directory(settings: StoreSettings) -> SharedDirectory | None:
     """Where a shard on etcd keeps the directory's shards (None with SQLite: the file)."""
     if settings.backend != "etcd":
         return None
-    gateway = Gateway(settings.endpoints, ca_file=settings.ca_file)
-    return SharedDirectory(gateway, settings.deployment_prefix)
+    return SharedDirectory(Gateway.of(settings), settings.deployment_prefix)
 
 
 def range_prefix(gateway: Gateway, prefix: str) -> tuple[list[Json], int]:

@@ -150,6 +150,15 @@ def test_etcd_members_one_down_changes_nothing_two_down_stops_writes_only(lab: L
         lab.name, "exec", "etcd1", "--", "etcdctl", "get", "--prefix", "--keys-only", "/"
     )
     assert "/meshpeer/leaders/ctl1" in keys.stdout.split()
+    # the directory's shards, seeded from the lab's file, as every shard reads them
+    for name in ("ctl1", "ctl2"):
+        assert f"/meshpeer/directory/shards/{name}" in keys.stdout.split()
+    entry = lab_cli(
+        lab.name, "exec", "etcd1", "--", "etcdctl", "get", "--print-value-only",
+        "/meshpeer/directory/shards/ctl1",
+    )  # fmt: skip
+    c1 = next(x for x in lab.plan.controllers if x.name == "ctl1")
+    assert json.loads(entry.stdout)["replicas"] == controllers.replica_urls(lab.plan, c1)
     try:
         etcd.stop(lab.plan, e3)
         members = json.loads(lab_cli(lab.name, "status", "--json").stdout)["etcd"]

@@ -23,6 +23,7 @@ from meshpeer.controller.shard import ShardState
 from meshpeer.directory import DirectoryError, shard_doc, shared_shards
 from meshpeer.store import Change, Conflict, election
 from meshpeer.store import etcdplan as plan
+from meshpeer.store.backends import open_store
 from meshpeer.store.etcd import (
     Diverged,
     EtcdStore,
@@ -34,11 +35,12 @@ from meshpeer.store.etcd import (
     Unavailable,
     follow,
     follow_claims,
+    shared_directory,
 )
 from meshpeer.store.settings import store_settings
 from meshpeer.store.sqlite import Store
 from meshpeer.streaming.publisher import StreamHub
-from tests.support.etcd import EtcdServer, etcd_server
+from tests.support.etcd import EtcdServer, etcd_cluster, etcd_server
 from tests.support.wait import wait_for
 from tests.unit.controller_fixtures import directory
 
@@ -568,3 +570,48 @@ def test_a_shard_does_not_start_on_a_directory_in_etcd_that_does_not_check_out(
     _put(etcd, f"{prefix}directory/shards/ctl2", plan.canonical(overlapping))
     with pytest.raises(SystemExit, match=r"directory/shards/\).*shards.ctl2.vni_range: overlaps"):
         _read_shared(shared, d, "ctl1")
+
+
+# --- shards to etcd over TLS with a client certificate ----------------------------------------
+
+
+def test_a_shard_reaches_an_etcd_that_asks_for_client_certificates_only_with_one() -> None:
+    with etcd_cluster(1, tls=True) as cluster:
+        assert cluster.tls is not None
+        (url,) = cluster.urls
+        assert url.startswith("https://")
+        values = {
+            "store": "etcd",
+            "etcd_endpoints": url,
+            "etcd_ca_file": cluster.tls.ca_file,
+            "etcd_cert_file": cluster.tls.client_cert[0],
+            "etcd_key_file": cluster.tls.client_cert[1],
+        }
+        settings = store_settings(values, "ctl1")
+        assert settings.client_cert == cluster.tls.client_cert
+        store = open_store(settings)
+        assert store.commit([Change("vpc", "blue", {})]) == 1
+        store.close()
+        shared = shared_directory(settings)
+        assert shared is not None and shared.seed(
+            {"ctl1": {"url": "https://x", "vni_range": [1, 9]}}
+        )
+        # the same cluster without the certificate: refused at the handshake, said so
+        bare = {k: v for k, v in values.items() if k not in ("etcd_cert_file", "etcd_key_file")}
+        with pytest.raises(Unavailable, match=r"(?i)certificate|handshake|alert"):
+            open_store(store_settings(bare, "ctl1"))
+
+
+def test_a_client_certificate_goes_with_its_key_and_https() -> None:
+    base = {"store": "etcd", "etcd_endpoints": "https://a:2379"}
+    for values, field in [
+        ({**base, "etcd_cert_file": "/c.pem"}, "controller.etcd_cert_file"),
+        ({**base, "etcd_key_file": "/c.key"}, "controller.etcd_cert_file"),
+        (
+            {**base, "etcd_endpoints": "https://a:2379,http://b:2379", "etcd_cert_file": "/c.pem",
+             "etcd_key_file": "/c.key"},
+            "must be https://",
+        ),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError, match=re.escape(field)):
+            store_settings(values, "ctl1")
