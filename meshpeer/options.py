@@ -143,7 +143,14 @@ CONTROLLER = Section(
             "comma-separated host names this shard refuses; the directory's `revoked_hosts` "
             "is refused by every shard and taken without a restart (docs/security.md)",
         ),
-        Option("directory_file", str, "YAML shard directory shared by every shard", required=True),
+        Option(
+            "directory_file",
+            str,
+            "YAML shard directory shared by every shard; with `store = etcd` its `shards` only "
+            "seed etcd's directory, which every shard follows (docs/store.md), and its secrets "
+            "stay here",
+            required=True,
+        ),
         Option(
             "directory_check_interval",
             float,
