@@ -16,11 +16,17 @@ from __future__ import annotations
 import ipaddress
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from meshpeer.client import Replicas
+from meshpeer.client import Answer
 
 SAME = ("name", "kind", "ip", "host")  # what a create sets and a read must give back
+
+
+class Requester(Protocol):
+    """What the loop needs of its client: ``meshpeer.client.Replicas``."""
+
+    def request(self, method: str, path: str, body: Any = None) -> Answer: ...
 
 
 @dataclass
@@ -40,7 +46,7 @@ class WriteLoop:
 
     def __init__(
         self,
-        client: Replicas,
+        client: Requester,
         vpc: str,
         host: str,
         network: str,
