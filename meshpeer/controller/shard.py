@@ -53,6 +53,7 @@ from meshpeer.controller.peering import (
 from meshpeer.controller.routing import effective_routes
 from meshpeer.directory import Directory, DirectoryError, Shard, credentials_update, shared_shards
 from meshpeer.protocol import ServiceName
+from meshpeer.protocol.directory import DIRECTORY_STREAM, PublicDirectory
 from meshpeer.protocol.messages import (
     PEER_SERVICES,
     CloseReason,
@@ -145,6 +146,9 @@ class ShardState:
         self.revoked_here = revoked_hosts  # this shard's option, beside the directory's list
         self.ownership: VpcClaims | None = None  # store = etcd: VPC claims (set by the app)
         self.leader_urls: dict[str, str] = {}  # store = etcd: each shard's leader's, last seen
+        # The directory's shards as listed (the file's, or etcd's), without the leaders' URLs:
+        # what the shard publishes to its hosts (the ``directory`` stream, docs/protocol.md).
+        self.listed: Mapping[str, Shard] = directory.shards
         self.writes = WriteLock()  # held by each write request (ControllerApi.routes)
         self.grants = GrantSettings(directory, grant_ttl, self.revoked_hosts)
         snap = store.load()
@@ -343,7 +347,7 @@ class ShardState:
         """Each shard's current leader's URL (replicas, docs/store.md): federation follows.
         A shard with no leader now keeps the URL of its last one."""
         self.leader_urls = {**self.leader_urls, **urls}
-        self._take_shards(self.directory.shards)
+        self._take_shards(self.listed)
 
     def take_shared_directory(self, texts: Mapping[str, str]) -> bool:
         """The directory's shards as etcd holds them now (its watch; docs/store.md, "The
@@ -361,9 +365,11 @@ class ShardState:
         return True
 
     def _take_shards(self, shards: Mapping[str, Shard]) -> None:
-        """``shards`` with each one's URL its leader's, if it has one (``take_leaders``)."""
+        """``shards`` with each one's URL its leader's, if it has one (``take_leaders``); the
+        hosts are sent them as listed."""
         led = {n: replace(s, url=self.leader_urls.get(n, s.url)) for n, s in shards.items()}
-        if led != self.directory.shards:
+        if led != self.directory.shards or shards != self.listed:
+            self.listed = shards
             self.directory = replace(self.directory, shards=led)
             self.grants = replace(self.grants, directory=self.directory)
             self.refresh()
@@ -519,6 +525,7 @@ class ShardState:
             pub.streams[StreamId(ServiceName.FEDERATION, vpc)] = {
                 k: dict(v) for k, v in views[vpc].items()
             }
+        pub.streams[DIRECTORY_STREAM] = PublicDirectory(self.listed).to_json()  # a few shards
         produced: dict[StreamId, int] = {}
         for sid, objects in pub.streams.items():
             delta = self.hub.publish(sid, objects)
