@@ -3,9 +3,10 @@
 The OHC's ``directory_file`` is the bootstrap: it needs at least the host's own shard (its
 ``url``, and ``replicas`` if it has several processes), listed first. The OHC follows that
 shard's ``directory`` stream (docs/protocol.md, "Directory": every shard, its URL, replicas,
-VNI range and pinned VPCs; never a secret) and runs with each directory it publishes: a shard
-added there is followed (its endpoint stream) and registered with, without a restart; a shard
-removed is no longer followed; a VPC pinned elsewhere moves. A published directory that does
+VNI range and the VPCs it owns by name, pinned or claimed in etcd; never a secret) and runs with
+each directory it publishes: a shard added there is followed (its endpoint stream) and
+registered with, without a restart; a shard removed is no longer followed; a VPC pinned or
+claimed elsewhere moves (its streams are followed at its owner). A published directory that does
 not check out (``meshpeer.protocol.directory.PublicDirectory.parse``) is refused whole and
 logged, and the directory running stays; so does the running one while the shard cannot be
 reached (fail static), or answers no (an older shard that publishes no directory).
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Update:
     """A published directory taken: the new one, and which shards it added, removed or
-    changed (URL, replicas, VNI range or pinned VPCs) against the one running before."""
+    changed (URL, replicas, VNI range or owned VPCs) against the one running before."""
 
     directory: Directory
     added: tuple[str, ...] = ()

@@ -525,7 +525,9 @@ class ShardState:
             pub.streams[StreamId(ServiceName.FEDERATION, vpc)] = {
                 k: dict(v) for k, v in views[vpc].items()
             }
-        pub.streams[DIRECTORY_STREAM] = PublicDirectory(self.listed).to_json()  # a few shards
+        # a few shards, with the VPCs each claimed: a claim taken (``take_claims``) is sent
+        public = PublicDirectory.of(self.listed, self.directory.claims)
+        pub.streams[DIRECTORY_STREAM] = public.to_json()
         produced: dict[StreamId, int] = {}
         for sid, objects in pub.streams.items():
             delta = self.hub.publish(sid, objects)

@@ -3,7 +3,9 @@ to its hosts so that they learn every shard from their own (docs/protocol.md, "D
 
 One stream, ``directory/shards``, shared by every subscriber; one object per shard, keyed by
 the shard's name, as the directory file (or etcd's directory) lists it: ``url``,
-``vni_range``, and ``vpcs`` and ``replicas`` when it has any. Never a secret: the object has
+``vni_range``, and ``vpcs`` and ``replicas`` when it has any; its ``vpcs`` are the VPCs it
+owns by name: those it pins, then those it claimed in etcd (:meth:`PublicDirectory.of`), so a
+host's ``Directory.owner_of`` finds the shard's answer without knowing claims. Never a secret: the object has
 no field for one (``grant_keys``, ``host_keys``, ``federation_token`` and ``revoked_hosts``
 stay in the shards' file), and a field the directory does not know is refused.
 
@@ -16,7 +18,7 @@ naming the entry's field), and the host keeps the directory it runs with.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from meshpeer.directory import DirectoryError, Shard, parse_shards, shard_doc
 from meshpeer.protocol.messages import JsonObject, ProtocolError, ServiceName, StreamId
@@ -35,6 +37,24 @@ class PublicDirectory:
     """The shards of the directory, as a shard publishes them (by name)."""
 
     shards: Mapping[str, Shard]
+
+    @classmethod
+    def of(cls, shards: Mapping[str, Shard], claims: Mapping[str, str]) -> PublicDirectory:
+        """``shards`` as listed, each one's ``vpcs`` followed by the VPCs it claimed
+        (``claims``: VPC -> shard, etcd's; sorted), as ``Directory.owner_of`` decides: a claim
+        on a VPC some shard pins is left out (the pin wins), and so is a claim by a shard not
+        listed (its VPC follows its hash)."""
+        pinned = {vpc for s in shards.values() for vpc in s.vpcs}
+        claimed: dict[str, list[str]] = {}
+        for vpc, owner in sorted(claims.items()):
+            if owner in shards and vpc not in pinned:
+                claimed.setdefault(owner, []).append(vpc)
+        return cls(
+            {
+                name: replace(s, vpcs=(*s.vpcs, *claimed[name])) if name in claimed else s
+                for name, s in shards.items()
+            }
+        )
 
     def to_json(self) -> dict[str, JsonObject]:
         """The stream's objects: each shard's entry, as the directory file writes it."""

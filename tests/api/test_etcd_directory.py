@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from meshpeer import options
-from meshpeer.directory import public_doc
+from meshpeer.directory import parse_directory, public_doc
 from meshpeer.lab.procs import spawn_manager
 from meshpeer.store import etcdplan as plan
 from meshpeer.store.etcd import Gateway
@@ -176,6 +176,37 @@ def test_a_host_learns_the_shards_from_its_own_and_reaches_one_added_in_etcd(
                         what=f"hv7 following zeta's {service} at ctl3",
                     )
                 assert subscribers(c1, "directory") == 1 and subscribers(c2, "directory") == 0
+            except BaseException:
+                print(f"--- {log} (tail) ---\n{tail(log)}")
+                raise
+
+
+def test_a_host_follows_a_vpc_at_the_shard_that_claimed_it(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """A VPC created at ctl1 whose name hashes to ctl2 is claimed by ctl1 in etcd; ctl1
+    publishes the claim to its hosts (its ``directory`` stream), so the host follows the VPC's
+    streams at ctl1, not at its hash shard (before: at ctl2, which has no such VPC)."""
+    with etcd_server() as etcd:
+        cluster = make_cluster(tls=False, options={"store": "etcd", "etcd_endpoints": etcd.url})
+        c1, c2 = cluster["ctl1"], cluster["ctl2"]
+        doc = public_doc(cluster.directory_doc())
+        hashed = parse_directory(doc, secrets=False)
+        vpc = next(f"vpc-{i}" for i in range(100) if hashed.owner_of(f"vpc-{i}") == "ctl2")
+        assert hashed.pinned_owner(vpc) is None
+        boot = cluster.workdir / "hv7-directory.yaml"
+        boot.write_text(yaml.safe_dump(doc), encoding="utf-8")
+        with ohc(cluster, "hv7", boot) as log:
+            try:
+                wait_for(lambda: subscribers(c1, "directory") == 1, what="hv7 following ctl1")
+                c1.vpc(vpc, "10.9.0.0/24")  # claimed by ctl1 in etcd
+                c1.vm(vpc, "t1", "10.9.0.11", host="hv7")
+                for service in ("peering", "destination", "forwarding", "loadbalancer"):
+                    wait_for(
+                        lambda service=service: subscribers(c1, service) == 1,
+                        what=f"hv7 following {vpc}'s {service} at ctl1",
+                    )
+                assert subscribers(c2, "destination") == 0
             except BaseException:
                 print(f"--- {log} (tail) ---\n{tail(log)}")
                 raise

@@ -5,16 +5,25 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import pathlib
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from meshpeer.controller.shard import ShardState
 from meshpeer.directory import parse_directory
 from meshpeer.protocol import ServiceName
-from meshpeer.protocol.directory import DIRECTORY_KEY, BadDirectory, PublicDirectory
+from meshpeer.protocol.directory import (
+    DIRECTORY_KEY,
+    DIRECTORY_STREAM,
+    BadDirectory,
+    PublicDirectory,
+)
 from meshpeer.protocol.messages import Delta, Snapshot
 from meshpeer.protocol.stream import ReplicaState
+from meshpeer.store.sqlite import Store
+from meshpeer.streaming.publisher import StreamHub
 from ohc.directory_updates import DirectoryFollower, HostDirectory, Update, take_published
 from ohc.subscriptions import Sub
 from tests.unit.controller_fixtures import directory
@@ -136,3 +145,30 @@ def test_the_home_shard_is_the_files_first() -> None:
     two = dataclasses.replace(directory(), shards=dict(reversed(directory().shards.items())))
     assert HostDirectory(two).home == "ctl2"
     assert HostDirectory(directory()).home == "ctl1"
+
+
+def test_a_vpc_claimed_by_a_shard_it_does_not_hash_to_is_found_at_its_claimant(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Found by the previous change's own "left": claims (etcd) were not published, so a host
+    looked up a VPC created at a shard its name does not hash to at its hash shard. The
+    claim taken by the shard's watch is a delta of the claimant's entry; released, the VPC
+    goes back to its hash."""
+    d = directory(ctl1=["blue"], ctl2=[])
+    assert d.owner_of("teal") == "ctl2"  # its hash
+    store = Store.open(str(tmp_path / "s.db"), synchronous="NORMAL")
+    s = ShardState("ctl1", d, store, StreamHub(base_version=1 << 32), lambda: 1000.0)
+    known = HostDirectory(dataclasses.replace(BOOT, shards={"ctl1": d.shards["ctl1"]}))
+    ctl1, ctl2 = d.shards["ctl1"].url, d.shards["ctl2"].url
+    known.take(s.hub.objects(DIRECTORY_STREAM))
+    assert known.url_of("teal") == ctl2
+    version = s.hub.version(DIRECTORY_STREAM)
+    s.take_claims({"teal": "ctl1"})  # created at ctl1: its claim in etcd, seen by the watch
+    assert s.hub.version(DIRECTORY_STREAM) > version
+    update = known.take(s.hub.objects(DIRECTORY_STREAM))
+    assert update.changed == ("ctl1",)
+    assert known.url_of("teal") == ctl1
+    s.take_claims({})  # deleted: its claim released
+    known.take(s.hub.objects(DIRECTORY_STREAM))
+    assert known.url_of("teal") == ctl2
+    store.close()

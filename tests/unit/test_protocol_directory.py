@@ -3,6 +3,7 @@ hosts is the directory's public part, checked whole as a directory file's ``shar
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -99,3 +100,19 @@ def test_the_documented_directory_parses_and_writes_back() -> None:
         (msg,) = Decoder().feed((line + "\n").encode())
         assert isinstance(msg, Snapshot) and msg.service is ServiceName.DIRECTORY
         assert PublicDirectory.parse(msg.objects).to_json() == msg.objects
+
+
+def test_each_shard_lists_the_vpcs_it_claimed_after_those_it_pins() -> None:
+    """Claims (etcd's ``vpcs/``) travel in the claimant's ``vpcs``, as ``owner_of`` decides:
+    a pin wins over a claim, and a claim by a shard not listed is left out (its hash)."""
+    d = directory(ctl1=["blue"], ctl2=[])
+    claims = {"teal": "ctl1", "gold": "ctl2", "blue": "ctl2", "mint": "ctl9", "aqua": "ctl1"}
+    public = PublicDirectory.of(d.shards, claims)
+    assert public.to_json()["ctl1"]["vpcs"] == ["blue", "aqua", "teal"]
+    assert public.to_json()["ctl2"]["vpcs"] == ["gold"]
+    assert PublicDirectory.parse(public.to_json()) == public  # a VPC under one shard each
+    host = dataclasses.replace(d, shards=public.shards)  # a host's: no claims of its own
+    shard = dataclasses.replace(d, claims=claims, claimed=True)
+    for vpc in ("blue", "teal", "gold", "mint", "aqua", "zeta", "cyan"):
+        assert host.owner_of(vpc) == shard.owner_of(vpc), vpc
+    assert PublicDirectory.of(d.shards, {}) == PublicDirectory(d.shards)
