@@ -98,7 +98,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         urls = self.directory.urls()
         # a shard with replicas: its channel and reports find the leader (docs/decisions.md)
         replicas = self.directory.replica_urls
-        channels = Channels(conf.api_token, ca_file=conf.ca_file, replicas=replicas)
+        self.channels = channels = Channels(conf.api_token, ca_file=conf.ca_file, replicas=replicas)
         self.agent = Agent(
             conf.host,
             urls,
@@ -195,6 +195,7 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
     def _take_directory(self, update: Update) -> None:
         """A directory from the host's shard: follow and register with the shards it lists."""
         self.agent.shard_urls = self.directory.urls()
+        self.channels.take_replicas()  # a shard's replicas changed: its open channel too
         self.agent.resync()
         if update.added:
             self.threads.append(hub.spawn(self._register, update.added))
