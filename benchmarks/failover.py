@@ -17,8 +17,17 @@ Prints p50/p99 and writes benchmarks/results/failover.json. Target (issue 15): p
 pinged at 100 pps through every run. Each run kills ctl1's leader with SIGKILL and times from
 the moment it is gone to the first write a replica acknowledges (the same ``PUT``, tried every
 20 ms on each replica); the lab's supervisor starts the killed one again, and the run waits
-until it stands by. Writes ``failover_lab.json`` (the same fields, plus the pings sent and
-lost while later ones were answered):
+until it stands by. Through all runs a client (``meshpeer.client.Replicas``: it follows the
+leader, and sends a create again under the same name after a 503 or no answer) creates
+endpoints in VPC ``wl`` on ctl1, 20 a second at most (tests/e2e/writeloop.py), and each run
+starts once 20 more of them were acknowledged (by the leader of the time); after the last
+run its log is checked against the shard's list: every acknowledged write present once, at
+its version; a resent create whose first send had applied (409, the endpoint as sent) counted
+as recognised, never twice. Writes ``failover_lab.json`` (the same fields, plus the pings sent
+and lost while later ones were answered, and the writes: ``writes_sent``,
+``writes_acknowledged``, ``writes_recognised``, ``writes_retried`` (sent more than once),
+``writes_resends``, ``writes_present``; ``unplanned_failovers``: runs after which the killed
+replica led again, the one that took over having lost its lease meanwhile):
 
     flock /tmp/meshpeer-lab.lock .venv/bin/python benchmarks/failover.py --lab [--runs 10]
 """
@@ -27,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -40,13 +48,13 @@ sys.path.insert(0, common.ROOT)
 from meshpeer.client import Client
 from meshpeer.lab import controllers
 from meshpeer.lab.plan import ControllerPlan, LabPlan
-from meshpeer.lab.procs import alive
 from tests.api.ctlkit import Cluster, Ctl, health, standing_by
 from tests.support.etcd import etcd_server
 from tests.support.wait import wait_for
 
 LEADER_TTL = 2.0
 LAYOUT = {"ctl1": ((1000, 1999), ("blue",))}
+WRITES_VPC, WRITES_CIDR = "wl", "10.50.0.0/16"  # --lab: the write loop's VPC (on ctl1)
 
 
 def _write(ctl: Ctl, host: str) -> int | None:
@@ -91,59 +99,67 @@ def lab_write(plan: LabPlan, c: ControllerPlan, host: str) -> int | None:
     return None
 
 
-def lab_failover(plan: LabPlan, c: ControllerPlan, run: int) -> float:
-    """Seconds from the lab leader's death to a replica's first acknowledged write."""
+def lab_failover(plan: LabPlan, c: ControllerPlan, run: int) -> tuple[float, bool]:
+    """Seconds from the lab leader's death to a replica's first acknowledged write, and
+    whether the killed replica leads again once it is back (the one that took over lost the
+    lead meanwhile: a failover nobody asked for)."""
     before = lab_write(plan, c, f"before{run}")
     assert before is not None, "the leader did not take a write"
-    roles = dict(controllers.roles(plan, c))
-    (leader,) = [
-        r for r in controllers.replicas(c) if roles[controllers.replica_url(plan, c, r)] == "leader"
-    ]
-    pid = controllers.pid(plan, c, leader)
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not alive(pid), 30, 0.005, "the leader to be gone")
+    leader, pid = controllers.kill_leader(plan, c)
     gone = time.monotonic()
     version = wait_for(lambda: lab_write(plan, c, f"after{run}"), 30, 0.02, "a replica to lead")
     took = time.monotonic() - gone
-    assert version == before + 1, (before, version)
-
-    def back() -> bool:
-        new = controllers.pid(plan, c, leader)
-        url = controllers.replica_url(plan, c, leader)
-        up = [(role, ok) for u, role, ok in controllers.health(plan, c) if u == url]
-        return new not in (None, pid) and up == [("standby", True)]
-
-    wait_for(back, 60, 0.1, "the killed replica back as a standby")
-    return took
+    assert version > before, (before, version)  # the write loop commits in between
+    wait_for(
+        lambda: controllers.back_after_kill(plan, c, leader, pid),
+        60,
+        0.1,
+        "the killed replica back, one leading",
+    )
+    return took, controllers.leader_url(plan, c) == controllers.replica_url(plan, c, leader)
 
 
 def main_lab(args: argparse.Namespace) -> None:
     from meshpeer.lab.cli import load_topology
     from tests.e2e.traffic import Pinger
+    from tests.e2e.writeloop import WriteLoop, check
     from tests.integration.labkit import E2E_TOPOLOGIES
 
     topology = os.path.join(E2E_TOPOLOGIES, "replicas.yaml")
     times: list[float] = []
+    unplanned = 0
     with common.lab(topology, "fobnch") as lab:
         c = next(x for x in lab.plan.controllers if x.name == "ctl1")
         b1 = next(v for v in lab.plan.vms if v.name == "b1")
         r1 = next(v for v in lab.plan.vms if v.name == "r1")
-        with Pinger(b1, r1.ip, count=10**6) as pinger:
+        client = controllers.leader_client(lab.plan, c)
+        client.post("/v1/vpcs", {"name": WRITES_VPC, "subnets": [{"cidr": WRITES_CIDR}]})
+        with (
+            Pinger(b1, r1.ip, count=10**6) as pinger,
+            WriteLoop(client, WRITES_VPC, "hv1", WRITES_CIDR) as loop,
+        ):
             assert pinger.wait_reply_after(time.time(), 30) is not None, "b1 -> r1"
             for run in range(args.runs):
-                took = lab_failover(lab.plan, c, run)
+                flowing = loop.acknowledged + 20  # writes reach the leader before each kill
+                wait_for(lambda: loop.acknowledged >= flowing, 60, 0.05, "writes to the leader")  # noqa: B023
+                took, again = lab_failover(lab.plan, c, run)
                 times.append(took)
+                unplanned += again
                 print(f"run {run + 1}: {took:.2f} s ({controllers.leader_url(lab.plan, c)} leads)")
             assert pinger.wait_reply_after(time.time(), 30) is not None, "b1 -> r1 after"
             pings = pinger.stop()
+            writes = loop.stop()
+        counts = check(writes, client.get(f"/v1/vpcs/{WRITES_VPC}/endpoints")["endpoints"])
         topo = load_topology(topology)
         assert topo.etcd is not None
         members = topo.etcd.members
     s = common.summary(times)
     print(f"lab failover over {len(times)} runs: p50 {s['p50']:.2f} s, p99 {s['p99']:.2f} s "
           f"(min {s['min']:.2f}, max {s['max']:.2f}); target p50 <= 3 s; b1 -> r1: "
-          f"{pings.sent} sent, {len(pings.gaps())} lost")  # fmt: skip
+          f"{pings.sent} sent, {len(pings.gaps())} lost; endpoint writes: "
+          f"{counts['writes_acknowledged']} acknowledged, {counts['writes_recognised']} "
+          f"recognised, {counts['writes_retried']} retried, {counts['writes_present']} present "
+          f"(each once); {unplanned} failovers nobody asked for")  # fmt: skip
     result = {
         "what": "lab: leader killed (SIGKILL) -> a replica acknowledges a write",
         "leader_ttl_s": LEADER_TTL,
@@ -153,6 +169,8 @@ def main_lab(args: argparse.Namespace) -> None:
         "etcd_members": members,
         "pings_sent": pings.sent,
         "pings_lost": len(pings.gaps()),
+        **counts,
+        "unplanned_failovers": unplanned,
         "machine": common.machine("fobnch"),
         "when": common.now_utc(),
     }

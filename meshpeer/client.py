@@ -7,7 +7,11 @@ Each thread keeps one HTTP/1.1 connection to the shard and reuses it: a TLS hand
 request cost more than the request (bulk creates through REST, measured in docs/decisions.md).
 A kept connection the shard has closed meanwhile (idle timeout, eviction, restart) is seen
 before it is used (readable while idle: its end) and replaced; if it fails anyway, only an
-idempotent request is sent again, on a new connection."""
+idempotent request is sent again, on a new connection.
+
+:class:`Replicas` is a client of one shard that runs several replicas (docs/store.md,
+"Replicas"): it sends each request to the replica that leads, following a standby's 503 that
+names the leader and moving on from a replica that does not answer, until a deadline."""
 
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ import select
 import ssl
 import threading
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from meshpeer import tls
@@ -145,6 +151,88 @@ class Client:
 
     def delete(self, path: str) -> Any:
         return self.call("DELETE", path)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What :meth:`Replicas.request` got: the status and body of the last answer, and how
+    many times the request was sent (``sends > 1``: an earlier send may have applied, so a
+    409 to a create can be that earlier send's)."""
+
+    status: int
+    body: Any
+    sends: int
+    url: str
+
+
+def next_replica(urls: Sequence[str], current: str, status: int | None, body: Any) -> str:
+    """Where to send a request again after ``current`` answered ``status`` (None: no answer):
+    the leader a standby's 503 names if it is one of ``urls``, else the next replica after a
+    replica that did not answer, else ``current`` again (a leader's 503: etcd unavailable)."""
+    standby = status == 503 and isinstance(body, dict) and "leader" in body
+    if standby and isinstance(body["leader"], dict) and body["leader"].get("url") in urls:
+        return str(body["leader"]["url"])
+    if standby or status is None:  # a standby that knows no leader yet, or no answer
+        return urls[(list(urls).index(current) + 1) % len(urls)] if current in urls else urls[0]
+    return current
+
+
+class Replicas:
+    """A client of one shard's replicas (``urls``; one URL: a shard of one process) that
+    follows the leader. ``request`` sends again, after ``pause`` seconds, while the answer is a
+    503 or none came (refused, reset, timed out), for at most ``retry_for`` seconds; then the
+    last 503 is returned or the last error raised. Only requests whose repetition is harmless
+    or recognisable should be given to it: GET, PUT, DELETE, and creates of named resources
+    (a repeated create whose first send applied gets 409, and ``Answer.sends`` says so)."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        token: str | None,
+        timeout: float = 10.0,
+        ca_file: str | None = None,
+        retry_for: float = 30.0,
+        pause: float = 0.05,
+        sleep: Callable[[float], object] = time.sleep,
+    ) -> None:
+        if not urls:
+            raise ValueError("Replicas: at least one URL")
+        self.urls = [u.rstrip("/") for u in urls]
+        self.clients = {u: Client(u, token, timeout, ca_file) for u in self.urls}
+        self.current = self.urls[0]
+        self.retry_for = retry_for
+        self.pause = pause
+        self.sleep = sleep
+
+    def request(self, method: str, path: str, body: Any = None) -> Answer:
+        deadline = time.monotonic() + self.retry_for
+        sends = 0
+        while True:
+            url = self.current
+            sends += 1
+            status: int | None = None
+            answer: Any = None
+            try:
+                status, answer = self.clients[url].request(method, path, body)
+            except (OSError, http.client.HTTPException, ValueError):
+                if time.monotonic() >= deadline:
+                    raise
+            if status is not None and (status != 503 or time.monotonic() >= deadline):
+                return Answer(status, answer, sends, url)
+            self.current = next_replica(self.urls, url, status, answer)
+            self.sleep(self.pause)
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        got = self.request(method, path, body)
+        if not 200 <= got.status < 300:
+            raise ApiFailure(method, path, got.status, got.body)
+        return got.body
+
+    def get(self, path: str) -> Any:
+        return self.call("GET", path)
+
+    def post(self, path: str, body: Any) -> Any:
+        return self.call("POST", path, body)
 
 
 def _open(conn: http.client.HTTPConnection) -> bool:

@@ -1,9 +1,12 @@
 """The shard directory: which controller owns which VPC, where it listens, shared keys.
 
-Every shard reads the same file (a later issue moves it into etcd); hosts read the same
+Every shard reads the same file; with the etcd store its ``shards`` are kept in etcd, where
+the file only seeds them (:func:`shared_shards`, docs/store.md, "The directory in etcd"),
+and its secrets stay in the file. Hosts read the same
 directory without its secrets (``grant_keys``, ``host_keys``, ``federation_token``: they
 never leave the shards, docs/security.md) and without the shards' list of revoked hosts
-(``revoked_hosts``). A shard takes a changed file's host keys and revoked hosts while it
+(``revoked_hosts``), as a bootstrap: their shard publishes them the rest
+(``meshpeer.protocol.directory``). A shard takes a changed file's host keys and revoked hosts while it
 runs (:func:`credentials_update`); the rest needs a restart. A VPC's owner is
 pinned in the file or else follows from a rendezvous hash of its name (``owner_of``), so new
 VPCs need no edit. VNI ranges are disjoint per shard, so VNIs are unique across shards
@@ -15,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -116,7 +120,20 @@ def parse_directory(raw: object, *, secrets: bool = True) -> Directory:
     unknown = set(raw) - {"shards", *SHARD_ONLY}
     if unknown:
         raise DirectoryError(f"directory.{sorted(unknown)[0]}: unknown key")
-    shards_raw = raw.get("shards")
+    shards = parse_shards(raw.get("shards"))
+    if not secrets:
+        return Directory(shards, {}, "")
+    keys = _keys(raw.get("grant_keys"), "grant_keys")
+    host_keys = _keys(raw["host_keys"], "host_keys") if "host_keys" in raw else {}
+    token = raw.get("federation_token")
+    if not isinstance(token, str) or len(token) < 16:
+        raise DirectoryError("federation_token: a string of at least 16 characters")
+    return Directory(shards, keys, token, host_keys, _revoked(raw.get("revoked_hosts", [])))
+
+
+def parse_shards(shards_raw: object) -> dict[str, Shard]:
+    """The directory's ``shards`` (a file's, or etcd's: :func:`shared_shards`), checked
+    together: VPCs pinned once, VNI ranges disjoint, each replica URL in one shard."""
     if not isinstance(shards_raw, Mapping) or not shards_raw:
         raise DirectoryError("shards: expected a non-empty mapping of shard name to settings")
     shards: dict[str, Shard] = {}
@@ -141,14 +158,33 @@ def parse_directory(raw: object, *, secrets: bool = True) -> Directory:
     for (_, hi, a), (lo, _, b) in itertools.pairwise(ranges):
         if lo <= hi:
             raise DirectoryError(f"shards.{b}.vni_range: overlaps the range of shard {a!r}")
-    if not secrets:
-        return Directory(shards, {}, "")
-    keys = _keys(raw.get("grant_keys"), "grant_keys")
-    host_keys = _keys(raw["host_keys"], "host_keys") if "host_keys" in raw else {}
-    token = raw.get("federation_token")
-    if not isinstance(token, str) or len(token) < 16:
-        raise DirectoryError("federation_token: a string of at least 16 characters")
-    return Directory(shards, keys, token, host_keys, _revoked(raw.get("revoked_hosts", [])))
+    return shards
+
+
+def shard_doc(s: Shard) -> dict[str, Any]:
+    """A shard's entry as a directory document holds it (the file's, and etcd's value)."""
+    doc: dict[str, Any] = {"url": s.url, "vni_range": list(s.vni_range)}
+    if s.vpcs:
+        doc["vpcs"] = list(s.vpcs)
+    if s.replicas:
+        doc["replicas"] = list(s.replicas)
+    return doc
+
+
+def shared_shards(texts: Mapping[str, str], shard: str) -> dict[str, Shard]:
+    """The shards of the directory kept in etcd (``<prefix>directory/shards/<name>``: name ->
+    the value's text, JSON as :func:`shard_doc` makes it), checked as a file's are, and that
+    they still list ``shard`` (the one reading them); DirectoryError naming the entry."""
+    docs: dict[str, object] = {}
+    for name, text in texts.items():
+        try:
+            docs[name] = json.loads(text)
+        except ValueError as exc:
+            raise DirectoryError(f"shards.{name}: not JSON ({exc})") from None
+    shards = parse_shards(docs)
+    if shard not in shards:
+        raise DirectoryError(f"shards.{shard}: absent (the shard reading it is not listed)")
+    return shards
 
 
 def _revoked(raw: object) -> frozenset[str]:

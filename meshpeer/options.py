@@ -94,6 +94,17 @@ CONTROLLER = Section(
             "trust store)",
         ),
         Option(
+            "etcd_cert_file",
+            str,
+            "PEM client certificate (chain) this shard presents to https:// `etcd_endpoints` "
+            "(etcd's `--client-cert-auth`); with `etcd_key_file` (none: no client certificate)",
+        ),
+        Option(
+            "etcd_key_file",
+            str,
+            "PEM private key of `etcd_cert_file`",
+        ),
+        Option(
             "api_token",
             str,
             "operator admin token of the REST API (everything but federation)",
@@ -132,7 +143,14 @@ CONTROLLER = Section(
             "comma-separated host names this shard refuses; the directory's `revoked_hosts` "
             "is refused by every shard and taken without a restart (docs/security.md)",
         ),
-        Option("directory_file", str, "YAML shard directory shared by every shard", required=True),
+        Option(
+            "directory_file",
+            str,
+            "YAML shard directory shared by every shard; with `store = etcd` its `shards` only "
+            "seed etcd's directory, which every shard follows (docs/store.md), and its secrets "
+            "stay here",
+            required=True,
+        ),
         Option(
             "directory_check_interval",
             float,
@@ -249,7 +267,13 @@ OHC = Section(
             required=True,
             secret=True,
         ),
-        Option("directory_file", str, "the shard directory (YAML), without secrets", required=True),
+        Option(
+            "directory_file",
+            str,
+            "the bootstrap shard directory (YAML, no secrets): at least this host's own shard, "
+            'listed first; the OHC learns the others from it (docs/protocol.md, "Directory")',
+            required=True,
+        ),
         Option(
             "ca_file",
             str,

@@ -80,9 +80,28 @@ def make_ca(directory: str, common_name: str) -> KeyPair:
     return pair
 
 
-def issue_server(ca: KeyPair, prefix: str, name: str, sans: Sequence[str]) -> KeyPair:
+def issue_server(
+    ca: KeyPair, prefix: str, name: str, sans: Sequence[str], client_too: bool = False
+) -> KeyPair:
     """A server certificate signed by ``ca`` for ``name``, valid for each of ``sans`` (IP
-    addresses or DNS names), written to ``{prefix}.pem`` and ``{prefix}.key``."""
+    addresses or DNS names), written to ``{prefix}.pem`` and ``{prefix}.key``. ``client_too``:
+    usable as a client certificate as well (an etcd member with ``--client-cert-auth``: its
+    gRPC gateway dials the member itself with it)."""
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH]
+    if client_too:
+        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+    return _issue(ca, prefix, name, sans, usages)
+
+
+def issue_client(ca: KeyPair, prefix: str, name: str) -> KeyPair:
+    """A client certificate signed by ``ca`` for ``name`` (e.g. a shard to etcd with
+    ``--client-cert-auth``), written to ``{prefix}.pem`` and ``{prefix}.key``."""
+    return _issue(ca, prefix, name, [name], [ExtendedKeyUsageOID.CLIENT_AUTH])
+
+
+def _issue(
+    ca: KeyPair, prefix: str, name: str, sans: Sequence[str], usages: list[x509.ObjectIdentifier]
+) -> KeyPair:
     with open(ca.cert_file, "rb") as f:
         ca_cert = x509.load_pem_x509_certificate(f.read())
     with open(ca.key_file, "rb") as f:
@@ -99,7 +118,7 @@ def issue_server(ca: KeyPair, prefix: str, name: str, sans: Sequence[str]) -> Ke
         _builder(name, ca_cert.subject, key.public_key())
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
         )

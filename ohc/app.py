@@ -40,6 +40,7 @@ from ohc import bfd, nd, offload, ofio, ports, reporting, spillover, status
 from ohc.agent import Agent
 from ohc.clients import Channels
 from ohc.cookies import HASH_MASK, Kind, cookie_of_kind, kind_of
+from ohc.directory_updates import DirectoryFollower, HostDirectory, Update
 from ohc.engine import FlowEngine
 from ohc.metrics import OhcMetrics
 from ohc.model import Offload, Skipped
@@ -94,18 +95,23 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         held = [k for k in SECRETS if isinstance(raw, dict) and k in raw]
         if held:
             log.warning("ohc %s: the directory holds shard secrets %s: ignored", conf.host, held)
-        self.directory = parse_directory(raw, secrets=False)
-        urls = sorted(s.url for s in self.directory.shards.values())
+        # the bootstrap: then what the host's own shard publishes (ohc/directory_updates.py)
+        self.directory = HostDirectory(parse_directory(raw, secrets=False))
+        urls = self.directory.urls()
         # a shard with replicas: its channel and reports find the leader (docs/decisions.md)
         replicas = self.directory.replica_urls
+        self.channels = channels = Channels(conf.api_token, ca_file=conf.ca_file, replicas=replicas)
         self.agent = Agent(
             conf.host,
             urls,
             self.directory.url_of,
             conf.api_token,
-            Channels(conf.api_token, ca_file=conf.ca_file, replicas=replicas),
+            channels,
             self._update,
             self.directory.canonical_url,
+        )
+        self.directory_follower = DirectoryFollower(
+            conf.host, self.directory, channels, conf.api_token, self._take_directory
         )
         self.reporter = reporting.Reporter(
             conf.host,
@@ -176,9 +182,11 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
                           self.conf.host, self.conf.metrics_port, exc)  # fmt: skip
                 self._error(f"metrics port {self.conf.metrics_port}: {exc}")
         self.agent.start()
+        self.directory_follower.start()
         return thread
 
     def close(self) -> None:
+        self.directory_follower.stop()
         self.agent.stop()
         super().close()
 
@@ -188,12 +196,26 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         self.metrics.changed()
         self.triggers.put("update")
 
-    def _register(self) -> None:
-        """Tell every shard where this host's tunnel endpoint is; retry until each answers."""
+    def _take_directory(self, update: Update) -> None:
+        """A directory from the host's shard: follow and register with the shards it lists."""
+        self.agent.shard_urls = self.directory.urls()
+        self.channels.take_replicas()  # a shard's replicas changed: its open channel too
+        self.agent.resync()
+        if update.added:
+            self.threads.append(hub.spawn(self._register, update.added))
+        self._update()
+
+    def _register(self, names: tuple[str, ...] | None = None) -> None:
+        """Tell every shard (or those ``names``) where this host's tunnel endpoint is; retry
+        until each answers (or leaves the directory)."""
         pending = {s.name: s.url for s in self.directory.shards.values()}
+        pending = {n: u for n, u in pending.items() if names is None or n in names}
         delay = 0.2
         while pending:
             for name, url in sorted(pending.items()):
+                if name not in self.directory.shards:
+                    del pending[name]
+                    continue
                 try:
                     self.reporter.register(url)
                     del pending[name]

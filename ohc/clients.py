@@ -49,6 +49,13 @@ class Channels:
             )
         return found
 
+    def take_replicas(self) -> None:
+        """Each open channel moves among its shard's replicas as ``replicas`` lists them now
+        (the host's directory changed; a channel opened later reads them anyway)."""
+        if self.replicas is not None:
+            for url, channel in self.channels.items():
+                channel.take_replicas(self.replicas(url))
+
     def _forget(self, channel: Channel) -> None:
         """A channel with no subscription left (every one ended, or moved to a new URL: a
         new leader) has closed its connections: the next subscription opens a new one."""

@@ -8,6 +8,7 @@ Options: meshpeer.options.CONTROLLER (docs/configuration.md).
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import ipaddress
 import logging
 import os
@@ -26,15 +27,29 @@ from meshpeer.controller.auth import parse_operator_tokens
 from meshpeer.controller.federation import Federation
 from meshpeer.controller.shard import ShardState
 from meshpeer.controller.speaker import Speaker
-from meshpeer.directory import Directory, parse_directory
+from meshpeer.directory import (
+    Directory,
+    DirectoryError,
+    parse_directory,
+    shard_doc,
+    shared_shards,
+)
 from meshpeer.rest.admission import Limits
 from meshpeer.rest.router import Api
 from meshpeer.rest.server import serve
 from meshpeer.store import election
 from meshpeer.store.backends import leadership, open_store, ownership
 from meshpeer.store.election import Leader
-from meshpeer.store.etcd import EtcdStore, Leadership, follow, follow_claims
+from meshpeer.store.etcd import (
+    EtcdStore,
+    Leadership,
+    SharedDirectory,
+    follow,
+    follow_claims,
+    shared_directory,
+)
 from meshpeer.store.settings import store_settings
+from meshpeer.store.sqlite import StoreError
 from meshpeer.streaming.publisher import StreamHub
 
 log = logging.getLogger(__name__)
@@ -86,6 +101,9 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
         if self.ownership is not None:
             claims, _ = self.ownership.snapshot()
             directory = dataclasses.replace(directory, claims=claims, claimed=True)
+        self.shared = shared_directory(settings)  # etcd: the shards there, the file a seed
+        if self.shared is not None:
+            directory = _read_shared(self.shared, directory, conf.shard)
         incarnation = self.store.next_incarnation()
         if conf.max_channel_subscriptions < 1:
             raise SystemExit("controller: [controller] max_channel_subscriptions must be >= 1")
@@ -100,6 +118,7 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
         self.shard.ownership = self.ownership
         self.shard.reconcile_claims()  # orphans of a failed create or a lost release
         self.claims_watch: Any = None
+        self.directory_watch: Any = None
         self.leaders_watch: Any = None
         if bool(conf.tls_cert_file) != bool(conf.tls_key_file):
             raise SystemExit("controller: [controller] tls_cert_file and tls_key_file go together")
@@ -170,6 +189,9 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
             self.claims_watch = hub.spawn(
                 follow_claims, self.ownership, self.shard.take_claims, hub.sleep
             )
+        if self.shared is not None:
+            take = self.shard.take_shared_directory
+            self.directory_watch = hub.spawn(follow, self.shared, take, hub.sleep)
         if self.conf.directory_check_interval > 0:
             self.watcher = hub.spawn(self._watch_directory)
         return server
@@ -239,6 +261,14 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
             log.info(
                 "shard %s: directory %s: host keys and revoked hosts taken", self.conf.shard, path
             )
+            if self.shared is not None:  # a shard added to the file joins etcd's directory
+                try:
+                    added = self.shared.seed({n: shard_doc(s) for n, s in loaded.shards.items()})
+                except (StoreError, OSError, http.client.HTTPException) as exc:
+                    added = []
+                    log.error("shard %s: seeding the directory in etcd: %s", self.conf.shard, exc)
+                if added:
+                    log.info("shard %s: directory in etcd seeded: %s", self.conf.shard, added)
             if ignored:
                 log.warning(
                     "shard %s: directory %s changes %s: restart the shard to take them",
@@ -295,7 +325,8 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
     def close(self) -> None:
         if self.watcher is not None:
             hub.kill(self.watcher)
-        for thread in (self.ticker, self.claims_watch, self.leaders_watch, self.keeper):
+        threads = (self.ticker, self.claims_watch, self.directory_watch, self.leaders_watch)
+        for thread in (*threads, self.keeper):
             if thread is not None:
                 hub.kill(thread)
         if self.leadership is not None and self.term is not None:
@@ -308,6 +339,21 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
 def _read_directory(path: str) -> Directory:
     with open(path, encoding="utf-8") as f:
         return parse_directory(yaml.safe_load(f))
+
+
+def _read_shared(shared: SharedDirectory, directory: Directory, shard: str) -> Directory:
+    """``directory`` with etcd's shards, after seeding etcd with the file's entries it does
+    not have; entries that do not check out stop the shard, naming them (docs/store.md)."""
+    seeded = shared.seed({name: shard_doc(s) for name, s in directory.shards.items()})
+    if seeded:
+        log.info("shard %s: directory in etcd seeded from the file: %s", shard, ", ".join(seeded))
+    texts, _ = shared.snapshot()
+    try:
+        shards = shared_shards(texts, shard)
+    except DirectoryError as exc:
+        where = f"{shared.prefix}directory/shards/"
+        raise SystemExit(f"controller: the directory in etcd ({where}) is refused: {exc}") from None
+    return dataclasses.replace(directory, shards=shards)
 
 
 def _items(text: str | None) -> list[str]:

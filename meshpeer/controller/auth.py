@@ -61,6 +61,7 @@ class Action(StrEnum):
     SUBSCRIBE = "subscribe"  # an own-shard stream for a host (endpoint, VPC services, peering)
     SUBSCRIBE_PEER = "subscribe-peer"  # a peer VPC's stream, with a grant
     FEDERATE = "federate"  # a federation view or stream
+    DIRECTORY = "directory"  # the directory's public part (its stream): any host, operators
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class Decision:
 
 
 ALLOW = Decision(True)
-_OPERATOR_READS = frozenset({Action.READ, Action.SUBSCRIBE})
+_OPERATOR_READS = frozenset({Action.READ, Action.SUBSCRIBE, Action.DIRECTORY})
 
 
 def authorize(identity: Identity, action: Action, resource: Resource) -> Decision:
@@ -106,6 +107,8 @@ def _host(identity: Identity, action: Action, r: Resource) -> Decision:
     me = identity.name
     if action in (Action.READ, Action.WRITE):
         return _deny(identity, "a host credential opens its own registration and streams only")
+    if action is Action.DIRECTORY:
+        return ALLOW  # every host learns the shards from its own (no secret in it)
     if r.host != me:
         return _deny(identity, f"host {me!r} acts only for itself, not for {r.host!r}")
     if action is Action.SUBSCRIBE and r.vpc is not None and me not in r.vpc_hosts:

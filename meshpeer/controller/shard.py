@@ -51,8 +51,9 @@ from meshpeer.controller.peering import (
     without_hosts,
 )
 from meshpeer.controller.routing import effective_routes
-from meshpeer.directory import Directory, credentials_update
+from meshpeer.directory import Directory, DirectoryError, Shard, credentials_update, shared_shards
 from meshpeer.protocol import ServiceName
+from meshpeer.protocol.directory import DIRECTORY_STREAM, PublicDirectory
 from meshpeer.protocol.messages import (
     PEER_SERVICES,
     CloseReason,
@@ -144,6 +145,10 @@ class ShardState:
         self.clock = clock
         self.revoked_here = revoked_hosts  # this shard's option, beside the directory's list
         self.ownership: VpcClaims | None = None  # store = etcd: VPC claims (set by the app)
+        self.leader_urls: dict[str, str] = {}  # store = etcd: each shard's leader's, last seen
+        # The directory's shards as listed (the file's, or etcd's), without the leaders' URLs:
+        # what the shard publishes to its hosts (the ``directory`` stream, docs/protocol.md).
+        self.listed: Mapping[str, Shard] = directory.shards
         self.writes = WriteLock()  # held by each write request (ControllerApi.routes)
         self.grants = GrantSettings(directory, grant_ttl, self.revoked_hosts)
         snap = store.load()
@@ -291,13 +296,10 @@ class ShardState:
         opened with a host key the file no longer has, or has with another secret (each new
         request with it is refused)."""
         before, keys = self.revoked_hosts, dict(self.directory.host_keys)
-        if self.directory.claimed:  # etcd: claims and leaders' URLs are etcd's, not the file's
-            running = self.directory.shards
-            shards = {
-                n: replace(s, url=running[n].url) if n in running else s
-                for n, s in loaded.shards.items()
-            }
-            loaded = replace(loaded, claims=self.directory.claims, claimed=True, shards=shards)
+        if self.directory.claimed:  # etcd: the shards and claims are etcd's, the file a seed
+            loaded = replace(
+                loaded, claims=self.directory.claims, claimed=True, shards=self.directory.shards
+            )
         self.directory, ignored = credentials_update(self.directory, loaded)
         now = self.directory.host_keys
         dropped = sorted(k for k, secret in keys.items() if now.get(k) != secret)  # or changed
@@ -342,12 +344,33 @@ class ShardState:
         self.refresh()
 
     def take_leaders(self, urls: Mapping[str, str]) -> None:
-        """Each shard's current leader's URL (replicas, docs/store.md): federation follows."""
-        shards = {
-            name: replace(s, url=urls.get(name, s.url)) for name, s in self.directory.shards.items()
-        }
-        if shards != self.directory.shards:
-            self.directory = replace(self.directory, shards=shards)
+        """Each shard's current leader's URL (replicas, docs/store.md): federation follows.
+        A shard with no leader now keeps the URL of its last one."""
+        self.leader_urls = {**self.leader_urls, **urls}
+        self._take_shards(self.listed)
+
+    def take_shared_directory(self, texts: Mapping[str, str]) -> bool:
+        """The directory's shards as etcd holds them now (its watch; docs/store.md, "The
+        directory in etcd"): owners, URLs and VNI ranges follow. Entries that do not check
+        out as a directory file's would are refused whole, logged, and what runs stays
+        (False)."""
+        try:
+            shards = shared_shards(texts, self.name)
+        except DirectoryError as exc:
+            log.error(
+                "shard %s: directory in etcd refused, the running one stays: %s", self.name, exc
+            )
+            return False
+        self._take_shards(shards)
+        return True
+
+    def _take_shards(self, shards: Mapping[str, Shard]) -> None:
+        """``shards`` with each one's URL its leader's, if it has one (``take_leaders``); the
+        hosts are sent them as listed."""
+        led = {n: replace(s, url=self.leader_urls.get(n, s.url)) for n, s in shards.items()}
+        if led != self.directory.shards or shards != self.listed:
+            self.listed = shards
+            self.directory = replace(self.directory, shards=led)
             self.grants = replace(self.grants, directory=self.directory)
             self.refresh()
 
@@ -505,6 +528,9 @@ class ShardState:
             pub.streams[StreamId(ServiceName.FEDERATION, vpc)] = {
                 k: dict(v) for k, v in views[vpc].items()
             }
+        # a few shards, with the VPCs each claimed: a claim taken (``take_claims``) is sent
+        public = PublicDirectory.of(self.listed, self.directory.claims)
+        pub.streams[DIRECTORY_STREAM] = public.to_json()
         produced: dict[StreamId, int] = {}
         for sid, objects in pub.streams.items():
             delta = self.hub.publish(sid, objects)

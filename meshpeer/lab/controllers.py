@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Any
 import yaml
 
 from meshpeer import pki
-from meshpeer.client import ApiFailure, Client
+from meshpeer.client import ApiFailure, Client, Replicas
 from meshpeer.controller import config
 from meshpeer.controller.config import ShardConfig, ShardEntry
 from meshpeer.directory import public_doc
@@ -113,6 +114,47 @@ def health(plan: LabPlan, c: ControllerPlan) -> list[tuple[str, str, bool]]:
         standby = status == 503 and isinstance(body, dict) and "leader" in body
         out.append((u, "leader" if status == 200 else "standby", status == 200 or standby))
     return out
+
+
+def kill_leader(plan: LabPlan, c: ControllerPlan) -> tuple[Replica, int]:
+    """SIGKILL the replica of ``c`` that leads now (no resignation: its lease runs out) and
+    wait until it is gone; returns it and its pid (its supervisor starts it again)."""
+    roles_now = dict(roles(plan, c))
+    leading = [r for r in replicas(c) if roles_now[replica_url(plan, c, r)] == "leader"]
+    if len(leading) != 1:
+        raise LabError(f"controller {c.name}: no single leader to kill ({roles_now})")
+    (r,) = leading
+    found = pid(plan, c, r)
+    if found is None:
+        raise LabError(f"controller {c.name}: leader {r.name} has no pid")
+    os.kill(found, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while alive(found):
+        if time.monotonic() > deadline:
+            raise LabError(f"controller {c.name}: {r.name} (pid {found}) survived SIGKILL")
+        time.sleep(0.005)
+    return r, found
+
+
+def back_after_kill(plan: LabPlan, c: ControllerPlan, r: Replica, killed: int) -> bool:
+    """Replica ``r``, killed as pid ``killed``, runs again (a new pid) and answers, and one
+    replica of ``c`` leads. Usually ``r`` stands by; it leads if the replica that took over
+    lost the lead meanwhile (a lease not renewed in time on a loaded machine: it exits and
+    its supervisor starts it again)."""
+    new = pid(plan, c, r)
+    u = replica_url(plan, c, r)
+    answers = health(plan, c)
+    me = [ok for url_, _, ok in answers if url_ == u]
+    leaders = [url_ for url_, role, ok in answers if role == "leader" and ok]
+    return new not in (None, killed) and me == [True] and len(leaders) == 1
+
+
+def leader_client(
+    plan: LabPlan, c: ControllerPlan, timeout: float = 10.0, retry_for: float = 30.0
+) -> Replicas:
+    """A client of ``c`` that follows its leader through failovers (``meshpeer.client``)."""
+    urls = replica_urls(plan, c)
+    return Replicas(urls, plan.api_token, timeout, plan.ca_file, retry_for)
 
 
 def client(plan: LabPlan, c: ControllerPlan, token: str | None, timeout: float = 10.0) -> Client:

@@ -48,7 +48,8 @@ class ProtocolError(ValueError):
 
 
 class ServiceName(StrEnum):
-    """The five services of the patent's FIG. 4 (the wire value is the string)."""
+    """The five services of the patent's FIG. 4, and the shards' own (the wire value is the
+    string)."""
 
     ENDPOINT = "endpoint"  # meta-service: what is on host H (key: host name)
     PEERING = "peering"  # peers of VPC V, policy ids, peer controller URL, grants (key: VPC)
@@ -58,6 +59,9 @@ class ServiceName(StrEnum):
     # Between controller shards: a VPC's configured peerings, their export policy ids and
     # what each exports, so the peer shard can tell ACTIVE from INACTIVE (key: VPC).
     FEDERATION = "federation"
+    # The shard directory's public part (shards, URLs, replicas, VNI ranges, pinned VPCs),
+    # which hosts learn from their shard (key: ``shards``; meshpeer.protocol.directory).
+    DIRECTORY = "directory"
 
 
 class CloseReason(StrEnum):

@@ -14,7 +14,12 @@ from meshpeer.store.sqlite import Store
 
 def open_store(settings: StoreSettings) -> IntentStore:
     if settings.backend == "etcd":
-        return EtcdStore.open(settings.endpoints, settings.prefix, ca_file=settings.ca_file)
+        return EtcdStore.open(
+            settings.endpoints,
+            settings.prefix,
+            ca_file=settings.ca_file,
+            client_cert=settings.client_cert,
+        )
     assert settings.path is not None  # store_settings checked it
     return Store.open(settings.path)
 
@@ -24,9 +29,7 @@ def ownership(settings: StoreSettings) -> Ownership | None:
     directory file pins or hashes them)."""
     if settings.backend != "etcd":
         return None
-    return Ownership(
-        Gateway(settings.endpoints, ca_file=settings.ca_file), settings.deployment_prefix
-    )
+    return Ownership(Gateway.of(settings), settings.deployment_prefix)
 
 
 def leadership(settings: StoreSettings, shard: str, me: Leader, ttl: float) -> Leadership | None:
@@ -35,5 +38,5 @@ def leadership(settings: StoreSettings, shard: str, me: Leader, ttl: float) -> L
     if settings.backend != "etcd":
         return None
     ttl = election.lease_ttl(ttl)  # ValueError naming controller.leader_ttl
-    gateway = Gateway(settings.endpoints, timeout=max(1.0, ttl / 2), ca_file=settings.ca_file)
+    gateway = Gateway.of(settings, timeout=max(1.0, ttl / 2))
     return Leadership(gateway, settings.deployment_prefix, shard, me, ttl, time.monotonic)

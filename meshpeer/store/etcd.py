@@ -11,9 +11,11 @@ resolved by reading the log entry of the version it tried: it carries the attemp
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import json
 import logging
+import ssl
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +24,7 @@ from typing import Any, Protocol, TypeVar
 from meshpeer import tls
 from meshpeer.store import election
 from meshpeer.store import etcdplan as plan
+from meshpeer.store.settings import StoreSettings
 from meshpeer.store.sqlite import (
     DEFAULT_LOG_RETENTION,
     Change,
@@ -75,13 +78,20 @@ class Member:
     """One etcd member's gateway: idle kept connections, each used by one caller at a time
     (green threads share the process; ``meshpeer.client.Client`` keeps one per OS thread)."""
 
-    def __init__(self, url: str, timeout: float, ca_file: str | None) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float,
+        ca_file: str | None,
+        client_cert: tuple[str, str] | None = None,
+    ) -> None:
         parts = tls.split_url(url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = tls.default_port(parts)
         self.secure = parts.scheme == "https"
         self.timeout = timeout
         self.ca_file = ca_file
+        self.client_cert = client_cert
         self._idle: list[http.client.HTTPConnection] = []
 
     def __str__(self) -> str:
@@ -90,7 +100,7 @@ class Member:
     def connect(self, timeout: float | None = None) -> http.client.HTTPConnection:
         timeout = self.timeout if timeout is None else timeout
         if self.secure:
-            ctx = tls.client_context(self.ca_file)
+            ctx = _context(self.ca_file, self.client_cert)
             return http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=ctx)
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
@@ -137,16 +147,49 @@ class Member:
             self._idle.pop().close()
 
 
+def _context(ca_file: str | None, client_cert: tuple[str, str] | None) -> ssl.SSLContext:
+    """The TLS client side for etcd: the server verified against ``ca_file`` (name or IP
+    checked), and ``client_cert`` (certificate, key) presented if given. Loaded again when a
+    file changed (a rotation), else shared."""
+    if client_cert is None:
+        return tls.client_context(ca_file)
+    stamps = tuple(tls.file_stamp(f) for f in (ca_file, *client_cert) if f)
+    return _cert_context(ca_file, client_cert, stamps)
+
+
+@functools.lru_cache(maxsize=8)
+def _cert_context(
+    ca_file: str | None, client_cert: tuple[str, str], _stamps: tuple[object, ...]
+) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname
+    ctx.minimum_version = tls.MIN_VERSION
+    if ca_file:
+        ctx.load_verify_locations(ca_file)
+    else:
+        ctx.load_default_certs()
+    ctx.load_cert_chain(*client_cert)
+    return ctx
+
+
 class Gateway:
     """JSON over HTTP(S) to etcd's gRPC gateway, trying each member's URL in turn."""
 
     def __init__(
-        self, endpoints: Sequence[str], timeout: float = 5.0, ca_file: str | None = None
+        self,
+        endpoints: Sequence[str],
+        timeout: float = 5.0,
+        ca_file: str | None = None,
+        client_cert: tuple[str, str] | None = None,
     ) -> None:
         if not endpoints:
             raise ValueError("etcd: at least one endpoint URL")
-        self.members = [Member(url, timeout, ca_file) for url in endpoints]
+        self.members = [Member(url, timeout, ca_file, client_cert) for url in endpoints]
         self._first = 0  # the member that answered last: asked first next time
+
+    @classmethod
+    def of(cls, settings: StoreSettings, timeout: float = 5.0) -> Gateway:
+        """The gateway a shard's store settings name (endpoints, CA, client certificate)."""
+        return cls(settings.endpoints, timeout, settings.ca_file, settings.client_cert)
 
     def call(self, path: str, body: Json, *, idempotent: bool) -> Json:
         """POST ``body`` to ``/v3/<path>``. Reads move on to the next member after any failure;
@@ -214,6 +257,7 @@ class EtcdStore:
         log_retention: int = DEFAULT_LOG_RETENTION,
         timeout: float = 5.0,
         ca_file: str | None = None,
+        client_cert: tuple[str, str] | None = None,
     ) -> EtcdStore:
         """The store under ``prefix`` (``/meshpeer/shards/<shard>/``) of the cluster at
         ``endpoints``; checks that the cluster answers."""
@@ -221,7 +265,7 @@ class EtcdStore:
             raise ValueError("log_retention must be at least 1")
         if not prefix.endswith("/"):
             raise ValueError(f"etcd prefix must end with '/': {prefix!r}")
-        store = cls(Gateway(endpoints, timeout, ca_file), prefix, log_retention)
+        store = cls(Gateway(endpoints, timeout, ca_file, client_cert), prefix, log_retention)
         store._head()
         return store
 
@@ -452,16 +496,8 @@ class Ownership:
 
     def snapshot(self) -> tuple[dict[str, str], int]:
         """Every claim, and the etcd revision they are as of (watch from the next one)."""
-        answer = self._gw.call(
-            "kv/range",
-            {
-                "key": plan.b64(self.prefix + plan.CLAIMS),
-                "range_end": plan.prefix_end(self.prefix + plan.CLAIMS),
-            },
-            idempotent=True,
-        )
-        kvs = list(answer.get("kvs", []))
-        return plan.claims(self.prefix, kvs), int(answer.get("header", {}).get("revision", 0))
+        kvs, revision = range_prefix(self._gw, self.prefix + plan.CLAIMS)
+        return plan.claims(self.prefix, kvs), revision
 
     def watch(self, start_revision: int) -> Iterator[list[plan.WatchEvent]]:
         """Changes to the claims from ``start_revision`` on, one list per etcd message, until
@@ -470,6 +506,54 @@ class Ownership:
 
     def apply(self, current: dict[str, str], events: list[plan.WatchEvent]) -> dict[str, str]:
         return plan.apply_claims(self.prefix, current, events)
+
+
+class SharedDirectory:
+    """The shard directory's ``shards`` in etcd (``<prefix>directory/shards/<shard>``): seeded
+    from the file, read at start and followed by a watch (docs/store.md, "The directory in
+    etcd"). Texts as stored; ``meshpeer.directory.shared_shards`` checks them."""
+
+    def __init__(self, gateway: Gateway, deployment_prefix: str) -> None:
+        self._gw = gateway
+        self.prefix = deployment_prefix
+
+    def seed(self, entries: dict[str, Json]) -> list[str]:
+        """Put each shard's entry that etcd does not have yet (one create-if-absent
+        transaction each: an entry already there, changed or not, wins); returns the names
+        this call put."""
+        put = []
+        for name, doc in sorted(entries.items()):
+            txn = plan.create_txn(plan.directory_key(self.prefix, name), plan.canonical(doc))
+            if self._gw.call("kv/txn", txn, idempotent=True).get("succeeded"):
+                put.append(name)
+        return put
+
+    def snapshot(self) -> tuple[dict[str, str], int]:
+        kvs, revision = range_prefix(self._gw, self.prefix + plan.DIRECTORY)
+        return plan.directory_texts(self.prefix, kvs), revision
+
+    def watch(self, start_revision: int) -> Iterator[list[plan.WatchEvent]]:
+        return watch_prefix(self._gw, self.prefix + plan.DIRECTORY, start_revision)
+
+    def apply(self, current: dict[str, str], events: list[plan.WatchEvent]) -> dict[str, str]:
+        return plan.apply_directory(self.prefix, current, events)
+
+
+def shared_directory(settings: StoreSettings) -> SharedDirectory | None:
+    """Where a shard on etcd keeps the directory's shards (None with SQLite: the file)."""
+    if settings.backend != "etcd":
+        return None
+    return SharedDirectory(Gateway.of(settings), settings.deployment_prefix)
+
+
+def range_prefix(gateway: Gateway, prefix: str) -> tuple[list[Json], int]:
+    """Every key-value under ``prefix``, and the etcd revision they are as of."""
+    answer = gateway.call(
+        "kv/range",
+        {"key": plan.b64(prefix), "range_end": plan.prefix_end(prefix)},
+        idempotent=True,
+    )
+    return list(answer.get("kvs", [])), int(answer.get("header", {}).get("revision", 0))
 
 
 def watch_prefix(
@@ -584,13 +668,16 @@ class Leadership:
         finds itself named (its process before a crash: restarted by its supervisor) lets
         ``defer_s`` pass once the key is gone before it campaigns, so a standby that was
         already waiting takes over (a leader that just crashed may crash again); it still
-        leads if none does."""
+        leads if none does. Once it has seen another replica lead it is such a waiting
+        standby itself: no deferring."""
         restarted: bool | None = None  # unknown until the first answer
         while True:
             try:
                 self.leader = self._current()
                 if restarted is None:
                     restarted = self.leader is not None and self.leader.replica == self.me.replica
+                elif self.leader is not None and self.leader.replica != self.me.replica:
+                    restarted = False  # another leads now: a waiting standby like any other
                 if self.leader is None and restarted:
                     restarted = False
                     sleep(defer_s)
@@ -656,12 +743,7 @@ class Leadership:
 
     def snapshot(self) -> tuple[dict[str, election.Leader], int]:
         """Every shard's leader, and the revision they are as of."""
-        key = self.prefix + election.LEADERS
-        answer = self._gw.call(
-            "kv/range", {"key": plan.b64(key), "range_end": plan.prefix_end(key)}, idempotent=True
-        )
-        kvs = list(answer.get("kvs", []))
-        revision = int(answer.get("header", {}).get("revision", 0))
+        kvs, revision = range_prefix(self._gw, self.prefix + election.LEADERS)
         return election.leaders(self.prefix, kvs), revision
 
     def watch(self, start_revision: int) -> Iterator[list[plan.WatchEvent]]:

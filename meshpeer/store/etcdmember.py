@@ -17,15 +17,26 @@ MAX_REQUEST_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
+class ClientTls:
+    """A member's client port on TLS: its certificate and key, and (``client_ca_file``) the
+    CA that every client's certificate must be signed by (``--client-cert-auth``)."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Member:
     name: str
     ip: str
     client_port: int = 2379
     peer_port: int = 2380
+    secure: bool = False  # clients on https:// (with ClientTls)
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.ip}:{self.client_port}"
+        return f"{'https' if self.secure else 'http'}://{self.ip}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -38,12 +49,19 @@ def argv(
     data_dir: str,
     token: str,
     also_listen: Sequence[str] = (),
+    client_tls: ClientTls | None = None,
 ) -> list[str]:
     """``etcd`` for ``member`` of a new cluster of ``cluster`` (``token`` keeps two clusters on
     one network apart). Heartbeat and election timeouts are etcd's defaults (100/1000 ms).
     ``also_listen``: more client URLs it listens on, not advertised (the lab's members also
-    listen on their namespace's 127.0.0.1, where a plain ``etcdctl`` looks)."""
+    listen on their namespace's 127.0.0.1, where a plain ``etcdctl`` looks). ``client_tls``:
+    clients on TLS (``member.secure``), verified by a CA if it names one."""
     listen = ",".join([member.client_url, *also_listen])
+    secure: list[str] = []
+    if client_tls is not None:
+        secure = ["--cert-file", client_tls.cert_file, "--key-file", client_tls.key_file]
+        if client_tls.client_ca_file:
+            secure += ["--client-cert-auth", "--trusted-ca-file", client_tls.client_ca_file]
     return [
         ETCD,
         "--name", member.name,
@@ -59,4 +77,5 @@ def argv(
         "--max-request-bytes", str(MAX_REQUEST_BYTES),
         "--logger", "zap",
         "--log-outputs", "stderr",
+        *secure,
     ]  # fmt: skip

@@ -197,11 +197,16 @@ def claim_key(deployment_prefix: str, vpc: str) -> str:
     return f"{deployment_prefix}{CLAIMS}{vpc}"
 
 
+def create_txn(key: str, value: str) -> Json:
+    """Put ``value`` at ``key`` if the key does not exist; either way the answer says what is
+    there (``failure``: the range of ``key``)."""
+    absent = {"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+    return {"compare": [absent], "success": [put_op(key, value)], "failure": [range_op(key)]}
+
+
 def claim_txn(deployment_prefix: str, vpc: str, shard: str) -> Json:
     """Claim ``vpc`` for ``shard`` if no shard has it; either way the answer says the owner."""
-    key = claim_key(deployment_prefix, vpc)
-    absent = {"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
-    return {"compare": [absent], "success": [put_op(key, shard)], "failure": [range_op(key)]}
+    return create_txn(claim_key(deployment_prefix, vpc), shard)
 
 
 def claim_owner(answer: Json, shard: str) -> str | None:
@@ -266,3 +271,27 @@ def apply_claims(
 ) -> dict[str, str]:
     """``current`` claims after ``events`` on the ``vpcs/`` keys."""
     return apply_events(deployment_prefix + CLAIMS, current, events, str)
+
+
+# --- the shard directory (``<deployment prefix>directory/shards/<shard>``) ---------------------
+# One key per shard, its entry as canonical JSON (``meshpeer.directory.shard_doc``): seeded
+# from the directory file (create if absent), then read and followed by every shard.
+
+DIRECTORY = "directory/shards/"
+
+
+def directory_key(deployment_prefix: str, shard: str) -> str:
+    return f"{deployment_prefix}{DIRECTORY}{shard}"
+
+
+def directory_texts(deployment_prefix: str, kvs_: Sequence[Json]) -> dict[str, str]:
+    """Shard name -> its entry's text, from the ``directory/shards/`` key-values."""
+    start = len(deployment_prefix) + len(DIRECTORY)
+    return {unb64(kv["key"])[start:]: unb64(kv.get("value", "")) for kv in kvs_}
+
+
+def apply_directory(
+    deployment_prefix: str, current: Mapping[str, str], events: Sequence[WatchEvent]
+) -> dict[str, str]:
+    """``current`` entries' texts after ``events`` on the ``directory/shards/`` keys."""
+    return apply_events(deployment_prefix + DIRECTORY, current, events, str)

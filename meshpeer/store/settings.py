@@ -22,6 +22,7 @@ class StoreSettings:
     prefix: str  # etcd: this shard's store is under it
     ca_file: str | None
     deployment_prefix: str = ""  # etcd: every shard's keys (directory, claims) are under it
+    client_cert: tuple[str, str] | None = None  # etcd: (certificate, key) presented to etcd
 
 
 def shard_prefix(deployment_prefix: str, shard: str) -> str:
@@ -52,4 +53,11 @@ def store_settings(values: Mapping[str, object], shard: str) -> StoreSettings:
     if not (prefix.startswith("/") and prefix.endswith("/")):
         raise ValueError(f"controller.etcd_prefix: starts and ends with '/', not {prefix!r}")
     ca_file = ca if isinstance(ca, str) else None
-    return StoreSettings("etcd", None, endpoints, shard_prefix(prefix, shard), ca_file, prefix)
+    cert, key = values.get("etcd_cert_file") or None, values.get("etcd_key_file") or None
+    if (cert is None) != (key is None):
+        raise ValueError("controller.etcd_cert_file: goes with controller.etcd_key_file")
+    client_cert = (str(cert), str(key)) if cert is not None else None
+    if client_cert and any(not url.startswith("https://") for url in endpoints):
+        raise ValueError("controller.etcd_cert_file: every etcd_endpoints URL must be https://")
+    shard_at = shard_prefix(prefix, shard)
+    return StoreSettings("etcd", None, endpoints, shard_at, ca_file, prefix, client_cert)

@@ -366,9 +366,16 @@ class Channel(Gated):
             failures = 0 if healthy else failures + 1
             self._pause(delay(self.backoff, failures, False, self._rng))
 
+    def take_replicas(self, replicas: Sequence[str]) -> None:
+        """The shard's replicas as its directory lists them now: a connection that fails or is
+        refused from now on moves among these (the one open stays; from a replica no longer
+        listed, the next is the channel's ``url``)."""
+        self.replicas = tuple(dict.fromkeys((self.url, *replicas)))
+        self._turn = self.replicas.index(self.at) if self.at in self.replicas else -1
+
     def _next_replica(self) -> None:
         """Connect to the shard's next replica from now on (none: the same URL again)."""
-        if len(self.replicas) < 2:
+        if self.replicas == (self.at,):
             return
         self._turn = (self._turn + 1) % len(self.replicas)
         self.at = self.replicas[self._turn]

@@ -9,7 +9,10 @@ b1 (hv1, blue, ctl1) pings r1 (hv2, red, ctl2) across hosts and shards at 100 pp
   leader is programmed on the hosts (``?wait=programmed``): the OHCs found the new leader by
   themselves (nobody restarted them);
 - etcd members are stopped: one changes nothing; with two gone (no quorum) a write is a 503
-  JSON error while reads and the data plane go on; with them back, writes work again.
+  JSON error while reads and the data plane go on; with them back, writes work again;
+- a client creates endpoints through the leader-following client while the leader is killed
+  three times: every acknowledged write is there once after, at its version, and a resent
+  create whose first send had applied is recognised (409, as sent), never made twice.
 
 Every wait is for a condition with a generous deadline; no count or duration is asserted.
 """
@@ -41,6 +44,7 @@ from tests.e2e.test_ohc_restarts import (
     wait_replies,
 )
 from tests.e2e.traffic import Pinger
+from tests.e2e.writeloop import WriteLoop, check
 from tests.integration.labkit import E2E_TOPOLOGIES as TOPOLOGIES
 from tests.integration.labkit import Lab, lab_cli, running
 from tests.support.wait import wait_for
@@ -146,6 +150,15 @@ def test_etcd_members_one_down_changes_nothing_two_down_stops_writes_only(lab: L
         lab.name, "exec", "etcd1", "--", "etcdctl", "get", "--prefix", "--keys-only", "/"
     )
     assert "/meshpeer/leaders/ctl1" in keys.stdout.split()
+    # the directory's shards, seeded from the lab's file, as every shard reads them
+    for name in ("ctl1", "ctl2"):
+        assert f"/meshpeer/directory/shards/{name}" in keys.stdout.split()
+    entry = lab_cli(
+        lab.name, "exec", "etcd1", "--", "etcdctl", "get", "--print-value-only",
+        "/meshpeer/directory/shards/ctl1",
+    )  # fmt: skip
+    c1 = next(x for x in lab.plan.controllers if x.name == "ctl1")
+    assert json.loads(entry.stdout)["replicas"] == controllers.replica_urls(lab.plan, c1)
     try:
         etcd.stop(lab.plan, e3)
         members = json.loads(lab_cli(lab.name, "status", "--json").stdout)["etcd"]
@@ -182,3 +195,28 @@ def test_etcd_members_one_down_changes_nothing_two_down_stops_writes_only(lab: L
 
     wait_for(writes, timeout=90, step=1.0, what="a write once etcd has its quorum back")
     assert lab.ping("b1", "r1"), "b1 -> r1 after etcd came back"
+
+
+def test_a_client_writing_through_failovers_loses_no_write_and_makes_none_twice(lab: Lab) -> None:
+    c = next(x for x in lab.plan.controllers if x.name == "ctl1")
+    etcd.wait_healthy(lab.plan)  # the test before stopped members
+    controllers.wait_healthy(lab.plan, c, timeout=60)
+    client = controllers.leader_client(lab.plan, c)
+    client.post("/v1/vpcs", {"name": "wl", "subnets": [{"cidr": "10.50.0.0/16"}]})
+    with WriteLoop(client, "wl", "hv1", "10.50.0.0/16") as loop:
+        for _ in range(3):
+            count = loop.acknowledged
+            wait_for(lambda: loop.acknowledged >= count + 20, 60, what="writes to the leader")  # noqa: B023
+            killed, pid = controllers.kill_leader(lab.plan, c)
+            count = loop.acknowledged
+            wait_for(lambda: loop.acknowledged >= count + 20, 60, what="writes to the new leader")  # noqa: B023
+            wait_for(
+                lambda: controllers.back_after_kill(lab.plan, c, killed, pid),  # noqa: B023
+                timeout=60,
+                step=0.2,
+                what=f"{killed.name} back, one replica leading",
+            )
+        log = loop.stop()
+    counts = check(log, client.get("/v1/vpcs/wl/endpoints")["endpoints"])
+    print(f"  writes through 3 failovers: {counts}")
+    assert log.retried > 0, "no write was sent again: the failovers went unnoticed"

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from meshpeer import pki
 from meshpeer.client import Client
-from meshpeer.store import etcdmember
+from meshpeer.store import StoreError, etcdmember
+from meshpeer.store.etcd import Gateway
 from tests.support.wait import wait_for
 
 
@@ -36,12 +38,38 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _healthy(url: str) -> bool:
+def _healthy(url: str, tls: EtcdTls | None = None) -> bool:
+    if tls is not None:  # a client certificate: ask through the store's own client
+        gateway = Gateway([url], 2.0, tls.ca_file, tls.client_cert)
+        try:
+            return bool(gateway.call("maintenance/status", {}, idempotent=True))
+        except StoreError:
+            return False
+        finally:
+            gateway.close()
     try:
         status, body = Client(url, None, timeout=2.0).request("GET", "/health")
     except OSError:
         return False
     return status == 200 and isinstance(body, dict) and body.get("health") == "true"
+
+
+@dataclass(frozen=True)
+class EtcdTls:
+    """Members on https:// with ``--client-cert-auth``: certificates from a CA of the test's
+    own (``meshpeer.pki``); ``client_cert`` is one that CA signed for a shard."""
+
+    ca_file: str
+    server: etcdmember.ClientTls
+    client_cert: tuple[str, str]
+
+    @classmethod
+    def make(cls, directory: str) -> EtcdTls:
+        ca = pki.make_ca(directory, "meshpeer test etcd CA")
+        server = pki.issue_server(ca, f"{directory}/etcd", "etcd", ["127.0.0.1"], client_too=True)
+        client = pki.issue_client(ca, f"{directory}/shard", "ctl1")
+        member = etcdmember.ClientTls(server.cert_file, server.key_file, ca.cert_file)
+        return cls(ca.cert_file, member, (client.cert_file, client.key_file))
 
 
 @dataclass
@@ -51,6 +79,7 @@ class EtcdCluster:
     members: list[etcdmember.Member]
     workdir: str
     procs: dict[str, subprocess.Popen[bytes]]
+    tls: EtcdTls | None = None
 
     @property
     def urls(self) -> list[str]:
@@ -58,7 +87,9 @@ class EtcdCluster:
 
     def start(self, name: str) -> None:
         member = next(m for m in self.members if m.name == name)
-        argv = etcdmember.argv(member, self.members, f"{self.workdir}/{name}", "meshpeer-test")
+        server = self.tls.server if self.tls else None
+        data = f"{self.workdir}/{name}"
+        argv = etcdmember.argv(member, self.members, data, "meshpeer-test", client_tls=server)
         with open(f"{self.workdir}/{name}.log", "ab") as log:
             self.procs[name] = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -77,7 +108,7 @@ class EtcdCluster:
             proc = self.procs[m.name]
 
             def up(m: etcdmember.Member = m, proc: subprocess.Popen[bytes] = proc) -> bool:
-                return _healthy(m.client_url) or proc.poll() is not None
+                return _healthy(m.client_url, self.tls) or proc.poll() is not None
 
             wait_for(
                 up,
@@ -91,15 +122,17 @@ class EtcdCluster:
 
 
 @contextmanager
-def etcd_cluster(size: int = 1) -> Iterator[EtcdCluster]:
-    """``size`` etcd members with their own data dirs and loopback ports; killed after."""
+def etcd_cluster(size: int = 1, tls: bool = False) -> Iterator[EtcdCluster]:
+    """``size`` etcd members with their own data dirs and loopback ports; killed after.
+    ``tls``: clients on https:// with client certificates (``EtcdCluster.tls``)."""
     if not os.path.exists(etcdmember.ETCD):
         pytest.skip(f"{etcdmember.ETCD} absent: run scripts/bootstrap (Debian etcd-server)")
     workdir = tempfile.mkdtemp(prefix="meshpeer-etcd-")
     members = [
-        etcdmember.Member(f"t{i + 1}", "127.0.0.1", _free_port(), _free_port()) for i in range(size)
+        etcdmember.Member(f"t{i + 1}", "127.0.0.1", _free_port(), _free_port(), secure=tls)
+        for i in range(size)
     ]
-    cluster = EtcdCluster(members, workdir, {})
+    cluster = EtcdCluster(members, workdir, {}, EtcdTls.make(workdir) if tls else None)
     try:
         for m in members:
             cluster.start(m.name)

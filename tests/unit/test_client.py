@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from meshpeer.client import Client
+from meshpeer.client import Client, Replicas, next_replica
+from tests.support.jsonserver import JsonServer
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -139,3 +140,51 @@ def test_a_kept_connection_is_reused_above_1024_descriptors(server: _Server) -> 
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# --- Replicas: a client that follows a shard's leader -------------------------------------
+
+
+def test_next_replica_follows_the_named_leader_else_moves_on_from_silence() -> None:
+    urls = ["http://a", "http://b", "http://c"]
+    named = {"error": "unavailable", "leader": {"replica": "c", "url": "http://c"}}
+    assert next_replica(urls, "http://a", 503, named) == "http://c"
+    unknown = {"error": "unavailable", "leader": {"replica": "x", "url": "http://x"}}
+    assert next_replica(urls, "http://a", 503, unknown) == "http://b"  # not ours: the next
+    assert next_replica(urls, "http://c", 503, {"leader": None}) == "http://a"  # no leader yet
+    assert next_replica(urls, "http://b", None, None) == "http://c"  # no answer
+    # the leader's own 503 (etcd without quorum): the same replica again, it still leads
+    assert next_replica(urls, "http://b", 503, {"error": "unavailable"}) == "http://b"
+    assert next_replica(urls, "http://b", 409, {"error": "conflict"}) == "http://b"
+
+
+def _dead_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"  # closed again: refused
+
+
+def test_replicas_reach_the_leader_through_a_dead_replica_and_a_standby() -> None:
+    leader = JsonServer(200, {"ok": True})
+    standby = JsonServer(503, {"error": "unavailable", "leader": {"url": leader.url}})
+    try:
+        client = Replicas([_dead_url(), standby.url, leader.url], None, pause=0.0)
+        got = client.request("GET", "/v1/vpcs")
+        assert (got.status, got.body, got.url) == (200, {"ok": True}, leader.url)
+        assert got.sends == 3  # refused, the standby's 503, the leader
+        again = client.request("GET", "/v1/vpcs")  # it stays with the leader
+        assert (again.sends, again.url) == (1, leader.url)
+    finally:
+        leader.stop()
+        standby.stop()
+
+
+def test_replicas_give_the_last_503_or_error_after_retry_for() -> None:
+    alone = JsonServer(503, {"error": "unavailable", "leader": None})
+    try:
+        got = Replicas([alone.url], None, retry_for=0.2, pause=0.01).request("GET", "/x")
+        assert got.status == 503 and got.sends > 1
+    finally:
+        alone.stop()
+    with pytest.raises(OSError):
+        Replicas([_dead_url()], None, retry_for=0.2, pause=0.01).request("GET", "/x")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import pathlib
 import re
 import socket
 import threading
@@ -18,8 +19,11 @@ from typing import Any
 import pytest
 
 from meshpeer.controller import standby
+from meshpeer.controller.shard import ShardState
+from meshpeer.directory import DirectoryError, shard_doc, shared_shards
 from meshpeer.store import Change, Conflict, election
 from meshpeer.store import etcdplan as plan
+from meshpeer.store.backends import open_store
 from meshpeer.store.etcd import (
     Diverged,
     EtcdStore,
@@ -27,12 +31,18 @@ from meshpeer.store.etcd import (
     Leadership,
     LostLead,
     Ownership,
+    SharedDirectory,
     Unavailable,
+    follow,
     follow_claims,
+    shared_directory,
 )
 from meshpeer.store.settings import store_settings
-from tests.support.etcd import EtcdServer, etcd_server
+from meshpeer.store.sqlite import Store
+from meshpeer.streaming.publisher import StreamHub
+from tests.support.etcd import EtcdServer, etcd_cluster, etcd_server
 from tests.support.wait import wait_for
+from tests.unit.controller_fixtures import directory
 
 _prefixes = itertools.count()
 
@@ -362,6 +372,44 @@ def test_a_crashed_leader_restarted_lets_the_waiting_standby_lead(
     assert won == ["b", "a"]
 
 
+def test_a_restarted_replica_that_saw_another_lead_no_longer_defers(
+    etcd: EtcdServer, prefix: str
+) -> None:
+    """Found by the lab's failover benchmark (a write loop and kills every few seconds): a
+    replica restarted while its dead process's key was there, which then saw another replica
+    lead (the key taken over between two of its looks, so it never saw it absent), still
+    deferred its campaign when that leader died; the replica restarted after *that* crash
+    deferred too, and won the toss about half the time: the standby that had been waiting
+    did not take over. Once it has seen another leader it is a waiting standby like any."""
+    a = election.Leader("a", "http://10.0.0.1:8080")
+    b = election.Leader("b", "http://10.0.0.2:8080")
+    dead = _leadership(etcd, prefix, a).campaign(time.sleep)  # a's process, then "killed"
+    restarted = _leadership(etcd, prefix, a)
+    other = _leadership(etcd, prefix, b)
+    gw = Gateway([etcd.url])
+    slept: list[float] = []
+    steps = iter(
+        [
+            # between two looks of the restarted a: the old lease goes and b takes over
+            lambda: (
+                gw.call("lease/revoke", {"ID": str(dead.lease_id)}, idempotent=True),
+                b_term.append(other.campaign(time.sleep)),
+            ),
+            # a has seen b lead; then b dies (its lease gone at once)
+            lambda: gw.call("lease/revoke", {"ID": str(b_term[0].lease_id)}, idempotent=True),
+        ]
+    )
+    b_term: list[election.Term] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        next(steps, lambda: None)()
+
+    term = restarted.campaign(sleep, poll_s=0.01, defer_s=0.77)
+    assert restarted.leader == a and _leader_lease(etcd, prefix) == term.lease_id
+    assert 0.77 not in slept, slept  # it campaigned at once, as a waiting standby does
+
+
 def test_a_replica_that_lost_the_lead_cannot_commit(etcd: EtcdServer, prefix: str) -> None:
     """Every commit compares that the leader key is on this replica's lease: once another
     replica leads, the old leader's commit writes nothing and says it lost the lead."""
@@ -427,3 +475,145 @@ def test_a_standby_answers_503_naming_the_leader() -> None:
     assert body["error"] == "unavailable" and body["field"] is None
     assert body["leader"] == {"replica": "a", "url": "http://10.0.0.1:8080"}
     assert standby.answer("ctl1", "b", None)["detail"].endswith("is a standby; no leader yet")
+
+
+# --- the shard directory in etcd -----------------------------------------------------------
+
+
+def _put(etcd: EtcdServer, key: str, value: str | None) -> None:
+    """What an operator's ``etcdctl put`` (None: ``del``) does."""
+    gw = Gateway([etcd.url])
+    if value is None:
+        gw.call("kv/deleterange", {"key": plan.b64(key)}, idempotent=True)
+    else:
+        gw.call("kv/put", {"key": plan.b64(key), "value": plan.b64(value)}, idempotent=True)
+    gw.close()
+
+
+def test_the_directory_is_seeded_once_and_a_shard_follows_it_refusing_bad_entries(
+    etcd: EtcdServer, tmp_path: pathlib.Path
+) -> None:
+    prefix = f"/deploy{next(_prefixes)}/"
+    d = directory()  # ctl1: blue, green; ctl2: red
+    docs = {name: shard_doc(s) for name, s in d.shards.items()}
+    assert SharedDirectory(Gateway([etcd.url]), prefix).seed(docs) == ["ctl1", "ctl2"]
+    # another shard's file: ctl1 elsewhere (etcd's entry stays) and a new shard ctl3 (put)
+    ctl3 = {"url": "http://169.254.9.13:8080", "vni_range": [5000, 5999]}
+    other = {**docs, "ctl1": {**docs["ctl1"], "url": "http://elsewhere:1"}, "ctl3": ctl3}
+    assert SharedDirectory(Gateway([etcd.url]), prefix).seed(other) == ["ctl3"]
+
+    store = Store.open(str(tmp_path / "s.db"), synchronous="NORMAL")
+    s = ShardState("ctl1", d, store, StreamHub(base_version=1 << 32), lambda: 1000.0)
+    seen: list[tuple[dict[str, str], bool]] = []
+    done = threading.Event()
+
+    def take(texts: dict[str, str]) -> None:
+        if done.is_set():
+            raise _Done
+        seen.append((texts, s.take_shared_directory(texts)))
+
+    def sleep(seconds: float) -> None:
+        if done.is_set():
+            raise _Done
+        time.sleep(seconds)
+
+    def run() -> None:
+        with contextlib.suppress(_Done):
+            follow(SharedDirectory(Gateway([etcd.url]), prefix), take, sleep)
+
+    follower = threading.Thread(target=run, daemon=True)
+    follower.start()
+    try:
+        wait_for(lambda: "ctl3" in s.directory.shards, what="the seeded ctl3, read")
+        assert s.directory.shards["ctl1"].url == d.shards["ctl1"].url  # the first seed's
+        key = f"{prefix}directory/shards/"
+        moved = {**docs["ctl2"], "url": "http://10.0.0.99:8080"}
+        _put(etcd, key + "ctl2", plan.canonical(moved))  # an operator moves ctl2
+        wait_for(lambda: s.directory.url_of("red") == "http://10.0.0.99:8080", what="ctl2 moved")
+        for name, bad, why in [
+            ("ctl2", "{not json", "shards.ctl2: not JSON"),
+            ("ctl2", plan.canonical({**moved, "vni_range": [5500, 6000]}), "overlaps"),
+            ("ctl3", plan.canonical({**ctl3, "url": "ftp://x"}), "shards.ctl3.url"),
+            ("ctl1", None, "shards.ctl1: absent"),  # the reader itself removed
+        ]:
+            before, n = s.directory, len(seen)
+            _put(etcd, key + name, bad)
+            texts, taken = wait_for(lambda: seen[n:] and seen[-1], what=f"{name} {why}")  # noqa: B023
+            assert texts.get(name) == bad and taken is False, (texts, why)
+            with pytest.raises(DirectoryError, match=re.escape(why)):
+                shared_shards(texts, "ctl1")
+            assert s.directory is before  # refused whole: what runs stays
+            good = {"ctl1": docs["ctl1"], "ctl2": moved, "ctl3": ctl3}[name]
+            _put(etcd, key + name, plan.canonical(good))
+            wait_for(lambda: seen[-1][0].get(name) == plan.canonical(good), what="restored")  # noqa: B023
+        assert s.directory.shards["ctl3"].vni_range == (5000, 5999)
+        assert s.directory.url_of("red") == "http://10.0.0.99:8080"
+    finally:
+        done.set()
+        _put(etcd, f"{prefix}directory/shards/ctl1", "x")  # the watch hands it over: it stops
+        follower.join(30)
+        store.close()
+    assert not follower.is_alive()
+
+
+def test_a_shard_does_not_start_on_a_directory_in_etcd_that_does_not_check_out(
+    etcd: EtcdServer,
+) -> None:
+    from ryu_apps.controller import _read_shared
+
+    prefix = f"/deploy{next(_prefixes)}/"
+    d = directory()
+    shared = SharedDirectory(Gateway([etcd.url]), prefix)
+    started = _read_shared(shared, d, "ctl1")  # seeds, then reads what it seeded
+    assert started.shards == d.shards
+    overlapping = {**shard_doc(d.shards["ctl2"]), "vni_range": [1500, 1600]}
+    _put(etcd, f"{prefix}directory/shards/ctl2", plan.canonical(overlapping))
+    with pytest.raises(SystemExit, match=r"directory/shards/\).*shards.ctl2.vni_range: overlaps"):
+        _read_shared(shared, d, "ctl1")
+
+
+# --- shards to etcd over TLS with a client certificate ----------------------------------------
+
+
+def test_a_shard_reaches_an_etcd_that_asks_for_client_certificates_only_with_one() -> None:
+    with etcd_cluster(1, tls=True) as cluster:
+        assert cluster.tls is not None
+        (url,) = cluster.urls
+        assert url.startswith("https://")
+        values = {
+            "store": "etcd",
+            "etcd_endpoints": url,
+            "etcd_ca_file": cluster.tls.ca_file,
+            "etcd_cert_file": cluster.tls.client_cert[0],
+            "etcd_key_file": cluster.tls.client_cert[1],
+        }
+        settings = store_settings(values, "ctl1")
+        assert settings.client_cert == cluster.tls.client_cert
+        store = open_store(settings)
+        assert store.commit([Change("vpc", "blue", {})]) == 1
+        store.close()
+        shared = shared_directory(settings)
+        assert shared is not None and shared.seed(
+            {"ctl1": {"url": "https://x", "vni_range": [1, 9]}}
+        )
+        # the same cluster without the certificate: refused at the handshake, said so (TLS
+        # 1.3: the server checks the client's certificate after the client's side is done, and
+        # its refusal reads as its alert or, when the connection is gone first, as an EOF)
+        bare = {k: v for k, v in values.items() if k not in ("etcd_cert_file", "etcd_key_file")}
+        with pytest.raises(Unavailable, match=r"(?i)certificate|handshake|alert|SSLEOFError"):
+            open_store(store_settings(bare, "ctl1"))
+
+
+def test_a_client_certificate_goes_with_its_key_and_https() -> None:
+    base = {"store": "etcd", "etcd_endpoints": "https://a:2379"}
+    for values, field in [
+        ({**base, "etcd_cert_file": "/c.pem"}, "controller.etcd_cert_file"),
+        ({**base, "etcd_key_file": "/c.key"}, "controller.etcd_cert_file"),
+        (
+            {**base, "etcd_endpoints": "https://a:2379,http://b:2379", "etcd_cert_file": "/c.pem",
+             "etcd_key_file": "/c.key"},
+            "must be https://",
+        ),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError, match=re.escape(field)):
+            store_settings(values, "ctl1")

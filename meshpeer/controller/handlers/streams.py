@@ -139,6 +139,8 @@ class StreamHandlers(Handlers):
             )
         elif req.service == ServiceName.FEDERATION:
             self.access.allow(identity, Action.FEDERATE, Resource())
+        elif req.service == ServiceName.DIRECTORY:
+            self.access.allow(identity, Action.DIRECTORY, Resource())
         elif req.service == ServiceName.ENDPOINT:
             if req.host not in (None, req.key):  # it names who must apply its writes
                 raise bad_request("host", "an endpoint stream is its own host's: host = key")

@@ -1,0 +1,141 @@
+"""A client that creates endpoints while its shard's leader fails over (issue 15), and the check
+of its log against what the shard holds after.
+
+The client (:class:`meshpeer.client.Replicas`) follows the leader and sends a create again,
+under the same name, after a 503 or no answer. So a create can be sent twice: if its first
+send applied (the answer was lost with the leader), the second gets 409. The loop then reads
+the endpoint and counts it *recognised* if it is the one it sent (same fields), never as a
+second write; anything else is *refused* (a failure for the check). :func:`check` compares the
+log with the shard's list: every acknowledged (201) and recognised write present exactly once,
+at the version acknowledged; no version acknowledged twice; nothing of the loop present that it
+was not told about.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from meshpeer.client import Answer
+
+SAME = ("name", "kind", "ip", "host")  # what a create sets and a read must give back
+
+
+class Requester(Protocol):
+    """What the loop needs of its client: ``meshpeer.client.Replicas``."""
+
+    def request(self, method: str, path: str, body: Any = None) -> Answer: ...
+
+
+@dataclass
+class WriteLog:
+    sent: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> body, in order
+    acked: dict[str, int] = field(default_factory=dict)  # name -> version of its 201
+    recognised: list[str] = field(default_factory=list)  # a resend's 409: its first send applied
+    resends: int = 0  # sends after the first (503, no answer)
+    retried: int = 0  # writes sent more than once
+    refused: list[tuple[str, int, Any]] = field(default_factory=list)  # anything else
+
+
+class WriteLoop:
+    """Creates ``<prefix><n>`` in ``vpc`` on ``host``, addresses from ``network``, one every
+    ``pace`` seconds at most, on a thread, until :meth:`stop` (which lets the write in hand
+    finish: every name sent is then acknowledged, recognised or refused)."""
+
+    def __init__(
+        self,
+        client: Requester,
+        vpc: str,
+        host: str,
+        network: str,
+        prefix: str = "w",
+        pace: float = 0.05,
+    ) -> None:
+        self.client = client
+        self.path = f"/v1/vpcs/{vpc}/endpoints"
+        self.host = host
+        self.addresses = ipaddress.ip_network(network).hosts()
+        next(self.addresses)  # the subnet's gateway
+        self.prefix = prefix
+        self.pace = pace
+        self.log = WriteLog()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="writeloop", daemon=True)
+
+    def __enter__(self) -> WriteLoop:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> WriteLog:
+        self._stop.set()
+        self._thread.join()
+        return self.log
+
+    @property
+    def acknowledged(self) -> int:
+        return len(self.log.acked)
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            name = f"{self.prefix}{n}"
+            body = {"name": name, "kind": "vm", "ip": str(next(self.addresses)), "host": self.host}
+            self.log.sent[name] = body
+            self._write(name, body)
+            n += 1
+            self._stop.wait(self.pace)
+
+    def _write(self, name: str, body: dict[str, Any]) -> None:
+        try:
+            got = self.client.request("POST", self.path, body)
+        except OSError as exc:  # no replica answered within the client's retry_for
+            self.log.refused.append((name, 0, repr(exc)))
+            return
+        self.log.resends += got.sends - 1
+        self.log.retried += got.sends > 1
+        if got.status == 201:
+            self.log.acked[name] = int(got.body["version"])
+        elif got.status == 409 and got.sends > 1:
+            there = self.client.request("GET", f"{self.path}/{name}")
+            if there.status == 200 and all(there.body.get(k) == body[k] for k in SAME):
+                self.log.recognised.append(name)
+            else:
+                self.log.refused.append((name, 409, (got.body, there.status, there.body)))
+        else:
+            self.log.refused.append((name, got.status, got.body))
+
+
+def check(log: WriteLog, listed: list[dict[str, Any]]) -> dict[str, int]:
+    """Assert the shard's endpoint list agrees with the loop's log; return the counts."""
+    ours = [e for e in listed if e["name"] in log.sent]
+    names = [e["name"] for e in ours]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    assert not twice, f"present twice: {twice}"
+    present = {e["name"]: e for e in ours}
+    expected = set(log.acked) | set(log.recognised)
+    missing = sorted(expected - set(present))
+    assert not missing, f"acknowledged or recognised but absent: {missing}"
+    unknown = sorted(set(present) - expected)
+    assert not unknown, f"present but never acknowledged nor recognised: {unknown}"
+    moved = {
+        n: (v, present[n]["version"]) for n, v in log.acked.items() if present[n]["version"] != v
+    }
+    assert not moved, f"at another version than acknowledged: {moved}"
+    changed = [n for n in present if any(present[n].get(k) != log.sent[n][k] for k in SAME)]
+    assert not changed, f"not as sent: {changed}"
+    versions = list(log.acked.values())
+    assert len(set(versions)) == len(versions), "a version acknowledged twice"
+    assert not log.refused, f"refused: {log.refused[:5]}"
+    return {
+        "writes_sent": len(log.sent),
+        "writes_acknowledged": len(log.acked),
+        "writes_recognised": len(log.recognised),
+        "writes_retried": log.retried,
+        "writes_resends": log.resends,
+        "writes_present": len(present),
+    }
