@@ -10,6 +10,7 @@ import hashlib
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from meshpeer.protocol.gateways import (
@@ -45,7 +46,7 @@ RESERVED_ASNS = {
 def derived_mac(vpc: str, ip: Address) -> str:
     """Stable, locally administered unicast MAC for an endpoint given none (as in the lab)."""
     digest = hashlib.sha256(f"{vpc}/{ip_text(ip)}".encode()).digest()
-    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+    return (b"\x02" + digest[:5]).hex(":")
 
 
 def gateway(subnet: Network) -> Address:
@@ -81,8 +82,20 @@ class Vpc:
     asn: int = DEFAULT_ASN  # its BGP AS number toward on-prem routers (docs/routing.md)
 
     def subnet_for(self, ip: Address) -> Subnet | None:
-        return next(
-            (s for s in self.subnets if s.cidr.version == ip.version and ip in s.cidr), None
+        """The subnet holding ``ip`` (``ip in cidr``, on the addresses' integers)."""
+        version, value = ip.version, int(ip)
+        for v, network, mask, subnet in self._networks:
+            if v == version and value & mask == network:
+                return subnet
+        return None
+
+    @cached_property
+    def _networks(self) -> tuple[tuple[int, int, int, Subnet], ...]:
+        """(version, network, netmask, subnet) of each subnet, as integers: every endpoint
+        write looks its subnet up, and ``ip in cidr`` builds objects each time."""
+        return tuple(
+            (s.cidr.version, int(s.cidr.network_address), int(s.cidr.netmask), s)
+            for s in self.subnets
         )
 
     def to_json(self) -> JsonObject:
@@ -295,6 +308,8 @@ KINDS: dict[str, Any] = {
 
 def store_key(res: Resource) -> tuple[str, str]:
     """(kind, key) under which a resource is stored."""
+    if type(res) is Endpoint:  # by far the most written
+        return "endpoint", f"{res.vpc}/{res.name}"
     if isinstance(res, Vpc):
         return "vpc", res.name
     if isinstance(res, Host):
@@ -416,6 +431,8 @@ class Intent:
     def drop(self, kind: str, key: str) -> None:
         attr = _ATTR[kind]
         old = getattr(self, attr).pop(_map_key(kind, key), None)
+        if old is None:  # nothing there: every put of a new resource
+            return
         if isinstance(old, Endpoint | Peering | Route):
             self._by_vpc.get(attr, {}).get(old.vpc, {}).pop(old.name, None)
         if isinstance(old, Endpoint):

@@ -335,17 +335,26 @@ def _reject_constant(name: str) -> None:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
+    out = dict(pairs)
+    if len(out) < len(pairs):
+        seen: set[str] = set()
+        for key, _value in pairs:  # the first key given twice
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r}")
+            seen.add(key)
     return out
+
+
+# built once: json.loads and json.dumps with options build a new decoder or encoder per call
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def _check_depth(text: str) -> None:
     """Refuse JSON nested deeper than MAX_DEPTH before parsing it: the parser and the
     validators recurse, and a deep enough document would exhaust the stack."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return  # no deeper than its opening brackets, strings' included: nothing to look at
     brackets = _NOT_BRACKETS.sub("", _JSON_STRING.sub("", text))
     if max(accumulate(map(_NESTING.__getitem__, brackets)), default=0) > MAX_DEPTH:
         raise bad_request(None, f"JSON nested deeper than {MAX_DEPTH} levels")
@@ -358,7 +367,9 @@ def _parse_json(raw: bytes) -> Any:
         raise bad_request(None, "request body is not UTF-8") from None
     _check_depth(text)
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        if text.startswith("\ufeff"):  # as json.loads says it
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        return _DECODER.decode(text)
     except ValueError as exc:  # JSONDecodeError is a ValueError, as are the hooks' errors
         raise bad_request(None, f"malformed JSON: {exc}") from None
 
@@ -378,7 +389,7 @@ def _internal_error(where: str, problem: str | None = None) -> Response:
 
 
 def _json_response(status: int, body: object) -> Response:
-    payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    payload = _ENCODER.encode(body)
     response = Response(status=status, content_type="application/json", charset="utf-8")
     response.body = payload.encode()
     response.cache_control = "no-store"
