@@ -6,11 +6,11 @@ serves exactly what it had.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 from meshpeer.protocol.gateways import (
@@ -49,6 +49,7 @@ def derived_mac(vpc: str, ip: Address) -> str:
     return (b"\x02" + digest[:5]).hex(":")
 
 
+@functools.lru_cache(maxsize=1024)  # every endpoint write renders its subnet's gateway
 def gateway(subnet: Network) -> Address:
     """A subnet's gateway is its first host address (as in GCP and OVN)."""
     return subnet.network_address + 1
@@ -89,7 +90,7 @@ class Vpc:
                 return subnet
         return None
 
-    @cached_property
+    @functools.cached_property
     def _networks(self) -> tuple[tuple[int, int, int, Subnet], ...]:
         """(version, network, netmask, subnet) of each subnet, as integers: every endpoint
         write looks its subnet up, and ``ip in cidr`` builds objects each time."""
@@ -411,10 +412,12 @@ class Intent:
         return found
 
     def put(self, res: Resource) -> None:
-        kind, key = store_key(res)
-        self.drop(kind, key)
+        kind, mkey = _map_key_of(res)
         attr = _ATTR[kind]
-        getattr(self, attr)[_map_key(kind, key)] = res
+        table = getattr(self, attr)
+        if mkey in table:
+            self._drop(attr, mkey)
+        table[mkey] = res
         if isinstance(res, Endpoint | Peering | Route):
             self._by_vpc.setdefault(attr, {}).setdefault(res.vpc, {})[res.name] = res
         if isinstance(res, Endpoint):
@@ -429,9 +432,11 @@ class Intent:
             self._placed[place] = self._placed.get(place, 0) + 1
 
     def drop(self, kind: str, key: str) -> None:
-        attr = _ATTR[kind]
-        old = getattr(self, attr).pop(_map_key(kind, key), None)
-        if old is None:  # nothing there: every put of a new resource
+        self._drop(_ATTR[kind], _map_key(kind, key))
+
+    def _drop(self, attr: str, mkey: Any) -> None:
+        old = getattr(self, attr).pop(mkey, None)
+        if old is None:
             return
         if isinstance(old, Endpoint | Peering | Route):
             self._by_vpc.get(attr, {}).get(old.vpc, {}).pop(old.name, None)
@@ -459,3 +464,10 @@ class Intent:
 
 def _map_key(kind: str, key: str) -> Any:
     return key if kind in ("vpc", "host") else tuple(key.split("/", 1))
+
+
+def _map_key_of(res: Resource) -> tuple[str, Any]:
+    """(kind, key in the Intent's dicts) of a resource: ``_map_key`` of its ``store_key``."""
+    if isinstance(res, Vpc | Host):
+        return store_key(res)
+    return store_key(res)[0], (res.vpc, res.name)

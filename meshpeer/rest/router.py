@@ -275,7 +275,9 @@ class Api:
             raise errors.payload_too_large(self.max_body)
         if not request.is_body_readable:
             return b""
-        raw: bytes = request.body_file.read(self.max_body + 1)
+        # the body's length when the request gives it: reading max_body + 1 allocates (and
+        # zeroes) a buffer that large for every request (io.RawIOBase.read), ~9% of a create
+        raw: bytes = request.body_file.read(self.max_body + 1 if length is None else length)
         if len(raw) > self.max_body:
             raise errors.payload_too_large(self.max_body)
         return raw
