@@ -315,8 +315,7 @@ def store_key(res: Resource) -> tuple[str, str]:
         return "vpc", res.name
     if isinstance(res, Host):
         return "host", res.name
-    kind = {Endpoint: "endpoint", Peering: "peering", Route: "route"}[type(res)]
-    return kind, f"{res.vpc}/{res.name}"
+    return _KIND_OF[type(res)], f"{res.vpc}/{res.name}"
 
 
 _ATTR = {
@@ -470,4 +469,7 @@ def _map_key_of(res: Resource) -> tuple[str, Any]:
     """(kind, key in the Intent's dicts) of a resource: ``_map_key`` of its ``store_key``."""
     if isinstance(res, Vpc | Host):
         return store_key(res)
-    return store_key(res)[0], (res.vpc, res.name)
+    return _KIND_OF[type(res)], (res.vpc, res.name)
+
+
+_KIND_OF: dict[type, str] = {Endpoint: "endpoint", Peering: "peering", Route: "route"}

@@ -536,3 +536,27 @@ def test_a_peering_stored_before_preference_loads_at_the_default(tmp_path: pathl
     assert again.intent.peerings[("red", "to-blue")].preference == DEFAULT_PREFERENCE
     objs = again.hub.objects(StreamId(ServiceName.PEERING, "red", None, "hv2"))
     assert objs["blue"]["preference"] == DEFAULT_PREFERENCE
+
+
+def test_a_batch_is_pending_on_each_host_it_places_until_that_host_applies(
+    tmp_path: pathlib.Path,
+) -> None:
+    """What a batch's endpoints must apply is computed once per host and shared by them:
+    each key still waits for its own host, and the batch for all of them."""
+    from meshpeer.protocol.messages import stream_name
+
+    s = shard(tmp_path)
+    build(s)
+    items = [
+        ops.NewEndpoint(f"b{n}", "vm", ipaddress.ip_address(f"10.2.0.{100 + n}"), None, host)
+        for n, host in enumerate(["hv1", "hv2", "hv1", "hv3"])
+    ]
+    s.commit(ops.new_endpoints(s.intent, "red", items))
+    keys = [f"red/b{n}" for n in range(4)]
+    assert s.pending_hosts("endpoint", keys) == ["hv1", "hv2", "hv3"]
+    on_hv1 = StreamId(ServiceName.ENDPOINT, "hv1")
+    s.report_applied("hv1", {stream_name(*on_hv1): s.hub.version(on_hv1)})
+    assert s.pending_hosts("endpoint", keys) == ["hv2", "hv3"]
+    assert s.pending_hosts("endpoint", "red/b2") == []
+    assert s.pending_hosts("endpoint", "red/b3") == ["hv3"]
+    assert s.pending_hosts("endpoint", ["red/b0", "red/b1"]) == ["hv2"]
