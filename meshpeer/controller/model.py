@@ -417,7 +417,7 @@ class Intent:
         if mkey in table:
             self._drop(attr, mkey)
         table[mkey] = res
-        if isinstance(res, Endpoint | Peering | Route):
+        if isinstance(res, _IN_VPC):
             self._by_vpc.setdefault(attr, {}).setdefault(res.vpc, {})[res.name] = res
         if isinstance(res, Endpoint):
             self._addr[(res.vpc, res.ip)] = self._addr[(res.vpc, res.mac)] = res
@@ -437,7 +437,7 @@ class Intent:
         old = getattr(self, attr).pop(mkey, None)
         if old is None:
             return
-        if isinstance(old, Endpoint | Peering | Route):
+        if isinstance(old, _IN_VPC):
             self._by_vpc.get(attr, {}).get(old.vpc, {}).pop(old.name, None)
         if isinstance(old, Endpoint):
             self._addr.pop((old.vpc, old.ip), None)
@@ -467,9 +467,12 @@ def _map_key(kind: str, key: str) -> Any:
 
 def _map_key_of(res: Resource) -> tuple[str, Any]:
     """(kind, key in the Intent's dicts) of a resource: ``_map_key`` of its ``store_key``."""
-    if isinstance(res, Vpc | Host):
+    if isinstance(res, _BY_NAME):
         return store_key(res)
     return _KIND_OF[type(res)], (res.vpc, res.name)
 
 
 _KIND_OF: dict[type, str] = {Endpoint: "endpoint", Peering: "peering", Route: "route"}
+# tuples, not ``A | B``: a union is built again at every call (Intent.put runs per endpoint)
+_IN_VPC = (Endpoint, Peering, Route)
+_BY_NAME = (Vpc, Host)
