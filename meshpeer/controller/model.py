@@ -6,6 +6,7 @@ serves exactly what it had.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Mapping
@@ -45,9 +46,10 @@ RESERVED_ASNS = {
 def derived_mac(vpc: str, ip: Address) -> str:
     """Stable, locally administered unicast MAC for an endpoint given none (as in the lab)."""
     digest = hashlib.sha256(f"{vpc}/{ip_text(ip)}".encode()).digest()
-    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+    return (b"\x02" + digest[:5]).hex(":")
 
 
+@functools.lru_cache(maxsize=1024)  # every endpoint write renders its subnet's gateway
 def gateway(subnet: Network) -> Address:
     """A subnet's gateway is its first host address (as in GCP and OVN)."""
     return subnet.network_address + 1
@@ -81,8 +83,20 @@ class Vpc:
     asn: int = DEFAULT_ASN  # its BGP AS number toward on-prem routers (docs/routing.md)
 
     def subnet_for(self, ip: Address) -> Subnet | None:
-        return next(
-            (s for s in self.subnets if s.cidr.version == ip.version and ip in s.cidr), None
+        """The subnet holding ``ip`` (``ip in cidr``, on the addresses' integers)."""
+        version, value = ip.version, int(ip)
+        for v, network, mask, subnet in self._networks:
+            if v == version and value & mask == network:
+                return subnet
+        return None
+
+    @functools.cached_property
+    def _networks(self) -> tuple[tuple[int, int, int, Subnet], ...]:
+        """(version, network, netmask, subnet) of each subnet, as integers: every endpoint
+        write looks its subnet up, and ``ip in cidr`` builds objects each time."""
+        return tuple(
+            (s.cidr.version, int(s.cidr.network_address), int(s.cidr.netmask), s)
+            for s in self.subnets
         )
 
     def to_json(self) -> JsonObject:
@@ -295,12 +309,13 @@ KINDS: dict[str, Any] = {
 
 def store_key(res: Resource) -> tuple[str, str]:
     """(kind, key) under which a resource is stored."""
+    if type(res) is Endpoint:  # by far the most written
+        return "endpoint", f"{res.vpc}/{res.name}"
     if isinstance(res, Vpc):
         return "vpc", res.name
     if isinstance(res, Host):
         return "host", res.name
-    kind = {Endpoint: "endpoint", Peering: "peering", Route: "route"}[type(res)]
-    return kind, f"{res.vpc}/{res.name}"
+    return _KIND_OF[type(res)], f"{res.vpc}/{res.name}"
 
 
 _ATTR = {
@@ -396,11 +411,13 @@ class Intent:
         return found
 
     def put(self, res: Resource) -> None:
-        kind, key = store_key(res)
-        self.drop(kind, key)
+        kind, mkey = _map_key_of(res)
         attr = _ATTR[kind]
-        getattr(self, attr)[_map_key(kind, key)] = res
-        if isinstance(res, Endpoint | Peering | Route):
+        table = getattr(self, attr)
+        if mkey in table:
+            self._drop(attr, mkey)
+        table[mkey] = res
+        if isinstance(res, _IN_VPC):
             self._by_vpc.setdefault(attr, {}).setdefault(res.vpc, {})[res.name] = res
         if isinstance(res, Endpoint):
             self._addr[(res.vpc, res.ip)] = self._addr[(res.vpc, res.mac)] = res
@@ -414,9 +431,13 @@ class Intent:
             self._placed[place] = self._placed.get(place, 0) + 1
 
     def drop(self, kind: str, key: str) -> None:
-        attr = _ATTR[kind]
-        old = getattr(self, attr).pop(_map_key(kind, key), None)
-        if isinstance(old, Endpoint | Peering | Route):
+        self._drop(_ATTR[kind], _map_key(kind, key))
+
+    def _drop(self, attr: str, mkey: Any) -> None:
+        old = getattr(self, attr).pop(mkey, None)
+        if old is None:
+            return
+        if isinstance(old, _IN_VPC):
             self._by_vpc.get(attr, {}).get(old.vpc, {}).pop(old.name, None)
         if isinstance(old, Endpoint):
             self._addr.pop((old.vpc, old.ip), None)
@@ -442,3 +463,16 @@ class Intent:
 
 def _map_key(kind: str, key: str) -> Any:
     return key if kind in ("vpc", "host") else tuple(key.split("/", 1))
+
+
+def _map_key_of(res: Resource) -> tuple[str, Any]:
+    """(kind, key in the Intent's dicts) of a resource: ``_map_key`` of its ``store_key``."""
+    if isinstance(res, _BY_NAME):
+        return store_key(res)
+    return _KIND_OF[type(res)], (res.vpc, res.name)
+
+
+_KIND_OF: dict[type, str] = {Endpoint: "endpoint", Peering: "peering", Route: "route"}
+# tuples, not ``A | B``: a union is built again at every call (Intent.put runs per endpoint)
+_IN_VPC = (Endpoint, Peering, Route)
+_BY_NAME = (Vpc, Host)

@@ -186,11 +186,12 @@ class ShardState:
     def commit(self, puts: Iterable[Resource] = (), deletes: Iterable[Delete] = ()) -> int:
         """Persist in one transaction, then apply and republish. Returns the store version."""
         puts, deletes = list(puts), list(deletes)
-        changes = [Change(*store_key(r), r.to_json()) for r in puts]
+        keys = [store_key(r) for r in puts]
+        changes = [Change(*k, r.to_json()) for k, r in zip(keys, puts, strict=True)]
         changes += [Change(d.kind, d.key, None) for d in deletes]
         version = self.store_version = self.store.commit(changes)
         old = [self.intent.get(d.kind, d.key) for d in deletes]
-        replaced = [self.intent.get(*store_key(r)) for r in puts]
+        replaced = [self.intent.get(*k) for k in keys]
         gone = [o for o in old if isinstance(o, Endpoint)]
         changed = [r for r in puts if isinstance(r, Endpoint)] + gone
         places = {(e.vpc, e.host) for e in changed}
@@ -203,9 +204,9 @@ class ShardState:
             and not any(o is not None for o in replaced)  # all puts new
             and places <= held
         )
-        for r in puts:
+        for r, k in zip(puts, keys, strict=True):
             self.intent.put(r)
-            self.versions[store_key(r)] = version
+            self.versions[k] = version
         for d in deletes:
             self.intent.drop(d.kind, d.key)
             self.versions.pop((d.kind, d.key), None)
@@ -216,11 +217,18 @@ class ShardState:
             produced = self.refresh(self.scope_of([*puts, *(o for o in old if o is not None)]))
         for vpc, host in sorted(p for p in held if not self.intent.placed(*p)):
             self._host_left(vpc, [host])
-        for key in [store_key(r) for r in puts] + [(d.kind, d.key) for d in deletes]:
+        for key in keys + [(d.kind, d.key) for d in deletes]:
             self.targets[key] = produced
         written = [(r, False) for r in puts] + [(o, True) for o in old[: len(deletes)] if o]
+        # an endpoint's depends on its host alone (mux.must_apply): once per host, shared
+        per_host: dict[tuple[str | None, bool], dict[StreamId, tuple[int, frozenset[str]]]] = {}
         for r, deleted in written:
-            self.required[store_key(r)] = self._must_apply(r, deleted)
+            if not isinstance(r, Endpoint):
+                self.required[store_key(r)] = self._must_apply(r, deleted)
+                continue
+            if (r.host, deleted) not in per_host:
+                per_host[(r.host, deleted)] = self._must_apply(r, deleted)
+            self.required[store_key(r)] = per_host[(r.host, deleted)]
         return version
 
     def _must_apply(
@@ -610,6 +618,7 @@ class ShardState:
         a shard with 300 subscribed hosts took 3 s of the hub per look, found by a review)."""
         want: dict[tuple[StreamId, str], int] = {}  # (stream, host) -> version it must hold
         seen: set[int] = set()  # the targets of one commit, shared by its keys
+        seen_required: set[int] = set()  # and what its endpoints on one host must apply
 
         def need(sid: StreamId, version: int, hosts: Iterable[str]) -> None:
             for h in hosts:
@@ -626,6 +635,10 @@ class ShardState:
             if required is None:  # not written since this shard started: as of now
                 found = self.intent.get(kind, key)
                 required = self._must_apply(found, False) if found is not None else {}
+            elif id(required) in seen_required:
+                continue
+            else:
+                seen_required.add(id(required))
             for sid, (version, hosts) in required.items():
                 need(sid, version, hosts)
         names = {sid: stream_name(*sid) for sid, _ in want}

@@ -5,10 +5,12 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meshpeer.controller import intent as ops
 from meshpeer.controller.intent import IntentError, PeerFacts
-from meshpeer.controller.model import Backend, Endpoint, Intent, Spillover, Subnet
+from meshpeer.controller.model import Backend, Endpoint, Intent, Spillover, Subnet, Vpc
 from policies.export import ExportPolicy
 from tests.unit.controller_fixtures import add_ilb, add_vm, add_vpc, directory, peer, subnets
 
@@ -265,3 +267,24 @@ def test_an_endpoint_an_ilb_spills_into_cannot_be_deleted() -> None:
     assert "blue/web" in detail
     i.drop("endpoint", "blue/web")
     assert ops.check_endpoint_delete(i, "green", "g1").name == "g1"
+
+
+NETWORKS = st.one_of(
+    st.builds(
+        lambda a, n: ipaddress.ip_network(f"{a}/{n}", strict=False),
+        st.ip_addresses(v=v),
+        st.integers(0, 32 if v == 4 else 128),
+    )
+    for v in (4, 6)
+)
+
+
+@given(st.ip_addresses(), st.lists(NETWORKS, max_size=4))
+def test_a_vpcs_subnet_for_an_address_is_the_first_that_holds_it(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> None:
+    """``Vpc.subnet_for`` compares integers: the same answer as ``ip in cidr``."""
+    vpc = Vpc("v", 1000, tuple(Subnet(f"s{i}", n) for i, n in enumerate(nets)))
+    expected = next((s for s in vpc.subnets if s.cidr.version == ip.version and ip in s.cidr), None)
+    assert vpc.subnet_for(ip) == expected

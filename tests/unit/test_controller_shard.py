@@ -578,3 +578,27 @@ def test_the_shard_publishes_the_directory_as_listed_to_any_host(tmp_path: pathl
     ).get_response(api)
     assert fed.status_int == 403
     assert follow(api, "hv7", "directory", "nodes").status_int == 404
+
+
+def test_a_batch_is_pending_on_each_host_it_places_until_that_host_applies(
+    tmp_path: pathlib.Path,
+) -> None:
+    """What a batch's endpoints must apply is computed once per host and shared by them:
+    each key still waits for its own host, and the batch for all of them."""
+    from meshpeer.protocol.messages import stream_name
+
+    s = shard(tmp_path)
+    build(s)
+    items = [
+        ops.NewEndpoint(f"b{n}", "vm", ipaddress.ip_address(f"10.2.0.{100 + n}"), None, host)
+        for n, host in enumerate(["hv1", "hv2", "hv1", "hv3"])
+    ]
+    s.commit(ops.new_endpoints(s.intent, "red", items))
+    keys = [f"red/b{n}" for n in range(4)]
+    assert s.pending_hosts("endpoint", keys) == ["hv1", "hv2", "hv3"]
+    on_hv1 = StreamId(ServiceName.ENDPOINT, "hv1")
+    s.report_applied("hv1", {stream_name(*on_hv1): s.hub.version(on_hv1)})
+    assert s.pending_hosts("endpoint", keys) == ["hv2", "hv3"]
+    assert s.pending_hosts("endpoint", "red/b2") == []
+    assert s.pending_hosts("endpoint", "red/b3") == ["hv3"]
+    assert s.pending_hosts("endpoint", ["red/b0", "red/b1"]) == ["hv2"]

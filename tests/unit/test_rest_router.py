@@ -475,3 +475,24 @@ def test_a_literal_path_is_one_resource_for_every_method() -> None:
     r = call(api, "DELETE", "/a/new")
     assert r.status_int == 405 and r.headers["Allow"] == "GET"
     assert call(api, "DELETE", "/a/old").json == "ok"
+
+
+def test_a_json_answer_carries_exactly_its_type_length_and_no_store(api: Api) -> None:
+    """The header list is built whole (not through webob's setters): the same three headers,
+    in the same order, and an error's own headers after them."""
+    created = call(api, "POST", "/v1/items", GOOD)
+    assert created.headerlist == [
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(created.body))),
+        ("Cache-Control", "no-store"),
+    ]
+    assert created.charset is None and created.json == {**GOOD, "version": 1}
+    refused = call(api, "PATCH", "/v1/items/web")
+    assert [name for name, _ in refused.headerlist] == [
+        "Content-Type",
+        "Content-Length",
+        "Cache-Control",
+        "Allow",
+    ]
+    head = Request.blank("/v1/items/web", method="HEAD", headers=AUTH).get_response(api)
+    assert head.body == b""

@@ -211,3 +211,20 @@ def test_maps_free_objects_numbers_and_one_of() -> None:
         "additionalProperties": {"type": "integer", "minimum": 0},
     }
     assert [o["properties"]["t"]["enum"] for o in to_json_schema(msg)["oneOf"]] == [["a"], ["b"]]
+
+
+def test_an_object_names_its_first_unknown_field_then_its_first_missing_one() -> None:
+    """In the body's order for unknown fields, in the schema's for missing ones; unknown
+    before missing, whatever the body holds."""
+    schema = Obj({"a": Int(), "b": Int(), "c": Int()}, {"d": Int()})
+    assert rejects(schema, {"z": 1, "d": 1, "y": 2}) == ("z", "unknown field")
+    assert rejects(schema, {"d": 1, "y": 1, "z": 2}) == ("y", "unknown field")
+    assert rejects(schema, {"c": 1, "d": 1}) == ("a", "required field is missing")
+    assert rejects(schema, {"a": 1, "d": 1}) == ("b", "required field is missing")
+    assert rejects(schema, {"a": "x", "b": 1, "c": 1}) == ("a", "expected integer, got string")
+
+
+@given(st.ip_addresses(v=4))
+def test_an_ipv4_address_comes_back_as_ipaddress_renders_it(ip: ipaddress.IPv4Address) -> None:
+    """IPv4 text that the pattern takes is returned as given: it is already canonical."""
+    assert validate(Str(format="ip"), str(ip)) == str(ip)

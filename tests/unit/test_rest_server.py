@@ -79,3 +79,44 @@ def test_accept_errors_are_logged_and_the_server_keeps_accepting(
     assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"hello")
     failed = [r for r in caplog.records if "accept failed" in r.getMessage()]
     assert len(failed) == 3 and all("Too many open files" in r.getMessage() for r in failed)
+
+
+def _get_once(address: Any) -> bytes:
+    with eventlet.Timeout(30):
+        client = green_socket.create_connection(address)
+        client.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while data := client.recv(4096):
+            answer += data
+        client.close()
+    return answer
+
+
+def test_the_access_line_is_logged_at_debug_and_not_formatted_below(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """eventlet's access line reaches ``meshpeer.rest.wsgi`` at DEBUG, as before; at INFO
+    the server does not build it (it was formatted per request, then dropped)."""
+    listener = eventlet.listen(("127.0.0.1", 0))
+    thread = server.serve_on(listener, _hello)
+    try:
+        caplog.set_level(logging.INFO, logger="meshpeer.rest.wsgi")
+        formatted: list[str] = []
+        real = eventlet.wsgi.HttpProtocol.log_date_time_string
+
+        def spy(self: Any) -> str:
+            formatted.append("x")
+            return str(real(self))
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(eventlet.wsgi.HttpProtocol, "log_date_time_string", spy)
+            assert _get_once(listener.getsockname()).endswith(b"hello")
+            assert formatted == []
+            assert not [r for r in caplog.records if "GET /x" in r.getMessage()]
+            caplog.set_level(logging.DEBUG, logger="meshpeer.rest.wsgi")
+            assert _get_once(listener.getsockname()).endswith(b"hello")
+        lines = [r for r in caplog.records if "GET /x HTTP/1.1" in r.getMessage()]
+        assert len(lines) == 1 and lines[0].levelno == logging.DEBUG
+        assert lines[0].name == "meshpeer.rest.wsgi" and " 200 " in lines[0].getMessage()
+    finally:
+        thread.kill()
