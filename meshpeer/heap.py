@@ -9,7 +9,6 @@ those arenas after a big sync stays mapped. Both functions are no-ops where libc
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from typing import Any
 
@@ -18,8 +17,9 @@ ARENAS = 1  # at 50k peer endpoints the OHC ended a first sync 10-25 MiB smaller
 
 
 def _libc_function(name: str) -> Any:
-    lib = ctypes.util.find_library("c")
-    return getattr(ctypes.CDLL(lib), name, None) if lib else None
+    # The process's own symbols, libc's among them: ``ctypes.util.find_library("c")`` ran
+    # ``ldconfig -p`` in a subprocess at every start (~15-45 ms of each OHC's cold start).
+    return getattr(ctypes.CDLL(None), name, None)
 
 
 def cap_arenas(count: int = ARENAS) -> None:

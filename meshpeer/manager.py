@@ -24,6 +24,7 @@ import socket
 import sys
 import warnings
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 # The hub type is read when os_ken.lib.hub is first imported, and eventlet must patch the
@@ -41,8 +42,46 @@ heap.cap_arenas()  # before eventlet's thread pool starts (meshpeer/heap.py)
 
 import eventlet  # noqa: E402
 import eventlet.green.socket  # noqa: E402
+import eventlet.green.thread  # noqa: E402
+import eventlet.patcher  # noqa: E402
 import eventlet.tpool  # noqa: E402
 
+_walk_for_locks = eventlet.patcher._green_existing_locks
+
+
+def green_existing_locks(rlock_type: type) -> None:
+    """What ``eventlet.monkey_patch`` does to the RLocks made before it (logging's): each
+    becomes a green one wherever it is held, in a dict or in an object's attributes. Found
+    through the collector's references instead of eventlet's walk of every object that every
+    module reaches (~30 ms of each process start, docs/decisions.md); a lock held any other
+    way (a list, a closure) leaves it to that walk."""
+    old = [o for o in gc.get_objects() if isinstance(o, rlock_type)]
+    holders: list[list[dict[Any, Any]]] = []
+    for lock in old:
+        dicts: list[dict[Any, Any]] = []
+        for h in gc.get_referrers(lock):
+            if h is old or isinstance(h, FrameType):
+                continue
+            d = h if isinstance(h, dict) else getattr(h, "__dict__", None)
+            if not isinstance(d, dict) or not _keys_of(d, lock):
+                _walk_for_locks(rlock_type)
+                return
+            dicts.append(d)
+        holders.append(dicts)
+    tid = eventlet.green.thread.get_ident()
+    for lock, dicts in zip(old, holders, strict=True):
+        new = eventlet.patcher._convert_py3_rlock(lock, tid)
+        for d in dicts:
+            for key in _keys_of(d, lock):
+                d[key] = new
+
+
+def _keys_of(d: dict[Any, Any], value: object) -> list[Any]:
+    # not a comprehension in green_existing_locks: a closure cell there would hold the lock
+    return [k for k, v in d.items() if v is value]
+
+
+eventlet.patcher._green_existing_locks = green_existing_locks
 eventlet.monkey_patch()
 
 

@@ -45,8 +45,11 @@ from ohc import wire
 from ohc.flows import Flow
 
 _FLOW_STATS_FIXED = 48  # ofp_flow_stats up to its match (OpenFlow 1.3)
-_FLOW_MOD_FIXED = 48  # ofp_header + ofp_flow_mod up to its match
 _U16 = struct.Struct("!H")
+_KEY_HEAD = struct.Struct("!BHQ")  # an entry's table, priority and cookie, as ``entry_key``
+# entries of the encodings memo that ``match`` shares between desired flows (shared pairs and
+# actions hit; a flow's own addresses do not, so it starts afresh past this size)
+MEMO_SIZE = 20_000
 
 
 @dataclass(frozen=True)
@@ -109,18 +112,17 @@ def entry_key(buf: bytes, off: int) -> bytes:
     )
 
 
-def flow_key(flow: Flow) -> bytes:
-    """``entry_key`` of the entry a switch reports for the canonical ``flow``."""
-    fm = wire.flow_mod(flow, "add", 0)
-    (match_len,) = _U16.unpack_from(fm, _FLOW_MOD_FIXED + 2)
-    instructions = _FLOW_MOD_FIXED + (match_len + 7) // 8 * 8
+def flow_key(flow: Flow, memo: wire.Memo | None = None) -> bytes:
+    """``entry_key`` of the entry a switch reports for the canonical ``flow``: the FlowMod's
+    match and instructions as ``ohc.wire`` packs them. ``memo``: kept across many flows
+    (``wire.Memo``)."""
+    body = wire.add_body(flow, {} if memo is None else memo)
+    (match_len,) = _U16.unpack_from(body, 2)
     return b"".join(
         (
-            fm[24:25],  # table
-            fm[30:32],  # priority
-            fm[8:16],  # cookie
-            fm[_FLOW_MOD_FIXED + 4 : _FLOW_MOD_FIXED + match_len],  # OXMs, by OXM number
-            fm[instructions:],
+            _KEY_HEAD.pack(flow.table, flow.priority, flow.cookie),
+            body[4:match_len],  # OXMs, by OXM number
+            body[(match_len + 7) // 8 * 8 :],  # instructions
         )
     )
 
@@ -133,9 +135,12 @@ def match(
     ``known`` must be canonical (``ohc.canonical.canonical_flow``); a known flow that ``ohc.wire``
     cannot pack simply matches nothing."""
     by_key: dict[bytes, Flow] = {}
+    memo: wire.Memo = {}
     for f in known:
+        if len(memo) > MEMO_SIZE:  # most of it is per-flow (addresses): bound it
+            memo = {}
         try:
-            by_key[flow_key(f)] = f
+            by_key[flow_key(f, memo)] = f
         except ValueError:
             continue
     found: list[Flow] = []

@@ -272,6 +272,12 @@ def flow_mod(flow: Flow, command: str, xid: int, memo: Memo | None = None) -> by
     return head + _fixed(flow, command) + rest
 
 
+def add_body(flow: Flow, memo: Memo) -> bytes:
+    """The match and instructions of the FlowMod that adds ``flow`` (``flow_mod``'s, after its
+    fixed part): what a read-back compares (``ohc.readback.flow_key``)."""
+    return _body(flow, "add", memo)
+
+
 def bundle_add(bundle_id: int, flags: int, inner: bytes) -> bytes:
     """An ONF bundle add (OpenFlow 1.3 extension) carrying ``inner``, with inner's xid."""
     (xid,) = struct.unpack_from("!I", inner, 4)

@@ -19,6 +19,7 @@ MAX_DELAY = 5.0
 # Copies of br-int for a warm restart of ovs-vswitchd (``copy_due``).
 COPY_QUIET = 2.0  # after a burst of syncs, a copy once they paused this long
 COPY_MAX_AGE = 10.0  # under syncs that never pause, a copy at least this often
+COPY_HOLD = 10.0  # at most this long after its OHC starts, until that OHC's first sync
 
 
 class Action(Enum):
@@ -115,7 +116,13 @@ def decide(wanted: bool, seen: Seen, now: float) -> Action:
     return Action.RESTART
 
 
-def copy_due(now: float, changed_at: float, copied: float | None, copied_at: float | None) -> bool:
+def copy_due(
+    now: float,
+    changed_at: float,
+    copied: float | None,
+    copied_at: float | None,
+    ohc_started_at: float | None = None,
+) -> bool:
     """Whether to copy a host's br-int now. ``changed_at``: when its OHC last synced (its
     status file's mtime); ``copied``: the sync the last copy followed, taken at ``copied_at``
     (both None before the first copy).
@@ -126,8 +133,18 @@ def copy_due(now: float, changed_at: float, copied: float | None, copied_at: flo
     kill -9 of ovs-vswitchd restores nothing (a cold restart, about a second of loss); with
     an old one, flows far older than the last sync. So the first change is copied at once and
     later ones at least every COPY_MAX_AGE. A copy older than the last sync is still safe: the
-    OHC's reconnect sync after the restart changes what differs."""
+    OHC's reconnect sync after the restart changes what differs.
+
+    ``ohc_started_at``: when the host's OHC (running now) last started. Until its first sync
+    (a change after its start), and for COPY_HOLD at most, there is no copy: the OHC reads
+    br-int back and compiles, and a copy then (OVS dumping 100k flows to ovs-ofctl, the
+    supervisor parsing them, on the same 2 CPUs) made its restart at 50k peer endpoints
+    0.5-1.1 s slower (docs/decisions.md). The switch holds what it held before the start
+    until that sync, and the copy follows it."""
     if copied == changed_at:
+        return False
+    # started after the last sync, and that less than COPY_HOLD ago
+    if ohc_started_at is not None and changed_at < ohc_started_at > now - COPY_HOLD:
         return False
     if copied_at is None or now - changed_at >= COPY_QUIET:
         return True

@@ -185,7 +185,9 @@ class Supervisor:
                 continue
             copied, copied_at = self.snapshots.get(h.name, (None, None))
             now = time.time()
-            if not copy_due(now, mtime, copied, copied_at):
+            ohc = self.children.get(f"ohc.{h.name}")
+            ohc_started_at = ohc.seen.started_at if ohc is not None and ohc.proc else None
+            if not copy_due(now, mtime, copied, copied_at, ohc_started_at):
                 continue
             try:
                 ovs.save_flows(h)

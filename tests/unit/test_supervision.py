@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from meshpeer.lab.supervision import (
+    COPY_HOLD,
     COPY_MAX_AGE,
     COPY_QUIET,
     MAX_DELAY,
@@ -75,6 +76,21 @@ def test_a_br_int_copy_follows_a_burst_of_syncs_once_they_pause() -> None:
     assert not copy_due(101.0, changed_at=100.5, copied=100.0, copied_at=100.0)  # mid-burst
     assert copy_due(100.5 + COPY_QUIET, changed_at=100.5, copied=100.0, copied_at=100.0)
     assert not copy_due(500.0, changed_at=100.5, copied=100.5, copied_at=103.0)  # copied
+
+
+def test_no_copy_while_a_restarted_ohc_reads_br_int_back() -> None:
+    """The last sync at 100.0, the OHC restarted at 101.0 (a benchmark's restart): the copy due
+    at 102.0 waited for the OHC's first sync; it competed with the restart's read-back and
+    compile before (50k peer endpoints: 0.5-1.1 s slower)."""
+    before = {"changed_at": 100.0, "copied": 90.0, "copied_at": 98.0}
+    assert copy_due(102.0, **before)  # no OHC start: due once the syncs paused
+    assert not copy_due(102.0, **before, ohc_started_at=101.0)
+    assert not copy_due(101.0 + COPY_HOLD - 0.1, **before, ohc_started_at=101.0)
+    assert copy_due(101.0 + COPY_HOLD + 0.1, **before, ohc_started_at=101.0)  # it never synced
+    # its first sync (at 104.0) changes the status: copied once that pauses, as any sync
+    first = {"changed_at": 104.0, "copied": 90.0, "copied_at": 98.0, "ohc_started_at": 101.0}
+    assert not copy_due(105.0, **first)
+    assert copy_due(104.0 + COPY_QUIET, **first)
 
 
 def test_syncs_that_never_pause_still_get_a_copy_every_max_age() -> None:
