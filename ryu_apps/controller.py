@@ -8,7 +8,6 @@ Options: meshpeer.options.CONTROLLER (docs/configuration.md).
 from __future__ import annotations
 
 import dataclasses
-import http.client
 import ipaddress
 import logging
 import os
@@ -49,7 +48,6 @@ from meshpeer.store.etcd import (
     shared_directory,
 )
 from meshpeer.store.settings import store_settings
-from meshpeer.store.sqlite import StoreError
 from meshpeer.streaming.publisher import StreamHub
 
 log = logging.getLogger(__name__)
@@ -261,14 +259,6 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
             log.info(
                 "shard %s: directory %s: host keys and revoked hosts taken", self.conf.shard, path
             )
-            if self.shared is not None:  # a shard added to the file joins etcd's directory
-                try:
-                    added = self.shared.seed({n: shard_doc(s) for n, s in loaded.shards.items()})
-                except (StoreError, OSError, http.client.HTTPException) as exc:
-                    added = []
-                    log.error("shard %s: seeding the directory in etcd: %s", self.conf.shard, exc)
-                if added:
-                    log.info("shard %s: directory in etcd seeded: %s", self.conf.shard, added)
             if ignored:
                 log.warning(
                     "shard %s: directory %s changes %s: restart the shard to take them",
@@ -342,8 +332,8 @@ def _read_directory(path: str) -> Directory:
 
 
 def _read_shared(shared: SharedDirectory, directory: Directory, shard: str) -> Directory:
-    """``directory`` with etcd's shards, after seeding etcd with the file's entries it does
-    not have; entries that do not check out stop the shard, naming them (docs/store.md)."""
+    """``directory`` with etcd's shards, after seeding etcd with the file's entries if it was
+    never seeded; entries that do not check out stop the shard, naming them (docs/store.md)."""
     seeded = shared.seed({name: shard_doc(s) for name, s in directory.shards.items()})
     if seeded:
         log.info("shard %s: directory in etcd seeded from the file: %s", shard, ", ".join(seeded))

@@ -1,16 +1,17 @@
-"""The shard directory's shards in etcd (``store = etcd``): seeded from the file by the shards
-as they start, then followed by every running shard through a watch; an entry that does not
+"""The shard directory's shards in etcd (``store = etcd``): seeded once from the file by the
+first shard that leads, then followed by every running shard through a watch; an entry that does not
 check out is refused by each and what runs stays (docs/store.md, "The directory in etcd")."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import closing
 
 from meshpeer.store import etcdplan as plan
-from meshpeer.store.etcd import Gateway
+from meshpeer.store.etcd import Gateway, range_prefix
 from tests.api.ctlkit import Cluster, Ctl
-from tests.support.etcd import etcd_server
+from tests.support.etcd import etcd_server, put_key
 from tests.support.wait import wait_for
 
 PREFIX = "/meshpeer/directory/shards/"
@@ -22,27 +23,18 @@ def test_running_shards_follow_the_directory_in_etcd_and_refuse_a_bad_entry(
     with etcd_server() as etcd:
         cluster = make_cluster(tls=False, options={"store": "etcd", "etcd_endpoints": etcd.url})
         c1, c2 = cluster["ctl1"], cluster["ctl2"]
-        gw = Gateway([etcd.url])
 
         def put(name: str, entry: dict[str, object] | None) -> None:
-            key = plan.b64(PREFIX + name)
-            if entry is None:
-                gw.call("kv/deleterange", {"key": key}, idempotent=True)
-            else:
-                value = plan.b64(plan.canonical(entry))
-                gw.call("kv/put", {"key": key, "value": value}, idempotent=True)
+            put_key(etcd.url, PREFIX + name, None if entry is None else plan.canonical(entry))
 
         def placed(ctl: Ctl, vpc: str) -> tuple[str, str]:
             p = ctl.get(f"/v1/placement/{vpc}")
             return p["shard"], p["url"]
 
-        # both shards seeded etcd from their file: the same two entries
-        found = gw.call(
-            "kv/range",
-            {"key": plan.b64(PREFIX), "range_end": plan.prefix_end(PREFIX)},
-            idempotent=True,
-        )
-        texts = plan.directory_texts("/meshpeer/", found["kvs"])
+        # the first shard to lead seeded etcd from its file (the same file: two entries)
+        with closing(Gateway([etcd.url])) as gw:
+            found, _ = range_prefix(gw, PREFIX)
+        texts = plan.directory_texts("/meshpeer/", found)
         assert sorted(texts) == ["ctl1", "ctl2"]
         assert json.loads(texts["ctl1"])["url"] == c1.url
         # a shard added in etcd (not in any file), pinning zeta: every shard places it there
@@ -79,4 +71,3 @@ def test_running_shards_follow_the_directory_in_etcd_and_refuse_a_bad_entry(
             )
         put("ctl3", None)  # a shard removed: zeta goes back to where its name hashes
         wait_for(lambda: placed(c1, "zeta")[0] in ("ctl1", "ctl2", "ctl4"), what="ctl3 gone")
-        gw.close()
