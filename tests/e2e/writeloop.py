@@ -6,9 +6,12 @@ under the same name, after a 503 or no answer. So a create can be sent twice: if
 send applied (the answer was lost with the leader), the second gets 409. The loop then reads
 the endpoint and counts it *recognised* if it is the one it sent (same fields), never as a
 second write; anything else is *refused* (a failure for the check). :func:`check` compares the
-log with the shard's list: every acknowledged (201) and recognised write present exactly once,
-at the version acknowledged; no version acknowledged twice; nothing of the loop present that it
-was not told about.
+log with the shard's list: every write sent has an outcome (acknowledged, recognised or
+refused: whatever the client raises is a refusal, and anything else that ends the loop's thread
+is raised by :meth:`WriteLoop.stop`); every acknowledged (201) and recognised write present, at
+the version acknowledged; no version acknowledged twice; nothing of the loop present that it
+was not told about. (A name is listed once by construction: the shard answers a second create
+of it 409, which is what "none twice" rests on.)
 """
 
 from __future__ import annotations
