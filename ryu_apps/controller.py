@@ -24,7 +24,7 @@ from meshpeer.controller import standby
 from meshpeer.controller.api import ControllerApi
 from meshpeer.controller.auth import parse_operator_tokens
 from meshpeer.controller.federation import Federation
-from meshpeer.controller.shard import ShardState
+from meshpeer.controller.shard import ShardState, stranded
 from meshpeer.controller.speaker import Speaker
 from meshpeer.directory import (
     Directory,
@@ -114,6 +114,8 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
             conf.shard, directory, self.store, stream_hub, time.time, conf.grant_ttl, revoked
         )
         self.shard.ownership = self.ownership
+        if self.shared is not None:
+            _check_held(self.shared, self.shard)
         self.shard.reconcile_claims()  # orphans of a failed create or a lost release
         self.claims_watch: Any = None
         self.directory_watch: Any = None
@@ -344,6 +346,16 @@ def _read_shared(shared: SharedDirectory, directory: Directory, shard: str) -> D
         where = f"{shared.prefix}directory/shards/"
         raise SystemExit(f"controller: the directory in etcd ({where}) is refused: {exc}") from None
     return dataclasses.replace(directory, shards=shards)
+
+
+def _check_held(shared: SharedDirectory, shard: ShardState) -> None:
+    """Stop (naming the entry) on a directory in etcd that strands a VPC the shard's store
+    holds, as a running shard refuses such a change (docs/store.md)."""
+    try:
+        stranded(shard.directory.shards, shard.name, shard.intent.vpcs.values())
+    except DirectoryError as exc:
+        where = f"{shared.prefix}directory/shards/"
+        raise SystemExit(f"controller: the directory in etcd ({where}) is refused: {exc}") from None
 
 
 def _items(text: str | None) -> list[str]:

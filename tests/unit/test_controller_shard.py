@@ -33,6 +33,7 @@ from meshpeer.protocol.messages import (
 )
 from meshpeer.rest import Api
 from meshpeer.store import etcdplan as plan
+from meshpeer.store.etcd import Gateway, SharedDirectory
 from meshpeer.store.sqlite import Change, Store
 from meshpeer.streaming.publisher import StreamHub
 from policies.export import ExportPolicy
@@ -517,6 +518,23 @@ def test_a_directory_change_in_etcd_that_strands_a_held_vpc_is_refused(
     moved = {**docs, "ctl2": {**docs["ctl2"], "url": "http://10.0.0.7:8080"}}
     assert s.take_shared_directory(_etcd_texts(moved))  # a change that strands nothing
     assert s.directory.shards["ctl2"].url == "http://10.0.0.7:8080"
+
+
+def test_a_shard_does_not_start_on_a_directory_that_strands_a_vpc_it_holds(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Review E4, at start: the same check as a running shard's, and the shard stops naming
+    the entry (its store holds blue, etcd gives its VNI range to another shard)."""
+    from ryu_apps.controller import _check_held
+
+    s, d, _ = blue_on_hosts(tmp_path)
+    shared = SharedDirectory(Gateway(["http://127.0.0.1:1"]), "/meshpeer/")  # not reached
+    _check_held(shared, s)  # what it holds is in its range: it starts
+    held = s.intent.vpcs["blue"].vni
+    moved = dataclasses.replace(d.shards["ctl1"], vni_range=(held + 5000, held + 5999))
+    s.directory = dataclasses.replace(s.directory, shards={"ctl1": moved})
+    with pytest.raises(SystemExit, match=r"directory/shards/\).*shards.ctl1.vni_range: leaves out"):
+        _check_held(shared, s)
 
 
 def test_a_shard_without_a_leader_takes_its_entrys_url_once_the_entry_moves(
