@@ -25,12 +25,16 @@ def run(
     topology: str = "gateway.yaml",
 ) -> tuple[argparse.Namespace, list[dict[str, Any]], dict[str, Any], dict[str, float]]:
     """Parse ``--runs/--lab/--json``; on a fresh lab, ``setup`` then ``one_run`` ``--runs``
-    times. Returns the arguments, the runs, the machine and the load during them."""
+    times. Returns the arguments, the runs, the machine and the load during them. The lab's logs
+    are copied to ``MESHPEER_BENCH_LOGS`` (default /tmp/meshpeer-bench-logs/<lab>)."""
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--runs", type=int, default=5, help=f"{what}, one after another")
     p.add_argument("--lab", default=lab_name, help="the lab's name")
     p.add_argument("--json", help="where to write the results (default: benchmarks/results)")
     args = p.parse_args()
+    # the lab's controller, OHC and OVS logs outlive it (a slow run can be explained after)
+    logs = os.environ.setdefault("MESHPEER_BENCH_LOGS", f"/tmp/meshpeer-bench-logs/{args.lab}")
+    print(f"  [lab {args.lab}] its logs are copied to {logs} before it goes down")
     m = common.machine(args.lab)
     topo = os.path.join(E2E_TOPOLOGIES, topology)
     with common.LoadSampler() as load, common.lab(topo, args.lab) as lab:

@@ -11,9 +11,10 @@ a VPC, 2 export policies), counted per host, every host:
   destination 2 direct flows and 1 learned counter. A (local endpoint, peer destination) pair
   is active with probability ``--active`` (seeded); a destination is active on a host when a
   pair from one of its endpoints is (``vm_pairs``). Also with (host, peer destination) pairs
-  active with that probability (``host_pairs``), the host-level reading of "5 % of pairs". Bytes as built today (the peer's whole destination
-  stream, as direct) and with a per-destination subscription (issue 14, left: the active
-  destinations' objects only).
+  active with that probability (``host_pairs``), the host-level reading of "5 % of pairs".
+  Bytes: the active destinations' objects only (its peer destination stream narrowed to
+  them, docs/protocol.md "Destination filter"; the one empty delta per write elsewhere in the
+  peer VPC, the same count as on the whole stream, is not counted in any mode).
 
 Own-VPC flows and objects are the same in every mode and left out. Prints a table and writes
 benchmarks/results/gateway_scale.json. Pure (no lab):
@@ -59,8 +60,7 @@ def per_host(sc: Scenario, active: float, gateways: int, seed: int) -> dict[str,
     size = {e.ip: object_bytes(e) for e in sc.endpoints}
     out: dict[str, list[int]] = {k: [] for k in (
         "direct_flows", "gateway_flows", "on_demand_flows_vm_pairs", "on_demand_flows_host_pairs",
-        "direct_bytes", "gateway_bytes", "on_demand_bytes_today",
-        "on_demand_bytes_per_destination_vm_pairs", "on_demand_bytes_per_destination_host_pairs",
+        "direct_bytes", "gateway_bytes", "on_demand_bytes_vm_pairs", "on_demand_bytes_host_pairs",
         "active_destinations_vm_pairs", "active_destinations_host_pairs")}  # fmt: skip
     for h in sc.hosts:
         f = Counter[str]()
@@ -84,10 +84,9 @@ def per_host(sc: Scenario, active: float, gateways: int, seed: int) -> dict[str,
         out["gateway_flows"].append(f["gateway"])
         out["direct_bytes"].append(b["direct"])
         out["gateway_bytes"].append(0)
-        out["on_demand_bytes_today"].append(b["direct"])
         for how in ("vm_pairs", "host_pairs"):
             out[f"on_demand_flows_{how}"].append(f[how])
-            out[f"on_demand_bytes_per_destination_{how}"].append(b[how])
+            out[f"on_demand_bytes_{how}"].append(b[how])
             out[f"active_destinations_{how}"].append(f[f"n_{how}"])
     return out
 

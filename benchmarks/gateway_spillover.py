@@ -34,7 +34,7 @@ from tests.e2e.test_spillover_e2e import (
     batch,
     buckets,
     spawn,
-    wait_for,
+    timed_wait,
 )
 from tests.integration import labkit
 
@@ -59,12 +59,12 @@ def group_share(lab: labkit.Lab) -> float:
 
 def one_run(bench: common.Lab) -> dict[str, Any]:
     lab = labkit.Lab(bench.name, bench.plan)
-    wait_for("b1 out of hv1's group", lambda: buckets(lab) == 1, 90)
+    timed_wait("b1 out of hv1's group", lambda: buckets(lab) == 1, 90)
     before = peer_share(lab)
     load = spawn(lab, "rc", LOAD, VIP, str(UDP_PORT), str(LOAD_PPS))
-    t0 = time.monotonic()
+    t0, started_at = time.monotonic(), time.time()  # wall clock: to find the run in the logs
     try:
-        shift_s = wait_for("b1 in hv1's group", lambda: buckets(lab) == 2, 60)
+        shift_s = timed_wait("b1 in hv1's group", lambda: buckets(lab) == 2, 60)
         time.sleep(2.5)  # two more readings of the stream alone (not a check: a sample point)
         decided = group_share(lab)
         during = peer_share(lab)
@@ -74,7 +74,7 @@ def one_run(bench: common.Lab) -> dict[str, Any]:
         out, _ = load.communicate(timeout=10)
     loaded_s = time.monotonic() - t0
     stream = json.loads(out.strip().splitlines()[-1])
-    back_s = wait_for("b1 out of hv1's group", lambda: buckets(lab) == 1, 90)
+    back_s = timed_wait("b1 out of hv1's group", lambda: buckets(lab) == 1, 90)
     after = peer_share(lab)
     return {
         "peer_share_before": before,
@@ -86,6 +86,7 @@ def one_run(bench: common.Lab) -> dict[str, Any]:
         "back_s": round(back_s, 1),
         "stream_pps": round(stream["sent"] / loaded_s),
         "stream_on_local_only": set(stream["names"]) == {"r1"},
+        "load_started_at": round(started_at, 3),
     }
 
 

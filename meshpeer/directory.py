@@ -5,7 +5,8 @@ the file only seeds them (:func:`shared_shards`, docs/store.md, "The directory i
 and its secrets stay in the file. Hosts read the same
 directory without its secrets (``grant_keys``, ``host_keys``, ``federation_token``: they
 never leave the shards, docs/security.md) and without the shards' list of revoked hosts
-(``revoked_hosts``). A shard takes a changed file's host keys and revoked hosts while it
+(``revoked_hosts``), as a bootstrap: their shard publishes them the rest
+(``meshpeer.protocol.directory``). A shard takes a changed file's host keys and revoked hosts while it
 runs (:func:`credentials_update`); the rest needs a restart. A VPC's owner is
 pinned in the file or else follows from a rendezvous hash of its name (``owner_of``), so new
 VPCs need no edit. VNI ranges are disjoint per shard, so VNIs are unique across shards

@@ -268,7 +268,13 @@ OHC = Section(
             required=True,
             secret=True,
         ),
-        Option("directory_file", str, "the shard directory (YAML), without secrets", required=True),
+        Option(
+            "directory_file",
+            str,
+            "the bootstrap shard directory (YAML, no secrets): at least this host's own shard, "
+            'listed first; the OHC learns the others from it (docs/protocol.md, "Directory")',
+            required=True,
+        ),
         Option(
             "ca_file",
             str,

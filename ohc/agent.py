@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from enum import Enum
 from typing import Any, Protocol
 
@@ -46,6 +46,7 @@ class Client(Protocol):
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def set_auth(self, auth: str | None) -> None: ...
+    def set_only(self, only: frozenset[str] | None) -> None: ...
 
 
 ClientFactory = Callable[
@@ -160,6 +161,11 @@ class Agent:
         self._again = False
         # Streams the server closed for good: the credential it refused, and why.
         self._closed_with: dict[Sub, tuple[str | None, str]] = {}
+        # On-demand sides (local VPC, peer VPC): the addresses sent to directly, whose peer
+        # destination objects alone are followed, and the grant for them (the app sets it,
+        # then resyncs; ohc/offload.py ``granted``).
+        self.offloaded: Mapping[tuple[str, str], tuple[Iterable[object], str]] = {}
+        self.only: dict[Sub, frozenset[str] | None] = {}  # each client's destination filter
 
     def start(self) -> None:
         self.resync()
@@ -204,6 +210,7 @@ class Agent:
             peering,
             self.api_token,
             self.canonical,
+            self.offloaded,
         )
         # Objects of a stream no client follows (its client ended) are never kept.
         for sub in sorted(set(self.objects) - set(want), key=Sub.sort_key):
@@ -215,9 +222,14 @@ class Agent:
         for sub, auth in sorted(want.items(), key=lambda kv: kv[0].sort_key()):
             if sub not in self.clients:
                 self._follow(sub, auth)
-            elif self.auth.get(sub) != auth:
+                continue
+            if self.auth.get(sub) != auth:
                 self.auth[sub] = auth
                 self.clients[sub].set_auth(auth)
+            if self.only.get(sub) != sub.only:  # another busy pair: one snapshot of them
+                self.only[sub] = sub.only
+                log.info("ohc %s: now following %s", self.host, _describe(sub))
+                self.clients[sub].set_only(sub.only)
 
     def _follow(self, sub: Sub, auth: str) -> None:
         """Start a client. After a Close for good, a restart with the refused credential
@@ -230,6 +242,7 @@ class Agent:
         serial = next(self._serials)
         self._serial[sub] = serial
         self.auth[sub] = auth
+        self.only[sub] = sub.only
         client = self.make_client(
             sub,
             auth,
@@ -250,6 +263,7 @@ class Agent:
         self._serial.pop(sub, None)
         self._forget(sub)
         self.auth.pop(sub, None)
+        self.only.pop(sub, None)
         if client is None:
             return
         self.closed_bytes += client.bytes_received
@@ -436,4 +450,5 @@ class Agent:
 
 def _describe(sub: Sub) -> str:
     pol = f"@{sub.policy}" if sub.policy else ""
-    return f"{sub.service}/{sub.key}{pol} at {sub.url}"
+    only = f" for {', '.join(sorted(sub.only))} only" if sub.only is not None else ""
+    return f"{sub.service}/{sub.key}{pol}{only} at {sub.url}"

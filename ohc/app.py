@@ -14,6 +14,7 @@ br-int: on (re)connect it reads what is installed and sends the difference in on
 from __future__ import annotations
 
 import gc
+import ipaddress
 import json
 import logging
 import subprocess
@@ -39,9 +40,11 @@ from ohc import bfd, nd, offload, ofio, ports, reporting, spillover, status
 from ohc.agent import Agent
 from ohc.clients import Channels
 from ohc.cookies import HASH_MASK, Kind, cookie_of_kind, kind_of
+from ohc.directory_updates import DirectoryFollower, HostDirectory, Update
 from ohc.engine import FlowEngine
 from ohc.metrics import OhcMetrics
 from ohc.model import Offload, Skipped
+from ohc.offload_grants import OffloadGrants
 from ohc.pipeline import LB_DELIVER, ND_TARGET, OFFLOAD_COUNT
 from ohc.ports import SwitchPorts
 from ohc.session import SwitchSession
@@ -92,18 +95,23 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         held = [k for k in SECRETS if isinstance(raw, dict) and k in raw]
         if held:
             log.warning("ohc %s: the directory holds shard secrets %s: ignored", conf.host, held)
-        self.directory = parse_directory(raw, secrets=False)
-        urls = sorted(s.url for s in self.directory.shards.values())
+        # the bootstrap: then what the host's own shard publishes (ohc/directory_updates.py)
+        self.directory = HostDirectory(parse_directory(raw, secrets=False))
+        urls = self.directory.urls()
         # a shard with replicas: its channel and reports find the leader (docs/decisions.md)
         replicas = self.directory.replica_urls
+        self.channels = channels = Channels(conf.api_token, ca_file=conf.ca_file, replicas=replicas)
         self.agent = Agent(
             conf.host,
             urls,
             self.directory.url_of,
             conf.api_token,
-            Channels(conf.api_token, ca_file=conf.ca_file, replicas=replicas),
+            channels,
             self._update,
             self.directory.canonical_url,
+        )
+        self.directory_follower = DirectoryFollower(
+            conf.host, self.directory, channels, conf.api_token, self._take_directory
         )
         self.reporter = reporting.Reporter(
             conf.host,
@@ -114,6 +122,8 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
             conf.role,
             replicas,
         )
+        # an on-demand side's busy pairs: reported to the VPC's shard for a grant for them
+        self.offload_grants = OffloadGrants(conf.host, self.reporter.offload, self.directory.url_of)
         self.replies = ofio.Replies()
         self.datapath: Any = None
         self.ports = SwitchPorts({}, None, ())
@@ -172,9 +182,11 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
                           self.conf.host, self.conf.metrics_port, exc)  # fmt: skip
                 self._error(f"metrics port {self.conf.metrics_port}: {exc}")
         self.agent.start()
+        self.directory_follower.start()
         return thread
 
     def close(self) -> None:
+        self.directory_follower.stop()
         self.agent.stop()
         super().close()
 
@@ -184,12 +196,26 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
         self.metrics.changed()
         self.triggers.put("update")
 
-    def _register(self) -> None:
-        """Tell every shard where this host's tunnel endpoint is; retry until each answers."""
+    def _take_directory(self, update: Update) -> None:
+        """A directory from the host's shard: follow and register with the shards it lists."""
+        self.agent.shard_urls = self.directory.urls()
+        self.channels.take_replicas()  # a shard's replicas changed: its open channel too
+        self.agent.resync()
+        if update.added:
+            self.threads.append(hub.spawn(self._register, update.added))
+        self._update()
+
+    def _register(self, names: tuple[str, ...] | None = None) -> None:
+        """Tell every shard (or those ``names``) where this host's tunnel endpoint is; retry
+        until each answers (or leaves the directory)."""
         pending = {s.name: s.url for s in self.directory.shards.values()}
+        pending = {n: u for n, u in pending.items() if names is None or n in names}
         delay = 0.2
         while pending:
             for name, url in sorted(pending.items()):
+                if name not in self.directory.shards:
+                    del pending[name]
+                    continue
                 try:
                     self.reporter.register(url)
                     del pending[name]
@@ -279,18 +305,26 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
                 log.exception("ohc %s: reading the on-demand counters failed", self.conf.host)
                 continue
             counts = {
-                (*sides[c], str(m["ipv4_dst"])): n
+                (*sides[c], str(ipaddress.ip_address(m.get("ipv4_dst") or m["ipv6_dst"]))): n
                 for c, m, n in rows
-                if c in sides and "ipv4_dst" in m
+                if c in sides and ("ipv4_dst" in m or "ipv6_dst" in m)
             }
             got = offload.decide(
                 self.offload_state, counts, time.monotonic(), self.offload_thresholds
             )
             self.offload_state = got.state
-            if got.moved or got.returned:
-                log.info("ohc %s: on-demand: direct %s, back to the gateways %s",
-                         self.conf.host, sorted(got.moved), sorted(got.returned))  # fmt: skip
-                self.triggers.put("offload")
+            try:  # a bug here must not end the loop (review gw2, G6)
+                busy = offload.busy_sides(got.state.offloaded)
+                granted = self.offload_grants.update(busy, time.time())  # ohc/offload_grants
+                if got.moved or got.returned or granted:
+                    log.info("ohc %s: on-demand: direct %s, back to the gateways %s",
+                             self.conf.host, sorted(got.moved), sorted(got.returned))  # fmt: skip
+                    # the busy pairs' peer destinations alone are followed (subscriptions.py)
+                    self.agent.offloaded = self.offload_grants.following(busy)
+                    self.agent.resync()
+                    self.triggers.put("offload")
+            except Exception:
+                log.exception("ohc %s: following the busy pairs failed", self.conf.host)
 
     def _spillover(self) -> None:
         """ILBs with spillover backends: decide each one's share of new connections for the

@@ -49,6 +49,13 @@ class Channels:
             )
         return found
 
+    def take_replicas(self) -> None:
+        """Each open channel moves among its shard's replicas as ``replicas`` lists them now
+        (the host's directory changed; a channel opened later reads them anyway)."""
+        if self.replicas is not None:
+            for url, channel in self.channels.items():
+                channel.take_replicas(self.replicas(url))
+
     def _forget(self, channel: Channel) -> None:
         """A channel with no subscription left (every one ended, or moved to a new URL: a
         new leader) has closed its connections: the next subscription opens a new one."""
@@ -58,7 +65,7 @@ class Channels:
     def __call__(
         self, sub: Sub, auth: str, on_change: Any, on_close: Any, on_http_error: Any = None
     ) -> Subscription:
-        return self.channel(sub.url).subscription(
+        made = self.channel(sub.url).subscription(
             sub.service,
             sub.key,
             policy=sub.policy,
@@ -68,6 +75,8 @@ class Channels:
             on_close=on_close,
             on_http_error=on_http_error,
         )
+        made.narrow(sub.only)  # before it starts: its first subscribe is narrowed
+        return made
 
     def sockets(self) -> int:
         """Connections open now, over every channel."""

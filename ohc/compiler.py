@@ -1017,7 +1017,7 @@ def _peer_subnet_flows(
     )
     out.groups[gid] = Group(gid, "select", buckets)
     actions: tuple[Action, ...] = (SetField("tunnel_id", peer.peer_vni), ToGroup(gid))
-    if peer.on_demand and prefix.version == 4:
+    if peer.on_demand:
         actions = (RESUBMIT_COUNT, *actions)
         _offload_learner(out, ctx, peer, prefix, owner)
     out.add(L3_LOOKUP, priority, match, (_toward(ctx, peer, actions),), owner)
@@ -1046,8 +1046,8 @@ def _offload_learner(
         OFFLOAD_PRIORITY,
         peer.offload_idle_s,
         offload_cookie(ctx.vpc, peer.peer_vpc),
-        (("eth_type", ETH_IPV4),),
-        ("metadata", "ipv4_dst"),
+        (("eth_type", _eth_type(prefix)),),
+        ("metadata", _ip_field(prefix, "dst")),
     )
     match = {"metadata": _routed(ctx.vni), **_ip_match("dst", prefix)}
     out.add(OFFLOAD_COUNT, OFFLOAD_LEARNER_PRIORITY, match, (Apply((learn,)),), owner)

@@ -334,6 +334,7 @@ MOVE_BITS: Mapping[str, int] = {
     "eth_type": 16,
     "ipv4_dst": 32,
     "ipv4_src": 32,
+    "ipv6_dst": 128,  # an on-demand side's IPv6 pair counters (learned)
     "ip_proto": 8,
     "tcp_src": 16,
     "tcp_dst": 16,

@@ -22,6 +22,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from meshpeer.protocol.messages import MAX_DST
 from ohc.model import Address
 
 Pair = tuple[str, str, str]  # (local VPC, peer VPC, destination address)
@@ -95,3 +96,70 @@ def by_side(offloaded: frozenset[Pair]) -> dict[tuple[str, str], frozenset[Addre
     for vpc, peer, ip in offloaded:
         out.setdefault((vpc, peer), set()).add(ipaddress.ip_address(ip))
     return {k: frozenset(v) for k, v in out.items()}
+
+
+# The grants for the busy pairs. A host follows a peer's destinations of its busy pairs with
+# a grant its own shard mints for those addresses only (PUT /v1/hosts/{host}/offload,
+# docs/protocol.md "Offload grants"): it asks when a side's busy set changes (an empty set:
+# the pairs went idle) and again halfway through the grant's life.
+
+Side = tuple[str, str]  # (local VPC, peer VPC)
+RETRY_S = 5.0  # a refused or unanswered report of the same set is sent again after this
+
+
+@dataclass(frozen=True)
+class HeldGrant:
+    """A side's grant: the addresses it names, the token, and when to ask for a fresh one
+    (wall-clock seconds, halfway to its expiry)."""
+
+    dst: frozenset[str]
+    token: str
+    renew_at: float
+
+
+def busy_sides(offloaded: frozenset[Pair]) -> dict[Side, frozenset[str]]:
+    """The busy addresses (text) per side, at most MAX_DST of them (the first in address
+    order): a grant and a destination filter name no more (review gw2, G1); the other busy
+    pairs of that side stay on the gateways."""
+    return {
+        side: frozenset(str(ip) for ip in sorted(ips)[:MAX_DST])
+        for side, ips in by_side(offloaded).items()
+    }
+
+
+def grant_asks(
+    busy: Mapping[Side, frozenset[str]],
+    held: Mapping[Side, HeldGrant],
+    tried: Mapping[Side, tuple[frozenset[str], float]],
+    now: float,
+) -> dict[Side, frozenset[str]]:
+    """The reports to send at ``now`` (wall clock): each side whose busy set differs from its
+    grant's, or whose grant is due for renewal; an empty set for a side with a grant and no
+    busy pair left. A set tried (and not granted) less than RETRY_S ago waits."""
+    out: dict[Side, frozenset[str]] = {}
+    for side in sorted(set(busy) | set(held)):
+        want = busy.get(side, frozenset())
+        have = held.get(side)
+        if have is None and not want:
+            continue
+        if have is not None and have.dst == want and now < have.renew_at:
+            continue
+        last = tried.get(side)
+        if last is not None and last[0] == want and now - last[1] < RETRY_S:
+            continue
+        out[side] = want
+    return out
+
+
+def granted(
+    busy: Mapping[Side, frozenset[str]], held: Mapping[Side, HeldGrant]
+) -> dict[Side, tuple[frozenset[str], str]]:
+    """What each side follows now: its busy addresses that its grant names, with the grant
+    (a pair whose grant has not come yet stays on the gateways; one that went idle leaves the
+    filter at once, its old grant covers the rest)."""
+    out: dict[Side, tuple[frozenset[str], str]] = {}
+    for side, want in busy.items():
+        have = held.get(side)
+        if have is not None and want & have.dst:
+            out[side] = (want & have.dst, have.token)
+    return out

@@ -199,7 +199,7 @@ TABLES: tuple[Table, ...] = (
     _t(
         OFFLOAD_COUNT,
         "offload_count",
-        ("metadata", "eth_type", "ipv4_dst"),
+        ("metadata", "eth_type", "ipv4_dst", "ipv6_dst"),
         (),
         "On-demand sides only (docs/gateways.md): reached by resubmit from a peer's subnet "
         "flow to the gateways and from a direct flow of an offloaded destination, so it "

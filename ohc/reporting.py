@@ -93,6 +93,11 @@ class Reporter:
             lambda url: self._put(url, self.api_token, path, body, "status report"),
         )
 
+    def offload(self, url: str, body: Mapping[str, Any]) -> Any:
+        """Report an on-demand side's busy pairs to its VPC's own shard; the answer carries
+        the grant for them (docs/protocol.md "Offload grants"). Raises if none took it."""
+        return self._to_leader(url, self.api_token, f"/v1/hosts/{self.host}/offload", body)
+
     def _put(
         self, url: str, token: str | None, path: str, body: Mapping[str, Any], what: str
     ) -> str | None:
@@ -103,7 +108,7 @@ class Reporter:
             log.info("ohc %s: %s to %s failed: %s", self.host, what, url, exc)
             return f"{what} to {url} failed: {exc}"
 
-    def _to_leader(self, url: str, token: str | None, path: str, body: Mapping[str, Any]) -> None:
+    def _to_leader(self, url: str, token: str | None, path: str, body: Mapping[str, Any]) -> Any:
         """PUT at the shard's replica that answered last, else at each other in turn (a
         standby answers 503); raises the last failure if none took it. Any other refusal
         (403, 409..) is the leader's and is raised at once: the others are standbys."""
@@ -115,7 +120,7 @@ class Reporter:
         failure: Exception | None = None
         for u in urls:
             try:
-                Client(u, token, timeout=TIMEOUT, ca_file=self.ca_file).put(path, body)
+                answer = Client(u, token, timeout=TIMEOUT, ca_file=self.ca_file).put(path, body)
             except ApiFailure as exc:
                 if exc.status != 503:  # the leader's verdict, not a standby's 503 (review s6)
                     self.leading[url] = u
@@ -126,7 +131,7 @@ class Reporter:
                 failure = exc
                 continue
             self.leading[url] = u
-            return
+            return answer
         assert failure is not None
         raise failure
 

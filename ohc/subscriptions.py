@@ -14,25 +14,28 @@ destination streams only (docs/gateways.md).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from meshpeer.protocol import ServiceName
-from meshpeer.protocol.gateways import follows_peer_destinations, relayed_vpc
-from meshpeer.protocol.messages import PEER_SERVICES, ProtocolError
+from meshpeer.protocol.gateways import follows_peer_destinations, relayed_vpc, uses_gateways
+from meshpeer.protocol.messages import MAX_DST, PEER_SERVICES, ProtocolError
 from meshpeer.protocol.peering import PeeringObject
 
 
 @dataclass(frozen=True)
 class Sub:
     """One stream to follow. ``auth`` is not part of its identity: a re-minted grant is the
-    same subscription with a fresh credential."""
+    same subscription with a fresh credential. Nor is ``only`` (a peer destination stream
+    narrowed to an on-demand host's busy pairs, docs/protocol.md "Destination filter"): a
+    pair that goes direct narrows the same subscription differently."""
 
     url: str
     service: ServiceName
     key: str
     policy: str | None = None
     host: str | None = None
+    only: frozenset[str] | None = field(default=None, compare=False)
 
     @property
     def is_peer(self) -> bool:
@@ -111,13 +114,17 @@ def wanted(
     peering_streams: Mapping[str, Mapping[str, HeldPeering]],
     api_token: str,
     canonical: Callable[[str], str] = same_url,
+    offloaded: Mapping[tuple[str, str], tuple[Iterable[object], str]] | None = None,
 ) -> dict[Sub, str]:
     """Every stream to follow, with the credential to present.
 
     ``vpc_url`` maps a VPC to its owning shard's URL (the shard directory);
     ``peering_streams`` maps a local VPC to the objects of its peering stream so far, as
     ``parsed`` holds them; ``canonical`` a peer shard's URL to the directory's
-    (:func:`peer_subs`).
+    (:func:`peer_subs`); ``offloaded`` the addresses each on-demand side (local VPC, peer
+    VPC) sends to directly and its own shard's grant for them (``ohc.offload.granted``): its
+    peer destination stream narrowed to them with that grant, none while there is none (the
+    peering's grant does not let an on-demand host follow the peer's destinations).
     """
     out: dict[Sub, str] = {}
     for url in sorted(set(shard_urls)):
@@ -125,6 +132,7 @@ def wanted(
     endpoint_streams = list(endpoint_streams)
     relayed = relayed_vpcs(endpoint_streams)
     direct: dict[Sub, str] = {}  # peer destination streams some local side sends to directly
+    narrow: dict[Sub, tuple[set[str], str]] = {}  # on-demand sides': busy addresses, grant
     for vpc in sorted(local_vpcs(endpoint_streams) | relayed):
         own = vpc_url.get(vpc)
         if own is None:
@@ -143,10 +151,20 @@ def wanted(
                 if service != ServiceName.DESTINATION:
                     if vpc not in relayed:  # a gateway relays by destination only
                         out[sub] = peer.grant
-                elif vpc in relayed or follows_peer_destinations(peer.forwarding):
+                elif vpc in relayed or not uses_gateways(peer.forwarding):
                     direct[sub] = peer.grant
-    # A side through the gateways needs no peer destination (docs/gateways.md), unless another
-    # local side follows the same service set directly.
+                elif follows_peer_destinations(peer.forwarding):  # on-demand
+                    busy, grant = (offloaded or {}).get((vpc, peer.peer_vpc), ((), ""))
+                    if busy and sub not in narrow:  # a grant is for one local VPC's pairs
+                        # no more than a filter names (review gw2, G1: a longer one was a
+                        # 400 for every subscription of its channel request)
+                        narrow[sub] = (set(sorted(map(str, busy))[:MAX_DST]), grant)
+    # A side through the gateways needs no peer destination (docs/gateways.md), an on-demand
+    # one those of its busy pairs only, unless another local side follows the same service
+    # set directly.
+    for sub, (addrs, grant) in narrow.items():
+        if sub not in direct:
+            out[replace(sub, only=frozenset(addrs))] = grant
     out.update(direct)
     return out
 

@@ -57,10 +57,11 @@ class Action(StrEnum):
     READ = "read"  # a GET of the operator API
     WRITE = "write"  # a POST, PUT or DELETE of the operator API
     REGISTER = "register"  # PUT /v1/hosts/{host}: a host's underlay address
-    REPORT = "report"  # PUT /v1/hosts/{host}/status and /applied
+    REPORT = "report"  # PUT /v1/hosts/{host}/status, /applied and /offload
     SUBSCRIBE = "subscribe"  # an own-shard stream for a host (endpoint, VPC services, peering)
     SUBSCRIBE_PEER = "subscribe-peer"  # a peer VPC's stream, with a grant
     FEDERATE = "federate"  # a federation view or stream
+    DIRECTORY = "directory"  # the directory's public part (its stream): any host, operators
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class Decision:
 
 
 ALLOW = Decision(True)
-_OPERATOR_READS = frozenset({Action.READ, Action.SUBSCRIBE})
+_OPERATOR_READS = frozenset({Action.READ, Action.SUBSCRIBE, Action.DIRECTORY})
 
 
 def authorize(identity: Identity, action: Action, resource: Resource) -> Decision:
@@ -106,6 +107,8 @@ def _host(identity: Identity, action: Action, r: Resource) -> Decision:
     me = identity.name
     if action in (Action.READ, Action.WRITE):
         return _deny(identity, "a host credential opens its own registration and streams only")
+    if action is Action.DIRECTORY:
+        return ALLOW  # every host learns the shards from its own (no secret in it)
     if r.host != me:
         return _deny(identity, f"host {me!r} acts only for itself, not for {r.host!r}")
     if action is Action.SUBSCRIBE and r.vpc is not None and me not in r.vpc_hosts:
@@ -203,7 +206,11 @@ def route_action(method: str, path: str, params: Mapping[str, str]) -> tuple[Act
     """The action a REST route takes (the stream and federation routes decide their own)."""
     if method == "PUT" and path == "/v1/hosts/{name}":
         return Action.REGISTER, Resource(host=params["name"])
-    if method == "PUT" and path in ("/v1/hosts/{name}/status", "/v1/hosts/{name}/applied"):
+    if method == "PUT" and path in (
+        "/v1/hosts/{name}/status",
+        "/v1/hosts/{name}/applied",
+        "/v1/hosts/{name}/offload",  # an on-demand host's busy pairs (docs/protocol.md)
+    ):
         return Action.REPORT, Resource(host=params["name"])
     if path.startswith("/v1/federation/"):
         return Action.FEDERATE, Resource()

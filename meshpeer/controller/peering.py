@@ -171,3 +171,34 @@ def statuses(
         vpc = intent.vpcs[p.vpc]
         out[key] = status(vpc, p, views.get(p.peer_vpc), owner_of.get(p.peer_vpc))
     return out
+
+
+def side_toward(
+    intent: Intent, views: Mapping[str, View], vpc: str, peer_vpc: str
+) -> tuple[str | None, list[str]]:
+    """``vpc``'s side toward ``peer_vpc`` as this shard knows it (its intent, or ``vpc``'s
+    federation view): the side's ``forwarding`` (None: no such side) and the gateways that
+    relay for ``vpc``."""
+    if vpc in intent.vpcs:
+        side = next((p for p in intent.peerings_of(vpc) if p.peer_vpc == peer_vpc), None)
+        return (side.forwarding if side else None), intent.relay_hosts(vpc)
+    view = views.get(vpc) or {}
+    exported = view.get(PEERING_PREFIX + peer_vpc)
+    forwarding = exported.get("forwarding") if isinstance(exported, Mapping) else None
+    return (forwarding if isinstance(forwarding, str) else None), view_hosts(view, "relay_hosts")
+
+
+def exported_subnets(views: Mapping[str, View], vpc: str, peer_vpc: str) -> list[str] | None:
+    """The subnets ``vpc`` exports to ``peer_vpc``, from its federation view (None: no view
+    or no such side yet)."""
+    side = (views.get(vpc) or {}).get(PEERING_PREFIX + peer_vpc)
+    subnets = side.get("exported_subnets") if isinstance(side, Mapping) else None
+    if not isinstance(subnets, list):
+        return None
+    out = []
+    for s in subnets:
+        try:
+            out.append(str(ipaddress.ip_network(s)))
+        except (TypeError, ValueError):
+            continue  # a peer shard's junk: dropped
+    return out

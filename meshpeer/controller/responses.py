@@ -18,6 +18,7 @@ from meshpeer.protocol import peering as peering_wire
 from meshpeer.protocol.messages import (
     GRANT_RE,
     MAX_CHANNEL_ENTRIES,
+    MAX_DST,
     MAX_STATUS_SKIPPED,
     MAX_STATUS_STREAMS,
     MAX_STATUS_TEXT,
@@ -118,8 +119,8 @@ FORWARDING = Str(
     enum=gateways.FORWARDING,
     description="How this side's hosts send to the peer: `direct` (default: straight to the"
     " peer endpoint's host), `gateway` (through the gateway hosts' select group; no per-peer-"
-    "endpoint flows on this side's hosts), `on-demand` (accepted; for now the same as"
-    " `gateway`, docs/gateways.md)",
+    "endpoint flows on this side's hosts), `on-demand` (through the gateways; a busy pair"
+    " goes direct, docs/gateways.md)",
 )
 PREFERENCE = Int(
     routes.MIN_PREFERENCE,
@@ -448,10 +449,11 @@ CHANNEL_CONTROL = Obj(
                     "host": PROTOCOL_NAME,
                     "since": Int(0, MAX_VERSION),
                     "grant": Str(pattern=GRANT_RE.pattern),
+                    "dst": Arr(Str(format="ip"), min_items=1, max_items=MAX_DST),
                 },
                 name="ChannelSubscribe",
-                description="the query of /v1/subscribe (`since` an integer) and a peer"
-                " stream's `grant`",
+                description="the query of /v1/subscribe (`since` an integer, `dst` a list)"
+                " and a peer stream's `grant`",
             ),
             max_items=MAX_CHANNEL_ENTRIES,
         ),

@@ -53,6 +53,7 @@ from meshpeer.controller.peering import (
 from meshpeer.controller.routing import effective_routes
 from meshpeer.directory import Directory, DirectoryError, Shard, credentials_update, shared_shards
 from meshpeer.protocol import ServiceName
+from meshpeer.protocol.directory import DIRECTORY_STREAM, PublicDirectory
 from meshpeer.protocol.messages import (
     PEER_SERVICES,
     CloseReason,
@@ -146,7 +147,9 @@ class ShardState:
         self.ownership: VpcClaims | None = None  # store = etcd: VPC claims (set by the app)
         self.leader_urls: dict[str, str] = {}  # store = etcd: each shard's leader's, last seen
         self.leading: frozenset[str] = frozenset()  # the shards that have a leader now
-        self.entries: Mapping[str, Shard] = directory.shards  # as etcd (or the file) has them
+        # The directory's shards as listed (the file's, or etcd's), without the leaders' URLs:
+        # what the shard publishes to its hosts (the ``directory`` stream, docs/protocol.md).
+        self.listed: Mapping[str, Shard] = directory.shards
         self.writes = WriteLock()  # held by each write request (ControllerApi.routes)
         self.grants = GrantSettings(directory, grant_ttl, self.revoked_hosts)
         snap = store.load()
@@ -347,7 +350,7 @@ class ShardState:
         entry's URLs (``url``, ``replicas``); else the entry's ``url``."""
         self.leader_urls = {**self.leader_urls, **urls}
         self.leading = frozenset(urls)
-        self._take_shards(self.entries)
+        self._take_shards(self.listed)
 
     def take_shared_directory(self, texts: Mapping[str, str]) -> bool:
         """The directory's shards as etcd holds them now (its watch; docs/store.md, "The
@@ -367,10 +370,11 @@ class ShardState:
         return True
 
     def _take_shards(self, shards: Mapping[str, Shard]) -> None:
-        """``shards`` with each one's URL its leader's, if it has one (``take_leaders``)."""
-        self.entries = shards
+        """``shards`` with each one's URL its leader's, if it has one (``take_leaders``); the
+        hosts are sent them as listed."""
         led = {n: replace(s, url=self._url(n, s)) for n, s in shards.items()}
-        if led != self.directory.shards:
+        if led != self.directory.shards or shards != self.listed:
+            self.listed = shards
             self.directory = replace(self.directory, shards=led)
             self.grants = replace(self.grants, directory=self.directory)
             self.refresh()
@@ -412,7 +416,10 @@ class ShardState:
                 vpcs.add(r.name)
             elif isinstance(r, Host):  # its underlay IP is in every destination on it
                 hosts.add(r.name)
-                vpcs |= {e.vpc for e in self.intent.endpoints_on(r.name)}
+                on = {e.vpc for e in self.intent.endpoints_on(r.name)}
+                vpcs |= on
+                for vpc in on:  # and in the spillover entries of ILBs spilling into them
+                    vpcs |= self.intent.spilling_into(vpc)
                 if r.role == "gateway":  # listed in every peering object (docs/gateways.md)
                     vpcs |= {p.vpc for p in self.intent.peerings.values()}
             else:
@@ -532,6 +539,9 @@ class ShardState:
             pub.streams[StreamId(ServiceName.FEDERATION, vpc)] = {
                 k: dict(v) for k, v in views[vpc].items()
             }
+        # a few shards, with the VPCs each claimed: a claim taken (``take_claims``) is sent
+        public = PublicDirectory.of(self.listed, self.directory.claims)
+        pub.streams[DIRECTORY_STREAM] = public.to_json()
         produced: dict[StreamId, int] = {}
         for sid, objects in pub.streams.items():
             delta = self.hub.publish(sid, objects)

@@ -1,7 +1,8 @@
 """Subscription grants: HMAC-SHA256 tokens minted by the subscriber's own controller (pure).
 
 Token: ``mpg1.<key id>.<payload>.<signature>``, where payload is base64url (no padding) of compact
-key-sorted JSON ``{"exp", "host", "pol", "sub", "tgt"}`` and signature is base64url of
+key-sorted JSON ``{"exp", "host", "pol", "sub", "tgt"}`` (and ``"dst"``, a sorted list of IP
+addresses, in a grant scoped to destinations) and signature is base64url of
 HMAC-SHA256(key[key id], ``mpg1.<key id>.<payload>``). The key id is outside the payload so the
 MAC is checked before any JSON of an untrusted token is parsed. Keys are shared between shards
 through config; several ids may be live at once, which is how keys rotate.
@@ -13,6 +14,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import json
 import math
 import re
@@ -20,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from meshpeer.protocol.messages import NAME_RE, ProtocolError, check_name
+from meshpeer.protocol.messages import MAX_DST, NAME_RE, ProtocolError, check_name
 
 PREFIX = "mpg1"
 MIN_KEY_BYTES = 32
@@ -59,6 +61,27 @@ class Grant:
     host: str
     expires_at: float
     key_id: str
+    # A grant scoped to destinations (an on-demand host's busy pairs, docs/protocol.md): it
+    # lets the host follow the target's destination stream narrowed to these addresses
+    # (canonical text) only. None: the whole of every stream the policy exports.
+    dst: frozenset[str] | None = None
+
+
+_FIELDS = frozenset({"exp", "host", "pol", "sub", "tgt"})
+
+
+def _canonical_dst(items: object) -> frozenset[str] | None:
+    """A ``dst`` scope's addresses in canonical text; None if it is not a list of 1..MAX
+    canonical IP addresses, sorted, without repeats (what ``mint`` writes)."""
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_DST:
+        return None
+    try:
+        canon = [str(ipaddress.ip_address(i)) if isinstance(i, str) else "" for i in items]
+    except ValueError:
+        return None
+    if canon != items or items != sorted(set(items)):
+        return None
+    return frozenset(canon)
 
 
 def _b64(data: bytes) -> str:
@@ -90,13 +113,18 @@ def mint(grant: Grant, keys: Mapping[str, bytes]) -> str:
     key = _key(keys, grant.key_id)
     if key is None:
         raise ValueError(f"no grant key {grant.key_id!r}")
-    body = {
+    body: dict[str, object] = {
         "exp": float(grant.expires_at),
         "host": grant.host,
         "pol": grant.policy_id,
         "sub": grant.subscriber_vpc,
         "tgt": grant.target_vpc,
     }
+    if grant.dst is not None:
+        dst = sorted(grant.dst)
+        if _canonical_dst(dst) is None:
+            raise ValueError(f"dst must list 1-{MAX_DST} IP addresses in canonical text")
+        body["dst"] = dst
     payload = _b64(json.dumps(body, separators=(",", ":"), sort_keys=True).encode("ascii"))
     signed = f"{PREFIX}.{grant.key_id}.{payload}"
     return f"{signed}.{_signature(key, signed)}"
@@ -108,15 +136,18 @@ def _parse_payload(payload: str, key_id: str) -> Grant:
         body = json.loads(raw.decode("ascii"))
     except (binascii.Error, ValueError) as exc:
         raise GrantError(Rejection.MALFORMED, f"payload: {exc}") from None
-    if not isinstance(body, dict) or body.keys() != {"exp", "host", "pol", "sub", "tgt"}:
+    if not isinstance(body, dict) or body.keys() - {"dst"} != _FIELDS:
         raise GrantError(Rejection.MALFORMED, "payload fields")
+    dst = _canonical_dst(body["dst"]) if "dst" in body else None
+    if "dst" in body and dst is None:
+        raise GrantError(Rejection.MALFORMED, "dst")
     exp = body["exp"]
     if type(exp) not in (int, float) or not math.isfinite(exp):
         raise GrantError(Rejection.MALFORMED, "exp")
     names = [body[f] for f in ("sub", "tgt", "pol", "host")]
     if not all(isinstance(n, str) and NAME_RE.fullmatch(n) for n in names):
         raise GrantError(Rejection.MALFORMED, "names")
-    return Grant(names[0], names[1], names[2], names[3], float(exp), key_id)
+    return Grant(names[0], names[1], names[2], names[3], float(exp), key_id, dst)
 
 
 def verify(
@@ -132,7 +163,8 @@ def verify(
 
     Order: shape, key id, signature (constant time), payload, expiry (``now >= exp`` is expired),
     scope. The caller must still check that ``grant.subscriber_vpc`` peers with ``target_vpc``
-    under ``policy_id`` and that the peering is ACTIVE.
+    under ``policy_id`` and that the peering is ACTIVE, and, for a subscription, that the
+    grant ``covers`` what it asks.
     """
     if not isinstance(token, str) or len(token) > MAX_TOKEN:
         raise GrantError(Rejection.MALFORMED, "not a token")
@@ -155,3 +187,17 @@ def verify(
     if scope != (target_vpc, policy_id, host):
         raise GrantError(Rejection.WRONG_SCOPE, "grant is for {}/{} on {}".format(*scope))
     return grant
+
+
+def covers(grant: Grant, only: frozenset[str] | None) -> None:
+    """May a subscription narrowed to ``only`` (None: the whole stream) use ``grant``? A grant
+    scoped to destinations allows a destination filter within its scope only; raises
+    :class:`GrantError` (WRONG_SCOPE) if not. A grant without ``dst`` allows any."""
+    if grant.dst is None:
+        return
+    if only is None:
+        raise GrantError(Rejection.WRONG_SCOPE, "grant is for some destinations only: use dst")
+    outside = sorted(only - grant.dst)
+    if outside:
+        shown = ", ".join(outside[:4]) + (" ..." if len(outside) > 4 else "")
+        raise GrantError(Rejection.WRONG_SCOPE, f"dst {shown} outside the grant's destinations")

@@ -7,6 +7,7 @@ every field. The one untrusted input parsed here is the subscribe request (URL q
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -47,7 +48,8 @@ class ProtocolError(ValueError):
 
 
 class ServiceName(StrEnum):
-    """The five services of the patent's FIG. 4 (the wire value is the string)."""
+    """The five services of the patent's FIG. 4, and the shards' own (the wire value is the
+    string)."""
 
     ENDPOINT = "endpoint"  # meta-service: what is on host H (key: host name)
     PEERING = "peering"  # peers of VPC V, policy ids, peer controller URL, grants (key: VPC)
@@ -57,6 +59,9 @@ class ServiceName(StrEnum):
     # Between controller shards: a VPC's configured peerings, their export policy ids and
     # what each exports, so the peer shard can tell ACTIVE from INACTIVE (key: VPC).
     FEDERATION = "federation"
+    # The shard directory's public part (shards, URLs, replicas, VNI ranges, pinned VPCs),
+    # which hosts learn from their shard (key: ``shards``; meshpeer.protocol.directory).
+    DIRECTORY = "directory"
 
 
 class CloseReason(StrEnum):
@@ -144,6 +149,9 @@ class SubscribeRequest:
     grant: str | None
     policy: str | None = None
     host: str | None = None
+    # A peer destination stream narrowed to these addresses (canonical text): an on-demand
+    # host's subscription for its busy pairs only (docs/protocol.md, "Destination filter").
+    only: frozenset[str] | None = None
 
 
 # The services a VPC publishes per export policy, which a peer's hosts follow (FIG. 4).
@@ -185,7 +193,35 @@ class ChannelControl:
     unsubscribe: tuple[int, ...]
 
 
-_QUERY_FIELDS = frozenset({"service", "key", "since", "policy", "host"})
+_QUERY_FIELDS = frozenset({"service", "key", "since", "policy", "host", "dst"})
+MAX_DST = 256  # addresses one destination filter names
+
+
+def parse_dst(value: object, field: str = "dst") -> frozenset[str]:
+    """A destination filter: a list of IP addresses (in a query, one comma-separated string
+    of them), 1..MAX_DST, each in canonical text; ProtocolError naming ``field``."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_DST:
+        raise ProtocolError(field, f"must list 1-{MAX_DST} IP addresses")
+    out: set[str] = set()
+    for item in items:
+        try:  # no IPv6 zone index, as the REST schema's ``ip`` format (review gw2, G3)
+            ip = ipaddress.ip_address(item) if isinstance(item, str) and "%" not in item else None
+        except ValueError:
+            ip = None
+        if ip is None:
+            raise ProtocolError(field, f"{str(item)[:64]!r} is not an IP address")
+        out.add(str(ip))
+    return frozenset(out)
+
+
+def narrowed(
+    request: SubscribeRequest, only: frozenset[str], field: str = "dst"
+) -> SubscribeRequest:
+    """``request`` with a destination filter: a peer destination stream's only."""
+    if request.service != ServiceName.DESTINATION or request.policy is None:
+        raise ProtocolError(field, "narrows a peer destination stream only (with a policy)")
+    return replace(request, only=only)
 
 
 def check_name(field: str, value: object) -> str:
@@ -244,7 +280,8 @@ def parse_subscribe_request(
             grant = token
     if policy is not None and host is None:
         raise ProtocolError("host", "required with a policy (the grant's scope names the host)")
-    return SubscribeRequest(service, key, since, grant, policy, host)
+    request = SubscribeRequest(service, key, since, grant, policy, host)
+    return narrowed(request, parse_dst(seen["dst"])) if "dst" in seen else request
 
 
 def stream_name(service: str, key: str, policy: str | None, host: str | None) -> str:
@@ -275,7 +312,7 @@ def parse_stream_name(name: str) -> tuple[ServiceName, str, str | None, str | No
     return svc, key, policy or None, host or None
 
 
-_ENTRY_FIELDS = frozenset({"sub", "service", "key", "policy", "host", "since", "grant"})
+_ENTRY_FIELDS = frozenset({"sub", "service", "key", "policy", "host", "since", "grant", "dst"})
 
 
 def check_sub(field: str, value: object) -> int:
@@ -306,6 +343,8 @@ def parse_channel_subscribe(doc: object, where: str) -> ChannelSubscribe:
         request = parse_subscribe_request(query)
     except ProtocolError as exc:
         raise ProtocolError(f"{where}.{exc.field}", exc.detail) from None
+    if "dst" in doc:  # a JSON list of addresses here
+        request = narrowed(request, parse_dst(doc["dst"], f"{where}.dst"), f"{where}.dst")
     return ChannelSubscribe(sub, replace(request, since=since), grant)
 
 

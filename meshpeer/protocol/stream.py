@@ -209,3 +209,21 @@ def heartbeat_due(last_sent: float, now: float, interval: float) -> bool:
 def peer_dead(last_heard: float, now: float, timeout: float) -> bool:
     """True when nothing was heard for more than ``timeout`` seconds."""
     return now - last_heard > timeout
+
+
+def narrow(msg: Message, only: frozenset[str]) -> Message:
+    """A destination stream's message as a subscriber narrowed to the addresses ``only``
+    sees it (an on-demand host's busy pairs, docs/protocol.md "Destination filter"): a
+    snapshot with only the objects whose ``ip`` is listed; a delta with only their upserts,
+    its deletes, and a delete for each other upsert (an object that no longer matches, or
+    never did: deleting what the replica lacks changes nothing); the same version, so
+    ``since`` and applied versions mean what they mean on the whole stream. Stateless: a
+    resumed subscription needs nothing from the one before. Other messages pass as they are."""
+    if isinstance(msg, Snapshot):
+        objects = {k: o for k, o in msg.objects.items() if o.get("ip") in only}
+        return Snapshot(msg.service, msg.key, msg.version, objects)
+    if not isinstance(msg, Delta):
+        return msg
+    upserts = {k: o for k, o in msg.upserts.items() if o.get("ip") in only}
+    gone = (*msg.deletes, *(k for k in msg.upserts if k not in upserts))
+    return Delta(msg.service, msg.key, msg.version, upserts, gone)

@@ -134,6 +134,13 @@ class Subscription(Follower):
             self.timer = None
             self.channel._want(self)
 
+    def set_only(self, only: frozenset[str] | None) -> None:
+        """Narrow the stream to these addresses (``Follower.narrow``); subscribes again at
+        once (a new id: the old one's late frames are dropped) when the filter changed."""
+        if self.narrow(only) and self.active and self.timer is None:
+            self.channel._forget_id(self)
+            self.channel._want(self)
+
     # --- for the channel -------------------------------------------------------------------
 
     def entry(self, sub_id: int) -> dict[str, Any]:
@@ -359,9 +366,16 @@ class Channel(Gated):
             failures = 0 if healthy else failures + 1
             self._pause(delay(self.backoff, failures, False, self._rng))
 
+    def take_replicas(self, replicas: Sequence[str]) -> None:
+        """The shard's replicas as its directory lists them now: a connection that fails or is
+        refused from now on moves among these (the one open stays; from a replica no longer
+        listed, the next is the channel's ``url``)."""
+        self.replicas = tuple(dict.fromkeys((self.url, *replicas)))
+        self._turn = self.replicas.index(self.at) if self.at in self.replicas else -1
+
     def _next_replica(self) -> None:
         """Connect to the shard's next replica from now on (none: the same URL again)."""
-        if len(self.replicas) < 2:
+        if self.replicas == (self.at,):
             return
         self._turn = (self._turn + 1) % len(self.replicas)
         self.at = self.replicas[self._turn]

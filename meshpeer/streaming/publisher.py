@@ -42,6 +42,7 @@ from meshpeer.protocol.stream import (
     ServiceLog,
     SubscriberQueue,
     heartbeat_due,
+    narrow,
 )
 
 log = logging.getLogger(__name__)
@@ -105,8 +106,10 @@ class _Outbox(_Sleeper):
         holder_key: str | None = None,
         expires_at: float | None = None,
         expiry_reason: str = CloseReason.GRANT_EXPIRED.value,
+        only: frozenset[str] | None = None,
     ) -> None:
         self.queue = SubscriberQueue(maxlen)
+        self.only = only  # a destination filter: the addresses it sees (None: the stream)
         self.tag = tag  # who subscribed (e.g. the grant's VPC), for closing some subscribers
         self.host = host  # the subscribing host, whose applied versions say "programmed"
         self.holder = holder  # the host whose own credential opened it (None: an operator)
@@ -249,15 +252,21 @@ class StreamWriter(Iterator[bytes]):
             self._hub._detach(stream, self._outbox)
 
     def _encode(self, msgs: list[Message]) -> tuple[bytes, bool]:
-        parts, final = _encode(self._stream, msgs)
+        parts, final = _encode(self._stream, msgs, only=self._outbox.only)
         return b"".join(parts), final
 
 
-def _encode(stream: _Stream, msgs: list[Message], prefix: bytes = b"") -> tuple[list[bytes], bool]:
+def _encode(
+    stream: _Stream, msgs: list[Message], prefix: bytes = b"", only: frozenset[str] | None = None
+) -> tuple[list[bytes], bool]:
     """The lines of ``msgs`` (each a frame of the subscription with ``prefix`` if one is
-    given), counted in the stream's stats; and whether they end the subscription."""
+    given), counted in the stream's stats; and whether they end the subscription. ``only``:
+    the subscriber's destination filter (its messages narrowed, not the shared encodings)."""
     try:
-        parts = [stream.encode(m) for m in msgs]
+        if only is None:
+            parts = [stream.encode(m) for m in msgs]
+        else:
+            parts = [encode(narrow(m, only)) for m in msgs]
     except (TypeError, ValueError):  # a published body that is not JSON: a caller bug
         log.exception("stream %s: cannot encode a message", stream.id)
         msgs = [ErrorMsg("internal", "publisher failed to encode a message")]
@@ -375,7 +384,7 @@ class ChannelWriter(Iterator[bytes]):
                 if outbox.queue.closed:  # its end was sent already
                     self._hub._detach(outbox.stream, outbox)
                 continue
-            lines, final = _encode(outbox.stream, msgs, outbox.prefix)
+            lines, final = _encode(outbox.stream, msgs, outbox.prefix, outbox.only)
             parts += lines
             if final:  # this subscription ends alone; the channel goes on
                 self._hub._detach(outbox.stream, outbox)
@@ -572,6 +581,7 @@ class StreamHub:
         host: str | None = None,
         holder: str | None = None,
         holder_key: str | None = None,
+        only: frozenset[str] | None = None,
     ) -> StreamWriter:
         """Attach a subscriber; return its ``app_iter`` (raises KeyError for an unknown stream).
 
@@ -582,14 +592,17 @@ class StreamHub:
         ``expires_at`` (on ``clock``, e.g. the grant's expiry converted to it) the writer sends
         ``Close(expiry_reason)``. ``holder``: the host whose own credential subscribes
         (:meth:`close_held`), ``holder_key`` the directory key it is made with
-        (:meth:`close_keys`). Serve it with :func:`ndjson_response` (eventlet would
-        otherwise buffer small writes).
+        (:meth:`close_keys`). ``only``: a destination filter (``meshpeer.protocol.stream.
+        narrow``). Serve it with :func:`ndjson_response` (eventlet would otherwise buffer
+        small writes).
         """
         if heartbeat_interval <= 0:
             raise ValueError("heartbeat_interval must be > 0")
         clock = clock or self.clock
         stream = self._streams[StreamId(*stream_id)]
-        outbox = _Outbox(self.queue_maxlen, tag, host, holder, holder_key, expires_at)
+        outbox = _Outbox(
+            self.queue_maxlen, tag, host, holder, holder_key, expires_at, expiry_reason, only
+        )
         self._attach(stream, outbox, since, clock())
         return StreamWriter(self, stream, outbox, heartbeat_interval, clock, expiry_reason)
 
@@ -648,6 +661,7 @@ class StreamHub:
         expiry_reason: str = CloseReason.GRANT_EXPIRED.value,
         tag: str | None = None,
         host: str | None = None,
+        only: frozenset[str] | None = None,
     ) -> None:
         """Attach subscription ``sub`` of a channel to a stream, as :meth:`wsgi_stream` does
         (KeyError for an unknown channel or stream; :class:`ChannelFull` for a new id on a
@@ -660,7 +674,7 @@ class StreamHub:
         self.channel_unsubscribe(channel_id, sub)
         outbox = _Outbox(
             self.queue_maxlen, tag, host, channel.holder, channel.holder_key, expires_at,
-            expiry_reason,
+            expiry_reason, only,
         )  # fmt: skip
         outbox.channel, outbox.sub, outbox.prefix = channel, sub, sub_prefix(sub)
         channel.subs[sub] = outbox

@@ -430,6 +430,7 @@ class Follower:
         self.replica = replica if replica is not None else ReplicaState(self.service, self.key)
         self.auth: str | None = None
         self.used_auth: str | None = None  # the credential (or grant) of the latest request
+        self.only: frozenset[str] | None = None  # a destination filter (docs/protocol.md)
         self.want_snapshot = False  # ask without since (after a RESYNC)
         # Counters and status (read them any time).
         self.reconnects = 0
@@ -509,10 +510,22 @@ class Follower:
             doc["policy"] = self.policy
         if self.host is not None:
             doc["host"] = self.host
+        if self.only is not None:
+            doc["dst"] = sorted(self.only)
         since = None if self.want_snapshot else self.replica.since
         if since is not None:
             doc["since"] = since
         return doc
+
+    def narrow(self, only: frozenset[str] | None) -> bool:
+        """Follow only the objects of these addresses from the next subscribe on (None: the
+        whole stream); True if that changed the filter. The next subscribe asks for a
+        snapshot: deltas since our version would miss what the old filter left out."""
+        if only == self.only:
+            return False
+        self.only = only
+        self.want_snapshot = True
+        return True
 
 
 class StreamClient(Follower, Gated):
@@ -651,7 +664,9 @@ class StreamClient(Follower, Gated):
             finished.send(None)
 
     def _request(self) -> bytes:
-        params = {k: str(v) for k, v in self.wanted().items()}
+        params = {
+            k: ",".join(v) if isinstance(v, list) else str(v) for k, v in self.wanted().items()
+        }  # a destination filter's list: comma-separated in a query
         lines = [
             f"GET {self._path}?{urlencode(params)} HTTP/1.1",
             f"Host: {self.publisher.netloc}",

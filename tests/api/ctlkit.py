@@ -405,6 +405,13 @@ class Cluster:
         return other
 
 
+def register(cluster: Cluster, *hosts: str) -> None:
+    """Register ``hosts`` (hv1 at 192.0.2.1, hv2 at .2, ...) with every shard of ``cluster``."""
+    for ctl in cluster:
+        for host in hosts:
+            ctl.put(f"/v1/hosts/{host}", {"underlay_ip": f"192.0.2.{host.removeprefix('hv')}"})
+
+
 def health(ctl: Ctl) -> tuple[int, Any]:
     """``GET /healthz``'s status and body (0: nothing listens yet)."""
     try:

@@ -55,6 +55,7 @@ EXPECTED = {
     ("GET", "/v1/hosts/{name}"),
     ("PUT", "/v1/hosts/{name}"),
     ("PUT", "/v1/hosts/{name}/applied"),
+    ("PUT", "/v1/hosts/{name}/offload"),
     ("PUT", "/v1/hosts/{name}/status"),
     ("GET", "/v1/multiplexer"),
     ("GET", "/v1/federation/vpcs/{vpc}"),
@@ -233,6 +234,7 @@ def test_every_request_schema_forbids_additional_properties(doc: dict[str, Any])
         ("POST", "/v1/vpcs/{vpc}/routes"),
         ("PUT", "/v1/hosts/{name}"),
         ("PUT", "/v1/hosts/{name}/applied"),
+        ("PUT", "/v1/hosts/{name}/offload"),
         ("PUT", "/v1/hosts/{name}/status"),
         ("POST", "/v1/channels/{channel}"),
     }
@@ -327,6 +329,12 @@ def test_real_answers_of_every_route_match_the_document(
     module_cluster["ctl2"].peer("pink", "jade", "p")
     ctl.wait_state("jade", "p", "ACTIVE")
     call("PUT", "/v1/vpcs/jade/peerings/p", {"import_custom_routes": True})
+    offload = {"vpc": "jade", "peer_vpc": "pink", "dst": ["10.9.0.5"]}
+    call("PUT", "/v1/hosts/hv9/offload", offload)  # a direct side: 409, documented
+    call("PUT", "/v1/vpcs/jade/peerings/p", {"forwarding": "on-demand"})
+    call("PUT", "/v1/hosts/hv9/offload", offload)  # a grant for 10.9.0.5
+    call("PUT", "/v1/hosts/hv9/offload", {**offload, "dst": []})  # none
+    call("PUT", "/v1/vpcs/jade/peerings/p", {"forwarding": "direct"})
     for path in ("", "/subnets", "/subnets/v6", "/endpoints", "/endpoints/r1", "/endpoints/vip",
                  "/peerings", "/peerings/p", "/routes", "/routes/r", "/routes/effective"):  # fmt: skip
         call("GET", f"/v1/vpcs/jade{path}")

@@ -59,16 +59,26 @@ def peer_side(cluster: Cluster, c1: Ctl) -> dict[str, Any]:
         return side
 
 
+def peer_channel(
+    cluster: Cluster, red: tuple[str, ...]
+) -> tuple[Ctl, dict[str, Any], dict[str, Any], ChannelReader]:
+    """blue (hv1) and red (a VM on each of ``red``'s hosts) peered; red's shard, red's side
+    as hv1's peering stream lists it, the fields of a subscription of red's destinations
+    for hv1, and hv1's channel to red's shard (open: its first keepalive read)."""
+    c1, c2 = blue_and_red(cluster, blue=("hv1",), red=red)
+    side = peer_side(cluster, c1)
+    peer = {"service": "destination", "key": "red", "policy": side["policy_id"], "host": "hv1"}
+    ch = ChannelReader(c2, cluster.host_token("hv1"))
+    assert ch.status == 200 and ch.read()["type"] == "keepalive"
+    return c2, side, peer, ch
+
+
 def test_a_channel_checks_serves_and_ends_each_subscription_on_its_own(
     cluster: Cluster,
 ) -> None:
-    c1, c2 = blue_and_red(cluster, blue=("hv1",), red=("hv2",))
-    side = peer_side(cluster, c1)
+    c2, side, peer, ch = peer_channel(cluster, ("hv2",))
     hv1 = cluster.host_token("hv1")
-    peer = {"service": "destination", "key": "red", "policy": side["policy_id"], "host": "hv1"}
-    ch = ChannelReader(c2, hv1)
     try:
-        assert ch.status == 200 and ch.read()["type"] == "keepalive"
         body = {
             "subscribe": [
                 {"sub": 1, **peer, "grant": side["grant"]},

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.api.ctlkit import Cluster, Ctl
+from tests.api.ctlkit import Cluster, Ctl, register
 from tests.support.wait import wait_for
 
 PREFIX = "192.168.77.0/24"
@@ -23,9 +23,7 @@ TIMEOUT = 30.0  # generous: federation polls between shards
 @pytest.fixture(scope="module")
 def world(module_cluster: Cluster) -> Iterator[Cluster]:
     c1, c2 = module_cluster["ctl1"], module_cluster["ctl2"]
-    for ctl in (c1, c2):
-        ctl.put("/v1/hosts/hv1", {"underlay_ip": "192.0.2.1"})
-        ctl.put("/v1/hosts/hv2", {"underlay_ip": "192.0.2.2"})
+    register(module_cluster, "hv1", "hv2")
     c1.vpc("blue", "10.1.0.0/24")
     for n, vpc in ((2, "red"), (3, "pink")):
         c2.vpc(vpc, f"10.{n}.0.0/24")

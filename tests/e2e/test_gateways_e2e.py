@@ -154,8 +154,21 @@ def test_on_demand_moves_a_busy_pair_to_the_direct_path_and_back(lab: Lab) -> No
     """Blue's side says on-demand: b1 pings r1 at 100 pps through the gateways; hv1 counts the
     pair (a learned flow), finds it above [ohc] offload_pps and compiles r1's destination: the
     requests go hv1 -> hv2 with no gateway (tcpdump on hv1's link), and no ping is lost across
-    the switch. Once b1 stops, the pair goes back to the gateways (offload_idle_s)."""
+    the switch. Once b1 stops, the pair goes back to the gateways (offload_idle_s). hv1
+    follows red's destination stream only while the pair is direct, narrowed to r1
+    (docs/protocol.md, "Destination filter"; what it then receives: tests/api), with the
+    grant its own shard minted for r1 alone on its report of the busy pair ("Offload
+    grants": red's shard refuses the peering's grant for red's destinations to an on-demand
+    host, so "delivered" below means the scoped grant was taken)."""
     blue_ctl = controllers.client_for(lab.plan, "ctl1")
+
+    def follows_red_destinations() -> bool:
+        status = blue_ctl.get("/v1/hosts/hv1")["status"] or {"streams": []}
+        return any(
+            s["stream"].startswith("destination/red/") and s["state"] == "delivered"
+            for s in status["streams"]
+        )
+
     path = "/v1/vpcs/blue/peerings/blue-red?wait=programmed"
     got = blue_ctl.put(path, {"forwarding": "on-demand"})
     assert (got["programmed"], got["pending_hosts"]) == (True, []), got
@@ -164,7 +177,9 @@ def test_on_demand_moves_a_busy_pair_to_the_direct_path_and_back(lab: Lab) -> No
     try:
         wait_for(lambda: lab.ping("b1", "r1"), DEADLINE, what="b1 pings r1")
         assert not gwkit.has_direct_flow(hv1, r1.ip)  # through the gateways to start with
+        wait_for(lambda: not follows_red_destinations(), DEADLINE, what="no red destination")
         run = gwkit.offload(lab.plan, hv1, b1, r1, DEADLINE)
+        wait_for(follows_red_destinations, DEADLINE, what="red's stream, narrowed to r1")
         requests = [p for p in run.captured if p.icmp == "request" and p.inner_dst == r1.ip]
         assert requests, run.captured
         assert {(p.src, p.dst, p.vni) for p in requests} == {
@@ -176,6 +191,7 @@ def test_on_demand_moves_a_busy_pair_to_the_direct_path_and_back(lab: Lab) -> No
             lambda: not gwkit.has_direct_flow(hv1, r1.ip), DEADLINE,
             what="the idle pair back to the gateways",
         )  # fmt: skip
+        wait_for(lambda: not follows_red_destinations(), DEADLINE, what="red's stream left")
         wait_for(lambda: lab.ping("b1", "r1"), DEADLINE, what="b1 pings r1 through the gateways")
     finally:
         got = blue_ctl.put(path, {"forwarding": "gateway"})

@@ -78,13 +78,20 @@ def test_operators() -> None:
     for action in Action:
         assert bool(authorize(admin, action, Resource())) is (action is not Action.FEDERATE)
     allowed = {a for a in Action if authorize(reader, a, Resource(host="hv1", vpc="blue"))}
-    assert allowed == {Action.READ, Action.SUBSCRIBE}
+    assert allowed == {Action.READ, Action.SUBSCRIBE, Action.DIRECTORY}
 
 
 def test_a_shard_federates_only() -> None:
     shard = Identity(Role.SHARD, "ctl2")
     allowed = {a for a in Action if authorize(shard, a, Resource(host="ctl2"))}
     assert allowed == {Action.FEDERATE}
+
+
+def test_every_host_reads_the_directory_a_shard_does_not() -> None:
+    """The directory's public part (its stream) is every host's: no host, VPC or grant."""
+    for host in ("hv1", "gw9"):
+        assert authorize(Identity(Role.HOST, host), Action.DIRECTORY, Resource())
+    assert not authorize(Identity(Role.SHARD, "ctl2"), Action.DIRECTORY, Resource())
 
 
 def test_a_host_acts_for_itself_only() -> None:

@@ -14,7 +14,7 @@ from webob import Request
 
 from meshpeer.controller import intent as ops
 from meshpeer.controller.api import ControllerApi
-from meshpeer.controller.auth import host_token
+from meshpeer.controller.auth import host_token, shard_token
 from meshpeer.controller.model import Host, Intent
 from meshpeer.controller.peering import federation_view
 from meshpeer.controller.shard import Delete, ShardState
@@ -112,7 +112,7 @@ def published(s: ShardState) -> dict[Any, dict[str, Any]]:
     return {
         tuple(sid): dict(s.hub.objects(sid))
         for sid in s.hub.stream_ids()
-        if sid.service != ServiceName.FEDERATION
+        if sid.service not in (ServiceName.FEDERATION, ServiceName.DIRECTORY)  # the shard's own
     }
 
 
@@ -628,3 +628,43 @@ def test_a_peering_stored_before_preference_loads_at_the_default(tmp_path: pathl
     assert again.intent.peerings[("red", "to-blue")].preference == DEFAULT_PREFERENCE
     objs = again.hub.objects(StreamId(ServiceName.PEERING, "red", None, "hv2"))
     assert objs["blue"]["preference"] == DEFAULT_PREFERENCE
+
+
+def test_the_shard_publishes_the_directory_as_listed_to_any_host(tmp_path: pathlib.Path) -> None:
+    """Hosts learn the directory from their shard (docs/protocol.md, "Directory"): one stream
+    for every host, each shard as listed (not the URL its leader has now), never a secret;
+    a shard added to the directory running is published as a delta; a shard credential is
+    refused it."""
+    s, d, api = blue_on_hosts(tmp_path)
+    sid = StreamId(ServiceName.DIRECTORY, "shards")
+    assert dict(s.hub.objects(sid)) == {
+        "ctl1": {
+            "url": d.shards["ctl1"].url,
+            "vni_range": [1000, 1999],
+            "vpcs": ["blue", "green", "red"],
+        }
+    }
+    hv7 = follow(api, "hv7", "directory", "shards")  # no endpoint anywhere: still its
+    try:
+        assert hv7.status_int == 200
+        first = next_message(hv7)
+        assert isinstance(first, Snapshot) and set(first.objects) == {"ctl1"}
+        ctl3 = {"url": "http://169.254.9.13:8080", "vni_range": [5000, 5999]}
+        listed = json.dumps(first.objects["ctl1"])
+        assert s.take_shared_directory({"ctl1": listed, "ctl3": json.dumps(ctl3)})
+        delta = next_message(hv7)
+        assert isinstance(delta, Delta) and delta.upserts == {"ctl3": ctl3}
+        assert delta.version == first.version + 1 and delta.deletes == ()
+        s.take_leaders({"ctl1": "http://10.9.9.9:8080"})  # another replica of ctl1 leads
+        assert s.directory.shards["ctl1"].url == "http://10.9.9.9:8080"
+        assert isinstance(next_message(hv7), Heartbeat)  # hosts keep the listed URL
+        text = json.dumps(dict(s.hub.objects(sid)))
+        assert d.federation_token not in text and HOST_KEY.hex() not in text
+    finally:
+        hv7.app_iter.close()
+    fed = Request.blank(
+        "/v1/subscribe?service=directory&key=shards",
+        headers={"Authorization": f"Bearer {shard_token('ctl1', d.federation_token)}"},
+    ).get_response(api)
+    assert fed.status_int == 403
+    assert follow(api, "hv7", "directory", "nodes").status_int == 404

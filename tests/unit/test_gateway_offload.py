@@ -8,13 +8,17 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
-from ohc.compiler import offload_cookie
+from meshpeer.controller import intent as ops
+from meshpeer.controller.model import Host
+from ohc.compiler import gateway_mac, offload_cookie
 from ohc.cookies import Kind, kind_of
 from ohc.flows import Flow
 from ohc.offload import Reading, State, Thresholds, by_side, decide
 from ohc.pipeline import OFFLOAD_COUNT
+from policies.export import ExportPolicy
+from tests.support.fakeoftable import TraceResult
 from tests.unit.test_gateway_liveness import recompiled
-from tests.unit.test_ohc_compiler import OFPORT, Lab, only
+from tests.unit.test_ohc_compiler import OFPORT, Lab, build_lab, only, v6_intent
 from tests.unit.test_ohc_gateways import GATEWAYS, gateway_lab, hop
 
 T = Thresholds(hot_pps=50, idle_pps=1, idle_s=10)
@@ -117,3 +121,43 @@ def test_a_gateway_side_keeps_no_counter() -> None:
     lab.send("blue", "b1", "10.2.0.11", ip_proto=1)
     assert learned(lab, "hv1") == set()
     assert [f for f in lab.tables["hv1"].flows(OFFLOAD_COUNT) if f.priority] == []  # its miss
+
+
+def v6_lab(offload: frozenset[str] = frozenset()) -> Lab:
+    """``v6_intent``'s blue -> red on-demand over gw1, red's side direct; ``offload``: red's
+    addresses hv1 sends to directly."""
+    i = v6_intent()
+    i.put(Host("gw1", ipaddress.ip_address(GATEWAYS["gw1"]), "gateway"))
+    for vpc, other, fwd in (("blue", "red", "on-demand"), ("red", "blue", "direct")):
+        p = ops.new_peering(i, vpc, f"to-{other}", other, ExportPolicy(), False, None)
+        i.put(dataclasses.replace(p, forwarding=fwd))
+    return offloaded(build_lab(i), "hv1", {("blue", "red"): offload})
+
+
+def send6(lab: Lab, dst: str) -> TraceResult:
+    host, port, ip, mac = lab.vm("blue", "b1")
+    pkt = {"eth_src": mac, "eth_dst": gateway_mac(lab.vni("blue")), "eth_type": 0x86DD,
+           "ipv6_src": ip, "ipv6_dst": dst, "ip_proto": 58, "ip_ttl": 64}  # fmt: skip
+    return lab.tables[host].trace(pkt, in_port=port)
+
+
+def learned6(lab: Lab) -> set[str]:
+    return {
+        str(ipaddress.ip_address(f.match_dict()["ipv6_dst"]))
+        for f in lab.tables["hv1"].flows(OFFLOAD_COUNT)
+        if kind_of(f.cookie) == Kind.OFFLOAD
+    }
+
+
+def test_ipv6_pairs_are_counted_and_go_direct_as_ipv4_ones() -> None:
+    lab = v6_lab()
+    out = only(send6(lab, "fd00:2::11"))
+    assert out.has(tunnel_id=lab.vni("red"), tun_ipv4_dst=GATEWAYS["gw1"]), str(out)
+    assert learned6(lab) == {"fd00:2::11"}  # the pair's counter
+    lab = v6_lab(frozenset({"fd00:2::11"}))
+    out = only(send6(lab, "fd00:2::11"))
+    assert out.has(tunnel_id=lab.vni("red"), tun_ipv4_dst=lab.ip("hv2")), str(out)
+    assert lab.arrive(out, "hv1").ports() == {OFPORT[("red", "r1")]}
+    assert learned6(lab) == {"fd00:2::11"}  # still counted on the direct path
+    other = only(send6(lab, "fd00:2::ff:11"))
+    assert other.has(tun_ipv4_dst=GATEWAYS["gw1"]), str(other)

@@ -34,6 +34,7 @@ class FakeClient:
         self.on_http_error = on_http_error
         self.running = False
         self.used_auth: str | None = None
+        self.only: frozenset[str] | None = None
         self.bytes_received = self.objects_received = 0
         self.on_stop: list[Callable[[], None]] = []
 
@@ -54,6 +55,9 @@ class FakeClient:
 
     def set_auth(self, auth: str | None) -> None:
         self.auth = auth or ""
+
+    def set_only(self, only: frozenset[str] | None) -> None:
+        self.only = only
 
     def deliver(self, objects: dict[str, Any]) -> None:
         replica = ReplicaState(self.sub.service, self.sub.key)
@@ -405,3 +409,32 @@ def test_a_peering_object_is_parsed_once_per_change(monkeypatch: pytest.MonkeyPa
         read()
     assert calls[1:] == [delta.upserts["green"]]  # the new one only
     assert {peer for _, peer in engine.roles} == {None, "red", "green"}  # both followed
+
+
+def test_an_on_demand_hosts_busy_pairs_narrow_one_subscription_of_the_peers_destinations() -> None:
+    """docs/gateways.md, on-demand: no peer destination stream until a pair is busy; then one
+    subscription narrowed to the busy addresses, narrowed again (same client, its objects
+    kept until the new snapshot) as pairs come and go, and dropped once none is left."""
+    agent, made, _ = make()
+    agent.start()
+    made[Sub(CTL1, ServiceName.ENDPOINT, "hv1")].deliver({"blue.b1": {"vpc": "blue"}})
+    on_demand = peering_object("red", CTL2, "p-1", "g1") | {"forwarding": "on-demand"}
+    made[Sub(CTL1, ServiceName.PEERING, "blue", None, "hv1")].deliver({"red": on_demand})
+    red = Sub(CTL2, ServiceName.DESTINATION, "red", "p-1", "hv1")
+    assert red not in agent.clients
+    agent.offloaded = {("blue", "red"): ({ip_address("10.2.0.11")}, "g-11")}
+    agent.resync()
+    client = made[red]
+    assert client.running and client.sub.only == frozenset({"10.2.0.11"})
+    assert agent.auth[red] == "g-11"  # the grant minted for the busy pair
+    client.deliver({"r1": {"ip": "10.2.0.11"}})
+    agent.offloaded = {
+        ("blue", "red"): ({ip_address("10.2.0.11"), ip_address("10.2.0.12")}, "g-12")
+    }
+    agent.resync()
+    assert agent.clients[red] is client and client.only == frozenset({"10.2.0.11", "10.2.0.12"})
+    assert client.auth == "g-12"
+    assert agent.objects[red] == {"r1": {"ip": "10.2.0.11"}}
+    agent.offloaded = {}
+    agent.resync()
+    assert red not in agent.clients and not client.running and red not in agent.objects

@@ -348,13 +348,19 @@ def test_own_ilb_from_a_backend_host(lab: Lab) -> None:
     assert lab.arrive(to_r4, "hv3").ports() == {r4_port}
 
 
-def test_ipv6_destinations_follow_the_same_rules() -> None:
+def v6_intent() -> Intent:
+    """IPv6-only blue (fd00:1::/64: b1 on hv1) and red (fd00:2::/64: r1, r2 on hv2), unpeered."""
     i = Intent()
     add_vpc(i, D, "ctl1", "blue", "fd00:1::/64")
     add_vpc(i, D, "ctl1", "red", "fd00:2::/64")
     add_vm(i, "blue", "b1", "fd00:1::11", "hv1")
     add_vm(i, "red", "r1", "fd00:2::11", "hv2")
     add_vm(i, "red", "r2", "fd00:2::ff:11", "hv2")
+    return i
+
+
+def test_ipv6_destinations_follow_the_same_rules() -> None:
+    i = v6_intent()
     peer(i, "blue", "red")
     peer(i, "red", "blue", {"ranges": ["fd00:2::/112"]})
     v6 = build_lab(i)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from ipaddress import ip_address
+
 from meshpeer.protocol import ServiceName
+from meshpeer.protocol.messages import MAX_DST, parse_channel_subscribe
+from ohc.offload import busy_sides
 from ohc.subscriptions import Sub, wanted
 from tests.support.peering import peering_object
 
@@ -105,3 +109,45 @@ def test_a_peer_shards_streams_keep_their_name_when_its_leader_moves() -> None:
 
     assert subs(b) == subs(CTL2)
     assert Sub(CTL2, ServiceName.DESTINATION, "red", "p-1", "hv1") in subs(b)
+
+
+def test_an_on_demand_side_follows_its_busy_pairs_destinations_only() -> None:
+    """docs/gateways.md, on-demand: no peer destination while no pair is busy; then the
+    peer's destination stream narrowed to the busy addresses with the grant the host's shard
+    minted for them (never the peering's), whole again if another local side follows the peer
+    directly."""
+    endpoints = [{"blue.b1": ep("blue", "b1"), "green.g1": ep("green", "g1")}]
+    on_demand = peer("red", CTL2, "p-1", "g-blue-red") | {"forwarding": "on-demand"}
+    peerings = {"blue": {"red": on_demand}}
+    dest = Sub(CTL2, ServiceName.DESTINATION, "red", "p-1", "hv1")
+    subs = wanted("hv1", [CTL1], URLS, endpoints, peerings, "tok")
+    assert dest not in subs and Sub(CTL2, ServiceName.FORWARDING, "red", "p-1", "hv1") in subs
+    busy = {("blue", "red"): ({ip_address("10.2.0.5"), ip_address("10.2.0.9")}, "g-dst")}
+    subs = wanted("hv1", [CTL1], URLS, endpoints, peerings, "tok", offloaded=busy)
+    assert subs[dest] == "g-dst"
+    (got,) = (s for s in subs if s == dest)
+    assert got.only == frozenset({"10.2.0.5", "10.2.0.9"})
+    # another local VPC sends to red directly: the whole stream
+    peerings["green"] = {"red": peer("red", CTL2, "p-1", "g-green-red")}
+    subs = wanted("hv1", [CTL1], URLS, endpoints, peerings, "tok", offloaded=busy)
+    (got,) = (s for s in subs if s == dest)
+    assert got.only is None and subs[dest] == "g-green-red"
+
+
+def test_an_on_demand_side_with_more_busy_pairs_than_a_filter_names_follows_max_dst() -> None:
+    """Review gw2, G1: 257 busy addresses made a destination filter the shard refuses (400),
+    which sank every subscription of the same channel request. The filter, the report and so
+    the grant name at most MAX_DST of them (the first in address order); the rest stay on the
+    gateways."""
+    endpoints = [{"blue.b1": ep("blue", "b1")}]
+    peerings = {"blue": {"red": peer("red", CTL2, "p-1", "g") | {"forwarding": "on-demand"}}}
+    busy = [f"10.2.{i // 250}.{i % 250 + 1}" for i in range(MAX_DST + 44)]
+    offloaded = {("blue", "red"): ({ip_address(a) for a in busy}, "g-dst")}
+    subs = wanted("hv1", [CTL1], URLS, endpoints, peerings, "tok", offloaded=offloaded)
+    (dest,) = (s for s in subs if s.service == ServiceName.DESTINATION and s.key == "red")
+    assert dest.only is not None and len(dest.only) == MAX_DST
+    entry = {"sub": 1, "service": "destination", "key": "red", "policy": "p-1", "host": "hv1"}
+    parse_channel_subscribe({**entry, "dst": sorted(dest.only)}, "subscribe[0]")  # taken
+    pairs = frozenset(("blue", "red", a) for a in busy)
+    (reported,) = busy_sides(pairs).values()
+    assert len(reported) == MAX_DST and reported <= {str(ip_address(a)) for a in busy}

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meshpeer.protocol import Grant, GrantError, Rejection, mint, verify
+from meshpeer.protocol.grants import covers
 
 KEYS = {"k1": b"1" * 32, "k2": b"2" * 32}
 GRANT = Grant("blue", "red", "p-3f9a", "host-1", 1000.0, "k1")
@@ -179,3 +180,77 @@ def test_short_keys_are_refused() -> None:
         mint(GRANT, {"k1": b"short"})
     with pytest.raises(ValueError, match="shorter"):
         verify(mint(GRANT, KEYS), {"k1": b"short"}, 0.0, **SCOPE)
+
+
+# A grant scoped to destinations (an on-demand host's busy pairs, docs/protocol.md).
+SCOPED = replace(GRANT, dst=frozenset({"10.2.0.11", "10.2.0.12", "fd00::b"}))
+
+
+def test_dst_scope_round_trip_and_subset_check() -> None:
+    token = mint(SCOPED, KEYS)
+    got = verify(token, KEYS, 500.0, **SCOPE)
+    assert got == SCOPED
+    covers(got, frozenset({"10.2.0.11"}))
+    covers(got, SCOPED.dst)
+    for outside in ({"10.2.0.13"}, {"10.2.0.11", "10.2.0.99"}, None):  # None: the whole stream
+        with pytest.raises(GrantError) as info:
+            covers(got, None if outside is None else frozenset(outside))
+        assert info.value.reason == Rejection.WRONG_SCOPE
+
+
+def test_grant_without_dst_keeps_its_meaning() -> None:
+    token = mint(GRANT, KEYS)
+    assert verify(token, KEYS, 500.0, **SCOPE).dst is None
+    covers(GRANT, None)
+    covers(GRANT, frozenset({"10.9.9.9"}))
+    # the payload of a grant without dst is as before (same bytes: old verifiers accept it)
+    payload = json.loads(base64.urlsafe_b64decode(token.split(".")[2] + "==="))
+    assert set(payload) == {"exp", "host", "pol", "sub", "tgt"}
+
+
+def test_dst_scope_tampered_is_refused() -> None:
+    """Widening the signed dst list (or dropping it) breaks the signature."""
+    token = mint(SCOPED, KEYS)
+    prefix, kid, payload, sig = token.split(".")
+    body = json.loads(base64.urlsafe_b64decode(payload + "==="))
+    for changed in (
+        {**body, "dst": [*body["dst"], "10.2.0.99"]},
+        {k: v for k, v in body.items() if k != "dst"},
+    ):
+        forged = b64(json.dumps(changed, separators=(",", ":"), sort_keys=True).encode())
+        assert rejected(f"{prefix}.{kid}.{forged}.{sig}") == Rejection.BAD_SIGNATURE
+
+
+@pytest.mark.parametrize(
+    "dst",
+    [
+        [],
+        ["10.2.0.12", "10.2.0.11"],
+        ["10.2.0.11", "10.2.0.11"],
+        ["010.2.0.11"],
+        ["x"],
+        [1],
+        "10.2.0.11",
+    ],
+)
+def test_dst_scope_malformed_even_if_signed(dst: object) -> None:
+    body = {
+        "exp": 1000.0,
+        "host": "host-1",
+        "pol": "p-3f9a",
+        "sub": "blue",
+        "tgt": "red",
+        "dst": dst,
+    }
+    payload = b64(json.dumps(body, separators=(",", ":"), sort_keys=True).encode())
+    assert rejected(signed(payload)) == Rejection.MALFORMED
+
+
+def test_mint_refuses_a_bad_dst_scope() -> None:
+    for dst in (
+        frozenset(),
+        frozenset({"nope"}),
+        frozenset(f"10.0.{i // 256}.{i % 256}" for i in range(257)),
+    ):
+        with pytest.raises(ValueError):
+            mint(replace(GRANT, dst=dst), KEYS)

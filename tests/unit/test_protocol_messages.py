@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from meshpeer.protocol import ProtocolError, ServiceName, SubscribeRequest, parse_subscribe_request
+from meshpeer.protocol.messages import parse_dst
 
 GRANT = "mpg1.k1.eyJ9.c2ln"
 
@@ -105,3 +106,15 @@ def test_policy_requires_host_and_a_token_alone_is_a_shard_credential() -> None:
     assert info.value.field == "host"
     own = parse_subscribe_request({"service": "endpoint", "key": "hv1"}, "Bearer shard-token")
     assert (own.grant, own.policy, own.host) == ("shard-token", None, None)
+
+
+@pytest.mark.parametrize("value", ["fe80::1%eth0", "10.2.0.5,fe80::1%1"])
+def test_a_destination_filter_takes_no_ipv6_zone_index(value: str) -> None:
+    """Review gw2, G3: the query's ``dst`` took ``fe80::1%eth0``, which the channel body (the
+    REST schema's ``ip`` format) refuses; both edges now say no, naming ``dst``."""
+    with pytest.raises(ProtocolError) as info:
+        parse_dst(value)
+    assert info.value.field == "dst"
+    query = {"service": "destination", "key": "red", "policy": "p-1", "host": "hv1", "dst": value}
+    with pytest.raises(ProtocolError):
+        parse_subscribe_request(query, None)

@@ -24,6 +24,7 @@ from meshpeer.protocol import (
     heartbeat_due,
     peer_dead,
 )
+from meshpeer.protocol.stream import narrow
 
 DEST = ServiceName.DESTINATION
 
@@ -270,3 +271,44 @@ def test_heartbeat_due_when_clock_goes_back() -> None:
 )
 def test_peer_dead(last: float, now: float, dead: bool) -> None:
     assert peer_dead(last, now, 15.0) is dead
+
+
+# --- destination filter (docs/protocol.md, "Destination filter") ----------------------------
+
+# One write: upsert endpoint name -> address (an address may move to another name), or delete.
+WRITES = st.lists(
+    st.tuples(st.sampled_from("abcdef"), st.none() | st.sampled_from(["10.0.0.1", "10.0.0.2",
+                                                                    "10.0.0.3"])),
+    max_size=12,
+)  # fmt: skip
+
+
+@given(writes=WRITES, resume_at=st.integers(0, 12), only=st.sets(st.sampled_from(
+    ["10.0.0.1", "10.0.0.2", "10.0.0.3"])))  # fmt: skip
+def test_a_narrowed_replica_holds_exactly_the_streams_objects_of_its_addresses(
+    writes: list[tuple[str, str | None]], resume_at: int, only: set[str]
+) -> None:
+    """Whatever the writes, a narrowed subscriber's replica is the stream's objects of its
+    addresses at the stream's version: one that followed from the start, and one that left
+    at ``resume_at`` and resumed with the deltas since the version it held (no state kept
+    between the two subscriptions)."""
+    allowed = frozenset(only)
+
+    def fed(replica: ReplicaState, msgs: list[Message]) -> ReplicaState:
+        for msg in msgs:
+            assert isinstance(msg, Snapshot | Delta)
+            assert replica.apply(narrow(msg, allowed)) is Outcome.APPLIED  # type: ignore[arg-type]
+        return replica
+
+    log = ServiceLog(DEST, "red", history=64)
+    live = fed(ReplicaState(DEST, "red"), [log.snapshot()])
+    held = None
+    for v, (name, ip) in enumerate(writes, 1):
+        if v - 1 == resume_at:
+            held = fed(ReplicaState(DEST, "red"), [log.snapshot()])
+        fed(live, [log.apply(v, {name: {"ip": ip}} if ip else {}, [] if ip else [name])])
+    want = {k: o for k, o in log.objects.items() if o.get("ip") in allowed}
+    assert dict(live.objects) == want and live.version == log.version
+    if held is not None:
+        fed(held, log.resume(held.version))
+        assert dict(held.objects) == want and held.version == log.version

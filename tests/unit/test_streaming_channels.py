@@ -97,6 +97,7 @@ def channel_app(
                     StreamId.of(entry.request),
                     entry.request.since,
                     expires_at=None if lifetime is None else hub.clock() + lifetime,
+                    only=entry.request.only,  # a destination filter, as the shard's
                 )
             except KeyError:
                 results.append({"sub": entry.sub, "status": 404, "error": "not_found"})
@@ -660,6 +661,37 @@ def test_a_replica_listed_twice_does_not_stop_the_rotation(cleanup: list[Any]) -
     a.stop()  # A is elected
     serve(cleanup, hub, port=a.port)
     wait_until(lambda: red.version == 0, what="red followed at A, the leader")
+    assert ch.at == a.url
+
+
+def test_an_open_channel_takes_its_shards_new_replicas(cleanup: list[Any]) -> None:
+    """A channel kept the replicas it was opened with: a shard whose directory entry gained a
+    replica (the leader now) left the host's open channel asking the standby for ever. The
+    host's directory changed, ``Channels.take_replicas`` hands each open channel its shard's
+    list, and the channel finds the leader there; a replica taken out of the list is left."""
+    from meshpeer.controller import standby
+
+    hub = StreamHub()
+    setup_three(hub)
+    a = Server(standby.app("ctl1", "a", lambda: None))  # a standby that knows no leader
+    cleanup.append(a)
+    leader = serve(cleanup, hub)
+    listed = {a.url: (a.url,)}
+    factory = Channels("host-cred", replicas=lambda url: listed.get(url, (url,)))
+    cleanup.insert(0, factory)
+    rec = Recorder()
+    red = factory(Sub(a.url, RED.service, RED.key), "g", rec.on_change, rec.on_close)
+    red.start()
+    ch = factory.channels[a.url]
+    wait_until(lambda: ch.last_error is not None, what="a refused by the standby")
+    assert ch.replicas == (a.url,) and red.version is None
+    listed[a.url] = (a.url, leader.url)  # the directory now lists the leader
+    factory.take_replicas()
+    wait_until(lambda: red.version == 0, what="red followed at the new replica")
+    assert ch.at == leader.url and ch.url == a.url
+    listed[a.url] = (a.url,)  # the leader's replica taken out: the next try is the shard's url
+    factory.take_replicas()
+    ch._next_replica()
     assert ch.at == a.url
 
 

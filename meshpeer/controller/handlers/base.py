@@ -20,7 +20,10 @@ from meshpeer.controller.auth import (
 )
 from meshpeer.controller.intent import IntentError
 from meshpeer.controller.model import JsonObject
+from meshpeer.controller.ondemand import check_subscription
+from meshpeer.controller.peering import side_toward
 from meshpeer.controller.shard import ShardState
+from meshpeer.protocol import ServiceName
 from meshpeer.protocol.grants import GrantError, Rejection, verify
 from meshpeer.rest.errors import ApiError, bad_request, forbidden, not_found, unauthorized
 from meshpeer.rest.router import RequestCtx
@@ -192,9 +195,16 @@ class Handlers:
         return frozenset(e.host for e in self.shard.intent.endpoints_of(vpc) if e.host)
 
     def _check_grant(
-        self, token: str, vpc: str, policy: str, host: str | None
+        self,
+        token: str,
+        vpc: str,
+        policy: str,
+        host: str | None,
+        subscribing: tuple[ServiceName, frozenset[str] | None] | None = None,
     ) -> tuple[float, str]:
-        """A peer host's grant: valid signature and scope, and the peering ACTIVE right now."""
+        """A peer host's grant: valid signature and scope, and the peering ACTIVE right now.
+        ``subscribing``: the service and destination filter of a subscription, which the
+        grant must cover (``meshpeer.controller.ondemand.check_subscription``)."""
         if host is None:
             raise bad_request("host", "a peer subscription names its host")
         try:
@@ -206,6 +216,12 @@ class Handlers:
                 policy_id=policy,
                 host=host,
             )
+            if subscribing is not None:
+                views = self.shard.views()
+                forwarding, relays = side_toward(
+                    self.shard.intent, views, grant.subscriber_vpc, vpc
+                )
+                check_subscription(grant, *subscribing, forwarding, host in relays)
         except GrantError as exc:
             # A bad or expired credential is 401; a good grant for something else is 403.
             status = 403 if exc.reason == Rejection.WRONG_SCOPE else 401

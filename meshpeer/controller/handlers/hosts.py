@@ -9,17 +9,22 @@ from meshpeer.controller import intent as ops
 from meshpeer.controller import responses as out
 from meshpeer.controller.handlers.base import FORBIDDEN, NAME, UNAVAILABLE, Handlers, HostLeft
 from meshpeer.controller.model import JsonObject
+from meshpeer.controller.ondemand import OffloadAsk, Refused, expiry_bucket, offload_grant
+from meshpeer.controller.peering import exported_subnets
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.gateways import DEFAULT_ROLE
+from meshpeer.protocol.grants import mint
 from meshpeer.protocol.messages import (
+    MAX_DST,
     MAX_VERSION,
     NAME_RE,
     ProtocolError,
+    parse_dst,
     parse_stream_name,
 )
 from meshpeer.rest.errors import ApiError, bad_request
 from meshpeer.rest.router import RequestCtx, Route
-from meshpeer.rest.schema import Arr, Int, Obj, Str
+from meshpeer.rest.schema import Arr, Int, Nullable, Num, Obj, Str
 
 _PART = NAME_RE.pattern
 
@@ -47,6 +52,34 @@ APPLIED_IN = Obj(
     {},
     name="AppliedReport",
     description="Stream versions an OHC has programmed into its switch",
+)
+
+OFFLOAD_IN = Obj(
+    {
+        "vpc": Str(pattern=_PART, description="the host's VPC (an on-demand side)"),
+        "peer_vpc": Str(pattern=_PART, description="the peer VPC that side sends to"),
+        "dst": Arr(
+            Str(format="ip"),
+            max_items=MAX_DST,
+            description="the peer's addresses the host sends to directly now (its busy pairs);"
+            " empty: none any more",
+        ),
+    },
+    {},
+    name="OffloadReport",
+    description="An on-demand host's busy pairs toward one peer (docs/protocol.md)",
+)
+
+OFFLOAD_GRANT = Obj(
+    {
+        "host": Str(),
+        "vpc": Str(),
+        "peer_vpc": Str(),
+        "dst": Arr(Str(format="ip")),
+        "grant": Nullable(Str(description="a grant scoped to dst (null: dst is empty)")),
+        "expires_at": Nullable(Num(description="the grant's expiry, Unix seconds")),
+    },
+    name="OffloadGrant",
 )
 
 HOST_IN = Obj(
@@ -123,6 +156,44 @@ class HostHandlers(Handlers):
             answer["ignored"] = ignored
         return 200, answer
 
+    def put_offload(self, ctx: RequestCtx) -> tuple[int, object]:
+        """An on-demand host's busy pairs toward one peer (its own credential): a grant to
+        follow the peer's destinations of those pairs only (``meshpeer.controller.ondemand``).
+        Soft state: nothing is stored; the host asks again before the grant expires."""
+        host = ctx.params["name"]  # placed in the VPC, registered or not (as its peering stream)
+        body = ctx.body
+        try:
+            dst = parse_dst(body["dst"]) if body["dst"] else frozenset[str]()
+        except ProtocolError as exc:
+            raise bad_request(exc.field, exc.detail) from exc
+        ask = OffloadAsk(host, body["vpc"], body["peer_vpc"], dst)
+        intent, grants = self.shard.intent, self.shard.grants
+        side = next((p for p in intent.peerings_of(ask.vpc) if p.peer_vpc == ask.peer_vpc), None)
+        now = self.shard.clock()
+        try:
+            grant = offload_grant(
+                ask,
+                placed=intent.placed(ask.vpc, host),
+                revoked=host in grants.revoked,
+                side=side,
+                status=self.shard.peering_status(ask.vpc, side.name) if side else None,
+                exported=exported_subnets(self.shard.views(), ask.peer_vpc, ask.vpc),
+                key_id=grants.directory.signing_key_id,
+                expires_at=expiry_bucket(now, grants.ttl),
+            )
+        except Refused as exc:
+            headers = (("Retry-After", "1"),) if exc.status == 503 else ()
+            raise ApiError(exc.status, _error(exc.status), exc.field, exc.detail, headers) from exc
+        answer: dict[str, object] = {
+            "host": host,
+            "vpc": ask.vpc,
+            "peer_vpc": ask.peer_vpc,
+            "dst": sorted(dst),
+            "grant": None if grant is None else mint(grant, grants.directory.grant_keys),
+            "expires_at": None if grant is None else grant.expires_at,
+        }
+        return 200, answer
+
     def _check_applied_grant(
         self, s: JsonObject, host: str, where: str
     ) -> tuple[tuple[object, ...], str | None, float]:
@@ -195,7 +266,22 @@ class HostHandlers(Handlers):
                 summary="An OHC reports the stream versions its switch holds (for ?wait=programmed):"
                 " the host's own credential, and a grant per peer stream",
             ),
+            Route(
+                "PUT",
+                "/v1/hosts/{name}/offload",
+                self.put_offload,
+                response=OFFLOAD_GRANT,
+                body=OFFLOAD_IN,
+                params={"name": NAME},
+                errors=FORBIDDEN | UNAVAILABLE | frozenset({404, 409}),
+                summary="An on-demand host reports its busy pairs toward a peer; the answer is"
+                " a grant for those destinations only (docs/protocol.md, Offload grants)",
+            ),
         ]
+
+
+def _error(status: int) -> str:
+    return {403: "forbidden", 404: "not_found", 409: "conflict"}.get(status, "unavailable")
 
 
 def _check_own_stream(name: str, host: str, where: str) -> str | None:

@@ -19,6 +19,7 @@ from meshpeer.protocol.messages import (
     CHANNEL_HEADER,
     CHANNEL_ID_RE,
     GRANT_HEADER,
+    MAX_DST,
     MAX_VERSION,
     NAME_RE,
     ProtocolError,
@@ -59,6 +60,7 @@ class StreamHandlers(Handlers):
             host=req.host,
             holder=holder,
             holder_key=identity.key_id if holder else None,
+            only=req.only,
         )
         resp: Response = ndjson_response(writer, ctx.request.environ)
         return resp
@@ -108,6 +110,7 @@ class StreamHandlers(Handlers):
                     expires_at=allowed.expires_at,
                     tag=allowed.tag,
                     host=req.host,
+                    only=req.only,
                 )
             except ApiError as exc:
                 results.append({"sub": entry.sub, "status": exc.status, **exc.body()})
@@ -131,9 +134,13 @@ class StreamHandlers(Handlers):
             self.access.allow(
                 identity, Action.SUBSCRIBE_PEER, Resource(req.host, grant_host=req.host)
             )
-            expires_at, tag = self._check_grant(grant, req.key, req.policy, req.host)
+            expires_at, tag = self._check_grant(
+                grant, req.key, req.policy, req.host, (req.service, req.only)
+            )
         elif req.service == ServiceName.FEDERATION:
             self.access.allow(identity, Action.FEDERATE, Resource())
+        elif req.service == ServiceName.DIRECTORY:
+            self.access.allow(identity, Action.DIRECTORY, Resource())
         elif req.service == ServiceName.ENDPOINT:
             if req.host not in (None, req.key):  # it names who must apply its writes
                 raise bad_request("host", "an endpoint stream is its own host's: host = key")
@@ -188,6 +195,13 @@ class StreamHandlers(Handlers):
                     ),
                     "host": Str(pattern=NAME_RE.pattern, description="the subscribing host"),
                     "since": Int(0, MAX_VERSION, description="decimal, no sign, no leading zeros"),
+                    "dst": Str(
+                        max_length=MAX_DST * 40,
+                        description="a peer destination stream narrowed to these IP addresses"
+                        f" (comma-separated, 1-{MAX_DST}, within the 8 KB request line: a"
+                        " channel for long IPv6 lists): an on-demand host's busy pairs, within"
+                        " its grant's dst (docs/protocol.md, Destination filter)",
+                    ),
                 },
                 required_query=frozenset({"service", "key"}),
                 media_type="application/x-ndjson",
