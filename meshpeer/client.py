@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from meshpeer import tls
 
@@ -165,6 +165,32 @@ class Answer:
     url: str
 
 
+# what a request that got no usable answer raises (refused, reset, timed out, cut short,
+# not JSON): Replicas.request raises the last of them after retry_for
+UNANSWERED = (OSError, http.client.HTTPException, ValueError)
+
+
+class Requester(Protocol):
+    """What :func:`create` needs of a client: :meth:`Replicas.request`."""
+
+    def request(self, method: str, path: str, body: Any = None) -> Answer: ...
+
+
+def create(
+    client: Requester, path: str, body: dict[str, Any], same: Sequence[str]
+) -> tuple[Answer, bool]:
+    """POST ``body``, a named resource, to the collection ``path``; and whether a 409 is the
+    create's own first send that applied (its answer lost, then sent again): the resource at
+    ``path/<name>`` has the ``same`` fields as sent. The 409 to a first send is a real
+    conflict (False)."""
+    got = client.request("POST", path, body)
+    if got.status != 409 or got.sends < 2:
+        return got, False
+    there = client.request("GET", f"{path}/{body['name']}")
+    ok = there.status == 200 and isinstance(there.body, dict)
+    return got, ok and all(there.body.get(k) == body[k] for k in same)
+
+
 def next_replica(urls: Sequence[str], current: str, status: int | None, body: Any) -> str:
     """Where to send a request again after ``current`` answered ``status`` (None: no answer):
     the leader a standby's 503 names if it is one of ``urls``, else the next replica after a
@@ -194,6 +220,7 @@ class Replicas:
         retry_for: float = 30.0,
         pause: float = 0.05,
         sleep: Callable[[float], object] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not urls:
             raise ValueError("Replicas: at least one URL")
@@ -203,9 +230,10 @@ class Replicas:
         self.retry_for = retry_for
         self.pause = pause
         self.sleep = sleep
+        self.clock = clock
 
     def request(self, method: str, path: str, body: Any = None) -> Answer:
-        deadline = time.monotonic() + self.retry_for
+        deadline = self.clock() + self.retry_for
         sends = 0
         while True:
             url = self.current
@@ -214,25 +242,34 @@ class Replicas:
             answer: Any = None
             try:
                 status, answer = self.clients[url].request(method, path, body)
-            except (OSError, http.client.HTTPException, ValueError):
-                if time.monotonic() >= deadline:
+            except UNANSWERED:
+                if self.clock() >= deadline:
                     raise
-            if status is not None and (status != 503 or time.monotonic() >= deadline):
+            if status is not None and (status != 503 or self.clock() >= deadline):
                 return Answer(status, answer, sends, url)
             self.current = next_replica(self.urls, url, status, answer)
             self.sleep(self.pause)
 
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        got = self.request(method, path, body)
+    def get(self, path: str) -> Any:
+        got = self.request("GET", path)
         if not 200 <= got.status < 300:
-            raise ApiFailure(method, path, got.status, got.body)
+            raise ApiFailure("GET", path, got.status, got.body)
         return got.body
 
-    def get(self, path: str) -> Any:
-        return self.call("GET", path)
+    def post(self, path: str, body: dict[str, Any], same: Sequence[str] = ("name",)) -> Any:
+        """Create the named resource ``body``: its answer's body, or the resource there when
+        a resend got 409 because the first send applied (:func:`create`); else ApiFailure."""
+        got, recognised = create(self, path, body, same)
+        if recognised:
+            return self.get(f"{path}/{body['name']}")
+        if not 200 <= got.status < 300:
+            raise ApiFailure("POST", path, got.status, got.body)
+        return got.body
 
-    def post(self, path: str, body: Any) -> Any:
-        return self.call("POST", path, body)
+    def close(self) -> None:
+        """Close this thread's connections to every replica."""
+        for c in self.clients.values():
+            c.close()
 
 
 def _open(conn: http.client.HTTPConnection) -> bool:

@@ -147,7 +147,8 @@ CONTROLLER = Section(
             "directory_file",
             str,
             "YAML shard directory shared by every shard; with `store = etcd` its `shards` only "
-            "seed etcd's directory, which every shard follows (docs/store.md), and its secrets "
+            "seed etcd's directory (once, if it was never seeded), which every shard follows "
+            "(docs/store.md), and its secrets "
             "stay here",
             required=True,
         ),

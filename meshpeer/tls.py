@@ -93,16 +93,26 @@ class ServerCertificate:
         return True
 
 
-def client_context(ca_file: str | None, green: bool = False) -> ssl.SSLContext:
+def client_context(
+    ca_file: str | None, green: bool = False, client_cert: tuple[str, str] | None = None
+) -> ssl.SSLContext:
     """A client side that verifies the server's certificate against ``ca_file`` (None: the
-    system's trust store) and checks its name or IP. ``green``: for raw eventlet sockets
-    (the stream client); a monkey-patched process's ``ssl`` is already green. Cached: a CA
-    file is loaded once per process, and again once it changed (a CA rotation)."""
-    return _client_context(ca_file, green, file_stamp(ca_file) if ca_file else None)
+    system's trust store) and checks its name or IP, presenting ``client_cert`` (certificate,
+    key) if given (etcd with client-cert-auth). ``green``: for raw eventlet sockets (the
+    stream client); a monkey-patched process's ``ssl`` is already green. Cached: the files
+    are loaded once per process, and again once one changed (a rotation)."""
+    files = (ca_file, *(client_cert or ()))
+    stamps = tuple(file_stamp(f) if f else None for f in files)
+    return _client_context(ca_file, green, client_cert, stamps)
 
 
 @functools.lru_cache(maxsize=16)
-def _client_context(ca_file: str | None, green: bool, _stamp: Stamp) -> ssl.SSLContext:
+def _client_context(
+    ca_file: str | None,
+    green: bool,
+    client_cert: tuple[str, str] | None,
+    _stamps: tuple[Stamp, ...],
+) -> ssl.SSLContext:
     kind = _green_context_class() if green else ssl.SSLContext
     ctx = kind(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname
     ctx.minimum_version = MIN_VERSION
@@ -110,6 +120,8 @@ def _client_context(ca_file: str | None, green: bool, _stamp: Stamp) -> ssl.SSLC
         ctx.load_verify_locations(ca_file)
     else:
         ctx.load_default_certs()
+    if client_cert is not None:
+        ctx.load_cert_chain(*client_cert)
     return ctx
 
 

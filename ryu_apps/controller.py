@@ -8,7 +8,6 @@ Options: meshpeer.options.CONTROLLER (docs/configuration.md).
 from __future__ import annotations
 
 import dataclasses
-import http.client
 import ipaddress
 import logging
 import os
@@ -25,7 +24,7 @@ from meshpeer.controller import standby
 from meshpeer.controller.api import ControllerApi
 from meshpeer.controller.auth import parse_operator_tokens
 from meshpeer.controller.federation import Federation
-from meshpeer.controller.shard import ShardState
+from meshpeer.controller.shard import ShardState, stranded
 from meshpeer.controller.speaker import Speaker
 from meshpeer.directory import (
     Directory,
@@ -49,7 +48,6 @@ from meshpeer.store.etcd import (
     shared_directory,
 )
 from meshpeer.store.settings import store_settings
-from meshpeer.store.sqlite import StoreError
 from meshpeer.streaming.publisher import StreamHub
 
 log = logging.getLogger(__name__)
@@ -116,6 +114,8 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
             conf.shard, directory, self.store, stream_hub, time.time, conf.grant_ttl, revoked
         )
         self.shard.ownership = self.ownership
+        if self.shared is not None:
+            _check_held(self.shared, self.shard)
         self.shard.reconcile_claims()  # orphans of a failed create or a lost release
         self.claims_watch: Any = None
         self.directory_watch: Any = None
@@ -261,14 +261,6 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
             log.info(
                 "shard %s: directory %s: host keys and revoked hosts taken", self.conf.shard, path
             )
-            if self.shared is not None:  # a shard added to the file joins etcd's directory
-                try:
-                    added = self.shared.seed({n: shard_doc(s) for n, s in loaded.shards.items()})
-                except (StoreError, OSError, http.client.HTTPException) as exc:
-                    added = []
-                    log.error("shard %s: seeding the directory in etcd: %s", self.conf.shard, exc)
-                if added:
-                    log.info("shard %s: directory in etcd seeded: %s", self.conf.shard, added)
             if ignored:
                 log.warning(
                     "shard %s: directory %s changes %s: restart the shard to take them",
@@ -342,8 +334,8 @@ def _read_directory(path: str) -> Directory:
 
 
 def _read_shared(shared: SharedDirectory, directory: Directory, shard: str) -> Directory:
-    """``directory`` with etcd's shards, after seeding etcd with the file's entries it does
-    not have; entries that do not check out stop the shard, naming them (docs/store.md)."""
+    """``directory`` with etcd's shards, after seeding etcd with the file's entries if it was
+    never seeded; entries that do not check out stop the shard, naming them (docs/store.md)."""
     seeded = shared.seed({name: shard_doc(s) for name, s in directory.shards.items()})
     if seeded:
         log.info("shard %s: directory in etcd seeded from the file: %s", shard, ", ".join(seeded))
@@ -354,6 +346,16 @@ def _read_shared(shared: SharedDirectory, directory: Directory, shard: str) -> D
         where = f"{shared.prefix}directory/shards/"
         raise SystemExit(f"controller: the directory in etcd ({where}) is refused: {exc}") from None
     return dataclasses.replace(directory, shards=shards)
+
+
+def _check_held(shared: SharedDirectory, shard: ShardState) -> None:
+    """Stop (naming the entry) on a directory in etcd that strands a VPC the shard's store
+    holds, as a running shard refuses such a change (docs/store.md)."""
+    try:
+        stranded(shard.directory.shards, shard.name, shard.intent.vpcs.values())
+    except DirectoryError as exc:
+        where = f"{shared.prefix}directory/shards/"
+        raise SystemExit(f"controller: the directory in etcd ({where}) is refused: {exc}") from None
 
 
 def _items(text: str | None) -> list[str]:

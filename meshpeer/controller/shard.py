@@ -146,6 +146,7 @@ class ShardState:
         self.revoked_here = revoked_hosts  # this shard's option, beside the directory's list
         self.ownership: VpcClaims | None = None  # store = etcd: VPC claims (set by the app)
         self.leader_urls: dict[str, str] = {}  # store = etcd: each shard's leader's, last seen
+        self.leading: frozenset[str] = frozenset()  # the shards that have a leader now
         # The directory's shards as listed (the file's, or etcd's), without the leaders' URLs:
         # what the shard publishes to its hosts (the ``directory`` stream, docs/protocol.md).
         self.listed: Mapping[str, Shard] = directory.shards
@@ -353,17 +354,21 @@ class ShardState:
 
     def take_leaders(self, urls: Mapping[str, str]) -> None:
         """Each shard's current leader's URL (replicas, docs/store.md): federation follows.
-        A shard with no leader now keeps the URL of its last one."""
+        A shard with no leader now keeps its last one's URL while that is still one of its
+        entry's URLs (``url``, ``replicas``); else the entry's ``url``."""
         self.leader_urls = {**self.leader_urls, **urls}
+        self.leading = frozenset(urls)
         self._take_shards(self.listed)
 
     def take_shared_directory(self, texts: Mapping[str, str]) -> bool:
         """The directory's shards as etcd holds them now (its watch; docs/store.md, "The
         directory in etcd"): owners, URLs and VNI ranges follow. Entries that do not check
-        out as a directory file's would are refused whole, logged, and what runs stays
-        (False)."""
+        out as a directory file's would, or that strand what this shard holds (one of its
+        VPCs' VNIs outside its range or inside another's, one of its VPCs pinned elsewhere),
+        are refused whole, logged, and what runs stays (False)."""
         try:
             shards = shared_shards(texts, self.name)
+            stranded(shards, self.name, self.intent.vpcs.values())
         except DirectoryError as exc:
             log.error(
                 "shard %s: directory in etcd refused, the running one stays: %s", self.name, exc
@@ -375,12 +380,18 @@ class ShardState:
     def _take_shards(self, shards: Mapping[str, Shard]) -> None:
         """``shards`` with each one's URL its leader's, if it has one (``take_leaders``); the
         hosts are sent them as listed."""
-        led = {n: replace(s, url=self.leader_urls.get(n, s.url)) for n, s in shards.items()}
+        led = {n: replace(s, url=self._url(n, s)) for n, s in shards.items()}
         if led != self.directory.shards or shards != self.listed:
             self.listed = shards
             self.directory = replace(self.directory, shards=led)
             self.grants = replace(self.grants, directory=self.directory)
             self.refresh()
+
+    def _url(self, name: str, entry: Shard) -> str:
+        last = self.leader_urls.get(name)
+        if last is None or (name not in self.leading and last not in (entry.url, *entry.replicas)):
+            return entry.url
+        return last
 
     # --- a host leaves a VPC --------------------------------------------------------------
 
@@ -679,3 +690,20 @@ def _sets_by_vpc(sets: Mapping[tuple[str, str], list[str]]) -> dict[str, dict[st
     for (vpc, pid), names in sorted(sets.items()):
         out.setdefault(vpc, {})[pid] = names
     return out
+
+
+def stranded(shards: Mapping[str, Shard], name: str, held: Iterable[Vpc]) -> None:
+    """DirectoryError naming the entry if ``shards`` would strand a VPC that shard ``name``
+    holds: its VNI outside ``name``'s range (the ranges are disjoint, so another shard's
+    next new VPC could get it), or the VPC pinned to another shard."""
+    lo, hi = shards[name].vni_range
+    for vpc in sorted(held, key=lambda v: v.name):
+        if not lo <= vpc.vni <= hi:
+            raise DirectoryError(
+                f"shards.{name}.vni_range: leaves out VNI {vpc.vni} of its VPC {vpc.name!r}"
+            )
+        elsewhere = next((o for o, s in sorted(shards.items()) if vpc.name in s.vpcs), name)
+        if elsewhere != name:
+            raise DirectoryError(
+                f"shards.{elsewhere}.vpcs: pins VPC {vpc.name!r}, held by {name!r}"
+            )

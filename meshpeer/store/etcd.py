@@ -11,7 +11,6 @@ resolved by reading the log entry of the version it tried: it carries the attemp
 from __future__ import annotations
 
 import contextlib
-import functools
 import http.client
 import json
 import logging
@@ -100,7 +99,7 @@ class Member:
     def connect(self, timeout: float | None = None) -> http.client.HTTPConnection:
         timeout = self.timeout if timeout is None else timeout
         if self.secure:
-            ctx = _context(self.ca_file, self.client_cert)
+            ctx = tls.client_context(self.ca_file, client_cert=self.client_cert)
             return http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=ctx)
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
@@ -147,30 +146,6 @@ class Member:
             self._idle.pop().close()
 
 
-def _context(ca_file: str | None, client_cert: tuple[str, str] | None) -> ssl.SSLContext:
-    """The TLS client side for etcd: the server verified against ``ca_file`` (name or IP
-    checked), and ``client_cert`` (certificate, key) presented if given. Loaded again when a
-    file changed (a rotation), else shared."""
-    if client_cert is None:
-        return tls.client_context(ca_file)
-    stamps = tuple(tls.file_stamp(f) for f in (ca_file, *client_cert) if f)
-    return _cert_context(ca_file, client_cert, stamps)
-
-
-@functools.lru_cache(maxsize=8)
-def _cert_context(
-    ca_file: str | None, client_cert: tuple[str, str], _stamps: tuple[object, ...]
-) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname
-    ctx.minimum_version = tls.MIN_VERSION
-    if ca_file:
-        ctx.load_verify_locations(ca_file)
-    else:
-        ctx.load_default_certs()
-    ctx.load_cert_chain(*client_cert)
-    return ctx
-
-
 class Gateway:
     """JSON over HTTP(S) to etcd's gRPC gateway, trying each member's URL in turn."""
 
@@ -188,7 +163,16 @@ class Gateway:
 
     @classmethod
     def of(cls, settings: StoreSettings, timeout: float = 5.0) -> Gateway:
-        """The gateway a shard's store settings name (endpoints, CA, client certificate)."""
+        """The gateway a shard's store settings name (endpoints, CA, client certificate).
+        With https the CA, certificate and key files are loaded now: one that is missing,
+        unreadable or not a matching pair is a ValueError naming the options (a shard must
+        not stand by for ever on a typo, retrying every connection)."""
+        if any(url.startswith("https://") for url in settings.endpoints):
+            try:
+                tls.client_context(settings.ca_file, client_cert=settings.client_cert)
+            except OSError as exc:  # ssl.SSLError is one
+                names = "etcd_cert_file/etcd_key_file/" if settings.client_cert else ""
+                raise ValueError(f"controller.{names}etcd_ca_file: not loaded: {exc}") from None
         return cls(settings.endpoints, timeout, settings.ca_file, settings.client_cert)
 
     def call(self, path: str, body: Json, *, idempotent: bool) -> Json:
@@ -206,7 +190,7 @@ class Gateway:
                 errors.append(f"{member}: {exc}")
                 continue
             except _LOST as exc:
-                errors.append(f"{member}: {exc!r}")
+                errors.append(f"{member}: {exc!r}{_closed_hint(member, exc)}")
                 if idempotent:
                     continue
                 raise _unavailable(errors, lost=True) from exc
@@ -229,6 +213,16 @@ class Gateway:
     def close(self) -> None:
         for m in self.members:
             m.close()
+
+
+def _closed_hint(member: Member, exc: BaseException) -> str:
+    """What an https member that closes the connection at or just after the handshake most
+    likely means: with TLS 1.3 a refused client certificate is often seen only as the close
+    (``SSLEOFError``), not as etcd's alert."""
+    closed = (ssl.SSLEOFError, ConnectionResetError, http.client.RemoteDisconnected)
+    if member.secure and isinstance(exc, closed):
+        return " (closed by etcd over TLS: client certificate refused?)"
+    return ""
 
 
 def _unavailable(errors: list[str], *, lost: bool) -> Unavailable:
@@ -510,7 +504,7 @@ class Ownership:
 
 class SharedDirectory:
     """The shard directory's ``shards`` in etcd (``<prefix>directory/shards/<shard>``): seeded
-    from the file, read at start and followed by a watch (docs/store.md, "The directory in
+    once from a file, read at start and followed by a watch (docs/store.md, "The directory in
     etcd"). Texts as stored; ``meshpeer.directory.shared_shards`` checks them."""
 
     def __init__(self, gateway: Gateway, deployment_prefix: str) -> None:
@@ -518,15 +512,21 @@ class SharedDirectory:
         self.prefix = deployment_prefix
 
     def seed(self, entries: dict[str, Json]) -> list[str]:
-        """Put each shard's entry that etcd does not have yet (one create-if-absent
-        transaction each: an entry already there, changed or not, wins); returns the names
-        this call put."""
-        put = []
-        for name, doc in sorted(entries.items()):
-            txn = plan.create_txn(plan.directory_key(self.prefix, name), plan.canonical(doc))
-            if self._gw.call("kv/txn", txn, idempotent=True).get("succeeded"):
-                put.append(name)
-        return put
+        """Put ``entries`` (a directory file's) only if etcd's directory was never seeded: one
+        transaction puts them all and the ``directory/seeded`` marker, if neither the marker
+        nor any entry is there. Returns the names put (none: seeded before, and what etcd has
+        wins, an operator's removal included). A directory with entries but no marker (put by
+        hand) gets the marker."""
+        if self._gw.call("kv/txn", plan.seed_txn(self.prefix, entries), idempotent=True).get(
+            "succeeded"
+        ):
+            return sorted(entries)
+        marker = plan.create_txn(self.prefix + plan.SEEDED, "1")
+        self._gw.call("kv/txn", marker, idempotent=True)
+        return []
+
+    def close(self) -> None:
+        self._gw.close()
 
     def snapshot(self) -> tuple[dict[str, str], int]:
         kvs, revision = range_prefix(self._gw, self.prefix + plan.DIRECTORY)

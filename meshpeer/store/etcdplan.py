@@ -41,8 +41,10 @@ def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def unb64(text: str) -> str:
-    return base64.b64decode(text).decode()
+def unb64(text: str, errors: str = "strict") -> str:
+    """``errors="replace"``: for values checked after (the directory's entries, claims,
+    leaders), so a value that is not UTF-8 is refused naming its key, not as a broken read."""
+    return base64.b64decode(text).decode(errors=errors)
 
 
 def prefix_end(prefix: str) -> str:
@@ -244,8 +246,8 @@ def watch_events(message: Json) -> list[WatchEvent]:
     out = []
     for ev in message.get("result", {}).get("events", []):
         kv = ev.get("kv", {})
-        value = None if ev.get("type") == "DELETE" else unb64(kv.get("value", ""))
-        out.append(WatchEvent(unb64(kv["key"]), value, mod_revision(kv)))
+        value = None if ev.get("type") == "DELETE" else unb64(kv.get("value", ""), "replace")
+        out.append(WatchEvent(unb64(kv["key"], "replace"), value, mod_revision(kv)))
     return out
 
 
@@ -275,19 +277,36 @@ def apply_claims(
 
 # --- the shard directory (``<deployment prefix>directory/shards/<shard>``) ---------------------
 # One key per shard, its entry as canonical JSON (``meshpeer.directory.shard_doc``): seeded
-# from the directory file (create if absent), then read and followed by every shard.
+# once from a directory file (:func:`seed_txn`), then read and followed by every shard.
 
 DIRECTORY = "directory/shards/"
+SEEDED = "directory/seeded"  # the marker: the directory was seeded once (never again)
 
 
 def directory_key(deployment_prefix: str, shard: str) -> str:
     return f"{deployment_prefix}{DIRECTORY}{shard}"
 
 
+def seed_txn(deployment_prefix: str, entries: Mapping[str, Mapping[str, Any]]) -> Json:
+    """Put every entry and the :data:`SEEDED` marker, only if neither the marker nor any entry
+    is there (a compare over the whole ``directory/shards/`` range): all or nothing, once."""
+    shards = deployment_prefix + DIRECTORY
+    marker = deployment_prefix + SEEDED
+    never = {"key": b64(marker), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+    empty = {**never, "key": b64(shards), "range_end": prefix_end(shards)}
+    puts = [
+        put_op(directory_key(deployment_prefix, n), canonical(e))
+        for n, e in sorted(entries.items())
+    ]
+    return {"compare": [never, empty], "success": [put_op(marker, "1"), *puts]}
+
+
 def directory_texts(deployment_prefix: str, kvs_: Sequence[Json]) -> dict[str, str]:
     """Shard name -> its entry's text, from the ``directory/shards/`` key-values."""
     start = len(deployment_prefix) + len(DIRECTORY)
-    return {unb64(kv["key"])[start:]: unb64(kv.get("value", "")) for kv in kvs_}
+    return {
+        unb64(kv["key"], "replace")[start:]: unb64(kv.get("value", ""), "replace") for kv in kvs_
+    }
 
 
 def apply_directory(

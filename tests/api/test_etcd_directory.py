@@ -1,5 +1,5 @@
-"""The shard directory's shards in etcd (``store = etcd``): seeded from the file by the shards
-as they start, then followed by every running shard through a watch; an entry that does not
+"""The shard directory's shards in etcd (``store = etcd``): seeded once from the file by the
+first shard that leads, then followed by every running shard through a watch; an entry that does not
 check out is refused by each and what runs stays (docs/store.md, "The directory in etcd").
 Hosts learn it from their own shard (docs/protocol.md, "Directory")."""
 
@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import yaml
@@ -20,9 +20,9 @@ from meshpeer import options
 from meshpeer.directory import parse_directory, public_doc
 from meshpeer.lab.procs import spawn_manager
 from meshpeer.store import etcdplan as plan
-from meshpeer.store.etcd import Gateway
+from meshpeer.store.etcd import Gateway, range_prefix
 from tests.api.ctlkit import ROOT, Cluster, Ctl, free_port, tail
-from tests.support.etcd import etcd_server
+from tests.support.etcd import etcd_server, put_key
 from tests.support.wait import wait_for
 
 PREFIX = "/meshpeer/directory/shards/"
@@ -34,27 +34,18 @@ def test_running_shards_follow_the_directory_in_etcd_and_refuse_a_bad_entry(
     with etcd_server() as etcd:
         cluster = make_cluster(tls=False, options={"store": "etcd", "etcd_endpoints": etcd.url})
         c1, c2 = cluster["ctl1"], cluster["ctl2"]
-        gw = Gateway([etcd.url])
 
         def put(name: str, entry: dict[str, object] | None) -> None:
-            key = plan.b64(PREFIX + name)
-            if entry is None:
-                gw.call("kv/deleterange", {"key": key}, idempotent=True)
-            else:
-                value = plan.b64(plan.canonical(entry))
-                gw.call("kv/put", {"key": key, "value": value}, idempotent=True)
+            put_key(etcd.url, PREFIX + name, None if entry is None else plan.canonical(entry))
 
         def placed(ctl: Ctl, vpc: str) -> tuple[str, str]:
             p = ctl.get(f"/v1/placement/{vpc}")
             return p["shard"], p["url"]
 
-        # both shards seeded etcd from their file: the same two entries
-        found = gw.call(
-            "kv/range",
-            {"key": plan.b64(PREFIX), "range_end": plan.prefix_end(PREFIX)},
-            idempotent=True,
-        )
-        texts = plan.directory_texts("/meshpeer/", found["kvs"])
+        # the first shard to lead seeded etcd from its file (the same file: two entries)
+        with closing(Gateway([etcd.url])) as gw:
+            found, _ = range_prefix(gw, PREFIX)
+        texts = plan.directory_texts("/meshpeer/", found)
         assert sorted(texts) == ["ctl1", "ctl2"]
         assert json.loads(texts["ctl1"])["url"] == c1.url
         # a shard added in etcd (not in any file), pinning zeta: every shard places it there
@@ -91,7 +82,6 @@ def test_running_shards_follow_the_directory_in_etcd_and_refuse_a_bad_entry(
             )
         put("ctl3", None)  # a shard removed: zeta goes back to where its name hashes
         wait_for(lambda: placed(c1, "zeta")[0] in ("ctl1", "ctl2", "ctl4"), what="ctl3 gone")
-        gw.close()
 
 
 @contextmanager
@@ -138,9 +128,10 @@ def test_a_host_learns_the_shards_from_its_own_and_reaches_one_added_in_etcd(
     make_cluster: Callable[..., Cluster],
 ) -> None:
     """The host's file lists its own shard only: it learns ctl2 from ctl1's directory stream
-    and registers there; a shard started later (listed in its own file: it seeds etcd, every
-    shard's watch takes it) is followed and registered with, and a VPC pinned there is
-    followed at it, all without restarting the OHC."""
+    and registers there; a shard added in etcd (put there before it starts: etcd was seeded
+    once, by the first shard to lead; every shard's watch takes it) and started is followed
+    and registered with, and a VPC pinned there is followed at it, all without restarting the
+    OHC."""
     with etcd_server() as etcd:
         cluster = make_cluster(tls=False, options={"store": "etcd", "etcd_endpoints": etcd.url})
         c1, c2 = cluster["ctl1"], cluster["ctl2"]
@@ -156,11 +147,14 @@ def test_a_host_learns_the_shards_from_its_own_and_reaches_one_added_in_etcd(
             try:
                 for ctl in (c1, c2):
                     wait_for(lambda ctl=ctl: registered(ctl), what=f"hv7 registered at {ctl.name}")
-                # ctl3: a new shard, in its own file only; it seeds etcd when it leads
+                # ctl3: a new shard, put in etcd first (its file does not seed: etcd was
+                # seeded once), then started with a file that lists it too
                 c3 = Ctl("ctl3", free_port(), cluster.workdir, cluster.token, False)
                 c3.host_key = cluster.host_key
+                entry = {"url": c3.url, "vni_range": [5000, 5999], "vpcs": ["zeta"]}
+                put_key(etcd.url, PREFIX + "ctl3", plan.canonical(entry))
                 doc = cluster.directory_doc()
-                doc["shards"]["ctl3"] = {"url": c3.url, "vni_range": [5000, 5999], "vpcs": ["zeta"]}
+                doc["shards"]["ctl3"] = entry
                 ctl3_file = cluster.workdir / "ctl3-directory.yaml"
                 ctl3_file.write_text(yaml.safe_dump(doc), encoding="utf-8")
                 c3.write_conf(ctl3_file, cluster.heartbeat, cluster.options)

@@ -123,7 +123,9 @@ def test_kill_9_of_the_leader_loses_nothing_and_the_standby_takes_writes(lab: La
             "/v1/vpcs/blue/endpoints?wait=programmed", controllers.endpoint_body(lab.plan, b2)
         )
         assert made["programmed"] is True, made
-        assert lab.ping("r1", "b2"), "r1 -> b2 (made on the new leader)"
+        # r1's host learns b2 through ctl2, which follows blue at the new leader (federation,
+        # asynchronous: its channel may be backing off after the old leader refused it)
+        wait_for(lambda: lab.ping("r1", "b2"), timeout=30, what="r1 -> b2 (made on the new leader)")
         wait_replies(pinger, "b1 -> r1 after the failover")
         result = pinger.stop()
     report("kill -9 of ctl1's leader, b1 -> r1 at up to 100 pps", result)

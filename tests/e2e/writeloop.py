@@ -6,9 +6,12 @@ under the same name, after a 503 or no answer. So a create can be sent twice: if
 send applied (the answer was lost with the leader), the second gets 409. The loop then reads
 the endpoint and counts it *recognised* if it is the one it sent (same fields), never as a
 second write; anything else is *refused* (a failure for the check). :func:`check` compares the
-log with the shard's list: every acknowledged (201) and recognised write present exactly once,
-at the version acknowledged; no version acknowledged twice; nothing of the loop present that it
-was not told about.
+log with the shard's list: every write sent has an outcome (acknowledged, recognised or
+refused: whatever the client raises is a refusal, and anything else that ends the loop's thread
+is raised by :meth:`WriteLoop.stop`); every acknowledged (201) and recognised write present, at
+the version acknowledged; no version acknowledged twice; nothing of the loop present that it
+was not told about. (A name is listed once by construction: the shard answers a second create
+of it 409, which is what "none twice" rests on.)
 """
 
 from __future__ import annotations
@@ -16,17 +19,11 @@ from __future__ import annotations
 import ipaddress
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from meshpeer.client import Answer
+from meshpeer.client import UNANSWERED, Requester, create
 
 SAME = ("name", "kind", "ip", "host")  # what a create sets and a read must give back
-
-
-class Requester(Protocol):
-    """What the loop needs of its client: ``meshpeer.client.Replicas``."""
-
-    def request(self, method: str, path: str, body: Any = None) -> Answer: ...
 
 
 @dataclass
@@ -63,6 +60,7 @@ class WriteLoop:
         self.log = WriteLog()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="writeloop", daemon=True)
+        self.died: BaseException | None = None  # what ended the thread early (re-raised by stop)
 
     def __enter__(self) -> WriteLoop:
         self._thread.start()
@@ -72,8 +70,11 @@ class WriteLoop:
         self.stop()
 
     def stop(self) -> WriteLog:
+        """Stop, and return the log; raises what ended the loop's thread early, if anything."""
         self._stop.set()
         self._thread.join()
+        if self.died is not None:
+            raise AssertionError(f"the write loop died: {self.died!r}") from self.died
         return self.log
 
     @property
@@ -82,30 +83,34 @@ class WriteLoop:
 
     def _run(self) -> None:
         n = 0
-        while not self._stop.is_set():
-            name = f"{self.prefix}{n}"
-            body = {"name": name, "kind": "vm", "ip": str(next(self.addresses)), "host": self.host}
-            self.log.sent[name] = body
-            self._write(name, body)
-            n += 1
-            self._stop.wait(self.pace)
+        try:
+            while not self._stop.is_set():
+                name = f"{self.prefix}{n}"
+                ip = str(next(self.addresses))
+                body = {"name": name, "kind": "vm", "ip": ip, "host": self.host}
+                self.log.sent[name] = body
+                self._write(name, body)
+                n += 1
+                self._stop.wait(self.pace)
+        except BaseException as exc:  # kept for stop(): the check must not pass without it
+            self.died = exc
+        finally:
+            close = getattr(self.client, "close", None)  # this thread's connections
+            if close is not None:
+                close()
 
     def _write(self, name: str, body: dict[str, Any]) -> None:
         try:
-            got = self.client.request("POST", self.path, body)
-        except OSError as exc:  # no replica answered within the client's retry_for
+            got, recognised = create(self.client, self.path, body, SAME)
+        except UNANSWERED as exc:  # no replica answered within the client's retry_for
             self.log.refused.append((name, 0, repr(exc)))
             return
         self.log.resends += got.sends - 1
         self.log.retried += got.sends > 1
-        if got.status == 201:
+        if got.status == 201 and isinstance(got.body, dict) and "version" in got.body:
             self.log.acked[name] = int(got.body["version"])
-        elif got.status == 409 and got.sends > 1:
-            there = self.client.request("GET", f"{self.path}/{name}")
-            if there.status == 200 and all(there.body.get(k) == body[k] for k in SAME):
-                self.log.recognised.append(name)
-            else:
-                self.log.refused.append((name, 409, (got.body, there.status, there.body)))
+        elif recognised:
+            self.log.recognised.append(name)
         else:
             self.log.refused.append((name, got.status, got.body))
 
@@ -128,6 +133,11 @@ def check(log: WriteLog, listed: list[dict[str, Any]]) -> dict[str, int]:
     assert not moved, f"at another version than acknowledged: {moved}"
     changed = [n for n in present if any(present[n].get(k) != log.sent[n][k] for k in SAME)]
     assert not changed, f"not as sent: {changed}"
+    refused = {name for name, _, _ in log.refused}
+    unaccounted = sorted(set(log.sent) - set(log.acked) - set(log.recognised) - refused)
+    assert not unaccounted, (
+        f"sent with no outcome (acknowledged, recognised or refused): {unaccounted}"
+    )
     versions = list(log.acked.values())
     assert len(set(versions)) == len(versions), "a version acknowledged twice"
     assert not log.refused, f"refused: {log.refused[:5]}"

@@ -6,6 +6,7 @@ is absent (``scripts/bootstrap`` installs it); a server that does not come up is
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import signal
@@ -22,6 +23,7 @@ from meshpeer import pki
 from meshpeer.client import Client
 from meshpeer.store import StoreError, etcdmember
 from meshpeer.store.etcd import Gateway
+from meshpeer.store.etcdplan import b64
 from tests.support.wait import wait_for
 
 
@@ -47,10 +49,13 @@ def _healthy(url: str, tls: EtcdTls | None = None) -> bool:
             return False
         finally:
             gateway.close()
+    client = Client(url, None, timeout=2.0)
     try:
-        status, body = Client(url, None, timeout=2.0).request("GET", "/health")
+        status, body = client.request("GET", "/health")
     except OSError:
         return False
+    finally:
+        client.close()
     return status == 200 and isinstance(body, dict) and body.get("health") == "true"
 
 
@@ -150,3 +155,17 @@ def etcd_server() -> Iterator[EtcdServer]:
     with etcd_cluster(1) as cluster:
         (member,) = cluster.members
         yield EtcdServer(member.client_url, cluster.procs[member.name].pid, cluster.workdir)
+
+
+def put_key(url: str, key: str, value: str | bytes | None) -> None:
+    """What an operator's ``etcdctl put`` (None: ``etcdctl del``) does, at member ``url``."""
+    gateway = Gateway([url])
+    try:
+        if value is None:
+            gateway.call("kv/deleterange", {"key": b64(key)}, idempotent=True)
+        else:
+            raw = value.encode() if isinstance(value, str) else value
+            put = {"key": b64(key), "value": base64.b64encode(raw).decode()}
+            gateway.call("kv/put", put, idempotent=True)
+    finally:
+        gateway.close()

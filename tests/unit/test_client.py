@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from meshpeer.client import Client, Replicas, next_replica
+from meshpeer.client import ApiFailure, Client, Replicas, next_replica
 from tests.support.jsonserver import JsonServer
 
 
@@ -179,12 +179,68 @@ def test_replicas_reach_the_leader_through_a_dead_replica_and_a_standby() -> Non
         standby.stop()
 
 
+class Ticks:
+    """A clock that only ``sleep`` moves: the retries are counted in pauses, not in how fast
+    the machine is (review E9)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def test_replicas_give_the_last_503_or_error_after_retry_for() -> None:
     alone = JsonServer(503, {"error": "unavailable", "leader": None})
+    ticks = Ticks()
+    client = Replicas([alone.url], None, retry_for=0.2, pause=0.05, sleep=ticks.sleep, clock=ticks)
     try:
-        got = Replicas([alone.url], None, retry_for=0.2, pause=0.01).request("GET", "/x")
-        assert got.status == 503 and got.sends > 1
+        got = client.request("GET", "/x")
+        assert (got.status, got.sends) == (503, 5)  # at 0, 0.05, 0.1, 0.15 and 0.2 s
     finally:
+        client.close()
         alone.stop()
+    ticks = Ticks()
+    dead = Replicas([_dead_url()], None, retry_for=0.2, pause=0.05, sleep=ticks.sleep, clock=ticks)
     with pytest.raises(OSError):
-        Replicas([_dead_url()], None, retry_for=0.2, pause=0.01).request("GET", "/x")
+        dead.request("GET", "/x")
+    assert ticks.now == pytest.approx(0.2)
+
+
+class Scripted:
+    """A replica's client answering from a script (an exception: raised)."""
+
+    def __init__(self, answers: list[Any]) -> None:
+        self.answers = answers
+        self.asked: list[tuple[str, str]] = []
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        self.asked.append((method, path))
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer  # type: ignore[no-any-return]
+
+
+def test_replicas_post_takes_its_own_create_resent_after_it_applied() -> None:
+    """The first send applied and its answer was lost (leader killed); the resend gets 409:
+    ``post`` gives the resource there if it is the one sent, and raises only on a real
+    conflict (a 409 to a first send, or another resource of that name) (review E8)."""
+    vpc = {"name": "wl", "subnets": [{"cidr": "10.50.0.0/16"}]}
+    there = {"name": "wl", "vni": 1000, "version": 3}
+    r = Replicas(["http://a"], None, pause=0.0)
+    r.clients["http://a"] = Scripted(  # type: ignore[assignment]
+        [ConnectionResetError(), (409, {"error": "conflict"}), (200, there), (200, there)]
+    )
+    assert r.post("/v1/vpcs", vpc) == there
+    r.clients["http://a"] = Scripted([(409, {"error": "conflict"})])  # type: ignore[assignment]
+    with pytest.raises(ApiFailure, match="409"):
+        r.post("/v1/vpcs", vpc)  # a 409 to a first send: someone else's
+    r.clients["http://a"] = Scripted(  # type: ignore[assignment]
+        [ConnectionResetError(), (409, {"error": "conflict"}), (200, {**there, "name": "x"})]
+    )
+    with pytest.raises(ApiFailure, match="409"):
+        r.post("/v1/vpcs", vpc)

@@ -18,6 +18,7 @@ from meshpeer.controller.auth import host_token, shard_token
 from meshpeer.controller.model import Host, Intent
 from meshpeer.controller.peering import federation_view
 from meshpeer.controller.shard import Delete, ShardState
+from meshpeer.directory import shard_doc, shared_shards
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.codec import Decoder
 from meshpeer.protocol.grants import Grant, mint
@@ -31,6 +32,8 @@ from meshpeer.protocol.messages import (
     StreamId,
 )
 from meshpeer.rest import Api
+from meshpeer.store import etcdplan as plan
+from meshpeer.store.etcd import Gateway, SharedDirectory
 from meshpeer.store.sqlite import Change, Store
 from meshpeer.streaming.publisher import StreamHub
 from policies.export import ExportPolicy
@@ -467,6 +470,93 @@ def test_a_reload_on_etcd_does_not_call_claims_and_leaders_a_change(
     running = s.directory.shards
     assert s.adopt_directory(dataclasses.replace(d, shards=shards)) == []
     assert s.directory.shards == running  # the file only seeds etcd (docs/store.md)
+
+
+def _etcd_texts(shards: dict[str, dict[str, Any]]) -> dict[str, str]:
+    return {name: plan.canonical(doc) for name, doc in shards.items()}
+
+
+def _with_ctl2(d: Any) -> dict[str, dict[str, Any]]:
+    """``d``'s entries as etcd holds them, and a second shard ctl2 (VNIs 5000-5999)."""
+    ctl2 = {"url": "http://169.254.9.20:8080", "vni_range": [5000, 5999]}
+    return {**{n: shard_doc(x) for n, x in d.shards.items()}, "ctl2": ctl2}
+
+
+def test_a_directory_change_in_etcd_that_strands_a_held_vpc_is_refused(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review E4: etcd's directory is taken live, but not a change that leaves one of this
+    shard's VNIs outside its range (another shard's next VPC could get it) or pins one of its
+    VPCs elsewhere. Refused whole, logged naming the entry, what runs stays."""
+    s, d, _ = blue_on_hosts(tmp_path)
+    held = s.intent.vpcs["blue"].vni
+    docs = _with_ctl2(d)
+    assert s.take_shared_directory(_etcd_texts(docs))
+    lo, hi = d.shards["ctl1"].vni_range
+    others = [v for v in docs["ctl1"]["vpcs"] if v != "blue"]
+    for changed, why in [
+        ({"ctl1": {**docs["ctl1"], "vni_range": [10000, 10999]}}, "ctl1.vni_range: leaves out"),
+        (  # blue's VNI handed to ctl2
+            {
+                "ctl1": {**docs["ctl1"], "vni_range": [held + 1, hi]},
+                "ctl2": {**docs["ctl2"], "vni_range": [lo, held]},
+            },
+            f"shards.ctl1.vni_range: leaves out VNI {held} of its VPC 'blue'",
+        ),
+        (
+            {"ctl1": {**docs["ctl1"], "vpcs": others}, "ctl2": {**docs["ctl2"], "vpcs": ["blue"]}},
+            "shards.ctl2.vpcs: pins VPC 'blue', held by 'ctl1'",
+        ),
+    ]:
+        before = s.directory
+        texts = _etcd_texts({**docs, **changed})
+        assert shared_shards(texts, "ctl1")  # checks out as a file would
+        caplog.clear()
+        assert s.take_shared_directory(texts) is False, changed
+        assert why in caplog.text
+        assert s.directory is before
+    moved = {**docs, "ctl2": {**docs["ctl2"], "url": "http://10.0.0.7:8080"}}
+    assert s.take_shared_directory(_etcd_texts(moved))  # a change that strands nothing
+    assert s.directory.shards["ctl2"].url == "http://10.0.0.7:8080"
+
+
+def test_a_shard_does_not_start_on_a_directory_that_strands_a_vpc_it_holds(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Review E4, at start: the same check as a running shard's, and the shard stops naming
+    the entry (its store holds blue, etcd gives its VNI range to another shard)."""
+    from ryu_apps.controller import _check_held
+
+    s, d, _ = blue_on_hosts(tmp_path)
+    shared = SharedDirectory(Gateway(["http://127.0.0.1:1"]), "/meshpeer/")  # not reached
+    _check_held(shared, s)  # what it holds is in its range: it starts
+    held = s.intent.vpcs["blue"].vni
+    moved = dataclasses.replace(d.shards["ctl1"], vni_range=(held + 5000, held + 5999))
+    s.directory = dataclasses.replace(s.directory, shards={"ctl1": moved})
+    with pytest.raises(SystemExit, match=r"directory/shards/\).*shards.ctl1.vni_range: leaves out"):
+        _check_held(shared, s)
+
+
+def test_a_shard_without_a_leader_takes_its_entrys_url_once_the_entry_moves(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Review E5: a shard's last leader's URL stays while the shard has no leader only as
+    long as it is still one of its entry's URLs; an entry moved in etcd is taken."""
+    s, d, _ = blue_on_hosts(tmp_path)
+    docs = _with_ctl2(d)
+    old = docs["ctl2"]["url"]
+    replicas = [old, "http://10.0.0.6:8080"]
+    both = {**docs, "ctl2": {**docs["ctl2"], "replicas": replicas}}
+    assert s.take_shared_directory(_etcd_texts(both))
+    s.take_leaders({"ctl2": "http://10.0.0.6:8080"})  # its second replica leads
+    assert s.directory.shards["ctl2"].url == "http://10.0.0.6:8080"
+    s.take_leaders({})  # no leader now: the last one's URL, still one of its replicas, stays
+    assert s.directory.shards["ctl2"].url == "http://10.0.0.6:8080"
+    moved = {**docs, "ctl2": {**docs["ctl2"], "url": "http://10.9.9.9:8080"}}
+    assert s.take_shared_directory(_etcd_texts(moved))  # moved while it has no leader
+    assert s.directory.shards["ctl2"].url == "http://10.9.9.9:8080"
+    s.take_leaders({"ctl2": "http://10.9.9.8:8080"})  # a leader, wherever it says it is
+    assert s.directory.shards["ctl2"].url == "http://10.9.9.8:8080"
 
 
 class RecordedClaims:

@@ -11,9 +11,11 @@ import itertools
 import pathlib
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from typing import Any
 
 import pytest
@@ -23,7 +25,7 @@ from meshpeer.controller.shard import ShardState
 from meshpeer.directory import DirectoryError, shard_doc, shared_shards
 from meshpeer.store import Change, Conflict, election
 from meshpeer.store import etcdplan as plan
-from meshpeer.store.backends import open_store
+from meshpeer.store.backends import leadership, open_store
 from meshpeer.store.etcd import (
     Diverged,
     EtcdStore,
@@ -40,7 +42,7 @@ from meshpeer.store.etcd import (
 from meshpeer.store.settings import store_settings
 from meshpeer.store.sqlite import Store
 from meshpeer.streaming.publisher import StreamHub
-from tests.support.etcd import EtcdServer, etcd_cluster, etcd_server
+from tests.support.etcd import EtcdServer, etcd_cluster, etcd_server, put_key
 from tests.support.wait import wait_for
 from tests.unit.controller_fixtures import directory
 
@@ -324,13 +326,17 @@ def test_claims_follow_watch_events() -> None:
 # --- election on a real etcd ---------------------------------------------------------------
 
 
-def _leadership(etcd: EtcdServer, prefix: str, me: election.Leader) -> Leadership:
-    return Leadership(Gateway([etcd.url]), prefix, "ctl1", me, 2.0, time.monotonic)
+def _leadership(
+    etcd: EtcdServer, prefix: str, me: election.Leader, gateway: Gateway | None = None
+) -> Leadership:
+    gw = gateway or Gateway([etcd.url])
+    return Leadership(gw, prefix, "ctl1", me, 2.0, time.monotonic)
 
 
 def _leader_lease(etcd: EtcdServer, prefix: str) -> int:
     key = election.leader_key(prefix, "ctl1")
-    answer = Gateway([etcd.url]).call("kv/range", {"key": plan.b64(key)}, idempotent=True)
+    with closing(Gateway([etcd.url])) as gw:
+        answer = gw.call("kv/range", {"key": plan.b64(key)}, idempotent=True)
     return int(answer["kvs"][0]["lease"])
 
 
@@ -383,10 +389,10 @@ def test_a_restarted_replica_that_saw_another_lead_no_longer_defers(
     did not take over. Once it has seen another leader it is a waiting standby like any."""
     a = election.Leader("a", "http://10.0.0.1:8080")
     b = election.Leader("b", "http://10.0.0.2:8080")
-    dead = _leadership(etcd, prefix, a).campaign(time.sleep)  # a's process, then "killed"
-    restarted = _leadership(etcd, prefix, a)
-    other = _leadership(etcd, prefix, b)
-    gw = Gateway([etcd.url])
+    gw = Gateway([etcd.url])  # every one's (closed after: no socket left to the GC)
+    dead = _leadership(etcd, prefix, a, gw).campaign(time.sleep)  # a's process, then "killed"
+    restarted = _leadership(etcd, prefix, a, gw)
+    other = _leadership(etcd, prefix, b, gw)
     slept: list[float] = []
     steps = iter(
         [
@@ -405,7 +411,10 @@ def test_a_restarted_replica_that_saw_another_lead_no_longer_defers(
         slept.append(seconds)
         next(steps, lambda: None)()
 
-    term = restarted.campaign(sleep, poll_s=0.01, defer_s=0.77)
+    try:
+        term = restarted.campaign(sleep, poll_s=0.01, defer_s=0.77)
+    finally:
+        gw.close()
     assert restarted.leader == a and _leader_lease(etcd, prefix) == term.lease_id
     assert 0.77 not in slept, slept  # it campaigned at once, as a waiting standby does
 
@@ -480,14 +489,9 @@ def test_a_standby_answers_503_naming_the_leader() -> None:
 # --- the shard directory in etcd -----------------------------------------------------------
 
 
-def _put(etcd: EtcdServer, key: str, value: str | None) -> None:
+def _put(etcd: EtcdServer, key: str, value: str | bytes | None) -> None:
     """What an operator's ``etcdctl put`` (None: ``del``) does."""
-    gw = Gateway([etcd.url])
-    if value is None:
-        gw.call("kv/deleterange", {"key": plan.b64(key)}, idempotent=True)
-    else:
-        gw.call("kv/put", {"key": plan.b64(key), "value": plan.b64(value)}, idempotent=True)
-    gw.close()
+    put_key(etcd.url, key, value)
 
 
 def test_the_directory_is_seeded_once_and_a_shard_follows_it_refusing_bad_entries(
@@ -496,11 +500,14 @@ def test_the_directory_is_seeded_once_and_a_shard_follows_it_refusing_bad_entrie
     prefix = f"/deploy{next(_prefixes)}/"
     d = directory()  # ctl1: blue, green; ctl2: red
     docs = {name: shard_doc(s) for name, s in d.shards.items()}
-    assert SharedDirectory(Gateway([etcd.url]), prefix).seed(docs) == ["ctl1", "ctl2"]
-    # another shard's file: ctl1 elsewhere (etcd's entry stays) and a new shard ctl3 (put)
-    ctl3 = {"url": "http://169.254.9.13:8080", "vni_range": [5000, 5999]}
-    other = {**docs, "ctl1": {**docs["ctl1"], "url": "http://elsewhere:1"}, "ctl3": ctl3}
-    assert SharedDirectory(Gateway([etcd.url]), prefix).seed(other) == ["ctl3"]
+    with closing(Gateway([etcd.url])) as gw:
+        assert SharedDirectory(gw, prefix).seed(docs) == ["ctl1", "ctl2"]
+        # another shard's file: ctl1 elsewhere and a new shard ctl3: seeded already, so
+        # nothing of it is put (etcd's entries stay); ctl3 is added in etcd, by an operator
+        ctl3 = {"url": "http://169.254.9.13:8080", "vni_range": [5000, 5999]}
+        other = {**docs, "ctl1": {**docs["ctl1"], "url": "http://elsewhere:1"}, "ctl3": ctl3}
+        assert SharedDirectory(gw, prefix).seed(other) == []
+    _put(etcd, f"{prefix}directory/shards/ctl3", plan.canonical(ctl3))
 
     store = Store.open(str(tmp_path / "s.db"), synchronous="NORMAL")
     s = ShardState("ctl1", d, store, StreamHub(base_version=1 << 32), lambda: 1000.0)
@@ -518,13 +525,13 @@ def test_the_directory_is_seeded_once_and_a_shard_follows_it_refusing_bad_entrie
         time.sleep(seconds)
 
     def run() -> None:
-        with contextlib.suppress(_Done):
-            follow(SharedDirectory(Gateway([etcd.url]), prefix), take, sleep)
+        with contextlib.suppress(_Done), closing(Gateway([etcd.url])) as gw:
+            follow(SharedDirectory(gw, prefix), take, sleep)
 
     follower = threading.Thread(target=run, daemon=True)
     follower.start()
     try:
-        wait_for(lambda: "ctl3" in s.directory.shards, what="the seeded ctl3, read")
+        wait_for(lambda: "ctl3" in s.directory.shards, what="ctl3, put in etcd, read")
         assert s.directory.shards["ctl1"].url == d.shards["ctl1"].url  # the first seed's
         key = f"{prefix}directory/shards/"
         moved = {**docs["ctl2"], "url": "http://10.0.0.99:8080"}
@@ -563,13 +570,69 @@ def test_a_shard_does_not_start_on_a_directory_in_etcd_that_does_not_check_out(
 
     prefix = f"/deploy{next(_prefixes)}/"
     d = directory()
-    shared = SharedDirectory(Gateway([etcd.url]), prefix)
-    started = _read_shared(shared, d, "ctl1")  # seeds, then reads what it seeded
-    assert started.shards == d.shards
-    overlapping = {**shard_doc(d.shards["ctl2"]), "vni_range": [1500, 1600]}
-    _put(etcd, f"{prefix}directory/shards/ctl2", plan.canonical(overlapping))
-    with pytest.raises(SystemExit, match=r"directory/shards/\).*shards.ctl2.vni_range: overlaps"):
-        _read_shared(shared, d, "ctl1")
+    with closing(Gateway([etcd.url])) as gw:
+        shared = SharedDirectory(gw, prefix)
+        started = _read_shared(shared, d, "ctl1")  # seeds, then reads what it seeded
+        assert started.shards == d.shards
+        overlapping = {**shard_doc(d.shards["ctl2"]), "vni_range": [1500, 1600]}
+        _put(etcd, f"{prefix}directory/shards/ctl2", plan.canonical(overlapping))
+        with pytest.raises(SystemExit, match=r"directory/shards/\).*ctl2.vni_range: overlaps"):
+            _read_shared(shared, d, "ctl1")
+        _put(etcd, f"{prefix}directory/shards/ctl2", b"\xff\xfe")  # not UTF-8: named too
+        with pytest.raises(SystemExit, match=r"directory/shards/\).*shards.ctl2: not JSON"):
+            _read_shared(shared, d, "ctl1")
+
+
+def test_an_entry_removed_or_reassigned_in_etcd_is_not_seeded_again(etcd: EtcdServer) -> None:
+    """Seeding happens once per directory (a marker key, all entries in one transaction): an
+    operator's removal in etcd sticks through every later start with the old file, and a
+    removed shard's range given to a new one keeps etcd's directory valid (review E2)."""
+    from ryu_apps.controller import _read_shared
+
+    prefix = f"/deploy{next(_prefixes)}/"
+    d = directory()  # ctl1 1000-1999, ctl2 2000-2999
+    docs = {name: shard_doc(s) for name, s in d.shards.items()}
+    key = f"{prefix}directory/shards/"
+    with closing(Gateway([etcd.url])) as gw:
+        shared = SharedDirectory(gw, prefix)
+        assert shared.seed(docs) == ["ctl1", "ctl2"]
+        _put(etcd, key + "ctl2", None)  # ctl2 retired, in etcd (docs/store.md)
+        assert shared.seed(docs) == [], "ctl2 came back from a file"
+        assert sorted(shared.snapshot()[0]) == ["ctl1"]
+        ctl3 = {"url": "http://169.254.9.13:8080", "vni_range": [2000, 2999]}  # ctl2's range
+        _put(etcd, key + "ctl3", plan.canonical(ctl3))
+        started = _read_shared(shared, d, "ctl1")  # ctl1 restarts on its unchanged file
+        assert sorted(started.shards) == ["ctl1", "ctl3"]
+        _put(etcd, key + "ctl3", None)
+        _put(etcd, key + "ctl1", None)  # every entry gone: still seeded, nothing comes back
+        assert shared.seed(docs) == [] and shared.snapshot()[0] == {}
+    # a directory put by hand (entries, no marker) is not seeded over, and is marked
+    other = f"/deploy{next(_prefixes)}/"
+    _put(etcd, f"{other}directory/shards/ctl1", plan.canonical(docs["ctl1"]))
+    with closing(Gateway([etcd.url])) as gw:
+        hand = SharedDirectory(gw, other)
+        assert hand.seed(docs) == [] and sorted(hand.snapshot()[0]) == ["ctl1"]
+        _put(etcd, f"{other}directory/shards/ctl1", None)
+        assert hand.seed(docs) == [] and hand.snapshot()[0] == {}
+
+
+def test_an_entry_that_is_not_utf8_is_refused_naming_it(etcd: EtcdServer) -> None:
+    """A value (or key) that is not UTF-8 reaches ``shared_shards``, which names the entry;
+    it is not a broken read retried for ever (review E7)."""
+    prefix = f"/deploy{next(_prefixes)}/"
+    d = directory()
+    with closing(Gateway([etcd.url])) as gw:
+        shared = SharedDirectory(gw, prefix)
+        shared.seed({n: shard_doc(s) for n, s in d.shards.items()})
+        _put(etcd, f"{prefix}directory/shards/ctl2", b"\xff\xfe")
+        texts, _ = shared.snapshot()
+        with pytest.raises(DirectoryError, match=r"shards\.ctl2: not JSON"):
+            shared_shards(texts, "ctl1")
+    raw = {"key": plan.b64(f"{prefix}directory/shards/ctl2"), "value": "//4=", "mod_revision": "9"}
+    (event,) = plan.watch_events({"result": {"events": [{"kv": raw}]}})
+    watched = shared.apply({"ctl1": texts["ctl1"]}, [event])
+    with pytest.raises(DirectoryError, match=r"shards\.ctl2: not JSON"):
+        shared_shards(watched, "ctl1")
 
 
 # --- shards to etcd over TLS with a client certificate ----------------------------------------
@@ -593,15 +656,62 @@ def test_a_shard_reaches_an_etcd_that_asks_for_client_certificates_only_with_one
         assert store.commit([Change("vpc", "blue", {})]) == 1
         store.close()
         shared = shared_directory(settings)
-        assert shared is not None and shared.seed(
-            {"ctl1": {"url": "https://x", "vni_range": [1, 9]}}
-        )
-        # the same cluster without the certificate: refused at the handshake, said so (TLS
-        # 1.3: the server checks the client's certificate after the client's side is done, and
-        # its refusal reads as its alert or, when the connection is gone first, as an EOF)
+        assert shared is not None
+        try:
+            assert shared.seed({"ctl1": {"url": "https://x", "vni_range": [1, 9]}})
+        finally:
+            shared.close()
+        # the same cluster without the certificate: refused. With TLS 1.3 the client sees
+        # either etcd's alert (bad certificate) or only the close after the handshake, as the
+        # timing goes (review E1); either way the error names the client certificate
         bare = {k: v for k, v in values.items() if k not in ("etcd_cert_file", "etcd_key_file")}
-        with pytest.raises(Unavailable, match=r"(?i)certificate|handshake|alert|SSLEOFError"):
+        with pytest.raises(Unavailable, match=r"(?i)certificate"):
             open_store(store_settings(bare, "ctl1"))
+
+
+@pytest.mark.parametrize(
+    "closed", [ssl.SSLEOFError(8, "EOF occurred in violation of protocol"), ConnectionResetError()]
+)
+def test_an_https_member_that_closes_at_the_handshake_is_said_to_refuse_the_certificate(
+    closed: OSError,
+) -> None:
+    """What a client without an accepted certificate often sees (TLS 1.3): only the close.
+    The error says what it most likely means (review E1); a plain http member's does not."""
+    for url, hint in [("https://127.0.0.1:1", True), ("http://127.0.0.1:1", False)]:
+        gateway = Gateway([url])
+
+        def post(path: str, body: Any) -> tuple[int, Any]:
+            raise closed
+
+        gateway.members[0].post = post  # type: ignore[method-assign]
+        with pytest.raises(Unavailable) as got:
+            gateway.call("kv/range", {}, idempotent=True)
+        assert ("client certificate refused?" in str(got.value)) is hint, got.value
+
+
+def test_a_certificate_key_or_ca_that_does_not_load_stops_the_shard_naming_them(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Loaded when the shard starts (``leadership``, in the app's ValueError -> SystemExit),
+    not first at the campaign's connection, retried for ever at INFO (review E6)."""
+    from meshpeer import pki
+
+    ca = pki.make_ca(str(tmp_path), "test CA")
+    one = pki.issue_client(ca, str(tmp_path / "one"), "ctl1")
+    two = pki.issue_client(ca, str(tmp_path / "two"), "ctl1")
+    base = {"store": "etcd", "etcd_endpoints": "https://127.0.0.1:2379",
+            "etcd_ca_file": ca.cert_file}  # fmt: skip
+    me = election.Leader("ctl1", "https://127.0.0.1:8080")
+    for cert, key, ca_file, why in [
+        ("/nonexistent/ctl1.pem", one.key_file, ca.cert_file, "No such file"),
+        (one.cert_file, two.key_file, ca.cert_file, "KEY_VALUES_MISMATCH"),
+        (one.cert_file, one.key_file, str(tmp_path / "missing-ca.pem"), "No such file"),
+    ]:
+        values = {**base, "etcd_cert_file": cert, "etcd_key_file": key, "etcd_ca_file": ca_file}
+        with pytest.raises(ValueError, match=r"controller\.etcd_cert_file/.*" + why):
+            leadership(store_settings(values, "ctl1"), "ctl1", me, 3.0)
+    good = {**base, "etcd_cert_file": one.cert_file, "etcd_key_file": one.key_file}
+    assert leadership(store_settings(good, "ctl1"), "ctl1", me, 3.0) is not None
 
 
 def test_a_client_certificate_goes_with_its_key_and_https() -> None:

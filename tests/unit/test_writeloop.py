@@ -5,6 +5,7 @@ present that the loop was never told about."""
 
 from __future__ import annotations
 
+import http.client
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from meshpeer.client import Answer
 from tests.e2e.writeloop import WriteLog, WriteLoop, check
+from tests.support.wait import wait_for
 
 
 class Scripted:
@@ -98,3 +100,57 @@ def test_the_check_catches_missing_doubled_moved_and_unknown_writes() -> None:
     log.sent["w4"] = {"name": "w4", "kind": "vm", "ip": "10.50.0.6", "host": "hv1"}
     with pytest.raises(AssertionError, match="never acknowledged"):  # sent, no answer kept
         check(log, [*present, ep("w4", "10.50.0.6", 7)])
+
+
+class Raising:
+    """A client whose request raises, as ``Replicas.request`` does after ``retry_for`` with
+    whatever the last send raised."""
+
+    def __init__(self, exc: Exception, after: int = 0) -> None:
+        self.exc = exc
+        self.after = after  # answers 201 to this many requests first
+
+    def request(self, method: str, path: str, body: Any = None) -> Answer:
+        if self.after:
+            self.after -= 1
+            return Answer(201, {"version": 100 - self.after}, 1, "http://a")
+        raise self.exc
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        http.client.IncompleteRead(b""),
+        http.client.BadStatusLine("x"),
+        ValueError("not JSON"),
+        ConnectionResetError(),
+    ],
+)
+def test_a_write_that_got_no_answer_is_refused_and_the_check_says_so(exc: Exception) -> None:
+    """Whatever the client raises, the write is logged refused (its outcome unknown: its
+    first send may have applied), the loop goes on, and the check fails (review E3)."""
+    loop = WriteLoop(Raising(exc, after=2), "wl", "hv1", "10.50.0.0/16", pace=0.0)
+    with loop:
+        wait_for(lambda: len(loop.log.refused) >= 3, what="writes refused")
+    log = loop.log
+    assert set(log.sent) == set(log.acked) | {n for n, _, _ in log.refused}
+    with pytest.raises(AssertionError, match="refused"):
+        check(log, [ep("w0", "10.50.0.2", 99), ep("w1", "10.50.0.3", 100)])
+
+
+def test_a_write_sent_with_no_outcome_fails_the_check_and_a_dead_loop_fails_stop() -> None:
+    log = good_log()
+    log.sent["w4"] = {"name": "w4", "kind": "vm", "ip": "10.50.0.6", "host": "hv1"}
+    listed = [ep(f"w{i}", f"10.50.0.{i + 2}", v) for i, v in enumerate((3, 4, 6, 5))]
+    with pytest.raises(AssertionError, match=r"sent with no outcome.*\['w4'\]"):
+        check(log, listed)  # w4 absent: its first send may or may not have applied
+
+    class Broken:
+        def request(self, method: str, path: str, body: Any = None) -> Answer:
+            raise KeyboardInterrupt  # not an error the loop takes: its thread ends
+
+    loop = WriteLoop(Broken(), "wl", "hv1", "10.50.0.0/16")
+    loop.__enter__()
+    wait_for(lambda: not loop._thread.is_alive(), what="the loop's thread to end")
+    with pytest.raises(AssertionError, match="the write loop died: KeyboardInterrupt"):
+        loop.stop()
