@@ -105,8 +105,8 @@ def exact(stats: list[Any]) -> frozenset[Flow]:
     """The previous path: every entry parsed by os-ken and converted, then put in canonical
     form (os-ken renders some IPv6 addresses differently, e.g. ::1:0 as ::0.1.0.0)."""
     every = (ofio.flow_from_stats(DP, raw.osken(off)) for raw in stats for off in raw.entries())
-    # the pair counters the switch learns (on-demand, ohc/offload.py) are its own, not synced
-    return frozenset(canonical_flow(f) for f in every if kind_of(f.cookie) != Kind.OFFLOAD)
+    # what the switch learns (on-demand pair counters, spillover affinity) is its own, not synced
+    return frozenset(canonical_flow(f) for f in every if kind_of(f.cookie) not in ofio.LEARNED)
 
 
 def reconcile(desired: SwitchState, stats: list[Any]) -> tuple[SyncPlan, SyncPlan, int]:
@@ -120,7 +120,7 @@ def reconcile(desired: SwitchState, stats: list[Any]) -> tuple[SyncPlan, SyncPla
 
 def compiled(flow: Flow) -> bool:
     """A flow the OHC may desire: not one of the kinds only the switch learns."""
-    return kind_of(flow.cookie) != Kind.OFFLOAD
+    return kind_of(flow.cookie) not in ofio.LEARNED
 
 
 @settings(max_examples=150, deadline=None)
