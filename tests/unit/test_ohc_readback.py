@@ -25,7 +25,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from meshpeer.controller.model import Intent
 from ohc import ofio, readback
 from ohc.canonical import UNREPRESENTABLE, canonical_flow, canonical_state
-from ohc.cookies import Kind, kind_of
+from ohc.cookies import kind_of
 from ohc.flows import Apply, Flow, Match, Output, SetField, flow_mod, group_mod
 from ohc.syncer import CANARY, FlowChange, SwitchState, SyncPlan, plan, with_canary
 from tests.unit.controller_fixtures import add_vm, add_vpc
