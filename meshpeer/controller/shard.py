@@ -247,12 +247,14 @@ class ShardState:
         self.writes.done()  # the next write's checks see this one in memory
         if leader:
             joined = 0  # let the writers that are ready join, while they keep coming
-            while self._group is group and joined < len(group.writes) < GROUP_MAX:
-                joined = len(group.writes)
-                eventlet.sleep(0)
-            self.flush()
-        else:
-            group.done.wait()
+            try:
+                while self._group is group and joined < len(group.writes) < GROUP_MAX:
+                    joined = len(group.writes)
+                    eventlet.sleep(0)
+            finally:
+                if self._group is group:  # else a refresh flushed it meanwhile
+                    self.flush()
+        group.done.wait()  # at once if it is done
         if group.error is not None:
             raise group.error
         return version

@@ -159,6 +159,31 @@ def test_a_failed_group_commit_fails_every_write_and_memory_agrees_with_the_stor
     assert set(again.intent.endpoints) == {("blue", "vm0"), ("blue", "vm1")}
 
 
+def test_a_refresh_while_a_group_forms_commits_it_before_publishing(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A federation view or BGP news republishes while writers are joining a group: the group
+    is committed first, and every writer is still answered after its commit."""
+    events: list[str] = []
+    s = seeded(tmp_path, events)
+    events.clear()
+
+    def refresh() -> None:
+        while s._group is None:  # until a writer has staged and the group is forming
+            eventlet.sleep(0)
+        published = set(s.hub.objects(DEST))
+        s.refresh()
+        events.append(f"refresh saw {sorted(published)}")
+
+    pool = eventlet.GreenPool()
+    pool.spawn(concurrently, s, [vm(s, i) for i in range(1, 4)], events)
+    pool.spawn(refresh)
+    pool.waitall()
+    assert events[0] == "sync"
+    assert set(events[1:]) == {"answer 0", "answer 1", "answer 2", "refresh saw ['vm0']"}
+    assert {"vm1", "vm2", "vm3"} <= set(s.hub.objects(DEST))
+
+
 def test_a_failed_commit_answers_503_json_and_the_endpoint_does_not_exist(
     tmp_path: pathlib.Path,
 ) -> None:
