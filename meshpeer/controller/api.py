@@ -31,6 +31,7 @@ from meshpeer.metrics import ShardMetrics
 from meshpeer.rest.errors import unavailable
 from meshpeer.rest.router import Route
 from meshpeer.store.etcd import Unavailable
+from meshpeer.store.sqlite import CommitFailed
 
 
 class ControllerApi:
@@ -98,8 +99,8 @@ def _one_write_at_a_time(route: Route, writes: Callable[[], WriteLock]) -> Route
 
 
 def _store_down_is_503(route: Route) -> Route:
-    """A write that finds the intent store unavailable (etcd without quorum, docs/store.md):
-    503 saying so, nothing written; reads are served from memory and never get here."""
+    """A write that finds the intent store unavailable (etcd without quorum, docs/store.md)
+    or whose group commit failed (SQLite): 503 saying so, nothing written; reads are served from memory and never get here."""
     handler = route.handler
 
     def call(ctx: Any) -> Any:
@@ -108,5 +109,7 @@ def _store_down_is_503(route: Route) -> Route:
         except Unavailable as exc:
             outcome = "unknown until etcd answers again" if exc.lost else "nothing was written"
             raise unavailable(f"the intent store is unavailable ({outcome}): {exc}") from exc
+        except CommitFailed as exc:  # a group commit (SQLite): every write of it fails alike
+            raise unavailable(f"the intent store could not commit: {exc}") from exc
 
     return replace(route, handler=call)

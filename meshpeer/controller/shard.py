@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+import eventlet
+import eventlet.event
 
 from meshpeer.controller import bgp
 from meshpeer.controller.model import (
@@ -62,8 +66,8 @@ from meshpeer.protocol.messages import (
     parse_stream_name,
     stream_name,
 )
-from meshpeer.store.contract import IntentStore, VpcClaims
-from meshpeer.store.sqlite import Change, canonical_json
+from meshpeer.store.contract import GroupCommit, IntentStore, VpcClaims
+from meshpeer.store.sqlite import Change, CommitFailed, canonical_json
 from meshpeer.streaming.publisher import StreamHub
 from policies.export import ExportPolicy
 
@@ -97,6 +101,35 @@ def restored_views(meta: Mapping[str, str], wanted: Iterable[str]) -> dict[str, 
 class Delete:
     kind: str
     key: str
+
+
+ResourceKey = tuple[str, str]
+GROUP_MAX = 64  # writes per group commit at most (docs/store.md "Group commit")
+
+
+@dataclass(frozen=True)
+class _Applied:
+    """One change set applied to the intent and not yet published."""
+
+    version: int
+    puts: list[Resource]
+    deletes: list[Delete]
+    keys: list[ResourceKey]
+    old: list[Resource | None]  # what each delete removed
+    replaced: list[Resource | None]  # what each put replaced
+    gone: list[Endpoint]
+    places: set[tuple[str, str | None]]
+    held: set[tuple[str, str]]  # (vpc, host) pairs the write can empty
+    fast: bool  # the endpoint fast path, as far as the intent before the write tells
+
+
+@dataclass
+class _Group:
+    """Writes staged in one open store transaction, synced together (``ShardState.flush``)."""
+
+    done: Any  # eventlet.event.Event: sent once the group is synced (or failed) and published
+    writes: list[_Applied] = field(default_factory=list)
+    error: CommitFailed | None = None
 
 
 class WriteLock:
@@ -137,6 +170,7 @@ class ShardState:
         clock: Callable[[], float],
         grant_ttl: float = 3600.0,
         revoked_hosts: frozenset[str] = frozenset(),
+        group_commit: bool = True,
     ) -> None:
         self.name = name
         self.directory = directory
@@ -151,6 +185,11 @@ class ShardState:
         # what the shard publishes to its hosts (the ``directory`` stream, docs/protocol.md).
         self.listed: Mapping[str, Shard] = directory.shards
         self.writes = WriteLock()  # held by each write request (ControllerApi.routes)
+        grouped = store if group_commit and isinstance(store, GroupCommit) else None
+        self._stage = None if grouped is None else grouped.stage
+        self._sync = None if grouped is None else grouped.sync
+        self._group: _Group | None = None  # staged writes waiting for their sync
+        self.on_fatal: Callable[[], None] = lambda: os._exit(70)  # memory ahead of the store
         self.grants = GrantSettings(directory, grant_ttl, self.revoked_hosts)
         snap = store.load()
         self.store_version = snap.version  # kept here: /healthz answers without the store
@@ -185,12 +224,89 @@ class ShardState:
     # --- writes -------------------------------------------------------------------------
 
     def commit(self, puts: Iterable[Resource] = (), deletes: Iterable[Delete] = ()) -> int:
-        """Persist in one transaction, then apply and republish. Returns the store version."""
+        """Persist in one change set (one version), apply and republish; returns the version.
+
+        With a store that groups commits (SQLite, docs/store.md "Group commit") the change set
+        is staged and applied to the intent under the write lock, which is then let go; the
+        first writer of a group lets the other ready writers join, syncs them all in one
+        commit, then publishes each write in order. Every writer returns (and answers) only
+        after that sync; a failed sync raises ``CommitFailed`` in each of them."""
         puts, deletes = list(puts), list(deletes)
         keys = [store_key(r) for r in puts]
         changes = [Change(*k, r.to_json()) for k, r in zip(keys, puts, strict=True)]
         changes += [Change(d.kind, d.key, None) for d in deletes]
-        version = self.store_version = self.store.commit(changes)
+        if self._stage is None:  # etcd (a compare on head per commit), or grouping off
+            version = self.store_version = self.store.commit(changes)
+            self._publish(self._apply(puts, deletes, keys, version))
+            return version
+        version = self._stage(changes)
+        applied = self._apply(puts, deletes, keys, version)
+        group, leader = self._group, self._group is None
+        if group is None:
+            group = self._group = _Group(eventlet.event.Event())
+        group.writes.append(applied)
+        self.writes.done()  # the next write's checks see this one in memory
+        if leader:
+            joined = 0  # let the writers that are ready join, while they keep coming
+            try:
+                while self._group is group and joined < len(group.writes) < GROUP_MAX:
+                    joined = len(group.writes)
+                    eventlet.sleep(0)
+            finally:
+                if self._group is group:  # else a refresh flushed it meanwhile
+                    self.flush()
+        group.done.wait()  # at once if it is done
+        if group.error is not None:
+            raise group.error
+        return version
+
+    def flush(self) -> None:
+        """Sync the staged group, then publish its writes in order and answer its writers.
+        Anything that publishes calls this first (``refresh``): nothing staged is seen by a
+        host or peer shard before it is durable. A failed sync fails every write of the group
+        and reloads the intent from the store, which has none of them."""
+        group, self._group = self._group, None
+        if group is None:
+            return
+        try:
+            assert self._sync is not None
+            self._sync()
+        except CommitFailed as exc:
+            log.error(
+                "shard %s: group commit of %d writes failed: %s", self.name, len(group.writes), exc
+            )
+            group.error = exc
+            self._reload()
+        else:
+            self.store_version = group.writes[-1].version
+            for applied in group.writes:
+                try:
+                    self._publish(applied)
+                except Exception:  # committed: its writer is answered, the others published
+                    log.exception(
+                        "shard %s: publishing version %d failed", self.name, applied.version
+                    )
+        finally:
+            group.done.send()
+
+    def _reload(self) -> None:
+        """Memory back to what the store holds (after a failed group commit). If the store
+        cannot even be read, the shard exits (``on_fatal``), as on a lost etcd lease."""
+        try:
+            snap = self.store.load()
+        except Exception:
+            log.critical("shard %s: cannot reload the store after a failed commit", self.name)
+            self.on_fatal()
+            raise
+        self.store_version = snap.version
+        self.intent = Intent.from_records({k: r.body for k, r in snap.records.items()})
+        self.versions = {k: r.version for k, r in snap.records.items()}
+        self.refresh()
+
+    def _apply(
+        self, puts: list[Resource], deletes: list[Delete], keys: list[ResourceKey], version: int
+    ) -> _Applied:
+        """A change set into the in-memory intent; what it replaced, for :meth:`_publish`."""
         old = [self.intent.get(d.kind, d.key) for d in deletes]
         replaced = [self.intent.get(*k) for k in keys]
         gone = [o for o in old if isinstance(o, Endpoint)]
@@ -211,16 +327,23 @@ class ShardState:
         for d in deletes:
             self.intent.drop(d.kind, d.key)
             self.versions.pop((d.kind, d.key), None)
-        old += replaced
-        fast = fast and all(self.intent.placed(*p) for p in places)
-        produced = self._patch_endpoints(puts, gone) if fast else None
+        return _Applied(version, puts, deletes, keys, old, replaced, gone, places, held, fast)
+
+    def _publish(self, a: _Applied) -> None:
+        """Republish what an applied change set altered (after its sync: ``flush``). In a
+        group the intent may already hold later writes of the same group (all synced): a put
+        a later write replaced takes the full path, which publishes the intent as it is."""
+        current = all(self.intent.get(*k) is r for k, r in zip(a.keys, a.puts, strict=True))
+        fast = a.fast and current and all(self.intent.placed(*p) for p in a.places)
+        produced = self._patch_endpoints(a.puts, a.gone) if fast else None
+        old = a.old + a.replaced
         if produced is None:
-            produced = self.refresh(self.scope_of([*puts, *(o for o in old if o is not None)]))
-        for vpc, host in sorted(p for p in held if not self.intent.placed(*p)):
+            produced = self.refresh(self.scope_of([*a.puts, *(o for o in old if o is not None)]))
+        for vpc, host in sorted(p for p in a.held if not self.intent.placed(*p)):
             self._host_left(vpc, [host])
-        for key in keys + [(d.kind, d.key) for d in deletes]:
+        for key in a.keys + [(d.kind, d.key) for d in a.deletes]:
             self.targets[key] = produced
-        written = [(r, False) for r in puts] + [(o, True) for o in old[: len(deletes)] if o]
+        written = [(r, False) for r in a.puts] + [(o, True) for o in a.old if o]
         # an endpoint's depends on its host alone (mux.must_apply): once per host, shared
         per_host: dict[tuple[str | None, bool], dict[StreamId, tuple[int, frozenset[str]]]] = {}
         for r, deleted in written:
@@ -230,7 +353,6 @@ class ShardState:
             if (r.host, deleted) not in per_host:
                 per_host[(r.host, deleted)] = self._must_apply(r, deleted)
             self.required[store_key(r)] = per_host[(r.host, deleted)]
-        return version
 
     def _must_apply(
         self, written: Resource, deleted: bool
@@ -515,7 +637,9 @@ class ShardState:
 
     def refresh(self, scope: Scope = ALL) -> dict[StreamId, int]:
         """Recompute and publish what ``scope`` covers (plus the VPCs whose peering state
-        changed); returns the stream versions this refresh produced."""
+        changed); returns the stream versions this refresh produced. A staged group is synced
+        (and published) first: what is published never holds a write that could be lost."""
+        self.flush()
         wanted = self.bgp_sessions()
         known = self.views() if wanted else {}  # one merge per refresh, none without BGP
         peers = {

@@ -8,7 +8,7 @@ tests (tests/unit/test_store.py) run against both.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from meshpeer.store.sqlite import Change, LogEntry, Snapshot
 
@@ -33,6 +33,18 @@ class IntentStore(Protocol):
     def next_incarnation(self) -> int: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class GroupCommit(Protocol):
+    """A store that can group commits (SQLite): :meth:`stage` writes one change set at the
+    next version into an open transaction, :meth:`sync` commits and syncs all staged ones at
+    once (``CommitFailed``: none of them is written). etcd commits each change set on its own
+    (a transaction with a compare on ``head``): it does not offer this."""
+
+    def stage(self, changes: Sequence[Change]) -> int: ...
+
+    def sync(self) -> None: ...
 
 
 class VpcClaims(Protocol):

@@ -50,6 +50,15 @@ class Conflict(StoreError):
         self.actual = actual
 
 
+class CommitFailed(StoreError):
+    """A group commit (:meth:`Store.sync`) failed: every change set staged since the last sync
+    was rolled back, none of it is written."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"the commit failed, nothing of it was written: {cause}")
+        self.cause = cause
+
+
 class NotFound(StoreError):
     """A delete named a resource that does not exist (a silent no-op would still log it)."""
 
@@ -157,6 +166,8 @@ class Store:
         self._conn = conn
         self._retention = log_retention
         self._lock = threading.Lock()  # only matters if real threads share the store
+        self._failed: BaseException | None = None  # an implicit sync's error, for sync()
+        self.syncs = 0  # transactions committed (group commit: one per group; for tests)
 
     @classmethod
     def open(
@@ -192,6 +203,8 @@ class Store:
 
     def close(self) -> None:
         with self._lock:
+            if self._conn.in_transaction:  # staged, never synced: not acknowledged, dropped
+                self._conn.execute("ROLLBACK")
             self._conn.close()
 
     def __enter__(self) -> Store:
@@ -217,7 +230,7 @@ class Store:
 
     def load(self) -> Snapshot:
         """Every resource, the version and meta, read in one consistent transaction."""
-        with self._lock, _transaction(self._conn, "DEFERRED"):
+        with self._lock, self._after_sync(), _transaction(self._conn, "DEFERRED"):
             version = int(self._conn.execute("SELECT version FROM head").fetchone()[0])
             rows = self._conn.execute(
                 "SELECT kind, key, body, version, created_version FROM resources"
@@ -233,40 +246,99 @@ class Store:
         nothing is written and the version is unchanged.
         """
         rows = encode_changes(changes)
+        with self._lock:
+            self._sync_locked()
+            with _transaction(self._conn):
+                new = self._write(rows, expect_version)
+            self.syncs += 1
+        return new
+
+    def stage(self, changes: Sequence[Change]) -> int:
+        """Group commit: write ``changes`` at version + 1 into the open transaction (opened
+        if none is) and return that version; :meth:`sync` commits the whole group. Each call
+        is all or nothing on its own (a savepoint): a refused change set leaves the group as
+        it was. Until :meth:`sync` returns nothing staged is durable, and a crash loses it."""
+        rows = encode_changes(changes)
         conn = self._conn
-        with self._lock, _transaction(conn):
-            current, floor = self._head()
-            if expect_version is not None and expect_version != current:
-                raise Conflict(expect_version, current)
-            new = current + 1
-            log: list[tuple[int, str, str, Op]] = []
-            puts: list[tuple[str, str, str, int, int]] = []
-            for kind, key, text in rows:
-                if text is None:
-                    cur = conn.execute(
-                        "DELETE FROM resources WHERE kind = ? AND key = ?", (kind, key)
-                    )
-                    if cur.rowcount != 1:
-                        raise NotFound(kind, key)
-                    log.append((new, kind, key, "delete"))
-                else:
-                    puts.append((kind, key, text, new, new))
-                    log.append((new, kind, key, "put"))
-            # one statement for every put (a change set names each resource once, so the
-            # order against the deletes does not matter)
-            conn.executemany(
-                "INSERT INTO resources (kind, key, body, version, created_version)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, key)"
-                " DO UPDATE SET body = excluded.body, version = excluded.version",
-                puts,
-            )
-            conn.executemany(
-                "INSERT INTO changes (version, kind, key, op) VALUES (?, ?, ?, ?)", log
-            )
-            new_floor = max(floor, new - self._retention)
-            if new_floor > floor:
-                conn.execute("DELETE FROM changes WHERE version <= ?", (new_floor,))
-            conn.execute("UPDATE head SET version = ?, log_floor = ?", (new, new_floor))
+        with self._lock:
+            if not conn.in_transaction:
+                conn.execute("BEGIN IMMEDIATE")
+            conn.execute("SAVEPOINT staged")
+            try:
+                new = self._write(rows, None)
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK TO staged")
+                    conn.execute("RELEASE staged")
+                raise
+            conn.execute("RELEASE staged")
+        return new
+
+    def sync(self) -> None:
+        """Commit (and, with ``synchronous=FULL``, fsync) what :meth:`stage` wrote. On failure
+        the whole group is rolled back and :class:`CommitFailed` raised: none of it is
+        written."""
+        with self._lock:
+            self._sync_locked()
+
+    @contextmanager
+    def _after_sync(self) -> Iterator[None]:
+        """Another transaction first commits a staged group; if that fails, the error is kept
+        for the group's own :meth:`sync` (whose writers must hear of it) and raised here too."""
+        if self._conn.in_transaction:
+            try:
+                self._sync_locked()
+            except CommitFailed as exc:
+                self._failed = exc.cause
+                raise
+        yield
+
+    def _sync_locked(self) -> None:
+        failed, self._failed = self._failed, None
+        if failed is not None:  # another method's implicit sync lost the group
+            raise CommitFailed(failed)
+        conn = self._conn
+        if not conn.in_transaction:
+            return
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise CommitFailed(exc) from exc
+        self.syncs += 1
+
+    def _write(self, rows: list[tuple[str, str, str | None]], expect_version: int | None) -> int:
+        """The rows of one change set at version + 1, inside the caller's transaction."""
+        conn = self._conn
+        current, floor = self._head()
+        if expect_version is not None and expect_version != current:
+            raise Conflict(expect_version, current)
+        new = current + 1
+        log: list[tuple[int, str, str, Op]] = []
+        puts: list[tuple[str, str, str, int, int]] = []
+        for kind, key, text in rows:
+            if text is None:
+                cur = conn.execute("DELETE FROM resources WHERE kind = ? AND key = ?", (kind, key))
+                if cur.rowcount != 1:
+                    raise NotFound(kind, key)
+                log.append((new, kind, key, "delete"))
+            else:
+                puts.append((kind, key, text, new, new))
+                log.append((new, kind, key, "put"))
+        # one statement for every put (a change set names each resource once, so the
+        # order against the deletes does not matter)
+        conn.executemany(
+            "INSERT INTO resources (kind, key, body, version, created_version)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, key)"
+            " DO UPDATE SET body = excluded.body, version = excluded.version",
+            puts,
+        )
+        conn.executemany("INSERT INTO changes (version, kind, key, op) VALUES (?, ?, ?, ?)", log)
+        new_floor = max(floor, new - self._retention)
+        if new_floor > floor:
+            conn.execute("DELETE FROM changes WHERE version <= ?", (new_floor,))
+        conn.execute("UPDATE head SET version = ?, log_floor = ?", (new, new_floor))
         return new
 
     def changes_since(self, version: int) -> list[LogEntry] | None:
@@ -275,7 +347,7 @@ class Store:
         None when the log cannot answer: ``version`` is older than it holds, or newer than the
         store (a caller from another store's history). Either way the caller needs a snapshot.
         """
-        with self._lock, _transaction(self._conn, "DEFERRED"):
+        with self._lock, self._after_sync(), _transaction(self._conn, "DEFERRED"):
             current, floor = self._head()
             if not floor <= version <= current:
                 return None
@@ -295,7 +367,7 @@ class Store:
         """Set (or, with None, delete) a meta entry. Meta is not intent: no version bump."""
         if value is not None and not isinstance(value, str):
             raise TypeError("meta values are strings; encode anything else")
-        with self._lock, _transaction(self._conn):
+        with self._lock, self._after_sync(), _transaction(self._conn):
             if value is None:
                 self._conn.execute("DELETE FROM meta WHERE name = ?", (name,))
             else:
@@ -307,7 +379,7 @@ class Store:
 
     def next_incarnation(self) -> int:
         """Persistently bump and return the incarnation (once per controller start)."""
-        with self._lock, _transaction(self._conn):
+        with self._lock, self._after_sync(), _transaction(self._conn):
             row = self._conn.execute(
                 "UPDATE head SET incarnation = incarnation + 1 RETURNING incarnation"
             ).fetchone()
