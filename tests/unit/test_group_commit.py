@@ -19,6 +19,7 @@ from meshpeer.controller import intent as ops
 from meshpeer.controller.api import ControllerApi
 from meshpeer.controller.model import Endpoint, Host
 from meshpeer.controller.shard import ShardState
+from meshpeer.metrics import ShardCollector
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.messages import StreamId, stream_name
 from meshpeer.rest import Api
@@ -500,3 +501,27 @@ def test_after_a_failed_implicit_sync_the_store_refuses_to_stage_until_the_group
         store.sync()  # c's writer hears that c was lost
     store._conn = real
     assert set(store.load().records) == set()
+
+
+def test_the_store_version_metric_moves_at_the_sync_not_at_the_stage(
+    tmp_path: pathlib.Path,
+) -> None:
+    """C8: while a group forms, the metric still shows the last committed version (a crash
+    would take the staged one back)."""
+    s = seeded(tmp_path)
+    committed = s.store_version
+    seen: list[float] = []
+
+    def scrape() -> None:
+        forming(s)
+        family = next(
+            m for m in ShardCollector(s).collect() if m.name == "meshpeer_shard_store_version"
+        )
+        seen.append(family.samples[0].value)
+
+    pool = eventlet.GreenPool()
+    pool.spawn(s.commit, [vm(s, 1)])
+    pool.spawn(scrape)
+    pool.waitall()
+    assert seen == [committed]
+    assert s.store_version == committed + 1
