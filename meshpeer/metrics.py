@@ -66,7 +66,7 @@ class ShardCollector(Collector):
         yield gauge(
             "meshpeer_shard_store_version",
             "the version of the shard's last committed write",
-            shard.store.version,
+            shard.store_version,
         )
         yield gauge("meshpeer_shard_vpcs", "VPCs this shard owns", len(intent.vpcs))
         yield gauge(

@@ -324,6 +324,7 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
         if self.leadership is not None and self.term is not None:
             self.leadership.resign(self.term)  # an orderly close (not SIGTERM: that exits)
         self.federation.stop()
+        self.shard.flush()  # a forming group: synced and answered, not dropped by close
         self.store.close()
         super().close()
 

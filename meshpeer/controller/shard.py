@@ -188,6 +188,7 @@ class ShardState:
         grouped = store if group_commit and isinstance(store, GroupCommit) else None
         self._stage = None if grouped is None else grouped.stage
         self._sync = None if grouped is None else grouped.sync
+        self._rollback = None if grouped is None else grouped.rollback
         self._group: _Group | None = None  # staged writes waiting for their sync
         self.on_fatal: Callable[[], None] = lambda: os._exit(70)  # memory ahead of the store
         self.grants = GrantSettings(directory, grant_ttl, self.revoked_hosts)
@@ -240,7 +241,11 @@ class ShardState:
             self._publish(self._apply(puts, deletes, keys, version))
             return version
         version = self._stage(changes)
-        applied = self._apply(puts, deletes, keys, version)
+        try:
+            applied = self._apply(puts, deletes, keys, version)
+        except Exception as exc:  # staged, half applied: the whole group must not commit
+            self.flush(failed=exc)
+            raise
         group, leader = self._group, self._group is None
         if group is None:
             group = self._group = _Group(eventlet.event.Event())
@@ -260,22 +265,32 @@ class ShardState:
             raise group.error
         return version
 
-    def flush(self) -> None:
+    def flush(self, failed: Exception | None = None) -> None:
         """Sync the staged group, then publish its writes in order and answer its writers.
-        Anything that publishes calls this first (``refresh``): nothing staged is seen by a
-        host or peer shard before it is durable. A failed sync fails every write of the group
-        and reloads the intent from the store, which has none of them."""
+        Anything that publishes calls this first (``refresh``), and so does anything else that
+        calls the store (meta writes): nothing staged is seen by a host or peer shard before it
+        is durable, and a group is always exactly one transaction. Any failure of the sync
+        (or ``failed``: a write that broke between its stage and joining the group, which
+        rolls the group back) fails every write of the group and reloads the intent from the
+        store, which has none of them."""
         group, self._group = self._group, None
         if group is None:
-            return
+            if failed is None:
+                return
+            group = _Group(eventlet.event.Event())
         try:
+            if failed is not None:
+                assert self._rollback is not None
+                self._rollback()
+                raise CommitFailed(failed)
             assert self._sync is not None
             self._sync()
-        except CommitFailed as exc:
+        except Exception as exc:
+            error = exc if isinstance(exc, CommitFailed) else CommitFailed(exc)
             log.error(
                 "shard %s: group commit of %d writes failed: %s", self.name, len(group.writes), exc
             )
-            group.error = exc
+            group.error = error
             self._reload()
         else:
             self.store_version = group.writes[-1].version
@@ -288,6 +303,16 @@ class ShardState:
                     )
         finally:
             group.done.send()
+
+    def settled(self) -> None:
+        """Wait for the group being formed, if any, and raise its error: an answer read from
+        memory (a no-op write, ``?wait=programmed``) must not go out before the sync of the
+        staged writes it may rest on."""
+        group = self._group
+        if group is not None:
+            group.done.wait()
+            if group.error is not None:
+                raise group.error
 
     def _reload(self) -> None:
         """Memory back to what the store holds (after a failed group commit). If the store
@@ -568,7 +593,7 @@ class ShardState:
         stream may then deliver the same view, which ``set_remote_view`` does not write."""
         if vpc not in self.remote_views:
             self.remote_views[vpc] = view
-            self.store.set_meta(REMOTE_VIEW + vpc, canonical_json(view))
+            self._set_meta(REMOTE_VIEW + vpc, canonical_json(view))
 
     def set_remote_view(self, vpc: str, view: View | None) -> None:
         old = self.remote_views.get(vpc)
@@ -577,7 +602,7 @@ class ShardState:
         else:
             self.remote_views[vpc] = view
         if old != view:
-            self.store.set_meta(REMOTE_VIEW + vpc, None if view is None else canonical_json(view))
+            self._set_meta(REMOTE_VIEW + vpc, None if view is None else canonical_json(view))
         now_hosts = view_hosts(view)
         if old is not None and view is not None and len(now_hosts) < MAX_VIEW_HOSTS:
             self._host_left(vpc, sorted(set(view_hosts(old)) - set(now_hosts)))
@@ -590,7 +615,13 @@ class ShardState:
         """No local peering names ``vpc`` any more: drop its view, kept one included."""
         self.remote_views.pop(vpc, None)
         self._view_hosts.pop(vpc, None)
-        self.store.set_meta(REMOTE_VIEW + vpc, None)
+        self._set_meta(REMOTE_VIEW + vpc, None)
+
+    def _set_meta(self, name: str, value: str | None) -> None:
+        """A meta write in its own transaction: the staged group is synced first, so that it
+        never commits (or loses) the group's writes on their behalf."""
+        self.flush()
+        self.store.set_meta(name, value)
 
     def listed_in_view(self, vpc: str, host: str) -> bool | None:
         """Does remote VPC ``vpc``'s last view list ``host`` among its hosts? None: no view
@@ -705,7 +736,7 @@ class ShardState:
     def set_learned(self, table: bgp.LearnedTable) -> None:
         """The speaker's news: republish the VPCs whose dynamic routes it changed."""
         if bgp.to_text(table) != bgp.to_text(self.learned):
-            self.store.set_meta(BGP_LEARNED, bgp.to_text(table) if table else None)
+            self._set_meta(BGP_LEARNED, bgp.to_text(table) if table else None)
         self.learned = table
         self.refresh(Scope(frozenset(), frozenset()))
 

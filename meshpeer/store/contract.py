@@ -46,6 +46,8 @@ class GroupCommit(Protocol):
 
     def sync(self) -> None: ...
 
+    def rollback(self) -> None: ...
+
 
 class VpcClaims(Protocol):
     """Where VPC ownership is claimed (etcd: ``meshpeer.store.etcd.Ownership``)."""

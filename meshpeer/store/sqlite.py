@@ -166,7 +166,8 @@ class Store:
         self._conn = conn
         self._retention = log_retention
         self._lock = threading.Lock()  # only matters if real threads share the store
-        self._failed: BaseException | None = None  # an implicit sync's error, for sync()
+        self._failed: BaseException | None = None  # the group's lost transaction, for sync()
+        self._staged = 0  # change sets staged since the last sync (or rollback)
         self.syncs = 0  # transactions committed (group commit: one per group; for tests)
 
     @classmethod
@@ -246,8 +247,7 @@ class Store:
         nothing is written and the version is unchanged.
         """
         rows = encode_changes(changes)
-        with self._lock:
-            self._sync_locked()
+        with self._lock, self._after_sync():
             with _transaction(self._conn):
                 new = self._write(rows, expect_version)
             self.syncs += 1
@@ -257,21 +257,31 @@ class Store:
         """Group commit: write ``changes`` at version + 1 into the open transaction (opened
         if none is) and return that version; :meth:`sync` commits the whole group. Each call
         is all or nothing on its own (a savepoint): a refused change set leaves the group as
-        it was. Until :meth:`sync` returns nothing staged is durable, and a crash loses it."""
+        it was. Until :meth:`sync` returns nothing staged is durable, and a crash loses it.
+
+        Once the group's transaction is lost (SQLite rolled it back by itself on an error, or
+        an implicit sync failed) every ``stage`` raises :class:`CommitFailed` until
+        :meth:`sync` (or :meth:`rollback`) has ended the group: one group, one transaction,
+        one outcome."""
         rows = encode_changes(changes)
         conn = self._conn
         with self._lock:
+            if self._failed is not None:
+                raise CommitFailed(self._failed)
             if not conn.in_transaction:
                 conn.execute("BEGIN IMMEDIATE")
             conn.execute("SAVEPOINT staged")
             try:
                 new = self._write(rows, None)
-            except BaseException:
+            except BaseException as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK TO staged")
                     conn.execute("RELEASE staged")
+                elif self._staged:  # SQLite rolled the whole group back (e.g. disk full)
+                    self._failed, self._staged = exc, 0
                 raise
             conn.execute("RELEASE staged")
+            self._staged += 1
         return new
 
     def sync(self) -> None:
@@ -281,11 +291,20 @@ class Store:
         with self._lock:
             self._sync_locked()
 
+    def rollback(self) -> None:
+        """Drop what :meth:`stage` wrote (a group that must not be committed)."""
+        with self._lock:
+            self._failed, self._staged = None, 0
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+
     @contextmanager
     def _after_sync(self) -> Iterator[None]:
         """Another transaction first commits a staged group; if that fails, the error is kept
-        for the group's own :meth:`sync` (whose writers must hear of it) and raised here too."""
-        if self._conn.in_transaction:
+        for the group's own :meth:`sync` (whose writers must hear of it) and raised here too.
+        The shard never relies on this (it syncs its group before any other store call): it
+        is a safety net, so that no other transaction ends up inside a group."""
+        if self._conn.in_transaction or self._staged:
             try:
                 self._sync_locked()
             except CommitFailed as exc:
@@ -294,11 +313,15 @@ class Store:
         yield
 
     def _sync_locked(self) -> None:
-        failed, self._failed = self._failed, None
-        if failed is not None:  # another method's implicit sync lost the group
-            raise CommitFailed(failed)
         conn = self._conn
+        failed, staged, self._failed, self._staged = self._failed, self._staged, None, 0
+        if failed is not None:  # the group's transaction was lost before its sync
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise CommitFailed(failed)
         if not conn.in_transaction:
+            if staged:  # SQLite ended the transaction by itself: the group is gone
+                raise CommitFailed(StoreError("the transaction was rolled back"))
             return
         try:
             conn.execute("COMMIT")

@@ -4,6 +4,7 @@ to the store. Green threads on one eventlet hub, as in the controller."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import pathlib
@@ -18,8 +19,9 @@ from meshpeer.controller import intent as ops
 from meshpeer.controller.api import ControllerApi
 from meshpeer.controller.model import Endpoint, Host
 from meshpeer.controller.shard import ShardState
+from meshpeer.metrics import ShardCollector
 from meshpeer.protocol import ServiceName
-from meshpeer.protocol.messages import StreamId
+from meshpeer.protocol.messages import StreamId, stream_name
 from meshpeer.rest import Api
 from meshpeer.store.sqlite import Change, CommitFailed, NotFound, Store
 from meshpeer.streaming.publisher import StreamHub
@@ -243,3 +245,287 @@ def test_a_refused_change_set_leaves_the_rest_of_its_group(tmp_path: pathlib.Pat
     again = Store.open(str(tmp_path / "s.db"))
     assert {k: r.version for (_, k), r in again.load().records.items()} == {"a": 1, "c": 2}
     assert [e.key for e in again.changes_since(0) or []] == ["a", "c"]
+
+
+class FailNth:
+    """A connection whose COMMIT number ``n`` (1-based) fails; ``on_many`` sees each
+    ``executemany`` first (to fail a stage). Everything else real."""
+
+    def __init__(self, conn: sqlite3.Connection, n: int = 0, on_many: Any = None) -> None:
+        self.conn, self.n, self.count, self.on_many = conn, n, 0, on_many
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "COMMIT":
+            self.count += 1
+            if self.count == self.n:
+                raise sqlite3.OperationalError("disk I/O error")
+        return self.conn.execute(sql, *args)
+
+    def executemany(self, sql: str, rows: Any) -> Any:
+        rows = list(rows)
+        if self.on_many is not None:
+            self.on_many(self.conn, sql, rows)
+        return self.conn.executemany(sql, rows)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
+def api_of(s: ShardState) -> Api:
+    handlers = ControllerApi(s, "t", lambda vpc: None, heartbeat_interval=0.05)
+    return Api(handlers.routes(), handlers.guard)
+
+
+def call(api: Api, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    return Request.blank(
+        path,
+        method=method,
+        headers={"Authorization": "Bearer t", "Content-Type": "application/json"},
+        body=json.dumps(body).encode() if body is not None else b"",
+    ).get_response(api)
+
+
+def forming(s: ShardState, size: int = 1) -> None:
+    """Wait (yielding) until a group of ``size`` staged writes is forming."""
+    while s._group is None or len(s._group.writes) < size:
+        eventlet.sleep(0)
+
+
+def answers_match_the_store(s: ShardState, results: dict[str, Any], keys: dict[str, Any]) -> None:
+    """Each write answered with a version is in the store, each one that failed is not, and
+    memory equals the store."""
+    real = s.store._conn  # type: ignore[attr-defined]
+    s.store._conn = getattr(real, "conn", real)  # type: ignore[attr-defined]
+    snap = s.store.load()
+    for name, result in results.items():
+        assert (keys[name] in snap.records) == isinstance(result, int), (name, results)
+    assert s.versions == {k: r.version for k, r in snap.records.items()}
+    assert s.store_version == snap.version
+
+
+def vm1_and_vm2(s: ShardState, *others: Any) -> dict[str, Any]:
+    """vm1 and vm2 written by two green threads (plus ``others``): what each writer got."""
+    results: dict[str, Any] = {}
+
+    def write(i: int) -> None:
+        try:
+            results[f"vm{i}"] = s.commit([vm(s, i)])
+        except Exception as exc:  # what its writer would hear
+            results[f"vm{i}"] = exc
+
+    pool = eventlet.GreenPool()
+    pool.spawn(write, 1)
+    pool.spawn(write, 2)
+    for other in others:
+        pool.spawn(other)
+    pool.waitall()
+    return results
+
+
+def split_by_a_meta_write(tmp_path: pathlib.Path, failing_commit: int) -> dict[str, Any]:
+    """W1 adds host hv2 and is staged; a meta write (a peering's fetched view) comes while
+    its group forms; then W2 places an endpoint on hv2."""
+    s = seeded(tmp_path)
+    s.store._conn = FailNth(s.store._conn, failing_commit)  # type: ignore[attr-defined]
+    s.on_fatal = lambda: pytest.fail("the store could be read: no need to exit")
+    results: dict[str, Any] = {}
+
+    def w1() -> None:
+        try:
+            results["w1"] = s.commit([Host("hv2", ipaddress.ip_address("169.254.101.12"))])
+        except CommitFailed as exc:
+            results["w1"] = exc
+
+    def w2() -> None:
+        forming(s)
+        with contextlib.suppress(CommitFailed):
+            s.adopt_fetched_view("red", {})
+        try:
+            ip = ipaddress.ip_address("10.1.0.99")
+            ep = ops.new_endpoint(s.intent, "blue", "on-hv2", "vm", ip, None, "hv2", [])
+            results["w2"] = s.commit([ep])
+        except Exception as exc:  # a refusal (no hv2) or a failed commit
+            results["w2"] = exc
+
+    pool = eventlet.GreenPool()
+    pool.spawn(w1)
+    pool.spawn(w2)
+    pool.waitall()
+    keys = {"w1": ("host", "hv2"), "w2": ("endpoint", "blue/on-hv2")}
+    answers_match_the_store(s, results, keys)
+    return results
+
+
+def test_a_meta_write_that_syncs_a_failing_group_fails_that_group_alone(
+    tmp_path: pathlib.Path,
+) -> None:
+    """C1: the meta write syncs W1's group first; that commit fails W1 (503, no hv2). W2
+    comes after, in a group of its own (an endpoint may name a host not registered yet):
+    answered by its own commit, not committed behind a 503."""
+    results = split_by_a_meta_write(tmp_path, 1)
+    assert isinstance(results["w1"], CommitFailed) and isinstance(results["w2"], int)
+
+
+def test_a_meta_write_mid_group_does_not_split_the_group(tmp_path: pathlib.Path) -> None:
+    """C2: the group is one transaction: W1 is answered by its own commit, and W2's failed
+    commit fails only W2."""
+    results = split_by_a_meta_write(tmp_path, 3)
+    assert isinstance(results["w1"], int) and isinstance(results["w2"], CommitFailed)
+
+
+def test_a_stage_that_loses_the_transaction_fails_the_whole_group(
+    tmp_path: pathlib.Path,
+) -> None:
+    """C3: SQLite rolls the whole transaction back on an error inside vm2's stage (a full
+    disk): vm1, staged earlier in the same group, must not be acknowledged."""
+    s = seeded(tmp_path)
+    s.on_fatal = lambda: pytest.fail("the store could be read: no need to exit")
+
+    def full_disk(conn: sqlite3.Connection, sql: str, rows: list[Any]) -> None:
+        if "INSERT INTO resources" in sql and any(r[1] == "blue/vm2" for r in rows):
+            conn.execute("ROLLBACK")
+            raise sqlite3.OperationalError("database or disk is full")
+
+    s.store._conn = FailNth(s.store._conn, 0, full_disk)  # type: ignore[attr-defined]
+    results = vm1_and_vm2(s)
+    answers_match_the_store(s, results, {f"vm{i}": ("endpoint", f"blue/vm{i}") for i in (1, 2)})
+    assert isinstance(results["vm1"], CommitFailed)
+    assert s.commit([vm(s, 3)]) == s.store.version  # the shard goes on writing
+
+
+def test_an_unchanged_put_host_is_answered_after_the_staged_write_it_rests_on(
+    tmp_path: pathlib.Path,
+) -> None:
+    """C4: an OHC re-sends its registration while the first PUT is staged; that group
+    fails: the re-sent PUT must not get a 200 for a host that does not exist."""
+    s = seeded(tmp_path)
+    api = api_of(s)
+    s.store._conn = FailNth(s.store._conn, 1)  # type: ignore[attr-defined]
+    s.on_fatal = lambda: pytest.fail("the store could be read: no need to exit")
+    status: dict[str, int] = {}
+    body = {"underlay_ip": "169.254.101.12"}
+
+    def put(name: str) -> None:
+        if name == "second":
+            forming(s)
+        status[name] = call(api, "PUT", "/v1/hosts/hv2", body).status_int
+
+    pool = eventlet.GreenPool()
+    pool.spawn(put, "first")
+    pool.spawn(put, "second")
+    pool.waitall()
+    assert status == {"first": 503, "second": 503}
+    assert ("host", "hv2") not in s.store.load().records
+
+
+def test_get_wait_programmed_is_answered_after_the_sync_of_a_staged_write(
+    tmp_path: pathlib.Path,
+) -> None:
+    """C5: a GET ?wait=programmed of an endpoint whose write is staged waits for its sync
+    (and its publication): no host holds it before."""
+    s = seeded(tmp_path)
+    api = api_of(s)
+    s.report_applied("hv1", {stream_name(*sid): s.hub.version(sid) for sid in s.hub.stream_ids()})
+    syncs = s.store.syncs  # type: ignore[attr-defined]
+    seen: dict[str, Any] = {}
+
+    def reader() -> None:
+        forming(s)
+        answer = call(api, "GET", "/v1/vpcs/blue/endpoints/vm1?wait=programmed&timeout=1")
+        seen["synced"] = s.store.syncs > syncs  # type: ignore[attr-defined]
+        seen["published"] = "vm1" in set(s.hub.objects(DEST))
+        seen["status"] = answer.status_int
+
+    pool = eventlet.GreenPool()
+    pool.spawn(s.commit, [vm(s, 1)])
+    pool.spawn(reader)
+    pool.waitall()
+    assert seen == {"synced": True, "published": True, "status": 200}
+
+
+def test_a_store_closed_while_a_group_forms_fails_every_writer(tmp_path: pathlib.Path) -> None:
+    """C6: any error of the sync (here a closed connection) fails the whole group."""
+    s = seeded(tmp_path)
+    fatal: list[bool] = []
+    s.on_fatal = lambda: fatal.append(True)
+
+    def closer() -> None:
+        forming(s, 2)
+        s.store.close()
+
+    results = vm1_and_vm2(s, closer)
+    assert not any(isinstance(r, int) for r in results.values()), results
+    assert isinstance(results["vm2"], CommitFailed)
+    assert fatal == [True]  # the store cannot be read back: the shard exits
+
+
+def test_a_write_that_breaks_after_its_stage_leaves_no_staged_row(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """C7: vm2 is staged, then applying it to memory raises: its row must not be committed
+    by the group's sync (its writer got an error); the group fails, memory is reloaded."""
+    s = seeded(tmp_path)
+    s.on_fatal = lambda: pytest.fail("the store could be read: no need to exit")
+    apply = s._apply
+
+    def breaks(puts: list[Any], *args: Any) -> Any:
+        if any(getattr(r, "name", "") == "vm2" for r in puts):
+            raise RuntimeError("a bug")
+        return apply(puts, *args)
+
+    monkeypatch.setattr(s, "_apply", breaks)
+    results = vm1_and_vm2(s)
+    answers_match_the_store(s, results, {f"vm{i}": ("endpoint", f"blue/vm{i}") for i in (1, 2)})
+    assert isinstance(results["vm2"], RuntimeError)
+    assert not s.store._conn.in_transaction  # type: ignore[attr-defined]
+
+
+def test_after_a_failed_implicit_sync_the_store_refuses_to_stage_until_the_group_ends(
+    tmp_path: pathlib.Path,
+) -> None:
+    """C1 (store side): another call's implicit sync of the group fails: a later stage must
+    not open a fresh transaction that the next reader would commit; the group's own sync
+    (and a plain ``commit``'s implicit sync, C10) reports the failure."""
+    store = Store.open(str(tmp_path / "s.db"), synchronous="NORMAL")
+    real = store._conn
+    store.stage([Change("vpc", "a", {"n": 1})])
+    store._conn = FailNth(real, 1)  # type: ignore[assignment]
+    with pytest.raises(CommitFailed):
+        store.set_meta("m", "x")
+    with pytest.raises(CommitFailed):
+        store.stage([Change("vpc", "b", {"n": 2})])
+    with pytest.raises(CommitFailed):
+        store.sync()
+    assert set(store.load().records) == set()
+    store.stage([Change("vpc", "c", {"n": 3})])
+    store._conn = FailNth(real, 1)  # type: ignore[assignment]
+    with pytest.raises(CommitFailed):
+        store.commit([Change("vpc", "d", {"n": 4})])
+    with pytest.raises(CommitFailed):
+        store.sync()  # c's writer hears that c was lost
+    store._conn = real
+    assert set(store.load().records) == set()
+
+
+def test_the_store_version_metric_moves_at_the_sync_not_at_the_stage(
+    tmp_path: pathlib.Path,
+) -> None:
+    """C8: while a group forms, the metric still shows the last committed version (a crash
+    would take the staged one back)."""
+    s = seeded(tmp_path)
+    committed = s.store_version
+    seen: list[float] = []
+
+    def scrape() -> None:
+        forming(s)
+        family = next(
+            m for m in ShardCollector(s).collect() if m.name == "meshpeer_shard_store_version"
+        )
+        seen.append(family.samples[0].value)
+
+    pool = eventlet.GreenPool()
+    pool.spawn(s.commit, [vm(s, 1)])
+    pool.spawn(scrape)
+    pool.waitall()
+    assert seen == [committed]
+    assert s.store_version == committed + 1

@@ -173,6 +173,9 @@ class Handlers:
         stream reports applying it, or ``timeout`` seconds pass; say which hosts are pending.
         ``key``: one resource, or the resources of one batch."""
         self.shard.writes.done()  # applied: other writes may go on while this one waits
+        keys = [key] if isinstance(key, str) else key
+        if any(self.shard.versions.get((kind, k), 0) > self.shard.store_version for k in keys):
+            self.shard.settled()  # staged, not synced yet: no answer before its sync
         deadline = time.monotonic() + ctx.query.get("timeout", 10)
         while True:
             event = self.applied.event()

@@ -119,6 +119,8 @@ class EndpointHandlers(Handlers):
         updated = self._intent(ops.set_bgp, self.shard.intent, ep, bgp)
         if updated != ep:
             self.shard.commit([updated])
+        else:  # unchanged, maybe by a staged write: answered after that write's sync
+            self.shard.settled()
         key = f"{vpc}/{ep.name}"
         return 200, self._with_version("endpoint", key, updated.to_json())
 

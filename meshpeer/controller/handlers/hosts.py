@@ -98,6 +98,8 @@ class HostHandlers(Handlers):
         )
         if self.shard.intent.hosts.get(host.name) != host:
             self.shard.commit([host])
+        else:  # unchanged, maybe by a staged write: answered after that write's sync
+            self.shard.settled()
         return 200, self._with_version("host", host.name, host.to_json())
 
     def get_host(self, ctx: RequestCtx) -> tuple[int, object]:
