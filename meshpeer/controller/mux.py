@@ -33,7 +33,7 @@ from meshpeer.protocol.gateways import (
     relay_object,
     uses_gateways,
 )
-from meshpeer.protocol.grants import Grant, mint
+from meshpeer.protocol.grants import Grant, expiry_bucket, mint
 from meshpeer.protocol.messages import PEER_SERVICES, StreamId
 from meshpeer.protocol.objects import (
     BackendObject,
@@ -325,7 +325,7 @@ def peering_objects(
     changes once per bucket rather than at every recomputation.
     """
     d = grants.directory
-    expires = (int(now // grants.ttl) + 2) * grants.ttl
+    expires = expiry_bucket(now, grants.ttl)
     out: dict[str, JsonObject] = {}
     if host in grants.revoked:
         return out

@@ -42,12 +42,6 @@ class Refused(Exception):
         self.status, self.field, self.detail = status, field, detail
 
 
-def expiry_bucket(now: float, ttl: float) -> float:
-    """A grant's expiry rounded to whole ``ttl`` buckets, valid for at least one ttl (as the
-    peering stream's grants, ``meshpeer.controller.mux.peering_objects``)."""
-    return (int(now // ttl) + 2) * ttl
-
-
 def offload_grant(
     ask: OffloadAsk,
     *,

@@ -99,6 +99,12 @@ def _key(keys: Mapping[str, bytes], key_id: str) -> bytes | None:
     return key
 
 
+def expiry_bucket(now: float, ttl: float) -> float:
+    """A grant's expiry rounded to whole ``ttl`` buckets, valid for at least one ttl: what
+    a shard mints changes once per bucket, not at every recomputation."""
+    return (int(now // ttl) + 2) * ttl
+
+
 def mint(grant: Grant, keys: Mapping[str, bytes]) -> str:
     """Sign ``grant`` with ``keys[grant.key_id]``; raises ValueError on a bad grant or key."""
     try:

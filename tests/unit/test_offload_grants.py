@@ -14,12 +14,11 @@ from meshpeer.controller.ondemand import (
     OffloadAsk,
     Refused,
     check_subscription,
-    expiry_bucket,
     offload_grant,
 )
 from meshpeer.controller.peering import Status
 from meshpeer.protocol import ServiceName
-from meshpeer.protocol.grants import Grant, GrantError, Rejection
+from meshpeer.protocol.grants import Grant, GrantError, Rejection, expiry_bucket
 from ohc.offload import RETRY_S, HeldGrant, busy_sides, grant_asks, granted
 from ohc.offload_grants import OffloadGrants
 

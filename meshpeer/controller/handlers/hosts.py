@@ -9,11 +9,11 @@ from meshpeer.controller import intent as ops
 from meshpeer.controller import responses as out
 from meshpeer.controller.handlers.base import FORBIDDEN, NAME, UNAVAILABLE, Handlers, HostLeft
 from meshpeer.controller.model import JsonObject
-from meshpeer.controller.ondemand import OffloadAsk, Refused, expiry_bucket, offload_grant
+from meshpeer.controller.ondemand import OffloadAsk, Refused, offload_grant
 from meshpeer.controller.peering import exported_subnets
 from meshpeer.protocol import ServiceName
 from meshpeer.protocol.gateways import DEFAULT_ROLE
-from meshpeer.protocol.grants import mint
+from meshpeer.protocol.grants import expiry_bucket, mint
 from meshpeer.protocol.messages import (
     MAX_DST,
     MAX_VERSION,
