@@ -10,6 +10,7 @@ from __future__ import annotations
 ERROR_CODES: dict[int, str] = {
     400: "bad_request",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     408: "request_timeout",

@@ -22,7 +22,7 @@ from meshpeer.protocol.messages import (
     parse_dst,
     parse_stream_name,
 )
-from meshpeer.rest.errors import ApiError, bad_request
+from meshpeer.rest.errors import ERROR_CODES, ApiError, bad_request
 from meshpeer.rest.router import RequestCtx, Route
 from meshpeer.rest.schema import Arr, Int, Nullable, Num, Obj, Str
 
@@ -185,7 +185,9 @@ class HostHandlers(Handlers):
             )
         except Refused as exc:
             headers = (("Retry-After", "1"),) if exc.status == 503 else ()
-            raise ApiError(exc.status, _error(exc.status), exc.field, exc.detail, headers) from exc
+            raise ApiError(
+                exc.status, ERROR_CODES[exc.status], exc.field, exc.detail, headers
+            ) from exc
         answer: dict[str, object] = {
             "host": host,
             "vpc": ask.vpc,
@@ -280,10 +282,6 @@ class HostHandlers(Handlers):
                 " a grant for those destinations only (docs/protocol.md, Offload grants)",
             ),
         ]
-
-
-def _error(status: int) -> str:
-    return {403: "forbidden", 404: "not_found", 409: "conflict"}.get(status, "unavailable")
 
 
 def _check_own_stream(name: str, host: str, where: str) -> str | None:
