@@ -1,6 +1,6 @@
-"""The intent store in etcd (v3, over its JSON gateway ``/v3/``): the SQLite store's contract
-for shards on several machines. Keys and transactions are decided in
-:mod:`meshpeer.store.etcdplan`; this module only sends them (docs/store.md, "etcd store").
+"""The intent store in etcd (v3, over its JSON gateway ``/v3/``, with the ``etcd3gw`` client):
+the SQLite store's contract for shards on several machines. Keys and transactions are decided
+in :mod:`meshpeer.store.etcdplan`; this module only sends them (docs/store.md, "etcd store").
 
 An acknowledged commit is one etcd transaction that compared the ``head`` key's revision with
 the one it read, so it is in the cluster's log (a majority's disks) and no other writer can have
@@ -19,6 +19,11 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
+
+import etcd3gw
+import etcd3gw.exceptions
+import requests
+import urllib3.exceptions
 
 from meshpeer import tls
 from meshpeer.store import election
@@ -43,10 +48,7 @@ log = logging.getLogger(__name__)
 # stream is re-opened (after a fresh snapshot) this often, and a vanished member costs no more
 WATCH_READ_TIMEOUT = 30.0
 READ_CHUNK = 100  # ranges per read transaction: below etcd's default --max-txn-ops (128)
-_NOT_SENT = (ConnectionRefusedError,)  # the request never reached this member: try another
-_LOST = (OSError, http.client.HTTPException)  # sent, maybe applied, answer lost
-# what a kept connection the member closed while idle raises at once (nothing was processed)
-_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+API_PATH = "/v3/"
 
 
 class Unavailable(StoreError):
@@ -74,8 +76,9 @@ class Rejected(StoreError):
 
 
 class Member:
-    """One etcd member's gateway: idle kept connections, each used by one caller at a time
-    (green threads share the process; ``meshpeer.client.Client`` keeps one per OS thread)."""
+    """One etcd member, through etcd3gw's client (docs/decisions.md): its ``requests`` session
+    keeps the connections, and urllib3's pool hands each to one caller at a time (green
+    threads share the process; ``meshpeer.client.Client`` keeps one per OS thread)."""
 
     def __init__(
         self,
@@ -88,66 +91,42 @@ class Member:
         self.host = parts.hostname or "127.0.0.1"
         self.port = tls.default_port(parts)
         self.secure = parts.scheme == "https"
-        self.timeout = timeout
-        self.ca_file = ca_file
-        self.client_cert = client_cert
-        self._idle: list[http.client.HTTPConnection] = []
+        session = requests.Session()
+        # not the environment's proxies or CA bundle (REQUESTS_CA_BUNDLE would win over
+        # ``verify``): etcd is reached directly, trusting the configured CA only
+        session.trust_env = False
+        session.verify = ca_file or system_trust()
+        session.cert = client_cert
+        self.client = etcd3gw.Etcd3Client(
+            host=self.host,
+            port=self.port,
+            protocol=parts.scheme,
+            timeout=timeout,
+            api_path=API_PATH,  # no discovery round trip: Debian's 3.4 serves /v3/
+            session=session,
+        )
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def connect(self, timeout: float | None = None) -> http.client.HTTPConnection:
-        timeout = self.timeout if timeout is None else timeout
-        if self.secure:
-            ctx = tls.client_context(self.ca_file, client_cert=self.client_cert)
-            return http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=ctx)
-        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-
-    def post(self, path: str, body: Json) -> tuple[int, Json]:
-        """One request on a kept connection (a new one if none is idle); the connection is
-        kept again only after a whole answer."""
-        data = json.dumps(body).encode()
-        sent = False  # a try on a kept connection failed: the member may have got the request
-        while True:
-            reused = bool(self._idle)
-            conn = self._idle.pop() if reused else self.connect()
-            try:
-                conn.request("POST", path, body=data, headers={"Content-Type": "application/json"})
-                resp = conn.getresponse()
-                raw = resp.read()
-                break
-            except _STALE:
-                conn.close()
-                if not reused:  # a kept connection the member closed while idle: a new one
-                    raise
-                sent = True
-            except _NOT_SENT as exc:
-                conn.close()
-                if sent:  # not this try, but maybe the one before: the answer is lost
-                    raise http.client.HTTPException(
-                        f"{exc!r} after a kept connection broke"
-                    ) from exc
-                raise
-            except BaseException:
-                conn.close()
-                raise
-        if resp.will_close:
-            conn.close()
-        else:
-            self._idle.append(conn)
-        try:
-            answer = json.loads(raw) if raw else {}
-        except ValueError:
-            answer = {"message": raw[:200].decode(errors="replace")}
-        return resp.status, answer if isinstance(answer, dict) else {"message": str(answer)}
+    def post(self, path: str, body: Json) -> Json:
+        """``body`` to ``/v3/<path>``; etcd3gw's and requests' errors as they come."""
+        answer = self.client.post(self.client.get_url(path), json=body)
+        return answer if isinstance(answer, dict) else {"message": str(answer)}
 
     def close(self) -> None:
-        while self._idle:
-            self._idle.pop().close()
+        self.client.session.close()
+
+
+def system_trust() -> str | bool:
+    """The system's trust store, as ``ssl`` (and :func:`meshpeer.tls.client_context`) finds
+    it, for requests' ``verify``: not certifi's bundle, requests' own default."""
+    paths = ssl.get_default_verify_paths()
+    return paths.cafile or paths.capath or True
 
 
 class Gateway:
-    """JSON over HTTP(S) to etcd's gRPC gateway, trying each member's URL in turn."""
+    """etcd's JSON gateway at each member's URL, tried in turn."""
 
     def __init__(
         self,
@@ -185,25 +164,17 @@ class Gateway:
             index = (self._first + i) % n
             member = self.members[index]
             try:
-                status, answer = member.post(f"/v3/{path}", body)
-            except _NOT_SENT as exc:
-                errors.append(f"{member}: {exc}")
-                continue
-            except _LOST as exc:
-                errors.append(f"{member}: {exc!r}{_closed_hint(member, exc)}")
-                if idempotent:
+                answer = member.post(path, body)
+            except (etcd3gw.exceptions.Etcd3Exception, requests.RequestException) as exc:
+                outcome, message = fault(exc)
+                errors.append(f"{member}: {message}{_closed_hint(member, exc)}")
+                if outcome == "refused":
+                    raise Rejected(f"etcd refused /v3/{path}: {message}") from exc
+                if outcome == "not sent" or idempotent:
                     continue
                 raise _unavailable(errors, lost=True) from exc
-            if status == 200:
-                self._first = index
-                return answer
-            message = str(answer.get("message") or answer.get("error") or answer)
-            errors.append(f"{member}: {status} {message}")
-            if status in (503, 504) or (status >= 500 and "leader" in message):
-                if idempotent:
-                    continue
-                raise _unavailable(errors, lost=True)
-            raise Rejected(f"etcd refused /v3/{path}: {message}")
+            self._first = index
+            return answer
         raise _unavailable(errors, lost=False)
 
     def current(self) -> Member:
@@ -215,12 +186,51 @@ class Gateway:
             m.close()
 
 
+def fault(exc: BaseException) -> tuple[str, str]:
+    """What a failed request to one member means, and etcd's words for it: ``not sent`` (no
+    connection: try another member), ``maybe`` (sent, or etcd without a leader or quorum: it
+    may have applied) or ``refused`` (etcd answered no; e.g. more operations than its
+    ``--max-txn-ops``). etcd3gw raises its own error inside its ``except`` for a failed
+    connection, so requests' error is the context; for an HTTP error it keeps etcd's body."""
+    transport = exc if isinstance(exc, requests.RequestException) else exc.__context__
+    if isinstance(transport, requests.RequestException):
+        refused = any(isinstance(c, urllib3.exceptions.NewConnectionError) for c in _causes(exc))
+        if refused or isinstance(transport, requests.ConnectTimeout):
+            return "not sent", str(transport)
+        return "maybe", str(transport)
+    detail = getattr(exc, "detail_text", None) or ""
+    try:
+        body = json.loads(detail)
+    except ValueError:
+        body = None
+    said = body.get("message") or body.get("error") if isinstance(body, dict) else None
+    message = str(said or detail[:200] or exc)
+    busy = (etcd3gw.exceptions.ConnectionFailedError, etcd3gw.exceptions.ConnectionTimeoutError)
+    if isinstance(exc, busy) or "leader" in message:  # 503, 504, 408; "no leader" (500)
+        return "maybe", message
+    return "refused", message
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps: causes, contexts, urllib3's ``reason`` and exceptions given
+    as arguments (requests wraps urllib3's errors, which wrap the socket's)."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        e = todo.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo.extend([e.__cause__, e.__context__, getattr(e, "reason", None), *e.args])
+
+
 def _closed_hint(member: Member, exc: BaseException) -> str:
     """What an https member that closes the connection at or just after the handshake most
     likely means: with TLS 1.3 a refused client certificate is often seen only as the close
     (``SSLEOFError``), not as etcd's alert."""
     closed = (ssl.SSLEOFError, ConnectionResetError, http.client.RemoteDisconnected)
-    if member.secure and isinstance(exc, closed):
+    if member.secure and any(isinstance(c, closed) for c in _causes(exc)):
         return " (closed by etcd over TLS: client certificate refused?)"
     return ""
 
@@ -321,21 +331,30 @@ class EtcdStore:
         }
         return Snapshot(records, version, metas)
 
-    def _stored(
-        self, head: plan.Head, ids: list[tuple[str, str]]
-    ) -> dict[tuple[str, str], plan.Stored]:
-        """The resources ``ids`` that exist, read at ``head``'s revision or later (the commit's
-        compare on ``head`` refuses the transaction if anything was committed since)."""
+    def _head_and_stored(
+        self, ids: list[tuple[str, str]]
+    ) -> tuple[plan.Head, dict[tuple[str, str], plan.Stored]]:
+        """``head`` and the resources ``ids`` that exist, read at ``head``'s revision or later
+        (the commit's compare on ``head`` refuses the transaction if anything was committed
+        since). The first read carries ``head`` too: one round trip for a small change set."""
+        head_op = plan.range_op(self._prefix + plan.HEAD)
+        head: plan.Head | None = None
         out: dict[tuple[str, str], plan.Stored] = {}
-        for i in range(0, len(ids), READ_CHUNK):
-            chunk = ids[i : i + READ_CHUNK]
+        start = 0
+        while head is None or start < len(ids):
+            chunk = ids[start : start + READ_CHUNK - (head is None)]
             ops = [plan.range_op(plan.res_key(self._prefix, *rid)) for rid in chunk]
-            for rid, found in zip(chunk, self._read(ops), strict=True):
-                kvs = plan.kvs(found)
+            found = self._read(ops if head is not None else [head_op, *ops])
+            if head is None:
+                kvs = plan.kvs(found.pop(0))
+                head = plan.Head.parse(kvs[0] if kvs else None)
+            for rid, one in zip(chunk, found, strict=True):
+                kvs = plan.kvs(one)
                 if kvs:
                     _, _, created = plan.parse_record(plan.unb64(kvs[0]["value"]))
                     out[rid] = plan.Stored(created)
-        return out
+            start += len(chunk)
+        return head, out
 
     # --- writes --------------------------------------------------------------------------
 
@@ -365,11 +384,10 @@ class EtcdStore:
             if self._lost:
                 self._check_fence()
             while True:
-                head = self._head()
+                head, stored = self._head_and_stored(ids)
                 self._resolve_pending(head)
                 if expect_version is not None and expect_version != head.version:
                     raise Conflict(expect_version, head.version)
-                stored = self._stored(head, ids)
                 attempt = uuid.uuid4().hex
                 try:
                     p = plan.plan_commit(self._prefix, head, rows, stored, self._retention, attempt)
@@ -495,7 +513,7 @@ class Ownership:
 
     def watch(self, start_revision: int) -> Iterator[list[plan.WatchEvent]]:
         """Changes to the claims from ``start_revision`` on, one list per etcd message, until
-        the stream breaks (OSError / HTTPException: take a new snapshot and watch again)."""
+        the stream breaks (OSError / Unavailable: take a new snapshot and watch again)."""
         return watch_prefix(self._gw, self.prefix + plan.CLAIMS, start_revision)
 
     def apply(self, current: dict[str, str], events: list[plan.WatchEvent]) -> dict[str, str]:
@@ -559,42 +577,43 @@ def range_prefix(gateway: Gateway, prefix: str) -> tuple[list[Json], int]:
 def watch_prefix(
     gateway: Gateway, prefix: str, start_revision: int
 ) -> Iterator[list[plan.WatchEvent]]:
-    """etcd's watch over the gateway: one streaming POST to ``/v3/watch`` on a connection of
-    its own, with progress notifications (so a silent member is noticed by the read timeout)."""
-    conn = gateway.current().connect(timeout=WATCH_READ_TIMEOUT)
-    try:
-        request = {
-            "create_request": {
-                "key": plan.b64(prefix),
-                "range_end": plan.prefix_end(prefix),
-                "start_revision": str(start_revision),
-                "progress_notify": True,
-            }
+    """etcd's watch over the gateway: one streaming POST to ``/v3/watch`` on the member's
+    session, with progress notifications (so a silent member is noticed by the read timeout).
+    Not etcd3gw's ``watch_prefix``: its worker thread drops a broken stream's error, and a
+    watch that ended unseen would leave this process on a stale directory for good."""
+    client = gateway.current().client
+    request: Json = {
+        "create_request": {
+            "key": plan.b64(prefix),
+            "range_end": plan.prefix_end(prefix),
+            "start_revision": str(start_revision),
+            "progress_notify": True,
         }
-        conn.request(
-            "POST",
-            "/v3/watch",
-            body=json.dumps(request).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        resp = conn.getresponse()
-        if resp.status != 200:
-            raise http.client.HTTPException(f"watch: {resp.status} {resp.read()[:200]!r}")
-        while True:
-            line = resp.readline()
+    }
+    resp = client.session.post(
+        client.get_url("watch"),
+        json=request,
+        stream=True,
+        timeout=(client.timeout, WATCH_READ_TIMEOUT),
+    )
+    try:
+        if resp.status_code != 200:
+            raise Unavailable(f"watch: {resp.status_code} {resp.text[:200]!r}")
+        for line in resp.iter_lines(chunk_size=None):  # type: ignore[call-overload]
             if not line:
-                raise http.client.HTTPException("watch: the stream ended")
+                continue
             message = json.loads(line)
             if "error" in message:
-                raise http.client.HTTPException(f"watch: {message['error']}")
+                raise Unavailable(f"watch: {message['error']}")
             result = message.get("result", {})
             if result.get("canceled") or result.get("compact_revision"):
-                raise http.client.HTTPException(f"watch: canceled ({result})")
+                raise Unavailable(f"watch: canceled ({result})")
             events = plan.watch_events(message)
             if events:
                 yield events
+        raise Unavailable("watch: the stream ended")
     finally:
-        conn.close()
+        resp.close()
 
 
 class Followed(Protocol[T]):
@@ -623,7 +642,7 @@ def follow(
             for events in source.watch(revision + 1):
                 state = source.apply(state, events)
                 take(state)
-        except (OSError, http.client.HTTPException, StoreError, ValueError, KeyError) as exc:
+        except (OSError, StoreError, ValueError, KeyError) as exc:  # requests': OSError
             log.info("etcd watch: %r; again in %.0f s", exc, retry_s)
         sleep(retry_s)
 
@@ -686,7 +705,7 @@ class Leadership:
                     term = self._try()
                     if term is not None:
                         return term
-            except (StoreError, OSError, http.client.HTTPException) as exc:
+            except StoreError as exc:
                 log.info("shard %s: campaign: %s", self.shard, exc)
             sleep(poll_s)
 

@@ -145,6 +145,23 @@ def test_recreated_resource_gets_a_new_created_version(backend: Backend) -> None
         assert s.load().records[("vpc", "blue")].created_version == 3
 
 
+def test_a_change_set_larger_than_one_read_keeps_each_created_version(backend: Backend) -> None:
+    """etcd reads what a change set touches 100 keys at a time, the first read with ``head``:
+    every resource past the first read still keeps its created version, a new one gets the
+    commit's, and a delete of one that is not there refuses the whole set."""
+    ids = [f"blue/e{i:03}" for i in range(250)]
+    with backend.open() as s:
+        s.commit([Change("endpoint", k, {"n": 0}) for k in ids[::2]])  # every other one
+        s.commit([Change("endpoint", k, {"n": 1}) for k in ids])
+        records = s.load().records
+        assert {k: records[("endpoint", k)].created_version for k in ids} == {
+            k: 1 if i % 2 == 0 else 2 for i, k in enumerate(ids)
+        }
+        with pytest.raises(NotFound):
+            s.commit([*(Change("endpoint", k, None) for k in ids), Change("vpc", "gone", None)])
+        assert s.version == 2 and len(s.load().records) == 250
+
+
 def test_bodies_are_canonical_json_and_load_back_equal(backend: Backend) -> None:
     body = {"b": [1, 2.5, None, True], "a": {"z": "ü", "y": {}}}
     with backend.open() as s:

@@ -11,7 +11,6 @@ import itertools
 import pathlib
 import re
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -638,7 +637,15 @@ def test_an_entry_that_is_not_utf8_is_refused_naming_it(etcd: EtcdServer) -> Non
 # --- shards to etcd over TLS with a client certificate ----------------------------------------
 
 
-def test_a_shard_reaches_an_etcd_that_asks_for_client_certificates_only_with_one() -> None:
+def test_a_shard_reaches_an_etcd_that_asks_for_client_certificates_only_with_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Through the configured CA and straight to etcd: an environment's CA bundle or proxy
+    (what requests would take by default) changes nothing."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/nonexistent/ca.pem")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
     with etcd_cluster(1, tls=True) as cluster:
         assert cluster.tls is not None
         (url,) = cluster.urls
@@ -669,24 +676,46 @@ def test_a_shard_reaches_an_etcd_that_asks_for_client_certificates_only_with_one
             open_store(store_settings(bare, "ctl1"))
 
 
-@pytest.mark.parametrize(
-    "closed", [ssl.SSLEOFError(8, "EOF occurred in violation of protocol"), ConnectionResetError()]
-)
+@contextlib.contextmanager
+def _member_that_closes_at_once() -> Iterator[int]:
+    """A port whose every connection is closed as soon as it is taken (nothing read)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            with contextlib.suppress(OSError):
+                conn, _ = listener.accept()
+                conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+@pytest.mark.parametrize(("scheme", "hint"), [("https", True), ("http", False)])
 def test_an_https_member_that_closes_at_the_handshake_is_said_to_refuse_the_certificate(
-    closed: OSError,
+    scheme: str, hint: bool
 ) -> None:
     """What a client without an accepted certificate often sees (TLS 1.3): only the close.
-    The error says what it most likely means (review E1); a plain http member's does not."""
-    for url, hint in [("https://127.0.0.1:1", True), ("http://127.0.0.1:1", False)]:
-        gateway = Gateway([url])
-
-        def post(path: str, body: Any) -> tuple[int, Any]:
-            raise closed
-
-        gateway.members[0].post = post  # type: ignore[method-assign]
+    The error says what it most likely means (review E1); a plain http member's does not.
+    The close comes after the request may have been sent: a read goes on, a write does not."""
+    with _member_that_closes_at_once() as port:
+        gateway = Gateway([f"{scheme}://127.0.0.1:{port}"], timeout=5.0)
         with pytest.raises(Unavailable) as got:
             gateway.call("kv/range", {}, idempotent=True)
         assert ("client certificate refused?" in str(got.value)) is hint, got.value
+        assert not got.value.lost
+        with pytest.raises(Unavailable) as got:
+            gateway.call("kv/txn", {}, idempotent=False)
+        assert got.value.lost
+        gateway.close()
 
 
 def test_a_certificate_key_or_ca_that_does_not_load_stops_the_shard_naming_them(
