@@ -91,7 +91,8 @@ CONTROLLER = Section(
             "etcd_ca_file",
             str,
             "PEM CA certificates that verify https:// `etcd_endpoints` (none: the system's "
-            "trust store)",
+            "trust store, its CA file or else its directory; none found: the shard does not "
+            "start)",
         ),
         Option(
             "etcd_cert_file",

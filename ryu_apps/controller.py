@@ -215,7 +215,10 @@ class Controller(app_manager.OSKenApp):  # type: ignore[misc]
         """Renew the lease; once it is lost, stop at once (a standby may lead already): the
         supervisor starts this replica again, as a standby."""
         assert self.leadership is not None and self.term is not None
-        self.leadership.keep(self.term, hub.sleep)
+        try:
+            self.leadership.keep(self.term, hub.sleep)
+        except Exception:  # a keeper that died unseen would leave a leader without a lease
+            log.exception("shard %s: renewing the lease failed", self.CONF.controller.shard)
         self._lost_lead()
 
     def _lost_lead(self) -> None:

@@ -95,7 +95,8 @@ class Member:
         # not the environment's proxies or CA bundle (REQUESTS_CA_BUNDLE would win over
         # ``verify``): etcd is reached directly, trusting the configured CA only
         session.trust_env = False
-        session.verify = ca_file or system_trust()
+        if self.secure:
+            session.verify = ca_file or system_trust()
         session.cert = client_cert
         self.client = etcd3gw.Etcd3Client(
             host=self.host,
@@ -118,11 +119,15 @@ class Member:
         self.client.session.close()
 
 
-def system_trust() -> str | bool:
-    """The system's trust store, as ``ssl`` (and :func:`meshpeer.tls.client_context`) finds
-    it, for requests' ``verify``: not certifi's bundle, requests' own default."""
+def system_trust() -> str:
+    """The system's trust store for requests' ``verify`` (which takes one file or one
+    directory): the CA file ``ssl`` finds (Debian: ca-certificates' bundle), else its hashed
+    directory. Never certifi's bundle, requests' own default: ValueError if there is none."""
     paths = ssl.get_default_verify_paths()
-    return paths.cafile or paths.capath or True
+    found = paths.cafile or paths.capath
+    if not found:
+        raise ValueError("controller.etcd_ca_file: required: no system trust store found")
+    return found
 
 
 class Gateway:
@@ -165,12 +170,12 @@ class Gateway:
             member = self.members[index]
             try:
                 answer = member.post(path, body)
-            except (etcd3gw.exceptions.Etcd3Exception, requests.RequestException) as exc:
+            except (etcd3gw.exceptions.Etcd3Exception, OSError) as exc:  # requests': OSError
                 outcome, message = fault(exc)
                 errors.append(f"{member}: {message}{_closed_hint(member, exc)}")
-                if outcome == "refused":
+                if outcome == REFUSED:
                     raise Rejected(f"etcd refused /v3/{path}: {message}") from exc
-                if outcome == "not sent" or idempotent:
+                if outcome == NOT_APPLIED or idempotent:
                     continue
                 raise _unavailable(errors, lost=True) from exc
             self._first = index
@@ -186,34 +191,70 @@ class Gateway:
             m.close()
 
 
+NOT_APPLIED = "not applied"
+MAYBE_APPLIED = "maybe applied"
+REFUSED = "refused"
+RESOURCE_EXHAUSTED = 8  # gRPC code of etcd's "too many requests" and "database space exceeded"
+
+
 def fault(exc: BaseException) -> tuple[str, str]:
-    """What a failed request to one member means, and etcd's words for it: ``not sent`` (no
-    connection: try another member), ``maybe`` (sent, or etcd without a leader or quorum: it
-    may have applied) or ``refused`` (etcd answered no; e.g. more operations than its
-    ``--max-txn-ops``). etcd3gw raises its own error inside its ``except`` for a failed
-    connection, so requests' error is the context; for an HTTP error it keeps etcd's body."""
-    transport = exc if isinstance(exc, requests.RequestException) else exc.__context__
-    if isinstance(transport, requests.RequestException):
-        refused = any(isinstance(c, urllib3.exceptions.NewConnectionError) for c in _causes(exc))
-        if refused or isinstance(transport, requests.ConnectTimeout):
-            return "not sent", str(transport)
-        return "maybe", str(transport)
-    detail = getattr(exc, "detail_text", None) or ""
+    """What a failed request to one member means, and etcd's (or the socket's) words for it.
+
+    - ``not applied``: no connection was made (refused, connect timeout, name not resolved),
+      the member's certificate did not check out, requests could not load the CA,
+      certificate or key file (before connecting), or etcd turned it away before proposing
+      it (too many requests, no space): another member may be tried, a write too.
+    - ``maybe applied``: sent, then reset, closed, timed out or answered with garbage, or etcd
+      without a leader or quorum: a write must not go to another member.
+    - ``refused``: etcd answered no (e.g. more operations than its ``--max-txn-ops``).
+
+    etcd3gw raises its own error inside its ``except`` for a failed connection, with
+    requests' error as the context and that error's text as ``detail_text``: only then is
+    the context looked through. An HTTP error's context is whatever the caller was handling,
+    not this request, and its ``detail_text`` is etcd's answer."""
+    transport = _transport(exc)
+    if transport is not None:
+        before = (urllib3.exceptions.NewConnectionError, ssl.SSLCertVerificationError)
+        if isinstance(transport, requests.ConnectTimeout) or any(
+            isinstance(c, before) for c in _causes(transport)
+        ):
+            return NOT_APPLIED, str(transport)
+        return MAYBE_APPLIED, str(transport)
+    if not isinstance(exc, etcd3gw.exceptions.Etcd3Exception):
+        return NOT_APPLIED, str(exc)  # requests' own OSError: a CA/cert/key file not there
+    detail = exc.detail_text or ""
     try:
         body = json.loads(detail)
     except ValueError:
         body = None
-    said = body.get("message") or body.get("error") if isinstance(body, dict) else None
-    message = str(said or detail[:200] or exc)
+    body = body if isinstance(body, dict) else {}
+    message = str(body.get("message") or body.get("error") or detail[:200] or exc)
+    if body.get("code") == RESOURCE_EXHAUSTED:
+        return NOT_APPLIED, message
     busy = (etcd3gw.exceptions.ConnectionFailedError, etcd3gw.exceptions.ConnectionTimeoutError)
     if isinstance(exc, busy) or "leader" in message:  # 503, 504, 408; "no leader" (500)
-        return "maybe", message
-    return "refused", message
+        return MAYBE_APPLIED, message
+    return REFUSED, message
+
+
+def _transport(exc: BaseException) -> requests.RequestException | None:
+    """requests' error behind ``exc``, if it is one or etcd3gw's wrapping of one."""
+    if isinstance(exc, requests.RequestException):
+        return exc
+    context = exc.__context__
+    if (
+        isinstance(exc, etcd3gw.exceptions.Etcd3Exception)
+        and isinstance(context, requests.RequestException)
+        and exc.detail_text == str(context)
+    ):
+        return context
+    return None
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and what it wraps: causes, contexts, urllib3's ``reason`` and exceptions given
-    as arguments (requests wraps urllib3's errors, which wrap the socket's)."""
+    """``exc`` and what it wraps: causes, urllib3's ``reason`` and exceptions given as
+    arguments (requests wraps urllib3's errors, which wrap the socket's). Not contexts: the
+    context is what was being handled when it was raised, maybe not this request at all."""
     seen: set[int] = set()
     todo: list[object] = [exc]
     while todo:
@@ -222,7 +263,7 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
             continue
         seen.add(id(e))
         yield e
-        todo.extend([e.__cause__, e.__context__, getattr(e, "reason", None), *e.args])
+        todo.extend([e.__cause__, getattr(e, "reason", None), *e.args])
 
 
 def _closed_hint(member: Member, exc: BaseException) -> str:
@@ -230,7 +271,8 @@ def _closed_hint(member: Member, exc: BaseException) -> str:
     likely means: with TLS 1.3 a refused client certificate is often seen only as the close
     (``SSLEOFError``), not as etcd's alert."""
     closed = (ssl.SSLEOFError, ConnectionResetError, http.client.RemoteDisconnected)
-    if member.secure and any(isinstance(c, closed) for c in _causes(exc)):
+    transport = _transport(exc)
+    if member.secure and transport and any(isinstance(c, closed) for c in _causes(transport)):
         return " (closed by etcd over TLS: client certificate refused?)"
     return ""
 
@@ -705,7 +747,7 @@ class Leadership:
                     term = self._try()
                     if term is not None:
                         return term
-            except StoreError as exc:
+            except (StoreError, OSError) as exc:
                 log.info("shard %s: campaign: %s", self.shard, exc)
             sleep(poll_s)
 
@@ -740,7 +782,7 @@ class Leadership:
                 answer = self._gw.call(
                     "lease/keepalive", {"ID": str(term.lease_id)}, idempotent=True
                 )
-            except StoreError as exc:
+            except (StoreError, OSError) as exc:
                 if not term.holds(self._clock()):
                     log.warning("shard %s: lease not renewed: %s", self.shard, exc)
                 sleep(min(0.2, term.ttl / 10))

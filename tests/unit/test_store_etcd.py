@@ -11,6 +11,7 @@ import itertools
 import pathlib
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from contextlib import closing
 from typing import Any
 
 import pytest
+import requests
 
 from meshpeer.controller import standby
 from meshpeer.controller.shard import ShardState
@@ -32,6 +34,7 @@ from meshpeer.store.etcd import (
     Leadership,
     LostLead,
     Ownership,
+    Rejected,
     SharedDirectory,
     Unavailable,
     follow,
@@ -209,7 +212,7 @@ def _member_that_dies_mid_request() -> tuple[str, threading.Thread]:
 def test_a_write_a_member_may_have_got_is_never_sent_to_another(
     etcd: EtcdServer, prefix: str
 ) -> None:
-    """The kept connection breaks and the member refuses the retry: the write may have been
+    """The kept connection breaks after the request was sent: the write may have been
     received, so it is a lost answer, not one to send to the next member (twice)."""
     url, thread = _member_that_dies_mid_request()
     gw = Gateway([url, etcd.url])
@@ -223,6 +226,157 @@ def test_a_write_a_member_may_have_got_is_never_sent_to_another(
         "kv/range", {"key": plan.b64(prefix + "once")}, idempotent=True
     )
     assert "kvs" not in found
+
+
+@contextlib.contextmanager
+def _member_answering(
+    status: int, body: bytes, tls_files: tuple[str, str] | None = None
+) -> Iterator[str]:
+    """A member that answers every request with ``status`` and ``body`` (over https with
+    ``tls_files``, a certificate and its key): its URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    done = threading.Event()
+    answer = b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body)
+    ctx = None
+    if tls_files is not None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(*tls_files)
+
+    def one(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn:
+            conn.settimeout(10)
+            sock = ctx.wrap_socket(conn, server_side=True) if ctx else conn
+            while not done.is_set():
+                _read_request(sock)
+                sock.sendall(answer)
+
+    def serve() -> None:
+        while not done.is_set():
+            with contextlib.suppress(OSError):
+                conn, _ = listener.accept()
+                threading.Thread(target=one, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"{'https' if ctx else 'http'}://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+@pytest.mark.parametrize("inside_except", [False, True])
+@pytest.mark.parametrize(
+    ("status", "body", "outcome"),
+    [
+        (503, b'{"code":14,"message":"etcdserver: request timed out"}', "lost"),
+        (500, b'{"code":14,"message":"etcdserver: leader changed"}', "lost"),
+        (429, b'{"code":8,"message":"etcdserver: too many requests"}', "next member"),
+        (400, b'{"code":3,"message":"etcdserver: too many operations in txn"}', "refused"),
+    ],
+)
+def test_what_a_members_answer_means_for_a_write(
+    etcd: EtcdServer, prefix: str, status: int, body: bytes, outcome: str, inside_except: bool
+) -> None:
+    """etcd without a leader or timing out may still apply a write: it is not sent to the next
+    member. Turned away for lack of resources it did not: the next member takes it. A refusal
+    is the caller's. The same while the caller happens to be handling a refused connection
+    (review R2: nothing is read from what the caller was handling)."""
+    put = {"success": [plan.put_op(prefix + "w", "1")]}
+    with _member_answering(status, body) as url:
+        gw = Gateway([url, etcd.url], timeout=5.0)
+        try:
+            if inside_except:
+                try:
+                    requests.post(f"http://127.0.0.1:{_closed_port()}/", timeout=5.0)
+                except requests.ConnectionError:
+                    got = _outcome(gw, put)
+            else:
+                got = _outcome(gw, put)
+        finally:
+            gw.close()
+    assert got == outcome
+    with closing(Gateway([etcd.url])) as check:
+        found = check.call("kv/range", {"key": plan.b64(prefix + "w")}, idempotent=True)
+    assert ("kvs" in found) is (outcome == "next member")
+
+
+def _outcome(gw: Gateway, txn: dict[str, Any]) -> str:
+    try:
+        gw.call("kv/txn", txn, idempotent=False)
+    except Unavailable as exc:
+        return "lost" if exc.lost else "unavailable"
+    except Rejected:
+        return "refused"
+    return "next member"
+
+
+def test_a_member_whose_certificate_does_not_check_out_never_got_the_write(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The handshake failed at the client, before any request: the write goes to the next
+    member (review R5)."""
+    from meshpeer import pki
+
+    other = pki.make_ca(str(tmp_path), "another CA")
+    stranger = pki.issue_server(other, str(tmp_path / "stranger"), "etcd", ["127.0.0.1"])
+    with (
+        etcd_cluster(1, tls=True) as cluster,
+        _member_answering(200, b"{}", (stranger.cert_file, stranger.key_file)) as url,
+    ):
+        assert cluster.tls is not None
+        gw = Gateway([url, *cluster.urls], 5.0, cluster.tls.ca_file, cluster.tls.client_cert)
+        key = "/r5/w"
+        with closing(gw):
+            gw.call("kv/txn", {"success": [plan.put_op(key, "1")]}, idempotent=False)
+            found = gw.call("kv/range", {"key": plan.b64(key)}, idempotent=True)
+        assert "kvs" in found
+
+
+def test_a_ca_file_gone_for_a_moment_is_unavailable_and_the_lease_keeper_goes_on(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A rotation that removes the CA file and writes it again: meanwhile requests refuses
+    every request, kept connections too, with a bare OSError (review R1). That is the store
+    unavailable (a 503; nothing was sent), and the lease keeper goes on trying, as it does
+    while etcd cannot be reached."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    gw = Gateway([f"https://127.0.0.1:{_closed_port()}"], timeout=1.0, ca_file=str(ca))
+    ca.unlink()
+    with pytest.raises(Unavailable, match=r"ca\.pem") as got:
+        gw.call("kv/txn", {}, idempotent=False)
+    assert not got.value.lost
+    lead = Leadership(gw, "/p/", "s1", election.Leader("r1", "http://x"), 2.0, lambda: 100.0)
+    sleeps: list[float] = []
+
+    class Enough(Exception):
+        pass
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) > 3:
+            raise Enough
+
+    with pytest.raises(Enough):
+        lead.keep(election.Term(0x1234, 2, 100.0), sleep)
+
+
+def test_without_etcd_ca_file_https_trusts_the_systems_store_or_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    """Never certifi's bundle, requests' default (review R4)."""
+    bundle = tmp_path / "system.pem"
+    bundle.write_text("x")
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    assert Gateway(["https://127.0.0.1:1"]).members[0].client.session.verify == str(bundle)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "none.pem"))
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "none"))
+    with pytest.raises(ValueError, match=r"controller\.etcd_ca_file: required"):
+        Gateway(["https://127.0.0.1:1"])
+    Gateway(["http://127.0.0.1:1"])  # plain http needs none
 
 
 @pytest.mark.parametrize(
