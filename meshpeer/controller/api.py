@@ -28,9 +28,9 @@ from meshpeer.controller.handlers.ui import UiHandlers
 from meshpeer.controller.handlers.vpcs import VpcHandlers
 from meshpeer.controller.shard import ShardState, WriteLock
 from meshpeer.metrics import ShardMetrics
-from meshpeer.rest.errors import unavailable
+from meshpeer.rest.errors import error_for, internal, unavailable
 from meshpeer.rest.router import Route
-from meshpeer.store.etcd import Unavailable
+from meshpeer.store.etcd import Rejected, Unavailable
 from meshpeer.store.sqlite import CommitFailed
 
 
@@ -100,7 +100,8 @@ def _one_write_at_a_time(route: Route, writes: Callable[[], WriteLock]) -> Route
 
 def _store_down_is_503(route: Route) -> Route:
     """A write that finds the intent store unavailable (etcd without quorum, docs/store.md)
-    or whose group commit failed (SQLite): 503 saying so, nothing written; reads are served from memory and never get here."""
+    or whose group commit failed (SQLite): 503 saying so, nothing written; one etcd refused
+    for its size: 413 saying how to fit it. Reads are served from memory and never get here."""
     handler = route.handler
 
     def call(ctx: Any) -> Any:
@@ -111,5 +112,14 @@ def _store_down_is_503(route: Route) -> Route:
             raise unavailable(f"the intent store is unavailable ({outcome}): {exc}") from exc
         except CommitFailed as exc:  # a group commit (SQLite): every write of it fails alike
             raise unavailable(f"the intent store could not commit: {exc}") from exc
+        except Rejected as exc:  # etcd refused the change set itself: nothing was written
+            if exc.too_large:
+                raise error_for(
+                    413,
+                    "the intent store refused the change as too large, nothing was written "
+                    "(split it, or raise etcd's --max-txn-ops / --max-request-bytes: "
+                    f"docs/deployment.md): {exc}",
+                ) from exc
+            raise internal(f"the intent store refused the write: {exc}") from exc
 
     return replace(route, handler=call)

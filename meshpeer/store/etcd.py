@@ -72,7 +72,13 @@ class LostLead(Unavailable):
 
 
 class Rejected(StoreError):
-    """etcd refused the request itself (e.g. more operations than its ``--max-txn-ops``)."""
+    """etcd refused the request itself (e.g. more operations than its ``--max-txn-ops``).
+
+    ``too_large``: for its size (operations or bytes): smaller change sets would pass."""
+
+    def __init__(self, message: str, *, too_large: bool = False) -> None:
+        super().__init__(message)
+        self.too_large = too_large
 
 
 class Member:
@@ -174,7 +180,10 @@ class Gateway:
                 outcome, message = fault(exc)
                 errors.append(f"{member}: {message}{_closed_hint(member, exc)}")
                 if outcome == REFUSED:
-                    raise Rejected(f"etcd refused /v3/{path}: {message}") from exc
+                    too_large = any(m in message for m in TOO_LARGE)
+                    raise Rejected(
+                        f"etcd refused /v3/{path}: {message}", too_large=too_large
+                    ) from exc
                 if outcome == NOT_APPLIED or idempotent:
                     continue
                 raise _unavailable(errors, lost=True) from exc
@@ -195,6 +204,8 @@ NOT_APPLIED = "not applied"
 MAYBE_APPLIED = "maybe applied"
 REFUSED = "refused"
 RESOURCE_EXHAUSTED = 8  # gRPC code of etcd's "too many requests" and "database space exceeded"
+# etcd's words for a request over --max-txn-ops or --max-request-bytes (rpctypes, etcd 3.4)
+TOO_LARGE = ("too many operations in txn request", "request is too large")
 
 
 def fault(exc: BaseException) -> tuple[str, str]:

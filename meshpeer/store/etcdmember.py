@@ -50,12 +50,14 @@ def argv(
     token: str,
     also_listen: Sequence[str] = (),
     client_tls: ClientTls | None = None,
+    max_txn_ops: int = MAX_TXN_OPS,
 ) -> list[str]:
     """``etcd`` for ``member`` of a new cluster of ``cluster`` (``token`` keeps two clusters on
     one network apart). Heartbeat and election timeouts are etcd's defaults (100/1000 ms).
     ``also_listen``: more client URLs it listens on, not advertised (the lab's members also
     listen on their namespace's 127.0.0.1, where a plain ``etcdctl`` looks). ``client_tls``:
-    clients on TLS (``member.secure``), verified by a CA if it names one."""
+    clients on TLS (``member.secure``), verified by a CA if it names one. ``max_txn_ops``:
+    operations per transaction (the tests lower it to etcd's default, 128)."""
     listen = ",".join([member.client_url, *also_listen])
     secure: list[str] = []
     if client_tls is not None:
@@ -73,7 +75,7 @@ def argv(
         "--initial-cluster", ",".join(f"{m.name}={m.peer_url}" for m in cluster),
         "--initial-cluster-state", "new",
         "--initial-cluster-token", token,
-        "--max-txn-ops", str(MAX_TXN_OPS),
+        "--max-txn-ops", str(max_txn_ops),
         "--max-request-bytes", str(MAX_REQUEST_BYTES),
         "--logger", "zap",
         "--log-outputs", "stderr",

@@ -52,3 +52,37 @@ def test_losing_the_etcd_quorum_stops_writes_only(make_cluster: Callable[..., Cl
         assert body["version"] == 5  # the refused write took no version
         names = [e["name"] for e in ctl.get("/v1/vpcs/blue/endpoints")["endpoints"]]
         assert names == ["b0", "b1", "b2"]
+
+
+def test_a_batch_over_etcds_transaction_limit_is_413_and_writes_nothing(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """etcd with its default --max-txn-ops (128) refuses a 200-endpoint batch as one
+    transaction: 413 saying so and how to fit it, state unchanged; a smaller batch then takes
+    the next version."""
+    with etcd_cluster(1, max_txn_ops=128) as etcd:
+        cluster = make_cluster(
+            layout=LAYOUT, options={"store": "etcd", "etcd_endpoints": etcd.urls[0]}
+        )
+        ctl = cluster["ctl1"]
+        ctl.put("/v1/hosts/hv1", {"underlay_ip": "192.0.2.1"})
+        ctl.vpc("blue", "10.1.0.0/16")
+        before, version = ctl.get("/v1/vpcs/blue/endpoints"), ctl.version()
+
+        def batch(n: int) -> dict[str, object]:
+            return {
+                "endpoints": [
+                    {"name": f"e{i}", "ip": f"10.1.{i // 250}.{i % 250 + 2}", "host": "hv1"}
+                    for i in range(n)
+                ]
+            }
+
+        r = ctl.req("POST", "/v1/vpcs/blue/endpoints:batchCreate", batch(200))
+        assert r.status == 413, r.body
+        error, field, detail = r.error()
+        assert (error, field) == ("payload_too_large", None)
+        assert "too many operations" in detail and "--max-txn-ops" in detail
+        assert (ctl.get("/v1/vpcs/blue/endpoints"), ctl.version()) == (before, version)
+        r = ctl.req("POST", "/v1/vpcs/blue/endpoints:batchCreate", batch(20))
+        assert r.status == 201, r.body
+        assert ctl.version() == version + 1

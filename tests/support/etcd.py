@@ -85,6 +85,7 @@ class EtcdCluster:
     workdir: str
     procs: dict[str, subprocess.Popen[bytes]]
     tls: EtcdTls | None = None
+    max_txn_ops: int = etcdmember.MAX_TXN_OPS
 
     @property
     def urls(self) -> list[str]:
@@ -94,7 +95,14 @@ class EtcdCluster:
         member = next(m for m in self.members if m.name == name)
         server = self.tls.server if self.tls else None
         data = f"{self.workdir}/{name}"
-        argv = etcdmember.argv(member, self.members, data, "meshpeer-test", client_tls=server)
+        argv = etcdmember.argv(
+            member,
+            self.members,
+            data,
+            "meshpeer-test",
+            client_tls=server,
+            max_txn_ops=self.max_txn_ops,
+        )
         with open(f"{self.workdir}/{name}.log", "ab") as log:
             self.procs[name] = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -127,7 +135,9 @@ class EtcdCluster:
 
 
 @contextmanager
-def etcd_cluster(size: int = 1, tls: bool = False) -> Iterator[EtcdCluster]:
+def etcd_cluster(
+    size: int = 1, tls: bool = False, max_txn_ops: int = etcdmember.MAX_TXN_OPS
+) -> Iterator[EtcdCluster]:
     """``size`` etcd members with their own data dirs and loopback ports; killed after.
     ``tls``: clients on https:// with client certificates (``EtcdCluster.tls``)."""
     if not os.path.exists(etcdmember.ETCD):
@@ -137,7 +147,7 @@ def etcd_cluster(size: int = 1, tls: bool = False) -> Iterator[EtcdCluster]:
         etcdmember.Member(f"t{i + 1}", "127.0.0.1", _free_port(), _free_port(), secure=tls)
         for i in range(size)
     ]
-    cluster = EtcdCluster(members, workdir, {}, EtcdTls.make(workdir) if tls else None)
+    cluster = EtcdCluster(members, workdir, {}, EtcdTls.make(workdir) if tls else None, max_txn_ops)
     try:
         for m in members:
             cluster.start(m.name)
