@@ -208,8 +208,11 @@ class OnHostController(app_manager.OSKenApp):  # type: ignore[misc]
     def _register(self, names: tuple[str, ...] | None = None) -> None:
         """Tell every shard (or those ``names``) where this host's tunnel endpoint is; retry
         until each answers (or leaves the directory)."""
-        pending = {s.name: s.url for s in self.directory.shards.values()}
-        pending = {n: u for n, u in pending.items() if names is None or n in names}
+        pending = {
+            s.name: s.url
+            for s in self.directory.shards.values()
+            if names is None or s.name in names
+        }
         delay = 0.2
         while pending:
             for name, url in sorted(pending.items()):

@@ -347,8 +347,7 @@ def _read_shared(shared: SharedDirectory, directory: Directory, shard: str) -> D
     try:
         shards = shared_shards(texts, shard)
     except DirectoryError as exc:
-        where = f"{shared.prefix}directory/shards/"
-        raise SystemExit(f"controller: the directory in etcd ({where}) is refused: {exc}") from None
+        raise _refused(shared, exc) from None
     return dataclasses.replace(directory, shards=shards)
 
 
@@ -358,8 +357,12 @@ def _check_held(shared: SharedDirectory, shard: ShardState) -> None:
     try:
         stranded(shard.directory.shards, shard.name, shard.intent.vpcs.values())
     except DirectoryError as exc:
-        where = f"{shared.prefix}directory/shards/"
-        raise SystemExit(f"controller: the directory in etcd ({where}) is refused: {exc}") from None
+        raise _refused(shared, exc) from None
+
+
+def _refused(shared: SharedDirectory, exc: DirectoryError) -> SystemExit:
+    where = f"{shared.prefix}directory/shards/"
+    return SystemExit(f"controller: the directory in etcd ({where}) is refused: {exc}")
 
 
 def _items(text: str | None) -> list[str]:
